@@ -1,0 +1,60 @@
+"""One object that scores predictions against ground truth frame by frame: PQ / SQ / RQ (all,
+things, stuff, per class), mIoU, pixel accuracy and Dice, in a label set (taxonomy)."""
+from typing import Dict
+
+import numpy as np
+
+from ..taxonomy import Taxonomy
+from .pq import PQAccumulator, segments_from_panoptic
+from .semantic import ConfusionMatrix
+
+
+class Evaluator:
+    def __init__(self, taxonomy: Taxonomy):
+        self.taxonomy = taxonomy
+        self.pq = PQAccumulator()
+        self.confusion = ConfusionMatrix(taxonomy.max_id + 1)
+        self.frames = 0
+
+    def add(self, gt_panoptic: np.ndarray, gt_semantic: np.ndarray, pred_panoptic: np.ndarray,
+            pred_semantic: np.ndarray) -> None:
+        """Maps in our convention: panoptic int32 (label*1000+instance, stuff = label, -1 void)."""
+        if gt_panoptic.shape != pred_panoptic.shape:
+            raise ValueError(f"prediction {pred_panoptic.shape} and ground truth {gt_panoptic.shape} differ in size")
+        gt_ids, gt_segs = segments_from_panoptic(gt_panoptic, self.taxonomy.thing_lut)
+        pr_ids, pr_segs = segments_from_panoptic(pred_panoptic, self.taxonomy.thing_lut)
+        self.pq.add(gt_ids, gt_segs, pr_ids, pr_segs)
+        self.confusion.add(gt_semantic, pred_semantic)
+        self.frames += 1
+
+    def report(self) -> Dict[str, object]:
+        tax = self.taxonomy
+        sem = self.confusion.scores()
+        per_pq = self.pq.per_class()
+        per_class = {}
+        for c in tax.classes:
+            entry = {"name": c.name, "isthing": c.isthing, "iou": sem["iou"][c.id], "dice": sem["dice"][c.id]}
+            entry.update(per_pq.get(c.id, {}))
+            per_class[c.id] = entry
+        return {
+            "frames": self.frames,
+            "pq": self.pq.summary(), "pq_things": self.pq.summary(tax.thing_ids),
+            "pq_stuff": self.pq.summary(tax.stuff_ids),
+            "miou": sem["miou"], "pixel_accuracy": sem["pixel_accuracy"], "mean_dice": sem["mean_dice"],
+            "per_class": per_class,
+        }
+
+
+def format_report(report: Dict[str, object]) -> str:
+    lines = [f"{'class':<16}{'PQ':>7}{'SQ':>7}{'RQ':>7}{'IoU':>7}{'Dice':>7}"]
+    for entry in report["per_class"].values():
+        def pct(key):
+            v = entry.get(key)
+            return f"{100 * v:7.1f}" if v is not None and v == v else "      -"
+        lines.append(f"{entry['name'][:15]:<16}{pct('pq')}{pct('sq')}{pct('rq')}{pct('iou')}{pct('dice')}")
+    for key, title in (("pq", "all"), ("pq_things", "things"), ("pq_stuff", "stuff")):
+        s = report[key]
+        lines.append(f"{'PQ ' + title:<16}{100 * s['pq']:7.1f}{100 * s['sq']:7.1f}{100 * s['rq']:7.1f}")
+    lines.append(f"mIoU {100 * report['miou']:.1f}  pixel accuracy {100 * report['pixel_accuracy']:.1f}  "
+                 f"mean Dice {100 * report['mean_dice']:.1f}  ({report['frames']} frames)")
+    return "\n".join(lines)

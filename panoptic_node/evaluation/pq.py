@@ -1,0 +1,129 @@
+"""Panoptic quality (PQ = SQ x RQ) with the exact COCO / Cityscapes matching rule, accumulated
+frame by frame so memory stays flat over a long bag.
+
+A frame is given as a segment-id image (0 = void) plus, per segment id, its class and crowd flag.
+Rule (panopticapi's pq_compute): a prediction matches a ground-truth segment of the same class
+when IoU > 0.5, where the union leaves out the prediction's pixels on ground-truth void; crowd
+ground truth is never matched; an unmatched prediction lying more than half on void (or on a
+crowd region of its class) is not a false positive; there is no area threshold.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Optional
+
+import numpy as np
+
+OFFSET = 1 << 32
+
+
+@dataclass
+class SegmentInfo:
+    label: int
+    iscrowd: bool = False
+
+
+@dataclass
+class ClassStat:
+    iou: float = 0.0
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+
+@dataclass
+class PQAccumulator:
+    stats: Dict[int, ClassStat] = field(default_factory=dict)
+
+    def _s(self, label: int) -> ClassStat:
+        return self.stats.setdefault(label, ClassStat())
+
+    def add(self, gt_ids: np.ndarray, gt_segments: Dict[int, SegmentInfo], pred_ids: np.ndarray,
+            pred_segments: Dict[int, SegmentInfo]) -> None:
+        if gt_ids.shape != pred_ids.shape:
+            raise ValueError(f"ground truth {gt_ids.shape} and prediction {pred_ids.shape} differ in size")
+        gt = gt_ids.astype(np.int64).ravel()
+        pred = pred_ids.astype(np.int64).ravel()
+        gt_area = dict(zip(*np.unique(gt, return_counts=True)))
+        pred_area = dict(zip(*np.unique(pred, return_counts=True)))
+        pairs, counts = np.unique(gt * OFFSET + pred, return_counts=True)
+        inter = {(int(p // OFFSET), int(p % OFFSET)): int(c) for p, c in zip(pairs, counts)}
+        for sid in pred_area:
+            if sid != 0 and sid not in pred_segments:
+                raise ValueError(f"prediction segment id {sid} has no segment info")
+        gt_matched, pred_matched = set(), set()
+        for (g, p), n in inter.items():
+            if g == 0 or p == 0 or g not in gt_segments:
+                continue
+            gi, pi = gt_segments[g], pred_segments[p]
+            if gi.iscrowd or gi.label != pi.label:
+                continue
+            union = pred_area[p] + gt_area[g] - n - inter.get((0, p), 0)
+            iou = n / union
+            if iou > 0.5:
+                s = self._s(gi.label)
+                s.tp += 1
+                s.iou += iou
+                gt_matched.add(g)
+                pred_matched.add(p)
+        crowd_of = {}
+        for g, gi in gt_segments.items():
+            if gi.iscrowd:
+                crowd_of[gi.label] = g  # panopticapi keeps one crowd region per class
+            elif g not in gt_matched and g in gt_area:
+                self._s(gi.label).fn += 1
+        for p, pi in pred_segments.items():
+            if p in pred_matched or p not in pred_area:
+                continue
+            on_void = inter.get((0, p), 0)
+            if pi.label in crowd_of:
+                on_void += inter.get((crowd_of[pi.label], p), 0)
+            if on_void / pred_area[p] > 0.5:
+                continue
+            self._s(pi.label).fp += 1
+
+    def merge(self, other: "PQAccumulator") -> None:
+        for label, s in other.stats.items():
+            t = self._s(label)
+            t.iou += s.iou
+            t.tp += s.tp
+            t.fp += s.fp
+            t.fn += s.fn
+
+    def per_class(self) -> Dict[int, Dict[str, float]]:
+        out = {}
+        for label, s in sorted(self.stats.items()):
+            denom = s.tp + 0.5 * s.fp + 0.5 * s.fn
+            if denom == 0:
+                continue
+            pq = s.iou / denom
+            sq = s.iou / s.tp if s.tp else 0.0
+            rq = s.tp / denom
+            out[label] = {"pq": pq, "sq": sq, "rq": rq, "tp": s.tp, "fp": s.fp, "fn": s.fn}
+        return out
+
+    def summary(self, labels: Optional[Iterable[int]] = None) -> Dict[str, float]:
+        """Mean PQ / SQ / RQ over the given classes (all seen ones by default) that occur at all."""
+        per = self.per_class()
+        chosen = [per[c] for c in (per if labels is None else labels) if c in per]
+        n = len(chosen)
+        if n == 0:
+            return {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}
+        return {k: sum(c[k] for c in chosen) / n for k in ("pq", "sq", "rq")} | {"n": n}
+
+
+def segments_from_panoptic(panoptic: np.ndarray, thing_lut: np.ndarray, label_divisor: int = 1000,
+                           void: int = -1):
+    """Our panoptic int32 map (label*1000+instance, stuff = label, -1 void) -> ids + SegmentInfo.
+
+    A thing-class pixel without an instance (value = label) is a crowd region, as in Cityscapes.
+    """
+    values, ids = np.unique(panoptic, return_inverse=True)
+    ids = ids.reshape(panoptic.shape).astype(np.int64) + 1
+    segments = {}
+    for i, v in enumerate(values):
+        if v == void:
+            ids[ids == i + 1] = 0
+            continue
+        label = int(v // label_divisor) if v >= label_divisor else int(v)
+        crowd = v < label_divisor and bool(thing_lut[label])
+        segments[i + 1] = SegmentInfo(label, crowd)
+    return ids, segments

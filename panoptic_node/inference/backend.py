@@ -1,0 +1,45 @@
+"""Backends run the network; the pipeline does everything else.
+
+A backend has two calls, so the expensive mask head runs on the kept queries only:
+  detect(images, pad_mask) -> (logits B x Q x C+1, boxes B x Q x 4, hs B x Q x D, mask_features)
+  masks(mask_features, index, hs) -> K x h x w mask logits for image `index` of the batch
+ONNX Runtime and TensorRT backends implement the same two calls.
+"""
+from typing import Any, Tuple
+
+import torch
+from torch import Tensor
+
+BACKENDS = ("torch",)
+
+
+class Backend:
+    name = "base"
+    precision = "fp32"
+
+    def detect(self, images: Tensor, pad_mask: Tensor) -> Tuple[Tensor, Tensor, Tensor, Any]:
+        raise NotImplementedError
+
+    def masks(self, mask_features: Any, index: int, hs: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, device: str = "cpu"):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device '{device}' requested but CUDA is not available here; use --device cpu")
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.mask_stride = model.mask_stride
+
+    @torch.inference_mode()
+    def detect(self, images, pad_mask):
+        out = self.model.detect(images.to(self.device), pad_mask.to(self.device))
+        return out.logits, out.boxes, out.hs, out.mask_features
+
+    @torch.inference_mode()
+    def masks(self, mask_features, index, hs):
+        feats = tuple(f[index:index + 1] for f in mask_features)
+        return self.model.predict_masks(feats, hs[None])[0]

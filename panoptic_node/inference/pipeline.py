@@ -1,0 +1,83 @@
+"""Pipeline: RGB uint8 frame -> PanopticResult, the object the node, replay and CLI share."""
+import time
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from ..model.checkpoint import load_weights
+from ..model.config import ModelConfig, load_config, DEFAULT_MODEL
+from ..model.detr import build_model
+from ..taxonomy import get_mapping, get_taxonomy
+from .backend import TorchBackend, Backend
+from .postprocess import merge_panoptic, resize_masks, select_queries
+from .preprocess import preprocess
+from .remap import remap_result
+from .result import PanopticResult
+
+
+class Pipeline:
+    def __init__(self, cfg: ModelConfig, backend: Backend, labels: Optional[str] = None,
+                 threshold: Optional[float] = None):
+        self.cfg = cfg
+        self.backend = backend
+        self.threshold = cfg.postprocess.threshold if threshold is None else float(threshold)
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold {self.threshold} is not in [0, 1]")
+        self.taxonomy = get_taxonomy(cfg.labels)
+        self.mapping = None if labels in (None, cfg.labels) else get_mapping(cfg.labels, labels)
+        self.labels = labels or cfg.labels
+
+    @classmethod
+    def from_config(cls, model: str = DEFAULT_MODEL, weights: Optional[str] = None, backend: str = "torch",
+                    device: str = "cpu", threshold: Optional[float] = None, labels: Optional[str] = None,
+                    random_weights: bool = False) -> "Pipeline":
+        """model: a name under models/ or a YAML path; weights default to the config's own file.
+
+        random_weights builds an untrained network (tests, speed measurements only).
+        """
+        cfg = load_config(model) if isinstance(model, str) else model
+        net = build_model(cfg)
+        if not random_weights:
+            path = weights or cfg.weights
+            if not path:
+                raise FileNotFoundError(f"model '{cfg.name}' has no default weights; pass --weights FILE "
+                                        f"(an official DETR, Hugging Face DetrForSegmentation or panoptic_node checkpoint)")
+            load_weights(net, path)
+        if backend != "torch":
+            raise ValueError(f"backend '{backend}' is not available; expected one of: torch")
+        return cls(cfg, TorchBackend(net, device), labels=labels, threshold=threshold)
+
+    def __call__(self, rgb: np.ndarray) -> PanopticResult:
+        return self.run_batch([rgb])[0]
+
+    def run_batch(self, frames: List[np.ndarray]) -> List[PanopticResult]:
+        """Several frames (e.g. several cameras) in one network call when their padded sizes agree."""
+        t0 = time.perf_counter()
+        prepared = [preprocess(f, self.cfg.input) for f in frames]
+        shapes = {p[0].shape for p in prepared}
+        if len(shapes) > 1:  # different sizes: one call each
+            return [r for f in frames for r in self.run_batch([f])]
+        images = torch.cat([p[0] for p in prepared])
+        masks = torch.cat([p[1] for p in prepared])
+        t1 = time.perf_counter()
+        logits, _, hs, feats = self.backend.detect(images, masks)
+        t2 = time.perf_counter()
+        results = []
+        for i, (_, _, geom) in enumerate(prepared):
+            ts = time.perf_counter()
+            keep, labels, scores = select_queries(logits[i].float().cpu(), self.threshold)
+            mask_logits = (self.backend.masks(feats, i, hs[i, keep]).float().cpu() if len(keep)
+                           else torch.zeros(0, 1, 1))
+            tm = time.perf_counter()
+            full = resize_masks(mask_logits, geom, self.backend.mask_stride) if len(keep) else \
+                torch.zeros(0, geom.height, geom.width)
+            result = merge_panoptic(full, labels, scores, self.taxonomy.thing_lut, self.cfg.postprocess.merge,
+                                    self.cfg.postprocess.min_area, self.cfg.labels)
+            if self.mapping is not None:
+                result = remap_result(result, self.mapping)
+            te = time.perf_counter()
+            result.timings = {"preprocess": (t1 - t0) / len(frames), "detect": (t2 - t1) / len(frames),
+                              "mask_head": tm - ts, "postprocess": te - tm}
+            results.append(result)
+        return results

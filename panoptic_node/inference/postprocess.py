@@ -1,0 +1,94 @@
+"""Raw DETR outputs -> PanopticResult.
+
+1. keep queries whose best non-void class probability passes the threshold;
+2. (the caller runs the mask head on those queries only);
+3. resize the kept masks straight from the padded low-resolution grid to the input size, reading
+   only the unpadded part (one separable bilinear resample, no full-size intermediate);
+4. per-pixel argmax among kept masks; stuff queries of one class share a segment; segments under
+   `min_area` pixels are dropped and their pixels go to the next best mask.
+"""
+from functools import lru_cache
+from typing import Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .preprocess import Geometry
+from .result import PanopticResult, empty_result, result_from_segments
+
+
+def select_queries(logits: Tensor, threshold: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """logits: Q x (C + 1). Returns (indices, labels, scores) of queries over the threshold."""
+    prob = logits.softmax(-1)[:, :-1]
+    scores, labels = prob.max(-1)
+    keep = torch.nonzero(scores > threshold).flatten()
+    return keep, labels[keep], scores[keep]
+
+
+@lru_cache(maxsize=64)
+def bilinear_matrix(out_size: int, in_size: int, scale: float) -> Tensor:
+    """out_size x in_size weights of align_corners=False bilinear sampling, source = (i + .5) / scale - .5.
+
+    Same sample positions as F.interpolate with that scale factor, clamped at the edges.
+    """
+    src = (torch.arange(out_size, dtype=torch.float64) + 0.5) / scale - 0.5
+    src = src.clamp(min=0.0)
+    lo = src.floor().long().clamp(max=in_size - 1)
+    hi = (lo + 1).clamp(max=in_size - 1)
+    frac = (src - lo).to(torch.float32)
+    m = torch.zeros(out_size, in_size)
+    m[torch.arange(out_size), lo] += 1 - frac
+    m[torch.arange(out_size), hi] += frac
+    return m
+
+
+def resize_masks(masks: Tensor, geom: Geometry, stride: int) -> Tensor:
+    """K x h x w logits on the padded grid at `stride` -> K x H x W at input resolution.
+
+    Pixel (y, x) of the input maps to (y * resized_h / H + .5) / stride - .5 on the mask grid, so
+    padding is never read beyond the bilinear neighbour of the last valid row / column.
+    """
+    ay = bilinear_matrix(geom.height, masks.shape[-2], stride * geom.height / geom.resized_h)
+    ax = bilinear_matrix(geom.width, masks.shape[-1], stride * geom.width / geom.resized_w)
+    # crop the columns / rows no output pixel reads before multiplying
+    rows = int(torch.nonzero(ay.sum(0)).max()) + 1
+    cols = int(torch.nonzero(ax.sum(0)).max()) + 1
+    m = masks[:, :rows, :cols].float()
+    return torch.matmul(torch.matmul(ay[:, :rows], m), ax[:, :cols].T)
+
+
+def merge_panoptic(masks: Tensor, labels: Tensor, scores: Tensor, thing_lut: np.ndarray, merge: str,
+                   min_area: int, taxonomy: str) -> PanopticResult:
+    """masks: K x H x W logits at input resolution for the kept queries."""
+    k, h, w = masks.shape
+    if k == 0:
+        return empty_result(h, w, taxonomy)
+    values = masks if merge == "logits" else scores[:, None, None] * masks.sigmoid()
+    labels_np = labels.numpy().astype(np.int64)
+    # stuff queries of one class form one segment; every thing query is its own
+    group = np.empty(k, np.int64)
+    stuff_group = {}
+    for q, lab in enumerate(labels_np):
+        if thing_lut[lab]:
+            group[q] = q
+        else:
+            group[q] = stuff_group.setdefault(lab, q)
+    alive = torch.ones(k, dtype=torch.bool)
+    while True:
+        best = values.masked_fill(~alive[:, None, None], float("-inf")).argmax(0).numpy()
+        seg_of_pixel = group[best]
+        areas = np.bincount(seg_of_pixel.ravel(), minlength=k)
+        small = [q for q in range(k) if alive[q] and areas[group[q]] < min_area]
+        if not small or len(small) == int(alive.sum()):
+            if small:  # every segment is small: the frame is void
+                return empty_result(h, w, taxonomy)
+            break
+        alive[small] = False
+    # number segments 1..S by their first query
+    present = np.unique(seg_of_pixel)
+    renumber = np.zeros(k, np.int64)
+    renumber[present] = np.arange(1, len(present) + 1)
+    segment_ids = renumber[seg_of_pixel]
+    seg_scores = np.array([float(scores[group == g].max()) for g in present])
+    return result_from_segments(segment_ids, labels_np[present], seg_scores, thing_lut, taxonomy)

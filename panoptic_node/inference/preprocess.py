@@ -1,0 +1,76 @@
+"""RGB uint8 frame -> normalised, padded tensor + padding mask, and the geometry to undo it."""
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..model.config import InputConfig
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+@dataclass(frozen=True)
+class Geometry:
+    height: int          # input frame
+    width: int
+    resized_h: int       # after the aspect-keeping resize
+    resized_w: int
+    padded_h: int        # after padding to size_divisibility
+    padded_w: int
+
+
+def check_rgb(image) -> np.ndarray:
+    """The one place frames are validated: H x W x 3 uint8, non-empty."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected an H x W x 3 uint8 numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 RGB image, got dtype {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 RGB image, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"expected a non-empty image, got shape {image.shape}")
+    return image
+
+
+def target_size(h: int, w: int, short_side: int, max_size: int) -> Tuple[int, int]:
+    """DETR's rule: scale the short side to `short_side` unless the long side would pass `max_size`."""
+    scale = short_side / min(h, w)
+    if max(h, w) * scale > max_size:
+        scale = max_size / max(h, w)
+    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+
+
+def normalize(rgb: np.ndarray, mode: str) -> np.ndarray:
+    x = rgb.astype(np.float32)
+    if mode == "tf":  # EfficientNet-Lite was trained on (x - 127) / 128
+        return (x - 127.0) / 128.0
+    return (x - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def preprocess(image: np.ndarray, cfg: InputConfig, fixed_size: Tuple[int, int] = None):
+    """Returns (tensor 1 x 3 x Hp x Wp, pad mask 1 x Hp x Wp bool, Geometry).
+
+    fixed_size pads to that canvas instead (static-shape backends such as an exported ONNX graph).
+    """
+    check_rgb(image)
+    h, w = image.shape[:2]
+    rh, rw = target_size(h, w, cfg.short_side, cfg.max_size)
+    if fixed_size is not None:
+        # fit inside the canvas, keeping the aspect
+        scale = min(fixed_size[0] / h, fixed_size[1] / w)
+        rh, rw = max(1, min(fixed_size[0], int(round(h * scale)))), max(1, min(fixed_size[1], int(round(w * scale))))
+    resized = image if (rh, rw) == (h, w) else np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))
+    if fixed_size is not None:
+        ph, pw = fixed_size
+    else:
+        d = max(1, cfg.size_divisibility)
+        ph, pw = -(-rh // d) * d, -(-rw // d) * d
+    canvas = np.zeros((ph, pw, 3), np.float32)
+    canvas[:rh, :rw] = normalize(resized, cfg.normalization)
+    mask = np.ones((ph, pw), bool)
+    mask[:rh, :rw] = False
+    tensor = torch.from_numpy(canvas).permute(2, 0, 1)[None].contiguous()
+    return tensor, torch.from_numpy(mask)[None], Geometry(h, w, rh, rw, ph, pw)

@@ -1,0 +1,75 @@
+"""PanopticResult: what the pipeline gives for one frame (see DESIGN.md)."""
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+VOID_LABEL = 255
+VOID_PANOPTIC = -1  # label 0 is a real class, so void needs its own panoptic value
+LABEL_DIVISOR = 1000
+
+
+@dataclass
+class Segment:
+    id: int                  # 1..S, the value in `segment_ids` (0 = void)
+    label: int               # class id in the result's label set
+    is_thing: bool
+    score: float
+    box: Tuple[int, int, int, int]  # x0, y0, x1, y1 in input pixels, x1 / y1 exclusive
+    area: int
+    instance: int = 0        # 1..N for things (unique in the frame), 0 for stuff
+
+
+@dataclass
+class PanopticResult:
+    semantic: np.ndarray      # H x W uint8, 255 = void
+    instance: np.ndarray      # H x W uint16, 0 = no instance / stuff
+    panoptic: np.ndarray      # H x W int32, label*1000 + instance for things, label for stuff, -1 void
+    segment_ids: np.ndarray   # H x W int32, segment id per pixel, 0 = void
+    segments: List[Segment]
+    labels: str = "coco"      # taxonomy name
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return self.semantic.shape
+
+
+def empty_result(height: int, width: int, labels: str) -> PanopticResult:
+    return PanopticResult(np.full((height, width), VOID_LABEL, np.uint8), np.zeros((height, width), np.uint16),
+                          np.full((height, width), VOID_PANOPTIC, np.int32), np.zeros((height, width), np.int32),
+                          [], labels)
+
+
+def result_from_segments(segment_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray, thing_lut: np.ndarray,
+                         taxonomy_name: str) -> PanopticResult:
+    """Build every map from a segment-id image (0 = void, 1..S) and per-segment label / score.
+
+    Thing instances are numbered 1..N over the frame, in segment order.
+    """
+    from scipy import ndimage
+
+    n = len(labels)
+    labels = np.asarray(labels, np.int64)
+    is_thing = thing_lut[labels] if n else np.zeros(0, bool)
+    instance_of = np.zeros(n + 1, np.int64)
+    instance_of[1:][is_thing] = np.arange(1, int(is_thing.sum()) + 1)
+    label_of = np.full(n + 1, VOID_LABEL, np.int64)
+    label_of[1:] = labels
+    pan_of = np.full(n + 1, VOID_PANOPTIC, np.int64)
+    pan_of[1:] = np.where(is_thing, labels * LABEL_DIVISOR + instance_of[1:], labels)
+
+    semantic = label_of[segment_ids].astype(np.uint8)
+    instance = instance_of[segment_ids].astype(np.uint16)
+    panoptic = pan_of[segment_ids].astype(np.int32)
+    areas = np.bincount(segment_ids.ravel(), minlength=n + 1)
+    slices = ndimage.find_objects(segment_ids, max_label=n) if n else []
+    segments = []
+    for i in range(n):
+        sl = slices[i]
+        if sl is None:
+            continue  # a segment that lost every pixel
+        segments.append(Segment(i + 1, int(labels[i]), bool(is_thing[i]), float(scores[i]),
+                                (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop), int(areas[i + 1]),
+                                int(instance_of[i + 1])))
+    return PanopticResult(semantic, instance, panoptic, segment_ids.astype(np.int32), segments, taxonomy_name)

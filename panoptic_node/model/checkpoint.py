@@ -1,0 +1,123 @@
+"""Load and save weights: official facebookresearch/detr files, Hugging Face DetrForSegmentation
+(safetensors or pytorch_model.bin, old and transformers-5 names) and our own checkpoints.
+
+Files are read with torch's weights-only unpickler (argparse.Namespace allowed, since official
+training checkpoints pickle their command-line args), so a checkpoint cannot run code.
+Every problem is one CheckpointError line naming the file and what was expected.
+"""
+import argparse
+import zipfile
+from pathlib import Path
+from typing import Dict, Tuple
+
+import torch
+
+from .hf_names import convert_hf_state_dict, looks_like_hf
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def _official_to_ours(key: str) -> str:
+    key = key[len("detr."):] if key.startswith("detr.") else key
+    if key.startswith("backbone.0.body."):
+        return "backbone." + key[len("backbone.0.body."):]
+    if key.startswith(("bbox_attention.", "mask_head.")):
+        return "masks." + key
+    return key
+
+
+def read_state_dict(path) -> Tuple[Dict[str, torch.Tensor], str, dict]:
+    """Returns (state dict in our names, detected format, our config dict or {})."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file '{path}' does not exist; expected a DETR / Hugging Face / "
+                              f"panoptic_node checkpoint (.pth, .bin or .safetensors)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"weights file '{path}' is empty; expected a checkpoint")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if path.suffix == ".safetensors" or (head[8:9] == b"{" and not head.startswith(b"PK")):
+        try:
+            from safetensors.torch import load_file
+            raw = load_file(str(path))
+        except Exception as e:  # safetensors raises its own types for truncation and bad headers
+            raise CheckpointError(f"weights file '{path}' is not a readable safetensors file ({e})") from None
+    else:
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                raw = torch.load(path, map_location="cpu", weights_only=True)
+        except (zipfile.BadZipFile, RuntimeError, EOFError, OSError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"weights file '{path}' is truncated or not a torch checkpoint ({reason})") from None
+        except Exception as e:  # the weights-only unpickler refuses anything but tensors and plain data
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"weights file '{path}' is not a checkpoint torch can read safely ({reason})") from None
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        meta = raw.get("panoptic_node") or {}
+        state = raw["model"]
+        if meta:
+            return dict(state), "panoptic_node", meta.get("config", {})
+        if any(k.startswith("detr.") for k in state):
+            return {_official_to_ours(k): v for k, v in state.items()}, "official", {}
+        raise CheckpointError(f"weights file '{path}' holds a 'model' dict without DETR keys (e.g. "
+                              f"{next(iter(state), 'nothing')!r}); expected keys like 'detr.class_embed.weight'")
+    if isinstance(raw, dict) and raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+        if looks_like_hf(raw):
+            return convert_hf_state_dict(raw), "huggingface", {}
+        if any(k.startswith("detr.") for k in raw):
+            return {_official_to_ours(k): v for k, v in raw.items()}, "official", {}
+    raise CheckpointError(f"weights file '{path}' is not a DETR checkpoint; expected {{'model': state_dict}} "
+                          f"(facebookresearch/detr or panoptic_node) or Hugging Face DetrForSegmentation weights")
+
+
+def check_and_load(model: torch.nn.Module, state: Dict[str, torch.Tensor], path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    problems = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            problems.append(f"{len(keys)} {what} keys ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})")
+    if wrong:
+        shown = ", ".join(f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:3])
+        problems.append(f"{len(wrong)} wrong-shape keys ({shown}{', ...' if len(wrong) > 3 else ''})")
+    if problems:
+        raise CheckpointError(f"weights file '{path}' does not fit model '{model.cfg.name}': " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def load_weights(model: torch.nn.Module, path) -> str:
+    """Loads any supported format into `model`; returns the detected format."""
+    state, fmt, _ = read_state_dict(path)
+    check_and_load(model, state, path)
+    return fmt
+
+
+def save_checkpoint(model: torch.nn.Module, path, **extra) -> None:
+    """Our format: the official layout ({'model': state_dict}) plus our config, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"model": model.state_dict(),
+               "panoptic_node": {"version": FORMAT_VERSION, "config": model.cfg.to_dict()}}
+    payload.update(extra)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def save_official(model: torch.nn.Module, path) -> None:
+    """Write the facebookresearch/detr layout (keys under detr., heads at top level)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("masks."):
+            out[k[len("masks."):]] = v
+        elif k.startswith("backbone."):
+            out["detr.backbone.0.body." + k[len("backbone."):]] = v
+        else:
+            out["detr." + k] = v
+    torch.save({"model": out}, path)

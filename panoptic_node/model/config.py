@@ -1,0 +1,110 @@
+"""Model configuration: one YAML file per model under models/ (or a user's own path)."""
+import os
+import sys
+from dataclasses import dataclass, field, fields, asdict
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+
+
+
+def share_dir(name: str) -> Path:
+    """A data folder shipped with the package (models/, config/, launch/).
+
+    Source checkouts and editable installs find it beside the package; pip and colcon installs
+    put data_files under <prefix>/share/panoptic_node.
+    """
+    candidates = [Path(__file__).resolve().parents[2] / name, Path(sys.prefix) / "share" / "panoptic_node" / name]
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        if prefix:
+            candidates.append(Path(prefix) / "share" / "panoptic_node" / name)
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return candidates[0]
+
+
+MODELS_DIR = share_dir("models")
+DEFAULT_MODEL = "street_lite0"
+
+
+@dataclass
+class InputConfig:
+    short_side: int = 800            # resize so the short side is this ...
+    max_size: int = 1333             # ... unless the long side would exceed this
+    size_divisibility: int = 32      # pad to a multiple of this (a fixed size keeps exports static)
+    normalization: str = "imagenet"  # imagenet (mean/std) | tf ((x - 127) / 128, EfficientNet-Lite)
+
+
+@dataclass
+class PostprocessConfig:
+    threshold: float = 0.85          # keep queries whose best class probability is above this
+    min_area: int = 4                # segments with fewer pixels are dropped and their pixels reassigned
+    merge: str = "logits"            # per-pixel argmax over mask logits (published) | score_prob
+
+
+@dataclass
+class ModelConfig:
+    name: str = "detr_r50_panoptic"
+    backbone: str = "resnet50"
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    num_queries: int = 100
+    num_classes: int = 250           # logits = num_classes + 1 (the last is "no object")
+    labels: str = "coco"             # taxonomy the class indices belong to
+    mask_head: str = "detr_conv"     # detr_conv | dot_product
+    mask_dim: int = 128              # dot_product only
+    weights: Optional[str] = None    # default weights file, relative to the config file
+    input: InputConfig = field(default_factory=InputConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "ModelConfig":
+        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown model config keys {unknown}; expected some of {sorted(known)}")
+        for key, sub in (("input", InputConfig), ("postprocess", PostprocessConfig)):
+            if key in data:
+                sub_known = {f.name for f in fields(sub)}
+                bad = sorted(set(data[key]) - sub_known)
+                if bad:
+                    raise ValueError(f"{source}: unknown keys {bad} under '{key}'; expected some of {sorted(sub_known)}")
+                data[key] = sub(**data[key])
+        cfg = cls(**data)
+        cfg.validate(source)
+        return cfg
+
+    def validate(self, source: str = "config") -> None:
+        if self.mask_head not in ("detr_conv", "dot_product"):
+            raise ValueError(f"{source}: mask_head '{self.mask_head}' is not one of detr_conv, dot_product")
+        if self.input.normalization not in ("imagenet", "tf"):
+            raise ValueError(f"{source}: input.normalization '{self.input.normalization}' is not imagenet or tf")
+        if self.postprocess.merge not in ("logits", "score_prob"):
+            raise ValueError(f"{source}: postprocess.merge '{self.postprocess.merge}' is not logits or score_prob")
+        if not 0.0 <= self.postprocess.threshold <= 1.0:
+            raise ValueError(f"{source}: postprocess.threshold {self.postprocess.threshold} is not in [0, 1]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_config(name_or_path: str = DEFAULT_MODEL) -> ModelConfig:
+    """A model name from models/ (e.g. 'detr_r50_panoptic') or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = MODELS_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"model config '{name_or_path}' not found; expected a YAML path or one of {available}")
+    data = yaml.safe_load(path.read_text()) or {}
+    cfg = ModelConfig.from_dict(data, source=str(path))
+    if cfg.weights and not Path(cfg.weights).is_absolute():
+        cfg.weights = str((path.parent / cfg.weights).resolve())
+    return cfg

@@ -1,0 +1,78 @@
+"""DETR for panoptic segmentation: backbone -> transformer -> class / box heads -> mask head.
+
+Inference runs in two steps so the (expensive) mask head sees only the queries worth keeping:
+`detect()` returns class logits, boxes, decoder embeddings and the per-image mask features;
+`predict_masks(features, hs)` then runs the mask head on any subset of queries.
+Parameter names follow facebookresearch/detr (without its `detr.` prefix) so official
+checkpoints map onto this module by renaming, not by surgery.
+"""
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn, Tensor
+
+from .backbone import build_backbone
+from .config import ModelConfig
+from .mask_heads import DETRConvMaskHead, DotProductMaskHead, MLP
+from .position_encoding import PositionEmbeddingSine
+from .transformer import Transformer
+
+
+@dataclass
+class DetectOutput:
+    logits: Tensor                    # B x Q x (num_classes + 1), last decoder layer
+    boxes: Tensor                     # B x Q x 4, (cx, cy, w, h) in [0, 1] of the unpadded image
+    hs: Tensor                        # B x Q x D, query embeddings for the mask head
+    mask_features: Tuple[Tensor, ...]  # per-image tensors the mask head needs
+    aux_logits: Tensor = None         # L x B x Q x C, every decoder layer (training)
+    aux_boxes: Tensor = None
+    aux_hs: Tensor = None
+
+
+class PanopticDETR(nn.Module):
+    def __init__(self, cfg: ModelConfig, pretrained_backbone: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden_dim
+        self.backbone = build_backbone(cfg.backbone, pretrained=pretrained_backbone)
+        self.position_embedding = PositionEmbeddingSine(d // 2)
+        self.input_proj = nn.Conv2d(self.backbone.num_channels[-1], d, 1)
+        self.transformer = Transformer(d, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.dropout)
+        self.query_embed = nn.Embedding(cfg.num_queries, d)
+        self.class_embed = nn.Linear(d, cfg.num_classes + 1)
+        self.bbox_embed = MLP(d, d, 4, 3)
+        fpn_dims = self.backbone.num_channels[::-1][1:]  # strides 16, 8, 4
+        if cfg.mask_head == "detr_conv":
+            self.masks = DETRConvMaskHead(d, cfg.nheads, fpn_dims)
+        else:
+            self.masks = DotProductMaskHead(d, fpn_dims, cfg.mask_dim)
+        self.mask_stride = self.masks.stride
+
+    def detect(self, images: Tensor, pad_mask: Tensor) -> DetectOutput:
+        """images: B x 3 x H x W normalised; pad_mask: B x H x W bool, True on padding."""
+        feats = self.backbone(images)
+        src = feats[-1]
+        mask = F.interpolate(pad_mask[:, None].float(), size=src.shape[-2:])[:, 0].bool()
+        pos = self.position_embedding(mask).to(src.dtype)
+        src_proj = self.input_proj(src)
+        hs, memory = self.transformer(src_proj, mask, self.query_embed.weight, pos)
+        logits = self.class_embed(hs)
+        boxes = self.bbox_embed(hs).sigmoid()
+        return DetectOutput(logits[-1], boxes[-1], hs[-1], self.masks.prepare(src_proj, memory, mask, feats),
+                            logits, boxes, hs)
+
+    def predict_masks(self, mask_features: Tuple[Tensor, ...], hs: Tensor) -> Tensor:
+        """hs: B x K x D (any subset of queries) -> mask logits B x K x h x w at `mask_stride`."""
+        return self.masks(mask_features, hs)
+
+    def forward(self, images: Tensor, pad_mask: Tensor):
+        """Every query's logits, boxes and masks (training and reference comparisons)."""
+        out = self.detect(images, pad_mask)
+        return out.logits, out.boxes, self.predict_masks(out.mask_features, out.hs)
+
+
+def build_model(cfg: ModelConfig, pretrained_backbone: bool = False) -> PanopticDETR:
+    """pretrained_backbone loads ImageNet weights (training); inference loads a full checkpoint."""
+    return PanopticDETR(cfg, pretrained_backbone)

@@ -1,0 +1,124 @@
+"""DETR's post-norm encoder-decoder transformer.
+
+Parameter names follow facebookresearch/detr so official checkpoints load by name.
+"""
+import copy
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn, Tensor
+
+
+class Transformer(nn.Module):
+    def __init__(self, d_model=256, nhead=8, num_encoder_layers=6, num_decoder_layers=6,
+                 dim_feedforward=2048, dropout=0.1):
+        super().__init__()
+        enc = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout)
+        dec = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout)
+        self.encoder = TransformerEncoder(enc, num_encoder_layers)
+        self.decoder = TransformerDecoder(dec, num_decoder_layers, nn.LayerNorm(d_model))
+        self.d_model = d_model
+        self.nhead = nhead
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor):
+        """src, pos_embed: B x C x H x W; mask: B x H x W (True = pad); query_embed: Q x C.
+
+        Returns (decoder outputs L x B x Q x C after the final norm, memory B x C x H x W).
+        """
+        bs, c, h, w = src.shape
+        src = src.flatten(2).permute(2, 0, 1)
+        pos_embed = pos_embed.flatten(2).permute(2, 0, 1)
+        query_embed = query_embed.unsqueeze(1).repeat(1, bs, 1)
+        mask = mask.flatten(1)
+        tgt = torch.zeros_like(query_embed)
+        memory = self.encoder(src, key_padding_mask=mask, pos=pos_embed)
+        hs = self.decoder(tgt, memory, memory_key_padding_mask=mask, pos=pos_embed, query_pos=query_embed)
+        return hs.transpose(1, 2), memory.permute(1, 2, 0).view(bs, c, h, w)
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, layer, num_layers):
+        super().__init__()
+        self.layers = nn.ModuleList([copy.deepcopy(layer) for _ in range(num_layers)])
+
+    def forward(self, src, key_padding_mask, pos):
+        for layer in self.layers:
+            src = layer(src, key_padding_mask, pos)
+        return src
+
+
+class TransformerDecoder(nn.Module):
+    def __init__(self, layer, num_layers, norm):
+        super().__init__()
+        self.layers = nn.ModuleList([copy.deepcopy(layer) for _ in range(num_layers)])
+        self.norm = norm
+
+    def forward(self, tgt, memory, memory_key_padding_mask, pos, query_pos):
+        intermediate = []
+        for layer in self.layers:
+            tgt = layer(tgt, memory, memory_key_padding_mask, pos, query_pos)
+            intermediate.append(self.norm(tgt))
+        # every layer's normalised output: the last is the prediction, the others feed auxiliary losses
+        return torch.stack(intermediate)
+
+
+def _with_pos(t: Tensor, pos: Optional[Tensor]) -> Tensor:
+    return t if pos is None else t + pos
+
+
+def _float_mask(key_padding_mask: Tensor, dtype) -> Tensor:
+    # an additive float mask instead of a bool one keeps ONNX export and the fast SDPA path simple
+    return torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device).masked_fill(
+        key_padding_mask, float("-inf"))
+
+
+class TransformerEncoderLayer(nn.Module):
+    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, src, key_padding_mask, pos):
+        q = k = _with_pos(src, pos)
+        src2 = self.self_attn(q, k, value=src, key_padding_mask=_float_mask(key_padding_mask, src.dtype),
+                              need_weights=False)[0]
+        src = self.norm1(src + self.dropout1(src2))
+        src2 = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout2(src2))
+
+
+class TransformerDecoderLayer(nn.Module):
+    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def forward(self, tgt, memory, memory_key_padding_mask, pos, query_pos):
+        q = k = _with_pos(tgt, query_pos)
+        tgt2 = self.self_attn(q, k, value=tgt, need_weights=False)[0]
+        tgt = self.norm1(tgt + self.dropout1(tgt2))
+        tgt2 = self.multihead_attn(query=_with_pos(tgt, query_pos), key=_with_pos(memory, pos), value=memory,
+                                   key_padding_mask=_float_mask(memory_key_padding_mask, memory.dtype),
+                                   need_weights=False)[0]
+        tgt = self.norm2(tgt + self.dropout2(tgt2))
+        tgt2 = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout3(tgt2))

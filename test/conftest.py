@@ -1,0 +1,61 @@
+"""Shared fixtures: small model configs with random weights, and where the CamVid data lives."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from panoptic_node.model.config import InputConfig, ModelConfig, PostprocessConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMVID = Path(os.environ.get("PANOPTIC_NODE_CAMVID", ROOT.parent / "shared" / "data" / "camvid"))
+
+torch.set_num_threads(2)
+
+
+def small_config(**overrides) -> ModelConfig:
+    """An R50 DETR with a thin transformer: the published architecture, quick to run on CPU."""
+    base = dict(name="tiny_r50", backbone="resnet50", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=2,
+                dim_feedforward=256, dropout=0.0, num_queries=10, num_classes=250, labels="coco",
+                mask_head="detr_conv",
+                input=InputConfig(short_side=96, max_size=128, size_divisibility=32),
+                postprocess=PostprocessConfig(threshold=0.0, min_area=4, merge="logits"))
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def compact_config(**overrides) -> ModelConfig:
+    base = dict(name="tiny_lite0", backbone="efficientnet_lite0", hidden_dim=64, nheads=4, enc_layers=1,
+                dec_layers=2, dim_feedforward=128, dropout=0.0, num_queries=12, num_classes=11, labels="camvid",
+                mask_head="dot_product", mask_dim=32,
+                input=InputConfig(short_side=96, max_size=128, size_divisibility=32, normalization="tf"),
+                postprocess=PostprocessConfig(threshold=0.0, min_area=4, merge="score_prob"))
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial frozen BatchNorm statistics, so a loader that drops them would be caught."""
+    g = torch.Generator().manual_seed(seed)
+    for name, buf in model.named_buffers():
+        if name.endswith("running_mean"):
+            buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
+        elif name.endswith("running_var"):
+            buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+        elif name.endswith(".weight") and buf.dim() == 1:
+            buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+        elif name.endswith(".bias") and buf.dim() == 1:
+            buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def camvid_or_skip() -> Path:
+    if not (CAMVID / "val.txt").is_file():
+        pytest.skip(f"CamVid not found at {CAMVID} (expected ../shared/data/camvid beside the repo, "
+                    f"or set PANOPTIC_NODE_CAMVID)")
+    return CAMVID
