@@ -26,15 +26,15 @@ def cmd_infer(args) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from .coco_format import annotation, id_to_rgb, panoptic_json, write_json_atomic
+    from .coco_format import CocoPanopticWriter
     from .render import overlay
     from .taxonomy import get_taxonomy
 
     pipeline = _pipeline(args)
     taxonomy = get_taxonomy(pipeline.labels)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    annotations, images, failed = [], [], 0
+    writer = CocoPanopticWriter(out, taxonomy)
+    failed = 0
     for path in tqdm([Path(p) for p in args.images], desc="infer", unit="frame"):
         try:
             with Image.open(path) as im:
@@ -45,16 +45,14 @@ def cmd_infer(args) -> int:
             continue
         result = pipeline(rgb)
         stem = path.stem
-        Image.fromarray(id_to_rgb(result.segment_ids)).save(out / f"{stem}_panoptic.png")
+        writer.add(stem, path.name, result)
         Image.fromarray(result.semantic).save(out / f"{stem}_semantic.png")
         Image.fromarray(result.instance).save(out / f"{stem}_instances.png")
         Image.fromarray(overlay(rgb, result, taxonomy)).save(out / f"{stem}_overlay.png")
-        annotations.append(annotation(result, stem, f"{stem}_panoptic.png"))
-        images.append({"id": stem, "file_name": path.name, "height": rgb.shape[0], "width": rgb.shape[1]})
         tqdm.write(f"{path.name}: {len(result.segments)} segments, "
                    + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in result.timings.items()))
-    write_json_atomic(out / "panoptic.json", panoptic_json(annotations, images, taxonomy))
-    print(f"wrote {len(annotations)} frames to {out}" + (f"; {failed} failed" if failed else ""))
+    writer.close()
+    print(f"wrote {len(writer.annotations)} frames to {out}" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
 
 

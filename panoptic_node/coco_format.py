@@ -44,3 +44,29 @@ def write_json_atomic(path: Path, data) -> None:
 
 def panoptic_json(annotations: List[Dict], images: List[Dict], taxonomy: Taxonomy) -> Dict:
     return {"images": images, "annotations": annotations, "categories": categories(taxonomy)}
+
+
+class CocoPanopticWriter:
+    """Writes one PNG per frame as it comes and the JSON once at `close()` (atomically), so an
+    interrupted run never leaves a panoptic.json that looks complete."""
+
+    def __init__(self, out_dir, taxonomy: Taxonomy):
+        from PIL import Image  # noqa: F401  (fail early if Pillow is missing)
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.taxonomy = taxonomy
+        self.annotations: List[Dict] = []
+        self.images: List[Dict] = []
+
+    def add(self, stem: str, file_name: str, result: PanopticResult) -> None:
+        from PIL import Image
+        png = f"{stem}_panoptic.png"
+        Image.fromarray(id_to_rgb(result.segment_ids)).save(self.out / png)
+        self.annotations.append(annotation(result, stem, png))
+        h, w = result.shape
+        self.images.append({"id": stem, "file_name": file_name, "height": h, "width": w})
+
+    def close(self) -> Path:
+        path = self.out / "panoptic.json"
+        write_json_atomic(path, panoptic_json(self.annotations, self.images, self.taxonomy))
+        return path

@@ -11,7 +11,8 @@ from panoptic_node.model.config import InputConfig, ModelConfig, PostprocessConf
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = Path(os.environ.get("PANOPTIC_NODE_CAMVID", ROOT.parent / "shared" / "data" / "camvid"))
 
-torch.set_num_threads(2)
+# CI has the machine to itself; set PANOPTIC_TEST_THREADS=1 while something else trains
+torch.set_num_threads(int(os.environ.get("PANOPTIC_TEST_THREADS", "2")))
 
 
 def small_config(**overrides) -> ModelConfig:

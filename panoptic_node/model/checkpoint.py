@@ -21,6 +21,10 @@ class CheckpointError(ValueError):
     pass
 
 
+class MissingWeightsError(CheckpointError, FileNotFoundError):
+    pass
+
+
 def _official_to_ours(key: str) -> str:
     key = key[len("detr."):] if key.startswith("detr.") else key
     if key.startswith("backbone.0.body."):
@@ -34,7 +38,7 @@ def read_state_dict(path) -> Tuple[Dict[str, torch.Tensor], str, dict]:
     """Returns (state dict in our names, detected format, our config dict or {})."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"weights file '{path}' does not exist; expected a DETR / Hugging Face / "
+        raise MissingWeightsError(f"weights file '{path}' does not exist; expected a DETR / Hugging Face / "
                               f"panoptic_node checkpoint (.pth, .bin or .safetensors)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"weights file '{path}' is empty; expected a checkpoint")

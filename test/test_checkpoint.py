@@ -1,0 +1,140 @@
+"""Official-format and our own checkpoints reload to identical outputs; every broken file gives one
+clear line naming the file and the problem."""
+import argparse
+import pickle
+
+import pytest
+import torch
+
+from panoptic_node.model.checkpoint import (CheckpointError, load_weights, read_state_dict, save_checkpoint,
+                                            save_official)
+from panoptic_node.model.detr import build_model
+
+from conftest import compact_config, randomize_batchnorm, small_config
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(1)
+    m = build_model(small_config()).eval()
+    with torch.no_grad():
+        randomize_batchnorm(m)
+    return m
+
+
+def outputs(m):
+    torch.manual_seed(5)
+    x = torch.randn(1, 3, 64, 96)
+    pad = torch.zeros(1, 64, 96, dtype=torch.bool)
+    pad[:, :, 80:] = True
+    with torch.no_grad():
+        return m(x, pad)
+
+
+def test_official_format_round_trip(model, tmp_path):
+    path = tmp_path / "detr-official.pth"
+    save_official(model, path)
+    raw = torch.load(path, weights_only=True)["model"]
+    # the layout facebookresearch/detr writes
+    assert "detr.backbone.0.body.layer1.0.conv1.weight" in raw
+    assert "detr.transformer.decoder.norm.weight" in raw and "mask_head.lay1.weight" in raw
+    assert "bbox_attention.q_linear.weight" in raw and "detr.class_embed.weight" in raw
+    fresh = build_model(small_config()).eval()
+    assert load_weights(fresh, path) == "official"
+    for a, b in zip(outputs(model), outputs(fresh)):
+        assert torch.equal(a, b)
+
+
+def test_official_training_checkpoint_with_args_loads(model, tmp_path):
+    """Training checkpoints pickle argparse args next to the weights: allowed, nothing else is."""
+    path = tmp_path / "checkpoint.pth"
+    save_official(model, path)
+    payload = torch.load(path, weights_only=True)
+    payload["args"] = argparse.Namespace(lr=1e-4, masks=True)
+    payload["epoch"] = 24
+    torch.save(payload, path)
+    fresh = build_model(small_config()).eval()
+    assert load_weights(fresh, path) == "official"
+    assert torch.equal(outputs(model)[0], outputs(fresh)[0])
+
+
+def test_our_checkpoint_round_trip_compact(tmp_path):
+    m = build_model(compact_config()).eval()
+    path = tmp_path / "ours.pth"
+    save_checkpoint(m, path)
+    state, fmt, cfg = read_state_dict(path)
+    assert fmt == "panoptic_node" and cfg["mask_head"] == "dot_product"
+    fresh = build_model(compact_config()).eval()
+    load_weights(fresh, path)
+    for a, b in zip(outputs(m), outputs(fresh)):
+        assert torch.equal(a, b)
+    assert not (tmp_path / "ours.pth.partial").exists()
+
+
+def one_line(excinfo):
+    text = str(excinfo.value)
+    assert "\n" not in text
+    return text
+
+
+def test_truncated_file(model, tmp_path):
+    path = tmp_path / "cut.pth"
+    save_official(model, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as e:
+        load_weights(build_model(small_config()), path)
+    assert "cut.pth" in one_line(e) and "truncated" in one_line(e)
+
+
+def test_wrong_shape_key(model, tmp_path):
+    path = tmp_path / "shape.pth"
+    save_official(model, path)
+    payload = torch.load(path, weights_only=True)
+    payload["model"]["detr.class_embed.weight"] = torch.zeros(92, 128)  # a detection model's 91 classes
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as e:
+        load_weights(build_model(small_config()), path)
+    assert "class_embed.weight (92, 128) != (251, 128)" in one_line(e)
+
+
+def test_missing_and_unexpected_keys(model, tmp_path):
+    path = tmp_path / "keys.pth"
+    save_official(model, path)
+    payload = torch.load(path, weights_only=True)
+    del payload["model"]["mask_head.out_lay.weight"]
+    payload["model"]["detr.extra_head.weight"] = torch.zeros(1)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as e:
+        load_weights(build_model(small_config()), path)
+    msg = one_line(e)
+    assert "1 missing keys (masks.mask_head.out_lay.weight)" in msg
+    assert "1 unexpected keys (extra_head.weight)" in msg
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, I am a text file\n", pickle.dumps([1, 2, 3])])
+def test_not_a_checkpoint(tmp_path, content):
+    path = tmp_path / "notes.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as e:
+        load_weights(build_model(compact_config()), path)
+    assert "notes.pth" in one_line(e)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("arbitrary code ran",))
+
+
+def test_arbitrary_pickle_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"detr.x": torch.zeros(1)}, "payload": Evil()}, path)
+    with pytest.raises(CheckpointError) as e:
+        load_weights(build_model(compact_config()), path)
+    assert "safely" in one_line(e)
+    assert "arbitrary code ran" not in capsys.readouterr().out
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_weights(build_model(compact_config()), tmp_path / "nope.pth")

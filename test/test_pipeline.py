@@ -1,0 +1,144 @@
+"""The Pipeline end to end: result maps agree with each other, bad frames are refused with a clear
+ValueError, the CLI writes the COCO panoptic format that panopticapi reads (PQ = 1 against itself)."""
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from panoptic_node.cli import main
+from panoptic_node.coco_format import CocoPanopticWriter, rgb_to_id
+from panoptic_node.inference.result import result_from_segments
+from panoptic_node.taxonomy import get_taxonomy
+from panoptic_node.inference.pipeline import Pipeline
+from panoptic_node.model.checkpoint import save_checkpoint
+from panoptic_node.model.detr import build_model
+
+from conftest import compact_config
+
+
+@pytest.fixture(scope="module")
+def model_yaml(tmp_path_factory):
+    """A tiny compact model on disk: YAML config + our checkpoint, as a user's own model would be."""
+    d = tmp_path_factory.mktemp("model")
+    torch.manual_seed(3)
+    cfg = compact_config()
+    model = build_model(cfg, pretrained_backbone=True)  # a random trunk gives constant features
+    save_checkpoint(model, d / "tiny.pth")
+    data = asdict(cfg)
+    data["weights"] = "tiny.pth"
+    (d / "tiny.yaml").write_text(yaml.safe_dump(data))
+    return d / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def pipeline(model_yaml):
+    return Pipeline.from_config(str(model_yaml))
+
+
+def test_result_maps_are_consistent(pipeline, rng):
+    frame = rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    r = pipeline(frame)
+    assert r.semantic.shape == r.instance.shape == r.panoptic.shape == (70, 90)
+    assert r.semantic.dtype == np.uint8 and r.instance.dtype == np.uint16 and r.panoptic.dtype == np.int32
+    assert len(r.segments) > 0  # threshold 0: every query is kept
+    assert sum(s.area for s in r.segments) == (r.segment_ids > 0).sum()
+    assert set(r.timings) == {"preprocess", "detect", "mask_head", "postprocess"}
+    ids = sorted(s.id for s in r.segments)
+    assert ids == list(range(1, len(ids) + 1))
+
+
+def test_batch_equals_single(pipeline, rng):
+    a = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    b = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    batch = pipeline.run_batch([a, b])
+    for frame, res in zip((a, b), batch):
+        np.testing.assert_array_equal(pipeline(frame).panoptic, res.panoptic)
+
+
+@pytest.mark.parametrize("frame,expected", [
+    (np.zeros((10, 10, 3), np.float32), "uint8"),
+    (np.zeros((10, 10, 4), np.uint8), "H x W x 3"),
+    (np.zeros((10, 10), np.uint8), "H x W x 3"),
+    (np.zeros((0, 10, 3), np.uint8), "non-empty"),
+    ([[1, 2, 3]], "numpy array"),
+])
+def test_bad_frames_raise_value_error(pipeline, frame, expected):
+    with pytest.raises(ValueError, match=expected):
+        pipeline(frame)
+
+
+def test_bad_threshold(model_yaml):
+    with pytest.raises(ValueError, match="threshold"):
+        Pipeline.from_config(str(model_yaml), threshold=1.5)
+
+
+def test_missing_weights_names_the_file(model_yaml, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+        Pipeline.from_config(str(model_yaml), weights=str(tmp_path / "nothing.pth"))
+
+
+def test_coco_panoptic_output_is_scored_by_panopticapi(tmp_path, rng):
+    """Frames with things and stuff through the writer the CLI uses: panopticapi reads them and
+    finds PQ = 1 against themselves."""
+    pq_compute = pytest.importorskip("panopticapi.evaluation").pq_compute
+    camvid = get_taxonomy("camvid")
+    writer = CocoPanopticWriter(tmp_path, camvid)
+    for i in range(3):
+        ids = np.zeros((40, 60), np.int64)
+        ids[:20] = 1                      # sky (stuff)
+        ids[20:] = 2                      # road (stuff)
+        ids[25:35, 5 + i:20 + i] = 3      # car (thing)
+        ids[22:38, 40:44] = 4             # pedestrian (thing)
+        ids[0:3, 0:3] = 0                 # void
+        result = result_from_segments(ids, np.array([0, 3, 8, 9]), np.array([.9, .8, .7, .6]), camvid.thing_lut,
+                                      "camvid")
+        writer.add(f"f{i}", f"f{i}.png", result)
+    path = writer.close()
+    results = pq_compute(str(path), str(path), str(tmp_path), str(tmp_path))
+    for part, classes in (("All", 4), ("Things", 2), ("Stuff", 2)):
+        assert results[part]["pq"] == pytest.approx(1.0) and results[part]["n"] == classes
+
+
+def test_infer_cli_writes_consistent_outputs(model_yaml, tmp_path, rng, capsys):
+    images = []
+    for i, shape in enumerate([(60, 80, 3), (50, 50, 3)]):
+        p = tmp_path / f"frame{i}.png"
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(p)
+        images.append(str(p))
+    out = tmp_path / "out"
+    assert main(["infer", *images, "--model", str(model_yaml), "--out", str(out)]) == 0
+    data = json.loads((out / "panoptic.json").read_text())
+    assert len(data["annotations"]) == 2 and len(data["categories"]) == 11
+    for ann in data["annotations"]:
+        ids = rgb_to_id(np.asarray(Image.open(out / ann["file_name"])))
+        assert sorted(set(np.unique(ids)) - {0}) == sorted(s["id"] for s in ann["segments_info"])
+        sem = np.asarray(Image.open(out / ann["file_name"].replace("_panoptic", "_semantic")))
+        inst = np.asarray(Image.open(out / ann["file_name"].replace("_panoptic", "_instances")))
+        assert sem.dtype == np.uint8 and inst.dtype in (np.uint16, np.int32)
+        for s in ann["segments_info"]:
+            assert (sem[ids == s["id"]] == s["category_id"]).all()
+            assert s["area"] == (ids == s["id"]).sum()
+    assert (out / "frame0_overlay.png").is_file()
+
+
+def test_infer_cli_bad_image_is_one_line_and_others_still_run(model_yaml, tmp_path, rng, capsys):
+    good = tmp_path / "good.png"
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    assert main(["infer", str(bad), str(good), "--model", str(model_yaml), "--out", str(out)]) == 1
+    err = capsys.readouterr()
+    assert "cannot read image" in err.out + err.err and "bad.png" in err.out + err.err
+    assert (out / "good_panoptic.png").is_file()
+    assert len(json.loads((out / "panoptic.json").read_text())["annotations"]) == 1
+
+
+def test_cli_missing_model_is_one_line(capsys):
+    assert main(["infer", "x.png", "--model", "no_such_model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no_such_model" in err

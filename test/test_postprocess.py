@@ -1,0 +1,129 @@
+"""The fast postprocess equals a slow, obviously correct per-pixel reference, on inputs with
+overlapping masks, duplicate stuff, tiny segments and padding."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from panoptic_node.inference.postprocess import bilinear_matrix, merge_panoptic, resize_masks, select_queries
+from panoptic_node.inference.preprocess import Geometry
+from panoptic_node.taxonomy import get_taxonomy
+
+CAMVID = get_taxonomy("camvid")
+
+
+def reference_sample(grid, y, x, geom, stride):
+    """Bilinear value of `grid` (h x w) at the point input pixel (y, x) lands on."""
+    sy = max((y + 0.5) * geom.resized_h / geom.height / stride - 0.5, 0.0)
+    sx = max((x + 0.5) * geom.resized_w / geom.width / stride - 0.5, 0.0)
+    y0, x0 = min(int(np.floor(sy)), grid.shape[0] - 1), min(int(np.floor(sx)), grid.shape[1] - 1)
+    y1, x1 = min(y0 + 1, grid.shape[0] - 1), min(x0 + 1, grid.shape[1] - 1)
+    fy, fx = sy - y0, sx - x0
+    return ((1 - fy) * (1 - fx) * grid[y0, x0] + (1 - fy) * fx * grid[y0, x1]
+            + fy * (1 - fx) * grid[y1, x0] + fy * fx * grid[y1, x1])
+
+
+def reference_postprocess(masks, labels, scores, geom, stride, merge, min_area):
+    """Pixel by pixel: argmax over alive queries; stuff of one class is one segment; segments under
+    min_area die and the argmax is redone; segments numbered 1.. by their first query."""
+    k = len(labels)
+    full = np.array([[[reference_sample(masks[q], y, x, geom, stride) for x in range(geom.width)]
+                      for y in range(geom.height)] for q in range(k)])
+    if merge == "score_prob":
+        full = scores[:, None, None] * (1 / (1 + np.exp(-full)))
+    owner = {}
+    for q in range(k):
+        if CAMVID.is_thing(labels[q]):
+            owner[q] = q
+        else:
+            owner[q] = min(p for p in range(k) if labels[p] == labels[q])
+    alive = set(range(k))
+    while True:
+        seg = np.zeros((geom.height, geom.width), int)
+        for y in range(geom.height):
+            for x in range(geom.width):
+                best = max(sorted(alive), key=lambda q: full[q, y, x])
+                seg[y, x] = owner[best]
+        small = [q for q in alive if (seg == owner[q]).sum() < min_area]
+        if not small:
+            break
+        alive -= set(small)
+        if not alive:
+            return None
+    order = sorted(set(seg.ravel()))
+    ids = np.zeros_like(seg)
+    for i, g in enumerate(order):
+        ids[seg == g] = i + 1
+    return ids, [labels[g] for g in order]
+
+
+@pytest.mark.parametrize("merge", ["logits", "score_prob"])
+@pytest.mark.parametrize("stride,geom", [
+    (8, Geometry(height=19, width=23, resized_h=38, resized_w=46, padded_h=64, padded_w=64)),  # upscaled + padded
+    (4, Geometry(height=30, width=17, resized_h=15, resized_w=9, padded_h=32, padded_w=32)),  # downscaled + padded
+])
+def test_fast_equals_reference(merge, stride, geom):
+    rng = np.random.default_rng(stride)
+    h, w = geom.padded_h // stride, geom.padded_w // stride
+    # overlapping blobs, two queries of one stuff class (road), one tiny thing
+    labels = np.array([3, 3, 8, 8, 0, 9, 1])
+    masks = rng.normal(0, 1, (len(labels), h, w)).astype(np.float32)
+    masks[2, : h // 2] += 3
+    masks[3, h // 3:] += 2.5
+    vis_h, vis_w = -(-geom.resized_h // stride), -(-geom.resized_w // stride)  # the unpadded part of the grid
+    masks[0, :, : vis_w // 3] += 4  # two road queries on either side: one road segment
+    masks[1, :, vis_w * 2 // 3: vis_w] += 4
+    masks[4, vis_h - 1] += 6        # sky along the bottom row
+    masks[6] -= 6.0                # wins only around one cell: a tiny segment to drop and reassign
+    masks[6, 0, 0] += 12
+    scores = rng.uniform(0.5, 1, len(labels)).astype(np.float32)
+    min_area = 30
+    winners = np.bincount(resize_masks(torch.from_numpy(masks), geom, stride).argmax(0).numpy().ravel(), minlength=7)
+    assert 0 < winners[6] < min_area and winners[0] > 0 and winners[1] > 0  # the cases this test is about
+    fast = merge_panoptic(resize_masks(torch.from_numpy(masks), geom, stride), torch.from_numpy(labels),
+                          torch.from_numpy(scores), CAMVID.thing_lut, merge, min_area, "camvid")
+    ref_ids, ref_labels = reference_postprocess(masks, labels, scores, geom, stride, merge, min_area)
+    np.testing.assert_array_equal(fast.segment_ids, ref_ids)
+    assert [s.label for s in fast.segments] == ref_labels
+    # the derived maps agree with the segment list
+    for s in fast.segments:
+        region = fast.segment_ids == s.id
+        assert s.area == region.sum()
+        assert (fast.semantic[region] == s.label).all()
+        ys, xs = np.nonzero(region)
+        assert s.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        if s.is_thing:
+            assert (fast.instance[region] == s.instance).all() and s.instance > 0
+            assert (fast.panoptic[region] == s.label * 1000 + s.instance).all()
+        else:
+            assert (fast.instance[region] == 0).all() and (fast.panoptic[region] == s.label).all()
+    assert len({s.label for s in fast.segments if not s.is_thing}) == sum(not s.is_thing for s in fast.segments)
+    assert 1 not in [s.label for s in fast.segments]  # the tiny building segment is gone
+
+
+def test_resize_matches_interpolate_then_crop():
+    """Equivalent to DETR's way: upsample to the padded input, crop the padding, resize to the frame."""
+    geom = Geometry(height=48, width=64, resized_h=48, resized_w=64, padded_h=64, padded_w=96)
+    masks = torch.randn(3, 8, 12)
+    fast = resize_masks(masks, geom, 8)
+    ref = F.interpolate(masks[None], size=(64, 96), mode="bilinear", align_corners=False)[0, :, :48, :64]
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_bilinear_matrix_rows_sum_to_one():
+    m = bilinear_matrix(37, 5, 37 / 5 * 0.9)
+    torch.testing.assert_close(m.sum(1), torch.ones(37))
+
+
+def test_select_queries_threshold_and_no_object():
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 9.0], [0.0, 3.0, 0.0]])  # last column: no object
+    keep, labels, scores = select_queries(logits, 0.8)
+    assert keep.tolist() == [0, 2] and labels.tolist() == [0, 1]
+    assert (scores > 0.8).all()
+
+
+def test_no_kept_queries_gives_void_frame():
+    r = merge_panoptic(torch.zeros(0, 5, 7), torch.zeros(0, dtype=torch.long), torch.zeros(0), CAMVID.thing_lut,
+                       "logits", 4, "camvid")
+    assert r.semantic.shape == (5, 7) and (r.semantic == 255).all() and (r.panoptic == -1).all()
+    assert r.segments == []
