@@ -104,7 +104,8 @@ def plot_curve(history, path: Path) -> None:
 def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 4, crop=(352, 480),
           lr: float = 3e-4, lr_backbone: float = 9e-5, weight_decay: float = 1e-4, clip: float = 0.1,
           resume: bool = False, seed: int = 0, val_every: int = 3, dataset: str = "camvid",
-          max_train_frames: int = 0, log=print) -> dict:
+          max_train_frames: int = 0, stop_after_epoch: int = 0, log=print) -> dict:
+    """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues."""
     cfg = load_config(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,4 +193,6 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         val = entry.get("val")
         log(f"epoch {epoch + 1}: loss {entry['loss']:.3f} ({entry['train_seconds']:.0f} s)"
             + (f", val PQ {100 * val['pq']:.1f} mIoU {100 * val['miou']:.1f}" if val else ""))
+        if stop_after_epoch and epoch + 1 >= stop_after_epoch:
+            break
     return {"history": history, "best_pq": best_pq}

