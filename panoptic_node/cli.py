@@ -62,9 +62,108 @@ def cmd_train(args) -> int:
     from .training.train import train
     torch.set_num_threads(args.threads)
     crop = tuple(int(v) for v in args.crop.lower().split("x"))[::-1]  # WxH on the command line
-    train(args.config, args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, crop=crop,
+    from .training.data import find_camvid
+    train(args.config, str(find_camvid(args.data)), args.out, epochs=args.epochs, batch_size=args.batch_size, crop=crop,
           lr=args.lr, lr_backbone=args.lr_backbone, resume=args.resume, val_every=args.val_every)
     return 0
+
+
+def cmd_convert(args) -> int:
+    from .bag.convert import convert
+    n = convert(args.dataset, args.src, args.out, split=args.split, storage=args.storage, max_frames=args.max_frames,
+                overwrite=args.overwrite)
+    print(f"wrote {n} frames to {args.out}")
+    return 0
+
+
+def _replay(args, pipeline):
+    from .replay import replay
+    summary = replay(pipeline, args.bag, out_bag=args.out, image_topic=args.image_topic, gt_topic=args.gt_topic,
+                     video=args.video, metrics_path=args.metrics, max_frames=args.max_frames,
+                     overwrite=args.overwrite, storage=args.storage)
+    print(summary.format())
+    if summary.metrics and args.chart:
+        from .evaluation.report import bar_chart
+        bar_chart(summary.metrics, args.chart)
+        print(f"per-class chart: {args.chart}")
+    return summary
+
+
+def cmd_replay(args) -> int:
+    _replay(args, _pipeline(args))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation.report import bar_chart, write_json
+    if args.gt_json:
+        from .evaluation.coco_folders import pq_from_folders
+        acc, cats = pq_from_folders(args.gt_json, args.gt_folder, args.pred_json, args.pred_folder)
+        things = [c for c, v in cats.items() if v.get("isthing")]
+        stuff = [c for c, v in cats.items() if not v.get("isthing")]
+        per = acc.per_class()
+        report = {"frames": None, "pq": acc.summary(), "pq_things": acc.summary(things),
+                  "pq_stuff": acc.summary(stuff), "per_class": {c: {"name": cats[c]["name"], **per.get(c, {})}
+                                                                for c in cats}}
+        for key, title in (("pq", "All"), ("pq_things", "Things"), ("pq_stuff", "Stuff")):
+            r = report[key]
+            print(f"{title:<8} PQ {100 * r['pq']:5.1f}  SQ {100 * r['sq']:5.1f}  RQ {100 * r['rq']:5.1f}  N {r['n']}")
+    else:
+        report = _evaluate_bags(args)
+        from .evaluation.evaluator import format_report
+        print(format_report(report))
+    if args.json:
+        write_json(report, args.json)
+    if args.chart and report.get("miou") is not None:
+        bar_chart(report, args.chart)
+    return 0
+
+
+def _evaluate_bags(args) -> dict:
+    from .bag.reader import BagReader
+    from .evaluation.evaluator import Evaluator
+    from .messages import image_array
+    from .replay import _semantic_of
+    from .taxonomy import get_taxonomy
+
+    evaluator = Evaluator(get_taxonomy(args.labels or "camvid"))
+    gt = {}
+    with BagReader(args.bag) as r:
+        for topic in (args.gt_topic, args.pred_topic):
+            if topic not in r.topics:
+                raise ValueError(f"bag '{args.bag}' has no topic '{topic}'; topics: {', '.join(sorted(r.topics))}")
+        for m in r.messages([args.gt_topic]):
+            gt[m.stamp_ns] = image_array(m.msg)
+    with BagReader(args.pred_bag or args.bag) as r:
+        for m in r.messages([args.pred_topic]):
+            if m.stamp_ns in gt:
+                g, p = gt.pop(m.stamp_ns), image_array(m.msg)
+                evaluator.add(g, _semantic_of(g), p, _semantic_of(p))
+    return evaluator.report()
+
+
+def cmd_demo(args) -> int:
+    """Convert CamVid val to a bag, replay it with the default model, print PQ / mIoU / fps."""
+    from .bag.convert import convert
+    from .training.data import find_camvid
+
+    camvid = find_camvid(args.camvid)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bag = out / "camvid_val"
+    if not bag.exists() or args.overwrite:
+        convert("camvid", camvid, bag, split="val", storage="mcap", max_frames=args.max_frames, overwrite=True)
+    args.bag, args.out, args.image_topic, args.gt_topic = str(bag), str(out / "camvid_val_panoptic"), None, None
+    args.video, args.metrics, args.chart = str(out / "overlay.mp4"), str(out / "metrics.json"), str(out / "per_class.png")
+    args.overwrite, args.storage = True, "mcap"
+    _replay(args, _pipeline(args))
+    print(f"outputs in {out}: output bag camvid_val_panoptic/, overlay.mp4, metrics.json, per_class.png")
+    return 0
+
+
+def _add_replay_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-frames", type=int)
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,9 +176,52 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_infer)
 
+    p = sub.add_parser("convert", help="dataset folder -> rosbag2 with camera and ground-truth topics")
+    p.add_argument("dataset", choices=["camvid", "cityscapes", "kitti"])
+    p.add_argument("src")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split")
+    p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
+    _add_replay_args(p)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("replay", help="run the pipeline over a bag: output bag, summary, video, metrics")
+    p.add_argument("bag")
+    p.add_argument("--out", help="output bag (the node's topics)")
+    p.add_argument("--image-topic")
+    p.add_argument("--gt-topic", help="ground truth panoptic topic (default /ground_truth/panoptic if present)")
+    p.add_argument("--video", help="overlay video (.mp4)")
+    p.add_argument("--metrics", help="summary + metrics JSON")
+    p.add_argument("--chart", help="per-class bar chart PNG")
+    p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
+    _add_model_args(p)
+    _add_replay_args(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("evaluate", help="PQ / mIoU from two bag topics or COCO-panoptic folders")
+    p.add_argument("--bag")
+    p.add_argument("--pred-bag", help="bag with the prediction topic (default: --bag)")
+    p.add_argument("--gt-topic", default="/ground_truth/panoptic")
+    p.add_argument("--pred-topic", default="/camera/panoptic/panoptic")
+    p.add_argument("--labels", help="label set of the bag topics (default camvid)")
+    p.add_argument("--gt-json")
+    p.add_argument("--gt-folder")
+    p.add_argument("--pred-json")
+    p.add_argument("--pred-folder")
+    p.add_argument("--json", help="write the report here")
+    p.add_argument("--chart", help="per-class bar chart PNG")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="CamVid val -> bag -> replay with the default model -> PQ, mIoU, fps, video")
+    p.add_argument("--camvid", help="CamVid folder (default ../shared/data/camvid)")
+    p.add_argument("--out", default="out/demo")
+    _add_model_args(p)
+    _add_replay_args(p)
+    p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("train", help="train a model on CamVid (or another dataset folder)")
     p.add_argument("--config", default="street_lite0")
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"))
+    p.add_argument("--data", help="CamVid folder (default ../shared/data/camvid)")
     p.add_argument("--out", default="runs/street_lite0")
     p.add_argument("--epochs", type=int, default=36)
     p.add_argument("--batch-size", type=int, default=4)
@@ -97,7 +239,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         # bad input or configuration: one line that says what was wrong, no traceback
         print(f"panoptic-node {args.command}: error: {e}", file=sys.stderr)
         return 2

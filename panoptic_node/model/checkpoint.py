@@ -6,6 +6,7 @@ training checkpoints pickle their command-line args), so a checkpoint cannot run
 Every problem is one CheckpointError line naming the file and what was expected.
 """
 import argparse
+import json
 import zipfile
 from pathlib import Path
 from typing import Dict, Tuple
@@ -108,7 +109,8 @@ def save_checkpoint(model: torch.nn.Module, path, **extra) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": model.state_dict(),
                "panoptic_node": {"version": FORMAT_VERSION, "config": model.cfg.to_dict()}}
-    payload.update(extra)
+    # extras (epoch, val metrics) as plain JSON types, so the weights-only loader accepts the file
+    payload.update(json.loads(json.dumps(extra, default=float)))
     tmp = path.with_name(path.name + ".partial")
     torch.save(payload, tmp)
     tmp.replace(path)

@@ -74,6 +74,23 @@ class CamVid:
         return [self[i] for i in range(len(self))]
 
 
+def find_camvid(path=None) -> Path:
+    """The CamVid folder: the given path, $PANOPTIC_NODE_CAMVID, or ../shared/data/camvid beside the
+    repository / the working directory. Missing: one line saying where CamVid comes from."""
+    import os
+    candidates = [Path(path)] if path else []
+    if os.environ.get("PANOPTIC_NODE_CAMVID"):
+        candidates.append(Path(os.environ["PANOPTIC_NODE_CAMVID"]))
+    repo = Path(__file__).resolve().parents[2]
+    candidates += [repo.parent / "shared" / "data" / "camvid", Path.cwd().parent / "shared" / "data" / "camvid"]
+    for c in candidates:
+        if (c / "val.txt").is_file() or (c / "train.txt").is_file():
+            return c
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"CamVid not found (looked in {tried}); {CAMVID_HINT} -- point at it with --camvid "
+                            f"PATH (or --data PATH for train)")
+
+
 def make_dataset(kind: str, root, split: str):
     if kind == "camvid":
         return CamVid(root, split)

@@ -1,0 +1,206 @@
+"""Dataset folders -> rosbag2 with camera and ground-truth topics, the input `replay` validates on.
+
+Topics: /camera/image_raw (rgb8), /camera/camera_info, and where labels exist
+/ground_truth/panoptic (32SC1, label*1000 + instance, stuff = label, -1 void) and
+/ground_truth/semantic (mono8, 255 void). Stamps increase monotonically.
+"""
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..evaluation.gt import panoptic_from_labels
+from ..messages import image_fields
+from ..taxonomy import CITYSCAPES_LABELID_TO_TRAINID, VOID, get_taxonomy
+from ..training.data import CamVid
+from .writer import BagWriter, camera_info_msg, header, image_msg
+
+CAMERA_FRAME = "camera"
+EPOCH_NS = 1_600_000_000 * 1_000_000_000  # stamps start here so they look like real clock times
+
+
+@dataclass
+class DatasetFrame:
+    stamp_ns: int
+    rgb: np.ndarray
+    semantic: Optional[np.ndarray] = None   # H x W uint8, 255 void
+    panoptic: Optional[np.ndarray] = None   # H x W int32
+    k: Optional[List[float]] = None         # camera matrix (3x3 row-major) when known
+    p: Optional[List[float]] = None
+
+
+def write_bag(frames: Iterator[DatasetFrame], out, storage: str = "mcap", overwrite: bool = False,
+              total: Optional[int] = None) -> int:
+    n = 0
+    last = -1
+    with BagWriter(out, storage, overwrite) as w:
+        for f in tqdm(frames, total=total, desc=f"convert -> {Path(out).name}", unit="frame"):
+            if f.stamp_ns <= last:
+                raise ValueError(f"stamps must increase: {f.stamp_ns} after {last}")
+            last = f.stamp_ns
+            hdr = header(f.stamp_ns, CAMERA_FRAME)
+            h, w_ = f.rgb.shape[:2]
+            w.write("/camera/image_raw", image_msg(hdr, image_fields(f.rgb, "rgb8")), f.stamp_ns)
+            w.write("/camera/camera_info", camera_info_msg(hdr, w_, h, f.k, f.p), f.stamp_ns)
+            if f.panoptic is not None:
+                w.write("/ground_truth/panoptic", image_msg(hdr, image_fields(f.panoptic, "32SC1")), f.stamp_ns)
+            if f.semantic is not None:
+                w.write("/ground_truth/semantic", image_msg(hdr, image_fields(f.semantic, "mono8")), f.stamp_ns)
+            n += 1
+    return n
+
+
+def _sequence_stamps(keys, hz: float):
+    """(sequence, frame number) pairs in order -> monotonic stamps: frame / hz within a sequence,
+    each sequence starting one second after the previous one ended."""
+    stamps, offset, prev_seq, first, last = [], EPOCH_NS, None, 0, EPOCH_NS
+    for seq, frame in keys:
+        if seq != prev_seq:
+            offset = (last + 1_000_000_000) if prev_seq is not None else EPOCH_NS
+            first, prev_seq = frame, seq
+        t = offset + int(round((frame - first) * 1e9 / hz))
+        stamps.append(t)
+        last = t
+    return stamps
+
+
+def camvid_frames(root, split: str, max_frames: Optional[int] = None) -> Iterator[DatasetFrame]:
+    ds = CamVid(root, split)
+    pairs = sorted(range(len(ds)), key=lambda i: ds.pairs[i][0].name)
+    if max_frames:
+        pairs = pairs[:max_frames]
+    keys = []
+    for i in pairs:
+        m = re.match(r"(.+)_(\d+)$", ds.pairs[i][0].stem)
+        keys.append((m.group(1), int(m.group(2))) if m else ("seq", i * 30))
+    thing_lut = get_taxonomy("camvid").thing_lut
+    for i, stamp in zip(pairs, _sequence_stamps(keys, 30.0)):
+        s = ds[i]
+        yield DatasetFrame(stamp, s.rgb, s.semantic, panoptic_from_labels(s.semantic, s.instance, thing_lut))
+
+
+_CITY_LUT = np.full(256, VOID, np.uint8)
+for _lid, _tid in CITYSCAPES_LABELID_TO_TRAINID.items():
+    _CITY_LUT[_lid] = _tid
+
+
+def cityscapes_panoptic(label_ids: np.ndarray, instance_ids: Optional[np.ndarray]):
+    """Cityscapes labelIds (+ instanceIds = labelId*1000 + k) -> (semantic trainIds, panoptic).
+
+    Thing pixels without an instance id and ignoreInEval labels are void."""
+    city = get_taxonomy("cityscapes")
+    semantic = _CITY_LUT[label_ids]
+    pan = semantic.astype(np.int32)
+    if instance_ids is not None:
+        has_inst = instance_ids >= 1000
+        k = (instance_ids % 1000).astype(np.int32) + 1
+        thing = city.thing_lut[semantic] & (semantic != VOID)
+        pan = np.where(thing & has_inst, semantic.astype(np.int32) * 1000 + k, pan)
+        no_inst = thing & ~has_inst
+        semantic = np.where(no_inst, VOID, semantic).astype(np.uint8)
+        pan = np.where(no_inst, -1, pan)
+    pan = np.where(semantic == VOID, -1, pan).astype(np.int32)
+    return semantic, pan
+
+
+def cityscapes_frames(root, split: str, max_frames: Optional[int] = None) -> Iterator[DatasetFrame]:
+    root = Path(root)
+    image_dir = root / "leftImg8bit" / split
+    sequence = False
+    if not image_dir.is_dir():
+        image_dir = root / "leftImg8bit_sequence" / split
+        sequence = True
+    images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
+    if not images:
+        raise FileNotFoundError(f"no Cityscapes frames under {root}/leftImg8bit/{split}/<city>/*_leftImg8bit.png "
+                                f"(or leftImg8bit_sequence)")
+    images = images[:max_frames] if max_frames else images
+    keys = []
+    for p in images:
+        city, seq, frame = p.name.split("_")[:3]
+        keys.append((f"{city}_{seq}", int(frame)))
+    for p, stamp in zip(images, _sequence_stamps(keys, 17.0)):
+        rgb = np.asarray(Image.open(p).convert("RGB"))
+        semantic = panoptic = None
+        if not sequence:
+            base = str(p.relative_to(image_dir)).replace("_leftImg8bit.png", "")
+            lab = root / "gtFine" / split / f"{base}_gtFine_labelIds.png"
+            inst = root / "gtFine" / split / f"{base}_gtFine_instanceIds.png"
+            if lab.is_file():
+                semantic, panoptic = cityscapes_panoptic(np.asarray(Image.open(lab)).astype(np.uint8),
+                                                         np.asarray(Image.open(inst)).astype(np.int32)
+                                                         if inst.is_file() else None)
+        yield DatasetFrame(stamp, rgb, semantic, panoptic)
+
+
+def _read_calib(path: Path, cam: str = "02"):
+    values = {}
+    for line in path.read_text().splitlines():
+        if ":" in line:
+            key, rest = line.split(":", 1)
+            try:
+                values[key.strip()] = [float(v) for v in rest.split()]
+            except ValueError:
+                continue
+    return values.get(f"K_{cam}"), values.get(f"P_rect_{cam}")
+
+
+def _kitti_time(line: str) -> int:
+    import datetime
+    day, clock = line.strip().split(" ")
+    hms, frac = (clock.split(".") + ["0"])[:2]
+    base = datetime.datetime.strptime(f"{day} {hms}", "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+    return int(base.timestamp()) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
+
+
+def kitti_frames(root, split: str = "training", max_frames: Optional[int] = None) -> Iterator[DatasetFrame]:
+    """A raw drive (<date>/<drive>_sync/image_02) or the semantics set (training/image_2 + semantic + instance)."""
+    root = Path(root)
+    if (root / split / "image_2").is_dir():
+        images = sorted((root / split / "image_2").glob("*.png"))[:max_frames or None]
+        for i, p in enumerate(images):
+            rgb = np.asarray(Image.open(p).convert("RGB"))
+            semantic = panoptic = None
+            sem_path, inst_path = root / split / "semantic" / p.name, root / split / "instance" / p.name
+            if sem_path.is_file():
+                label_ids = np.asarray(Image.open(sem_path)).astype(np.uint8)
+                inst = None
+                if inst_path.is_file():
+                    raw = np.asarray(Image.open(inst_path)).astype(np.int32)  # semantic*256 + instance
+                    k = raw % 256
+                    inst = np.where(k > 0, (raw // 256) * 1000 + k - 1, raw // 256)
+                semantic, panoptic = cityscapes_panoptic(label_ids, inst)
+            yield DatasetFrame(EPOCH_NS + i * 100_000_000, rgb, semantic, panoptic)
+        return
+    drives = sorted(root.glob("**/image_02/data"))
+    if not drives:
+        raise FileNotFoundError(f"no KITTI data under {root}: expected <date>/<drive>_sync/image_02/data/*.png or "
+                                f"{split}/image_2 (semantics set)")
+    count = 0
+    for data in drives:
+        cam_dir = data.parent
+        stamps = [_kitti_time(line) for line in (cam_dir / "timestamps.txt").read_text().splitlines() if line.strip()]
+        calib = next((p / "calib_cam_to_cam.txt" for p in (cam_dir.parents[1], cam_dir.parents[2])
+                      if (p / "calib_cam_to_cam.txt").is_file()), None)
+        k, proj = _read_calib(calib) if calib else (None, None)
+        for p, stamp in zip(sorted(data.glob("*.png")), stamps):
+            yield DatasetFrame(stamp, np.asarray(Image.open(p).convert("RGB")), k=k, p=proj)
+            count += 1
+            if max_frames and count >= max_frames:
+                return
+
+
+CONVERTERS = {"camvid": (camvid_frames, "val"), "cityscapes": (cityscapes_frames, "val"),
+              "kitti": (kitti_frames, "training")}
+
+
+def convert(kind: str, src, out, split: Optional[str] = None, storage: str = "mcap",
+            max_frames: Optional[int] = None, overwrite: bool = False) -> int:
+    if kind not in CONVERTERS:
+        raise ValueError(f"unknown dataset '{kind}', expected one of {', '.join(CONVERTERS)}")
+    frames, default_split = CONVERTERS[kind]
+    return write_bag(frames(src, split or default_split, max_frames), out, storage, overwrite, total=max_frames)

@@ -1,0 +1,48 @@
+"""Write PanopticResults to a bag with exactly the live node's topics and types (DESIGN.md)."""
+import numpy as np
+
+from ..inference.result import PanopticResult
+from ..messages import detections, image_fields, label_info
+from ..render import overlay
+from ..taxonomy import Taxonomy
+from .writer import BagWriter, detection_array_msg, image_msg, label_info_msg
+
+OUTPUT_TOPICS = {  # relative to the camera namespace
+    "panoptic/semantic": "sensor_msgs/msg/Image",
+    "panoptic/instances": "sensor_msgs/msg/Image",
+    "panoptic/panoptic": "sensor_msgs/msg/Image",
+    "panoptic/detections": "vision_msgs/msg/Detection2DArray",
+    "panoptic/label_info": "vision_msgs/msg/LabelInfo",
+    "panoptic/overlay": "sensor_msgs/msg/Image",
+}
+
+
+def camera_namespace(image_topic: str) -> str:
+    """'/camera/image_raw' -> '/camera'; 'image' -> ''."""
+    ns = image_topic.rsplit("/", 1)[0] if "/" in image_topic else ""
+    return ns.rstrip("/")
+
+
+class ResultBagWriter:
+    def __init__(self, writer: BagWriter, namespace: str, taxonomy: Taxonomy, threshold: float,
+                 with_overlay: bool = True):
+        self.w, self.ns, self.taxonomy = writer, namespace, taxonomy
+        self.threshold, self.with_overlay = threshold, with_overlay
+        self.label_info_written = False
+
+    def topic(self, name: str) -> str:
+        return f"{self.ns}/{name}"
+
+    def add(self, hdr, stamp: int, result: PanopticResult, rgb: np.ndarray) -> None:
+        if not self.label_info_written:
+            self.w.write(self.topic("panoptic/label_info"), label_info_msg(hdr, label_info(self.taxonomy),
+                                                                            self.threshold), stamp)
+            self.label_info_written = True
+        self.w.write(self.topic("panoptic/semantic"), image_msg(hdr, image_fields(result.semantic, "mono8")), stamp)
+        self.w.write(self.topic("panoptic/instances"), image_msg(hdr, image_fields(result.instance, "mono16")), stamp)
+        self.w.write(self.topic("panoptic/panoptic"), image_msg(hdr, image_fields(result.panoptic, "32SC1")), stamp)
+        self.w.write(self.topic("panoptic/detections"), detection_array_msg(hdr, detections(result, self.taxonomy)),
+                     stamp)
+        if self.with_overlay:
+            bgr = overlay(rgb, result, self.taxonomy)[..., ::-1]
+            self.w.write(self.topic("panoptic/overlay"), image_msg(hdr, image_fields(bgr, "bgr8")), stamp)

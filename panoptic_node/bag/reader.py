@@ -1,0 +1,93 @@
+"""Reading camera frames and ground truth from rosbag2 (sqlite3 or mcap) without ROS."""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+from rosbags.highlevel import AnyReader
+
+from ..messages import compressed_to_rgb, image_to_rgb
+from .types import typestore
+from .writer import BagError, stamp_ns
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+@dataclass
+class BagMessage:
+    topic: str
+    msgtype: str
+    stamp_ns: int   # the message header stamp (the bag's receive time when there is no header)
+    msg: object
+    error: Optional[str] = None  # set when the message does not deserialize (counted, skipped)
+
+
+def decode_frame(msg, msgtype: str) -> np.ndarray:
+    return compressed_to_rgb(msg) if msgtype.endswith("CompressedImage") else image_to_rgb(msg)
+
+
+class BagReader:
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise BagError(f"bag '{self.path}' does not exist; expected a rosbag2 folder (sqlite3 or mcap)")
+        try:
+            self.reader = AnyReader([self.path], default_typestore=typestore())
+            self.reader.open()
+        except Exception as e:  # rosbags raises several types for corrupt metadata / storage files
+            raise BagError(f"bag '{self.path}' cannot be opened ({_one_line(e)}); expected a rosbag2 folder "
+                           f"with metadata.yaml and .db3 or .mcap files") from None
+        self.topics: Dict[str, str] = {c.topic: c.msgtype for c in self.reader.connections}
+
+    def image_topics(self) -> List[str]:
+        return sorted(t for t, ty in self.topics.items() if ty in IMAGE_TYPES)
+
+    def pick_image_topic(self, topic: Optional[str]) -> str:
+        """The given topic (checked), or the only camera image topic that is not ground truth / output."""
+        cameras = [t for t in self.image_topics() if "/ground_truth/" not in t and "/panoptic/" not in t]
+        if topic:
+            if self.topics.get(topic) not in IMAGE_TYPES:
+                raise BagError(f"bag '{self.path}' has no image topic '{topic}'; image topics: "
+                               f"{', '.join(self.image_topics()) or 'none'}")
+            return topic
+        if len(cameras) != 1:
+            raise BagError(f"bag '{self.path}' has {len(cameras)} camera image topics "
+                           f"({', '.join(cameras) or 'none'}); choose one with --image-topic")
+        return cameras[0]
+
+    def messages(self, topics: List[str], max_count: Optional[int] = None) -> Iterator[BagMessage]:
+        """Messages of the given topics in bag order. A storage error ends the stream with BagError."""
+        conns = [c for c in self.reader.connections if c.topic in topics]
+        seen = 0
+        try:
+            for conn, t, raw in self.reader.messages(connections=conns):
+                try:
+                    msg = self.reader.deserialize(raw, conn.msgtype)
+                except Exception as e:
+                    seen += 1
+                    yield BagMessage(conn.topic, conn.msgtype, int(t), None,
+                                     f"message does not deserialize as {conn.msgtype} ({_one_line(e)})")
+                    continue
+                hdr = getattr(msg, "header", None)
+                yield BagMessage(conn.topic, conn.msgtype, stamp_ns(hdr) if hdr is not None else int(t), msg)
+                seen += 1
+                if max_count and seen >= max_count:
+                    return
+        except Exception as e:
+            raise BagError(f"bag '{self.path}' is truncated or corrupt after {seen} messages "
+                           f"({_one_line(e)})") from None
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def _one_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -1,0 +1,141 @@
+"""rosbag2 writing (sqlite3 or mcap) that never leaves a finished-looking bag behind a crash:
+everything goes to `<name>.partial/` and is renamed to `<name>/` only by `close()`."""
+import shutil
+from pathlib import Path
+from typing import Dict, Optional
+
+from rosbags.rosbag2 import StoragePlugin, Writer
+
+from .types import msg_class, typestore
+
+STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+
+
+class BagError(RuntimeError):
+    """A bag that cannot be read or written; the message names the bag and the problem."""
+
+
+class BagWriter:
+    def __init__(self, path, storage: str = "mcap", overwrite: bool = False):
+        self.path = Path(path)
+        if storage not in STORAGES:
+            raise ValueError(f"storage '{storage}' is not one of {', '.join(STORAGES)}")
+        if self.path.exists():
+            if not overwrite:
+                raise FileExistsError(f"output bag '{self.path}' exists; pass --overwrite to replace it")
+        self.overwrite = overwrite
+        # the bag is written as <name>.partial/<name> (its storage file takes the folder's name) and
+        # moved to <name> when complete
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        if self.partial.exists():
+            shutil.rmtree(self.partial)  # the leftover of an interrupted run
+        self.partial.mkdir(parents=True)
+        self.writer = Writer(self.partial / self.path.name, version=8, storage_plugin=STORAGES[storage])
+        self.writer.open()
+        self.connections: Dict[str, object] = {}
+        self.store = typestore()
+        self.count = 0
+
+    def write(self, topic: str, msg, stamp_ns: int) -> None:
+        conn = self.connections.get(topic)
+        if conn is None:
+            conn = self.writer.add_connection(topic, msg.__msgtype__, typestore=self.store)
+            self.connections[topic] = conn
+        self.writer.write(conn, int(stamp_ns), self.store.serialize_cdr(msg, msg.__msgtype__))
+        self.count += 1
+
+    def close(self) -> Path:
+        self.writer.close()
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        (self.partial / self.path.name).rename(self.path)
+        self.partial.rmdir()
+        return self.path
+
+    def abort(self) -> None:
+        """Flush what was written but keep the `.partial` name: visible, never mistaken for complete."""
+        try:
+            self.writer.close()
+        except Exception:  # the storage may already be broken; the partial folder stays either way
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+# --- message construction (rosbags dataclasses) --------------------------------------------------
+
+def header(stamp_ns: int, frame_id: str):
+    Time = msg_class("builtin_interfaces/msg/Time")
+    return msg_class("std_msgs/msg/Header")(stamp=Time(sec=int(stamp_ns // 1_000_000_000),
+                                                       nanosec=int(stamp_ns % 1_000_000_000)), frame_id=frame_id)
+
+
+def stamp_ns(hdr) -> int:
+    return int(hdr.stamp.sec) * 1_000_000_000 + int(hdr.stamp.nanosec)
+
+
+def image_msg(hdr, fields: Dict[str, object]):
+    return msg_class("sensor_msgs/msg/Image")(header=hdr, **fields)
+
+
+def compressed_msg(hdr, fmt: str, data: bytes):
+    import numpy as np
+    return msg_class("sensor_msgs/msg/CompressedImage")(header=hdr, format=fmt, data=np.frombuffer(data, np.uint8))
+
+
+def camera_info_msg(hdr, width: int, height: int, k=None, p=None, d=None):
+    import numpy as np
+    k = np.asarray(k if k is not None else [0.0] * 9, np.float64)
+    p = np.asarray(p if p is not None else [0.0] * 12, np.float64)
+    Roi = msg_class("sensor_msgs/msg/RegionOfInterest")
+    return msg_class("sensor_msgs/msg/CameraInfo")(
+        header=hdr, height=height, width=width, distortion_model="plumb_bob",
+        d=np.asarray(d if d is not None else [0.0] * 5, np.float64), k=k,
+        r=np.eye(3).reshape(-1), p=p, binning_x=0, binning_y=0,
+        roi=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+
+
+def detection_array_msg(hdr, dets):
+    import numpy as np
+    V = msg_class
+    pose = V("geometry_msgs/msg/PoseWithCovariance")(
+        pose=V("geometry_msgs/msg/Pose")(position=V("geometry_msgs/msg/Point")(x=0.0, y=0.0, z=0.0),
+                                          orientation=V("geometry_msgs/msg/Quaternion")(x=0.0, y=0.0, z=0.0, w=1.0)),
+        covariance=np.zeros(36))
+    out = []
+    for d in dets:
+        hyp = V("vision_msgs/msg/ObjectHypothesisWithPose")(
+            hypothesis=V("vision_msgs/msg/ObjectHypothesis")(class_id=d["class_id"], score=d["score"]), pose=pose)
+        bbox = V("vision_msgs/msg/BoundingBox2D")(
+            center=V("vision_msgs/msg/Pose2D")(position=V("vision_msgs/msg/Point2D")(x=d["center_x"], y=d["center_y"]),
+                                               theta=0.0),
+            size_x=d["size_x"], size_y=d["size_y"])
+        out.append(V("vision_msgs/msg/Detection2D")(header=hdr, results=[hyp], bbox=bbox, id=d["id"]))
+    return V("vision_msgs/msg/Detection2DArray")(header=hdr, detections=out)
+
+
+def label_info_msg(hdr, classes, threshold: float):
+    V = msg_class
+    return V("vision_msgs/msg/LabelInfo")(
+        header=hdr, class_map=[V("vision_msgs/msg/VisionClass")(class_id=c["class_id"], class_name=c["class_name"])
+                               for c in classes], threshold=float(threshold))
+
+
+def diagnostic_msg(hdr, name: str, hardware_id: str, level: int, message: str, values: Dict[str, str]):
+    V = msg_class
+    status = V("diagnostic_msgs/msg/DiagnosticStatus")(
+        level=level, name=name, message=message, hardware_id=hardware_id,
+        values=[V("diagnostic_msgs/msg/KeyValue")(key=k, value=str(v)) for k, v in values.items()])
+    return V("diagnostic_msgs/msg/DiagnosticArray")(header=hdr, status=[status])
+
+
+def open_writer(path, storage: Optional[str], overwrite: bool) -> BagWriter:
+    return BagWriter(path, storage or "mcap", overwrite)

@@ -1,0 +1,38 @@
+"""Evaluation outputs people look at: a per-class bar chart (PQ and IoU) and a JSON report."""
+import json
+from pathlib import Path
+
+
+def bar_chart(report: dict, path, title: str = "") -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    entries = list(report["per_class"].values())
+    names = [e["name"] for e in entries]
+    pq = [100 * e.get("pq", 0.0) for e in entries]
+    iou = [100 * (e["iou"] if e["iou"] == e["iou"] else 0.0) for e in entries]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(names) + 2), 4))
+    ax.bar(x - 0.2, pq, 0.4, label="PQ")
+    ax.bar(x + 0.2, iou, 0.4, label="IoU")
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("%")
+    ax.set_title(title or f"PQ {100 * report['pq']['pq']:.1f}  mIoU {100 * report['miou']:.1f}  "
+                          f"({report['frames']} frames)")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_json(report: dict, path) -> Path:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(report, indent=1, default=float))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,196 @@
+"""`panoptic-node replay`: run the Pipeline over a recorded bag, write the node's output topics to a
+new bag, summarise speed, render an overlay video and score against ground truth in the bag.
+
+Ground truth (/ground_truth/panoptic + /ground_truth/semantic) is matched to frames by header stamp
+in one pass over the bag, so memory stays flat however long the bag is.
+"""
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from .bag.outputs import ResultBagWriter, camera_namespace
+from .bag.reader import BagReader, decode_frame
+from .bag.writer import BagWriter, diagnostic_msg, header
+from .evaluation.evaluator import Evaluator
+from .messages import FrameError, image_array
+from .render import overlay
+
+GT_PANOPTIC = "/ground_truth/panoptic"
+GT_SEMANTIC = "/ground_truth/semantic"
+
+
+@dataclass
+class ReplaySummary:
+    frames: int = 0
+    undecodable: int = 0
+    errors: List[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    stage_ms: Dict[str, List[float]] = field(default_factory=dict)
+    evaluated: int = 0
+    metrics: Optional[dict] = None
+    backend: str = ""
+    model: str = ""
+
+    def percentiles(self) -> Dict[str, Dict[str, float]]:
+        out = {}
+        for stage, values in self.stage_ms.items():
+            a = np.array(values)
+            out[stage] = {p: float(np.percentile(a, int(p[1:]))) for p in ("p50", "p90", "p99")}
+        return out
+
+    def to_dict(self) -> dict:
+        return {"frames": self.frames, "undecodable": self.undecodable, "errors": self.errors[:20],
+                "fps": self.frames / self.wall_seconds if self.wall_seconds else 0.0,
+                "latency_ms": self.percentiles(), "evaluated_frames": self.evaluated, "backend": self.backend,
+                "model": self.model, "metrics": self.metrics}
+
+    def format(self) -> str:
+        d = self.to_dict()
+        lines = [f"{self.frames} frames in {self.wall_seconds:.1f} s ({d['fps']:.1f} frames/s), "
+                 f"{self.undecodable} undecodable, backend {self.backend}, model {self.model}",
+                 f"{'stage':<12}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"]
+        for stage, p in d["latency_ms"].items():
+            lines.append(f"{stage:<12}{p['p50']:9.1f}{p['p90']:9.1f}{p['p99']:9.1f}")
+        if self.metrics:
+            m = self.metrics
+            lines.append(f"PQ {100 * m['pq']['pq']:.1f} (things {100 * m['pq_things']['pq']:.1f}, stuff "
+                         f"{100 * m['pq_stuff']['pq']:.1f})  mIoU {100 * m['miou']:.1f}  pixel accuracy "
+                         f"{100 * m['pixel_accuracy']:.1f}  on {self.evaluated} frames")
+        return "\n".join(lines)
+
+
+class VideoWriter:
+    """MP4 through imageio-ffmpeg (an ffmpeg binary shipped in the wheel); written to a .partial name."""
+
+    def __init__(self, path, fps: float):
+        import imageio.v2 as imageio
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.stem + ".partial" + self.path.suffix)
+        self.writer = imageio.get_writer(self.partial, fps=fps, codec="libx264", quality=7, macro_block_size=2,
+                                         ffmpeg_log_level="error")
+
+    def add(self, rgb: np.ndarray) -> None:
+        h, w = rgb.shape[:2]
+        self.writer.append_data(rgb[: h - h % 2, : w - w % 2])
+
+    def close(self) -> None:
+        self.writer.close()
+        self.partial.replace(self.path)
+
+
+def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_topic: Optional[str] = None,
+           video=None, metrics_path=None, max_frames: Optional[int] = None, overwrite: bool = False,
+           storage: str = "mcap", log=print) -> ReplaySummary:
+    summary = ReplaySummary(backend=pipeline.backend.name, model=pipeline.cfg.name)
+    reader = BagReader(bag)
+    topic = reader.pick_image_topic(image_topic)
+    gt_pan = gt_topic or (GT_PANOPTIC if GT_PANOPTIC in reader.topics else None)
+    if gt_topic and gt_topic not in reader.topics:
+        raise ValueError(f"bag '{bag}' has no ground-truth topic '{gt_topic}'; topics: {', '.join(sorted(reader.topics))}")
+    gt_sem = GT_SEMANTIC if gt_pan and GT_SEMANTIC in reader.topics else None
+    evaluator = Evaluator(pipeline.taxonomy if pipeline.mapping is None else pipeline.mapping.target) if gt_pan else None
+    if out_bag and Path(out_bag).exists() and not overwrite:
+        raise FileExistsError(f"output bag '{out_bag}' exists; pass --overwrite to replace it")
+    if video and Path(video).exists() and not overwrite:
+        raise FileExistsError(f"video '{video}' exists; pass --overwrite to replace it")
+
+    writer = BagWriter(out_bag, storage, overwrite) if out_bag else None
+    results_out = (ResultBagWriter(writer, camera_namespace(topic), evaluator.taxonomy if evaluator else pipeline.taxonomy,
+                                   pipeline.threshold) if writer else None)
+    taxonomy = results_out.taxonomy if results_out else pipeline.taxonomy
+    video_out = None
+    # predictions and ground truth waiting for their partner, by stamp (bounded: GT sits next to its frame)
+    pending_pred: "OrderedDict[int, tuple]" = OrderedDict()
+    pending_gt: "OrderedDict[int, dict]" = OrderedDict()
+
+    def gt_complete(stamp):
+        entry = pending_gt.get(stamp, {})
+        return "pan" in entry and ("sem" in entry or not gt_sem)
+
+    def score(stamp):
+        pred, gt = pending_pred.pop(stamp), pending_gt.pop(stamp)
+        evaluator.add(gt["pan"], gt["sem"] if "sem" in gt else _semantic_of(gt["pan"]), pred[0], pred[1])
+        summary.evaluated += 1
+
+    topics = [topic] + [t for t in (gt_pan, gt_sem) if t]
+    start = time.perf_counter()
+    bar = tqdm(total=max_frames, desc="replay", unit="frame")
+    try:
+        for m in reader.messages(topics):
+            if m.topic == topic:
+                if max_frames and summary.frames + summary.undecodable >= max_frames:
+                    break
+                if m.error:
+                    _skip(summary, m.error, bar)
+                    continue
+                try:
+                    rgb = decode_frame(m.msg, m.msgtype)
+                except FrameError as e:
+                    _skip(summary, f"frame at {m.stamp_ns}: {e}", bar)
+                    continue
+                result = pipeline(rgb)
+                for stage, sec in result.timings.items():
+                    summary.stage_ms.setdefault(stage, []).append(1000 * sec)
+                summary.frames += 1
+                bar.update(1)
+                if results_out:
+                    results_out.add(m.msg.header, m.stamp_ns, result, rgb)
+                if video:
+                    if video_out is None:
+                        video_out = VideoWriter(video, fps=10)
+                    video_out.add(overlay(rgb, result, taxonomy))
+                if evaluator:
+                    pending_pred[m.stamp_ns] = (result.panoptic, result.semantic)
+                    if gt_complete(m.stamp_ns):
+                        score(m.stamp_ns)
+            elif m.msg is not None:
+                entry = pending_gt.setdefault(m.stamp_ns, {})
+                entry["pan" if m.topic == gt_pan else "sem"] = image_array(m.msg)
+                if gt_complete(m.stamp_ns) and m.stamp_ns in pending_pred:
+                    score(m.stamp_ns)
+            for buf in (pending_pred, pending_gt):  # forget partners that never came
+                while len(buf) > 64:
+                    buf.popitem(last=False)
+    except BaseException:
+        if writer:
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+        reader.close()
+    summary.wall_seconds = time.perf_counter() - start
+    if evaluator and summary.evaluated:
+        summary.metrics = evaluator.report()
+    if writer:
+        stamp = int(time.time() * 1e9)
+        p = summary.percentiles()
+        writer.write("/diagnostics", diagnostic_msg(
+            header(stamp, ""), "panoptic_node: replay", pipeline.cfg.name, 0 if not summary.undecodable else 1,
+            f"{summary.frames} frames, {summary.undecodable} undecodable",
+            {"frames": summary.frames, "undecodable": summary.undecodable, "backend": summary.backend,
+             "model": summary.model, "precision": pipeline.backend.precision,
+             **{f"{s}_p50_ms": f"{v['p50']:.1f}" for s, v in p.items()},
+             **{f"{s}_p99_ms": f"{v['p99']:.1f}" for s, v in p.items()}}), stamp)
+        writer.close()
+    if video_out:
+        video_out.close()
+    if metrics_path:
+        Path(metrics_path).write_text(json.dumps(summary.to_dict(), indent=1, default=float))
+    return summary
+
+
+def _skip(summary: ReplaySummary, error: str, bar) -> None:
+    summary.undecodable += 1
+    summary.errors.append(error)
+    bar.write(f"skipped undecodable frame: {error}")
+
+
+def _semantic_of(panoptic: np.ndarray) -> np.ndarray:
+    label = np.where(panoptic >= 1000, panoptic // 1000, panoptic)
+    return np.where(panoptic < 0, 255, label).astype(np.uint8)
