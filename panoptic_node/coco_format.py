@@ -22,7 +22,7 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
-def annotation(result: PanopticResult, image_id: str, file_name: str) -> Dict:
+def annotation(result: PanopticResult, image_id: int, file_name: str) -> Dict:
     return {"image_id": image_id, "file_name": file_name, "segments_info": [
         {"id": s.id, "category_id": s.label, "iscrowd": 0, "area": s.area,
          "bbox": [s.box[0], s.box[1], s.box[2] - s.box[0], s.box[3] - s.box[1]], "score": round(s.score, 4)}
@@ -62,9 +62,10 @@ class CocoPanopticWriter:
         from PIL import Image
         png = f"{stem}_panoptic.png"
         Image.fromarray(id_to_rgb(result.segment_ids)).save(self.out / png)
-        self.annotations.append(annotation(result, stem, png))
+        image_id = len(self.images) + 1  # integer ids, as COCO tools (hotcoco) require
+        self.annotations.append(annotation(result, image_id, png))
         h, w = result.shape
-        self.images.append({"id": stem, "file_name": file_name, "height": h, "width": w})
+        self.images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
 
     def close(self) -> Path:
         path = self.out / "panoptic.json"

@@ -1,0 +1,285 @@
+"""Bags: message conversions for every encoding, round trip convert -> replay -> read back on both
+storages, converters on fixtures in the datasets' on-disk formats, and every kind of bad input."""
+import io
+import json
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from panoptic_node.bag.convert import cityscapes_panoptic, convert
+from panoptic_node.bag.reader import BagReader
+from panoptic_node.bag.writer import BagError, BagWriter, compressed_msg, header, image_msg, stamp_ns
+from panoptic_node.inference.pipeline import Pipeline
+from panoptic_node.messages import FrameError, compressed_to_rgb, image_array, image_fields, image_to_rgb
+from panoptic_node.model.checkpoint import save_checkpoint
+from panoptic_node.model.detr import build_model
+from panoptic_node.replay import replay
+
+from conftest import camvid_or_skip, compact_config
+
+
+def raw_image(rgb, encoding, pad=0):
+    conv = {"rgb8": rgb, "bgr8": rgb[..., ::-1], "rgba8": np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)]),
+            "bgra8": np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 7, np.uint8)]), "mono8": rgb[..., :1]}[encoding]
+    h, w, c = conv.shape
+    step = w * c + pad
+    data = np.zeros((h, step), np.uint8)
+    data[:, : w * c] = conv.reshape(h, w * c)
+    return SimpleNamespace(encoding=encoding, height=h, width=w, step=step, is_bigendian=0, data=data.ravel())
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])
+@pytest.mark.parametrize("pad", [0, 3])
+def test_image_to_rgb_every_encoding(rng, encoding, pad):
+    rgb = rng.integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    out = image_to_rgb(raw_image(rgb, encoding, pad))
+    expected = np.repeat(rgb[..., :1], 3, 2) if encoding == "mono8" else rgb
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_compressed(rng, fmt):
+    rgb = np.full((16, 16, 3), 120, np.uint8)
+    rgb[4:12, 4:12] = (20, 200, 90)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format=fmt.upper())
+    out = compressed_to_rgb(SimpleNamespace(format=fmt, data=np.frombuffer(buf.getvalue(), np.uint8)))
+    assert out.shape == (16, 16, 3)
+    err = np.abs(out.astype(int) - rgb)
+    assert err.max() == 0 if fmt == "png" else err.mean() < 8  # jpeg is lossy
+
+
+@pytest.mark.parametrize("msg,expected", [
+    (SimpleNamespace(encoding="yuv422", height=2, width=2, step=4, is_bigendian=0, data=np.zeros(8, np.uint8)),
+     "unsupported encoding 'yuv422'"),
+    (SimpleNamespace(encoding="rgb8", height=2, width=2, step=6, is_bigendian=0, data=np.zeros(11, np.uint8)),
+     "data length 11 != step x height"),
+    (SimpleNamespace(encoding="rgb8", height=0, width=2, step=6, is_bigendian=0, data=np.zeros(0, np.uint8)),
+     "zero-size"),
+    (SimpleNamespace(encoding="rgb8", height=2, width=4, step=6, is_bigendian=0, data=np.zeros(12, np.uint8)),
+     "step 6 is smaller"),
+    (SimpleNamespace(format="jpeg", data=np.frombuffer(b"\xff\xd8garbage", np.uint8)), "does not decode"),
+    (SimpleNamespace(format="tiff", data=np.zeros(4, np.uint8)), "expected jpeg or png"),
+])
+def test_bad_frames(msg, expected):
+    fn = compressed_to_rgb if hasattr(msg, "format") else image_to_rgb
+    with pytest.raises(FrameError, match=expected):
+        fn(msg)
+
+
+@pytest.mark.parametrize("encoding,dtype", [("mono8", np.uint8), ("mono16", np.uint16), ("32SC1", np.int32)])
+def test_output_image_round_trip(rng, encoding, dtype):
+    a = rng.integers(-5 if dtype == np.int32 else 0, 60000 if dtype != np.uint8 else 255, (4, 6)).astype(dtype)
+    f = image_fields(a, encoding)
+    assert f["step"] == 6 * np.dtype(dtype).itemsize and f["is_bigendian"] == 0
+    np.testing.assert_array_equal(image_array(SimpleNamespace(**f)), a)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    cfg = compact_config()
+    save_checkpoint(build_model(cfg, pretrained_backbone=True), d / "tiny.pth")
+    data = asdict(cfg)
+    data["weights"] = "tiny.pth"
+    (d / "tiny.yaml").write_text(yaml.safe_dump(data))
+    return Pipeline.from_config(str(d / "tiny.yaml"))
+
+
+def camera_bag(path, storage, frames, compressed=False, topic="/front/image_raw"):
+    """frames: list of (stamp, rgb or a prepared raw namespace)."""
+    with BagWriter(path, storage) as w:
+        for stamp, frame in frames:
+            hdr = header(stamp, "front_optical")
+            if compressed:
+                buf = io.BytesIO()
+                Image.fromarray(frame).save(buf, format="PNG")
+                w.write(topic.replace("image_raw", "image_raw/compressed"), compressed_msg(hdr, "png", buf.getvalue()),
+                        stamp)
+            elif isinstance(frame, SimpleNamespace):
+                w.write(topic, image_msg(hdr, {k: getattr(frame, k) for k in
+                                               ("height", "width", "encoding", "is_bigendian", "step", "data")}), stamp)
+            else:
+                w.write(topic, image_msg(hdr, image_fields(frame, "rgb8")), stamp)
+    return path
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_replay_round_trip(tiny_pipeline, tmp_path, rng, storage, compressed):
+    stamps = [1_700_000_000_000_000_000 + i * 50_000_000 for i in range(3)]
+    frames = [(s, rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for s in stamps]
+    bag = camera_bag(tmp_path / "in", storage, frames, compressed)
+    out = tmp_path / "out"
+    summary = replay(tiny_pipeline, bag, out, storage=storage, video=tmp_path / "v.mp4",
+                     metrics_path=tmp_path / "m.json")
+    assert summary.frames == 3 and summary.undecodable == 0
+    assert (tmp_path / "v.mp4").stat().st_size > 0 and json.loads((tmp_path / "m.json").read_text())["frames"] == 3
+    with BagReader(out) as r:
+        ns = "/front/image_raw" if compressed else "/front"
+        expected = {f"{ns}/panoptic/semantic": "sensor_msgs/msg/Image", f"{ns}/panoptic/instances": "sensor_msgs/msg/Image",
+                    f"{ns}/panoptic/panoptic": "sensor_msgs/msg/Image", f"{ns}/panoptic/overlay": "sensor_msgs/msg/Image",
+                    f"{ns}/panoptic/detections": "vision_msgs/msg/Detection2DArray",
+                    f"{ns}/panoptic/label_info": "vision_msgs/msg/LabelInfo",
+                    "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray"}
+        assert r.topics == expected
+        msgs = list(r.messages(list(expected)))
+    by_topic = {}
+    for m in msgs:
+        by_topic.setdefault(m.topic, []).append(m)
+    encodings = {"semantic": "mono8", "instances": "mono16", "panoptic": "32SC1", "overlay": "bgr8"}
+    for name, enc in encodings.items():
+        got = by_topic[f"{ns}/panoptic/{name}"]
+        assert [stamp_ns(m.msg.header) for m in got] == stamps
+        assert all(m.msg.header.frame_id == "front_optical" for m in got)
+        assert all((m.msg.encoding, m.msg.height, m.msg.width) == (enc, 48, 64) for m in got)
+    for det, inst in zip(by_topic[f"{ns}/panoptic/detections"], by_topic[f"{ns}/panoptic/instances"]):
+        assert stamp_ns(det.msg.header) == stamp_ns(inst.msg.header)
+        instance = image_array(inst.msg)
+        assert sorted(int(d.id) for d in det.msg.detections) == sorted(set(np.unique(instance)) - {0})
+        for d in det.msg.detections:
+            ys, xs = np.nonzero(instance == int(d.id))
+            assert d.bbox.size_x == xs.max() + 1 - xs.min() and d.bbox.center.position.x == (xs.min() + xs.max() + 1) / 2
+    info = by_topic[f"{ns}/panoptic/label_info"]
+    assert len(info) == 1 and [c.class_name for c in info[0].msg.class_map][:2] == ["sky", "building"]
+
+
+def test_bad_frames_are_counted_and_skipped(tiny_pipeline, tmp_path, rng):
+    good = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    bigger = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    bad_enc = SimpleNamespace(encoding="yuv422", height=48, width=64, step=128, is_bigendian=0,
+                              data=np.zeros(48 * 128, np.uint8))
+    short = SimpleNamespace(encoding="rgb8", height=48, width=64, step=192, is_bigendian=0,
+                            data=np.zeros(100, np.uint8))
+    frames = [(1, good), (2, bad_enc), (3, short), (4, bigger), (5, good)]
+    bag = camera_bag(tmp_path / "in", "mcap", frames)
+    out = tmp_path / "out"
+    summary = replay(tiny_pipeline, bag, out)
+    assert summary.frames == 3 and summary.undecodable == 2
+    assert "yuv422" in summary.errors[0] and "data length" in summary.errors[1]
+    with BagReader(out) as r:
+        sizes = [(m.msg.height, m.msg.width) for m in r.messages(["/front/panoptic/semantic"])]
+    assert sizes == [(48, 64), (60, 80), (48, 64)]  # frames may change size mid-bag
+
+
+def test_unknown_topic_lists_image_topics(tiny_pipeline, tmp_path, rng):
+    bag = camera_bag(tmp_path / "in", "mcap", [(1, rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))])
+    with pytest.raises(BagError, match=r"no image topic '/rear/image'; image topics: /front/image_raw"):
+        replay(tiny_pipeline, bag, tmp_path / "out", image_topic="/rear/image")
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_corrupt_and_truncated_bags(tiny_pipeline, tmp_path, rng, storage):
+    frames = [(i + 1, rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for i in range(6)]
+    bag = camera_bag(tmp_path / "in", storage, frames)
+    data_file = next(p for p in bag.iterdir() if p.suffix in (".mcap", ".db3"))
+    data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
+    with pytest.raises(BagError) as e:
+        replay(tiny_pipeline, bag, tmp_path / "out")
+    assert "\n" not in str(e.value) and str(bag) in str(e.value)
+    assert not (tmp_path / "out").exists()  # nothing that looks finished
+    (bag / "metadata.yaml").write_text("not: [a, bag")
+    with pytest.raises(BagError, match="cannot be opened"):
+        BagReader(bag)
+    with pytest.raises(BagError, match="does not exist"):
+        BagReader(tmp_path / "nothing")
+
+
+def test_existing_output_is_refused_without_overwrite(tiny_pipeline, tmp_path, rng):
+    bag = camera_bag(tmp_path / "in", "mcap", [(1, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))])
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        replay(tiny_pipeline, bag, tmp_path / "out")
+    assert replay(tiny_pipeline, bag, tmp_path / "out", overwrite=True).frames == 1
+
+
+def test_interrupted_writer_leaves_only_a_partial(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with BagWriter(tmp_path / "out", "mcap") as w:
+            w.write("/x/panoptic/semantic", image_msg(header(1, "f"), image_fields(np.zeros((2, 2), np.uint8), "mono8")), 1)
+            raise KeyboardInterrupt
+    assert not (tmp_path / "out").exists() and (tmp_path / "out.partial").is_dir()
+
+
+def test_cityscapes_fixture(tmp_path, rng):
+    root = tmp_path / "cs"
+    for split_dir in ("leftImg8bit/val/aachen", "gtFine/val/aachen"):
+        (root / split_dir).mkdir(parents=True)
+    label = np.full((16, 24), 7, np.uint8)          # road
+    label[:4] = 23                                   # sky
+    label[8:12, 2:8] = 26                            # car with instance
+    label[8:12, 12:16] = 26                          # car pixels without instance -> void
+    label[0, 0] = 29                                 # caravan: ignoreInEval -> void
+    inst = label.astype(np.int32).copy()
+    inst[8:12, 2:8] = 26000
+    for frame in (19, 20):
+        name = f"aachen_000000_{frame:06d}"
+        Image.fromarray(rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(
+            root / f"leftImg8bit/val/aachen/{name}_leftImg8bit.png")
+        Image.fromarray(label).save(root / f"gtFine/val/aachen/{name}_gtFine_labelIds.png")
+        Image.fromarray(inst.astype(np.uint16)).save(root / f"gtFine/val/aachen/{name}_gtFine_instanceIds.png")
+    assert convert("cityscapes", root, tmp_path / "bag", storage="sqlite3") == 2
+    with BagReader(tmp_path / "bag") as r:
+        pans = [image_array(m.msg) for m in r.messages(["/ground_truth/panoptic"])]
+        stamps = [m.stamp_ns for m in r.messages(["/camera/image_raw"])]
+    assert stamps[1] - stamps[0] == round(1e9 / 17)
+    pan = pans[0]
+    assert (pan[8:12, 2:8] == 13001).all() and (pan[8:12, 12:16] == -1).all() and pan[0, 0] == -1
+    assert pan[5, 5] == 0 and pan[1, 5] == 10
+    sem, _ = cityscapes_panoptic(label, inst)
+    assert sem[9, 13] == 255 and sem[9, 3] == 13
+
+
+def test_kitti_fixtures(tmp_path, rng):
+    drive = tmp_path / "raw" / "2011_09_26" / "2011_09_26_drive_0001_sync" / "image_02"
+    (drive / "data").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (10, 20, 3), dtype=np.uint8)).save(drive / "data" / f"{i:010d}.png")
+    (drive / "timestamps.txt").write_text("\n".join(f"2011-09-26 13:02:25.{100000000 + i * 103000000:09d}"
+                                                    for i in range(3)) + "\n")
+    (tmp_path / "raw" / "2011_09_26" / "calib_cam_to_cam.txt").write_text(
+        "calib_time: 09-Jan-2012 13:57:47\nK_02: 9.5e+02 0 6.9e+02 0 9.5e+02 2.4e+02 0 0 1\n"
+        "P_rect_02: 7.2e+02 0 6.0e+02 4.4e+01 0 7.2e+02 1.7e+02 2.1e-01 0 0 1 2.7e-03\n")
+    assert convert("kitti", tmp_path / "raw", tmp_path / "bag") == 3
+    with BagReader(tmp_path / "bag") as r:
+        infos = list(r.messages(["/camera/camera_info"]))
+        assert "/ground_truth/panoptic" not in r.topics
+    assert infos[0].msg.k[0] == 950.0 and infos[0].msg.p[3] == 44.0
+    assert infos[1].stamp_ns - infos[0].stamp_ns == 103_000_000
+
+    sem_root = tmp_path / "sem" / "training"
+    for d in ("image_2", "semantic", "instance"):
+        (sem_root / d).mkdir(parents=True)
+    label = np.full((10, 20), 7, np.uint8)
+    label[2:6, 2:8] = 26
+    instance = (label.astype(np.uint16) * 256)
+    instance[2:6, 2:8] += 3
+    Image.fromarray(rng.integers(0, 255, (10, 20, 3), dtype=np.uint8)).save(sem_root / "image_2" / "000000_10.png")
+    Image.fromarray(label).save(sem_root / "semantic" / "000000_10.png")
+    Image.fromarray(instance).save(sem_root / "instance" / "000000_10.png")
+    assert convert("kitti", tmp_path / "sem", tmp_path / "bag2") == 1
+    with BagReader(tmp_path / "bag2") as r:
+        pan = image_array(next(r.messages(["/ground_truth/panoptic"])).msg)
+    assert (pan[2:6, 2:8] == 13003).all() and pan[0, 0] == 0
+
+
+def test_camvid_convert_and_replay_scores(tiny_pipeline, tmp_path):
+    root = camvid_or_skip()
+    assert convert("camvid", root, tmp_path / "bag", max_frames=3) == 3
+    with BagReader(tmp_path / "bag") as r:
+        assert set(r.topics) == {"/camera/image_raw", "/camera/camera_info", "/ground_truth/panoptic",
+                                 "/ground_truth/semantic"}
+        pans = [image_array(m.msg) for m in r.messages(["/ground_truth/panoptic"])]
+        stamps = [m.stamp_ns for m in r.messages(["/camera/image_raw"])]
+    frames = [int(line.split()[0].rsplit("_", 1)[1][:-4]) for line in (root / "val.txt").read_text().split("\n")[:3]]
+    assert stamps[1] - stamps[0] == round((frames[1] - frames[0]) * 1e9 / 30)  # frame numbers of 30 Hz video
+    cars = pans[0][(pans[0] // 1000) == 8]
+    assert len(np.unique(cars)) >= 1 and (cars % 1000 > 0).all()
+    summary = replay(tiny_pipeline, tmp_path / "bag")
+    assert summary.evaluated == 3 and summary.metrics is not None

@@ -1,0 +1,174 @@
+"""PQ / SQ / RQ equal panopticapi, cityscapesscripts and hotcoco on generated cases with crowd,
+void, misses, false positives and partial overlaps; mIoU / pixel accuracy equal a direct numpy
+computation; the streaming evaluator needs no frame kept in memory."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from panoptic_node.coco_format import id_to_rgb
+from panoptic_node.evaluation.coco_folders import pq_from_folders
+from panoptic_node.evaluation.evaluator import Evaluator
+from panoptic_node.evaluation.semantic import ConfusionMatrix
+from panoptic_node.taxonomy import get_taxonomy
+
+CATEGORIES = [{"id": 1, "name": "sky", "isthing": 0}, {"id": 2, "name": "road", "isthing": 0},
+              {"id": 3, "name": "tree", "isthing": 0}, {"id": 4, "name": "car", "isthing": 1},
+              {"id": 5, "name": "person", "isthing": 1}]
+
+
+def make_frame(rng):
+    """GT and prediction id maps + segment infos for one 48x64 frame."""
+    h, w = 48, 64
+    gt = np.zeros((h, w), np.int64)
+    gt_segs = {}
+    gt[:16] = 1; gt_segs[1] = (1, 0)              # sky
+    gt[16:] = 2; gt_segs[2] = (2, 0)              # road
+    gt[:16, 40:] = 3; gt_segs[3] = (3, 0)         # tree
+    sid = 4
+    for _ in range(rng.integers(2, 5)):          # cars
+        y, x = rng.integers(18, 40), rng.integers(0, 54)
+        gt[y:y + rng.integers(4, 9), x:x + rng.integers(5, 11)] = sid
+        gt_segs[sid] = (4, 0)
+        sid += 1
+    y = rng.integers(18, 40)
+    gt[y:y + 6, 20:24] = sid; gt_segs[sid] = (5, 0); sid += 1          # person
+    gt[40:46, 50:62] = sid; gt_segs[sid] = (4, 1); sid += 1            # crowd of cars
+    gt[rng.integers(0, 48, 40), rng.integers(0, 64, 40)] = 0          # void pixels
+    gt[0:3, 0:10] = 0
+    gt_segs = {k: v for k, v in gt_segs.items() if (gt == k).any()}
+
+    pred = np.zeros((h, w), np.int64)
+    pred_segs = {}
+    offset = 100
+    for k, (cat, crowd) in gt_segs.items():
+        if crowd or rng.random() < 0.15:                                   # misses (crowd is never predicted)
+            continue
+        m = gt == k
+        shift = int(rng.integers(-3, 4))
+        m = np.roll(m, shift, axis=int(rng.integers(0, 2)))               # partial overlaps
+        label = cat if rng.random() > 0.1 else (4 if cat == 5 else 5 if cat == 4 else cat)  # some wrong classes
+        pred[m & (pred == 0)] = offset
+        pred_segs[offset] = (label, 0)
+        offset += 1
+    pred[(pred == 0)] = offset; pred_segs[offset] = (2, 0); offset += 1  # fill holes as road
+    pred[0:3, 0:8] = offset; pred_segs[offset] = (5, 0); offset += 1     # mostly on void: not a false positive
+    pred[41:45, 52:60] = offset; pred_segs[offset] = (4, 0); offset += 1  # on the car crowd: not a false positive
+    pred[rng.integers(18, 40), 30:36] = offset; pred_segs[offset] = (5, 0); offset += 1  # a false positive
+    pred_segs = {k: v for k, v in pred_segs.items() if (pred == k).any()}
+    return gt, gt_segs, pred, pred_segs
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pq")
+    rng = np.random.default_rng(7)
+    gt_anns, pred_anns = [], []
+    for d in ("gt", "pred"):
+        (root / d).mkdir()
+    for i in range(8):
+        gt, gt_segs, pred, pred_segs = make_frame(rng)
+        name = f"frame{i}.png"
+        Image.fromarray(id_to_rgb(gt)).save(root / "gt" / name)
+        Image.fromarray(id_to_rgb(pred)).save(root / "pred" / name)
+        gt_anns.append({"image_id": i + 1, "file_name": name, "segments_info": [
+            {"id": int(k), "category_id": c, "iscrowd": crowd, "area": int((gt == k).sum()), "bbox": [0, 0, 1, 1]}
+            for k, (c, crowd) in gt_segs.items()]})
+        pred_anns.append({"image_id": i + 1, "file_name": name, "segments_info": [
+            {"id": int(k), "category_id": c, "iscrowd": 0, "area": int((pred == k).sum()), "bbox": [0, 0, 1, 1]}
+            for k, (c, _) in pred_segs.items()]})
+    images = [{"id": i + 1, "file_name": f"frame{i}.png", "height": 48, "width": 64} for i in range(8)]
+    (root / "gt.json").write_text(json.dumps({"annotations": gt_anns, "categories": CATEGORIES, "images": images}))
+    (root / "pred.json").write_text(json.dumps({"annotations": pred_anns, "categories": CATEGORIES, "images": images}))
+    return root
+
+
+def ours(folders):
+    acc, cats = pq_from_folders(folders / "gt.json", folders / "gt", folders / "pred.json", folders / "pred")
+    things = [c for c, v in cats.items() if v["isthing"]]
+    stuff = [c for c, v in cats.items() if not v["isthing"]]
+    return {"All": acc.summary(), "Things": acc.summary(things), "Stuff": acc.summary(stuff)}, acc.per_class()
+
+
+def assert_same(mine, per_class, theirs):
+    for part in ("All", "Things", "Stuff"):
+        for k in ("pq", "sq", "rq"):
+            assert mine[part][k] == pytest.approx(theirs[part][k], abs=1e-9), (part, k)
+        assert mine[part]["n"] == theirs[part]["n"]
+    for cat, vals in theirs["per_class"].items():
+        for k in ("pq", "sq", "rq"):
+            assert per_class.get(int(cat), {}).get(k, 0.0) == pytest.approx(vals[k], abs=1e-9), (cat, k)
+
+
+def test_cases_are_not_trivial(folders):
+    mine, per_class = ours(folders)
+    assert 0.3 < mine["All"]["pq"] < 0.95
+    assert sum(v["fp"] for v in per_class.values()) > 0 and sum(v["fn"] for v in per_class.values()) > 0
+
+
+def test_equals_panopticapi(folders):
+    pq_compute = pytest.importorskip("panopticapi.evaluation").pq_compute
+    theirs = pq_compute(str(folders / "gt.json"), str(folders / "pred.json"), str(folders / "gt"), str(folders / "pred"))
+    assert_same(*ours(folders), theirs)
+
+
+def test_equals_hotcoco(folders):
+    pq_compute = pytest.importorskip("hotcoco.panoptic").pq_compute
+    theirs = pq_compute(str(folders / "gt.json"), str(folders / "pred.json"), str(folders / "gt"), str(folders / "pred"))
+    assert_same(*ours(folders), theirs)
+
+
+def test_equals_cityscapesscripts(folders, tmp_path):
+    cs = pytest.importorskip("cityscapesscripts.evaluation.evalPanopticSemanticLabeling")
+    theirs = cs.evaluatePanoptic(str(folders / "gt.json"), str(folders / "gt"), str(folders / "pred.json"),
+                                 str(folders / "pred"), str(tmp_path / "cs.json"))
+    mine, per_class = ours(folders)
+    for part in ("All", "Things", "Stuff"):
+        for k in ("pq", "sq", "rq"):
+            assert mine[part][k] == pytest.approx(theirs[part][k], abs=1e-9), (part, k)
+    for cat, vals in theirs["per_class"].items():
+        for k in ("pq", "sq", "rq"):
+            assert per_class.get(int(cat), {}).get(k, 0.0) == pytest.approx(vals[k], abs=1e-9)
+
+
+def test_confusion_metrics_equal_numpy(rng):
+    cm = ConfusionMatrix(4)
+    gts, preds = [], []
+    for _ in range(3):
+        gt = rng.integers(0, 4, (20, 30)).astype(np.uint8)
+        gt[rng.random((20, 30)) < 0.1] = 255
+        pred = np.where(rng.random((20, 30)) < 0.7, gt, rng.integers(0, 4, (20, 30))).astype(np.uint8)
+        pred[rng.random((20, 30)) < 0.05] = 255
+        cm.add(gt, pred)
+        gts.append(gt)
+        preds.append(pred)
+    g, p = np.concatenate(gts).ravel(), np.concatenate(preds).ravel()
+    valid = g != 255
+    ious = []
+    for c in range(4):
+        inter = ((g == c) & (p == c) & valid).sum()
+        union = (((g == c) & valid) | ((p == c) & valid)).sum()
+        ious.append(inter / union)
+    s = cm.scores()
+    assert s["miou"] == pytest.approx(np.mean(ious), abs=1e-12)
+    assert s["pixel_accuracy"] == pytest.approx((g[valid] == p[valid]).mean(), abs=1e-12)
+
+
+def test_evaluator_on_our_panoptic_convention():
+    camvid = get_taxonomy("camvid")
+    gt = np.full((10, 10), 3, np.int32)
+    gt[:4] = 0
+    gt[6:9, 1:4] = 8001
+    gt[0, 0] = -1
+    pred = gt.copy()
+    pred[6:9, 1:3] = 8002
+    pred[6:9, 3] = 3
+    ev = Evaluator(camvid)
+    sem = np.where(gt >= 1000, gt // 1000, gt).astype(np.int64)
+    sem = np.where(gt < 0, 255, sem).astype(np.uint8)
+    psem = np.where(pred >= 1000, pred // 1000, pred).astype(np.uint8)
+    ev.add(gt, sem, pred, psem)
+    r = ev.report()
+    assert r["per_class"][8]["tp"] == 1 and r["per_class"][8]["sq"] == pytest.approx(6 / 9)
+    assert r["per_class"][3]["tp"] == 1 and r["per_class"][0]["pq"] == 1.0
