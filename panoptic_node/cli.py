@@ -11,14 +11,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="weights file (default: the model config's own)")
     p.add_argument("--threshold", type=float, help="keep queries above this class probability")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backend", default="torch", help="inference backend (default: torch)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                   help="auto: TensorRT with CUDA, else ONNX Runtime when an exported graph exists, else torch")
+    p.add_argument("--onnx", help="exported graph for the onnxruntime / tensorrt backends")
     p.add_argument("--labels", help="publish labels in this label set (e.g. cityscapes for a COCO model)")
 
 
 def _pipeline(args):
-    from .inference.pipeline import Pipeline
-    return Pipeline.from_config(args.model, weights=args.weights, backend=args.backend, device=args.device,
-                                threshold=args.threshold, labels=args.labels)
+    from .inference.backends import make_pipeline
+    return make_pipeline(args.model, weights=args.weights, backend=args.backend, device=args.device,
+                         threshold=args.threshold, labels=args.labels, onnx=args.onnx,
+                         log=lambda m: print(m, file=sys.stderr))
 
 
 def cmd_infer(args) -> int:

@@ -45,7 +45,8 @@ class Pipeline:
                                         f"(an official DETR, Hugging Face DetrForSegmentation or panoptic_node checkpoint)")
             load_weights(net, path)
         if backend != "torch":
-            raise ValueError(f"backend '{backend}' is not available; expected one of: torch")
+            raise ValueError(f"Pipeline.from_config builds the torch backend; for '{backend}' use "
+                             f"panoptic_node.inference.backends.make_pipeline")
         return cls(cfg, TorchBackend(net, device), labels=labels, threshold=threshold)
 
     def __call__(self, rgb: np.ndarray) -> PanopticResult:
@@ -54,7 +55,9 @@ class Pipeline:
     def run_batch(self, frames: List[np.ndarray]) -> List[PanopticResult]:
         """Several frames (e.g. several cameras) in one network call when their padded sizes agree."""
         t0 = time.perf_counter()
-        prepared = [preprocess(f, self.cfg.input) for f in frames]
+        # static-shape backends (an exported graph) take one fixed canvas
+        fixed = getattr(self.backend, "size", None)
+        prepared = [preprocess(f, self.cfg.input, fixed_size=fixed) for f in frames]
         shapes = {p[0].shape for p in prepared}
         if len(shapes) > 1:  # different sizes: one call each
             return [r for f in frames for r in self.run_batch([f])]

@@ -1,0 +1,53 @@
+"""ros2 launch panoptic_node car.launch.py [config:=FILE] [cameras:="['/camera/front']"] [model:=NAME]
+       [backend:=auto|torch|onnxruntime|tensorrt] [bag:=PATH] [rviz:=true|false] [log_level:=info]
+
+bag:=PATH plays a recorded (or converted CamVid / KITTI) bag with --clock and runs the node on
+sim time: the validation setup, same node, same topics.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def _node(context):
+    share = get_package_share_directory("panoptic_node")
+    config = LaunchConfiguration("config").perform(context) or os.path.join(share, "config", "car.param.yaml")
+    overrides = {}
+    for name in ("model", "backend"):
+        value = LaunchConfiguration(name).perform(context)
+        if value:
+            overrides[name] = value
+    cameras = LaunchConfiguration("cameras").perform(context)
+    if cameras:
+        overrides["cameras"] = [c.strip(" '\"") for c in cameras.strip("[]").split(",") if c.strip(" '\"")]
+    bag = LaunchConfiguration("bag").perform(context)
+    if bag:
+        overrides["use_sim_time"] = True
+    actions = [Node(package="panoptic_node", executable="panoptic_node", name="panoptic_node", output="screen",
+                    parameters=[config, overrides],
+                    arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)])]
+    if bag:
+        actions.append(ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock"], output="screen"))
+    return actions
+
+
+def generate_launch_description():
+    share = get_package_share_directory("panoptic_node")
+    return LaunchDescription([
+        DeclareLaunchArgument("config", default_value="", description="parameter file (default: config/car.param.yaml)"),
+        DeclareLaunchArgument("cameras", default_value="", description="camera namespaces, e.g. \"['/camera/front']\""),
+        DeclareLaunchArgument("model", default_value="", description="model name or YAML (default from config)"),
+        DeclareLaunchArgument("backend", default_value="", description="auto|torch|onnxruntime|tensorrt"),
+        DeclareLaunchArgument("bag", default_value="", description="play this bag with --clock and use sim time"),
+        DeclareLaunchArgument("rviz", default_value="false", description="open RViz with config/panoptic.rviz"),
+        DeclareLaunchArgument("log_level", default_value="info"),
+        OpaqueFunction(function=_node),
+        Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
+             arguments=["-d", os.path.join(share, "config", "panoptic.rviz")],
+             condition=IfCondition(LaunchConfiguration("rviz"))),
+    ])

@@ -1,0 +1,28 @@
+"""Validation on a converted bag: ros2 launch panoptic_node replay.launch.py bag:=camvid_val [rviz:=true]
+
+The converters write /camera/image_raw, so this maps the node's camera to /camera with the
+image topic remapped; everything else is car.launch.py.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, ExecuteProcess
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory("panoptic_node")
+    return LaunchDescription([
+        DeclareLaunchArgument("bag", description="a bag from `panoptic-node convert`"),
+        DeclareLaunchArgument("rviz", default_value="false"),
+        Node(package="panoptic_node", executable="panoptic_node", name="panoptic_node", output="screen",
+             parameters=[os.path.join(share, "config", "car.param.yaml"),
+                         {"cameras": ["/camera"], "use_sim_time": True, "max_age_ms": 0}],
+             remappings=[("/camera/image", "/camera/image_raw")]),
+        ExecuteProcess(cmd=["ros2", "bag", "play", LaunchConfiguration("bag"), "--clock"], output="screen"),
+        Node(package="rviz2", executable="rviz2", arguments=["-d", os.path.join(share, "config", "panoptic.rviz")],
+             condition=IfCondition(LaunchConfiguration("rviz"))),
+    ])

@@ -1,0 +1,92 @@
+"""`panoptic-node export`: the model as two ONNX graphs so the mask head runs on kept queries only.
+
+  <out>            detect graph: image 1x3xHxW (normalised), pad_mask 1xHxW (uint8, 1 = padding)
+                   -> logits, boxes, hs, mask features (mf0, mf1, ...)
+  <out>.masks.onnx mask graph: mask features + hs 1xKxD (K dynamic) -> masks 1xKxhxw
+
+Opset 17 keeps LayerNorm one node (TensorRT needs it for FP16 accuracy). Metadata (model config,
+classes, input size, normalisation, precision) rides in the ONNX so a backend needs no side file.
+"""
+import json
+from pathlib import Path
+from typing import Tuple
+
+import torch
+from torch import nn
+
+OPSET = 17
+
+
+class _Detect(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image, pad_mask):
+        out = self.model.detect(image, pad_mask.bool())
+        return (out.logits, out.boxes, out.hs) + tuple(out.mask_features)
+
+
+class _Masks(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hs, *features):
+        return self.model.predict_masks(tuple(features), hs)
+
+
+def mask_graph_path(path) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + ".masks.onnx")
+
+
+def metadata(cfg, size: Tuple[int, int], precision: str) -> dict:
+    return {"panoptic_node": json.dumps({"config": cfg.to_dict(), "input_size": list(size), "precision": precision,
+                                         "normalization": cfg.input.normalization, "format": 1})}
+
+
+def export_onnx(model, size: Tuple[int, int], out, precision: str = "fp32") -> Tuple[Path, Path]:
+    """Writes the two fp32 graphs for a padded canvas of `size` (H, W); returns their paths."""
+    import onnx
+
+    model = model.eval()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    h, w = size
+    image = torch.zeros(1, 3, h, w)
+    pad = torch.zeros(1, h, w, dtype=torch.uint8)
+    with torch.no_grad():
+        det = model.detect(image, pad.bool())
+    n_feats = len(det.mask_features)
+    feat_names = [f"mf{i}" for i in range(n_feats)]
+    tmp = out.with_name(out.name + ".partial")
+    torch.onnx.export(_Detect(model).eval(), (image, pad), tmp, opset_version=OPSET, dynamo=False,
+                      input_names=["image", "pad_mask"], output_names=["logits", "boxes", "hs"] + feat_names)
+    masks_path = mask_graph_path(out)
+    masks_tmp = masks_path.with_name(masks_path.name + ".partial")
+    hs = det.hs[:, :3]
+    torch.onnx.export(_Masks(model).eval(), (hs,) + tuple(det.mask_features), masks_tmp, opset_version=OPSET, dynamo=False,
+                      input_names=["hs"] + feat_names, output_names=["masks"],
+                      dynamic_axes={"hs": {1: "queries"}, "masks": {1: "queries"}})
+    meta = metadata(model.cfg, size, precision)
+    for p, final in ((tmp, out), (masks_tmp, masks_path)):
+        m = onnx.load(str(p))
+        for k, v in meta.items():
+            m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+        onnx.save(m, str(p))
+        p.replace(final)
+    return out, masks_path
+
+
+def read_metadata(path) -> dict:
+    import onnx
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ValueError(f"'{path}' is not a readable ONNX file ({str(e).splitlines()[0] if str(e) else e}); "
+                         f"export one with `panoptic-node export`") from None
+    props = {p.key: p.value for p in m.metadata_props}
+    if "panoptic_node" not in props:
+        raise ValueError(f"'{path}' has no panoptic_node metadata; expected a graph written by `panoptic-node export`")
+    return json.loads(props["panoptic_node"])

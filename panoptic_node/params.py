@@ -1,0 +1,65 @@
+"""Node parameters: defaults and validation from config/panoptic_node.schema.json (ROS-free)."""
+import json
+from functools import lru_cache
+from typing import Any, Dict
+
+from .model.config import share_dir
+
+
+class ParameterError(ValueError):
+    """One line: the parameter, its value and what is allowed."""
+
+
+@lru_cache(maxsize=1)
+def schema() -> Dict[str, Any]:
+    return json.loads((share_dir("config") / "panoptic_node.schema.json").read_text())
+
+
+def node_schema() -> Dict[str, Any]:
+    return schema()["definitions"]["panoptic_node"]
+
+
+def defaults() -> Dict[str, Any]:
+    return {k: v["default"] for k, v in node_schema()["properties"].items()}
+
+
+def _allowed(prop: Dict[str, Any]) -> str:
+    if "enum" in prop:
+        return "one of " + ", ".join(map(str, prop["enum"]))
+    parts = [prop.get("type", "any")]
+    if "minimum" in prop:
+        parts.append(f">= {prop['minimum']}")
+    if "exclusiveMinimum" in prop:
+        parts.append(f"> {prop['exclusiveMinimum']}")
+    if "maximum" in prop:
+        parts.append(f"<= {prop['maximum']}")
+    if prop.get("type") == "array":
+        parts = [f"a non-empty list of {prop['items'].get('type', 'values')}"]
+    return " ".join(parts)
+
+
+def validate(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Complete `params` with defaults and check them; raises ParameterError on the first problem."""
+    import jsonschema
+
+    props = node_schema()["properties"]
+    for name in params:
+        if name not in props:
+            raise ParameterError(f"unknown parameter '{name}'; allowed: {', '.join(sorted(props))}")
+    full = {**defaults(), **params}
+    validator = jsonschema.Draft7Validator(node_schema())
+    for error in sorted(validator.iter_errors(full), key=lambda e: list(e.path)):
+        name = str(error.path[0]) if error.path else "?"
+        value = full.get(name)
+        raise ParameterError(f"parameter '{name}' = {value!r} is invalid: allowed {_allowed(props.get(name, {}))}")
+    return full
+
+
+def validate_file(data: Dict[str, Any]) -> None:
+    """A whole *.param.yaml document (with /** and ros__parameters)."""
+    import jsonschema
+    try:
+        jsonschema.validate(data, schema())
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.path)
+        raise ParameterError(f"{where or 'document'}: {e.message}") from None

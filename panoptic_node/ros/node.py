@@ -1,0 +1,186 @@
+"""panoptic_node: the ROS 2 node, a thin shell over Pipeline (see DESIGN.md, topic contract).
+
+Callbacks only decode nothing and store the newest message per camera; one worker thread takes
+the newest frame of every camera, infers them together, and publishes every output with the input
+header. Bad frames are logged (throttled), counted and skipped; the node keeps running.
+"""
+import sys
+import threading
+import traceback
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, LabelInfo, ObjectHypothesis,
+                             ObjectHypothesisWithPose, VisionClass)
+
+from ..frame_buffer import LatestFrameBuffer
+from ..messages import FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, label_info
+from ..node_stats import NodeStats
+from ..params import ParameterError, defaults, validate
+from ..render import overlay
+
+OUTPUTS = ("semantic", "instances", "panoptic", "detections", "overlay")
+
+
+def _image(header, array, encoding):
+    fields = image_fields(array, encoding)
+    fields["data"] = fields["data"].tobytes()
+    msg = Image(**fields)
+    msg.header = header
+    return msg
+
+
+class PanopticNode(Node):
+    def __init__(self):
+        super().__init__("panoptic_node")
+        raw = {}
+        for name, value in defaults().items():
+            self.declare_parameter(name, value)
+            raw[name] = self.get_parameter(name).value
+        self.params = validate(raw)  # ParameterError -> main() prints it and exits 1
+        p = self.params
+
+        from ..inference.backends import make_pipeline
+        self.pipeline = make_pipeline(p["model"], weights=p["weights"] or None, backend=p["backend"],
+                                      device=p["device"], threshold=None if p["threshold"] < 0 else p["threshold"],
+                                      labels=None if p["label_set"] == "native" else p["label_set"])
+        self.taxonomy = (self.pipeline.mapping.target if self.pipeline.mapping else self.pipeline.taxonomy)
+        self.get_logger().info(f"model {self.pipeline.cfg.name} on backend {self.pipeline.backend.name} "
+                               f"({self.pipeline.backend.precision}), labels {self.taxonomy.name}")
+
+        qos_in = QoSProfile(depth=p["qos_depth"], history=HistoryPolicy.KEEP_LAST,
+                            reliability=(ReliabilityPolicy.BEST_EFFORT if p["qos_reliability"] == "best_effort"
+                                         else ReliabilityPolicy.RELIABLE))
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+        self.buffer = LatestFrameBuffer(lambda: self.get_clock().now().nanoseconds, p["max_age_ms"])
+        self.stats = NodeStats()
+        self.pubs = {}
+        self._subs = []
+        for cam in p["cameras"]:
+            ns = cam.rstrip("/")
+            compressed = p["input_transport"] == "compressed"
+            topic = f"{ns}/image/compressed" if compressed else f"{ns}/image"
+            self._subs.append(self.create_subscription(CompressedImage if compressed else Image, topic,
+                                                       lambda msg, c=cam: self._on_frame(c, msg), qos_in))
+            pubs = {
+                "semantic": self.create_publisher(Image, f"{ns}/panoptic/semantic", 10),
+                "instances": self.create_publisher(Image, f"{ns}/panoptic/instances", 10),
+                "panoptic": self.create_publisher(Image, f"{ns}/panoptic/panoptic", 10),
+                "detections": self.create_publisher(Detection2DArray, f"{ns}/panoptic/detections", 10),
+                "overlay": self.create_publisher(Image, f"{ns}/panoptic/overlay", qos_profile_sensor_data),
+                "label_info": self.create_publisher(LabelInfo, f"{ns}/panoptic/label_info", latched),
+            }
+            self.pubs[cam] = pubs
+            info = LabelInfo()
+            info.header.stamp = self.get_clock().now().to_msg()
+            info.class_map = [VisionClass(class_id=c["class_id"], class_name=c["class_name"])
+                              for c in label_info(self.taxonomy)]
+            info.threshold = float(self.pipeline.threshold)
+            pubs["label_info"].publish(info)
+            self.get_logger().info(f"camera {cam}: {topic} -> {ns}/panoptic/*")
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
+        self._running = True
+        self.worker = threading.Thread(target=self._work, name="panoptic_inference", daemon=True)
+        self.worker.start()
+
+    # --- callbacks: store only -------------------------------------------------------------------
+    def _on_frame(self, camera, msg):
+        self.stats.frame_arrived(camera)
+        self.buffer.put(camera, msg, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+
+    # --- worker thread ---------------------------------------------------------------------------
+    def _decode(self, camera, msg):
+        try:
+            return compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+        except FrameError as e:
+            self.stats.bad_frames[camera] += 1
+            topic = self._subs[self.params["cameras"].index(camera)].topic_name
+            self.get_logger().warn(f"{topic}: {e}", throttle_duration_sec=5.0)
+            return None
+
+    def _work(self):
+        while self._running and rclpy.ok():
+            pending = self.buffer.take(timeout=0.2)
+            frames = [(cam, p.msg, self._decode(cam, p.msg)) for cam, p in pending.items()]
+            frames = [f for f in frames if f[2] is not None]
+            if not frames:
+                continue
+            try:
+                if self.params["batch_cameras"]:
+                    results = self.pipeline.run_batch([rgb for _, _, rgb in frames])
+                else:
+                    results = [self.pipeline(rgb) for _, _, rgb in frames]
+            except Exception as e:  # keep serving the next frames; say what failed
+                self.get_logger().error(f"inference failed: {e}", throttle_duration_sec=5.0)
+                self.get_logger().debug(traceback.format_exc())
+                continue
+            for (cam, msg, rgb), result in zip(frames, results):
+                self._publish(cam, msg.header, rgb, result)
+                self.stats.add_timings(result.timings)
+
+    def _publish(self, camera, header, rgb, result):
+        pubs, p = self.pubs[camera], self.params
+        if p["publish_semantic"]:
+            pubs["semantic"].publish(_image(header, result.semantic, "mono8"))
+        if p["publish_instances"]:
+            pubs["instances"].publish(_image(header, result.instance, "mono16"))
+        if p["publish_panoptic"]:
+            pubs["panoptic"].publish(_image(header, result.panoptic, "32SC1"))
+        if p["publish_detections"]:
+            out = Detection2DArray(header=header)
+            for d in detections(result, self.taxonomy):
+                det = Detection2D(header=header, id=d["id"])
+                det.results = [ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id=d["class_id"],
+                                                                                    score=d["score"]))]
+                det.bbox = BoundingBox2D()
+                det.bbox.center.position.x, det.bbox.center.position.y = d["center_x"], d["center_y"]
+                det.bbox.size_x, det.bbox.size_y = d["size_x"], d["size_y"]
+                out.detections.append(det)
+            pubs["detections"].publish(out)
+        # the overlay costs a full-frame blend: only while someone looks at it
+        if p["publish_overlay"] and pubs["overlay"].get_subscription_count() > 0:
+            pubs["overlay"].publish(_image(header, overlay(rgb, result, self.taxonomy)[..., ::-1], "bgr8"))
+        self.stats.published[camera] += 1
+
+    def _publish_diagnostics(self):
+        status = DiagnosticStatus(name="panoptic_node: inference", hardware_id=self.pipeline.cfg.name)
+        status.level = bytes([self.stats.level(self.buffer)])
+        status.message = "ok" if status.level == b"\x00" else "frames dropped as stale or undecodable"
+        kv = self.stats.key_values(self.buffer, self.pipeline.backend.name, self.pipeline.cfg.name,
+                                   self.pipeline.backend.precision)
+        status.values = [KeyValue(key=k, value=v) for k, v in kv.items()]
+        arr = DiagnosticArray(status=[status])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(arr)
+
+    def destroy_node(self):
+        self._running = False
+        self.buffer.close()
+        self.worker.join(timeout=2.0)
+        return super().destroy_node()
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    try:
+        node = PanopticNode()
+    except (ParameterError, FileNotFoundError, ValueError, RuntimeError) as e:
+        # a bad parameter or missing weights: one line, non-zero exit (launch shows it)
+        print(f"[panoptic_node] error: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        sys.exit(1)
+    try:
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

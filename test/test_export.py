@@ -1,0 +1,83 @@
+"""ONNX export: both model families match PyTorch within 1e-4 through ONNX Runtime, the mask graph
+takes any number of queries, metadata rides along, and wrong / corrupt files are refused."""
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from panoptic_node.export import export_onnx, read_metadata  # noqa: E402
+from panoptic_node.inference.backend import TorchBackend  # noqa: E402
+from panoptic_node.inference.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
+from panoptic_node.inference.pipeline import Pipeline  # noqa: E402
+from panoptic_node.model.detr import build_model  # noqa: E402
+
+from conftest import compact_config, small_config  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=["compact", "r50"])
+def exported(request, tmp_path_factory):
+    cfg = compact_config() if request.param == "compact" else small_config()
+    torch.manual_seed(0)
+    model = build_model(cfg, pretrained_backbone=request.param == "compact").eval()
+    path = tmp_path_factory.mktemp("onnx") / f"{cfg.name}.onnx"
+    export_onnx(model, (64, 96), path)
+    return cfg, model, path
+
+
+def test_parity_with_torch(exported):
+    cfg, model, path = exported
+    be = OnnxRuntimeBackend(path, cfg)
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, 64, 96)
+    pad = torch.zeros(1, 64, 96, dtype=torch.bool)
+    pad[:, 50:] = True
+    x = x * ~pad[:, None]
+    logits, boxes, hs, feats = be.detect(x, pad)
+    with torch.no_grad():
+        ref = model.detect(x, pad)
+        for queries in ([0], [1, 4, 7], list(range(cfg.num_queries))):
+            want = model.predict_masks(ref.mask_features, ref.hs[:, queries])[0]
+            torch.testing.assert_close(be.masks(feats, 0, hs[0, queries]), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits, ref.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(boxes, ref.boxes, atol=1e-4, rtol=1e-4)
+
+
+def test_pipeline_on_onnxruntime_equals_torch(exported, rng):
+    cfg, model, path = exported
+    frame = rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    ort_result = Pipeline(cfg, OnnxRuntimeBackend(path, cfg))(frame)
+    assert ort_result.shape == (48, 80)
+    # same canvas for torch, so both see identical pixels
+    torch_backend = TorchBackend(model)
+    torch_backend.size = (64, 96)
+    torch_result = Pipeline(cfg, torch_backend)(frame)
+    agree = (ort_result.panoptic == torch_result.panoptic).mean()
+    assert agree > 0.999
+
+
+def test_metadata(exported):
+    cfg, _, path = exported
+    meta = read_metadata(path)
+    assert meta["input_size"] == [64, 96] and meta["config"]["name"] == cfg.name
+    assert meta["normalization"] == cfg.input.normalization and meta["precision"] == "fp32"
+    import onnx
+    assert onnx.load(str(path)).opset_import[0].version >= 17
+
+
+def test_onnx_from_another_model_is_refused(exported):
+    cfg, _, path = exported
+    other = compact_config(num_classes=19, labels="cityscapes") if cfg.backbone.startswith("eff") else \
+        small_config(num_queries=20)
+    with pytest.raises(ValueError, match="exported from another model"):
+        OnnxRuntimeBackend(path, other)
+
+
+def test_corrupt_onnx(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 10)
+    with pytest.raises(ValueError, match="not a readable ONNX file|no panoptic_node metadata"):
+        OnnxRuntimeBackend(bad)
+    with pytest.raises(FileNotFoundError, match="panoptic-node export"):
+        OnnxRuntimeBackend(tmp_path / "missing.onnx")

@@ -1,0 +1,122 @@
+"""What the ROS node is made of, tested without rclpy: parameter schema and the shipped YAML, the
+newest-frame-wins buffer with drop counting (fake clock), diagnostics statistics, the overlay."""
+import threading
+
+import numpy as np
+import pytest
+import yaml
+
+from panoptic_node.frame_buffer import LatestFrameBuffer
+from panoptic_node.inference.result import result_from_segments
+from panoptic_node.model.config import share_dir
+from panoptic_node.node_stats import NodeStats
+from panoptic_node.params import ParameterError, defaults, validate, validate_file
+from panoptic_node.render import overlay
+from panoptic_node.taxonomy import get_taxonomy
+
+
+def test_shipped_yaml_is_valid_and_complete():
+    doc = yaml.safe_load((share_dir("config") / "car.param.yaml").read_text())
+    validate_file(doc)
+    params = doc["/**"]["ros__parameters"]
+    assert set(params) == set(defaults())
+    assert validate(params)["qos_reliability"] == "best_effort" and params["qos_depth"] == 1
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("threshold", 1.5, "parameter 'threshold' = 1.5 is invalid: allowed number >= -1.0 <= 1.0"),
+    ("backend", "tflite", "one of auto, torch, onnxruntime, tensorrt"),
+    ("qos_depth", 0, "parameter 'qos_depth' = 0"),
+    ("cameras", [], "non-empty list"),
+    ("input_transport", "theora", "one of raw, compressed"),
+    ("max_age_ms", -5, "max_age_ms"),
+    ("diagnostics_period", 0, "> 0"),
+])
+def test_bad_values_name_parameter_value_and_allowed(name, value, expected):
+    with pytest.raises(ParameterError) as e:
+        validate({name: value})
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_parameter():
+    with pytest.raises(ParameterError, match="unknown parameter 'treshold'"):
+        validate({"treshold": 0.5})
+
+
+def test_yaml_with_extra_key_fails_schema():
+    doc = {"/**": {"ros__parameters": {**defaults(), "colour": "red"}}}
+    with pytest.raises(ParameterError, match="colour"):
+        validate_file(doc)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0
+
+    def __call__(self):
+        return self.now
+
+
+def test_newest_frame_wins_and_drops_are_counted():
+    clock = FakeClock()
+    buf = LatestFrameBuffer(clock, max_age_ms=0)
+    for i in range(5):
+        buf.put("front", f"f{i}", i)
+    buf.put("rear", "r0", 0)
+    taken = buf.take(timeout=0)
+    assert taken["front"].msg == "f4" and taken["rear"].msg == "r0"
+    assert buf.received["front"] == 5 and buf.dropped["front"] == 4 and buf.dropped["rear"] == 0
+    assert buf.take(timeout=0) == {}
+
+
+def test_stale_frames_are_dropped_by_node_clock():
+    clock = FakeClock()
+    buf = LatestFrameBuffer(clock, max_age_ms=100)
+    clock.now = 1_000_000_000
+    buf.put("front", "old", 800_000_000)   # 200 ms old
+    buf.put("rear", "new", 950_000_000)    # 50 ms old
+    taken = buf.take(timeout=0)
+    assert list(taken) == ["rear"] and buf.stale["front"] == 1
+
+
+def test_take_blocks_until_a_frame_arrives():
+    buf = LatestFrameBuffer(FakeClock())
+    got = []
+    t = threading.Thread(target=lambda: got.append(buf.take(timeout=5)))
+    t.start()
+    buf.put("front", "x", 0)
+    t.join(timeout=5)
+    assert got and got[0]["front"].msg == "x"
+
+
+def test_stats_rates_and_percentiles():
+    t = [0.0]
+    stats = NodeStats(clock=lambda: t[0])
+    for i in range(11):
+        t[0] = i * 0.1
+        stats.frame_arrived("front")
+    assert stats.rate_hz("front") == pytest.approx(10.0)
+    for ms in range(1, 101):
+        stats.add_timings({"detect": ms / 1000})
+    p = stats.percentiles()
+    assert p["detect"]["p50"] == pytest.approx(50.5) and p["total"]["p99"] == pytest.approx(99.01)
+    buf = LatestFrameBuffer(FakeClock())
+    stats.bad_frames["front"] += 2
+    kv = stats.key_values(buf, "torch", "street_lite0", "fp32")
+    assert kv["front bad frames"] == "2" and kv["backend"] == "torch" and stats.level(buf) == 1
+
+
+def test_overlay_renderer():
+    camvid = get_taxonomy("camvid")
+    ids = np.zeros((20, 30), np.int64)
+    ids[:10] = 1
+    ids[10:, :15] = 2
+    r = result_from_segments(ids, np.array([0, 8]), np.array([0.9, 0.8]), camvid.thing_lut, "camvid")
+    rgb = np.full((20, 30, 3), 100, np.uint8)
+    out = overlay(rgb, r, camvid)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[15, 25], rgb[15, 25])          # void keeps the frame
+    assert (out[2, 5] == (114, 114, 114)).all()                       # sky: half grey 128 over 100
+    assert (out[10, 5] == 255).all() and (out[12, 15] == 255).all()   # boundaries drawn
+    with pytest.raises(ValueError, match="differ in size"):
+        overlay(rgb[:10], r, camvid)
