@@ -164,6 +164,75 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _export_size(cfg, size: str):
+    if size:
+        h, w = (int(v) for v in size.lower().split("x"))
+        return h, w
+    d = max(1, cfg.input.size_divisibility)
+    return -(-cfg.input.short_side // d) * d, -(-cfg.input.max_size // d) * d
+
+
+def cmd_export(args) -> int:
+    from .export import export_onnx, mask_graph_path
+    from .model.checkpoint import load_weights
+    from .model.config import load_config
+    from .model.detr import build_model
+
+    cfg = load_config(args.model)
+    model = build_model(cfg)
+    weights = args.weights or cfg.weights
+    if not weights:
+        raise FileNotFoundError(f"model '{cfg.name}' has no default weights; pass --weights FILE")
+    load_weights(model, weights)
+    size = _export_size(cfg, args.size)
+    out = Path(args.out)
+    if args.precision == "fp32":
+        detect, masks = export_onnx(model, size, out)
+    else:
+        if not args.calib:
+            raise ValueError("--precision int8 needs --calib BAG_OR_IMAGE_DIR (real frames to calibrate on)")
+        from .quantize import quantize_int8
+        fp32 = out.with_name(out.stem + ".fp32.onnx")
+        detect, masks = export_onnx(model, size, fp32)
+        quantize_int8(fp32, out, cfg, size, args.calib, args.calib_frames, args.calib_method)
+        _set_precision(out, "int8")
+        mask_graph_path(fp32).replace(mask_graph_path(out))
+        detect, masks = out, mask_graph_path(out)
+    print(f"wrote {detect} and {masks} ({args.precision}, input {size[0]}x{size[1]})")
+    return 0
+
+
+def _set_precision(path, precision: str) -> None:
+    import json
+    import onnx
+    m = onnx.load(str(path))
+    for p in m.metadata_props:
+        if p.key == "panoptic_node":
+            data = json.loads(p.value)
+            data["precision"] = precision
+            p.value = json.dumps(data)
+    onnx.save(m, str(path))
+
+
+def cmd_build_engine(args) -> int:
+    from .inference.tensorrt_backend import TensorRTBackend
+    from .model.config import load_config
+    TensorRTBackend(args.onnx, load_config(args.model), precision=args.precision,
+                    log=lambda m: print(m, file=sys.stderr))
+    print("engine ready")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import runpy
+    bench = Path(__file__).resolve().parents[1] / "bench" / f"bench_{args.which}.py"
+    if not bench.is_file():
+        raise FileNotFoundError(f"benchmark script '{bench}' not found (benchmarks run from a source checkout)")
+    sys.argv = [str(bench)] + args.rest
+    runpy.run_path(str(bench), run_name="__main__")
+    return 0
+
+
 def _add_replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -221,6 +290,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_replay_args(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help="ONNX export (detect graph + kept-query mask graph), fp32 or int8 QDQ")
+    p.add_argument("--model", default="street_lite0")
+    p.add_argument("--weights")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", help="static input canvas HxW (default from the model config)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
+    p.add_argument("--calib", help="bag or image folder with frames to calibrate int8 on")
+    p.add_argument("--calib-frames", type=int, default=32)
+    p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("build-engine", help="build (or check) the cached TensorRT engine for an exported graph")
+    p.add_argument("onnx")
+    p.add_argument("--model", default="street_lite0")
+    p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
+    p.set_defaults(func=cmd_build_engine)
+
+    p = sub.add_parser("bench", help="run a benchmark from bench/ (pipeline, evaluation, backends)")
+    p.add_argument("which", choices=["pipeline", "evaluation", "backends"])
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="train a model on CamVid (or another dataset folder)")
     p.add_argument("--config", default="street_lite0")

@@ -14,6 +14,7 @@ class NodeStats:
         self.latency_ms = defaultdict(lambda: deque(maxlen=window))
         self.bad_frames = defaultdict(int)
         self.published = defaultdict(int)
+        self.overlays = defaultdict(int)
 
     def frame_arrived(self, camera: str) -> None:
         self.arrivals[camera].append(self.clock())
@@ -45,6 +46,7 @@ class NodeStats:
             kv[f"{cam} dropped (older than max_age_ms)"] = str(buffer.stale[cam])
             kv[f"{cam} bad frames"] = str(self.bad_frames[cam])
             kv[f"{cam} published"] = str(self.published[cam])
+            kv[f"{cam} overlays"] = str(self.overlays[cam])
         for stage, p in self.percentiles().items():
             kv[f"latency {stage} p50 (ms)"] = f"{p['p50']:.1f}"
             kv[f"latency {stage} p99 (ms)"] = f"{p['p99']:.1f}"

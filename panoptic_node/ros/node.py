@@ -144,6 +144,7 @@ class PanopticNode(Node):
         # the overlay costs a full-frame blend: only while someone looks at it
         if p["publish_overlay"] and pubs["overlay"].get_subscription_count() > 0:
             pubs["overlay"].publish(_image(header, overlay(rgb, result, self.taxonomy)[..., ::-1], "bgr8"))
+            self.stats.overlays[camera] += 1
         self.stats.published[camera] += 1
 
     def _publish_diagnostics(self):

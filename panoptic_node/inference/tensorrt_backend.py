@@ -1,0 +1,169 @@
+"""TensorRT backend (Jetson / desktop GPUs): an engine built from the exported ONNX, cached.
+
+The cache key is the ONNX file's sha256 + TensorRT version + GPU name and compute capability +
+precision + input shape. A cached engine's sidecar metadata is checked on load; on any mismatch the
+engine is rebuilt with a log line, never silently used. The key / check / rebuild decision is
+plain Python (tested without a GPU); building and running need CUDA and the tensorrt package.
+"""
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from .backend import Backend
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    onnx_sha256: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    input_shape: Tuple[int, ...]
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32]
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PANOPTIC_NODE_ENGINE_CACHE", Path.home() / ".cache" / "panoptic_node" / "engines"))
+
+
+def engine_paths(key: EngineKey, directory: Optional[Path] = None) -> Tuple[Path, Path]:
+    d = Path(directory or cache_dir())
+    return d / f"{key.digest()}.engine", d / f"{key.digest()}.json"
+
+
+def check_cached(key: EngineKey, directory: Optional[Path] = None) -> Tuple[bool, str]:
+    """(usable, reason). Usable only when the engine exists, is non-empty and its metadata equals the key."""
+    engine, meta = engine_paths(key, directory)
+    if not engine.is_file():
+        return False, "no cached engine"
+    if engine.stat().st_size == 0:
+        return False, f"cached engine {engine.name} is empty"
+    if not meta.is_file():
+        return False, f"cached engine {engine.name} has no metadata"
+    try:
+        stored = json.loads(meta.read_text())
+    except json.JSONDecodeError:
+        return False, f"metadata of {engine.name} is unreadable"
+    want = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(key).items()}
+    diff = sorted(k for k in want if stored.get(k) != want[k])
+    if diff:
+        return False, f"cached engine {engine.name} was built for another {', '.join(diff)}"
+    return True, "cached engine matches"
+
+
+def get_engine(key: EngineKey, build: Callable[[Path], None], log=print, directory: Optional[Path] = None) -> Path:
+    """The cached engine for `key`, rebuilt (with a log line saying why) when missing or mismatched."""
+    ok, reason = check_cached(key, directory)
+    engine, meta = engine_paths(key, directory)
+    if ok:
+        return engine
+    log(f"building TensorRT engine ({reason}); this takes minutes on a Jetson")
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    tmp = engine.with_name(engine.name + ".partial")
+    build(tmp)
+    tmp.replace(engine)
+    meta.write_text(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in asdict(key).items()}))
+    return engine
+
+
+def build_engine(onnx_path, out_path, precision: str, log=print) -> None:  # pragma: no cover - needs a GPU
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    with open(onnx_path, "rb") as f:
+        if not parser.parse(f.read()):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise RuntimeError(f"TensorRT cannot parse '{onnx_path}': {errors}")
+    config = builder.create_builder_config()
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # scales come from the QDQ nodes of the graph
+    # LayerNorm in FP32: FP16 LayerNorm loses accuracy in transformers
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == trt.LayerType.NORMALIZATION:
+            layer.precision = trt.float32
+    log(f"TensorRT: building {precision} engine from {onnx_path} ...")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from '{onnx_path}'")
+    Path(out_path).write_bytes(bytes(serialized))
+    log("TensorRT: engine built")
+
+
+class TensorRTBackend(Backend):  # pragma: no cover - needs a GPU
+    name = "tensorrt"
+
+    def __init__(self, onnx_path, cfg, device: str = "cuda", precision: str = "fp16", log=print):
+        if not torch.cuda.is_available():
+            raise RuntimeError("backend 'tensorrt' needs CUDA, which is not available here; use --backend onnxruntime "
+                               "or torch")
+        import tensorrt as trt
+
+        from ..export import mask_graph_path, read_metadata
+        meta = read_metadata(onnx_path)
+        self.size = tuple(meta["input_size"])
+        self.precision = "int8" if meta.get("precision") == "int8" else precision
+        self.mask_stride = 4 if cfg.mask_head == "detr_conv" else 8
+        props = torch.cuda.get_device_properties(0)
+        engines = []
+        for graph in (Path(onnx_path), mask_graph_path(onnx_path)):
+            key = EngineKey(file_sha256(graph), trt.__version__, props.name, f"{props.major}.{props.minor}",
+                            self.precision, self.size)
+            engines.append(get_engine(key, lambda out, g=graph: build_engine(g, out, self.precision, log), log))
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.detect_engine = runtime.deserialize_cuda_engine(engines[0].read_bytes())
+        self.mask_engine = runtime.deserialize_cuda_engine(engines[1].read_bytes())
+        self.detect_ctx = self.detect_engine.create_execution_context()
+        self.mask_ctx = self.mask_engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+
+    def _run(self, engine, ctx, inputs):
+        outputs = {}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            if name in inputs:
+                t = inputs[name].contiguous().cuda()
+                inputs[name] = t
+                ctx.set_input_shape(name, tuple(t.shape))
+                ctx.set_tensor_address(name, t.data_ptr())
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            if name not in inputs:
+                shape = tuple(ctx.get_tensor_shape(name))
+                outputs[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
+                ctx.set_tensor_address(name, outputs[name].data_ptr())
+        ctx.execute_async_v3(self.stream.cuda_stream)
+        self.stream.synchronize()
+        return outputs
+
+    def detect(self, images, pad_mask):
+        out = self._run(self.detect_engine, self.detect_ctx, {"image": images, "pad_mask": pad_mask.to(torch.uint8)})
+        feats = [out[k] for k in sorted(k for k in out if k.startswith("mf"))]
+        return out["logits"].cpu(), out["boxes"].cpu(), out["hs"], feats
+
+    def masks(self, mask_features, index, hs):
+        feeds = {f"mf{i}": f[index:index + 1] for i, f in enumerate(mask_features)}
+        feeds["hs"] = hs[None]
+        return self._run(self.mask_engine, self.mask_ctx, feeds)["masks"][0].cpu()

@@ -1,0 +1,100 @@
+"""INT8 as explicit QDQ (what TensorRT consumes), calibrated on real frames from a bag or folder.
+
+Symmetric activations and weights (zero point 0, as TensorRT requires), per-channel weights.
+Only Conv and weight MatMul/Gemm are quantized: LayerNorm, Softmax, the attention products and every
+other op stay float, and so do the last projections of the class and box heads.
+The small mask-head graph stays fp32.
+"""
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import numpy as np
+
+from .inference.preprocess import preprocess
+
+KEEP_FLOAT_PATTERNS = ("class_embed", "bbox_embed/layers.2", "bbox_embed.layers.2")
+
+
+def calibration_frames(source, limit: int) -> Iterator[np.ndarray]:
+    """RGB frames from a rosbag2 folder (any image topic) or a folder of PNG / JPEG files."""
+    from PIL import Image
+
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"calibration source '{source}' does not exist; expected a bag or an image folder")
+    count = 0
+    if (source / "metadata.yaml").is_file():
+        from .bag.reader import BagReader, decode_frame
+        from .messages import FrameError
+        with BagReader(source) as r:
+            topic = r.pick_image_topic(None)
+            for m in r.messages([topic]):
+                if m.msg is None:
+                    continue
+                try:
+                    yield decode_frame(m.msg, m.msgtype)
+                except FrameError:
+                    continue
+                count += 1
+                if count >= limit:
+                    return
+    else:
+        for p in sorted(source.iterdir()):
+            if p.suffix.lower() in (".png", ".jpg", ".jpeg"):
+                yield np.asarray(Image.open(p).convert("RGB"))
+                count += 1
+                if count >= limit:
+                    return
+    if count == 0:
+        raise ValueError(f"calibration source '{source}' holds no frames; expected a bag with an image topic or a "
+                         f"folder of .png / .jpg files")
+
+
+class _Reader:
+    def __init__(self, frames: List[np.ndarray], cfg, size):
+        self.items = []
+        for f in frames:
+            x, mask, _ = preprocess(f, cfg.input, fixed_size=size)
+            self.items.append({"image": x.numpy(), "pad_mask": mask.numpy().astype(np.uint8)})
+        self.it = iter(self.items)
+
+    def get_next(self):
+        return next(self.it, None)
+
+    def rewind(self):
+        self.it = iter(self.items)
+
+
+def float_kept_nodes(onnx_path) -> List[str]:
+    """The head's last projections, and every MatMul between two activations (attention scores and
+    the attention-weighted sum: their outputs feed Softmax, which must stay float)."""
+    import onnx
+    model = onnx.load(str(onnx_path))
+    weights = {i.name for i in model.graph.initializer}
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    keep = []
+    for n in model.graph.node:
+        if n.op_type in ("MatMul", "Gemm", "Add") and any(p in n.name for p in KEEP_FLOAT_PATTERNS):
+            keep.append(n.name)
+        elif n.op_type == "MatMul" and not any(i in weights or i in consts for i in n.input):
+            keep.append(n.name)
+    return keep
+
+
+def quantize_int8(fp32_path, out_path, cfg, size, source, frames: int = 32, method: str = "minmax") -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ValueError(f"calibration method '{method}' is not one of {', '.join(methods)}")
+    data = list(calibration_frames(source, frames))
+    out_path = Path(out_path)
+    tmp = out_path.with_name(out_path.name + ".partial")
+    quantize_static(str(fp32_path), str(tmp), _Reader(data, cfg, size), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=float_kept_nodes(fp32_path),
+                    calibrate_method=methods[method],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    tmp.replace(out_path)
+    return out_path

@@ -1,0 +1,94 @@
+"""INT8 QDQ export: symmetric (every zero point 0), LayerNorm / Softmax / the head's last
+projections really float, calibration from both bag storages and image folders, clear errors."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from onnx import numpy_helper  # noqa: E402
+
+from panoptic_node.bag.writer import BagWriter, header, image_msg  # noqa: E402
+from panoptic_node.export import export_onnx  # noqa: E402
+from panoptic_node.inference.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
+from panoptic_node.inference.pipeline import Pipeline  # noqa: E402
+from panoptic_node.messages import image_fields  # noqa: E402
+from panoptic_node.model.detr import build_model  # noqa: E402
+from panoptic_node.quantize import calibration_frames, quantize_int8  # noqa: E402
+
+from conftest import compact_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    cfg = compact_config()
+    torch.manual_seed(0)
+    model = build_model(cfg, pretrained_backbone=True).eval()
+    d = tmp_path_factory.mktemp("q")
+    export_onnx(model, (64, 96), d / "m.onnx")
+    return cfg, d
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("frames")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    (d / "notes.txt").write_text("not a frame")
+    return d
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_calibration_frames_from_bags(tmp_path, storage):
+    with BagWriter(tmp_path / "bag", storage) as w:
+        for i in range(5):
+            w.write("/cam/image_raw", image_msg(header(i + 1, "c"), image_fields(np.full((8, 8, 3), i, np.uint8), "rgb8")),
+                    i + 1)
+    frames = list(calibration_frames(tmp_path / "bag", 3))
+    assert len(frames) == 3 and frames[2][0, 0, 0] == 2
+
+
+def test_calibration_frames_from_folder(image_dir):
+    assert len(list(calibration_frames(image_dir, 100))) == 6
+
+
+def test_no_frames_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no frames"):
+        list(calibration_frames(tmp_path / "empty", 4))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list(calibration_frames(tmp_path / "nowhere", 4))
+
+
+def test_int8_qdq_graph(fp32, image_dir, rng):
+    cfg, d = fp32
+    out = quantize_int8(d / "m.onnx", d / "m_int8.onnx", cfg, (64, 96), image_dir, frames=4)
+    model = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    q_nodes = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(q_nodes) > 50
+    for n in q_nodes:
+        if len(n.input) > 2 and n.input[2] in inits:
+            assert not inits[n.input[2]].any(), f"non-zero zero point in {n.name}"
+    # LayerNorm stays one float op (opset 17); the attention scores reach Softmax unquantized
+    producers = {o: n for n in model.graph.node for o in n.output}
+    fp32_ops = [n.op_type for n in onnx.load(str(d / "m.onnx")).graph.node]
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("LayerNormalization") == fp32_ops.count("LayerNormalization") > 0
+    assert ops.count("Softmax") == fp32_ops.count("Softmax") > 0
+    for n in model.graph.node:
+        if n.op_type == "Softmax":
+            src = producers.get(n.input[0])
+            assert src is None or src.op_type != "DequantizeLinear", n.name
+    # the class head's projection is float: its weight is a plain float initializer
+    class_w = [n for n in model.graph.node if "class_embed" in n.name and n.op_type in ("MatMul", "Gemm")]
+    assert class_w
+    for n in class_w:
+        assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input[1:])
+    # and it still runs, giving maps of the right size
+    (d / "m_int8.masks.onnx").write_bytes((d / "m.masks.onnx").read_bytes())
+    result = Pipeline(cfg, OnnxRuntimeBackend(out, cfg))(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))
+    assert result.shape == (48, 80)

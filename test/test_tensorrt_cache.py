@@ -1,0 +1,91 @@
+"""TensorRT engine cache: key derivation, metadata check and the rebuild decision (plain Python,
+fake engine files); requesting TensorRT without CUDA is one clear error; GPU tests skip cleanly."""
+import json
+
+import pytest
+import torch
+
+from panoptic_node.inference.backends import make_pipeline, resolve
+from panoptic_node.inference.tensorrt_backend import EngineKey, check_cached, engine_paths, file_sha256, get_engine
+from panoptic_node.model.config import load_config
+
+
+def key(**changes):
+    base = dict(onnx_sha256="ab" * 32, tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
+                precision="fp16", input_shape=(384, 480))
+    base.update(changes)
+    return EngineKey(**base)
+
+
+def test_key_changes_with_every_field():
+    digests = {key().digest()}
+    for change in (dict(onnx_sha256="cd" * 32), dict(tensorrt_version="10.4.0"), dict(gpu_name="RTX 4090"),
+                   dict(compute_capability="8.9"), dict(precision="int8"), dict(input_shape=(360, 480))):
+        digests.add(key(**change).digest())
+    assert len(digests) == 7
+
+
+def test_file_sha256(tmp_path):
+    (tmp_path / "a.onnx").write_bytes(b"abc")
+    assert file_sha256(tmp_path / "a.onnx") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_build_once_then_reuse(tmp_path):
+    builds, logs = [], []
+
+    def build(out):
+        builds.append(out)
+        out.write_bytes(b"engine bytes")
+
+    first = get_engine(key(), build, logs.append, tmp_path)
+    second = get_engine(key(), build, logs.append, tmp_path)
+    assert first == second and len(builds) == 1 and first.read_bytes() == b"engine bytes"
+    assert "no cached engine" in logs[0]
+
+
+def test_mismatched_metadata_triggers_a_logged_rebuild(tmp_path):
+    engine, meta = engine_paths(key(), tmp_path)
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    engine.write_bytes(b"old")
+    stored = json.loads(json.dumps({**key().__dict__, "input_shape": [384, 480]}))
+    stored["tensorrt_version"] = "8.6.1"  # e.g. JetPack upgraded under the cache
+    meta.write_text(json.dumps(stored))
+    ok, reason = check_cached(key(), tmp_path)
+    assert not ok and "tensorrt_version" in reason
+    logs = []
+    get_engine(key(), lambda out: out.write_bytes(b"new"), logs.append, tmp_path)
+    assert engine.read_bytes() == b"new" and "tensorrt_version" in logs[0]
+
+
+def test_empty_or_unlabelled_engine_is_never_used(tmp_path):
+    engine, meta = engine_paths(key(), tmp_path)
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    engine.write_bytes(b"")
+    assert check_cached(key(), tmp_path) == (False, f"cached engine {engine.name} is empty")
+    engine.write_bytes(b"x")
+    assert "no metadata" in check_cached(key(), tmp_path)[1]
+
+
+def test_auto_without_cuda_or_onnx_is_torch():
+    assert resolve("auto", load_config("street_lite0"), onnx=None) in ("torch", "onnxruntime")
+    with pytest.raises(ValueError, match="not one of auto, torch, onnxruntime, tensorrt"):
+        resolve("tflite", load_config("street_lite0"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_tensorrt_without_cuda_says_what_to_do(tmp_path):
+    from panoptic_node.inference.tensorrt_backend import TensorRTBackend
+    with pytest.raises(RuntimeError, match="needs CUDA.*use --backend onnxruntime or torch"):
+        TensorRTBackend(tmp_path / "m.onnx", load_config("street_lite0"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with TensorRT")
+def test_tensorrt_engine_runs_on_gpu(tmp_path):  # pragma: no cover - GPU only
+    pytest.importorskip("tensorrt")
+    from panoptic_node.export import export_onnx
+    from panoptic_node.model.detr import build_model
+    cfg = load_config("street_lite0")
+    export_onnx(build_model(cfg).eval(), (384, 480), tmp_path / "m.onnx")
+    p = make_pipeline(cfg.name, backend="tensorrt", device="cuda", onnx=str(tmp_path / "m.onnx"))
+    import numpy as np
+    assert p(np.zeros((360, 480, 3), np.uint8)).shape == (360, 480)
