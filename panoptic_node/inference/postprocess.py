@@ -58,13 +58,30 @@ def resize_masks(masks: Tensor, geom: Geometry, stride: int) -> Tensor:
     return torch.matmul(torch.matmul(ay[:, :rows], m), ax[:, :cols].T)
 
 
+def argmax_over_queries(values: Tensor, alive: Tensor) -> Tensor:
+    """Index of the best alive query per pixel (first one on ties, like argmax).
+
+    A running maximum over the K query planes: K cheap passes over contiguous memory, where a
+    strided argmax over the first dimension of K x H x W is ~20x slower on CPU.
+    """
+    best_val = torch.full(values.shape[1:], float("-inf"), dtype=values.dtype)
+    best_idx = torch.zeros(values.shape[1:], dtype=torch.long)
+    better = torch.empty(values.shape[1:], dtype=torch.bool)
+    for q in torch.nonzero(alive).flatten().tolist():
+        torch.gt(values[q], best_val, out=better)
+        torch.maximum(values[q], best_val, out=best_val)
+        best_idx.masked_fill_(better, q)
+    return best_idx
+
+
 def merge_panoptic(masks: Tensor, labels: Tensor, scores: Tensor, thing_lut: np.ndarray, merge: str,
                    min_area: int, taxonomy: str) -> PanopticResult:
     """masks: K x H x W logits at input resolution for the kept queries."""
     k, h, w = masks.shape
     if k == 0:
         return empty_result(h, w, taxonomy)
-    values = masks if merge == "logits" else scores[:, None, None] * masks.sigmoid()
+    # in place: `masks` is this frame's own resized copy
+    values = masks if merge == "logits" else masks.sigmoid_().mul_(scores[:, None, None])
     labels_np = labels.numpy().astype(np.int64)
     # stuff queries of one class form one segment; every thing query is its own
     group = np.empty(k, np.int64)
@@ -76,7 +93,7 @@ def merge_panoptic(masks: Tensor, labels: Tensor, scores: Tensor, thing_lut: np.
             group[q] = stuff_group.setdefault(lab, q)
     alive = torch.ones(k, dtype=torch.bool)
     while True:
-        best = values.masked_fill(~alive[:, None, None], float("-inf")).argmax(0).numpy()
+        best = argmax_over_queries(values, alive).numpy()
         seg_of_pixel = group[best]
         areas = np.bincount(seg_of_pixel.ravel(), minlength=k)
         small = [q for q in range(k) if alive[q] and areas[group[q]] < min_area]
@@ -86,7 +103,7 @@ def merge_panoptic(masks: Tensor, labels: Tensor, scores: Tensor, thing_lut: np.
             break
         alive[small] = False
     # number segments 1..S by their first query
-    present = np.unique(seg_of_pixel)
+    present = np.nonzero(areas)[0]
     renumber = np.zeros(k, np.int64)
     renumber[present] = np.arange(1, len(present) + 1)
     segment_ids = renumber[seg_of_pixel]

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 import numpy as np
+from scipy import ndimage  # imported with the module: its first import takes ~1 s, not a frame's time
 
 VOID_LABEL = 255
 VOID_PANOPTIC = -1  # label 0 is a real class, so void needs its own panoptic value
@@ -47,8 +48,6 @@ def result_from_segments(segment_ids: np.ndarray, labels: np.ndarray, scores: np
 
     Thing instances are numbered 1..N over the frame, in segment order.
     """
-    from scipy import ndimage
-
     n = len(labels)
     labels = np.asarray(labels, np.int64)
     is_thing = thing_lut[labels] if n else np.zeros(0, bool)
