@@ -15,6 +15,19 @@ import numpy as np
 OFFSET = 1 << 32
 
 
+def _compact(ids: np.ndarray, keys: np.ndarray):
+    """ids -> (index of each id in the sorted `keys`, whether the id is a key)."""
+    top = int(ids.max()) if ids.size else 0
+    if 0 <= int(ids.min() if ids.size else 0) and top < (1 << 20):
+        lut = np.full(max(top, int(keys[-1])) + 1, -1, np.int64)
+        lut[keys] = np.arange(len(keys))
+        idx = lut[ids]
+        ok = idx >= 0
+        return np.where(ok, idx, 0), ok
+    idx = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+    return idx, keys[idx] == ids
+
+
 @dataclass
 class SegmentInfo:
     label: int
@@ -40,26 +53,34 @@ class PQAccumulator:
             pred_segments: Dict[int, SegmentInfo]) -> None:
         if gt_ids.shape != pred_ids.shape:
             raise ValueError(f"ground truth {gt_ids.shape} and prediction {pred_ids.shape} differ in size")
-        gt = gt_ids.astype(np.int64).ravel()
-        pred = pred_ids.astype(np.int64).ravel()
-        gt_area = dict(zip(*np.unique(gt, return_counts=True)))
-        pred_area = dict(zip(*np.unique(pred, return_counts=True)))
-        pairs, counts = np.unique(gt * OFFSET + pred, return_counts=True)
-        inter = {(int(p // OFFSET), int(p % OFFSET)): int(c) for p, c in zip(pairs, counts)}
-        for sid in pred_area:
-            if sid != 0 and sid not in pred_segments:
-                raise ValueError(f"prediction segment id {sid} has no segment info")
+        gt_keys = np.array(sorted(set(gt_segments) | {0}), np.int64)
+        pred_keys = np.array(sorted(set(pred_segments) | {0}), np.int64)
+        # compact indices through the known ids, then one bincount: no sort of the whole frame as
+        # np.unique would do (a lookup table for small ids, a search over the keys for COCO's 24-bit ids)
+        gi, gi_ok = _compact(gt_ids.ravel(), gt_keys)
+        pi, pi_ok = _compact(pred_ids.ravel(), pred_keys)
+        for ok, ids, what in ((gi_ok, gt_ids, "ground-truth"), (pi_ok, pred_ids, "prediction")):
+            if not ok.all():
+                raise ValueError(f"{what} segment id {int(ids.ravel()[~ok][0])} has no segment info")
+        n_p = len(pred_keys)
+        joint = np.bincount(gi * n_p + pi, minlength=len(gt_keys) * n_p).reshape(len(gt_keys), n_p)
+        gt_area = dict(zip(gt_keys.tolist(), joint.sum(1).tolist()))
+        pred_area = dict(zip(pred_keys.tolist(), joint.sum(0).tolist()))
+        gt_area = {k: v for k, v in gt_area.items() if v}
+        pred_area = {k: v for k, v in pred_area.items() if v}
+        rows, cols = np.nonzero(joint)
+        inter = {(int(gt_keys[r]), int(pred_keys[c])): int(joint[r, c]) for r, c in zip(rows, cols)}
         gt_matched, pred_matched = set(), set()
         for (g, p), n in inter.items():
             if g == 0 or p == 0 or g not in gt_segments:
                 continue
-            gi, pi = gt_segments[g], pred_segments[p]
-            if gi.iscrowd or gi.label != pi.label:
+            gseg, pseg = gt_segments[g], pred_segments[p]
+            if gseg.iscrowd or gseg.label != pseg.label:
                 continue
             union = pred_area[p] + gt_area[g] - n - inter.get((0, p), 0)
             iou = n / union
             if iou > 0.5:
-                s = self._s(gi.label)
+                s = self._s(gseg.label)
                 s.tp += 1
                 s.iou += iou
                 gt_matched.add(g)
