@@ -35,6 +35,7 @@ class ReplaySummary:
     evaluated: int = 0
     metrics: Optional[dict] = None
     backend: str = ""
+    precision: str = ""
     model: str = ""
 
     def percentiles(self) -> Dict[str, Dict[str, float]]:
@@ -47,13 +48,13 @@ class ReplaySummary:
     def to_dict(self) -> dict:
         return {"frames": self.frames, "undecodable": self.undecodable, "errors": self.errors[:20],
                 "fps": self.frames / self.wall_seconds if self.wall_seconds else 0.0,
-                "latency_ms": self.percentiles(), "evaluated_frames": self.evaluated, "backend": self.backend,
+                "latency_ms": self.percentiles(), "evaluated_frames": self.evaluated, "backend": self.backend, "precision": self.precision,
                 "model": self.model, "metrics": self.metrics}
 
     def format(self) -> str:
         d = self.to_dict()
         lines = [f"{self.frames} frames in {self.wall_seconds:.1f} s ({d['fps']:.1f} frames/s), "
-                 f"{self.undecodable} undecodable, backend {self.backend}, model {self.model}",
+                 f"{self.undecodable} undecodable, backend {self.backend} ({self.precision}), model {self.model}",
                  f"{'stage':<12}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"]
         for stage, p in d["latency_ms"].items():
             lines.append(f"{stage:<12}{p['p50']:9.1f}{p['p90']:9.1f}{p['p99']:9.1f}")
@@ -87,7 +88,8 @@ class VideoWriter:
 def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_topic: Optional[str] = None,
            video=None, metrics_path=None, max_frames: Optional[int] = None, overwrite: bool = False,
            storage: str = "mcap", log=print) -> ReplaySummary:
-    summary = ReplaySummary(backend=pipeline.backend.name, model=pipeline.cfg.name)
+    summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
+                            model=pipeline.cfg.name)
     reader = BagReader(bag)
     topic = reader.pick_image_topic(image_topic)
     gt_pan = gt_topic or (GT_PANOPTIC if GT_PANOPTIC in reader.topics else None)

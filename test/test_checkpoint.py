@@ -138,3 +138,16 @@ def test_arbitrary_pickle_is_refused(tmp_path, capsys):
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_weights(build_model(compact_config()), tmp_path / "nope.pth")
+
+
+def test_half_precision_checkpoint_loads_close(tmp_path):
+    torch.manual_seed(2)
+    m = build_model(compact_config()).eval()
+    save_checkpoint(m, tmp_path / "full.pth")
+    save_checkpoint(m, tmp_path / "half.pth", half=True)
+    assert (tmp_path / "half.pth").stat().st_size < 0.6 * (tmp_path / "full.pth").stat().st_size
+    fresh = build_model(compact_config()).eval()
+    load_weights(fresh, tmp_path / "half.pth")
+    assert all(p.dtype == torch.float32 for p in fresh.parameters())
+    for a, b in zip(outputs(m), outputs(fresh)):
+        torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)

@@ -93,6 +93,8 @@ def check_and_load(model: torch.nn.Module, state: Dict[str, torch.Tensor], path)
         problems.append(f"{len(wrong)} wrong-shape keys ({shown}{', ...' if len(wrong) > 3 else ''})")
     if problems:
         raise CheckpointError(f"weights file '{path}' does not fit model '{model.cfg.name}': " + "; ".join(problems))
+    # weights stored in half precision (shipped files) are widened to the model's dtype
+    state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
 
 
@@ -103,11 +105,16 @@ def load_weights(model: torch.nn.Module, path) -> str:
     return fmt
 
 
-def save_checkpoint(model: torch.nn.Module, path, **extra) -> None:
-    """Our format: the official layout ({'model': state_dict}) plus our config, written atomically."""
+def save_checkpoint(model: torch.nn.Module, path, half: bool = False, **extra) -> None:
+    """Our format: the official layout ({'model': state_dict}) plus our config, written atomically.
+
+    half stores floating-point tensors as float16 (half the size; shipped weights stay under 25 MB)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"model": model.state_dict(),
+    state = model.state_dict()
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    payload = {"model": state,
                "panoptic_node": {"version": FORMAT_VERSION, "config": model.cfg.to_dict()}}
     # extras (epoch, val metrics) as plain JSON types, so the weights-only loader accepts the file
     payload.update(json.loads(json.dumps(extra, default=float)))
