@@ -66,8 +66,12 @@ def cmd_train(args) -> int:
     torch.set_num_threads(args.threads)
     crop = tuple(int(v) for v in args.crop.lower().split("x"))[::-1]  # WxH on the command line
     from .training.data import find_camvid
-    train(args.config, str(find_camvid(args.data)), args.out, epochs=args.epochs, batch_size=args.batch_size, crop=crop,
-          lr=args.lr, lr_backbone=args.lr_backbone, resume=args.resume, val_every=args.val_every)
+    data = str(find_camvid(args.data)) if args.dataset == "camvid" else args.data
+    if not data:
+        raise ValueError(f"--data PATH is needed for dataset '{args.dataset}'")
+    train(args.config, data, args.out, epochs=args.epochs, batch_size=args.batch_size, crop=crop,
+          lr=args.lr, lr_backbone=args.lr_backbone, resume=args.resume, val_every=args.val_every,
+          dataset=args.dataset)
     return 0
 
 
@@ -315,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on CamVid (or another dataset folder)")
     p.add_argument("--config", default="street_lite0")
-    p.add_argument("--data", help="CamVid folder (default ../shared/data/camvid)")
+    p.add_argument("--data", help="dataset folder (CamVid default: ../shared/data/camvid)")
+    p.add_argument("--dataset", default="camvid", choices=["camvid", "cityscapes", "kitti"],
+                   help="folder layout (cityscapes / kitti: the layouts `convert` reads)")
     p.add_argument("--out", default="runs/street_lite0")
     p.add_argument("--epochs", type=int, default=36)
     p.add_argument("--batch-size", type=int, default=4)

@@ -171,3 +171,30 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_setup):
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
     assert json.loads((tiny_setup / "b" / "history.json").read_text())[-1]["epoch"] == 2
+
+
+def test_cityscapes_folder_trains_through_the_same_interface(tmp_path, rng):
+    """The converters' Cityscapes layout as a training dataset: trainIds, thing instances 1..N."""
+    from panoptic_node.training.data import make_dataset
+    root = tmp_path / "cs"
+    for d in ("leftImg8bit/train/ulm", "gtFine/train/ulm"):
+        (root / d).mkdir(parents=True)
+    label = np.full((32, 48), 7, np.uint8)
+    label[:8] = 23
+    label[12:20, 4:12] = 26
+    label[12:20, 20:28] = 24
+    inst = label.astype(np.uint16)
+    inst[12:20, 4:12] = 26000
+    inst[12:20, 20:28] = 24001
+    name = "ulm_000000_000019"
+    Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(
+        root / f"leftImg8bit/train/ulm/{name}_leftImg8bit.png")
+    Image.fromarray(label).save(root / f"gtFine/train/ulm/{name}_gtFine_labelIds.png")
+    Image.fromarray(inst).save(root / f"gtFine/train/ulm/{name}_gtFine_instanceIds.png")
+    ds = make_dataset("cityscapes", root, "train")
+    s = ds[0]
+    assert len(ds) == 1 and s.rgb.shape == (32, 48, 3)
+    assert s.semantic[0, 0] == 10 and s.semantic[30, 30] == 0 and s.semantic[15, 6] == 13
+    assert s.instance[15, 6] == 1 and s.instance[15, 22] == 2 and s.instance[0, 0] == 0
+    with pytest.raises(ValueError, match="expected one of camvid, cityscapes, kitti"):
+        make_dataset("mapillary", root, "train")

@@ -91,7 +91,38 @@ def find_camvid(path=None) -> Path:
                             f"PATH (or --data PATH for train)")
 
 
+class _PanopticFolder:
+    """Frames + panoptic ground truth read with the converters' own readers (Cityscapes, KITTI):
+    training sees exactly what `convert` writes to /ground_truth/*."""
+
+    def __init__(self, frames_fn, root, split: str, taxonomy: str):
+        self.taxonomy = taxonomy
+        self.frames = list(frames_fn(root, split, None))
+        self.frames = [f for f in self.frames if f.panoptic is not None]
+        if not self.frames:
+            raise FileNotFoundError(f"no labelled frames for split '{split}' under {root}")
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int) -> Sample:
+        f = self.frames[i]
+        instance = np.where(f.panoptic >= 1000, f.panoptic % 1000, 0).astype(np.uint16)
+        return Sample(str(i), f.rgb, f.semantic, instance)
+
+    def load_all(self) -> List[Sample]:
+        return [self[i] for i in range(len(self))]
+
+
+DATASETS = ("camvid", "cityscapes", "kitti")
+
+
 def make_dataset(kind: str, root, split: str):
     if kind == "camvid":
         return CamVid(root, split)
-    raise ValueError(f"unknown dataset '{kind}', expected camvid")
+    if kind in ("cityscapes", "kitti"):
+        from ..bag.convert import cityscapes_frames, kitti_frames
+        fn = cityscapes_frames if kind == "cityscapes" else kitti_frames
+        # KITTI's semantics set has only a training split: its val is the same folder's frames
+        return _PanopticFolder(fn, root, "training" if kind == "kitti" else split, "cityscapes")
+    raise ValueError(f"unknown dataset '{kind}', expected one of {', '.join(DATASETS)}")
