@@ -135,13 +135,19 @@ def _evaluate_bags(args) -> dict:
 
     evaluator = Evaluator(get_taxonomy(args.labels or "camvid"))
     gt = {}
+    if not args.bag:
+        raise ValueError("give --bag (with --gt-topic / --pred-topic) or the four COCO-panoptic folder arguments")
+
+    def check(reader, bag, topic):
+        if topic not in reader.topics:
+            raise ValueError(f"bag '{bag}' has no topic '{topic}'; topics: {', '.join(sorted(reader.topics))}")
+
     with BagReader(args.bag) as r:
-        for topic in (args.gt_topic, args.pred_topic):
-            if topic not in r.topics:
-                raise ValueError(f"bag '{args.bag}' has no topic '{topic}'; topics: {', '.join(sorted(r.topics))}")
+        check(r, args.bag, args.gt_topic)
         for m in r.messages([args.gt_topic]):
             gt[m.stamp_ns] = image_array(m.msg)
     with BagReader(args.pred_bag or args.bag) as r:
+        check(r, args.pred_bag or args.bag, args.pred_topic)
         for m in r.messages([args.pred_topic]):
             if m.stamp_ns in gt:
                 g, p = gt.pop(m.stamp_ns), image_array(m.msg)

@@ -281,5 +281,13 @@ def test_camvid_convert_and_replay_scores(tiny_pipeline, tmp_path):
     assert stamps[1] - stamps[0] == round((frames[1] - frames[0]) * 1e9 / 30)  # frame numbers of 30 Hz video
     cars = pans[0][(pans[0] // 1000) == 8]
     assert len(np.unique(cars)) >= 1 and (cars % 1000 > 0).all()
-    summary = replay(tiny_pipeline, tmp_path / "bag")
+    summary = replay(tiny_pipeline, tmp_path / "bag", tmp_path / "pred")
     assert summary.evaluated == 3 and summary.metrics is not None
+    # the evaluate command on the two bags agrees with replay's own scoring
+    from panoptic_node.cli import main
+    assert main(["evaluate", "--bag", str(tmp_path / "bag"), "--pred-bag", str(tmp_path / "pred"),
+                 "--json", str(tmp_path / "e.json"), "--chart", str(tmp_path / "e.png")]) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["pq"]["pq"] == pytest.approx(summary.metrics["pq"]["pq"], abs=1e-12)
+    assert report["miou"] == pytest.approx(summary.metrics["miou"], abs=1e-12)
+    assert (tmp_path / "e.png").stat().st_size > 0
