@@ -127,3 +127,20 @@ def test_no_kept_queries_gives_void_frame():
                        "logits", 4, "camvid")
     assert r.semantic.shape == (5, 7) and (r.semantic == 255).all() and (r.panoptic == -1).all()
     assert r.segments == []
+
+
+def test_overlap_rule_drops_fragments_of_explained_objects():
+    """A car query whose own mask is mostly taken by a stronger car query is a fragment: with
+    overlap 0.5 it is dropped and its pixels go to the next best query; stuff is never dropped."""
+    h, w = 10, 20
+    masks = torch.full((3, h, w), -5.0)
+    masks[0, :, :10] = 5.0          # car A: left half
+    masks[1, :, 6:12] = 4.0         # car B: own mask 6 columns, wins only columns 10-11 (1/3)
+    masks[2, :, 10:] = 3.0          # road (stuff): right half
+    labels = torch.tensor([8, 8, 3])
+    scores = torch.tensor([0.9, 0.9, 0.9])
+    kept = merge_panoptic(masks.clone(), labels, scores, CAMVID.thing_lut, "logits", 1, "camvid", overlap=0.0)
+    assert sorted(s.label for s in kept.segments) == [3, 8, 8]
+    dropped = merge_panoptic(masks.clone(), labels, scores, CAMVID.thing_lut, "logits", 1, "camvid", overlap=0.5)
+    assert sorted(s.label for s in dropped.segments) == [3, 8]
+    assert (dropped.semantic[:, 10:12] == 3).all()  # the fragment's pixels went to the road

@@ -75,8 +75,9 @@ class Pipeline:
             tm = time.perf_counter()
             full = resize_masks(mask_logits, geom, self.backend.mask_stride) if len(keep) else \
                 torch.zeros(0, geom.height, geom.width)
-            result = merge_panoptic(full, labels, scores, self.taxonomy.thing_lut, self.cfg.postprocess.merge,
-                                    self.cfg.postprocess.min_area, self.cfg.labels)
+            pp = self.cfg.postprocess
+            result = merge_panoptic(full, labels, scores, self.taxonomy.thing_lut, pp.merge, pp.min_area,
+                                    self.cfg.labels, pp.overlap)
             if self.mapping is not None:
                 result = remap_result(result, self.mapping)
             te = time.perf_counter()

@@ -75,11 +75,15 @@ def argmax_over_queries(values: Tensor, alive: Tensor) -> Tensor:
 
 
 def merge_panoptic(masks: Tensor, labels: Tensor, scores: Tensor, thing_lut: np.ndarray, merge: str,
-                   min_area: int, taxonomy: str) -> PanopticResult:
-    """masks: K x H x W logits at input resolution for the kept queries."""
+                   min_area: int, taxonomy: str, overlap: float = 0.0) -> PanopticResult:
+    """masks: K x H x W logits at input resolution for the kept queries.
+
+    overlap > 0 also drops a query whose won pixels are less than that share of its own mask
+    (logit > 0): a fragment of an object another query explains (MaskFormer's overlap rule)."""
     k, h, w = masks.shape
     if k == 0:
         return empty_result(h, w, taxonomy)
+    own_area = (masks > 0).flatten(1).sum(1).numpy() if overlap > 0 else None
     # in place: `masks` is this frame's own resized copy
     values = masks if merge == "logits" else masks.sigmoid_().mul_(scores[:, None, None])
     labels_np = labels.numpy().astype(np.int64)
@@ -97,6 +101,10 @@ def merge_panoptic(masks: Tensor, labels: Tensor, scores: Tensor, thing_lut: np.
         seg_of_pixel = group[best]
         areas = np.bincount(seg_of_pixel.ravel(), minlength=k)
         small = [q for q in range(k) if alive[q] and areas[group[q]] < min_area]
+        if own_area is not None:
+            won = np.bincount(best.ravel(), minlength=k)
+            small += [q for q in range(k) if alive[q] and q not in small and thing_lut[labels_np[q]]
+                      and won[q] < overlap * max(own_area[q], 1)]
         if not small or len(small) == int(alive.sum()):
             if small:  # every segment is small: the frame is void
                 return empty_result(h, w, taxonomy)

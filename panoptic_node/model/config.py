@@ -42,6 +42,7 @@ class PostprocessConfig:
     threshold: float = 0.85          # keep queries whose best class probability is above this
     min_area: int = 4                # segments with fewer pixels are dropped and their pixels reassigned
     merge: str = "logits"            # per-pixel argmax over mask logits (published) | score_prob
+    overlap: float = 0.0             # drop a segment keeping less than this share of its own mask (0 = off)
 
 
 @dataclass
