@@ -13,7 +13,9 @@ CAMVID = get_taxonomy("camvid")
 
 
 def reference_sample(grid, y, x, geom, stride):
-    """Bilinear value of `grid` (h x w) at the point input pixel (y, x) lands on."""
+    """Bilinear value of `grid` (h x w) at the point input pixel (y, x) lands on, after cropping
+    the grid to the cells the unpadded image covers."""
+    grid = grid[: -(-geom.resized_h // stride), : -(-geom.resized_w // stride)]
     sy = max((y + 0.5) * geom.resized_h / geom.height / stride - 0.5, 0.0)
     sx = max((x + 0.5) * geom.resized_w / geom.width / stride - 0.5, 0.0)
     y0, x0 = min(int(np.floor(sy)), grid.shape[0] - 1), min(int(np.floor(sx)), grid.shape[1] - 1)
@@ -101,13 +103,19 @@ def test_fast_equals_reference(merge, stride, geom):
     assert 1 not in [s.label for s in fast.segments]  # the tiny building segment is gone
 
 
-def test_resize_matches_interpolate_then_crop():
-    """Equivalent to DETR's way: upsample to the padded input, crop the padding, resize to the frame."""
-    geom = Geometry(height=48, width=64, resized_h=48, resized_w=64, padded_h=64, padded_w=96)
+@pytest.mark.parametrize("geom", [
+    Geometry(height=90, width=120, resized_h=48, resized_w=64, padded_h=64, padded_w=96),   # divisible: interpolate
+    Geometry(height=90, width=120, resized_h=45, resized_w=60, padded_h=64, padded_w=64),   # not: matrices
+])
+def test_resize_equals_crop_then_interpolate(geom):
+    """The padding is cropped off first; both code paths sample like F.interpolate on the crop."""
     masks = torch.randn(3, 8, 12)
     fast = resize_masks(masks, geom, 8)
-    ref = F.interpolate(masks[None], size=(64, 96), mode="bilinear", align_corners=False)[0, :, :48, :64]
-    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    rows, cols = -(-geom.resized_h // 8), -(-geom.resized_w // 8)
+    crop = masks[:, :rows, :cols]
+    ref = F.interpolate(crop[None], scale_factor=(8 * geom.height / geom.resized_h, 8 * geom.width / geom.resized_w),
+                        mode="bilinear", align_corners=False, recompute_scale_factor=False)[0]
+    torch.testing.assert_close(fast, ref[:, :geom.height, :geom.width], atol=1e-5, rtol=1e-5)
 
 
 def test_bilinear_matrix_rows_sum_to_one():

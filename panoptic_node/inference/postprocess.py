@@ -2,8 +2,8 @@
 
 1. keep queries whose best non-void class probability passes the threshold;
 2. (the caller runs the mask head on those queries only);
-3. resize the kept masks straight from the padded low-resolution grid to the input size, reading
-   only the unpadded part (one separable bilinear resample, no full-size intermediate);
+3. crop the padding off the kept low-resolution masks, then resize them to the input size in one
+   bilinear resample (no full-size intermediate);
 4. per-pixel argmax among kept masks; stuff queries of one class share a segment; segments under
    `min_area` pixels are dropped and their pixels go to the next best mask.
 """
@@ -12,6 +12,7 @@ from typing import Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .preprocess import Geometry
@@ -46,16 +47,18 @@ def bilinear_matrix(out_size: int, in_size: int, scale: float) -> Tensor:
 def resize_masks(masks: Tensor, geom: Geometry, stride: int) -> Tensor:
     """K x h x w logits on the padded grid at `stride` -> K x H x W at input resolution.
 
-    Pixel (y, x) of the input maps to (y * resized_h / H + .5) / stride - .5 on the mask grid, so
-    padding is never read beyond the bilinear neighbour of the last valid row / column.
+    The padded part is cropped first (rows / columns beyond ceil(resized / stride) never reach the
+    output); then input pixel (y, x) samples the grid bilinearly at (y * resized_h / H + .5) / stride - .5.
     """
-    ay = bilinear_matrix(geom.height, masks.shape[-2], stride * geom.height / geom.resized_h)
-    ax = bilinear_matrix(geom.width, masks.shape[-1], stride * geom.width / geom.resized_w)
-    # crop the columns / rows no output pixel reads before multiplying
-    rows = int(torch.nonzero(ay.sum(0)).max()) + 1
-    cols = int(torch.nonzero(ax.sum(0)).max()) + 1
+    rows = min(masks.shape[-2], -(-geom.resized_h // stride))
+    cols = min(masks.shape[-1], -(-geom.resized_w // stride))
     m = masks[:, :rows, :cols].float()
-    return torch.matmul(torch.matmul(ay[:, :rows], m), ax[:, :cols].T)
+    if geom.resized_h == rows * stride and geom.resized_w == cols * stride:
+        # the crop covers the frame exactly: plain bilinear resizing samples the same points
+        return F.interpolate(m[None], size=(geom.height, geom.width), mode="bilinear", align_corners=False)[0]
+    ay = bilinear_matrix(geom.height, rows, stride * geom.height / geom.resized_h)
+    ax = bilinear_matrix(geom.width, cols, stride * geom.width / geom.resized_w)
+    return torch.matmul(torch.matmul(ay, m), ax.T)
 
 
 def argmax_over_queries(values: Tensor, alive: Tensor) -> Tensor:
