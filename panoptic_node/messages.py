@@ -65,13 +65,16 @@ def compressed_to_rgb(msg) -> np.ndarray:
     return rgb
 
 
+# the encodings we write (outputs, converted bags): encoding -> (dtype, channels)
+OUTPUT_ENCODINGS = {"mono8": (np.uint8, 1), "mono16": (np.uint16, 1), "32SC1": (np.int32, 1), "rgb8": (np.uint8, 3),
+                    "bgr8": (np.uint8, 3)}
+
+
 def image_fields(array: np.ndarray, encoding: str) -> Dict[str, object]:
     """H x W (x C) array -> Image fields (height, width, encoding, is_bigendian, step, data)."""
-    expected = {"mono8": (np.uint8, 1), "mono16": (np.uint16, 1), "32SC1": (np.int32, 1), "rgb8": (np.uint8, 3),
-                "bgr8": (np.uint8, 3)}
-    if encoding not in expected:
-        raise ValueError(f"cannot write encoding '{encoding}', expected one of {sorted(expected)}")
-    dtype, channels = expected[encoding]
+    if encoding not in OUTPUT_ENCODINGS:
+        raise ValueError(f"cannot write encoding '{encoding}', expected one of {sorted(OUTPUT_ENCODINGS)}")
+    dtype, channels = OUTPUT_ENCODINGS[encoding]
     array = np.ascontiguousarray(array, dtype=dtype)
     if array.ndim != (2 if channels == 1 else 3):
         raise ValueError(f"{encoding} needs a {'H x W' if channels == 1 else 'H x W x 3'} array, got {array.shape}")
@@ -83,11 +86,9 @@ def image_fields(array: np.ndarray, encoding: str) -> Dict[str, object]:
 
 def image_array(msg) -> np.ndarray:
     """Our output images (mono8, mono16, 32SC1, rgb8, bgr8) back to arrays (tests, evaluation)."""
-    kinds = {"mono8": (np.uint8, 1), "mono16": (np.uint16, 1), "32SC1": (np.int32, 1), "rgb8": (np.uint8, 3),
-             "bgr8": (np.uint8, 3)}
-    if msg.encoding not in kinds:
-        raise FrameError(f"unsupported encoding '{msg.encoding}', expected one of {sorted(kinds)}")
-    dtype, channels = kinds[msg.encoding]
+    if msg.encoding not in OUTPUT_ENCODINGS:
+        raise FrameError(f"unsupported encoding '{msg.encoding}', expected one of {sorted(OUTPUT_ENCODINGS)}")
+    dtype, channels = OUTPUT_ENCODINGS[msg.encoding]
     dt = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")
     data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data.tobytes(), np.uint8)
     h, w = int(msg.height), int(msg.width)

@@ -2,7 +2,7 @@
 everything goes to `<name>.partial/` and is renamed to `<name>/` only by `close()`."""
 import shutil
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -135,7 +135,3 @@ def diagnostic_msg(hdr, name: str, hardware_id: str, level: int, message: str, v
         level=level, name=name, message=message, hardware_id=hardware_id,
         values=[V("diagnostic_msgs/msg/KeyValue")(key=k, value=str(v)) for k, v in values.items()])
     return V("diagnostic_msgs/msg/DiagnosticArray")(header=hdr, status=[status])
-
-
-def open_writer(path, storage: Optional[str], overwrite: bool) -> BagWriter:
-    return BagWriter(path, storage or "mcap", overwrite)

@@ -14,9 +14,6 @@ from torch import Tensor
 
 from ..model.fuse import fold_batchnorm
 
-BACKENDS = ("torch",)
-
-
 class Backend:
     name = "base"
     precision = "fp32"
