@@ -93,7 +93,12 @@ class ModelConfig:
             raise ValueError(f"{source}: postprocess.threshold {self.postprocess.threshold} is not in [0, 1]")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain types for checkpoints and ONNX metadata; the weights path is kept as a bare file name
+        so files written here do not carry this machine's directories."""
+        d = asdict(self)
+        if d["weights"]:
+            d["weights"] = Path(d["weights"]).name
+        return d
 
 
 def load_config(name_or_path: str = DEFAULT_MODEL) -> ModelConfig:
