@@ -204,7 +204,7 @@ def cmd_export(args) -> int:
         from .quantize import quantize_int8
         fp32 = out.with_name(out.stem + ".fp32.onnx")
         detect, masks = export_onnx(model, size, fp32)
-        quantize_int8(fp32, out, cfg, size, args.calib, args.calib_frames, args.calib_method)
+        quantize_int8(fp32, out, cfg, size, args.calib, args.calib_frames, args.calib_method, args.reduce_range)
         _set_precision(out, "int8")
         mask_graph_path(fp32).replace(mask_graph_path(out))
         detect, masks = out, mask_graph_path(out)
@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", help="bag or image folder with frames to calibrate int8 on")
     p.add_argument("--calib-frames", type=int, default=32)
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=True,
+                   help="7-bit int8 weights (default): ONNX Runtime's int8 kernels saturate on x86 CPUs without "
+                        "VNNI otherwise; --no-reduce-range for TensorRT and VNNI CPUs")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("build-engine", help="build (or check) the cached TensorRT engine for an exported graph")

@@ -28,3 +28,26 @@ def test_resnet_strides():
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
         build_backbone("vgg16")
+
+
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (5, 1), (3, 2), (5, 2), (1, 1)])
+@pytest.mark.parametrize("size", [(16, 24), (15, 23), (12, 17)])
+def test_same_padding_matches_tensorflow(kernel, stride, size):
+    """Against TF's rule written out directly: total pad (ceil(i/s)-1)*s + k - i, the smaller half
+    top / left and the extra pixel bottom / right, then a convolution without padding."""
+    import math
+
+    import torch.nn.functional as F
+
+    from panoptic_node.model.backbone import SamePadConv2d
+
+    torch.manual_seed(0)
+    conv = SamePadConv2d(4, 6, kernel, stride=stride, bias=True)
+    x = torch.randn(1, 4, *size)
+    pads = [max((math.ceil(i / stride) - 1) * stride + kernel - i, 0) for i in size]
+    ref = F.conv2d(F.pad(x, [pads[1] // 2, pads[1] - pads[1] // 2, pads[0] // 2, pads[0] - pads[0] // 2]),
+                   conv.weight, conv.bias, stride)
+    with torch.no_grad():
+        out = conv(x)
+    assert out.shape[-2:] == tuple(math.ceil(i / stride) for i in size)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

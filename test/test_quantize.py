@@ -88,6 +88,16 @@ def test_int8_qdq_graph(fp32, image_dir, rng):
     assert class_w
     for n in class_w:
         assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input[1:])
+    # a convolution feeding ReLU6 is quantized over [-6, 6], not its wider pre-activation range
+    clipped = [n.input[0] for n in model.graph.node if n.op_type == "Clip"]
+    conv_q = [n for n in q_nodes if n.op_type == "QuantizeLinear" and n.output[0] in
+              {i for c in clipped for i in [producers[c].input[0]] if c in producers}]
+    assert conv_q
+    assert all(float(inits[n.input[1]]) == pytest.approx(6 / 127, rel=1e-6) for n in conv_q)
+    # weights are 7-bit by default (ONNX Runtime's non-VNNI int8 kernels saturate on 8-bit ones)
+    weights_q = [inits[n.input[0]] for n in q_nodes if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                 and inits[n.input[0]].dtype == np.int8]
+    assert weights_q and max(int(np.abs(w).max()) for w in weights_q) <= 64
     # and it still runs, giving maps of the right size
     (d / "m_int8.masks.onnx").write_bytes((d / "m.masks.onnx").read_bytes())
     result = Pipeline(cfg, OnnxRuntimeBackend(out, cfg))(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))

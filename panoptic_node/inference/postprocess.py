@@ -86,7 +86,7 @@ def merge_panoptic(masks: Tensor, labels: Tensor, scores: Tensor, thing_lut: np.
     k, h, w = masks.shape
     if k == 0:
         return empty_result(h, w, taxonomy)
-    own_area = (masks > 0).flatten(1).sum(1).numpy() if overlap > 0 else None
+    own_area = torch.count_nonzero(masks > 0, dim=(1, 2)).numpy() if overlap > 0 else None
     # in place: `masks` is this frame's own resized copy
     values = masks if merge == "logits" else masks.sigmoid_().mul_(scores[:, None, None])
     labels_np = labels.numpy().astype(np.int64)

@@ -119,9 +119,12 @@ class SamePadConv2d(nn.Conv2d):
         sh, sw = self.stride
         ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
         pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
-        if ph or pw:
-            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        # the symmetric part goes to the convolution itself (a separate pad copies the whole
+        # tensor: ~15% of the backbone's time); only the odd extra row / column of a stride-2
+        # layer needs an explicit pad on the bottom / right, as TF puts it there
+        if ph % 2 or pw % 2:
+            x = F.pad(x, [0, pw % 2, 0, ph % 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, (ph // 2, pw // 2), self.dilation, self.groups)
 
 
 def _bn(c: int) -> nn.BatchNorm2d:
