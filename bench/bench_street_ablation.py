@@ -1,0 +1,54 @@
+"""Post-processing and storage ablations of the shipped street model on CamVid val, in one run:
+the overlap rule on / off, and the float16 file vs the float32 training checkpoint (if given).
+
+    python bench/bench_street_ablation.py [--fp32-checkpoint runs/street_lite0/last.pth] [--frames 101]
+
+Prints PQ (all / things / stuff) and mIoU per variant; the model card's ablation table quotes it.
+"""
+import argparse
+import copy
+import dataclasses
+
+from tqdm import tqdm
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fp32-checkpoint", help="the float32 training checkpoint (runs/<name>/last.pth)")
+    parser.add_argument("--frames", type=int, default=101)
+    parser.add_argument("--camvid")
+    args = parser.parse_args()
+
+    import torch
+    torch.set_num_threads(2)
+    from panoptic_node.evaluation.evaluator import Evaluator
+    from panoptic_node.evaluation.gt import panoptic_from_labels
+    from panoptic_node.inference.pipeline import Pipeline
+    from panoptic_node.model.config import load_config
+    from panoptic_node.training.data import CamVid, find_camvid
+
+    val = CamVid(find_camvid(args.camvid), "val")
+    samples = [val[i] for i in range(min(args.frames, len(val)))]
+    shipped = load_config("street_lite0")
+    no_overlap = copy.deepcopy(shipped)
+    no_overlap.postprocess = dataclasses.replace(shipped.postprocess, overlap=0.0)
+    variants = [("shipped (float16 file, overlap 0.5)", shipped, None),
+                ("overlap rule off", no_overlap, None)]
+    if args.fp32_checkpoint:
+        variants.append(("float32 checkpoint, overlap 0.5", shipped, args.fp32_checkpoint))
+    print("| variant | PQ | PQ things | PQ stuff | mIoU |")
+    print("|---|---|---|---|---|")
+    for name, cfg, weights in variants:
+        pipeline = Pipeline.from_config(cfg, weights=weights)
+        ev = Evaluator(pipeline.taxonomy)
+        for s in tqdm(samples, desc=name, leave=False):
+            r = pipeline(s.rgb)
+            ev.add(panoptic_from_labels(s.semantic, s.instance, pipeline.taxonomy.thing_lut), s.semantic,
+                   r.panoptic, r.semantic)
+        rep = ev.report()
+        print(f"| {name} | {100 * rep['pq']['pq']:.1f} | {100 * rep['pq_things']['pq']:.1f} | "
+              f"{100 * rep['pq_stuff']['pq']:.1f} | {100 * rep['miou']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
