@@ -141,12 +141,14 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
                     summary.stage_ms.setdefault(stage, []).append(1000 * sec)
                 summary.frames += 1
                 bar.update(1)
+                drawn = overlay(rgb, result, taxonomy) if video or (results_out and results_out.with_overlay) \
+                    else None  # rendered once for the overlay topic and the video
                 if results_out:
-                    results_out.add(m.msg.header, m.stamp_ns, result, rgb)
+                    results_out.add(m.msg.header, m.stamp_ns, result, rgb, drawn)
                 if video:
                     if video_out is None:
                         video_out = VideoWriter(video, fps=10)
-                    video_out.add(overlay(rgb, result, taxonomy))
+                    video_out.add(drawn)
                 if evaluator:
                     pending_pred[m.stamp_ns] = (result.panoptic, result.semantic)
                     if gt_complete(m.stamp_ns):

@@ -152,3 +152,18 @@ def test_overlap_rule_drops_fragments_of_explained_objects():
     dropped = merge_panoptic(masks.clone(), labels, scores, CAMVID.thing_lut, "logits", 1, "camvid", overlap=0.5)
     assert sorted(s.label for s in dropped.segments) == [3, 8]
     assert (dropped.semantic[:, 10:12] == 3).all()  # the fragment's pixels went to the road
+
+
+def test_reassign_equals_full_argmax_over_alive_queries():
+    """Re-deciding only the pixels of dead queries gives the full argmax, ties to the first query."""
+    from panoptic_node.inference.postprocess import argmax_over_queries, reassign_pixels
+
+    rng = np.random.default_rng(3)
+    values = torch.from_numpy(rng.integers(0, 4, (6, 9, 11)).astype(np.float32))  # many ties
+    alive = torch.ones(6, dtype=torch.bool)
+    best = argmax_over_queries(values, alive).numpy()
+    for dead in ([2], [0, 5], [1, 3]):
+        alive[dead] = False
+        best = reassign_pixels(values, alive, best)
+        np.testing.assert_array_equal(best, argmax_over_queries(values, alive).numpy())
+        assert alive.numpy()[best].all()

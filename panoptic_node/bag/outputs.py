@@ -1,4 +1,6 @@
 """Write PanopticResults to a bag with exactly the live node's topics and types (DESIGN.md)."""
+from typing import Optional
+
 import numpy as np
 
 from ..inference.result import PanopticResult
@@ -33,7 +35,9 @@ class ResultBagWriter:
     def topic(self, name: str) -> str:
         return f"{self.ns}/{name}"
 
-    def add(self, hdr, stamp: int, result: PanopticResult, rgb: np.ndarray) -> None:
+    def add(self, hdr, stamp: int, result: PanopticResult, rgb: np.ndarray,
+            drawn: Optional[np.ndarray] = None) -> None:
+        """drawn: the frame's overlay if the caller already rendered it (replay's video uses it too)."""
         if not self.label_info_written:
             self.w.write(self.topic("panoptic/label_info"), label_info_msg(hdr, label_info(self.taxonomy),
                                                                             self.threshold), stamp)
@@ -44,5 +48,5 @@ class ResultBagWriter:
         self.w.write(self.topic("panoptic/detections"), detection_array_msg(hdr, detections(result, self.taxonomy)),
                      stamp)
         if self.with_overlay:
-            bgr = overlay(rgb, result, self.taxonomy)[..., ::-1]
+            bgr = (overlay(rgb, result, self.taxonomy) if drawn is None else drawn)[..., ::-1]
             self.w.write(self.topic("panoptic/overlay"), image_msg(hdr, image_fields(bgr, "bgr8")), stamp)

@@ -137,8 +137,18 @@ def segments_from_panoptic(panoptic: np.ndarray, thing_lut: np.ndarray, label_di
 
     A thing-class pixel without an instance (value = label) is a crowd region, as in Cityscapes.
     """
-    values, ids = np.unique(panoptic, return_inverse=True)
-    ids = ids.reshape(panoptic.shape).astype(np.int64) + 1
+    lo, hi = (int(panoptic.min()), int(panoptic.max())) if panoptic.size else (void, void)
+    if lo >= void and hi - void < (1 << 22):
+        # values are small: a bincount + lookup table numbers them in one pass (np.unique sorts
+        # every pixel, ~5x slower on a 480x360 frame)
+        shifted = panoptic.astype(np.int64) - void
+        present = np.flatnonzero(np.bincount(shifted.ravel(), minlength=1))
+        lut = np.zeros(hi - void + 1, np.int64)
+        lut[present] = np.arange(1, len(present) + 1)
+        ids, values = lut[shifted], present + void
+    else:
+        values, ids = np.unique(panoptic, return_inverse=True)
+        ids = ids.reshape(panoptic.shape).astype(np.int64) + 1
     segments = {}
     for i, v in enumerate(values):
         if v == void:
