@@ -89,9 +89,10 @@ def test_int8_qdq_graph(fp32, image_dir, rng):
     for n in class_w:
         assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input[1:])
     # a convolution feeding ReLU6 is quantized over [-6, 6], not its wider pre-activation range
-    clipped = [n.input[0] for n in model.graph.node if n.op_type == "Clip"]
-    conv_q = [n for n in q_nodes if n.op_type == "QuantizeLinear" and n.output[0] in
-              {i for c in clipped for i in [producers[c].input[0]] if c in producers}]
+    into_clip = {producers[n.input[0]].input[0] for n in model.graph.node
+                 if n.op_type == "Clip" and producers[n.input[0]].op_type == "DequantizeLinear"}
+    conv_q = [n for n in q_nodes if n.op_type == "QuantizeLinear" and n.output[0] in into_clip
+              and producers[n.input[0]].op_type == "Conv"]
     assert conv_q
     assert all(float(inits[n.input[1]]) == pytest.approx(6 / 127, rel=1e-6) for n in conv_q)
     # weights are 7-bit by default (ONNX Runtime's non-VNNI int8 kernels saturate on 8-bit ones)
