@@ -1,7 +1,10 @@
-"""Post-processing and storage ablations of the shipped street model on CamVid val, in one run:
+"""Post-processing and storage ablations of the shipped street model on CamVid, in one run:
 the overlap rule on / off, and the float16 file vs the float32 training checkpoint (if given).
+--grid instead sweeps the query threshold and the overlap share; run it on train frames
+(--split train --every 6), never to pick settings on val.
 
-    python bench/bench_street_ablation.py [--fp32-checkpoint runs/street_lite0/last.pth] [--frames 101]
+    python bench/bench_street_ablation.py [--fp32-checkpoint runs/street_lite0/last.pth]
+    python bench/bench_street_ablation.py --grid --split train --every 6
 
 Prints PQ (all / things / stuff) and mIoU per variant; the model card's ablation table quotes it.
 """
@@ -16,6 +19,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fp32-checkpoint", help="the float32 training checkpoint (runs/<name>/last.pth)")
     parser.add_argument("--frames", type=int, default=101)
+    parser.add_argument("--split", default="val", choices=["train", "val"])
+    parser.add_argument("--every", type=int, default=1, help="take every N-th frame of the split")
+    parser.add_argument("--grid", action="store_true", help="sweep threshold x overlap instead")
     parser.add_argument("--camvid")
     args = parser.parse_args()
 
@@ -27,15 +33,24 @@ def main():
     from panoptic_node.model.config import load_config
     from panoptic_node.training.data import CamVid, find_camvid
 
-    val = CamVid(find_camvid(args.camvid), "val")
-    samples = [val[i] for i in range(min(args.frames, len(val)))]
+    data = CamVid(find_camvid(args.camvid), args.split)
+    samples = [data[i] for i in range(0, len(data), args.every)][:args.frames]
     shipped = load_config("street_lite0")
-    no_overlap = copy.deepcopy(shipped)
-    no_overlap.postprocess = dataclasses.replace(shipped.postprocess, overlap=0.0)
-    variants = [("shipped (float16 file, overlap 0.5)", shipped, None),
-                ("overlap rule off", no_overlap, None)]
-    if args.fp32_checkpoint:
-        variants.append(("float32 checkpoint, overlap 0.5", shipped, args.fp32_checkpoint))
+
+    def with_postprocess(**changes):
+        cfg = copy.deepcopy(shipped)
+        cfg.postprocess = dataclasses.replace(shipped.postprocess, **changes)
+        return cfg
+
+    if args.grid:
+        variants = [(f"threshold {t}, overlap {o}", with_postprocess(threshold=t, overlap=o), None)
+                    for t, o in [(0.3, 0.5), (0.4, 0.5), (0.5, 0.5), (0.6, 0.5), (0.7, 0.5), (0.4, 0.6), (0.5, 0.7)]]
+    else:
+        variants = [("shipped (float16 file, overlap 0.5)", shipped, None),
+                    ("overlap rule off", with_postprocess(overlap=0.0), None)]
+        if args.fp32_checkpoint:
+            variants.append(("float32 checkpoint, overlap 0.5", shipped, args.fp32_checkpoint))
+    print(f"{len(samples)} CamVid {args.split} frames")
     print("| variant | PQ | PQ things | PQ stuff | mIoU |")
     print("|---|---|---|---|---|")
     for name, cfg, weights in variants:
