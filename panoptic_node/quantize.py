@@ -66,11 +66,9 @@ class _Reader:
         self.it = iter(self.items)
 
 
-def float_kept_nodes(onnx_path) -> List[str]:
+def float_kept_nodes(model) -> List[str]:
     """The head's last projections, and every MatMul between two activations (attention scores and
-    the attention-weighted sum: their outputs feed Softmax, which must stay float)."""
-    import onnx
-    model = onnx.load(str(onnx_path))
+    the attention-weighted sum: their outputs feed Softmax, which must stay float). model: onnx.ModelProto."""
     weights = {i.name for i in model.graph.initializer}
     consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     keep = []
@@ -82,16 +80,15 @@ def float_kept_nodes(onnx_path) -> List[str]:
     return keep
 
 
-def clipped_conv_ranges(onnx_path) -> dict:
+def clipped_conv_ranges(model) -> dict:
     """Quantization ranges for convolution outputs that feed a ReLU6 (Clip): the clip's own range.
 
     The quantizer puts the Q/DQ pair on the convolution's output, before the Clip. Calibrated there,
     the pre-activation range (up to ~90 in the Lite stem) leaves about 8 levels for the [0, 6] that
-    survives the Clip; over [-6, 6] it gets 127. Values beyond it saturate to what the Clip would give."""
-    import onnx
+    survives the Clip; over [-6, 6] it gets 127. Values beyond it saturate to what the Clip would give.
+    model: onnx.ModelProto."""
     from onnx import numpy_helper
 
-    model = onnx.load(str(onnx_path))
     values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
@@ -110,6 +107,7 @@ def quantize_int8(fp32_path, out_path, cfg, size, source, frames: int = 32, meth
     """reduce_range: 7-bit weights. ONNX Runtime's x86 int8 kernels without VNNI add pairs of 8-bit
     products in saturating 16-bit lanes; full-range weights overflow them (street_lite0 on CamVid val:
     PQ 52.7 fp32, 19.6 int8 with 8-bit weights, 52.1 with 7-bit ones). TensorRT has no such limit."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -117,14 +115,15 @@ def quantize_int8(fp32_path, out_path, cfg, size, source, frames: int = 32, meth
     if method not in methods:
         raise ValueError(f"calibration method '{method}' is not one of {', '.join(methods)}")
     data = list(calibration_frames(source, frames))
+    graph = onnx.load(str(fp32_path))  # read once for both node choices below
     out_path = Path(out_path)
     tmp = out_path.with_name(out_path.name + ".partial")
     quantize_static(str(fp32_path), str(tmp), _Reader(data, cfg, size), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                     reduce_range=reduce_range,
-                    op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=float_kept_nodes(fp32_path),
+                    op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=float_kept_nodes(graph),
                     calibrate_method=methods[method],
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                   "TensorQuantOverrides": clipped_conv_ranges(fp32_path)})
+                                   "TensorQuantOverrides": clipped_conv_ranges(graph)})
     tmp.replace(out_path)
     return out_path

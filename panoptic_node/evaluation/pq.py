@@ -137,22 +137,19 @@ def segments_from_panoptic(panoptic: np.ndarray, thing_lut: np.ndarray, label_di
 
     A thing-class pixel without an instance (value = label) is a crowd region, as in Cityscapes.
     """
-    lo, hi = (int(panoptic.min()), int(panoptic.max())) if panoptic.size else (void, void)
-    if lo >= void and hi - void < (1 << 22):
-        # values are small: a bincount + lookup table numbers them in one pass (np.unique sorts
-        # every pixel, ~5x slower on a 480x360 frame)
-        shifted = panoptic.astype(np.int64) - void
-        present = np.flatnonzero(np.bincount(shifted.ravel(), minlength=1))
-        lut = np.zeros(hi - void + 1, np.int64)
-        lut[present] = np.arange(1, len(present) + 1)
-        ids, values = lut[shifted], present + void
-    else:
-        values, ids = np.unique(panoptic, return_inverse=True)
-        ids = ids.reshape(panoptic.shape).astype(np.int64) + 1
+    if panoptic.size == 0:
+        return np.zeros(panoptic.shape, np.int64), {}
+    flat = panoptic.ravel().astype(np.int64) - void  # void -> 0
+    small = flat.min() >= 0 and flat.max() < (1 << 20)
+    # the values present: a bincount when they are small (np.unique sorts every pixel, ~5x slower)
+    keys = np.flatnonzero(np.bincount(flat)) if small else np.unique(flat)
+    idx, _ = _compact(flat, keys)
+    ids = (idx + 1).reshape(panoptic.shape)
+    values = keys + void
     segments = {}
     for i, v in enumerate(values):
         if v == void:
-            ids[ids == i + 1] = 0
+            ids[ids == i + 1] = 0  # void is segment 0
             continue
         label = int(v // label_divisor) if v >= label_divisor else int(v)
         crowd = v < label_divisor and bool(thing_lut[label])
