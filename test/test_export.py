@@ -16,11 +16,12 @@ from panoptic_node.model.detr import build_model  # noqa: E402
 from conftest import compact_config, small_config  # noqa: E402
 
 
-@pytest.fixture(scope="module", params=["compact", "r50"])
+@pytest.fixture(scope="module", params=["compact", "compact_stride4", "r50"])
 def exported(request, tmp_path_factory):
-    cfg = compact_config() if request.param == "compact" else small_config()
+    cfg = {"compact": compact_config, "compact_stride4": lambda: compact_config(mask_stride=4),
+           "r50": small_config}[request.param]()
     torch.manual_seed(0)
-    model = build_model(cfg, pretrained_backbone=request.param == "compact").eval()
+    model = build_model(cfg, pretrained_backbone=request.param != "r50").eval()
     path = tmp_path_factory.mktemp("onnx") / f"{cfg.name}.onnx"
     export_onnx(model, (64, 96), path)
     return cfg, model, path

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..model.config import ModelConfig
 from ..export import mask_graph_path, read_metadata
 from .backend import Backend
 
@@ -47,7 +48,7 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError(f"ONNX Runtime cannot load '{path}' ({str(e).splitlines()[0]})") from None
         self.providers = self.detect_session.get_providers()
         self.feature_names = [o.name for o in self.detect_session.get_outputs()][3:]
-        self.mask_stride = 4 if meta["config"]["mask_head"] == "detr_conv" else 8
+        self.mask_stride = ModelConfig.from_dict(meta["config"]).output_mask_stride
 
     def detect(self, images, pad_mask):
         if tuple(images.shape[-2:]) != self.size:

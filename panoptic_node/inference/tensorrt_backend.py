@@ -125,7 +125,7 @@ class TensorRTBackend(Backend):  # pragma: no cover - needs a GPU
         meta = read_metadata(onnx_path)
         self.size = tuple(meta["input_size"])
         self.precision = "int8" if meta.get("precision") == "int8" else precision
-        self.mask_stride = 4 if cfg.mask_head == "detr_conv" else 8
+        self.mask_stride = cfg.output_mask_stride
         props = torch.cuda.get_device_properties(0)
         engines = []
         for graph in (Path(onnx_path), mask_graph_path(onnx_path)):

@@ -60,6 +60,7 @@ class ModelConfig:
     labels: str = "coco"             # taxonomy the class indices belong to
     mask_head: str = "detr_conv"     # detr_conv | dot_product
     mask_dim: int = 128              # dot_product only
+    mask_stride: int = 8             # dot_product only: pixel embeddings at stride 8 or 4 (thin classes)
     weights: Optional[str] = None    # default weights file, relative to the config file
     input: InputConfig = field(default_factory=InputConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
@@ -85,12 +86,20 @@ class ModelConfig:
     def validate(self, source: str = "config") -> None:
         if self.mask_head not in ("detr_conv", "dot_product"):
             raise ValueError(f"{source}: mask_head '{self.mask_head}' is not one of detr_conv, dot_product")
+        if self.mask_stride not in (4, 8) or (self.mask_head == "detr_conv" and self.mask_stride != 8):
+            raise ValueError(f"{source}: mask_stride {self.mask_stride} is not allowed; expected 8 or 4 "
+                             "(4 only with mask_head dot_product; detr_conv is always stride 4)")
         if self.input.normalization not in ("imagenet", "tf"):
             raise ValueError(f"{source}: input.normalization '{self.input.normalization}' is not imagenet or tf")
         if self.postprocess.merge not in ("logits", "score_prob"):
             raise ValueError(f"{source}: postprocess.merge '{self.postprocess.merge}' is not logits or score_prob")
         if not 0.0 <= self.postprocess.threshold <= 1.0:
             raise ValueError(f"{source}: postprocess.threshold {self.postprocess.threshold} is not in [0, 1]")
+
+    @property
+    def output_mask_stride(self) -> int:
+        """Stride of the mask logits the mask head returns (the published head: always 4)."""
+        return 4 if self.mask_head == "detr_conv" else self.mask_stride
 
     def to_dict(self) -> dict:
         """Plain types for checkpoints and ONNX metadata; the weights path is kept as a bare file name

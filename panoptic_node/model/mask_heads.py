@@ -5,7 +5,8 @@
 The pipeline calls `forward` with the kept queries only, which is where most CPU time goes.
 
 - DETRConvMaskHead: the published head (MHAttentionMap + MaskHeadSmallConv), stride 4.
-- DotProductMaskHead: query embedding . per-pixel embedding (a light FPN), stride 8; 2.4x cheaper.
+- DotProductMaskHead: query embedding . per-pixel embedding (a light FPN), stride 8 (2.4x cheaper)
+  or stride 4 (one more FPN level, for thin classes such as poles).
 """
 from typing import List, Tuple
 
@@ -115,17 +116,24 @@ class DETRConvMaskHead(nn.Module):
 
 
 class DotProductMaskHead(nn.Module):
-    """Mask logits = MLP(query) . pixel embedding; pixel embeddings from a light FPN at stride 8."""
+    """Mask logits = MLP(query) . pixel embedding; pixel embeddings from a light FPN at stride 8 or 4.
 
-    stride = 8
+    The stride-4 level adds the backbone's stride-4 tap through a 1x1 lateral and a depthwise 3x3
+    smoothing: a full 3x3 at that resolution would cost as much as the backbone.
+    """
 
-    def __init__(self, hidden_dim: int, fpn_dims: List[int], mask_dim: int = 128):
+    def __init__(self, hidden_dim: int, fpn_dims: List[int], mask_dim: int = 128, stride: int = 8):
         super().__init__()
+        self.stride = stride
         self.lateral32 = nn.Conv2d(hidden_dim, mask_dim, 1)
         self.lateral16 = nn.Conv2d(fpn_dims[0], mask_dim, 1)
         self.lateral8 = nn.Conv2d(fpn_dims[1], mask_dim, 1)
         self.smooth16 = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU())
         self.smooth8 = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU())
+        if stride == 4:
+            self.lateral4 = nn.Conv2d(fpn_dims[2], mask_dim, 1)
+            self.smooth4 = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1, groups=mask_dim),
+                                         nn.GroupNorm(8, mask_dim), nn.ReLU())
         self.pixel_out = nn.Conv2d(mask_dim, mask_dim, 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
@@ -134,6 +142,9 @@ class DotProductMaskHead(nn.Module):
         f16, f8 = feats[2], feats[1]
         x = self.smooth16(self.lateral16(f16) + F.interpolate(x, size=f16.shape[-2:], mode="bilinear", align_corners=False))
         x = self.smooth8(self.lateral8(f8) + F.interpolate(x, size=f8.shape[-2:], mode="bilinear", align_corners=False))
+        if self.stride == 4:
+            f4 = feats[0]
+            x = self.smooth4(self.lateral4(f4) + F.interpolate(x, size=f4.shape[-2:], mode="bilinear", align_corners=False))
         return (self.pixel_out(x),)
 
     def forward(self, features: Tuple[Tensor, ...], hs: Tensor) -> Tensor:
