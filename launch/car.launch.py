@@ -14,6 +14,17 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 
+def _cameras_in(config):
+    import yaml
+    with open(config) as f:
+        doc = yaml.safe_load(f) or {}
+    for section in doc.values():
+        cameras = (section or {}).get("ros__parameters", {}).get("cameras")
+        if cameras:
+            return cameras
+    return None
+
+
 def _node(context):
     share = get_package_share_directory("panoptic_node")
     config = LaunchConfiguration("config").perform(context) or os.path.join(share, "config", "car.param.yaml")
@@ -32,7 +43,10 @@ def _node(context):
                     parameters=[config, overrides],
                     arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)])]
     if bag:
-        actions.append(ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock"], output="screen"))
+        # converted bags (panoptic-node convert) carry /camera/image_raw: feed it to the first camera
+        first = (overrides.get("cameras") or _cameras_in(config) or ["/camera/front"])[0].rstrip("/")
+        actions.append(ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock",
+                                           "--remap", f"/camera/image_raw:={first}/image"], output="screen"))
     return actions
 
 

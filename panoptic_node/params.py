@@ -38,6 +38,18 @@ def _allowed(prop: Dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+# parameters rclpy / rclcpp declare on every node, and QoS override parameters: not ours to check
+ROS_BUILTIN_PARAMETERS = ("use_sim_time", "start_type_description_service")
+ROS_BUILTIN_PREFIXES = ("qos_overrides.",)
+
+
+def user_parameters(declared: Dict[str, Any]) -> Dict[str, Any]:
+    """All parameters a node holds -> the ones the user gave for this node (built-ins left out),
+    so a misspelt name in a YAML or on the command line is reported instead of silently ignored."""
+    return {k: v for k, v in declared.items()
+            if k not in ROS_BUILTIN_PARAMETERS and not k.startswith(ROS_BUILTIN_PREFIXES)}
+
+
 def validate(params: Dict[str, Any]) -> Dict[str, Any]:
     """Complete `params` with defaults and check them; raises ParameterError on the first problem."""
     import jsonschema

@@ -28,7 +28,15 @@ def generate_test_description():
     bad = launch_ros.actions.Node(
         package="panoptic_node", executable="panoptic_node", name="panoptic_bad_param", output="screen",
         parameters=[{"cameras": ["/cam_d"], "model": model, "threshold": 2.0}])
-    return launch.LaunchDescription([good, bad, launch_testing.actions.ReadyToTest()]), {"good": good, "bad": bad}
+    # a misspelt name and a wrong type: rclpy alone would ignore the first and raise on the second
+    misspelt = launch_ros.actions.Node(
+        package="panoptic_node", executable="panoptic_node", name="panoptic_misspelt", output="screen",
+        parameters=[{"cameras": ["/cam_e"], "model": model, "treshold": 0.5}])
+    wrong_type = launch_ros.actions.Node(
+        package="panoptic_node", executable="panoptic_node", name="panoptic_wrong_type", output="screen",
+        parameters=[{"cameras": ["/cam_f"], "model": model, "qos_depth": "deep"}])
+    return (launch.LaunchDescription([good, bad, misspelt, wrong_type, launch_testing.actions.ReadyToTest()]),
+            {"good": good, "bad": bad, "misspelt": misspelt, "wrong_type": wrong_type})
 
 
 class TestCompressed(unittest.TestCase):
@@ -56,8 +64,16 @@ class TestCompressed(unittest.TestCase):
     def test_bad_parameter_exits_with_one_line(self, proc_output, bad):
         proc_output.assertWaitFor("parameter 'threshold' = 2.0 is invalid", process=bad, timeout=30, stream="stderr")
 
+    def test_misspelt_parameter_is_named(self, proc_output, misspelt):
+        proc_output.assertWaitFor("unknown parameter 'treshold'", process=misspelt, timeout=30, stream="stderr")
+
+    def test_wrong_type_is_one_line(self, proc_output, wrong_type):
+        proc_output.assertWaitFor("parameter 'qos_depth' = 'deep' is invalid", process=wrong_type, timeout=30,
+                                  stream="stderr")
+
 
 @launch_testing.post_shutdown_test()
 class TestExit(unittest.TestCase):
-    def test_bad_param_exit_code(self, proc_info, bad):
-        launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[1], process=bad)
+    def test_bad_param_exit_code(self, proc_info, bad, misspelt, wrong_type):
+        for proc in (bad, misspelt, wrong_type):
+            launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[1], process=proc)

@@ -10,7 +10,7 @@ from panoptic_node.frame_buffer import LatestFrameBuffer
 from panoptic_node.inference.result import result_from_segments
 from panoptic_node.model.config import share_dir
 from panoptic_node.node_stats import NodeStats
-from panoptic_node.params import ParameterError, defaults, validate, validate_file
+from panoptic_node.params import ParameterError, defaults, user_parameters, validate, validate_file
 from panoptic_node.render import overlay
 from panoptic_node.taxonomy import get_taxonomy
 
@@ -36,6 +36,20 @@ def test_bad_values_name_parameter_value_and_allowed(name, value, expected):
     with pytest.raises(ParameterError) as e:
         validate({name: value})
     assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_ros_builtin_parameters_are_not_ours_but_typos_are():
+    declared = {**defaults(), "use_sim_time": True, "start_type_description_service": True,
+                "qos_overrides./parameter_events.publisher.depth": 1000, "treshold": 0.5}
+    mine = user_parameters(declared)
+    assert set(mine) == set(defaults()) | {"treshold"}
+    with pytest.raises(ParameterError, match="unknown parameter 'treshold'"):
+        validate(mine)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ParameterError, match="parameter 'qos_depth' = 'deep' is invalid: allowed integer"):
+        validate({"qos_depth": "deep"})
 
 
 def test_unknown_parameter():
