@@ -172,3 +172,33 @@ def test_evaluator_on_our_panoptic_convention():
     r = ev.report()
     assert r["per_class"][8]["tp"] == 1 and r["per_class"][8]["sq"] == pytest.approx(6 / 9)
     assert r["per_class"][3]["tp"] == 1 and r["per_class"][0]["pq"] == 1.0
+
+
+def _accumulate(frames, remap):
+    from panoptic_node.evaluation.pq import PQAccumulator, SegmentInfo
+    acc = PQAccumulator()
+    for gt, gt_segs, pred, pred_segs in frames:
+        acc.add(remap(gt), {int(remap(np.int64(k))): SegmentInfo(c, bool(cr)) for k, (c, cr) in gt_segs.items()},
+                remap(pred), {int(remap(np.int64(k))): SegmentInfo(c) for k, (c, _) in pred_segs.items()})
+    return acc
+
+
+def test_small_and_24bit_ids_count_the_same():
+    """Small ids are counted in id space, COCO's 24-bit colour ids through a compaction: same PQ."""
+    rng = np.random.default_rng(3)
+    frames = [make_frame(rng) for _ in range(6)]
+    small = _accumulate(frames, lambda a: a)
+    large = _accumulate(frames, lambda a: np.where(a > 0, a * 65537 + 7, 0))
+    assert small.per_class() == large.per_class() and len(small.per_class()) == 5
+
+
+@pytest.mark.parametrize("remap", [lambda a: a, lambda a: np.where(a > 0, a * 65537 + 7, 0)], ids=["small", "24bit"])
+def test_segment_without_info_is_named(remap):
+    from panoptic_node.evaluation.pq import PQAccumulator, SegmentInfo
+    gt, gt_segs, pred, pred_segs = make_frame(np.random.default_rng(0))
+    known = {int(remap(np.int64(k))): SegmentInfo(c) for k, (c, _) in pred_segs.items()}
+    missing = max(pred_segs)
+    del known[int(remap(np.int64(missing)))]
+    with pytest.raises(ValueError, match=f"prediction segment id {int(remap(np.int64(missing)))} has no segment info"):
+        PQAccumulator().add(remap(gt), {int(remap(np.int64(k))): SegmentInfo(c, bool(cr)) for k, (c, cr) in gt_segs.items()},
+                            remap(pred), known)

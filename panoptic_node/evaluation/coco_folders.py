@@ -1,5 +1,7 @@
 """Score COCO-panoptic folders (panopticapi's pq_compute arguments) with our streaming PQ."""
 import json
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,19 +12,48 @@ from ..coco_format import rgb_to_id
 from .pq import PQAccumulator, SegmentInfo
 
 
+def _read_ids(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return rgb_to_id(np.asarray(img if img.mode == "RGB" else img.convert("RGB")))
+
+
+_END = object()
+
+
+def _prefetched(function, items, workers: int = 2, ahead: int = 4):
+    """function(item) for each item in order, computed on `workers` threads at most `ahead` items
+    ahead: PNG decoding releases the GIL, so decoding overlaps the scoring of the previous frame
+    while memory stays bounded."""
+    items = iter(items)
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque(pool.submit(function, item) for _, item in zip(range(ahead), items))
+        while pending:
+            result = pending.popleft().result()
+            following = next(items, _END)
+            if following is not _END:
+                pending.append(pool.submit(function, following))
+            yield result
+
+
 def pq_from_folders(gt_json, gt_folder, pred_json, pred_folder):
     """Returns (PQAccumulator, categories {id: {isthing, name}})."""
     gt = json.loads(Path(gt_json).read_text())
     pred = json.loads(Path(pred_json).read_text())
     categories = {c["id"]: c for c in gt["categories"]}
     preds = {a["image_id"]: a for a in pred["annotations"]}
-    acc = PQAccumulator()
-    for ann in tqdm(gt["annotations"], desc="evaluate", unit="frame"):
+    for ann in gt["annotations"]:
         if ann["image_id"] not in preds:
             raise ValueError(f"no prediction for image '{ann['image_id']}' in {pred_json}")
+
+    def read(ann):
+        return (_read_ids(Path(gt_folder) / ann["file_name"]),
+                _read_ids(Path(pred_folder) / preds[ann["image_id"]]["file_name"]))
+
+    acc = PQAccumulator()
+    frames = _prefetched(read, gt["annotations"])
+    for ann, (gt_ids, pr_ids) in tqdm(zip(gt["annotations"], frames), total=len(gt["annotations"]),
+                                      desc="evaluate", unit="frame"):
         p = preds[ann["image_id"]]
-        gt_ids = rgb_to_id(np.asarray(Image.open(Path(gt_folder) / ann["file_name"]).convert("RGB")))
-        pr_ids = rgb_to_id(np.asarray(Image.open(Path(pred_folder) / p["file_name"]).convert("RGB")))
         for s in p["segments_info"]:
             if s["category_id"] not in categories:
                 raise ValueError(f"prediction segment {s['id']} of image '{p['image_id']}' has unknown category "

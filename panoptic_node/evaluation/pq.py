@@ -28,6 +28,37 @@ def _compact(ids: np.ndarray, keys: np.ndarray):
     return idx, keys[idx] == ids
 
 
+def _joint_areas(gt: np.ndarray, gt_keys: np.ndarray, pred: np.ndarray, pred_keys: np.ndarray) -> np.ndarray:
+    """Pixel counts of every (ground-truth key, prediction key) pair: len(gt_keys) x len(pred_keys).
+
+    One bincount, no sort of the whole frame as np.unique would do. Small ids (our maps, ids from
+    0 to a few hundred) are counted directly in id space, the table then cut down to the keys;
+    large ones (COCO's 24-bit colour ids) are first compacted to key indices.
+    """
+    for ids, keys, what in ((gt, gt_keys, "ground-truth"), (pred, pred_keys, "prediction")):
+        if ids.size and ids.min() < 0:
+            raise ValueError(f"{what} segment id {int(ids.min())} has no segment info")
+    g_top = int(gt.max()) + 1 if gt.size else 1
+    p_top = int(pred.max()) + 1 if pred.size else 1
+    if g_top * p_top <= (1 << 22):
+        table = np.bincount(gt * p_top + pred, minlength=g_top * p_top).reshape(g_top, p_top)
+        for axis, keys, what in ((1, gt_keys, "ground-truth"), (0, pred_keys, "prediction")):
+            present = np.flatnonzero(table.sum(axis))
+            unknown = present[~np.isin(present, keys)]
+            if len(unknown):
+                raise ValueError(f"{what} segment id {int(unknown[0])} has no segment info")
+        # keys beyond the largest id present have no pixels: zero rows / columns
+        table = np.pad(table, ((0, max(0, int(gt_keys[-1]) + 1 - g_top)), (0, max(0, int(pred_keys[-1]) + 1 - p_top))))
+        return table[np.ix_(gt_keys, pred_keys)]
+    gi, gi_ok = _compact(gt, gt_keys)
+    pi, pi_ok = _compact(pred, pred_keys)
+    for ok, ids, what in ((gi_ok, gt, "ground-truth"), (pi_ok, pred, "prediction")):
+        if not ok.all():
+            raise ValueError(f"{what} segment id {int(ids[~ok][0])} has no segment info")
+    n_p = len(pred_keys)
+    return np.bincount(gi * n_p + pi, minlength=len(gt_keys) * n_p).reshape(len(gt_keys), n_p)
+
+
 @dataclass
 class SegmentInfo:
     label: int
@@ -55,15 +86,7 @@ class PQAccumulator:
             raise ValueError(f"ground truth {gt_ids.shape} and prediction {pred_ids.shape} differ in size")
         gt_keys = np.array(sorted(set(gt_segments) | {0}), np.int64)
         pred_keys = np.array(sorted(set(pred_segments) | {0}), np.int64)
-        # compact indices through the known ids, then one bincount: no sort of the whole frame as
-        # np.unique would do (a lookup table for small ids, a search over the keys for COCO's 24-bit ids)
-        gi, gi_ok = _compact(gt_ids.ravel(), gt_keys)
-        pi, pi_ok = _compact(pred_ids.ravel(), pred_keys)
-        for ok, ids, what in ((gi_ok, gt_ids, "ground-truth"), (pi_ok, pred_ids, "prediction")):
-            if not ok.all():
-                raise ValueError(f"{what} segment id {int(ids.ravel()[~ok][0])} has no segment info")
-        n_p = len(pred_keys)
-        joint = np.bincount(gi * n_p + pi, minlength=len(gt_keys) * n_p).reshape(len(gt_keys), n_p)
+        joint = _joint_areas(gt_ids.ravel(), gt_keys, pred_ids.ravel(), pred_keys)
         gt_area = dict(zip(gt_keys.tolist(), joint.sum(1).tolist()))
         pred_area = dict(zip(pred_keys.tolist(), joint.sum(0).tolist()))
         gt_area = {k: v for k, v in gt_area.items() if v}
