@@ -14,6 +14,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from .onnx_passes import fold_pads_into_convs
+
 OPSET = 17
 
 
@@ -72,6 +74,7 @@ def export_onnx(model, size: Tuple[int, int], out, precision: str = "fp32") -> T
     meta = metadata(model.cfg, size, precision)
     for p, final in ((tmp, out), (masks_tmp, masks_path)):
         m = onnx.load(str(p))
+        fold_pads_into_convs(m)
         for k, v in meta.items():
             m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
         onnx.save(m, str(p))

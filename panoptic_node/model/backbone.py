@@ -114,7 +114,9 @@ class SamePadConv2d(nn.Conv2d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        ih, iw = x.shape[-2:]
+        # plain ints: an exported graph (static size) then carries constant pads, which ONNX Runtime
+        # folds into the convolution instead of running a Pad
+        ih, iw = int(x.shape[-2]), int(x.shape[-1])
         kh, kw = self.weight.shape[-2:]
         sh, sw = self.stride
         ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
