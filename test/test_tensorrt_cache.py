@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from panoptic_node.inference.backends import make_pipeline, resolve
-from panoptic_node.inference.tensorrt_backend import EngineKey, check_cached, engine_paths, file_sha256, get_engine
+from panoptic_node.inference.tensorrt_backend import (EngineKey, check_cached, engine_paths, file_sha256, get_engine,
+                                                      profile_shapes)
 from panoptic_node.model.config import load_config
 
 
@@ -64,6 +65,25 @@ def test_empty_or_unlabelled_engine_is_never_used(tmp_path):
     assert check_cached(key(), tmp_path) == (False, f"cached engine {engine.name} is empty")
     engine.write_bytes(b"x")
     assert "no metadata" in check_cached(key(), tmp_path)[1]
+
+
+def test_optimization_profile_covers_the_mask_graphs_query_dimension(tmp_path):
+    """TensorRT needs (min, opt, max) shapes for dynamic inputs: only the mask graph's `hs` has one."""
+    onnx = pytest.importorskip("onnx")
+    from conftest import compact_config
+    from panoptic_node.export import export_onnx
+    from panoptic_node.model.detr import build_model
+    cfg = compact_config()
+    detect, masks = export_onnx(build_model(cfg).eval(), (64, 96), tmp_path / "m.onnx")
+
+    def shapes(path):  # what TensorRT's parser reports: -1 for a named (dynamic) dimension
+        return {i.name: tuple(d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim)
+                for i in onnx.load(str(path)).graph.input}
+
+    assert profile_shapes(shapes(detect), cfg.num_queries) == {}
+    d = cfg.hidden_dim
+    assert profile_shapes(shapes(masks), cfg.num_queries) == {"hs": ((1, 1, d), (1, cfg.num_queries, d),
+                                                                      (1, cfg.num_queries, d))}
 
 
 def test_auto_without_cuda_or_onnx_is_torch():

@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -82,7 +82,20 @@ def get_engine(key: EngineKey, build: Callable[[Path], None], log=print, directo
     return engine
 
 
-def build_engine(onnx_path, out_path, precision: str, log=print) -> None:  # pragma: no cover - needs a GPU
+def profile_shapes(input_shapes: Dict[str, Sequence[int]], max_queries: int) -> Dict[str, Tuple[Tuple[int, ...], ...]]:
+    """(min, opt, max) shapes for the inputs with a dynamic dimension (-1): the mask graph's query
+    dimension, from 1 to the model's number of queries; TensorRT refuses to build without them."""
+    profiles = {}
+    for name, shape in input_shapes.items():
+        if any(d < 0 for d in shape):
+            lo = tuple(1 if d < 0 else d for d in shape)
+            hi = tuple(max_queries if d < 0 else d for d in shape)
+            profiles[name] = (lo, hi, hi)
+    return profiles
+
+
+def build_engine(onnx_path, out_path, precision: str, max_queries: int = 100,
+                 log=print) -> None:  # pragma: no cover - needs a GPU
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -94,6 +107,13 @@ def build_engine(onnx_path, out_path, precision: str, log=print) -> None:  # pra
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise RuntimeError(f"TensorRT cannot parse '{onnx_path}': {errors}")
     config = builder.create_builder_config()
+    inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
+    dynamic = profile_shapes(inputs, max_queries)
+    if dynamic:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in dynamic.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
     if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
@@ -131,7 +151,8 @@ class TensorRTBackend(Backend):  # pragma: no cover - needs a GPU
         for graph in (Path(onnx_path), mask_graph_path(onnx_path)):
             key = EngineKey(file_sha256(graph), trt.__version__, props.name, f"{props.major}.{props.minor}",
                             self.precision, self.size)
-            engines.append(get_engine(key, lambda out, g=graph: build_engine(g, out, self.precision, log), log))
+            engines.append(get_engine(key, lambda out, g=graph: build_engine(g, out, self.precision, cfg.num_queries, log),
+                                      log))
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.detect_engine = runtime.deserialize_cuda_engine(engines[0].read_bytes())
         self.mask_engine = runtime.deserialize_cuda_engine(engines[1].read_bytes())
@@ -154,6 +175,8 @@ class TensorRTBackend(Backend):  # pragma: no cover - needs a GPU
                 shape = tuple(ctx.get_tensor_shape(name))
                 outputs[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
                 ctx.set_tensor_address(name, outputs[name].data_ptr())
+        # the inputs were copied / computed on torch's current stream: let the engine's stream wait for them
+        self.stream.wait_stream(torch.cuda.current_stream())
         ctx.execute_async_v3(self.stream.cuda_stream)
         self.stream.synchronize()
         return outputs
