@@ -64,7 +64,8 @@ def reference_postprocess(masks, labels, scores, geom, stride, merge, min_area):
     (8, Geometry(height=19, width=23, resized_h=38, resized_w=46, padded_h=64, padded_w=64)),  # upscaled + padded
     (4, Geometry(height=30, width=17, resized_h=15, resized_w=9, padded_h=32, padded_w=32)),  # downscaled + padded
 ])
-def test_fast_equals_reference(merge, stride, geom):
+@pytest.mark.parametrize("vectorized", [False, True], ids=["cpu-path", "gpu-path"])
+def test_fast_equals_reference(merge, stride, geom, vectorized):
     rng = np.random.default_rng(stride)
     h, w = geom.padded_h // stride, geom.padded_w // stride
     # overlapping blobs, two queries of one stuff class (road), one tiny thing
@@ -83,7 +84,7 @@ def test_fast_equals_reference(merge, stride, geom):
     winners = np.bincount(resize_masks(torch.from_numpy(masks), geom, stride).argmax(0).numpy().ravel(), minlength=7)
     assert 0 < winners[6] < min_area and winners[0] > 0 and winners[1] > 0  # the cases this test is about
     fast = merge_panoptic(resize_masks(torch.from_numpy(masks), geom, stride), torch.from_numpy(labels),
-                          torch.from_numpy(scores), CAMVID.thing_lut, merge, min_area, "camvid")
+                          torch.from_numpy(scores), CAMVID.thing_lut, merge, min_area, "camvid", vectorized=vectorized)
     ref_ids, ref_labels = reference_postprocess(masks, labels, scores, geom, stride, merge, min_area)
     np.testing.assert_array_equal(fast.segment_ids, ref_ids)
     assert [s.label for s in fast.segments] == ref_labels
@@ -147,11 +148,14 @@ def test_overlap_rule_drops_fragments_of_explained_objects():
     masks[2, :, 10:] = 3.0          # road (stuff): right half
     labels = torch.tensor([8, 8, 3])
     scores = torch.tensor([0.9, 0.9, 0.9])
-    kept = merge_panoptic(masks.clone(), labels, scores, CAMVID.thing_lut, "logits", 1, "camvid", overlap=0.0)
-    assert sorted(s.label for s in kept.segments) == [3, 8, 8]
-    dropped = merge_panoptic(masks.clone(), labels, scores, CAMVID.thing_lut, "logits", 1, "camvid", overlap=0.5)
-    assert sorted(s.label for s in dropped.segments) == [3, 8]
-    assert (dropped.semantic[:, 10:12] == 3).all()  # the fragment's pixels went to the road
+    for vectorized in (False, True):  # the CPU path and the one a GPU takes
+        kept = merge_panoptic(masks.clone(), labels, scores, CAMVID.thing_lut, "logits", 1, "camvid", overlap=0.0,
+                              vectorized=vectorized)
+        assert sorted(s.label for s in kept.segments) == [3, 8, 8]
+        dropped = merge_panoptic(masks.clone(), labels, scores, CAMVID.thing_lut, "logits", 1, "camvid", overlap=0.5,
+                                 vectorized=vectorized)
+        assert sorted(s.label for s in dropped.segments) == [3, 8]
+        assert (dropped.semantic[:, 10:12] == 3).all()  # the fragment's pixels went to the road
 
 
 def test_reassign_equals_full_argmax_over_alive_queries():
@@ -167,3 +171,24 @@ def test_reassign_equals_full_argmax_over_alive_queries():
         best = reassign_pixels(values, alive, best)
         np.testing.assert_array_equal(best, argmax_over_queries(values, alive).numpy())
         assert alive.numpy()[best].all()
+
+
+def test_vectorised_argmax_equals_running_maximum():
+    """The GPU path's single argmax and the CPU's running maximum pick the same query, ties included."""
+    from panoptic_node.inference.postprocess import argmax_alive, argmax_over_queries
+
+    values = torch.from_numpy(np.random.default_rng(5).integers(0, 3, (7, 8, 10)).astype(np.float32))
+    for dead in ([], [0], [1, 4, 6]):
+        alive = torch.ones(7, dtype=torch.bool)
+        alive[dead] = False
+        np.testing.assert_array_equal(argmax_alive(values, alive).numpy(), argmax_over_queries(values, alive).numpy())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_postprocess_equals_cpu():  # pragma: no cover - GPU only
+    rng = np.random.default_rng(2)
+    masks = torch.from_numpy(rng.normal(0, 2, (5, 30, 40)).astype(np.float32))
+    labels, scores = torch.tensor([3, 3, 8, 8, 0]), torch.tensor([0.9, 0.8, 0.7, 0.95, 0.6])
+    cpu = merge_panoptic(masks.clone(), labels, scores, CAMVID.thing_lut, "score_prob", 8, "camvid", overlap=0.5)
+    gpu = merge_panoptic(masks.cuda(), labels, scores, CAMVID.thing_lut, "score_prob", 8, "camvid", overlap=0.5)
+    np.testing.assert_array_equal(gpu.segment_ids, cpu.segment_ids)

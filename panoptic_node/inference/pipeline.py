@@ -70,7 +70,9 @@ class Pipeline:
         for i, (_, _, geom) in enumerate(prepared):
             ts = time.perf_counter()
             keep, labels, scores = select_queries(logits[i].float().cpu(), self.threshold)
-            mask_logits = (self.backend.masks(feats, i, hs[i, keep]).float().cpu() if len(keep)
+            # mask logits stay where the backend made them: on a GPU, resizing and the per-pixel
+            # decision run there too (postprocess.py)
+            mask_logits = (self.backend.masks(feats, i, hs[i, keep]).float() if len(keep)
                            else torch.zeros(0, 1, 1))
             tm = time.perf_counter()
             full = resize_masks(mask_logits, geom, self.backend.mask_stride) if len(keep) else \

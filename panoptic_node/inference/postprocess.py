@@ -6,9 +6,13 @@
    bilinear resample (no full-size intermediate);
 4. per-pixel argmax among kept masks; stuff queries of one class share a segment; segments under
    `min_area` pixels are dropped and their pixels go to the next best mask.
+
+On a GPU (masks on a CUDA device) steps 3-4 stay on the device: the resize, the sigmoid x score,
+the argmax over queries (one vectorised call there, where a CPU is faster with a running maximum)
+and the re-decided pixels; only the H x W winner map and per-query counts come back to the host.
 """
 from functools import lru_cache
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -56,9 +60,16 @@ def resize_masks(masks: Tensor, geom: Geometry, stride: int) -> Tensor:
     if geom.resized_h == rows * stride and geom.resized_w == cols * stride:
         # the crop covers the frame exactly: plain bilinear resizing samples the same points
         return F.interpolate(m[None], size=(geom.height, geom.width), mode="bilinear", align_corners=False)[0]
-    ay = bilinear_matrix(geom.height, rows, stride * geom.height / geom.resized_h)
-    ax = bilinear_matrix(geom.width, cols, stride * geom.width / geom.resized_w)
+    ay = bilinear_matrix(geom.height, rows, stride * geom.height / geom.resized_h).to(m.device)
+    ax = bilinear_matrix(geom.width, cols, stride * geom.width / geom.resized_w).to(m.device)
     return torch.matmul(torch.matmul(ay, m), ax.T)
+
+
+def argmax_alive(values: Tensor, alive: Tensor) -> Tensor:
+    """Index of the best alive query per pixel in one vectorised call (the GPU path); dead queries
+    lose every pixel; ties go to the first query, as torch.argmax documents."""
+    dead = ~alive.to(values.device)
+    return values.masked_fill(dead[:, None, None], float("-inf")).argmax(0)
 
 
 def argmax_over_queries(values: Tensor, alive: Tensor) -> Tensor:
@@ -80,28 +91,37 @@ def argmax_over_queries(values: Tensor, alive: Tensor) -> Tensor:
 def reassign_pixels(values: Tensor, alive: Tensor, best: np.ndarray) -> np.ndarray:
     """After queries die, only the pixels they had won need a new argmax over the alive queries:
     the same answer as a full argmax (first alive query on ties), on a small share of the frame."""
-    alive_idx = torch.nonzero(alive).flatten()
+    alive_idx = torch.nonzero(alive).flatten().to(values.device)
     redo = np.flatnonzero(~alive.numpy()[best])
     if len(redo):
-        sub = values.flatten(1)[:, torch.from_numpy(redo)][alive_idx]
+        sub = values.flatten(1)[:, torch.from_numpy(redo).to(values.device)][alive_idx]
         best = best.copy()
-        best.ravel()[redo] = alive_idx[sub.argmax(0)].numpy()
+        best.ravel()[redo] = alive_idx[sub.argmax(0)].cpu().numpy()
     return best
 
 
 def merge_panoptic(masks: Tensor, labels: Tensor, scores: Tensor, thing_lut: np.ndarray, merge: str,
-                   min_area: int, taxonomy: str, overlap: float = 0.0) -> PanopticResult:
-    """masks: K x H x W logits at input resolution for the kept queries.
+                   min_area: int, taxonomy: str, overlap: float = 0.0,
+                   vectorized: Optional[bool] = None) -> PanopticResult:
+    """masks: K x H x W logits at input resolution for the kept queries (on any device); labels and
+    scores on the host.
 
     overlap > 0 also drops a query whose won pixels are less than that share of its own mask
-    (logit > 0): a fragment of an object another query explains (MaskFormer's overlap rule)."""
+    (logit > 0): a fragment of an object another query explains (MaskFormer's overlap rule).
+    vectorized: one argmax call instead of the running maximum; by default on non-CPU devices."""
     k, h, w = masks.shape
     if k == 0:
         return empty_result(h, w, taxonomy)
-    # numpy counts a K x H x W comparison ~2x faster than torch's reductions over bool tensors
-    own_area = np.count_nonzero(masks.numpy().reshape(k, -1) > 0, axis=1) if overlap > 0 else None
+    if vectorized is None:
+        vectorized = masks.device.type != "cpu"
+    if overlap <= 0:
+        own_area = None
+    elif vectorized:
+        own_area = (masks > 0).flatten(1).sum(1).cpu().numpy()
+    else:  # numpy counts a K x H x W comparison ~2x faster than torch's reductions over bool tensors
+        own_area = np.count_nonzero(masks.numpy().reshape(k, -1) > 0, axis=1)
     # in place: `masks` is this frame's own resized copy
-    values = masks if merge == "logits" else masks.sigmoid_().mul_(scores[:, None, None])
+    values = masks if merge == "logits" else masks.sigmoid_().mul_(scores.to(masks.device)[:, None, None])
     labels_np = labels.numpy().astype(np.int64)
     # stuff queries of one class form one segment; every thing query is its own
     group = np.empty(k, np.int64)
@@ -112,7 +132,7 @@ def merge_panoptic(masks: Tensor, labels: Tensor, scores: Tensor, thing_lut: np.
         else:
             group[q] = stuff_group.setdefault(lab, q)
     alive = torch.ones(k, dtype=torch.bool)
-    best = argmax_over_queries(values, alive).numpy()
+    best = (argmax_alive(values, alive) if vectorized else argmax_over_queries(values, alive)).cpu().numpy()
     while True:
         seg_of_pixel = group[best]
         areas = np.bincount(seg_of_pixel.ravel(), minlength=k)

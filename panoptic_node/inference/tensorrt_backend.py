@@ -189,4 +189,4 @@ class TensorRTBackend(Backend):  # pragma: no cover - needs a GPU
     def masks(self, mask_features, index, hs):
         feeds = {f"mf{i}": f[index:index + 1] for i, f in enumerate(mask_features)}
         feeds["hs"] = hs[None]
-        return self._run(self.mask_engine, self.mask_ctx, feeds)["masks"][0].cpu()
+        return self._run(self.mask_engine, self.mask_ctx, feeds)["masks"][0]  # stays on the GPU for postprocess
