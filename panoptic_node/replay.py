@@ -84,6 +84,11 @@ class VideoWriter:
         self.writer.close()
         self.partial.replace(self.path)
 
+    def abort(self) -> None:
+        """An interrupted replay: no video that looks finished is left behind."""
+        self.writer.close()
+        self.partial.unlink(missing_ok=True)
+
 
 def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_topic: Optional[str] = None,
            video=None, metrics_path=None, max_frames: Optional[int] = None, overwrite: bool = False,
@@ -164,6 +169,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
     except BaseException:
         if writer:
             writer.abort()
+        if video_out:
+            video_out.abort()
         raise
     finally:
         bar.close()
@@ -185,7 +192,9 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
     if video_out:
         video_out.close()
     if metrics_path:
-        Path(metrics_path).write_text(json.dumps(summary.to_dict(), indent=1, default=float))
+        tmp = Path(metrics_path).with_name(Path(metrics_path).name + ".partial")
+        tmp.write_text(json.dumps(summary.to_dict(), indent=1, default=float))
+        tmp.replace(metrics_path)
     return summary
 
 

@@ -207,6 +207,31 @@ def test_interrupted_writer_leaves_only_a_partial(tmp_path):
     assert not (tmp_path / "out").exists() and (tmp_path / "out.partial").is_dir()
 
 
+def test_interrupted_replay_leaves_nothing_that_looks_finished(tiny_pipeline, tmp_path, rng):
+    """Ctrl-C on the third frame: no output bag, no video, no metrics under their final names."""
+    stamps = [1_700_000_000_000_000_000 + i * 50_000_000 for i in range(4)]
+    bag = camera_bag(tmp_path / "in", "mcap", [(s, rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for s in stamps])
+    with pytest.raises(KeyboardInterrupt):
+        replay(_InterruptedAt(tiny_pipeline, 3), bag, tmp_path / "out", video=tmp_path / "v.mp4",
+               metrics_path=tmp_path / "m.json")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "v.mp4").exists() and not (tmp_path / "m.json").exists()
+    assert not list(tmp_path.glob("v.partial*"))
+
+
+class _InterruptedAt:
+    """The real pipeline, with Ctrl-C arriving on frame `at`."""
+
+    def __init__(self, pipeline, at):
+        self.__dict__.update(vars(pipeline))
+        self._pipeline, self._at, self._calls = pipeline, at, 0
+
+    def __call__(self, rgb):
+        self._calls += 1
+        if self._calls == self._at:
+            raise KeyboardInterrupt
+        return self._pipeline(rgb)
+
+
 def test_cityscapes_fixture(tmp_path, rng):
     root = tmp_path / "cs"
     for split_dir in ("leftImg8bit/val/aachen", "gtFine/val/aachen"):
