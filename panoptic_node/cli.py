@@ -221,7 +221,9 @@ def _set_precision(path, precision: str) -> None:
             data = json.loads(p.value)
             data["precision"] = precision
             p.value = json.dumps(data)
-    onnx.save(m, str(path))
+    tmp = Path(path).with_name(Path(path).name + ".partial")  # never a half-written graph under the final name
+    onnx.save(m, str(tmp))
+    tmp.replace(path)
 
 
 def cmd_build_engine(args) -> int:

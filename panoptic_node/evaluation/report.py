@@ -25,8 +25,10 @@ def bar_chart(report: dict, path, title: str = "") -> Path:
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    tmp = path.with_name(path.stem + ".partial" + path.suffix)  # the suffix tells matplotlib the format
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
+    tmp.replace(path)
     return path
 
 
