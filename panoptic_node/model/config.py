@@ -60,7 +60,7 @@ class ModelConfig:
     labels: str = "coco"             # taxonomy the class indices belong to
     mask_head: str = "detr_conv"     # detr_conv | dot_product
     mask_dim: int = 128              # dot_product only
-    mask_stride: int = 8             # dot_product only: pixel embeddings at stride 8 or 4 (thin classes)
+    mask_stride: int = 8             # dot_product only: pixel embeddings at stride 8 or 4 (finer masks)
     weights: Optional[str] = None    # default weights file, relative to the config file
     input: InputConfig = field(default_factory=InputConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
