@@ -153,8 +153,8 @@ class MBConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = x
         if self.expand != 1:
-            out = F.relu6(self._bn0(self._expand_conv(out)))
-        out = F.relu6(self._bn1(self._depthwise_conv(out)))
+            out = F.relu6(self._bn0(self._expand_conv(out)), inplace=True)
+        out = F.relu6(self._bn1(self._depthwise_conv(out)), inplace=True)
         out = self._bn2(self._project_conv(out))
         if not self.residual:
             return out
@@ -212,7 +212,7 @@ class EfficientNetLite(nn.Module):
         self.load_state_dict(state, strict=True)
 
     def forward(self, x: Tensor) -> List[Tensor]:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         feats = []
         for i, block in enumerate(self._blocks):
             x = block(x)
