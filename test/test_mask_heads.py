@@ -54,3 +54,17 @@ def test_bad_mask_stride_is_refused(overrides, message):
     base.update(overrides)
     with pytest.raises(ValueError, match=message):
         ModelConfig.from_dict(base, source="m.yaml")
+
+
+@pytest.mark.parametrize("stride", [8, 4])
+def test_query_side_projection_equals_projecting_every_pixel(stride):
+    """forward() applies pixel_out to the query embeddings; it must equal pixel_out on the pixels."""
+    torch.manual_seed(1)
+    model = build_model(compact_config(mask_stride=stride)).eval()
+    torch.nn.init.normal_(model.masks.pixel_out.bias)  # a bias that matters
+    with torch.no_grad():
+        out = model.detect(torch.randn(2, 3, 64, 96), torch.zeros(2, 64, 96, dtype=torch.bool))
+        got = model.predict_masks(out.mask_features, out.hs[:, :5])
+        pixels = model.masks.pixel_out(out.mask_features[0])
+        want = torch.einsum("bqc,bchw->bqhw", model.masks.mask_embed(out.hs[:, :5]), pixels)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -145,7 +145,14 @@ class DotProductMaskHead(nn.Module):
         if self.stride == 4:
             f4 = feats[0]
             x = self.smooth4(self.lateral4(f4) + F.interpolate(x, size=f4.shape[-2:], mode="bilinear", align_corners=False))
-        return (self.pixel_out(x),)
+        # pixel_out is applied on the query side in forward(): the features stay before it
+        return (x,)
 
     def forward(self, features: Tuple[Tensor, ...], hs: Tensor) -> Tensor:
-        return torch.einsum("bqc,bchw->bqhw", self.mask_embed(hs), features[0])
+        # mask = e . (W x + b) = (e W) . x + e . b for the 1x1 projection pixel_out (W, b): projecting
+        # the K query embeddings instead of every pixel saves a 128x128 matrix product per pixel
+        # (~3 ms per frame at stride 4); same function, same parameters
+        e = self.mask_embed(hs)
+        w = self.pixel_out.weight.flatten(1)
+        bias = (e * self.pixel_out.bias).sum(-1)
+        return torch.einsum("bqc,bchw->bqhw", e @ w, features[0]) + bias[..., None, None]
