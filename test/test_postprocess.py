@@ -160,28 +160,33 @@ def test_overlap_rule_drops_fragments_of_explained_objects():
 
 def test_reassign_equals_full_argmax_over_alive_queries():
     """Re-deciding only the pixels of dead queries gives the full argmax, ties to the first query."""
-    from panoptic_node.inference.postprocess import argmax_over_queries, reassign_pixels
+    from panoptic_node.inference.postprocess import argmax_alive, reassign_pixels
 
     rng = np.random.default_rng(3)
     values = torch.from_numpy(rng.integers(0, 4, (6, 9, 11)).astype(np.float32))  # many ties
     alive = torch.ones(6, dtype=torch.bool)
-    best = argmax_over_queries(values, alive).numpy()
+    best = argmax_alive(values, alive).numpy()
     for dead in ([2], [0, 5], [1, 3]):
         alive[dead] = False
         best = reassign_pixels(values, alive, best)
-        np.testing.assert_array_equal(best, argmax_over_queries(values, alive).numpy())
+        np.testing.assert_array_equal(best, argmax_alive(values, alive).numpy())
         assert alive.numpy()[best].all()
 
 
-def test_vectorised_argmax_equals_running_maximum():
-    """The GPU path's single argmax and the CPU's running maximum pick the same query, ties included."""
-    from panoptic_node.inference.postprocess import argmax_alive, argmax_over_queries
+def test_plane_by_plane_equals_one_argmax():
+    """The CPU path (one pass per query plane: own area, score x sigmoid, running best) and the GPU
+    path's single argmax pick the same query, ties included, and count the same own areas."""
+    from panoptic_node.inference.postprocess import argmax_alive, decide_plane_by_plane
 
-    values = torch.from_numpy(np.random.default_rng(5).integers(0, 3, (7, 8, 10)).astype(np.float32))
-    for dead in ([], [0], [1, 4, 6]):
-        alive = torch.ones(7, dtype=torch.bool)
-        alive[dead] = False
-        np.testing.assert_array_equal(argmax_alive(values, alive).numpy(), argmax_over_queries(values, alive).numpy())
+    rng = np.random.default_rng(5)
+    logits = torch.from_numpy(rng.integers(-2, 3, (7, 8, 10)).astype(np.float32))  # many ties
+    scores = torch.from_numpy(rng.uniform(0.5, 1, 7).astype(np.float32))
+    for merge in ("logits", "score_prob"):
+        values, best, own = decide_plane_by_plane(logits.clone(), scores, merge, True)
+        want = logits.clone() if merge == "logits" else logits.clone().sigmoid_().mul_(scores[:, None, None])
+        torch.testing.assert_close(values, want, rtol=0, atol=0)
+        np.testing.assert_array_equal(best, argmax_alive(want, torch.ones(7, dtype=torch.bool)).numpy())
+        np.testing.assert_array_equal(own, (logits > 0).flatten(1).sum(1).numpy())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -66,26 +66,33 @@ def resize_masks(masks: Tensor, geom: Geometry, stride: int) -> Tensor:
 
 
 def argmax_alive(values: Tensor, alive: Tensor) -> Tensor:
-    """Index of the best alive query per pixel in one vectorised call (the GPU path); dead queries
-    lose every pixel; ties go to the first query, as torch.argmax documents."""
+    """Index of the best alive query per pixel in one vectorised call (the GPU path; on a CPU a
+    strided argmax over the first dimension is ~10x slower than the plane-by-plane running maximum
+    below); dead queries lose every pixel; ties go to the first query, as torch.argmax documents."""
     dead = ~alive.to(values.device)
     return values.masked_fill(dead[:, None, None], float("-inf")).argmax(0)
 
 
-def argmax_over_queries(values: Tensor, alive: Tensor) -> Tensor:
-    """Index of the best alive query per pixel (first one on ties, like argmax).
-
-    A running maximum over the K query planes: K cheap passes over contiguous memory, where a
-    strided argmax over the first dimension of K x H x W is ~20x slower on CPU.
-    """
-    best_val = torch.full(values.shape[1:], float("-inf"), dtype=values.dtype)
-    best_idx = torch.zeros(values.shape[1:], dtype=torch.long)
-    better = torch.empty(values.shape[1:], dtype=torch.bool)
-    for q in torch.nonzero(alive).flatten().tolist():
-        torch.gt(values[q], best_val, out=better)
-        torch.maximum(values[q], best_val, out=best_val)
+def decide_plane_by_plane(masks: Tensor, scores: Tensor, merge: str, count_own: bool):
+    """The CPU path: each query plane once, while it is in cache: its own area (logit > 0, for the
+    overlap rule), its value (score x sigmoid, or the logit) and the running best (first query wins
+    ties). Returns (values, winner per pixel, own areas or None)."""
+    k = masks.shape[0]
+    own = np.empty(k, np.int64) if count_own else None
+    planes = masks.numpy()
+    best_val = torch.full(masks.shape[1:], float("-inf"), dtype=masks.dtype)
+    best_idx = torch.zeros(masks.shape[1:], dtype=torch.long)
+    better = torch.empty(masks.shape[1:], dtype=torch.bool)
+    for q in range(k):
+        if count_own:  # numpy counts ~2x faster than a torch reduction over a bool tensor
+            own[q] = np.count_nonzero(planes[q] > 0)
+        plane = masks[q]
+        if merge != "logits":
+            plane.sigmoid_().mul_(scores[q])
+        torch.gt(plane, best_val, out=better)
+        torch.maximum(plane, best_val, out=best_val)
         best_idx.masked_fill_(better, q)
-    return best_idx
+    return masks, best_idx.numpy(), own
 
 
 def reassign_pixels(values: Tensor, alive: Tensor, best: np.ndarray) -> np.ndarray:
@@ -114,14 +121,13 @@ def merge_panoptic(masks: Tensor, labels: Tensor, scores: Tensor, thing_lut: np.
         return empty_result(h, w, taxonomy)
     if vectorized is None:
         vectorized = masks.device.type != "cpu"
-    if overlap <= 0:
-        own_area = None
-    elif vectorized:
-        own_area = (masks > 0).flatten(1).sum(1).cpu().numpy()
-    else:  # numpy counts a K x H x W comparison ~2x faster than torch's reductions over bool tensors
-        own_area = np.count_nonzero(masks.numpy().reshape(k, -1) > 0, axis=1)
     # in place: `masks` is this frame's own resized copy
-    values = masks if merge == "logits" else masks.sigmoid_().mul_(scores.to(masks.device)[:, None, None])
+    if vectorized:
+        own_area = (masks > 0).flatten(1).sum(1).cpu().numpy() if overlap > 0 else None
+        values = masks if merge == "logits" else masks.sigmoid_().mul_(scores.to(masks.device)[:, None, None])
+        best = argmax_alive(values, torch.ones(k, dtype=torch.bool)).cpu().numpy()
+    else:
+        values, best, own_area = decide_plane_by_plane(masks, scores, merge, overlap > 0)
     labels_np = labels.numpy().astype(np.int64)
     # stuff queries of one class form one segment; every thing query is its own
     group = np.empty(k, np.int64)
@@ -132,7 +138,6 @@ def merge_panoptic(masks: Tensor, labels: Tensor, scores: Tensor, thing_lut: np.
         else:
             group[q] = stuff_group.setdefault(lab, q)
     alive = torch.ones(k, dtype=torch.bool)
-    best = (argmax_alive(values, alive) if vectorized else argmax_over_queries(values, alive)).cpu().numpy()
     while True:
         seg_of_pixel = group[best]
         areas = np.bincount(seg_of_pixel.ravel(), minlength=k)
