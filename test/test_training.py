@@ -198,3 +198,26 @@ def test_cityscapes_folder_trains_through_the_same_interface(tmp_path, rng):
     assert s.instance[15, 6] == 1 and s.instance[15, 22] == 2 and s.instance[0, 0] == 0
     with pytest.raises(ValueError, match="expected one of camvid, cityscapes, kitti"):
         make_dataset("mapillary", root, "train")
+
+
+def test_kitti_semantics_folder_trains_through_the_same_interface(tmp_path, rng):
+    """KITTI's semantics training set (Cityscapes label ids, instance = label * 256 + k) as a dataset."""
+    from panoptic_node.training.data import make_dataset
+    root = tmp_path / "kitti"
+    for d in ("image_2", "semantic", "instance"):
+        (root / "training" / d).mkdir(parents=True)
+    label = np.full((16, 24), 7, np.uint8)   # road
+    label[:4] = 23                           # sky
+    label[6:12, 2:8] = 26                    # a car
+    label[6:12, 12:18] = 26                  # another car
+    instance = label.astype(np.uint16) * 256
+    instance[6:12, 2:8] += 1
+    instance[6:12, 12:18] += 2
+    Image.fromarray(rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(root / "training/image_2/000000_10.png")
+    Image.fromarray(label).save(root / "training/semantic/000000_10.png")
+    Image.fromarray(instance).save(root / "training/instance/000000_10.png")
+    ds = make_dataset("kitti", root, "train")
+    s = ds[0]
+    assert len(ds) == 1 and s.rgb.shape == (16, 24, 3)
+    assert s.semantic[0, 0] == 10 and s.semantic[15, 23] == 0 and s.semantic[8, 4] == 13  # trainIds
+    assert s.instance[8, 4] != s.instance[8, 14] and s.instance[8, 4] > 0 and s.instance[0, 0] == 0
