@@ -51,3 +51,21 @@ def test_same_padding_matches_tensorflow(kernel, stride, size):
         out = conv(x)
     assert out.shape[-2:] == tuple(math.ceil(i / stride) for i in size)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(360, 480), (97, 131)])
+def test_prepadded_expansion_equals_plain_same_padding(size):
+    """Eager blocks pad the narrow block input and zero the expansion's extra row / column instead of
+    padding the wide expanded tensor; exported graphs keep the plain Pad. Both give the same features."""
+    from unittest import mock
+    from conftest import randomize_batchnorm
+    torch.manual_seed(0)
+    net = build_backbone("efficientnet_lite0").eval()
+    randomize_batchnorm(net)  # non-zero BatchNorm shifts: the padded positions are not zero by accident
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        fast = net(x)
+        with mock.patch("torch.onnx.is_in_onnx_export", return_value=True):
+            plain = net(x)
+    for a, b in zip(fast, plain):
+        assert torch.equal(a, b)

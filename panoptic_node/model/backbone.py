@@ -6,7 +6,7 @@ Parameter names follow torchvision's ResNet and the EfficientNet-Lite weight fil
 weights load by name.
 """
 import math
-from typing import List
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -113,19 +113,23 @@ class SamePadConv2d(nn.Conv2d):
     on odd sizes, and a padding fixed for 224-pixel inputs is wrong for 360-row frames.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        # plain ints: an exported graph (static size) then carries constant pads, which ONNX Runtime
-        # folds into the convolution instead of running a Pad
-        ih, iw = int(x.shape[-2]), int(x.shape[-1])
+    def same_padding(self, ih: int, iw: int) -> Tuple[int, int]:
+        """TF's total SAME padding (rows, columns) for an ih x iw input."""
         kh, kw = self.weight.shape[-2:]
         sh, sw = self.stride
-        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
-        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        return (max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0), max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0))
+
+    def forward(self, x: Tensor, padded: Tuple[int, int] = (0, 0)) -> Tensor:
+        """padded: extra (rows, columns) the caller already added at the bottom / right."""
+        # plain ints: an exported graph (static size) then carries constant pads, which ONNX Runtime
+        # folds into the convolution instead of running a Pad
+        ih, iw = int(x.shape[-2]) - padded[0], int(x.shape[-1]) - padded[1]
+        ph, pw = self.same_padding(ih, iw)
         # the symmetric part goes to the convolution itself (a separate pad copies the whole
         # tensor: ~15% of the backbone's time); only the odd extra row / column of a stride-2
         # layer needs an explicit pad on the bottom / right, as TF puts it there
-        if ph % 2 or pw % 2:
-            x = F.pad(x, [0, pw % 2, 0, ph % 2])
+        if ph % 2 > padded[0] or pw % 2 > padded[1]:
+            x = F.pad(x, [0, pw % 2 - padded[1], 0, ph % 2 - padded[0]])
         return F.conv2d(x, self.weight, self.bias, self.stride, (ph // 2, pw // 2), self.dilation, self.groups)
 
 
@@ -151,10 +155,22 @@ class MBConv(nn.Module):
         self.drop_connect = drop_connect
 
     def forward(self, x: Tensor) -> Tensor:
-        out = x
+        out, padded = x, (0, 0)
         if self.expand != 1:
-            out = F.relu6(self._bn0(self._expand_conv(out)), inplace=True)
-        out = F.relu6(self._bn1(self._depthwise_conv(out)), inplace=True)
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+            ph, pw = self._depthwise_conv.same_padding(h, w)
+            padded = (ph % 2, pw % 2)
+            if padded != (0, 0) and not torch.onnx.is_in_onnx_export():
+                # the stride-2 SAME convolution's extra bottom row / right column: pad the block input
+                # (6x fewer channels than the expanded tensor) and zero what the 1x1 expansion made of
+                # it. Exported graphs keep the plain Pad, which onnx_passes folds into the Conv.
+                out = F.relu6(self._bn0(self._expand_conv(F.pad(x, [0, padded[1], 0, padded[0]]))), inplace=True)
+                out[..., h:, :] = 0
+                out[..., :, w:] = 0
+            else:
+                padded = (0, 0)
+                out = F.relu6(self._bn0(self._expand_conv(out)), inplace=True)
+        out = F.relu6(self._bn1(self._depthwise_conv(out, padded)), inplace=True)
         out = self._bn2(self._project_conv(out))
         if not self.residual:
             return out
