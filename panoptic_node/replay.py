@@ -4,7 +4,6 @@ new bag, summarise speed, render an overlay video and score against ground truth
 Ground truth (/ground_truth/panoptic + /ground_truth/semantic) is matched to frames by header stamp
 in one pass over the bag, so memory stays flat however long the bag is.
 """
-import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from .bag.outputs import ResultBagWriter, camera_namespace
 from .bag.reader import BagReader, decode_frame
 from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.evaluator import Evaluator
+from .evaluation.report import write_json
 from .messages import FrameError, image_array
 from .render import overlay
 
@@ -192,9 +192,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
     if video_out:
         video_out.close()
     if metrics_path:
-        tmp = Path(metrics_path).with_name(Path(metrics_path).name + ".partial")
-        tmp.write_text(json.dumps(summary.to_dict(), indent=1, default=float))
-        tmp.replace(metrics_path)
+        write_json(summary.to_dict(), metrics_path)  # through a .partial name
     return summary
 
 

@@ -24,6 +24,12 @@ def bar_chart(report: dict, path, title: str = "") -> Path:
                           f"({report['frames']} frames)")
     ax.legend()
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path) -> Path:
+    """Save and close a matplotlib figure through a .partial name: never a half-written picture."""
+    import matplotlib.pyplot as plt
     path = Path(path)
     tmp = path.with_name(path.stem + ".partial" + path.suffix)  # the suffix tells matplotlib the format
     fig.savefig(tmp, dpi=100)

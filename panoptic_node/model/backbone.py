@@ -159,17 +159,16 @@ class MBConv(nn.Module):
         if self.expand != 1:
             h, w = int(x.shape[-2]), int(x.shape[-1])
             ph, pw = self._depthwise_conv.same_padding(h, w)
-            padded = (ph % 2, pw % 2)
-            if padded != (0, 0) and not torch.onnx.is_in_onnx_export():
+            if (ph % 2 or pw % 2) and not torch.onnx.is_in_onnx_export():
                 # the stride-2 SAME convolution's extra bottom row / right column: pad the block input
-                # (6x fewer channels than the expanded tensor) and zero what the 1x1 expansion made of
-                # it. Exported graphs keep the plain Pad, which onnx_passes folds into the Conv.
-                out = F.relu6(self._bn0(self._expand_conv(F.pad(x, [0, padded[1], 0, padded[0]]))), inplace=True)
+                # (6x fewer channels than the expanded tensor) and zero what the 1x1 expansion makes
+                # of it below. Exported graphs keep the plain Pad, which onnx_passes folds into the Conv.
+                padded = (ph % 2, pw % 2)
+                out = F.pad(x, [0, padded[1], 0, padded[0]])
+            out = F.relu6(self._bn0(self._expand_conv(out)), inplace=True)
+            if padded != (0, 0):
                 out[..., h:, :] = 0
                 out[..., :, w:] = 0
-            else:
-                padded = (0, 0)
-                out = F.relu6(self._bn0(self._expand_conv(out)), inplace=True)
         out = F.relu6(self._bn1(self._depthwise_conv(out, padded)), inplace=True)
         out = self._bn2(self._project_conv(out))
         if not self.residual:

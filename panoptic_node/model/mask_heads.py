@@ -151,7 +151,7 @@ class DotProductMaskHead(nn.Module):
     def forward(self, features: Tuple[Tensor, ...], hs: Tensor) -> Tensor:
         # mask = e . (W x + b) = (e W) . x + e . b for the 1x1 projection pixel_out (W, b): projecting
         # the K query embeddings instead of every pixel saves a 128x128 matrix product per pixel
-        # (~3 ms per frame at stride 4); same function, same parameters
+        # (~1.4 ms per frame at stride 4); same function, same parameters
         e = self.mask_embed(hs)
         w = self.pixel_out.weight.flatten(1)
         bias = (e * self.pixel_out.bias).sum(-1)

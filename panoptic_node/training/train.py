@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..evaluation.evaluator import Evaluator
 from ..evaluation.gt import panoptic_from_labels
+from ..evaluation.report import save_figure
 from ..inference.backend import TorchBackend
 from ..inference.pipeline import Pipeline
 from ..inference.preprocess import normalize
@@ -95,10 +96,7 @@ def plot_curve(history, path: Path) -> None:
     ax2.set_ylabel("val %")
     fig.legend(loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".partial.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 4, crop=(352, 480),
