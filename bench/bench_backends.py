@@ -43,7 +43,7 @@ def main():
     cfg = load_config(args.model)
     model = build_model(cfg)
     load_weights(model, cfg.weights)
-    size = (-(-cfg.input.short_side // 32) * 32, -(-cfg.input.max_size // 32) * 32)
+    size = cfg.input.canvas
     rows = []
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)

@@ -178,8 +178,7 @@ def _export_size(cfg, size: str):
     if size:
         h, w = (int(v) for v in size.lower().split("x"))
         return h, w
-    d = max(1, cfg.input.size_divisibility)
-    return -(-cfg.input.short_side // d) * d, -(-cfg.input.max_size // d) * d
+    return cfg.input.canvas
 
 
 def cmd_export(args) -> int:
@@ -227,10 +226,14 @@ def _set_precision(path, precision: str) -> None:
 
 
 def cmd_build_engine(args) -> int:
-    from .inference.tensorrt_backend import TensorRTBackend
     from .model.config import load_config
-    TensorRTBackend(args.onnx, load_config(args.model), precision=args.precision,
-                    log=lambda m: print(m, file=sys.stderr))
+    log = lambda m: print(m, file=sys.stderr)
+    if args.onnx:
+        from .inference.tensorrt_backend import TensorRTBackend
+        TensorRTBackend(args.onnx, load_config(args.model), precision=args.precision, log=log)
+    else:
+        from .inference.backends import compile_torch_tensorrt
+        compile_torch_tensorrt(load_config(args.model), args.weights, precision=args.precision, log=log)
     print("engine ready")
     return 0
 
@@ -317,9 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "VNNI otherwise; --no-reduce-range for TensorRT and VNNI CPUs")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("build-engine", help="build (or check) the cached TensorRT engine for an exported graph")
-    p.add_argument("onnx")
+    p = sub.add_parser("build-engine", help="build (or check) the cached TensorRT engines: from an exported graph, "
+                                            "or without one from the PyTorch weights via torch_tensorrt")
+    p.add_argument("onnx", nargs="?", help="exported graph (omit to compile the PyTorch model with torch_tensorrt)")
     p.add_argument("--model", default="street_lite0")
+    p.add_argument("--weights", help="PyTorch weights for the torch_tensorrt path (default: the model's own)")
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
     p.set_defaults(func=cmd_build_engine)
 

@@ -12,7 +12,7 @@ from panoptic_node.model.config import load_config
 
 
 def key(**changes):
-    base = dict(onnx_sha256="ab" * 32, tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
+    base = dict(source_sha256="ab" * 32, tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
                 precision="fp16", input_shape=(384, 480))
     base.update(changes)
     return EngineKey(**base)
@@ -20,7 +20,7 @@ def key(**changes):
 
 def test_key_changes_with_every_field():
     digests = {key().digest()}
-    for change in (dict(onnx_sha256="cd" * 32), dict(tensorrt_version="10.4.0"), dict(gpu_name="RTX 4090"),
+    for change in (dict(source_sha256="cd" * 32), dict(tensorrt_version="10.4.0"), dict(gpu_name="RTX 4090"),
                    dict(compute_capability="8.9"), dict(precision="int8"), dict(input_shape=(360, 480))):
         digests.add(key(**change).digest())
     assert len(digests) == 7

@@ -1,5 +1,7 @@
 """Choosing a backend: auto picks TensorRT if CUDA and TensorRT import, else ONNX Runtime (when an
-exported graph is given or found beside the weights), else torch."""
+exported graph is given or found beside the weights), else torch.
+
+TensorRT runs an exported graph when there is one, else the PyTorch model compiled by torch_tensorrt."""
 import importlib.util
 from pathlib import Path
 from typing import Optional
@@ -31,11 +33,24 @@ def resolve(backend: str, cfg, onnx: Optional[str] = None) -> str:
         raise ValueError(f"backend '{backend}' is not one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
-    if tensorrt_available() and (onnx or default_onnx_path(cfg)):
+    if tensorrt_available() and (onnx or default_onnx_path(cfg) or importlib.util.find_spec("torch_tensorrt")):
         return "tensorrt"
     if importlib.util.find_spec("onnxruntime") and (onnx or default_onnx_path(cfg)):
         return "onnxruntime"
     return "torch"
+
+
+def compile_torch_tensorrt(cfg, weights: Optional[str] = None, precision: str = "fp16", log=print):
+    """The TensorRT backend for a PyTorch checkpoint (no exported graph): torch_tensorrt, cached."""
+    from ..model.checkpoint import load_weights
+    from ..model.detr import build_model
+    from .torch_tensorrt_backend import TorchTensorRTBackend
+    source = weights or cfg.weights
+    if not source:
+        raise FileNotFoundError(f"model '{cfg.name}' has no default weights; pass --weights FILE")
+    net = build_model(cfg)
+    load_weights(net, source)
+    return TorchTensorRTBackend(net, cfg, source, precision=precision, log=log)
 
 
 def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "auto", device: str = "cpu",
@@ -48,6 +63,9 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     if chosen == "torch":
         return Pipeline.from_config(cfg, weights=weights, device=device, threshold=threshold, labels=labels)
     path = onnx or default_onnx_path(cfg)
+    if chosen == "tensorrt" and path is None:
+        return Pipeline(cfg, compile_torch_tensorrt(cfg, weights, log=log or print), labels=labels,
+                        threshold=threshold)
     if path is None:
         raise FileNotFoundError(f"backend '{chosen}' needs an exported graph: pass --onnx FILE "
                                 f"(make one with `panoptic-node export --model {cfg.name}`)")

@@ -1,9 +1,10 @@
 """TensorRT backend (Jetson / desktop GPUs): an engine built from the exported ONNX, cached.
 
-The cache key is the ONNX file's sha256 + TensorRT version + GPU name and compute capability +
-precision + input shape. A cached engine's sidecar metadata is checked on load; on any mismatch the
-engine is rebuilt with a log line, never silently used. The key / check / rebuild decision is
-plain Python (tested without a GPU); building and running need CUDA and the tensorrt package.
+The cache key is the ONNX file's sha256 (for torch_tensorrt: the weights' and the config's) + TensorRT
+version + GPU name and compute capability + precision + input shape. A cached engine's sidecar
+metadata is checked on load; on any mismatch the engine is rebuilt with a log line, never silently
+used. The key / check / rebuild decision is plain Python (tested without a GPU); building and running
+need CUDA and the tensorrt package.
 """
 import hashlib
 import json
@@ -19,7 +20,7 @@ from .backend import Backend
 
 @dataclass(frozen=True)
 class EngineKey:
-    onnx_sha256: str
+    source_sha256: str  # of the ONNX file; for a torch_tensorrt module, of weights + config + part
     tensorrt_version: str
     gpu_name: str
     compute_capability: str

@@ -36,6 +36,13 @@ class InputConfig:
     size_divisibility: int = 32      # pad to a multiple of this (a fixed size keeps exports static)
     normalization: str = "imagenet"  # imagenet (mean/std) | tf ((x - 127) / 128, EfficientNet-Lite)
 
+    @property
+    def canvas(self):
+        """(H, W) of the padded canvas a landscape frame at the configured size fills: the static input
+        of exported graphs and compiled engines."""
+        d = max(1, self.size_divisibility)
+        return -(-self.short_side // d) * d, -(-self.max_size // d) * d
+
 
 @dataclass
 class PostprocessConfig:
