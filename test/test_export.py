@@ -58,6 +58,14 @@ def test_pipeline_on_onnxruntime_equals_torch(exported, rng):
     assert agree > 0.999
 
 
+def test_onnxruntime_threads_do_not_spin_between_runs(exported):
+    # spinning workers steal the cores from the post-processing that follows each run (README figures)
+    cfg, _, path = exported
+    be = OnnxRuntimeBackend(path, cfg)
+    for session in (be.detect_session, be.mask_session):
+        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_metadata(exported):
     cfg, _, path = exported
     meta = read_metadata(path)

@@ -37,6 +37,10 @@ class OnnxRuntimeBackend(Backend):
         if threads:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ONNX Runtime's worker threads spin after each run by default; on a 2-core machine they then
+        # steal the cores from the torch post-processing that follows (measured: post-processing
+        # 39 ms instead of 13, end to end 71 ms instead of 41)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             available = ort.get_available_providers()
