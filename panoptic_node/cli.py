@@ -204,25 +204,10 @@ def cmd_export(args) -> int:
         fp32 = out.with_name(out.stem + ".fp32.onnx")
         detect, masks = export_onnx(model, size, fp32)
         quantize_int8(fp32, out, cfg, size, args.calib, args.calib_frames, args.calib_method, args.reduce_range)
-        _set_precision(out, "int8")
         mask_graph_path(fp32).replace(mask_graph_path(out))
         detect, masks = out, mask_graph_path(out)
     print(f"wrote {detect} and {masks} ({args.precision}, input {size[0]}x{size[1]})")
     return 0
-
-
-def _set_precision(path, precision: str) -> None:
-    import json
-    import onnx
-    m = onnx.load(str(path))
-    for p in m.metadata_props:
-        if p.key == "panoptic_node":
-            data = json.loads(p.value)
-            data["precision"] = precision
-            p.value = json.dumps(data)
-    tmp = Path(path).with_name(Path(path).name + ".partial")  # never a half-written graph under the final name
-    onnx.save(m, str(tmp))
-    tmp.replace(path)
 
 
 def cmd_build_engine(args) -> int:
@@ -315,9 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", help="bag or image folder with frames to calibrate int8 on")
     p.add_argument("--calib-frames", type=int, default=32)
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
-    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=True,
-                   help="7-bit int8 weights (default): ONNX Runtime's int8 kernels saturate on x86 CPUs without "
-                        "VNNI otherwise; --no-reduce-range for TensorRT and VNNI CPUs")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=False,
+                   help="7-bit int8 weights, only for ONNX Runtime on x86 CPUs without VNNI (its int8 kernels "
+                        "saturate on 8-bit weights there); the default 8-bit weights suit TensorRT, VNNI and ARM")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("build-engine", help="build (or check) the cached TensorRT engines: from an exported graph, "

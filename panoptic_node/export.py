@@ -82,6 +82,16 @@ def export_onnx(model, size: Tuple[int, int], out, precision: str = "fp32") -> T
     return out, masks_path
 
 
+def set_metadata(path, **changes) -> None:
+    """Updates fields of a graph's panoptic_node metadata in place (e.g. precision after quantization)."""
+    import onnx
+    m = onnx.load(str(path))
+    for p in m.metadata_props:
+        if p.key == "panoptic_node":
+            p.value = json.dumps({**json.loads(p.value), **changes})
+    onnx.save(m, str(path))
+
+
 def read_metadata(path) -> dict:
     import onnx
     try:

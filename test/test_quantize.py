@@ -11,8 +11,8 @@ pytest.importorskip("onnxruntime")
 from onnx import numpy_helper  # noqa: E402
 
 from panoptic_node.bag.writer import BagWriter, header, image_msg  # noqa: E402
-from panoptic_node.export import export_onnx  # noqa: E402
-from panoptic_node.inference.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
+from panoptic_node.export import export_onnx, read_metadata  # noqa: E402
+from panoptic_node.inference.onnxruntime_backend import OnnxRuntimeBackend, int8_saturation_warning  # noqa: E402
 from panoptic_node.inference.pipeline import Pipeline  # noqa: E402
 from panoptic_node.messages import image_fields  # noqa: E402
 from panoptic_node.model.detr import build_model  # noqa: E402
@@ -95,11 +95,36 @@ def test_int8_qdq_graph(fp32, image_dir, rng):
               and producers[n.input[0]].op_type == "Conv"]
     assert conv_q
     assert all(float(inits[n.input[1]]) == pytest.approx(6 / 127, rel=1e-6) for n in conv_q)
-    # weights are 7-bit by default (ONNX Runtime's non-VNNI int8 kernels saturate on 8-bit ones)
+    # full 8-bit weights by default, and the graph says so
     weights_q = [inits[n.input[0]] for n in q_nodes if n.op_type == "DequantizeLinear" and n.input[0] in inits
                  and inits[n.input[0]].dtype == np.int8]
-    assert weights_q and max(int(np.abs(w).max()) for w in weights_q) <= 64
+    assert weights_q and max(int(np.abs(w).max()) for w in weights_q) == 127
+    meta = read_metadata(out)
+    assert meta["precision"] == "int8" and meta["int8_weight_bits"] == 8
     # and it still runs, giving maps of the right size
     (d / "m_int8.masks.onnx").write_bytes((d / "m.masks.onnx").read_bytes())
     result = Pipeline(cfg, OnnxRuntimeBackend(out, cfg))(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))
     assert result.shape == (48, 80)
+
+
+def test_reduce_range_gives_7_bit_weights(fp32, image_dir):
+    # for ONNX Runtime on x86 CPUs without VNNI, whose int8 kernels saturate on 8-bit weights
+    cfg, d = fp32
+    out = quantize_int8(d / "m.onnx", d / "m_int8_7bit.onnx", cfg, (64, 96), image_dir, frames=4, reduce_range=True)
+    model = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    weights_q = [inits[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear"
+                 and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
+    assert weights_q and max(int(np.abs(w).max()) for w in weights_q) <= 64
+    assert read_metadata(out)["int8_weight_bits"] == 7
+
+
+def test_int8_saturation_warning_only_where_it_applies():
+    int8 = {"precision": "int8", "int8_weight_bits": 8}
+    warning = int8_saturation_warning(int8, "x86_64", {"avx2", "fma"})
+    assert warning and "--reduce-range" in warning and "VNNI" in warning
+    assert int8_saturation_warning(int8, "x86_64", {"avx2", "avx512_vnni"}) is None
+    assert int8_saturation_warning(int8, "x86_64", {"avx2", "avx_vnni"}) is None
+    assert int8_saturation_warning(int8, "aarch64", set()) is None
+    assert int8_saturation_warning({"precision": "int8", "int8_weight_bits": 7}, "x86_64", {"avx2"}) is None
+    assert int8_saturation_warning({"precision": "fp32"}, "x86_64", {"avx2"}) is None

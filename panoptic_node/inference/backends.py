@@ -71,8 +71,8 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
                                 f"(make one with `panoptic-node export --model {cfg.name}`)")
     if chosen == "tensorrt":
         from .tensorrt_backend import TensorRTBackend
-        be = TensorRTBackend(path, cfg, device=device)
+        be = TensorRTBackend(path, cfg, device=device, log=log or print)
     else:
         from .onnxruntime_backend import OnnxRuntimeBackend
-        be = OnnxRuntimeBackend(path, cfg, device=device)
+        be = OnnxRuntimeBackend(path, cfg, device=device, log=log or print)
     return Pipeline(cfg, be, labels=labels, threshold=threshold)

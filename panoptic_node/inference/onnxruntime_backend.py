@@ -1,7 +1,9 @@
 """ONNX Runtime backend: the two exported graphs (detect + kept-query mask head).
 
 CPU by default; CUDA / TensorRT execution providers are used when present and asked for."""
+import platform
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -11,10 +13,36 @@ from ..export import mask_graph_path, read_metadata
 from .backend import Backend
 
 
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def cpu_flags() -> set:
+    """This CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def int8_saturation_warning(meta: dict, machine: str, flags: set) -> Optional[str]:
+    """A warning when an int8 graph with full 8-bit weights is about to run on an x86 CPU without VNNI,
+    where ONNX Runtime's int8 kernels saturate (see quantize.quantize_int8); None when it is safe."""
+    if meta.get("precision") != "int8" or meta.get("int8_weight_bits") != 8:
+        return None
+    if machine.lower() not in ("x86_64", "amd64", "i386", "i686") or flags & VNNI_FLAGS:
+        return None
+    return ("WARNING: this int8 graph has 8-bit weights and this x86 CPU has no VNNI, where ONNX Runtime's int8 "
+            "kernels saturate (a street model fell from PQ 52.7 to 19.6); re-export it with "
+            "`panoptic-node export --precision int8 --reduce-range` for this CPU")
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, onnx_path, expected_config=None, device: str = "cpu", threads: int = 0):
+    def __init__(self, onnx_path, expected_config=None, device: str = "cpu", threads: int = 0, log=print):
         import onnxruntime as ort
 
         path = Path(onnx_path)
@@ -51,6 +79,10 @@ class OnnxRuntimeBackend(Backend):
         except Exception as e:
             raise ValueError(f"ONNX Runtime cannot load '{path}' ({str(e).splitlines()[0]})") from None
         self.providers = self.detect_session.get_providers()
+        if self.providers[0] == "CPUExecutionProvider":
+            warning = int8_saturation_warning(meta, platform.machine(), cpu_flags())
+            if warning:
+                log(warning)
         self.feature_names = [o.name for o in self.detect_session.get_outputs()][3:]
         self.mask_stride = ModelConfig.from_dict(meta["config"]).output_mask_stride
 

@@ -51,7 +51,8 @@ class PanopticNode(Node):
         from ..inference.backends import make_pipeline
         self.pipeline = make_pipeline(p["model"], weights=p["weights"] or None, backend=p["backend"],
                                       device=p["device"], threshold=None if p["threshold"] < 0 else p["threshold"],
-                                      labels=None if p["label_set"] == "native" else p["label_set"])
+                                      labels=None if p["label_set"] == "native" else p["label_set"],
+                                      log=self.get_logger().info)
         self.taxonomy = (self.pipeline.mapping.target if self.pipeline.mapping else self.pipeline.taxonomy)
         self.get_logger().info(f"model {self.pipeline.cfg.name} on backend {self.pipeline.backend.name} "
                                f"({self.pipeline.backend.precision}), labels {self.taxonomy.name}")
