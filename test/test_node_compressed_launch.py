@@ -35,8 +35,13 @@ def generate_test_description():
     wrong_type = launch_ros.actions.Node(
         package="panoptic_node", executable="panoptic_node", name="panoptic_wrong_type", output="screen",
         parameters=[{"cameras": ["/cam_f"], "model": model, "qos_depth": "deep"}])
-    return (launch.LaunchDescription([good, bad, misspelt, wrong_type, launch_testing.actions.ReadyToTest()]),
-            {"good": good, "bad": bad, "misspelt": misspelt, "wrong_type": wrong_type})
+    # the onnxruntime backend pointed at a graph that is not there
+    missing_onnx = launch_ros.actions.Node(
+        package="panoptic_node", executable="panoptic_node", name="panoptic_missing_onnx", output="screen",
+        parameters=[{"cameras": ["/cam_g"], "model": model, "backend": "onnxruntime", "onnx": "/nonexistent/m.onnx"}])
+    return (launch.LaunchDescription([good, bad, misspelt, wrong_type, missing_onnx,
+                                      launch_testing.actions.ReadyToTest()]),
+            {"good": good, "bad": bad, "misspelt": misspelt, "wrong_type": wrong_type, "missing_onnx": missing_onnx})
 
 
 class TestCompressed(unittest.TestCase):
@@ -71,9 +76,13 @@ class TestCompressed(unittest.TestCase):
         proc_output.assertWaitFor("parameter 'qos_depth' = 'deep' is invalid", process=wrong_type, timeout=30,
                                   stream="stderr")
 
+    def test_missing_onnx_is_one_line(self, proc_output, missing_onnx):
+        proc_output.assertWaitFor("ONNX file '/nonexistent/m.onnx' does not exist", process=missing_onnx, timeout=30,
+                                  stream="stderr")
+
 
 @launch_testing.post_shutdown_test()
 class TestExit(unittest.TestCase):
-    def test_bad_param_exit_code(self, proc_info, bad, misspelt, wrong_type):
-        for proc in (bad, misspelt, wrong_type):
+    def test_bad_param_exit_code(self, proc_info, bad, misspelt, wrong_type, missing_onnx):
+        for proc in (bad, misspelt, wrong_type, missing_onnx):
             launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[1], process=proc)
