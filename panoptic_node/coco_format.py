@@ -1,13 +1,12 @@
 """COCO panoptic format (what panopticapi's pq_compute reads): a PNG per frame whose colour encodes
 the segment id (id = R + 256 G + 256^2 B, 0 = void) and one JSON with `annotations[].segments_info`
 and `categories`."""
-import json
-import os
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 
+from .atomic import write_json
 from .inference.result import PanopticResult
 from .taxonomy import Taxonomy
 
@@ -32,14 +31,6 @@ def annotation(result: PanopticResult, image_id: int, file_name: str) -> Dict:
 def categories(taxonomy: Taxonomy) -> List[Dict]:
     return [{"id": c.id, "name": c.name, "isthing": int(c.isthing), "color": list(c.color), "supercategory": ""}
             for c in taxonomy.classes]
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Readers never see a half-written file: write beside it, then rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 def panoptic_json(annotations: List[Dict], images: List[Dict], taxonomy: Taxonomy) -> Dict:
@@ -69,5 +60,5 @@ class CocoPanopticWriter:
 
     def close(self) -> Path:
         path = self.out / "panoptic.json"
-        write_json_atomic(path, panoptic_json(self.annotations, self.images, self.taxonomy))
+        write_json(panoptic_json(self.annotations, self.images, self.taxonomy), path)
         return path

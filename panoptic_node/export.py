@@ -14,6 +14,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from .atomic import atomic_path
 from .onnx_passes import fold_pads_into_convs
 
 OPSET = 17
@@ -62,23 +63,21 @@ def export_onnx(model, size: Tuple[int, int], out, precision: str = "fp32") -> T
         det = model.detect(image, pad.bool())
     n_feats = len(det.mask_features)
     feat_names = [f"mf{i}" for i in range(n_feats)]
-    tmp = out.with_name(out.name + ".partial")
-    torch.onnx.export(_Detect(model).eval(), (image, pad), tmp, opset_version=OPSET, dynamo=False,
-                      input_names=["image", "pad_mask"], output_names=["logits", "boxes", "hs"] + feat_names)
     masks_path = mask_graph_path(out)
-    masks_tmp = masks_path.with_name(masks_path.name + ".partial")
     hs = det.hs[:, :3]
-    torch.onnx.export(_Masks(model).eval(), (hs,) + tuple(det.mask_features), masks_tmp, opset_version=OPSET, dynamo=False,
-                      input_names=["hs"] + feat_names, output_names=["masks"],
-                      dynamic_axes={"hs": {1: "queries"}, "masks": {1: "queries"}})
     meta = metadata(model.cfg, size, precision)
-    for p, final in ((tmp, out), (masks_tmp, masks_path)):
-        m = onnx.load(str(p))
-        fold_pads_into_convs(m)
-        for k, v in meta.items():
-            m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-        onnx.save(m, str(p))
-        p.replace(final)
+    with atomic_path(out) as tmp, atomic_path(masks_path) as masks_tmp:
+        torch.onnx.export(_Detect(model).eval(), (image, pad), tmp, opset_version=OPSET, dynamo=False,
+                          input_names=["image", "pad_mask"], output_names=["logits", "boxes", "hs"] + feat_names)
+        torch.onnx.export(_Masks(model).eval(), (hs,) + tuple(det.mask_features), masks_tmp, opset_version=OPSET,
+                          dynamo=False, input_names=["hs"] + feat_names, output_names=["masks"],
+                          dynamic_axes={"hs": {1: "queries"}, "masks": {1: "queries"}})
+        for p in (tmp, masks_tmp):
+            m = onnx.load(str(p))
+            fold_pads_into_convs(m)
+            for k, v in meta.items():
+                m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+            onnx.save(m, str(p))
     return out, masks_path
 
 

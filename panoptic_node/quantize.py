@@ -7,10 +7,11 @@ followed by ReLU6 is quantized over the ReLU6 range, not its calibrated pre-acti
 The small mask-head graph stays fp32.
 """
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List
 
 import numpy as np
 
+from .atomic import atomic_path
 from .inference.preprocess import preprocess
 
 KEEP_FLOAT_PATTERNS = ("class_embed", "bbox_embed/layers.2", "bbox_embed.layers.2")
@@ -122,14 +123,13 @@ def quantize_int8(fp32_path, out_path, cfg, size, source, frames: int = 32, meth
     data = list(calibration_frames(source, frames))
     graph = onnx.load(str(fp32_path))  # read once for both node choices below
     out_path = Path(out_path)
-    tmp = out_path.with_name(out_path.name + ".partial")
-    quantize_static(str(fp32_path), str(tmp), _Reader(data, cfg, size), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    reduce_range=reduce_range,
-                    op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=float_kept_nodes(graph),
-                    calibrate_method=methods[method],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                   "TensorQuantOverrides": clipped_conv_ranges(graph)})
-    set_metadata(tmp, precision="int8", int8_weight_bits=7 if reduce_range else 8)
-    tmp.replace(out_path)
+    with atomic_path(out_path) as tmp:
+        quantize_static(str(fp32_path), str(tmp), _Reader(data, cfg, size), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        reduce_range=reduce_range,
+                        op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=float_kept_nodes(graph),
+                        calibrate_method=methods[method],
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "TensorQuantOverrides": clipped_conv_ranges(graph)})
+        set_metadata(tmp, precision="int8", int8_weight_bits=7 if reduce_range else 8)
     return out_path

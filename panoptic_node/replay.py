@@ -13,6 +13,7 @@ from typing import Dict, List, Optional
 import numpy as np
 from tqdm import tqdm
 
+from .atomic import partial_path
 from .bag.outputs import ResultBagWriter, camera_namespace
 from .bag.reader import BagReader, decode_frame
 from .bag.writer import BagWriter, diagnostic_msg, header
@@ -72,7 +73,7 @@ class VideoWriter:
     def __init__(self, path, fps: float):
         import imageio.v2 as imageio
         self.path = Path(path)
-        self.partial = self.path.with_name(self.path.stem + ".partial" + self.path.suffix)
+        self.partial = partial_path(self.path)
         self.writer = imageio.get_writer(self.partial, fps=fps, codec="libx264", quality=7, macro_block_size=2,
                                          ffmpeg_log_level="error")
 

@@ -1,6 +1,8 @@
 """Evaluation outputs people look at: a per-class bar chart (PQ and IoU) and a JSON report."""
-import json
 from pathlib import Path
+
+from .. import atomic
+from ..atomic import atomic_path
 
 
 def bar_chart(report: dict, path, title: str = "") -> Path:
@@ -30,17 +32,13 @@ def bar_chart(report: dict, path, title: str = "") -> Path:
 def save_figure(fig, path) -> Path:
     """Save and close a matplotlib figure through a .partial name: never a half-written picture."""
     import matplotlib.pyplot as plt
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)  # the suffix tells matplotlib the format
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def write_json(report: dict, path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(report, indent=1, default=float))
-    tmp.replace(path)
-    return path
+    return atomic.write_json(report, path, indent=1)

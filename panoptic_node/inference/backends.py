@@ -59,7 +59,7 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     cfg = load_config(model)
     chosen = resolve(backend, cfg, onnx)
     if log:
-        log(f"backend: {chosen}" + (f" (auto)" if backend == "auto" else ""))
+        log(f"backend: {chosen}" + (" (auto)" if backend == "auto" else ""))
     if chosen == "torch":
         return Pipeline.from_config(cfg, weights=weights, device=device, threshold=threshold, labels=labels)
     path = onnx or default_onnx_path(cfg)

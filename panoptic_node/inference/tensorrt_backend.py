@@ -15,6 +15,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from ..atomic import atomic_path, write_json
 from .backend import Backend
 
 
@@ -76,10 +77,9 @@ def get_engine(key: EngineKey, build: Callable[[Path], None], log=print, directo
         return engine
     log(f"building TensorRT engine ({reason}); this takes minutes on a Jetson")
     engine.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine.with_name(engine.name + ".partial")
-    build(tmp)
-    tmp.replace(engine)
-    meta.write_text(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in asdict(key).items()}))
+    with atomic_path(engine) as tmp:
+        build(tmp)
+    write_json({k: list(v) if isinstance(v, tuple) else v for k, v in asdict(key).items()}, meta)
     return engine
 
 

@@ -13,6 +13,7 @@ from typing import Dict, Tuple
 
 import torch
 
+from ..atomic import atomic_path
 from .hf_names import convert_hf_state_dict, looks_like_hf
 
 FORMAT_VERSION = 1
@@ -118,9 +119,8 @@ def save_checkpoint(model: torch.nn.Module, path, half: bool = False, **extra) -
                "panoptic_node": {"version": FORMAT_VERSION, "config": model.cfg.to_dict()}}
     # extras (epoch, val metrics) as plain JSON types, so the weights-only loader accepts the file
     payload.update(json.loads(json.dumps(extra, default=float)))
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def save_official(model: torch.nn.Module, path) -> None:

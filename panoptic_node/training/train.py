@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..atomic import atomic_path
 from ..evaluation.evaluator import Evaluator
 from ..evaluation.gt import panoptic_from_labels
 from ..evaluation.report import save_figure
@@ -181,11 +182,11 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 save_checkpoint(model, out / "best.pth", epoch=epoch + 1, val=entry["val"])
         history.append(entry)
         save_checkpoint(model, out / "last.pth", epoch=epoch + 1)
-        tmp = out / "checkpoint.pth.partial"
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best_pq": best_pq,
-                    "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, tmp)
-        tmp.replace(ckpt_path)
+        with atomic_path(ckpt_path) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
+                        "best_pq": best_pq, "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()},
+                       tmp)
         (out / "history.json").write_text(json.dumps(history, indent=1))
         plot_curve(history, out / "training_curve.png")
         val = entry.get("val")

@@ -1,0 +1,33 @@
+"""Outputs that never look complete while half-written: each file is written under a `.partial` name
+beside its final one and renamed when done (atomic within a folder); on failure the partial file is
+deleted and whatever already had the final name stays untouched."""
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+
+def partial_path(path) -> Path:
+    """`name.partial.ext` beside `name.ext`: the suffix stays last, for writers that pick the format
+    from it (matplotlib, imageio)."""
+    path = Path(path)
+    return path.with_name(path.stem + ".partial" + path.suffix)
+
+
+@contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """with atomic_path(out) as tmp: write tmp; it becomes `out` only if the block completes."""
+    path = Path(path)
+    tmp = partial_path(path)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+
+
+def write_json(data, path, indent: Optional[int] = None) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=indent, default=float))
+    return Path(path)
