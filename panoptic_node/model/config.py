@@ -3,7 +3,7 @@ import os
 import sys
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import yaml
 

@@ -9,7 +9,6 @@ checkpoints map onto this module by renaming, not by surgery.
 from dataclasses import dataclass
 from typing import Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
