@@ -200,11 +200,19 @@ def cmd_export(args) -> int:
     else:
         if not args.calib:
             raise ValueError("--precision int8 needs --calib BAG_OR_IMAGE_DIR (real frames to calibrate on)")
+        import shutil
+        import tempfile
+
+        from .atomic import atomic_path
         from .quantize import quantize_int8
-        fp32 = out.with_name(out.stem + ".fp32.onnx")
-        detect, masks = export_onnx(model, size, fp32)
-        quantize_int8(fp32, out, cfg, size, args.calib, args.calib_frames, args.calib_method, args.reduce_range)
-        mask_graph_path(fp32).replace(mask_graph_path(out))
+        with tempfile.TemporaryDirectory() as d:  # the fp32 graphs are only a step towards the int8 one
+            fp32 = Path(d) / "fp32.onnx"
+            export_onnx(model, size, fp32)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(mask_graph_path(out)) as tmp:  # the mask head stays fp32
+                shutil.copyfile(mask_graph_path(fp32), tmp)
+            # last: the detect graph, so a complete-looking int8 graph always has its mask graph
+            quantize_int8(fp32, out, cfg, size, args.calib, args.calib_frames, args.calib_method, args.reduce_range)
         detect, masks = out, mask_graph_path(out)
     print(f"wrote {detect} and {masks} ({args.precision}, input {size[0]}x{size[1]})")
     return 0

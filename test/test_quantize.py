@@ -128,3 +128,22 @@ def test_int8_saturation_warning_only_where_it_applies():
     assert int8_saturation_warning(int8, "aarch64", set()) is None
     assert int8_saturation_warning({"precision": "int8", "int8_weight_bits": 7}, "x86_64", {"avx2"}) is None
     assert int8_saturation_warning({"precision": "fp32"}, "x86_64", {"avx2"}) is None
+
+
+def test_export_command_writes_exactly_the_two_int8_graphs(tmp_path, image_dir, rng):
+    from launch_helpers import tiny_model_yaml
+    from panoptic_node.cli import main
+    model = tiny_model_yaml()
+    out = tmp_path / "deploy" / "tiny.onnx"
+    assert main(["export", "--model", model, "--out", str(out), "--size", "64x96", "--precision", "int8",
+                 "--calib", str(image_dir), "--calib-frames", "4"]) == 0
+    # the fp32 intermediate is not left beside them looking like a third, usable graph
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.masks.onnx", "tiny.onnx"]
+    assert read_metadata(out)["precision"] == "int8" and read_metadata(out.with_name("tiny.masks.onnx"))["precision"] == "fp32"
+    from panoptic_node.model.config import load_config
+    cfg = load_config(model)
+    result = Pipeline(cfg, OnnxRuntimeBackend(out, cfg))(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))
+    assert result.shape == (48, 80)
+    # without calibration frames: one line, exit code 2, nothing written
+    assert main(["export", "--model", model, "--out", str(tmp_path / "x.onnx"), "--precision", "int8"]) == 2
+    assert not (tmp_path / "x.onnx").exists()
