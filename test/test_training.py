@@ -221,3 +221,15 @@ def test_kitti_semantics_folder_trains_through_the_same_interface(tmp_path, rng)
     assert len(ds) == 1 and s.rgb.shape == (16, 24, 3)
     assert s.semantic[0, 0] == 10 and s.semantic[15, 23] == 0 and s.semantic[8, 4] == 13  # trainIds
     assert s.instance[8, 4] != s.instance[8, 14] and s.instance[8, 4] > 0 and s.instance[0, 0] == 0
+
+
+def test_a_camvid_path_the_user_gives_is_used_or_refused(tmp_path, monkeypatch):
+    # never silently replaced by another CamVid (e.g. ../shared/data/camvid) when the given one is wrong
+    from panoptic_node.cli import main
+    from panoptic_node.training.data import find_camvid
+    with pytest.raises(FileNotFoundError, match=f"no CamVid at '{tmp_path}'"):
+        find_camvid(tmp_path)
+    (tmp_path / "val.txt").write_text("")
+    assert find_camvid(tmp_path) == tmp_path
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--epochs", "1"]) == 2
+    assert not (tmp_path / "run").exists()

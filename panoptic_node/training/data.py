@@ -76,9 +76,14 @@ class CamVid:
 
 def find_camvid(path=None) -> Path:
     """The CamVid folder: the given path, $PANOPTIC_NODE_CAMVID, or ../shared/data/camvid beside the
-    repository / the working directory. Missing: one line saying where CamVid comes from."""
+    repository / the working directory. Missing: one line saying where CamVid comes from. A path the
+    user gives is used or refused, never silently replaced by another CamVid."""
     import os
-    candidates = [Path(path)] if path else []
+    if path:
+        if (Path(path) / "val.txt").is_file() or (Path(path) / "train.txt").is_file():
+            return Path(path)
+        raise FileNotFoundError(f"no CamVid at '{path}' (no train.txt / val.txt there); {CAMVID_HINT}")
+    candidates = []
     if os.environ.get("PANOPTIC_NODE_CAMVID"):
         candidates.append(Path(os.environ["PANOPTIC_NODE_CAMVID"]))
     repo = Path(__file__).resolve().parents[2]
