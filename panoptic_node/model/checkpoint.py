@@ -52,6 +52,11 @@ def read_state_dict(path) -> Tuple[Dict[str, torch.Tensor], str, dict]:
             raw = load_file(str(path))
         except Exception as e:  # safetensors raises its own types for truncation and bad headers
             raise CheckpointError(f"weights file '{path}' is not a readable safetensors file ({e})") from None
+    elif not head.startswith((b"PK", b"\x80")):
+        # torch.save writes a zip archive (legacy files: a pickle); anything else would only get
+        # torch's long weights_only advice as the reason
+        raise CheckpointError(f"weights file '{path}' is not a torch checkpoint (neither a zip archive nor a pickle); "
+                              f"expected a DETR / Hugging Face / panoptic_node checkpoint (.pth, .bin or .safetensors)")
     else:
         try:
             with torch.serialization.safe_globals([argparse.Namespace]):
