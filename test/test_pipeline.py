@@ -51,6 +51,33 @@ def test_result_maps_are_consistent(pipeline, rng):
     assert ids == list(range(1, len(ids) + 1))
 
 
+def test_frame_larger_than_the_network_view_is_decided_there_and_upsampled(pipeline, rng):
+    # a 1080p-like case: the tiny model sees 96 x 128; the frame is 300 x 400
+    big = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    small = np.asarray(Image.fromarray(big).resize((128, 96), Image.BILINEAR))  # what the network is given
+    r, s = pipeline(big), pipeline(small)
+    assert r.shape == (300, 400) and s.shape == (96, 128) and r.segments
+    # the id map is the network-resolution decision, nearest-resized (DETR's published rule);
+    # test_postprocess checks every map, area and box of the upsampling on many segments
+    ry, rx = (np.arange(300) * 2 + 1) * 96 // 600, (np.arange(400) * 2 + 1) * 128 // 800
+    np.testing.assert_array_equal(r.segment_ids, s.segment_ids[ry][:, rx])
+    assert [(a.label, a.score) for a in r.segments] == [(b.label, b.score) for b in s.segments]
+
+
+def test_full_resolution_option_decides_every_input_pixel(model_yaml, rng):
+    import dataclasses
+    from panoptic_node.model.config import load_config
+    cfg = load_config(str(model_yaml))
+    exact = Pipeline.from_config(dataclasses.replace(cfg, postprocess=dataclasses.replace(cfg.postprocess,
+                                                                                          full_resolution=True)))
+    fast = Pipeline.from_config(cfg)
+    big = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    a, b = exact(big), fast(big)
+    assert a.shape == b.shape == (300, 400)
+    # the same decision up to where boundaries fall inside one network pixel
+    assert (a.semantic == b.semantic).mean() > 0.9
+
+
 def test_batch_equals_single(pipeline, rng):
     a = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
     b = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)

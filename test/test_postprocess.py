@@ -197,3 +197,46 @@ def test_gpu_postprocess_equals_cpu():  # pragma: no cover - GPU only
     cpu = merge_panoptic(masks.clone(), labels, scores, CAMVID.thing_lut, "score_prob", 8, "camvid", overlap=0.5)
     gpu = merge_panoptic(masks.cuda(), labels, scores, CAMVID.thing_lut, "score_prob", 8, "camvid", overlap=0.5)
     np.testing.assert_array_equal(gpu.segment_ids, cpu.segment_ids)
+
+
+def test_nearest_indices_pick_the_cell_holding_each_output_centre():
+    from panoptic_node.inference.result import nearest_indices
+    for src, dst in [(128, 412), (96, 300), (96, 97), (270, 1080), (480, 1920), (5, 5)]:
+        j = nearest_indices(src, dst)
+        centre2 = (2 * np.arange(dst) + 1) * src  # 2 * dst * (output centre in source units)
+        assert ((2 * dst * j <= centre2) & (centre2 < 2 * dst * (j + 1))).all(), (src, dst)
+
+
+@pytest.mark.parametrize("out_size", [(300, 412), (97, 130), (96, 128)])
+def test_upsampled_result_is_the_nearest_resize_of_every_map(out_size):
+    """A result decided at the network's resolution, brought to the input frame: every map the nearest
+    resize of the decided one (as PIL's NEAREST, up to its fixed-point rounding on a few columns), the
+    maps consistent with each other, areas and boxes exactly those of the upsampled maps."""
+    from PIL import Image
+    from panoptic_node.inference.result import upsample_result
+    geom = Geometry(height=96, width=128, resized_h=96, resized_w=128, padded_h=96, padded_w=128)
+    rng = np.random.default_rng(1)
+    labels = np.array([3, 0, 8, 8, 9, 5])
+    masks = rng.normal(0, 1, (len(labels), 12, 16)).astype(np.float32)
+    for q in range(len(labels)):  # one blob each, so there are several segments of several kinds
+        masks[q, rng.integers(0, 9):, rng.integers(0, 12):][:4, :5] += 6
+    low = merge_panoptic(resize_masks(torch.from_numpy(masks), geom, 8), torch.from_numpy(labels),
+                         torch.from_numpy(rng.uniform(0.5, 1, len(labels)).astype(np.float32)), CAMVID.thing_lut,
+                         "score_prob", 4, "camvid")
+    assert len(low.segments) >= 4 and any(s.is_thing for s in low.segments)
+    h, w = out_size
+    up = upsample_result(low, h, w)
+    pil = np.asarray(Image.fromarray(low.segment_ids).resize((w, h), Image.NEAREST))
+    assert (up.segment_ids == pil).mean() > 0.99
+    assert up.segment_ids.shape == (h, w) and up.segment_ids.dtype == low.segment_ids.dtype
+    lookup = {s.id: s for s in low.segments}
+    for s in up.segments:
+        region = up.segment_ids == s.id
+        ys, xs = np.nonzero(region)
+        assert s.area == region.sum() and s.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert (s.label, s.instance) == (lookup[s.id].label, lookup[s.id].instance)
+        assert (up.semantic[region] == s.label).all() and (up.instance[region] == s.instance).all()
+        assert (up.panoptic[region] == (s.label * 1000 + s.instance if s.is_thing else s.label)).all()
+    assert (up.semantic[up.segment_ids == 0] == 255).all() and (up.panoptic[up.segment_ids == 0] == -1).all()
+    for name in ("semantic", "instance", "panoptic"):
+        assert getattr(up, name).dtype == getattr(low, name).dtype

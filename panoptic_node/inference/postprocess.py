@@ -3,7 +3,8 @@
 1. keep queries whose best non-void class probability passes the threshold;
 2. (the caller runs the mask head on those queries only);
 3. crop the padding off the kept low-resolution masks, then resize them to the input size in one
-   bilinear resample (no full-size intermediate);
+   bilinear resample (no full-size intermediate); a frame larger than the network's view is
+   decided at the network's resolution instead and its maps nearest-upsampled (pipeline.py);
 4. per-pixel argmax among kept masks; stuff queries of one class share a segment; segments under
    `min_area` pixels are dropped and their pixels go to the next best mask.
 

@@ -72,3 +72,33 @@ def result_from_segments(segment_ids: np.ndarray, labels: np.ndarray, scores: np
                                 (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop), int(areas[i + 1]),
                                 int(instance_of[i + 1])))
     return PanopticResult(semantic, instance, panoptic, segment_ids.astype(np.int32), segments, taxonomy_name)
+
+
+def nearest_indices(src: int, dst: int) -> np.ndarray:
+    """For each of `dst` output positions, the source position whose cell holds the output pixel's
+    centre: floor((i + 0.5) * src / dst), in integers (no float rounding at exact cell edges; PIL's
+    NEAREST uses 16.16 fixed point and differs from this on a few columns)."""
+    return np.minimum((2 * np.arange(dst, dtype=np.int64) + 1) * src // (2 * dst), src - 1)
+
+
+def upsample_result(result: PanopticResult, height: int, width: int) -> PanopticResult:
+    """A result decided at the network's resolution, brought to a larger input frame: every map
+    nearest-upsampled, as DETR's published panoptic post-processing resizes its id map (there with
+    PIL's NEAREST); areas and
+    boxes counted in input pixels (exactly, from how many input rows / columns each sample covers)."""
+    h, w = result.shape
+    ry, rx = nearest_indices(h, height), nearest_indices(w, width)
+
+    def up(m: np.ndarray) -> np.ndarray:
+        return m.take(ry, axis=0).take(rx, axis=1)
+
+    cover = np.outer(np.bincount(ry, minlength=h), np.bincount(rx, minlength=w)).ravel()
+    areas = np.bincount(result.segment_ids.ravel(), weights=cover, minlength=len(result.segments) + 1)
+    segments = []
+    for s in result.segments:
+        x0, y0, x1, y1 = s.box
+        box = (int(np.searchsorted(rx, x0)), int(np.searchsorted(ry, y0)),
+               int(np.searchsorted(rx, x1)), int(np.searchsorted(ry, y1)))
+        segments.append(Segment(s.id, s.label, s.is_thing, s.score, box, int(areas[s.id]), s.instance))
+    return PanopticResult(up(result.semantic), up(result.instance), up(result.panoptic), up(result.segment_ids),
+                          segments, result.labels, result.timings)
