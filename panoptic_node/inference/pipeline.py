@@ -88,10 +88,10 @@ class Pipeline:
                 torch.zeros(0, decide.height, decide.width)
             result = merge_panoptic(full, labels, scores, self.taxonomy.thing_lut, pp.merge, pp.min_area,
                                     self.cfg.labels, pp.overlap)
-            if decide is not geom:
-                result = upsample_result(result, geom.height, geom.width)
             if self.mapping is not None:
                 result = remap_result(result, self.mapping)
+            if decide is not geom:  # last: every step before works on the smaller maps
+                result = upsample_result(result, geom.height, geom.width)
             te = time.perf_counter()
             result.timings = {"preprocess": (t1 - t0) / len(frames), "detect": (t2 - t1) / len(frames),
                               "mask_head": tm - ts, "postprocess": te - tm}
