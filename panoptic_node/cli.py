@@ -75,6 +75,12 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_recover(args) -> int:
+    from .bag.recover import recover
+    recover(args.src, args.out, overwrite=args.overwrite, log=print)
+    return 0
+
+
 def cmd_convert(args) -> int:
     from .bag.convert import convert
     n = convert(args.dataset, args.src, args.out, split=args.split, storage=args.storage, max_frames=args.max_frames,
@@ -264,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
     _add_replay_args(p)
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("recover", help="the complete messages of an MCAP recording cut short (no footer, no "
+                                       "metadata.yaml) -> a new, valid bag")
+    p.add_argument("src", help="the .mcap file, or the bag folder holding it")
+    p.add_argument("--out", required=True, help="the new bag folder")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("replay", help="run the pipeline over a bag: output bag, summary, video, metrics")
     p.add_argument("bag")

@@ -191,6 +191,39 @@ def test_corrupt_and_truncated_bags(tiny_pipeline, tmp_path, rng, storage):
         BagReader(tmp_path / "nothing")
 
 
+def test_recover_keeps_the_complete_messages_of_a_cut_recording(tiny_pipeline, tmp_path, rng):
+    from panoptic_node.bag.recover import recover
+    from panoptic_node.cli import main
+    # frames big enough that the writer closes several 1 MiB chunks, as any camera recording does
+    frames = [(1_700_000_000_000_000_000 + i * 50_000_000, rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+              for i in range(12)]
+    bag = camera_bag(tmp_path / "in", "mcap", frames)
+    data_file = next(bag.glob("*.mcap"))
+    # power lost mid-recording: the file stops part-way, no footer, no metadata.yaml
+    data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size * 2 // 3])
+    (bag / "metadata.yaml").unlink()
+    with pytest.raises(BagError, match="panoptic-node recover"):
+        BagReader(bag)
+    result = recover(bag, tmp_path / "fixed", log=lambda m: None)
+    assert 0 < result.messages < len(frames) and result.lost_bytes > 0
+    with BagReader(tmp_path / "fixed") as r:
+        got = [(m.stamp_ns, image_to_rgb(m.msg)) for m in r.messages(["/front/image_raw"])]
+    originals = dict(frames)
+    assert [s for s, _ in got] == [s for s, _ in frames[:len(got)]]  # the first frames, in order
+    for stamp, rgb in got:
+        np.testing.assert_array_equal(rgb, originals[stamp])
+    assert replay(tiny_pipeline, tmp_path / "fixed", tmp_path / "out").frames == len(got)
+    # through the command; a file cut inside its first record has nothing to recover: one line, exit 2
+    assert main(["recover", str(data_file), "--out", str(tmp_path / "fixed2")]) == 0
+    data_file.write_bytes(data_file.read_bytes()[:40])
+    assert main(["recover", str(data_file), "--out", str(tmp_path / "fixed3")]) == 2
+    assert not (tmp_path / "fixed3").exists()
+    not_mcap = tmp_path / "x.mcap"
+    not_mcap.write_bytes(b"hello")
+    with pytest.raises(BagError, match="not an MCAP file"):
+        recover(not_mcap, tmp_path / "fixed4")
+
+
 def test_existing_output_is_refused_without_overwrite(tiny_pipeline, tmp_path, rng):
     bag = camera_bag(tmp_path / "in", "mcap", [(1, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))])
     (tmp_path / "out").mkdir()
