@@ -64,5 +64,5 @@ def test_ros_imports_stay_in_ros_package():
 def test_cli_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "panoptic_node.cli", "--help"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
-    for cmd in ("infer", "replay", "convert", "evaluate", "export", "train", "bench", "demo"):
+    for cmd in ("infer", "replay", "convert", "recover", "evaluate", "export", "build-engine", "train", "bench", "demo"):
         assert cmd in out.stdout
