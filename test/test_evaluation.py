@@ -202,3 +202,15 @@ def test_segment_without_info_is_named(remap):
     with pytest.raises(ValueError, match=f"prediction segment id {int(remap(np.int64(missing)))} has no segment info"):
         PQAccumulator().add(remap(gt), {int(remap(np.int64(k))): SegmentInfo(c, bool(cr)) for k, (c, cr) in gt_segs.items()},
                             remap(pred), known)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.int16])
+def test_negative_segment_id_is_named(dtype):
+    # a negative id would otherwise shift into another segment's row of the joint count
+    from panoptic_node.evaluation.pq import PQAccumulator, SegmentInfo
+    gt, gt_segs, pred, pred_segs = make_frame(np.random.default_rng(0))
+    pred = pred.astype(dtype)
+    pred[5, 5] = -3
+    with pytest.raises(ValueError, match="prediction segment id -3 has no segment info"):
+        PQAccumulator().add(gt.astype(dtype), {k: SegmentInfo(c, bool(cr)) for k, (c, cr) in gt_segs.items()},
+                            pred, {k: SegmentInfo(c) for k, (c, _) in pred_segs.items()})

@@ -28,6 +28,19 @@ def _compact(ids: np.ndarray, keys: np.ndarray):
     return idx, keys[idx] == ids
 
 
+def _top(ids: np.ndarray, what: str) -> int:
+    """max(ids) + 1, refusing negative ids, in one pass over the frame: seen as unsigned integers of
+    the same width, negative ids are the largest values."""
+    if not ids.size:
+        return 1
+    if ids.dtype.kind != "i":
+        return int(ids.max()) + 1
+    top = int(ids.view(np.dtype(f"u{ids.dtype.itemsize}")).max())
+    if top >= 1 << (8 * ids.dtype.itemsize - 1):
+        raise ValueError(f"{what} segment id {int(ids.min())} has no segment info")
+    return top + 1
+
+
 def _joint_areas(gt: np.ndarray, gt_keys: np.ndarray, pred: np.ndarray, pred_keys: np.ndarray) -> np.ndarray:
     """Pixel counts of every (ground-truth key, prediction key) pair: len(gt_keys) x len(pred_keys).
 
@@ -35,11 +48,7 @@ def _joint_areas(gt: np.ndarray, gt_keys: np.ndarray, pred: np.ndarray, pred_key
     0 to a few hundred) are counted directly in id space, the table then cut down to the keys;
     large ones (COCO's 24-bit colour ids) are first compacted to key indices.
     """
-    for ids, keys, what in ((gt, gt_keys, "ground-truth"), (pred, pred_keys, "prediction")):
-        if ids.size and ids.min() < 0:
-            raise ValueError(f"{what} segment id {int(ids.min())} has no segment info")
-    g_top = int(gt.max()) + 1 if gt.size else 1
-    p_top = int(pred.max()) + 1 if pred.size else 1
+    g_top, p_top = _top(gt, "ground-truth"), _top(pred, "prediction")
     if g_top * p_top <= (1 << 22):
         table = np.bincount(gt * p_top + pred, minlength=g_top * p_top).reshape(g_top, p_top)
         for axis, keys, what in ((1, gt_keys, "ground-truth"), (0, pred_keys, "prediction")):
