@@ -7,6 +7,7 @@ Prints end-to-end ms per frame (preprocess + network + postprocess), the speed-u
 and PQ / mIoU of each backend on the same frames, so the cost of int8 is visible before a car.
 """
 import argparse
+import platform
 import statistics
 import tempfile
 import time
@@ -34,6 +35,7 @@ def main():
     from panoptic_node.model.checkpoint import load_weights
     from panoptic_node.model.config import load_config
     from panoptic_node.model.detr import build_model
+    from panoptic_node.inference.onnxruntime_backend import cpu_flags, int8_saturation_warning
     from panoptic_node.quantize import quantize_int8
     from panoptic_node.training.data import CamVid, find_camvid
 
@@ -53,7 +55,11 @@ def main():
         train_dir = root / "train"
         for p in sorted(train_dir.glob("*.png"))[::12][:32]:  # calibrate on train frames, never val
             (calib / p.name).symlink_to(p)
-        quantize_int8(d / "fp32.onnx", d / "int8.onnx", cfg, size, calib, frames=32)
+        # 8-bit weights, unless this is an x86 CPU without VNNI, where ONNX Runtime's int8 kernels
+        # saturate on them (the backend would warn): then 7-bit ones, as a user there would export
+        seven_bit = int8_saturation_warning({"precision": "int8", "int8_weight_bits": 8}, platform.machine(),
+                                            cpu_flags()) is not None
+        quantize_int8(d / "fp32.onnx", d / "int8.onnx", cfg, size, calib, frames=32, reduce_range=seven_bit)
         (d / "int8.masks.onnx").symlink_to(d / "fp32.masks.onnx")
         torch_be = TorchBackend(model)
         torch_be.size = size  # the same canvas for every backend
@@ -74,7 +80,8 @@ def main():
             rep = ev.report()
             rows.append((name, precision, 1000 * statistics.median(times), rep["pq"]["pq"], rep["miou"]))
     base = rows[0][2]
-    print(f"\n{cfg.name} on {len(samples)} CamVid val frames (480x360), {args.threads} threads")
+    print(f"\n{cfg.name} on {len(samples)} CamVid val frames (480x360), {args.threads} threads, "
+          f"int8 with {7 if seven_bit else 8}-bit weights")
     print("| backend | precision | ms / frame (median) | frames/s | vs torch fp32 | PQ | mIoU |")
     print("|---|---|---|---|---|---|---|")
     for name, precision, ms, pq, miou in rows:
