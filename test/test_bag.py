@@ -217,11 +217,33 @@ def test_recover_keeps_the_complete_messages_of_a_cut_recording(tiny_pipeline, t
     assert main(["recover", str(data_file), "--out", str(tmp_path / "fixed2")]) == 0
     data_file.write_bytes(data_file.read_bytes()[:40])
     assert main(["recover", str(data_file), "--out", str(tmp_path / "fixed3")]) == 2
-    assert not (tmp_path / "fixed3").exists()
+    assert not (tmp_path / "fixed3").exists() and not (tmp_path / "fixed3.partial").exists()
     not_mcap = tmp_path / "x.mcap"
     not_mcap.write_bytes(b"hello")
     with pytest.raises(BagError, match="not an MCAP file"):
         recover(not_mcap, tmp_path / "fixed4")
+
+
+def test_recover_a_sqlite_recording_without_its_metadata(tiny_pipeline, tmp_path, rng):
+    # rosbag2 writes metadata.yaml last: a killed recorder leaves the .db3 alone
+    from panoptic_node.bag.recover import recover
+    frames = [(1_700_000_000_000_000_000 + i * 50_000_000, rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+              for i in range(4)]
+    bag = camera_bag(tmp_path / "in", "sqlite3", frames)
+    (bag / "metadata.yaml").unlink()
+    with pytest.raises(BagError):
+        BagReader(bag)
+    assert recover(bag, tmp_path / "fixed", log=lambda m: None).messages == 4
+    with BagReader(tmp_path / "fixed") as r:
+        got = [(m.stamp_ns, image_to_rgb(m.msg)) for m in r.messages(["/front/image_raw"])]
+    assert [s for s, _ in got] == [s for s, _ in frames]
+    for (_, a), (_, b) in zip(got, frames):
+        np.testing.assert_array_equal(a, b)
+    db3 = next(bag.glob("*.db3"))
+    db3.write_bytes(db3.read_bytes()[:3000])  # not a SQLite cut that happens in practice, but bad input
+    with pytest.raises(BagError, match="not a readable rosbag2 SQLite file"):
+        recover(bag, tmp_path / "fixed2", log=lambda m: None)
+    assert not (tmp_path / "fixed2").exists() and not (tmp_path / "fixed2.partial").exists()
 
 
 def test_existing_output_is_refused_without_overwrite(tiny_pipeline, tmp_path, rng):

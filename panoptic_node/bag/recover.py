@@ -1,16 +1,18 @@
-"""Recover the complete messages of an MCAP recording that was cut short (power lost in the car, the
-recorder killed): no footer, no summary, often no metadata.yaml. Neither rosbags nor `ros2 bag`
-opens such a file; this walks its records from the start, keeps every complete message (loose or in
-complete chunks) and writes them to a new, valid bag.
+"""Recover the complete messages of a recording that was cut short (power lost in the car, the
+recorder killed). An MCAP file then has no footer, no summary and usually no metadata.yaml; neither
+rosbags nor `ros2 bag` opens it. This walks its records from the start, keeps every complete message
+(loose or in complete chunks) and writes them to a new, valid bag. A SQLite (.db3) recording survives
+the cut but lacks its metadata.yaml; its readable rows are copied the same way.
 
 MCAP records are `opcode (1 byte) | length (uint64 LE) | content`; the ones read here: Schema 0x03,
 Channel 0x04, Message 0x05, Chunk 0x06 (whose content holds more records, maybe compressed).
 """
+import shutil
 import struct
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Tuple
+from typing import Dict, Iterator, Tuple
 
 from rosbags.rosbag2.storage_mcap import decompress
 
@@ -57,8 +59,8 @@ def _complete_prefix(data: bytes) -> int:
     return pos
 
 
-def scan(data: bytes, on_message: Callable[[dict, int, bytes], None], schemas: dict, channels: dict,
-         on_bad_chunk: Callable[[str], None]) -> None:
+def scan(data, schemas: dict, channels: dict, result: Recovered) -> Iterator[Tuple[str, str, str, int, bytes]]:
+    """(topic, message type, encoding, log time, payload) of every complete message in `data`."""
     for op, content in _records(data):
         b = BytesIO(content)
         if op == SCHEMA:
@@ -72,67 +74,96 @@ def scan(data: bytes, on_message: Callable[[dict, int, bytes], None], schemas: d
         elif op == MESSAGE:
             cid, _seq, log_time, _pub = struct.unpack("<HIQQ", b.read(22))
             if cid in channels:
-                on_message(channels[cid], log_time, content[22:])
+                ch = channels[cid]
+                yield ch["topic"], schemas.get(ch["schema"], {}).get("name", ""), ch["encoding"], log_time, content[22:]
         elif op == CHUNK:
             _start, _end, size, crc = struct.unpack("<QQQI", b.read(28))
             compression = _string(b)
             (n,) = struct.unpack("<Q", b.read(8))
             try:
                 inner = decompress(b.read(n), compression, size, crc)
-            except Exception as e:  # a damaged chunk: its messages are lost, the others are not
-                on_bad_chunk(str(e))
+            except Exception:  # a damaged chunk: its messages are lost, the others are not
+                result.bad_chunks += 1
                 continue
-            scan(inner, on_message, schemas, channels, on_bad_chunk)
+            yield from scan(inner, schemas, channels, result)
 
 
-def mcap_file(path) -> Path:
+def mcap_messages(path: Path, result: Recovered) -> Iterator[Tuple[str, str, str, int, bytes]]:
+    """Checked now (before anything is written), read lazily."""
+    data = path.read_bytes()
+    if not data.startswith(MAGIC):
+        raise BagError(f"'{path}' is not an MCAP file (no MCAP magic at its start)")
+    end = _complete_prefix(data)
+    result.lost_bytes = len(data) - end
+    return scan(memoryview(data)[len(MAGIC):end], {}, {}, result)
+
+
+def sqlite_messages(path: Path, result: Recovered) -> Iterator[Tuple[str, str, str, int, bytes]]:
+    """A .db3 without its metadata.yaml (rosbag2 writes that file last): the rows SQLite can read, in
+    the order they were written; a damaged page ends the stream (counted as one bad chunk).
+    Checked now (before anything is written), read lazily."""
+    import sqlite3
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        topics = {row[0]: row[1:] for row in con.execute("SELECT id, name, type, serialization_format FROM topics")}
+        rows = con.execute("SELECT topic_id, timestamp, data FROM messages ORDER BY id")
+    except sqlite3.DatabaseError as e:
+        raise BagError(f"'{path}' is not a readable rosbag2 SQLite file ({e})") from None
+
+    def read():
+        try:
+            for topic_id, stamp, payload in rows:
+                if topic_id in topics:
+                    name, msgtype, encoding = topics[topic_id]
+                    yield name, msgtype, encoding, int(stamp), bytes(payload)
+        except sqlite3.DatabaseError:
+            result.bad_chunks += 1
+        finally:
+            con.close()
+
+    return read()
+
+
+def storage_file(path) -> Path:
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("*.mcap"))
+        files = sorted(path.glob("*.mcap")) + sorted(path.glob("*.db3"))
         if len(files) != 1:
-            raise BagError(f"'{path}' holds {len(files)} .mcap files; expected one (pass the file itself)")
+            raise BagError(f"'{path}' holds {len(files)} .mcap / .db3 files; expected one (pass the file itself)")
         return files[0]
+    if not path.is_file():
+        raise BagError(f"'{path}' does not exist; expected an .mcap or .db3 file, or a bag folder holding one")
     return path
 
 
 def recover(src, out, overwrite: bool = False, log=print) -> Recovered:
-    """Every complete message of the (possibly truncated) MCAP file `src` into a new bag `out`.
-    Topics whose message type this package cannot write (unknown definitions) are reported and left out."""
-    path = mcap_file(src)
-    if not path.is_file():
-        raise BagError(f"'{path}' does not exist; expected an .mcap file or a bag folder holding one")
-    data = path.read_bytes()
-    if not data.startswith(MAGIC):
-        raise BagError(f"'{path}' is not an MCAP file (no MCAP magic at its start)")
+    """Every complete message of the (possibly truncated) recording `src` (.mcap, or .db3 without its
+    metadata.yaml) into a new bag `out`. Topics whose message type this package cannot write (unknown
+    definitions) are reported and left out."""
+    path = storage_file(src)
     store = typestore()
-    result = Recovered(lost_bytes=len(data) - _complete_prefix(data))
-    schemas, channels = {}, {}
-    writer = BagWriter(out, storage="mcap", overwrite=overwrite)
+    result = Recovered()
+    source = sqlite_messages(path, result) if path.suffix == ".db3" else mcap_messages(path, result)
+    writer = BagWriter(out, storage="sqlite3" if path.suffix == ".db3" else "mcap", overwrite=overwrite)
     connections = {}
-
-    def on_message(channel: dict, log_time: int, payload: bytes) -> None:
-        topic = channel["topic"]
-        if topic in result.skipped_topics:
-            return
-        if topic not in connections:
-            msgtype = schemas.get(channel["schema"], {}).get("name", "")
-            if channel["encoding"] != "cdr" or msgtype not in store.types:
-                result.skipped_topics[topic] = f"type '{msgtype or '?'}' ({channel['encoding']}) is not known here"
-                return
-            connections[topic] = writer.writer.add_connection(topic, msgtype, typestore=store)
-        writer.writer.write(connections[topic], log_time, payload)
-        result.messages += 1
-        result.per_topic[topic] = result.per_topic.get(topic, 0) + 1
-
     try:
-        def on_bad_chunk(reason: str) -> None:
-            result.bad_chunks += 1
-
-        scan(memoryview(data)[len(MAGIC):_complete_prefix(data)], on_message, schemas, channels, on_bad_chunk)
+        for topic, msgtype, encoding, stamp, payload in source:
+            if topic in result.skipped_topics:
+                continue
+            if topic not in connections:
+                if encoding != "cdr" or msgtype not in store.types:
+                    result.skipped_topics[topic] = f"type '{msgtype or '?'}' ({encoding}) is not known here"
+                    continue
+                connections[topic] = writer.writer.add_connection(topic, msgtype, typestore=store)
+            writer.writer.write(connections[topic], stamp, payload)
+            result.messages += 1
+            result.per_topic[topic] = result.per_topic.get(topic, 0) + 1
         if not result.messages:
             raise BagError(f"'{path}' holds no complete message that can be recovered")
     except BaseException:
-        writer.abort()
+        writer.abort()  # what was recovered stays in <out>.partial, visible, never mistaken for complete
+        if not result.messages:
+            shutil.rmtree(writer.partial, ignore_errors=True)  # nothing worth keeping
         raise
     writer.close()
     log(f"recovered {result.messages} messages ({', '.join(f'{t}: {n}' for t, n in sorted(result.per_topic.items()))})"
