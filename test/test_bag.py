@@ -231,7 +231,7 @@ def test_recover_a_sqlite_recording_without_its_metadata(tiny_pipeline, tmp_path
               for i in range(4)]
     bag = camera_bag(tmp_path / "in", "sqlite3", frames)
     (bag / "metadata.yaml").unlink()
-    with pytest.raises(BagError):
+    with pytest.raises(BagError, match="panoptic-node recover"):
         BagReader(bag)
     assert recover(bag, tmp_path / "fixed", log=lambda m: None).messages == 4
     with BagReader(tmp_path / "fixed") as r:

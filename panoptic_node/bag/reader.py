@@ -35,9 +35,10 @@ class BagReader:
             self.reader = AnyReader([self.path], default_typestore=typestore())
             self.reader.open()
         except Exception as e:  # rosbags raises several types for corrupt metadata / storage files
-            mcap = self.path.suffix == ".mcap" or (self.path.is_dir() and any(self.path.glob("*.mcap")))
+            storage = self.path.suffix in (".mcap", ".db3") or (
+                self.path.is_dir() and any(p.suffix in (".mcap", ".db3") for p in self.path.iterdir()))
             hint = (f"; if the recording was cut short, `panoptic-node recover {self.path} --out NEW_BAG` keeps "
-                    f"its complete messages") if mcap else ""
+                    f"its complete messages") if storage else ""
             raise BagError(f"bag '{self.path}' cannot be opened ({_one_line(e)}); expected a rosbag2 folder "
                            f"with metadata.yaml and .db3 or .mcap files{hint}") from None
         self.topics: Dict[str, str] = {c.topic: c.msgtype for c in self.reader.connections}
