@@ -134,3 +134,19 @@ def test_overlay_renderer():
     assert (out[10, 5] == 255).all() and (out[12, 15] == 255).all()   # boundaries drawn
     with pytest.raises(ValueError, match="differ in size"):
         overlay(rgb[:10], r, camvid)
+
+
+def test_colorize_equals_colouring_each_pixel():
+    # per pixel: the class colour, a thing instance shaded by (instance * 37) % 61 - 30, clipped
+    from panoptic_node.render import colorize
+    camvid = get_taxonomy("camvid")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 7, (16, 24))
+    labels = np.array([0, 8, 8, 9, 3, 8])  # sky, three cars, a pedestrian, road
+    r = result_from_segments(ids, labels, np.full(6, 0.9), camvid.thing_lut, "camvid")
+    expected = camvid.color_lut[r.semantic].astype(int)
+    shade = np.where(r.instance > 0, (r.instance.astype(int) * 37) % 61 - 30, 0)
+    expected = np.clip(expected + shade[..., None], 0, 255)
+    got = colorize(r, camvid)
+    assert len({int(i) for i in np.unique(r.instance)} - {0}) == 4
+    np.testing.assert_array_equal(got[r.segment_ids > 0], expected[r.segment_ids > 0])
