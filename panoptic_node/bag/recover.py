@@ -7,6 +7,7 @@ the cut but lacks its metadata.yaml; its readable rows are copied the same way.
 MCAP records are `opcode (1 byte) | length (uint64 LE) | content`; the ones read here: Schema 0x03,
 Channel 0x04, Message 0x05, Chunk 0x06 (whose content holds more records, maybe compressed).
 """
+import mmap
 import shutil
 import struct
 from dataclasses import dataclass, field
@@ -37,26 +38,20 @@ def _string(b: BytesIO) -> str:
     return b.read(n).decode()
 
 
-def _records(data: bytes) -> Iterator[Tuple[int, bytes]]:
-    """(opcode, content) of every complete record; stops at the first one that runs past the end."""
-    pos = 0
+def _spans(data, pos: int = 0) -> Iterator[Tuple[int, int, int]]:
+    """(opcode, content start, end) of every complete record from `pos`; stops at the first one that
+    runs past the end of `data`."""
     while pos + 9 <= len(data):
-        op, length = data[pos], struct.unpack_from("<Q", data, pos + 1)[0]
-        if pos + 9 + length > len(data):
+        end = pos + 9 + struct.unpack_from("<Q", data, pos + 1)[0]
+        if end > len(data):
             return
-        yield op, bytes(data[pos + 9:pos + 9 + length])
-        pos += 9 + length
+        yield data[pos], pos + 9, end
+        pos = end
 
 
-def _complete_prefix(data: bytes) -> int:
-    """Bytes up to the end of the last complete record (after the magic)."""
-    pos = len(MAGIC)
-    while pos + 9 <= len(data):
-        length = struct.unpack_from("<Q", data, pos + 1)[0]
-        if pos + 9 + length > len(data):
-            break
-        pos += 9 + length
-    return pos
+def _records(data) -> Iterator[Tuple[int, bytes]]:
+    for op, start, end in _spans(data):
+        yield op, bytes(data[start:end])
 
 
 def scan(data, schemas: dict, channels: dict, result: Recovered) -> Iterator[Tuple[str, str, str, int, bytes]]:
@@ -89,13 +84,17 @@ def scan(data, schemas: dict, channels: dict, result: Recovered) -> Iterator[Tup
 
 
 def mcap_messages(path: Path, result: Recovered) -> Iterator[Tuple[str, str, str, int, bytes]]:
-    """Checked now (before anything is written), read lazily."""
-    data = path.read_bytes()
-    if not data.startswith(MAGIC):
-        raise BagError(f"'{path}' is not an MCAP file (no MCAP magic at its start)")
-    end = _complete_prefix(data)
-    result.lost_bytes = len(data) - end
-    return scan(memoryview(data)[len(MAGIC):end], {}, {}, result)
+    """Checked now (before anything is written), read lazily; the file is mapped, not loaded, so a
+    recording of many GB needs no more memory than its largest chunk."""
+    with open(path, "rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            raise BagError(f"'{path}' is not an MCAP file (no MCAP magic at its start)")
+        data = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+    whole = len(data) > 2 * len(MAGIC) and data[-len(MAGIC):] == MAGIC  # an intact file ends with it too
+    body = data[:len(data) - len(MAGIC)] if whole else data
+    end = max((e for _, _, e in _spans(body, len(MAGIC))), default=len(MAGIC))
+    result.lost_bytes = len(body) - end
+    return scan(data[len(MAGIC):end], {}, {}, result)
 
 
 def sqlite_messages(path: Path, result: Recovered) -> Iterator[Tuple[str, str, str, int, bytes]]:
