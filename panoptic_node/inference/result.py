@@ -84,8 +84,8 @@ def nearest_indices(src: int, dst: int) -> np.ndarray:
 def upsample_result(result: PanopticResult, height: int, width: int) -> PanopticResult:
     """A result decided at the network's resolution, brought to a larger input frame: every map
     nearest-upsampled, as DETR's published panoptic post-processing resizes its id map (there with
-    PIL's NEAREST); areas and
-    boxes counted in input pixels (exactly, from how many input rows / columns each sample covers)."""
+    PIL's NEAREST); areas and boxes counted in input pixels (exactly, from how many input rows /
+    columns each sample covers)."""
     h, w = result.shape
     ry, rx = nearest_indices(h, height), nearest_indices(w, width)
 

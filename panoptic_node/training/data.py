@@ -79,8 +79,12 @@ def find_camvid(path=None) -> Path:
     repository / the working directory. Missing: one line saying where CamVid comes from. A path the
     user gives is used or refused, never silently replaced by another CamVid."""
     import os
+
+    def is_camvid(p: Path) -> bool:
+        return (p / "val.txt").is_file() or (p / "train.txt").is_file()
+
     if path:
-        if (Path(path) / "val.txt").is_file() or (Path(path) / "train.txt").is_file():
+        if is_camvid(Path(path)):
             return Path(path)
         raise FileNotFoundError(f"no CamVid at '{path}' (no train.txt / val.txt there); {CAMVID_HINT}")
     candidates = []
@@ -89,7 +93,7 @@ def find_camvid(path=None) -> Path:
     repo = Path(__file__).resolve().parents[2]
     candidates += [repo.parent / "shared" / "data" / "camvid", Path.cwd().parent / "shared" / "data" / "camvid"]
     for c in candidates:
-        if (c / "val.txt").is_file() or (c / "train.txt").is_file():
+        if is_camvid(c):
             return c
     tried = ", ".join(str(c) for c in candidates)
     raise FileNotFoundError(f"CamVid not found (looked in {tried}); {CAMVID_HINT} -- point at it with --camvid "
