@@ -271,9 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay_args(p)
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("recover", help="the complete messages of an MCAP recording cut short (no footer, no "
-                                       "metadata.yaml) -> a new, valid bag")
-    p.add_argument("src", help="the .mcap file, or the bag folder holding it")
+    p = sub.add_parser("recover", help="the complete messages of a recording cut short (an .mcap without footer "
+                                       "or metadata.yaml, a .db3 without metadata.yaml) -> a new, valid bag")
+    p.add_argument("src", help="the .mcap / .db3 file, or the bag folder holding it")
     p.add_argument("--out", required=True, help="the new bag folder")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_recover)
@@ -334,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
     p.set_defaults(func=cmd_build_engine)
 
-    p = sub.add_parser("bench", help="run a benchmark from bench/ (pipeline, evaluation, backends)")
-    p.add_argument("which", choices=["pipeline", "evaluation", "backends"])
+    benches = ["pipeline", "evaluation", "backends", "resolution", "street_ablation"]
+    p = sub.add_parser("bench", help=f"run a benchmark from bench/ ({', '.join(benches)})")
+    p.add_argument("which", choices=benches)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 
