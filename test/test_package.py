@@ -66,3 +66,10 @@ def test_cli_help_lists_subcommands():
                          cwd=ROOT, timeout=120)
     for cmd in ("infer", "replay", "convert", "recover", "evaluate", "export", "build-engine", "train", "bench", "demo"):
         assert cmd in out.stdout
+
+
+def test_bench_command_runs_every_benchmark_script():
+    from panoptic_node.cli import build_parser
+    sub = next(a for a in build_parser()._subparsers._group_actions if a.dest == "command")
+    choices = set(next(a for a in sub.choices["bench"]._actions if a.dest == "which").choices)
+    assert choices == {p.stem[len("bench_"):] for p in (ROOT / "bench").glob("bench_*.py")}
