@@ -108,7 +108,8 @@ def cmd_replay(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation.report import bar_chart, write_json
+    from .atomic import write_json
+    from .evaluation.report import bar_chart
     if args.gt_json:
         from .evaluation.coco_folders import pq_from_folders
         acc, cats = pq_from_folders(args.gt_json, args.gt_folder, args.pred_json, args.pred_folder)
@@ -126,7 +127,7 @@ def cmd_evaluate(args) -> int:
         from .evaluation.evaluator import format_report
         print(format_report(report))
     if args.json:
-        write_json(report, args.json)
+        write_json(report, args.json, indent=1)
     if args.chart and report.get("miou") is not None:
         bar_chart(report, args.chart)
     return 0

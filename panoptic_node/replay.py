@@ -13,12 +13,11 @@ from typing import Dict, List, Optional
 import numpy as np
 from tqdm import tqdm
 
-from .atomic import partial_path
+from .atomic import partial_path, write_json
 from .bag.outputs import ResultBagWriter, camera_namespace
 from .bag.reader import BagReader, decode_frame
 from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.evaluator import Evaluator
-from .evaluation.report import write_json
 from .messages import FrameError, image_array
 from .render import overlay
 
@@ -193,7 +192,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
     if video_out:
         video_out.close()
     if metrics_path:
-        write_json(summary.to_dict(), metrics_path)  # through a .partial name
+        write_json(summary.to_dict(), metrics_path, indent=1)  # through a .partial name
     return summary
 
 

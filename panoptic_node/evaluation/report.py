@@ -1,7 +1,7 @@
-"""Evaluation outputs people look at: a per-class bar chart (PQ and IoU) and a JSON report."""
+"""Evaluation outputs people look at: a per-class bar chart (PQ and IoU). The JSON report goes
+through atomic.write_json."""
 from pathlib import Path
 
-from .. import atomic
 from ..atomic import atomic_path
 
 
@@ -38,7 +38,3 @@ def save_figure(fig, path) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
-
-
-def write_json(report: dict, path) -> Path:
-    return atomic.write_json(report, path, indent=1)

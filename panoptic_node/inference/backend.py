@@ -14,6 +14,14 @@ from torch import Tensor
 
 from ..model.fuse import fold_batchnorm
 
+def inference_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The backend's own eval copy of a model with BatchNorm folded into the convolutions; the
+    trained module and its state-dict names stay untouched."""
+    model = copy.deepcopy(model).eval()
+    fold_batchnorm(model.backbone)
+    return model
+
+
 class Backend:
     name = "base"
     precision = "fp32"
@@ -34,8 +42,7 @@ class TorchBackend(Backend):
         self.device = torch.device(device)
         # our own copy with BatchNorm folded into the convolutions; channels-last runs the
         # convolutions (depthwise ones above all) ~1.5x faster on CPU
-        model = copy.deepcopy(model).eval()
-        fold_batchnorm(model.backbone)
+        model = inference_copy(model)
         self.model = model.to(self.device, memory_format=torch.channels_last)
         self.mask_stride = model.mask_stride
 

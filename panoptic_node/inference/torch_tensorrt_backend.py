@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backend import Backend
+from .backend import Backend, inference_copy
 from .tensorrt_backend import EngineKey, file_sha256, get_engine
 
 PRECISIONS = ("fp32", "fp16")
@@ -80,14 +80,12 @@ class TorchTensorRTBackend(Backend):  # pragma: no cover - needs a GPU with torc
             raise RuntimeError("backend 'tensorrt' without --onnx compiles the PyTorch model with torch_tensorrt, which "
                                "is not installed; install torch-tensorrt or export an ONNX graph and pass --onnx") from None
         from ..export import _Detect, _Masks
-        from ..model.fuse import fold_batchnorm
 
         self.precision = precision
         self.size = cfg.input.canvas
         self.mask_stride = cfg.output_mask_stride
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
-        model = copy.deepcopy(model).eval()
-        fold_batchnorm(model.backbone)
+        model = inference_copy(model)
         if precision == "fp16":
             model = half_with_float32_norms(model)
         model = model.cuda()
