@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def main():
@@ -35,7 +34,7 @@ def main():
     from panoptic_node.model.checkpoint import load_weights
     from panoptic_node.model.config import load_config
     from panoptic_node.model.detr import build_model
-    from panoptic_node.inference.onnxruntime_backend import cpu_flags, int8_saturation_warning
+    from panoptic_node.inference.onnxruntime_backend import cpu_flags, int8_kernels_saturate
     from panoptic_node.quantize import quantize_int8
     from panoptic_node.training.data import CamVid, find_camvid
 
@@ -57,8 +56,7 @@ def main():
             (calib / p.name).symlink_to(p)
         # 8-bit weights, unless this is an x86 CPU without VNNI, where ONNX Runtime's int8 kernels
         # saturate on them (the backend would warn): then 7-bit ones, as a user there would export
-        seven_bit = int8_saturation_warning({"precision": "int8", "int8_weight_bits": 8}, platform.machine(),
-                                            cpu_flags()) is not None
+        seven_bit = int8_kernels_saturate(platform.machine(), cpu_flags())
         quantize_int8(d / "fp32.onnx", d / "int8.onnx", cfg, size, calib, frames=32, reduce_range=seven_bit)
         (d / "int8.masks.onnx").symlink_to(d / "fp32.masks.onnx")
         torch_be = TorchBackend(model)

@@ -144,17 +144,14 @@ def recover(src, out, overwrite: bool = False, log=print) -> Recovered:
     result = Recovered()
     source = sqlite_messages(path, result) if path.suffix == ".db3" else mcap_messages(path, result)
     writer = BagWriter(out, storage="sqlite3" if path.suffix == ".db3" else "mcap", overwrite=overwrite)
-    connections = {}
     try:
         for topic, msgtype, encoding, stamp, payload in source:
             if topic in result.skipped_topics:
                 continue
-            if topic not in connections:
-                if encoding != "cdr" or msgtype not in store.types:
-                    result.skipped_topics[topic] = f"type '{msgtype or '?'}' ({encoding}) is not known here"
-                    continue
-                connections[topic] = writer.writer.add_connection(topic, msgtype, typestore=store)
-            writer.writer.write(connections[topic], stamp, payload)
+            if encoding != "cdr" or msgtype not in store.types:
+                result.skipped_topics[topic] = f"type '{msgtype or '?'}' ({encoding}) is not known here"
+                continue
+            writer.write_raw(topic, msgtype, payload, stamp)
             result.messages += 1
             result.per_topic[topic] = result.per_topic.get(topic, 0) + 1
         if not result.messages:

@@ -37,11 +37,15 @@ class BagWriter:
         self.count = 0
 
     def write(self, topic: str, msg, stamp_ns: int) -> None:
+        self.write_raw(topic, msg.__msgtype__, self.store.serialize_cdr(msg, msg.__msgtype__), stamp_ns)
+
+    def write_raw(self, topic: str, msgtype: str, cdr: bytes, stamp_ns: int) -> None:
+        """An already serialized message (CDR) of a type the typestore knows."""
         conn = self.connections.get(topic)
         if conn is None:
-            conn = self.writer.add_connection(topic, msg.__msgtype__, typestore=self.store)
+            conn = self.writer.add_connection(topic, msgtype, typestore=self.store)
             self.connections[topic] = conn
-        self.writer.write(conn, int(stamp_ns), self.store.serialize_cdr(msg, msg.__msgtype__))
+        self.writer.write(conn, int(stamp_ns), cdr)
         self.count += 1
 
     def close(self) -> Path:

@@ -27,12 +27,18 @@ def cpu_flags() -> set:
     return set()
 
 
+def int8_kernels_saturate(machine: str, flags: set) -> bool:
+    """Whether ONNX Runtime's int8 kernels saturate on 8-bit weights here: x86 without VNNI
+    (see quantize.quantize_int8)."""
+    return machine.lower() in ("x86_64", "amd64", "i386", "i686") and not flags & VNNI_FLAGS
+
+
 def int8_saturation_warning(meta: dict, machine: str, flags: set) -> Optional[str]:
-    """A warning when an int8 graph with full 8-bit weights is about to run on an x86 CPU without VNNI,
-    where ONNX Runtime's int8 kernels saturate (see quantize.quantize_int8); None when it is safe."""
+    """A warning when an int8 graph with full 8-bit weights is about to run where ONNX Runtime's
+    int8 kernels saturate; None when it is safe."""
     if meta.get("precision") != "int8" or meta.get("int8_weight_bits") != 8:
         return None
-    if machine.lower() not in ("x86_64", "amd64", "i386", "i686") or flags & VNNI_FLAGS:
+    if not int8_kernels_saturate(machine, flags):
         return None
     return ("WARNING: this int8 graph has 8-bit weights and this x86 CPU has no VNNI, where ONNX Runtime's int8 "
             "kernels saturate (a street model fell from PQ 52.7 to 19.6); re-export it with "
