@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from panoptic_node.inference.cell_decision import CellDecision
 from panoptic_node.inference.postprocess import bilinear_matrix, merge_panoptic, resize_masks, select_queries
 from panoptic_node.inference.preprocess import Geometry
 from panoptic_node.taxonomy import get_taxonomy
@@ -64,8 +65,8 @@ def reference_postprocess(masks, labels, scores, geom, stride, merge, min_area):
     (8, Geometry(height=19, width=23, resized_h=38, resized_w=46, padded_h=64, padded_w=64)),  # upscaled + padded
     (4, Geometry(height=30, width=17, resized_h=15, resized_w=9, padded_h=32, padded_w=32)),  # downscaled + padded
 ])
-@pytest.mark.parametrize("vectorized", [False, True], ids=["cpu-path", "gpu-path"])
-def test_fast_equals_reference(merge, stride, geom, vectorized):
+@pytest.mark.parametrize("path", ["cells", "dense-running-max", "dense-argmax"])
+def test_fast_equals_reference(merge, stride, geom, path):
     rng = np.random.default_rng(stride)
     h, w = geom.padded_h // stride, geom.padded_w // stride
     # overlapping blobs, two queries of one stuff class (road), one tiny thing
@@ -83,8 +84,12 @@ def test_fast_equals_reference(merge, stride, geom, vectorized):
     min_area = 30
     winners = np.bincount(resize_masks(torch.from_numpy(masks), geom, stride).argmax(0).numpy().ravel(), minlength=7)
     assert 0 < winners[6] < min_area and winners[0] > 0 and winners[1] > 0  # the cases this test is about
-    fast = merge_panoptic(resize_masks(torch.from_numpy(masks), geom, stride), torch.from_numpy(labels),
-                          torch.from_numpy(scores), CAMVID.thing_lut, merge, min_area, "camvid", vectorized=vectorized)
+    if path == "cells":  # the CPU pipeline's: from the low-resolution logits
+        decision = CellDecision(torch.from_numpy(masks), geom, stride, torch.from_numpy(scores), merge)
+    else:  # masks resized to the frame first (the GPU pipeline's is the argmax)
+        decision = resize_masks(torch.from_numpy(masks), geom, stride)
+    fast = merge_panoptic(decision, torch.from_numpy(labels), torch.from_numpy(scores), CAMVID.thing_lut, merge,
+                          min_area, "camvid", vectorized=path == "dense-argmax")
     ref_ids, ref_labels = reference_postprocess(masks, labels, scores, geom, stride, merge, min_area)
     np.testing.assert_array_equal(fast.segment_ids, ref_ids)
     assert [s.label for s in fast.segments] == ref_labels
@@ -240,3 +245,49 @@ def test_upsampled_result_is_the_nearest_resize_of_every_map(out_size):
     assert (up.semantic[up.segment_ids == 0] == 255).all() and (up.panoptic[up.segment_ids == 0] == -1).all()
     for name in ("semantic", "instance", "panoptic"):
         assert getattr(up, name).dtype == getattr(low, name).dtype
+
+
+@pytest.mark.parametrize("geom,stride", [
+    (Geometry(height=48, width=64, resized_h=48, resized_w=64, padded_h=48, padded_w=64), 4),     # exact grid
+    (Geometry(height=30, width=41, resized_h=60, resized_w=82, padded_h=64, padded_w=96), 8),     # decided smaller
+    (Geometry(height=135, width=240, resized_h=60, resized_w=107, padded_h=64, padded_w=112), 8),  # HD, full res
+])
+def test_cells_equal_the_dense_argmax_ties_and_deaths_included(geom, stride):
+    """The cell decision against resizing every mask and taking the per-pixel argmax: with integer
+    logits on a grid whose weights are exact in float (stride 4, exact grid) ties are exact and must
+    go to the first query; queries then die in steps (the merge's reassignments) and the answer must
+    stay the dense argmax over the alive ones. Own areas equal the dense count of logit > 0."""
+    rng = np.random.default_rng(stride + geom.width)
+    k = 9
+    h, w = geom.padded_h // stride, geom.padded_w // stride
+    logits = torch.from_numpy(rng.integers(-3, 4, (k, h, w)).astype(np.float32))
+    scores = torch.from_numpy(rng.uniform(0.5, 1, k).astype(np.float32))
+    exact = geom.resized_h == geom.height and stride == 4
+    for merge in ("logits", "score_prob"):
+        cells = CellDecision(logits, geom, stride, scores, merge)
+        dense = resize_masks(logits, geom, stride)
+        np.testing.assert_array_equal(cells.own_areas(), (dense > 0).flatten(1).sum(1).numpy())
+        values = dense if merge == "logits" else dense.sigmoid() * scores[:, None, None]
+        alive = np.ones(k, dtype=bool)
+        for dead in ([], [3], [0, 7], [1, 2, 8]):
+            alive[dead] = False
+            got = cells.winners(alive)
+            assert alive[got].all()
+            want = values.masked_fill(~torch.from_numpy(alive)[:, None, None], -np.inf).argmax(0).numpy()
+            if exact:
+                np.testing.assert_array_equal(got, want)
+            else:  # float rounding of the mixes may differ from the matrix products' on near-ties only
+                top2 = values[torch.from_numpy(alive)].topk(2, 0).values
+                near_tie = (top2[0] - top2[1]).numpy() <= 1e-5 * np.maximum(1, np.abs(top2[0].numpy()))
+                assert ((got == want) | near_tie).all()
+                assert (got == want).mean() > 0.95
+
+
+def test_cells_after_a_query_comes_back_decide_afresh():
+    geom = Geometry(height=16, width=16, resized_h=16, resized_w=16, padded_h=16, padded_w=16)
+    logits = torch.randn(4, 4, 4)
+    cells = CellDecision(logits, geom, 4, torch.ones(4), "logits")
+    alive = np.array([True, False, True, True])
+    cells.winners(alive)
+    full = cells.winners(np.ones(4, dtype=bool))
+    np.testing.assert_array_equal(full, resize_masks(logits, geom, 4).argmax(0).numpy())

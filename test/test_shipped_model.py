@@ -32,3 +32,34 @@ def test_shipped_model_on_camvid_val():
     scores = cm.scores()
     assert scores["pixel_accuracy"] >= 0.8
     assert scores["miou"] >= 0.4
+
+
+def test_cell_decision_equals_dense_postprocess_on_real_frames():
+    """On the street model's real mask logits (smooth, with many borders) the CPU pipeline's cell
+    decision and the dense one (every mask resized, per-pixel argmax) give the same result up to
+    pixels where the two best queries are within float rounding of each other."""
+    import torch
+    from panoptic_node.inference.cell_decision import CellDecision
+    from panoptic_node.inference.postprocess import merge_panoptic, resize_masks, select_queries
+    from panoptic_node.inference.preprocess import preprocess
+
+    root = camvid_or_skip()
+    pipeline = Pipeline.from_config("street_lite0")
+    pp, stride = pipeline.cfg.postprocess, pipeline.backend.mask_stride
+    val = CamVid(root, "val")
+    for i in (10, 60):
+        x, m, geom = preprocess(val[i].rgb, pipeline.cfg.input)
+        logits, _, hs, feats = pipeline.backend.detect(x, m)
+        keep, labels, scores = select_queries(logits[0], pipeline.threshold)
+        masks = pipeline.backend.masks(feats, 0, hs[0, keep]).float()
+        assert len(keep) > 5
+        args = (labels, scores, pipeline.taxonomy.thing_lut, pp.merge, pp.min_area, pipeline.cfg.labels, pp.overlap)
+        cells = merge_panoptic(CellDecision(masks, geom, stride, scores, pp.merge), *args)
+        dense_masks = resize_masks(masks, geom, stride)
+        dense = merge_panoptic(dense_masks.clone(), *args)
+        differ = cells.segment_ids != dense.segment_ids
+        values = dense_masks.sigmoid() * scores[:, None, None]
+        top2 = values.topk(2, 0).values.numpy()
+        assert (top2[0] - top2[1])[differ].max(initial=0) < 1e-5
+        assert [(s.label, s.area) for s in cells.segments] == [(s.label, s.area) for s in dense.segments] \
+            or differ.sum() < 10

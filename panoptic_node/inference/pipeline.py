@@ -11,6 +11,7 @@ from ..model.config import ModelConfig, load_config, DEFAULT_MODEL
 from ..model.detr import build_model
 from ..taxonomy import get_mapping, get_taxonomy
 from .backend import TorchBackend, Backend
+from .cell_decision import CellDecision
 from .postprocess import merge_panoptic, resize_masks, select_queries
 from .preprocess import preprocess
 from .remap import remap_result
@@ -84,9 +85,13 @@ class Pipeline:
             larger = geom.height * geom.width > geom.resized_h * geom.resized_w
             decide = dataclasses.replace(geom, height=geom.resized_h, width=geom.resized_w) \
                 if larger and not pp.full_resolution else geom
-            full = resize_masks(mask_logits, decide, self.backend.mask_stride) if len(keep) else \
-                torch.zeros(0, decide.height, decide.width)
-            result = merge_panoptic(full, labels, scores, self.taxonomy.thing_lut, pp.merge, pp.min_area,
+            if not len(keep):
+                masks = torch.zeros(0, decide.height, decide.width)
+            elif mask_logits.device.type == "cpu":  # from the low-resolution logits (cell_decision.py)
+                masks = CellDecision(mask_logits, decide, self.backend.mask_stride, scores, pp.merge)
+            else:
+                masks = resize_masks(mask_logits, decide, self.backend.mask_stride)
+            result = merge_panoptic(masks, labels, scores, self.taxonomy.thing_lut, pp.merge, pp.min_area,
                                     self.cfg.labels, pp.overlap)
             if self.mapping is not None:
                 result = remap_result(result, self.mapping)
