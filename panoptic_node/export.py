@@ -102,3 +102,23 @@ def read_metadata(path) -> dict:
     if "panoptic_node" not in props:
         raise ValueError(f"'{path}' has no panoptic_node metadata; expected a graph written by `panoptic-node export`")
     return json.loads(props["panoptic_node"])
+
+
+def open_exported(path, expected_config=None) -> Tuple[dict, Path]:
+    """What a backend checks before loading an exported pair: the detect graph exists and carries our
+    metadata, its mask-head graph lies beside it, and it was exported from `expected_config`'s model
+    (when given). Returns (metadata, mask graph path)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file '{path}' does not exist; create it with `panoptic-node export`")
+    meta = read_metadata(path)
+    masks = mask_graph_path(path)
+    if not masks.is_file():
+        raise FileNotFoundError(f"mask-head graph '{masks}' is missing beside '{path}'; re-run `panoptic-node export`")
+    if expected_config is not None:
+        want, got = expected_config.to_dict(), meta["config"]
+        diff = sorted(k for k in want if k not in ("weights", "postprocess") and want[k] != got.get(k))
+        if diff:
+            raise ValueError(f"ONNX file '{path}' was exported from another model (differs in {', '.join(diff)}); "
+                             f"re-export it for model '{expected_config.name}'")
+    return meta, masks

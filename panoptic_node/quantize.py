@@ -81,6 +81,27 @@ def float_kept_nodes(model) -> List[str]:
     return keep
 
 
+def constant_nodes(model) -> List[str]:
+    """Nodes whose inputs all come from constants, not from the image. In DETR's first decoder layer
+    the target is zero, so its whole self-attention is a constant the runtimes fold away; Q/DQ pairs
+    there gain nothing, and OpenVINO fails to compile a graph with them (a DequantizeLinear left
+    without its consumer once the constant is folded). model: onnx.ModelProto."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    static = {v.name for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output)
+              if v.type.tensor_type.HasField("shape")
+              and all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)}
+    constant = {i.name for i in model.graph.initializer} | {""}
+    names = []
+    for n in model.graph.node:  # ONNX nodes are stored in topological order
+        # the shape of a fixed-size tensor is a constant (the exported graphs have a fixed input size)
+        if all(i in constant for i in n.input) or (n.op_type == "Shape" and n.input[0] in static):
+            constant.update(n.output)
+            names.append(n.name)
+    return names
+
+
 def clipped_conv_ranges(model) -> dict:
     """Quantization ranges for convolution outputs that feed a ReLU6 (Clip): the clip's own range.
 
@@ -127,7 +148,8 @@ def quantize_int8(fp32_path, out_path, cfg, size, source, frames: int = 32, meth
         quantize_static(str(fp32_path), str(tmp), _Reader(data, cfg, size), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                         reduce_range=reduce_range,
-                        op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=float_kept_nodes(graph),
+                        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                        nodes_to_exclude=float_kept_nodes(graph) + constant_nodes(graph),
                         calibrate_method=methods[method],
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                        "TensorQuantOverrides": clipped_conv_ranges(graph)})

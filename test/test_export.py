@@ -1,5 +1,5 @@
-"""ONNX export: both model families match PyTorch within 1e-4 through ONNX Runtime, the mask graph
-takes any number of queries, metadata rides along, and wrong / corrupt files are refused."""
+"""ONNX export: both model families match PyTorch within 1e-4 through ONNX Runtime and OpenVINO, the
+mask graph takes any number of queries, metadata rides along, and wrong / corrupt files are refused."""
 import numpy as np
 import pytest
 import torch
@@ -16,6 +16,16 @@ from panoptic_node.model.detr import build_model  # noqa: E402
 from conftest import compact_config, small_config  # noqa: E402
 
 
+def openvino_backend(*args, **kwargs):
+    pytest.importorskip("openvino")
+    from panoptic_node.inference.openvino_backend import OpenVinoBackend
+    return OpenVinoBackend(*args, **kwargs)
+
+
+# the two CPU runtimes of the exported graphs
+RUNTIMES = pytest.mark.parametrize("runtime", [OnnxRuntimeBackend, openvino_backend], ids=["onnxruntime", "openvino"])
+
+
 @pytest.fixture(scope="module", params=["compact", "compact_stride4", "r50"])
 def exported(request, tmp_path_factory):
     cfg = {"compact": compact_config, "compact_stride4": lambda: compact_config(mask_stride=4),
@@ -27,9 +37,10 @@ def exported(request, tmp_path_factory):
     return cfg, model, path
 
 
-def test_parity_with_torch(exported):
+@RUNTIMES
+def test_parity_with_torch(exported, runtime):
     cfg, model, path = exported
-    be = OnnxRuntimeBackend(path, cfg)
+    be = runtime(path, cfg)
     torch.manual_seed(1)
     x = torch.randn(1, 3, 64, 96)
     pad = torch.zeros(1, 64, 96, dtype=torch.bool)
@@ -45,10 +56,11 @@ def test_parity_with_torch(exported):
     torch.testing.assert_close(boxes, ref.boxes, atol=1e-4, rtol=1e-4)
 
 
-def test_pipeline_on_onnxruntime_equals_torch(exported, rng):
+@RUNTIMES
+def test_pipeline_on_exported_graphs_equals_torch(exported, runtime, rng):
     cfg, model, path = exported
     frame = rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)
-    ort_result = Pipeline(cfg, OnnxRuntimeBackend(path, cfg))(frame)
+    ort_result = Pipeline(cfg, runtime(path, cfg))(frame)
     assert ort_result.shape == (48, 80)
     # same canvas for torch, so both see identical pixels
     torch_backend = TorchBackend(model)
@@ -75,18 +87,20 @@ def test_metadata(exported):
     assert onnx.load(str(path)).opset_import[0].version >= 17
 
 
-def test_onnx_from_another_model_is_refused(exported):
+@RUNTIMES
+def test_onnx_from_another_model_is_refused(exported, runtime):
     cfg, _, path = exported
     other = compact_config(num_classes=19, labels="cityscapes") if cfg.backbone.startswith("eff") else \
         small_config(num_queries=20)
     with pytest.raises(ValueError, match="exported from another model"):
-        OnnxRuntimeBackend(path, other)
+        runtime(path, other)
 
 
-def test_corrupt_onnx(tmp_path):
+@RUNTIMES
+def test_corrupt_onnx(tmp_path, runtime):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage" * 10)
     with pytest.raises(ValueError, match="not a readable ONNX file|no panoptic_node metadata"):
-        OnnxRuntimeBackend(bad)
+        runtime(bad)
     with pytest.raises(FileNotFoundError, match="panoptic-node export"):
-        OnnxRuntimeBackend(tmp_path / "missing.onnx")
+        runtime(tmp_path / "missing.onnx")

@@ -25,7 +25,7 @@ def test_shipped_yaml_is_valid_and_complete():
 
 @pytest.mark.parametrize("name,value,expected", [
     ("threshold", 1.5, "parameter 'threshold' = 1.5 is invalid: allowed number >= -1.0 <= 1.0"),
-    ("backend", "tflite", "one of auto, torch, onnxruntime, tensorrt"),
+    ("backend", "tflite", "one of auto, torch, onnxruntime, openvino, tensorrt"),
     ("qos_depth", 0, "parameter 'qos_depth' = 0"),
     ("cameras", [], "non-empty list"),
     ("input_transport", "theora", "one of raw, compressed"),

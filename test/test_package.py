@@ -73,3 +73,17 @@ def test_bench_command_runs_every_benchmark_script():
     sub = next(a for a in build_parser()._subparsers._group_actions if a.dest == "command")
     choices = set(next(a for a in sub.choices["bench"]._actions if a.dest == "which").choices)
     assert choices == {p.stem[len("bench_"):] for p in (ROOT / "bench").glob("bench_*.py")}
+
+
+def test_every_backend_is_offered_by_the_cli_the_schema_and_the_launch_file():
+    import json
+    import re
+    from pathlib import Path
+    from panoptic_node.inference.backends import BACKENDS
+    root = Path(__file__).resolve().parents[1]
+    schema = (root / "config" / "panoptic_node.schema.json").read_text()
+    assert re.search(r'"backend": \{[^}]*"enum": (\[[^]]*\])', schema) and \
+        tuple(json.loads(re.search(r'"backend": \{[^}]*"enum": (\[[^]]*\])', schema).group(1))) == BACKENDS
+    cli = (root / "panoptic_node" / "cli.py").read_text()
+    assert re.search(r'"--backend".*choices=\[(.*?)\]', cli).group(1).replace('"', "").split(", ") == list(BACKENDS)
+    assert "|".join(BACKENDS) in (root / "launch" / "car.launch.py").read_text()

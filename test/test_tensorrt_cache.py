@@ -88,7 +88,7 @@ def test_optimization_profile_covers_the_mask_graphs_query_dimension(tmp_path):
 
 def test_auto_without_cuda_or_onnx_is_torch():
     assert resolve("auto", load_config("street_lite0"), onnx=None) in ("torch", "onnxruntime")
-    with pytest.raises(ValueError, match="not one of auto, torch, onnxruntime, tensorrt"):
+    with pytest.raises(ValueError, match="not one of auto, torch, onnxruntime, openvino, tensorrt"):
         resolve("tflite", load_config("street_lite0"))
 
 

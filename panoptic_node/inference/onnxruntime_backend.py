@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..model.config import ModelConfig
-from ..export import mask_graph_path, read_metadata
+from ..export import open_exported
 from .backend import Backend
 
 
@@ -52,21 +52,10 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         path = Path(onnx_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX file '{path}' does not exist; create it with `panoptic-node export`")
-        meta = read_metadata(path)
-        masks = mask_graph_path(path)
-        if not masks.is_file():
-            raise FileNotFoundError(f"mask-head graph '{masks}' is missing beside '{path}'; re-run `panoptic-node export`")
+        meta, masks = open_exported(path, expected_config)
         self.meta = meta
         self.size = tuple(meta["input_size"])
         self.precision = meta.get("precision", "fp32")
-        if expected_config is not None:
-            want, got = expected_config.to_dict(), meta["config"]
-            diff = sorted(k for k in want if k not in ("weights", "postprocess") and want[k] != got.get(k))
-            if diff:
-                raise ValueError(f"ONNX file '{path}' was exported from another model (differs in {', '.join(diff)}); "
-                                 f"re-export it for model '{expected_config.name}'")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

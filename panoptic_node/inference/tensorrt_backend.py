@@ -142,14 +142,14 @@ class TensorRTBackend(Backend):  # pragma: no cover - needs a GPU
                                "or torch")
         import tensorrt as trt
 
-        from ..export import mask_graph_path, read_metadata
-        meta = read_metadata(onnx_path)
+        from ..export import open_exported
+        meta, masks = open_exported(onnx_path, cfg)
         self.size = tuple(meta["input_size"])
         self.precision = "int8" if meta.get("precision") == "int8" else precision
         self.mask_stride = cfg.output_mask_stride
         props = torch.cuda.get_device_properties(0)
         engines = []
-        for graph in (Path(onnx_path), mask_graph_path(onnx_path)):
+        for graph in (Path(onnx_path), masks):
             key = EngineKey(file_sha256(graph), trt.__version__, props.name, f"{props.major}.{props.minor}",
                             self.precision, self.size)
             engines.append(get_engine(key, lambda out, g=graph: build_engine(g, out, self.precision, cfg.num_queries, log),

@@ -1,0 +1,62 @@
+"""OpenVINO backend: the same two exported graphs as ONNX Runtime (detect + kept-query mask head), fp32
+or int8 QDQ, compiled by OpenVINO for the CPU.
+
+Why a second CPU runtime: on x86 CPUs with VNNI / AMX, OpenVINO runs our int8 QDQ graph as int8
+convolutions and matrix products end to end, where ONNX Runtime leaves a third of the convolutions and
+every ReLU6 in float and ends up slower than its fp32 graph (measured in bench/bench_backends.py)."""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..export import open_exported
+from ..model.config import ModelConfig
+from .backend import Backend
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+
+    def __init__(self, onnx_path, expected_config=None, threads: int = 0):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise RuntimeError("backend 'openvino' needs the openvino package: pip install openvino") from None
+
+        path = Path(onnx_path)
+        meta, masks = open_exported(path, expected_config)
+        self.meta = meta
+        self.size = tuple(meta["input_size"])
+        self.precision = meta.get("precision", "fp32")
+        # float layers stay float32: on CPUs with AMX / AVX512-BF16 OpenVINO would otherwise run them
+        # in bfloat16, which is a different precision from the one the graph and its metadata name
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        try:
+            self.detect_request = core.compile_model(str(path), "CPU", config).create_infer_request()
+            self.mask_request = core.compile_model(str(masks), "CPU", config).create_infer_request()
+        except Exception as e:
+            raise ValueError(f"OpenVINO cannot load '{path}' ({str(e).strip().splitlines()[0]})") from None
+        # a compiled output may carry several tensor names (an internal one too): use the one the
+        # mask-head graph takes as its input
+        mask_inputs = {name for i in self.mask_request.model_inputs for name in i.get_names()}
+        self.feature_names = [sorted(o.get_names() & mask_inputs)[0] for o in self.detect_request.model_outputs[3:]]
+        self.mask_stride = ModelConfig.from_dict(meta["config"]).output_mask_stride
+
+    def detect(self, images, pad_mask):
+        if tuple(images.shape[-2:]) != self.size:
+            raise ValueError(f"ONNX graph takes {self.size[0]}x{self.size[1]} inputs, got "
+                             f"{images.shape[-2]}x{images.shape[-1]}")
+        out = self.detect_request.infer({"image": images.numpy().astype(np.float32),
+                                         "pad_mask": pad_mask.numpy().astype(np.uint8)})
+        # copies: the request reuses its output buffers on the next call
+        logits, boxes, hs, *feats = (np.array(out[o]) for o in self.detect_request.model_outputs)
+        return torch.from_numpy(logits), torch.from_numpy(boxes), torch.from_numpy(hs), feats
+
+    def masks(self, mask_features, index, hs):
+        feeds = {name: f[index:index + 1] for name, f in zip(self.feature_names, mask_features)}
+        feeds["hs"] = hs[None].numpy().astype(np.float32)
+        out = self.mask_request.infer(feeds)
+        return torch.from_numpy(np.array(out[self.mask_request.model_outputs[0]])[0])
