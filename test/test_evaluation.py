@@ -214,3 +214,26 @@ def test_negative_segment_id_is_named(dtype):
     with pytest.raises(ValueError, match="prediction segment id -3 has no segment info"):
         PQAccumulator().add(gt.astype(dtype), {k: SegmentInfo(c, bool(cr)) for k, (c, cr) in gt_segs.items()},
                             pred, {k: SegmentInfo(c) for k, (c, _) in pred_segs.items()})
+
+
+@pytest.mark.parametrize("layout", ["blocks", "noise", "one pixel"])
+@pytest.mark.parametrize("ids", ["small", "24bit"])
+def test_joint_areas_equal_a_direct_count(layout, ids):
+    """Counting runs of equal pairs (piecewise-constant maps) or pixels (noise, where runs would not be
+    shorter) gives np.unique's pair counts, keys without pixels included as zero rows / columns."""
+    from panoptic_node.evaluation.pq import _joint_areas
+    rng = np.random.default_rng(7)
+    shape = {"blocks": (6, 8), "noise": (48, 64), "one pixel": (1, 1)}[layout]
+    gt, pred = rng.integers(0, 5, shape), rng.integers(0, 9, shape)
+    if layout == "blocks":
+        gt, pred = np.kron(gt, np.ones((8, 8), np.int64)), np.kron(pred, np.ones((8, 8), np.int64))
+    if ids == "24bit":
+        gt, pred = np.where(gt > 0, gt * 65537 + 7, 0), np.where(pred > 0, pred * 65537 + 7, 0)
+    gt_keys = np.unique(np.append(gt, gt.max() + 3))      # one key with no pixels beyond the largest id
+    pred_keys = np.unique(np.append(pred, pred.max() + 5))
+    table = _joint_areas(gt.ravel(), gt_keys, pred.ravel(), pred_keys)
+    pairs, counts = np.unique(np.stack([gt.ravel(), pred.ravel()]), axis=1, return_counts=True)
+    want = np.zeros((len(gt_keys), len(pred_keys)), np.int64)
+    want[np.searchsorted(gt_keys, pairs[0]), np.searchsorted(pred_keys, pairs[1])] = counts
+    np.testing.assert_array_equal(table, want)
+    assert table.dtype.kind == "i" and table.sum() == gt.size
