@@ -20,6 +20,7 @@ from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.evaluator import Evaluator
 from .messages import FrameError, image_array
 from .render import overlay
+from .topic_qos import DIAGNOSTICS
 
 GT_PANOPTIC = "/ground_truth/panoptic"
 GT_SEMANTIC = "/ground_truth/semantic"
@@ -187,7 +188,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
             {"frames": summary.frames, "undecodable": summary.undecodable, "backend": summary.backend,
              "model": summary.model, "precision": pipeline.backend.precision,
              **{f"{s}_p50_ms": f"{v['p50']:.1f}" for s, v in p.items()},
-             **{f"{s}_p99_ms": f"{v['p99']:.1f}" for s, v in p.items()}}), stamp)
+             **{f"{s}_p99_ms": f"{v['p99']:.1f}" for s, v in p.items()}}), stamp, DIAGNOSTICS)
         writer.close()
     if video_out:
         video_out.close()

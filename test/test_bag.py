@@ -110,6 +110,93 @@ def camera_bag(path, storage, frames, compressed=False, topic="/front/image_raw"
     return path
 
 
+def decoded_with_mcap_ros2(bag_dir, storage):
+    """Every message of an output bag decoded by Foxglove's mcap_ros2 (not rosbags), from the message
+    definitions stored in the bag itself, with each topic's type and recorded QoS offer:
+    {topic: (type, offered QoS list, [messages])}."""
+    import sqlite3
+    from mcap.reader import make_reader
+    from mcap.records import Schema
+    from mcap_ros2.decoder import DecoderFactory
+
+    factory = DecoderFactory()
+    (path,) = list(bag_dir.glob("*.mcap" if storage == "mcap" else "*.db3"))
+    out = {}
+    if storage == "mcap":
+        with open(path, "rb") as f:
+            reader = make_reader(f, decoder_factories=[factory])
+            summary = reader.get_summary()
+            for c in summary.channels.values():
+                schema = summary.schemas[c.schema_id]
+                assert (schema.encoding, c.message_encoding) == ("ros2msg", "cdr")
+                out[c.topic] = (schema.name, yaml.safe_load(c.metadata.get("offered_qos_profiles") or "[]"), [])
+            for _, channel, _, msg in reader.iter_decoded_messages():
+                out[channel.topic][2].append(msg)
+        return out
+    db = sqlite3.connect(path)
+    definitions = {t: (enc, text) for t, enc, text in
+                   db.execute("SELECT topic_type, encoding, encoded_message_definition FROM message_definitions")}
+    decoders = {}
+    for tid, name, msgtype, fmt, qos in db.execute(
+            "SELECT id, name, type, serialization_format, offered_qos_profiles FROM topics"):
+        assert fmt == "cdr" and definitions[msgtype][0] == "ros2msg"
+        decoders[tid] = factory.decoder_for("cdr", Schema(id=tid, name=msgtype, encoding="ros2msg", data=definitions[msgtype][1].encode()))
+        out[name] = (msgtype, yaml.safe_load(qos or "[]"), [])
+    names = {tid: name for tid, name in db.execute("SELECT id, name FROM topics")}
+    for tid, data in db.execute("SELECT topic_id, data FROM messages ORDER BY timestamp, id"):
+        out[names[tid]][2].append(decoders[tid](data))
+    db.close()
+    return out
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_output_bag_decodes_with_an_independent_reader(tiny_pipeline, tmp_path, rng, storage):
+    """What a ROS 2 tool sees in our output bags: every message decodes with another implementation of
+    CDR and of the .msg definitions (mcap_ros2, used by Foxglove) from the definitions the bag stores;
+    types are the live node's; each topic records the QoS the live node offers, label_info latched
+    (transient local), so `ros2 bag play` offers it to late subscribers; metadata.yaml is rosbag2's
+    version 8 with the message counts of the storage."""
+    stamps = [1_700_000_000_000_000_000 + i * 50_000_000 for i in range(3)]
+    bag = camera_bag(tmp_path / "in", storage, [(s, rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for s in stamps])
+    replay(tiny_pipeline, bag, tmp_path / "out", storage=storage)
+    got = decoded_with_mcap_ros2(tmp_path / "out", storage)
+    ns = "/front/panoptic"
+    assert {t: v[0] for t, v in got.items()} == {
+        f"{ns}/semantic": "sensor_msgs/msg/Image", f"{ns}/instances": "sensor_msgs/msg/Image",
+        f"{ns}/panoptic": "sensor_msgs/msg/Image", f"{ns}/overlay": "sensor_msgs/msg/Image",
+        f"{ns}/detections": "vision_msgs/msg/Detection2DArray", f"{ns}/label_info": "vision_msgs/msg/LabelInfo",
+        "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray"}
+    for name, encoding, size in (("semantic", "mono8", 1), ("instances", "mono16", 2), ("panoptic", "32SC1", 4),
+                                 ("overlay", "bgr8", 3)):
+        msgs = got[f"{ns}/{name}"][2]
+        assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in msgs] == stamps
+        for m in msgs:
+            assert (m.header.frame_id, m.encoding, m.height, m.width, m.step) == ("front_optical", encoding, 48, 64, 64 * size)
+            assert len(m.data) == m.step * m.height and m.is_bigendian == 0
+    for det, inst in zip(got[f"{ns}/detections"][2], got[f"{ns}/instances"][2]):
+        ids = np.unique(np.frombuffer(bytes(inst.data), np.uint16))
+        assert sorted(int(d.id) for d in det.detections) == sorted(set(ids.tolist()) - {0})
+        assert all(d.results and d.bbox.size_x > 0 for d in det.detections)
+    (info,) = got[f"{ns}/label_info"][2]
+    assert [c.class_name for c in info.class_map] == [c["class_name"] for c in
+                                                       __import__("panoptic_node.messages", fromlist=["label_info"])
+                                                       .label_info(tiny_pipeline.taxonomy)]
+    (diag,) = got["/diagnostics"][2]
+    assert {kv.key: kv.value for kv in diag.status[0].values}["frames"] == "3"
+    # the offers recorded, as rosbag2 reads them (reliability 1 reliable / 2 best effort; durability
+    # 1 transient local / 2 volatile)
+    qos = {t: [(q["reliability"], q["durability"]) for q in v[1]] for t, v in got.items()}
+    assert qos[f"{ns}/label_info"] == [(1, 1)]
+    assert qos[f"{ns}/semantic"] == qos[f"{ns}/detections"] == qos["/diagnostics"] == [(1, 2)]
+    assert qos[f"{ns}/overlay"] == [(2, 2)]
+    meta = yaml.safe_load((tmp_path / "out" / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert meta["version"] == 8 and meta["storage_identifier"] == storage
+    assert {t["topic_metadata"]["name"]: t["message_count"] for t in meta["topics_with_message_count"]} == \
+        {t: len(v[2]) for t, v in got.items()}
+    assert all(yaml.safe_load(t["topic_metadata"]["offered_qos_profiles"] or "[]") == got[t["topic_metadata"]["name"]][1]
+               for t in meta["topics_with_message_count"])
+
+
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 @pytest.mark.parametrize("compressed", [False, True])
 def test_replay_round_trip(tiny_pipeline, tmp_path, rng, storage, compressed):

@@ -7,6 +7,7 @@ from ..inference.result import PanopticResult
 from ..messages import detections, image_fields, label_info
 from ..render import overlay
 from ..taxonomy import Taxonomy
+from ..topic_qos import LABEL_INFO, MAPS, OVERLAY
 from .writer import BagWriter, detection_array_msg, image_msg, label_info_msg
 
 OUTPUT_TOPICS = {  # relative to the camera namespace
@@ -40,13 +41,15 @@ class ResultBagWriter:
         """drawn: the frame's overlay if the caller already rendered it (replay's video uses it too)."""
         if not self.label_info_written:
             self.w.write(self.topic("panoptic/label_info"), label_info_msg(hdr, label_info(self.taxonomy),
-                                                                            self.threshold), stamp)
+                                                                            self.threshold), stamp, LABEL_INFO)
             self.label_info_written = True
-        self.w.write(self.topic("panoptic/semantic"), image_msg(hdr, image_fields(result.semantic, "mono8")), stamp)
-        self.w.write(self.topic("panoptic/instances"), image_msg(hdr, image_fields(result.instance, "mono16")), stamp)
-        self.w.write(self.topic("panoptic/panoptic"), image_msg(hdr, image_fields(result.panoptic, "32SC1")), stamp)
+        self.w.write(self.topic("panoptic/semantic"), image_msg(hdr, image_fields(result.semantic, "mono8")), stamp, MAPS)
+        self.w.write(self.topic("panoptic/instances"), image_msg(hdr, image_fields(result.instance, "mono16")), stamp,
+                     MAPS)
+        self.w.write(self.topic("panoptic/panoptic"), image_msg(hdr, image_fields(result.panoptic, "32SC1")), stamp,
+                     MAPS)
         self.w.write(self.topic("panoptic/detections"), detection_array_msg(hdr, detections(result, self.taxonomy)),
-                     stamp)
+                     stamp, MAPS)
         if self.with_overlay:
             bgr = (overlay(rgb, result, self.taxonomy) if drawn is None else drawn)[..., ::-1]
-            self.w.write(self.topic("panoptic/overlay"), image_msg(hdr, image_fields(bgr, "bgr8")), stamp)
+            self.w.write(self.topic("panoptic/overlay"), image_msg(hdr, image_fields(bgr, "bgr8")), stamp, OVERLAY)

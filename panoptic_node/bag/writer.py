@@ -2,13 +2,25 @@
 everything goes to `<name>.partial/` and is renamed to `<name>/` only by `close()`."""
 import shutil
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from ..topic_qos import TopicQos
 from .types import msg_class, typestore
 
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+
+
+def rosbag_qos(qos: TopicQos) -> Qos:
+    """As rosbag2 records an offer; zero durations are 'unspecified' (rmw's defaults)."""
+    unset = QosTime(sec=0, nsec=0)
+    return Qos(history=QosHistory.KEEP_LAST, depth=qos.depth,
+               reliability=QosReliability.RELIABLE if qos.reliable else QosReliability.BEST_EFFORT,
+               durability=QosDurability.TRANSIENT_LOCAL if qos.transient_local else QosDurability.VOLATILE,
+               deadline=unset, lifespan=unset, liveliness=QosLiveliness.SYSTEM_DEFAULT,
+               liveliness_lease_duration=unset, avoid_ros_namespace_conventions=False)
 
 
 class BagError(RuntimeError):
@@ -36,14 +48,16 @@ class BagWriter:
         self.store = typestore()
         self.count = 0
 
-    def write(self, topic: str, msg, stamp_ns: int) -> None:
-        self.write_raw(topic, msg.__msgtype__, self.store.serialize_cdr(msg, msg.__msgtype__), stamp_ns)
+    def write(self, topic: str, msg, stamp_ns: int, qos: Optional[TopicQos] = None) -> None:
+        self.write_raw(topic, msg.__msgtype__, self.store.serialize_cdr(msg, msg.__msgtype__), stamp_ns, qos)
 
-    def write_raw(self, topic: str, msgtype: str, cdr: bytes, stamp_ns: int) -> None:
-        """An already serialized message (CDR) of a type the typestore knows."""
+    def write_raw(self, topic: str, msgtype: str, cdr: bytes, stamp_ns: int, qos: Optional[TopicQos] = None) -> None:
+        """An already serialized message (CDR) of a type the typestore knows. qos: the offer recorded
+        for the topic at its first message (none: `ros2 bag play` offers reliable, volatile)."""
         conn = self.connections.get(topic)
         if conn is None:
-            conn = self.writer.add_connection(topic, msgtype, typestore=self.store)
+            conn = self.writer.add_connection(topic, msgtype, typestore=self.store,
+                                              offered_qos_profiles=[rosbag_qos(qos)] if qos else ())
             self.connections[topic] = conn
         self.writer.write(conn, int(stamp_ns), cdr)
         self.count += 1

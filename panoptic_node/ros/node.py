@@ -12,7 +12,7 @@ import traceback
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, LabelInfo, ObjectHypothesis,
                              ObjectHypothesisWithPose, VisionClass)
@@ -22,8 +22,14 @@ from ..messages import FrameError, compressed_to_rgb, detections, image_fields, 
 from ..node_stats import NodeStats
 from ..params import ParameterError, defaults, user_parameters, validate
 from ..render import overlay
+from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 
-OUTPUTS = ("semantic", "instances", "panoptic", "detections", "overlay")
+
+
+def qos_profile(qos: TopicQos) -> QoSProfile:
+    return QoSProfile(depth=qos.depth, history=HistoryPolicy.KEEP_LAST,
+                      reliability=ReliabilityPolicy.RELIABLE if qos.reliable else ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if qos.transient_local else DurabilityPolicy.VOLATILE)
 
 
 def _image(header, pixels, encoding):
@@ -61,7 +67,6 @@ class PanopticNode(Node):
         qos_in = QoSProfile(depth=p["qos_depth"], history=HistoryPolicy.KEEP_LAST,
                             reliability=(ReliabilityPolicy.BEST_EFFORT if p["qos_reliability"] == "best_effort"
                                          else ReliabilityPolicy.RELIABLE))
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
         self.buffer = LatestFrameBuffer(lambda: self.get_clock().now().nanoseconds, p["max_age_ms"])
         self.stats = NodeStats()
         self.pubs = {}
@@ -72,14 +77,9 @@ class PanopticNode(Node):
             topic = f"{ns}/image/compressed" if compressed else f"{ns}/image"
             self._subs.append(self.create_subscription(CompressedImage if compressed else Image, topic,
                                                        lambda msg, c=cam: self._on_frame(c, msg), qos_in))
-            pubs = {
-                "semantic": self.create_publisher(Image, f"{ns}/panoptic/semantic", 10),
-                "instances": self.create_publisher(Image, f"{ns}/panoptic/instances", 10),
-                "panoptic": self.create_publisher(Image, f"{ns}/panoptic/panoptic", 10),
-                "detections": self.create_publisher(Detection2DArray, f"{ns}/panoptic/detections", 10),
-                "overlay": self.create_publisher(Image, f"{ns}/panoptic/overlay", qos_profile_sensor_data),
-                "label_info": self.create_publisher(LabelInfo, f"{ns}/panoptic/label_info", latched),
-            }
+            types = {"detections": Detection2DArray, "label_info": LabelInfo}
+            pubs = {name: self.create_publisher(types.get(name, Image), f"{ns}/panoptic/{name}", qos_profile(qos))
+                    for name, qos in OUTPUTS.items()}
             self.pubs[cam] = pubs
             info = LabelInfo()
             info.header.stamp = self.get_clock().now().to_msg()
@@ -88,7 +88,7 @@ class PanopticNode(Node):
             info.threshold = float(self.pipeline.threshold)
             pubs["label_info"].publish(info)
             self.get_logger().info(f"camera {cam}: {topic} -> {ns}/panoptic/*")
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile(DIAGNOSTICS))
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         self._running = True
         self.worker = threading.Thread(target=self._work, name="panoptic_inference", daemon=True)

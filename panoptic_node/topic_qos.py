@@ -1,0 +1,24 @@
+"""The QoS each output topic is offered with: one table for the live node (rclpy profiles) and for the
+bags replay writes (the offered QoS recorded per topic, so `ros2 bag play` offers what the node does).
+
+Without a recorded offer, `ros2 bag play` publishes every topic reliable and volatile; a late
+subscriber asking for label_info with transient-local durability (the contract: the class map is
+latched) would then be incompatible and never get it.
+"""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TopicQos:
+    reliable: bool
+    transient_local: bool
+    depth: int
+
+
+MAPS = TopicQos(reliable=True, transient_local=False, depth=10)        # semantic, instances, panoptic, detections
+OVERLAY = TopicQos(reliable=False, transient_local=False, depth=5)     # for eyes only: sensor-data QoS
+LABEL_INFO = TopicQos(reliable=True, transient_local=True, depth=1)    # latched for late subscribers
+DIAGNOSTICS = TopicQos(reliable=True, transient_local=False, depth=10)
+
+OUTPUTS = {"semantic": MAPS, "instances": MAPS, "panoptic": MAPS, "detections": MAPS, "overlay": OVERLAY,
+           "label_info": LABEL_INFO}
