@@ -333,6 +333,32 @@ def test_recover_a_sqlite_recording_without_its_metadata(tiny_pipeline, tmp_path
     assert not (tmp_path / "fixed2").exists() and not (tmp_path / "fixed2.partial").exists()
 
 
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_recover_keeps_each_topics_recorded_qos(tmp_path, rng, storage):
+    """A latched topic (/tf_static, a class map) must stay latched in the recovered bag, or `ros2 bag
+    play` offers it volatile and late subscribers never get it."""
+    from rosbags.interfaces import QosDurability, QosReliability
+    from rosbags.rosbag2 import Reader
+    from panoptic_node.bag.recover import recover
+    from panoptic_node.bag.writer import label_info_msg
+    from panoptic_node.topic_qos import LABEL_INFO, OVERLAY
+    with BagWriter(tmp_path / "in", storage) as w:
+        w.write("/cam/label_info", label_info_msg(header(1, "cam"), [{"class_id": 0, "class_name": "road"}], 0.5), 1,
+                LABEL_INFO)
+        for i in range(3):
+            w.write("/cam/image", image_msg(header(2 + i, "cam"), image_fields(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8),
+                                                                             "rgb8")), 2 + i, OVERLAY)
+        w.write("/cam/plain", image_msg(header(9, "cam"), image_fields(np.zeros((2, 2, 3), np.uint8), "rgb8")), 9)
+    (tmp_path / "in" / "metadata.yaml").unlink()
+    assert recover(tmp_path / "in", tmp_path / "fixed", log=lambda m: None).messages == 5
+    with Reader(tmp_path / "fixed") as r:
+        offers = {c.topic: [(q.reliability, q.durability, q.depth) for q in c.ext.offered_qos_profiles]
+                  for c in r.connections}
+    assert offers == {"/cam/label_info": [(QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, 1)],
+                      "/cam/image": [(QosReliability.BEST_EFFORT, QosDurability.VOLATILE, 5)],
+                      "/cam/plain": []}
+
+
 def test_existing_output_is_refused_without_overwrite(tiny_pipeline, tmp_path, rng):
     bag = camera_bag(tmp_path / "in", "mcap", [(1, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))])
     (tmp_path / "out").mkdir()

@@ -33,9 +33,23 @@ class Recovered:
     bad_chunks: int = 0  # complete chunks that do not decompress (their messages are lost)
 
 
+# topic, message type, encoding, log time, payload, the publishers' QoS offers (rosbag2's YAML, or "")
+Message = Tuple[str, str, str, int, bytes, str]
+
+
 def _string(b: BytesIO) -> str:
     (n,) = struct.unpack("<I", b.read(4))
     return b.read(n).decode()
+
+
+def _metadata(b: BytesIO) -> Dict[str, str]:
+    """A record's string map (a channel's metadata: rosbag2 keeps the publishers' QoS offers there)."""
+    (n,) = struct.unpack("<I", b.read(4))
+    entries, out = BytesIO(b.read(n)), {}
+    while entries.tell() < n:
+        key = _string(entries)
+        out[key] = _string(entries)
+    return out
 
 
 def _spans(data, pos: int = 0) -> Iterator[Tuple[int, int, int]]:
@@ -54,7 +68,7 @@ def _records(data) -> Iterator[Tuple[int, bytes]]:
         yield op, bytes(data[start:end])
 
 
-def scan(data, schemas: dict, channels: dict, result: Recovered) -> Iterator[Tuple[str, str, str, int, bytes]]:
+def scan(data, schemas: dict, channels: dict, result: Recovered) -> Iterator[Message]:
     """(topic, message type, encoding, log time, payload) of every complete message in `data`."""
     for op, content in _records(data):
         b = BytesIO(content)
@@ -65,12 +79,14 @@ def scan(data, schemas: dict, channels: dict, result: Recovered) -> Iterator[Tup
             schemas[sid] = {"name": name, "encoding": encoding, "data": b.read(n).decode()}
         elif op == CHANNEL:
             cid, sid = struct.unpack("<HH", b.read(4))
-            channels[cid] = {"topic": _string(b), "schema": sid, "encoding": _string(b)}
+            channels[cid] = {"topic": _string(b), "schema": sid, "encoding": _string(b), "qos": _metadata(b).get(
+                "offered_qos_profiles", "")}
         elif op == MESSAGE:
             cid, _seq, log_time, _pub = struct.unpack("<HIQQ", b.read(22))
             if cid in channels:
                 ch = channels[cid]
-                yield ch["topic"], schemas.get(ch["schema"], {}).get("name", ""), ch["encoding"], log_time, content[22:]
+                yield (ch["topic"], schemas.get(ch["schema"], {}).get("name", ""), ch["encoding"], log_time, content[22:],
+                       ch["qos"])
         elif op == CHUNK:
             _start, _end, size, crc = struct.unpack("<QQQI", b.read(28))
             compression = _string(b)
@@ -83,7 +99,7 @@ def scan(data, schemas: dict, channels: dict, result: Recovered) -> Iterator[Tup
             yield from scan(inner, schemas, channels, result)
 
 
-def mcap_messages(path: Path, result: Recovered) -> Iterator[Tuple[str, str, str, int, bytes]]:
+def mcap_messages(path: Path, result: Recovered) -> Iterator[Message]:
     """Checked now (before anything is written), read lazily; the file is mapped, not loaded, so a
     recording of many GB needs no more memory than its largest chunk."""
     with open(path, "rb") as f:
@@ -97,14 +113,17 @@ def mcap_messages(path: Path, result: Recovered) -> Iterator[Tuple[str, str, str
     return scan(data[len(MAGIC):end], {}, {}, result)
 
 
-def sqlite_messages(path: Path, result: Recovered) -> Iterator[Tuple[str, str, str, int, bytes]]:
+def sqlite_messages(path: Path, result: Recovered) -> Iterator[Message]:
     """A .db3 without its metadata.yaml (rosbag2 writes that file last): the rows SQLite can read, in
     the order they were written; a damaged page ends the stream (counted as one bad chunk).
     Checked now (before anything is written), read lazily."""
     import sqlite3
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        topics = {row[0]: row[1:] for row in con.execute("SELECT id, name, type, serialization_format FROM topics")}
+        columns = {row[1] for row in con.execute("PRAGMA table_info(topics)")}
+        qos = "offered_qos_profiles" if "offered_qos_profiles" in columns else "''"
+        topics = {row[0]: row[1:] for row in
+                  con.execute(f"SELECT id, name, type, serialization_format, {qos} FROM topics")}
         rows = con.execute("SELECT topic_id, timestamp, data FROM messages ORDER BY id")
     except sqlite3.DatabaseError as e:
         raise BagError(f"'{path}' is not a readable rosbag2 SQLite file ({e})") from None
@@ -113,14 +132,24 @@ def sqlite_messages(path: Path, result: Recovered) -> Iterator[Tuple[str, str, s
         try:
             for topic_id, stamp, payload in rows:
                 if topic_id in topics:
-                    name, msgtype, encoding = topics[topic_id]
-                    yield name, msgtype, encoding, int(stamp), bytes(payload)
+                    name, msgtype, encoding, offers = topics[topic_id]
+                    yield name, msgtype, encoding, int(stamp), bytes(payload), offers or ""
         except sqlite3.DatabaseError:
             result.bad_chunks += 1
         finally:
             con.close()
 
     return read()
+
+
+def _offers(text: str) -> list:
+    """The recorded QoS offers of a topic (kept, so `ros2 bag play` of the recovered bag offers /tf_static
+    or a latched topic as the recording did); unreadable ones are dropped, not fatal."""
+    from rosbags.rosbag2.metadata import parse_qos
+    try:
+        return parse_qos(text) if text else []
+    except Exception:
+        return []
 
 
 def storage_file(path) -> Path:
@@ -145,13 +174,14 @@ def recover(src, out, overwrite: bool = False, log=print) -> Recovered:
     source = sqlite_messages(path, result) if path.suffix == ".db3" else mcap_messages(path, result)
     writer = BagWriter(out, storage="sqlite3" if path.suffix == ".db3" else "mcap", overwrite=overwrite)
     try:
-        for topic, msgtype, encoding, stamp, payload in source:
+        for topic, msgtype, encoding, stamp, payload, offers in source:
             if topic in result.skipped_topics:
                 continue
             if encoding != "cdr" or msgtype not in store.types:
                 result.skipped_topics[topic] = f"type '{msgtype or '?'}' ({encoding}) is not known here"
                 continue
-            writer.write_raw(topic, msgtype, payload, stamp)
+            # the offers matter once: they are recorded with the topic, at its first message
+            writer.write_raw(topic, msgtype, payload, stamp, _offers(offers) if topic not in writer.connections else ())
             result.messages += 1
             result.per_topic[topic] = result.per_topic.get(topic, 0) + 1
         if not result.messages:

@@ -2,7 +2,7 @@
 everything goes to `<name>.partial/` and is renamed to `<name>/` only by `close()`."""
 import shutil
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -49,15 +49,17 @@ class BagWriter:
         self.count = 0
 
     def write(self, topic: str, msg, stamp_ns: int, qos: Optional[TopicQos] = None) -> None:
-        self.write_raw(topic, msg.__msgtype__, self.store.serialize_cdr(msg, msg.__msgtype__), stamp_ns, qos)
+        """qos: the offer recorded for the topic at its first message (none: `ros2 bag play` offers
+        reliable, volatile)."""
+        self.write_raw(topic, msg.__msgtype__, self.store.serialize_cdr(msg, msg.__msgtype__), stamp_ns,
+                       [rosbag_qos(qos)] if qos else ())
 
-    def write_raw(self, topic: str, msgtype: str, cdr: bytes, stamp_ns: int, qos: Optional[TopicQos] = None) -> None:
-        """An already serialized message (CDR) of a type the typestore knows. qos: the offer recorded
-        for the topic at its first message (none: `ros2 bag play` offers reliable, volatile)."""
+    def write_raw(self, topic: str, msgtype: str, cdr: bytes, stamp_ns: int, offered_qos: Sequence[Qos] = ()) -> None:
+        """An already serialized message (CDR) of a type the typestore knows; offered_qos: the
+        publishers' offers recorded for the topic at its first message, as rosbags reads them."""
         conn = self.connections.get(topic)
         if conn is None:
-            conn = self.writer.add_connection(topic, msgtype, typestore=self.store,
-                                              offered_qos_profiles=[rosbag_qos(qos)] if qos else ())
+            conn = self.writer.add_connection(topic, msgtype, typestore=self.store, offered_qos_profiles=offered_qos)
             self.connections[topic] = conn
         self.writer.write(conn, int(stamp_ns), cdr)
         self.count += 1
