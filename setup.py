@@ -26,7 +26,7 @@ setup(
         # CPU installs: pin torch, an unpinned torch may pull a multi-GB CUDA build
         "cpu": ["torch==2.13.0", "onnx", "onnxruntime", "openvino", "safetensors"],
         "test": ["pytest", "transformers==5.23.0", "safetensors", "colcon-common-extensions", "hotcoco",
-                 "cityscapesscripts", "mcap", "mcap-ros2-support"],
+                 "cityscapesscripts", "mcap", "mcap-ros2-support", "pyflakes"],
     },
     zip_safe=True,
     entry_points={

@@ -113,6 +113,8 @@ class TestPanopticNode(unittest.TestCase):
             for c, p in pubs.items():
                 p.publish(rgb_msg(1700000200, c.strip("/")))
             rclpy.spin_once(self.node, timeout_sec=0.2)
+        for s in subs:  # the test node lives on for the next tests
+            self.node.destroy_subscription(s)
         for c in CAMERAS:
             self.assertTrue(got[c])
             self.assertEqual(got[c][0].header.frame_id, c.strip("/"))
