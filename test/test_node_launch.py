@@ -95,6 +95,19 @@ class TestPanopticNode(unittest.TestCase):
         self.assertEqual(len(got), 1)
         self.assertEqual([c.class_name for c in got[0].class_map][:3], ["sky", "building", "pole"])
 
+    def test_offered_qos_follow_the_contract(self):
+        """The offers the node makes are topic_qos.py's table (the one replay bags record)."""
+        from panoptic_node.topic_qos import OUTPUTS
+        for name, want in OUTPUTS.items():
+            topic, end, infos = f"/cam_a/panoptic/{name}", time.time() + 10, []
+            while time.time() < end and not infos:
+                infos = self.node.get_publishers_info_by_topic(topic)
+                rclpy.spin_once(self.node, timeout_sec=0.1)
+            self.assertTrue(infos, topic)
+            qos = infos[0].qos_profile
+            self.assertEqual(qos.reliability == ReliabilityPolicy.RELIABLE, want.reliable, topic)
+            self.assertEqual(qos.durability == DurabilityPolicy.TRANSIENT_LOCAL, want.transient_local, topic)
+
     def test_bad_frame_does_not_stop_the_next_good_one(self):
         pub = self.node.create_publisher(Image, "/cam_b/image", 10)
         bad = rgb_msg(1700000100, "rear", encoding="yuv422")
