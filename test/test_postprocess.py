@@ -291,3 +291,46 @@ def test_cells_after_a_query_comes_back_decide_afresh():
     cells.winners(alive)
     full = cells.winners(np.ones(4, dtype=bool))
     np.testing.assert_array_equal(full, resize_masks(logits, geom, 4).argmax(0).numpy())
+
+
+def test_noisy_masks_take_the_dense_path(monkeypatch):
+    """Cells pay off on smooth masks (few open cells); on noise nearly every cell is open and the
+    pipeline resizes the masks instead (same answer, less time)."""
+    from panoptic_node.inference import pipeline as pipeline_module
+    geom = Geometry(height=192, width=192, resized_h=192, resized_w=192, padded_h=192, padded_w=192)
+    rng = np.random.default_rng(0)
+    noise = torch.from_numpy(rng.normal(0, 1, (20, 48, 48)).astype(np.float32))
+    blocks = torch.full((4, 48, 48), -5.0)  # four quadrants
+    for q, (ys, xs) in enumerate([(slice(0, 24), slice(0, 24)), (slice(0, 24), slice(24, 48)),
+                                  (slice(24, 48), slice(0, 24)), (slice(24, 48), slice(24, 48))]):
+        blocks[q, ys, xs] = 5.0
+    share = {name: CellDecision(m, geom, 4, torch.ones(len(m)), "score_prob").resample_share(True)
+             for name, m in (("noise", noise), ("blocks", blocks))}
+    assert share["noise"] > pipeline_module.DENSE_ABOVE > 0.1 > share["blocks"]
+    # and the pipeline follows it
+    resized = []
+    real_resize = pipeline_module.resize_masks
+    monkeypatch.setattr(pipeline_module, "resize_masks", lambda *a: resized.append(1) or real_resize(*a))
+
+    class Fixed:  # a backend whose mask head returns the given masks for every kept query
+        size, mask_stride, name, precision = (192, 192), 4, "fixed", "fp32"
+
+        def __init__(self, masks):
+            self.m = masks
+
+        def detect(self, images, pad_mask):
+            k = len(self.m)
+            logits = torch.full((1, k, 12), -9.0)
+            logits[0, torch.arange(k), torch.arange(k) % 11] = 9.0
+            return logits, torch.zeros(1, k, 4), torch.zeros(1, k, 8), None
+
+        def masks(self, feats, index, hs):
+            return self.m
+
+    from panoptic_node.model.config import load_config
+    cfg = load_config("street_lite0")
+    frame = rng.integers(0, 255, (192, 192, 3), dtype=np.uint8)
+    pipeline_module.Pipeline(cfg, Fixed(blocks))(frame)
+    assert not resized
+    pipeline_module.Pipeline(cfg, Fixed(noise))(frame)
+    assert resized

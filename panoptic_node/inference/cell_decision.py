@@ -101,15 +101,31 @@ class CellDecision:
         flat = (self.y.pixel[cy] * self.width)[:, :, None] + self.x.pixel[cx][:, None, :]
         out.reshape(-1)[flat] = block
 
+    def _candidates(self, alive: np.ndarray) -> np.ndarray:
+        """K x cells: may query q win a pixel of the cell (its largest value reaches the best smallest one)?"""
+        lo = np.where(alive[:, None, None], self.value_min, -np.inf)
+        hi = np.where(alive[:, None, None], self.value_max, -np.inf)
+        floor = lo.max(0)
+        return hi >= floor - MARGIN * np.maximum(1.0, np.abs(floor))
+
+    def resample_share(self, count_own: bool) -> float:
+        """The work this decision would resample, as a share of the dense path's (K x H x W values):
+        each open cell's pixels once per candidate, and, when own areas are counted, the pixels of
+        every cell a mask's border crosses. Street frames need a few percent; noisy masks (random
+        weights, a hundred queries) open nearly every cell, and above ~0.2 the dense path is faster."""
+        cell_area = np.outer(self.y.count, self.x.count)
+        count = self._candidates(np.ones(len(self.logits), dtype=bool)).sum(0)
+        work = (count * (count > 1) * cell_area).sum()
+        if count_own:
+            work += (((self.logit_min <= 0) & (self.logit_max > 0)) * cell_area).sum()
+        return float(work) / max(len(self.logits) * self.height * self.width, 1)
+
     def winners(self, alive: np.ndarray) -> np.ndarray:
         """H x W index of the best alive query per pixel (the first one on ties).
 
         Between calls queries only die (the merge's dropping rules); after they do, only cells where one of them was a candidate can change: there the floor
         may drop and new candidates appear; elsewhere the candidates, and so the answer, are the same."""
-        lo = np.where(alive[:, None, None], self.value_min, -np.inf)
-        hi = np.where(alive[:, None, None], self.value_max, -np.inf)
-        floor = lo.max(0)
-        candidate = hi >= floor - MARGIN * np.maximum(1.0, np.abs(floor))
+        candidate = self._candidates(alive)
         count = candidate.sum(0)
         has_pixels = (self.y.count[:, None] > 0) & (self.x.count[None, :] > 0)
         if self.best is not None and (alive & ~self.alive).any():
