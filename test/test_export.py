@@ -104,3 +104,16 @@ def test_corrupt_onnx(tmp_path, runtime):
         runtime(bad)
     with pytest.raises(FileNotFoundError, match="panoptic-node export"):
         runtime(tmp_path / "missing.onnx")
+
+
+@RUNTIMES
+def test_several_cameras_through_a_static_batch_graph(exported, runtime, rng):
+    """The exported graphs take one frame per call: the node's batched call for several cameras goes
+    through them frame by frame (it failed on every frame before), with each frame's own result."""
+    cfg, model, path = exported
+    pipeline = Pipeline(cfg, runtime(path, cfg))
+    assert pipeline.backend.max_batch == 1
+    frames = [rng.integers(0, 255, (48, 80, 3), dtype=np.uint8) for _ in range(3)]
+    batched = pipeline.run_batch(frames)
+    for frame, result in zip(frames, batched):
+        np.testing.assert_array_equal(result.panoptic, pipeline(frame).panoptic)

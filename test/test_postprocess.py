@@ -312,7 +312,9 @@ def test_noisy_masks_take_the_dense_path(monkeypatch):
     real_resize = pipeline_module.resize_masks
     monkeypatch.setattr(pipeline_module, "resize_masks", lambda *a: resized.append(1) or real_resize(*a))
 
-    class Fixed:  # a backend whose mask head returns the given masks for every kept query
+    from panoptic_node.inference.backend import Backend
+
+    class Fixed(Backend):  # a backend whose mask head returns the given masks for every kept query
         size, mask_stride, name, precision = (192, 192), 4, "fixed", "fp32"
 
         def __init__(self, masks):

@@ -5,7 +5,7 @@ A backend has two calls, so the expensive mask head runs on the kept queries onl
   masks(mask_features, index, hs) -> K x h x w mask logits for image `index` of the batch
 ONNX Runtime and TensorRT backends implement the same two calls.
 """
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import copy
 
@@ -25,6 +25,9 @@ def inference_copy(model: torch.nn.Module) -> torch.nn.Module:
 class Backend:
     name = "base"
     precision = "fp32"
+    # frames one detect() call takes; None: any number. Exported graphs and compiled engines have a
+    # static batch of 1 (export.py), so several cameras go through them one frame at a time
+    max_batch: Optional[int] = None
 
     def detect(self, images: Tensor, pad_mask: Tensor) -> Tuple[Tensor, Tensor, Tensor, Any]:
         raise NotImplementedError

@@ -79,6 +79,8 @@ class OnnxRuntimeBackend(Backend):
             if warning:
                 log(warning)
         self.feature_names = [o.name for o in self.detect_session.get_outputs()][3:]
+        batch = self.detect_session.get_inputs()[0].shape[0]
+        self.max_batch = batch if isinstance(batch, int) else None
         self.mask_stride = ModelConfig.from_dict(meta["config"]).output_mask_stride
 
     def detect(self, images, pad_mask):

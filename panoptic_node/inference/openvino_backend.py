@@ -44,6 +44,8 @@ class OpenVinoBackend(Backend):
         mask_inputs = {name for i in self.mask_request.model_inputs for name in i.get_names()}
         self.feature_names = [sorted(o.get_names() & mask_inputs)[0] for o in self.detect_request.model_outputs[3:]]
         self.mask_stride = ModelConfig.from_dict(meta["config"]).output_mask_stride
+        batch = self.detect_request.model_inputs[0].get_partial_shape()[0]
+        self.max_batch = batch.get_length() if batch.is_static else None
 
     def detect(self, images, pad_mask):
         if tuple(images.shape[-2:]) != self.size:

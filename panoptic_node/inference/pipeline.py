@@ -62,6 +62,9 @@ class Pipeline:
 
     def run_batch(self, frames: List[np.ndarray]) -> List[PanopticResult]:
         """Several frames (e.g. several cameras) in one network call when their padded sizes agree."""
+        limit = self.backend.max_batch
+        if limit and len(frames) > limit:  # a static-batch graph: in slices it takes
+            return [r for i in range(0, len(frames), limit) for r in self.run_batch(frames[i:i + limit])]
         t0 = time.perf_counter()
         # static-shape backends (an exported graph) take one fixed canvas
         fixed = getattr(self.backend, "size", None)

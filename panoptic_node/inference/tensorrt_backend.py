@@ -147,6 +147,7 @@ class TensorRTBackend(Backend):  # pragma: no cover - needs a GPU
         self.size = tuple(meta["input_size"])
         self.precision = "int8" if meta.get("precision") == "int8" else precision
         self.mask_stride = cfg.output_mask_stride
+        self.max_batch = 1  # the exported graphs' static batch
         props = torch.cuda.get_device_properties(0)
         engines = []
         for graph in (Path(onnx_path), masks):

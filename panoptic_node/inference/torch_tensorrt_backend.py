@@ -65,6 +65,7 @@ def model_source_sha256(weights, cfg, part: str) -> str:
 
 class TorchTensorRTBackend(Backend):  # pragma: no cover - needs a GPU with torch_tensorrt
     name = "tensorrt"
+    max_batch = 1  # compiled for one frame (the detect inputs below)
 
     def __init__(self, model: nn.Module, cfg, weights, precision: str = "fp16", log=print):
         if not torch.cuda.is_available():
