@@ -173,6 +173,8 @@ def test_export_command_writes_exactly_the_two_int8_graphs(tmp_path, image_dir, 
         from panoptic_node.inference.backends import make_pipeline
         ov = make_pipeline(model, backend="openvino", onnx=str(out))
         assert ov.backend.name == "openvino" and ov.backend.precision == "int8"
+        with pytest.raises(ValueError, match="runs on the CPU"):
+            make_pipeline(model, backend="openvino", onnx=str(out), device="cuda")
         Image.fromarray(frame).save(tmp_path / "frame.png")
         assert main(["infer", "--model", model, "--backend", "openvino", "--onnx", str(out),
                      str(tmp_path / "frame.png"), "--out", str(tmp_path / "maps")]) == 0

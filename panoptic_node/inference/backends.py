@@ -74,6 +74,9 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
         from .tensorrt_backend import TensorRTBackend
         be = TensorRTBackend(path, cfg, device=device, log=log or print)
     elif chosen == "openvino":
+        if device != "cpu":
+            raise ValueError(f"backend 'openvino' runs on the CPU; device '{device}' is for the tensorrt, "
+                             f"onnxruntime or torch backends")
         from .openvino_backend import OpenVinoBackend
         be = OpenVinoBackend(path, cfg)
     else:
