@@ -65,6 +65,7 @@ class CellDecision:
         self.height, self.width = geom.height, geom.width
         self.y = _Axis(geom.height, rows, stride * geom.height / geom.resized_h)
         self.x = _Axis(geom.width, cols, stride * geom.width / geom.resized_w)
+        self.cell_area = np.outer(self.y.count, self.x.count)  # pixels per cell
         grid = self.logits.numpy()
         below = grid[:, self.y.next]
         corners = (grid, grid[:, :, self.x.next], below, below[:, :, self.x.next])
@@ -90,7 +91,7 @@ class CellDecision:
         y1, x1 = torch.from_numpy(self.y.next[cy]), torch.from_numpy(self.x.next[cx])
         fy = torch.from_numpy(self.y.frac[cy])[:, :, None]
         fx = torch.from_numpy(self.x.frac[cx])[:, None, :]
-        # rows first, then columns (the order of the dense resize)
+        # rows first, then columns
         left = torch.lerp(g[q, y0, x0][:, None, None], g[q, y1, x0][:, None, None], fy)
         right = torch.lerp(g[q, y0, x1][:, None, None], g[q, y1, x1][:, None, None], fy)
         return torch.lerp(left, right, fx)
@@ -113,21 +114,21 @@ class CellDecision:
         each open cell's pixels once per candidate, and, when own areas are counted, the pixels of
         every cell a mask's border crosses. Street frames need a few percent; noisy masks (random
         weights, a hundred queries) open nearly every cell, and above ~0.2 the dense path is faster."""
-        cell_area = np.outer(self.y.count, self.x.count)
         count = self._candidates(np.ones(len(self.logits), dtype=bool)).sum(0)
-        work = (count * (count > 1) * cell_area).sum()
+        work = (count * (count > 1) * self.cell_area).sum()
         if count_own:
-            work += (((self.logit_min <= 0) & (self.logit_max > 0)) * cell_area).sum()
+            work += (((self.logit_min <= 0) & (self.logit_max > 0)) * self.cell_area).sum()
         return float(work) / max(len(self.logits) * self.height * self.width, 1)
 
     def winners(self, alive: np.ndarray) -> np.ndarray:
         """H x W index of the best alive query per pixel (the first one on ties).
 
-        Between calls queries only die (the merge's dropping rules); after they do, only cells where one of them was a candidate can change: there the floor
-        may drop and new candidates appear; elsewhere the candidates, and so the answer, are the same."""
+        Between calls queries only die (the merge's dropping rules). After they do, only cells where
+        one of them was a candidate can change: there the floor may drop and new candidates appear;
+        elsewhere the candidates, and so the answer, are the same."""
         candidate = self._candidates(alive)
         count = candidate.sum(0)
-        has_pixels = (self.y.count[:, None] > 0) & (self.x.count[None, :] > 0)
+        has_pixels = self.cell_area > 0
         if self.best is not None and (alive & ~self.alive).any():
             self.best = None  # a query came back to life: decide afresh
         if self.best is None:
@@ -156,8 +157,7 @@ class CellDecision:
 
     def own_areas(self) -> np.ndarray:
         """Per query, the pixels of the frame where its own logit is positive."""
-        cell_area = np.outer(self.y.count, self.x.count)
-        area = ((self.logit_min > 0) * cell_area).sum((1, 2)).astype(np.int64)
+        area = ((self.logit_min > 0) * self.cell_area).sum((1, 2)).astype(np.int64)
         q, cy, cx = np.nonzero((self.logit_min <= 0) & (self.logit_max > 0))  # cells the mask's border crosses
         if len(q):
             valid = self.y.valid[cy][:, :, None] & self.x.valid[cx][:, None, :]
