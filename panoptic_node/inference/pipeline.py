@@ -60,6 +60,19 @@ class Pipeline:
     def __call__(self, rgb: np.ndarray) -> PanopticResult:
         return self.run_batch([rgb])[0]
 
+    def _masks_to_decide(self, mask_logits, geom, scores):
+        """What merge_panoptic decides from: on a CPU the low-resolution logits, cell by cell
+        (cell_decision.py), unless noisy masks would open most cells; otherwise (and on a GPU) the
+        masks resized to the frame."""
+        if not len(mask_logits):
+            return torch.zeros(0, geom.height, geom.width)
+        pp, stride = self.cfg.postprocess, self.backend.mask_stride
+        if mask_logits.device.type == "cpu":
+            cells = CellDecision(mask_logits, geom, stride, scores, pp.merge)
+            if cells.resample_share(pp.overlap > 0) <= DENSE_ABOVE:
+                return cells
+        return resize_masks(mask_logits, geom, stride)
+
     def run_batch(self, frames: List[np.ndarray]) -> List[PanopticResult]:
         """Several frames (e.g. several cameras) in one network call when their padded sizes agree."""
         limit = self.backend.max_batch
@@ -88,24 +101,14 @@ class Pipeline:
             tm = time.perf_counter()
             # a frame larger than the network's view (a 1080p camera) is decided at the network's
             # resolution and its maps nearest-upsampled, as DETR's published post-processing does:
-            # deciding every input pixel costs ~15x more at 1080p, for boundaries placed within a
+            # deciding every input pixel costs ~5x more at 1080p, for boundaries placed within a
             # network pixel (postprocess.full_resolution: true still does it)
             pp = self.cfg.postprocess
             larger = geom.height * geom.width > geom.resized_h * geom.resized_w
             decide = dataclasses.replace(geom, height=geom.resized_h, width=geom.resized_w) \
                 if larger and not pp.full_resolution else geom
-            if not len(keep):
-                masks = torch.zeros(0, decide.height, decide.width)
-            else:
-                masks = None
-                if mask_logits.device.type == "cpu":  # from the low-resolution logits (cell_decision.py)
-                    masks = CellDecision(mask_logits, decide, self.backend.mask_stride, scores, pp.merge)
-                    if masks.resample_share(pp.overlap > 0) > DENSE_ABOVE:
-                        masks = None  # noisy masks open most cells: the dense path is faster
-                if masks is None:
-                    masks = resize_masks(mask_logits, decide, self.backend.mask_stride)
-            result = merge_panoptic(masks, labels, scores, self.taxonomy.thing_lut, pp.merge, pp.min_area,
-                                    self.cfg.labels, pp.overlap)
+            result = merge_panoptic(self._masks_to_decide(mask_logits, decide, scores), labels, scores,
+                                    self.taxonomy.thing_lut, pp.merge, pp.min_area, self.cfg.labels, pp.overlap)
             if self.mapping is not None:
                 result = remap_result(result, self.mapping)
             if decide is not geom:  # last: every step before works on the smaller maps
