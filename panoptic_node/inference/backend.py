@@ -9,6 +9,7 @@ from typing import Any, Optional, Tuple
 
 import copy
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,6 +35,35 @@ class Backend:
 
     def masks(self, mask_features: Any, index: int, hs: Tensor) -> Tensor:
         raise NotImplementedError
+
+
+class ExportedGraphBackend(Backend):
+    """What the runtimes of the exported pair (ONNX Runtime, OpenVINO) share: the checks and metadata
+    of the files, the fixed input size, and the mask head's feeds (the detect graph's feature outputs,
+    one image of the batch, and the kept queries)."""
+    feature_names: list = []
+
+    def _open(self, path, expected_config):
+        """Check the pair, read its metadata; returns the mask-head graph's path."""
+        from ..export import open_exported
+        from ..model.config import ModelConfig
+        meta, masks = open_exported(path, expected_config)
+        self.meta = meta
+        self.size = tuple(meta["input_size"])
+        self.precision = meta.get("precision", "fp32")
+        self.mask_stride = ModelConfig.from_dict(meta["config"]).output_mask_stride
+        return masks
+
+    def _detect_feeds(self, images: Tensor, pad_mask: Tensor) -> dict:
+        if tuple(images.shape[-2:]) != self.size:
+            raise ValueError(f"ONNX graph takes {self.size[0]}x{self.size[1]} inputs, got "
+                             f"{images.shape[-2]}x{images.shape[-1]}")
+        return {"image": images.numpy().astype(np.float32), "pad_mask": pad_mask.numpy().astype(np.uint8)}
+
+    def _mask_feeds(self, mask_features, index: int, hs: Tensor) -> dict:
+        feeds = {name: f[index:index + 1] for name, f in zip(self.feature_names, mask_features)}
+        feeds["hs"] = hs[None].numpy().astype(np.float32)
+        return feeds
 
 
 class TorchBackend(Backend):

@@ -5,12 +5,9 @@ import platform
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
-from ..model.config import ModelConfig
-from ..export import open_exported
-from .backend import Backend
+from .backend import ExportedGraphBackend
 
 
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
@@ -45,17 +42,14 @@ def int8_saturation_warning(meta: dict, machine: str, flags: set) -> Optional[st
             "`panoptic-node export --precision int8 --reduce-range` for this CPU")
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(ExportedGraphBackend):
     name = "onnxruntime"
 
     def __init__(self, onnx_path, expected_config=None, device: str = "cpu", threads: int = 0, log=print):
         import onnxruntime as ort
 
         path = Path(onnx_path)
-        meta, masks = open_exported(path, expected_config)
-        self.meta = meta
-        self.size = tuple(meta["input_size"])
-        self.precision = meta.get("precision", "fp32")
+        masks = self._open(path, expected_config)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -75,23 +69,16 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError(f"ONNX Runtime cannot load '{path}' ({str(e).splitlines()[0]})") from None
         self.providers = self.detect_session.get_providers()
         if self.providers[0] == "CPUExecutionProvider":
-            warning = int8_saturation_warning(meta, platform.machine(), cpu_flags())
+            warning = int8_saturation_warning(self.meta, platform.machine(), cpu_flags())
             if warning:
                 log(warning)
         self.feature_names = [o.name for o in self.detect_session.get_outputs()][3:]
         batch = self.detect_session.get_inputs()[0].shape[0]
         self.max_batch = batch if isinstance(batch, int) else None
-        self.mask_stride = ModelConfig.from_dict(meta["config"]).output_mask_stride
 
     def detect(self, images, pad_mask):
-        if tuple(images.shape[-2:]) != self.size:
-            raise ValueError(f"ONNX graph takes {self.size[0]}x{self.size[1]} inputs, got "
-                             f"{images.shape[-2]}x{images.shape[-1]}")
-        logits, boxes, hs, *feats = self.detect_session.run(
-            None, {"image": images.numpy().astype(np.float32), "pad_mask": pad_mask.numpy().astype(np.uint8)})
+        logits, boxes, hs, *feats = self.detect_session.run(None, self._detect_feeds(images, pad_mask))
         return torch.from_numpy(logits), torch.from_numpy(boxes), torch.from_numpy(hs), feats
 
     def masks(self, mask_features, index, hs):
-        feeds = {name: f[index:index + 1] for name, f in zip(self.feature_names, mask_features)}
-        feeds["hs"] = hs[None].numpy().astype(np.float32)
-        return torch.from_numpy(self.mask_session.run(None, feeds)[0][0])
+        return torch.from_numpy(self.mask_session.run(None, self._mask_feeds(mask_features, index, hs))[0][0])

@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..export import open_exported
-from ..model.config import ModelConfig
-from .backend import Backend
+from .backend import ExportedGraphBackend
 
 
-class OpenVinoBackend(Backend):
+class OpenVinoBackend(ExportedGraphBackend):
     name = "openvino"
 
     def __init__(self, onnx_path, expected_config=None, threads: int = 0):
@@ -24,10 +22,7 @@ class OpenVinoBackend(Backend):
             raise RuntimeError("backend 'openvino' needs the openvino package: pip install openvino") from None
 
         path = Path(onnx_path)
-        meta, masks = open_exported(path, expected_config)
-        self.meta = meta
-        self.size = tuple(meta["input_size"])
-        self.precision = meta.get("precision", "fp32")
+        masks = self._open(path, expected_config)
         # float layers stay float32: on CPUs with AMX / AVX512-BF16 OpenVINO would otherwise run them
         # in bfloat16, which is a different precision from the one the graph and its metadata name
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
@@ -43,22 +38,15 @@ class OpenVinoBackend(Backend):
         # mask-head graph takes as its input
         mask_inputs = {name for i in self.mask_request.model_inputs for name in i.get_names()}
         self.feature_names = [sorted(o.get_names() & mask_inputs)[0] for o in self.detect_request.model_outputs[3:]]
-        self.mask_stride = ModelConfig.from_dict(meta["config"]).output_mask_stride
         batch = self.detect_request.model_inputs[0].get_partial_shape()[0]
         self.max_batch = batch.get_length() if batch.is_static else None
 
     def detect(self, images, pad_mask):
-        if tuple(images.shape[-2:]) != self.size:
-            raise ValueError(f"ONNX graph takes {self.size[0]}x{self.size[1]} inputs, got "
-                             f"{images.shape[-2]}x{images.shape[-1]}")
-        out = self.detect_request.infer({"image": images.numpy().astype(np.float32),
-                                         "pad_mask": pad_mask.numpy().astype(np.uint8)})
+        out = self.detect_request.infer(self._detect_feeds(images, pad_mask))
         # copies: the request reuses its output buffers on the next call
         logits, boxes, hs, *feats = (np.array(out[o]) for o in self.detect_request.model_outputs)
         return torch.from_numpy(logits), torch.from_numpy(boxes), torch.from_numpy(hs), feats
 
     def masks(self, mask_features, index, hs):
-        feeds = {name: f[index:index + 1] for name, f in zip(self.feature_names, mask_features)}
-        feeds["hs"] = hs[None].numpy().astype(np.float32)
-        out = self.mask_request.infer(feeds)
+        out = self.mask_request.infer(self._mask_feeds(mask_features, index, hs))
         return torch.from_numpy(np.array(out[self.mask_request.model_outputs[0]])[0])
