@@ -6,7 +6,6 @@ convolutions and matrix products end to end, where ONNX Runtime leaves a third o
 every ReLU6 in float and ends up slower than its fp32 graph (measured in bench/bench_backends.py)."""
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .backend import ExportedGraphBackend
@@ -42,11 +41,12 @@ class OpenVinoBackend(ExportedGraphBackend):
         self.max_batch = batch.get_length() if batch.is_static else None
 
     def detect(self, images, pad_mask):
-        out = self.detect_request.infer(self._detect_feeds(images, pad_mask))
-        # copies: the request reuses its output buffers on the next call
-        logits, boxes, hs, *feats = (np.array(out[o]) for o in self.detect_request.model_outputs)
+        # inputs are read in place for this synchronous call; outputs come back as our own copies
+        # (share_outputs=False): the request reuses its buffers on the next call
+        out = self.detect_request.infer(self._detect_feeds(images, pad_mask), share_inputs=True, share_outputs=False)
+        logits, boxes, hs, *feats = (out[o] for o in self.detect_request.model_outputs)
         return torch.from_numpy(logits), torch.from_numpy(boxes), torch.from_numpy(hs), feats
 
     def masks(self, mask_features, index, hs):
-        out = self.mask_request.infer(self._mask_feeds(mask_features, index, hs))
-        return torch.from_numpy(np.array(out[self.mask_request.model_outputs[0]])[0])
+        out = self.mask_request.infer(self._mask_feeds(mask_features, index, hs), share_inputs=True, share_outputs=False)
+        return torch.from_numpy(out[self.mask_request.model_outputs[0]][0])
