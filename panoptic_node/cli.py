@@ -13,8 +13,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     # the same names as inference.backends.BACKENDS (not imported here: it would load torch for --help)
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino", "tensorrt"],
-                   help="auto: TensorRT with CUDA, else ONNX Runtime when an exported graph exists, else torch; "
-                   "openvino: the fastest on x86 CPUs (pip install openvino)")
+                   help="auto: TensorRT with CUDA; else, when an exported graph exists, OpenVINO on x86 CPUs "
+                   "(the fastest measured), else ONNX Runtime; else torch")
     p.add_argument("--onnx", help="exported graph for the onnxruntime / openvino / tensorrt backends")
     p.add_argument("--labels", help="publish labels in this label set (e.g. cityscapes for a COCO model)")
 

@@ -1,9 +1,11 @@
-"""Choosing a backend: auto picks TensorRT if CUDA and TensorRT import, else ONNX Runtime (when an
-exported graph is given or found beside the weights), else torch. OpenVINO (the fastest on x86 CPUs,
-int8 above all: bench/bench_backends.py) runs the same exported graphs when asked for by name.
+"""Choosing a backend: auto picks TensorRT if CUDA and TensorRT import; else, when an exported graph
+is given or found beside the weights, OpenVINO on an x86 CPU where it is installed (the fastest CPU
+runtime of the graph measured here, int8 above all: bench/bench_backends.py; ONNX Runtime's int8 is
+slower than torch there), else ONNX Runtime; else torch.
 
 TensorRT runs an exported graph when there is one, else the PyTorch model compiled by torch_tensorrt."""
 import importlib.util
+import platform
 from pathlib import Path
 from typing import Optional
 
@@ -34,9 +36,12 @@ def resolve(backend: str, cfg, onnx: Optional[str] = None) -> str:
         raise ValueError(f"backend '{backend}' is not one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
-    if tensorrt_available() and (onnx or default_onnx_path(cfg) or importlib.util.find_spec("torch_tensorrt")):
+    graph = onnx or default_onnx_path(cfg)
+    if tensorrt_available() and (graph or importlib.util.find_spec("torch_tensorrt")):
         return "tensorrt"
-    if importlib.util.find_spec("onnxruntime") and (onnx or default_onnx_path(cfg)):
+    if graph and importlib.util.find_spec("openvino") and platform.machine().lower() in ("x86_64", "amd64"):
+        return "openvino"
+    if graph and importlib.util.find_spec("onnxruntime"):
         return "onnxruntime"
     return "torch"
 
