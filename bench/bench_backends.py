@@ -2,7 +2,7 @@
 torch fp32, then ONNX Runtime and OpenVINO (when installed) on the same fp32 and int8 graphs
 (int8: QDQ, calibrated on CamVid *train* frames).
 
-    python bench/bench_backends.py [--frames 101] [--threads 2]
+    python bench/bench_backends.py [--frames 101] [--threads 2] [--chart backends.png]
 
 Prints end-to-end ms per frame (preprocess + network + postprocess), the speed-up over torch fp32,
 and PQ / mIoU of each backend on the same frames, so the cost of int8 is visible before a car.
@@ -23,6 +23,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default="street_lite0")
     parser.add_argument("--camvid")
+    parser.add_argument("--chart", help="also draw ms per frame and PQ per backend into this PNG")
     args = parser.parse_args()
 
     import torch
@@ -92,6 +93,32 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for name, precision, ms, pq, miou in rows:
         print(f"| {name} | {precision} | {ms:.0f} | {1000 / ms:.1f} | {base / ms:.2f}x | {100 * pq:.1f} | {100 * miou:.1f} |")
+    if args.chart:
+        chart(rows, args.chart, f"{cfg.name}, {len(samples)} CamVid val frames, {args.threads} CPU threads")
+        print(f"chart: {args.chart}")
+
+
+def chart(rows, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from panoptic_node.evaluation.report import save_figure
+    labels = [f"{name}\n{precision}" for name, precision, *_ in rows]
+    fig, (speed, quality) = plt.subplots(1, 2, figsize=(10, 3.6))
+    bars = speed.barh(labels, [ms for *_, ms, _, _ in rows], color="#4c72b0")
+    speed.bar_label(bars, [f"{ms:.0f} ms ({rows[0][2] / ms:.2f}x)" for *_, ms, _, _ in rows], padding=3)
+    speed.set_xlabel("ms per frame, end to end (lower is better)")
+    speed.invert_yaxis()
+    speed.set_xlim(0, 1.35 * max(r[2] for r in rows))
+    bars = quality.barh(labels, [100 * pq for *_, pq, _ in rows], color="#55a868")
+    quality.bar_label(bars, [f"PQ {100 * pq:.1f}" for *_, pq, _ in rows], padding=3)
+    quality.set_xlabel("PQ on CamVid val")
+    quality.invert_yaxis()
+    quality.set_yticklabels([])
+    quality.set_xlim(0, 75)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
