@@ -237,3 +237,23 @@ def test_joint_areas_equal_a_direct_count(layout, ids):
     want[np.searchsorted(gt_keys, pairs[0]), np.searchsorted(pred_keys, pairs[1])] = counts
     np.testing.assert_array_equal(table, want)
     assert table.dtype.kind == "i" and table.sum() == gt.size
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P"])
+def test_panoptic_png_ids_equal_rgb_to_id(tmp_path, mode):
+    """COCO panoptic PNGs read as R + 256 G + 256² B, whatever mode PIL opens them in."""
+    from PIL import Image
+    from panoptic_node.coco_format import id_to_rgb, rgb_to_id
+    from panoptic_node.evaluation.coco_folders import _read_ids
+    rng = np.random.default_rng(1)
+    ids = rng.choice([0, 1, 255, 256, 65536, 5 * 65537 + 3, (1 << 24) - 1], (12, 9))
+    rgb = id_to_rgb(ids)
+    img = Image.fromarray(rgb)
+    img = img.convert("RGBA") if mode == "RGBA" else img.quantize(colors=8, method=Image.Quantize.MAXCOVERAGE) \
+        if mode == "P" else img
+    img.save(tmp_path / "x.png")
+    want = rgb_to_id(np.asarray(Image.open(tmp_path / "x.png").convert("RGB")))
+    got = _read_ids(tmp_path / "x.png")
+    np.testing.assert_array_equal(got, want)
+    if mode != "P":  # a palette keeps the colours exactly only when it has room for all of them
+        np.testing.assert_array_equal(got, ids)
