@@ -125,6 +125,7 @@ def decoded_with_mcap_ros2(bag_dir, storage):
     if storage == "mcap":
         with open(path, "rb") as f:
             reader = make_reader(f, decoder_factories=[factory])
+            assert reader.get_header().profile == "ros2"  # what rosbag2's MCAP plugin expects
             summary = reader.get_summary()
             for c in summary.channels.values():
                 schema = summary.schemas[c.schema_id]
