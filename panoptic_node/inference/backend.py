@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..model.fuse import fold_batchnorm
 
+
 def inference_copy(model: torch.nn.Module) -> torch.nn.Module:
     """The backend's own eval copy of a model with BatchNorm folded into the convolutions; the
     trained module and its state-dict names stay untouched."""

@@ -133,13 +133,18 @@ def build_engine(onnx_path, out_path, precision: str, max_queries: int = 100,
     log("TensorRT: engine built")
 
 
+def require_cuda() -> None:
+    """Both TensorRT backends (an exported graph, or the PyTorch model via torch_tensorrt) need CUDA."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("backend 'tensorrt' needs CUDA, which is not available here; use --backend onnxruntime "
+                           "or torch")
+
+
 class TensorRTBackend(Backend):  # pragma: no cover - needs a GPU
     name = "tensorrt"
 
     def __init__(self, onnx_path, cfg, device: str = "cuda", precision: str = "fp16", log=print):
-        if not torch.cuda.is_available():
-            raise RuntimeError("backend 'tensorrt' needs CUDA, which is not available here; use --backend onnxruntime "
-                               "or torch")
+        require_cuda()
         import tensorrt as trt
 
         from ..export import open_exported

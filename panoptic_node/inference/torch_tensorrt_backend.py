@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backend import Backend, inference_copy
-from .tensorrt_backend import EngineKey, file_sha256, get_engine
+from .tensorrt_backend import EngineKey, file_sha256, get_engine, require_cuda
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -68,9 +68,7 @@ class TorchTensorRTBackend(Backend):  # pragma: no cover - needs a GPU with torc
     max_batch = 1  # compiled for one frame (the detect inputs below)
 
     def __init__(self, model: nn.Module, cfg, weights, precision: str = "fp16", log=print):
-        if not torch.cuda.is_available():
-            raise RuntimeError("backend 'tensorrt' needs CUDA, which is not available here; use --backend onnxruntime "
-                               "or torch")
+        require_cuda()
         if precision not in PRECISIONS:
             raise ValueError(f"torch_tensorrt precision '{precision}' is not one of {', '.join(PRECISIONS)}; for int8 "
                              f"export a calibrated QDQ graph (`panoptic-node export --precision int8`) and pass --onnx")

@@ -25,7 +25,6 @@ from ..render import overlay
 from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 
 
-
 def qos_profile(qos: TopicQos) -> QoSProfile:
     return QoSProfile(depth=qos.depth, history=HistoryPolicy.KEEP_LAST,
                       reliability=ReliabilityPolicy.RELIABLE if qos.reliable else ReliabilityPolicy.BEST_EFFORT,

@@ -5,7 +5,6 @@ lower backbone learning rate, cosine decay, gradient clipping; then a checkpoint
 val PQ / mIoU through the real Pipeline, `history.json` and a training-curve PNG. `best.pth` keeps
 the epoch with the best val PQ (model selection is the only use of val frames).
 """
-import json
 import math
 import random
 import time
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, write_json
 from ..evaluation.evaluator import Evaluator
 from ..evaluation.gt import panoptic_from_labels
 from ..evaluation.report import save_figure
@@ -187,7 +186,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
                         "best_pq": best_pq, "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()},
                        tmp)
-        (out / "history.json").write_text(json.dumps(history, indent=1))
+        write_json(history, out / "history.json", indent=1)  # through a .partial name, as every output
         plot_curve(history, out / "training_curve.png")
         val = entry.get("val")
         log(f"epoch {epoch + 1}: loss {entry['loss']:.3f} ({entry['train_seconds']:.0f} s)"
