@@ -174,6 +174,78 @@ def test_evaluator_on_our_panoptic_convention():
     assert r["per_class"][3]["tp"] == 1 and r["per_class"][0]["pq"] == 1.0
 
 
+def _our_frame(rng, layout):
+    """Ground truth and prediction in our panoptic convention (CamVid classes, things 8-10):
+    blocks of stuff, thing instances, thing crowds (a thing label with no instance), void; the
+    prediction shifted, with some wrong classes and instances that are not there. "noise" frames
+    change at almost every pixel (counted per pixel, not per run)."""
+    h, w = 48, 64
+    if layout == "noise":
+        gt = rng.choice([-1, 0, 3, 8, 8001, 8002, 9001], (h, w)).astype(np.int32)
+        pred = np.where(rng.random((h, w)) < 0.8, gt, rng.choice([0, 3, 8001, 8003], (h, w))).astype(np.int32)
+        return gt, np.where(pred == -1, 3, pred).astype(np.int32)
+    gt = np.kron(rng.integers(0, 8, (4, 4)), np.ones((12, 16), np.int64)).astype(np.int32)
+    for k in range(1, int(rng.integers(3, 7))):
+        y, x = rng.integers(0, h - 8), rng.integers(0, w - 10)
+        gt[y:y + rng.integers(3, 9), x:x + rng.integers(3, 11)] = int(rng.integers(8, 11)) * 1000 + k
+    gt[40:46, 50:62] = 8                                   # a crowd of cars
+    gt[rng.integers(0, h, 30), rng.integers(0, w, 30)] = -1
+    pred = np.roll(gt, int(rng.integers(-2, 3)), axis=1)
+    pred = np.where(pred == 8, 8007, pred)                 # the crowd predicted as one car
+    pred[rng.integers(0, h - 4):, 30:34] = 9005            # a pedestrian that is not there
+    pred = np.where((pred // 1000 == 8) & (rng.random() < 0.3), pred + 1000, pred)  # cars read as pedestrians
+    pred[pred == 3] = 4 if rng.random() < 0.3 else 3      # road read as pavement
+    pred[pred == -1] = 1
+    return gt, pred.astype(np.int32)
+
+
+def _semantic(panoptic):
+    return np.where(panoptic < 0, 255, np.where(panoptic >= 1000, panoptic // 1000, panoptic)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("layout", ["blocks", "noise"])
+def test_evaluator_on_our_maps_equals_panopticapi(tmp_path, layout):
+    """Replay's evaluator (our label maps, segments found among runs) scores what panopticapi's
+    pq_compute scores on the same frames written as COCO panoptic folders; mIoU and pixel accuracy
+    equal a direct count."""
+    pq_compute = pytest.importorskip("panopticapi.evaluation").pq_compute
+    camvid = get_taxonomy("camvid")
+    rng = np.random.default_rng(11)
+    frames = [_our_frame(rng, layout) for _ in range(6)]
+    ev = Evaluator(camvid)
+    anns = {"gt": [], "pred": []}
+    for d in anns:
+        (tmp_path / d).mkdir()
+    for i, (gt, pred) in enumerate(frames):
+        ev.add(gt, _semantic(gt), pred, _semantic(pred))
+        for d, pan in (("gt", gt), ("pred", pred)):
+            ids = pan.astype(np.int64) + 1  # void (-1) is COCO's 0
+            Image.fromarray(id_to_rgb(ids)).save(tmp_path / d / f"{i}.png")
+            anns[d].append({"image_id": i, "file_name": f"{i}.png", "segments_info": [
+                {"id": int(v) + 1, "category_id": int(v // 1000 if v >= 1000 else v),
+                 "iscrowd": int(d == "gt" and v < 1000 and camvid.is_thing(int(v))), "area": int((pan == v).sum())}
+                for v in np.unique(pan) if v >= 0]})
+    cats = [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in camvid.classes]
+    for d in anns:
+        (tmp_path / f"{d}.json").write_text(json.dumps({"annotations": anns[d], "categories": cats}))
+    theirs = pq_compute(str(tmp_path / "gt.json"), str(tmp_path / "pred.json"), str(tmp_path / "gt"),
+                        str(tmp_path / "pred"))
+    report = ev.report()
+    for part, key in (("All", "pq"), ("Things", "pq_things"), ("Stuff", "pq_stuff")):
+        for k in ("pq", "sq", "rq"):
+            assert report[key][k] == pytest.approx(theirs[part][k], abs=1e-9), (part, k)
+    for cat, vals in theirs["per_class"].items():
+        assert report["per_class"][int(cat)].get("pq", 0.0) == pytest.approx(vals["pq"], abs=1e-9), cat
+    assert sum(report["per_class"][c]["fp"] for c in (8, 9)) > 0 and 0.2 < report["pq"]["pq"] < 0.95
+    g = np.concatenate([_semantic(gt).ravel() for gt, _ in frames])
+    p = np.concatenate([_semantic(pred).ravel() for _, pred in frames])
+    valid = g != 255
+    ious = [((g == c) & (p == c) & valid).sum() / (((g == c) | (p == c)) & valid).sum()
+            for c in range(11) if (((g == c) | (p == c)) & valid).any()]
+    assert report["miou"] == pytest.approx(np.mean(ious), abs=1e-12)
+    assert report["pixel_accuracy"] == pytest.approx((g[valid] == p[valid]).mean(), abs=1e-12)
+
+
 def _accumulate(frames, remap):
     from panoptic_node.evaluation.pq import PQAccumulator, SegmentInfo
     acc = PQAccumulator()
@@ -222,6 +294,7 @@ def test_joint_areas_equal_a_direct_count(layout, ids):
     """Counting runs of equal pairs (piecewise-constant maps) or pixels (noise, where runs would not be
     shorter) gives np.unique's pair counts, keys without pixels included as zero rows / columns."""
     from panoptic_node.evaluation.pq import _joint_areas
+    from panoptic_node.evaluation.runs import pair_runs
     rng = np.random.default_rng(7)
     shape = {"blocks": (6, 8), "noise": (48, 64), "one pixel": (1, 1)}[layout]
     gt, pred = rng.integers(0, 5, shape), rng.integers(0, 9, shape)
@@ -231,7 +304,9 @@ def test_joint_areas_equal_a_direct_count(layout, ids):
         gt, pred = np.where(gt > 0, gt * 65537 + 7, 0), np.where(pred > 0, pred * 65537 + 7, 0)
     gt_keys = np.unique(np.append(gt, gt.max() + 3))      # one key with no pixels beyond the largest id
     pred_keys = np.unique(np.append(pred, pred.max() + 5))
-    table = _joint_areas(gt.ravel(), gt_keys, pred.ravel(), pred_keys)
+    g, p, lengths = pair_runs(gt.ravel(), pred.ravel())
+    assert (lengths is None) == (layout != "blocks")  # noise and one pixel are counted per pixel
+    table = _joint_areas(g, gt_keys, p, pred_keys, lengths)
     pairs, counts = np.unique(np.stack([gt.ravel(), pred.ravel()]), axis=1, return_counts=True)
     want = np.zeros((len(gt_keys), len(pred_keys)), np.int64)
     want[np.searchsorted(gt_keys, pairs[0]), np.searchsorted(pred_keys, pairs[1])] = counts

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..taxonomy import Taxonomy
 from .pq import PQAccumulator, segments_from_panoptic
+from .runs import pair_runs
 from .semantic import ConfusionMatrix
 
 
@@ -21,9 +22,11 @@ class Evaluator:
         """Maps in our convention: panoptic int32 (label*1000+instance, stuff = label, -1 void)."""
         if gt_panoptic.shape != pred_panoptic.shape:
             raise ValueError(f"prediction {pred_panoptic.shape} and ground truth {gt_panoptic.shape} differ in size")
-        gt_ids, gt_segs = segments_from_panoptic(gt_panoptic, self.taxonomy.thing_lut)
-        pr_ids, pr_segs = segments_from_panoptic(pred_panoptic, self.taxonomy.thing_lut)
-        self.pq.add(gt_ids, gt_segs, pr_ids, pr_segs)
+        # segments are found among the runs' values, not over every pixel (runs.pair_runs)
+        gt_values, pred_values, lengths = pair_runs(gt_panoptic.ravel(), pred_panoptic.ravel())
+        gt_ids, gt_segs = segments_from_panoptic(gt_values, self.taxonomy.thing_lut)
+        pr_ids, pr_segs = segments_from_panoptic(pred_values, self.taxonomy.thing_lut)
+        self.pq.add_runs(gt_ids, pr_ids, lengths, gt_segs, pr_segs)
         self.confusion.add(gt_semantic, pred_semantic)
         self.frames += 1
 

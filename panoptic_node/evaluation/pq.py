@@ -12,7 +12,7 @@ from typing import Dict, Iterable, Optional
 
 import numpy as np
 
-OFFSET = 1 << 32
+from .runs import count, pair_runs
 
 
 def _compact(ids: np.ndarray, keys: np.ndarray):
@@ -41,40 +41,18 @@ def _top(ids: np.ndarray, what: str) -> int:
     return top + 1
 
 
-def _runs(gt: np.ndarray, pred: np.ndarray):
-    """The flattened frame as runs of equal (ground truth, prediction) pairs: (gt ids, prediction ids,
-    run lengths), or the pixels themselves with lengths None when runs would not be shorter. Segment
-    maps are piecewise constant along rows, so a frame has ~10-100x fewer runs than pixels, and
-    finding them (two comparisons) costs less than counting every pixel into a table."""
-    if gt.size < 2:
-        return gt, pred, None
-    change = np.empty(gt.size, bool)
-    change[0] = True
-    np.not_equal(gt[1:], gt[:-1], out=change[1:])
-    change[1:] |= pred[1:] != pred[:-1]
-    starts = np.flatnonzero(change)
-    if len(starts) > gt.size // 4:
-        return gt, pred, None
-    return gt[starts], pred[starts], np.diff(starts, append=gt.size)
+def _joint_areas(gt: np.ndarray, gt_keys: np.ndarray, pred: np.ndarray, pred_keys: np.ndarray,
+                 lengths) -> np.ndarray:
+    """Pixel counts of every (ground-truth key, prediction key) pair: len(gt_keys) x len(pred_keys),
+    from runs of equal pairs (runs.pair_runs: every id of the frame starts at least one run).
 
-
-def _count(index: np.ndarray, weights, n: int) -> np.ndarray:
-    counts = np.bincount(index, weights=weights, minlength=n)
-    return counts if weights is None else counts.astype(np.int64)
-
-
-def _joint_areas(gt: np.ndarray, gt_keys: np.ndarray, pred: np.ndarray, pred_keys: np.ndarray) -> np.ndarray:
-    """Pixel counts of every (ground-truth key, prediction key) pair: len(gt_keys) x len(pred_keys).
-
-    Runs of equal pairs are counted, not pixels (see _runs), with one bincount, no sort of the frame
-    as np.unique would do. Small ids (our maps, ids from 0 to a few hundred) are counted directly in
-    id space, the table then cut down to the keys; large ones (COCO's 24-bit colour ids) are first
-    compacted to key indices.
+    One bincount, no sort of the frame as np.unique would do. Small ids (our maps, ids from 0 to a
+    few hundred) are counted directly in id space, the table then cut down to the keys; large ones
+    (COCO's 24-bit colour ids) are first compacted to key indices.
     """
-    gt, pred, lengths = _runs(gt, pred)  # every id of the frame starts at least one run
     g_top, p_top = _top(gt, "ground-truth"), _top(pred, "prediction")
     if g_top * p_top <= (1 << 22):
-        table = _count(gt * p_top + pred, lengths, g_top * p_top).reshape(g_top, p_top)
+        table = count(gt.astype(np.int64) * p_top + pred, lengths, g_top * p_top).reshape(g_top, p_top)
         for axis, keys, top, what in ((1, gt_keys, g_top, "ground-truth"), (0, pred_keys, p_top, "prediction")):
             known = np.zeros(top, bool)
             known[keys[keys < top]] = True
@@ -92,7 +70,7 @@ def _joint_areas(gt: np.ndarray, gt_keys: np.ndarray, pred: np.ndarray, pred_key
         if not ok.all():
             raise ValueError(f"{what} segment id {int(ids[~ok][0])} has no segment info")
     n_p = len(pred_keys)
-    return _count(gi * n_p + pi, lengths, len(gt_keys) * n_p).reshape(len(gt_keys), n_p)
+    return count(gi * n_p + pi, lengths, len(gt_keys) * n_p).reshape(len(gt_keys), n_p)
 
 
 @dataclass
@@ -120,9 +98,14 @@ class PQAccumulator:
             pred_segments: Dict[int, SegmentInfo]) -> None:
         if gt_ids.shape != pred_ids.shape:
             raise ValueError(f"ground truth {gt_ids.shape} and prediction {pred_ids.shape} differ in size")
+        self.add_runs(*pair_runs(gt_ids.ravel(), pred_ids.ravel()), gt_segments, pred_segments)
+
+    def add_runs(self, gt_ids: np.ndarray, pred_ids: np.ndarray, lengths, gt_segments: Dict[int, SegmentInfo],
+                 pred_segments: Dict[int, SegmentInfo]) -> None:
+        """One frame given as runs of equal (ground truth, prediction) pairs (runs.pair_runs)."""
         gt_keys = np.array(sorted(set(gt_segments) | {0}), np.int64)
         pred_keys = np.array(sorted(set(pred_segments) | {0}), np.int64)
-        joint = _joint_areas(gt_ids.ravel(), gt_keys, pred_ids.ravel(), pred_keys)
+        joint = _joint_areas(gt_ids, gt_keys, pred_ids, pred_keys, lengths)
         gt_area = dict(zip(gt_keys.tolist(), joint.sum(1).tolist()))
         pred_area = dict(zip(pred_keys.tolist(), joint.sum(0).tolist()))
         gt_area = {k: v for k, v in gt_area.items() if v}
@@ -192,7 +175,8 @@ class PQAccumulator:
 
 def segments_from_panoptic(panoptic: np.ndarray, thing_lut: np.ndarray, label_divisor: int = 1000,
                            void: int = -1):
-    """Our panoptic int32 map (label*1000+instance, stuff = label, -1 void) -> ids + SegmentInfo.
+    """Values of our panoptic maps (label*1000+instance, stuff = label, -1 void), a whole map or the
+    values of its runs, -> segment ids of the same shape (0 = void) + SegmentInfo per id.
 
     A thing-class pixel without an instance (value = label) is a crowd region, as in Cityscapes.
     """

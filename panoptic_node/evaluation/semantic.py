@@ -3,6 +3,8 @@ from typing import Dict
 
 import numpy as np
 
+from .runs import count, pair_runs
+
 
 class ConfusionMatrix:
     """Rows: ground truth class, columns: prediction (the last column counts void predictions)."""
@@ -15,13 +17,15 @@ class ConfusionMatrix:
     def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
         if gt.shape != pred.shape:
             raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in size")
-        valid = gt != self.void
-        g = gt[valid].astype(np.int64)
-        p = pred[valid].astype(np.int64)
+        g, p, lengths = pair_runs(gt.ravel(), pred.ravel())  # runs of equal pairs, not every pixel
+        valid = g != self.void
+        g, p = g[valid].astype(np.int64), p[valid].astype(np.int64)
+        lengths = None if lengths is None else lengths[valid]
         if g.size and g.max() >= self.n:
             raise ValueError(f"ground truth label {g.max()} outside the {self.n} classes")
         p = np.where(p < self.n, p, self.n)  # void or unknown predictions are wrong for every class
-        self.matrix += np.bincount(g * (self.n + 1) + p, minlength=self.n * (self.n + 1)).reshape(self.n, self.n + 1)
+        n = self.n * (self.n + 1)
+        self.matrix += count(g * (self.n + 1) + p, lengths, n).reshape(self.n, self.n + 1)
 
     def scores(self) -> Dict[str, object]:
         m = self.matrix
