@@ -174,7 +174,7 @@ def test_evaluator_on_our_panoptic_convention():
     assert r["per_class"][3]["tp"] == 1 and r["per_class"][0]["pq"] == 1.0
 
 
-def _our_frame(rng, layout):
+def our_frame(rng, layout):
     """Ground truth and prediction in our panoptic convention (CamVid classes, things 8-10):
     blocks of stuff, thing instances, thing crowds (a thing label with no instance), void; the
     prediction shifted, with some wrong classes and instances that are not there. "noise" frames
@@ -199,8 +199,28 @@ def _our_frame(rng, layout):
     return gt, pred.astype(np.int32)
 
 
-def _semantic(panoptic):
+def semantic_of(panoptic):
     return np.where(panoptic < 0, 255, np.where(panoptic >= 1000, panoptic // 1000, panoptic)).astype(np.uint8)
+
+
+def write_coco_folders(frames, root, taxonomy):
+    """(ground truth, prediction) pairs of our maps as COCO panoptic folders + JSON under root:
+    each value is a segment (id = value + 1, so void is 0), a thing label with no instance in the
+    ground truth a crowd."""
+    anns = {"gt": [], "pred": []}
+    for d in anns:
+        (root / d).mkdir()
+    for i, pair in enumerate(frames):
+        for d, pan in zip(anns, pair):
+            Image.fromarray(id_to_rgb(pan.astype(np.int64) + 1)).save(root / d / f"{i}.png")
+            values, areas = np.unique(pan, return_counts=True)
+            anns[d].append({"image_id": i, "file_name": f"{i}.png", "segments_info": [
+                {"id": int(v) + 1, "category_id": int(v // 1000 if v >= 1000 else v),
+                 "iscrowd": int(d == "gt" and v < 1000 and taxonomy.is_thing(int(v))), "area": int(a)}
+                for v, a in zip(values, areas) if v >= 0]})
+    cats = [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in taxonomy.classes]
+    for d in anns:
+        (root / f"{d}.json").write_text(json.dumps({"annotations": anns[d], "categories": cats}))
 
 
 @pytest.mark.parametrize("layout", ["blocks", "noise"])
@@ -211,23 +231,11 @@ def test_evaluator_on_our_maps_equals_panopticapi(tmp_path, layout):
     pq_compute = pytest.importorskip("panopticapi.evaluation").pq_compute
     camvid = get_taxonomy("camvid")
     rng = np.random.default_rng(11)
-    frames = [_our_frame(rng, layout) for _ in range(6)]
+    frames = [our_frame(rng, layout) for _ in range(6)]
     ev = Evaluator(camvid)
-    anns = {"gt": [], "pred": []}
-    for d in anns:
-        (tmp_path / d).mkdir()
-    for i, (gt, pred) in enumerate(frames):
-        ev.add(gt, _semantic(gt), pred, _semantic(pred))
-        for d, pan in (("gt", gt), ("pred", pred)):
-            ids = pan.astype(np.int64) + 1  # void (-1) is COCO's 0
-            Image.fromarray(id_to_rgb(ids)).save(tmp_path / d / f"{i}.png")
-            anns[d].append({"image_id": i, "file_name": f"{i}.png", "segments_info": [
-                {"id": int(v) + 1, "category_id": int(v // 1000 if v >= 1000 else v),
-                 "iscrowd": int(d == "gt" and v < 1000 and camvid.is_thing(int(v))), "area": int((pan == v).sum())}
-                for v in np.unique(pan) if v >= 0]})
-    cats = [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in camvid.classes]
-    for d in anns:
-        (tmp_path / f"{d}.json").write_text(json.dumps({"annotations": anns[d], "categories": cats}))
+    for gt, pred in frames:
+        ev.add(gt, semantic_of(gt), pred, semantic_of(pred))
+    write_coco_folders(frames, tmp_path, camvid)
     theirs = pq_compute(str(tmp_path / "gt.json"), str(tmp_path / "pred.json"), str(tmp_path / "gt"),
                         str(tmp_path / "pred"))
     report = ev.report()
@@ -237,8 +245,8 @@ def test_evaluator_on_our_maps_equals_panopticapi(tmp_path, layout):
     for cat, vals in theirs["per_class"].items():
         assert report["per_class"][int(cat)].get("pq", 0.0) == pytest.approx(vals["pq"], abs=1e-9), cat
     assert sum(report["per_class"][c]["fp"] for c in (8, 9)) > 0 and 0.2 < report["pq"]["pq"] < 0.95
-    g = np.concatenate([_semantic(gt).ravel() for gt, _ in frames])
-    p = np.concatenate([_semantic(pred).ravel() for _, pred in frames])
+    g = np.concatenate([semantic_of(gt).ravel() for gt, _ in frames])
+    p = np.concatenate([semantic_of(pred).ravel() for _, pred in frames])
     valid = g != 255
     ious = [((g == c) & (p == c) & valid).sum() / (((g == c) | (p == c)) & valid).sum()
             for c in range(11) if (((g == c) | (p == c)) & valid).any()]
@@ -332,3 +340,11 @@ def test_panoptic_png_ids_equal_rgb_to_id(tmp_path, mode):
     np.testing.assert_array_equal(got, want)
     if mode != "P":  # a palette keeps the colours exactly only when it has room for all of them
         np.testing.assert_array_equal(got, ids)
+
+
+def test_evaluator_refuses_maps_of_different_sizes():
+    ev = Evaluator(get_taxonomy("camvid"))
+    gt, pred = our_frame(np.random.default_rng(0), "blocks")
+    with pytest.raises(ValueError, match=r"prediction \(48, 64\) / \(48, 63\) .* differ in size"):
+        ev.add(gt, semantic_of(gt), pred, semantic_of(pred)[:, :63])
+    assert ev.frames == 0

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..taxonomy import Taxonomy
 from .pq import PQAccumulator, segments_from_panoptic
-from .runs import pair_runs
+from .runs import runs
 from .semantic import ConfusionMatrix
 
 
@@ -20,14 +20,17 @@ class Evaluator:
     def add(self, gt_panoptic: np.ndarray, gt_semantic: np.ndarray, pred_panoptic: np.ndarray,
             pred_semantic: np.ndarray) -> None:
         """Maps in our convention: panoptic int32 (label*1000+instance, stuff = label, -1 void)."""
-        if gt_panoptic.shape != pred_panoptic.shape:
-            raise ValueError(f"prediction {pred_panoptic.shape} and ground truth {gt_panoptic.shape} differ in size")
-        # segments are found among the runs' values, not over every pixel (runs.pair_runs)
-        gt_values, pred_values, lengths = pair_runs(gt_panoptic.ravel(), pred_panoptic.ravel())
+        if not gt_panoptic.shape == gt_semantic.shape == pred_panoptic.shape == pred_semantic.shape:
+            raise ValueError(f"prediction {pred_panoptic.shape} / {pred_semantic.shape} and ground truth "
+                             f"{gt_panoptic.shape} / {gt_semantic.shape} (panoptic / semantic) differ in size")
+        # one pass finds where any of the four maps changes; segments and classes are then read off
+        # the runs' values, not every pixel (runs.runs)
+        (gt_values, pred_values, gt_classes, pred_classes), lengths = runs(
+            gt_panoptic.ravel(), pred_panoptic.ravel(), gt_semantic.ravel(), pred_semantic.ravel())
         gt_ids, gt_segs = segments_from_panoptic(gt_values, self.taxonomy.thing_lut)
         pr_ids, pr_segs = segments_from_panoptic(pred_values, self.taxonomy.thing_lut)
         self.pq.add_runs(gt_ids, pr_ids, lengths, gt_segs, pr_segs)
-        self.confusion.add(gt_semantic, pred_semantic)
+        self.confusion.add_runs(gt_classes, pred_classes, lengths)
         self.frames += 1
 
     def report(self) -> Dict[str, object]:

@@ -188,9 +188,8 @@ def segments_from_panoptic(panoptic: np.ndarray, thing_lut: np.ndarray, label_di
     keys = np.flatnonzero(np.bincount(flat)) if small else np.unique(flat)
     idx, _ = _compact(flat, keys)
     ids = (idx + 1).reshape(panoptic.shape)
-    values = keys + void
     segments = {}
-    for i, v in enumerate(values):
+    for i, v in enumerate((keys + void).tolist()):
         if v == void:
             ids[ids == i + 1] = 0  # void is segment 0
             continue

@@ -8,19 +8,28 @@ every pixel, with no widening copy and no sort of the frame.
 import numpy as np
 
 
-def pair_runs(a: np.ndarray, b: np.ndarray):
-    """Flat maps a, b -> (a at each run start, b at each run start, run lengths), or the pixels
-    themselves with lengths None when runs would not be shorter (noise)."""
-    if a.size < 2:
-        return a, b, None
-    change = np.empty(a.size, bool)
+def runs(*maps: np.ndarray):
+    """Flat maps of one frame -> ([each map at each run start], run lengths): a run ends where any
+    map changes. Returns the pixels themselves with lengths None when runs would not be shorter
+    (noise)."""
+    size = maps[0].size
+    if size < 2:
+        return list(maps), None
+    change = np.empty(size, bool)
     change[0] = True
-    np.not_equal(a[1:], a[:-1], out=change[1:])
-    change[1:] |= b[1:] != b[:-1]
+    np.not_equal(maps[0][1:], maps[0][:-1], out=change[1:])
+    for m in maps[1:]:
+        change[1:] |= m[1:] != m[:-1]
     starts = np.flatnonzero(change)
-    if len(starts) > a.size // 4:
-        return a, b, None
-    return a[starts], b[starts], np.diff(starts, append=a.size)
+    if len(starts) > size // 4:
+        return list(maps), None
+    return [m[starts] for m in maps], np.diff(starts, append=size)
+
+
+def pair_runs(a: np.ndarray, b: np.ndarray):
+    """Flat maps a, b -> (a at each run start, b at each run start, run lengths); see runs."""
+    (a, b), lengths = runs(a, b)
+    return a, b, lengths
 
 
 def count(index: np.ndarray, lengths, n: int) -> np.ndarray:

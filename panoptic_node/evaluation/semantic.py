@@ -17,7 +17,10 @@ class ConfusionMatrix:
     def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
         if gt.shape != pred.shape:
             raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in size")
-        g, p, lengths = pair_runs(gt.ravel(), pred.ravel())  # runs of equal pairs, not every pixel
+        self.add_runs(*pair_runs(gt.ravel(), pred.ravel()))  # runs of equal pairs, not every pixel
+
+    def add_runs(self, g: np.ndarray, p: np.ndarray, lengths) -> None:
+        """One frame given as runs of equal (ground truth, prediction) pairs (runs.pair_runs)."""
         valid = g != self.void
         g, p = g[valid].astype(np.int64), p[valid].astype(np.int64)
         lengths = None if lengths is None else lengths[valid]
