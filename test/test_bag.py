@@ -485,3 +485,68 @@ def test_camvid_convert_and_replay_scores(tiny_pipeline, tmp_path):
     assert report["pq"]["pq"] == pytest.approx(summary.metrics["pq"]["pq"], abs=1e-12)
     assert report["miou"] == pytest.approx(summary.metrics["miou"], abs=1e-12)
     assert (tmp_path / "e.png").stat().st_size > 0
+
+
+def _read_like_rosbag2(meta: dict, distro: str) -> dict:
+    """metadata.yaml decoded by the rules of rosbag2_storage's yaml.hpp: the fields each distro reads
+    for the file's version, with yaml-cpp's conversions (a field of the wrong kind fails there as a
+    'bad conversion'). Humble's reader knows versions up to 5 and skips fields it does not know;
+    Jazzy's reads them all up to 8 (9 made offered_qos_profiles a list, which Humble cannot read)."""
+    info = meta["rosbag2_bagfile_information"]
+    version = info["version"]
+
+    def nanoseconds(node, key):
+        value = node[key]
+        assert isinstance(value, int) and value >= 0, (key, value)
+        return value
+
+    def text(node, key):
+        assert isinstance(node[key], str), (key, node[key])
+        return node[key]
+
+    out = {"storage": text(info, "storage_identifier"), "duration": nanoseconds(info["duration"], "nanoseconds"),
+           "start": nanoseconds(info["starting_time"], "nanoseconds_since_epoch"),
+           "count": nanoseconds(info, "message_count"), "topics": {}}
+    for entry in info["topics_with_message_count"]:
+        t = entry["topic_metadata"]
+        topic = {k: text(t, k) for k in ("name", "type", "serialization_format")}
+        if version >= 4:
+            topic["qos"] = text(t, "offered_qos_profiles")
+        if distro == "jazzy" and version >= 7:
+            topic["hash"] = text(t, "type_description_hash")
+        out["topics"][topic["name"]] = (topic, nanoseconds(entry, "message_count"))
+    out["paths"] = [p for p in info["relative_file_paths"] if isinstance(p, str)]
+    assert len(out["paths"]) == len(info["relative_file_paths"])
+    if version >= 3:
+        out["compression"] = (text(info, "compression_format"), text(info, "compression_mode"))
+    if version >= 5:
+        out["files"] = [(text(f, "path"), nanoseconds(f["starting_time"], "nanoseconds_since_epoch"),
+                         nanoseconds(f["duration"], "nanoseconds"), nanoseconds(f, "message_count"))
+                        for f in info["files"]]
+    if distro == "jazzy" and version >= 6:
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in (info["custom_data"] or {}).items())
+    if distro == "jazzy" and version >= 8:
+        out["distro"] = text(info, "ros_distro")
+    return out
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+@pytest.mark.parametrize("distro", ["humble", "jazzy"])
+def test_output_metadata_reads_as_rosbag2_reads_it(tiny_pipeline, tmp_path, rng, storage, distro):
+    """What `ros2 bag info` prints comes from metadata.yaml: every field each distro reads is there with
+    the kind it converts to, the files it names exist in the finished bag (not in the temporary folder
+    the bag was written in), and the counts and times agree with the messages stored."""
+    stamps = [1_700_000_000_000_000_000 + i * 50_000_000 for i in range(3)]
+    bag = camera_bag(tmp_path / "in", storage, [(s, rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for s in stamps])
+    replay(tiny_pipeline, bag, tmp_path / "out", storage=storage)
+    meta = _read_like_rosbag2(yaml.safe_load((tmp_path / "out" / "metadata.yaml").read_text()), distro)
+    assert meta["storage"] == storage and meta["compression"] == ("", "")
+    assert [p for p in meta["paths"] if (tmp_path / "out" / p).is_file()] == meta["paths"] and meta["paths"]
+    assert [f[0] for f in meta["files"]] == meta["paths"]
+    assert sum(f[3] for f in meta["files"]) == meta["count"] == sum(n for _, n in meta["topics"].values())
+    assert all(t["serialization_format"] == "cdr" for t, _ in meta["topics"].values())
+    from rosbags.highlevel import AnyReader
+    with AnyReader([tmp_path / "out"]) as reader:  # the messages' log times, from the storage
+        times = [t for _, t, _ in reader.messages()]
+    assert meta["start"] == min(times) and meta["duration"] == max(times) - min(times)
+    assert meta["count"] == len(times)
