@@ -550,3 +550,10 @@ def test_output_metadata_reads_as_rosbag2_reads_it(tiny_pipeline, tmp_path, rng,
         times = [t for _, t, _ in reader.messages()]
     assert meta["start"] == min(times) and meta["duration"] == max(times) - min(times)
     assert meta["count"] == len(times)
+    if storage == "sqlite3":  # Iron and later also keep the metadata inside the .db3; the same must be there
+        import sqlite3
+        con = sqlite3.connect(tmp_path / "out" / meta["paths"][0])
+        (version, text), = con.execute("SELECT metadata_version, metadata FROM metadata").fetchall()
+        con.close()
+        assert version == 8
+        assert _read_like_rosbag2({"rosbag2_bagfile_information": yaml.safe_load(text)}, distro) == meta
