@@ -136,27 +136,44 @@ def cmd_evaluate(args) -> int:
 
 
 def _evaluate_bags(args) -> dict:
-    from .bag.reader import BagReader
+    from .bag.convert import GT_LABEL_INFO
+    from .bag.reader import BagReader, label_set_phrase
     from .evaluation.evaluator import Evaluator
     from .messages import image_array
     from .replay import _semantic_of
-    from .taxonomy import get_taxonomy
+    from .taxonomy import NAMES, get_taxonomy
 
-    evaluator = Evaluator(get_taxonomy(args.labels or "camvid"))
-    gt = {}
     if not args.bag:
         raise ValueError("give --bag (with --gt-topic / --pred-topic) or the four COCO-panoptic folder arguments")
+    pred_bag = args.pred_bag or args.bag
+    pred_label_topic = args.pred_topic.rsplit("/", 1)[0] + "/label_info"  # the node's topic beside the maps
 
     def check(reader, bag, topic):
         if topic not in reader.topics:
             raise ValueError(f"bag '{bag}' has no topic '{topic}'; topics: {', '.join(sorted(reader.topics))}")
 
+    # both sides must be in one label set: the ground truth's and the predictions' LabelInfo say which
+    # (when the bags have them), --labels otherwise (camvid by default)
     with BagReader(args.bag) as r:
         check(r, args.bag, args.gt_topic)
+        gt_labels = r.label_set(GT_LABEL_INFO) if args.gt_topic.startswith("/ground_truth/") else None
+    with BagReader(pred_bag) as r:
+        check(r, pred_bag, args.pred_topic)
+        pred_labels = r.label_set(pred_label_topic)
+    labels, why = next((name, why) for name, why in (
+        (args.labels, "--labels"), (gt_labels, GT_LABEL_INFO), (pred_labels, pred_label_topic),
+        ("camvid", "the default")) if name and (name in NAMES or why == "--labels"))
+    for found, where, topic in ((gt_labels, f"the ground truth in '{args.bag}' is", GT_LABEL_INFO),
+                                (pred_labels, f"the predictions in '{pred_bag}' are", pred_label_topic)):
+        if found and found != labels:
+            raise ValueError(f"{where} in {label_set_phrase(found)} ({topic}), not in the {labels} label set "
+                             f"({why}): scores across label sets would be meaningless")
+    evaluator = Evaluator(get_taxonomy(labels))
+    gt = {}
+    with BagReader(args.bag) as r:
         for m in r.messages([args.gt_topic]):
             gt[m.stamp_ns] = image_array(m.msg)
-    with BagReader(args.pred_bag or args.bag) as r:
-        check(r, args.pred_bag or args.bag, args.pred_topic)
+    with BagReader(pred_bag) as r:
         for m in r.messages([args.pred_topic]):
             if m.stamp_ns in gt:
                 g, p = gt.pop(m.stamp_ns), image_array(m.msg)
@@ -299,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred-bag", help="bag with the prediction topic (default: --bag)")
     p.add_argument("--gt-topic", default="/ground_truth/panoptic")
     p.add_argument("--pred-topic", default="/camera/panoptic/panoptic")
-    p.add_argument("--labels", help="label set of the bag topics (default camvid)")
+    p.add_argument("--labels", help="label set of the bag topics (default: what their label_info topics say, "
+                                    "else camvid)")
     p.add_argument("--gt-json")
     p.add_argument("--gt-folder")
     p.add_argument("--pred-json")

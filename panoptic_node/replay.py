@@ -2,7 +2,8 @@
 new bag, summarise speed, render an overlay video and score against ground truth in the bag.
 
 Ground truth (/ground_truth/panoptic + /ground_truth/semantic) is matched to frames by header stamp
-in one pass over the bag, so memory stays flat however long the bag is.
+in one pass over the bag, so memory stays flat however long the bag is. It is scored only when it is
+in the label set the model publishes (/ground_truth/label_info says which, when the bag has it).
 """
 import time
 from collections import OrderedDict
@@ -14,16 +15,14 @@ import numpy as np
 from tqdm import tqdm
 
 from .atomic import partial_path, write_json
+from .bag.convert import GT_LABEL_INFO, GT_PANOPTIC, GT_SEMANTIC
 from .bag.outputs import ResultBagWriter, camera_namespace
-from .bag.reader import BagReader, decode_frame
+from .bag.reader import BagReader, decode_frame, label_set_phrase
 from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.evaluator import Evaluator
 from .messages import FrameError, image_array
 from .render import overlay
 from .topic_qos import DIAGNOSTICS
-
-GT_PANOPTIC = "/ground_truth/panoptic"
-GT_SEMANTIC = "/ground_truth/semantic"
 
 
 @dataclass
@@ -101,8 +100,18 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
     gt_pan = gt_topic or (GT_PANOPTIC if GT_PANOPTIC in reader.topics else None)
     if gt_topic and gt_topic not in reader.topics:
         raise ValueError(f"bag '{bag}' has no ground-truth topic '{gt_topic}'; topics: {', '.join(sorted(reader.topics))}")
+    published = pipeline.taxonomy if pipeline.mapping is None else pipeline.mapping.target
+    gt_labels = reader.label_set(GT_LABEL_INFO) if gt_pan == GT_PANOPTIC else None
+    if gt_labels and gt_labels != published.name:
+        problem = (f"the ground truth in '{bag}' is in {label_set_phrase(gt_labels)} ({GT_LABEL_INFO}) and the model "
+                   f"publishes {label_set_phrase(published.name)}")
+        if gt_topic:
+            reader.close()
+            raise ValueError(f"{problem}; replay with a model publishing those labels (--labels)")
+        log(f"not scored: {problem}")
+        gt_pan = None
     gt_sem = GT_SEMANTIC if gt_pan and GT_SEMANTIC in reader.topics else None
-    evaluator = Evaluator(pipeline.taxonomy if pipeline.mapping is None else pipeline.mapping.target) if gt_pan else None
+    evaluator = Evaluator(published) if gt_pan else None
     if out_bag and Path(out_bag).exists() and not overwrite:
         raise FileExistsError(f"output bag '{out_bag}' exists; pass --overwrite to replace it")
     if video and Path(video).exists() and not overwrite:

@@ -420,6 +420,9 @@ def test_cityscapes_fixture(tmp_path, rng):
         Image.fromarray(inst.astype(np.uint16)).save(root / f"gtFine/val/aachen/{name}_gtFine_instanceIds.png")
     assert convert("cityscapes", root, tmp_path / "bag", storage="sqlite3") == 2
     with BagReader(tmp_path / "bag") as r:
+        assert r.label_set("/ground_truth/label_info") == "cityscapes"
+        (info,) = r.messages(["/ground_truth/label_info"])  # once, at the first frame, latched
+        assert info.stamp_ns == next(r.messages(["/camera/image_raw"])).stamp_ns
         pans = [image_array(m.msg) for m in r.messages(["/ground_truth/panoptic"])]
         stamps = [m.stamp_ns for m in r.messages(["/camera/image_raw"])]
     assert stamps[1] - stamps[0] == round(1e9 / 17)
@@ -443,7 +446,7 @@ def test_kitti_fixtures(tmp_path, rng):
     assert convert("kitti", tmp_path / "raw", tmp_path / "bag") == 3
     with BagReader(tmp_path / "bag") as r:
         infos = list(r.messages(["/camera/camera_info"]))
-        assert "/ground_truth/panoptic" not in r.topics
+        assert "/ground_truth/panoptic" not in r.topics and "/ground_truth/label_info" not in r.topics
     assert infos[0].msg.k[0] == 950.0 and infos[0].msg.p[3] == 44.0
     assert infos[1].stamp_ns - infos[0].stamp_ns == 103_000_000
 
@@ -460,6 +463,7 @@ def test_kitti_fixtures(tmp_path, rng):
     assert convert("kitti", tmp_path / "sem", tmp_path / "bag2") == 1
     with BagReader(tmp_path / "bag2") as r:
         pan = image_array(next(r.messages(["/ground_truth/panoptic"])).msg)
+        assert r.label_set("/ground_truth/label_info") == "cityscapes"  # KITTI's semantics use Cityscapes labels
     assert (pan[2:6, 2:8] == 13003).all() and pan[0, 0] == 0
 
 
@@ -468,7 +472,8 @@ def test_camvid_convert_and_replay_scores(tiny_pipeline, tmp_path):
     assert convert("camvid", root, tmp_path / "bag", max_frames=3) == 3
     with BagReader(tmp_path / "bag") as r:
         assert set(r.topics) == {"/camera/image_raw", "/camera/camera_info", "/ground_truth/panoptic",
-                                 "/ground_truth/semantic"}
+                                 "/ground_truth/semantic", "/ground_truth/label_info"}
+        assert r.label_set("/ground_truth/label_info") == "camvid"
         pans = [image_array(m.msg) for m in r.messages(["/ground_truth/panoptic"])]
         stamps = [m.stamp_ns for m in r.messages(["/camera/image_raw"])]
     frames = [int(line.split()[0].rsplit("_", 1)[1][:-4]) for line in (root / "val.txt").read_text().split("\n")[:3]]
@@ -557,3 +562,73 @@ def test_output_metadata_reads_as_rosbag2_reads_it(tiny_pipeline, tmp_path, rng,
         con.close()
         assert version == 8
         assert _read_like_rosbag2({"rosbag2_bagfile_information": yaml.safe_load(text)}, distro) == meta
+
+
+def _bag_with_ground_truth(path, labels, rng, storage="mcap"):
+    """Three frames with ground truth in `labels` (None: an older bag without /ground_truth/label_info)."""
+    from panoptic_node.bag.convert import DatasetFrame, write_bag
+    sem = np.full((48, 64), 3, np.uint8)
+    sem[:10] = 0
+    frames = [DatasetFrame(1_700_000_000_000_000_000 + i * 50_000_000, rng.integers(0, 255, (48, 64, 3), dtype=np.uint8),
+                           sem, sem.astype(np.int32)) for i in range(3)]
+    write_bag(iter(frames), path, storage, labels=labels)
+    return path
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_replay_never_scores_across_label_sets(tiny_pipeline, tmp_path, rng, storage):
+    """Ground truth in another label set than the model publishes (a Cityscapes bag, a CamVid model)
+    would give meaningless PQ: replay says so in one line and replays without scoring; asked for that
+    ground truth explicitly, it refuses before writing anything. Bags without label_info score as before."""
+    assert tiny_pipeline.taxonomy.name == "camvid"
+    bag = _bag_with_ground_truth(tmp_path / "cs", "cityscapes", rng, storage)
+    lines = []
+    summary = replay(tiny_pipeline, bag, tmp_path / "out", log=lines.append)
+    assert summary.frames == 3 and summary.evaluated == 0 and summary.metrics is None
+    assert lines == [f"not scored: the ground truth in '{bag}' is in the cityscapes label set (/ground_truth/label_info) "
+                     f"and the model publishes the camvid label set"]
+    with BagReader(tmp_path / "out") as r:
+        assert len(list(r.messages(["/camera/panoptic/panoptic"]))) == 3
+    with pytest.raises(ValueError, match="ground truth .* is in the cityscapes label set .* the model publishes the "
+                                         "camvid label set; replay with a model publishing those labels"):
+        replay(tiny_pipeline, bag, tmp_path / "out2", gt_topic="/ground_truth/panoptic")
+    assert not (tmp_path / "out2").exists()
+    for labels in ("camvid", None):
+        summary = replay(tiny_pipeline, _bag_with_ground_truth(tmp_path / f"cv{labels}", labels, rng, storage))
+        assert summary.evaluated == 3 and summary.metrics is not None
+
+
+def test_evaluate_takes_the_label_set_the_bags_announce(tiny_pipeline, tmp_path, rng, capsys):
+    """evaluate scores in the ground truth's label set (its label_info), and refuses predictions that
+    announce another one, or a --labels that contradicts the ground truth, naming both."""
+    from panoptic_node.cli import main
+    cs = _bag_with_ground_truth(tmp_path / "cs", "cityscapes", rng)
+    assert main(["evaluate", "--bag", str(cs), "--pred-topic", "/ground_truth/panoptic",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["pq"]["pq"] == 1.0 and report["per_class"]["10"]["name"] == "sky"  # Cityscapes' class 10
+    capsys.readouterr()
+    assert main(["evaluate", "--bag", str(cs), "--pred-topic", "/ground_truth/panoptic", "--labels", "camvid"]) == 2
+    assert capsys.readouterr().err == (
+        f"panoptic-node evaluate: error: the ground truth in '{cs}' is in the cityscapes label set "
+        "(/ground_truth/label_info), not in the camvid label set (--labels): scores across label sets would be "
+        "meaningless\n")
+    replay(tiny_pipeline, _bag_with_ground_truth(tmp_path / "cv", "camvid", rng), tmp_path / "pred")
+    capsys.readouterr()
+    assert main(["evaluate", "--bag", str(cs), "--pred-bag", str(tmp_path / "pred")]) == 2
+    err = capsys.readouterr().err
+    assert f"the predictions in '{tmp_path / 'pred'}' are in the camvid label set (/camera/panoptic/label_info), " \
+           "not in the cityscapes label set (/ground_truth/label_info)" in err and err.count("\n") == 1
+
+
+def test_label_set_of_an_unknown_class_map(tmp_path):
+    from panoptic_node.bag.reader import label_set_phrase
+    from panoptic_node.bag.writer import label_info_msg
+    with BagWriter(tmp_path / "b", "mcap") as w:
+        w.write("/ground_truth/label_info", label_info_msg(header(5, ""), [
+            {"class_id": 0, "class_name": "sky"}, {"class_id": 1, "class_name": "lane marking"}], 0.0), 5)
+    with BagReader(tmp_path / "b") as r:
+        found = r.label_set("/ground_truth/label_info")
+        assert r.label_set("/camera/panoptic/label_info") is None
+    assert label_set_phrase(found) == "an unknown one of 2 classes"
+    assert label_set_phrase("camvid") == "the camvid label set"

@@ -1,8 +1,10 @@
 """Dataset folders -> rosbag2 with camera and ground-truth topics, the input `replay` validates on.
 
 Topics: /camera/image_raw (rgb8), /camera/camera_info, and where labels exist
-/ground_truth/panoptic (32SC1, label*1000 + instance, stuff = label, -1 void) and
-/ground_truth/semantic (mono8, 255 void). Stamps increase monotonically.
+/ground_truth/panoptic (32SC1, label*1000 + instance, stuff = label, -1 void),
+/ground_truth/semantic (mono8, 255 void) and /ground_truth/label_info (vision_msgs/LabelInfo,
+once, latched: which label set the ground truth is in, so that replay never scores a model against
+labels it does not publish). Stamps increase monotonically.
 """
 import re
 from dataclasses import dataclass
@@ -14,12 +16,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..evaluation.gt import panoptic_from_labels
-from ..messages import image_fields
+from ..messages import image_fields, label_info
 from ..taxonomy import CITYSCAPES_LABELID_TO_TRAINID, VOID, get_taxonomy
+from ..topic_qos import LABEL_INFO
 from ..training.data import CamVid
-from .writer import BagWriter, camera_info_msg, header, image_msg
+from .writer import BagWriter, camera_info_msg, header, image_msg, label_info_msg
 
 CAMERA_FRAME = "camera"
+GT_PANOPTIC = "/ground_truth/panoptic"
+GT_SEMANTIC = "/ground_truth/semantic"
+GT_LABEL_INFO = "/ground_truth/label_info"
 EPOCH_NS = 1_600_000_000 * 1_000_000_000  # stamps start here so they look like real clock times
 
 
@@ -34,9 +40,11 @@ class DatasetFrame:
 
 
 def write_bag(frames: Iterator[DatasetFrame], out, storage: str = "mcap", overwrite: bool = False,
-              total: Optional[int] = None) -> int:
+              total: Optional[int] = None, labels: Optional[str] = None) -> int:
+    """Writes the frames; `labels` names the label set of their ground truth (taxonomy name)."""
     n = 0
     last = -1
+    label_info_written = False
     with BagWriter(out, storage, overwrite) as w:
         for f in tqdm(frames, total=total, desc=f"convert -> {Path(out).name}", unit="frame"):
             if f.stamp_ns <= last:
@@ -46,10 +54,14 @@ def write_bag(frames: Iterator[DatasetFrame], out, storage: str = "mcap", overwr
             h, w_ = f.rgb.shape[:2]
             w.write("/camera/image_raw", image_msg(hdr, image_fields(f.rgb, "rgb8")), f.stamp_ns)
             w.write("/camera/camera_info", camera_info_msg(hdr, w_, h, f.k, f.p), f.stamp_ns)
+            if (f.panoptic is not None or f.semantic is not None) and labels and not label_info_written:
+                w.write(GT_LABEL_INFO, label_info_msg(hdr, label_info(get_taxonomy(labels)), 0.0), f.stamp_ns,
+                        LABEL_INFO)
+                label_info_written = True
             if f.panoptic is not None:
-                w.write("/ground_truth/panoptic", image_msg(hdr, image_fields(f.panoptic, "32SC1")), f.stamp_ns)
+                w.write(GT_PANOPTIC, image_msg(hdr, image_fields(f.panoptic, "32SC1")), f.stamp_ns)
             if f.semantic is not None:
-                w.write("/ground_truth/semantic", image_msg(hdr, image_fields(f.semantic, "mono8")), f.stamp_ns)
+                w.write(GT_SEMANTIC, image_msg(hdr, image_fields(f.semantic, "mono8")), f.stamp_ns)
             n += 1
     return n
 
@@ -194,13 +206,15 @@ def kitti_frames(root, split: str = "training", max_frames: Optional[int] = None
                 return
 
 
-CONVERTERS = {"camvid": (camvid_frames, "val"), "cityscapes": (cityscapes_frames, "val"),
-              "kitti": (kitti_frames, "training")}
+# dataset -> (frames, default split, label set of its ground truth)
+CONVERTERS = {"camvid": (camvid_frames, "val", "camvid"), "cityscapes": (cityscapes_frames, "val", "cityscapes"),
+              "kitti": (kitti_frames, "training", "cityscapes")}
 
 
 def convert(kind: str, src, out, split: Optional[str] = None, storage: str = "mcap",
             max_frames: Optional[int] = None, overwrite: bool = False) -> int:
     if kind not in CONVERTERS:
         raise ValueError(f"unknown dataset '{kind}', expected one of {', '.join(CONVERTERS)}")
-    frames, default_split = CONVERTERS[kind]
-    return write_bag(frames(src, split or default_split, max_frames), out, storage, overwrite, total=max_frames)
+    frames, default_split, labels = CONVERTERS[kind]
+    return write_bag(frames(src, split or default_split, max_frames), out, storage, overwrite, total=max_frames,
+                     labels=labels)

@@ -7,6 +7,7 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 
 from ..messages import compressed_to_rgb, image_to_rgb
+from ..taxonomy import taxonomy_of
 from .types import typestore
 from .writer import BagError, stamp_ns
 
@@ -81,6 +82,18 @@ class BagReader:
             raise BagError(f"bag '{self.path}' is truncated or corrupt after {seen} messages "
                            f"({_one_line(e)})") from None
 
+    def label_set(self, topic: str) -> Optional[str]:
+        """The label set a LabelInfo topic announces (its first message): a taxonomy name, a
+        description of a class map we do not know, or None when the bag has no such topic."""
+        if self.topics.get(topic) != "vision_msgs/msg/LabelInfo":
+            return None
+        for m in self.messages([topic], max_count=1):
+            if m.msg is None:
+                return f"an unreadable one ({m.error})"
+            tax = taxonomy_of((c.class_id, c.class_name) for c in m.msg.class_map)
+            return tax.name if tax else f"an unknown one of {len(m.msg.class_map)} classes"
+        return None
+
     def close(self) -> None:
         self.reader.close()
 
@@ -90,6 +103,11 @@ class BagReader:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def label_set_phrase(name: str) -> str:
+    """BagReader.label_set's answer in a sentence: 'the camvid label set', 'an unknown one of 7 classes'."""
+    return name if name.startswith("an ") else f"the {name} label set"
 
 
 def _one_line(e: Exception) -> str:

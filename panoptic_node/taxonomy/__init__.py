@@ -4,7 +4,7 @@ A label is the integer a model predicts and `semantic` images carry; 255 is void
 """
 from dataclasses import dataclass
 from importlib import resources
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -109,6 +109,16 @@ def get_taxonomy(name: str) -> Taxonomy:
     if name not in _CACHE:
         _CACHE[name] = _BUILDERS[name]()
     return _CACHE[name]
+
+
+def taxonomy_of(class_map) -> Optional[Taxonomy]:
+    """The known label set whose classes are exactly these (class id, name) pairs, as a LabelInfo
+    message's class map lists them, or None."""
+    pairs = sorted((int(i), str(n)) for i, n in class_map)
+    for name in NAMES:
+        if pairs == sorted((c.id, c.name) for c in get_taxonomy(name).classes):
+            return get_taxonomy(name)
+    return None
 
 
 class LabelMapping:
