@@ -140,7 +140,7 @@ def _evaluate_bags(args) -> dict:
     from .bag.reader import BagReader, label_set_phrase
     from .evaluation.evaluator import Evaluator
     from .messages import image_array
-    from .replay import _semantic_of
+    from .replay import _semantic_of, ground_truth_mapping
     from .taxonomy import NAMES, get_taxonomy
 
     if not args.bag:
@@ -152,27 +152,26 @@ def _evaluate_bags(args) -> dict:
         if topic not in reader.topics:
             raise ValueError(f"bag '{bag}' has no topic '{topic}'; topics: {', '.join(sorted(reader.topics))}")
 
-    # both sides must be in one label set: the ground truth's and the predictions' LabelInfo say which
-    # (when the bags have them), --labels otherwise (camvid by default)
+    # the bags' LabelInfo topics say which label set each side is in (when they have them)
     with BagReader(args.bag) as r:
         check(r, args.bag, args.gt_topic)
         gt_labels = r.label_set(GT_LABEL_INFO) if args.gt_topic.startswith("/ground_truth/") else None
     with BagReader(pred_bag) as r:
         check(r, pred_bag, args.pred_topic)
         pred_labels = r.label_set(pred_label_topic)
+    # the predictions' label set is the one to score in; ground truth in another is mapped where it can be
     labels, why = next((name, why) for name, why in (
-        (args.labels, "--labels"), (gt_labels, GT_LABEL_INFO), (pred_labels, pred_label_topic),
+        (args.labels, "--labels"), (pred_labels, pred_label_topic), (gt_labels, GT_LABEL_INFO),
         ("camvid", "the default")) if name and (name in NAMES or why == "--labels"))
-    for found, where, topic in ((gt_labels, f"the ground truth in '{args.bag}' is", GT_LABEL_INFO),
-                                (pred_labels, f"the predictions in '{pred_bag}' are", pred_label_topic)):
-        if found and found != labels:
-            raise ValueError(f"{where} in {label_set_phrase(found)} ({topic}), not in the {labels} label set "
-                             f"({why}): scores across label sets would be meaningless")
+    if pred_labels and pred_labels != labels:
+        raise ValueError(f"the predictions in '{pred_bag}' are in {label_set_phrase(pred_labels)} ({pred_label_topic}), "
+                         f"not in the {labels} label set ({why})")
+    gt_map = ground_truth_mapping(gt_labels, labels, f"the ground truth in '{args.bag}'", f"the scores ({why}) are in")
     evaluator = Evaluator(get_taxonomy(labels))
     gt = {}
     with BagReader(args.bag) as r:
         for m in r.messages([args.gt_topic]):
-            gt[m.stamp_ns] = image_array(m.msg)
+            gt[m.stamp_ns] = gt_map.map_panoptic(image_array(m.msg)) if gt_map else image_array(m.msg)
     with BagReader(pred_bag) as r:
         for m in r.messages([args.pred_topic]):
             if m.stamp_ns in gt:

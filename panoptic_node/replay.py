@@ -2,8 +2,9 @@
 new bag, summarise speed, render an overlay video and score against ground truth in the bag.
 
 Ground truth (/ground_truth/panoptic + /ground_truth/semantic) is matched to frames by header stamp
-in one pass over the bag, so memory stays flat however long the bag is. It is scored only when it is
-in the label set the model publishes (/ground_truth/label_info says which, when the bag has it).
+in one pass over the bag, so memory stays flat however long the bag is. It is scored in the label set
+the model publishes: /ground_truth/label_info says which set the bag's is in; another set is mapped
+where a mapping exists (Cityscapes / KITTI -> CamVid), else the replay goes on unscored.
 """
 import time
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.evaluator import Evaluator
 from .messages import FrameError, image_array
 from .render import overlay
+from .taxonomy import NAMES, LabelMapping, find_mapping
 from .topic_qos import DIAGNOSTICS
 
 
@@ -101,14 +103,16 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
     if gt_topic and gt_topic not in reader.topics:
         raise ValueError(f"bag '{bag}' has no ground-truth topic '{gt_topic}'; topics: {', '.join(sorted(reader.topics))}")
     published = pipeline.taxonomy if pipeline.mapping is None else pipeline.mapping.target
-    gt_labels = reader.label_set(GT_LABEL_INFO) if gt_pan == GT_PANOPTIC else None
-    if gt_labels and gt_labels != published.name:
-        problem = (f"the ground truth in '{bag}' is in {label_set_phrase(gt_labels)} ({GT_LABEL_INFO}) and the model "
-                   f"publishes {label_set_phrase(published.name)}")
+    gt_map = None
+    try:
+        gt_map = ground_truth_mapping(reader.label_set(GT_LABEL_INFO) if gt_pan == GT_PANOPTIC else None,
+                                      published.name, f"the ground truth in '{bag}'", "the model publishes",
+                                      log)
+    except ValueError as e:
         if gt_topic:
             reader.close()
-            raise ValueError(f"{problem}; replay with a model publishing those labels (--labels)")
-        log(f"not scored: {problem}")
+            raise ValueError(f"{e}; replay with a model publishing those labels (--labels)") from None
+        log(f"not scored: {e}")
         gt_pan = None
     gt_sem = GT_SEMANTIC if gt_pan and GT_SEMANTIC in reader.topics else None
     evaluator = Evaluator(published) if gt_pan else None
@@ -170,7 +174,10 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
                         score(m.stamp_ns)
             elif m.msg is not None:
                 entry = pending_gt.setdefault(m.stamp_ns, {})
-                entry["pan" if m.topic == gt_pan else "sem"] = image_array(m.msg)
+                labels = image_array(m.msg)
+                if gt_map:
+                    labels = gt_map.map_panoptic(labels) if m.topic == gt_pan else gt_map.map_semantic(labels)
+                entry["pan" if m.topic == gt_pan else "sem"] = labels
                 if gt_complete(m.stamp_ns) and m.stamp_ns in pending_pred:
                     score(m.stamp_ns)
             for buf in (pending_pred, pending_gt):  # forget partners that never came
@@ -204,6 +211,22 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
     if metrics_path:
         write_json(summary.to_dict(), metrics_path, indent=1)  # through a .partial name
     return summary
+
+
+def ground_truth_mapping(gt_labels: Optional[str], target: str, where: str, target_is: str,
+                         log=print) -> Optional[LabelMapping]:
+    """How ground truth announced in `gt_labels` (BagReader.label_set; None: not announced, taken as
+    `target`) reaches the `target` label set: None when it is there already, the mapping between the
+    two (said in one line) where there is one; ValueError when there is none, since scores across
+    label sets would mean nothing."""
+    if not gt_labels or gt_labels == target:
+        return None
+    mapping = find_mapping(gt_labels, target) if gt_labels in NAMES else None
+    if mapping is None:
+        raise ValueError(f"{where} is in {label_set_phrase(gt_labels)} ({GT_LABEL_INFO}) and {target_is} "
+                         f"{label_set_phrase(target)}, with no mapping from one to the other")
+    log(f"ground truth mapped from the {gt_labels} label set to {target}")
+    return mapping
 
 
 def _skip(summary: ReplaySummary, error: str, bar) -> None:

@@ -11,7 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
-from panoptic_node.bag.convert import cityscapes_panoptic, convert
+from panoptic_node.bag.convert import DatasetFrame, cityscapes_panoptic, convert, write_bag
 from panoptic_node.bag.reader import BagReader
 from panoptic_node.bag.writer import BagError, BagWriter, compressed_msg, header, image_msg, stamp_ns
 from panoptic_node.inference.pipeline import Pipeline
@@ -19,6 +19,7 @@ from panoptic_node.messages import FrameError, compressed_to_rgb, image_array, i
 from panoptic_node.model.checkpoint import save_checkpoint
 from panoptic_node.model.detr import build_model
 from panoptic_node.replay import replay
+from panoptic_node.taxonomy import get_mapping
 
 from conftest import camvid_or_skip, compact_config
 
@@ -564,61 +565,96 @@ def test_output_metadata_reads_as_rosbag2_reads_it(tiny_pipeline, tmp_path, rng,
         assert _read_like_rosbag2({"rosbag2_bagfile_information": yaml.safe_load(text)}, distro) == meta
 
 
-def _bag_with_ground_truth(path, labels, rng, storage="mcap"):
-    """Three frames with ground truth in `labels` (None: an older bag without /ground_truth/label_info)."""
-    from panoptic_node.bag.convert import DatasetFrame, write_bag
-    sem = np.full((48, 64), 3, np.uint8)
-    sem[:10] = 0
-    frames = [DatasetFrame(1_700_000_000_000_000_000 + i * 50_000_000, rng.integers(0, 255, (48, 64, 3), dtype=np.uint8),
-                           sem, sem.astype(np.int32)) for i in range(3)]
+def _bag_with_ground_truth(path, labels, rng, storage="mcap", remap=None):
+    """Three street frames (the same for every call) with ground truth in `labels` (None: an older bag
+    without /ground_truth/label_info): Cityscapes trainIds road, sky, terrain, two cars and a truck, a
+    person crowd, void; `remap` converts them to another label set first."""
+    pan = np.zeros((48, 64), np.int32)                     # road
+    pan[:10] = 10                                          # sky
+    pan[10:14, :8] = 9                                     # terrain
+    pan[20:30, 5:15], pan[20:30, 20:30], pan[20:32, 40:52] = 13001, 13002, 14001
+    pan[35:40, 50:60] = 11                                 # a crowd of people
+    pan[0, :5] = -1
+    if remap is not None:
+        pan = remap.map_panoptic(pan)
+    sem = np.where(pan < 0, 255, np.where(pan >= 1000, pan // 1000, pan)).astype(np.uint8)
+    images = np.random.default_rng(5).integers(0, 255, (3, 48, 64, 3), dtype=np.uint8)
+    frames = [DatasetFrame(1_700_000_000_000_000_000 + i * 50_000_000, images[i], sem, pan) for i in range(3)]
     write_bag(iter(frames), path, storage, labels=labels)
     return path
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
-def test_replay_never_scores_across_label_sets(tiny_pipeline, tmp_path, rng, storage):
-    """Ground truth in another label set than the model publishes (a Cityscapes bag, a CamVid model)
-    would give meaningless PQ: replay says so in one line and replays without scoring; asked for that
-    ground truth explicitly, it refuses before writing anything. Bags without label_info score as before."""
+def test_replay_scores_in_the_label_set_the_model_publishes(tiny_pipeline, tmp_path, rng, storage):
+    """Ground truth in another label set than the model publishes is mapped into it where a mapping
+    exists (Cityscapes -> CamVid), and scores as if converted in that set; where none exists (COCO ->
+    CamVid) PQ would mean nothing: one line says so and the replay goes on unscored, and asked for
+    that ground truth explicitly, replay refuses before writing anything. Bags without label_info
+    score as before."""
     assert tiny_pipeline.taxonomy.name == "camvid"
-    bag = _bag_with_ground_truth(tmp_path / "cs", "cityscapes", rng, storage)
+    lines = []
+    mapped = replay(tiny_pipeline, _bag_with_ground_truth(tmp_path / "cs", "cityscapes", rng, storage),
+                    log=lines.append)
+    assert lines == ["ground truth mapped from the cityscapes label set to camvid"]
+    cityscapes_to_camvid = get_mapping("cityscapes", "camvid")
+    native = replay(tiny_pipeline, _bag_with_ground_truth(tmp_path / "cv", "camvid", rng, storage,
+                                                          remap=cityscapes_to_camvid))
+    assert mapped.evaluated == native.evaluated == 3
+    assert json.dumps(mapped.metrics, sort_keys=True) == json.dumps(native.metrics, sort_keys=True)
+    road = mapped.metrics["per_class"][3]  # Cityscapes road (0) scored as CamVid road (3), once per frame
+    assert road["name"] == "road" and road["tp"] + road["fn"] == 3
+
+    bag = _bag_with_ground_truth(tmp_path / "coco", "coco", rng, storage)
     lines = []
     summary = replay(tiny_pipeline, bag, tmp_path / "out", log=lines.append)
     assert summary.frames == 3 and summary.evaluated == 0 and summary.metrics is None
-    assert lines == [f"not scored: the ground truth in '{bag}' is in the cityscapes label set (/ground_truth/label_info) "
-                     f"and the model publishes the camvid label set"]
+    assert lines == [f"not scored: the ground truth in '{bag}' is in the coco label set (/ground_truth/label_info) "
+                     f"and the model publishes the camvid label set, with no mapping from one to the other"]
     with BagReader(tmp_path / "out") as r:
         assert len(list(r.messages(["/camera/panoptic/panoptic"]))) == 3
-    with pytest.raises(ValueError, match="ground truth .* is in the cityscapes label set .* the model publishes the "
-                                         "camvid label set; replay with a model publishing those labels"):
+    with pytest.raises(ValueError, match="ground truth .* is in the coco label set .* with no mapping from one to "
+                                         "the other; replay with a model publishing those labels"):
         replay(tiny_pipeline, bag, tmp_path / "out2", gt_topic="/ground_truth/panoptic")
     assert not (tmp_path / "out2").exists()
-    for labels in ("camvid", None):
-        summary = replay(tiny_pipeline, _bag_with_ground_truth(tmp_path / f"cv{labels}", labels, rng, storage))
-        assert summary.evaluated == 3 and summary.metrics is not None
+    old = replay(tiny_pipeline, _bag_with_ground_truth(tmp_path / "old", None, rng, storage, remap=cityscapes_to_camvid))
+    assert json.dumps(old.metrics, sort_keys=True) == json.dumps(native.metrics, sort_keys=True)
 
 
-def test_evaluate_takes_the_label_set_the_bags_announce(tiny_pipeline, tmp_path, rng, capsys):
-    """evaluate scores in the ground truth's label set (its label_info), and refuses predictions that
-    announce another one, or a --labels that contradicts the ground truth, naming both."""
+def test_cityscapes_ground_truth_maps_to_camvid():
+    """Classes through the table; instances stay apart, renumbered in their new class (a car and a truck
+    both become cars); crowds stay crowds; classes CamVid lacks (terrain) become void."""
+    pan = np.array([[-1, 0, 9, 13001, 14001], [13002, 12001, 18001, 11, 13]], np.int32)
+    out = get_mapping("cityscapes", "camvid").map_panoptic(pan)
+    assert out.dtype == np.int32 and out.tolist() == [[-1, 3, -1, 8001, 8003], [8002, 10001, 10002, 9, 8]]
+    with pytest.raises(ValueError, match="not in our convention"):
+        get_mapping("cityscapes", "camvid").map_panoptic(np.array([[300000]], np.int32))
+
+
+def test_evaluate_scores_in_the_predictions_label_set(tiny_pipeline, tmp_path, rng, capsys):
+    """evaluate scores in the predictions' label set (their label_info), maps ground truth announced in
+    another where it can, and otherwise refuses in one line that names both sets."""
     from panoptic_node.cli import main
     cs = _bag_with_ground_truth(tmp_path / "cs", "cityscapes", rng)
     assert main(["evaluate", "--bag", str(cs), "--pred-topic", "/ground_truth/panoptic",
                  "--json", str(tmp_path / "e.json")]) == 0
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["pq"]["pq"] == 1.0 and report["per_class"]["10"]["name"] == "sky"  # Cityscapes' class 10
+    replay(tiny_pipeline, _bag_with_ground_truth(tmp_path / "cv", "camvid", rng, remap=get_mapping("cityscapes", "camvid")),
+           tmp_path / "pred")
+    assert main(["evaluate", "--bag", str(cs), "--pred-bag", str(tmp_path / "pred"), "--json",
+                 str(tmp_path / "m.json")]) == 0
+    assert "ground truth mapped from the cityscapes label set to camvid" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m.json").read_text())["per_class"]["3"]["name"] == "road"
+    coco = _bag_with_ground_truth(tmp_path / "coco", "coco", rng)
     capsys.readouterr()
-    assert main(["evaluate", "--bag", str(cs), "--pred-topic", "/ground_truth/panoptic", "--labels", "camvid"]) == 2
+    assert main(["evaluate", "--bag", str(coco), "--pred-bag", str(tmp_path / "pred")]) == 2
     assert capsys.readouterr().err == (
-        f"panoptic-node evaluate: error: the ground truth in '{cs}' is in the cityscapes label set "
-        "(/ground_truth/label_info), not in the camvid label set (--labels): scores across label sets would be "
-        "meaningless\n")
-    replay(tiny_pipeline, _bag_with_ground_truth(tmp_path / "cv", "camvid", rng), tmp_path / "pred")
-    capsys.readouterr()
-    assert main(["evaluate", "--bag", str(cs), "--pred-bag", str(tmp_path / "pred")]) == 2
-    err = capsys.readouterr().err
+        f"panoptic-node evaluate: error: the ground truth in '{coco}' is in the coco label set (/ground_truth/label_info) "
+        "and the scores (/camera/panoptic/label_info) are in the camvid label set, with no mapping from one to the "
+        "other\n")
+    assert main(["evaluate", "--bag", str(cs), "--pred-bag", str(tmp_path / "pred"), "--labels", "cityscapes"]) == 2
     assert f"the predictions in '{tmp_path / 'pred'}' are in the camvid label set (/camera/panoptic/label_info), " \
-           "not in the cityscapes label set (/ground_truth/label_info)" in err and err.count("\n") == 1
+           "not in the cityscapes label set (--labels)" in capsys.readouterr().err
 
 
 def test_label_set_of_an_unknown_class_map(tmp_path):

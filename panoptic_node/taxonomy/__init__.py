@@ -92,6 +92,14 @@ COCO_TO_CITYSCAPES = {
     184: 8, 119: 8, 193: 9, 154: 9, 194: 9, 187: 10,
 }
 
+# Cityscapes trainIds -> CamVid (SegNet's 11 classes), following how SegNet grouped CamVid's own 32
+# classes: Building takes walls, SignSymbol takes traffic lights, Car takes trucks, buses and trains,
+# Bicyclist takes motorcycles and riders. Terrain has no CamVid class: void. Cityscapes keeps a rider
+# and their bicycle as two instances where CamVid's ground truth has one blob: thing PQ across the two
+# label sets is approximate.
+CITYSCAPES_TO_CAMVID = {0: 3, 1: 4, 2: 1, 3: 1, 4: 7, 5: 2, 6: 6, 7: 6, 8: 5, 10: 0, 11: 9, 12: 10,
+                        13: 8, 14: 8, 15: 8, 16: 8, 17: 10, 18: 10}
+
 
 def _table(name, rows) -> Taxonomy:
     return Taxonomy(name, [ClassInfo(i, n, bool(t), c) for i, n, t, c in rows])
@@ -139,8 +147,37 @@ class LabelMapping:
     def map_semantic(self, semantic: np.ndarray) -> np.ndarray:
         return self.lut[semantic]
 
+    def map_panoptic(self, panoptic: np.ndarray, label_divisor: int = 1000) -> np.ndarray:
+        """A panoptic map in our convention (label*1000 + instance, stuff and crowds = label, -1 void)
+        in the target label set: instances stay apart, renumbered within their new class (a truck and
+        a car that both become car keep two ids); classes that become stuff lose their instances."""
+        shifted = panoptic.astype(np.int64) + 1  # void (-1) -> 0: every value indexes a table
+        if shifted.size and (shifted.min() < 0 or shifted.max() > 256 * label_divisor):  # labels are uint8
+            raise ValueError(f"panoptic values {int(panoptic.min())}..{int(panoptic.max())} are not in our "
+                             f"convention (label*{label_divisor} + instance, -1 void)")
+        table = np.full(int(shifted.max(initial=0)) + 1, -1, np.int32)
+        used: Dict[int, int] = {}
+        for v in (np.flatnonzero(np.bincount(shifted.ravel())) - 1).tolist():
+            if v < 0:
+                continue
+            instance = v % label_divisor if v >= label_divisor else 0
+            target = int(self.lut[v // label_divisor if v >= label_divisor else v])
+            if target == VOID:
+                continue
+            if instance and self.target.is_thing(target):
+                used[target] = used.get(target, 0) + 1
+                table[v + 1] = target * label_divisor + used[target]
+            else:
+                table[v + 1] = target
+        return table[shifted]
 
-_MAPPINGS = {("coco", "cityscapes"): COCO_TO_CITYSCAPES}
+
+_MAPPINGS = {("coco", "cityscapes"): COCO_TO_CITYSCAPES, ("cityscapes", "camvid"): CITYSCAPES_TO_CAMVID}
+
+
+def find_mapping(source: str, target: str) -> Optional[LabelMapping]:
+    """get_mapping, or None when there is none."""
+    return get_mapping(source, target) if source == target or (source, target) in _MAPPINGS else None
 
 
 def get_mapping(source: str, target: str) -> LabelMapping:
