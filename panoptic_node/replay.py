@@ -35,6 +35,7 @@ class ReplaySummary:
     wall_seconds: float = 0.0
     stage_ms: Dict[str, List[float]] = field(default_factory=dict)
     evaluated: int = 0
+    unscored: int = 0   # frames whose ground truth could not be scored (wrong size, unknown labels)
     metrics: Optional[dict] = None
     backend: str = ""
     precision: str = ""
@@ -50,7 +51,8 @@ class ReplaySummary:
     def to_dict(self) -> dict:
         return {"frames": self.frames, "undecodable": self.undecodable, "errors": self.errors[:20],
                 "fps": self.frames / self.wall_seconds if self.wall_seconds else 0.0,
-                "latency_ms": self.percentiles(), "evaluated_frames": self.evaluated, "backend": self.backend, "precision": self.precision,
+                "latency_ms": self.percentiles(), "evaluated_frames": self.evaluated, "unscored_frames": self.unscored,
+                "backend": self.backend, "precision": self.precision,
                 "model": self.model, "metrics": self.metrics}
 
     def format(self) -> str:
@@ -65,6 +67,9 @@ class ReplaySummary:
             lines.append(f"PQ {100 * m['pq']['pq']:.1f} (things {100 * m['pq_things']['pq']:.1f}, stuff "
                          f"{100 * m['pq_stuff']['pq']:.1f})  mIoU {100 * m['miou']:.1f}  pixel accuracy "
                          f"{100 * m['pixel_accuracy']:.1f}  on {self.evaluated} frames")
+        if self.unscored:
+            first = next(e for e in self.errors if e.startswith("ground truth"))
+            lines.append(f"{self.unscored} frames' ground truth not scored (first: {first})")
         return "\n".join(lines)
 
 
@@ -136,7 +141,14 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
 
     def score(stamp):
         pred, gt = pending_pred.pop(stamp), pending_gt.pop(stamp)
-        evaluator.add(gt["pan"], gt["sem"] if "sem" in gt else _semantic_of(gt["pan"]), pred[0], pred[1])
+        try:
+            evaluator.add(gt["pan"], gt["sem"] if "sem" in gt else _semantic_of(gt["pan"]), pred[0], pred[1])
+        except ValueError as e:  # bad ground truth costs its frame's score, not the replay
+            summary.unscored += 1
+            summary.errors.append(f"ground truth at {stamp}: {e}")
+            if summary.unscored == 1:
+                bar.write(f"not scored: ground truth at {stamp}: {e} (further frames are only counted)")
+            return
         summary.evaluated += 1
 
     topics = [topic] + [t for t in (gt_pan, gt_sem) if t]

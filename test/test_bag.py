@@ -668,3 +668,17 @@ def test_label_set_of_an_unknown_class_map(tmp_path):
         assert r.label_set("/camera/panoptic/label_info") is None
     assert label_set_phrase(found) == "an unknown one of 2 classes"
     assert label_set_phrase("camvid") == "the camvid label set"
+
+
+def test_ground_truth_that_cannot_be_scored_costs_its_frames_score_not_the_replay(tiny_pipeline, tmp_path, rng):
+    """A bag from elsewhere whose ground truth is in labels the model does not know and that does not say
+    so (no label_info): each such frame is counted as not scored, with the reason; the replay finishes
+    and its outputs are complete."""
+    bag = _bag_with_ground_truth(tmp_path / "cs", None, rng)  # Cityscapes ids: a truck is 14, CamVid has 11
+    summary = replay(tiny_pipeline, bag, tmp_path / "out", metrics_path=tmp_path / "m.json")
+    assert (summary.frames, summary.evaluated, summary.unscored) == (3, 0, 3) and summary.metrics is None
+    assert "3 frames' ground truth not scored (first: ground truth at 1700000000000000000: ground truth label 14 " \
+           "outside the 11 classes)" in summary.format()
+    assert json.loads((tmp_path / "m.json").read_text())["unscored_frames"] == 3
+    with BagReader(tmp_path / "out") as r:
+        assert len(list(r.messages(["/camera/panoptic/panoptic"]))) == 3
