@@ -13,9 +13,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     # the same names as inference.backends.BACKENDS (not imported here: it would load torch for --help)
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino", "tensorrt"],
-                   help="auto: TensorRT with CUDA; else, when an exported graph exists, OpenVINO on x86 CPUs "
-                   "(the fastest measured), else ONNX Runtime; else torch")
-    p.add_argument("--onnx", help="exported graph for the onnxruntime / openvino / tensorrt backends")
+                   help="auto: TensorRT with CUDA; else OpenVINO on x86 CPUs (the fastest measured) on the "
+                   "--onnx graph or one exported once into ~/.cache/panoptic_node/graphs; else ONNX Runtime "
+                   "when a graph is given; else torch")
+    p.add_argument("--onnx", help="exported graph for the onnxruntime / openvino / tensorrt backends (default: "
+                   "the model's, exported once into the cache)")
     p.add_argument("--labels", help="publish labels in this label set (e.g. cityscapes for a COCO model)")
 
 

@@ -8,6 +8,7 @@ Opset 17 keeps LayerNorm one node (TensorRT needs it for FP16 accuracy). Metadat
 classes, input size, normalisation, precision) rides in the ONNX so a backend needs no side file.
 """
 import json
+import warnings
 from pathlib import Path
 from typing import Tuple
 
@@ -66,7 +67,11 @@ def export_onnx(model, size: Tuple[int, int], out, precision: str = "fp32") -> T
     masks_path = mask_graph_path(out)
     hs = det.hs[:, :3]
     meta = metadata(model.cfg, size, precision)
-    with atomic_path(out) as tmp, atomic_path(masks_path) as masks_tmp:
+    with atomic_path(out) as tmp, atomic_path(masks_path) as masks_tmp, warnings.catch_warnings():
+        # the tracer's notes on Python-level shape arithmetic hold for one static canvas, which is what
+        # we export; the legacy exporter's deprecation is ours to follow, not the user's to read
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(_Detect(model).eval(), (image, pad), tmp, opset_version=OPSET, dynamo=False,
                           input_names=["image", "pad_mask"], output_names=["logits", "boxes", "hs"] + feat_names)
         torch.onnx.export(_Masks(model).eval(), (hs,) + tuple(det.mask_features), masks_tmp, opset_version=OPSET,

@@ -1,5 +1,6 @@
 """Shared fixtures: small model configs with random weights, and where the CamVid data lives."""
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ CAMVID = Path(os.environ.get("PANOPTIC_NODE_CAMVID", ROOT.parent / "shared" / "d
 
 # CI has the machine to itself; set PANOPTIC_TEST_THREADS=1 while something else trains
 torch.set_num_threads(int(os.environ.get("PANOPTIC_TEST_THREADS", "2")))
+
+# graphs that `--backend auto` exports go to a folder of this test session, not the user's cache
+os.environ["PANOPTIC_NODE_GRAPH_CACHE"] = tempfile.mkdtemp(prefix="panoptic_node_test_graphs_")
 
 
 def small_config(**overrides) -> ModelConfig:

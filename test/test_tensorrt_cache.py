@@ -86,23 +86,26 @@ def test_optimization_profile_covers_the_mask_graphs_query_dimension(tmp_path):
                                                                       (1, cfg.num_queries, d))}
 
 
-@pytest.mark.parametrize("gpu,found,machine,graph,want", [
-    (True, {"tensorrt", "torch_tensorrt", "openvino", "onnxruntime"}, "x86_64", None, "tensorrt"),
-    (True, {"tensorrt", "openvino", "onnxruntime"}, "x86_64", None, "torch"),  # no graph, no torch_tensorrt
-    (False, {"openvino", "onnxruntime"}, "x86_64", "m.onnx", "openvino"),
-    (False, {"openvino", "onnxruntime"}, "aarch64", "m.onnx", "onnxruntime"),  # OpenVINO measured on x86 only
-    (False, {"onnxruntime"}, "x86_64", "m.onnx", "onnxruntime"),
-    (False, {"openvino", "onnxruntime"}, "x86_64", None, "torch"),
-    (False, set(), "x86_64", "m.onnx", "torch"),
+@pytest.mark.parametrize("gpu,found,machine,graph,device,want", [
+    (True, {"tensorrt", "torch_tensorrt", "openvino", "onnxruntime"}, "x86_64", None, "cuda", "tensorrt"),
+    (True, {"tensorrt", "openvino", "onnxruntime"}, "x86_64", None, "cuda", "torch"),  # no graph, no torch_tensorrt
+    (True, {"tensorrt", "openvino", "onnxruntime"}, "x86_64", None, "cpu", "openvino"),  # asked for the CPU
+    (False, {"openvino", "onnxruntime"}, "x86_64", "m.onnx", "cpu", "openvino"),
+    (False, {"openvino", "onnxruntime"}, "aarch64", "m.onnx", "cpu", "onnxruntime"),  # OpenVINO measured on x86 only
+    (False, {"onnxruntime"}, "x86_64", "m.onnx", "cpu", "onnxruntime"),
+    (False, {"openvino", "onnxruntime"}, "x86_64", None, "cpu", "openvino"),  # the graph is exported into the cache
+    (False, {"openvino", "onnxruntime"}, "aarch64", None, "cpu", "torch"),
+    (False, {"openvino", "onnxruntime"}, "x86_64", None, "cuda", "torch"),
+    (False, set(), "x86_64", "m.onnx", "cpu", "torch"),
 ])
-def test_auto_picks_the_fastest_runtime_present(monkeypatch, gpu, found, machine, graph, want):
+def test_auto_picks_the_fastest_runtime_present(monkeypatch, gpu, found, machine, graph, device, want):
     from panoptic_node.inference import backends
     monkeypatch.setattr(backends, "tensorrt_available", lambda: gpu)
     monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: object() if name in found else None)
     monkeypatch.setattr(backends.platform, "machine", lambda: machine)
     monkeypatch.setattr(backends, "default_onnx_path", lambda cfg: None)
-    assert resolve("auto", load_config("street_lite0"), onnx=graph) == want
-    assert resolve("torch", load_config("street_lite0"), onnx=graph) == "torch"
+    assert resolve("auto", load_config("street_lite0"), onnx=graph, device=device) == want
+    assert resolve("torch", load_config("street_lite0"), onnx=graph, device=device) == "torch"
 
 
 def test_unknown_backend_is_named():

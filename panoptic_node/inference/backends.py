@@ -1,15 +1,18 @@
-"""Choosing a backend: auto picks TensorRT if CUDA and TensorRT import; else, when an exported graph
-is given or found beside the weights, OpenVINO on an x86 CPU where it is installed (the fastest CPU
-runtime of the graph measured here, int8 above all: bench/bench_backends.py; ONNX Runtime's int8 is
-slower than torch there), else ONNX Runtime; else torch.
+"""Choosing a backend: auto picks TensorRT if CUDA and TensorRT import; else, on an x86 CPU where
+OpenVINO is installed, OpenVINO (the fastest CPU runtime measured here, int8 above all:
+bench/bench_backends.py) on the graph given, found beside the weights, or exported into the cache
+(graph_cache); else ONNX Runtime when a graph is given or found; else torch.
 
-TensorRT runs an exported graph when there is one, else the PyTorch model compiled by torch_tensorrt."""
+TensorRT runs an exported graph when there is one, else the PyTorch model compiled by torch_tensorrt.
+An exported graph that cannot be made (no weights file, a read-only cache) leaves auto on torch, said
+in one line."""
 import importlib.util
 import platform
 from pathlib import Path
 from typing import Optional
 
 from ..model.config import load_config
+from .graph_cache import cached_graph
 from .pipeline import Pipeline
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
@@ -31,7 +34,7 @@ def default_onnx_path(cfg) -> Optional[Path]:
     return None
 
 
-def resolve(backend: str, cfg, onnx: Optional[str] = None) -> str:
+def resolve(backend: str, cfg, onnx: Optional[str] = None, device: str = "cpu") -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend '{backend}' is not one of {', '.join(BACKENDS)}")
     if backend != "auto":
@@ -39,8 +42,8 @@ def resolve(backend: str, cfg, onnx: Optional[str] = None) -> str:
     graph = onnx or default_onnx_path(cfg)
     if tensorrt_available() and (graph or importlib.util.find_spec("torch_tensorrt")):
         return "tensorrt"
-    if graph and importlib.util.find_spec("openvino") and platform.machine().lower() in ("x86_64", "amd64"):
-        return "openvino"
+    if device == "cpu" and importlib.util.find_spec("openvino") and platform.machine().lower() in ("x86_64", "amd64"):
+        return "openvino"  # without a graph, one is exported into the cache
     if graph and importlib.util.find_spec("onnxruntime"):
         return "onnxruntime"
     return "torch"
@@ -63,25 +66,34 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
                   threshold: Optional[float] = None, labels: Optional[str] = None, onnx: Optional[str] = None,
                   log=None) -> Pipeline:
     cfg = load_config(model)
-    chosen = resolve(backend, cfg, onnx)
+    chosen = resolve(backend, cfg, onnx, device)
+    # the graph beside the config's weights belongs to those weights, not to --weights
+    path = onnx or (default_onnx_path(cfg) if not weights or weights == cfg.weights else None)
+    if chosen == "openvino" and device != "cpu":
+        raise ValueError(f"backend 'openvino' runs on the CPU; device '{device}' is for the tensorrt, "
+                         f"onnxruntime or torch backends")
+    if path is None and chosen in ("openvino", "onnxruntime"):
+        try:
+            path = cached_graph(cfg, weights, log=log or print)
+        except FileNotFoundError:  # missing weights: torch would not find them either
+            raise
+        except Exception as e:  # a read-only cache, an exporter failure
+            if backend != "auto":
+                raise
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            (log or print)(f"no exported graph for {chosen} ({reason}); running on torch")
+            chosen = "torch"
     if log:
         log(f"backend: {chosen}" + (" (auto)" if backend == "auto" else ""))
     if chosen == "torch":
         return Pipeline.from_config(cfg, weights=weights, device=device, threshold=threshold, labels=labels)
-    path = onnx or default_onnx_path(cfg)
     if chosen == "tensorrt" and path is None:
         return Pipeline(cfg, compile_torch_tensorrt(cfg, weights, log=log or print), labels=labels,
                         threshold=threshold)
-    if path is None:
-        raise FileNotFoundError(f"backend '{chosen}' needs an exported graph: pass --onnx FILE "
-                                f"(make one with `panoptic-node export --model {cfg.name}`)")
     if chosen == "tensorrt":
         from .tensorrt_backend import TensorRTBackend
         be = TensorRTBackend(path, cfg, device=device, log=log or print)
     elif chosen == "openvino":
-        if device != "cpu":
-            raise ValueError(f"backend 'openvino' runs on the CPU; device '{device}' is for the tensorrt, "
-                             f"onnxruntime or torch backends")
         from .openvino_backend import OpenVinoBackend
         be = OpenVinoBackend(path, cfg)
     else:

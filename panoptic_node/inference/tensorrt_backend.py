@@ -17,6 +17,7 @@ import torch
 
 from ..atomic import atomic_path, write_json
 from .backend import Backend
+from .cache_key import file_sha256
 
 
 @dataclass(frozen=True)
@@ -30,14 +31,6 @@ class EngineKey:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32]
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cache_dir() -> Path:

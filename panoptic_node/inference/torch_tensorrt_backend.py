@@ -10,8 +10,6 @@ Compiled modules are cached like ONNX engines (tensorrt_backend.get_engine): the
 the weights' sha256 plus the model config and the part, so new weights or a changed config rebuild.
 """
 import copy
-import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -19,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backend import Backend, inference_copy
-from .tensorrt_backend import EngineKey, file_sha256, get_engine, require_cuda
+from .cache_key import model_source_sha256
+from .tensorrt_backend import EngineKey, get_engine, require_cuda
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -52,15 +51,6 @@ def half_with_float32_norms(model: nn.Module) -> nn.Module:
             norm.load_state_dict({k: v.float() for k, v in child.state_dict().items()})
             setattr(parent, name, norm)
     return model
-
-
-def model_source_sha256(weights, cfg, part: str) -> str:
-    """Cache identity of one compiled part: the weights file's bytes, the model config, the part name."""
-    h = hashlib.sha256()
-    h.update(file_sha256(weights).encode())
-    h.update(json.dumps({k: v for k, v in cfg.to_dict().items() if k != "weights"}, sort_keys=True).encode())
-    h.update(part.encode())
-    return h.hexdigest()
 
 
 class TorchTensorRTBackend(Backend):  # pragma: no cover - needs a GPU with torch_tensorrt

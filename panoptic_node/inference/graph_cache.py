@@ -1,0 +1,64 @@
+"""Exported graphs made on demand: when a CPU runtime (OpenVINO, ONNX Runtime) is asked for and no
+graph is given, the PyTorch model is exported once (about 4 s for the street model) into a cache and
+reused from then on. This is what lets `--backend auto` run OpenVINO on x86 CPUs by default, 1.3-1.6x
+torch end to end with the same PQ (bench/bench_backends.py), with no export step by hand.
+
+Like the TensorRT engine cache, a graph's file name carries what it was made from: the weights' and
+the config's sha256, the canvas, and the source of the code that builds and exports the model; new
+weights, a changed config or a changed exporter export again instead of reusing a stale graph.
+"""
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from ..export import OPSET, export_onnx, mask_graph_path
+from .cache_key import model_source_sha256
+
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PANOPTIC_NODE_GRAPH_CACHE", Path.home() / ".cache" / "panoptic_node" / "graphs"))
+
+
+def _exporter_sha256() -> str:
+    """The source of everything that shapes an exported graph: the model and the exporter."""
+    h = hashlib.sha256()
+    for path in sorted([*PACKAGE.glob("model/*.py"), PACKAGE / "export.py", PACKAGE / "onnx_passes.py"]):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def cached_graph_path(cfg, weights, directory: Optional[Path] = None) -> Path:
+    h, w = cfg.input.canvas
+    part = f"onnx opset {OPSET} canvas {h}x{w} exporter {_exporter_sha256()}"
+    return Path(directory or cache_dir()) / f"{cfg.name}-{model_source_sha256(weights, cfg, part)[:24]}.onnx"
+
+
+def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optional[Path] = None) -> Path:
+    """The fp32 graph pair (detect + mask head) of `cfg` with `weights` (default: the config's),
+    exported into the cache the first time."""
+    from ..model.checkpoint import load_weights
+    from ..model.detr import build_model
+
+    source = weights or cfg.weights
+    if not source:
+        raise FileNotFoundError(f"model '{cfg.name}' has no default weights; pass --weights FILE")
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"weights '{source}' not found")
+    path = cached_graph_path(cfg, source, directory)
+    if path.is_file() and mask_graph_path(path).is_file():
+        return path
+    log(f"exporting {cfg.name} for the CPU runtime to {path} (once; later runs reuse it)")
+    model = build_model(cfg)
+    load_weights(model, source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # in a folder of this process's own: two nodes starting together never write into one file
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as d:
+        detect, masks = export_onnx(model, cfg.input.canvas, Path(d) / path.name)
+        os.replace(masks, mask_graph_path(path))
+        os.replace(detect, path)  # last: a graph in the cache always has its mask graph
+    return path

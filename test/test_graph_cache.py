@@ -1,0 +1,124 @@
+"""Exported graphs made on demand for the CPU runtimes: exported once per weights / config / exporter,
+reused after, never half-written; `--backend auto` runs OpenVINO on them on x86 and falls back to
+torch (in one line) when no graph can be made."""
+import importlib.util
+import platform
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from panoptic_node.export import mask_graph_path
+from panoptic_node.inference import graph_cache
+from panoptic_node.inference.backends import make_pipeline
+from panoptic_node.inference.graph_cache import cached_graph, cached_graph_path
+from panoptic_node.model.checkpoint import save_checkpoint
+from panoptic_node.model.config import load_config
+from panoptic_node.model.detr import build_model
+
+from conftest import compact_config
+
+openvino_here = pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64") or not importlib.util.find_spec("openvino"),
+    reason="auto picks OpenVINO on x86 CPUs where it is installed")
+
+
+def _model(d, seed=3, **overrides):
+    torch.manual_seed(seed)
+    cfg = compact_config(**overrides)
+    save_checkpoint(build_model(cfg, pretrained_backbone=True), d / f"w{seed}.pth")
+    data = asdict(cfg)
+    data["weights"] = f"w{seed}.pth"
+    (d / f"m{seed}.yaml").write_text(yaml.safe_dump(data))
+    return d / f"m{seed}.yaml"
+
+
+def test_exported_once_then_reused(tmp_path):
+    cfg = load_config(str(_model(tmp_path)))
+    cache = tmp_path / "cache"
+    lines = []
+    path = cached_graph(cfg, log=lines.append, directory=cache)
+    assert path.is_file() and mask_graph_path(path).is_file() and len(lines) == 1 and "exporting" in lines[0]
+    stamp = path.stat().st_mtime_ns
+    assert cached_graph(cfg, log=lines.append, directory=cache) == path and len(lines) == 1
+    assert path.stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in cache.iterdir()) == sorted([path.name, mask_graph_path(path).name])  # no leftovers
+
+
+def test_new_weights_or_config_export_again(tmp_path):
+    cfg = load_config(str(_model(tmp_path)))
+    base = cached_graph_path(cfg, cfg.weights, tmp_path)
+    assert cached_graph_path(cfg, cfg.weights, tmp_path) == base
+    other_weights = load_config(str(_model(tmp_path, seed=4)))
+    other_config = load_config(str(_model(tmp_path, seed=5)))
+    other_config.postprocess.threshold = 0.3
+    paths = {cached_graph_path(other_weights, other_weights.weights, tmp_path),
+             cached_graph_path(other_config, cfg.weights, tmp_path)}
+    assert base not in paths and len(paths) == 2
+
+
+def test_a_graph_without_its_mask_graph_is_exported_again(tmp_path):
+    cfg = load_config(str(_model(tmp_path)))
+    path = cached_graph(cfg, log=lambda m: None, directory=tmp_path / "c")
+    mask_graph_path(path).unlink()  # as if a crash came between the two renames
+    lines = []
+    assert cached_graph(cfg, log=lines.append, directory=tmp_path / "c") == path
+    assert mask_graph_path(path).is_file() and len(lines) == 1
+
+
+def test_missing_weights_are_named(tmp_path):
+    cfg = load_config(str(_model(tmp_path)))
+    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+        cached_graph(cfg, str(tmp_path / "nothing.pth"), directory=tmp_path)
+    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+        make_pipeline(str(_model(tmp_path)), weights=str(tmp_path / "nothing.pth"))
+
+
+@openvino_here
+def test_auto_runs_openvino_on_the_cached_graph(tmp_path):
+    model = str(_model(tmp_path))
+    lines = []
+    auto = make_pipeline(model, log=lines.append)
+    assert auto.backend.name == "openvino" and lines[-1] == "backend: openvino (auto)"
+    assert any(line.startswith("exporting tiny_lite0") for line in lines)
+    torch_pipeline = make_pipeline(model, backend="torch")
+    frame = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    a, b = auto(frame), torch_pipeline(frame)
+    assert a.semantic.shape == b.semantic.shape == (96, 128)
+    assert (a.semantic == b.semantic).mean() > 0.99  # the same model, up to float rounding at ties
+    lines = []
+    make_pipeline(model, log=lines.append)
+    assert lines == ["backend: openvino (auto)"]  # the second time from the cache
+
+
+@openvino_here
+def test_auto_falls_back_to_torch_when_no_graph_can_be_made(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+    monkeypatch.setattr(graph_cache, "export_onnx", broken)
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
+    model = str(_model(tmp_path))
+    lines = []
+    p = make_pipeline(model, log=lines.append)
+    assert p.backend.name == "torch"
+    assert lines[-2:] == ["no exported graph for openvino (No space left on device); running on torch",
+                          "backend: torch (auto)"]
+    assert not any((tmp_path / "cache").iterdir())  # nothing half-written left behind
+    with pytest.raises(OSError, match="No space left"):
+        make_pipeline(model, backend="openvino")  # asked for by name: the error itself
+
+
+def test_cuda_with_openvino_is_refused_before_any_export(tmp_path, monkeypatch):
+    monkeypatch.setattr(graph_cache, "export_onnx", lambda *a, **k: pytest.fail("exported"))
+    with pytest.raises(ValueError, match="backend 'openvino' runs on the CPU"):
+        make_pipeline(str(_model(tmp_path)), backend="openvino", device="cuda")
+
+
+def test_the_cache_folder_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "g"))
+    assert graph_cache.cache_dir() == tmp_path / "g"
+    monkeypatch.delenv("PANOPTIC_NODE_GRAPH_CACHE")
+    assert graph_cache.cache_dir() == Path.home() / ".cache" / "panoptic_node" / "graphs"
