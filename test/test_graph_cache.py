@@ -122,3 +122,14 @@ def test_the_cache_folder_comes_from_the_environment(monkeypatch, tmp_path):
     assert graph_cache.cache_dir() == tmp_path / "g"
     monkeypatch.delenv("PANOPTIC_NODE_GRAPH_CACHE")
     assert graph_cache.cache_dir() == Path.home() / ".cache" / "panoptic_node" / "graphs"
+
+
+@openvino_here
+def test_the_graph_beside_the_configs_weights_is_not_used_for_other_weights(tmp_path):
+    model = _model(tmp_path)
+    other = load_config(str(_model(tmp_path, seed=4))).weights
+    (tmp_path / "w3.onnx").write_bytes(b"the graph of w3.pth, not of w4.pth")  # models/<name>.onnx beside w3.pth
+    p = make_pipeline(str(model), weights=other, backend="openvino", log=lambda m: None)
+    assert p.backend.name == "openvino"
+    with pytest.raises(ValueError, match="w3.onnx"):  # with the config's own weights that graph is the one
+        make_pipeline(str(model), backend="openvino", log=lambda m: None)
