@@ -1,8 +1,9 @@
-"""A pair of label maps as runs of equal (ground truth, prediction) pairs.
+"""The label maps of one frame (ground truth and prediction, panoptic and semantic) as runs along
+rows over which none of them changes.
 
 Segment and class maps are piecewise constant along rows, so a frame has ~10-100x fewer runs than
-pixels. Finding the runs costs two comparisons over the maps in their own dtype; everything after
-(which ids exist, their pixel counts, the pair table) then works on a few thousand runs instead of
+pixels. Finding the runs costs one comparison per map, in the map's own dtype; everything after
+(which ids exist, their pixel counts, the pair tables) then works on a few thousand runs instead of
 every pixel, with no widening copy and no sort of the frame.
 """
 import numpy as np

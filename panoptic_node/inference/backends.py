@@ -4,8 +4,8 @@ bench/bench_backends.py) on the graph given, found beside the weights, or export
 (graph_cache); else ONNX Runtime when a graph is given or found; else torch.
 
 TensorRT runs an exported graph when there is one, else the PyTorch model compiled by torch_tensorrt.
-An exported graph that cannot be made (no weights file, a read-only cache) leaves auto on torch, said
-in one line."""
+An exported graph that cannot be made (a read-only cache, an exporter failure) leaves auto on torch,
+said in one line; missing weights are an error on every backend."""
 import importlib.util
 import platform
 from pathlib import Path
