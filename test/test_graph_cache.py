@@ -2,6 +2,7 @@
 reused after, never half-written; `--backend auto` runs OpenVINO on them on x86 and falls back to
 torch (in one line) when no graph can be made."""
 import importlib.util
+import os
 import platform
 from dataclasses import asdict
 from pathlib import Path
@@ -42,9 +43,9 @@ def test_exported_once_then_reused(tmp_path):
     lines = []
     path = cached_graph(cfg, log=lines.append, directory=cache)
     assert path.is_file() and mask_graph_path(path).is_file() and len(lines) == 1 and "exporting" in lines[0]
-    stamp = path.stat().st_mtime_ns
+    inode = path.stat().st_ino
     assert cached_graph(cfg, log=lines.append, directory=cache) == path and len(lines) == 1
-    assert path.stat().st_mtime_ns == stamp
+    assert path.stat().st_ino == inode  # the same file, not written again
     assert sorted(p.name for p in cache.iterdir()) == sorted([path.name, mask_graph_path(path).name])  # no leftovers
 
 
@@ -133,3 +134,16 @@ def test_the_graph_beside_the_configs_weights_is_not_used_for_other_weights(tmp_
     assert p.backend.name == "openvino"
     with pytest.raises(ValueError, match="w3.onnx"):  # with the config's own weights that graph is the one
         make_pipeline(str(model), backend="openvino", log=lambda m: None)
+
+
+def test_only_the_graphs_used_last_are_kept(tmp_path):
+    cache = tmp_path / "cache"
+    cfgs = [load_config(str(_model(tmp_path, seed=s))) for s in range(5)]
+    paths = []
+    for i, cfg in enumerate(cfgs[:3]):
+        paths.append(cached_graph(cfg, log=lambda m: None, directory=cache))
+        os.utime(paths[-1], (1000 + i, 1000 + i))  # used in this order
+    cached_graph(cfgs[0], log=lambda m: None, directory=cache)  # used again: now the newest
+    paths.append(cached_graph(cfgs[3], log=lambda m: None, directory=cache))  # a fourth: the oldest goes
+    kept = sorted(p.name for p in cache.iterdir())
+    assert kept == sorted(n for p in (paths[0], paths[2], paths[3]) for n in (p.name, mask_graph_path(p).name))

@@ -17,6 +17,7 @@ from ..export import OPSET, export_onnx, mask_graph_path
 from .cache_key import model_source_sha256
 
 PACKAGE = Path(__file__).resolve().parents[1]
+KEEP = 3  # graphs kept per model name
 
 
 def cache_dir() -> Path:
@@ -51,6 +52,7 @@ def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optio
         raise FileNotFoundError(f"weights '{source}' not found")
     path = cached_graph_path(cfg, source, directory)
     if path.is_file() and mask_graph_path(path).is_file():
+        os.utime(path)  # the cache keeps the graphs used last
         return path
     log(f"exporting {cfg.name} for the CPU runtime to {path} (once; later runs reuse it)")
     model = build_model(cfg)
@@ -61,4 +63,15 @@ def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optio
         detect, masks = export_onnx(model, cfg.input.canvas, Path(d) / path.name)
         os.replace(masks, mask_graph_path(path))
         os.replace(detect, path)  # last: a graph in the cache always has its mask graph
+    _prune(path.parent, cfg.name)
     return path
+
+
+def _prune(directory: Path, name: str, keep: int = KEEP) -> None:
+    """Only the `keep` graphs of a model used last stay: every new weights file or exporter change
+    adds one (27 MB for the street model, 170 MB for DETR R50)."""
+    graphs = [p for p in directory.glob(f"{name}-*.onnx") if not p.name.endswith(".masks.onnx")]
+    graphs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in graphs[keep:]:
+        old.unlink(missing_ok=True)  # the graph first: a mask graph alone is never taken for a graph
+        mask_graph_path(old).unlink(missing_ok=True)
