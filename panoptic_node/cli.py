@@ -132,8 +132,9 @@ def cmd_evaluate(args) -> int:
         print(format_report(report))
     if args.json:
         write_json(report, args.json, indent=1)
-    if args.chart and report.get("miou") is not None:
+    if args.chart:
         bar_chart(report, args.chart)
+        print(f"per-class chart: {args.chart}")
     return 0
 
 

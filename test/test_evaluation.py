@@ -348,3 +348,17 @@ def test_evaluator_refuses_maps_of_different_sizes():
     with pytest.raises(ValueError, match=r"prediction \(48, 64\) / \(48, 63\) .* differ in size"):
         ev.add(gt, semantic_of(gt), pred, semantic_of(pred)[:, :63])
     assert ev.frames == 0
+
+
+def test_evaluate_folders_writes_json_and_a_chart(folders, tmp_path, capsys):
+    """From COCO-panoptic folders (no semantic scores there) the chart shows PQ, SQ and RQ per class."""
+    from panoptic_node.cli import main
+    assert main(["evaluate", "--gt-json", str(folders / "gt.json"), "--gt-folder", str(folders / "gt"),
+                 "--pred-json", str(folders / "pred.json"), "--pred-folder", str(folders / "pred"),
+                 "--json", str(tmp_path / "r.json"), "--chart", str(tmp_path / "c.png")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["pq"]["pq"] == pytest.approx(ours(folders)[0]["All"]["pq"], abs=1e-12)
+    chart = Image.open(tmp_path / "c.png")
+    assert chart.width > 400 and f"per-class chart: {tmp_path / 'c.png'}" in capsys.readouterr().out
+    pixels = np.asarray(chart.convert("RGB")).reshape(-1, 3)
+    assert len(np.unique(pixels, axis=0)) > 10  # bars drawn, not a blank canvas
