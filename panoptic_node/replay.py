@@ -142,7 +142,11 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
     def score(stamp):
         pred, gt = pending_pred.pop(stamp), pending_gt.pop(stamp)
         try:
-            evaluator.add(gt["pan"], gt["sem"] if "sem" in gt else _semantic_of(gt["pan"]), pred[0], pred[1])
+            pan, sem = gt["pan"], gt.get("sem")
+            if gt_map:  # into the label set the model publishes
+                pan = gt_map.map_panoptic(pan)
+                sem = None if sem is None else gt_map.map_semantic(sem)
+            evaluator.add(pan, _semantic_of(pan) if sem is None else sem, pred[0], pred[1])
         except ValueError as e:  # bad ground truth costs its frame's score, not the replay
             summary.unscored += 1
             summary.errors.append(f"ground truth at {stamp}: {e}")
@@ -186,10 +190,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
                         score(m.stamp_ns)
             elif m.msg is not None:
                 entry = pending_gt.setdefault(m.stamp_ns, {})
-                labels = image_array(m.msg)
-                if gt_map:
-                    labels = gt_map.map_panoptic(labels) if m.topic == gt_pan else gt_map.map_semantic(labels)
-                entry["pan" if m.topic == gt_pan else "sem"] = labels
+                entry["pan" if m.topic == gt_pan else "sem"] = image_array(m.msg)
                 if gt_complete(m.stamp_ns) and m.stamp_ns in pending_pred:
                     score(m.stamp_ns)
             for buf in (pending_pred, pending_gt):  # forget partners that never came

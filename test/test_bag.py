@@ -682,3 +682,15 @@ def test_ground_truth_that_cannot_be_scored_costs_its_frames_score_not_the_repla
     assert json.loads((tmp_path / "m.json").read_text())["unscored_frames"] == 3
     with BagReader(tmp_path / "out") as r:
         assert len(list(r.messages(["/camera/panoptic/panoptic"]))) == 3
+
+
+def test_ground_truth_outside_our_convention_is_not_scored_but_replayed(tiny_pipeline, tmp_path, rng):
+    """Announced Cityscapes ground truth whose values are not label*1000 + instance cannot be mapped:
+    its frames are counted as not scored, the replay goes on."""
+    pan = np.full((48, 64), 300_000, np.int32)
+    frames = [DatasetFrame(1_700_000_000_000_000_000 + i, rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), None, pan)
+              for i in range(2)]
+    write_bag(iter(frames), tmp_path / "bag", labels="cityscapes")
+    summary = replay(tiny_pipeline, tmp_path / "bag", tmp_path / "out", log=lambda m: None)
+    assert (summary.frames, summary.evaluated, summary.unscored) == (2, 0, 2)
+    assert "not in our convention" in summary.format()
