@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
+from PIL import Image
 
 from .atomic import write_json
 from .inference.result import PanopticResult
@@ -42,7 +43,6 @@ class CocoPanopticWriter:
     interrupted run never leaves a panoptic.json that looks complete."""
 
     def __init__(self, out_dir, taxonomy: Taxonomy):
-        from PIL import Image  # noqa: F401  (fail early if Pillow is missing)
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.taxonomy = taxonomy
@@ -50,7 +50,6 @@ class CocoPanopticWriter:
         self.images: List[Dict] = []
 
     def add(self, stem: str, file_name: str, result: PanopticResult) -> None:
-        from PIL import Image
         png = f"{stem}_panoptic.png"
         Image.fromarray(id_to_rgb(result.segment_ids)).save(self.out / png)
         image_id = len(self.images) + 1  # integer ids, as COCO tools (hotcoco) require

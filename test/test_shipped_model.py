@@ -1,8 +1,5 @@
 """The shipped street model: loads through the normal loader and, on a few CamVid val frames,
 stays far above chance (a regression guard, not a benchmark)."""
-import numpy as np
-import pytest
-
 from panoptic_node.evaluation.semantic import ConfusionMatrix
 from panoptic_node.inference.pipeline import Pipeline
 from panoptic_node.model.config import load_config
@@ -38,7 +35,6 @@ def test_cell_decision_equals_dense_postprocess_on_real_frames():
     """On the street model's real mask logits (smooth, with many borders) the CPU pipeline's cell
     decision and the dense one (every mask resized, per-pixel argmax) give the same result up to
     pixels where the two best queries are within float rounding of each other."""
-    import torch
     from panoptic_node.inference.cell_decision import CellDecision
     from panoptic_node.inference.postprocess import merge_panoptic, resize_masks, select_queries
     from panoptic_node.inference.preprocess import preprocess

@@ -19,12 +19,7 @@ from conftest import compact_config
 
 def brute_force_assignment(cost):
     q, n = cost.shape
-    best, best_perm = float("inf"), None
-    for perm in itertools.permutations(range(q), n):
-        total = sum(cost[p, j] for j, p in enumerate(perm))
-        if total < best:
-            best, best_perm = total, perm
-    return best
+    return min(sum(cost[p, j] for j, p in enumerate(perm)) for perm in itertools.permutations(range(q), n))
 
 
 @pytest.mark.parametrize("seed", range(5))
