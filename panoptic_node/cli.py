@@ -114,22 +114,13 @@ def cmd_replay(args) -> int:
 def cmd_evaluate(args) -> int:
     from .atomic import write_json
     from .evaluation.report import bar_chart
+    from .evaluation.evaluator import format_report
     if args.gt_json:
-        from .evaluation.coco_folders import pq_from_folders
-        acc, cats = pq_from_folders(args.gt_json, args.gt_folder, args.pred_json, args.pred_folder)
-        things = [c for c, v in cats.items() if v.get("isthing")]
-        stuff = [c for c, v in cats.items() if not v.get("isthing")]
-        per = acc.per_class()
-        report = {"frames": None, "pq": acc.summary(), "pq_things": acc.summary(things),
-                  "pq_stuff": acc.summary(stuff), "per_class": {c: {"name": cats[c]["name"], **per.get(c, {})}
-                                                                for c in cats}}
-        for key, title in (("pq", "All"), ("pq_things", "Things"), ("pq_stuff", "Stuff")):
-            r = report[key]
-            print(f"{title:<8} PQ {100 * r['pq']:5.1f}  SQ {100 * r['sq']:5.1f}  RQ {100 * r['rq']:5.1f}  N {r['n']}")
+        from .evaluation.coco_folders import evaluate_folders
+        report = evaluate_folders(args.gt_json, args.gt_folder, args.pred_json, args.pred_folder).report()
     else:
         report = _evaluate_bags(args)
-        from .evaluation.evaluator import format_report
-        print(format_report(report))
+    print(format_report(report))
     if args.json:
         write_json(report, args.json, indent=1)
     if args.chart:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from panoptic_node.coco_format import id_to_rgb
-from panoptic_node.evaluation.coco_folders import pq_from_folders
+from panoptic_node.evaluation.coco_folders import evaluate_folders
 from panoptic_node.evaluation.evaluator import Evaluator
 from panoptic_node.evaluation.semantic import ConfusionMatrix
 from panoptic_node.taxonomy import get_taxonomy
@@ -85,10 +85,10 @@ def folders(tmp_path_factory):
 
 
 def ours(folders):
-    acc, cats = pq_from_folders(folders / "gt.json", folders / "gt", folders / "pred.json", folders / "pred")
-    things = [c for c, v in cats.items() if v["isthing"]]
-    stuff = [c for c, v in cats.items() if not v["isthing"]]
-    return {"All": acc.summary(), "Things": acc.summary(things), "Stuff": acc.summary(stuff)}, acc.per_class()
+    ev = evaluate_folders(folders / "gt.json", folders / "gt", folders / "pred.json", folders / "pred")
+    acc, tax = ev.pq, ev.taxonomy
+    return {"All": acc.summary(), "Things": acc.summary(tax.thing_ids), "Stuff": acc.summary(tax.stuff_ids)}, \
+        acc.per_class()
 
 
 def assert_same(mine, per_class, theirs):
@@ -351,13 +351,32 @@ def test_evaluator_refuses_maps_of_different_sizes():
 
 
 def test_evaluate_folders_writes_json_and_a_chart(folders, tmp_path, capsys):
-    """From COCO-panoptic folders (no semantic scores there) the chart shows PQ, SQ and RQ per class."""
+    """From COCO-panoptic folders: the same report as from bags (PQ, and mIoU / pixel accuracy with
+    each pixel's class its segment's), the JSON and the per-class chart."""
     from panoptic_node.cli import main
     assert main(["evaluate", "--gt-json", str(folders / "gt.json"), "--gt-folder", str(folders / "gt"),
                  "--pred-json", str(folders / "pred.json"), "--pred-folder", str(folders / "pred"),
                  "--json", str(tmp_path / "r.json"), "--chart", str(tmp_path / "c.png")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["pq"]["pq"] == pytest.approx(ours(folders)[0]["All"]["pq"], abs=1e-12)
+    # each pixel's class is its segment's: mIoU and pixel accuracy equal a direct count over the PNGs
+    from panoptic_node.coco_format import rgb_to_id
+    classes = {}
+    for part in ("gt", "pred"):
+        anns = json.loads((folders / f"{part}.json").read_text())["annotations"]
+        maps = []
+        for a in anns:
+            ids = rgb_to_id(np.asarray(Image.open(folders / part / a["file_name"]).convert("RGB")))
+            lut = {s["id"]: s["category_id"] for s in a["segments_info"]}
+            maps.append(np.vectorize(lambda i: lut.get(int(i), 255))(ids))
+        classes[part] = np.concatenate([m.ravel() for m in maps])
+    g, p = classes["gt"], classes["pred"]
+    valid = g != 255
+    ious = [((g == c) & (p == c) & valid).sum() / (((g == c) | (p == c)) & valid).sum()
+            for c in range(1, 6) if (((g == c) | (p == c)) & valid).any()]
+    assert report["miou"] == pytest.approx(np.mean(ious), abs=1e-12)
+    assert report["pixel_accuracy"] == pytest.approx((g[valid] == p[valid]).mean(), abs=1e-12)
+    assert report["frames"] == 8 and report["per_class"]["4"]["name"] == "car"
     chart = Image.open(tmp_path / "c.png")
     assert chart.width > 400 and f"per-class chart: {tmp_path / 'c.png'}" in capsys.readouterr().out
     pixels = np.asarray(chart.convert("RGB")).reshape(-1, 3)

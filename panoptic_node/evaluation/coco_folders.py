@@ -1,4 +1,4 @@
-"""Score COCO-panoptic folders (panopticapi's pq_compute arguments) with our streaming PQ."""
+"""Score COCO-panoptic folders (panopticapi's pq_compute arguments) with our streaming evaluator."""
 import json
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .pq import PQAccumulator, SegmentInfo
+from .evaluator import Evaluator, taxonomy_from_categories
+from .pq import SegmentInfo
 
 
 def _read_ids(path: Path) -> np.ndarray:
@@ -37,8 +38,9 @@ def _prefetched(function, items, workers: int = 2, ahead: int = 4):
             yield result
 
 
-def pq_from_folders(gt_json, gt_folder, pred_json, pred_folder):
-    """Returns (PQAccumulator, categories {id: {isthing, name}})."""
+def evaluate_folders(gt_json, gt_folder, pred_json, pred_folder) -> Evaluator:
+    """PQ (and mIoU, pixel accuracy, Dice: each pixel's class is its segment's) of COCO-panoptic
+    folders, in the ground truth JSON's categories."""
     gt = json.loads(Path(gt_json).read_text())
     pred = json.loads(Path(pred_json).read_text())
     categories = {c["id"]: c for c in gt["categories"]}
@@ -51,7 +53,7 @@ def pq_from_folders(gt_json, gt_folder, pred_json, pred_folder):
         return (_read_ids(Path(gt_folder) / ann["file_name"]),
                 _read_ids(Path(pred_folder) / preds[ann["image_id"]]["file_name"]))
 
-    acc = PQAccumulator()
+    evaluator = Evaluator(taxonomy_from_categories(categories, Path(gt_json).stem))
     frames = _prefetched(read, gt["annotations"])
     for ann, (gt_ids, pr_ids) in tqdm(zip(gt["annotations"], frames), total=len(gt["annotations"]),
                                       desc="evaluate", unit="frame"):
@@ -60,6 +62,7 @@ def pq_from_folders(gt_json, gt_folder, pred_json, pred_folder):
             if s["category_id"] not in categories:
                 raise ValueError(f"prediction segment {s['id']} of image '{p['image_id']}' has unknown category "
                                  f"{s['category_id']}")
-        acc.add(gt_ids, {s["id"]: SegmentInfo(s["category_id"], bool(s.get("iscrowd", 0))) for s in ann["segments_info"]},
-                pr_ids, {s["id"]: SegmentInfo(s["category_id"], False) for s in p["segments_info"]})
-    return acc, categories
+        evaluator.add_segments(
+            gt_ids, {s["id"]: SegmentInfo(s["category_id"], bool(s.get("iscrowd", 0))) for s in ann["segments_info"]},
+            pr_ids, {s["id"]: SegmentInfo(s["category_id"], False) for s in p["segments_info"]})
+    return evaluator

@@ -4,8 +4,8 @@ from typing import Dict
 
 import numpy as np
 
-from ..taxonomy import Taxonomy
-from .pq import PQAccumulator, segments_from_panoptic
+from ..taxonomy import VOID, ClassInfo, Taxonomy
+from .pq import PQAccumulator, SegmentInfo, segments_from_panoptic
 from .runs import runs
 from .semantic import ConfusionMatrix
 
@@ -33,6 +33,17 @@ class Evaluator:
         self.confusion.add_runs(gt_classes, pred_classes, lengths)
         self.frames += 1
 
+    def add_segments(self, gt_ids: np.ndarray, gt_segments: Dict[int, SegmentInfo], pred_ids: np.ndarray,
+                     pred_segments: Dict[int, SegmentInfo]) -> None:
+        """Maps of segment ids with a SegmentInfo per id (COCO panoptic: 0 = void); each pixel's class
+        for mIoU / pixel accuracy / Dice is its segment's."""
+        if gt_ids.shape != pred_ids.shape:
+            raise ValueError(f"ground truth {gt_ids.shape} and prediction {pred_ids.shape} differ in size")
+        (gt_runs, pred_runs), lengths = runs(gt_ids.ravel(), pred_ids.ravel())
+        self.pq.add_runs(gt_runs, pred_runs, lengths, gt_segments, pred_segments)  # checks every id has info
+        self.confusion.add_runs(_classes(gt_runs, gt_segments), _classes(pred_runs, pred_segments), lengths)
+        self.frames += 1
+
     def report(self) -> Dict[str, object]:
         tax = self.taxonomy
         sem = self.confusion.scores()
@@ -49,6 +60,25 @@ class Evaluator:
             "miou": sem["miou"], "pixel_accuracy": sem["pixel_accuracy"], "mean_dice": sem["mean_dice"],
             "per_class": per_class,
         }
+
+
+def _classes(ids: np.ndarray, segments: Dict[int, SegmentInfo], void: int = 255) -> np.ndarray:
+    """The class of each segment id (void for 0 and ids without a segment)."""
+    if not segments:
+        return np.full(ids.shape, void, np.int64)
+    keys = np.array(sorted(segments), np.int64)
+    labels = np.array([segments[k].label for k in keys.tolist()], np.int64)
+    at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+    return np.where(keys[at] == ids, labels[at], void)
+
+
+def taxonomy_from_categories(categories: Dict[int, dict], name: str = "categories") -> Taxonomy:
+    """A COCO panoptic JSON's categories as a label set (ids below 255, which is void)."""
+    big = [c for c in categories if not 0 <= c < VOID]
+    if big:
+        raise ValueError(f"category id {big[0]} is outside 0..{VOID - 1}")
+    return Taxonomy(name, [ClassInfo(c, v.get("name", str(c)), bool(v.get("isthing")), tuple(v.get("color", (0, 0, 0))))
+                           for c, v in sorted(categories.items())])
 
 
 def format_report(report: Dict[str, object]) -> str:
