@@ -236,8 +236,10 @@ def ground_truth_mapping(gt_labels: Optional[str], target: str, where: str, targ
         return None
     mapping = find_mapping(gt_labels, target) if gt_labels in NAMES else None
     if mapping is None:
+        hint = (f" (--labels {gt_labels} publishes the model's output in the ground truth's)"
+                if gt_labels in NAMES and find_mapping(target, gt_labels) else "")
         raise ValueError(f"{where} is in {label_set_phrase(gt_labels)} ({GT_LABEL_INFO}) and {target_is} "
-                         f"{label_set_phrase(target)}, with no mapping from one to the other")
+                         f"{label_set_phrase(target)}, with no mapping from one to the other{hint}")
     log(f"ground truth mapped from the {gt_labels} label set to {target}")
     return mapping
 

@@ -694,3 +694,15 @@ def test_ground_truth_outside_our_convention_is_not_scored_but_replayed(tiny_pip
     summary = replay(tiny_pipeline, tmp_path / "bag", tmp_path / "out", log=lambda m: None)
     assert (summary.frames, summary.evaluated, summary.unscored) == (2, 0, 2)
     assert "not in our convention" in summary.format()
+
+
+def test_no_mapping_for_ground_truth_names_the_flag_that_helps():
+    """A COCO model on Cityscapes ground truth: no COCO labels come from Cityscapes ones, but the model
+    can publish Cityscapes labels, and the line says how."""
+    from panoptic_node.replay import ground_truth_mapping
+    with pytest.raises(ValueError, match=r"publishes the coco label set, with no mapping from one to the other "
+                                         r"\(--labels cityscapes publishes the model's output in the ground truth's\)"):
+        ground_truth_mapping("cityscapes", "coco", "the ground truth in 'b'", "the model publishes")
+    with pytest.raises(ValueError, match=r"with no mapping from one to the other$"):
+        ground_truth_mapping("coco", "camvid", "the ground truth in 'b'", "the model publishes")
+    assert ground_truth_mapping("camvid", "camvid", "", "") is None and ground_truth_mapping(None, "coco", "", "") is None
