@@ -147,3 +147,8 @@ def test_only_the_graphs_used_last_are_kept(tmp_path):
     paths.append(cached_graph(cfgs[3], log=lambda m: None, directory=cache))  # a fourth: the oldest goes
     kept = sorted(p.name for p in cache.iterdir())
     assert kept == sorted(n for p in (paths[0], paths[2], paths[3]) for n in (p.name, mask_graph_path(p).name))
+    other = cache / "tiny_lite0-v2-0123456789abcdef01234567.onnx"  # another model whose name starts alike
+    other.write_bytes(b"x")
+    os.utime(other, (1, 1))
+    cached_graph(cfgs[4], log=lambda m: None, directory=cache)
+    assert other.is_file() and len(list(cache.glob("*.masks.onnx"))) == 3

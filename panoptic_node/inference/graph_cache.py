@@ -9,6 +9,7 @@ weights, a changed config or a changed exporter export again instead of reusing 
 """
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -18,6 +19,7 @@ from .cache_key import model_source_sha256
 
 PACKAGE = Path(__file__).resolve().parents[1]
 KEEP = 3  # graphs kept per model name
+KEY_CHARS = 24  # of the sha256 in a graph's name
 
 
 def cache_dir() -> Path:
@@ -36,7 +38,7 @@ def _exporter_sha256() -> str:
 def cached_graph_path(cfg, weights, directory: Optional[Path] = None) -> Path:
     h, w = cfg.input.canvas
     part = f"onnx opset {OPSET} canvas {h}x{w} exporter {_exporter_sha256()}"
-    return Path(directory or cache_dir()) / f"{cfg.name}-{model_source_sha256(weights, cfg, part)[:24]}.onnx"
+    return Path(directory or cache_dir()) / f"{cfg.name}-{model_source_sha256(weights, cfg, part)[:KEY_CHARS]}.onnx"
 
 
 def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optional[Path] = None) -> Path:
@@ -70,7 +72,8 @@ def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optio
 def _prune(directory: Path, name: str, keep: int = KEEP) -> None:
     """Only the `keep` graphs of a model used last stay: every new weights file or exporter change
     adds one (27 MB for the street model, 170 MB for DETR R50)."""
-    graphs = [p for p in directory.glob(f"{name}-*.onnx") if not p.name.endswith(".masks.onnx")]
+    ours = re.compile(rf"{re.escape(name)}-[0-9a-f]{{{KEY_CHARS}}}\.onnx")  # not another model's, not a mask graph
+    graphs = [p for p in directory.iterdir() if ours.fullmatch(p.name)]
     graphs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     for old in graphs[keep:]:
         old.unlink(missing_ok=True)  # the graph first: a mask graph alone is never taken for a graph
