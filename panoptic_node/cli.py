@@ -131,7 +131,7 @@ def cmd_evaluate(args) -> int:
 
 def _evaluate_bags(args) -> dict:
     from .bag.convert import GT_LABEL_INFO
-    from .bag.reader import BagReader, label_set_phrase
+    from .bag.reader import BagReader, label_set_phrase, pairs_by_stamp
     from .evaluation.evaluator import Evaluator
     from .messages import image_array
     from .replay import _semantic_of, ground_truth_mapping
@@ -162,15 +162,12 @@ def _evaluate_bags(args) -> dict:
                          f"not in the {labels} label set ({why})")
     gt_map = ground_truth_mapping(gt_labels, labels, f"the ground truth in '{args.bag}'", f"the scores ({why}) are in")
     evaluator = Evaluator(get_taxonomy(labels))
-    gt = {}
-    with BagReader(args.bag) as r:
-        for m in r.messages([args.gt_topic]):
-            gt[m.stamp_ns] = gt_map.map_panoptic(image_array(m.msg)) if gt_map else image_array(m.msg)
-    with BagReader(pred_bag) as r:
-        for m in r.messages([args.pred_topic]):
-            if m.stamp_ns in gt:
-                g, p = gt.pop(m.stamp_ns), image_array(m.msg)
-                evaluator.add(g, _semantic_of(g), p, _semantic_of(p))
+    # both bags are read side by side in stamp order: memory stays flat however long they are
+    with BagReader(args.bag) as gt_reader, BagReader(pred_bag) as pred_reader:
+        for g, p in pairs_by_stamp(gt_reader.messages([args.gt_topic]), pred_reader.messages([args.pred_topic])):
+            g, p = image_array(g.msg), image_array(p.msg)
+            g = gt_map.map_panoptic(g) if gt_map else g
+            evaluator.add(g, _semantic_of(g), p, _semantic_of(p))
     return evaluator.report()
 
 

@@ -706,3 +706,18 @@ def test_no_mapping_for_ground_truth_names_the_flag_that_helps():
     with pytest.raises(ValueError, match=r"with no mapping from one to the other$"):
         ground_truth_mapping("coco", "camvid", "the ground truth in 'b'", "the model publishes")
     assert ground_truth_mapping("camvid", "camvid", "", "") is None and ground_truth_mapping(None, "coco", "", "") is None
+
+
+def test_pairs_by_stamp_reads_two_streams_side_by_side():
+    from panoptic_node.bag.reader import BagMessage, pairs_by_stamp
+
+    def stream(stamps, topic):
+        return (BagMessage(topic, "t", s, object()) for s in stamps)
+    got = list(pairs_by_stamp(stream(range(1, 101), "gt"), stream([*range(2, 101, 2), 500], "pred")))
+    assert [(a.stamp_ns, b.stamp_ns, a.topic, b.topic) for a, b in got] == [(s, s, "gt", "pred") for s in range(2, 101, 2)]
+    # a partner that comes more than `window` messages late finds nothing waiting: memory stays bounded
+    late = [50, 1]
+    assert [a.stamp_ns for a, _ in pairs_by_stamp(stream(range(1, 101), "gt"), stream(late, "pred"), window=10)] == [50]
+    assert [a.stamp_ns for a, _ in pairs_by_stamp(stream(range(1, 101), "gt"), stream(late, "pred"), window=200)] == [50, 1]
+    unreadable = BagMessage("pred", "t", 7, None, "does not deserialize")
+    assert list(pairs_by_stamp(stream([7], "gt"), iter([unreadable]))) == []

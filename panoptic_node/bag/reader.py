@@ -1,7 +1,8 @@
 """Reading camera frames and ground truth from rosbag2 (sqlite3 or mcap) without ROS."""
+import heapq
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from rosbags.highlevel import AnyReader
@@ -103,6 +104,24 @@ class BagReader:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def pairs_by_stamp(a: Iterator[BagMessage], b: Iterator[BagMessage], window: int = 64):
+    """(message of a, message of b) with equal header stamps, from two streams each in bag order,
+    read side by side: at most `window` messages wait for a partner on either side (a message whose
+    partner never comes is dropped once the window passes it), so memory does not grow with the bags.
+    Messages that did not deserialize are skipped."""
+    waiting: Tuple[Dict[int, BagMessage], Dict[int, BagMessage]] = ({}, {})
+    merged = heapq.merge(((m.stamp_ns, 0, m) for m in a if m.msg is not None),
+                         ((m.stamp_ns, 1, m) for m in b if m.msg is not None), key=lambda x: (x[0], x[1]))
+    for stamp, side, m in merged:
+        partner = waiting[1 - side].pop(stamp, None)
+        if partner is not None:
+            yield (partner, m) if side else (m, partner)
+            continue
+        waiting[side][stamp] = m
+        while len(waiting[side]) > window:
+            del waiting[side][next(iter(waiting[side]))]  # the oldest
 
 
 def label_set_phrase(name: str) -> str:
