@@ -4,6 +4,7 @@ torch (in one line) when no graph can be made."""
 import importlib.util
 import os
 import platform
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -152,3 +153,17 @@ def test_only_the_graphs_used_last_are_kept(tmp_path):
     os.utime(other, (1, 1))
     cached_graph(cfgs[4], log=lambda m: None, directory=cache)
     assert other.is_file() and len(list(cache.glob("*.masks.onnx"))) == 3
+
+
+@openvino_here
+def test_a_frame_the_canvas_scales_down_is_warned_about_once(tmp_path):
+    p = make_pipeline(str(_model(tmp_path)), backend="openvino", log=lambda m: None)
+    h, w = p.backend.size
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        p(np.zeros((h, w, 3), np.uint8))  # landscape, the canvas's own shape: nothing to say
+        assert not seen
+        p(np.zeros((w, h, 3), np.uint8))  # portrait: scaled down to fit
+        p(np.zeros((w, h, 3), np.uint8))
+    assert len(seen) == 1 and f"a {h}x{w} frame is scaled to" in str(seen[0].message)
+    assert "run --backend torch" in str(seen[0].message)

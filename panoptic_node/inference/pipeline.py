@@ -1,6 +1,7 @@
 """Pipeline: RGB uint8 frame -> PanopticResult, the object the node, replay and CLI share."""
 import dataclasses
 import time
+import warnings
 from typing import List, Optional
 
 import numpy as np
@@ -13,7 +14,7 @@ from ..taxonomy import get_mapping, get_taxonomy
 from .backend import TorchBackend, Backend
 from .cell_decision import CellDecision
 from .postprocess import merge_panoptic, resize_masks, select_queries
-from .preprocess import preprocess
+from .preprocess import preprocess, target_size
 from .remap import remap_result
 from .result import PanopticResult, upsample_result
 
@@ -73,6 +74,21 @@ class Pipeline:
                 return cells
         return resize_masks(mask_logits, geom, stride)
 
+    def _warn_if_scaled_down(self, prepared, canvas) -> None:
+        """Once: a frame the fixed canvas holds only smaller than the config's own sizing (a portrait
+        frame on a landscape canvas) is seen at a smaller scale than torch would see it."""
+        if getattr(self, "_warned_scale", False):
+            return
+        for _, _, g in prepared:
+            want_h, want_w = target_size(g.height, g.width, self.cfg.input.short_side, self.cfg.input.max_size)
+            if g.resized_h < want_h:
+                warnings.warn(f"a {g.width}x{g.height} frame is scaled to {g.resized_w}x{g.resized_h} to fit the "
+                              f"exported graph's {canvas[1]}x{canvas[0]} canvas, smaller than the {want_w}x{want_h} "
+                              f"the model's config asks for; for such frames run --backend torch or export a "
+                              f"canvas of their shape (panoptic-node export --size)", stacklevel=3)
+                self._warned_scale = True
+                return
+
     def run_batch(self, frames: List[np.ndarray]) -> List[PanopticResult]:
         """Several frames (e.g. several cameras) in one network call when their padded sizes agree."""
         limit = self.backend.max_batch
@@ -82,6 +98,8 @@ class Pipeline:
         # static-shape backends (an exported graph) take one fixed canvas
         fixed = getattr(self.backend, "size", None)
         prepared = [preprocess(f, self.cfg.input, fixed_size=fixed) for f in frames]
+        if fixed is not None:
+            self._warn_if_scaled_down(prepared, fixed)
         shapes = {p[0].shape for p in prepared}
         if len(shapes) > 1:  # different sizes: one call each
             return [r for f in frames for r in self.run_batch([f])]
