@@ -36,6 +36,7 @@ class Pipeline:
         self.taxonomy = get_taxonomy(cfg.labels)
         self.mapping = None if labels in (None, cfg.labels) else get_mapping(cfg.labels, labels)
         self.labels = labels or cfg.labels
+        self._warned_scale = False  # said once per pipeline (see _warn_if_scaled_down)
 
     @classmethod
     def from_config(cls, model: str = DEFAULT_MODEL, weights: Optional[str] = None, backend: str = "torch",
@@ -77,7 +78,7 @@ class Pipeline:
     def _warn_if_scaled_down(self, prepared, canvas) -> None:
         """Once: a frame the fixed canvas holds only smaller than the config's own sizing (a portrait
         frame on a landscape canvas) is seen at a smaller scale than torch would see it."""
-        if getattr(self, "_warned_scale", False):
+        if self._warned_scale:
             return
         for _, _, g in prepared:
             want_h, want_w = target_size(g.height, g.width, self.cfg.input.short_side, self.cfg.input.max_size)
