@@ -199,16 +199,11 @@ def _export_size(cfg, size: str):
 
 def cmd_export(args) -> int:
     from .export import export_onnx, mask_graph_path
-    from .model.checkpoint import load_weights
+    from .model.checkpoint import load_model
     from .model.config import load_config
-    from .model.detr import build_model
 
     cfg = load_config(args.model)
-    model = build_model(cfg)
-    weights = args.weights or cfg.weights
-    if not weights:
-        raise FileNotFoundError(f"model '{cfg.name}' has no default weights; pass --weights FILE")
-    load_weights(model, weights)
+    model = load_model(cfg, args.weights)
     size = _export_size(cfg, args.size)
     out = Path(args.out)
     if args.precision == "fp32":

@@ -51,15 +51,9 @@ def resolve(backend: str, cfg, onnx: Optional[str] = None, device: str = "cpu") 
 
 def compile_torch_tensorrt(cfg, weights: Optional[str] = None, precision: str = "fp16", log=print):
     """The TensorRT backend for a PyTorch checkpoint (no exported graph): torch_tensorrt, cached."""
-    from ..model.checkpoint import load_weights
-    from ..model.detr import build_model
+    from ..model.checkpoint import load_model, weights_of
     from .torch_tensorrt_backend import TorchTensorRTBackend
-    source = weights or cfg.weights
-    if not source:
-        raise FileNotFoundError(f"model '{cfg.name}' has no default weights; pass --weights FILE")
-    net = build_model(cfg)
-    load_weights(net, source)
-    return TorchTensorRTBackend(net, cfg, source, precision=precision, log=log)
+    return TorchTensorRTBackend(load_model(cfg, weights), cfg, weights_of(cfg, weights), precision=precision, log=log)
 
 
 def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "auto", device: str = "cpu",

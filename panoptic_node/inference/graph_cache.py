@@ -44,21 +44,15 @@ def cached_graph_path(cfg, weights, directory: Optional[Path] = None) -> Path:
 def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optional[Path] = None) -> Path:
     """The fp32 graph pair (detect + mask head) of `cfg` with `weights` (default: the config's),
     exported into the cache the first time."""
-    from ..model.checkpoint import load_weights
-    from ..model.detr import build_model
+    from ..model.checkpoint import load_model, require_weights_file, weights_of
 
-    source = weights or cfg.weights
-    if not source:
-        raise FileNotFoundError(f"model '{cfg.name}' has no default weights; pass --weights FILE")
-    if not Path(source).is_file():
-        raise FileNotFoundError(f"weights '{source}' not found")
+    source = require_weights_file(weights_of(cfg, weights))  # before its bytes are hashed
     path = cached_graph_path(cfg, source, directory)
     if path.is_file() and mask_graph_path(path).is_file():
         os.utime(path)  # the cache keeps the graphs used last
         return path
     log(f"exporting {cfg.name} for the CPU runtime to {path} (once; later runs reuse it)")
-    model = build_model(cfg)
-    load_weights(model, source)
+    model = load_model(cfg, source)
     path.parent.mkdir(parents=True, exist_ok=True)
     # in a folder of this process's own: two nodes starting together never write into one file
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as d:

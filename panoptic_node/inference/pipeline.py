@@ -7,7 +7,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from ..model.checkpoint import load_weights
+from ..model.checkpoint import load_model
 from ..model.config import ModelConfig, load_config, DEFAULT_MODEL
 from ..model.detr import build_model
 from ..taxonomy import get_mapping, get_taxonomy
@@ -47,13 +47,7 @@ class Pipeline:
         random_weights builds an untrained network (tests, speed measurements only).
         """
         cfg = load_config(model) if isinstance(model, str) else model
-        net = build_model(cfg)
-        if not random_weights:
-            path = weights or cfg.weights
-            if not path:
-                raise FileNotFoundError(f"model '{cfg.name}' has no default weights; pass --weights FILE "
-                                        f"(an official DETR, Hugging Face DetrForSegmentation or panoptic_node checkpoint)")
-            load_weights(net, path)
+        net = build_model(cfg) if random_weights else load_model(cfg, weights)
         if backend != "torch":
             raise ValueError(f"Pipeline.from_config builds the torch backend; for '{backend}' use "
                              f"panoptic_node.inference.backends.make_pipeline")

@@ -36,14 +36,37 @@ def _official_to_ours(key: str) -> str:
     return key
 
 
-def read_state_dict(path) -> Tuple[Dict[str, torch.Tensor], str, dict]:
-    """Returns (state dict in our names, detected format, our config dict or {})."""
+def weights_of(cfg, weights=None) -> str:
+    """The weights file a model loads: `weights`, else its config's own."""
+    path = weights or cfg.weights
+    if not path:
+        raise MissingWeightsError(f"model '{cfg.name}' has no default weights; pass --weights FILE (an official "
+                                  f"DETR, Hugging Face DetrForSegmentation or panoptic_node checkpoint)")
+    return path
+
+
+def require_weights_file(path) -> Path:
+    """`path`, if it is a non-empty file; else the error that names it."""
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"weights file '{path}' does not exist; expected a DETR / Hugging Face / "
-                              f"panoptic_node checkpoint (.pth, .bin or .safetensors)")
+                                  f"panoptic_node checkpoint (.pth, .bin or .safetensors)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"weights file '{path}' is empty; expected a checkpoint")
+    return path
+
+
+def load_model(cfg, weights=None) -> torch.nn.Module:
+    """The model `cfg` describes, with its weights (weights_of) loaded."""
+    from .detr import build_model
+    model = build_model(cfg)
+    load_weights(model, weights_of(cfg, weights))
+    return model
+
+
+def read_state_dict(path) -> Tuple[Dict[str, torch.Tensor], str, dict]:
+    """Returns (state dict in our names, detected format, our config dict or {})."""
+    path = require_weights_file(path)
     with open(path, "rb") as f:
         head = f.read(16)
     if path.suffix == ".safetensors" or (head[8:9] == b"{" and not head.startswith(b"PK")):
