@@ -302,7 +302,7 @@ def test_joint_areas_equal_a_direct_count(layout, ids):
     """Counting runs of equal pairs (piecewise-constant maps) or pixels (noise, where runs would not be
     shorter) gives np.unique's pair counts, keys without pixels included as zero rows / columns."""
     from panoptic_node.evaluation.pq import _joint_areas
-    from panoptic_node.evaluation.runs import pair_runs
+    from panoptic_node.evaluation.runs import runs
     rng = np.random.default_rng(7)
     shape = {"blocks": (6, 8), "noise": (48, 64), "one pixel": (1, 1)}[layout]
     gt, pred = rng.integers(0, 5, shape), rng.integers(0, 9, shape)
@@ -312,7 +312,7 @@ def test_joint_areas_equal_a_direct_count(layout, ids):
         gt, pred = np.where(gt > 0, gt * 65537 + 7, 0), np.where(pred > 0, pred * 65537 + 7, 0)
     gt_keys = np.unique(np.append(gt, gt.max() + 3))      # one key with no pixels beyond the largest id
     pred_keys = np.unique(np.append(pred, pred.max() + 5))
-    g, p, lengths = pair_runs(gt.ravel(), pred.ravel())
+    (g, p), lengths = runs(gt.ravel(), pred.ravel())
     assert (lengths is None) == (layout != "blocks")  # noise and one pixel are counted per pixel
     table = _joint_areas(g, gt_keys, p, pred_keys, lengths)
     pairs, counts = np.unique(np.stack([gt.ravel(), pred.ravel()]), axis=1, return_counts=True)

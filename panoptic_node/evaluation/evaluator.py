@@ -5,7 +5,7 @@ from typing import Dict
 import numpy as np
 
 from ..taxonomy import VOID, ClassInfo, Taxonomy
-from .pq import PQAccumulator, SegmentInfo, segments_from_panoptic
+from .pq import PQAccumulator, SegmentInfo, compact, segments_from_panoptic
 from .runs import runs
 from .semantic import ConfusionMatrix
 
@@ -68,8 +68,8 @@ def _classes(ids: np.ndarray, segments: Dict[int, SegmentInfo], void: int = 255)
         return np.full(ids.shape, void, np.int64)
     keys = np.array(sorted(segments), np.int64)
     labels = np.array([segments[k].label for k in keys.tolist()], np.int64)
-    at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
-    return np.where(keys[at] == ids, labels[at], void)
+    at, known = compact(ids, keys)
+    return np.where(known, labels[at], void)
 
 
 def taxonomy_from_categories(categories: Dict[int, dict], name: str = "categories") -> Taxonomy:

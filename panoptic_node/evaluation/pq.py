@@ -12,10 +12,10 @@ from typing import Dict, Iterable, Optional
 
 import numpy as np
 
-from .runs import count, pair_runs
+from .runs import count, runs
 
 
-def _compact(ids: np.ndarray, keys: np.ndarray):
+def compact(ids: np.ndarray, keys: np.ndarray):
     """ids -> (index of each id in the sorted `keys`, whether the id is a key)."""
     top = int(ids.max()) if ids.size else 0
     if 0 <= int(ids.min() if ids.size else 0) and top < (1 << 20):
@@ -44,7 +44,7 @@ def _top(ids: np.ndarray, what: str) -> int:
 def _joint_areas(gt: np.ndarray, gt_keys: np.ndarray, pred: np.ndarray, pred_keys: np.ndarray,
                  lengths) -> np.ndarray:
     """Pixel counts of every (ground-truth key, prediction key) pair: len(gt_keys) x len(pred_keys),
-    from runs of equal pairs (runs.pair_runs: every id of the frame starts at least one run).
+    from runs of equal pairs (runs.runs: every id of the frame starts at least one run).
 
     One bincount, no sort of the frame as np.unique would do. Small ids (our maps, ids from 0 to a
     few hundred) are counted directly in id space, the table then cut down to the keys; large ones
@@ -64,8 +64,8 @@ def _joint_areas(gt: np.ndarray, gt_keys: np.ndarray, pred: np.ndarray, pred_key
         rows, cols = gt_keys < g_top, pred_keys < p_top
         out[np.ix_(rows, cols)] = table[np.ix_(gt_keys[rows], pred_keys[cols])]
         return out
-    gi, gi_ok = _compact(gt, gt_keys)
-    pi, pi_ok = _compact(pred, pred_keys)
+    gi, gi_ok = compact(gt, gt_keys)
+    pi, pi_ok = compact(pred, pred_keys)
     for ok, ids, what in ((gi_ok, gt, "ground-truth"), (pi_ok, pred, "prediction")):
         if not ok.all():
             raise ValueError(f"{what} segment id {int(ids[~ok][0])} has no segment info")
@@ -98,11 +98,12 @@ class PQAccumulator:
             pred_segments: Dict[int, SegmentInfo]) -> None:
         if gt_ids.shape != pred_ids.shape:
             raise ValueError(f"ground truth {gt_ids.shape} and prediction {pred_ids.shape} differ in size")
-        self.add_runs(*pair_runs(gt_ids.ravel(), pred_ids.ravel()), gt_segments, pred_segments)
+        (gt_runs, pred_runs), lengths = runs(gt_ids.ravel(), pred_ids.ravel())
+        self.add_runs(gt_runs, pred_runs, lengths, gt_segments, pred_segments)
 
     def add_runs(self, gt_ids: np.ndarray, pred_ids: np.ndarray, lengths, gt_segments: Dict[int, SegmentInfo],
                  pred_segments: Dict[int, SegmentInfo]) -> None:
-        """One frame given as runs of equal (ground truth, prediction) pairs (runs.pair_runs)."""
+        """One frame given as runs of equal (ground truth, prediction) pairs (runs.runs)."""
         gt_keys = np.array(sorted(set(gt_segments) | {0}), np.int64)
         pred_keys = np.array(sorted(set(pred_segments) | {0}), np.int64)
         joint = _joint_areas(gt_ids, gt_keys, pred_ids, pred_keys, lengths)
@@ -186,7 +187,7 @@ def segments_from_panoptic(panoptic: np.ndarray, thing_lut: np.ndarray, label_di
     small = flat.min() >= 0 and flat.max() < (1 << 20)
     # the values present: a bincount when they are small (np.unique sorts every pixel, ~5x slower)
     keys = np.flatnonzero(np.bincount(flat)) if small else np.unique(flat)
-    idx, _ = _compact(flat, keys)
+    idx, _ = compact(flat, keys)
     ids = (idx + 1).reshape(panoptic.shape)
     segments = {}
     for i, v in enumerate((keys + void).tolist()):

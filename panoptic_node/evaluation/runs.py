@@ -27,12 +27,6 @@ def runs(*maps: np.ndarray):
     return [m[starts] for m in maps], np.diff(starts, append=size)
 
 
-def pair_runs(a: np.ndarray, b: np.ndarray):
-    """Flat maps a, b -> (a at each run start, b at each run start, run lengths); see runs."""
-    (a, b), lengths = runs(a, b)
-    return a, b, lengths
-
-
 def count(index: np.ndarray, lengths, n: int) -> np.ndarray:
     """Pixels per value of `index` (0..n-1), each entry standing for `lengths` pixels (None: one)."""
     counts = np.bincount(index, weights=lengths, minlength=n)

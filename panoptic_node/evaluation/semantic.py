@@ -3,7 +3,7 @@ from typing import Dict
 
 import numpy as np
 
-from .runs import count, pair_runs
+from .runs import count, runs
 
 
 class ConfusionMatrix:
@@ -17,10 +17,11 @@ class ConfusionMatrix:
     def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
         if gt.shape != pred.shape:
             raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in size")
-        self.add_runs(*pair_runs(gt.ravel(), pred.ravel()))  # runs of equal pairs, not every pixel
+        (g, p), lengths = runs(gt.ravel(), pred.ravel())  # runs of equal pairs, not every pixel
+        self.add_runs(g, p, lengths)
 
     def add_runs(self, g: np.ndarray, p: np.ndarray, lengths) -> None:
-        """One frame given as runs of equal (ground truth, prediction) pairs (runs.pair_runs)."""
+        """One frame given as runs of equal (ground truth, prediction) pairs (runs.runs)."""
         valid = g != self.void
         g, p = g[valid].astype(np.int64), p[valid].astype(np.int64)
         lengths = None if lengths is None else lengths[valid]
