@@ -73,10 +73,21 @@ def cmd_train(args) -> int:
     data = str(find_camvid(args.data)) if args.dataset == "camvid" else args.data
     if not data:
         raise ValueError(f"--data PATH is needed for dataset '{args.dataset}'")
+    scale = tuple(float(v) for v in args.scale.split(","))
+    if len(scale) != 2:
+        raise ValueError(f"--scale '{args.scale}' is not LOW,HIGH (e.g. 0.75,1.5)")
     train(args.config, data, args.out, epochs=args.epochs, batch_size=args.batch_size, crop=crop,
           lr=args.lr, lr_backbone=args.lr_backbone, resume=args.resume, val_every=args.val_every,
-          dataset=args.dataset)
+          dataset=args.dataset, train_drives=drive_list(args.train_drives), val_drives=drive_list(args.val_drives),
+          scale=scale, colour=args.photometric, ema=args.ema)
     return 0
+
+
+def drive_list(text):
+    """'0016E5,0001TP' -> the drives; 'none' -> [] (no validation); absent -> None (CamVid's split)."""
+    if text is None:
+        return None
+    return [] if text.strip().lower() == "none" else [d.strip() for d in text.split(",") if d.strip()]
 
 
 def cmd_recover(args) -> int:
@@ -358,6 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--lr-backbone", type=float, default=9e-5)
     p.add_argument("--val-every", type=int, default=3)
+    p.add_argument("--train-drives", help="CamVid drives that train, from both splits (e.g. 0016E5,0001TP); "
+                   "default: CamVid's train split")
+    p.add_argument("--val-drives", help="CamVid drives held out for validation (e.g. 0006R0), or 'none' "
+                   "(a release trained on every labelled frame); default: CamVid's val split")
+    p.add_argument("--scale", default="0.75,1.5", help="random scale range LOW,HIGH before the crop")
+    p.add_argument("--photometric", default="basic", choices=["none", "basic", "strong"],
+                   help="colour augmentation: basic = +-20%% brightness / contrast / saturation; strong adds "
+                   "gamma, colour temperature, blur and noise, with wider ranges (for new drives, dusk, glare)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="evaluate and save a moving average of the weights with this decay (0 = off; e.g. 0.998)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=cmd_train)

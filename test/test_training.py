@@ -88,13 +88,15 @@ def test_class_loss_weights_no_object():
     assert float(losses["focal"]) == 0.0
 
 
-def make_dataset(root, rng, n_train=4, n_val=2):
-    """A CamVid-layout folder of synthetic frames: sky on top, road below, a car box, void corner."""
-    for split, n in (("train", n_train), ("val", n_val)):
+def make_dataset(root, rng, n_train=4, n_val=2, names=None):
+    """A CamVid-layout folder of synthetic frames: sky on top, road below, a car box, void corner.
+    `names` maps a split to its file stems (CamVid's carry the drive: 0016E5_00390)."""
+    names = names or {"train": [f"f{i}" for i in range(n_train)], "val": [f"f{i}" for i in range(n_val)]}
+    for split, stems in names.items():
         (root / split).mkdir(parents=True, exist_ok=True)
         (root / f"{split}annot").mkdir(exist_ok=True)
         lines = []
-        for i in range(n):
+        for stem in stems:
             label = np.full((64, 96), 3, np.uint8)
             label[:24] = 0
             x = int(rng.integers(10, 60))
@@ -105,9 +107,9 @@ def make_dataset(root, rng, n_train=4, n_val=2):
             rgb[label == 3] = (90, 90, 90)
             rgb[label == 8] = (200, 30, 30)
             rgb = np.clip(rgb + rng.normal(0, 8, rgb.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(rgb).save(root / split / f"f{i}.png")
-            Image.fromarray(label).save(root / f"{split}annot" / f"f{i}.png")
-            lines.append(f"{split}/f{i}.png {split}annot/f{i}.png")
+            Image.fromarray(rgb).save(root / split / f"{stem}.png")
+            Image.fromarray(label).save(root / f"{split}annot" / f"{stem}.png")
+            lines.append(f"{split}/{stem}.png {split}annot/{stem}.png")
         (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -228,3 +230,212 @@ def test_a_camvid_path_the_user_gives_is_used_or_refused(tmp_path, monkeypatch):
     assert find_camvid(tmp_path) == tmp_path
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--epochs", "1"]) == 2
     assert not (tmp_path / "run").exists()
+
+
+# --- leave-one-drive-out validation ------------------------------------------------------------
+
+DRIVE_NAMES = {"train": ["A1_001", "A1_002", "B2_001", "B2_003"], "val": ["B2_002", "C3_001", "C3_002"]}
+
+
+def test_drives_gather_frames_from_both_splits_and_nothing_else(tmp_path, rng):
+    from panoptic_node.training.data import CamVid, drive_of
+    make_dataset(tmp_path, rng, names=DRIVE_NAMES)
+    names = lambda ds: sorted(p[0].stem for p in ds.pairs)  # noqa: E731
+    assert names(CamVid(tmp_path, drives=["B2"])) == ["B2_001", "B2_002", "B2_003"]
+    assert names(CamVid(tmp_path, drives=["A1", "C3"])) == ["A1_001", "A1_002", "C3_001", "C3_002"]
+    assert names(CamVid(tmp_path, "val")) == ["B2_002", "C3_001", "C3_002"]  # without drives: the split
+    assert drive_of("0016E5_07959.png") == "0016E5" and drive_of("Seq05VD_f00000") == "Seq05VD"
+    with pytest.raises(ValueError, match="no CamVid frames of drive D4 .* its drives are A1, B2, C3"):
+        CamVid(tmp_path, drives=["A1", "D4"])
+
+
+def test_a_drive_on_both_sides_is_refused(tmp_path, rng):
+    from panoptic_node.cli import main
+    from panoptic_node.training.train import split_drives
+    with pytest.raises(ValueError, match="drive B2 is in both"):
+        split_drives(["A1", "B2"], ["B2"])
+    with pytest.raises(ValueError, match="--val-drives needs --train-drives"):
+        split_drives(None, ["B2"])
+    assert split_drives(["A1"], []) == (["A1"], [])
+    make_dataset(tmp_path / "data", rng, names=DRIVE_NAMES)
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--train-drives", "A1,B2", "--val-drives", "B2"]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_held_out_drive_frames_never_reach_training(tmp_path, rng, monkeypatch):
+    """Every frame make_batch sees during a run comes from a training drive; validation scores the held-out one."""
+    import panoptic_node.training.train as training
+    make_dataset(tmp_path / "data", rng, names=DRIVE_NAMES)
+    cfg = asdict(compact_config(input={"short_side": 64, "max_size": 96, "size_divisibility": 32,
+                                       "normalization": "tf"}))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    seen, scored = set(), []
+    real_batch, real_eval = training.make_batch, training.evaluate
+
+    def spy_batch(samples, *a, **k):
+        seen.update(s.name for s in samples)
+        return real_batch(samples, *a, **k)
+
+    def spy_eval(model, cfg, samples):
+        scored.append(sorted(s.name for s in samples))
+        return real_eval(model, cfg, samples)
+
+    monkeypatch.setattr(training, "make_batch", spy_batch)
+    monkeypatch.setattr(training, "evaluate", spy_eval)
+    training.train(str(tmp_path / "tiny.yaml"), str(tmp_path / "data"), str(tmp_path / "run"), epochs=2, batch_size=1,
+                   crop=(64, 96), val_every=1, train_drives=["A1", "B2"], val_drives=["C3"], log=lambda *_: None)
+    assert seen == {"A1_001", "A1_002", "B2_001", "B2_002", "B2_003"}
+    assert scored == [["C3_001", "C3_002"]] * 2
+
+
+def test_camvid_folds_keep_their_drives_apart():
+    """On CamVid's own file lists: each leave-one-drive-out fold trains on no frame of the drive it validates on."""
+    from conftest import camvid_or_skip
+    from panoptic_node.training.data import CamVid, drive_of
+    root = camvid_or_skip()
+    all_drives = {"0001TP", "0006R0", "0016E5"}
+    for held_out in all_drives:
+        train_pairs = CamVid(root, drives=sorted(all_drives - {held_out})).pairs
+        val_pairs = CamVid(root, drives=[held_out]).pairs
+        assert {drive_of(p[0]) for p in train_pairs} == all_drives - {held_out}
+        assert {drive_of(p[0]) for p in val_pairs} == {held_out}
+        assert len(train_pairs) + len(val_pairs) == 468  # every labelled frame on exactly one side
+
+
+# --- augmentation and weight averaging ---------------------------------------------------------
+
+def test_photometric_steps_equal_direct_computation():
+    from panoptic_node.training.augment import (adjust_contrast, adjust_gamma, adjust_saturation,
+                                                adjust_temperature, gaussian_blur)
+    f = np.array([[[0, 64, 255], [128, 32, 16]], [[200, 100, 50], [10, 20, 30]]], np.float32)
+    assert np.allclose(adjust_gamma(f, 2.0)[0, 0], [0, 255 * (64 / 255) ** 2, 255])
+    mean = f.mean()
+    assert np.allclose(adjust_contrast(f, 0.5)[1, 0], [(200 - mean) / 2 + mean, (100 - mean) / 2 + mean,
+                                                       (50 - mean) / 2 + mean])
+    assert np.allclose(adjust_saturation(f, 0.0)[0, 1], [176 / 3] * 3)  # fully desaturated: the pixel's grey
+    assert np.allclose(adjust_temperature(f, 0.1)[1, 1], [11, 20, 27])
+    impulse = np.zeros((9, 9, 3), np.float32)
+    impulse[4, 4, 1] = 1.0
+    blurred = gaussian_blur(impulse, 1.0)
+    k = np.exp(-np.arange(-4, 5) ** 2 / 2.0)
+    k /= k.sum()
+    assert np.allclose(blurred[:, :, 1], np.outer(k, k), atol=1e-4)  # scipy truncates at 4 sigma: the whole kernel
+    assert blurred[:, :, 0].max() == 0 and blurred[:, :, 2].max() == 0  # channels are not mixed
+
+
+def test_basic_photometric_is_the_first_releases_colour_jitter():
+    """The shipped models trained with this jitter; the recipe must draw and compute it as before."""
+    from panoptic_node.training.augment import PHOTOMETRIC, photometric
+    rgb = np.random.default_rng(3).integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    got = photometric(rgb, np.random.default_rng(7), PHOTOMETRIC["basic"])
+    r = np.random.default_rng(7)
+    f = rgb.astype(np.float32) * r.uniform(0.8, 1.2)
+    mean = f.mean()
+    f = (f - mean) * r.uniform(0.8, 1.2) + mean
+    grey = f.mean(-1, keepdims=True)
+    f = (f - grey) * r.uniform(0.8, 1.2) + grey
+    assert np.array_equal(got, np.clip(f, 0, 255).astype(np.uint8))
+
+
+def test_strong_photometric_draws_each_step_in_order():
+    from panoptic_node.training.augment import (PHOTOMETRIC, adjust_contrast, adjust_gamma, adjust_saturation,
+                                                adjust_temperature, gaussian_blur, photometric)
+    p = PHOTOMETRIC["strong"]
+    rgb = np.random.default_rng(4).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    for seed in range(6):  # some seeds blur or add noise, some do not
+        got = photometric(rgb, np.random.default_rng(seed), p)
+        r = np.random.default_rng(seed)
+        f = adjust_gamma(rgb.astype(np.float32), (1 + p.gamma) ** r.uniform(-1, 1))
+        f = f * r.uniform(1 - p.brightness, 1 + p.brightness)
+        f = adjust_contrast(f, r.uniform(1 - p.contrast, 1 + p.contrast))
+        f = adjust_saturation(f, r.uniform(1 - p.saturation, 1 + p.saturation))
+        f = adjust_temperature(f, r.uniform(-p.temperature, p.temperature))
+        if r.random() < p.blur_p:
+            f = gaussian_blur(f, r.uniform(*p.blur_sigma))
+        if r.random() < p.noise_p:
+            f = f + r.normal(0, r.uniform(*p.noise_sigma), f.shape).astype(np.float32)
+        assert np.array_equal(got, np.clip(f, 0, 255).astype(np.uint8)), seed
+    assert not np.array_equal(photometric(rgb, np.random.default_rng(0), p), rgb)
+
+
+def test_wider_scale_jitter_reaches_its_range():
+    from panoptic_node.training.augment import PHOTOMETRIC, augment
+    from panoptic_node.training.data import Sample
+    sem = np.zeros((40, 60), np.uint8)
+    sem[:, 30:] = 3
+    s = Sample("x", np.zeros((40, 60, 3), np.uint8), sem, np.zeros((40, 60), np.uint16))
+    # at scale 0.5 a 40x60 frame is 20x30: the 40x60 crop holds it and void padding around it
+    out = augment(s, np.random.default_rng(0), (40, 60), scale=(0.5, 0.5), colour=PHOTOMETRIC["none"])
+    assert (out.semantic != 255).sum() == 20 * 30
+    out = augment(s, np.random.default_rng(0), (40, 60), scale=(2.0, 2.0), colour=PHOTOMETRIC["none"])
+    assert (out.semantic != 255).all()
+
+
+def test_weight_average_equals_direct_computation():
+    from panoptic_node.training.ema import WeightAverage
+    model = torch.nn.Linear(3, 2)
+    avg = WeightAverage(model, decay=0.9)
+    expected = model.weight.detach().clone()
+    for step in range(30):
+        with torch.no_grad():
+            model.weight.add_(torch.full_like(model.weight, 0.1 * (step + 1)))
+        d = min(0.9, (1 + step) / (10 + step))
+        expected = d * expected + (1 - d) * model.weight.detach()
+        avg.update(model)
+    assert torch.allclose(avg.state["weight"], expected, atol=1e-6)
+    assert not torch.allclose(avg.state["weight"], model.weight)
+
+
+def test_one_step_of_the_new_drive_recipe_lowers_the_loss(tiny_setup):
+    from panoptic_node.model.detr import build_model
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.data import CamVid
+    from panoptic_node.training.train import freeze_batchnorm, loss_layers, make_batch
+
+    cfg = compact_config()
+    torch.manual_seed(0)
+    model = build_model(cfg, pretrained_backbone=True).train()
+    freeze_batchnorm(model)
+    samples = CamVid(tiny_setup / "data", "train").load_all()[:2]
+    images, pad, targets = make_batch(samples, np.random.default_rng(0), (64, 96), "tf",
+                                      get_taxonomy("camvid").thing_lut, scale=(0.5, 2.0), colour="strong")
+    crit = SetCriterion(cfg.num_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    before, _ = crit(loss_layers(model, images, pad), targets)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after, _ = crit(loss_layers(model, images, pad), targets)
+    assert float(after) < float(before)
+
+
+def test_resume_with_the_new_recipe_reproduces_an_uninterrupted_run(tiny_setup):
+    """Strong colour, wide scale and the weight average survive a stop: the saved average and weights match."""
+    args = dict(batch_size=2, crop=(64, 96), val_every=0, scale=(0.5, 2.0), colour="strong", ema=0.9,
+                log=lambda *_: None)
+    cfg, data = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data")
+    train(cfg, data, str(tiny_setup / "a"), epochs=2, **args)
+    train(cfg, data, str(tiny_setup / "b"), epochs=2, stop_after_epoch=1, **args)
+    train(cfg, data, str(tiny_setup / "b"), epochs=2, resume=True, **args)
+    a = torch.load(tiny_setup / "a" / "checkpoint.pth", weights_only=False)
+    b = torch.load(tiny_setup / "b" / "checkpoint.pth", weights_only=False)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+        assert torch.equal(a["ema"]["state"][k], b["ema"]["state"][k]), k
+    # last.pth holds the average, not the raw weights
+    last = torch.load(tiny_setup / "a" / "last.pth", weights_only=False)["model"]
+    k = next(k for k in a["model"] if a["model"][k].is_floating_point() and not torch.equal(a["model"][k],
+                                                                                               a["ema"]["state"][k]))
+    assert torch.allclose(last[k].float(), a["ema"]["state"][k], atol=1e-3)
+
+
+def test_resume_with_other_settings_is_refused(tiny_setup):
+    args = dict(batch_size=2, crop=(64, 96), val_every=0, log=lambda *_: None)
+    cfg, data = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data")
+    train(cfg, data, str(tiny_setup / "b"), epochs=2, stop_after_epoch=1, **args)
+    before = (tiny_setup / "b" / "checkpoint.pth").read_bytes()
+    with pytest.raises(ValueError, match="colour basic -> strong"):
+        train(cfg, data, str(tiny_setup / "b"), epochs=2, resume=True, colour="strong", **args)
+    assert (tiny_setup / "b" / "checkpoint.pth").read_bytes() == before

@@ -1,9 +1,16 @@
 """Training augmentation: random scale, random crop (train on crops, predict on full frames),
-horizontal flip and colour jitter. Labels are resampled with nearest neighbour."""
+horizontal flip and photometric changes. Labels are resampled with nearest neighbour.
+
+Photometric recipes: `basic` is the colour jitter the first releases trained with (brightness,
+contrast, saturation ±20 %); `strong` aims at drives the model never saw (dusk, glare, another
+camera's white balance and focus): wider brightness / contrast / saturation, gamma, colour
+temperature, Gaussian blur and sensor noise. Each step is a small function of a float image."""
+from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from ..taxonomy import VOID
 from .data import Sample
@@ -16,8 +23,75 @@ def _resize(a: np.ndarray, size: Tuple[int, int], nearest: bool) -> np.ndarray:
     return np.asarray(Image.fromarray(a).resize((w, h), Image.NEAREST if nearest else Image.BILINEAR))
 
 
+@dataclass(frozen=True)
+class Photometric:
+    """Strengths: factors are drawn from [1 - x, 1 + x]; gamma from (1 + gamma) ** U(-1, 1);
+    temperature t from U(-x, x) scales red by 1 + t and blue by 1 - t; blur and noise happen with
+    their probability, sigma drawn from the range (noise in grey levels)."""
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    gamma: float = 0.0
+    temperature: float = 0.0
+    blur_p: float = 0.0
+    blur_sigma: Tuple[float, float] = (0.5, 1.5)
+    noise_p: float = 0.0
+    noise_sigma: Tuple[float, float] = (2.0, 8.0)
+
+
+PHOTOMETRIC = {
+    "none": Photometric(0.0, 0.0, 0.0),
+    "basic": Photometric(),
+    "strong": Photometric(brightness=0.5, contrast=0.4, saturation=0.4, gamma=0.5, temperature=0.15,
+                          blur_p=0.25, noise_p=0.5),
+}
+
+
+def adjust_gamma(f: np.ndarray, g: float) -> np.ndarray:
+    return 255.0 * (np.clip(f, 0, 255) / 255.0) ** g
+
+
+def adjust_contrast(f: np.ndarray, c: float) -> np.ndarray:
+    mean = f.mean()
+    return (f - mean) * c + mean
+
+
+def adjust_saturation(f: np.ndarray, s: float) -> np.ndarray:
+    grey = f.mean(-1, keepdims=True)
+    return (f - grey) * s + grey
+
+
+def adjust_temperature(f: np.ndarray, t: float) -> np.ndarray:
+    """Warmer (t > 0: more red, less blue) or cooler light, as another white balance gives."""
+    return f * np.array([1 + t, 1.0, 1 - t], np.float32)
+
+
+def gaussian_blur(f: np.ndarray, sigma: float) -> np.ndarray:
+    return ndimage.gaussian_filter(f, sigma=(sigma, sigma, 0), mode="nearest")
+
+
+def photometric(rgb: np.ndarray, rng: np.random.Generator, p: Photometric) -> np.ndarray:
+    """Draws only what `p` enables, so a recipe's random stream stays the same as it was."""
+    f = rgb.astype(np.float32)
+    if p.gamma > 0:
+        f = adjust_gamma(f, (1 + p.gamma) ** rng.uniform(-1, 1))
+    if p.brightness > 0:
+        f = f * rng.uniform(1 - p.brightness, 1 + p.brightness)
+    if p.contrast > 0:
+        f = adjust_contrast(f, rng.uniform(1 - p.contrast, 1 + p.contrast))
+    if p.saturation > 0:
+        f = adjust_saturation(f, rng.uniform(1 - p.saturation, 1 + p.saturation))
+    if p.temperature > 0:
+        f = adjust_temperature(f, rng.uniform(-p.temperature, p.temperature))
+    if p.blur_p > 0 and rng.random() < p.blur_p:
+        f = gaussian_blur(f, rng.uniform(*p.blur_sigma))
+    if p.noise_p > 0 and rng.random() < p.noise_p:
+        f = f + rng.normal(0, rng.uniform(*p.noise_sigma), f.shape).astype(np.float32)
+    return np.clip(f, 0, 255).astype(np.uint8)
+
+
 def augment(sample: Sample, rng: np.random.Generator, crop: Tuple[int, int], scale=(0.75, 1.5),
-            jitter: float = 0.2) -> Sample:
+            colour: Photometric = PHOTOMETRIC["basic"]) -> Sample:
     s = rng.uniform(*scale)
     h, w = sample.semantic.shape
     nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
@@ -37,12 +111,5 @@ def augment(sample: Sample, rng: np.random.Generator, crop: Tuple[int, int], sca
     rgb, sem, inst = rgb[y:y + ch, x:x + cw], sem[y:y + ch, x:x + cw], inst[y:y + ch, x:x + cw]
     if rng.random() < 0.5:
         rgb, sem, inst = rgb[:, ::-1], sem[:, ::-1], inst[:, ::-1]
-    if jitter > 0:
-        f = rgb.astype(np.float32)
-        f = f * rng.uniform(1 - jitter, 1 + jitter)                                   # brightness
-        mean = f.mean()
-        f = (f - mean) * rng.uniform(1 - jitter, 1 + jitter) + mean                    # contrast
-        grey = f.mean(-1, keepdims=True)
-        f = (f - grey) * rng.uniform(1 - jitter, 1 + jitter) + grey                    # saturation
-        rgb = np.clip(f, 0, 255).astype(np.uint8)
+    rgb = photometric(rgb, rng, colour)
     return Sample(sample.name, np.ascontiguousarray(rgb), np.ascontiguousarray(sem), np.ascontiguousarray(inst))

@@ -6,7 +6,7 @@ is one instance (touching objects of a class merge, so thing PQ on CamVid is app
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -39,22 +39,40 @@ def instances_from_components(semantic: np.ndarray, thing_ids: Sequence[int]) ->
     return instance
 
 
+def drive_of(name) -> str:
+    """CamVid file names carry their drive: 0016E5_07959.png -> 0016E5 (Seq05VD_f00000 -> Seq05VD)."""
+    return Path(name).stem.split("_")[0]
+
+
 class CamVid:
-    """`split` of a CamVid folder laid out as in ../shared/data/camvid (see its README)."""
+    """`split` of a CamVid folder laid out as in ../shared/data/camvid (see its README), or, with
+    `drives`, every labelled frame of those drives whichever split lists it (leave-one-drive-out
+    validation: CamVid's val is the same drive as most of train, so it measures interpolation)."""
 
     taxonomy = "camvid"
 
-    def __init__(self, root, split: str = "train"):
+    def __init__(self, root, split: str = "train", drives: Optional[Sequence[str]] = None):
         self.root = Path(root)
-        listing = self.root / f"{split}.txt"
-        if not listing.is_file():
-            raise FileNotFoundError(f"no CamVid '{split}' split at {self.root} (missing {listing.name}); {CAMVID_HINT}")
         self.pairs = []
-        for line in listing.read_text().split("\n"):
-            if line.strip():
-                img, lab = line.split()[:2]
-                self.pairs.append((self._local(Path(img)), self._local(Path(lab))))
+        for name in (self.SPLITS if drives else (split,)):
+            listing = self.root / f"{name}.txt"
+            if not listing.is_file():
+                raise FileNotFoundError(f"no CamVid '{name}' split at {self.root} (missing {listing.name}); "
+                                        f"{CAMVID_HINT}")
+            for line in listing.read_text().split("\n"):
+                if line.strip():
+                    img, lab = line.split()[:2]
+                    self.pairs.append((self._local(Path(img)), self._local(Path(lab))))
+        if drives:
+            known = sorted({drive_of(img) for img, _ in self.pairs})
+            unknown = [d for d in drives if d not in known]
+            if unknown:
+                raise ValueError(f"no CamVid frames of drive {', '.join(unknown)} at {self.root}; "
+                                 f"its drives are {', '.join(known)}")
+            self.pairs = [(img, lab) for img, lab in self.pairs if drive_of(img) in drives]
         self.things = get_taxonomy("camvid").thing_ids
+
+    SPLITS = ("train", "val")  # the labelled splits a drive's frames are gathered from
 
     def _local(self, p: Path) -> Path:
         # lists may carry paths of another machine: keep the folder and file name
@@ -126,9 +144,13 @@ class _PanopticFolder:
 DATASETS = ("camvid", "cityscapes", "kitti")
 
 
-def make_dataset(kind: str, root, split: str):
+def make_dataset(kind: str, root, split: str, drives: Optional[Sequence[str]] = None):
+    """`drives` (CamVid only) replaces the split: every labelled frame of those drives."""
     if kind == "camvid":
-        return CamVid(root, split)
+        return CamVid(root, split, drives)
+    if drives:
+        raise ValueError(f"--train-drives / --val-drives need CamVid, whose file names carry the drive; "
+                         f"'{kind}' frames do not")
     if kind in ("cityscapes", "kitti"):
         from ..bag.convert import cityscapes_frames, kitti_frames
         fn = cityscapes_frames if kind == "cityscapes" else kitti_frames

@@ -4,6 +4,10 @@ Per epoch: shuffled crops through the set losses (last and auxiliary decoder lay
 lower backbone learning rate, cosine decay, gradient clipping; then a checkpoint (resumable), the
 val PQ / mIoU through the real Pipeline, `history.json` and a training-curve PNG. `best.pth` keeps
 the epoch with the best val PQ (model selection is the only use of val frames).
+
+Validation frames are CamVid's val split by default, or whole drives held out of training
+(`train_drives` / `val_drives`): CamVid's val is the drive most training frames come from, so only
+a held-out drive says how the model does on streets it never saw.
 """
 import math
 import random
@@ -27,8 +31,9 @@ from ..model.config import load_config
 from ..model.detr import build_model
 from ..model.losses import SetCriterion
 from ..taxonomy import get_taxonomy
-from .augment import augment
-from .data import make_dataset
+from .augment import PHOTOMETRIC, augment
+from .data import drive_of, make_dataset
+from .ema import WeightAverage
 from .targets import build_target
 
 LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
@@ -41,8 +46,8 @@ def freeze_batchnorm(model: torch.nn.Module) -> None:
             m.eval()
 
 
-def make_batch(samples, rng, crop, normalization, thing_lut):
-    augmented = [augment(s, rng, crop) for s in samples]
+def make_batch(samples, rng, crop, normalization, thing_lut, scale=(0.75, 1.5), colour="basic"):
+    augmented = [augment(s, rng, crop, scale, PHOTOMETRIC[colour]) for s in samples]
     images = torch.stack([torch.from_numpy(normalize(a.rgb, normalization)).permute(2, 0, 1) for a in augmented])
     images = images.contiguous(memory_format=torch.channels_last)
     pad = torch.zeros(images.shape[0], images.shape[2], images.shape[3], dtype=torch.bool)
@@ -99,25 +104,61 @@ def plot_curve(history, path: Path) -> None:
     save_figure(fig, path)
 
 
+def split_drives(train_drives, val_drives):
+    """Checks a leave-one-drive-out split: no drive on both sides. None = CamVid's own split;
+    an empty `val_drives` = no validation (a release trained on every labelled frame)."""
+    if train_drives is None and val_drives is None:
+        return None, None
+    if not train_drives:
+        raise ValueError("--val-drives needs --train-drives: name the drives that train "
+                         "(CamVid: 0001TP, 0006R0, 0016E5)")
+    both = sorted(set(train_drives) & set(val_drives or ()))
+    if both:
+        raise ValueError(f"drive {', '.join(both)} is in both --train-drives and --val-drives; a held-out "
+                         f"drive must not train")
+    return list(train_drives), list(val_drives or ())
+
+
 def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 4, crop=(352, 480),
           lr: float = 3e-4, lr_backbone: float = 9e-5, weight_decay: float = 1e-4, clip: float = 0.1,
           resume: bool = False, seed: int = 0, val_every: int = 3, dataset: str = "camvid",
-          max_train_frames: int = 0, stop_after_epoch: int = 0, log=print) -> dict:
-    """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues."""
+          max_train_frames: int = 0, stop_after_epoch: int = 0, train_drives=None, val_drives=None,
+          scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, log=print) -> dict:
+    """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
+    `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay."""
+    if colour not in PHOTOMETRIC:
+        raise ValueError(f"unknown photometric augmentation '{colour}', expected one of {', '.join(PHOTOMETRIC)}")
+    if not (0 < scale[0] <= scale[1]):
+        raise ValueError(f"scale range {scale[0]}-{scale[1]} is not a range of positive factors (low <= high)")
+    if not (0.0 <= ema < 1.0):
+        raise ValueError(f"ema decay {ema} is outside [0, 1): 0 turns it off, 0.998 averages ~500 steps")
+    train_drives, val_drives = split_drives(train_drives, val_drives)
     cfg = load_config(config)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # what a resumed run must share with the run it continues
+    settings = {"config": cfg.name, "epochs": epochs, "batch_size": batch_size, "crop": list(crop), "lr": lr,
+                "lr_backbone": lr_backbone, "seed": seed, "dataset": dataset, "train_drives": train_drives,
+                "val_drives": val_drives, "scale": list(scale), "colour": colour, "ema": ema,
+                "max_train_frames": max_train_frames}
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     random.seed(seed)
 
-    train_set = make_dataset(dataset, data, "train")
-    val_set = make_dataset(dataset, data, "val")
-    log(f"loading {len(train_set)} train and {len(val_set)} val frames from {data}")
+    if train_drives is None:
+        train_set, val_set = make_dataset(dataset, data, "train"), make_dataset(dataset, data, "val")
+    else:
+        train_set = make_dataset(dataset, data, "train", drives=train_drives)
+        val_set = make_dataset(dataset, data, "val", drives=val_drives) if val_drives else None
+    log(f"loading {len(train_set)} train and {len(val_set) if val_set else 0} val frames from {data}"
+        + (f" (train drives {', '.join(train_drives)}; val drives {', '.join(val_drives) or 'none'})"
+           if train_drives else ""))
+    out.mkdir(parents=True, exist_ok=True)
     train_samples = train_set.load_all()
     if max_train_frames:
         train_samples = train_samples[:max_train_frames]
-    val_samples = val_set.load_all()
+    val_samples = val_set.load_all() if val_set else []
+    if val_drives:  # the split's promise, checked on the frames themselves
+        assert not {drive_of(s.name) for s in train_samples} & set(val_drives)
     thing_lut = get_taxonomy(cfg.labels).thing_lut
 
     model = build_model(cfg, pretrained_backbone=True)
@@ -141,11 +182,21 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     criterion = SetCriterion(cfg.num_classes)
+    average = WeightAverage(model, ema) if ema else None
+    # the weights evaluated and saved: the average when there is one
+    shown = build_model(cfg, pretrained_backbone=False).to(memory_format=torch.channels_last) if average else model
     history, start_epoch, best_pq = [], 0, -1.0
     ckpt_path = out / "checkpoint.pth"
     if resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        before = state.get("settings")
+        if before is not None and before != settings:
+            changed = ", ".join(f"{k} {before.get(k)} -> {settings[k]}" for k in settings if before.get(k) != settings[k])
+            raise ValueError(f"--resume with other settings than {ckpt_path} was trained with ({changed}); "
+                             f"resume with the same ones or train into another --out")
         model.load_state_dict(state["model"])
+        if average:
+            average.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history, best_pq = state["epoch"], state["history"], state["best_pq"]
@@ -163,28 +214,33 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         for it in bar:
             idx = order[it * batch_size:(it + 1) * batch_size]
             images, pad, targets = make_batch([train_samples[i] for i in idx], rng, crop, cfg.input.normalization,
-                                              thing_lut)
+                                              thing_lut, scale, colour)
             loss, parts = criterion(loss_layers(model, images, pad), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             scheduler.step()
+            if average:
+                average.update(model)
             running.append(float(loss))
             bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
         entry = {"epoch": epoch + 1, "loss": float(np.mean(running)), "train_seconds": time.time() - t0,
                  "lr": scheduler.get_last_lr()[0]}
-        if val_every and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
-            entry["val"] = evaluate(model, cfg, val_samples)
+        if average:
+            average.averaged_copy_into(shown)
+        if val_samples and val_every and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
+            entry["val"] = evaluate(shown, cfg, val_samples)
             if entry["val"]["pq"] > best_pq:
                 best_pq = entry["val"]["pq"]
-                save_checkpoint(model, out / "best.pth", epoch=epoch + 1, val=entry["val"])
+                save_checkpoint(shown, out / "best.pth", epoch=epoch + 1, val=entry["val"])
         history.append(entry)
-        save_checkpoint(model, out / "last.pth", epoch=epoch + 1)
+        save_checkpoint(shown, out / "last.pth", epoch=epoch + 1)
         with atomic_path(ckpt_path) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                        "best_pq": best_pq, "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()},
+                        "best_pq": best_pq, "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                        "settings": settings, **({"ema": average.state_dict()} if average else {})},
                        tmp)
         write_json(history, out / "history.json", indent=1)  # through a .partial name, as every output
         plot_curve(history, out / "training_curve.png")
