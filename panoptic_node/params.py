@@ -3,6 +3,7 @@ import json
 from functools import lru_cache
 from typing import Any, Dict
 
+from .json_schema import allowed
 from .model.config import share_dir
 
 
@@ -21,21 +22,6 @@ def node_schema() -> Dict[str, Any]:
 
 def defaults() -> Dict[str, Any]:
     return {k: v["default"] for k, v in node_schema()["properties"].items()}
-
-
-def _allowed(prop: Dict[str, Any]) -> str:
-    if "enum" in prop:
-        return "one of " + ", ".join(map(str, prop["enum"]))
-    parts = [prop.get("type", "any")]
-    if "minimum" in prop:
-        parts.append(f">= {prop['minimum']}")
-    if "exclusiveMinimum" in prop:
-        parts.append(f"> {prop['exclusiveMinimum']}")
-    if "maximum" in prop:
-        parts.append(f"<= {prop['maximum']}")
-    if prop.get("type") == "array":
-        parts = [f"a non-empty list of {prop['items'].get('type', 'values')}"]
-    return " ".join(parts)
 
 
 # parameters rclpy / rclcpp declare on every node, and QoS override parameters: not ours to check
@@ -63,7 +49,7 @@ def validate(params: Dict[str, Any]) -> Dict[str, Any]:
     for error in sorted(validator.iter_errors(full), key=lambda e: list(e.path)):
         name = str(error.path[0]) if error.path else "?"
         value = full.get(name)
-        raise ParameterError(f"parameter '{name}' = {value!r} is invalid: allowed {_allowed(props.get(name, {}))}")
+        raise ParameterError(f"parameter '{name}' = {value!r} is invalid: allowed {allowed(props.get(name, {}))}")
     return full
 
 

@@ -46,7 +46,7 @@ def test_stride4_model_through_the_pipeline(rng):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(mask_head="dot_product", mask_stride=16), "mask_stride 16 is not allowed"),
+    (dict(mask_head="dot_product", mask_stride=16), "'mask_stride' = 16 is invalid: allowed one of 4, 8"),
     (dict(mask_head="detr_conv", mask_stride=4), "mask_stride 4 is not allowed"),
 ])
 def test_bad_mask_stride_is_refused(overrides, message):

@@ -1,11 +1,15 @@
 """Model configuration: one YAML file per model under models/ (or a user's own path)."""
+import json
 import os
 import sys
-from dataclasses import dataclass, field, fields, asdict
+from dataclasses import dataclass, field, asdict
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
 import yaml
+
+from ..json_schema import first_problem
 
 
 
@@ -26,6 +30,11 @@ def share_dir(name: str) -> Path:
 
 
 MODELS_DIR = share_dir("models")
+
+
+@lru_cache(maxsize=1)
+def model_schema() -> dict:
+    return json.loads((share_dir("config") / "model_config.schema.json").read_text())
 DEFAULT_MODEL = "street_lite0"
 
 
@@ -75,34 +84,29 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "ModelConfig":
+        """A config document checked against config/model_config.schema.json first (types, ranges,
+        required keys): every problem is one line naming the key, the value and what is allowed."""
+        problem = first_problem(model_schema(), data)
+        if problem:
+            raise ValueError(f"model config {source}: {problem}")
         data = dict(data)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown model config keys {unknown}; expected some of {sorted(known)}")
         for key, sub in (("input", InputConfig), ("postprocess", PostprocessConfig)):
             if key in data:
-                sub_known = {f.name for f in fields(sub)}
-                bad = sorted(set(data[key]) - sub_known)
-                if bad:
-                    raise ValueError(f"{source}: unknown keys {bad} under '{key}'; expected some of {sorted(sub_known)}")
                 data[key] = sub(**data[key])
         cfg = cls(**data)
         cfg.validate(source)
         return cfg
 
     def validate(self, source: str = "config") -> None:
-        if self.mask_head not in ("detr_conv", "dot_product"):
-            raise ValueError(f"{source}: mask_head '{self.mask_head}' is not one of detr_conv, dot_product")
-        if self.mask_stride not in (4, 8) or (self.mask_head == "detr_conv" and self.mask_stride != 8):
-            raise ValueError(f"{source}: mask_stride {self.mask_stride} is not allowed; expected 8 or 4 "
-                             "(4 only with mask_head dot_product; detr_conv is always stride 4)")
-        if self.input.normalization not in ("imagenet", "tf"):
-            raise ValueError(f"{source}: input.normalization '{self.input.normalization}' is not imagenet or tf")
-        if self.postprocess.merge not in ("logits", "score_prob"):
-            raise ValueError(f"{source}: postprocess.merge '{self.postprocess.merge}' is not logits or score_prob")
-        if not 0.0 <= self.postprocess.threshold <= 1.0:
-            raise ValueError(f"{source}: postprocess.threshold {self.postprocess.threshold} is not in [0, 1]")
+        """What the schema cannot say: relations between keys."""
+        if self.hidden_dim % self.nheads:
+            raise ValueError(f"{source}: hidden_dim {self.hidden_dim} is not a multiple of nheads {self.nheads}")
+        if self.input.max_size < self.input.short_side:
+            raise ValueError(f"{source}: input.max_size {self.input.max_size} is smaller than input.short_side "
+                             f"{self.input.short_side}; expected max_size >= short_side")
+        if self.mask_head == "detr_conv" and self.mask_stride != 8:
+            raise ValueError(f"{source}: mask_stride {self.mask_stride} is not allowed with mask_head detr_conv; "
+                             "expected 8 (4 only with mask_head dot_product; detr_conv is always stride 4)")
 
     @property
     def output_mask_stride(self) -> int:
@@ -126,7 +130,12 @@ def load_config(name_or_path: str = DEFAULT_MODEL) -> ModelConfig:
     if not path.is_file():
         available = sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"model config '{name_or_path}' not found; expected a YAML path or one of {available}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"model config {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        raise ValueError(f"model config {path} is empty; expected a model's keys (see models/street_lite0.yaml)")
     cfg = ModelConfig.from_dict(data, source=str(path))
     if cfg.weights and not Path(cfg.weights).is_absolute():
         cfg.weights = str((path.parent / cfg.weights).resolve())
