@@ -5,7 +5,7 @@ PY ?= python3
 
 demo:
 	$(PY) -m pip install -q -e '.[cpu]'
-	panoptic-node demo
+	panoptic-node demo --overwrite   # a rerun replaces the demo's own outputs (never anything else)
 
 install-test:
 	$(PY) -m pip install -q -e '.[cpu,test]'

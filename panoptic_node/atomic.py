@@ -19,6 +19,7 @@ def atomic_path(path) -> Iterator[Path]:
     """with atomic_path(out) as tmp: write tmp; it becomes `out` only if the block completes."""
     path = Path(path)
     tmp = partial_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
     except BaseException:

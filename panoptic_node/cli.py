@@ -28,30 +28,52 @@ def _pipeline(args):
                          log=lambda m: print(m, file=sys.stderr))
 
 
+def output_stems(paths):
+    """One output name per input image: its stem, or stem + extension (then + a number) where two
+    inputs share a stem (a.png and a.jpg, or two folders' 0001.png), so no result overwrites another."""
+    stems = [p.stem for p in paths]
+    out, used = [], set()
+    for p, stem in zip(paths, stems):
+        name = stem if stems.count(stem) == 1 else f"{stem}_{p.suffix.lstrip('.').lower() or 'noext'}"
+        candidate, k = name, 2
+        while candidate in used:
+            candidate, k = f"{name}_{k}", k + 1
+        used.add(candidate)
+        out.append(candidate)
+    return out
+
+
+INFER_OUTPUTS = ("_panoptic.png", "_semantic.png", "_instances.png", "_overlay.png")
+
+
 def cmd_infer(args) -> int:
-    import numpy as np
     from PIL import Image
     from tqdm import tqdm
 
     from .coco_format import CocoPanopticWriter
+    from .images import read_rgb
+    from .output_safety import check_outputs
     from .render import overlay
     from .taxonomy import get_taxonomy
 
+    paths = [Path(p) for p in args.images]
+    stems = output_stems(paths)
+    out = Path(args.out)
+    outputs = {"panoptic.json": out / "panoptic.json"}
+    outputs.update({f"{stem}{suffix}": out / f"{stem}{suffix}" for stem in stems for suffix in INFER_OUTPUTS})
+    check_outputs(outputs, inputs=paths + [args.weights], overwrite=args.overwrite)  # before the model loads
     pipeline = _pipeline(args)
     taxonomy = get_taxonomy(pipeline.labels)
-    out = Path(args.out)
     writer = CocoPanopticWriter(out, taxonomy)
     failed = 0
-    for path in tqdm([Path(p) for p in args.images], desc="infer", unit="frame"):
+    for path, stem in tqdm(list(zip(paths, stems)), desc="infer", unit="frame"):
         try:
-            with Image.open(path) as im:
-                rgb = np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as e:
-            tqdm.write(f"error: cannot read image '{path}' ({e}); expected a PNG or JPEG file")
+            rgb = read_rgb(path)
+        except ValueError as e:
+            tqdm.write(f"error: {e}")
             failed += 1
             continue
         result = pipeline(rgb)
-        stem = path.stem
         writer.add(stem, path.name, result)
         Image.fromarray(result.semantic).save(out / f"{stem}_semantic.png")
         Image.fromarray(result.instance).save(out / f"{stem}_instances.png")
@@ -117,7 +139,17 @@ def _replay(args, pipeline):
     return summary
 
 
+def _check_replay_outputs(args, inputs) -> None:
+    """Every output of a replay checked before the model loads or a frame is read."""
+    from .output_safety import check_outputs
+    check_outputs({"--out": args.out, "--video": args.video, "--metrics": args.metrics, "--chart": args.chart},
+                  inputs, args.overwrite, bags={"--out"})
+
+
 def cmd_replay(args) -> int:
+    from .bag.reader import BagReader
+    _check_replay_outputs(args, [args.bag, args.weights, args.onnx])
+    BagReader(args.bag).close()  # a missing or unreadable bag is said before the model loads
     _replay(args, _pipeline(args))
     return 0
 
@@ -126,6 +158,10 @@ def cmd_evaluate(args) -> int:
     from .atomic import write_json
     from .evaluation.report import bar_chart
     from .evaluation.evaluator import format_report
+    from .output_safety import check_outputs
+    check_outputs({"--json": args.json, "--chart": args.chart},
+                  [args.bag, args.pred_bag, args.gt_json, args.gt_folder, args.pred_json, args.pred_folder],
+                  args.overwrite)
     if args.gt_json:
         from .evaluation.coco_folders import evaluate_folders
         report = evaluate_folders(args.gt_json, args.gt_folder, args.pred_json, args.pred_folder).report()
@@ -144,8 +180,8 @@ def _evaluate_bags(args) -> dict:
     from .bag.convert import GT_LABEL_INFO
     from .bag.reader import BagReader, label_set_phrase, pairs_by_stamp
     from .evaluation.evaluator import Evaluator
-    from .messages import image_array
-    from .replay import _semantic_of, ground_truth_mapping
+    from .messages import FrameError, image_array
+    from .replay import _semantic_of, ground_truth_array, ground_truth_mapping
     from .taxonomy import NAMES, get_taxonomy
 
     if not args.bag:
@@ -173,12 +209,28 @@ def _evaluate_bags(args) -> dict:
                          f"not in the {labels} label set ({why})")
     gt_map = ground_truth_mapping(gt_labels, labels, f"the ground truth in '{args.bag}'", f"the scores ({why}) are in")
     evaluator = Evaluator(get_taxonomy(labels))
+    unmatched, unscored, first_reason = [0, 0], 0, None
     # both bags are read side by side in stamp order: memory stays flat however long they are
     with BagReader(args.bag) as gt_reader, BagReader(pred_bag) as pred_reader:
-        for g, p in pairs_by_stamp(gt_reader.messages([args.gt_topic]), pred_reader.messages([args.pred_topic])):
-            g, p = image_array(g.msg), image_array(p.msg)
-            g = gt_map.map_panoptic(g) if gt_map else g
-            evaluator.add(g, _semantic_of(g), p, _semantic_of(p))
+        for g, p in pairs_by_stamp(gt_reader.messages([args.gt_topic]), pred_reader.messages([args.pred_topic]),
+                                   unmatched=unmatched):
+            stamp = g.stamp_ns
+            try:  # a frame that cannot be scored is counted, with the first reason, not scored as if valid
+                g, p = ground_truth_array(g, "pan"), image_array(p.msg)
+                g = gt_map.map_panoptic(g) if gt_map else g
+                evaluator.add(g, _semantic_of(g), p, _semantic_of(p))
+            except (FrameError, ValueError) as e:
+                unscored += 1
+                first_reason = first_reason or f"at {stamp}: {e}"
+    if unmatched[0] or unmatched[1]:
+        print(f"{unmatched[0]} ground-truth frames ({args.gt_topic}) matched no prediction and {unmatched[1]} "
+              f"predictions ({args.pred_topic}) matched no ground truth: frames are paired by header stamp, exactly",
+              file=sys.stderr)
+    if unscored:
+        print(f"{unscored} frame pairs not scored (first {first_reason})", file=sys.stderr)
+    if not evaluator.frames:
+        raise ValueError(f"no frame scored: {args.gt_topic} in '{args.bag}' and {args.pred_topic} in '{pred_bag}' "
+                         f"share no header stamp" + (f", and {unscored} pairs could not be scored" if unscored else ""))
     return evaluator.report()
 
 
@@ -189,13 +241,16 @@ def cmd_demo(args) -> int:
 
     camvid = find_camvid(args.camvid)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     bag = out / "camvid_val"
-    if not bag.exists() or args.overwrite:
-        convert("camvid", camvid, bag, split="val", storage="mcap", max_frames=args.max_frames, overwrite=True)
     args.bag, args.out, args.image_topic, args.gt_topic = str(bag), str(out / "camvid_val_panoptic"), None, None
     args.video, args.metrics, args.chart = str(out / "overlay.mp4"), str(out / "metrics.json"), str(out / "per_class.png")
-    args.overwrite, args.storage = True, "mcap"
+    args.storage = "mcap"
+    # all five outputs are checked before anything is written: an earlier demo's are replaced only
+    # with --overwrite (and its bags only if they are ours), never reused as they are
+    from .output_safety import check_outputs
+    check_outputs({"the demo's input bag": bag}, [camvid], args.overwrite, bags={"the demo's input bag"})
+    _check_replay_outputs(args, [camvid, bag, args.weights, args.onnx])
+    convert("camvid", camvid, bag, split="val", storage="mcap", max_frames=args.max_frames, overwrite=args.overwrite)
     _replay(args, _pipeline(args))
     print(f"outputs in {out}: output bag camvid_val_panoptic/, overlay.mp4, metrics.json, per_class.png")
     return 0
@@ -213,10 +268,12 @@ def cmd_export(args) -> int:
     from .model.checkpoint import load_model
     from .model.config import load_config
 
+    from .output_safety import check_outputs
+    out = Path(args.out)
+    check_outputs({"--out": out, "its mask graph": mask_graph_path(out)}, [args.weights, args.calib], args.overwrite)
     cfg = load_config(args.model)
     model = load_model(cfg, args.weights)
     size = _export_size(cfg, args.size)
-    out = Path(args.out)
     if args.precision == "fp32":
         detect, masks = export_onnx(model, size, out)
     else:
@@ -270,11 +327,13 @@ def _add_replay_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="panoptic-node", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("infer", help="run the pipeline on image files")
     p.add_argument("images", nargs="+")
     p.add_argument("--out", default="out/infer")
+    p.add_argument("--overwrite", action="store_true", help="replace results an earlier run wrote in --out")
     _add_model_args(p)
     p.set_defaults(func=cmd_infer)
 
@@ -320,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred-folder")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--chart", help="per-class bar chart PNG")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json / --chart")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="CamVid val -> bag -> replay with the default model -> PQ, mIoU, fps, video")
@@ -337,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
     p.add_argument("--calib", help="bag or image folder with frames to calibrate int8 on")
     p.add_argument("--calib-frames", type=int, default=32)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing graph")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=False,
                    help="7-bit int8 weights, only for ONNX Runtime on x86 CPUs without VNNI (its int8 kernels "
@@ -382,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=cmd_train)
+    for p in sub.choices.values():  # after the sub-command too: panoptic-node replay ... --debug
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     return parser
 
 
@@ -389,10 +452,20 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        # bad input or configuration: one line that says what was wrong, no traceback
-        print(f"panoptic-node {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"panoptic-node {args.command}: interrupted; outputs not finished are left under .partial names",
+              file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        # bad input or configuration: one line that says what was wrong, no traceback. Anything else
+        # (a bug of ours) also gets one line, with where to look
+        expected = isinstance(e, (ValueError, OSError, RuntimeError, ImportError))
+        what = f"{e}" if expected and str(e) else f"{type(e).__name__}: {e}"
+        hint = "" if expected else " (an unexpected error: rerun with --debug for the traceback and report it)"
+        print(f"panoptic-node {args.command}: error: {what}{hint}", file=sys.stderr)
+        return 2 if expected else 1
 
 
 if __name__ == "__main__":

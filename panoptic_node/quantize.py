@@ -12,6 +12,7 @@ from typing import Iterator, List
 import numpy as np
 
 from .atomic import atomic_path
+from .images import read_rgb
 from .inference.preprocess import preprocess
 
 KEEP_FLOAT_PATTERNS = ("class_embed", "bbox_embed/layers.2", "bbox_embed.layers.2")
@@ -19,8 +20,6 @@ KEEP_FLOAT_PATTERNS = ("class_embed", "bbox_embed/layers.2", "bbox_embed.layers.
 
 def calibration_frames(source, limit: int) -> Iterator[np.ndarray]:
     """RGB frames from a rosbag2 folder (any image topic) or a folder of PNG / JPEG files."""
-    from PIL import Image
-
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"calibration source '{source}' does not exist; expected a bag or an image folder")
@@ -43,7 +42,7 @@ def calibration_frames(source, limit: int) -> Iterator[np.ndarray]:
     else:
         for p in sorted(source.iterdir()):
             if p.suffix.lower() in (".png", ".jpg", ".jpeg"):
-                yield np.asarray(Image.open(p).convert("RGB"))
+                yield read_rgb(p)
                 count += 1
                 if count >= limit:
                     return

@@ -22,6 +22,7 @@ from .bag.reader import BagReader, decode_frame, label_set_phrase
 from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.evaluator import Evaluator
 from .messages import FrameError, image_array
+from .output_safety import check_outputs
 from .render import overlay
 from .taxonomy import NAMES, LabelMapping, find_mapping
 from .topic_qos import DIAGNOSTICS
@@ -36,10 +37,13 @@ class ReplaySummary:
     stage_ms: Dict[str, List[float]] = field(default_factory=dict)
     evaluated: int = 0
     unscored: int = 0   # frames whose ground truth could not be scored (wrong size, unknown labels)
+    gt_unmatched: int = 0      # ground-truth frames with no replayed frame of their stamp
+    frames_without_gt: int = 0  # replayed frames with no ground truth of their stamp (when scoring)
     metrics: Optional[dict] = None
     backend: str = ""
     precision: str = ""
     model: str = ""
+    scoring: bool = False   # ground truth was there to score against
 
     def percentiles(self) -> Dict[str, Dict[str, float]]:
         out = {}
@@ -52,6 +56,7 @@ class ReplaySummary:
         return {"frames": self.frames, "undecodable": self.undecodable, "errors": self.errors[:20],
                 "fps": self.frames / self.wall_seconds if self.wall_seconds else 0.0,
                 "latency_ms": self.percentiles(), "evaluated_frames": self.evaluated, "unscored_frames": self.unscored,
+                "ground_truth_unmatched": self.gt_unmatched, "frames_without_ground_truth": self.frames_without_gt,
                 "backend": self.backend, "precision": self.precision,
                 "model": self.model, "metrics": self.metrics}
 
@@ -70,6 +75,12 @@ class ReplaySummary:
         if self.unscored:
             first = next(e for e in self.errors if e.startswith("ground truth"))
             lines.append(f"{self.unscored} frames' ground truth not scored (first: {first})")
+        if self.gt_unmatched or self.frames_without_gt:
+            lines.append(f"{self.gt_unmatched} ground-truth frames matched no replayed frame and "
+                         f"{self.frames_without_gt} replayed frames had no ground truth: ground truth is matched "
+                         f"by header stamp, exactly (are the stamps of the two topics the same?)")
+        if self.scoring and not self.metrics:
+            lines.append("not scored: no frame had ground truth that could be scored (see above)")
         return "\n".join(lines)
 
 
@@ -80,6 +91,7 @@ class VideoWriter:
         import imageio.v2 as imageio
         self.path = Path(path)
         self.partial = partial_path(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.writer = imageio.get_writer(self.partial, fps=fps, codec="libx264", quality=7, macro_block_size=2,
                                          ffmpeg_log_level="error")
 
@@ -102,6 +114,9 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
            storage: str = "mcap", log=print) -> ReplaySummary:
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
                             model=pipeline.cfg.name)
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"--max-frames {max_frames}: expected a positive number of frames (leave it out for all)")
+    check_outputs({"--out": out_bag, "--video": video, "--metrics": metrics_path}, [bag], overwrite, bags={"--out"})
     reader = BagReader(bag)
     topic = reader.pick_image_topic(image_topic)
     gt_pan = gt_topic or (GT_PANOPTIC if GT_PANOPTIC in reader.topics else None)
@@ -121,12 +136,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
         gt_pan = None
     gt_sem = GT_SEMANTIC if gt_pan and GT_SEMANTIC in reader.topics else None
     evaluator = Evaluator(published) if gt_pan else None
-    if out_bag and Path(out_bag).exists() and not overwrite:
-        raise FileExistsError(f"output bag '{out_bag}' exists; pass --overwrite to replace it")
-    if video and Path(video).exists() and not overwrite:
-        raise FileExistsError(f"video '{video}' exists; pass --overwrite to replace it")
-
-    writer = BagWriter(out_bag, storage, overwrite) if out_bag else None
+    writer = BagWriter(out_bag, storage, overwrite, inputs=[bag]) if out_bag else None
     results_out = (ResultBagWriter(writer, camera_namespace(topic), evaluator.taxonomy if evaluator else pipeline.taxonomy,
                                    pipeline.threshold) if writer else None)
     taxonomy = results_out.taxonomy if results_out else pipeline.taxonomy
@@ -142,6 +152,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
     def score(stamp):
         pred, gt = pending_pred.pop(stamp), pending_gt.pop(stamp)
         try:
+            if "error" in gt:
+                raise ValueError(gt["error"])
             pan, sem = gt["pan"], gt.get("sem")
             if gt_map:  # into the label set the model publishes
                 pan = gt_map.map_panoptic(pan)
@@ -188,14 +200,23 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
                     pending_pred[m.stamp_ns] = (result.panoptic, result.semantic)
                     if gt_complete(m.stamp_ns):
                         score(m.stamp_ns)
-            elif m.msg is not None:
+            else:
                 entry = pending_gt.setdefault(m.stamp_ns, {})
-                entry["pan" if m.topic == gt_pan else "sem"] = image_array(m.msg)
+                kind = "pan" if m.topic == gt_pan else "sem"
+                try:  # a bad ground-truth message costs its frame's score (said in score())
+                    entry[kind] = ground_truth_array(m, kind)
+                except (FrameError, ValueError) as e:
+                    entry[kind] = None
+                    entry.setdefault("error", str(e))
                 if gt_complete(m.stamp_ns) and m.stamp_ns in pending_pred:
                     score(m.stamp_ns)
-            for buf in (pending_pred, pending_gt):  # forget partners that never came
-                while len(buf) > 64:
-                    buf.popitem(last=False)
+            # forget partners that never came, counted
+            while len(pending_pred) > 64:
+                pending_pred.popitem(last=False)
+                summary.frames_without_gt += 1
+            while len(pending_gt) > 64:
+                pending_gt.popitem(last=False)
+                summary.gt_unmatched += 1
     except BaseException:
         if writer:
             writer.abort()
@@ -206,6 +227,10 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
         bar.close()
         reader.close()
     summary.wall_seconds = time.perf_counter() - start
+    if evaluator:
+        summary.scoring = True
+        summary.frames_without_gt += len(pending_pred)
+        summary.gt_unmatched += len(pending_gt)
     if evaluator and summary.evaluated:
         summary.metrics = evaluator.report()
     if writer:
@@ -242,6 +267,23 @@ def ground_truth_mapping(gt_labels: Optional[str], target: str, where: str, targ
                          f"{label_set_phrase(target)}, with no mapping from one to the other{hint}")
     log(f"ground truth mapped from the {gt_labels} label set to {target}")
     return mapping
+
+
+GT_ENCODINGS = {"pan": "32SC1", "sem": "mono8"}
+
+
+def ground_truth_array(m, kind: str) -> np.ndarray:
+    """A ground-truth message as an array, refused unless it is the encoding its kind has: a class
+    map (mono8) on the panoptic topic would be scored as stuff labels and mean nothing."""
+    if m.error:
+        raise ValueError(m.error)
+    want = GT_ENCODINGS[kind]
+    encoding = getattr(m.msg, "encoding", None)
+    if encoding != want:
+        got = encoding if encoding is not None else f"a {m.msgtype}"
+        raise ValueError(f"'{m.topic}' at {m.stamp_ns} is {got}; expected a {want} sensor_msgs/Image "
+                         f"({'label*1000 + instance' if kind == 'pan' else 'class ids'})")
+    return image_array(m.msg)
 
 
 def _skip(summary: ReplaySummary, error: str, bar) -> None:

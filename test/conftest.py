@@ -54,6 +54,26 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
             buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
 
 
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    """The compact architecture with random weights, loaded through a YAML config as users' models are."""
+    from dataclasses import asdict
+
+    import yaml
+
+    from panoptic_node.inference.pipeline import Pipeline
+    from panoptic_node.model.checkpoint import save_checkpoint
+    from panoptic_node.model.detr import build_model
+    d = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    cfg = compact_config()
+    save_checkpoint(build_model(cfg, pretrained_backbone=True), d / "tiny.pth")
+    data = asdict(cfg)
+    data["weights"] = "tiny.pth"
+    (d / "tiny.yaml").write_text(yaml.safe_dump(data))
+    return Pipeline.from_config(str(d / "tiny.yaml"))
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

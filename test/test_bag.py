@@ -2,26 +2,22 @@
 storages, converters on fixtures in the datasets' on-disk formats, and every kind of bad input."""
 import io
 import json
-from dataclasses import asdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
 from panoptic_node.bag.convert import DatasetFrame, cityscapes_panoptic, convert, write_bag
 from panoptic_node.bag.reader import BagReader
 from panoptic_node.bag.writer import BagError, BagWriter, compressed_msg, header, image_msg, stamp_ns
-from panoptic_node.inference.pipeline import Pipeline
 from panoptic_node.messages import FrameError, compressed_to_rgb, image_array, image_fields, image_to_rgb
-from panoptic_node.model.checkpoint import save_checkpoint
-from panoptic_node.model.detr import build_model
 from panoptic_node.replay import replay
 from panoptic_node.taxonomy import get_mapping
 
-from conftest import camvid_or_skip, compact_config
+from conftest import camvid_or_skip
 
 
 def raw_image(rgb, encoding, pad=0):
@@ -79,18 +75,6 @@ def test_output_image_round_trip(rng, encoding, dtype):
     f = image_fields(a, encoding)
     assert f["step"] == 6 * np.dtype(dtype).itemsize and f["is_bigendian"] == 0
     np.testing.assert_array_equal(image_array(SimpleNamespace(**f)), a)
-
-
-@pytest.fixture(scope="module")
-def tiny_pipeline(tmp_path_factory):
-    d = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    cfg = compact_config()
-    save_checkpoint(build_model(cfg, pretrained_backbone=True), d / "tiny.pth")
-    data = asdict(cfg)
-    data["weights"] = "tiny.pth"
-    (d / "tiny.yaml").write_text(yaml.safe_dump(data))
-    return Pipeline.from_config(str(d / "tiny.yaml"))
 
 
 def camera_bag(path, storage, frames, compressed=False, topic="/front/image_raw"):
@@ -363,10 +347,14 @@ def test_recover_keeps_each_topics_recorded_qos(tmp_path, rng, storage):
 
 def test_existing_output_is_refused_without_overwrite(tiny_pipeline, tmp_path, rng):
     bag = camera_bag(tmp_path / "in", "mcap", [(1, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))])
-    (tmp_path / "out").mkdir()
+    assert replay(tiny_pipeline, bag, tmp_path / "out").frames == 1
     with pytest.raises(FileExistsError, match="--overwrite"):
         replay(tiny_pipeline, bag, tmp_path / "out")
-    assert replay(tiny_pipeline, bag, tmp_path / "out", overwrite=True).frames == 1
+    assert replay(tiny_pipeline, bag, tmp_path / "out", overwrite=True).frames == 1  # our own bag: replaced
+    (tmp_path / "folder").mkdir()  # anything else is not, even with --overwrite
+    with pytest.raises(FileExistsError, match="not a bag panoptic_node wrote"):
+        replay(tiny_pipeline, bag, tmp_path / "folder", overwrite=True)
+    assert (tmp_path / "folder").is_dir() and not list((tmp_path / "folder").iterdir())
 
 
 def test_interrupted_writer_leaves_only_a_partial(tmp_path):
@@ -677,8 +665,8 @@ def test_ground_truth_that_cannot_be_scored_costs_its_frames_score_not_the_repla
     bag = _bag_with_ground_truth(tmp_path / "cs", None, rng)  # Cityscapes ids: a truck is 14, CamVid has 11
     summary = replay(tiny_pipeline, bag, tmp_path / "out", metrics_path=tmp_path / "m.json")
     assert (summary.frames, summary.evaluated, summary.unscored) == (3, 0, 3) and summary.metrics is None
-    assert "3 frames' ground truth not scored (first: ground truth at 1700000000000000000: ground truth label 14 " \
-           "outside the 11 classes)" in summary.format()
+    assert "3 frames' ground truth not scored (first: ground truth at 1700000000000000000: ground-truth panoptic " \
+           "map holds value 13001, outside the camvid label set" in summary.format()
     assert json.loads((tmp_path / "m.json").read_text())["unscored_frames"] == 3
     with BagReader(tmp_path / "out") as r:
         assert len(list(r.messages(["/camera/panoptic/panoptic"]))) == 3
@@ -721,3 +709,51 @@ def test_pairs_by_stamp_reads_two_streams_side_by_side():
     assert [a.stamp_ns for a, _ in pairs_by_stamp(stream(range(1, 101), "gt"), stream(late, "pred"), window=200)] == [50, 1]
     unreadable = BagMessage("pred", "t", 7, None, "does not deserialize")
     assert list(pairs_by_stamp(stream([7], "gt"), iter([unreadable]))) == []
+
+
+def _small_message_bag(path, n=120):
+    """n mono8 messages, each holding its own index as bytes, all in one (unfinished-able) chunk."""
+    with BagWriter(path) as w:
+        for i in range(n):
+            marker = np.frombuffer(f"msg{i:05d}".encode() * 4, np.uint8).reshape(4, 8)
+            w.write("/x/panoptic/semantic", image_msg(header(i + 1, "f"), image_fields(marker, "mono8")), i + 1)
+    return next(Path(path).glob("*.mcap"))
+
+
+def test_our_mcap_chunks_carry_their_crc(tmp_path):
+    """Every chunk's CRC is the CRC-32 of its records (checked by the mcap library), and a flipped byte
+    inside a chunk is then found by our reader instead of decoding as a wrong message."""
+    from binascii import crc32
+    from mcap.records import Chunk
+    from mcap.stream_reader import StreamReader
+    data_file = _small_message_bag(tmp_path / "b")
+    with open(data_file, "rb") as f:
+        chunks = [r for r in StreamReader(f, emit_chunks=True).records if isinstance(r, Chunk)]
+    assert chunks and all(c.compression == "" and c.uncompressed_crc == crc32(c.data) != 0 for c in chunks)
+    with open(data_file, "rb") as f:  # the library's own check passes
+        assert sum(1 for _ in StreamReader(f, validate_crcs=True).records) > 0
+    raw = bytearray(data_file.read_bytes())
+    at = raw.find(b"msg00060")
+    raw[at + 3] ^= 0x01  # "msg10060"
+    data_file.write_bytes(bytes(raw))
+    with pytest.raises(BagError, match="checksum"):
+        with BagReader(tmp_path / "b") as r:
+            list(r.messages(["/x/panoptic/semantic"]))
+
+
+@pytest.mark.parametrize("cut_at", ["msg00037", "msg00090"])
+def test_recover_keeps_every_complete_message_of_an_unfinished_chunk(tmp_path, cut_at):
+    """Cut inside the chunk being written (the file ends mid-chunk, as a killed recorder leaves it):
+    every message record that ends before the cut comes back, not only those of finished chunks."""
+    from panoptic_node.bag.recover import recover
+    data_file = _small_message_bag(tmp_path / "b")
+    raw = data_file.read_bytes()
+    cut = raw.find(cut_at.encode()) + 5  # inside that message's data
+    data_file.write_bytes(raw[:cut])
+    (tmp_path / "b" / "metadata.yaml").unlink()
+    complete = [i for i in range(120) if raw.find(f"msg{i:05d}".encode() * 4) + 32 <= cut]
+    result = recover(data_file, tmp_path / "fixed", log=lambda m: None)
+    assert result.messages == len(complete) == int(cut_at[3:])
+    with BagReader(tmp_path / "fixed") as r:
+        got = [bytes(image_array(m.msg).tobytes()[:8]) for m in r.messages(["/x/panoptic/semantic"])]
+    assert got == [f"msg{i:05d}".encode() for i in complete]

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
+from ..images import read_labels, read_rgb
 from ..evaluation.gt import panoptic_from_labels
 from ..messages import image_fields, label_info
 from ..taxonomy import CITYSCAPES_LABELID_TO_TRAINID, VOID, get_taxonomy
@@ -40,12 +40,13 @@ class DatasetFrame:
 
 
 def write_bag(frames: Iterator[DatasetFrame], out, storage: str = "mcap", overwrite: bool = False,
-              total: Optional[int] = None, labels: Optional[str] = None) -> int:
-    """Writes the frames; `labels` names the label set of their ground truth (taxonomy name)."""
+              total: Optional[int] = None, labels: Optional[str] = None, inputs=()) -> int:
+    """Writes the frames; `labels` names the label set of their ground truth (taxonomy name);
+    `inputs`: what the frames are read from, which the output may never be or hold."""
     n = 0
     last = -1
     label_info_written = False
-    with BagWriter(out, storage, overwrite) as w:
+    with BagWriter(out, storage, overwrite, inputs=inputs) as w:
         for f in tqdm(frames, total=total, desc=f"convert -> {Path(out).name}", unit="frame"):
             if f.stamp_ns <= last:
                 raise ValueError(f"stamps must increase: {f.stamp_ns} after {last}")
@@ -136,16 +137,16 @@ def cityscapes_frames(root, split: str, max_frames: Optional[int] = None) -> Ite
         city, seq, frame = p.name.split("_")[:3]
         keys.append((f"{city}_{seq}", int(frame)))
     for p, stamp in zip(images, _sequence_stamps(keys, 17.0)):
-        rgb = np.asarray(Image.open(p).convert("RGB"))
+        rgb = read_rgb(p)
         semantic = panoptic = None
         if not sequence:
             base = str(p.relative_to(image_dir)).replace("_leftImg8bit.png", "")
             lab = root / "gtFine" / split / f"{base}_gtFine_labelIds.png"
             inst = root / "gtFine" / split / f"{base}_gtFine_instanceIds.png"
             if lab.is_file():
-                semantic, panoptic = cityscapes_panoptic(np.asarray(Image.open(lab)).astype(np.uint8),
-                                                         np.asarray(Image.open(inst)).astype(np.int32)
-                                                         if inst.is_file() else None)
+                semantic, panoptic = cityscapes_panoptic(
+                    read_labels(lab, 8, rgb.shape).astype(np.uint8),
+                    read_labels(inst, 32, rgb.shape).astype(np.int32) if inst.is_file() else None)
         yield DatasetFrame(stamp, rgb, semantic, panoptic)
 
 
@@ -175,14 +176,14 @@ def kitti_frames(root, split: str = "training", max_frames: Optional[int] = None
     if (root / split / "image_2").is_dir():
         images = sorted((root / split / "image_2").glob("*.png"))[:max_frames or None]
         for i, p in enumerate(images):
-            rgb = np.asarray(Image.open(p).convert("RGB"))
+            rgb = read_rgb(p)
             semantic = panoptic = None
             sem_path, inst_path = root / split / "semantic" / p.name, root / split / "instance" / p.name
             if sem_path.is_file():
-                label_ids = np.asarray(Image.open(sem_path)).astype(np.uint8)
+                label_ids = read_labels(sem_path, 8, rgb.shape).astype(np.uint8)
                 inst = None
                 if inst_path.is_file():
-                    raw = np.asarray(Image.open(inst_path)).astype(np.int32)  # semantic*256 + instance
+                    raw = read_labels(inst_path, 16, rgb.shape).astype(np.int32)  # semantic*256 + instance
                     k = raw % 256
                     inst = np.where(k > 0, (raw // 256) * 1000 + k - 1, raw // 256)
                 semantic, panoptic = cityscapes_panoptic(label_ids, inst)
@@ -200,7 +201,7 @@ def kitti_frames(root, split: str = "training", max_frames: Optional[int] = None
                       if (p / "calib_cam_to_cam.txt").is_file()), None)
         k, proj = _read_calib(calib) if calib else (None, None)
         for p, stamp in zip(sorted(data.glob("*.png")), stamps):
-            yield DatasetFrame(stamp, np.asarray(Image.open(p).convert("RGB")), k=k, p=proj)
+            yield DatasetFrame(stamp, read_rgb(p), k=k, p=proj)
             count += 1
             if max_frames and count >= max_frames:
                 return
@@ -215,6 +216,8 @@ def convert(kind: str, src, out, split: Optional[str] = None, storage: str = "mc
             max_frames: Optional[int] = None, overwrite: bool = False) -> int:
     if kind not in CONVERTERS:
         raise ValueError(f"unknown dataset '{kind}', expected one of {', '.join(CONVERTERS)}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"--max-frames {max_frames}: expected a positive number of frames (leave it out for all)")
     frames, default_split, labels = CONVERTERS[kind]
     return write_bag(frames(src, split or default_split, max_frames), out, storage, overwrite, total=max_frames,
-                     labels=labels)
+                     labels=labels, inputs=(src,))

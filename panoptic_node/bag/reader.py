@@ -106,14 +106,23 @@ class BagReader:
         return False
 
 
-def pairs_by_stamp(a: Iterator[BagMessage], b: Iterator[BagMessage], window: int = 64):
+def pairs_by_stamp(a: Iterator[BagMessage], b: Iterator[BagMessage], window: int = 64, unmatched=None):
     """(message of a, message of b) with equal header stamps, from two streams each in bag order,
     read side by side: at most `window` messages wait for a partner on either side (a message whose
     partner never comes is dropped once the window passes it), so memory does not grow with the bags.
-    Messages that did not deserialize are skipped."""
+    Messages that did not deserialize are skipped. `unmatched` ([0, 0]) counts, per side, the messages
+    that found no partner (unreadable ones included), so a caller can say what it did not score."""
+    unmatched = unmatched if unmatched is not None else [0, 0]
     waiting: Tuple[Dict[int, BagMessage], Dict[int, BagMessage]] = ({}, {})
-    merged = heapq.merge(((m.stamp_ns, 0, m) for m in a if m.msg is not None),
-                         ((m.stamp_ns, 1, m) for m in b if m.msg is not None), key=lambda x: (x[0], x[1]))
+
+    def readable(stream, side):
+        for m in stream:
+            if m.msg is None:
+                unmatched[side] += 1
+            else:
+                yield m
+    merged = heapq.merge(((m.stamp_ns, 0, m) for m in readable(a, 0)),
+                         ((m.stamp_ns, 1, m) for m in readable(b, 1)), key=lambda x: (x[0], x[1]))
     for stamp, side, m in merged:
         partner = waiting[1 - side].pop(stamp, None)
         if partner is not None:
@@ -122,6 +131,9 @@ def pairs_by_stamp(a: Iterator[BagMessage], b: Iterator[BagMessage], window: int
         waiting[side][stamp] = m
         while len(waiting[side]) > window:
             del waiting[side][next(iter(waiting[side]))]  # the oldest
+            unmatched[side] += 1
+    unmatched[0] += len(waiting[0])
+    unmatched[1] += len(waiting[1])
 
 
 def label_set_phrase(name: str) -> str:

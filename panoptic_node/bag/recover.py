@@ -109,8 +109,30 @@ def mcap_messages(path: Path, result: Recovered) -> Iterator[Message]:
     whole = len(data) > 2 * len(MAGIC) and data[-len(MAGIC):] == MAGIC  # an intact file ends with it too
     body = data[:len(data) - len(MAGIC)] if whole else data
     end = max((e for _, _, e in _spans(body, len(MAGIC))), default=len(MAGIC))
-    result.lost_bytes = len(body) - end
-    return scan(data[len(MAGIC):end], {}, {}, result)
+    tail = unfinished_chunk(body, end)
+    kept = max((e for _, _, e in _spans(tail)), default=0)  # its complete records
+    result.lost_bytes = len(body) - end - kept
+
+    def messages():
+        schemas, channels = {}, {}
+        yield from scan(data[len(MAGIC):end], schemas, channels, result)
+        yield from scan(tail[:kept], schemas, channels, result)
+
+    return messages()
+
+
+def unfinished_chunk(body, pos: int):
+    """The records written so far into the chunk the recorder was writing when it was cut (the record
+    at `pos` that runs past the end): an uncompressed chunk holds whole message records one after the
+    other, so every complete one in it is recovered. A compressed one cannot be read in part: nothing."""
+    head = 9 + 28 + 4
+    if pos + head > len(body) or body[pos] != CHUNK:
+        return body[0:0]
+    (n,) = struct.unpack_from("<I", body, pos + 9 + 28)
+    start = pos + head + n + 8  # after the compression string and the compressed size
+    if n or start > len(body):
+        return body[0:0]
+    return body[start:]
 
 
 def sqlite_messages(path: Path, result: Recovered) -> Iterator[Message]:
@@ -118,14 +140,23 @@ def sqlite_messages(path: Path, result: Recovered) -> Iterator[Message]:
     the order they were written; a damaged page ends the stream (counted as one bad chunk).
     Checked now (before anything is written), read lazily."""
     import sqlite3
+    import tempfile
+    # a writer killed mid-transaction leaves a hot journal, which SQLite must roll back before it reads
+    # (and cannot in read-only mode: "attempt to write a readonly database"). The recording is the
+    # user's and never changed: the rollback happens in a copy of the file and its journal
+    work = Path(tempfile.mkdtemp(prefix="panoptic_node_recover_"))
+    for suffix in ("", "-journal", "-wal"):
+        if Path(f"{path}{suffix}").is_file():
+            shutil.copyfile(f"{path}{suffix}", work / f"copy.db3{suffix}")
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = sqlite3.connect(str(work / "copy.db3"))
         columns = {row[1] for row in con.execute("PRAGMA table_info(topics)")}
         qos = "offered_qos_profiles" if "offered_qos_profiles" in columns else "''"
         topics = {row[0]: row[1:] for row in
                   con.execute(f"SELECT id, name, type, serialization_format, {qos} FROM topics")}
         rows = con.execute("SELECT topic_id, timestamp, data FROM messages ORDER BY id")
     except sqlite3.DatabaseError as e:
+        shutil.rmtree(work, ignore_errors=True)
         raise BagError(f"'{path}' is not a readable rosbag2 SQLite file ({e})") from None
 
     def read():
@@ -138,6 +169,7 @@ def sqlite_messages(path: Path, result: Recovered) -> Iterator[Message]:
             result.bad_chunks += 1
         finally:
             con.close()
+            shutil.rmtree(work, ignore_errors=True)
 
     return read()
 
@@ -172,7 +204,8 @@ def recover(src, out, overwrite: bool = False, log=print) -> Recovered:
     store = typestore()
     result = Recovered()
     source = sqlite_messages(path, result) if path.suffix == ".db3" else mcap_messages(path, result)
-    writer = BagWriter(out, storage="sqlite3" if path.suffix == ".db3" else "mcap", overwrite=overwrite)
+    writer = BagWriter(out, storage="sqlite3" if path.suffix == ".db3" else "mcap", overwrite=overwrite,
+                       inputs=(src,))
     try:
         for topic, msgtype, encoding, stamp, payload, offers in source:
             if topic in result.skipped_topics:

@@ -7,6 +7,7 @@ from typing import Dict, Optional, Sequence
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from ..output_safety import WRITTEN_BY, WRITTEN_BY_KEY, OutputLock, check_outputs
 from ..topic_qos import TopicQos
 from .types import msg_class, typestore
 
@@ -28,22 +29,35 @@ class BagError(RuntimeError):
 
 
 class BagWriter:
-    def __init__(self, path, storage: str = "mcap", overwrite: bool = False):
+    """Writes one bag, marked in its metadata as ours (so --overwrite may later replace it and nothing
+    else), holding the output's lock until closed or aborted."""
+
+    COMMIT_EVERY = 64  # messages between SQLite commits (a replayed frame is about 7 messages)
+
+    def __init__(self, path, storage: str = "mcap", overwrite: bool = False, inputs=()):
         self.path = Path(path)
         if storage not in STORAGES:
             raise ValueError(f"storage '{storage}' is not one of {', '.join(STORAGES)}")
-        if self.path.exists():
-            if not overwrite:
-                raise FileExistsError(f"output bag '{self.path}' exists; pass --overwrite to replace it")
+        check_outputs({"output bag": self.path}, inputs, overwrite, bags={"output bag"})
         self.overwrite = overwrite
-        # the bag is written as <name>.partial/<name> (its storage file takes the folder's name) and
-        # moved to <name> when complete
-        self.partial = self.path.with_name(self.path.name + ".partial")
-        if self.partial.exists():
-            shutil.rmtree(self.partial)  # the leftover of an interrupted run
-        self.partial.mkdir(parents=True)
-        self.writer = Writer(self.partial / self.path.name, version=8, storage_plugin=STORAGES[storage])
-        self.writer.open()
+        self.lock = OutputLock(self.path).acquire()
+        try:
+            # the bag is written as <name>.partial/<name> (its storage file takes the folder's name) and
+            # moved to <name> when complete
+            self.partial = self.path.with_name(self.path.name + ".partial")
+            if self.partial.exists():  # the leftover of an interrupted run (the lock says none is running)
+                leftover = [p.name for p in self.partial.iterdir()]
+                if leftover not in ([], [self.path.name]):
+                    raise FileExistsError(f"'{self.partial}' exists and is not an interrupted bag of ours "
+                                          f"(it holds {', '.join(sorted(leftover)[:3])}); move it away")
+                shutil.rmtree(self.partial)
+            self.partial.mkdir(parents=True)
+            self.writer = Writer(self.partial / self.path.name, version=8, storage_plugin=STORAGES[storage])
+            self.writer.set_custom_data(WRITTEN_BY_KEY, WRITTEN_BY)
+            self.writer.open()
+        except BaseException:
+            self.lock.release()
+            raise
         self.connections: Dict[str, object] = {}
         self.store = typestore()
         self.count = 0
@@ -63,13 +77,24 @@ class BagWriter:
             self.connections[topic] = conn
         self.writer.write(conn, int(stamp_ns), cdr)
         self.count += 1
+        if self.count % self.COMMIT_EVERY == 0 and hasattr(self.writer.storage, "conn"):
+            # rosbags' SQLite writer commits only at close: a run killed before then would leave a
+            # .db3 whose journal rolls every row back. Committing as we go keeps what was written
+            # recoverable (`panoptic-node recover`); MCAP files need nothing, their chunks stand alone
+            self.writer.storage.conn.commit()
 
     def close(self) -> Path:
-        self.writer.close()
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        (self.partial / self.path.name).rename(self.path)
-        self.partial.rmdir()
+        try:
+            self.writer.close()
+            for mcap in (self.partial / self.path.name).glob("*.mcap"):
+                fill_chunk_crcs(mcap)
+            if self.path.exists():  # checked again: the folder may have changed while we wrote
+                check_outputs({"output bag": self.path}, (), self.overwrite, bags={"output bag"})
+                shutil.rmtree(self.path)
+            (self.partial / self.path.name).rename(self.path)
+            self.partial.rmdir()
+        finally:
+            self.lock.release()
         return self.path
 
     def abort(self) -> None:
@@ -78,6 +103,8 @@ class BagWriter:
             self.writer.close()
         except Exception:  # the storage may already be broken; the partial folder stays either way
             pass
+        finally:
+            self.lock.release()
 
     def __enter__(self):
         return self
@@ -88,6 +115,38 @@ class BagWriter:
         else:
             self.abort()
         return False
+
+
+def fill_chunk_crcs(path) -> int:
+    """Writes each chunk's CRC-32 into a finished MCAP file, in place (rosbags writes 0, "no CRC", so a
+    flipped byte inside a chunk went unnoticed; readers check a CRC that is there, rosbags and
+    `recover` included). Chunk record: opcode, length, start / end times, uncompressed size, CRC,
+    compression, compressed size, records. Returns the number of chunks."""
+    import mmap
+    import struct
+    from binascii import crc32
+
+    from rosbags.rosbag2.storage_mcap import decompress
+
+    n = 0
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as data:
+        pos = 8  # after the magic
+        while pos + 9 <= len(data) - 8:
+            op, length = data[pos], struct.unpack_from("<Q", data, pos + 1)[0]
+            if op == 0x06:
+                c = pos + 9
+                size = struct.unpack_from("<Q", data, c + 16)[0]
+                (k,) = struct.unpack_from("<I", data, c + 28)
+                compression = bytes(data[c + 32:c + 32 + k]).decode()
+                (m,) = struct.unpack_from("<Q", data, c + 32 + k)
+                records = bytes(data[c + 40 + k:c + 40 + k + m])
+                struct.pack_into("<I", data, c + 24, crc32(decompress(records, compression, size, 0)))
+                n += 1
+            elif op == 0x02:  # the footer: the end
+                break
+            pos += 9 + length
+        data.flush()
+    return n
 
 
 # --- message construction (rosbags dataclasses) --------------------------------------------------

@@ -27,11 +27,40 @@ class Evaluator:
         # the runs' values, not every pixel (runs.runs)
         (gt_values, pred_values, gt_classes, pred_classes), lengths = runs(
             gt_panoptic.ravel(), pred_panoptic.ravel(), gt_semantic.ravel(), pred_semantic.ravel())
+        for values, what in ((gt_values, "ground-truth panoptic map"), (pred_values, "predicted panoptic map")):
+            self._check_panoptic(values, what)
+        for values, what in ((gt_classes, "ground-truth semantic map"), (pred_classes, "predicted semantic map")):
+            self._check_semantic(values, what)
         gt_ids, gt_segs = segments_from_panoptic(gt_values, self.taxonomy.thing_lut)
         pr_ids, pr_segs = segments_from_panoptic(pred_values, self.taxonomy.thing_lut)
         self.pq.add_runs(gt_ids, pr_ids, lengths, gt_segs, pr_segs)
         self.confusion.add_runs(gt_classes, pred_classes, lengths)
         self.frames += 1
+
+    def _allowed(self) -> str:
+        ids = sorted(self.taxonomy.by_id)
+        return f"the {self.taxonomy.name} label set (labels {ids[0]}..{ids[-1]})"
+
+    def _check_panoptic(self, values: np.ndarray, what: str) -> None:
+        """Values of our convention only (label*1000 + instance, stuff = label, -1 void) with labels of
+        the label set: anything else (a flipped byte, a class map stored as panoptic) is refused
+        rather than scored as if it meant something."""
+        v = values.astype(np.int64)
+        label = np.where(v >= 1000, v // 1000, v)
+        known = np.zeros(VOID + 1, bool)
+        known[list(self.taxonomy.by_id)] = True
+        bad = (v < -1) | ((v >= 0) & ((label > VOID) | ~known[np.clip(label, 0, VOID)]))
+        if bad.any():
+            raise ValueError(f"{what} holds value {int(v[bad][0])}, outside {self._allowed()}: expected "
+                             f"label*1000 + instance, a stuff label, or -1 for void")
+
+    def _check_semantic(self, values: np.ndarray, what: str) -> None:
+        known = np.zeros(VOID + 1, bool)
+        known[list(self.taxonomy.by_id) + [VOID]] = True
+        v = values.astype(np.int64)
+        bad = (v < 0) | (v > VOID) | ~known[np.clip(v, 0, VOID)]
+        if bad.any():
+            raise ValueError(f"{what} holds label {int(v[bad][0])}, outside {self._allowed()} (255 = void)")
 
     def add_segments(self, gt_ids: np.ndarray, gt_segments: Dict[int, SegmentInfo], pred_ids: np.ndarray,
                      pred_segments: Dict[int, SegmentInfo]) -> None:

@@ -23,7 +23,9 @@ KEY_CHARS = 24  # of the sha256 in a graph's name
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("PANOPTIC_NODE_GRAPH_CACHE", Path.home() / ".cache" / "panoptic_node" / "graphs"))
+    """$PANOPTIC_NODE_GRAPH_CACHE, else ~/.cache/panoptic_node/graphs. Set but empty counts as unset:
+    Path("") is the current folder, where graphs were written."""
+    return Path(os.environ.get("PANOPTIC_NODE_GRAPH_CACHE") or Path.home() / ".cache" / "panoptic_node" / "graphs")
 
 
 def _exporter_sha256() -> str:

@@ -130,6 +130,10 @@ def check_and_load(model: torch.nn.Module, state: Dict[str, torch.Tensor], path)
 def load_weights(model: torch.nn.Module, path) -> str:
     """Loads any supported format into `model`; returns the detected format."""
     state, fmt, _ = read_state_dict(path)
+    for key, value in state.items():  # NaN weights would give empty frames forever, without a word
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"weights file '{path}' holds NaN or infinite values (first in '{key}'); "
+                                  f"expected a trained checkpoint (a diverged training run?)")
     check_and_load(model, state, path)
     return fmt
 

