@@ -47,7 +47,8 @@ def test_exported_once_then_reused(tmp_path):
     inode = path.stat().st_ino
     assert cached_graph(cfg, log=lines.append, directory=cache) == path and len(lines) == 1
     assert path.stat().st_ino == inode  # the same file, not written again
-    assert sorted(p.name for p in cache.iterdir()) == sorted([path.name, mask_graph_path(path).name])  # no leftovers
+    assert sorted(p.name for p in cache.iterdir()) == sorted([path.name, mask_graph_path(path).name,
+                                                              path.name + ".sha256"])  # no leftovers
 
 
 def test_new_weights_or_config_export_again(tmp_path):
@@ -69,6 +70,28 @@ def test_a_graph_without_its_mask_graph_is_exported_again(tmp_path):
     lines = []
     assert cached_graph(cfg, log=lines.append, directory=tmp_path / "c") == path
     assert mask_graph_path(path).is_file() and len(lines) == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "mask_graph_cut", "checksum_gone"])
+def test_a_damaged_cached_graph_is_exported_again(tmp_path, damage):
+    """A cached graph that does not match the checksum written with it is made again, instead of every
+    default run failing until someone deletes the file by hand."""
+    cfg = load_config(str(_model(tmp_path)))
+    path = cached_graph(cfg, log=lambda m: None, directory=tmp_path / "c")
+    good = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "mask_graph_cut":
+        mask = mask_graph_path(path)
+        mask.write_bytes(mask.read_bytes()[:100])
+    else:
+        Path(str(path) + ".sha256").unlink()
+    lines = []
+    assert cached_graph(cfg, log=lines.append, directory=tmp_path / "c") == path
+    assert "does not match its checksum" in lines[0] and path.read_bytes() == good
+    assert cached_graph(cfg, log=lines.append, directory=tmp_path / "c") == path and len(lines) == 2  # trusted now
 
 
 def test_missing_weights_are_named(tmp_path):
@@ -147,7 +170,8 @@ def test_only_the_graphs_used_last_are_kept(tmp_path):
     cached_graph(cfgs[0], log=lambda m: None, directory=cache)  # used again: now the newest
     paths.append(cached_graph(cfgs[3], log=lambda m: None, directory=cache))  # a fourth: the oldest goes
     kept = sorted(p.name for p in cache.iterdir())
-    assert kept == sorted(n for p in (paths[0], paths[2], paths[3]) for n in (p.name, mask_graph_path(p).name))
+    assert kept == sorted(n for p in (paths[0], paths[2], paths[3])
+                          for n in (p.name, mask_graph_path(p).name, p.name + ".sha256"))
     other = cache / "tiny_lite0-v2-0123456789abcdef01234567.onnx"  # another model whose name starts alike
     other.write_bytes(b"x")
     os.utime(other, (1, 1))

@@ -51,8 +51,11 @@ def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optio
     source = require_weights_file(weights_of(cfg, weights))  # before its bytes are hashed
     path = cached_graph_path(cfg, source, directory)
     if path.is_file() and mask_graph_path(path).is_file():
-        os.utime(path)  # the cache keeps the graphs used last
-        return path
+        if _checksum_file(path).is_file() and _checksum_file(path).read_text() == _pair_sha256(path):
+            os.utime(path)  # the cache keeps the graphs used last
+            return path
+        # truncated, emptied, or half-deleted by hand: made again instead of failing every run
+        log(f"cached graph {path} does not match its checksum (damaged?); exporting it again")
     log(f"exporting {cfg.name} for the CPU runtime to {path} (once; later runs reuse it)")
     model = load_model(cfg, source)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,9 +63,26 @@ def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optio
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as d:
         detect, masks = export_onnx(model, cfg.input.canvas, Path(d) / path.name)
         os.replace(masks, mask_graph_path(path))
-        os.replace(detect, path)  # last: a graph in the cache always has its mask graph
+        os.replace(detect, path)  # then: a graph in the cache always has its mask graph
+        checksum = Path(d) / "checksum"
+        checksum.write_text(_pair_sha256(path))
+        os.replace(checksum, _checksum_file(path))  # last: only a complete pair has one
     _prune(path.parent, cfg.name)
     return path
+
+
+def _checksum_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _pair_sha256(path: Path) -> str:
+    """Of a cached graph and its mask graph, as written: what a later run checks before trusting them."""
+    h = hashlib.sha256()
+    for p in (path, mask_graph_path(path)):
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _prune(directory: Path, name: str, keep: int = KEEP) -> None:
@@ -74,3 +94,4 @@ def _prune(directory: Path, name: str, keep: int = KEEP) -> None:
     for old in graphs[keep:]:
         old.unlink(missing_ok=True)  # the graph first: a mask graph alone is never taken for a graph
         mask_graph_path(old).unlink(missing_ok=True)
+        _checksum_file(old).unlink(missing_ok=True)
