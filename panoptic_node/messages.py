@@ -35,7 +35,7 @@ def image_to_rgb(msg) -> np.ndarray:
         raise FrameError(f"unsupported encoding '{msg.encoding}', expected one of {', '.join(SUPPORTED_ENCODINGS)}")
     channels, dtype, to_rgb = _DECODERS[enc]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h == 0 or w == 0:
+    if h <= 0 or w <= 0:
         raise FrameError(f"zero-size frame ({w}x{h}), expected a non-empty image")
     row = w * channels * np.dtype(dtype).itemsize
     if step < row:
@@ -92,6 +92,9 @@ def image_array(msg) -> np.ndarray:
     dt = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")
     data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data.tobytes(), np.uint8)
     h, w = int(msg.height), int(msg.width)
+    if h <= 0 or w <= 0 or int(msg.step) < w * channels * dt.itemsize:
+        raise FrameError(f"a {w}x{h} {msg.encoding} image with step {msg.step}; expected a non-empty image whose "
+                         f"step holds a row")
     if data.size != int(msg.step) * h:
         raise FrameError(f"data length {data.size} != step x height = {msg.step} x {h}")
     rows = data.reshape(h, int(msg.step))[:, : w * channels * dt.itemsize]
