@@ -757,3 +757,23 @@ def test_recover_keeps_every_complete_message_of_an_unfinished_chunk(tmp_path, c
     with BagReader(tmp_path / "fixed") as r:
         got = [bytes(image_array(m.msg).tobytes()[:8]) for m in r.messages(["/x/panoptic/semantic"])]
     assert got == [f"msg{i:05d}".encode() for i in complete]
+
+
+def test_sample_bags_script_makes_bags_replay_and_recover_read(tiny_pipeline, tmp_path):
+    """rosbags/make_samples.py: the synthetic bag replays (raw and compressed topics), the cut recording
+    recovers; an existing sample is not replaced without --overwrite."""
+    import subprocess
+    import sys
+    from panoptic_node.bag.recover import recover
+    script = Path(__file__).resolve().parents[1] / "rosbags" / "make_samples.py"
+    out = tmp_path / "samples"
+    cmd = [sys.executable, str(script), "--out", str(out), "--camvid", str(tmp_path / "no_camvid")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0 and "CamVid samples skipped" in done.stderr, done.stderr
+    assert replay(tiny_pipeline, out / "synthetic_camera", image_topic="/camera/image_raw").frames == 30
+    assert replay(tiny_pipeline, out / "synthetic_camera", image_topic="/camera/image_raw/compressed").frames == 30
+    got = recover(out / "cut_recording.mcap", tmp_path / "recovered", log=lambda m: None)
+    assert 0 < got.per_topic["/camera/image_raw"] < 30
+    before = (out / "cut_recording.mcap").read_bytes()
+    assert subprocess.run(cmd, capture_output=True).returncode != 0
+    assert (out / "cut_recording.mcap").read_bytes() == before
