@@ -120,7 +120,10 @@ class TestPanopticNode(unittest.TestCase):
     def test_two_cameras_two_output_sets(self):
         pubs = {c: self.node.create_publisher(Image, f"{c}/image", 10) for c in CAMERAS}
         got = {c: [] for c in CAMERAS}
-        subs = [self.node.create_subscription(Image, f"{c}/panoptic/semantic", got[c].append, 10) for c in CAMERAS]
+        # only this test's frames: the node is shared, and an earlier test's outputs may still arrive
+        keep = lambda m, c: got[c].append(m) if m.header.stamp.sec == 1700000200 else None  # noqa: E731
+        subs = [self.node.create_subscription(Image, f"{c}/panoptic/semantic", lambda m, c=c: keep(m, c), 10)
+                for c in CAMERAS]
         end = time.time() + 30
         while time.time() < end and not all(got.values()):
             for c, p in pubs.items():
@@ -148,4 +151,6 @@ class TestPanopticNode(unittest.TestCase):
 @launch_testing.post_shutdown_test()
 class TestShutdown(unittest.TestCase):
     def test_exit_code(self, proc_info):
-        launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[0, -2, -15])
+        # launch stops the node with SIGINT: a clean stop is exit 0 (test_node_graph.py checks SIGINT twice
+        # and SIGTERM on a real graph here)
+        launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[0])

@@ -5,13 +5,18 @@ the newest frame of every camera, infers them together, and publishes every outp
 header. Bad frames are logged (throttled), counted and skipped; the node keeps running.
 """
 import array
+import signal
 import sys
 import threading
 import traceback
 
+import numpy as np
 import rclpy
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import SingleThreadedExecutor
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, LabelInfo, ObjectHypothesis,
@@ -34,8 +39,10 @@ def qos_profile(qos: TopicQos) -> QoSProfile:
 def _image(header, pixels, encoding):
     fields = image_fields(pixels, encoding)
     # an array.array('B') is taken as is; bytes would be checked element by element by the
-    # generated setter (~0.1 s for a 32SC1 frame)
-    fields["data"] = array.array("B", fields["data"].tobytes())
+    # generated setter (~0.1 s for a 32SC1 frame). Filled from the array's buffer: one copy
+    data = array.array("B")
+    data.frombytes(memoryview(np.ascontiguousarray(fields["data"])))
+    fields["data"] = data
     msg = Image(**fields)
     msg.header = header
     return msg
@@ -88,7 +95,8 @@ class PanopticNode(Node):
             pubs["label_info"].publish(info)
             self.get_logger().info(f"camera {cam}: {topic} -> {ns}/panoptic/*")
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile(DIAGNOSTICS))
-        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
+        # on the steady clock: with use_sim_time a paused bag would otherwise silence the node's health
+        self.create_timer(p["diagnostics_period"], self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._running = True
         self.worker = threading.Thread(target=self._work, name="panoptic_inference", daemon=True)
         self.worker.start()
@@ -124,19 +132,29 @@ class PanopticNode(Node):
                 self.get_logger().error(f"inference failed: {e}", throttle_duration_sec=5.0)
                 self.get_logger().debug(traceback.format_exc())
                 continue
-            for (cam, msg, rgb), result in zip(frames, results):
-                self._publish(cam, msg.header, rgb, result)
-                self.stats.add_timings(result.timings)
+            try:
+                for (cam, msg, rgb), result in zip(frames, results):
+                    self._publish(cam, msg.header, rgb, result)
+                    self.stats.add_timings(result.timings)
+            except Exception as e:
+                if not (self._running and rclpy.ok()):  # stopping (Ctrl-C, SIGTERM): the frame in flight is dropped
+                    return
+                self.get_logger().error(f"publishing failed: {e}", throttle_duration_sec=5.0)
+
+    def _wanted(self, pubs, name) -> bool:
+        """An output is built and sent only while someone subscribes (a recorder counts): converting and
+        serializing a 32SC1 map nobody reads costs the camera rate."""
+        return self.params[f"publish_{name}"] and pubs[name].get_subscription_count() > 0
 
     def _publish(self, camera, header, rgb, result):
-        pubs, p = self.pubs[camera], self.params
-        if p["publish_semantic"]:
+        pubs = self.pubs[camera]
+        if self._wanted(pubs, "semantic"):
             pubs["semantic"].publish(_image(header, result.semantic, "mono8"))
-        if p["publish_instances"]:
+        if self._wanted(pubs, "instances"):
             pubs["instances"].publish(_image(header, result.instance, "mono16"))
-        if p["publish_panoptic"]:
+        if self._wanted(pubs, "panoptic"):
             pubs["panoptic"].publish(_image(header, result.panoptic, "32SC1"))
-        if p["publish_detections"]:
+        if self._wanted(pubs, "detections"):
             out = Detection2DArray(header=header)
             for d in detections(result, self.taxonomy):
                 det = Detection2D(header=header, id=d["id"])
@@ -147,8 +165,8 @@ class PanopticNode(Node):
                 det.bbox.size_x, det.bbox.size_y = d["size_x"], d["size_y"]
                 out.detections.append(det)
             pubs["detections"].publish(out)
-        # the overlay costs a full-frame blend: only while someone looks at it
-        if p["publish_overlay"] and pubs["overlay"].get_subscription_count() > 0:
+        # the overlay costs a full-frame blend on top
+        if self._wanted(pubs, "overlay"):
             pubs["overlay"].publish(_image(header, overlay(rgb, result, self.taxonomy)[..., ::-1], "bgr8"))
             self.stats.overlays[camera] += 1
         self.stats.published[camera] += 1
@@ -172,7 +190,13 @@ class PanopticNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
+    # Ctrl-C and SIGTERM only set a flag, read by the spin loop below: rclpy's own handlers raise
+    # KeyboardInterrupt wherever the main thread happens to be (a second Ctrl-C, which a terminal
+    # and launch both send, landed in destroy_node() or inside rclpy's message conversion)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         node = PanopticNode()
     except (ParameterError, FileNotFoundError, ValueError, RuntimeError) as e:
@@ -180,12 +204,18 @@ def main(args=None):
         print(f"[panoptic_node] error: {e}", file=sys.stderr)
         rclpy.try_shutdown()
         sys.exit(1)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     finally:
-        node.destroy_node()
+        # stopping now: further signals are ignored. A handler of ours would be reset to the default
+        # by Python's own finalization, and a late second Ctrl-C would then kill the exiting node (-2)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        node.destroy_node()  # the frame in flight is finished or dropped (see _work)
+        executor.shutdown()
         rclpy.try_shutdown()
 
 

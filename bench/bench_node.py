@@ -1,0 +1,154 @@
+"""The node on the wire: a camera process publishing CamVid frames at 30 Hz, the node with the shipped
+defaults, outputs timed on receipt. Needs rclpy (a ROS 2 install, or `make install-test`'s wheels).
+
+    python bench/bench_node.py [--cameras 1 2] [--seconds 20] [--hz 30] [-p key:=value ...]
+
+Baseline in the same run: the pipeline alone (same model, backend and frames, decoded frame in, all maps
+out) in this process before the node starts. Per camera count it prints the output rate (Hz), the
+latency from the frame's stamp (wall clock at publish) to the receipt of its semantic map (p50 / p90 /
+p99), and the output rate as a share of the pipeline's own frames/s (what the node loses between the
+wire and the pipeline). The camera publishes best effort, rgb8 480x360, as a driver does.
+"""
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+CAMERA = r"""
+import sys, time, numpy as np, rclpy
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+frames = np.load(sys.argv[1])
+namespaces, hz = sys.argv[2].split(","), float(sys.argv[3])
+rclpy.init()
+node = rclpy.create_node("bench_camera")
+pubs = [node.create_publisher(Image, f"{ns}/image", qos_profile_sensor_data) for ns in namespaces]
+msgs = []
+for rgb in frames:
+    m = Image(); m.height, m.width = rgb.shape[:2]; m.encoding = "rgb8"; m.step = rgb.shape[1] * 3
+    m.data = rgb.tobytes(); m.header.frame_id = "camera"; msgs.append(m)
+print("ready", flush=True)
+i, t_next = 0, time.time()
+while rclpy.ok():
+    for k, pub in enumerate(pubs):
+        m = msgs[(i + 7 * k) % len(msgs)]
+        m.header.stamp = node.get_clock().now().to_msg()  # wall clock: latency = receipt - stamp
+        pub.publish(m)
+    i += 1
+    t_next += 1.0 / hz
+    time.sleep(max(0.0, t_next - time.time()))
+"""
+
+
+def pipeline_alone(frames, params) -> float:
+    """Frames/s of the pipeline the node builds from the same parameters, on the same frames."""
+    from panoptic_node.inference.backends import make_pipeline
+    from panoptic_node.params import validate
+    p = validate(params)
+    pipeline = make_pipeline(p["model"], weights=p["weights"] or None, backend=p["backend"], onnx=p["onnx"] or None,
+                             device=p["device"], threshold=None if p["threshold"] < 0 else p["threshold"],
+                             labels=None if p["label_set"] == "native" else p["label_set"], log=lambda m: None)
+    for rgb in frames[:5]:
+        pipeline(rgb)
+    t0 = time.perf_counter()
+    for rgb in frames:
+        pipeline(rgb)
+    return len(frames) / (time.perf_counter() - t0)
+
+
+def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float, tmp: Path) -> dict:
+    import rclpy
+    from sensor_msgs.msg import Image
+    namespaces = [f"/bench/cam{i}" for i in range(cameras)]
+    params_file = tmp / f"params_{cameras}.yaml"
+    params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": {**params, "cameras": namespaces}}}))
+    log = (tmp / f"node_{cameras}.log").open("w")
+    node = subprocess.Popen(["panoptic_node", "--ros-args", "--params-file", str(params_file)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    camera = None
+    rclpy.init()
+    listener = rclpy.create_node("bench_listener")
+    arrivals = {ns: [] for ns in namespaces}
+
+    def on_output(msg, ns):
+        arrivals[ns].append((time.time(), msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9))
+
+    for ns in namespaces:
+        listener.create_subscription(Image, f"{ns}/panoptic/semantic", lambda m, ns=ns: on_output(m, ns), 10)
+    try:
+        end = time.time() + 120  # the node is up when its outputs exist (a first start may export a graph)
+        while not listener.get_publishers_info_by_topic(f"{namespaces[-1]}/panoptic/semantic"):
+            if node.poll() is not None or time.time() > end:
+                raise RuntimeError(f"the node did not start: {(tmp / f'node_{cameras}.log').read_text()}")
+            rclpy.spin_once(listener, timeout_sec=0.1)
+        camera = subprocess.Popen([sys.executable, "-c", CAMERA, str(frames_file), ",".join(namespaces), str(hz)],
+                                  stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert camera.stdout.readline().strip() == "ready"
+        warm = time.time() + 5.0  # discovery and the first frames
+        while time.time() < warm:
+            rclpy.spin_once(listener, timeout_sec=0.05)
+        for ns in namespaces:
+            arrivals[ns].clear()
+        t0 = time.time()
+        while time.time() < t0 + seconds:
+            rclpy.spin_once(listener, timeout_sec=0.05)
+        span = time.time() - t0
+    finally:
+        for proc in (camera, node):
+            if proc and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                proc.wait(10)
+        listener.destroy_node()
+        rclpy.shutdown()
+    out = {}
+    for ns, got in arrivals.items():
+        lat = sorted(1000 * (t - s) for t, s in got)
+        out[ns] = {"hz": len(got) / span,
+                   **{f"p{q}": float(np.percentile(lat, q)) if lat else float("nan") for q in (50, 90, 99)}}
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--hz", type=float, default=30.0)
+    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--camvid")
+    parser.add_argument("-p", dest="params", action="append", default=[],
+                        help="a node parameter, key:=value (YAML value), e.g. -p backend:=torch")
+    args = parser.parse_args()
+
+    from panoptic_node.training.data import CamVid, find_camvid
+    params = {}
+    for item in args.params:
+        key, _, value = item.partition(":=")
+        params[key] = yaml.safe_load(value)
+    val = CamVid(find_camvid(args.camvid), "val")
+    frames = np.stack([val[i].rgb for i in range(min(args.frames, len(val)))])
+    base_fps = pipeline_alone(list(frames), {k: v for k, v in params.items() if k != "cameras"})
+    print(f"pipeline alone (same parameters, same frames): {base_fps:.1f} frames/s, "
+          f"{1000 / base_fps:.1f} ms per frame")
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        np.save(d / "frames.npy", frames)
+        for n in args.cameras:
+            res = run(n, d / "frames.npy", params, args.seconds, args.hz, d)
+            for ns, r in res.items():
+                print(f"{n} camera(s) at {args.hz:.0f} Hz, {ns}: {r['hz']:.1f} Hz out, latency p50 "
+                      f"{r['p50']:.0f} ms, p90 {r['p90']:.0f} ms, p99 {r['p99']:.0f} ms")
+            total = sum(r["hz"] for r in res.values())
+            print(f"  {n} camera(s): {total:.1f} frames/s out in all, {total / base_fps:.2f}x the pipeline alone; "
+                  f"mean per camera {statistics.mean(r['hz'] for r in res.values()):.1f} Hz")
+
+
+if __name__ == "__main__":
+    main()

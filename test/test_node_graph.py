@@ -1,0 +1,342 @@
+"""The node on a real ROS 2 graph (rclpy from the Jazzy wheels on PyPI here and in CI, or a ROS 2
+install): the `panoptic_node` executable in a process of its own, driven from pytest through rclpy.
+
+The whole topic contract, compressed input, several cameras (batched and not), the newest-frame rule
+and max age on sim time, bad frames, bad parameters and shutdown. Each test starts its own node on
+camera namespaces of its own, so no test hears another's outputs. launch / launch_testing are not on
+PyPI: the launch files' own tests (test_node_launch.py) run on ROS 2 installs.
+"""
+import importlib
+import io
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image as PILImage
+
+from launch_helpers import tiny_model_yaml
+from panoptic_node.messages import image_array
+
+if os.environ.get("CI"):  # CI installs ROS 2 from PyPI (make install-test): a skip there would hide breakage
+    import rclpy
+    importlib.import_module("vision_msgs")
+else:
+    rclpy = pytest.importorskip("rclpy", reason="no rclpy: `make test` installs ROS 2 Jazzy from PyPI")
+    pytest.importorskip("vision_msgs", reason="no vision_msgs: `make test` builds the test-only one "
+                                              "(test/ros_msgs/build.py)")
+
+from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
+
+START_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def graph():
+    rclpy.init()
+    node = rclpy.create_node(f"panoptic_test_{uuid.uuid4().hex[:8]}")
+    yield node
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model_yaml():
+    return tiny_model_yaml()
+
+
+class NodeProcess:
+    """`panoptic_node` with a params file, in a process group of its own (as a terminal or launch runs it)."""
+
+    def __init__(self, tmp_path: Path, params: dict):
+        self.log = tmp_path / f"node_{uuid.uuid4().hex[:6]}.log"
+        params_file = tmp_path / f"params_{uuid.uuid4().hex[:6]}.yaml"
+        params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+        self.name = f"panoptic_{uuid.uuid4().hex[:8]}"
+        self.proc = subprocess.Popen(["panoptic_node", "--ros-args", "-r", f"__node:={self.name}",
+                                      "--params-file", str(params_file)],
+                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def signal(self, sig) -> None:
+        os.killpg(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def start(tmp_path, graph, model_yaml):
+    nodes = []
+
+    def _start(cameras, wait=True, **params):
+        full = {"cameras": cameras, "model": model_yaml, "backend": "torch", "threshold": 0.0,
+                "qos_reliability": "reliable", "qos_depth": 10, "diagnostics_period": 0.2, **params}
+        node = NodeProcess(tmp_path, full)
+        nodes.append(node)
+        if wait:
+            wait_for_publisher(graph, f"{cameras[0].rstrip('/')}/panoptic/semantic", node)
+        return node
+
+    yield _start
+    for node in nodes:
+        node.stop()
+
+
+def wait_for_publisher(graph, topic, node, timeout=START_TIMEOUT):
+    end = time.time() + timeout
+    while time.time() < end:
+        if graph.get_publishers_info_by_topic(topic):
+            return
+        if node.proc.poll() is not None:
+            raise AssertionError(f"node exited {node.proc.returncode}: {node.output()}")
+        rclpy.spin_once(graph, timeout_sec=0.1)
+    raise AssertionError(f"no publisher on {topic} after {timeout} s: {node.output()}")
+
+
+def stamp_of(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def rgb_frame(rng, h=48, w=64):
+    return rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def image_msg(rgb, stamp: Time, frame_id: str, encoding="rgb8") -> Image:
+    msg = Image()
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    msg.height, msg.width = rgb.shape[:2]
+    msg.encoding, msg.step = encoding, rgb.shape[1] * 3
+    msg.data = rgb.tobytes()
+    return msg
+
+
+SENSOR_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)  # what the overlay offers
+
+
+class Collector:
+    """Subscriptions that keep every message, by topic (the overlay's best effort, the others reliable)."""
+
+    def __init__(self, graph, topics: dict, qos=10):
+        self.graph, self.got = graph, {t: [] for t in topics}
+        self.subs = [graph.create_subscription(kind, t, self.got[t].append,
+                                               SENSOR_QOS if t.endswith("/overlay") else qos)
+                     for t, kind in topics.items()]
+
+    def spin_until(self, done, publish=None, timeout=30.0, period=0.1):
+        end = time.time() + timeout
+        while time.time() < end and not done(self.got):
+            if publish:
+                publish()
+            rclpy.spin_once(self.graph, timeout_sec=period)
+        return done(self.got)
+
+    def close(self):
+        for s in self.subs:
+            self.graph.destroy_subscription(s)
+
+
+def now(graph) -> Time:
+    return graph.get_clock().now().to_msg()
+
+
+def test_the_whole_topic_contract(graph, start, rng):
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    start([ns], max_age_ms=0)
+    topics = {f"{ns}/panoptic/{t}": Image for t in ("semantic", "instances", "panoptic", "overlay")}
+    topics[f"{ns}/panoptic/detections"] = Detection2DArray
+    topics["/diagnostics"] = DiagnosticArray
+    c = Collector(graph, topics)
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    rgb = rgb_frame(rng)
+    stamp = Time(sec=1_700_000_000, nanosec=123)
+    names = [t for t in topics if t != "/diagnostics"]
+    ok = c.spin_until(lambda g: all(g[t] for t in names) and any(
+        kv.key == f"{ns} published" and int(kv.value) > 0 for d in g["/diagnostics"] for s in d.status
+        for kv in s.values), publish=lambda: pub.publish(image_msg(rgb, stamp, "front_optical")))
+    assert ok, {t: len(v) for t, v in c.got.items()}
+    out = {t.rsplit("/", 1)[1]: c.got[t][0] for t in names}
+    for name, enc in (("semantic", "mono8"), ("instances", "mono16"), ("panoptic", "32SC1"), ("overlay", "bgr8")):
+        m = out[name]
+        assert (m.encoding, m.height, m.width) == (enc, 48, 64), name
+        assert (m.header.stamp.sec, m.header.stamp.nanosec, m.header.frame_id) == (1_700_000_000, 123, "front_optical")
+    semantic, instance, panoptic = (image_array(out[n]) for n in ("semantic", "instances", "panoptic"))
+    assert np.array_equal(np.where(panoptic >= 1000, panoptic // 1000, np.where(panoptic < 0, 255, panoptic)),
+                          semantic)
+    assert np.array_equal(np.where(panoptic >= 1000, panoptic % 1000, 0), instance)
+    dets = out["detections"]
+    assert dets.header.frame_id == "front_optical" and stamp_of(dets) == stamp_of(out["semantic"])
+    assert sorted(int(d.id) for d in dets.detections) == sorted(set(np.unique(instance).tolist()) - {0})
+    for d in dets.detections:
+        ys, xs = np.nonzero(instance == int(d.id))
+        assert d.bbox.size_x == xs.max() + 1 - xs.min() and d.bbox.size_y == ys.max() + 1 - ys.min()
+        assert int(d.results[0].hypothesis.class_id) == int(semantic[ys[0], xs[0]])
+    kv = {v.key: v.value for d in c.got["/diagnostics"] for s in d.status for v in s.values}
+    assert kv["backend"] == "torch" and kv["model"] == "tiny_lite0" and float(kv["latency total p50 (ms)"]) > 0
+    c.close()
+    # label_info, latched: a subscriber that comes late still gets it
+    qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+    late = Collector(graph, {f"{ns}/panoptic/label_info": LabelInfo}, qos)
+    assert late.spin_until(lambda g: g[f"{ns}/panoptic/label_info"], timeout=10)
+    info = late.got[f"{ns}/panoptic/label_info"][0]
+    assert [(v.class_id, v.class_name) for v in info.class_map][:3] == [(0, "sky"), (1, "building"), (2, "pole")]
+    late.close()
+
+
+def test_compressed_input(graph, start, rng):
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    start([ns], input_transport="compressed", max_age_ms=0)
+    c = Collector(graph, {f"{ns}/panoptic/semantic": Image})
+    pub = graph.create_publisher(CompressedImage, f"{ns}/image/compressed", 10)
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb_frame(rng, 40, 56)).save(buf, format="PNG")
+    msg = CompressedImage(format="png", data=buf.getvalue())
+    msg.header.stamp, msg.header.frame_id = Time(sec=5, nanosec=7), "cam"
+    assert c.spin_until(lambda g: g[f"{ns}/panoptic/semantic"], publish=lambda: pub.publish(msg))
+    out = c.got[f"{ns}/panoptic/semantic"][0]
+    assert (out.height, out.width, out.header.frame_id, stamp_of(out)) == (40, 56, "cam", 5_000_000_007)
+    c.close()
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_several_cameras_each_get_their_own_outputs(graph, start, rng, batch):
+    base = f"/t{uuid.uuid4().hex[:6]}"
+    cams = [f"{base}/a", f"{base}/b"]
+    start(cams, batch_cameras=batch, max_age_ms=0)
+    c = Collector(graph, {f"{cam}/panoptic/panoptic": Image for cam in cams})
+    pubs = {cam: graph.create_publisher(Image, f"{cam}/image", 10) for cam in cams}
+    shapes = {cams[0]: (48, 64), cams[1]: (36, 40)}
+
+    def publish():
+        for i, cam in enumerate(cams):
+            pubs[cam].publish(image_msg(rgb_frame(rng, *shapes[cam]), Time(sec=100 + i), cam.rsplit("/", 1)[1]))
+
+    assert c.spin_until(lambda g: all(g.values()), publish=publish)
+    for i, cam in enumerate(cams):
+        for m in c.got[f"{cam}/panoptic/panoptic"]:  # every output of a camera is its own frame's
+            assert (m.header.frame_id, m.header.stamp.sec, (m.height, m.width)) == (cam.rsplit("/", 1)[1], 100 + i,
+                                                                                     shapes[cam])
+    c.close()
+
+
+def wait_for_subscriber(graph, pub, timeout=10.0):
+    """A publisher's messages reach nobody until the subscription is matched."""
+    end = time.time() + timeout
+    while time.time() < end and pub.get_subscription_count() == 0:
+        rclpy.spin_once(graph, timeout_sec=0.05)
+    assert pub.get_subscription_count() > 0, f"nobody subscribes {pub.topic_name}"
+
+
+def test_newest_frame_wins_and_old_frames_are_dropped_on_sim_time(graph, start, rng):
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    start([ns], max_age_ms=200, use_sim_time=True)
+    clock = graph.create_publisher(Clock, "/clock", 10)
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    wait_for_subscriber(graph, clock)
+    wait_for_subscriber(graph, pub)
+    c = Collector(graph, {f"{ns}/panoptic/semantic": Image, "/diagnostics": DiagnosticArray})
+    tick = lambda: clock.publish(Clock(clock=Time(sec=1000)))  # noqa: E731  sim time: 1000 s
+    c.spin_until(lambda g: False, publish=tick, timeout=1.0)
+    rgb = rgb_frame(rng)
+    # a frame 1 s older than the sim clock is older than max_age_ms: dropped, counted, never published
+    for _ in range(3):
+        pub.publish(image_msg(rgb, Time(sec=999), "f"))
+        c.spin_until(lambda g: False, publish=tick, timeout=0.3)
+    assert not c.got[f"{ns}/panoptic/semantic"]
+    # a burst of fresh frames, faster than inference: the newest is published, the older ones dropped
+    burst = [Time(sec=1000, nanosec=i) for i in range(1, 30)]
+    for s in burst:
+        pub.publish(image_msg(rgb, s, "f"))
+    c.spin_until(lambda g: False, publish=tick, timeout=2.0)
+    stamps = [m.header.stamp.nanosec for m in c.got[f"{ns}/panoptic/semantic"]]
+    assert stamps and stamps[-1] == burst[-1].nanosec and len(stamps) < len(burst), stamps
+    kv = {v.key: v.value for d in c.got["/diagnostics"] for s in d.status for v in s.values}
+    assert int(kv[f"{ns} dropped (older than max_age_ms)"]) == 3
+    assert int(kv[f"{ns} dropped (newer frame)"]) >= 1
+    c.close()
+
+
+def test_bad_frames_are_counted_and_skipped(graph, start, rng):
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    node = start([ns], max_age_ms=0)
+    c = Collector(graph, {f"{ns}/panoptic/semantic": Image, "/diagnostics": DiagnosticArray})
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    wait_for_subscriber(graph, pub)
+    rgb = rgb_frame(rng)
+    wrong_encoding = image_msg(rgb, Time(sec=1), "f", encoding="yuv422")
+    truncated = image_msg(rgb, Time(sec=2), "f")
+    truncated.data = rgb.tobytes()[:100]
+    good = image_msg(rgb, Time(sec=3), "f")
+
+    def bad_frames(g) -> int:
+        kv = {v.key: v.value for d in g["/diagnostics"] for s in d.status for v in s.values}
+        return int(kv.get(f"{ns} bad frames", 0))
+
+    # one at a time, each decoded (and counted) before the next, so no frame replaces another
+    for expected, msg in enumerate((wrong_encoding, truncated), start=1):
+        pub.publish(msg)
+        assert c.spin_until(lambda g: bad_frames(g) >= expected), (expected, node.output())
+    assert c.spin_until(lambda g: g[f"{ns}/panoptic/semantic"], publish=lambda: pub.publish(good))
+    assert {m.header.stamp.sec for m in c.got[f"{ns}/panoptic/semantic"]} == {3}
+    assert node.proc.poll() is None and "yuv422" in node.output()
+    c.close()
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"qos_depth": 0}, "parameter 'qos_depth' = 0 is invalid"),
+    ({"backend": "cuda_magic"}, "parameter 'backend'"),
+    ({"cameraz": ["/x"]}, "unknown parameter 'cameraz'"),
+    ({"model": "/nonexistent/model.yaml"}, "model config '/nonexistent/model.yaml' not found"),
+])
+def test_a_bad_parameter_exits_1_with_one_line(start, params, expected):
+    node = start(["/bad/cam"], wait=False, **params)
+    assert node.wait(START_TIMEOUT) == 1
+    out = node.output()
+    errors = [line for line in out.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and expected in errors[0], out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("how", ["sigint_twice", "sigterm"])
+def test_the_node_stops_cleanly(graph, start, rng, how):
+    """Ctrl-C in a terminal reaches the whole group (and launch forwards another): exit 0, no traceback,
+    within 2 s, with frames in flight."""
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    node = start([ns], max_age_ms=0)
+    c = Collector(graph, {f"{ns}/panoptic/semantic": Image})
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    rgb = rgb_frame(rng)
+    assert c.spin_until(lambda g: g[f"{ns}/panoptic/semantic"],
+                        publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")))
+    for _ in range(5):
+        pub.publish(image_msg(rgb, now(graph), "f"))
+    t0 = time.time()
+    if how == "sigint_twice":
+        node.signal(signal.SIGINT)
+        time.sleep(0.05)
+        node.signal(signal.SIGINT)
+    else:
+        node.signal(signal.SIGTERM)
+    code = node.wait(10)
+    took = time.time() - t0
+    out = node.output()
+    assert code == 0 and "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert took < 2.0, took
+    c.close()
