@@ -15,6 +15,7 @@ from .backend import TorchBackend, Backend
 from .cell_decision import CellDecision
 from .postprocess import merge_panoptic, resize_masks, select_queries
 from .preprocess import preprocess, target_size
+from .published import published_panoptic, select_queries_published
 from .remap import remap_result
 from .result import PanopticResult, upsample_result
 
@@ -106,7 +107,10 @@ class Pipeline:
         results = []
         for i, (_, _, geom) in enumerate(prepared):
             ts = time.perf_counter()
-            keep, labels, scores = select_queries(logits[i].float().cpu(), self.threshold)
+            pp = self.cfg.postprocess
+            published = pp.rule == "published"
+            select = select_queries_published if published else select_queries
+            keep, labels, scores = select(logits[i].float().cpu(), self.threshold)
             # mask logits stay where the backend made them: on a GPU, resizing and the per-pixel
             # decision run there too (postprocess.py)
             mask_logits = (self.backend.masks(feats, i, hs[i, keep]).float() if len(keep)
@@ -116,12 +120,15 @@ class Pipeline:
             # resolution and its maps nearest-upsampled, as DETR's published post-processing does:
             # deciding every input pixel costs ~5x more at 1080p, for boundaries placed within a
             # network pixel (postprocess.full_resolution: true still does it)
-            pp = self.cfg.postprocess
             larger = geom.height * geom.width > geom.resized_h * geom.resized_w
             decide = dataclasses.replace(geom, height=geom.resized_h, width=geom.resized_w) \
-                if larger and not pp.full_resolution else geom
-            result = merge_panoptic(self._masks_to_decide(mask_logits, decide, scores), labels, scores,
-                                    self.taxonomy.thing_lut, pp.merge, pp.min_area, self.cfg.labels, pp.overlap)
+                if larger and not pp.full_resolution and not published else geom
+            if published:  # DETR's own rule: decided at the network's size, areas at the frame's
+                result = published_panoptic(mask_logits.cpu(), labels, scores, geom, self.backend.mask_stride,
+                                            self.taxonomy.thing_lut, self.cfg.labels)
+            else:
+                result = merge_panoptic(self._masks_to_decide(mask_logits, decide, scores), labels, scores,
+                                        self.taxonomy.thing_lut, pp.merge, pp.min_area, self.cfg.labels, pp.overlap)
             if self.mapping is not None:
                 result = remap_result(result, self.mapping)
             if decide is not geom:  # last: every step before works on the smaller maps
