@@ -11,7 +11,7 @@ demo:
 TEST_MSGS := $(CURDIR)/build/test_msgs/install
 
 install-test:
-	$(PY) -m pip install -q -e '.[cpu,test]'
+	$(PY) -m pip install -q -e '.[cpu,test,fleet]'
 	# panopticapi-lite pins numpy<2, which is stale: its code runs on numpy 2
 	$(PY) -m pip install -q --no-deps panopticapi-lite
 	# no ROS 2 here (CI): rclpy and the message packages from PyPI, vision_msgs built for the tests

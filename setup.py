@@ -15,7 +15,8 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.json") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.json") + glob("config/*.rviz")
+                                           + glob("config/*.xml")),
         (f"share/{PACKAGE}/models", glob("models/*.yaml") + glob("models/*.pth") + glob("models/*.md")),
     ],
     python_requires=">=3.10",
@@ -25,6 +26,8 @@ setup(
     extras_require={
         # CPU installs: pin torch, an unpinned torch may pull a multi-GB CUDA build
         "cpu": ["torch==2.13.0", "onnx", "onnxruntime", "openvino", "safetensors"],
+        # fleet validation on Ray (panoptic-node fleet)
+        "fleet": ["ray>=2.40"],
         # ROS 2 Jazzy from PyPI, for machines without a ROS install (CI): rclpy and the message packages
         # the node uses, and the generators test/ros_msgs/build.py builds the test-only vision_msgs with
         "ros-wheels": ["ros-jazzy-rclpy[fastrtps]", "ros-jazzy-sensor-msgs", "ros-jazzy-diagnostic-msgs",

@@ -154,6 +154,45 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def cmd_fleet(args) -> int:
+    from .fleet.bags import find_bags
+    from .fleet.report import compare, load_report
+    from .fleet.run import read_tags, run_fleet
+    from .output_safety import check_outputs
+    out = Path(args.out)
+    bags = find_bags(args.bags)
+    if not bags:
+        raise FileNotFoundError(f"no bags found in {', '.join(args.bags)}")
+    # the fleet folder is ours to fill and refill (a rerun resumes in it); it must not be or hold an input
+    check_outputs({"--out": out}, bags + [args.weights, args.onnx], overwrite=True, bags=())
+    if out.exists() and any(out.iterdir()) and not (out / "bags").is_dir():
+        raise FileExistsError(f"--out '{out}' holds files of something else (no bags/ of an earlier fleet run); "
+                              f"choose an empty or new folder")
+    baseline = load_report(args.baseline) if args.baseline else None
+    tags = read_tags(args.tags) if args.tags else None
+    report = run_fleet(bags, out, args.model, weights=args.weights, backend=args.backend, device=args.device,
+                       threshold=args.threshold, labels=args.labels, onnx=args.onnx, workers=args.workers,
+                       cpus=args.cpus, address=args.address, tags=tags, write_bags=args.write_bags,
+                       video=args.video)
+    h = report["headline"]
+    if h:
+        print(f"fleet: PQ {100 * h['pq']:.1f} (things {100 * h['pq_things']:.1f}, stuff {100 * h['pq_stuff']:.1f}), "
+              f"mIoU {100 * h['miou']:.1f} on {report['frames_scored']} frames of {report['bags_scored']} bags")
+    for tag, g in report["groups"].items():
+        print(f"  {tag}: PQ {100 * g['pq']:.1f}, mIoU {100 * g['miou']:.1f} ({g['bags']} bags, {g['frames']} frames)")
+    if report["failed"]:
+        print(f"{len(report['failed'])} bags not scored (see report.html)", file=sys.stderr)
+    print(f"report: {out / 'report.html'}, {out / 'report.json'}")
+    if baseline is not None:
+        losses = compare(report, baseline, args.max_pq_drop)
+        for line in losses:
+            print(f"worse than the baseline: {line}", file=sys.stderr)
+        if losses:
+            return 1
+        print(f"no loss over {args.max_pq_drop} PQ points against {args.baseline}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .atomic import write_json
     from .evaluation.report import bar_chart
@@ -381,6 +420,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chart", help="per-class bar chart PNG")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json / --chart")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("fleet", help="replay and score many bags on Ray (local or a cluster): one exact fleet "
+                                     "score, per bag and per group, report.html / report.json, a baseline gate")
+    p.add_argument("bags", nargs="+", help="bag folders, folders of bags, globs, or .txt lists of them")
+    p.add_argument("--out", required=True, help="results folder (a rerun resumes in it)")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors, each with the model loaded once")
+    p.add_argument("--cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--address", help="an existing Ray cluster (Ray's address forms, e.g. ray://head:10001 or auto)")
+    p.add_argument("--tags", help="CSV of bag,tag to group bags by (default: the folder a bag lies in)")
+    p.add_argument("--baseline", help="an earlier report.json: exit 1 when the fleet, a group or a class loses more "
+                                      "than --max-pq-drop PQ points")
+    p.add_argument("--max-pq-drop", type=float, default=1.0)
+    p.add_argument("--write-bags", action="store_true", help="also write each bag's output bag (out/bags_out)")
+    p.add_argument("--video", action="store_true", help="also write each bag's overlay video (out/videos)")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_fleet)
 
     p = sub.add_parser("demo", help="CamVid val -> bag -> replay with the default model -> PQ, mIoU, fps, video")
     p.add_argument("--camvid", help="CamVid folder (default ../shared/data/camvid)")

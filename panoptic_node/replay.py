@@ -44,6 +44,7 @@ class ReplaySummary:
     precision: str = ""
     model: str = ""
     scoring: bool = False   # ground truth was there to score against
+    evaluator: Optional[Evaluator] = field(default=None, repr=False)  # its accumulators (fleet merges them)
 
     def percentiles(self) -> Dict[str, Dict[str, float]]:
         out = {}
@@ -231,6 +232,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
         summary.scoring = True
         summary.frames_without_gt += len(pending_pred)
         summary.gt_unmatched += len(pending_gt)
+    summary.evaluator = evaluator
     if evaluator and summary.evaluated:
         summary.metrics = evaluator.report()
     if writer:

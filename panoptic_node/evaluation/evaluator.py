@@ -73,6 +73,27 @@ class Evaluator:
         self.confusion.add_runs(_classes(gt_runs, gt_segments), _classes(pred_runs, pred_segments), lengths)
         self.frames += 1
 
+    def state(self) -> Dict[str, object]:
+        """What was accumulated, as JSON types: per class PQ sums and counts, the confusion matrix and
+        the frame count. States of disjoint frame sets merge exactly (merge_state), so frames scored in
+        many processes (fleet.py) give the numbers one process scoring them all would."""
+        return {"taxonomy": self.taxonomy.name, "frames": self.frames,
+                "pq": {str(k): [v.iou, v.tp, v.fp, v.fn] for k, v in self.pq.stats.items()},
+                "confusion": self.confusion.matrix.tolist()}
+
+    def merge_state(self, state: Dict[str, object]) -> None:
+        from .pq import ClassStat
+        if state["taxonomy"] != self.taxonomy.name:
+            raise ValueError(f"cannot merge scores in the {state['taxonomy']} label set into {self.taxonomy.name}")
+        matrix = np.asarray(state["confusion"], np.int64)
+        if matrix.shape != self.confusion.matrix.shape:
+            raise ValueError(f"confusion matrix {matrix.shape} does not fit {self.confusion.matrix.shape}")
+        self.confusion.matrix += matrix
+        for k, (iou, tp, fp, fn) in state["pq"].items():
+            s = self.pq.stats.setdefault(int(k), ClassStat())
+            s.iou, s.tp, s.fp, s.fn = s.iou + iou, s.tp + tp, s.fp + fp, s.fn + fn
+        self.frames += state["frames"]
+
     def report(self) -> Dict[str, object]:
         tax = self.taxonomy
         sem = self.confusion.scores()

@@ -1,0 +1,159 @@
+"""The fleet's report: bag results merged exactly into one score (the evaluators' accumulators added,
+not per-bag scores averaged), per bag and per group rows, the slowest stages; report.json and a
+self-contained report.html; and the gate against an earlier report."""
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from ..atomic import atomic_path, write_json
+from ..evaluation.evaluator import Evaluator
+from ..taxonomy import get_taxonomy
+
+
+def _headline(rep: dict) -> dict:
+    return {"pq": rep["pq"]["pq"], "sq": rep["pq"]["sq"], "rq": rep["pq"]["rq"], "pq_things": rep["pq_things"]["pq"],
+            "pq_stuff": rep["pq_stuff"]["pq"], "miou": rep["miou"], "pixel_accuracy": rep["pixel_accuracy"]}
+
+
+def merged(results: List[dict], taxonomy: str) -> Evaluator:
+    ev = Evaluator(get_taxonomy(taxonomy))
+    for r in results:
+        if r.get("ok") and r.get("scores"):
+            ev.merge_state(r["scores"])
+    return ev
+
+
+def build_report(results: List[dict], settings: dict) -> dict:
+    """results: the bags' results with their 'bag' and 'tag'."""
+    ok = [r for r in results if r.get("ok")]
+    scored = [r for r in ok if r.get("scores")]
+    taxonomy = scored[0]["scores"]["taxonomy"] if scored else None
+    fleet = merged(scored, taxonomy).report() if scored else None
+    groups: Dict[str, List[dict]] = defaultdict(list)
+    for r in scored:
+        groups[r["tag"]].append(r)
+    stages: Dict[str, List[float]] = defaultdict(list)
+    for r in ok:
+        for stage, values in r["stage_ms"].items():
+            stages[stage] += values
+    latency = {s: {p: float(np.percentile(v, int(p[1:]))) for p in ("p50", "p90", "p99")}
+               for s, v in stages.items() if v}
+    return {
+        "settings": settings,
+        "bags_total": len(results), "bags_scored": len(scored), "frames": sum(r["frames"] for r in ok),
+        "frames_scored": sum(r["evaluated"] for r in ok),
+        "failed": [{"bag": r["bag"], "error": r["error"]} for r in results if not r.get("ok")],
+        "fleet": fleet,
+        "headline": _headline(fleet) if fleet else None,
+        "groups": {tag: {"bags": len(rs), "frames": sum(r["evaluated"] for r in rs),
+                         **_headline(merged(rs, taxonomy).report())} for tag, rs in sorted(groups.items())},
+        "bags": [{"bag": r["bag"], "tag": r["tag"], "frames": r["frames"], "scored": r["evaluated"],
+                  "fps": r["frames"] / r["seconds"] if r["seconds"] else 0.0,
+                  **(_headline(r["metrics"]) if r.get("metrics") else {})} for r in ok],
+        "latency_ms": dict(sorted(latency.items(), key=lambda kv: -kv[1]["p50"])),  # slowest first
+    }
+
+
+def compare(report: dict, baseline: dict, max_drop: float) -> List[str]:
+    """What lost more than `max_drop` PQ points against the baseline: the fleet, a group, a class."""
+    losses = []
+
+    def check(what, now, before):
+        if now is not None and before is not None and 100 * (before - now) > max_drop:
+            losses.append(f"{what}: PQ {100 * before:.1f} -> {100 * now:.1f} ({100 * (now - before):+.1f})")
+
+    if report.get("headline") and baseline.get("headline"):
+        check("fleet", report["headline"]["pq"], baseline["headline"]["pq"])
+    for tag, g in report.get("groups", {}).items():
+        if tag in baseline.get("groups", {}):
+            check(f"group {tag}", g["pq"], baseline["groups"][tag]["pq"])
+    now_classes = (report.get("fleet") or {}).get("per_class", {})
+    before_classes = (baseline.get("fleet") or {}).get("per_class", {})
+    for cid, entry in now_classes.items():
+        before = before_classes.get(str(cid)) or before_classes.get(cid)
+        if before and "pq" in entry and "pq" in before:
+            check(f"class {entry['name']}", entry["pq"], before["pq"])
+    return losses
+
+
+def _pct(v) -> str:
+    return "" if v is None or v != v else f"{100 * v:.1f}"
+
+
+def _table(rows: List[dict], columns: List[tuple], table_id: str) -> str:
+    head = "".join(f"<th onclick=\"sortBy('{table_id}', {i})\">{html.escape(t)}</th>" for i, (t, _, _) in
+                   enumerate(columns))
+    body = []
+    for r in rows:
+        cells = []
+        for _, key, kind in columns:
+            v = r.get(key)
+            text = _pct(v) if kind == "pct" else (f"{v:.1f}" if kind == "num" and v is not None else html.escape(str(v)))
+            cells.append(f"<td data-v=\"{html.escape(str(v if v is not None else ''))}\">{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table id=\"{table_id}\"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+METRIC_COLUMNS = [("PQ", "pq", "pct"), ("SQ", "sq", "pct"), ("RQ", "rq", "pct"), ("PQ things", "pq_things", "pct"),
+                  ("PQ stuff", "pq_stuff", "pct"), ("mIoU", "miou", "pct")]
+
+
+def render_html(report: dict) -> str:
+    h = report.get("headline") or {}
+    classes = [{"class": e["name"], "kind": "thing" if e["isthing"] else "stuff", "pq": e.get("pq"),
+                "sq": e.get("sq"), "rq": e.get("rq"), "iou": e.get("iou")}
+               for e in (report.get("fleet") or {}).get("per_class", {}).values()]
+    groups = [{"group": tag, **g} for tag, g in report["groups"].items()]
+    stages = [{"stage": s, **v} for s, v in report["latency_ms"].items()]
+    failed = "".join(f"<li><b>{html.escape(f['bag'])}</b>: {html.escape(f['error'])}</li>" for f in report["failed"])
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>panoptic_node fleet report</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #bbb;padding:3px 8px;text-align:right}} th{{cursor:pointer;background:#eee}}
+td:first-child{{text-align:left}} .big{{font-size:1.4em}}</style></head><body>
+<h1>Fleet report</h1>
+<p class="big" id="headline">PQ {_pct(h.get('pq'))} (things {_pct(h.get('pq_things'))}, stuff {_pct(h.get('pq_stuff'))})
+&middot; mIoU {_pct(h.get('miou'))} &middot; {report['bags_scored']} of {report['bags_total']} bags,
+{report['frames_scored']} frames scored</p>
+<h2>Bags</h2>{_table(report['bags'], [("bag", "bag", "str"), ("group", "tag", "str"), ("frames", "frames", "str"),
+                                      ("frames/s", "fps", "num")] + METRIC_COLUMNS, "bags")}
+<h2>Groups</h2>{_table(groups, [("group", "group", "str"), ("bags", "bags", "str"), ("frames", "frames", "str")]
+                       + METRIC_COLUMNS, "groups")}
+<h2>Classes</h2>{_table(classes, [("class", "class", "str"), ("kind", "kind", "str"), ("PQ", "pq", "pct"),
+                                  ("SQ", "sq", "pct"), ("RQ", "rq", "pct"), ("IoU", "iou", "pct")], "classes")}
+<h2>Slowest stages (ms per frame)</h2>{_table(stages, [("stage", "stage", "str"), ("p50", "p50", "num"),
+                                                       ("p90", "p90", "num"), ("p99", "p99", "num")], "stages")}
+<h2>Bags not scored</h2><ul id="failed">{failed or '<li>none</li>'}</ul>
+<script>
+function sortBy(id, col) {{
+  const body = document.getElementById(id).tBodies[0];
+  const rows = Array.from(body.rows);
+  const asc = body.dataset.col == col && body.dataset.dir != "asc";
+  rows.sort((a, b) => {{
+    const x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
+    const nx = parseFloat(x), ny = parseFloat(y);
+    const c = (isNaN(nx) || isNaN(ny)) ? x.localeCompare(y) : nx - ny;
+    return asc ? c : -c;
+  }});
+  rows.forEach(r => body.appendChild(r));
+  body.dataset.col = col; body.dataset.dir = asc ? "asc" : "desc";
+}}
+</script></body></html>
+"""
+
+
+def write_report(report: dict, out: Path) -> None:
+    write_json(report, Path(out) / "report.json", indent=1)
+    with atomic_path(Path(out) / "report.html") as tmp:
+        tmp.write_text(render_html(report))
+
+
+def load_report(path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"baseline '{path}' is not a readable fleet report.json ({e})") from None

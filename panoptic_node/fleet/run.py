@@ -1,0 +1,135 @@
+"""Drives a fleet run on Ray: bags already scored the same way are skipped, the rest go to workers
+(Ray actors that load the model once) one bag at a time; each bag's result is written as it finishes,
+a damaged bag is reported and the others go on, a worker that dies is restarted and its bag retried."""
+import csv
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import yaml
+from tqdm import tqdm
+
+from . import results as store
+from .report import build_report, write_report
+from .worker import BagScorer
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+def frames_in(bag: Path) -> int:
+    """The most-recorded image topic's message count, from metadata.yaml (for the progress bar)."""
+    try:
+        info = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        counts = [t["message_count"] for t in info["topics_with_message_count"]
+                  if t["topic_metadata"]["type"] in IMAGE_TYPES and not t["topic_metadata"]["name"].endswith("overlay")]
+        return max(counts, default=0)
+    except (OSError, TypeError, KeyError, yaml.YAMLError):
+        return 0
+
+
+def read_tags(path) -> Dict[str, str]:
+    """A CSV of `bag,tag` rows (bag: its folder name or path); a header row is allowed."""
+    tags = {}
+    with open(path, newline="") as f:
+        for row in csv.reader(f):
+            if len(row) >= 2 and row[0].strip() and row[0].strip().lower() != "bag":
+                tags[row[0].strip()] = row[1].strip()
+    return tags
+
+
+def tag_of(bag: Path, tags: Optional[Dict[str, str]]) -> str:
+    """The CSV's tag (by path, then by name), else the folder the bag lies in (e.g. day / dusk / rain)."""
+    if tags:
+        for key in (str(bag), str(bag.resolve()), bag.name):
+            if key in tags:
+                return tags[key]
+    return bag.parent.name or "."
+
+
+def settings_of(model, weights, backend, device, threshold, labels, onnx) -> dict:
+    """Everything that changes a bag's score: a rerun with other settings scores again."""
+    from ..model.checkpoint import require_weights_file, weights_of
+    from ..model.config import load_config
+    cfg = load_config(model)
+    w = require_weights_file(weights_of(cfg, weights))
+    return {"model": cfg.to_dict(), "weights_sha256": store.file_sha256(w), "backend": backend, "device": device,
+            "threshold": threshold, "labels": labels, "onnx_sha256": store.file_sha256(onnx) if onnx else None}
+
+
+def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: str = "auto", device: str = "cpu",
+              threshold=None, labels=None, onnx=None, workers: int = 2, cpus: Optional[int] = None,
+              address: Optional[str] = None, tags: Optional[Dict[str, str]] = None, write_bags: bool = False,
+              video: bool = False, log=print) -> dict:
+    import ray
+
+    out = Path(out)
+    settings = settings_of(model, weights, backend, device, threshold, labels, onnx)
+    results, pending = [], []
+    for bag in bags:
+        key = store.run_key(settings, bag)
+        done = store.load_done(out, bag, key)
+        if done:
+            done["tag"] = tag_of(bag, tags)  # the grouping may have changed since
+            results.append(done)
+        else:
+            pending.append((bag, key))
+    if len(results):
+        log(f"{len(results)} bags already scored with these settings: kept (results in {out / 'bags'})")
+    if pending:
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        try:
+            results += _score(ray, pending, out, settings, tags, model, weights, backend, device, threshold, labels,
+                              onnx, workers, cpus, write_bags, video)
+        finally:
+            if started:
+                ray.shutdown()
+    report = build_report(results, settings)
+    write_report(report, out)
+    return report
+
+
+def _score(ray, pending, out, settings, tags, model, weights, backend, device, threshold, labels, onnx, workers,
+           cpus, write_bags, video) -> List[dict]:
+    total_cpus = int(ray.available_resources().get("CPU", 1)) if cpus is None else cpus
+    n = max(1, min(workers, len(pending)))
+    threads = max(1, total_cpus // n)
+    # a worker that dies (killed, out of memory) is restarted with the model loaded again, and the bag
+    # it held is retried
+    scorer = ray.remote(num_cpus=threads, max_restarts=2, max_task_retries=2)(BagScorer)
+    actors = [scorer.remote(model, weights, backend, device, threshold, labels, onnx, threads) for _ in range(n)]
+    queue, running, done = list(pending), {}, []
+    bar = tqdm(total=sum(frames_in(b) for b, _ in pending), unit="frame", desc="fleet")
+    failed = 0
+
+    def submit(actor):
+        bag, key = queue.pop(0)
+        out_bag = str(out / "bags_out" / bag.name) if write_bags else None
+        video_path = str(out / "videos" / f"{bag.name}.mp4") if video else None
+        running[actor.score.remote(str(bag), out_bag, video_path)] = (actor, bag, key)
+
+    for actor in actors:
+        if queue:
+            submit(actor)
+    try:
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            actor, bag, key = running.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayError as e:  # the worker died more often than it is restarted
+                result = {"ok": False, "error": f"worker failed: {str(e).splitlines()[0]}"}
+            result.update(bag=str(bag), tag=tag_of(bag, tags), key=key)
+            store.save(out, bag, result)  # as it finishes: a run stopped later keeps it
+            done.append(result)
+            failed += not result["ok"]
+            bar.update(result.get("frames", 0) if result["ok"] else frames_in(bag))
+            bar.set_postfix(bags=f"{len(done)}/{len(pending)}", failed=failed)
+            if not result["ok"]:
+                bar.write(f"not scored: {bag}: {result['error']}")
+            if queue:
+                submit(actor)
+    finally:
+        bar.close()
+    return done

@@ -1,0 +1,136 @@
+"""Fleet validation on a local Ray: merged fleet numbers equal one process scoring every frame, a damaged
+bag is reported while the others are scored, a rerun skips finished bags, changed weights score again,
+and the baseline gate passes the same model and fails a worse one."""
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from panoptic_node.bag.convert import DatasetFrame, write_bag
+from panoptic_node.cli import main
+from panoptic_node.evaluation.evaluator import Evaluator
+from panoptic_node.evaluation.gt import panoptic_from_labels
+from panoptic_node.inference.pipeline import Pipeline
+from panoptic_node.model.config import load_config
+from panoptic_node.model.checkpoint import save_checkpoint
+from panoptic_node.model.detr import build_model
+from panoptic_node.replay import replay
+from panoptic_node.taxonomy import get_taxonomy
+
+
+ray = pytest.importorskip("ray", reason="the fleet extra (ray) is not installed: make test installs it")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+# CamVid class -> the Cityscapes trainId it comes from (the inverse of the Cityscapes -> CamVid grouping)
+TO_CITYSCAPES = np.array([10, 2, 5, 0, 1, 8, 7, 4, 13, 11, 18] + [255] * 245, np.uint8)
+
+
+@pytest.fixture(scope="module")
+def fleet_bags(tmp_path_factory):
+    """Three drives of CamVid val frames in two groups, both storages, one with its ground truth in
+    Cityscapes labels (mapped back to CamVid's when scored); the shipped street model scores them."""
+    from conftest import camvid_or_skip
+    from panoptic_node.bag.convert import camvid_frames
+    camvid = camvid_or_skip()
+    root = tmp_path_factory.mktemp("fleet")
+    frames = list(itertools.islice(camvid_frames(camvid, "val"), 0, 60, 6))  # ten frames across the drive
+    write_bag(iter(frames[:4]), root / "day" / "drive_a", "mcap", labels="camvid")
+    write_bag(iter(frames[4:7]), root / "day" / "drive_b", "sqlite3", labels="camvid")
+    city = get_taxonomy("cityscapes")
+    as_cityscapes = []
+    for f in frames[7:]:
+        sem = TO_CITYSCAPES[f.semantic]
+        inst = np.where(f.panoptic >= 1000, f.panoptic % 1000, 0).astype(np.uint16)
+        as_cityscapes.append(DatasetFrame(f.stamp_ns, f.rgb, sem, panoptic_from_labels(sem, inst, city.thing_lut)))
+    write_bag(iter(as_cityscapes), root / "dusk" / "drive_c", "mcap", labels="cityscapes")
+    return root, "street_lite0"
+
+
+def test_merged_fleet_numbers_equal_one_process(local_ray, fleet_bags, tmp_path):
+    from panoptic_node.fleet.bags import find_bags
+    from panoptic_node.fleet.report import merged
+    from panoptic_node.fleet.run import run_fleet
+    root, model = fleet_bags
+    bags = find_bags([str(root)])
+    assert [b.name for b in bags] == ["drive_a", "drive_b", "drive_c"]
+    report = run_fleet(bags, tmp_path / "out", model, backend="torch", workers=2, cpus=2, log=lambda m: None)
+    assert report["headline"]["pq"] > 0.2  # the street model on street frames: numbers that mean something
+    # one process, every frame in sequence, into one evaluator
+    pipeline = Pipeline.from_config(model)
+    one = Evaluator(get_taxonomy("camvid"))
+    for bag in bags:
+        one.merge_state(replay(pipeline, bag, log=lambda m: None).evaluator.state())
+    expected = one.report()
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "out" / "bags").glob("*.json"))]
+    ours = merged(results, "camvid")
+    assert np.array_equal(ours.confusion.matrix, one.confusion.matrix) and ours.frames == one.frames == 10
+    for part in ("pq", "pq_things", "pq_stuff"):
+        for k in ("pq", "sq", "rq"):
+            assert report["fleet"][part][k] == pytest.approx(expected[part][k], abs=1e-12)
+    assert report["fleet"]["miou"] == pytest.approx(expected["miou"], abs=1e-12)
+    assert set(report["groups"]) == {"day", "dusk"} and report["groups"]["dusk"]["frames"] == 3
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "drive_c" in html and "<table id=\"bags\">" in html and "Slowest stages" in html
+
+
+def test_damaged_bag_rerun_and_changed_weights(local_ray, fleet_bags, tmp_path, capsys):
+    from panoptic_node.fleet.bags import find_bags
+    from panoptic_node.fleet.run import run_fleet
+    root, model = fleet_bags
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    data = next((root / "day" / "drive_a").glob("*.mcap")).read_bytes()
+    (broken / "cut.mcap").write_bytes(data[: len(data) // 2])  # a recording cut short, no metadata.yaml
+    bags = find_bags([str(root), str(broken)])
+    out = tmp_path / "out"
+    lines = []
+    report = run_fleet(bags, out, model, backend="torch", workers=2, cpus=2, log=lines.append)
+    assert report["bags_scored"] == 3 and len(report["failed"]) == 1
+    assert "cut.mcap" in report["failed"][0]["bag"] and "panoptic-node recover" in report["failed"][0]["error"]
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "bags").glob("drive_*.json")}
+    # a rerun keeps the three finished bags as they are (the damaged one is tried again)
+    report2 = run_fleet(bags, out, model, backend="torch", workers=2, cpus=2, log=lines.append)
+    assert "3 bags already scored" in lines[-1]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "bags").glob("drive_*.json")} == kept
+    assert report2["headline"] == report["headline"]
+    # other weights for the same config: every bag is scored again
+    torch.manual_seed(1)
+    save_checkpoint(build_model(load_config(model)), tmp_path / "other.pth")
+    lines.clear()
+    run_fleet(bags, out, model, weights=str(tmp_path / "other.pth"), backend="torch", workers=2, cpus=2,
+              log=lines.append)
+    assert not any("already scored" in line for line in lines)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "bags").glob("drive_*.json")} != kept
+
+
+def test_the_baseline_gate(local_ray, fleet_bags, tmp_path, capsys):
+    root, model = fleet_bags
+    args = ["fleet", str(root), "--model", model, "--backend", "torch", "--workers", "1", "--cpus", "2"]
+    assert main(args + ["--out", str(tmp_path / "base")]) == 0
+    baseline = str(tmp_path / "base" / "report.json")
+    # the same model against itself passes
+    assert main(args + ["--out", str(tmp_path / "same"), "--baseline", baseline]) == 0
+    assert "no loss over 1.0 PQ points" in capsys.readouterr().out
+    # a worse deployment of it (a threshold that keeps only its surest queries) fails, naming what lost
+    assert main(args + ["--out", str(tmp_path / "worse"), "--threshold", "0.995", "--baseline", baseline]) == 1
+    err = capsys.readouterr().err
+    assert "worse than the baseline: fleet: PQ" in err and "group day" in err
+
+
+def test_fleet_output_is_never_an_input_or_someone_elses_folder(fleet_bags, tmp_path, capsys):
+    root, model = fleet_bags
+    base = ["fleet", str(root), "--model", model, "--backend", "torch"]
+    assert main(base + ["--out", str(root / "day")]) == 2  # inside the bags it reads
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    assert main(base + ["--out", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "x"
