@@ -7,7 +7,9 @@ Baseline in the same run: the pipeline alone (same model, backend and frames, de
 out) in this process before the node starts. Per camera count it prints the output rate (Hz), the
 latency from the frame's stamp (wall clock at publish) to the receipt of its semantic map (p50 / p90 /
 p99), and the output rate as a share of the pipeline's own frames/s (what the node loses between the
-wire and the pipeline). The camera publishes best effort, rgb8 480x360, as a driver does.
+wire and the pipeline). The camera publishes best effort, rgb8 480x360, as a driver does; the listener
+subscribes to every map and the detections, as a driving stack would (--only-semantic: the semantic
+map alone, and the node builds nothing else).
 """
 import argparse
 import os
@@ -18,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import yaml
@@ -64,15 +67,19 @@ def pipeline_alone(frames, params) -> float:
     return len(frames) / (time.perf_counter() - t0)
 
 
-def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float, tmp: Path) -> dict:
+def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float, tmp: Path,
+        subscribe_all: bool = True, dds_profile: Optional[str] = None) -> dict:
     import rclpy
     from sensor_msgs.msg import Image
     namespaces = [f"/bench/cam{i}" for i in range(cameras)]
     params_file = tmp / f"params_{cameras}.yaml"
     params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": {**params, "cameras": namespaces}}}))
     log = (tmp / f"node_{cameras}.log").open("w")
+    env = dict(os.environ)
+    if dds_profile:  # the camera's and the node's participants, as car.launch.py sets it
+        env["FASTRTPS_DEFAULT_PROFILES_FILE"] = env["FASTDDS_DEFAULT_PROFILES_FILE"] = dds_profile
     node = subprocess.Popen(["panoptic_node", "--ros-args", "--params-file", str(params_file)], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
     camera = None
     rclpy.init()
     listener = rclpy.create_node("bench_listener")
@@ -81,8 +88,19 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
     def on_output(msg, ns):
         arrivals[ns].append((time.time(), msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9))
 
+    from diagnostic_msgs.msg import DiagnosticArray
+    from vision_msgs.msg import Detection2DArray
+    diagnostics = {}
+    listener.create_subscription(DiagnosticArray, "/diagnostics",
+                                 lambda m: diagnostics.update({v.key: v.value for s in m.status for v in s.values}), 10)
+    others = []  # what a driving stack reads besides: every map and the detections (received, not timed)
     for ns in namespaces:
         listener.create_subscription(Image, f"{ns}/panoptic/semantic", lambda m, ns=ns: on_output(m, ns), 10)
+        if subscribe_all:
+            for name in ("instances", "panoptic"):
+                others.append(listener.create_subscription(Image, f"{ns}/panoptic/{name}", lambda m: None, 10))
+            others.append(listener.create_subscription(Detection2DArray, f"{ns}/panoptic/detections",
+                                                       lambda m: None, 10))
     try:
         end = time.time() + 120  # the node is up when its outputs exist (a first start may export a graph)
         while not listener.get_publishers_info_by_topic(f"{namespaces[-1]}/panoptic/semantic"):
@@ -90,7 +108,7 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
                 raise RuntimeError(f"the node did not start: {(tmp / f'node_{cameras}.log').read_text()}")
             rclpy.spin_once(listener, timeout_sec=0.1)
         camera = subprocess.Popen([sys.executable, "-c", CAMERA, str(frames_file), ",".join(namespaces), str(hz)],
-                                  stdout=subprocess.PIPE, text=True, start_new_session=True)
+                                  stdout=subprocess.PIPE, text=True, start_new_session=True, env=env)
         assert camera.stdout.readline().strip() == "ready"
         warm = time.time() + 5.0  # discovery and the first frames
         while time.time() < warm:
@@ -112,7 +130,10 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
     for ns, got in arrivals.items():
         lat = sorted(1000 * (t - s) for t, s in got)
         out[ns] = {"hz": len(got) / span,
-                   **{f"p{q}": float(np.percentile(lat, q)) if lat else float("nan") for q in (50, 90, 99)}}
+                   **{f"p{q}": float(np.percentile(lat, q)) if lat else float("nan") for q in (50, 90, 99)},
+                   # the node's own count of this camera's frames (its /diagnostics, whole run)
+                   "node": {k.split(" ", 1)[1]: v for k, v in diagnostics.items() if k.startswith(f"{ns} ")}}
+    out["stages"] = {k: v for k, v in diagnostics.items() if k.startswith("latency")}
     return out
 
 
@@ -122,6 +143,12 @@ def main():
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--hz", type=float, default=30.0)
     parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--dds-profile", default=str(Path(__file__).resolve().parents[1] / "config" /
+                                                     "fastdds_large_images.xml"),
+                        help="Fast DDS profile for the camera and the node (as car.launch.py sets it); 'none': "
+                             "Fast DDS's defaults")
+    parser.add_argument("--only-semantic", action="store_true",
+                        help="subscribe to the semantic map alone (the node then builds no other output)")
     parser.add_argument("--camvid")
     parser.add_argument("-p", dest="params", action="append", default=[],
                         help="a node parameter, key:=value (YAML value), e.g. -p backend:=torch")
@@ -141,10 +168,14 @@ def main():
         d = Path(d)
         np.save(d / "frames.npy", frames)
         for n in args.cameras:
-            res = run(n, d / "frames.npy", params, args.seconds, args.hz, d)
+            res = run(n, d / "frames.npy", params, args.seconds, args.hz, d, not args.only_semantic,
+                      None if args.dds_profile == "none" else args.dds_profile)
+            stages = res.pop("stages")
             for ns, r in res.items():
                 print(f"{n} camera(s) at {args.hz:.0f} Hz, {ns}: {r['hz']:.1f} Hz out, latency p50 "
-                      f"{r['p50']:.0f} ms, p90 {r['p90']:.0f} ms, p99 {r['p99']:.0f} ms")
+                      f"{r['p50']:.0f} ms, p90 {r['p90']:.0f} ms, p99 {r['p99']:.0f} ms; node: "
+                      + ", ".join(f"{k} {v}" for k, v in r["node"].items()))
+            print("  node stages: " + ", ".join(f"{k.replace('latency ', '')} {v}" for k, v in stages.items()))
             total = sum(r["hz"] for r in res.values())
             print(f"  {n} camera(s): {total:.1f} frames/s out in all, {total / base_fps:.2f}x the pipeline alone; "
                   f"mean per camera {statistics.mean(r['hz'] for r in res.values()):.1f} Hz")

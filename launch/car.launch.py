@@ -3,6 +3,12 @@
 
 bag:=PATH plays a recorded (or converted CamVid / KITTI) bag with --clock and runs the node on
 sim time: the validation setup, same node, same topics.
+
+With Fast DDS (ROS 2's default middleware) the node and the bag player run with
+config/fastdds_large_images.xml unless you name a profile of your own: the default 512 KiB shared-memory
+segment holds less than one 480x360 rgb8 frame, so frames fall back to fragmented UDP and a burst of
+two cameras loses frames (measured: 5 of 30 frames/s for one of two cameras; 30 of 30 with the profile).
+Camera drivers publishing such frames want the same profile (see the README). dds_profile:=none turns it off.
 """
 import os
 
@@ -25,8 +31,20 @@ def _cameras_in(config):
     return None
 
 
+def _dds_env(context, share):
+    """The large-images Fast DDS profile for our processes, unless the user chose a profile or another RMW."""
+    choice = LaunchConfiguration("dds_profile").perform(context)
+    if choice == "none" or os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE") or \
+            os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or \
+            os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
+        return {}
+    path = choice or os.path.join(share, "config", "fastdds_large_images.xml")
+    return {"FASTRTPS_DEFAULT_PROFILES_FILE": path, "FASTDDS_DEFAULT_PROFILES_FILE": path}
+
+
 def _node(context):
     share = get_package_share_directory("panoptic_node")
+    env = _dds_env(context, share)
     config = LaunchConfiguration("config").perform(context) or os.path.join(share, "config", "car.param.yaml")
     overrides = {}
     for name in ("model", "backend", "onnx"):
@@ -40,13 +58,14 @@ def _node(context):
     if bag:
         overrides["use_sim_time"] = True
     actions = [Node(package="panoptic_node", executable="panoptic_node", name="panoptic_node", output="screen",
-                    parameters=[config, overrides],
+                    parameters=[config, overrides], additional_env=env,
                     arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)])]
     if bag:
         # converted bags (panoptic-node convert) carry /camera/image_raw: feed it to the first camera
         first = (overrides.get("cameras") or _cameras_in(config) or ["/camera/front"])[0].rstrip("/")
         actions.append(ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock",
-                                           "--remap", f"/camera/image_raw:={first}/image"], output="screen"))
+                                           "--remap", f"/camera/image_raw:={first}/image"], output="screen",
+                                      additional_env=env))
     return actions
 
 
@@ -61,6 +80,9 @@ def generate_launch_description():
         DeclareLaunchArgument("bag", default_value="", description="play this bag with --clock and use sim time"),
         DeclareLaunchArgument("rviz", default_value="false", description="open RViz with config/panoptic.rviz"),
         DeclareLaunchArgument("log_level", default_value="info"),
+        DeclareLaunchArgument("dds_profile", default_value="",
+                              description="Fast DDS profile for the node and bag player (default: "
+                                          "config/fastdds_large_images.xml; none: Fast DDS's own defaults)"),
         OpaqueFunction(function=_node),
         Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
              arguments=["-d", os.path.join(share, "config", "panoptic.rviz")],
