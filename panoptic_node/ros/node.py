@@ -12,7 +12,6 @@ import traceback
 
 import numpy as np
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import SingleThreadedExecutor
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -83,8 +82,7 @@ class PanopticNode(Node):
             compressed = p["input_transport"] == "compressed"
             topic = f"{ns}/image/compressed" if compressed else f"{ns}/image"
             self._subs.append(self.create_subscription(CompressedImage if compressed else Image, topic,
-                                                       lambda msg, c=cam: self._on_frame(c, msg), qos_in,
-                                                       callback_group=MutuallyExclusiveCallbackGroup()))
+                                                       lambda msg, c=cam: self._on_frame(c, msg), qos_in))
             types = {"detections": Detection2DArray, "label_info": LabelInfo}
             pubs = {name: self.create_publisher(types.get(name, Image), f"{ns}/panoptic/{name}", qos_profile(qos))
                     for name, qos in OUTPUTS.items()}
