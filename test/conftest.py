@@ -55,23 +55,17 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_pipeline(tmp_path_factory):
-    """The compact architecture with random weights, loaded through a YAML config as users' models are."""
-    from dataclasses import asdict
+def tiny_model_yaml():
+    """The compact architecture with random weights, as a YAML config + checkpoint on disk."""
+    from launch_helpers import tiny_model_yaml as make
+    return make()
 
-    import yaml
 
+@pytest.fixture(scope="module")
+def tiny_pipeline(tiny_model_yaml):
+    """That model loaded through its YAML config, as users' models are."""
     from panoptic_node.inference.pipeline import Pipeline
-    from panoptic_node.model.checkpoint import save_checkpoint
-    from panoptic_node.model.detr import build_model
-    d = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    cfg = compact_config()
-    save_checkpoint(build_model(cfg, pretrained_backbone=True), d / "tiny.pth")
-    data = asdict(cfg)
-    data["weights"] = "tiny.pth"
-    (d / "tiny.yaml").write_text(yaml.safe_dump(data))
-    return Pipeline.from_config(str(d / "tiny.yaml"))
+    return Pipeline.from_config(tiny_model_yaml)
 
 
 @pytest.fixture

@@ -5,13 +5,11 @@ import hashlib
 import json
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from panoptic_node.bag.convert import convert
@@ -48,15 +46,8 @@ def camvid_copy(tmp_path, rng):
 
 
 @pytest.fixture
-def tiny_model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    cfg = compact_config()
-    save_checkpoint(build_model(cfg, pretrained_backbone=True), d / "tiny.pth")
-    data = asdict(cfg)
-    data["weights"] = "tiny.pth"
-    (d / "tiny.yaml").write_text(yaml.safe_dump(data))
-    return d / "tiny.yaml"
+def tiny_model(tiny_model_yaml):
+    return tiny_model_yaml
 
 
 # --- data loss -------------------------------------------------------------------------------------

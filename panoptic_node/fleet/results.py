@@ -9,14 +9,6 @@ from typing import Optional
 from ..atomic import write_json
 
 
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def bag_identity(bag: Path) -> str:
     """The bag's files by name, size and modification time (not their bytes: a fleet's bags are large)."""
     files = sorted(bag.iterdir()) if bag.is_dir() else [bag]

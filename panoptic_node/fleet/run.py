@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 import yaml
 from tqdm import tqdm
 
+from ..inference.cache_key import file_sha256
 from . import results as store
 from .report import build_report, write_report
 from .worker import BagScorer
@@ -51,8 +52,8 @@ def settings_of(model, weights, backend, device, threshold, labels, onnx) -> dic
     from ..model.config import load_config
     cfg = load_config(model)
     w = require_weights_file(weights_of(cfg, weights))
-    return {"model": cfg.to_dict(), "weights_sha256": store.file_sha256(w), "backend": backend, "device": device,
-            "threshold": threshold, "labels": labels, "onnx_sha256": store.file_sha256(onnx) if onnx else None}
+    return {"model": cfg.to_dict(), "weights_sha256": file_sha256(w), "backend": backend, "device": device,
+            "threshold": threshold, "labels": labels, "onnx_sha256": file_sha256(onnx) if onnx else None}
 
 
 def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: str = "auto", device: str = "cpu",
