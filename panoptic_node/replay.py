@@ -112,7 +112,9 @@ class VideoWriter:
 
 def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_topic: Optional[str] = None,
            video=None, metrics_path=None, max_frames: Optional[int] = None, overwrite: bool = False,
-           storage: str = "mcap", log=print) -> ReplaySummary:
+           storage: str = "mcap", log=print, on_scored=None) -> ReplaySummary:
+    """on_scored(stamp, gt_semantic, pred_semantic, rgb_third): called for every scored frame, with
+    the frame at a third of its size (fleet.py's gallery of worst frames)."""
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
                             model=pipeline.cfg.name)
     if max_frames is not None and max_frames < 1:
@@ -159,7 +161,10 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
             if gt_map:  # into the label set the model publishes
                 pan = gt_map.map_panoptic(pan)
                 sem = None if sem is None else gt_map.map_semantic(sem)
-            evaluator.add(pan, _semantic_of(pan) if sem is None else sem, pred[0], pred[1])
+            gt_semantic = _semantic_of(pan) if sem is None else sem
+            evaluator.add(pan, gt_semantic, pred[0], pred[1])
+            if on_scored:
+                on_scored(stamp, gt_semantic, pred[1], pred[2])
         except ValueError as e:  # bad ground truth costs its frame's score, not the replay
             summary.unscored += 1
             summary.errors.append(f"ground truth at {stamp}: {e}")
@@ -198,7 +203,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
                         video_out = VideoWriter(video, fps=10)
                     video_out.add(drawn)
                 if evaluator:
-                    pending_pred[m.stamp_ns] = (result.panoptic, result.semantic)
+                    pending_pred[m.stamp_ns] = (result.panoptic, result.semantic,
+                                                np.ascontiguousarray(rgb[::3, ::3]) if on_scored else None)
                     if gt_complete(m.stamp_ns):
                         score(m.stamp_ns)
             else:

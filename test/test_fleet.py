@@ -80,6 +80,10 @@ def test_merged_fleet_numbers_equal_one_process(local_ray, fleet_bags, tmp_path)
     assert set(report["groups"]) == {"day", "dusk"} and report["groups"]["dusk"]["frames"] == 3
     html = (tmp_path / "out" / "report.html").read_text()
     assert "drive_c" in html and "<table id=\"bags\">" in html and "Slowest stages" in html
+    # the gallery: per class the fleet's lowest-IoU frames, lowest first, each with its picture
+    road = report["worst_frames"]["road"]
+    assert len(road) == 3 and [f["iou"] for f in road] == sorted(f["iou"] for f in road)
+    assert all(f["thumbnail"] and f["thumbnail"] in html for f in road)
 
 
 def test_damaged_bag_rerun_and_changed_weights(local_ray, fleet_bags, tmp_path, capsys):
@@ -134,3 +138,51 @@ def test_fleet_output_is_never_an_input_or_someone_elses_folder(fleet_bags, tmp_
     (tmp_path / "mine" / "notes.txt").write_text("x")
     assert main(base + ["--out", str(tmp_path / "mine")]) == 2
     assert (tmp_path / "mine" / "notes.txt").read_text() == "x"
+
+
+def test_the_report_opens_in_a_real_browser(tmp_path):
+    """report.html in headless Chromium (Debian's package): the DOM after its script ran has the bag table,
+    the groups and the gallery's pictures, and the screenshot is not blank."""
+    import os
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    from panoptic_node.evaluation.evaluator import Evaluator
+    from panoptic_node.fleet.report import build_report, write_report
+    from panoptic_node.fleet.worker import WorstFrames
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("no chromium here (Debian: apt-get install chromium)")
+    camvid = get_taxonomy("camvid")
+    rng = np.random.default_rng(0)
+    results = []
+    for i, tag in enumerate(["day", "day", "rain"]):
+        worst, ev = WorstFrames(camvid), Evaluator(camvid)
+        for k in range(3):
+            gt = np.full((36, 48), 3, np.uint8)
+            gt[:12] = 0
+            pred = gt.copy()
+            pred[rng.integers(0, 36, 40), rng.integers(0, 48, 40)] = 8
+            ev.add(gt.astype(np.int32), gt, pred.astype(np.int32), pred)
+            worst(1000 + k, gt, pred, rng.integers(0, 255, (12, 16, 3), dtype=np.uint8))
+        results.append({"ok": True, "bag": f"/fleet/{tag}/drive_{i}", "tag": tag, "frames": 3, "evaluated": 3,
+                        "seconds": 1.0, "stage_ms": {"detect": [30.0, 31.0], "postprocess": [8.0]},
+                        "scores": ev.state(), "metrics": ev.report(),
+                        "worst_frames": {str(c): e for c, e in worst.worst.items()}})
+    results.append({"ok": False, "bag": "/fleet/rain/cut.mcap", "tag": "rain", "error": "cut short"})
+    write_report(build_report(results, {"model": "x"}), tmp_path)
+    page = (tmp_path / "report.html").as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<tr>") >= 3 + 2 + 1  # bags, groups, classes (after each header row)
+    assert 'id="gallery"' in dom and dom.count("<img ") >= 3 and "cut short" in dom
+    subprocess.run([browser, *flags, "--window-size=1200,1600", f"--screenshot={tmp_path / 'shot.png'}", page],
+                   capture_output=True, timeout=120)
+    shot = np.asarray(Image.open(tmp_path / "shot.png").convert("L"))
+    assert shot.shape == (1600, 1200) and shot.std() > 10  # text, tables and pictures, not a blank page

@@ -55,7 +55,22 @@ def build_report(results: List[dict], settings: dict) -> dict:
                   "fps": r["frames"] / r["seconds"] if r["seconds"] else 0.0,
                   **(_headline(r["metrics"]) if r.get("metrics") else {})} for r in ok],
         "latency_ms": dict(sorted(latency.items(), key=lambda kv: -kv[1]["p50"])),  # slowest first
+        "worst_frames": _worst_frames(scored, taxonomy),
     }
+
+
+def _worst_frames(results: List[dict], taxonomy, keep: int = 3) -> Dict[str, List[dict]]:
+    """Per class name, the fleet's `keep` frames of lowest IoU for it, with their bag and stamp."""
+    if not taxonomy:
+        return {}
+    tax = get_taxonomy(taxonomy)
+    out = {}
+    for cid in sorted(tax.by_id):
+        frames = [{"bag": r["bag"], "stamp": stamp, "iou": iou, "thumbnail": thumb}
+                  for r in results for iou, stamp, thumb in r.get("worst_frames", {}).get(str(cid), [])]
+        if frames:
+            out[tax.name_of(cid)] = sorted(frames, key=lambda f: f["iou"])[:keep]
+    return out
 
 
 def compare(report: dict, baseline: dict, max_drop: float) -> List[str]:
@@ -114,7 +129,8 @@ def render_html(report: dict) -> str:
 <html><head><meta charset="utf-8"><title>panoptic_node fleet report</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #bbb;padding:3px 8px;text-align:right}} th{{cursor:pointer;background:#eee}}
-td:first-child{{text-align:left}} .big{{font-size:1.4em}}</style></head><body>
+td:first-child{{text-align:left}} .big{{font-size:1.4em}}
+figure{{display:inline-block;margin:4px}} figcaption{{font-size:.8em}}</style></head><body>
 <h1>Fleet report</h1>
 <p class="big" id="headline">PQ {_pct(h.get('pq'))} (things {_pct(h.get('pq_things'))}, stuff {_pct(h.get('pq_stuff'))})
 &middot; mIoU {_pct(h.get('miou'))} &middot; {report['bags_scored']} of {report['bags_total']} bags,
@@ -127,6 +143,8 @@ td:first-child{{text-align:left}} .big{{font-size:1.4em}}</style></head><body>
                                   ("SQ", "sq", "pct"), ("RQ", "rq", "pct"), ("IoU", "iou", "pct")], "classes")}
 <h2>Slowest stages (ms per frame)</h2>{_table(stages, [("stage", "stage", "str"), ("p50", "p50", "num"),
                                                        ("p90", "p90", "num"), ("p99", "p99", "num")], "stages")}
+<h2>Worst frames per class</h2><p>frame | prediction | ground truth</p>
+<div id="gallery">{_gallery(report.get('worst_frames', {}))}</div>
 <h2>Bags not scored</h2><ul id="failed">{failed or '<li>none</li>'}</ul>
 <script>
 function sortBy(id, col) {{
@@ -144,6 +162,17 @@ function sortBy(id, col) {{
 }}
 </script></body></html>
 """
+
+
+def _gallery(worst: Dict[str, List[dict]]) -> str:
+    parts = []
+    for name, frames in worst.items():
+        figures = "".join(
+            f"<figure><img src=\"data:image/jpeg;base64,{f['thumbnail']}\" alt=\"{html.escape(name)}\">"
+            f"<figcaption>{html.escape(Path(f['bag']).name)} @ {f['stamp']}: IoU {100 * f['iou']:.1f}</figcaption>"
+            f"</figure>" for f in frames)
+        parts.append(f"<section class=\"class\"><h3>{html.escape(name)}</h3>{figures}</section>")
+    return "".join(parts) or "<p>no scored frames</p>"
 
 
 def write_report(report: dict, out: Path) -> None:

@@ -3,13 +3,64 @@ the latency samples. A Ray actor holds one Pipeline, loaded once, and scores bag
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 
-def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Optional[Path] = None) -> dict:
+
+class WorstFrames:
+    """Per class, the `keep` scored frames where that class's IoU was lowest (the class in the ground
+    truth or the prediction), each with a thumbnail: what a person looks at to see why a class scores low."""
+
+    def __init__(self, taxonomy, keep: int = 3):
+        self.taxonomy, self.keep = taxonomy, keep
+        self.worst = {}  # class id -> [(iou, stamp, jpeg base64)]
+
+    def __call__(self, stamp, gt_semantic, pred_semantic, rgb_third) -> None:
+        from ..evaluation.semantic import ConfusionMatrix
+        n = self.taxonomy.max_id + 1
+        cm = ConfusionMatrix(n)
+        cm.add(gt_semantic, pred_semantic)
+        m = cm.matrix
+        tp = np.diag(m[:, :n]).astype(float)
+        union = m.sum(1) + m[:, :n].sum(0) - tp
+        thumb = None
+        for c in self.taxonomy.by_id:
+            if union[c] == 0:
+                continue
+            iou = tp[c] / union[c]
+            entries = self.worst.setdefault(c, [])
+            if len(entries) < self.keep or iou < entries[-1][0]:
+                thumb = thumb or thumbnail(rgb_third, gt_semantic, pred_semantic, self.taxonomy)
+                entries.append((float(iou), int(stamp), thumb))
+                entries.sort(key=lambda e: e[0])
+                del entries[self.keep:]
+
+
+def thumbnail(rgb_third, gt_semantic, pred_semantic, taxonomy) -> str:
+    """Frame | prediction | ground truth (class colours over the frame), a third of the size, JPEG base64."""
+    import base64
+    import io
+
+    from PIL import Image
+    h, w = rgb_third.shape[:2]
+    tiles = [rgb_third]
+    for sem in (pred_semantic, gt_semantic):
+        colours = taxonomy.color_lut[sem[::3, ::3][:h, :w]]
+        tiles.append((0.45 * rgb_third + 0.55 * colours).astype(np.uint8))
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate(tiles, 1)).save(buf, format="JPEG", quality=80)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Optional[Path] = None,
+              gallery: int = 3) -> dict:
     """The bag's result (see results.py); a bag that cannot be read is a result too, with the reason."""
     from ..bag.writer import BagError
     from ..replay import replay
+    published = pipeline.taxonomy if pipeline.mapping is None else pipeline.mapping.target
+    worst = WorstFrames(published, gallery) if gallery else None
     try:
-        summary = replay(pipeline, bag, out_bag=out_bag, video=video, overwrite=True, log=lambda m: None)
+        summary = replay(pipeline, bag, out_bag=out_bag, video=video, overwrite=True, log=lambda m: None,
+                         on_scored=worst)
     except (BagError, ValueError, OSError) as e:
         hint = ""
         if "recover" not in str(e) and ("truncated" in str(e) or "corrupt" in str(e) or Path(bag).is_file()):
@@ -21,7 +72,8 @@ def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Option
             "frames_without_gt": summary.frames_without_gt, "backend": summary.backend,
             "precision": summary.precision, "model": summary.model, "seconds": summary.wall_seconds,
             "stage_ms": summary.stage_ms, "scores": ev.state() if ev is not None and summary.evaluated else None,
-            "metrics": summary.metrics}
+            "metrics": summary.metrics,
+            "worst_frames": {str(c): e for c, e in worst.worst.items()} if worst else {}}
 
 
 class BagScorer:
