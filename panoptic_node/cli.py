@@ -158,13 +158,16 @@ def cmd_fleet(args) -> int:
     from .fleet.bags import find_bags
     from .fleet.report import compare, load_report
     from .fleet.run import read_tags, run_fleet
-    from .output_safety import check_outputs
+    from .output_safety import refuse_inputs
     out = Path(args.out)
     bags = find_bags(args.bags)
     if not bags:
         raise FileNotFoundError(f"no bags found in {', '.join(args.bags)}")
-    # the fleet folder is ours to fill and refill (a rerun resumes in it); it must not be or hold an input
-    check_outputs({"--out": out}, bags + [args.weights, args.onnx], overwrite=True, bags=())
+    # the fleet folder is ours to fill and refill (a rerun resumes in it); it must not be or hold an input,
+    # nor be a folder of something else
+    refuse_inputs("--out", out, bags + [args.weights, args.onnx, args.baseline, args.tags])
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out '{out}' is a file; expected a folder for the fleet's results")
     if out.exists() and any(out.iterdir()) and not (out / "bags").is_dir():
         raise FileExistsError(f"--out '{out}' holds files of something else (no bags/ of an earlier fleet run); "
                               f"choose an empty or new folder")

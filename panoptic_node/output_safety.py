@@ -60,12 +60,7 @@ def check_outputs(outputs: Dict[str, Optional[object]], inputs: Iterable[object]
     seen: Dict[Path, str] = {}
     for name, path in named.items():
         real = _resolved(path)
-        for inp in inputs:
-            if inp in (None, ""):
-                continue
-            if _related(real, _resolved(inp)):
-                raise ValueError(f"{name} '{path}' is (or holds, or lies inside) the input '{inp}'; an output "
-                                 f"never replaces what the command reads: choose another path")
+        refuse_inputs(name, path, inputs)
         for other_real, other in seen.items():
             if _related(real, other_real):
                 raise ValueError(f"{name} '{path}' and {other} '{named[other]}' are the same path or one holds "
@@ -89,6 +84,17 @@ def check_outputs(outputs: Dict[str, Optional[object]], inputs: Iterable[object]
             raise NotADirectoryError(f"{name} '{path}': '{parent}' is a file, not a folder")
         if not os.access(parent, os.W_OK):
             raise PermissionError(f"{name} '{path}': folder '{parent}' is not writable")
+
+
+def refuse_inputs(name: str, path, inputs: Iterable[object]) -> None:
+    """An output is never an input of the same command, nor inside one, nor holding one."""
+    real = _resolved(path)
+    for inp in inputs:
+        if inp in (None, ""):
+            continue
+        if _related(real, _resolved(inp)):
+            raise ValueError(f"{name} '{path}' is (or holds, or lies inside) the input '{inp}'; an output "
+                             f"never replaces what the command reads: choose another path")
 
 
 class OutputLock:

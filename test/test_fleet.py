@@ -130,7 +130,8 @@ def test_the_baseline_gate(local_ray, fleet_bags, tmp_path, capsys):
     assert "worse than the baseline: fleet: PQ" in err and "group day" in err
 
 
-def test_fleet_output_is_never_an_input_or_someone_elses_folder(fleet_bags, tmp_path, capsys):
+def test_fleet_output_is_never_an_input_or_someone_elses_folder(fleet_bags, tmp_path, monkeypatch):
+    import panoptic_node.fleet.run as fleet_run
     root, model = fleet_bags
     base = ["fleet", str(root), "--model", model, "--backend", "torch"]
     assert main(base + ["--out", str(root / "day")]) == 2  # inside the bags it reads
@@ -138,6 +139,17 @@ def test_fleet_output_is_never_an_input_or_someone_elses_folder(fleet_bags, tmp_
     (tmp_path / "mine" / "notes.txt").write_text("x")
     assert main(base + ["--out", str(tmp_path / "mine")]) == 2
     assert (tmp_path / "mine" / "notes.txt").read_text() == "x"
+    # its own results folder is taken again (a rerun resumes there)
+    runs = []
+
+    def fake_run(bags, out, *a, **k):
+        runs.append(out)
+        (out / "bags").mkdir(parents=True, exist_ok=True)
+        return {"headline": None, "groups": {}, "failed": []}
+
+    monkeypatch.setattr(fleet_run, "run_fleet", fake_run)
+    assert main(base + ["--out", str(tmp_path / "fleet")]) == 0
+    assert main(base + ["--out", str(tmp_path / "fleet")]) == 0 and len(runs) == 2
 
 
 def test_the_report_opens_in_a_real_browser(tmp_path):
