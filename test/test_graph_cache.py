@@ -180,8 +180,11 @@ def test_only_the_graphs_used_last_are_kept(tmp_path):
 
 
 @openvino_here
-def test_a_frame_the_canvas_scales_down_is_warned_about_once(tmp_path):
-    p = make_pipeline(str(_model(tmp_path)), backend="openvino", log=lambda m: None)
+def test_a_frame_a_given_graph_scales_down_is_warned_about_once(tmp_path):
+    """A graph the user gives (an int8 graph, say) has one canvas; a frame it can hold only smaller is said."""
+    model = str(_model(tmp_path))
+    graph = cached_graph(load_config(model), log=lambda m: None, directory=tmp_path / "given")
+    p = make_pipeline(model, backend="openvino", onnx=str(graph), log=lambda m: None)
     h, w = p.backend.size
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -190,4 +193,24 @@ def test_a_frame_the_canvas_scales_down_is_warned_about_once(tmp_path):
         p(np.zeros((w, h, 3), np.uint8))  # portrait: scaled down to fit
         p(np.zeros((w, h, 3), np.uint8))
     assert len(seen) == 1 and f"a {h}x{w} frame is scaled to" in str(seen[0].message)
-    assert "run --backend torch" in str(seen[0].message)
+    assert "leave --onnx out" in str(seen[0].message)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=openvino_here)])
+def test_exported_graphs_give_torch_s_answer_on_every_frame_shape(tmp_path, monkeypatch, backend):
+    """Graphs the cache makes are made per input size: a portrait, square or 16:9 frame is neither padded
+    into nor scaled down to one landscape canvas, so the runtime gives torch's labels on every shape."""
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
+    model = str(_model(tmp_path))
+    torch_pipeline = make_pipeline(model, backend="torch")
+    runtime = make_pipeline(model, backend=backend, log=lambda m: None)
+    rng = np.random.default_rng(0)
+    shapes = [(72, 96), (54, 96), (80, 60), (70, 70), (75, 100)]  # 4:3, 16:9, portrait 3:4, square, 4:3 again
+    for h, w in shapes:
+        rgb = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        a, b = torch_pipeline(rgb), runtime(rgb)
+        assert a.semantic.shape == b.semantic.shape == (h, w)
+        assert (a.semantic == b.semantic).mean() >= 0.995, (h, w)
+    made = sorted(p.name.split("-")[1] for p in (tmp_path / "cache").glob("*.onnx") if ".masks" not in p.name)
+    # one graph per padded size, as torch pads (multiples of 32): 4:3 and 16:9 share the config's 96x128
+    assert made == ["128x96", "96x128", "96x96"]

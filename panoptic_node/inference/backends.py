@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..model.config import load_config
-from .graph_cache import cached_graph
+from .graph_per_shape import GraphPerShape
 from .pipeline import Pipeline
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
@@ -66,9 +66,11 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     if chosen == "openvino" and device != "cpu":
         raise ValueError(f"backend 'openvino' runs on the CPU; device '{device}' is for the tensorrt, "
                          f"onnxruntime or torch backends")
+    per_shape = None
     if path is None and chosen in ("openvino", "onnxruntime"):
-        try:
-            path = cached_graph(cfg, weights, log=log or print)
+        try:  # graphs the cache exports, one per input size (graph_per_shape.py)
+            per_shape = GraphPerShape(cfg, weights, lambda p: _open_graph(chosen, p, cfg, device, log),
+                                      log=log or print)
         except FileNotFoundError:  # missing weights: torch would not find them either
             raise
         except Exception as e:  # a read-only cache, an exporter failure
@@ -84,13 +86,16 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     if chosen == "tensorrt" and path is None:
         return Pipeline(cfg, compile_torch_tensorrt(cfg, weights, log=log or print), labels=labels,
                         threshold=threshold)
+    be = per_shape or _open_graph(chosen, path, cfg, device, log)
+    return Pipeline(cfg, be, labels=labels, threshold=threshold)
+
+
+def _open_graph(chosen: str, path, cfg, device: str, log):
     if chosen == "tensorrt":
         from .tensorrt_backend import TensorRTBackend
-        be = TensorRTBackend(path, cfg, device=device, log=log or print)
-    elif chosen == "openvino":
+        return TensorRTBackend(path, cfg, device=device, log=log or print)
+    if chosen == "openvino":
         from .openvino_backend import OpenVinoBackend
-        be = OpenVinoBackend(path, cfg)
-    else:
-        from .onnxruntime_backend import OnnxRuntimeBackend
-        be = OnnxRuntimeBackend(path, cfg, device=device, log=log or print)
-    return Pipeline(cfg, be, labels=labels, threshold=threshold)
+        return OpenVinoBackend(path, cfg)
+    from .onnxruntime_backend import OnnxRuntimeBackend
+    return OnnxRuntimeBackend(path, cfg, device=device, log=log or print)

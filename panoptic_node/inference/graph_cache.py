@@ -37,19 +37,22 @@ def _exporter_sha256() -> str:
     return h.hexdigest()
 
 
-def cached_graph_path(cfg, weights, directory: Optional[Path] = None) -> Path:
-    h, w = cfg.input.canvas
+def cached_graph_path(cfg, weights, directory: Optional[Path] = None, canvas=None) -> Path:
+    h, w = canvas or cfg.input.canvas
     part = f"onnx opset {OPSET} canvas {h}x{w} exporter {_exporter_sha256()}"
-    return Path(directory or cache_dir()) / f"{cfg.name}-{model_source_sha256(weights, cfg, part)[:KEY_CHARS]}.onnx"
+    key = model_source_sha256(weights, cfg, part)[:KEY_CHARS]
+    return Path(directory or cache_dir()) / f"{cfg.name}-{h}x{w}-{key}.onnx"
 
 
-def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optional[Path] = None) -> Path:
-    """The fp32 graph pair (detect + mask head) of `cfg` with `weights` (default: the config's),
-    exported into the cache the first time."""
+def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optional[Path] = None,
+                 canvas=None) -> Path:
+    """The fp32 graph pair (detect + mask head) of `cfg` with `weights` (default: the config's) for an
+    input of `canvas` (H, W; default the config's), exported into the cache the first time."""
     from ..model.checkpoint import load_model, require_weights_file, weights_of
 
     source = require_weights_file(weights_of(cfg, weights))  # before its bytes are hashed
-    path = cached_graph_path(cfg, source, directory)
+    canvas = tuple(canvas or cfg.input.canvas)
+    path = cached_graph_path(cfg, source, directory, canvas)
     if path.is_file() and mask_graph_path(path).is_file():
         if _checksum_file(path).is_file() and _checksum_file(path).read_text() == _pair_sha256(path):
             os.utime(path)  # the cache keeps the graphs used last
@@ -61,13 +64,13 @@ def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optio
     path.parent.mkdir(parents=True, exist_ok=True)
     # in a folder of this process's own: two nodes starting together never write into one file
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as d:
-        detect, masks = export_onnx(model, cfg.input.canvas, Path(d) / path.name)
+        detect, masks = export_onnx(model, canvas, Path(d) / path.name)
         os.replace(masks, mask_graph_path(path))
         os.replace(detect, path)  # then: a graph in the cache always has its mask graph
         checksum = Path(d) / "checksum"
         checksum.write_text(_pair_sha256(path))
         os.replace(checksum, _checksum_file(path))  # last: only a complete pair has one
-    _prune(path.parent, cfg.name)
+    _prune(path.parent, cfg.name, canvas)
     return path
 
 
@@ -85,10 +88,12 @@ def _pair_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _prune(directory: Path, name: str, keep: int = KEEP) -> None:
-    """Only the `keep` graphs of a model used last stay: every new weights file or exporter change
-    adds one (27 MB for the street model, 170 MB for DETR R50)."""
-    ours = re.compile(rf"{re.escape(name)}-[0-9a-f]{{{KEY_CHARS}}}\.onnx")  # not another model's, not a mask graph
+def _prune(directory: Path, name: str, canvas, keep: int = KEEP) -> None:
+    """Only the `keep` graphs of a model and input size used last stay: every new weights file or
+    exporter change adds one (27 MB for the street model, 170 MB for DETR R50)."""
+    h, w = canvas
+    # not another model's, not another size's, not a mask graph
+    ours = re.compile(rf"{re.escape(name)}-{h}x{w}-[0-9a-f]{{{KEY_CHARS}}}\.onnx")
     graphs = [p for p in directory.iterdir() if ours.fullmatch(p.name)]
     graphs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     for old in graphs[keep:]:

@@ -80,8 +80,9 @@ class Pipeline:
             if g.resized_h < want_h:
                 warnings.warn(f"a {g.width}x{g.height} frame is scaled to {g.resized_w}x{g.resized_h} to fit the "
                               f"exported graph's {canvas[1]}x{canvas[0]} canvas, smaller than the {want_w}x{want_h} "
-                              f"the model's config asks for; for such frames run --backend torch or export a "
-                              f"canvas of their shape (panoptic-node export --size)", stacklevel=3)
+                              f"the model's config asks for; for such frames leave --onnx out (the cache then makes a graph "
+                              f"of each frame size) or export one of their shape (panoptic-node export --size)",
+                              stacklevel=3)
                 self._warned_scale = True
                 return
 
