@@ -196,12 +196,25 @@ def test_a_frame_a_given_graph_scales_down_is_warned_about_once(tmp_path):
     assert "leave --onnx out" in str(seen[0].message)
 
 
+def _detr_model(d):
+    """The published DETR architecture (thin), with DETR's own post-processing, as the DETR configs run."""
+    from conftest import small_config
+    torch.manual_seed(5)
+    cfg = small_config(postprocess={"threshold": 0.0, "min_area": 4, "merge": "logits", "rule": "published"})
+    save_checkpoint(build_model(cfg), d / "detr.pth")
+    data = asdict(cfg)
+    data["weights"] = "detr.pth"
+    (d / "detr.yaml").write_text(yaml.safe_dump(data))
+    return d / "detr.yaml"
+
+
+@pytest.mark.parametrize("family", ["street", "detr"])
 @pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=openvino_here)])
-def test_exported_graphs_give_torch_s_answer_on_every_frame_shape(tmp_path, monkeypatch, backend):
+def test_exported_graphs_give_torch_s_answer_on_every_frame_shape(tmp_path, monkeypatch, backend, family):
     """Graphs the cache makes are made per input size: a portrait, square or 16:9 frame is neither padded
     into nor scaled down to one landscape canvas, so the runtime gives torch's labels on every shape."""
     monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
-    model = str(_model(tmp_path))
+    model = str(_model(tmp_path) if family == "street" else _detr_model(tmp_path))
     torch_pipeline = make_pipeline(model, backend="torch")
     runtime = make_pipeline(model, backend=backend, log=lambda m: None)
     rng = np.random.default_rng(0)
@@ -211,6 +224,6 @@ def test_exported_graphs_give_torch_s_answer_on_every_frame_shape(tmp_path, monk
         a, b = torch_pipeline(rgb), runtime(rgb)
         assert a.semantic.shape == b.semantic.shape == (h, w)
         assert (a.semantic == b.semantic).mean() >= 0.995, (h, w)
-    made = sorted(p.name.split("-")[1] for p in (tmp_path / "cache").glob("*.onnx") if ".masks" not in p.name)
+    made = sorted(p.name.split("-")[-2] for p in (tmp_path / "cache").glob("*.onnx") if ".masks" not in p.name)
     # one graph per padded size, as torch pads (multiples of 32): 4:3 and 16:9 share the config's 96x128
     assert made == ["128x96", "96x128", "96x96"]
