@@ -68,7 +68,7 @@ def pipeline_alone(frames, params) -> float:
 
 
 def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float, tmp: Path,
-        subscribe_all: bool = True, dds_profile: Optional[str] = None) -> dict:
+        subscribe_all: bool = True, dds_profile: Optional[str] = None, camera_profile: bool = True) -> dict:
     import rclpy
     from sensor_msgs.msg import Image
     namespaces = [f"/bench/cam{i}" for i in range(cameras)]
@@ -107,8 +107,9 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
             if node.poll() is not None or time.time() > end:
                 raise RuntimeError(f"the node did not start: {(tmp / f'node_{cameras}.log').read_text()}")
             rclpy.spin_once(listener, timeout_sec=0.1)
+        camera_env = env if camera_profile else dict(os.environ)
         camera = subprocess.Popen([sys.executable, "-c", CAMERA, str(frames_file), ",".join(namespaces), str(hz)],
-                                  stdout=subprocess.PIPE, text=True, start_new_session=True, env=env)
+                                  stdout=subprocess.PIPE, text=True, start_new_session=True, env=camera_env)
         assert camera.stdout.readline().strip() == "ready"
         warm = time.time() + 5.0  # discovery and the first frames
         while time.time() < warm:
@@ -147,6 +148,9 @@ def main():
                                                      "fastdds_large_images.xml"),
                         help="Fast DDS profile for the camera and the node (as car.launch.py sets it); 'none': "
                              "Fast DDS's defaults")
+    parser.add_argument("--camera-default-dds", action="store_true",
+                        help="the camera process keeps Fast DDS's defaults (a driver nobody configured); the node "
+                             "still gets --dds-profile")
     parser.add_argument("--only-semantic", action="store_true",
                         help="subscribe to the semantic map alone (the node then builds no other output)")
     parser.add_argument("--camvid")
@@ -169,7 +173,7 @@ def main():
         np.save(d / "frames.npy", frames)
         for n in args.cameras:
             res = run(n, d / "frames.npy", params, args.seconds, args.hz, d, not args.only_semantic,
-                      None if args.dds_profile == "none" else args.dds_profile)
+                      None if args.dds_profile == "none" else args.dds_profile, not args.camera_default_dds)
             stages = res.pop("stages")
             for ns, r in res.items():
                 print(f"{n} camera(s) at {args.hz:.0f} Hz, {ns}: {r['hz']:.1f} Hz out, latency p50 "
