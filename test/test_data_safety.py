@@ -420,3 +420,17 @@ os.kill(os.getpid(), signal.SIGKILL)
     with BagReader(tmp_path / "recovered") as r:
         assert len(list(r.messages(["/camera/panoptic/semantic"]))) == 128
     assert snapshot(tmp_path / "out.partial") == before
+
+
+def test_a_graph_cache_that_cannot_be_written_is_one_line(tiny_model, tmp_path, monkeypatch, capsys):
+    """--backend openvino / onnxruntime asked for by name with a cache that cannot take a graph (here a
+    path under a file: root ignores read-only folders): one line naming the problem, no traceback."""
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "file" / "graphs"))
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(img)
+    assert main(["infer", str(img), "--model", str(tiny_model), "--backend", "onnxruntime",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("panoptic-node infer: error:") and "Traceback" not in "\n".join(err)
+    assert (tmp_path / "file").read_text() == "x"
