@@ -198,3 +198,31 @@ def test_the_report_opens_in_a_real_browser(tmp_path):
                    capture_output=True, timeout=120)
     shot = np.asarray(Image.open(tmp_path / "shot.png").convert("L"))
     assert shot.shape == (1600, 1200) and shot.std() > 10  # text, tables and pictures, not a blank page
+
+
+def test_a_worker_that_dies_is_restarted_and_its_bag_scored(local_ray, fleet_bags, tmp_path):
+    """A worker killed while it works (out of memory, a node lost): Ray restarts it, the bag is retried, the
+    fleet's numbers are those of a run where nothing died."""
+    import threading
+    import time
+    from panoptic_node.fleet.bags import find_bags
+    from panoptic_node.fleet.run import run_fleet
+    root, model = fleet_bags
+    bags = find_bags([str(root)])
+    reference = run_fleet(bags, tmp_path / "ref", model, backend="torch", workers=1, cpus=2, log=lambda m: None)
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(report=run_fleet(
+        bags, tmp_path / "out", model, backend="torch", workers=1, cpus=2, log=lambda m: None)))
+    worker.start()
+    killed, end = False, time.time() + 60
+    while not killed and time.time() < end and worker.is_alive():
+        for name in ray.util.list_named_actors():
+            if name.startswith("panoptic_fleet_"):
+                ray.kill(ray.get_actor(name), no_restart=False)  # as a crash would: Ray may restart it
+                killed = True
+        time.sleep(0.05)
+    worker.join(300)
+    assert killed and not worker.is_alive()
+    report = done["report"]
+    assert report["bags_scored"] == 3 and not report["failed"]
+    assert report["headline"] == reference["headline"]

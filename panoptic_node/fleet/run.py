@@ -2,6 +2,7 @@
 (Ray actors that load the model once) one bag at a time; each bag's result is written as it finishes,
 a damaged bag is reported and the others go on, a worker that dies is restarted and its bag retried."""
 import csv
+import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -99,7 +100,9 @@ def _score(ray, pending, out, settings, tags, model, weights, backend, device, t
     # a worker that dies (killed, out of memory) is restarted with the model loaded again, and the bag
     # it held is retried
     scorer = ray.remote(num_cpus=threads, max_restarts=2, max_task_retries=2)(BagScorer)
-    actors = [scorer.remote(model, weights, backend, device, threshold, labels, onnx, threads) for _ in range(n)]
+    run_id = uuid.uuid4().hex[:8]  # named, so an operator (or a test) can find a worker in `ray list actors`
+    actors = [scorer.options(name=f"panoptic_fleet_{run_id}_{i}").remote(model, weights, backend, device, threshold,
+                                                                          labels, onnx, threads) for i in range(n)]
     queue, running, done = list(pending), {}, []
     bar = tqdm(total=sum(frames_in(b) for b, _ in pending), unit="frame", desc="fleet")
     failed = 0
