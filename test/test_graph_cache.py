@@ -227,3 +227,35 @@ def test_exported_graphs_give_torch_s_answer_on_every_frame_shape(tmp_path, monk
     made = sorted(p.name.split("-")[-2] for p in (tmp_path / "cache").glob("*.onnx") if ".masks" not in p.name)
     # one graph per padded size, as torch pads (multiples of 32): 4:3 and 16:9 share the config's 96x128
     assert made == ["128x96", "96x128", "96x96"]
+
+
+def test_infer_with_an_official_checkpoint_agrees_across_backends_on_every_shape(tmp_path, monkeypatch):
+    """A checkpoint in the published facebookresearch/detr layout ({'model': ...}, detr. prefixes) through
+    `infer`, as a DETR user runs it: torch, onnxruntime, openvino and auto give the same category on
+    >= 99.5 % of the pixels of frames of five shapes."""
+    from PIL import Image
+
+    from conftest import small_config
+    from panoptic_node.cli import main
+    from panoptic_node.model.checkpoint import save_official
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(5)
+    cfg = small_config(postprocess={"threshold": 0.0, "min_area": 4, "merge": "logits", "rule": "published"})
+    save_official(build_model(cfg), tmp_path / "official.pth")
+    data = asdict(cfg)
+    (tmp_path / "detr.yaml").write_text(yaml.safe_dump(data))
+    rng = np.random.default_rng(1)
+    images = []
+    for i, (h, w) in enumerate([(72, 96), (54, 96), (80, 60), (70, 70), (75, 100)]):
+        images.append(tmp_path / f"f{i}.png")
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images[-1])
+    backends = ["torch", "onnxruntime"] + (["openvino", "auto"] if importlib.util.find_spec("openvino") else [])
+    semantic = {}
+    for backend in backends:
+        out = tmp_path / backend
+        assert main(["infer", *map(str, images), "--model", str(tmp_path / "detr.yaml"), "--weights",
+                     str(tmp_path / "official.pth"), "--backend", backend, "--out", str(out)]) == 0
+        semantic[backend] = [np.asarray(Image.open(out / f"f{i}_semantic.png")) for i in range(len(images))]
+    for backend in backends[1:]:
+        for i, (a, b) in enumerate(zip(semantic["torch"], semantic[backend])):
+            assert a.shape == b.shape and (a == b).mean() >= 0.995, (backend, i)
