@@ -129,7 +129,7 @@ def render_html(report: dict) -> str:
 <html><head><meta charset="utf-8"><title>panoptic_node fleet report</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #bbb;padding:3px 8px;text-align:right}} th{{cursor:pointer;background:#eee}}
-td:first-child{{text-align:left}} .big{{font-size:1.4em}}
+td:first-child,th:first-child{{text-align:left}} .big{{font-size:1.4em}}
 figure{{display:inline-block;margin:4px}} figcaption{{font-size:.8em}}</style></head><body>
 <h1>Fleet report</h1>
 <p class="big" id="headline">PQ {_pct(h.get('pq'))} (things {_pct(h.get('pq_things'))}, stuff {_pct(h.get('pq_stuff'))})
