@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..export import OPSET, export_onnx, mask_graph_path
-from .cache_key import model_source_sha256
+from .cache_key import file_sha256, model_source_sha256
 
 PACKAGE = Path(__file__).resolve().parents[1]
 KEEP = 3  # graphs kept per model name
@@ -80,12 +80,8 @@ def _checksum_file(path: Path) -> Path:
 
 def _pair_sha256(path: Path) -> str:
     """Of a cached graph and its mask graph, as written: what a later run checks before trusting them."""
-    h = hashlib.sha256()
-    for p in (path, mask_graph_path(path)):
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    return " ".join(file_sha256(p) for p in (path, mask_graph_path(path)))
+
 
 
 def _prune(directory: Path, name: str, canvas, keep: int = KEEP) -> None:
