@@ -253,19 +253,36 @@ def test_newest_frame_wins_and_old_frames_are_dropped_on_sim_time(graph, start, 
     wait_for_subscriber(graph, pub)
     c = Collector(graph, {f"{ns}/panoptic/semantic": Image, "/diagnostics": DiagnosticArray})
     tick = lambda: clock.publish(Clock(clock=Time(sec=1000)))  # noqa: E731  sim time: 1000 s
-    c.spin_until(lambda g: False, publish=tick, timeout=1.0)
     rgb = rgb_frame(rng)
+    # before the stale frames: the node must run on sim time 1000 (its diagnostics are stamped with its
+    # clock) and have matched our subscription (outputs are lazy): until both hold, a stale frame would
+    # pass as fresh or be dropped unseen. A frame stamped at the sim clock proves the second.
+    semantic = f"{ns}/panoptic/semantic"
+
+    def warm(g):
+        on_sim_time = any(d.header.stamp.sec == 1000 and any(v.key.startswith(ns) for s in d.status for v in s.values)
+                          for d in g["/diagnostics"])
+        return on_sim_time and g[semantic]
+
+    def tick_and_frame():
+        tick()
+        pub.publish(image_msg(rgb, Time(sec=1000), "f"))
+
+    assert c.spin_until(warm, publish=tick_and_frame, timeout=30.0), "the node never ran on sim time 1000"
+    c.spin_until(lambda g: False, publish=tick, timeout=0.5)  # the warm-up frames' outputs drain
+    c.got[semantic].clear()
+    c.got["/diagnostics"].clear()
     # a frame 1 s older than the sim clock is older than max_age_ms: dropped, counted, never published
     for _ in range(3):
         pub.publish(image_msg(rgb, Time(sec=999), "f"))
         c.spin_until(lambda g: False, publish=tick, timeout=0.3)
-    assert not c.got[f"{ns}/panoptic/semantic"]
+    assert not c.got[semantic]
     # a burst of fresh frames, faster than inference: the newest is published, the older ones dropped
     burst = [Time(sec=1000, nanosec=i) for i in range(1, 30)]
     for s in burst:
         pub.publish(image_msg(rgb, s, "f"))
     c.spin_until(lambda g: False, publish=tick, timeout=2.0)
-    stamps = [m.header.stamp.nanosec for m in c.got[f"{ns}/panoptic/semantic"]]
+    stamps = [m.header.stamp.nanosec for m in c.got[semantic]]
     assert stamps and stamps[-1] == burst[-1].nanosec and len(stamps) < len(burst), stamps
     kv = {v.key: v.value for d in c.got["/diagnostics"] for s in d.status for v in s.values}
     assert int(kv[f"{ns} dropped (older than max_age_ms)"]) == 3
