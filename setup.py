@@ -17,7 +17,8 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.json") + glob("config/*.rviz")
                                            + glob("config/*.xml")),
-        (f"share/{PACKAGE}/models", glob("models/*.yaml") + glob("models/*.pth") + glob("models/*.md")),
+        (f"share/{PACKAGE}/models", glob("models/*.yaml") + glob("models/*.pth") + glob("models/*.int8.json")
+                                   + glob("models/*.md")),
     ],
     python_requires=">=3.10",
     install_requires=["numpy", "scipy", "pyyaml", "pillow", "tqdm", "jsonschema", "rosbags>=0.10",

@@ -1,5 +1,5 @@
 """ros2 launch panoptic_node car.launch.py [config:=FILE] [cameras:="['/camera/front']"] [model:=NAME]
-       [backend:=auto|torch|onnxruntime|openvino|tensorrt] [onnx:=FILE] [bag:=PATH] [rviz:=true|false] [log_level:=info]
+       [backend:=auto|torch|onnxruntime|openvino|tensorrt] [precision:=auto|fp32|int8] [onnx:=FILE] [bag:=PATH] [rviz:=true|false] [log_level:=info]
 
 bag:=PATH plays a recorded (or converted CamVid / KITTI) bag with --clock and runs the node on
 sim time: the validation setup, same node, same topics.
@@ -47,7 +47,7 @@ def _node(context):
     env = _dds_env(context, share)
     config = LaunchConfiguration("config").perform(context) or os.path.join(share, "config", "car.param.yaml")
     overrides = {}
-    for name in ("model", "backend", "onnx"):
+    for name in ("model", "backend", "precision", "onnx"):
         value = LaunchConfiguration(name).perform(context)
         if value:
             overrides[name] = value
@@ -76,6 +76,8 @@ def generate_launch_description():
         DeclareLaunchArgument("cameras", default_value="", description="camera namespaces, e.g. \"['/camera/front']\""),
         DeclareLaunchArgument("model", default_value="", description="model name or YAML (default from config)"),
         DeclareLaunchArgument("backend", default_value="", description="auto|torch|onnxruntime|openvino|tensorrt"),
+        DeclareLaunchArgument("precision", default_value="", description="auto|fp32|int8 (auto: int8 on OpenVINO "
+                                                                         "when the weights ship int8 scales)"),
         DeclareLaunchArgument("onnx", default_value="", description="exported graph for onnxruntime / openvino / tensorrt"),
         DeclareLaunchArgument("bag", default_value="", description="play this bag with --clock and use sim time"),
         DeclareLaunchArgument("rviz", default_value="false", description="open RViz with config/panoptic.rviz"),

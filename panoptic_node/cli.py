@@ -18,6 +18,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "when a graph is given; else torch")
     p.add_argument("--onnx", help="exported graph for the onnxruntime / openvino / tensorrt backends (default: "
                    "the model's, exported once into the cache)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8"],
+                   help="of the graphs the cache makes: auto = int8 on OpenVINO when the weights have int8 "
+                        "scales beside them (<weights>.int8.json, panoptic-node calibrate), else fp32")
     p.add_argument("--labels", help="publish labels in this label set (e.g. cityscapes for a COCO model)")
 
 
@@ -25,7 +28,7 @@ def _pipeline(args):
     from .inference.backends import make_pipeline
     return make_pipeline(args.model, weights=args.weights, backend=args.backend, device=args.device,
                          threshold=args.threshold, labels=args.labels, onnx=args.onnx,
-                         log=lambda m: print(m, file=sys.stderr))
+                         precision=args.precision, log=lambda m: print(m, file=sys.stderr))
 
 
 def output_stems(paths):
@@ -176,7 +179,7 @@ def cmd_fleet(args) -> int:
     report = run_fleet(bags, out, args.model, weights=args.weights, backend=args.backend, device=args.device,
                        threshold=args.threshold, labels=args.labels, onnx=args.onnx, workers=args.workers,
                        cpus=args.cpus, address=args.address, tags=tags, write_bags=args.write_bags,
-                       video=args.video)
+                       video=args.video, precision=args.precision)
     h = report["headline"]
     if h:
         print(f"fleet: PQ {100 * h['pq']:.1f} (things {100 * h['pq_things']:.1f}, stuff {100 * h['pq_stuff']:.1f}), "
@@ -339,6 +342,37 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    import tempfile
+
+    import onnx
+
+    from .export import export_onnx
+    from .int8_scales import activation_scales, default_scales_path, save_scales
+    from .model.checkpoint import load_model, require_weights_file, weights_of
+    from .model.config import load_config
+    from .output_safety import check_outputs
+    from .quantize import quantize_int8
+
+    cfg = load_config(args.model)
+    source = weights_of(cfg, args.weights)
+    out = Path(args.out) if args.out else default_scales_path(source)
+    check_outputs({"--out": out}, [source, args.calib], args.overwrite)
+    model = load_model(cfg, require_weights_file(source))
+    size = cfg.input.canvas
+    with tempfile.TemporaryDirectory() as d:  # the graphs are only a step towards the scales
+        fp32, _ = export_onnx(model, size, Path(d) / "fp32.onnx")
+        int8 = quantize_int8(fp32, Path(d) / "int8.onnx", cfg, size, args.calib, args.calib_frames,
+                             args.calib_method, args.reduce_range)
+        scales = activation_scales(onnx.load(str(int8)))
+    save_scales(out, scales, source, 7 if args.reduce_range else 8,
+                {"source": str(args.calib), "max_frames": args.calib_frames, "method": args.calib_method,
+                 "canvas": list(size)})
+    print(f"wrote {out}: {len(scales)} activation scales for {source}; with them `--backend auto` runs int8 graphs "
+          f"on OpenVINO, made for each input size")
+    return 0
+
+
 def cmd_build_engine(args) -> int:
     from .model.config import load_config
     log = lambda m: print(m, file=sys.stderr)
@@ -462,6 +496,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "saturate on 8-bit weights there); the default 8-bit weights suit TensorRT, VNNI and ARM")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("calibrate", help="int8 activation scales of a model's weights, calibrated on real frames: "
+                                         "the file beside the weights that makes the CPU default int8")
+    p.add_argument("--model", default="street_lite0")
+    p.add_argument("--weights", help="weights to calibrate (default: the model config's own)")
+    p.add_argument("--calib", required=True, help="bag or image folder with frames to calibrate on")
+    p.add_argument("--calib-frames", type=int, default=32)
+    p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=False,
+                   help="7-bit int8 weights, only for ONNX Runtime on x86 CPUs without VNNI")
+    p.add_argument("--out", help="scales file (default: <weights>.int8.json beside the weights, where "
+                                 "--backend auto finds it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing scales file")
+    p.set_defaults(func=cmd_calibrate)
+
     p = sub.add_parser("build-engine", help="build (or check) the cached TensorRT engines: from an exported graph, "
                                             "or without one from the PyTorch weights via torch_tensorrt")
     p.add_argument("onnx", nargs="?", help="exported graph (omit to compile the PyTorch model with torch_tensorrt)")
@@ -470,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
     p.set_defaults(func=cmd_build_engine)
 
-    benches = ["pipeline", "evaluation", "backends", "resolution", "street_ablation", "node", "fleet", "shapes"]
+    benches = ["pipeline", "evaluation", "backends", "resolution", "street_ablation", "node", "fleet", "shapes", "int8", "things"]
     p = sub.add_parser("bench", help=f"run a benchmark from bench/ ({', '.join(benches)})")
     p.add_argument("which", choices=benches)
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -131,26 +131,56 @@ def quantize_int8(fp32_path, out_path, cfg, size, source, frames: int = 32, meth
     TensorRT, VNNI and ARM CPUs have no such limit, and 7 bits cost accuracy there (the shipped
     street model on a VNNI CPU: PQ 55.9 fp32, 55.7 with 8-bit weights, 54.3 with 7-bit ones).
     The weight width is recorded in the graph's metadata so a backend can warn about a mismatch."""
-    import onnx
-
-    from .export import set_metadata
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
         raise ValueError(f"calibration method '{method}' is not one of {', '.join(methods)}")
     data = list(calibration_frames(source, frames))
-    graph = onnx.load(str(fp32_path))  # read once for both node choices below
+    return _quantize(fp32_path, out_path, _Reader(data, cfg, size), methods[method], reduce_range, scales=None)
+
+
+def quantize_with_scales(fp32_path, out_path, cfg, size, scales: dict, reduce_range: bool = False) -> Path:
+    """The int8 graph of `fp32_path` with shipped activation scales (int8_scales.py) instead of frames:
+    what quantize_int8 made at calibration, for any input size. One blank frame passes through the
+    calibrator only because ONNX Runtime always calibrates; every activation's range comes from
+    `scales`, and an activation without one is an error, not a range guessed from the blank frame."""
+    import numpy as np
+    from onnxruntime.quantization import CalibrationMethod
+
+    h, w = size
+    blank = np.full((h, w, 3), 127, np.uint8)
+    overrides = {name: [{"scale": np.array(v, np.float32), "zero_point": np.array(0, np.int8)}]
+                 for name, v in scales.items()}
+    return _quantize(fp32_path, out_path, _Reader([blank], cfg, size), CalibrationMethod.MinMax, reduce_range,
+                     scales=overrides)
+
+
+def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, scales) -> Path:
+    import onnx
+
+    from .export import set_metadata
+    from .int8_scales import activation_scales
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    graph = onnx.load(str(fp32_path))  # read once for the choices below
+    overrides = scales if scales is not None else clipped_conv_ranges(graph)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
-        quantize_static(str(fp32_path), str(tmp), _Reader(data, cfg, size), quant_format=QuantFormat.QDQ,
+        quantize_static(str(fp32_path), str(tmp), reader, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                         reduce_range=reduce_range,
                         op_types_to_quantize=["Conv", "MatMul", "Gemm"],
                         nodes_to_exclude=float_kept_nodes(graph) + constant_nodes(graph),
-                        calibrate_method=methods[method],
+                        calibrate_method=method,
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                       "TensorQuantOverrides": clipped_conv_ranges(graph)})
+                                       "TensorQuantOverrides": overrides})
+        if scales is not None:
+            missing = sorted(set(activation_scales(onnx.load(str(tmp)))) - set(scales))
+            if missing:
+                raise ValueError(f"the int8 scales lack {len(missing)} activation(s) of this graph (e.g. "
+                                 f"'{missing[0]}'): they were made for another model or exporter; recalibrate "
+                                 f"with `panoptic-node calibrate`")
         set_metadata(tmp, precision="int8", int8_weight_bits=7 if reduce_range else 8)
     return out_path

@@ -47,24 +47,28 @@ def tag_of(bag: Path, tags: Optional[Dict[str, str]]) -> str:
     return bag.parent.name or "."
 
 
-def settings_of(model, weights, backend, device, threshold, labels, onnx) -> dict:
-    """Everything that changes a bag's score: a rerun with other settings scores again."""
+def settings_of(model, weights, backend, device, threshold, labels, onnx, precision="auto") -> dict:
+    """Everything that changes a bag's score: a rerun with other settings scores again (new int8
+    scales beside the weights included: auto runs them)."""
+    from ..int8_scales import default_scales_path
     from ..model.checkpoint import require_weights_file, weights_of
     from ..model.config import load_config
     cfg = load_config(model)
     w = require_weights_file(weights_of(cfg, weights))
+    scales = default_scales_path(w)
     return {"model": cfg.to_dict(), "weights_sha256": file_sha256(w), "backend": backend, "device": device,
-            "threshold": threshold, "labels": labels, "onnx_sha256": file_sha256(onnx) if onnx else None}
+            "threshold": threshold, "labels": labels, "onnx_sha256": file_sha256(onnx) if onnx else None,
+            "precision": precision, "int8_scales_sha256": file_sha256(scales) if scales.is_file() else None}
 
 
 def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: str = "auto", device: str = "cpu",
               threshold=None, labels=None, onnx=None, workers: int = 2, cpus: Optional[int] = None,
               address: Optional[str] = None, tags: Optional[Dict[str, str]] = None, write_bags: bool = False,
-              video: bool = False, log=print) -> dict:
+              video: bool = False, precision: str = "auto", log=print) -> dict:
     import ray
 
     out = Path(out)
-    settings = settings_of(model, weights, backend, device, threshold, labels, onnx)
+    settings = settings_of(model, weights, backend, device, threshold, labels, onnx, precision)
     results, pending = [], []
     for bag in bags:
         key = store.run_key(settings, bag)
@@ -83,7 +87,7 @@ def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: st
                      log_to_driver=False, configure_logging=False)
         try:
             results += _score(ray, pending, out, settings, tags, model, weights, backend, device, threshold, labels,
-                              onnx, workers, cpus, write_bags, video)
+                              onnx, workers, cpus, write_bags, video, precision)
         finally:
             if started:
                 ray.shutdown()
@@ -93,7 +97,7 @@ def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: st
 
 
 def _score(ray, pending, out, settings, tags, model, weights, backend, device, threshold, labels, onnx, workers,
-           cpus, write_bags, video) -> List[dict]:
+           cpus, write_bags, video, precision) -> List[dict]:
     total_cpus = int(ray.available_resources().get("CPU", 1)) if cpus is None else cpus
     n = max(1, min(workers, len(pending)))
     threads = max(1, total_cpus // n)
@@ -102,7 +106,8 @@ def _score(ray, pending, out, settings, tags, model, weights, backend, device, t
     scorer = ray.remote(num_cpus=threads, max_restarts=2, max_task_retries=2)(BagScorer)
     run_id = uuid.uuid4().hex[:8]  # named, so an operator (or a test) can find a worker in `ray list actors`
     actors = [scorer.options(name=f"panoptic_fleet_{run_id}_{i}").remote(model, weights, backend, device, threshold,
-                                                                          labels, onnx, threads) for i in range(n)]
+                                                                          labels, onnx, threads, precision)
+              for i in range(n)]
     queue, running, done = list(pending), {}, []
     bar = tqdm(total=sum(frames_in(b) for b, _ in pending), unit="frame", desc="fleet")
     failed = 0

@@ -79,13 +79,13 @@ def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Option
 class BagScorer:
     """The actor's class (ray.remote wraps it in run.py): one pipeline per worker process."""
 
-    def __init__(self, model, weights, backend, device, threshold, labels, onnx, threads: int):
+    def __init__(self, model, weights, backend, device, threshold, labels, onnx, threads: int, precision="auto"):
         import torch
 
         from ..inference.backends import make_pipeline
         torch.set_num_threads(threads)
         self.pipeline = make_pipeline(model, weights=weights, backend=backend, device=device, threshold=threshold,
-                                      labels=labels, onnx=onnx, log=lambda m: None)
+                                      labels=labels, onnx=onnx, precision=precision, log=lambda m: None)
 
     def score(self, bag: str, out_bag: Optional[str] = None, video: Optional[str] = None) -> dict:
         return score_bag(self.pipeline, Path(bag), Path(out_bag) if out_bag else None, Path(video) if video else None)

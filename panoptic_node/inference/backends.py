@@ -16,6 +16,7 @@ from .graph_per_shape import GraphPerShape
 from .pipeline import Pipeline
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
+PRECISIONS = ("auto", "fp32", "int8")
 
 
 def tensorrt_available() -> bool:
@@ -56,9 +57,40 @@ def compile_torch_tensorrt(cfg, weights: Optional[str] = None, precision: str = 
     return TorchTensorRTBackend(load_model(cfg, weights), cfg, weights_of(cfg, weights), precision=precision, log=log)
 
 
+def int8_scales_for(cfg, weights, chosen: str, precision: str, log) -> Optional[dict]:
+    """The int8 scales the cache makes graphs from (int8_scales.py), or None for fp32 graphs.
+    auto: int8 on OpenVINO when the weights have scales beside them (2.1x torch for 0.2 PQ on this
+    project's CPUs, bench/bench_backends.py); ONNX Runtime stays fp32 there (its int8 kernels run
+    slower than its fp32 ones on x86, and saturate without VNNI)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return None
+    if chosen not in ("openvino", "onnxruntime"):
+        if precision == "int8":
+            raise ValueError(f"precision int8 runs on the openvino or onnxruntime backend (graphs made from the "
+                             f"model's int8 scales) or from an int8 --onnx graph; backend '{chosen}' runs fp32")
+        return None
+    from ..int8_scales import default_scales_path, load_scales
+    from ..model.checkpoint import weights_of
+    source = weights_of(cfg, weights)
+    path = default_scales_path(source)
+    if precision == "auto" and (chosen != "openvino" or not path.is_file()):
+        return None
+    try:
+        return load_scales(path, source)
+    except (OSError, ValueError) as e:
+        if precision == "int8":
+            raise
+        (log or print)(f"{e}; running fp32")
+        return None
+
+
 def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "auto", device: str = "cpu",
                   threshold: Optional[float] = None, labels: Optional[str] = None, onnx: Optional[str] = None,
-                  log=None) -> Pipeline:
+                  log=None, precision: str = "auto") -> Pipeline:
+    """precision: of the graphs the cache makes (int8_scales_for); a graph given with --onnx runs at
+    its own precision, which a precision other than auto must name."""
     cfg = load_config(model)
     chosen = resolve(backend, cfg, onnx, device)
     # the graph beside the config's weights belongs to those weights, not to --weights
@@ -66,21 +98,39 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     if chosen == "openvino" and device != "cpu":
         raise ValueError(f"backend 'openvino' runs on the CPU; device '{device}' is for the tensorrt, "
                          f"onnxruntime or torch backends")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+    if path is not None and precision != "auto":
+        from ..export import read_metadata
+        given = read_metadata(path).get("precision", "fp32")
+        if given != precision:
+            raise ValueError(f"the graph '{path}' is {given}, not the {precision} asked for; leave --onnx out to "
+                             f"run graphs the cache makes, or pass a {precision} graph")
     per_shape = None
     if path is None and chosen in ("openvino", "onnxruntime"):
+        int8 = int8_scales_for(cfg, weights, chosen, precision, log)
+        opener = lambda p: _open_graph(chosen, p, cfg, device, log)  # noqa: E731
         try:  # graphs the cache exports, one per input size (graph_per_shape.py)
-            per_shape = GraphPerShape(cfg, weights, lambda p: _open_graph(chosen, p, cfg, device, log),
-                                      log=log or print)
+            try:
+                per_shape = GraphPerShape(cfg, weights, opener, log=log or print, int8=int8)
+            except ValueError as e:  # scales that do not fit the graph: auto runs the fp32 one
+                if int8 is None or precision != "auto":
+                    raise
+                (log or print)(f"{str(e).splitlines()[0]}; running fp32")
+                per_shape = GraphPerShape(cfg, weights, opener, log=log or print)
         except FileNotFoundError:  # missing weights: torch would not find them either
             raise
         except Exception as e:  # a read-only cache, an exporter failure
-            if backend != "auto":
+            if backend != "auto" or precision == "int8":
                 raise
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             (log or print)(f"no exported graph for {chosen} ({reason}); running on torch")
             chosen = "torch"
     if log:
         log(f"backend: {chosen}" + (" (auto)" if backend == "auto" else ""))
+    if precision == "int8" and per_shape is None and path is None:
+        raise ValueError(f"precision int8 runs on the openvino or onnxruntime backend (graphs made from the "
+                         f"model's int8 scales) or from an int8 --onnx graph; backend '{chosen}' runs fp32")
     if chosen == "torch":
         return Pipeline.from_config(cfg, weights=weights, device=device, threshold=threshold, labels=labels)
     if chosen == "tensorrt" and path is None:

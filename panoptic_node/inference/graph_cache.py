@@ -8,6 +8,7 @@ the config's sha256, the canvas, and the source of the code that builds and expo
 weights, a changed config or a changed exporter export again instead of reusing a stale graph.
 """
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -37,40 +38,53 @@ def _exporter_sha256() -> str:
     return h.hexdigest()
 
 
-def cached_graph_path(cfg, weights, directory: Optional[Path] = None, canvas=None) -> Path:
+def _quantizer_sha256() -> str:
+    return file_sha256(PACKAGE / "quantize.py")
+
+
+def cached_graph_path(cfg, weights, directory: Optional[Path] = None, canvas=None, int8: Optional[dict] = None) -> Path:
     h, w = canvas or cfg.input.canvas
     part = f"onnx opset {OPSET} canvas {h}x{w} exporter {_exporter_sha256()}"
+    if int8 is not None:  # what the int8 graph is made from: the scales and the quantizer's code
+        part += f" int8 {json.dumps(int8, sort_keys=True)} quantizer {_quantizer_sha256()}"
     key = model_source_sha256(weights, cfg, part)[:KEY_CHARS]
-    return Path(directory or cache_dir()) / f"{cfg.name}-{h}x{w}-{key}.onnx"
+    return Path(directory or cache_dir()) / f"{cfg.name}-{h}x{w}{'-int8' if int8 is not None else ''}-{key}.onnx"
 
 
 def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optional[Path] = None,
-                 canvas=None) -> Path:
-    """The fp32 graph pair (detect + mask head) of `cfg` with `weights` (default: the config's) for an
-    input of `canvas` (H, W; default the config's), exported into the cache the first time."""
+                 canvas=None, int8: Optional[dict] = None) -> Path:
+    """The graph pair (detect + mask head) of `cfg` with `weights` (default: the config's) for an input
+    of `canvas` (H, W; default the config's), exported into the cache the first time: fp32, or with
+    `int8` (a scales file's content, int8_scales.load_scales) the int8 detect graph made from those
+    scales (the mask head stays fp32, as in every int8 export)."""
     from ..model.checkpoint import load_model, require_weights_file, weights_of
 
     source = require_weights_file(weights_of(cfg, weights))  # before its bytes are hashed
     canvas = tuple(canvas or cfg.input.canvas)
-    path = cached_graph_path(cfg, source, directory, canvas)
+    path = cached_graph_path(cfg, source, directory, canvas, int8)
     if path.is_file() and mask_graph_path(path).is_file():
         if _checksum_file(path).is_file() and _checksum_file(path).read_text() == _pair_sha256(path):
             os.utime(path)  # the cache keeps the graphs used last
             return path
         # truncated, emptied, or half-deleted by hand: made again instead of failing every run
         log(f"cached graph {path} does not match its checksum (damaged?); exporting it again")
-    log(f"exporting {cfg.name} for the CPU runtime to {path} (once; later runs reuse it)")
+    precision = "int8" if int8 is not None else "fp32"
+    log(f"exporting {cfg.name} ({precision}) for the CPU runtime to {path} (once; later runs reuse it)")
     model = load_model(cfg, source)
     path.parent.mkdir(parents=True, exist_ok=True)
     # in a folder of this process's own: two nodes starting together never write into one file
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as d:
         detect, masks = export_onnx(model, canvas, Path(d) / path.name)
+        if int8 is not None:
+            from ..quantize import quantize_with_scales
+            detect = quantize_with_scales(detect, Path(d) / f"int8-{path.name}", cfg, canvas, int8["scales"],
+                                          reduce_range=int8["int8_weight_bits"] == 7)
         os.replace(masks, mask_graph_path(path))
         os.replace(detect, path)  # then: a graph in the cache always has its mask graph
         checksum = Path(d) / "checksum"
         checksum.write_text(_pair_sha256(path))
         os.replace(checksum, _checksum_file(path))  # last: only a complete pair has one
-    _prune(path.parent, cfg.name, canvas)
+    _prune(path.parent, cfg.name, canvas, precision)
     return path
 
 
@@ -84,12 +98,13 @@ def _pair_sha256(path: Path) -> str:
 
 
 
-def _prune(directory: Path, name: str, canvas, keep: int = KEEP) -> None:
-    """Only the `keep` graphs of a model and input size used last stay: every new weights file or
-    exporter change adds one (27 MB for the street model, 170 MB for DETR R50)."""
+def _prune(directory: Path, name: str, canvas, precision: str = "fp32", keep: int = KEEP) -> None:
+    """Only the `keep` graphs of a model, input size and precision used last stay: every new weights
+    file or exporter change adds one (27 MB for the street model, 170 MB for DETR R50)."""
     h, w = canvas
-    # not another model's, not another size's, not a mask graph
-    ours = re.compile(rf"{re.escape(name)}-{h}x{w}-[0-9a-f]{{{KEY_CHARS}}}\.onnx")
+    # not another model's, not another size's or precision's, not a mask graph
+    tag = "-int8" if precision == "int8" else ""
+    ours = re.compile(rf"{re.escape(name)}-{h}x{w}{tag}-[0-9a-f]{{{KEY_CHARS}}}\.onnx")
     graphs = [p for p in directory.iterdir() if ours.fullmatch(p.name)]
     graphs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     for old in graphs[keep:]:

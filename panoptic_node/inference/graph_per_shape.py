@@ -3,9 +3,9 @@ the frame, DETR sees padding it never trained with (class logits moved by up to 
 in an 800x1333 canvas) and a portrait frame was scaled down into a landscape canvas. The graphs the
 cache exports for a CPU runtime are therefore made per padded input size, on the first frame of that
 size (about 4 s for the street model, 11 s for DETR R50; a camera has one size), and kept: the answer
-no longer depends on the backend. A graph the user gives (an int8 graph calibrated for its canvas)
-keeps its one canvas."""
-from typing import Callable, Dict, Tuple
+no longer depends on the backend. With a model's shipped int8 scales (int8_scales.py) the graphs are
+int8, made per size from the same scales. A graph the user gives keeps its one canvas."""
+from typing import Callable, Dict, Optional, Tuple
 
 from .backend import Backend
 from .graph_cache import cached_graph
@@ -16,8 +16,8 @@ class GraphPerShape(Backend):
     max_batch = 1  # each graph has a static batch of 1 (export.py)
     size = None    # frames are sized by the model config, not fitted into a canvas
 
-    def __init__(self, cfg, weights, open_graph: Callable, log=print):
-        self.cfg, self.weights, self.open_graph, self.log = cfg, weights, open_graph, log
+    def __init__(self, cfg, weights, open_graph: Callable, log=print, int8: Optional[dict] = None):
+        self.cfg, self.weights, self.open_graph, self.log, self.int8 = cfg, weights, open_graph, log, int8
         self._by_shape: Dict[Tuple[int, int], Backend] = {}
         first = self._for(cfg.input.canvas)  # the config's own canvas now: a graph that cannot be made is said at start
         self.name, self.precision, self.mask_stride = first.name, first.precision, first.mask_stride
@@ -26,7 +26,7 @@ class GraphPerShape(Backend):
     def _for(self, shape) -> Backend:
         shape = tuple(int(v) for v in shape)
         if shape not in self._by_shape:
-            path = cached_graph(self.cfg, self.weights, log=self.log, canvas=shape)
+            path = cached_graph(self.cfg, self.weights, log=self.log, canvas=shape, int8=self.int8)
             self._by_shape[shape] = self.open_graph(path)
         return self._by_shape[shape]
 

@@ -62,7 +62,7 @@ class PanopticNode(Node):
 
         from ..inference.backends import make_pipeline
         self.pipeline = make_pipeline(p["model"], weights=p["weights"] or None, backend=p["backend"],
-                                      onnx=p["onnx"] or None,
+                                      onnx=p["onnx"] or None, precision=p["precision"],
                                       device=p["device"], threshold=None if p["threshold"] < 0 else p["threshold"],
                                       labels=None if p["label_set"] == "native" else p["label_set"],
                                       log=self.get_logger().info)

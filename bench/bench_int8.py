@@ -1,0 +1,69 @@
+"""The CPU default (int8 graphs made from the weights' shipped scales, on OpenVINO) against fp32 graphs
+and torch: PQ, mIoU and time per frame on the same CamVid frames, in one run.
+
+    python bench/bench_int8.py                                    # the shipped model on CamVid val
+    python bench/bench_int8.py --weights runs/fold/last.pth --drives 0006R0   # a drive held out of training
+
+The weights need their scales beside them (`panoptic-node calibrate --weights W --calib FRAMES`, which
+writes W's `.int8.json`); calibrate on frames of the training drives, never on the drive scored here.
+"""
+import argparse
+import statistics
+import tempfile
+import time
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="street_lite0")
+    parser.add_argument("--weights")
+    parser.add_argument("--camvid")
+    parser.add_argument("--drives", help="score every labelled frame of these drives (default: CamVid val)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    import os
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    from tqdm import tqdm
+
+    from panoptic_node.evaluation.evaluator import Evaluator
+    from panoptic_node.evaluation.gt import panoptic_from_labels
+    from panoptic_node.inference.backends import make_pipeline
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.data import CamVid, find_camvid
+
+    root = find_camvid(args.camvid)
+    data = CamVid(root, drives=args.drives.split(",")) if args.drives else CamVid(root, "val")
+    samples = data.load_all()
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["PANOPTIC_NODE_GRAPH_CACHE"] = cache  # graphs made fresh, as on a new machine
+        rows = {}
+        for name, backend, precision in (("torch fp32", "torch", "fp32"), ("openvino fp32", "openvino", "fp32"),
+                                         ("openvino int8 (auto)", "auto", "auto")):
+            pipe = make_pipeline(args.model, weights=args.weights, backend=backend, precision=precision,
+                                 log=lambda m: None)
+            pipe(samples[0].rgb)  # the frame size's graph is made before timing
+            ev = Evaluator(get_taxonomy("camvid"))
+            times = []
+            for s in tqdm(samples, desc=name, leave=False):
+                t0 = time.perf_counter()
+                r = pipe(s.rgb)
+                times.append(time.perf_counter() - t0)
+                ev.add(panoptic_from_labels(s.semantic, s.instance, ev.taxonomy.thing_lut), s.semantic, r.panoptic,
+                       r.semantic)
+            rep = ev.report()
+            rows[name] = (f"{pipe.backend.name} {pipe.backend.precision}", 100 * rep["pq"]["pq"],
+                          100 * rep["pq_things"]["pq"], 100 * rep["miou"], 1000 * statistics.median(times))
+    base = rows["torch fp32"][4]
+    print(f"{len(samples)} frames ({'drives ' + args.drives if args.drives else 'CamVid val'}), "
+          f"weights {args.weights or 'shipped'}, {args.threads} threads")
+    print(f"{'run':22} {'ran as':16} {'PQ':>5} {'things':>6} {'mIoU':>5} {'ms/frame':>8} {'vs torch':>8}")
+    for name, (ran, pq, things, miou, ms) in rows.items():
+        print(f"{name:22} {ran:16} {pq:5.1f} {things:6.1f} {miou:5.1f} {ms:8.1f} {base / ms:7.2f}x")
+
+
+if __name__ == "__main__":
+    main()

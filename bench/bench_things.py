@@ -1,0 +1,119 @@
+"""Where thing PQ is lost, frame by frame: every ground-truth car, pedestrian and cyclist segment is
+matched (IoU > 0.5, as PQ does) or put in the first failure class that explains it.
+
+    python bench/bench_things.py [--weights W] [--drives 0006R0] [--csv things.csv]
+
+Failure classes, in order: tiny (< 100 px) and small (< 400 px) segments; missed (no predicted segment
+of the class touches it; split by whether its pixels got the class in the semantic map, i.e. found as
+pixels but given to no instance, or not found); merged (the prediction covering most of it also covers
+a fifth of another ground-truth segment of the class); split (two or more predictions each cover a
+fifth of it); mislocated (the rest). CamVid instances are 8-connected components of the class map
+(a car cut by a pole is two segments), so tiny fragments are part of what the metric asks for.
+Also printed: thing PQ with unmatched ground truth under 100 px left out, to show what the fragments
+cost (not a metric the project reports as its score).
+"""
+import argparse
+import collections
+import csv
+
+
+def classify(gt_inst, gt_sem, pan, sem_pred, label, divisor=1000):
+    """[(segment id, area, kind, iou)] for the ground-truth segments of `label` in one frame."""
+    import numpy as np
+
+    valid = gt_sem != 255
+    out = []
+    gt_ids = [int(k) for k in np.unique(gt_inst[gt_sem == label]) if k]
+    preds = [int(k) for k in np.unique(pan) if k // divisor == label and k % divisor]
+    pred_masks = {p: pan == p for p in preds}
+    for g in gt_ids:
+        gm = gt_inst == g
+        area = int(gm.sum())
+        covers = []
+        best = 0.0
+        for p, pm in pred_masks.items():
+            inter = int((gm & pm).sum())
+            if inter:
+                best = max(best, inter / int(((gm | pm) & valid).sum()))
+                covers.append((inter, p))
+        if best > 0.5:
+            kind = "matched"
+        elif area < 100:
+            kind = "tiny <100 px"
+        elif area < 400:
+            kind = "small <400 px"
+        elif not covers:
+            kind = "missed, pixels found" if (sem_pred[gm] == label).mean() > 0.5 else "missed, pixels not found"
+        elif sum(inter > 0.2 * area for inter, _ in covers) >= 2:
+            kind = "split"
+        else:
+            _, p = max(covers)
+            others = [k for k in gt_ids if k != g and int(((gt_inst == k) & pred_masks[p]).sum())
+                      > 0.2 * int((gt_inst == k).sum())]
+            kind = "merged" if others else "mislocated"
+        out.append((g, area, kind, best))
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="street_lite0")
+    parser.add_argument("--weights")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--camvid")
+    parser.add_argument("--drives", help="every labelled frame of these drives (default: CamVid val)")
+    parser.add_argument("--csv", help="one row per ground-truth thing segment (frame, class, area, kind, IoU)")
+    args = parser.parse_args()
+    from tqdm import tqdm
+
+    from panoptic_node.evaluation.evaluator import Evaluator
+    from panoptic_node.evaluation.gt import panoptic_from_labels
+    from panoptic_node.inference.backends import make_pipeline
+    from panoptic_node.inference.result import LABEL_DIVISOR
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.data import CamVid, find_camvid
+
+    root = find_camvid(args.camvid)
+    data = CamVid(root, drives=args.drives.split(",")) if args.drives else CamVid(root, "val")
+    tax = get_taxonomy("camvid")
+    pipe = make_pipeline(args.model, weights=args.weights, backend=args.backend, log=lambda m: None)
+    rows, ev, ev_no_tiny = [], Evaluator(tax), Evaluator(tax)
+    for i in tqdm(range(len(data)), desc="frames"):
+        s = data[i]
+        r = pipe(s.rgb)
+        gt = panoptic_from_labels(s.semantic, s.instance, tax.thing_lut)
+        ev.add(gt, s.semantic, r.panoptic, r.semantic)
+        tiny_missed = []
+        for label in tax.thing_ids:
+            for g, area, kind, iou in classify(s.instance, s.semantic, r.panoptic, r.semantic, label, LABEL_DIVISOR):
+                rows.append((s.name, tax.name_of(label),
+                             area, kind, round(iou, 3)))
+                if kind == "tiny <100 px":
+                    tiny_missed.append(g)
+        # the same frame with those fragments made void: what PQ would be without them
+        sem2 = s.semantic.copy()
+        for g in tiny_missed:
+            sem2[s.instance == g] = 255
+        ev_no_tiny.add(panoptic_from_labels(sem2, s.instance, tax.thing_lut), sem2, r.panoptic, r.semantic)
+    counts = collections.Counter((c, k) for _, c, _, k, _ in rows)
+    classes = sorted({c for _, c, _, _, _ in rows})
+    kinds = ["matched", "tiny <100 px", "small <400 px", "missed, pixels found", "missed, pixels not found",
+             "merged", "split", "mislocated"]
+    print(f"{len(data)} frames ({'drives ' + args.drives if args.drives else 'CamVid val'}), weights "
+          f"{args.weights or 'shipped'}; ground-truth thing segments by what happened to them:")
+    print(f"{'':26}" + "".join(f"{c[:12]:>13}" for c in classes))
+    for k in kinds:
+        print(f"{k:26}" + "".join(f"{counts[(c, k)]:13d}" for c in classes))
+    a, b = ev.report(), ev_no_tiny.report()
+    print(f"thing PQ {100 * a['pq_things']['pq']:.1f} (RQ {100 * a['pq_things']['rq']:.1f}); with the unmatched "
+          f"fragments under 100 px left out: {100 * b['pq_things']['pq']:.1f} (RQ {100 * b['pq_things']['rq']:.1f})")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["frame", "class", "area", "kind", "iou"])
+            w.writerows(rows)
+        print(f"wrote {args.csv}")
+
+
+if __name__ == "__main__":
+    main()

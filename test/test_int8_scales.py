@@ -1,0 +1,217 @@
+"""INT8 by default on the CPU: a model's calibration ships as activation scales beside its weights
+(`panoptic-node calibrate`), and the graph cache makes the int8 graph of every input size from them.
+
+The graph made from the scales is the graph quantizing with the frames makes (same nodes, same bytes
+in every initializer); `--backend auto` runs it on OpenVINO; scales of other weights, damaged scales or
+scales that miss an activation get one line (auto then runs fp32, an explicit int8 stops)."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+from onnx import numpy_helper  # noqa: E402
+
+from panoptic_node.cli import main  # noqa: E402
+from panoptic_node.export import export_onnx  # noqa: E402
+from panoptic_node.inference.backends import make_pipeline  # noqa: E402
+from panoptic_node.inference.graph_cache import cached_graph  # noqa: E402
+from panoptic_node.int8_scales import activation_scales, default_scales_path, load_scales  # noqa: E402
+from panoptic_node.model.checkpoint import load_model  # noqa: E402
+from panoptic_node.model.config import load_config  # noqa: E402
+from panoptic_node.quantize import quantize_int8, quantize_with_scales  # noqa: E402
+
+from conftest import CAMVID, camvid_or_skip  # noqa: E402
+from launch_helpers import tiny_model_yaml  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    d = tmp_path_factory.mktemp("calib")
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def calibrated(frames):
+    """A model folder (config + weights) with its scales made by `panoptic-node calibrate`."""
+    yaml_path = Path(tiny_model_yaml())
+    assert main(["calibrate", "--model", str(yaml_path), "--calib", str(frames), "--calib-frames", "4"]) == 0
+    cfg = load_config(str(yaml_path))
+    return yaml_path, cfg, default_scales_path(cfg.weights)
+
+
+def graph_content(path):
+    m = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    nodes = [(n.op_type, tuple(n.input), tuple(n.output)) for n in m.graph.node]
+    return nodes, inits
+
+
+def test_the_graph_made_from_scales_is_the_graph_made_from_frames(calibrated, frames, tmp_path):
+    _, cfg, scales_path = calibrated
+    canvas = cfg.input.canvas
+    export_onnx(load_model(cfg, None), canvas, tmp_path / "fp32.onnx")
+    quantize_int8(tmp_path / "fp32.onnx", tmp_path / "frames.onnx", cfg, canvas, frames, frames=4)
+    body = load_scales(scales_path, cfg.weights)
+    quantize_with_scales(tmp_path / "fp32.onnx", tmp_path / "scales.onnx", cfg, canvas, body["scales"])
+    (nodes_a, inits_a), (nodes_b, inits_b) = graph_content(tmp_path / "frames.onnx"), graph_content(tmp_path / "scales.onnx")
+    assert nodes_a == nodes_b
+    assert inits_a.keys() == inits_b.keys()
+    assert all(np.array_equal(inits_a[k], inits_b[k]) for k in inits_a)
+    # and the scales are exactly the calibrated graph's
+    assert activation_scales(onnx.load(str(tmp_path / "frames.onnx"))) == body["scales"]
+    assert body["calibration"]["max_frames"] == 4 and body["int8_weight_bits"] == 8
+
+
+def test_auto_runs_int8_graphs_of_each_input_size_on_openvino(calibrated, rng, tmp_path, monkeypatch):
+    yaml_path, cfg, _ = calibrated
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
+    lines = []
+    pipe = make_pipeline(str(yaml_path), backend="openvino", log=lines.append)
+    fp32 = make_pipeline(str(yaml_path), backend="openvino", precision="fp32", log=lines.append)
+    assert (pipe.backend.name, pipe.backend.precision) == ("openvino", "int8")
+    assert fp32.backend.precision == "fp32"
+    for h, w in ((48, 64), (64, 48), (40, 96)):
+        rgb = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        assert pipe(rgb).panoptic.shape == (h, w)
+    graphs = sorted(p.name for p in (tmp_path / "cache").glob("*-int8-*.onnx") if ".masks" not in p.name)
+    assert len(graphs) >= 2, graphs  # one per padded input size
+    for g in graphs:  # each of them int8, every activation quantized with a shipped scale
+        scales = activation_scales(onnx.load(str(tmp_path / "cache" / g)))
+        assert scales and set(scales) <= set(load_scales(default_scales_path(cfg.weights), cfg.weights)["scales"])
+    # ONNX Runtime's int8 kernels are slower than its fp32 ones on x86: auto keeps it fp32, int8 on request
+    assert make_pipeline(str(yaml_path), backend="onnxruntime", log=lines.append).backend.precision == "fp32"
+    assert make_pipeline(str(yaml_path), backend="onnxruntime", precision="int8",
+                         log=lines.append).backend.precision == "int8"
+
+
+def _model_copy(calibrated, tmp_path) -> Path:
+    yaml_path, _, scales = calibrated
+    d = tmp_path / "model"
+    shutil.copytree(yaml_path.parent, d)
+    return d / yaml_path.name
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("other_weights", "calibrated for other weights"),
+    ("truncated", "not readable JSON"),
+    ("negative", "not a positive number"),
+    ("not_ours", "not in format 1"),
+    ("missing_activation", "lack 1 activation"),
+])
+def test_bad_scales_auto_runs_fp32_and_int8_stops_with_one_line(calibrated, tmp_path, monkeypatch, capsys, damage,
+                                                               message):
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
+    yaml_path = _model_copy(calibrated, tmp_path)
+    cfg = load_config(str(yaml_path))
+    scales = default_scales_path(cfg.weights)
+    body = json.loads(scales.read_text())
+    if damage == "other_weights":
+        body["weights_sha256"] = "0" * 64
+        scales.write_text(json.dumps(body))
+    elif damage == "truncated":
+        scales.write_text(scales.read_text()[:100])
+    elif damage == "negative":
+        body["scales"][next(iter(body["scales"]))] = -0.5
+        scales.write_text(json.dumps(body))
+    elif damage == "not_ours":
+        scales.write_text(json.dumps({"ranges": [1, 2]}))
+    else:
+        del body["scales"][sorted(body["scales"])[-1]]
+        scales.write_text(json.dumps(body))
+    before = scales.read_bytes()
+    lines = []
+    pipe = make_pipeline(str(yaml_path), backend="openvino", log=lines.append)
+    assert pipe.backend.precision == "fp32"
+    said = [line for line in lines if message in line]
+    assert len(said) == 1 and said[0].endswith("running fp32") and "\n" not in said[0], lines
+    with pytest.raises(ValueError, match=message):
+        make_pipeline(str(yaml_path), backend="openvino", precision="int8", log=lines.append)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "frame.png")
+    capsys.readouterr()
+    assert main(["infer", "--model", str(yaml_path), "--backend", "openvino", "--precision", "int8",
+                 str(tmp_path / "frame.png"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # progress lines ("exporting ...") and then the error
+    assert [line for line in err if message in line] == err[-1:], err
+    assert scales.read_bytes() == before  # the user's file is never rewritten
+
+
+def test_int8_where_it_cannot_run_is_one_line(calibrated, tmp_path):
+    yaml_path, cfg, _ = calibrated
+    with pytest.raises(ValueError, match="precision int8 runs on the openvino or onnxruntime backend"):
+        make_pipeline(str(yaml_path), backend="torch", precision="int8")
+    export_onnx(load_model(cfg, None), cfg.input.canvas, tmp_path / "fp32.onnx")
+    with pytest.raises(ValueError, match="is fp32, not the int8 asked for"):
+        make_pipeline(str(yaml_path), backend="openvino", precision="int8", onnx=str(tmp_path / "fp32.onnx"))
+    with pytest.raises(ValueError, match="precision 'int4' is not one of"):
+        make_pipeline(str(yaml_path), backend="openvino", precision="int4")
+
+
+def test_calibrate_refuses_to_replace_without_overwrite(calibrated, frames, tmp_path):
+    yaml_path = _model_copy(calibrated, tmp_path)
+    scales = default_scales_path(load_config(str(yaml_path)).weights)
+    before = scales.read_bytes()
+    assert main(["calibrate", "--model", str(yaml_path), "--calib", str(frames)]) == 2
+    assert scales.read_bytes() == before
+    assert main(["calibrate", "--model", str(yaml_path), "--calib", str(tmp_path / "nowhere"), "--overwrite"]) != 0
+    assert scales.read_bytes() == before  # a failed calibration leaves the old file as it was
+    assert not list(scales.parent.glob("*.partial*"))
+    assert main(["calibrate", "--model", str(yaml_path), "--calib", str(frames), "--calib-frames", "2",
+                 "--overwrite"]) == 0
+    assert json.loads(scales.read_text())["calibration"]["max_frames"] == 2
+
+
+def test_the_shipped_scales_belong_to_the_shipped_weights():
+    """Fails when the street model's weights change without `panoptic-node calibrate` being rerun."""
+    cfg = load_config("street_lite0")
+    body = load_scales(default_scales_path(cfg.weights), cfg.weights)
+    assert body["int8_weight_bits"] == 8 and len(body["scales"]) > 100
+
+
+def test_the_shipped_int8_default_scores_within_one_pq_point_of_fp32():
+    """The street model as users get it (auto: int8 on OpenVINO) against its fp32 graphs, on every
+    fourth CamVid val frame."""
+    camvid_or_skip()
+    from panoptic_node.evaluation.evaluator import Evaluator
+    from panoptic_node.evaluation.gt import panoptic_from_labels
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.data import CamVid
+
+    val = CamVid(CAMVID, "val")
+    scores = {}
+    for precision in ("auto", "fp32"):
+        pipe = make_pipeline("street_lite0", backend="auto", precision=precision, log=lambda m: None)
+        if precision == "auto":
+            assert (pipe.backend.name, pipe.backend.precision) == ("openvino", "int8")
+        ev = Evaluator(get_taxonomy("camvid"))
+        for i in range(0, len(val), 4):
+            s = val[i]
+            r = pipe(s.rgb)
+            ev.add(panoptic_from_labels(s.semantic, s.instance, ev.taxonomy.thing_lut), s.semantic, r.panoptic,
+                   r.semantic)
+        rep = ev.report()
+        scores[precision] = (100 * rep["pq"]["pq"], 100 * rep["miou"])
+    assert abs(scores["auto"][0] - scores["fp32"][0]) <= 1.0, scores
+    assert abs(scores["auto"][1] - scores["fp32"][1]) <= 1.0, scores
+
+
+def test_cached_int8_graphs_are_named_apart_from_fp32_ones(calibrated, tmp_path):
+    _, cfg, scales = calibrated
+    body = load_scales(scales, cfg.weights)
+    fp32 = cached_graph(cfg, directory=tmp_path, log=lambda m: None)
+    int8 = cached_graph(cfg, directory=tmp_path, log=lambda m: None, int8=body)
+    assert fp32 != int8 and "-int8-" in int8.name and "-int8-" not in fp32.name
+    assert cached_graph(cfg, directory=tmp_path, log=lambda m: None, int8=body) == int8  # reused
+    other = dict(body, scales={k: 2 * v for k, v in body["scales"].items()})
+    assert cached_graph(cfg, directory=tmp_path, log=lambda m: None, int8=other) != int8  # new scales, new graph
