@@ -93,3 +93,37 @@ def test_torch_tensorrt_pipeline_agrees_with_torch(tmp_path, monkeypatch):  # pr
     assert (a.semantic == b.semantic).mean() > 0.98
     again = make_pipeline("street_lite0", backend="tensorrt")  # from the cache this time
     assert (again(frame).semantic == a.semantic).all()
+
+
+def test_tensorrt_without_a_graph_compiles_one_engine_pair_per_input_size(tiny_model_yaml, rng, monkeypatch):
+    """What runs on a GPU: each padded input size gets its own compiled pair at exactly that canvas, so
+    the answer is torch's on every frame shape. The compiler is replaced by one that records the canvas
+    and runs the same network in torch at that static size (TensorRT itself needs a GPU)."""
+    from panoptic_node.inference import torch_tensorrt_backend
+    from panoptic_node.inference.backend import TorchBackend
+
+    built = []
+
+    class StaticCanvasStandIn(TorchBackend):
+        def __init__(self, model, cfg, weights, precision="fp16", log=print, canvas=None):
+            super().__init__(model)
+            self.name, self.precision, self.canvas = "tensorrt", precision, tuple(canvas)
+            built.append(self.canvas)
+
+        def detect(self, images, pad_mask):
+            assert tuple(images.shape[-2:]) == self.canvas  # a static engine takes nothing else
+            return super().detect(images, pad_mask)
+
+    monkeypatch.setattr(torch_tensorrt_backend, "TorchTensorRTBackend", StaticCanvasStandIn)
+    trt = make_pipeline(tiny_model_yaml, backend="tensorrt", threshold=0.0)
+    torch_pipe = make_pipeline(tiny_model_yaml, backend="torch", threshold=0.0)
+    cfg = load_config(tiny_model_yaml)
+    assert built == [tuple(cfg.input.canvas)]  # the config's canvas at start
+    for h, w in ((48, 64), (64, 48), (40, 96), (48, 64)):
+        rgb = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        a, b = trt(rgb), torch_pipe(rgb)
+        assert a.panoptic.shape == (h, w)
+        np.testing.assert_array_equal(a.semantic, b.semantic)
+        np.testing.assert_array_equal(a.panoptic, b.panoptic)
+    assert len(built) == len(set(built)) >= 3  # one per size, each made once
+    assert trt.backend.name == "tensorrt"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..model.config import load_config
-from .graph_per_shape import GraphPerShape
+from .graph_per_shape import GraphPerShape, PerShape
 from .pipeline import Pipeline
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
@@ -51,10 +51,14 @@ def resolve(backend: str, cfg, onnx: Optional[str] = None, device: str = "cpu") 
 
 
 def compile_torch_tensorrt(cfg, weights: Optional[str] = None, precision: str = "fp16", log=print):
-    """The TensorRT backend for a PyTorch checkpoint (no exported graph): torch_tensorrt, cached."""
+    """The TensorRT backend for a PyTorch checkpoint (no exported graph): torch_tensorrt engines, one per
+    padded input size (graph_per_shape.py), cached; the config's canvas is compiled now."""
     from ..model.checkpoint import load_model, weights_of
-    from .torch_tensorrt_backend import TorchTensorRTBackend
-    return TorchTensorRTBackend(load_model(cfg, weights), cfg, weights_of(cfg, weights), precision=precision, log=log)
+    from . import torch_tensorrt_backend
+    model, source = load_model(cfg, weights), weights_of(cfg, weights)
+    return PerShape(lambda shape: torch_tensorrt_backend.TorchTensorRTBackend(model, cfg, source, precision=precision,
+                                                                             log=log, canvas=shape),
+                    tuple(cfg.input.canvas))
 
 
 def int8_scales_for(cfg, weights, chosen: str, precision: str, log) -> Optional[dict]:

@@ -1,8 +1,8 @@
 """TensorRT from the PyTorch model itself (torch_tensorrt, dynamo), with no ONNX step.
 
 For a model trained or fine-tuned in PyTorch: `--backend tensorrt` without `--onnx` compiles the same
-two parts the ONNX export writes (detect on the static canvas, mask head with a dynamic query dimension
-1..num_queries) into TensorRT engines. FP16 is explicit: every layer in float16 except LayerNorm and
+two parts the ONNX export writes (detect on a static canvas, mask head with a dynamic query dimension
+1..num_queries) into TensorRT engines, one pair per padded input size (graph_per_shape.PerShape). FP16 is explicit: every layer in float16 except LayerNorm and
 GroupNorm, which compute in float32 (FP16 normalisation loses accuracy in transformers), so the result
 does not depend on which torch_tensorrt typing mode is the default. INT8 goes through the QDQ ONNX path.
 
@@ -57,7 +57,7 @@ class TorchTensorRTBackend(Backend):  # pragma: no cover - needs a GPU with torc
     name = "tensorrt"
     max_batch = 1  # compiled for one frame (the detect inputs below)
 
-    def __init__(self, model: nn.Module, cfg, weights, precision: str = "fp16", log=print):
+    def __init__(self, model: nn.Module, cfg, weights, precision: str = "fp16", log=print, canvas=None):
         require_cuda()
         if precision not in PRECISIONS:
             raise ValueError(f"torch_tensorrt precision '{precision}' is not one of {', '.join(PRECISIONS)}; for int8 "
@@ -71,7 +71,7 @@ class TorchTensorRTBackend(Backend):  # pragma: no cover - needs a GPU with torc
         from ..export import _Detect, _Masks
 
         self.precision = precision
-        self.size = cfg.input.canvas
+        self.size = tuple(canvas or cfg.input.canvas)  # graph_per_shape.PerShape makes one per input size
         self.mask_stride = cfg.output_mask_stride
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         model = inference_copy(model)
