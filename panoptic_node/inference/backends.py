@@ -1,7 +1,8 @@
 """Choosing a backend: auto picks TensorRT if CUDA and TensorRT import; else, on an x86 CPU where
 OpenVINO is installed, OpenVINO (the fastest CPU runtime measured here, int8 above all:
 bench/bench_backends.py) on the graph given, found beside the weights, or exported into the cache
-(graph_cache); else ONNX Runtime when a graph is given or found; else torch.
+(graph_cache; int8 when the weights ship int8 scales, int8_scales.py); else ONNX Runtime when a graph
+is given or found; else torch.
 
 TensorRT runs an exported graph when there is one, else the PyTorch model compiled by torch_tensorrt.
 An exported graph that cannot be made (a read-only cache, an exporter failure) leaves auto on torch,
@@ -62,18 +63,11 @@ def compile_torch_tensorrt(cfg, weights: Optional[str] = None, precision: str = 
 
 
 def int8_scales_for(cfg, weights, chosen: str, precision: str, log) -> Optional[dict]:
-    """The int8 scales the cache makes graphs from (int8_scales.py), or None for fp32 graphs.
+    """The int8 scales the cache makes `chosen`'s graphs from (int8_scales.py), or None for fp32 graphs.
     auto: int8 on OpenVINO when the weights have scales beside them (2.1x torch for 0.2 PQ on this
     project's CPUs, bench/bench_backends.py); ONNX Runtime stays fp32 there (its int8 kernels run
     slower than its fp32 ones on x86, and saturate without VNNI)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
-        return None
-    if chosen not in ("openvino", "onnxruntime"):
-        if precision == "int8":
-            raise ValueError(f"precision int8 runs on the openvino or onnxruntime backend (graphs made from the "
-                             f"model's int8 scales) or from an int8 --onnx graph; backend '{chosen}' runs fp32")
         return None
     from ..int8_scales import default_scales_path, load_scales
     from ..model.checkpoint import weights_of
