@@ -1,5 +1,7 @@
 """The shipped street model: loads through the normal loader and, on a few CamVid val frames,
 stays far above chance (a regression guard, not a benchmark)."""
+import pytest
+
 from panoptic_node.evaluation.semantic import ConfusionMatrix
 from panoptic_node.inference.pipeline import Pipeline
 from panoptic_node.model.config import load_config
@@ -16,9 +18,16 @@ def test_shipped_weights_exist_and_are_small():
     assert path.stat().st_size < 25 * 1024 * 1024
 
 
-def test_shipped_model_on_camvid_val():
+@pytest.mark.parametrize("deployment", ["torch", "default"])
+def test_shipped_model_on_camvid_val(deployment):
+    """torch: the weights through the checkpoint loader; default: what users run (auto: on an x86 CPU
+    with OpenVINO, the int8 graph made from the shipped scales)."""
     root = camvid_or_skip()
-    pipeline = Pipeline.from_config("street_lite0")
+    if deployment == "torch":
+        pipeline = Pipeline.from_config("street_lite0")
+    else:
+        from panoptic_node.inference.backends import make_pipeline
+        pipeline = make_pipeline("street_lite0", log=lambda m: None)
     val = CamVid(root, "val")
     cm = ConfusionMatrix(11)
     for i in (0, 25, 50, 75, 100):
