@@ -1,10 +1,12 @@
-"""Post-processing and storage ablations of the shipped street model on CamVid, in one run:
-the overlap rule on / off, the input upscaled to 640x480 at test time, and the float16 file vs the
-float32 training checkpoint (if given).
+"""Post-processing and storage ablations of the street model on CamVid, in one run: splitting thing
+segments in separate pieces (split_things) on / off / other sizes, the overlap rule on / off, the input
+upscaled to 640x480 at test time, and the float16 file vs the float32 training checkpoint (if given).
 --grid instead sweeps the query threshold and the overlap share; run it on train frames
-(--split train --every 6), never to pick settings on val.
+(--split train --every 6), never to pick settings on val. Settings are chosen on a drive held out of
+training: --weights of a fold's model with --drives of its validation drive.
 
     python bench/bench_street_ablation.py [--fp32-checkpoint runs/street_lite0/last.pth]
+    python bench/bench_street_ablation.py --weights runs/fold6R0/last.pth --drives 0006R0
     python bench/bench_street_ablation.py --grid --split train --every 6
 
 Prints PQ (all / things / stuff) and mIoU per variant; the model card's ablation table quotes it.
@@ -26,6 +28,8 @@ def main():
     parser.add_argument("--every", type=int, default=1, help="take every N-th frame of the split")
     parser.add_argument("--grid", action="store_true", help="sweep threshold x overlap instead")
     parser.add_argument("--camvid")
+    parser.add_argument("--weights", help="weights to ablate (default: the shipped file)")
+    parser.add_argument("--drives", help="every labelled frame of these drives instead of --split")
     args = parser.parse_args()
 
     import torch
@@ -36,7 +40,8 @@ def main():
     from panoptic_node.model.config import load_config
     from panoptic_node.training.data import CamVid, find_camvid
 
-    data = CamVid(find_camvid(args.camvid), args.split)
+    root = find_camvid(args.camvid)
+    data = CamVid(root, drives=args.drives.split(",")) if args.drives else CamVid(root, args.split)
     samples = [data[i] for i in range(0, len(data), args.every)][:args.frames]
     shipped = load_config("street_lite0")
 
@@ -54,13 +59,18 @@ def main():
         variants = [(f"threshold {t}, overlap {o}", with_postprocess(threshold=t, overlap=o), None)
                     for t, o in [(0.3, 0.5), (0.4, 0.5), (0.5, 0.5), (0.6, 0.5), (0.7, 0.5), (0.4, 0.6), (0.5, 0.7)]]
     else:
-        variants = [("shipped (float16 file, overlap 0.5)", shipped, None),
-                    ("overlap rule off", with_postprocess(overlap=0.0), None),
+        w = args.weights
+        variants = [(f"shipped settings (split_things {shipped.postprocess.split_things}, overlap 0.5)", shipped, w),
+                    ("split_things off", with_postprocess(split_things=0), w),
+                    ("split_things 128", with_postprocess(split_things=128), w),
+                    ("split_things 512", with_postprocess(split_things=512), w),
+                    ("overlap rule off", with_postprocess(overlap=0.0), w),
                     # small pedestrians / cyclists bigger at test time (4/3 is inside the training scales)
-                    ("input upscaled to 640x480", with_input(short_side=480, max_size=640), None)]
+                    ("input upscaled to 640x480", with_input(short_side=480, max_size=640), w)]
         if args.fp32_checkpoint:
             variants.append(("float32 checkpoint, overlap 0.5", shipped, args.fp32_checkpoint))
-    print(f"{len(samples)} CamVid {args.split} frames")
+    print(f"{len(samples)} CamVid {'frames of drives ' + args.drives if args.drives else args.split + ' frames'}, "
+          f"weights {args.weights or 'shipped'}")
     print("| variant | PQ | PQ things | PQ stuff | mIoU | ms / frame (median) |")
     print("|---|---|---|---|---|---|")
     for name, cfg, weights in variants:

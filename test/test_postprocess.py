@@ -336,3 +336,42 @@ def test_noisy_masks_take_the_dense_path(monkeypatch):
     assert not resized
     pipeline_module.Pipeline(cfg, Fixed(noise))(frame)
     assert resized
+
+
+def test_a_thing_segment_in_separate_pieces_becomes_one_instance_per_large_piece():
+    """Two cars under one query with road between them, a 3-pixel speck of the same query, and sky in
+    two pieces: with split_things 10 the cars are two instances (class and score of the query), the
+    speck stays with the larger car, stuff is never split; with 0 nothing changes. Checked against the
+    8-connected components of each segment computed here directly."""
+    from scipy import ndimage
+    h, w = 12, 30
+    masks = torch.full((3, h, w), -5.0)
+    masks[0, 6:, 0:10] = 5.0       # car, piece 1: 60 px
+    masks[0, 8:, 20:26] = 5.0      # car, piece 2: 24 px
+    masks[0, 0, 28:] = 5.0         # car, a 2-px speck far away
+    masks[0, 1, 29] = 5.0          # (3 px with this one, 8-connected to it)
+    masks[1, :6, :] = 4.0          # sky above, split in two by nothing: one piece ...
+    masks[1, 0:2, 27:] = -5.0      # ... except where the speck sits
+    masks[2] = 3.0                 # road everywhere else
+    labels = torch.tensor([8, 0, 3])
+    scores = torch.tensor([0.8, 0.9, 0.7])
+    plain = merge_panoptic(masks.clone(), labels, scores, CAMVID.thing_lut, "logits", 1, "camvid")
+    assert sorted(s.label for s in plain.segments) == [0, 3, 8]
+    split = merge_panoptic(masks.clone(), labels, scores, CAMVID.thing_lut, "logits", 1, "camvid", split_things=10)
+    cars = sorted((s for s in split.segments if s.label == 8), key=lambda s: -s.area)
+    assert [s.area for s in cars] == [63, 24]  # the speck stayed with the larger piece
+    assert all(s.score == pytest.approx(0.8) and s.is_thing for s in cars)
+    assert len({s.instance for s in cars}) == 2
+    # each car instance is exactly one large 8-connected piece of the unsplit car segment (plus the speck)
+    car_mask = plain.semantic == 8
+    pieces, n = ndimage.label(car_mask, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(pieces.ravel())[1:]
+    assert sorted(sizes.tolist()) == [3, 24, 60]
+    small_car = split.segment_ids == cars[1].id
+    assert (small_car == (pieces == 1 + int(np.argmax(sizes == 24)))).all()
+    # stuff and the semantic map are untouched
+    np.testing.assert_array_equal(split.semantic, plain.semantic)
+    assert [s.area for s in split.segments if not s.is_thing] == [s.area for s in plain.segments if not s.is_thing]
+    # pieces below the threshold are not split
+    none = merge_panoptic(masks.clone(), labels, scores, CAMVID.thing_lut, "logits", 1, "camvid", split_things=25)
+    assert sorted(s.label for s in none.segments) == [0, 3, 8]

@@ -6,7 +6,8 @@
    bilinear resample (no full-size intermediate); a frame larger than the network's view is
    decided at the network's resolution instead and its maps nearest-upsampled (pipeline.py);
 4. per-pixel argmax among kept masks; stuff queries of one class share a segment; segments under
-   `min_area` pixels are dropped and their pixels go to the next best mask.
+   `min_area` pixels are dropped and their pixels go to the next best mask;
+5. (postprocess.split_things) a thing segment in separate pieces becomes one instance per large piece.
 
 On a CPU, steps 3-4 are one: cell_decision.py decides from the low-resolution masks, resampling only
 the grid cells on object borders (the dense rule's answer at about half of its post-processing time).
@@ -26,6 +27,7 @@ from torch import Tensor
 from .cell_decision import CellDecision, bilinear_taps
 from .preprocess import Geometry
 from .result import PanopticResult, empty_result, result_from_segments
+from .split_instances import split_disconnected
 
 
 def select_queries(logits: Tensor, threshold: float) -> Tuple[Tensor, Tensor, Tensor]:
@@ -133,12 +135,14 @@ class DenseDecision:
 
 def merge_panoptic(masks, labels: Tensor, scores: Tensor, thing_lut: np.ndarray, merge: str,
                    min_area: int, taxonomy: str, overlap: float = 0.0,
-                   vectorized: Optional[bool] = None) -> PanopticResult:
+                   vectorized: Optional[bool] = None, split_things: int = 0) -> PanopticResult:
     """masks: K x H x W logits at input resolution (on any device), or a CellDecision made from the
     low-resolution ones (the CPU path); labels and scores on the host.
 
     overlap > 0 also drops a query whose won pixels are less than that share of its own mask
     (logit > 0): a fragment of an object another query explains (MaskFormer's overlap rule).
+    split_things > 0: a thing segment's separate pieces of at least that many pixels become instances
+    of their own (split_instances.py).
     vectorized: one argmax call instead of the running maximum; by default on non-CPU devices."""
     k = len(labels)
     if isinstance(masks, CellDecision):
@@ -179,4 +183,8 @@ def merge_panoptic(masks, labels: Tensor, scores: Tensor, thing_lut: np.ndarray,
     renumber[present] = np.arange(1, len(present) + 1)
     segment_ids = renumber[group][best]
     seg_scores = np.array([float(scores[group == g].max()) for g in present])
-    return result_from_segments(segment_ids, labels_np[present], seg_scores, thing_lut, taxonomy)
+    seg_labels = labels_np[present]
+    if split_things:
+        segment_ids, seg_labels, seg_scores = split_disconnected(segment_ids, seg_labels, seg_scores, thing_lut,
+                                                                 split_things)
+    return result_from_segments(segment_ids, seg_labels, seg_scores, thing_lut, taxonomy)

@@ -61,6 +61,7 @@ class PostprocessConfig:
     overlap: float = 0.0             # drop a segment keeping less than this share of its own mask (0 = off)
     full_resolution: bool = False    # decide every pixel of a frame larger than the network's view too (slow for HD)
     rule: str = "ours"               # ours (postprocess.py) | published (DETR's own, inference/published.py)
+    split_things: int = 0            # ours: thing pieces of >= this many pixels become instances (0 = off)
 
 
 @dataclass
