@@ -68,7 +68,8 @@ def pipeline_alone(frames, params) -> float:
 
 
 def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float, tmp: Path,
-        subscribe_all: bool = True, dds_profile: Optional[str] = None, camera_profile: bool = True) -> dict:
+        subscribe_all: bool = True, dds_profile: Optional[str] = None, camera_profile: bool = True,
+        process_per_camera: bool = False) -> dict:
     import rclpy
     from sensor_msgs.msg import Image
     namespaces = [f"/bench/cam{i}" for i in range(cameras)]
@@ -80,7 +81,7 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
         env["FASTRTPS_DEFAULT_PROFILES_FILE"] = env["FASTDDS_DEFAULT_PROFILES_FILE"] = dds_profile
     node = subprocess.Popen(["panoptic_node", "--ros-args", "--params-file", str(params_file)], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    camera = None
+    drivers = []
     rclpy.init()
     listener = rclpy.create_node("bench_listener")
     arrivals = {ns: [] for ns in namespaces}
@@ -108,9 +109,15 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
                 raise RuntimeError(f"the node did not start: {(tmp / f'node_{cameras}.log').read_text()}")
             rclpy.spin_once(listener, timeout_sec=0.1)
         camera_env = env if camera_profile else dict(os.environ)
-        camera = subprocess.Popen([sys.executable, "-c", CAMERA, str(frames_file), ",".join(namespaces), str(hz)],
-                                  stdout=subprocess.PIPE, text=True, start_new_session=True, env=camera_env)
-        assert camera.stdout.readline().strip() == "ready"
+        # one driver process for every camera, or one each (as camera drivers usually run: each process
+        # has its own Fast DDS shared-memory segment)
+        groups = [[ns] for ns in namespaces] if process_per_camera else [namespaces]
+        for group in groups:
+            drivers.append(subprocess.Popen([sys.executable, "-c", CAMERA, str(frames_file), ",".join(group), str(hz)],
+                                            stdout=subprocess.PIPE, text=True, start_new_session=True,
+                                            env=camera_env))
+        for driver in drivers:
+            assert driver.stdout.readline().strip() == "ready"
         warm = time.time() + 5.0  # discovery and the first frames
         while time.time() < warm:
             rclpy.spin_once(listener, timeout_sec=0.05)
@@ -121,8 +128,8 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
             rclpy.spin_once(listener, timeout_sec=0.05)
         span = time.time() - t0
     finally:
-        for proc in (camera, node):
-            if proc and proc.poll() is None:
+        for proc in (*drivers, node):
+            if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGINT)
                 proc.wait(10)
         listener.destroy_node()
@@ -151,6 +158,8 @@ def main():
     parser.add_argument("--camera-default-dds", action="store_true",
                         help="the camera process keeps Fast DDS's defaults (a driver nobody configured); the node "
                              "still gets --dds-profile")
+    parser.add_argument("--process-per-camera", action="store_true",
+                        help="one camera process per camera (as drivers usually run) instead of one for all")
     parser.add_argument("--only-semantic", action="store_true",
                         help="subscribe to the semantic map alone (the node then builds no other output)")
     parser.add_argument("--camvid")
@@ -173,7 +182,8 @@ def main():
         np.save(d / "frames.npy", frames)
         for n in args.cameras:
             res = run(n, d / "frames.npy", params, args.seconds, args.hz, d, not args.only_semantic,
-                      None if args.dds_profile == "none" else args.dds_profile, not args.camera_default_dds)
+                      None if args.dds_profile == "none" else args.dds_profile, not args.camera_default_dds,
+                      args.process_per_camera)
             stages = res.pop("stages")
             for ns, r in res.items():
                 print(f"{n} camera(s) at {args.hz:.0f} Hz, {ns}: {r['hz']:.1f} Hz out, latency p50 "
