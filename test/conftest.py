@@ -78,3 +78,12 @@ def camvid_or_skip() -> Path:
         pytest.skip(f"CamVid not found at {CAMVID} (expected ../shared/data/camvid beside the repo, "
                     f"or set PANOPTIC_NODE_CAMVID)")
     return CAMVID
+
+
+def write_frames(folder: Path, count: int, shape=(48, 64), seed: int = 0) -> Path:
+    """`count` random RGB frames as 0.png, 1.png, ... in `folder` (calibration and image-folder inputs)."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder

@@ -27,19 +27,13 @@ from panoptic_node.model.checkpoint import load_model  # noqa: E402
 from panoptic_node.model.config import load_config  # noqa: E402
 from panoptic_node.quantize import quantize_int8, quantize_with_scales  # noqa: E402
 
-from conftest import CAMVID, camvid_or_skip  # noqa: E402
+from conftest import CAMVID, camvid_or_skip, write_frames  # noqa: E402
 from launch_helpers import tiny_model_yaml  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
-    d = tmp_path_factory.mktemp("calib")
-    rng = np.random.default_rng(1)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return d
+    return write_frames(tmp_path_factory.mktemp("calib"), 5, (48, 64), seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from panoptic_node.messages import image_fields  # noqa: E402
 from panoptic_node.model.detr import build_model  # noqa: E402
 from panoptic_node.quantize import calibration_frames, quantize_int8  # noqa: E402
 
-from conftest import compact_config  # noqa: E402
+from conftest import compact_config, write_frames  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +35,7 @@ def fp32(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("frames")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    d = write_frames(tmp_path_factory.mktemp("frames"), 6, (48, 80))
     (d / "notes.txt").write_text("not a frame")
     return d
 
