@@ -138,7 +138,7 @@ def quantize_int8(fp32_path, out_path, cfg, size, source, frames: int = 32, meth
     if method not in methods:
         raise ValueError(f"calibration method '{method}' is not one of {', '.join(methods)}")
     data = list(calibration_frames(source, frames))
-    return _quantize(fp32_path, out_path, _Reader(data, cfg, size), methods[method], reduce_range, scales=None)
+    return _quantize(fp32_path, out_path, _Reader(data, cfg, size), methods[method], reduce_range, shipped=None)
 
 
 def quantize_with_scales(fp32_path, out_path, cfg, size, scales: dict, reduce_range: bool = False) -> Path:
@@ -154,10 +154,12 @@ def quantize_with_scales(fp32_path, out_path, cfg, size, scales: dict, reduce_ra
     overrides = {name: [{"scale": np.array(v, np.float32), "zero_point": np.array(0, np.int8)}]
                  for name, v in scales.items()}
     return _quantize(fp32_path, out_path, _Reader([blank], cfg, size), CalibrationMethod.MinMax, reduce_range,
-                     scales=overrides)
+                     shipped=overrides)
 
 
-def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, scales) -> Path:
+def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, shipped) -> Path:
+    """shipped: TensorQuantOverrides of every activation (from shipped scales), or None to calibrate
+    on the reader's frames (with the ReLU6 ranges of clipped_conv_ranges)."""
     import onnx
 
     from .export import set_metadata
@@ -165,7 +167,7 @@ def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, scales) -
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     graph = onnx.load(str(fp32_path))  # read once for the choices below
-    overrides = scales if scales is not None else clipped_conv_ranges(graph)
+    overrides = shipped if shipped is not None else clipped_conv_ranges(graph)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         quantize_static(str(fp32_path), str(tmp), reader, quant_format=QuantFormat.QDQ,
@@ -176,8 +178,8 @@ def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, scales) -
                         calibrate_method=method,
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                        "TensorQuantOverrides": overrides})
-        if scales is not None:
-            missing = sorted(set(activation_scales(onnx.load(str(tmp)))) - set(scales))
+        if shipped is not None:
+            missing = sorted(set(activation_scales(onnx.load(str(tmp)))) - set(shipped))
             if missing:
                 raise ValueError(f"the int8 scales lack {len(missing)} activation(s) of this graph (e.g. "
                                  f"'{missing[0]}'): they were made for another model or exporter; recalibrate "
