@@ -8,7 +8,9 @@ With Fast DDS (ROS 2's default middleware) the node and the bag player run with
 config/fastdds_large_images.xml unless you name a profile of your own: the default 512 KiB shared-memory
 segment holds less than one 480x360 rgb8 frame, so frames fall back to fragmented UDP and a burst of
 two cameras loses frames (measured: 5 of 30 frames/s for one of two cameras; 30 of 30 with the profile).
-Camera drivers publishing such frames want the same profile (see the README). dds_profile:=none turns it off.
+Camera drivers publishing such frames want the same profile (see the README). dds_profile:=none turns it off;
+dds_profile:=udp_receive is for a driver you cannot configure that publishes several cameras from one process
+(config/fastdds_udp_receive.xml says when, and what the kernel must allow).
 """
 import os
 
@@ -38,7 +40,9 @@ def _dds_env(context, share):
             os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or \
             os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
         return {}
-    path = choice or os.path.join(share, "config", "fastdds_large_images.xml")
+    # the shipped profiles by name: large_images (the default) and udp_receive (see its file)
+    shipped = {name: os.path.join(share, "config", f"fastdds_{name}.xml") for name in ("large_images", "udp_receive")}
+    path = shipped.get(choice or "large_images", choice)
     return {"FASTRTPS_DEFAULT_PROFILES_FILE": path, "FASTDDS_DEFAULT_PROFILES_FILE": path}
 
 
@@ -83,8 +87,10 @@ def generate_launch_description():
         DeclareLaunchArgument("rviz", default_value="false", description="open RViz with config/panoptic.rviz"),
         DeclareLaunchArgument("log_level", default_value="info"),
         DeclareLaunchArgument("dds_profile", default_value="",
-                              description="Fast DDS profile for the node and bag player (default: "
-                                          "config/fastdds_large_images.xml; none: Fast DDS's own defaults)"),
+                              description="Fast DDS profile for the node and bag player: large_images (default, "
+                                          "config/fastdds_large_images.xml), udp_receive (a multi-camera driver "
+                                          "you cannot configure; see its file), none (Fast DDS's own defaults) "
+                                          "or a file"),
         OpaqueFunction(function=_node),
         Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
              arguments=["-d", os.path.join(share, "config", "panoptic.rviz")],
