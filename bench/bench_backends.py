@@ -29,7 +29,6 @@ def main():
     import torch
     torch.set_num_threads(args.threads)
     from panoptic_node.evaluation.evaluator import Evaluator
-    from panoptic_node.evaluation.gt import panoptic_from_labels
     from panoptic_node.export import export_onnx
     from panoptic_node.inference.backend import TorchBackend
     from panoptic_node.inference.onnxruntime_backend import OnnxRuntimeBackend
@@ -82,8 +81,7 @@ def main():
                 t = time.perf_counter()
                 r = pipeline(s.rgb)
                 times.append(time.perf_counter() - t)
-                ev.add(panoptic_from_labels(s.semantic, s.instance, pipeline.taxonomy.thing_lut), s.semantic,
-                       r.panoptic, r.semantic)
+                ev.add_labelled(s.semantic, s.instance, r)
             rep = ev.report()
             rows.append((name, precision, 1000 * statistics.median(times), rep["pq"]["pq"], rep["miou"]))
     base = rows[0][2]

@@ -30,7 +30,6 @@ def main():
     from tqdm import tqdm
 
     from panoptic_node.evaluation.evaluator import Evaluator
-    from panoptic_node.evaluation.gt import panoptic_from_labels
     from panoptic_node.inference.backends import make_pipeline
     from panoptic_node.taxonomy import get_taxonomy
     from panoptic_node.training.data import CamVid, find_camvid
@@ -52,8 +51,7 @@ def main():
                 t0 = time.perf_counter()
                 r = pipe(s.rgb)
                 times.append(time.perf_counter() - t0)
-                ev.add(panoptic_from_labels(s.semantic, s.instance, ev.taxonomy.thing_lut), s.semantic, r.panoptic,
-                       r.semantic)
+                ev.add_labelled(s.semantic, s.instance, r)
             rep = ev.report()
             rows[name] = (f"{pipe.backend.name} {pipe.backend.precision}", 100 * rep["pq"]["pq"],
                           100 * rep["pq_things"]["pq"], 100 * rep["miou"], 1000 * statistics.median(times))

@@ -35,7 +35,6 @@ def main():
     import torch
     torch.set_num_threads(2)
     from panoptic_node.evaluation.evaluator import Evaluator
-    from panoptic_node.evaluation.gt import panoptic_from_labels
     from panoptic_node.inference.pipeline import Pipeline
     from panoptic_node.model.config import load_config
     from panoptic_node.training.data import CamVid, find_camvid
@@ -81,8 +80,7 @@ def main():
             t = time.perf_counter()
             r = pipeline(s.rgb)
             times.append(time.perf_counter() - t)
-            ev.add(panoptic_from_labels(s.semantic, s.instance, pipeline.taxonomy.thing_lut), s.semantic,
-                   r.panoptic, r.semantic)
+            ev.add_labelled(s.semantic, s.instance, r)
         rep = ev.report()
         print(f"| {name} | {100 * rep['pq']['pq']:.1f} | {100 * rep['pq_things']['pq']:.1f} | "
               f"{100 * rep['pq_stuff']['pq']:.1f} | {100 * rep['miou']:.1f} | {1000 * statistics.median(times):.0f} |",

@@ -67,7 +67,6 @@ def main():
     from tqdm import tqdm
 
     from panoptic_node.evaluation.evaluator import Evaluator
-    from panoptic_node.evaluation.gt import panoptic_from_labels
     from panoptic_node.inference.backends import make_pipeline
     from panoptic_node.inference.result import LABEL_DIVISOR
     from panoptic_node.taxonomy import get_taxonomy
@@ -81,20 +80,18 @@ def main():
     for i in tqdm(range(len(data)), desc="frames"):
         s = data[i]
         r = pipe(s.rgb)
-        gt = panoptic_from_labels(s.semantic, s.instance, tax.thing_lut)
-        ev.add(gt, s.semantic, r.panoptic, r.semantic)
+        ev.add_labelled(s.semantic, s.instance, r)
         tiny_missed = []
         for label in tax.thing_ids:
             for g, area, kind, iou in classify(s.instance, s.semantic, r.panoptic, r.semantic, label, LABEL_DIVISOR):
-                rows.append((s.name, tax.name_of(label),
-                             area, kind, round(iou, 3)))
+                rows.append((s.name, tax.name_of(label), area, kind, round(iou, 3)))
                 if kind == "tiny <100 px":
                     tiny_missed.append(g)
         # the same frame with those fragments made void: what PQ would be without them
         sem2 = s.semantic.copy()
         for g in tiny_missed:
             sem2[s.instance == g] = 255
-        ev_no_tiny.add(panoptic_from_labels(sem2, s.instance, tax.thing_lut), sem2, r.panoptic, r.semantic)
+        ev_no_tiny.add_labelled(sem2, s.instance, r)
     counts = collections.Counter((c, k) for _, c, _, k, _ in rows)
     classes = sorted({c for _, c, _, _, _ in rows})
     kinds = ["matched", "tiny <100 px", "small <400 px", "missed, pixels found", "missed, pixels not found",

@@ -178,7 +178,6 @@ def test_the_shipped_int8_default_scores_within_one_pq_point_of_fp32():
     fourth CamVid val frame."""
     camvid_or_skip()
     from panoptic_node.evaluation.evaluator import Evaluator
-    from panoptic_node.evaluation.gt import panoptic_from_labels
     from panoptic_node.taxonomy import get_taxonomy
     from panoptic_node.training.data import CamVid
 
@@ -192,8 +191,7 @@ def test_the_shipped_int8_default_scores_within_one_pq_point_of_fp32():
         for i in range(0, len(val), 4):
             s = val[i]
             r = pipe(s.rgb)
-            ev.add(panoptic_from_labels(s.semantic, s.instance, ev.taxonomy.thing_lut), s.semantic, r.panoptic,
-                   r.semantic)
+            ev.add_labelled(s.semantic, s.instance, r)
         rep = ev.report()
         scores[precision] = (100 * rep["pq"]["pq"], 100 * rep["miou"])
     assert abs(scores["auto"][0] - scores["fp32"][0]) <= 1.0, scores

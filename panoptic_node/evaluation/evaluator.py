@@ -73,6 +73,13 @@ class Evaluator:
         self.confusion.add_runs(_classes(gt_runs, gt_segments), _classes(pred_runs, pred_segments), lengths)
         self.frames += 1
 
+    def add_labelled(self, semantic: np.ndarray, instance: np.ndarray, result) -> None:
+        """Ground truth as a class map (255 void) and instance ids (a training dataset's Sample), the
+        prediction as a PanopticResult."""
+        from .gt import panoptic_from_labels
+        gt = panoptic_from_labels(semantic, instance, self.taxonomy.thing_lut)
+        self.add(gt, semantic, result.panoptic, result.semantic)
+
     def state(self) -> Dict[str, object]:
         """What was accumulated, as JSON types: per class PQ sums and counts, the confusion matrix and
         the frame count. States of disjoint frame sets merge exactly (merge_state), so frames scored in

@@ -21,7 +21,6 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path, write_json
 from ..evaluation.evaluator import Evaluator
-from ..evaluation.gt import panoptic_from_labels
 from ..evaluation.report import save_figure
 from ..inference.backend import TorchBackend
 from ..inference.pipeline import Pipeline
@@ -75,7 +74,7 @@ def evaluate(model, cfg, samples) -> dict:
     ev = Evaluator(get_taxonomy(cfg.labels))
     for s in samples:
         r = pipeline(s.rgb)
-        ev.add(panoptic_from_labels(s.semantic, s.instance, ev.taxonomy.thing_lut), s.semantic, r.panoptic, r.semantic)
+        ev.add_labelled(s.semantic, s.instance, r)
     model.train()
     freeze_batchnorm(model)
     rep = ev.report()
