@@ -5,6 +5,7 @@ from typing import Dict
 import numpy as np
 
 from ..taxonomy import VOID, ClassInfo, Taxonomy
+from .gt import panoptic_from_labels
 from .pq import PQAccumulator, SegmentInfo, compact, segments_from_panoptic
 from .runs import runs
 from .semantic import ConfusionMatrix
@@ -76,7 +77,6 @@ class Evaluator:
     def add_labelled(self, semantic: np.ndarray, instance: np.ndarray, result) -> None:
         """Ground truth as a class map (255 void) and instance ids (a training dataset's Sample), the
         prediction as a PanopticResult."""
-        from .gt import panoptic_from_labels
         gt = panoptic_from_labels(semantic, instance, self.taxonomy.thing_lut)
         self.add(gt, semantic, result.panoptic, result.semantic)
 
