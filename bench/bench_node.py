@@ -53,12 +53,8 @@ while rclpy.ok():
 
 def pipeline_alone(frames, params) -> float:
     """Frames/s of the pipeline the node builds from the same parameters, on the same frames."""
-    from panoptic_node.inference.backends import make_pipeline
-    from panoptic_node.params import validate
-    p = validate(params)
-    pipeline = make_pipeline(p["model"], weights=p["weights"] or None, backend=p["backend"], onnx=p["onnx"] or None,
-                             device=p["device"], threshold=None if p["threshold"] < 0 else p["threshold"],
-                             labels=None if p["label_set"] == "native" else p["label_set"], log=lambda m: None)
+    from panoptic_node.params import make_node_pipeline, validate
+    pipeline = make_node_pipeline(validate(params), log=lambda m: None)
     for rgb in frames[:5]:
         pipeline(rgb)
     t0 = time.perf_counter()

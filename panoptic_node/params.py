@@ -53,6 +53,16 @@ def validate(params: Dict[str, Any]) -> Dict[str, Any]:
     return full
 
 
+def make_node_pipeline(p: Dict[str, Any], log=None):
+    """The pipeline validated node parameters ask for (the node, and bench_node.py's baseline, build it
+    here, so the two never differ)."""
+    from .inference.backends import make_pipeline
+    return make_pipeline(p["model"], weights=p["weights"] or None, backend=p["backend"], onnx=p["onnx"] or None,
+                         precision=p["precision"], device=p["device"],
+                         threshold=None if p["threshold"] < 0 else p["threshold"],
+                         labels=None if p["label_set"] == "native" else p["label_set"], log=log)
+
+
 def validate_file(data: Dict[str, Any]) -> None:
     """A whole *.param.yaml document (with /** and ros__parameters)."""
     import jsonschema

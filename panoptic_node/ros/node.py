@@ -25,7 +25,7 @@ from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, Label
 from ..frame_buffer import LatestFrameBuffer
 from ..messages import FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, label_info
 from ..node_stats import NodeStats
-from ..params import ParameterError, defaults, user_parameters, validate
+from ..params import ParameterError, defaults, make_node_pipeline, user_parameters, validate
 from ..render import overlay
 from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 
@@ -60,12 +60,7 @@ class PanopticNode(Node):
         self.params = validate(user_parameters(raw))  # ParameterError -> main() prints it and exits 1
         p = self.params
 
-        from ..inference.backends import make_pipeline
-        self.pipeline = make_pipeline(p["model"], weights=p["weights"] or None, backend=p["backend"],
-                                      onnx=p["onnx"] or None, precision=p["precision"],
-                                      device=p["device"], threshold=None if p["threshold"] < 0 else p["threshold"],
-                                      labels=None if p["label_set"] == "native" else p["label_set"],
-                                      log=self.get_logger().info)
+        self.pipeline = make_node_pipeline(p, log=self.get_logger().info)
         self.taxonomy = (self.pipeline.mapping.target if self.pipeline.mapping else self.pipeline.taxonomy)
         self.get_logger().info(f"model {self.pipeline.cfg.name} on backend {self.pipeline.backend.name} "
                                f"({self.pipeline.backend.precision}), labels {self.taxonomy.name}")
