@@ -12,7 +12,6 @@ import importlib.util
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -28,7 +27,7 @@ def main():
 
     import torch
     torch.set_num_threads(args.threads)
-    from panoptic_node.evaluation.evaluator import Evaluator
+    from panoptic_node.evaluation.evaluator import score_samples
     from panoptic_node.export import export_onnx
     from panoptic_node.inference.backend import TorchBackend
     from panoptic_node.inference.onnxruntime_backend import OnnxRuntimeBackend
@@ -74,14 +73,8 @@ def main():
             print("openvino is not installed: its rows are left out (pip install openvino)")
         for name, precision, be in backends:
             pipeline = Pipeline(cfg, be)
-            ev = Evaluator(pipeline.taxonomy)
-            times = []
             pipeline(samples[0].rgb)  # warm-up
-            for s in samples:
-                t = time.perf_counter()
-                r = pipeline(s.rgb)
-                times.append(time.perf_counter() - t)
-                ev.add_labelled(s.semantic, s.instance, r)
+            ev, times = score_samples(pipeline, samples)
             rep = ev.report()
             rows.append((name, precision, 1000 * statistics.median(times), rep["pq"]["pq"], rep["miou"]))
     base = rows[0][2]

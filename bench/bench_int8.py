@@ -10,7 +10,6 @@ writes W's `.int8.json`); calibrate on frames of the training drives, never on t
 import argparse
 import statistics
 import tempfile
-import time
 
 
 def main():
@@ -27,11 +26,9 @@ def main():
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    from tqdm import tqdm
 
-    from panoptic_node.evaluation.evaluator import Evaluator
+    from panoptic_node.evaluation.evaluator import score_samples
     from panoptic_node.inference.backends import make_pipeline
-    from panoptic_node.taxonomy import get_taxonomy
     from panoptic_node.training.data import CamVid, find_camvid
 
     root = find_camvid(args.camvid)
@@ -45,13 +42,7 @@ def main():
             pipe = make_pipeline(args.model, weights=args.weights, backend=backend, precision=precision,
                                  log=lambda m: None)
             pipe(samples[0].rgb)  # the frame size's graph is made before timing
-            ev = Evaluator(get_taxonomy("camvid"))
-            times = []
-            for s in tqdm(samples, desc=name, leave=False):
-                t0 = time.perf_counter()
-                r = pipe(s.rgb)
-                times.append(time.perf_counter() - t0)
-                ev.add_labelled(s.semantic, s.instance, r)
+            ev, times = score_samples(pipe, samples, progress=name)
             rep = ev.report()
             rows[name] = (f"{pipe.backend.name} {pipe.backend.precision}", 100 * rep["pq"]["pq"],
                           100 * rep["pq_things"]["pq"], 100 * rep["miou"], 1000 * statistics.median(times))

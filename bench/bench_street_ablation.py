@@ -15,9 +15,7 @@ import argparse
 import copy
 import dataclasses
 import statistics
-import time
 
-from tqdm import tqdm
 
 
 def main():
@@ -34,7 +32,7 @@ def main():
 
     import torch
     torch.set_num_threads(2)
-    from panoptic_node.evaluation.evaluator import Evaluator
+    from panoptic_node.evaluation.evaluator import score_samples
     from panoptic_node.inference.pipeline import Pipeline
     from panoptic_node.model.config import load_config
     from panoptic_node.training.data import CamVid, find_camvid
@@ -73,14 +71,7 @@ def main():
     print("| variant | PQ | PQ things | PQ stuff | mIoU | ms / frame (median) |")
     print("|---|---|---|---|---|---|")
     for name, cfg, weights in variants:
-        pipeline = Pipeline.from_config(cfg, weights=weights)
-        ev = Evaluator(pipeline.taxonomy)
-        times = []
-        for s in tqdm(samples, desc=name, leave=False):
-            t = time.perf_counter()
-            r = pipeline(s.rgb)
-            times.append(time.perf_counter() - t)
-            ev.add_labelled(s.semantic, s.instance, r)
+        ev, times = score_samples(Pipeline.from_config(cfg, weights=weights), samples, progress=name)
         rep = ev.report()
         print(f"| {name} | {100 * rep['pq']['pq']:.1f} | {100 * rep['pq_things']['pq']:.1f} | "
               f"{100 * rep['pq_stuff']['pq']:.1f} | {100 * rep['miou']:.1f} | {1000 * statistics.median(times):.0f} |",

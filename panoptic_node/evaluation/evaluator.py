@@ -1,6 +1,6 @@
 """One object that scores predictions against ground truth frame by frame: PQ / SQ / RQ (all,
 things, stuff, per class), mIoU, pixel accuracy and Dice, in a label set (taxonomy)."""
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -151,3 +151,19 @@ def format_report(report: Dict[str, object]) -> str:
     lines.append(f"mIoU {100 * report['miou']:.1f}  pixel accuracy {100 * report['pixel_accuracy']:.1f}  "
                  f"mean Dice {100 * report['mean_dice']:.1f}  ({report['frames']} frames)")
     return "\n".join(lines)
+
+
+def score_samples(pipeline, samples, progress: str = "") -> Tuple[Evaluator, List[float]]:
+    """Every dataset sample (training.data.Sample) through `pipeline`, scored in its label set; with the
+    seconds each pipeline call took (benchmarks time the same loop they score). progress: a tqdm label."""
+    import time
+
+    from tqdm import tqdm
+    ev = Evaluator(pipeline.taxonomy)
+    seconds = []
+    for s in tqdm(samples, desc=progress, leave=False, disable=not progress):
+        t0 = time.perf_counter()
+        result = pipeline(s.rgb)
+        seconds.append(time.perf_counter() - t0)
+        ev.add_labelled(s.semantic, s.instance, result)
+    return ev, seconds

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..atomic import atomic_path, write_json
-from ..evaluation.evaluator import Evaluator
+from ..evaluation.evaluator import score_samples
 from ..evaluation.report import save_figure
 from ..inference.backend import TorchBackend
 from ..inference.pipeline import Pipeline
@@ -70,11 +70,7 @@ def loss_layers(model, images, pad):
 
 def evaluate(model, cfg, samples) -> dict:
     model.eval()
-    pipeline = Pipeline(cfg, TorchBackend(model))
-    ev = Evaluator(get_taxonomy(cfg.labels))
-    for s in samples:
-        r = pipeline(s.rgb)
-        ev.add_labelled(s.semantic, s.instance, r)
+    ev, _ = score_samples(Pipeline(cfg, TorchBackend(model)), samples)
     model.train()
     freeze_batchnorm(model)
     rep = ev.report()
