@@ -416,3 +416,78 @@ def test_resume_with_other_settings_is_refused(tiny_setup):
     with pytest.raises(ValueError, match="colour basic -> strong"):
         train(cfg, data, str(tiny_setup / "b"), epochs=2, resume=True, colour="strong", **args)
     assert (tiny_setup / "b" / "checkpoint.pth").read_bytes() == before
+
+
+def test_semantic_aux_loss_equals_direct_computation(rng):
+    """1x1 classifier on the pixel embeddings, bilinear to the loss grid, cross-entropy over labelled pixels."""
+    from panoptic_node.taxonomy import VOID
+    from panoptic_node.training.semantic_aux import SemanticAux
+    from panoptic_node.training.targets import semantic_on_grid
+
+    torch.manual_seed(0)
+    aux = SemanticAux(mask_dim=6, num_classes=4)
+    feats = torch.randn(2, 6, 3, 5)
+    full = rng.integers(0, 4, (2, 24, 40)).astype(np.uint8)
+    full[0, :8] = VOID
+    grid = torch.from_numpy(np.stack([semantic_on_grid(f, 4) for f in full]).astype(np.int64))
+    assert grid.shape == (2, 6, 10)
+    assert torch.equal(grid[1, 2, 3], torch.tensor(int(full[1, 2 * 4 + 2, 3 * 4 + 2])))  # cell centres
+
+    w, b = aux.classifier.weight[:, :, 0, 0].detach(), aux.classifier.bias.detach()
+    logits = torch.einsum("kc,bchw->bkhw", w, feats) + b[None, :, None, None]
+    logits = torch.nn.functional.interpolate(logits, size=(6, 10), mode="bilinear", align_corners=False)
+    logp = logits.log_softmax(1)
+    labelled = grid != VOID
+    picked = logp.gather(1, grid.clamp(max=3)[:, None])[:, 0]
+    expected = -(picked[labelled]).mean()
+    assert torch.allclose(aux(feats, grid), expected, atol=1e-6)
+    # a frame with no labelled pixel gives 0 and no NaN
+    assert float(aux(feats, torch.full_like(grid, VOID))) == 0.0
+
+
+def test_one_step_with_the_semantic_aux_loss_lowers_it(tiny_setup):
+    from panoptic_node.model.detr import build_model
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.data import CamVid
+    from panoptic_node.training.semantic_aux import SemanticAux
+    from panoptic_node.training.train import freeze_batchnorm, make_batch, training_loss
+
+    cfg = compact_config()
+    torch.manual_seed(0)
+    model = build_model(cfg, pretrained_backbone=True).train()
+    freeze_batchnorm(model)
+    aux = SemanticAux(cfg.mask_dim, cfg.num_classes)
+    samples = CamVid(tiny_setup / "data", "train").load_all()[:2]
+    images, pad, targets = make_batch(samples, np.random.default_rng(0), (64, 96), "tf",
+                                      get_taxonomy("camvid").thing_lut)
+    crit = SetCriterion(cfg.num_classes)
+    opt = torch.optim.AdamW(list(model.parameters()) + list(aux.parameters()), lr=1e-4)
+    before, parts = training_loss(model, crit, images, pad, targets, aux, 2.0)
+    set_only, _ = training_loss(model, crit, images, pad, targets)
+    assert torch.allclose(before, set_only + 2.0 * parts["semantic"], atol=1e-4)
+    opt.zero_grad()
+    before.backward()
+    assert aux.classifier.weight.grad.abs().sum() > 0
+    opt.step()
+    with torch.no_grad():
+        after, after_parts = training_loss(model, crit, images, pad, targets, aux, 2.0)
+    assert float(after) < float(before) and after_parts["semantic"] < parts["semantic"]
+
+
+def test_resume_with_the_semantic_aux_loss_reproduces_an_uninterrupted_run(tiny_setup):
+    args = dict(batch_size=2, crop=(64, 96), val_every=0, semantic_aux=1.0, log=lambda *_: None)
+    cfg, data = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data")
+    train(cfg, data, str(tiny_setup / "a"), epochs=2, **args)
+    train(cfg, data, str(tiny_setup / "b"), epochs=2, stop_after_epoch=1, **args)
+    train(cfg, data, str(tiny_setup / "b"), epochs=2, resume=True, **args)
+    a = torch.load(tiny_setup / "a" / "checkpoint.pth", weights_only=False)
+    b = torch.load(tiny_setup / "b" / "checkpoint.pth", weights_only=False)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["semantic_aux"]:
+        assert torch.equal(a["semantic_aux"][k], b["semantic_aux"][k]), k
+    # the shipped weights hold the model only: the classifier stays in the resume checkpoint
+    last = torch.load(tiny_setup / "a" / "last.pth", weights_only=False)["model"]
+    assert not any("classifier" in k for k in last) and set(last) == set(a["model"])
+    with pytest.raises(ValueError, match="semantic_aux 1.0 -> 0.0"):
+        train(cfg, data, str(tiny_setup / "b"), epochs=2, resume=True, **{**args, "semantic_aux": 0.0})

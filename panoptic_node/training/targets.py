@@ -41,8 +41,15 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
+def semantic_on_grid(semantic: np.ndarray, stride: int) -> np.ndarray:
+    """The class map at the loss grid's cell centres (nearest: class ids must not be averaged)."""
+    h, w = semantic.shape[0] // stride, semantic.shape[1] // stride
+    return semantic[stride // 2::stride, stride // 2::stride][:h, :w]
+
+
 def build_target(semantic: np.ndarray, instance: np.ndarray, thing_lut: np.ndarray, stride: int) -> dict:
-    """Masks average-pooled to the loss grid (soft targets), with a validity weight that is 0 on void."""
+    """Masks average-pooled to the loss grid (soft targets), with a validity weight that is 0 on void;
+    the class map on the same grid for the semantic auxiliary loss."""
     labels, masks = segments_of(semantic, instance, thing_lut, min_area=stride * stride)
     m = torch.from_numpy(masks).float()[None] if len(labels) else torch.zeros(1, 0, *semantic.shape)
     pooled = F.avg_pool2d(m, stride)[0] if len(labels) else torch.zeros(0, semantic.shape[0] // stride,
@@ -50,4 +57,5 @@ def build_target(semantic: np.ndarray, instance: np.ndarray, thing_lut: np.ndarr
     valid = F.avg_pool2d(torch.from_numpy(semantic != VOID).float()[None, None], stride)[0, 0]
     return {"labels": torch.from_numpy(labels), "masks": pooled.flatten(1), "valid": (valid > 0.5).float().flatten(),
             "boxes": torch.from_numpy(masks_to_boxes(masks)) if len(labels) else torch.zeros(0, 4),
-            "shape": tuple(pooled.shape[-2:])}
+            "shape": tuple(pooled.shape[-2:]),
+            "semantic": torch.from_numpy(semantic_on_grid(semantic, stride).astype(np.int64))}

@@ -33,6 +33,7 @@ from ..taxonomy import get_taxonomy
 from .augment import PHOTOMETRIC, augment
 from .data import drive_of, make_dataset
 from .ema import WeightAverage
+from .semantic_aux import SemanticAux
 from .targets import build_target
 
 LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
@@ -54,9 +55,10 @@ def make_batch(samples, rng, crop, normalization, thing_lut, scale=(0.75, 1.5), 
     return images, pad, targets
 
 
-def loss_layers(model, images, pad):
-    """(logits, boxes, masks flattened on the loss grid) for the last decoder layer, then the others."""
-    out = model.detect(images, pad)
+def loss_layers(model, images, pad, out=None):
+    """(logits, boxes, masks flattened on the loss grid) for the last decoder layer, then the others.
+    `out`: the model's DetectOutput for these images when the caller already has it."""
+    out = out if out is not None else model.detect(images, pad)
     layers = []
     n_layers = out.aux_hs.shape[0]
     grid = (images.shape[-2] // LOSS_STRIDE, images.shape[-1] // LOSS_STRIDE)
@@ -66,6 +68,17 @@ def loss_layers(model, images, pad):
             masks = F.interpolate(masks, size=grid, mode="bilinear", align_corners=False)
         layers.append((out.aux_logits[li], out.aux_boxes[li], masks.flatten(2)))
     return layers
+
+
+def training_loss(model, criterion, images, pad, targets, semantic_aux=None, semantic_weight=0.0):
+    """The set losses on every decoder layer, plus the weighted semantic auxiliary loss when there is one."""
+    out = model.detect(images, pad)
+    loss, parts = criterion(loss_layers(model, images, pad, out), targets)
+    if semantic_aux is not None:
+        semantic = semantic_aux(out.mask_features[0], torch.stack([t["semantic"] for t in targets]))
+        loss = loss + semantic_weight * semantic
+        parts["semantic"] = float(semantic.detach())
+    return loss, parts
 
 
 def evaluate(model, cfg, samples) -> dict:
@@ -118,23 +131,31 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           lr: float = 3e-4, lr_backbone: float = 9e-5, weight_decay: float = 1e-4, clip: float = 0.1,
           resume: bool = False, seed: int = 0, val_every: int = 3, dataset: str = "camvid",
           max_train_frames: int = 0, stop_after_epoch: int = 0, train_drives=None, val_drives=None,
-          scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, log=print) -> dict:
+          scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, semantic_aux: float = 0.0,
+          log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
-    `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay."""
+    `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
+    `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight."""
     if colour not in PHOTOMETRIC:
         raise ValueError(f"unknown photometric augmentation '{colour}', expected one of {', '.join(PHOTOMETRIC)}")
     if not (0 < scale[0] <= scale[1]):
         raise ValueError(f"scale range {scale[0]}-{scale[1]} is not a range of positive factors (low <= high)")
     if not (0.0 <= ema < 1.0):
         raise ValueError(f"ema decay {ema} is outside [0, 1): 0 turns it off, 0.998 averages ~500 steps")
+    if semantic_aux < 0:
+        raise ValueError(f"semantic auxiliary weight {semantic_aux} is negative: 0 turns it off, 1 weighs it "
+                         f"like one class loss")
     train_drives, val_drives = split_drives(train_drives, val_drives)
     cfg = load_config(config)
+    if semantic_aux and cfg.mask_head != "dot_product":
+        raise ValueError(f"--semantic-aux needs the dot_product mask head's pixel embeddings; "
+                         f"{cfg.name} has mask_head {cfg.mask_head}")
     out = Path(out)
     # what a resumed run must share with the run it continues
     settings = {"config": cfg.name, "epochs": epochs, "batch_size": batch_size, "crop": list(crop), "lr": lr,
                 "lr_backbone": lr_backbone, "seed": seed, "dataset": dataset, "train_drives": train_drives,
                 "val_drives": val_drives, "scale": list(scale), "colour": colour, "ema": ema,
-                "max_train_frames": max_train_frames}
+                "max_train_frames": max_train_frames, "semantic_aux": semantic_aux}
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     random.seed(seed)
@@ -163,6 +184,9 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     freeze_batchnorm(model)
     backbone_params = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
     head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    aux = SemanticAux(cfg.mask_dim, cfg.num_classes) if semantic_aux else None
+    if aux is not None:  # trained with the head, kept out of the saved model
+        head_params += list(aux.parameters())
     optimizer = torch.optim.AdamW([{"params": head_params, "lr": lr}, {"params": backbone_params, "lr": lr_backbone}],
                                   weight_decay=weight_decay)
     iters_per_epoch = max(1, len(train_samples) // batch_size)
@@ -190,6 +214,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             raise ValueError(f"--resume with other settings than {ckpt_path} was trained with ({changed}); "
                              f"resume with the same ones or train into another --out")
         model.load_state_dict(state["model"])
+        if aux is not None:
+            aux.load_state_dict(state["semantic_aux"])
         if average:
             average.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -210,7 +236,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             idx = order[it * batch_size:(it + 1) * batch_size]
             images, pad, targets = make_batch([train_samples[i] for i in idx], rng, crop, cfg.input.normalization,
                                               thing_lut, scale, colour)
-            loss, parts = criterion(loss_layers(model, images, pad), targets)
+            loss, parts = training_loss(model, criterion, images, pad, targets, aux, semantic_aux)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -235,7 +261,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
                         "best_pq": best_pq, "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                        "settings": settings, **({"ema": average.state_dict()} if average else {})},
+                        "settings": settings, **({"ema": average.state_dict()} if average else {}),
+                        **({"semantic_aux": aux.state_dict()} if aux is not None else {})},
                        tmp)
         write_json(history, out / "history.json", indent=1)  # through a .partial name, as every output
         plot_curve(history, out / "training_curve.png")
