@@ -147,10 +147,9 @@ def main():
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--hz", type=float, default=30.0)
     parser.add_argument("--frames", type=int, default=60)
-    parser.add_argument("--dds-profile", default=str(Path(__file__).resolve().parents[1] / "config" /
-                                                     "fastdds_large_images.xml"),
-                        help="Fast DDS profile for the camera and the node (as car.launch.py sets it); 'none': "
-                             "Fast DDS's defaults")
+    parser.add_argument("--dds-profile", default="auto",
+                        help="Fast DDS profile for the camera and the node, chosen as car.launch.py's dds_profile: "
+                             "auto (default), large_images, large_images_shm, none (Fast DDS's defaults) or a file")
     parser.add_argument("--camera-default-dds", action="store_true",
                         help="the camera process keeps Fast DDS's defaults (a driver nobody configured); the node "
                              "still gets --dds-profile")
@@ -173,12 +172,15 @@ def main():
     base_fps = pipeline_alone(list(frames), {k: v for k, v in params.items() if k != "cameras"})
     print(f"pipeline alone (same parameters, same frames): {base_fps:.1f} frames/s, "
           f"{1000 / base_fps:.1f} ms per frame")
+    from panoptic_node.dds_profile import choose_profile
+    profile, why = choose_profile(args.dds_profile, Path(__file__).resolve().parents[1] / "config")
+    print(why)
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         np.save(d / "frames.npy", frames)
         for n in args.cameras:
             res = run(n, d / "frames.npy", params, args.seconds, args.hz, d, not args.only_semantic,
-                      None if args.dds_profile == "none" else args.dds_profile, not args.camera_default_dds,
+                      str(profile) if profile else None, not args.camera_default_dds,
                       args.process_per_camera)
             stages = res.pop("stages")
             for ns, r in res.items():

@@ -4,19 +4,20 @@
 bag:=PATH plays a recorded (or converted CamVid / KITTI) bag with --clock and runs the node on
 sim time: the validation setup, same node, same topics.
 
-With Fast DDS (ROS 2's default middleware) the node and the bag player run with
-config/fastdds_large_images.xml unless you name a profile of your own: the default 512 KiB shared-memory
-segment holds less than one 480x360 rgb8 frame, so frames fall back to fragmented UDP and a burst of
-two cameras loses frames (measured: 5 of 30 frames/s for one of two cameras; 30 of 30 with the profile).
-Camera drivers publishing such frames want the same profile (see the README). dds_profile:=none turns it off;
-dds_profile:=udp_receive is for a driver you cannot configure that publishes several cameras from one process
-(config/fastdds_udp_receive.xml says when, and what the kernel must allow).
+With Fast DDS (ROS 2's default middleware) the node and the bag player run with a profile for large
+images unless you export one of your own (dds_profile:=auto, the default; panoptic_node/dds_profile.py):
+config/fastdds_large_images.xml, where the node receives over UDP and sends over shared memory, when
+net.core.rmem_max >= 2 MiB, else config/fastdds_large_images_shm.xml (shared memory both ways), with a
+line saying how to raise the limit. Fast DDS's default 512 KiB shared-memory segment holds less than one
+480x360 rgb8 frame: a driver publishing two cameras from one process lost most of one camera's frames on
+the way to a node listening on shared memory (9-13 of 30 Hz; 20-23 Hz out per camera over UDP).
+dds_profile:=none runs Fast DDS's defaults; large_images, large_images_shm or a file choose by hand.
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, LogInfo, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
@@ -34,21 +35,15 @@ def _cameras_in(config):
 
 
 def _dds_env(context, share):
-    """The large-images Fast DDS profile for our processes, unless the user chose a profile or another RMW."""
-    choice = LaunchConfiguration("dds_profile").perform(context)
-    if choice == "none" or os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE") or \
-            os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or \
-            os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
-        return {}
-    # the shipped profiles by name: large_images (the default) and udp_receive (see its file)
-    shipped = {name: os.path.join(share, "config", f"fastdds_{name}.xml") for name in ("large_images", "udp_receive")}
-    path = shipped.get(choice or "large_images", choice)
-    return {"FASTRTPS_DEFAULT_PROFILES_FILE": path, "FASTDDS_DEFAULT_PROFILES_FILE": path}
+    """The environment of our processes for the chosen Fast DDS profile, and a line saying which and why."""
+    from panoptic_node.dds_profile import choose_profile, profile_env
+    path, why = choose_profile(LaunchConfiguration("dds_profile").perform(context), os.path.join(share, "config"))
+    return profile_env(path), why
 
 
 def _node(context):
     share = get_package_share_directory("panoptic_node")
-    env = _dds_env(context, share)
+    env, why = _dds_env(context, share)
     config = LaunchConfiguration("config").perform(context) or os.path.join(share, "config", "car.param.yaml")
     overrides = {}
     for name in ("model", "backend", "precision", "onnx"):
@@ -61,7 +56,8 @@ def _node(context):
     bag = LaunchConfiguration("bag").perform(context)
     if bag:
         overrides["use_sim_time"] = True
-    actions = [Node(package="panoptic_node", executable="panoptic_node", name="panoptic_node", output="screen",
+    actions = [LogInfo(msg=why),
+               Node(package="panoptic_node", executable="panoptic_node", name="panoptic_node", output="screen",
                     parameters=[config, overrides], additional_env=env,
                     arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)])]
     if bag:
@@ -86,11 +82,11 @@ def generate_launch_description():
         DeclareLaunchArgument("bag", default_value="", description="play this bag with --clock and use sim time"),
         DeclareLaunchArgument("rviz", default_value="false", description="open RViz with config/panoptic.rviz"),
         DeclareLaunchArgument("log_level", default_value="info"),
-        DeclareLaunchArgument("dds_profile", default_value="",
-                              description="Fast DDS profile for the node and bag player: large_images (default, "
-                                          "config/fastdds_large_images.xml), udp_receive (a multi-camera driver "
-                                          "you cannot configure; see its file), none (Fast DDS's own defaults) "
-                                          "or a file"),
+        DeclareLaunchArgument("dds_profile", default_value="auto",
+                              description="Fast DDS profile for the node and bag player: auto (large_images when "
+                                          "net.core.rmem_max >= 2 MiB, else large_images_shm), large_images "
+                                          "(receive over UDP, send over shared memory), large_images_shm (shared "
+                                          "memory both ways), none (Fast DDS's own defaults) or a file"),
         OpaqueFunction(function=_node),
         Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
              arguments=["-d", os.path.join(share, "config", "panoptic.rviz")],

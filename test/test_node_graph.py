@@ -9,6 +9,7 @@ PyPI: the launch files' own tests (test_node_launch.py) run on ROS 2 installs.
 import importlib
 import io
 import os
+import re
 import signal
 import subprocess
 import time
@@ -58,14 +59,15 @@ def model_yaml():
 class NodeProcess:
     """`panoptic_node` with a params file, in a process group of its own (as a terminal or launch runs it)."""
 
-    def __init__(self, tmp_path: Path, params: dict):
+    def __init__(self, tmp_path: Path, params: dict, env: dict = None):
         self.log = tmp_path / f"node_{uuid.uuid4().hex[:6]}.log"
         params_file = tmp_path / f"params_{uuid.uuid4().hex[:6]}.yaml"
         params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
         self.name = f"panoptic_{uuid.uuid4().hex[:8]}"
         self.proc = subprocess.Popen(["panoptic_node", "--ros-args", "-r", f"__node:={self.name}",
                                       "--params-file", str(params_file)],
-                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, **(env or {})})
 
     def output(self) -> str:
         return self.log.read_text()
@@ -86,10 +88,10 @@ class NodeProcess:
 def start(tmp_path, graph, model_yaml):
     nodes = []
 
-    def _start(cameras, wait=True, **params):
+    def _start(cameras, wait=True, env=None, **params):
         full = {"cameras": cameras, "model": model_yaml, "backend": "torch", "threshold": 0.0,
                 "qos_reliability": "reliable", "qos_depth": 10, "diagnostics_period": 0.2, **params}
-        node = NodeProcess(tmp_path, full)
+        node = NodeProcess(tmp_path, full, env)
         nodes.append(node)
         if wait:
             wait_for_publisher(graph, f"{cameras[0].rstrip('/')}/panoptic/semantic", node)
@@ -233,6 +235,37 @@ def test_several_cameras_each_get_their_own_outputs(graph, start, rng, batch):
         for m in c.got[f"{cam}/panoptic/panoptic"]:  # every output of a camera is its own frame's
             assert (m.header.frame_id, m.header.stamp.sec, (m.height, m.width)) == (cam.rsplit("/", 1)[1], 100 + i,
                                                                                      shapes[cam])
+    c.close()
+
+
+@pytest.mark.parametrize("profile", ["large_images", "large_images_shm"])
+def test_the_shipped_dds_profiles_carry_full_frames_from_and_to_unconfigured_processes(graph, start, rng, profile):
+    """The node under each profile car.launch.py may choose, this test's process on Fast DDS's defaults (as a
+    driver and a driving stack nobody configured): two cameras' 480x360 rgb8 frames, published back to back
+    from one process, each answered with full-size maps (the 32SC1 panoptic map is 691 KB)."""
+    from panoptic_node.dds_profile import choose_profile, profile_env
+    path, _ = choose_profile(profile, Path(__file__).resolve().parents[1] / "config", environ={})
+    base = f"/t{uuid.uuid4().hex[:6]}"
+    cams = [f"{base}/a", f"{base}/b"]
+    node = start(cams, max_age_ms=0, env=profile_env(path))
+    # the profile is the node's: its own shared-memory segment is the profile's 32 MiB (Fast DDS's is 512 KiB)
+    mapped = set(re.findall(r"/dev/shm/fastrtps_\S+", Path(f"/proc/{node.proc.pid}/maps").read_text()))
+    assert any(not m.rsplit("/", 1)[1].startswith("fastrtps_port") and os.stat(m).st_size >= 32 << 20
+               for m in mapped), mapped
+    c = Collector(graph, {f"{cam}/panoptic/panoptic": Image for cam in cams})
+    pubs = {cam: graph.create_publisher(Image, f"{cam}/image", 10) for cam in cams}
+    for pub in pubs.values():
+        wait_for_subscriber(graph, pub)
+    frames = {cam: [rgb_frame(rng, 360, 480) for _ in range(3)] for cam in cams}
+    for k in range(3):
+        for i, cam in enumerate(cams):
+            pubs[cam].publish(image_msg(frames[cam][k], Time(sec=200 + k, nanosec=i), cam.rsplit("/", 1)[1]))
+        assert c.spin_until(lambda g: all(len(v) > k for v in g.values()), timeout=30), \
+            {t: len(v) for t, v in c.got.items()}
+    for i, cam in enumerate(cams):
+        got = c.got[f"{cam}/panoptic/panoptic"]
+        assert [(m.header.stamp.sec, m.header.stamp.nanosec) for m in got] == [(200 + k, i) for k in range(3)]
+        assert all((m.encoding, m.height, m.width, len(m.data)) == ("32SC1", 360, 480, 360 * 480 * 4) for m in got)
     c.close()
 
 
