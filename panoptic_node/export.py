@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path
+from .inference.cache_key import NOT_IN_GRAPH
 from .onnx_passes import fold_pads_into_convs
 
 OPSET = 17
@@ -122,7 +123,7 @@ def open_exported(path, expected_config=None) -> Tuple[dict, Path]:
         raise FileNotFoundError(f"mask-head graph '{masks}' is missing beside '{path}'; re-run `panoptic-node export`")
     if expected_config is not None:
         want, got = expected_config.to_dict(), meta["config"]
-        diff = sorted(k for k in want if k not in ("weights", "postprocess") and want[k] != got.get(k))
+        diff = sorted(k for k in want if k not in NOT_IN_GRAPH and want[k] != got.get(k))
         if diff:
             raise ValueError(f"ONNX file '{path}' was exported from another model (differs in {', '.join(diff)}); "
                              f"re-export it for model '{expected_config.name}'")

@@ -57,10 +57,14 @@ def test_new_weights_or_config_export_again(tmp_path):
     assert cached_graph_path(cfg, cfg.weights, tmp_path) == base
     other_weights = load_config(str(_model(tmp_path, seed=4)))
     other_config = load_config(str(_model(tmp_path, seed=5)))
-    other_config.postprocess.threshold = 0.3
+    other_config.dec_layers += 1
     paths = {cached_graph_path(other_weights, other_weights.weights, tmp_path),
              cached_graph_path(other_config, cfg.weights, tmp_path)}
     assert base not in paths and len(paths) == 2
+    # post-processing runs on the graph's outputs: changing it keeps the graph
+    other_post = load_config(str(_model(tmp_path, seed=5)))
+    other_post.postprocess.threshold, other_post.postprocess.split_things = 0.3, 64
+    assert cached_graph_path(other_post, cfg.weights, tmp_path) == base
 
 
 def test_a_graph_without_its_mask_graph_is_exported_again(tmp_path):

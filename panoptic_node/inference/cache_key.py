@@ -12,10 +12,15 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+# not in a graph or an engine: the weights' path (their bytes are hashed) and the post-processing,
+# which runs on the graph's outputs (a new threshold or split_things must not export the graph again)
+NOT_IN_GRAPH = ("weights", "postprocess")
+
+
 def model_source_sha256(weights, cfg, part: str) -> str:
-    """Identity of one part made from a model: the weights file's bytes, the model config, the part name."""
+    """Identity of one part made from a model: the weights file's bytes, the network's config, the part name."""
     h = hashlib.sha256()
     h.update(file_sha256(weights).encode())
-    h.update(json.dumps({k: v for k, v in cfg.to_dict().items() if k != "weights"}, sort_keys=True).encode())
+    h.update(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_GRAPH}, sort_keys=True).encode())
     h.update(part.encode())
     return h.hexdigest()
