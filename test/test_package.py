@@ -39,6 +39,10 @@ def test_colcon_build_installs_the_ros_layout(tmp_path):
     assert (share / "launch" / "car.launch.py").is_file() and (share / "launch" / "replay.launch.py").is_file()
     assert (share / "config" / "car.param.yaml").is_file() and (share / "config" / "panoptic_node.schema.json").is_file()
     assert (share / "config" / "panoptic.rviz").is_file()
+    # car.launch.py finds the Fast DDS profiles it chooses among in the installed share folder
+    from panoptic_node.dds_profile import SHIPPED, choose_profile
+    for name in SHIPPED:
+        assert choose_profile(name, share / "config", environ={})[0].is_file(), name
     assert (share / "models" / "street_lite0.yaml").is_file()
     assert (tmp_path / "install" / "share" / "ament_index" / "resource_index" / "packages" / "panoptic_node").is_file() or \
         (share / ".." / "ament_index" / "resource_index" / "packages" / "panoptic_node").exists()
