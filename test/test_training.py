@@ -157,14 +157,19 @@ def test_training_run_writes_its_outputs(tiny_setup):
     assert "miou" in out["history"][-1]["val"]
 
 
-def test_resume_reproduces_an_uninterrupted_run(tiny_setup):
-    args = dict(batch_size=2, crop=(64, 96), val_every=0, log=lambda *_: None)
+def whole_and_resumed(tiny_setup, **recipe):
+    """Train 2 epochs into a/ without a stop, and into b/ stopped after one and resumed: both checkpoints."""
+    args = dict(batch_size=2, crop=(64, 96), val_every=0, log=lambda *_: None, **recipe)
     cfg, data = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data")
     train(cfg, data, str(tiny_setup / "a"), epochs=2, **args)
     train(cfg, data, str(tiny_setup / "b"), epochs=2, stop_after_epoch=1, **args)  # "interrupted" after one
     train(cfg, data, str(tiny_setup / "b"), epochs=2, resume=True, **args)
-    a = torch.load(tiny_setup / "a" / "checkpoint.pth", weights_only=False)
-    b = torch.load(tiny_setup / "b" / "checkpoint.pth", weights_only=False)
+    return (torch.load(tiny_setup / "a" / "checkpoint.pth", weights_only=False),
+            torch.load(tiny_setup / "b" / "checkpoint.pth", weights_only=False))
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_setup):
+    a, b = whole_and_resumed(tiny_setup)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
@@ -390,14 +395,7 @@ def test_weight_average_equals_direct_computation():
 
 def test_resume_with_the_new_recipe_reproduces_an_uninterrupted_run(tiny_setup):
     """Strong colour, wide scale and the weight average survive a stop: the saved average and weights match."""
-    args = dict(batch_size=2, crop=(64, 96), val_every=0, scale=(0.5, 2.0), colour="strong", ema=0.9,
-                log=lambda *_: None)
-    cfg, data = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data")
-    train(cfg, data, str(tiny_setup / "a"), epochs=2, **args)
-    train(cfg, data, str(tiny_setup / "b"), epochs=2, stop_after_epoch=1, **args)
-    train(cfg, data, str(tiny_setup / "b"), epochs=2, resume=True, **args)
-    a = torch.load(tiny_setup / "a" / "checkpoint.pth", weights_only=False)
-    b = torch.load(tiny_setup / "b" / "checkpoint.pth", weights_only=False)
+    a, b = whole_and_resumed(tiny_setup, scale=(0.5, 2.0), colour="strong", ema=0.9)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
         assert torch.equal(a["ema"]["state"][k], b["ema"]["state"][k]), k
@@ -475,13 +473,7 @@ def test_one_step_with_the_semantic_aux_loss_lowers_it(tiny_setup):
 
 
 def test_resume_with_the_semantic_aux_loss_reproduces_an_uninterrupted_run(tiny_setup):
-    args = dict(batch_size=2, crop=(64, 96), val_every=0, semantic_aux=1.0, log=lambda *_: None)
-    cfg, data = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data")
-    train(cfg, data, str(tiny_setup / "a"), epochs=2, **args)
-    train(cfg, data, str(tiny_setup / "b"), epochs=2, stop_after_epoch=1, **args)
-    train(cfg, data, str(tiny_setup / "b"), epochs=2, resume=True, **args)
-    a = torch.load(tiny_setup / "a" / "checkpoint.pth", weights_only=False)
-    b = torch.load(tiny_setup / "b" / "checkpoint.pth", weights_only=False)
+    a, b = whole_and_resumed(tiny_setup, semantic_aux=1.0)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     for k in a["semantic_aux"]:
@@ -490,4 +482,5 @@ def test_resume_with_the_semantic_aux_loss_reproduces_an_uninterrupted_run(tiny_
     last = torch.load(tiny_setup / "a" / "last.pth", weights_only=False)["model"]
     assert not any("classifier" in k for k in last) and set(last) == set(a["model"])
     with pytest.raises(ValueError, match="semantic_aux 1.0 -> 0.0"):
-        train(cfg, data, str(tiny_setup / "b"), epochs=2, resume=True, **{**args, "semantic_aux": 0.0})
+        train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "b"), epochs=2,
+              batch_size=2, crop=(64, 96), val_every=0, resume=True, semantic_aux=0.0, log=lambda *_: None)
