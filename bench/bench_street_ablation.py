@@ -53,7 +53,7 @@ def main():
         return cfg
 
     if args.grid:
-        variants = [(f"threshold {t}, overlap {o}", with_postprocess(threshold=t, overlap=o), None)
+        variants = [(f"threshold {t}, overlap {o}", with_postprocess(threshold=t, overlap=o), args.weights)
                     for t, o in [(0.3, 0.5), (0.4, 0.5), (0.5, 0.5), (0.6, 0.5), (0.7, 0.5), (0.4, 0.6), (0.5, 0.7)]]
     else:
         w = args.weights
