@@ -104,7 +104,7 @@ def cmd_train(args) -> int:
     train(args.config, data, args.out, epochs=args.epochs, batch_size=args.batch_size, crop=crop,
           lr=args.lr, lr_backbone=args.lr_backbone, resume=args.resume, val_every=args.val_every,
           dataset=args.dataset, train_drives=drive_list(args.train_drives), val_drives=drive_list(args.val_drives),
-          scale=scale, colour=args.photometric, ema=args.ema, semantic_aux=args.semantic_aux)
+          scale=scale, colour=args.photometric, ema=args.ema, semantic_aux=args.semantic_aux, seed=args.seed)
     return 0
 
 
@@ -546,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "gamma, colour temperature, blur and noise, with wider ranges (for new drives, dusk, glare)")
     p.add_argument("--ema", type=float, default=0.0,
                    help="evaluate and save a moving average of the weights with this decay (0 = off; e.g. 0.998)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the order and the augmentation "
+                   "(another seed of the same recipe shows how much of a difference is noise)")
     p.add_argument("--semantic-aux", type=float, default=0.0,
                    help="weight of a training-only per-pixel class loss on the pixel embeddings (0 = off)")
     p.add_argument("--threads", type=int, default=2)

@@ -484,3 +484,17 @@ def test_resume_with_the_semantic_aux_loss_reproduces_an_uninterrupted_run(tiny_
     with pytest.raises(ValueError, match="semantic_aux 1.0 -> 0.0"):
         train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "b"), epochs=2,
               batch_size=2, crop=(64, 96), val_every=0, resume=True, semantic_aux=0.0, log=lambda *_: None)
+
+
+def test_the_train_command_passes_its_recipe_on(tiny_setup):
+    """`panoptic-node train` flags reach the run: its resume checkpoint records the recipe it trained with."""
+    from panoptic_node.cli import main
+    out = tiny_setup / "cli_run"
+    threads = torch.get_num_threads()  # the command sets torch's threads for the whole process
+    rc = main(["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"), "--out", str(out),
+               "--epochs", "1", "--batch-size", "2", "--crop", "96x64", "--val-every", "0", "--seed", "3",
+               "--semantic-aux", "0.5", "--lr-backbone", "1e-5", "--threads", "1"])
+    torch.set_num_threads(threads)
+    assert rc == 0
+    settings = torch.load(out / "checkpoint.pth", weights_only=False)["settings"]
+    assert (settings["seed"], settings["semantic_aux"], settings["lr_backbone"], settings["crop"]) == (3, 0.5, 1e-5, [64, 96])
