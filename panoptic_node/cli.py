@@ -104,7 +104,8 @@ def cmd_train(args) -> int:
     train(args.config, data, args.out, epochs=args.epochs, batch_size=args.batch_size, crop=crop,
           lr=args.lr, lr_backbone=args.lr_backbone, resume=args.resume, val_every=args.val_every,
           dataset=args.dataset, train_drives=drive_list(args.train_drives), val_drives=drive_list(args.val_drives),
-          scale=scale, colour=args.photometric, ema=args.ema, semantic_aux=args.semantic_aux, seed=args.seed)
+          scale=scale, colour=args.photometric, ema=args.ema, semantic_aux=args.semantic_aux, seed=args.seed,
+          copy_paste=args.copy_paste)
     return 0
 
 
@@ -548,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate and save a moving average of the weights with this decay (0 = off; e.g. 0.998)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the order and the augmentation "
                    "(another seed of the same recipe shows how much of a difference is noise)")
+    p.add_argument("--copy-paste", type=float, default=0.0,
+                   help="probability that a training frame first gets the objects (cars, pedestrians, cyclists) of "
+                        "another training frame pasted in, each with probability 1/2 (0 = off)")
     p.add_argument("--semantic-aux", type=float, default=0.0,
                    help="weight of a training-only per-pixel class loss on the pixel embeddings (0 = off)")
     p.add_argument("--threads", type=int, default=2)

@@ -122,7 +122,8 @@ def tiny_setup(tmp_path, rng):
     return tmp_path
 
 
-@pytest.mark.parametrize("recipe", [dict(), dict(scale=(0.5, 2.0), colour="strong")], ids=["shipped", "new_drives"])
+@pytest.mark.parametrize("recipe", [dict(), dict(scale=(0.5, 2.0), colour="strong"), dict(copy_paste_p=1.0)],
+                         ids=["shipped", "new_drives", "copy_paste"])
 def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     from panoptic_node.model.detr import build_model
     from panoptic_node.taxonomy import get_taxonomy
@@ -133,8 +134,10 @@ def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     torch.manual_seed(0)
     model = build_model(cfg, pretrained_backbone=True).train()
     freeze_batchnorm(model)
-    samples = CamVid(tiny_setup / "data", "train").load_all()[:2]
-    images, pad, targets = make_batch(samples, np.random.default_rng(0), (64, 96), "tf",
+    everything = CamVid(tiny_setup / "data", "train").load_all()
+    if recipe.get("copy_paste_p"):
+        recipe = {**recipe, "donors": everything}
+    images, pad, targets = make_batch(everything[:2], np.random.default_rng(0), (64, 96), "tf",
                                       get_taxonomy("camvid").thing_lut, **recipe)
     crit = SetCriterion(cfg.num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -498,3 +501,89 @@ def test_the_train_command_passes_its_recipe_on(tiny_setup):
     assert rc == 0
     settings = torch.load(out / "checkpoint.pth", weights_only=False)["settings"]
     assert (settings["seed"], settings["semantic_aux"], settings["lr_backbone"], settings["crop"]) == (3, 0.5, 1e-5, [64, 96])
+
+
+def _frame(rng, boxes, name):
+    """A 40x60 frame: road, plus things given as (class, y0, y1, x0, x1), instances numbered 1..N."""
+    from panoptic_node.training.data import Sample
+    sem = np.full((40, 60), 3, np.uint8)
+    sem[:4, :4] = 255
+    inst = np.zeros((40, 60), np.uint16)
+    for i, (c, y0, y1, x0, x1) in enumerate(boxes, 1):
+        sem[y0:y1, x0:x1], inst[y0:y1, x0:x1] = c, i
+    return Sample(name, rng.integers(0, 255, (40, 60, 3), dtype=np.uint8), sem, inst)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_copy_paste_equals_direct_computation(rng, seed):
+    """Whole donor instances or none of them, at the same place (or the donor mirrored), with the donor's colour and
+    class and ids above the frame's own; every other pixel is the frame's."""
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.augment import copy_paste
+    lut = get_taxonomy("camvid").thing_lut
+    frame = _frame(rng, [(8, 20, 30, 5, 20), (9, 10, 30, 40, 45)], "a")
+    donor = _frame(rng, [(8, 22, 34, 10, 30), (10, 5, 25, 48, 55), (9, 2, 12, 20, 24), (2, 0, 40, 0, 2)], "b")
+    kept = [a.copy() for a in (frame.rgb, frame.semantic, frame.instance)]
+    out = copy_paste(frame, donor, np.random.default_rng(seed), lut)
+    pasted = out.instance > frame.instance.max()
+    for flip in (False, True):
+        d = [a[:, ::-1] if flip else a for a in (donor.rgb, donor.semantic, donor.instance)]
+        chosen = np.unique(d[2][pasted]).tolist()
+        if pasted.any() and not np.array_equal(pasted, lut[d[1]] & np.isin(d[2], chosen) & (d[2] > 0)):
+            continue  # not this orientation
+        expected_rgb, expected_sem, expected_inst = frame.rgb.copy(), frame.semantic.copy(), frame.instance.copy()
+        expected_rgb[pasted], expected_sem[pasted] = d[0][pasted], d[1][pasted]
+        expected_inst[pasted] = d[2][pasted] + frame.instance.max()
+        assert np.array_equal(out.rgb, expected_rgb) and np.array_equal(out.semantic, expected_sem)
+        assert np.array_equal(out.instance, expected_inst)
+        assert not (pasted & (d[1] == 2)).any()  # stuff (the pole) is never pasted
+        break
+    else:
+        raise AssertionError("the pasted pixels are not whole donor instances in either orientation")
+    assert all(np.array_equal(a, b) for a, b in zip(kept, (frame.rgb, frame.semantic, frame.instance)))  # not in place
+
+
+def test_copy_paste_pastes_about_half_the_objects_and_sometimes_mirrors():
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.augment import copy_paste
+    rng = np.random.default_rng(1)
+    lut = get_taxonomy("camvid").thing_lut
+    frame = _frame(rng, [], "a")
+    donor = _frame(rng, [(8, 2 * i, 2 * i + 2, 0, 20) for i in range(20)], "b")  # 20 cars on the left
+    counts, mirrored = [], 0
+    for seed in range(40):
+        out = copy_paste(frame, donor, np.random.default_rng(seed), lut)
+        counts.append(len(np.unique(out.instance)) - 1)
+        mirrored += bool(out.instance[:, 40:].any())
+    assert 7 < np.mean(counts) < 13 and 10 < mirrored < 30
+
+
+def test_copy_paste_in_a_batch_adds_objects_and_resumes(tiny_setup):
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.data import CamVid
+    from panoptic_node.training.train import make_batch
+
+    samples = CamVid(tiny_setup / "data", "train").load_all()
+    lut = get_taxonomy("camvid").thing_lut
+    plain = make_batch(samples[:2], np.random.default_rng(0), (64, 96), "tf", lut)[2]
+    pasted = make_batch(samples[:2], np.random.default_rng(0), (64, 96), "tf", lut, copy_paste_p=1.0, donors=samples)[2]
+    cars = lambda targets: max(int((t["labels"] == 8).sum()) for t in targets)  # noqa: E731
+    assert cars(plain) == 1  # each tiny frame holds one car
+    assert cars(pasted) >= 2  # its own and a pasted one
+    a, b = whole_and_resumed(tiny_setup, copy_paste=0.5)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_a_run_saved_before_a_setting_existed_resumes(tiny_setup):
+    """Checkpoints written before --semantic-aux / --copy-paste existed trained with them off."""
+    args = dict(batch_size=2, crop=(64, 96), val_every=0, log=lambda *_: None)
+    cfg, data, out = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), tiny_setup / "old"
+    train(cfg, data, str(out), epochs=2, stop_after_epoch=1, **args)
+    state = torch.load(out / "checkpoint.pth", weights_only=False)
+    for key in ("semantic_aux", "copy_paste"):
+        del state["settings"][key]
+    torch.save(state, out / "checkpoint.pth")
+    assert train(cfg, data, str(out), epochs=2, resume=True, **args)["history"][-1]["epoch"] == 2
+    with pytest.raises(ValueError, match="copy_paste 0.0 -> 0.5"):
+        train(cfg, data, str(out), epochs=3, resume=True, copy_paste=0.5, **args)

@@ -1,5 +1,6 @@
 """Training augmentation: random scale, random crop (train on crops, predict on full frames),
-horizontal flip and photometric changes. Labels are resampled with nearest neighbour.
+horizontal flip, photometric changes and (optionally) copy-paste of another frame's objects. Labels are
+resampled with nearest neighbour.
 
 Photometric recipes: `basic` is the colour jitter the first releases trained with (brightness,
 contrast, saturation ±20 %); `strong` aims at drives the model never saw (dusk, glare, another
@@ -113,3 +114,31 @@ def augment(sample: Sample, rng: np.random.Generator, crop: Tuple[int, int], sca
         rgb, sem, inst = rgb[:, ::-1], sem[:, ::-1], inst[:, ::-1]
     rgb = photometric(rgb, rng, colour)
     return Sample(sample.name, np.ascontiguousarray(rgb), np.ascontiguousarray(sem), np.ascontiguousarray(inst))
+
+
+def copy_paste(sample: Sample, donor: Sample, rng: np.random.Generator, thing_lut: np.ndarray) -> Sample:
+    """Simple Copy-Paste (Ghiasi et al., CVPR 2021): each thing instance of another training frame is, with
+    probability 1/2, pasted onto this frame at the same place (the donor mirrored as a whole half of the
+    time), with its colour, class and a new instance id. What it covers is occluded: the rest of a covered
+    instance keeps its id. More objects per frame, rare classes in new streets, and objects in front of
+    one another, which parked rows and pedestrian groups need."""
+    h, w = sample.semantic.shape
+    if donor.semantic.shape != (h, w):
+        donor = Sample(donor.name, _resize(donor.rgb, (h, w), False), _resize(donor.semantic, (h, w), True),
+                       _resize(donor.instance, (h, w), True))
+    d_rgb, d_sem, d_inst = donor.rgb, donor.semantic, donor.instance
+    if rng.random() < 0.5:
+        d_rgb, d_sem, d_inst = d_rgb[:, ::-1], d_sem[:, ::-1], d_inst[:, ::-1]
+    is_thing = thing_lut[d_sem] & (d_inst > 0)
+    ids = np.unique(d_inst[is_thing])
+    chosen = ids[rng.random(len(ids)) < 0.5]
+    paste = is_thing & np.isin(d_inst, chosen)
+    if not paste.any():
+        return sample
+    offset = int(sample.instance.max())
+    if offset + int(chosen.max()) > np.iinfo(np.uint16).max:
+        return sample  # ids would not fit in the instance map
+    rgb, sem, inst = sample.rgb.copy(), sample.semantic.copy(), sample.instance.copy()
+    rgb[paste], sem[paste] = d_rgb[paste], d_sem[paste]
+    inst[paste] = d_inst[paste].astype(inst.dtype) + offset
+    return Sample(sample.name, rgb, sem, inst)

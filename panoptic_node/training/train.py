@@ -30,13 +30,15 @@ from ..model.config import load_config
 from ..model.detr import build_model
 from ..model.losses import SetCriterion
 from ..taxonomy import get_taxonomy
-from .augment import PHOTOMETRIC, augment
+from .augment import PHOTOMETRIC, augment, copy_paste
 from .data import drive_of, make_dataset
 from .ema import WeightAverage
 from .semantic_aux import SemanticAux
 from .targets import build_target
 
 LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
+# settings added after runs were saved, with the value that means "off": such runs resume
+ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0}
 
 
 def freeze_batchnorm(model: torch.nn.Module) -> None:
@@ -46,7 +48,12 @@ def freeze_batchnorm(model: torch.nn.Module) -> None:
             m.eval()
 
 
-def make_batch(samples, rng, crop, normalization, thing_lut, scale=(0.75, 1.5), colour="basic"):
+def make_batch(samples, rng, crop, normalization, thing_lut, scale=(0.75, 1.5), colour="basic",
+               copy_paste_p=0.0, donors=()):
+    """`copy_paste_p` > 0: each frame, with that probability, first gets objects of a random donor frame."""
+    if copy_paste_p > 0:  # draws nothing when off, so the other recipes' random streams stay as they were
+        samples = [copy_paste(s, donors[int(rng.integers(len(donors)))], rng, thing_lut)
+                   if rng.random() < copy_paste_p else s for s in samples]
     augmented = [augment(s, rng, crop, scale, PHOTOMETRIC[colour]) for s in samples]
     images = torch.stack([torch.from_numpy(normalize(a.rgb, normalization)).permute(2, 0, 1) for a in augmented])
     images = images.contiguous(memory_format=torch.channels_last)
@@ -132,16 +139,19 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           resume: bool = False, seed: int = 0, val_every: int = 3, dataset: str = "camvid",
           max_train_frames: int = 0, stop_after_epoch: int = 0, train_drives=None, val_drives=None,
           scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, semantic_aux: float = 0.0,
-          log=print) -> dict:
+          copy_paste: float = 0.0, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
-    `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight."""
+    `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
+    `copy_paste` > 0 pastes another training frame's objects into a frame with that probability."""
     if colour not in PHOTOMETRIC:
         raise ValueError(f"unknown photometric augmentation '{colour}', expected one of {', '.join(PHOTOMETRIC)}")
     if not (0 < scale[0] <= scale[1]):
         raise ValueError(f"scale range {scale[0]}-{scale[1]} is not a range of positive factors (low <= high)")
     if not (0.0 <= ema < 1.0):
         raise ValueError(f"ema decay {ema} is outside [0, 1): 0 turns it off, 0.998 averages ~500 steps")
+    if not (0.0 <= copy_paste <= 1.0):
+        raise ValueError(f"copy-paste probability {copy_paste} is outside [0, 1]: 0 turns it off")
     if semantic_aux < 0:
         raise ValueError(f"semantic auxiliary weight {semantic_aux} is negative: 0 turns it off, 1 weighs it "
                          f"like one class loss")
@@ -155,7 +165,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     settings = {"config": cfg.name, "epochs": epochs, "batch_size": batch_size, "crop": list(crop), "lr": lr,
                 "lr_backbone": lr_backbone, "seed": seed, "dataset": dataset, "train_drives": train_drives,
                 "val_drives": val_drives, "scale": list(scale), "colour": colour, "ema": ema,
-                "max_train_frames": max_train_frames, "semantic_aux": semantic_aux}
+                "max_train_frames": max_train_frames, "semantic_aux": semantic_aux,
+                "copy_paste": copy_paste}
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     random.seed(seed)
@@ -209,6 +220,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     if resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         before = state.get("settings")
+        if before is not None:  # runs from before a setting existed trained without it
+            before = {**ADDED_SETTINGS, **before}
         if before is not None and before != settings:
             changed = ", ".join(f"{k} {before.get(k)} -> {settings[k]}" for k in settings if before.get(k) != settings[k])
             raise ValueError(f"--resume with other settings than {ckpt_path} was trained with ({changed}); "
@@ -235,7 +248,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         for it in bar:
             idx = order[it * batch_size:(it + 1) * batch_size]
             images, pad, targets = make_batch([train_samples[i] for i in idx], rng, crop, cfg.input.normalization,
-                                              thing_lut, scale, colour)
+                                              thing_lut, scale, colour, copy_paste, train_samples)
             loss, parts = training_loss(model, criterion, images, pad, targets, aux, semantic_aux)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
