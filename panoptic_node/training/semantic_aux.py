@@ -26,4 +26,3 @@ class SemanticAux(nn.Module):
         if not (semantic != VOID).any():
             return logits.sum() * 0.0  # nothing labelled: no gradient, but still a tensor in the graph
         return F.cross_entropy(logits, semantic.long(), ignore_index=VOID)
-
