@@ -6,6 +6,8 @@ other op stay float, and so do the last projections of the class and box heads. 
 followed by ReLU6 is quantized over the ReLU6 range, not its calibrated pre-activation range.
 The small mask-head graph stays fp32.
 """
+import contextlib
+import logging
 from pathlib import Path
 from typing import Iterator, List
 
@@ -157,6 +159,25 @@ def quantize_with_scales(fp32_path, out_path, cfg, size, scales: dict, reduce_ra
                      shipped=overrides)
 
 
+class _WithoutPreprocessingAdvice(logging.Filter):
+    """ONNX Runtime's quantizer advises its pre-processing (shape inference and graph fusions) on the root
+    logger, for every graph. Ours are exported with static shapes and quantized as they will run, which is
+    what the int8 figures measure; the advice, printed for each input size, reads like a fault to a user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    advice = _WithoutPreprocessingAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(advice)
+
+
 def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, shipped) -> Path:
     """shipped: TensorQuantOverrides of every activation (from shipped scales), or None to calibrate
     on the reader's frames (with the ReLU6 ranges of clipped_conv_ranges)."""
@@ -169,7 +190,7 @@ def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, shipped) 
     graph = onnx.load(str(fp32_path))  # read once for the choices below
     overrides = shipped if shipped is not None else clipped_conv_ranges(graph)
     out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path) as tmp, _quiet_quantizer():
         quantize_static(str(fp32_path), str(tmp), reader, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                         reduce_range=reduce_range,
