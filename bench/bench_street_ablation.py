@@ -28,6 +28,9 @@ def main():
     parser.add_argument("--camvid")
     parser.add_argument("--weights", help="weights to ablate (default: the shipped file)")
     parser.add_argument("--drives", help="every labelled frame of these drives instead of --split")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only the variants whose name holds this text (repeatable), e.g. --only shipped "
+                             "--only upscaled")
     args = parser.parse_args()
 
     import torch
@@ -66,6 +69,8 @@ def main():
                     ("input upscaled to 640x480", with_input(short_side=480, max_size=640), w)]
         if args.fp32_checkpoint:
             variants.append(("float32 checkpoint, overlap 0.5", shipped, args.fp32_checkpoint))
+    if args.only:
+        variants = [v for v in variants if any(text in v[0] for text in args.only)]
     print(f"{len(samples)} CamVid {'frames of drives ' + args.drives if args.drives else args.split + ' frames'}, "
           f"weights {args.weights or 'shipped'}")
     print("| variant | PQ | PQ things | PQ stuff | mIoU | ms / frame (median) |")
