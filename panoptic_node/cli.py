@@ -109,6 +109,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_compare_runs(args) -> int:
+    from .output_safety import check_outputs
+    from .training.compare import curves_chart, load_run, table
+    folders = list(dict.fromkeys([args.baseline] + args.runs))  # the baseline first, each run once
+    check_outputs({"--chart": args.chart}, inputs=folders, overwrite=args.overwrite)
+    runs = [load_run(f) for f in folders]
+    print(table(runs, runs[0], args.from_epoch, args.min_miou_gain, args.max_pq_drop))
+    if args.chart:
+        curves_chart(runs, args.chart, args.from_epoch)
+        print(f"curves: {args.chart}")
+    return 0
+
+
 def drive_list(text):
     """'0016E5,0001TP' -> the drives; 'none' -> [] (no validation); absent -> None (CamVid's split)."""
     if text is None:
@@ -557,6 +570,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare-runs", help="training runs side by side on their held-out evaluations, each judged "
+                       "against a baseline run by a rule fixed beforehand")
+    p.add_argument("runs", nargs="+", help="run folders (what train --out wrote)")
+    p.add_argument("--baseline", required=True, help="the run folder of the recipe to beat")
+    p.add_argument("--from-epoch", type=int, default=24, help="mean mIoU over the evaluations from this epoch on "
+                   "(one evaluation is noisy by a point or more)")
+    p.add_argument("--min-miou-gain", type=float, default=1.0, help="mean mIoU points a change must gain")
+    p.add_argument("--max-pq-drop", type=float, default=0.3, help="PQ points the last evaluation may lose")
+    p.add_argument("--chart", help="PNG of the held-out mIoU and PQ curves")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --chart")
+    p.set_defaults(func=cmd_compare_runs)
     for p in sub.choices.values():  # after the sub-command too: panoptic-node replay ... --debug
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     return parser

@@ -158,6 +158,9 @@ def test_training_run_writes_its_outputs(tiny_setup):
     assert (tiny_setup / "run" / "training_curve.png").is_file()
     assert (tiny_setup / "run" / "best.pth").is_file()
     assert "miou" in out["history"][-1]["val"]
+    # what PQ depended on, so that compare-runs can tell runs scored otherwise apart
+    config = yaml.safe_load((tiny_setup / "tiny.yaml").read_text())
+    assert out["history"][-1]["val"]["postprocess"] == config["postprocess"]
 
 
 def whole_and_resumed(tiny_setup, **recipe):

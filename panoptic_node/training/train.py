@@ -9,6 +9,7 @@ Validation frames are CamVid's val split by default, or whole drives held out of
 (`train_drives` / `val_drives`): CamVid's val is the drive most training frames come from, so only
 a held-out drive says how the model does on streets it never saw.
 """
+import dataclasses
 import math
 import random
 import time
@@ -46,6 +47,15 @@ def freeze_batchnorm(model: torch.nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()
+
+
+def read_training_checkpoint(path) -> dict:
+    """A run's checkpoint.pth, read weights-only (a file cannot run code); one ValueError line otherwise."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"'{path}' is not a training checkpoint panoptic_node can read ({type(e).__name__}); "
+                         f"expected the checkpoint.pth `panoptic-node train` writes") from None
 
 
 def make_batch(samples, rng, crop, normalization, thing_lut, scale=(0.75, 1.5), colour="basic",
@@ -96,7 +106,9 @@ def evaluate(model, cfg, samples) -> dict:
     rep = ev.report()
     return {"pq": rep["pq"]["pq"], "pq_things": rep["pq_things"]["pq"], "pq_stuff": rep["pq_stuff"]["pq"],
             "miou": rep["miou"], "pixel_accuracy": rep["pixel_accuracy"],
-            "iou": {v["name"]: v["iou"] for v in rep["per_class"].values()}}
+            "iou": {v["name"]: v["iou"] for v in rep["per_class"].values()},
+            # what PQ depends on beside the weights: runs scored otherwise are not compared (compare.py)
+            "postprocess": dataclasses.asdict(cfg.postprocess)}
 
 
 def plot_curve(history, path: Path) -> None:
@@ -218,7 +230,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     history, start_epoch, best_pq = [], 0, -1.0
     ckpt_path = out / "checkpoint.pth"
     if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = read_training_checkpoint(ckpt_path)
         before = state.get("settings")
         if before is not None:  # runs from before a setting existed trained without it
             before = {**ADDED_SETTINGS, **before}

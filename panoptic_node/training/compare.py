@@ -1,0 +1,168 @@
+"""Compare training runs on their held-out evaluations, and judge each against a baseline by a rule
+fixed before the runs: adopt a change when its mean mIoU over the late evaluations gains at least
+`min_miou_gain` points and its last PQ is not lower by more than `max_pq_drop`.
+
+A run is the folder `panoptic-node train --out` wrote: `history.json` (every epoch; held-out scores
+every few), and `checkpoint.pth`, whose recorded settings say what the recipe was and which drives
+were held out. Runs validated on different drives, or scored with different post-processing, are
+not compared: their numbers measure different things.
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+
+class RunError(ValueError):
+    pass
+
+
+@dataclass
+class Run:
+    name: str
+    history: list
+    settings: Optional[dict] = None          # None: the checkpoint is gone (or was never written)
+    evaluations: list = field(default_factory=list)
+
+    @property
+    def planned_epochs(self) -> Optional[int]:
+        return (self.settings or {}).get("epochs")
+
+    @property
+    def last_epoch(self) -> int:
+        return self.history[-1]["epoch"]
+
+    @property
+    def finished(self) -> bool:
+        return self.planned_epochs is None or self.last_epoch >= self.planned_epochs
+
+    def late_mean(self, key: str, from_epoch: int) -> Optional[float]:
+        values = [e["val"][key] for e in self.evaluations if e["epoch"] >= from_epoch]
+        return float(np.mean(values)) if values else None
+
+
+def load_run(folder) -> Run:
+    """The run in `folder`; one RunError line when it is not a training run with held-out scores."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunError(f"'{folder}' is not a folder; expected a run folder `panoptic-node train --out` wrote")
+    path = folder / "history.json"
+    try:
+        history = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"'{folder}' has no history.json; expected a folder `panoptic-node train --out` wrote")
+    except (OSError, ValueError) as e:
+        raise RunError(f"'{path}' is not readable JSON ({e}); expected the history a training run writes")
+    if not isinstance(history, list) or not all(isinstance(e, dict) and "epoch" in e for e in history):
+        raise RunError(f"'{path}' is not a training history; expected a list of epochs")
+    evaluations = [e for e in history if isinstance(e.get("val"), dict)]
+    run = Run(folder.name, history, _settings(folder / "checkpoint.pth"), evaluations)
+    if not evaluations and (run.finished or (run.settings or {}).get("val_drives") == []):
+        raise RunError(f"'{folder}' has no held-out evaluation (trained without validation drives?); "
+                       f"nothing to compare it by")
+    return run
+
+
+def _settings(path: Path) -> Optional[dict]:
+    from .train import read_training_checkpoint
+    return read_training_checkpoint(path).get("settings") if path.is_file() else None
+
+
+def recipe_difference(run: Run, baseline: Run) -> str:
+    """The settings in which `run` differs from `baseline`, e.g. 'copy_paste 0.5, seed 1'."""
+    if run.settings is None or baseline.settings is None:
+        return "settings unknown (no checkpoint.pth)"
+    from .train import ADDED_SETTINGS  # a setting a run predates was off in it
+    a, b = {**ADDED_SETTINGS, **run.settings}, {**ADDED_SETTINGS, **baseline.settings}
+    diff = [f"{k} {_show(a.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return ", ".join(diff) or "same recipe"
+
+
+def _show(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def why_not_comparable(run: Run, baseline: Run) -> Optional[str]:
+    if run.settings and baseline.settings:
+        a, b = run.settings.get("val_drives"), baseline.settings.get("val_drives")
+        if a != b:
+            return f"held out {_show(a)}, the baseline {_show(b)}"
+    a, b = run.evaluations[-1]["val"].get("postprocess"), baseline.evaluations[-1]["val"].get("postprocess")
+    if a is not None and b is not None and a != b:
+        return "scored with other post-processing than the baseline"
+    return None
+
+
+def verdict(run: Run, baseline: Run, from_epoch: int, min_miou_gain: float, max_pq_drop: float) -> str:
+    """'adopt', or why not, in a few words."""
+    if run is baseline:
+        return "baseline"
+    if not run.evaluations:
+        return f"no held-out evaluation yet (epoch {run.last_epoch})"
+    why = why_not_comparable(run, baseline)
+    if why:
+        return f"not comparable: {why}"
+    if not run.finished:
+        return f"unfinished (epoch {run.last_epoch} of {run.planned_epochs})"
+    gain = _points(run.late_mean("miou", from_epoch)) - _points(baseline.late_mean("miou", from_epoch))
+    drop = _points(baseline.evaluations[-1]["val"]["pq"]) - _points(run.evaluations[-1]["val"]["pq"])
+    if np.isnan(gain):
+        return f"no evaluation from epoch {from_epoch} on"
+    # histories written before the post-processing was recorded: say that their PQ may not compare
+    caveat = ("" if all(r.evaluations[-1]["val"].get("postprocess") for r in (run, baseline))
+              else " (post-processing not recorded: PQ may not compare)")
+    if gain < min_miou_gain:
+        return f"not adopted: mean mIoU {gain:+.1f} (needs {min_miou_gain:+.1f})"
+    if drop > max_pq_drop:
+        return f"not adopted: PQ {-drop:+.1f} (may fall {max_pq_drop:.1f} at most){caveat}"
+    return f"adopt{caveat}"
+
+
+def _points(x: Optional[float]) -> float:
+    return float("nan") if x is None else 100 * x
+
+
+def table(runs: List[Run], baseline: Run, from_epoch: int, min_miou_gain: float, max_pq_drop: float) -> str:
+    """A markdown table: the last held-out evaluation of each run, its late mean mIoU, its verdict."""
+    if not baseline.evaluations:
+        raise RunError(f"the baseline '{baseline.name}' has no held-out evaluation yet; nothing to compare against")
+    lines = [f"| run | recipe vs {baseline.name} | epoch | PQ | things | stuff | mIoU | mean mIoU from "
+             f"epoch {from_epoch} | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        if not run.evaluations:
+            lines.append(f"| {run.name} | {recipe_difference(run, baseline)} | {run.last_epoch} | - | - | - | - | - "
+                         f"| {verdict(run, baseline, from_epoch, min_miou_gain, max_pq_drop)} |")
+            continue
+        last = run.evaluations[-1]
+        v = last["val"]
+        late = run.late_mean("miou", from_epoch)
+        lines.append(f"| {run.name} | {'-' if run is baseline else recipe_difference(run, baseline)} "
+                     f"| {last['epoch']} | {_points(v['pq']):.1f} | {_points(v['pq_things']):.1f} "
+                     f"| {_points(v['pq_stuff']):.1f} | {_points(v['miou']):.1f} "
+                     f"| {'-' if late is None else f'{_points(late):.1f}'} "
+                     f"| {verdict(run, baseline, from_epoch, min_miou_gain, max_pq_drop)} |")
+    return "\n".join(lines)
+
+
+def curves_chart(runs: List[Run], path, from_epoch: int) -> Path:
+    """Held-out mIoU and PQ against the epoch, one line per run; the rule's window shaded."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..evaluation.report import save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, title in ((axes[0], "miou", "held-out mIoU"), (axes[1], "pq", "held-out PQ")):
+        for run in runs:
+            ax.plot([e["epoch"] for e in run.evaluations], [_points(e["val"][key]) for e in run.evaluations],
+                    marker=".", label=run.name)
+        ax.axvspan(from_epoch, max(r.last_epoch for r in runs), color="0.9", zorder=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("%")
+        ax.set_title(title)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,148 @@
+"""compare-runs: training runs judged against a baseline on their held-out evaluations."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from panoptic_node.cli import main
+from panoptic_node.training.compare import load_run, recipe_difference, table, verdict
+
+SETTINGS = {"config": "street_lite0", "epochs": 36, "lr_backbone": 3e-5, "seed": 0, "val_drives": ["0006R0"],
+            "train_drives": ["0016E5", "0001TP"], "semantic_aux": 0.0, "copy_paste": 0.0}
+POST = {"threshold": 0.5, "min_area": 16, "merge": "score_prob", "overlap": 0.5, "split_things": 256}
+
+
+def make_run(folder, miou, pq, settings=None, postprocess=POST, epochs=36, every=3):
+    """A run folder as train writes it: history.json (held-out scores every `every` epochs) and a
+    checkpoint.pth with the run's settings. `miou` / `pq`: a value per evaluation, or one for all."""
+    folder.mkdir(parents=True)
+    history = []
+    evals = [e for e in range(1, epochs + 1) if e % every == 0]
+    miou = miou if isinstance(miou, list) else [miou] * len(evals)
+    for epoch in range(1, epochs + 1):
+        entry = {"epoch": epoch, "loss": 10.0 - epoch / 10}
+        if epoch in evals:
+            i = evals.index(epoch)
+            entry["val"] = {"pq": pq, "pq_things": pq / 3, "pq_stuff": pq * 1.2, "miou": miou[i],
+                            **({"postprocess": postprocess} if postprocess else {})}
+        history.append(entry)
+    (folder / "history.json").write_text(json.dumps(history))
+    if settings is not False:
+        torch.save({"settings": {**SETTINGS, **(settings or {})}, "epoch": epochs}, folder / "checkpoint.pth")
+    return folder
+
+
+def test_late_mean_equals_direct_computation(tmp_path):
+    values = list(np.linspace(0.40, 0.50, 12))
+    run = load_run(make_run(tmp_path / "r", values, 0.3))
+    late = [v for e, v in zip(range(3, 37, 3), values) if e >= 24]
+    assert run.late_mean("miou", 24) == pytest.approx(np.mean(late))
+    assert len(late) == 5
+
+
+@pytest.mark.parametrize("miou, pq, expected", [
+    (0.495, 0.300, "adopt"),                        # +1.5 mIoU, PQ level
+    (0.487, 0.300, "not adopted: mean mIoU +0.7"),  # under the gain asked for
+    (0.495, 0.290, "not adopted: PQ -1.0"),         # gains mIoU, loses PQ beyond 0.3
+    (0.495, 0.298, "adopt"),                        # PQ -0.2 is allowed
+])
+def test_the_rule(tmp_path, miou, pq, expected):
+    base = load_run(make_run(tmp_path / "base", 0.48, 0.300))
+    run = load_run(make_run(tmp_path / "new", miou, pq, {"copy_paste": 0.5}))
+    assert verdict(run, base, 24, 1.0, 0.3).startswith(expected)
+    assert verdict(base, base, 24, 1.0, 0.3) == "baseline"
+
+
+def test_what_is_not_judged(tmp_path):
+    base = load_run(make_run(tmp_path / "base", 0.48, 0.3))
+    other_drive = load_run(make_run(tmp_path / "fold1TP", 0.60, 0.4, {"val_drives": ["0001TP"]}))
+    assert verdict(other_drive, base, 24, 1.0, 0.3) == "not comparable: held out 0001TP, the baseline 0006R0"
+    other_post = load_run(make_run(tmp_path / "nosplit", 0.60, 0.4, postprocess={**POST, "split_things": 0}))
+    assert verdict(other_post, base, 24, 1.0, 0.3).startswith("not comparable: scored with other post-processing")
+    running = make_run(tmp_path / "running", 0.60, 0.4)
+    history = json.loads((running / "history.json").read_text())[:20]
+    (running / "history.json").write_text(json.dumps(history))
+    assert verdict(load_run(running), base, 24, 1.0, 0.3) == "unfinished (epoch 20 of 36)"
+    # a history from before the post-processing was recorded is judged, with the caveat
+    old = load_run(make_run(tmp_path / "old", 0.50, 0.3, postprocess=None))
+    assert verdict(old, base, 24, 1.0, 0.3) == "adopt (post-processing not recorded: PQ may not compare)"
+
+
+def test_the_recipe_column_names_what_differs(tmp_path):
+    base = load_run(make_run(tmp_path / "base", 0.48, 0.3))
+    run = load_run(make_run(tmp_path / "new", 0.48, 0.3, {"copy_paste": 0.5, "scale": [1.0, 2.0]}))
+    assert recipe_difference(run, base) == "copy_paste 0.5, scale 1.0,2.0"
+    # a run saved before a setting existed had it off: no difference there
+    older = make_run(tmp_path / "older", 0.48, 0.3)
+    state = torch.load(older / "checkpoint.pth", weights_only=True)
+    del state["settings"]["copy_paste"]
+    torch.save(state, older / "checkpoint.pth")
+    assert recipe_difference(load_run(older), base) == "same recipe"
+    assert recipe_difference(load_run(make_run(tmp_path / "nockpt", 0.48, 0.3, settings=False)), base) \
+        == "settings unknown (no checkpoint.pth)"
+
+
+def test_table_rows_hold_the_last_evaluation(tmp_path):
+    base = load_run(make_run(tmp_path / "base", 0.482, 0.302))
+    run = load_run(make_run(tmp_path / "ema", [0.40] * 11 + [0.497], 0.305, {"ema": 0.998}))
+    rows = table([base, run], base, 24, 1.0, 0.3).splitlines()
+    assert rows[0].startswith("| run | recipe vs base |")
+    assert rows[3] == ("| ema | ema 0.998 | 36 | 30.5 | 10.2 | 36.6 | 49.7 | 41.9 "
+                       "| not adopted: mean mIoU -6.3 (needs +1.0) |")
+
+
+def test_command_prints_the_table_and_draws_the_curves(tmp_path, capsys):
+    base = make_run(tmp_path / "base", 0.48, 0.30)
+    new = make_run(tmp_path / "new", 0.50, 0.31, {"seed": 1})
+    chart = tmp_path / "curves.png"
+    assert main(["compare-runs", str(new), "--baseline", str(base), "--chart", str(chart)]) == 0
+    out = capsys.readouterr().out
+    assert "| new | seed 1 | 36 | 31.0 |" in out and "| adopt |" in out
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_command_refuses_bad_input_in_one_line_and_changes_nothing(tmp_path, capsys):
+    base = make_run(tmp_path / "base", 0.48, 0.30)
+    chart = tmp_path / "curves.png"
+    chart.write_bytes(b"the user's picture")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def refused(*argv, says):
+        assert main(["compare-runs", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err, err
+
+    refused(str(base), "--baseline", str(base), "--chart", str(chart), says="exists; pass --overwrite")
+    refused(str(tmp_path / "nowhere"), "--baseline", str(base), says="is not a folder")
+    (tmp_path / "empty").mkdir()
+    refused(str(tmp_path / "empty"), "--baseline", str(base), says="has no history.json")
+    broken = make_run(tmp_path / "broken", 0.5, 0.3)
+    (broken / "history.json").write_text('[{"epoch": 1, "val"')
+    refused(str(broken), "--baseline", str(base), says="is not readable JSON")
+    novalidation = make_run(tmp_path / "release", 0.5, 0.3, {"val_drives": []}, every=100)
+    refused(str(novalidation), "--baseline", str(base), says="has no held-out evaluation")
+    badckpt = make_run(tmp_path / "badckpt", 0.5, 0.3)
+    (badckpt / "checkpoint.pth").write_bytes(b"not a zip")
+    refused(str(badckpt), "--baseline", str(base), says="is not a training checkpoint")
+    for p, data in before.items():
+        assert p.read_bytes() == data, p
+
+
+class WritesAFile:
+    """A pickle that would create a file when unpickled with the full unpickler."""
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_checkpoint_cannot_run_code_when_its_settings_are_read(tmp_path, capsys):
+    base = make_run(tmp_path / "base", 0.48, 0.30)
+    evil = make_run(tmp_path / "evil", 0.5, 0.3)
+    witness = tmp_path / "ran"
+    torch.save({"settings": SETTINGS, "payload": WritesAFile(witness)}, evil / "checkpoint.pth")
+    assert main(["compare-runs", str(evil), "--baseline", str(base)]) == 2
+    assert "is not a training checkpoint" in capsys.readouterr().err
+    assert not witness.exists()
