@@ -105,7 +105,7 @@ def cmd_train(args) -> int:
           lr=args.lr, lr_backbone=args.lr_backbone, resume=args.resume, val_every=args.val_every,
           dataset=args.dataset, train_drives=drive_list(args.train_drives), val_drives=drive_list(args.val_drives),
           scale=scale, colour=args.photometric, ema=args.ema, semantic_aux=args.semantic_aux, seed=args.seed,
-          copy_paste=args.copy_paste)
+          copy_paste=args.copy_paste, overwrite=args.overwrite)
     return 0
 
 
@@ -568,7 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--semantic-aux", type=float, default=0.0,
                    help="weight of a training-only per-pixel class loss on the pixel embeddings (0 = off)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pth, "
+                   "with the same settings")
+    p.add_argument("--overwrite", action="store_true", help="replace the training run already in --out")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare-runs", help="training runs side by side on their held-out evaluations, each judged "

@@ -145,6 +145,44 @@ def test_demo_into_an_earlier_demo_asks_first(camvid_copy, tmp_path):
     assert snapshot(out, camvid_copy) == before
 
 
+def test_train_never_replaces_a_run_or_writes_into_its_data_unasked(camvid_copy, tmp_path, capsys):
+    """A run folder holds hours of training: only --resume (same settings) or --overwrite touches it."""
+    from dataclasses import asdict
+
+    import yaml
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(asdict(compact_config(input={"short_side": 64, "max_size": 96,
+                                                               "size_divisibility": 32, "normalization": "tf"}))))
+    args = ["train", "--config", str(cfg), "--data", str(camvid_copy), "--epochs", "1", "--batch-size", "2",
+            "--crop", "96x64", "--val-every", "0", "--threads", "1", "--out"]
+    run = tmp_path / "run"
+    assert main(args + [str(run)]) == 0
+    (run / "best.pth").write_bytes(b"an older run's best weights")
+    capsys.readouterr()
+
+    def refused(out, *extra, says):
+        before = snapshot(tmp_path)
+        assert main(args + [str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err, err
+        assert snapshot(tmp_path) == before
+
+    refused(run, says="already holds a training run: checkpoint.pth, last.pth, best.pth")
+    refused(camvid_copy / "runs", says="lies inside) the input")
+    (tmp_path / "afile").write_text("mine")
+    refused(tmp_path / "afile", says="is a file")
+    weights_only = tmp_path / "release"
+    weights_only.mkdir()
+    (weights_only / "last.pth").write_bytes(b"the user's weights")
+    refused(weights_only, "--resume", says="has no checkpoint.pth to resume from, but holds last.pth")
+    with OutputLock(run):  # another trainer writing this run now
+        refused(run, "--resume", says="another panoptic-node is writing")
+    # asked to replace: the new run, with none of the old one's files left to pass for its own
+    assert main(args + [str(run), "--overwrite"]) == 0
+    assert not (run / "best.pth").exists()
+    assert [e["epoch"] for e in json.loads((run / "history.json").read_text())] == [1]
+
+
 def test_infer_gives_each_image_its_own_outputs(tiny_model, tmp_path, rng):
     a_png, a_jpg = tmp_path / "a.png", tmp_path / "a.jpg"
     Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(a_png)

@@ -27,6 +27,7 @@ from ..inference.backend import TorchBackend
 from ..inference.pipeline import Pipeline
 from ..inference.preprocess import normalize
 from ..model.checkpoint import save_checkpoint
+from ..output_safety import OutputLock, refuse_inputs
 from ..model.config import load_config
 from ..model.detr import build_model
 from ..model.losses import SetCriterion
@@ -56,6 +57,24 @@ def read_training_checkpoint(path) -> dict:
     except Exception as e:
         raise ValueError(f"'{path}' is not a training checkpoint panoptic_node can read ({type(e).__name__}); "
                          f"expected the checkpoint.pth `panoptic-node train` writes") from None
+
+
+RUN_FILES = ("checkpoint.pth", "last.pth", "best.pth", "history.json", "training_curve.png")
+
+
+def check_run_folder(out: Path, data, resume: bool, overwrite: bool) -> None:
+    """Refuse, in one line, a --out whose files this run would replace without being asked: another
+    run's weights are hours of work. --resume continues a run from its checkpoint.pth; --overwrite
+    replaces a run; the dataset is never written into."""
+    refuse_inputs("--out", out, [data])
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out '{out}' is a file; expected a folder for the run")
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if not present or overwrite or (resume and (out / "checkpoint.pth").is_file()):
+        return
+    why = "has no checkpoint.pth to resume from, but holds" if resume else "already holds a training run:"
+    raise FileExistsError(f"--out '{out}' {why} {', '.join(present)}; --resume continues a run, --overwrite "
+                          f"replaces it, or choose another --out")
 
 
 def make_batch(samples, rng, crop, normalization, thing_lut, scale=(0.75, 1.5), colour="basic",
@@ -151,7 +170,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           resume: bool = False, seed: int = 0, val_every: int = 3, dataset: str = "camvid",
           max_train_frames: int = 0, stop_after_epoch: int = 0, train_drives=None, val_drives=None,
           scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, semantic_aux: float = 0.0,
-          copy_paste: float = 0.0, log=print) -> dict:
+          copy_paste: float = 0.0, overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
@@ -179,121 +198,126 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "val_drives": val_drives, "scale": list(scale), "colour": colour, "ema": ema,
                 "max_train_frames": max_train_frames, "semantic_aux": semantic_aux,
                 "copy_paste": copy_paste}
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    random.seed(seed)
+    check_run_folder(out, data, resume, overwrite)  # before anything is written
+    with OutputLock(out):  # one trainer per run folder
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        random.seed(seed)
 
-    if train_drives is None:
-        train_set, val_set = make_dataset(dataset, data, "train"), make_dataset(dataset, data, "val")
-    else:
-        train_set = make_dataset(dataset, data, "train", drives=train_drives)
-        val_set = make_dataset(dataset, data, "val", drives=val_drives) if val_drives else None
-    log(f"loading {len(train_set)} train and {len(val_set) if val_set else 0} val frames from {data}"
-        + (f" (train drives {', '.join(train_drives)}; val drives {', '.join(val_drives) or 'none'})"
-           if train_drives else ""))
-    out.mkdir(parents=True, exist_ok=True)
-    train_samples = train_set.load_all()
-    if max_train_frames:
-        train_samples = train_samples[:max_train_frames]
-    val_samples = val_set.load_all() if val_set else []
-    if val_drives:  # the split's promise, checked on the frames themselves
-        assert not {drive_of(s.name) for s in train_samples} & set(val_drives)
-    thing_lut = get_taxonomy(cfg.labels).thing_lut
+        if train_drives is None:
+            train_set, val_set = make_dataset(dataset, data, "train"), make_dataset(dataset, data, "val")
+        else:
+            train_set = make_dataset(dataset, data, "train", drives=train_drives)
+            val_set = make_dataset(dataset, data, "val", drives=val_drives) if val_drives else None
+        log(f"loading {len(train_set)} train and {len(val_set) if val_set else 0} val frames from {data}"
+            + (f" (train drives {', '.join(train_drives)}; val drives {', '.join(val_drives) or 'none'})"
+               if train_drives else ""))
+        if overwrite and not resume:  # asked to replace the run there, now that this one has its data and
+            for name in RUN_FILES:     # is about to write: none of the old run's files may pass for this run's
+                (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        train_samples = train_set.load_all()
+        if max_train_frames:
+            train_samples = train_samples[:max_train_frames]
+        val_samples = val_set.load_all() if val_set else []
+        if val_drives:  # the split's promise, checked on the frames themselves
+            assert not {drive_of(s.name) for s in train_samples} & set(val_drives)
+        thing_lut = get_taxonomy(cfg.labels).thing_lut
 
-    model = build_model(cfg, pretrained_backbone=True)
-    # channels-last makes the depthwise convolutions ~1.5x faster on CPU (measured here)
-    model = model.to(memory_format=torch.channels_last)
-    model.train()
-    freeze_batchnorm(model)
-    backbone_params = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
-    head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
-    aux = SemanticAux(cfg.mask_dim, cfg.num_classes) if semantic_aux else None
-    if aux is not None:  # trained with the head, kept out of the saved model
-        head_params += list(aux.parameters())
-    optimizer = torch.optim.AdamW([{"params": head_params, "lr": lr}, {"params": backbone_params, "lr": lr_backbone}],
-                                  weight_decay=weight_decay)
-    iters_per_epoch = max(1, len(train_samples) // batch_size)
-    total = epochs * iters_per_epoch
-    warmup = min(200, total // 10)
+        model = build_model(cfg, pretrained_backbone=True)
+        # channels-last makes the depthwise convolutions ~1.5x faster on CPU (measured here)
+        model = model.to(memory_format=torch.channels_last)
+        model.train()
+        freeze_batchnorm(model)
+        backbone_params = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
+        head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+        aux = SemanticAux(cfg.mask_dim, cfg.num_classes) if semantic_aux else None
+        if aux is not None:  # trained with the head, kept out of the saved model
+            head_params += list(aux.parameters())
+        optimizer = torch.optim.AdamW([{"params": head_params, "lr": lr}, {"params": backbone_params, "lr": lr_backbone}],
+                                      weight_decay=weight_decay)
+        iters_per_epoch = max(1, len(train_samples) // batch_size)
+        total = epochs * iters_per_epoch
+        warmup = min(200, total // 10)
 
-    def lr_factor(step):  # linear warm-up, then cosine decay to 5%
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        def lr_factor(step):  # linear warm-up, then cosine decay to 5%
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    criterion = SetCriterion(cfg.num_classes)
-    average = WeightAverage(model, ema) if ema else None
-    # the weights evaluated and saved: the average when there is one
-    shown = build_model(cfg, pretrained_backbone=False).to(memory_format=torch.channels_last) if average else model
-    history, start_epoch, best_pq = [], 0, -1.0
-    ckpt_path = out / "checkpoint.pth"
-    if resume and ckpt_path.is_file():
-        state = read_training_checkpoint(ckpt_path)
-        before = state.get("settings")
-        if before is not None:  # runs from before a setting existed trained without it
-            before = {**ADDED_SETTINGS, **before}
-        if before is not None and before != settings:
-            changed = ", ".join(f"{k} {before.get(k)} -> {settings[k]}" for k in settings if before.get(k) != settings[k])
-            raise ValueError(f"--resume with other settings than {ckpt_path} was trained with ({changed}); "
-                             f"resume with the same ones or train into another --out")
-        model.load_state_dict(state["model"])
-        if aux is not None:
-            aux.load_state_dict(state["semantic_aux"])
-        if average:
-            average.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history, best_pq = state["epoch"], state["history"], state["best_pq"]
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        log(f"resumed from {ckpt_path} at epoch {start_epoch}")
-    elif resume:
-        log(f"no checkpoint at {ckpt_path}: starting from scratch")
-
-    for epoch in range(start_epoch, epochs):
-        t0 = time.time()
-        order = rng.permutation(len(train_samples))
-        running = []
-        bar = tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
-        for it in bar:
-            idx = order[it * batch_size:(it + 1) * batch_size]
-            images, pad, targets = make_batch([train_samples[i] for i in idx], rng, crop, cfg.input.normalization,
-                                              thing_lut, scale, colour, copy_paste, train_samples)
-            loss, parts = training_loss(model, criterion, images, pad, targets, aux, semantic_aux)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            scheduler.step()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        criterion = SetCriterion(cfg.num_classes)
+        average = WeightAverage(model, ema) if ema else None
+        # the weights evaluated and saved: the average when there is one
+        shown = build_model(cfg, pretrained_backbone=False).to(memory_format=torch.channels_last) if average else model
+        history, start_epoch, best_pq = [], 0, -1.0
+        ckpt_path = out / "checkpoint.pth"
+        if resume and ckpt_path.is_file():
+            state = read_training_checkpoint(ckpt_path)
+            before = state.get("settings")
+            if before is not None:  # runs from before a setting existed trained without it
+                before = {**ADDED_SETTINGS, **before}
+            if before is not None and before != settings:
+                changed = ", ".join(f"{k} {before.get(k)} -> {settings[k]}" for k in settings if before.get(k) != settings[k])
+                raise ValueError(f"--resume with other settings than {ckpt_path} was trained with ({changed}); "
+                                 f"resume with the same ones or train into another --out")
+            model.load_state_dict(state["model"])
+            if aux is not None:
+                aux.load_state_dict(state["semantic_aux"])
             if average:
-                average.update(model)
-            running.append(float(loss))
-            bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
-        entry = {"epoch": epoch + 1, "loss": float(np.mean(running)), "train_seconds": time.time() - t0,
-                 "lr": scheduler.get_last_lr()[0]}
-        if average:
-            average.averaged_copy_into(shown)
-        if val_samples and val_every and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
-            entry["val"] = evaluate(shown, cfg, val_samples)
-            if entry["val"]["pq"] > best_pq:
-                best_pq = entry["val"]["pq"]
-                save_checkpoint(shown, out / "best.pth", epoch=epoch + 1, val=entry["val"])
-        history.append(entry)
-        save_checkpoint(shown, out / "last.pth", epoch=epoch + 1)
-        with atomic_path(ckpt_path) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                        "best_pq": best_pq, "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                        "settings": settings, **({"ema": average.state_dict()} if average else {}),
-                        **({"semantic_aux": aux.state_dict()} if aux is not None else {})},
-                       tmp)
-        write_json(history, out / "history.json", indent=1)  # through a .partial name, as every output
-        plot_curve(history, out / "training_curve.png")
-        val = entry.get("val")
-        log(f"epoch {epoch + 1}: loss {entry['loss']:.3f} ({entry['train_seconds']:.0f} s)"
-            + (f", val PQ {100 * val['pq']:.1f} mIoU {100 * val['miou']:.1f}" if val else ""))
-        if stop_after_epoch and epoch + 1 >= stop_after_epoch:
-            break
-    return {"history": history, "best_pq": best_pq}
+                average.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch, history, best_pq = state["epoch"], state["history"], state["best_pq"]
+            rng.bit_generator.state = state["numpy_rng"]
+            torch.set_rng_state(state["torch_rng"])
+            log(f"resumed from {ckpt_path} at epoch {start_epoch}")
+        elif resume:
+            log(f"no checkpoint at {ckpt_path}: starting from scratch")
+
+        for epoch in range(start_epoch, epochs):
+            t0 = time.time()
+            order = rng.permutation(len(train_samples))
+            running = []
+            bar = tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
+            for it in bar:
+                idx = order[it * batch_size:(it + 1) * batch_size]
+                images, pad, targets = make_batch([train_samples[i] for i in idx], rng, crop, cfg.input.normalization,
+                                                  thing_lut, scale, colour, copy_paste, train_samples)
+                loss, parts = training_loss(model, criterion, images, pad, targets, aux, semantic_aux)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                optimizer.step()
+                scheduler.step()
+                if average:
+                    average.update(model)
+                running.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
+            entry = {"epoch": epoch + 1, "loss": float(np.mean(running)), "train_seconds": time.time() - t0,
+                     "lr": scheduler.get_last_lr()[0]}
+            if average:
+                average.averaged_copy_into(shown)
+            if val_samples and val_every and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
+                entry["val"] = evaluate(shown, cfg, val_samples)
+                if entry["val"]["pq"] > best_pq:
+                    best_pq = entry["val"]["pq"]
+                    save_checkpoint(shown, out / "best.pth", epoch=epoch + 1, val=entry["val"])
+            history.append(entry)
+            save_checkpoint(shown, out / "last.pth", epoch=epoch + 1)
+            with atomic_path(ckpt_path) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
+                            "best_pq": best_pq, "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                            "settings": settings, **({"ema": average.state_dict()} if average else {}),
+                            **({"semantic_aux": aux.state_dict()} if aux is not None else {})},
+                           tmp)
+            write_json(history, out / "history.json", indent=1)  # through a .partial name, as every output
+            plot_curve(history, out / "training_curve.png")
+            val = entry.get("val")
+            log(f"epoch {epoch + 1}: loss {entry['loss']:.3f} ({entry['train_seconds']:.0f} s)"
+                + (f", val PQ {100 * val['pq']:.1f} mIoU {100 * val['miou']:.1f}" if val else ""))
+            if stop_after_epoch and epoch + 1 >= stop_after_epoch:
+                break
+        return {"history": history, "best_pq": best_pq}
