@@ -64,6 +64,7 @@ def test_what_is_not_judged(tmp_path):
     history = json.loads((running / "history.json").read_text())[:20]
     (running / "history.json").write_text(json.dumps(history))
     assert verdict(load_run(running), base, 24, 1.0, 0.3) == "unfinished (epoch 20 of 36)"
+    assert verdict(base, load_run(running), 24, 1.0, 0.3) == "the baseline is unfinished (epoch 20 of 36)"
     # a history from before the post-processing was recorded is judged, with the caveat
     old = load_run(make_run(tmp_path / "old", 0.50, 0.3, postprocess=None))
     assert verdict(old, base, 24, 1.0, 0.3) == "adopt (post-processing not recorded: PQ may not compare)"

@@ -106,6 +106,8 @@ def verdict(run: Run, baseline: Run, from_epoch: int, min_miou_gain: float, max_
         return f"not comparable: {why}"
     if not run.finished:
         return f"unfinished (epoch {run.last_epoch} of {run.planned_epochs})"
+    if not baseline.finished:
+        return f"the baseline is unfinished (epoch {baseline.last_epoch} of {baseline.planned_epochs})"
     gain = _points(run.late_mean("miou", from_epoch)) - _points(baseline.late_mean("miou", from_epoch))
     drop = _points(baseline.evaluations[-1]["val"]["pq"]) - _points(run.evaluations[-1]["val"]["pq"])
     if np.isnan(gain):
