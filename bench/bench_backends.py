@@ -23,7 +23,13 @@ def main():
     parser.add_argument("--model", default="street_lite0")
     parser.add_argument("--camvid")
     parser.add_argument("--chart", help="also draw ms per frame and PQ per backend into this PNG")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --chart")
     args = parser.parse_args()
+    from panoptic_node.output_safety import check_outputs
+    try:
+        check_outputs({"--chart": args.chart}, overwrite=args.overwrite)  # before minutes of measuring, not after
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
 
     import torch
     torch.set_num_threads(args.threads)

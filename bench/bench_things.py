@@ -63,7 +63,13 @@ def main():
     parser.add_argument("--camvid")
     parser.add_argument("--drives", help="every labelled frame of these drives (default: CamVid val)")
     parser.add_argument("--csv", help="one row per ground-truth thing segment (frame, class, area, kind, IoU)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --csv")
     args = parser.parse_args()
+    from panoptic_node.output_safety import check_outputs
+    try:
+        check_outputs({"--csv": args.csv}, overwrite=args.overwrite)  # before minutes of inference, not after
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
     from tqdm import tqdm
 
     from panoptic_node.evaluation.evaluator import Evaluator
@@ -105,7 +111,8 @@ def main():
     print(f"thing PQ {100 * a['pq_things']['pq']:.1f} (RQ {100 * a['pq_things']['rq']:.1f}); with the unmatched "
           f"fragments under 100 px left out: {100 * b['pq_things']['pq']:.1f} (RQ {100 * b['pq_things']['rq']:.1f})")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
+        from panoptic_node.atomic import atomic_path
+        with atomic_path(args.csv) as tmp, open(tmp, "w", newline="") as f:  # never a half-written table
             w = csv.writer(f)
             w.writerow(["frame", "class", "area", "kind", "iou"])
             w.writerows(rows)

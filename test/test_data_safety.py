@@ -183,6 +183,16 @@ def test_train_never_replaces_a_run_or_writes_into_its_data_unasked(camvid_copy,
     assert [e["epoch"] for e in json.loads((run / "history.json").read_text())] == [1]
 
 
+@pytest.mark.parametrize("script, option", [("bench_things.py", "--csv"), ("bench_backends.py", "--chart")])
+def test_a_benchmark_refuses_an_existing_output_before_it_measures(tmp_path, script, option):
+    mine = tmp_path / "mine.csv"
+    mine.write_text("the user's table")
+    bench = Path(__file__).resolve().parents[1] / "bench" / script
+    done = subprocess.run([sys.executable, str(bench), option, str(mine)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"{option} '{mine}' exists; pass --overwrite" in done.stderr.splitlines()[-1]
+    assert mine.read_text() == "the user's table"
+
+
 def test_infer_gives_each_image_its_own_outputs(tiny_model, tmp_path, rng):
     a_png, a_jpg = tmp_path / "a.png", tmp_path / "a.jpg"
     Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(a_png)
