@@ -175,6 +175,8 @@ def test_train_never_replaces_a_run_or_writes_into_its_data_unasked(camvid_copy,
     weights_only.mkdir()
     (weights_only / "last.pth").write_bytes(b"the user's weights")
     refused(weights_only, "--resume", says="has no checkpoint.pth to resume from, but holds last.pth")
+    # --overwrite of the run whose weights it starts from: they would be gone before they were read
+    refused(run, "--overwrite", "--init", str(run / "last.pth"), says="lies inside) the input")
     with OutputLock(run):  # another trainer writing this run now
         refused(run, "--resume", says="another panoptic-node is writing")
     # asked to replace: the new run, with none of the old one's files left to pass for its own

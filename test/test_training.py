@@ -590,3 +590,56 @@ def test_a_run_saved_before_a_setting_existed_resumes(tiny_setup):
     assert train(cfg, data, str(out), epochs=2, resume=True, **args)["history"][-1]["epoch"] == 2
     with pytest.raises(ValueError, match="copy_paste 0.0 -> 0.5"):
         train(cfg, data, str(out), epochs=3, resume=True, copy_paste=0.5, **args)
+
+
+def test_init_copies_the_network_and_leaves_another_label_sets_head_fresh(tmp_path):
+    """A model trained on Cityscapes' 19 classes starts a CamVid run: all but the class head is copied."""
+    from panoptic_node.model.checkpoint import CheckpointError, init_from, save_checkpoint
+    from panoptic_node.model.detr import build_model
+    torch.manual_seed(1)
+    source = build_model(compact_config(num_classes=19, labels="cityscapes"), pretrained_backbone=False)
+    save_checkpoint(source, tmp_path / "cityscapes.pth")
+    torch.manual_seed(2)
+    model = build_model(compact_config(), pretrained_backbone=False)
+    fresh_head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("class_embed.")}
+    copied, fresh = init_from(model, tmp_path / "cityscapes.pth")
+    assert fresh == ["class_embed.bias", "class_embed.weight"]
+    assert len(copied) == len(model.state_dict()) - 2
+    for k in copied:
+        assert torch.equal(model.state_dict()[k], source.state_dict()[k]), k
+    for k, v in fresh_head.items():
+        assert torch.equal(model.state_dict()[k], v), k
+    # another network (a wider transformer) is refused in one line, and the model is left as it was
+    other = build_model(compact_config(hidden_dim=32, dim_feedforward=64), pretrained_backbone=False)
+    save_checkpoint(other, tmp_path / "other.pth")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"is not the network of model 'tiny_lite0' \(\d+ of its backbone "):
+        init_from(model, tmp_path / "other.pth")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_the_train_command_starts_from_init_weights(tiny_setup, capsys):
+    from panoptic_node.cli import main
+    from panoptic_node.model.checkpoint import save_checkpoint
+    from panoptic_node.model.detr import build_model
+    cfg = compact_config(input={"short_side": 64, "max_size": 96, "size_divisibility": 32, "normalization": "tf"})
+    torch.manual_seed(5)
+    start = build_model(cfg, pretrained_backbone=False)
+    save_checkpoint(start, tiny_setup / "start.pth")
+    args = ["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"), "--epochs", "1",
+            "--batch-size", "2", "--crop", "96x64", "--val-every", "0", "--threads", "1", "--lr", "0", "--lr-backbone",
+            "0", "--init", str(tiny_setup / "start.pth"), "--out"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(args + [str(tiny_setup / "run")]) == 0
+        # the weights it trained from, unchanged by a learning rate of 0
+        state = torch.load(tiny_setup / "run" / "last.pth", weights_only=True)["model"]
+        assert all(torch.equal(state[k], v) for k, v in start.state_dict().items())
+        settings = torch.load(tiny_setup / "run" / "checkpoint.pth", weights_only=True)["settings"]
+        assert settings["init"] == str(tiny_setup / "start.pth")
+        # a missing file is one line, before anything is written
+        assert main(args[:-3] + ["--init", str(tiny_setup / "nowhere.pth"), "--out", str(tiny_setup / "run2")]) == 2
+        assert "nowhere.pth' does not exist" in capsys.readouterr().err
+        assert not (tiny_setup / "run2").exists() and not (tiny_setup / "run2.lock").exists()
+    finally:
+        torch.set_num_threads(threads)

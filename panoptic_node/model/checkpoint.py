@@ -9,7 +9,7 @@ import argparse
 import json
 import zipfile
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -127,15 +127,43 @@ def check_and_load(model: torch.nn.Module, state: Dict[str, torch.Tensor], path)
     model.load_state_dict(state, strict=True)
 
 
-def load_weights(model: torch.nn.Module, path) -> str:
-    """Loads any supported format into `model`; returns the detected format."""
-    state, fmt, _ = read_state_dict(path)
+def refuse_non_finite(state: Dict[str, torch.Tensor], path) -> None:
     for key, value in state.items():  # NaN weights would give empty frames forever, without a word
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise CheckpointError(f"weights file '{path}' holds NaN or infinite values (first in '{key}'); "
                                   f"expected a trained checkpoint (a diverged training run?)")
+
+
+def load_weights(model: torch.nn.Module, path) -> str:
+    """Loads any supported format into `model`; returns the detected format."""
+    state, fmt, _ = read_state_dict(path)
+    refuse_non_finite(state, path)
     check_and_load(model, state, path)
     return fmt
+
+
+# the network a training run may start from; the heads after it may be for another label set
+SHARED_NETWORK = ("backbone.", "input_proj.", "transformer.")
+
+
+def init_from(model: torch.nn.Module, path) -> Tuple[List[str], List[str]]:
+    """Start a training run from another checkpoint's weights (e.g. a model trained on Cityscapes):
+    every tensor whose name and shape fit is copied, the others (a class head for another label set)
+    keep their fresh initialisation. Returns (copied, kept fresh). The backbone, projection and
+    transformer must all fit: otherwise the file is another network and one CheckpointError says so."""
+    state, _, _ = read_state_dict(path)
+    refuse_non_finite(state, path)
+    expected = model.state_dict()
+    fits = {k for k in expected if k in state and tuple(state[k].shape) == tuple(expected[k].shape)}
+    misfit = sorted(k for k in expected if k.startswith(SHARED_NETWORK) and k not in fits)
+    if misfit:
+        shown = ", ".join(f"{k} {tuple(state[k].shape) if k in state else 'absent'} != {tuple(expected[k].shape)}"
+                          for k in misfit[:2])
+        raise CheckpointError(f"--init '{path}' is not the network of model '{model.cfg.name}' ({len(misfit)} of its "
+                              f"backbone / transformer tensors do not fit: {shown}); expected weights of the same "
+                              f"backbone and transformer, where only the heads may differ")
+    model.load_state_dict({**expected, **{k: state[k].to(expected[k].dtype) for k in fits}})
+    return sorted(fits), sorted(set(expected) - fits)
 
 
 def save_checkpoint(model: torch.nn.Module, path, half: bool = False, **extra) -> None:

@@ -26,7 +26,7 @@ from ..evaluation.report import save_figure
 from ..inference.backend import TorchBackend
 from ..inference.pipeline import Pipeline
 from ..inference.preprocess import normalize
-from ..model.checkpoint import save_checkpoint
+from ..model.checkpoint import init_from, save_checkpoint
 from ..output_safety import OutputLock, refuse_inputs
 from ..model.config import load_config
 from ..model.detr import build_model
@@ -40,7 +40,7 @@ from .targets import build_target
 
 LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 # settings added after runs were saved, with the value that means "off": such runs resume
-ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0}
+ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None}
 
 
 def freeze_batchnorm(model: torch.nn.Module) -> None:
@@ -62,11 +62,11 @@ def read_training_checkpoint(path) -> dict:
 RUN_FILES = ("checkpoint.pth", "last.pth", "best.pth", "history.json", "training_curve.png")
 
 
-def check_run_folder(out: Path, data, resume: bool, overwrite: bool) -> None:
+def check_run_folder(out: Path, data, resume: bool, overwrite: bool, init=None) -> None:
     """Refuse, in one line, a --out whose files this run would replace without being asked: another
     run's weights are hours of work. --resume continues a run from its checkpoint.pth; --overwrite
     replaces a run; the dataset is never written into."""
-    refuse_inputs("--out", out, [data])
+    refuse_inputs("--out", out, [data, init])
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out '{out}' is a file; expected a folder for the run")
     present = [name for name in RUN_FILES if (out / name).exists()]
@@ -170,11 +170,12 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           resume: bool = False, seed: int = 0, val_every: int = 3, dataset: str = "camvid",
           max_train_frames: int = 0, stop_after_epoch: int = 0, train_drives=None, val_drives=None,
           scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, semantic_aux: float = 0.0,
-          copy_paste: float = 0.0, overwrite: bool = False, log=print) -> dict:
+          copy_paste: float = 0.0, init=None, overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
-    `copy_paste` > 0 pastes another training frame's objects into a frame with that probability."""
+    `copy_paste` > 0 pastes another training frame's objects into a frame with that probability.
+    `init`: weights to start from (checkpoint.init_from) instead of ImageNet's backbone and fresh heads."""
     if colour not in PHOTOMETRIC:
         raise ValueError(f"unknown photometric augmentation '{colour}', expected one of {', '.join(PHOTOMETRIC)}")
     if not (0 < scale[0] <= scale[1]):
@@ -197,8 +198,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "lr_backbone": lr_backbone, "seed": seed, "dataset": dataset, "train_drives": train_drives,
                 "val_drives": val_drives, "scale": list(scale), "colour": colour, "ema": ema,
                 "max_train_frames": max_train_frames, "semantic_aux": semantic_aux,
-                "copy_paste": copy_paste}
-    check_run_folder(out, data, resume, overwrite)  # before anything is written
+                "copy_paste": copy_paste, "init": str(init) if init else None}
+    check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
@@ -212,10 +213,6 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         log(f"loading {len(train_set)} train and {len(val_set) if val_set else 0} val frames from {data}"
             + (f" (train drives {', '.join(train_drives)}; val drives {', '.join(val_drives) or 'none'})"
                if train_drives else ""))
-        if overwrite and not resume:  # asked to replace the run there, now that this one has its data and
-            for name in RUN_FILES:     # is about to write: none of the old run's files may pass for this run's
-                (out / name).unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
         train_samples = train_set.load_all()
         if max_train_frames:
             train_samples = train_samples[:max_train_frames]
@@ -225,6 +222,11 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         thing_lut = get_taxonomy(cfg.labels).thing_lut
 
         model = build_model(cfg, pretrained_backbone=True)
+        ckpt_path = out / "checkpoint.pth"
+        resuming = resume and ckpt_path.is_file()
+        if init and not resuming:  # e.g. a model trained on a larger dataset
+            copied, fresh = init_from(model, init)
+            log(f"initialised {len(copied)} tensors from {init}; fresh: {', '.join(fresh) or 'none'}")
         # channels-last makes the depthwise convolutions ~1.5x faster on CPU (measured here)
         model = model.to(memory_format=torch.channels_last)
         model.train()
@@ -251,9 +253,12 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         average = WeightAverage(model, ema) if ema else None
         # the weights evaluated and saved: the average when there is one
         shown = build_model(cfg, pretrained_backbone=False).to(memory_format=torch.channels_last) if average else model
+        if overwrite and not resume:  # asked to replace the run there, now that this one has its data and
+            for name in RUN_FILES:     # weights and is about to write: none of the old run's files may stay
+                (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         history, start_epoch, best_pq = [], 0, -1.0
-        ckpt_path = out / "checkpoint.pth"
-        if resume and ckpt_path.is_file():
+        if resuming:
             state = read_training_checkpoint(ckpt_path)
             before = state.get("settings")
             if before is not None:  # runs from before a setting existed trained without it
