@@ -117,7 +117,7 @@ def cmd_compare_runs(args) -> int:
     runs = [load_run(f) for f in folders]
     print(table(runs, runs[0], args.from_epoch, args.min_miou_gain, args.max_pq_drop))
     if args.chart:
-        curves_chart(runs, args.chart, args.from_epoch)
+        curves_chart(runs, args.chart, args.from_epoch, baseline=runs[0])
         print(f"curves: {args.chart}")
     return 0
 

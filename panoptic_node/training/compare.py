@@ -148,8 +148,9 @@ def table(runs: List[Run], baseline: Run, from_epoch: int, min_miou_gain: float,
     return "\n".join(lines)
 
 
-def curves_chart(runs: List[Run], path, from_epoch: int) -> Path:
-    """Held-out mIoU and PQ against the epoch, one line per run; the rule's window shaded."""
+def curves_chart(runs: List[Run], path, from_epoch: int, baseline: Optional[Run] = None) -> Path:
+    """Held-out mIoU and PQ against the epoch, one line per run (the baseline's black and thick); the
+    rule's window shaded."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -159,8 +160,9 @@ def curves_chart(runs: List[Run], path, from_epoch: int) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, key, title in ((axes[0], "miou", "held-out mIoU"), (axes[1], "pq", "held-out PQ")):
         for run in runs:
+            style = dict(color="black", linewidth=2.5, zorder=3) if run is baseline else {}
             ax.plot([e["epoch"] for e in run.evaluations], [_points(e["val"][key]) for e in run.evaluations],
-                    marker=".", label=run.name)
+                    marker=".", label=run.name + (" (baseline)" if run is baseline else ""), **style)
         ax.axvspan(from_epoch, max(r.last_epoch for r in runs), color="0.9", zorder=0)
         ax.set_xlabel("epoch")
         ax.set_ylabel("%")
