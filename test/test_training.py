@@ -609,6 +609,10 @@ def test_init_copies_the_network_and_leaves_another_label_sets_head_fresh(tmp_pa
         assert torch.equal(model.state_dict()[k], source.state_dict()[k]), k
     for k, v in fresh_head.items():
         assert torch.equal(model.state_dict()[k], v), k
+    # a head of the same size for another label set is not a fit either: its rows are other classes
+    other_labels = build_model(compact_config(labels="cityscapes"), pretrained_backbone=False)
+    save_checkpoint(other_labels, tmp_path / "same_size.pth")
+    assert init_from(model, tmp_path / "same_size.pth")[1] == ["class_embed.bias", "class_embed.weight"]
     # another network (a wider transformer) is refused in one line, and the model is left as it was
     other = build_model(compact_config(hidden_dim=32, dim_feedforward=64), pretrained_backbone=False)
     save_checkpoint(other, tmp_path / "other.pth")

@@ -151,10 +151,12 @@ def init_from(model: torch.nn.Module, path) -> Tuple[List[str], List[str]]:
     every tensor whose name and shape fit is copied, the others (a class head for another label set)
     keep their fresh initialisation. Returns (copied, kept fresh). The backbone, projection and
     transformer must all fit: otherwise the file is another network and one CheckpointError says so."""
-    state, _, _ = read_state_dict(path)
+    state, _, source_cfg = read_state_dict(path)
     refuse_non_finite(state, path)
     expected = model.state_dict()
     fits = {k for k in expected if k in state and tuple(state[k].shape) == tuple(expected[k].shape)}
+    if source_cfg.get("labels", model.cfg.labels) != model.cfg.labels:  # same size, other classes: not a fit
+        fits = {k for k in fits if not k.startswith("class_embed.")}
     misfit = sorted(k for k in expected if k.startswith(SHARED_NETWORK) and k not in fits)
     if misfit:
         shown = ", ".join(f"{k} {tuple(state[k].shape) if k in state else 'absent'} != {tuple(expected[k].shape)}"
