@@ -640,7 +640,7 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys):
         state = torch.load(tiny_setup / "run" / "last.pth", weights_only=True)["model"]
         assert all(torch.equal(state[k], v) for k, v in start.state_dict().items())
         settings = torch.load(tiny_setup / "run" / "checkpoint.pth", weights_only=True)["settings"]
-        assert settings["init"] == str(tiny_setup / "start.pth")
+        assert settings["init"] == str((tiny_setup / "start.pth").resolve())
         # a missing file is one line, before anything is written
         assert main(args[:-3] + ["--init", str(tiny_setup / "nowhere.pth"), "--out", str(tiny_setup / "run2")]) == 2
         assert "nowhere.pth' does not exist" in capsys.readouterr().err

@@ -27,10 +27,10 @@ from ..inference.backend import TorchBackend
 from ..inference.pipeline import Pipeline
 from ..inference.preprocess import normalize
 from ..model.checkpoint import init_from, save_checkpoint
-from ..output_safety import OutputLock, refuse_inputs
 from ..model.config import load_config
 from ..model.detr import build_model
 from ..model.losses import SetCriterion
+from ..output_safety import OutputLock, refuse_inputs
 from ..taxonomy import get_taxonomy
 from .augment import PHOTOMETRIC, augment, copy_paste
 from .data import drive_of, make_dataset
@@ -198,7 +198,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "lr_backbone": lr_backbone, "seed": seed, "dataset": dataset, "train_drives": train_drives,
                 "val_drives": val_drives, "scale": list(scale), "colour": colour, "ema": ema,
                 "max_train_frames": max_train_frames, "semantic_aux": semantic_aux,
-                "copy_paste": copy_paste, "init": str(init) if init else None}
+                "copy_paste": copy_paste, "init": str(Path(init).resolve()) if init else None}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -253,7 +253,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         average = WeightAverage(model, ema) if ema else None
         # the weights evaluated and saved: the average when there is one
         shown = build_model(cfg, pretrained_backbone=False).to(memory_format=torch.channels_last) if average else model
-        if overwrite and not resume:  # asked to replace the run there, now that this one has its data and
+        if overwrite and not resuming:  # asked to replace the run there, now that this one has its data and
             for name in RUN_FILES:     # weights and is about to write: none of the old run's files may stay
                 (out / name).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
