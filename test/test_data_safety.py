@@ -24,7 +24,7 @@ from panoptic_node.replay import replay
 
 from conftest import compact_config
 from test_bag import camera_bag
-from test_training import make_dataset
+from test_training import TINY_TRAIN_ARGS, make_dataset, write_tiny_config
 
 
 def snapshot(*roots) -> dict:
@@ -147,14 +147,8 @@ def test_demo_into_an_earlier_demo_asks_first(camvid_copy, tmp_path):
 
 def test_train_never_replaces_a_run_or_writes_into_its_data_unasked(camvid_copy, tmp_path, capsys):
     """A run folder holds hours of training: only --resume (same settings) or --overwrite touches it."""
-    from dataclasses import asdict
-
-    import yaml
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(asdict(compact_config(input={"short_side": 64, "max_size": 96,
-                                                               "size_divisibility": 32, "normalization": "tf"}))))
-    args = ["train", "--config", str(cfg), "--data", str(camvid_copy), "--epochs", "1", "--batch-size", "2",
-            "--crop", "96x64", "--val-every", "0", "--threads", "1", "--out"]
+    cfg = write_tiny_config(tmp_path)
+    args = ["train", "--config", str(cfg), "--data", str(camvid_copy), *TINY_TRAIN_ARGS, "--out"]
     run = tmp_path / "run"
     assert main(args + [str(run)]) == 0
     (run / "best.pth").write_bytes(b"an older run's best weights")

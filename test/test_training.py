@@ -3,6 +3,7 @@ computation, one step lowering the loss, and resume reproducing an uninterrupted
 import itertools
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,12 +114,25 @@ def make_dataset(root, rng, n_train=4, n_val=2, names=None):
         (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
 
 
+def tiny_config():
+    """The compact model at the tiny frames' size."""
+    return compact_config(input={"short_side": 64, "max_size": 96, "size_divisibility": 32, "normalization": "tf"})
+
+
+def write_tiny_config(folder) -> Path:
+    path = Path(folder) / "tiny.yaml"
+    path.write_text(yaml.safe_dump(asdict(tiny_config())))
+    return path
+
+
+# one short epoch of `panoptic-node train` on the tiny frames, without validation
+TINY_TRAIN_ARGS = ["--epochs", "1", "--batch-size", "2", "--crop", "96x64", "--val-every", "0", "--threads", "1"]
+
+
 @pytest.fixture
 def tiny_setup(tmp_path, rng):
     make_dataset(tmp_path / "data", rng)
-    cfg = asdict(compact_config(input={"short_side": 64, "max_size": 96, "size_divisibility": 32,
-                                       "normalization": "tf"}))
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    write_tiny_config(tmp_path)
     return tmp_path
 
 
@@ -279,9 +293,7 @@ def test_held_out_drive_frames_never_reach_training(tmp_path, rng, monkeypatch):
     """Every frame make_batch sees during a run comes from a training drive; validation scores the held-out one."""
     import panoptic_node.training.train as training
     make_dataset(tmp_path / "data", rng, names=DRIVE_NAMES)
-    cfg = asdict(compact_config(input={"short_side": 64, "max_size": 96, "size_divisibility": 32,
-                                       "normalization": "tf"}))
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    write_tiny_config(tmp_path)
     seen, scored = set(), []
     real_batch, real_eval = training.make_batch, training.evaluate
 
@@ -498,8 +510,7 @@ def test_the_train_command_passes_its_recipe_on(tiny_setup):
     out = tiny_setup / "cli_run"
     threads = torch.get_num_threads()  # the command sets torch's threads for the whole process
     rc = main(["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"), "--out", str(out),
-               "--epochs", "1", "--batch-size", "2", "--crop", "96x64", "--val-every", "0", "--seed", "3",
-               "--semantic-aux", "0.5", "--lr-backbone", "1e-5", "--threads", "1"])
+               *TINY_TRAIN_ARGS, "--seed", "3", "--semantic-aux", "0.5", "--lr-backbone", "1e-5"])
     torch.set_num_threads(threads)
     assert rc == 0
     settings = torch.load(out / "checkpoint.pth", weights_only=False)["settings"]
@@ -626,13 +637,11 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys):
     from panoptic_node.cli import main
     from panoptic_node.model.checkpoint import save_checkpoint
     from panoptic_node.model.detr import build_model
-    cfg = compact_config(input={"short_side": 64, "max_size": 96, "size_divisibility": 32, "normalization": "tf"})
     torch.manual_seed(5)
-    start = build_model(cfg, pretrained_backbone=False)
+    start = build_model(tiny_config(), pretrained_backbone=False)
     save_checkpoint(start, tiny_setup / "start.pth")
-    args = ["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"), "--epochs", "1",
-            "--batch-size", "2", "--crop", "96x64", "--val-every", "0", "--threads", "1", "--lr", "0", "--lr-backbone",
-            "0", "--init", str(tiny_setup / "start.pth"), "--out"]
+    args = ["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"), *TINY_TRAIN_ARGS,
+            "--lr", "0", "--lr-backbone", "0", "--init", str(tiny_setup / "start.pth"), "--out"]
     threads = torch.get_num_threads()
     try:
         assert main(args + [str(tiny_setup / "run")]) == 0
