@@ -1,5 +1,6 @@
 """Post-processing and storage ablations of the street model on CamVid, in one run: splitting thing
-segments in separate pieces (split_things) on / off / other sizes, the overlap rule on / off, the input
+segments in separate pieces (split_things) on / off / other sizes, touching thing segments of a class
+merged first (merge_things) on / off, the overlap rule on / off, the input
 upscaled to 640x480 at test time, and the float16 file vs the float32 training checkpoint (if given).
 --grid instead sweeps the query threshold and the overlap share; run it on train frames
 (--split train --every 6), never to pick settings on val. Settings are chosen on a drive held out of
@@ -60,9 +61,13 @@ def main():
                     for t, o in [(0.3, 0.5), (0.4, 0.5), (0.5, 0.5), (0.6, 0.5), (0.7, 0.5), (0.4, 0.6), (0.5, 0.7)]]
     else:
         w = args.weights
-        variants = [(f"shipped settings (split_things {shipped.postprocess.split_things}, overlap 0.5)", shipped, w),
-                    ("split_things off", with_postprocess(split_things=0), w),
+        pp = shipped.postprocess
+        variants = [(f"shipped settings (split_things {pp.split_things}, merge_things {pp.merge_things}, "
+                     f"overlap 0.5)", shipped, w),
+                    ("merge_things off", with_postprocess(merge_things=False), w),
+                    ("split_things off (and merge_things)", with_postprocess(split_things=0, merge_things=False), w),
                     ("split_things 128", with_postprocess(split_things=128), w),
+                    ("split_things 64", with_postprocess(split_things=64), w),
                     ("split_things 512", with_postprocess(split_things=512), w),
                     ("overlap rule off", with_postprocess(overlap=0.0), w),
                     # small pedestrians / cyclists bigger at test time (4/3 is inside the training scales)

@@ -60,6 +60,11 @@ def test_what_is_not_judged(tmp_path):
     assert verdict(other_drive, base, 24, 1.0, 0.3) == "not comparable: held out 0001TP, the baseline 0006R0"
     other_post = load_run(make_run(tmp_path / "nosplit", 0.60, 0.4, postprocess={**POST, "split_things": 0}))
     assert verdict(other_post, base, 24, 1.0, 0.3).startswith("not comparable: scored with other post-processing")
+    merged = load_run(make_run(tmp_path / "merged", 0.60, 0.4, postprocess={**POST, "merge_things": True}))
+    assert verdict(merged, base, 24, 1.0, 0.3).startswith("not comparable: scored with other post-processing")
+    # a setting added after the baseline was written, recorded at its default: the same post-processing
+    later = load_run(make_run(tmp_path / "later", 0.50, 0.3, postprocess={**POST, "merge_things": False}))
+    assert verdict(later, base, 24, 1.0, 0.3) == "adopt"
     running = make_run(tmp_path / "running", 0.60, 0.4)
     history = json.loads((running / "history.json").read_text())[:20]
     (running / "history.json").write_text(json.dumps(history))

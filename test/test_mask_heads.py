@@ -48,8 +48,9 @@ def test_stride4_model_through_the_pipeline(rng):
 @pytest.mark.parametrize("overrides, message", [
     (dict(mask_head="dot_product", mask_stride=16), "'mask_stride' = 16 is invalid: allowed one of 4, 8"),
     (dict(mask_head="detr_conv", mask_stride=4), "mask_stride 4 is not allowed"),
+    (dict(postprocess={"merge_things": True}), "merge_things needs split_things > 0"),
 ])
-def test_bad_mask_stride_is_refused(overrides, message):
+def test_bad_mask_config_is_refused(overrides, message):
     base = small_config().to_dict()
     base.update(overrides)
     with pytest.raises(ValueError, match=message):

@@ -130,7 +130,7 @@ class Pipeline:
             else:
                 result = merge_panoptic(self._masks_to_decide(mask_logits, decide, scores), labels, scores,
                                         self.taxonomy.thing_lut, pp.merge, pp.min_area, self.cfg.labels, pp.overlap,
-                                        split_things=pp.split_things)
+                                        split_things=pp.split_things, merge_things=pp.merge_things)
             if self.mapping is not None:
                 result = remap_result(result, self.mapping)
             if decide is not geom:  # last: every step before works on the smaller maps

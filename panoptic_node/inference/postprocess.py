@@ -7,7 +7,8 @@
    decided at the network's resolution instead and its maps nearest-upsampled (pipeline.py);
 4. per-pixel argmax among kept masks; stuff queries of one class share a segment; segments under
    `min_area` pixels are dropped and their pixels go to the next best mask;
-5. (postprocess.split_things) a thing segment in separate pieces becomes one instance per large piece.
+5. (postprocess.merge_things) thing segments of one class that touch become one segment;
+6. (postprocess.split_things) a thing segment in separate pieces becomes one instance per large piece.
 
 On a CPU, steps 3-4 are one: cell_decision.py decides from the low-resolution masks, resampling only
 the grid cells on object borders (the dense rule's answer at about half of its post-processing time).
@@ -135,7 +136,8 @@ class DenseDecision:
 
 def merge_panoptic(masks, labels: Tensor, scores: Tensor, thing_lut: np.ndarray, merge: str,
                    min_area: int, taxonomy: str, overlap: float = 0.0,
-                   vectorized: Optional[bool] = None, split_things: int = 0) -> PanopticResult:
+                   vectorized: Optional[bool] = None, split_things: int = 0,
+                   merge_things: bool = False) -> PanopticResult:
     """masks: K x H x W logits at input resolution (on any device), or a CellDecision made from the
     low-resolution ones (the CPU path); labels and scores on the host.
 
@@ -143,6 +145,9 @@ def merge_panoptic(masks, labels: Tensor, scores: Tensor, thing_lut: np.ndarray,
     (logit > 0): a fragment of an object another query explains (MaskFormer's overlap rule).
     split_things > 0: a thing segment's separate pieces of at least that many pixels become instances
     of their own (split_instances.py).
+    merge_things: the surviving thing queries of one class first form one segment, so that with
+    split_things an instance is an 8-connected piece of the class: the definition of the labels a
+    model trained on CamVid learned (touching objects of a class are one instance there).
     vectorized: one argmax call instead of the running maximum; by default on non-CPU devices."""
     k = len(labels)
     if isinstance(masks, CellDecision):
@@ -177,6 +182,12 @@ def merge_panoptic(masks, labels: Tensor, scores: Tensor, thing_lut: np.ndarray,
             break
         alive[small] = False
         best = decision.winners(alive)
+    if merge_things:  # after the loop above: which queries survive is decided per query, as without it
+        first_of_class = {}
+        for q in np.nonzero(won)[0]:
+            if thing_lut[labels_np[q]]:
+                group[q] = first_of_class.setdefault(labels_np[q], q)
+        areas = np.bincount(group, weights=won, minlength=k).astype(np.int64)
     # number segments 1..S by their first query
     present = np.nonzero(areas)[0]
     renumber = np.zeros(k, np.int64)

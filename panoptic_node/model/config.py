@@ -62,6 +62,7 @@ class PostprocessConfig:
     full_resolution: bool = False    # decide every pixel of a frame larger than the network's view too (slow for HD)
     rule: str = "ours"               # ours (postprocess.py) | published (DETR's own, inference/published.py)
     split_things: int = 0            # ours: thing pieces of >= this many pixels become instances (0 = off)
+    merge_things: bool = False       # ours: touching thing segments of one class first become one (needs split_things)
 
 
 @dataclass
@@ -106,6 +107,9 @@ class ModelConfig:
         if self.input.max_size < self.input.short_side:
             raise ValueError(f"{source}: input.max_size {self.input.max_size} is smaller than input.short_side "
                              f"{self.input.short_side}; expected max_size >= short_side")
+        if self.postprocess.merge_things and not self.postprocess.split_things:
+            raise ValueError(f"{source}: postprocess.merge_things needs split_things > 0 (else every object of a "
+                             f"class in a frame is one instance); expected e.g. split_things: 256")
         if self.mask_head == "detr_conv" and self.mask_stride != 8:
             raise ValueError(f"{source}: mask_stride {self.mask_stride} is not allowed with mask_head detr_conv; "
                              "expected 8 (4 only with mask_head dot_product; detr_conv is always stride 4)")

@@ -8,11 +8,13 @@ were held out. Runs validated on different drives, or scored with different post
 not compared: their numbers measure different things.
 """
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
+
+from ..model.config import PostprocessConfig
 
 
 class RunError(ValueError):
@@ -89,10 +91,19 @@ def why_not_comparable(run: Run, baseline: Run) -> Optional[str]:
         a, b = run.settings.get("val_drives"), baseline.settings.get("val_drives")
         if a != b:
             return f"held out {_show(a)}, the baseline {_show(b)}"
-    a, b = run.evaluations[-1]["val"].get("postprocess"), baseline.evaluations[-1]["val"].get("postprocess")
+    a, b = (recorded_postprocess(r) for r in (run, baseline))
     if a is not None and b is not None and a != b:
         return "scored with other post-processing than the baseline"
     return None
+
+
+def recorded_postprocess(run: Run) -> Optional[dict]:
+    """The post-processing the run's last evaluation was scored with; a setting added after the run was
+    written is filled in with its default (the run was scored without it), so it does not tell runs apart."""
+    recorded = run.evaluations[-1]["val"].get("postprocess")
+    if recorded is None:
+        return None
+    return {**asdict(PostprocessConfig()), **recorded}
 
 
 def verdict(run: Run, baseline: Run, from_epoch: int, min_miou_gain: float, max_pq_drop: float) -> str:
