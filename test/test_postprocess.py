@@ -378,34 +378,38 @@ def test_a_thing_segment_in_separate_pieces_becomes_one_instance_per_large_piece
 
 
 def test_touching_thing_segments_of_one_class_become_one_instance_with_merge_things():
-    """Three car queries: two touch (a row of parked cars, one instance in CamVid's labels), one stands
-    apart; a pedestrian touches the row. With merge_things (and split_things) the cars' instances are
-    exactly the 8-connected components of the car pixels, computed here directly; the pedestrian, stuff
-    and the semantic map are as without it; the merged instance keeps its best query's score."""
+    """Four car queries: two touch only at a corner (a row of parked cars, one instance in CamVid's
+    labels), one stands apart, one is a speck under split_things' size far from the others; a pedestrian
+    touches the row. With merge_things (and split_things) the cars' instances are exactly the 8-connected
+    components of the car pixels, computed here directly: the speck stays an instance of its own instead
+    of joining the largest car. The pedestrian, stuff and the semantic map are as without it; the merged
+    instance keeps its best query's score."""
     from scipy import ndimage
-    h, w = 12, 40
-    masks = torch.full((5, h, w), -5.0)
-    masks[0, 4:, 0:10] = 5.0       # car A
-    masks[1, 5:, 10:18] = 5.0      # car B, touching A
+    h, w = 12, 44
+    masks = torch.full((6, h, w), -5.0)
+    masks[0, 4:8, 0:10] = 5.0      # car A
+    masks[1, 8:, 10:18] = 5.0      # car B, touching A at one corner only (8-neighbours)
     masks[2, 6:, 26:34] = 5.0      # car C, road between it and B
-    masks[3, 2:, 18:21] = 5.0      # a pedestrian touching B
-    masks[4] = 3.0                 # road everywhere else
-    labels = torch.tensor([8, 8, 8, 9, 3])
-    scores = torch.tensor([0.7, 0.9, 0.8, 0.6, 0.95])
+    masks[3, 0:3, 40:43] = 5.0     # a 9-pixel car speck, far from every other car
+    masks[4, 2:8, 18:21] = 5.0     # a pedestrian touching B
+    masks[5] = 3.0                 # road everywhere else
+    labels = torch.tensor([8, 8, 8, 8, 9, 3])
+    scores = torch.tensor([0.7, 0.9, 0.8, 0.6, 0.6, 0.95])
     args = (labels, scores, CAMVID.thing_lut, "logits", 1, "camvid")
     plain = merge_panoptic(masks.clone(), *args, split_things=16)
     merged = merge_panoptic(masks.clone(), *args, split_things=16, merge_things=True)
-    assert sum(s.label == 8 for s in plain.segments) == 3
+    assert sum(s.label == 8 for s in plain.segments) == 4
     np.testing.assert_array_equal(merged.semantic, plain.semantic)
     pieces, n = ndimage.label(plain.semantic == 8, structure=np.ones((3, 3), bool))
     cars = [s for s in merged.segments if s.label == 8]
-    assert n == 2 and len(cars) == 2 and len({s.instance for s in cars}) == 2
+    assert n == 3 and len(cars) == 3 and len({s.instance for s in cars}) == 3
     for car in cars:  # each instance is one whole component of the class
         mask = merged.segment_ids == car.id
         component = pieces == pieces[mask][0]
         np.testing.assert_array_equal(mask, component)
     row = max(cars, key=lambda s: s.area)
-    assert row.area == 10 * 8 + 8 * 7 and row.score == pytest.approx(0.9)
+    assert row.area == 4 * 10 + 4 * 8 and row.score == pytest.approx(0.9)
+    assert sorted(s.area for s in cars) == [9, 48, 72]
     # what is not a car is as without merge_things
     for label in (9, 3):
         np.testing.assert_array_equal(merged.segment_ids == next(s.id for s in merged.segments if s.label == label),

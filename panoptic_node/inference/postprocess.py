@@ -28,7 +28,7 @@ from torch import Tensor
 from .cell_decision import CellDecision, bilinear_taps
 from .preprocess import Geometry
 from .result import PanopticResult, empty_result, result_from_segments
-from .split_instances import split_disconnected
+from .split_instances import merge_touching, split_disconnected
 
 
 def select_queries(logits: Tensor, threshold: float) -> Tuple[Tensor, Tensor, Tensor]:
@@ -182,12 +182,6 @@ def merge_panoptic(masks, labels: Tensor, scores: Tensor, thing_lut: np.ndarray,
             break
         alive[small] = False
         best = decision.winners(alive)
-    if merge_things:  # after the loop above: which queries survive is decided per query, as without it
-        first_of_class = {}
-        for q in np.nonzero(won)[0]:
-            if thing_lut[labels_np[q]]:
-                group[q] = first_of_class.setdefault(labels_np[q], q)
-        areas = np.bincount(group, weights=won, minlength=k).astype(np.int64)
     # number segments 1..S by their first query
     present = np.nonzero(areas)[0]
     renumber = np.zeros(k, np.int64)
@@ -195,6 +189,8 @@ def merge_panoptic(masks, labels: Tensor, scores: Tensor, thing_lut: np.ndarray,
     segment_ids = renumber[group][best]
     seg_scores = np.array([float(scores[group == g].max()) for g in present])
     seg_labels = labels_np[present]
+    if merge_things:
+        segment_ids, seg_labels, seg_scores = merge_touching(segment_ids, seg_labels, seg_scores, thing_lut)
     if split_things:
         segment_ids, seg_labels, seg_scores = split_disconnected(segment_ids, seg_labels, seg_scores, thing_lut,
                                                                  split_things)

@@ -108,8 +108,8 @@ class ModelConfig:
             raise ValueError(f"{source}: input.max_size {self.input.max_size} is smaller than input.short_side "
                              f"{self.input.short_side}; expected max_size >= short_side")
         if self.postprocess.merge_things and not self.postprocess.split_things:
-            raise ValueError(f"{source}: postprocess.merge_things needs split_things > 0 (else every object of a "
-                             f"class in a frame is one instance); expected e.g. split_things: 256")
+            raise ValueError(f"{source}: postprocess.merge_things needs split_things > 0 (merged segments can hold "
+                             f"pieces far apart, which split_things cuts); expected e.g. split_things: 256")
         if self.mask_head == "detr_conv" and self.mask_stride != 8:
             raise ValueError(f"{source}: mask_stride {self.mask_stride} is not allowed with mask_head detr_conv; "
                              "expected 8 (4 only with mask_head dot_product; detr_conv is always stride 4)")
