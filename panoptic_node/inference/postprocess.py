@@ -145,8 +145,8 @@ def merge_panoptic(masks, labels: Tensor, scores: Tensor, thing_lut: np.ndarray,
     (logit > 0): a fragment of an object another query explains (MaskFormer's overlap rule).
     split_things > 0: a thing segment's separate pieces of at least that many pixels become instances
     of their own (split_instances.py).
-    merge_things: the surviving thing queries of one class first form one segment, so that with
-    split_things an instance is an 8-connected piece of the class: the definition of the labels a
+    merge_things: thing segments of one class that touch become one segment first, so that with
+    split_things an instance is an 8-connected piece of its class: the definition of the labels a
     model trained on CamVid learned (touching objects of a class are one instance there).
     vectorized: one argmax call instead of the running maximum; by default on non-CPU devices."""
     k = len(labels)
