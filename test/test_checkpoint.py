@@ -112,6 +112,23 @@ def test_missing_and_unexpected_keys(model, tmp_path):
     assert "1 unexpected keys (extra_head.weight)" in msg
 
 
+def test_our_checkpoint_of_another_model_names_the_model_it_holds(tmp_path):
+    """Weights of an experiment (another backbone, saved with its config) given without their --model:
+    the line says which model the file holds; a misfit file of the same name does not get the hint."""
+    path = tmp_path / "wide.pth"
+    save_checkpoint(build_model(compact_config(name="tiny_wide", hidden_dim=96)), path)
+    with pytest.raises(CheckpointError) as e:
+        load_weights(build_model(compact_config()), path)
+    msg = one_line(e)
+    assert "does not fit model 'tiny_lite0'" in msg
+    assert msg.endswith("the file holds a 'tiny_wide' model (backbone efficientnet_lite0): pass the config it "
+                        "was trained with (--model)")
+    save_checkpoint(build_model(compact_config(hidden_dim=96)), path)
+    with pytest.raises(CheckpointError) as e:
+        load_weights(build_model(compact_config()), path)
+    assert "does not fit" in one_line(e) and "holds a" not in one_line(e)
+
+
 @pytest.mark.parametrize("content", [b"", b"hello, I am a text file\n", pickle.dumps([1, 2, 3])])
 def test_not_a_checkpoint(tmp_path, content):
     path = tmp_path / "notes.pth"

@@ -108,7 +108,9 @@ def read_state_dict(path) -> Tuple[Dict[str, torch.Tensor], str, dict]:
                           f"(facebookresearch/detr or panoptic_node) or Hugging Face DetrForSegmentation weights")
 
 
-def check_and_load(model: torch.nn.Module, state: Dict[str, torch.Tensor], path) -> None:
+def check_and_load(model: torch.nn.Module, state: Dict[str, torch.Tensor], path, saved_config=None) -> None:
+    """saved_config: the config our checkpoints carry; when the file does not fit, its name says which
+    model the file is (e.g. weights of an experiment run given without its --model)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -121,7 +123,11 @@ def check_and_load(model: torch.nn.Module, state: Dict[str, torch.Tensor], path)
         shown = ", ".join(f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:3])
         problems.append(f"{len(wrong)} wrong-shape keys ({shown}{', ...' if len(wrong) > 3 else ''})")
     if problems:
-        raise CheckpointError(f"weights file '{path}' does not fit model '{model.cfg.name}': " + "; ".join(problems))
+        trained_as = (saved_config or {}).get("name")
+        hint = (f"; the file holds a '{trained_as}' model (backbone {saved_config.get('backbone')}): pass the "
+                f"config it was trained with (--model)" if trained_as and trained_as != model.cfg.name else "")
+        raise CheckpointError(f"weights file '{path}' does not fit model '{model.cfg.name}': "
+                              + "; ".join(problems) + hint)
     # weights stored in half precision (shipped files) are widened to the model's dtype
     state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
@@ -136,9 +142,9 @@ def refuse_non_finite(state: Dict[str, torch.Tensor], path) -> None:
 
 def load_weights(model: torch.nn.Module, path) -> str:
     """Loads any supported format into `model`; returns the detected format."""
-    state, fmt, _ = read_state_dict(path)
+    state, fmt, saved_config = read_state_dict(path)
     refuse_non_finite(state, path)
-    check_and_load(model, state, path)
+    check_and_load(model, state, path, saved_config)
     return fmt
 
 
