@@ -63,6 +63,11 @@ def merge_touching(segment_ids: np.ndarray, labels: np.ndarray, scores: np.ndarr
     if np.bincount(label_of[label_of >= 0]).max(initial=0) < 2:  # no class with two thing segments
         return segment_ids, labels, np.asarray(scores, float)
     lab = label_of[segment_ids]
+    rows, cols = np.flatnonzero((lab >= 0).any(1)), np.flatnonzero((lab >= 0).any(0))
+    if rows.size == 0:  # thing segments without a pixel
+        return segment_ids, labels, np.asarray(scores, float)
+    box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)  # only thing pixels can touch
+    ids, lab = segment_ids[box], lab[box]
     parent = np.arange(n + 1)
 
     def root(a):
@@ -71,13 +76,13 @@ def merge_touching(segment_ids: np.ndarray, labels: np.ndarray, scores: np.ndarr
             a = parent[a]
         return a
 
-    h, w = segment_ids.shape
+    h, w = ids.shape
     # each pixel against its right, lower, lower-right and lower-left neighbour
     for (ys, xs), (yt, xt) in [((slice(0, h), slice(0, w - 1)), (slice(0, h), slice(1, w))),
                                ((slice(0, h - 1), slice(0, w)), (slice(1, h), slice(0, w))),
                                ((slice(0, h - 1), slice(0, w - 1)), (slice(1, h), slice(1, w))),
                                ((slice(0, h - 1), slice(1, w)), (slice(1, h), slice(0, w - 1)))]:
-        a, b = segment_ids[ys, xs], segment_ids[yt, xt]
+        a, b = ids[ys, xs], ids[yt, xt]
         border = np.nonzero(a != b)  # few pixels: test the classes there only
         a, b, la = a[border], b[border], lab[ys, xs][border]
         touch = (la >= 0) & (la == lab[yt, xt][border])
