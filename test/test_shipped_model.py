@@ -68,3 +68,35 @@ def test_cell_decision_equals_dense_postprocess_on_real_frames():
         assert (top2[0] - top2[1])[differ].max(initial=0) < 1e-5
         assert [(s.label, s.area) for s in cells.segments] == [(s.label, s.area) for s in dense.segments] \
             or differ.sum() < 10
+
+
+def test_shipped_instances_are_connected_pieces_of_their_class():
+    """CamVid's instance is an 8-connected piece of a class; the shipped post-processing (merge_things +
+    split_things) gives instances the same way on real frames: no instance has two pieces of
+    split_things' size (smaller specks stay with it), and no two instances of a class touch. Checked with scipy on the output maps."""
+    import numpy as np
+    from scipy import ndimage
+
+    root = camvid_or_skip()
+    pipeline = Pipeline.from_config("street_lite0")
+    split = pipeline.cfg.postprocess.split_things
+    eight = np.ones((3, 3), bool)
+    val = CamVid(root, "val")
+    instances = 0
+    for i in (5, 40, 80):
+        result = pipeline(val[i].rgb)
+        things = [s for s in result.segments if s.is_thing]
+        instances += len(things)
+        for s in things:
+            pieces, _ = ndimage.label(result.segment_ids == s.id, structure=eight)
+            sizes = np.bincount(pieces.ravel())[1:]
+            assert (sizes >= split).sum() <= 1, f"frame {i}: instance {s.id} has {(sizes >= split).sum()} large pieces"
+        for label in {s.label for s in things}:
+            mask = result.semantic == label
+            grown = {s.id: ndimage.binary_dilation(result.segment_ids == s.id, structure=eight) & mask
+                     for s in things if s.label == label}
+            for a in grown:
+                for b in grown:
+                    assert a >= b or not (grown[a] & (result.segment_ids == b)).any(), \
+                        f"frame {i}: instances {a} and {b} of class {label} touch"
+    assert instances >= 5  # the frames hold cars and pedestrians
