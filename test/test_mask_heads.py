@@ -53,8 +53,9 @@ def test_stride4_model_through_the_pipeline(rng):
 def test_bad_mask_config_is_refused(overrides, message):
     base = small_config().to_dict()
     base.update(overrides)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as e:
         ModelConfig.from_dict(base, source="m.yaml")
+    assert str(e.value).startswith("model config m.yaml: ")  # schema and relation problems read alike
 
 
 @pytest.mark.parametrize("stride", [8, 4])

@@ -97,7 +97,7 @@ class ModelConfig:
             if key in data:
                 data[key] = sub(**data[key])
         cfg = cls(**data)
-        cfg.validate(source)
+        cfg.validate(f"model config {source}")  # worded as the schema's problems above
         return cfg
 
     def validate(self, source: str = "config") -> None:
