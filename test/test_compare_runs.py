@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from panoptic_node.cli import main
-from panoptic_node.training.compare import load_run, recipe_difference, table, verdict
+from panoptic_node.training.compare import load_run, recipe_difference, table, verdict, y_range
 
 SETTINGS = {"config": "street_lite0", "epochs": 36, "lr_backbone": 3e-5, "seed": 0, "val_drives": ["0006R0"],
             "train_drives": ["0016E5", "0001TP"], "semantic_aux": 0.0, "copy_paste": 0.0}
@@ -152,3 +152,17 @@ def test_a_checkpoint_cannot_run_code_when_its_settings_are_read(tmp_path, capsy
     assert main(["compare-runs", str(evil), "--baseline", str(base)]) == 2
     assert "is not a training checkpoint" in capsys.readouterr().err
     assert not witness.exists()
+
+
+def test_the_charts_y_range_follows_the_late_evaluations(tmp_path):
+    """A run that starts slowly (0.1 % at epoch 3) does not set the bottom of the chart: the range covers
+    every evaluation from half-way to the rule's window on, with 2 points below and 1 above."""
+    late = [0.001, 0.07, 0.32] + [0.45] * 9   # epochs 3..36; values from epoch 12 on: 0.45
+    base = load_run(make_run(tmp_path / "base", list(np.linspace(0.40, 0.48, 12)), 0.3))
+    slow = load_run(make_run(tmp_path / "slow", late, 0.3))
+    low, high = y_range([base, slow], "miou", 24)
+    from_twelve = [v for e, v in zip(range(3, 37, 3), np.linspace(0.40, 0.48, 12)) if e >= 12] + [0.45]
+    assert low == pytest.approx(100 * min(from_twelve) - 2.0)
+    assert high == pytest.approx(100 * 0.48 + 1.0)
+    # with no evaluation that late, every value counts
+    assert y_range([slow], "miou", 200)[0] == pytest.approx(0.1 - 2.0)

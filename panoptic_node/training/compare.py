@@ -159,6 +159,14 @@ def table(runs: List[Run], baseline: Run, from_epoch: int, min_miou_gain: float,
     return "\n".join(lines)
 
 
+def y_range(runs: List[Run], key: str, from_epoch: int) -> tuple:
+    """The chart's y range: every value from half-way to the rule's window on, with a margin; a run's
+    slow start below it is cut off rather than squeezing the curves the rule judges into a band."""
+    values = [_points(e["val"][key]) for r in runs for e in r.evaluations]
+    later = [_points(e["val"][key]) for r in runs for e in r.evaluations if e["epoch"] >= from_epoch // 2]
+    return min(later or values) - 2.0, max(values) + 1.0
+
+
 def curves_chart(runs: List[Run], path, from_epoch: int, baseline: Optional[Run] = None) -> Path:
     """Held-out mIoU and PQ against the epoch, one line per run (the baseline's black and thick); the
     rule's window shaded."""
@@ -168,16 +176,20 @@ def curves_chart(runs: List[Run], path, from_epoch: int, baseline: Optional[Run]
 
     from ..evaluation.report import save_figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
     for ax, key, title in ((axes[0], "miou", "held-out mIoU"), (axes[1], "pq", "held-out PQ")):
+        others = [r for r in runs if r is not baseline]
         for run in runs:
-            style = dict(color="black", linewidth=2.5, zorder=3) if run is baseline else {}
+            # matplotlib has ten colours: the runs after them are dashed, so no two lines look alike
+            style = (dict(color="black", linewidth=2.5, zorder=3) if run is baseline
+                     else dict(linestyle="--" if others.index(run) >= 10 else "-"))
             ax.plot([e["epoch"] for e in run.evaluations], [_points(e["val"][key]) for e in run.evaluations],
                     marker=".", label=run.name + (" (baseline)" if run is baseline else ""), **style)
         ax.axvspan(from_epoch, max(r.last_epoch for r in runs), color="0.9", zorder=0)
+        ax.set_ylim(*y_range(runs, key, from_epoch))
         ax.set_xlabel("epoch")
         ax.set_ylabel("%")
         ax.set_title(title)
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.84, 1))  # the legend beside the plots, not over the curves
+    fig.legend(*axes[1].get_legend_handles_labels(), loc="center right", fontsize=8)
     return save_figure(fig, path)
