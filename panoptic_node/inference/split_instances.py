@@ -19,6 +19,8 @@ from typing import Tuple
 
 import numpy as np
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 EIGHT = np.ones((3, 3), bool)
 
@@ -68,15 +70,8 @@ def merge_touching(segment_ids: np.ndarray, labels: np.ndarray, scores: np.ndarr
         return segment_ids, labels, np.asarray(scores, float)
     box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)  # only thing pixels can touch
     ids, lab = segment_ids[box], lab[box]
-    parent = np.arange(n + 1)
-
-    def root(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
     h, w = ids.shape
+    pairs = [np.zeros((0, 2), ids.dtype)]
     # each pixel against its right, lower, lower-right and lower-left neighbour
     for (ys, xs), (yt, xt) in [((slice(0, h), slice(0, w - 1)), (slice(0, h), slice(1, w))),
                                ((slice(0, h - 1), slice(0, w)), (slice(1, h), slice(0, w))),
@@ -86,12 +81,14 @@ def merge_touching(segment_ids: np.ndarray, labels: np.ndarray, scores: np.ndarr
         border = np.nonzero(a != b)  # few pixels: test the classes there only
         a, b, la = a[border], b[border], lab[ys, xs][border]
         touch = (la >= 0) & (la == lab[yt, xt][border])
-        if touch.any():
-            for x, y in np.unique(np.stack([a[touch], b[touch]], 1), axis=0):
-                rx, ry = root(x), root(y)
-                if rx != ry:
-                    parent[max(rx, ry)] = min(rx, ry)
-    roots = np.array([root(i) for i in range(n + 1)])
+        pairs.append(np.stack([a[touch], b[touch]], 1))
+    pairs = np.concatenate(pairs)
+    # segments joined by a chain of touching pairs form one group; each is named by its first member
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n + 1, n + 1))
+    _, group = connected_components(graph, directed=False)
+    first = np.full(group.max() + 1, n + 1)
+    np.minimum.at(first, group, np.arange(n + 1))
+    roots = first[group]
     if (roots == np.arange(n + 1)).all():
         return segment_ids, labels, np.asarray(scores, float)
     kept = np.nonzero(roots[1:] == np.arange(1, n + 1))[0] + 1
