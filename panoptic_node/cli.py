@@ -92,15 +92,15 @@ def cmd_train(args) -> int:
     import torch
 
     from .training.train import train
+    if args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: expected >= 1 CPU threads")
     torch.set_num_threads(args.threads)
-    crop = tuple(int(v) for v in args.crop.lower().split("x"))[::-1]  # WxH on the command line
+    crop = number_pair(args.crop, "x", int, "--crop", "WxH in pixels (e.g. 480x352)")[::-1]  # HxW from here on
     from .training.data import find_camvid
     data = str(find_camvid(args.data)) if args.dataset == "camvid" else args.data
     if not data:
         raise ValueError(f"--data PATH is needed for dataset '{args.dataset}'")
-    scale = tuple(float(v) for v in args.scale.split(","))
-    if len(scale) != 2:
-        raise ValueError(f"--scale '{args.scale}' is not LOW,HIGH (e.g. 0.75,1.5)")
+    scale = number_pair(args.scale, ",", float, "--scale", "LOW,HIGH (e.g. 0.75,1.5)")
     train(args.config, data, args.out, epochs=args.epochs, batch_size=args.batch_size, crop=crop,
           lr=args.lr, lr_backbone=args.lr_backbone, resume=args.resume, val_every=args.val_every,
           dataset=args.dataset, train_drives=drive_list(args.train_drives), val_drives=drive_list(args.val_drives),
@@ -120,6 +120,17 @@ def cmd_compare_runs(args) -> int:
         curves_chart(runs, args.chart, args.from_epoch, baseline=runs[0])
         print(f"curves: {args.chart}")
     return 0
+
+
+def number_pair(text, sep, kind, option, expected):
+    """'480x352' -> (480, 352); anything else is refused with what the option expects."""
+    parts = text.lower().split(sep)
+    try:
+        if len(parts) == 2:
+            return tuple(kind(v) for v in parts)
+    except ValueError:
+        pass
+    raise ValueError(f"{option} '{text}': expected {expected}")
 
 
 def drive_list(text):

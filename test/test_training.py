@@ -656,3 +656,42 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys):
         assert not (tiny_setup / "run2").exists() and not (tiny_setup / "run2.lock").exists()
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("bad, named", [
+    (["--epochs", "0"], "--epochs 0"), (["--batch-size", "0"], "--batch-size 0"), (["--lr", "-1"], "--lr -1.0"),
+    (["--lr-backbone", "inf"], "--lr-backbone inf"), (["--val-every", "-1"], "--val-every -1"),
+    (["--crop", "abc"], "--crop 'abc': expected WxH"), (["--crop", "96x64x3"], "--crop '96x64x3': expected WxH"),
+    (["--crop", "90x60"], "--crop 90x60: expected WxH with sides that are multiples of 32"),
+    (["--scale", "a,b"], "--scale 'a,b': expected LOW,HIGH"), (["--threads", "0"], "--threads 0")])
+def test_a_schedule_that_cannot_train_is_refused_before_anything_is_written(tiny_setup, capsys, bad, named):
+    from panoptic_node.cli import main
+    threads = torch.get_num_threads()
+    out = tiny_setup / "run"
+    try:
+        # the bad value last: argparse keeps the last of a repeated option
+        rc = main(["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"),
+                   "--out", str(out), *TINY_TRAIN_ARGS, *bad])
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and named in err and "expected" in err
+    assert not out.exists() and not (tiny_setup / "run.lock").exists()
+
+
+def test_a_diverging_loss_stops_training_before_it_reaches_the_weights(tiny_setup, monkeypatch):
+    import panoptic_node.training.train as training
+    args = dict(batch_size=2, crop=(64, 96), val_every=0, log=lambda *_: None)
+    cfg, data, out = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), tiny_setup / "run"
+    train(cfg, data, str(out), epochs=3, stop_after_epoch=1, **args)
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.pth", "last.pth", "history.json")}
+    finite = training.training_loss
+
+    def diverging(*a, **k):
+        loss, parts = finite(*a, **k)
+        return loss * float("nan"), parts
+    monkeypatch.setattr(training, "training_loss", diverging)
+    with pytest.raises(RuntimeError, match=r"training diverged: the loss is nan at epoch 2, step 1 .*"
+                                           r"checkpoint.pth holds the last finished epoch"):
+        train(cfg, data, str(out), epochs=3, resume=True, **args)
+    assert {name: (out / name).read_bytes() for name in before} == before

@@ -150,6 +150,29 @@ def plot_curve(history, path: Path) -> None:
     save_figure(fig, path)
 
 
+BACKBONE_STRIDE = 32
+
+
+def check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every):
+    """Refuses a schedule that could not train, before anything is read or written."""
+    if epochs < 1:
+        raise ValueError(f"--epochs {epochs}: expected a whole number of epochs >= 1")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size}: expected >= 1 frames per step")
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"--lr {lr}: expected a learning rate >= 0 (e.g. 3e-4)")
+    if not (math.isfinite(lr_backbone) and lr_backbone >= 0):
+        raise ValueError(f"--lr-backbone {lr_backbone}: expected a learning rate >= 0 (0 keeps ImageNet's backbone "
+                         f"as it is)")
+    if val_every < 0:
+        raise ValueError(f"--val-every {val_every}: expected epochs between evaluations >= 1 (0: no evaluation)")
+    h, w = crop
+    if min(h, w) < 2 * BACKBONE_STRIDE or h % BACKBONE_STRIDE or w % BACKBONE_STRIDE:
+        # a side off the backbone's grid is padded inside the network: crops would teach it borders of padding
+        raise ValueError(f"--crop {w}x{h}: expected WxH with sides that are multiples of {BACKBONE_STRIDE} "
+                         f"(the backbone's stride), at least {2 * BACKBONE_STRIDE} (e.g. 480x352)")
+
+
 def split_drives(train_drives, val_drives):
     """Checks a leave-one-drive-out split: no drive on both sides. None = CamVid's own split;
     an empty `val_drives` = no validation (a release trained on every labelled frame)."""
@@ -176,6 +199,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
     `copy_paste` > 0 pastes another training frame's objects into a frame with that probability.
     `init`: weights to start from (checkpoint.init_from) instead of ImageNet's backbone and fresh heads."""
+    check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
     if colour not in PHOTOMETRIC:
         raise ValueError(f"unknown photometric augmentation '{colour}', expected one of {', '.join(PHOTOMETRIC)}")
     if not (0 < scale[0] <= scale[1]):
@@ -291,6 +315,12 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 images, pad, targets = make_batch([train_samples[i] for i in idx], rng, crop, cfg.input.normalization,
                                                   thing_lut, scale, colour, copy_paste, train_samples)
                 loss, parts = training_loss(model, criterion, images, pad, targets, aux, semantic_aux)
+                if not torch.isfinite(loss):  # stop before the step: the weights and checkpoints stay finite
+                    raise RuntimeError(
+                        f"training diverged: the loss is {float(loss.detach())} at epoch {epoch + 1}, step {it + 1} "
+                        f"(lr {lr}, backbone {lr_backbone}); "
+                        + (f"{ckpt_path} holds the last finished epoch. " if ckpt_path.is_file() else "")
+                        + "Expected a finite loss: train again into another --out with a lower --lr / --lr-backbone")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
