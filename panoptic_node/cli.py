@@ -59,9 +59,10 @@ def cmd_infer(args) -> int:
     from .render import overlay
     from .taxonomy import get_taxonomy
 
-    paths = [Path(p) for p in args.images]
+    paths = image_paths(args.images)
     stems = output_stems(paths)
     out = Path(args.out)
+    out_existed = out.exists()
     outputs = {"panoptic.json": out / "panoptic.json"}
     outputs.update({f"{stem}{suffix}": out / f"{stem}{suffix}" for stem in stems for suffix in INFER_OUTPUTS})
     check_outputs(outputs, inputs=paths + [args.weights], overwrite=args.overwrite)  # before the model loads
@@ -83,9 +84,33 @@ def cmd_infer(args) -> int:
         Image.fromarray(overlay(rgb, result, taxonomy)).save(out / f"{stem}_overlay.png")
         tqdm.write(f"{path.name}: {len(result.segments)} segments, "
                    + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in result.timings.items()))
+    if not writer.annotations:  # a panoptic.json of no frames would look like a finished run
+        if not out_existed:
+            out.rmdir()  # made for this run and still empty
+        print(f"wrote nothing to {out}: none of the {failed} frames could be read", file=sys.stderr)
+        return 1
     writer.close()
     print(f"wrote {len(writer.annotations)} frames to {out}" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def image_paths(args):
+    """The images to infer on: files as given, a folder as its PNG / JPEG files in name order
+    (frames are usually numbered). A folder without any is refused before the model loads."""
+    paths = []
+    for arg in map(Path, args):
+        if arg.is_dir():
+            found = sorted(p for p in arg.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise ValueError(f"folder '{arg}' holds no .png / .jpg / .jpeg images; expected image files or a "
+                                 f"folder of them")
+            paths += found
+        else:
+            paths.append(arg)  # a file that cannot be read fails alone, and the others still run
+    return paths
 
 
 def cmd_train(args) -> int:
@@ -432,8 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("infer", help="run the pipeline on image files")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--out", default="out/infer")
+    p.add_argument("images", nargs="+", help="PNG / JPEG files, or folders of them (taken in name order)")
+    p.add_argument("--out", default="out/infer", help="folder of the results: per image <stem>_panoptic.png, "
+                   "_semantic.png, _instances.png, _overlay.png, and panoptic.json (default: out/infer)")
     p.add_argument("--overwrite", action="store_true", help="replace results an earlier run wrote in --out")
     _add_model_args(p)
     p.set_defaults(func=cmd_infer)

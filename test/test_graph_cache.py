@@ -17,7 +17,7 @@ from panoptic_node.export import mask_graph_path
 from panoptic_node.inference import graph_cache
 from panoptic_node.inference.backends import make_pipeline
 from panoptic_node.inference.graph_cache import cached_graph, cached_graph_path
-from panoptic_node.model.checkpoint import save_checkpoint
+from panoptic_node.model.checkpoint import CheckpointError, save_checkpoint
 from panoptic_node.model.config import load_config
 from panoptic_node.model.detr import build_model
 
@@ -104,6 +104,21 @@ def test_missing_weights_are_named(tmp_path):
         cached_graph(cfg, str(tmp_path / "nothing.pth"), directory=tmp_path)
     with pytest.raises(FileNotFoundError, match="nothing.pth"):
         make_pipeline(str(_model(tmp_path)), weights=str(tmp_path / "nothing.pth"))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint"], ids=["empty", "garbage"])
+def test_bad_weights_are_one_error_not_an_export_failure_and_a_fallback(tmp_path, monkeypatch, content):
+    """The weights' own problem, said once: no "exporting ..." line before it, no "running on torch"
+    that then fails on the same file."""
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(content)
+    for backend in ("auto", "onnxruntime"):
+        lines = []
+        with pytest.raises(CheckpointError, match="weights file '.*bad.pth' is"):
+            make_pipeline(str(_model(tmp_path)), weights=str(bad), backend=backend, log=lines.append)
+        assert lines == [], lines
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
 @openvino_here

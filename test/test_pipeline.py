@@ -165,6 +165,41 @@ def test_infer_cli_bad_image_is_one_line_and_others_still_run(model_yaml, tmp_pa
     assert len(json.loads((out / "panoptic.json").read_text())["annotations"]) == 1
 
 
+def test_infer_cli_takes_a_folder_in_name_order_and_refuses_one_without_images(model_yaml, tmp_path, rng, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name in ("b.png", "a.JPG", "c.jpeg"):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(frames / name,
+                                                                              format="PNG" if name.endswith("png") else "JPEG")
+    (frames / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    assert main(["infer", str(frames), "--model", str(model_yaml), "--out", str(out)]) == 0
+    data = json.loads((out / "panoptic.json").read_text())
+    assert [im["file_name"] for im in data["images"]] == ["a.JPG", "b.png", "c.jpeg"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    capsys.readouterr()
+    assert main(["infer", str(empty), "--model", str(model_yaml), "--out", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"folder '{empty}' holds no .png / .jpg / .jpeg images" in err
+    assert not (tmp_path / "out2").exists()
+
+
+def test_infer_cli_writes_no_panoptic_json_when_no_frame_could_be_read(model_yaml, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    assert main(["infer", str(bad), str(tmp_path / "missing.png"), "--model", str(model_yaml), "--out", str(out)]) == 1
+    assert "wrote nothing to" in capsys.readouterr().err
+    assert not out.exists()  # made for the run, removed empty: nothing there looks like a result
+    kept = tmp_path / "kept"  # a folder the user had keeps what it held, and gets no panoptic.json
+    kept.mkdir()
+    (kept / "mine.txt").write_text("the user's")
+    assert main(["infer", str(bad), "--model", str(model_yaml), "--out", str(kept)]) == 1
+    assert sorted(p.name for p in kept.iterdir()) == ["mine.txt"] and (kept / "mine.txt").read_text() == "the user's"
+
+
 def test_cli_missing_model_is_one_line(capsys):
     assert main(["infer", "x.png", "--model", "no_such_model"]) == 2
     err = capsys.readouterr().err.strip()

@@ -106,6 +106,7 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
                              f"run graphs the cache makes, or pass a {precision} graph")
     per_shape = None
     if path is None and chosen in ("openvino", "onnxruntime"):
+        from ..model.checkpoint import CheckpointError
         int8 = int8_scales_for(cfg, weights, chosen, precision, log)
         opener = lambda p: _open_graph(chosen, p, cfg, device, log)  # noqa: E731
         try:  # graphs the cache exports, one per input size (graph_per_shape.py)
@@ -116,7 +117,7 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
                     raise
                 (log or print)(f"{str(e).splitlines()[0]}; running fp32")
                 per_shape = GraphPerShape(cfg, weights, opener, log=log or print)
-        except FileNotFoundError:  # missing weights: torch would not find them either
+        except (FileNotFoundError, CheckpointError):  # missing or bad weights: torch could not load them either
             raise
         except Exception as e:  # a read-only cache, an exporter failure
             if backend != "auto" or precision == "int8":

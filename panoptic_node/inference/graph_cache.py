@@ -69,8 +69,8 @@ def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optio
         # truncated, emptied, or half-deleted by hand: made again instead of failing every run
         log(f"cached graph {path} does not match its checksum (damaged?); exporting it again")
     precision = "int8" if int8 is not None else "fp32"
+    model = load_model(cfg, source)  # first: weights that do not load are their own error, not an export's
     log(f"exporting {cfg.name} ({precision}) for the CPU runtime to {path} (once; later runs reuse it)")
-    model = load_model(cfg, source)
     path.parent.mkdir(parents=True, exist_ok=True)
     # in a folder of this process's own: two nodes starting together never write into one file
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as d:
