@@ -434,6 +434,21 @@ def test_truncated_image_during_convert_is_one_line(camvid_copy, tmp_path, capsy
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("kind, layout", [("camvid", None), ("camvid", "split"), ("cityscapes", None),
+                                          ("kitti", None), ("kitti", "training/image_2")])
+def test_convert_from_a_source_without_frames_writes_nothing(tmp_path, capsys, kind, layout):
+    src = tmp_path / "src"
+    src.mkdir()
+    if layout == "split":  # a CamVid split list that names no frames
+        (src / "val.txt").write_text("")
+    elif layout:
+        (src / layout).mkdir(parents=True)
+    assert main(["convert", kind, str(src), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("panoptic-node convert: error:") and str(src) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no bag, no .partial, no lock
+
+
 def test_existing_outputs_of_evaluate_and_export_are_refused_without_overwrite(tmp_path, capsys):
     (tmp_path / "g.onnx").write_bytes(b"mine")
     assert main(["export", "--model", "street_lite0", "--out", str(tmp_path / "g.onnx")]) == 2

@@ -6,6 +6,7 @@ Topics: /camera/image_raw (rgb8), /camera/camera_info, and where labels exist
 once, latched: which label set the ground truth is in, so that replay never scores a model against
 labels it does not publish). Stamps increase monotonically.
 """
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,15 @@ def write_bag(frames: Iterator[DatasetFrame], out, storage: str = "mcap", overwr
     n = 0
     last = -1
     label_info_written = False
+    # the first frame before the bag opens: a source that is missing or empty is refused with nothing written
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError(f"{', '.join(map(str, inputs)) or 'the source'} holds no frames; expected a dataset folder "
+                         f"with images")
     with BagWriter(out, storage, overwrite, inputs=inputs) as w:
-        for f in tqdm(frames, total=total, desc=f"convert -> {Path(out).name}", unit="frame"):
+        for f in tqdm(itertools.chain([first], frames), total=total, desc=f"convert -> {Path(out).name}",
+                      unit="frame"):
             if f.stamp_ns <= last:
                 raise ValueError(f"stamps must increase: {f.stamp_ns} after {last}")
             last = f.stamp_ns
@@ -129,8 +137,8 @@ def cityscapes_frames(root, split: str, max_frames: Optional[int] = None) -> Ite
         sequence = True
     images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
     if not images:
-        raise FileNotFoundError(f"no Cityscapes frames under {root}/leftImg8bit/{split}/<city>/*_leftImg8bit.png "
-                                f"(or leftImg8bit_sequence)")
+        raise FileNotFoundError(f"no Cityscapes frames under {root}: expected {root}/leftImg8bit/{split}/<city>/"
+                                f"*_leftImg8bit.png (or leftImg8bit_sequence)")
     images = images[:max_frames] if max_frames else images
     keys = []
     for p in images:
