@@ -224,6 +224,9 @@ def cmd_fleet(args) -> int:
     if out.exists() and any(out.iterdir()) and not (out / "bags").is_dir():
         raise FileExistsError(f"--out '{out}' holds files of something else (no bags/ of an earlier fleet run); "
                               f"choose an empty or new folder")
+    from .inference.backends import check_threshold
+    from .model.config import load_config
+    check_threshold(args.threshold, load_config(args.model))  # here, not in every worker
     baseline = load_report(args.baseline) if args.baseline else None
     tags = read_tags(args.tags) if args.tags else None
     report = run_fleet(bags, out, args.model, weights=args.weights, backend=args.backend, device=args.device,
@@ -352,10 +355,15 @@ def cmd_demo(args) -> int:
 
 
 def _export_size(cfg, size: str):
-    if size:
-        h, w = (int(v) for v in size.lower().split("x"))
-        return h, w
-    return cfg.input.canvas
+    if not size:
+        return cfg.input.canvas
+    h, w = number_pair(size, "x", int, "--size", "HxW in pixels (e.g. 384x480)")
+    d = max(1, cfg.input.size_divisibility)
+    if min(h, w) < d or h % d or w % d:  # frames are padded to such a canvas, so no other can be fed
+        raise ValueError(f"--size {size}: expected HxW with sides that are positive multiples of {d} (model "
+                         f"{cfg.name} pads frames to them; its default canvas is {cfg.input.canvas[0]}x"
+                         f"{cfg.input.canvas[1]})")
+    return h, w
 
 
 def cmd_export(args) -> int:
@@ -366,14 +374,16 @@ def cmd_export(args) -> int:
     from .output_safety import check_outputs
     out = Path(args.out)
     check_outputs({"--out": out, "its mask graph": mask_graph_path(out)}, [args.weights, args.calib], args.overwrite)
+    if args.precision == "int8":
+        if not args.calib:
+            raise ValueError("--precision int8 needs --calib BAG_OR_IMAGE_DIR (real frames to calibrate on)")
+        check_calib_frames(args.calib_frames)
     cfg = load_config(args.model)
-    model = load_model(cfg, args.weights)
     size = _export_size(cfg, args.size)
+    model = load_model(cfg, args.weights)
     if args.precision == "fp32":
         detect, masks = export_onnx(model, size, out)
     else:
-        if not args.calib:
-            raise ValueError("--precision int8 needs --calib BAG_OR_IMAGE_DIR (real frames to calibrate on)")
         import shutil
         import tempfile
 
@@ -382,14 +392,23 @@ def cmd_export(args) -> int:
         with tempfile.TemporaryDirectory() as d:  # the fp32 graphs are only a step towards the int8 one
             fp32 = Path(d) / "fp32.onnx"
             export_onnx(model, size, fp32)
+            # into the scratch folder first: calibration that fails leaves no graph behind
+            int8 = quantize_int8(fp32, Path(d) / "int8.onnx", cfg, size, args.calib, args.calib_frames,
+                                 args.calib_method, args.reduce_range)
             out.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(mask_graph_path(out)) as tmp:  # the mask head stays fp32
                 shutil.copyfile(mask_graph_path(fp32), tmp)
             # last: the detect graph, so a complete-looking int8 graph always has its mask graph
-            quantize_int8(fp32, out, cfg, size, args.calib, args.calib_frames, args.calib_method, args.reduce_range)
+            with atomic_path(out) as tmp:
+                shutil.copyfile(int8, tmp)
         detect, masks = out, mask_graph_path(out)
     print(f"wrote {detect} and {masks} ({args.precision}, input {size[0]}x{size[1]})")
     return 0
+
+
+def check_calib_frames(n: int) -> None:
+    if n < 1:
+        raise ValueError(f"--calib-frames {n}: expected >= 1 frames to calibrate on (32 is the default)")
 
 
 def cmd_calibrate(args) -> int:
@@ -408,6 +427,7 @@ def cmd_calibrate(args) -> int:
     source = weights_of(cfg, args.weights)
     out = Path(args.out) if args.out else default_scales_path(source)
     check_outputs({"--out": out}, [source, args.calib], args.overwrite)
+    check_calib_frames(args.calib_frames)
     model = load_model(cfg, require_weights_file(source))
     size = cfg.input.canvas
     with tempfile.TemporaryDirectory() as d:  # the graphs are only a step towards the scales

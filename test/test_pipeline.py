@@ -98,9 +98,17 @@ def test_bad_frames_raise_value_error(pipeline, frame, expected):
         pipeline(frame)
 
 
-def test_bad_threshold(model_yaml):
+def test_bad_threshold(model_yaml, tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match="threshold"):
         Pipeline.from_config(str(model_yaml), threshold=1.5)
+    # on the command line: one line naming the option, before any graph is exported for it
+    from panoptic_node.inference import graph_cache
+    monkeypatch.setattr(graph_cache, "export_onnx", lambda *a, **k: pytest.fail("exported"))
+    for bad in ("1.5", "-0.1", "nan"):
+        assert main(["infer", "x.png", "--model", str(model_yaml), "--threshold", bad, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"--threshold {bad}: expected a class probability in [0, 1]" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_weights_names_the_file(model_yaml, tmp_path):

@@ -179,3 +179,35 @@ def test_export_command_writes_exactly_the_two_int8_graphs(tmp_path, image_dir, 
     # without calibration frames: one line, exit code 2, nothing written
     assert main(["export", "--model", model, "--out", str(tmp_path / "x.onnx"), "--precision", "int8"]) == 2
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--precision", "int8", "--calib", "EMPTY"], "holds no frames"),
+    (["--precision", "int8", "--calib", "FRAMES", "--calib-frames", "0"], "--calib-frames 0: expected >= 1"),
+    (["--size", "abc"], "--size 'abc': expected HxW"),
+    (["--size", "60x90"], "--size 60x90: expected HxW with sides that are positive multiples of 32"),
+    (["--size", "0x96"], "--size 0x96: expected HxW with sides that are positive multiples of 32")])
+def test_export_refusals_are_one_line_and_leave_no_graph(tmp_path, image_dir, capsys, bad, says):
+    """Calibration that fails used to leave the int8 graph's mask graph behind, looking half usable."""
+    from launch_helpers import tiny_model_yaml
+    from panoptic_node.cli import main
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "deploy"
+    out.mkdir()
+    (out / "mine.txt").write_text("the user's")
+    args = [{"EMPTY": str(tmp_path / "empty"), "FRAMES": str(image_dir)}.get(a, a) for a in bad]
+    assert main(["export", "--model", tiny_model_yaml(), "--out", str(out / "tiny.onnx"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err
+    assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "the user's"
+
+
+def test_calibrate_refuses_zero_frames_before_it_exports(tmp_path, image_dir, capsys, monkeypatch):
+    from launch_helpers import tiny_model_yaml
+    from panoptic_node import export
+    from panoptic_node.cli import main
+    monkeypatch.setattr(export, "export_onnx", lambda *a, **k: pytest.fail("exported"))
+    out = tmp_path / "scales.json"
+    assert main(["calibrate", "--model", tiny_model_yaml(), "--calib", str(image_dir), "--calib-frames", "0",
+                 "--out", str(out)]) == 2
+    assert "--calib-frames 0: expected >= 1" in capsys.readouterr().err and not out.exists()

@@ -84,12 +84,19 @@ def int8_scales_for(cfg, weights, chosen: str, precision: str, log) -> Optional[
         return None
 
 
+def check_threshold(threshold: Optional[float], cfg) -> None:
+    if threshold is not None and not 0.0 <= threshold <= 1.0:  # also refuses nan
+        raise ValueError(f"--threshold {threshold}: expected a class probability in [0, 1] (model {cfg.name} "
+                         f"uses {cfg.postprocess.threshold})")
+
+
 def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "auto", device: str = "cpu",
                   threshold: Optional[float] = None, labels: Optional[str] = None, onnx: Optional[str] = None,
                   log=None, precision: str = "auto") -> Pipeline:
     """precision: of the graphs the cache makes (int8_scales_for); a graph given with --onnx runs at
     its own precision, which a precision other than auto must name."""
     cfg = load_config(model)
+    check_threshold(threshold, cfg)  # before any graph is exported for it
     chosen = resolve(backend, cfg, onnx, device)
     # the graph beside the config's weights belongs to those weights, not to --weights
     path = onnx or (default_onnx_path(cfg) if not weights or weights == cfg.weights else None)
