@@ -8,7 +8,7 @@ from PIL import Image
 LABEL_BITS = {"L": 8, "P": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32}
 
 
-def _open(path) -> Image.Image:
+def open_image(path) -> Image.Image:
     try:
         im = Image.open(path)
         im.load()  # decode now: a truncated file fails here, not later
@@ -22,7 +22,7 @@ def _open(path) -> Image.Image:
 def read_rgb(path) -> np.ndarray:
     """An image file as RGB. 16- and 32-bit greyscale are scaled to 8 bits (PIL's convert("RGB")
     clips them, which turns a 16-bit frame white)."""
-    with _open(path) as im:
+    with open_image(path) as im:
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             a = np.asarray(im).astype(np.float64)
             top = 65535.0 if im.mode != "I" or a.max() > 255 else 255.0
@@ -36,7 +36,7 @@ def read_rgb(path) -> np.ndarray:
 def read_labels(path, bits: int = 8, shape=None) -> np.ndarray:
     """A label map (class or instance ids) exactly as stored: refused when it is a colour image, has
     more bits than `bits` allows, or is not `shape` (the frame it labels)."""
-    with _open(path) as im:
+    with open_image(path) as im:
         if im.mode not in LABEL_BITS:
             raise ValueError(f"label map '{path}' is a {im.mode} image; expected single-channel integer ids")
         if LABEL_BITS[im.mode] > bits:

@@ -6,8 +6,8 @@
   the files that metadata names): a dataset, a recording of the user's or any other folder never is.
 - One writer per output: a lock beside it (`<name>.lock`, flock'ed for the run) makes a second command
   writing the same output stop in one line instead of deleting the first's work.
-- Every output's folder exists or can be made, and no output is a folder where a file goes, checked
-  before any frame is processed: a run never fails at its end for a path it could have checked at
+- Every output's folder exists or can be made, no output is a folder where a file goes, and a video or
+  chart has a suffix its writer knows, checked before any frame is processed: a run never fails at its end for a path it could have checked at
   its start. Nothing is made by the check: a refused run leaves the disk as it was.
 """
 import fcntl
@@ -49,6 +49,11 @@ def not_our_bag(path) -> Optional[str]:
     return None
 
 
+# outputs whose writer picks the format from the suffix (imageio's ffmpeg, matplotlib): another suffix
+# would fail only when the output is written, at the end of the run
+SUFFIXES = {"--video": (".mp4",), "--chart": (".png", ".svg", ".pdf", ".jpg", ".jpeg")}
+
+
 def check_outputs(outputs: Dict[str, Optional[object]], inputs: Iterable[object] = (), overwrite: bool = False,
                   bags: Iterable[str] = ()) -> None:
     """Refuse, in one line, any output that would lose something (see the module's rules).
@@ -59,6 +64,8 @@ def check_outputs(outputs: Dict[str, Optional[object]], inputs: Iterable[object]
     named = {name: Path(p) for name, p in outputs.items() if p not in (None, "")}
     seen: Dict[Path, str] = {}
     for name, path in named.items():
+        if name in SUFFIXES and path.suffix.lower() not in SUFFIXES[name]:
+            raise ValueError(f"{name} '{path}': expected a file name ending in {' / '.join(SUFFIXES[name])}")
         real = _resolved(path)
         refuse_inputs(name, path, inputs)
         for other_real, other in seen.items():

@@ -181,7 +181,7 @@ def test_train_never_replaces_a_run_or_writes_into_its_data_unasked(camvid_copy,
 
 @pytest.mark.parametrize("script, option", [("bench_things.py", "--csv"), ("bench_backends.py", "--chart")])
 def test_a_benchmark_refuses_an_existing_output_before_it_measures(tmp_path, script, option):
-    mine = tmp_path / "mine.csv"
+    mine = tmp_path / ("mine.csv" if option == "--csv" else "mine.png")
     mine.write_text("the user's table")
     bench = Path(__file__).resolve().parents[1] / "bench" / script
     done = subprocess.run([sys.executable, str(bench), option, str(mine)], capture_output=True, text=True, timeout=120)
@@ -219,6 +219,19 @@ def test_outputs_are_checked_before_any_frame_is_processed(tiny_pipeline, tmp_pa
     # a folder that does not exist yet is made when the metrics are written
     s = replay(tiny_pipeline, bag, tmp_path / "out", metrics_path=tmp_path / "new" / "deeper" / "m.json")
     assert s.frames == 1 and json.loads((tmp_path / "new" / "deeper" / "m.json").read_text())["frames"] == 1
+
+
+@pytest.mark.parametrize("option, name", [("--video", "v.txt"), ("--video", "v"), ("--chart", "c.txt")])
+def test_a_video_or_chart_its_writer_cannot_make_is_refused_before_the_replay(tiny_model, tmp_path, rng, capsys,
+                                                                               option, name):
+    """imageio and matplotlib pick the format from the suffix: a .txt video used to fail at the first
+    frame, leaving the output bag under its .partial name."""
+    bag = camera_bag(tmp_path / "in", "mcap", [(1, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))])
+    assert main(["replay", str(bag), "--model", str(tiny_model), "--out", str(tmp_path / "out"), option,
+                 str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{option} '{tmp_path / name}': expected a file name ending in" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
 def test_max_frames_must_be_positive(camvid_copy, tmp_path):

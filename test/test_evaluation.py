@@ -350,6 +350,50 @@ def test_evaluator_refuses_maps_of_different_sizes():
     assert ev.frames == 0
 
 
+@pytest.mark.parametrize("damage, says", [
+    ("missing gt.json", "--gt-json '{gt_json}' does not exist"),
+    ("gt.json not JSON", "--gt-json '{gt_json}' is not readable JSON"),
+    ("gt.json without categories", "--gt-json '{gt_json}' has no list 'categories'"),
+    ("pred.json a list", "--pred-json '{pred_json}' has no list 'annotations'"),
+    ("pred annotation without segments_info", "--pred-json '{pred_json}' has an annotation without"),
+    ("gt segment without category_id", "a segment of image '1' lacks id or category_id"),
+    ("pred PNG missing", "cannot read image '{pred_png}'"),
+    ("pred PNG truncated", "cannot read image '{pred_png}'")])
+def test_evaluate_folders_with_damaged_inputs_is_one_line_and_writes_nothing(folders, tmp_path, capsys, damage, says):
+    import shutil
+    from panoptic_node.cli import main
+    work = tmp_path / "copy"
+    shutil.copytree(folders, work)
+    gt_json, pred_json, pred_png = work / "gt.json", work / "pred.json", work / "pred" / "frame3.png"
+    gt, pred = json.loads(gt_json.read_text()), json.loads(pred_json.read_text())
+    if damage == "missing gt.json":
+        gt_json.unlink()
+    elif damage == "gt.json not JSON":
+        gt_json.write_text("{ not json")
+    elif damage == "gt.json without categories":
+        gt_json.write_text(json.dumps({k: v for k, v in gt.items() if k != "categories"}))
+    elif damage == "pred.json a list":
+        pred_json.write_text(json.dumps(pred["annotations"]))
+    elif damage == "pred annotation without segments_info":
+        del pred["annotations"][2]["segments_info"]
+        pred_json.write_text(json.dumps(pred))
+    elif damage == "gt segment without category_id":
+        del gt["annotations"][0]["segments_info"][0]["category_id"]
+        gt_json.write_text(json.dumps(gt))
+    elif damage == "pred PNG missing":
+        pred_png.unlink()
+    else:
+        pred_png.write_bytes(pred_png.read_bytes()[:50])
+    before = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}
+    assert main(["evaluate", "--gt-json", str(gt_json), "--gt-folder", str(work / "gt"), "--pred-json",
+                 str(pred_json), "--pred-folder", str(work / "pred"), "--json", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after tqdm's bar
+    assert err.startswith("panoptic-node evaluate: error:") and "(an unexpected error" not in err
+    assert says.format(gt_json=gt_json, pred_json=pred_json, pred_png=pred_png) in err
+    assert not (tmp_path / "r.json").exists()
+    assert {p: p.read_bytes() for p in work.rglob("*") if p.is_file()} == before
+
+
 def test_evaluate_folders_writes_json_and_a_chart(folders, tmp_path, capsys):
     """From COCO-panoptic folders: the same report as from bags (PQ, and mIoU / pixel accuracy with
     each pixel's class its segment's), the JSON and the per-class chart."""

@@ -5,8 +5,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
+
+from ..images import open_image
 
 from .evaluator import Evaluator, taxonomy_from_categories
 from .pq import SegmentInfo
@@ -16,8 +17,38 @@ def _read_ids(path: Path) -> np.ndarray:
     """A COCO panoptic PNG as segment ids, R + 256 G + 256² B (coco_format.rgb_to_id): PIL adds an
     alpha byte in C, and a pixel's four bytes read as one little-endian integer are the id plus
     alpha << 24; one mask instead of rgb_to_id's widening copy and arithmetic over three planes."""
-    with Image.open(path) as img:
+    with open_image(path) as img:  # a missing or damaged PNG is one line naming it
         return np.asarray(img.convert("RGBA")).view("<u4")[..., 0] & 0xFFFFFF
+
+
+EXPECTED_JSON = "expected a COCO panoptic JSON (annotations with image_id, file_name and segments_info{})"
+
+
+def read_panoptic_json(path, role: str, categories: bool = False) -> dict:
+    """The JSON of a COCO-panoptic folder, with the keys scoring reads checked: a missing file, bad JSON
+    or a missing key is one line naming the file, not a KeyError from the middle of the scoring."""
+    expected = EXPECTED_JSON.format(", and categories" if categories else "")
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{role} '{path}' does not exist; {expected}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{role} '{path}' is not readable JSON ({e}); {expected}") from None
+    for key in ["annotations"] + (["categories"] if categories else []):
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            raise ValueError(f"{role} '{path}' has no list '{key}'; {expected}")
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict) or not {"image_id", "file_name", "segments_info"} <= ann.keys():
+            raise ValueError(f"{role} '{path}' has an annotation without image_id, file_name or segments_info; "
+                             f"{expected}")
+        for s in ann["segments_info"]:
+            if not isinstance(s, dict) or not {"id", "category_id"} <= s.keys():
+                raise ValueError(f"{role} '{path}': a segment of image '{ann['image_id']}' lacks id or category_id; "
+                                 f"{expected}")
+    for c in data["categories"] if categories else []:
+        if not isinstance(c, dict) or "id" not in c:
+            raise ValueError(f"{role} '{path}' has a category without an id; {expected}")
+    return data
 
 
 _END = object()
@@ -41,8 +72,8 @@ def _prefetched(function, items, workers: int = 2, ahead: int = 4):
 def evaluate_folders(gt_json, gt_folder, pred_json, pred_folder) -> Evaluator:
     """PQ (and mIoU, pixel accuracy, Dice: each pixel's class is its segment's) of COCO-panoptic
     folders, in the ground truth JSON's categories."""
-    gt = json.loads(Path(gt_json).read_text())
-    pred = json.loads(Path(pred_json).read_text())
+    gt = read_panoptic_json(gt_json, "--gt-json", categories=True)
+    pred = read_panoptic_json(pred_json, "--pred-json")
     categories = {c["id"]: c for c in gt["categories"]}
     preds = {a["image_id"]: a for a in pred["annotations"]}
     for ann in gt["annotations"]:
