@@ -210,9 +210,13 @@ def cmd_replay(args) -> int:
 def cmd_fleet(args) -> int:
     from .fleet.bags import find_bags
     from .fleet.report import compare, load_report
-    from .fleet.run import read_tags, run_fleet
+    from .fleet.run import check_ray_address, read_tags, run_fleet
     from .output_safety import refuse_inputs
     out = Path(args.out)
+    if args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: expected >= 1 Ray actors")
+    if args.cpus is not None and args.cpus < 1:  # Ray would wait forever for a CPU to run on
+        raise ValueError(f"--cpus {args.cpus}: expected >= 1 CPUs (leave it out for all)")
     bags = find_bags(args.bags)
     if not bags:
         raise FileNotFoundError(f"no bags found in {', '.join(args.bags)}")
@@ -229,6 +233,7 @@ def cmd_fleet(args) -> int:
     check_threshold(args.threshold, load_config(args.model))  # here, not in every worker
     baseline = load_report(args.baseline) if args.baseline else None
     tags = read_tags(args.tags) if args.tags else None
+    check_ray_address(args.address)
     report = run_fleet(bags, out, args.model, weights=args.weights, backend=args.backend, device=args.device,
                        threshold=args.threshold, labels=args.labels, onnx=args.onnx, workers=args.workers,
                        cpus=args.cpus, address=args.address, tags=tags, write_bags=args.write_bags,

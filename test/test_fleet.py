@@ -3,6 +3,7 @@ bag is reported while the others are scored, a rerun skips finished bags, change
 and the baseline gate passes the same model and fails a worse one."""
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,3 +227,61 @@ def test_a_worker_that_dies_is_restarted_and_its_bag_scored(local_ray, fleet_bag
     report = done["report"]
     assert report["bags_scored"] == 3 and not report["failed"]
     assert report["headline"] == reference["headline"]
+
+
+def test_tags_are_read_from_bag_tag_rows_and_anything_else_is_refused(tmp_path):
+    from panoptic_node.fleet.run import read_tags, tag_of
+    good = tmp_path / "tags.csv"
+    good.write_text("bag,tag\n\ndrive_a, dusk\n/data/drive_b,rain\n")
+    tags = read_tags(good)
+    assert tags == {"drive_a": "dusk", "/data/drive_b": "rain"}
+    assert tag_of(Path("/x/drive_a"), tags) == "dusk" and tag_of(Path("/data/drive_b"), tags) == "rain"
+    assert tag_of(Path("/x/day/drive_c"), tags) == "day"  # not listed: its folder
+    for text, says in [("", "holds no rows"), ("bag,tag\n", "holds no rows"), ("nonsense: [\n", "line 1 is"),
+                       ("drive_a,dusk\ndrive_b,rain,extra\n", "line 2 is"), ("drive_a,\n", "line 1 is")]:
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=f"--tags '{bad}' {says}.*expected a CSV of bag,tag rows"):
+            read_tags(bad)
+    with pytest.raises(ValueError, match="cannot be read"):
+        read_tags(tmp_path / "missing.csv")
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--workers", "0"], "--workers 0: expected >= 1"), (["--cpus", "0"], "--cpus 0: expected >= 1"),
+    (["--tags", "TAGS"], "holds no rows"), (["--baseline", "EMPTY_REPORT"], "holds no fleet PQ"),
+    (["--threshold", "2"], "--threshold 2.0: expected a class probability")])
+def test_fleet_settings_are_refused_before_ray_starts(fleet_bags, tmp_path, monkeypatch, capsys, extra, says):
+    """--cpus 0 had Ray wait forever for a CPU; a baseline without scores let every run pass the gate."""
+    import panoptic_node.fleet.run as fleet_run
+    monkeypatch.setattr(fleet_run, "run_fleet", lambda *a, **k: pytest.fail("the fleet started"))
+    root, model = fleet_bags
+    (tmp_path / "tags.csv").write_text("bag,tag\n")
+    (tmp_path / "report.json").write_text(json.dumps({"headline": None, "groups": {}}))
+    files = {"TAGS": str(tmp_path / "tags.csv"), "EMPTY_REPORT": str(tmp_path / "report.json")}
+    assert main(["fleet", str(root), "--model", model, "--out", str(tmp_path / "out"),
+                 *[files.get(a, a) for a in extra]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_ray_address_where_nothing_answers_is_one_line_within_seconds(tmp_path):
+    """Ray itself retried for minutes on a wrong --address; a listening socket is accepted."""
+    import socket
+    from panoptic_node.fleet.run import check_ray_address
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    try:
+        for ok in (None, "auto", f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}/"):
+            check_ray_address(ok, timeout=2)
+        server.close()  # now nothing answers there
+        with pytest.raises(ConnectionError, match=f"--address 'ray://127.0.0.1:{port}': nothing answers at "
+                                                  f"127.0.0.1:{port}"):
+            check_ray_address(f"ray://127.0.0.1:{port}", timeout=2)
+        with pytest.raises(ValueError, match="is not HOST:PORT"):
+            check_ray_address("ray://head:port", timeout=2)
+    finally:
+        server.close()

@@ -182,7 +182,13 @@ def write_report(report: dict, out: Path) -> None:
 
 
 def load_report(path) -> dict:
+    """A baseline to gate on: a report without a fleet score would let every run pass unchecked."""
     try:
-        return json.loads(Path(path).read_text())
+        report = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"baseline '{path}' is not a readable fleet report.json ({e})") from None
+    headline = report.get("headline") if isinstance(report, dict) else None
+    if not isinstance(headline, dict) or not isinstance(headline.get("pq"), (int, float)):
+        raise ValueError(f"baseline '{path}' holds no fleet PQ (no 'headline' with 'pq'); expected the report.json "
+                         f"of a fleet run that scored frames")
+    return report

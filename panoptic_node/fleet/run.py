@@ -2,6 +2,7 @@
 (Ray actors that load the model once) one bag at a time; each bag's result is written as it finishes,
 a damaged bag is reported and the others go on, a worker that dies is restarted and its bag retried."""
 import csv
+import socket
 import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -29,13 +30,44 @@ def frames_in(bag: Path) -> int:
 
 
 def read_tags(path) -> Dict[str, str]:
-    """A CSV of `bag,tag` rows (bag: its folder name or path); a header row is allowed."""
+    """A CSV of `bag,tag` rows (bag: its folder name or path); a header row and blank lines are allowed.
+    Anything else is refused: a file of other rows would leave every bag in its folder's group unsaid."""
+    expected = "expected a CSV of bag,tag rows"
     tags = {}
-    with open(path, newline="") as f:
-        for row in csv.reader(f):
-            if len(row) >= 2 and row[0].strip() and row[0].strip().lower() != "bag":
-                tags[row[0].strip()] = row[1].strip()
+    try:
+        with open(path, newline="") as f:
+            for number, row in enumerate(csv.reader(f), start=1):
+                cells = [c.strip() for c in row]
+                if not any(cells) or (number == 1 and [c.lower() for c in cells] == ["bag", "tag"]):
+                    continue
+                if len(cells) != 2 or not all(cells):
+                    raise ValueError(f"--tags '{path}' line {number} is {','.join(row)!r}; {expected}")
+                tags[cells[0]] = cells[1]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"--tags '{path}' cannot be read ({e}); {expected}") from None
+    if not tags:
+        raise ValueError(f"--tags '{path}' holds no rows; {expected}")
     return tags
+
+
+def check_ray_address(address: Optional[str], timeout: float = 5.0) -> None:
+    """A cluster address that does not answer is said in one line within seconds (Ray itself retries
+    for minutes). 'auto' and 'local' are Ray's to resolve."""
+    if not address or address in ("auto", "local"):
+        return
+    client = address.startswith("ray://")
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
+    if not host:  # no port: Ray's defaults, 10001 for its client and 6379 for a head's GCS
+        host, port = hostport, "10001" if client else "6379"
+    host = host.strip("[]")  # an IPv6 literal
+    expected = "expected ray://HOST:10001 (Ray client), HOST:6379 (the head's GCS) or auto"
+    if not host or not port.isdigit():
+        raise ValueError(f"--address '{address}' is not HOST:PORT; {expected}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"--address '{address}': nothing answers at {host}:{port} ({e}); {expected}") from None
 
 
 def tag_of(bag: Path, tags: Optional[Dict[str, str]]) -> str:
