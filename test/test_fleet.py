@@ -281,7 +281,8 @@ def test_a_ray_address_where_nothing_answers_is_one_line_within_seconds(tmp_path
         with pytest.raises(ConnectionError, match=f"--address 'ray://127.0.0.1:{port}': nothing answers at "
                                                   f"127.0.0.1:{port}"):
             check_ray_address(f"ray://127.0.0.1:{port}", timeout=2)
-        with pytest.raises(ValueError, match="is not HOST:PORT"):
-            check_ray_address("ray://head:port", timeout=2)
+        for bad in ("ray://head:port", "ray://:10001"):
+            with pytest.raises(ValueError, match="is not HOST:PORT"):
+                check_ray_address(bad, timeout=2)
     finally:
         server.close()

@@ -57,9 +57,8 @@ def check_ray_address(address: Optional[str], timeout: float = 5.0) -> None:
         return
     client = address.startswith("ray://")
     hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
-    if not host:  # no port: Ray's defaults, 10001 for its client and 6379 for a head's GCS
-        host, port = hostport, "10001" if client else "6379"
+    host, port = (hostport, "") if hostport.endswith("]") or ":" not in hostport else hostport.rsplit(":", 1)
+    port = port or ("10001" if client else "6379")  # Ray's defaults: its client's port, a head's GCS
     host = host.strip("[]")  # an IPv6 literal
     expected = "expected ray://HOST:10001 (Ray client), HOST:6379 (the head's GCS) or auto"
     if not host or not port.isdigit():
