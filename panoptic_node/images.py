@@ -2,7 +2,7 @@
 problem (not an image, truncated, over PIL's size limit, a label map of another size or depth) is one
 ValueError naming the file and what was expected."""
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 # modes PIL gives integer labels in, by how many bits the values may use
 LABEL_BITS = {"L": 8, "P": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32}
@@ -20,9 +20,14 @@ def open_image(path) -> Image.Image:
 
 
 def read_rgb(path) -> np.ndarray:
-    """An image file as RGB. 16- and 32-bit greyscale are scaled to 8 bits (PIL's convert("RGB")
-    clips them, which turns a 16-bit frame white)."""
-    with open_image(path) as im:
+    """An image file as RGB, upright: a JPEG's EXIF orientation is applied, as image viewers, OpenCV
+    and detectron2 do, so the maps line up with the picture a user sees. 16- and 32-bit greyscale are
+    scaled to 8 bits (PIL's convert("RGB") clips them, which turns a 16-bit frame white)."""
+    with open_image(path) as stored:
+        try:
+            im = ImageOps.exif_transpose(stored)  # the same image when there is no orientation to apply
+        except Exception:  # a damaged EXIF block says nothing reliable: the pixels as stored
+            im = stored
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             a = np.asarray(im).astype(np.float64)
             top = 65535.0 if im.mode != "I" or a.max() > 255 else 255.0

@@ -324,6 +324,20 @@ def test_a_16_bit_grey_image_is_read_as_its_values_not_white(tmp_path):
     assert np.all(np.diff(rgb[0, :, 0].astype(int)) >= 0) and len(np.unique(rgb)) == 16
 
 
+@pytest.mark.parametrize("orientation, turn", [(1, lambda a: a), (3, lambda a: a[::-1, ::-1]),
+                                               (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1))])
+def test_a_jpeg_is_read_upright_by_its_exif_orientation(tmp_path, rng, orientation, turn):
+    """A phone or dash-cam JPEG stores its pixels sideways and says how to turn them: the maps must
+    line up with the picture a viewer shows. 6: turn 90 degrees clockwise; 8: anticlockwise; 3: 180."""
+    from panoptic_node.images import read_rgb
+    im = Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.save(tmp_path / "f.jpg", exif=exif)
+    stored = np.asarray(Image.open(tmp_path / "f.jpg").convert("RGB"))  # decoded, not turned
+    assert np.array_equal(read_rgb(tmp_path / "f.jpg"), turn(stored))
+
+
 def test_nan_weights_are_refused(tmp_path):
     cfg = compact_config()
     model = build_model(cfg)
