@@ -55,7 +55,7 @@ def cmd_infer(args) -> int:
 
     from .coco_format import CocoPanopticWriter
     from .images import read_rgb
-    from .output_safety import check_outputs
+    from .output_safety import check_outputs, refuse_inputs
     from .render import overlay
     from .taxonomy import get_taxonomy
 
@@ -65,7 +65,9 @@ def cmd_infer(args) -> int:
     out_existed = out.exists()
     outputs = {"panoptic.json": out / "panoptic.json"}
     outputs.update({f"{stem}{suffix}": out / f"{stem}{suffix}" for stem in stems for suffix in INFER_OUTPUTS})
-    check_outputs(outputs, inputs=paths + [args.weights], overwrite=args.overwrite)  # before the model loads
+    # before the model loads; the folder too: results written among the images would be read as images next time
+    refuse_inputs("--out", out, paths)
+    check_outputs(outputs, inputs=paths + [args.weights], overwrite=args.overwrite)
     pipeline = _pipeline(args)
     taxonomy = get_taxonomy(pipeline.labels)
     writer = CocoPanopticWriter(out, taxonomy)

@@ -192,6 +192,11 @@ def test_infer_cli_takes_a_folder_in_name_order_and_refuses_one_without_images(m
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"folder '{empty}' holds no .png / .jpg / .jpeg images" in err
     assert not (tmp_path / "out2").exists()
+    # results among the images would be taken for images by the next run over the folder
+    before = sorted(p.name for p in frames.iterdir())
+    assert main(["infer", str(frames), "--model", str(model_yaml), "--out", str(frames)]) == 2
+    assert "is (or holds, or lies inside) the input" in capsys.readouterr().err
+    assert sorted(p.name for p in frames.iterdir()) == before
 
 
 def test_infer_cli_writes_no_panoptic_json_when_no_frame_could_be_read(model_yaml, tmp_path, capsys):
