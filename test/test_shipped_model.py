@@ -100,3 +100,28 @@ def test_shipped_instances_are_connected_pieces_of_their_class():
                     assert a >= b or not (grown[a] & (result.segment_ids == b)).any(), \
                         f"frame {i}: instances {a} and {b} of class {label} touch"
     assert instances >= 5  # the frames hold cars and pedestrians
+
+
+def test_the_benchmarks_flip_augmentation_treats_a_frame_and_its_mirror_alike():
+    """bench_street_ablation's flip test-time augmentation runs a frame and its mirror image and flips
+    the second pass's masks back: on the mirrored frame it must give the mirrored maps (the two runs
+    merge the same masks in another order), which fails if the flip back is wrong or missing."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    spec = importlib.util.spec_from_file_location(
+        "bench_street_ablation", Path(__file__).resolve().parents[1] / "bench" / "bench_street_ablation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    frame = CamVid(camvid_or_skip(), "val")[40].rgb  # a real street: nothing in it is symmetric
+    flip = bench.flip_pipeline_class().from_config("street_lite0")
+    a, b = flip(frame), flip(np.ascontiguousarray(frame[:, ::-1]))
+    ids_a, ids_b = a.segment_ids, b.segment_ids[:, ::-1]
+    assert len(np.unique(ids_a)) > 5 and not np.array_equal(a.semantic, a.semantic[:, ::-1])
+    # the same classes, the same partition (segment ids may be numbered in another order), up to ties
+    assert (a.semantic == b.semantic[:, ::-1]).mean() > 0.999
+    pairs = set(zip(ids_a.ravel().tolist(), ids_b.ravel().tolist()))
+    assert len(pairs) <= len(np.unique(ids_a)) + 2
+    single = Pipeline.from_config("street_lite0")(frame)
+    assert (single.semantic != a.semantic).mean() > 0.001  # the second pass changed something
