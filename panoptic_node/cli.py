@@ -132,7 +132,7 @@ def cmd_train(args) -> int:
           lr=args.lr, lr_backbone=args.lr_backbone, resume=args.resume, val_every=args.val_every,
           dataset=args.dataset, train_drives=drive_list(args.train_drives), val_drives=drive_list(args.val_drives),
           scale=scale, colour=args.photometric, ema=args.ema, semantic_aux=args.semantic_aux, seed=args.seed,
-          copy_paste=args.copy_paste, init=args.init, overwrite=args.overwrite)
+          copy_paste=args.copy_paste, init=args.init, overwrite=args.overwrite, weight_decay=args.weight_decay)
     return 0
 
 
@@ -613,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", default="480x352", help="training crop WxH")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--lr-backbone", type=float, default=9e-5)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW's decoupled weight decay (DETR's 1e-4)")
     p.add_argument("--val-every", type=int, default=3)
     p.add_argument("--train-drives", help="CamVid drives that train, from both splits (e.g. 0016E5,0001TP); "
                    "default: CamVid's train split")

@@ -431,6 +431,8 @@ def test_resume_with_other_settings_is_refused(tiny_setup):
     before = (tiny_setup / "b" / "checkpoint.pth").read_bytes()
     with pytest.raises(ValueError, match="colour basic -> strong"):
         train(cfg, data, str(tiny_setup / "b"), epochs=2, resume=True, colour="strong", **args)
+    with pytest.raises(ValueError, match="weight_decay 0.0001 -> 0.05"):
+        train(cfg, data, str(tiny_setup / "b"), epochs=2, resume=True, weight_decay=0.05, **args)
     assert (tiny_setup / "b" / "checkpoint.pth").read_bytes() == before
 
 
@@ -510,11 +512,15 @@ def test_the_train_command_passes_its_recipe_on(tiny_setup):
     out = tiny_setup / "cli_run"
     threads = torch.get_num_threads()  # the command sets torch's threads for the whole process
     rc = main(["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"), "--out", str(out),
-               *TINY_TRAIN_ARGS, "--seed", "3", "--semantic-aux", "0.5", "--lr-backbone", "1e-5"])
+               *TINY_TRAIN_ARGS, "--seed", "3", "--semantic-aux", "0.5", "--lr-backbone", "1e-5",
+               "--weight-decay", "0.05"])
     torch.set_num_threads(threads)
     assert rc == 0
-    settings = torch.load(out / "checkpoint.pth", weights_only=False)["settings"]
-    assert (settings["seed"], settings["semantic_aux"], settings["lr_backbone"], settings["crop"]) == (3, 0.5, 1e-5, [64, 96])
+    state = torch.load(out / "checkpoint.pth", weights_only=False)
+    settings = state["settings"]
+    assert (settings["seed"], settings["semantic_aux"], settings["lr_backbone"], settings["crop"],
+            settings["weight_decay"]) == (3, 0.5, 1e-5, [64, 96], 0.05)
+    assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.05, 0.05]  # it reached AdamW
 
 
 def _frame(rng, boxes, name):
@@ -663,7 +669,8 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys):
     (["--lr-backbone", "inf"], "--lr-backbone inf"), (["--val-every", "-1"], "--val-every -1"),
     (["--crop", "abc"], "--crop 'abc': expected WxH"), (["--crop", "96x64x3"], "--crop '96x64x3': expected WxH"),
     (["--crop", "90x60"], "--crop 90x60: expected WxH with sides that are multiples of 32"),
-    (["--scale", "a,b"], "--scale 'a,b': expected LOW,HIGH"), (["--threads", "0"], "--threads 0")])
+    (["--scale", "a,b"], "--scale 'a,b': expected LOW,HIGH"), (["--threads", "0"], "--threads 0"),
+    (["--weight-decay", "-1"], "--weight-decay -1.0: expected >= 0")])
 def test_a_schedule_that_cannot_train_is_refused_before_anything_is_written(tiny_setup, capsys, bad, named):
     from panoptic_node.cli import main
     threads = torch.get_num_threads()

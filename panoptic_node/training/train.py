@@ -40,7 +40,7 @@ from .targets import build_target
 
 LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 # settings added after runs were saved, with the value that means "off": such runs resume
-ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None}
+ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4}
 
 
 def freeze_batchnorm(model: torch.nn.Module) -> None:
@@ -208,6 +208,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         raise ValueError(f"ema decay {ema} is outside [0, 1): 0 turns it off, 0.998 averages ~500 steps")
     if not (0.0 <= copy_paste <= 1.0):
         raise ValueError(f"copy-paste probability {copy_paste} is outside [0, 1]: 0 turns it off")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"--weight-decay {weight_decay}: expected >= 0 (AdamW's decoupled decay; 1e-4 is DETR's)")
     if semantic_aux < 0:
         raise ValueError(f"semantic auxiliary weight {semantic_aux} is negative: 0 turns it off, 1 weighs it "
                          f"like one class loss")
@@ -222,7 +224,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "lr_backbone": lr_backbone, "seed": seed, "dataset": dataset, "train_drives": train_drives,
                 "val_drives": val_drives, "scale": list(scale), "colour": colour, "ema": ema,
                 "max_train_frames": max_train_frames, "semantic_aux": semantic_aux,
-                "copy_paste": copy_paste, "init": str(Path(init).resolve()) if init else None}
+                "copy_paste": copy_paste, "init": str(Path(init).resolve()) if init else None,
+                "weight_decay": weight_decay}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
