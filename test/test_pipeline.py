@@ -112,8 +112,10 @@ def test_bad_threshold(model_yaml, tmp_path, capsys, monkeypatch):
 
 
 def test_missing_weights_names_the_file(model_yaml, tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+    with pytest.raises(FileNotFoundError, match="nothing.pth' does not exist"):
         Pipeline.from_config(str(model_yaml), weights=str(tmp_path / "nothing.pth"))
+    with pytest.raises(FileNotFoundError, match=f"weights file '{tmp_path}' is a folder; expected"):
+        Pipeline.from_config(str(model_yaml), weights=str(tmp_path))
 
 
 def test_coco_panoptic_output_is_scored_by_panopticapi(tmp_path, rng):

@@ -49,7 +49,8 @@ def require_weights_file(path) -> Path:
     """`path`, if it is a non-empty file; else the error that names it."""
     path = Path(path)
     if not path.is_file():
-        raise MissingWeightsError(f"weights file '{path}' does not exist; expected a DETR / Hugging Face / "
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise MissingWeightsError(f"weights file '{path}' {what}; expected a DETR / Hugging Face / "
                                   f"panoptic_node checkpoint (.pth, .bin or .safetensors)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"weights file '{path}' is empty; expected a checkpoint")
