@@ -4,6 +4,7 @@ Nothing here imports ROS: functions read attributes of any message object with t
 field names (rclpy messages and rosbags dataclasses alike) and return plain field values, so the
 same code is tested here through the bag path and runs in the node.
 """
+import functools
 import io
 from typing import Dict, List
 
@@ -12,13 +13,88 @@ import numpy as np
 from .inference.result import PanopticResult
 from .taxonomy import Taxonomy
 
-# encoding -> (channels, dtype, to RGB)
+def _top_byte(a: np.ndarray) -> np.ndarray:
+    """16-bit camera values to 8 bits, as cv_bridge converts them: the top byte."""
+    return (a >> 8).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _bayer_layout(h: int, w: int, pattern: str):
+    """Per colour of a Bayer pattern: where its sites are, its kernel, and 1 / the kernel's weight over
+    the sites each pixel sees (the normalisation; depends on the frame size only, so kept per size)."""
+    from scipy.ndimage import convolve
+    cross = np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]], np.float32)
+    box = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32)
+    layout = []
+    for colour in "rgb":
+        sites = np.zeros((h, w), np.float32)
+        for (dy, dx), c in zip(((0, 0), (0, 1), (1, 0), (1, 1)), pattern):
+            if c == colour:
+                sites[dy::2, dx::2] = 1
+        kernel = cross if colour == "g" else box
+        layout.append((sites, kernel, 1 / convolve(sites, kernel, mode="mirror")))
+    return layout
+
+
+def demosaic(raw: np.ndarray, pattern: str) -> np.ndarray:
+    """A Bayer mosaic (H x W, the 2x2 `pattern` of its top-left corner, e.g. 'rggb') -> H x W x 3 RGB,
+    bilinear: a pixel keeps its own colour and takes each other colour as the mean of its nearest sites
+    of that colour (4-neighbours for green; row, column or diagonal neighbours for red and blue), by
+    normalised convolution so the frame's border needs no special case."""
+    from scipy.ndimage import convolve
+    values = raw.astype(np.float32)
+    out = np.empty((*raw.shape, 3), np.uint8)
+    for i, (sites, kernel, norm) in enumerate(_bayer_layout(*raw.shape, pattern)):
+        weighted = convolve(values * sites, kernel, mode="mirror")
+        out[..., i] = np.clip(np.round(weighted * norm), 0, 255)
+    return out
+
+
+def _bt601_tables():
+    """ITU-R BT.601 studio range (Y 16-235, chroma 16-240 around 128) as integer tables, x 64: the
+    per-pixel work is then table look-ups and additions."""
+    v = np.arange(256, dtype=np.float64)
+    scaled = lambda a: np.round(64 * a).astype(np.int32)  # noqa: E731
+    return (scaled(1.164 * (v - 16)), scaled(1.596 * (v - 128)), scaled(-0.392 * (v - 128)),
+            scaled(-0.813 * (v - 128)), scaled(2.017 * (v - 128)))
+
+
+_BT601 = _bt601_tables()
+
+
+def yuv422_to_rgb(a: np.ndarray, y_first: bool) -> np.ndarray:
+    """Packed YUV 4:2:2 (H x W x 2 bytes; UYVY, or YUYV when `y_first`) -> RGB with ITU-R BT.601
+    studio-range coefficients, as USB cameras send it and OpenCV decodes it."""
+    luma, red_v, green_u, green_v, blue_u = _BT601
+    y = luma[a[..., 0 if y_first else 1]]
+    chroma = a[..., 1 if y_first else 0]
+    u, v = chroma[:, 0::2], chroma[:, 1::2]  # each pair of pixels shares one U and one V
+    out = np.empty((*a.shape[:2], 3), np.uint8)
+    for i, term in enumerate((red_v[v], green_u[u] + green_v[v], blue_u[u])):
+        channel = y + np.repeat(term, 2, axis=1) + 32  # + 32: round the x 64 fixed point
+        np.clip(channel >> 6, 0, 255, out=channel)
+        out[..., i] = channel
+    return out
+
+
+# encoding -> (channels, bytes per channel, to RGB): the encodings of sensor_msgs/image_encodings.hpp a
+# camera driver publishes (8- and 16-bit colour and grey, raw Bayer, packed YUV 4:2:2)
 _DECODERS = {
-    "rgb8": (3, np.uint8, lambda a: a),
-    "bgr8": (3, np.uint8, lambda a: a[..., ::-1]),
-    "rgba8": (4, np.uint8, lambda a: a[..., :3]),
-    "bgra8": (4, np.uint8, lambda a: a[..., 2::-1]),
-    "mono8": (1, np.uint8, lambda a: np.repeat(a, 3, axis=2)),
+    "rgb8": (3, 1, lambda a: a),
+    "bgr8": (3, 1, lambda a: a[..., ::-1]),
+    "rgba8": (4, 1, lambda a: a[..., :3]),
+    "bgra8": (4, 1, lambda a: a[..., 2::-1]),
+    "mono8": (1, 1, lambda a: np.repeat(a, 3, axis=2)),
+    "rgb16": (3, 2, lambda a: _top_byte(a)),
+    "bgr16": (3, 2, lambda a: _top_byte(a[..., ::-1])),
+    "rgba16": (4, 2, lambda a: _top_byte(a[..., :3])),
+    "bgra16": (4, 2, lambda a: _top_byte(a[..., 2::-1])),
+    "mono16": (1, 2, lambda a: np.repeat(_top_byte(a), 3, axis=2)),
+    **{f"bayer_{p}8": (1, 1, lambda a, p=p: demosaic(a[..., 0], p)) for p in ("rggb", "bggr", "gbrg", "grbg")},
+    "yuv422": (2, 1, lambda a: yuv422_to_rgb(a, y_first=False)),  # ROS's name for UYVY
+    "uyvy": (2, 1, lambda a: yuv422_to_rgb(a, y_first=False)),
+    "yuv422_yuy2": (2, 1, lambda a: yuv422_to_rgb(a, y_first=True)),  # ROS's name for YUYV
+    "yuyv": (2, 1, lambda a: yuv422_to_rgb(a, y_first=True)),
 }
 SUPPORTED_ENCODINGS = tuple(_DECODERS)
 SUPPORTED_FORMATS = ("jpeg", "png")
@@ -33,17 +109,21 @@ def image_to_rgb(msg) -> np.ndarray:
     enc = str(msg.encoding).lower()
     if enc not in _DECODERS:
         raise FrameError(f"unsupported encoding '{msg.encoding}', expected one of {', '.join(SUPPORTED_ENCODINGS)}")
-    channels, dtype, to_rgb = _DECODERS[enc]
+    channels, size, to_rgb = _DECODERS[enc]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
         raise FrameError(f"zero-size frame ({w}x{h}), expected a non-empty image")
-    row = w * channels * np.dtype(dtype).itemsize
+    if channels == 2 and w % 2:
+        raise FrameError(f"a {enc} frame {w} pixels wide; expected an even width (two pixels share their chroma)")
+    row = w * channels * size
     if step < row:
-        raise FrameError(f"step {step} is smaller than width x channels = {row} for {enc}")
+        raise FrameError(f"step {step} is smaller than width x channels x bytes = {row} for {enc}")
     data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data.tobytes(), np.uint8)
     if data.size != step * h:
         raise FrameError(f"data length {data.size} != step x height = {step} x {h} = {step * h}")
-    rows = data.reshape(h, step)[:, :row]
+    rows = np.ascontiguousarray(data.reshape(h, step)[:, :row])
+    if size == 2:  # the byte order the message says
+        rows = rows.view(np.dtype(np.uint16).newbyteorder(">" if msg.is_bigendian else "<"))
     return np.ascontiguousarray(to_rgb(rows.reshape(h, w, channels)))
 
 

@@ -39,6 +39,70 @@ def test_image_to_rgb_every_encoding(rng, encoding, pad):
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("encoding", ["rgb16", "bgr16", "rgba16", "bgra16", "mono16"])
+@pytest.mark.parametrize("bigendian", [0, 1])
+def test_16_bit_camera_frames_keep_their_top_byte_in_either_byte_order(rng, encoding, bigendian):
+    """As cv_bridge turns them into 8-bit images; a big-endian message is read as big-endian."""
+    rgb16 = rng.integers(0, 65536, (5, 6, 3), dtype=np.uint16)
+    planes = {"rgb16": rgb16, "bgr16": rgb16[..., ::-1], "rgba16": np.dstack([rgb16, rgb16[..., :1]]),
+              "bgra16": np.dstack([rgb16[..., ::-1], rgb16[..., :1]]), "mono16": rgb16[..., :1]}[encoding]
+    h, w, c = planes.shape
+    data = planes.astype(">u2" if bigendian else "<u2").tobytes()
+    msg = SimpleNamespace(encoding=encoding, height=h, width=w, step=w * c * 2, is_bigendian=bigendian, data=data)
+    top = (rgb16 // 256).astype(np.uint8)
+    expected = np.repeat(top[..., :1], 3, 2) if encoding == "mono16" else top
+    np.testing.assert_array_equal(image_to_rgb(msg), expected)
+
+
+def bilinear_demosaic_directly(raw, pattern):
+    """Each pixel: its own colour as is; another colour the mean of that colour's sites among its four
+    neighbours, or if none, among its four diagonal neighbours (the frame mirrored at its border)."""
+    h, w = raw.shape
+    colour_at = lambda y, x: pattern[2 * (y % 2) + (x % 2)]  # noqa: E731
+    mirror = lambda i, n: -i if i < 0 else (2 * (n - 1) - i if i >= n else i)  # noqa: E731
+    out = np.zeros((h, w, 3), np.uint8)
+    for y in range(h):
+        for x in range(w):
+            for ci, c in enumerate("rgb"):
+                if colour_at(y, x) == c:
+                    out[y, x, ci] = raw[y, x]
+                    continue
+                for ring in (((-1, 0), (1, 0), (0, -1), (0, 1)), ((-1, -1), (-1, 1), (1, -1), (1, 1))):
+                    values = [float(raw[mirror(y + dy, h), mirror(x + dx, w)]) for dy, dx in ring
+                              if colour_at(mirror(y + dy, h), mirror(x + dx, w)) == c]
+                    if values:
+                        out[y, x, ci] = np.round(np.mean(values))
+                        break
+    return out
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_frames_are_demosaiced_bilinearly(rng, pattern):
+    raw = rng.integers(0, 256, (6, 8), dtype=np.uint8)
+    msg = SimpleNamespace(encoding=f"bayer_{pattern}8", height=6, width=8, step=8 + 2, is_bigendian=0,
+                          data=np.hstack([raw, np.zeros((6, 2), np.uint8)]).tobytes())  # with row padding
+    np.testing.assert_array_equal(image_to_rgb(msg), bilinear_demosaic_directly(raw, pattern))
+
+
+@pytest.mark.parametrize("encoding, y_first", [("yuv422", False), ("uyvy", False), ("yuv422_yuy2", True),
+                                               ("yuyv", True)])
+def test_yuv422_frames_give_the_bt601_colours(encoding, y_first):
+    """Reference values of ITU-R BT.601 (studio range): white, black, and the primaries' Y, U, V."""
+    colours = {(255, 255, 255): (235, 128, 128), (0, 0, 0): (16, 128, 128), (255, 0, 0): (81, 90, 240),
+               (0, 255, 0): (145, 54, 34), (0, 0, 255): (41, 240, 110)}
+    pairs = []
+    for y, u, v in colours.values():  # two pixels of one colour each
+        pairs += [y, u, y, v] if y_first else [u, y, v, y]
+    w = 2 * len(colours)
+    msg = SimpleNamespace(encoding=encoding, height=1, width=w, step=2 * w, is_bigendian=0,
+                          data=np.array(pairs, np.uint8).tobytes())
+    got = image_to_rgb(msg)[0].astype(int)
+    expected = np.repeat(np.array(list(colours), int), 2, axis=0)
+    assert np.abs(got - expected).max() <= 2, (got, expected)
+    with pytest.raises(FrameError, match="expected an even width"):
+        image_to_rgb(SimpleNamespace(encoding=encoding, height=1, width=3, step=6, is_bigendian=0, data=bytes(6)))
+
+
 @pytest.mark.parametrize("fmt", ["png", "jpeg"])
 def test_compressed(rng, fmt):
     rgb = np.full((16, 16, 3), 120, np.uint8)
@@ -52,8 +116,8 @@ def test_compressed(rng, fmt):
 
 
 @pytest.mark.parametrize("msg,expected", [
-    (SimpleNamespace(encoding="yuv422", height=2, width=2, step=4, is_bigendian=0, data=np.zeros(8, np.uint8)),
-     "unsupported encoding 'yuv422'"),
+    (SimpleNamespace(encoding="32FC1", height=2, width=2, step=4, is_bigendian=0, data=np.zeros(8, np.uint8)),
+     "unsupported encoding '32FC1'"),
     (SimpleNamespace(encoding="rgb8", height=2, width=2, step=6, is_bigendian=0, data=np.zeros(11, np.uint8)),
      "data length 11 != step x height"),
     (SimpleNamespace(encoding="rgb8", height=0, width=2, step=6, is_bigendian=0, data=np.zeros(0, np.uint8)),
@@ -226,7 +290,7 @@ def test_replay_round_trip(tiny_pipeline, tmp_path, rng, storage, compressed):
 def test_bad_frames_are_counted_and_skipped(tiny_pipeline, tmp_path, rng):
     good = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
     bigger = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
-    bad_enc = SimpleNamespace(encoding="yuv422", height=48, width=64, step=128, is_bigendian=0,
+    bad_enc = SimpleNamespace(encoding="32FC1", height=48, width=64, step=128, is_bigendian=0,
                               data=np.zeros(48 * 128, np.uint8))
     short = SimpleNamespace(encoding="rgb8", height=48, width=64, step=192, is_bigendian=0,
                             data=np.zeros(100, np.uint8))
@@ -235,7 +299,7 @@ def test_bad_frames_are_counted_and_skipped(tiny_pipeline, tmp_path, rng):
     out = tmp_path / "out"
     summary = replay(tiny_pipeline, bag, out)
     assert summary.frames == 3 and summary.undecodable == 2
-    assert "yuv422" in summary.errors[0] and "data length" in summary.errors[1]
+    assert "32FC1" in summary.errors[0] and "data length" in summary.errors[1]
     with BagReader(out) as r:
         sizes = [(m.msg.height, m.msg.width) for m in r.messages(["/front/panoptic/semantic"])]
     assert sizes == [(48, 64), (60, 80), (48, 64)]  # frames may change size mid-bag

@@ -19,7 +19,7 @@ from panoptic_node.taxonomy import get_taxonomy
 BUDGET = settings(max_examples=150, deadline=None, derandomize=True,
                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
-encodings = st.one_of(st.sampled_from(SUPPORTED_ENCODINGS + ("yuv422", "16UC1", "", "RGB8")), st.text(max_size=8))
+encodings = st.one_of(st.sampled_from(SUPPORTED_ENCODINGS + ("nv21", "16UC1", "32FC1", "", "RGB8")), st.text(max_size=8))
 
 
 @BUDGET

@@ -110,7 +110,7 @@ class TestPanopticNode(unittest.TestCase):
 
     def test_bad_frame_does_not_stop_the_next_good_one(self):
         pub = self.node.create_publisher(Image, "/cam_b/image", 10)
-        bad = rgb_msg(1700000100, "rear", encoding="yuv422")
+        bad = rgb_msg(1700000100, "rear", encoding="32FC1")
         good = rgb_msg(1700000101, "rear")
         got = self.collect("/cam_b/panoptic/semantic", Image, 1,
                            publish=lambda: (pub.publish(bad), pub.publish(good)))
