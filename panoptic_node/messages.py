@@ -13,6 +13,7 @@ import numpy as np
 from .inference.result import PanopticResult
 from .taxonomy import Taxonomy
 
+
 def _top_byte(a: np.ndarray) -> np.ndarray:
     """16-bit camera values to 8 bits, as cv_bridge converts them: the top byte."""
     return (a >> 8).astype(np.uint8)
@@ -121,9 +122,9 @@ def image_to_rgb(msg) -> np.ndarray:
     data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data.tobytes(), np.uint8)
     if data.size != step * h:
         raise FrameError(f"data length {data.size} != step x height = {step} x {h} = {step * h}")
-    rows = np.ascontiguousarray(data.reshape(h, step)[:, :row])
-    if size == 2:  # the byte order the message says
-        rows = rows.view(np.dtype(np.uint16).newbyteorder(">" if msg.is_bigendian else "<"))
+    rows = data.reshape(h, step)[:, :row]
+    if size == 2:  # the byte order the message says (a view needs the rows without their padding)
+        rows = np.ascontiguousarray(rows).view(np.dtype(np.uint16).newbyteorder(">" if msg.is_bigendian else "<"))
     return np.ascontiguousarray(to_rgb(rows.reshape(h, w, channels)))
 
 

@@ -7,8 +7,9 @@
 - One writer per output: a lock beside it (`<name>.lock`, flock'ed for the run) makes a second command
   writing the same output stop in one line instead of deleting the first's work.
 - Every output's folder exists or can be made, no output is a folder where a file goes, and a video or
-  chart has a suffix its writer knows, checked before any frame is processed: a run never fails at its end for a path it could have checked at
-  its start. Nothing is made by the check: a refused run leaves the disk as it was.
+  chart has a suffix its writer knows, checked before any frame is processed: a run never fails at its
+  end for a path it could have checked at its start. Nothing is made by the check: a refused run leaves
+  the disk as it was.
 """
 import fcntl
 import os
