@@ -142,9 +142,11 @@ def cmd_compare_runs(args) -> int:
     folders = list(dict.fromkeys([args.baseline] + args.runs))  # the baseline first, each run once
     check_outputs({"--chart": args.chart}, inputs=folders, overwrite=args.overwrite)
     runs = [load_run(f) for f in folders]
-    print(table(runs, runs[0], args.from_epoch, args.min_miou_gain, args.max_pq_drop))
+    if args.last is not None and args.last < 1:
+        raise ValueError(f"--last {args.last}: expected >= 1 evaluations")
+    print(table(runs, runs[0], args.from_epoch, args.min_miou_gain, args.max_pq_drop, args.last))
     if args.chart:
-        curves_chart(runs, args.chart, args.from_epoch, baseline=runs[0])
+        curves_chart(runs, args.chart, args.from_epoch, baseline=runs[0], last=args.last)
         print(f"curves: {args.chart}")
     return 0
 
@@ -646,6 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", required=True, help="the run folder of the recipe to beat")
     p.add_argument("--from-epoch", type=int, default=24, help="mean mIoU over the evaluations from this epoch on "
                    "(one evaluation is noisy by a point or more)")
+    p.add_argument("--last", type=int, help="mean mIoU over each run's last N evaluations instead (runs of "
+                   "different schedules, each judged on its own end)")
     p.add_argument("--min-miou-gain", type=float, default=1.0, help="mean mIoU points a change must gain")
     p.add_argument("--max-pq-drop", type=float, default=0.3, help="PQ points the last evaluation may lose")
     p.add_argument("--chart", help="PNG of the held-out mIoU and PQ curves")

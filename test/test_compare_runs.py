@@ -54,6 +54,23 @@ def test_the_rule(tmp_path, miou, pq, expected):
     assert verdict(base, base, 24, 1.0, 0.3) == "baseline"
 
 
+def test_runs_of_different_schedules_are_judged_on_their_own_last_evaluations(tmp_path, capsys):
+    """--last N: the mean over each run's last N evaluations, so a 60-epoch run is judged on 48-60
+    against a 36-epoch baseline's 24-36 (from-epoch would compare 24-60 with 24-36)."""
+    base_values = list(np.linspace(0.40, 0.48, 12))
+    long_values = list(np.linspace(0.40, 0.60, 20))
+    base = load_run(make_run(tmp_path / "base", base_values, 0.3))
+    long = load_run(make_run(tmp_path / "long", long_values, 0.3, {"epochs": 60}, epochs=60))
+    assert long.late_mean("miou", 24, last=5) == pytest.approx(np.mean(long_values[-5:]))
+    assert base.late_mean("miou", 24, last=5) == pytest.approx(np.mean(base_values[-5:]))
+    gain = 100 * (np.mean(long_values[-5:]) - np.mean(base_values[-5:]))
+    assert verdict(long, base, 24, 1.0, 0.3, last=5) == "adopt" and gain > 1.0
+    assert verdict(long, base, 24, 1.0, 0.3, last=13).startswith("no evaluations for the mean over the last 13")
+    assert main(["compare-runs", str(tmp_path / "long"), "--baseline", str(tmp_path / "base"), "--last", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "mean mIoU over the last 5 evaluations" in out and f"| {100 * np.mean(long_values[-5:]):.1f} | adopt |" in out
+
+
 def test_what_is_not_judged(tmp_path):
     base = load_run(make_run(tmp_path / "base", 0.48, 0.3))
     other_drive = load_run(make_run(tmp_path / "fold1TP", 0.60, 0.4, {"val_drives": ["0001TP"]}))

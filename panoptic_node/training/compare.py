@@ -40,8 +40,13 @@ class Run:
     def finished(self) -> bool:
         return self.planned_epochs is None or self.last_epoch >= self.planned_epochs
 
-    def late_mean(self, key: str, from_epoch: int) -> Optional[float]:
-        values = [e["val"][key] for e in self.evaluations if e["epoch"] >= from_epoch]
+    def late_mean(self, key: str, from_epoch: int, last: Optional[int] = None) -> Optional[float]:
+        """Over the evaluations from `from_epoch` on; or, given `last`, over the run's last `last` ones
+        (runs of different schedules each judged on their own end), None when it has fewer."""
+        if last:
+            values = [e["val"][key] for e in self.evaluations[-last:]] if len(self.evaluations) >= last else []
+        else:
+            values = [e["val"][key] for e in self.evaluations if e["epoch"] >= from_epoch]
         return float(np.mean(values)) if values else None
 
 
@@ -106,7 +111,12 @@ def recorded_postprocess(run: Run) -> Optional[dict]:
     return {**asdict(PostprocessConfig()), **recorded}
 
 
-def verdict(run: Run, baseline: Run, from_epoch: int, min_miou_gain: float, max_pq_drop: float) -> str:
+def window_name(from_epoch: int, last: Optional[int] = None) -> str:
+    return f"the last {last} evaluations" if last else f"epoch {from_epoch} on"
+
+
+def verdict(run: Run, baseline: Run, from_epoch: int, min_miou_gain: float, max_pq_drop: float,
+            last: Optional[int] = None) -> str:
     """'adopt', or why not, in a few words."""
     if run is baseline:
         return "baseline"
@@ -119,10 +129,10 @@ def verdict(run: Run, baseline: Run, from_epoch: int, min_miou_gain: float, max_
         return f"unfinished (epoch {run.last_epoch} of {run.planned_epochs})"
     if not baseline.finished:
         return f"the baseline is unfinished (epoch {baseline.last_epoch} of {baseline.planned_epochs})"
-    gain = _points(run.late_mean("miou", from_epoch)) - _points(baseline.late_mean("miou", from_epoch))
+    gain = _points(run.late_mean("miou", from_epoch, last)) - _points(baseline.late_mean("miou", from_epoch, last))
     drop = _points(baseline.evaluations[-1]["val"]["pq"]) - _points(run.evaluations[-1]["val"]["pq"])
     if np.isnan(gain):
-        return f"no evaluation from epoch {from_epoch} on"
+        return f"no evaluations for the mean over {window_name(from_epoch, last)}"
     # histories written before the post-processing was recorded: say that their PQ may not compare
     caveat = ("" if all(r.evaluations[-1]["val"].get("postprocess") for r in (run, baseline))
               else " (post-processing not recorded: PQ may not compare)")
@@ -137,25 +147,26 @@ def _points(x: Optional[float]) -> float:
     return float("nan") if x is None else 100 * x
 
 
-def table(runs: List[Run], baseline: Run, from_epoch: int, min_miou_gain: float, max_pq_drop: float) -> str:
+def table(runs: List[Run], baseline: Run, from_epoch: int, min_miou_gain: float, max_pq_drop: float,
+          last: Optional[int] = None) -> str:
     """A markdown table: the last held-out evaluation of each run, its late mean mIoU, its verdict."""
     if not baseline.evaluations:
         raise RunError(f"the baseline '{baseline.name}' has no held-out evaluation yet; nothing to compare against")
-    lines = [f"| run | recipe vs {baseline.name} | epoch | PQ | things | stuff | mIoU | mean mIoU from "
-             f"epoch {from_epoch} | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| run | recipe vs {baseline.name} | epoch | PQ | things | stuff | mIoU | mean mIoU over "
+             f"{window_name(from_epoch, last)} | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
+        judged = verdict(run, baseline, from_epoch, min_miou_gain, max_pq_drop, last)
         if not run.evaluations:
             lines.append(f"| {run.name} | {recipe_difference(run, baseline)} | {run.last_epoch} | - | - | - | - | - "
-                         f"| {verdict(run, baseline, from_epoch, min_miou_gain, max_pq_drop)} |")
+                         f"| {judged} |")
             continue
-        last = run.evaluations[-1]
-        v = last["val"]
-        late = run.late_mean("miou", from_epoch)
+        final = run.evaluations[-1]
+        v = final["val"]
+        late = run.late_mean("miou", from_epoch, last)
         lines.append(f"| {run.name} | {'-' if run is baseline else recipe_difference(run, baseline)} "
-                     f"| {last['epoch']} | {_points(v['pq']):.1f} | {_points(v['pq_things']):.1f} "
+                     f"| {final['epoch']} | {_points(v['pq']):.1f} | {_points(v['pq_things']):.1f} "
                      f"| {_points(v['pq_stuff']):.1f} | {_points(v['miou']):.1f} "
-                     f"| {'-' if late is None else f'{_points(late):.1f}'} "
-                     f"| {verdict(run, baseline, from_epoch, min_miou_gain, max_pq_drop)} |")
+                     f"| {'-' if late is None else f'{_points(late):.1f}'} | {judged} |")
     return "\n".join(lines)
 
 
@@ -167,9 +178,13 @@ def y_range(runs: List[Run], key: str, from_epoch: int) -> tuple:
     return min(later or values) - 2.0, max(values) + 1.0
 
 
-def curves_chart(runs: List[Run], path, from_epoch: int, baseline: Optional[Run] = None) -> Path:
+def curves_chart(runs: List[Run], path, from_epoch: int, baseline: Optional[Run] = None,
+                 last: Optional[int] = None) -> Path:
     """Held-out mIoU and PQ against the epoch, one line per run (the baseline's black and thick); the
-    rule's window shaded."""
+    rule's window shaded (with `last`: from the earliest epoch any run's last evaluations start at)."""
+    if last:
+        from_epoch = min((r.evaluations[-last]["epoch"] for r in runs if len(r.evaluations) >= last),
+                         default=from_epoch)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
