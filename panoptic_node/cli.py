@@ -119,8 +119,7 @@ def cmd_train(args) -> int:
     import torch
 
     from .training.train import train
-    if args.threads < 1:
-        raise ValueError(f"--threads {args.threads}: expected >= 1 CPU threads")
+    at_least_one(args.threads, "--threads", "CPU threads")
     torch.set_num_threads(args.threads)
     crop = number_pair(args.crop, "x", int, "--crop", "WxH in pixels (e.g. 480x352)")[::-1]  # HxW from here on
     from .training.data import find_camvid
@@ -142,13 +141,19 @@ def cmd_compare_runs(args) -> int:
     folders = list(dict.fromkeys([args.baseline] + args.runs))  # the baseline first, each run once
     check_outputs({"--chart": args.chart}, inputs=folders, overwrite=args.overwrite)
     runs = [load_run(f) for f in folders]
-    if args.last is not None and args.last < 1:
-        raise ValueError(f"--last {args.last}: expected >= 1 evaluations")
+    if args.last is not None:
+        at_least_one(args.last, "--last", "evaluations")
     print(table(runs, runs[0], args.from_epoch, args.min_miou_gain, args.max_pq_drop, args.last))
     if args.chart:
         curves_chart(runs, args.chart, args.from_epoch, baseline=runs[0], last=args.last)
         print(f"curves: {args.chart}")
     return 0
+
+
+def at_least_one(value: int, option: str, unit: str) -> None:
+    """A count that must be 1 or more, refused in one line naming the option."""
+    if value < 1:
+        raise ValueError(f"{option} {value}: expected >= 1 {unit}")
 
 
 def number_pair(text, sep, kind, option, expected):
@@ -217,10 +222,9 @@ def cmd_fleet(args) -> int:
     from .fleet.run import check_ray_address, read_tags, run_fleet
     from .output_safety import refuse_inputs
     out = Path(args.out)
-    if args.workers < 1:
-        raise ValueError(f"--workers {args.workers}: expected >= 1 Ray actors")
-    if args.cpus is not None and args.cpus < 1:  # Ray would wait forever for a CPU to run on
-        raise ValueError(f"--cpus {args.cpus}: expected >= 1 CPUs (leave it out for all)")
+    at_least_one(args.workers, "--workers", "Ray actors")
+    if args.cpus is not None:  # 0: Ray would wait forever for a CPU to run on
+        at_least_one(args.cpus, "--cpus", "CPUs (leave it out for all)")
     bags = find_bags(args.bags)
     if not bags:
         raise FileNotFoundError(f"no bags found in {', '.join(args.bags)}")
@@ -386,7 +390,7 @@ def cmd_export(args) -> int:
     if args.precision == "int8":
         if not args.calib:
             raise ValueError("--precision int8 needs --calib BAG_OR_IMAGE_DIR (real frames to calibrate on)")
-        check_calib_frames(args.calib_frames)
+        at_least_one(args.calib_frames, "--calib-frames", "frames to calibrate on (32 is the default)")
     cfg = load_config(args.model)
     size = _export_size(cfg, args.size)
     model = load_model(cfg, args.weights)
@@ -415,11 +419,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def check_calib_frames(n: int) -> None:
-    if n < 1:
-        raise ValueError(f"--calib-frames {n}: expected >= 1 frames to calibrate on (32 is the default)")
-
-
 def cmd_calibrate(args) -> int:
     import tempfile
 
@@ -436,7 +435,7 @@ def cmd_calibrate(args) -> int:
     source = weights_of(cfg, args.weights)
     out = Path(args.out) if args.out else default_scales_path(source)
     check_outputs({"--out": out}, [source, args.calib], args.overwrite)
-    check_calib_frames(args.calib_frames)
+    at_least_one(args.calib_frames, "--calib-frames", "frames to calibrate on (32 is the default)")
     model = load_model(cfg, require_weights_file(source))
     size = cfg.input.canvas
     with tempfile.TemporaryDirectory() as d:  # the graphs are only a step towards the scales

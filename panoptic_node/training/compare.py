@@ -40,13 +40,15 @@ class Run:
     def finished(self) -> bool:
         return self.planned_epochs is None or self.last_epoch >= self.planned_epochs
 
-    def late_mean(self, key: str, from_epoch: int, last: Optional[int] = None) -> Optional[float]:
-        """Over the evaluations from `from_epoch` on; or, given `last`, over the run's last `last` ones
-        (runs of different schedules each judged on their own end), None when it has fewer."""
+    def window(self, from_epoch: int, last: Optional[int] = None) -> list:
+        """The evaluations a rule judges: from `from_epoch` on; or, given `last`, the run's last `last`
+        ones (runs of different schedules each judged on their own end), none when it has fewer."""
         if last:
-            values = [e["val"][key] for e in self.evaluations[-last:]] if len(self.evaluations) >= last else []
-        else:
-            values = [e["val"][key] for e in self.evaluations if e["epoch"] >= from_epoch]
+            return self.evaluations[-last:] if len(self.evaluations) >= last else []
+        return [e for e in self.evaluations if e["epoch"] >= from_epoch]
+
+    def late_mean(self, key: str, from_epoch: int, last: Optional[int] = None) -> Optional[float]:
+        values = [e["val"][key] for e in self.window(from_epoch, last)]
         return float(np.mean(values)) if values else None
 
 
@@ -183,7 +185,7 @@ def curves_chart(runs: List[Run], path, from_epoch: int, baseline: Optional[Run]
     """Held-out mIoU and PQ against the epoch, one line per run (the baseline's black and thick); the
     rule's window shaded (with `last`: from the earliest epoch any run's last evaluations start at)."""
     if last:
-        from_epoch = min((r.evaluations[-last]["epoch"] for r in runs if len(r.evaluations) >= last),
+        from_epoch = min((r.window(from_epoch, last)[0]["epoch"] for r in runs if r.window(from_epoch, last)),
                          default=from_epoch)
     import matplotlib
     matplotlib.use("Agg")
