@@ -131,7 +131,8 @@ def cmd_train(args) -> int:
           lr=args.lr, lr_backbone=args.lr_backbone, resume=args.resume, val_every=args.val_every,
           dataset=args.dataset, train_drives=drive_list(args.train_drives), val_drives=drive_list(args.val_drives),
           scale=scale, colour=args.photometric, ema=args.ema, semantic_aux=args.semantic_aux, seed=args.seed,
-          copy_paste=args.copy_paste, init=args.init, overwrite=args.overwrite, weight_decay=args.weight_decay)
+          copy_paste=args.copy_paste, init=args.init, overwrite=args.overwrite, weight_decay=args.weight_decay,
+          mixstyle=args.mixstyle)
     return 0
 
 
@@ -633,6 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "another training frame pasted in, each with probability 1/2 (0 = off)")
     p.add_argument("--semantic-aux", type=float, default=0.0,
                    help="weight of a training-only per-pixel class loss on the pixel embeddings (0 = off)")
+    p.add_argument("--mixstyle", type=float, default=0.0,
+                   help="probability per batch of MixStyle: the frames' feature statistics (style) mixed in the "
+                        "backbone's stride-4 and stride-8 features, for new drives (0 = off; 0.5 is the paper's)")
     p.add_argument("--init", help="start from these weights instead of ImageNet's backbone: a checkpoint of the same "
                    "network, e.g. trained on Cityscapes (--dataset cityscapes); heads for another label set start fresh")
     p.add_argument("--threads", type=int, default=2)

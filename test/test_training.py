@@ -513,13 +513,13 @@ def test_the_train_command_passes_its_recipe_on(tiny_setup):
     threads = torch.get_num_threads()  # the command sets torch's threads for the whole process
     rc = main(["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"), "--out", str(out),
                *TINY_TRAIN_ARGS, "--seed", "3", "--semantic-aux", "0.5", "--lr-backbone", "1e-5",
-               "--weight-decay", "0.05"])
+               "--weight-decay", "0.05", "--mixstyle", "0.5"])
     torch.set_num_threads(threads)
     assert rc == 0
     state = torch.load(out / "checkpoint.pth", weights_only=False)
     settings = state["settings"]
     assert (settings["seed"], settings["semantic_aux"], settings["lr_backbone"], settings["crop"],
-            settings["weight_decay"]) == (3, 0.5, 1e-5, [64, 96], 0.05)
+            settings["weight_decay"], settings["mixstyle"]) == (3, 0.5, 1e-5, [64, 96], 0.05, 0.5)
     assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.05, 0.05]  # it reached AdamW
 
 
@@ -601,7 +601,7 @@ def test_a_run_saved_before_a_setting_existed_resumes(tiny_setup):
     cfg, data, out = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), tiny_setup / "old"
     train(cfg, data, str(out), epochs=2, stop_after_epoch=1, **args)
     state = torch.load(out / "checkpoint.pth", weights_only=False)
-    for key in ("semantic_aux", "copy_paste"):
+    for key in ("semantic_aux", "copy_paste", "mixstyle"):
         del state["settings"][key]
     torch.save(state, out / "checkpoint.pth")
     assert train(cfg, data, str(out), epochs=2, resume=True, **args)["history"][-1]["epoch"] == 2
@@ -670,7 +670,8 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys):
     (["--crop", "abc"], "--crop 'abc': expected WxH"), (["--crop", "96x64x3"], "--crop '96x64x3': expected WxH"),
     (["--crop", "90x60"], "--crop 90x60: expected WxH with sides that are multiples of 32"),
     (["--scale", "a,b"], "--scale 'a,b': expected LOW,HIGH"), (["--threads", "0"], "--threads 0"),
-    (["--weight-decay", "-1"], "--weight-decay -1.0: expected >= 0")])
+    (["--weight-decay", "-1"], "--weight-decay -1.0: expected >= 0"), (["--mixstyle", "2"], "--mixstyle 2.0: expected"),
+    (["--mixstyle", "nan"], "--mixstyle nan: expected")])
 def test_a_schedule_that_cannot_train_is_refused_before_anything_is_written(tiny_setup, capsys, bad, named):
     from panoptic_node.cli import main
     threads = torch.get_num_threads()
@@ -702,3 +703,83 @@ def test_a_diverging_loss_stops_training_before_it_reaches_the_weights(tiny_setu
                                            r"checkpoint.pth holds the last finished epoch"):
         train(cfg, data, str(out), epochs=3, resume=True, **args)
     assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_mixstyle_equals_direct_computation(rng):
+    """Each frame normalised by its own channel mean / std, then given lam * its own + (1 - lam) * another's."""
+    from panoptic_node.training.mixstyle import EPS, mix_style
+    x = rng.normal(2.0, 3.0, (3, 2, 4, 5)).astype(np.float32)
+    x[1] = x[1] * 0.2 - 5  # another "style"
+    lam, perm = np.array([0.9, 0.3, 1.0], np.float32), np.array([1, 2, 0])
+    expected = np.empty_like(x)
+    for b in range(3):
+        for c in range(2):
+            mine, theirs = x[b, c], x[perm[b], c]
+            mu = lam[b] * mine.mean() + (1 - lam[b]) * theirs.mean()
+            sd = lam[b] * np.sqrt(mine.var() + EPS) + (1 - lam[b]) * np.sqrt(theirs.var() + EPS)
+            expected[b, c] = (mine - mine.mean()) / np.sqrt(mine.var() + EPS) * sd + mu
+    got = mix_style(torch.from_numpy(x), torch.from_numpy(lam), torch.from_numpy(perm)).numpy()
+    assert np.allclose(got, expected, atol=1e-4)
+    assert np.allclose(got[2], x[2], atol=1e-4)  # lam 1 keeps the frame's own style
+
+
+def test_mixstyle_mixes_only_while_training_and_adds_no_weights():
+    from panoptic_node.model.detr import build_model
+    from panoptic_node.training.mixstyle import MixStyle
+    from panoptic_node.training.train import freeze_batchnorm
+    torch.manual_seed(0)
+    plain = build_model(compact_config()).eval()
+    hooked = build_model(compact_config())
+    hooked.load_state_dict(plain.state_dict())
+    MixStyle(1.0).attach(hooked.backbone, hooked.backbone.taps[:2])
+    assert hooked.state_dict().keys() == plain.state_dict().keys()  # saved and exported models are unchanged
+    images = torch.stack([torch.full((3, 64, 96), 0.5), torch.rand(3, 64, 96) * 2 - 1])
+    pad = torch.zeros(2, 64, 96, dtype=torch.bool)
+    with torch.no_grad():
+        want = plain.backbone(images)
+        assert all(torch.equal(a, b) for a, b in zip(hooked.eval().backbone(images), want))  # inference: untouched
+        hooked.train()
+        freeze_batchnorm(hooked)  # as training runs it: BatchNorm in eval mode, the blocks training
+        mixed = hooked.backbone(images)
+        assert not torch.allclose(mixed[0], want[0]) and not torch.allclose(mixed[1], want[1])
+        assert hooked.detect(images, pad).logits.shape == plain.detect(images, pad).logits.shape
+
+
+def test_one_step_with_mixstyle_lowers_the_loss(tiny_setup):
+    from panoptic_node.model.detr import build_model
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.data import CamVid
+    from panoptic_node.training.mixstyle import MixStyle
+    from panoptic_node.training.train import freeze_batchnorm, loss_layers, make_batch
+
+    cfg = compact_config()
+    torch.manual_seed(0)
+    model = build_model(cfg, pretrained_backbone=True).train()
+    freeze_batchnorm(model)
+    MixStyle(1.0).attach(model.backbone, model.backbone.taps[:2])
+    everything = CamVid(tiny_setup / "data", "train").load_all()
+    images, pad, targets = make_batch(everything[:2], np.random.default_rng(0), (64, 96), "tf",
+                                      get_taxonomy("camvid").thing_lut)
+    crit = SetCriterion(cfg.num_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    torch.manual_seed(1)  # the same mix before and after the step
+    before, _ = crit(loss_layers(model, images, pad), targets)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        after, _ = crit(loss_layers(model, images, pad), targets)
+    assert float(after) < float(before.detach())
+
+
+def test_resume_with_mixstyle_reproduces_an_uninterrupted_run(tiny_setup):
+    """Its draws come from torch's generator, which the checkpoint keeps; and it changes what is learned."""
+    a, b = whole_and_resumed(tiny_setup, mixstyle=1.0)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["settings"]["mixstyle"] == 1.0
+    train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "c"), epochs=2, batch_size=2,
+          crop=(64, 96), val_every=0, log=lambda *_: None)
+    plain = torch.load(tiny_setup / "c" / "checkpoint.pth", weights_only=False)["model"]
+    assert any(not torch.equal(a["model"][k], plain[k]) for k in plain)

@@ -35,12 +35,13 @@ from ..taxonomy import get_taxonomy
 from .augment import PHOTOMETRIC, augment, copy_paste
 from .data import drive_of, make_dataset
 from .ema import WeightAverage
+from .mixstyle import MixStyle
 from .semantic_aux import SemanticAux
 from .targets import build_target
 
 LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 # settings added after runs were saved, with the value that means "off": such runs resume
-ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4}
+ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0}
 
 
 def freeze_batchnorm(model: torch.nn.Module) -> None:
@@ -193,11 +194,12 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           resume: bool = False, seed: int = 0, val_every: int = 3, dataset: str = "camvid",
           max_train_frames: int = 0, stop_after_epoch: int = 0, train_drives=None, val_drives=None,
           scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, semantic_aux: float = 0.0,
-          copy_paste: float = 0.0, init=None, overwrite: bool = False, log=print) -> dict:
+          copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
     `copy_paste` > 0 pastes another training frame's objects into a frame with that probability.
+    `mixstyle` > 0 mixes the frames' feature statistics in the backbone with that probability per batch.
     `init`: weights to start from (checkpoint.init_from) instead of ImageNet's backbone and fresh heads."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
     if colour not in PHOTOMETRIC:
@@ -213,8 +215,11 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     if semantic_aux < 0:
         raise ValueError(f"semantic auxiliary weight {semantic_aux} is negative: 0 turns it off, 1 weighs it "
                          f"like one class loss")
+    mix = MixStyle(mixstyle) if mixstyle else None  # checks the probability before anything is read
     train_drives, val_drives = split_drives(train_drives, val_drives)
     cfg = load_config(config)
+    if mixstyle and not cfg.backbone.startswith("efficientnet_lite"):
+        raise ValueError(f"--mixstyle is built for the EfficientNet-Lite backbones; {cfg.name} has {cfg.backbone}")
     if semantic_aux and cfg.mask_head != "dot_product":
         raise ValueError(f"--semantic-aux needs the dot_product mask head's pixel embeddings; "
                          f"{cfg.name} has mask_head {cfg.mask_head}")
@@ -225,7 +230,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "val_drives": val_drives, "scale": list(scale), "colour": colour, "ema": ema,
                 "max_train_frames": max_train_frames, "semantic_aux": semantic_aux,
                 "copy_paste": copy_paste, "init": str(Path(init).resolve()) if init else None,
-                "weight_decay": weight_decay}
+                "weight_decay": weight_decay, "mixstyle": mixstyle}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -249,6 +254,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         thing_lut = get_taxonomy(cfg.labels).thing_lut
 
         model = build_model(cfg, pretrained_backbone=True)
+        if mix:  # on the stride-4 and stride-8 features, where a frame's style lives (hooks, not weights)
+            mix.attach(model.backbone, model.backbone.taps[:2])
         ckpt_path = out / "checkpoint.pth"
         resuming = resume and ckpt_path.is_file()
         if init and not resuming:  # e.g. a model trained on a larger dataset
