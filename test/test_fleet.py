@@ -284,5 +284,8 @@ def test_a_ray_address_where_nothing_answers_is_one_line_within_seconds(tmp_path
         for bad in ("ray://head:port", "ray://:10001"):
             with pytest.raises(ValueError, match="is not HOST:PORT"):
                 check_ray_address(bad, timeout=2)
+        for bad in ("::1:6379", "ray://fe80::1"):  # which colon starts the port?
+            with pytest.raises(ValueError, match=r"an IPv6 address goes in brackets, \[ADDRESS\]:PORT"):
+                check_ray_address(bad, timeout=2)
     finally:
         server.close()

@@ -57,10 +57,12 @@ def check_ray_address(address: Optional[str], timeout: float = 5.0) -> None:
         return
     client = address.startswith("ray://")
     hostport = address.split("://", 1)[-1].rstrip("/")
+    expected = "expected ray://HOST:10001 (Ray client), HOST:6379 (the head's GCS) or auto"
+    if hostport.count(":") > 1 and not hostport.startswith("["):  # fe80::1:6379 has no one reading
+        raise ValueError(f"--address '{address}': an IPv6 address goes in brackets, [ADDRESS]:PORT; {expected}")
     host, port = (hostport, "") if hostport.endswith("]") or ":" not in hostport else hostport.rsplit(":", 1)
     port = port or ("10001" if client else "6379")  # Ray's defaults: its client's port, a head's GCS
     host = host.strip("[]")  # an IPv6 literal
-    expected = "expected ray://HOST:10001 (Ray client), HOST:6379 (the head's GCS) or auto"
     if not host or not port.isdigit():
         raise ValueError(f"--address '{address}' is not HOST:PORT; {expected}")
     try:
