@@ -53,6 +53,27 @@ def validate(params: Dict[str, Any]) -> Dict[str, Any]:
     return full
 
 
+# what the node applies while it runs (`ros2 param set`). The others choose the model, the graph, the
+# topics or the QoS: they are read once at start-up, and a change to them is refused (a value that reads
+# back changed while the node still runs the old one would be worse than a refusal)
+LIVE_PARAMETERS = ("threshold", "publish_semantic", "publish_instances", "publish_panoptic", "publish_detections",
+                   "publish_overlay", "max_age_ms", "batch_cameras")
+
+
+def updated(current: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, Any]:
+    """The node's validated parameters with `changes` asked at run time; ParameterError names the first
+    one that cannot be made (unknown, read only at start-up, or invalid) and then nothing is changed."""
+    props = node_schema()["properties"]
+    for name, value in changes.items():
+        if name not in props:
+            raise ParameterError(f"unknown parameter '{name}'; allowed: {', '.join(sorted(props))}")
+        if name not in LIVE_PARAMETERS and value != current[name]:
+            raise ParameterError(f"parameter '{name}' is read at start-up only (it chooses the model, the graph or "
+                                 f"the topics); restart the node to change it. Changed while it runs: "
+                                 f"{', '.join(LIVE_PARAMETERS)}")
+    return validate({**current, **changes})
+
+
 def make_node_pipeline(p: Dict[str, Any], log=None):
     """The pipeline validated node parameters ask for (the node, and bench_node.py's baseline, build it
     here, so the two never differ)."""

@@ -33,6 +33,8 @@ else:
                                               "(test/ros_msgs/build.py)")
 
 from builtin_interfaces.msg import Time  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
@@ -362,6 +364,63 @@ def test_a_bad_parameter_exits_1_with_one_line(start, params, expected):
     errors = [line for line in out.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and expected in errors[0], out
     assert "Traceback" not in out
+
+
+def test_parameters_change_while_the_node_runs(graph, start, rng):
+    """`ros2 param set`: a live parameter takes effect from the next frame; a start-up one or a bad value is
+    refused with the reason, reads back unchanged, and the node keeps running."""
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    node = start([ns], max_age_ms=0)  # threshold 0.0: every query kept
+    client = AsyncParameterClient(graph, node.name)
+    assert client.wait_for_services(timeout_sec=20)
+
+    def call(future):
+        rclpy.spin_until_future_complete(graph, future, timeout_sec=20)
+        return future.result()
+
+    def set_params(**values):
+        return call(client.set_parameters([Parameter(k, value=v) for k, v in values.items()])).results
+
+    def read(*names):
+        return [v.double_value if v.type == 3 else v.string_value for v in call(client.get_parameters(list(names))).values]
+
+    semantic, instances = f"{ns}/panoptic/semantic", f"{ns}/panoptic/instances"
+    c = Collector(graph, {semantic: Image, instances: Image})
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    rgb = rgb_frame(rng)
+
+    def output_of(sec):  # the semantic map of a frame stamped `sec`, sent until it comes back
+        return c.spin_until(lambda g: any(m.header.stamp.sec == sec for m in g[semantic]),
+                            publish=lambda: pub.publish(image_msg(rgb, Time(sec=sec), "f")))
+
+    assert output_of(1)
+    before = next(m for m in c.got[semantic] if m.header.stamp.sec == 1)
+    assert (image_array(before) != 255).any()  # something kept at threshold 0
+    # live: no query passes a threshold of 1, so the next frames' maps are all void
+    assert all(r.successful for r in set_params(threshold=1.0, publish_instances=False))
+    c.got[instances].clear()
+    assert output_of(2)
+    after = next(m for m in c.got[semantic] if m.header.stamp.sec == 2)
+    assert (image_array(after) == 255).all()
+    assert not [m for m in c.got[instances] if m.header.stamp.sec == 2]  # publish_instances off
+    qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+    late = Collector(graph, {f"{ns}/panoptic/label_info": LabelInfo}, qos)  # says the threshold now in use
+    assert late.spin_until(lambda g: g[f"{ns}/panoptic/label_info"], timeout=10)
+    assert late.got[f"{ns}/panoptic/label_info"][-1].threshold == pytest.approx(1.0)
+    late.close()
+    # refused, with the reason; nothing changes
+    model = read("model")[0]
+    (r,) = set_params(model="street_lite0")
+    assert not r.successful and "parameter 'model' is read at start-up only" in r.reason
+    (r,) = set_params(threshold=1.5)
+    assert not r.successful and "parameter 'threshold' = 1.5 is invalid" in r.reason
+    # set atomically (ROS's all-or-nothing service), one refusal means none is applied
+    r = call(client.set_parameters_atomically([Parameter("threshold", value=0.5),
+                                               Parameter("backend", value="openvino")])).result
+    assert not r.successful and "parameter 'backend' is read at start-up only" in r.reason
+    assert read("model", "threshold") == [model, 1.0]
+    assert node.proc.poll() is None
+    c.close()
 
 
 @pytest.mark.parametrize("how", ["sigint_twice", "sigterm"])

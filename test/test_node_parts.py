@@ -10,7 +10,8 @@ from panoptic_node.frame_buffer import LatestFrameBuffer
 from panoptic_node.inference.result import result_from_segments
 from panoptic_node.model.config import share_dir
 from panoptic_node.node_stats import NodeStats
-from panoptic_node.params import ParameterError, defaults, user_parameters, validate, validate_file
+from panoptic_node.params import (LIVE_PARAMETERS, ParameterError, defaults, updated, user_parameters, validate,
+                                  validate_file)
 from panoptic_node.render import overlay
 from panoptic_node.taxonomy import get_taxonomy
 
@@ -55,6 +56,24 @@ def test_wrong_type_is_named():
 def test_unknown_parameter():
     with pytest.raises(ParameterError, match="unknown parameter 'treshold'"):
         validate({"treshold": 0.5})
+
+
+def test_live_parameters_change_and_start_up_ones_are_refused():
+    """What `ros2 param set` may change while the node runs (ros/node.py applies it)."""
+    current = validate({"threshold": 0.4})
+    new = updated(current, {"threshold": 0.7, "publish_overlay": False, "max_age_ms": 100})
+    assert (new["threshold"], new["publish_overlay"], new["max_age_ms"]) == (0.7, False, 100)
+    assert current["threshold"] == 0.4  # the node's parameters are replaced, not edited in place
+    assert updated(current, {"model": current["model"], "cameras": current["cameras"]}) == current  # unchanged: fine
+    for name in set(defaults()) - set(LIVE_PARAMETERS):  # every start-up parameter, changed
+        other = {"cameras": ["/x"], "qos_depth": 3, "diagnostics_period": 2.0}.get(name, "other")
+        with pytest.raises(ParameterError, match=f"parameter '{name}' is read at start-up only"):
+            updated(current, {name: other})
+    with pytest.raises(ParameterError, match="parameter 'threshold' = 1.5 is invalid"):
+        updated(current, {"threshold": 1.5})
+    with pytest.raises(ParameterError, match="unknown parameter 'treshold'"):
+        updated(current, {"treshold": 0.5})
+    assert set(LIVE_PARAMETERS) < set(defaults())
 
 
 def test_yaml_with_extra_key_fails_schema():

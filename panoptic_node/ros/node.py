@@ -15,6 +15,7 @@ import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import SingleThreadedExecutor
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -25,7 +26,7 @@ from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, Label
 from ..frame_buffer import LatestFrameBuffer
 from ..messages import FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, label_info
 from ..node_stats import NodeStats
-from ..params import ParameterError, defaults, make_node_pipeline, user_parameters, validate
+from ..params import ParameterError, defaults, make_node_pipeline, updated, user_parameters, validate
 from ..render import overlay
 from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 
@@ -82,19 +83,43 @@ class PanopticNode(Node):
             pubs = {name: self.create_publisher(types.get(name, Image), f"{ns}/panoptic/{name}", qos_profile(qos))
                     for name, qos in OUTPUTS.items()}
             self.pubs[cam] = pubs
-            info = LabelInfo()
-            info.header.stamp = self.get_clock().now().to_msg()
-            info.class_map = [VisionClass(class_id=c["class_id"], class_name=c["class_name"])
-                              for c in label_info(self.taxonomy)]
-            info.threshold = float(self.pipeline.threshold)
-            pubs["label_info"].publish(info)
+            self._publish_label_info(pubs)
             self.get_logger().info(f"camera {cam}: {topic} -> {ns}/panoptic/*")
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile(DIAGNOSTICS))
         # on the steady clock: with use_sim_time a paused bag would otherwise silence the node's health
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._running = True
         self.worker = threading.Thread(target=self._work, name="panoptic_inference", daemon=True)
         self.worker.start()
+
+    def _publish_label_info(self, pubs):
+        info = LabelInfo()
+        info.header.stamp = self.get_clock().now().to_msg()
+        info.class_map = [VisionClass(class_id=c["class_id"], class_name=c["class_name"])
+                          for c in label_info(self.taxonomy)]
+        info.threshold = float(self.pipeline.threshold)
+        pubs["label_info"].publish(info)
+
+    def _on_set_parameters(self, params):
+        """`ros2 param set` while the node runs: the live parameters take effect from the next frame; a
+        start-up one, an unknown name or a bad value is refused with the reason, and nothing changes."""
+        changes = user_parameters({p.name: p.value for p in params})  # use_sim_time etc. are rclpy's
+        if not changes:
+            return SetParametersResult(successful=True)
+        try:
+            new = updated(self.params, changes)
+        except ParameterError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        self.buffer.max_age_ns = new["max_age_ms"] * 1_000_000
+        threshold = self.pipeline.cfg.postprocess.threshold if new["threshold"] < 0 else float(new["threshold"])
+        self.params = new
+        if threshold != self.pipeline.threshold:
+            self.pipeline.threshold = threshold
+            for pubs in self.pubs.values():  # late subscribers get the threshold in use (transient local)
+                self._publish_label_info(pubs)
+        self.get_logger().info("parameters changed: " + ", ".join(f"{k} = {v!r}" for k, v in changes.items()))
+        return SetParametersResult(successful=True)
 
     # --- callbacks: store only -------------------------------------------------------------------
     def _on_frame(self, camera, msg):
