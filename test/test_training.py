@@ -671,7 +671,9 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys):
     (["--crop", "90x60"], "--crop 90x60: expected WxH with sides that are multiples of 32"),
     (["--scale", "a,b"], "--scale 'a,b': expected LOW,HIGH"), (["--threads", "0"], "--threads 0"),
     (["--weight-decay", "-1"], "--weight-decay -1.0: expected >= 0"), (["--mixstyle", "2"], "--mixstyle 2.0: expected"),
-    (["--mixstyle", "nan"], "--mixstyle nan: expected")])
+    (["--mixstyle", "nan"], "--mixstyle nan: expected"), (["--ema", "1"], "--ema 1.0: expected a decay in [0, 1)"),
+    (["--copy-paste", "2"], "--copy-paste 2.0: expected"), (["--semantic-aux", "nan"], "--semantic-aux nan: expected"),
+    (["--scale", "2,1"], "--scale 2.0,1.0: expected LOW,HIGH")])
 def test_a_schedule_that_cannot_train_is_refused_before_anything_is_written(tiny_setup, capsys, bad, named):
     from panoptic_node.cli import main
     threads = torch.get_num_threads()

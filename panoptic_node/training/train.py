@@ -174,6 +174,23 @@ def check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every):
                          f"(the backbone's stride), at least {2 * BACKBONE_STRIDE} (e.g. 480x352)")
 
 
+def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux):
+    """Refuses augmentation and regularisation settings outside their range, each by its option."""
+    if colour not in PHOTOMETRIC:
+        raise ValueError(f"--photometric {colour}: expected one of {', '.join(PHOTOMETRIC)}")
+    if not (0 < scale[0] <= scale[1] and math.isfinite(scale[1])):
+        raise ValueError(f"--scale {scale[0]},{scale[1]}: expected LOW,HIGH positive factors with LOW <= HIGH")
+    if not (0.0 <= ema < 1.0):
+        raise ValueError(f"--ema {ema}: expected a decay in [0, 1) (0 = off, 0.998 averages ~500 steps)")
+    if not (0.0 <= copy_paste <= 1.0):
+        raise ValueError(f"--copy-paste {copy_paste}: expected a probability in [0, 1] (0 = off)")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"--weight-decay {weight_decay}: expected >= 0 (AdamW's decoupled decay; 1e-4 is DETR's)")
+    if not (math.isfinite(semantic_aux) and semantic_aux >= 0):
+        raise ValueError(f"--semantic-aux {semantic_aux}: expected a weight >= 0 (0 = off, 1 weighs it like one "
+                         f"class loss)")
+
+
 def split_drives(train_drives, val_drives):
     """Checks a leave-one-drive-out split: no drive on both sides. None = CamVid's own split;
     an empty `val_drives` = no validation (a release trained on every labelled frame)."""
@@ -202,19 +219,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     `mixstyle` > 0 mixes the frames' feature statistics in the backbone with that probability per batch.
     `init`: weights to start from (checkpoint.init_from) instead of ImageNet's backbone and fresh heads."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
-    if colour not in PHOTOMETRIC:
-        raise ValueError(f"unknown photometric augmentation '{colour}', expected one of {', '.join(PHOTOMETRIC)}")
-    if not (0 < scale[0] <= scale[1]):
-        raise ValueError(f"scale range {scale[0]}-{scale[1]} is not a range of positive factors (low <= high)")
-    if not (0.0 <= ema < 1.0):
-        raise ValueError(f"ema decay {ema} is outside [0, 1): 0 turns it off, 0.998 averages ~500 steps")
-    if not (0.0 <= copy_paste <= 1.0):
-        raise ValueError(f"copy-paste probability {copy_paste} is outside [0, 1]: 0 turns it off")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"--weight-decay {weight_decay}: expected >= 0 (AdamW's decoupled decay; 1e-4 is DETR's)")
-    if semantic_aux < 0:
-        raise ValueError(f"semantic auxiliary weight {semantic_aux} is negative: 0 turns it off, 1 weighs it "
-                         f"like one class loss")
+    check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux)
     mix = MixStyle(mixstyle) if mixstyle else None  # checks the probability before anything is read
     train_drives, val_drives = split_drives(train_drives, val_drives)
     cfg = load_config(config)
