@@ -408,6 +408,11 @@ def test_parameters_change_while_the_node_runs(graph, start, rng):
     assert late.spin_until(lambda g: g[f"{ns}/panoptic/label_info"], timeout=10)
     assert late.got[f"{ns}/panoptic/label_info"][-1].threshold == pytest.approx(1.0)
     late.close()
+    diagnostics = Collector(graph, {"/diagnostics": DiagnosticArray})  # and so do the diagnostics
+    assert diagnostics.spin_until(lambda g: any(v.key == "threshold" and v.value == "1" for d in g["/diagnostics"]
+                                                for st in d.status if st.hardware_id == "tiny_lite0" for v in st.values
+                                                if any(k.key.startswith(ns) for k in st.values)), timeout=10)
+    diagnostics.close()
     # refused, with the reason; nothing changes
     model = read("model")[0]
     (r,) = set_params(model="street_lite0")

@@ -197,6 +197,7 @@ class PanopticNode(Node):
         status.message = "ok" if status.level == b"\x00" else "frames dropped as stale or undecodable"
         kv = self.stats.key_values(self.buffer, self.pipeline.backend.name, self.pipeline.cfg.name,
                                    self.pipeline.backend.precision)
+        kv["threshold"] = f"{self.pipeline.threshold:g}"  # it can change while the node runs
         status.values = [KeyValue(key=k, value=v) for k, v in kv.items()]
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()
