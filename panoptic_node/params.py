@@ -74,6 +74,16 @@ def updated(current: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, Any]:
     return validate({**current, **changes})
 
 
+def descriptions() -> Dict[str, Dict[str, str]]:
+    """Per parameter, what `ros2 param describe` shows: the schema's description, and as constraints what
+    it allows and whether it changes while the node runs."""
+    out = {}
+    for name, prop in node_schema()["properties"].items():
+        when = "changes while the node runs" if name in LIVE_PARAMETERS else "read at start-up only"
+        out[name] = {"description": prop.get("description", ""), "constraints": f"{allowed(prop)}; {when}"}
+    return out
+
+
 def make_node_pipeline(p: Dict[str, Any], log=None):
     """The pipeline validated node parameters ask for (the node, and bench_node.py's baseline, build it
     here, so the two never differ)."""

@@ -413,6 +413,11 @@ def test_parameters_change_while_the_node_runs(graph, start, rng):
                                                 for st in d.status if st.hardware_id == "tiny_lite0" for v in st.values
                                                 if any(k.key.startswith(ns) for k in st.values)), timeout=10)
     diagnostics.close()
+    # `ros2 param describe` says what each one is, allows, and whether it changes live
+    threshold, model_d = call(client.describe_parameters(["threshold", "model"])).descriptors
+    assert "class probability" in threshold.description
+    assert threshold.additional_constraints == "number >= -1.0 <= 1.0; changes while the node runs"
+    assert model_d.additional_constraints.endswith("read at start-up only")
     # refused, with the reason; nothing changes
     model = read("model")[0]
     (r,) = set_params(model="street_lite0")

@@ -10,8 +10,8 @@ from panoptic_node.frame_buffer import LatestFrameBuffer
 from panoptic_node.inference.result import result_from_segments
 from panoptic_node.model.config import share_dir
 from panoptic_node.node_stats import NodeStats
-from panoptic_node.params import (LIVE_PARAMETERS, ParameterError, defaults, updated, user_parameters, validate,
-                                  validate_file)
+from panoptic_node.params import (LIVE_PARAMETERS, ParameterError, defaults, descriptions, updated, user_parameters,
+                                  validate, validate_file)
 from panoptic_node.render import overlay
 from panoptic_node.taxonomy import get_taxonomy
 
@@ -74,6 +74,9 @@ def test_live_parameters_change_and_start_up_ones_are_refused():
     with pytest.raises(ParameterError, match="unknown parameter 'treshold'"):
         updated(current, {"treshold": 0.5})
     assert set(LIVE_PARAMETERS) < set(defaults())
+    docs = descriptions()  # what `ros2 param describe` shows
+    assert set(docs) == set(defaults()) and all(d["description"] for d in docs.values())
+    assert docs["qos_depth"]["constraints"] == "integer >= 1 <= 100; read at start-up only"
 
 
 def test_yaml_with_extra_key_fails_schema():

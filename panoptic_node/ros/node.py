@@ -26,7 +26,8 @@ from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, Label
 from ..frame_buffer import LatestFrameBuffer
 from ..messages import FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, label_info
 from ..node_stats import NodeStats
-from ..params import ParameterError, defaults, make_node_pipeline, updated, user_parameters, validate
+from ..params import (ParameterError, defaults, descriptions, make_node_pipeline, updated, user_parameters,
+                      validate)
 from ..render import overlay
 from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 
@@ -59,6 +60,10 @@ class PanopticNode(Node):
                 self.declare_parameter(name, value)
         raw = {name: param.value for name, param in self.get_parameters_by_prefix("").items()}
         self.params = validate(user_parameters(raw))  # ParameterError -> main() prints it and exits 1
+        for name, text in descriptions().items():  # for `ros2 param describe`; the type stays as declared
+            descriptor = self.describe_parameter(name)
+            descriptor.description, descriptor.additional_constraints = text["description"], text["constraints"]
+            self.set_descriptor(name, descriptor)
         p = self.params
 
         self.pipeline = make_node_pipeline(p, log=self.get_logger().info)
