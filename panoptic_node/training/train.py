@@ -154,41 +154,38 @@ def plot_curve(history, path: Path) -> None:
 BACKBONE_STRIDE = 32
 
 
+def require(ok: bool, option: str, value, expected: str) -> None:
+    """One line naming the option, its value and what it expects."""
+    if not ok:
+        raise ValueError(f"{option} {value}: expected {expected}")
+
+
 def check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every):
     """Refuses a schedule that could not train, before anything is read or written."""
-    if epochs < 1:
-        raise ValueError(f"--epochs {epochs}: expected a whole number of epochs >= 1")
-    if batch_size < 1:
-        raise ValueError(f"--batch-size {batch_size}: expected >= 1 frames per step")
-    if not (math.isfinite(lr) and lr >= 0):
-        raise ValueError(f"--lr {lr}: expected a learning rate >= 0 (e.g. 3e-4)")
-    if not (math.isfinite(lr_backbone) and lr_backbone >= 0):
-        raise ValueError(f"--lr-backbone {lr_backbone}: expected a learning rate >= 0 (0 keeps ImageNet's backbone "
-                         f"as it is)")
-    if val_every < 0:
-        raise ValueError(f"--val-every {val_every}: expected epochs between evaluations >= 1 (0: no evaluation)")
+    require(epochs >= 1, "--epochs", epochs, "a whole number of epochs >= 1")
+    require(batch_size >= 1, "--batch-size", batch_size, ">= 1 frames per step")
+    require(math.isfinite(lr) and lr >= 0, "--lr", lr, "a learning rate >= 0 (e.g. 3e-4)")
+    require(math.isfinite(lr_backbone) and lr_backbone >= 0, "--lr-backbone", lr_backbone,
+            "a learning rate >= 0 (0 keeps ImageNet's backbone as it is)")
+    require(val_every >= 0, "--val-every", val_every, "epochs between evaluations >= 1 (0: no evaluation)")
     h, w = crop
-    if min(h, w) < 2 * BACKBONE_STRIDE or h % BACKBONE_STRIDE or w % BACKBONE_STRIDE:
-        # a side off the backbone's grid is padded inside the network: crops would teach it borders of padding
-        raise ValueError(f"--crop {w}x{h}: expected WxH with sides that are multiples of {BACKBONE_STRIDE} "
-                         f"(the backbone's stride), at least {2 * BACKBONE_STRIDE} (e.g. 480x352)")
+    # a side off the backbone's grid is padded inside the network: crops would teach it borders of padding
+    require(min(h, w) >= 2 * BACKBONE_STRIDE and not h % BACKBONE_STRIDE and not w % BACKBONE_STRIDE, "--crop",
+            f"{w}x{h}", f"WxH with sides that are multiples of {BACKBONE_STRIDE} (the backbone's stride), at least "
+                        f"{2 * BACKBONE_STRIDE} (e.g. 480x352)")
 
 
 def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux):
     """Refuses augmentation and regularisation settings outside their range, each by its option."""
-    if colour not in PHOTOMETRIC:
-        raise ValueError(f"--photometric {colour}: expected one of {', '.join(PHOTOMETRIC)}")
-    if not (0 < scale[0] <= scale[1] and math.isfinite(scale[1])):
-        raise ValueError(f"--scale {scale[0]},{scale[1]}: expected LOW,HIGH positive factors with LOW <= HIGH")
-    if not (0.0 <= ema < 1.0):
-        raise ValueError(f"--ema {ema}: expected a decay in [0, 1) (0 = off, 0.998 averages ~500 steps)")
-    if not (0.0 <= copy_paste <= 1.0):
-        raise ValueError(f"--copy-paste {copy_paste}: expected a probability in [0, 1] (0 = off)")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"--weight-decay {weight_decay}: expected >= 0 (AdamW's decoupled decay; 1e-4 is DETR's)")
-    if not (math.isfinite(semantic_aux) and semantic_aux >= 0):
-        raise ValueError(f"--semantic-aux {semantic_aux}: expected a weight >= 0 (0 = off, 1 weighs it like one "
-                         f"class loss)")
+    require(colour in PHOTOMETRIC, "--photometric", colour, f"one of {', '.join(PHOTOMETRIC)}")
+    require(0 < scale[0] <= scale[1] and math.isfinite(scale[1]), "--scale", f"{scale[0]},{scale[1]}",
+            "LOW,HIGH positive factors with LOW <= HIGH")
+    require(0.0 <= ema < 1.0, "--ema", ema, "a decay in [0, 1) (0 = off, 0.998 averages ~500 steps)")
+    require(0.0 <= copy_paste <= 1.0, "--copy-paste", copy_paste, "a probability in [0, 1] (0 = off)")
+    require(math.isfinite(weight_decay) and weight_decay >= 0, "--weight-decay", weight_decay,
+            ">= 0 (AdamW's decoupled decay; 1e-4 is DETR's)")
+    require(math.isfinite(semantic_aux) and semantic_aux >= 0, "--semantic-aux", semantic_aux,
+            "a weight >= 0 (0 = off, 1 weighs it like one class loss)")
 
 
 def split_drives(train_drives, val_drives):
