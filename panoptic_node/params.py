@@ -84,6 +84,34 @@ def descriptions() -> Dict[str, Dict[str, str]]:
     return out
 
 
+QOS_OVERRIDE_VALUES = {"reliability": ("reliable", "best_effort", "system_default", "best_available"),
+                       "history": ("keep_last", "keep_all", "system_default")}
+
+
+def check_qos_overrides(declared: Dict[str, Any], topics: Dict[str, str]) -> None:
+    """ROS 2's `qos_overrides.<topic>.<publisher|subscription>.<policy>` parameters, checked before rclpy
+    reads them (it would raise four kinds of error, or ignore a topic or policy it does not know).
+    `topics`: the node's resolved topic names -> 'publisher' or 'subscription'."""
+    prefix = "qos_overrides."
+    for name, value in declared.items():
+        if not name.startswith(prefix):
+            continue
+        head, entity, policy = (name[len(prefix):].rsplit(".", 2) + ["", ""])[:3]
+        if topics.get(head) != entity:
+            raise ParameterError(f"parameter '{name}' overrides no topic of this node; expected "
+                                 f"qos_overrides.<topic>.<publisher|subscription>.<policy> with one of "
+                                 + ", ".join(f"{t} ({e})" for t, e in sorted(topics.items())))
+        if policy == "depth":
+            ok, allowed_values = isinstance(value, int) and not isinstance(value, bool) and value >= 1, "an integer >= 1"
+        elif policy in QOS_OVERRIDE_VALUES:
+            ok, allowed_values = value in QOS_OVERRIDE_VALUES[policy], "one of " + ", ".join(QOS_OVERRIDE_VALUES[policy])
+        else:
+            raise ParameterError(f"parameter '{name}': this node lets history, depth and reliability be overridden, "
+                                 f"not '{policy}'")
+        if not ok:
+            raise ParameterError(f"parameter '{name}' = {value!r} is invalid: allowed {allowed_values}")
+
+
 def make_node_pipeline(p: Dict[str, Any], log=None):
     """The pipeline validated node parameters ask for (the node, and bench_node.py's baseline, build it
     here, so the two never differ)."""

@@ -356,6 +356,8 @@ def test_bad_frames_are_counted_and_skipped(graph, start, rng):
     ({"backend": "cuda_magic"}, "parameter 'backend'"),
     ({"cameraz": ["/x"]}, "unknown parameter 'cameraz'"),
     ({"model": "/nonexistent/model.yaml"}, "model config '/nonexistent/model.yaml' not found"),
+    ({"qos_overrides": {"/bad/cam/panoptic/semantic": {"publisher": {"reliability": "sometimes"}}}},
+     "parameter 'qos_overrides./bad/cam/panoptic/semantic.publisher.reliability' = 'sometimes' is invalid"),
 ])
 def test_a_bad_parameter_exits_1_with_one_line(start, params, expected):
     node = start(["/bad/cam"], wait=False, **params)
@@ -431,6 +433,28 @@ def test_parameters_change_while_the_node_runs(graph, start, rng):
     assert read("model", "threshold") == [model, 1.0]
     assert node.proc.poll() is None
     c.close()
+
+
+def test_qos_overrides_apply_to_the_topics_they_name(graph, start):
+    """ROS 2's standard qos_overrides parameters reach the node's publishers and subscriptions."""
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    node = start([ns], qos_overrides={f"{ns}/panoptic/semantic": {"publisher": {"reliability": "best_effort",
+                                                                                "depth": 3}},
+                                      f"{ns}/image": {"subscription": {"reliability": "reliable"}}})
+    offered = graph.get_publishers_info_by_topic(f"{ns}/panoptic/semantic")[0].qos_profile
+    assert offered.reliability == ReliabilityPolicy.BEST_EFFORT  # (discovery does not carry the depth)
+    other = graph.get_publishers_info_by_topic(f"{ns}/panoptic/instances")[0].qos_profile
+    assert other.reliability == ReliabilityPolicy.RELIABLE  # the contract's QoS where nothing is overridden
+    end = time.time() + 10
+    while not graph.get_subscriptions_info_by_topic(f"{ns}/image") and time.time() < end:
+        rclpy.spin_once(graph, timeout_sec=0.1)
+    assert graph.get_subscriptions_info_by_topic(f"{ns}/image")[0].qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    client = AsyncParameterClient(graph, node.name)  # fixed once the topic exists: refused while running
+    assert client.wait_for_services(timeout_sec=20)
+    future = client.set_parameters([Parameter(f"qos_overrides.{ns}/panoptic/semantic.publisher.depth", value=5)])
+    rclpy.spin_until_future_complete(graph, future, timeout_sec=20)
+    (r,) = future.result().results
+    assert not r.successful and "read at start-up only" in r.reason
 
 
 @pytest.mark.parametrize("how", ["sigint_twice", "sigterm"])

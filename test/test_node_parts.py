@@ -10,8 +10,8 @@ from panoptic_node.frame_buffer import LatestFrameBuffer
 from panoptic_node.inference.result import result_from_segments
 from panoptic_node.model.config import share_dir
 from panoptic_node.node_stats import NodeStats
-from panoptic_node.params import (LIVE_PARAMETERS, ParameterError, defaults, descriptions, updated, user_parameters,
-                                  validate, validate_file)
+from panoptic_node.params import (LIVE_PARAMETERS, ParameterError, check_qos_overrides, defaults, descriptions, updated,
+                                  user_parameters, validate, validate_file)
 from panoptic_node.render import overlay
 from panoptic_node.taxonomy import get_taxonomy
 
@@ -77,6 +77,28 @@ def test_live_parameters_change_and_start_up_ones_are_refused():
     docs = descriptions()  # what `ros2 param describe` shows
     assert set(docs) == set(defaults()) and all(d["description"] for d in docs.values())
     assert docs["qos_depth"]["constraints"] == "integer >= 1 <= 100; read at start-up only"
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("qos_overrides./cam/panoptic/semantic.publisher.reliability", "sometimes",
+     "= 'sometimes' is invalid: allowed one of reliable, best_effort"),
+    ("qos_overrides./cam/panoptic/semantic.publisher.reliability", 3, "= 3 is invalid"),
+    ("qos_overrides./cam/panoptic/semantic.publisher.depth", 0, "= 0 is invalid: allowed an integer >= 1"),
+    ("qos_overrides./cam/panoptic/semantic.publisher.depth", "deep", "= 'deep' is invalid"),
+    ("qos_overrides./cam/panoptic/semantic.publisher.durability", "volatile", "not 'durability'"),
+    ("qos_overrides./cam/panoptic/semantics.publisher.depth", 5, "overrides no topic of this node"),
+    ("qos_overrides./cam/image.publisher.depth", 5, "overrides no topic of this node"),  # it subscribes there
+])
+def test_qos_overrides_are_checked_before_rclpy_reads_them(name, value, expected):
+    topics = {"/cam/image": "subscription", "/cam/panoptic/semantic": "publisher", "/parameter_events": "publisher"}
+    good = {"qos_overrides./cam/panoptic/semantic.publisher.reliability": "best_effort",
+            "qos_overrides./cam/panoptic/semantic.publisher.depth": 3,
+            "qos_overrides./cam/image.subscription.history": "keep_last",
+            "qos_overrides./parameter_events.publisher.depth": 1000, "threshold": 0.5}
+    check_qos_overrides(good, topics)
+    with pytest.raises(ParameterError) as e:
+        check_qos_overrides({**good, name: value}, topics)
+    assert f"parameter '{name}'" in str(e.value) and expected in str(e.value)
 
 
 def test_yaml_with_extra_key_fails_schema():

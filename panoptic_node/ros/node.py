@@ -19,6 +19,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, LabelInfo, ObjectHypothesis,
                              ObjectHypothesisWithPose, VisionClass)
@@ -26,10 +27,15 @@ from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, Label
 from ..frame_buffer import LatestFrameBuffer
 from ..messages import FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, label_info
 from ..node_stats import NodeStats
-from ..params import (ParameterError, defaults, descriptions, make_node_pipeline, updated, user_parameters,
-                      validate)
+from ..params import (ParameterError, check_qos_overrides, defaults, descriptions, make_node_pipeline, updated,
+                      user_parameters, validate)
 from ..render import overlay
 from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
+
+
+# ROS 2's QoS overrides (`qos_overrides./camera/front/panoptic/semantic.publisher.reliability: best_effort` in
+# the params file) apply to every topic of the node: history, depth and reliability, fixed at start-up
+OVERRIDABLE = QoSOverridingOptions.with_default_policies()
 
 
 def qos_profile(qos: TopicQos) -> QoSProfile:
@@ -60,6 +66,7 @@ class PanopticNode(Node):
                 self.declare_parameter(name, value)
         raw = {name: param.value for name, param in self.get_parameters_by_prefix("").items()}
         self.params = validate(user_parameters(raw))  # ParameterError -> main() prints it and exits 1
+        check_qos_overrides(raw, self._topics())
         for name, text in descriptions().items():  # for `ros2 param describe`; the type stays as declared
             descriptor = self.describe_parameter(name)
             descriptor.description, descriptor.additional_constraints = text["description"], text["constraints"]
@@ -83,20 +90,33 @@ class PanopticNode(Node):
             compressed = p["input_transport"] == "compressed"
             topic = f"{ns}/image/compressed" if compressed else f"{ns}/image"
             self._subs.append(self.create_subscription(CompressedImage if compressed else Image, topic,
-                                                       lambda msg, c=cam: self._on_frame(c, msg), qos_in))
+                                                       lambda msg, c=cam: self._on_frame(c, msg), qos_in,
+                                                       qos_overriding_options=OVERRIDABLE))
             types = {"detections": Detection2DArray, "label_info": LabelInfo}
-            pubs = {name: self.create_publisher(types.get(name, Image), f"{ns}/panoptic/{name}", qos_profile(qos))
+            pubs = {name: self.create_publisher(types.get(name, Image), f"{ns}/panoptic/{name}", qos_profile(qos),
+                                                qos_overriding_options=OVERRIDABLE)
                     for name, qos in OUTPUTS.items()}
             self.pubs[cam] = pubs
             self._publish_label_info(pubs)
             self.get_logger().info(f"camera {cam}: {topic} -> {ns}/panoptic/*")
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile(DIAGNOSTICS))
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile(DIAGNOSTICS),
+                                              qos_overriding_options=OVERRIDABLE)
         # on the steady clock: with use_sim_time a paused bag would otherwise silence the node's health
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._running = True
         self.worker = threading.Thread(target=self._work, name="panoptic_inference", daemon=True)
         self.worker.start()
+
+    def _topics(self):
+        """Every topic this node will have, resolved -> 'publisher' / 'subscription' (rclpy's own included)."""
+        p = self.params
+        topics = {"/diagnostics": "publisher", "/parameter_events": "publisher", "/rosout": "publisher"}
+        for cam in p["cameras"]:
+            ns = cam.rstrip("/")
+            topics[f"{ns}/image/compressed" if p["input_transport"] == "compressed" else f"{ns}/image"] = "subscription"
+            topics.update({f"{ns}/panoptic/{name}": "publisher" for name in OUTPUTS})
+        return {self.resolve_topic_name(t): kind for t, kind in topics.items()}
 
     def _publish_label_info(self, pubs):
         info = LabelInfo()
@@ -109,6 +129,10 @@ class PanopticNode(Node):
     def _on_set_parameters(self, params):
         """`ros2 param set` while the node runs: the live parameters take effect from the next frame; a
         start-up one, an unknown name or a bad value is refused with the reason, and nothing changes."""
+        fixed = [p.name for p in params if p.name.startswith("qos_overrides.")]
+        if fixed:
+            return SetParametersResult(successful=False, reason=f"parameter '{fixed[0]}' is read at start-up only "
+                                                                f"(a topic's QoS); restart the node to change it")
         changes = user_parameters({p.name: p.value for p in params})  # use_sim_time etc. are rclpy's
         if not changes:
             return SetParametersResult(successful=True)
