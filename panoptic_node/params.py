@@ -20,8 +20,14 @@ def node_schema() -> Dict[str, Any]:
     return schema()["definitions"]["panoptic_node"]
 
 
+def node_properties() -> Dict[str, Any]:
+    """The node's own parameters (each with a default); the schema also describes ROS 2's qos_overrides,
+    which rclpy declares per topic and check_qos_overrides checks."""
+    return {k: v for k, v in node_schema()["properties"].items() if "default" in v}
+
+
 def defaults() -> Dict[str, Any]:
-    return {k: v["default"] for k, v in node_schema()["properties"].items()}
+    return {k: v["default"] for k, v in node_properties().items()}
 
 
 # parameters rclpy / rclcpp declare on every node, and QoS override parameters: not ours to check
@@ -40,7 +46,7 @@ def validate(params: Dict[str, Any]) -> Dict[str, Any]:
     """Complete `params` with defaults and check them; raises ParameterError on the first problem."""
     import jsonschema
 
-    props = node_schema()["properties"]
+    props = node_properties()
     for name in params:
         if name not in props:
             raise ParameterError(f"unknown parameter '{name}'; allowed: {', '.join(sorted(props))}")
@@ -63,7 +69,7 @@ LIVE_PARAMETERS = ("threshold", "publish_semantic", "publish_instances", "publis
 def updated(current: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, Any]:
     """The node's validated parameters with `changes` asked at run time; ParameterError names the first
     one that cannot be made (unknown, read only at start-up, or invalid) and then nothing is changed."""
-    props = node_schema()["properties"]
+    props = node_properties()
     for name, value in changes.items():
         if name not in props:
             raise ParameterError(f"unknown parameter '{name}'; allowed: {', '.join(sorted(props))}")
@@ -78,7 +84,7 @@ def descriptions() -> Dict[str, Dict[str, str]]:
     """Per parameter, what `ros2 param describe` shows: the schema's description, and as constraints what
     it allows and whether it changes while the node runs."""
     out = {}
-    for name, prop in node_schema()["properties"].items():
+    for name, prop in node_properties().items():
         when = "changes while the node runs" if name in LIVE_PARAMETERS else "read at start-up only"
         out[name] = {"description": prop.get("description", ""), "constraints": f"{allowed(prop)}; {when}"}
     return out

@@ -107,6 +107,18 @@ def test_yaml_with_extra_key_fails_schema():
         validate_file(doc)
 
 
+def test_a_params_file_may_hold_qos_overrides_and_the_schema_checks_them():
+    good = {"/camera/front/panoptic/semantic": {"publisher": {"reliability": "best_effort", "depth": 3}},
+            "/camera/front/image": {"subscription": {"history": "keep_last"}}}
+    validate_file({"/**": {"ros__parameters": {**defaults(), "qos_overrides": good}}})
+    assert "qos_overrides" not in defaults()  # rclpy declares them per topic, not the node
+    for bad in ({"/camera/front/image": {"subscriber": {"depth": 3}}},
+                {"/camera/front/image": {"subscription": {"depth": 0}}},
+                {"/camera/front/image": {"subscription": {"durability": "volatile"}}}):
+        with pytest.raises(ParameterError, match="qos_overrides"):
+            validate_file({"/**": {"ros__parameters": {**defaults(), "qos_overrides": bad}}})
+
+
 class FakeClock:
     def __init__(self):
         self.now = 0
