@@ -44,6 +44,10 @@ def qos_profile(qos: TopicQos) -> QoSProfile:
                       durability=DurabilityPolicy.TRANSIENT_LOCAL if qos.transient_local else DurabilityPolicy.VOLATILE)
 
 
+def input_topic(ns: str, transport: str) -> str:
+    return f"{ns}/image/compressed" if transport == "compressed" else f"{ns}/image"
+
+
 def _image(header, pixels, encoding):
     fields = image_fields(pixels, encoding)
     # an array.array('B') is taken as is; bytes would be checked element by element by the
@@ -88,7 +92,7 @@ class PanopticNode(Node):
         for cam in p["cameras"]:
             ns = cam.rstrip("/")
             compressed = p["input_transport"] == "compressed"
-            topic = f"{ns}/image/compressed" if compressed else f"{ns}/image"
+            topic = input_topic(ns, p["input_transport"])
             self._subs.append(self.create_subscription(CompressedImage if compressed else Image, topic,
                                                        lambda msg, c=cam: self._on_frame(c, msg), qos_in,
                                                        qos_overriding_options=OVERRIDABLE))
@@ -114,7 +118,7 @@ class PanopticNode(Node):
         topics = {"/diagnostics": "publisher", "/parameter_events": "publisher", "/rosout": "publisher"}
         for cam in p["cameras"]:
             ns = cam.rstrip("/")
-            topics[f"{ns}/image/compressed" if p["input_transport"] == "compressed" else f"{ns}/image"] = "subscription"
+            topics[input_topic(ns, p["input_transport"])] = "subscription"
             topics.update({f"{ns}/panoptic/{name}": "publisher" for name in OUTPUTS})
         return {self.resolve_topic_name(t): kind for t, kind in topics.items()}
 
