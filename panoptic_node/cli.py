@@ -598,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
     p.set_defaults(func=cmd_build_engine)
 
-    benches = ["pipeline", "evaluation", "backends", "resolution", "street_ablation", "node", "fleet", "shapes", "int8", "things"]
+    benches = ["pipeline", "evaluation", "backends", "resolution", "street_ablation", "node", "fleet", "shapes", "int8", "things",
+               "semantic_head"]
     p = sub.add_parser("bench", help=f"run a benchmark from bench/ ({', '.join(benches)})")
     p.add_argument("which", choices=benches)
     p.add_argument("rest", nargs=argparse.REMAINDER)
