@@ -6,8 +6,8 @@ from pathlib import Path
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     from .model.config import DEFAULT_MODEL
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model name under models/ or a YAML config path "
-                   f"(default: {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name under models/, a YAML config path, or a "
+                   f"checkpoint panoptic-node wrote (runs/x/last.pth: its own config and weights; default: {DEFAULT_MODEL})")
     p.add_argument("--weights", help="weights file (default: the model config's own)")
     p.add_argument("--threshold", type=float, help="keep queries above this class probability")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

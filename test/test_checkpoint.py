@@ -121,12 +121,36 @@ def test_our_checkpoint_of_another_model_names_the_model_it_holds(tmp_path):
         load_weights(build_model(compact_config()), path)
     msg = one_line(e)
     assert "does not fit model 'tiny_lite0'" in msg
-    assert msg.endswith("the file holds a 'tiny_wide' model (backbone efficientnet_lite0): pass the config it "
-                        "was trained with (--model)")
+    assert msg.endswith(f"the file holds a 'tiny_wide' model (backbone efficientnet_lite0): pass --model {path} to "
+                        f"run it with the config it carries, or the YAML it was trained with")
     save_checkpoint(build_model(compact_config(hidden_dim=96)), path)
     with pytest.raises(CheckpointError) as e:
         load_weights(build_model(compact_config()), path)
     assert "does not fit" in one_line(e) and "holds a" not in one_line(e)
+
+
+def test_a_checkpoint_as_model_brings_its_own_config(tmp_path, capsys):
+    """--model runs/x/last.pth: the config the file carries, with the file as its weights (no YAML needed)."""
+    from panoptic_node.cli import main
+    from panoptic_node.model.checkpoint import load_model
+    from panoptic_node.model.config import load_config
+    torch.manual_seed(0)
+    trained = build_model(compact_config(name="tiny_wide", hidden_dim=96))
+    path = tmp_path / "run" / "last.pth"
+    save_checkpoint(trained, path)
+    cfg = load_config(str(path))
+    assert cfg.weights == str(path.resolve())
+    assert {**cfg.to_dict(), "weights": ""} == {**trained.cfg.to_dict(), "weights": ""}
+    loaded = load_model(cfg)
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in loaded.state_dict().items())
+    # a checkpoint without a config (the official layout) is one line saying what to pass instead
+    official = tmp_path / "detr.pth"
+    torch.save({"model": {"detr.class_embed.weight": torch.zeros(3, 4)}}, official)
+    assert main(["infer", str(tmp_path / "x.png"), "--model", str(official), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "carries no model config (official checkpoint)" in err
+    assert "pass a model name / YAML as --model and the file as --weights" in err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("content", [b"", b"hello, I am a text file\n", pickle.dumps([1, 2, 3])])

@@ -125,8 +125,9 @@ def check_and_load(model: torch.nn.Module, state: Dict[str, torch.Tensor], path,
         problems.append(f"{len(wrong)} wrong-shape keys ({shown}{', ...' if len(wrong) > 3 else ''})")
     if problems:
         trained_as = (saved_config or {}).get("name")
-        hint = (f"; the file holds a '{trained_as}' model (backbone {saved_config.get('backbone')}): pass the "
-                f"config it was trained with (--model)" if trained_as and trained_as != model.cfg.name else "")
+        hint = (f"; the file holds a '{trained_as}' model (backbone {saved_config.get('backbone')}): pass "
+                f"--model {path} to run it with the config it carries, or the YAML it was trained with"
+                if trained_as and trained_as != model.cfg.name else "")
         raise CheckpointError(f"weights file '{path}' does not fit model '{model.cfg.name}': "
                               + "; ".join(problems) + hint)
     # weights stored in half precision (shipped files) are widened to the model's dtype

@@ -128,9 +128,24 @@ class ModelConfig:
         return d
 
 
+def config_of_checkpoint(path: Path) -> ModelConfig:
+    """The config our checkpoints carry (train / save_checkpoint write it), with the checkpoint as its
+    weights: `--model runs/x/last.pth` runs a model trained from any config, its YAML not needed."""
+    from .checkpoint import read_state_dict
+    _, kind, data = read_state_dict(path)
+    if not data:
+        raise ValueError(f"weights file '{path}' carries no model config ({kind} checkpoint); expected a "
+                         f"checkpoint panoptic-node wrote, or pass a model name / YAML as --model and the file as --weights")
+    cfg = ModelConfig.from_dict({**data, "weights": str(path.resolve())}, source=f"carried by {path}")
+    return cfg
+
+
 def load_config(name_or_path: str = DEFAULT_MODEL) -> ModelConfig:
-    """A model name from models/ (e.g. 'detr_r50_panoptic') or a path to a YAML file."""
+    """A model name from models/ (e.g. 'detr_r50_panoptic'), a path to a YAML file, or a checkpoint
+    panoptic-node wrote (.pth: the config it carries, with itself as the weights)."""
     path = Path(name_or_path)
+    if path.suffix == ".pth":
+        return config_of_checkpoint(path)
     if path.suffix not in (".yaml", ".yml"):
         path = MODELS_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
