@@ -151,6 +151,13 @@ def test_a_checkpoint_as_model_brings_its_own_config(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "carries no model config (official checkpoint)" in err
     assert "pass a model name / YAML as --model and the file as --weights" in err
     assert not (tmp_path / "o").exists()
+    # a file that is neither, and a name that is nowhere
+    with pytest.raises(FileNotFoundError, match="'.*notes.txt' is not a .yaml config or a .pth checkpoint; expected one "
+                                                r"of \[.*'street_lite0'\], a YAML path or a checkpoint"):
+        (tmp_path / "notes.txt").write_text("hello")
+        load_config(str(tmp_path / "notes.txt"))
+    with pytest.raises(FileNotFoundError, match="model config 'street_lite9' not found"):
+        load_config("street_lite9")
 
 
 @pytest.mark.parametrize("content", [b"", b"hello, I am a text file\n", pickle.dumps([1, 2, 3])])

@@ -150,7 +150,9 @@ def load_config(name_or_path: str = DEFAULT_MODEL) -> ModelConfig:
         path = MODELS_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         available = sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"model config '{name_or_path}' not found; expected a YAML path or one of {available}")
+        what = "is not a .yaml config or a .pth checkpoint" if Path(name_or_path).exists() else "not found"
+        raise FileNotFoundError(f"model config '{name_or_path}' {what}; expected one of {available}, a YAML path or a "
+                                f"checkpoint panoptic-node wrote (.pth)")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
