@@ -136,8 +136,7 @@ def config_of_checkpoint(path: Path) -> ModelConfig:
     if not data:
         raise ValueError(f"weights file '{path}' carries no model config ({kind} checkpoint); expected a "
                          f"checkpoint panoptic-node wrote, or pass a model name / YAML as --model and the file as --weights")
-    cfg = ModelConfig.from_dict({**data, "weights": str(path.resolve())}, source=f"carried by {path}")
-    return cfg
+    return ModelConfig.from_dict({**data, "weights": str(path.resolve())}, source=f"carried by {path}")
 
 
 def load_config(name_or_path: str = DEFAULT_MODEL) -> ModelConfig:

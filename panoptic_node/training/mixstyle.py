@@ -29,10 +29,7 @@ def mix_style(x: Tensor, lam: Tensor, perm: Tensor) -> Tensor:
 
 class MixStyle:
     def __init__(self, p: float = 0.5, alpha: float = 0.1):
-        if not (0.0 <= p <= 1.0):
-            raise ValueError(f"--mixstyle {p}: expected a probability per batch in [0, 1] (0 = off, 0.5 is the "
-                             f"paper's)")
-        self.p = p
+        self.p = p  # probability per batch
         self.beta = torch.distributions.Beta(torch.tensor(alpha), torch.tensor(alpha))
 
     def __call__(self, x: Tensor) -> Tensor:

@@ -175,7 +175,7 @@ def check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every):
                         f"{2 * BACKBONE_STRIDE} (e.g. 480x352)")
 
 
-def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux):
+def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle):
     """Refuses augmentation and regularisation settings outside their range, each by its option."""
     require(colour in PHOTOMETRIC, "--photometric", colour, f"one of {', '.join(PHOTOMETRIC)}")
     require(0 < scale[0] <= scale[1] and math.isfinite(scale[1]), "--scale", f"{scale[0]},{scale[1]}",
@@ -186,6 +186,8 @@ def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux):
             ">= 0 (AdamW's decoupled decay; 1e-4 is DETR's)")
     require(math.isfinite(semantic_aux) and semantic_aux >= 0, "--semantic-aux", semantic_aux,
             "a weight >= 0 (0 = off, 1 weighs it like one class loss)")
+    require(0.0 <= mixstyle <= 1.0, "--mixstyle", mixstyle, "a probability per batch in [0, 1] (0 = off, 0.5 is the "
+                                                            "paper's)")
 
 
 def split_drives(train_drives, val_drives):
@@ -216,8 +218,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     `mixstyle` > 0 mixes the frames' feature statistics in the backbone with that probability per batch.
     `init`: weights to start from (checkpoint.init_from) instead of ImageNet's backbone and fresh heads."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
-    check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux)
-    mix = MixStyle(mixstyle) if mixstyle else None  # checks the probability before anything is read
+    check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle)
     train_drives, val_drives = split_drives(train_drives, val_drives)
     cfg = load_config(config)
     if mixstyle and not cfg.backbone.startswith("efficientnet_lite"):
@@ -256,8 +257,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         thing_lut = get_taxonomy(cfg.labels).thing_lut
 
         model = build_model(cfg, pretrained_backbone=True)
-        if mix:  # on the stride-4 and stride-8 features, where a frame's style lives (hooks, not weights)
-            mix.attach(model.backbone, model.backbone.taps[:2])
+        if mixstyle:  # on the stride-4 and stride-8 features, where a frame's style lives (hooks, not weights)
+            MixStyle(mixstyle).attach(model.backbone, model.backbone.taps[:2])
         ckpt_path = out / "checkpoint.pth"
         resuming = resume and ckpt_path.is_file()
         if init and not resuming:  # e.g. a model trained on a larger dataset
