@@ -74,9 +74,8 @@ def updated(current: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, Any]:
         if name not in props:
             raise ParameterError(f"unknown parameter '{name}'; allowed: {', '.join(sorted(props))}")
         if name not in LIVE_PARAMETERS and value != current[name]:
-            raise ParameterError(f"parameter '{name}' is read at start-up only (it chooses the model, the graph or "
-                                 f"the topics); restart the node to change it. Changed while it runs: "
-                                 f"{', '.join(LIVE_PARAMETERS)}")
+            raise ParameterError(f"parameter '{name}' is read at start-up only; restart the node to change it "
+                                 f"(changed while it runs: {', '.join(LIVE_PARAMETERS)})")
     return validate({**current, **changes})
 
 
