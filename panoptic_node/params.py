@@ -85,7 +85,8 @@ def descriptions() -> Dict[str, Dict[str, str]]:
     out = {}
     for name, prop in node_properties().items():
         when = "changes while the node runs" if name in LIVE_PARAMETERS else "read at start-up only"
-        out[name] = {"description": prop.get("description", ""), "constraints": f"{allowed(prop)}; {when}"}
+        out[name] = {"description": prop.get("description", ""), "constraints": f"{allowed(prop)}; {when}",
+                     "type": prop.get("type")}
     return out
 
 

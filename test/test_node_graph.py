@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -372,7 +373,7 @@ def test_parameters_change_while_the_node_runs(graph, start, rng):
     """`ros2 param set`: a live parameter takes effect from the next frame; a start-up one or a bad value is
     refused with the reason, reads back unchanged, and the node keeps running."""
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
-    node = start([ns], max_age_ms=0)  # threshold 0.0: every query kept
+    node = start([ns], max_age_ms=0, threshold=0)  # every query kept; an integer, as `threshold: 0` in a YAML
     client = AsyncParameterClient(graph, node.name)
     assert client.wait_for_services(timeout_sec=20)
 
@@ -455,6 +456,22 @@ def test_qos_overrides_apply_to_the_topics_they_name(graph, start):
     rclpy.spin_until_future_complete(graph, future, timeout_sec=20)
     (r,) = future.result().results
     assert not r.successful and "read at start-up only" in r.reason
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_unexpected_start_up_error_is_one_line(debug):
+    """Whatever fails while the node starts is one line and exit 1; the traceback only at --log-level debug."""
+    code = ("import panoptic_node.ros.node as n\n"
+            "def broken(): raise KeyError('boom')\n"
+            "n.PanopticNode = broken\n"
+            "n.main()\n")
+    args = ["--ros-args", "--log-level", "debug"] if debug else []
+    run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert lines[0] == ("[panoptic_node] error: unexpected KeyError at start-up: 'boom' (run with --ros-args "
+                        "--log-level debug for the traceback, and report it)")
+    assert ("Traceback" in run.stderr) == debug and (len(lines) == 1) != debug
 
 
 @pytest.mark.parametrize("how", ["sigint_twice", "sigterm"])

@@ -71,10 +71,18 @@ class PanopticNode(Node):
         raw = {name: param.value for name, param in self.get_parameters_by_prefix("").items()}
         self.params = validate(user_parameters(raw))  # ParameterError -> main() prints it and exits 1
         check_qos_overrides(raw, self._topics())
-        for name, text in descriptions().items():  # for `ros2 param describe`; the type stays as declared
+        for name, text in descriptions().items():  # for `ros2 param describe`
             descriptor = self.describe_parameter(name)
             descriptor.description, descriptor.additional_constraints = text["description"], text["constraints"]
-            self.set_descriptor(name, descriptor)
+            value = self.get_parameter(name).value
+            if text["type"] == "number" and isinstance(value, int) and not isinstance(value, bool):
+                # `threshold: 1` in a params file declares an integer, and rclpy would then refuse
+                # `ros2 param set threshold 0.5` as the wrong type: a number is a double
+                self.undeclare_parameter(name)
+                self.declare_parameter(name, float(value), descriptor, ignore_override=True)
+                self.params[name] = float(value)
+            else:
+                self.set_descriptor(name, descriptor)
         p = self.params
 
         self.pipeline = make_node_pipeline(p, log=self.get_logger().info)
@@ -253,9 +261,15 @@ def main(args=None):
         signal.signal(sig, lambda *_: stop.set())
     try:
         node = PanopticNode()
-    except (ParameterError, FileNotFoundError, ValueError, RuntimeError) as e:
-        # a bad parameter or missing weights: one line, non-zero exit (launch shows it)
-        print(f"[panoptic_node] error: {e}", file=sys.stderr)
+    except Exception as e:
+        # a bad parameter or missing weights: one line, non-zero exit (launch shows it); anything else is one
+        # line too, its traceback at --log-level debug
+        expected = isinstance(e, (ParameterError, FileNotFoundError, ValueError, RuntimeError))
+        print(f"[panoptic_node] error: {e}" if expected else
+              f"[panoptic_node] error: unexpected {type(e).__name__} at start-up: {e} (run with --ros-args "
+              f"--log-level debug for the traceback, and report it)", file=sys.stderr)
+        if not expected and rclpy.logging.get_logger("panoptic_node").is_enabled_for(rclpy.logging.LoggingSeverity.DEBUG):
+            traceback.print_exc()
         rclpy.try_shutdown()
         sys.exit(1)
     executor = SingleThreadedExecutor()
