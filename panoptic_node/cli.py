@@ -55,6 +55,7 @@ def cmd_infer(args) -> int:
 
     from .coco_format import CocoPanopticWriter
     from .images import read_rgb
+    from .inference.preprocess import OffScaleNotes
     from .output_safety import check_outputs, refuse_inputs
     from .render import overlay
     from .taxonomy import get_taxonomy
@@ -71,6 +72,7 @@ def cmd_infer(args) -> int:
     pipeline = _pipeline(args)
     taxonomy = get_taxonomy(pipeline.labels)
     writer = CocoPanopticWriter(out, taxonomy)
+    off_scale = OffScaleNotes(pipeline.cfg.input)
     failed = 0
     for path, stem in tqdm(list(zip(paths, stems)), desc="infer", unit="frame"):
         try:
@@ -79,6 +81,9 @@ def cmd_infer(args) -> int:
             tqdm.write(f"error: {e}")
             failed += 1
             continue
+        note = off_scale.first(*rgb.shape[:2])
+        if note:
+            tqdm.write(f"{path.name}: warning: {note}")
         result = pipeline(rgb)
         writer.add(stem, path.name, result)
         Image.fromarray(result.semantic).save(out / f"{stem}_semantic.png")

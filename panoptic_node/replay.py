@@ -21,6 +21,7 @@ from .bag.outputs import ResultBagWriter, camera_namespace
 from .bag.reader import BagReader, decode_frame, label_set_phrase
 from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.evaluator import Evaluator
+from .inference.preprocess import OffScaleNotes
 from .messages import FrameError, image_array
 from .output_safety import check_outputs
 from .render import overlay
@@ -143,6 +144,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
     results_out = (ResultBagWriter(writer, camera_namespace(topic), evaluator.taxonomy if evaluator else pipeline.taxonomy,
                                    pipeline.threshold) if writer else None)
     taxonomy = results_out.taxonomy if results_out else pipeline.taxonomy
+    off_scale = OffScaleNotes(pipeline.cfg.input)
     video_out = None
     # predictions and ground truth waiting for their partner, by stamp (bounded: GT sits next to its frame)
     pending_pred: "OrderedDict[int, tuple]" = OrderedDict()
@@ -189,6 +191,9 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
                 except FrameError as e:
                     _skip(summary, f"frame at {m.stamp_ns}: {e}", bar)
                     continue
+                note = off_scale.first(*rgb.shape[:2])
+                if note:
+                    bar.write(f"warning: {note}")
                 result = pipeline(rgb)
                 for stage, sec in result.timings.items():
                     summary.stage_ms.setdefault(stage, []).append(1000 * sec)

@@ -305,6 +305,15 @@ def test_bad_frames_are_counted_and_skipped(tiny_pipeline, tmp_path, rng):
     assert sizes == [(48, 64), (60, 80), (48, 64)]  # frames may change size mid-bag
 
 
+def test_a_panorama_in_a_bag_is_named_once_and_still_replayed(tiny_pipeline, tmp_path, rng, capsys):
+    wide = rng.integers(0, 255, (24, 400, 3), dtype=np.uint8)  # the tiny model's max_size leaves it a few px high
+    bag = camera_bag(tmp_path / "in", "mcap", [(1, wide), (2, wide), (3, rng.integers(0, 255, (48, 64, 3), np.uint8))])
+    summary = replay(tiny_pipeline, bag, tmp_path / "out")
+    said = capsys.readouterr()
+    assert summary.frames == 3
+    assert (said.out + said.err).count("warning: a 400x24 frame runs at") == 1
+
+
 def test_unknown_topic_lists_image_topics(tiny_pipeline, tmp_path, rng):
     bag = camera_bag(tmp_path / "in", "mcap", [(1, rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))])
     with pytest.raises(BagError, match=r"no image topic '/rear/image'; image topics: /front/image_raw"):

@@ -352,6 +352,19 @@ def test_bad_frames_are_counted_and_skipped(graph, start, rng):
     c.close()
 
 
+def test_a_panorama_camera_is_named_once_and_still_served(graph, start, rng):
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    node = start([ns], max_age_ms=0)
+    c = Collector(graph, {f"{ns}/panoptic/semantic": Image})
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    wide = rgb_frame(rng, 24, 400)  # the tiny model's max_size leaves it a few pixels high
+    assert c.spin_until(lambda g: len(g[f"{ns}/panoptic/semantic"]) >= 3,
+                        publish=lambda: pub.publish(image_msg(wide, now(graph), "f")))
+    assert (c.got[f"{ns}/panoptic/semantic"][0].height, c.got[f"{ns}/panoptic/semantic"][0].width) == (24, 400)
+    assert node.output().count("a 400x24 frame runs at") == 1
+    c.close()
+
+
 @pytest.mark.parametrize("params, expected", [
     ({"qos_depth": 0}, "parameter 'qos_depth' = 0 is invalid"),
     ({"backend": "cuda_magic"}, "parameter 'backend'"),

@@ -162,6 +162,32 @@ def test_infer_cli_writes_consistent_outputs(model_yaml, tmp_path, rng, capsys):
     assert (out / "frame0_overlay.png").is_file()
 
 
+def test_frames_far_from_the_learned_scale_are_named_once_per_size():
+    from panoptic_node.inference.preprocess import OffScaleNotes, off_scale
+    from panoptic_node.model.config import InputConfig
+    cfg = InputConfig(short_side=360, max_size=480)
+    assert off_scale(360, 480, cfg) == off_scale(1080, 1920, cfg) == off_scale(90, 120, cfg) == ""
+    # a panorama: max_size leaves its short side at 43 px; a thumbnail blown up 360x
+    assert off_scale(360, 4000, cfg).startswith("a 4000x360 frame runs at 480x43: max_size 480 leaves its short "
+                                               "side at 43 px, under half the 360")
+    assert off_scale(1, 1, cfg).startswith("a 1x1 frame is blown up 360x to 360x360")
+    notes = OffScaleNotes(cfg)
+    assert notes.first(360, 4000) and not notes.first(360, 4000) and not notes.first(360, 480)
+
+
+def test_infer_cli_names_a_panorama_and_still_runs_it(model_yaml, tmp_path, rng, capsys):
+    wide = tmp_path / "wide.png"  # 8:1, the tiny model's max_size 128 leaves it 16 px high
+    Image.fromarray(rng.integers(0, 255, (40, 320, 3), dtype=np.uint8)).save(wide)
+    normal = tmp_path / "normal.png"
+    Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(normal)
+    out = tmp_path / "out"
+    assert main(["infer", str(wide), str(normal), "--model", str(model_yaml), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert said.count("warning") == 1
+    assert "wide.png: warning: a 320x40 frame runs at 128x16: max_size 128 leaves its short side at 16 px" in said
+    assert np.asarray(Image.open(out / "wide_semantic.png")).shape == (40, 320)
+
+
 def test_infer_cli_bad_image_is_one_line_and_others_still_run(model_yaml, tmp_path, rng, capsys):
     good = tmp_path / "good.png"
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(good)

@@ -43,6 +43,35 @@ def target_size(h: int, w: int, short_side: int, max_size: int) -> Tuple[int, in
     return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
 
 
+def off_scale(h: int, w: int, cfg: InputConfig) -> str:
+    """'' for a frame the model sees near the scale it learned; else one sentence saying why it will not:
+    so wide (or tall) that max_size leaves its short side under half of short_side (a panorama), or so
+    small that it is blown up more than 4x (a thumbnail). The frame still runs: the maps come back at its
+    size, but objects are far smaller or blurrier than anything the model was trained on."""
+    rh, rw = target_size(h, w, cfg.short_side, cfg.max_size)
+    if 2 * min(rh, rw) < cfg.short_side:
+        return (f"a {w}x{h} frame runs at {rw}x{rh}: max_size {cfg.max_size} leaves its short side at {min(rh, rw)} "
+                f"px, under half the {cfg.short_side} the model expects, so objects shrink below what it learned; "
+                f"crop or tile frames this wide")
+    if rh > 4 * h:
+        return (f"a {w}x{h} frame is blown up {rh / h:.0f}x to {rw}x{rh}: the model sees no detail at that scale; "
+                f"expected frames with a short side near {cfg.short_side} px")
+    return ""
+
+
+class OffScaleNotes:
+    """off_scale() once per frame size: a replay or a camera says it on its first frame, not on every one."""
+
+    def __init__(self, cfg: InputConfig):
+        self.cfg, self.seen = cfg, set()
+
+    def first(self, h: int, w: int) -> str:
+        if (h, w) in self.seen:
+            return ""
+        self.seen.add((h, w))
+        return off_scale(h, w, self.cfg)
+
+
 def normalize(rgb: np.ndarray, mode: str) -> np.ndarray:
     x = rgb.astype(np.float32)
     if mode == "tf":  # EfficientNet-Lite was trained on (x - 127) / 128

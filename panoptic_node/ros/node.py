@@ -25,6 +25,7 @@ from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, Label
                              ObjectHypothesisWithPose, VisionClass)
 
 from ..frame_buffer import LatestFrameBuffer
+from ..inference.preprocess import OffScaleNotes
 from ..messages import FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, label_info
 from ..node_stats import NodeStats
 from ..params import (ParameterError, check_qos_overrides, defaults, descriptions, make_node_pipeline, updated,
@@ -93,6 +94,7 @@ class PanopticNode(Node):
         qos_in = QoSProfile(depth=p["qos_depth"], history=HistoryPolicy.KEEP_LAST,
                             reliability=(ReliabilityPolicy.BEST_EFFORT if p["qos_reliability"] == "best_effort"
                                          else ReliabilityPolicy.RELIABLE))
+        self.off_scale = OffScaleNotes(self.pipeline.cfg.input)
         self.buffer = LatestFrameBuffer(lambda: self.get_clock().now().nanoseconds, p["max_age_ms"])
         self.stats = NodeStats()
         self.pubs = {}
@@ -170,7 +172,11 @@ class PanopticNode(Node):
     # --- worker thread ---------------------------------------------------------------------------
     def _decode(self, camera, msg):
         try:
-            return compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+            rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+            note = self.off_scale.first(*rgb.shape[:2])
+            if note:  # runs anyway; said once per frame size
+                self.get_logger().warn(f"{camera}: {note}")
+            return rgb
         except FrameError as e:
             self.stats.bad_frames[camera] += 1
             topic = self._subs[self.params["cameras"].index(camera)].topic_name
