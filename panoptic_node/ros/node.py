@@ -72,18 +72,7 @@ class PanopticNode(Node):
         raw = {name: param.value for name, param in self.get_parameters_by_prefix("").items()}
         self.params = validate(user_parameters(raw))  # ParameterError -> main() prints it and exits 1
         check_qos_overrides(raw, self._topics())
-        for name, text in descriptions().items():  # for `ros2 param describe`
-            descriptor = self.describe_parameter(name)
-            descriptor.description, descriptor.additional_constraints = text["description"], text["constraints"]
-            value = self.get_parameter(name).value
-            if text["type"] == "number" and isinstance(value, int) and not isinstance(value, bool):
-                # `threshold: 1` in a params file declares an integer, and rclpy would then refuse
-                # `ros2 param set threshold 0.5` as the wrong type: a number is a double
-                self.undeclare_parameter(name)
-                self.declare_parameter(name, float(value), descriptor, ignore_override=True)
-                self.params[name] = float(value)
-            else:
-                self.set_descriptor(name, descriptor)
+        self._describe_parameters()
         p = self.params
 
         self.pipeline = make_node_pipeline(p, log=self.get_logger().info)
@@ -121,6 +110,21 @@ class PanopticNode(Node):
         self._running = True
         self.worker = threading.Thread(target=self._work, name="panoptic_inference", daemon=True)
         self.worker.start()
+
+    def _describe_parameters(self):
+        """What `ros2 param describe` shows (description, constraints, live or not), and numbers as doubles."""
+        for name, text in descriptions().items():
+            descriptor = self.describe_parameter(name)
+            descriptor.description, descriptor.additional_constraints = text["description"], text["constraints"]
+            value = self.get_parameter(name).value
+            if text["type"] == "number" and isinstance(value, int) and not isinstance(value, bool):
+                # `threshold: 1` in a params file declares an integer, and rclpy would then refuse
+                # `ros2 param set threshold 0.5` as the wrong type: a number is a double
+                self.undeclare_parameter(name)
+                self.declare_parameter(name, float(value), descriptor, ignore_override=True)
+                self.params[name] = float(value)
+            else:
+                self.set_descriptor(name, descriptor)
 
     def _topics(self):
         """Every topic this node will have, resolved -> 'publisher' / 'subscription' (rclpy's own included)."""
