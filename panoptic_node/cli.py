@@ -498,9 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_infer)
 
-    p = sub.add_parser("convert", help="dataset folder -> rosbag2 with camera and ground-truth topics")
-    p.add_argument("dataset", choices=["camvid", "cityscapes", "kitti"])
-    p.add_argument("src")
+    p = sub.add_parser("convert", help="dataset folder -> rosbag2 with camera and ground-truth topics; a camera "
+                                       "clip (video) -> rosbag2 with its frames")
+    p.add_argument("dataset", choices=["camvid", "cityscapes", "kitti", "video"])
+    p.add_argument("src", help="the dataset folder, or the video file (mp4, mov, mkv, avi)")
     p.add_argument("--out", required=True)
     p.add_argument("--split")
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])

@@ -554,6 +554,54 @@ def test_camvid_convert_and_replay_scores(tiny_pipeline, tmp_path):
     assert (tmp_path / "e.png").stat().st_size > 0
 
 
+def write_clip(path, frames, fps=10):
+    import imageio.v2 as imageio
+    w = imageio.get_writer(str(path), fps=fps, codec="libx264", macro_block_size=2, ffmpeg_log_level="error")
+    for f in frames:
+        w.append_data(f)
+    w.close()
+    return path
+
+
+def test_a_camera_clip_converts_to_a_bag_that_replays(tiny_pipeline, tmp_path, rng):
+    """convert video: a dashcam clip's frames stamped at their time in the clip, then replayed into an overlay."""
+    frames = [np.full((48, 64, 3), 10 * i, np.uint8) for i in range(8)]
+    clip = write_clip(tmp_path / "clip.mp4", frames, fps=10)
+    assert convert("video", clip, tmp_path / "bag") == 8
+    with BagReader(tmp_path / "bag") as r:
+        assert set(r.topics) == {"/camera/image_raw", "/camera/camera_info"}
+        msgs = list(r.messages(["/camera/image_raw"]))
+    assert [m.stamp_ns - msgs[0].stamp_ns for m in msgs] == [i * 100_000_000 for i in range(8)]  # 10 frames/s
+    decoded = [image_array(m.msg) for m in msgs]
+    assert all(d.shape == (48, 64, 3) for d in decoded)
+    assert [int(d.mean()) for d in decoded] == pytest.approx([10 * i for i in range(8)], abs=3)  # lossy, in order
+    summary = replay(tiny_pipeline, tmp_path / "bag", tmp_path / "pred", video=tmp_path / "overlay.mp4")
+    assert summary.frames == 8 and summary.metrics is None and (tmp_path / "overlay.mp4").stat().st_size > 0
+    assert convert("video", clip, tmp_path / "first3", max_frames=3) == 3
+
+
+def test_a_clip_cut_short_or_unreadable_is_one_line_and_no_finished_bag(tmp_path, rng):
+    clip = write_clip(tmp_path / "clip.mkv", [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(40)])
+    data = clip.read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[:len(data) // 2])  # a recorder that lost power: no error, fewer frames
+    with pytest.raises(ValueError) as e:
+        convert("video", tmp_path / "cut.mkv", tmp_path / "bag")
+    msg = str(e.value)
+    assert "\n" not in msg and "its header announces: it is cut short; convert the part that decodes with " \
+                                "--max-frames" in msg
+    assert not (tmp_path / "bag").exists()  # at most a .partial, which never looks finished
+    n = int(msg.rsplit(" ", 1)[1])
+    assert convert("video", tmp_path / "cut.mkv", tmp_path / "first", max_frames=n) == n
+    (tmp_path / "text.mp4").write_text("not a video")
+    for src, expected in ((tmp_path / "text.mp4", "cannot be read"), (tmp_path / "none.mp4", "does not exist"),
+                          (tmp_path, "is a folder")):
+        with pytest.raises(ValueError, match=expected):
+            convert("video", src, tmp_path / "bag2")
+        assert not (tmp_path / "bag2").exists() and not (tmp_path / "bag2.partial").exists()
+    with pytest.raises(ValueError, match="--split val: a video has no splits"):
+        convert("video", clip, tmp_path / "bag3", split="val")
+
+
 def _read_like_rosbag2(meta: dict, distro: str) -> dict:
     """metadata.yaml decoded by the rules of rosbag2_storage's yaml.hpp: the fields each distro reads
     for the file's version, with yaml-cpp's conversions (a field of the wrong kind fails there as a

@@ -1,4 +1,5 @@
-"""Dataset folders -> rosbag2 with camera and ground-truth topics, the input `replay` validates on.
+"""Dataset folders (and camera clips) -> rosbag2 with camera and ground-truth topics, the input `replay`
+validates on.
 
 Topics: /camera/image_raw (rgb8), /camera/camera_info, and where labels exist
 /ground_truth/panoptic (32SC1, label*1000 + instance, stuff = label, -1 void),
@@ -216,8 +217,52 @@ def kitti_frames(root, split: str = "training", max_frames: Optional[int] = None
 
 
 # dataset -> (frames, default split, label set of its ground truth)
+def video_frames(path, split=None, max_frames: Optional[int] = None) -> Iterator[DatasetFrame]:
+    """A dashcam / camera clip (anything ffmpeg decodes: mp4, mov, mkv, avi): every frame, stamped at its time in
+    the clip (frame / fps), without ground truth: replay then gives the overlay video, speed and latency. A clip
+    that stops decoding part-way is an error naming the frame (a bag of its first part would look complete)."""
+    import imageio.v2 as imageio
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"video '{path}' {'is a folder' if path.is_dir() else 'does not exist'}; expected a video "
+                         f"file (mp4, mov, mkv, avi)")
+    try:
+        reader = imageio.get_reader(str(path), "ffmpeg")
+        meta = reader.get_meta_data()
+    except Exception as e:  # imageio / ffmpeg raise their own types for what they cannot open
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"video '{path}' cannot be read ({reason}); expected a video file ffmpeg decodes (an mp4 cut "
+                         f"short loses the index it keeps at its end)") from None
+    fps = float(meta.get("fps") or 0)
+    if not fps > 0:
+        fps = 30.0  # a stream without a rate: frames 1/30 s apart, as a camera would send them
+    duration = float(meta.get("duration") or 0)
+    i = 0
+    try:
+        frames = iter(reader)
+        while not max_frames or i < max_frames:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except Exception as e:
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(f"video '{path}': frame {i + 1} cannot be decoded ({reason}); convert the part "
+                                 f"before it with --max-frames {i}" if i else
+                                 f"video '{path}' has no frame that decodes ({reason})") from None
+            yield DatasetFrame(EPOCH_NS + int(round(i * 1e9 / fps)), np.ascontiguousarray(frame[..., :3]))
+            i += 1
+        # a clip cut short (a recorder losing power) may just stop decoding: its header still says how long it was
+        expected = int(duration * fps) if 0 < duration < float("inf") else 0
+        if not (max_frames and i >= max_frames) and expected and i < expected - 1:
+            raise ValueError(f"video '{path}' ends after {i} frames ({i / fps:.1f} s) of the {duration:.1f} s its header "
+                             f"announces: it is cut short; convert the part that decodes with --max-frames {i}")
+    finally:
+        reader.close()
+
+
 CONVERTERS = {"camvid": (camvid_frames, "val", "camvid"), "cityscapes": (cityscapes_frames, "val", "cityscapes"),
-              "kitti": (kitti_frames, "training", "cityscapes")}
+              "kitti": (kitti_frames, "training", "cityscapes"), "video": (video_frames, None, None)}
 
 
 def convert(kind: str, src, out, split: Optional[str] = None, storage: str = "mcap",
@@ -226,6 +271,8 @@ def convert(kind: str, src, out, split: Optional[str] = None, storage: str = "mc
         raise ValueError(f"unknown dataset '{kind}', expected one of {', '.join(CONVERTERS)}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames {max_frames}: expected a positive number of frames (leave it out for all)")
+    if kind == "video" and split:
+        raise ValueError(f"--split {split}: a video has no splits; expected it only with a dataset folder")
     frames, default_split, labels = CONVERTERS[kind]
     return write_bag(frames(src, split or default_split, max_frames), out, storage, overwrite, total=max_frames,
                      labels=labels, inputs=(src,))
