@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path
+from .errors import first_line
 from .inference.cache_key import NOT_IN_GRAPH
 from .onnx_passes import fold_pads_into_convs
 
@@ -102,7 +103,7 @@ def read_metadata(path) -> dict:
     try:
         m = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise ValueError(f"'{path}' is not a readable ONNX file ({str(e).splitlines()[0] if str(e) else e}); "
+        raise ValueError(f"'{path}' is not a readable ONNX file ({first_line(e)}); "
                          f"export one with `panoptic-node export`") from None
     props = {p.key: p.value for p in m.metadata_props}
     if "panoptic_node" not in props:

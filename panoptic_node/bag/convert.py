@@ -16,6 +16,7 @@ from typing import Iterator, List, Optional
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import first_line
 from ..images import read_labels, read_rgb
 from ..evaluation.gt import panoptic_from_labels
 from ..messages import image_fields, label_info
@@ -230,8 +231,7 @@ def video_frames(path, split=None, max_frames: Optional[int] = None) -> Iterator
         reader = imageio.get_reader(str(path), "ffmpeg")
         meta = reader.get_meta_data()
     except Exception as e:  # imageio / ffmpeg raise their own types for what they cannot open
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"video '{path}' cannot be read ({reason}); expected a video file ffmpeg decodes (an mp4 cut "
+        raise ValueError(f"video '{path}' cannot be read ({first_line(e)}); expected a video file ffmpeg decodes (an mp4 cut "
                          f"short loses the index it keeps at its end)") from None
     fps = float(meta.get("fps") or 0)
     if not fps > 0:
@@ -246,15 +246,17 @@ def video_frames(path, split=None, max_frames: Optional[int] = None) -> Iterator
             except StopIteration:
                 break
             except Exception as e:
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                reason = first_line(e)
                 raise ValueError(f"video '{path}': frame {i + 1} cannot be decoded ({reason}); convert the part "
                                  f"before it with --max-frames {i}" if i else
                                  f"video '{path}' has no frame that decodes ({reason})") from None
             yield DatasetFrame(EPOCH_NS + int(round(i * 1e9 / fps)), np.ascontiguousarray(frame[..., :3]))
             i += 1
         # a clip cut short (a recorder losing power) may just stop decoding: its header still says how long it was
-        expected = int(duration * fps) if 0 < duration < float("inf") else 0
-        if not (max_frames and i >= max_frames) and expected and i < expected - 1:
+        # (a container's duration may run a little past its last frame, e.g. with its audio: half a second or 2 % is
+        # allowed before the clip counts as cut)
+        missing = duration - i / fps if 0 < duration < float("inf") else 0.0
+        if not (max_frames and i >= max_frames) and missing > max(0.5, 0.02 * duration):
             raise ValueError(f"video '{path}' ends after {i} frames ({i / fps:.1f} s) of the {duration:.1f} s its header "
                              f"announces: it is cut short; convert the part that decodes with --max-frames {i}")
     finally:

@@ -12,6 +12,7 @@ import platform
 from pathlib import Path
 from typing import Optional
 
+from ..errors import first_line
 from ..model.config import load_config
 from .graph_per_shape import GraphPerShape, PerShape
 from .pipeline import Pipeline
@@ -129,8 +130,7 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
         except Exception as e:  # a read-only cache, an exporter failure
             if backend != "auto" or precision == "int8":
                 raise
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            (log or print)(f"no exported graph for {chosen} ({reason}); running on torch")
+            (log or print)(f"no exported graph for {chosen} ({first_line(e)}); running on torch")
             chosen = "torch"
     if log:
         log(f"backend: {chosen}" + (" (auto)" if backend == "auto" else ""))

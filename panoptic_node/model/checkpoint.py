@@ -14,6 +14,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from ..atomic import atomic_path
+from ..errors import first_line
 from .hf_names import convert_hf_state_dict, looks_like_hf
 
 FORMAT_VERSION = 1
@@ -86,10 +87,10 @@ def read_state_dict(path) -> Tuple[Dict[str, torch.Tensor], str, dict]:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 raw = torch.load(path, map_location="cpu", weights_only=True)
         except (zipfile.BadZipFile, RuntimeError, EOFError, OSError) as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = first_line(e)
             raise CheckpointError(f"weights file '{path}' is truncated or not a torch checkpoint ({reason})") from None
         except Exception as e:  # the weights-only unpickler refuses anything but tensors and plain data
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = first_line(e)
             raise CheckpointError(f"weights file '{path}' is not a checkpoint torch can read safely ({reason})") from None
     if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
         meta = raw.get("panoptic_node") or {}
