@@ -217,7 +217,6 @@ def kitti_frames(root, split: str = "training", max_frames: Optional[int] = None
                 return
 
 
-# dataset -> (frames, default split, label set of its ground truth)
 def video_frames(path, split=None, max_frames: Optional[int] = None) -> Iterator[DatasetFrame]:
     """A dashcam / camera clip (anything ffmpeg decodes: mp4, mov, mkv, avi): every frame, stamped at its time in
     the clip (frame / fps), without ground truth: replay then gives the overlay video, speed and latency. A clip
@@ -263,6 +262,7 @@ def video_frames(path, split=None, max_frames: Optional[int] = None) -> Iterator
         reader.close()
 
 
+# dataset -> (frames, default split, label set of its ground truth)
 CONVERTERS = {"camvid": (camvid_frames, "val", "camvid"), "cityscapes": (cityscapes_frames, "val", "cityscapes"),
               "kitti": (kitti_frames, "training", "cityscapes"), "video": (video_frames, None, None)}
 

@@ -87,11 +87,9 @@ def read_state_dict(path) -> Tuple[Dict[str, torch.Tensor], str, dict]:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 raw = torch.load(path, map_location="cpu", weights_only=True)
         except (zipfile.BadZipFile, RuntimeError, EOFError, OSError) as e:
-            reason = first_line(e)
-            raise CheckpointError(f"weights file '{path}' is truncated or not a torch checkpoint ({reason})") from None
+            raise CheckpointError(f"weights file '{path}' is truncated or not a torch checkpoint ({first_line(e)})") from None
         except Exception as e:  # the weights-only unpickler refuses anything but tensors and plain data
-            reason = first_line(e)
-            raise CheckpointError(f"weights file '{path}' is not a checkpoint torch can read safely ({reason})") from None
+            raise CheckpointError(f"weights file '{path}' is not a checkpoint torch can read safely ({first_line(e)})") from None
     if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
         meta = raw.get("panoptic_node") or {}
         state = raw["model"]
