@@ -605,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_engine)
 
     benches = ["pipeline", "evaluation", "backends", "resolution", "street_ablation", "node", "fleet", "shapes", "int8", "things",
-               "semantic_head", "restyle"]
+               "semantic_head", "restyle", "run_ensemble"]
     p = sub.add_parser("bench", help=f"run a benchmark from bench/ ({', '.join(benches)})")
     p.add_argument("which", choices=benches)
     p.add_argument("rest", nargs=argparse.REMAINDER)

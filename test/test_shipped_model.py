@@ -125,3 +125,19 @@ def test_the_benchmarks_flip_augmentation_treats_a_frame_and_its_mirror_alike():
     assert len(pairs) <= len(np.unique(ids_a)) + 2
     single = Pipeline.from_config("street_lite0")(frame)
     assert (single.semantic != a.semantic).mean() > 0.001  # the second pass changed something
+
+
+def test_the_ensemble_benchmarks_vote_takes_the_most_given_class_and_the_earliest_among_ties():
+    """bench_run_ensemble's majority vote, against counting by hand: three maps, then a tie of two."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    spec = importlib.util.spec_from_file_location(
+        "bench_run_ensemble", Path(__file__).resolve().parents[1] / "bench" / "bench_run_ensemble.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    a, b, c = np.array([[0, 1, 255, 4]]), np.array([[0, 2, 3, 5]]), np.array([[1, 2, 255, 6]])
+    assert bench.majority([a, b, c], 11).tolist() == [[0, 2, 255, 4]]  # last: three-way tie, the first map's
+    assert bench.majority([b, a], 11).tolist() == [[0, 2, 3, 5]]  # every disagreement a tie: the first map
+    assert bench.majority([a, a, b], 11).dtype == np.uint8
