@@ -518,9 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="run the pipeline over a bag: output bag, summary, video, metrics")
     p.add_argument("bag")
     p.add_argument("--out", help="output bag (the node's topics)")
-    p.add_argument("--image-topic")
-    p.add_argument("--gt-topic", help="ground truth panoptic topic (default /ground_truth/panoptic if present)")
-    p.add_argument("--video", help="overlay video (.mp4)")
+    p.add_argument("--image-topic", action="append",
+                   help="a camera topic to replay (repeat for several; default: every camera image topic in the bag, "
+                        "each with its outputs under its own namespace)")
+    p.add_argument("--gt-topic", help="ground truth panoptic topic (default /ground_truth/panoptic if present; scored "
+                                      "when one camera is replayed)")
+    p.add_argument("--video", help="overlay video (.mp4) of the first camera")
     p.add_argument("--metrics", help="summary + metrics JSON")
     p.add_argument("--chart", help="per-class bar chart PNG")
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])

@@ -30,8 +30,7 @@ def calibration_frames(source, limit: int) -> Iterator[np.ndarray]:
         from .bag.reader import BagReader, decode_frame
         from .messages import FrameError
         with BagReader(source) as r:
-            topic = r.pick_image_topic(None)
-            for m in r.messages([topic]):
+            for m in r.messages(r.pick_image_topics()):  # every camera's frames calibrate
                 if m.msg is None:
                     continue
                 try:

@@ -10,7 +10,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -32,6 +32,7 @@ from .topic_qos import DIAGNOSTICS
 @dataclass
 class ReplaySummary:
     frames: int = 0
+    cameras: Dict[str, int] = field(default_factory=dict)  # frames replayed per camera topic
     undecodable: int = 0
     errors: List[str] = field(default_factory=list)
     wall_seconds: float = 0.0
@@ -55,7 +56,8 @@ class ReplaySummary:
         return out
 
     def to_dict(self) -> dict:
-        return {"frames": self.frames, "undecodable": self.undecodable, "errors": self.errors[:20],
+        return {"frames": self.frames, "cameras": self.cameras, "undecodable": self.undecodable,
+                "errors": self.errors[:20],
                 "fps": self.frames / self.wall_seconds if self.wall_seconds else 0.0,
                 "latency_ms": self.percentiles(), "evaluated_frames": self.evaluated, "unscored_frames": self.unscored,
                 "ground_truth_unmatched": self.gt_unmatched, "frames_without_ground_truth": self.frames_without_gt,
@@ -65,8 +67,10 @@ class ReplaySummary:
     def format(self) -> str:
         d = self.to_dict()
         lines = [f"{self.frames} frames in {self.wall_seconds:.1f} s ({d['fps']:.1f} frames/s), "
-                 f"{self.undecodable} undecodable, backend {self.backend} ({self.precision}), model {self.model}",
-                 f"{'stage':<12}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"]
+                 f"{self.undecodable} undecodable, backend {self.backend} ({self.precision}), model {self.model}"]
+        if len(self.cameras) > 1:
+            lines.append("cameras: " + ", ".join(f"{t} {n}" for t, n in self.cameras.items()))
+        lines.append(f"{'stage':<12}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}")
         for stage, p in d["latency_ms"].items():
             lines.append(f"{stage:<12}{p['p50']:9.1f}{p['p90']:9.1f}{p['p99']:9.1f}")
         if self.metrics:
@@ -111,10 +115,14 @@ class VideoWriter:
         self.partial.unlink(missing_ok=True)
 
 
-def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_topic: Optional[str] = None,
-           video=None, metrics_path=None, max_frames: Optional[int] = None, overwrite: bool = False,
-           storage: str = "mcap", log=print, on_scored=None) -> ReplaySummary:
-    """on_scored(stamp, gt_semantic, pred_semantic, rgb_third): called for every scored frame, with
+def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[str]] = None,
+           gt_topic: Optional[str] = None, video=None, metrics_path=None, max_frames: Optional[int] = None,
+           overwrite: bool = False, storage: str = "mcap", log=print, on_scored=None) -> ReplaySummary:
+    """image_topic: one camera topic or several (default: every camera in the bag); each camera's
+    results go under its own namespace, as the node publishes them. Ground truth belongs to one camera,
+    so it is scored only when one is replayed; the video draws the first camera.
+
+    on_scored(stamp, gt_semantic, pred_semantic, rgb_third): called for every scored frame, with
     the frame at a third of its size (fleet.py's gallery of worst frames)."""
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
                             model=pipeline.cfg.name)
@@ -122,10 +130,29 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
         raise ValueError(f"--max-frames {max_frames}: expected a positive number of frames (leave it out for all)")
     check_outputs({"--out": out_bag, "--video": video, "--metrics": metrics_path}, [bag], overwrite, bags={"--out"})
     reader = BagReader(bag)
-    topic = reader.pick_image_topic(image_topic)
+    try:
+        cameras = reader.pick_image_topics([image_topic] if isinstance(image_topic, str) else image_topic)
+        namespaces = [camera_namespace(t) for t in cameras]
+        for i, ns in enumerate(namespaces):
+            if ns in namespaces[:i]:
+                raise ValueError(f"cameras '{cameras[namespaces.index(ns)]}' and '{cameras[i]}' would both write "
+                                 f"{ns}/panoptic/*; replay them in two runs (--image-topic)")
+        if gt_topic and gt_topic not in reader.topics:
+            raise ValueError(f"bag '{bag}' has no ground-truth topic '{gt_topic}'; topics: "
+                             f"{', '.join(sorted(reader.topics))}")
+        several = (f"ground truth belongs to one camera and {len(cameras)} are replayed ({', '.join(cameras)}); "
+                   f"choose the one it labels with --image-topic")
+        if gt_topic and len(cameras) > 1:
+            raise ValueError(several)
+    except BaseException:
+        reader.close()
+        raise
     gt_pan = gt_topic or (GT_PANOPTIC if GT_PANOPTIC in reader.topics else None)
-    if gt_topic and gt_topic not in reader.topics:
-        raise ValueError(f"bag '{bag}' has no ground-truth topic '{gt_topic}'; topics: {', '.join(sorted(reader.topics))}")
+    if gt_pan and len(cameras) > 1:
+        log(f"not scored: {several}")
+        gt_pan = None
+    if video and len(cameras) > 1:
+        log(f"the video draws {cameras[0]}, the first of {len(cameras)} cameras (--image-topic chooses)")
     published = pipeline.taxonomy if pipeline.mapping is None else pipeline.mapping.target
     gt_map = None
     try:
@@ -141,9 +168,9 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
     gt_sem = GT_SEMANTIC if gt_pan and GT_SEMANTIC in reader.topics else None
     evaluator = Evaluator(published) if gt_pan else None
     writer = BagWriter(out_bag, storage, overwrite, inputs=[bag]) if out_bag else None
-    results_out = (ResultBagWriter(writer, camera_namespace(topic), evaluator.taxonomy if evaluator else pipeline.taxonomy,
-                                   pipeline.threshold) if writer else None)
-    taxonomy = results_out.taxonomy if results_out else pipeline.taxonomy
+    taxonomy = evaluator.taxonomy if evaluator else pipeline.taxonomy
+    results_out = {t: ResultBagWriter(writer, ns, taxonomy, pipeline.threshold)
+                   for t, ns in zip(cameras, namespaces)} if writer else {}
     off_scale = OffScaleNotes(pipeline.cfg.input)
     video_out = None
     # predictions and ground truth waiting for their partner, by stamp (bounded: GT sits next to its frame)
@@ -175,12 +202,12 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
             return
         summary.evaluated += 1
 
-    topics = [topic] + [t for t in (gt_pan, gt_sem) if t]
+    topics = cameras + [t for t in (gt_pan, gt_sem) if t]
     start = time.perf_counter()
     bar = tqdm(total=max_frames, desc="replay", unit="frame")
     try:
         for m in reader.messages(topics):
-            if m.topic == topic:
+            if m.topic in cameras:
                 if max_frames and summary.frames + summary.undecodable >= max_frames:
                     break
                 if m.error:
@@ -198,12 +225,15 @@ def replay(pipeline, bag, out_bag=None, image_topic: Optional[str] = None, gt_to
                 for stage, sec in result.timings.items():
                     summary.stage_ms.setdefault(stage, []).append(1000 * sec)
                 summary.frames += 1
+                summary.cameras[m.topic] = summary.cameras.get(m.topic, 0) + 1
                 bar.update(1)
-                drawn = overlay(rgb, result, taxonomy) if video or (results_out and results_out.with_overlay) \
+                drawn_here = video and m.topic == cameras[0]
+                out = results_out.get(m.topic)
+                drawn = overlay(rgb, result, taxonomy) if drawn_here or (out and out.with_overlay) \
                     else None  # rendered once for the overlay topic and the video
-                if results_out:
-                    results_out.add(m.msg.header, m.stamp_ns, result, rgb, drawn)
-                if video:
+                if out:
+                    out.add(m.msg.header, m.stamp_ns, result, rgb, drawn)
+                if drawn_here:
                     if video_out is None:
                         video_out = VideoWriter(video, fps=10)
                     video_out.add(drawn)

@@ -320,6 +320,82 @@ def test_unknown_topic_lists_image_topics(tiny_pipeline, tmp_path, rng):
         replay(tiny_pipeline, bag, tmp_path / "out", image_topic="/rear/image")
 
 
+def _car_bag(path, rng, second="/rear/image_raw", ground_truth=False):
+    """A car's recording: two cameras of different sizes stamped together (hardware-synchronised),
+    three frames each, and optionally ground truth of the front camera's frames."""
+    front = rng.integers(0, 255, (3, 48, 64, 3), dtype=np.uint8)
+    rear = rng.integers(0, 255, (3, 40, 80, 3), dtype=np.uint8)
+    stamps = [1_700_000_000_000_000_000 + i * 50_000_000 for i in range(3)]
+    with BagWriter(path, "mcap") as w:
+        for stamp, f, r in zip(stamps, front, rear):
+            w.write("/front/image_raw", image_msg(header(stamp, "front_optical"), image_fields(f, "rgb8")), stamp)
+            w.write(second, image_msg(header(stamp, "rear_optical"), image_fields(r, "rgb8")), stamp)
+            if ground_truth:
+                pan = np.full((48, 64), 3, np.int32)  # all road
+                w.write("/ground_truth/panoptic", image_msg(header(stamp, "front_optical"),
+                                                            image_fields(pan, "32SC1")), stamp)
+    return path, stamps, {"/front": front, second.rsplit("/", 1)[0]: rear}
+
+
+def test_a_car_bag_replays_every_camera_under_its_own_namespace(tiny_pipeline, tmp_path, rng):
+    """As the node serves several cameras, replay of a car's bag runs every camera by default (or the
+    ones --image-topic names) and writes each one's outputs under its namespace, frame for frame what
+    the pipeline gives that camera's frame alone; the video draws the first camera and says so."""
+    import imageio.v2 as imageio
+    bag, stamps, frames = _car_bag(tmp_path / "car", rng)
+    lines = []
+    summary = replay(tiny_pipeline, bag, tmp_path / "out", video=tmp_path / "v.mp4", log=lines.append)
+    assert summary.frames == 6 and summary.cameras == {"/front/image_raw": 3, "/rear/image_raw": 3}
+    assert "cameras: /front/image_raw 3, /rear/image_raw 3" in summary.format()
+    assert lines == ["the video draws /front/image_raw, the first of 2 cameras (--image-topic chooses)"]
+    with imageio.get_reader(tmp_path / "v.mp4") as video:
+        assert video.count_frames() == 3 and video.get_data(0).shape[:2] == (48, 64)
+    with BagReader(tmp_path / "out") as r:
+        for ns, rgb in frames.items():
+            got = list(r.messages([f"{ns}/panoptic/semantic"]))
+            assert [stamp_ns(m.msg.header) for m in got] == stamps
+            for m, frame in zip(got, rgb):
+                assert np.array_equal(image_array(m.msg), tiny_pipeline(frame).semantic)
+            assert len(list(r.messages([f"{ns}/panoptic/label_info"]))) == 1
+    from panoptic_node.fleet.run import frames_in
+    assert frames_in(bag) == 6 and frames_in(tmp_path / "out") == 0  # fleet's bar: every camera, no outputs
+    only = replay(tiny_pipeline, bag, tmp_path / "rear_only", image_topic=["/rear/image_raw"])
+    assert only.cameras == {"/rear/image_raw": 3}
+    with BagReader(tmp_path / "rear_only") as r:
+        assert not [t for t in r.topics if t.startswith("/front/")] and "/rear/panoptic/semantic" in r.topics
+
+
+def test_ground_truth_of_one_camera_is_scored_only_when_that_camera_is_replayed_alone(tiny_pipeline, tmp_path, rng):
+    """Ground truth is matched by stamp, and synchronised cameras share stamps: with two cameras it
+    would be scored against either. Found by itself it is left unscored with one line; asked for with
+    --gt-topic it is refused before anything is written; with the camera chosen it scores."""
+    bag, _, _ = _car_bag(tmp_path / "car", rng, ground_truth=True)
+    lines = []
+    summary = replay(tiny_pipeline, bag, tmp_path / "out", log=lines.append)
+    assert summary.frames == 6 and summary.evaluated == 0 and not summary.scoring
+    assert lines == ["not scored: ground truth belongs to one camera and 2 are replayed (/front/image_raw, "
+                     "/rear/image_raw); choose the one it labels with --image-topic"]
+    with pytest.raises(ValueError, match=r"^ground truth belongs to one camera and 2 are replayed"):
+        replay(tiny_pipeline, bag, tmp_path / "refused", gt_topic="/ground_truth/panoptic")
+    assert not (tmp_path / "refused").exists()
+    front = replay(tiny_pipeline, bag, tmp_path / "front", image_topic="/front/image_raw")
+    assert front.evaluated == 3 and front.metrics is not None
+
+
+def test_two_cameras_of_one_namespace_are_refused_before_anything_is_written(tiny_pipeline, tmp_path, rng):
+    """/front/image_raw and /front/image_rect would both write /front/panoptic/*: one line names both."""
+    bag, _, _ = _car_bag(tmp_path / "car", rng, second="/front/image_rect")
+    with pytest.raises(ValueError, match=r"^cameras '/front/image_raw' and '/front/image_rect' would both write "
+                                         r"/front/panoptic/\*; replay them in two runs \(--image-topic\)$"):
+        replay(tiny_pipeline, bag, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert replay(tiny_pipeline, bag, tmp_path / "out", image_topic="/front/image_rect").frames == 3
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="would both write"):  # asked to replace it, and refused: it stays
+        replay(tiny_pipeline, bag, tmp_path / "out", overwrite=True)
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_corrupt_and_truncated_bags(tiny_pipeline, tmp_path, rng, storage):
     frames = [(i + 1, rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for i in range(6)]

@@ -2,7 +2,7 @@
 import heapq
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from rosbags.highlevel import AnyReader
@@ -13,6 +13,11 @@ from .types import typestore
 from .writer import BagError, stamp_ns
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+def is_camera(topic: str, msgtype: str) -> bool:
+    """An image topic a camera recorded: not ground truth, not a replay's or the node's output."""
+    return msgtype in IMAGE_TYPES and "/ground_truth/" not in topic and "/panoptic/" not in topic
 
 
 @dataclass
@@ -48,18 +53,21 @@ class BagReader:
     def image_topics(self) -> List[str]:
         return sorted(t for t, ty in self.topics.items() if ty in IMAGE_TYPES)
 
-    def pick_image_topic(self, topic: Optional[str]) -> str:
-        """The given topic (checked), or the only camera image topic that is not ground truth / output."""
-        cameras = [t for t in self.image_topics() if "/ground_truth/" not in t and "/panoptic/" not in t]
-        if topic:
-            if self.topics.get(topic) not in IMAGE_TYPES:
-                raise BagError(f"bag '{self.path}' has no image topic '{topic}'; image topics: "
-                               f"{', '.join(self.image_topics()) or 'none'}")
-            return topic
-        if len(cameras) != 1:
-            raise BagError(f"bag '{self.path}' has {len(cameras)} camera image topics "
-                           f"({', '.join(cameras) or 'none'}); choose one with --image-topic")
-        return cameras[0]
+    def pick_image_topics(self, topics: Optional[Sequence[str]] = None) -> List[str]:
+        """The given topics (checked, each once), or every camera image topic that is not ground truth
+        or a replay's output: the cameras a car bag recorded, as the node would serve them."""
+        if topics:
+            for topic in topics:
+                if self.topics.get(topic) not in IMAGE_TYPES:
+                    raise BagError(f"bag '{self.path}' has no image topic '{topic}'; image topics: "
+                                   f"{', '.join(self.image_topics()) or 'none'}")
+            return list(dict.fromkeys(topics))
+        cameras = [t for t in self.image_topics() if is_camera(t, self.topics[t])]
+        if not cameras:
+            raise BagError(f"bag '{self.path}' has no camera image topic (sensor_msgs/Image or CompressedImage "
+                           f"outside /ground_truth/ and /panoptic/); image topics: "
+                           f"{', '.join(self.image_topics()) or 'none'}")
+        return cameras
 
     def messages(self, topics: List[str], max_count: Optional[int] = None) -> Iterator[BagMessage]:
         """Messages of the given topics in bag order. A storage error ends the stream with BagError."""

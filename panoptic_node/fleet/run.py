@@ -10,21 +10,18 @@ from typing import Dict, List, Optional
 import yaml
 from tqdm import tqdm
 
+from ..bag.reader import is_camera
 from ..inference.cache_key import file_sha256
 from . import results as store
 from .report import build_report, write_report
 from .worker import BagScorer
 
-IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
-
-
 def frames_in(bag: Path) -> int:
-    """The most-recorded image topic's message count, from metadata.yaml (for the progress bar)."""
+    """The camera frames replay will run (every camera's), from metadata.yaml (for the progress bar)."""
     try:
         info = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
-        counts = [t["message_count"] for t in info["topics_with_message_count"]
-                  if t["topic_metadata"]["type"] in IMAGE_TYPES and not t["topic_metadata"]["name"].endswith("overlay")]
-        return max(counts, default=0)
+        return sum(t["message_count"] for t in info["topics_with_message_count"]
+                   if is_camera(t["topic_metadata"]["name"], t["topic_metadata"]["type"]))
     except (OSError, TypeError, KeyError, yaml.YAMLError):
         return 0
 
