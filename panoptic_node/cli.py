@@ -297,8 +297,8 @@ def _evaluate_bags(args) -> dict:
     from .bag.convert import GT_LABEL_INFO
     from .bag.reader import BagReader, label_set_phrase, pairs_by_stamp
     from .evaluation.evaluator import Evaluator
-    from .messages import FrameError, image_array
-    from .replay import _semantic_of, ground_truth_array, ground_truth_mapping
+    from .messages import FrameError
+    from .replay import _semantic_of, map_array, ground_truth_mapping, require_map_topic
     from .taxonomy import NAMES, get_taxonomy
 
     if not args.bag:
@@ -306,16 +306,12 @@ def _evaluate_bags(args) -> dict:
     pred_bag = args.pred_bag or args.bag
     pred_label_topic = args.pred_topic.rsplit("/", 1)[0] + "/label_info"  # the node's topic beside the maps
 
-    def check(reader, bag, topic):
-        if topic not in reader.topics:
-            raise ValueError(f"bag '{bag}' has no topic '{topic}'; topics: {', '.join(sorted(reader.topics))}")
-
     # the bags' LabelInfo topics say which label set each side is in (when they have them)
     with BagReader(args.bag) as r:
-        check(r, args.bag, args.gt_topic)
+        require_map_topic(r, args.gt_topic, "--gt-topic")
         gt_labels = r.label_set(GT_LABEL_INFO) if args.gt_topic.startswith("/ground_truth/") else None
     with BagReader(pred_bag) as r:
-        check(r, pred_bag, args.pred_topic)
+        require_map_topic(r, args.pred_topic, "--pred-topic")
         pred_labels = r.label_set(pred_label_topic)
     # the predictions' label set is the one to score in; ground truth in another is mapped where it can be
     labels, why = next((name, why) for name, why in (
@@ -333,7 +329,7 @@ def _evaluate_bags(args) -> dict:
                                    unmatched=unmatched):
             stamp = g.stamp_ns
             try:  # a frame that cannot be scored is counted, with the first reason, not scored as if valid
-                g, p = ground_truth_array(g, "pan"), image_array(p.msg)
+                g, p = map_array(g, "pan"), map_array(p, "pan")  # both must be panoptic maps
                 g = gt_map.map_panoptic(g) if gt_map else g
                 evaluator.add(g, _semantic_of(g), p, _semantic_of(p))
             except (FrameError, ValueError) as e:
@@ -346,8 +342,10 @@ def _evaluate_bags(args) -> dict:
     if unscored:
         print(f"{unscored} frame pairs not scored (first {first_reason})", file=sys.stderr)
     if not evaluator.frames:
-        raise ValueError(f"no frame scored: {args.gt_topic} in '{args.bag}' and {args.pred_topic} in '{pred_bag}' "
-                         f"share no header stamp" + (f", and {unscored} pairs could not be scored" if unscored else ""))
+        raise ValueError(f"no frame scored: " + (
+            f"none of the {unscored} frame pairs of {args.gt_topic} and {args.pred_topic} could be scored (first "
+            f"{first_reason})" if unscored else
+            f"{args.gt_topic} in '{args.bag}' and {args.pred_topic} in '{pred_bag}' share no header stamp"))
     return evaluator.report()
 
 

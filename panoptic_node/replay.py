@@ -137,9 +137,11 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
             if ns in namespaces[:i]:
                 raise ValueError(f"cameras '{cameras[namespaces.index(ns)]}' and '{cameras[i]}' would both write "
                                  f"{ns}/panoptic/*; replay them in two runs (--image-topic)")
-        if gt_topic and gt_topic not in reader.topics:
-            raise ValueError(f"bag '{bag}' has no ground-truth topic '{gt_topic}'; topics: "
-                             f"{', '.join(sorted(reader.topics))}")
+        if gt_topic:
+            require_map_topic(reader, gt_topic, "--gt-topic")
+            if gt_topic in cameras:
+                raise ValueError(f"--gt-topic '{gt_topic}' is a camera this replay runs; expected the ground-truth "
+                                 f"panoptic topic ({GT_PANOPTIC} in the bags `convert` writes)")
         several = (f"ground truth belongs to one camera and {len(cameras)} are replayed ({', '.join(cameras)}); "
                    f"choose the one it labels with --image-topic")
         if gt_topic and len(cameras) > 1:
@@ -246,7 +248,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                 entry = pending_gt.setdefault(m.stamp_ns, {})
                 kind = "pan" if m.topic == gt_pan else "sem"
                 try:  # a bad ground-truth message costs its frame's score (said in score())
-                    entry[kind] = ground_truth_array(m, kind)
+                    entry[kind] = map_array(m, kind)
                 except (FrameError, ValueError) as e:
                     entry[kind] = None
                     entry.setdefault("error", str(e))
@@ -315,9 +317,21 @@ def ground_truth_mapping(gt_labels: Optional[str], target: str, where: str, targ
 GT_ENCODINGS = {"pan": "32SC1", "sem": "mono8"}
 
 
-def ground_truth_array(m, kind: str) -> np.ndarray:
-    """A ground-truth message as an array, refused unless it is the encoding its kind has: a class
-    map (mono8) on the panoptic topic would be scored as stuff labels and mean nothing."""
+def require_map_topic(reader: BagReader, topic: str, option: str) -> None:
+    """A topic named to be scored exists in the bag and carries images: refused in one line before any
+    frame is read, where otherwise its messages would pair with nothing and the run say only that."""
+    if topic not in reader.topics:
+        raise ValueError(f"bag '{reader.path}' has no topic '{topic}' ({option}); topics: "
+                         f"{', '.join(sorted(reader.topics))}")
+    if reader.topics[topic] != "sensor_msgs/msg/Image":
+        raise ValueError(f"{option} '{topic}' in bag '{reader.path}' is a {reader.topics[topic]}; expected a "
+                         f"sensor_msgs/Image topic of panoptic maps (32SC1, label*1000 + instance)")
+
+
+def map_array(m, kind: str) -> np.ndarray:
+    """A map message to score (ground truth, or evaluate's predictions) as an array, refused unless it
+    is the encoding its kind has: a class map (mono8) on the panoptic topic would be scored as stuff
+    labels and mean nothing, an overlay (bgr8) would not even fit the label type."""
     if m.error:
         raise ValueError(m.error)
     want = GT_ENCODINGS[kind]

@@ -286,6 +286,35 @@ def test_evaluate_with_no_pair_fails_with_the_reason(tiny_pipeline, tmp_path, rn
     assert "(3 frames)" in capsys.readouterr().out
 
 
+def test_topics_that_are_not_panoptic_maps_are_refused_in_one_line(tiny_pipeline, tmp_path, rng, capsys):
+    """A topic named to be scored that carries no images (diagnostics, detections) is refused before a
+    frame is read (it used to pair with nothing and be reported as "no header stamp in common"); an
+    image topic of another encoding (the overlay, bgr8) costs each pair its score with the reason (it
+    escaped as an OverflowError on the prediction side); the camera itself as ground truth is refused."""
+    base = 1_700_000_000_000_000_000
+    imgs = [base + i * 100_000_000 for i in range(3)]
+    bag = _gt_bag(tmp_path / "gt", rng, imgs, imgs)
+    replay(tiny_pipeline, bag, tmp_path / "pred", log=lambda *_: None)
+    capsys.readouterr()  # the replay's progress bar
+    pred = ["--pred-bag", str(tmp_path / "pred")]
+    assert main(["evaluate", "--bag", str(bag), *pred, "--pred-topic", "/camera/panoptic/detections"]) == 2
+    assert capsys.readouterr().err == (
+        f"panoptic-node evaluate: error: --pred-topic '/camera/panoptic/detections' in bag '{tmp_path / 'pred'}' is a "
+        f"vision_msgs/msg/Detection2DArray; expected a sensor_msgs/Image topic of panoptic maps (32SC1, label*1000 + "
+        f"instance)\n")
+    assert main(["evaluate", "--bag", str(tmp_path / "pred"), *pred, "--gt-topic", "/diagnostics"]) == 2
+    assert "--gt-topic '/diagnostics' in bag" in capsys.readouterr().err
+    assert main(["evaluate", "--bag", str(bag), *pred, "--pred-topic", "/camera/panoptic/overlay"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("panoptic-node evaluate: error: no frame scored: none of the 3 frame pairs of "
+                              "/ground_truth/panoptic and /camera/panoptic/overlay could be scored (first at ")
+    assert "'/camera/panoptic/overlay' at 1700000000000000000 is bgr8; expected a 32SC1 sensor_msgs/Image" in err[-1]
+    with pytest.raises(ValueError, match="^--gt-topic '/camera/image_raw' is a camera this replay runs; expected "
+                                         "the ground-truth panoptic topic"):
+        replay(tiny_pipeline, bag, tmp_path / "again", gt_topic="/camera/image_raw")
+    assert not (tmp_path / "again").exists()
+
+
 @pytest.mark.parametrize("value", [-5, 2**31 - 1, 13001])
 def test_ground_truth_outside_the_label_set_is_not_scored(tiny_pipeline, tmp_path, rng, value):
     base = 1_700_000_000_000_000_000
