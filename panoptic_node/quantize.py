@@ -25,6 +25,9 @@ def calibration_frames(source, limit: int) -> Iterator[np.ndarray]:
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"calibration source '{source}' does not exist; expected a bag or an image folder")
+    if not source.is_dir():
+        raise NotADirectoryError(f"calibration source '{source}' is a file; expected a bag folder or a folder of "
+                                 f".png / .jpg frames")
     count = 0
     if (source / "metadata.yaml").is_file():
         from .bag.reader import BagReader, decode_frame

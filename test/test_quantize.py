@@ -60,6 +60,9 @@ def test_no_frames_is_an_error(tmp_path):
         list(calibration_frames(tmp_path / "empty", 4))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         list(calibration_frames(tmp_path / "nowhere", 4))
+    (tmp_path / "frame.png").write_bytes(b"one file, not a folder of them")
+    with pytest.raises(NotADirectoryError, match="^calibration source '.*frame.png' is a file; expected a bag folder"):
+        list(calibration_frames(tmp_path / "frame.png", 4))
 
 
 def test_int8_qdq_graph(fp32, image_dir, rng):
@@ -183,6 +186,7 @@ def test_export_command_writes_exactly_the_two_int8_graphs(tmp_path, image_dir, 
 
 @pytest.mark.parametrize("bad, says", [
     (["--precision", "int8", "--calib", "EMPTY"], "holds no frames"),
+    (["--precision", "int8", "--calib", "A_FILE"], "is a file; expected a bag folder or a folder of .png / .jpg"),
     (["--precision", "int8", "--calib", "FRAMES", "--calib-frames", "0"], "--calib-frames 0: expected >= 1"),
     (["--size", "abc"], "--size 'abc': expected HxW"),
     (["--size", "60x90"], "--size 60x90: expected HxW with sides that are positive multiples of 32"),
@@ -195,7 +199,9 @@ def test_export_refusals_are_one_line_and_leave_no_graph(tmp_path, image_dir, ca
     out = tmp_path / "deploy"
     out.mkdir()
     (out / "mine.txt").write_text("the user's")
-    args = [{"EMPTY": str(tmp_path / "empty"), "FRAMES": str(image_dir)}.get(a, a) for a in bad]
+    (tmp_path / "frame.png").write_bytes(b"not a folder")
+    args = [{"EMPTY": str(tmp_path / "empty"), "FRAMES": str(image_dir), "A_FILE": str(tmp_path / "frame.png")}.get(a, a)
+            for a in bad]
     assert main(["export", "--model", tiny_model_yaml(), "--out", str(out / "tiny.onnx"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err
