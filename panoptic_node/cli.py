@@ -200,18 +200,16 @@ def _replay(args, pipeline):
                      video=args.video, metrics_path=args.metrics, max_frames=args.max_frames,
                      overwrite=args.overwrite, storage=args.storage)
     print(summary.format())
-    if summary.metrics and args.chart:
-        from .evaluation.report import bar_chart
-        bar_chart(summary.metrics, args.chart)
-        print(f"per-class chart: {args.chart}")
+    if summary.metrics:
+        _charts(summary.metrics, args)
     return summary
 
 
 def _check_replay_outputs(args, inputs) -> None:
     """Every output of a replay checked before the model loads or a frame is read."""
     from .output_safety import check_outputs
-    check_outputs({"--out": args.out, "--video": args.video, "--metrics": args.metrics, "--chart": args.chart},
-                  inputs, args.overwrite, bags={"--out"})
+    check_outputs({"--out": args.out, "--video": args.video, "--metrics": args.metrics, "--chart": args.chart,
+                   "--confusion": args.confusion}, inputs, args.overwrite, bags={"--out"})
 
 
 def cmd_replay(args) -> int:
@@ -273,10 +271,9 @@ def cmd_fleet(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .atomic import write_json
-    from .evaluation.report import bar_chart
     from .evaluation.evaluator import format_report
     from .output_safety import check_outputs
-    check_outputs({"--json": args.json, "--chart": args.chart},
+    check_outputs({"--json": args.json, "--chart": args.chart, "--confusion": args.confusion},
                   [args.bag, args.pred_bag, args.gt_json, args.gt_folder, args.pred_json, args.pred_folder],
                   args.overwrite)
     if args.gt_json:
@@ -287,10 +284,19 @@ def cmd_evaluate(args) -> int:
     print(format_report(report))
     if args.json:
         write_json(report, args.json, indent=1)
+    _charts(report, args)
+    return 0
+
+
+def _charts(report: dict, args) -> None:
+    """The pictures replay and evaluate draw of a report, where asked for."""
+    from .evaluation.report import bar_chart, confusion_chart
     if args.chart:
         bar_chart(report, args.chart)
         print(f"per-class chart: {args.chart}")
-    return 0
+    if args.confusion:
+        confusion_chart(report, args.confusion)
+        print(f"confusion matrix: {args.confusion}")
 
 
 def _evaluate_bags(args) -> dict:
@@ -359,15 +365,16 @@ def cmd_demo(args) -> int:
     bag = out / "camvid_val"
     args.bag, args.out, args.image_topic, args.gt_topic = str(bag), str(out / "camvid_val_panoptic"), None, None
     args.video, args.metrics, args.chart = str(out / "overlay.mp4"), str(out / "metrics.json"), str(out / "per_class.png")
+    args.confusion = str(out / "confusion.png")
     args.storage = "mcap"
-    # all five outputs are checked before anything is written: an earlier demo's are replaced only
+    # all six outputs are checked before anything is written: an earlier demo's are replaced only
     # with --overwrite (and its bags only if they are ours), never reused as they are
     from .output_safety import check_outputs
     check_outputs({"the demo's input bag": bag}, [camvid], args.overwrite, bags={"the demo's input bag"})
     _check_replay_outputs(args, [camvid, bag, args.weights, args.onnx])
     convert("camvid", camvid, bag, split="val", storage="mcap", max_frames=args.max_frames, overwrite=args.overwrite)
     _replay(args, _pipeline(args))
-    print(f"outputs in {out}: output bag camvid_val_panoptic/, overlay.mp4, metrics.json, per_class.png")
+    print(f"outputs in {out}: output bag camvid_val_panoptic/, overlay.mp4, metrics.json, per_class.png, confusion.png")
     return 0
 
 
@@ -524,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", help="overlay video (.mp4) of the first camera")
     p.add_argument("--metrics", help="summary + metrics JSON")
     p.add_argument("--chart", help="per-class bar chart PNG")
+    p.add_argument("--confusion", help="confusion matrix PNG (where each class's pixels went)")
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
     _add_model_args(p)
     _add_replay_args(p)
@@ -542,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred-folder")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--chart", help="per-class bar chart PNG")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --json / --chart")
+    p.add_argument("--confusion", help="confusion matrix PNG (where each class's pixels went)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json / --chart / --confusion")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("fleet", help="replay and score many bags on Ray (local or a cluster): one exact fleet "

@@ -53,6 +53,7 @@ def not_our_bag(path) -> Optional[str]:
 # outputs whose writer picks the format from the suffix (imageio's ffmpeg, matplotlib): another suffix
 # would fail only when the output is written, at the end of the run
 SUFFIXES = {"--video": (".mp4",), "--chart": (".png", ".svg", ".pdf", ".jpg", ".jpeg")}
+SUFFIXES["--confusion"] = SUFFIXES["--chart"]
 
 
 def check_outputs(outputs: Dict[str, Optional[object]], inputs: Iterable[object] = (), overwrite: bool = False,

@@ -605,7 +605,8 @@ def test_kitti_fixtures(tmp_path, rng):
     assert (pan[2:6, 2:8] == 13003).all() and pan[0, 0] == 0
 
 
-def test_camvid_convert_and_replay_scores(tiny_pipeline, tmp_path):
+def test_camvid_convert_and_replay_scores(tiny_pipeline, tiny_model_yaml, tmp_path):
+    from panoptic_node.cli import main
     root = camvid_or_skip()
     assert convert("camvid", root, tmp_path / "bag", max_frames=3) == 3
     with BagReader(tmp_path / "bag") as r:
@@ -620,8 +621,14 @@ def test_camvid_convert_and_replay_scores(tiny_pipeline, tmp_path):
     assert len(np.unique(cars)) >= 1 and (cars % 1000 > 0).all()
     summary = replay(tiny_pipeline, tmp_path / "bag", tmp_path / "pred")
     assert summary.evaluated == 3 and summary.metrics is not None
+    # replay's own scores, through the command: the confusion matrix counts every labelled pixel
+    assert main(["replay", str(tmp_path / "bag"), "--model", str(tiny_model_yaml), "--out", str(tmp_path / "p2"),
+                 "--metrics", str(tmp_path / "m.json"), "--confusion", str(tmp_path / "m.png")]) == 0
+    matrix = np.array(json.loads((tmp_path / "m.json").read_text())["metrics"]["confusion"]["matrix"])
+    with BagReader(tmp_path / "bag") as r:
+        labelled = sum(int((image_array(m.msg) != 255).sum()) for m in r.messages(["/ground_truth/semantic"]))
+    assert matrix.sum() == labelled and Image.open(tmp_path / "m.png").width > 400
     # the evaluate command on the two bags agrees with replay's own scoring
-    from panoptic_node.cli import main
     assert main(["evaluate", "--bag", str(tmp_path / "bag"), "--pred-bag", str(tmp_path / "pred"),
                  "--json", str(tmp_path / "e.json"), "--chart", str(tmp_path / "e.png")]) == 0
     report = json.loads((tmp_path / "e.json").read_text())

@@ -221,7 +221,8 @@ def test_outputs_are_checked_before_any_frame_is_processed(tiny_pipeline, tmp_pa
     assert s.frames == 1 and json.loads((tmp_path / "new" / "deeper" / "m.json").read_text())["frames"] == 1
 
 
-@pytest.mark.parametrize("option, name", [("--video", "v.txt"), ("--video", "v"), ("--chart", "c.txt")])
+@pytest.mark.parametrize("option, name", [("--video", "v.txt"), ("--video", "v"), ("--chart", "c.txt"),
+                                          ("--confusion", "m.mp4")])
 def test_a_video_or_chart_its_writer_cannot_make_is_refused_before_the_replay(tiny_model, tmp_path, rng, capsys,
                                                                                option, name):
     """imageio and matplotlib pick the format from the suffix: a .txt video used to fail at the first

@@ -155,6 +155,35 @@ def test_confusion_metrics_equal_numpy(rng):
     assert s["pixel_accuracy"] == pytest.approx((g[valid] == p[valid]).mean(), abs=1e-12)
 
 
+def test_the_reports_confusion_matrix_counts_each_pixel_where_it_went(rng):
+    """On a label set whose ids have gaps (as COCO's do), the report's matrix equals a direct count:
+    row = ground-truth class, column = predicted class in class order, then void; void ground truth
+    is not counted. The chart's row shares sum to one for every class that has pixels."""
+    from panoptic_node.evaluation.evaluator import taxonomy_from_categories
+    from panoptic_node.evaluation.report import row_shares
+    def panoptic_of(sem):  # one car instance, stuff as its label
+        return np.where(sem == 255, -1, np.where(sem == 4, 4001, sem.astype(np.int32)))
+    tax = taxonomy_from_categories({1: {"name": "road"}, 4: {"name": "car", "isthing": 1}, 7: {"name": "sky"}})
+    ev = Evaluator(tax)
+    pairs = []
+    for _ in range(3):
+        gt = rng.choice([1, 4, 7, 255], (12, 16)).astype(np.uint8)
+        pred = np.where(rng.random((12, 16)) < 0.6, gt, rng.choice([1, 4, 7, 255], (12, 16))).astype(np.uint8)
+        gt[:, :2] = 1  # sky is never predicted in the first two columns: not every cell is full
+        ev.add(panoptic_of(gt), gt, panoptic_of(pred), pred)
+        pairs.append((gt, pred))
+    g = np.concatenate([p[0].ravel() for p in pairs])
+    p = np.concatenate([p[1].ravel() for p in pairs])
+    columns = [1, 4, 7, 255]
+    direct = [[int(((g == row) & (p == col)).sum()) for col in columns] for row in [1, 4, 7]]
+    confusion = ev.report()["confusion"]
+    assert confusion == {"classes": ["road", "car", "sky"], "matrix": direct}
+    shares = row_shares(confusion["matrix"] + [[0, 0, 0, 0]])  # and a class with no pixels at all
+    np.testing.assert_allclose(shares[:3].sum(1), 1.0)
+    assert shares[3].tolist() == [0, 0, 0, 0]
+    assert json.loads(json.dumps(ev.report()))["confusion"] == confusion  # goes into --json / --metrics as it is
+
+
 def test_evaluator_on_our_panoptic_convention():
     camvid = get_taxonomy("camvid")
     gt = np.full((10, 10), 3, np.int32)
@@ -400,7 +429,8 @@ def test_evaluate_folders_writes_json_and_a_chart(folders, tmp_path, capsys):
     from panoptic_node.cli import main
     assert main(["evaluate", "--gt-json", str(folders / "gt.json"), "--gt-folder", str(folders / "gt"),
                  "--pred-json", str(folders / "pred.json"), "--pred-folder", str(folders / "pred"),
-                 "--json", str(tmp_path / "r.json"), "--chart", str(tmp_path / "c.png")]) == 0
+                 "--json", str(tmp_path / "r.json"), "--chart", str(tmp_path / "c.png"),
+                 "--confusion", str(tmp_path / "m.png")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["pq"]["pq"] == pytest.approx(ours(folders)[0]["All"]["pq"], abs=1e-12)
     # each pixel's class is its segment's: mIoU and pixel accuracy equal a direct count over the PNGs
@@ -421,7 +451,12 @@ def test_evaluate_folders_writes_json_and_a_chart(folders, tmp_path, capsys):
     assert report["miou"] == pytest.approx(np.mean(ious), abs=1e-12)
     assert report["pixel_accuracy"] == pytest.approx((g[valid] == p[valid]).mean(), abs=1e-12)
     assert report["frames"] == 8 and report["per_class"]["4"]["name"] == "car"
+    said = capsys.readouterr().out
     chart = Image.open(tmp_path / "c.png")
-    assert chart.width > 400 and f"per-class chart: {tmp_path / 'c.png'}" in capsys.readouterr().out
+    assert chart.width > 400 and f"per-class chart: {tmp_path / 'c.png'}" in said
     pixels = np.asarray(chart.convert("RGB")).reshape(-1, 3)
     assert len(np.unique(pixels, axis=0)) > 10  # bars drawn, not a blank canvas
+    heat = Image.open(tmp_path / "m.png")
+    assert heat.width > 400 and f"confusion matrix: {tmp_path / 'm.png'}" in said
+    assert len(np.unique(np.asarray(heat.convert("RGB")).reshape(-1, 3), axis=0)) > 20  # shades, not blank
+    assert len(report["confusion"]["matrix"]) == len(report["confusion"]["classes"]) == len(report["per_class"])

@@ -101,6 +101,14 @@ class Evaluator:
             s.iou, s.tp, s.fp, s.fn = s.iou + iou, s.tp + tp, s.fp + fp, s.fn + fn
         self.frames += state["frames"]
 
+    def confusion_of_classes(self) -> Dict[str, object]:
+        """The confusion matrix on the label set's classes (their ids may have gaps, COCO's do): rows
+        the ground truth's classes, columns the same classes then void, in class order."""
+        ids = [c.id for c in self.taxonomy.classes]
+        m = self.confusion.matrix
+        return {"classes": [c.name for c in self.taxonomy.classes],
+                "matrix": m[np.ix_(ids, ids + [m.shape[1] - 1])].tolist()}
+
     def report(self) -> Dict[str, object]:
         tax = self.taxonomy
         sem = self.confusion.scores()
@@ -116,6 +124,9 @@ class Evaluator:
             "pq_stuff": self.pq.summary(tax.stuff_ids),
             "miou": sem["miou"], "pixel_accuracy": sem["pixel_accuracy"], "mean_dice": sem["mean_dice"],
             "per_class": per_class,
+            # pixels of each ground-truth class (rows, in class order) by what was predicted there
+            # (columns: the same classes, then void); confusion_chart draws it
+            "confusion": self.confusion_of_classes(),
         }
 
 

@@ -1,5 +1,5 @@
-"""Evaluation outputs people look at: a per-class bar chart (PQ and IoU). The JSON report goes
-through atomic.write_json."""
+"""Evaluation outputs people look at: a per-class bar chart (PQ and IoU) and the confusion matrix
+(which class each class's pixels were taken for). The JSON report goes through atomic.write_json."""
 from pathlib import Path
 
 from ..atomic import atomic_path
@@ -25,6 +25,44 @@ def bar_chart(report: dict, path, title: str = "") -> Path:
     ax.set_title(title or f"PQ {100 * report['pq']['pq']:.1f}  mIoU {100 * report['miou']:.1f}  "
                           f"({report['frames']} frames)")
     ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def row_shares(matrix) -> "np.ndarray":
+    """Each ground-truth class's pixels as shares of its row (a class with no pixels: a row of zeros)."""
+    import numpy as np
+    m = np.asarray(matrix, np.float64)
+    totals = m.sum(1, keepdims=True)
+    return np.divide(m, totals, out=np.zeros_like(m), where=totals > 0)
+
+
+def confusion_chart(report: dict, path, title: str = "") -> Path:
+    """The report's confusion matrix as a heat map, each row normalised: where the pixels of a class
+    went (the diagonal is what was right; the last column, what was left void). Percentages are
+    written in the cells when there are few enough classes to read them."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = report["confusion"]["classes"]
+    shares = row_shares(report["confusion"]["matrix"])
+    n = len(names)
+    side = max(5.0, 0.45 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(side + 0.8, side))
+    shown = ax.imshow(100 * shares, cmap="Blues", vmin=0, vmax=100)
+    ax.set_xticks(range(n + 1), names + ["void"], rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted as")
+    ax.set_ylabel("ground truth")
+    if n <= 30:
+        for (row, col), share in np.ndenumerate(shares):
+            if share >= 0.005:
+                ax.text(col, row, f"{100 * share:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if share > 0.5 else "black")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="% of the ground-truth class's pixels")
+    ax.set_title(title or f"where each class's pixels went ({report['frames']} frames)")
     fig.tight_layout()
     return save_figure(fig, path)
 
