@@ -81,6 +81,13 @@ def test_merged_fleet_numbers_equal_one_process(local_ray, fleet_bags, tmp_path)
     assert set(report["groups"]) == {"day", "dusk"} and report["groups"]["dusk"]["frames"] == 3
     html = (tmp_path / "out" / "report.html").read_text()
     assert "drive_c" in html and "<table id=\"bags\">" in html and "Slowest stages" in html
+    # the confusion table: a row per class, each cell the share of that ground-truth class's pixels
+    confusion = report["fleet"]["confusion"]
+    table = html.split('<table id="confusion">')[1].split("</table>")[0]
+    assert table.count("<tr>") == 1 + len(confusion["classes"])
+    road = confusion["matrix"][confusion["classes"].index("road")]
+    road_row = table.split("<tr><td>road</td>")[1].split("</tr>")[0]
+    assert f">{100 * road[3] / sum(road):.0f}</td>" in road_row.split("<td")[4]  # its diagonal, 4th cell
     # the gallery: per class the fleet's lowest-IoU frames, lowest first, each with its picture
     road = report["worst_frames"]["road"]
     assert len(road) == 3 and [f["iou"] for f in road] == sorted(f["iou"] for f in road)

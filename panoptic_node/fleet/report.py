@@ -1,16 +1,17 @@
 """The fleet's report: bag results merged exactly into one score (the evaluators' accumulators added,
 not per-bag scores averaged), per bag and per group rows, the slowest stages; report.json and a
-self-contained report.html; and the gate against an earlier report."""
+self-contained report.html (with the confusion matrix); and the gate against an earlier report."""
 import html
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from ..atomic import atomic_path, write_json
 from ..evaluation.evaluator import Evaluator
+from ..evaluation.report import row_shares
 from ..taxonomy import get_taxonomy
 
 
@@ -141,6 +142,8 @@ figure{{display:inline-block;margin:4px}} figcaption{{font-size:.8em}}</style></
                        + METRIC_COLUMNS, "groups")}
 <h2>Classes</h2>{_table(classes, [("class", "class", "str"), ("kind", "kind", "str"), ("PQ", "pq", "pct"),
                                   ("SQ", "sq", "pct"), ("RQ", "rq", "pct"), ("IoU", "iou", "pct")], "classes")}
+<h2>Where each class's pixels went (% of the ground-truth class, rows)</h2>
+{_confusion_table((report.get('fleet') or {}).get('confusion'))}
 <h2>Slowest stages (ms per frame)</h2>{_table(stages, [("stage", "stage", "str"), ("p50", "p50", "num"),
                                                        ("p90", "p90", "num"), ("p99", "p99", "num")], "stages")}
 <h2>Worst frames per class</h2><p>frame | prediction | ground truth</p>
@@ -162,6 +165,22 @@ function sortBy(id, col) {{
 }}
 </script></body></html>
 """
+
+
+def _confusion_table(confusion: Optional[dict]) -> str:
+    """The fleet's confusion matrix, each row normalised, as a table shaded by share (the same reading
+    as replay's --confusion picture); reports from before it existed have none."""
+    if not confusion:
+        return "<p>not in this report</p>"
+    names = [html.escape(n) for n in confusion["classes"]]
+    head = "".join(f"<th>{n}</th>" for n in names + ["void"])
+    rows = []
+    for name, shares in zip(names, row_shares(confusion["matrix"])):
+        cells = "".join(f'<td style="background:rgba(8,48,107,{v:.2f});color:{"#fff" if v > 0.5 else "#000"}">'
+                        f'{100 * v:.0f}</td>' if v >= 0.005 else "<td></td>" for v in shares)
+        rows.append(f"<tr><td>{name}</td>{cells}</tr>")
+    return (f'<table id="confusion"><thead><tr><th>ground truth \\ predicted</th>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
 
 
 def _gallery(worst: Dict[str, List[dict]]) -> str:
