@@ -132,6 +132,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     reader = BagReader(bag)
     try:
         cameras = reader.pick_image_topics([image_topic] if isinstance(image_topic, str) else image_topic)
+        twins = [] if image_topic else [t for t in reader.image_topics()
+                                        if t.endswith("/compressed") and t[:-len("/compressed")] in cameras]
         namespaces = [camera_namespace(t) for t in cameras]
         for i, ns in enumerate(namespaces):
             if ns in namespaces[:i]:
@@ -150,6 +152,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
         reader.close()
         raise
     gt_pan = gt_topic or (GT_PANOPTIC if GT_PANOPTIC in reader.topics else None)
+    for twin in twins:
+        log(f"{twin} is {twin[:-len('/compressed')]} compressed: the raw frames are replayed (--image-topic chooses)")
     if gt_pan and len(cameras) > 1:
         log(f"not scored: {several}")
         gt_pan = None

@@ -259,7 +259,7 @@ def test_replay_round_trip(tiny_pipeline, tmp_path, rng, storage, compressed):
     assert summary.frames == 3 and summary.undecodable == 0
     assert (tmp_path / "v.mp4").stat().st_size > 0 and json.loads((tmp_path / "m.json").read_text())["frames"] == 3
     with BagReader(out) as r:
-        ns = "/front/image_raw" if compressed else "/front"
+        ns = "/front"  # as the node publishes it, whichever transport came in
         expected = {f"{ns}/panoptic/semantic": "sensor_msgs/msg/Image", f"{ns}/panoptic/instances": "sensor_msgs/msg/Image",
                     f"{ns}/panoptic/panoptic": "sensor_msgs/msg/Image", f"{ns}/panoptic/overlay": "sensor_msgs/msg/Image",
                     f"{ns}/panoptic/detections": "vision_msgs/msg/Detection2DArray",
@@ -380,6 +380,30 @@ def test_ground_truth_of_one_camera_is_scored_only_when_that_camera_is_replayed_
     assert not (tmp_path / "refused").exists()
     front = replay(tiny_pipeline, bag, tmp_path / "front", image_topic="/front/image_raw")
     assert front.evaluated == 3 and front.metrics is not None
+
+
+def test_a_camera_recorded_raw_and_compressed_is_replayed_once(tiny_pipeline, tmp_path, rng):
+    """image_transport records a camera twice (image_raw and image_raw/compressed): by default the raw
+    frames are replayed, once, and one line says so; the compressed twin alone publishes under the
+    same namespace, as the node does with input_transport compressed."""
+    frames = [(1_700_000_000_000_000_000 + i, rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for i in range(2)]
+    with BagWriter(tmp_path / "both", "mcap") as w:
+        for stamp, f in frames:
+            w.write("/front/image_raw", image_msg(header(stamp, "front"), image_fields(f, "rgb8")), stamp)
+            buf = io.BytesIO()
+            Image.fromarray(f).save(buf, format="PNG")
+            w.write("/front/image_raw/compressed", compressed_msg(header(stamp, "front"), "png", buf.getvalue()), stamp)
+    lines = []
+    summary = replay(tiny_pipeline, tmp_path / "both", tmp_path / "out", log=lines.append)
+    assert summary.cameras == {"/front/image_raw": 2}
+    assert lines == ["/front/image_raw/compressed is /front/image_raw compressed: the raw frames are replayed "
+                     "(--image-topic chooses)"]
+    only = replay(tiny_pipeline, tmp_path / "both", tmp_path / "c", image_topic="/front/image_raw/compressed")
+    assert only.cameras == {"/front/image_raw/compressed": 2}
+    with BagReader(tmp_path / "out") as a, BagReader(tmp_path / "c") as b:
+        assert set(a.topics) == set(b.topics) and "/front/panoptic/semantic" in a.topics
+        for ma, mb in zip(a.messages(["/front/panoptic/semantic"]), b.messages(["/front/panoptic/semantic"])):
+            assert np.array_equal(image_array(ma.msg), image_array(mb.msg))  # PNG is lossless: the same frames
 
 
 def test_two_cameras_of_one_namespace_are_refused_before_anything_is_written(tiny_pipeline, tmp_path, rng):

@@ -55,15 +55,18 @@ class BagReader:
 
     def pick_image_topics(self, topics: Optional[Sequence[str]] = None) -> List[str]:
         """The given topics (checked, each once), or every camera image topic that is not ground truth
-        or a replay's output: the cameras a car bag recorded, as the node would serve them."""
+        or a replay's output: the cameras a car bag recorded, as the node would serve them (a camera
+        recorded both raw and compressed is taken once, raw)."""
         if topics:
             for topic in topics:
                 if self.topics.get(topic) not in IMAGE_TYPES:
                     raise BagError(f"bag '{self.path}' has no image topic '{topic}'; image topics: "
                                    f"{', '.join(self.image_topics()) or 'none'}")
             return list(dict.fromkeys(topics))
-        cameras = [t for t in self.image_topics() if is_camera(t, self.topics[t])]
-        if not cameras:
+        found = [t for t in self.image_topics() if is_camera(t, self.topics[t])]
+        # image_transport records a camera twice, raw and '/compressed': the raw frames, once
+        cameras = [t for t in found if not (t.endswith("/compressed") and t[:-len("/compressed")] in found)]
+        if not found:
             raise BagError(f"bag '{self.path}' has no camera image topic (sensor_msgs/Image or CompressedImage "
                            f"outside /ground_truth/ and /panoptic/); image topics: "
                            f"{', '.join(self.image_topics()) or 'none'}")
