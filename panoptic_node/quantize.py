@@ -33,7 +33,7 @@ def calibration_frames(source, limit: int) -> Iterator[np.ndarray]:
         from .bag.reader import BagReader, decode_frame
         from .messages import FrameError
         with BagReader(source) as r:
-            for m in r.messages(r.pick_image_topics()):  # every camera's frames calibrate
+            for m in r.messages(r.pick_image_topics()[0]):  # every camera's frames calibrate
                 if m.msg is None:
                     continue
                 try:

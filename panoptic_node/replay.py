@@ -131,9 +131,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     check_outputs({"--out": out_bag, "--video": video, "--metrics": metrics_path}, [bag], overwrite, bags={"--out"})
     reader = BagReader(bag)
     try:
-        cameras = reader.pick_image_topics([image_topic] if isinstance(image_topic, str) else image_topic)
-        twins = [] if image_topic else [t for t in reader.image_topics()
-                                        if t.endswith("/compressed") and t[:-len("/compressed")] in cameras]
+        cameras, left_out = reader.pick_image_topics([image_topic] if isinstance(image_topic, str) else image_topic)
         namespaces = [camera_namespace(t) for t in cameras]
         for i, ns in enumerate(namespaces):
             if ns in namespaces[:i]:
@@ -152,8 +150,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
         reader.close()
         raise
     gt_pan = gt_topic or (GT_PANOPTIC if GT_PANOPTIC in reader.topics else None)
-    for twin in twins:
-        log(f"{twin} is {twin[:-len('/compressed')]} compressed: the raw frames are replayed (--image-topic chooses)")
+    for why in left_out.values():
+        log(f"{why} (--image-topic chooses)")
     if gt_pan and len(cameras) > 1:
         log(f"not scored: {several}")
         gt_pan = None

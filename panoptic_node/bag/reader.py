@@ -7,7 +7,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from rosbags.highlevel import AnyReader
 
-from ..messages import compressed_to_rgb, image_to_rgb
+from ..messages import SUPPORTED_ENCODINGS, compressed_to_rgb, image_to_rgb
 from ..taxonomy import taxonomy_of
 from .types import typestore
 from .writer import BagError, stamp_ns
@@ -53,24 +53,45 @@ class BagReader:
     def image_topics(self) -> List[str]:
         return sorted(t for t, ty in self.topics.items() if ty in IMAGE_TYPES)
 
-    def pick_image_topics(self, topics: Optional[Sequence[str]] = None) -> List[str]:
-        """The given topics (checked, each once), or every camera image topic that is not ground truth
-        or a replay's output: the cameras a car bag recorded, as the node would serve them (a camera
-        recorded both raw and compressed is taken once, raw)."""
+    def pick_image_topics(self, topics: Optional[Sequence[str]] = None) -> Tuple[List[str], Dict[str, str]]:
+        """The given topics (checked, each once), or every camera a car bag recorded, as the node would
+        serve them; and the image topics left out, each with the line that says why (none when topics
+        are given: the user chose)."""
         if topics:
             for topic in topics:
                 if self.topics.get(topic) not in IMAGE_TYPES:
                     raise BagError(f"bag '{self.path}' has no image topic '{topic}'; image topics: "
                                    f"{', '.join(self.image_topics()) or 'none'}")
-            return list(dict.fromkeys(topics))
+            return list(dict.fromkeys(topics)), {}
         found = [t for t in self.image_topics() if is_camera(t, self.topics[t])]
-        # image_transport records a camera twice, raw and '/compressed': the raw frames, once
-        cameras = [t for t in found if not (t.endswith("/compressed") and t[:-len("/compressed")] in found)]
-        if not found:
-            raise BagError(f"bag '{self.path}' has no camera image topic (sensor_msgs/Image or CompressedImage "
-                           f"outside /ground_truth/ and /panoptic/); image topics: "
-                           f"{', '.join(self.image_topics()) or 'none'}")
-        return cameras
+        left: Dict[str, str] = {}
+        for t in found:
+            raw = t[:-len("/compressed")] if t.endswith("/compressed") else None
+            if raw in found:  # image_transport records a camera twice: its raw frames, once
+                left[t] = f"{t} is {raw} compressed: the raw frames are replayed"
+            else:
+                why = self._not_a_camera(t)
+                if why:
+                    left[t] = why
+        cameras = [t for t in found if t not in left]
+        if not cameras:
+            raise BagError(f"bag '{self.path}' has no camera image topic (sensor_msgs/Image or CompressedImage of "
+                           f"camera frames, outside /ground_truth/ and /panoptic/); image topics: "
+                           f"{', '.join(self.image_topics()) or 'none'}" + "".join(f"; {w}" for w in left.values()))
+        return cameras, left
+
+    def _not_a_camera(self, topic: str) -> Optional[str]:
+        """Why an image topic holds no camera frames, from its first message (a depth camera's 16UC1 /
+        32FC1 images, compressedDepth), or None."""
+        first = next(self.messages([topic], max_count=1), None)
+        if first is None or first.msg is None:
+            return None  # nothing to judge by: replayed, and what it holds is counted there
+        encoding = getattr(first.msg, "encoding", None)
+        if encoding is not None and encoding not in SUPPORTED_ENCODINGS:
+            return f"{topic} holds {encoding} images (depth, not a camera's frames): not replayed"
+        if "compressedDepth" in (getattr(first.msg, "format", "") or ""):
+            return f"{topic} holds compressed depth ({first.msg.format}): not replayed"
+        return None
 
     def messages(self, topics: List[str], max_count: Optional[int] = None) -> Iterator[BagMessage]:
         """Messages of the given topics in bag order. A storage error ends the stream with BagError."""
