@@ -348,7 +348,7 @@ def _evaluate_bags(args) -> dict:
     if unscored:
         print(f"{unscored} frame pairs not scored (first {first_reason})", file=sys.stderr)
     if not evaluator.frames:
-        raise ValueError(f"no frame scored: " + (
+        raise ValueError("no frame scored: " + (
             f"none of the {unscored} frame pairs of {args.gt_topic} and {args.pred_topic} could be scored (first "
             f"{first_reason})" if unscored else
             f"{args.gt_topic} in '{args.bag}' and {args.pred_topic} in '{pred_bag}' share no header stamp"))

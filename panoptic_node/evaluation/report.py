@@ -29,8 +29,9 @@ def bar_chart(report: dict, path, title: str = "") -> Path:
     return save_figure(fig, path)
 
 
-def row_shares(matrix) -> "np.ndarray":
-    """Each ground-truth class's pixels as shares of its row (a class with no pixels: a row of zeros)."""
+def row_shares(matrix):
+    """Each ground-truth class's pixels as shares of its row, as an array (a class with no pixels: a
+    row of zeros)."""
     import numpy as np
     m = np.asarray(matrix, np.float64)
     totals = m.sum(1, keepdims=True)
