@@ -299,6 +299,16 @@ def _charts(report: dict, args) -> None:
         print(f"confusion matrix: {args.confusion}")
 
 
+def _the_predictions_topic(reader) -> str:
+    """Without --pred-topic: the one camera's <ns>/panoptic/panoptic a replay (or the node) wrote."""
+    found = sorted(t for t, kind in reader.topics.items()
+                   if t.endswith("/panoptic/panoptic") and kind == "sensor_msgs/msg/Image")
+    if len(found) != 1:
+        raise ValueError(f"bag '{reader.path}' holds {len(found)} panoptic map topics (<camera>/panoptic/panoptic"
+                         f"{': ' + ', '.join(found) if found else ''}); choose the predictions with --pred-topic")
+    return found[0]
+
+
 def _evaluate_bags(args) -> dict:
     from .bag.convert import GT_LABEL_INFO
     from .bag.reader import BagReader, label_set_phrase, pairs_by_stamp
@@ -310,14 +320,15 @@ def _evaluate_bags(args) -> dict:
     if not args.bag:
         raise ValueError("give --bag (with --gt-topic / --pred-topic) or the four COCO-panoptic folder arguments")
     pred_bag = args.pred_bag or args.bag
-    pred_label_topic = args.pred_topic.rsplit("/", 1)[0] + "/label_info"  # the node's topic beside the maps
 
     # the bags' LabelInfo topics say which label set each side is in (when they have them)
     with BagReader(args.bag) as r:
         require_map_topic(r, args.gt_topic, "--gt-topic")
         gt_labels = r.label_set(GT_LABEL_INFO) if args.gt_topic.startswith("/ground_truth/") else None
     with BagReader(pred_bag) as r:
+        args.pred_topic = args.pred_topic or _the_predictions_topic(r)
         require_map_topic(r, args.pred_topic, "--pred-topic")
+        pred_label_topic = args.pred_topic.rsplit("/", 1)[0] + "/label_info"  # the node's topic beside the maps
         pred_labels = r.label_set(pred_label_topic)
     # the predictions' label set is the one to score in; ground truth in another is mapped where it can be
     labels, why = next((name, why) for name, why in (
@@ -541,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bag")
     p.add_argument("--pred-bag", help="bag with the prediction topic (default: --bag)")
     p.add_argument("--gt-topic", default="/ground_truth/panoptic")
-    p.add_argument("--pred-topic", default="/camera/panoptic/panoptic")
+    p.add_argument("--pred-topic", help="the predictions' panoptic maps (default: the bag's one "
+                                        "<camera>/panoptic/panoptic topic)")
     p.add_argument("--labels", help="label set of the bag topics (default: what their label_info topics say, "
                                     "else camvid)")
     p.add_argument("--gt-json")

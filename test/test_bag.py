@@ -365,7 +365,8 @@ def test_a_car_bag_replays_every_camera_under_its_own_namespace(tiny_pipeline, t
         assert not [t for t in r.topics if t.startswith("/front/")] and "/rear/panoptic/semantic" in r.topics
 
 
-def test_ground_truth_of_one_camera_is_scored_only_when_that_camera_is_replayed_alone(tiny_pipeline, tmp_path, rng):
+def test_ground_truth_of_one_camera_is_scored_only_when_that_camera_is_replayed_alone(tiny_pipeline, tmp_path, rng,
+                                                                                      capsys):
     """Ground truth is matched by stamp, and synchronised cameras share stamps: with two cameras it
     would be scored against either. Found by itself it is left unscored with one line; asked for with
     --gt-topic it is refused before anything is written; with the camera chosen it scores."""
@@ -380,6 +381,15 @@ def test_ground_truth_of_one_camera_is_scored_only_when_that_camera_is_replayed_
     assert not (tmp_path / "refused").exists()
     front = replay(tiny_pipeline, bag, tmp_path / "front", image_topic="/front/image_raw")
     assert front.evaluated == 3 and front.metrics is not None
+    # evaluate finds the predictions of the one camera replayed, and asks which when there are two
+    from panoptic_node.cli import main
+    assert main(["evaluate", "--bag", str(bag), "--pred-bag", str(tmp_path / "front"), "--json",
+                 str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["pq"] == front.metrics["pq"]
+    assert main(["evaluate", "--bag", str(bag), "--pred-bag", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: bag '{tmp_path / 'out'}' holds 2 panoptic map topics (<camera>/panoptic/panoptic: "
+        f"/front/panoptic/panoptic, /rear/panoptic/panoptic); choose the predictions with --pred-topic\n")
 
 
 def test_a_camera_recorded_raw_and_compressed_is_replayed_once(tiny_pipeline, tmp_path, rng):
