@@ -497,7 +497,7 @@ def cmd_bench(args) -> int:
 
 
 def _add_replay_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-frames", type=int)
+    p.add_argument("--max-frames", type=int, help="stop after N frames (a replay counts every camera's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
