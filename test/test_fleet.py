@@ -296,3 +296,24 @@ def test_a_ray_address_where_nothing_answers_is_one_line_within_seconds(tmp_path
                 check_ray_address(bad, timeout=2)
     finally:
         server.close()
+
+
+def test_a_bag_left_unscored_says_why_in_the_report(tiny_pipeline, tmp_path):
+    """A bag whose ground truth cannot be scored (here: COCO labels, which map to no CamVid class) is
+    replayed, not scored, and the report's bag row carries the line the replay said, instead of an
+    empty row that looks like a bag without ground truth."""
+    from panoptic_node.fleet.report import build_report, render_html
+    from panoptic_node.fleet.worker import score_bag
+    rng = np.random.default_rng(0)
+    pan = np.full((24, 32), 7, np.int32)  # a COCO stuff id
+    frames = [DatasetFrame(1_700_000_000_000_000_000 + i, rng.integers(0, 255, (24, 32, 3), dtype=np.uint8),
+                           pan.astype(np.uint8), pan) for i in range(2)]
+    write_bag(iter(frames), tmp_path / "drive_coco", "mcap", labels="coco")
+    result = score_bag(tiny_pipeline, tmp_path / "drive_coco", gallery=0)
+    assert result["ok"] and result["frames"] == 2 and result["evaluated"] == 0
+    assert len(result["notes"]) == 1 and result["notes"][0].startswith(
+        "not scored: the ground truth in") and "coco label set" in result["notes"][0]
+    report = build_report([{**result, "bag": str(tmp_path / "drive_coco"), "tag": "day"}], {"model": "tiny"})
+    assert report["bags"][0]["notes"] == result["notes"][0] and report["bags_scored"] == 0
+    row = render_html(report).split('<table id="bags">')[1].split("</table>")[0]
+    assert "coco label set" in row and "<th onclick=\"sortBy('bags', 3)\">scored</th>" in row

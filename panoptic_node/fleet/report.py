@@ -53,7 +53,7 @@ def build_report(results: List[dict], settings: dict) -> dict:
         "groups": {tag: {"bags": len(rs), "frames": sum(r["evaluated"] for r in rs),
                          **_headline(merged(rs, taxonomy).report())} for tag, rs in sorted(groups.items())},
         "bags": [{"bag": r["bag"], "tag": r["tag"], "frames": r["frames"], "scored": r["evaluated"],
-                  "fps": r["frames"] / r["seconds"] if r["seconds"] else 0.0,
+                  "fps": r["frames"] / r["seconds"] if r["seconds"] else 0.0, "notes": "; ".join(r.get("notes", [])),
                   **(_headline(r["metrics"]) if r.get("metrics") else {})} for r in ok],
         "latency_ms": dict(sorted(latency.items(), key=lambda kv: -kv[1]["p50"])),  # slowest first
         "worst_frames": _worst_frames(scored, taxonomy),
@@ -137,7 +137,8 @@ figure{{display:inline-block;margin:4px}} figcaption{{font-size:.8em}}</style></
 &middot; mIoU {_pct(h.get('miou'))} &middot; {report['bags_scored']} of {report['bags_total']} bags,
 {report['frames_scored']} frames scored</p>
 <h2>Bags</h2>{_table(report['bags'], [("bag", "bag", "str"), ("group", "tag", "str"), ("frames", "frames", "str"),
-                                      ("frames/s", "fps", "num")] + METRIC_COLUMNS, "bags")}
+                                      ("scored", "scored", "str"), ("frames/s", "fps", "num")] + METRIC_COLUMNS
+                     + [("notes", "notes", "str")], "bags")}
 <h2>Groups</h2>{_table(groups, [("group", "group", "str"), ("bags", "bags", "str"), ("frames", "frames", "str")]
                        + METRIC_COLUMNS, "groups")}
 <h2>Classes</h2>{_table(classes, [("class", "class", "str"), ("kind", "kind", "str"), ("PQ", "pq", "pct"),

@@ -1,7 +1,7 @@
 """Scoring one bag: the replay of one process, kept as the evaluator's accumulators (merged later) and
 the latency samples. A Ray actor holds one Pipeline, loaded once, and scores bag after bag."""
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -58,8 +58,9 @@ def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Option
     from ..replay import replay
     published = pipeline.taxonomy if pipeline.mapping is None else pipeline.mapping.target
     worst = WorstFrames(published, gallery) if gallery else None
+    notes: List[str] = []  # what the replay said of the bag (why it went unscored, cameras left out)
     try:
-        summary = replay(pipeline, bag, out_bag=out_bag, video=video, overwrite=True, log=lambda m: None,
+        summary = replay(pipeline, bag, out_bag=out_bag, video=video, overwrite=True, log=notes.append,
                          on_scored=worst)
     except (BagError, ValueError, OSError) as e:
         hint = ""
@@ -72,7 +73,7 @@ def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Option
             "frames_without_gt": summary.frames_without_gt, "backend": summary.backend,
             "precision": summary.precision, "model": summary.model, "seconds": summary.wall_seconds,
             "stage_ms": summary.stage_ms, "scores": ev.state() if ev is not None and summary.evaluated else None,
-            "metrics": summary.metrics,
+            "metrics": summary.metrics, "notes": notes,
             "worst_frames": {str(c): e for c, e in worst.worst.items()} if worst else {}}
 
 
