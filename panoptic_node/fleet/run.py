@@ -17,11 +17,15 @@ from .report import build_report, write_report
 from .worker import BagScorer
 
 def frames_in(bag: Path) -> int:
-    """The camera frames replay will run (every camera's), from metadata.yaml (for the progress bar)."""
+    """The camera frames replay will run (every camera's, a compressed twin of a raw topic once), from
+    metadata.yaml (for the progress bar; a depth camera's topics, which replay leaves out by their
+    first message, still count)."""
     try:
         info = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
-        return sum(t["message_count"] for t in info["topics_with_message_count"]
-                   if is_camera(t["topic_metadata"]["name"], t["topic_metadata"]["type"]))
+        counts = {t["topic_metadata"]["name"]: t["message_count"] for t in info["topics_with_message_count"]
+                  if is_camera(t["topic_metadata"]["name"], t["topic_metadata"]["type"])}
+        return sum(n for name, n in counts.items() if name.removesuffix("/compressed") == name
+                   or name.removesuffix("/compressed") not in counts)
     except (OSError, TypeError, KeyError, yaml.YAMLError):
         return 0
 
