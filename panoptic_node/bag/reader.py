@@ -20,6 +20,12 @@ def is_camera(topic: str, msgtype: str) -> bool:
     return msgtype in IMAGE_TYPES and "/ground_truth/" not in topic and "/panoptic/" not in topic
 
 
+def raw_twin(topic: str, topics) -> Optional[str]:
+    """The raw topic an image_transport '<raw>/compressed' topic repeats, when `topics` hold it too."""
+    raw = topic[:-len("/compressed")] if topic.endswith("/compressed") else None
+    return raw if raw in topics else None
+
+
 @dataclass
 class BagMessage:
     topic: str
@@ -66,8 +72,8 @@ class BagReader:
         found = [t for t in self.image_topics() if is_camera(t, self.topics[t])]
         left: Dict[str, str] = {}
         for t in found:
-            raw = t[:-len("/compressed")] if t.endswith("/compressed") else None
-            if raw in found:  # image_transport records a camera twice: its raw frames, once
+            raw = raw_twin(t, found)
+            if raw:  # image_transport records a camera twice: its raw frames, once
                 left[t] = f"{t} is {raw} compressed: the raw frames are replayed"
             else:
                 why = self._not_a_camera(t)

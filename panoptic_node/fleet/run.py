@@ -10,11 +10,12 @@ from typing import Dict, List, Optional
 import yaml
 from tqdm import tqdm
 
-from ..bag.reader import is_camera
+from ..bag.reader import is_camera, raw_twin
 from ..inference.cache_key import file_sha256
 from . import results as store
 from .report import build_report, write_report
 from .worker import BagScorer
+
 
 def frames_in(bag: Path) -> int:
     """The camera frames replay will run (every camera's, a compressed twin of a raw topic once), from
@@ -24,8 +25,7 @@ def frames_in(bag: Path) -> int:
         info = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
         counts = {t["topic_metadata"]["name"]: t["message_count"] for t in info["topics_with_message_count"]
                   if is_camera(t["topic_metadata"]["name"], t["topic_metadata"]["type"])}
-        return sum(n for name, n in counts.items() if name.removesuffix("/compressed") == name
-                   or name.removesuffix("/compressed") not in counts)
+        return sum(n for name, n in counts.items() if not raw_twin(name, counts))
     except (OSError, TypeError, KeyError, yaml.YAMLError):
         return 0
 
