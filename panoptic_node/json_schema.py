@@ -13,7 +13,9 @@ def allowed(prop: Dict[str, Any]) -> str:
         if key in prop:
             parts.append(f"{word} {prop[key]}")
     if prop.get("type") == "array":
-        parts = [f"a non-empty list of {prop['items'].get('type', 'values')}"]
+        items = prop["items"]
+        parts = [f"a non-empty list of {items.get('description') or items.get('type', 'values')}"
+                 + (", each once" if prop.get("uniqueItems") else "")]
     return " ".join(parts)
 
 

@@ -32,6 +32,14 @@ def test_shipped_yaml_is_valid_and_complete():
     ("input_transport", "theora", "one of raw, compressed"),
     ("max_age_ms", -5, "max_age_ms"),
     ("diagnostics_period", 0, "> 0"),
+    # NaN passes every schema bound (comparisons with it are false): named instead of reaching the node
+    ("threshold", float("nan"), "parameter 'threshold' = nan is invalid: allowed a finite number >= -1.0 <= 1.0"),
+    ("diagnostics_period", float("nan"), "allowed a finite number > 0"),
+    # rclpy would refuse these topic names only when subscribing, in its own words
+    ("cameras", ["/front/"], "parameter 'cameras' = ['/front/'] is invalid: allowed a non-empty list of ROS namespaces"),
+    ("cameras", ["/car//front"], "no trailing slash), each once"),
+    ("cameras", ["/car/2front"], "not starting with a digit"),
+    ("cameras", ["/front", "/rear", "/front"], "each once"),  # outputs published twice
 ])
 def test_bad_values_name_parameter_value_and_allowed(name, value, expected):
     with pytest.raises(ParameterError) as e:
