@@ -1,6 +1,7 @@
 """JSON-schema checks that end in one line: where in the document, the value, what is allowed.
 Shared by the node's parameters and the model configs."""
-from typing import Any, Dict
+import math
+from typing import Any, Dict, Optional
 
 
 def allowed(prop: Dict[str, Any]) -> str:
@@ -19,10 +20,30 @@ def allowed(prop: Dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def non_finite(data: Any, path=()) -> Optional[tuple]:
+    """The path of the first NaN or infinite number in a document (YAML writes them .nan / .inf), or None:
+    JSON schema bounds let NaN through, every comparison with it being false."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return path
+    children = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in children:
+        found = non_finite(value, path + (key,))
+        if found is not None:
+            return found
+    return None
+
+
 def first_problem(schema: Dict[str, Any], data: Any) -> str:
     """'' when `data` is valid; else one sentence about the first problem (by document order)."""
     import jsonschema
 
+    nan_at = non_finite(data)
+    if nan_at:
+        node, value = schema, data
+        for p in nan_at:
+            node = node.get("properties", {}).get(str(p), {}) if isinstance(node, dict) else {}
+            value = value[p]
+        return f"'{'.'.join(map(str, nan_at))}' = {value!r} is invalid: allowed a finite {allowed(node)}"
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(data), key=lambda e: [str(p) for p in e.path])
     if not errors:
         return ""

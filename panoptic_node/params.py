@@ -1,10 +1,9 @@
 """Node parameters: defaults and validation from config/panoptic_node.schema.json (ROS-free)."""
 import json
-import math
 from functools import lru_cache
 from typing import Any, Dict
 
-from .json_schema import allowed
+from .json_schema import allowed, non_finite
 from .model.config import share_dir
 
 
@@ -52,10 +51,11 @@ def validate(params: Dict[str, Any]) -> Dict[str, Any]:
         if name not in props:
             raise ParameterError(f"unknown parameter '{name}'; allowed: {', '.join(sorted(props))}")
     full = {**defaults(), **params}
-    for name, value in full.items():  # JSON schema bounds let NaN through (every comparison with it is false)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ParameterError(f"parameter '{name}' = {value!r} is invalid: allowed a finite "
-                                 f"{allowed(props.get(name, {}))}")
+    nan_at = non_finite(full)  # JSON schema bounds let NaN through (every comparison with it is false)
+    if nan_at:
+        name = nan_at[0]
+        raise ParameterError(f"parameter '{name}' = {full[name]!r} is invalid: allowed a finite "
+                             f"{allowed(props.get(name, {}))}")
     validator = jsonschema.Draft7Validator(node_schema())
     for error in sorted(validator.iter_errors(full), key=lambda e: list(e.path)):
         name = str(error.path[0]) if error.path else "?"

@@ -390,6 +390,9 @@ def test_an_empty_graph_cache_variable_is_not_the_current_folder(monkeypatch):
     ("input: {max_size: -1}", "'input.max_size' = -1 is invalid: allowed integer >= 32"),
     ("input: {short_side: 0}", "'input.short_side' = 0 is invalid"),
     ("postprocess: {overlap: 2}", "'postprocess.overlap' = 2 is invalid: allowed number >= 0 < 1"),
+    # YAML's .nan passes every bound (comparisons with NaN are false): it reached the pipeline unnamed
+    ("postprocess: {threshold: .nan}", "'postprocess.threshold' = nan is invalid: allowed a finite number >= 0 <= 1"),
+    ("postprocess: {overlap: .inf}", "'postprocess.overlap' = inf is invalid: allowed a finite number >= 0 < 1"),
     ("hidden_dim: abc", "'hidden_dim' = 'abc' is invalid"),
     ("hidden_dim: 1.5", "'hidden_dim' = 1.5 is invalid"),
     ("num_queries: true", "'num_queries' = True is invalid"),
