@@ -1,7 +1,9 @@
 """The `panoptic-node` command: one entry point, one sub-command per job."""
 import argparse
+import math
 import sys
 from pathlib import Path
+from typing import Optional
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -146,9 +148,12 @@ def cmd_compare_runs(args) -> int:
     from .training.compare import curves_chart, load_run, table
     folders = list(dict.fromkeys([args.baseline] + args.runs))  # the baseline first, each run once
     check_outputs({"--chart": args.chart}, inputs=folders, overwrite=args.overwrite)
-    runs = [load_run(f) for f in folders]
     if args.last is not None:
         at_least_one(args.last, "--last", "evaluations")
+    at_least_one(args.from_epoch, "--from-epoch", "(an epoch number)")
+    points(args.min_miou_gain, "--min-miou-gain")
+    points(args.max_pq_drop, "--max-pq-drop", at_least=0)
+    runs = [load_run(f) for f in folders]
     print(table(runs, runs[0], args.from_epoch, args.min_miou_gain, args.max_pq_drop, args.last))
     if args.chart:
         curves_chart(runs, args.chart, args.from_epoch, baseline=runs[0], last=args.last)
@@ -160,6 +165,14 @@ def at_least_one(value: int, option: str, unit: str) -> None:
     """A count that must be 1 or more, refused in one line naming the option."""
     if value < 1:
         raise ValueError(f"{option} {value}: expected >= 1 {unit}")
+
+
+def points(value: float, option: str, at_least: Optional[float] = None) -> None:
+    """A rule's threshold in points, refused in one line when NaN or infinite (NaN compares false with
+    everything: a NaN rule passed every run) or under `at_least`."""
+    if not math.isfinite(value) or (at_least is not None and value < at_least):
+        bound = f" >= {at_least:g}" if at_least is not None else ""
+        raise ValueError(f"{option} {value}: expected a finite number of points{bound}")
 
 
 def number_pair(text, sep, kind, option, expected):
@@ -227,6 +240,7 @@ def cmd_fleet(args) -> int:
     from .output_safety import refuse_inputs
     out = Path(args.out)
     at_least_one(args.workers, "--workers", "Ray actors")
+    points(args.max_pq_drop, "--max-pq-drop", at_least=0)
     if args.cpus is not None:  # 0: Ray would wait forever for a CPU to run on
         at_least_one(args.cpus, "--cpus", "CPUs (leave it out for all)")
     bags = find_bags(args.bags)

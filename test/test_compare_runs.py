@@ -148,6 +148,11 @@ def test_command_refuses_bad_input_in_one_line_and_changes_nothing(tmp_path, cap
     badckpt = make_run(tmp_path / "badckpt", 0.5, 0.3)
     (badckpt / "checkpoint.pth").write_bytes(b"not a zip")
     refused(str(badckpt), "--baseline", str(base), says="is not a training checkpoint")
+    # a NaN rule compared false with every gain: it adopted every run
+    refused(str(base), "--baseline", str(base), "--min-miou-gain", "nan",
+            says="--min-miou-gain nan: expected a finite number of points")
+    refused(str(base), "--baseline", str(base), "--max-pq-drop", "-0.5", says="expected a finite number of points >= 0")
+    refused(str(base), "--baseline", str(base), "--from-epoch", "0", says="--from-epoch 0: expected >= 1")
     for p, data in before.items():
         assert p.read_bytes() == data, p
 

@@ -257,7 +257,8 @@ def test_tags_are_read_from_bag_tag_rows_and_anything_else_is_refused(tmp_path):
 @pytest.mark.parametrize("extra, says", [
     (["--workers", "0"], "--workers 0: expected >= 1"), (["--cpus", "0"], "--cpus 0: expected >= 1"),
     (["--tags", "TAGS"], "holds no rows"), (["--baseline", "EMPTY_REPORT"], "holds no fleet PQ"),
-    (["--threshold", "2"], "--threshold 2.0: expected a class probability")])
+    (["--threshold", "2"], "--threshold 2.0: expected a class probability"),
+    (["--max-pq-drop", "nan"], "--max-pq-drop nan: expected a finite number of points >= 0")])  # a gate never shut
 def test_fleet_settings_are_refused_before_ray_starts(fleet_bags, tmp_path, monkeypatch, capsys, extra, says):
     """--cpus 0 had Ray wait forever for a CPU; a baseline without scores let every run pass the gate."""
     import panoptic_node.fleet.run as fleet_run
