@@ -293,6 +293,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
         writer.close()
     if video_out:
         video_out.close()
+    elif video:  # asked for, and not a single frame of its camera to draw
+        log(f"no video written: no frame of {cameras[0]} was replayed")
     if metrics_path:
         write_json(summary.to_dict(), metrics_path, indent=1)  # through a .partial name
     return summary

@@ -299,6 +299,12 @@ def test_bad_frames_are_counted_and_skipped(tiny_pipeline, tmp_path, rng):
     out = tmp_path / "out"
     summary = replay(tiny_pipeline, bag, out)
     assert summary.frames == 3 and summary.undecodable == 2
+    # a video asked for when no frame decodes: none written, and said
+    lines = []
+    only_bad = camera_bag(tmp_path / "bad", "mcap", [(2, bad_enc), (3, short)])
+    assert replay(tiny_pipeline, only_bad, video=tmp_path / "v.mp4", image_topic="/front/image_raw",
+                  log=lines.append).frames == 0
+    assert lines == ["no video written: no frame of /front/image_raw was replayed"] and not list(tmp_path.glob("v*"))
     assert "32FC1" in summary.errors[0] and "data length" in summary.errors[1]
     with BagReader(out) as r:
         sizes = [(m.msg.height, m.msg.width) for m in r.messages(["/front/panoptic/semantic"])]

@@ -83,7 +83,8 @@ class BagReader:
         if not cameras:
             raise BagError(f"bag '{self.path}' has no camera image topic (sensor_msgs/Image or CompressedImage of "
                            f"camera frames, outside /ground_truth/ and /panoptic/); image topics: "
-                           f"{', '.join(self.image_topics()) or 'none'}" + "".join(f"; {w}" for w in left.values()))
+                           f"{', '.join(self.image_topics()) or 'none'}" + "".join(f"; {w}" for w in left.values())
+                           + ("; --image-topic T replays one anyway" if left else ""))
         return cameras, left
 
     def _not_a_camera(self, topic: str) -> Optional[str]:
