@@ -446,7 +446,8 @@ def test_a_depth_cameras_images_are_not_taken_for_a_camera(tiny_pipeline, tmp_pa
     summary = replay(tiny_pipeline, depth_bag(tmp_path / "rgbd", True), tmp_path / "out", log=lines.append)
     assert summary.cameras == {"/cam/color/image_raw": 2} and summary.undecodable == 0
     assert sorted(lines) == [
-        "/cam/depth/image_raw holds 16UC1 images (depth, not a camera's frames): not replayed (--image-topic chooses)",
+        "/cam/depth/image_raw holds 16UC1 images (depth, or no colour / grey encoding this reads): not replayed "
+        "(--image-topic chooses)",
         "/cam/depth/image_raw/compressedDepth holds compressed depth (16UC1; compressedDepth png): not replayed "
         "(--image-topic chooses)"]
     with pytest.raises(BagError, match=r"has no camera image topic .*; /cam/depth/image_raw holds 16UC1 images"):

@@ -95,7 +95,7 @@ class BagReader:
             return None  # nothing to judge by: replayed, and what it holds is counted there
         encoding = getattr(first.msg, "encoding", None)
         if encoding is not None and encoding not in SUPPORTED_ENCODINGS:
-            return f"{topic} holds {encoding} images (depth, not a camera's frames): not replayed"
+            return f"{topic} holds {encoding} images (depth, or no colour / grey encoding this reads): not replayed"
         if "compressedDepth" in (getattr(first.msg, "format", "") or ""):
             return f"{topic} holds compressed depth ({first.msg.format}): not replayed"
         return None
