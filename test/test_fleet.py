@@ -318,3 +318,18 @@ def test_a_bag_left_unscored_says_why_in_the_report(tiny_pipeline, tmp_path):
     assert report["bags"][0]["notes"] == result["notes"][0] and report["bags_scored"] == 0
     row = render_html(report).split('<table id="bags">')[1].split("</table>")[0]
     assert "coco label set" in row and "<th onclick=\"sortBy('bags', 3)\">scored</th>" in row
+
+
+def test_a_file_that_is_no_bag_is_refused_before_ray_starts(tmp_path, capsys):
+    """A picture given among the bags was scored as a damaged recording, with advice to recover it; a loose
+    .mcap is still taken (scored, or reported as cut short), and a .txt lists bags."""
+    from panoptic_node.fleet.bags import find_bags
+    (tmp_path / "frame.png").write_bytes(b"\x89PNG")
+    (tmp_path / "drive.mcap").write_bytes(b"")
+    (tmp_path / "bags.txt").write_text(f"# ours\n{tmp_path / 'drive.mcap'}\n")
+    assert find_bags([str(tmp_path / "drive.mcap")]) == find_bags([str(tmp_path / "bags.txt")]) == [tmp_path / "drive.mcap"]
+    assert main(["fleet", str(tmp_path / "frame.png"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"panoptic-node fleet: error: '{tmp_path / 'frame.png'}' is a file that is not a bag; expected a bag folder, a "
+        f"folder of bags, a glob, a .txt list of them, or a loose .mcap / .db3 recording")
+    assert not (tmp_path / "out").exists()

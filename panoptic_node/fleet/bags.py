@@ -31,6 +31,9 @@ def find_bags(specs: Iterable[str]) -> List[Path]:
         if path.is_file() and path.suffix in (".txt", ".list"):
             lines = [ln.strip() for ln in path.read_text().splitlines()]
             out += find_bags([ln for ln in lines if ln and not ln.startswith("#")])
+        elif path.is_file() and path.suffix not in (".mcap", ".db3"):  # a loose recording is scored or reported
+            raise ValueError(f"'{spec}' is a file that is not a bag; expected a bag folder, a folder of bags, a "
+                             f"glob, a .txt list of them, or a loose .mcap / .db3 recording")
         elif path.exists():
             out += _under(path) if path.is_dir() else [path]
         else:
