@@ -33,25 +33,30 @@ def non_finite(data: Any, path=()) -> Optional[tuple]:
     return None
 
 
+def _at(schema: Dict[str, Any], path) -> Dict[str, Any]:
+    """The schema of the property at `path`, for what it allows ({} where the path leaves the properties)."""
+    node = schema
+    for p in path:
+        node = node.get("properties", {}).get(str(p), {}) if isinstance(node, dict) else {}
+    return node
+
+
 def first_problem(schema: Dict[str, Any], data: Any) -> str:
     """'' when `data` is valid; else one sentence about the first problem (by document order)."""
     import jsonschema
 
     nan_at = non_finite(data)
     if nan_at:
-        node, value = schema, data
+        value = data
         for p in nan_at:
-            node = node.get("properties", {}).get(str(p), {}) if isinstance(node, dict) else {}
             value = value[p]
-        return f"'{'.'.join(map(str, nan_at))}' = {value!r} is invalid: allowed a finite {allowed(node)}"
+        return f"'{'.'.join(map(str, nan_at))}' = {value!r} is invalid: allowed a finite {allowed(_at(schema, nan_at))}"
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(data), key=lambda e: [str(p) for p in e.path])
     if not errors:
         return ""
     e = errors[0]
     where = ".".join(str(p) for p in e.path)
-    node = schema
-    for p in e.path:  # the property's own schema, for what it allows
-        node = node.get("properties", {}).get(str(p), {}) if isinstance(node, dict) else {}
+    node = _at(schema, e.path)
     if e.validator == "required":
         missing = e.message.split("'")[1]
         return f"'{(where + '.' if where else '') + missing}' is missing (required: {', '.join(e.validator_value)})"
