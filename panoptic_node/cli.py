@@ -553,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "each with its outputs under its own namespace)")
     p.add_argument("--gt-topic", help="ground truth panoptic topic (default /ground_truth/panoptic if present; scored "
                                       "when one camera is replayed)")
-    p.add_argument("--video", help="overlay video (.mp4) of the first camera")
+    p.add_argument("--video", help="overlay video (.mp4); several cameras side by side")
     p.add_argument("--metrics", help="summary + metrics JSON")
     p.add_argument("--chart", help="per-class bar chart PNG")
     p.add_argument("--confusion", help="confusion matrix PNG (where each class's pixels went)")

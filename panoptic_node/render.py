@@ -1,5 +1,6 @@
 """Colour overlays of a PanopticResult: class colour blended over the frame, things shaded per
-instance, segment boundaries drawn. Used by the CLI, replay videos and the node's overlay topic."""
+instance, segment boundaries drawn. Used by the CLI, replay videos and the node's overlay topic; and
+several cameras' overlays side by side for one video."""
 import numpy as np
 
 from .inference.result import VOID_LABEL, PanopticResult
@@ -40,3 +41,21 @@ def overlay(rgb: np.ndarray, result: PanopticResult, taxonomy: Taxonomy, alpha: 
     out = np.where((result.segment_ids > 0)[..., None], blend.astype(np.uint8), rgb)
     out[boundaries(result.segment_ids)] = 255
     return out
+
+
+def side_by_side(images, height: int, width: int) -> np.ndarray:
+    """The images (RGB uint8, or None for a camera with no frame yet: black) each fitted into a
+    height x width tile, aspect kept, centred on black, the tiles in a row: a video frame of constant
+    size whatever the cameras' sizes."""
+    from PIL import Image
+    tiles = []
+    for img in images:
+        tile = np.zeros((height, width, 3), np.uint8)
+        if img is not None:
+            scale = min(height / img.shape[0], width / img.shape[1])
+            h, w = max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale))
+            fitted = img if (h, w) == img.shape[:2] else np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+            top, left = (height - h) // 2, (width - w) // 2
+            tile[top:top + h, left:left + w] = fitted
+        tiles.append(tile)
+    return np.concatenate(tiles, axis=1)

@@ -24,7 +24,7 @@ from .evaluation.evaluator import Evaluator
 from .inference.preprocess import OffScaleNotes
 from .messages import FrameError, image_array
 from .output_safety import check_outputs
-from .render import overlay
+from .render import overlay, side_by_side
 from .taxonomy import NAMES, LabelMapping, find_mapping
 from .topic_qos import DIAGNOSTICS
 
@@ -120,7 +120,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
            overwrite: bool = False, storage: str = "mcap", log=print, on_scored=None) -> ReplaySummary:
     """image_topic: one camera topic or several (default: every camera in the bag); each camera's
     results go under its own namespace, as the node publishes them. Ground truth belongs to one camera,
-    so it is scored only when one is replayed; the video draws the first camera.
+    so it is scored only when one is replayed; the video shows every camera side by side.
 
     on_scored(stamp, gt_semantic, pred_semantic, rgb_third): called for every scored frame, with
     the frame at a third of its size (fleet.py's gallery of worst frames)."""
@@ -156,7 +156,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
         log(f"not scored: {several}")
         gt_pan = None
     if video and len(cameras) > 1:
-        log(f"the video draws {cameras[0]}, the first of {len(cameras)} cameras (--image-topic chooses)")
+        log(f"the video shows the {len(cameras)} cameras side by side, a frame for each frame of {cameras[0]} "
+            f"with the others' latest (--image-topic chooses)")
     published = pipeline.taxonomy if pipeline.mapping is None else pipeline.mapping.target
     gt_map = None
     try:
@@ -177,6 +178,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                    for t, ns in zip(cameras, namespaces)} if writer else {}
     off_scale = OffScaleNotes(pipeline.cfg.input)
     video_out = None
+    latest: Dict[str, np.ndarray] = {}  # each camera's newest overlay, for a video of several side by side
     # predictions and ground truth waiting for their partner, by stamp (bounded: GT sits next to its frame)
     pending_pred: "OrderedDict[int, tuple]" = OrderedDict()
     pending_gt: "OrderedDict[int, dict]" = OrderedDict()
@@ -231,16 +233,18 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                 summary.frames += 1
                 summary.cameras[m.topic] = summary.cameras.get(m.topic, 0) + 1
                 bar.update(1)
-                drawn_here = video and m.topic == cameras[0]
                 out = results_out.get(m.topic)
-                drawn = overlay(rgb, result, taxonomy) if drawn_here or (out and out.with_overlay) \
+                drawn = overlay(rgb, result, taxonomy) if video or (out and out.with_overlay) \
                     else None  # rendered once for the overlay topic and the video
                 if out:
                     out.add(m.msg.header, m.stamp_ns, result, rgb, drawn)
-                if drawn_here:
+                if video:
+                    latest[m.topic] = drawn
+                if video and m.topic == cameras[0]:  # the first camera paces the video
                     if video_out is None:
                         video_out = VideoWriter(video, fps=10)
-                    video_out.add(drawn)
+                        tile = drawn.shape[:2]  # every camera fitted into the first one's size
+                    video_out.add(drawn if len(cameras) == 1 else side_by_side([latest.get(t) for t in cameras], *tile))
                 if evaluator:
                     pending_pred[m.stamp_ns] = (result.panoptic, result.semantic,
                                                 np.ascontiguousarray(rgb[::3, ::3]) if on_scored else None)

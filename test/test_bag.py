@@ -346,16 +346,28 @@ def _car_bag(path, rng, second="/rear/image_raw", ground_truth=False):
 def test_a_car_bag_replays_every_camera_under_its_own_namespace(tiny_pipeline, tmp_path, rng):
     """As the node serves several cameras, replay of a car's bag runs every camera by default (or the
     ones --image-topic names) and writes each one's outputs under its namespace, frame for frame what
-    the pipeline gives that camera's frame alone; the video draws the first camera and says so."""
+    the pipeline gives that camera's frame alone; the video shows the cameras side by side and says so."""
     import imageio.v2 as imageio
+    from panoptic_node.render import overlay, side_by_side
     bag, stamps, frames = _car_bag(tmp_path / "car", rng)
     lines = []
     summary = replay(tiny_pipeline, bag, tmp_path / "out", video=tmp_path / "v.mp4", log=lines.append)
     assert summary.frames == 6 and summary.cameras == {"/front/image_raw": 3, "/rear/image_raw": 3}
     assert "cameras: /front/image_raw 3, /rear/image_raw 3" in summary.format()
-    assert lines == ["the video draws /front/image_raw, the first of 2 cameras (--image-topic chooses)"]
-    with imageio.get_reader(tmp_path / "v.mp4") as video:
-        assert video.count_frames() == 3 and video.get_data(0).shape[:2] == (48, 64)
+    assert lines == ["the video shows the 2 cameras side by side, a frame for each frame of /front/image_raw with "
+                     "the others' latest (--image-topic chooses)"]
+    with imageio.get_reader(tmp_path / "v.mp4") as video:  # each camera in a tile of the first one's size
+        assert video.count_frames() == 3 and video.get_data(0).shape[:2] == (48, 128)
+        first, second = video.get_data(0).astype(int), video.get_data(1).astype(int)
+    assert first[:, 64:].max() < 40 and first[:, :64].mean() > 40  # the rear camera had no frame yet: black
+
+    def rear_tile(i):  # the rear camera's i-th overlay fitted into 48 x 64 (32 x 64, centred)
+        rgb = frames["/rear"][i]
+        return side_by_side([overlay(rgb, tiny_pipeline(rgb), tiny_pipeline.taxonomy)], 48, 64)[8:40].ravel()
+
+    shown = second[8:40, 64:].ravel()  # the second video frame: the rear camera's first overlay (lossy video)
+    assert np.corrcoef(shown, rear_tile(0))[0, 1] > 0.7 > np.corrcoef(shown, rear_tile(1))[0, 1]
+    assert second[:6, 64:].max() < 40  # black above the fitted frame
     with BagReader(tmp_path / "out") as r:
         for ns, rgb in frames.items():
             got = list(r.messages([f"{ns}/panoptic/semantic"]))

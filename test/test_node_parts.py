@@ -214,3 +214,18 @@ def test_colorize_equals_colouring_each_pixel():
     got = colorize(r, camvid)
     assert len({int(i) for i in np.unique(r.instance)} - {0}) == 4
     np.testing.assert_array_equal(got[r.segment_ids > 0], expected[r.segment_ids > 0])
+
+
+def test_side_by_side_fits_each_camera_into_one_tile_size():
+    """A video frame of constant size whatever the cameras: each image scaled to fit the tile with its
+    aspect kept and centred on black; a camera without a frame yet is a black tile."""
+    from panoptic_node.render import side_by_side
+    wide = np.full((40, 80, 3), 200, np.uint8)    # fits 48 x 64 as 32 x 64, rows 8..40
+    tall = np.full((100, 50, 3), 100, np.uint8)   # fits as 48 x 24, columns 20..44
+    row = side_by_side([wide, tall, None], 48, 64)
+    assert row.shape == (48, 192, 3) and row.dtype == np.uint8
+    expected = np.zeros((48, 192, 3), np.uint8)
+    expected[8:40, 0:64] = 200
+    expected[:, 64 + 20:64 + 44] = 100
+    np.testing.assert_array_equal(row, expected)
+    assert side_by_side([np.full((48, 64, 3), 7, np.uint8)], 48, 64).tolist() == np.full((48, 64, 3), 7).tolist()
