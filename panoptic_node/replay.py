@@ -240,11 +240,12 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                     out.add(m.msg.header, m.stamp_ns, result, rgb, drawn)
                 if video:
                     latest[m.topic] = drawn
-                if video and m.topic == cameras[0]:  # the first camera paces the video
-                    if video_out is None:
-                        video_out = VideoWriter(video, fps=10)
-                        tile = drawn.shape[:2]  # every camera fitted into the first one's size
-                    video_out.add(drawn if len(cameras) == 1 else side_by_side([latest.get(t) for t in cameras], *tile))
+                    if m.topic == cameras[0]:  # the first camera paces the video
+                        if video_out is None:
+                            video_out = VideoWriter(video, fps=10)
+                            tile = drawn.shape[:2]  # every camera fitted into the first one's size
+                        video_out.add(drawn if len(cameras) == 1
+                                      else side_by_side([latest.get(t) for t in cameras], *tile))
                 if evaluator:
                     pending_pred[m.stamp_ns] = (result.panoptic, result.semantic,
                                                 np.ascontiguousarray(rgb[::3, ::3]) if on_scored else None)
