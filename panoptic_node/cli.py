@@ -377,6 +377,9 @@ def _evaluate_bags(args) -> dict:
             f"none of the {unscored} frame pairs of {args.gt_topic} and {args.pred_topic} could be scored (first "
             f"{first_reason})" if unscored else
             f"{args.gt_topic} in '{args.bag}' and {args.pred_topic} in '{pred_bag}' share no header stamp"))
+    if not evaluator.labelled_pixels:  # scores of 0 that would read as a model that sees nothing
+        raise ValueError(f"no frame scored: the ground truth ({args.gt_topic}) of the {evaluator.frames} frame pairs "
+                         f"labels no pixel (all void)")
     return evaluator.report()
 
 

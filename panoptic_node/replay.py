@@ -284,7 +284,10 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
         summary.gt_unmatched += len(pending_gt)
     summary.evaluator = evaluator
     if evaluator and summary.evaluated:
-        summary.metrics = evaluator.report()
+        if evaluator.labelled_pixels:
+            summary.metrics = evaluator.report()
+        else:  # scores of 0 that would read as a model that sees nothing
+            log(f"not scored: the ground truth of the {summary.evaluated} frames matched labels no pixel (all void)")
     if writer:
         stamp = int(time.time() * 1e9)
         p = summary.percentiles()

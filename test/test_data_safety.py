@@ -316,6 +316,22 @@ def test_topics_that_are_not_panoptic_maps_are_refused_in_one_line(tiny_pipeline
     assert not (tmp_path / "again").exists()
 
 
+def test_ground_truth_that_labels_no_pixel_gives_no_scores(tiny_pipeline, tmp_path, rng, capsys):
+    """All-void ground truth made every score 0 (mIoU 0.0, pixel accuracy 0.0), which reads as a model that
+    sees nothing: replay says it and reports no metrics; evaluate fails with the reason."""
+    base = 1_700_000_000_000_000_000
+    imgs = [base + i * 100_000_000 for i in range(2)]
+    bag = _gt_bag(tmp_path / "gt", rng, imgs, imgs, np.full((24, 32), -1, np.int32))
+    lines = []
+    s = replay(tiny_pipeline, bag, tmp_path / "pred", log=lines.append)
+    assert s.evaluated == 2 and s.metrics is None and "not scored" in s.format()
+    assert lines == ["not scored: the ground truth of the 2 frames matched labels no pixel (all void)"]
+    capsys.readouterr()
+    assert main(["evaluate", "--bag", str(bag), "--pred-bag", str(tmp_path / "pred")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "no frame scored: the ground truth (/ground_truth/panoptic) of the 2 frame pairs labels no pixel (all void)")
+
+
 @pytest.mark.parametrize("value", [-5, 2**31 - 1, 13001])
 def test_ground_truth_outside_the_label_set_is_not_scored(tiny_pipeline, tmp_path, rng, value):
     base = 1_700_000_000_000_000_000

@@ -101,6 +101,12 @@ class Evaluator:
             s.iou, s.tp, s.fp, s.fn = s.iou + iou, s.tp + tp, s.fp + fp, s.fn + fn
         self.frames += state["frames"]
 
+    @property
+    def labelled_pixels(self) -> int:
+        """Ground-truth pixels of a class (not void) scored so far: with none, every score is 0 and means
+        nothing (all-void ground truth)."""
+        return int(self.confusion.matrix.sum())
+
     def confusion_of_classes(self) -> Dict[str, object]:
         """The confusion matrix on the label set's classes (their ids may have gaps, COCO's do): rows
         the ground truth's classes, columns the same classes then void, in class order."""
