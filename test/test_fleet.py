@@ -318,6 +318,13 @@ def test_a_bag_left_unscored_says_why_in_the_report(tiny_pipeline, tmp_path):
     assert report["bags"][0]["notes"] == result["notes"][0] and report["bags_scored"] == 0
     row = render_html(report).split('<table id="bags">')[1].split("</table>")[0]
     assert "coco label set" in row and "<th onclick=\"sortBy('bags', 3)\">scored</th>" in row
+    # all-void ground truth: its frames gave no scores, so none count as scored and nothing is merged
+    void = -np.ones((24, 32), np.int32)
+    write_bag(iter([DatasetFrame(f.stamp_ns, f.rgb, np.full((24, 32), 255, np.uint8), void) for f in frames]),
+              tmp_path / "drive_void", "mcap", labels="camvid")
+    result = score_bag(tiny_pipeline, tmp_path / "drive_void", gallery=0)
+    assert (result["evaluated"], result["scores"], result["metrics"]) == (0, None, None)
+    assert result["notes"] == ["not scored: the ground truth of the 2 frames matched labels no pixel (all void)"]
 
 
 def test_a_file_that_is_no_bag_is_refused_before_ray_starts(tmp_path, capsys):

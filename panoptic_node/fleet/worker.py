@@ -69,10 +69,12 @@ def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Option
         return {"ok": False, "error": f"{e}{hint}"}
     ev = summary.evaluator
     return {"ok": True, "frames": summary.frames, "undecodable": summary.undecodable,
-            "evaluated": summary.evaluated, "unscored": summary.unscored, "gt_unmatched": summary.gt_unmatched,
+            # frames count as scored when they gave scores (all-void ground truth gives none: said in the notes)
+            "evaluated": summary.evaluated if summary.metrics else 0, "unscored": summary.unscored,
+            "gt_unmatched": summary.gt_unmatched,
             "frames_without_gt": summary.frames_without_gt, "backend": summary.backend,
             "precision": summary.precision, "model": summary.model, "seconds": summary.wall_seconds,
-            "stage_ms": summary.stage_ms, "scores": ev.state() if ev is not None and summary.evaluated else None,
+            "stage_ms": summary.stage_ms, "scores": ev.state() if ev is not None and summary.metrics else None,
             "metrics": summary.metrics, "notes": notes,
             "worst_frames": {str(c): e for c, e in worst.worst.items()} if worst else {}}
 
