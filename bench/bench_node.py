@@ -87,9 +87,9 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
 
     from diagnostic_msgs.msg import DiagnosticArray
     from vision_msgs.msg import Detection2DArray
-    diagnostics = {}
-    listener.create_subscription(DiagnosticArray, "/diagnostics",
-                                 lambda m: diagnostics.update({v.key: v.value for s in m.status for v in s.values}), 10)
+    diagnostics = {}  # the node's newest status per task: 'inference', 'camera <ns>'
+    listener.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diagnostics.update(
+        {s.name.split(": ", 1)[-1]: {v.key: v.value for v in s.values} for s in m.status}), 10)
     others = []  # what a driving stack reads besides: every map and the detections (received, not timed)
     for ns in namespaces:
         listener.create_subscription(Image, f"{ns}/panoptic/semantic", lambda m, ns=ns: on_output(m, ns), 10)
@@ -136,8 +136,8 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
         out[ns] = {"hz": len(got) / span,
                    **{f"p{q}": float(np.percentile(lat, q)) if lat else float("nan") for q in (50, 90, 99)},
                    # the node's own count of this camera's frames (its /diagnostics, whole run)
-                   "node": {k.split(" ", 1)[1]: v for k, v in diagnostics.items() if k.startswith(f"{ns} ")}}
-    out["stages"] = {k: v for k, v in diagnostics.items() if k.startswith("latency")}
+                   "node": diagnostics.get(f"camera {ns}", {})}
+    out["stages"] = {k: v for k, v in diagnostics.get("inference", {}).items() if k.startswith("latency")}
     return out
 
 

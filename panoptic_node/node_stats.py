@@ -1,29 +1,61 @@
-"""Rates, latencies and counters the node reports on /diagnostics (ROS-free, tested here)."""
+"""What the node reports on /diagnostics: one status for inference, one per camera (ROS-free, tested here).
+
+Each status is judged on what happened since the previous report, not since start-up: one bad frame an
+hour ago must not keep a camera at WARN for the rest of the drive, and a camera that went silent must not
+go on showing the rate it had. Times are on the steady clock (a paused bag or sim time does not stop it).
+"""
 import time
 from collections import defaultdict, deque
-from typing import Dict
+from dataclasses import dataclass, field
+from typing import Dict, List
 
 import numpy as np
 
+OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
+RATE_WINDOW_S = 5.0        # input and output rates are counted over the last few seconds
+
+
+@dataclass
+class Status:
+    """One DiagnosticStatus, before the node prefixes its name with the node's."""
+    name: str
+    hardware_id: str
+    level: int
+    message: str
+    values: Dict[str, str] = field(default_factory=dict)
+
 
 class NodeStats:
-    def __init__(self, window: int = 200, clock=time.monotonic):
+    def __init__(self, clock=time.monotonic, latency_window: int = 200):
         self.clock = clock
-        self.window = window
-        self.arrivals = defaultdict(lambda: deque(maxlen=window))
-        self.latency_ms = defaultdict(lambda: deque(maxlen=window))
+        self.started = clock()
+        self.arrivals = defaultdict(lambda: deque(maxlen=4096))
+        self.publications = defaultdict(lambda: deque(maxlen=4096))
+        self.latency_ms = defaultdict(lambda: deque(maxlen=latency_window))
         self.bad_frames = defaultdict(int)
         self.published = defaultdict(int)
         self.overlays = defaultdict(int)
+        self.batches = 0            # network calls that gave results
+        self.inference_failures = 0
+        self.last_failure = ""
+        self._reported = {}         # counters at the previous report, to judge what happened since
 
+    # --- events ------------------------------------------------------------------------------------
     def frame_arrived(self, camera: str) -> None:
         self.arrivals[camera].append(self.clock())
 
-    def rate_hz(self, camera: str) -> float:
-        t = self.arrivals[camera]
-        if len(t) < 2 or t[-1] == t[0]:
-            return 0.0
-        return (len(t) - 1) / (t[-1] - t[0])
+    def frame_published(self, camera: str) -> None:
+        self.published[camera] += 1
+        self.publications[camera].append(self.clock())
+
+    def inference_done(self, timings_per_frame: List[Dict[str, float]]) -> None:
+        self.batches += 1
+        for timings in timings_per_frame:
+            self.add_timings(timings)
+
+    def inference_failed(self, error: str) -> None:
+        self.inference_failures += 1
+        self.last_failure = error
 
     def add_timings(self, timings: Dict[str, float]) -> None:
         total = 0.0
@@ -32,27 +64,75 @@ class NodeStats:
             total += sec
         self.latency_ms["total"].append(1000 * total)
 
+    # --- derived -----------------------------------------------------------------------------------
+    def rate_hz(self, camera: str, times=None) -> float:
+        """Events per second over the last RATE_WINDOW_S (or since start-up, when shorter): falls to 0
+        within the window once a camera stops."""
+        times = self.arrivals[camera] if times is None else times
+        now = self.clock()
+        span = min(RATE_WINDOW_S, now - self.started)
+        if span <= 0:
+            return 0.0
+        return sum(1 for t in times if t > now - span) / span
+
     def percentiles(self) -> Dict[str, Dict[str, float]]:
         return {stage: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99))}
                 for stage, v in self.latency_ms.items() if v}
 
-    def key_values(self, buffer, backend: str, model: str, precision: str) -> Dict[str, str]:
-        kv = {"backend": backend, "model": model, "precision": precision}
-        cameras = sorted(set(self.arrivals) | set(buffer.received) | set(self.bad_frames))
-        for cam in cameras:
-            kv[f"{cam} input rate (Hz)"] = f"{self.rate_hz(cam):.2f}"
-            kv[f"{cam} received"] = str(buffer.received[cam])
-            kv[f"{cam} dropped (newer frame)"] = str(buffer.dropped[cam])
-            kv[f"{cam} dropped (older than max_age_ms)"] = str(buffer.stale[cam])
-            kv[f"{cam} bad frames"] = str(self.bad_frames[cam])
-            kv[f"{cam} published"] = str(self.published[cam])
-            kv[f"{cam} overlays"] = str(self.overlays[cam])
-        for stage, p in self.percentiles().items():
-            kv[f"latency {stage} p50 (ms)"] = f"{p['p50']:.1f}"
-            kv[f"latency {stage} p99 (ms)"] = f"{p['p99']:.1f}"
-        return kv
+    def _since_report(self, key: str, value: int) -> int:
+        return value - self._reported.get(key, 0)
 
-    def level(self, buffer) -> int:
-        """0 OK, 1 WARN (frames dropped or bad), as diagnostic_msgs levels."""
-        bad = sum(self.bad_frames.values()) + sum(buffer.stale.values())
-        return 1 if bad else 0
+    def statuses(self, buffer, cameras: Dict[str, str], timeout_s: float, info: Dict[str, str]) -> List[Status]:
+        """The report: inference first, then every configured camera (`cameras`: namespace -> input topic),
+        including one that never sent a frame. A camera silent for `timeout_s` is an ERROR; undecodable
+        or stale frames since the previous report a WARN. Call once per report (it marks what was seen)."""
+        now = self.clock()
+        out = [self._inference_status(info)]
+        for cam, topic in cameras.items():
+            values = {"input topic": topic,
+                      "input rate (Hz)": f"{self.rate_hz(cam):.2f}",
+                      "output rate (Hz)": f"{self.rate_hz(cam, self.publications[cam]):.2f}",
+                      "received": str(buffer.received[cam]),
+                      "dropped (newer frame)": str(buffer.dropped[cam]),
+                      "dropped (older than max_age_ms)": str(buffer.stale[cam]),
+                      "bad frames": str(self.bad_frames[cam]),
+                      "published": str(self.published[cam]),
+                      "overlays": str(self.overlays[cam])}
+            last = self.arrivals[cam][-1] if self.arrivals[cam] else None
+            silent = now - (self.started if last is None else last)
+            values["seconds since last frame"] = "never" if last is None else f"{silent:.1f}"
+            bad = self._since_report(f"{cam} bad", self.bad_frames[cam])
+            stale = self._since_report(f"{cam} stale", buffer.stale[cam])
+            if silent > timeout_s:
+                level = ERROR
+                message = (f"no frame on {topic} since start-up ({silent:.1f} s)" if last is None
+                           else f"no frame on {topic} for {silent:.1f} s")
+            elif last is None:
+                level, message = WARN, f"waiting for the first frame on {topic}"
+            elif bad or stale:
+                level = WARN
+                message = ", ".join(part for part in (f"{bad} undecodable frame(s)" if bad else "",
+                                                      f"{stale} frame(s) older than max_age_ms" if stale else "")
+                                    if part) + " since the last report"
+            else:
+                level, message = OK, "ok"
+            out.append(Status(f"camera {cam}", cam, level, message, values))
+            self._reported[f"{cam} bad"] = self.bad_frames[cam]
+            self._reported[f"{cam} stale"] = buffer.stale[cam]
+        self._reported["failures"], self._reported["batches"] = self.inference_failures, self.batches
+        return out
+
+    def _inference_status(self, info: Dict[str, str]) -> Status:
+        failures = self._since_report("failures", self.inference_failures)
+        batches = self._since_report("batches", self.batches)
+        values = {**info, "inference failures": str(self.inference_failures)}
+        for stage, p in self.percentiles().items():
+            values[f"latency {stage} p50 (ms)"] = f"{p['p50']:.1f}"
+            values[f"latency {stage} p99 (ms)"] = f"{p['p99']:.1f}"
+        if failures:
+            level = WARN if batches else ERROR
+            message = (f"{failures} inference call(s) failed since the last report"
+                       f"{'' if batches else ', none succeeded'}: {self.last_failure}")
+        else:
+            level, message = OK, "ok"
+        return Status("inference", info.get("model", ""), level, message, values)

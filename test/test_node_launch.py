@@ -138,9 +138,11 @@ class TestPanopticNode(unittest.TestCase):
     def test_overlay_only_while_subscribed(self):
         pub = self.node.create_publisher(Image, "/cam_a/image", 10)
         diags = self.collect("/diagnostics", DiagnosticArray, 3, publish=lambda: pub.publish(rgb_msg(1700000300, "a")))
-        before = {kv.key: kv.value for kv in diags[-1].status[0].values}
-        self.assertEqual(before["/cam_a overlays"], "0")
-        self.assertNotEqual(before["/cam_a published"], "0")
+        # one status per camera, its hardware_id the camera's namespace
+        (cam_a,) = [s for s in diags[-1].status if s.hardware_id == "/cam_a"]
+        before = {kv.key: kv.value for kv in cam_a.values}
+        self.assertEqual(before["overlays"], "0")
+        self.assertNotEqual(before["published"], "0")
         overlays = self.collect("/cam_a/panoptic/overlay", Image, 1,
                                 publish=lambda: pub.publish(rgb_msg(1700000301, "a")),
                                 qos=QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))

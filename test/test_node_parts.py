@@ -167,21 +167,91 @@ def test_take_blocks_until_a_frame_arrives():
     assert got and got[0]["front"].msg == "x"
 
 
-def test_stats_rates_and_percentiles():
-    t = [0.0]
-    stats = NodeStats(clock=lambda: t[0])
-    for i in range(11):
-        t[0] = i * 0.1
-        stats.frame_arrived("front")
-    assert stats.rate_hz("front") == pytest.approx(10.0)
+def test_stats_percentiles():
+    stats = NodeStats(clock=lambda: 0.0)
     for ms in range(1, 101):
         stats.add_timings({"detect": ms / 1000})
     p = stats.percentiles()
     assert p["detect"]["p50"] == pytest.approx(50.5) and p["total"]["p99"] == pytest.approx(99.01)
+
+
+def _report(stats, buf, timeout_s=2.0):
+    """statuses() for one camera 'front' -> (inference status, the camera's status)."""
+    inference, camera = stats.statuses(buf, {"front": "/front/image"}, timeout_s, {"model": "street_lite0",
+                                                                                    "backend": "torch"})
+    return inference, camera
+
+
+def test_rate_is_over_the_last_seconds_and_falls_to_zero_when_the_camera_stops():
+    t = [0.0]
+    stats = NodeStats(clock=lambda: t[0])
+    for i in range(1, 101):          # 10 Hz for 10 s
+        t[0] = i * 0.1
+        stats.frame_arrived("front")
+    assert stats.rate_hz("front") == pytest.approx(10.0)
+    t[0] = 12.5                      # silent for 2.5 s: half the window holds frames
+    assert stats.rate_hz("front") == pytest.approx(25 / 5.0)
+    t[0] = 15.01                     # a rate kept from the last frames would still say 10 Hz
+    assert stats.rate_hz("front") == 0.0
+    early = NodeStats(clock=lambda: t[0])  # 1 s after start-up: counted over that second, not 5
+    t[0] += 1.0
+    for _ in range(20):
+        early.frame_arrived("front")
+    assert early.rate_hz("front") == pytest.approx(20.0)
+
+
+def test_camera_status_levels_follow_what_happened_since_the_last_report():
+    t = [0.0]
+    stats = NodeStats(clock=lambda: t[0])
     buf = LatestFrameBuffer(FakeClock())
+    _, cam = _report(stats, buf)
+    assert (cam.level, cam.message) == (1, "waiting for the first frame on /front/image")
+    assert cam.values["seconds since last frame"] == "never" and cam.hardware_id == "front"
+    t[0] = 3.0
+    _, cam = _report(stats, buf)
+    assert (cam.level, cam.message) == (2, "no frame on /front/image since start-up (3.0 s)")
+    for i in range(10):
+        t[0] = 3.0 + i * 0.1
+        stats.frame_arrived("front")
+        buf.put("front", "x", 0)
+        stats.frame_published("front")
+    _, cam = _report(stats, buf)
+    assert (cam.level, cam.message) == (0, "ok")
+    assert cam.values["received"] == "10" and cam.values["published"] == "10"
+    assert cam.values["output rate (Hz)"] == f"{10 / 3.9:.2f}"  # over the 3.9 s since start-up
     stats.bad_frames["front"] += 2
-    kv = stats.key_values(buf, "torch", "street_lite0", "fp32")
-    assert kv["front bad frames"] == "2" and kv["backend"] == "torch" and stats.level(buf) == 1
+    buf.stale["front"] += 1
+    _, cam = _report(stats, buf)
+    assert cam.level == 1 and cam.message == ("2 undecodable frame(s), 1 frame(s) older than max_age_ms since "
+                                              "the last report")
+    assert cam.values["bad frames"] == "2"
+    _, cam = _report(stats, buf)  # nothing new since: back to OK (a bad frame an hour ago is history)
+    assert (cam.level, cam.message) == (0, "ok") and cam.values["bad frames"] == "2"
+    t[0] = 3.9 + 2.5              # the camera stops
+    _, cam = _report(stats, buf)
+    assert (cam.level, cam.message) == (2, "no frame on /front/image for 2.5 s")
+    _, cam = _report(stats, buf, timeout_s=5.0)  # camera_timeout_s is the user's
+    assert cam.level == 0
+
+
+def test_inference_status_reports_failures_since_the_last_report():
+    stats = NodeStats(clock=lambda: 0.0)
+    buf = LatestFrameBuffer(FakeClock())
+    stats.inference_done([{"detect": 0.010}, {"detect": 0.020}])  # a batch of two cameras' frames
+    inference, _ = _report(stats, buf)
+    assert (inference.level, inference.message, inference.hardware_id) == (0, "ok", "street_lite0")
+    assert inference.values["backend"] == "torch" and inference.values["latency detect p50 (ms)"] == "15.0"
+    stats.inference_failed("RuntimeError: graph export failed")
+    inference, _ = _report(stats, buf)
+    assert inference.level == 2 and inference.message == ("1 inference call(s) failed since the last report, "
+                                                          "none succeeded: RuntimeError: graph export failed")
+    stats.inference_failed("RuntimeError: again")
+    stats.inference_done([{"detect": 0.010}])
+    inference, _ = _report(stats, buf)
+    assert inference.level == 1 and inference.message.startswith("1 inference call(s) failed since the last report:")
+    assert inference.values["inference failures"] == "2"
+    inference, _ = _report(stats, buf)
+    assert inference.level == 0
 
 
 def test_overlay_renderer():

@@ -199,14 +199,15 @@ class PanopticNode(Node):
                     results = self.pipeline.run_batch([rgb for _, _, rgb in frames])
                 else:
                     results = [self.pipeline(rgb) for _, _, rgb in frames]
-            except Exception as e:  # keep serving the next frames; say what failed
+            except Exception as e:  # keep serving the next frames; say what failed (log and /diagnostics)
+                self.stats.inference_failed(f"{type(e).__name__}: {e}".splitlines()[0])
                 self.get_logger().error(f"inference failed: {e}", throttle_duration_sec=5.0)
                 self.get_logger().debug(traceback.format_exc())
                 continue
+            self.stats.inference_done([result.timings for result in results])
             try:
                 for (cam, msg, rgb), result in zip(frames, results):
                     self._publish(cam, msg.header, rgb, result)
-                    self.stats.add_timings(result.timings)
             except Exception as e:
                 if not (self._running and rclpy.ok()):  # stopping (Ctrl-C, SIGTERM): the frame in flight is dropped
                     return
@@ -240,18 +241,21 @@ class PanopticNode(Node):
         if self._wanted(pubs, "overlay"):
             pubs["overlay"].publish(_image(header, overlay(rgb, result, self.taxonomy)[..., ::-1], "bgr8"))
             self.stats.overlays[camera] += 1
-        self.stats.published[camera] += 1
+        self.stats.frame_published(camera)
 
     def _publish_diagnostics(self):
-        status = DiagnosticStatus(name="panoptic_node: inference", hardware_id=self.pipeline.cfg.name)
-        status.level = bytes([self.stats.level(self.buffer)])
-        status.message = "ok" if status.level == b"\x00" else "frames dropped as stale or undecodable"
-        kv = self.stats.key_values(self.buffer, self.pipeline.backend.name, self.pipeline.cfg.name,
-                                   self.pipeline.backend.precision)
-        kv["threshold"] = f"{self.pipeline.threshold:g}"  # it can change while the node runs
-        status.values = [KeyValue(key=k, value=v) for k, v in kv.items()]
-        arr = DiagnosticArray(status=[status])
+        """One status for inference and one per camera, named as diagnostic_updater names them
+        ('<node name>: <task>'), so an aggregator or rqt_runtime_monitor shows which camera is at fault."""
+        info = {"backend": self.pipeline.backend.name, "model": self.pipeline.cfg.name,
+                "precision": self.pipeline.backend.precision,
+                "threshold": f"{self.pipeline.threshold:g}"}  # it can change while the node runs
+        cameras = {cam: sub.topic_name for cam, sub in zip(self.params["cameras"], self._subs)}
+        arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
+        for s in self.stats.statuses(self.buffer, cameras, self.params["camera_timeout_s"], info):
+            arr.status.append(DiagnosticStatus(level=bytes([s.level]), name=f"{self.get_name()}: {s.name}",
+                                               message=s.message, hardware_id=s.hardware_id,
+                                               values=[KeyValue(key=k, value=v) for k, v in s.values.items()]))
         self.diag_pub.publish(arr)
 
     def destroy_node(self):
