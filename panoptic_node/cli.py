@@ -415,6 +415,11 @@ def _export_size(cfg, size: str):
         raise ValueError(f"--size {size}: expected HxW with sides that are positive multiples of {d} (model "
                          f"{cfg.name} pads frames to them; its default canvas is {cfg.input.canvas[0]}x"
                          f"{cfg.input.canvas[1]})")
+    largest = cfg.input.canvas[1]  # no side of a resized frame exceeds max_size (padded): a larger canvas is padding
+    if max(h, w) > largest:
+        raise ValueError(f"--size {size}: expected sides of at most {largest} (model {cfg.name} resizes every frame "
+                         f"to at most {cfg.input.max_size} pixels a side and pads it to multiples of {d}; a larger "
+                         f"canvas would only be padding)")
     return h, w
 
 
