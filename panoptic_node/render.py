@@ -1,6 +1,9 @@
 """Colour overlays of a PanopticResult: class colour blended over the frame, things shaded per
-instance, segment boundaries drawn. Used by the CLI, replay videos and the node's overlay topic; and
-several cameras' overlays side by side for one video."""
+instance, segment boundaries drawn, and each thing's class and score and each large stuff region's class
+written on it (colours alone do not say which class is which). Used by the CLI, replay videos and the
+node's overlay topic; and several cameras' overlays side by side for one video."""
+from functools import lru_cache
+
 import numpy as np
 
 from .inference.result import VOID_LABEL, PanopticResult
@@ -30,8 +33,10 @@ def boundaries(segment_ids: np.ndarray) -> np.ndarray:
     return edge
 
 
-def overlay(rgb: np.ndarray, result: PanopticResult, taxonomy: Taxonomy, alpha: float = 0.5) -> np.ndarray:
-    """RGB uint8 frame with the result drawn over it (void pixels keep the frame)."""
+def overlay(rgb: np.ndarray, result: PanopticResult, taxonomy: Taxonomy, alpha: float = 0.5,
+            labels: bool = True) -> np.ndarray:
+    """RGB uint8 frame with the result drawn over it (void pixels keep the frame); `labels` writes the
+    class names on it (not on frames under MIN_LABELLED_HEIGHT pixels, which have no room for text)."""
     if rgb.shape[:2] != result.shape:
         raise ValueError(f"overlay: frame {rgb.shape[:2]} and result {result.shape} differ in size")
     # 8-bit fixed-point blend over the whole frame, then a select: ~5x faster than float maths
@@ -40,7 +45,59 @@ def overlay(rgb: np.ndarray, result: PanopticResult, taxonomy: Taxonomy, alpha: 
     blend = ((rgb.astype(np.uint16) * (256 - a) + colorize(result, taxonomy).astype(np.uint16) * a) >> 8)
     out = np.where((result.segment_ids > 0)[..., None], blend.astype(np.uint8), rgb)
     out[boundaries(result.segment_ids)] = 255
+    if labels and out.shape[0] >= MIN_LABELLED_HEIGHT:
+        out = draw_labels(out, result, taxonomy)
     return out
+
+
+MIN_LABELLED_HEIGHT = 96    # smaller frames get no text
+STUFF_LABEL_SHARE = 0.01    # stuff regions of at least this share of the frame are named
+
+
+@lru_cache(maxsize=8)
+def _font(size: int):
+    from PIL import ImageFont
+    return ImageFont.load_default(size=size)  # Pillow's own font: nothing to find on the machine
+
+
+def _inside_point(segment_ids: np.ndarray, seg_id: int, step: int):
+    """A point of the segment near its centre (on a grid of `step` pixels, so HD frames stay cheap):
+    the centroid itself can lie outside a curved region such as a road."""
+    ys, xs = np.nonzero(segment_ids[::step, ::step] == seg_id)
+    if not len(ys):
+        return None
+    k = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
+    return int(xs[k]) * step, int(ys[k]) * step
+
+
+def draw_labels(rgb: np.ndarray, result: PanopticResult, taxonomy: Taxonomy) -> np.ndarray:
+    """Each thing: 'class score' on a tag of its colour at its box's top-left corner (largest first, so
+    small objects' tags stay on top); each stuff region covering STUFF_LABEL_SHARE of the frame: its class
+    name in white outlined in black, at a point inside it."""
+    from PIL import Image, ImageDraw
+    h, w = rgb.shape[:2]
+    size = max(10, round(h / 32))
+    font = _font(size)
+    image = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(image)
+    step = max(1, min(h, w) // 90)
+    for s in result.segments:
+        if s.is_thing or s.area < STUFF_LABEL_SHARE * h * w:
+            continue
+        at = _inside_point(result.segment_ids, s.id, step)
+        if at:
+            draw.text(at, taxonomy.name_of(s.label), font=font, fill=(255, 255, 255), anchor="mm",
+                      stroke_width=max(1, size // 10), stroke_fill=(0, 0, 0))
+    for s in sorted((s for s in result.segments if s.is_thing), key=lambda s: -s.area):
+        text = f"{taxonomy.name_of(s.label)} {s.score:.2f}"
+        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+        tw, th = x1 - x0 + 4, y1 - y0 + 4
+        x = min(max(0, s.box[0]), max(0, w - tw))
+        y = min(max(0, s.box[1] - th), max(0, h - th))  # above the box, or inside it at the top edge
+        colour = tuple(int(c) // 2 for c in taxonomy.color_lut[s.label])  # darkened: white text reads on it
+        draw.rectangle((x, y, x + tw - 1, y + th - 1), fill=colour)
+        draw.text((x + 2 - x0, y + 2 - y0), text, font=font, fill=(255, 255, 255))
+    return np.asarray(image)
 
 
 def side_by_side(images, height: int, width: int) -> np.ndarray:

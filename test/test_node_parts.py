@@ -254,6 +254,30 @@ def test_inference_status_reports_failures_since_the_last_report():
     assert inference.level == 0
 
 
+def test_overlay_names_each_thing_and_large_stuff_regions():
+    """Colours alone do not say which class is which: a thing gets a tag of its class colour (darkened) with
+    white text just above its box, a large stuff region its name inside it; nothing else changes."""
+    camvid = get_taxonomy("camvid")
+    ids = np.zeros((120, 160), np.int64)
+    ids[:60] = 1                 # sky: half the frame
+    ids[70:110, 100:150] = 2     # a car
+    ids[0:30, 0:20] = 3          # a car at the top-left corner: its tag goes inside the frame
+    r = result_from_segments(ids, np.array([0, 8, 8]), np.array([0.9, 0.8, 0.7]), camvid.thing_lut, "camvid")
+    rgb = np.full((120, 160, 3), 100, np.uint8)
+    plain, named = overlay(rgb, r, camvid, labels=False), overlay(rgb, r, camvid)
+    changed = (plain != named).any(-1)
+    car_tag = camvid.color_lut[8] // 2
+    rows = np.nonzero(changed[60:, :].any(1))[0] + 60    # below the sky: the tag above the lower car only
+    assert rows.max() == 69 and (named[69, 100] == car_tag).all()
+    tag = named[rows.min():70, 100:]
+    assert (tag == 255).all(-1).any()                    # white text on it
+    assert not changed[60:, :100].any()                  # nothing left of the box's corner
+    assert (named[0, 0] == car_tag).all()                # the corner car's tag starts at (0, 0), inside the frame
+    assert changed[:60, 20:].any()                       # the sky's name
+    small = result_from_segments(ids[:95], np.array([0, 8, 8]), np.array([0.9, 0.8, 0.7]), camvid.thing_lut, "camvid")
+    assert np.array_equal(overlay(rgb[:95], small, camvid), overlay(rgb[:95], small, camvid, labels=False))  # no room
+
+
 def test_overlay_renderer():
     camvid = get_taxonomy("camvid")
     ids = np.zeros((20, 30), np.int64)

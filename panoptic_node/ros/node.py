@@ -239,7 +239,8 @@ class PanopticNode(Node):
             pubs["detections"].publish(out)
         # the overlay costs a full-frame blend on top
         if self._wanted(pubs, "overlay"):
-            pubs["overlay"].publish(_image(header, overlay(rgb, result, self.taxonomy)[..., ::-1], "bgr8"))
+            drawn = overlay(rgb, result, self.taxonomy, labels=self.params["overlay_labels"])
+            pubs["overlay"].publish(_image(header, drawn[..., ::-1], "bgr8"))
             self.stats.overlays[camera] += 1
         self.stats.frame_published(camera)
 
