@@ -32,6 +32,7 @@ class NodeStats:
         self.arrivals = defaultdict(lambda: deque(maxlen=4096))
         self.publications = defaultdict(lambda: deque(maxlen=4096))
         self.latency_ms = defaultdict(lambda: deque(maxlen=latency_window))
+        self.age_ms = defaultdict(lambda: deque(maxlen=latency_window))  # per camera: node clock - stamp at publish
         self.bad_frames = defaultdict(int)
         self.published = defaultdict(int)
         self.overlays = defaultdict(int)
@@ -44,9 +45,13 @@ class NodeStats:
     def frame_arrived(self, camera: str) -> None:
         self.arrivals[camera].append(self.clock())
 
-    def frame_published(self, camera: str) -> None:
+    def frame_published(self, camera: str, age_ms: float) -> None:
+        """`age_ms`: the node clock minus the frame's header stamp as its outputs leave, i.e. transport,
+        waiting and inference together (what the driving stack sees; a camera whose clock is not the
+        node's shows here as an age far from the pipeline's latency)."""
         self.published[camera] += 1
         self.publications[camera].append(self.clock())
+        self.age_ms[camera].append(age_ms)
 
     def inference_done(self, timings_per_frame: List[Dict[str, float]]) -> None:
         self.batches += 1
@@ -98,6 +103,10 @@ class NodeStats:
                       "bad frames": str(self.bad_frames[cam]),
                       "published": str(self.published[cam]),
                       "overlays": str(self.overlays[cam])}
+            if self.age_ms[cam]:
+                ages = np.asarray(self.age_ms[cam])
+                values["frame age at publish p50 (ms)"] = f"{np.percentile(ages, 50):.1f}"
+                values["frame age at publish p99 (ms)"] = f"{np.percentile(ages, 99):.1f}"
             last = self.arrivals[cam][-1] if self.arrivals[cam] else None
             silent = now - (self.started if last is None else last)
             values["seconds since last frame"] = "never" if last is None else f"{silent:.1f}"

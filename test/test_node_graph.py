@@ -389,8 +389,11 @@ def test_a_silent_camera_is_an_error_on_diagnostics_until_it_sends_again(graph, 
     assert camera(c.got)["seconds since last frame"] == "never"
     pub = graph.create_publisher(Image, f"{ns}/image", 10)
     rgb = rgb_frame(rng)
-    assert c.spin_until(lambda g: camera(g).get("level") == 0, publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")))
+    assert c.spin_until(lambda g: camera(g).get("level") == 0 and int(camera(g)["published"]) > 0,
+                        publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")))
     assert float(camera(c.got)["input rate (Hz)"]) > 0
+    # frames stamped as sent: their age when the outputs leave is wire + waiting + inference (seconds at most)
+    assert 0 < float(camera(c.got)["frame age at publish p50 (ms)"]) < 5000
     c.got["/diagnostics"].clear()
     assert c.spin_until(lambda g: camera(g).get("level") == 2)  # it stops again
     assert camera(c.got)["message"].startswith(f"no frame on {ns}/image for ")

@@ -214,9 +214,10 @@ def test_camera_status_levels_follow_what_happened_since_the_last_report():
         t[0] = 3.0 + i * 0.1
         stats.frame_arrived("front")
         buf.put("front", "x", 0)
-        stats.frame_published("front")
+        stats.frame_published("front", age_ms=40.0 + i)
     _, cam = _report(stats, buf)
     assert (cam.level, cam.message) == (0, "ok")
+    assert cam.values["frame age at publish p50 (ms)"] == "44.5" and cam.values["frame age at publish p99 (ms)"] == "48.9"
     assert cam.values["received"] == "10" and cam.values["published"] == "10"
     assert cam.values["output rate (Hz)"] == f"{10 / 3.9:.2f}"  # over the 3.9 s since start-up
     stats.bad_frames["front"] += 2

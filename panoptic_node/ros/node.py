@@ -242,7 +242,8 @@ class PanopticNode(Node):
             drawn = overlay(rgb, result, self.taxonomy, labels=self.params["overlay_labels"])
             pubs["overlay"].publish(_image(header, drawn[..., ::-1], "bgr8"))
             self.stats.overlays[camera] += 1
-        self.stats.frame_published(camera)
+        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        self.stats.frame_published(camera, (self.get_clock().now().nanoseconds - stamp_ns) / 1e6)
 
     def _publish_diagnostics(self):
         """One status for inference and one per camera, named as diagnostic_updater names them
