@@ -211,7 +211,8 @@ def _replay(args, pipeline):
     from .replay import replay
     summary = replay(pipeline, args.bag, out_bag=args.out, image_topic=args.image_topic, gt_topic=args.gt_topic,
                      video=args.video, metrics_path=args.metrics, max_frames=args.max_frames,
-                     overwrite=args.overwrite, storage=args.storage)
+                     overwrite=args.overwrite, storage=args.storage, start_s=getattr(args, "start", None),
+                     duration_s=getattr(args, "duration", None))
     print(summary.format())
     if summary.metrics:
         _charts(summary.metrics, args)
@@ -227,6 +228,8 @@ def _check_replay_outputs(args, inputs) -> None:
 
 def cmd_replay(args) -> int:
     from .bag.reader import BagReader
+    from .replay import check_window
+    check_window(args.start, args.duration)
     _check_replay_outputs(args, [args.bag, args.weights, args.onnx])
     BagReader(args.bag).close()  # a missing or unreadable bag is said before the model loads
     _replay(args, _pipeline(args))
@@ -566,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chart", help="per-class bar chart PNG")
     p.add_argument("--confusion", help="confusion matrix PNG (where each class's pixels went)")
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
+    p.add_argument("--start", type=float, help="replay from this many seconds after the bag's first message (as "
+                                               "ros2 bag play --start-offset counts)")
+    p.add_argument("--duration", type=float, help="replay this many seconds of the bag (from --start)")
     _add_model_args(p)
     _add_replay_args(p)
     p.set_defaults(func=cmd_replay)

@@ -6,6 +6,7 @@ in one pass over the bag, so memory stays flat however long the bag is. It is sc
 the model publishes: /ground_truth/label_info says which set the bag's is in; another set is mapped
 where a mapping exists (Cityscapes / KITTI -> CamVid), else the replay goes on unscored.
 """
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -115,19 +116,33 @@ class VideoWriter:
         self.partial.unlink(missing_ok=True)
 
 
+def check_window(start_s: Optional[float], duration_s: Optional[float]) -> None:
+    """--start / --duration, refused in one line before anything is read or written."""
+    if start_s is not None and not (math.isfinite(start_s) and start_s >= 0):
+        raise ValueError(f"--start {start_s}: expected seconds >= 0 after the bag's first message")
+    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+        raise ValueError(f"--duration {duration_s}: expected a finite number of seconds > 0 (leave it out for the "
+                         f"rest of the bag)")
+
+
 def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[str]] = None,
            gt_topic: Optional[str] = None, video=None, metrics_path=None, max_frames: Optional[int] = None,
-           overwrite: bool = False, storage: str = "mcap", log=print, on_scored=None) -> ReplaySummary:
+           overwrite: bool = False, storage: str = "mcap", log=print, on_scored=None,
+           start_s: Optional[float] = None, duration_s: Optional[float] = None) -> ReplaySummary:
     """image_topic: one camera topic or several (default: every camera in the bag); each camera's
     results go under its own namespace, as the node publishes them. Ground truth belongs to one camera,
     so it is scored only when one is replayed; the video shows every camera side by side.
 
     on_scored(stamp, gt_semantic, pred_semantic, rgb_third): called for every scored frame, with
-    the frame at a third of its size (fleet.py's gallery of worst frames)."""
+    the frame at a third of its size (fleet.py's gallery of worst frames).
+
+    start_s / duration_s: replay only what the bag recorded from `start_s` seconds after its first
+    message, for `duration_s` seconds (a part of a long drive), as `ros2 bag play --start-offset` counts."""
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
                             model=pipeline.cfg.name)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames {max_frames}: expected a positive number of frames (leave it out for all)")
+    check_window(start_s, duration_s)
     check_outputs({"--out": out_bag, "--video": video, "--metrics": metrics_path}, [bag], overwrite, bags={"--out"})
     reader = BagReader(bag)
     try:
@@ -146,10 +161,15 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                    f"choose the one it labels with --image-topic")
         if gt_topic and len(cameras) > 1:
             raise ValueError(several)
+        window = reader.window(start_s, duration_s)
     except BaseException:
         reader.close()
         raise
     gt_pan = gt_topic or (GT_PANOPTIC if GT_PANOPTIC in reader.topics else None)
+    if window:
+        first, last = reader.reader.start_time, reader.reader.end_time
+        log(f"replaying {(window[0] - first) / 1e9:g} s to {(min(window[1], last + 1) - first) / 1e9:g} s of the "
+            f"bag's {(last - first) / 1e9:.3f} s (receive time after its first message)")
     for why in left_out.values():
         log(f"{why} (--image-topic chooses)")
     if gt_pan and len(cameras) > 1:
@@ -212,7 +232,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     start = time.perf_counter()
     bar = tqdm(total=max_frames, desc="replay", unit="frame")
     try:
-        for m in reader.messages(topics):
+        for m in reader.messages(topics, window_ns=window):
             if m.topic in cameras:
                 if max_frames and summary.frames + summary.undecodable >= max_frames:
                     break

@@ -320,6 +320,36 @@ def test_a_panorama_in_a_bag_is_named_once_and_still_replayed(tiny_pipeline, tmp
     assert (said.out + said.err).count("warning: a 400x24 frame runs at") == 1
 
 
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_start_and_duration_replay_a_part_of_a_long_drive(tiny_pipeline, tiny_model_yaml, tmp_path, rng, storage,
+                                                          capsys):
+    """--start / --duration count seconds after the bag's first message (receive time), as ros2 bag play's
+    --start-offset does: ten frames 1 s apart, seconds 3 to 6 (stop exclusive) are frames 3, 4, 5."""
+    from panoptic_node.cli import main
+    t0 = 1_700_000_000_000_000_000
+    rgb = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    bag = camera_bag(tmp_path / "drive", storage, [(t0 + i * 1_000_000_000, rgb) for i in range(10)])
+    summary = replay(tiny_pipeline, bag, tmp_path / "part", start_s=3.0, duration_s=3.0, log=print)
+    assert summary.frames == 3
+    assert "replaying 3 s to 6 s of the bag's 9.000 s" in capsys.readouterr().out
+    with BagReader(tmp_path / "part") as r:
+        assert [m.stamp_ns for m in r.messages(["/front/panoptic/semantic"])] == [t0 + i * 1_000_000_000
+                                                                                 for i in (3, 4, 5)]
+    assert replay(tiny_pipeline, bag, start_s=8.5).frames == 1                 # to the end
+    assert replay(tiny_pipeline, bag, duration_s=2.5).frames == 3              # from the start
+    (tmp_path / "mine.json").write_text("the user's")
+    capsys.readouterr()
+    for bad, says in ((["--start", "12"], "--start 12: bag '{bag}' lasts 9.000 s; expected a start inside it"),
+                      (["--start", "-1"], "--start -1.0: expected seconds >= 0"),
+                      (["--duration", "0"], "--duration 0.0: expected a finite number of seconds > 0"),
+                      (["--duration", "nan"], "--duration nan: expected a finite number of seconds > 0")):
+        assert main(["replay", str(bag), "--model", str(tiny_model_yaml), "--out", str(tmp_path / "refused"),
+                     "--metrics", str(tmp_path / "mine.json"), "--overwrite", *bad]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(errors) == 1 and says.format(bag=bag) in errors[0], errors
+        assert not (tmp_path / "refused").exists() and (tmp_path / "mine.json").read_text() == "the user's"
+
+
 def test_unknown_topic_lists_image_topics(tiny_pipeline, tmp_path, rng):
     bag = camera_bag(tmp_path / "in", "mcap", [(1, rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))])
     with pytest.raises(BagError, match=r"no image topic '/rear/image'; image topics: /front/image_raw"):

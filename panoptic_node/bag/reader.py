@@ -100,12 +100,16 @@ class BagReader:
             return f"{topic} holds compressed depth ({first.msg.format}): not replayed"
         return None
 
-    def messages(self, topics: List[str], max_count: Optional[int] = None) -> Iterator[BagMessage]:
-        """Messages of the given topics in bag order. A storage error ends the stream with BagError."""
+    def messages(self, topics: List[str], max_count: Optional[int] = None,
+                 window_ns: Optional[Tuple[int, int]] = None) -> Iterator[BagMessage]:
+        """Messages of the given topics in bag order (those recorded in [start, stop) of `window_ns`, by the
+        bag's receive time, as `ros2 bag play --start-offset` counts). A storage error ends the stream with
+        BagError."""
         conns = [c for c in self.reader.connections if c.topic in topics]
+        start, stop = window_ns or (None, None)
         seen = 0
         try:
-            for conn, t, raw in self.reader.messages(connections=conns):
+            for conn, t, raw in self.reader.messages(connections=conns, start=start, stop=stop):
                 try:
                     msg = self.reader.deserialize(raw, conn.msgtype)
                 except Exception as e:
@@ -121,6 +125,20 @@ class BagReader:
         except Exception as e:
             raise BagError(f"bag '{self.path}' is truncated or corrupt after {seen} messages "
                            f"({_one_line(e)})") from None
+
+    def window(self, start_s: Optional[float], duration_s: Optional[float]) -> Optional[Tuple[int, int]]:
+        """[start, stop) in the bag's receive-time nanoseconds for `start_s` seconds after its first message,
+        lasting `duration_s` (None: to the end); None when neither is given. A start past the bag's last
+        message is refused naming how long the bag is."""
+        if start_s is None and duration_s is None:
+            return None
+        first, last = self.reader.start_time, self.reader.end_time
+        start = first + round((start_s or 0.0) * 1e9)
+        if start > last:
+            raise ValueError(f"--start {start_s:g}: bag '{self.path}' lasts {(last - first) / 1e9:.3f} s; expected a "
+                             f"start inside it (seconds after its first message)")
+        stop = last + 1 if duration_s is None else start + round(duration_s * 1e9)
+        return start, stop
 
     def label_set(self, topic: str) -> Optional[str]:
         """The label set a LabelInfo topic announces (its first message): a taxonomy name, a
