@@ -212,7 +212,7 @@ def _replay(args, pipeline):
     summary = replay(pipeline, args.bag, out_bag=args.out, image_topic=args.image_topic, gt_topic=args.gt_topic,
                      video=args.video, metrics_path=args.metrics, max_frames=args.max_frames,
                      overwrite=args.overwrite, storage=args.storage, start_s=getattr(args, "start", None),
-                     duration_s=getattr(args, "duration", None))
+                     duration_s=getattr(args, "duration", None), per_frame_path=getattr(args, "per_frame", None))
     print(summary.format())
     if summary.metrics:
         _charts(summary.metrics, args)
@@ -223,7 +223,8 @@ def _check_replay_outputs(args, inputs) -> None:
     """Every output of a replay checked before the model loads or a frame is read."""
     from .output_safety import check_outputs
     check_outputs({"--out": args.out, "--video": args.video, "--metrics": args.metrics, "--chart": args.chart,
-                   "--confusion": args.confusion}, inputs, args.overwrite, bags={"--out"})
+                   "--confusion": args.confusion, "--per-frame": getattr(args, "per_frame", None)}, inputs,
+                  args.overwrite, bags={"--out"})
 
 
 def cmd_replay(args) -> int:
@@ -290,9 +291,13 @@ def cmd_evaluate(args) -> int:
     from .atomic import write_json
     from .evaluation.evaluator import format_report
     from .output_safety import check_outputs
-    check_outputs({"--json": args.json, "--chart": args.chart, "--confusion": args.confusion},
+    check_outputs({"--json": args.json, "--chart": args.chart, "--confusion": args.confusion,
+                   "--per-frame": args.per_frame},
                   [args.bag, args.pred_bag, args.gt_json, args.gt_folder, args.pred_json, args.pred_folder],
                   args.overwrite)
+    if args.per_frame and args.gt_json:
+        raise ValueError("--per-frame scores the frames of bags (--bag / --pred-bag); COCO-panoptic folders are "
+                         "scored as one set")
     if args.gt_json:
         from .evaluation.coco_folders import evaluate_folders
         report = evaluate_folders(args.gt_json, args.gt_folder, args.pred_json, args.pred_folder).report()
@@ -330,8 +335,9 @@ def _evaluate_bags(args) -> dict:
     from .bag.convert import GT_LABEL_INFO
     from .bag.reader import BagReader, label_set_phrase, pairs_by_stamp
     from .evaluation.evaluator import Evaluator
+    from .evaluation.per_frame import PerFrameScores
     from .messages import FrameError
-    from .replay import _semantic_of, map_array, ground_truth_mapping, require_map_topic
+    from .replay import _semantic_of, map_array, ground_truth_mapping, require_map_topic, write_per_frame
     from .taxonomy import NAMES, get_taxonomy
 
     if not args.bag:
@@ -356,6 +362,7 @@ def _evaluate_bags(args) -> dict:
                          f"not in the {labels} label set ({why})")
     gt_map = ground_truth_mapping(gt_labels, labels, f"the ground truth in '{args.bag}'", f"the scores ({why}) are in")
     evaluator = Evaluator(get_taxonomy(labels))
+    per_frame = PerFrameScores(evaluator.taxonomy) if args.per_frame else None
     unmatched, unscored, first_reason = [0, 0], 0, None
     # both bags are read side by side in stamp order: memory stays flat however long they are
     with BagReader(args.bag) as gt_reader, BagReader(pred_bag) as pred_reader:
@@ -366,6 +373,8 @@ def _evaluate_bags(args) -> dict:
                 g, p = map_array(g, "pan"), map_array(p, "pan")  # both must be panoptic maps
                 g = gt_map.map_panoptic(g) if gt_map else g
                 evaluator.add(g, _semantic_of(g), p, _semantic_of(p))
+                if per_frame:
+                    per_frame.add(stamp, g, _semantic_of(g), p, _semantic_of(p))
             except (FrameError, ValueError) as e:
                 unscored += 1
                 first_reason = first_reason or f"at {stamp}: {e}"
@@ -383,6 +392,8 @@ def _evaluate_bags(args) -> dict:
     if not evaluator.labelled_pixels:  # scores of 0 that would read as a model that sees nothing
         raise ValueError(f"no frame scored: the ground truth ({args.gt_topic}) of the {evaluator.frames} frame pairs "
                          f"labels no pixel (all void)")
+    if per_frame:
+        write_per_frame(per_frame, args.per_frame, print)
     return evaluator.report()
 
 
@@ -526,6 +537,11 @@ def _add_replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
+PER_FRAME_HELP = ("CSV of each scored frame's own scores (stamp, PQ, PQ things / stuff, mIoU, pixel accuracy in "
+                  "percent; segments in the ground truth, predicted ones PQ counts, i.e. not lying on void, and matched): sort it "
+                  "to find the worst frames")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="panoptic-node", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -569,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chart", help="per-class bar chart PNG")
     p.add_argument("--confusion", help="confusion matrix PNG (where each class's pixels went)")
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
+    p.add_argument("--per-frame", help=PER_FRAME_HELP)
     p.add_argument("--start", type=float, help="replay from this many seconds after the bag's first message (as "
                                                "ros2 bag play --start-offset counts)")
     p.add_argument("--duration", type=float, help="replay this many seconds of the bag (from --start)")
@@ -591,7 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the report here")
     p.add_argument("--chart", help="per-class bar chart PNG")
     p.add_argument("--confusion", help="confusion matrix PNG (where each class's pixels went)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --json / --chart / --confusion")
+    p.add_argument("--per-frame", help=PER_FRAME_HELP)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json / --chart / --confusion / "
+                                                            "--per-frame")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("fleet", help="replay and score many bags on Ray (local or a cluster): one exact fleet "

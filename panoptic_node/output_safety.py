@@ -54,6 +54,7 @@ def not_our_bag(path) -> Optional[str]:
 # would fail only when the output is written, at the end of the run
 SUFFIXES = {"--video": (".mp4",), "--chart": (".png", ".svg", ".pdf", ".jpg", ".jpeg")}
 SUFFIXES["--confusion"] = SUFFIXES["--chart"]
+SUFFIXES["--per-frame"] = (".csv",)
 
 
 def check_outputs(outputs: Dict[str, Optional[object]], inputs: Iterable[object] = (), overwrite: bool = False,

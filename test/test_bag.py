@@ -964,6 +964,54 @@ def test_evaluate_scores_in_the_predictions_label_set(tiny_pipeline, tmp_path, r
            "not in the cityscapes label set (--labels)" in capsys.readouterr().err
 
 
+def _frames_bag(path, panoptics, t0=1_700_000_000_000_000_000):
+    """A bag of CamVid-labelled frames whose /ground_truth/panoptic are `panoptics` (20 x 20), 0.1 s apart."""
+    frames = []
+    for i, pan in enumerate(panoptics):
+        sem = np.where(pan < 0, 255, np.where(pan >= 1000, pan // 1000, pan)).astype(np.uint8)
+        frames.append(DatasetFrame(t0 + i * 100_000_000, np.zeros((20, 20, 3), np.uint8), sem, pan.astype(np.int32)))
+    write_bag(iter(frames), path, "mcap", labels="camvid")
+    return path
+
+
+def test_per_frame_scores_by_hand(tiny_pipeline, tiny_model_yaml, tmp_path, capsys):
+    """evaluate / replay --per-frame: each frame scored alone, against numbers worked out by hand."""
+    from panoptic_node.cli import main
+    truth = np.full((20, 20), 3)                  # road
+    truth[5:10, 5:10] = 8001                      # a car of 25 pixels
+    void = np.full((20, 20), -1)
+    gt = _frames_bag(tmp_path / "gt", [truth, truth, void, truth])
+    pred = _frames_bag(tmp_path / "pred", [truth, np.full((20, 20), 3), np.full((20, 20), 3), truth])
+    (tmp_path / "mine.csv").write_text("the user's")
+    assert main(["evaluate", "--bag", str(gt), "--pred-bag", str(pred), "--pred-topic", "/ground_truth/panoptic",
+                 "--per-frame", str(tmp_path / "mine.csv")]) == 2                 # exists: refused, untouched
+    assert (tmp_path / "mine.csv").read_text() == "the user's"
+    assert main(["evaluate", "--bag", str(gt), "--pred-bag", str(pred), "--pred-topic", "/ground_truth/panoptic",
+                 "--per-frame", str(tmp_path / "frames.csv")]) == 0
+    t0 = 1_700_000_000_000_000_000
+    rows = (tmp_path / "frames.csv").read_text().splitlines()
+    assert rows[0] == "stamp_ns,pq,pq_things,pq_stuff,miou,pixel_accuracy,gt_segments,pred_segments,matched_segments"
+    # frame 0: perfect. Frame 1: the car missed: road IoU 375 / 400, PQ road 93.75 and car 0 (a miss), mIoU the
+    # same two, pixel accuracy 375 / 400. Frame 2: ground truth all void: nothing defined. Frame 3 as frame 0
+    assert rows[1:] == [f"{t0},100.0,100.0,100.0,100.0,100.0,2,2,2",
+                        f"{t0 + 100_000_000},46.88,0.0,93.75,46.88,93.75,2,1,1",
+                        f"{t0 + 200_000_000},,,,,,0,0,0",
+                        f"{t0 + 300_000_000},100.0,100.0,100.0,100.0,100.0,2,2,2"]
+    assert f"lowest PQ at stamps {t0 + 100_000_000} (PQ 46.9), {t0} (PQ 100.0)" in capsys.readouterr().out
+    assert main(["evaluate", "--gt-json", "a.json", "--gt-folder", "a", "--pred-json", "b.json", "--pred-folder", "b",
+                 "--per-frame", str(tmp_path / "coco.csv")]) == 2
+    assert "--per-frame scores the frames of bags" in capsys.readouterr().err
+    # replay writes the same table for the frames it scores, and one line when it scores none
+    assert main(["replay", str(gt), "--model", str(tiny_model_yaml), "--per-frame", str(tmp_path / "r.csv")]) == 0
+    assert [r.split(",")[0] for r in (tmp_path / "r.csv").read_text().splitlines()[1:]] == [
+        str(t0 + i * 100_000_000) for i in range(4)]
+    camera_only = camera_bag(tmp_path / "camera_only", "mcap", [(t0, np.zeros((20, 20, 3), np.uint8))])
+    capsys.readouterr()
+    assert main(["replay", str(camera_only), "--model", str(tiny_model_yaml), "--per-frame",
+                 str(tmp_path / "none.csv")]) == 0
+    assert "no per-frame scores written" in capsys.readouterr().out and not (tmp_path / "none.csv").exists()
+
+
 def test_label_set_of_an_unknown_class_map(tmp_path):
     from panoptic_node.bag.reader import label_set_phrase
     from panoptic_node.bag.writer import label_info_msg
