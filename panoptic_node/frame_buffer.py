@@ -2,7 +2,9 @@
 
 Callbacks only `put()` (cheap, never blocks on inference); the worker `take()`s the newest frame
 of every camera. A frame replaced before the worker took it is a drop; a frame older than
-`max_age` by the node clock when taken is stale (also dropped). Both are counted per camera.
+`max_age` by the node clock when taken is stale (also dropped). Both are counted per camera. A frame
+whose header stamp is 0 (a driver that does not stamp) has no age to judge: it is counted as unstamped
+and kept, so such a camera is served and reported rather than dropped frame after frame as stale.
 """
 import threading
 from collections import defaultdict
@@ -26,11 +28,14 @@ class LatestFrameBuffer:
         self.received = defaultdict(int)
         self.dropped = defaultdict(int)
         self.stale = defaultdict(int)
+        self.unstamped = defaultdict(int)
         self.closed = False
 
     def put(self, camera: str, msg: Any, stamp_ns: int) -> None:
         with self._cond:
             self.received[camera] += 1
+            if stamp_ns == 0:
+                self.unstamped[camera] += 1
             if camera in self._slots:
                 self.dropped[camera] += 1  # the worker never saw the older one
             self._slots[camera] = Pending(msg, stamp_ns, self.clock_ns())
@@ -47,7 +52,7 @@ class LatestFrameBuffer:
         now = self.clock_ns()
         fresh = {}
         for camera, p in slots.items():
-            if now - p.stamp_ns > self.max_age_ns:
+            if p.stamp_ns != 0 and now - p.stamp_ns > self.max_age_ns:
                 self.stale[camera] += 1
             else:
                 fresh[camera] = p

@@ -7,12 +7,13 @@ go on showing the rate it had. Times are on the steady clock (a paused bag or si
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 RATE_WINDOW_S = 5.0        # input and output rates are counted over the last few seconds
+CLOCK_AHEAD_MS = 50.0      # frames stamped further ahead of the node's clock than this: the clocks differ
 
 
 @dataclass
@@ -45,13 +46,14 @@ class NodeStats:
     def frame_arrived(self, camera: str) -> None:
         self.arrivals[camera].append(self.clock())
 
-    def frame_published(self, camera: str, age_ms: float) -> None:
+    def frame_published(self, camera: str, age_ms: Optional[float]) -> None:
         """`age_ms`: the node clock minus the frame's header stamp as its outputs leave, i.e. transport,
         waiting and inference together (what the driving stack sees; a camera whose clock is not the
         node's shows here as an age far from the pipeline's latency)."""
         self.published[camera] += 1
         self.publications[camera].append(self.clock())
-        self.age_ms[camera].append(age_ms)
+        if age_ms is not None:  # None: the frame had no stamp
+            self.age_ms[camera].append(age_ms)
 
     def inference_done(self, timings_per_frame: List[Dict[str, float]]) -> None:
         self.batches += 1
@@ -100,6 +102,7 @@ class NodeStats:
                       "received": str(buffer.received[cam]),
                       "dropped (newer frame)": str(buffer.dropped[cam]),
                       "dropped (older than max_age_ms)": str(buffer.stale[cam]),
+                      "unstamped frames": str(buffer.unstamped[cam]),
                       "bad frames": str(self.bad_frames[cam]),
                       "published": str(self.published[cam]),
                       "overlays": str(self.overlays[cam])}
@@ -112,22 +115,31 @@ class NodeStats:
             values["seconds since last frame"] = "never" if last is None else f"{silent:.1f}"
             bad = self._since_report(f"{cam} bad", self.bad_frames[cam])
             stale = self._since_report(f"{cam} stale", buffer.stale[cam])
+            unstamped = self._since_report(f"{cam} unstamped", buffer.unstamped[cam])
             if silent > timeout_s:
                 level = ERROR
                 message = (f"no frame on {topic} since start-up ({silent:.1f} s)" if last is None
                            else f"no frame on {topic} for {silent:.1f} s")
             elif last is None:
                 level, message = WARN, f"waiting for the first frame on {topic}"
-            elif bad or stale:
+            elif self.age_ms[cam] and np.percentile(self.age_ms[cam], 50) < -CLOCK_AHEAD_MS:
                 level = WARN
-                message = ", ".join(part for part in (f"{bad} undecodable frame(s)" if bad else "",
-                                                      f"{stale} frame(s) older than max_age_ms" if stale else "")
-                                    if part) + " since the last report"
+                message = (f"frames on {topic} are stamped {-np.percentile(self.age_ms[cam], 50):.0f} ms ahead of "
+                           f"the node's clock (median): the camera's clock is not the node's (max_age_ms cannot "
+                           f"judge them; synchronise the clocks, e.g. with chrony or PTP)")
+            elif bad or stale or unstamped:
+                level = WARN
+                message = ", ".join(part for part in (
+                    f"{bad} undecodable frame(s)" if bad else "",
+                    f"{stale} frame(s) older than max_age_ms" if stale else "",
+                    f"{unstamped} frame(s) without a header stamp (0: their age is unknown, and their outputs "
+                    f"carry stamp 0)" if unstamped else "") if part) + " since the last report"
             else:
                 level, message = OK, "ok"
             out.append(Status(f"camera {cam}", cam, level, message, values))
             self._reported[f"{cam} bad"] = self.bad_frames[cam]
             self._reported[f"{cam} stale"] = buffer.stale[cam]
+            self._reported[f"{cam} unstamped"] = buffer.unstamped[cam]
         self._reported["failures"], self._reported["batches"] = self.inference_failures, self.batches
         return out
 

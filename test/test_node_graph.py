@@ -377,6 +377,26 @@ def test_bad_frames_are_counted_and_skipped(graph, start, rng):
     c.close()
 
 
+def test_frames_without_a_stamp_are_served_and_reported(graph, start, rng):
+    """A driver that leaves header.stamp at 0: the age check dropped every frame as stale (the camera looked
+    dead); now they are served, said once in the log and counted as a warning on /diagnostics."""
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    node = start([ns], max_age_ms=500)
+    c = Collector(graph, {f"{ns}/panoptic/semantic": Image, "/diagnostics": DiagnosticArray})
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    wait_for_subscriber(graph, pub)
+    rgb = rgb_frame(rng)
+    assert c.spin_until(lambda g: g[f"{ns}/panoptic/semantic"] and "without a header stamp" in
+                        node_diagnostics(g, ns).get("camera", {}).get("message", ""),
+                        publish=lambda: pub.publish(image_msg(rgb, Time(), "f")))
+    assert stamp_of(c.got[f"{ns}/panoptic/semantic"][0]) == 0
+    camera = node_diagnostics(c.got, ns)["camera"]
+    assert camera["level"] == 1 and int(camera["unstamped frames"]) >= 1
+    assert camera["dropped (older than max_age_ms)"] == "0"
+    assert node.output().count("frames carry no header stamp (0)") == 1
+    c.close()
+
+
 def test_a_silent_camera_is_an_error_on_diagnostics_until_it_sends_again(graph, start, rng):
     """A camera that stops (a cable, a driver crash) must show as an ERROR naming its topic, not go on
     showing its last rate; frames arriving again bring it back to OK."""

@@ -157,6 +157,16 @@ def test_stale_frames_are_dropped_by_node_clock():
     assert list(taken) == ["rear"] and buf.stale["front"] == 1
 
 
+def test_unstamped_frames_are_served_and_counted_not_dropped_as_stale():
+    """A driver that leaves header.stamp at 0 sent frames the age check dropped one after another: the
+    camera looked dead with nothing saying why."""
+    clock = FakeClock()
+    buf = LatestFrameBuffer(clock, max_age_ms=100)
+    clock.now = 1_000_000_000_000
+    buf.put("front", "unstamped", 0)
+    assert list(buf.take(timeout=0)) == ["front"] and buf.stale["front"] == 0 and buf.unstamped["front"] == 1
+
+
 def test_take_blocks_until_a_frame_arrives():
     buf = LatestFrameBuffer(FakeClock())
     got = []
@@ -213,7 +223,7 @@ def test_camera_status_levels_follow_what_happened_since_the_last_report():
     for i in range(10):
         t[0] = 3.0 + i * 0.1
         stats.frame_arrived("front")
-        buf.put("front", "x", 0)
+        buf.put("front", "x", 1 + i)
         stats.frame_published("front", age_ms=40.0 + i)
     _, cam = _report(stats, buf)
     assert (cam.level, cam.message) == (0, "ok")
@@ -233,6 +243,25 @@ def test_camera_status_levels_follow_what_happened_since_the_last_report():
     assert (cam.level, cam.message) == (2, "no frame on /front/image for 2.5 s")
     _, cam = _report(stats, buf, timeout_s=5.0)  # camera_timeout_s is the user's
     assert cam.level == 0
+
+
+def test_unstamped_frames_and_a_camera_clock_ahead_are_warnings_that_say_so():
+    t = [0.0]
+    stats = NodeStats(clock=lambda: t[0])
+    buf = LatestFrameBuffer(FakeClock())
+    t[0] = 1.0
+    stats.frame_arrived("front")
+    buf.put("front", "x", 0)
+    stats.frame_published("front", age_ms=None)  # no stamp: no age either
+    _, cam = _report(stats, buf)
+    assert cam.level == 1 and cam.message.startswith("1 frame(s) without a header stamp (0: their age is unknown")
+    assert cam.values["unstamped frames"] == "1" and "frame age at publish p50 (ms)" not in cam.values
+    for age in (-400.0, -390.0, -410.0):  # stamped 0.4 s in the node's future
+        stats.frame_arrived("front")
+        stats.frame_published("front", age_ms=age)
+    _, cam = _report(stats, buf)
+    assert cam.level == 1 and cam.message.startswith("frames on /front/image are stamped 400 ms ahead of the "
+                                                     "node's clock (median)")
 
 
 def test_inference_status_reports_failures_since_the_last_report():

@@ -171,7 +171,12 @@ class PanopticNode(Node):
     # --- callbacks: store only -------------------------------------------------------------------
     def _on_frame(self, camera, msg):
         self.stats.frame_arrived(camera)
-        self.buffer.put(camera, msg, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        if not stamp_ns and not self.buffer.unstamped[camera]:  # said once; /diagnostics counts them
+            self.get_logger().warn(f"{self._subs[self.params['cameras'].index(camera)].topic_name}: frames carry no "
+                                   f"header stamp (0): served, but their age is unknown (max_age_ms cannot drop "
+                                   f"them) and their outputs carry stamp 0; the camera driver should stamp them")
+        self.buffer.put(camera, msg, stamp_ns)
 
     # --- worker thread ---------------------------------------------------------------------------
     def _decode(self, camera, msg):
@@ -243,7 +248,7 @@ class PanopticNode(Node):
             pubs["overlay"].publish(_image(header, drawn[..., ::-1], "bgr8"))
             self.stats.overlays[camera] += 1
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-        self.stats.frame_published(camera, (self.get_clock().now().nanoseconds - stamp_ns) / 1e6)
+        self.stats.frame_published(camera, (self.get_clock().now().nanoseconds - stamp_ns) / 1e6 if stamp_ns else None)
 
     def _publish_diagnostics(self):
         """One status for inference and one per camera, named as diagnostic_updater names them
