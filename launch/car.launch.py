@@ -18,7 +18,6 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, LogInfo, OpaqueFunction
-from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -56,21 +55,27 @@ def _node(context):
     bag = LaunchConfiguration("bag").perform(context)
     if bag:
         overrides["use_sim_time"] = True
+    cameras = overrides.get("cameras") or _cameras_in(config) or ["/camera/front"]
     actions = [LogInfo(msg=why),
                Node(package="panoptic_node", executable="panoptic_node", name="panoptic_node", output="screen",
                     parameters=[config, overrides], additional_env=env,
                     arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)])]
     if bag:
         # converted bags (panoptic-node convert) carry /camera/image_raw: feed it to the first camera
-        first = (overrides.get("cameras") or _cameras_in(config) or ["/camera/front"])[0].rstrip("/")
+        first = cameras[0].rstrip("/")
         actions.append(ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock",
                                            "--remap", f"/camera/image_raw:={first}/image"], output="screen",
                                       additional_env=env))
+    if LaunchConfiguration("rviz").perform(context).lower() in ("true", "1"):
+        # RViz shows the cameras this node serves (config/panoptic.rviz names /camera/front)
+        from panoptic_node.rviz_config import rviz_config
+        view = rviz_config(os.path.join(share, "config", "panoptic.rviz"), cameras)
+        actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
+                            arguments=["-d", str(view)], additional_env=env))
     return actions
 
 
 def generate_launch_description():
-    share = get_package_share_directory("panoptic_node")
     return LaunchDescription([
         DeclareLaunchArgument("config", default_value="", description="parameter file (default: config/car.param.yaml)"),
         DeclareLaunchArgument("cameras", default_value="", description="camera namespaces, e.g. \"['/camera/front']\""),
@@ -88,7 +93,4 @@ def generate_launch_description():
                                           "(receive over UDP, send over shared memory), large_images_shm (shared "
                                           "memory both ways), none (Fast DDS's own defaults) or a file"),
         OpaqueFunction(function=_node),
-        Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
-             arguments=["-d", os.path.join(share, "config", "panoptic.rviz")],
-             condition=IfCondition(LaunchConfiguration("rviz"))),
     ])

@@ -11,6 +11,7 @@ from launch.actions import DeclareLaunchArgument, ExecuteProcess
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from panoptic_node.rviz_config import rviz_config
 
 
 def generate_launch_description():
@@ -23,6 +24,9 @@ def generate_launch_description():
                          {"cameras": ["/camera"], "use_sim_time": True, "max_age_ms": 0}],
              remappings=[("/camera/image", "/camera/image_raw")]),
         ExecuteProcess(cmd=["ros2", "bag", "play", LaunchConfiguration("bag"), "--clock"], output="screen"),
-        Node(package="rviz2", executable="rviz2", arguments=["-d", os.path.join(share, "config", "panoptic.rviz")],
+        # RViz on this node's camera, /camera, whose frames the bag holds as /camera/image_raw
+        Node(package="rviz2", executable="rviz2",
+             arguments=["-d", str(rviz_config(os.path.join(share, "config", "panoptic.rviz"), ["/camera"],
+                                              first_image_topic="/camera/image_raw"))],
              condition=IfCondition(LaunchConfiguration("rviz"))),
     ])

@@ -81,3 +81,35 @@ def test_none_and_a_users_own_profile_export_nothing(car_launch, monkeypatch):
 def test_a_bad_profile_choice_stops_the_launch_with_one_line(car_launch):
     with pytest.raises(ValueError, match="dds_profile 'fast' is not a file"):
         car_launch(dds_profile="fast")
+
+
+def _topics(rviz_file):
+    import yaml
+    doc = yaml.safe_load(Path(rviz_file).read_text())
+    return [(d["Name"], d["Topic"]["Value"]) for d in doc["Visualization Manager"]["Displays"] if "Topic" in d]
+
+
+def test_rviz_shows_the_cameras_this_node_serves(car_launch, tmp_path, monkeypatch):
+    """config/panoptic.rviz names /camera/front: started for other cameras, RViz showed topics nobody
+    publishes. The launch opens it on a copy for the cameras in use."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert len(car_launch()) == 2                                   # rviz:=false: no RViz
+    *_, rviz = car_launch(rviz="true", cameras="['/cam/rear', '/cam/left']")
+    assert rviz.kwargs["executable"] == "rviz2" and rviz.kwargs["arguments"][0] == "-d"
+    assert _topics(rviz.kwargs["arguments"][1]) == [
+        ("Camera", "/cam/rear/image"), ("Panoptic overlay /cam/rear", "/cam/rear/panoptic/overlay"),
+        ("Panoptic overlay /cam/left", "/cam/left/panoptic/overlay"), ("Semantic labels", "/cam/rear/panoptic/semantic")]
+    assert "/cam/rear" not in (ROOT / "config" / "panoptic.rviz").read_text()  # the shipped file is left alone
+
+
+def test_rviz_config_for_a_converted_bag_shows_its_image_topic(tmp_path):
+    """replay.launch.py: the node's camera is /camera, whose frames a converted bag holds as /camera/image_raw."""
+    from panoptic_node.rviz_config import rviz_config
+    path = rviz_config(ROOT / "config" / "panoptic.rviz", ["/camera"], "/camera/image_raw", out_dir=tmp_path)
+    assert _topics(path) == [("Camera", "/camera/image_raw"), ("Panoptic overlay", "/camera/panoptic/overlay"),
+                             ("Semantic labels", "/camera/panoptic/semantic")]
+    assert rviz_config(ROOT / "config" / "panoptic.rviz", ["/camera"], "/camera/image_raw", out_dir=tmp_path) == path
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]   # one file per content, no partial left
+    with pytest.raises(ValueError, match="no camera"):
+        rviz_config(ROOT / "config" / "panoptic.rviz", [], out_dir=tmp_path)
