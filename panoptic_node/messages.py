@@ -14,6 +14,11 @@ from .inference.result import PanopticResult
 from .taxonomy import Taxonomy
 
 
+def stamp_ns(header) -> int:
+    """A std_msgs/Header's stamp in nanoseconds (0: the sender left it unset)."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
 def _top_byte(a: np.ndarray) -> np.ndarray:
     """16-bit camera values to 8 bits, as cv_bridge converts them: the top byte."""
     return (a >> 8).astype(np.uint8)

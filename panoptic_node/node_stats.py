@@ -75,7 +75,9 @@ class NodeStats:
     def rate_hz(self, camera: str, times=None) -> float:
         """Events per second over the last RATE_WINDOW_S (or since start-up, when shorter): falls to 0
         within the window once a camera stops."""
-        times = self.arrivals[camera] if times is None else times
+        # a copy: the worker thread appends while the diagnostics timer counts (a deque changed during a
+        # Python-level iteration raises)
+        times = tuple(self.arrivals[camera] if times is None else times)
         now = self.clock()
         span = min(RATE_WINDOW_S, now - self.started)
         if span <= 0:
@@ -84,7 +86,7 @@ class NodeStats:
 
     def percentiles(self) -> Dict[str, Dict[str, float]]:
         return {stage: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99))}
-                for stage, v in self.latency_ms.items() if v}
+                for stage, v in ((stage, tuple(v)) for stage, v in list(self.latency_ms.items())) if v}
 
     def _since_report(self, key: str, value: int) -> int:
         return value - self._reported.get(key, 0)
@@ -106,9 +108,10 @@ class NodeStats:
                       "bad frames": str(self.bad_frames[cam]),
                       "published": str(self.published[cam]),
                       "overlays": str(self.overlays[cam])}
-            if self.age_ms[cam]:
-                ages = np.asarray(self.age_ms[cam])
-                values["frame age at publish p50 (ms)"] = f"{np.percentile(ages, 50):.1f}"
+            ages = tuple(self.age_ms[cam])
+            age_p50 = float(np.percentile(ages, 50)) if ages else None
+            if ages:
+                values["frame age at publish p50 (ms)"] = f"{age_p50:.1f}"
                 values["frame age at publish p99 (ms)"] = f"{np.percentile(ages, 99):.1f}"
             last = self.arrivals[cam][-1] if self.arrivals[cam] else None
             silent = now - (self.started if last is None else last)
@@ -122,9 +125,9 @@ class NodeStats:
                            else f"no frame on {topic} for {silent:.1f} s")
             elif last is None:
                 level, message = WARN, f"waiting for the first frame on {topic}"
-            elif self.age_ms[cam] and np.percentile(self.age_ms[cam], 50) < -CLOCK_AHEAD_MS:
+            elif age_p50 is not None and age_p50 < -CLOCK_AHEAD_MS:
                 level = WARN
-                message = (f"frames on {topic} are stamped {-np.percentile(self.age_ms[cam], 50):.0f} ms ahead of "
+                message = (f"frames on {topic} are stamped {-age_p50:.0f} ms ahead of "
                            f"the node's clock (median): the camera's clock is not the node's (max_age_ms cannot "
                            f"judge them; synchronise the clocks, e.g. with chrony or PTP)")
             elif bad or stale or unstamped:

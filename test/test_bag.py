@@ -12,8 +12,8 @@ from PIL import Image
 
 from panoptic_node.bag.convert import DatasetFrame, cityscapes_panoptic, convert, write_bag
 from panoptic_node.bag.reader import BagReader
-from panoptic_node.bag.writer import BagError, BagWriter, compressed_msg, header, image_msg, stamp_ns
-from panoptic_node.messages import FrameError, compressed_to_rgb, image_array, image_fields, image_to_rgb
+from panoptic_node.bag.writer import BagError, BagWriter, compressed_msg, header, image_msg
+from panoptic_node.messages import FrameError, compressed_to_rgb, image_array, image_fields, image_to_rgb, stamp_ns
 from panoptic_node.replay import replay
 from panoptic_node.taxonomy import get_mapping
 

@@ -7,10 +7,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from rosbags.highlevel import AnyReader
 
-from ..messages import SUPPORTED_ENCODINGS, compressed_to_rgb, image_to_rgb
+from ..messages import SUPPORTED_ENCODINGS, compressed_to_rgb, image_to_rgb, stamp_ns
 from ..taxonomy import taxonomy_of
 from .types import typestore
-from .writer import BagError, stamp_ns
+from .writer import BagError
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 

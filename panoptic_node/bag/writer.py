@@ -157,10 +157,6 @@ def header(stamp_ns: int, frame_id: str):
                                                        nanosec=int(stamp_ns % 1_000_000_000)), frame_id=frame_id)
 
 
-def stamp_ns(hdr) -> int:
-    return int(hdr.stamp.sec) * 1_000_000_000 + int(hdr.stamp.nanosec)
-
-
 def image_msg(hdr, fields: Dict[str, object]):
     return msg_class("sensor_msgs/msg/Image")(header=hdr, **fields)
 

@@ -26,7 +26,7 @@ from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, Label
 
 from ..frame_buffer import LatestFrameBuffer
 from ..inference.preprocess import OffScaleNotes
-from ..messages import FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, label_info
+from ..messages import FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, label_info, stamp_ns
 from ..node_stats import NodeStats
 from ..params import (ParameterError, check_qos_overrides, defaults, descriptions, make_node_pipeline, updated,
                       user_parameters, validate)
@@ -88,6 +88,7 @@ class PanopticNode(Node):
         self.stats = NodeStats()
         self.pubs = {}
         self._subs = []
+        self.input_topics = {}
         for cam in p["cameras"]:
             ns = cam.rstrip("/")
             compressed = p["input_transport"] == "compressed"
@@ -100,6 +101,7 @@ class PanopticNode(Node):
                                                 qos_overriding_options=OVERRIDABLE)
                     for name, qos in OUTPUTS.items()}
             self.pubs[cam] = pubs
+            self.input_topics[cam] = self._subs[-1].topic_name  # resolved: what logs and /diagnostics name
             self._publish_label_info(pubs)
             self.get_logger().info(f"camera {cam}: {topic} -> {ns}/panoptic/*")
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile(DIAGNOSTICS),
@@ -171,12 +173,12 @@ class PanopticNode(Node):
     # --- callbacks: store only -------------------------------------------------------------------
     def _on_frame(self, camera, msg):
         self.stats.frame_arrived(camera)
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        if not stamp_ns and not self.buffer.unstamped[camera]:  # said once; /diagnostics counts them
-            self.get_logger().warn(f"{self._subs[self.params['cameras'].index(camera)].topic_name}: frames carry no "
-                                   f"header stamp (0): served, but their age is unknown (max_age_ms cannot drop "
-                                   f"them) and their outputs carry stamp 0; the camera driver should stamp them")
-        self.buffer.put(camera, msg, stamp_ns)
+        stamp = stamp_ns(msg.header)
+        if not stamp and not self.buffer.unstamped[camera]:  # said once; /diagnostics counts them
+            self.get_logger().warn(f"{self.input_topics[camera]}: frames carry no header stamp (0): served, but their "
+                                   f"age is unknown (max_age_ms cannot drop them) and their outputs carry stamp 0; "
+                                   f"the camera driver should stamp them")
+        self.buffer.put(camera, msg, stamp)
 
     # --- worker thread ---------------------------------------------------------------------------
     def _decode(self, camera, msg):
@@ -188,8 +190,7 @@ class PanopticNode(Node):
             return rgb
         except FrameError as e:
             self.stats.bad_frames[camera] += 1
-            topic = self._subs[self.params["cameras"].index(camera)].topic_name
-            self.get_logger().warn(f"{topic}: {e}", throttle_duration_sec=5.0)
+            self.get_logger().warn(f"{self.input_topics[camera]}: {e}", throttle_duration_sec=5.0)
             return None
 
     def _work(self):
@@ -247,8 +248,8 @@ class PanopticNode(Node):
             drawn = overlay(rgb, result, self.taxonomy, labels=self.params["overlay_labels"])
             pubs["overlay"].publish(_image(header, drawn[..., ::-1], "bgr8"))
             self.stats.overlays[camera] += 1
-        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-        self.stats.frame_published(camera, (self.get_clock().now().nanoseconds - stamp_ns) / 1e6 if stamp_ns else None)
+        stamp = stamp_ns(header)
+        self.stats.frame_published(camera, (self.get_clock().now().nanoseconds - stamp) / 1e6 if stamp else None)
 
     def _publish_diagnostics(self):
         """One status for inference and one per camera, named as diagnostic_updater names them
@@ -256,10 +257,14 @@ class PanopticNode(Node):
         info = {"backend": self.pipeline.backend.name, "model": self.pipeline.cfg.name,
                 "precision": self.pipeline.backend.precision,
                 "threshold": f"{self.pipeline.threshold:g}"}  # it can change while the node runs
-        cameras = {cam: sub.topic_name for cam, sub in zip(self.params["cameras"], self._subs)}
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
-        for s in self.stats.statuses(self.buffer, cameras, self.params["camera_timeout_s"], info):
+        try:
+            statuses = self.stats.statuses(self.buffer, self.input_topics, self.params["camera_timeout_s"], info)
+        except Exception as e:  # a timer callback that raises would end the executor's spin, and the node
+            self.get_logger().error(f"diagnostics failed: {e}", throttle_duration_sec=5.0)
+            return
+        for s in statuses:
             arr.status.append(DiagnosticStatus(level=bytes([s.level]), name=f"{self.get_name()}: {s.name}",
                                                message=s.message, hardware_id=s.hardware_id,
                                                values=[KeyValue(key=k, value=v) for k, v in s.values.items()]))
