@@ -522,6 +522,16 @@ def cmd_build_engine(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from .doctor import PROBLEM, format_checks, run_checks
+    checks = run_checks(args.model or "street_lite0", args.weights)
+    print(format_checks(checks))
+    problems = [c.name for c in checks if c.verdict == PROBLEM]
+    if problems:
+        print(f"{len(problems)} problem(s): {', '.join(problems)}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_bench(args) -> int:
     import runpy
     bench = Path(__file__).resolve().parents[1] / "bench" / f"bench_{args.which}.py"
@@ -675,6 +685,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     benches = ["pipeline", "evaluation", "backends", "resolution", "street_ablation", "node", "fleet", "shapes", "int8", "things",
                "semantic_head", "restyle", "run_ensemble"]
+    p = sub.add_parser("doctor", help="what this machine will run (backend, precision, graphs, ROS 2, Fast DDS) "
+                                      "and what keeps it from running well; exit 1 when the model cannot run")
+    p.add_argument("--model", help="model name, YAML or checkpoint (default: street_lite0)")
+    p.add_argument("--weights", help="weights file (default: the model config's own)")
+    p.set_defaults(func=cmd_doctor)
+
     p = sub.add_parser("bench", help=f"run a benchmark from bench/ ({', '.join(benches)})")
     p.add_argument("which", choices=benches)
     p.add_argument("rest", nargs=argparse.REMAINDER)

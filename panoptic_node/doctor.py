@@ -1,0 +1,162 @@
+"""`panoptic-node doctor`: what this machine will run, and what keeps it from running well.
+
+Each check gives a verdict: ok, note (works, but slower or without a feature, and how to change that) or
+problem (the default deployment cannot run). It decides nothing on its own: every answer comes from the
+function the commands and the node use (resolve for the backend, int8_scales_for for the precision,
+cache_dir for the graphs, choose_profile for Fast DDS), so it says what they will do.
+"""
+import importlib.util
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+OK, NOTE, PROBLEM = "ok", "note", "problem"
+
+
+@dataclass
+class Check:
+    name: str
+    verdict: str
+    finding: str
+
+
+def _version(module: str, find_spec: Callable) -> Optional[str]:
+    if find_spec(module) is None:
+        return None
+    try:
+        from importlib.metadata import version
+        return version({"openvino": "openvino", "onnxruntime": "onnxruntime", "torch": "torch",
+                        "ray": "ray", "imageio_ffmpeg": "imageio-ffmpeg"}.get(module, module))
+    except Exception:
+        return "installed"
+
+
+def machine_checks(find_spec=importlib.util.find_spec) -> List[Check]:
+    from .inference.onnxruntime_backend import cpu_flags, int8_kernels_saturate
+    out = [Check("python", OK, f"{platform.python_version()} ({sys.executable})")]
+    flags = cpu_flags()
+    isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags) or "none known"
+    out.append(Check("cpu", NOTE if int8_kernels_saturate(platform.machine(), flags) else OK,
+                     f"{platform.machine()}, {os.cpu_count()} cores, {isa}"
+                     + ("; no VNNI: ONNX Runtime's int8 kernels saturate here (export int8 graphs with "
+                        "--reduce-range for it; OpenVINO's are fine)" if int8_kernels_saturate(platform.machine(), flags)
+                        else "")))
+    import torch
+    cuda = torch.cuda.is_available()
+    out.append(Check("torch", OK, f"{torch.__version__}, {torch.get_num_threads()} threads, CUDA "
+                                  f"{'available' if cuda else 'not available'}"))
+    ov = _version("openvino", find_spec)
+    out.append(Check("openvino", OK if ov else NOTE,
+                     ov or "not installed: on a CPU, auto runs torch, about 1.6x slower than the int8 default "
+                           "(pip install 'panoptic_node[cpu]')"))
+    ort = _version("onnxruntime", find_spec)
+    out.append(Check("onnxruntime", OK if ort else NOTE, ort or "not installed: --backend onnxruntime unavailable"))
+    trt = find_spec("tensorrt") is not None
+    out.append(Check("tensorrt", OK if trt and cuda else NOTE,
+                     "available with CUDA: auto runs TensorRT" if trt and cuda else
+                     "not available (a CUDA GPU with TensorRT runs it; CPU backends otherwise)"))
+    return out
+
+
+def model_checks(model: str, weights: Optional[str], find_spec=importlib.util.find_spec) -> List[Check]:
+    from .inference.backends import int8_scales_for, resolve
+    from .inference.graph_cache import cache_dir, cached_graph_path
+    from .model.checkpoint import load_model, weights_of
+    from .model.config import load_config
+    out = []
+    try:
+        cfg = load_config(model)
+        source = weights_of(cfg, weights)
+        net = load_model(cfg, weights)
+    except Exception as e:  # the loaders' own one-line errors
+        return [Check("model", PROBLEM, f"{model}: {str(e).splitlines()[0]}")]
+    params = sum(p.numel() for p in net.parameters()) / 1e6
+    out.append(Check("model", OK, f"{cfg.name}: {source} ({params:.1f} M parameters, {cfg.labels} labels)"))
+    chosen = resolve("auto", cfg)
+    notes = []
+    int8 = int8_scales_for(cfg, weights, chosen, "auto", log=notes.append)
+    precision = "int8" if int8 is not None else "fp32"
+    out.append(Check("int8 scales", OK if int8 is not None or chosen != "openvino" else NOTE,
+                     "found, for these weights: auto runs the int8 graph" if int8 is not None else
+                     (notes[0] if notes else
+                      f"none beside {source}: auto runs fp32 on {chosen} (panoptic-node calibrate --weights "
+                      f"{source} --calib FRAMES writes them)" if chosen == "openvino" else
+                      f"not used by the {chosen} backend")))
+    folder = cache_dir()
+    if chosen in ("openvino", "onnxruntime"):
+        graph = cached_graph_path(cfg, source, folder, int8=int8)
+        writable = _writable(folder)
+        if graph.is_file():
+            finding, verdict = f"{graph.name} ready ({folder})", OK
+        elif writable:
+            finding, verdict = (f"{folder}: the {precision} graph is made on the first frame of each size "
+                                f"(seconds; once per model, size and precision)"), OK
+        else:
+            finding, verdict = (f"{folder} is not writable: auto would run torch; set PANOPTIC_NODE_GRAPH_CACHE "
+                                f"to a writable folder or pass --onnx"), NOTE
+        out.append(Check("graph cache", verdict, finding))
+        chosen = chosen if graph.is_file() or writable else "torch"
+    out.append(Check("auto backend", OK, f"{chosen} ({precision if chosen in ('openvino', 'onnxruntime') else 'fp32'})"
+                                         f" for {cfg.name} on the CPU"))
+    return out
+
+
+def _writable(folder: Path) -> bool:
+    """Whether the graph cache can be written: the folder, or the nearest existing parent that would hold it."""
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
+
+
+def ros_checks(find_spec=importlib.util.find_spec, environ=os.environ) -> List[Check]:
+    from .dds_profile import choose_profile
+    from .model.config import share_dir
+    out = []
+    if find_spec("rclpy") is None:
+        return [Check("ROS 2", NOTE, "rclpy not importable: the node cannot run here (source a ROS 2 install, or "
+                                     "`make install-test` for PyPI's Jazzy wheels); replay, evaluate and fleet need no ROS")]
+    missing = [m for m in ("sensor_msgs", "diagnostic_msgs", "vision_msgs") if find_spec(m) is None]
+    distro = environ.get("ROS_DISTRO", "")
+    out.append(Check("ROS 2", PROBLEM if missing else OK,
+                     f"rclpy{' (' + distro + ')' if distro else ''}, RMW "
+                     f"{environ.get('RMW_IMPLEMENTATION') or 'default'}"
+                     + (f"; missing message packages the node needs: {', '.join(missing)} (e.g. apt install "
+                        f"{' '.join('ros-' + (distro or '<distro>') + '-' + m.replace('_', '-') for m in missing)})"
+                        if missing else "")))
+    try:
+        path, why = choose_profile("auto", share_dir("config"), environ=environ)
+    except Exception as e:
+        return out + [Check("Fast DDS", NOTE, str(e).splitlines()[0])]
+    # what car.launch.py's dds_profile:=auto chooses; the shared-memory fallback loses frames of cameras
+    # published together by a driver with Fast DDS's defaults (README, the node on the wire)
+    out.append(Check("Fast DDS", OK if path is None or path.name == "fastdds_large_images.xml" else NOTE, why))
+    return out
+
+
+def tool_checks(find_spec=importlib.util.find_spec) -> List[Check]:
+    from .training.data import find_camvid
+    out = []
+    ffmpeg = _version("imageio_ffmpeg", find_spec)
+    out.append(Check("video", OK if ffmpeg else NOTE, f"imageio-ffmpeg {ffmpeg}" if ffmpeg else
+                     "imageio-ffmpeg not installed: replay --video and convert video unavailable"))
+    ray = _version("ray", find_spec)
+    out.append(Check("fleet", OK if ray else NOTE, f"ray {ray}" if ray else
+                     "ray not installed: `fleet` unavailable (pip install 'panoptic_node[fleet]')"))
+    try:
+        out.append(Check("CamVid", OK, f"{find_camvid()} (make demo, training)"))
+    except FileNotFoundError as e:
+        out.append(Check("CamVid", NOTE, str(e).splitlines()[0]))
+    return out
+
+
+def run_checks(model: str = "street_lite0", weights: Optional[str] = None) -> List[Check]:
+    return machine_checks() + model_checks(model, weights) + ros_checks() + tool_checks()
+
+
+def format_checks(checks: List[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    return "\n".join(f"{c.verdict:<8} {c.name:<{width}}  {c.finding}" for c in checks)

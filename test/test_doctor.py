@@ -1,0 +1,69 @@
+"""panoptic-node doctor: each answer is what the commands and the node will do on this machine."""
+import importlib.util
+
+import pytest
+
+from panoptic_node.cli import main
+from panoptic_node.doctor import NOTE, OK, PROBLEM, machine_checks, model_checks, ros_checks
+from panoptic_node.inference.backends import resolve
+from panoptic_node.model.config import load_config, share_dir
+
+
+def by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def without(*modules):
+    """find_spec as if `modules` were not installed."""
+    return lambda name, *a: None if name.split(".")[0] in modules else importlib.util.find_spec(name, *a)
+
+
+def test_the_shipped_model_and_what_auto_runs_it_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "graphs"))
+    checks = by_name(model_checks("street_lite0", None))
+    assert checks["model"].verdict == OK and "6.7 M parameters" in checks["model"].finding
+    chosen = resolve("auto", load_config("street_lite0"))
+    assert checks["auto backend"].finding.startswith(chosen)
+    if chosen == "openvino":  # x86 with OpenVINO: the shipped scales make it int8, the graph comes on first use
+        assert checks["int8 scales"].verdict == OK and checks["auto backend"].finding.startswith("openvino (int8)")
+        assert "is made on the first frame" in checks["graph cache"].finding
+
+
+def test_a_cache_that_cannot_be_written_means_torch(tmp_path, monkeypatch):
+    if resolve("auto", load_config("street_lite0")) != "openvino":
+        pytest.skip("auto does not choose OpenVINO here (needs x86 and openvino)")
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "a_file" / "graphs"))  # unwritable even for root
+    checks = by_name(model_checks("street_lite0", None))
+    assert checks["graph cache"].verdict == NOTE and "auto would run torch" in checks["graph cache"].finding
+    assert checks["auto backend"].finding.startswith("torch")
+
+
+def test_missing_weights_are_a_problem_and_the_exit_code_says_so(tmp_path, capsys):
+    yaml_path = tmp_path / "mine.yaml"  # the street model's config with a weights file that is not there
+    shipped = (share_dir("models") / "street_lite0.yaml").read_text()
+    yaml_path.write_text(shipped.replace("weights: street_lite0.pth", "weights: gone.pth"))
+    assert main(["doctor", "--model", str(yaml_path)]) == 1
+    out, err = capsys.readouterr()
+    row = [line for line in out.splitlines() if " model " in line][0]
+    assert row.startswith("problem") and "gone.pth' does not exist" in row
+    assert "problem(s): model" in err and "python" in out and "CamVid" in out  # the other checks still ran
+
+
+def test_missing_runtimes_say_what_auto_does_instead():
+    checks = by_name(machine_checks(find_spec=without("openvino", "onnxruntime", "tensorrt")))
+    assert checks["openvino"].verdict == NOTE and "auto runs torch" in checks["openvino"].finding
+    assert checks["onnxruntime"].verdict == NOTE and checks["tensorrt"].verdict == NOTE
+    assert checks["python"].verdict == OK and checks["torch"].verdict == OK
+
+
+def test_ros_2_without_the_message_packages_the_node_needs():
+    (check,) = ros_checks(find_spec=without("rclpy"), environ={})
+    assert check.verdict == NOTE and "the node cannot run here" in check.finding
+    checks = by_name(ros_checks(find_spec=lambda name, *a: None if name == "vision_msgs" else object(),
+                                environ={"ROS_DISTRO": "humble"}))
+    assert checks["ROS 2"].verdict == PROBLEM and "apt install ros-humble-vision-msgs" in checks["ROS 2"].finding
+    assert checks["Fast DDS"].verdict in (OK, NOTE)
+    ok = by_name(ros_checks(find_spec=lambda name, *a: object(), environ={"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}))
+    assert ok["ROS 2"].verdict == OK and "rmw_cyclonedds_cpp" in ok["ROS 2"].finding
+    assert "Fast DDS profiles do not apply" in ok["Fast DDS"].finding
