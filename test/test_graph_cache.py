@@ -138,6 +138,23 @@ def test_auto_runs_openvino_on_the_cached_graph(tmp_path):
     assert lines == ["backend: openvino (auto)"]  # the second time from the cache
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=openvino_here)])
+def test_a_cached_graph_opens_whatever_post_processing_first_exported_it(tmp_path, monkeypatch, backend):
+    """Post-processing is not in a graph nor in a cached graph's name, yet the graph records the config that
+    first exported it. One exported by a probe with `threshold: .nan` (refused by configs since) made every
+    later run read that back, fail, and fall back to fp32 without saying why in terms a user could act on."""
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
+    model = str(_model(tmp_path))
+    probe = load_config(model)
+    probe.postprocess.threshold = float("nan")  # what a config file can no longer say
+    cached_graph(probe, log=lambda m: None)
+    lines = []
+    pipeline = make_pipeline(model, backend=backend, log=lines.append)
+    assert lines == [f"backend: {backend}"] and pipeline.backend.name == backend  # opened, not exported again
+    frame = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    assert pipeline(frame).semantic.shape == (96, 128)
+
+
 @openvino_here
 def test_auto_falls_back_to_torch_when_no_graph_can_be_made(tmp_path, monkeypatch):
     def broken(*args, **kwargs):

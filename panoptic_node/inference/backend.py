@@ -48,11 +48,16 @@ class ExportedGraphBackend(Backend):
         """Check the pair, read its metadata; returns the mask-head graph's path."""
         from ..export import open_exported
         from ..model.config import ModelConfig
+        from .cache_key import NOT_IN_GRAPH
         meta, masks = open_exported(path, expected_config)
         self.meta = meta
         self.size = tuple(meta["input_size"])
         self.precision = meta.get("precision", "fp32")
-        self.mask_stride = ModelConfig.from_dict(meta["config"]).output_mask_stride
+        # the network's part of the config: the post-processing recorded with a graph is whatever the config
+        # that first exported it said (it is not in the graph, nor in a cached graph's name), and a value
+        # refused today (a NaN threshold from a probe) made every later run fall back to fp32
+        network = {k: v for k, v in meta["config"].items() if k not in NOT_IN_GRAPH}
+        self.mask_stride = ModelConfig.from_dict(network).output_mask_stride
         return masks
 
     def _detect_feeds(self, images: Tensor, pad_mask: Tensor) -> dict:
