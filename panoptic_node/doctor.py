@@ -62,8 +62,8 @@ def machine_checks(find_spec=importlib.util.find_spec) -> List[Check]:
 
 
 def model_checks(model: str, weights: Optional[str], find_spec=importlib.util.find_spec) -> List[Check]:
-    from .inference.backends import int8_scales_for, resolve
-    from .inference.graph_cache import cache_dir, cached_graph_path
+    from .inference.backends import _open_graph, int8_scales_for, resolve
+    from .inference.graph_cache import cache_dir, cached_graph_path, is_cached
     from .model.checkpoint import load_model, weights_of
     from .model.config import load_config
     out = []
@@ -89,8 +89,15 @@ def model_checks(model: str, weights: Optional[str], find_spec=importlib.util.fi
     if chosen in ("openvino", "onnxruntime"):
         graph = cached_graph_path(cfg, source, folder, int8=int8)
         writable = _writable(folder)
-        if graph.is_file():
-            finding, verdict = f"{graph.name} ready ({folder})", OK
+        if graph.is_file() and not is_cached(graph):
+            finding, verdict = f"{graph.name} is damaged or incomplete: the next run exports it again", OK
+        elif graph.is_file():
+            try:  # opened as the commands open it: a graph that is there but does not open is no help
+                _open_graph(chosen, graph, cfg, "cpu", log=lambda m: None)
+                finding, verdict = f"{graph.name} ready ({folder})", OK
+            except Exception as e:
+                finding, verdict = (f"{graph.name} does not open ({str(e).splitlines()[0]}): auto falls back to "
+                                    f"fp32 or torch; delete it to have it made again"), NOTE
         elif writable:
             finding, verdict = (f"{folder}: the {precision} graph is made on the first frame of each size "
                                 f"(seconds; once per model, size and precision)"), OK

@@ -67,3 +67,22 @@ def test_ros_2_without_the_message_packages_the_node_needs():
     ok = by_name(ros_checks(find_spec=lambda name, *a: object(), environ={"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}))
     assert ok["ROS 2"].verdict == OK and "rmw_cyclonedds_cpp" in ok["ROS 2"].finding
     assert "Fast DDS profiles do not apply" in ok["Fast DDS"].finding
+
+
+def test_a_cached_graph_that_does_not_open_is_named(tmp_path, monkeypatch, tiny_model_yaml):
+    from panoptic_node.inference.graph_cache import cached_graph_path
+    from panoptic_node.export import mask_graph_path
+    cfg = load_config(str(tiny_model_yaml))
+    if resolve("auto", cfg) != "openvino":
+        pytest.skip("auto does not choose OpenVINO here (needs x86 and openvino)")
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path))
+    graph = cached_graph_path(cfg, cfg.weights, tmp_path)
+    graph.write_bytes(b"not a graph")
+    mask_graph_path(graph).write_bytes(b"not a graph either")
+    check = by_name(model_checks(str(tiny_model_yaml), None))["graph cache"]
+    assert "is damaged or incomplete: the next run exports it again" in check.finding  # as cached_graph does
+    from panoptic_node.inference.graph_cache import _checksum_file, _pair_sha256
+    _checksum_file(graph).write_text(_pair_sha256(graph))  # complete as far as the cache can tell, yet no graph
+    check = by_name(model_checks(str(tiny_model_yaml), None))["graph cache"]
+    assert check.verdict == NOTE and f"{graph.name} does not open (" in check.finding
+    assert "delete it to have it made again" in check.finding

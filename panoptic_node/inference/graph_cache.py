@@ -62,10 +62,10 @@ def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optio
     source = require_weights_file(weights_of(cfg, weights))  # before its bytes are hashed
     canvas = tuple(canvas or cfg.input.canvas)
     path = cached_graph_path(cfg, source, directory, canvas, int8)
+    if is_cached(path):
+        os.utime(path)  # the cache keeps the graphs used last
+        return path
     if path.is_file() and mask_graph_path(path).is_file():
-        if _checksum_file(path).is_file() and _checksum_file(path).read_text() == _pair_sha256(path):
-            os.utime(path)  # the cache keeps the graphs used last
-            return path
         # truncated, emptied, or half-deleted by hand: made again instead of failing every run
         log(f"cached graph {path} does not match its checksum (damaged?); exporting it again")
     precision = "int8" if int8 is not None else "fp32"
@@ -86,6 +86,13 @@ def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optio
         os.replace(checksum, _checksum_file(path))  # last: only a complete pair has one
     _prune(path.parent, cfg.name, canvas, precision)
     return path
+
+
+def is_cached(path: Path) -> bool:
+    """A complete pair at `path`: both graphs, and the checksum written last over them matches."""
+    path = Path(path)
+    return (path.is_file() and mask_graph_path(path).is_file() and _checksum_file(path).is_file()
+            and _checksum_file(path).read_text() == _pair_sha256(path))
 
 
 def _checksum_file(path: Path) -> Path:
