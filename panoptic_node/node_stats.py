@@ -37,6 +37,7 @@ class NodeStats:
         self.bad_frames = defaultdict(int)
         self.published = defaultdict(int)
         self.overlays = defaultdict(int)
+        self.mismatch = {}          # camera -> why a publisher on its topic cannot reach it (its QoS)
         self.batches = 0            # network calls that gave results
         self.inference_failures = 0
         self.last_failure = ""
@@ -119,12 +120,13 @@ class NodeStats:
             bad = self._since_report(f"{cam} bad", self.bad_frames[cam])
             stale = self._since_report(f"{cam} stale", buffer.stale[cam])
             unstamped = self._since_report(f"{cam} unstamped", buffer.unstamped[cam])
+            why = f"; {self.mismatch[cam]}" if cam in self.mismatch else ""
             if silent > timeout_s:
                 level = ERROR
                 message = (f"no frame on {topic} since start-up ({silent:.1f} s)" if last is None
-                           else f"no frame on {topic} for {silent:.1f} s")
+                           else f"no frame on {topic} for {silent:.1f} s") + why
             elif last is None:
-                level, message = WARN, f"waiting for the first frame on {topic}"
+                level, message = WARN, f"waiting for the first frame on {topic}{why}"
             elif age_p50 is not None and age_p50 < -CLOCK_AHEAD_MS:
                 level = WARN
                 message = (f"frames on {topic} are stamped {-age_p50:.0f} ms ahead of "

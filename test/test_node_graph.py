@@ -397,6 +397,23 @@ def test_frames_without_a_stamp_are_served_and_reported(graph, start, rng):
     c.close()
 
 
+def test_a_camera_that_cannot_reach_the_node_is_named_on_diagnostics(graph, start, rng):
+    """A driver offering best effort to a reliable subscription delivers nothing; the camera's status said
+    only 'no frame'. It now says why, and the log line too."""
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    node = start([ns], max_age_ms=0, qos_reliability="reliable", camera_timeout_s=60.0)
+    c = Collector(graph, {"/diagnostics": DiagnosticArray})
+    best_effort = graph.create_publisher(Image, f"{ns}/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+    camera = lambda g: node_diagnostics(g, ns).get("camera", {})  # noqa: E731
+    assert c.spin_until(lambda g: "incompatible" in camera(g).get("message", "")), node.output()
+    assert camera(c.got)["message"] == (f"waiting for the first frame on {ns}/image; a publisher offers QoS incompatible "
+                                        f"with this subscription (RELIABILITY; qos_reliability best_effort matches "
+                                        f"every camera driver)")
+    assert f"{ns}/image: a publisher offers QoS incompatible" in node.output()
+    graph.destroy_publisher(best_effort)
+    c.close()
+
+
 def test_a_silent_camera_is_an_error_on_diagnostics_until_it_sends_again(graph, start, rng):
     """A camera that stops (a cable, a driver crash) must show as an ERROR naming its topic, not go on
     showing its last rate; frames arriving again bring it back to OK."""

@@ -18,8 +18,12 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
+try:
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble names the module qos_event
+    from rclpy.qos_event import SubscriptionEventCallbacks
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, LabelInfo, ObjectHypothesis,
                              ObjectHypothesisWithPose, VisionClass)
@@ -95,7 +99,8 @@ class PanopticNode(Node):
             topic = input_topic(ns, p["input_transport"])
             self._subs.append(self.create_subscription(CompressedImage if compressed else Image, topic,
                                                        lambda msg, c=cam: self._on_frame(c, msg), qos_in,
-                                                       qos_overriding_options=OVERRIDABLE))
+                                                       qos_overriding_options=OVERRIDABLE,
+                                                       event_callbacks=self._mismatch_events(cam)))
             types = {"detections": Detection2DArray, "label_info": LabelInfo}
             pubs = {name: self.create_publisher(types.get(name, Image), f"{ns}/panoptic/{name}", qos_profile(qos),
                                                 qos_overriding_options=OVERRIDABLE)
@@ -112,6 +117,23 @@ class PanopticNode(Node):
         self._running = True
         self.worker = threading.Thread(target=self._work, name="panoptic_inference", daemon=True)
         self.worker.start()
+
+    def _mismatch_events(self, camera):
+        """A publisher whose QoS cannot reach this subscription (best effort to reliable) delivers nothing:
+        logged as rclpy does, and said in the camera's /diagnostics status, which otherwise reads 'no frame'."""
+        def incompatible_qos(info):
+            try:
+                policy = QoSPolicyKind(info.last_policy_kind).name
+            except ValueError:
+                policy = str(info.last_policy_kind)
+            self._mismatch(camera, f"a publisher offers QoS incompatible with this subscription ({policy}; "
+                                   f"qos_reliability best_effort matches every camera driver)")
+
+        return SubscriptionEventCallbacks(incompatible_qos=incompatible_qos)
+
+    def _mismatch(self, camera, why):
+        self.stats.mismatch[camera] = why
+        self.get_logger().warn(f"{self.input_topics.get(camera, camera)}: {why}; no frames are received from it")
 
     def _describe_parameters(self):
         """What `ros2 param describe` shows (description, constraints, live or not), and numbers as doubles."""
