@@ -212,7 +212,8 @@ def _replay(args, pipeline):
     summary = replay(pipeline, args.bag, out_bag=args.out, image_topic=args.image_topic, gt_topic=args.gt_topic,
                      video=args.video, metrics_path=args.metrics, max_frames=args.max_frames,
                      overwrite=args.overwrite, storage=args.storage, start_s=getattr(args, "start", None),
-                     duration_s=getattr(args, "duration", None), per_frame_path=getattr(args, "per_frame", None))
+                     duration_s=getattr(args, "duration", None), per_frame_path=getattr(args, "per_frame", None),
+                     timeline_path=getattr(args, "timeline", None))
     print(summary.format())
     if summary.metrics:
         _charts(summary.metrics, args)
@@ -223,7 +224,8 @@ def _check_replay_outputs(args, inputs) -> None:
     """Every output of a replay checked before the model loads or a frame is read."""
     from .output_safety import check_outputs
     check_outputs({"--out": args.out, "--video": args.video, "--metrics": args.metrics, "--chart": args.chart,
-                   "--confusion": args.confusion, "--per-frame": getattr(args, "per_frame", None)}, inputs,
+                   "--confusion": args.confusion, "--per-frame": getattr(args, "per_frame", None),
+                   "--timeline": getattr(args, "timeline", None)}, inputs,
                   args.overwrite, bags={"--out"})
 
 
@@ -292,12 +294,12 @@ def cmd_evaluate(args) -> int:
     from .evaluation.evaluator import format_report
     from .output_safety import check_outputs
     check_outputs({"--json": args.json, "--chart": args.chart, "--confusion": args.confusion,
-                   "--per-frame": args.per_frame},
+                   "--per-frame": args.per_frame, "--timeline": args.timeline},
                   [args.bag, args.pred_bag, args.gt_json, args.gt_folder, args.pred_json, args.pred_folder],
                   args.overwrite)
-    if args.per_frame and args.gt_json:
-        raise ValueError("--per-frame scores the frames of bags (--bag / --pred-bag); COCO-panoptic folders are "
-                         "scored as one set")
+    if (args.per_frame or args.timeline) and args.gt_json:
+        raise ValueError(f"{'--per-frame' if args.per_frame else '--timeline'} scores the frames of bags (--bag / "
+                         f"--pred-bag); COCO-panoptic folders are scored as one set")
     if args.gt_json:
         from .evaluation.coco_folders import evaluate_folders
         report = evaluate_folders(args.gt_json, args.gt_folder, args.pred_json, args.pred_folder).report()
@@ -362,7 +364,7 @@ def _evaluate_bags(args) -> dict:
                          f"not in the {labels} label set ({why})")
     gt_map = ground_truth_mapping(gt_labels, labels, f"the ground truth in '{args.bag}'", f"the scores ({why}) are in")
     evaluator = Evaluator(get_taxonomy(labels))
-    per_frame = PerFrameScores(evaluator.taxonomy) if args.per_frame else None
+    per_frame = PerFrameScores(evaluator.taxonomy) if args.per_frame or args.timeline else None
     unmatched, unscored, first_reason = [0, 0], 0, None
     # both bags are read side by side in stamp order: memory stays flat however long they are
     with BagReader(args.bag) as gt_reader, BagReader(pred_bag) as pred_reader:
@@ -392,9 +394,10 @@ def _evaluate_bags(args) -> dict:
     if not evaluator.labelled_pixels:  # scores of 0 that would read as a model that sees nothing
         raise ValueError(f"no frame scored: the ground truth ({args.gt_topic}) of the {evaluator.frames} frame pairs "
                          f"labels no pixel (all void)")
+    report = evaluator.report()
     if per_frame:
-        write_per_frame(per_frame, args.per_frame, print)
-    return evaluator.report()
+        write_per_frame(per_frame, args.per_frame, args.timeline, report, print)
+    return report
 
 
 def cmd_demo(args) -> int:
@@ -552,6 +555,10 @@ PER_FRAME_HELP = ("CSV of each scored frame's own scores (stamp, PQ, PQ things /
                   "to find the worst frames")
 
 
+TIMELINE_HELP = ("picture (PNG) of each scored frame's PQ and mIoU along the drive, the drive's own as dashed "
+                 "lines, the three frames of lowest PQ marked with their stamps")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="panoptic-node", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -596,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confusion", help="confusion matrix PNG (where each class's pixels went)")
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
     p.add_argument("--per-frame", help=PER_FRAME_HELP)
+    p.add_argument("--timeline", help=TIMELINE_HELP)
     p.add_argument("--start", type=float, help="replay from this many seconds after the bag's first message (as "
                                                "ros2 bag play --start-offset counts)")
     p.add_argument("--duration", type=float, help="replay this many seconds of the bag (from --start)")
@@ -619,8 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chart", help="per-class bar chart PNG")
     p.add_argument("--confusion", help="confusion matrix PNG (where each class's pixels went)")
     p.add_argument("--per-frame", help=PER_FRAME_HELP)
+    p.add_argument("--timeline", help=TIMELINE_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json / --chart / --confusion / "
-                                                            "--per-frame")
+                                                            "--per-frame / --timeline")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("fleet", help="replay and score many bags on Ray (local or a cluster): one exact fleet "

@@ -55,6 +55,7 @@ def not_our_bag(path) -> Optional[str]:
 SUFFIXES = {"--video": (".mp4",), "--chart": (".png", ".svg", ".pdf", ".jpg", ".jpeg")}
 SUFFIXES["--confusion"] = SUFFIXES["--chart"]
 SUFFIXES["--per-frame"] = (".csv",)
+SUFFIXES["--timeline"] = SUFFIXES["--chart"]
 
 
 def check_outputs(outputs: Dict[str, Optional[object]], inputs: Iterable[object] = (), overwrite: bool = False,

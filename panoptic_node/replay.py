@@ -117,15 +117,20 @@ class VideoWriter:
         self.partial.unlink(missing_ok=True)
 
 
-def write_per_frame(per_frame: Optional[PerFrameScores], path, log) -> None:
-    """The per-frame CSV and a line naming the frames of lowest PQ; none written when no frame was scored
-    (an empty table would read as a drive without a bad frame)."""
+def write_per_frame(per_frame: Optional[PerFrameScores], path, timeline=None, report=None, log=print) -> None:
+    """The per-frame CSV and / or the timeline picture, and a line naming the frames of lowest PQ; nothing
+    written when no frame was scored (an empty table would read as a drive without a bad frame)."""
+    asked = " and ".join(str(p) for p in (path, timeline) if p)
     if per_frame is None or not per_frame.rows:
-        log(f"no per-frame scores written to {path}: no frame was scored")
+        log(f"no per-frame scores written to {asked}: no frame was scored")
         return
-    per_frame.write(path)
+    if path:
+        per_frame.write(path)
+    if timeline:
+        from .evaluation.report import timeline_chart
+        timeline_chart(per_frame.rows, timeline, report)
     worst = ", ".join(f"{r['stamp_ns']} (PQ {r['pq']:.1f})" for r in per_frame.worst())
-    log(f"per-frame scores: {path} ({len(per_frame.rows)} frames; lowest PQ at stamps {worst or 'none defined'})")
+    log(f"per-frame scores: {asked} ({len(per_frame.rows)} frames; lowest PQ at stamps {worst or 'none defined'})")
 
 
 def check_window(start_s: Optional[float], duration_s: Optional[float]) -> None:
@@ -141,7 +146,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
            gt_topic: Optional[str] = None, video=None, metrics_path=None, max_frames: Optional[int] = None,
            overwrite: bool = False, storage: str = "mcap", log=print, on_scored=None,
            start_s: Optional[float] = None, duration_s: Optional[float] = None,
-           per_frame_path=None) -> ReplaySummary:
+           per_frame_path=None, timeline_path=None) -> ReplaySummary:
     """image_topic: one camera topic or several (default: every camera in the bag); each camera's
     results go under its own namespace, as the node publishes them. Ground truth belongs to one camera,
     so it is scored only when one is replayed; the video shows every camera side by side.
@@ -151,14 +156,15 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
 
     start_s / duration_s: replay only what the bag recorded from `start_s` seconds after its first
     message, for `duration_s` seconds (a part of a long drive), as `ros2 bag play --start-offset` counts.
-    per_frame_path: a CSV of each scored frame's own scores (evaluation/per_frame.py)."""
+    per_frame_path: a CSV of each scored frame's own scores (evaluation/per_frame.py); timeline_path: those
+    scores drawn along the drive."""
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
                             model=pipeline.cfg.name)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames {max_frames}: expected a positive number of frames (leave it out for all)")
     check_window(start_s, duration_s)
-    check_outputs({"--out": out_bag, "--video": video, "--metrics": metrics_path, "--per-frame": per_frame_path},
-                  [bag], overwrite, bags={"--out"})
+    check_outputs({"--out": out_bag, "--video": video, "--metrics": metrics_path, "--per-frame": per_frame_path,
+                   "--timeline": timeline_path}, [bag], overwrite, bags={"--out"})
     reader = BagReader(bag)
     try:
         cameras, left_out = reader.pick_image_topics([image_topic] if isinstance(image_topic, str) else image_topic)
@@ -207,7 +213,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
         gt_pan = None
     gt_sem = GT_SEMANTIC if gt_pan and GT_SEMANTIC in reader.topics else None
     evaluator = Evaluator(published) if gt_pan else None
-    per_frame = PerFrameScores(published) if gt_pan and per_frame_path else None
+    per_frame = PerFrameScores(published) if gt_pan and (per_frame_path or timeline_path) else None
     writer = BagWriter(out_bag, storage, overwrite, inputs=[bag]) if out_bag else None
     taxonomy = evaluator.taxonomy if evaluator else pipeline.taxonomy
     results_out = {t: ResultBagWriter(writer, ns, taxonomy, pipeline.threshold)
@@ -341,8 +347,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
         video_out.close()
     elif video:  # asked for, and not a single frame of its camera to draw
         log(f"no video written: no frame of {cameras[0]} was replayed")
-    if per_frame_path:
-        write_per_frame(per_frame, per_frame_path, log)
+    if per_frame_path or timeline_path:
+        write_per_frame(per_frame, per_frame_path, timeline_path, summary.metrics, log)
     if metrics_path:
         write_json(summary.to_dict(), metrics_path, indent=1)  # through a .partial name
     return summary

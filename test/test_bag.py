@@ -987,7 +987,8 @@ def test_per_frame_scores_by_hand(tiny_pipeline, tiny_model_yaml, tmp_path, caps
                  "--per-frame", str(tmp_path / "mine.csv")]) == 2                 # exists: refused, untouched
     assert (tmp_path / "mine.csv").read_text() == "the user's"
     assert main(["evaluate", "--bag", str(gt), "--pred-bag", str(pred), "--pred-topic", "/ground_truth/panoptic",
-                 "--per-frame", str(tmp_path / "frames.csv")]) == 0
+                 "--per-frame", str(tmp_path / "frames.csv"), "--timeline", str(tmp_path / "drive.png")]) == 0
+    assert Image.open(tmp_path / "drive.png").size == (1000, 360)  # the same scores along the drive
     t0 = 1_700_000_000_000_000_000
     rows = (tmp_path / "frames.csv").read_text().splitlines()
     assert rows[0] == "stamp_ns,pq,pq_things,pq_stuff,miou,pixel_accuracy,gt_segments,pred_segments,matched_segments"
@@ -1002,7 +1003,11 @@ def test_per_frame_scores_by_hand(tiny_pipeline, tiny_model_yaml, tmp_path, caps
                  "--per-frame", str(tmp_path / "coco.csv")]) == 2
     assert "--per-frame scores the frames of bags" in capsys.readouterr().err
     # replay writes the same table for the frames it scores, and one line when it scores none
-    assert main(["replay", str(gt), "--model", str(tiny_model_yaml), "--per-frame", str(tmp_path / "r.csv")]) == 0
+    assert main(["replay", str(gt), "--model", str(tiny_model_yaml), "--timeline", str(tmp_path / "t.txt")]) == 2
+    assert "--timeline '" in capsys.readouterr().err and not (tmp_path / "t.txt").exists()  # a picture's suffix
+    assert main(["replay", str(gt), "--model", str(tiny_model_yaml), "--per-frame", str(tmp_path / "r.csv"),
+                 "--timeline", str(tmp_path / "r.png")]) == 0
+    assert (tmp_path / "r.png").stat().st_size > 0
     assert [r.split(",")[0] for r in (tmp_path / "r.csv").read_text().splitlines()[1:]] == [
         str(t0 + i * 100_000_000) for i in range(4)]
     camera_only = camera_bag(tmp_path / "camera_only", "mcap", [(t0, np.zeros((20, 20, 3), np.uint8))])

@@ -1,5 +1,6 @@
-"""Evaluation outputs people look at: a per-class bar chart (PQ and IoU) and the confusion matrix
-(which class each class's pixels were taken for). The JSON report goes through atomic.write_json."""
+"""Evaluation outputs people look at: a per-class bar chart (PQ and IoU), the confusion matrix (which
+class each class's pixels were taken for) and a drive's timeline (each frame's PQ and mIoU along it).
+The JSON report goes through atomic.write_json."""
 from pathlib import Path
 
 from ..atomic import atomic_path
@@ -64,6 +65,39 @@ def confusion_chart(report: dict, path, title: str = "") -> Path:
                         color="white" if share > 0.5 else "black")
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="% of the ground-truth class's pixels")
     ax.set_title(title or f"where each class's pixels went ({report['frames']} frames)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def timeline_chart(rows, path, report=None, title: str = "") -> Path:
+    """Each scored frame's own PQ and mIoU (evaluation/per_frame.py rows) against its time in the drive,
+    the whole drive's scores as dashed lines (`report`), the three frames of lowest PQ marked with their
+    stamps: where along a drive the model goes wrong."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = rows[0]["stamp_ns"]
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    for key, label, colour in (("pq", "PQ", "tab:blue"), ("miou", "mIoU", "tab:orange")):
+        points = [((r["stamp_ns"] - t0) / 1e9, r[key]) for r in rows if r[key] is not None]
+        if points:
+            ax.plot(*zip(*points), marker=".", markersize=4, linewidth=0.8, color=colour, label=f"{label} per frame")
+        if report is not None:
+            whole = report[key]["pq"] if key == "pq" else report[key]
+            ax.axhline(100 * whole, color=colour, linestyle="--", linewidth=1,
+                       label=f"{label} of the drive {100 * whole:.1f}")
+    worst = sorted((r for r in rows if r["pq"] is not None), key=lambda r: r["pq"])[:3]
+    for i, r in enumerate(worst):  # staggered: the worst frames are often neighbours
+        x = (r["stamp_ns"] - t0) / 1e9
+        ax.annotate(str(r["stamp_ns"]), (x, r["pq"]), textcoords="offset points", xytext=(0, -12 - 10 * i),
+                    ha="center", fontsize=7, color="tab:red")
+        ax.plot([x], [r["pq"]], "o", color="tab:red", markersize=5)
+    ax.set_xlabel(f"seconds after stamp {t0}")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=4, loc="lower left")
+    ax.set_title(title or f"{len(rows)} frames scored one by one; red: lowest PQ (header stamp)")
     fig.tight_layout()
     return save_figure(fig, path)
 
