@@ -411,15 +411,17 @@ def cmd_demo(args) -> int:
     args.bag, args.out, args.image_topic, args.gt_topic = str(bag), str(out / "camvid_val_panoptic"), None, None
     args.video, args.metrics, args.chart = str(out / "overlay.mp4"), str(out / "metrics.json"), str(out / "per_class.png")
     args.confusion = str(out / "confusion.png")
+    args.timeline = str(out / "timeline.png")
     args.storage = "mcap"
-    # all six outputs are checked before anything is written: an earlier demo's are replaced only
+    # all seven outputs are checked before anything is written: an earlier demo's are replaced only
     # with --overwrite (and its bags only if they are ours), never reused as they are
     from .output_safety import check_outputs
     check_outputs({"the demo's input bag": bag}, [camvid], args.overwrite, bags={"the demo's input bag"})
     _check_replay_outputs(args, [camvid, bag, args.weights, args.onnx])
     convert("camvid", camvid, bag, split="val", storage="mcap", max_frames=args.max_frames, overwrite=args.overwrite)
     _replay(args, _pipeline(args))
-    print(f"outputs in {out}: output bag camvid_val_panoptic/, overlay.mp4, metrics.json, per_class.png, confusion.png")
+    print(f"outputs in {out}: output bag camvid_val_panoptic/, overlay.mp4, metrics.json, per_class.png, confusion.png, "
+          f"timeline.png")
     return 0
 
 
