@@ -86,6 +86,7 @@ def model_checks(model: str, weights: Optional[str], find_spec=importlib.util.fi
                       f"{source} --calib FRAMES writes them)" if chosen == "openvino" else
                       f"not used by the {chosen} backend")))
     folder = cache_dir()
+    graph_opens = False  # the speed check runs only on what is already there: doctor writes nothing
     if chosen in ("openvino", "onnxruntime"):
         graph = cached_graph_path(cfg, source, folder, int8=int8)
         writable = _writable(folder)
@@ -94,7 +95,7 @@ def model_checks(model: str, weights: Optional[str], find_spec=importlib.util.fi
         elif graph.is_file():
             try:  # opened as the commands open it: a graph that is there but does not open is no help
                 _open_graph(chosen, graph, cfg, "cpu", log=lambda m: None)
-                finding, verdict = f"{graph.name} ready ({folder})", OK
+                finding, verdict, graph_opens = f"{graph.name} ready ({folder})", OK, True
             except Exception as e:
                 finding, verdict = (f"{graph.name} does not open ({str(e).splitlines()[0]}): auto falls back to "
                                     f"fp32 or torch; delete it to have it made again"), NOTE
@@ -108,7 +109,45 @@ def model_checks(model: str, weights: Optional[str], find_spec=importlib.util.fi
         chosen = chosen if graph.is_file() or writable else "torch"
     out.append(Check("auto backend", OK, f"{chosen} ({precision if chosen in ('openvino', 'onnxruntime') else 'fp32'})"
                                          f" for {cfg.name} on the CPU"))
+    ready = chosen not in ("openvino", "onnxruntime") or graph_opens
+    out.append(speed_check(model, weights) if ready else
+               Check("speed", NOTE, "not measured: the graph is made on the first run (then run doctor again)"))
     return out
+
+
+SPEED_FRAMES = 20
+
+
+def speed_check(model: str, weights: Optional[str], camera_hz: float = 30.0) -> Check:
+    """The default deployment's frames per second end to end (decoded frame in, every map out) on CamVid
+    val frames where CamVid is found, else on one grey frame (network time, few segments), as the node
+    would run it: whether a 30 Hz camera is served at its rate."""
+    import time
+
+    import numpy as np
+    from .inference.backends import make_pipeline
+    from .training.data import find_camvid
+    try:
+        from PIL import Image
+        val = sorted((find_camvid() / "val").glob("*.png"))[:SPEED_FRAMES]
+        frames, what = [np.asarray(Image.open(p).convert("RGB")) for p in val], f"{len(val)} CamVid val frames"
+    except (FileNotFoundError, OSError):
+        frames, what = [np.full((360, 480, 3), 128, np.uint8)] * SPEED_FRAMES, "a grey 480x360 frame (no CamVid found)"
+    try:
+        pipeline = make_pipeline(model, weights, log=lambda m: None)
+        for rgb in frames[:3]:  # warm-up: first calls allocate
+            pipeline(rgb)
+        t0 = time.perf_counter()
+        for rgb in frames:
+            pipeline(rgb)
+        fps = len(frames) / (time.perf_counter() - t0)
+    except Exception as e:
+        return Check("speed", PROBLEM, f"the pipeline failed: {str(e).splitlines()[0]}")
+    where = f"{fps:.1f} frames/s end to end on {what} ({pipeline.backend.name} {pipeline.backend.precision})"
+    if fps >= camera_hz:
+        return Check("speed", OK, f"{where}: keeps up with a {camera_hz:g} Hz camera")
+    return Check("speed", NOTE, f"{where}: a {camera_hz:g} Hz camera is served at about {fps:.0f} Hz (the node "
+                                f"takes each camera's newest frame)")
 
 
 def _writable(folder: Path) -> bool:

@@ -27,6 +27,17 @@ def test_the_shipped_model_and_what_auto_runs_it_on(tmp_path, monkeypatch):
     if chosen == "openvino":  # x86 with OpenVINO: the shipped scales make it int8, the graph comes on first use
         assert checks["int8 scales"].verdict == OK and checks["auto backend"].finding.startswith("openvino (int8)")
         assert "is made on the first frame" in checks["graph cache"].finding
+        assert checks["speed"].finding.startswith("not measured: the graph is made on the first run")
+    assert not (tmp_path / "graphs").exists()  # doctor looks; it makes no graph
+
+
+def test_speed_is_the_deployment_s_own_frames_per_second(tiny_model_yaml, monkeypatch):
+    from panoptic_node import doctor
+    monkeypatch.setattr(doctor, "SPEED_FRAMES", 4)
+    check = doctor.speed_check(str(tiny_model_yaml), None, camera_hz=1e6)  # no CPU serves a megahertz camera
+    assert check.verdict == NOTE and " frames/s end to end on " in check.finding
+    assert "a 1e+06 Hz camera is served at about" in check.finding
+    assert doctor.speed_check(str(tiny_model_yaml), None, camera_hz=0.001).verdict == OK
 
 
 def test_a_cache_that_cannot_be_written_means_torch(tmp_path, monkeypatch):
