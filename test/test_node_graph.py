@@ -348,13 +348,19 @@ def test_newest_frame_wins_and_old_frames_are_dropped_on_sim_time(graph, start, 
     c.close()
 
 
-def test_bad_frames_are_counted_and_skipped(graph, start, rng):
+def one_camera(graph, start, rng, **params):
+    """A node serving one fresh camera namespace, a collector of its semantic map and /diagnostics, and a
+    camera publisher it has matched: (namespace, node, collector, publisher, a frame)."""
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
-    node = start([ns], max_age_ms=0)
+    node = start([ns], **params)
     c = Collector(graph, {f"{ns}/panoptic/semantic": Image, "/diagnostics": DiagnosticArray})
     pub = graph.create_publisher(Image, f"{ns}/image", 10)
     wait_for_subscriber(graph, pub)
-    rgb = rgb_frame(rng)
+    return ns, node, c, pub, rgb_frame(rng)
+
+
+def test_bad_frames_are_counted_and_skipped(graph, start, rng):
+    ns, node, c, pub, rgb = one_camera(graph, start, rng, max_age_ms=0)
     wrong_encoding = image_msg(rgb, Time(sec=1), "f", encoding="32FC1")
     truncated = image_msg(rgb, Time(sec=2), "f")
     truncated.data = rgb.tobytes()[:100]
@@ -380,12 +386,7 @@ def test_bad_frames_are_counted_and_skipped(graph, start, rng):
 def test_frames_without_a_stamp_are_served_and_reported(graph, start, rng):
     """A driver that leaves header.stamp at 0: the age check dropped every frame as stale (the camera looked
     dead); now they are served, said once in the log and counted as a warning on /diagnostics."""
-    ns = f"/t{uuid.uuid4().hex[:6]}/front"
-    node = start([ns], max_age_ms=500)
-    c = Collector(graph, {f"{ns}/panoptic/semantic": Image, "/diagnostics": DiagnosticArray})
-    pub = graph.create_publisher(Image, f"{ns}/image", 10)
-    wait_for_subscriber(graph, pub)
-    rgb = rgb_frame(rng)
+    ns, node, c, pub, rgb = one_camera(graph, start, rng, max_age_ms=500)
     assert c.spin_until(lambda g: g[f"{ns}/panoptic/semantic"] and "without a header stamp" in
                         node_diagnostics(g, ns).get("camera", {}).get("message", ""),
                         publish=lambda: pub.publish(image_msg(rgb, Time(), "f")))
