@@ -151,6 +151,19 @@ def compressed_to_rgb(msg) -> np.ndarray:
     return rgb
 
 
+# image_transport's compressed format for a colour frame: the raw encoding, then what the JPEG holds
+JPEG_FORMAT = "bgr8; jpeg compressed bgr8"
+
+
+def jpeg_fields(rgb: np.ndarray, quality: int = 80) -> Dict[str, object]:
+    """H x W x 3 uint8 RGB -> CompressedImage fields (format, data) as image_transport's compressed plugin
+    writes them for a bgr8 image: what RViz and `ros2 run image_transport republish` decode."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, np.uint8)).save(buf, format="JPEG", quality=quality)
+    return {"format": JPEG_FORMAT, "data": buf.getvalue()}
+
+
 # the encodings we write (outputs, converted bags): encoding -> (dtype, channels)
 OUTPUT_ENCODINGS = {"mono8": (np.uint8, 1), "mono16": (np.uint16, 1), "32SC1": (np.int32, 1), "rgb8": (np.uint8, 3),
                     "bgr8": (np.uint8, 3)}

@@ -20,5 +20,7 @@ OVERLAY = TopicQos(reliable=False, transient_local=False, depth=5)     # for eye
 LABEL_INFO = TopicQos(reliable=True, transient_local=True, depth=1)    # latched for late subscribers
 DIAGNOSTICS = TopicQos(reliable=True, transient_local=False, depth=10)
 
+# the node's topics under <ns>/panoptic/; overlay/compressed is image_transport's JPEG of the overlay (a
+# tenth of the bytes, for RViz over a network), published by the node only (bags keep the raw overlay)
 OUTPUTS = {"semantic": MAPS, "instances": MAPS, "panoptic": MAPS, "detections": MAPS, "overlay": OVERLAY,
-           "label_info": LABEL_INFO}
+           "overlay/compressed": OVERLAY, "label_info": LABEL_INFO}

@@ -23,7 +23,7 @@ import yaml
 from PIL import Image as PILImage
 
 from launch_helpers import tiny_model_yaml
-from panoptic_node.messages import image_array
+from panoptic_node.messages import compressed_to_rgb, image_array
 
 if os.environ.get("CI"):  # CI installs ROS 2 from PyPI (make install-test): a skip there would hide breakage
     import rclpy
@@ -142,7 +142,7 @@ class Collector:
     def __init__(self, graph, topics: dict, qos=10):
         self.graph, self.got = graph, {t: [] for t in topics}
         self.subs = [graph.create_subscription(kind, t, self.got[t].append,
-                                               SENSOR_QOS if t.endswith("/overlay") else qos)
+                                               SENSOR_QOS if t.endswith(("/overlay", "/overlay/compressed")) else qos)
                      for t, kind in topics.items()]
 
     def spin_until(self, done, publish=None, timeout=30.0, period=0.1):
@@ -182,6 +182,7 @@ def test_the_whole_topic_contract(graph, start, rng):
     node = start([ns], max_age_ms=0)
     topics = {f"{ns}/panoptic/{t}": Image for t in ("semantic", "instances", "panoptic", "overlay")}
     topics[f"{ns}/panoptic/detections"] = Detection2DArray
+    topics[f"{ns}/panoptic/overlay/compressed"] = CompressedImage  # image_transport's JPEG of the overlay
     topics["/diagnostics"] = DiagnosticArray
     c = Collector(graph, topics)
     pub = graph.create_publisher(Image, f"{ns}/image", 10)
@@ -197,6 +198,12 @@ def test_the_whole_topic_contract(graph, start, rng):
         m = out[name]
         assert (m.encoding, m.height, m.width) == (enc, 48, 64), name
         assert (m.header.stamp.sec, m.header.stamp.nanosec, m.header.frame_id) == (1_700_000_000, 123, "front_optical")
+    jpeg = out["compressed"]  # the same overlay as JPEG, as image_transport's compressed plugin names it
+    assert jpeg.format == "bgr8; jpeg compressed bgr8" and stamp_of(jpeg) == stamp_of(out["overlay"])
+    decoded, raw_overlay = compressed_to_rgb(jpeg), image_array(out["overlay"])[..., ::-1]
+    err = lambda a: np.abs(decoded.astype(int) - a).mean()  # noqa: E731  (JPEG of a noise frame: lossy)
+    assert decoded.shape == (48, 64, 3) and err(raw_overlay) < err(raw_overlay[..., ::-1])  # colours in order
+    assert np.abs(decoded.mean((0, 1)) - raw_overlay.mean((0, 1))).max() < 4
     semantic, instance, panoptic = (image_array(out[n]) for n in ("semantic", "instances", "panoptic"))
     assert np.array_equal(np.where(panoptic >= 1000, panoptic // 1000, np.where(panoptic < 0, 255, panoptic)),
                           semantic)

@@ -30,7 +30,8 @@ from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, Label
 
 from ..frame_buffer import LatestFrameBuffer
 from ..inference.preprocess import OffScaleNotes
-from ..messages import FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, label_info, stamp_ns
+from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
+                        stamp_ns)
 from ..node_stats import NodeStats
 from ..params import (ParameterError, check_qos_overrides, defaults, descriptions, make_node_pipeline, updated,
                       user_parameters, validate)
@@ -101,7 +102,7 @@ class PanopticNode(Node):
                                                        lambda msg, c=cam: self._on_frame(c, msg), qos_in,
                                                        qos_overriding_options=OVERRIDABLE,
                                                        event_callbacks=self._mismatch_events(cam)))
-            types = {"detections": Detection2DArray, "label_info": LabelInfo}
+            types = {"detections": Detection2DArray, "label_info": LabelInfo, "overlay/compressed": CompressedImage}
             pubs = {name: self.create_publisher(types.get(name, Image), f"{ns}/panoptic/{name}", qos_profile(qos),
                                                 qos_overriding_options=OVERRIDABLE)
                     for name, qos in OUTPUTS.items()}
@@ -244,7 +245,8 @@ class PanopticNode(Node):
     def _wanted(self, pubs, name) -> bool:
         """An output is built and sent only while someone subscribes (a recorder counts): converting and
         serializing a 32SC1 map nobody reads costs the camera rate."""
-        return self.params[f"publish_{name}"] and pubs[name].get_subscription_count() > 0
+        switch = f"publish_{name.split('/')[0]}"  # overlay/compressed: publish_overlay
+        return self.params[switch] and pubs[name].get_subscription_count() > 0
 
     def _publish(self, camera, header, rgb, result):
         pubs = self.pubs[camera]
@@ -265,10 +267,17 @@ class PanopticNode(Node):
                 det.bbox.size_x, det.bbox.size_y = d["size_x"], d["size_y"]
                 out.detections.append(det)
             pubs["detections"].publish(out)
-        # the overlay costs a full-frame blend on top
-        if self._wanted(pubs, "overlay"):
+        # the overlay costs a full-frame blend on top (drawn once for its raw and its JPEG topic)
+        raw, jpeg = self._wanted(pubs, "overlay"), self._wanted(pubs, "overlay/compressed")
+        if raw or jpeg:
             drawn = overlay(rgb, result, self.taxonomy, labels=self.params["overlay_labels"])
-            pubs["overlay"].publish(_image(header, drawn[..., ::-1], "bgr8"))
+            if raw:
+                pubs["overlay"].publish(_image(header, drawn[..., ::-1], "bgr8"))
+            if jpeg:
+                fields = jpeg_fields(drawn)
+                data = array.array("B")
+                data.frombytes(fields["data"])
+                pubs["overlay/compressed"].publish(CompressedImage(header=header, format=fields["format"], data=data))
             self.stats.overlays[camera] += 1
         stamp = stamp_ns(header)
         self.stats.frame_published(camera, (self.get_clock().now().nanoseconds - stamp) / 1e6 if stamp else None)
