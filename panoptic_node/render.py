@@ -97,7 +97,7 @@ def draw_labels(rgb: np.ndarray, result: PanopticResult, taxonomy: Taxonomy) -> 
         colour = tuple(int(c) // 2 for c in taxonomy.color_lut[s.label])  # darkened: white text reads on it
         draw.rectangle((x, y, x + tw - 1, y + th - 1), fill=colour)
         draw.text((x + 2 - x0, y + 2 - y0), text, font=font, fill=(255, 255, 255))
-    return np.asarray(image)
+    return np.array(image)  # writable, as the overlay without labels is
 
 
 def side_by_side(images, height: int, width: int) -> np.ndarray:
