@@ -29,6 +29,7 @@ class LatestFrameBuffer:
         self.dropped = defaultdict(int)
         self.stale = defaultdict(int)
         self.unstamped = defaultdict(int)
+        self.stale_age_ns = {}  # camera -> how old its last stale frame was (node clock - stamp)
         self.closed = False
 
     def put(self, camera: str, msg: Any, stamp_ns: int) -> None:
@@ -54,6 +55,7 @@ class LatestFrameBuffer:
         for camera, p in slots.items():
             if p.stamp_ns != 0 and now - p.stamp_ns > self.max_age_ns:
                 self.stale[camera] += 1
+                self.stale_age_ns[camera] = now - p.stamp_ns
             else:
                 fresh[camera] = p
         return fresh

@@ -26,6 +26,20 @@ class Status:
     values: Dict[str, str] = field(default_factory=dict)
 
 
+CLOCK_BEHIND_S = 10.0      # stale frames this far behind the node's clock are another clock, not a slow wire
+
+
+def _stale_why(age_ns) -> str:
+    """How old the last stale frame was, and what an age of seconds or more means."""
+    if age_ns is None:
+        return ""
+    age = age_ns / 1e9
+    if age >= CLOCK_BEHIND_S:
+        return (f" (the last {age:.0f} s behind the node's clock: the camera does not stamp with the node's clock, "
+                f"e.g. time since boot; synchronise the clocks or set max_age_ms: 0)")
+    return f" (the last {1000 * age:.0f} ms old)"
+
+
 class NodeStats:
     def __init__(self, clock=time.monotonic, latency_window: int = 200):
         self.clock = clock
@@ -136,7 +150,7 @@ class NodeStats:
                 level = WARN
                 message = ", ".join(part for part in (
                     f"{bad} undecodable frame(s)" if bad else "",
-                    f"{stale} frame(s) older than max_age_ms" if stale else "",
+                    f"{stale} frame(s) older than max_age_ms{_stale_why(buffer.stale_age_ns.get(cam))}" if stale else "",
                     f"{unstamped} frame(s) without a header stamp (0: their age is unknown, and their outputs "
                     f"carry stamp 0)" if unstamped else "") if part) + " since the last report"
             else:

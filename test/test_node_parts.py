@@ -264,6 +264,25 @@ def test_unstamped_frames_and_a_camera_clock_ahead_are_warnings_that_say_so():
                                                      "node's clock (median)")
 
 
+def test_stale_frames_say_how_old_and_a_camera_on_another_clock_is_named():
+    """A driver stamping with time since boot sends frames hours 'old' by the node's clock: every one was
+    dropped as stale with nothing saying why."""
+    clock = FakeClock()
+    buf = LatestFrameBuffer(clock, max_age_ms=100)
+    stats = NodeStats(clock=lambda: 0.0)
+    stats.frame_arrived("front")
+    clock.now = 3600 * 10**9 + 5 * 10**9
+    buf.put("front", "boot time", 5 * 10**9)  # stamped 5 s after the camera booted
+    buf.take(timeout=0)
+    _, cam = _report(stats, buf)
+    assert cam.level == 1 and "1 frame(s) older than max_age_ms (the last 3600 s behind the node's clock: the " \
+                              "camera does not stamp with the node's clock" in cam.message
+    buf.put("front", "late", clock.now - 200 * 10**6)  # 200 ms: a slow wire, not another clock
+    buf.take(timeout=0)
+    _, cam = _report(stats, buf)
+    assert "1 frame(s) older than max_age_ms (the last 200 ms old)" in cam.message
+
+
 def test_inference_status_reports_failures_since_the_last_report():
     stats = NodeStats(clock=lambda: 0.0)
     buf = LatestFrameBuffer(FakeClock())
