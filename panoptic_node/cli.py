@@ -553,8 +553,8 @@ def _add_replay_args(p: argparse.ArgumentParser) -> None:
 
 
 PER_FRAME_HELP = ("CSV of each scored frame's own scores (stamp, PQ, PQ things / stuff, mIoU, pixel accuracy in "
-                  "percent; segments in the ground truth, predicted ones PQ counts, i.e. not lying on void, and matched): sort it "
-                  "to find the worst frames")
+                  "percent; segments in the ground truth, predicted ones PQ counts, i.e. not lying on void, and "
+                  "matched): sort it to find the worst frames")
 
 
 TIMELINE_HELP = ("picture (PNG) of each scored frame's PQ and mIoU along the drive, the drive's own as dashed "

@@ -15,6 +15,11 @@ COLUMNS = ("stamp_ns", "pq", "pq_things", "pq_stuff", "miou", "pixel_accuracy", 
            "matched_segments")
 
 
+def lowest_pq(rows: List[dict], n: int = 3) -> List[dict]:
+    """The `n` rows of lowest PQ (of the frames that define it)."""
+    return sorted((r for r in rows if r["pq"] is not None), key=lambda r: r["pq"])[:n]
+
+
 class PerFrameScores:
     def __init__(self, taxonomy):
         self.taxonomy = taxonomy
@@ -45,8 +50,7 @@ class PerFrameScores:
             "matched_segments": tp})
 
     def worst(self, n: int = 3) -> List[dict]:
-        """The `n` rows of lowest PQ (frames that define it)."""
-        return sorted((r for r in self.rows if r["pq"] is not None), key=lambda r: r["pq"])[:n]
+        return lowest_pq(self.rows, n)
 
     def write(self, path) -> None:
         """CSV, one row per frame in the order scored; written under a .partial name, then renamed."""

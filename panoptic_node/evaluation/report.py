@@ -87,8 +87,8 @@ def timeline_chart(rows, path, report=None, title: str = "") -> Path:
             whole = report[key]["pq"] if key == "pq" else report[key]
             ax.axhline(100 * whole, color=colour, linestyle="--", linewidth=1,
                        label=f"{label} of the drive {100 * whole:.1f}")
-    worst = sorted((r for r in rows if r["pq"] is not None), key=lambda r: r["pq"])[:3]
-    for i, r in enumerate(worst):  # staggered: the worst frames are often neighbours
+    from .per_frame import lowest_pq
+    for i, r in enumerate(lowest_pq(rows)):  # staggered: the worst frames are often neighbours
         x = (r["stamp_ns"] - t0) / 1e9
         ax.annotate(str(r["stamp_ns"]), (x, r["pq"]), textcoords="offset points", xytext=(0, -12 - 10 * i),
                     ha="center", fontsize=7, color="tab:red")
