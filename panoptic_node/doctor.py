@@ -39,11 +39,10 @@ def machine_checks(find_spec=importlib.util.find_spec) -> List[Check]:
     out = [Check("python", OK, f"{platform.python_version()} ({sys.executable})")]
     flags = cpu_flags()
     isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags) or "none known"
-    out.append(Check("cpu", NOTE if int8_kernels_saturate(platform.machine(), flags) else OK,
-                     f"{platform.machine()}, {os.cpu_count()} cores, {isa}"
+    saturate = int8_kernels_saturate(platform.machine(), flags)
+    out.append(Check("cpu", NOTE if saturate else OK, f"{platform.machine()}, {os.cpu_count()} cores, {isa}"
                      + ("; no VNNI: ONNX Runtime's int8 kernels saturate here (export int8 graphs with "
-                        "--reduce-range for it; OpenVINO's are fine)" if int8_kernels_saturate(platform.machine(), flags)
-                        else "")))
+                        "--reduce-range for it; OpenVINO's are fine)" if saturate else "")))
     import torch
     cuda = torch.cuda.is_available()
     out.append(Check("torch", OK, f"{torch.__version__}, {torch.get_num_threads()} threads, CUDA "
@@ -61,7 +60,7 @@ def machine_checks(find_spec=importlib.util.find_spec) -> List[Check]:
     return out
 
 
-def model_checks(model: str, weights: Optional[str], find_spec=importlib.util.find_spec) -> List[Check]:
+def model_checks(model: str, weights: Optional[str]) -> List[Check]:
     from .inference.backends import _open_graph, int8_scales_for, resolve
     from .inference.graph_cache import cache_dir, cached_graph_path, is_cached
     from .model.checkpoint import load_model, weights_of
@@ -132,6 +131,8 @@ def speed_check(model: str, weights: Optional[str], camera_hz: float = 30.0) -> 
         val = sorted((find_camvid() / "val").glob("*.png"))[:SPEED_FRAMES]
         frames, what = [np.asarray(Image.open(p).convert("RGB")) for p in val], f"{len(val)} CamVid val frames"
     except (FileNotFoundError, OSError):
+        val = []
+    if not val:
         frames, what = [np.full((360, 480, 3), 128, np.uint8)] * SPEED_FRAMES, "a grey 480x360 frame (no CamVid found)"
     try:
         pipeline = make_pipeline(model, weights, log=lambda m: None)
