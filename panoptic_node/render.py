@@ -56,8 +56,13 @@ STUFF_LABEL_SHARE = 0.01    # stuff regions of at least this share of the frame 
 
 @lru_cache(maxsize=8)
 def _font(size: int):
+    """Pillow's own font (nothing to find on the machine): scalable from Pillow 10.1; before that (Ubuntu
+    22.04's apt Pillow 9, a Jetson's) its fixed 11-pixel bitmap font."""
     from PIL import ImageFont
-    return ImageFont.load_default(size=size)  # Pillow's own font: nothing to find on the machine
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
 
 
 def _inside_point(segment_ids: np.ndarray, seg_id: int, step: int):
@@ -78,6 +83,7 @@ def draw_labels(rgb: np.ndarray, result: PanopticResult, taxonomy: Taxonomy) -> 
     h, w = rgb.shape[:2]
     size = max(10, round(h / 32))
     font = _font(size)
+    scalable = hasattr(font, "size")  # FreeTypeFont; the bitmap ImageFont has no size
     image = Image.fromarray(rgb)
     draw = ImageDraw.Draw(image)
     step = max(1, min(h, w) // 90)
@@ -86,8 +92,12 @@ def draw_labels(rgb: np.ndarray, result: PanopticResult, taxonomy: Taxonomy) -> 
             continue
         at = _inside_point(result.segment_ids, s.id, step)
         if at:
-            draw.text(at, taxonomy.name_of(s.label), font=font, fill=(255, 255, 255), anchor="mm",
-                      stroke_width=max(1, size // 10), stroke_fill=(0, 0, 0))
+            name = taxonomy.name_of(s.label)
+            x0, y0, x1, y1 = draw.textbbox((0, 0), name, font=font)
+            centred = (at[0] - (x0 + x1) // 2, at[1] - (y0 + y1) // 2)
+            # an outline only where the font is scalable (a bitmap font takes no stroke)
+            outline = {"stroke_width": max(1, size // 10), "stroke_fill": (0, 0, 0)} if scalable else {}
+            draw.text(centred, name, font=font, fill=(255, 255, 255), **outline)
     for s in sorted((s for s in result.segments if s.is_thing), key=lambda s: -s.area):
         text = f"{taxonomy.name_of(s.label)} {s.score:.2f}"
         x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)

@@ -327,6 +327,33 @@ def test_overlay_names_each_thing_and_large_stuff_regions():
     assert np.array_equal(overlay(rgb[:95], small, camvid), overlay(rgb[:95], small, camvid, labels=False))  # no room
 
 
+def test_overlay_labels_with_an_old_pillows_bitmap_font(monkeypatch):
+    """Before Pillow 10.1 (Ubuntu 22.04's apt Pillow, a Jetson's) load_default takes no size and gives a
+    bitmap font, which takes no outline: the overlay must still be labelled, not fail to publish."""
+    from PIL import ImageFont
+
+    from panoptic_node import render
+
+    def old_load_default(**kwargs):
+        if kwargs:
+            raise TypeError("load_default() got an unexpected keyword argument 'size'")
+        return ImageFont.load_default_imagefont()
+
+    monkeypatch.setattr(ImageFont, "load_default", old_load_default)
+    render._font.cache_clear()
+    try:
+        camvid = get_taxonomy("camvid")
+        ids = np.zeros((120, 160), np.int64)
+        ids[:60], ids[70:110, 100:150] = 1, 2
+        r = result_from_segments(ids, np.array([0, 8]), np.array([0.9, 0.8]), camvid.thing_lut, "camvid")
+        rgb = np.full((120, 160, 3), 100, np.uint8)
+        named, plain = overlay(rgb, r, camvid), overlay(rgb, r, camvid, labels=False)
+        assert not hasattr(render._font(12), "size")                  # the bitmap font was the one used
+        assert (named != plain).any(-1)[:60].any() and (named[69, 100] == camvid.color_lut[8] // 2).all()
+    finally:
+        render._font.cache_clear()
+
+
 def test_overlay_renderer():
     camvid = get_taxonomy("camvid")
     ids = np.zeros((20, 30), np.int64)
