@@ -337,9 +337,11 @@ def test_start_and_duration_replay_a_part_of_a_long_drive(tiny_pipeline, tiny_mo
                                                                                  for i in (3, 4, 5)]
     assert replay(tiny_pipeline, bag, start_s=8.5).frames == 1                 # to the end
     assert replay(tiny_pipeline, bag, duration_s=2.5).frames == 3              # from the start
+    assert replay(tiny_pipeline, bag, start_s=2.0, duration_s=1e300).frames == 8  # too large for nanoseconds
     (tmp_path / "mine.json").write_text("the user's")
     capsys.readouterr()
     for bad, says in ((["--start", "12"], "--start 12: bag '{bag}' lasts 9.000 s; expected a start inside it"),
+                      (["--start", "1e300"], "--start 1e+300: bag '{bag}' lasts 9.000 s; expected a start inside it"),
                       (["--start", "-1"], "--start -1.0: expected seconds >= 0"),
                       (["--duration", "0"], "--duration 0.0: expected a finite number of seconds > 0"),
                       (["--duration", "nan"], "--duration nan: expected a finite number of seconds > 0")):

@@ -133,12 +133,14 @@ class BagReader:
         if start_s is None and duration_s is None:
             return None
         first, last = self.reader.start_time, self.reader.end_time
-        start = first + round((start_s or 0.0) * 1e9)
-        if start > last:
+        # compared in seconds first: a huge value (1e300) would overflow as nanoseconds
+        if (start_s or 0.0) > (last - first) / 1e9:
             raise ValueError(f"--start {start_s:g}: bag '{self.path}' lasts {(last - first) / 1e9:.3f} s; expected a "
                              f"start inside it (seconds after its first message)")
-        stop = last + 1 if duration_s is None else start + round(duration_s * 1e9)
-        return start, stop
+        start = first + round((start_s or 0.0) * 1e9)
+        if duration_s is None or duration_s > (last - start) / 1e9:
+            return start, last + 1  # to the end
+        return start, start + round(duration_s * 1e9)
 
     def label_set(self, topic: str) -> Optional[str]:
         """The label set a LabelInfo topic announces (its first message): a taxonomy name, a
