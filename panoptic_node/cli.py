@@ -213,7 +213,7 @@ def _replay(args, pipeline):
                      video=args.video, metrics_path=args.metrics, max_frames=args.max_frames,
                      overwrite=args.overwrite, storage=args.storage, start_s=getattr(args, "start", None),
                      duration_s=getattr(args, "duration", None), per_frame_path=getattr(args, "per_frame", None),
-                     timeline_path=getattr(args, "timeline", None))
+                     timeline_path=getattr(args, "timeline", None), ego_masks=getattr(args, "ego_masks", None))
     print(summary.format())
     if summary.metrics:
         _charts(summary.metrics, args)
@@ -233,7 +233,7 @@ def cmd_replay(args) -> int:
     from .bag.reader import BagReader
     from .replay import check_window
     check_window(args.start, args.duration)
-    _check_replay_outputs(args, [args.bag, args.weights, args.onnx])
+    _check_replay_outputs(args, [args.bag, args.weights, args.onnx, args.ego_masks])
     BagReader(args.bag).close()  # a missing or unreadable bag is said before the model loads
     _replay(args, _pipeline(args))
     return 0
@@ -609,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=float, help="replay from this many seconds after the bag's first message (as "
                                                "ros2 bag play --start-offset counts)")
     p.add_argument("--duration", type=float, help="replay this many seconds of the bag (from --start)")
+    p.add_argument("--ego-masks", help="folder of ego masks, one 8-bit PNG per camera named after its namespace "
+                                       "(/camera/front -> camera_front.png), 0 where the car itself is: void in "
+                                       "every output and left out of the scores, as the node's ego_mask_dir")
     _add_model_args(p)
     _add_replay_args(p)
     p.set_defaults(func=cmd_replay)

@@ -23,6 +23,7 @@ from .bag.reader import BagReader, decode_frame, label_set_phrase
 from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.evaluator import Evaluator
 from .evaluation.per_frame import PerFrameScores
+from .inference.ego_mask import apply_ego_mask, fitted, mask_file, masks_for
 from .inference.preprocess import OffScaleNotes
 from .messages import FrameError, image_array
 from .output_safety import check_outputs
@@ -146,7 +147,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
            gt_topic: Optional[str] = None, video=None, metrics_path=None, max_frames: Optional[int] = None,
            overwrite: bool = False, storage: str = "mcap", log=print, on_scored=None,
            start_s: Optional[float] = None, duration_s: Optional[float] = None,
-           per_frame_path=None, timeline_path=None) -> ReplaySummary:
+           per_frame_path=None, timeline_path=None, ego_masks=None) -> ReplaySummary:
     """image_topic: one camera topic or several (default: every camera in the bag); each camera's
     results go under its own namespace, as the node publishes them. Ground truth belongs to one camera,
     so it is scored only when one is replayed; the video shows every camera side by side.
@@ -157,7 +158,9 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     start_s / duration_s: replay only what the bag recorded from `start_s` seconds after its first
     message, for `duration_s` seconds (a part of a long drive), as `ros2 bag play --start-offset` counts.
     per_frame_path: a CSV of each scored frame's own scores (evaluation/per_frame.py); timeline_path: those
-    scores drawn along the drive."""
+    scores drawn along the drive. ego_masks: a folder of ego masks (inference/ego_mask.py), applied to each
+    camera's outputs as the node applies them, and to its ground truth before scoring (the car's own bonnet
+    is not scored)."""
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
                             model=pipeline.cfg.name)
     if max_frames is not None and max_frames < 1:
@@ -183,10 +186,16 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
         if gt_topic and len(cameras) > 1:
             raise ValueError(several)
         window = reader.window(start_s, duration_s)
+        masks = masks_for(ego_masks, namespaces) if ego_masks else {}
     except BaseException:
         reader.close()
         raise
     gt_pan = gt_topic or (GT_PANOPTIC if GT_PANOPTIC in reader.topics else None)
+    for ns, keep in masks.items():
+        log(f"camera {ns or '/'}: " + (f"ego mask {mask_file(ego_masks, ns)} ({100 * (1 - keep.mean()):.1f} % of its "
+                                       f"pixels void)" if keep is not None else
+                                       f"no ego mask ({mask_file(ego_masks, ns)} not found)"))
+    keep_of = {t: masks.get(ns) for t, ns in zip(cameras, namespaces)}
     if window:
         first, last = reader.reader.start_time, reader.reader.end_time
         log(f"replaying {(window[0] - first) / 1e9:g} s to {(min(window[1], last + 1) - first) / 1e9:g} s of the "
@@ -238,6 +247,10 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
             if gt_map:  # into the label set the model publishes
                 pan = gt_map.map_panoptic(pan)
                 sem = None if sem is None else gt_map.map_semantic(sem)
+            if keep_of.get(cameras[0]) is not None:  # the car's own bonnet is not scored
+                keep = fitted(keep_of[cameras[0]], *pan.shape)
+                pan = np.where(keep, pan, -1).astype(pan.dtype)
+                sem = None if sem is None else np.where(keep, sem, 255).astype(sem.dtype)
             gt_semantic = _semantic_of(pan) if sem is None else sem
             evaluator.add(pan, gt_semantic, pred[0], pred[1])
             if per_frame:
@@ -272,6 +285,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                 if note:
                     bar.write(f"warning: {note}")
                 result = pipeline(rgb)
+                if keep_of.get(m.topic) is not None:
+                    result = apply_ego_mask(result, keep_of[m.topic], published.thing_lut)
                 for stage, sec in result.timings.items():
                     summary.stage_ms.setdefault(stage, []).append(1000 * sec)
                 summary.frames += 1

@@ -1019,6 +1019,28 @@ def test_per_frame_scores_by_hand(tiny_pipeline, tiny_model_yaml, tmp_path, caps
     assert "no per-frame scores written" in capsys.readouterr().out and not (tmp_path / "none.csv").exists()
 
 
+def test_replay_applies_ego_masks_to_outputs_and_leaves_the_bonnet_unscored(tiny_model_yaml, tmp_path, capsys):
+    from panoptic_node.cli import main
+    truth = np.full((20, 20), 3)
+    truth[12:] = 8001                                  # labelled as a car: the camera's own bonnet
+    gt = _frames_bag(tmp_path / "gt", [truth, truth])
+    keep = np.full((20, 20), 255, np.uint8)
+    keep[12:] = 0
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(keep).save(tmp_path / "masks" / "camera.png")  # the camera of /camera/image_raw
+    assert main(["replay", str(gt), "--model", str(tiny_model_yaml), "--out", str(tmp_path / "pred"),
+                 "--ego-masks", str(tmp_path / "masks"), "--metrics", str(tmp_path / "m.json")]) == 0
+    assert "camera /camera: ego mask " in capsys.readouterr().out
+    with BagReader(tmp_path / "pred") as r:
+        maps = [image_array(m.msg) for m in r.messages(["/camera/panoptic/semantic"])]
+    assert len(maps) == 2 and all((m[12:] == 255).all() for m in maps)
+    matrix = np.array(json.loads((tmp_path / "m.json").read_text())["metrics"]["confusion"]["matrix"])
+    assert matrix.sum() == 2 * 12 * 20 and matrix[8].sum() == 0  # only the street is scored; no car row
+    assert main(["replay", str(gt), "--model", str(tiny_model_yaml), "--out", str(tmp_path / "p2"),
+                 "--ego-masks", str(tmp_path / "nowhere")]) == 2
+    assert "ego mask folder" in capsys.readouterr().err and not (tmp_path / "p2").exists()
+
+
 def test_label_set_of_an_unknown_class_map(tmp_path):
     from panoptic_node.bag.reader import label_set_phrase
     from panoptic_node.bag.writer import label_info_msg

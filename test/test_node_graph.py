@@ -446,6 +446,28 @@ def test_a_silent_camera_is_an_error_on_diagnostics_until_it_sends_again(graph, 
     c.close()
 
 
+def test_an_ego_mask_makes_the_car_itself_void_in_every_output(graph, start, rng, tmp_path):
+    """A camera that sees the car's own bonnet: its mask (0 there) makes those pixels void, so no 'car' at the
+    bottom of every frame reaches the driving stack; a mask drawn at another size is scaled, said once."""
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    keep = np.full((24, 32), 255, np.uint8)
+    keep[12:] = 0  # the lower half is the bonnet (drawn at half the camera's size)
+    PILImage.fromarray(keep).save(tmp_path / f"{ns.strip('/').replace('/', '_')}.png")
+    node = start([ns], max_age_ms=0, ego_mask_dir=str(tmp_path))
+    c = Collector(graph, {f"{ns}/panoptic/{t}": Image for t in ("semantic", "instances", "panoptic")})
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    rgb = rgb_frame(rng)
+    assert c.spin_until(lambda g: all(g.values()), publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")))
+    semantic, instances, panoptic = (image_array(c.got[f"{ns}/panoptic/{t}"][0]) for t in ("semantic", "instances",
+                                                                                          "panoptic"))
+    assert (semantic[24:] == 255).all() and (instances[24:] == 0).all() and (panoptic[24:] == -1).all()
+    assert (semantic[:24] != 255).any()                                  # the street above is still there
+    out = node.output()
+    assert f"camera {ns}: ego mask {tmp_path}" in out and "50.0 % of its pixels void" in out
+    assert out.count("ego mask is 32x24, its frames 64x48: the mask is scaled to them") == 1
+    c.close()
+
+
 def test_a_panorama_camera_is_named_once_and_still_served(graph, start, rng):
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
     node = start([ns], max_age_ms=0)
@@ -466,6 +488,7 @@ def test_a_panorama_camera_is_named_once_and_still_served(graph, start, rng):
     ({"model": "/nonexistent/model.yaml"}, "model config '/nonexistent/model.yaml' not found"),
     ({"qos_overrides": {"/bad/cam/panoptic/semantic": {"publisher": {"reliability": "sometimes"}}}},
      "parameter 'qos_overrides./bad/cam/panoptic/semantic.publisher.reliability' = 'sometimes' is invalid"),
+    ({"ego_mask_dir": "/nonexistent/masks"}, "ego mask folder '/nonexistent/masks' is not a folder"),
 ])
 def test_a_bad_parameter_exits_1_with_one_line(start, params, expected):
     node = start(["/bad/cam"], wait=False, **params)

@@ -88,6 +88,7 @@ class PanopticNode(Node):
         qos_in = QoSProfile(depth=p["qos_depth"], history=HistoryPolicy.KEEP_LAST,
                             reliability=(ReliabilityPolicy.BEST_EFFORT if p["qos_reliability"] == "best_effort"
                                          else ReliabilityPolicy.RELIABLE))
+        self.ego_masks, self._fitted_notes = self._ego_masks(), set()
         self.off_scale = OffScaleNotes(self.pipeline.cfg.input)
         self.buffer = LatestFrameBuffer(lambda: self.get_clock().now().nanoseconds, p["max_age_ms"])
         self.stats = NodeStats()
@@ -118,6 +119,20 @@ class PanopticNode(Node):
         self._running = True
         self.worker = threading.Thread(target=self._work, name="panoptic_inference", daemon=True)
         self.worker.start()
+
+    def _ego_masks(self):
+        """Each camera's ego mask from ego_mask_dir (inference/ego_mask.py); a folder or a mask that cannot
+        be read stops the node at start-up with one line, as a bad parameter does."""
+        folder = self.params["ego_mask_dir"]
+        if not folder:
+            return {}
+        from ..inference.ego_mask import mask_file, masks_for
+        masks = masks_for(folder, [cam.rstrip("/") for cam in self.params["cameras"]])
+        for ns, keep in masks.items():
+            self.get_logger().info(f"camera {ns}: " + (
+                f"ego mask {mask_file(folder, ns)} ({100 * (1 - keep.mean()):.1f} % of its pixels void in every "
+                f"output)" if keep is not None else f"no ego mask ({mask_file(folder, ns)} not found)"))
+        return {cam: masks[cam.rstrip("/")] for cam in self.params["cameras"] if masks[cam.rstrip("/")] is not None}
 
     def _mismatch_events(self, camera):
         """A publisher whose QoS cannot reach this subscription (best effort to reliable) delivers nothing:
@@ -234,6 +249,7 @@ class PanopticNode(Node):
                 self.get_logger().debug(traceback.format_exc())
                 continue
             self.stats.inference_done([result.timings for result in results])
+            results = [self._masked(cam, result) for (cam, _, _), result in zip(frames, results)]
             try:
                 for (cam, msg, rgb), result in zip(frames, results):
                     self._publish(cam, msg.header, rgb, result)
@@ -241,6 +257,18 @@ class PanopticNode(Node):
                 if not (self._running and rclpy.ok()):  # stopping (Ctrl-C, SIGTERM): the frame in flight is dropped
                     return
                 self.get_logger().error(f"publishing failed: {e}", throttle_duration_sec=5.0)
+
+    def _masked(self, camera, result):
+        """The camera's result with its ego mask applied (a mask drawn at another size is fitted, said once)."""
+        keep = self.ego_masks.get(camera)
+        if keep is None:
+            return result
+        if keep.shape != result.shape and (camera, result.shape) not in self._fitted_notes:
+            self._fitted_notes.add((camera, result.shape))
+            self.get_logger().warn(f"camera {camera}: ego mask is {keep.shape[1]}x{keep.shape[0]}, its frames "
+                                   f"{result.shape[1]}x{result.shape[0]}: the mask is scaled to them")
+        from ..inference.ego_mask import apply_ego_mask
+        return apply_ego_mask(result, keep, self.taxonomy.thing_lut)
 
     def _wanted(self, pubs, name) -> bool:
         """An output is built and sent only while someone subscribes (a recorder counts): converting and
