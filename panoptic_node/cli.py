@@ -254,7 +254,7 @@ def cmd_fleet(args) -> int:
         raise FileNotFoundError(f"no bags found in {', '.join(args.bags)}")
     # the fleet folder is ours to fill and refill (a rerun resumes in it); it must not be or hold an input,
     # nor be a folder of something else
-    refuse_inputs("--out", out, bags + [args.weights, args.onnx, args.baseline, args.tags])
+    refuse_inputs("--out", out, bags + [args.weights, args.onnx, args.baseline, args.tags, args.ego_masks])
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out '{out}' is a file; expected a folder for the fleet's results")
     if out.exists() and any(out.iterdir()) and not (out / "bags").is_dir():
@@ -266,10 +266,13 @@ def cmd_fleet(args) -> int:
     baseline = load_report(args.baseline) if args.baseline else None
     tags = read_tags(args.tags) if args.tags else None
     check_ray_address(args.address)
+    if args.ego_masks:
+        from .inference.ego_mask import check_folder
+        check_folder(args.ego_masks)  # every mask read now: a bad one is one line, not a failure per bag
     report = run_fleet(bags, out, args.model, weights=args.weights, backend=args.backend, device=args.device,
                        threshold=args.threshold, labels=args.labels, onnx=args.onnx, workers=args.workers,
                        cpus=args.cpus, address=args.address, tags=tags, write_bags=args.write_bags,
-                       video=args.video, precision=args.precision)
+                       video=args.video, precision=args.precision, ego_masks=args.ego_masks)
     h = report["headline"]
     if h:
         print(f"fleet: PQ {100 * h['pq']:.1f} (things {100 * h['pq_things']:.1f}, stuff {100 * h['pq_stuff']:.1f}), "
@@ -650,6 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pq-drop", type=float, default=1.0)
     p.add_argument("--write-bags", action="store_true", help="also write each bag's output bag (out/bags_out)")
     p.add_argument("--video", action="store_true", help="also write each bag's overlay video (out/videos)")
+    p.add_argument("--ego-masks", help="folder of ego masks (as replay --ego-masks) applied to every bag's cameras; "
+                                       "other masks score every bag again")
     _add_model_args(p)
     p.set_defaults(func=cmd_fleet)
 

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from panoptic_node.bag.convert import DatasetFrame, write_bag
+from panoptic_node.bag.reader import BagReader
 from panoptic_node.cli import main
 from panoptic_node.evaluation.evaluator import Evaluator
 from panoptic_node.evaluation.gt import panoptic_from_labels
 from panoptic_node.inference.pipeline import Pipeline
+from panoptic_node.messages import image_array
 from panoptic_node.model.config import load_config
 from panoptic_node.model.checkpoint import save_checkpoint
 from panoptic_node.model.detr import build_model
@@ -122,6 +124,42 @@ def test_damaged_bag_rerun_and_changed_weights(local_ray, fleet_bags, tmp_path, 
               log=lines.append)
     assert not any("already scored" in line for line in lines)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "bags").glob("drive_*.json")} != kept
+
+
+def test_ego_masks_reach_every_bag_and_other_masks_score_again(local_ray, fleet_bags, tmp_path, capsys):
+    from panoptic_node.fleet.bags import find_bags
+    from PIL import Image
+
+    from panoptic_node.fleet.report import merged
+    from panoptic_node.fleet.run import run_fleet, settings_of
+    root, model = fleet_bags
+    bags = find_bags([str(root / "day")])
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    keep = np.full((360, 480), 255, np.uint8)
+    keep[240:] = 0                                       # the lower third: the car's own bonnet
+    Image.fromarray(keep).save(masks / "camera.png")     # the converted bags' camera, /camera
+    lines = []
+    run_fleet(bags, tmp_path / "out", model, backend="torch", workers=1, cpus=2, ego_masks=masks, log=lines.append)
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "out" / "bags").glob("*.json"))]
+    matrix = merged(results, "camvid").confusion.matrix
+    one = Evaluator(get_taxonomy("camvid"))              # the same bags in one process, with the same masks
+    for bag in bags:
+        one.merge_state(replay(Pipeline.from_config(model), bag, log=lambda m: None, ego_masks=masks).evaluator.state())
+    assert np.array_equal(matrix, one.confusion.matrix)
+    labelled = 0                                         # and only the street above the bonnet was scored
+    for bag in bags:
+        with BagReader(bag) as r:
+            labelled += sum(int((image_array(m.msg)[:240] != 255).sum()) for m in r.messages(["/ground_truth/semantic"]))
+    assert matrix.sum() == labelled
+    before = settings_of(model, None, "torch", "cpu", None, None, None, ego_masks=masks)
+    keep[200:] = 0
+    Image.fromarray(keep).save(masks / "camera.png")     # another mask: another key, the bags scored again
+    assert settings_of(model, None, "torch", "cpu", None, None, None, ego_masks=masks) != before
+    (masks / "broken.png").write_text("not a picture")
+    assert main(["fleet", str(root / "day"), "--model", model, "--out", str(tmp_path / "o2"), "--ego-masks",
+                 str(masks)]) == 2
+    assert "ego mask '" in capsys.readouterr().err and not (tmp_path / "o2").exists()
 
 
 def test_the_baseline_gate(local_ray, fleet_bags, tmp_path, capsys):

@@ -81,9 +81,10 @@ def tag_of(bag: Path, tags: Optional[Dict[str, str]]) -> str:
     return bag.parent.name or "."
 
 
-def settings_of(model, weights, backend, device, threshold, labels, onnx, precision="auto") -> dict:
+def settings_of(model, weights, backend, device, threshold, labels, onnx, precision="auto", ego_masks=None) -> dict:
     """Everything that changes a bag's score: a rerun with other settings scores again (new int8
-    scales beside the weights included: auto runs them)."""
+    scales beside the weights included: auto runs them; so are other ego masks, by their content)."""
+    from ..inference.ego_mask import check_folder
     from ..int8_scales import default_scales_path
     from ..model.checkpoint import require_weights_file, weights_of
     from ..model.config import load_config
@@ -92,17 +93,20 @@ def settings_of(model, weights, backend, device, threshold, labels, onnx, precis
     scales = default_scales_path(w)
     return {"model": cfg.to_dict(), "weights_sha256": file_sha256(w), "backend": backend, "device": device,
             "threshold": threshold, "labels": labels, "onnx_sha256": file_sha256(onnx) if onnx else None,
-            "precision": precision, "int8_scales_sha256": file_sha256(scales) if scales.is_file() else None}
+            "precision": precision, "int8_scales_sha256": file_sha256(scales) if scales.is_file() else None,
+            "ego_masks_sha256": check_folder(ego_masks) if ego_masks else None}
 
 
 def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: str = "auto", device: str = "cpu",
               threshold=None, labels=None, onnx=None, workers: int = 2, cpus: Optional[int] = None,
               address: Optional[str] = None, tags: Optional[Dict[str, str]] = None, write_bags: bool = False,
-              video: bool = False, precision: str = "auto", log=print) -> dict:
+              video: bool = False, precision: str = "auto", ego_masks=None, log=print) -> dict:
+    """ego_masks: a folder of ego masks (inference/ego_mask.py), applied to every bag's cameras as replay
+    --ego-masks does; the workers read it by its path, so on a cluster it lies where every node sees it."""
     import ray
 
     out = Path(out)
-    settings = settings_of(model, weights, backend, device, threshold, labels, onnx, precision)
+    settings = settings_of(model, weights, backend, device, threshold, labels, onnx, precision, ego_masks)
     results, pending = [], []
     for bag in bags:
         key = store.run_key(settings, bag)
@@ -121,7 +125,7 @@ def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: st
                      log_to_driver=False, configure_logging=False)
         try:
             results += _score(ray, pending, out, settings, tags, model, weights, backend, device, threshold, labels,
-                              onnx, workers, cpus, write_bags, video, precision)
+                              onnx, workers, cpus, write_bags, video, precision, ego_masks)
         finally:
             if started:
                 ray.shutdown()
@@ -131,7 +135,7 @@ def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: st
 
 
 def _score(ray, pending, out, settings, tags, model, weights, backend, device, threshold, labels, onnx, workers,
-           cpus, write_bags, video, precision) -> List[dict]:
+           cpus, write_bags, video, precision, ego_masks=None) -> List[dict]:
     total_cpus = int(ray.available_resources().get("CPU", 1)) if cpus is None else cpus
     n = max(1, min(workers, len(pending)))
     threads = max(1, total_cpus // n)
@@ -150,7 +154,7 @@ def _score(ray, pending, out, settings, tags, model, weights, backend, device, t
         bag, key = queue.pop(0)
         out_bag = str(out / "bags_out" / bag.name) if write_bags else None
         video_path = str(out / "videos" / f"{bag.name}.mp4") if video else None
-        running[actor.score.remote(str(bag), out_bag, video_path)] = (actor, bag, key)
+        running[actor.score.remote(str(bag), out_bag, video_path, ego_masks and str(ego_masks))] = (actor, bag, key)
 
     for actor in actors:
         if queue:

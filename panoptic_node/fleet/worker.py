@@ -52,7 +52,7 @@ def thumbnail(rgb_third, gt_semantic, pred_semantic, taxonomy) -> str:
 
 
 def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Optional[Path] = None,
-              gallery: int = 3) -> dict:
+              gallery: int = 3, ego_masks: Optional[Path] = None) -> dict:
     """The bag's result (see results.py); a bag that cannot be read is a result too, with the reason."""
     from ..bag.writer import BagError
     from ..replay import replay
@@ -61,7 +61,7 @@ def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Option
     notes: List[str] = []  # what the replay said of the bag (why it went unscored, cameras left out)
     try:
         summary = replay(pipeline, bag, out_bag=out_bag, video=video, overwrite=True, log=notes.append,
-                         on_scored=worst)
+                         on_scored=worst, ego_masks=ego_masks)
     except (BagError, ValueError, OSError) as e:
         hint = ""
         if "recover" not in str(e) and ("truncated" in str(e) or "corrupt" in str(e) or Path(bag).is_file()):
@@ -90,5 +90,7 @@ class BagScorer:
         self.pipeline = make_pipeline(model, weights=weights, backend=backend, device=device, threshold=threshold,
                                       labels=labels, onnx=onnx, precision=precision, log=lambda m: None)
 
-    def score(self, bag: str, out_bag: Optional[str] = None, video: Optional[str] = None) -> dict:
-        return score_bag(self.pipeline, Path(bag), Path(out_bag) if out_bag else None, Path(video) if video else None)
+    def score(self, bag: str, out_bag: Optional[str] = None, video: Optional[str] = None,
+              ego_masks: Optional[str] = None) -> dict:
+        return score_bag(self.pipeline, Path(bag), Path(out_bag) if out_bag else None, Path(video) if video else None,
+                         ego_masks=Path(ego_masks) if ego_masks else None)

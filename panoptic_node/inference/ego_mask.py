@@ -46,6 +46,18 @@ def masks_for(folder, namespaces: List[str]) -> Dict[str, Optional[np.ndarray]]:
             for ns in namespaces}
 
 
+def check_folder(folder) -> Dict[str, str]:
+    """Every mask in `folder` read once (a bad one refused in one line now, not in the middle of a fleet);
+    returns each file's sha256, what a fleet's rerun compares (other masks, other scores)."""
+    from .cache_key import file_sha256
+    masks_for(folder, [])  # the folder itself
+    out = {}
+    for path in sorted(Path(folder).glob("*.png")):
+        load_ego_mask(path)
+        out[path.name] = file_sha256(path)
+    return out
+
+
 def fitted(keep: np.ndarray, height: int, width: int) -> np.ndarray:
     """The mask at a frame's size (nearest neighbour, as the maps are upsampled) when it was drawn at another."""
     if keep.shape == (height, width):
