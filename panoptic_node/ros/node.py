@@ -243,13 +243,13 @@ class PanopticNode(Node):
                     results = self.pipeline.run_batch([rgb for _, _, rgb in frames])
                 else:
                     results = [self.pipeline(rgb) for _, _, rgb in frames]
+                results = [self._masked(cam, result) for (cam, _, _), result in zip(frames, results)]
             except Exception as e:  # keep serving the next frames; say what failed (log and /diagnostics)
                 self.stats.inference_failed(f"{type(e).__name__}: {e}".splitlines()[0])
                 self.get_logger().error(f"inference failed: {e}", throttle_duration_sec=5.0)
                 self.get_logger().debug(traceback.format_exc())
                 continue
             self.stats.inference_done([result.timings for result in results])
-            results = [self._masked(cam, result) for (cam, _, _), result in zip(frames, results)]
             try:
                 for (cam, msg, rgb), result in zip(frames, results):
                     self._publish(cam, msg.header, rgb, result)
