@@ -133,6 +133,9 @@ def image_to_rgb(msg) -> np.ndarray:
     return np.ascontiguousarray(to_rgb(rows.reshape(h, w, channels)))
 
 
+MAX_FRAME_PIXELS = 64_000_000  # 8K x 8K: larger than any camera a car carries
+
+
 def compressed_to_rgb(msg) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg / png) -> H x W x 3 uint8 RGB."""
     from PIL import Image, UnidentifiedImageError
@@ -143,7 +146,13 @@ def compressed_to_rgb(msg) -> np.ndarray:
     data = bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data.tobytes()
     try:
         with Image.open(io.BytesIO(data)) as im:
+            # the header's size, before a pixel is decoded: a few bytes can declare a frame of gigabytes
+            if im.width * im.height > MAX_FRAME_PIXELS:
+                raise FrameError(f"compressed frame declares {im.width}x{im.height} pixels, more than any camera's "
+                                 f"(at most {MAX_FRAME_PIXELS // 1_000_000} megapixels are decoded)")
             rgb = np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as e:  # Pillow's own limit, met at open
+        raise FrameError(f"compressed frame declares more pixels than any camera's ({e})") from None
     except (UnidentifiedImageError, OSError) as e:
         raise FrameError(f"compressed frame does not decode as {fmt} ({e})") from None
     if rgb.size == 0:

@@ -87,3 +87,15 @@ def write_frames(folder: Path, count: int, shape=(48, 64), seed: int = 0) -> Pat
     for i in range(count):
         Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     return folder
+
+
+def png_declaring(width, height) -> np.ndarray:
+    """A few dozen bytes of PNG whose header declares a frame of width x height (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+    return np.frombuffer(png, np.uint8)

@@ -234,9 +234,16 @@ def test_the_whole_topic_contract(graph, start, rng):
 
 def test_compressed_input(graph, start, rng):
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
-    start([ns], input_transport="compressed", max_age_ms=0)
-    c = Collector(graph, {f"{ns}/panoptic/semantic": Image})
+    node = start([ns], input_transport="compressed", max_age_ms=0)
+    c = Collector(graph, {f"{ns}/panoptic/semantic": Image, "/diagnostics": DiagnosticArray})
     pub = graph.create_publisher(CompressedImage, f"{ns}/image/compressed", 10)
+    wait_for_subscriber(graph, pub)
+    # a few bytes of PNG declaring a 30000 x 30000 frame: Pillow's DecompressionBombError ended the worker
+    # thread, and the node served nothing more; it is a bad frame now, counted, and the next one is served
+    from conftest import png_declaring
+    bomb = CompressedImage(format="png", data=png_declaring(30000, 30000).tobytes())
+    pub.publish(bomb)
+    assert c.spin_until(lambda g: int(node_diagnostics(g, ns).get("camera", {}).get("bad frames", 0)) >= 1)
     buf = io.BytesIO()
     PILImage.fromarray(rgb_frame(rng, 40, 56)).save(buf, format="PNG")
     msg = CompressedImage(format="png", data=buf.getvalue())
@@ -244,6 +251,7 @@ def test_compressed_input(graph, start, rng):
     assert c.spin_until(lambda g: g[f"{ns}/panoptic/semantic"], publish=lambda: pub.publish(msg))
     out = c.got[f"{ns}/panoptic/semantic"][0]
     assert (out.height, out.width, out.header.frame_id, stamp_of(out)) == (40, 56, "cam", 5_000_000_007)
+    assert "declares more pixels than any camera's" in node.output()
     c.close()
 
 

@@ -226,9 +226,10 @@ class PanopticNode(Node):
             if note:  # runs anyway; said once per frame size
                 self.get_logger().warn(f"{camera}: {note}")
             return rgb
-        except FrameError as e:
+        except Exception as e:  # FrameError says what was wrong; anything else must not end the worker thread
             self.stats.bad_frames[camera] += 1
-            self.get_logger().warn(f"{self.input_topics[camera]}: {e}", throttle_duration_sec=5.0)
+            why = e if isinstance(e, FrameError) else f"frame does not decode ({type(e).__name__}: {e})"
+            self.get_logger().warn(f"{self.input_topics[camera]}: {why}", throttle_duration_sec=5.0)
             return None
 
     def _work(self):
