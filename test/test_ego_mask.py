@@ -7,6 +7,8 @@ from panoptic_node.inference.ego_mask import apply_ego_mask, load_ego_mask, mask
 from panoptic_node.inference.result import result_from_segments
 from panoptic_node.taxonomy import get_taxonomy
 
+from conftest import png_declaring
+
 CAMVID = get_taxonomy("camvid")
 
 
@@ -49,8 +51,11 @@ def test_mask_files_and_their_refusals(tmp_path):
     with pytest.raises(FileNotFoundError, match="ego mask folder '.*nowhere' is not a folder"):
         masks_for(tmp_path / "nowhere", ["/camera/front"])
     (tmp_path / "text.png").write_text("not a picture")
-    with pytest.raises(ValueError, match="ego mask '.*text.png' is not an image"):
+    with pytest.raises(ValueError, match="ego mask: cannot read image '.*text.png'"):
         load_ego_mask(tmp_path / "text.png")
+    (tmp_path / "bomb.png").write_bytes(png_declaring(30000, 30000).tobytes())
+    with pytest.raises(ValueError, match="ego mask: image '.*bomb.png' is larger than PIL's safety limit"):
+        load_ego_mask(tmp_path / "bomb.png")
     Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / "all.png")
     with pytest.raises(ValueError, match="masks every pixel"):
         load_ego_mask(tmp_path / "all.png")

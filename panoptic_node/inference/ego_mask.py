@@ -21,15 +21,14 @@ def mask_file(folder, namespace: str) -> Path:
 def load_ego_mask(path) -> np.ndarray:
     """H x W bool, True where the frame is the street (kept); refused in one line when it cannot be read or
     masks every pixel."""
-    from PIL import Image, UnidentifiedImageError
+    from ..images import open_image
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ego mask '{path}' does not exist")
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:  # a damaged file or one over PIL's size limit: one ValueError
             keep = np.asarray(im.convert("L")) > 0
-    except FileNotFoundError:
-        raise FileNotFoundError(f"ego mask '{path}' does not exist") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"ego mask '{path}' is not an image ({e}); expected an 8-bit PNG, 0 where the car "
-                         f"itself is") from None
+    except ValueError as e:
+        raise ValueError(f"ego mask: {e}; expected an 8-bit PNG, 0 where the car itself is") from None
     if not keep.any():
         raise ValueError(f"ego mask '{path}' masks every pixel; expected 0 only where the car itself is (its "
                          f"bonnet, a mirror) and non-zero elsewhere")
