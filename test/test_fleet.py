@@ -159,7 +159,7 @@ def test_ego_masks_reach_every_bag_and_other_masks_score_again(local_ray, fleet_
     (masks / "broken.png").write_text("not a picture")
     assert main(["fleet", str(root / "day"), "--model", model, "--out", str(tmp_path / "o2"), "--ego-masks",
                  str(masks)]) == 2
-    assert "ego mask '" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    assert "ego mask: cannot read image '" in capsys.readouterr().err and not (tmp_path / "o2").exists()
 
 
 def test_the_baseline_gate(local_ray, fleet_bags, tmp_path, capsys):

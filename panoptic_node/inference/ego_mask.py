@@ -28,7 +28,7 @@ def load_ego_mask(path) -> np.ndarray:
         with open_image(path) as im:  # a damaged file or one over PIL's size limit: one ValueError
             keep = np.asarray(im.convert("L")) > 0
     except ValueError as e:
-        raise ValueError(f"ego mask: {e}; expected an 8-bit PNG, 0 where the car itself is") from None
+        raise ValueError(f"ego mask: {e}") from None  # open_image's line says what was expected
     if not keep.any():
         raise ValueError(f"ego mask '{path}' masks every pixel; expected 0 only where the car itself is (its "
                          f"bonnet, a mirror) and non-zero elsewhere")
