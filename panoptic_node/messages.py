@@ -6,6 +6,7 @@ same code is tested here through the bag path and runs in the node.
 """
 import functools
 import io
+import warnings
 from typing import Dict, List
 
 import numpy as np
@@ -138,23 +139,29 @@ MAX_FRAME_PIXELS = 64_000_000  # 8K x 8K: larger than any camera a car carries
 
 def compressed_to_rgb(msg) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg / png) -> H x W x 3 uint8 RGB."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     fmt = str(msg.format).lower()
     if not any(f in fmt for f in SUPPORTED_FORMATS):
         raise FrameError(f"unsupported compressed format '{msg.format}', expected jpeg or png")
     data = bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data.tobytes()
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():  # Pillow warns of big frames at open; the cap below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+        with im:
             # the header's size, before a pixel is decoded: a few bytes can declare a frame of gigabytes
             if im.width * im.height > MAX_FRAME_PIXELS:
                 raise FrameError(f"compressed frame declares {im.width}x{im.height} pixels, more than any camera's "
                                  f"(at most {MAX_FRAME_PIXELS // 1_000_000} megapixels are decoded)")
             rgb = np.asarray(im.convert("RGB"))
+    except FrameError:
+        raise
     except Image.DecompressionBombError as e:  # Pillow's own limit, met at open
         raise FrameError(f"compressed frame declares more pixels than any camera's ({e})") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise FrameError(f"compressed frame does not decode as {fmt} ({e})") from None
+    except Exception as e:  # untrusted bytes: Pillow raises OSError, but also SyntaxError ("broken PNG file"),
+        # ValueError and others for damaged data; whatever it raises, the frame does not decode
+        raise FrameError(f"compressed frame does not decode as {fmt} ({type(e).__name__}: {e})") from None
     if rgb.size == 0:
         raise FrameError("compressed frame decodes to an empty image")
     return rgb

@@ -89,13 +89,26 @@ def write_frames(folder: Path, count: int, shape=(48, 64), seed: int = 0) -> Pat
     return folder
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+
+
+def png_with_a_broken_chunk() -> np.ndarray:
+    """An 8 x 8 PNG whose image data is split over two chunks, the second with a damaged type."""
+    import struct
+    import zlib
+    data = zlib.compress(b"".join(b"\x00" + bytes(range(24)) for _ in range(8)))
+    png = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+           + png_chunk(b"IDAT", data[:10]) + png_chunk(b"\x1f\xc3\x7f\xad", data[10:]) + png_chunk(b"IEND", b""))
+    return np.frombuffer(png, np.uint8)
+
+
 def png_declaring(width, height) -> np.ndarray:
     """A few dozen bytes of PNG whose header declares a frame of width x height (a decompression bomb)."""
     import struct
     import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+    png = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+           + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + png_chunk(b"IEND", b""))
     return np.frombuffer(png, np.uint8)

@@ -17,7 +17,7 @@ from panoptic_node.messages import FrameError, compressed_to_rgb, image_array, i
 from panoptic_node.replay import replay
 from panoptic_node.taxonomy import get_mapping
 
-from conftest import camvid_or_skip, png_declaring
+from conftest import camvid_or_skip, png_declaring, png_with_a_broken_chunk
 
 
 def raw_image(rgb, encoding, pad=0):
@@ -121,6 +121,9 @@ def test_compressed(rng, fmt):
     # Pillow's DecompressionBombError escaped as an unexpected error (in the node, it ended the worker thread)
     (SimpleNamespace(format="png", data=png_declaring(30000, 30000)), "declares more pixels than any camera's"),
     (SimpleNamespace(format="png", data=png_declaring(9000, 9000)), "declares 9000x9000 pixels, more than any"),
+    # a PNG whose second data chunk has a damaged type: Pillow raises SyntaxError ("broken PNG file"), which
+    # escaped as an unexpected error (found by mutating frames many bytes at a time)
+    (SimpleNamespace(format="png", data=png_with_a_broken_chunk()), r"does not decode as png \(SyntaxError: broken PNG"),
     (SimpleNamespace(encoding="rgb8", height=2, width=2, step=6, is_bigendian=0, data=np.zeros(11, np.uint8)),
      "data length 11 != step x height"),
     (SimpleNamespace(encoding="rgb8", height=0, width=2, step=6, is_bigendian=0, data=np.zeros(0, np.uint8)),
