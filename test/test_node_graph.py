@@ -296,13 +296,19 @@ def test_the_shipped_dds_profiles_carry_full_frames_from_and_to_unconfigured_pro
         wait_for_subscriber(graph, pub)
     frames = {cam: [rgb_frame(rng, 360, 480) for _ in range(3)] for cam in cams}
     for k in range(3):
-        for i, cam in enumerate(cams):
-            pubs[cam].publish(image_msg(frames[cam][k], Time(sec=200 + k, nanosec=i), cam.rsplit("/", 1)[1]))
-        assert c.spin_until(lambda g: all(len(v) > k for v in g.values()), timeout=30), \
-            {t: len(v) for t, v in c.got.items()}
+        sent = [0.0]
+
+        def send_pair(k=k):  # again each second until answered: under large_images_shm an unconfigured
+            if time.time() - sent[0] >= 1.0:  # process's two cameras lose frames (README), and one CI run lost a pair
+                sent[0] = time.time()
+                for i, cam in enumerate(cams):
+                    pubs[cam].publish(image_msg(frames[cam][k], Time(sec=200 + k, nanosec=i), cam.rsplit("/", 1)[1]))
+
+        assert c.spin_until(lambda g: all(any(m.header.stamp.sec == 200 + k for m in v) for v in g.values()),
+                            publish=send_pair, timeout=30), {t: len(v) for t, v in c.got.items()}
     for i, cam in enumerate(cams):
         got = c.got[f"{cam}/panoptic/panoptic"]
-        assert [(m.header.stamp.sec, m.header.stamp.nanosec) for m in got] == [(200 + k, i) for k in range(3)]
+        assert sorted({(m.header.stamp.sec, m.header.stamp.nanosec) for m in got}) == [(200 + k, i) for k in range(3)]
         assert all((m.encoding, m.height, m.width, len(m.data)) == ("32SC1", 360, 480, 360 * 480 * 4) for m in got)
     c.close()
 
