@@ -28,8 +28,7 @@ def _version(module: str, find_spec: Callable) -> Optional[str]:
         return None
     try:
         from importlib.metadata import version
-        return version({"openvino": "openvino", "onnxruntime": "onnxruntime", "torch": "torch",
-                        "ray": "ray", "imageio_ffmpeg": "imageio-ffmpeg"}.get(module, module))
+        return version(module.replace("_", "-"))  # the distribution's name (imageio_ffmpeg: imageio-ffmpeg)
     except Exception:
         return "installed"
 
@@ -174,10 +173,7 @@ def ros_checks(find_spec=importlib.util.find_spec, environ=os.environ) -> List[C
                      + (f"; missing message packages the node needs: {', '.join(missing)} (e.g. apt install "
                         f"{' '.join('ros-' + (distro or '<distro>') + '-' + m.replace('_', '-') for m in missing)})"
                         if missing else "")))
-    try:
-        path, why = choose_profile("auto", share_dir("config"), environ=environ)
-    except Exception as e:
-        return out + [Check("Fast DDS", NOTE, str(e).splitlines()[0])]
+    path, why = choose_profile("auto", share_dir("config"), environ=environ)  # auto refuses nothing
     # what car.launch.py's dds_profile:=auto chooses; the shared-memory fallback loses frames of cameras
     # published together by a driver with Fast DDS's defaults (README, the node on the wire)
     out.append(Check("Fast DDS", OK if path is None or path.name == "fastdds_large_images.xml" else NOTE, why))

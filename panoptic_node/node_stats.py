@@ -104,63 +104,62 @@ class NodeStats:
                 for stage, v in ((stage, tuple(v)) for stage, v in list(self.latency_ms.items())) if v}
 
     def _since_report(self, key: str, value: int) -> int:
-        return value - self._reported.get(key, 0)
+        """How much a counter grew since the previous report; marks its value as reported."""
+        grown, self._reported[key] = value - self._reported.get(key, 0), value
+        return grown
 
     def statuses(self, buffer, cameras: Dict[str, str], timeout_s: float, info: Dict[str, str]) -> List[Status]:
         """The report: inference first, then every configured camera (`cameras`: namespace -> input topic),
-        including one that never sent a frame. A camera silent for `timeout_s` is an ERROR; undecodable
-        or stale frames since the previous report a WARN. Call once per report (it marks what was seen)."""
-        now = self.clock()
-        out = [self._inference_status(info)]
-        for cam, topic in cameras.items():
-            values = {"input topic": topic,
-                      "input rate (Hz)": f"{self.rate_hz(cam):.2f}",
-                      "output rate (Hz)": f"{self.rate_hz(cam, self.publications[cam]):.2f}",
-                      "received": str(buffer.received[cam]),
-                      "dropped (newer frame)": str(buffer.dropped[cam]),
-                      "dropped (older than max_age_ms)": str(buffer.stale[cam]),
-                      "unstamped frames": str(buffer.unstamped[cam]),
-                      "bad frames": str(self.bad_frames[cam]),
-                      "published": str(self.published[cam]),
-                      "overlays": str(self.overlays[cam])}
-            ages = tuple(self.age_ms[cam])
-            age_p50 = float(np.percentile(ages, 50)) if ages else None
-            if ages:
-                values["frame age at publish p50 (ms)"] = f"{age_p50:.1f}"
-                values["frame age at publish p99 (ms)"] = f"{np.percentile(ages, 99):.1f}"
-            last = self.arrivals[cam][-1] if self.arrivals[cam] else None
-            silent = now - (self.started if last is None else last)
-            values["seconds since last frame"] = "never" if last is None else f"{silent:.1f}"
-            bad = self._since_report(f"{cam} bad", self.bad_frames[cam])
-            stale = self._since_report(f"{cam} stale", buffer.stale[cam])
-            unstamped = self._since_report(f"{cam} unstamped", buffer.unstamped[cam])
-            why = f"; {self.mismatch[cam]}" if cam in self.mismatch else ""
-            if silent > timeout_s:
-                level = ERROR
-                message = (f"no frame on {topic} since start-up ({silent:.1f} s)" if last is None
-                           else f"no frame on {topic} for {silent:.1f} s") + why
-            elif last is None:
-                level, message = WARN, f"waiting for the first frame on {topic}{why}"
-            elif age_p50 is not None and age_p50 < -CLOCK_AHEAD_MS:
-                level = WARN
-                message = (f"frames on {topic} are stamped {-age_p50:.0f} ms ahead of "
-                           f"the node's clock (median): the camera's clock is not the node's (max_age_ms cannot "
-                           f"judge them; synchronise the clocks, e.g. with chrony or PTP)")
-            elif bad or stale or unstamped:
-                level = WARN
-                message = ", ".join(part for part in (
-                    f"{bad} undecodable frame(s)" if bad else "",
-                    f"{stale} frame(s) older than max_age_ms{_stale_why(buffer.stale_age_ns.get(cam))}" if stale else "",
-                    f"{unstamped} frame(s) without a header stamp (0: their age is unknown, and their outputs "
-                    f"carry stamp 0)" if unstamped else "") if part) + " since the last report"
-            else:
-                level, message = OK, "ok"
-            out.append(Status(f"camera {cam}", cam, level, message, values))
-            self._reported[f"{cam} bad"] = self.bad_frames[cam]
-            self._reported[f"{cam} stale"] = buffer.stale[cam]
-            self._reported[f"{cam} unstamped"] = buffer.unstamped[cam]
-        self._reported["failures"], self._reported["batches"] = self.inference_failures, self.batches
-        return out
+        including one that never sent a frame. A camera silent for `timeout_s` is an ERROR; undecodable,
+        stale or unstamped frames since the previous report a WARN. Call once per report (it marks what
+        was seen)."""
+        return [self._inference_status(info)] + [self._camera_status(buffer, cam, topic, timeout_s)
+                                                 for cam, topic in cameras.items()]
+
+    def _camera_status(self, buffer, cam: str, topic: str, timeout_s: float) -> Status:
+        values = {"input topic": topic,
+                  "input rate (Hz)": f"{self.rate_hz(cam):.2f}",
+                  "output rate (Hz)": f"{self.rate_hz(cam, self.publications[cam]):.2f}",
+                  "received": str(buffer.received[cam]),
+                  "dropped (newer frame)": str(buffer.dropped[cam]),
+                  "dropped (older than max_age_ms)": str(buffer.stale[cam]),
+                  "unstamped frames": str(buffer.unstamped[cam]),
+                  "bad frames": str(self.bad_frames[cam]),
+                  "published": str(self.published[cam]),
+                  "overlays": str(self.overlays[cam])}
+        ages = tuple(self.age_ms[cam])
+        age_p50 = float(np.percentile(ages, 50)) if ages else None
+        if ages:
+            values["frame age at publish p50 (ms)"] = f"{age_p50:.1f}"
+            values["frame age at publish p99 (ms)"] = f"{np.percentile(ages, 99):.1f}"
+        last = self.arrivals[cam][-1] if self.arrivals[cam] else None
+        silent = self.clock() - (self.started if last is None else last)
+        values["seconds since last frame"] = "never" if last is None else f"{silent:.1f}"
+        bad = self._since_report(f"{cam} bad", self.bad_frames[cam])
+        stale = self._since_report(f"{cam} stale", buffer.stale[cam])
+        unstamped = self._since_report(f"{cam} unstamped", buffer.unstamped[cam])
+        why = f"; {self.mismatch[cam]}" if cam in self.mismatch else ""
+        if silent > timeout_s:
+            level = ERROR
+            message = (f"no frame on {topic} since start-up ({silent:.1f} s)" if last is None
+                       else f"no frame on {topic} for {silent:.1f} s") + why
+        elif last is None:
+            level, message = WARN, f"waiting for the first frame on {topic}{why}"
+        elif age_p50 is not None and age_p50 < -CLOCK_AHEAD_MS:
+            level = WARN
+            message = (f"frames on {topic} are stamped {-age_p50:.0f} ms ahead of "
+                       f"the node's clock (median): the camera's clock is not the node's (max_age_ms cannot "
+                       f"judge them; synchronise the clocks, e.g. with chrony or PTP)")
+        elif bad or stale or unstamped:
+            level = WARN
+            message = ", ".join(part for part in (
+                f"{bad} undecodable frame(s)" if bad else "",
+                f"{stale} frame(s) older than max_age_ms{_stale_why(buffer.stale_age_ns.get(cam))}" if stale else "",
+                f"{unstamped} frame(s) without a header stamp (0: their age is unknown, and their outputs "
+                f"carry stamp 0)" if unstamped else "") if part) + " since the last report"
+        else:
+            level, message = OK, "ok"
+        return Status(f"camera {cam}", cam, level, message, values)
 
     def _inference_status(self, info: Dict[str, str]) -> Status:
         failures = self._since_report("failures", self.inference_failures)

@@ -23,7 +23,7 @@ from .bag.reader import BagReader, decode_frame, label_set_phrase
 from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.evaluator import Evaluator
 from .evaluation.per_frame import PerFrameScores
-from .inference.ego_mask import apply_ego_mask, fitted, mask_file, masks_for
+from .inference.ego_mask import apply_ego_mask, describe, fitted, masks_for
 from .inference.preprocess import OffScaleNotes
 from .messages import FrameError, image_array
 from .output_safety import check_outputs
@@ -192,13 +192,11 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
         raise
     gt_pan = gt_topic or (GT_PANOPTIC if GT_PANOPTIC in reader.topics else None)
     for ns, keep in masks.items():
-        log(f"camera {ns or '/'}: " + (f"ego mask {mask_file(ego_masks, ns)} ({100 * (1 - keep.mean()):.1f} % of its "
-                                       f"pixels void)" if keep is not None else
-                                       f"no ego mask ({mask_file(ego_masks, ns)} not found)"))
+        log(describe(ego_masks, ns, keep))
     keep_of = {t: masks.get(ns) for t, ns in zip(cameras, namespaces)}
     if window:
         first, last = reader.reader.start_time, reader.reader.end_time
-        log(f"replaying {(window[0] - first) / 1e9:g} s to {(min(window[1], last + 1) - first) / 1e9:g} s of the "
+        log(f"replaying {(window[0] - first) / 1e9:g} s to {(window[1] - first) / 1e9:g} s of the "
             f"bag's {(last - first) / 1e9:.3f} s (receive time after its first message)")
     for why in left_out.values():
         log(f"{why} (--image-topic chooses)")

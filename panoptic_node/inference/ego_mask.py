@@ -45,6 +45,13 @@ def masks_for(folder, namespaces: List[str]) -> Dict[str, Optional[np.ndarray]]:
             for ns in namespaces}
 
 
+def describe(folder, namespace: str, keep: Optional[np.ndarray]) -> str:
+    """The line the node and replay log for a camera's mask (or its absence)."""
+    path = mask_file(folder, namespace)
+    return (f"camera {namespace or '/'}: ego mask {path} ({100 * (1 - keep.mean()):.1f} % of its pixels void in "
+            f"every output)" if keep is not None else f"camera {namespace or '/'}: no ego mask ({path} not found)")
+
+
 def check_folder(folder) -> Dict[str, str]:
     """Every mask in `folder` read once (a bad one refused in one line now, not in the middle of a fleet);
     returns each file's sha256, what a fleet's rerun compares (other masks, other scores)."""

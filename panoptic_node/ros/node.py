@@ -126,12 +126,10 @@ class PanopticNode(Node):
         folder = self.params["ego_mask_dir"]
         if not folder:
             return {}
-        from ..inference.ego_mask import mask_file, masks_for
+        from ..inference.ego_mask import describe, masks_for
         masks = masks_for(folder, [cam.rstrip("/") for cam in self.params["cameras"]])
         for ns, keep in masks.items():
-            self.get_logger().info(f"camera {ns}: " + (
-                f"ego mask {mask_file(folder, ns)} ({100 * (1 - keep.mean()):.1f} % of its pixels void in every "
-                f"output)" if keep is not None else f"no ego mask ({mask_file(folder, ns)} not found)"))
+            self.get_logger().info(describe(folder, ns, keep))
         return {cam: masks[cam.rstrip("/")] for cam in self.params["cameras"] if masks[cam.rstrip("/")] is not None}
 
     def _mismatch_events(self, camera):
