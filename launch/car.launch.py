@@ -1,5 +1,6 @@
 """ros2 launch panoptic_node car.launch.py [config:=FILE] [cameras:="['/camera/front']"] [model:=NAME]
-       [backend:=auto|torch|onnxruntime|openvino|tensorrt] [precision:=auto|fp32|int8] [onnx:=FILE] [bag:=PATH] [rviz:=true|false] [log_level:=info]
+       [backend:=auto|torch|onnxruntime|openvino|tensorrt] [precision:=auto|fp32|int8] [onnx:=FILE] [bag:=PATH] [rviz:=true|false] [autostart:=true|false]
+       [log_level:=info]
 
 bag:=PATH plays a recorded (or converted CamVid / KITTI) bag with --clock and runs the node on
 sim time: the validation setup, same node, same topics.
@@ -52,6 +53,9 @@ def _node(context):
     cameras = LaunchConfiguration("cameras").perform(context)
     if cameras:
         overrides["cameras"] = [c.strip(" '\"") for c in cameras.strip("[]").split(",") if c.strip(" '\"")]
+    autostart = LaunchConfiguration("autostart").perform(context)
+    if autostart:  # anything but true / false reaches the node, which refuses it in one line
+        overrides["autostart"] = {"true": True, "false": False}.get(autostart.lower(), autostart)
     bag = LaunchConfiguration("bag").perform(context)
     if bag:
         overrides["use_sim_time"] = True
@@ -86,6 +90,9 @@ def generate_launch_description():
         DeclareLaunchArgument("onnx", default_value="", description="exported graph for onnxruntime / openvino / tensorrt"),
         DeclareLaunchArgument("bag", default_value="", description="play this bag with --clock and use sim time"),
         DeclareLaunchArgument("rviz", default_value="false", description="open RViz with config/panoptic.rviz"),
+        DeclareLaunchArgument("autostart", default_value="",
+                              description="true: the node configures and activates itself (the default); false: "
+                                          "it waits unconfigured for a lifecycle manager or `ros2 lifecycle set`"),
         DeclareLaunchArgument("log_level", default_value="info"),
         DeclareLaunchArgument("dds_profile", default_value="auto",
                               description="Fast DDS profile for the node and bag player: auto (large_images when "

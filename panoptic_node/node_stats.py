@@ -175,3 +175,12 @@ class NodeStats:
         else:
             level, message = OK, "ok"
         return Status("inference", info.get("model", ""), level, message, values)
+
+
+def inactive_statuses(cameras: Dict[str, str], info: Dict[str, str], how_to_activate: str) -> List[Status]:
+    """The report of a node that is configured but not active (ROS 2 lifecycle 'inactive'): it subscribes to
+    no camera and infers nothing on purpose, which is not a fault (OK), and the message says so, so that a
+    monitor does not read a camera's silence as a broken driver."""
+    message = f"inactive (lifecycle): not subscribed, nothing published; {how_to_activate}"
+    return ([Status("inference", info.get("model", ""), OK, message, dict(info))]
+            + [Status(f"camera {cam}", cam, OK, message, {"input topic": topic}) for cam, topic in cameras.items()])

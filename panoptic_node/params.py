@@ -79,8 +79,9 @@ def updated(current: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, Any]:
         if name not in props:
             raise ParameterError(f"unknown parameter '{name}'; allowed: {', '.join(sorted(props))}")
         if name not in LIVE_PARAMETERS and value != current[name]:
-            raise ParameterError(f"parameter '{name}' is read at start-up only; restart the node to change it "
-                                 f"(changed while it runs: {', '.join(LIVE_PARAMETERS)})")
+            raise ParameterError(f"parameter '{name}' is read at start-up only; restart the node to change it, or "
+                                 f"deactivate and clean it up (`ros2 lifecycle set`), set it, configure and activate "
+                                 f"again (changed while it runs: {', '.join(LIVE_PARAMETERS)})")
     return validate({**current, **changes})
 
 

@@ -113,3 +113,11 @@ def test_rviz_config_for_a_converted_bag_shows_its_image_topic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]   # one file per content, no partial left
     with pytest.raises(ValueError, match="no camera"):
         rviz_config(ROOT / "config" / "panoptic.rviz", [], out_dir=tmp_path)
+
+
+@pytest.mark.parametrize("given, expected", [("", None), ("false", False), ("True", True), ("maybe", "maybe")])
+def test_autostart_reaches_the_node_as_a_boolean(car_launch, given, expected):
+    """autostart:=false makes a managed node wait for its lifecycle manager; a value that is neither true nor
+    false reaches the node, which refuses it in one line (test_node_graph.py); unset, the config decides."""
+    node = car_launch(autostart=given)[1]
+    assert node.kwargs["parameters"][1].get("autostart") == expected

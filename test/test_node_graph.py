@@ -503,6 +503,7 @@ def test_a_panorama_camera_is_named_once_and_still_served(graph, start, rng):
     ({"qos_overrides": {"/bad/cam/panoptic/semantic": {"publisher": {"reliability": "sometimes"}}}},
      "parameter 'qos_overrides./bad/cam/panoptic/semantic.publisher.reliability' = 'sometimes' is invalid"),
     ({"ego_mask_dir": "/nonexistent/masks"}, "ego mask folder '/nonexistent/masks' is not a folder"),
+    ({"autostart": "maybe"}, "parameter 'autostart' = 'maybe' is invalid"),
 ])
 def test_a_bad_parameter_exits_1_with_one_line(start, params, expected):
     node = start(["/bad/cam"], wait=False, **params)
@@ -643,3 +644,87 @@ def test_the_node_stops_cleanly(graph, start, rng, how):
     assert code == 0 and "Traceback" not in out and "KeyboardInterrupt" not in out, out
     assert took < 2.0, took
     c.close()
+
+
+def test_a_managed_node_goes_through_its_lifecycle(graph, start, rng, model_yaml):
+    """`autostart: false`: the node waits unconfigured for a lifecycle manager. configure loads the model and
+    opens the outputs (the label set is latched), activate subscribes and serves, deactivate unsubscribes,
+    cleanup closes the outputs. A configure that fails (a model that is not there) is one line, leaves the
+    node unconfigured and running, and after `ros2 param set` the next configure works: no restart."""
+    from lifecycle_msgs.msg import State, Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    node = start([ns], wait=False, autostart=False, max_age_ms=0, model="/nonexistent/model.yaml")
+    get_state = graph.create_client(GetState, f"/{node.name}/get_state")
+    change = graph.create_client(ChangeState, f"/{node.name}/change_state")
+    params = AsyncParameterClient(graph, node.name)
+    assert change.wait_for_service(timeout_sec=START_TIMEOUT) and params.wait_for_services(timeout_sec=20)
+
+    def call(future):
+        rclpy.spin_until_future_complete(graph, future, timeout_sec=30)
+        return future.result()
+
+    def state():
+        return call(get_state.call_async(GetState.Request())).current_state.id
+
+    def transition(t):
+        return call(change.call_async(ChangeState.Request(transition=Transition(id=t)))).success
+
+    semantic, image = f"{ns}/panoptic/semantic", f"{ns}/image"
+    assert state() == State.PRIMARY_STATE_UNCONFIGURED
+    assert not graph.get_publishers_info_by_topic(semantic) and not graph.get_subscriptions_info_by_topic(image)
+
+    # the model does not exist: configure fails in one line, the node stays up and unconfigured
+    assert not transition(Transition.TRANSITION_CONFIGURE)
+    assert state() == State.PRIMARY_STATE_UNCONFIGURED and node.proc.poll() is None
+    errors = [line for line in node.output().splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "configure failed: model config '/nonexistent/model.yaml' not found" in errors[0]
+    assert "Traceback" not in node.output()
+    # unconfigured, any parameter may change (a bad value is still refused); then configure works
+    (bad,) = call(params.set_parameters([Parameter("qos_depth", value=0)])).results
+    assert not bad.successful and "qos_depth" in bad.reason
+    (ok,) = call(params.set_parameters([Parameter("model", value=model_yaml)])).results
+    assert ok.successful, ok.reason
+    assert transition(Transition.TRANSITION_CONFIGURE)
+    assert state() == State.PRIMARY_STATE_INACTIVE
+
+    # inactive: the outputs exist and the label set is latched; no camera is subscribed, diagnostics say why
+    qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+    late = Collector(graph, {f"{ns}/panoptic/label_info": LabelInfo}, qos)
+    assert late.spin_until(lambda g: g[f"{ns}/panoptic/label_info"], timeout=10)
+    assert graph.get_publishers_info_by_topic(semantic) and not graph.get_subscriptions_info_by_topic(image)
+    c = Collector(graph, {semantic: Image, "/diagnostics": DiagnosticArray})
+    assert c.spin_until(lambda g: node_diagnostics(g, ns).get("camera"), timeout=10)
+    camera = node_diagnostics(c.got, ns)["camera"]
+    assert camera["level"] == 0 and camera["message"].startswith("inactive (lifecycle)")
+    # a start-up parameter is refused while configured, and says how to change it
+    (fixed,) = call(params.set_parameters([Parameter("model", value="street_lite0")])).results
+    assert not fixed.successful and "ros2 lifecycle set" in fixed.reason
+
+    pub = graph.create_publisher(Image, image, 10)
+    rgb = rgb_frame(rng)
+
+    def served(sec):
+        return c.spin_until(lambda g: any(m.header.stamp.sec == sec for m in g[semantic]),
+                            publish=lambda: pub.publish(image_msg(rgb, Time(sec=sec), "f")), timeout=3)
+
+    assert not served(1)  # inactive: nothing is inferred
+    assert transition(Transition.TRANSITION_ACTIVATE) and state() == State.PRIMARY_STATE_ACTIVE
+    assert served(2)
+    assert transition(Transition.TRANSITION_DEACTIVATE) and state() == State.PRIMARY_STATE_INACTIVE
+    assert not graph.get_subscriptions_info_by_topic(image) and not served(3)
+    assert transition(Transition.TRANSITION_ACTIVATE) and served(4)  # and again
+    assert transition(Transition.TRANSITION_DEACTIVATE) and transition(Transition.TRANSITION_CLEANUP)
+    assert state() == State.PRIMARY_STATE_UNCONFIGURED
+    deadline = time.time() + 10
+    while graph.get_publishers_info_by_topic(semantic) and time.time() < deadline:
+        rclpy.spin_once(graph, timeout_sec=0.1)
+    assert not graph.get_publishers_info_by_topic(semantic)
+    assert transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN) and state() == State.PRIMARY_STATE_FINALIZED
+    assert node.proc.poll() is None and "Traceback" not in node.output()
+    for x in (c, late):
+        x.close()
+    graph.destroy_publisher(pub)
+    for client in (get_state, change):
+        graph.destroy_client(client)

@@ -15,7 +15,7 @@ def test_package_xml_is_format_3():
     pkg = catkin_pkg.parse_package(str(ROOT / "package.xml"))
     assert pkg.package_format == 3 and pkg.name == "panoptic_node"
     assert {d.name for d in pkg.exec_depends} >= {"rclpy", "sensor_msgs", "vision_msgs", "diagnostic_msgs",
-                                                  "cv_bridge", "launch", "launch_ros"}
+                                                  "cv_bridge", "launch", "launch_ros", "lifecycle_msgs"}
     assert {d.name for d in pkg.test_depends} >= {"launch_testing", "launch_testing_ros", "python3-pytest"}
     assert pkg.get_build_type() == "ament_python"
 

@@ -16,7 +16,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.executors import SingleThreadedExecutor
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -32,7 +32,7 @@ from ..frame_buffer import LatestFrameBuffer
 from ..inference.preprocess import OffScaleNotes
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
                         stamp_ns)
-from ..node_stats import NodeStats
+from ..node_stats import NodeStats, inactive_statuses
 from ..params import (ParameterError, check_qos_overrides, defaults, descriptions, make_node_pipeline, updated,
                       user_parameters, validate)
 from ..render import overlay
@@ -66,7 +66,12 @@ def _image(header, pixels, encoding):
     return msg
 
 
-class PanopticNode(Node):
+class PanopticNode(LifecycleNode):
+    """A managed (lifecycle) node: configure loads the model and opens the output topics, activate subscribes
+    to the cameras and starts inference, deactivate stops both, cleanup frees the model. With `autostart`
+    (the default) main() takes it to active at once, as a plain node; `autostart: false` leaves the
+    transitions to a lifecycle manager or `ros2 lifecycle set`."""
+
     def __init__(self):
         # every override is declared (with the type it was given), so validate() sees misspelt names
         # and wrong types and reports them in one line instead of rclpy raising on a type mismatch
@@ -74,51 +79,136 @@ class PanopticNode(Node):
         for name, value in defaults().items():
             if not self.has_parameter(name):
                 self.declare_parameter(name, value)
-        raw = {name: param.value for name, param in self.get_parameters_by_prefix("").items()}
-        self.params = validate(user_parameters(raw))  # ParameterError -> main() prints it and exits 1
-        check_qos_overrides(raw, self._topics())
+        # the QoS overrides the user gave (rclpy declares more of them, one per topic it creates)
+        self.qos_given = {k: v for k, v in self._declared().items() if k.startswith("qos_overrides.")}
         self._describe_parameters()
-        p = self.params
+        self.params = None            # validated at configure; None while unconfigured
+        self.pipeline = None
+        self.pubs, self._subs, self.input_topics = {}, [], {}
+        self.diag_pub = self._diag_timer = self.worker = None
+        self._running = False
+        self.configure_error = None   # what the last configure failed on (main() prints it under autostart)
+        self.autostart = validate({"autostart": self.get_parameter("autostart").value})["autostart"]
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
+    def _declared(self):
+        return {name: param.value for name, param in self.get_parameters_by_prefix("").items()}
+
+    # --- lifecycle transitions -----------------------------------------------------------------------
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except Exception as e:  # a bad parameter, missing weights: one line, and the node stays unconfigured
+            self.configure_error = e
+            self._release()
+            if not self.autostart:  # under autostart main() prints it and exits 1
+                self.get_logger().error(f"configure failed: {start_up_error(e)[0]}; the node stays unconfigured "
+                                        f"(correct it with `ros2 param set`, then configure again)")
+            return TransitionCallbackReturn.FAILURE
+        self.configure_error = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self):
+        self.params = validate(user_parameters(self._declared()))
+        check_qos_overrides(self.qos_given, self._topics())
+        p = self.params
         self.pipeline = make_node_pipeline(p, log=self.get_logger().info)
         self.taxonomy = (self.pipeline.mapping.target if self.pipeline.mapping else self.pipeline.taxonomy)
         self.get_logger().info(f"model {self.pipeline.cfg.name} on backend {self.pipeline.backend.name} "
                                f"({self.pipeline.backend.precision}), labels {self.taxonomy.name}")
-
-        qos_in = QoSProfile(depth=p["qos_depth"], history=HistoryPolicy.KEEP_LAST,
-                            reliability=(ReliabilityPolicy.BEST_EFFORT if p["qos_reliability"] == "best_effort"
-                                         else ReliabilityPolicy.RELIABLE))
         self.ego_masks, self._fitted_notes = self._ego_masks(), set()
         self.off_scale = OffScaleNotes(self.pipeline.cfg.input)
-        self.buffer = LatestFrameBuffer(lambda: self.get_clock().now().nanoseconds, p["max_age_ms"])
-        self.stats = NodeStats()
-        self.pubs = {}
-        self._subs = []
-        self.input_topics = {}
+        self._fresh_counters()
         for cam in p["cameras"]:
             ns = cam.rstrip("/")
-            compressed = p["input_transport"] == "compressed"
-            topic = input_topic(ns, p["input_transport"])
-            self._subs.append(self.create_subscription(CompressedImage if compressed else Image, topic,
-                                                       lambda msg, c=cam: self._on_frame(c, msg), qos_in,
-                                                       qos_overriding_options=OVERRIDABLE,
-                                                       event_callbacks=self._mismatch_events(cam)))
             types = {"detections": Detection2DArray, "label_info": LabelInfo, "overlay/compressed": CompressedImage}
             pubs = {name: self.create_publisher(types.get(name, Image), f"{ns}/panoptic/{name}", qos_profile(qos),
                                                 qos_overriding_options=OVERRIDABLE)
                     for name, qos in OUTPUTS.items()}
             self.pubs[cam] = pubs
-            self.input_topics[cam] = self._subs[-1].topic_name  # resolved: what logs and /diagnostics name
-            self._publish_label_info(pubs)
-            self.get_logger().info(f"camera {cam}: {topic} -> {ns}/panoptic/*")
+            self.input_topics[cam] = self.resolve_topic_name(input_topic(ns, p["input_transport"]))
+            self._publish_label_info(pubs)  # transient local: the label set is known from configure on
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile(DIAGNOSTICS),
                                               qos_overriding_options=OVERRIDABLE)
         # on the steady clock: with use_sim_time a paused bag would otherwise silence the node's health
-        self.create_timer(p["diagnostics_period"], self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._diag_timer = self.create_timer(p["diagnostics_period"], self._publish_diagnostics,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    def _fresh_counters(self):
+        """Frames and rates are counted per activation: a node activated again starts from nothing."""
+        self.buffer = LatestFrameBuffer(lambda: self.get_clock().now().nanoseconds, self.params["max_age_ms"])
+        self.stats = NodeStats()
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        try:
+            self._activate()
+        except Exception as e:  # rclpy would turn it into a silent ERROR transition
+            self.configure_error = e
+            self._stop_serving()
+            self.get_logger().error(f"activate failed: {start_up_error(e)[0]}; the node stays inactive")
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def _activate(self):
+        p = self.params
+        self._fresh_counters()
+        qos_in = QoSProfile(depth=p["qos_depth"], history=HistoryPolicy.KEEP_LAST,
+                            reliability=(ReliabilityPolicy.BEST_EFFORT if p["qos_reliability"] == "best_effort"
+                                         else ReliabilityPolicy.RELIABLE))
+        compressed = p["input_transport"] == "compressed"
+        for cam in p["cameras"]:
+            self._subs.append(self.create_subscription(CompressedImage if compressed else Image,
+                                                       input_topic(cam.rstrip("/"), p["input_transport"]),
+                                                       lambda msg, c=cam: self._on_frame(c, msg), qos_in,
+                                                       qos_overriding_options=OVERRIDABLE,
+                                                       event_callbacks=self._mismatch_events(cam)))
+            self.get_logger().info(f"camera {cam}: {self.input_topics[cam]} -> {cam.rstrip('/')}/panoptic/*")
         self._running = True
         self.worker = threading.Thread(target=self._work, name="panoptic_inference", daemon=True)
         self.worker.start()
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self._stop_serving()
+        self.get_logger().info("inactive: cameras unsubscribed, inference stopped")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info("unconfigured: model released, output topics closed")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state) -> TransitionCallbackReturn:
+        # a transition that raised (ours catch what they expect): back to unconfigured, clean
+        self.get_logger().error(f"a lifecycle transition failed unexpectedly from '{state.label}'; "
+                                f"the node is unconfigured again")
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_serving(self):
+        """No camera subscribed, no frame in flight (the frame being inferred is finished or dropped)."""
+        self._running = False
+        if self.worker is not None:
+            self.buffer.close()
+            self.worker.join(timeout=10.0)
+            self.worker = None
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+
+    def _release(self):
+        """Back to nothing but the parameters (and the lifecycle services)."""
+        self._stop_serving()
+        for pub in [pub for pubs in self.pubs.values() for pub in pubs.values()] + [self.diag_pub]:
+            if pub is not None:
+                self.destroy_publisher(pub)
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+        self.pubs, self.input_topics, self.diag_pub, self._diag_timer = {}, {}, None, None
+        self.pipeline, self.params = None, None
 
     def _ego_masks(self):
         """Each camera's ego mask from ego_mask_dir (inference/ego_mask.py); a folder or a mask that cannot
@@ -160,7 +250,6 @@ class PanopticNode(Node):
                 # `ros2 param set threshold 0.5` as the wrong type: a number is a double
                 self.undeclare_parameter(name)
                 self.declare_parameter(name, float(value), descriptor, ignore_override=True)
-                self.params[name] = float(value)
             else:
                 self.set_descriptor(name, descriptor)
 
@@ -185,12 +274,19 @@ class PanopticNode(Node):
     def _on_set_parameters(self, params):
         """`ros2 param set` while the node runs: the live parameters take effect from the next frame; a
         start-up one, an unknown name or a bad value is refused with the reason, and nothing changes."""
-        fixed = [p.name for p in params if p.name.startswith("qos_overrides.")]
+        # the overrides the user gave; rclpy declares the others (read only) as it creates each topic
+        fixed = [p.name for p in params if p.name in self.qos_given]
         if fixed:
             return SetParametersResult(successful=False, reason=f"parameter '{fixed[0]}' is read at start-up only "
                                                                 f"(a topic's QoS); restart the node to change it")
         changes = user_parameters({p.name: p.value for p in params})  # use_sim_time etc. are rclpy's
         if not changes:
+            return SetParametersResult(successful=True)
+        if self.params is None:  # unconfigured: any value that is valid in itself; configure checks them together
+            try:
+                validate(changes)
+            except ParameterError as e:
+                return SetParametersResult(successful=False, reason=str(e))
             return SetParametersResult(successful=True)
         try:
             new = updated(self.params, changes)
@@ -318,7 +414,10 @@ class PanopticNode(Node):
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         try:
-            statuses = self.stats.statuses(self.buffer, self.input_topics, self.params["camera_timeout_s"], info)
+            if self._running:
+                statuses = self.stats.statuses(self.buffer, self.input_topics, self.params["camera_timeout_s"], info)
+            else:
+                statuses = inactive_statuses(self.input_topics, info, f"ros2 lifecycle set {self.get_fully_qualified_name()} activate")
         except Exception as e:  # a timer callback that raises would end the executor's spin, and the node
             self.get_logger().error(f"diagnostics failed: {e}", throttle_duration_sec=5.0)
             return
@@ -329,10 +428,16 @@ class PanopticNode(Node):
         self.diag_pub.publish(arr)
 
     def destroy_node(self):
-        self._running = False
-        self.buffer.close()
-        self.worker.join(timeout=2.0)
+        self._stop_serving()
         return super().destroy_node()
+
+
+def start_up_error(e: Exception):
+    """The one line a failed start-up (or configure) gives, and whether its traceback is worth showing."""
+    if isinstance(e, (ParameterError, FileNotFoundError, ValueError, RuntimeError)):  # said what was wrong
+        return str(e), False
+    return (f"unexpected {type(e).__name__} at start-up: {e} (run with --ros-args --log-level debug for the "
+            f"traceback, and report it)"), True
 
 
 def main(args=None):
@@ -345,17 +450,24 @@ def main(args=None):
         signal.signal(sig, lambda *_: stop.set())
     try:
         node = PanopticNode()
+        if node.autostart and node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise node.configure_error
     except Exception as e:
         # a bad parameter or missing weights: one line, non-zero exit (launch shows it); anything else is one
         # line too, its traceback at --log-level debug
-        expected = isinstance(e, (ParameterError, FileNotFoundError, ValueError, RuntimeError))
-        print(f"[panoptic_node] error: {e}" if expected else
-              f"[panoptic_node] error: unexpected {type(e).__name__} at start-up: {e} (run with --ros-args "
-              f"--log-level debug for the traceback, and report it)", file=sys.stderr)
-        if not expected and rclpy.logging.get_logger("panoptic_node").is_enabled_for(rclpy.logging.LoggingSeverity.DEBUG):
-            traceback.print_exc()
+        line, unexpected = start_up_error(e)
+        print(f"[panoptic_node] error: {line}", file=sys.stderr)
+        if unexpected and rclpy.logging.get_logger("panoptic_node").is_enabled_for(rclpy.logging.LoggingSeverity.DEBUG):
+            traceback.print_exception(e)
         rclpy.try_shutdown()
         sys.exit(1)
+    if node.autostart and node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        sys.exit(1)  # activate said why
+    if not node.autostart:
+        node.get_logger().info(f"autostart is false: unconfigured, waiting for `ros2 lifecycle set "
+                               f"{node.get_fully_qualified_name()} configure` (or a lifecycle manager)")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
