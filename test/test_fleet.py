@@ -378,3 +378,33 @@ def test_a_file_that_is_no_bag_is_refused_before_ray_starts(tmp_path, capsys):
         f"panoptic-node fleet: error: '{tmp_path / 'frame.png'}' is a file that is not a bag; expected a bag folder, a "
         f"folder of bags, a glob, a .txt list of them, or a loose .mcap / .db3 recording")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_progress_bar_ends_at_the_frames_really_run(local_ray, tmp_path, monkeypatch, rng):
+    """The bar's total comes from metadata.yaml, where a depth camera's topics count; replay leaves them
+    out, so each bag corrects the total as it reports: the bar ends full, at the frames that ran."""
+    import panoptic_node.fleet.run as fleet_run
+    from panoptic_node.bag.writer import BagWriter, header, image_msg
+    from panoptic_node.messages import image_fields
+    bag = tmp_path / "rgbd"
+    with BagWriter(bag, "mcap") as w:
+        for i in range(3):
+            stamp = 1_700_000_000_000_000_000 + i
+            w.write("/cam/color/image_raw", image_msg(header(stamp, "c"), image_fields(
+                rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "rgb8")), stamp)
+            depth = rng.integers(0, 5000, (48, 64), dtype=np.uint16)
+            w.write("/cam/depth/image_raw", image_msg(header(stamp, "d"), {
+                "height": 48, "width": 64, "encoding": "16UC1", "is_bigendian": 0, "step": 128,
+                "data": depth.view(np.uint8).ravel()}), stamp)
+    assert fleet_run.frames_in(bag) == 6  # the estimate counts the depth topic
+    bars = []
+
+    class Bar(fleet_run.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(fleet_run, "tqdm", Bar)
+    report = fleet_run.run_fleet([bag], tmp_path / "fleet", "street_lite0", backend="torch", workers=1)
+    assert report["frames"] == 3
+    assert len(bars) == 1 and bars[0].total == bars[0].n == 3

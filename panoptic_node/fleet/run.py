@@ -19,8 +19,8 @@ from .worker import BagScorer
 
 def frames_in(bag: Path) -> int:
     """The camera frames replay will run (every camera's, a compressed twin of a raw topic once), from
-    metadata.yaml (for the progress bar; a depth camera's topics, which replay leaves out by their
-    first message, still count)."""
+    metadata.yaml: the progress bar's estimate. A depth camera's topics, which replay leaves out by their
+    first message, count here; the bar is corrected as each bag reports what it ran."""
     try:
         info = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
         counts = {t["topic_metadata"]["name"]: t["message_count"] for t in info["topics_with_message_count"]
@@ -171,7 +171,10 @@ def _score(ray, pending, out, settings, tags, model, weights, backend, device, t
             store.save(out, bag, result)  # as it finishes: a run stopped later keeps it
             done.append(result)
             failed += not result["ok"]
-            bar.update(result.get("frames", 0) if result["ok"] else frames_in(bag))
+            estimated = frames_in(bag)
+            ran = result.get("frames", 0) if result["ok"] else estimated
+            bar.total += ran - estimated  # so the bar ends full, at the frames the fleet really ran
+            bar.update(ran)
             bar.set_postfix(bags=f"{len(done)}/{len(pending)}", failed=failed)
             if not result["ok"]:
                 bar.write(f"not scored: {bag}: {result['error']}")
