@@ -109,3 +109,20 @@ def test_pyflakes_finds_nothing():
     out = io.StringIO()
     problems = sum(checkPath(str(f), Reporter(out, out)) for f in files)
     assert problems == 0, out.getvalue()
+
+
+def test_pip_installs_it_editable_with_an_old_pip_beside_a_new_setuptools(tmp_path):
+    """Ubuntu 22.04's pip (22.0) runs `setup.py develop` for a project without a build system, and the
+    setuptools torch 2.13 pulls in (>= 77; 80 and later rewrote develop) refuses the [develop] section ROS 2
+    needs in setup.cfg: `make demo`'s `pip install -e .` failed there. pyproject.toml names the build
+    system, so every pip builds it through PEP 660 instead."""
+    src = tmp_path / "panoptic_node"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "build", "install", "log", "*.egg-info",
+                                                             "__pycache__", "out", "runs", "models"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(pip + ["install", "pip==22.0.2", "setuptools>=80"], check=True, timeout=300)
+    run = subprocess.run(pip + ["install", "--no-deps", "-e", str(src)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (venv / "bin" / "panoptic-node").is_file() and (venv / "bin" / "panoptic_node").is_file()
