@@ -31,7 +31,9 @@ def pad_conv_model(amounts, mode="constant", value=None, amounts_from_input=Fals
     nodes.append(helper.make_node("Pad", pad_inputs, ["xp"], mode=mode))
     nodes.append(helper.make_node("Conv", ["xp", "w"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1]))
     graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR version 8 (the one opset 17 came with), not onnx's newest: ONNX Runtime 1.23, the last for Python
+    # 3.10, loads models up to IR 11
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def run(model, feeds):
