@@ -26,11 +26,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="publish labels in this label set (e.g. cityscapes for a COCO model)")
 
 
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for the network and post-processing "
+                                                           "(default 0: each runtime's own choice, every core)")
+
+
 def _pipeline(args):
     from .inference.backends import make_pipeline
     return make_pipeline(args.model, weights=args.weights, backend=args.backend, device=args.device,
                          threshold=args.threshold, labels=args.labels, onnx=args.onnx,
-                         precision=args.precision, log=lambda m: print(m, file=sys.stderr))
+                         precision=args.precision, threads=args.threads, log=lambda m: print(m, file=sys.stderr))
 
 
 def output_stems(paths):
@@ -575,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "_semantic.png, _instances.png, _overlay.png, and panoptic.json (default: out/infer)")
     p.add_argument("--overwrite", action="store_true", help="replace results an earlier run wrote in --out")
     _add_model_args(p)
+    _add_threads_arg(p)
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("convert", help="dataset folder -> rosbag2 with camera and ground-truth topics; a camera "
@@ -617,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "every output and left out of the scores, as the node's ego_mask_dir")
     _add_model_args(p)
     _add_replay_args(p)
+    _add_threads_arg(p)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("evaluate", help="PQ / mIoU from two bag topics or COCO-panoptic folders")
@@ -663,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo")
     _add_model_args(p)
     _add_replay_args(p)
+    _add_threads_arg(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="ONNX export (detect graph + kept-query mask graph), fp32 or int8 QDQ")
@@ -777,6 +785,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("infer", "replay", "demo") and args.threads < 0:  # before anything is read or written
+            raise ValueError(f"--threads {args.threads}: expected >= 0 CPU threads (0: every core)")
         return args.func(args)
     except KeyboardInterrupt:
         print(f"panoptic-node {args.command}: interrupted; outputs not finished are left under .partial names",

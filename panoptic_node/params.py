@@ -131,7 +131,8 @@ def make_node_pipeline(p: Dict[str, Any], log=None):
     return make_pipeline(p["model"], weights=p["weights"] or None, backend=p["backend"], onnx=p["onnx"] or None,
                          precision=p["precision"], device=p["device"],
                          threshold=None if p["threshold"] < 0 else p["threshold"],
-                         labels=None if p["label_set"] == "native" else p["label_set"], log=log)
+                         labels=None if p["label_set"] == "native" else p["label_set"], threads=p["num_threads"],
+                         log=log)
 
 
 def validate_file(data: Dict[str, Any]) -> None:

@@ -408,3 +408,18 @@ def test_the_progress_bar_ends_at_the_frames_really_run(local_ray, tmp_path, mon
     report = fleet_run.run_fleet([bag], tmp_path / "fleet", "street_lite0", backend="torch", workers=1)
     assert report["frames"] == 3
     assert len(bars) == 1 and bars[0].total == bars[0].n == 3
+
+
+def test_a_worker_runs_on_its_share_of_the_cores(tmp_path, monkeypatch):
+    """run.py gives each worker --cpus / --workers threads; the worker's runtime takes that many (it set
+    torch's alone before, and OpenVINO took every core in every worker)."""
+    from panoptic_node.fleet.worker import BagScorer
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
+    before = torch.get_num_threads()
+    try:
+        scorer = BagScorer("street_lite0", None, "onnxruntime", "cpu", None, None, None, 1)
+        (graph,) = scorer.pipeline.backend._by_shape.values()
+        assert graph.detect_session.get_session_options().intra_op_num_threads == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

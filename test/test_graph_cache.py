@@ -295,3 +295,35 @@ def test_infer_with_an_official_checkpoint_agrees_across_backends_on_every_shape
     for backend in backends[1:]:
         for i, (a, b) in enumerate(zip(semantic["torch"], semantic[backend])):
             assert a.shape == b.shape and (a == b).mean() >= 0.995, (backend, i)
+
+
+def _runtime_threads(backend) -> int:
+    """The threads the runtime itself says it was given (not what we asked of it)."""
+    if backend.name == "openvino":
+        return int(backend.detect_request.get_compiled_model().get_property("INFERENCE_NUM_THREADS"))
+    return backend.detect_session.get_session_options().intra_op_num_threads
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=openvino_here)])
+def test_threads_reach_every_runtime_and_every_frame_size(tmp_path, monkeypatch, backend):
+    """`threads` (fleet workers' share of the cores, the node's num_threads, --threads): the runtime of
+    every graph the pipeline opens, one per frame size, and torch's post-processing, take that many.
+    Fleet workers used to set torch's alone, so each worker's OpenVINO took every core."""
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
+    before = torch.get_num_threads()
+    try:
+        pipeline = make_pipeline(str(_model(tmp_path)), backend=backend, threads=1, log=lambda m: None)
+        rng = np.random.default_rng(0)
+        for h, w in ((96, 128), (128, 96)):  # a second size: a second graph
+            pipeline(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        graphs = list(pipeline.backend._by_shape.values())
+        assert len(graphs) == 2 and [_runtime_threads(g) for g in graphs] == [1, 1]
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [-1, 1.5, True])
+def test_a_bad_thread_count_is_refused_in_one_line(threads):
+    with pytest.raises(ValueError, match=r"^threads .*: expected a whole number >= 0 \(0: every core\)$"):
+        make_pipeline("street_lite0", threads=threads)

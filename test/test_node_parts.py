@@ -40,6 +40,8 @@ def test_shipped_yaml_is_valid_and_complete():
     ("cameras", ["/car//front"], "no trailing slash), each once"),
     ("cameras", ["/car/2front"], "not starting with a digit"),
     ("cameras", ["/front", "/rear", "/front"], "each once"),  # outputs published twice
+    ("num_threads", -1, "parameter 'num_threads' = -1 is invalid: allowed integer >= 0"),
+    ("autostart", "yes", "parameter 'autostart' = 'yes' is invalid: allowed boolean"),
 ])
 def test_bad_values_name_parameter_value_and_allowed(name, value, expected):
     with pytest.raises(ParameterError) as e:
@@ -399,3 +401,13 @@ def test_side_by_side_fits_each_camera_into_one_tile_size():
     expected[:, 64 + 20:64 + 44] = 100
     np.testing.assert_array_equal(row, expected)
     assert side_by_side([np.full((48, 64, 3), 7, np.uint8)], 48, 64).tolist() == np.full((48, 64, 3), 7).tolist()
+
+
+def test_the_node_pipeline_runs_on_num_threads(monkeypatch):
+    """num_threads reaches make_pipeline, which gives it to every runtime (test_graph_cache.py)."""
+    import panoptic_node.inference.backends as backends
+    from panoptic_node.params import make_node_pipeline
+    asked = {}
+    monkeypatch.setattr(backends, "make_pipeline", lambda *args, **kwargs: asked.update(kwargs))
+    make_node_pipeline(validate({"num_threads": 3}))
+    assert asked["threads"] == 3

@@ -93,9 +93,13 @@ def check_threshold(threshold: Optional[float], cfg) -> None:
 
 def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "auto", device: str = "cpu",
                   threshold: Optional[float] = None, labels: Optional[str] = None, onnx: Optional[str] = None,
-                  log=None, precision: str = "auto") -> Pipeline:
+                  log=None, precision: str = "auto", threads: int = 0) -> Pipeline:
     """precision: of the graphs the cache makes (int8_scales_for); a graph given with --onnx runs at
-    its own precision, which a precision other than auto must name."""
+    its own precision, which a precision other than auto must name. threads: CPU threads for the network
+    and post-processing (0: each runtime's own choice, every core), so that several pipelines on one
+    machine (fleet workers, a node beside the driving stack) do not each take every core."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"threads {threads!r}: expected a whole number >= 0 (0: every core)")
     cfg = load_config(model)
     check_threshold(threshold, cfg)  # before any graph is exported for it
     chosen = resolve(backend, cfg, onnx, device)
@@ -116,7 +120,7 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     if path is None and chosen in ("openvino", "onnxruntime"):
         from ..model.checkpoint import CheckpointError
         int8 = int8_scales_for(cfg, weights, chosen, precision, log)
-        opener = lambda p: _open_graph(chosen, p, cfg, device, log)  # noqa: E731
+        opener = lambda p: _open_graph(chosen, p, cfg, device, log, threads)  # noqa: E731
         try:  # graphs the cache exports, one per input size (graph_per_shape.py)
             try:
                 per_shape = GraphPerShape(cfg, weights, opener, log=log or print, int8=int8)
@@ -137,21 +141,24 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     if precision == "int8" and per_shape is None and path is None:
         raise ValueError(f"precision int8 runs on the openvino or onnxruntime backend (graphs made from the "
                          f"model's int8 scales) or from an int8 --onnx graph; backend '{chosen}' runs fp32")
+    if threads:  # torch runs the post-processing whatever the backend, and the network on torch
+        import torch
+        torch.set_num_threads(threads)
     if chosen == "torch":
         return Pipeline.from_config(cfg, weights=weights, device=device, threshold=threshold, labels=labels)
     if chosen == "tensorrt" and path is None:
         return Pipeline(cfg, compile_torch_tensorrt(cfg, weights, log=log or print), labels=labels,
                         threshold=threshold)
-    be = per_shape or _open_graph(chosen, path, cfg, device, log)
+    be = per_shape or _open_graph(chosen, path, cfg, device, log, threads)
     return Pipeline(cfg, be, labels=labels, threshold=threshold)
 
 
-def _open_graph(chosen: str, path, cfg, device: str, log):
+def _open_graph(chosen: str, path, cfg, device: str, log, threads: int = 0):
     if chosen == "tensorrt":
         from .tensorrt_backend import TensorRTBackend
         return TensorRTBackend(path, cfg, device=device, log=log or print)
     if chosen == "openvino":
         from .openvino_backend import OpenVinoBackend
-        return OpenVinoBackend(path, cfg)
+        return OpenVinoBackend(path, cfg, threads=threads)
     from .onnxruntime_backend import OnnxRuntimeBackend
-    return OnnxRuntimeBackend(path, cfg, device=device, log=log or print)
+    return OnnxRuntimeBackend(path, cfg, device=device, threads=threads, log=log or print)
