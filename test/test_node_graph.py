@@ -728,3 +728,35 @@ def test_a_managed_node_goes_through_its_lifecycle(graph, start, rng, model_yaml
     graph.destroy_publisher(pub)
     for client in (get_state, change):
         graph.destroy_client(client)
+
+
+def test_max_rate_caps_how_often_the_node_infers_and_changes_live(graph, start, rng):
+    """max_rate_hz: at most that many inferences a second, each on the newest frame (the frames between are
+    dropped and counted); read from the frames' own stamps, so a slow machine cannot make it pass falsely.
+    `ros2 param set max_rate_hz 0` lifts the cap from the next frame."""
+    ns, node, c, pub, rgb = one_camera(graph, start, rng, max_age_ms=0, max_rate_hz=2.0)
+    semantic = f"{ns}/panoptic/semantic"
+    client = AsyncParameterClient(graph, node.name)
+    assert client.wait_for_services(timeout_sec=20)
+
+    def stamps_over(seconds):
+        c.got[semantic].clear()
+        end = time.time() + seconds
+        while time.time() < end:  # a 20 Hz camera
+            pub.publish(image_msg(rgb, now(graph), "f"))
+            rclpy.spin_once(graph, timeout_sec=0.05)
+        return sorted(stamp_of(m) / 1e9 for m in c.got[semantic])
+
+    capped = stamps_over(4.0)
+    gaps = np.diff(capped)
+    assert len(capped) >= 3 and gaps.min() >= 0.4, capped  # 2 Hz: half a second apart, less a camera period
+    future = client.set_parameters([Parameter("max_rate_hz", value=0.0)])
+    rclpy.spin_until_future_complete(graph, future, timeout_sec=20)
+    assert future.result().results[0].successful
+    free = stamps_over(4.0)
+    assert len(free) > 2 * len(capped) and np.diff(free).min() < 0.3, (capped, free)
+    diag = Collector(graph, {"/diagnostics": DiagnosticArray})
+    assert diag.spin_until(lambda g: node_diagnostics(g, ns).get("camera"), timeout=10)
+    assert int(node_diagnostics(diag.got, ns)["camera"]["dropped (newer frame)"]) > 0  # the capped frames, counted
+    for x in (c, diag):
+        x.close()

@@ -8,6 +8,7 @@ import array
 import signal
 import sys
 import threading
+import time
 import traceback
 
 import numpy as np
@@ -326,9 +327,22 @@ class PanopticNode(LifecycleNode):
             self.get_logger().warn(f"{self.input_topics[camera]}: {why}", throttle_duration_sec=5.0)
             return None
 
+    def _wait_for_rate(self, last_start: float) -> None:
+        """With max_rate_hz, wait until a period has passed since the last inference began (on the steady
+        clock: a budget of CPU, not of sim time); frames arriving meanwhile replace each other in the buffer."""
+        while self._running and self.params["max_rate_hz"] > 0:
+            left = last_start + 1.0 / self.params["max_rate_hz"] - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))  # in short steps: deactivate and a live change are seen at once
+
     def _work(self):
+        last_start = -float("inf")
         while self._running and rclpy.ok():
+            self._wait_for_rate(last_start)
             pending = self.buffer.take(timeout=0.2)
+            if pending:
+                last_start = time.monotonic()
             frames = [(cam, p.msg, self._decode(cam, p.msg)) for cam, p in pending.items()]
             frames = [f for f in frames if f[2] is not None]
             if not frames:
