@@ -6,8 +6,9 @@ defaults, outputs timed on receipt. Needs rclpy (a ROS 2 install, or `make insta
 Baseline in the same run: the pipeline alone (same model, backend and frames, decoded frame in, all maps
 out) in this process before the node starts. Per camera count it prints the output rate (Hz), the
 latency from the frame's stamp (wall clock at publish) to the receipt of its semantic map (p50 / p90 /
-p99), and the output rate as a share of the pipeline's own frames/s (what the node loses between the
-wire and the pipeline). The camera publishes best effort, rgb8 480x360, as a driver does; the listener
+p99), the output rate as a share of the pipeline's own frames/s (what the node loses between the
+wire and the pipeline), and the CPU the node process used meanwhile (cores busy on average; try
+-p max_rate_hz:=10 or -p num_threads:=1). The camera publishes best effort, rgb8 480x360, as a driver does; the listener
 subscribes to every map and the detections, as a driving stack would (--only-semantic: the semantic
 map alone, and the node builds nothing else).
 """
@@ -52,6 +53,12 @@ try:
 except KeyboardInterrupt:  # the bench stops the camera with SIGINT
     pass
 """
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc; its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def pipeline_alone(frames, params) -> float:
@@ -122,10 +129,11 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
             rclpy.spin_once(listener, timeout_sec=0.05)
         for ns in namespaces:
             arrivals[ns].clear()
-        t0 = time.time()
+        t0, cpu0 = time.time(), cpu_seconds(node.pid)
         while time.time() < t0 + seconds:
             rclpy.spin_once(listener, timeout_sec=0.05)
         span = time.time() - t0
+        node_cores = (cpu_seconds(node.pid) - cpu0) / span
     finally:
         for proc in (*drivers, node):
             if proc.poll() is None:
@@ -141,6 +149,7 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
                    # the node's own count of this camera's frames (its /diagnostics, whole run)
                    "node": diagnostics.get(f"camera {ns}", {})}
     out["stages"] = {k: v for k, v in diagnostics.get("inference", {}).items() if k.startswith("latency")}
+    out["cores"] = node_cores
     return out
 
 
@@ -185,7 +194,7 @@ def main():
             res = run(n, d / "frames.npy", params, args.seconds, args.hz, d, not args.only_semantic,
                       str(profile) if profile else None, not args.camera_default_dds,
                       args.process_per_camera)
-            stages = res.pop("stages")
+            stages, cores = res.pop("stages"), res.pop("cores")
             for ns, r in res.items():
                 print(f"{n} camera(s) at {args.hz:.0f} Hz, {ns}: {r['hz']:.1f} Hz out, latency p50 "
                       f"{r['p50']:.0f} ms, p90 {r['p90']:.0f} ms, p99 {r['p99']:.0f} ms; node: "
@@ -193,7 +202,8 @@ def main():
             print("  node stages: " + ", ".join(f"{k.replace('latency ', '')} {v}" for k, v in stages.items()))
             total = sum(r["hz"] for r in res.values())
             print(f"  {n} camera(s): {total:.1f} frames/s out in all, {total / base_fps:.2f}x the pipeline alone; "
-                  f"mean per camera {statistics.mean(r['hz'] for r in res.values()):.1f} Hz")
+                  f"mean per camera {statistics.mean(r['hz'] for r in res.values()):.1f} Hz; the node used "
+                  f"{cores:.2f} CPU cores ({cores / os.cpu_count():.0%} of this machine's {os.cpu_count()})")
 
 
 if __name__ == "__main__":
