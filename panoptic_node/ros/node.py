@@ -119,7 +119,7 @@ class PanopticNode(LifecycleNode):
                                f"({self.pipeline.backend.precision}), labels {self.taxonomy.name}")
         self.ego_masks, self._fitted_notes = self._ego_masks(), set()
         self.off_scale = OffScaleNotes(self.pipeline.cfg.input)
-        self._fresh_counters()
+        self._fresh_counters()  # a buffer already, for a live max_age_ms change while inactive
         for cam in p["cameras"]:
             ns = cam.rstrip("/")
             types = {"detections": Detection2DArray, "label_info": LabelInfo, "overlay/compressed": CompressedImage}
@@ -144,7 +144,6 @@ class PanopticNode(LifecycleNode):
         try:
             self._activate()
         except Exception as e:  # rclpy would turn it into a silent ERROR transition
-            self.configure_error = e
             self._stop_serving()
             self.get_logger().error(f"activate failed: {start_up_error(e)[0]}; the node stays inactive")
             return TransitionCallbackReturn.FAILURE
@@ -431,7 +430,8 @@ class PanopticNode(LifecycleNode):
             if self._running:
                 statuses = self.stats.statuses(self.buffer, self.input_topics, self.params["camera_timeout_s"], info)
             else:
-                statuses = inactive_statuses(self.input_topics, info, f"ros2 lifecycle set {self.get_fully_qualified_name()} activate")
+                statuses = inactive_statuses(self.input_topics, info,
+                                             f"ros2 lifecycle set {self.get_fully_qualified_name()} activate")
         except Exception as e:  # a timer callback that raises would end the executor's spin, and the node
             self.get_logger().error(f"diagnostics failed: {e}", throttle_duration_sec=5.0)
             return
