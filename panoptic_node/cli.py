@@ -785,8 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("infer", "replay", "demo") and args.threads < 0:  # before anything is read or written
-            raise ValueError(f"--threads {args.threads}: expected >= 0 CPU threads (0: every core)")
+        if args.command in ("infer", "replay", "demo"):  # before anything is read or written (demo converts first)
+            from .inference.backends import check_threads
+            check_threads(args.threads, "--threads")
         return args.func(args)
     except KeyboardInterrupt:
         print(f"panoptic-node {args.command}: interrupted; outputs not finished are left under .partial names",

@@ -128,7 +128,8 @@ def check_qos_overrides(declared: Dict[str, Any], topics: Dict[str, str]) -> Non
 def make_node_pipeline(p: Dict[str, Any], log=None):
     """The pipeline validated node parameters ask for (the node, and bench_node.py's baseline, build it
     here, so the two never differ)."""
-    from .inference.backends import make_pipeline
+    from .inference.backends import check_threads, make_pipeline
+    check_threads(p["num_threads"], "parameter 'num_threads' =")  # named as the user wrote it
     return make_pipeline(p["model"], weights=p["weights"] or None, backend=p["backend"], onnx=p["onnx"] or None,
                          precision=p["precision"], device=p["device"],
                          threshold=None if p["threshold"] < 0 else p["threshold"],

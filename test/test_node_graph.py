@@ -504,6 +504,7 @@ def test_a_panorama_camera_is_named_once_and_still_served(graph, start, rng):
      "parameter 'qos_overrides./bad/cam/panoptic/semantic.publisher.reliability' = 'sometimes' is invalid"),
     ({"ego_mask_dir": "/nonexistent/masks"}, "ego mask folder '/nonexistent/masks' is not a folder"),
     ({"autostart": "maybe"}, "parameter 'autostart' = 'maybe' is invalid"),
+    ({"num_threads": 100000}, "parameter 'num_threads' = 100000: expected a whole number from 0 (every core) to"),
 ])
 def test_a_bad_parameter_exits_1_with_one_line(start, params, expected):
     node = start(["/bad/cam"], wait=False, **params)

@@ -409,5 +409,5 @@ def test_the_node_pipeline_runs_on_num_threads(monkeypatch):
     from panoptic_node.params import make_node_pipeline
     asked = {}
     monkeypatch.setattr(backends, "make_pipeline", lambda *args, **kwargs: asked.update(kwargs))
-    make_node_pipeline(validate({"num_threads": 3}))
-    assert asked["threads"] == 3
+    make_node_pipeline(validate({"num_threads": 1}))
+    assert asked["threads"] == 1

@@ -83,12 +83,14 @@ class BagScorer:
     """The actor's class (ray.remote wraps it in run.py): one pipeline per worker process."""
 
     def __init__(self, model, weights, backend, device, threshold, labels, onnx, threads: int, precision="auto"):
+        import os
+
         from ..inference.backends import make_pipeline
-        # its share of the machine's cores for every runtime (OpenVINO and ONNX Runtime would take them all
-        # in every worker)
+        # its share of the cores for every runtime (OpenVINO and ONNX Runtime would take them all in every
+        # worker), at most the CPUs of the machine it landed on (`--cpus` may promise Ray more)
         self.pipeline = make_pipeline(model, weights=weights, backend=backend, device=device, threshold=threshold,
-                                      labels=labels, onnx=onnx, precision=precision, threads=threads,
-                                      log=lambda m: None)
+                                      labels=labels, onnx=onnx, precision=precision,
+                                      threads=min(threads, os.cpu_count() or 1), log=lambda m: None)
 
     def score(self, bag: str, out_bag: Optional[str] = None, video: Optional[str] = None,
               ego_masks: Optional[str] = None) -> dict:

@@ -8,6 +8,7 @@ TensorRT runs an exported graph when there is one, else the PyTorch model compil
 An exported graph that cannot be made (a read-only cache, an exporter failure) leaves auto on torch,
 said in one line; missing weights are an error on every backend."""
 import importlib.util
+import os
 import platform
 from pathlib import Path
 from typing import Optional
@@ -91,6 +92,16 @@ def check_threshold(threshold: Optional[float], cfg) -> None:
                          f"uses {cfg.postprocess.threshold})")
 
 
+def check_threads(threads, option: str = "threads") -> None:
+    """A thread count the runtimes can take: 0 (their own choice) up to this machine's CPUs. More threads
+    than CPUs only compete with each other, and absurd counts crash torch's thread pool (a segfault at
+    100000), so they are refused in one line."""
+    cpus = os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= cpus:
+        raise ValueError(f"{option} {threads!r}: expected a whole number from 0 (every core) to {cpus} "
+                         f"(this machine's CPUs)")
+
+
 def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "auto", device: str = "cpu",
                   threshold: Optional[float] = None, labels: Optional[str] = None, onnx: Optional[str] = None,
                   log=None, precision: str = "auto", threads: int = 0) -> Pipeline:
@@ -98,8 +109,7 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     its own precision, which a precision other than auto must name. threads: CPU threads for the network
     and post-processing (0: each runtime's own choice, every core), so that several pipelines on one
     machine (fleet workers, a node beside the driving stack) do not each take every core."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads {threads!r}: expected a whole number >= 0 (0: every core)")
+    check_threads(threads)
     cfg = load_config(model)
     check_threshold(threshold, cfg)  # before any graph is exported for it
     chosen = resolve(backend, cfg, onnx, device)
