@@ -8,6 +8,8 @@ def allowed(prop: Dict[str, Any]) -> str:
     """What a schema property admits, in words."""
     if "enum" in prop:
         return "one of " + ", ".join(map(str, prop["enum"]))
+    if prop.get("type") == "string" and "pattern" in prop and prop.get("examples"):
+        return "a string like " + " or ".join(repr(e) for e in prop["examples"])
     kind = prop.get("type", "any")
     parts = [" or ".join(kind) if isinstance(kind, list) else kind]
     for key, word in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
@@ -15,7 +17,8 @@ def allowed(prop: Dict[str, Any]) -> str:
             parts.append(f"{word} {prop[key]}")
     if prop.get("type") == "array":
         items = prop["items"]
-        parts = [f"a non-empty list of {items.get('description') or items.get('type', 'values')}"
+        size = "a non-empty list" if prop.get("minItems", 0) >= 1 else "a list"
+        parts = [f"{size} of {items.get('description') or items.get('type', 'values')}"
                  + (", each once" if prop.get("uniqueItems") else "")]
     return " ".join(parts)
 

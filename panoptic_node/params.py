@@ -1,7 +1,7 @@
 """Node parameters: defaults and validation from config/panoptic_node.schema.json (ROS-free)."""
 import json
 from functools import lru_cache
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 from .json_schema import allowed, non_finite
 from .model.config import share_dir
@@ -61,7 +61,20 @@ def validate(params: Dict[str, Any]) -> Dict[str, Any]:
         name = str(error.path[0]) if error.path else "?"
         value = full.get(name)
         raise ParameterError(f"parameter '{name}' = {value!r} is invalid: allowed {allowed(props.get(name, {}))}")
+    frame_sizes(full["warmup_sizes"])
     return full
+
+
+def frame_sizes(text: str) -> List[Tuple[int, int]]:
+    """warmup_sizes ('1920x1080,640x480', schema-checked) -> [(width, height), ...]; a size beyond what the
+    decoders take (MAX_FRAME_PIXELS) is refused, as its black frame alone would take gigabytes."""
+    from .messages import MAX_FRAME_PIXELS
+    sizes = [tuple(int(v) for v in size.split("x")) for size in text.split(",")] if text else []
+    for w, h in sizes:
+        if w * h > MAX_FRAME_PIXELS:
+            raise ParameterError(f"parameter 'warmup_sizes' holds {w}x{h}: expected frames of at most "
+                                 f"{MAX_FRAME_PIXELS // 1_000_000} megapixels, as the node decodes")
+    return sizes
 
 
 # what the node applies while it runs (`ros2 param set`). The others choose the model, the graph, the

@@ -761,3 +761,29 @@ def test_max_rate_caps_how_often_the_node_infers_and_changes_live(graph, start, 
     assert int(node_diagnostics(diag.got, ns)["camera"]["dropped (newer frame)"]) > 0  # the capped frames, counted
     for x in (c, diag):
         x.close()
+
+
+def test_warmup_sizes_are_ready_before_the_first_frame(graph, start, rng, tmp_path):
+    """warmup_sizes: the graph for a camera size the model's canvas does not fit (a portrait camera here) is
+    made at configure, so the first frame of that size finds it; without it the first frame waits for the
+    export (seconds for a real model) and the frames behind it go stale."""
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    cache = tmp_path / "graphs"
+    node = start([ns], backend="onnxruntime", warmup_sizes="48x64", max_age_ms=0,
+                 env={"PANOPTIC_NODE_GRAPH_CACHE": str(cache)})
+
+    def graphs():
+        return sorted(p.name for p in cache.glob("*.onnx") if "mask" not in p.name)
+
+    assert len(graphs()) == 2, graphs()  # the model's canvas and the portrait one, before any frame
+    assert "ready for 48x64 frames" in node.output()
+    made = graphs()
+    c = Collector(graph, {f"{ns}/panoptic/semantic": Image})
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    portrait = rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    assert c.spin_until(lambda g: g[f"{ns}/panoptic/semantic"],
+                        publish=lambda: pub.publish(image_msg(portrait, now(graph), "f")))
+    got = c.got[f"{ns}/panoptic/semantic"][0]
+    assert (got.height, got.width) == (64, 48) and graphs() == made  # served by the graph made at configure
+    c.close()
+    graph.destroy_publisher(pub)

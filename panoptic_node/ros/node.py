@@ -34,8 +34,8 @@ from ..inference.preprocess import OffScaleNotes
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
                         stamp_ns)
 from ..node_stats import NodeStats, inactive_statuses
-from ..params import (ParameterError, check_qos_overrides, defaults, descriptions, make_node_pipeline, updated,
-                      user_parameters, validate)
+from ..params import (ParameterError, check_qos_overrides, defaults, descriptions, frame_sizes, make_node_pipeline,
+                      updated, user_parameters, validate)
 from ..render import overlay
 from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 
@@ -117,6 +117,7 @@ class PanopticNode(LifecycleNode):
         self.taxonomy = (self.pipeline.mapping.target if self.pipeline.mapping else self.pipeline.taxonomy)
         self.get_logger().info(f"model {self.pipeline.cfg.name} on backend {self.pipeline.backend.name} "
                                f"({self.pipeline.backend.precision}), labels {self.taxonomy.name}")
+        self._warm_up(frame_sizes(p["warmup_sizes"]))
         self.ego_masks, self._fitted_notes = self._ego_masks(), set()
         self.off_scale = OffScaleNotes(self.pipeline.cfg.input)
         self._fresh_counters()  # a buffer already, for a live max_age_ms change while inactive
@@ -134,6 +135,14 @@ class PanopticNode(LifecycleNode):
         # on the steady clock: with use_sim_time a paused bag would otherwise silence the node's health
         self._diag_timer = self.create_timer(p["diagnostics_period"], self._publish_diagnostics,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    def _warm_up(self, sizes):
+        """A black frame of each size the cameras will send, so that its graph is made or compiled now and
+        the first real frame is served at full speed (else it waits seconds, and the frames behind it go stale)."""
+        for w, h in sizes:
+            started = time.monotonic()
+            self.pipeline(np.zeros((h, w, 3), np.uint8))
+            self.get_logger().info(f"ready for {w}x{h} frames ({time.monotonic() - started:.1f} s)")
 
     def _fresh_counters(self):
         """Frames and rates are counted per activation: a node activated again starts from nothing."""
