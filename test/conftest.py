@@ -112,3 +112,23 @@ def png_declaring(width, height) -> np.ndarray:
     png = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
            + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + png_chunk(b"IEND", b""))
     return np.frombuffer(png, np.uint8)
+
+
+def write_rgbd_bag(path: Path, rng, with_colour: bool = True, frames: int = 2) -> Path:
+    """An RGB-D recording: colour frames (rgb8, 64x48), 16UC1 depth images and their compressedDepth twin,
+    as a depth camera's driver records them."""
+    from panoptic_node.bag.writer import BagWriter, compressed_msg, header, image_msg
+    from panoptic_node.messages import image_fields
+    with BagWriter(path, "mcap") as w:
+        for i in range(frames):
+            stamp = 1_700_000_000_000_000_000 + i
+            if with_colour:
+                w.write("/cam/color/image_raw", image_msg(header(stamp, "c"), image_fields(
+                    rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "rgb8")), stamp)
+            depth = rng.integers(0, 5000, (48, 64), dtype=np.uint16)
+            w.write("/cam/depth/image_raw", image_msg(header(stamp, "d"), {
+                "height": 48, "width": 64, "encoding": "16UC1", "is_bigendian": 0, "step": 128,
+                "data": depth.view(np.uint8).ravel()}), stamp)
+            w.write("/cam/depth/image_raw/compressedDepth", compressed_msg(
+                header(stamp, "d"), "16UC1; compressedDepth png", b"\0" * 12 + b"png bytes"), stamp)
+    return path

@@ -17,7 +17,7 @@ from panoptic_node.messages import FrameError, compressed_to_rgb, image_array, i
 from panoptic_node.replay import replay
 from panoptic_node.taxonomy import get_mapping
 
-from conftest import camvid_or_skip, png_declaring, png_with_a_broken_chunk
+from conftest import camvid_or_skip, png_declaring, png_with_a_broken_chunk, write_rgbd_bag
 
 
 def raw_image(rgb, encoding, pad=0):
@@ -478,22 +478,8 @@ def test_a_depth_cameras_images_are_not_taken_for_a_camera(tiny_pipeline, tmp_pa
     """An RGB-D recording: besides the colour frames, 16UC1 depth images and their compressedDepth twin.
     By default only the colour camera is replayed and each depth topic gets one line (it would have
     been replayed frame by frame as undecodable); a bag of depth alone is refused naming why."""
-    def depth_bag(path, with_colour):
-        with BagWriter(path, "mcap") as w:
-            for i in range(2):
-                stamp = 1_700_000_000_000_000_000 + i
-                if with_colour:
-                    w.write("/cam/color/image_raw", image_msg(header(stamp, "c"), image_fields(
-                        rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "rgb8")), stamp)
-                depth = rng.integers(0, 5000, (48, 64), dtype=np.uint16)
-                w.write("/cam/depth/image_raw", image_msg(header(stamp, "d"), {
-                    "height": 48, "width": 64, "encoding": "16UC1", "is_bigendian": 0, "step": 128,
-                    "data": depth.view(np.uint8).ravel()}), stamp)
-                w.write("/cam/depth/image_raw/compressedDepth", compressed_msg(
-                    header(stamp, "d"), "16UC1; compressedDepth png", b"\0" * 12 + b"png bytes"), stamp)
-        return path
     lines = []
-    summary = replay(tiny_pipeline, depth_bag(tmp_path / "rgbd", True), tmp_path / "out", log=lines.append)
+    summary = replay(tiny_pipeline, write_rgbd_bag(tmp_path / "rgbd", rng), tmp_path / "out", log=lines.append)
     assert summary.cameras == {"/cam/color/image_raw": 2} and summary.undecodable == 0
     assert sorted(lines) == [
         "/cam/depth/image_raw holds 16UC1 images (depth, or no colour / grey encoding this reads): not replayed "
@@ -501,7 +487,7 @@ def test_a_depth_cameras_images_are_not_taken_for_a_camera(tiny_pipeline, tmp_pa
         "/cam/depth/image_raw/compressedDepth holds compressed depth (16UC1; compressedDepth png): not replayed "
         "(--image-topic chooses)"]
     with pytest.raises(BagError, match=r"has no camera image topic .*; /cam/depth/image_raw holds 16UC1 images"):
-        replay(tiny_pipeline, depth_bag(tmp_path / "depth", False), tmp_path / "none")
+        replay(tiny_pipeline, write_rgbd_bag(tmp_path / "depth", rng, with_colour=False), tmp_path / "none")
     assert not (tmp_path / "none").exists()
 
 
