@@ -751,6 +751,8 @@ def test_max_rate_caps_how_often_the_node_infers_and_changes_live(graph, start, 
     capped = stamps_over(4.0)
     gaps = np.diff(capped)
     assert len(capped) >= 3 and gaps.min() >= 0.4, capped  # 2 Hz: half a second apart, less a camera period
+    inference = node_diagnostics(c.got, ns)["inference"]  # what it runs under, on /diagnostics
+    assert inference["max rate (Hz)"] == "2" and inference["threads"] == "every core"
     future = client.set_parameters([Parameter("max_rate_hz", value=0.0)])
     rclpy.spin_until_future_complete(graph, future, timeout_sec=20)
     assert future.result().results[0].successful
@@ -759,6 +761,7 @@ def test_max_rate_caps_how_often_the_node_infers_and_changes_live(graph, start, 
     diag = Collector(graph, {"/diagnostics": DiagnosticArray})
     assert diag.spin_until(lambda g: node_diagnostics(g, ns).get("camera"), timeout=10)
     assert int(node_diagnostics(diag.got, ns)["camera"]["dropped (newer frame)"]) > 0  # the capped frames, counted
+    assert diag.spin_until(lambda g: node_diagnostics(g, ns)["inference"]["max rate (Hz)"] == "unlimited", timeout=10)
     for x in (c, diag):
         x.close()
 

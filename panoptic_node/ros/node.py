@@ -430,9 +430,12 @@ class PanopticNode(LifecycleNode):
     def _publish_diagnostics(self):
         """One status for inference and one per camera, named as diagnostic_updater names them
         ('<node name>: <task>'), so an aggregator or rqt_runtime_monitor shows which camera is at fault."""
+        p = self.params
         info = {"backend": self.pipeline.backend.name, "model": self.pipeline.cfg.name,
                 "precision": self.pipeline.backend.precision,
-                "threshold": f"{self.pipeline.threshold:g}"}  # it can change while the node runs
+                "threshold": f"{self.pipeline.threshold:g}",  # it can change while the node runs
+                "max rate (Hz)": f"{p['max_rate_hz']:g}" if p["max_rate_hz"] else "unlimited",
+                "threads": str(p["num_threads"]) if p["num_threads"] else "every core"}
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         try:
