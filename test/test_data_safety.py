@@ -235,6 +235,20 @@ def test_a_video_or_chart_its_writer_cannot_make_is_refused_before_the_replay(ti
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
+@pytest.mark.parametrize("threads", ["-1", "100000"])
+def test_a_bad_thread_count_is_refused_before_the_demo_writes_its_bag(camvid_copy, tmp_path, capsys, threads):
+    """The demo converts CamVid before it loads the model: --threads is checked before both, so a refused
+    run leaves an --overwrite run's earlier outputs as they were."""
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"mine": 1}')
+    before = snapshot(out, camvid_copy)
+    assert main(["demo", "--camvid", str(camvid_copy), "--out", str(out), "--overwrite", "--threads", threads]) == 2
+    assert snapshot(out, camvid_copy) == before
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--threads {threads}: expected a whole number from 0 (every core) to" in err[0]
+
+
 def test_max_frames_must_be_positive(camvid_copy, tmp_path):
     for n in ("0", "-1"):
         assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "b"), "--max-frames", n]) == 2
