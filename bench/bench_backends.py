@@ -32,6 +32,8 @@ def main():
         parser.error(str(e))
 
     import torch
+    from panoptic_node.inference.backends import check_threads
+    check_threads(args.threads, "--threads")  # torch's thread pool crashes on absurd counts
     torch.set_num_threads(args.threads)
     from panoptic_node.evaluation.evaluator import score_samples
     from panoptic_node.export import export_onnx

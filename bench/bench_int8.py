@@ -24,6 +24,8 @@ def main():
 
     import torch
 
+    from panoptic_node.inference.backends import check_threads
+    check_threads(args.threads, "--threads")  # torch's thread pool crashes on absurd counts
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 

@@ -34,6 +34,8 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    from panoptic_node.inference.backends import check_threads
+    check_threads(args.threads, "--threads")  # torch's thread pool crashes on absurd counts
     torch.set_num_threads(args.threads)
 
     from transformers import DetrConfig, DetrForSegmentation, DetrImageProcessor, ResNetConfig

@@ -26,6 +26,8 @@ def main():
 
     import torch
     from PIL import Image
+    from panoptic_node.inference.backends import check_threads
+    check_threads(args.threads, "--threads")  # torch's thread pool crashes on absurd counts
     torch.set_num_threads(args.threads)
     from panoptic_node.inference.pipeline import Pipeline
     from panoptic_node.model.config import load_config

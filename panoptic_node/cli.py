@@ -132,6 +132,8 @@ def cmd_train(args) -> int:
 
     from .training.train import train
     at_least_one(args.threads, "--threads", "CPU threads")
+    from .inference.backends import check_threads
+    check_threads(args.threads, "--threads")  # 100000 would crash torch's thread pool at the first step
     torch.set_num_threads(args.threads)
     crop = number_pair(args.crop, "x", int, "--crop", "WxH in pixels (e.g. 480x352)")[::-1]  # HxW from here on
     from .training.data import find_camvid

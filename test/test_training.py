@@ -670,6 +670,7 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys):
     (["--crop", "abc"], "--crop 'abc': expected WxH"), (["--crop", "96x64x3"], "--crop '96x64x3': expected WxH"),
     (["--crop", "90x60"], "--crop 90x60: expected WxH with sides that are multiples of 32"),
     (["--scale", "a,b"], "--scale 'a,b': expected LOW,HIGH"), (["--threads", "0"], "--threads 0"),
+    (["--threads", "100000"], "--threads 100000: expected a whole number"),  # crashed torch's thread pool
     (["--weight-decay", "-1"], "--weight-decay -1.0: expected >= 0"), (["--mixstyle", "2"], "--mixstyle 2.0: expected"),
     (["--mixstyle", "nan"], "--mixstyle nan: expected"), (["--ema", "1"], "--ema 1.0: expected a decay in [0, 1)"),
     (["--copy-paste", "2"], "--copy-paste 2.0: expected"), (["--semantic-aux", "nan"], "--semantic-aux nan: expected"),
