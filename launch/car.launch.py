@@ -1,6 +1,6 @@
 """ros2 launch panoptic_node car.launch.py [config:=FILE] [cameras:="['/camera/front']"] [model:=NAME]
        [backend:=auto|torch|onnxruntime|openvino|tensorrt] [precision:=auto|fp32|int8] [onnx:=FILE] [bag:=PATH] [rviz:=true|false] [autostart:=true|false]
-       [log_level:=info]
+       [num_threads:=N] [max_rate_hz:=R] [warmup_sizes:=WxH,...] [log_level:=info]
 
 bag:=PATH plays a recorded (or converted CamVid / KITTI) bag with --clock and runs the node on
 sim time: the validation setup, same node, same topics.
@@ -53,6 +53,16 @@ def _node(context):
     cameras = LaunchConfiguration("cameras").perform(context)
     if cameras:
         overrides["cameras"] = [c.strip(" '\"") for c in cameras.strip("[]").split(",") if c.strip(" '\"")]
+    for name, kind in (("num_threads", int), ("max_rate_hz", float)):
+        value = LaunchConfiguration(name).perform(context)
+        if value:  # a value that is not a number reaches the node as text, which it refuses in one line
+            try:
+                overrides[name] = kind(value)
+            except ValueError:
+                overrides[name] = value
+    warmup = LaunchConfiguration("warmup_sizes").perform(context)
+    if warmup:
+        overrides["warmup_sizes"] = warmup
     autostart = LaunchConfiguration("autostart").perform(context)
     if autostart:  # anything but true / false reaches the node, which refuses it in one line
         overrides["autostart"] = {"true": True, "false": False}.get(autostart.lower(), autostart)
@@ -90,6 +100,11 @@ def generate_launch_description():
         DeclareLaunchArgument("onnx", default_value="", description="exported graph for onnxruntime / openvino / tensorrt"),
         DeclareLaunchArgument("bag", default_value="", description="play this bag with --clock and use sim time"),
         DeclareLaunchArgument("rviz", default_value="false", description="open RViz with config/panoptic.rviz"),
+        DeclareLaunchArgument("num_threads", default_value="",
+                              description="CPU threads for the network and post-processing (0: every core)"),
+        DeclareLaunchArgument("max_rate_hz", default_value="", description="infer at most this often (0: no limit)"),
+        DeclareLaunchArgument("warmup_sizes", default_value="",
+                              description="camera frame sizes to prepare at configure, e.g. 1280x720,640x480"),
         DeclareLaunchArgument("autostart", default_value="",
                               description="true: the node configures and activates itself (the default); false: "
                                           "it waits unconfigured for a lifecycle manager or `ros2 lifecycle set`"),

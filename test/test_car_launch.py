@@ -121,3 +121,14 @@ def test_autostart_reaches_the_node_as_a_boolean(car_launch, given, expected):
     false reaches the node, which refuses it in one line (test_node_graph.py); unset, the config decides."""
     node = car_launch(autostart=given)[1]
     assert node.kwargs["parameters"][1].get("autostart") == expected
+
+
+def test_the_cpu_budget_and_warmup_reach_the_node(car_launch):
+    """num_threads:=1 max_rate_hz:=10 warmup_sizes:=1280x720 arrive typed as the schema wants them; a value
+    that is no number arrives as text, for the node's one-line refusal; unset, the config decides."""
+    node = car_launch(num_threads="1", max_rate_hz="10", warmup_sizes="1280x720")[1]
+    given = node.kwargs["parameters"][1]
+    assert given["num_threads"] == 1 and given["max_rate_hz"] == 10.0 and given["warmup_sizes"] == "1280x720"
+    assert type(given["num_threads"]) is int and type(given["max_rate_hz"]) is float
+    assert car_launch(num_threads="many")[1].kwargs["parameters"][1]["num_threads"] == "many"
+    assert not {"num_threads", "max_rate_hz", "warmup_sizes"} & set(car_launch()[1].kwargs["parameters"][1])
