@@ -147,7 +147,8 @@ def _score(ray, pending, out, settings, tags, model, weights, backend, device, t
                                                                           labels, onnx, threads, precision)
               for i in range(n)]
     queue, running, done = list(pending), {}, []
-    bar = tqdm(total=sum(frames_in(b) for b, _ in pending), unit="frame", desc="fleet")
+    estimated = {bag: frames_in(bag) for bag, _ in pending}  # read once: the bar's total, corrected per bag
+    bar = tqdm(total=sum(estimated.values()), unit="frame", desc="fleet")
     failed = 0
 
     def submit(actor):
@@ -171,9 +172,8 @@ def _score(ray, pending, out, settings, tags, model, weights, backend, device, t
             store.save(out, bag, result)  # as it finishes: a run stopped later keeps it
             done.append(result)
             failed += not result["ok"]
-            estimated = frames_in(bag)
-            ran = result.get("frames", 0) if result["ok"] else estimated
-            bar.total += ran - estimated  # so the bar ends full, at the frames the fleet really ran
+            ran = result.get("frames", 0) if result["ok"] else estimated[bag]
+            bar.total += ran - estimated[bag]  # so the bar ends full, at the frames the fleet really ran
             bar.update(ran)
             bar.set_postfix(bags=f"{len(done)}/{len(pending)}", failed=failed)
             if not result["ok"]:

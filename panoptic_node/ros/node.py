@@ -440,7 +440,7 @@ class PanopticNode(LifecycleNode):
         arr.header.stamp = self.get_clock().now().to_msg()
         try:
             if self._running:
-                statuses = self.stats.statuses(self.buffer, self.input_topics, self.params["camera_timeout_s"], info)
+                statuses = self.stats.statuses(self.buffer, self.input_topics, p["camera_timeout_s"], info)
             else:
                 statuses = inactive_statuses(self.input_topics, info,
                                              f"ros2 lifecycle set {self.get_fully_qualified_name()} activate")
