@@ -24,6 +24,7 @@ from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.evaluator import Evaluator
 from .evaluation.per_frame import PerFrameScores
 from .inference.ego_mask import apply_ego_mask, describe, fitted, masks_for
+from .inference.tracking import InstanceTracker
 from .inference.preprocess import OffScaleNotes
 from .messages import FrameError, image_array
 from .output_safety import check_outputs
@@ -147,7 +148,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
            gt_topic: Optional[str] = None, video=None, metrics_path=None, max_frames: Optional[int] = None,
            overwrite: bool = False, storage: str = "mcap", log=print, on_scored=None,
            start_s: Optional[float] = None, duration_s: Optional[float] = None,
-           per_frame_path=None, timeline_path=None, ego_masks=None) -> ReplaySummary:
+           per_frame_path=None, timeline_path=None, ego_masks=None, track: bool = True) -> ReplaySummary:
     """image_topic: one camera topic or several (default: every camera in the bag); each camera's
     results go under its own namespace, as the node publishes them. Ground truth belongs to one camera,
     so it is scored only when one is replayed; the video shows every camera side by side.
@@ -160,7 +161,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     per_frame_path: a CSV of each scored frame's own scores (evaluation/per_frame.py); timeline_path: those
     scores drawn along the drive. ego_masks: a folder of ego masks (inference/ego_mask.py), applied to each
     camera's outputs as the node applies them, and to its ground truth before scoring (the car's own bonnet
-    is not scored)."""
+    is not scored). track: each camera's instance ids kept from frame to frame, as the node's default
+    track_instances keeps them (inference/tracking.py); False numbers each frame's things 1..N."""
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
                             model=pipeline.cfg.name)
     if max_frames is not None and max_frames < 1:
@@ -226,6 +228,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     results_out = {t: ResultBagWriter(writer, ns, taxonomy, pipeline.threshold)
                    for t, ns in zip(cameras, namespaces)} if writer else {}
     off_scale = OffScaleNotes(pipeline.cfg.input)
+    trackers = {t: InstanceTracker() for t in cameras} if track else {}
     video_out = None
     latest: Dict[str, np.ndarray] = {}  # each camera's newest overlay, for a video of several side by side
     # predictions and ground truth waiting for their partner, by stamp (bounded: GT sits next to its frame)
@@ -285,6 +288,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                 result = pipeline(rgb)
                 if keep_of.get(m.topic) is not None:
                     result = apply_ego_mask(result, keep_of[m.topic], published.thing_lut)
+                if trackers:
+                    result = trackers[m.topic].update(result)
                 for stage, sec in result.timings.items():
                     summary.stage_ms.setdefault(stage, []).append(1000 * sec)
                 summary.frames += 1

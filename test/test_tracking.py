@@ -1,0 +1,215 @@
+"""Instance ids kept from frame to frame (inference/tracking.py), on frames drawn here whose objects are known."""
+import numpy as np
+import pytest
+
+from panoptic_node.inference.result import LABEL_DIVISOR, VOID_PANOPTIC, result_from_segments
+from panoptic_node.inference.tracking import BUFFER, MAX_TRACK_ID, InstanceTracker, buffered_iou
+
+CAR, PERSON, ROAD = 8, 9, 3
+THING = np.zeros(12, bool)
+THING[[CAR, PERSON, 10]] = True
+H, W = 120, 200
+
+
+def frame(objects, order=None):
+    """A frame with road everywhere and each (label, x0, y0, x1, y1) drawn on it; `order` permutes the
+    segment numbering, as the pipeline's own numbering changes from frame to frame."""
+    order = list(range(len(objects))) if order is None else order
+    ids = np.ones((H, W), np.int32)  # segment 1: road
+    labels, scores = [ROAD], [0.9]
+    for k, i in enumerate(order):
+        label, x0, y0, x1, y1 = objects[i]
+        ids[y0:y1, x0:x1] = k + 2
+        labels.append(label)
+        scores.append(0.8)
+    return result_from_segments(ids, np.array(labels), np.array(scores), THING, "camvid")
+
+
+def id_at(result, x, y):
+    return int(result.instance[y, x])
+
+
+def test_objects_keep_their_ids_while_they_move_and_the_pipeline_renumbers_them():
+    tracker = InstanceTracker()
+    seen = []
+    for t in range(20):
+        objects = [(CAR, 10 + 3 * t, 30, 60 + 3 * t, 70), (PERSON, 150 - 2 * t, 20, 165 - 2 * t, 90)]
+        out = tracker.update(frame(objects, order=[t % 2, 1 - t % 2]))
+        seen.append((id_at(out, 35 + 3 * t, 50), id_at(out, 157 - 2 * t, 50)))
+        # every map tells the same story: instance map, panoptic map, segments
+        for s in out.segments:
+            mask = out.segment_ids == s.id
+            assert (out.instance[mask] == s.instance).all()
+            assert (out.panoptic[mask] == (s.label * LABEL_DIVISOR + s.instance if s.is_thing else s.label)).all()
+    assert len(set(seen)) == 1 and seen[0][0] != seen[0][1] and 0 not in seen[0]
+    # the per-frame numbering alone would have swapped them every frame
+    assert len({(id_at(frame([(CAR, 10, 30, 60, 70), (PERSON, 150, 20, 165, 90)], order=o), 35, 50))
+                for o in ([0, 1], [1, 0])}) == 2
+
+
+def test_stuff_semantic_and_void_are_unchanged():
+    before = frame([(CAR, 10, 10, 50, 50)])
+    before.segment_ids[0, :] = 0  # a void row
+    before.semantic[0, :], before.instance[0, :], before.panoptic[0, :] = 255, 0, VOID_PANOPTIC
+    tracker = InstanceTracker()
+    tracker.update(frame([(PERSON, 100, 10, 120, 60)]))  # an earlier object takes id 1
+    out = tracker.update(before)
+    assert (out.semantic == before.semantic).all() and (out.segment_ids == before.segment_ids).all()
+    stuff = ~THING[before.semantic.clip(0, 11)] | (before.segment_ids == 0)
+    assert (out.panoptic[stuff] == before.panoptic[stuff]).all() and (out.instance[stuff] == 0).all()
+    assert id_at(out, 20, 20) == 2  # a new track: the id the person holds is not given twice
+
+
+def test_an_object_hidden_for_a_few_frames_comes_back_with_its_id_a_longer_gap_gets_a_new_one():
+    tracker = InstanceTracker(max_lost=3)
+    car = [(CAR, 40, 30, 90, 80)]
+    first = id_at(tracker.update(frame(car)), 60, 50)
+    for _ in range(3):
+        tracker.update(frame([]))
+    assert id_at(tracker.update(frame(car)), 60, 50) == first
+    for _ in range(4):
+        tracker.update(frame([]))
+    again = id_at(tracker.update(frame(car)), 60, 50)
+    assert again not in (0, first)  # ended after 3 unseen frames; its id is not handed out at once
+
+
+def test_another_class_in_the_same_place_is_another_object():
+    tracker = InstanceTracker()
+    car = id_at(tracker.update(frame([(CAR, 40, 30, 90, 80)])), 60, 50)
+    person = id_at(tracker.update(frame([(PERSON, 40, 30, 90, 80)])), 60, 50)
+    assert person != car
+
+
+def test_one_segment_continues_one_track_when_two_overlap_it():
+    tracker = InstanceTracker()
+    out = tracker.update(frame([(CAR, 10, 30, 60, 80), (CAR, 62, 30, 112, 80)]))
+    left, right = id_at(out, 30, 50), id_at(out, 90, 50)
+    # the two cars now seen as one segment that overlaps the right one most
+    merged = tracker.update(frame([(CAR, 30, 30, 112, 80)]))
+    assert id_at(merged, 90, 50) == right
+    # the left car's track is alive: when the two part again it gets its id back
+    parted = tracker.update(frame([(CAR, 10, 30, 60, 80), (CAR, 62, 30, 112, 80)]))
+    assert (id_at(parted, 30, 50), id_at(parted, 90, 50)) == (left, right)
+
+
+def test_too_little_overlap_starts_a_new_track():
+    tracker = InstanceTracker(min_iou=0.5)
+    first = id_at(tracker.update(frame([(CAR, 10, 30, 60, 80)])), 30, 50)
+    # shifted by 30 of its 50 columns: IoU 20 / 80 = 0.25
+    assert id_at(tracker.update(frame([(CAR, 40, 30, 90, 80)])), 70, 50) != first
+
+
+def test_ids_come_back_only_after_every_other_free_id():
+    tracker = InstanceTracker(max_lost=0)
+    ids = []
+    for t in range(MAX_TRACK_ID + 5):
+        x = 10 + 60 * (t % 2)  # alternating places: no overlap, a new object each frame
+        ids.append(id_at(tracker.update(frame([(CAR, x, 30, x + 40, 80)])), x + 5, 50))
+    assert ids[:MAX_TRACK_ID] == list(range(1, MAX_TRACK_ID + 1))
+    assert ids[MAX_TRACK_ID:] == [1, 2, 3, 4, 5]
+
+
+def test_a_new_frame_size_or_a_reset_ends_the_tracks():
+    tracker = InstanceTracker()
+    car = [(CAR, 40, 30, 90, 80)]
+    first = id_at(tracker.update(frame(car)), 60, 50)
+    tracker.reset()
+    assert id_at(tracker.update(frame(car)), 60, 50) != first
+    second = id_at(tracker.update(frame(car)), 60, 50)
+    small = result_from_segments(np.ones((60, 100), np.int32), np.array([CAR]), np.array([0.9]), THING, "camvid")
+    assert int(tracker.update(small).instance.max()) not in (0, first, second)
+
+
+def test_more_things_in_a_frame_than_the_panoptic_map_holds_is_refused_in_one_line():
+    tracker = InstanceTracker()
+    n = MAX_TRACK_ID + 1
+    ids = np.arange(1, n + 1, dtype=np.int32).reshape(1, n).repeat(2, 0)
+    many = result_from_segments(ids, np.full(n, CAR), np.full(n, 0.9), THING, "camvid")
+    with pytest.raises(ValueError, match="more than 999 thing segments in one frame"):
+        tracker.update(many)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="min_iou"):
+        InstanceTracker(min_iou=0.0)
+    with pytest.raises(ValueError, match="max_lost"):
+        InstanceTracker(max_lost=-1)
+
+
+def test_a_small_fast_object_keeps_its_id():
+    """A pedestrian 10 pixels wide moving 6 pixels a frame overlaps its last box by a quarter (IoU 4 / 16):
+    the buffered boxes and the velocity carry it."""
+    tracker = InstanceTracker()
+    ids = {id_at(tracker.update(frame([(PERSON, 10 + 6 * t, 20, 20 + 6 * t, 60)])), 15 + 6 * t, 40) for t in range(25)}
+    assert len(ids) == 1 and 0 not in ids
+
+
+def test_a_track_unseen_for_a_while_is_expected_where_its_motion_took_it():
+    tracker = InstanceTracker(max_lost=5)
+    for t in range(5):  # 8 pixels a frame to the right
+        first = id_at(tracker.update(frame([(CAR, 10 + 8 * t, 30, 40 + 8 * t, 60)])), 25 + 8 * t, 45)
+    for _ in range(3):
+        tracker.update(frame([]))
+    # 4 frames on: 32 pixels further, entirely clear of where it was last seen (x 42..72)
+    assert id_at(tracker.update(frame([(CAR, 82, 30, 112, 60)])), 97, 45) == first
+
+
+def test_buffered_iou_by_hand():
+    a = np.array([[0, 0, 10, 10]])
+    b = np.array([[10, 0, 20, 10], [100, 100, 110, 110]])
+    # enlarged by 3 on each side: [-3, 13] x [-3, 13] and [7, 23] x [-3, 13]: 6 x 16 shared of 16 x 16 each
+    assert BUFFER == 0.3
+    assert buffered_iou(a, b) == pytest.approx(np.array([[96 / (256 + 256 - 96), 0.0]]))
+    assert buffered_iou(a, b, buffer=0.0)[0, 0] == 0.0
+
+
+def test_the_defaults_are_the_nodes():
+    from panoptic_node.inference.tracking import DEFAULT_MAX_LOST, DEFAULT_MIN_IOU
+    from panoptic_node.params import defaults
+    d = defaults()
+    assert (d["track_instances"], d["track_min_iou"], d["track_max_lost"]) == (True, DEFAULT_MIN_IOU, DEFAULT_MAX_LOST)
+
+
+class ScriptedPipeline:
+    """The tiny pipeline's identity (backend, config, label set) with results drawn here: frame t holds a car
+    moving right and a pedestrian moving left, numbered in the opposite order every other frame."""
+
+    def __init__(self, real):
+        self.real, self.t = real, 0
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def __call__(self, rgb):
+        t, self.t = self.t, self.t + 1
+        objects = [(CAR, 2 + t, 10, 22 + t, 30), (PERSON, 50 - t, 5, 58 - t, 40)]
+        ids = np.ones(rgb.shape[:2], np.int32)
+        labels = [ROAD]
+        for k, i in enumerate([t % 2, 1 - t % 2]):
+            label, x0, y0, x1, y1 = objects[i]
+            ids[y0:y1, x0:x1] = k + 2
+            labels.append(label)
+        return result_from_segments(ids, np.array(labels), np.full(3, 0.9), THING, "camvid")
+
+
+@pytest.mark.parametrize("track", [True, False])
+def test_replay_keeps_each_objects_id_in_the_maps_and_detections(tiny_pipeline, tmp_path, rng, track):
+    from test_bag import camera_bag
+    from panoptic_node.bag.reader import BagReader
+    from panoptic_node.messages import image_array
+    from panoptic_node.replay import replay
+    frames = [(1_700_000_000_000_000_000 + i * 33_000_000, rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+              for i in range(6)]
+    bag = camera_bag(tmp_path / "in", "mcap", frames)
+    replay(ScriptedPipeline(tiny_pipeline), bag, tmp_path / "out", track=track)
+    with BagReader(tmp_path / "out") as r:
+        instances = [image_array(m.msg) for m in r.messages(["/front/panoptic/instances"])]
+        detections = [m.msg for m in r.messages(["/front/panoptic/detections"])]
+    car = [int(m[20, 12 + t]) for t, m in enumerate(instances)]
+    person = [int(m[20, 54 - t]) for t, m in enumerate(instances)]
+    for m, d in zip(instances, detections):  # the detection's id is the object's value in the instance map
+        assert sorted(int(x.id) for x in d.detections) == sorted(set(np.unique(m).tolist()) - {0})
+    if track:
+        assert len(set(car)) == 1 and len(set(person)) == 1 and car[0] != person[0]
+    else:  # each frame's own numbering: the two swap every frame
+        assert car == [1, 2, 1, 2, 1, 2] and person == [2, 1, 2, 1, 2, 1]
