@@ -220,7 +220,8 @@ def _replay(args, pipeline):
                      video=args.video, metrics_path=args.metrics, max_frames=args.max_frames,
                      overwrite=args.overwrite, storage=args.storage, start_s=getattr(args, "start", None),
                      duration_s=getattr(args, "duration", None), per_frame_path=getattr(args, "per_frame", None),
-                     timeline_path=getattr(args, "timeline", None), ego_masks=getattr(args, "ego_masks", None))
+                     timeline_path=getattr(args, "timeline", None), ego_masks=getattr(args, "ego_masks", None),
+                     track=not getattr(args, "no_tracking", False))
     print(summary.format())
     if summary.metrics:
         _charts(summary.metrics, args)
@@ -623,6 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ego-masks", help="folder of ego masks, one 8-bit PNG per camera named after its namespace "
                                        "(/camera/front -> camera_front.png), 0 where the car itself is: void in "
                                        "every output and left out of the scores, as the node's ego_mask_dir")
+    p.add_argument("--no-tracking", action="store_true",
+                   help="number each frame's things 1..N anew (the node's track_instances: false); by default an "
+                        "object keeps its instance id from frame to frame, as the node keeps it")
     _add_model_args(p)
     _add_replay_args(p)
     _add_threads_arg(p)
@@ -713,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_engine)
 
     benches = ["pipeline", "evaluation", "backends", "resolution", "street_ablation", "node", "fleet", "shapes", "int8", "things",
-               "semantic_head", "restyle", "run_ensemble", "first_frame", "lifecycle"]
+               "semantic_head", "restyle", "run_ensemble", "first_frame", "lifecycle", "tracking"]
     p = sub.add_parser("doctor", help="what this machine will run (backend, precision, graphs, ROS 2, Fast DDS) "
                                       "and what keeps it from running well; exit 1 when the model cannot run")
     p.add_argument("--model", help="model name, YAML or checkpoint (default: street_lite0)")

@@ -82,7 +82,7 @@ def frame_sizes(text: str) -> List[Tuple[int, int]]:
 # back changed while the node still runs the old one would be worse than a refusal)
 LIVE_PARAMETERS = ("threshold", "publish_semantic", "publish_instances", "publish_panoptic", "publish_detections",
                    "publish_overlay", "overlay_labels", "max_age_ms", "max_rate_hz", "batch_cameras",
-                   "camera_timeout_s")
+                   "camera_timeout_s", "track_instances", "track_min_iou", "track_max_lost")
 
 
 def updated(current: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, Any]:

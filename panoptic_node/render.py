@@ -1,7 +1,7 @@
 """Colour overlays of a PanopticResult: class colour blended over the frame, things shaded per
-instance, segment boundaries drawn, and each thing's class and score and each large stuff region's class
-written on it (colours alone do not say which class is which). Used by the CLI, replay videos and the
-node's overlay topic; and several cameras' overlays side by side for one video."""
+instance, segment boundaries drawn, and each thing's class, instance id and score and each large stuff
+region's class written on it (colours alone do not say which class is which). Used by the CLI, replay
+videos and the node's overlay topic; and several cameras' overlays side by side for one video."""
 from functools import lru_cache
 
 import numpy as np
@@ -76,9 +76,10 @@ def _inside_point(segment_ids: np.ndarray, seg_id: int, step: int):
 
 
 def draw_labels(rgb: np.ndarray, result: PanopticResult, taxonomy: Taxonomy) -> np.ndarray:
-    """Each thing: 'class score' on a tag of its colour at its box's top-left corner (largest first, so
-    small objects' tags stay on top); each stuff region covering STUFF_LABEL_SHARE of the frame: its class
-    name in white outlined in black, at a point inside it."""
+    """Each thing: 'class #id score' (its instance id, which tracking keeps from frame to frame) on a tag of
+    its colour at its box's top-left corner (largest first, so small objects' tags stay on top); each stuff
+    region covering STUFF_LABEL_SHARE of the frame: its class name in white outlined in black, at a point
+    inside it."""
     from PIL import Image, ImageDraw
     h, w = rgb.shape[:2]
     size = max(10, round(h / 32))
@@ -99,7 +100,7 @@ def draw_labels(rgb: np.ndarray, result: PanopticResult, taxonomy: Taxonomy) -> 
             outline = {"stroke_width": max(1, size // 10), "stroke_fill": (0, 0, 0)} if scalable else {}
             draw.text(centred, name, font=font, fill=(255, 255, 255), **outline)
     for s in sorted((s for s in result.segments if s.is_thing), key=lambda s: -s.area):
-        text = f"{taxonomy.name_of(s.label)} {s.score:.2f}"
+        text = f"{taxonomy.name_of(s.label)} #{s.instance} {s.score:.2f}"
         x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
         tw, th = x1 - x0 + 4, y1 - y0 + 4
         x = min(max(0, s.box[0]), max(0, w - tw))

@@ -790,3 +790,47 @@ def test_warmup_sizes_are_ready_before_the_first_frame(graph, start, rng, tmp_pa
     assert (got.height, got.width) == (64, 48) and graphs() == made  # served by the graph made at configure
     c.close()
     graph.destroy_publisher(pub)
+
+
+def test_an_objects_instance_id_is_kept_from_frame_to_frame(graph, start, rng):
+    """track_instances: a thing keeps its id over frames (vision_msgs: the same object has the same
+    Detection2D.id in every message), in the detections and the instance map alike. The tiny model's things
+    on one frame sent again are the same objects; hidden for longer than track_max_lost frames (no query
+    passes a threshold of 1), they come back as new objects with new ids; per-frame numbering gives 1..N."""
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    node = start([ns], max_age_ms=0, track_max_lost=0)
+    instances, dets = f"{ns}/panoptic/instances", f"{ns}/panoptic/detections"
+    c = Collector(graph, {instances: Image, dets: Detection2DArray, "/diagnostics": DiagnosticArray})
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    client = AsyncParameterClient(graph, node.name)
+    assert client.wait_for_services(timeout_sec=20)
+    rgb = rgb_frame(rng)
+
+    def set_params(**values):
+        future = client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+        rclpy.spin_until_future_complete(graph, future, timeout_sec=20)
+        assert all(r.successful for r in future.result().results)
+
+    def ids_of(sec):  # the detections' ids of the frame stamped `sec` (sent until it comes back)
+        assert c.spin_until(lambda g: any(m.header.stamp.sec == sec for m in g[dets]) and
+                            any(m.header.stamp.sec == sec for m in g[instances]),
+                            publish=lambda: pub.publish(image_msg(rgb, Time(sec=sec), "f")))
+        inst = image_array(next(m for m in c.got[instances] if m.header.stamp.sec == sec))
+        ids = sorted(int(d.id) for d in next(m for m in c.got[dets] if m.header.stamp.sec == sec).detections)
+        assert ids == sorted(set(np.unique(inst).tolist()) - {0})  # the detection's id is its value in the map
+        return ids
+
+    first = ids_of(1)
+    assert first and first == list(range(1, len(first) + 1))
+    assert ids_of(2) == first  # the same objects
+    set_params(threshold=1.0)
+    assert ids_of(3) == []  # every object unseen: with track_max_lost 0 their tracks end
+    set_params(threshold=0.0)
+    again = ids_of(4)
+    assert len(again) == len(first) and not set(again) & set(first)  # new objects, ids not handed out at once
+    assert node_diagnostics(c.got, ns)["inference"]["instance ids"] == "tracked (IoU >= 0.3, unseen <= 0 frames)"
+    set_params(track_instances=False)
+    assert ids_of(5) == first  # per frame: 1..N
+    assert c.spin_until(lambda g: node_diagnostics(g, ns)["inference"]["instance ids"] == "per frame", timeout=10)
+    c.close()
+    graph.destroy_publisher(pub)

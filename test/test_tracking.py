@@ -213,3 +213,21 @@ def test_replay_keeps_each_objects_id_in_the_maps_and_detections(tiny_pipeline, 
         assert len(set(car)) == 1 and len(set(person)) == 1 and car[0] != person[0]
     else:  # each frame's own numbering: the two swap every frame
         assert car == [1, 2, 1, 2, 1, 2] and person == [2, 1, 2, 1, 2, 1]
+
+
+def test_core_boxes_leave_out_a_segments_small_distant_pieces():
+    from panoptic_node.inference.tracking import core_boxes
+    ids = np.ones((H, W), np.int32)
+    ids[40:80, 100:140] = 2          # a car of 1600 pixels
+    ids[110:115, 0:10] = 2           # and a piece of 50 far away, left with it by merge_things / split_things
+    result = result_from_segments(ids, np.array([ROAD, CAR]), np.array([0.9, 0.9]), THING, "camvid")
+    (car,) = [s for s in result.segments if s.is_thing]
+    assert car.box == (0, 40, 140, 115)
+    # directly: the first column with more than 10 % of the pixels at or left of it, the first reaching 90 %
+    ys, xs = np.nonzero(ids == 2)
+    def first(v, share, strict):
+        c = np.cumsum(np.bincount(v))
+        return int(np.argmax(c > share * len(v)) if strict else np.argmax(c >= share * len(v)))
+    expected = [first(xs, 0.1, True), first(ys, 0.1, True), first(xs, 0.9, False) + 1, first(ys, 0.9, False) + 1]
+    assert core_boxes(result.segment_ids, [car]).tolist() == [expected]
+    assert 100 <= expected[0] and expected[3] <= 80  # the car's own block

@@ -31,6 +31,7 @@ from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, Label
 
 from ..frame_buffer import LatestFrameBuffer
 from ..inference.preprocess import OffScaleNotes
+from ..inference.tracking import InstanceTracker
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
                         stamp_ns)
 from ..node_stats import NodeStats, inactive_statuses
@@ -119,6 +120,7 @@ class PanopticNode(LifecycleNode):
                                f"({self.pipeline.backend.precision}), labels {self.taxonomy.name}")
         self._warm_up(frame_sizes(p["warmup_sizes"]))
         self.ego_masks, self._fitted_notes = self._ego_masks(), set()
+        self.trackers = {cam: InstanceTracker() for cam in p["cameras"]}
         self.off_scale = OffScaleNotes(self.pipeline.cfg.input)
         self._fresh_counters()  # a buffer already, for a live max_age_ms change while inactive
         for cam in p["cameras"]:
@@ -161,6 +163,8 @@ class PanopticNode(LifecycleNode):
     def _activate(self):
         p = self.params
         self._fresh_counters()
+        for tracker in self.trackers.values():  # frames after a pause are a new stream: no object carried over
+            tracker.reset()
         qos_in = QoSProfile(depth=p["qos_depth"], history=HistoryPolicy.KEEP_LAST,
                             reliability=(ReliabilityPolicy.BEST_EFFORT if p["qos_reliability"] == "best_effort"
                                          else ReliabilityPolicy.RELIABLE))
@@ -360,7 +364,8 @@ class PanopticNode(LifecycleNode):
                     results = self.pipeline.run_batch([rgb for _, _, rgb in frames])
                 else:
                     results = [self.pipeline(rgb) for _, _, rgb in frames]
-                results = [self._masked(cam, result) for (cam, _, _), result in zip(frames, results)]
+                results = [self._tracked(cam, self._masked(cam, result))
+                           for (cam, _, _), result in zip(frames, results)]
             except Exception as e:  # keep serving the next frames; say what failed (log and /diagnostics)
                 self.stats.inference_failed(f"{type(e).__name__}: {e}".splitlines()[0])
                 self.get_logger().error(f"inference failed: {e}", throttle_duration_sec=5.0)
@@ -386,6 +391,16 @@ class PanopticNode(LifecycleNode):
                                    f"{result.shape[1]}x{result.shape[0]}: the mask is scaled to them")
         from ..inference.ego_mask import apply_ego_mask
         return apply_ego_mask(result, keep, self.taxonomy.thing_lut)
+
+    def _tracked(self, camera, result):
+        """The camera's result with its things numbered by track id (inference/tracking.py), as
+        track_instances and its two settings say at this frame."""
+        tracker = self.trackers[camera]
+        if not self.params["track_instances"]:
+            tracker.reset()  # switched on again later, it must not continue tracks from before the gap
+            return result
+        tracker.min_iou, tracker.max_lost = self.params["track_min_iou"], self.params["track_max_lost"]
+        return tracker.update(result)
 
     def _wanted(self, pubs, name) -> bool:
         """An output is built and sent only while someone subscribes (a recorder counts): converting and
@@ -435,7 +450,9 @@ class PanopticNode(LifecycleNode):
                 "precision": self.pipeline.backend.precision,
                 "threshold": f"{self.pipeline.threshold:g}",  # it can change while the node runs
                 "max rate (Hz)": f"{p['max_rate_hz']:g}" if p["max_rate_hz"] else "unlimited",
-                "threads": str(p["num_threads"]) if p["num_threads"] else "every core"}
+                "threads": str(p["num_threads"]) if p["num_threads"] else "every core",
+                "instance ids": (f"tracked (IoU >= {p['track_min_iou']:g}, unseen <= {p['track_max_lost']} frames)"
+                                 if p["track_instances"] else "per frame")}
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         try:
