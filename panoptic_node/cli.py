@@ -209,7 +209,7 @@ def cmd_recover(args) -> int:
 def cmd_convert(args) -> int:
     from .bag.convert import convert
     n = convert(args.dataset, args.src, args.out, split=args.split, storage=args.storage, max_frames=args.max_frames,
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, sequence=args.sequence)
     print(f"wrote {n} frames to {args.out}")
     return 0
 
@@ -221,7 +221,7 @@ def _replay(args, pipeline):
                      overwrite=args.overwrite, storage=args.storage, start_s=getattr(args, "start", None),
                      duration_s=getattr(args, "duration", None), per_frame_path=getattr(args, "per_frame", None),
                      timeline_path=getattr(args, "timeline", None), ego_masks=getattr(args, "ego_masks", None),
-                     track=not getattr(args, "no_tracking", False))
+                     track=not getattr(args, "no_tracking", False), stq=getattr(args, "stq", False))
     print(summary.format())
     if summary.metrics:
         _charts(summary.metrics, args)
@@ -308,9 +308,10 @@ def cmd_evaluate(args) -> int:
                    "--per-frame": args.per_frame, "--timeline": args.timeline},
                   [args.bag, args.pred_bag, args.gt_json, args.gt_folder, args.pred_json, args.pred_folder],
                   args.overwrite)
-    if (args.per_frame or args.timeline) and args.gt_json:
-        raise ValueError(f"{'--per-frame' if args.per_frame else '--timeline'} scores the frames of bags (--bag / "
-                         f"--pred-bag); COCO-panoptic folders are scored as one set")
+    if (args.per_frame or args.timeline or args.stq) and args.gt_json:
+        option = "--per-frame" if args.per_frame else "--timeline" if args.timeline else "--stq"
+        raise ValueError(f"{option} scores the frames of bags (--bag / --pred-bag); COCO-panoptic folders are scored "
+                         f"as one set")
     if args.gt_json:
         from .evaluation.coco_folders import evaluate_folders
         report = evaluate_folders(args.gt_json, args.gt_folder, args.pred_json, args.pred_folder).report()
@@ -347,6 +348,7 @@ def _the_predictions_topic(reader) -> str:
 def _evaluate_bags(args) -> dict:
     from .bag.convert import GT_LABEL_INFO
     from .bag.reader import BagReader, label_set_phrase, pairs_by_stamp
+    from .evaluation.association import AssociationQuality
     from .evaluation.evaluator import Evaluator
     from .evaluation.per_frame import PerFrameScores
     from .messages import FrameError
@@ -376,6 +378,7 @@ def _evaluate_bags(args) -> dict:
     gt_map = ground_truth_mapping(gt_labels, labels, f"the ground truth in '{args.bag}'", f"the scores ({why}) are in")
     evaluator = Evaluator(get_taxonomy(labels))
     per_frame = PerFrameScores(evaluator.taxonomy) if args.per_frame or args.timeline else None
+    association = AssociationQuality(evaluator.taxonomy.thing_lut) if args.stq else None
     unmatched, unscored, first_reason = [0, 0], 0, None
     # both bags are read side by side in stamp order: memory stays flat however long they are
     with BagReader(args.bag) as gt_reader, BagReader(pred_bag) as pred_reader:
@@ -386,6 +389,8 @@ def _evaluate_bags(args) -> dict:
                 g, p = map_array(g, "pan"), map_array(p, "pan")  # both must be panoptic maps
                 g = gt_map.map_panoptic(g) if gt_map else g
                 evaluator.add(g, _semantic_of(g), p, _semantic_of(p))
+                if association:
+                    association.add(g, p)
                 if per_frame:
                     per_frame.add(stamp, g, _semantic_of(g), p, _semantic_of(p))
             except (FrameError, ValueError) as e:
@@ -406,6 +411,8 @@ def _evaluate_bags(args) -> dict:
         raise ValueError(f"no frame scored: the ground truth ({args.gt_topic}) of the {evaluator.frames} frame pairs "
                          f"labels no pixel (all void)")
     report = evaluator.report()
+    if association:
+        report["tracking"] = association.result(report["miou"])
     if per_frame:
         write_per_frame(per_frame, args.per_frame, args.timeline, report, print)
     return report
@@ -588,10 +595,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="dataset folder -> rosbag2 with camera and ground-truth topics; a camera "
                                        "clip (video) -> rosbag2 with its frames")
-    p.add_argument("dataset", choices=["camvid", "cityscapes", "kitti", "video"])
+    p.add_argument("dataset", choices=["camvid", "cityscapes", "kitti", "kitti-step", "video"])
     p.add_argument("src", help="the dataset folder, or the video file (mp4, mov, mkv, avi)")
     p.add_argument("--out", required=True)
     p.add_argument("--split")
+    p.add_argument("--sequence", help="kitti-step: the sequence to convert (e.g. 0002); one bag per sequence")
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
     _add_replay_args(p)
     p.set_defaults(func=cmd_convert)
@@ -627,6 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tracking", action="store_true",
                    help="number each frame's things 1..N anew (the node's track_instances: false); by default an "
                         "object keeps its instance id from frame to frame, as the node keeps it")
+    p.add_argument("--stq", action="store_true",
+                   help="the ground truth's instance ids are track ids (a KITTI-STEP bag from `convert kitti-step`): "
+                        "also score tracking, STEP's AQ and STQ")
     _add_model_args(p)
     _add_replay_args(p)
     _add_threads_arg(p)
@@ -649,6 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confusion", help="confusion matrix PNG (where each class's pixels went)")
     p.add_argument("--per-frame", help=PER_FRAME_HELP)
     p.add_argument("--timeline", help=TIMELINE_HELP)
+    p.add_argument("--stq", action="store_true", help="the ground truth's instance ids are track ids (KITTI-STEP): "
+                                                      "also score how the predicted ids follow them (AQ, STQ)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json / --chart / --confusion / "
                                                             "--per-frame / --timeline")
     p.set_defaults(func=cmd_evaluate)

@@ -21,6 +21,7 @@ from .bag.convert import GT_LABEL_INFO, GT_PANOPTIC, GT_SEMANTIC
 from .bag.outputs import ResultBagWriter, camera_namespace
 from .bag.reader import BagReader, decode_frame, label_set_phrase
 from .bag.writer import BagWriter, diagnostic_msg, header
+from .evaluation.association import AssociationQuality
 from .evaluation.evaluator import Evaluator
 from .evaluation.per_frame import PerFrameScores
 from .inference.ego_mask import apply_ego_mask, describe, fitted, masks_for
@@ -82,6 +83,10 @@ class ReplaySummary:
             lines.append(f"PQ {100 * m['pq']['pq']:.1f} (things {100 * m['pq_things']['pq']:.1f}, stuff "
                          f"{100 * m['pq_stuff']['pq']:.1f})  mIoU {100 * m['miou']:.1f}  pixel accuracy "
                          f"{100 * m['pixel_accuracy']:.1f}  on {self.evaluated} frames")
+            if "tracking" in m:
+                t = m["tracking"]
+                lines.append(f"STQ {100 * t['stq']:.1f} (AQ {100 * t['aq']:.1f} over {t['tracks']} labelled tracks, "
+                             f"mIoU {100 * m['miou']:.1f})")
         if self.unscored:
             first = next(e for e in self.errors if e.startswith("ground truth"))
             lines.append(f"{self.unscored} frames' ground truth not scored (first: {first})")
@@ -148,7 +153,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
            gt_topic: Optional[str] = None, video=None, metrics_path=None, max_frames: Optional[int] = None,
            overwrite: bool = False, storage: str = "mcap", log=print, on_scored=None,
            start_s: Optional[float] = None, duration_s: Optional[float] = None,
-           per_frame_path=None, timeline_path=None, ego_masks=None, track: bool = True) -> ReplaySummary:
+           per_frame_path=None, timeline_path=None, ego_masks=None, track: bool = True,
+           stq: bool = False) -> ReplaySummary:
     """image_topic: one camera topic or several (default: every camera in the bag); each camera's
     results go under its own namespace, as the node publishes them. Ground truth belongs to one camera,
     so it is scored only when one is replayed; the video shows every camera side by side.
@@ -162,7 +168,9 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     scores drawn along the drive. ego_masks: a folder of ego masks (inference/ego_mask.py), applied to each
     camera's outputs as the node applies them, and to its ground truth before scoring (the car's own bonnet
     is not scored). track: each camera's instance ids kept from frame to frame, as the node's default
-    track_instances keeps them (inference/tracking.py); False numbers each frame's things 1..N."""
+    track_instances keeps them (inference/tracking.py); False numbers each frame's things 1..N. stq: the
+    ground truth's instance ids are track ids (KITTI-STEP): also score how well the predicted ids follow them
+    (evaluation/association.py: AQ, and STQ with the mIoU)."""
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
                             model=pipeline.cfg.name)
     if max_frames is not None and max_frames < 1:
@@ -223,6 +231,9 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     gt_sem = GT_SEMANTIC if gt_pan and GT_SEMANTIC in reader.topics else None
     evaluator = Evaluator(published) if gt_pan else None
     per_frame = PerFrameScores(published) if gt_pan and (per_frame_path or timeline_path) else None
+    association = AssociationQuality(published.thing_lut) if gt_pan and stq else None
+    if stq and not gt_pan:
+        log("no tracking scores (STQ): nothing to score against")
     writer = BagWriter(out_bag, storage, overwrite, inputs=[bag]) if out_bag else None
     taxonomy = evaluator.taxonomy if evaluator else pipeline.taxonomy
     results_out = {t: ResultBagWriter(writer, ns, taxonomy, pipeline.threshold)
@@ -254,6 +265,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                 sem = None if sem is None else np.where(keep, sem, 255).astype(sem.dtype)
             gt_semantic = _semantic_of(pan) if sem is None else sem
             evaluator.add(pan, gt_semantic, pred[0], pred[1])
+            if association:
+                association.add(pan, pred[0])
             if per_frame:
                 per_frame.add(stamp, pan, gt_semantic, pred[0], pred[1])
             if on_scored:
@@ -348,6 +361,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     if evaluator and summary.evaluated:
         if evaluator.labelled_pixels:
             summary.metrics = evaluator.report()
+            if association:
+                summary.metrics["tracking"] = association.result(summary.metrics["miou"])
         else:  # scores of 0 that would read as a model that sees nothing
             log(f"not scored: the ground truth of the {summary.evaluated} frames matched labels no pixel (all void)")
     if writer:

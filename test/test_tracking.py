@@ -231,3 +231,82 @@ def test_core_boxes_leave_out_a_segments_small_distant_pieces():
     expected = [first(xs, 0.1, True), first(ys, 0.1, True), first(xs, 0.9, False) + 1, first(ys, 0.9, False) + 1]
     assert core_boxes(result.segment_ids, [car]).tolist() == [expected]
     assert 100 <= expected[0] and expected[3] <= 80  # the car's own block
+
+
+def kitti_step_fixture(root, frames=6, sequences=("0002",)):
+    """A KITTI-STEP folder (deeplab2's layout) whose labels are ScriptedPipeline's objects: a car (trainId 13,
+    track 5) moving right, a person (11, track 300) moving left, on road (0); the person's crowd-free."""
+    from PIL import Image
+    for seq in sequences:
+        for t in range(frames):
+            for kind in ("images", "panoptic_maps"):
+                (root / kind / "val" / seq).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(root / "images" / "val" / seq / f"{t:06d}.png")
+            step = np.zeros((48, 64, 3), np.uint8)  # road, no track
+            step[10:30, 2 + t:22 + t] = (13, 0, 5)
+            step[5:40, 50 - t:58 - t] = (11, 300 // 256, 300 % 256)
+            step[45:, :] = (255, 0, 0)  # void
+            Image.fromarray(step).save(root / "panoptic_maps" / "val" / seq / f"{t:06d}.png")
+    return root
+
+
+def test_kitti_step_converts_with_track_ids_kept_over_the_sequence(tmp_path):
+    from panoptic_node.bag.convert import convert
+    from panoptic_node.bag.reader import BagReader
+    from panoptic_node.messages import image_array
+    src = kitti_step_fixture(tmp_path / "step")
+    assert convert("kitti-step", src, tmp_path / "bag") == 6
+    with BagReader(tmp_path / "bag") as r:
+        pans = [image_array(m.msg) for m in r.messages(["/ground_truth/panoptic"])]
+        stamps = [m.stamp_ns for m in r.messages(["/camera/image_raw"])]
+    assert np.diff(stamps).tolist() == [100_000_000] * 5  # KITTI's 10 Hz
+    cars = {int(p[20, 12 + t]) for t, p in enumerate(pans)}
+    people = {int(p[20, 54 - t]) for t, p in enumerate(pans)}
+    # one id per track over the sequence, 1..999 as tracks appear (within a frame by class, then track id)
+    assert people == {11 * 1000 + 1} and cars == {13 * 1000 + 2}
+    assert all((p[45:] == -1).all() and (p[0, :2] == 0).all() for p in pans)  # void; road is stuff
+
+
+def test_kitti_step_refusals_name_what_was_expected(tmp_path):
+    from panoptic_node.bag.convert import convert
+    src = kitti_step_fixture(tmp_path / "step", frames=1, sequences=("0002", "0006"))
+    with pytest.raises(ValueError, match=r"holds 2 sequences \(0002, 0006\); choose one with --sequence"):
+        convert("kitti-step", src, tmp_path / "a")
+    with pytest.raises(ValueError, match="--sequence 0009: not in KITTI-STEP val; expected one of 0002, 0006"):
+        convert("kitti-step", src, tmp_path / "b", sequence="0009")
+    with pytest.raises(ValueError, match="only KITTI-STEP has sequences"):
+        convert("camvid", src, tmp_path / "c", sequence="0002")
+    with pytest.raises(FileNotFoundError, match="no KITTI-STEP split 'train'"):
+        convert("kitti-step", src, tmp_path / "d", split="train")
+    assert not any((tmp_path / n).exists() for n in "abcd")
+    assert convert("kitti-step", src, tmp_path / "e", sequence="0006") == 1
+
+
+@pytest.mark.parametrize("track, aq", [(True, 1.0), (False, 0.5)])
+def test_replay_scores_tracking_against_kitti_step_tracks(tiny_pipeline, tmp_path, track, aq):
+    """The scripted objects are the labelled ones, pixel for pixel: kept ids give AQ 1; per-frame numbering,
+    which swaps the two every frame, cuts each track into two halves (AQ 1/2)."""
+    from panoptic_node.bag.convert import convert
+    from panoptic_node.replay import replay
+    convert("kitti-step", kitti_step_fixture(tmp_path / "step"), tmp_path / "bag")
+    summary = replay(ScriptedPipeline(tiny_pipeline), tmp_path / "bag", track=track, stq=True)
+    t = summary.metrics["tracking"]
+    assert t["tracks"] == 2 and t["aq"] == pytest.approx(aq)
+    assert t["stq"] == pytest.approx(np.sqrt(aq * summary.metrics["miou"]))
+    assert f"STQ {100 * t['stq']:.1f} (AQ {100 * aq:.1f} over 2 labelled tracks" in summary.format()
+
+
+def test_evaluate_scores_tracking_of_a_replayed_bag(tiny_pipeline, tmp_path, capsys):
+    from panoptic_node.bag.convert import convert
+    from panoptic_node.cli import main
+    from panoptic_node.replay import replay
+    convert("kitti-step", kitti_step_fixture(tmp_path / "step"), tmp_path / "bag")
+    replay(ScriptedPipeline(tiny_pipeline), tmp_path / "bag", tmp_path / "pred", track=False)
+    assert main(["evaluate", "--bag", str(tmp_path / "bag"), "--pred-bag", str(tmp_path / "pred"), "--stq",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    assert "AQ 50.0  (2 labelled tracks)" in capsys.readouterr().out
+    import json
+    assert json.loads((tmp_path / "r.json").read_text())["tracking"]["aq"] == pytest.approx(0.5)
+    assert main(["evaluate", "--gt-json", "a", "--gt-folder", "b", "--pred-json", "c", "--pred-folder", "d",
+                 "--stq"]) == 2
+    assert "--stq scores the frames of bags" in capsys.readouterr().err

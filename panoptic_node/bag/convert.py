@@ -217,6 +217,70 @@ def kitti_frames(root, split: str = "training", max_frames: Optional[int] = None
                 return
 
 
+def step_panoptic(rgb_map: np.ndarray, track_ids: dict) -> tuple:
+    """A KITTI-STEP panoptic PNG (R = Cityscapes trainId, 255 void; G * 256 + B = the object's track id, the
+    same over its sequence) -> (semantic, panoptic) in our convention. Track ids become 1..999 by first
+    appearance in the sequence (`track_ids` carries them from frame to frame: label * 1000 + id must stay
+    under the next label); thing pixels without an id (STEP's crowd regions) are void, as in our Cityscapes
+    conversion."""
+    city = get_taxonomy("cityscapes")
+    semantic = rgb_map[..., 0].astype(np.uint8)
+    track = rgb_map[..., 1].astype(np.int64) * 256 + rgb_map[..., 2]
+    known = semantic != VOID
+    thing = known & city.thing_lut[np.where(known, semantic, 0)]
+    tracked = thing & (track > 0)
+    keys, which = np.unique(semantic[tracked].astype(np.int64) * 65536 + track[tracked], return_inverse=True)
+    for key in keys.tolist():  # (class, track id) pairs new to the sequence get the next id
+        if key not in track_ids:
+            if len(track_ids) >= 999:
+                raise ValueError("more than 999 tracks in one KITTI-STEP sequence; the panoptic map "
+                                 "(label * 1000 + instance) holds at most 999")
+            track_ids[key] = len(track_ids) + 1
+    pan = semantic.astype(np.int32)
+    pan[tracked] = semantic[tracked].astype(np.int32) * 1000 + np.array([track_ids[k] for k in keys.tolist()],
+                                                                         np.int32)[which.ravel()]
+    crowd = thing & (track == 0)
+    semantic = np.where(crowd, VOID, semantic).astype(np.uint8)
+    pan = np.where(crowd | ~known, -1, pan).astype(np.int32)
+    return semantic, pan
+
+
+def kitti_step_frames(root, split: str = "val", max_frames: Optional[int] = None,
+                      sequence: Optional[str] = None) -> Iterator[DatasetFrame]:
+    """One sequence of KITTI-STEP (deeplab2's layout: images/<split>/<seq>/<frame>.png and
+    panoptic_maps/<split>/<seq>/<frame>.png), at KITTI's 10 frames a second; its ground truth's instance
+    ids are track ids, so replay --stq can score tracking. One bag per sequence: tracks are per sequence."""
+    root = Path(root)
+    image_root = root / "images" / split
+    if not image_root.is_dir():
+        raise FileNotFoundError(f"no KITTI-STEP split '{split}' under {root}: expected images/{split}/<sequence>/"
+                                f"<frame>.png (and panoptic_maps/{split}/... for ground truth)")
+    sequences = sorted(p.name for p in image_root.iterdir() if p.is_dir())
+    if sequence is None:
+        if len(sequences) != 1:
+            raise ValueError(f"KITTI-STEP {split} holds {len(sequences)} sequences ({', '.join(sequences[:12])}"
+                             f"{' ...' if len(sequences) > 12 else ''}); choose one with --sequence (one bag per "
+                             f"sequence: tracks are scored per sequence)")
+        sequence = sequences[0]
+    if sequence not in sequences:
+        raise ValueError(f"--sequence {sequence}: not in KITTI-STEP {split}; expected one of {', '.join(sequences)}")
+    images = sorted((image_root / sequence).glob("*.png"))[:max_frames or None]
+    if not images:
+        raise FileNotFoundError(f"no frames in {image_root / sequence}: expected <frame>.png files")
+    track_ids: dict = {}
+    for i, path in enumerate(images):
+        rgb = read_rgb(path)
+        semantic = panoptic = None
+        gt = root / "panoptic_maps" / split / sequence / path.name
+        if gt.is_file():
+            step_map = read_rgb(gt)
+            if step_map.shape != rgb.shape:
+                raise ValueError(f"{gt} is {step_map.shape[1]}x{step_map.shape[0]}, its frame {path} "
+                                 f"{rgb.shape[1]}x{rgb.shape[0]}; expected the same size")
+            semantic, panoptic = step_panoptic(step_map, track_ids)
+        yield DatasetFrame(EPOCH_NS + i * 100_000_000, rgb, semantic, panoptic)
+
+
 def video_frames(path, split=None, max_frames: Optional[int] = None) -> Iterator[DatasetFrame]:
     """A dashcam / camera clip (anything ffmpeg decodes: mp4, mov, mkv, avi): every frame, stamped at its time in
     the clip (frame / fps), without ground truth: replay then gives the overlay video, speed and latency. A clip
@@ -264,17 +328,22 @@ def video_frames(path, split=None, max_frames: Optional[int] = None) -> Iterator
 
 # dataset -> (frames, default split, label set of its ground truth)
 CONVERTERS = {"camvid": (camvid_frames, "val", "camvid"), "cityscapes": (cityscapes_frames, "val", "cityscapes"),
-              "kitti": (kitti_frames, "training", "cityscapes"), "video": (video_frames, None, None)}
+              "kitti": (kitti_frames, "training", "cityscapes"), "kitti-step": (kitti_step_frames, "val", "cityscapes"),
+              "video": (video_frames, None, None)}
 
 
 def convert(kind: str, src, out, split: Optional[str] = None, storage: str = "mcap",
-            max_frames: Optional[int] = None, overwrite: bool = False) -> int:
+            max_frames: Optional[int] = None, overwrite: bool = False, sequence: Optional[str] = None) -> int:
     if kind not in CONVERTERS:
         raise ValueError(f"unknown dataset '{kind}', expected one of {', '.join(CONVERTERS)}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames {max_frames}: expected a positive number of frames (leave it out for all)")
     if kind == "video" and split:
         raise ValueError(f"--split {split}: a video has no splits; expected it only with a dataset folder")
+    if sequence is not None and kind != "kitti-step":
+        raise ValueError(f"--sequence {sequence}: only KITTI-STEP has sequences to choose; expected it with "
+                         f"kitti-step")
     frames, default_split, labels = CONVERTERS[kind]
-    return write_bag(frames(src, split or default_split, max_frames), out, storage, overwrite, total=max_frames,
-                     labels=labels, inputs=(src,))
+    chosen = {"sequence": sequence} if kind == "kitti-step" else {}
+    return write_bag(frames(src, split or default_split, max_frames, **chosen), out, storage, overwrite,
+                     total=max_frames, labels=labels, inputs=(src,))

@@ -167,6 +167,9 @@ def format_report(report: Dict[str, object]) -> str:
         lines.append(f"{'PQ ' + title:<16}{100 * s['pq']:7.1f}{100 * s['sq']:7.1f}{100 * s['rq']:7.1f}")
     lines.append(f"mIoU {100 * report['miou']:.1f}  pixel accuracy {100 * report['pixel_accuracy']:.1f}  "
                  f"mean Dice {100 * report['mean_dice']:.1f}  ({report['frames']} frames)")
+    if "tracking" in report:  # evaluate --stq
+        t = report["tracking"]
+        lines.append(f"STQ {100 * t['stq']:.1f}  AQ {100 * t['aq']:.1f}  ({t['tracks']} labelled tracks)")
     return "\n".join(lines)
 
 
