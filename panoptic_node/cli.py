@@ -280,11 +280,13 @@ def cmd_fleet(args) -> int:
     report = run_fleet(bags, out, args.model, weights=args.weights, backend=args.backend, device=args.device,
                        threshold=args.threshold, labels=args.labels, onnx=args.onnx, workers=args.workers,
                        cpus=args.cpus, address=args.address, tags=tags, write_bags=args.write_bags,
-                       video=args.video, precision=args.precision, ego_masks=args.ego_masks)
+                       video=args.video, precision=args.precision, ego_masks=args.ego_masks, stq=args.stq)
     h = report["headline"]
     if h:
         print(f"fleet: PQ {100 * h['pq']:.1f} (things {100 * h['pq_things']:.1f}, stuff {100 * h['pq_stuff']:.1f}), "
               f"mIoU {100 * h['miou']:.1f} on {report['frames_scored']} frames of {report['bags_scored']} bags")
+        if "stq" in h:
+            print(f"fleet: STQ {100 * h['stq']:.1f} (AQ {100 * h['aq']:.1f} over {h['tracks']} labelled tracks)")
     for tag, g in report["groups"].items():
         print(f"  {tag}: PQ {100 * g['pq']:.1f}, mIoU {100 * g['miou']:.1f} ({g['bags']} bags, {g['frames']} frames)")
     if report["failed"]:
@@ -681,6 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", action="store_true", help="also write each bag's overlay video (out/videos)")
     p.add_argument("--ego-masks", help="folder of ego masks (as replay --ego-masks) applied to every bag's cameras; "
                                        "other masks score every bag again")
+    p.add_argument("--stq", action="store_true", help="the bags' ground-truth ids are track ids (KITTI-STEP, one "
+                                                      "sequence per bag): also score tracking, AQ and STQ")
     _add_model_args(p)
     p.set_defaults(func=cmd_fleet)
 

@@ -413,3 +413,34 @@ def test_a_worker_runs_on_its_share_of_the_cores(tmp_path, monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_fleet_of_kitti_step_sequences_scores_tracking_over_every_track(local_ray, tiny_model_yaml, tmp_path,
+                                                                          capsys):
+    """fleet --stq: each bag's AQ as replay --stq gives it, and the fleet's taken over every labelled track
+    of every bag (a track-weighted mean), STQ with the fleet's mIoU; report.html shows both."""
+    from test_tracking import kitti_step_fixture
+    from panoptic_node.bag.convert import convert
+    from panoptic_node.fleet.report import merged_tracking
+    src = kitti_step_fixture(tmp_path / "step", sequences=("0002", "0006"))
+    for seq in ("0002", "0006"):
+        convert("kitti-step", src, tmp_path / "bags" / f"step_{seq}", sequence=seq, max_frames=4 if seq == "0002" else 6)
+    out = tmp_path / "out"
+    assert main(["fleet", str(tmp_path / "bags"), "--model", str(tiny_model_yaml), "--backend", "torch",
+                 "--threshold", "0", "--workers", "1", "--out", str(out), "--stq"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    h = report["headline"]
+    one = [replay(Pipeline.from_config(tiny_model_yaml, threshold=0.0), tmp_path / "bags" / f"step_{seq}", stq=True,
+                  log=lambda m: None).metrics["tracking"] for seq in ("0002", "0006")]
+    assert [b["aq"] for b in sorted(report["bags"], key=lambda b: b["bag"])] == pytest.approx([t["aq"] for t in one])
+    assert h["tracks"] == 4 and h["aq"] == pytest.approx((one[0]["aq"] * 2 + one[1]["aq"] * 2) / 4)
+    assert h["stq"] == pytest.approx(np.sqrt(h["aq"] * h["miou"]))
+    assert f"fleet: STQ {100 * h['stq']:.1f} (AQ {100 * h['aq']:.1f} over 4 labelled tracks)" in capsys.readouterr().out
+    assert ">STQ</th>" in (out / "report.html").read_text()
+    assert merged_tracking([{"metrics": {}}], 0.5) is None  # bags scored without --stq: no tracking scores
+
+
+def test_fleet_tracking_merges_by_tracks():
+    from panoptic_node.fleet.report import merged_tracking
+    bags = [{"metrics": {"tracking": {"aq": 1.0, "tracks": 3}}}, {"metrics": {"tracking": {"aq": 0.2, "tracks": 1}}}]
+    assert merged_tracking(bags, 0.64) == pytest.approx({"aq": 0.8, "stq": np.sqrt(0.8 * 0.64), "tracks": 4})

@@ -15,9 +15,25 @@ from ..evaluation.report import row_shares
 from ..taxonomy import get_taxonomy
 
 
-def _headline(rep: dict) -> dict:
-    return {"pq": rep["pq"]["pq"], "sq": rep["pq"]["sq"], "rq": rep["pq"]["rq"], "pq_things": rep["pq_things"]["pq"],
-            "pq_stuff": rep["pq_stuff"]["pq"], "miou": rep["miou"], "pixel_accuracy": rep["pixel_accuracy"]}
+def _headline(rep: dict, scored: List[dict] = ()) -> dict:
+    """rep: an evaluator's report; scored: the bags it merged, whose tracking scores (fleet --stq) merge
+    into its AQ and STQ (a bag's own report carries them already)."""
+    out = {"pq": rep["pq"]["pq"], "sq": rep["pq"]["sq"], "rq": rep["pq"]["rq"], "pq_things": rep["pq_things"]["pq"],
+           "pq_stuff": rep["pq_stuff"]["pq"], "miou": rep["miou"], "pixel_accuracy": rep["pixel_accuracy"]}
+    tracking = rep.get("tracking") or merged_tracking(scored, rep["miou"])
+    if tracking:
+        out.update(stq=tracking["stq"], aq=tracking["aq"], tracks=tracking["tracks"])
+    return out
+
+
+def merged_tracking(results: List[dict], miou: float) -> Optional[dict]:
+    """AQ over every labelled track of the bags (each bag's sequences are its own), STQ with their mIoU."""
+    parts = [r["metrics"]["tracking"] for r in results if (r.get("metrics") or {}).get("tracking")]
+    tracks = sum(t["tracks"] for t in parts)
+    if not parts:
+        return None
+    aq = sum(t["aq"] * t["tracks"] for t in parts) / tracks if tracks else 0.0
+    return {"aq": aq, "stq": float(np.sqrt(aq * miou)), "tracks": tracks}
 
 
 def merged(results: List[dict], taxonomy: str) -> Evaluator:
@@ -49,9 +65,9 @@ def build_report(results: List[dict], settings: dict) -> dict:
         "frames_scored": sum(r["evaluated"] for r in ok),
         "failed": [{"bag": r["bag"], "error": r["error"]} for r in results if not r.get("ok")],
         "fleet": fleet,
-        "headline": _headline(fleet) if fleet else None,
+        "headline": _headline(fleet, scored) if fleet else None,
         "groups": {tag: {"bags": len(rs), "frames": sum(r["evaluated"] for r in rs),
-                         **_headline(merged(rs, taxonomy).report())} for tag, rs in sorted(groups.items())},
+                         **_headline(merged(rs, taxonomy).report(), rs)} for tag, rs in sorted(groups.items())},
         "bags": [{"bag": r["bag"], "tag": r["tag"], "frames": r["frames"], "scored": r["evaluated"],
                   "fps": r["frames"] / r["seconds"] if r["seconds"] else 0.0, "notes": "; ".join(r.get("notes", [])),
                   **(_headline(r["metrics"]) if r.get("metrics") else {})} for r in ok],
@@ -120,6 +136,8 @@ METRIC_COLUMNS = [("PQ", "pq", "pct"), ("SQ", "sq", "pct"), ("RQ", "rq", "pct"),
 
 def render_html(report: dict) -> str:
     h = report.get("headline") or {}
+    columns = METRIC_COLUMNS + ([("STQ", "stq", "pct"), ("AQ", "aq", "pct")] if "stq" in h else [])
+    tracking = f" &middot; STQ {_pct(h['stq'])} (AQ {_pct(h['aq'])}, {h['tracks']} labelled tracks)" if "stq" in h else ""
     classes = [{"class": e["name"], "kind": "thing" if e["isthing"] else "stuff", "pq": e.get("pq"),
                 "sq": e.get("sq"), "rq": e.get("rq"), "iou": e.get("iou")}
                for e in (report.get("fleet") or {}).get("per_class", {}).values()]
@@ -134,13 +152,13 @@ td:first-child,th:first-child{{text-align:left}} .big{{font-size:1.4em}}
 figure{{display:inline-block;margin:4px}} figcaption{{font-size:.8em}}</style></head><body>
 <h1>Fleet report</h1>
 <p class="big" id="headline">PQ {_pct(h.get('pq'))} (things {_pct(h.get('pq_things'))}, stuff {_pct(h.get('pq_stuff'))})
-&middot; mIoU {_pct(h.get('miou'))} &middot; {report['bags_scored']} of {report['bags_total']} bags,
+&middot; mIoU {_pct(h.get('miou'))}{tracking} &middot; {report['bags_scored']} of {report['bags_total']} bags,
 {report['frames_scored']} frames scored</p>
 <h2>Bags</h2>{_table(report['bags'], [("bag", "bag", "str"), ("group", "tag", "str"), ("frames", "frames", "str"),
-                                      ("scored", "scored", "str"), ("frames/s", "fps", "num")] + METRIC_COLUMNS
+                                      ("scored", "scored", "str"), ("frames/s", "fps", "num")] + columns
                      + [("notes", "notes", "str")], "bags")}
 <h2>Groups</h2>{_table(groups, [("group", "group", "str"), ("bags", "bags", "str"), ("frames", "frames", "str")]
-                       + METRIC_COLUMNS, "groups")}
+                       + columns, "groups")}
 <h2>Classes</h2>{_table(classes, [("class", "class", "str"), ("kind", "kind", "str"), ("PQ", "pq", "pct"),
                                   ("SQ", "sq", "pct"), ("RQ", "rq", "pct"), ("IoU", "iou", "pct")], "classes")}
 <h2>Where each class's pixels went (% of the ground-truth class, rows)</h2>

@@ -100,13 +100,17 @@ def settings_of(model, weights, backend, device, threshold, labels, onnx, precis
 def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: str = "auto", device: str = "cpu",
               threshold=None, labels=None, onnx=None, workers: int = 2, cpus: Optional[int] = None,
               address: Optional[str] = None, tags: Optional[Dict[str, str]] = None, write_bags: bool = False,
-              video: bool = False, precision: str = "auto", ego_masks=None, log=print) -> dict:
+              video: bool = False, precision: str = "auto", ego_masks=None, stq: bool = False, log=print) -> dict:
     """ego_masks: a folder of ego masks (inference/ego_mask.py), applied to every bag's cameras as replay
-    --ego-masks does; the workers read it by its path, so on a cluster it lies where every node sees it."""
+    --ego-masks does; the workers read it by its path, so on a cluster it lies where every node sees it.
+    stq: the bags' ground-truth ids are track ids (KITTI-STEP sequences, one per bag): tracking is scored too
+    (replay --stq), and the fleet's AQ is taken over every labelled track of every bag."""
     import ray
 
     out = Path(out)
     settings = settings_of(model, weights, backend, device, threshold, labels, onnx, precision, ego_masks)
+    if stq:  # only then: results scored before this option existed keep their keys
+        settings["stq"] = True
     results, pending = [], []
     for bag in bags:
         key = store.run_key(settings, bag)
@@ -125,7 +129,7 @@ def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: st
                      log_to_driver=False, configure_logging=False)
         try:
             results += _score(ray, pending, out, settings, tags, model, weights, backend, device, threshold, labels,
-                              onnx, workers, cpus, write_bags, video, precision, ego_masks)
+                              onnx, workers, cpus, write_bags, video, precision, ego_masks, stq)
         finally:
             if started:
                 ray.shutdown()
@@ -135,7 +139,7 @@ def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: st
 
 
 def _score(ray, pending, out, settings, tags, model, weights, backend, device, threshold, labels, onnx, workers,
-           cpus, write_bags, video, precision, ego_masks=None) -> List[dict]:
+           cpus, write_bags, video, precision, ego_masks=None, stq=False) -> List[dict]:
     total_cpus = int(ray.available_resources().get("CPU", 1)) if cpus is None else cpus
     n = max(1, min(workers, len(pending)))
     threads = max(1, total_cpus // n)
@@ -155,7 +159,8 @@ def _score(ray, pending, out, settings, tags, model, weights, backend, device, t
         bag, key = queue.pop(0)
         out_bag = str(out / "bags_out" / bag.name) if write_bags else None
         video_path = str(out / "videos" / f"{bag.name}.mp4") if video else None
-        running[actor.score.remote(str(bag), out_bag, video_path, ego_masks and str(ego_masks))] = (actor, bag, key)
+        running[actor.score.remote(str(bag), out_bag, video_path, ego_masks and str(ego_masks), stq)] = \
+            (actor, bag, key)
 
     for actor in actors:
         if queue:
