@@ -44,6 +44,10 @@ def test_shipped_yaml_is_valid_and_complete():
     ("cameras", ["/front", "/rear", "/front"], "each once"),  # outputs published twice
     ("num_threads", -1, "parameter 'num_threads' = -1 is invalid: allowed integer >= 0"),
     ("autostart", "yes", "parameter 'autostart' = 'yes' is invalid: allowed boolean"),
+    ("track_min_iou", 0.0, "parameter 'track_min_iou' = 0.0 is invalid: allowed number > 0 <= 1"),
+    ("track_min_iou", float("nan"), "allowed a finite number > 0 <= 1"),
+    ("track_max_lost", -1, "parameter 'track_max_lost' = -1 is invalid: allowed integer >= 0 <= 1000"),
+    ("track_instances", 1, "parameter 'track_instances' = 1 is invalid: allowed boolean"),
 ])
 def test_bad_values_name_parameter_value_and_allowed(name, value, expected):
     with pytest.raises(ParameterError) as e:
