@@ -310,3 +310,17 @@ def test_evaluate_scores_tracking_of_a_replayed_bag(tiny_pipeline, tmp_path, cap
     assert main(["evaluate", "--gt-json", "a", "--gt-folder", "b", "--pred-json", "c", "--pred-folder", "d",
                  "--stq"]) == 2
     assert "--stq scores the frames of bags" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda p: __import__("PIL.Image").Image.open(p).convert("L").save(p), "is a L image; expected an RGB PNG"),
+    (lambda p: __import__("PIL.Image").Image.new("RGB", (10, 10)).save(p), "is 10x10, its frame 64x48"),
+    (lambda p: __import__("PIL.Image").Image.new("RGB", (64, 48), (40, 0, 0)).save(p), "holds class 40"),
+])
+def test_a_kitti_step_map_that_is_not_one_is_refused_and_no_bag_is_left(tmp_path, damage, says):
+    from panoptic_node.bag.convert import convert
+    src = kitti_step_fixture(tmp_path / "step", frames=3)
+    damage(src / "panoptic_maps" / "val" / "0002" / "000001.png")
+    with pytest.raises(ValueError, match=says):
+        convert("kitti-step", src, tmp_path / "bag")
+    assert not (tmp_path / "bag").exists()

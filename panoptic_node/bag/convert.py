@@ -245,6 +245,26 @@ def step_panoptic(rgb_map: np.ndarray, track_ids: dict) -> tuple:
     return semantic, pan
 
 
+def read_step_map(path, shape) -> np.ndarray:
+    """A KITTI-STEP panoptic PNG exactly as stored: an RGB image of its frame's size whose R values are
+    Cityscapes trainIds or 255 (a greyscale or palette image, or another size, is refused: converted to RGB
+    it would give classes and track ids that look valid)."""
+    from ..images import open_image
+    expected = ("expected an RGB PNG of the frame's size (R = Cityscapes trainId 0..18 or 255 void, G * 256 + B = "
+                "track id)")
+    with open_image(path) as im:
+        if im.mode != "RGB":
+            raise ValueError(f"KITTI-STEP panoptic map '{path}' is a {im.mode} image; {expected}")
+        a = np.asarray(im).copy()
+    if a.shape != tuple(shape):
+        raise ValueError(f"KITTI-STEP panoptic map '{path}' is {a.shape[1]}x{a.shape[0]}, its frame "
+                         f"{shape[1]}x{shape[0]}; {expected}")
+    bad = (a[..., 0] > 18) & (a[..., 0] != VOID)
+    if bad.any():
+        raise ValueError(f"KITTI-STEP panoptic map '{path}' holds class {int(a[..., 0][bad][0])}; {expected}")
+    return a
+
+
 def kitti_step_frames(root, split: str = "val", max_frames: Optional[int] = None,
                       sequence: Optional[str] = None) -> Iterator[DatasetFrame]:
     """One sequence of KITTI-STEP (deeplab2's layout: images/<split>/<seq>/<frame>.png and
@@ -273,11 +293,7 @@ def kitti_step_frames(root, split: str = "val", max_frames: Optional[int] = None
         semantic = panoptic = None
         gt = root / "panoptic_maps" / split / sequence / path.name
         if gt.is_file():
-            step_map = read_rgb(gt)
-            if step_map.shape != rgb.shape:
-                raise ValueError(f"{gt} is {step_map.shape[1]}x{step_map.shape[0]}, its frame {path} "
-                                 f"{rgb.shape[1]}x{rgb.shape[0]}; expected the same size")
-            semantic, panoptic = step_panoptic(step_map, track_ids)
+            semantic, panoptic = step_panoptic(read_step_map(gt, rgb.shape), track_ids)
         yield DatasetFrame(EPOCH_NS + i * 100_000_000, rgb, semantic, panoptic)
 
 
