@@ -92,11 +92,14 @@ def test_one_segment_continues_one_track_when_two_overlap_it():
     assert (id_at(parted, 30, 50), id_at(parted, 90, 50)) == (left, right)
 
 
-def test_too_little_overlap_starts_a_new_track():
-    tracker = InstanceTracker(min_iou=0.5)
+@pytest.mark.parametrize("min_iou, same", [(0.3, True), (0.5, False)])
+def test_min_iou_decides_how_far_an_object_may_jump(min_iou, same):
+    """A car jumps 60 pixels to the right before its velocity is known, one and a half times its core box (40
+    pixels, the middle 80 % of its 50 columns): the core boxes enlarged by 30 % overlap by IoU 0.03, enlarged
+    by their size on every side (the second stage) by 0.33."""
+    tracker = InstanceTracker(min_iou=min_iou)
     first = id_at(tracker.update(frame([(CAR, 10, 30, 60, 80)])), 30, 50)
-    # shifted by 30 of its 50 columns: IoU 20 / 80 = 0.25
-    assert id_at(tracker.update(frame([(CAR, 40, 30, 90, 80)])), 70, 50) != first
+    assert (id_at(tracker.update(frame([(CAR, 70, 30, 120, 80)])), 90, 50) == first) is same
 
 
 def test_ids_come_back_only_after_every_other_free_id():

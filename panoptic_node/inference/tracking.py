@@ -9,8 +9,10 @@ How a thing finds its track: each track keeps its last box and its velocity (the
 frame, smoothed), and is expected where that velocity takes it. Boxes are compared enlarged by BUFFER of
 their width and height on every side (the buffered IoU of C-BIoU, Yang et al., WACV 2023): a pedestrian of
 10 pixels moving 6 pixels a frame overlaps its last box by little, its buffered box by much. Things and
-tracks of one class are paired one to one (Hungarian, scipy) on that IoU, at least `min_iou`; a thing left
-over starts a track; a track not seen for more than `max_lost` frames ends.
+tracks of one class are paired one to one (Hungarian, scipy) on that IoU, at least `min_iou`; then what is
+left, with boxes enlarged by WIDE_BUFFER (an object that jumped more than its size, before its velocity is
+known: a camera at 10 Hz, a turn); a thing still left over starts a track; a track not seen for more than
+`max_lost` frames ends.
 
 Ids are 1..999 (the panoptic map's label * 1000 + instance holds no more). A new track takes the free id that
 was freed longest ago, so an id comes back only after every other free one has been handed out (999 new
@@ -30,6 +32,7 @@ MAX_TRACK_ID = LABEL_DIVISOR - 1
 GRID_PIXELS = 65536   # robust boxes are read off every k-th row and column, at most this many pixels
 CORE = (10, 90)       # percentiles of a thing's pixel columns and rows that make its robust box
 BUFFER = 0.3          # each side of a box enlarged by this share of its size before boxes are compared
+WIDE_BUFFER = 1.0     # the second stage's, for the things and tracks the first left unpaired
 SMOOTHING = 0.5       # weight of the newest displacement in a track's velocity
 DEFAULT_MIN_IOU, DEFAULT_MAX_LOST = 0.3, 15  # the node's track_min_iou / track_max_lost defaults (schema)
 
@@ -123,14 +126,21 @@ class InstanceTracker:
         return out
 
     def _match(self, things: List[Segment], boxes: np.ndarray) -> Dict[int, int]:
-        """Segment id -> live track id, one to one, on the buffered IoU of its box with the track's expected box."""
-        if not things or not self.tracks:
-            return {}
-        ids = list(self.tracks)
-        iou = buffered_iou(np.array([self.tracks[t].expected() for t in ids]), boxes)
-        iou[np.array([self.tracks[t].label for t in ids])[:, None] != np.array([s.label for s in things])[None]] = 0
-        rows, cols = linear_sum_assignment(-iou)
-        return {things[j].id: ids[i] for i, j in zip(rows, cols) if iou[i, j] >= self.min_iou}
+        """Segment id -> live track id, one to one, on the buffered IoU of its box with the track's expected
+        box: first with boxes enlarged by BUFFER, then what is left with WIDE_BUFFER (C-BIoU's two stages: an
+        object that moved more than its size since the last frame, before its velocity is known)."""
+        out: Dict[int, int] = {}
+        for buffer in (BUFFER, WIDE_BUFFER):
+            left = [k for k, s in enumerate(things) if s.id not in out]
+            ids = [t for t in self.tracks if t not in out.values()]
+            if not left or not ids:
+                break
+            iou = buffered_iou(np.array([self.tracks[t].expected() for t in ids]), boxes[left], buffer)
+            labels = np.array([things[k].label for k in left])
+            iou[np.array([self.tracks[t].label for t in ids])[:, None] != labels[None]] = 0
+            rows, cols = linear_sum_assignment(-iou)
+            out.update({things[left[j]].id: ids[i] for i, j in zip(rows, cols) if iou[i, j] >= self.min_iou})
+        return out
 
 
 def grid_step(height: int, width: int) -> int:
