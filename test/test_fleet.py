@@ -424,7 +424,8 @@ def test_a_fleet_of_kitti_step_sequences_scores_tracking_over_every_track(local_
     from panoptic_node.fleet.report import merged_tracking
     src = kitti_step_fixture(tmp_path / "step", sequences=("0002", "0006"))
     for seq in ("0002", "0006"):
-        convert("kitti-step", src, tmp_path / "bags" / f"step_{seq}", sequence=seq, max_frames=4 if seq == "0002" else 6)
+        convert("kitti-step", src, tmp_path / "bags" / f"step_{seq}", sequence=seq,
+                max_frames=4 if seq == "0002" else 6)
     out = tmp_path / "out"
     assert main(["fleet", str(tmp_path / "bags"), "--model", str(tiny_model_yaml), "--backend", "torch",
                  "--threshold", "0", "--workers", "1", "--out", str(out), "--stq"]) == 0

@@ -29,9 +29,9 @@ def _headline(rep: dict, scored: List[dict] = ()) -> dict:
 def merged_tracking(results: List[dict], miou: float) -> Optional[dict]:
     """AQ over every labelled track of the bags (each bag's sequences are its own), STQ with their mIoU."""
     parts = [r["metrics"]["tracking"] for r in results if (r.get("metrics") or {}).get("tracking")]
-    tracks = sum(t["tracks"] for t in parts)
     if not parts:
         return None
+    tracks = sum(t["tracks"] for t in parts)
     aq = sum(t["aq"] * t["tracks"] for t in parts) / tracks if tracks else 0.0
     return {"aq": aq, "stq": float(np.sqrt(aq * miou)), "tracks": tracks}
 
@@ -137,7 +137,8 @@ METRIC_COLUMNS = [("PQ", "pq", "pct"), ("SQ", "sq", "pct"), ("RQ", "rq", "pct"),
 def render_html(report: dict) -> str:
     h = report.get("headline") or {}
     columns = METRIC_COLUMNS + ([("STQ", "stq", "pct"), ("AQ", "aq", "pct")] if "stq" in h else [])
-    tracking = f" &middot; STQ {_pct(h['stq'])} (AQ {_pct(h['aq'])}, {h['tracks']} labelled tracks)" if "stq" in h else ""
+    tracking = (f" &middot; STQ {_pct(h['stq'])} (AQ {_pct(h['aq'])}, {h['tracks']} labelled tracks)"
+                if "stq" in h else "")
     classes = [{"class": e["name"], "kind": "thing" if e["isthing"] else "stuff", "pq": e.get("pq"),
                 "sq": e.get("sq"), "rq": e.get("rq"), "iou": e.get("iou")}
                for e in (report.get("fleet") or {}).get("per_class", {}).values()]
