@@ -239,7 +239,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     results_out = {t: ResultBagWriter(writer, ns, taxonomy, pipeline.threshold)
                    for t, ns in zip(cameras, namespaces)} if writer else {}
     off_scale = OffScaleNotes(pipeline.cfg.input)
-    trackers = {t: InstanceTracker() for t in cameras} if track else {}
+    # ids are seen only in what is written (bag, video) and by --stq: PQ and mIoU are the same either way
+    trackers = {t: InstanceTracker() for t in cameras} if track and (out_bag or video or stq) else {}
     video_out = None
     latest: Dict[str, np.ndarray] = {}  # each camera's newest overlay, for a video of several side by side
     # predictions and ground truth waiting for their partner, by stamp (bounded: GT sits next to its frame)
