@@ -660,10 +660,14 @@ def test_a_managed_node_goes_through_its_lifecycle(graph, start, rng, model_yaml
     get_state = graph.create_client(GetState, f"/{node.name}/get_state")
     change = graph.create_client(ChangeState, f"/{node.name}/change_state")
     params = AsyncParameterClient(graph, node.name)
-    assert change.wait_for_service(timeout_sec=START_TIMEOUT) and params.wait_for_services(timeout_sec=20)
+    # every service this test calls, discovered before the first call (on a loaded machine get_state was not
+    # yet matched when change_state was, and its first call went unanswered)
+    assert change.wait_for_service(timeout_sec=START_TIMEOUT) and get_state.wait_for_service(timeout_sec=20)
+    assert params.wait_for_services(timeout_sec=20)
 
     def call(future):
         rclpy.spin_until_future_complete(graph, future, timeout_sec=30)
+        assert future.done(), f"no answer within 30 s: {node.output()}"
         return future.result()
 
     def state():
