@@ -25,8 +25,8 @@ from .evaluation.association import AssociationQuality
 from .evaluation.evaluator import Evaluator
 from .evaluation.per_frame import PerFrameScores
 from .inference.ego_mask import apply_ego_mask, describe, fitted, masks_for
-from .inference.tracking import InstanceTracker
 from .inference.preprocess import OffScaleNotes
+from .inference.tracking import InstanceTracker
 from .messages import FrameError, image_array
 from .output_safety import check_outputs
 from .render import overlay, side_by_side
