@@ -678,7 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tags", help="CSV of bag,tag to group bags by (default: the folder a bag lies in)")
     p.add_argument("--baseline", help="an earlier report.json: exit 1 when the fleet, a group or a class loses more "
                                       "than --max-pq-drop PQ points")
-    p.add_argument("--max-pq-drop", type=float, default=1.0)
+    p.add_argument("--max-pq-drop", type=float, default=1.0,
+                   help="PQ points the fleet, a group or a class may lose against --baseline (with --stq, the STQ "
+                        "points the fleet or a group may lose too)")
     p.add_argument("--write-bags", action="store_true", help="also write each bag's output bag (out/bags_out)")
     p.add_argument("--video", action="store_true", help="also write each bag's overlay video (out/videos)")
     p.add_argument("--ego-masks", help="folder of ego masks (as replay --ego-masks) applied to every bag's cameras; "

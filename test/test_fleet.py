@@ -445,3 +445,19 @@ def test_fleet_tracking_merges_by_tracks():
     from panoptic_node.fleet.report import merged_tracking
     bags = [{"metrics": {"tracking": {"aq": 1.0, "tracks": 3}}}, {"metrics": {"tracking": {"aq": 0.2, "tracks": 1}}}]
     assert merged_tracking(bags, 0.64) == pytest.approx({"aq": 0.8, "stq": np.sqrt(0.8 * 0.64), "tracks": 4})
+
+
+def test_the_baseline_gate_holds_stq_too_where_both_reports_scored_tracking():
+    from panoptic_node.fleet.report import compare
+
+    def report(pq, stq=None):
+        head = {"pq": pq, **({"stq": stq} if stq is not None else {})}
+        return {"headline": head, "groups": {"day": dict(head)}, "fleet": {"per_class": {}}}
+
+    assert compare(report(0.50, 0.40), report(0.50, 0.40), 1.0) == []
+    # ids that no longer follow the objects: PQ the same, STQ 5 points lower
+    assert compare(report(0.50, 0.35), report(0.50, 0.40), 1.0) == [
+        "fleet: STQ 40.0 -> 35.0 (-5.0)", "group day: STQ 40.0 -> 35.0 (-5.0)"]
+    assert compare(report(0.50, 0.35), report(0.50), 1.0) == []  # the baseline did not score tracking
+    assert compare(report(0.45), report(0.50), 1.0) == ["fleet: PQ 50.0 -> 45.0 (-5.0)",
+                                                         "group day: PQ 50.0 -> 45.0 (-5.0)"]

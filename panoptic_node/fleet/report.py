@@ -91,18 +91,21 @@ def _worst_frames(results: List[dict], taxonomy, keep: int = 3) -> Dict[str, Lis
 
 
 def compare(report: dict, baseline: dict, max_drop: float) -> List[str]:
-    """What lost more than `max_drop` PQ points against the baseline: the fleet, a group, a class."""
+    """What lost more than `max_drop` PQ points against the baseline: the fleet, a group, a class; and, where
+    both reports scored tracking (fleet --stq), more than `max_drop` STQ points: the fleet, a group."""
     losses = []
 
-    def check(what, now, before):
+    def check(what, now, before, metric="PQ"):
         if now is not None and before is not None and 100 * (before - now) > max_drop:
-            losses.append(f"{what}: PQ {100 * before:.1f} -> {100 * now:.1f} ({100 * (now - before):+.1f})")
+            losses.append(f"{what}: {metric} {100 * before:.1f} -> {100 * now:.1f} ({100 * (now - before):+.1f})")
 
-    if report.get("headline") and baseline.get("headline"):
-        check("fleet", report["headline"]["pq"], baseline["headline"]["pq"])
-    for tag, g in report.get("groups", {}).items():
-        if tag in baseline.get("groups", {}):
-            check(f"group {tag}", g["pq"], baseline["groups"][tag]["pq"])
+    rows = [("fleet", report.get("headline"), baseline.get("headline"))] + [
+        (f"group {tag}", g, baseline["groups"][tag]) for tag, g in report.get("groups", {}).items()
+        if tag in baseline.get("groups", {})]
+    for what, now, before in rows:
+        if now and before:
+            check(what, now["pq"], before["pq"])
+            check(what, now.get("stq"), before.get("stq"), "STQ")
     now_classes = (report.get("fleet") or {}).get("per_class", {})
     before_classes = (baseline.get("fleet") or {}).get("per_class", {})
     for cid, entry in now_classes.items():
