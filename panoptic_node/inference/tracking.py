@@ -89,8 +89,10 @@ class InstanceTracker:
         del self.tracks[track]
         self.free.append(track)
 
-    def _new_id(self, taken) -> int:
-        if not self.free:  # every id is live: the track unseen longest gives its id up
+    def _new_id(self, track_of: Dict[int, int]) -> int:
+        """A free id; when none is, the id of the track unseen longest that no thing of this frame took."""
+        if not self.free:  # rare: every id is live
+            taken = set(track_of.values())
             idle = [t for t in self.tracks if t not in taken]
             if not idle:
                 raise ValueError(f"more than {MAX_TRACK_ID} thing segments in one frame; the panoptic map "
@@ -114,7 +116,7 @@ class InstanceTracker:
                 t.velocity = moved if t.seen == 1 else SMOOTHING * moved + (1 - SMOOTHING) * t.velocity
                 t.box, t.lost, t.seen = box, 0, t.seen + 1
             else:
-                track_of[s.id] = self._new_id(set(track_of.values()))
+                track_of[s.id] = self._new_id(track_of)
                 self.tracks[track_of[s.id]] = Track(s.label, box, np.zeros(2))
         seen = set(track_of.values())
         for track in [t for t in self.tracks if t not in seen]:
