@@ -214,14 +214,20 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _replay(args, pipeline):
+def _replay(args, pipeline, node=None):
+    """node: the node's validated parameters when the replay runs them (replay --params)."""
     from .replay import replay
+    extra = {} if node is None else {
+        "track_min_iou": node["track_min_iou"], "track_max_lost": node["track_max_lost"],
+        "overlay_labels": node["overlay_labels"],
+        "publish": {name: node[f"publish_{name}"] for name in ("semantic", "instances", "panoptic", "detections",
+                                                                "overlay")}}
     summary = replay(pipeline, args.bag, out_bag=args.out, image_topic=args.image_topic, gt_topic=args.gt_topic,
                      video=args.video, metrics_path=args.metrics, max_frames=args.max_frames,
                      overwrite=args.overwrite, storage=args.storage, start_s=getattr(args, "start", None),
                      duration_s=getattr(args, "duration", None), per_frame_path=getattr(args, "per_frame", None),
                      timeline_path=getattr(args, "timeline", None), ego_masks=getattr(args, "ego_masks", None),
-                     track=not getattr(args, "no_tracking", False), stq=getattr(args, "stq", False))
+                     track=not getattr(args, "no_tracking", False), stq=getattr(args, "stq", False), **extra)
     print(summary.format())
     if summary.metrics:
         _charts(summary.metrics, args)
@@ -237,13 +243,75 @@ def _check_replay_outputs(args, inputs) -> None:
                   args.overwrite, bags={"--out"})
 
 
+# replay's options that set one of the node's parameters (option's dest -> parameter); with --params a given
+# option wins over the file, as a launch argument wins over car.param.yaml
+NODE_OPTIONS = {"model": "model", "weights": "weights", "backend": "backend", "onnx": "onnx", "precision": "precision",
+                "device": "device", "threshold": "threshold", "labels": "label_set", "threads": "num_threads",
+                "ego_masks": "ego_mask_dir"}
+# replay's own defaults of the options above that have one (None in its parser, so that --params knows what was given)
+REPLAY_DEFAULTS = {"device": "cpu", "backend": "auto", "precision": "auto", "threads": 0}
+# the node's parameters that govern the live graph, not what a frame gives: a replay runs every frame of the bag
+LIVE_ONLY = ("qos_reliability", "qos_depth", "max_age_ms", "max_rate_hz", "diagnostics_period", "camera_timeout_s",
+             "batch_cameras", "warmup_sizes", "autostart")
+
+
+def _node_parameters(args) -> dict:
+    """replay --params FILE: the parameters the node named --node takes from FILE (as rclpy gives them to it),
+    the options given on the command line on top, checked as the node checks them; args then carries what the
+    rest of the replay reads (cameras, ego masks, tracking)."""
+    from .params import ParameterError, defaults, from_file, input_topic, validate
+    node = from_file(args.params, args.node)
+    given = {param: getattr(args, dest) for dest, param in NODE_OPTIONS.items() if getattr(args, dest) is not None}
+    if args.no_tracking:
+        given["track_instances"] = False
+    try:
+        node = validate({**node, **given})
+    except ParameterError as e:
+        raise ParameterError(f"{e} (given on the command line, over {args.params})") from None
+    if args.image_topic is None:
+        args.image_topic = [input_topic(camera, node["input_transport"]) for camera in node["cameras"]]
+        args.cameras_from = f"the cameras of {args.params}: {', '.join(node['cameras'])}, input_transport " \
+                            f"{node['input_transport']}"
+    args.weights, args.onnx, args.ego_masks = node["weights"] or None, node["onnx"] or None, node["ego_mask_dir"] or None
+    args.no_tracking = not node["track_instances"]
+    live = [f"{name} {node[name]!r}" for name in LIVE_ONLY if node[name] != defaults()[name]]
+    threshold = node["threshold"] if node["threshold"] >= 0 else "the model config's"
+    print(f"node parameters of {'/' + args.node.strip('/')} from {args.params}: model {node['model']}, "
+          f"backend {node['backend']}, precision {node['precision']}, threshold {threshold}, "
+          f"labels {node['label_set']}, instance ids "
+          + (f"tracked (IoU >= {node['track_min_iou']:g}, unseen <= {node['track_max_lost']} frames)"
+             if node["track_instances"] else "per frame")
+          + (f"; not applied offline, where every frame is replayed: {', '.join(live)}" if live else ""))
+    return node
+
+
 def cmd_replay(args) -> int:
     from .bag.reader import BagReader
     from .replay import check_window
     check_window(args.start, args.duration)
-    _check_replay_outputs(args, [args.bag, args.weights, args.onnx, args.ego_masks])
-    BagReader(args.bag).close()  # a missing or unreadable bag is said before the model loads
-    _replay(args, _pipeline(args))
+    node = _node_parameters(args) if args.params else None
+    if node is None:
+        from .model.config import DEFAULT_MODEL
+        args.model = args.model or DEFAULT_MODEL
+        for dest, value in REPLAY_DEFAULTS.items():
+            if getattr(args, dest) is None:
+                setattr(args, dest, value)
+    _check_replay_outputs(args, [args.bag, args.weights, args.onnx, args.ego_masks, args.params])
+    reader = BagReader(args.bag)  # a missing or unreadable bag is said before the model loads
+    try:
+        if node is not None and getattr(args, "cameras_from", None):
+            missing = [t for t in args.image_topic if t not in reader.topics]
+            if missing:
+                raise ValueError(f"bag '{args.bag}' has no topic {', '.join(missing)} ({args.cameras_from}); its "
+                                 f"image topics: {', '.join(reader.image_topics()) or 'none'}; --image-topic T "
+                                 f"replays one of them")
+    finally:
+        reader.close()
+    if node is None:
+        _replay(args, _pipeline(args))
+    else:
+        from .params import make_node_pipeline
+        _replay(args, make_node_pipeline(node, log=lambda m: print(m, file=sys.stderr)), node)
     return 0
 
 
@@ -640,10 +708,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stq", action="store_true",
                    help="the ground truth's instance ids are track ids (a KITTI-STEP bag from `convert kitti-step`): "
                         "also score tracking, STEP's AQ and STQ")
+    p.add_argument("--params", help="a ROS 2 parameters file of the node (e.g. the car's config/car.param.yaml): "
+                   "replay what the node runs with it, its model, backend, threshold, labels, ego masks, tracking, "
+                   "the topics it publishes and its cameras' topics; options given here win over the file")
+    p.add_argument("--node", default="/panoptic_node", help="with --params: the node's name whose entry in the file "
+                   "applies, on top of /** (default /panoptic_node, as car.launch.py names it)")
     _add_model_args(p)
     _add_replay_args(p)
     _add_threads_arg(p)
-    p.set_defaults(func=cmd_replay)
+    # None: not given (--params then takes the file's value); replay's defaults are filled in cmd_replay
+    p.set_defaults(func=cmd_replay, **{dest: None for dest in REPLAY_DEFAULTS}, model=None)
 
     p = sub.add_parser("evaluate", help="PQ / mIoU from two bag topics or COCO-panoptic folders")
     p.add_argument("--bag")
@@ -812,7 +886,8 @@ def main(argv=None) -> int:
     try:
         if args.command in ("infer", "replay", "demo"):  # before anything is read or written (demo converts first)
             from .inference.backends import check_threads
-            check_threads(args.threads, "--threads")
+            if args.threads is not None:  # replay: None when not given (--params may set num_threads)
+                check_threads(args.threads, "--threads")
         return args.func(args)
     except KeyboardInterrupt:
         print(f"panoptic-node {args.command}: interrupted; outputs not finished are left under .partial names",

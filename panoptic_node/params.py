@@ -1,5 +1,6 @@
 """Node parameters: defaults and validation from config/panoptic_node.schema.json (ROS-free)."""
 import json
+import re
 from functools import lru_cache
 from typing import Any, Dict, List, Tuple
 
@@ -63,6 +64,12 @@ def validate(params: Dict[str, Any]) -> Dict[str, Any]:
         raise ParameterError(f"parameter '{name}' = {value!r} is invalid: allowed {allowed(props.get(name, {}))}")
     frame_sizes(full["warmup_sizes"])
     return full
+
+
+def input_topic(camera: str, transport: str) -> str:
+    """The topic a camera namespace's frames come in on (the node subscribes to it, replay --params reads it)."""
+    ns = camera.rstrip("/")
+    return f"{ns}/image/compressed" if transport == "compressed" else f"{ns}/image"
 
 
 def frame_sizes(text: str) -> List[Tuple[int, int]]:
@@ -158,3 +165,111 @@ def validate_file(data: Dict[str, Any]) -> None:
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.path)
         raise ParameterError(f"{where or 'document'}: {e.message}") from None
+
+
+NODE_NAME = "/panoptic_node"  # the node's fully qualified name as car.launch.py starts it
+
+
+def _yaml_loader():
+    """PyYAML's safe loader, except that a key written twice in one mapping (a node's entry, or a namespace)
+    is merged into its first place, later values winning, as rcl's parser merges it; PyYAML alone would
+    keep only the last of the two."""
+    import yaml
+
+    def merged(old, new):
+        if isinstance(old, dict) and isinstance(new, dict):
+            return {**old, **{k: merged(old.get(k), v) for k, v in new.items()}}
+        return new
+
+    def mapping(loader, node):
+        loader.flatten_mapping(node)
+        out: Dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            out[key] = merged(out.get(key), loader.construct_object(value_node, deep=True))
+        return out
+
+    class Loader(yaml.SafeLoader):
+        pass
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
+
+
+def _entries(tree: Any, prefix: str, out: List[Tuple[str, Dict[str, Any]]], where: str) -> None:
+    """Walk a parameters document as rcl's parser does: a key holding `ros__parameters` is a node, a key
+    holding other keys a namespace; node and namespace names are joined with '/', in the file's order."""
+    if not isinstance(tree, dict):
+        raise ParameterError(f"{where}: {prefix or 'the document'} holds {type(tree).__name__}; expected node "
+                             f"names with ros__parameters under them (e.g. /**: {{ros__parameters: {{...}}}})")
+    for key, value in tree.items():
+        name = f"{prefix}/{str(key).strip('/')}" if prefix else "/" + str(key).lstrip("/")
+        if isinstance(value, dict) and "ros__parameters" in value:
+            params = value["ros__parameters"]
+            if not isinstance(params, dict):
+                raise ParameterError(f"{where}: {name}'s ros__parameters holds {type(params).__name__}; expected "
+                                     f"parameter names and values")
+            out.append((name, _flat(params)))
+        else:
+            _entries(value, name, out, where)
+
+
+def _flat(params: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Nested parameter names joined with '.', as ROS 2 names them (qos_overrides./camera/front/...)."""
+    out = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def applies_to(entry: str, node: str) -> bool:
+    """Whether a file's entry applies to the node of fully qualified name `node`, by rclpy's rule (Jazzy):
+    '/*' stands for one name ('/car/*'), '/**' for any number ('/**', '/**/panoptic_node')."""
+    return re.fullmatch(entry.replace("/*", r"(/\w+)"), node) is not None
+
+
+def file_parameters(path, node: str = NODE_NAME) -> Dict[str, Any]:
+    """What a ROS 2 parameters file gives the node `node`, as rclpy gives it: every entry that applies to the
+    node (applies_to), in the file's order, a later one's values over an earlier one's; not yet validated.
+    ParameterError in one line naming the file."""
+    import yaml
+    where = f"parameters file '{path}'"
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.load(f, Loader=_yaml_loader())
+    except FileNotFoundError:
+        raise ParameterError(f"{where} does not exist; expected a ROS 2 parameters YAML such as "
+                             f"config/car.param.yaml") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParameterError(f"{where} cannot be read ({e}); expected a ROS 2 parameters YAML") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ParameterError(f"{where} is not valid YAML{at} ({getattr(e, 'problem', None) or e}); expected a "
+                             f"ROS 2 parameters YAML") from None
+    entries: List[Tuple[str, Dict[str, Any]]] = []
+    _entries(doc if doc is not None else {}, "", entries, where)
+    node = "/" + node.strip("/")
+    mine = [params for name, params in entries if applies_to(name, node)]
+    if not mine:
+        found = ", ".join(name for name, _ in entries) or "none"
+        raise ParameterError(f"{where} holds no parameters for {node} (entries in it: {found}); expected /** or "
+                             f"{node} with ros__parameters under it")
+    given: Dict[str, Any] = {}
+    for params in mine:
+        given.update(params)
+    return given
+
+
+def from_file(path, node: str = NODE_NAME) -> Dict[str, Any]:
+    """file_parameters, checked and completed with defaults as the node checks its own (built-ins and QoS
+    overrides left out)."""
+    try:
+        return validate(user_parameters(file_parameters(path, node)))
+    except ParameterError as e:
+        if str(e).startswith("parameters file"):
+            raise
+        raise ParameterError(f"parameters file '{path}': {e}") from None

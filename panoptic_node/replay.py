@@ -26,7 +26,7 @@ from .evaluation.evaluator import Evaluator
 from .evaluation.per_frame import PerFrameScores
 from .inference.ego_mask import apply_ego_mask, describe, fitted, masks_for
 from .inference.preprocess import OffScaleNotes
-from .inference.tracking import InstanceTracker
+from .inference.tracking import DEFAULT_MAX_LOST, DEFAULT_MIN_IOU, InstanceTracker
 from .messages import FrameError, image_array
 from .output_safety import check_outputs
 from .render import overlay, side_by_side
@@ -154,7 +154,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
            overwrite: bool = False, storage: str = "mcap", log=print, on_scored=None,
            start_s: Optional[float] = None, duration_s: Optional[float] = None,
            per_frame_path=None, timeline_path=None, ego_masks=None, track: bool = True,
-           stq: bool = False) -> ReplaySummary:
+           stq: bool = False, track_min_iou: float = DEFAULT_MIN_IOU, track_max_lost: int = DEFAULT_MAX_LOST,
+           publish: Optional[Dict[str, bool]] = None, overlay_labels: bool = True) -> ReplaySummary:
     """image_topic: one camera topic or several (default: every camera in the bag); each camera's
     results go under its own namespace, as the node publishes them. Ground truth belongs to one camera,
     so it is scored only when one is replayed; the video shows every camera side by side.
@@ -170,7 +171,9 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     is not scored). track: each camera's instance ids kept from frame to frame, as the node's default
     track_instances keeps them (inference/tracking.py); False numbers each frame's things 1..N. stq: the
     ground truth's instance ids are track ids (KITTI-STEP): also score how well the predicted ids follow them
-    (evaluation/association.py: AQ, and STQ with the mIoU)."""
+    (evaluation/association.py: AQ, and STQ with the mIoU); track_min_iou / track_max_lost: the tracker's
+    settings (the node's parameters of those names). publish: which of the node's topics the output bag gets
+    (its publish_* switches, bag/outputs.py; all by default); overlay_labels: class names on the overlays."""
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
                             model=pipeline.cfg.name)
     if max_frames is not None and max_frames < 1:
@@ -236,11 +239,12 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
         log("no tracking scores (STQ): nothing to score against")
     writer = BagWriter(out_bag, storage, overwrite, inputs=[bag]) if out_bag else None
     taxonomy = evaluator.taxonomy if evaluator else pipeline.taxonomy
-    results_out = {t: ResultBagWriter(writer, ns, taxonomy, pipeline.threshold)
+    results_out = {t: ResultBagWriter(writer, ns, taxonomy, pipeline.threshold, publish, overlay_labels)
                    for t, ns in zip(cameras, namespaces)} if writer else {}
     off_scale = OffScaleNotes(pipeline.cfg.input)
     # ids are seen only in what is written (bag, video) and by --stq: PQ and mIoU are the same either way
-    trackers = {t: InstanceTracker() for t in cameras} if track and (out_bag or video or stq) else {}
+    trackers = {t: InstanceTracker(track_min_iou, track_max_lost) for t in cameras} \
+        if track and (out_bag or video or stq) else {}
     video_out = None
     latest: Dict[str, np.ndarray] = {}  # each camera's newest overlay, for a video of several side by side
     # predictions and ground truth waiting for their partner, by stamp (bounded: GT sits next to its frame)
@@ -310,8 +314,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                 summary.cameras[m.topic] = summary.cameras.get(m.topic, 0) + 1
                 bar.update(1)
                 out = results_out.get(m.topic)
-                drawn = overlay(rgb, result, taxonomy) if video or (out and out.with_overlay) \
-                    else None  # rendered once for the overlay topic and the video
+                drawn = overlay(rgb, result, taxonomy, labels=overlay_labels) \
+                    if video or (out and out.publish["overlay"]) else None  # once for the overlay topic and the video
                 if out:
                     out.add(m.msg.header, m.stamp_ns, result, rgb, drawn)
                 if video:

@@ -1,5 +1,5 @@
 """Write PanopticResults to a bag with exactly the live node's topics and types (DESIGN.md)."""
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -30,11 +30,20 @@ def camera_namespace(image_topic: str) -> str:
     return ns.rstrip("/")
 
 
+# the node's publish_* switches, each naming the topic it turns off (the overlay's JPEG twin goes with it live)
+PUBLISH_SWITCHES = ("semantic", "instances", "panoptic", "detections", "overlay")
+
+
 class ResultBagWriter:
+    """One camera's results as the node's topics under its namespace. publish: the node's publish_* switches
+    ({'overlay': False, ...}; every topic by default), so a replay with the car's parameters writes what the
+    car publishes; label_info is always written (the node latches it whatever the switches say)."""
+
     def __init__(self, writer: BagWriter, namespace: str, taxonomy: Taxonomy, threshold: float,
-                 with_overlay: bool = True):
+                 publish: Optional[Dict[str, bool]] = None, overlay_labels: bool = True):
         self.w, self.ns, self.taxonomy = writer, namespace, taxonomy
-        self.threshold, self.with_overlay = threshold, with_overlay
+        self.threshold, self.overlay_labels = threshold, overlay_labels
+        self.publish = {name: True for name in PUBLISH_SWITCHES} | dict(publish or {})
         self.label_info_written = False
 
     def topic(self, name: str) -> str:
@@ -47,13 +56,18 @@ class ResultBagWriter:
             self.w.write(self.topic("panoptic/label_info"), label_info_msg(hdr, label_info(self.taxonomy),
                                                                             self.threshold), stamp, LABEL_INFO)
             self.label_info_written = True
-        self.w.write(self.topic("panoptic/semantic"), image_msg(hdr, image_fields(result.semantic, "mono8")), stamp, MAPS)
-        self.w.write(self.topic("panoptic/instances"), image_msg(hdr, image_fields(result.instance, "mono16")), stamp,
-                     MAPS)
-        self.w.write(self.topic("panoptic/panoptic"), image_msg(hdr, image_fields(result.panoptic, "32SC1")), stamp,
-                     MAPS)
-        self.w.write(self.topic("panoptic/detections"), detection_array_msg(hdr, detections(result, self.taxonomy)),
-                     stamp, MAPS)
-        if self.with_overlay:
-            bgr = (overlay(rgb, result, self.taxonomy) if drawn is None else drawn)[..., ::-1]
+        if self.publish["semantic"]:
+            self.w.write(self.topic("panoptic/semantic"), image_msg(hdr, image_fields(result.semantic, "mono8")),
+                         stamp, MAPS)
+        if self.publish["instances"]:
+            self.w.write(self.topic("panoptic/instances"), image_msg(hdr, image_fields(result.instance, "mono16")),
+                         stamp, MAPS)
+        if self.publish["panoptic"]:
+            self.w.write(self.topic("panoptic/panoptic"), image_msg(hdr, image_fields(result.panoptic, "32SC1")),
+                         stamp, MAPS)
+        if self.publish["detections"]:
+            self.w.write(self.topic("panoptic/detections"),
+                         detection_array_msg(hdr, detections(result, self.taxonomy)), stamp, MAPS)
+        if self.publish["overlay"]:
+            bgr = (overlay(rgb, result, self.taxonomy, labels=self.overlay_labels) if drawn is None else drawn)[..., ::-1]
             self.w.write(self.topic("panoptic/overlay"), image_msg(hdr, image_fields(bgr, "bgr8")), stamp, OVERLAY)

@@ -35,8 +35,8 @@ from ..inference.tracking import InstanceTracker
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
                         stamp_ns)
 from ..node_stats import NodeStats, inactive_statuses
-from ..params import (ParameterError, check_qos_overrides, defaults, descriptions, frame_sizes, make_node_pipeline,
-                      updated, user_parameters, validate)
+from ..params import (ParameterError, check_qos_overrides, defaults, descriptions, frame_sizes, input_topic,
+                      make_node_pipeline, updated, user_parameters, validate)
 from ..render import overlay
 from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 
@@ -50,10 +50,6 @@ def qos_profile(qos: TopicQos) -> QoSProfile:
     return QoSProfile(depth=qos.depth, history=HistoryPolicy.KEEP_LAST,
                       reliability=ReliabilityPolicy.RELIABLE if qos.reliable else ReliabilityPolicy.BEST_EFFORT,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL if qos.transient_local else DurabilityPolicy.VOLATILE)
-
-
-def input_topic(ns: str, transport: str) -> str:
-    return f"{ns}/image/compressed" if transport == "compressed" else f"{ns}/image"
 
 
 def _image(header, pixels, encoding):
