@@ -216,12 +216,9 @@ def cmd_convert(args) -> int:
 
 def _replay(args, pipeline, node=None):
     """node: the node's validated parameters when the replay runs them (replay --params)."""
+    from .params import replay_options
     from .replay import replay
-    extra = {} if node is None else {
-        "track_min_iou": node["track_min_iou"], "track_max_lost": node["track_max_lost"],
-        "overlay_labels": node["overlay_labels"],
-        "publish": {name: node[f"publish_{name}"] for name in ("semantic", "instances", "panoptic", "detections",
-                                                                "overlay")}}
+    extra = {} if node is None else {k: v for k, v in replay_options(node).items() if k not in ("image_topic", "track")}
     summary = replay(pipeline, args.bag, out_bag=args.out, image_topic=args.image_topic, gt_topic=args.gt_topic,
                      video=args.video, metrics_path=args.metrics, max_frames=args.max_frames,
                      overwrite=args.overwrite, storage=args.storage, start_s=getattr(args, "start", None),
@@ -243,44 +240,56 @@ def _check_replay_outputs(args, inputs) -> None:
                   args.overwrite, bags={"--out"})
 
 
-# replay's options that set one of the node's parameters (option's dest -> parameter); with --params a given
-# option wins over the file, as a launch argument wins over car.param.yaml
+# the options of replay and fleet that set one of the node's parameters (option's dest -> parameter); with
+# --params a given option wins over the file, as a launch argument wins over car.param.yaml
 NODE_OPTIONS = {"model": "model", "weights": "weights", "backend": "backend", "onnx": "onnx", "precision": "precision",
                 "device": "device", "threshold": "threshold", "labels": "label_set", "threads": "num_threads",
                 "ego_masks": "ego_mask_dir"}
-# replay's own defaults of the options above that have one (None in its parser, so that --params knows what was given)
-REPLAY_DEFAULTS = {"device": "cpu", "backend": "auto", "precision": "auto", "threads": 0}
+# their defaults (None in the parsers of replay and fleet, so that --params knows what was given)
+OPTION_DEFAULTS = {"device": "cpu", "backend": "auto", "precision": "auto", "threads": 0}
 # the node's parameters that govern the live graph, not what a frame gives: a replay runs every frame of the bag
 LIVE_ONLY = ("qos_reliability", "qos_depth", "max_age_ms", "max_rate_hz", "diagnostics_period", "camera_timeout_s",
              "batch_cameras", "warmup_sizes", "autostart")
 
 
+def _fill_option_defaults(args) -> None:
+    from .model.config import DEFAULT_MODEL
+    args.model = args.model or DEFAULT_MODEL
+    for dest, value in OPTION_DEFAULTS.items():
+        if getattr(args, dest, value) is None:
+            setattr(args, dest, value)
+
+
 def _node_parameters(args) -> dict:
-    """replay --params FILE: the parameters the node named --node takes from FILE (as rclpy gives them to it),
-    the options given on the command line on top, checked as the node checks them; args then carries what the
-    rest of the replay reads (cameras, ego masks, tracking)."""
-    from .params import ParameterError, defaults, from_file, input_topic, validate
+    """--params FILE (replay, fleet): the parameters the node named --node takes from FILE (as rclpy gives them
+    to it), the options given on the command line on top, checked as the node checks them. args then holds
+    the model settings they make (model, weights, backend, threshold, labels, ego masks, ...)."""
+    from .params import ParameterError, defaults, from_file, validate
     node = from_file(args.params, args.node)
-    given = {param: getattr(args, dest) for dest, param in NODE_OPTIONS.items() if getattr(args, dest) is not None}
-    if args.no_tracking:
+    given = {param: getattr(args, dest) for dest, param in NODE_OPTIONS.items()
+             if getattr(args, dest, None) is not None}
+    if getattr(args, "no_tracking", False):
         given["track_instances"] = False
     try:
         node = validate({**node, **given})
     except ParameterError as e:
         raise ParameterError(f"{e} (given on the command line, over {args.params})") from None
-    if args.image_topic is None:
-        args.image_topic = [input_topic(camera, node["input_transport"]) for camera in node["cameras"]]
-        args.cameras_from = f"the cameras of {args.params}: {', '.join(node['cameras'])}, input_transport " \
-                            f"{node['input_transport']}"
-    args.weights, args.onnx, args.ego_masks = node["weights"] or None, node["onnx"] or None, node["ego_mask_dir"] or None
-    args.no_tracking = not node["track_instances"]
-    live = [f"{name} {node[name]!r}" for name in LIVE_ONLY if node[name] != defaults()[name]]
+    args.model, args.weights, args.onnx = node["model"], node["weights"] or None, node["onnx"] or None
+    args.backend, args.precision, args.device = node["backend"], node["precision"], node["device"]
+    args.threshold = node["threshold"] if node["threshold"] >= 0 else None
+    args.labels = None if node["label_set"] == "native" else node["label_set"]
+    args.ego_masks = node["ego_mask_dir"] or None
+    # a fleet shares the machine's cores among its workers itself
+    not_applied = LIVE_ONLY + (() if hasattr(args, "threads") else ("num_threads",))
+    if hasattr(args, "threads"):
+        args.threads = node["num_threads"]
+    live = [f"{name} {node[name]!r}" for name in not_applied if node[name] != defaults()[name]]
     threshold = node["threshold"] if node["threshold"] >= 0 else "the model config's"
     print(f"node parameters of {'/' + args.node.strip('/')} from {args.params}: model {node['model']}, "
           f"backend {node['backend']}, precision {node['precision']}, threshold {threshold}, "
-          f"labels {node['label_set']}, instance ids "
-          + (f"tracked (IoU >= {node['track_min_iou']:g}, unseen <= {node['track_max_lost']} frames)"
-             if node["track_instances"] else "per frame")
+          f"labels {node['label_set']}, cameras {', '.join(node['cameras'])} ({node['input_transport']}), instance "
+          f"ids " + (f"tracked (IoU >= {node['track_min_iou']:g}, unseen <= {node['track_max_lost']} frames)"
+                     if node["track_instances"] else "per frame")
           + (f"; not applied offline, where every frame is replayed: {', '.join(live)}" if live else ""))
     return node
 
@@ -289,22 +298,25 @@ def cmd_replay(args) -> int:
     from .bag.reader import BagReader
     from .replay import check_window
     check_window(args.start, args.duration)
-    node = _node_parameters(args) if args.params else None
-    if node is None:
-        from .model.config import DEFAULT_MODEL
-        args.model = args.model or DEFAULT_MODEL
-        for dest, value in REPLAY_DEFAULTS.items():
-            if getattr(args, dest) is None:
-                setattr(args, dest, value)
+    node, cameras_from = None, None
+    if args.params:
+        from .params import replay_options
+        node = _node_parameters(args)
+        args.no_tracking = not node["track_instances"]
+        if args.image_topic is None:
+            args.image_topic = replay_options(node)["image_topic"]
+            cameras_from = f"the cameras of {args.params}: {', '.join(node['cameras'])}, input_transport " \
+                           f"{node['input_transport']}"
+    else:
+        _fill_option_defaults(args)
     _check_replay_outputs(args, [args.bag, args.weights, args.onnx, args.ego_masks, args.params])
     reader = BagReader(args.bag)  # a missing or unreadable bag is said before the model loads
     try:
-        if node is not None and getattr(args, "cameras_from", None):
-            missing = [t for t in args.image_topic if t not in reader.topics]
-            if missing:
-                raise ValueError(f"bag '{args.bag}' has no topic {', '.join(missing)} ({args.cameras_from}); its "
-                                 f"image topics: {', '.join(reader.image_topics()) or 'none'}; --image-topic T "
-                                 f"replays one of them")
+        missing = [t for t in args.image_topic if t not in reader.topics] if cameras_from else []
+        if missing:
+            raise ValueError(f"bag '{args.bag}' has no topic {', '.join(missing)} ({cameras_from}); its image "
+                             f"topics: {', '.join(reader.image_topics()) or 'none'}; --image-topic T replays one "
+                             f"of them")
     finally:
         reader.close()
     if node is None:
@@ -325,12 +337,19 @@ def cmd_fleet(args) -> int:
     points(args.max_pq_drop, "--max-pq-drop", at_least=0)
     if args.cpus is not None:  # 0: Ray would wait forever for a CPU to run on
         at_least_one(args.cpus, "--cpus", "CPUs (leave it out for all)")
+    options = None  # what --params asks of each bag's replay (its cameras, tracking, topics)
+    if args.params:
+        from .params import replay_options
+        options = replay_options(_node_parameters(args))
+    else:
+        _fill_option_defaults(args)
     bags = find_bags(args.bags)
     if not bags:
         raise FileNotFoundError(f"no bags found in {', '.join(args.bags)}")
     # the fleet folder is ours to fill and refill (a rerun resumes in it); it must not be or hold an input,
     # nor be a folder of something else
-    refuse_inputs("--out", out, bags + [args.weights, args.onnx, args.baseline, args.tags, args.ego_masks])
+    refuse_inputs("--out", out, bags + [args.weights, args.onnx, args.baseline, args.tags, args.ego_masks,
+                                        args.params])
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out '{out}' is a file; expected a folder for the fleet's results")
     if out.exists() and any(out.iterdir()) and not (out / "bags").is_dir():
@@ -348,7 +367,8 @@ def cmd_fleet(args) -> int:
     report = run_fleet(bags, out, args.model, weights=args.weights, backend=args.backend, device=args.device,
                        threshold=args.threshold, labels=args.labels, onnx=args.onnx, workers=args.workers,
                        cpus=args.cpus, address=args.address, tags=tags, write_bags=args.write_bags,
-                       video=args.video, precision=args.precision, ego_masks=args.ego_masks, stq=args.stq)
+                       video=args.video, precision=args.precision, ego_masks=args.ego_masks, stq=args.stq,
+                       replay_options=options)
     h = report["headline"]
     if h:
         print(f"fleet: PQ {100 * h['pq']:.1f} (things {100 * h['pq_things']:.1f}, stuff {100 * h['pq_stuff']:.1f}), "
@@ -716,8 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_replay_args(p)
     _add_threads_arg(p)
-    # None: not given (--params then takes the file's value); replay's defaults are filled in cmd_replay
-    p.set_defaults(func=cmd_replay, **{dest: None for dest in REPLAY_DEFAULTS}, model=None)
+    # None: not given (--params then takes the file's value); the defaults are filled in cmd_replay
+    p.set_defaults(func=cmd_replay, **{dest: None for dest in OPTION_DEFAULTS}, model=None)
 
     p = sub.add_parser("evaluate", help="PQ / mIoU from two bag topics or COCO-panoptic folders")
     p.add_argument("--bag")
@@ -761,8 +781,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "other masks score every bag again")
     p.add_argument("--stq", action="store_true", help="the bags' ground-truth ids are track ids (KITTI-STEP, one "
                                                       "sequence per bag): also score tracking, AQ and STQ")
+    p.add_argument("--params", help="the node's ROS 2 parameters file (e.g. the car's config/car.param.yaml): every "
+                   "bag replayed as replay --params replays it, its cameras' topics among them; options given here "
+                   "win over the file; other parameters score every bag again")
+    p.add_argument("--node", default="/panoptic_node", help="with --params: the node's name whose entry applies, "
+                                                            "on top of /** (default /panoptic_node)")
     _add_model_args(p)
-    p.set_defaults(func=cmd_fleet)
+    p.set_defaults(func=cmd_fleet, **{dest: None for dest in OPTION_DEFAULTS if dest != "threads"}, model=None)
 
     p = sub.add_parser("demo", help="CamVid val -> bag -> replay with the default model -> PQ, mIoU, fps, video")
     p.add_argument("--camvid", help="CamVid folder (default ../shared/data/camvid)")

@@ -273,3 +273,13 @@ def from_file(path, node: str = NODE_NAME) -> Dict[str, Any]:
         if str(e).startswith("parameters file"):
             raise
         raise ParameterError(f"parameters file '{path}': {e}") from None
+
+
+def replay_options(p: Dict[str, Any]) -> Dict[str, Any]:
+    """What validated node parameters ask of a replay (replay.py's arguments): the cameras' input topics, the
+    tracking, the topics published and their overlay."""
+    return {"image_topic": [input_topic(camera, p["input_transport"]) for camera in p["cameras"]],
+            "track": p["track_instances"], "track_min_iou": p["track_min_iou"], "track_max_lost": p["track_max_lost"],
+            "publish": {name: p[f"publish_{name}"] for name in ("semantic", "instances", "panoptic", "detections",
+                                                                 "overlay")},
+            "overlay_labels": p["overlay_labels"]}

@@ -461,3 +461,45 @@ def test_the_baseline_gate_holds_stq_too_where_both_reports_scored_tracking():
     assert compare(report(0.50, 0.35), report(0.50), 1.0) == []  # the baseline did not score tracking
     assert compare(report(0.45), report(0.50), 1.0) == ["fleet: PQ 50.0 -> 45.0 (-5.0)",
                                                          "group day: PQ 50.0 -> 45.0 (-5.0)"]
+
+
+def test_fleet_with_the_cars_parameters_replays_each_bag_as_replay_params_does(local_ray, tiny_model_yaml, tmp_path,
+                                                                                capsys, rng):
+    """Recordings of two cameras with ground truth for the front one: a fleet alone replays both and cannot
+    score (ground truth belongs to one camera); with the node's parameters file it replays the node's camera,
+    scores each bag as `replay --params` does, and a changed file scores every bag again."""
+    from test_replay_params import car_recording, write_params
+    from panoptic_node.bag.writer import BagWriter, header, image_msg
+    from panoptic_node.messages import image_fields
+    for name in ("drive_a", "drive_b"):
+        bag = car_recording(tmp_path / "tmp" / name, rng)
+        with BagReader(bag) as r, BagWriter(tmp_path / "bags" / name, "mcap") as w:  # plus the front's ground truth
+            for m in r.messages(list(r.topics)):
+                w.write(m.topic, m.msg, m.stamp_ns)
+                if m.topic == "/camera/front/image":
+                    pan = np.where(np.arange(64) < 32, 3, 0)[None].repeat(48, 0).astype(np.int32)  # road | sky
+                    w.write("/ground_truth/panoptic", image_msg(header(m.stamp_ns, "front"),
+                                                                image_fields(pan, "32SC1")), m.stamp_ns)
+    out = tmp_path / "out"
+    assert main(["fleet", str(tmp_path / "bags"), "--model", str(tiny_model_yaml), "--backend", "torch",
+                 "--workers", "1", "--out", str(tmp_path / "plain")]) == 0
+    assert json.loads((tmp_path / "plain" / "report.json").read_text())["bags_scored"] == 0
+    params = write_params(tmp_path / "car.param.yaml", tiny_model_yaml, threshold=0.2, max_rate_hz=15.0)
+    capsys.readouterr()
+    assert main(["fleet", str(tmp_path / "bags"), "--params", str(params), "--workers", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "threshold 0.2" in printed and "not applied offline, where every frame is replayed: max_rate_hz 15.0" \
+        in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["bags_scored"] == 2 and report["frames"] == 6 and report["frames_scored"] == 6
+    assert main(["replay", str(tmp_path / "bags" / "drive_a"), "--params", str(params),
+                 "--metrics", str(tmp_path / "a.json")]) == 0
+    alone = json.loads((tmp_path / "a.json").read_text())["metrics"]
+    bag_a = next(b for b in report["bags"] if b["bag"].endswith("drive_a"))
+    assert bag_a["pq"] == pytest.approx(alone["pq"]["pq"]) and bag_a["miou"] == pytest.approx(alone["miou"])
+    # the same file again: kept; another threshold in it: every bag scored again
+    assert main(["fleet", str(tmp_path / "bags"), "--params", str(params), "--workers", "1", "--out", str(out)]) == 0
+    assert "2 bags already scored with these settings: kept" in capsys.readouterr().out
+    write_params(params, tiny_model_yaml, threshold=0.4)
+    assert main(["fleet", str(tmp_path / "bags"), "--params", str(params), "--workers", "1", "--out", str(out)]) == 0
+    assert "already scored" not in capsys.readouterr().out

@@ -100,17 +100,22 @@ def settings_of(model, weights, backend, device, threshold, labels, onnx, precis
 def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: str = "auto", device: str = "cpu",
               threshold=None, labels=None, onnx=None, workers: int = 2, cpus: Optional[int] = None,
               address: Optional[str] = None, tags: Optional[Dict[str, str]] = None, write_bags: bool = False,
-              video: bool = False, precision: str = "auto", ego_masks=None, stq: bool = False, log=print) -> dict:
+              video: bool = False, precision: str = "auto", ego_masks=None, stq: bool = False,
+              replay_options: Optional[dict] = None, log=print) -> dict:
     """ego_masks: a folder of ego masks (inference/ego_mask.py), applied to every bag's cameras as replay
     --ego-masks does; the workers read it by its path, so on a cluster it lies where every node sees it.
     stq: the bags' ground-truth ids are track ids (KITTI-STEP sequences, one per bag): tracking is scored too
-    (replay --stq), and the fleet's AQ is taken over every labelled track of every bag."""
+    (replay --stq), and the fleet's AQ is taken over every labelled track of every bag. replay_options: more of
+    replay()'s arguments for every bag (params.replay_options: the node's cameras, tracking and topics, for
+    fleet --params); they are part of the settings a bag was scored with."""
     import ray
 
     out = Path(out)
     settings = settings_of(model, weights, backend, device, threshold, labels, onnx, precision, ego_masks)
     if stq:  # only then: results scored before this option existed keep their keys
         settings["stq"] = True
+    if replay_options:
+        settings["replay"] = replay_options
     results, pending = [], []
     for bag in bags:
         key = store.run_key(settings, bag)
@@ -129,7 +134,7 @@ def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: st
                      log_to_driver=False, configure_logging=False)
         try:
             results += _score(ray, pending, out, settings, tags, model, weights, backend, device, threshold, labels,
-                              onnx, workers, cpus, write_bags, video, precision, ego_masks, stq)
+                              onnx, workers, cpus, write_bags, video, precision, ego_masks, stq, replay_options)
         finally:
             if started:
                 ray.shutdown()
@@ -139,7 +144,7 @@ def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: st
 
 
 def _score(ray, pending, out, settings, tags, model, weights, backend, device, threshold, labels, onnx, workers,
-           cpus, write_bags, video, precision, ego_masks=None, stq=False) -> List[dict]:
+           cpus, write_bags, video, precision, ego_masks=None, stq=False, replay_options=None) -> List[dict]:
     total_cpus = int(ray.available_resources().get("CPU", 1)) if cpus is None else cpus
     n = max(1, min(workers, len(pending)))
     threads = max(1, total_cpus // n)
@@ -159,7 +164,8 @@ def _score(ray, pending, out, settings, tags, model, weights, backend, device, t
         bag, key = queue.pop(0)
         out_bag = str(out / "bags_out" / bag.name) if write_bags else None
         video_path = str(out / "videos" / f"{bag.name}.mp4") if video else None
-        running[actor.score.remote(str(bag), out_bag, video_path, ego_masks and str(ego_masks), stq)] = \
+        running[actor.score.remote(str(bag), out_bag, video_path, ego_masks and str(ego_masks), stq,
+                                   replay_options)] = \
             (actor, bag, key)
 
     for actor in actors:

@@ -52,9 +52,11 @@ def thumbnail(rgb_third, gt_semantic, pred_semantic, taxonomy) -> str:
 
 
 def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Optional[Path] = None,
-              gallery: int = 3, ego_masks: Optional[Path] = None, stq: bool = False) -> dict:
+              gallery: int = 3, ego_masks: Optional[Path] = None, stq: bool = False,
+              options: Optional[dict] = None) -> dict:
     """The bag's result (see results.py); a bag that cannot be read is a result too, with the reason. stq: its
-    ground truth's ids are track ids (replay --stq); its metrics then hold AQ / STQ over its tracks."""
+    ground truth's ids are track ids (replay --stq); its metrics then hold AQ / STQ over its tracks. options:
+    more of replay()'s arguments (fleet --params: the node's cameras, tracking and topics)."""
     from ..bag.writer import BagError
     from ..replay import replay
     published = pipeline.taxonomy if pipeline.mapping is None else pipeline.mapping.target
@@ -62,7 +64,7 @@ def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Option
     notes: List[str] = []  # what the replay said of the bag (why it went unscored, cameras left out)
     try:
         summary = replay(pipeline, bag, out_bag=out_bag, video=video, overwrite=True, log=notes.append,
-                         on_scored=worst, ego_masks=ego_masks, stq=stq)
+                         on_scored=worst, ego_masks=ego_masks, stq=stq, **(options or {}))
     except (BagError, ValueError, OSError) as e:
         hint = ""
         if "recover" not in str(e) and ("truncated" in str(e) or "corrupt" in str(e) or Path(bag).is_file()):
@@ -94,6 +96,6 @@ class BagScorer:
                                       threads=min(threads, os.cpu_count() or 1), log=lambda m: None)
 
     def score(self, bag: str, out_bag: Optional[str] = None, video: Optional[str] = None,
-              ego_masks: Optional[str] = None, stq: bool = False) -> dict:
+              ego_masks: Optional[str] = None, stq: bool = False, options: Optional[dict] = None) -> dict:
         return score_bag(self.pipeline, Path(bag), Path(out_bag) if out_bag else None, Path(video) if video else None,
-                         ego_masks=Path(ego_masks) if ego_masks else None, stq=stq)
+                         ego_masks=Path(ego_masks) if ego_masks else None, stq=stq, options=options)
