@@ -637,7 +637,9 @@ def cmd_build_engine(args) -> int:
 
 def cmd_doctor(args) -> int:
     from .doctor import PROBLEM, format_checks, run_checks
-    checks = run_checks(args.model or "street_lite0", args.weights)
+    if args.params and (args.model or args.weights):
+        raise ValueError("doctor: --params names the model and weights the node runs; leave out --model / --weights")
+    checks = run_checks(args.model or "street_lite0", args.weights, params=args.params, node_name=args.node)
     print(format_checks(checks))
     problems = [c.name for c in checks if c.verdict == PROBLEM]
     if problems:
@@ -840,6 +842,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "and what keeps it from running well; exit 1 when the model cannot run")
     p.add_argument("--model", help="model name, YAML or checkpoint (default: street_lite0)")
     p.add_argument("--weights", help="weights file (default: the model config's own)")
+    p.add_argument("--params", help="the node's ROS 2 parameters file (e.g. the car's config/car.param.yaml): "
+                   "checked as the node reads it, with its model, backend, ego masks and cameras (the speed "
+                   "measured is the node's pipeline, shared by its cameras)")
+    p.add_argument("--node", default="/panoptic_node", help="with --params: the node's name whose entry applies, "
+                                                            "on top of /** (default /panoptic_node)")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("bench", help=f"run a benchmark from bench/ ({', '.join(benches)})")

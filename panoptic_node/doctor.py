@@ -11,7 +11,7 @@ import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 OK, NOTE, PROBLEM = "ok", "note", "problem"
 
@@ -59,7 +59,9 @@ def machine_checks(find_spec=importlib.util.find_spec) -> List[Check]:
     return out
 
 
-def model_checks(model: str, weights: Optional[str]) -> List[Check]:
+def model_checks(model: str, weights: Optional[str], node: Optional[dict] = None) -> List[Check]:
+    """node: the node's validated parameters (doctor --params): their backend and precision are what is
+    checked, and the speed measured is the pipeline the node builds from them, shared by its cameras."""
     from .inference.backends import _open_graph, int8_scales_for, resolve
     from .inference.graph_cache import cache_dir, cached_graph_path, is_cached
     from .model.checkpoint import load_model, weights_of
@@ -73,9 +75,10 @@ def model_checks(model: str, weights: Optional[str]) -> List[Check]:
         return [Check("model", PROBLEM, f"{model}: {str(e).splitlines()[0]}")]
     params = sum(p.numel() for p in net.parameters()) / 1e6
     out.append(Check("model", OK, f"{cfg.name}: {source} ({params:.1f} M parameters, {cfg.labels} labels)"))
-    chosen = resolve("auto", cfg)
+    asked, asked_precision = (node["backend"], node["precision"]) if node else ("auto", "auto")
+    chosen = resolve(asked, cfg, onnx=node["onnx"] or None if node else None)
     notes = []
-    int8 = int8_scales_for(cfg, weights, chosen, "auto", log=notes.append)
+    int8 = int8_scales_for(cfg, weights, chosen, asked_precision, log=notes.append)
     precision = "int8" if int8 is not None else "fp32"
     out.append(Check("int8 scales", OK if int8 is not None or chosen != "openvino" else NOTE,
                      "found, for these weights: auto runs the int8 graph" if int8 is not None else
@@ -85,7 +88,7 @@ def model_checks(model: str, weights: Optional[str]) -> List[Check]:
                       f"not used by the {chosen} backend")))
     folder = cache_dir()
     graph_opens = False  # the speed check runs only on what is already there: doctor writes nothing
-    if chosen in ("openvino", "onnxruntime"):
+    if chosen in ("openvino", "onnxruntime") and not (node and node["onnx"]):
         graph = cached_graph_path(cfg, source, folder, int8=int8)
         writable = _writable(folder)
         if graph.is_file() and not is_cached(graph):
@@ -104,11 +107,14 @@ def model_checks(model: str, weights: Optional[str]) -> List[Check]:
             finding, verdict = (f"{folder} is not writable: auto would run torch; set PANOPTIC_NODE_GRAPH_CACHE "
                                 f"to a writable folder or pass --onnx"), NOTE
         out.append(Check("graph cache", verdict, finding))
-        chosen = chosen if graph.is_file() or writable else "torch"
-    out.append(Check("auto backend", OK, f"{chosen} ({precision if chosen in ('openvino', 'onnxruntime') else 'fp32'})"
-                                         f" for {cfg.name} on the CPU"))
-    ready = chosen not in ("openvino", "onnxruntime") or graph_opens
-    out.append(speed_check(model, weights) if ready else
+        chosen = chosen if graph.is_file() or writable or asked != "auto" else "torch"
+    elif node and node["onnx"]:
+        graph_opens = True  # the user's own graph: opened by the speed check
+    out.append(Check(f"{asked} backend" if asked == "auto" else "backend", OK,
+                     f"{chosen} ({precision if chosen in ('openvino', 'onnxruntime') else 'fp32'}) for {cfg.name} "
+                     f"on the CPU" + ("" if asked == "auto" else ", as the parameters ask")))
+    ready = chosen not in ("openvino", "onnxruntime", "tensorrt") or graph_opens
+    out.append(speed_check(model, weights, node=node) if ready else
                Check("speed", NOTE, "not measured: the graph is made on the first run (then run doctor again)"))
     return out
 
@@ -116,10 +122,11 @@ def model_checks(model: str, weights: Optional[str]) -> List[Check]:
 SPEED_FRAMES = 20
 
 
-def speed_check(model: str, weights: Optional[str], camera_hz: float = 30.0) -> Check:
+def speed_check(model: str, weights: Optional[str], camera_hz: float = 30.0, node: Optional[dict] = None) -> Check:
     """The default deployment's frames per second end to end (decoded frame in, every map out) on CamVid
     val frames where CamVid is found, else on one grey frame (network time, few segments), as the node
-    would run it: whether a 30 Hz camera is served at its rate."""
+    would run it: whether a 30 Hz camera is served at its rate. node: the node's parameters, whose pipeline
+    is measured instead, its rate shared by its cameras."""
     import time
 
     import numpy as np
@@ -134,7 +141,11 @@ def speed_check(model: str, weights: Optional[str], camera_hz: float = 30.0) -> 
     if not val:
         frames, what = [np.full((360, 480, 3), 128, np.uint8)] * SPEED_FRAMES, "a grey 480x360 frame (no CamVid found)"
     try:
-        pipeline = make_pipeline(model, weights, log=lambda m: None)
+        if node:
+            from .params import make_node_pipeline
+            pipeline = make_node_pipeline(node, log=lambda m: None)
+        else:
+            pipeline = make_pipeline(model, weights, log=lambda m: None)
         for rgb in frames[:3]:  # warm-up: first calls allocate
             pipeline(rgb)
         t0 = time.perf_counter()
@@ -144,10 +155,14 @@ def speed_check(model: str, weights: Optional[str], camera_hz: float = 30.0) -> 
     except Exception as e:
         return Check("speed", PROBLEM, f"the pipeline failed: {str(e).splitlines()[0]}")
     where = f"{fps:.1f} frames/s end to end on {what} ({pipeline.backend.name} {pipeline.backend.precision})"
-    if fps >= camera_hz:
-        return Check("speed", OK, f"{where}: keeps up with a {camera_hz:g} Hz camera")
-    return Check("speed", NOTE, f"{where}: a {camera_hz:g} Hz camera is served at about {fps:.0f} Hz (the node "
-                                f"takes each camera's newest frame)")
+    n = len(node["cameras"]) if node else 1
+    cameras = f"a {camera_hz:g} Hz camera" if n == 1 else f"{n} cameras at {camera_hz:g} Hz"
+    if fps >= camera_hz * n:
+        return Check("speed", OK, f"{where}: keeps up with {cameras}")
+    each = "" if n == 1 else " each" + (", one frame at a time (batch_cameras may do better)"
+                                        if node["batch_cameras"] else "")
+    return Check("speed", NOTE, f"{where}: {cameras} {'is' if n == 1 else 'are'} served at about {fps / n:.0f} Hz"
+                                f"{each} (the node takes each camera's newest frame)")
 
 
 def _writable(folder: Path) -> bool:
@@ -196,8 +211,41 @@ def tool_checks(find_spec=importlib.util.find_spec) -> List[Check]:
     return out
 
 
-def run_checks(model: str = "street_lite0", weights: Optional[str] = None) -> List[Check]:
-    return machine_checks() + model_checks(model, weights) + ros_checks() + tool_checks()
+def parameter_checks(path, node_name: str) -> Tuple[List[Check], Optional[dict]]:
+    """The node's parameters file read as the node reads it (params.from_file), and the ego masks it names
+    read as the node reads them at start-up: (checks, the parameters or None when the file is refused)."""
+    from .params import ParameterError, from_file
+    try:
+        node = from_file(path, node_name)
+    except ParameterError as e:
+        return [Check("parameters", PROBLEM, str(e))], None
+    cameras = node["cameras"]
+    out = [Check("parameters", OK, f"{path} for /{node_name.strip('/')}: model {node['model']}, backend "
+                                   f"{node['backend']} ({node['precision']}), {len(cameras)} camera(s) "
+                                   f"{', '.join(cameras)} ({node['input_transport']})")]
+    folder = node["ego_mask_dir"]
+    if folder:
+        from .inference.ego_mask import check_folder, describe, masks_for
+        try:
+            check_folder(folder)
+            masks = masks_for(folder, [c.rstrip("/") for c in cameras])
+        except (OSError, ValueError) as e:  # the node stops at start-up on the same
+            out.append(Check("ego masks", PROBLEM, str(e).splitlines()[0]))
+        else:
+            out.append(Check("ego masks", NOTE if any(keep is None for keep in masks.values()) else OK,
+                             "; ".join(describe(folder, ns, keep) for ns, keep in masks.items())))
+    return out, node
+
+
+def run_checks(model: str = "street_lite0", weights: Optional[str] = None, params=None,
+               node_name: str = "/panoptic_node") -> List[Check]:
+    """params: the node's parameters file (doctor --params): its model, backend and cameras are checked."""
+    if params is None:
+        return machine_checks() + model_checks(model, weights) + ros_checks() + tool_checks()
+    checks, node = parameter_checks(params, node_name)
+    if node is not None:
+        checks += model_checks(node["model"], node["weights"] or None, node)
+    return machine_checks() + checks + ros_checks() + tool_checks()
 
 
 def format_checks(checks: List[Check]) -> str:

@@ -97,3 +97,39 @@ def test_a_cached_graph_that_does_not_open_is_named(tmp_path, monkeypatch, tiny_
     check = by_name(model_checks(str(tiny_model_yaml), None))["graph cache"]
     assert check.verdict == NOTE and f"{graph.name} does not open (" in check.finding
     assert "delete it to have it made again" in check.finding
+
+
+def test_doctor_checks_the_nodes_parameters_file(tiny_model_yaml, tmp_path, monkeypatch, capsys):
+    """doctor --params: the file as the node reads it, its ego masks as the node reads them, its backend, and
+    the speed of the pipeline the node builds from it, shared by its cameras."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+    from panoptic_node import doctor
+    monkeypatch.setattr(doctor, "SPEED_FRAMES", 4)
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.full((36, 48), 255, np.uint8)).save(tmp_path / "masks" / "camera_front.png")
+    params = tmp_path / "car.param.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "model": str(tiny_model_yaml), "backend": "torch", "cameras": ["/camera/front", "/camera/rear"],
+        "ego_mask_dir": str(tmp_path / "masks")}}}))
+    checks = by_name(doctor.run_checks(params=params, node_name="/panoptic_node"))
+    assert checks["parameters"].verdict == OK and "2 camera(s) /camera/front, /camera/rear" in \
+        checks["parameters"].finding
+    assert checks["ego masks"].verdict == NOTE and "camera /camera/rear: no ego mask" in checks["ego masks"].finding
+    assert checks["backend"].finding.startswith("torch (fp32) for tiny_lite0") and "as the parameters ask" in \
+        checks["backend"].finding
+    assert "(torch fp32): 2 cameras at 30 Hz" in checks["speed"].finding or \
+        "keeps up with 2 cameras at 30 Hz" in checks["speed"].finding
+
+    # a file the node would refuse, or masks it cannot read: a problem, in the node's own words, exit 1
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "masks" / "camera_rear.png")  # not 8-bit grey
+    assert by_name(doctor.run_checks(params=params))["ego masks"].verdict == PROBLEM
+    params.write_text("/**:\n  ros__parameters: {threshold: 3.0}\n")
+    capsys.readouterr()
+    assert main(["doctor", "--params", str(params)]) == 1
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if " parameters " in line][0]
+    assert row.startswith("problem") and "parameter 'threshold' = 3.0 is invalid" in row
+    assert " model " not in out  # no model to check when the file is refused
+    assert main(["doctor", "--params", str(params), "--model", "street_lite0"]) == 2
