@@ -24,14 +24,14 @@ from launch_ros.actions import Node
 
 
 def _cameras_in(config):
-    import yaml
-    with open(config) as f:
-        doc = yaml.safe_load(f) or {}
-    for section in doc.values():
-        cameras = (section or {}).get("ros__parameters", {}).get("cameras")
-        if cameras:
-            return cameras
-    return None
+    """The cameras the node takes from the parameters file, by rclpy's rule (every entry that applies to
+    /panoptic_node in the file's order: /** and the node's own name, the later winning); None when the file
+    says none, or cannot be read (the node then says why in one line)."""
+    from panoptic_node.params import ParameterError, file_parameters
+    try:
+        return file_parameters(config).get("cameras")
+    except ParameterError:
+        return None
 
 
 def _dds_env(context, share):

@@ -132,3 +132,18 @@ def test_the_cpu_budget_and_warmup_reach_the_node(car_launch):
     assert type(given["num_threads"]) is int and type(given["max_rate_hz"]) is float
     assert car_launch(num_threads="many")[1].kwargs["parameters"][1]["num_threads"] == "many"
     assert not {"num_threads", "max_rate_hz", "warmup_sizes"} & set(car_launch()[1].kwargs["parameters"][1])
+
+
+def test_rviz_shows_the_cameras_the_node_takes_from_the_config(car_launch, tmp_path, monkeypatch):
+    """With /** and the node's own entry both naming cameras, the node takes the later (rclpy's rule):
+    RViz must show those, not the first entry's."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = tmp_path / "car.param.yaml"
+    config.write_text("/panoptic_node:\n  ros__parameters: {cameras: [/cam/old]}\n"
+                      "/**:\n  ros__parameters: {cameras: [/cam/new]}\n")
+    *_, rviz = car_launch(rviz="true", config=str(config))
+    assert _topics(rviz.kwargs["arguments"][1])[0] == ("Camera", "/cam/new/image")
+    config.write_text("not: [a parameters file\n")  # the node refuses it in one line; RViz takes the default
+    *_, rviz = car_launch(rviz="true", config=str(config))
+    assert _topics(rviz.kwargs["arguments"][1])[0] == ("Camera", "/camera/front/image")
