@@ -186,6 +186,9 @@ def _yaml_loader():
         out: Dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
+            if isinstance(key, (list, dict)):  # no ROS 2 name; PyYAML would fail with a TypeError
+                raise yaml.constructor.ConstructorError(None, None, f"a key that is a {type(key).__name__}, where "
+                                                        f"names are expected", key_node.start_mark)
             out[key] = merged(out.get(key), loader.construct_object(value_node, deep=True))
         return out
 

@@ -104,6 +104,11 @@ def test_the_shipped_car_parameters_are_the_nodes_defaults():
     (None, "parameters file '{path}' does not exist; expected a ROS 2 parameters YAML"),
     ("/**:\n  ros__parameters:\n    threshold: [0.5\n", "parameters file '{path}' is not valid YAML at line 4"),
     ("- a list\n", "parameters file '{path}': the document holds list; expected node names with ros__parameters"),
+    ("/**:\n  ros__parameters:\n    ? [x]\n    : 2\n", "parameters file '{path}' is not valid YAML at line 3 (a key "
+                                                      "that is a list, where names are expected)"),
+    ("/**: !!python/object:os.system {}\n", "parameters file '{path}' is not valid YAML at line 1 (could not "
+                                            "determine a constructor"),
+    (b"\xff\xfe/**:", "parameters file '{path}' cannot be read ('utf-8' codec can't decode"),
     ("/other:\n  ros__parameters: {threshold: 0.5}\n",
      "parameters file '{path}' holds no parameters for /panoptic_node (entries in it: /other); expected /** or "
      "/panoptic_node"),
@@ -113,7 +118,9 @@ def test_the_shipped_car_parameters_are_the_nodes_defaults():
 ])
 def test_a_bad_parameters_file_is_one_line_naming_it(tmp_path, text, says):
     path = tmp_path / "car.param.yaml"
-    if text is not None:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
         path.write_text(text)
     with pytest.raises(ParameterError) as e:
         from_file(path)
