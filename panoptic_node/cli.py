@@ -80,6 +80,10 @@ def cmd_infer(args) -> int:
     taxonomy = get_taxonomy(pipeline.labels)
     writer = CocoPanopticWriter(out, taxonomy)
     off_scale = OffScaleNotes(pipeline.cfg.input)
+    tracker = None
+    if args.track:  # frames of one camera in time order (a clip's frames, numbered): ids kept as the node keeps them
+        from .inference.tracking import InstanceTracker
+        tracker = InstanceTracker()
     failed = 0
     for path, stem in tqdm(list(zip(paths, stems)), desc="infer", unit="frame"):
         try:
@@ -92,6 +96,8 @@ def cmd_infer(args) -> int:
         if note:
             tqdm.write(f"{path.name}: warning: {note}")
         result = pipeline(rgb)
+        if tracker:
+            result = tracker.update(result)
         writer.add(stem, path.name, result)
         Image.fromarray(result.semantic).save(out / f"{stem}_semantic.png")
         Image.fromarray(result.instance).save(out / f"{stem}_instances.png")
@@ -681,6 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/infer", help="folder of the results: per image <stem>_panoptic.png, "
                    "_semantic.png, _instances.png, _overlay.png, and panoptic.json (default: out/infer)")
     p.add_argument("--overwrite", action="store_true", help="replace results an earlier run wrote in --out")
+    p.add_argument("--track", action="store_true", help="the images are one camera's frames in time order (as "
+                   "given, a folder's in name order): each object keeps its instance id from image to image, as "
+                   "the node keeps it (by default each image's things are numbered 1..N)")
     _add_model_args(p)
     _add_threads_arg(p)
     p.set_defaults(func=cmd_infer)

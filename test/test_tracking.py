@@ -327,3 +327,25 @@ def test_a_kitti_step_map_that_is_not_one_is_refused_and_no_bag_is_left(tmp_path
     with pytest.raises(ValueError, match=says):
         convert("kitti-step", src, tmp_path / "bag")
     assert not (tmp_path / "bag").exists()
+
+
+@pytest.mark.parametrize("track", [True, False])
+def test_infer_track_keeps_each_objects_id_over_a_folder_of_frames(tiny_pipeline, tmp_path, rng, monkeypatch,
+                                                                      track):
+    """infer --track: a clip's frames, numbered, are one camera in time order; the instance PNGs keep each
+    object's id as the node does; without it each image numbers its own."""
+    from PIL import Image
+    import panoptic_node.cli as cli
+    frames = tmp_path / "clip"
+    frames.mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(frames / f"frame_{i:04d}.png")
+    monkeypatch.setattr(cli, "_pipeline", lambda args: ScriptedPipeline(tiny_pipeline))
+    assert cli.main(["infer", str(frames), "--out", str(tmp_path / "out")] + (["--track"] if track else [])) == 0
+    instances = [np.asarray(Image.open(tmp_path / "out" / f"frame_{i:04d}_instances.png")) for i in range(6)]
+    car = [int(m[20, 12 + t]) for t, m in enumerate(instances)]
+    person = [int(m[20, 54 - t]) for t, m in enumerate(instances)]
+    if track:
+        assert len(set(car)) == 1 and len(set(person)) == 1 and car[0] != person[0]
+    else:
+        assert car == [1, 2, 1, 2, 1, 2] and person == [2, 1, 2, 1, 2, 1]
