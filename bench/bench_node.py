@@ -7,7 +7,8 @@ Baseline in the same run: the pipeline alone (same model, backend and frames, de
 out) in this process before the node starts. Per camera count it prints the output rate (Hz), the
 latency from the frame's stamp (wall clock at publish) to the receipt of its semantic map (p50 / p90 /
 p99), the output rate as a share of the pipeline's own frames/s (what the node loses between the
-wire and the pipeline), and the CPU the node process used meanwhile (cores busy on average; try
+wire and the pipeline), the node's resident memory over the run (--seconds 600 for a soak: a leak
+climbs), and the CPU the node process used meanwhile (cores busy on average; try
 -p max_rate_hz:=10 or -p num_threads:=1). The camera publishes best effort, rgb8 480x360, as a driver does; the listener
 subscribes to every map and the detections, as a driving stack would (--only-semantic: the semantic
 map alone, and the node builds nothing else).
@@ -59,6 +60,14 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc; its threads included)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process now (Linux /proc), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def pipeline_alone(frames, params) -> float:
@@ -129,11 +138,14 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
             rclpy.spin_once(listener, timeout_sec=0.05)
         for ns in namespaces:
             arrivals[ns].clear()
-        t0, cpu0 = time.time(), cpu_seconds(node.pid)
+        t0, cpu0, rss = time.time(), cpu_seconds(node.pid), [rss_mb(node.pid)]
         while time.time() < t0 + seconds:
             rclpy.spin_once(listener, timeout_sec=0.05)
+            if time.time() - t0 > 10 * len(rss):  # resident memory every 10 s: a leak shows as a climb
+                rss.append(rss_mb(node.pid))
         span = time.time() - t0
         node_cores = (cpu_seconds(node.pid) - cpu0) / span
+        rss.append(rss_mb(node.pid))
     finally:
         for proc in (*drivers, node):
             if proc.poll() is None:
@@ -150,6 +162,7 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
                    "node": diagnostics.get(f"camera {ns}", {})}
     out["stages"] = {k: v for k, v in diagnostics.get("inference", {}).items() if k.startswith("latency")}
     out["cores"] = node_cores
+    out["rss_mb"] = rss
     return out
 
 
@@ -194,7 +207,7 @@ def main():
             res = run(n, d / "frames.npy", params, args.seconds, args.hz, d, not args.only_semantic,
                       str(profile) if profile else None, not args.camera_default_dds,
                       args.process_per_camera)
-            stages, cores = res.pop("stages"), res.pop("cores")
+            stages, cores, rss = res.pop("stages"), res.pop("cores"), res.pop("rss_mb")
             for ns, r in res.items():
                 print(f"{n} camera(s) at {args.hz:.0f} Hz, {ns}: {r['hz']:.1f} Hz out, latency p50 "
                       f"{r['p50']:.0f} ms, p90 {r['p90']:.0f} ms, p99 {r['p99']:.0f} ms; node: "
@@ -204,6 +217,10 @@ def main():
             print(f"  {n} camera(s): {total:.1f} frames/s out in all, {total / base_fps:.2f}x the pipeline alone; "
                   f"mean per camera {statistics.mean(r['hz'] for r in res.values()):.1f} Hz; the node used "
                   f"{cores:.2f} CPU cores ({cores / os.cpu_count():.0%} of this machine's {os.cpu_count()})")
+            half = rss[len(rss) // 2]
+            print(f"  node resident memory: {rss[0]:.0f} MB when timing began, {half:.0f} MB half way, "
+                  f"{rss[-1]:.0f} MB after {args.seconds:g} s ({rss[-1] - half:+.0f} MB over the second half: a "
+                  f"steady node stays level once warm)")
 
 
 if __name__ == "__main__":

@@ -80,8 +80,10 @@ def model_checks(model: str, weights: Optional[str], node: Optional[dict] = None
     notes = []
     int8 = int8_scales_for(cfg, weights, chosen, asked_precision, log=notes.append)
     precision = "int8" if int8 is not None else "fp32"
-    out.append(Check("int8 scales", OK if int8 is not None or chosen != "openvino" else NOTE,
+    fine = int8 is not None or chosen != "openvino" or asked_precision == "fp32"
+    out.append(Check("int8 scales", OK if fine else NOTE,
                      "found, for these weights: auto runs the int8 graph" if int8 is not None else
+                     "not used: the parameters ask for fp32" if asked_precision == "fp32" else
                      (notes[0] if notes else
                       f"none beside {source}: auto runs fp32 on {chosen} (panoptic-node calibrate --weights "
                       f"{source} --calib FRAMES writes them)" if chosen == "openvino" else

@@ -69,5 +69,6 @@ class ResultBagWriter:
             self.w.write(self.topic("panoptic/detections"),
                          detection_array_msg(hdr, detections(result, self.taxonomy)), stamp, MAPS)
         if self.publish["overlay"]:
-            bgr = (overlay(rgb, result, self.taxonomy, labels=self.overlay_labels) if drawn is None else drawn)[..., ::-1]
+            drawn = overlay(rgb, result, self.taxonomy, labels=self.overlay_labels) if drawn is None else drawn
+            bgr = drawn[..., ::-1]
             self.w.write(self.topic("panoptic/overlay"), image_msg(hdr, image_fields(bgr, "bgr8")), stamp, OVERLAY)
