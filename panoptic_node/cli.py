@@ -152,7 +152,7 @@ def cmd_train(args) -> int:
           dataset=args.dataset, train_drives=drive_list(args.train_drives), val_drives=drive_list(args.val_drives),
           scale=scale, colour=args.photometric, ema=args.ema, semantic_aux=args.semantic_aux, seed=args.seed,
           copy_paste=args.copy_paste, init=args.init, overwrite=args.overwrite, weight_decay=args.weight_decay,
-          mixstyle=args.mixstyle)
+          mixstyle=args.mixstyle, freeze_backbone_to=args.freeze_backbone)
     return 0
 
 
@@ -896,6 +896,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixstyle", type=float, default=0.0,
                    help="probability per batch of MixStyle: the frames' feature statistics (style) mixed in the "
                         "backbone's stride-4 and stride-8 features, for new drives (0 = off; 0.5 is the paper's)")
+    p.add_argument("--freeze-backbone", type=int, default=0, metavar="STRIDE",
+                   help="keep the backbone's ImageNet weights up to this stride (4, 8 or 16: the stem and every block "
+                        "through it), training only what lies deeper; 0 (default) trains it all")
     p.add_argument("--init", help="start from these weights instead of ImageNet's backbone: a checkpoint of the same "
                    "network, e.g. trained on Cityscapes (--dataset cityscapes); heads for another label set start fresh")
     p.add_argument("--threads", type=int, default=2)

