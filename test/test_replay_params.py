@@ -255,3 +255,18 @@ def test_a_refused_params_replay_writes_nothing_and_changes_nothing(tiny_model_y
         assert len(errors) == 1 and says in errors[0], errors
         assert not (tmp_path / "out").exists()
     assert all(p.read_bytes() == data for p, data in before.items())
+
+
+def test_what_ros2_param_dump_writes_replays_as_the_node_ran(tmp_path):
+    """`ros2 param dump /panoptic_node` of a running node: its own parameters under its name, with the ones
+    every rclpy node holds (use_sim_time, the type description service, /parameter_events' QoS): those are
+    left out, the node's own taken as they were."""
+    import yaml
+    dumped = {**defaults(), "threshold": 0.45, "track_max_lost": 7, "use_sim_time": True,
+              "start_type_description_service": True,
+              "qos_overrides": {"/parameter_events": {"publisher": {"depth": 1000, "durability": "volatile",
+                                                                     "history": "keep_last",
+                                                                     "reliability": "reliable"}}}}
+    path = tmp_path / "dump.yaml"
+    path.write_text(yaml.safe_dump({"/panoptic_node": {"ros__parameters": dumped}}))
+    assert from_file(path) == {**defaults(), "threshold": 0.45, "track_max_lost": 7}
