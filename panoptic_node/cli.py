@@ -26,6 +26,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="publish labels in this label set (e.g. cityscapes for a COCO model)")
 
 
+def _add_params_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--params / --node: the node's ROS 2 parameters file, read as rclpy reads it (params.from_file)."""
+    p.add_argument("--params", help=f"the node's ROS 2 parameters file (e.g. the car's config/car.param.yaml): {what}")
+    p.add_argument("--node", default="/panoptic_node", help="with --params: the node whose entry in the file applies, "
+                   "on top of /** (default /panoptic_node, as car.launch.py names it)")
+
+
 def _add_threads_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for the network and post-processing "
                                                            "(default 0: each runtime's own choice, every core)")
@@ -739,11 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stq", action="store_true",
                    help="the ground truth's instance ids are track ids (a KITTI-STEP bag from `convert kitti-step`): "
                         "also score tracking, STEP's AQ and STQ")
-    p.add_argument("--params", help="a ROS 2 parameters file of the node (e.g. the car's config/car.param.yaml): "
-                   "replay what the node runs with it, its model, backend, threshold, labels, ego masks, tracking, "
-                   "the topics it publishes and its cameras' topics; options given here win over the file")
-    p.add_argument("--node", default="/panoptic_node", help="with --params: the node's name whose entry in the file "
-                   "applies, on top of /** (default /panoptic_node, as car.launch.py names it)")
+    _add_params_args(p, "replay what the node runs with it, its model, backend, threshold, labels, ego masks, "
+                        "tracking, the topics it publishes and its cameras' topics; options given here win over the file")
     _add_model_args(p)
     _add_replay_args(p)
     _add_threads_arg(p)
@@ -792,11 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "other masks score every bag again")
     p.add_argument("--stq", action="store_true", help="the bags' ground-truth ids are track ids (KITTI-STEP, one "
                                                       "sequence per bag): also score tracking, AQ and STQ")
-    p.add_argument("--params", help="the node's ROS 2 parameters file (e.g. the car's config/car.param.yaml): every "
-                   "bag replayed as replay --params replays it, its cameras' topics among them; options given here "
-                   "win over the file; other parameters score every bag again")
-    p.add_argument("--node", default="/panoptic_node", help="with --params: the node's name whose entry applies, "
-                                                            "on top of /** (default /panoptic_node)")
+    _add_params_args(p, "every bag replayed as replay --params replays it, its cameras' topics among them; options "
+                        "given here win over the file; other parameters score every bag again")
     _add_model_args(p)
     p.set_defaults(func=cmd_fleet, **{dest: None for dest in OPTION_DEFAULTS if dest != "threads"}, model=None)
 
@@ -851,11 +852,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "and what keeps it from running well; exit 1 when the model cannot run")
     p.add_argument("--model", help="model name, YAML or checkpoint (default: street_lite0)")
     p.add_argument("--weights", help="weights file (default: the model config's own)")
-    p.add_argument("--params", help="the node's ROS 2 parameters file (e.g. the car's config/car.param.yaml): "
-                   "checked as the node reads it, with its model, backend, ego masks and cameras (the speed "
-                   "measured is the node's pipeline, shared by its cameras)")
-    p.add_argument("--node", default="/panoptic_node", help="with --params: the node's name whose entry applies, "
-                                                            "on top of /** (default /panoptic_node)")
+    _add_params_args(p, "checked as the node reads it, with its model, backend, ego masks and cameras (the speed "
+                        "measured is the node's pipeline, shared by its cameras)")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("bench", help=f"run a benchmark from bench/ ({', '.join(benches)})")

@@ -66,6 +66,10 @@ def validate(params: Dict[str, Any]) -> Dict[str, Any]:
     return full
 
 
+# the node's publish_* parameters, each named after the output it switches (publish_overlay also its JPEG twin)
+PUBLISH_SWITCHES = ("semantic", "instances", "panoptic", "detections", "overlay")
+
+
 def input_topic(camera: str, transport: str) -> str:
     """The topic a camera namespace's frames come in on (the node subscribes to it, replay --params reads it)."""
     ns = camera.rstrip("/")
@@ -283,6 +287,5 @@ def replay_options(p: Dict[str, Any]) -> Dict[str, Any]:
     tracking, the topics published and their overlay."""
     return {"image_topic": [input_topic(camera, p["input_transport"]) for camera in p["cameras"]],
             "track": p["track_instances"], "track_min_iou": p["track_min_iou"], "track_max_lost": p["track_max_lost"],
-            "publish": {name: p[f"publish_{name}"] for name in ("semantic", "instances", "panoptic", "detections",
-                                                                 "overlay")},
+            "publish": {name: p[f"publish_{name}"] for name in PUBLISH_SWITCHES},
             "overlay_labels": p["overlay_labels"]}

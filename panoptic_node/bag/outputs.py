@@ -5,6 +5,7 @@ import numpy as np
 
 from ..inference.result import PanopticResult
 from ..messages import detections, image_fields, label_info
+from ..params import PUBLISH_SWITCHES
 from ..render import overlay
 from ..taxonomy import Taxonomy
 from ..topic_qos import LABEL_INFO, MAPS, OVERLAY
@@ -28,10 +29,6 @@ def camera_namespace(image_topic: str) -> str:
         image_topic = image_topic[:-len("/compressed")]
     ns = image_topic.rsplit("/", 1)[0] if "/" in image_topic else ""
     return ns.rstrip("/")
-
-
-# the node's publish_* switches, each naming the topic it turns off (the overlay's JPEG twin goes with it live)
-PUBLISH_SWITCHES = ("semantic", "instances", "panoptic", "detections", "overlay")
 
 
 class ResultBagWriter:
