@@ -296,7 +296,9 @@ def test_tags_are_read_from_bag_tag_rows_and_anything_else_is_refused(tmp_path):
     (["--workers", "0"], "--workers 0: expected >= 1"), (["--cpus", "0"], "--cpus 0: expected >= 1"),
     (["--tags", "TAGS"], "holds no rows"), (["--baseline", "EMPTY_REPORT"], "holds no fleet PQ"),
     (["--threshold", "2"], "--threshold 2.0: expected a class probability"),
-    (["--max-pq-drop", "nan"], "--max-pq-drop nan: expected a finite number of points >= 0")])  # a gate never shut
+    (["--max-pq-drop", "nan"], "--max-pq-drop nan: expected a finite number of points >= 0"),  # a gate never shut
+    (["--params", "NOWHERE"], "does not exist; expected a ROS 2 parameters YAML"),
+    (["--params", "BAD_PARAMS"], "parameter 'track_min_iou' = 0.0 is invalid")])
 def test_fleet_settings_are_refused_before_ray_starts(fleet_bags, tmp_path, monkeypatch, capsys, extra, says):
     """--cpus 0 had Ray wait forever for a CPU; a baseline without scores let every run pass the gate."""
     import panoptic_node.fleet.run as fleet_run
@@ -304,7 +306,9 @@ def test_fleet_settings_are_refused_before_ray_starts(fleet_bags, tmp_path, monk
     root, model = fleet_bags
     (tmp_path / "tags.csv").write_text("bag,tag\n")
     (tmp_path / "report.json").write_text(json.dumps({"headline": None, "groups": {}}))
-    files = {"TAGS": str(tmp_path / "tags.csv"), "EMPTY_REPORT": str(tmp_path / "report.json")}
+    (tmp_path / "bad.yaml").write_text("/**:\n  ros__parameters: {track_min_iou: 0.0}\n")
+    files = {"TAGS": str(tmp_path / "tags.csv"), "EMPTY_REPORT": str(tmp_path / "report.json"),
+             "NOWHERE": str(tmp_path / "nowhere.yaml"), "BAD_PARAMS": str(tmp_path / "bad.yaml")}
     assert main(["fleet", str(root), "--model", model, "--out", str(tmp_path / "out"),
                  *[files.get(a, a) for a in extra]]) == 2
     err = capsys.readouterr().err.strip()
