@@ -232,6 +232,8 @@ def _replay(args, pipeline, node=None):
     from .params import replay_options
     from .replay import replay
     extra = {} if node is None else {k: v for k, v in replay_options(node).items() if k not in ("image_topic", "track")}
+    if node is not None:  # what produced the numbers, in --metrics' JSON
+        extra["parameters"] = {"file": str(args.params), "node": "/" + args.node.strip("/"), "values": node}
     summary = replay(pipeline, args.bag, out_bag=args.out, image_topic=args.image_topic, gt_topic=args.gt_topic,
                      video=args.video, metrics_path=args.metrics, max_frames=args.max_frames,
                      overwrite=args.overwrite, storage=args.storage, start_s=getattr(args, "start", None),

@@ -51,6 +51,7 @@ class ReplaySummary:
     precision: str = ""
     model: str = ""
     scoring: bool = False   # ground truth was there to score against
+    parameters: Optional[dict] = None  # the node's parameters the replay ran (replay --params), for the record
     evaluator: Optional[Evaluator] = field(default=None, repr=False)  # its accumulators (fleet merges them)
 
     def percentiles(self) -> Dict[str, Dict[str, float]]:
@@ -67,7 +68,8 @@ class ReplaySummary:
                 "latency_ms": self.percentiles(), "evaluated_frames": self.evaluated, "unscored_frames": self.unscored,
                 "ground_truth_unmatched": self.gt_unmatched, "frames_without_ground_truth": self.frames_without_gt,
                 "backend": self.backend, "precision": self.precision,
-                "model": self.model, "metrics": self.metrics}
+                "model": self.model, "metrics": self.metrics,
+                **({"node_parameters": self.parameters} if self.parameters else {})}
 
     def format(self) -> str:
         d = self.to_dict()
@@ -155,7 +157,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
            start_s: Optional[float] = None, duration_s: Optional[float] = None,
            per_frame_path=None, timeline_path=None, ego_masks=None, track: bool = True,
            stq: bool = False, track_min_iou: float = DEFAULT_MIN_IOU, track_max_lost: int = DEFAULT_MAX_LOST,
-           publish: Optional[Dict[str, bool]] = None, overlay_labels: bool = True) -> ReplaySummary:
+           publish: Optional[Dict[str, bool]] = None, overlay_labels: bool = True,
+           parameters: Optional[dict] = None) -> ReplaySummary:
     """image_topic: one camera topic or several (default: every camera in the bag); each camera's
     results go under its own namespace, as the node publishes them. Ground truth belongs to one camera,
     so it is scored only when one is replayed; the video shows every camera side by side.
@@ -173,9 +176,10 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     ground truth's instance ids are track ids (KITTI-STEP): also score how well the predicted ids follow them
     (evaluation/association.py: AQ, and STQ with the mIoU); track_min_iou / track_max_lost: the tracker's
     settings (the node's parameters of those names). publish: which of the node's topics the output bag gets
-    (its publish_* switches, bag/outputs.py; all by default); overlay_labels: class names on the overlays."""
+    (its publish_* switches, bag/outputs.py; all by default); overlay_labels: class names on the overlays.
+    parameters: the node's parameters these settings came from (replay --params), kept in --metrics' JSON."""
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
-                            model=pipeline.cfg.name)
+                            model=pipeline.cfg.name, parameters=parameters)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames {max_frames}: expected a positive number of frames (leave it out for all)")
     check_window(start_s, duration_s)

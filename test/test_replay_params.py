@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from panoptic_node.bag.reader import BagReader
@@ -148,7 +149,6 @@ def car_recording(path, rng, frames=3):
 
 
 def write_params(path, tiny_model_yaml, **params):
-    import yaml
     doc = {"/**": {"ros__parameters": {"model": str(tiny_model_yaml), "backend": "torch",
                                        "cameras": ["/camera/front"], **params}}}
     path.write_text(yaml.safe_dump(doc))
@@ -181,7 +181,11 @@ def test_replay_with_the_cars_parameters_runs_what_the_node_runs(tiny_model_yaml
         written = set(r.topics)
     assert written == {"/camera/front/panoptic/label_info", "/camera/front/panoptic/semantic",
                        "/camera/front/panoptic/panoptic", "/camera/front/panoptic/detections", "/diagnostics"}
-    assert json.loads((tmp_path / "car.json").read_text())["cameras"] == {"/camera/front/image": 3}
+    metrics = json.loads((tmp_path / "car.json").read_text())
+    assert metrics["cameras"] == {"/camera/front/image": 3}
+    recorded = metrics["node_parameters"]  # what produced these numbers, for the record
+    assert recorded["file"] == str(params) and recorded["node"] == "/panoptic_node"
+    assert recorded["values"] == {**defaults(), **yaml.safe_load(params.read_text())["/**"]["ros__parameters"]}
     assert label_info_threshold(tmp_path / "car") == pytest.approx(0.3)
 
     assert main(["replay", str(bag), "--model", str(tiny_model_yaml), "--backend", "torch", "--threshold", "0.3",
@@ -261,7 +265,6 @@ def test_what_ros2_param_dump_writes_replays_as_the_node_ran(tmp_path):
     """`ros2 param dump /panoptic_node` of a running node: its own parameters under its name, with the ones
     every rclpy node holds (use_sim_time, the type description service, /parameter_events' QoS): those are
     left out, the node's own taken as they were."""
-    import yaml
     dumped = {**defaults(), "threshold": 0.45, "track_max_lost": 7, "use_sim_time": True,
               "start_type_description_service": True,
               "qos_overrides": {"/parameter_events": {"publisher": {"depth": 1000, "durability": "volatile",
