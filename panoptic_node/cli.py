@@ -799,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stq", action="store_true", help="the bags' ground-truth ids are track ids (KITTI-STEP, one "
                                                       "sequence per bag): also score tracking, AQ and STQ")
     _add_params_args(p, "every bag replayed as replay --params replays it, its cameras' topics among them; options "
-                        "given here win over the file; other parameters score every bag again")
+                        "given here win over the file; a change to what the replay runs scores every bag again")
     _add_model_args(p)
     p.set_defaults(func=cmd_fleet, **{dest: None for dest in OPTION_DEFAULTS if dest != "threads"}, model=None)
 
