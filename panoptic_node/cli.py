@@ -749,7 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the ground truth's instance ids are track ids (a KITTI-STEP bag from `convert kitti-step`): "
                         "also score tracking, STEP's AQ and STQ")
     _add_params_args(p, "replay what the node runs with it, its model, backend, threshold, labels, ego masks, "
-                        "tracking, the topics it publishes and its cameras' topics; options given here win over the file")
+                        "tracking, the topics it publishes and its cameras' topics; options given here win over "
+                        "the file")
     _add_model_args(p)
     _add_replay_args(p)
     _add_threads_arg(p)
