@@ -298,7 +298,8 @@ def _node_parameters(args) -> dict:
     not_applied = LIVE_ONLY + (() if hasattr(args, "threads") else ("num_threads",))
     if hasattr(args, "threads"):
         args.threads = node["num_threads"]
-    live = [f"{name} {node[name]!r}" for name in not_applied if node[name] != defaults()[name]]
+    default = defaults()
+    live = [f"{name} {node[name]!r}" for name in not_applied if node[name] != default[name]]
     threshold = node["threshold"] if node["threshold"] >= 0 else "the model config's"
     print(f"node parameters of {'/' + args.node.strip('/')} from {args.params}: model {node['model']}, "
           f"backend {node['backend']}, precision {node['precision']}, threshold {threshold}, "

@@ -274,11 +274,10 @@ def file_parameters(path, node: str = NODE_NAME) -> Dict[str, Any]:
 def from_file(path, node: str = NODE_NAME) -> Dict[str, Any]:
     """file_parameters, checked and completed with defaults as the node checks its own (built-ins and QoS
     overrides left out)."""
+    given = file_parameters(path, node)  # its own errors name the file already
     try:
-        return validate(user_parameters(file_parameters(path, node)))
+        return validate(user_parameters(given))
     except ParameterError as e:
-        if str(e).startswith("parameters file"):
-            raise
         raise ParameterError(f"parameters file '{path}': {e}") from None
 
 
