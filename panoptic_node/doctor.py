@@ -112,10 +112,10 @@ def model_checks(model: str, weights: Optional[str], node: Optional[dict] = None
         chosen = chosen if graph.is_file() or writable or asked != "auto" else "torch"
     elif node and node["onnx"]:
         graph_opens = True  # the user's own graph: opened by the speed check
-    out.append(Check(f"{asked} backend" if asked == "auto" else "backend", OK,
+    out.append(Check("auto backend" if asked == "auto" else "backend", OK,
                      f"{chosen} ({precision if chosen in ('openvino', 'onnxruntime') else 'fp32'}) for {cfg.name} "
                      f"on the CPU" + ("" if asked == "auto" else ", as the parameters ask")))
-    ready = chosen not in ("openvino", "onnxruntime", "tensorrt") or graph_opens
+    ready = chosen not in ("openvino", "onnxruntime") or graph_opens
     out.append(speed_check(model, weights, node=node) if ready else
                Check("speed", NOTE, "not measured: the graph is made on the first run (then run doctor again)"))
     return out
