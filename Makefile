@@ -1,24 +1,42 @@
 # The two set-up commands of the README. Both install what they need from this repository.
 PY ?= python3
 
+# Debian 12 and Ubuntu 24.04, ROS 2 Jazzy's platforms, refuse `pip install` into their own python3
+# (PEP 668: "externally-managed-environment"). With such a Python the package goes into .venv, made from
+# it with its packages visible (a ROS 2 install's rclpy and colcon, as ROS 2's "Using Python Packages"
+# guide does); with any other (a venv, conda, pyenv) into $(PY) itself, as before.
+VENV := .venv
+RUN_PY := $(shell $(PY) -c 'import os, sys, sysconfig; managed = sys.prefix == sys.base_prefix and os.path.isfile(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")); print("$(VENV)/bin/python" if managed else sys.executable)' 2>/dev/null)
+ifeq ($(RUN_PY),)
+$(error $(PY) does not run: give a Python >= 3.10 as `make demo PY=/path/to/python3`)
+endif
+# the venv's commands (panoptic-node, panoptic_node) come first on PATH for the tests that start them
+RUN_PATH := PATH=$(abspath $(dir $(RUN_PY))):$$PATH
+NEEDS_VENV := $(filter $(VENV)/bin/python,$(RUN_PY))
+
 .PHONY: demo test install-test
 
-demo:
-	$(PY) -m pip install -q -e '.[cpu]'
-	panoptic-node demo --overwrite   # a rerun replaces the demo's own outputs (never anything else)
+$(VENV)/bin/python:
+	$(PY) -m venv --system-site-packages $(VENV)
+	touch $(VENV)/COLCON_IGNORE   # a colcon workspace holding this folder does not look inside the venv
+	@echo "$(PY) is externally managed (PEP 668): the package goes into $(VENV) (source $(VENV)/bin/activate for panoptic-node)"
+
+demo: | $(NEEDS_VENV)
+	$(RUN_PY) -m pip install -q -e '.[cpu]'
+	$(RUN_PATH) $(RUN_PY) -m panoptic_node.cli demo --overwrite   # a rerun replaces the demo's own outputs (never anything else)
 
 # test-only vision_msgs, built against the ROS 2 wheels where no ROS 2 is installed (test/ros_msgs/build.py)
 TEST_MSGS := $(CURDIR)/build/test_msgs/install
 
-install-test:
-	$(PY) -m pip install -q -e '.[cpu,test,fleet]'
+install-test: | $(NEEDS_VENV)
+	$(RUN_PY) -m pip install -q -e '.[cpu,test,fleet]'
 	# panopticapi-lite pins numpy<2, which is stale: its code runs on numpy 2
-	$(PY) -m pip install -q --no-deps panopticapi-lite
+	$(RUN_PY) -m pip install -q --no-deps panopticapi-lite
 	# no ROS 2 here (CI): rclpy and the message packages from PyPI, vision_msgs built for the tests
-	$(PY) -c "import rclpy" 2>/dev/null || $(PY) -m pip install -q -e '.[ros-wheels]'
-	$(PY) -c "import vision_msgs" 2>/dev/null || $(PY) test/ros_msgs/build.py
+	$(RUN_PY) -c "import rclpy" 2>/dev/null || $(RUN_PY) -m pip install -q -e '.[ros-wheels]'
+	$(RUN_PY) -c "import vision_msgs" 2>/dev/null || $(RUN_PY) test/ros_msgs/build.py
 
 test: install-test
 	LD_LIBRARY_PATH=$(TEST_MSGS)/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} \
 	PYTHONPATH=$(TEST_MSGS)/lib/python$${PYTHONPATH:+:$$PYTHONPATH} \
-	$(PY) -m pytest -q test
+	$(RUN_PATH) $(RUN_PY) -m pytest -q test

@@ -2,50 +2,27 @@
 replaced by recorders, and the file's _node() is called with launch arguments as a user gives them. On a
 ROS 2 install the launch_testing files start the node for real; this checks what reaches the node's and
 the bag player's processes: the Fast DDS profile, the parameters and the remapping."""
-import importlib.util
+import json
+import os
+import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
 
+from launch_stand_ins import declared_arguments, load_launch_file, stand_in_modules
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Recorded:
-    """Stand-in for a launch action or substitution: keeps its arguments."""
-
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
 
 
 @pytest.fixture
 def car_launch(monkeypatch):
-    arguments = {}
-
-    class LaunchConfiguration(Recorded):
-        def perform(self, context):
-            return context.get(self.args[0], "")
-
-    stand_ins = {
-        "launch": dict(LaunchDescription=Recorded),
-        "launch.actions": dict(DeclareLaunchArgument=Recorded, ExecuteProcess=Recorded, LogInfo=Recorded,
-                               OpaqueFunction=Recorded),
-        "launch.conditions": dict(IfCondition=Recorded),
-        "launch.substitutions": dict(LaunchConfiguration=LaunchConfiguration),
-        "launch_ros.actions": dict(Node=Recorded),
-        "ament_index_python.packages": dict(get_package_share_directory=lambda name: str(ROOT)),
-    }
-    for name, attrs in stand_ins.items():
-        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
+    for name, module in stand_in_modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
     for var in ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION"):
         monkeypatch.delenv(var, raising=False)
-    spec = importlib.util.spec_from_file_location("car_launch", ROOT / "launch" / "car.launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for action in module.generate_launch_description().args[0]:
-        if action.__class__ is Recorded and action.args and isinstance(action.args[0], str):
-            arguments[action.args[0]] = action.kwargs.get("default_value")
+    module = load_launch_file("car.launch.py")
+    arguments = declared_arguments(module)
 
     def run(**given):
         context = {**arguments, **given}
@@ -147,3 +124,53 @@ def test_rviz_shows_the_cameras_the_node_takes_from_the_config(car_launch, tmp_p
     config.write_text("not: [a parameters file\n")  # the node refuses it in one line; RViz takes the default
     *_, rviz = car_launch(rviz="true", config=str(config))
     assert _topics(rviz.kwargs["arguments"][1])[0] == ("Camera", "/camera/front/image")
+
+
+ROS_PYTHON_HAS = ("yaml", "_yaml")   # PyYAML: a dependency of ROS 2's own Python packages (launch, rclpy)
+ONLY_WHAT_ROS_PYTHON_HAS = f"""
+import importlib.abc, sys
+class OnlyWhatROSPythonHas(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        if top in sys.stdlib_module_names or top in {ROS_PYTHON_HAS!r} + ("panoptic_node", "launch_stand_ins"):
+            return None
+        raise ImportError(f"{{top}} is not in the ROS 2 install's Python")
+sys.meta_path.insert(0, OnlyWhatROSPythonHas())
+"""
+
+
+def test_the_launch_files_run_in_a_python_without_our_dependencies(tmp_path):
+    """`ros2 launch` runs a launch file in the ROS 2 install's own Python (/usr/bin/python3 on Ubuntu 24.04),
+    which has PyYAML but not torch, numpy or jsonschema where those live in a virtual environment, the way
+    ROS 2 adds pip packages on Ubuntu 24.04 and Debian 12 (the node itself runs in the venv: colcon gives it
+    the venv's Python). car.launch.py read the parameters file through panoptic_node.params, whose import
+    pulled in torch: the launch stopped with ModuleNotFoundError. Here both launch files run, RViz and a bag
+    included, in this Python with every module outside the standard library and PyYAML unimportable."""
+    config = tmp_path / "car.param.yaml"
+    config.write_text("/**:\n  ros__parameters: {cameras: [/cam/left, /cam/right]}\n")
+    script = ONLY_WHAT_ROS_PYTHON_HAS + f"""
+import json, tempfile
+sys.path.insert(0, {str(ROOT / "test")!r})
+try:
+    import torch
+except ImportError as e:
+    blocked = str(e)
+from launch_stand_ins import declared_arguments, load_launch_file, stand_in_modules
+sys.modules.update(stand_in_modules())
+tempfile.tempdir = {str(tmp_path)!r}
+car = load_launch_file("car.launch.py")
+context = {{**declared_arguments(car), "config": {str(config)!r}, "rviz": "true", "bag": "/data/drive.mcap"}}
+log, node, player, rviz = car._node(context)
+replay = load_launch_file("replay.launch.py")
+print(json.dumps({{"blocked": blocked, "parameters": node.kwargs["parameters"], "player": player.kwargs["cmd"],
+                  "rviz": rviz.kwargs["arguments"][1], "replay_arguments": sorted(declared_arguments(replay))}}))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout)
+    assert out["blocked"] == "torch is not in the ROS 2 install's Python"   # the blocker is in force
+    assert out["parameters"] == [str(config), {"use_sim_time": True}]
+    assert "/camera/image_raw:=/cam/left/image" in out["player"]
+    assert _topics(out["rviz"])[0] == ("Camera", "/cam/left/image")
+    assert "bag" in out["replay_arguments"]

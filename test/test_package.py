@@ -1,5 +1,6 @@
 """The package builds with colcon (ament_python, checked with catkin_pkg) and installs the layout a
 ROS 2 user expects: executables in lib/panoptic_node, launch/ config/ models/ under share."""
+import os
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# what a copy of the package for a build leaves out: the repository, builds, outputs, a venv `make` made
+COPY_IGNORES = shutil.ignore_patterns(".git", ".venv", "build", "install", "log", "*.egg-info", "__pycache__", "out",
+                                      "runs")
 
 
 def test_package_xml_is_format_3():
@@ -21,19 +25,24 @@ def test_package_xml_is_format_3():
 
 
 def test_colcon_build_installs_the_ros_layout(tmp_path):
-    colcon = shutil.which("colcon")
-    if colcon is None:
-        pytest.skip("colcon not installed (pip install colcon-common-extensions)")
+    """Built as the README's ROS 2 recipe builds it, `python -m colcon build` with the Python that has the
+    package's dependencies (a venv's on Ubuntu 24.04 / Debian 12): the executables colcon installs run with
+    that Python, whatever Python `ros2` itself runs in."""
+    pytest.importorskip("colcon_core", reason="colcon not installed (pip install colcon-common-extensions)")
     src = tmp_path / "src" / "panoptic_node"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "build", "install", "log", "*.egg-info",
-                                                             "__pycache__", "out", "runs"))
-    run = subprocess.run([colcon, "build", "--base-paths", str(tmp_path / "src"), "--build-base",
+    shutil.copytree(ROOT, src, ignore=COPY_IGNORES)
+    run = subprocess.run([sys.executable, "-m", "colcon", "build", "--base-paths", str(tmp_path / "src"), "--build-base",
                           str(tmp_path / "build"), "--install-base", str(tmp_path / "install")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     install = tmp_path / "install" / "panoptic_node"
-    assert (install / "lib" / "panoptic_node" / "panoptic_node").is_file()
-    assert (install / "lib" / "panoptic_node" / "panoptic-node").is_file()
+    for executable in ("panoptic_node", "panoptic-node"):
+        path = install / "lib" / "panoptic_node" / executable
+        assert path.read_text().splitlines()[0] == f"#!{sys.executable}", executable
+    site = next(install.glob("lib/python3*/site-packages"))
+    run = subprocess.run([str(install / "lib" / "panoptic_node" / "panoptic-node"), "--help"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(site)})
+    assert run.returncode == 0 and "replay" in run.stdout, run.stderr[-2000:]
     share = install / "share" / "panoptic_node"
     assert (share / "package.xml").is_file()
     assert (share / "launch" / "car.launch.py").is_file() and (share / "launch" / "replay.launch.py").is_file()
@@ -117,7 +126,7 @@ def test_pip_installs_it_editable_with_an_old_pip_beside_a_new_setuptools(tmp_pa
     needs in setup.cfg: `make demo`'s `pip install -e .` failed there. pyproject.toml names the build
     system, so every pip builds it through PEP 660 instead."""
     src = tmp_path / "panoptic_node"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "build", "install", "log", "*.egg-info",
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "install", "log", "*.egg-info",
                                                              "__pycache__", "out", "runs", "models"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
@@ -126,3 +135,62 @@ def test_pip_installs_it_editable_with_an_old_pip_beside_a_new_setuptools(tmp_pa
     run = subprocess.run(pip + ["install", "--no-deps", "-e", str(src)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (venv / "bin" / "panoptic-node").is_file() and (venv / "bin" / "panoptic_node").is_file()
+
+
+def _refuses_pip(python):
+    """Whether this Python is one its distribution manages (PEP 668's EXTERNALLY-MANAGED marker, outside a venv)."""
+    check = ("import os, sys, sysconfig; print(sys.prefix == sys.base_prefix and "
+             "os.path.isfile(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')))")
+    return subprocess.run([python, "-c", check], capture_output=True, text=True, timeout=60).stdout.strip() == "True"
+
+
+def _make_lines(src, target, python):
+    run = subprocess.run(["make", "-n", target, f"PY={python}"], cwd=src, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return [line for line in run.stdout.splitlines() if not line.startswith("#")]
+
+
+def test_make_installs_into_a_venv_where_the_python_refuses_pip(tmp_path):
+    """Debian 12's and Ubuntu 24.04's own python3 (ROS 2 Jazzy's platforms) refuse `pip install` (PEP 668):
+    `make demo` stopped at its first line there. With such a Python make now makes .venv from it (its packages
+    visible, colcon told to leave it alone) and installs, tests and runs with the venv's Python; with any
+    other Python it installs into that Python, as before."""
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    system = "/usr/bin/python3"
+    if not (Path(system).is_file() and _refuses_pip(system)):
+        pytest.skip(f"{system} is not a Python that refuses pip (PEP 668): nothing to show here")
+    src = tmp_path / "panoptic_node"
+    shutil.copytree(ROOT, src, ignore=COPY_IGNORES)
+    refused = subprocess.run([system, "-m", "pip", "install", "--no-deps", "-e", str(src)], capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode != 0 and "externally-managed-environment" in refused.stdout + refused.stderr
+
+    for target in ("demo", "test"):
+        lines = _make_lines(src, target, system)
+        runs = [line for line in lines if " -m pip " in line or " -m pytest " in line or "panoptic_node.cli" in line]
+        assert len(runs) >= 2 and all(".venv/bin/python -m" in line for line in runs), lines
+        assert not any(line.startswith(f"{system} -m pip") for line in lines), lines
+        assert lines[0] == f"{system} -m venv --system-site-packages .venv"
+
+    made = subprocess.run(["make", ".venv/bin/python", f"PY={system}"], cwd=src, capture_output=True, text=True,
+                          timeout=300)
+    assert made.returncode == 0, made.stderr
+    assert (src / ".venv" / "COLCON_IGNORE").is_file()
+    assert "include-system-site-packages = true" in (src / ".venv" / "pyvenv.cfg").read_text()
+    venv_python = str(src / ".venv" / "bin" / "python")
+    assert not _refuses_pip(venv_python)
+    installed = subprocess.run([venv_python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(src)],
+                               capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    assert (src / ".venv" / "bin" / "panoptic-node").is_file() and (src / ".venv" / "bin" / "panoptic_node").is_file()
+
+
+def test_make_installs_into_any_other_python_itself(tmp_path):
+    """A Python in a venv, conda or pyenv takes pip: make installs into it and makes no .venv."""
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    assert not _refuses_pip(sys.executable)   # this suite runs with a Python pip installed it into
+    lines = _make_lines(ROOT, "demo", sys.executable)
+    assert lines[0] == f"{sys.executable} -m pip install -q -e '.[cpu]'", lines
+    assert not any("venv" in line for line in lines), lines
