@@ -144,8 +144,15 @@ def _refuses_pip(python):
     return subprocess.run([python, "-c", check], capture_output=True, text=True, timeout=60).stdout.strip() == "True"
 
 
+def _make(src, *args):
+    """make in src, as a user runs it: not as a sub-make of the `make test` running this suite"""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=src, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
 def _make_lines(src, target, python):
-    run = subprocess.run(["make", "-n", target, f"PY={python}"], cwd=src, capture_output=True, text=True, timeout=60)
+    run = _make(src, "-n", target, f"PY={python}")
     assert run.returncode == 0, run.stderr
     return [line for line in run.stdout.splitlines() if not line.startswith("#")]
 
@@ -173,8 +180,7 @@ def test_make_installs_into_a_venv_where_the_python_refuses_pip(tmp_path):
         assert not any(line.startswith(f"{system} -m pip") for line in lines), lines
         assert lines[0] == f"{system} -m venv --system-site-packages .venv"
 
-    made = subprocess.run(["make", ".venv/bin/python", f"PY={system}"], cwd=src, capture_output=True, text=True,
-                          timeout=300)
+    made = _make(src, ".venv/bin/python", f"PY={system}")
     assert made.returncode == 0, made.stderr
     assert (src / ".venv" / "COLCON_IGNORE").is_file()
     assert "include-system-site-packages = true" in (src / ".venv" / "pyvenv.cfg").read_text()
@@ -193,4 +199,4 @@ def test_make_installs_into_any_other_python_itself(tmp_path):
     assert not _refuses_pip(sys.executable)   # this suite runs with a Python pip installed it into
     lines = _make_lines(ROOT, "demo", sys.executable)
     assert lines[0] == f"{sys.executable} -m pip install -q -e '.[cpu]'", lines
-    assert not any("venv" in line for line in lines), lines
+    assert not any(" -m venv " in line for line in lines), lines
