@@ -38,7 +38,7 @@ def test_colcon_build_installs_the_ros_layout(tmp_path):
     install = tmp_path / "install" / "panoptic_node"
     for executable in ("panoptic_node", "panoptic-node"):
         path = install / "lib" / "panoptic_node" / executable
-        assert path.read_text().splitlines()[0] == f"#!{sys.executable}", executable
+        assert path.read_text().splitlines()[0] == f"#!{os.path.abspath(sys.executable)}", executable
     site = next(install.glob("lib/python3*/site-packages"))
     run = subprocess.run([str(install / "lib" / "panoptic_node" / "panoptic-node"), "--help"], capture_output=True,
                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(site)})
@@ -125,6 +125,8 @@ def test_pip_installs_it_editable_with_an_old_pip_beside_a_new_setuptools(tmp_pa
     setuptools torch 2.13 pulls in (>= 77; 80 and later rewrote develop) refuses the [develop] section ROS 2
     needs in setup.cfg: `make demo`'s `pip install -e .` failed there. pyproject.toml names the build
     system, so every pip builds it through PEP 660 instead."""
+    if sys.version_info >= (3, 12):
+        pytest.skip("pip 22.0 (Ubuntu 22.04's, for Python 3.10) does not run on Python 3.12")
     src = tmp_path / "panoptic_node"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "install", "log", "*.egg-info",
                                                              "__pycache__", "out", "runs", "models"))
@@ -198,5 +200,5 @@ def test_make_installs_into_any_other_python_itself(tmp_path):
         pytest.skip("make not installed")
     assert not _refuses_pip(sys.executable)   # this suite runs with a Python pip installed it into
     lines = _make_lines(ROOT, "demo", sys.executable)
-    assert lines[0] == f"{sys.executable} -m pip install -q -e '.[cpu]'", lines
+    assert lines[0] == f"{os.path.abspath(sys.executable)} -m pip install -q -e '.[cpu]'", lines
     assert not any(" -m venv " in line for line in lines), lines
