@@ -165,8 +165,9 @@ replay = load_launch_file("replay.launch.py")
 print(json.dumps({{"blocked": blocked, "parameters": node.kwargs["parameters"], "player": player.kwargs["cmd"],
                   "rviz": rviz.kwargs["arguments"][1], "replay_arguments": sorted(declared_arguments(replay))}}))
 """
+    python_path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         env={**os.environ, "PYTHONPATH": python_path})
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout)
     assert out["blocked"] == "torch is not in the ROS 2 install's Python"   # the blocker is in force

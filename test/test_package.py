@@ -31,8 +31,8 @@ def test_colcon_build_installs_the_ros_layout(tmp_path):
     pytest.importorskip("colcon_core", reason="colcon not installed (pip install colcon-common-extensions)")
     src = tmp_path / "src" / "panoptic_node"
     shutil.copytree(ROOT, src, ignore=COPY_IGNORES)
-    run = subprocess.run([sys.executable, "-m", "colcon", "build", "--base-paths", str(tmp_path / "src"), "--build-base",
-                          str(tmp_path / "build"), "--install-base", str(tmp_path / "install")],
+    run = subprocess.run([sys.executable, "-m", "colcon", "build", "--base-paths", str(tmp_path / "src"),
+                          "--build-base", str(tmp_path / "build"), "--install-base", str(tmp_path / "install")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     install = tmp_path / "install" / "panoptic_node"
@@ -40,8 +40,9 @@ def test_colcon_build_installs_the_ros_layout(tmp_path):
         path = install / "lib" / "panoptic_node" / executable
         assert path.read_text().splitlines()[0] == f"#!{os.path.abspath(sys.executable)}", executable
     site = next(install.glob("lib/python3*/site-packages"))
+    python_path = os.pathsep.join(filter(None, (str(site), os.environ.get("PYTHONPATH"))))
     run = subprocess.run([str(install / "lib" / "panoptic_node" / "panoptic-node"), "--help"], capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(site)})
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": python_path})
     assert run.returncode == 0 and "replay" in run.stdout, run.stderr[-2000:]
     share = install / "share" / "panoptic_node"
     assert (share / "package.xml").is_file()
