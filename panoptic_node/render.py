@@ -65,6 +65,16 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def _text_box(draw, text: str, font):
+    """(x0, y0, x1, y1) of the text drawn at (0, 0). Before Pillow 9.2 (Ubuntu 22.04's apt Pillow 9.0)
+    textbbox measures TrueType fonts only and the bitmap font has getsize (gone in Pillow 10) instead."""
+    try:
+        return draw.textbbox((0, 0), text, font=font)
+    except ValueError:
+        width, height = font.getsize(text)
+        return 0, 0, width, height
+
+
 def _inside_point(segment_ids: np.ndarray, seg_id: int, step: int):
     """A point of the segment near its centre (on a grid of `step` pixels, so HD frames stay cheap):
     the centroid itself can lie outside a curved region such as a road."""
@@ -94,14 +104,14 @@ def draw_labels(rgb: np.ndarray, result: PanopticResult, taxonomy: Taxonomy) -> 
         at = _inside_point(result.segment_ids, s.id, step)
         if at:
             name = taxonomy.name_of(s.label)
-            x0, y0, x1, y1 = draw.textbbox((0, 0), name, font=font)
+            x0, y0, x1, y1 = _text_box(draw, name, font)
             centred = (at[0] - (x0 + x1) // 2, at[1] - (y0 + y1) // 2)
             # an outline only where the font is scalable (a bitmap font takes no stroke)
             outline = {"stroke_width": max(1, size // 10), "stroke_fill": (0, 0, 0)} if scalable else {}
             draw.text(centred, name, font=font, fill=(255, 255, 255), **outline)
     for s in sorted((s for s in result.segments if s.is_thing), key=lambda s: -s.area):
         text = f"{taxonomy.name_of(s.label)} #{s.instance} {s.score:.2f}"
-        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+        x0, y0, x1, y1 = _text_box(draw, text, font)
         tw, th = x1 - x0 + 4, y1 - y0 + 4
         x = min(max(0, s.box[0]), max(0, w - tw))
         y = min(max(0, s.box[1] - th), max(0, h - th))  # above the box, or inside it at the top edge

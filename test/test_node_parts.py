@@ -336,9 +336,12 @@ def test_overlay_names_each_thing_and_large_stuff_regions():
 
 
 def test_overlay_labels_with_an_old_pillows_bitmap_font(monkeypatch):
-    """Before Pillow 10.1 (Ubuntu 22.04's apt Pillow, a Jetson's) load_default takes no size and gives a
-    bitmap font, which takes no outline: the overlay must still be labelled, not fail to publish."""
-    from PIL import ImageFont
+    """Pillow 9.0 (Ubuntu 22.04's apt Pillow, a Jetson's) as the overlay meets it: load_default takes no size
+    and gives a bitmap font, which takes no outline, textbbox measures TrueType fonts only ("Only supported
+    for TrueType fonts": `make demo` stopped there on the first frame with Ubuntu 22.04's packages, and the
+    node could publish no overlay), and the bitmap font measures text with getsize (gone in Pillow 10).
+    The overlay must still be labelled."""
+    from PIL import ImageDraw, ImageFont
 
     from panoptic_node import render
 
@@ -351,7 +354,20 @@ def test_overlay_labels_with_an_old_pillows_bitmap_font(monkeypatch):
             raise TypeError("load_default() got an unexpected keyword argument 'size'")
         return bitmap_font()
 
+    new_textbbox = ImageDraw.ImageDraw.textbbox
+
+    def old_textbbox(self, xy, text, font=None, **kwargs):
+        if not isinstance(font, ImageFont.FreeTypeFont):
+            raise ValueError("Only supported for TrueType fonts")
+        return new_textbbox(self, xy, text, font=font, **kwargs)
+
+    def old_getsize(self, text):
+        x0, y0, x1, y1 = self.getbbox(text)
+        return x1, y1
+
     monkeypatch.setattr(ImageFont, "load_default", old_load_default)
+    monkeypatch.setattr(ImageDraw.ImageDraw, "textbbox", old_textbbox)
+    monkeypatch.setattr(ImageFont.ImageFont, "getsize", old_getsize, raising=False)
     render._font.cache_clear()
     try:
         camvid = get_taxonomy("camvid")
@@ -362,6 +378,10 @@ def test_overlay_labels_with_an_old_pillows_bitmap_font(monkeypatch):
         named, plain = overlay(rgb, r, camvid), overlay(rgb, r, camvid, labels=False)
         assert not hasattr(render._font(12), "size")                  # the bitmap font was the one used
         assert (named != plain).any(-1)[:60].any() and (named[69, 100] == camvid.color_lut[8] // 2).all()
+        car = next(s for s in r.segments if s.is_thing)
+        text_width = old_getsize(render._font(12), f"{camvid.name_of(8)} #{car.instance} {car.score:.2f}")[0]
+        rows, cols = np.nonzero((named[:70] == camvid.color_lut[8] // 2).all(-1))   # the car's tag above it
+        assert rows.max() == 69 and cols.max() - cols.min() + 1 == text_width + 4     # sized by getsize
     finally:
         render._font.cache_clear()
 
