@@ -361,7 +361,8 @@ def test_panoptic_png_ids_equal_rgb_to_id(tmp_path, mode):
     ids = rng.choice([0, 1, 255, 256, 65536, 5 * 65537 + 3, (1 << 24) - 1], (12, 9))
     rgb = id_to_rgb(ids)
     img = Image.fromarray(rgb)
-    img = img.convert("RGBA") if mode == "RGBA" else img.quantize(colors=8, method=Image.Quantize.MAXCOVERAGE) \
+    maxcoverage = getattr(Image, "Quantize", Image).MAXCOVERAGE   # Image.Quantize from Pillow 9.1 on
+    img = img.convert("RGBA") if mode == "RGBA" else img.quantize(colors=8, method=maxcoverage) \
         if mode == "P" else img
     img.save(tmp_path / "x.png")
     want = rgb_to_id(np.asarray(Image.open(tmp_path / "x.png").convert("RGB")))
