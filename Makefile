@@ -12,13 +12,17 @@ $(error $(PY) does not run: give a Python >= 3.10 as `make demo PY=/path/to/pyth
 endif
 # the venv's commands (panoptic-node, panoptic_node) come first on PATH for the tests that start them
 RUN_PATH := PATH=$(abspath $(dir $(RUN_PY))):$$PATH
-NEEDS_VENV := $(filter $(VENV)/bin/python,$(RUN_PY))
+# written last, so that a venv left half made (no ensurepip: Debian and Ubuntu ship venv apart) is not taken
+# for one; a .venv make did not make (yours, or that one) is never changed or removed
+VENV_MADE := $(VENV)/COLCON_IGNORE
+NEEDS_VENV := $(if $(filter $(VENV)/bin/python,$(RUN_PY)),$(VENV_MADE))
 
 .PHONY: demo test install-test
 
-$(VENV)/bin/python:
+$(VENV_MADE):
+	@if [ -e $(VENV) ]; then echo "make: $(VENV) exists but make did not finish making it (no $(VENV_MADE)): remove it, or give its Python as PY=$(VENV)/bin/python" >&2; exit 1; fi
 	$(PY) -m venv --system-site-packages $(VENV)
-	touch $(VENV)/COLCON_IGNORE   # a colcon workspace holding this folder does not look inside the venv
+	touch $@   # colcon, in a workspace holding this folder, does not look inside the venv
 	@echo "$(PY) is externally managed (PEP 668): the package goes into $(VENV) (source $(VENV)/bin/activate for panoptic-node)"
 
 demo: | $(NEEDS_VENV)

@@ -181,9 +181,19 @@ def test_make_installs_into_a_venv_where_the_python_refuses_pip(tmp_path):
         runs = [line for line in lines if " -m pip " in line or " -m pytest " in line or "panoptic_node.cli" in line]
         assert len(runs) >= 2 and all(".venv/bin/python -m" in line for line in runs), lines
         assert not any(line.startswith(f"{system} -m pip") for line in lines), lines
-        assert lines[0] == f"{system} -m venv --system-site-packages .venv"
+        assert lines.index(f"{system} -m venv --system-site-packages .venv") < lines.index(runs[0])
 
-    made = _make(src, ".venv/bin/python", f"PY={system}")
+    # a .venv make did not finish (a venv that failed half way, or the user's own) is refused, left as it is
+    (src / ".venv" / "bin").mkdir(parents=True)
+    (src / ".venv" / "bin" / "python").write_text("not made by make")
+    refused = _make(src, "demo", f"PY={system}")
+    assert refused.returncode != 0
+    assert "make: .venv exists but make did not finish making it (no .venv/COLCON_IGNORE)" in refused.stderr
+    assert [p.name for p in (src / ".venv").rglob("*")] == ["bin", "python"]
+    assert (src / ".venv" / "bin" / "python").read_text() == "not made by make"
+    shutil.rmtree(src / ".venv")
+
+    made = _make(src, ".venv/COLCON_IGNORE", f"PY={system}")
     assert made.returncode == 0, made.stderr
     assert (src / ".venv" / "COLCON_IGNORE").is_file()
     assert "include-system-site-packages = true" in (src / ".venv" / "pyvenv.cfg").read_text()
