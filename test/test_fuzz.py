@@ -6,15 +6,18 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
+from conftest import from_test_extra
 from panoptic_node.bag.reader import BagReader
 from panoptic_node.bag.writer import BagError, BagWriter, header, image_msg
 from panoptic_node.evaluation.evaluator import Evaluator
 from panoptic_node.messages import FrameError, SUPPORTED_ENCODINGS, compressed_to_rgb, image_fields, image_to_rgb
 from panoptic_node.taxonomy import get_taxonomy
+
+from_test_extra("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 BUDGET = settings(max_examples=150, deadline=None, derandomize=True,
                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -112,9 +112,10 @@ def test_pyflakes_finds_nothing():
     """The ROS node, the launch files, the launch tests and the GPU backends only run on a ROS 2 / CUDA
     machine: a misspelt name there would first show in a car. pyflakes reads every file here without
     importing it and reports undefined names, unused imports and the like."""
-    from pyflakes.api import checkPath
-    from pyflakes.reporter import Reporter
     import io
+    from conftest import from_test_extra
+    checkPath = from_test_extra("pyflakes.api").checkPath
+    Reporter = from_test_extra("pyflakes.reporter").Reporter
     files = sorted(f for d in ("panoptic_node", "launch", "bench", "test") for f in (ROOT / d).rglob("*.py"))
     out = io.StringIO()
     problems = sum(checkPath(str(f), Reporter(out, out)) for f in files)
