@@ -44,7 +44,7 @@ setup(
     entry_points={
         "console_scripts": [
             "panoptic-node = panoptic_node.cli:main",
-            "panoptic_node = panoptic_node.ros.node:main",
+            "panoptic_node = panoptic_node.ros:main",
         ],
     },
 )

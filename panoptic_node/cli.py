@@ -946,6 +946,9 @@ def main(argv=None) -> int:
         # (a bug of ours) also gets one line, with where to look
         expected = isinstance(e, (ValueError, OSError, RuntimeError, ImportError))
         what = f"{e}" if expected and str(e) else f"{type(e).__name__}: {e}"
+        if isinstance(e, ModuleNotFoundError) and e.name:  # a dependency this Python lacks: say what provides it
+            from .errors import missing_module
+            what = missing_module(e)
         hint = "" if expected else " (an unexpected error: rerun with --debug for the traceback and report it)"
         print(f"panoptic-node {args.command}: error: {what}{hint}", file=sys.stderr)
         return 2 if expected else 1
