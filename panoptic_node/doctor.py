@@ -34,15 +34,19 @@ def _version(module: str, find_spec: Callable) -> Optional[str]:
 
 
 def machine_checks(find_spec=importlib.util.find_spec) -> List[Check]:
-    from .inference.onnxruntime_backend import cpu_flags, int8_kernels_saturate
     out = [Check("python", OK, f"{platform.python_version()} ({sys.executable})")]
+    try:
+        import torch
+    except ModuleNotFoundError as e:  # the rest needs it: say what provides it, and check what does not
+        from .errors import missing_module
+        return out + [Check("torch", PROBLEM, missing_module(e))]
+    from .inference.onnxruntime_backend import cpu_flags, int8_kernels_saturate
     flags = cpu_flags()
     isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags) or "none known"
     saturate = int8_kernels_saturate(platform.machine(), flags)
     out.append(Check("cpu", NOTE if saturate else OK, f"{platform.machine()}, {os.cpu_count()} cores, {isa}"
                      + ("; no VNNI: ONNX Runtime's int8 kernels saturate here (export int8 graphs with "
                         "--reduce-range for it; OpenVINO's are fine)" if saturate else "")))
-    import torch
     cuda = torch.cuda.is_available()
     out.append(Check("torch", OK, f"{torch.__version__}, {torch.get_num_threads()} threads, CUDA "
                                   f"{'available' if cuda else 'not available'}"))
@@ -242,12 +246,15 @@ def parameter_checks(path, node_name: str) -> Tuple[List[Check], Optional[dict]]
 def run_checks(model: str = "street_lite0", weights: Optional[str] = None, params=None,
                node_name: str = "/panoptic_node") -> List[Check]:
     """params: the node's parameters file (doctor --params): its model, backend and cameras are checked."""
-    if params is None:
-        return machine_checks() + model_checks(model, weights) + ros_checks() + tool_checks()
-    checks, node = parameter_checks(params, node_name)
+    machine = machine_checks()
+    torch_here = not any(c.name == "torch" and c.verdict == PROBLEM for c in machine)
+    checks, node = parameter_checks(params, node_name) if params is not None else ([], None)
     if node is not None:
-        checks += model_checks(node["model"], node["weights"] or None, node)
-    return machine_checks() + checks + ros_checks() + tool_checks()
+        model, weights = node["model"], node["weights"] or None
+    if params is None or node is not None:
+        checks += model_checks(model, weights, node) if torch_here else [
+            Check("model", NOTE, f"{model} not checked: it needs torch (above)")]
+    return machine + checks + ros_checks() + tool_checks()
 
 
 def format_checks(checks: List[Check]) -> str:

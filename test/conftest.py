@@ -29,6 +29,21 @@ def from_test_extra(module: str):
     return pytest.importorskip(module, reason=f"no {module}: pip install -e '.[test]' (make test installs it)")
 
 
+def run_without(modules, code: str, cwd):
+    """Python `code` run in a process where these modules (and what is inside them) cannot be imported, as on
+    a machine without them; the finished process."""
+    import subprocess
+    import sys
+    blocker = (f"import importlib.abc, sys\n"
+               f"class Without(importlib.abc.MetaPathFinder):\n"
+               f"    def find_spec(self, name, path=None, target=None):\n"
+               f"        if name.split('.')[0] in {tuple(modules)!r}:\n"
+               f"            raise ModuleNotFoundError(f'No module named {{name!r}}', name=name)\n"
+               f"sys.meta_path.insert(0, Without())\n")
+    return subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+
+
 def small_config(**overrides) -> ModelConfig:
     """An R50 DETR with a thin transformer: the published architecture, quick to run on CPU."""
     base = dict(name="tiny_r50", backbone="resnet50", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=2,

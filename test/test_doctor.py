@@ -1,5 +1,6 @@
 """panoptic-node doctor: each answer is what the commands and the node will do on this machine."""
 import importlib.util
+import sys
 
 import pytest
 
@@ -133,3 +134,20 @@ def test_doctor_checks_the_nodes_parameters_file(tiny_model_yaml, tmp_path, monk
     assert row.startswith("problem") and "parameter 'threshold' = 3.0 is invalid" in row
     assert " model " not in out  # no model to check when the file is refused
     assert main(["doctor", "--params", str(params), "--model", "street_lite0"]) == 2
+
+
+def test_doctor_without_torch_says_what_provides_it_and_checks_the_rest(tmp_path):
+    """doctor is what a user runs when something is wrong: a Python without torch (the package installed into
+    another one) stopped it at its first check with one line; now that is its problem line, and what needs no
+    torch is still checked."""
+    from conftest import run_without
+    run = run_without(["torch"], "import sys\nfrom panoptic_node.cli import main\nsys.exit(main(['doctor']))",
+                      tmp_path)
+    lines = run.stdout.splitlines()
+    assert run.returncode == 1, run.stderr
+    assert lines[1].split(None, 2) == ["problem", "torch", f"no module named 'torch' for {sys.executable}: "
+                                       f"pip install -e '.[cpu]' in the package's folder puts it there (a node "
+                                       f"colcon built runs with the Python that ran colcon: README, For ROS 2 users)"]
+    assert lines[2].split(None, 2) == ["note", "model", "street_lite0 not checked: it needs torch (above)"]
+    assert {line.split()[1] for line in lines[3:]} >= {"ROS", "video", "fleet", "CamVid"}
+    assert "torch" in run.stderr.splitlines()[-1]   # "N problem(s): torch, ..."

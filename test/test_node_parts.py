@@ -1,7 +1,6 @@
 """What the ROS node is made of, tested without rclpy: parameter schema and the shipped YAML, the
 newest-frame-wins buffer with drop counting (fake clock), diagnostics statistics, the overlay."""
 import importlib.util
-import subprocess
 import sys
 import threading
 
@@ -10,6 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import run_without
 from panoptic_node.frame_buffer import LatestFrameBuffer
 from panoptic_node.inference.result import result_from_segments
 from panoptic_node.model.config import share_dir
@@ -449,18 +449,6 @@ def test_the_node_pipeline_runs_on_num_threads(monkeypatch):
     assert asked["threads"] == 1
 
 
-def _run_without(modules, code, tmp_path):
-    """`code` in a Python where these modules (and what is inside them) cannot be imported."""
-    blocker = (f"import importlib.abc, sys\n"
-               f"class Without(importlib.abc.MetaPathFinder):\n"
-               f"    def find_spec(self, name, path=None, target=None):\n"
-               f"        if name.split('.')[0] in {tuple(modules)!r}:\n"
-               f"            raise ModuleNotFoundError(f'No module named {{name!r}}', name=name)\n"
-               f"sys.meta_path.insert(0, Without())\n")
-    return subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
-
-
 def test_a_missing_module_is_one_line_naming_what_provides_it():
     from panoptic_node.errors import missing_module
     said = {name: missing_module(ModuleNotFoundError(f"No module named '{name}'", name=name))
@@ -476,12 +464,12 @@ def test_a_missing_module_is_one_line_naming_what_provides_it():
 def test_the_node_executable_says_in_one_line_what_its_python_lacks(tmp_path):
     """Started where ROS 2 is not sourced, or by a Python that lacks torch (colcon run by a Python other than
     the one the package was pip-installed in), the executable printed an import traceback."""
-    run = _run_without(["rclpy"], "from panoptic_node.ros import main\nmain()", tmp_path)
+    run = run_without(["rclpy"], "from panoptic_node.ros import main\nmain()", tmp_path)
     assert run.returncode == 1 and run.stdout == ""
     assert run.stderr.splitlines() == [
         f"[panoptic_node] error: no module named 'rclpy' for {sys.executable}: source your ROS 2 install first "
         f"(source /opt/ros/$ROS_DISTRO/setup.bash)"]
-    run = _run_without(["torch"], "from panoptic_node.ros import main\nmain()", tmp_path)
+    run = run_without(["torch"], "from panoptic_node.ros import main\nmain()", tmp_path)
     lines = run.stderr.splitlines()
     assert run.returncode == 1 and len(lines) == 1 and lines[0].startswith("[panoptic_node] error: no module named ")
     if all(importlib.util.find_spec(m) for m in ("rclpy", "vision_msgs")):   # else the first one missing is named
@@ -492,7 +480,7 @@ def test_a_command_whose_python_lacks_torch_says_so_in_one_line_and_writes_nothi
     image = tmp_path / "frame.png"
     Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(image)
     before = image.read_bytes()
-    run = _run_without(["torch"], f"import sys\nfrom panoptic_node.cli import main\n"
+    run = run_without(["torch"], f"import sys\nfrom panoptic_node.cli import main\n"
                                   f"sys.exit(main(['infer', {str(image)!r}, '--out', 'out']))", tmp_path)
     assert run.returncode == 2
     assert run.stderr.splitlines()[-1] == (
