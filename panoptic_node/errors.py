@@ -1,4 +1,5 @@
 """Saying a caught exception in one line."""
+import sys
 
 
 def first_line(e: BaseException) -> str:
@@ -19,7 +20,6 @@ def missing_module(e: ModuleNotFoundError) -> str:
     """One line for a module this Python cannot import: which one, which Python, and what provides it.
     A ROS 2 module means the ROS 2 setup was not sourced; a dependency means it went into another Python
     (on a ROS 2 install: colcon run by a Python other than the venv's the package was pip-installed in)."""
-    import sys
     name = (e.name or "").split(".")[0]
     if name == "vision_msgs":
         fix = "install ROS 2's vision_msgs (sudo apt install ros-$ROS_DISTRO-vision-msgs) and source your ROS 2 setup"
