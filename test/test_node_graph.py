@@ -589,6 +589,7 @@ def test_qos_overrides_apply_to_the_topics_they_name(graph, start):
                                       f"{ns}/image": {"subscription": {"reliability": "reliable"}}})
     offered = graph.get_publishers_info_by_topic(f"{ns}/panoptic/semantic")[0].qos_profile
     assert offered.reliability == ReliabilityPolicy.BEST_EFFORT  # (discovery does not carry the depth)
+    wait_for_publisher(graph, f"{ns}/panoptic/instances", node)  # each topic is discovered on its own
     other = graph.get_publishers_info_by_topic(f"{ns}/panoptic/instances")[0].qos_profile
     assert other.reliability == ReliabilityPolicy.RELIABLE  # the contract's QoS where nothing is overridden
     end = time.time() + 10
