@@ -29,19 +29,22 @@ def from_test_extra(module: str):
     return pytest.importorskip(module, reason=f"no {module}: pip install -e '.[test]' (make test installs it)")
 
 
-def run_without(modules, code: str, cwd):
+def run_without(modules, code: str, cwd, all_but: bool = False, env=None):
     """Python `code` run in a process where these modules (and what is inside them) cannot be imported, as on
-    a machine without them; the finished process."""
+    a machine without them; with all_but, every module outside the standard library but these (a bare
+    Python); the finished process."""
     import subprocess
     import sys
+    hidden = "top not in sys.stdlib_module_names and top not in" if all_but else "top in"
     blocker = (f"import importlib.abc, sys\n"
                f"class Without(importlib.abc.MetaPathFinder):\n"
                f"    def find_spec(self, name, path=None, target=None):\n"
-               f"        if name.split('.')[0] in {tuple(modules)!r}:\n"
+               f"        top = name.split('.')[0]\n"
+               f"        if {hidden} {tuple(modules)!r}:\n"
                f"            raise ModuleNotFoundError(f'No module named {{name!r}}', name=name)\n"
                f"sys.meta_path.insert(0, Without())\n")
     return subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
+                          cwd=cwd, env=env)
 
 
 def small_config(**overrides) -> ModelConfig:
