@@ -1,6 +1,11 @@
-"""ros2 launch panoptic_node car.launch.py [config:=FILE] [cameras:="['/camera/front']"] [model:=NAME]
+"""ros2 launch panoptic_node car.launch.py [config:=FILE] [namespace:=car1] [cameras:="['camera/front']"] [model:=NAME]
        [backend:=auto|torch|onnxruntime|openvino|tensorrt] [precision:=auto|fp32|int8] [onnx:=FILE] [bag:=PATH] [rviz:=true|false] [autostart:=true|false]
        [num_threads:=N] [max_rate_hz:=R] [warmup_sizes:=WxH,...] [log_level:=info]
+
+namespace:=car1 starts the node as /car1/panoptic_node: the shipped camera name is relative (camera/front), so
+its frames come from /car1/camera/front/image and its outputs go to /car1/camera/front/panoptic/*, one launch
+per car or robot on one graph; an absolute camera name (/camera/front) stays where it is (said at launch).
+/diagnostics stays global, as diagnostic aggregators expect; its statuses name the resolved cameras.
 
 bag:=PATH plays a recorded (or converted CamVid / KITTI) bag with --clock and runs the node on
 sim time: the validation setup, same node, same topics.
@@ -42,7 +47,9 @@ def _dds_env(context, share):
 
 
 def _node(context):
+    from panoptic_node.params import absolute_namespace, defaults, node_namespace
     share = get_package_share_directory("panoptic_node")
+    namespace = node_namespace(LaunchConfiguration("namespace").perform(context))  # '/' when none
     env, why = _dds_env(context, share)
     config = LaunchConfiguration("config").perform(context) or os.path.join(share, "config", "car.param.yaml")
     overrides = {}
@@ -69,14 +76,21 @@ def _node(context):
     bag = LaunchConfiguration("bag").perform(context)
     if bag:
         overrides["use_sim_time"] = True
-    cameras = overrides.get("cameras") or _cameras_in(config) or ["/camera/front"]
+    given = overrides.get("cameras") or _cameras_in(config) or defaults()["cameras"]
+    cameras = [absolute_namespace(c, namespace) for c in given]  # where the node will serve them
     actions = [LogInfo(msg=why),
                Node(package="panoptic_node", executable="panoptic_node", name="panoptic_node", output="screen",
                     parameters=[config, overrides], additional_env=env,
-                    arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)])]
+                    arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)],
+                    **({"namespace": namespace} if namespace != "/" else {}))]
+    fixed = [c for c in given if c.startswith("/")]
+    if namespace != "/" and fixed:
+        actions.append(LogInfo(msg=f"namespace {namespace}: camera {', '.join(fixed)} is absolute and stays where it "
+                                   f"is; name it relative ({fixed[0].lstrip('/')}) to move its topics under "
+                                   f"{namespace}"))
     if bag:
         # converted bags (panoptic-node convert) carry /camera/image_raw: feed it to the first camera
-        first = cameras[0].rstrip("/")
+        first = cameras[0]
         actions.append(ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock",
                                            "--remap", f"/camera/image_raw:={first}/image"], output="screen",
                                       additional_env=env))
@@ -92,7 +106,12 @@ def _node(context):
 def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("config", default_value="", description="parameter file (default: config/car.param.yaml)"),
-        DeclareLaunchArgument("cameras", default_value="", description="camera namespaces, e.g. \"['/camera/front']\""),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="node namespace, e.g. car1: relative camera names (the shipped camera/front) "
+                                          "and their topics move under it (/car1/camera/front/...)"),
+        DeclareLaunchArgument("cameras", default_value="",
+                              description="camera namespaces, e.g. \"['camera/front', 'camera/rear']\" (relative: "
+                                          "under namespace:=; absolute: where they say)"),
         DeclareLaunchArgument("model", default_value="", description="model name or YAML (default from config)"),
         DeclareLaunchArgument("backend", default_value="", description="auto|torch|onnxruntime|openvino|tensorrt"),
         DeclareLaunchArgument("precision", default_value="", description="auto|fp32|int8 (auto: int8 on OpenVINO "

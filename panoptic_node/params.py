@@ -70,6 +70,28 @@ def validate(params: Dict[str, Any]) -> Dict[str, Any]:
 PUBLISH_SWITCHES = ("semantic", "instances", "panoptic", "detections", "overlay")
 
 
+def absolute_namespace(camera: str, node_namespace: str = "/") -> str:
+    """A camera namespace as ROS resolves it for a node in `node_namespace`: an absolute one ('/camera/front')
+    stays where it is; a relative one ('camera/front', the shipped default) goes under the node's namespace
+    ('/car1' -> '/car1/camera/front'; '/' -> '/camera/front'), so one launch per car moves every topic."""
+    camera = camera.rstrip("/")
+    return camera if camera.startswith("/") else f"{node_namespace.rstrip('/')}/{camera}"
+
+
+def node_namespace(text: str) -> str:
+    """A launch file's namespace argument ('car1', '/car1', '' for none) -> the node's namespace ('/car1',
+    '/'); anything that is not a ROS namespace is refused in one line naming what is expected."""
+    pattern = node_schema()["properties"]["cameras"]["items"]["pattern"]  # the rule camera names follow too
+    name = text.strip()
+    if name in ("", "/"):
+        return "/"
+    if not re.match(pattern, name.rstrip("/")):
+        raise ParameterError(f"launch argument namespace {text!r} is not a ROS namespace: expected names of "
+                             f"letters, digits and underscores, not starting with a digit, joined by '/' "
+                             f"(e.g. car1 or fleet/car1)")
+    return "/" + name.strip("/")
+
+
 def input_topic(camera: str, transport: str) -> str:
     """The topic a camera namespace's frames come in on (the node subscribes to it, replay --params reads it)."""
     ns = camera.rstrip("/")
@@ -284,7 +306,8 @@ def from_file(path, node: str = NODE_NAME) -> Dict[str, Any]:
 def replay_options(p: Dict[str, Any]) -> Dict[str, Any]:
     """What validated node parameters ask of a replay (replay.py's arguments): the cameras' input topics, the
     tracking, the topics published and their overlay."""
-    return {"image_topic": [input_topic(camera, p["input_transport"]) for camera in p["cameras"]],
+    # a bag holds resolved (absolute) names: a relative camera is the one a node in the root namespace serves
+    return {"image_topic": [input_topic(absolute_namespace(camera), p["input_transport"]) for camera in p["cameras"]],
             "track": p["track_instances"], "track_min_iou": p["track_min_iou"], "track_max_lost": p["track_max_lost"],
             "publish": {name: p[f"publish_{name}"] for name in PUBLISH_SWITCHES},
             "overlay_labels": p["overlay_labels"]}

@@ -126,6 +126,36 @@ def test_rviz_shows_the_cameras_the_node_takes_from_the_config(car_launch, tmp_p
     assert _topics(rviz.kwargs["arguments"][1])[0] == ("Camera", "/camera/front/image")
 
 
+def test_a_namespace_moves_the_node_and_its_relative_cameras(car_launch, tmp_path, monkeypatch):
+    """namespace:=car1, one launch per car: the node runs as /car1/panoptic_node, so the shipped relative
+    camera (camera/front) is served at /car1/camera/front; the bag player and RViz are given those names."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert car_launch.defaults["namespace"] == ""
+    log, node, player, rviz = car_launch(namespace="car1", bag="/data/drive.mcap", rviz="true")
+    assert node.kwargs["namespace"] == "/car1"
+    assert "/camera/image_raw:=/car1/camera/front/image" in player.kwargs["cmd"]
+    assert ("Camera", "/car1/camera/front/image") in _topics(rviz.kwargs["arguments"][1])
+    assert "namespace" not in car_launch()[1].kwargs  # none given: the root, as before
+    assert "/camera/image_raw:=/camera/front/image" in car_launch(bag="/b")[2].kwargs["cmd"]
+
+
+def test_an_absolute_camera_under_a_namespace_is_said_at_launch(car_launch):
+    """An absolute camera stays where it is under namespace:= (ROS's rule): the launch says so in one line,
+    naming the relative spelling that would move it."""
+    log, node, said = car_launch(namespace="/car2/", cameras="['/cam/front', 'cam/rear']")
+    assert node.kwargs["namespace"] == "/car2"
+    assert said.kwargs["msg"] == ("namespace /car2: camera /cam/front is absolute and stays where it is; name it "
+                                  "relative (cam/front) to move its topics under /car2")
+    assert len(car_launch(cameras="['cam/rear']", namespace="car2")) == 2  # nothing to say
+
+
+def test_a_bad_namespace_stops_the_launch_with_one_line(car_launch):
+    from panoptic_node.params import ParameterError
+    with pytest.raises(ParameterError, match="launch argument namespace 'car 1' is not a ROS namespace"):
+        car_launch(namespace="car 1")
+
+
 ROS_PYTHON_HAS = ("yaml", "_yaml")   # PyYAML: a dependency of ROS 2's own Python packages (launch, rclpy)
 
 

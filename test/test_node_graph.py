@@ -62,12 +62,13 @@ def model_yaml():
 class NodeProcess:
     """`panoptic_node` with a params file, in a process group of its own (as a terminal or launch runs it)."""
 
-    def __init__(self, tmp_path: Path, params: dict, env: dict = None):
+    def __init__(self, tmp_path: Path, params: dict, env: dict = None, namespace: str = None):
         self.log = tmp_path / f"node_{uuid.uuid4().hex[:6]}.log"
         params_file = tmp_path / f"params_{uuid.uuid4().hex[:6]}.yaml"
         params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
         self.name = f"panoptic_{uuid.uuid4().hex[:8]}"
         self.proc = subprocess.Popen(["panoptic_node", "--ros-args", "-r", f"__node:={self.name}",
+                                      *(["-r", f"__ns:={namespace}"] if namespace else []),
                                       "--params-file", str(params_file)],
                                      stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
                                      env={**os.environ, **(env or {})})
@@ -91,13 +92,15 @@ class NodeProcess:
 def start(tmp_path, graph, model_yaml):
     nodes = []
 
-    def _start(cameras, wait=True, env=None, **params):
+    def _start(cameras, wait=True, env=None, namespace=None, **params):
         full = {"cameras": cameras, "model": model_yaml, "backend": "torch", "threshold": 0.0,
                 "qos_reliability": "reliable", "qos_depth": 10, "diagnostics_period": 0.2, **params}
-        node = NodeProcess(tmp_path, full, env)
+        node = NodeProcess(tmp_path, full, env, namespace)
         nodes.append(node)
         if wait:
-            wait_for_publisher(graph, f"{cameras[0].rstrip('/')}/panoptic/semantic", node)
+            first = cameras[0].rstrip("/")
+            first = first if first.startswith("/") else f"{namespace or ''}/{first}"
+            wait_for_publisher(graph, f"{first}/panoptic/semantic", node)
         return node
 
     yield _start
@@ -602,6 +605,38 @@ def test_qos_overrides_apply_to_the_topics_they_name(graph, start):
     rclpy.spin_until_future_complete(graph, future, timeout_sec=20)
     (r,) = future.result().results
     assert not r.successful and "read at start-up only" in r.reason
+
+
+def test_relative_cameras_follow_the_node_namespace(graph, start, rng):
+    """One launch per car: under `-r __ns:=/carN` (car.launch.py's namespace:=) a relative camera name, the
+    shipped default's kind, is served at /carN/<camera>, an absolute one where it says, and /diagnostics (global)
+    names each camera by its resolved namespace, so two cars' statuses stay apart."""
+    car = f"/car{uuid.uuid4().hex[:6]}"
+    fixed = f"/t{uuid.uuid4().hex[:6]}/rear"
+    node = start(["cam/front", fixed], namespace=car, max_age_ms=0)
+    ours = f"{car}/cam/front"
+    c = Collector(graph, {f"{ours}/panoptic/semantic": Image, f"{fixed}/panoptic/semantic": Image,
+                          "/diagnostics": DiagnosticArray})
+    pubs = [graph.create_publisher(Image, f"{ns}/image", 10) for ns in (ours, fixed)]
+    rgb = rgb_frame(rng)
+
+    def publish():
+        for pub in pubs:
+            pub.publish(image_msg(rgb, now(graph), "cam"))
+
+    assert c.spin_until(lambda g: g[f"{ours}/panoptic/semantic"] and g[f"{fixed}/panoptic/semantic"]
+                        and node_diagnostics(g, ours) and node_diagnostics(g, fixed), publish=publish), \
+        ({t: len(v) for t, v in c.got.items()}, node.output())
+    assert not graph.get_publishers_info_by_topic("/cam/front/panoptic/semantic")  # nothing at the root
+    camera = node_diagnostics(c.got, ours)["camera"]
+    assert camera["name"] == f"{node.name}: camera {ours}" and camera["input topic"] == f"{ours}/image"
+    assert node_diagnostics(c.got, fixed)["camera"]["input topic"] == f"{fixed}/image"
+    c.close()
+    # two names for one namespace (relative and absolute): refused at start in one line
+    twice = start(["cam/front", f"{car}/cam/front"], wait=False, namespace=car)
+    assert twice.wait(START_TIMEOUT) == 1
+    errors = [line for line in twice.output().splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and f"parameter 'cameras' names {ours} twice" in errors[0], twice.output()
 
 
 @pytest.mark.parametrize("debug", [False, True])

@@ -13,7 +13,8 @@ from PIL import Image
 from panoptic_node.bag.reader import BagReader
 from panoptic_node.bag.writer import BagWriter, compressed_msg, header, image_msg
 from panoptic_node.messages import image_array, image_fields
-from panoptic_node.params import ParameterError, defaults, file_parameters, from_file
+from panoptic_node.params import (ParameterError, absolute_namespace, defaults, file_parameters, from_file,
+                                    node_namespace)
 
 FILES = {
     "one wildcard entry": """
@@ -199,6 +200,40 @@ def test_replay_with_the_cars_parameters_runs_what_the_node_runs(tiny_model_yaml
     assert main(["replay", str(bag), "--params", str(params), "--threshold", "0.6",
                  "--out", str(tmp_path / "override")]) == 0
     assert label_info_threshold(tmp_path / "override") == pytest.approx(0.6)
+
+
+def test_the_shipped_relative_camera_is_read_where_a_node_at_the_root_publishes_it(tiny_model_yaml, tmp_path, rng):
+    """car.param.yaml names its camera relative (camera/front, so that namespace:= moves it); a bag holds
+    resolved names, and the node in the root namespace subscribes to /camera/front/image: replay reads that."""
+    from panoptic_node.cli import main
+    assert defaults()["cameras"] == ["camera/front"]
+    bag = car_recording(tmp_path / "drive", rng)
+    params = write_params(tmp_path / "car.param.yaml", tiny_model_yaml, cameras=defaults()["cameras"])
+    assert main(["replay", str(bag), "--params", str(params), "--out", str(tmp_path / "car"),
+                 "--metrics", str(tmp_path / "car.json")]) == 0
+    assert json.loads((tmp_path / "car.json").read_text())["cameras"] == {"/camera/front/image": 3}
+    with BagReader(tmp_path / "car") as r:
+        assert "/camera/front/panoptic/semantic" in r.topics
+
+
+@pytest.mark.parametrize("camera, namespace, resolved", [
+    ("camera/front", "/", "/camera/front"), ("camera/front/", "/car1", "/car1/camera/front"),
+    ("/camera/front", "/car1", "/camera/front"), ("cam", "/fleet/car1", "/fleet/car1/cam")])
+def test_a_camera_resolves_as_ros_resolves_a_relative_name(camera, namespace, resolved):
+    assert absolute_namespace(camera, namespace) == resolved
+
+
+@pytest.mark.parametrize("given, namespace", [("", "/"), ("/", "/"), ("car1", "/car1"), ("/car1/", "/car1"),
+                                              (" fleet/car_1 ", "/fleet/car_1")])
+def test_a_launch_namespace_becomes_the_nodes(given, namespace):
+    assert node_namespace(given) == namespace
+
+
+@pytest.mark.parametrize("given", ["car 1", "1car", "car-1", "//car1", "car1//front", "~/car1"])
+def test_a_namespace_that_is_no_ros_name_is_refused_in_one_line(given):
+    with pytest.raises(ParameterError) as e:
+        node_namespace(given)
+    assert str(e.value).startswith(f"launch argument namespace {given!r} is not a ROS namespace: expected")
 
 
 def test_the_files_input_transport_picks_the_compressed_topic(tiny_model_yaml, tmp_path, rng):

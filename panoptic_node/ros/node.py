@@ -82,7 +82,7 @@ class PanopticNode(LifecycleNode):
         self._describe_parameters()
         self.params = None            # validated at configure; None while unconfigured
         self.pipeline = None
-        self.pubs, self._subs, self.input_topics = {}, [], {}
+        self.pubs, self._subs, self.input_topics, self.cameras = {}, [], {}, {}
         self.diag_pub = self._diag_timer = self.worker = None
         self._running = False
         self.configure_error = None   # what the last configure failed on (main() prints it under autostart)
@@ -108,6 +108,7 @@ class PanopticNode(LifecycleNode):
 
     def _configure(self):
         self.params = validate(user_parameters(self._declared()))
+        self.cameras = self._resolved_cameras()
         check_qos_overrides(self.qos_given, self._topics())
         p = self.params
         self.pipeline = make_node_pipeline(p, log=self.get_logger().info)
@@ -116,17 +117,16 @@ class PanopticNode(LifecycleNode):
                                f"({self.pipeline.backend.precision}), labels {self.taxonomy.name}")
         self._warm_up(frame_sizes(p["warmup_sizes"]))
         self.ego_masks, self._fitted_notes = self._ego_masks(), set()
-        self.trackers = {cam: InstanceTracker() for cam in p["cameras"]}
+        self.trackers = {cam: InstanceTracker() for cam in self.cameras}
         self.off_scale = OffScaleNotes(self.pipeline.cfg.input)
         self._fresh_counters()  # a buffer already, for a live max_age_ms change while inactive
-        for cam in p["cameras"]:
-            ns = cam.rstrip("/")
+        for ns in self.cameras:
             types = {"detections": Detection2DArray, "label_info": LabelInfo, "overlay/compressed": CompressedImage}
             pubs = {name: self.create_publisher(types.get(name, Image), f"{ns}/panoptic/{name}", qos_profile(qos),
                                                 qos_overriding_options=OVERRIDABLE)
                     for name, qos in OUTPUTS.items()}
-            self.pubs[cam] = pubs
-            self.input_topics[cam] = self.resolve_topic_name(input_topic(ns, p["input_transport"]))
+            self.pubs[ns] = pubs
+            self.input_topics[ns] = self.resolve_topic_name(input_topic(ns, p["input_transport"]))  # remapped too
             self._publish_label_info(pubs)  # transient local: the label set is known from configure on
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile(DIAGNOSTICS),
                                               qos_overriding_options=OVERRIDABLE)
@@ -165,13 +165,13 @@ class PanopticNode(LifecycleNode):
                             reliability=(ReliabilityPolicy.BEST_EFFORT if p["qos_reliability"] == "best_effort"
                                          else ReliabilityPolicy.RELIABLE))
         compressed = p["input_transport"] == "compressed"
-        for cam in p["cameras"]:
+        for cam in self.cameras:
             self._subs.append(self.create_subscription(CompressedImage if compressed else Image,
-                                                       input_topic(cam.rstrip("/"), p["input_transport"]),
+                                                       input_topic(cam, p["input_transport"]),
                                                        lambda msg, c=cam: self._on_frame(c, msg), qos_in,
                                                        qos_overriding_options=OVERRIDABLE,
                                                        event_callbacks=self._mismatch_events(cam)))
-            self.get_logger().info(f"camera {cam}: {self.input_topics[cam]} -> {cam.rstrip('/')}/panoptic/*")
+            self.get_logger().info(f"camera {cam}: {self.input_topics[cam]} -> {cam}/panoptic/*")
         self._running = True
         self.worker = threading.Thread(target=self._work, name="panoptic_inference", daemon=True)
         self.worker.start()
@@ -216,7 +216,7 @@ class PanopticNode(LifecycleNode):
                 self.destroy_publisher(pub)
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
-        self.pubs, self.input_topics, self.diag_pub, self._diag_timer = {}, {}, None, None
+        self.pubs, self.input_topics, self.cameras, self.diag_pub, self._diag_timer = {}, {}, {}, None, None
         self.pipeline, self.params = None, None
 
     def _ego_masks(self):
@@ -226,10 +226,25 @@ class PanopticNode(LifecycleNode):
         if not folder:
             return {}
         from ..inference.ego_mask import describe, masks_for
-        masks = masks_for(folder, [cam.rstrip("/") for cam in self.params["cameras"]])
+        # named after the camera as the parameters file gives it: one file per car, whatever its namespace
+        masks = masks_for(folder, list(self.cameras.values()))
         for ns, keep in masks.items():
             self.get_logger().info(describe(folder, ns, keep))
-        return {cam: masks[cam.rstrip("/")] for cam in self.params["cameras"] if masks[cam.rstrip("/")] is not None}
+        return {cam: masks[given] for cam, given in self.cameras.items() if masks[given] is not None}
+
+    def _resolved_cameras(self):
+        """{resolved camera namespace: the name the parameter gives}: a relative name ('camera/front', the
+        shipped default) lies under the node's namespace (`-r __ns:=/car1`, car.launch.py's namespace:=), an
+        absolute one where it says. Outputs, subscriptions, logs and /diagnostics use the resolved name, so
+        the statuses of two cars' nodes stay apart. Two names for one namespace are refused in one line."""
+        cameras = {}
+        for given in self.params["cameras"]:
+            resolved = self.resolve_topic_name(given.rstrip("/"), only_expand=True)  # a namespace: not remapped
+            if resolved in cameras:
+                raise ParameterError(f"parameter 'cameras' names {resolved} twice ({cameras[resolved]!r} and "
+                                     f"{given!r} in node namespace {self.get_namespace()}): expected each camera once")
+            cameras[resolved] = given.rstrip("/")
+        return cameras
 
     def _mismatch_events(self, camera):
         """A publisher whose QoS cannot reach this subscription (best effort to reliable) delivers nothing:
@@ -266,8 +281,7 @@ class PanopticNode(LifecycleNode):
         """Every topic this node will have, resolved -> 'publisher' / 'subscription' (rclpy's own included)."""
         p = self.params
         topics = {"/diagnostics": "publisher", "/parameter_events": "publisher", "/rosout": "publisher"}
-        for cam in p["cameras"]:
-            ns = cam.rstrip("/")
+        for ns in self.cameras:
             topics[input_topic(ns, p["input_transport"])] = "subscription"
             topics.update({f"{ns}/panoptic/{name}": "publisher" for name in OUTPUTS})
         return {self.resolve_topic_name(t): kind for t, kind in topics.items()}
