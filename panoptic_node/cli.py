@@ -231,7 +231,7 @@ def _replay(args, pipeline, node=None):
     """node: the node's validated parameters when the replay runs them (replay --params)."""
     from .params import replay_options
     from .replay import replay
-    extra = {} if node is None else {k: v for k, v in replay_options(node).items() if k not in ("image_topic", "track")}
+    extra = {} if node is None else {k: v for k, v in replay_options(node, args.node).items() if k not in ("image_topic", "track")}
     if node is not None:  # what produced the numbers, in --metrics' JSON
         extra["parameters"] = {"file": str(args.params), "node": "/" + args.node.strip("/"), "values": node}
     summary = replay(pipeline, args.bag, out_bag=args.out, image_topic=args.image_topic, gt_topic=args.gt_topic,
@@ -320,7 +320,7 @@ def cmd_replay(args) -> int:
         node = _node_parameters(args)
         args.no_tracking = not node["track_instances"]
         if args.image_topic is None:
-            args.image_topic = replay_options(node)["image_topic"]
+            args.image_topic = replay_options(node, args.node)["image_topic"]
             cameras_from = f"the cameras of {args.params}: {', '.join(node['cameras'])}, input_transport " \
                            f"{node['input_transport']}"
     else:
@@ -356,7 +356,7 @@ def cmd_fleet(args) -> int:
     options = None  # what --params asks of each bag's replay (its cameras, tracking, topics)
     if args.params:
         from .params import replay_options
-        options = replay_options(_node_parameters(args))
+        options = replay_options(_node_parameters(args), args.node)
     else:
         _fill_option_defaults(args)
     bags = find_bags(args.bags)

@@ -303,11 +303,13 @@ def from_file(path, node: str = NODE_NAME) -> Dict[str, Any]:
         raise ParameterError(f"parameters file '{path}': {e}") from None
 
 
-def replay_options(p: Dict[str, Any]) -> Dict[str, Any]:
+def replay_options(p: Dict[str, Any], node: str = NODE_NAME) -> Dict[str, Any]:
     """What validated node parameters ask of a replay (replay.py's arguments): the cameras' input topics, the
-    tracking, the topics published and their overlay."""
-    # a bag holds resolved (absolute) names: a relative camera is the one a node in the root namespace serves
-    return {"image_topic": [input_topic(absolute_namespace(camera), p["input_transport"]) for camera in p["cameras"]],
+    tracking, the topics published and their overlay. A bag holds resolved names: a relative camera is read
+    where the node `node` (its fully qualified name, e.g. /car1/panoptic_node) subscribes to it."""
+    namespace = ("/" + node.strip("/")).rsplit("/", 1)[0] or "/"
+    return {"image_topic": [input_topic(absolute_namespace(camera, namespace), p["input_transport"])
+                            for camera in p["cameras"]],
             "track": p["track_instances"], "track_min_iou": p["track_min_iou"], "track_max_lost": p["track_max_lost"],
             "publish": {name: p[f"publish_{name}"] for name in PUBLISH_SWITCHES},
             "overlay_labels": p["overlay_labels"]}

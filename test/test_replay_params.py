@@ -216,6 +216,23 @@ def test_the_shipped_relative_camera_is_read_where_a_node_at_the_root_publishes_
         assert "/camera/front/panoptic/semantic" in r.topics
 
 
+def test_a_namespaced_nodes_parameters_replay_its_own_cameras(tiny_model_yaml, tmp_path, rng):
+    """What `ros2 param dump /car1/panoptic_node` writes, replayed with --node /car1/panoptic_node over car1's
+    recording: its relative camera is read where that node subscribed, /car1/camera/front/image."""
+    from panoptic_node.cli import main
+    with BagWriter(tmp_path / "car1", "mcap") as w:
+        for i in range(2):
+            w.write("/car1/camera/front/image",
+                    image_msg(header(T0 + i, "front"), image_fields(rng.integers(0, 255, (48, 64, 3), np.uint8),
+                                                                    "rgb8")), T0 + i)
+    params = tmp_path / "dump.yaml"
+    params.write_text(yaml.safe_dump({"/car1/panoptic_node": {"ros__parameters": {
+        "model": str(tiny_model_yaml), "backend": "torch", "cameras": ["camera/front"]}}}))
+    assert main(["replay", str(tmp_path / "car1"), "--params", str(params), "--node", "/car1/panoptic_node",
+                 "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["cameras"] == {"/car1/camera/front/image": 2}
+
+
 @pytest.mark.parametrize("camera, namespace, resolved", [
     ("camera/front", "/", "/camera/front"), ("camera/front/", "/car1", "/car1/camera/front"),
     ("/camera/front", "/car1", "/camera/front"), ("cam", "/fleet/car1", "/fleet/car1/cam")])
