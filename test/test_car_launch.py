@@ -165,9 +165,10 @@ def test_the_launch_files_run_in_a_python_without_our_dependencies(tmp_path):
     ROS 2 adds pip packages on Ubuntu 24.04 and Debian 12 (the node itself runs in the venv: colcon gives it
     the venv's Python). car.launch.py read the parameters file through panoptic_node.params, whose import
     pulled in torch: the launch stopped with ModuleNotFoundError. Here both launch files run, RViz and a bag
-    included, in this Python with every module outside the standard library and PyYAML unimportable."""
+    included, in this Python with every module outside the standard library and PyYAML unimportable (and a
+    namespace, whose check reads the parameters' schema)."""
     config = tmp_path / "car.param.yaml"
-    config.write_text("/**:\n  ros__parameters: {cameras: [/cam/left, /cam/right]}\n")
+    config.write_text("/**:\n  ros__parameters: {cameras: [cam/left, /cam/right]}\n")
     script = f"""
 import json, sys, tempfile
 sys.path.insert(0, {str(ROOT / "test")!r})
@@ -179,10 +180,12 @@ from launch_stand_ins import declared_arguments, load_launch_file, stand_in_modu
 sys.modules.update(stand_in_modules())
 tempfile.tempdir = {str(tmp_path)!r}
 car = load_launch_file("car.launch.py")
-context = {{**declared_arguments(car), "config": {str(config)!r}, "rviz": "true", "bag": "/data/drive.mcap"}}
-log, node, player, rviz = car._node(context)
+context = {{**declared_arguments(car), "config": {str(config)!r}, "rviz": "true", "bag": "/data/drive.mcap",
+           "namespace": "car9"}}
+log, node, said, player, rviz = car._node(context)
 replay = load_launch_file("replay.launch.py")
 print(json.dumps({{"blocked": blocked, "parameters": node.kwargs["parameters"], "player": player.kwargs["cmd"],
+                  "namespace": node.kwargs["namespace"], "said": said.kwargs["msg"],
                   "rviz": rviz.kwargs["arguments"][1], "replay_arguments": sorted(declared_arguments(replay))}}))
 """
     python_path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
@@ -192,6 +195,7 @@ print(json.dumps({{"blocked": blocked, "parameters": node.kwargs["parameters"], 
     out = json.loads(run.stdout)
     assert out["blocked"] == "No module named 'torch'"   # the blocker is in force
     assert out["parameters"] == [str(config), {"use_sim_time": True}]
-    assert "/camera/image_raw:=/cam/left/image" in out["player"]
-    assert _topics(out["rviz"])[0] == ("Camera", "/cam/left/image")
+    assert out["namespace"] == "/car9" and "camera /cam/right is absolute" in out["said"]
+    assert "/camera/image_raw:=/car9/cam/left/image" in out["player"]
+    assert _topics(out["rviz"])[0] == ("Camera", "/car9/cam/left/image")
     assert "bag" in out["replay_arguments"]
