@@ -231,7 +231,8 @@ def _replay(args, pipeline, node=None):
     """node: the node's validated parameters when the replay runs them (replay --params)."""
     from .params import replay_options
     from .replay import replay
-    extra = {} if node is None else {k: v for k, v in replay_options(node, args.node).items() if k not in ("image_topic", "track")}
+    extra = {} if node is None else {k: v for k, v in replay_options(node, args.node).items()
+                                     if k not in ("image_topic", "track")}
     if node is not None:  # what produced the numbers, in --metrics' JSON
         extra["parameters"] = {"file": str(args.params), "node": "/" + args.node.strip("/"), "values": node}
     summary = replay(pipeline, args.bag, out_bag=args.out, image_topic=args.image_topic, gt_topic=args.gt_topic,
