@@ -180,6 +180,27 @@ def jpeg_fields(rgb: np.ndarray, quality: int = 80) -> Dict[str, object]:
     return {"format": JPEG_FORMAT, "data": buf.getvalue()}
 
 
+# image_transport's compressed format for a mono image in PNG: the raw encoding, then the compression (the
+# plugin names a target only for colour images, hence the trailing space)
+PNG_LABEL_ENCODINGS = {"mono8": np.uint8, "mono16": np.uint16}
+PNG_COMPRESSION = 3  # zlib level: as fast as 1 on label maps here (1.1 ms for 480x360 mono8), and smaller
+
+
+def png_fields(labels: np.ndarray, encoding: str) -> Dict[str, object]:
+    """H x W label map -> CompressedImage fields (format, data) as image_transport's compressed plugin writes a
+    mono8 / mono16 image in PNG: lossless, so every label and instance id arrives exactly (JPEG would blur
+    them); a 480x360 semantic map takes about 6 KB instead of 173 KB."""
+    from PIL import Image
+    if encoding not in PNG_LABEL_ENCODINGS:
+        raise ValueError(f"cannot PNG-compress encoding '{encoding}', expected one of {sorted(PNG_LABEL_ENCODINGS)}")
+    array = np.ascontiguousarray(labels, PNG_LABEL_ENCODINGS[encoding])
+    if array.ndim != 2:
+        raise ValueError(f"{encoding} needs an H x W array, got {array.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=PNG_COMPRESSION)  # 16 bits stay 16 bits
+    return {"format": f"{encoding}; png compressed ", "data": buf.getvalue()}
+
+
 # the encodings we write (outputs, converted bags): encoding -> (dtype, channels)
 OUTPUT_ENCODINGS = {"mono8": (np.uint8, 1), "mono16": (np.uint16, 1), "32SC1": (np.int32, 1), "rgb8": (np.uint8, 3),
                     "bgr8": (np.uint8, 3)}

@@ -20,7 +20,10 @@ OVERLAY = TopicQos(reliable=False, transient_local=False, depth=5)     # for eye
 LABEL_INFO = TopicQos(reliable=True, transient_local=True, depth=1)    # latched for late subscribers
 DIAGNOSTICS = TopicQos(reliable=True, transient_local=False, depth=10)
 
-# the node's topics under <ns>/panoptic/; overlay/compressed is image_transport's JPEG of the overlay (a
-# tenth of the bytes, for RViz over a network), published by the node only (bags keep the raw overlay)
-OUTPUTS = {"semantic": MAPS, "instances": MAPS, "panoptic": MAPS, "detections": MAPS, "overlay": OVERLAY,
-           "overlay/compressed": OVERLAY, "label_info": LABEL_INFO}
+# the node's topics under <ns>/panoptic/. The /compressed twins are what image_transport's compressed plugin
+# gives a C++ node's images: the maps' lossless PNG (about a thirtieth of the bytes, for recording and for
+# links), the overlay's JPEG (a tenth, for RViz over a network); published by the node only (bags keep the
+# raw topics). The 32SC1 panoptic map has no PNG form there (8 and 16 bits only).
+OUTPUTS = {"semantic": MAPS, "semantic/compressed": MAPS, "instances": MAPS, "instances/compressed": MAPS,
+           "panoptic": MAPS, "detections": MAPS, "overlay": OVERLAY, "overlay/compressed": OVERLAY,
+           "label_info": LABEL_INFO}

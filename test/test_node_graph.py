@@ -186,6 +186,8 @@ def test_the_whole_topic_contract(graph, start, rng):
     topics = {f"{ns}/panoptic/{t}": Image for t in ("semantic", "instances", "panoptic", "overlay")}
     topics[f"{ns}/panoptic/detections"] = Detection2DArray
     topics[f"{ns}/panoptic/overlay/compressed"] = CompressedImage  # image_transport's JPEG of the overlay
+    for twin in ("semantic", "instances"):  # and the maps' lossless PNG twins
+        topics[f"{ns}/panoptic/{twin}/compressed"] = CompressedImage
     topics["/diagnostics"] = DiagnosticArray
     c = Collector(graph, topics)
     pub = graph.create_publisher(Image, f"{ns}/image", 10)
@@ -196,7 +198,7 @@ def test_the_whole_topic_contract(graph, start, rng):
         node_diagnostics(g, ns).get("camera", {}).get("published", 0)) > 0,
         publish=lambda: pub.publish(image_msg(rgb, stamp, "front_optical")))
     assert ok, {t: len(v) for t, v in c.got.items()}
-    out = {t.rsplit("/", 1)[1]: c.got[t][0] for t in names}
+    out = {t.split("/panoptic/", 1)[1].replace("overlay/compressed", "compressed"): c.got[t][0] for t in names}
     for name, enc in (("semantic", "mono8"), ("instances", "mono16"), ("panoptic", "32SC1"), ("overlay", "bgr8")):
         m = out[name]
         assert (m.encoding, m.height, m.width) == (enc, 48, 64), name
@@ -208,6 +210,11 @@ def test_the_whole_topic_contract(graph, start, rng):
     assert decoded.shape == (48, 64, 3) and err(raw_overlay) < err(raw_overlay[..., ::-1])  # colours in order
     assert np.abs(decoded.mean((0, 1)) - raw_overlay.mean((0, 1))).max() < 4
     semantic, instance, panoptic = (image_array(out[n]) for n in ("semantic", "instances", "panoptic"))
+    for name, raw in (("semantic", semantic), ("instances", instance)):  # each twin: the same map, exactly
+        twin = out[f"{name}/compressed"]
+        assert twin.format == f"{out[name].encoding}; png compressed " and stamp_of(twin) == stamp_of(out[name])
+        with PILImage.open(io.BytesIO(bytes(twin.data))) as im:
+            assert np.array_equal(np.asarray(im).astype(np.int64), raw.astype(np.int64)), name
     assert np.array_equal(np.where(panoptic >= 1000, panoptic // 1000, np.where(panoptic < 0, 255, panoptic)),
                           semantic)
     assert np.array_equal(np.where(panoptic >= 1000, panoptic % 1000, 0), instance)

@@ -488,3 +488,32 @@ def test_a_command_whose_python_lacks_torch_says_so_in_one_line_and_writes_nothi
         f"package's folder puts it there (a node colcon built runs with the Python that ran colcon: README, For "
         f"ROS 2 users)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frame.png"] and image.read_bytes() == before
+
+
+@pytest.mark.parametrize("encoding, dtype, top", [("mono8", np.uint8, 255), ("mono16", np.uint16, 65535)])
+def test_a_label_maps_png_twin_is_lossless_and_named_as_image_transport_names_it(encoding, dtype, top):
+    """<ns>/panoptic/semantic/compressed and instances/compressed: PNG, which keeps every label and instance id
+    (JPEG would blur them into other classes); decoded here by Pillow alone, at full depth."""
+    import io
+    from panoptic_node.messages import png_fields
+    rng = np.random.default_rng(3)
+    labels = np.zeros((37, 53), dtype)
+    labels[5:20, 10:40] = rng.integers(0, top, (15, 30), endpoint=True).astype(dtype)  # ids up to the top
+    labels[0, 0], labels[-1, -1] = top, 1
+    fields = png_fields(labels, encoding)
+    assert fields["format"] == f"{encoding}; png compressed "
+    with Image.open(io.BytesIO(fields["data"])) as im:
+        assert im.format == "PNG"
+        decoded = np.asarray(im)
+    assert decoded.shape == labels.shape and np.array_equal(decoded.astype(np.int64), labels.astype(np.int64))
+    if dtype is np.uint8:  # label maps are runs of few values: tens of times smaller than the raw map
+        flat = np.repeat(np.arange(12, dtype=np.uint8), 360 * 480 // 12).reshape(360, 480)
+        assert len(png_fields(flat, encoding)["data"]) * 20 < flat.nbytes
+
+
+def test_a_map_with_no_png_form_is_refused():
+    from panoptic_node.messages import png_fields
+    with pytest.raises(ValueError, match="cannot PNG-compress encoding '32SC1', expected one of"):
+        png_fields(np.zeros((4, 4), np.int32), "32SC1")
+    with pytest.raises(ValueError, match="mono8 needs an H x W array"):
+        png_fields(np.zeros((4, 4, 3), np.uint8), "mono8")

@@ -33,7 +33,7 @@ from ..frame_buffer import LatestFrameBuffer
 from ..inference.preprocess import OffScaleNotes
 from ..inference.tracking import InstanceTracker
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
-                        stamp_ns)
+                        png_fields, stamp_ns)
 from ..node_stats import NodeStats, inactive_statuses
 from ..params import (ParameterError, check_qos_overrides, defaults, descriptions, frame_sizes, input_topic,
                       make_node_pipeline, updated, user_parameters, validate)
@@ -50,6 +50,12 @@ def qos_profile(qos: TopicQos) -> QoSProfile:
     return QoSProfile(depth=qos.depth, history=HistoryPolicy.KEEP_LAST,
                       reliability=ReliabilityPolicy.RELIABLE if qos.reliable else ReliabilityPolicy.BEST_EFFORT,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL if qos.transient_local else DurabilityPolicy.VOLATILE)
+
+
+def _compressed(header, fields):
+    data = array.array("B")  # as in _image: the generated setter takes an array.array without a check per byte
+    data.frombytes(fields["data"])
+    return CompressedImage(header=header, format=fields["format"], data=data)
 
 
 def _image(header, pixels, encoding):
@@ -121,8 +127,9 @@ class PanopticNode(LifecycleNode):
         self.off_scale = OffScaleNotes(self.pipeline.cfg.input)
         self._fresh_counters()  # a buffer already, for a live max_age_ms change while inactive
         for ns in self.cameras:
-            types = {"detections": Detection2DArray, "label_info": LabelInfo, "overlay/compressed": CompressedImage}
-            pubs = {name: self.create_publisher(types.get(name, Image), f"{ns}/panoptic/{name}", qos_profile(qos),
+            types = {"detections": Detection2DArray, "label_info": LabelInfo}
+            pubs = {name: self.create_publisher(CompressedImage if name.endswith("/compressed") else
+                                                types.get(name, Image), f"{ns}/panoptic/{name}", qos_profile(qos),
                                                 qos_overriding_options=OVERRIDABLE)
                     for name, qos in OUTPUTS.items()}
             self.pubs[ns] = pubs
@@ -415,15 +422,16 @@ class PanopticNode(LifecycleNode):
     def _wanted(self, pubs, name) -> bool:
         """An output is built and sent only while someone subscribes (a recorder counts): converting and
         serializing a 32SC1 map nobody reads costs the camera rate."""
-        switch = f"publish_{name.split('/')[0]}"  # overlay/compressed: publish_overlay
+        switch = f"publish_{name.split('/')[0]}"  # a /compressed twin: its raw topic's switch
         return self.params[switch] and pubs[name].get_subscription_count() > 0
 
     def _publish(self, camera, header, rgb, result):
         pubs = self.pubs[camera]
-        if self._wanted(pubs, "semantic"):
-            pubs["semantic"].publish(_image(header, result.semantic, "mono8"))
-        if self._wanted(pubs, "instances"):
-            pubs["instances"].publish(_image(header, result.instance, "mono16"))
+        for name, labels, encoding in (("semantic", result.semantic, "mono8"), ("instances", result.instance, "mono16")):
+            if self._wanted(pubs, name):
+                pubs[name].publish(_image(header, labels, encoding))
+            if self._wanted(pubs, f"{name}/compressed"):  # lossless PNG, as image_transport's compressed plugin
+                pubs[f"{name}/compressed"].publish(_compressed(header, png_fields(labels, encoding)))
         if self._wanted(pubs, "panoptic"):
             pubs["panoptic"].publish(_image(header, result.panoptic, "32SC1"))
         if self._wanted(pubs, "detections"):
@@ -444,10 +452,7 @@ class PanopticNode(LifecycleNode):
             if raw:
                 pubs["overlay"].publish(_image(header, drawn[..., ::-1], "bgr8"))
             if jpeg:
-                fields = jpeg_fields(drawn)
-                data = array.array("B")
-                data.frombytes(fields["data"])
-                pubs["overlay/compressed"].publish(CompressedImage(header=header, format=fields["format"], data=data))
+                pubs["overlay/compressed"].publish(_compressed(header, jpeg_fields(drawn)))
             self.stats.overlays[camera] += 1
         stamp = stamp_ns(header)
         self.stats.frame_published(camera, (self.get_clock().now().nanoseconds - stamp) / 1e6 if stamp else None)
