@@ -2,7 +2,8 @@
        [backend:=auto|torch|onnxruntime|openvino|tensorrt] [precision:=auto|fp32|int8] [onnx:=FILE] [bag:=PATH] [rviz:=true|false] [autostart:=true|false]
        [num_threads:=N] [max_rate_hz:=R] [warmup_sizes:=WxH,...] [log_level:=info]
 
-namespace:=car1 starts the node as /car1/panoptic_node: the shipped camera name is relative (camera/front), so
+namespace:=car1 starts the node as /car1/panoptic_node (under any namespace a launch file including this one
+pushed): the shipped camera name is relative (camera/front), so
 its frames come from /car1/camera/front/image and its outputs go to /car1/camera/front/panoptic/*, one launch
 per car or robot on one graph; an absolute camera name (/camera/front) stays where it is (said at launch).
 /diagnostics stays global, as diagnostic aggregators expect; its statuses name the resolved cameras.
@@ -49,7 +50,11 @@ def _dds_env(context, share):
 def _node(context):
     from panoptic_node.params import absolute_namespace, defaults, node_namespace
     share = get_package_share_directory("panoptic_node")
-    namespace = node_namespace(LaunchConfiguration("namespace").perform(context))  # '/' when none
+    given_ns = node_namespace(LaunchConfiguration("namespace").perform(context))  # checked: '' when none
+    # where the node will be: launch_ros puts a relative namespace (and none) under what a PushRosNamespace
+    # around this launch pushed; an absolute one stands alone
+    pushed = LaunchConfiguration("ros_namespace", default="").perform(context) or "/"
+    namespace = absolute_namespace(given_ns, pushed) if given_ns else pushed
     env, why = _dds_env(context, share)
     config = LaunchConfiguration("config").perform(context) or os.path.join(share, "config", "car.param.yaml")
     overrides = {}
@@ -82,7 +87,7 @@ def _node(context):
                Node(package="panoptic_node", executable="panoptic_node", name="panoptic_node", output="screen",
                     parameters=[config, overrides], additional_env=env,
                     arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)],
-                    **({"namespace": namespace} if namespace != "/" else {}))]
+                    **({"namespace": given_ns} if given_ns else {}))]
     fixed = [c for c in given if c.startswith("/")]
     if namespace != "/" and fixed:
         actions.append(LogInfo(msg=f"namespace {namespace}: camera {', '.join(fixed)} is absolute and stays where it "

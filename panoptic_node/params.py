@@ -74,22 +74,24 @@ def absolute_namespace(camera: str, node_namespace: str = "/") -> str:
     """A camera namespace as ROS resolves it for a node in `node_namespace`: an absolute one ('/camera/front')
     stays where it is; a relative one ('camera/front', the shipped default) goes under the node's namespace
     ('/car1' -> '/car1/camera/front'; '/' -> '/camera/front'), so one launch per car moves every topic."""
-    camera = camera.rstrip("/")
-    return camera if camera.startswith("/") else f"{node_namespace.rstrip('/')}/{camera}"
+    if camera.startswith("/"):
+        return camera.rstrip("/") or "/"
+    return f"{node_namespace.rstrip('/')}/{camera.rstrip('/')}"
 
 
 def node_namespace(text: str) -> str:
-    """A launch file's namespace argument ('car1', '/car1', '' for none) -> the node's namespace ('/car1',
-    '/'); anything that is not a ROS namespace is refused in one line naming what is expected."""
+    """A launch file's namespace argument, checked and tidied: 'car1' (relative: under any namespace a launch
+    file around it pushed), '/car1' (absolute), '' for none; anything that is not a ROS namespace is refused in
+    one line naming what is expected."""
     pattern = node_schema()["properties"]["cameras"]["items"]["pattern"]  # the rule camera names follow too
     name = text.strip()
     if name in ("", "/"):
-        return "/"
+        return name
     if not re.match(pattern, name.rstrip("/")):
         raise ParameterError(f"launch argument namespace {text!r} is not a ROS namespace: expected names of "
                              f"letters, digits and underscores, not starting with a digit, joined by '/' "
                              f"(e.g. car1 or fleet/car1)")
-    return "/" + name.strip("/")
+    return name.rstrip("/")
 
 
 def input_topic(camera: str, transport: str) -> str:

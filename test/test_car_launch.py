@@ -133,7 +133,7 @@ def test_a_namespace_moves_the_node_and_its_relative_cameras(car_launch, tmp_pat
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert car_launch.defaults["namespace"] == ""
     log, node, player, rviz = car_launch(namespace="car1", bag="/data/drive.mcap", rviz="true")
-    assert node.kwargs["namespace"] == "/car1"
+    assert node.kwargs["namespace"] == "car1"  # relative: launch_ros puts it under any pushed namespace
     assert "/camera/image_raw:=/car1/camera/front/image" in player.kwargs["cmd"]
     assert ("Camera", "/car1/camera/front/image") in _topics(rviz.kwargs["arguments"][1])
     assert "namespace" not in car_launch()[1].kwargs  # none given: the root, as before
@@ -144,10 +144,21 @@ def test_an_absolute_camera_under_a_namespace_is_said_at_launch(car_launch):
     """An absolute camera stays where it is under namespace:= (ROS's rule): the launch says so in one line,
     naming the relative spelling that would move it."""
     log, node, said = car_launch(namespace="/car2/", cameras="['/cam/front', 'cam/rear']")
-    assert node.kwargs["namespace"] == "/car2"
+    assert node.kwargs["namespace"] == "/car2"  # absolute, as given
     assert said.kwargs["msg"] == ("namespace /car2: camera /cam/front is absolute and stays where it is; name it "
                                   "relative (cam/front) to move its topics under /car2")
     assert len(car_launch(cameras="['cam/rear']", namespace="car2")) == 2  # nothing to say
+
+
+def test_a_namespace_pushed_around_the_launch_is_where_the_cameras_are(car_launch):
+    """car.launch.py included inside a user's launch file under PushRosNamespace('/fleet') (launch_ros keeps it
+    as the ros_namespace launch configuration): the node lands in /fleet[/car1], and the bag player's remap
+    names the topic there; an absolute namespace:= stands alone, as launch_ros places it."""
+    cases = ((dict(namespace="car1"), "/fleet/car1/camera/front/image"), ({}, "/fleet/camera/front/image"),
+             (dict(namespace="/car1"), "/car1/camera/front/image"), (dict(namespace="/"), "/camera/front/image"))
+    for given, topic in cases:
+        *_, player = car_launch(ros_namespace="/fleet", bag="/b", **given)
+        assert f"/camera/image_raw:={topic}" in player.kwargs["cmd"], given
 
 
 def test_a_bad_namespace_stops_the_launch_with_one_line(car_launch):
@@ -195,7 +206,7 @@ print(json.dumps({{"blocked": blocked, "parameters": node.kwargs["parameters"], 
     out = json.loads(run.stdout)
     assert out["blocked"] == "No module named 'torch'"   # the blocker is in force
     assert out["parameters"] == [str(config), {"use_sim_time": True}]
-    assert out["namespace"] == "/car9" and "camera /cam/right is absolute" in out["said"]
+    assert out["namespace"] == "car9" and "camera /cam/right is absolute" in out["said"]
     assert "/camera/image_raw:=/car9/cam/left/image" in out["player"]
     assert _topics(out["rviz"])[0] == ("Camera", "/car9/cam/left/image")
     assert "bag" in out["replay_arguments"]

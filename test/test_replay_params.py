@@ -235,14 +235,14 @@ def test_a_namespaced_nodes_parameters_replay_its_own_cameras(tiny_model_yaml, t
 
 @pytest.mark.parametrize("camera, namespace, resolved", [
     ("camera/front", "/", "/camera/front"), ("camera/front/", "/car1", "/car1/camera/front"),
-    ("/camera/front", "/car1", "/camera/front"), ("cam", "/fleet/car1", "/fleet/car1/cam")])
+    ("/camera/front", "/car1", "/camera/front"), ("cam", "/fleet/car1", "/fleet/car1/cam"), ("/", "/car1", "/")])
 def test_a_camera_resolves_as_ros_resolves_a_relative_name(camera, namespace, resolved):
     assert absolute_namespace(camera, namespace) == resolved
 
 
-@pytest.mark.parametrize("given, namespace", [("", "/"), ("/", "/"), ("car1", "/car1"), ("/car1/", "/car1"),
-                                              (" fleet/car_1 ", "/fleet/car_1")])
-def test_a_launch_namespace_becomes_the_nodes(given, namespace):
+@pytest.mark.parametrize("given, namespace", [("", ""), ("/", "/"), ("car1", "car1"), ("/car1/", "/car1"),
+                                              (" fleet/car_1 ", "fleet/car_1")])
+def test_a_launch_namespace_is_checked_and_keeps_whether_it_is_relative(given, namespace):
     assert node_namespace(given) == namespace
 
 
