@@ -220,15 +220,16 @@ def tool_checks(find_spec=importlib.util.find_spec) -> List[Check]:
 def parameter_checks(path, node_name: str) -> Tuple[List[Check], Optional[dict]]:
     """The node's parameters file read as the node reads it (params.from_file), and the ego masks it names
     read as the node reads them at start-up: (checks, the parameters or None when the file is refused)."""
-    from .params import ParameterError, from_file
+    from .params import ParameterError, from_file, replay_options
     try:
         node = from_file(path, node_name)
     except ParameterError as e:
         return [Check("parameters", PROBLEM, str(e))], None
     cameras = node["cameras"]
+    topics = replay_options(node, node_name)["image_topic"]  # where that node subscribes: relative names resolved
     out = [Check("parameters", OK, f"{path} for /{node_name.strip('/')}: model {node['model']}, backend "
                                    f"{node['backend']} ({node['precision']}), {len(cameras)} camera(s) "
-                                   f"{', '.join(cameras)} ({node['input_transport']})")]
+                                   f"{', '.join(cameras)} ({node['input_transport']}: {', '.join(topics)})")]
     folder = node["ego_mask_dir"]
     if folder:
         from .inference.ego_mask import check_folder, describe, masks_for

@@ -112,10 +112,12 @@ def test_doctor_checks_the_nodes_parameters_file(tiny_model_yaml, tmp_path, monk
     Image.fromarray(np.full((36, 48), 255, np.uint8)).save(tmp_path / "masks" / "camera_front.png")
     params = tmp_path / "car.param.yaml"
     params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
-        "model": str(tiny_model_yaml), "backend": "torch", "cameras": ["/camera/front", "/camera/rear"],
+        "model": str(tiny_model_yaml), "backend": "torch", "cameras": ["camera/front", "/camera/rear"],
         "ego_mask_dir": str(tmp_path / "masks")}}}))
-    checks = by_name(doctor.run_checks(params=params, node_name="/panoptic_node"))
-    assert checks["parameters"].verdict == OK and "2 camera(s) /camera/front, /camera/rear" in \
+    checks = by_name(doctor.run_checks(params=params, node_name="/car1/panoptic_node"))
+    # the topics that node subscribes to: the relative camera under its namespace, the absolute one as given
+    assert checks["parameters"].verdict == OK and ("2 camera(s) camera/front, /camera/rear (raw: "
+                                                   "/car1/camera/front/image, /camera/rear/image)") in \
         checks["parameters"].finding
     assert checks["ego masks"].verdict == NOTE and "camera /camera/rear: no ego mask" in checks["ego masks"].finding
     assert checks["backend"].finding.startswith("torch (fp32) for tiny_lite0") and "as the parameters ask" in \
