@@ -128,8 +128,8 @@ class PanopticNode(LifecycleNode):
         self._fresh_counters()  # a buffer already, for a live max_age_ms change while inactive
         for ns in self.cameras:
             types = {"detections": Detection2DArray, "label_info": LabelInfo}
-            pubs = {name: self.create_publisher(CompressedImage if name.endswith("/compressed") else
-                                                types.get(name, Image), f"{ns}/panoptic/{name}", qos_profile(qos),
+            pubs = {name: self.create_publisher(types.get(name, CompressedImage if name.endswith("/compressed") else Image),
+                                                f"{ns}/panoptic/{name}", qos_profile(qos),
                                                 qos_overriding_options=OVERRIDABLE)
                     for name, qos in OUTPUTS.items()}
             self.pubs[ns] = pubs
