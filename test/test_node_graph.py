@@ -617,7 +617,8 @@ def test_qos_overrides_apply_to_the_topics_they_name(graph, start):
 def test_relative_cameras_follow_the_node_namespace(graph, start, rng):
     """One launch per car: under `-r __ns:=/carN` (car.launch.py's namespace:=) a relative camera name, the
     shipped default's kind, is served at /carN/<camera>, an absolute one where it says, and /diagnostics (global)
-    names each camera by its resolved namespace, so two cars' statuses stay apart."""
+    names each camera by its resolved namespace and every status by the node's full name (diagnostic_updater's
+    use_fqn, true in a namespace unless given), so two cars' statuses stay apart."""
     car = f"/car{uuid.uuid4().hex[:6]}"
     fixed = f"/t{uuid.uuid4().hex[:6]}/rear"
     node = start(["cam/front", fixed], namespace=car, max_age_ms=0)
@@ -635,9 +636,18 @@ def test_relative_cameras_follow_the_node_namespace(graph, start, rng):
                         and node_diagnostics(g, ours) and node_diagnostics(g, fixed), publish=publish), \
         ({t: len(v) for t, v in c.got.items()}, node.output())
     assert not graph.get_publishers_info_by_topic("/cam/front/panoptic/semantic")  # nothing at the root
-    camera = node_diagnostics(c.got, ours)["camera"]
-    assert camera["name"] == f"{node.name}: camera {ours}" and camera["input topic"] == f"{ours}/image"
+    report = node_diagnostics(c.got, ours)
+    camera = report["camera"]
+    assert camera["name"] == f"{car}/{node.name}: camera {ours}" and camera["input topic"] == f"{ours}/image"
+    assert report["inference"]["name"] == f"{car}/{node.name}: inference"
     assert node_diagnostics(c.got, fixed)["camera"]["input topic"] == f"{fixed}/image"
+    c.close()
+    # diagnostic_updater.use_fqn given false: the node's name alone, as diagnostic_updater's default
+    short = start(["cam/front"], namespace=car + "b", max_age_ms=0, **{"diagnostic_updater.use_fqn": False})
+    theirs = f"{car}b/cam/front"
+    c = Collector(graph, {"/diagnostics": DiagnosticArray})
+    assert c.spin_until(lambda g: node_diagnostics(g, theirs)), short.output()
+    assert node_diagnostics(c.got, theirs)["camera"]["name"] == f"{short.name}: camera {theirs}"
     c.close()
     # two names for one namespace (relative and absolute): refused at start in one line
     twice = start(["cam/front", f"{car}/cam/front"], wait=False, namespace=car)

@@ -35,8 +35,8 @@ from ..inference.tracking import InstanceTracker
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
                         png_fields, stamp_ns)
 from ..node_stats import NodeStats, inactive_statuses
-from ..params import (ParameterError, check_qos_overrides, defaults, descriptions, frame_sizes, input_topic,
-                      make_node_pipeline, updated, user_parameters, validate)
+from ..params import (DIAGNOSTIC_FQN, ParameterError, check_qos_overrides, defaults, descriptions, frame_sizes,
+                      input_topic, make_node_pipeline, updated, user_parameters, validate)
 from ..render import overlay
 from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 
@@ -82,6 +82,8 @@ class PanopticNode(LifecycleNode):
         super().__init__("panoptic_node", automatically_declare_parameters_from_overrides=True)
         for name, value in defaults().items():
             if not self.has_parameter(name):
+                if name == DIAGNOSTIC_FQN:  # two cars' nodes, each in its namespace, must not share status names
+                    value = self.get_namespace() != "/"
                 self.declare_parameter(name, value)
         # the QoS overrides the user gave (rclpy declares more of them, one per topic it creates)
         self.qos_given = {k: v for k, v in self._declared().items() if k.startswith("qos_overrides.")}
@@ -459,7 +461,8 @@ class PanopticNode(LifecycleNode):
 
     def _publish_diagnostics(self):
         """One status for inference and one per camera, named as diagnostic_updater names them
-        ('<node name>: <task>'), so an aggregator or rqt_runtime_monitor shows which camera is at fault."""
+        ('<node name>: <task>', the fully qualified name with diagnostic_updater.use_fqn), so an aggregator or
+        rqt_runtime_monitor shows which node and which camera is at fault."""
         p = self.params
         info = {"backend": self.pipeline.backend.name, "model": self.pipeline.cfg.name,
                 "precision": self.pipeline.backend.precision,
@@ -479,8 +482,9 @@ class PanopticNode(LifecycleNode):
         except Exception as e:  # a timer callback that raises would end the executor's spin, and the node
             self.get_logger().error(f"diagnostics failed: {e}", throttle_duration_sec=5.0)
             return
+        node = self.get_fully_qualified_name() if p[DIAGNOSTIC_FQN] else self.get_name()
         for s in statuses:
-            arr.status.append(DiagnosticStatus(level=bytes([s.level]), name=f"{self.get_name()}: {s.name}",
+            arr.status.append(DiagnosticStatus(level=bytes([s.level]), name=f"{node}: {s.name}",
                                                message=s.message, hardware_id=s.hardware_id,
                                                values=[KeyValue(key=k, value=v) for k, v in s.values.items()]))
         self.diag_pub.publish(arr)
