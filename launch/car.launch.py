@@ -6,7 +6,8 @@ namespace:=car1 starts the node as /car1/panoptic_node (under any namespace a la
 pushed): the shipped camera name is relative (camera/front), so
 its frames come from /car1/camera/front/image and its outputs go to /car1/camera/front/panoptic/*, one launch
 per car or robot on one graph; an absolute camera name (/camera/front) stays where it is (said at launch).
-/diagnostics stays global, as diagnostic aggregators expect; its statuses name the resolved cameras.
+/diagnostics stays global, as diagnostic aggregators expect; its statuses name the resolved cameras and,
+in a namespace, the node's full name (/car1/panoptic_node: inference).
 
 bag:=PATH plays a recorded (or converted CamVid / KITTI) bag with --clock and runs the node on
 sim time: the validation setup, same node, same topics.

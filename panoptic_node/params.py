@@ -112,13 +112,13 @@ def frame_sizes(text: str) -> List[Tuple[int, int]]:
     return sizes
 
 
-# what the node applies while it runs (`ros2 param set`). The others choose the model, the graph, the
-# topics or the QoS: they are read once at start-up, and a change to them is refused (a value that reads
-# back changed while the node still runs the old one would be worse than a refusal)
 # diagnostic_updater's own parameter; not given, the node takes it true in a namespace (node.py), so it is
 # the one parameter car.param.yaml leaves out
 DIAGNOSTIC_FQN = "diagnostic_updater.use_fqn"
 
+# what the node applies while it runs (`ros2 param set`). The others choose the model, the graph, the
+# topics or the QoS: they are read once at start-up, and a change to them is refused (a value that reads
+# back changed while the node still runs the old one would be worse than a refusal)
 LIVE_PARAMETERS = ("threshold", "publish_semantic", "publish_instances", "publish_panoptic", "publish_detections",
                    "publish_overlay", "overlay_labels", "max_age_ms", "max_rate_hz", "batch_cameras",
                    "camera_timeout_s", "track_instances", "track_min_iou", "track_max_lost")

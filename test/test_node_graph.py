@@ -24,6 +24,7 @@ from PIL import Image as PILImage
 
 from launch_helpers import tiny_model_yaml
 from panoptic_node.messages import compressed_to_rgb, image_array
+from panoptic_node.params import absolute_namespace
 
 if os.environ.get("CI"):  # CI installs ROS 2 from PyPI (make install-test): a skip there would hide breakage
     import rclpy
@@ -98,8 +99,7 @@ def start(tmp_path, graph, model_yaml):
         node = NodeProcess(tmp_path, full, env, namespace)
         nodes.append(node)
         if wait:
-            first = cameras[0].rstrip("/")
-            first = first if first.startswith("/") else f"{namespace or ''}/{first}"
+            first = absolute_namespace(cameras[0], namespace or "/")  # where the node serves it
             wait_for_publisher(graph, f"{first}/panoptic/semantic", node)
         return node
 

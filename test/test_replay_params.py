@@ -13,8 +13,8 @@ from PIL import Image
 from panoptic_node.bag.reader import BagReader
 from panoptic_node.bag.writer import BagWriter, compressed_msg, header, image_msg
 from panoptic_node.messages import image_array, image_fields
-from panoptic_node.params import (ParameterError, absolute_namespace, defaults, file_parameters, from_file,
-                                    node_namespace)
+from panoptic_node.params import (DIAGNOSTIC_FQN, ParameterError, absolute_namespace, defaults, file_parameters,
+                                    from_file, node_namespace)
 
 FILES = {
     "one wildcard entry": """
@@ -98,7 +98,7 @@ def test_the_shipped_car_parameters_are_the_nodes_defaults():
     schema's default, so replay --params config/car.param.yaml runs what the plain replay runs."""
     from panoptic_node.model.config import share_dir
     path = share_dir("config") / "car.param.yaml"
-    assert set(file_parameters(path)) == set(defaults()) - {"diagnostic_updater.use_fqn"}  # see the file
+    assert set(file_parameters(path)) == set(defaults()) - {DIAGNOSTIC_FQN}  # see the file
     assert from_file(path) == defaults()
 
 
