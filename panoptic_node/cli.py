@@ -442,19 +442,10 @@ def _charts(report: dict, args) -> None:
         print(f"confusion matrix: {args.confusion}")
 
 
-def _the_predictions_topic(reader) -> str:
-    """Without --pred-topic: the one camera's <ns>/panoptic/panoptic a replay (or the node) wrote."""
-    found = sorted(t for t, kind in reader.topics.items()
-                   if t.endswith("/panoptic/panoptic") and kind == "sensor_msgs/msg/Image")
-    if len(found) != 1:
-        raise ValueError(f"bag '{reader.path}' holds {len(found)} panoptic map topics (<camera>/panoptic/panoptic"
-                         f"{': ' + ', '.join(found) if found else ''}); choose the predictions with --pred-topic")
-    return found[0]
-
-
 def _evaluate_bags(args) -> dict:
-    from .bag.convert import GT_LABEL_INFO
     from .bag.reader import BagReader, label_set_phrase, pairs_by_stamp
+    from .bag.recorded_maps import (LABEL_MAPS, found_predictions, label_info_topic, map_messages, named_maps,
+                                    panoptic_of_labels, MapTopics)
     from .evaluation.association import AssociationQuality
     from .evaluation.evaluator import Evaluator
     from .evaluation.per_frame import PerFrameScores
@@ -466,56 +457,71 @@ def _evaluate_bags(args) -> dict:
         raise ValueError("give --bag (with --gt-topic / --pred-topic) or the four COCO-panoptic folder arguments")
     pred_bag = args.pred_bag or args.bag
 
+    def maps_named(reader, topic, option):  # a panoptic topic, or a semantic map scored with its instances twin
+        maps = named_maps(reader, topic, option)
+        if maps is None:
+            require_map_topic(reader, topic, option)
+            maps = MapTopics(panoptic=topic)
+        return maps
+
     # the bags' LabelInfo topics say which label set each side is in (when they have them)
     with BagReader(args.bag) as r:
-        require_map_topic(r, args.gt_topic, "--gt-topic")
-        gt_labels = r.label_set(GT_LABEL_INFO) if args.gt_topic.startswith("/ground_truth/") else None
+        gt_maps = maps_named(r, args.gt_topic, "--gt-topic")
+        gt_label_topic = label_info_topic(gt_maps)  # /ground_truth/label_info, or another run's beside its maps
+        gt_labels = r.label_set(gt_label_topic)
     with BagReader(pred_bag) as r:
-        args.pred_topic = args.pred_topic or _the_predictions_topic(r)
-        require_map_topic(r, args.pred_topic, "--pred-topic")
-        pred_label_topic = args.pred_topic.rsplit("/", 1)[0] + "/label_info"  # the node's topic beside the maps
+        pred_maps = maps_named(r, args.pred_topic, "--pred-topic") if args.pred_topic else found_predictions(r)
+        pred_label_topic = label_info_topic(pred_maps)  # the node's topic beside the maps
         pred_labels = r.label_set(pred_label_topic)
     # the predictions' label set is the one to score in; ground truth in another is mapped where it can be
     labels, why = next((name, why) for name, why in (
-        (args.labels, "--labels"), (pred_labels, pred_label_topic), (gt_labels, GT_LABEL_INFO),
+        (args.labels, "--labels"), (pred_labels, pred_label_topic), (gt_labels, gt_label_topic),
         ("camvid", "the default")) if name and (name in NAMES or why == "--labels"))
     if pred_labels and pred_labels != labels:
         raise ValueError(f"the predictions in '{pred_bag}' are in {label_set_phrase(pred_labels)} ({pred_label_topic}), "
                          f"not in the {labels} label set ({why})")
     gt_map = ground_truth_mapping(gt_labels, labels, f"the ground truth in '{args.bag}'", f"the scores ({why}) are in")
     evaluator = Evaluator(get_taxonomy(labels))
+    # label maps become panoptic maps in their own label set, before the ground truth's is mapped
+    gt_things = get_taxonomy(gt_labels if gt_labels in NAMES else labels).thing_lut
+
+    def panoptic(m, things):
+        return panoptic_of_labels(m, things) if m.msgtype == LABEL_MAPS else map_array(m, "pan")
+
     per_frame = PerFrameScores(evaluator.taxonomy) if args.per_frame or args.timeline else None
     association = AssociationQuality(evaluator.taxonomy.thing_lut) if args.stq else None
-    unmatched, unscored, first_reason = [0, 0], 0, None
+    unmatched, unpaired, unscored, first_reason = [0, 0], [0], 0, None
     # both bags are read side by side in stamp order: memory stays flat however long they are
-    with BagReader(args.bag) as gt_reader, BagReader(pred_bag) as pred_reader:
-        for g, p in pairs_by_stamp(gt_reader.messages([args.gt_topic]), pred_reader.messages([args.pred_topic]),
-                                   unmatched=unmatched):
-            stamp = g.stamp_ns
-            try:  # a frame that cannot be scored is counted, with the first reason, not scored as if valid
-                g, p = map_array(g, "pan"), map_array(p, "pan")  # both must be panoptic maps
-                g = gt_map.map_panoptic(g) if gt_map else g
-                evaluator.add(g, _semantic_of(g), p, _semantic_of(p))
-                if association:
-                    association.add(g, p)
-                if per_frame:
-                    per_frame.add(stamp, g, _semantic_of(g), p, _semantic_of(p))
-            except (FrameError, ValueError) as e:
-                unscored += 1
-                first_reason = first_reason or f"at {stamp}: {e}"
+    for g, p in pairs_by_stamp(map_messages(args.bag, gt_maps, unpaired), map_messages(pred_bag, pred_maps, unpaired),
+                               unmatched=unmatched):
+        stamp = g.stamp_ns
+        try:  # a frame that cannot be scored is counted, with the first reason, not scored as if valid
+            g, p = panoptic(g, gt_things), panoptic(p, evaluator.taxonomy.thing_lut)  # both must be panoptic maps
+            g = gt_map.map_panoptic(g) if gt_map else g
+            evaluator.add(g, _semantic_of(g), p, _semantic_of(p))
+            if association:
+                association.add(g, p)
+            if per_frame:
+                per_frame.add(stamp, g, _semantic_of(g), p, _semantic_of(p))
+        except (FrameError, ValueError) as e:
+            unscored += 1
+            first_reason = first_reason or f"at {stamp}: {e}"
+    if unpaired[0]:
+        print(f"{unpaired[0]} semantic or instances maps had no twin of the same header stamp and were not scored",
+              file=sys.stderr)
     if unmatched[0] or unmatched[1]:
-        print(f"{unmatched[0]} ground-truth frames ({args.gt_topic}) matched no prediction and {unmatched[1]} "
-              f"predictions ({args.pred_topic}) matched no ground truth: frames are paired by header stamp, exactly",
+        print(f"{unmatched[0]} ground-truth frames ({gt_maps.name}) matched no prediction and {unmatched[1]} "
+              f"predictions ({pred_maps.name}) matched no ground truth: frames are paired by header stamp, exactly",
               file=sys.stderr)
     if unscored:
         print(f"{unscored} frame pairs not scored (first {first_reason})", file=sys.stderr)
     if not evaluator.frames:
         raise ValueError("no frame scored: " + (
-            f"none of the {unscored} frame pairs of {args.gt_topic} and {args.pred_topic} could be scored (first "
+            f"none of the {unscored} frame pairs of {gt_maps.name} and {pred_maps.name} could be scored (first "
             f"{first_reason})" if unscored else
-            f"{args.gt_topic} in '{args.bag}' and {args.pred_topic} in '{pred_bag}' share no header stamp"))
+            f"{gt_maps.name} in '{args.bag}' and {pred_maps.name} in '{pred_bag}' share no header stamp"))
     if not evaluator.labelled_pixels:  # scores of 0 that would read as a model that sees nothing
-        raise ValueError(f"no frame scored: the ground truth ({args.gt_topic}) of the {evaluator.frames} frame pairs "
+        raise ValueError(f"no frame scored: the ground truth ({gt_maps.name}) of the {evaluator.frames} frame pairs "
                          f"labels no pixel (all void)")
     report = evaluator.report()
     if association:

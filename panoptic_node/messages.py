@@ -137,13 +137,11 @@ def image_to_rgb(msg) -> np.ndarray:
 MAX_FRAME_PIXELS = 64_000_000  # 8K x 8K: larger than any camera a car carries
 
 
-def compressed_to_rgb(msg) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg / png) -> H x W x 3 uint8 RGB."""
+def _decode_compressed(msg, what: str, convert) -> np.ndarray:
+    """Untrusted compressed bytes -> `convert(opened PIL image)`, the frame's size read from its header and
+    capped before a pixel is decoded; whatever goes wrong is one FrameError naming `what` was expected."""
     from PIL import Image
 
-    fmt = str(msg.format).lower()
-    if not any(f in fmt for f in SUPPORTED_FORMATS):
-        raise FrameError(f"unsupported compressed format '{msg.format}', expected jpeg or png")
     data = bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data.tobytes()
     try:
         with warnings.catch_warnings():  # Pillow warns of big frames at open; the cap below decides
@@ -154,17 +152,25 @@ def compressed_to_rgb(msg) -> np.ndarray:
             if im.width * im.height > MAX_FRAME_PIXELS:
                 raise FrameError(f"compressed frame declares {im.width}x{im.height} pixels, more than any camera's "
                                  f"(at most {MAX_FRAME_PIXELS // 1_000_000} megapixels are decoded)")
-            rgb = np.asarray(im.convert("RGB"))
+            array = convert(im)
     except FrameError:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own limit, met at open
         raise FrameError(f"compressed frame declares more pixels than any camera's ({e})") from None
     except Exception as e:  # untrusted bytes: Pillow raises OSError, but also SyntaxError ("broken PNG file"),
         # ValueError and others for damaged data; whatever it raises, the frame does not decode
-        raise FrameError(f"compressed frame does not decode as {fmt} ({type(e).__name__}: {e})") from None
-    if rgb.size == 0:
+        raise FrameError(f"compressed frame does not decode as {what} ({type(e).__name__}: {e})") from None
+    if array.size == 0:
         raise FrameError("compressed frame decodes to an empty image")
-    return rgb
+    return array
+
+
+def compressed_to_rgb(msg) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg / png) -> H x W x 3 uint8 RGB."""
+    fmt = str(msg.format).lower()
+    if not any(f in fmt for f in SUPPORTED_FORMATS):
+        raise FrameError(f"unsupported compressed format '{msg.format}', expected jpeg or png")
+    return _decode_compressed(msg, fmt, lambda im: np.asarray(im.convert("RGB")))
 
 
 # image_transport's compressed format for a colour frame: the raw encoding, then what the JPEG holds
@@ -199,6 +205,31 @@ def png_fields(labels: np.ndarray, encoding: str) -> Dict[str, object]:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", compress_level=PNG_COMPRESSION)  # 16 bits stay 16 bits
     return {"format": f"{encoding}; png compressed ", "data": buf.getvalue()}
+
+
+# the modes Pillow opens each kind of PNG label map in (a 16-bit grey PNG is "I;16", or "I" in older Pillows)
+_PNG_LABEL_MODES = {"mono8": ("L",), "mono16": ("I;16", "I;16B", "I")}
+
+
+def png_labels(msg) -> np.ndarray:
+    """A label map's lossless twin (the CompressedImage png_fields writes, as image_transport's compressed
+    plugin does) back to its H x W array: mono8 -> uint8, mono16 -> uint16, every value exact."""
+    fmt = str(msg.format)
+    encoding = fmt.split(";")[0].strip()
+    if encoding not in PNG_LABEL_ENCODINGS or "png" not in fmt.lower():
+        raise FrameError(f"compressed map of format '{fmt}'; expected a lossless label map "
+                         f"('mono8; png compressed ' or 'mono16; png compressed ')")
+    dtype = PNG_LABEL_ENCODINGS[encoding]
+
+    def labels(im):
+        if im.format != "PNG" or im.mode not in _PNG_LABEL_MODES[encoding]:
+            raise FrameError(f"compressed map of format '{fmt}' holds a {im.format} image of mode {im.mode}; "
+                             f"expected a one-channel {np.dtype(dtype).itemsize * 8}-bit PNG")
+        array = np.asarray(im)
+        if array.min(initial=0) < 0 or array.max(initial=0) > np.iinfo(dtype).max:  # mode "I" is 32-bit
+            raise FrameError(f"compressed map of format '{fmt}' holds values outside {encoding}")
+        return array.astype(dtype)
+    return _decode_compressed(msg, "a PNG label map", labels)
 
 
 # the encodings we write (outputs, converted bags): encoding -> (dtype, channels)

@@ -1,6 +1,7 @@
 """What the ROS node is made of, tested without rclpy: parameter schema and the shipped YAML, the
 newest-frame-wins buffer with drop counting (fake clock), diagnostics statistics, the overlay."""
 import importlib.util
+import re
 import sys
 import threading
 
@@ -510,6 +511,40 @@ def test_a_label_maps_png_twin_is_lossless_and_named_as_image_transport_names_it
     if dtype is np.uint8:  # label maps are runs of few values: tens of times smaller than the raw map
         flat = np.repeat(np.arange(12, dtype=np.uint8), 360 * 480 // 12).reshape(360, 480)
         assert len(png_fields(flat, encoding)["data"]) * 20 < flat.nbytes
+
+
+@pytest.mark.parametrize("encoding,dtype,top", [("mono8", np.uint8, 255), ("mono16", np.uint16, 65535)])
+def test_png_labels_read_a_twin_back_exactly(encoding, dtype, top):
+    """evaluate reads a recording of the twins with png_labels: the map png_fields wrote, value for value and
+    in its own dtype (checked against Pillow above, so the two are not only each other's inverse)."""
+    from types import SimpleNamespace
+    from panoptic_node.messages import png_fields, png_labels
+    labels = np.random.default_rng(4).integers(0, top, (29, 41), endpoint=True).astype(dtype)
+    labels[0, 0] = top
+    got = png_labels(SimpleNamespace(**png_fields(labels, encoding)))
+    assert got.dtype == dtype and np.array_equal(got, labels)
+
+
+def test_png_labels_refuse_what_is_not_a_lossless_label_map():
+    import io
+    from types import SimpleNamespace
+    from panoptic_node.messages import FrameError, jpeg_fields, png_fields, png_labels
+    mono16 = png_fields(np.full((6, 8), 300, np.uint16), "mono16")["data"]
+    jpeg = jpeg_fields(np.zeros((6, 8, 3), np.uint8))
+    rgb_png = io.BytesIO()
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(rgb_png, format="PNG")
+    bomb = io.BytesIO()
+    Image.new("L", (9000, 8000)).save(bomb, format="PNG")  # a few KB declaring 72 megapixels
+    for fmt, data, says in (
+            (jpeg["format"], jpeg["data"], "expected a lossless label map ('mono8; png compressed ' or"),
+            ("mono8; jpeg compressed ", jpeg["data"], "expected a lossless label map"),
+            ("mono8; png compressed ", mono16, "holds a PNG image of mode I;16; expected a one-channel 8-bit PNG"),
+            ("mono16; png compressed ", rgb_png.getvalue(), "holds a PNG image of mode RGB; expected a one-channel "
+                                                            "16-bit PNG"),
+            ("mono8; png compressed ", mono16[:40], "does not decode as a PNG label map"),
+            ("mono8; png compressed ", bomb.getvalue(), "declares 9000x8000 pixels")):
+        with pytest.raises(FrameError, match=re.escape(says)):
+            png_labels(SimpleNamespace(format=fmt, data=data))
 
 
 def test_a_map_with_no_png_form_is_refused():
