@@ -1,4 +1,5 @@
-"""ros2 launch panoptic_node car.launch.py [config:=FILE] [namespace:=car1] [cameras:="['camera/front']"] [model:=NAME]
+"""ros2 launch panoptic_node car.launch.py [config:=FILE] [namespace:=car1] [cameras:="['camera/front']"]
+       [image_topics:="['/usb_cam/image_raw']"] [model:=NAME]
        [backend:=auto|torch|onnxruntime|openvino|tensorrt] [precision:=auto|fp32|int8] [onnx:=FILE] [bag:=PATH] [rviz:=true|false] [autostart:=true|false]
        [num_threads:=N] [max_rate_hz:=R] [warmup_sizes:=WxH,...] [log_level:=info]
 
@@ -8,6 +9,9 @@ its frames come from /car1/camera/front/image and its outputs go to /car1/camera
 per car or robot on one graph; an absolute camera name (/camera/front) stays where it is (said at launch).
 /diagnostics stays global, as diagnostic aggregators expect; its statuses name the resolved cameras and,
 in a namespace, the node's full name (/car1/panoptic_node: inference).
+
+image_topics:="['/usb_cam/image_raw']" takes each camera's frames from the topic its driver publishes (one
+per camera, in order): a remapping of <camera>/image, as `--ros-args -r` gives a node run by hand.
 
 bag:=PATH plays a recorded (or converted CamVid / KITTI) bag with --clock and runs the node on
 sim time: the validation setup, same node, same topics.
@@ -30,15 +34,20 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 
-def _cameras_in(config):
-    """The cameras the node takes from the parameters file, by rclpy's rule (every entry that applies to
+def _in_file(config, name):
+    """A parameter the node takes from the parameters file, by rclpy's rule (every entry that applies to
     /panoptic_node in the file's order: /** and the node's own name, the later winning); None when the file
     says none, or cannot be read (the node then says why in one line)."""
     from panoptic_node.params import ParameterError, file_parameters
     try:
-        return file_parameters(config).get("cameras")
+        return file_parameters(config).get(name)
     except ParameterError:
         return None
+
+
+def _list_argument(text):
+    """A launch argument holding a list, as a user types it: "['camera/front', 'camera/rear']" or a,b."""
+    return [c.strip(" '\"") for c in text.strip("[]").split(",") if c.strip(" '\"")]
 
 
 def _dds_env(context, share):
@@ -49,7 +58,7 @@ def _dds_env(context, share):
 
 
 def _node(context):
-    from panoptic_node.params import absolute_namespace, defaults, node_namespace
+    from panoptic_node.params import absolute_namespace, defaults, image_remaps, node_namespace
     share = get_package_share_directory("panoptic_node")
     given_ns = node_namespace(LaunchConfiguration("namespace").perform(context))  # checked: '' when none
     # where the node will be: launch_ros puts a relative namespace (and none) under what a PushRosNamespace
@@ -65,7 +74,7 @@ def _node(context):
             overrides[name] = value
     cameras = LaunchConfiguration("cameras").perform(context)
     if cameras:
-        overrides["cameras"] = [c.strip(" '\"") for c in cameras.strip("[]").split(",") if c.strip(" '\"")]
+        overrides["cameras"] = _list_argument(cameras)
     for name, kind in (("num_threads", int), ("max_rate_hz", float)):
         value = LaunchConfiguration(name).perform(context)
         if value:  # a value that is not a number reaches the node as text, which it refuses in one line
@@ -82,11 +91,15 @@ def _node(context):
     bag = LaunchConfiguration("bag").perform(context)
     if bag:
         overrides["use_sim_time"] = True
-    given = overrides.get("cameras") or _cameras_in(config) or defaults()["cameras"]
+    given = overrides.get("cameras") or _in_file(config, "cameras") or defaults()["cameras"]
     cameras = [absolute_namespace(c, namespace) for c in given]  # where the node will serve them
+    # each camera's input remapped onto the topic its driver publishes (usb_cam's /image_raw, say)
+    image_topics = _list_argument(LaunchConfiguration("image_topics").perform(context))
+    transport = _in_file(config, "input_transport") or defaults()["input_transport"]
+    remaps = image_remaps(given, image_topics, namespace, transport) if image_topics else []
     actions = [LogInfo(msg=why),
                Node(package="panoptic_node", executable="panoptic_node", name="panoptic_node", output="screen",
-                    parameters=[config, overrides], additional_env=env,
+                    parameters=[config, overrides], remappings=remaps, additional_env=env,
                     arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)],
                     **({"namespace": given_ns} if given_ns else {}))]
     fixed = [c for c in given if c.startswith("/")]
@@ -94,16 +107,17 @@ def _node(context):
         actions.append(LogInfo(msg=f"namespace {namespace}: camera {', '.join(fixed)} is absolute and stays where it "
                                    f"is; name it relative ({fixed[0].lstrip('/')}) to move its topics under "
                                    f"{namespace}"))
+    first_input = remaps[0][1] if remaps else f"{cameras[0]}/image"  # where the first camera's frames are
     if bag:
         # converted bags (panoptic-node convert) carry /camera/image_raw: feed it to the first camera
-        first = cameras[0]
         actions.append(ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock",
-                                           "--remap", f"/camera/image_raw:={first}/image"], output="screen",
+                                           "--remap", f"/camera/image_raw:={first_input}"], output="screen",
                                       additional_env=env))
     if LaunchConfiguration("rviz").perform(context).lower() in ("true", "1"):
         # RViz shows the cameras this node serves (config/panoptic.rviz names /camera/front)
         from panoptic_node.rviz_config import rviz_config
-        view = rviz_config(os.path.join(share, "config", "panoptic.rviz"), cameras)
+        view = rviz_config(os.path.join(share, "config", "panoptic.rviz"), cameras,
+                           first_image_topic=remaps[0][1] if remaps else None)
         actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
                             arguments=["-d", str(view)], additional_env=env))
     return actions
@@ -118,6 +132,11 @@ def generate_launch_description():
         DeclareLaunchArgument("cameras", default_value="",
                               description="camera namespaces, e.g. \"['camera/front', 'camera/rear']\" (relative: "
                                           "under namespace:=; absolute: where they say)"),
+        DeclareLaunchArgument("image_topics", default_value="",
+                              description="the topics the cameras' drivers publish, one per camera in order, e.g. "
+                                          "\"['/usb_cam/image_raw']\": each is remapped onto its camera's input "
+                                          "(<camera>/image; <camera>/image/compressed with input_transport "
+                                          "compressed, then name the driver's compressed topic)"),
         DeclareLaunchArgument("model", default_value="", description="model name or YAML (default from config)"),
         DeclareLaunchArgument("backend", default_value="", description="auto|torch|onnxruntime|openvino|tensorrt"),
         DeclareLaunchArgument("precision", default_value="", description="auto|fp32|int8 (auto: int8 on OpenVINO "

@@ -100,6 +100,25 @@ def input_topic(camera: str, transport: str) -> str:
     return f"{ns}/image/compressed" if transport == "compressed" else f"{ns}/image"
 
 
+def image_remaps(cameras: List[str], topics: List[str], node_namespace: str, transport: str) -> List[Tuple[str, str]]:
+    """A launch file's image_topics argument: each camera's input topic remapped onto the topic its driver
+    publishes (one per camera, in the cameras' order), both as the node in `node_namespace` resolves them
+    (a relative driver topic goes under the node's namespace, as ROS resolves a remapping's target). The
+    count and every name are checked and refused in one line naming what is expected."""
+    if len(topics) != len(cameras):
+        raise ParameterError(f"launch argument image_topics names {len(topics)} topic(s) for {len(cameras)} "
+                             f"camera(s) ({', '.join(cameras)}); expected one topic per camera, in the cameras' "
+                             f"order")
+    pattern = node_schema()["properties"]["cameras"]["items"]["pattern"]  # a topic name follows the same rule
+    for topic in topics:
+        if not re.match(pattern, topic):
+            raise ParameterError(f"launch argument image_topics: {topic!r} is not a ROS topic name: expected names "
+                                 f"of letters, digits and underscores, not starting with a digit, joined by '/' "
+                                 f"(e.g. /usb_cam/image_raw)")
+    return [(absolute_namespace(input_topic(cam, transport), node_namespace), absolute_namespace(topic, node_namespace))
+            for cam, topic in zip(cameras, topics)]
+
+
 def frame_sizes(text: str) -> List[Tuple[int, int]]:
     """warmup_sizes ('1920x1080,640x480', schema-checked) -> [(width, height), ...]; a size beyond what the
     decoders take (MAX_FRAME_PIXELS) is refused, as its black frame alone would take gigabytes."""

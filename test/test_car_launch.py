@@ -4,6 +4,7 @@ ROS 2 install the launch_testing files start the node for real; this checks what
 the bag player's processes: the Fast DDS profile, the parameters and the remapping."""
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -165,6 +166,39 @@ def test_a_bad_namespace_stops_the_launch_with_one_line(car_launch):
     from panoptic_node.params import ParameterError
     with pytest.raises(ParameterError, match="launch argument namespace 'car 1' is not a ROS namespace"):
         car_launch(namespace="car 1")
+
+
+def test_image_topics_remap_each_camera_onto_its_drivers_topic(car_launch, tmp_path, monkeypatch):
+    """image_topics:= for a driver that publishes elsewhere (usb_cam's /image_raw): each camera's input is
+    remapped onto it, as `--ros-args -r` does for a node run by hand (ros2 launch passes no remaps to a node);
+    the bag player and RViz are given the topic the node now reads. A relative topic resolves under the
+    node's namespace; with input_transport compressed the compressed input is remapped."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert car_launch.defaults["image_topics"] == "" and car_launch()[1].kwargs["remappings"] == []
+    log, node, player, rviz = car_launch(image_topics="['/usb_cam/image_raw']", bag="/b", rviz="true")
+    assert node.kwargs["remappings"] == [("/camera/front/image", "/usb_cam/image_raw")]
+    assert "/camera/image_raw:=/usb_cam/image_raw" in player.kwargs["cmd"]
+    assert ("Camera", "/usb_cam/image_raw") in _topics(rviz.kwargs["arguments"][1])
+    node = car_launch(namespace="car1", cameras="['cam/front', '/cam/rear']", image_topics="drv/front,/drv/rear")[1]
+    assert node.kwargs["remappings"] == [("/car1/cam/front/image", "/car1/drv/front"),
+                                         ("/cam/rear/image", "/drv/rear")]
+    config = tmp_path / "compressed.yaml"
+    config.write_text("/**:\n  ros__parameters:\n    input_transport: compressed\n")
+    node = car_launch(config=str(config), image_topics="['/usb_cam/image_raw/compressed']")[1]
+    assert node.kwargs["remappings"] == [("/camera/front/image/compressed", "/usb_cam/image_raw/compressed")]
+
+
+@pytest.mark.parametrize("given, says", [
+    (dict(image_topics="['/a', '/b']"), "launch argument image_topics names 2 topic(s) for 1 camera(s) (camera/front); "
+                                        "expected one topic per camera, in the cameras' order"),
+    (dict(image_topics="/usb cam/image_raw"), "launch argument image_topics: '/usb cam/image_raw' is not a ROS topic "
+                                              "name: expected names of letters, digits and underscores"),
+    (dict(image_topics="['/a']", cameras="['front', 'rear']"), "names 1 topic(s) for 2 camera(s) (front, rear)")])
+def test_bad_image_topics_stop_the_launch_with_one_line(car_launch, given, says):
+    from panoptic_node.params import ParameterError
+    with pytest.raises(ParameterError, match=re.escape(says)):
+        car_launch(**given)
 
 
 ROS_PYTHON_HAS = ("yaml", "_yaml")   # PyYAML: a dependency of ROS 2's own Python packages (launch, rclpy)

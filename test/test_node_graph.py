@@ -24,7 +24,7 @@ from PIL import Image as PILImage
 
 from launch_helpers import tiny_model_yaml
 from panoptic_node.messages import compressed_to_rgb, image_array
-from panoptic_node.params import absolute_namespace
+from panoptic_node.params import absolute_namespace, image_remaps
 
 if os.environ.get("CI"):  # CI installs ROS 2 from PyPI (make install-test): a skip there would hide breakage
     import rclpy
@@ -63,13 +63,14 @@ def model_yaml():
 class NodeProcess:
     """`panoptic_node` with a params file, in a process group of its own (as a terminal or launch runs it)."""
 
-    def __init__(self, tmp_path: Path, params: dict, env: dict = None, namespace: str = None):
+    def __init__(self, tmp_path: Path, params: dict, env: dict = None, namespace: str = None, remaps=()):
         self.log = tmp_path / f"node_{uuid.uuid4().hex[:6]}.log"
         params_file = tmp_path / f"params_{uuid.uuid4().hex[:6]}.yaml"
         params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
         self.name = f"panoptic_{uuid.uuid4().hex[:8]}"
         self.proc = subprocess.Popen(["panoptic_node", "--ros-args", "-r", f"__node:={self.name}",
                                       *(["-r", f"__ns:={namespace}"] if namespace else []),
+                                      *[arg for rule in remaps for arg in ("-r", f"{rule[0]}:={rule[1]}")],
                                       "--params-file", str(params_file)],
                                      stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
                                      env={**os.environ, **(env or {})})
@@ -93,10 +94,10 @@ class NodeProcess:
 def start(tmp_path, graph, model_yaml):
     nodes = []
 
-    def _start(cameras, wait=True, env=None, namespace=None, **params):
+    def _start(cameras, wait=True, env=None, namespace=None, remaps=(), **params):
         full = {"cameras": cameras, "model": model_yaml, "backend": "torch", "threshold": 0.0,
                 "qos_reliability": "reliable", "qos_depth": 10, "diagnostics_period": 0.2, **params}
-        node = NodeProcess(tmp_path, full, env, namespace)
+        node = NodeProcess(tmp_path, full, env, namespace, remaps)
         nodes.append(node)
         if wait:
             first = absolute_namespace(cameras[0], namespace or "/")  # where the node serves it
@@ -654,6 +655,37 @@ def test_relative_cameras_follow_the_node_namespace(graph, start, rng):
     assert twice.wait(START_TIMEOUT) == 1
     errors = [line for line in twice.output().splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and f"parameter 'cameras' names {ours} twice" in errors[0], twice.output()
+
+
+def test_image_topics_remaps_reach_the_node_as_launch_gives_them(graph, start, rng):
+    """car.launch.py image_topics:= gives launch_ros remap rules (params.image_remaps: each camera's input onto
+    its driver's topic, both resolved); passed as launch_ros passes them (`-r from:=to`), under a namespace, the
+    node reads the drivers' topics, relative and absolute, serves each camera where it was, and its
+    diagnostics name the topic it reads."""
+    car = f"/car{uuid.uuid4().hex[:6]}"
+    fixed = f"/t{uuid.uuid4().hex[:6]}/rear"
+    cameras = ["cam/front", fixed]
+    remaps = image_remaps(cameras, ["drv/image_raw", f"{fixed}_driver/image_raw"], car, "raw")
+    assert remaps == [(f"{car}/cam/front/image", f"{car}/drv/image_raw"),
+                      (f"{fixed}/image", f"{fixed}_driver/image_raw")]
+    node = start(cameras, namespace=car, remaps=remaps, max_age_ms=0)
+    outputs = {f"{car}/cam/front/panoptic/semantic": Image, f"{fixed}/panoptic/semantic": Image}
+    c = Collector(graph, {**outputs, "/diagnostics": DiagnosticArray})
+    pubs = [graph.create_publisher(Image, driver, 10) for _, driver in remaps]
+    rgb = rgb_frame(rng)
+
+    def publish():
+        for pub in pubs:
+            pub.publish(image_msg(rgb, now(graph), "cam"))
+
+    assert c.spin_until(lambda g: all(g[t] for t in outputs) and node_diagnostics(g, f"{car}/cam/front")
+                        and node_diagnostics(g, fixed), publish=publish), \
+        ({t: len(v) for t, v in c.got.items()}, node.output())
+    assert node_diagnostics(c.got, f"{car}/cam/front")["camera"]["input topic"] == f"{car}/drv/image_raw"
+    assert node_diagnostics(c.got, fixed)["camera"]["input topic"] == f"{fixed}_driver/image_raw"
+    assert not graph.get_subscriptions_info_by_topic(f"{car}/cam/front/image")  # read where the driver publishes
+    assert [i.node_name for i in graph.get_subscriptions_info_by_topic(f"{car}/drv/image_raw")] == [node.name]
+    c.close()
 
 
 @pytest.mark.parametrize("debug", [False, True])
