@@ -447,6 +447,30 @@ def test_a_camera_that_cannot_reach_the_node_is_named_on_diagnostics(graph, star
     c.close()
 
 
+def test_a_camera_topic_of_another_message_type_is_named_on_diagnostics(graph, start, rng):
+    """A driver publishing CompressedImage where the node reads Image (or a remap onto a compressed topic)
+    delivers nothing, and across processes DDS says nothing; the camera's status said only 'waiting for the
+    first frame'. It now names the type, the publishing node and the setting that reads it, logs it once,
+    and forgets it once that publisher is gone and frames of the right type come."""
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    node = start([ns], max_age_ms=0, camera_timeout_s=60.0)
+    c = Collector(graph, {"/diagnostics": DiagnosticArray})
+    wrong = graph.create_publisher(CompressedImage, f"{ns}/image", 10)
+    camera = lambda g: node_diagnostics(g, ns).get("camera", {})  # noqa: E731
+    assert c.spin_until(lambda g: "sends" in camera(g).get("message", "")), node.output()
+    assert camera(c.got)["message"] == (
+        f"waiting for the first frame on {ns}/image; a publisher sends sensor_msgs/msg/CompressedImage (from "
+        f"{graph.get_name()}), not the sensor_msgs/msg/Image that input_transport raw reads: set input_transport: "
+        f"compressed, or point the camera at the driver's raw topic")
+    graph.destroy_publisher(wrong)
+    right = graph.create_publisher(Image, f"{ns}/image", 10)
+    rgb = rgb_frame(rng)
+    assert c.spin_until(lambda g: camera(g).get("message") == "ok",
+                        publish=lambda: right.publish(image_msg(rgb, now(graph), "f"))), node.output()
+    assert node.output().count(f"{ns}/image: a publisher sends sensor_msgs/msg/CompressedImage") == 1
+    c.close()
+
+
 def test_a_silent_camera_is_an_error_on_diagnostics_until_it_sends_again(graph, start, rng):
     """A camera that stops (a cable, a driver crash) must show as an ERROR naming its topic, not go on
     showing its last rate; frames arriving again bring it back to OK."""

@@ -44,6 +44,7 @@ from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 # ROS 2's QoS overrides (`qos_overrides./camera/front/panoptic/semantic.publisher.reliability: best_effort` in
 # the params file) apply to every topic of the node: history, depth and reliability, fixed at start-up
 OVERRIDABLE = QoSOverridingOptions.with_default_policies()
+WRONG_TYPE = "a publisher sends"  # how a camera status says its topic carries another message type
 
 
 def qos_profile(qos: TopicQos) -> QoSProfile:
@@ -274,6 +275,31 @@ class PanopticNode(LifecycleNode):
         self.stats.mismatch[camera] = why
         self.get_logger().warn(f"{self.input_topics.get(camera, camera)}: {why}; no frames are received from it")
 
+    def _check_input_types(self):
+        """A publisher of another message type on a camera's input topic (a driver's CompressedImage where the
+        node reads Image, say) delivers nothing, and across processes DDS says nothing either (Fast DDS raises
+        no incompatible-type event there): found in the graph at each report, said in the camera's status and
+        once in the log; forgotten when that publisher is gone."""
+        transport = self.params["input_transport"]
+        want = CompressedImage if transport == "compressed" else Image
+        want_name = f"sensor_msgs/msg/{want.__name__}"
+        for camera, topic in self.input_topics.items():
+            others = sorted({(i.topic_type, i.node_name) for i in self.get_publishers_info_by_topic(topic)
+                             if i.topic_type != want_name})
+            known = self.stats.mismatch.get(camera, "")
+            if others:
+                types = sorted({t for t, _ in others})
+                hint = ("set input_transport: compressed, or point the camera at the driver's raw topic"
+                        if types == ["sensor_msgs/msg/CompressedImage"] else
+                        "set input_transport: raw, or point the camera at the driver's compressed topic"
+                        if types == ["sensor_msgs/msg/Image"] else "point the camera at the driver's image topic")
+                why = (f"{WRONG_TYPE} {', '.join(types)} (from {', '.join(sorted({n for _, n in others}))}), not the "
+                       f"{want_name} that input_transport {transport} reads: {hint}")
+                if why != known:
+                    self._mismatch(camera, why)
+            elif known.startswith(WRONG_TYPE):
+                del self.stats.mismatch[camera]
+
     def _describe_parameters(self):
         """What `ros2 param describe` shows (description, constraints, live or not), and numbers as doubles."""
         for name, text in descriptions().items():
@@ -477,6 +503,7 @@ class PanopticNode(LifecycleNode):
         arr.header.stamp = self.get_clock().now().to_msg()
         try:
             if self._running:
+                self._check_input_types()
                 statuses = self.stats.statuses(self.buffer, self.input_topics, p["camera_timeout_s"], info)
             else:
                 statuses = inactive_statuses(self.input_topics, info,
