@@ -471,6 +471,30 @@ def test_a_camera_topic_of_another_message_type_is_named_on_diagnostics(graph, s
     c.close()
 
 
+def test_a_camera_nobody_publishes_names_the_image_topics_that_exist(graph, start, rng):
+    """The first thing that goes wrong with a new camera: its driver publishes `image_raw` where the node
+    reads `image`, and the status said only 'waiting for the first frame'. With nothing on the node's topic
+    and images elsewhere, it names them (those under the camera's namespace first) and how to point the
+    camera there; not logged (a driver may start later) and gone once frames come."""
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    node = start([ns], max_age_ms=0, camera_timeout_s=60.0)
+    c = Collector(graph, {"/diagnostics": DiagnosticArray})
+    driver = graph.create_publisher(Image, f"{ns}/image_raw", 10)
+    camera = lambda g: node_diagnostics(g, ns).get("camera", {})  # noqa: E731
+    assert c.spin_until(lambda g: "no publisher" in camera(g).get("message", "")), node.output()
+    assert camera(c.got)["message"].startswith(
+        f"waiting for the first frame on {ns}/image; no publisher on it; sensor_msgs/msg/Image topics on the "
+        f"graph: {ns}/image_raw")
+    assert camera(c.got)["message"].endswith("(point the camera at its driver's with image_topics:= or a remap)")
+    right = graph.create_publisher(Image, f"{ns}/image", 10)
+    rgb = rgb_frame(rng)
+    assert c.spin_until(lambda g: camera(g).get("message") == "ok",
+                        publish=lambda: right.publish(image_msg(rgb, now(graph), "f"))), node.output()
+    assert "no publisher" not in node.output()
+    graph.destroy_publisher(driver)
+    c.close()
+
+
 def test_a_silent_camera_is_an_error_on_diagnostics_until_it_sends_again(graph, start, rng):
     """A camera that stops (a cable, a driver crash) must show as an ERROR naming its topic, not go on
     showing its last rate; frames arriving again bring it back to OK."""
