@@ -40,6 +40,33 @@ def _stale_why(age_ns) -> str:
     return f" (the last {1000 * age:.0f} ms old)"
 
 
+# why a camera receives nothing, as its status says it (found in the ROS graph by the node)
+WRONG_TYPE = "a publisher sends"      # its topic carries another message type
+NO_PUBLISHER = "no publisher on it"   # nothing publishes on it while image topics of its type exist elsewhere
+
+
+def wrong_type_why(want: str, transport: str, others) -> str:
+    """`others`: (message type, node) of the publishers on a camera's topic whose type is not `want`, which
+    deliver nothing (and across processes DDS says nothing of it)."""
+    types = sorted({t for t, _ in others})
+    hint = ("set input_transport: compressed, or point the camera at the driver's raw topic"
+            if types == ["sensor_msgs/msg/CompressedImage"] else
+            "set input_transport: raw, or point the camera at the driver's compressed topic"
+            if types == ["sensor_msgs/msg/Image"] else "point the camera at the driver's image topic")
+    return (f"{WRONG_TYPE} {', '.join(types)} (from {', '.join(sorted({n for _, n in others}))}), not the {want} "
+            f"that input_transport {transport} reads: {hint}")
+
+
+def no_publisher_why(camera: str, want: str, graph, inputs) -> Optional[str]:
+    """For a camera whose topic nobody publishes: up to three topics of its type on the graph (`graph`: (topic,
+    types) pairs) it may have been meant to read, those under its own namespace first, not an output of this
+    package nor another camera's input; None when there is none (its driver may simply not be up yet)."""
+    found = [t for t, types in graph if want in types and "/panoptic/" not in t and t not in inputs]
+    found = sorted(found, key=lambda t: (not t.startswith(camera.rstrip("/") + "/"), t))[:3]
+    return (f"{NO_PUBLISHER}; {want} topics on the graph: {', '.join(found)} (point the camera at its driver's "
+            f"with image_topics:= or a remap)") if found else None
+
+
 class NodeStats:
     def __init__(self, clock=time.monotonic, latency_window: int = 200):
         self.clock = clock
@@ -51,7 +78,7 @@ class NodeStats:
         self.bad_frames = defaultdict(int)
         self.published = defaultdict(int)
         self.overlays = defaultdict(int)
-        self.mismatch = {}          # camera -> why a publisher on its topic cannot reach it (its QoS)
+        self.mismatch = {}          # camera -> why nothing reaches it (a publisher's QoS or type, or none)
         self.batches = 0            # network calls that gave results
         self.inference_failures = 0
         self.last_failure = ""

@@ -553,3 +553,28 @@ def test_a_map_with_no_png_form_is_refused():
         png_fields(np.zeros((4, 4), np.int32), "32SC1")
     with pytest.raises(ValueError, match="mono8 needs an H x W array"):
         png_fields(np.zeros((4, 4, 3), np.uint8), "mono8")
+
+
+def test_why_a_camera_receives_nothing_names_what_the_graph_shows():
+    """The node's graph checks, ROS-free: another message type on the topic names the type, its nodes and the
+    setting that reads it; a topic nobody publishes names up to three image topics of its type, those under
+    the camera first, never an output of ours nor another camera's input, and nothing when there is none."""
+    from panoptic_node.node_stats import no_publisher_why, wrong_type_why
+    image, compressed = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
+    assert wrong_type_why(image, "raw", {(compressed, "usb_cam")}) == (
+        "a publisher sends sensor_msgs/msg/CompressedImage (from usb_cam), not the sensor_msgs/msg/Image that "
+        "input_transport raw reads: set input_transport: compressed, or point the camera at the driver's raw topic")
+    assert wrong_type_why(compressed, "compressed", {(image, "b"), (image, "a")}).endswith(
+        "(from a, b), not the sensor_msgs/msg/CompressedImage that input_transport compressed reads: set "
+        "input_transport: raw, or point the camera at the driver's compressed topic")
+    assert wrong_type_why(image, "raw", {("sensor_msgs/msg/Imu", "imu")}).endswith(
+        "point the camera at the driver's image topic")
+    graph = [("/a/image_raw", [image]), ("/cam/front/color/image_raw", [image]), ("/cam/front/imu", ["x/Imu"]),
+             ("/cam/front/panoptic/overlay", [image]), ("/cam/rear/image", [image]), ("/b/image_raw", [image]),
+             ("/c/image_raw", [image]), ("/d/image/compressed", [compressed])]
+    why = no_publisher_why("/cam/front", image, graph, {"/cam/front/image", "/cam/rear/image"})
+    assert why == ("no publisher on it; sensor_msgs/msg/Image topics on the graph: /cam/front/color/image_raw, "
+                   "/a/image_raw, /b/image_raw (point the camera at its driver's with image_topics:= or a remap)")
+    assert no_publisher_why("/cam/front", compressed, graph, set()).startswith(
+        "no publisher on it; sensor_msgs/msg/CompressedImage topics on the graph: /d/image/compressed (")
+    assert no_publisher_why("/cam/front", image, graph[2:5], {"/cam/rear/image"}) is None

@@ -34,7 +34,7 @@ from ..inference.preprocess import OffScaleNotes
 from ..inference.tracking import InstanceTracker
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
                         png_fields, stamp_ns)
-from ..node_stats import NodeStats, inactive_statuses
+from ..node_stats import NO_PUBLISHER, WRONG_TYPE, NodeStats, inactive_statuses, no_publisher_why, wrong_type_why
 from ..params import (DIAGNOSTIC_FQN, ParameterError, check_qos_overrides, defaults, descriptions, frame_sizes,
                       input_topic, make_node_pipeline, updated, user_parameters, validate)
 from ..render import overlay
@@ -44,16 +44,7 @@ from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 # ROS 2's QoS overrides (`qos_overrides./camera/front/panoptic/semantic.publisher.reliability: best_effort` in
 # the params file) apply to every topic of the node: history, depth and reliability, fixed at start-up
 OVERRIDABLE = QoSOverridingOptions.with_default_policies()
-WRONG_TYPE = "a publisher sends"  # how a camera status says its topic carries another message type
 UNKNOWN_NODE = "_NODE_NAME_UNKNOWN_"  # the graph's name for a node whose endpoints came before its name
-NO_PUBLISHER = "no publisher on it"  # ... and that nothing publishes on it while other image topics exist
-
-
-def _image_topics_near(camera: str, msg_type: str, graph, inputs) -> list:
-    """Up to three topics of `msg_type` on the graph that a silent camera may have been meant to read: not an
-    output of this package's nodes nor another camera's input, those under the camera's own namespace first."""
-    found = [t for t, types in graph if msg_type in types and "/panoptic/" not in t and t not in inputs]
-    return sorted(found, key=lambda t: (not t.startswith(camera.rstrip("/") + "/"), t))[:3]
 
 
 def qos_profile(qos: TopicQos) -> QoSProfile:
@@ -286,10 +277,8 @@ class PanopticNode(LifecycleNode):
 
     def _check_inputs(self):
         """Why a camera may receive nothing, found in the graph at each report and said in its status: a
-        publisher of another message type on its topic (a driver's CompressedImage where the node reads Image:
-        it delivers nothing, and across processes DDS says nothing; logged once), or no publisher at all while
-        image topics of the right type exist elsewhere (usb_cam's /image_raw: named, for a remap). Forgotten
-        once it no longer holds."""
+        publisher of another message type on its topic (logged once), or no publisher while image topics of
+        its type exist elsewhere (not logged: a driver may start later). Forgotten once it no longer holds."""
         transport = self.params["input_transport"]
         want = f"sensor_msgs/msg/{(CompressedImage if transport == 'compressed' else Image).__name__}"
         graph = None
@@ -297,29 +286,20 @@ class PanopticNode(LifecycleNode):
             publishers = self.get_publishers_info_by_topic(topic)
             if any(i.node_name == UNKNOWN_NODE for i in publishers):
                 continue  # a publisher discovered before its node: judged at the next report, once named
-            others = sorted({(i.topic_type, i.node_name) for i in publishers if i.topic_type != want})
             known = self.stats.mismatch.get(camera, "")
-            why = None
+            others = {(i.topic_type, i.node_name) for i in publishers if i.topic_type != want}
             if others:
-                types = sorted({t for t, _ in others})
-                hint = ("set input_transport: compressed, or point the camera at the driver's raw topic"
-                        if types == ["sensor_msgs/msg/CompressedImage"] else
-                        "set input_transport: raw, or point the camera at the driver's compressed topic"
-                        if types == ["sensor_msgs/msg/Image"] else "point the camera at the driver's image topic")
-                why = (f"{WRONG_TYPE} {', '.join(types)} (from {', '.join(sorted({n for _, n in others}))}), not the "
-                       f"{want} that input_transport {transport} reads: {hint}")
+                why = wrong_type_why(want, transport, others)
                 if why != known:
                     self._mismatch(camera, why)
                 continue
             if not publishers:
                 graph = graph if graph is not None else self.get_topic_names_and_types()
-                elsewhere = _image_topics_near(camera, want, graph, set(self.input_topics.values()))
-                if elsewhere:
-                    why = (f"{NO_PUBLISHER}; {want} topics on the graph: {', '.join(elsewhere)} (point the camera "
-                           f"at its driver's with image_topics:= or a remap)")
-            if why:
-                self.stats.mismatch[camera] = why  # not logged: a driver that starts later is no fault
-            elif known.startswith((WRONG_TYPE, NO_PUBLISHER)):
+                why = no_publisher_why(camera, want, graph, set(self.input_topics.values()))
+                if why:
+                    self.stats.mismatch[camera] = why
+                    continue
+            if known.startswith((WRONG_TYPE, NO_PUBLISHER)):
                 del self.stats.mismatch[camera]
 
     def _describe_parameters(self):
