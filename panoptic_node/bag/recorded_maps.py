@@ -29,10 +29,6 @@ class MapTopics:
     def name(self) -> str:
         return self.panoptic or f"{self.semantic} + {self.instances}"
 
-    @property
-    def topics(self) -> List[str]:
-        return [self.panoptic] if self.panoptic else [self.semantic, self.instances]
-
 
 def _label_map_twins(semantic: str, topics) -> Optional[MapTopics]:
     """A semantic topic with the instances topic of the same camera and transport, when the bag has both with
