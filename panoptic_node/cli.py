@@ -662,7 +662,10 @@ def cmd_doctor(args) -> int:
     from .doctor import PROBLEM, format_checks, run_checks
     if args.params and (args.model or args.weights):
         raise ValueError("doctor: --params names the model and weights the node runs; leave out --model / --weights")
-    checks = run_checks(args.model or "street_lite0", args.weights, params=args.params, node_name=args.node)
+    if args.listen is not None and not args.listen > 0:
+        raise ValueError(f"--listen {args.listen:g}: expected the seconds to listen to the cameras, more than 0")
+    checks = run_checks(args.model or "street_lite0", args.weights, params=args.params, node_name=args.node,
+                        listen_s=args.listen)
     print(format_checks(checks))
     problems = [c.name for c in checks if c.verdict == PROBLEM]
     if problems:
@@ -865,6 +868,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights file (default: the model config's own)")
     _add_params_args(p, "checked as the node reads it, with its model, backend, ego masks and cameras (the speed "
                         "measured is the node's pipeline, shared by its cameras)")
+    p.add_argument("--listen", type=float, nargs="?", const=3.0, metavar="SECONDS",
+                   help="also hear the node's cameras on the live ROS 2 graph (default 3 s), before it starts: who "
+                        "publishes each input topic, type, QoS, rate, frame size and encoding, the stamps' age by "
+                        "this machine's clock, and what would leave the node with no frame")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("bench", help=f"run a benchmark from bench/ ({', '.join(benches)})")

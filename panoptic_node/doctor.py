@@ -244,9 +244,26 @@ def parameter_checks(path, node_name: str) -> Tuple[List[Check], Optional[dict]]
     return out, node
 
 
+def camera_checks(node: dict, node_name: str, seconds: float,
+                  find_spec=importlib.util.find_spec) -> List[Check]:
+    """doctor --listen: each camera the node would read, heard on the live ROS 2 graph for `seconds` (who
+    publishes, type, QoS, rate, frame size and encoding, the stamps' age): one check per camera."""
+    if find_spec("rclpy") is None or find_spec("sensor_msgs") is None:
+        return [Check("cameras", PROBLEM, "--listen joins the ROS 2 graph, and rclpy or sensor_msgs is not "
+                                          "importable here (source a ROS 2 install)")]
+    from .params import absolute_namespace, replay_options
+    from .ros.camera_check import listen
+    namespace = ("/" + node_name.strip("/")).rsplit("/", 1)[0] or "/"
+    cameras = dict(zip((absolute_namespace(c, namespace) for c in node["cameras"]),
+                       replay_options(node, node_name)["image_topic"]))
+    heard = listen(cameras, node["input_transport"], node["qos_reliability"], node["max_age_ms"], seconds)
+    return [Check(f"camera {camera}", PROBLEM if problem else OK, finding) for camera, problem, finding in heard]
+
+
 def run_checks(model: str = "street_lite0", weights: Optional[str] = None, params=None,
-               node_name: str = "/panoptic_node") -> List[Check]:
-    """params: the node's parameters file (doctor --params): its model, backend and cameras are checked."""
+               node_name: str = "/panoptic_node", listen_s: Optional[float] = None) -> List[Check]:
+    """params: the node's parameters file (doctor --params): its model, backend and cameras are checked;
+    listen_s: its cameras (the shipped ones without params) are also heard on the live graph that long."""
     machine = machine_checks()
     torch_here = not any(c.name == "torch" and c.verdict == PROBLEM for c in machine)
     checks, node = parameter_checks(params, node_name) if params is not None else ([], None)
@@ -255,7 +272,11 @@ def run_checks(model: str = "street_lite0", weights: Optional[str] = None, param
     if params is None or node is not None:
         checks += model_checks(model, weights, node) if torch_here else [
             Check("model", NOTE, f"{model} not checked: it needs torch (above)")]
-    return machine + checks + ros_checks() + tool_checks()
+    cameras = []
+    if listen_s is not None and (params is None or node is not None):
+        from .params import defaults
+        cameras = camera_checks(node or defaults(), node_name, listen_s)
+    return machine + checks + ros_checks() + cameras + tool_checks()
 
 
 def format_checks(checks: List[Check]) -> str:

@@ -153,3 +153,82 @@ def test_doctor_without_torch_says_what_provides_it_and_checks_the_rest(tmp_path
     assert lines[2].split(None, 2) == ["note", "model", "street_lite0 not checked: it needs torch (above)"]
     assert {line.split()[1] for line in lines[3:]} >= {"ROS", "video", "fleet", "CamVid"}
     assert "torch" in run.stderr.splitlines()[-1]   # "N problem(s): torch, ..."
+
+
+CAMERA_DRIVERS = """
+import sys, time, rclpy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+rclpy.init()
+node = rclpy.create_node("fake_drivers")
+prefix = sys.argv[1]
+best_effort = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+pubs = {"front/image": node.create_publisher(Image, prefix + "/front/image", best_effort),
+        "rear/image": node.create_publisher(CompressedImage, prefix + "/rear/image", 10),
+        "side/image_raw": node.create_publisher(Image, prefix + "/side/image_raw", 10),
+        "old/image": node.create_publisher(Image, prefix + "/old/image", 10),
+        "odd/image": node.create_publisher(Image, prefix + "/odd/image", 10)}
+while rclpy.ok():
+    now = node.get_clock().now().nanoseconds
+    for name, pub in pubs.items():
+        if name == "rear/image":
+            pub.publish(CompressedImage(format="jpeg", data=b"x"))
+            continue
+        msg = Image(height=48, width=64, encoding="yuv420" if name == "odd/image" else "rgb8", step=64 * 3,
+                    data=bytes(48 * 64 * 3))
+        stamp = now - (3600 * 10**9 if name == "old/image" else 0)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
+        pub.publish(msg)
+    time.sleep(0.05)
+"""
+
+
+def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_path, monkeypatch, capsys):
+    """doctor --listen, before the node starts: each camera's topic as the node would subscribe to it. A
+    driver that streams is ok (rate, size, encoding, stamp age); another message type, nothing published
+    (with the image topics that do exist), stamps an hour old (max_age_ms would drop them all) and an
+    encoding the node cannot read are each a problem in one line, and the exit code says so."""
+    pytest.importorskip("rclpy")
+    import subprocess
+    import uuid
+    import yaml
+    from panoptic_node import doctor
+    monkeypatch.setattr(doctor, "SPEED_FRAMES", 2)
+    prefix = f"/t{uuid.uuid4().hex[:6]}"
+    drivers = subprocess.Popen([sys.executable, "-c", CAMERA_DRIVERS, prefix], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        params = tmp_path / "car.param.yaml"
+        params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+            "model": str(tiny_model_yaml), "backend": "torch",
+            "cameras": [f"{prefix}/{c}" for c in ("front", "rear", "side", "old", "odd")]}}}))
+        assert main(["doctor", "--params", str(params), "--listen", "3"]) == 1
+    finally:
+        drivers.kill()
+        drivers.wait(10)
+    captured = capsys.readouterr()
+    rows = {line.split()[2]: line for line in captured.out.splitlines() if line.split()[1:2] == ["camera"]}
+    front = rows[f"{prefix}/front"]
+    assert front.startswith("ok") and f"{prefix}/front/image: " in front and " Hz from fake_drivers, 64x48 rgb8, " \
+        "stamps " in front and front.endswith("ms old (median)"), front
+    assert rows[f"{prefix}/rear"].startswith("problem") and (
+        "a publisher sends sensor_msgs/msg/CompressedImage (from fake_drivers), not the sensor_msgs/msg/Image that "
+        "input_transport raw reads") in rows[f"{prefix}/rear"]
+    assert rows[f"{prefix}/side"].startswith("problem") and (
+        f"{prefix}/side/image: no publisher on it; sensor_msgs/msg/Image topics on the graph: "
+        f"{prefix}/side/image_raw") in rows[f"{prefix}/side"]
+    assert rows[f"{prefix}/old"].startswith("problem") and "; stamps 3600 s behind this machine's clock (median), so " \
+        "max_age_ms 500 drops every frame" in rows[f"{prefix}/old"]
+    assert rows[f"{prefix}/odd"].startswith("problem") and "sends frames the node cannot read: unsupported " \
+        "encoding 'yuv420'" in rows[f"{prefix}/odd"]
+    assert "problem(s):" in captured.err and f"camera {prefix}/rear" in captured.err
+
+
+def test_doctor_listen_needs_a_positive_time_and_rclpy(capsys):
+    from panoptic_node.doctor import camera_checks
+    from panoptic_node.params import defaults
+    assert main(["doctor", "--listen", "0"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--listen 0: expected the seconds to listen to the cameras, "
+                                                    "more than 0")
+    (check,) = camera_checks(defaults(), "/panoptic_node", 1.0, find_spec=without("rclpy"))
+    assert check.verdict == PROBLEM and "rclpy or sensor_msgs is not importable here" in check.finding

@@ -1,0 +1,127 @@
+"""`doctor --listen`: the cameras a node would read, seen on the live ROS 2 graph before it starts.
+
+For each camera's input topic, for a few seconds, as the node would subscribe to it (its message type and
+reliability): who publishes there, with which type and QoS, the rate, one frame's size and encoding (decoded
+as the node decodes it) and how old the frames' stamps are by this machine's clock. What would leave the node
+with nothing, or with every frame dropped, is said before the car drives: the same words as the node's
+/diagnostics where the two meet (node_stats).
+"""
+import os
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+
+from ..messages import FrameError, compressed_to_rgb, image_to_rgb, stamp_ns
+from ..node_stats import CLOCK_AHEAD_MS, no_publisher_why, wrong_type_why
+
+UNKNOWN_NODE = "_NODE_NAME_UNKNOWN_"
+
+
+class _Heard:
+    """What one camera topic delivered while listening."""
+
+    def __init__(self):
+        self.arrivals: List[float] = []
+        self.ages_ms: List[float] = []
+        self.unstamped = 0
+        self.first = None
+
+    def rate_hz(self) -> Optional[float]:
+        if len(self.arrivals) < 2:
+            return None
+        return (len(self.arrivals) - 1) / max(self.arrivals[-1] - self.arrivals[0], 1e-9)
+
+
+def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms: float,
+           seconds: float) -> List[Tuple[str, bool, str]]:
+    """cameras: namespace -> input topic (resolved). Returns (camera, is_problem, finding) per camera."""
+    msg_type = CompressedImage if transport == "compressed" else Image
+    want = f"sensor_msgs/msg/{msg_type.__name__}"
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                     reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                     else ReliabilityPolicy.BEST_EFFORT)
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node(f"panoptic_node_doctor_{os.getpid()}", context=context)
+        heard = {topic: _Heard() for topic in cameras.values()}
+
+        def on_frame(topic):
+            def callback(msg):
+                h = heard[topic]
+                h.arrivals.append(time.monotonic())
+                stamp = stamp_ns(msg.header)
+                if stamp:
+                    h.ages_ms.append((node.get_clock().now().nanoseconds - stamp) / 1e6)
+                else:
+                    h.unstamped += 1
+                h.first = h.first or msg
+            return callback
+
+        for topic in heard:
+            node.create_subscription(msg_type, topic, on_frame(topic), qos)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+        graph = node.get_topic_names_and_types()
+        inputs = set(cameras.values())
+        out = []
+        for camera, topic in cameras.items():
+            publishers = [i for i in node.get_publishers_info_by_topic(topic) if i.node_name != node.get_name()]
+            out.append((camera, *_verdict(topic, publishers, heard[topic], want, transport, reliability, max_age_ms,
+                                          seconds, no_publisher_why(camera, want, graph, inputs))))
+        executor.shutdown()
+        node.destroy_node()
+        return out
+    finally:
+        rclpy.shutdown(context=context)
+
+
+def _duration(ms: float) -> str:
+    return f"{ms / 1000:.0f} s" if ms >= 10_000 else f"{ms:.0f} ms"
+
+
+def _verdict(topic, publishers, h: _Heard, want, transport, reliability, max_age_ms, seconds,
+             elsewhere) -> Tuple[bool, str]:
+    """(is_problem, finding) for one camera topic from what the graph showed and what arrived."""
+    others = {(i.topic_type, i.node_name) for i in publishers if i.topic_type != want}
+    if others:
+        return True, f"{topic}: {wrong_type_why(want, transport, others)}"
+    if not publishers:
+        return True, f"{topic}: {elsewhere or 'no publisher on it (is the camera driver running?)'}"
+    names = ", ".join(sorted({i.node_name if i.node_name != UNKNOWN_NODE else "a node" for i in publishers}))
+    best_effort = [i for i in publishers if i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT]
+    if reliability == "reliable" and best_effort:
+        return True, (f"{topic}: {names} publishes best effort, which a reliable subscription never receives: "
+                      f"set qos_reliability: best_effort (it takes every camera driver)")
+    if h.first is None:
+        return True, (f"{topic}: published by {names}, but no frame arrived in {seconds:g} s (a driver that "
+                      f"has not started streaming, or frames too large for the middleware's defaults: "
+                      f"car.launch.py's dds_profile)")
+    try:
+        rgb = compressed_to_rgb(h.first) if isinstance(h.first, CompressedImage) else image_to_rgb(h.first)
+    except FrameError as e:
+        return True, f"{topic}: {names} sends frames the node cannot read: {e}"
+    kind = getattr(h.first, "encoding", None) or getattr(h.first, "format", "")
+    rate = h.rate_hz()
+    found = (f"{topic}: {f'{rate:.1f} Hz' if rate else 'one frame'} from {names}, {rgb.shape[1]}x{rgb.shape[0]} "
+             f"{kind}")
+    if not h.ages_ms:
+        return False, f"{found}; frames without a header stamp (0): their age is unknown, max_age_ms cannot judge them"
+    age = float(np.median(h.ages_ms))
+    if max_age_ms and age > max_age_ms:
+        return True, (f"{found}; stamps {_duration(age)} behind this machine's clock (median), so max_age_ms "
+                      f"{max_age_ms:g} drops every frame: synchronise the camera's clock with this one (chrony, PTP), or set "
+                      f"max_age_ms: 0")
+    if age < -CLOCK_AHEAD_MS:
+        return False, (f"{found}; stamps {_duration(-age)} ahead of this machine's clock (median): the clocks differ, "
+                       f"and max_age_ms cannot judge such frames")
+    return False, f"{found}, stamps {age:.0f} ms old (median)"
