@@ -109,6 +109,11 @@ def _node(context):
                                    f"{namespace}"))
     first_input = remaps[0][1] if remaps else f"{cameras[0]}/image"  # where the first camera's frames are
     if bag:
+        if transport == "compressed" and not remaps:
+            actions.append(LogInfo(msg=f"bag:= plays /camera/image_raw (raw frames, as panoptic-node convert writes "
+                                       f"them) into {first_input}, and with input_transport compressed the node "
+                                       f"reads {cameras[0]}/image/compressed: for such a bag use input_transport raw "
+                                       f"(a recording of {cameras[0]}/image/compressed plays into the node as it is)"))
         # converted bags (panoptic-node convert) carry /camera/image_raw: feed it to the first camera
         actions.append(ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock",
                                            "--remap", f"/camera/image_raw:={first_input}"], output="screen",

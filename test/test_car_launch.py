@@ -189,6 +189,19 @@ def test_image_topics_remap_each_camera_onto_its_drivers_topic(car_launch, tmp_p
     assert node.kwargs["remappings"] == [("/camera/front/image/compressed", "/usb_cam/image_raw/compressed")]
 
 
+def test_a_converted_bag_with_compressed_input_is_said_at_launch(car_launch, tmp_path):
+    """bag:= plays a converted bag's raw /camera/image_raw into <camera>/image; a node reading compressed frames
+    would hear nothing, and the launch says so in one line naming the setting (nothing to say for raw)."""
+    config = tmp_path / "compressed.yaml"
+    config.write_text("/**:\n  ros__parameters:\n    input_transport: compressed\n")
+    said = [a.kwargs["msg"] for a in car_launch(config=str(config), bag="/b") if "msg" in a.kwargs]
+    assert said[-1] == ("bag:= plays /camera/image_raw (raw frames, as panoptic-node convert writes them) into "
+                        "/camera/front/image, and with input_transport compressed the node reads "
+                        "/camera/front/image/compressed: for such a bag use input_transport raw (a recording of "
+                        "/camera/front/image/compressed plays into the node as it is)")
+    assert not [a for a in car_launch(bag="/b") if "bag:=" in a.kwargs.get("msg", "")]
+
+
 @pytest.mark.parametrize("given, says", [
     (dict(image_topics="['/a', '/b']"), "launch argument image_topics names 2 topic(s) for 1 camera(s) (camera/front); "
                                         "expected one topic per camera, in the cameras' order"),
