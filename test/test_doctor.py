@@ -1,6 +1,8 @@
 """panoptic-node doctor: each answer is what the commands and the node will do on this machine."""
 import importlib.util
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -187,7 +189,8 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
     """doctor --listen, before the node starts: each camera's topic as the node would subscribe to it. A
     driver that streams is ok (rate, size, encoding, stamp age); another message type, nothing published
     (with the image topics that do exist), stamps an hour old (max_age_ms would drop them all) and an
-    encoding the node cannot read are each a problem in one line, and the exit code says so."""
+    encoding the node cannot read are each a problem in one line, and the exit code says so. The speed is
+    then timed on the frames the cameras sent and judged by their rates."""
     pytest.importorskip("rclpy")
     import subprocess
     import uuid
@@ -222,6 +225,10 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
     assert rows[f"{prefix}/odd"].startswith("problem") and "sends frames the node cannot read: unsupported " \
         "encoding 'yuv420'" in rows[f"{prefix}/odd"]
     assert "problem(s):" in captured.err and f"camera {prefix}/rear" in captured.err
+    # the speed timed on what the cameras sent (front and old: the frames the node can read) at their rates
+    speed = [line for line in captured.out.splitlines() if line.split()[1:2] == ["speed"]][0]
+    assert "end to end on the frames the cameras sent (64x48, 64x48) (torch fp32): " in speed and \
+        "the cameras heard (" in speed and " Hz)" in speed, speed
 
 
 def test_doctor_listen_needs_a_positive_time_and_rclpy(capsys):
@@ -230,5 +237,32 @@ def test_doctor_listen_needs_a_positive_time_and_rclpy(capsys):
     assert main(["doctor", "--listen", "0"]) == 2
     assert capsys.readouterr().err.strip().endswith("--listen 0: expected the seconds to listen to the cameras, "
                                                     "more than 0")
-    (check,) = camera_checks(defaults(), "/panoptic_node", 1.0, find_spec=without("rclpy"))
+    (check,), heard = camera_checks(defaults(), "/panoptic_node", 1.0, find_spec=without("rclpy"))
+    assert heard == []
     assert check.verdict == PROBLEM and "rclpy or sensor_msgs is not importable here" in check.finding
+
+
+def test_doctor_listen_hears_through_the_fast_dds_profile_the_launch_gives_the_node(monkeypatch):
+    """With Fast DDS's defaults a 1280x720 camera at 30 Hz arrived at 0.7 Hz where the node, with the profile
+    car.launch.py exports, got 27.8: doctor listens with that profile (unless one is exported) and leaves the
+    environment as it was."""
+    pytest.importorskip("rclpy")
+    from panoptic_node.doctor import camera_checks
+    from panoptic_node.params import defaults
+    from panoptic_node.ros import camera_check
+    for var in ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION"):
+        monkeypatch.delenv(var, raising=False)
+    seen = {}
+
+    def fake_listen(cameras, *args):
+        seen.update(os.environ)
+        return [(camera, False, f"{topic}: heard", None, None) for camera, topic in cameras.items()]
+    monkeypatch.setattr(camera_check, "listen", fake_listen)
+    (check,), heard = camera_checks(defaults(), "/car1/panoptic_node", 1.0)
+    assert check.name == "camera /car1/camera/front" and check.finding == "/car1/camera/front/image: heard"
+    assert Path(seen["FASTRTPS_DEFAULT_PROFILES_FILE"]).name.startswith("fastdds_large_images")
+    assert "FASTRTPS_DEFAULT_PROFILES_FILE" not in os.environ and heard == []
+    monkeypatch.setenv("FASTRTPS_DEFAULT_PROFILES_FILE", "/mine.xml")  # the user's own: left alone
+    seen.clear()
+    camera_checks(defaults(), "/panoptic_node", 1.0)
+    assert seen["FASTRTPS_DEFAULT_PROFILES_FILE"] == "/mine.xml" and "FASTDDS_DEFAULT_PROFILES_FILE" not in seen

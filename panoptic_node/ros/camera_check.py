@@ -39,8 +39,10 @@ class _Heard:
 
 
 def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms: float,
-           seconds: float) -> List[Tuple[str, bool, str]]:
-    """cameras: namespace -> input topic (resolved). Returns (camera, is_problem, finding) per camera."""
+           seconds: float) -> List[Tuple[str, bool, str, Optional[np.ndarray], Optional[float]]]:
+    """cameras: namespace -> input topic (resolved). Returns per camera (camera, is_problem, finding, one frame
+    it sent decoded to RGB or None, its rate in Hz or None): the frames let doctor time the node's pipeline on
+    what the cameras really send."""
     msg_type = CompressedImage if transport == "compressed" else Image
     want = f"sensor_msgs/msg/{msg_type.__name__}"
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
@@ -76,8 +78,9 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
         out = []
         for camera, topic in cameras.items():
             publishers = [i for i in node.get_publishers_info_by_topic(topic) if i.node_name != node.get_name()]
-            out.append((camera, *_verdict(topic, publishers, heard[topic], want, transport, reliability, max_age_ms,
-                                          seconds, no_publisher_why(camera, want, graph, inputs))))
+            problem, finding, rgb = _verdict(topic, publishers, heard[topic], want, transport, reliability,
+                                             max_age_ms, seconds, no_publisher_why(camera, want, graph, inputs))
+            out.append((camera, problem, finding, rgb, heard[topic].rate_hz() if rgb is not None else None))
         executor.shutdown()
         node.destroy_node()
         return out
@@ -90,38 +93,40 @@ def _duration(ms: float) -> str:
 
 
 def _verdict(topic, publishers, h: _Heard, want, transport, reliability, max_age_ms, seconds,
-             elsewhere) -> Tuple[bool, str]:
-    """(is_problem, finding) for one camera topic from what the graph showed and what arrived."""
+             elsewhere) -> Tuple[bool, str, Optional[np.ndarray]]:
+    """(is_problem, finding, the first frame decoded or None) for one camera topic from what the graph showed
+    and what arrived."""
     others = {(i.topic_type, i.node_name) for i in publishers if i.topic_type != want}
     if others:
-        return True, f"{topic}: {wrong_type_why(want, transport, others)}"
+        return True, f"{topic}: {wrong_type_why(want, transport, others)}", None
     if not publishers:
-        return True, f"{topic}: {elsewhere or 'no publisher on it (is the camera driver running?)'}"
+        return True, f"{topic}: {elsewhere or 'no publisher on it (is the camera driver running?)'}", None
     names = ", ".join(sorted({i.node_name if i.node_name != UNKNOWN_NODE else "a node" for i in publishers}))
     best_effort = [i for i in publishers if i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT]
     if reliability == "reliable" and best_effort:
         return True, (f"{topic}: {names} publishes best effort, which a reliable subscription never receives: "
-                      f"set qos_reliability: best_effort (it takes every camera driver)")
+                      f"set qos_reliability: best_effort (it takes every camera driver)"), None
     if h.first is None:
         return True, (f"{topic}: published by {names}, but no frame arrived in {seconds:g} s (a driver that "
                       f"has not started streaming, or frames too large for the middleware's defaults: "
-                      f"car.launch.py's dds_profile)")
+                      f"car.launch.py's dds_profile)"), None
     try:
         rgb = compressed_to_rgb(h.first) if isinstance(h.first, CompressedImage) else image_to_rgb(h.first)
     except FrameError as e:
-        return True, f"{topic}: {names} sends frames the node cannot read: {e}"
+        return True, f"{topic}: {names} sends frames the node cannot read: {e}", None
     kind = getattr(h.first, "encoding", None) or getattr(h.first, "format", "")
     rate = h.rate_hz()
     found = (f"{topic}: {f'{rate:.1f} Hz' if rate else 'one frame'} from {names}, {rgb.shape[1]}x{rgb.shape[0]} "
              f"{kind}")
     if not h.ages_ms:
-        return False, f"{found}; frames without a header stamp (0): their age is unknown, max_age_ms cannot judge them"
+        return False, (f"{found}; frames without a header stamp (0): their age is unknown, max_age_ms cannot "
+                       f"judge them"), rgb
     age = float(np.median(h.ages_ms))
     if max_age_ms and age > max_age_ms:
         return True, (f"{found}; stamps {_duration(age)} behind this machine's clock (median), so max_age_ms "
-                      f"{max_age_ms:g} drops every frame: synchronise the camera's clock with this one (chrony, PTP), or set "
-                      f"max_age_ms: 0")
+                      f"{max_age_ms:g} drops every frame: synchronise the camera's clock with this one (chrony, "
+                      f"PTP), or set max_age_ms: 0"), rgb
     if age < -CLOCK_AHEAD_MS:
         return False, (f"{found}; stamps {_duration(-age)} ahead of this machine's clock (median): the clocks differ, "
-                       f"and max_age_ms cannot judge such frames")
-    return False, f"{found}, stamps {age:.0f} ms old (median)"
+                       f"and max_age_ms cannot judge such frames"), rgb
+    return False, f"{found}, stamps {age:.0f} ms old (median)", rgb
