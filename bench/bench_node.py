@@ -94,6 +94,8 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
     env = dict(os.environ)
     if dds_profile:  # the camera's and the node's participants, as car.launch.py sets it
         env["FASTRTPS_DEFAULT_PROFILES_FILE"] = env["FASTDDS_DEFAULT_PROFILES_FILE"] = dds_profile
+    else:  # Fast DDS's defaults: the node, which would take auto when started by hand, is told so
+        env["PANOPTIC_NODE_DDS_PROFILE"] = "none"
     node = subprocess.Popen(["panoptic_node", "--ros-args", "--params-file", str(params_file)], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True, env=env)
     drivers = []

@@ -52,9 +52,11 @@ def _list_argument(text):
 
 def _dds_env(context, share):
     """The environment of our processes for the chosen Fast DDS profile, and a line saying which and why."""
-    from panoptic_node.dds_profile import choose_profile, profile_env
-    path, why = choose_profile(LaunchConfiguration("dds_profile").perform(context), os.path.join(share, "config"))
-    return profile_env(path), why
+    from panoptic_node.dds_profile import CHOICE_ENV, choose_profile, profile_env
+    choice = LaunchConfiguration("dds_profile").perform(context)
+    path, why = choose_profile(choice, os.path.join(share, "config"))
+    # the node, which would choose auto for itself when started by hand, is told the launch's choice
+    return {**profile_env(path), CHOICE_ENV: choice}, why
 
 
 def _node(context):

@@ -41,7 +41,8 @@ def test_the_default_profile_is_auto_and_reaches_the_node_and_the_player(car_lau
         log, node, player = car_launch(bag="/data/drive.mcap", cameras="['/cam/front', '/cam/rear']")
         expected = str(ROOT / "config" / name)
         assert node.kwargs["additional_env"] == {"FASTRTPS_DEFAULT_PROFILES_FILE": expected,
-                                                 "FASTDDS_DEFAULT_PROFILES_FILE": expected}
+                                                 "FASTDDS_DEFAULT_PROFILES_FILE": expected,
+                                                 "PANOPTIC_NODE_DDS_PROFILE": "auto"}
         assert player.kwargs["additional_env"] == node.kwargs["additional_env"]
         assert name.split(".")[0].replace("fastdds_", "") in log.kwargs["msg"]
         assert node.kwargs["parameters"][1] == {"cameras": ["/cam/front", "/cam/rear"], "use_sim_time": True}
@@ -49,11 +50,14 @@ def test_the_default_profile_is_auto_and_reaches_the_node_and_the_player(car_lau
 
 
 def test_none_and_a_users_own_profile_export_nothing(car_launch, monkeypatch):
+    """Nothing exported but the launch's choice, which tells the node (that would take auto when started by
+    hand) to leave Fast DDS as the launch left it."""
     log, node = car_launch(dds_profile="none")
-    assert node.kwargs["additional_env"] == {} and "none" in log.kwargs["msg"]
+    assert node.kwargs["additional_env"] == {"PANOPTIC_NODE_DDS_PROFILE": "none"} and "none" in log.kwargs["msg"]
     monkeypatch.setenv("FASTRTPS_DEFAULT_PROFILES_FILE", "/etc/my_dds.xml")
     log, node = car_launch()
-    assert node.kwargs["additional_env"] == {} and "/etc/my_dds.xml" in log.kwargs["msg"]
+    assert node.kwargs["additional_env"] == {"PANOPTIC_NODE_DDS_PROFILE": "auto"}
+    assert "/etc/my_dds.xml" in log.kwargs["msg"]
 
 
 def test_a_bad_profile_choice_stops_the_launch_with_one_line(car_launch):

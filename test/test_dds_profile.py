@@ -57,6 +57,26 @@ def test_by_name_by_file_and_a_bad_choice(tmp_path):
     assert profile_env(None) == {}
 
 
+def test_a_node_started_by_hand_takes_what_the_launch_would(monkeypatch):
+    """ros2 run panoptic_node panoptic_node: auto unless PANOPTIC_NODE_DDS_PROFILE (which car.launch.py sets to
+    its own choice) says otherwise; a profile exported already, or another RMW, left alone; a bad choice
+    refused in the launch's words."""
+    from panoptic_node import dds_profile as dds
+    from panoptic_node.dds_profile import node_environment
+    monkeypatch.setattr(dds, "read_rmem_max", lambda: 4 << 20)
+    env, why = node_environment(CONFIG, environ={})
+    assert env == profile_env(CONFIG / "fastdds_large_images.xml") and "large_images: receiving over UDP" in why
+    assert node_environment(CONFIG, environ={"PANOPTIC_NODE_DDS_PROFILE": "none"})[0] == {}
+    assert node_environment(CONFIG, environ={"PANOPTIC_NODE_DDS_PROFILE": "large_images_shm"})[0] == \
+        profile_env(CONFIG / "fastdds_large_images_shm.xml")
+    env, why = node_environment(CONFIG, environ={"PANOPTIC_NODE_DDS_PROFILE": "auto",
+                                                 "FASTDDS_DEFAULT_PROFILES_FILE": "/etc/dds.xml"})
+    assert env == {} and "from your environment" in why
+    assert node_environment(CONFIG, environ={"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"})[0] == {}
+    with pytest.raises(ValueError, match="dds_profile 'fast' is not a file"):
+        node_environment(CONFIG, environ={"PANOPTIC_NODE_DDS_PROFILE": "fast"})
+
+
 def participant(name):
     root = ET.parse(CONFIG / name).getroot()
     parts = root.findall("f:participant", NS)

@@ -5,6 +5,7 @@ the newest frame of every camera, infers them together, and publishes every outp
 header. Bad frames are logged (throttled), counted and skipped; the node keeps running.
 """
 import array
+import os
 import signal
 import sys
 import threading
@@ -537,6 +538,16 @@ def main(args=None):
     # Ctrl-C and SIGTERM only set a flag, read by the spin loop below: rclpy's own handlers raise
     # KeyboardInterrupt wherever the main thread happens to be (a second Ctrl-C, which a terminal
     # and launch both send, landed in destroy_node() or inside rclpy's message conversion)
+    # the Fast DDS profile, chosen before rclpy starts Fast DDS: started by hand (ros2 run), the node takes the
+    # one car.launch.py would give it (with Fast DDS's defaults a 1280x720 camera arrived at 9.6 of 30 Hz)
+    from ..dds_profile import node_environment
+    from ..model.config import share_dir
+    try:
+        env, dds_why = node_environment(share_dir("config"))
+    except ValueError as e:
+        print(f"[panoptic_node] error: {e} (PANOPTIC_NODE_DDS_PROFILE)", file=sys.stderr)
+        sys.exit(1)
+    os.environ.update(env)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -558,6 +569,7 @@ def main(args=None):
         node.destroy_node()
         rclpy.try_shutdown()
         sys.exit(1)  # activate said why
+    node.get_logger().info(dds_why)
     if not node.autostart:
         node.get_logger().info(f"autostart is false: unconfigured, waiting for `ros2 lifecycle set "
                                f"{node.get_fully_qualified_name()} configure` (or a lifecycle manager)")
