@@ -742,11 +742,17 @@ def test_a_node_started_by_hand_runs_the_fast_dds_profile_the_launch_would_give_
     launch's own choice (PANOPTIC_NODE_DDS_PROFILE) is kept, and a bad one stops it in one line."""
     for var in ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE", "PANOPTIC_NODE_DDS_PROFILE"):
         assert var not in os.environ  # the graph tests' nodes are started as by hand
+    def said(node, pattern):  # the log reaches its file a moment after the node serves
+        end = time.time() + 10
+        while not re.search(pattern, node.output()) and time.time() < end:
+            time.sleep(0.1)
+        return re.search(pattern, node.output())
+
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
     node = start([ns])
-    assert re.search(r"Fast DDS profile large_images(_shm)?: receiving over", node.output()), node.output()
+    assert said(node, r"Fast DDS profile large_images(_shm)?: receiving over"), node.output()
     none = start([f"{ns}2"], env={"PANOPTIC_NODE_DDS_PROFILE": "none"})
-    assert "Fast DDS's own defaults (dds_profile:=none)" in none.output()
+    assert said(none, re.escape("Fast DDS's own defaults (dds_profile:=none)")), none.output()
     bad = NodeProcess(tmp_path, {"cameras": [ns], "model": model_yaml}, env={"PANOPTIC_NODE_DDS_PROFILE": "fast"})
     assert bad.wait(START_TIMEOUT) == 1
     assert bad.output().strip() == ("[panoptic_node] error: dds_profile 'fast' is not a file; expected auto, none, "

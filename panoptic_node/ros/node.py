@@ -554,6 +554,7 @@ def main(args=None):
         signal.signal(sig, lambda *_: stop.set())
     try:
         node = PanopticNode()
+        node.get_logger().info(dds_why)
         if node.autostart and node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
             raise node.configure_error
     except Exception as e:
@@ -569,7 +570,6 @@ def main(args=None):
         node.destroy_node()
         rclpy.try_shutdown()
         sys.exit(1)  # activate said why
-    node.get_logger().info(dds_why)
     if not node.autostart:
         node.get_logger().info(f"autostart is false: unconfigured, waiting for `ros2 lifecycle set "
                                f"{node.get_fully_qualified_name()} configure` (or a lifecycle manager)")
