@@ -79,6 +79,7 @@ class NodeStats:
         self.published = defaultdict(int)
         self.overlays = defaultdict(int)
         self.mismatch = {}          # camera -> why nothing reaches it (a publisher's QoS or type, or none)
+        self.camera_info = {}       # camera -> the size its newest CameraInfo gives (passed on with the maps)
         self.batches = 0            # network calls that gave results
         self.inference_failures = 0
         self.last_failure = ""
@@ -153,6 +154,7 @@ class NodeStats:
                   "unstamped frames": str(buffer.unstamped[cam]),
                   "bad frames": str(self.bad_frames[cam]),
                   "published": str(self.published[cam]),
+                  "camera info": self.camera_info.get(cam, "none received"),
                   "overlays": str(self.overlays[cam])}
         ages = tuple(self.age_ms[cam])
         age_p50 = float(np.percentile(ages, 50)) if ages else None

@@ -102,7 +102,8 @@ def input_topic(camera: str, transport: str) -> str:
 
 def image_remaps(cameras: List[str], topics: List[str], node_namespace: str, transport: str) -> List[Tuple[str, str]]:
     """A launch file's image_topics argument: each camera's input topic remapped onto the topic its driver
-    publishes (one per camera, in the cameras' order), both as the node in `node_namespace` resolves them
+    publishes (one per camera, in the cameras' order), and its camera_info onto the driver's beside that
+    topic (/usb_cam/image_raw -> /usb_cam/camera_info), all as the node in `node_namespace` resolves them
     (a relative driver topic goes under the node's namespace, as ROS resolves a remapping's target). The
     count and every name are checked and refused in one line naming what is expected."""
     if len(topics) != len(cameras):
@@ -115,8 +116,15 @@ def image_remaps(cameras: List[str], topics: List[str], node_namespace: str, tra
             raise ParameterError(f"launch argument image_topics: {topic!r} is not a ROS topic name: expected names "
                                  f"of letters, digits and underscores, not starting with a digit, joined by '/' "
                                  f"(e.g. /usb_cam/image_raw)")
-    return [(absolute_namespace(input_topic(cam, transport), node_namespace), absolute_namespace(topic, node_namespace))
-            for cam, topic in zip(cameras, topics)]
+    rules = []
+    for cam, topic in zip(cameras, topics):
+        driver = absolute_namespace(topic, node_namespace)
+        rules.append((absolute_namespace(input_topic(cam, transport), node_namespace), driver))
+        # and the camera's calibration from beside the driver's image, as image_transport pairs them
+        image = driver[:-len("/compressed")] if driver.endswith("/compressed") else driver
+        rules.append((absolute_namespace(f"{cam}/camera_info", node_namespace),
+                      f"{image.rsplit('/', 1)[0]}/camera_info"))
+    return rules
 
 
 def frame_sizes(text: str) -> List[Tuple[int, int]]:

@@ -288,7 +288,11 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
             return
         summary.evaluated += 1
 
-    topics = cameras + [t for t in (gt_pan, gt_sem) if t]
+    # each camera's calibration beside it (<ns>/camera_info, as convert writes it): passed on with its maps
+    info_of = {f"{ns}/camera_info": t for t, ns in zip(cameras, namespaces)
+               if reader.topics.get(f"{ns}/camera_info") == "sensor_msgs/msg/CameraInfo"} if writer else {}
+    camera_infos: Dict[str, object] = {}
+    topics = cameras + [t for t in (gt_pan, gt_sem) if t] + list(info_of)
     start = time.perf_counter()
     bar = tqdm(total=max_frames, desc="replay", unit="frame")
     try:
@@ -321,7 +325,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                 drawn = overlay(rgb, result, taxonomy, labels=overlay_labels) \
                     if video or (out and out.publish["overlay"]) else None  # once for the overlay topic and the video
                 if out:
-                    out.add(m.msg.header, m.stamp_ns, result, rgb, drawn)
+                    out.add(m.msg.header, m.stamp_ns, result, rgb, drawn, camera_infos.get(m.topic))
                 if video:
                     latest[m.topic] = drawn
                     if m.topic == cameras[0]:  # the first camera paces the video
@@ -335,6 +339,9 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                                                 np.ascontiguousarray(rgb[::3, ::3]) if on_scored else None)
                     if gt_complete(m.stamp_ns):
                         score(m.stamp_ns)
+            elif m.topic in info_of:
+                if m.msg is not None:  # one that does not deserialize leaves the previous one in use
+                    camera_infos[info_of[m.topic]] = m.msg
             else:
                 entry = pending_gt.setdefault(m.stamp_ns, {})
                 kind = "pan" if m.topic == gt_pan else "sem"

@@ -23,7 +23,9 @@ DIAGNOSTICS = TopicQos(reliable=True, transient_local=False, depth=10)
 # the node's topics under <ns>/panoptic/. The /compressed twins are what image_transport's compressed plugin
 # gives a C++ node's images: the maps' lossless PNG (about a thirtieth of the bytes, for recording and for
 # links), the overlay's JPEG (a tenth, for RViz over a network); published by the node only (bags keep the
-# raw topics). The 32SC1 panoptic map has no PNG form there (8 and 16 bits only).
+# raw topics). The 32SC1 panoptic map has no PNG form there (8 and 16 bits only). camera_info is the camera's
+# own, stamped as each frame's maps: image_transport's sibling of every image here (RViz's Camera display
+# and a CameraSubscriber pair <ns>/panoptic/<image> with <ns>/panoptic/camera_info).
 OUTPUTS = {"semantic": MAPS, "semantic/compressed": MAPS, "instances": MAPS, "instances/compressed": MAPS,
            "panoptic": MAPS, "detections": MAPS, "overlay": OVERLAY, "overlay/compressed": OVERLAY,
-           "label_info": LABEL_INFO}
+           "label_info": LABEL_INFO, "camera_info": MAPS}

@@ -293,6 +293,28 @@ def test_replay_round_trip(tiny_pipeline, tmp_path, rng, storage, compressed):
     assert len(info) == 1 and [c.class_name for c in info[0].msg.class_map][:2] == ["sky", "building"]
 
 
+def test_the_cameras_calibration_is_written_with_its_maps(tiny_pipeline, tmp_path, rng):
+    """A bag with <ns>/camera_info beside the camera (what convert writes): the replay writes the node's
+    <ns>/panoptic/camera_info, the camera's newest calibration stamped as each frame's maps; a bag without one
+    gets no such topic (test_replay_round_trip)."""
+    from panoptic_node.bag.writer import camera_info_msg
+    stamps = [1_700_000_000_000_000_000 + i * 50_000_000 for i in range(3)]
+    k = [50.0, 0.0, 32.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0]
+    with BagWriter(tmp_path / "in") as w:
+        for i, stamp in enumerate(stamps):
+            hdr = header(stamp, "front_optical")
+            w.write("/front/camera_info", camera_info_msg(hdr, 64, 48, [v + i for v in k]), stamp)
+            w.write("/front/image_raw", image_msg(hdr, image_fields(rng.integers(0, 255, (48, 64, 3), np.uint8),
+                                                                   "rgb8")), stamp)
+    replay(tiny_pipeline, tmp_path / "in", tmp_path / "out", log=lambda *_: None)
+    with BagReader(tmp_path / "out") as r:
+        assert r.topics["/front/panoptic/camera_info"] == "sensor_msgs/msg/CameraInfo"
+        infos = [m.msg for m in r.messages(["/front/panoptic/camera_info"])]
+    assert [stamp_ns(i.header) for i in infos] == stamps and {i.header.frame_id for i in infos} == {"front_optical"}
+    assert [list(i.k) for i in infos] == [[v + n for v in k] for n in range(3)]  # each frame's newest
+    assert {(i.width, i.height, i.distortion_model) for i in infos} == {(64, 48, "plumb_bob")}
+
+
 def test_bad_frames_are_counted_and_skipped(tiny_pipeline, tmp_path, rng):
     good = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
     bigger = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)

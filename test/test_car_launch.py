@@ -174,23 +174,28 @@ def test_a_bad_namespace_stops_the_launch_with_one_line(car_launch):
 
 def test_image_topics_remap_each_camera_onto_its_drivers_topic(car_launch, tmp_path, monkeypatch):
     """image_topics:= for a driver that publishes elsewhere (usb_cam's /image_raw): each camera's input is
-    remapped onto it, as `--ros-args -r` does for a node run by hand (ros2 launch passes no remaps to a node);
+    remapped onto it and its camera_info onto the driver's beside it, as `--ros-args -r` does for a node run
+    by hand (ros2 launch passes no remaps to a node);
     the bag player and RViz are given the topic the node now reads. A relative topic resolves under the
     node's namespace; with input_transport compressed the compressed input is remapped."""
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert car_launch.defaults["image_topics"] == "" and car_launch()[1].kwargs["remappings"] == []
     log, node, player, rviz = car_launch(image_topics="['/usb_cam/image_raw']", bag="/b", rviz="true")
-    assert node.kwargs["remappings"] == [("/camera/front/image", "/usb_cam/image_raw")]
+    assert node.kwargs["remappings"] == [("/camera/front/image", "/usb_cam/image_raw"),
+                                         ("/camera/front/camera_info", "/usb_cam/camera_info")]
     assert "/camera/image_raw:=/usb_cam/image_raw" in player.kwargs["cmd"]
     assert ("Camera", "/usb_cam/image_raw") in _topics(rviz.kwargs["arguments"][1])
     node = car_launch(namespace="car1", cameras="['cam/front', '/cam/rear']", image_topics="drv/front,/drv/rear")[1]
     assert node.kwargs["remappings"] == [("/car1/cam/front/image", "/car1/drv/front"),
-                                         ("/cam/rear/image", "/drv/rear")]
+                                         ("/car1/cam/front/camera_info", "/car1/drv/camera_info"),
+                                         ("/cam/rear/image", "/drv/rear"),
+                                         ("/cam/rear/camera_info", "/drv/camera_info")]
     config = tmp_path / "compressed.yaml"
     config.write_text("/**:\n  ros__parameters:\n    input_transport: compressed\n")
     node = car_launch(config=str(config), image_topics="['/usb_cam/image_raw/compressed']")[1]
-    assert node.kwargs["remappings"] == [("/camera/front/image/compressed", "/usb_cam/image_raw/compressed")]
+    assert node.kwargs["remappings"] == [("/camera/front/image/compressed", "/usb_cam/image_raw/compressed"),
+                                         ("/camera/front/camera_info", "/usb_cam/camera_info")]
 
 
 def test_a_converted_bag_with_compressed_input_is_said_at_launch(car_launch, tmp_path):

@@ -430,6 +430,39 @@ def test_frames_without_a_stamp_are_served_and_reported(graph, start, rng):
     c.close()
 
 
+def test_the_cameras_calibration_comes_with_each_frames_maps(graph, start, rng):
+    """<ns>/panoptic/camera_info: the camera's own CameraInfo (from <ns>/camera_info) stamped as each frame's
+    maps, image_transport's sibling of every image there, so RViz's Camera display and a CameraSubscriber
+    pair the overlay or a map with it; its size is in the camera's diagnostics ('none received' before)."""
+    from sensor_msgs.msg import CameraInfo
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    node = start([ns], max_age_ms=0)
+    c = Collector(graph, {f"{ns}/panoptic/camera_info": CameraInfo, f"{ns}/panoptic/semantic": Image,
+                          "/diagnostics": DiagnosticArray})
+    frames = graph.create_publisher(Image, f"{ns}/image", 10)
+    calibration = graph.create_publisher(CameraInfo, f"{ns}/camera_info", 10)
+    rgb = rgb_frame(rng)
+    assert c.spin_until(lambda g: node_diagnostics(g, ns).get("camera", {}).get("camera info") == "none received",
+                        publish=lambda: frames.publish(image_msg(rgb, now(graph), "front"))), node.output()
+    info = CameraInfo(height=48, width=64, distortion_model="plumb_bob", d=[0.1, 0.0, 0.0, 0.0, 0.0],
+                      k=[50.0, 0.0, 32.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0])
+    info.header.frame_id = "front"
+
+    def publish():
+        info.header.stamp = now(graph)
+        calibration.publish(info)
+        frames.publish(image_msg(rgb, now(graph), "front"))
+
+    assert c.spin_until(lambda g: g[f"{ns}/panoptic/camera_info"], publish=publish), node.output()
+    got = c.got[f"{ns}/panoptic/camera_info"][-1]
+    assert (got.width, got.height, got.distortion_model) == (64, 48, "plumb_bob")
+    assert list(got.k) == list(info.k) and list(got.d) == list(info.d)
+    maps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in c.got[f"{ns}/panoptic/semantic"]}
+    assert (got.header.stamp.sec, got.header.stamp.nanosec) in maps and got.header.frame_id == "front"
+    assert c.spin_until(lambda g: node_diagnostics(g, ns)["camera"]["camera info"] == "64x48", publish=publish)
+    c.close()
+
+
 def test_a_camera_that_cannot_reach_the_node_is_named_on_diagnostics(graph, start, rng):
     """A driver offering best effort to a reliable subscription delivers nothing; the camera's status said
     only 'no frame'. It now says why, and the log line too."""
@@ -707,19 +740,21 @@ def test_relative_cameras_follow_the_node_namespace(graph, start, rng):
 
 def test_image_topics_remaps_reach_the_node_as_launch_gives_them(graph, start, rng):
     """car.launch.py image_topics:= gives launch_ros remap rules (params.image_remaps: each camera's input onto
-    its driver's topic, both resolved); passed as launch_ros passes them (`-r from:=to`), under a namespace, the
-    node reads the drivers' topics, relative and absolute, serves each camera where it was, and its
-    diagnostics name the topic it reads."""
+    its driver's topic, its camera_info onto the driver's beside it, all resolved); passed as launch_ros passes
+    them (`-r from:=to`), under a namespace, the node reads the drivers' topics, relative and absolute, serves
+    each camera where it was, its diagnostics name the topic it reads, and the driver's calibration comes
+    with the maps."""
     car = f"/car{uuid.uuid4().hex[:6]}"
     fixed = f"/t{uuid.uuid4().hex[:6]}/rear"
     cameras = ["cam/front", fixed]
     remaps = image_remaps(cameras, ["drv/image_raw", f"{fixed}_driver/image_raw"], car, "raw")
-    assert remaps == [(f"{car}/cam/front/image", f"{car}/drv/image_raw"),
-                      (f"{fixed}/image", f"{fixed}_driver/image_raw")]
+    assert remaps[0::2] == [(f"{car}/cam/front/image", f"{car}/drv/image_raw"),
+                            (f"{fixed}/image", f"{fixed}_driver/image_raw")]
+    assert remaps[1] == (f"{car}/cam/front/camera_info", f"{car}/drv/camera_info")
     node = start(cameras, namespace=car, remaps=remaps, max_age_ms=0)
     outputs = {f"{car}/cam/front/panoptic/semantic": Image, f"{fixed}/panoptic/semantic": Image}
     c = Collector(graph, {**outputs, "/diagnostics": DiagnosticArray})
-    pubs = [graph.create_publisher(Image, driver, 10) for _, driver in remaps]
+    pubs = [graph.create_publisher(Image, driver, 10) for _, driver in remaps[0::2]]
     rgb = rgb_frame(rng)
 
     def publish():
@@ -733,6 +768,17 @@ def test_image_topics_remaps_reach_the_node_as_launch_gives_them(graph, start, r
     assert node_diagnostics(c.got, fixed)["camera"]["input topic"] == f"{fixed}_driver/image_raw"
     assert not graph.get_subscriptions_info_by_topic(f"{car}/cam/front/image")  # read where the driver publishes
     assert [i.node_name for i in graph.get_subscriptions_info_by_topic(f"{car}/drv/image_raw")] == [node.name]
+    c.close()
+    # the driver's calibration beside its image reaches the camera's maps
+    from sensor_msgs.msg import CameraInfo
+    calibration = graph.create_publisher(CameraInfo, remaps[1][1], 10)
+    c = Collector(graph, {f"{car}/cam/front/panoptic/camera_info": CameraInfo})
+
+    def publish_both():
+        calibration.publish(CameraInfo(height=48, width=64))
+        publish()
+
+    assert c.spin_until(lambda g: g[f"{car}/cam/front/panoptic/camera_info"], publish=publish_both), node.output()
     c.close()
 
 

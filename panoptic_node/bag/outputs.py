@@ -1,4 +1,5 @@
 """Write PanopticResults to a bag with exactly the live node's topics and types (DESIGN.md)."""
+from dataclasses import replace
 from typing import Dict, Optional
 
 import numpy as np
@@ -18,6 +19,7 @@ OUTPUT_TOPICS = {  # relative to the camera namespace
     "panoptic/detections": "vision_msgs/msg/Detection2DArray",
     "panoptic/label_info": "vision_msgs/msg/LabelInfo",
     "panoptic/overlay": "sensor_msgs/msg/Image",
+    "panoptic/camera_info": "sensor_msgs/msg/CameraInfo",  # the camera's own, where the bag has it
 }
 
 
@@ -47,8 +49,9 @@ class ResultBagWriter:
         return f"{self.ns}/{name}"
 
     def add(self, hdr, stamp: int, result: PanopticResult, rgb: np.ndarray,
-            drawn: Optional[np.ndarray] = None) -> None:
-        """drawn: the frame's overlay if the caller already rendered it (replay's video uses it too)."""
+            drawn: Optional[np.ndarray] = None, camera_info=None) -> None:
+        """drawn: the frame's overlay if the caller already rendered it (replay's video uses it too);
+        camera_info: the camera's newest CameraInfo in the bag, written stamped as this frame's maps."""
         if not self.label_info_written:
             self.w.write(self.topic("panoptic/label_info"), label_info_msg(hdr, label_info(self.taxonomy),
                                                                             self.threshold), stamp, LABEL_INFO)
@@ -69,3 +72,5 @@ class ResultBagWriter:
             drawn = overlay(rgb, result, self.taxonomy, labels=self.overlay_labels) if drawn is None else drawn
             bgr = drawn[..., ::-1]
             self.w.write(self.topic("panoptic/overlay"), image_msg(hdr, image_fields(bgr, "bgr8")), stamp, OVERLAY)
+        if camera_info is not None:
+            self.w.write(self.topic("panoptic/camera_info"), replace(camera_info, header=hdr), stamp, MAPS)

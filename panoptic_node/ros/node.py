@@ -26,7 +26,7 @@ try:
     from rclpy.event_handler import SubscriptionEventCallbacks
 except ImportError:  # Humble names the module qos_event
     from rclpy.qos_event import SubscriptionEventCallbacks
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, LabelInfo, ObjectHypothesis,
                              ObjectHypothesisWithPose, VisionClass)
 
@@ -64,6 +64,13 @@ def _message_bytes(buffer) -> array.array:
 
 def _compressed(header, fields):
     return CompressedImage(header=header, format=fields["format"], data=_message_bytes(fields["data"]))
+
+
+def _camera_info(header, info):
+    """The camera's calibration stamped as one frame's maps (they are at the frame's resolution)."""
+    return CameraInfo(header=header, height=info.height, width=info.width, distortion_model=info.distortion_model,
+                      d=info.d, k=info.k, r=info.r, p=info.p, binning_x=info.binning_x, binning_y=info.binning_y,
+                      roi=info.roi)
 
 
 def _image(header, pixels, encoding):
@@ -133,7 +140,7 @@ class PanopticNode(LifecycleNode):
         self.off_scale = OffScaleNotes(self.pipeline.cfg.input)
         self._fresh_counters()  # a buffer already, for a live max_age_ms change while inactive
         for ns in self.cameras:
-            types = {"detections": Detection2DArray, "label_info": LabelInfo}
+            types = {"detections": Detection2DArray, "label_info": LabelInfo, "camera_info": CameraInfo}
             pubs = {name: self.create_publisher(types.get(name, CompressedImage if name.endswith("/compressed") else Image),
                                                 f"{ns}/panoptic/{name}", qos_profile(qos),
                                                 qos_overriding_options=OVERRIDABLE)
@@ -159,6 +166,7 @@ class PanopticNode(LifecycleNode):
         """Frames and rates are counted per activation: a node activated again starts from nothing."""
         self.buffer = LatestFrameBuffer(lambda: self.get_clock().now().nanoseconds, self.params["max_age_ms"])
         self.stats = NodeStats()
+        self.camera_infos = {}  # camera -> its newest CameraInfo
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         try:
@@ -184,6 +192,10 @@ class PanopticNode(LifecycleNode):
                                                        lambda msg, c=cam: self._on_frame(c, msg), qos_in,
                                                        qos_overriding_options=OVERRIDABLE,
                                                        event_callbacks=self._mismatch_events(cam)))
+            # the camera's calibration, passed on stamped as each frame's maps (best effort takes any driver's)
+            self._subs.append(self.create_subscription(
+                CameraInfo, f"{cam}/camera_info", lambda msg, c=cam: self._on_camera_info(c, msg),
+                QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT)))
             self.get_logger().info(f"camera {cam}: {self.input_topics[cam]} -> {cam}/panoptic/*")
         self._running = True
         self.worker = threading.Thread(target=self._work, name="panoptic_inference", daemon=True)
@@ -271,6 +283,10 @@ class PanopticNode(LifecycleNode):
                                    f"qos_reliability best_effort matches every camera driver)")
 
         return SubscriptionEventCallbacks(incompatible_qos=incompatible_qos)
+
+    def _on_camera_info(self, camera, msg):
+        self.camera_infos[camera] = msg
+        self.stats.camera_info[camera] = f"{msg.width}x{msg.height}"
 
     def _mismatch(self, camera, why):
         self.stats.mismatch[camera] = why
@@ -455,6 +471,8 @@ class PanopticNode(LifecycleNode):
     def _wanted(self, pubs, name) -> bool:
         """An output is built and sent only while someone subscribes (a recorder counts): converting and
         serializing a 32SC1 map nobody reads costs the camera rate."""
+        if name == "camera_info":  # the camera's own calibration: no switch of its own
+            return pubs[name].get_subscription_count() > 0
         switch = f"publish_{name.split('/')[0]}"  # a /compressed twin: its raw topic's switch
         return self.params[switch] and pubs[name].get_subscription_count() > 0
 
@@ -487,6 +505,9 @@ class PanopticNode(LifecycleNode):
             if jpeg:
                 pubs["overlay/compressed"].publish(_compressed(header, jpeg_fields(drawn)))
             self.stats.overlays[camera] += 1
+        info = self.camera_infos.get(camera)
+        if info is not None and self._wanted(pubs, "camera_info"):
+            pubs["camera_info"].publish(_camera_info(header, info))
         stamp = stamp_ns(header)
         self.stats.frame_published(camera, (self.get_clock().now().nanoseconds - stamp) / 1e6 if stamp else None)
 
