@@ -116,10 +116,12 @@ def _node(context):
                                        f"them) into {first_input}, and with input_transport compressed the node "
                                        f"reads {cameras[0]}/image/compressed: for such a bag use input_transport raw "
                                        f"(a recording of {cameras[0]}/image/compressed plays into the node as it is)"))
-        # converted bags (panoptic-node convert) carry /camera/image_raw: feed it to the first camera
-        actions.append(ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock",
-                                           "--remap", f"/camera/image_raw:={first_input}"], output="screen",
-                                      additional_env=env))
+        # converted bags (panoptic-node convert) carry /camera/image_raw and /camera/camera_info: feed them to
+        # the first camera (its calibration comes out with its maps)
+        first_info = remaps[1][1] if remaps else f"{cameras[0]}/camera_info"
+        actions.append(ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock", "--remap",
+                                           f"/camera/image_raw:={first_input}", f"/camera/camera_info:={first_info}"],
+                                      output="screen", additional_env=env))
     if LaunchConfiguration("rviz").perform(context).lower() in ("true", "1"):
         # RViz shows the cameras this node serves (config/panoptic.rviz names /camera/front)
         from panoptic_node.rviz_config import rviz_config

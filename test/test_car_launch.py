@@ -46,7 +46,8 @@ def test_the_default_profile_is_auto_and_reaches_the_node_and_the_player(car_lau
         assert player.kwargs["additional_env"] == node.kwargs["additional_env"]
         assert name.split(".")[0].replace("fastdds_", "") in log.kwargs["msg"]
         assert node.kwargs["parameters"][1] == {"cameras": ["/cam/front", "/cam/rear"], "use_sim_time": True}
-        assert "/camera/image_raw:=/cam/front/image" in player.kwargs["cmd"]
+        assert player.kwargs["cmd"][-3:] == ["--remap", "/camera/image_raw:=/cam/front/image",
+                                             "/camera/camera_info:=/cam/front/camera_info"]
 
 
 def test_none_and_a_users_own_profile_export_nothing(car_launch, monkeypatch):
@@ -184,7 +185,8 @@ def test_image_topics_remap_each_camera_onto_its_drivers_topic(car_launch, tmp_p
     log, node, player, rviz = car_launch(image_topics="['/usb_cam/image_raw']", bag="/b", rviz="true")
     assert node.kwargs["remappings"] == [("/camera/front/image", "/usb_cam/image_raw"),
                                          ("/camera/front/camera_info", "/usb_cam/camera_info")]
-    assert "/camera/image_raw:=/usb_cam/image_raw" in player.kwargs["cmd"]
+    assert player.kwargs["cmd"][-3:] == ["--remap", "/camera/image_raw:=/usb_cam/image_raw",
+                                         "/camera/camera_info:=/usb_cam/camera_info"]
     assert ("Camera", "/usb_cam/image_raw") in _topics(rviz.kwargs["arguments"][1])
     node = car_launch(namespace="car1", cameras="['cam/front', '/cam/rear']", image_topics="drv/front,/drv/rear")[1]
     assert node.kwargs["remappings"] == [("/car1/cam/front/image", "/car1/drv/front"),
