@@ -21,3 +21,44 @@ def tiny_model_yaml() -> str:
     data["weights"] = "tiny.pth"
     (d / "tiny.yaml").write_text(yaml.safe_dump(data))
     return str(d / "tiny.yaml")
+
+
+def include_car_launch(**arguments):
+    """A launch_testing description: the installed car.launch.py with these launch arguments, then ReadyToTest
+    (imported here, where launch exists: the launch_testing files skip before this on a machine without it)."""
+    import os
+
+    import launch
+    import launch_testing.actions
+    from ament_index_python.packages import get_package_share_directory
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+    car = launch.actions.IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(os.path.join(get_package_share_directory("panoptic_node"), "launch",
+                                                   "car.launch.py")),
+        launch_arguments={key: str(value) for key, value in arguments.items()}.items())
+    return launch.LaunchDescription([car, launch_testing.actions.ReadyToTest()]), {}
+
+
+def frames_until_answered(node, image_topic: str, answer_topic: str, timeout: float = 60.0) -> list:
+    """Publishes 64x48 rgb8 frames, stamped now (car.param.yaml drops frames over 500 ms old), on `image_topic`
+    from rclpy node `node` until the semantic map comes back on `answer_topic` (or `timeout` passes): the
+    maps received."""
+    import time
+
+    import numpy as np
+    import rclpy
+    from sensor_msgs.msg import Image
+    pub = node.create_publisher(Image, image_topic, 10)
+    got = []
+    sub = node.create_subscription(Image, answer_topic, got.append, 10)
+    data = np.random.default_rng(0).integers(0, 255, 48 * 64 * 3, dtype=np.uint8).tobytes()
+    end = time.time() + timeout
+    while time.time() < end and not got:
+        msg = Image(height=48, width=64, encoding="rgb8", step=64 * 3, data=data)
+        msg.header.frame_id = "front"
+        msg.header.stamp = node.get_clock().now().to_msg()
+        pub.publish(msg)
+        rclpy.spin_once(node, timeout_sec=0.2)
+    node.destroy_subscription(sub)
+    node.destroy_publisher(pub)
+    return got

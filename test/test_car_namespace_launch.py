@@ -1,8 +1,6 @@
 """launch_testing: `ros2 launch panoptic_node car.launch.py namespace:=...` as a user runs it, the shipped
 car.param.yaml included: its relative camera (camera/front) is served under the namespace. Runs where ROS 2
 and this package's colcon install exist; skipped here (test_car_launch.py checks the launch file's logic)."""
-import os
-import time
 import unittest
 
 import pytest
@@ -10,25 +8,14 @@ import pytest
 launch_testing = pytest.importorskip("launch_testing")
 rclpy = pytest.importorskip("rclpy")
 
-import launch  # noqa: E402
-from ament_index_python.packages import get_package_share_directory  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-import numpy as np  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-
-from launch_helpers import tiny_model_yaml  # noqa: E402
+from launch_helpers import frames_until_answered, include_car_launch, tiny_model_yaml  # noqa: E402
 
 NAMESPACE = "car_launch_test"
 
 
 @pytest.mark.launch_test
 def generate_test_description():
-    car = launch.actions.IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(os.path.join(get_package_share_directory("panoptic_node"), "launch",
-                                                   "car.launch.py")),
-        launch_arguments={"namespace": NAMESPACE, "model": tiny_model_yaml(), "backend": "torch",
-                          "dds_profile": "none"}.items())
-    return launch.LaunchDescription([car, launch_testing.actions.ReadyToTest()]), {}
+    return include_car_launch(namespace=NAMESPACE, model=tiny_model_yaml(), backend="torch", dds_profile="none")
 
 
 class TestNamespace(unittest.TestCase):
@@ -37,21 +24,11 @@ class TestNamespace(unittest.TestCase):
         node = rclpy.create_node("car_namespace_test")
         try:
             camera = f"/{NAMESPACE}/camera/front"
-            pub = node.create_publisher(Image, f"{camera}/image", 10)
-            got = []
-            node.create_subscription(Image, f"{camera}/panoptic/semantic", got.append, 10)
-            end = time.time() + 60
-            while time.time() < end and not got:
-                msg = Image(height=48, width=64, encoding="rgb8", step=64 * 3,
-                            data=np.random.default_rng(0).integers(0, 255, 48 * 64 * 3, dtype=np.uint8).tobytes())
-                msg.header.frame_id = "front"
-                msg.header.stamp = node.get_clock().now().to_msg()  # car.param.yaml drops frames over 500 ms old
-                pub.publish(msg)
-                rclpy.spin_once(node, timeout_sec=0.2)
+            got = frames_until_answered(node, f"{camera}/image", f"{camera}/panoptic/semantic")
             self.assertTrue(got, f"nothing on {camera}/panoptic/semantic")
             self.assertEqual((got[0].height, got[0].width, got[0].encoding), (48, 64, "mono8"))
             names = dict(node.get_topic_names_and_types())
-            self.assertNotIn("/camera/front/panoptic/semantic", names)  # nothing left at the root
+            self.assertNotIn("/camera/front/panoptic/semantic", names)  # nothing at the root
         finally:
             node.destroy_node()
             rclpy.shutdown()
