@@ -258,8 +258,8 @@ def camera_checks(node: dict, node_name: str, seconds: float,
                   find_spec=importlib.util.find_spec) -> Tuple[List[Check], list]:
     """doctor --listen: each camera the node would read, heard on the live ROS 2 graph for `seconds` (who
     publishes, type, QoS, rate, frame size and encoding, the stamps' age) as the node hears it, with the
-    Fast DDS profile car.launch.py gives it: one check per camera, and (one frame, rate in Hz or None) of each
-    camera that sent frames the node can read."""
+    Fast DDS profile it takes: one check per camera, and (one frame, rate in Hz or None) of each camera that
+    sent frames the node can read."""
     if find_spec("rclpy") is None or find_spec("sensor_msgs") is None:
         return [Check("cameras", PROBLEM, "--listen joins the ROS 2 graph, and rclpy or sensor_msgs is not "
                                           "importable here (source a ROS 2 install)")], []
@@ -268,11 +268,11 @@ def camera_checks(node: dict, node_name: str, seconds: float,
     namespace = ("/" + node_name.strip("/")).rsplit("/", 1)[0] or "/"
     cameras = dict(zip((absolute_namespace(c, namespace) for c in node["cameras"]),
                        replay_options(node, node_name)["image_topic"]))
-    # heard through the Fast DDS profile car.launch.py gives the node (dds_profile:=auto): with Fast DDS's defaults a
-    # 1280x720 camera at 30 Hz arrived here at 0.7 Hz, with the profile at 27.8
-    from .dds_profile import choose_profile, profile_env
+    # heard through the Fast DDS profile the node takes (car.launch.py's auto, or PANOPTIC_NODE_DDS_PROFILE's
+    # choice): with Fast DDS's defaults a 1280x720 camera at 30 Hz arrived here at 0.7 Hz, with the profile at 27.8
+    from .dds_profile import node_environment
     from .model.config import share_dir
-    env = profile_env(choose_profile("auto", share_dir("config"))[0])
+    env, _ = node_environment(share_dir("config"))
     before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
