@@ -43,6 +43,7 @@ def _stale_why(age_ns) -> str:
 # why a camera receives nothing, as its status says it (found in the ROS graph by the node)
 WRONG_TYPE = "a publisher sends"      # its topic carries another message type
 NO_PUBLISHER = "no publisher on it"   # nothing publishes on it while image topics of its type exist elsewhere
+UNKNOWN_NODE = "_NODE_NAME_UNKNOWN_"  # the ROS graph's name for a node whose endpoints came before its name
 
 
 def wrong_type_why(want: str, transport: str, others) -> str:

@@ -18,9 +18,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
 from ..messages import FrameError, compressed_to_rgb, image_to_rgb, stamp_ns
-from ..node_stats import CLOCK_AHEAD_MS, no_publisher_why, wrong_type_why
-
-UNKNOWN_NODE = "_NODE_NAME_UNKNOWN_"
+from ..node_stats import CLOCK_AHEAD_MS, UNKNOWN_NODE, no_publisher_why, wrong_type_why
 
 
 class _Heard:

@@ -35,7 +35,8 @@ from ..inference.preprocess import OffScaleNotes
 from ..inference.tracking import InstanceTracker
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
                         png_fields, stamp_ns)
-from ..node_stats import NO_PUBLISHER, WRONG_TYPE, NodeStats, inactive_statuses, no_publisher_why, wrong_type_why
+from ..node_stats import (NO_PUBLISHER, UNKNOWN_NODE, WRONG_TYPE, NodeStats, inactive_statuses, no_publisher_why,
+                          wrong_type_why)
 from ..params import (DIAGNOSTIC_FQN, ParameterError, check_qos_overrides, defaults, descriptions, frame_sizes,
                       input_topic, make_node_pipeline, updated, user_parameters, validate)
 from ..render import overlay
@@ -45,7 +46,6 @@ from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 # ROS 2's QoS overrides (`qos_overrides./camera/front/panoptic/semantic.publisher.reliability: best_effort` in
 # the params file) apply to every topic of the node: history, depth and reliability, fixed at start-up
 OVERRIDABLE = QoSOverridingOptions.with_default_policies()
-UNKNOWN_NODE = "_NODE_NAME_UNKNOWN_"  # the graph's name for a node whose endpoints came before its name
 
 
 def qos_profile(qos: TopicQos) -> QoSProfile:
