@@ -752,6 +752,8 @@ def test_camvid_convert_and_replay_scores(tiny_pipeline, tiny_model_yaml, tmp_pa
     assert len(np.unique(cars)) >= 1 and (cars % 1000 > 0).all()
     summary = replay(tiny_pipeline, tmp_path / "bag", tmp_path / "pred")
     assert summary.evaluated == 3 and summary.metrics is not None
+    with BagReader(tmp_path / "pred") as r:  # every frame's maps with the calibration, the first included
+        assert [m.stamp_ns for m in r.messages(["/camera/panoptic/camera_info"])] == stamps
     # replay's own scores, through the command: the confusion matrix counts every labelled pixel
     assert main(["replay", str(tmp_path / "bag"), "--model", str(tiny_model_yaml), "--out", str(tmp_path / "p2"),
                  "--metrics", str(tmp_path / "m.json"), "--confusion", str(tmp_path / "m.png")]) == 0

@@ -63,8 +63,9 @@ def write_bag(frames: Iterator[DatasetFrame], out, storage: str = "mcap", overwr
             last = f.stamp_ns
             hdr = header(f.stamp_ns, CAMERA_FRAME)
             h, w_ = f.rgb.shape[:2]
-            w.write("/camera/image_raw", image_msg(hdr, image_fields(f.rgb, "rgb8")), f.stamp_ns)
+            # the calibration first: a replay passes the newest one on with each frame's maps, the first included
             w.write("/camera/camera_info", camera_info_msg(hdr, w_, h, f.k, f.p), f.stamp_ns)
+            w.write("/camera/image_raw", image_msg(hdr, image_fields(f.rgb, "rgb8")), f.stamp_ns)
             if (f.panoptic is not None or f.semantic is not None) and labels and not label_info_written:
                 w.write(GT_LABEL_INFO, label_info_msg(hdr, label_info(get_taxonomy(labels)), 0.0), f.stamp_ns,
                         LABEL_INFO)
