@@ -160,7 +160,7 @@ def test_doctor_without_torch_says_what_provides_it_and_checks_the_rest(tmp_path
 CAMERA_DRIVERS = """
 import sys, time, rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 rclpy.init()
 node = rclpy.create_node("fake_drivers")
 prefix = sys.argv[1]
@@ -170,8 +170,10 @@ pubs = {"front/image": node.create_publisher(Image, prefix + "/front/image", bes
         "side/image_raw": node.create_publisher(Image, prefix + "/side/image_raw", 10),
         "old/image": node.create_publisher(Image, prefix + "/old/image", 10),
         "odd/image": node.create_publisher(Image, prefix + "/odd/image", 10)}
+calibration = node.create_publisher(CameraInfo, prefix + "/front/camera_info", 10)
 while rclpy.ok():
     now = node.get_clock().now().nanoseconds
+    calibration.publish(CameraInfo(width=64, height=48))
     for name, pub in pubs.items():
         if name == "rear/image":
             pub.publish(CompressedImage(format="jpeg", data=b"x"))
@@ -213,7 +215,7 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
     rows = {line.split()[2]: line for line in captured.out.splitlines() if line.split()[1:2] == ["camera"]}
     front = rows[f"{prefix}/front"]
     assert front.startswith("ok") and f"{prefix}/front/image: " in front and " Hz from fake_drivers, 64x48 rgb8, " \
-        "stamps " in front and front.endswith("ms old (median)"), front
+        "stamps " in front and front.endswith("ms old (median); camera_info 64x48"), front
     assert rows[f"{prefix}/rear"].startswith("problem") and (
         "a publisher sends sensor_msgs/msg/CompressedImage (from fake_drivers), not the sensor_msgs/msg/Image that "
         "input_transport raw reads") in rows[f"{prefix}/rear"]
@@ -222,6 +224,7 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
         f"{prefix}/side/image_raw") in rows[f"{prefix}/side"]
     assert rows[f"{prefix}/old"].startswith("problem") and "; stamps 3600 s behind this machine's clock (median), so " \
         "max_age_ms 500 drops every frame" in rows[f"{prefix}/old"]
+    assert rows[f"{prefix}/old"].endswith(f"; no {prefix}/old/camera_info heard (the maps go out without calibration)")
     assert rows[f"{prefix}/odd"].startswith("problem") and "sends frames the node cannot read: unsupported " \
         "encoding 'yuv420'" in rows[f"{prefix}/odd"]
     assert "problem(s):" in captured.err and f"camera {prefix}/rear" in captured.err
@@ -229,6 +232,18 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
     speed = [line for line in captured.out.splitlines() if line.split()[1:2] == ["speed"]][0]
     assert "end to end on the frames the cameras sent (64x48, 64x48) (torch fp32): " in speed and \
         "the cameras heard (" in speed and " Hz)" in speed, speed
+
+
+def test_doctor_listen_says_what_the_calibration_beside_the_frames_gives():
+    pytest.importorskip("rclpy")
+    from types import SimpleNamespace
+    import numpy as np
+    from panoptic_node.ros.camera_check import _calibration
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    assert _calibration("/cam", SimpleNamespace(width=1280, height=720), frame) == "; camera_info 1280x720"
+    assert _calibration("/cam", SimpleNamespace(width=1920, height=1080), frame) == (
+        "; camera_info 1920x1080, not the frames' 1280x720")
+    assert _calibration("/cam", None, frame) == "; no /cam/camera_info heard (the maps go out without calibration)"
 
 
 def test_doctor_listen_needs_a_positive_time_and_rclpy(capsys):

@@ -15,7 +15,7 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..messages import FrameError, compressed_to_rgb, image_to_rgb, stamp_ns
 from ..node_stats import CLOCK_AHEAD_MS, UNKNOWN_NODE, no_publisher_why, wrong_type_why
@@ -66,6 +66,10 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
 
         for topic in heard:
             node.create_subscription(msg_type, topic, on_frame(topic), qos)
+        infos = {}  # camera -> its first CameraInfo, which the node passes on with the maps
+        for camera in cameras:
+            node.create_subscription(CameraInfo, f"{camera}/camera_info",
+                                     lambda msg, c=camera: infos.setdefault(c, msg), qos)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         end = time.monotonic() + seconds
@@ -78,12 +82,23 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
             publishers = [i for i in node.get_publishers_info_by_topic(topic) if i.node_name != node.get_name()]
             problem, finding, rgb = _verdict(topic, publishers, heard[topic], want, transport, reliability,
                                              max_age_ms, seconds, no_publisher_why(camera, want, graph, inputs))
+            if rgb is not None:
+                finding += _calibration(camera, infos.get(camera), rgb)
             out.append((camera, problem, finding, rgb, heard[topic].rate_hz() if rgb is not None else None))
         executor.shutdown()
         node.destroy_node()
         return out
     finally:
         rclpy.shutdown(context=context)
+
+
+def _calibration(camera: str, info, rgb: np.ndarray) -> str:
+    """What the camera's camera_info (passed on as <camera>/panoptic/camera_info) says beside its frames."""
+    if info is None:
+        return f"; no {camera}/camera_info heard (the maps go out without calibration)"
+    size = f"{info.width}x{info.height}"
+    frames = f"{rgb.shape[1]}x{rgb.shape[0]}"
+    return f"; camera_info {size}" + ("" if size == frames else f", not the frames' {frames}")
 
 
 def _duration(ms: float) -> str:
