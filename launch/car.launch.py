@@ -60,7 +60,7 @@ def _dds_env(context, share):
 
 
 def _node(context):
-    from panoptic_node.params import absolute_namespace, defaults, image_remaps, node_namespace
+    from panoptic_node.params import absolute_namespace, defaults, image_remaps, input_topic, node_namespace
     share = get_package_share_directory("panoptic_node")
     given_ns = node_namespace(LaunchConfiguration("namespace").perform(context))  # checked: '' when none
     # where the node will be: launch_ros puts a relative namespace (and none) under what a PushRosNamespace
@@ -109,7 +109,10 @@ def _node(context):
         actions.append(LogInfo(msg=f"namespace {namespace}: camera {', '.join(fixed)} is absolute and stays where it "
                                    f"is; name it relative ({fixed[0].lstrip('/')}) to move its topics under "
                                    f"{namespace}"))
-    first_input = remaps[0][1] if remaps else f"{cameras[0]}/image"  # where the first camera's frames are
+    # where the first camera's frames and calibration come from (a bag is played into them)
+    remapped = dict(remaps)
+    first_input = remapped.get(input_topic(cameras[0], transport), f"{cameras[0]}/image")
+    first_info = remapped.get(f"{cameras[0]}/camera_info", f"{cameras[0]}/camera_info")
     if bag:
         if transport == "compressed" and not remaps:
             actions.append(LogInfo(msg=f"bag:= plays /camera/image_raw (raw frames, as panoptic-node convert writes "
@@ -118,7 +121,6 @@ def _node(context):
                                        f"(a recording of {cameras[0]}/image/compressed plays into the node as it is)"))
         # converted bags (panoptic-node convert) carry /camera/image_raw and /camera/camera_info: feed them to
         # the first camera (its calibration comes out with its maps)
-        first_info = remaps[1][1] if remaps else f"{cameras[0]}/camera_info"
         actions.append(ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock", "--remap",
                                            f"/camera/image_raw:={first_input}", f"/camera/camera_info:={first_info}"],
                                       output="screen", additional_env=env))
@@ -126,7 +128,7 @@ def _node(context):
         # RViz shows the cameras this node serves (config/panoptic.rviz names /camera/front)
         from panoptic_node.rviz_config import rviz_config
         view = rviz_config(os.path.join(share, "config", "panoptic.rviz"), cameras,
-                           first_image_topic=remaps[0][1] if remaps else None)
+                           first_image_topic=remapped.get(input_topic(cameras[0], transport)))
         actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
                             arguments=["-d", str(view)], additional_env=env))
     return actions

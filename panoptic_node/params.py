@@ -100,6 +100,16 @@ def input_topic(camera: str, transport: str) -> str:
     return f"{ns}/image/compressed" if transport == "compressed" else f"{ns}/image"
 
 
+def camera_namespace(image_topic: str) -> str:
+    """The namespace the node would publish a camera's outputs under: '/camera/image_raw' -> '/camera',
+    and its image_transport twin '/camera/image_raw/compressed' -> '/camera' too (the node reads
+    `<ns>/image` or `<ns>/image/compressed`); 'image' -> ''."""
+    if image_topic.endswith("/compressed"):
+        image_topic = image_topic[:-len("/compressed")]
+    ns = image_topic.rsplit("/", 1)[0] if "/" in image_topic else ""
+    return ns.rstrip("/")
+
+
 def image_remaps(cameras: List[str], topics: List[str], node_namespace: str, transport: str) -> List[Tuple[str, str]]:
     """A launch file's image_topics argument: each camera's input topic remapped onto the topic its driver
     publishes (one per camera, in the cameras' order), and its camera_info onto the driver's beside that
@@ -121,9 +131,8 @@ def image_remaps(cameras: List[str], topics: List[str], node_namespace: str, tra
         driver = absolute_namespace(topic, node_namespace)
         rules.append((absolute_namespace(input_topic(cam, transport), node_namespace), driver))
         # and the camera's calibration from beside the driver's image, as image_transport pairs them
-        image = driver[:-len("/compressed")] if driver.endswith("/compressed") else driver
         rules.append((absolute_namespace(f"{cam}/camera_info", node_namespace),
-                      f"{image.rsplit('/', 1)[0]}/camera_info"))
+                      f"{camera_namespace(driver)}/camera_info"))
     return rules
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .atomic import partial_path, write_json
 from .bag.convert import GT_LABEL_INFO, GT_PANOPTIC, GT_SEMANTIC
-from .bag.outputs import ResultBagWriter, camera_namespace
+from .bag.outputs import ResultBagWriter
 from .bag.reader import BagReader, decode_frame, label_set_phrase
 from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.association import AssociationQuality
@@ -29,6 +29,7 @@ from .inference.preprocess import OffScaleNotes
 from .inference.tracking import DEFAULT_MAX_LOST, DEFAULT_MIN_IOU, InstanceTracker
 from .messages import FrameError, image_array
 from .output_safety import check_outputs
+from .params import camera_namespace
 from .render import overlay, side_by_side
 from .taxonomy import NAMES, LabelMapping, find_mapping
 from .topic_qos import DIAGNOSTICS

@@ -23,16 +23,6 @@ OUTPUT_TOPICS = {  # relative to the camera namespace
 }
 
 
-def camera_namespace(image_topic: str) -> str:
-    """The namespace the node would publish a camera's outputs under: '/camera/image_raw' -> '/camera',
-    and its image_transport twin '/camera/image_raw/compressed' -> '/camera' too (the node reads
-    `<ns>/image` or `<ns>/image/compressed`); 'image' -> ''."""
-    if image_topic.endswith("/compressed"):
-        image_topic = image_topic[:-len("/compressed")]
-    ns = image_topic.rsplit("/", 1)[0] if "/" in image_topic else ""
-    return ns.rstrip("/")
-
-
 class ResultBagWriter:
     """One camera's results as the node's topics under its namespace. publish: the node's publish_* switches
     ({'overlay': False, ...}; every topic by default), so a replay with the car's parameters writes what the

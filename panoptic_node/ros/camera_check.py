@@ -69,7 +69,8 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
         infos = {}  # camera -> its first CameraInfo, which the node passes on with the maps
         for camera in cameras:
             node.create_subscription(CameraInfo, f"{camera}/camera_info",
-                                     lambda msg, c=camera: infos.setdefault(c, msg), qos)
+                                     lambda msg, c=camera: infos.setdefault(c, msg),
+                                     QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))  # as the node
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         end = time.monotonic() + seconds

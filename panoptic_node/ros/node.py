@@ -37,8 +37,8 @@ from ..messages import (FrameError, compressed_to_rgb, detections, image_fields,
                         png_fields, stamp_ns)
 from ..node_stats import (NO_PUBLISHER, UNKNOWN_NODE, WRONG_TYPE, NodeStats, inactive_statuses, no_publisher_why,
                           wrong_type_why)
-from ..params import (DIAGNOSTIC_FQN, ParameterError, check_qos_overrides, defaults, descriptions, frame_sizes,
-                      input_topic, make_node_pipeline, updated, user_parameters, validate)
+from ..params import (DIAGNOSTIC_FQN, PUBLISH_SWITCHES, ParameterError, check_qos_overrides, defaults, descriptions,
+                      frame_sizes, input_topic, make_node_pipeline, updated, user_parameters, validate)
 from ..render import overlay
 from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 
@@ -471,10 +471,9 @@ class PanopticNode(LifecycleNode):
     def _wanted(self, pubs, name) -> bool:
         """An output is built and sent only while someone subscribes (a recorder counts): converting and
         serializing a 32SC1 map nobody reads costs the camera rate."""
-        if name == "camera_info":  # the camera's own calibration: no switch of its own
-            return pubs[name].get_subscription_count() > 0
-        switch = f"publish_{name.split('/')[0]}"  # a /compressed twin: its raw topic's switch
-        return self.params[switch] and pubs[name].get_subscription_count() > 0
+        kind = name.split("/")[0]  # a /compressed twin: its raw topic's switch; camera_info has none
+        switched_on = kind not in PUBLISH_SWITCHES or self.params[f"publish_{kind}"]
+        return switched_on and pubs[name].get_subscription_count() > 0
 
     def _publish(self, camera, header, rgb, result):
         pubs = self.pubs[camera]
@@ -556,9 +555,6 @@ def start_up_error(e: Exception):
 
 
 def main(args=None):
-    # Ctrl-C and SIGTERM only set a flag, read by the spin loop below: rclpy's own handlers raise
-    # KeyboardInterrupt wherever the main thread happens to be (a second Ctrl-C, which a terminal
-    # and launch both send, landed in destroy_node() or inside rclpy's message conversion)
     # the Fast DDS profile, chosen before rclpy starts Fast DDS: started by hand (ros2 run), the node takes the
     # one car.launch.py would give it (with Fast DDS's defaults a 1280x720 camera arrived at 9.6 of 30 Hz)
     from ..dds_profile import node_environment
@@ -569,6 +565,9 @@ def main(args=None):
         print(f"[panoptic_node] error: {e} (PANOPTIC_NODE_DDS_PROFILE)", file=sys.stderr)
         sys.exit(1)
     os.environ.update(env)
+    # Ctrl-C and SIGTERM only set a flag, read by the spin loop below: rclpy's own handlers raise
+    # KeyboardInterrupt wherever the main thread happens to be (a second Ctrl-C, which a terminal
+    # and launch both send, landed in destroy_node() or inside rclpy's message conversion)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
