@@ -739,7 +739,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a camera topic to replay (repeat for several; default: every camera image topic in the bag, "
                         "each with its outputs under its own namespace)")
     p.add_argument("--gt-topic", help="ground truth panoptic topic (default /ground_truth/panoptic if present; scored "
-                                      "when one camera is replayed)")
+                                      "when one camera is replayed), or a recorded run's <camera>/panoptic/semantic"
+                                      "[/compressed], scored with its instances twin")
     p.add_argument("--video", help="overlay video (.mp4); several cameras side by side")
     p.add_argument("--metrics", help="summary + metrics JSON")
     p.add_argument("--chart", help="per-class bar chart PNG")

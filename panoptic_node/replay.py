@@ -4,7 +4,9 @@ new bag, summarise speed, render an overlay video and score against ground truth
 Ground truth (/ground_truth/panoptic + /ground_truth/semantic) is matched to frames by header stamp
 in one pass over the bag, so memory stays flat however long the bag is. It is scored in the label set
 the model publishes: /ground_truth/label_info says which set the bag's is in; another set is mapped
-where a mapping exists (Cityscapes / KITTI -> CamVid), else the replay goes on unscored.
+where a mapping exists (Cityscapes / KITTI -> CamVid), else the replay goes on unscored. `--gt-topic` may
+name another panoptic map, or a recorded run's semantic map (raw or its PNG twin), put together with its
+instances map (bag/recorded_maps.py): a car's recording of the node is then the reference for a new model.
 """
 import math
 import time
@@ -19,7 +21,8 @@ from tqdm import tqdm
 from .atomic import partial_path, write_json
 from .bag.convert import GT_LABEL_INFO, GT_PANOPTIC, GT_SEMANTIC
 from .bag.outputs import ResultBagWriter
-from .bag.reader import BagReader, decode_frame, label_set_phrase
+from .bag.reader import BagMessage, BagReader, decode_frame, label_set_phrase
+from .bag.recorded_maps import LABEL_MAPS, MapTopics, label_info_topic, named_maps, panoptic_of_labels
 from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.association import AssociationQuality
 from .evaluation.evaluator import Evaluator
@@ -31,7 +34,7 @@ from .messages import FrameError, image_array
 from .output_safety import check_outputs
 from .params import camera_namespace
 from .render import overlay, side_by_side
-from .taxonomy import NAMES, LabelMapping, find_mapping
+from .taxonomy import NAMES, LabelMapping, find_mapping, get_taxonomy
 from .topic_qos import DIAGNOSTICS
 
 
@@ -195,10 +198,15 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                 raise ValueError(f"cameras '{cameras[namespaces.index(ns)]}' and '{cameras[i]}' would both write "
                                  f"{ns}/panoptic/*; replay them in two runs (--image-topic)")
         if gt_topic:
-            require_map_topic(reader, gt_topic, "--gt-topic")
             if gt_topic in cameras:
                 raise ValueError(f"--gt-topic '{gt_topic}' is a camera this replay runs; expected the ground-truth "
                                  f"panoptic topic ({GT_PANOPTIC} in the bags `convert` writes)")
+            gt_maps = named_maps(reader, gt_topic, "--gt-topic")  # a semantic map, scored with its instances twin
+            if gt_maps is None:
+                require_map_topic(reader, gt_topic, "--gt-topic")
+                gt_maps = MapTopics(panoptic=gt_topic)
+        else:
+            gt_maps = MapTopics(panoptic=GT_PANOPTIC) if GT_PANOPTIC in reader.topics else None
         several = (f"ground truth belongs to one camera and {len(cameras)} are replayed ({', '.join(cameras)}); "
                    f"choose the one it labels with --image-topic")
         if gt_topic and len(cameras) > 1:
@@ -208,7 +216,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     except BaseException:
         reader.close()
         raise
-    gt_pan = gt_topic or (GT_PANOPTIC if GT_PANOPTIC in reader.topics else None)
+    gt_pan = gt_maps.name if gt_maps else None  # what the ground truth is called; falsy: nothing is scored
     for ns, keep in masks.items():
         log(describe(ego_masks, ns, keep))
     keep_of = {t: masks.get(ns) for t, ns in zip(cameras, namespaces)}
@@ -225,18 +233,22 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
         log(f"the video shows the {len(cameras)} cameras side by side, a frame for each frame of {cameras[0]} "
             f"with the others' latest (--image-topic chooses)")
     published = pipeline.taxonomy if pipeline.mapping is None else pipeline.mapping.target
-    gt_map = None
-    try:
-        gt_map = ground_truth_mapping(reader.label_set(GT_LABEL_INFO) if gt_pan == GT_PANOPTIC else None,
-                                      published.name, f"the ground truth in '{bag}'", "the model publishes",
-                                      log)
+    gt_map = gt_labels = None
+    try:  # the label set the LabelInfo beside the ground truth announces (another run's maps have theirs)
+        gt_label_topic = label_info_topic(gt_maps) if gt_pan else GT_LABEL_INFO
+        gt_labels = reader.label_set(gt_label_topic) if gt_pan else None
+        gt_map = ground_truth_mapping(gt_labels, published.name, f"the ground truth in '{bag}'",
+                                      "the model publishes", log, gt_label_topic)
     except ValueError as e:
         if gt_topic:
             reader.close()
             raise ValueError(f"{e}; replay with a model publishing those labels (--labels)") from None
         log(f"not scored: {e}")
         gt_pan = None
-    gt_sem = GT_SEMANTIC if gt_pan and GT_SEMANTIC in reader.topics else None
+    # a converted bag's class map is scored beside its panoptic map (KITTI's void and stuff differ there)
+    gt_sem = GT_SEMANTIC if gt_pan == GT_PANOPTIC and GT_SEMANTIC in reader.topics else None
+    # label maps become a panoptic map in their own label set, before it is mapped into the model's
+    gt_things = (get_taxonomy(gt_labels) if gt_labels in NAMES else published).thing_lut
     evaluator = Evaluator(published) if gt_pan else None
     per_frame = PerFrameScores(published) if gt_pan and (per_frame_path or timeline_path) else None
     association = AssociationQuality(published.thing_lut) if gt_pan and stq else None
@@ -293,7 +305,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     info_of = {f"{ns}/camera_info": t for t, ns in zip(cameras, namespaces)
                if reader.topics.get(f"{ns}/camera_info") == "sensor_msgs/msg/CameraInfo"} if writer else {}
     camera_infos: Dict[str, object] = {}
-    topics = cameras + [t for t in (gt_pan, gt_sem) if t] + list(info_of)
+    gt_topics = [t for t in (gt_maps.panoptic, gt_maps.semantic, gt_maps.instances) if t] if gt_pan else []
+    topics = cameras + gt_topics + [t for t in (gt_sem,) if t] + list(info_of)
     start = time.perf_counter()
     bar = tqdm(total=max_frames, desc="replay", unit="frame")
     try:
@@ -345,9 +358,18 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                     camera_infos[info_of[m.topic]] = m.msg
             else:
                 entry = pending_gt.setdefault(m.stamp_ns, {})
-                kind = "pan" if m.topic == gt_pan else "sem"
+                kind = "sem" if m.topic == gt_sem else "pan"  # a label map is half of the panoptic map
                 try:  # a bad ground-truth message costs its frame's score (said in score())
-                    entry[kind] = map_array(m, kind)
+                    if m.topic in (gt_maps.semantic, gt_maps.instances):
+                        if m.error:
+                            raise ValueError(m.error)
+                        entry[m.topic] = m  # the panoptic map is made once its twin came
+                        if gt_maps.semantic in entry and gt_maps.instances in entry:
+                            pair = (entry.pop(gt_maps.semantic), entry.pop(gt_maps.instances))
+                            entry["pan"] = panoptic_of_labels(BagMessage(gt_pan, LABEL_MAPS, m.stamp_ns, pair),
+                                                              gt_things)
+                    else:
+                        entry[kind] = map_array(m, kind)
                 except (FrameError, ValueError) as e:
                     entry[kind] = None
                     entry.setdefault("error", str(e))
@@ -405,7 +427,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
 
 
 def ground_truth_mapping(gt_labels: Optional[str], target: str, where: str, target_is: str,
-                         log=print) -> Optional[LabelMapping]:
+                         log=print, label_topic: str = GT_LABEL_INFO) -> Optional[LabelMapping]:
     """How ground truth announced in `gt_labels` (BagReader.label_set; None: not announced, taken as
     `target`) reaches the `target` label set: None when it is there already, the mapping between the
     two (said in one line) where there is one; ValueError when there is none, since scores across
@@ -416,7 +438,7 @@ def ground_truth_mapping(gt_labels: Optional[str], target: str, where: str, targ
     if mapping is None:
         hint = (f" (--labels {gt_labels} publishes the model's output in the ground truth's)"
                 if gt_labels in NAMES and find_mapping(target, gt_labels) else "")
-        raise ValueError(f"{where} is in {label_set_phrase(gt_labels)} ({GT_LABEL_INFO}) and {target_is} "
+        raise ValueError(f"{where} is in {label_set_phrase(gt_labels)} ({label_topic}) and {target_is} "
                          f"{label_set_phrase(target)}, with no mapping from one to the other{hint}")
     log(f"ground truth mapped from the {gt_labels} label set to {target}")
     return mapping

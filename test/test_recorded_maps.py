@@ -11,7 +11,7 @@ from panoptic_node.bag.recorded_maps import LABEL_MAPS, MapTopics, map_messages,
 from panoptic_node.bag.writer import BagWriter, compressed_msg, header, image_msg, label_info_msg
 from panoptic_node.cli import main
 from panoptic_node.inference.result import result_from_segments
-from panoptic_node.messages import image_array, image_fields, label_info, png_fields
+from panoptic_node.messages import image_array, image_fields, label_info, png_fields, png_labels
 from panoptic_node.taxonomy import get_taxonomy
 
 CAMVID = get_taxonomy("camvid")
@@ -151,3 +151,83 @@ def test_two_cameras_label_maps_are_named_for_a_choice(recordings, tmp_path, cap
     assert capsys.readouterr().err.endswith(
         "holds 0 panoptic map topics (<camera>/panoptic/panoptic); semantic + instances maps of 2 cameras (/car, "
         "/car2); choose the predictions with --pred-topic\n")
+
+
+
+def _car_recording(tmp_path, rng, pipeline):
+    """A car's recording: a camera's frames, and the node's maps as a car records them (the PNG twins and
+    label_info; the maps replay writes for these frames)."""
+    from panoptic_node.replay import replay
+    camera = tmp_path / "camera"
+    with BagWriter(camera) as w:
+        for stamp in STAMPS:
+            rgb = rng.integers(0, 255, (36, 48, 3), dtype=np.uint8)
+            w.write("/car/image_raw", image_msg(header(stamp, "cam"), image_fields(rgb, "rgb8")), stamp)
+    assert replay(pipeline, camera, tmp_path / "on_car").frames == len(STAMPS)
+    # the car's recording: its frames, and the node's maps as the car records them (the PNG twins)
+    with BagWriter(tmp_path / "car") as w:
+        for bag in (camera, tmp_path / "on_car"):
+            with BagReader(bag) as r:
+                for m in r.messages(sorted(r.topics)):
+                    if m.topic.endswith(("/semantic", "/instances")):
+                        fields = png_fields(image_array(m.msg), m.msg.encoding)
+                        w.write(m.topic + "/compressed", compressed_msg(m.msg.header, fields["format"],
+                                                                        fields["data"]), m.stamp_ns)
+                    elif m.topic.endswith(("/image_raw", "/label_info")):
+                        w.write(m.topic, m.msg, m.stamp_ns)
+    return tmp_path / "car"
+
+
+def test_replay_scores_a_new_run_against_a_recording_of_the_nodes_maps(recordings, tiny_pipeline, tmp_path, rng,
+                                                                      capsys):
+    """A car's recording (its camera and the node's PNG twins, label_info beside them) is the reference for a
+    replay of another model on the same frames (`replay --gt-topic .../semantic/compressed`): the model that
+    made the maps agrees with them exactly, and another one scores what `evaluate` gives on the two runs."""
+    from panoptic_node.replay import replay
+    twin = "/car/panoptic/semantic/compressed"
+    same = replay(tiny_pipeline, _car_recording(tmp_path, rng, tiny_pipeline), gt_topic=twin)
+    assert same.evaluated == len(STAMPS) and same.metrics["miou"] == pytest.approx(1.0)
+    assert same.metrics["pq"]["pq"] == pytest.approx(1.0)
+    # the fixture's maps of several cars and pedestrians as the car's, beside camera frames of their stamps
+    car = tmp_path / "rich"
+    with BagReader(recordings[2]) as r, BagWriter(car) as w:
+        for m in r.messages(sorted(r.topics)):
+            w.write(m.topic, m.msg, m.stamp_ns)
+        for stamp in STAMPS:
+            rgb = rng.integers(0, 255, (36, 48, 3), dtype=np.uint8)
+            w.write("/car/image_raw", image_msg(header(stamp, "cam"), image_fields(rgb, "rgb8")), stamp)
+    new = replay(tiny_pipeline, car, tmp_path / "new", gt_topic=twin)
+    assert new.evaluated == len(STAMPS) and 0 < new.metrics["miou"] < 1.0
+    want = _report(tmp_path, capsys, "--bag", str(car), "--gt-topic", twin, "--pred-bag", str(tmp_path / "new"))
+    things = [c for c in want["per_class"].values() if c["isthing"]]
+    assert sum(c.get("tp", 0) + c.get("fn", 0) for c in things) > len(STAMPS)  # the reference's cars, one segment each
+    assert json.loads(json.dumps({k: new.metrics[k] for k in want})) == want  # the same scores, every class
+
+
+def test_replay_refuses_a_reference_it_cannot_score_before_writing(tiny_pipeline, tmp_path, rng):
+    """A semantic map named without its instances twin, and label maps in a label set the model cannot be
+    scored in, are refused in one line before the output bag exists."""
+    from panoptic_node.replay import replay
+    png = _car_recording(tmp_path, rng, tiny_pipeline)
+    no_twin = _rewrite(png, tmp_path / "no_twin", lambda t, m, s: [] if "instances" in t else [(t, m)])
+    with pytest.raises(ValueError, match=r"^--gt-topic '/car/panoptic/semantic/compressed' is scored with its "
+                                         r"instances map '/car/panoptic/instances/compressed'.*absent"):
+        replay(tiny_pipeline, no_twin, tmp_path / "out", gt_topic="/car/panoptic/semantic/compressed")
+    coco = get_taxonomy("coco")
+    other_set = _rewrite(png, tmp_path / "coco", lambda t, m, s: [(t, label_info_msg(m.header, label_info(coco), 0.5))
+                                                                  if t.endswith("label_info") else (t, m)])
+    with pytest.raises(ValueError, match=r"^the ground truth in .* is in the coco label set "
+                                         r"\(/car/panoptic/label_info\) and the model publishes"):
+        replay(tiny_pipeline, other_set, tmp_path / "out", gt_topic="/car/panoptic/semantic/compressed")
+    assert not (tmp_path / "out").exists()
+
+    def cut(topic, msg, stamp):  # one frame's semantic map of another size than its instances map
+        if topic.endswith("semantic/compressed") and stamp == STAMPS[1]:
+            fields = png_fields(png_labels(msg)[:30], "mono8")
+            return [(topic, compressed_msg(msg.header, fields["format"], fields["data"]))]
+        return [(topic, msg)]
+    summary = replay(tiny_pipeline, _rewrite(png, tmp_path / "cut", cut), gt_topic="/car/panoptic/semantic/compressed")
+    assert (summary.evaluated, summary.unscored) == (len(STAMPS) - 1, 1)  # that frame's score, not the replay
+    assert summary.errors == [f"ground truth at {STAMPS[1]}: the maps '/car/panoptic/semantic/compressed + "
+                              f"/car/panoptic/instances/compressed' at {STAMPS[1]} differ in size: semantic 48x30, "
+                              f"instances 48x36"]
