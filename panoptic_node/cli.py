@@ -664,8 +664,10 @@ def cmd_doctor(args) -> int:
         raise ValueError("doctor: --params names the model and weights the node runs; leave out --model / --weights")
     if args.listen is not None and not args.listen > 0:
         raise ValueError(f"--listen {args.listen:g}: expected the seconds to listen to the cameras, more than 0")
+    if args.image_topics and args.listen is None:
+        raise ValueError("doctor: --image-topics says where --listen hears the cameras; give --listen too")
     checks = run_checks(args.model or "street_lite0", args.weights, params=args.params, node_name=args.node,
-                        listen_s=args.listen)
+                        listen_s=args.listen, image_topics=args.image_topics)
     print(format_checks(checks))
     problems = [c.name for c in checks if c.verdict == PROBLEM]
     if problems:
@@ -873,6 +875,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also hear the node's cameras on the live ROS 2 graph (default 3 s), before it starts: who "
                         "publishes each input topic, type, QoS, rate, frame size and encoding, the stamps' age by "
                         "this machine's clock, and what would leave the node with no frame")
+    p.add_argument("--image-topics", nargs="+", metavar="TOPIC",
+                   help="with --listen: each camera heard on the topic its driver publishes, one per camera in the "
+                        "cameras' order, as car.launch.py's image_topics:= remaps it (its camera_info beside it)")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("bench", help=f"run a benchmark from bench/ ({', '.join(benches)})")

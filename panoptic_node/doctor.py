@@ -254,20 +254,24 @@ def parameter_checks(path, node_name: str) -> Tuple[List[Check], Optional[dict]]
     return out, node
 
 
-def camera_checks(node: dict, node_name: str, seconds: float,
+def camera_checks(node: dict, node_name: str, seconds: float, image_topics: Optional[List[str]] = None,
                   find_spec=importlib.util.find_spec) -> Tuple[List[Check], list]:
     """doctor --listen: each camera the node would read, heard on the live ROS 2 graph for `seconds` (who
     publishes, type, QoS, rate, frame size and encoding, the stamps' age) as the node hears it, with the
     Fast DDS profile it takes: one check per camera, and (one frame, rate in Hz or None) of each camera that
-    sent frames the node can read."""
+    sent frames the node can read. image_topics: car.launch.py's image_topics (one driver topic per camera):
+    each camera and its camera_info heard where the launch remaps them."""
+    from .params import absolute_namespace, image_remaps, replay_options
+    namespace = ("/" + node_name.strip("/")).rsplit("/", 1)[0] or "/"
+    remap = dict(image_remaps(node["cameras"], image_topics, namespace, node["input_transport"])
+                 if image_topics else [])  # a wrong count or name is refused before the graph is joined
     if find_spec("rclpy") is None or find_spec("sensor_msgs") is None:
         return [Check("cameras", PROBLEM, "--listen joins the ROS 2 graph, and rclpy or sensor_msgs is not "
                                           "importable here (source a ROS 2 install)")], []
-    from .params import absolute_namespace, replay_options
     from .ros.camera_check import listen
-    namespace = ("/" + node_name.strip("/")).rsplit("/", 1)[0] or "/"
-    cameras = dict(zip((absolute_namespace(c, namespace) for c in node["cameras"]),
-                       replay_options(node, node_name)["image_topic"]))
+    resolved = [absolute_namespace(c, namespace) for c in node["cameras"]]
+    cameras = {c: remap.get(t, t) for c, t in zip(resolved, replay_options(node, node_name)["image_topic"])}
+    infos = {c: remap.get(f"{c}/camera_info", f"{c}/camera_info") for c in resolved}
     # heard through the Fast DDS profile the node takes (car.launch.py's auto, or PANOPTIC_NODE_DDS_PROFILE's
     # choice): with Fast DDS's defaults a 1280x720 camera at 30 Hz arrived here at 0.7 Hz, with the profile at 27.8
     from .dds_profile import node_environment
@@ -276,7 +280,8 @@ def camera_checks(node: dict, node_name: str, seconds: float,
     before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        heard = listen(cameras, node["input_transport"], node["qos_reliability"], node["max_age_ms"], seconds)
+        heard = listen(cameras, node["input_transport"], node["qos_reliability"], node["max_age_ms"], seconds,
+                       infos)
     finally:
         for k, v in before.items():
             if v is None:
@@ -289,9 +294,11 @@ def camera_checks(node: dict, node_name: str, seconds: float,
 
 
 def run_checks(model: str = "street_lite0", weights: Optional[str] = None, params=None,
-               node_name: str = "/panoptic_node", listen_s: Optional[float] = None) -> List[Check]:
+               node_name: str = "/panoptic_node", listen_s: Optional[float] = None,
+               image_topics: Optional[List[str]] = None) -> List[Check]:
     """params: the node's parameters file (doctor --params): its model, backend and cameras are checked;
-    listen_s: its cameras (the shipped ones without params) are also heard on the live graph that long."""
+    listen_s: its cameras (the shipped ones without params) are also heard on the live graph that long, where
+    car.launch.py's `image_topics` would remap them."""
     machine = machine_checks()
     torch_here = not any(c.name == "torch" and c.verdict == PROBLEM for c in machine)
     checks, node = parameter_checks(params, node_name) if params is not None else ([], None)
@@ -300,7 +307,7 @@ def run_checks(model: str = "street_lite0", weights: Optional[str] = None, param
     cameras, heard = [], []
     if listen_s is not None and (params is None or node is not None):  # first: the speed is timed on their frames
         from .params import defaults
-        cameras, heard = camera_checks(node or defaults(), node_name, listen_s)
+        cameras, heard = camera_checks(node or defaults(), node_name, listen_s, image_topics)
     if params is None or node is not None:
         checks += model_checks(model, weights, node, heard) if torch_here else [
             Check("model", NOTE, f"{model} not checked: it needs torch (above)")]

@@ -208,10 +208,23 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
             "model": str(tiny_model_yaml), "backend": "torch",
             "cameras": [f"{prefix}/{c}" for c in ("front", "rear", "side", "old", "odd")]}}}))
         assert main(["doctor", "--params", str(params), "--listen", "3"]) == 1
+        captured = capsys.readouterr()
+        # where car.launch.py's image_topics:= would remap them: the side camera's driver found, and each
+        # camera's calibration looked for beside its driver's frames (none beside side/image_raw)
+        remapped = tmp_path / "remapped.param.yaml"
+        remapped.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+            "model": str(tiny_model_yaml), "backend": "torch", "cameras": ["left", "right"]}}}))
+        assert main(["doctor", "--params", str(remapped), "--listen", "1", "--image-topics",
+                     f"{prefix}/side/image_raw", f"{prefix}/front/image"]) == 0, capsys.readouterr()
+        heard = {line.split()[2]: line for line in capsys.readouterr().out.splitlines()
+                 if line.split()[1:2] == ["camera"]}
     finally:
         drivers.kill()
         drivers.wait(10)
-    captured = capsys.readouterr()
+    assert heard["/left"].startswith(f"ok       camera /left   {prefix}/side/image_raw: ") and heard["/left"].endswith(
+        f"; no {prefix}/side/camera_info heard (the maps go out without calibration)"), heard
+    assert heard["/right"].startswith(f"ok       camera /right  {prefix}/front/image: ") and heard["/right"].endswith(
+        "; camera_info 64x48"), heard
     rows = {line.split()[2]: line for line in captured.out.splitlines() if line.split()[1:2] == ["camera"]}
     front = rows[f"{prefix}/front"]
     assert front.startswith("ok") and f"{prefix}/front/image: " in front and " Hz from fake_drivers, 64x48 rgb8, " \
@@ -240,10 +253,10 @@ def test_doctor_listen_says_what_the_calibration_beside_the_frames_gives():
     import numpy as np
     from panoptic_node.ros.camera_check import _calibration
     frame = np.zeros((720, 1280, 3), np.uint8)
-    assert _calibration("/cam", SimpleNamespace(width=1280, height=720), frame) == "; camera_info 1280x720"
-    assert _calibration("/cam", SimpleNamespace(width=1920, height=1080), frame) == (
+    assert _calibration("/cam/camera_info", SimpleNamespace(width=1280, height=720), frame) == "; camera_info 1280x720"
+    assert _calibration("/cam/camera_info", SimpleNamespace(width=1920, height=1080), frame) == (
         "; camera_info 1920x1080, not the frames' 1280x720")
-    assert _calibration("/cam", None, frame) == "; no /cam/camera_info heard (the maps go out without calibration)"
+    assert _calibration("/cam/camera_info", None, frame) == "; no /cam/camera_info heard (the maps go out without calibration)"
 
 
 def test_doctor_listen_needs_a_positive_time_and_rclpy(capsys):
@@ -252,6 +265,11 @@ def test_doctor_listen_needs_a_positive_time_and_rclpy(capsys):
     assert main(["doctor", "--listen", "0"]) == 2
     assert capsys.readouterr().err.strip().endswith("--listen 0: expected the seconds to listen to the cameras, "
                                                     "more than 0")
+    assert main(["doctor", "--image-topics", "/usb_cam/image_raw"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--image-topics says where --listen hears the cameras; give "
+                                                    "--listen too")
+    with pytest.raises(ValueError, match=r"^launch argument image_topics names 2 topic\(s\) for 1 camera\(s\)"):
+        camera_checks(defaults(), "/panoptic_node", 1.0, ["/a/image_raw", "/b/image_raw"])
     (check,), heard = camera_checks(defaults(), "/panoptic_node", 1.0, find_spec=without("rclpy"))
     assert heard == []
     assert check.verdict == PROBLEM and "rclpy or sensor_msgs is not importable here" in check.finding

@@ -36,11 +36,14 @@ class _Heard:
         return (len(self.arrivals) - 1) / max(self.arrivals[-1] - self.arrivals[0], 1e-9)
 
 
-def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms: float,
-           seconds: float) -> List[Tuple[str, bool, str, Optional[np.ndarray], Optional[float]]]:
-    """cameras: namespace -> input topic (resolved). Returns per camera (camera, is_problem, finding, one frame
-    it sent decoded to RGB or None, its rate in Hz or None): the frames let doctor time the node's pipeline on
-    what the cameras really send."""
+def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms: float, seconds: float,
+           info_topics: Optional[Dict[str, str]] = None
+           ) -> List[Tuple[str, bool, str, Optional[np.ndarray], Optional[float]]]:
+    """cameras: namespace -> input topic (resolved); info_topics: namespace -> its camera_info topic (default
+    <namespace>/camera_info). Returns per camera (camera, is_problem, finding, one frame it sent decoded to RGB
+    or None, its rate in Hz or None): the frames let doctor time the node's pipeline on what the cameras
+    really send."""
+    info_topics = {c: (info_topics or {}).get(c, f"{c}/camera_info") for c in cameras}
     msg_type = CompressedImage if transport == "compressed" else Image
     want = f"sensor_msgs/msg/{msg_type.__name__}"
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
@@ -68,7 +71,7 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
             node.create_subscription(msg_type, topic, on_frame(topic), qos)
         infos = {}  # camera -> its first CameraInfo, which the node passes on with the maps
         for camera in cameras:
-            node.create_subscription(CameraInfo, f"{camera}/camera_info",
+            node.create_subscription(CameraInfo, info_topics[camera],
                                      lambda msg, c=camera: infos.setdefault(c, msg),
                                      QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))  # as the node
         executor = SingleThreadedExecutor(context=context)
@@ -84,7 +87,7 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
             problem, finding, rgb = _verdict(topic, publishers, heard[topic], want, transport, reliability,
                                              max_age_ms, seconds, no_publisher_why(camera, want, graph, inputs))
             if rgb is not None:
-                finding += _calibration(camera, infos.get(camera), rgb)
+                finding += _calibration(info_topics[camera], infos.get(camera), rgb)
             out.append((camera, problem, finding, rgb, heard[topic].rate_hz() if rgb is not None else None))
         executor.shutdown()
         node.destroy_node()
@@ -93,10 +96,11 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
         rclpy.shutdown(context=context)
 
 
-def _calibration(camera: str, info, rgb: np.ndarray) -> str:
-    """What the camera's camera_info (passed on as <camera>/panoptic/camera_info) says beside its frames."""
+def _calibration(topic: str, info, rgb: np.ndarray) -> str:
+    """What the camera's camera_info (`topic`; passed on as <camera>/panoptic/camera_info) says beside its
+    frames."""
     if info is None:
-        return f"; no {camera}/camera_info heard (the maps go out without calibration)"
+        return f"; no {topic} heard (the maps go out without calibration)"
     size = f"{info.width}x{info.height}"
     frames = f"{rgb.shape[1]}x{rgb.shape[0]}"
     return f"; camera_info {size}" + ("" if size == frames else f", not the frames' {frames}")
