@@ -14,6 +14,7 @@ import numpy as np
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 RATE_WINDOW_S = 5.0        # input and output rates are counted over the last few seconds
 CLOCK_AHEAD_MS = 50.0      # frames stamped further ahead of the node's clock than this: the clocks differ
+STALLED_S = 30.0           # one inference call running this long is a stalled runtime, not a slow one
 
 
 @dataclass
@@ -84,11 +85,34 @@ class NodeStats:
         self.batches = 0            # network calls that gave results
         self.inference_failures = 0
         self.last_failure = ""
+        self.publish_failures = 0
+        self.last_publish_failure = ""
+        self.busy_since = None      # when the worker's current call (infer + publish) began; None between calls
+        self.worker_error = None    # why the inference thread stopped, once it did
+        self.first_arrival = {}     # camera -> its first frame's arrival
         self._reported = {}         # counters at the previous report, to judge what happened since
 
     # --- events ------------------------------------------------------------------------------------
     def frame_arrived(self, camera: str) -> None:
-        self.arrivals[camera].append(self.clock())
+        now = self.clock()
+        self.arrivals[camera].append(now)
+        self.first_arrival.setdefault(camera, now)
+
+    def call_started(self) -> None:
+        self.busy_since = self.clock()
+
+    def call_ended(self) -> None:
+        self.busy_since = None
+
+    def worker_stopped(self, error: str) -> None:
+        """The inference thread ended on an error nobody expected: the node still runs and hears its cameras,
+        and publishes nothing more; its report must say so rather than show cameras that are ok."""
+        self.worker_error = error
+        self.busy_since = None
+
+    def publish_failed(self, error: str) -> None:
+        self.publish_failures += 1
+        self.last_publish_failure = error
 
     def frame_published(self, camera: str, age_ms: Optional[float]) -> None:
         """`age_ms`: the node clock minus the frame's header stamp as its outputs leave, i.e. transport,
@@ -137,15 +161,20 @@ class NodeStats:
         grown, self._reported[key] = value - self._reported.get(key, 0), value
         return grown
 
-    def statuses(self, buffer, cameras: Dict[str, str], timeout_s: float, info: Dict[str, str]) -> List[Status]:
+    def statuses(self, buffer, cameras: Dict[str, str], timeout_s: float, info: Dict[str, str],
+                 max_rate_hz: float = 0.0) -> List[Status]:
         """The report: inference first, then every configured camera (`cameras`: namespace -> input topic),
         including one that never sent a frame. A camera silent for `timeout_s` is an ERROR; undecodable,
-        stale or unstamped frames since the previous report a WARN. Call once per report (it marks what
-        was seen)."""
-        return [self._inference_status(info)] + [self._camera_status(buffer, cam, topic, timeout_s)
-                                                 for cam, topic in cameras.items()]
+        stale or unstamped frames since the previous report a WARN, and so are frames that arrive while no
+        output has left for `timeout_s` (plus the gap `max_rate_hz` puts between calls): a node that hears
+        its cameras and publishes nothing is not ok. Call once per report (it marks what was seen)."""
+        out_timeout = timeout_s + (1.0 / max_rate_hz if max_rate_hz > 0 else 0.0)
+        inference = self._inference_status(info, timeout_s)
+        return [inference] + [self._camera_status(buffer, cam, topic, timeout_s, out_timeout, inference)
+                              for cam, topic in cameras.items()]
 
-    def _camera_status(self, buffer, cam: str, topic: str, timeout_s: float) -> Status:
+    def _camera_status(self, buffer, cam: str, topic: str, timeout_s: float, out_timeout: float = float("inf"),
+                       inference: Optional[Status] = None) -> Status:
         values = {"input topic": topic,
                   "input rate (Hz)": f"{self.rate_hz(cam):.2f}",
                   "output rate (Hz)": f"{self.rate_hz(cam, self.publications[cam]):.2f}",
@@ -187,21 +216,49 @@ class NodeStats:
                 f"{stale} frame(s) older than max_age_ms{_stale_why(buffer.stale_age_ns.get(cam))}" if stale else "",
                 f"{unstamped} frame(s) without a header stamp (0: their age is unknown, and their outputs "
                 f"carry stamp 0)" if unstamped else "") if part) + " since the last report"
+        elif self._output_waited(cam) > out_timeout:
+            level = WARN
+            cause = inference.message if inference is not None and inference.level != OK else "see inference"
+            message = (f"frames arrive on {topic}, and no output has left for {self._output_waited(cam):.1f} s "
+                       f"({cause})")
         else:
             level, message = OK, "ok"
         return Status(f"camera {cam}", cam, level, message, values)
 
-    def _inference_status(self, info: Dict[str, str]) -> Status:
+    def _output_waited(self, cam: str) -> float:
+        """Seconds since the camera's last output left (since its first frame came, before any did)."""
+        last = self.publications[cam][-1] if self.publications[cam] else self.first_arrival.get(cam)
+        return 0.0 if last is None else self.clock() - last
+
+    def _inference_status(self, info: Dict[str, str], timeout_s: float = float("inf")) -> Status:
         failures = self._since_report("failures", self.inference_failures)
         batches = self._since_report("batches", self.batches)
-        values = {**info, "inference failures": str(self.inference_failures)}
+        publish_failures = self._since_report("publish failures", self.publish_failures)
+        busy_since = self.busy_since  # read once: the worker thread sets it
+        busy = 0.0 if busy_since is None else self.clock() - busy_since
+        values = {**info, "inference failures": str(self.inference_failures),
+                  "publish failures": str(self.publish_failures), "current call (s)": f"{busy:.1f}"}
         for stage, p in self.percentiles().items():
             values[f"latency {stage} p50 (ms)"] = f"{p['p50']:.1f}"
             values[f"latency {stage} p99 (ms)"] = f"{p['p99']:.1f}"
-        if failures:
+        if self.worker_error is not None:
+            level = ERROR
+            message = (f"the inference thread stopped ({self.worker_error}): nothing more is published; restart "
+                       f"the node")
+        elif busy > STALLED_S:
+            level = ERROR
+            message = f"one inference call has run for {busy:.0f} s: the runtime is stalled, nothing is published"
+        elif busy > timeout_s:
+            level = WARN
+            message = (f"one inference call has run for {busy:.1f} s (the first frame of a new size makes its "
+                       f"graph: warmup_sizes makes it at configure)")
+        elif failures:
             level = WARN if batches else ERROR
             message = (f"{failures} inference call(s) failed since the last report"
                        f"{'' if batches else ', none succeeded'}: {self.last_failure}")
+        elif publish_failures:
+            level = WARN
+            message = f"{publish_failures} publication(s) failed since the last report: {self.last_publish_failure}"
         else:
             level, message = OK, "ok"
         return Status("inference", info.get("model", ""), level, message, values)

@@ -999,6 +999,35 @@ def test_warmup_sizes_are_ready_before_the_first_frame(graph, start, rng, tmp_pa
     graph.destroy_publisher(pub)
 
 
+def test_a_call_that_keeps_the_outputs_waiting_is_named_on_diagnostics(graph, start, rng, tmp_path):
+    """While one inference call runs longer than camera_timeout_s (here the first portrait frame, whose graph
+    is made on it: about a second for the tiny model, minutes for a stalled runtime) the cameras still
+    arrive; /diagnostics says the call has run that long and the camera has had no output since, and is ok
+    again once outputs flow."""
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    start([ns], backend="onnxruntime", camera_timeout_s=0.3, diagnostics_period=0.1, max_age_ms=0,
+          env={"PANOPTIC_NODE_GRAPH_CACHE": str(tmp_path / "graphs")})
+    c = Collector(graph, {f"{ns}/panoptic/semantic": Image, "/diagnostics": DiagnosticArray})
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    portrait = rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)
+
+    def reports(g):
+        return [r for r in (node_diagnostics({"/diagnostics": [d]}, ns) for d in g["/diagnostics"]) if r]
+
+    def recovered(g):
+        return g[f"{ns}/panoptic/semantic"] and reports(g) and reports(g)[-1]["inference"]["level"] == 0 and \
+            reports(g)[-1]["camera"]["level"] == 0
+    assert c.spin_until(recovered, publish=lambda: pub.publish(image_msg(portrait, now(graph), "f")), timeout=60)
+    waiting = [r for r in reports(c.got) if r["inference"]["level"] == 1]
+    assert waiting, [r["inference"]["message"] for r in reports(c.got)]
+    assert waiting[-1]["inference"]["message"].startswith("one inference call has run for ")
+    assert float(waiting[-1]["inference"]["current call (s)"]) > 0.3
+    cameras = [r["camera"]["message"] for r in waiting if r["camera"]["level"] == 1]
+    assert cameras and cameras[-1].startswith(f"frames arrive on {ns}/image, and no output has left for "), cameras
+    c.close()
+    graph.destroy_publisher(pub)
+
+
 def test_an_objects_instance_id_is_kept_from_frame_to_frame(graph, start, rng):
     """track_instances: a thing keeps its id over frames (vision_msgs: the same object has the same
     Detection2D.id in every message), in the detections and the instance map alike. The tiny model's things

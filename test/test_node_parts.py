@@ -224,6 +224,65 @@ def test_rate_is_over_the_last_seconds_and_falls_to_zero_when_the_camera_stops()
     assert early.rate_hz("front") == pytest.approx(20.0)
 
 
+def test_a_node_that_hears_its_cameras_and_publishes_nothing_is_not_ok():
+    """A call that never ends (a stalled runtime), an inference thread that died, failed publications: the
+    cameras still arrive, so without these the report would say ok while nothing leaves the node."""
+    t = [0.0]
+    stats = NodeStats(clock=lambda: t[0])
+    buf = LatestFrameBuffer(FakeClock())
+
+    def frames_until(end, publish=True):  # 10 Hz frames, each served at once unless publish is False
+        while t[0] < end - 1e-9:
+            t[0] = round(t[0] + 0.1, 6)
+            stats.frame_arrived("front")
+            if publish:
+                stats.call_started()
+                stats.frame_published("front", age_ms=30.0)
+                stats.call_ended()
+
+    frames_until(1.0)
+    assert [s.level for s in _report(stats, buf)] == [0, 0]
+    stats.call_started()              # a call that does not end, frames still arriving
+    frames_until(2.5, publish=False)
+    inference, cam = _report(stats, buf)
+    assert (inference.level, cam.level) == (0, 0)  # 1.5 s: within camera_timeout_s (2 s)
+    frames_until(4.0, publish=False)
+    inference, cam = _report(stats, buf)
+    assert (inference.level, inference.message) == (1, "one inference call has run for 3.0 s (the first frame of "
+                                                       "a new size makes its graph: warmup_sizes makes it at "
+                                                       "configure)")
+    assert inference.values["current call (s)"] == "3.0"
+    assert (cam.level, cam.message) == (1, f"frames arrive on /front/image, and no output has left for 3.0 s "
+                                           f"({inference.message})")
+    frames_until(32.0, publish=False)
+    inference, cam = _report(stats, buf)
+    assert (inference.level, inference.message) == (2, "one inference call has run for 31 s: the runtime is "
+                                                       "stalled, nothing is published")
+    stats.call_ended()
+    frames_until(33.0)                # it came back: ok again
+    assert [s.level for s in _report(stats, buf)] == [0, 0]
+    stats.worker_stopped("IndexError: list index out of range")
+    frames_until(36.0, publish=False)
+    inference, cam = _report(stats, buf)
+    assert (inference.level, inference.message) == (2, "the inference thread stopped (IndexError: list index out "
+                                                       "of range): nothing more is published; restart the node")
+    assert cam.level == 1 and cam.message.startswith("frames arrive on /front/image, and no output has left for 3.0 s")
+
+    fresh = NodeStats(clock=lambda: t[0])  # no output since the first frame, and a max_rate_hz gap allowed
+    fresh.frame_arrived("front")
+    t[0] += 2.5
+    fresh.frame_arrived("front")
+    _, cam = fresh.statuses(buf, {"front": "/front/image"}, 2.0, {}, max_rate_hz=0.25)  # a call every 4 s
+    assert cam.level == 0
+    _, cam = fresh.statuses(buf, {"front": "/front/image"}, 2.0, {})
+    assert cam.level == 1 and "no output has left for 2.5 s (see inference)" in cam.message
+    fresh.publish_failed("ValueError: bad header")
+    inference, _ = fresh.statuses(buf, {"front": "/front/image"}, 2.0, {})
+    assert (inference.level, inference.message) == (1, "1 publication(s) failed since the last report: "
+                                                       "ValueError: bad header")
+    assert inference.values["publish failures"] == "1"
+
+
 def test_camera_status_levels_follow_what_happened_since_the_last_report():
     t = [0.0]
     stats = NodeStats(clock=lambda: t[0])

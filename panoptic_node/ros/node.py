@@ -415,6 +415,16 @@ class PanopticNode(LifecycleNode):
             time.sleep(min(left, 0.05))  # in short steps: deactivate and a live change are seen at once
 
     def _work(self):
+        try:
+            self._serve()
+        except Exception as e:  # a bug nobody foresaw: the node hears its cameras and publishes nothing more,
+            # so /diagnostics says so at once (an ERROR naming it) instead of reporting cameras that are ok
+            why = f"{type(e).__name__}: {e}".splitlines()[0]
+            self.stats.worker_stopped(why)
+            self.get_logger().error(f"the inference thread stopped: {why}")
+            self.get_logger().debug(traceback.format_exc())
+
+    def _serve(self):
         last_start = -float("inf")
         while self._running and rclpy.ok():
             self._wait_for_rate(last_start)
@@ -425,26 +435,34 @@ class PanopticNode(LifecycleNode):
             frames = [f for f in frames if f[2] is not None]
             if not frames:
                 continue
+            self.stats.call_started()  # a call that never ends (a stalled runtime) shows on /diagnostics
             try:
-                if self.params["batch_cameras"]:
-                    results = self.pipeline.run_batch([rgb for _, _, rgb in frames])
-                else:
-                    results = [self.pipeline(rgb) for _, _, rgb in frames]
-                results = [self._tracked(cam, self._masked(cam, result))
-                           for (cam, _, _), result in zip(frames, results)]
-            except Exception as e:  # keep serving the next frames; say what failed (log and /diagnostics)
-                self.stats.inference_failed(f"{type(e).__name__}: {e}".splitlines()[0])
-                self.get_logger().error(f"inference failed: {e}", throttle_duration_sec=5.0)
-                self.get_logger().debug(traceback.format_exc())
-                continue
-            self.stats.inference_done([result.timings for result in results])
-            try:
-                for (cam, msg, rgb), result in zip(frames, results):
-                    self._publish(cam, msg.header, rgb, result)
-            except Exception as e:
-                if not (self._running and rclpy.ok()):  # stopping (Ctrl-C, SIGTERM): the frame in flight is dropped
-                    return
-                self.get_logger().error(f"publishing failed: {e}", throttle_duration_sec=5.0)
+                self._infer_and_publish(frames)
+            finally:
+                self.stats.call_ended()
+
+    def _infer_and_publish(self, frames):
+        try:
+            if self.params["batch_cameras"]:
+                results = self.pipeline.run_batch([rgb for _, _, rgb in frames])
+            else:
+                results = [self.pipeline(rgb) for _, _, rgb in frames]
+            results = [self._tracked(cam, self._masked(cam, result))
+                       for (cam, _, _), result in zip(frames, results)]
+        except Exception as e:  # keep serving the next frames; say what failed (log and /diagnostics)
+            self.stats.inference_failed(f"{type(e).__name__}: {e}".splitlines()[0])
+            self.get_logger().error(f"inference failed: {e}", throttle_duration_sec=5.0)
+            self.get_logger().debug(traceback.format_exc())
+            return
+        self.stats.inference_done([result.timings for result in results])
+        try:
+            for (cam, msg, rgb), result in zip(frames, results):
+                self._publish(cam, msg.header, rgb, result)
+        except Exception as e:
+            if not (self._running and rclpy.ok()):  # stopping (Ctrl-C, SIGTERM): the frame in flight is dropped
+                return
+            self.stats.publish_failed(f"{type(e).__name__}: {e}".splitlines()[0])
+            self.get_logger().error(f"publishing failed: {e}", throttle_duration_sec=5.0)
 
     def _masked(self, camera, result):
         """The camera's result with its ego mask applied (a mask drawn at another size is fitted, said once)."""
@@ -527,7 +545,8 @@ class PanopticNode(LifecycleNode):
         try:
             if self._running:
                 self._check_inputs()
-                statuses = self.stats.statuses(self.buffer, self.input_topics, p["camera_timeout_s"], info)
+                statuses = self.stats.statuses(self.buffer, self.input_topics, p["camera_timeout_s"], info,
+                                               p["max_rate_hz"])
             else:
                 statuses = inactive_statuses(self.input_topics, info,
                                              f"ros2 lifecycle set {self.get_fully_qualified_name()} activate")
