@@ -1,6 +1,7 @@
 """ros2 launch panoptic_node car.launch.py [config:=FILE] [namespace:=car1] [cameras:="['camera/front']"]
        [image_topics:="['/usb_cam/image_raw']"] [model:=NAME]
-       [backend:=auto|torch|onnxruntime|openvino|tensorrt] [precision:=auto|fp32|int8] [onnx:=FILE] [bag:=PATH] [rviz:=true|false] [autostart:=true|false]
+       [backend:=auto|torch|onnxruntime|openvino|tensorrt] [precision:=auto|fp32|int8] [onnx:=FILE] [bag:=PATH]
+       [record:=PATH] [rviz:=true|false] [autostart:=true|false]
        [num_threads:=N] [max_rate_hz:=R] [warmup_sizes:=WxH,...] [log_level:=info]
 
 namespace:=car1 starts the node as /car1/panoptic_node (under any namespace a launch file including this one
@@ -15,6 +16,11 @@ per camera, in order): a remapping of <camera>/image, as `--ros-args -r` gives a
 
 bag:=PATH plays a recorded (or converted CamVid / KITTI) bag with --clock and runs the node on
 sim time: the validation setup, same node, same topics.
+
+record:=PATH records, with ros2 bag record into that new folder, each camera's frames and camera_info and
+what the node said of them (the maps as their lossless PNG twins, detections, label_info) and /diagnostics:
+`panoptic-node replay PATH --gt-topic /camera/front/panoptic/semantic/compressed` then scores another model
+or setting against what the car's node said, on the car's own frames.
 
 With Fast DDS (ROS 2's default middleware) the node and the bag player run with a profile for large
 images unless you export one of your own (dds_profile:=auto, the default; panoptic_node/dds_profile.py):
@@ -59,8 +65,23 @@ def _dds_env(context, share):
     return {**profile_env(path), CHOICE_ENV: choice}, why
 
 
+def _recorder(path, topics, sim_time, env):
+    """`ros2 bag record` of what the node read and said (params.record_topics) into a new bag folder; one that
+    exists is refused before anything starts (ros2 bag record would refuse it too, after the node started)."""
+    from panoptic_node.params import ParameterError
+    path = os.path.expanduser(path)  # record:=~/bags/x reaches the launch unexpanded (not a shell assignment)
+    if os.path.exists(path):
+        raise ParameterError(f"launch argument record: '{path}' exists; expected a new folder for ros2 bag record "
+                             f"to write (nothing of yours is overwritten)")
+    # Humble's ros2 bag record takes the topics as positional arguments only; later releases take --topics
+    listed = topics if os.environ.get("ROS_DISTRO") == "humble" else ["--topics", *topics]
+    return ExecuteProcess(cmd=["ros2", "bag", "record", "-o", path, *(["--use-sim-time"] if sim_time else []),
+                               *listed], output="screen", additional_env=env)
+
+
 def _node(context):
-    from panoptic_node.params import absolute_namespace, defaults, image_remaps, input_topic, node_namespace
+    from panoptic_node.params import (absolute_namespace, defaults, image_remaps, input_topic, node_namespace,
+                                      record_topics)
     share = get_package_share_directory("panoptic_node")
     given_ns = node_namespace(LaunchConfiguration("namespace").perform(context))  # checked: '' when none
     # where the node will be: launch_ros puts a relative namespace (and none) under what a PushRosNamespace
@@ -124,6 +145,9 @@ def _node(context):
         actions.append(ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock", "--remap",
                                            f"/camera/image_raw:={first_input}", f"/camera/camera_info:={first_info}"],
                                       output="screen", additional_env=env))
+    record = LaunchConfiguration("record").perform(context)
+    if record:
+        actions.append(_recorder(record, record_topics(cameras, transport, remaps), bool(bag), env))
     if LaunchConfiguration("rviz").perform(context).lower() in ("true", "1"):
         # RViz shows the cameras this node serves (config/panoptic.rviz names /camera/front)
         from panoptic_node.rviz_config import rviz_config
@@ -154,6 +178,10 @@ def generate_launch_description():
                                                                          "when the weights ship int8 scales)"),
         DeclareLaunchArgument("onnx", default_value="", description="exported graph for onnxruntime / openvino / tensorrt"),
         DeclareLaunchArgument("bag", default_value="", description="play this bag with --clock and use sim time"),
+        DeclareLaunchArgument("record", default_value="",
+                              description="record the cameras' frames and camera_info, the node's maps (lossless "
+                                          "PNG twins), detections, label_info and /diagnostics into this new bag "
+                                          "folder with ros2 bag record (replay and score it later)"),
         DeclareLaunchArgument("rviz", default_value="false", description="open RViz with config/panoptic.rviz"),
         DeclareLaunchArgument("num_threads", default_value="",
                               description="CPU threads for the network and post-processing (0: every core)"),

@@ -136,6 +136,26 @@ def image_remaps(cameras: List[str], topics: List[str], node_namespace: str, tra
     return rules
 
 
+# what a car records of each camera so that a drive can be replayed and scored later: the frames and the
+# calibration the node read, and what it said of them (the maps as their lossless PNG twins, 35-113x smaller
+# than the raw maps and exactly the same labels and ids; the detections; the label set)
+RECORDED_OUTPUTS = ("semantic/compressed", "instances/compressed", "detections", "label_info")
+
+
+def record_topics(cameras: List[str], transport: str, remaps: List[Tuple[str, str]] = ()) -> List[str]:
+    """car.launch.py record:=PATH: the topics `ros2 bag record` takes for the node's cameras (resolved
+    namespaces), each camera's input and camera_info where `remaps` (image_remaps) point them, then
+    /diagnostics. Such a recording replays with `replay` and is scored against with `replay --gt-topic
+    <camera>/panoptic/semantic/compressed` (another model on the car's own frames)."""
+    remap = dict(remaps)
+    topics = []
+    for cam in cameras:
+        frames, info = input_topic(cam, transport), f"{cam}/camera_info"
+        topics += [remap.get(frames, frames), remap.get(info, info)]
+        topics += [f"{cam}/panoptic/{name}" for name in RECORDED_OUTPUTS]
+    return list(dict.fromkeys(topics + ["/diagnostics"]))
+
+
 def frame_sizes(text: str) -> List[Tuple[int, int]]:
     """warmup_sizes ('1920x1080,640x480', schema-checked) -> [(width, height), ...]; a size beyond what the
     decoders take (MAX_FRAME_PIXELS) is refused, as its black frame alone would take gigabytes."""

@@ -39,10 +39,11 @@ def include_car_launch(**arguments):
     return launch.LaunchDescription([car, launch_testing.actions.ReadyToTest()]), {}
 
 
-def frames_until_answered(node, image_topic: str, answer_topic: str, timeout: float = 60.0) -> list:
+def frames_until_answered(node, image_topic: str, answer_topic: str, timeout: float = 60.0,
+                          keep_on_s: float = 0.0) -> list:
     """Publishes 64x48 rgb8 frames, stamped now (car.param.yaml drops frames over 500 ms old), on `image_topic`
-    from rclpy node `node` until the semantic map comes back on `answer_topic` (or `timeout` passes): the
-    maps received."""
+    from rclpy node `node` until the semantic map comes back on `answer_topic` (or `timeout` passes), and
+    `keep_on_s` seconds more once it did: the maps received."""
     import time
 
     import numpy as np
@@ -52,13 +53,17 @@ def frames_until_answered(node, image_topic: str, answer_topic: str, timeout: fl
     got = []
     sub = node.create_subscription(Image, answer_topic, got.append, 10)
     data = np.random.default_rng(0).integers(0, 255, 48 * 64 * 3, dtype=np.uint8).tobytes()
-    end = time.time() + timeout
-    while time.time() < end and not got:
-        msg = Image(height=48, width=64, encoding="rgb8", step=64 * 3, data=data)
-        msg.header.frame_id = "front"
-        msg.header.stamp = node.get_clock().now().to_msg()
-        pub.publish(msg)
-        rclpy.spin_once(node, timeout_sec=0.2)
+    end, answered, next_frame = time.time() + timeout, None, 0.0
+    while time.time() < (end if answered is None else answered + keep_on_s):
+        if time.time() >= next_frame:  # a 5 Hz camera
+            msg = Image(height=48, width=64, encoding="rgb8", step=64 * 3, data=data)
+            msg.header.frame_id = "front"
+            msg.header.stamp = node.get_clock().now().to_msg()
+            pub.publish(msg)
+            next_frame = time.time() + 0.2
+        rclpy.spin_once(node, timeout_sec=max(0.0, next_frame - time.time()))
+        if got and answered is None:
+            answered = time.time()
     node.destroy_subscription(sub)
     node.destroy_publisher(pub)
     return got

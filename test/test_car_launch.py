@@ -268,3 +268,35 @@ print(json.dumps({{"blocked": blocked, "parameters": node.kwargs["parameters"], 
     assert "/camera/image_raw:=/car9/cam/left/image" in out["player"]
     assert _topics(out["rviz"])[0] == ("Camera", "/car9/cam/left/image")
     assert "bag" in out["replay_arguments"]
+
+
+def test_record_writes_what_the_node_read_and_said_into_a_new_bag(car_launch, tmp_path, monkeypatch):
+    """record:=PATH starts ros2 bag record of each camera's frames and calibration (where image_topics:= takes
+    them from), the node's maps as PNG twins, detections, label_info and /diagnostics, with the node's Fast
+    DDS profile, on sim time beside bag:=; a folder that exists is refused before anything starts."""
+    monkeypatch.delenv("ROS_DISTRO", raising=False)
+    out = str(tmp_path / "drive")
+    actions = car_launch(record=out, namespace="car1", cameras="['camera/front', '/rear']",
+                         image_topics="['/usb_cam/image_raw', '/rear/image_raw']")
+    node, recorder = actions[1], actions[-1]
+    outputs = ["panoptic/semantic/compressed", "panoptic/instances/compressed", "panoptic/detections",
+               "panoptic/label_info"]
+    assert recorder.kwargs["cmd"] == [
+        "ros2", "bag", "record", "-o", out, "--topics",
+        "/usb_cam/image_raw", "/usb_cam/camera_info", *[f"/car1/camera/front/{o}" for o in outputs],
+        "/rear/image_raw", "/rear/camera_info", *[f"/rear/{o}" for o in outputs], "/diagnostics"]
+    assert recorder.kwargs["additional_env"] == node.kwargs["additional_env"]
+    *_, player, recorder = car_launch(record=out, bag="/data/drive.mcap")
+    assert player.kwargs["cmd"][:3] == ["ros2", "bag", "play"]
+    assert recorder.kwargs["cmd"][5:8] == ["--use-sim-time", "--topics", "/camera/front/image"]
+    monkeypatch.setenv("HOME", str(tmp_path))  # a shell leaves record:=~/drive unexpanded: the launch expands it
+    assert car_launch(record="~/drive")[-1].kwargs["cmd"][4] == out
+    monkeypatch.setenv("ROS_DISTRO", "humble")  # its ros2 bag record takes the topics as positional arguments
+    assert car_launch(record=out)[-1].kwargs["cmd"][4:7] == [out, "/camera/front/image", "/camera/front/camera_info"]
+    (tmp_path / "drive").mkdir()
+    (tmp_path / "drive" / "mine.txt").write_text("the user's")
+    from panoptic_node.params import ParameterError
+    with pytest.raises(ParameterError, match=re.escape(f"launch argument record: '{out}' exists; expected a new "
+                                                       f"folder for ros2 bag record to write")):
+        car_launch(record=out)
+    assert (tmp_path / "drive" / "mine.txt").read_text() == "the user's"
