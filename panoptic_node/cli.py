@@ -360,6 +360,8 @@ def cmd_fleet(args) -> int:
         options = replay_options(_node_parameters(args), args.node)
     else:
         _fill_option_defaults(args)
+    if args.gt_topic:  # each bag scored against this topic (the car's own maps in a record:= bag, say)
+        options = {**(options or {}), "gt_topic": args.gt_topic}
     bags = find_bags(args.bags)
     if not bags:
         raise FileNotFoundError(f"no bags found in {', '.join(args.bags)}")
@@ -811,6 +813,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", action="store_true", help="also write each bag's overlay video (out/videos)")
     p.add_argument("--ego-masks", help="folder of ego masks (as replay --ego-masks) applied to every bag's cameras; "
                                        "other masks score every bag again")
+    p.add_argument("--gt-topic", help="score every bag against this topic instead of /ground_truth/panoptic: a "
+                                      "panoptic map, or a recorded run's <camera>/panoptic/semantic[/compressed] "
+                                      "with its instances twin (car.launch.py record:= bags: a new model against "
+                                      "what the car's node said, drive by drive)")
     p.add_argument("--stq", action="store_true", help="the bags' ground-truth ids are track ids (KITTI-STEP, one "
                                                       "sequence per bag): also score tracking, AQ and STQ")
     _add_params_args(p, "every bag replayed as replay --params replays it, its cameras' topics among them; options "

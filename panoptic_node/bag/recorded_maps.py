@@ -49,6 +49,9 @@ def named_maps(reader: BagReader, topic: str, option: str) -> Optional[MapTopics
     twin. None when the topic is not a semantic map (it is then a panoptic topic, checked as one)."""
     if not topic.rstrip("/").endswith((SEMANTIC, SEMANTIC + "/compressed")):
         return None
+    if topic not in reader.topics:  # as a panoptic topic that is not there is said (replay.require_map_topic)
+        raise ValueError(f"bag '{reader.path}' has no topic '{topic}' ({option}); topics: "
+                         f"{', '.join(sorted(reader.topics))}")
     twins = _label_map_twins(topic, reader.topics)
     if twins is None:
         compressed = topic.endswith("/compressed")
