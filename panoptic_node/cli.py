@@ -391,7 +391,8 @@ def cmd_fleet(args) -> int:
     h = report["headline"]
     if h:
         print(f"fleet: PQ {100 * h['pq']:.1f} (things {100 * h['pq_things']:.1f}, stuff {100 * h['pq_stuff']:.1f}), "
-              f"mIoU {100 * h['miou']:.1f} on {report['frames_scored']} frames of {report['bags_scored']} bags")
+              f"mIoU {100 * h['miou']:.1f} on {report['frames_scored']} frames of {report['bags_scored']} bags"
+              + (f", against {args.gt_topic}" if args.gt_topic else ""))
         if "stq" in h:
             print(f"fleet: STQ {100 * h['stq']:.1f} (AQ {100 * h['aq']:.1f} over {h['tracks']} labelled tracks)")
     for tag, g in report["groups"].items():

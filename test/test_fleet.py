@@ -510,7 +510,8 @@ def test_fleet_with_the_cars_parameters_replays_each_bag_as_replay_params_does(l
 
 
 def test_a_fleet_of_car_recordings_scores_a_model_against_what_the_cars_node_said(local_ray, tiny_model_yaml,
-                                                                                     tiny_pipeline, tmp_path, rng):
+                                                                                     tiny_pipeline, tmp_path, rng,
+                                                                                     capsys):
     """`fleet --gt-topic .../semantic/compressed` over record:= bags (frames and the node's PNG twins): each bag
     is scored against its car's own maps, as replay --gt-topic scores it (the model that made them agrees
     exactly); a bag without that topic is a failed bag that says so, and the others still score."""
@@ -520,8 +521,10 @@ def test_a_fleet_of_car_recordings_scores_a_model_against_what_the_cars_node_sai
     twin = "/car/panoptic/semantic/compressed"
     assert main(["fleet", *map(str, bags), str(frames_only), "--model", str(tiny_model_yaml), "--backend", "torch",
                  "--workers", "1", "--gt-topic", twin, "--out", str(tmp_path / "out")]) == 0
+    assert "on 8 frames of 2 bags, against /car/panoptic/semantic/compressed\n" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["bags_scored"] == 2 and report["frames_scored"] == 8
     assert report["headline"]["miou"] == pytest.approx(1.0) and report["headline"]["pq"] == pytest.approx(1.0)
     (failed,) = report["failed"]
     assert failed["bag"].endswith("mon/camera") and f"has no topic '{twin}' (--gt-topic)" in failed["error"]
+    assert f"frames scored &middot; against {twin}</p>" in (tmp_path / "out" / "report.html").read_text()

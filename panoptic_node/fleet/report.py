@@ -148,6 +148,8 @@ def render_html(report: dict) -> str:
     groups = [{"group": tag, **g} for tag, g in report["groups"].items()]
     stages = [{"stage": s, **v} for s, v in report["latency_ms"].items()]
     failed = "".join(f"<li><b>{html.escape(f['bag'])}</b>: {html.escape(f['error'])}</li>" for f in report["failed"])
+    reference = ((report.get("settings") or {}).get("replay") or {}).get("gt_topic")  # fleet --gt-topic
+    against = f" &middot; against {html.escape(reference)}" if reference else ""
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>panoptic_node fleet report</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
@@ -157,7 +159,7 @@ figure{{display:inline-block;margin:4px}} figcaption{{font-size:.8em}}</style></
 <h1>Fleet report</h1>
 <p class="big" id="headline">PQ {_pct(h.get('pq'))} (things {_pct(h.get('pq_things'))}, stuff {_pct(h.get('pq_stuff'))})
 &middot; mIoU {_pct(h.get('miou'))}{tracking} &middot; {report['bags_scored']} of {report['bags_total']} bags,
-{report['frames_scored']} frames scored</p>
+{report['frames_scored']} frames scored{against}</p>
 <h2>Bags</h2>{_table(report['bags'], [("bag", "bag", "str"), ("group", "tag", "str"), ("frames", "frames", "str"),
                                       ("scored", "scored", "str"), ("frames/s", "fps", "num")] + columns
                      + [("notes", "notes", "str")], "bags")}
