@@ -243,8 +243,8 @@ class NodeStats:
             values[f"latency {stage} p99 (ms)"] = f"{p['p99']:.1f}"
         if self.worker_error is not None:
             level = ERROR
-            message = (f"the inference thread stopped ({self.worker_error}): nothing more is published; restart "
-                       f"the node")
+            message = (f"the inference thread stopped ({self.worker_error}): nothing more is published; "
+                       f"deactivate and activate the node (ros2 lifecycle set) or restart it")
         elif busy > STALLED_S:
             level = ERROR
             message = f"one inference call has run for {busy:.0f} s: the runtime is stalled, nothing is published"

@@ -265,7 +265,8 @@ def test_a_node_that_hears_its_cameras_and_publishes_nothing_is_not_ok():
     frames_until(36.0, publish=False)
     inference, cam = _report(stats, buf)
     assert (inference.level, inference.message) == (2, "the inference thread stopped (IndexError: list index out "
-                                                       "of range): nothing more is published; restart the node")
+                                                       "of range): nothing more is published; deactivate and "
+                                                       "activate the node (ros2 lifecycle set) or restart it")
     assert cam.level == 1 and cam.message.startswith("frames arrive on /front/image, and no output has left for 3.0 s")
 
     fresh = NodeStats(clock=lambda: t[0])  # no output since the first frame, and a max_rate_hz gap allowed
