@@ -419,6 +419,8 @@ class PanopticNode(LifecycleNode):
             self._serve()
         except Exception as e:  # a bug nobody foresaw: the node hears its cameras and publishes nothing more,
             # so /diagnostics says so at once (an ERROR naming it) instead of reporting cameras that are ok
+            if not (self._running and rclpy.ok()):  # stopping: what failed on the way out is no fault
+                return
             why = f"{type(e).__name__}: {e}".splitlines()[0]
             self.stats.worker_stopped(why)
             self.get_logger().error(f"the inference thread stopped: {why}")
