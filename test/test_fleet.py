@@ -524,7 +524,8 @@ def test_a_fleet_of_car_recordings_scores_a_model_against_what_the_cars_node_sai
     assert "on 8 frames of 2 bags, against /car/panoptic/semantic/compressed\n" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["bags_scored"] == 2 and report["frames_scored"] == 8
-    assert report["headline"]["miou"] == pytest.approx(1.0) and report["headline"]["pq"] == pytest.approx(1.0)
+    # the same network in a Ray worker of one thread: a pixel where two of its queries tie may go either way
+    assert report["headline"]["miou"] > 0.99 and report["headline"]["pq"] > 0.99
     (failed,) = report["failed"]
     assert failed["bag"].endswith("mon/camera") and f"has no topic '{twin}' (--gt-topic)" in failed["error"]
     assert f"frames scored &middot; against {twin}</p>" in (tmp_path / "out" / "report.html").read_text()
