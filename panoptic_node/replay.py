@@ -361,11 +361,12 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                 kind = "sem" if m.topic == gt_sem else "pan"  # a label map is half of the panoptic map
                 try:  # a bad ground-truth message costs its frame's score (said in score())
                     if m.topic in (gt_maps.semantic, gt_maps.instances):
-                        if m.error:
-                            raise ValueError(m.error)
-                        entry[m.topic] = m  # the panoptic map is made once its twin came
+                        entry[m.topic] = m  # the panoptic map is made once its twin came (a bad half fails both)
                         if gt_maps.semantic in entry and gt_maps.instances in entry:
                             pair = (entry.pop(gt_maps.semantic), entry.pop(gt_maps.instances))
+                            for half in pair:
+                                if half.error:
+                                    raise ValueError(half.error)
                             entry["pan"] = panoptic_of_labels(BagMessage(gt_pan, LABEL_MAPS, m.stamp_ns, pair),
                                                               gt_things)
                     else:

@@ -231,3 +231,16 @@ def test_replay_refuses_a_reference_it_cannot_score_before_writing(tiny_pipeline
     assert summary.errors == [f"ground truth at {STAMPS[1]}: the maps '/car/panoptic/semantic/compressed + "
                               f"/car/panoptic/instances/compressed' at {STAMPS[1]} differ in size: semantic 48x30, "
                               f"instances 48x36"]
+    # a half that does not even deserialize (bytes damaged on disk) fails its pair once, counted once
+    import sqlite3
+    with BagReader(png) as r, BagWriter(tmp_path / "damaged", "sqlite3") as w:
+        for m in r.messages(sorted(r.topics)):
+            w.write(m.topic, m.msg, m.stamp_ns)
+    db = sqlite3.connect(next((tmp_path / "damaged").glob("*.db3")))
+    db.execute("UPDATE messages SET data = X'00010203' WHERE timestamp = ? AND topic_id = (SELECT id FROM topics "
+               "WHERE name = '/car/panoptic/semantic/compressed')", (STAMPS[2],))
+    db.commit()
+    db.close()
+    summary = replay(tiny_pipeline, tmp_path / "damaged", gt_topic="/car/panoptic/semantic/compressed")
+    assert (summary.evaluated, summary.unscored, summary.gt_unmatched) == (len(STAMPS) - 1, 1, 0)
+    assert summary.errors[0].startswith(f"ground truth at {STAMPS[2]}: ")
