@@ -59,14 +59,15 @@ def wrong_type_why(want: str, transport: str, others) -> str:
             f"that input_transport {transport} reads: {hint}")
 
 
-def no_publisher_why(camera: str, want: str, graph, inputs) -> Optional[str]:
+def no_publisher_why(camera: str, want: str, graph, inputs, how: str = "image_topics:= or a remap") -> Optional[str]:
     """For a camera whose topic nobody publishes: up to three topics of its type on the graph (`graph`: (topic,
     types) pairs) it may have been meant to read, those under its own namespace first, not an output of this
-    package nor another camera's input; None when there is none (its driver may simply not be up yet)."""
+    package nor another camera's input; None when there is none (its driver may simply not be up yet). `how`:
+    the way to point a camera elsewhere where this is said (the launch's argument; doctor's own option)."""
     found = [t for t, types in graph if want in types and "/panoptic/" not in t and t not in inputs]
     found = sorted(found, key=lambda t: (not t.startswith(camera.rstrip("/") + "/"), t))[:3]
     return (f"{NO_PUBLISHER}; {want} topics on the graph: {', '.join(found)} (point the camera at its driver's "
-            f"with image_topics:= or a remap)") if found else None
+            f"with {how})") if found else None
 
 
 class NodeStats:

@@ -235,6 +235,7 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
     assert rows[f"{prefix}/side"].startswith("problem") and (
         f"{prefix}/side/image: no publisher on it; sensor_msgs/msg/Image topics on the graph: "
         f"{prefix}/side/image_raw") in rows[f"{prefix}/side"]
+    assert rows[f"{prefix}/side"].endswith("(point the camera at its driver's with --image-topics)")
     assert rows[f"{prefix}/old"].startswith("problem") and "; stamps 3600 s behind this machine's clock (median), so " \
         "max_age_ms 500 drops every frame" in rows[f"{prefix}/old"]
     assert rows[f"{prefix}/old"].endswith(f"; no {prefix}/old/camera_info heard (the maps go out without calibration)")

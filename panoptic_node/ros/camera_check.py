@@ -84,8 +84,9 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
         out = []
         for camera, topic in cameras.items():
             publishers = [i for i in node.get_publishers_info_by_topic(topic) if i.node_name != node.get_name()]
+            elsewhere = no_publisher_why(camera, want, graph, inputs, "--image-topics")  # doctor's own option
             problem, finding, rgb = _verdict(topic, publishers, heard[topic], want, transport, reliability,
-                                             max_age_ms, seconds, no_publisher_why(camera, want, graph, inputs))
+                                             max_age_ms, seconds, elsewhere)
             if rgb is not None:
                 finding += _calibration(info_topics[camera], infos.get(camera), rgb)
             out.append((camera, problem, finding, rgb, heard[topic].rate_hz() if rgb is not None else None))
