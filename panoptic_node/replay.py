@@ -22,6 +22,7 @@ from .atomic import partial_path, write_json
 from .bag.convert import GT_LABEL_INFO, GT_PANOPTIC, GT_SEMANTIC
 from .bag.outputs import ResultBagWriter
 from .bag.reader import BagMessage, BagReader, decode_frame, label_set_phrase
+from .bag.recorded_health import node_health
 from .bag.recorded_maps import LABEL_MAPS, MapTopics, label_info_topic, named_maps, panoptic_of_labels
 from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.association import AssociationQuality
@@ -56,6 +57,7 @@ class ReplaySummary:
     model: str = ""
     scoring: bool = False   # ground truth was there to score against
     parameters: Optional[dict] = None  # the node's parameters the replay ran (replay --params), for the record
+    node_health: List[str] = field(default_factory=list)  # what the recording node said of itself (/diagnostics)
     evaluator: Optional[Evaluator] = field(default=None, repr=False)  # its accumulators (fleet merges them)
 
     def percentiles(self) -> Dict[str, Dict[str, float]]:
@@ -73,7 +75,8 @@ class ReplaySummary:
                 "ground_truth_unmatched": self.gt_unmatched, "frames_without_ground_truth": self.frames_without_gt,
                 "backend": self.backend, "precision": self.precision,
                 "model": self.model, "metrics": self.metrics,
-                **({"node_parameters": self.parameters} if self.parameters else {})}
+                **({"node_parameters": self.parameters} if self.parameters else {}),
+                **({"recorded_node_health": self.node_health} if self.node_health else {})}
 
     def format(self) -> str:
         d = self.to_dict()
@@ -102,6 +105,9 @@ class ReplaySummary:
                          f"by header stamp, exactly (are the stamps of the two topics the same?)")
         if self.scoring and not self.metrics:
             lines.append("not scored: no frame had ground truth that could be scored (see above)")
+        if self.node_health:
+            lines.append("the node that recorded this bag, on its /diagnostics:")
+            lines += [f"  {line}" for line in self.node_health]
         return "\n".join(lines)
 
 
@@ -383,6 +389,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
             while len(pending_gt) > 64:
                 pending_gt.popitem(last=False)
                 summary.gt_unmatched += 1
+        summary.node_health = [h.line() for h in node_health(reader, window)]  # a record:= bag keeps them
     except BaseException:
         if writer:
             writer.abort()

@@ -1,0 +1,73 @@
+"""What the car's node said of its own health while a drive was recorded (car.launch.py record:= keeps
+/diagnostics): its statuses, inference and one per camera, read back from the bag as the time spent at each
+level and the first thing each level other than OK said, so a replayed drive shows where the node on the car
+was slow, silent or failing. Statuses of other nodes, and the one replay writes, are left out."""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+DIAGNOSTICS = "/diagnostics"
+LEVELS = {0: "ok", 1: "WARN", 2: "ERROR", 3: "STALE"}
+GAP_PERIODS = 5  # a report further from the next than this many periods: the node was off in between
+
+
+@dataclass
+class StatusHealth:
+    name: str
+    seconds: Dict[str, float] = field(default_factory=dict)        # level -> seconds at it
+    first: Dict[str, Tuple[float, str]] = field(default_factory=dict)  # level -> (s after the first report, message)
+
+    def line(self) -> str:
+        total = sum(self.seconds.values())
+        ok = self.seconds.get("ok", 0.0)
+        parts = [f"{self.name}: ok {100 * ok / total:.0f} % of {total:.0f} s" if total else f"{self.name}: no time"]
+        for level in ("WARN", "ERROR", "STALE"):
+            if level in self.seconds:
+                at, message = self.first[level]
+                parts.append(f"{level} {self.seconds[level]:.1f} s (first at +{at:.1f} s: {message})")
+        return "; ".join(parts)
+
+
+def _ours(status) -> bool:
+    """The node's statuses by their names and values (node_stats.py): '<node>: inference' with the backend
+    among its values, '<node>: camera <ns>' with its input topic."""
+    keys = {kv.key for kv in status.values}
+    return (status.name.endswith(": inference") and "backend" in keys) or \
+        (": camera " in status.name and "input topic" in keys)
+
+
+def _level(status) -> int:
+    level = status.level  # an int from rosbags, bytes from rclpy
+    return level if isinstance(level, int) else level[0]
+
+
+def node_health(reader, window_ns: Optional[Tuple[int, int]] = None) -> List[StatusHealth]:
+    """Each of the node's statuses in the bag's /diagnostics (within `window_ns`, as replay's --start /
+    --duration), in the order they first appear; [] when the bag has none."""
+    if reader.topics.get(DIAGNOSTICS) != "diagnostic_msgs/msg/DiagnosticArray":
+        return []
+    reports: Dict[str, List[Tuple[int, int, str]]] = {}
+    for m in reader.messages([DIAGNOSTICS], window_ns=window_ns):
+        if m.msg is None:
+            continue
+        for s in m.msg.status:
+            if _ours(s):
+                reports.setdefault(s.name, []).append((m.stamp_ns, _level(s), s.message))
+    if not reports:
+        return []
+    start = min(r[0][0] for r in reports.values())
+    out = []
+    for name, rows in reports.items():
+        rows.sort(key=lambda r: r[0])
+        times = np.array([t for t, _, _ in rows], dtype=np.float64) / 1e9
+        period = float(np.median(np.diff(times))) if len(rows) > 1 else 1.0
+        # each report holds until the next one (the last: one period); a long gap counts one period
+        held = np.minimum(np.append(np.diff(times), period), GAP_PERIODS * period)
+        health = StatusHealth(name)
+        for (t, level, message), seconds in zip(rows, held):
+            key = LEVELS.get(level, str(level))
+            health.seconds[key] = health.seconds.get(key, 0.0) + float(seconds)
+            health.first.setdefault(key, ((t - start) / 1e9, message))
+        out.append(health)
+    return out

@@ -1,0 +1,83 @@
+"""A recording that kept the node's /diagnostics (car.launch.py record:=): replay says how the node on the car
+fared over the drive, status by status, from those reports alone."""
+import numpy as np
+
+from panoptic_node.bag.reader import BagReader
+from panoptic_node.bag.recorded_health import node_health
+from panoptic_node.bag.types import msg_class
+from panoptic_node.bag.writer import BagWriter, header, image_msg
+from panoptic_node.cli import main
+from panoptic_node.messages import image_fields
+from panoptic_node.replay import replay
+
+START = 1_700_000_000_000_000_000
+SECOND = 1_000_000_000
+
+
+def _status(name, level, message, **values):
+    return msg_class("diagnostic_msgs/msg/DiagnosticStatus")(
+        level=level, name=name, message=message, hardware_id="",
+        values=[msg_class("diagnostic_msgs/msg/KeyValue")(key=k, value=v) for k, v in values.items()])
+
+
+def _drive(path, rng):
+    """20 s of a car: a frame and a /diagnostics report each second. Inference ok but for three reports of a
+    call running long (s 5-7) and then none; the camera silent for two reports (s 12-13); another node's
+    'inference' status and replay's own status beside them, which are not the node's; a 10 s gap in the
+    reports (the node off) counted as one period."""
+    seconds = [*range(0, 15), *range(25, 30)]
+    with BagWriter(path) as w:
+        for i in seconds:
+            stamp = START + i * SECOND
+            rgb = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+            w.write("/car/image", image_msg(header(stamp, "cam"), image_fields(rgb, "rgb8")), stamp)
+            slow = 5 <= i <= 7
+            silent = 12 <= i <= 13
+            statuses = [
+                _status("/car/panoptic_node: inference", 1 if slow else 0,
+                        f"one inference call has run for {i - 3}.0 s" if slow else "ok", backend="openvino"),
+                _status("/car/panoptic_node: camera /car", 2 if silent else 0,
+                        "no frame on /car/image for 2.1 s" if silent else "ok", **{"input topic": "/car/image"}),
+                _status("/planner: inference", 2, "not ours"),
+                _status("panoptic_node: replay", 0, "1 frames, 0 undecodable", backend="torch")]
+            w.write("/diagnostics", msg_class("diagnostic_msgs/msg/DiagnosticArray")(
+                header=header(stamp, ""), status=statuses), stamp)
+    return path
+
+
+def test_replay_says_how_the_recording_node_fared_over_the_drive(tiny_pipeline, tiny_model_yaml, tmp_path, rng,
+                                                                 capsys):
+    bag = _drive(tmp_path / "drive", rng)
+    with BagReader(bag) as r:
+        health = node_health(r)
+    assert [h.name for h in health] == ["/car/panoptic_node: inference", "/car/panoptic_node: camera /car"]
+    inference, camera = health
+    # 20 reports 1 s apart; the 10 s gap counts 5 periods at most (the node was off), so 24 s in all
+    assert inference.seconds == {"ok": 21.0, "WARN": 3.0} and inference.first["WARN"] == (
+        5.0, "one inference call has run for 2.0 s")
+    assert camera.seconds == {"ok": 22.0, "ERROR": 2.0} and camera.first["ERROR"][0] == 12.0
+    summary = replay(tiny_pipeline, bag)
+    assert summary.node_health == [
+        "/car/panoptic_node: inference: ok 88 % of 24 s; WARN 3.0 s (first at +5.0 s: one inference call has run "
+        "for 2.0 s)",
+        "/car/panoptic_node: camera /car: ok 92 % of 24 s; ERROR 2.0 s (first at +12.0 s: no frame on /car/image "
+        "for 2.1 s)"]
+    assert summary.to_dict()["recorded_node_health"] == summary.node_health
+    # a window of the drive (--start / --duration) reports that window only
+    part = replay(tiny_pipeline, bag, start_s=0, duration_s=4.5)
+    assert part.node_health == ["/car/panoptic_node: inference: ok 100 % of 5 s",
+                                "/car/panoptic_node: camera /car: ok 100 % of 5 s"]
+    assert main(["replay", str(bag), "--model", str(tiny_model_yaml), "--backend", "torch", "--max-frames", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "the node that recorded this bag, on its /diagnostics:\n  /car/panoptic_node: inference: ok 88 %" in out
+
+
+def test_a_bag_without_the_nodes_reports_says_nothing_of_it(tiny_pipeline, tmp_path, rng):
+    with BagWriter(tmp_path / "plain") as w:
+        for i in range(3):
+            rgb = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+            w.write("/car/image", image_msg(header(START + i, "cam"), image_fields(rgb, "rgb8")), START + i)
+    summary = replay(tiny_pipeline, tmp_path / "plain", tmp_path / "out")
+    assert summary.node_health == [] and "recorded" not in summary.format()
+    with BagReader(tmp_path / "out") as r:  # replay's own output holds a /diagnostics status: not the node's
+        assert "/diagnostics" in r.topics and node_health(r) == []
