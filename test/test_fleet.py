@@ -529,3 +529,28 @@ def test_a_fleet_of_car_recordings_scores_a_model_against_what_the_cars_node_sai
     (failed,) = report["failed"]
     assert failed["bag"].endswith("mon/camera") and f"has no topic '{twin}' (--gt-topic)" in failed["error"]
     assert f"frames scored &middot; against {twin}</p>" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_each_bag_says_how_the_node_on_its_car_fared(local_ray, tiny_model_yaml, tmp_path, rng):
+    """record:= bags keep the node's /diagnostics: the report's bag table names the statuses that were not
+    always ok (replay's lines), 'ok' for a drive without trouble, nothing for a bag without them."""
+    from test_recorded_health import _drive
+    _drive(tmp_path / "bags" / "monday", rng)
+    assert main(["fleet", str(tmp_path / "bags"), "--model", str(tiny_model_yaml), "--backend", "torch",
+                 "--workers", "1", "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    (bag,) = report["bags"]
+    assert bag["node"] == ("/car/panoptic_node: inference: ok 88 % of 24 s; WARN 3.0 s (first at +5.0 s: one inference "
+                           "call has run for 2.0 s); /car/panoptic_node: camera /car: ok 92 % of 24 s; ERROR 2.0 s "
+                           "(first at +12.0 s: no frame on /car/image for 2.1 s)")
+    assert "<th onclick=\"sortBy('bags', " in (tmp_path / "out" / "report.html").read_text() and \
+        ">node on the car</th>" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_a_bags_node_health_in_its_row():
+    from panoptic_node.fleet.report import _node_on_the_car
+    assert _node_on_the_car([]) == ""
+    assert _node_on_the_car(["/n: inference: ok 100 % of 60 s"]) == "ok"
+    assert _node_on_the_car(["/n: inference: ok 100 % of 60 s", "/n: camera /c: ok 95 % of 60 s; ERROR 3.0 s (first "
+                             "at +1.0 s: no frame)"]) == "/n: camera /c: ok 95 % of 60 s; ERROR 3.0 s (first at +1.0 s: " \
+                                                          "no frame)"

@@ -78,7 +78,7 @@ def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Option
             "frames_without_gt": summary.frames_without_gt, "backend": summary.backend,
             "precision": summary.precision, "model": summary.model, "seconds": summary.wall_seconds,
             "stage_ms": summary.stage_ms, "scores": ev.state() if ev is not None and summary.metrics else None,
-            "metrics": summary.metrics, "notes": notes,
+            "metrics": summary.metrics, "notes": notes, "node_health": summary.node_health,
             "worst_frames": {str(c): e for c, e in worst.worst.items()} if worst else {}}
 
 
