@@ -277,6 +277,19 @@ def test_a_node_that_hears_its_cameras_and_publishes_nothing_is_not_ok():
     assert cam.level == 0
     _, cam = fresh.statuses(buf, {"front": "/front/image"}, 2.0, {})
     assert cam.level == 1 and "no output has left for 2.5 s (see inference)" in cam.message
+    slow = NodeStats(clock=lambda: t[0])  # a model that takes 2.5 s a frame here: slow, not stalled
+    for _ in range(5):
+        slow.add_timings({"detect": 2.5})
+    slow.frame_arrived("front")
+    slow.frame_published("front", age_ms=2600.0)
+    slow.call_started()
+    t[0] += 4.0
+    slow.frame_arrived("front")
+    assert [s.level for s in slow.statuses(buf, {"front": "/front/image"}, 2.0, {})] == [0, 0]
+    t[0] += 4.0                       # 8 s: past three times its slowest frame
+    slow.frame_arrived("front")
+    inference, cam = slow.statuses(buf, {"front": "/front/image"}, 2.0, {})
+    assert (inference.level, cam.level) == (1, 1) and "has run for 8.0 s" in inference.message
     fresh.publish_failed("ValueError: bad header")
     inference, _ = fresh.statuses(buf, {"front": "/front/image"}, 2.0, {})
     assert (inference.level, inference.message) == (1, "1 publication(s) failed since the last report: "
