@@ -1,7 +1,7 @@
 """launch_testing: `ros2 launch panoptic_node car.launch.py record:=PATH` as a user runs it on the car: after the
 launch stops, PATH is a bag holding the camera's frames, the node's maps as their PNG twins, its detections,
 label_info and /diagnostics, and `replay --gt-topic .../semantic/compressed` with the model the node ran agrees
-with the node on every frame. Runs where ROS 2 (ros2 bag) and this package's colcon install exist; skipped here
+with the node (to a pixel where two queries tie). Runs where ROS 2 (ros2 bag) and this package's colcon install exist; skipped here
 (test_car_launch.py checks the recorder's command, test_recorded_maps.py the scoring of such a recording)."""
 import tempfile
 import unittest
@@ -55,4 +55,6 @@ class TestRecording(unittest.TestCase):
         summary = replay(Pipeline.from_config(MODEL), BAG, image_topic=f"{camera}/image",
                          gt_topic=f"{camera}/panoptic/semantic/compressed")
         self.assertGreater(summary.evaluated, 0)
-        self.assertAlmostEqual(summary.metrics["miou"], 1.0)
+        # the same network; the node's threads may break a tie between two queries otherwise than this process's
+        self.assertGreater(summary.metrics["miou"], 0.99)
+        self.assertGreater(summary.metrics["pq"]["pq"], 0.99)
