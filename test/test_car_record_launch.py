@@ -1,8 +1,9 @@
 """launch_testing: `ros2 launch panoptic_node car.launch.py record:=PATH` as a user runs it on the car: after the
 launch stops, PATH is a bag holding the camera's frames, the node's maps as their PNG twins, its detections,
 label_info and /diagnostics, and `replay --gt-topic .../semantic/compressed` with the model the node ran agrees
-with the node (to a pixel where two queries tie). Runs where ROS 2 (ros2 bag) and this package's colcon install exist; skipped here
-(test_car_launch.py checks the recorder's command, test_recorded_maps.py the scoring of such a recording)."""
+with the node (up to a pixel where two queries tie). Runs where ROS 2 (ros2 bag) and this package's colcon
+install exist; skipped here (test_car_launch.py checks the recorder's command, test_recorded_maps.py the
+scoring of such a recording)."""
 import tempfile
 import unittest
 from pathlib import Path
