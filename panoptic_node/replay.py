@@ -22,7 +22,7 @@ from .atomic import partial_path, write_json
 from .bag.convert import GT_LABEL_INFO, GT_PANOPTIC, GT_SEMANTIC
 from .bag.outputs import ResultBagWriter
 from .bag.reader import BagMessage, BagReader, decode_frame, label_set_phrase
-from .bag.recorded_health import node_health
+from .bag.recorded_health import StatusHealth, node_health
 from .bag.recorded_maps import LABEL_MAPS, MapTopics, label_info_topic, named_maps, panoptic_of_labels
 from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.association import AssociationQuality
@@ -57,7 +57,7 @@ class ReplaySummary:
     model: str = ""
     scoring: bool = False   # ground truth was there to score against
     parameters: Optional[dict] = None  # the node's parameters the replay ran (replay --params), for the record
-    node_health: List[str] = field(default_factory=list)  # what the recording node said of itself (/diagnostics)
+    node_health: List[StatusHealth] = field(default_factory=list)  # the recording node's own /diagnostics
     evaluator: Optional[Evaluator] = field(default=None, repr=False)  # its accumulators (fleet merges them)
 
     def percentiles(self) -> Dict[str, Dict[str, float]]:
@@ -76,7 +76,7 @@ class ReplaySummary:
                 "backend": self.backend, "precision": self.precision,
                 "model": self.model, "metrics": self.metrics,
                 **({"node_parameters": self.parameters} if self.parameters else {}),
-                **({"recorded_node_health": self.node_health} if self.node_health else {})}
+                **({"recorded_node_health": [h.line() for h in self.node_health]} if self.node_health else {})}
 
     def format(self) -> str:
         d = self.to_dict()
@@ -107,7 +107,7 @@ class ReplaySummary:
             lines.append("not scored: no frame had ground truth that could be scored (see above)")
         if self.node_health:
             lines.append("the node that recorded this bag, on its /diagnostics:")
-            lines += [f"  {line}" for line in self.node_health]
+            lines += [f"  {h.line()}" for h in self.node_health]
         return "\n".join(lines)
 
 
@@ -389,7 +389,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
             while len(pending_gt) > 64:
                 pending_gt.popitem(last=False)
                 summary.gt_unmatched += 1
-        summary.node_health = [h.line() for h in node_health(reader, window)]  # a record:= bag keeps them
+        summary.node_health = node_health(reader, window)  # a record:= bag keeps them
     except BaseException:
         if writer:
             writer.abort()

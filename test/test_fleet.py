@@ -548,9 +548,8 @@ def test_each_bag_says_how_the_node_on_its_car_fared(local_ray, tiny_model_yaml,
 
 
 def test_a_bags_node_health_in_its_row():
-    from panoptic_node.fleet.report import _node_on_the_car
-    assert _node_on_the_car([]) == ""
-    assert _node_on_the_car(["/n: inference: ok 100 % of 60 s"]) == "ok"
-    assert _node_on_the_car(["/n: inference: ok 100 % of 60 s", "/n: camera /c: ok 95 % of 60 s; ERROR 3.0 s (first "
-                             "at +1.0 s: no frame)"]) == "/n: camera /c: ok 95 % of 60 s; ERROR 3.0 s (first at +1.0 s: " \
-                                                          "no frame)"
+    from panoptic_node.bag.recorded_health import StatusHealth, troubles
+    calm = StatusHealth("/n: inference", {"ok": 60.0}, {"ok": (0.0, "ok")})
+    silent = StatusHealth("/n: camera /c", {"ok": 57.0, "ERROR": 3.0}, {"ok": (0.0, "ok"), "ERROR": (1.0, "no frame")})
+    assert troubles([]) == "" and troubles([calm]) == "ok"
+    assert troubles([calm, silent]) == "/n: camera /c: ok 95 % of 60 s; ERROR 3.0 s (first at +1.0 s: no frame)"

@@ -57,16 +57,16 @@ def test_replay_says_how_the_recording_node_fared_over_the_drive(tiny_pipeline, 
         5.0, "one inference call has run for 2.0 s")
     assert camera.seconds == {"ok": 22.0, "ERROR": 2.0} and camera.first["ERROR"][0] == 12.0
     summary = replay(tiny_pipeline, bag)
-    assert summary.node_health == [
+    assert [h.line() for h in summary.node_health] == [
         "/car/panoptic_node: inference: ok 88 % of 24 s; WARN 3.0 s (first at +5.0 s: one inference call has run "
         "for 2.0 s)",
         "/car/panoptic_node: camera /car: ok 92 % of 24 s; ERROR 2.0 s (first at +12.0 s: no frame on /car/image "
         "for 2.1 s)"]
-    assert summary.to_dict()["recorded_node_health"] == summary.node_health
+    assert summary.to_dict()["recorded_node_health"] == [h.line() for h in summary.node_health]
     # a window of the drive (--start / --duration) reports that window only
     part = replay(tiny_pipeline, bag, start_s=0, duration_s=4.5)
-    assert part.node_health == ["/car/panoptic_node: inference: ok 100 % of 5 s",
-                                "/car/panoptic_node: camera /car: ok 100 % of 5 s"]
+    assert [h.line() for h in part.node_health] == ["/car/panoptic_node: inference: ok 100 % of 5 s",
+                                                    "/car/panoptic_node: camera /car: ok 100 % of 5 s"]
     assert main(["replay", str(bag), "--model", str(tiny_model_yaml), "--backend", "torch", "--max-frames", "1"]) == 0
     out = capsys.readouterr().out
     assert "the node that recorded this bag, on its /diagnostics:\n  /car/panoptic_node: inference: ok 88 %" in out

@@ -18,6 +18,10 @@ class StatusHealth:
     seconds: Dict[str, float] = field(default_factory=dict)        # level -> seconds at it
     first: Dict[str, Tuple[float, str]] = field(default_factory=dict)  # level -> (s after the first report, message)
 
+    @property
+    def always_ok(self) -> bool:
+        return set(self.seconds) <= {"ok"}
+
     def line(self) -> str:
         total = sum(self.seconds.values())
         ok = self.seconds.get("ok", 0.0)
@@ -71,3 +75,10 @@ def node_health(reader, window_ns: Optional[Tuple[int, int]] = None) -> List[Sta
             health.first.setdefault(key, ((t - start) / 1e9, message))
         out.append(health)
     return out
+
+
+def troubles(health: List[StatusHealth]) -> str:
+    """The node's recorded health in one cell (fleet's bag table): the lines of the statuses that were not
+    always ok, 'ok' when all were, '' when the bag kept none of its reports."""
+    lines = [h.line() for h in health if not h.always_ok]
+    return "; ".join(lines) if lines else "ok" if health else ""

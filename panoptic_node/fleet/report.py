@@ -70,18 +70,11 @@ def build_report(results: List[dict], settings: dict) -> dict:
                          **_headline(merged(rs, taxonomy).report(), rs)} for tag, rs in sorted(groups.items())},
         "bags": [{"bag": r["bag"], "tag": r["tag"], "frames": r["frames"], "scored": r["evaluated"],
                   "fps": r["frames"] / r["seconds"] if r["seconds"] else 0.0, "notes": "; ".join(r.get("notes", [])),
-                  "node": _node_on_the_car(r.get("node_health", [])),
+                  "node": r.get("node", ""),  # how the node on the car fared (recorded_health.troubles)
                   **(_headline(r["metrics"]) if r.get("metrics") else {})} for r in ok],
         "latency_ms": dict(sorted(latency.items(), key=lambda kv: -kv[1]["p50"])),  # slowest first
         "worst_frames": _worst_frames(scored, taxonomy),
     }
-
-
-def _node_on_the_car(health: List[str]) -> str:
-    """A bag's recorded node health (replay's lines) in its row: the statuses that were not always ok, 'ok'
-    when all were, '' when the bag kept no /diagnostics of the node."""
-    troubled = [line for line in health if any(f"; {level} " in line for level in ("WARN", "ERROR", "STALE"))]
-    return "; ".join(troubled) if troubled else "ok" if health else ""
 
 
 def _worst_frames(results: List[dict], taxonomy, keep: int = 3) -> Dict[str, List[dict]]:

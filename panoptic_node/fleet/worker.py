@@ -58,6 +58,7 @@ def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Option
     ground truth's ids are track ids (replay --stq); its metrics then hold AQ / STQ over its tracks. options:
     more of replay()'s arguments (fleet --params: the node's cameras, tracking and topics)."""
     from ..bag.writer import BagError
+    from ..bag.recorded_health import troubles
     from ..replay import replay
     published = pipeline.taxonomy if pipeline.mapping is None else pipeline.mapping.target
     worst = WorstFrames(published, gallery) if gallery else None
@@ -78,7 +79,7 @@ def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Option
             "frames_without_gt": summary.frames_without_gt, "backend": summary.backend,
             "precision": summary.precision, "model": summary.model, "seconds": summary.wall_seconds,
             "stage_ms": summary.stage_ms, "scores": ev.state() if ev is not None and summary.metrics else None,
-            "metrics": summary.metrics, "notes": notes, "node_health": summary.node_health,
+            "metrics": summary.metrics, "notes": notes, "node": troubles(summary.node_health),
             "worst_frames": {str(c): e for c, e in worst.worst.items()} if worst else {}}
 
 
