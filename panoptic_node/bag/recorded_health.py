@@ -42,7 +42,7 @@ def _ours(status) -> bool:
 
 
 def _level(status) -> int:
-    level = status.level  # an int from rosbags, bytes from rclpy
+    level = status.level  # an int from rosbags, bytes from a live graph's messages
     return level if isinstance(level, int) else level[0]
 
 
