@@ -300,3 +300,12 @@ def test_record_writes_what_the_node_read_and_said_into_a_new_bag(car_launch, tm
                                                        f"folder for ros2 bag record to write")):
         car_launch(record=out)
     assert (tmp_path / "drive" / "mine.txt").read_text() == "the user's"
+
+
+def test_what_record_keeps_is_what_the_node_publishes():
+    """Each output record:= asks ros2 bag record for is one of the node's topics (a misspelt name would record
+    nothing, silently), and the maps it keeps are the lossless twins evaluate and replay read back."""
+    from panoptic_node.params import RECORDED_OUTPUTS
+    from panoptic_node.topic_qos import OUTPUTS
+    assert set(RECORDED_OUTPUTS) <= set(OUTPUTS)
+    assert {"semantic/compressed", "instances/compressed"} <= set(RECORDED_OUTPUTS)
