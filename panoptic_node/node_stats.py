@@ -179,8 +179,8 @@ class NodeStats:
         return [inference] + [self._camera_status(buffer, cam, topic, timeout_s, out_timeout, inference)
                               for cam, topic in cameras.items()]
 
-    def _camera_status(self, buffer, cam: str, topic: str, timeout_s: float, out_timeout: float = float("inf"),
-                       inference: Optional[Status] = None) -> Status:
+    def _camera_status(self, buffer, cam: str, topic: str, timeout_s: float, out_timeout: float,
+                       inference: Status) -> Status:
         values = {"input topic": topic,
                   "input rate (Hz)": f"{self.rate_hz(cam):.2f}",
                   "output rate (Hz)": f"{self.rate_hz(cam, self.publications[cam]):.2f}",
@@ -224,7 +224,7 @@ class NodeStats:
                 f"carry stamp 0)" if unstamped else "") if part) + " since the last report"
         elif self._output_waited(cam) > out_timeout:
             level = WARN
-            cause = inference.message if inference is not None and inference.level != OK else "see inference"
+            cause = inference.message if inference.level != OK else "see inference"
             message = (f"frames arrive on {topic}, and no output has left for {self._output_waited(cam):.1f} s "
                        f"({cause})")
         else:
@@ -236,7 +236,7 @@ class NodeStats:
         last = self.publications[cam][-1] if self.publications[cam] else self.first_arrival.get(cam)
         return 0.0 if last is None else self.clock() - last
 
-    def _inference_status(self, info: Dict[str, str], timeout_s: float = float("inf")) -> Status:
+    def _inference_status(self, info: Dict[str, str], long_call_s: float) -> Status:
         failures = self._since_report("failures", self.inference_failures)
         batches = self._since_report("batches", self.batches)
         publish_failures = self._since_report("publish failures", self.publish_failures)
@@ -254,7 +254,7 @@ class NodeStats:
         elif busy > STALLED_S:
             level = ERROR
             message = f"one inference call has run for {busy:.0f} s: the runtime is stalled, nothing is published"
-        elif busy > timeout_s:
+        elif busy > long_call_s:
             level = WARN
             message = (f"one inference call has run for {busy:.1f} s (the first frame of a new size makes its "
                        f"graph: warmup_sizes makes it at configure)")

@@ -41,11 +41,6 @@ def _ours(status) -> bool:
         (": camera " in status.name and "input topic" in keys)
 
 
-def _level(status) -> int:
-    level = status.level  # an int from rosbags, bytes from a live graph's messages
-    return level if isinstance(level, int) else level[0]
-
-
 def node_health(reader, window_ns: Optional[Tuple[int, int]] = None) -> List[StatusHealth]:
     """Each of the node's statuses in the bag's /diagnostics (within `window_ns`, as replay's --start /
     --duration), in the order they first appear; [] when the bag has none."""
@@ -57,7 +52,7 @@ def node_health(reader, window_ns: Optional[Tuple[int, int]] = None) -> List[Sta
             continue
         for s in m.msg.status:
             if _ours(s):
-                reports.setdefault(s.name, []).append((m.stamp_ns, _level(s), s.message))
+                reports.setdefault(s.name, []).append((m.stamp_ns, int(s.level), s.message))
     if not reports:
         return []
     start = min(r[0][0] for r in reports.values())
