@@ -1019,8 +1019,9 @@ def test_a_call_that_keeps_the_outputs_waiting_is_named_on_diagnostics(graph, st
         return [r for r in (node_diagnostics({"/diagnostics": [d]}, ns) for d in g["/diagnostics"]) if r]
 
     def recovered(g):
-        return g[f"{ns}/panoptic/semantic"] and reports(g) and reports(g)[-1]["inference"]["level"] == 0 and \
-            reports(g)[-1]["camera"]["level"] == 0
+        newest = (reports(g) or [None])[-1]
+        return bool(g[f"{ns}/panoptic/semantic"]) and newest is not None and \
+            newest["inference"]["level"] == 0 and newest["camera"]["level"] == 0
     assert c.spin_until(recovered, publish=lambda: pub.publish(image_msg(portrait, now(graph), "f")), timeout=60)
     waiting = [r for r in reports(c.got) if r["inference"]["level"] == 1]
     assert waiting, [r["inference"]["message"] for r in reports(c.got)]
