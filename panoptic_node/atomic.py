@@ -28,6 +28,14 @@ def atomic_path(path) -> Iterator[Path]:
     tmp.replace(path)
 
 
+def write_png(array, path) -> Path:
+    """An image array as a PNG (8 or 16 bits as the array holds them), through a `.partial` name."""
+    from PIL import Image
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+    return Path(path)
+
+
 def write_json(data, path, indent: Optional[int] = None) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=indent, default=float))

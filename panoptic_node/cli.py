@@ -63,14 +63,19 @@ def output_stems(paths):
 INFER_OUTPUTS = ("_panoptic.png", "_semantic.png", "_instances.png", "_overlay.png")
 
 
+def is_infer_output(name: str) -> bool:
+    """A file `infer` writes into its --out folder (an earlier run's results may share the folder)."""
+    return name == "panoptic.json" or name.endswith(INFER_OUTPUTS)
+
+
 def cmd_infer(args) -> int:
-    from PIL import Image
     from tqdm import tqdm
 
+    from .atomic import write_png
     from .coco_format import CocoPanopticWriter
     from .images import read_rgb
     from .inference.preprocess import OffScaleNotes
-    from .output_safety import check_outputs, refuse_inputs
+    from .output_safety import check_outputs, refuse_foreign_folder, refuse_inputs
     from .render import overlay
     from .taxonomy import get_taxonomy
 
@@ -82,6 +87,7 @@ def cmd_infer(args) -> int:
     outputs.update({f"{stem}{suffix}": out / f"{stem}{suffix}" for stem in stems for suffix in INFER_OUTPUTS})
     # before the model loads; the folder too: results written among the images would be read as images next time
     refuse_inputs("--out", out, paths)
+    refuse_foreign_folder("--out", out, is_infer_output, "infer's results")
     check_outputs(outputs, inputs=paths + [args.weights], overwrite=args.overwrite)
     pipeline = _pipeline(args)
     taxonomy = get_taxonomy(pipeline.labels)
@@ -106,9 +112,9 @@ def cmd_infer(args) -> int:
         if tracker:
             result = tracker.update(result)
         writer.add(stem, path.name, result)
-        Image.fromarray(result.semantic).save(out / f"{stem}_semantic.png")
-        Image.fromarray(result.instance).save(out / f"{stem}_instances.png")
-        Image.fromarray(overlay(rgb, result, taxonomy)).save(out / f"{stem}_overlay.png")
+        write_png(result.semantic, out / f"{stem}_semantic.png")
+        write_png(result.instance, out / f"{stem}_instances.png")
+        write_png(overlay(rgb, result, taxonomy), out / f"{stem}_overlay.png")
         tqdm.write(f"{path.name}: {len(result.segments)} segments, "
                    + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in result.timings.items()))
     if not writer.annotations:  # a panoptic.json of no frames would look like a finished run

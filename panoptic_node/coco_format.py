@@ -5,9 +5,8 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
-from PIL import Image
 
-from .atomic import write_json
+from .atomic import write_json, write_png
 from .inference.result import PanopticResult
 from .taxonomy import Taxonomy
 
@@ -51,7 +50,7 @@ class CocoPanopticWriter:
 
     def add(self, stem: str, file_name: str, result: PanopticResult) -> None:
         png = f"{stem}_panoptic.png"
-        Image.fromarray(id_to_rgb(result.segment_ids)).save(self.out / png)
+        write_png(id_to_rgb(result.segment_ids), self.out / png)
         image_id = len(self.images) + 1  # integer ids, as COCO tools (hotcoco) require
         self.annotations.append(annotation(result, image_id, png))
         h, w = result.shape

@@ -6,6 +6,9 @@
   the files that metadata names): a dataset, a recording of the user's or any other folder never is.
 - One writer per output: a lock beside it (`<name>.lock`, flock'ed for the run) makes a second command
   writing the same output stop in one line instead of deleting the first's work.
+- A results folder a command fills file by file (infer's, train's) may already exist only if it holds
+  nothing but what that command writes: its files mixed into a bag, a dataset or a folder of the user's
+  would change what the user owns.
 - Every output's folder exists or can be made, no output is a folder where a file goes, and a video or
   chart has a suffix its writer knows, checked before any frame is processed: a run never fails at its
   end for a path it could have checked at its start. Nothing is made by the check: a refused run leaves
@@ -14,7 +17,7 @@
 import fcntl
 import os
 from pathlib import Path
-from typing import Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional
 
 import yaml
 
@@ -95,6 +98,22 @@ def check_outputs(outputs: Dict[str, Optional[object]], inputs: Iterable[object]
             raise NotADirectoryError(f"{name} '{path}': '{parent}' is a file, not a folder")
         if not os.access(parent, os.W_OK):
             raise PermissionError(f"{name} '{path}': folder '{parent}' is not writable")
+
+
+def refuse_foreign_folder(name: str, folder, is_ours: Callable[[str], bool], what: str) -> None:
+    """An existing `folder` a command fills file by file must hold only entries `is_ours` accepts
+    (a `.partial` leftover of a killed run counts as its final name); else it is refused in one line,
+    naming a few of the others."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{name} '{folder}' is a file; expected a folder for {what}")
+    if not folder.is_dir():
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if not is_ours(p.name.replace(".partial", "")))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise FileExistsError(f"{name} '{folder}' holds files that are not {what} ({shown}); choose an empty or "
+                              f"new folder")
 
 
 def refuse_inputs(name: str, path, inputs: Iterable[object]) -> None:

@@ -207,6 +207,42 @@ def test_infer_gives_each_image_its_own_outputs(tiny_model, tmp_path, rng):
     assert snapshot(out) == before
 
 
+def test_results_are_never_mixed_into_a_folder_of_something_else(camvid_copy, tiny_model, tmp_path, rng, capsys):
+    """infer and train fill their --out file by file: a bag, a dataset or a folder of the user's given as
+    --out is refused, --overwrite or not, never written into; a folder of their own earlier results (or
+    the log the user's shell opened there) is theirs to replace when asked."""
+    image = tmp_path / "frame.png"
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(image)
+    recording = camera_bag(tmp_path / "monday", "mcap", [(1, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's notes")
+    cfg = write_tiny_config(tmp_path)
+    train = ["train", "--config", str(cfg), "--data", str(camvid_copy), *TINY_TRAIN_ARGS, "--out"]
+    for command in (["infer", str(image), "--model", str(tiny_model), "--out"], train):
+        for folder, named in ((recording, "metadata.yaml"), (mine, "notes.txt")):
+            capsys.readouterr()
+            before = snapshot(tmp_path)
+            assert main(command + [str(folder), "--overwrite"]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and "holds files that are not" in err and named in err, err
+            assert snapshot(tmp_path) == before
+    # its own results, replaced when asked; a run beside the log nohup opened for it
+    results = tmp_path / "results"
+    assert main(["infer", str(image), "--model", str(tiny_model), "--out", str(results)]) == 0
+    other = tmp_path / "other.png"
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(other)
+    assert main(["infer", str(other), "--model", str(tiny_model), "--out", str(results), "--overwrite"]) == 0
+    names = [a["file_name"] for a in json.loads((results / "panoptic.json").read_text())["annotations"]]
+    assert names == ["other_panoptic.png"] and (results / "other_semantic.png").is_file()
+    assert not list(results.glob("*.partial*"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.log").write_text("started\n")
+    assert main(train + [str(run)]) == 0
+    assert (run / "train.log").read_text() == "started\n" and (run / "last.pth").is_file()
+
+
 def test_outputs_are_checked_before_any_frame_is_processed(tiny_pipeline, tmp_path, rng, capsys):
     bag = camera_bag(tmp_path / "in", "mcap", [(1, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))])
     (tmp_path / "taken").mkdir()

@@ -234,11 +234,12 @@ def test_infer_cli_writes_no_panoptic_json_when_no_frame_could_be_read(model_yam
     assert main(["infer", str(bad), str(tmp_path / "missing.png"), "--model", str(model_yaml), "--out", str(out)]) == 1
     assert "wrote nothing to" in capsys.readouterr().err
     assert not out.exists()  # made for the run, removed empty: nothing there looks like a result
-    kept = tmp_path / "kept"  # a folder the user had keeps what it held, and gets no panoptic.json
+    kept = tmp_path / "kept"  # a results folder the user had keeps what it held, and gets no panoptic.json
     kept.mkdir()
-    (kept / "mine.txt").write_text("the user's")
+    (kept / "earlier_semantic.png").write_text("an earlier run's")
     assert main(["infer", str(bad), "--model", str(model_yaml), "--out", str(kept)]) == 1
-    assert sorted(p.name for p in kept.iterdir()) == ["mine.txt"] and (kept / "mine.txt").read_text() == "the user's"
+    assert sorted(p.name for p in kept.iterdir()) == ["earlier_semantic.png"]
+    assert (kept / "earlier_semantic.png").read_text() == "an earlier run's"
 
 
 def test_cli_missing_model_is_one_line(capsys):
