@@ -406,6 +406,10 @@ def cmd_fleet(args) -> int:
     if report["failed"]:
         print(f"{len(report['failed'])} bags not scored (see report.html)", file=sys.stderr)
     print(f"report: {out / 'report.html'}, {out / 'report.json'}")
+    if report["failed"] and len(report["failed"]) == report.get("bags_total"):
+        print(f"fleet: none of the {len(report['failed'])} bags could be replayed (first: "
+              f"{report['failed'][0]['error']})", file=sys.stderr)
+        return 1  # nothing ran: a script must not take this for a fleet that passed
     if baseline is not None:
         losses = compare(report, baseline, args.max_pq_drop)
         for line in losses:

@@ -124,6 +124,11 @@ def test_damaged_bag_rerun_and_changed_weights(local_ray, fleet_bags, tmp_path, 
               log=lines.append)
     assert not any("already scored" in line for line in lines)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "bags").glob("drive_*.json")} != kept
+    # a fleet of which no bag could be replayed exits 1, saying so: nothing ran, nothing passed
+    capsys.readouterr()
+    assert main(["fleet", str(broken), "--model", model, "--backend", "torch", "--workers", "1", "--cpus", "2",
+                 "--out", str(tmp_path / "none")]) == 1
+    assert "fleet: none of the 1 bags could be replayed (first: " in capsys.readouterr().err
 
 
 def test_ego_masks_reach_every_bag_and_other_masks_score_again(local_ray, fleet_bags, tmp_path, capsys):
@@ -465,6 +470,32 @@ def test_the_baseline_gate_holds_stq_too_where_both_reports_scored_tracking():
     assert compare(report(0.50, 0.35), report(0.50), 1.0) == []  # the baseline did not score tracking
     assert compare(report(0.45), report(0.50), 1.0) == ["fleet: PQ 50.0 -> 45.0 (-5.0)",
                                                          "group day: PQ 50.0 -> 45.0 (-5.0)"]
+
+
+def test_the_baseline_gate_fails_on_missing_evidence_not_only_on_lower_scores():
+    """A gate that passes because nothing was scored is worse than none: a bag the baseline scored and this
+    run could not (a new model that fails on it, frames no longer matched) is a loss, with its reason; a
+    bag this run was not given is not judged."""
+    from panoptic_node.fleet.report import compare
+
+    def report(bags, failed=()):
+        scored = [b for b, n in bags.items() if n]
+        head = {"pq": 0.5} if scored else None
+        return {"headline": head, "frames_scored": sum(bags.values()), "groups": {}, "fleet": {"per_class": {}},
+                "bags": [{"bag": b, "scored": n} for b, n in bags.items()],
+                "failed": [{"bag": b, "error": e} for b, e in failed]}
+
+    baseline = report({"/bags/mon": 10, "/bags/tue": 12, "/bags/wed": 0})
+    assert compare(baseline, baseline, 1.0) == []
+    assert compare(report({"/bags/mon": 10}), baseline, 1.0) == []  # part of the fleet, judged on what it ran
+    assert compare(report({"/bags/mon": 10, "/bags/wed": 0}, [("/bags/tue", "worker failed: out of memory")]),
+                   baseline, 1.0) == ["bag /bags/tue: scored on 12 frames in the baseline, failed now "
+                                      "(worker failed: out of memory)"]
+    assert compare(report({"/bags/mon": 10, "/bags/tue": 0}), baseline, 1.0) == [
+        "bag /bags/tue: scored on 12 frames in the baseline, on none now"]
+    nothing = report({}, [("/bags/mon", "cannot be opened"), ("/bags/tue", "cannot be opened")])
+    losses = compare(nothing, baseline, 1.0)
+    assert losses[0] == "fleet: no frame scored (the baseline scored 22, PQ 50.0)" and len(losses) == 3
 
 
 def test_fleet_with_the_cars_parameters_replays_each_bag_as_replay_params_does(local_ray, tiny_model_yaml, tmp_path,

@@ -93,8 +93,27 @@ def _worst_frames(results: List[dict], taxonomy, keep: int = 3) -> Dict[str, Lis
 
 def compare(report: dict, baseline: dict, max_drop: float) -> List[str]:
     """What lost more than `max_drop` PQ points against the baseline: the fleet, a group, a class; and, where
-    both reports scored tracking (fleet --stq), more than `max_drop` STQ points: the fleet, a group."""
+    both reports scored tracking (fleet --stq), more than `max_drop` STQ points: the fleet, a group.
+
+    Missing evidence is a loss too, never a pass: a fleet that scored nothing where the baseline scored,
+    and a bag the baseline scored that this run replayed and could not score (it failed, or none of its
+    frames met ground truth), named with its reason. A bag this run was not given is not judged (a
+    fleet may be run on part of the baseline's bags)."""
     losses = []
+    if baseline.get("headline") and not report.get("headline"):
+        losses.append(f"fleet: no frame scored (the baseline scored {baseline.get('frames_scored', '?')}, "
+                      f"PQ {100 * baseline['headline']['pq']:.1f})")
+    now_bags = {b["bag"]: b for b in report.get("bags", [])}
+    now_failed = {f["bag"]: f["error"] for f in report.get("failed", [])}
+    for before in baseline.get("bags", []):
+        bag = before["bag"]
+        if not before.get("scored") or (bag not in now_bags and bag not in now_failed):
+            continue
+        if bag in now_failed:
+            losses.append(f"bag {bag}: scored on {before['scored']} frames in the baseline, failed now "
+                          f"({now_failed[bag]})")
+        elif not now_bags[bag].get("scored"):
+            losses.append(f"bag {bag}: scored on {before['scored']} frames in the baseline, on none now")
 
     def check(what, now, before, metric="PQ"):
         if now is not None and before is not None and 100 * (before - now) > max_drop:
