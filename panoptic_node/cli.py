@@ -593,6 +593,9 @@ def cmd_export(args) -> int:
 
     from .output_safety import check_outputs
     out = Path(args.out)
+    if out.suffix.lower() != ".onnx":  # a graph named otherwise is not found as one (models/<name>.onnx, --onnx)
+        raise ValueError(f"--out '{out}': expected a file name ending in .onnx (its mask graph is written beside it "
+                         f"as <name>.masks.onnx)")
     check_outputs({"--out": out, "its mask graph": mask_graph_path(out)}, [args.weights, args.calib], args.overwrite)
     if args.precision == "int8":
         if not args.calib:

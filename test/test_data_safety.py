@@ -580,6 +580,10 @@ def test_existing_outputs_of_evaluate_and_export_are_refused_without_overwrite(t
     assert main(["export", "--model", "street_lite0", "--out", str(tmp_path / "g.onnx")]) == 2
     assert (tmp_path / "g.onnx").read_bytes() == b"mine"
     assert "--overwrite" in capsys.readouterr().err
+    # a graph named otherwise would not be found as one: refused before anything is written
+    assert main(["export", "--model", "street_lite0", "--out", str(tmp_path / "g.txt")]) == 2
+    assert "expected a file name ending in .onnx" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx"]
 
 
 def test_a_sqlite_bag_killed_mid_write_is_recoverable(tmp_path):
