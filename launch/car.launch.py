@@ -80,8 +80,8 @@ def _recorder(path, topics, sim_time, env):
 
 
 def _node(context):
-    from panoptic_node.params import (absolute_namespace, defaults, image_remaps, input_topic, node_namespace,
-                                      record_topics)
+    from panoptic_node.params import (absolute_namespace, bag_to_play, defaults, image_remaps, input_topic,
+                                      node_namespace, record_topics)
     share = get_package_share_directory("panoptic_node")
     given_ns = node_namespace(LaunchConfiguration("namespace").perform(context))  # checked: '' when none
     # where the node will be: launch_ros puts a relative namespace (and none) under what a PushRosNamespace
@@ -113,6 +113,7 @@ def _node(context):
         overrides["autostart"] = {"true": True, "false": False}.get(autostart.lower(), autostart)
     bag = LaunchConfiguration("bag").perform(context)
     if bag:
+        bag = bag_to_play(bag)
         overrides["use_sim_time"] = True
     given = overrides.get("cameras") or _in_file(config, "cameras") or defaults()["cameras"]
     cameras = [absolute_namespace(c, namespace) for c in given]  # where the node will serve them

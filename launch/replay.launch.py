@@ -7,11 +7,17 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from panoptic_node.rviz_config import rviz_config
+
+
+def _player(context):
+    from panoptic_node.params import bag_to_play
+    return [ExecuteProcess(cmd=["ros2", "bag", "play", bag_to_play(LaunchConfiguration("bag").perform(context)),
+                                "--clock"], output="screen")]
 
 
 def generate_launch_description():
@@ -23,7 +29,7 @@ def generate_launch_description():
              parameters=[os.path.join(share, "config", "car.param.yaml"),
                          {"cameras": ["/camera"], "use_sim_time": True, "max_age_ms": 0}],
              remappings=[("/camera/image", "/camera/image_raw")]),
-        ExecuteProcess(cmd=["ros2", "bag", "play", LaunchConfiguration("bag"), "--clock"], output="screen"),
+        OpaqueFunction(function=_player),
         # RViz on this node's camera, /camera, whose frames the bag holds as /camera/image_raw
         Node(package="rviz2", executable="rviz2",
              arguments=["-d", str(rviz_config(os.path.join(share, "config", "panoptic.rviz"), ["/camera"],

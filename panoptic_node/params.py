@@ -1,5 +1,6 @@
 """Node parameters: defaults and validation from config/panoptic_node.schema.json (ROS-free)."""
 import json
+import os
 import re
 from functools import lru_cache
 from typing import Any, Dict, List, Tuple
@@ -154,6 +155,17 @@ def record_topics(cameras: List[str], transport: str, remaps: List[Tuple[str, st
         topics += [remap.get(frames, frames), remap.get(info, info)]
         topics += [f"{cam}/panoptic/{name}" for name in RECORDED_OUTPUTS]
     return list(dict.fromkeys(topics + ["/diagnostics"]))
+
+
+def bag_to_play(path: str) -> str:
+    """A launch's bag:= as ros2 bag play needs it: `~` expanded (a launch argument is no shell word, so
+    bag:=~/bags/x arrives as typed) and a path that exists, else one line at launch (ros2 bag play would
+    fail in its own process, leaving the node up with no frames)."""
+    path = os.path.expanduser(path)
+    if not os.path.exists(path):
+        raise ParameterError(f"launch argument bag: '{path}' does not exist; expected a rosbag2 folder (or its "
+                             f".mcap / .db3 file) for ros2 bag play")
+    return path
 
 
 def frame_sizes(text: str) -> List[Tuple[int, int]]:

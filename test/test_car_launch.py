@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def car_launch(monkeypatch):
+def car_launch(monkeypatch, tmp_path):
     for name, module in stand_in_modules().items():
         monkeypatch.setitem(sys.modules, name, module)
     for var in ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION"):
@@ -30,6 +30,8 @@ def car_launch(monkeypatch):
         return module._node(context)
 
     run.defaults = arguments
+    run.bag = str(tmp_path / "recorded")  # a bag folder that exists, for bag:=
+    os.makedirs(run.bag, exist_ok=True)
     return run
 
 
@@ -38,7 +40,7 @@ def test_the_default_profile_is_auto_and_reaches_the_node_and_the_player(car_lau
     assert car_launch.defaults["dds_profile"] == "auto"
     for rmem, name in ((4 << 20, "fastdds_large_images.xml"), (212992, "fastdds_large_images_shm.xml")):
         monkeypatch.setattr(dds, "read_rmem_max", lambda rmem=rmem: rmem)
-        log, node, player = car_launch(bag="/data/drive.mcap", cameras="['/cam/front', '/cam/rear']")
+        log, node, player = car_launch(bag=car_launch.bag, cameras="['/cam/front', '/cam/rear']")
         expected = str(ROOT / "config" / name)
         assert node.kwargs["additional_env"] == {"FASTRTPS_DEFAULT_PROFILES_FILE": expected,
                                                  "FASTDDS_DEFAULT_PROFILES_FILE": expected,
@@ -138,12 +140,12 @@ def test_a_namespace_moves_the_node_and_its_relative_cameras(car_launch, tmp_pat
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert car_launch.defaults["namespace"] == ""
-    log, node, player, rviz = car_launch(namespace="car1", bag="/data/drive.mcap", rviz="true")
+    log, node, player, rviz = car_launch(namespace="car1", bag=car_launch.bag, rviz="true")
     assert node.kwargs["namespace"] == "car1"  # relative: launch_ros puts it under any pushed namespace
     assert "/camera/image_raw:=/car1/camera/front/image" in player.kwargs["cmd"]
     assert ("Camera", "/car1/camera/front/image") in _topics(rviz.kwargs["arguments"][1])
     assert "namespace" not in car_launch()[1].kwargs  # none given: the root, as before
-    assert "/camera/image_raw:=/camera/front/image" in car_launch(bag="/b")[2].kwargs["cmd"]
+    assert "/camera/image_raw:=/camera/front/image" in car_launch(bag=car_launch.bag)[2].kwargs["cmd"]
 
 
 def test_an_absolute_camera_under_a_namespace_is_said_at_launch(car_launch):
@@ -163,7 +165,7 @@ def test_a_namespace_pushed_around_the_launch_is_where_the_cameras_are(car_launc
     cases = ((dict(namespace="car1"), "/fleet/car1/camera/front/image"), ({}, "/fleet/camera/front/image"),
              (dict(namespace="/car1"), "/car1/camera/front/image"), (dict(namespace="/"), "/camera/front/image"))
     for given, topic in cases:
-        *_, player = car_launch(ros_namespace="/fleet", bag="/b", **given)
+        *_, player = car_launch(ros_namespace="/fleet", bag=car_launch.bag, **given)
         assert f"/camera/image_raw:={topic}" in player.kwargs["cmd"], given
 
 
@@ -182,7 +184,7 @@ def test_image_topics_remap_each_camera_onto_its_drivers_topic(car_launch, tmp_p
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert car_launch.defaults["image_topics"] == "" and car_launch()[1].kwargs["remappings"] == []
-    log, node, player, rviz = car_launch(image_topics="['/usb_cam/image_raw']", bag="/b", rviz="true")
+    log, node, player, rviz = car_launch(image_topics="['/usb_cam/image_raw']", bag=car_launch.bag, rviz="true")
     assert node.kwargs["remappings"] == [("/camera/front/image", "/usb_cam/image_raw"),
                                          ("/camera/front/camera_info", "/usb_cam/camera_info")]
     assert player.kwargs["cmd"][-3:] == ["--remap", "/camera/image_raw:=/usb_cam/image_raw",
@@ -205,12 +207,12 @@ def test_a_converted_bag_with_compressed_input_is_said_at_launch(car_launch, tmp
     would hear nothing, and the launch says so in one line naming the setting (nothing to say for raw)."""
     config = tmp_path / "compressed.yaml"
     config.write_text("/**:\n  ros__parameters:\n    input_transport: compressed\n")
-    said = [a.kwargs["msg"] for a in car_launch(config=str(config), bag="/b") if "msg" in a.kwargs]
+    said = [a.kwargs["msg"] for a in car_launch(config=str(config), bag=car_launch.bag) if "msg" in a.kwargs]
     assert said[-1] == ("bag:= plays /camera/image_raw (raw frames, as panoptic-node convert writes them) into "
                         "/camera/front/image, and with input_transport compressed the node reads "
                         "/camera/front/image/compressed: for such a bag use input_transport raw (a recording of "
                         "/camera/front/image/compressed plays into the node as it is)")
-    assert not [a for a in car_launch(bag="/b") if "bag:=" in a.kwargs.get("msg", "")]
+    assert not [a for a in car_launch(bag=car_launch.bag) if "bag:=" in a.kwargs.get("msg", "")]
 
 
 @pytest.mark.parametrize("given, says", [
@@ -249,7 +251,7 @@ from launch_stand_ins import declared_arguments, load_launch_file, stand_in_modu
 sys.modules.update(stand_in_modules())
 tempfile.tempdir = {str(tmp_path)!r}
 car = load_launch_file("car.launch.py")
-context = {{**declared_arguments(car), "config": {str(config)!r}, "rviz": "true", "bag": "/data/drive.mcap",
+context = {{**declared_arguments(car), "config": {str(config)!r}, "rviz": "true", "bag": {str(tmp_path)!r},
            "namespace": "car9"}}
 log, node, said, player, rviz = car._node(context)
 replay = load_launch_file("replay.launch.py")
@@ -286,7 +288,7 @@ def test_record_writes_what_the_node_read_and_said_into_a_new_bag(car_launch, tm
         "/usb_cam/image_raw", "/usb_cam/camera_info", *[f"/car1/camera/front/{o}" for o in outputs],
         "/rear/image_raw", "/rear/camera_info", *[f"/rear/{o}" for o in outputs], "/diagnostics"]
     assert recorder.kwargs["additional_env"] == node.kwargs["additional_env"]
-    *_, player, recorder = car_launch(record=out, bag="/data/drive.mcap")
+    *_, player, recorder = car_launch(record=out, bag=car_launch.bag)
     assert player.kwargs["cmd"][:3] == ["ros2", "bag", "play"]
     assert recorder.kwargs["cmd"][5:8] == ["--use-sim-time", "--topics", "/camera/front/image"]
     monkeypatch.setenv("HOME", str(tmp_path))  # a shell leaves record:=~/drive unexpanded: the launch expands it
@@ -300,6 +302,27 @@ def test_record_writes_what_the_node_read_and_said_into_a_new_bag(car_launch, tm
                                                        f"folder for ros2 bag record to write")):
         car_launch(record=out)
     assert (tmp_path / "drive" / "mine.txt").read_text() == "the user's"
+
+
+def test_a_bag_to_play_is_found_as_the_user_typed_it_or_refused_at_launch(car_launch, tmp_path, monkeypatch):
+    """bag:=~/bags/monday reaches the launch unexpanded (no shell word): ros2 bag play was given a literal
+    '~' and failed in its own process, leaving the node up with no frames. Both launch files expand it,
+    and a bag that does not exist is one line before anything starts."""
+    from panoptic_node.params import ParameterError
+    monkeypatch.setenv("HOME", str(tmp_path))
+    replay = load_launch_file("replay.launch.py")
+    player_of_replay = next(a for a in replay.generate_launch_description().args[0]
+                            if a.kwargs.get("function") is replay._player)
+    given = "~/" + Path(car_launch.bag).name
+    assert car_launch(bag=given)[2].kwargs["cmd"][:4] == ["ros2", "bag", "play", car_launch.bag]
+    assert player_of_replay.kwargs["function"]({"bag": given})[0].kwargs["cmd"][:4] == ["ros2", "bag", "play",
+                                                                                       car_launch.bag]
+    missing = str(tmp_path / "tuesday")
+    expected = re.escape(f"launch argument bag: '{missing}' does not exist; expected a rosbag2 folder")
+    with pytest.raises(ParameterError, match=expected):
+        car_launch(bag="~/tuesday")
+    with pytest.raises(ParameterError, match=expected):
+        player_of_replay.kwargs["function"]({"bag": "~/tuesday"})
 
 
 def test_what_record_keeps_is_what_the_node_publishes():
