@@ -80,8 +80,8 @@ def _recorder(path, topics, sim_time, env):
 
 
 def _node(context):
-    from panoptic_node.params import (absolute_namespace, bag_to_play, defaults, image_remaps, input_topic,
-                                      node_namespace, record_topics)
+    from panoptic_node.params import (BAG_TO_PLAY, absolute_namespace, defaults, image_remaps, input_topic,
+                                      launch_path, node_namespace, record_topics)
     share = get_package_share_directory("panoptic_node")
     given_ns = node_namespace(LaunchConfiguration("namespace").perform(context))  # checked: '' when none
     # where the node will be: launch_ros puts a relative namespace (and none) under what a PushRosNamespace
@@ -89,12 +89,15 @@ def _node(context):
     pushed = LaunchConfiguration("ros_namespace", default="").perform(context) or "/"
     namespace = absolute_namespace(given_ns, pushed) if given_ns else pushed
     env, why = _dds_env(context, share)
-    config = LaunchConfiguration("config").perform(context) or os.path.join(share, "config", "car.param.yaml")
+    config = LaunchConfiguration("config").perform(context)
+    config = launch_path("config", config, "a ROS 2 parameters file") if config else os.path.join(
+        share, "config", "car.param.yaml")
     overrides = {}
     for name in ("model", "backend", "precision", "onnx"):
         value = LaunchConfiguration(name).perform(context)
         if value:
-            overrides[name] = value
+            overrides[name] = launch_path(name, value, "an ONNX graph `panoptic-node export` wrote") if (
+                name == "onnx") else value
     cameras = LaunchConfiguration("cameras").perform(context)
     if cameras:
         overrides["cameras"] = _list_argument(cameras)
@@ -113,7 +116,7 @@ def _node(context):
         overrides["autostart"] = {"true": True, "false": False}.get(autostart.lower(), autostart)
     bag = LaunchConfiguration("bag").perform(context)
     if bag:
-        bag = bag_to_play(bag)
+        bag = launch_path("bag", bag, BAG_TO_PLAY)
         overrides["use_sim_time"] = True
     given = overrides.get("cameras") or _in_file(config, "cameras") or defaults()["cameras"]
     cameras = [absolute_namespace(c, namespace) for c in given]  # where the node will serve them

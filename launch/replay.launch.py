@@ -15,9 +15,9 @@ from panoptic_node.rviz_config import rviz_config
 
 
 def _player(context):
-    from panoptic_node.params import bag_to_play
-    return [ExecuteProcess(cmd=["ros2", "bag", "play", bag_to_play(LaunchConfiguration("bag").perform(context)),
-                                "--clock"], output="screen")]
+    from panoptic_node.params import BAG_TO_PLAY, launch_path
+    bag = launch_path("bag", LaunchConfiguration("bag").perform(context), BAG_TO_PLAY)
+    return [ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock"], output="screen")]
 
 
 def generate_launch_description():

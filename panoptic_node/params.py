@@ -157,15 +157,18 @@ def record_topics(cameras: List[str], transport: str, remaps: List[Tuple[str, st
     return list(dict.fromkeys(topics + ["/diagnostics"]))
 
 
-def bag_to_play(path: str) -> str:
-    """A launch's bag:= as ros2 bag play needs it: `~` expanded (a launch argument is no shell word, so
-    bag:=~/bags/x arrives as typed) and a path that exists, else one line at launch (ros2 bag play would
-    fail in its own process, leaving the node up with no frames)."""
+def launch_path(argument: str, path: str, expected: str) -> str:
+    """A path a launch argument names (bag:=, config:=, onnx:=), as the processes it starts need it: `~`
+    expanded (a launch argument is no shell word, so bag:=~/bags/x arrives as typed) and a path that
+    exists, else one line at launch (ros2 bag play, say, would fail in its own process, leaving the node
+    up with no frames)."""
     path = os.path.expanduser(path)
     if not os.path.exists(path):
-        raise ParameterError(f"launch argument bag: '{path}' does not exist; expected a rosbag2 folder (or its "
-                             f".mcap / .db3 file) for ros2 bag play")
+        raise ParameterError(f"launch argument {argument}: '{path}' does not exist; expected {expected}")
     return path
+
+
+BAG_TO_PLAY = "a rosbag2 folder (or its .mcap / .db3 file) for ros2 bag play"
 
 
 def frame_sizes(text: str) -> List[Tuple[int, int]]:

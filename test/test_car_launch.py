@@ -304,10 +304,11 @@ def test_record_writes_what_the_node_read_and_said_into_a_new_bag(car_launch, tm
     assert (tmp_path / "drive" / "mine.txt").read_text() == "the user's"
 
 
-def test_a_bag_to_play_is_found_as_the_user_typed_it_or_refused_at_launch(car_launch, tmp_path, monkeypatch):
+def test_paths_are_found_as_the_user_typed_them_or_refused_at_launch(car_launch, tmp_path, monkeypatch):
     """bag:=~/bags/monday reaches the launch unexpanded (no shell word): ros2 bag play was given a literal
     '~' and failed in its own process, leaving the node up with no frames. Both launch files expand it,
-    and a bag that does not exist is one line before anything starts."""
+    car.launch.py its config:= and onnx:= too, and a path that does not exist is one line before anything
+    starts."""
     from panoptic_node.params import ParameterError
     monkeypatch.setenv("HOME", str(tmp_path))
     replay = load_launch_file("replay.launch.py")
@@ -323,6 +324,14 @@ def test_a_bag_to_play_is_found_as_the_user_typed_it_or_refused_at_launch(car_la
         car_launch(bag="~/tuesday")
     with pytest.raises(ParameterError, match=expected):
         player_of_replay.kwargs["function"]({"bag": "~/tuesday"})
+    (tmp_path / "my_car.param.yaml").write_text("/**:\n  ros__parameters: {cameras: [cam/left]}\n")
+    (tmp_path / "street.onnx").write_bytes(b"a graph")
+    node = car_launch(config="~/my_car.param.yaml", onnx="~/street.onnx")[1]
+    assert node.kwargs["parameters"] == [str(tmp_path / "my_car.param.yaml"), {"onnx": str(tmp_path / "street.onnx")}]
+    for argument in ("config", "onnx"):
+        with pytest.raises(ParameterError, match=re.escape(f"launch argument {argument}: '{tmp_path}/nope' does "
+                                                           f"not exist; expected a")):
+            car_launch(**{argument: "~/nope"})
 
 
 def test_what_record_keeps_is_what_the_node_publishes():
