@@ -165,12 +165,24 @@ def _decode_compressed(msg, what: str, convert) -> np.ndarray:
     return array
 
 
+def _decoded_rgb(im) -> np.ndarray:
+    """A decoded compressed frame as 8-bit RGB. A 16-bit grey PNG (a mono16 camera through image_transport's
+    png compression) keeps its top byte, as its raw frame does: PIL's convert("RGB") clips it, which
+    turned all but the darkest pixels white."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = _top_byte(np.asarray(im).astype(np.int64).clip(0, 65535))
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if im.mode == "F":
+        raise FrameError("compressed frame holds floating-point values; expected an 8- or 16-bit image")
+    return np.asarray(im.convert("RGB"))
+
+
 def compressed_to_rgb(msg) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg / png) -> H x W x 3 uint8 RGB."""
     fmt = str(msg.format).lower()
     if not any(f in fmt for f in SUPPORTED_FORMATS):
         raise FrameError(f"unsupported compressed format '{msg.format}', expected jpeg or png")
-    return _decode_compressed(msg, fmt, lambda im: np.asarray(im.convert("RGB")))
+    return _decode_compressed(msg, fmt, _decoded_rgb)
 
 
 # image_transport's compressed format for a colour frame: the raw encoding, then what the JPEG holds

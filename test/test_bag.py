@@ -54,6 +54,18 @@ def test_16_bit_camera_frames_keep_their_top_byte_in_either_byte_order(rng, enco
     np.testing.assert_array_equal(image_to_rgb(msg), expected)
 
 
+def test_a_16_bit_grey_png_frame_keeps_its_top_byte_as_its_raw_frame_does(rng):
+    """A mono16 camera through image_transport's png compression: the compressed frame decodes to the
+    same 8-bit image as the raw one (PIL's own conversion clipped it white)."""
+    grey = rng.integers(0, 65536, (6, 8), dtype=np.uint16)
+    raw = SimpleNamespace(encoding="mono16", height=6, width=8, step=16, is_bigendian=0, data=grey.astype("<u2").tobytes())
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="PNG")
+    png = SimpleNamespace(format="mono16; png compressed mono16", data=buf.getvalue())
+    np.testing.assert_array_equal(compressed_to_rgb(png), image_to_rgb(raw))
+    np.testing.assert_array_equal(compressed_to_rgb(png)[..., 0], grey >> 8)
+
+
 def bilinear_demosaic_directly(raw, pattern):
     """Each pixel: its own colour as is; another colour the mean of that colour's sites among its four
     neighbours, or if none, among its four diagonal neighbours (the frame mirrored at its border)."""
