@@ -559,7 +559,9 @@ def cmd_demo(args) -> int:
     args.storage = "mcap"
     # all seven outputs are checked before anything is written: an earlier demo's are replaced only
     # with --overwrite (and its bags only if they are ours), never reused as they are
-    from .output_safety import check_outputs
+    from .output_safety import check_outputs, refuse_foreign_folder
+    ours = {Path(p).name for p in (bag, args.out, args.video, args.metrics, args.chart, args.confusion, args.timeline)}
+    refuse_foreign_folder("--out", out, lambda name: name.removesuffix(".lock") in ours, "the demo's outputs")
     check_outputs({"the demo's input bag": bag}, [camvid], args.overwrite, bags={"the demo's input bag"})
     _check_replay_outputs(args, [camvid, bag, args.weights, args.onnx])
     convert("camvid", camvid, bag, split="val", storage="mcap", max_frames=args.max_frames, overwrite=args.overwrite)

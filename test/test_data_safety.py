@@ -208,7 +208,7 @@ def test_infer_gives_each_image_its_own_outputs(tiny_model, tmp_path, rng):
 
 
 def test_results_are_never_mixed_into_a_folder_of_something_else(camvid_copy, tiny_model, tmp_path, rng, capsys):
-    """infer and train fill their --out file by file: a bag, a dataset or a folder of the user's given as
+    """infer, train and demo fill their --out file by file: a bag, a dataset or a folder of the user's given as
     --out is refused, --overwrite or not, never written into; a folder of their own earlier results (or
     the log the user's shell opened there) is theirs to replace when asked."""
     image = tmp_path / "frame.png"
@@ -219,7 +219,8 @@ def test_results_are_never_mixed_into_a_folder_of_something_else(camvid_copy, ti
     (mine / "notes.txt").write_text("the user's notes")
     cfg = write_tiny_config(tmp_path)
     train = ["train", "--config", str(cfg), "--data", str(camvid_copy), *TINY_TRAIN_ARGS, "--out"]
-    for command in (["infer", str(image), "--model", str(tiny_model), "--out"], train):
+    demo = ["demo", "--camvid", str(camvid_copy), "--model", str(tiny_model), "--out"]
+    for command in (["infer", str(image), "--model", str(tiny_model), "--out"], train, demo):
         for folder, named in ((recording, "metadata.yaml"), (mine, "notes.txt")):
             capsys.readouterr()
             before = snapshot(tmp_path)
