@@ -352,8 +352,9 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                         if video_out is None:
                             video_out = VideoWriter(video, fps=10)
                             tile = drawn.shape[:2]  # every camera fitted into the first one's size
-                        video_out.add(drawn if len(cameras) == 1
-                                      else side_by_side([latest.get(t) for t in cameras], *tile))
+                        # fitted even for one camera: a camera whose size changes mid-drive (a driver
+                        # reconfigured) would otherwise end the video, and the replay, at that frame
+                        video_out.add(side_by_side([latest.get(t) for t in cameras], *tile))
                 if evaluator:
                     pending_pred[m.stamp_ns] = (result.panoptic, result.semantic,
                                                 np.ascontiguousarray(rgb[::3, ::3]) if on_scored else None)

@@ -415,6 +415,19 @@ def _car_bag(path, rng, second="/rear/image_raw", ground_truth=False):
     return path, stamps, {"/front": front, second.rsplit("/", 1)[0]: rear}
 
 
+def test_a_camera_whose_size_changes_mid_drive_keeps_its_video(tiny_pipeline, tmp_path, rng):
+    """A driver reconfigured mid-drive (64x48 frames, then 80x60): the video keeps the first size, each
+    later frame fitted into it (the writer refused the new size, which ended the replay at that frame)."""
+    import imageio.v2 as imageio
+    frames = [(1 + i, rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for i in range(2)]
+    frames += [(10 + i, rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)) for i in range(2)]
+    bag = camera_bag(tmp_path / "bag", "mcap", frames)
+    summary = replay(tiny_pipeline, bag, tmp_path / "out", video=tmp_path / "v.mp4")
+    assert summary.frames == 4 and (tmp_path / "out" / "metadata.yaml").is_file()
+    with imageio.get_reader(tmp_path / "v.mp4") as video:
+        assert video.count_frames() == 4 and {video.get_data(i).shape[:2] for i in range(4)} == {(48, 64)}
+
+
 def test_a_car_bag_replays_every_camera_under_its_own_namespace(tiny_pipeline, tmp_path, rng):
     """As the node serves several cameras, replay of a car's bag runs every camera by default (or the
     ones --image-topic names) and writes each one's outputs under its namespace, frame for frame what
