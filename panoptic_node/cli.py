@@ -1,6 +1,7 @@
 """The `panoptic-node` command: one entry point, one sub-command per job."""
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -969,8 +970,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# options naming ROS names, where a leading ~ is the node's private namespace, not a home folder
+ROS_NAME_OPTIONS = {"image_topic", "image_topics", "gt_topic", "pred_topic", "node"}
+
+
+def expand_home(args) -> None:
+    """`~` at the start of a path, expanded as the shell would have: it leaves `--out=~/x` (one word with
+    `=`) alone, and the run then wrote into a folder named `~` in the current one."""
+    for name, value in vars(args).items():
+        if name in ROS_NAME_OPTIONS:
+            continue
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
+        elif isinstance(value, list) and any(isinstance(v, str) and v.startswith("~") for v in value):
+            setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    expand_home(args)
     try:
         if args.command in ("infer", "replay", "demo"):  # before anything is read or written (demo converts first)
             from .inference.backends import check_threads

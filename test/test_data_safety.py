@@ -244,6 +244,24 @@ def test_results_are_never_mixed_into_a_folder_of_something_else(camvid_copy, ti
     assert (run / "train.log").read_text() == "started\n" and (run / "last.pth").is_file()
 
 
+def test_a_path_given_with_equals_starts_from_home_as_the_shell_would_expand_it(tiny_model, tmp_path, rng,
+                                                                                  monkeypatch):
+    """The shell leaves `--out=~/x` alone (one word): the run wrote into a folder named `~` in the current
+    one. Paths are expanded; ROS names, where `~` is a node's private namespace, are not."""
+    from panoptic_node.cli import build_parser, expand_home
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "frame.png")
+    assert main(["infer", "~/frame.png", f"--model={tiny_model}", "--out=~/results"]) == 0
+    assert (tmp_path / "results" / "panoptic.json").is_file() and not any((tmp_path / "work").iterdir())
+    args = build_parser().parse_args(["replay", "~/bags/monday", "--out=~/out", "--gt-topic=~/maps",
+                                      "--image-topic=~/image", "--params=~/car.yaml", "--node=~/x"])
+    expand_home(args)
+    assert (args.bag, args.out, args.params) == (f"{tmp_path}/bags/monday", f"{tmp_path}/out", f"{tmp_path}/car.yaml")
+    assert (args.gt_topic, args.image_topic, args.node) == ("~/maps", ["~/image"], "~/x")
+
+
 def test_outputs_are_checked_before_any_frame_is_processed(tiny_pipeline, tmp_path, rng, capsys):
     bag = camera_bag(tmp_path / "in", "mcap", [(1, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))])
     (tmp_path / "taken").mkdir()
