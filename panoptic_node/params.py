@@ -64,7 +64,13 @@ def validate(params: Dict[str, Any]) -> Dict[str, Any]:
         value = full.get(name)
         raise ParameterError(f"parameter '{name}' = {value!r} is invalid: allowed {allowed(props.get(name, {}))}")
     frame_sizes(full["warmup_sizes"])
+    for name in PATH_PARAMETERS:  # a YAML value is no shell word: onnx: ~/graphs/x.onnx arrives as written
+        if full[name].startswith("~"):
+            full[name] = os.path.expanduser(full[name])
     return full
+
+
+PATH_PARAMETERS = ("model", "weights", "onnx", "ego_mask_dir")
 
 
 # the node's publish_* parameters, each named after the output it switches (publish_overlay also its JPEG twin)
@@ -202,7 +208,8 @@ def updated(current: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, Any]:
     for name, value in changes.items():
         if name not in props:
             raise ParameterError(f"unknown parameter '{name}'; allowed: {', '.join(sorted(props))}")
-        if name not in LIVE_PARAMETERS and value != current[name]:
+        as_read = os.path.expanduser(value) if name in PATH_PARAMETERS and isinstance(value, str) else value
+        if name not in LIVE_PARAMETERS and as_read != current[name]:  # (validate() expanded current's ~)
             raise ParameterError(f"parameter '{name}' is read at start-up only; restart the node to change it, or "
                                  f"deactivate and clean it up (`ros2 lifecycle set`), set it, configure and activate "
                                  f"again (changed while it runs: {', '.join(LIVE_PARAMETERS)})")

@@ -70,6 +70,18 @@ def test_ros_builtin_parameters_are_not_ours_but_typos_are():
         validate(mine)
 
 
+def test_paths_in_a_parameters_file_may_start_from_home(monkeypatch):
+    """A YAML value is no shell word: `onnx: ~/graphs/street.onnx` reached the loader as written."""
+    monkeypatch.setenv("HOME", "/home/driver")
+    p = validate({"onnx": "~/graphs/street.onnx", "ego_mask_dir": "~/masks", "weights": "", "model": "street_lite0"})
+    assert (p["onnx"], p["ego_mask_dir"], p["weights"], p["model"]) == (
+        "/home/driver/graphs/street.onnx", "/home/driver/masks", "", "street_lite0")
+    # the same file loaded again while the node runs (ros2 param load) changes nothing read at start-up
+    assert updated(p, {"onnx": "~/graphs/street.onnx", "threshold": 0.6})["threshold"] == 0.6
+    with pytest.raises(ParameterError, match="'onnx' is read at start-up only"):
+        updated(p, {"onnx": "~/graphs/other.onnx"})
+
+
 def test_wrong_type_is_named():
     with pytest.raises(ParameterError, match="parameter 'qos_depth' = 'deep' is invalid: allowed integer"):
         validate({"qos_depth": "deep"})
