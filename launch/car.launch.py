@@ -18,7 +18,8 @@ bag:=PATH plays a recorded (or converted CamVid / KITTI) bag with --clock and ru
 sim time: the validation setup, same node, same topics.
 
 record:=PATH records, with ros2 bag record into that new folder, each camera's frames and camera_info and
-what the node said of them (the maps as their lossless PNG twins, detections, label_info) and /diagnostics:
+what the node said of them (the maps as their lossless PNG twins, detections, label_info), /diagnostics and
+/tf, /tf_static (where RViz finds each camera's frame):
 `panoptic-node replay PATH --gt-topic /camera/front/panoptic/semantic/compressed` then scores another model
 or setting against what the car's node said, on the car's own frames.
 
@@ -184,7 +185,7 @@ def generate_launch_description():
         DeclareLaunchArgument("bag", default_value="", description="play this bag with --clock and use sim time"),
         DeclareLaunchArgument("record", default_value="",
                               description="record the cameras' frames and camera_info, the node's maps (lossless "
-                                          "PNG twins), detections, label_info and /diagnostics into this new bag "
+                                          "PNG twins), detections, label_info, /diagnostics and /tf into this new bag "
                                           "folder with ros2 bag record (replay and score it later)"),
         DeclareLaunchArgument("rviz", default_value="false", description="open RViz with config/panoptic.rviz"),
         DeclareLaunchArgument("num_threads", default_value="",

@@ -152,7 +152,8 @@ RECORDED_OUTPUTS = ("semantic/compressed", "instances/compressed", "detections",
 def record_topics(cameras: List[str], transport: str, remaps: List[Tuple[str, str]] = ()) -> List[str]:
     """car.launch.py record:=PATH: the topics `ros2 bag record` takes for the node's cameras (resolved
     namespaces), each camera's input and camera_info where `remaps` (image_remaps) point them, then
-    /diagnostics. Such a recording replays with `replay` and is scored against with `replay --gt-topic
+    /diagnostics and the car's transforms (/tf, /tf_static: RViz places a camera's frames by them, so a
+    recording without them shows no Camera display on replay). Such a recording replays with `replay` and is scored against with `replay --gt-topic
     <camera>/panoptic/semantic/compressed` (another model on the car's own frames)."""
     remap = dict(remaps)
     topics = []
@@ -160,7 +161,7 @@ def record_topics(cameras: List[str], transport: str, remaps: List[Tuple[str, st
         frames, info = input_topic(cam, transport), f"{cam}/camera_info"
         topics += [remap.get(frames, frames), remap.get(info, info)]
         topics += [f"{cam}/panoptic/{name}" for name in RECORDED_OUTPUTS]
-    return list(dict.fromkeys(topics + ["/diagnostics"]))
+    return list(dict.fromkeys(topics + ["/diagnostics", "/tf", "/tf_static"]))
 
 
 def launch_path(argument: str, path: str, expected: str) -> str:

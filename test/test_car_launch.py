@@ -286,7 +286,7 @@ def test_record_writes_what_the_node_read_and_said_into_a_new_bag(car_launch, tm
     assert recorder.kwargs["cmd"] == [
         "ros2", "bag", "record", "-o", out, "--topics",
         "/usb_cam/image_raw", "/usb_cam/camera_info", *[f"/car1/camera/front/{o}" for o in outputs],
-        "/rear/image_raw", "/rear/camera_info", *[f"/rear/{o}" for o in outputs], "/diagnostics"]
+        "/rear/image_raw", "/rear/camera_info", *[f"/rear/{o}" for o in outputs], "/diagnostics", "/tf", "/tf_static"]
     assert recorder.kwargs["additional_env"] == node.kwargs["additional_env"]
     *_, player, recorder = car_launch(record=out, bag=car_launch.bag)
     assert player.kwargs["cmd"][:3] == ["ros2", "bag", "play"]
