@@ -387,6 +387,7 @@ def test_evaluator_refuses_maps_of_different_sizes():
     ("pred.json a list", "--pred-json '{pred_json}' has no list 'annotations'"),
     ("pred annotation without segments_info", "--pred-json '{pred_json}' has an annotation without"),
     ("gt segment without category_id", "a segment of image '1' lacks id or category_id"),
+    ("pred segment missing from its JSON", "image '4' ({pred_png} against "),
     ("pred PNG missing", "cannot read image '{pred_png}'"),
     ("pred PNG truncated", "cannot read image '{pred_png}'")])
 def test_evaluate_folders_with_damaged_inputs_is_one_line_and_writes_nothing(folders, tmp_path, capsys, damage, says):
@@ -410,6 +411,10 @@ def test_evaluate_folders_with_damaged_inputs_is_one_line_and_writes_nothing(fol
     elif damage == "gt segment without category_id":
         del gt["annotations"][0]["segments_info"][0]["category_id"]
         gt_json.write_text(json.dumps(gt))
+    elif damage == "pred segment missing from its JSON":
+        frame3 = next(a for a in pred["annotations"] if a["file_name"] == "frame3.png")
+        frame3["segments_info"] = frame3["segments_info"][1:]
+        pred_json.write_text(json.dumps(pred))
     elif damage == "pred PNG missing":
         pred_png.unlink()
     else:

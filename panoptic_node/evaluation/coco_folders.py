@@ -93,7 +93,12 @@ def evaluate_folders(gt_json, gt_folder, pred_json, pred_folder) -> Evaluator:
             if s["category_id"] not in categories:
                 raise ValueError(f"prediction segment {s['id']} of image '{p['image_id']}' has unknown category "
                                  f"{s['category_id']}")
-        evaluator.add_segments(
-            gt_ids, {s["id"]: SegmentInfo(s["category_id"], bool(s.get("iscrowd", 0))) for s in ann["segments_info"]},
-            pr_ids, {s["id"]: SegmentInfo(s["category_id"], False) for s in p["segments_info"]})
+        try:
+            evaluator.add_segments(
+                gt_ids, {s["id"]: SegmentInfo(s["category_id"], bool(s.get("iscrowd", 0))) for s in ann["segments_info"]},
+                pr_ids, {s["id"]: SegmentInfo(s["category_id"], False) for s in p["segments_info"]})
+        except ValueError as e:  # which of thousands of frames: the files to look at
+            raise ValueError(f"image '{ann['image_id']}' ({Path(pred_folder) / p['file_name']} against "
+                             f"{Path(gt_folder) / ann['file_name']}): {e}; expected every segment id in a PNG to be "
+                             f"listed in its JSON's segments_info") from None
     return evaluator
