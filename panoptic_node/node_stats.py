@@ -7,7 +7,7 @@ go on showing the rate it had. Times are on the steady clock (a paused bag or si
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -83,6 +83,8 @@ class NodeStats:
         self.overlays = defaultdict(int)
         self.mismatch = {}          # camera -> why nothing reaches it (a publisher's QoS or type, or none)
         self.camera_info = {}       # camera -> the size its newest CameraInfo gives (passed on with the maps)
+        self.calibrated = {}        # camera -> (w, h) of the frames that CameraInfo describes (roi and binning)
+        self.frame_size = {}        # camera -> (w, h) of its newest published frame
         self.batches = 0            # network calls that gave results
         self.inference_failures = 0
         self.last_failure = ""
@@ -94,6 +96,14 @@ class NodeStats:
         self._reported = {}         # counters at the previous report, to judge what happened since
 
     # --- events ------------------------------------------------------------------------------------
+    def camera_info_arrived(self, camera: str, width: int, height: int, binning_x: int = 0, binning_y: int = 0,
+                            roi_width: int = 0, roi_height: int = 0) -> None:
+        """A CameraInfo: the frames it describes are its roi (the whole sensor when 0) over its binning (0 or
+        1: none), as image_geometry reads them."""
+        self.camera_info[camera] = f"{width}x{height}"
+        w, h = (roi_width, roi_height) if roi_width and roi_height else (width, height)
+        self.calibrated[camera] = (w // max(1, binning_x), h // max(1, binning_y))
+
     def frame_arrived(self, camera: str) -> None:
         now = self.clock()
         self.arrivals[camera].append(now)
@@ -115,10 +125,12 @@ class NodeStats:
         self.publish_failures += 1
         self.last_publish_failure = error
 
-    def frame_published(self, camera: str, age_ms: Optional[float]) -> None:
+    def frame_published(self, camera: str, age_ms: Optional[float], size: Optional[Tuple[int, int]] = None) -> None:
         """`age_ms`: the node clock minus the frame's header stamp as its outputs leave, i.e. transport,
         waiting and inference together (what the driving stack sees; a camera whose clock is not the
-        node's shows here as an age far from the pipeline's latency)."""
+        node's shows here as an age far from the pipeline's latency). `size`: the frame's (w, h)."""
+        if size is not None:
+            self.frame_size[camera] = size
         self.published[camera] += 1
         self.publications[camera].append(self.clock())
         if age_ms is not None:  # None: the frame had no stamp
@@ -227,9 +239,22 @@ class NodeStats:
             cause = inference.message if inference.level != OK else "see inference"
             message = (f"frames arrive on {topic}, and no output has left for {self._output_waited(cam):.1f} s "
                        f"({cause})")
+        elif self._calibration_misfit(cam):
+            level = WARN
+            message = self._calibration_misfit(cam)
         else:
             level, message = OK, "ok"
         return Status(f"camera {cam}", cam, level, message, values)
+
+    def _calibration_misfit(self, cam: str) -> str:
+        """Why the camera_info passed on with the maps does not fit them ('' when it does, or is unknown):
+        a driver calibrated at another resolution, whose intrinsics would misplace every pixel projected."""
+        calibrated, frames = self.calibrated.get(cam), self.frame_size.get(cam)
+        if calibrated is None or frames is None or calibrated == frames:
+            return ""
+        return (f"camera_info describes {calibrated[0]}x{calibrated[1]} frames (after its roi and binning), the "
+                f"frames are {frames[0]}x{frames[1]}: the maps go out with a calibration that does not fit them "
+                f"(the driver's calibration file is for another resolution?)")
 
     def _output_waited(self, cam: str) -> float:
         """Seconds since the camera's last output left (since its first frame came, before any did)."""

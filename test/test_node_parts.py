@@ -236,6 +236,35 @@ def test_rate_is_over_the_last_seconds_and_falls_to_zero_when_the_camera_stops()
     assert early.rate_hz("front") == pytest.approx(20.0)
 
 
+@pytest.mark.parametrize("info, frames, fits", [
+    ((1280, 720, 0, 0, 0, 0), (1280, 720), True),
+    ((1280, 720, 0, 0, 0, 0), (640, 360), False),     # calibrated at full resolution, the driver now sends half
+    ((1280, 720, 2, 2, 0, 0), (640, 360), True),      # binning 2 says so
+    ((1280, 720, 1, 1, 640, 360), (640, 360), True),  # a region of interest says so
+    ((1280, 720, 2, 2, 640, 360), (640, 360), False)])
+def test_a_calibration_that_does_not_fit_the_frames_is_a_warning(info, frames, fits):
+    """The node passes each camera's camera_info on with its maps; intrinsics of another resolution would
+    misplace every pixel a consumer projects. Its roi and binning are read as image_geometry reads them."""
+    t = [0.0]
+    stats = NodeStats(clock=lambda: t[0])
+    buf = LatestFrameBuffer(FakeClock())
+    for _ in range(5):
+        t[0] += 0.1
+        stats.frame_arrived("front")
+        stats.frame_published("front", age_ms=30.0, size=frames)
+    assert [s.level for s in _report(stats, buf)] == [0, 0]  # no camera_info yet: nothing to judge
+    stats.camera_info_arrived("front", *info)
+    cam = _report(stats, buf)[1]
+    assert cam.values["camera info"] == "1280x720"
+    if fits:
+        assert (cam.level, cam.message) == (0, "ok")
+    else:
+        calibrated = f"{info[4] or 1280}x{info[5] or 720}" if not info[2] else "320x180"
+        assert cam.level == 1 and cam.message.startswith(
+            f"camera_info describes {calibrated} frames (after its roi and binning), the frames are "
+            f"{frames[0]}x{frames[1]}: the maps go out with a calibration that does not fit them"), cam.message
+
+
 def test_a_node_that_hears_its_cameras_and_publishes_nothing_is_not_ok():
     """A call that never ends (a stalled runtime), an inference thread that died, failed publications: the
     cameras still arrive, so without these the report would say ok while nothing leaves the node."""

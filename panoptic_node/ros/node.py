@@ -286,7 +286,8 @@ class PanopticNode(LifecycleNode):
 
     def _on_camera_info(self, camera, msg):
         self.camera_infos[camera] = msg
-        self.stats.camera_info[camera] = f"{msg.width}x{msg.height}"
+        self.stats.camera_info_arrived(camera, msg.width, msg.height, msg.binning_x, msg.binning_y, msg.roi.width,
+                                       msg.roi.height)
 
     def _mismatch(self, camera, why):
         self.stats.mismatch[camera] = why
@@ -528,7 +529,8 @@ class PanopticNode(LifecycleNode):
         if info is not None and self._wanted(pubs, "camera_info"):
             pubs["camera_info"].publish(_camera_info(header, info))
         stamp = stamp_ns(header)
-        self.stats.frame_published(camera, (self.get_clock().now().nanoseconds - stamp) / 1e6 if stamp else None)
+        self.stats.frame_published(camera, (self.get_clock().now().nanoseconds - stamp) / 1e6 if stamp else None,
+                                   (result.shape[1], result.shape[0]))
 
     def _publish_diagnostics(self):
         """One status for inference and one per camera, named as diagnostic_updater names them
