@@ -7,7 +7,7 @@ same code is tested here through the bag path and runs in the node.
 import functools
 import io
 import warnings
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -279,6 +279,24 @@ def image_array(msg) -> np.ndarray:
     rows = data.reshape(h, int(msg.step))[:, : w * channels * dt.itemsize]
     arr = np.frombuffer(rows.tobytes(), dt).reshape((h, w) if channels == 1 else (h, w, channels))
     return arr.astype(dtype)
+
+
+def calibrated_size(info) -> Tuple[int, int]:
+    """(w, h) of the frames a sensor_msgs/CameraInfo describes, as image_geometry reads it: its roi (the
+    whole sensor when 0) over its binning (0 or 1: none)."""
+    roi = info.roi
+    w, h = (int(roi.width), int(roi.height)) if roi.width and roi.height else (int(info.width), int(info.height))
+    return w // max(1, int(info.binning_x)), h // max(1, int(info.binning_y))
+
+
+def calibration_misfit(calibrated: Tuple[int, int], frames: Tuple[int, int]) -> str:
+    """Why a calibration does not fit its frames ('' when it does): intrinsics of another resolution
+    misplace every pixel a consumer projects with them."""
+    if calibrated == frames:
+        return ""
+    return (f"camera_info describes {calibrated[0]}x{calibrated[1]} frames (after its roi and binning), the frames "
+            f"are {frames[0]}x{frames[1]}: the maps go out with a calibration that does not fit them (the driver's "
+            f"calibration file is for another resolution?)")
 
 
 def detections(result: PanopticResult, taxonomy: Taxonomy) -> List[Dict[str, object]]:

@@ -11,6 +11,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .messages import calibrated_size, calibration_misfit
+
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 RATE_WINDOW_S = 5.0        # input and output rates are counted over the last few seconds
 CLOCK_AHEAD_MS = 50.0      # frames stamped further ahead of the node's clock than this: the clocks differ
@@ -96,13 +98,9 @@ class NodeStats:
         self._reported = {}         # counters at the previous report, to judge what happened since
 
     # --- events ------------------------------------------------------------------------------------
-    def camera_info_arrived(self, camera: str, width: int, height: int, binning_x: int = 0, binning_y: int = 0,
-                            roi_width: int = 0, roi_height: int = 0) -> None:
-        """A CameraInfo: the frames it describes are its roi (the whole sensor when 0) over its binning (0 or
-        1: none), as image_geometry reads them."""
-        self.camera_info[camera] = f"{width}x{height}"
-        w, h = (roi_width, roi_height) if roi_width and roi_height else (width, height)
-        self.calibrated[camera] = (w // max(1, binning_x), h // max(1, binning_y))
+    def camera_info_arrived(self, camera: str, info) -> None:
+        self.camera_info[camera] = f"{info.width}x{info.height}"
+        self.calibrated[camera] = calibrated_size(info)
 
     def frame_arrived(self, camera: str) -> None:
         now = self.clock()
@@ -247,14 +245,9 @@ class NodeStats:
         return Status(f"camera {cam}", cam, level, message, values)
 
     def _calibration_misfit(self, cam: str) -> str:
-        """Why the camera_info passed on with the maps does not fit them ('' when it does, or is unknown):
-        a driver calibrated at another resolution, whose intrinsics would misplace every pixel projected."""
+        """Why the camera_info passed on with the maps does not fit them ('' when it does, or is unknown)."""
         calibrated, frames = self.calibrated.get(cam), self.frame_size.get(cam)
-        if calibrated is None or frames is None or calibrated == frames:
-            return ""
-        return (f"camera_info describes {calibrated[0]}x{calibrated[1]} frames (after its roi and binning), the "
-                f"frames are {frames[0]}x{frames[1]}: the maps go out with a calibration that does not fit them "
-                f"(the driver's calibration file is for another resolution?)")
+        return "" if calibrated is None or frames is None else calibration_misfit(calibrated, frames)
 
     def _output_waited(self, cam: str) -> float:
         """Seconds since the camera's last output left (since its first frame came, before any did)."""

@@ -31,7 +31,7 @@ from .evaluation.per_frame import PerFrameScores
 from .inference.ego_mask import apply_ego_mask, describe, fitted, masks_for
 from .inference.preprocess import OffScaleNotes
 from .inference.tracking import DEFAULT_MAX_LOST, DEFAULT_MIN_IOU, InstanceTracker
-from .messages import FrameError, image_array
+from .messages import FrameError, calibrated_size, calibration_misfit, image_array
 from .output_safety import check_outputs
 from .params import camera_namespace
 from .render import overlay, side_by_side
@@ -311,6 +311,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     info_of = {f"{ns}/camera_info": t for t, ns in zip(cameras, namespaces)
                if reader.topics.get(f"{ns}/camera_info") == "sensor_msgs/msg/CameraInfo"} if writer else {}
     camera_infos: Dict[str, object] = {}
+    misfits_said = set()  # (camera, calibrated size, frame size): said once each, as the node's WARN says it
     gt_topics = [t for t in (gt_maps.panoptic, gt_maps.semantic, gt_maps.instances) if t] if gt_pan else []
     topics = cameras + gt_topics + [t for t in (gt_sem,) if t] + list(info_of)
     start = time.perf_counter()
@@ -345,7 +346,12 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                 drawn = overlay(rgb, result, taxonomy, labels=overlay_labels) \
                     if video or (out and out.publish["overlay"]) else None  # once for the overlay topic and the video
                 if out:
-                    out.add(m.msg.header, m.stamp_ns, result, rgb, drawn, camera_infos.get(m.topic))
+                    info = camera_infos.get(m.topic)
+                    out.add(m.msg.header, m.stamp_ns, result, rgb, drawn, info)
+                    said = (m.topic, calibrated_size(info), rgb.shape[1::-1]) if info is not None else None
+                    if said and said not in misfits_said and calibration_misfit(*said[1:]):
+                        misfits_said.add(said)
+                        bar.write(f"warning: {m.topic}: {calibration_misfit(*said[1:])}")
                 if video:
                     latest[m.topic] = drawn
                     if m.topic == cameras[0]:  # the first camera paces the video

@@ -305,10 +305,11 @@ def test_replay_round_trip(tiny_pipeline, tmp_path, rng, storage, compressed):
     assert len(info) == 1 and [c.class_name for c in info[0].msg.class_map][:2] == ["sky", "building"]
 
 
-def test_the_cameras_calibration_is_written_with_its_maps(tiny_pipeline, tmp_path, rng):
+def test_the_cameras_calibration_is_written_with_its_maps(tiny_pipeline, tmp_path, rng, capsys):
     """A bag with <ns>/camera_info beside the camera (what convert writes): the replay writes the node's
     <ns>/panoptic/camera_info, the camera's newest calibration stamped as each frame's maps; a bag without one
-    gets no such topic (test_replay_round_trip)."""
+    gets no such topic (test_replay_round_trip). A calibration of another size is said once, as the node's
+    /diagnostics say it."""
     from panoptic_node.bag.writer import camera_info_msg
     stamps = [1_700_000_000_000_000_000 + i * 50_000_000 for i in range(3)]
     k = [50.0, 0.0, 32.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0]
@@ -325,6 +326,18 @@ def test_the_cameras_calibration_is_written_with_its_maps(tiny_pipeline, tmp_pat
     assert [stamp_ns(i.header) for i in infos] == stamps and {i.header.frame_id for i in infos} == {"front_optical"}
     assert [list(i.k) for i in infos] == [[v + n for v in k] for n in range(3)]  # each frame's newest
     assert {(i.width, i.height, i.distortion_model) for i in infos} == {(64, 48, "plumb_bob")}
+    assert "camera_info describes" not in capsys.readouterr().out
+    with BagWriter(tmp_path / "full_size") as w:  # calibrated at 128x96, the camera sends 64x48
+        for stamp in stamps:
+            hdr = header(stamp, "front_optical")
+            w.write("/front/camera_info", camera_info_msg(hdr, 128, 96, k), stamp)
+            w.write("/front/image_raw", image_msg(hdr, image_fields(rng.integers(0, 255, (48, 64, 3), np.uint8),
+                                                                   "rgb8")), stamp)
+    replay(tiny_pipeline, tmp_path / "full_size", tmp_path / "out2", log=lambda *_: None)
+    said = [line for line in capsys.readouterr().out.splitlines() if "camera_info describes" in line]
+    assert said == ["warning: /front/image_raw: camera_info describes 128x96 frames (after its roi and binning), "
+                    "the frames are 64x48: the maps go out with a calibration that does not fit them (the driver's "
+                    "calibration file is for another resolution?)"]
 
 
 def test_bad_frames_are_counted_and_skipped(tiny_pipeline, tmp_path, rng):

@@ -254,9 +254,19 @@ def test_doctor_listen_says_what_the_calibration_beside_the_frames_gives():
     import numpy as np
     from panoptic_node.ros.camera_check import _calibration
     frame = np.zeros((720, 1280, 3), np.uint8)
-    assert _calibration("/cam/camera_info", SimpleNamespace(width=1280, height=720), frame) == "; camera_info 1280x720"
-    assert _calibration("/cam/camera_info", SimpleNamespace(width=1920, height=1080), frame) == (
+
+    def info(width, height, binning=0, roi=(0, 0)):
+        return SimpleNamespace(width=width, height=height, binning_x=binning, binning_y=binning,
+                               roi=SimpleNamespace(width=roi[0], height=roi[1]))
+
+    assert _calibration("/cam/camera_info", info(1280, 720), frame) == "; camera_info 1280x720"
+    assert _calibration("/cam/camera_info", info(1920, 1080), frame) == (
         "; camera_info 1920x1080, not the frames' 1280x720")
+    # a sensor binned 2x2 or read through a region of interest says so, as the node judges it
+    assert _calibration("/cam/camera_info", info(2560, 1440, binning=2), frame) == (
+        "; camera_info 2560x1440 (describing 1280x720 frames)")
+    assert _calibration("/cam/camera_info", info(1920, 1080, roi=(1280, 720)), frame) == (
+        "; camera_info 1920x1080 (describing 1280x720 frames)")
     assert _calibration("/cam/camera_info", None, frame) == "; no /cam/camera_info heard (the maps go out without calibration)"
 
 

@@ -4,6 +4,7 @@ import importlib.util
 import re
 import sys
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -253,7 +254,10 @@ def test_a_calibration_that_does_not_fit_the_frames_is_a_warning(info, frames, f
         stats.frame_arrived("front")
         stats.frame_published("front", age_ms=30.0, size=frames)
     assert [s.level for s in _report(stats, buf)] == [0, 0]  # no camera_info yet: nothing to judge
-    stats.camera_info_arrived("front", *info)
+    width, height, binning_x, binning_y, roi_width, roi_height = info
+    stats.camera_info_arrived("front", SimpleNamespace(width=width, height=height, binning_x=binning_x,
+                                                       binning_y=binning_y,
+                                                       roi=SimpleNamespace(width=roi_width, height=roi_height)))
     cam = _report(stats, buf)[1]
     assert cam.values["camera info"] == "1280x720"
     if fits:

@@ -17,7 +17,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from ..messages import FrameError, compressed_to_rgb, image_to_rgb, stamp_ns
+from ..messages import FrameError, calibrated_size, compressed_to_rgb, image_to_rgb, stamp_ns
 from ..node_stats import CLOCK_AHEAD_MS, UNKNOWN_NODE, no_publisher_why, wrong_type_why
 
 
@@ -102,9 +102,11 @@ def _calibration(topic: str, info, rgb: np.ndarray) -> str:
     frames."""
     if info is None:
         return f"; no {topic} heard (the maps go out without calibration)"
-    size = f"{info.width}x{info.height}"
-    frames = f"{rgb.shape[1]}x{rgb.shape[0]}"
-    return f"; camera_info {size}" + ("" if size == frames else f", not the frames' {frames}")
+    w, h = calibrated_size(info)  # its roi over its binning, as the node judges it
+    fits = (w, h) == (rgb.shape[1], rgb.shape[0])
+    described = "" if (w, h) == (info.width, info.height) else f" (describing {w}x{h} frames)"
+    return f"; camera_info {info.width}x{info.height}{described}" + (
+        "" if fits else f", not the frames' {rgb.shape[1]}x{rgb.shape[0]}")
 
 
 def _duration(ms: float) -> str:

@@ -286,8 +286,7 @@ class PanopticNode(LifecycleNode):
 
     def _on_camera_info(self, camera, msg):
         self.camera_infos[camera] = msg
-        self.stats.camera_info_arrived(camera, msg.width, msg.height, msg.binning_x, msg.binning_y, msg.roi.width,
-                                       msg.roi.height)
+        self.stats.camera_info_arrived(camera, msg)
 
     def _mismatch(self, camera, why):
         self.stats.mismatch[camera] = why
