@@ -183,7 +183,7 @@ def _score(ray, pending, out, settings, tags, model, weights, backend, device, t
             store.save(out, bag, result)  # as it finishes: a run stopped later keeps it
             done.append(result)
             failed += not result["ok"]
-            ran = result.get("frames", 0) if result["ok"] else estimated[bag]
+            ran = result.get("frames", 0) if result["ok"] else 0  # a bag that failed ran none: no frames/s from it
             bar.total += ran - estimated[bag]  # so the bar ends full, at the frames the fleet really ran
             bar.update(ran)
             bar.set_postfix(bags=f"{len(done)}/{len(pending)}", failed=failed)
