@@ -6,7 +6,7 @@
   the files that metadata names): a dataset, a recording of the user's or any other folder never is.
 - One writer per output: a lock beside it (`<name>.lock`, flock'ed for the run) makes a second command
   writing the same output stop in one line instead of deleting the first's work.
-- A results folder a command fills file by file (infer's, train's) may already exist only if it holds
+- A results folder a command fills file by file (infer's, train's, demo's) may already exist only if it holds
   nothing but what that command writes: its files mixed into a bag, a dataset or a folder of the user's
   would change what the user owns.
 - Every output's folder exists or can be made, no output is a folder where a file goes, and a video or

@@ -153,8 +153,9 @@ def record_topics(cameras: List[str], transport: str, remaps: List[Tuple[str, st
     """car.launch.py record:=PATH: the topics `ros2 bag record` takes for the node's cameras (resolved
     namespaces), each camera's input and camera_info where `remaps` (image_remaps) point them, then
     /diagnostics and the car's transforms (/tf, /tf_static: RViz places a camera's frames by them, so a
-    recording without them shows no Camera display on replay). Such a recording replays with `replay` and is scored against with `replay --gt-topic
-    <camera>/panoptic/semantic/compressed` (another model on the car's own frames)."""
+    recording without them shows no Camera display on replay). Such a recording replays with `replay` and
+    is scored against with `replay --gt-topic <camera>/panoptic/semantic/compressed` (another model on the
+    car's own frames)."""
     remap = dict(remaps)
     topics = []
     for cam in cameras:

@@ -311,7 +311,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     info_of = {f"{ns}/camera_info": t for t, ns in zip(cameras, namespaces)
                if reader.topics.get(f"{ns}/camera_info") == "sensor_msgs/msg/CameraInfo"} if writer else {}
     camera_infos: Dict[str, object] = {}
-    misfits_said = set()  # (camera, calibrated size, frame size): said once each, as the node's WARN says it
+    misfits_said = set()  # (camera, why): each said once, as the node's /diagnostics WARN says it
     gt_topics = [t for t in (gt_maps.panoptic, gt_maps.semantic, gt_maps.instances) if t] if gt_pan else []
     topics = cameras + gt_topics + [t for t in (gt_sem,) if t] + list(info_of)
     start = time.perf_counter()
@@ -348,10 +348,10 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                 if out:
                     info = camera_infos.get(m.topic)
                     out.add(m.msg.header, m.stamp_ns, result, rgb, drawn, info)
-                    said = (m.topic, calibrated_size(info), rgb.shape[1::-1]) if info is not None else None
-                    if said and said not in misfits_said and calibration_misfit(*said[1:]):
-                        misfits_said.add(said)
-                        bar.write(f"warning: {m.topic}: {calibration_misfit(*said[1:])}")
+                    misfit = calibration_misfit(calibrated_size(info), rgb.shape[1::-1]) if info is not None else ""
+                    if misfit and (m.topic, misfit) not in misfits_said:
+                        misfits_said.add((m.topic, misfit))
+                        bar.write(f"warning: {m.topic}: {misfit}")
                 if video:
                     latest[m.topic] = drawn
                     if m.topic == cameras[0]:  # the first camera paces the video
