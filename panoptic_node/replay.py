@@ -51,6 +51,7 @@ class ReplaySummary:
     unscored: int = 0   # frames whose ground truth could not be scored (wrong size, unknown labels)
     gt_unmatched: int = 0      # ground-truth frames with no replayed frame of their stamp
     frames_without_gt: int = 0  # replayed frames with no ground truth of their stamp (when scoring)
+    stamps_unmatchable: int = 0  # replayed frames stamped 0 or with another frame's stamp: never paired
     metrics: Optional[dict] = None
     backend: str = ""
     precision: str = ""
@@ -73,6 +74,7 @@ class ReplaySummary:
                 "fps": self.frames / self.wall_seconds if self.wall_seconds else 0.0,
                 "latency_ms": self.percentiles(), "evaluated_frames": self.evaluated, "unscored_frames": self.unscored,
                 "ground_truth_unmatched": self.gt_unmatched, "frames_without_ground_truth": self.frames_without_gt,
+                "frames_with_unmatchable_stamps": self.stamps_unmatchable,
                 "backend": self.backend, "precision": self.precision,
                 "model": self.model, "metrics": self.metrics,
                 **({"node_parameters": self.parameters} if self.parameters else {}),
@@ -99,6 +101,9 @@ class ReplaySummary:
         if self.unscored:
             first = next(e for e in self.errors if e.startswith("ground truth"))
             lines.append(f"{self.unscored} frames' ground truth not scored (first: {first})")
+        if self.stamps_unmatchable:
+            lines.append(f"{self.stamps_unmatchable} frames not scored: stamped 0 (a driver that leaves header.stamp "
+                         f"unset) or with another frame's stamp, so no ground truth can be told to be theirs")
         if self.gt_unmatched or self.frames_without_gt:
             lines.append(f"{self.gt_unmatched} ground-truth frames matched no replayed frame and "
                          f"{self.frames_without_gt} replayed frames had no ground truth: ground truth is matched "
@@ -273,6 +278,10 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     # predictions and ground truth waiting for their partner, by stamp (bounded: GT sits next to its frame)
     pending_pred: "OrderedDict[int, tuple]" = OrderedDict()
     pending_gt: "OrderedDict[int, dict]" = OrderedDict()
+    # ground truth is paired by header stamp: a frame stamped 0, or with a stamp another frame had, cannot be
+    # told apart from the others, so neither it nor ground truth of its stamp is scored (it would be paired
+    # with whichever frame came last)
+    frame_stamps, unmatchable = set(), set()
 
     def gt_complete(stamp):
         entry = pending_gt.get(stamp, {})
@@ -361,7 +370,12 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                         # fitted even for one camera: a camera whose size changes mid-drive (a driver
                         # reconfigured) would otherwise end the video, and the replay, at that frame
                         video_out.add(side_by_side([latest.get(t) for t in cameras], *tile))
-                if evaluator:
+                if evaluator and (m.stamp_ns == 0 or m.stamp_ns in frame_stamps):
+                    unmatchable.add(m.stamp_ns)
+                    summary.stamps_unmatchable += 1 + (pending_pred.pop(m.stamp_ns, None) is not None)
+                    pending_gt.pop(m.stamp_ns, None)
+                elif evaluator:
+                    frame_stamps.add(m.stamp_ns)
                     pending_pred[m.stamp_ns] = (result.panoptic, result.semantic,
                                                 np.ascontiguousarray(rgb[::3, ::3]) if on_scored else None)
                     if gt_complete(m.stamp_ns):
@@ -369,6 +383,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
             elif m.topic in info_of:
                 if m.msg is not None:  # one that does not deserialize leaves the previous one in use
                     camera_infos[info_of[m.topic]] = m.msg
+            elif m.stamp_ns in unmatchable:
+                pass  # counted with its frames
             else:
                 entry = pending_gt.setdefault(m.stamp_ns, {})
                 kind = "sem" if m.topic == gt_sem else "pan"  # a label map is half of the panoptic map

@@ -305,6 +305,35 @@ def test_replay_round_trip(tiny_pipeline, tmp_path, rng, storage, compressed):
     assert len(info) == 1 and [c.class_name for c in info[0].msg.class_map][:2] == ["sky", "building"]
 
 
+def test_frames_whose_stamp_does_not_tell_them_apart_are_not_scored(tiny_pipeline, tmp_path, rng):
+    """Ground truth is paired by header stamp: frames a driver left stamped 0, or two frames with one stamp,
+    were paired with whichever ground truth came last (silently wrong scores). They are replayed, not scored,
+    and said; the frames with stamps of their own are scored as before."""
+    def bag(path, events):  # ("frame" | "gt", header stamp), in the bag's order
+        with BagWriter(path) as w:
+            for i, (kind, stamp) in enumerate(events):
+                if kind == "frame":
+                    rgb = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+                    w.write("/camera/image_raw", image_msg(header(stamp, "cam"), image_fields(rgb, "rgb8")), 100 + i)
+                else:
+                    pan = np.full((48, 64), 3, np.int32)
+                    w.write("/ground_truth/panoptic", image_msg(header(stamp, "cam"), image_fields(pan, "32SC1")),
+                            100 + i)
+        return path
+    # a car's recording: each frame's maps come after the next frame (the node's latency)
+    unstamped = replay(tiny_pipeline, bag(tmp_path / "unstamped", [("frame", 0), ("frame", 0), ("gt", 0),
+                                                                    ("frame", 0), ("gt", 0), ("gt", 0)]),
+                       log=lambda *_: None)
+    assert (unstamped.frames, unstamped.evaluated, unstamped.stamps_unmatchable) == (3, 0, 3)
+    assert "3 frames not scored: stamped 0 (a driver that leaves header.stamp unset) or with another frame's " \
+           "stamp" in unstamped.format()
+    shared = replay(tiny_pipeline, bag(tmp_path / "shared", [("frame", 5), ("frame", 7), ("gt", 5), ("frame", 7),
+                                                             ("gt", 7), ("frame", 9), ("gt", 7), ("gt", 9)]),
+                    log=lambda *_: None)
+    assert (shared.frames, shared.evaluated, shared.stamps_unmatchable) == (4, 2, 2)
+    assert shared.to_dict()["frames_with_unmatchable_stamps"] == 2
+
+
 def test_the_cameras_calibration_is_written_with_its_maps(tiny_pipeline, tmp_path, rng, capsys):
     """A bag with <ns>/camera_info beside the camera (what convert writes): the replay writes the node's
     <ns>/panoptic/camera_info, the camera's newest calibration stamped as each frame's maps; a bag without one
@@ -1159,6 +1188,10 @@ def test_pairs_by_stamp_reads_two_streams_side_by_side():
     assert [a.stamp_ns for a, _ in pairs_by_stamp(stream(range(1, 101), "gt"), stream(late, "pred"), window=200)] == [50, 1]
     unreadable = BagMessage("pred", "t", 7, None, "does not deserialize")
     assert list(pairs_by_stamp(stream([7], "gt"), iter([unreadable]))) == []
+    # a stamp that does not tell messages apart (0: unset; two on one side) pairs nothing, and is counted
+    unmatched = [0, 0]
+    got = pairs_by_stamp(stream([0, 0, 1, 2, 2, 3], "gt"), stream([0, 0, 1, 2, 3], "pred"), unmatched=unmatched)
+    assert [a.stamp_ns for a, _ in got] == [1, 3] and unmatched == [4, 3]
 
 
 def _small_message_bag(path, n=120):

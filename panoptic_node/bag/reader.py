@@ -169,10 +169,13 @@ def pairs_by_stamp(a: Iterator[BagMessage], b: Iterator[BagMessage], window: int
     """(message of a, message of b) with equal header stamps, from two streams each in bag order,
     read side by side: at most `window` messages wait for a partner on either side (a message whose
     partner never comes is dropped once the window passes it), so memory does not grow with the bags.
-    Messages that did not deserialize are skipped. `unmatched` ([0, 0]) counts, per side, the messages
-    that found no partner (unreadable ones included), so a caller can say what it did not score."""
+    Messages that did not deserialize are skipped. A stamp does not tell messages apart when it is 0 (a
+    driver that leaves header.stamp unset) or two messages of one side carry it: those are never paired
+    (either partner could be anyone's). `unmatched` ([0, 0]) counts, per side, the messages that found no
+    partner (unreadable and ambiguous ones included), so a caller can say what it did not score."""
     unmatched = unmatched if unmatched is not None else [0, 0]
     waiting: Tuple[Dict[int, BagMessage], Dict[int, BagMessage]] = ({}, {})
+    ambiguous = {0}
 
     def readable(stream, side):
         for m in stream:
@@ -183,6 +186,13 @@ def pairs_by_stamp(a: Iterator[BagMessage], b: Iterator[BagMessage], window: int
     merged = heapq.merge(((m.stamp_ns, 0, m) for m in readable(a, 0)),
                          ((m.stamp_ns, 1, m) for m in readable(b, 1)), key=lambda x: (x[0], x[1]))
     for stamp, side, m in merged:
+        if stamp in waiting[side]:  # a second message of this stamp on the same side
+            ambiguous.add(stamp)
+            del waiting[side][stamp]
+            unmatched[side] += 1
+        if stamp in ambiguous:
+            unmatched[side] += 1
+            continue
         partner = waiting[1 - side].pop(stamp, None)
         if partner is not None:
             yield (partner, m) if side else (m, partner)
