@@ -372,6 +372,15 @@ def test_a_bag_left_unscored_says_why_in_the_report(tiny_pipeline, tmp_path):
     result = score_bag(tiny_pipeline, tmp_path / "drive_void", gallery=0)
     assert (result["evaluated"], result["scores"], result["metrics"]) == (0, None, None)
     assert result["notes"] == ["not scored: the ground truth of the 2 frames matched labels no pixel (all void)"]
+    # a driver that left its stamps unset: no ground truth can be told to be a frame's
+    from panoptic_node.bag.writer import BagWriter, header, image_msg
+    from panoptic_node.messages import image_fields
+    with BagWriter(tmp_path / "drive_unstamped") as w:
+        for i, f in enumerate(frames):
+            w.write("/camera/image_raw", image_msg(header(0, "cam"), image_fields(f.rgb, "rgb8")), 10 + i)
+            w.write("/ground_truth/panoptic", image_msg(header(0, "cam"), image_fields(pan, "32SC1")), 10 + i)
+    result = score_bag(tiny_pipeline, tmp_path / "drive_unstamped", gallery=0)
+    assert result["evaluated"] == 0 and "2 frames not scored: stamped 0 or with another frame's stamp" in result["notes"]
 
 
 def test_a_file_that_is_no_bag_is_refused_before_ray_starts(tmp_path, capsys):

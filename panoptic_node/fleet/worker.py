@@ -72,6 +72,8 @@ def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Option
             hint = f" (a recording cut short? panoptic-node recover '{bag}' --out NEW_BAG)"
         return {"ok": False, "error": f"{e}{hint}"}
     ev = summary.evaluator
+    if summary.stamps_unmatchable:  # replay's summary line, which the fleet's report would not show otherwise
+        notes.append(f"{summary.stamps_unmatchable} frames not scored: stamped 0 or with another frame's stamp")
     return {"ok": True, "frames": summary.frames, "undecodable": summary.undecodable,
             # frames count as scored when they gave scores (all-void ground truth gives none: said in the notes)
             "evaluated": summary.evaluated if summary.metrics else 0, "unscored": summary.unscored,
