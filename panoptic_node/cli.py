@@ -525,7 +525,8 @@ def _evaluate_bags(args) -> dict:
               file=sys.stderr)
     if unmatched[0] or unmatched[1]:
         print(f"{unmatched[0]} ground-truth frames ({gt_maps.name}) matched no prediction and {unmatched[1]} "
-              f"predictions ({pred_maps.name}) matched no ground truth: frames are paired by header stamp, exactly",
+              f"predictions ({pred_maps.name}) matched no ground truth: frames are paired by header stamp, exactly "
+              f"(a stamp of 0, or one two frames of a topic share, pairs nothing)",
               file=sys.stderr)
     if unscored:
         print(f"{unscored} frame pairs not scored (first {first_reason})", file=sys.stderr)
