@@ -987,19 +987,34 @@ def expand_home(args) -> None:
             setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler or a closing session ending the job): unwound as Ctrl-C is, so what was
+    half-written stays under its .partial name and the output's lock goes; Python's default would end the
+    process where it stood."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
+    import signal
+    import threading
     args = build_parser().parse_args(argv)
     expand_home(args)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers may be set
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         if args.command in ("infer", "replay", "demo"):  # before anything is read or written (demo converts first)
             from .inference.backends import check_threads
             if args.threads is not None:  # replay: None when not given (--params may set num_threads)
                 check_threads(args.threads, "--threads")
         return args.func(args)
-    except KeyboardInterrupt:
-        print(f"panoptic-node {args.command}: interrupted; outputs not finished are left under .partial names",
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"panoptic-node {args.command}: {how}; outputs not finished are left under .partial names",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130  # as a shell reports a process ended by the signal
     except Exception as e:
         if args.debug:
             raise
@@ -1013,6 +1028,9 @@ def main(argv=None) -> int:
         hint = "" if expected else " (an unexpected error: rerun with --debug for the traceback and report it)"
         print(f"panoptic-node {args.command}: error: {what}{hint}", file=sys.stderr)
         return 2 if expected else 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -556,6 +556,30 @@ def test_ctrl_c_during_convert_is_one_line_and_leaves_only_a_partial(camvid_copy
     assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "b")]) == 0  # the leftover goes
 
 
+def test_sigterm_during_convert_unwinds_as_ctrl_c_does(camvid_copy, tmp_path, monkeypatch, capsys):
+    """`kill` (or a scheduler, a closing session) sends SIGTERM, whose default ends Python where it stands:
+    the output's lock file stayed, and nothing said why the run stopped. It now unwinds as Ctrl-C: one line,
+    exit 143, what was half-written under its .partial name, the lock gone, the handler as it was."""
+    import os
+    import signal
+    import panoptic_node.bag.convert as conv
+    real = conv.camvid_frames
+
+    def terminated(*a, **k):
+        for i, f in enumerate(real(*a, **k)):
+            if i == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield f
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setitem(conv.CONVERTERS, "camvid", (terminated, "val", "camvid"))
+    assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "b")]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "panoptic-node convert: terminated (SIGTERM); outputs not finished are left under .partial names")
+    assert not (tmp_path / "b").exists() and (tmp_path / "b.partial").is_dir()
+    assert not (tmp_path / "b.lock").exists() and signal.getsignal(signal.SIGTERM) is before
+
+
 def test_a_full_disk_is_one_line(camvid_copy, tmp_path, monkeypatch, capsys):
     import errno
     import panoptic_node.bag.writer as writer
