@@ -1,4 +1,4 @@
-"""ros2 launch panoptic_node car.launch.py [config:=FILE] [namespace:=car1] [cameras:="['camera/front']"]
+"""ros2 launch panoptic_node car.launch.py [config:=FILE | config:="['FILE', ...]"] [namespace:=car1] [cameras:="['camera/front']"]
        [image_topics:="['/usb_cam/image_raw']"] [model:=NAME]
        [backend:=auto|torch|onnxruntime|openvino|tensorrt] [precision:=auto|fp32|int8] [onnx:=FILE] [bag:=PATH]
        [record:=PATH] [rviz:=true|false] [autostart:=true|false]
@@ -41,13 +41,14 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 
-def _in_file(config, name):
-    """A parameter the node takes from the parameters file, by rclpy's rule (every entry that applies to
-    /panoptic_node in the file's order: /** and the node's own name, the later winning); None when the file
-    says none, or cannot be read (the node then says why in one line)."""
+def _in_file(configs, name, node):
+    """A parameter the node `node` (its fully qualified name: /car1/panoptic_node under namespace:=car1) takes
+    from the parameters files, by rclpy's rule (every entry that applies to it in each file's order, the files
+    in theirs: /**, its own name, the later winning); None when they say none, or cannot be read (the node
+    then says why in one line)."""
     from panoptic_node.params import ParameterError, file_parameters
     try:
-        return file_parameters(config).get(name)
+        return file_parameters(configs, node).get(name)
     except ParameterError:
         return None
 
@@ -90,9 +91,10 @@ def _node(context):
     pushed = LaunchConfiguration("ros_namespace", default="").perform(context) or "/"
     namespace = absolute_namespace(given_ns, pushed) if given_ns else pushed
     env, why = _dds_env(context, share)
-    config = LaunchConfiguration("config").perform(context)
-    config = launch_path("config", config, "a ROS 2 parameters file") if config else os.path.join(
-        share, "config", "car.param.yaml")
+    # one parameters file or several, read in order (a fleet's shared file, then a car's own)
+    configs = [launch_path("config", c, "a ROS 2 parameters file")
+               for c in _list_argument(LaunchConfiguration("config").perform(context))] or [
+        os.path.join(share, "config", "car.param.yaml")]
     overrides = {}
     for name in ("model", "backend", "precision", "onnx"):
         value = LaunchConfiguration(name).perform(context)
@@ -119,15 +121,16 @@ def _node(context):
     if bag:
         bag = launch_path("bag", bag, BAG_TO_PLAY)
         overrides["use_sim_time"] = True
-    given = overrides.get("cameras") or _in_file(config, "cameras") or defaults()["cameras"]
+    node_name = namespace.rstrip("/") + "/panoptic_node"
+    given = overrides.get("cameras") or _in_file(configs, "cameras", node_name) or defaults()["cameras"]
     cameras = [absolute_namespace(c, namespace) for c in given]  # where the node will serve them
     # each camera's input remapped onto the topic its driver publishes (usb_cam's /image_raw, say)
     image_topics = _list_argument(LaunchConfiguration("image_topics").perform(context))
-    transport = _in_file(config, "input_transport") or defaults()["input_transport"]
+    transport = _in_file(configs, "input_transport", node_name) or defaults()["input_transport"]
     remaps = image_remaps(given, image_topics, namespace, transport) if image_topics else []
     actions = [LogInfo(msg=why),
                Node(package="panoptic_node", executable="panoptic_node", name="panoptic_node", output="screen",
-                    parameters=[config, overrides], remappings=remaps, additional_env=env,
+                    parameters=[*configs, overrides], remappings=remaps, additional_env=env,
                     arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)],
                     **({"namespace": given_ns} if given_ns else {}))]
     fixed = [c for c in given if c.startswith("/")]
@@ -165,7 +168,8 @@ def _node(context):
 
 def generate_launch_description():
     return LaunchDescription([
-        DeclareLaunchArgument("config", default_value="", description="parameter file (default: config/car.param.yaml)"),
+        DeclareLaunchArgument("config", default_value="", description="parameters file (default: "
+                              "config/car.param.yaml), or several, read in order: \"['fleet.yaml', 'car1.yaml']\""),
         DeclareLaunchArgument("namespace", default_value="",
                               description="node namespace, e.g. car1: relative camera names (the shipped camera/front) "
                                           "and their topics move under it (/car1/camera/front/...)"),

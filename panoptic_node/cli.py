@@ -29,7 +29,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_params_args(p: argparse.ArgumentParser, what: str) -> None:
     """--params / --node: the node's ROS 2 parameters file, read as rclpy reads it (params.from_file)."""
-    p.add_argument("--params", help=f"the node's ROS 2 parameters file (e.g. the car's config/car.param.yaml): {what}")
+    p.add_argument("--params", action="append", help=f"the node's ROS 2 parameters file (e.g. the car's "
+                   f"config/car.param.yaml): {what}; given again, files are read in order, a later one's values "
+                   f"over an earlier one's (a fleet's shared file, then a car's own), as launch's parameters=[a, b]")
     p.add_argument("--node", default="/panoptic_node", help="with --params: the node whose entry in the file applies, "
                    "on top of /** (default /panoptic_node, as car.launch.py names it)")
 
@@ -241,7 +243,7 @@ def _replay(args, pipeline, node=None):
     extra = {} if node is None else {k: v for k, v in replay_options(node, args.node).items()
                                      if k not in ("image_topic", "track")}
     if node is not None:  # what produced the numbers, in --metrics' JSON
-        extra["parameters"] = {"file": str(args.params), "node": "/" + args.node.strip("/"), "values": node}
+        extra["parameters"] = {"file": ", ".join(args.params), "node": "/" + args.node.strip("/"), "values": node}
     summary = replay(pipeline, args.bag, out_bag=args.out, image_topic=args.image_topic, gt_topic=args.gt_topic,
                      video=args.video, metrics_path=args.metrics, max_frames=args.max_frames,
                      overwrite=args.overwrite, storage=args.storage, start_s=getattr(args, "start", None),
@@ -296,7 +298,7 @@ def _node_parameters(args) -> dict:
     try:
         node = validate({**node, **given})
     except ParameterError as e:
-        raise ParameterError(f"{e} (given on the command line, over {args.params})") from None
+        raise ParameterError(f"{e} (given on the command line, over {', '.join(args.params)})") from None
     args.model, args.weights, args.onnx = node["model"], node["weights"] or None, node["onnx"] or None
     args.backend, args.precision, args.device = node["backend"], node["precision"], node["device"]
     args.threshold = node["threshold"] if node["threshold"] >= 0 else None
@@ -309,7 +311,7 @@ def _node_parameters(args) -> dict:
     default = defaults()
     live = [f"{name} {node[name]!r}" for name in not_applied if node[name] != default[name]]
     threshold = node["threshold"] if node["threshold"] >= 0 else "the model config's"
-    print(f"node parameters of {'/' + args.node.strip('/')} from {args.params}: model {node['model']}, "
+    print(f"node parameters of {'/' + args.node.strip('/')} from {', '.join(args.params)}: model {node['model']}, "
           f"backend {node['backend']}, precision {node['precision']}, threshold {threshold}, "
           f"labels {node['label_set']}, cameras {', '.join(node['cameras'])} ({node['input_transport']}), instance "
           f"ids " + (f"tracked (IoU >= {node['track_min_iou']:g}, unseen <= {node['track_max_lost']} frames)"
@@ -329,11 +331,11 @@ def cmd_replay(args) -> int:
         args.no_tracking = not node["track_instances"]
         if args.image_topic is None:
             args.image_topic = replay_options(node, args.node)["image_topic"]
-            cameras_from = f"the cameras of {args.params}: {', '.join(node['cameras'])}, input_transport " \
+            cameras_from = f"the cameras of {', '.join(args.params)}: {', '.join(node['cameras'])}, input_transport " \
                            f"{node['input_transport']}"
     else:
         _fill_option_defaults(args)
-    _check_replay_outputs(args, [args.bag, args.weights, args.onnx, args.ego_masks, args.params])
+    _check_replay_outputs(args, [args.bag, args.weights, args.onnx, args.ego_masks, *(args.params or [])])
     reader = BagReader(args.bag)  # a missing or unreadable bag is said before the model loads
     try:
         missing = [t for t in args.image_topic if t not in reader.topics] if cameras_from else []
@@ -375,7 +377,7 @@ def cmd_fleet(args) -> int:
     # the fleet folder is ours to fill and refill (a rerun resumes in it); it must not be or hold an input,
     # nor be a folder of something else
     refuse_inputs("--out", out, bags + [args.weights, args.onnx, args.baseline, args.tags, args.ego_masks,
-                                        args.params])
+                                        *(args.params or [])])
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out '{out}' is a file; expected a folder for the fleet's results")
     if out.exists() and any(out.iterdir()) and not (out / "bags").is_dir():

@@ -230,14 +230,15 @@ def tool_checks(find_spec=importlib.util.find_spec) -> List[Check]:
 def parameter_checks(path, node_name: str) -> Tuple[List[Check], Optional[dict]]:
     """The node's parameters file read as the node reads it (params.from_file), and the ego masks it names
     read as the node reads them at start-up: (checks, the parameters or None when the file is refused)."""
-    from .params import ParameterError, from_file, replay_options
+    from .params import ParameterError, from_file, parameters_files, replay_options
     try:
         node = from_file(path, node_name)
     except ParameterError as e:
         return [Check("parameters", PROBLEM, str(e))], None
     cameras = node["cameras"]
     topics = replay_options(node, node_name)["image_topic"]  # where that node subscribes: relative names resolved
-    out = [Check("parameters", OK, f"{path} for /{node_name.strip('/')}: model {node['model']}, backend "
+    out = [Check("parameters", OK, f"{', '.join(parameters_files(path))} for /{node_name.strip('/')}: model "
+                                   f"{node['model']}, backend "
                                    f"{node['backend']} ({node['precision']}), {len(cameras)} camera(s) "
                                    f"{', '.join(cameras)} ({node['input_transport']}: {', '.join(topics)})")]
     folder = node["ego_mask_dir"]

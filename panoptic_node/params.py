@@ -346,10 +346,20 @@ def applies_to(entry: str, node: str) -> bool:
     return re.fullmatch(entry.replace("/*", r"(/\w+)"), node) is not None
 
 
-def file_parameters(path, node: str = NODE_NAME) -> Dict[str, Any]:
-    """What a ROS 2 parameters file gives the node `node`, as rclpy gives it: every entry that applies to the
-    node (applies_to), in the file's order, a later one's values over an earlier one's; not yet validated.
-    ParameterError in one line naming the file."""
+def parameters_files(paths) -> List[str]:
+    """One parameters file or several (in the order given, as launch's parameters=[a, b])."""
+    return [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths]
+
+
+def files_phrase(paths) -> str:
+    """How messages name them: parameters file 'a', or parameters files 'a', 'b'."""
+    files = parameters_files(paths)
+    return f"parameters file{'s' if len(files) > 1 else ''} " + ", ".join(f"'{f}'" for f in files)
+
+
+def _file_entries(path: str) -> List[Tuple[str, Dict[str, Any]]]:
+    """A parameters file's entries (node name pattern, its parameters), in the file's order; one line naming
+    the file when it cannot be read."""
     import yaml
     where = f"parameters file '{path}'"
     try:
@@ -367,26 +377,39 @@ def file_parameters(path, node: str = NODE_NAME) -> Dict[str, Any]:
                              f"ROS 2 parameters YAML") from None
     entries: List[Tuple[str, Dict[str, Any]]] = []
     _entries(doc if doc is not None else {}, "", entries, where)
+    return entries
+
+
+def file_parameters(paths, node: str = NODE_NAME) -> Dict[str, Any]:
+    """What ROS 2 parameters files give the node `node`, as rclpy gives them: every entry that applies to the
+    node (applies_to), in each file's order, a later one's values over an earlier one's, and a later file's
+    over an earlier file's (a car's own file after the fleet's shared one); not yet validated. ParameterError
+    in one line naming the file."""
     node = "/" + node.strip("/")
-    mine = [params for name, params in entries if applies_to(name, node)]
-    if not mine:
-        found = ", ".join(name for name, _ in entries) or "none"
-        raise ParameterError(f"{where} holds no parameters for {node} (entries in it: {found}); expected /** or "
-                             f"{node} with ros__parameters under it")
     given: Dict[str, Any] = {}
-    for params in mine:
-        given.update(params)
+    found, applied = [], False
+    for path in parameters_files(paths):
+        for name, params in _file_entries(path):
+            found.append(name)
+            if applies_to(name, node):
+                given.update(params)
+                applied = True
+    if not applied:
+        several = len(parameters_files(paths)) > 1
+        raise ParameterError(f"{files_phrase(paths)} hold{'' if several else 's'} no parameters for {node} "
+                             f"(entries in {'them' if several else 'it'}: {', '.join(found) or 'none'}); expected "
+                             f"/** or {node} with ros__parameters under it")
     return given
 
 
-def from_file(path, node: str = NODE_NAME) -> Dict[str, Any]:
+def from_file(paths, node: str = NODE_NAME) -> Dict[str, Any]:
     """file_parameters, checked and completed with defaults as the node checks its own (built-ins and QoS
     overrides left out)."""
-    given = file_parameters(path, node)  # its own errors name the file already
+    given = file_parameters(paths, node)  # its own errors name the file already
     try:
         return validate(user_parameters(given))
     except ParameterError as e:
-        raise ParameterError(f"parameters file '{path}': {e}") from None
+        raise ParameterError(f"{files_phrase(paths)}: {e}") from None
 
 
 def replay_options(p: Dict[str, Any], node: str = NODE_NAME) -> Dict[str, Any]:

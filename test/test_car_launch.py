@@ -334,6 +334,23 @@ def test_paths_are_found_as_the_user_typed_them_or_refused_at_launch(car_launch,
             car_launch(**{argument: "~/nope"})
 
 
+def test_several_parameters_files_reach_the_node_in_order_and_the_launch_reads_them_so(car_launch, tmp_path,
+                                                                                       monkeypatch):
+    """config:="['fleet.yaml', 'car1.yaml']": the node gets both, in order (a later file's values win, as
+    rclpy reads them); the launch takes the cameras it remaps and records from them too, by the node's own
+    name under its namespace (/car1/panoptic_node's entry in the car's file)."""
+    monkeypatch.delenv("ROS_DISTRO", raising=False)
+    fleet, car1 = tmp_path / "fleet.yaml", tmp_path / "car1.yaml"
+    fleet.write_text("/**:\n  ros__parameters: {cameras: [camera/front]}\n")
+    car1.write_text("/car1/panoptic_node:\n  ros__parameters: {cameras: [camera/front, camera/rear]}\n")
+    out = str(tmp_path / "drive")
+    actions = car_launch(config=f"['{fleet}', '{car1}']", namespace="car1", record=out)
+    node, recorder = actions[1], actions[-1]
+    assert node.kwargs["parameters"] == [str(fleet), str(car1), {}]
+    recorded = recorder.kwargs["cmd"]
+    assert "/car1/camera/rear/image" in recorded and "/car1/camera/rear/panoptic/detections" in recorded
+
+
 def test_what_record_keeps_is_what_the_node_publishes():
     """Each output record:= asks ros2 bag record for is one of the node's topics (a misspelt name would record
     nothing, silently), and the maps it keeps are the lossless twins evaluate and replay read back."""

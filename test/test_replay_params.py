@@ -3,6 +3,7 @@
 The file is read by ROS 2's rules, checked against rclpy itself where rclpy is installed (the PyPI wheels)."""
 import io
 import json
+import re
 import textwrap
 
 import numpy as np
@@ -62,7 +63,8 @@ FILES = {
 
 
 def rclpy_gives(path, node_fqn):
-    """What rclpy hands a node of that name started with `--ros-args --params-file path`."""
+    """What rclpy hands a node of that name started with `--ros-args --params-file path` (a list of paths:
+    one --params-file each, in order, as launch's parameters=[a, b] starts it)."""
     rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-jazzy-rclpy from PyPI) is not installed")
     from rclpy.context import Context
     from rclpy.node import Node
@@ -70,7 +72,8 @@ def rclpy_gives(path, node_fqn):
     rclpy.init(args=[], context=context)
     try:
         ns, name = node_fqn.rsplit("/", 1)
-        node = Node(name, namespace=ns or "/", context=context, cli_args=["--ros-args", "--params-file", str(path)],
+        files = [a for p in (path if isinstance(path, list) else [path]) for a in ("--params-file", str(p))]
+        node = Node(name, namespace=ns or "/", context=context, cli_args=["--ros-args", *files],
                     automatically_declare_parameters_from_overrides=True)
         given = {k: p.value for k, p in node._parameters.items()
                  if k not in ("use_sim_time", "start_type_description_service")}
@@ -91,6 +94,27 @@ def test_a_parameters_file_gives_the_node_what_rclpy_gives_it(tmp_path, case, no
             file_parameters(path, node)
         return
     assert file_parameters(path, node) == expected
+
+
+@pytest.mark.parametrize("node", ["/panoptic_node", "/car1/panoptic_node"])
+def test_several_parameters_files_give_the_node_what_rclpy_gives_it(tmp_path, node):
+    """A fleet's shared file, then a car's own (launch's config:="['fleet.yaml', 'car1.yaml']", replay's
+    --params given twice): a later file's values over an earlier one's, a file with nothing for this node
+    passed over, as rclpy reads them."""
+    fleet, car1 = tmp_path / "fleet.yaml", tmp_path / "car1.yaml"
+    fleet.write_text("/**:\n  ros__parameters: {threshold: 0.5, cameras: [camera/front], max_rate_hz: 15.0}\n")
+    car1.write_text("/car1/panoptic_node:\n  ros__parameters: {threshold: 0.3, cameras: [camera/front, camera/rear]}\n"
+                    "/**:\n  ros__parameters: {max_rate_hz: 10.0}\n")
+    expected = rclpy_gives([fleet, car1], node)
+    assert file_parameters([fleet, car1], node) == expected
+    assert expected["max_rate_hz"] == 10.0 and expected["threshold"] == (0.3 if node.startswith("/car1") else 0.5)
+    other = tmp_path / "other.yaml"
+    other.write_text("/car2/panoptic_node:\n  ros__parameters: {threshold: 0.3}\n")
+    assert file_parameters([other, fleet], node) == rclpy_gives([other, fleet], node)  # car2's file: nothing here
+    with pytest.raises(ParameterError, match=re.escape(f"parameters files '{other}', '{other}' hold no parameters "
+                                                       f"for {node} (entries in them: /car2/panoptic_node, "
+                                                       f"/car2/panoptic_node)")):
+        file_parameters([other, other], node)
 
 
 def test_the_shipped_car_parameters_are_the_nodes_defaults():
@@ -200,6 +224,20 @@ def test_replay_with_the_cars_parameters_runs_what_the_node_runs(tiny_model_yaml
     assert main(["replay", str(bag), "--params", str(params), "--threshold", "0.6",
                  "--out", str(tmp_path / "override")]) == 0
     assert label_info_threshold(tmp_path / "override") == pytest.approx(0.6)
+
+
+def test_replay_reads_several_parameters_files_in_order(tiny_model_yaml, tmp_path, rng, capsys):
+    """--params given twice: the car's own file over the fleet's shared one, as the node was started."""
+    from panoptic_node.cli import main
+    bag = car_recording(tmp_path / "drive", rng)
+    fleet = write_params(tmp_path / "fleet.yaml", tiny_model_yaml, threshold=0.5)
+    car = tmp_path / "car1.yaml"
+    car.write_text("/**:\n  ros__parameters: {threshold: 0.3}\n")
+    assert main(["replay", str(bag), "--params", str(fleet), "--params", str(car), "--out", str(tmp_path / "out"),
+                 "--metrics", str(tmp_path / "m.json")]) == 0
+    assert f"node parameters of /panoptic_node from {fleet}, {car}: " in capsys.readouterr().out
+    assert label_info_threshold(tmp_path / "out") == pytest.approx(0.3)
+    assert json.loads((tmp_path / "m.json").read_text())["node_parameters"]["file"] == f"{fleet}, {car}"
 
 
 def test_the_shipped_relative_camera_is_read_where_a_node_at_the_root_publishes_it(tiny_model_yaml, tmp_path, rng):
