@@ -258,7 +258,7 @@ def test_a_path_given_with_equals_starts_from_home_as_the_shell_would_expand_it(
     args = build_parser().parse_args(["replay", "~/bags/monday", "--out=~/out", "--gt-topic=~/maps",
                                       "--image-topic=~/image", "--params=~/car.yaml", "--node=~/x"])
     expand_home(args)
-    assert (args.bag, args.out, args.params) == (f"{tmp_path}/bags/monday", f"{tmp_path}/out", f"{tmp_path}/car.yaml")
+    assert (args.bag, args.out, args.params) == (f"{tmp_path}/bags/monday", f"{tmp_path}/out", [f"{tmp_path}/car.yaml"])
     assert (args.gt_topic, args.image_topic, args.node) == ("~/maps", ["~/image"], "~/x")
 
 
@@ -556,28 +556,37 @@ def test_ctrl_c_during_convert_is_one_line_and_leaves_only_a_partial(camvid_copy
     assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "b")]) == 0  # the leftover goes
 
 
-def test_sigterm_during_convert_unwinds_as_ctrl_c_does(camvid_copy, tmp_path, monkeypatch, capsys):
+def test_sigterm_during_convert_unwinds_as_ctrl_c_does(camvid_copy, tmp_path):
     """`kill` (or a scheduler, a closing session) sends SIGTERM, whose default ends Python where it stands:
     the output's lock file stayed, and nothing said why the run stopped. It now unwinds as Ctrl-C: one line,
-    exit 143, what was half-written under its .partial name, the lock gone, the handler as it was."""
-    import os
-    import signal
-    import panoptic_node.bag.convert as conv
-    real = conv.camvid_frames
+    exit 143, what was half-written under its .partial name, the lock gone, the handler as it was. (In a
+    process of its own: in pytest's, after `infer` ran the test model on OpenVINO, a Python-handled SIGTERM
+    or SIGINT ended in a segfault inside kill(), reproduced outside pytest too; a real replay interrupted by
+    either exits cleanly, 143 or 130.)"""
+    script = f"""
+import os, signal, sys
+import panoptic_node.bag.convert as conv
+from panoptic_node.cli import main
+real = conv.camvid_frames
 
-    def terminated(*a, **k):
-        for i, f in enumerate(real(*a, **k)):
-            if i == 1:
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield f
+def terminated(*a, **k):
+    for i, f in enumerate(real(*a, **k)):
+        if i == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        yield f
 
-    before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setitem(conv.CONVERTERS, "camvid", (terminated, "val", "camvid"))
-    assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "b")]) == 143
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+conv.CONVERTERS["camvid"] = (terminated, "val", "camvid")
+before = signal.getsignal(signal.SIGTERM)
+code = main(["convert", "camvid", {str(camvid_copy)!r}, "--out", {str(tmp_path / "b")!r}])
+assert signal.getsignal(signal.SIGTERM) is before
+sys.exit(code)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
         "panoptic-node convert: terminated (SIGTERM); outputs not finished are left under .partial names")
     assert not (tmp_path / "b").exists() and (tmp_path / "b.partial").is_dir()
-    assert not (tmp_path / "b.lock").exists() and signal.getsignal(signal.SIGTERM) is before
+    assert not (tmp_path / "b.lock").exists()
 
 
 def test_a_full_disk_is_one_line(camvid_copy, tmp_path, monkeypatch, capsys):
