@@ -481,7 +481,7 @@ def test_the_baseline_gate_holds_stq_too_where_both_reports_scored_tracking():
                                                          "group day: PQ 50.0 -> 45.0 (-5.0)"]
 
 
-def test_the_baseline_gate_fails_on_missing_evidence_not_only_on_lower_scores():
+def test_the_baseline_gate_fails_on_missing_evidence_not_only_on_lower_scores(tmp_path, monkeypatch):
     """A gate that passes because nothing was scored is worse than none: a bag the baseline scored and this
     run could not (a new model that fails on it, frames no longer matched) is a loss, with its reason; a
     bag this run was not given is not judged."""
@@ -505,6 +505,11 @@ def test_the_baseline_gate_fails_on_missing_evidence_not_only_on_lower_scores():
     nothing = report({}, [("/bags/mon", "cannot be opened"), ("/bags/tue", "cannot be opened")])
     losses = compare(nothing, baseline, 1.0)
     assert losses[0] == "fleet: no frame scored (the baseline scored 22, PQ 50.0)" and len(losses) == 3
+    # the same bag given relative in this run, absolute in the baseline's
+    monkeypatch.chdir(tmp_path)
+    absolute = report({f"{tmp_path}/bags/mon": 10})
+    assert f"bag {tmp_path}/bags/mon: scored on 10 frames in the baseline, on none now" in compare(
+        report({"bags/mon": 0}), absolute, 1.0)
 
 
 def test_fleet_with_the_cars_parameters_replays_each_bag_as_replay_params_does(local_ray, tiny_model_yaml, tmp_path,

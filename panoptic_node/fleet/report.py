@@ -3,6 +3,7 @@ not per-bag scores averaged), per bag and per group rows, the slowest stages; re
 self-contained report.html (with the confusion matrix); and the gate against an earlier report."""
 import html
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -103,10 +104,13 @@ def compare(report: dict, baseline: dict, max_drop: float) -> List[str]:
     if baseline.get("headline") and not report.get("headline"):
         losses.append(f"fleet: no frame scored (the baseline scored {baseline.get('frames_scored', '?')}, "
                       f"PQ {100 * baseline['headline']['pq']:.1f})")
-    now_bags = {b["bag"]: b for b in report.get("bags", [])}
-    now_failed = {f["bag"]: f["error"] for f in report.get("failed", [])}
+    def same(bag):  # a bag given relative in one run and absolute in the other is the same bag
+        return os.path.realpath(bag)
+
+    now_bags = {same(b["bag"]): b for b in report.get("bags", [])}
+    now_failed = {same(f["bag"]): f["error"] for f in report.get("failed", [])}
     for before in baseline.get("bags", []):
-        bag = before["bag"]
+        bag = same(before["bag"])
         if not before.get("scored") or (bag not in now_bags and bag not in now_failed):
             continue
         if bag in now_failed:
