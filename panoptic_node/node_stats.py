@@ -214,6 +214,7 @@ class NodeStats:
         stale = self._since_report(f"{cam} stale", buffer.stale[cam])
         unstamped = self._since_report(f"{cam} unstamped", buffer.unstamped[cam])
         why = f"; {self.mismatch[cam]}" if cam in self.mismatch else ""
+        misfit = self._calibration_misfit(cam)
         if silent > timeout_s:
             level = ERROR
             message = (f"no frame on {topic} since start-up ({silent:.1f} s)" if last is None
@@ -237,9 +238,8 @@ class NodeStats:
             cause = inference.message if inference.level != OK else "see inference"
             message = (f"frames arrive on {topic}, and no output has left for {self._output_waited(cam):.1f} s "
                        f"({cause})")
-        elif self._calibration_misfit(cam):
-            level = WARN
-            message = self._calibration_misfit(cam)
+        elif misfit:
+            level, message = WARN, misfit
         else:
             level, message = OK, "ok"
         return Status(f"camera {cam}", cam, level, message, values)

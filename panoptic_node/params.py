@@ -64,13 +64,16 @@ def validate(params: Dict[str, Any]) -> Dict[str, Any]:
         value = full.get(name)
         raise ParameterError(f"parameter '{name}' = {value!r} is invalid: allowed {allowed(props.get(name, {}))}")
     frame_sizes(full["warmup_sizes"])
-    for name in PATH_PARAMETERS:  # a YAML value is no shell word: onnx: ~/graphs/x.onnx arrives as written
-        if full[name].startswith("~"):
-            full[name] = os.path.expanduser(full[name])
-    return full
+    return {name: as_read(name, value) for name, value in full.items()}
 
 
 PATH_PARAMETERS = ("model", "weights", "onnx", "ego_mask_dir")
+
+
+def as_read(name: str, value: Any) -> Any:
+    """A parameter's value as the node uses it: a path's leading `~` expanded (a YAML value is no shell word,
+    so onnx: ~/graphs/x.onnx arrives as written)."""
+    return os.path.expanduser(value) if name in PATH_PARAMETERS and isinstance(value, str) else value
 
 
 # the node's publish_* parameters, each named after the output it switches (publish_overlay also its JPEG twin)
@@ -210,8 +213,7 @@ def updated(current: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, Any]:
     for name, value in changes.items():
         if name not in props:
             raise ParameterError(f"unknown parameter '{name}'; allowed: {', '.join(sorted(props))}")
-        as_read = os.path.expanduser(value) if name in PATH_PARAMETERS and isinstance(value, str) else value
-        if name not in LIVE_PARAMETERS and as_read != current[name]:  # (validate() expanded current's ~)
+        if name not in LIVE_PARAMETERS and as_read(name, value) != current[name]:  # current: validate()'s
             raise ParameterError(f"parameter '{name}' is read at start-up only; restart the node to change it, or "
                                  f"deactivate and clean it up (`ros2 lifecycle set`), set it, configure and activate "
                                  f"again (changed while it runs: {', '.join(LIVE_PARAMETERS)})")
@@ -387,15 +389,15 @@ def file_parameters(paths, node: str = NODE_NAME) -> Dict[str, Any]:
     in one line naming the file."""
     node = "/" + node.strip("/")
     given: Dict[str, Any] = {}
-    found, applied = [], False
-    for path in parameters_files(paths):
+    found, applied, files = [], False, parameters_files(paths)
+    for path in files:
         for name, params in _file_entries(path):
             found.append(name)
             if applies_to(name, node):
                 given.update(params)
                 applied = True
     if not applied:
-        several = len(parameters_files(paths)) > 1
+        several = len(files) > 1
         raise ParameterError(f"{files_phrase(paths)} hold{'' if several else 's'} no parameters for {node} "
                              f"(entries in {'them' if several else 'it'}: {', '.join(found) or 'none'}); expected "
                              f"/** or {node} with ros__parameters under it")
