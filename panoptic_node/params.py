@@ -1,4 +1,5 @@
 """Node parameters: defaults and validation from config/panoptic_node.schema.json (ROS-free)."""
+import difflib
 import json
 import os
 import re
@@ -44,6 +45,14 @@ def user_parameters(declared: Dict[str, Any]) -> Dict[str, Any]:
             if k not in ROS_BUILTIN_PARAMETERS and not k.startswith(ROS_BUILTIN_PREFIXES)}
 
 
+def unknown_parameter(name: str, known) -> str:
+    """The line for a name the node does not have: the nearest known one first (a typo is the usual cause),
+    then every name it has."""
+    near = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    return f"unknown parameter '{name}'{hint}; allowed: {', '.join(sorted(known))}"
+
+
 def validate(params: Dict[str, Any]) -> Dict[str, Any]:
     """Complete `params` with defaults and check them; raises ParameterError on the first problem."""
     import jsonschema
@@ -51,7 +60,7 @@ def validate(params: Dict[str, Any]) -> Dict[str, Any]:
     props = node_properties()
     for name in params:
         if name not in props:
-            raise ParameterError(f"unknown parameter '{name}'; allowed: {', '.join(sorted(props))}")
+            raise ParameterError(unknown_parameter(name, props))
     full = {**defaults(), **params}
     nan_at = non_finite(full)  # JSON schema bounds let NaN through (every comparison with it is false)
     if nan_at:
@@ -212,7 +221,7 @@ def updated(current: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, Any]:
     props = node_properties()
     for name, value in changes.items():
         if name not in props:
-            raise ParameterError(f"unknown parameter '{name}'; allowed: {', '.join(sorted(props))}")
+            raise ParameterError(unknown_parameter(name, props))
         if name not in LIVE_PARAMETERS and as_read(name, value) != current[name]:  # current: validate()'s
             raise ParameterError(f"parameter '{name}' is read at start-up only; restart the node to change it, or "
                                  f"deactivate and clean it up (`ros2 lifecycle set`), set it, configure and activate "

@@ -673,6 +673,14 @@ def test_parameters_change_while_the_node_runs(graph, start, rng):
                                                Parameter("backend", value="openvino")])).result
     assert not r.successful and "parameter 'backend' is read at start-up only" in r.reason
     assert read("model", "threshold") == [model, 1.0]
+    # a misspelt name is refused naming the one meant (rclpy's own refusal named none), and is not kept; so
+    # is a QoS override of a topic the node does not have (set now, it would never be read)
+    (r,) = set_params(thresold=0.5)
+    assert not r.successful and r.reason.startswith("unknown parameter 'thresold' (did you mean 'threshold'?)")
+    (r,) = set_params(**{"qos_overrides./nope.publisher.depth": 3})
+    assert not r.successful and "parameter 'qos_overrides./nope.publisher.depth' is read at start-up only" in r.reason
+    names = call(client.list_parameters([], 0)).result.names
+    assert "threshold" in names and "thresold" not in names and "qos_overrides./nope.publisher.depth" not in names
     assert node.proc.poll() is None
     c.close()
 

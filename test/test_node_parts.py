@@ -88,9 +88,13 @@ def test_wrong_type_is_named():
         validate({"qos_depth": "deep"})
 
 
-def test_unknown_parameter():
-    with pytest.raises(ParameterError, match="unknown parameter 'treshold'"):
+def test_unknown_parameter_names_the_nearest_known_one():
+    with pytest.raises(ParameterError, match=r"unknown parameter 'treshold' \(did you mean 'threshold'\?\); allowed: "
+                                             r"autostart, backend, "):
         validate({"treshold": 0.5})
+    with pytest.raises(ParameterError) as e:  # nothing near: no guess
+        validate({"zzz": 1})
+    assert "did you mean" not in str(e.value) and "unknown parameter 'zzz'; allowed: " in str(e.value)
 
 
 def test_live_parameters_change_and_start_up_ones_are_refused():

@@ -138,7 +138,8 @@ def test_the_shipped_car_parameters_are_the_nodes_defaults():
     ("/other:\n  ros__parameters: {threshold: 0.5}\n",
      "parameters file '{path}' holds no parameters for /panoptic_node (entries in it: /other); expected /** or "
      "/panoptic_node"),
-    ("/**:\n  ros__parameters: {treshold: 0.5}\n", "parameters file '{path}': unknown parameter 'treshold'; allowed: "),
+    ("/**:\n  ros__parameters: {treshold: 0.5}\n", "parameters file '{path}': unknown parameter 'treshold' (did you mean "
+                                                 "'threshold'?); allowed: "),
     ("/**:\n  ros__parameters: {threshold: 1.5}\n", "parameters file '{path}': parameter 'threshold' = 1.5 is invalid"),
     ("/**:\n  ros__parameters: 3\n", "parameters file '{path}': /**'s ros__parameters holds int; expected parameter"),
 ])

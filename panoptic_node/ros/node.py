@@ -5,6 +5,7 @@ the newest frame of every camera, infers them together, and publishes every outp
 header. Bad frames are logged (throttled), counted and skipped; the node keeps running.
 """
 import array
+import contextlib
 import os
 import signal
 import sys
@@ -37,8 +38,9 @@ from ..messages import (FrameError, compressed_to_rgb, detections, image_fields,
                         png_fields, stamp_ns)
 from ..node_stats import (NO_PUBLISHER, UNKNOWN_NODE, WRONG_TYPE, NodeStats, inactive_statuses, no_publisher_why,
                           wrong_type_why)
-from ..params import (DIAGNOSTIC_FQN, PUBLISH_SWITCHES, ParameterError, check_qos_overrides, defaults, descriptions,
-                      frame_sizes, input_topic, make_node_pipeline, updated, user_parameters, validate)
+from ..params import (DIAGNOSTIC_FQN, PUBLISH_SWITCHES, ROS_BUILTIN_PREFIXES, ParameterError, check_qos_overrides,
+                      defaults, descriptions, frame_sizes, input_topic, make_node_pipeline, unknown_parameter, updated,
+                      user_parameters, validate)
 from ..render import overlay
 from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 
@@ -89,8 +91,12 @@ class PanopticNode(LifecycleNode):
 
     def __init__(self):
         # every override is declared (with the type it was given), so validate() sees misspelt names
-        # and wrong types and reports them in one line instead of rclpy raising on a type mismatch
-        super().__init__("panoptic_node", automatically_declare_parameters_from_overrides=True)
+        # and wrong types and reports them in one line instead of rclpy raising on a type mismatch.
+        # Undeclared names are let through to _on_set_parameters, which refuses them naming the nearest
+        # one: rclpy's own refusal of `ros2 param set <node> treshold 0.5` read "Invalid access to
+        # undeclared parameter(s): []" (its list is an exhausted generator)
+        super().__init__("panoptic_node", automatically_declare_parameters_from_overrides=True,
+                         allow_undeclared_parameters=True)
         for name, value in defaults().items():
             if not self.has_parameter(name):
                 if name == DIAGNOSTIC_FQN:  # two cars' nodes, each in its namespace, must not share status names
@@ -105,8 +111,19 @@ class PanopticNode(LifecycleNode):
         self.diag_pub = self._diag_timer = self.worker = None
         self._running = False
         self.configure_error = None   # what the last configure failed on (main() prints it under autostart)
+        self._opening_topics = False
         self.autostart = validate({"autostart": self.get_parameter("autostart").value})["autostart"]
         self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    @contextlib.contextmanager
+    def _creating_topics(self):
+        """While the node opens its topics, rclpy declares a QoS override parameter per topic: those are not a
+        user's `ros2 param set` (which runs on the same executor thread, so never meanwhile)."""
+        self._opening_topics = True
+        try:
+            yield
+        finally:
+            self._opening_topics = False
 
     def _declared(self):
         return {name: param.value for name, param in self.get_parameters_by_prefix("").items()}
@@ -114,7 +131,8 @@ class PanopticNode(LifecycleNode):
     # --- lifecycle transitions -----------------------------------------------------------------------
     def on_configure(self, state) -> TransitionCallbackReturn:
         try:
-            self._configure()
+            with self._creating_topics():
+                self._configure()
         except Exception as e:  # a bad parameter, missing weights: one line, and the node stays unconfigured
             self.configure_error = e
             self._release()
@@ -170,7 +188,8 @@ class PanopticNode(LifecycleNode):
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         try:
-            self._activate()
+            with self._creating_topics():
+                self._activate()
         except Exception as e:  # rclpy would turn it into a silent ERROR transition
             self._stop_serving()
             self.get_logger().error(f"activate failed: {start_up_error(e)[0]}; the node stays inactive")
@@ -353,12 +372,18 @@ class PanopticNode(LifecycleNode):
     def _on_set_parameters(self, params):
         """`ros2 param set` while the node runs: the live parameters take effect from the next frame; a
         start-up one, an unknown name or a bad value is refused with the reason, and nothing changes."""
-        # the overrides the user gave; rclpy declares the others (read only) as it creates each topic
-        fixed = [p.name for p in params if p.name in self.qos_given]
+        # the overrides the user gave; rclpy declares the others (read only) as it creates each topic, and an
+        # override of a topic the node does not have, set now, would be kept and never read
+        fixed = [p.name for p in params if p.name in self.qos_given
+                 or (p.name.startswith(ROS_BUILTIN_PREFIXES) and not self.has_parameter(p.name)
+                     and not self._opening_topics)]
         if fixed:
             return SetParametersResult(successful=False, reason=f"parameter '{fixed[0]}' is read at start-up only "
                                                                 f"(a topic's QoS); restart the node to change it")
         changes = user_parameters({p.name: p.value for p in params})  # use_sim_time etc. are rclpy's
+        unknown = [name for name in changes if not self.has_parameter(name)]
+        if unknown:  # not one of ours (a misspelt name): nothing is declared
+            return SetParametersResult(successful=False, reason=unknown_parameter(unknown[0], defaults()))
         if not changes:
             return SetParametersResult(successful=True)
         if self.params is None:  # unconfigured: any value that is valid in itself; configure checks them together
