@@ -641,8 +641,9 @@ def test_parameters_change_while_the_node_runs(graph, start, rng):
     assert output_of(1)
     before = next(m for m in c.got[semantic] if m.header.stamp.sec == 1)
     assert (image_array(before) != 255).any()  # something kept at threshold 0
-    # live: no query passes a threshold of 1, so the next frames' maps are all void
-    assert all(r.successful for r in set_params(threshold=1.0, publish_instances=False))
+    # live: no query passes a threshold of 1, so the next frames' maps are all void. Given as an integer, as
+    # `ros2 param set <node> threshold 1` gives it (rclpy refused that: "Wrong parameter type"); a double after
+    assert all(r.successful for r in set_params(threshold=1, publish_instances=False))
     c.got[instances].clear()
     assert output_of(2)
     after = next(m for m in c.got[semantic] if m.header.stamp.sec == 2)

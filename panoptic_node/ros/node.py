@@ -20,6 +20,7 @@ from rclpy.executors import SingleThreadedExecutor
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -113,6 +114,8 @@ class PanopticNode(LifecycleNode):
         self.configure_error = None   # what the last configure failed on (main() prints it under autostart)
         self._opening_topics = False
         self.autostart = validate({"autostart": self.get_parameter("autostart").value})["autostart"]
+        if hasattr(self, "add_pre_set_parameters_callback"):  # Iron on; Humble keeps rclpy's type refusal
+            self.add_pre_set_parameters_callback(self._numbers_as_doubles)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     @contextlib.contextmanager
@@ -368,6 +371,14 @@ class PanopticNode(LifecycleNode):
                           for c in label_info(self.taxonomy)]
         info.threshold = float(self.pipeline.threshold)
         pubs["label_info"].publish(info)
+
+    @staticmethod
+    def _numbers_as_doubles(params):
+        """`ros2 param set <node> threshold 1` (or `ros2 param load` of `threshold: 1`) gives an integer, and
+        rclpy refused it for a double parameter ("Wrong parameter type"): a number is a double, as at start-up."""
+        numbers = {name for name, text in descriptions().items() if text["type"] == "number"}
+        return [Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+                if p.name in numbers and p.type_ == Parameter.Type.INTEGER else p for p in params]
 
     def _on_set_parameters(self, params):
         """`ros2 param set` while the node runs: the live parameters take effect from the next frame; a
