@@ -143,6 +143,8 @@ def _decode_compressed(msg, what: str, convert) -> np.ndarray:
     from PIL import Image
 
     data = bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data.tobytes()
+    if not data:
+        raise FrameError(f"compressed frame holds no data (0 bytes); expected {what}")
     try:
         with warnings.catch_warnings():  # Pillow warns of big frames at open; the cap below decides
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -157,6 +159,9 @@ def _decode_compressed(msg, what: str, convert) -> np.ndarray:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own limit, met at open
         raise FrameError(f"compressed frame declares more pixels than any camera's ({e})") from None
+    except Image.UnidentifiedImageError:  # Pillow's words name a BytesIO object and its address
+        raise FrameError(f"compressed frame does not decode as {what}: its {len(data)} bytes are no image file "
+                         f"Pillow knows (they start {data[:8].hex(' ')})") from None
     except Exception as e:  # untrusted bytes: Pillow raises OSError, but also SyntaxError ("broken PNG file"),
         # ValueError and others for damaged data; whatever it raises, the frame does not decode
         raise FrameError(f"compressed frame does not decode as {what} ({type(e).__name__}: {e})") from None
@@ -180,9 +185,12 @@ def _decoded_rgb(im) -> np.ndarray:
 def compressed_to_rgb(msg) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg / png) -> H x W x 3 uint8 RGB."""
     fmt = str(msg.format).lower()
+    if "compresseddepth" in fmt:  # a PNG behind a 12-byte depth header: a depth camera, not a colour one
+        raise FrameError(f"compressed format '{msg.format}' is a depth image (image_transport's compressedDepth); "
+                         f"expected a camera frame in jpeg or png")
     if not any(f in fmt for f in SUPPORTED_FORMATS):
         raise FrameError(f"unsupported compressed format '{msg.format}', expected jpeg or png")
-    return _decode_compressed(msg, fmt, _decoded_rgb)
+    return _decode_compressed(msg, f"'{msg.format}'", _decoded_rgb)
 
 
 # image_transport's compressed format for a colour frame: the raw encoding, then what the JPEG holds

@@ -135,14 +135,21 @@ def test_compressed(rng, fmt):
     (SimpleNamespace(format="png", data=png_declaring(9000, 9000)), "declares 9000x9000 pixels, more than any"),
     # a PNG whose second data chunk has a damaged type: Pillow raises SyntaxError ("broken PNG file"), which
     # escaped as an unexpected error (found by mutating frames many bytes at a time)
-    (SimpleNamespace(format="png", data=png_with_a_broken_chunk()), r"does not decode as png \(SyntaxError: broken PNG"),
+    (SimpleNamespace(format="png", data=png_with_a_broken_chunk()), r"does not decode as 'png' \(SyntaxError: broken PNG"),
     (SimpleNamespace(encoding="rgb8", height=2, width=2, step=6, is_bigendian=0, data=np.zeros(11, np.uint8)),
      "data length 11 != step x height"),
     (SimpleNamespace(encoding="rgb8", height=0, width=2, step=6, is_bigendian=0, data=np.zeros(0, np.uint8)),
      "zero-size"),
     (SimpleNamespace(encoding="rgb8", height=2, width=4, step=6, is_bigendian=0, data=np.zeros(12, np.uint8)),
      "step 6 is smaller"),
-    (SimpleNamespace(format="jpeg", data=np.frombuffer(b"\xff\xd8garbage", np.uint8)), "does not decode"),
+    # Pillow's words named a BytesIO object at an address; the bytes' own start says more
+    (SimpleNamespace(format="jpeg", data=np.frombuffer(b"\xff\xd8garbage", np.uint8)),
+     r"^compressed frame does not decode as 'jpeg': its 9 bytes are no image file Pillow knows \(they start "
+     r"ff d8 67 61 72 62 61 67\)$"),
+    (SimpleNamespace(format="jpeg", data=np.zeros(0, np.uint8)), r"^compressed frame holds no data \(0 bytes\)"),
+    # image_transport's depth plugin: a 12-byte header, then a 16-bit PNG of depths, not a camera frame
+    (SimpleNamespace(format="16UC1; compressedDepth png", data=np.zeros(40, np.uint8)),
+     "is a depth image \\(image_transport's compressedDepth\\); expected a camera frame in jpeg or png"),
     (SimpleNamespace(format="tiff", data=np.zeros(4, np.uint8)), "expected jpeg or png"),
 ])
 def test_bad_frames(msg, expected):
