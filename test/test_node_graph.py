@@ -895,6 +895,12 @@ def test_a_managed_node_goes_through_its_lifecycle(graph, start, rng, model_yaml
     semantic, image = f"{ns}/panoptic/semantic", f"{ns}/image"
     assert state() == State.PRIMARY_STATE_UNCONFIGURED
     assert not graph.get_publishers_info_by_topic(semantic) and not graph.get_subscriptions_info_by_topic(image)
+    # a transition this state does not have (as a lifecycle manager or `ros2 service call` may ask): refused
+    # in one line, as rclcpp refuses it; rclpy raised out of its service and the node died with a traceback
+    assert not transition(Transition.TRANSITION_ACTIVATE)
+    assert state() == State.PRIMARY_STATE_UNCONFIGURED and node.proc.poll() is None
+    assert ("lifecycle transition 'activate' is not possible from state 'unconfigured'; expected one of: "
+            "configure, shutdown") in node.output()
 
     # the model does not exist: configure fails in one line, the node stays up and unconfigured
     assert not transition(Transition.TRANSITION_CONFIGURE)
@@ -933,6 +939,7 @@ def test_a_managed_node_goes_through_its_lifecycle(graph, start, rng, model_yaml
     assert not served(1)  # inactive: nothing is inferred
     assert transition(Transition.TRANSITION_ACTIVATE) and state() == State.PRIMARY_STATE_ACTIVE
     assert served(2)
+    assert not transition(Transition.TRANSITION_CLEANUP) and state() == State.PRIMARY_STATE_ACTIVE  # not from active
     assert transition(Transition.TRANSITION_DEACTIVATE) and state() == State.PRIMARY_STATE_INACTIVE
     assert not graph.get_subscriptions_info_by_topic(image) and not served(3)
     assert transition(Transition.TRANSITION_ACTIVATE) and served(4)  # and again

@@ -18,8 +18,10 @@ import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import SingleThreadedExecutor
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from lifecycle_msgs.msg import Transition
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
@@ -45,6 +47,10 @@ from ..params import (DIAGNOSTIC_FQN, PUBLISH_SWITCHES, ROS_BUILTIN_PREFIXES, Pa
 from ..render import overlay
 from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 
+
+# lifecycle_msgs' transition ids -> the labels `ros2 lifecycle set` takes (TRANSITION_ACTIVATE = 3 -> 'activate')
+TRANSITION_NAMES = {getattr(Transition, k): k[len("TRANSITION_"):].lower() for k in dir(Transition)
+                    if k.startswith("TRANSITION_") and isinstance(getattr(Transition, k), int)}
 
 # ROS 2's QoS overrides (`qos_overrides./camera/front/panoptic/semantic.publisher.reliability: best_effort` in
 # the params file) apply to every topic of the node: history, depth and reliability, fixed at start-up
@@ -117,6 +123,33 @@ class PanopticNode(LifecycleNode):
         if hasattr(self, "add_pre_set_parameters_callback"):  # Iron on; Humble keeps rclpy's type refusal
             self.add_pre_set_parameters_callback(self._numbers_as_doubles)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._refuse_impossible_transitions()
+
+    def _refuse_impossible_transitions(self):
+        """A change_state request for a transition the current state does not have (activate while unconfigured:
+        an id `ros2 lifecycle set` checks first, but a lifecycle manager or `ros2 service call` sends as asked)
+        raised out of rclpy's service callback and ended the node with a traceback. Refused now as rclcpp
+        refuses it: success false, and one line naming the transitions the state has."""
+        service = getattr(self, "_service_change_state", None)
+        if service is None:
+            return
+        change_state = service.callback
+
+        def refused_when_impossible(request, response):
+            try:
+                return change_state(request, response)
+            except _rclpy.RCLError:
+                state_id, state = self._state_machine.current_state
+                possible = [label for _, label, start, *_ in self._state_machine.available_transitions
+                            if start == state_id]
+                asked = request.transition.label or TRANSITION_NAMES.get(request.transition.id,
+                                                                         f"id {request.transition.id}")
+                self.get_logger().warn(f"lifecycle transition '{asked}' is not possible from state '{state}'; "
+                                       f"expected one of: {', '.join(possible)}")
+                response.success = False
+                return response
+
+        service.callback = refused_when_impossible
 
     @contextlib.contextmanager
     def _creating_topics(self):
