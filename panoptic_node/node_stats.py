@@ -32,14 +32,30 @@ class Status:
 CLOCK_BEHIND_S = 10.0      # stale frames this far behind the node's clock are another clock, not a slow wire
 
 
-def _stale_why(age_ns) -> str:
+WALL_CLOCK_ADVICE = "synchronise the clocks, e.g. with chrony or PTP"
+
+
+def clock_advice(sim_time: bool, clock_ns: int) -> str:
+    """What to do about frames stamped on another clock than the node's, which depends on what the node's
+    clock is: on sim time it is /clock's (a bag's), and before any /clock has come it reads 0, so every
+    live frame looks decades ahead; then the advice to synchronise with chrony misleads."""
+    if not sim_time:
+        return WALL_CLOCK_ADVICE
+    if clock_ns == 0:
+        return ("the node runs on sim time (use_sim_time) and no /clock has come: play the bag with --clock, "
+                "or set use_sim_time false for live cameras")
+    return ("the node runs on sim time (use_sim_time): its clock is /clock's, e.g. a bag's, which live frames "
+            "do not share; set use_sim_time false for live cameras")
+
+
+def _stale_why(age_ns, advice: str = WALL_CLOCK_ADVICE) -> str:
     """How old the last stale frame was, and what an age of seconds or more means."""
     if age_ns is None:
         return ""
     age = age_ns / 1e9
     if age >= CLOCK_BEHIND_S:
         return (f" (the last {age:.0f} s behind the node's clock: the camera does not stamp with the node's clock, "
-                f"e.g. time since boot; synchronise the clocks or set max_age_ms: 0)")
+                f"e.g. time since boot; {advice}, or set max_age_ms: 0)")
     return f" (the last {1000 * age:.0f} ms old)"
 
 
@@ -76,6 +92,7 @@ class NodeStats:
     def __init__(self, clock=time.monotonic, latency_window: int = 200):
         self.clock = clock
         self.started = clock()
+        self.clock_advice = WALL_CLOCK_ADVICE  # the node sets it from its clock at each report (clock_advice())
         self.arrivals = defaultdict(lambda: deque(maxlen=4096))
         self.publications = defaultdict(lambda: deque(maxlen=4096))
         self.latency_ms = defaultdict(lambda: deque(maxlen=latency_window))
@@ -225,12 +242,12 @@ class NodeStats:
             level = WARN
             message = (f"frames on {topic} are stamped {-age_p50:.0f} ms ahead of "
                        f"the node's clock (median): the camera's clock is not the node's (max_age_ms cannot "
-                       f"judge them; synchronise the clocks, e.g. with chrony or PTP)")
+                       f"judge them; {self.clock_advice})")
         elif bad or stale or unstamped:
             level = WARN
             message = ", ".join(part for part in (
                 f"{bad} undecodable frame(s)" if bad else "",
-                f"{stale} frame(s) older than max_age_ms{_stale_why(buffer.stale_age_ns.get(cam))}" if stale else "",
+                f"{stale} frame(s) older than max_age_ms{_stale_why(buffer.stale_age_ns.get(cam), self.clock_advice)}" if stale else "",
                 f"{unstamped} frame(s) without a header stamp (0: their age is unknown, and their outputs "
                 f"carry stamp 0)" if unstamped else "") if part) + " since the last report"
         elif self._output_waited(cam) > out_timeout:

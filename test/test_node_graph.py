@@ -430,6 +430,18 @@ def test_frames_without_a_stamp_are_served_and_reported(graph, start, rng):
     c.close()
 
 
+def test_a_node_on_sim_time_without_a_clock_says_so(graph, start, rng):
+    """use_sim_time left on for live cameras (or a bag played without --clock): the node's clock reads 0, so
+    live frames are decades 'ahead'; the camera's WARN said to synchronise the clocks with chrony."""
+    ns, node, c, pub, rgb = one_camera(graph, start, rng, use_sim_time=True)
+    assert c.spin_until(lambda g: "no /clock has come" in node_diagnostics(g, ns).get("camera", {}).get("message", ""),
+                        publish=lambda: pub.publish(image_msg(rgb, now(graph), "f"))), node.output()
+    camera = node_diagnostics(c.got, ns)["camera"]
+    assert camera["level"] == 1 and "ahead of the node's clock" in camera["message"]
+    assert "chrony" not in camera["message"]
+    c.close()
+
+
 def test_the_cameras_calibration_comes_with_each_frames_maps(graph, start, rng):
     """<ns>/panoptic/camera_info: the camera's own CameraInfo (from <ns>/camera_info) stamped as each frame's
     maps, image_transport's sibling of every image there, so RViz's Camera display and a CameraSubscriber

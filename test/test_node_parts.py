@@ -15,7 +15,7 @@ from conftest import run_without
 from panoptic_node.frame_buffer import LatestFrameBuffer
 from panoptic_node.inference.result import result_from_segments
 from panoptic_node.model.config import share_dir
-from panoptic_node.node_stats import NodeStats
+from panoptic_node.node_stats import NodeStats, clock_advice
 from panoptic_node.params import (DIAGNOSTIC_FQN, LIVE_PARAMETERS, ParameterError, check_qos_overrides, defaults,
                                   descriptions, updated, user_parameters, validate, validate_file)
 from panoptic_node.render import overlay
@@ -398,6 +398,35 @@ def test_unstamped_frames_and_a_camera_clock_ahead_are_warnings_that_say_so():
     _, cam = _report(stats, buf)
     assert cam.level == 1 and cam.message.startswith("frames on /front/image are stamped 400 ms ahead of the "
                                                      "node's clock (median)")
+    assert cam.message.endswith("synchronise the clocks, e.g. with chrony or PTP)")
+
+
+def test_the_advice_for_another_clock_follows_the_nodes_clock():
+    """On sim time with no /clock the node's clock reads 0 and every live frame is decades 'ahead': the advice
+    to synchronise with chrony misled (the node should not be on sim time, or the bag wants --clock)."""
+    assert clock_advice(False, 123) == "synchronise the clocks, e.g. with chrony or PTP"
+    assert "no /clock has come: play the bag with --clock, or set use_sim_time false" in clock_advice(True, 0)
+    assert "its clock is /clock's" in clock_advice(True, 5 * 10**9)
+    stats = NodeStats(clock=lambda: 1.0)
+    buf = LatestFrameBuffer(FakeClock())
+    stats.frame_arrived("front")
+    stats.frame_published("front", age_ms=-1.8e12)
+    stats.clock_advice = clock_advice(True, 0)  # as the node sets it at each report
+    _, cam = _report(stats, buf)
+    assert cam.level == 1 and cam.message.endswith("(max_age_ms cannot judge them; the node runs on sim time "
+                                                   "(use_sim_time) and no /clock has come: play the bag with "
+                                                   "--clock, or set use_sim_time false for live cameras)")
+    clock = FakeClock()  # and for frames far behind it (a bag's /clock years before a live camera's stamps)
+    buf = LatestFrameBuffer(clock, max_age_ms=100)
+    stats = NodeStats(clock=lambda: 1.0)
+    stats.frame_arrived("front")
+    clock.now = 3600 * 10**9
+    buf.put("front", "live", 10**9)
+    buf.take(timeout=0)
+    stats.clock_advice = clock_advice(True, clock.now)
+    _, cam = _report(stats, buf)
+    assert "behind the node's clock: the camera does not stamp with the node's clock, e.g. time since boot; the " \
+           "node runs on sim time (use_sim_time): its clock is /clock's" in cam.message
 
 
 def test_stale_frames_say_how_old_and_a_camera_on_another_clock_is_named():

@@ -39,8 +39,8 @@ from ..inference.preprocess import OffScaleNotes
 from ..inference.tracking import InstanceTracker
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
                         png_fields, stamp_ns)
-from ..node_stats import (NO_PUBLISHER, UNKNOWN_NODE, WRONG_TYPE, NodeStats, inactive_statuses, no_publisher_why,
-                          wrong_type_why)
+from ..node_stats import (NO_PUBLISHER, UNKNOWN_NODE, WRONG_TYPE, NodeStats, clock_advice, inactive_statuses,
+                          no_publisher_why, wrong_type_why)
 from ..params import (DIAGNOSTIC_FQN, PUBLISH_SWITCHES, ROS_BUILTIN_PREFIXES, ParameterError, check_qos_overrides,
                       defaults, descriptions, frame_sizes, input_topic, make_node_pipeline, unknown_parameter, updated,
                       user_parameters, validate)
@@ -617,6 +617,8 @@ class PanopticNode(LifecycleNode):
         try:
             if self._running:
                 self._check_inputs()
+                self.stats.clock_advice = clock_advice(self.get_parameter("use_sim_time").value,
+                                                       self.get_clock().now().nanoseconds)
                 statuses = self.stats.statuses(self.buffer, self.input_topics, p["camera_timeout_s"], info,
                                                p["max_rate_hz"])
             else:
