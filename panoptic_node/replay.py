@@ -28,7 +28,7 @@ from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.association import AssociationQuality
 from .evaluation.evaluator import Evaluator
 from .evaluation.per_frame import PerFrameScores
-from .inference.ego_mask import apply_ego_mask, describe, fitted, masks_for
+from .inference.ego_mask import apply_ego_mask, describe, fit_note, fitted, masks_for
 from .inference.preprocess import OffScaleNotes
 from .inference.tracking import DEFAULT_MAX_LOST, DEFAULT_MIN_IOU, InstanceTracker
 from .messages import FrameError, calibrated_size, calibration_misfit, image_array
@@ -321,6 +321,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                if reader.topics.get(f"{ns}/camera_info") == "sensor_msgs/msg/CameraInfo"} if writer else {}
     camera_infos: Dict[str, object] = {}
     misfits_said = set()  # (camera, why): each said once, as the node's /diagnostics WARN says it
+    fit_said = set()  # (camera, frame size) whose ego mask fit was judged
+    namespace_of = dict(zip(cameras, namespaces))
     gt_topics = [t for t in (gt_maps.panoptic, gt_maps.semantic, gt_maps.instances) if t] if gt_pan else []
     topics = cameras + gt_topics + [t for t in (gt_sem,) if t] + list(info_of)
     start = time.perf_counter()
@@ -343,6 +345,11 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                     bar.write(f"warning: {note}")
                 result = pipeline(rgb)
                 if keep_of.get(m.topic) is not None:
+                    if (m.topic, result.shape) not in fit_said:  # said once per camera and size, as the node does
+                        fit_said.add((m.topic, result.shape))
+                        said = fit_note(namespace_of[m.topic], keep_of[m.topic], *result.shape)
+                        if said:
+                            bar.write(f"warning: {said}")
                     result = apply_ego_mask(result, keep_of[m.topic], published.thing_lut)
                 if trackers:
                     result = trackers[m.topic].update(result)

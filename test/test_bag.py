@@ -1120,10 +1120,17 @@ def test_replay_applies_ego_masks_to_outputs_and_leaves_the_bonnet_unscored(tiny
     Image.fromarray(keep).save(tmp_path / "masks" / "camera.png")  # the camera of /camera/image_raw
     assert main(["replay", str(gt), "--model", str(tiny_model_yaml), "--out", str(tmp_path / "pred"),
                  "--ego-masks", str(tmp_path / "masks"), "--metrics", str(tmp_path / "m.json")]) == 0
-    assert "camera /camera: ego mask " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "camera /camera: ego mask " in out and "scaled" not in out  # drawn at the frames' size: nothing to say
     with BagReader(tmp_path / "pred") as r:
         maps = [image_array(m.msg) for m in r.messages(["/camera/panoptic/semantic"])]
     assert len(maps) == 2 and all((m[12:] == 255).all() for m in maps)
+    # drawn at another size and shape: scaled, and said once (the node says it; the replay said nothing)
+    Image.fromarray(keep[:, :10]).save(tmp_path / "masks" / "camera.png")
+    assert main(["replay", str(gt), "--model", str(tiny_model_yaml), "--out", str(tmp_path / "wide"),
+                 "--ego-masks", str(tmp_path / "masks")]) == 0
+    assert capsys.readouterr().out.count("warning: camera /camera: ego mask is 10x20, its frames 20x20: the mask is "
+                                         "scaled to them, stretched from a 0.50 to a 1.00 aspect ratio") == 1
     matrix = np.array(json.loads((tmp_path / "m.json").read_text())["metrics"]["confusion"]["matrix"])
     assert matrix.sum() == 2 * 12 * 20 and matrix[8].sum() == 0  # only the street is scored; no car row
     assert main(["replay", str(gt), "--model", str(tiny_model_yaml), "--out", str(tmp_path / "p2"),

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from panoptic_node.inference.ego_mask import apply_ego_mask, load_ego_mask, mask_file, masks_for
+from panoptic_node.inference.ego_mask import apply_ego_mask, fit_note, load_ego_mask, mask_file, masks_for
 from panoptic_node.inference.result import result_from_segments
 from panoptic_node.taxonomy import get_taxonomy
 
@@ -38,6 +38,13 @@ def test_a_mask_drawn_at_another_size_is_fitted_to_the_frame():
     keep[5:] = False                           # the lower half, at half the size
     assert (apply_ego_mask(result, keep, CAMVID.thing_lut).semantic[10:] == 255).all()
     assert (apply_ego_mask(result, keep, CAMVID.thing_lut).semantic[:10] == 3).all()
+    # what the node and replay say of it: scaled at the same shape; stretched, with the likely cause, otherwise
+    assert fit_note("/camera/front", keep, 10, 12) == ""
+    assert fit_note("/camera/front", keep, 20, 24) == ("camera /camera/front: ego mask is 12x10, its frames 24x20: "
+                                                       "the mask is scaled to them")
+    assert fit_note("/camera/front", keep, 720, 1280) == (
+        "camera /camera/front: ego mask is 12x10, its frames 1280x720: the mask is scaled to them, stretched from a "
+        "1.20 to a 1.78 aspect ratio (drawn for another camera mode? draw it on one of these frames)")
 
 
 def test_mask_files_and_their_refusals(tmp_path):

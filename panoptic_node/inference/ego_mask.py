@@ -64,6 +64,19 @@ def check_folder(folder) -> Dict[str, str]:
     return out
 
 
+def fit_note(namespace: str, keep: np.ndarray, height: int, width: int) -> str:
+    """What to say when a camera's mask is scaled to its frames ('' when it was drawn at their size): a mask of
+    another shape stretched over them hides the wrong pixels, the likely cause another camera mode."""
+    mh, mw = keep.shape
+    if (mh, mw) == (height, width):
+        return ""
+    note = f"camera {namespace or '/'}: ego mask is {mw}x{mh}, its frames {width}x{height}: the mask is scaled to them"
+    if abs(mw / mh - width / height) > 0.01 * width / height:
+        note += (f", stretched from a {mw / mh:.2f} to a {width / height:.2f} aspect ratio (drawn for another "
+                 f"camera mode? draw it on one of these frames)")
+    return note
+
+
 def fitted(keep: np.ndarray, height: int, width: int) -> np.ndarray:
     """The mask at a frame's size (nearest neighbour, as the maps are upsampled) when it was drawn at another."""
     if keep.shape == (height, width):

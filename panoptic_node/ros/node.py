@@ -540,11 +540,10 @@ class PanopticNode(LifecycleNode):
         keep = self.ego_masks.get(camera)
         if keep is None:
             return result
+        from ..inference.ego_mask import apply_ego_mask, fit_note
         if keep.shape != result.shape and (camera, result.shape) not in self._fitted_notes:
             self._fitted_notes.add((camera, result.shape))
-            self.get_logger().warn(f"camera {camera}: ego mask is {keep.shape[1]}x{keep.shape[0]}, its frames "
-                                   f"{result.shape[1]}x{result.shape[0]}: the mask is scaled to them")
-        from ..inference.ego_mask import apply_ego_mask
+            self.get_logger().warn(fit_note(camera, keep, *result.shape))
         return apply_ego_mask(result, keep, self.taxonomy.thing_lut)
 
     def _tracked(self, camera, result):
