@@ -750,8 +750,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("recover", help="the complete messages of a recording cut short (an .mcap without footer "
-                                       "or metadata.yaml, a .db3 without metadata.yaml) -> a new, valid bag")
-    p.add_argument("src", help="the .mcap / .db3 file, or the bag folder holding it")
+                                       "or metadata.yaml, a .db3 without metadata.yaml, a split recording missing "
+                                       "a file) -> a new, valid bag")
+    p.add_argument("src", help="the .mcap / .db3 file, or the bag folder holding it (every file of a split "
+                               "recording, <name>_0, <name>_1, ..., in order)")
     p.add_argument("--out", required=True, help="the new bag folder")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_recover)

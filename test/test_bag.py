@@ -2,6 +2,7 @@
 storages, converters on fixtures in the datasets' on-disk formats, and every kind of bad input."""
 import io
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -671,6 +672,68 @@ def test_recover_a_sqlite_recording_without_its_metadata(tiny_pipeline, tmp_path
     with pytest.raises(BagError, match="not a readable rosbag2 SQLite file"):
         recover(bag, tmp_path / "fixed2", log=lambda m: None)
     assert not (tmp_path / "fixed2").exists() and not (tmp_path / "fixed2.partial").exists()
+
+
+def split_recording(folder, storage, frames, parts):
+    """A recording as `ros2 bag record --max-bag-size` leaves it: <name>_0, <name>_1, ... in one folder, each
+    file with the schemas and channels of its own messages (here without metadata.yaml: it was cut short)."""
+    folder.mkdir()
+    size = -(-len(frames) // parts)
+    for i in range(parts):
+        part = camera_bag(folder.parent / f"part{i}", storage, frames[i * size:(i + 1) * size])
+        data = next(f for f in part.iterdir() if f.suffix in (".mcap", ".db3"))
+        data.rename(folder / f"{folder.name}_{i}{data.suffix}")
+        shutil.rmtree(part)
+    return folder
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_recover_takes_every_file_of_a_split_recording_into_one_bag(tmp_path, rng, storage):
+    """A car records in splits (a file per GB or minute); cut short, the folder held two files and recover
+    refused it ('expected one (pass the file itself)'), so each part became a bag of its own."""
+    from panoptic_node.bag.recover import recover, storage_files
+    frames = [(1_700_000_000_000_000_000 + i * 50_000_000, rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+              for i in range(12)]
+    rec = split_recording(tmp_path / "rec", storage, frames, 12)  # rec_0 ... rec_11: rec_10 comes after rec_9
+    ext = next(rec.glob("rec_0.*")).suffix
+    assert [p.name for p in storage_files(rec)[0]] == [f"rec_{i}{ext}" for i in range(12)]
+    said = []
+    assert recover(rec, tmp_path / "fixed", log=said.append).messages == 12
+    assert "from 12 files into" in said[0]
+    with BagReader(tmp_path / "fixed") as r:
+        got = [(m.stamp_ns, image_to_rgb(m.msg)) for m in r.messages(["/front/image_raw"])]
+    assert [s for s, _ in got] == [s for s, _ in frames]  # every frame, in the order recorded
+    for (_, a), (_, b) in zip(got, frames):
+        np.testing.assert_array_equal(a, b)
+    # a file that cannot be read is left out and named; the files around it are kept
+    bad = next(rec.glob("*_5.*"))
+    bad.write_bytes(b"damaged" * 10)
+    said = []
+    assert recover(rec, tmp_path / "fixed2", log=said.append).messages == 11
+    assert any(line.startswith(f"left out {bad.name}: ") for line in said)
+    # files of two recordings in one folder: refused, naming them, nothing written
+    (rec / f"other_0{bad.suffix}").write_bytes(b"")
+    with pytest.raises(BagError, match=r"holds files of more than one recording \(.*other_0"):
+        recover(rec, tmp_path / "fixed3")
+    assert not (tmp_path / "fixed3").exists() and not (tmp_path / "fixed3.partial").exists()
+
+
+def test_recover_names_the_files_a_split_bags_metadata_lists_and_it_lacks(tmp_path, rng):
+    """Copied off the car in part: rosbags refuses the bag ('Some database files are missing') and points to
+    recover, which kept what was there without saying what was not."""
+    from panoptic_node.bag.recover import recover
+    frames = [(1_700_000_000_000_000_000 + i * 50_000_000, rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+              for i in range(4)]
+    rec = split_recording(tmp_path / "rec", "mcap", frames, 2)
+    (rec / "metadata.yaml").write_text(yaml.safe_dump({"rosbag2_bagfile_information": {
+        "version": 8, "storage_identifier": "mcap", "relative_file_paths": ["rec_0.mcap", "rec_1.mcap"]}}))
+    (rec / "rec_1.mcap").unlink()
+    with pytest.raises(BagError, match="panoptic-node recover"):
+        BagReader(rec)
+    said = []
+    assert recover(rec, tmp_path / "fixed", log=said.append).messages == 2
+    assert said[-1] == (f"not recovered: rec_1.mcap, listed in {rec / 'metadata.yaml'}, is not there (its messages "
+                        f"are not in {tmp_path / 'fixed'})")
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])

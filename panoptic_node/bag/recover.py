@@ -8,12 +8,15 @@ MCAP records are `opcode (1 byte) | length (uint64 LE) | content`; the ones read
 Channel 0x04, Message 0x05, Chunk 0x06 (whose content holds more records, maybe compressed).
 """
 import mmap
+import re
 import shutil
 import struct
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, List, Tuple
+
+import yaml
 
 from rosbags.rosbag2.storage_mcap import decompress
 
@@ -31,6 +34,7 @@ class Recovered:
     skipped_topics: Dict[str, str] = field(default_factory=dict)  # topic -> why
     lost_bytes: int = 0  # the incomplete tail
     bad_chunks: int = 0  # complete chunks that do not decompress (their messages are lost)
+    skipped_files: Dict[str, str] = field(default_factory=dict)  # a split recording's unreadable file -> why
 
 
 # topic, message type, encoding, log time, payload, the publishers' QoS offers (rosbag2's YAML, or "")
@@ -111,7 +115,7 @@ def mcap_messages(path: Path, result: Recovered) -> Iterator[Message]:
     end = max((e for _, _, e in _spans(body, len(MAGIC))), default=len(MAGIC))
     tail = unfinished_chunk(body, end)
     kept = max((e for _, _, e in _spans(tail)), default=0)  # its complete records
-    result.lost_bytes = len(body) - end - kept
+    result.lost_bytes += len(body) - end - kept  # summed over a split recording's files
 
     def messages():
         schemas, channels = {}, {}
@@ -184,30 +188,59 @@ def _offers(text: str) -> list:
         return []
 
 
-def storage_file(path) -> Path:
+def _split_of(file: Path) -> Tuple[str, int]:
+    """rosbag2 names a split recording's files <name>_0.mcap, <name>_1.mcap, ... (--max-bag-size,
+    --max-bag-duration): (name, index), so that <name>_10 sorts after <name>_9."""
+    found = re.fullmatch(r"(.*)_(\d+)", file.stem)
+    return (found[1], int(found[2])) if found else (file.stem, -1)
+
+
+def _listed_files(folder: Path) -> List[str]:
+    """The storage files a bag folder's metadata.yaml lists (none when it has no readable one: a recording
+    cut short has none)."""
+    try:
+        info = yaml.safe_load((folder / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        return [str(name) for name in info.get("relative_file_paths") or []]
+    except Exception:
+        return []
+
+
+def storage_files(path) -> Tuple[List[Path], List[str]]:
+    """The recording's storage files in the order they were written, and the ones its metadata.yaml lists
+    that are missing. A car records in splits (a file per GB or per minute): every file of the folder is one
+    recording, recovered into one bag."""
     path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.mcap")) + sorted(path.glob("*.db3"))
-        if len(files) != 1:
-            raise BagError(f"'{path}' holds {len(files)} .mcap / .db3 files; expected one (pass the file itself)")
-        return files[0]
-    if not path.is_file():
-        raise BagError(f"'{path}' does not exist; expected an .mcap or .db3 file, or a bag folder holding one")
-    return path
+    if not path.is_dir():
+        if not path.is_file():
+            raise BagError(f"'{path}' does not exist; expected an .mcap or .db3 file, or a bag folder holding them")
+        return [path], []
+    mcap, db3 = list(path.glob("*.mcap")), list(path.glob("*.db3"))
+    if not mcap and not db3:
+        raise BagError(f"'{path}' holds no .mcap or .db3 file; expected a recording")
+    names = {_split_of(f)[0] for f in mcap + db3}
+    if (mcap and db3) or len(names) > 1:
+        listed = ", ".join(sorted(f.name for f in mcap + db3))
+        raise BagError(f"'{path}' holds files of more than one recording ({listed}); expected one recording's "
+                       f"<name>_0, <name>_1, ... (pass a file itself)")
+    files = sorted(mcap or db3, key=_split_of)
+    listed = _listed_files(path)
+    missing = [name for name in listed if not (path / name).is_file()]
+    return files, missing
 
 
 def recover(src, out, overwrite: bool = False, log=print) -> Recovered:
     """Every complete message of the (possibly truncated) recording `src` (.mcap, or .db3 without its
     metadata.yaml) into a new bag `out`. Topics whose message type this package cannot write (unknown
     definitions) are reported and left out."""
-    path = storage_file(src)
+    paths, missing = storage_files(src)
     store = typestore()
     result = Recovered()
-    source = sqlite_messages(path, result) if path.suffix == ".db3" else mcap_messages(path, result)
-    writer = BagWriter(out, storage="sqlite3" if path.suffix == ".db3" else "mcap", overwrite=overwrite,
-                       inputs=(src,))
+    sqlite = paths[0].suffix == ".db3"
+    opened = _open_each(paths, sqlite, result)
+    next(opened)  # the first file checked now, before anything is written: one that cannot be read is refused
+    writer = BagWriter(out, storage="sqlite3" if sqlite else "mcap", overwrite=overwrite, inputs=(src,))
     try:
-        for topic, msgtype, encoding, stamp, payload, offers in source:
+        for topic, msgtype, encoding, stamp, payload, offers in opened:
             if topic in result.skipped_topics:
                 continue
             if encoding != "cdr" or msgtype not in store.types:
@@ -218,16 +251,43 @@ def recover(src, out, overwrite: bool = False, log=print) -> Recovered:
             result.messages += 1
             result.per_topic[topic] = result.per_topic.get(topic, 0) + 1
         if not result.messages:
-            raise BagError(f"'{path}' holds no complete message that can be recovered")
+            raise BagError(f"'{src}' holds no complete message that can be recovered")
     except BaseException:
         writer.abort()  # what was recovered stays in <out>.partial, visible, never mistaken for complete
         if not result.messages:
             shutil.rmtree(writer.partial, ignore_errors=True)  # nothing worth keeping
         raise
     writer.close()
+    files = f" from {len(paths)} files" if len(paths) > 1 else ""
     log(f"recovered {result.messages} messages ({', '.join(f'{t}: {n}' for t, n in sorted(result.per_topic.items()))})"
-        f" into {out}; {result.lost_bytes} bytes of incomplete tail dropped"
+        f"{files} into {out}; {result.lost_bytes} bytes of incomplete tail dropped"
         + (f", {result.bad_chunks} damaged chunks skipped" if result.bad_chunks else ""))
     for topic, why in result.skipped_topics.items():
         log(f"left out {topic}: {why}")
+    for name, why in result.skipped_files.items():
+        log(f"left out {name}: {why}")
+    for name in missing:
+        log(f"not recovered: {name}, listed in {Path(src) / 'metadata.yaml'}, is not there (its messages are not in {out})")
     return result
+
+
+def _open_each(paths: List[Path], sqlite: bool, result: Recovered) -> Iterator[Message]:
+    """Every message of the files in turn. Primed once (next()) to open the first readable file, so that a
+    recording none of whose files can be read is refused before anything is written; in a split recording a
+    file that cannot be read is left out and named (the parts before and after it are still worth having)."""
+    opened, first_error = False, None
+    for path in paths:
+        try:
+            messages = sqlite_messages(path, result) if sqlite else mcap_messages(path, result)
+        except BagError as e:
+            if len(paths) == 1:
+                raise
+            result.skipped_files[path.name] = str(e)
+            first_error = first_error or e
+            continue
+        if not opened:
+            opened = True
+            yield None  # primed
+        yield from messages
+    if not opened:
+        raise first_error
