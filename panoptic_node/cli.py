@@ -2,6 +2,7 @@
 import argparse
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -72,29 +73,45 @@ def is_infer_output(name: str) -> bool:
 
 
 def cmd_infer(args) -> int:
-    from tqdm import tqdm
-
-    from .atomic import write_png
-    from .coco_format import CocoPanopticWriter
-    from .images import read_rgb
-    from .inference.preprocess import OffScaleNotes
-    from .output_safety import check_outputs, refuse_foreign_folder, refuse_inputs
-    from .render import overlay
+    from .output_safety import OutputLock, check_outputs, refuse_foreign_folder, refuse_inputs
     from .taxonomy import get_taxonomy
 
     paths = image_paths(args.images)
     stems = output_stems(paths)
     out = Path(args.out)
-    out_existed = out.exists()
     outputs = {"panoptic.json": out / "panoptic.json"}
     outputs.update({f"{stem}{suffix}": out / f"{stem}{suffix}" for stem in stems for suffix in INFER_OUTPUTS})
     # before the model loads; the folder too: results written among the images would be read as images next time
     refuse_inputs("--out", out, paths)
     refuse_foreign_folder("--out", out, is_infer_output, "infer's results")
     check_outputs(outputs, inputs=paths + [args.weights], overwrite=args.overwrite)
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"--out '{out}' holds an earlier run's results; pass --overwrite to replace them "
+                              f"(the folder's results as a whole)")
     pipeline = _pipeline(args)
     taxonomy = get_taxonomy(pipeline.labels)
-    writer = CocoPanopticWriter(out, taxonomy)
+    with OutputLock(out):
+        return _infer_into(out, paths, stems, pipeline, taxonomy, args)
+
+
+def _infer_into(out: Path, paths, stems, pipeline, taxonomy, args) -> int:
+    """The run's results are made in `<out>.partial/` and take the place of `out` (an earlier run's results
+    as a whole) only when complete: rewritten in place, a run killed half-way left the earlier panoptic.json,
+    which looks complete, beside PNGs of the new run, and an earlier run's PNGs of other images stayed."""
+    from tqdm import tqdm
+
+    from .atomic import write_png
+    from .coco_format import CocoPanopticWriter
+    from .images import read_rgb
+    from .inference.preprocess import OffScaleNotes
+    from .output_safety import refuse_foreign_folder
+    from .render import overlay
+
+    work = out.with_name(out.name + ".partial")
+    if work.exists():  # a killed run's leftover (the lock says none runs now), if it holds nothing else
+        refuse_foreign_folder("--out", work, is_infer_output, "infer's results")
+        shutil.rmtree(work)
+    writer = CocoPanopticWriter(work, taxonomy)
     off_scale = OffScaleNotes(pipeline.cfg.input)
     tracker = None
     if args.track:  # frames of one camera in time order (a clip's frames, numbered): ids kept as the node keeps them
@@ -115,17 +132,24 @@ def cmd_infer(args) -> int:
         if tracker:
             result = tracker.update(result)
         writer.add(stem, path.name, result)
-        write_png(result.semantic, out / f"{stem}_semantic.png")
-        write_png(result.instance, out / f"{stem}_instances.png")
-        write_png(overlay(rgb, result, taxonomy), out / f"{stem}_overlay.png")
+        write_png(result.semantic, work / f"{stem}_semantic.png")
+        write_png(result.instance, work / f"{stem}_instances.png")
+        write_png(overlay(rgb, result, taxonomy), work / f"{stem}_overlay.png")
         tqdm.write(f"{path.name}: {len(result.segments)} segments, "
                    + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in result.timings.items()))
     if not writer.annotations:  # a panoptic.json of no frames would look like a finished run
-        if not out_existed:
-            out.rmdir()  # made for this run and still empty
+        shutil.rmtree(work)  # made for this run and still empty; an earlier run's results stay
         print(f"wrote nothing to {out}: none of the {failed} frames could be read", file=sys.stderr)
         return 1
     writer.close()
+    if out.is_dir() and not any(out.iterdir()):  # a folder made for them: kept, filled, panoptic.json last
+        for f in sorted(work.iterdir(), key=lambda f: f.name == "panoptic.json"):
+            f.rename(out / f.name)
+        work.rmdir()
+    else:
+        if out.exists():  # an earlier run's results, and --overwrite was given (checked before the model loaded)
+            shutil.rmtree(out)
+        work.rename(out)
     print(f"wrote {len(writer.annotations)} frames to {out}" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
 

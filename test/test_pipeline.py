@@ -237,9 +237,49 @@ def test_infer_cli_writes_no_panoptic_json_when_no_frame_could_be_read(model_yam
     kept = tmp_path / "kept"  # a results folder the user had keeps what it held, and gets no panoptic.json
     kept.mkdir()
     (kept / "earlier_semantic.png").write_text("an earlier run's")
-    assert main(["infer", str(bad), "--model", str(model_yaml), "--out", str(kept)]) == 1
-    assert sorted(p.name for p in kept.iterdir()) == ["earlier_semantic.png"]
+    assert main(["infer", str(bad), "--model", str(model_yaml), "--out", str(kept)]) == 2  # not asked to replace it
+    assert "holds an earlier run's results; pass --overwrite" in capsys.readouterr().err
+    assert main(["infer", str(bad), "--model", str(model_yaml), "--out", str(kept), "--overwrite"]) == 1
+    assert sorted(p.name for p in kept.iterdir()) == ["earlier_semantic.png"]  # nothing to replace them with
     assert (kept / "earlier_semantic.png").read_text() == "an earlier run's"
+    assert not (tmp_path / "kept.partial").exists()
+
+
+def test_infer_overwrite_replaces_an_earlier_runs_results_whole_and_only_when_done(model_yaml, tmp_path, rng,
+                                                                                   monkeypatch):
+    """--overwrite rewrote in place: killed half-way, the earlier panoptic.json (complete-looking) stood beside
+    the new run's PNGs, and an earlier run's PNGs of other images stayed beside the new panoptic.json."""
+    from PIL import Image
+    import panoptic_node.cli as cli
+    images = []
+    for name in ("a", "b", "c"):
+        images.append(tmp_path / f"{name}.png")
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(images[-1])
+    out = tmp_path / "out"
+    assert main(["infer", str(images[0]), str(images[1]), "--model", str(model_yaml), "--out", str(out)]) == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    # a run over b and c killed after its first frame: the earlier results stand as they were
+    from panoptic_node import atomic
+
+    def dies_on_the_second_frame(array, path):
+        if path.name.startswith("c_"):  # b's results written, then Ctrl-C
+            raise KeyboardInterrupt
+        return real(array, path)
+
+    real = atomic.write_png
+    monkeypatch.setattr(atomic, "write_png", dies_on_the_second_frame)
+    assert cli.main(["infer", str(images[1]), str(images[2]), "--model", str(model_yaml), "--out", str(out),
+                     "--overwrite", "--threshold", "0.9"]) == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+    assert (tmp_path / "out.partial").is_dir() and not (tmp_path / "out.partial" / "panoptic.json").exists()
+    monkeypatch.setattr(atomic, "write_png", real)
+    # run to the end: b and c replace a and b as a whole (a's PNGs no longer beside a JSON that omits them)
+    assert main(["infer", str(images[1]), str(images[2]), "--model", str(model_yaml), "--out", str(out),
+                 "--overwrite"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["panoptic.json"] + [f"{s}{x}" for s in "bc" for x in
+                                                ("_panoptic.png", "_semantic.png", "_instances.png", "_overlay.png")])
+    assert not (tmp_path / "out.partial").exists()
 
 
 def test_cli_missing_model_is_one_line(capsys):
