@@ -101,6 +101,7 @@ class NodeStats:
         self.published = defaultdict(int)
         self.overlays = defaultdict(int)
         self.mismatch = {}          # camera -> why nothing reaches it (a publisher's QoS or type, or none)
+        self.publishers = {}        # camera -> the nodes publishing its frames, when more than one does
         self.camera_info = {}       # camera -> the size its newest CameraInfo gives (passed on with the maps)
         self.calibrated = {}        # camera -> (w, h) of the frames that CameraInfo describes (roi and binning)
         self.frame_size = {}        # camera -> (w, h) of its newest published frame
@@ -259,6 +260,12 @@ class NodeStats:
             level, message = WARN, misfit
         else:
             level, message = OK, "ok"
+        if cam in self.publishers:  # said whatever else is wrong: it is often the cause (a bag's frames are stale)
+            nodes = self.publishers[cam]
+            values["publishers"] = ", ".join(nodes)
+            shared = (f"{len(nodes)} nodes publish on {topic} ({', '.join(nodes)}): their frames are served as one "
+                      f"camera's (a bag playing beside the live driver?)")
+            level, message = max(level, WARN), shared if level == OK else f"{message}; {shared}"
         return Status(f"camera {cam}", cam, level, message, values)
 
     def _calibration_misfit(self, cam: str) -> str:

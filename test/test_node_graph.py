@@ -430,6 +430,27 @@ def test_frames_without_a_stamp_are_served_and_reported(graph, start, rng):
     c.close()
 
 
+def test_a_camera_two_nodes_publish_on_is_named_on_diagnostics(graph, start, rng):
+    """A bag played while the camera driver runs: both on one topic, served as one camera; /diagnostics now
+    names both nodes (the camera status said 'ok', or only that the bag's frames were stale)."""
+    ns, node, c, pub, rgb = one_camera(graph, start, rng)
+    second = rclpy.create_node(f"second_camera_{uuid.uuid4().hex[:6]}")
+    other = second.create_publisher(Image, f"{ns}/image", 10)
+
+    def named(g):
+        return "2 nodes publish on" in node_diagnostics(g, ns).get("camera", {}).get("message", "")
+
+    assert c.spin_until(named, publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")), timeout=20), \
+        node_diagnostics(c.got, ns)
+    camera = node_diagnostics(c.got, ns)["camera"]
+    assert camera["level"] == 1 and second.get_name() in camera["publishers"] and graph.get_name() in camera["publishers"]
+    second.destroy_publisher(other)  # one publisher again: the note goes
+    assert c.spin_until(lambda g: not named(g) and node_diagnostics(g, ns)["camera"]["level"] == 0,
+                        publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")), timeout=20)
+    second.destroy_node()
+    c.close()
+
+
 def test_a_node_on_sim_time_without_a_clock_says_so(graph, start, rng):
     """use_sim_time left on for live cameras (or a bag played without --clock): the node's clock reads 0, so
     live frames are decades 'ahead'; the camera's WARN said to synchronise the clocks with chrony."""

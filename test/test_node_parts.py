@@ -401,6 +401,33 @@ def test_unstamped_frames_and_a_camera_clock_ahead_are_warnings_that_say_so():
     assert cam.message.endswith("synchronise the clocks, e.g. with chrony or PTP)")
 
 
+def test_a_camera_topic_two_nodes_publish_on_is_named_whatever_else_is_said():
+    """`ros2 bag play` beside the running driver: two sources interleaved as one camera, the bag's frames dropped
+    as stale ('synchronise the clocks'), with nothing naming the second publisher."""
+    stats = NodeStats(clock=lambda: 1.0)
+    buf = LatestFrameBuffer(FakeClock())
+    stats.frame_arrived("front")
+    stats.frame_published("front", age_ms=20.0)
+    _, cam = _report(stats, buf)
+    assert cam.level == 0
+    stats.publishers["front"] = ["/rosbag2_player", "/usb_cam"]
+    _, cam = _report(stats, buf)
+    assert (cam.level, cam.message) == (1, "2 nodes publish on /front/image (/rosbag2_player, /usb_cam): their "
+                                           "frames are served as one camera's (a bag playing beside the live driver?)")
+    assert cam.values["publishers"] == "/rosbag2_player, /usb_cam"
+    t = [0.0]
+    silent = NodeStats(clock=lambda: t[0])  # an ERROR keeps its level and its words, the note after them
+    t[0] = 10.0
+    silent.publishers["front"] = ["/a", "/b"]
+    _, cam = _report(silent, buf)
+    assert cam.level == 2 and cam.message.startswith("no frame on /front/image since start-up")
+    assert cam.message.endswith("; 2 nodes publish on /front/image (/a, /b): their frames are served as one "
+                                "camera's (a bag playing beside the live driver?)")
+    del stats.publishers["front"]  # gone once only one publishes again
+    _, cam = _report(stats, buf)
+    assert cam.level == 0 and "publishers" not in cam.values
+
+
 def test_the_advice_for_another_clock_follows_the_nodes_clock():
     """On sim time with no /clock the node's clock reads 0 and every live frame is decades 'ahead': the advice
     to synchronise with chrony misled (the node should not be on sim time, or the bag wants --clock)."""

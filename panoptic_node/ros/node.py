@@ -359,6 +359,11 @@ class PanopticNode(LifecycleNode):
             if any(i.node_name == UNKNOWN_NODE for i in publishers):
                 continue  # a publisher discovered before its node: judged at the next report, once named
             known = self.stats.mismatch.get(camera, "")
+            nodes = sorted({f"{i.node_namespace.rstrip('/')}/{i.node_name}" for i in publishers if i.topic_type == want})
+            if len(nodes) > 1:  # two sources interleaved on one camera: a bag played while the driver runs
+                self.stats.publishers[camera] = nodes
+            else:
+                self.stats.publishers.pop(camera, None)
             others = {(i.topic_type, i.node_name) for i in publishers if i.topic_type != want}
             if others:
                 why = wrong_type_why(want, transport, others)
