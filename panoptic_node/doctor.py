@@ -230,7 +230,7 @@ def tool_checks(find_spec=importlib.util.find_spec) -> List[Check]:
 def parameter_checks(path, node_name: str) -> Tuple[List[Check], Optional[dict]]:
     """The node's parameters file read as the node reads it (params.from_file), and the ego masks it names
     read as the node reads them at start-up: (checks, the parameters or None when the file is refused)."""
-    from .params import ParameterError, from_file, parameters_files, replay_options
+    from .params import ParameterError, file_parameters, from_file, parameters_files, replay_options
     try:
         node = from_file(path, node_name)
     except ParameterError as e:
@@ -241,6 +241,10 @@ def parameter_checks(path, node_name: str) -> Tuple[List[Check], Optional[dict]]
                                    f"{node['model']}, backend "
                                    f"{node['backend']} ({node['precision']}), {len(cameras)} camera(s) "
                                    f"{', '.join(cameras)} ({node['input_transport']}: {', '.join(topics)})")]
+    if file_parameters(path, node_name).get("use_sim_time") is True:  # a bag-replay setting copied to the car
+        out.append(Check("clock", NOTE, "use_sim_time is true: the node's clock is /clock's (a bag played with "
+                                        "--clock); with live cameras and no /clock it reads 0 and every frame is "
+                                        "judged decades ahead: set it false on the car"))
     folder = node["ego_mask_dir"]
     if folder:
         from .inference.ego_mask import check_folder, describe, masks_for

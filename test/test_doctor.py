@@ -126,6 +126,13 @@ def test_doctor_checks_the_nodes_parameters_file(tiny_model_yaml, tmp_path, monk
         checks["backend"].finding
     assert "(torch fp32): 2 cameras at 30 Hz" in checks["speed"].finding or \
         "keeps up with 2 cameras at 30 Hz" in checks["speed"].finding
+    assert "clock" not in checks
+    # a bag-replay file's use_sim_time copied to the car: the node's clock would be /clock's (0 without one)
+    sim = tmp_path / "replay.param.yaml"
+    sim.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "model": str(tiny_model_yaml), "backend": "torch", "use_sim_time": True}}}))
+    clock = by_name(doctor.run_checks(params=sim))["clock"]
+    assert clock.verdict == NOTE and clock.finding.startswith("use_sim_time is true: the node's clock is /clock's")
 
     # a file the node would refuse, or masks it cannot read: a problem, in the node's own words, exit 1
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "masks" / "camera_rear.png")  # not 8-bit grey
