@@ -688,7 +688,7 @@ def split_recording(folder, storage, frames, parts):
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
-def test_recover_takes_every_file_of_a_split_recording_into_one_bag(tmp_path, rng, storage):
+def test_recover_takes_every_file_of_a_split_recording_into_one_bag(tmp_path, rng, storage, capsys):
     """A car records in splits (a file per GB or minute); cut short, the folder held two files and recover
     refused it ('expected one (pass the file itself)'), so each part became a bag of its own."""
     from panoptic_node.bag.recover import recover, storage_files
@@ -700,6 +700,7 @@ def test_recover_takes_every_file_of_a_split_recording_into_one_bag(tmp_path, rn
     said = []
     assert recover(rec, tmp_path / "fixed", log=said.append).messages == 12
     assert "from 12 files into" in said[0]
+    assert "recover: 12 messages [" in capsys.readouterr().err  # long work shows progress (a car's GBs)
     with BagReader(tmp_path / "fixed") as r:
         got = [(m.stamp_ns, image_to_rgb(m.msg)) for m in r.messages(["/front/image_raw"])]
     assert [s for s, _ in got] == [s for s, _ in frames]  # every frame, in the order recorded

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import yaml
-
 from rosbags.rosbag2.storage_mcap import decompress
+from tqdm import tqdm
 
 from .types import typestore
 from .writer import BagError, BagWriter
@@ -239,8 +239,11 @@ def recover(src, out, overwrite: bool = False, log=print) -> Recovered:
     opened = _open_each(paths, sqlite, result)
     next(opened)  # the first file checked now, before anything is written: one that cannot be read is refused
     writer = BagWriter(out, storage="sqlite3" if sqlite else "mcap", overwrite=overwrite, inputs=(src,))
+    # a cut recording says nothing of how many messages it holds: the bar counts them and their rate
+    bar = tqdm(desc="recover", unit=" messages")
     try:
         for topic, msgtype, encoding, stamp, payload, offers in opened:
+            bar.update()
             if topic in result.skipped_topics:
                 continue
             if encoding != "cdr" or msgtype not in store.types:
@@ -257,6 +260,8 @@ def recover(src, out, overwrite: bool = False, log=print) -> Recovered:
         if not result.messages:
             shutil.rmtree(writer.partial, ignore_errors=True)  # nothing worth keeping
         raise
+    finally:
+        bar.close()
     writer.close()
     files = f" from {len(paths)} files" if len(paths) > 1 else ""
     log(f"recovered {result.messages} messages ({', '.join(f'{t}: {n}' for t, n in sorted(result.per_topic.items()))})"
