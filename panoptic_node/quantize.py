@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator, List
 
 import numpy as np
+from tqdm import tqdm
 
 from .atomic import atomic_path
 from .images import read_rgb
@@ -56,18 +57,30 @@ def calibration_frames(source, limit: int) -> Iterator[np.ndarray]:
 
 
 class _Reader:
-    def __init__(self, frames: List[np.ndarray], cfg, size):
+    """ONNX Runtime's calibration data; with `progress`, a bar over the frames as the calibrator takes them
+    (each runs the whole graph and records every activation: a minute or more for 32 frames)."""
+
+    def __init__(self, frames: List[np.ndarray], cfg, size, progress: bool = False):
         self.items = []
         for f in frames:
             x, mask, _ = preprocess(f, cfg.input, fixed_size=size)
             self.items.append({"image": x.numpy(), "pad_mask": mask.numpy().astype(np.uint8)})
+        self.bar = tqdm(total=len(self.items), desc="calibrate", unit="frame") if progress else None
         self.it = iter(self.items)
 
     def get_next(self):
-        return next(self.it, None)
+        item = next(self.it, None)
+        if self.bar is not None:
+            if item is None:
+                self.bar.close()
+            else:
+                self.bar.update()
+        return item
 
     def rewind(self):
         self.it = iter(self.items)
+        if self.bar is not None:
+            self.bar.reset()
 
 
 def float_kept_nodes(model) -> List[str]:
@@ -142,7 +155,8 @@ def quantize_int8(fp32_path, out_path, cfg, size, source, frames: int = 32, meth
     if method not in methods:
         raise ValueError(f"calibration method '{method}' is not one of {', '.join(methods)}")
     data = list(calibration_frames(source, frames))
-    return _quantize(fp32_path, out_path, _Reader(data, cfg, size), methods[method], reduce_range, shipped=None)
+    return _quantize(fp32_path, out_path, _Reader(data, cfg, size, progress=True), methods[method], reduce_range,
+                     shipped=None)
 
 
 def quantize_with_scales(fp32_path, out_path, cfg, size, scales: dict, reduce_range: bool = False) -> Path:

@@ -65,9 +65,11 @@ def test_no_frames_is_an_error(tmp_path):
         list(calibration_frames(tmp_path / "frame.png", 4))
 
 
-def test_int8_qdq_graph(fp32, image_dir, rng):
+def test_int8_qdq_graph(fp32, image_dir, rng, capsys):
     cfg, d = fp32
     out = quantize_int8(d / "m.onnx", d / "m_int8.onnx", cfg, (64, 96), image_dir, frames=4)
+    progress = capsys.readouterr().err  # a minute or more on a real model: the calibrator's frames counted
+    assert "calibrate: 100%" in progress and "4/4 [" in progress
     model = onnx.load(str(out))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     q_nodes = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
