@@ -561,8 +561,8 @@ def test_sigterm_during_convert_unwinds_as_ctrl_c_does(camvid_copy, tmp_path):
     the output's lock file stayed, and nothing said why the run stopped. It now unwinds as Ctrl-C: one line,
     exit 143, what was half-written under its .partial name, the lock gone, the handler as it was. (In a
     process of its own: in pytest's, after `infer` ran the test model on OpenVINO, a Python-handled SIGTERM
-    or SIGINT ended in a segfault inside kill(), reproduced outside pytest too; a real replay interrupted by
-    either exits cleanly, 143 or 130.)"""
+    or SIGINT ended in a segfault inside kill(); the cause, a dangling alternate signal stack OpenVINO left,
+    is now undone by inference/signal_stack.py and tested in test_signal_stack.py.)"""
     script = f"""
 import os, signal, sys
 import panoptic_node.bag.convert as conv

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .backend import ExportedGraphBackend
+from .signal_stack import kept_signal_stack
 
 
 class OpenVinoBackend(ExportedGraphBackend):
@@ -27,10 +28,11 @@ class OpenVinoBackend(ExportedGraphBackend):
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        core = ov.Core()
         try:
-            self.detect_request = core.compile_model(str(path), "CPU", config).create_infer_request()
-            self.mask_request = core.compile_model(str(masks), "CPU", config).create_infer_request()
+            with kept_signal_stack():  # the plugin leaves a dangling alternate signal stack (signal_stack.py)
+                core = ov.Core()
+                self.detect_request = core.compile_model(str(path), "CPU", config).create_infer_request()
+                self.mask_request = core.compile_model(str(masks), "CPU", config).create_infer_request()
         except Exception as e:
             raise ValueError(f"OpenVINO cannot load '{path}' ({str(e).strip().splitlines()[0]})") from None
         # a compiled output may carry several tensor names (an internal one too): use the one the
@@ -43,10 +45,14 @@ class OpenVinoBackend(ExportedGraphBackend):
     def detect(self, images, pad_mask):
         # inputs are read in place for this synchronous call; outputs come back as our own copies
         # (share_outputs=False): the request reuses its buffers on the next call
-        out = self.detect_request.infer(self._detect_feeds(images, pad_mask), share_inputs=True, share_outputs=False)
+        with kept_signal_stack():  # the first call on a thread installs one too (the node's worker)
+            out = self.detect_request.infer(self._detect_feeds(images, pad_mask), share_inputs=True,
+                                            share_outputs=False)
         logits, boxes, hs, *feats = (out[o] for o in self.detect_request.model_outputs)
         return torch.from_numpy(logits), torch.from_numpy(boxes), torch.from_numpy(hs), feats
 
     def masks(self, mask_features, index, hs):
-        out = self.mask_request.infer(self._mask_feeds(mask_features, index, hs), share_inputs=True, share_outputs=False)
+        with kept_signal_stack():
+            out = self.mask_request.infer(self._mask_feeds(mask_features, index, hs), share_inputs=True,
+                                          share_outputs=False)
         return torch.from_numpy(out[self.mask_request.model_outputs[0]][0])
