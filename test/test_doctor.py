@@ -178,6 +178,9 @@ pubs = {"front/image": node.create_publisher(Image, prefix + "/front/image", bes
         "old/image": node.create_publisher(Image, prefix + "/old/image", 10),
         "odd/image": node.create_publisher(Image, prefix + "/odd/image", 10)}
 calibration = node.create_publisher(CameraInfo, prefix + "/front/camera_info", 10)
+second = rclpy.create_node("bag_player")  # a bag played beside the live driver: two sources on one topic
+pubs["twice/image"] = node.create_publisher(Image, prefix + "/twice/image", 10)
+replayed = second.create_publisher(Image, prefix + "/twice/image", 10)
 while rclpy.ok():
     now = node.get_clock().now().nanoseconds
     calibration.publish(CameraInfo(width=64, height=48))
@@ -213,7 +216,7 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
         params = tmp_path / "car.param.yaml"
         params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
             "model": str(tiny_model_yaml), "backend": "torch",
-            "cameras": [f"{prefix}/{c}" for c in ("front", "rear", "side", "old", "odd")]}}}))
+            "cameras": [f"{prefix}/{c}" for c in ("front", "rear", "side", "old", "odd", "twice")]}}}))
         assert main(["doctor", "--params", str(params), "--listen", "3"]) == 1
         captured = capsys.readouterr()
         # where car.launch.py's image_topics:= would remap them: the side camera's driver found, and each
@@ -248,10 +251,13 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
     assert rows[f"{prefix}/old"].endswith(f"; no {prefix}/old/camera_info heard (the maps go out without calibration)")
     assert rows[f"{prefix}/odd"].startswith("problem") and "sends frames the node cannot read: unsupported " \
         "encoding 'yuv420'" in rows[f"{prefix}/odd"]
+    assert rows[f"{prefix}/twice"].startswith("problem") and rows[f"{prefix}/twice"].endswith(
+        "; 2 nodes publish on it (/bag_player, /fake_drivers): the node would serve their frames as one camera's "
+        "(a bag playing beside the live driver?)")
     assert "problem(s):" in captured.err and f"camera {prefix}/rear" in captured.err
-    # the speed timed on what the cameras sent (front and old: the frames the node can read) at their rates
+    # the speed timed on what the cameras sent (front, old and twice: the frames the node can read) at their rates
     speed = [line for line in captured.out.splitlines() if line.split()[1:2] == ["speed"]][0]
-    assert "end to end on the frames the cameras sent (64x48, 64x48) (torch fp32): " in speed and \
+    assert "end to end on the frames the cameras sent (64x48, 64x48, 64x48) (torch fp32): " in speed and \
         "the cameras heard (" in speed and " Hz)" in speed, speed
 
 

@@ -89,6 +89,12 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
                                              max_age_ms, seconds, elsewhere)
             if rgb is not None:
                 finding += _calibration(info_topics[camera], infos.get(camera), rgb)
+            nodes = sorted({f"{i.node_namespace.rstrip('/')}/{i.node_name}" for i in publishers
+                            if i.topic_type == want and i.node_name != UNKNOWN_NODE})
+            if len(nodes) > 1:  # as the node's /diagnostics says it: two sources interleaved as one camera
+                problem, finding = True, (f"{finding}; {len(nodes)} nodes publish on it ({', '.join(nodes)}): the node "
+                                          f"would serve their frames as one camera's (a bag playing beside the live "
+                                          f"driver?)")
             out.append((camera, problem, finding, rgb, heard[topic].rate_hz() if rgb is not None else None))
         executor.shutdown()
         node.destroy_node()
