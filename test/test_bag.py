@@ -706,6 +706,17 @@ def test_recover_takes_every_file_of_a_split_recording_into_one_bag(tmp_path, rn
     assert [s for s, _ in got] == [s for s, _ in frames]  # every frame, in the order recorded
     for (_, a), (_, b) in zip(got, frames):
         np.testing.assert_array_equal(a, b)
+    # recorded with --compression-mode file and cut: every file closed before the cut is <name>_N.<ext>.zstd
+    import zstandard
+    packed = tmp_path / "packed"
+    shutil.copytree(rec, packed)
+    for f in storage_files(packed)[0][:-1]:  # all but rec_11, the one being written
+        f.with_name(f.name + ".zstd").write_bytes(zstandard.ZstdCompressor().compress(f.read_bytes()))
+        f.unlink()
+    assert len(list(packed.glob("*.zstd"))) == 11
+    assert recover(packed, tmp_path / "unpacked", log=lambda m: None).messages == 12
+    with BagReader(tmp_path / "unpacked") as r:
+        assert [m.stamp_ns for m in r.messages(["/front/image_raw"])] == [s for s, _ in frames]
     # a file that cannot be read is left out and named; the files around it are kept
     bad = next(rec.glob("*_5.*"))
     bad.write_bytes(b"damaged" * 10)

@@ -11,6 +11,7 @@ import mmap
 import re
 import shutil
 import struct
+import tempfile
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -188,11 +189,21 @@ def _offers(text: str) -> list:
         return []
 
 
+ZSTD = ".zstd"  # rosbag2's --compression-mode file: each split file compressed whole once it is closed
+
+
+def _storage_suffix(file: Path) -> str:
+    """'.mcap' or '.db3', also for a file-compressed one (bag_0.db3.zstd)."""
+    return Path(file.name[:-len(ZSTD)]).suffix if file.name.endswith(ZSTD) else file.suffix
+
+
 def _split_of(file: Path) -> Tuple[str, int]:
     """rosbag2 names a split recording's files <name>_0.mcap, <name>_1.mcap, ... (--max-bag-size,
-    --max-bag-duration): (name, index), so that <name>_10 sorts after <name>_9."""
-    found = re.fullmatch(r"(.*)_(\d+)", file.stem)
-    return (found[1], int(found[2])) if found else (file.stem, -1)
+    --max-bag-duration; <name>_0.db3.zstd with file compression): (name, index), so that <name>_10 sorts
+    after <name>_9."""
+    stem = Path(file.name[:-len(ZSTD)] if file.name.endswith(ZSTD) else file.name).stem
+    found = re.fullmatch(r"(.*)_(\d+)", stem)
+    return (found[1], int(found[2])) if found else (stem, -1)
 
 
 def _listed_files(folder: Path) -> List[str]:
@@ -214,7 +225,9 @@ def storage_files(path) -> Tuple[List[Path], List[str]]:
         if not path.is_file():
             raise BagError(f"'{path}' does not exist; expected an .mcap or .db3 file, or a bag folder holding them")
         return [path], []
-    mcap, db3 = list(path.glob("*.mcap")), list(path.glob("*.db3"))
+    # a file-compressed recording cut short: the files closed before the cut compressed, the last one not
+    mcap = list(path.glob("*.mcap")) + list(path.glob(f"*.mcap{ZSTD}"))
+    db3 = list(path.glob("*.db3")) + list(path.glob(f"*.db3{ZSTD}"))
     if not mcap and not db3:
         raise BagError(f"'{path}' holds no .mcap or .db3 file; expected a recording")
     names = {_split_of(f)[0] for f in mcap + db3}
@@ -235,7 +248,7 @@ def recover(src, out, overwrite: bool = False, log=print) -> Recovered:
     paths, missing = storage_files(src)
     store = typestore()
     result = Recovered()
-    sqlite = paths[0].suffix == ".db3"
+    sqlite = _storage_suffix(paths[0]) == ".db3"
     opened = _open_each(paths, sqlite, result)
     next(opened)  # the first file checked now, before anything is written: one that cannot be read is refused
     writer = BagWriter(out, storage="sqlite3" if sqlite else "mcap", overwrite=overwrite, inputs=(src,))
@@ -282,17 +295,31 @@ def _open_each(paths: List[Path], sqlite: bool, result: Recovered) -> Iterator[M
     file that cannot be read is left out and named (the parts before and after it are still worth having)."""
     opened, first_error = False, None
     for path in paths:
-        try:
-            messages = sqlite_messages(path, result) if sqlite else mcap_messages(path, result)
-        except BagError as e:
-            if len(paths) == 1:
-                raise
-            result.skipped_files[path.name] = str(e)
-            first_error = first_error or e
-            continue
-        if not opened:
-            opened = True
-            yield None  # primed
-        yield from messages
+        with tempfile.TemporaryDirectory(prefix="panoptic_node_recover_") as work:
+            try:
+                readable = _decompressed(path, Path(work)) if path.name.endswith(ZSTD) else path
+                messages = sqlite_messages(readable, result) if sqlite else mcap_messages(readable, result)
+            except BagError as e:
+                if len(paths) == 1:
+                    raise
+                result.skipped_files[path.name] = str(e)
+                first_error = first_error or e
+                continue
+            if not opened:
+                opened = True
+                yield None  # primed
+            yield from messages
     if not opened:
         raise first_error
+
+
+def _decompressed(path: Path, work: Path) -> Path:
+    """A file-compressed split file (complete when compressed) decompressed into `work`, streamed."""
+    import zstandard
+    out = work / path.name[:-len(ZSTD)]
+    try:
+        with open(path, "rb") as src, open(out, "wb") as dst:
+            zstandard.ZstdDecompressor().copy_stream(src, dst)
+    except zstandard.ZstdError as e:
+        raise BagError(f"'{path}' does not decompress as zstd ({e})") from None
+    return out
