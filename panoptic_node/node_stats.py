@@ -59,6 +59,19 @@ def _stale_why(age_ns, advice: str = WALL_CLOCK_ADVICE) -> str:
     return f" (the last {1000 * age:.0f} ms old)"
 
 
+def publishing_nodes(publishers, want: str) -> List[str]:
+    """The nodes (fully qualified) publishing `want` among a topic's publishers (get_publishers_info_by_topic;
+    one discovered before its node's name is left out)."""
+    return sorted({f"{i.node_namespace.rstrip('/')}/{i.node_name}" for i in publishers
+                   if i.topic_type == want and i.node_name != UNKNOWN_NODE})
+
+
+def shared_topic_why(topic: str, nodes: List[str]) -> str:
+    """Two sources interleaved as one camera, as the node's status and doctor --listen say it."""
+    return (f"{len(nodes)} nodes publish on {topic} ({', '.join(nodes)}): their frames are served as one camera's "
+            f"(a bag playing beside the live driver?)")
+
+
 # why a camera receives nothing, as its status says it (found in the ROS graph by the node)
 WRONG_TYPE = "a publisher sends"      # its topic carries another message type
 NO_PUBLISHER = "no publisher on it"   # nothing publishes on it while image topics of its type exist elsewhere
@@ -261,10 +274,8 @@ class NodeStats:
         else:
             level, message = OK, "ok"
         if cam in self.publishers:  # said whatever else is wrong: it is often the cause (a bag's frames are stale)
-            nodes = self.publishers[cam]
-            values["publishers"] = ", ".join(nodes)
-            shared = (f"{len(nodes)} nodes publish on {topic} ({', '.join(nodes)}): their frames are served as one "
-                      f"camera's (a bag playing beside the live driver?)")
+            values["publishers"] = ", ".join(self.publishers[cam])
+            shared = shared_topic_why(topic, self.publishers[cam])
             level, message = max(level, WARN), shared if level == OK else f"{message}; {shared}"
         return Status(f"camera {cam}", cam, level, message, values)
 

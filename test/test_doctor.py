@@ -252,7 +252,7 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
     assert rows[f"{prefix}/odd"].startswith("problem") and "sends frames the node cannot read: unsupported " \
         "encoding 'yuv420'" in rows[f"{prefix}/odd"]
     assert rows[f"{prefix}/twice"].startswith("problem") and rows[f"{prefix}/twice"].endswith(
-        "; 2 nodes publish on it (/bag_player, /fake_drivers): the node would serve their frames as one camera's "
+        "; 2 nodes publish on it (/bag_player, /fake_drivers): their frames are served as one camera's "
         "(a bag playing beside the live driver?)")
     assert "problem(s):" in captured.err and f"camera {prefix}/rear" in captured.err
     # the speed timed on what the cameras sent (front, old and twice: the frames the node can read) at their rates

@@ -18,7 +18,8 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..messages import FrameError, calibrated_size, compressed_to_rgb, image_to_rgb, stamp_ns
-from ..node_stats import CLOCK_AHEAD_MS, UNKNOWN_NODE, no_publisher_why, wrong_type_why
+from ..node_stats import (CLOCK_AHEAD_MS, UNKNOWN_NODE, no_publisher_why, publishing_nodes, shared_topic_why,
+                          wrong_type_why)
 
 
 class _Heard:
@@ -89,12 +90,9 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
                                              max_age_ms, seconds, elsewhere)
             if rgb is not None:
                 finding += _calibration(info_topics[camera], infos.get(camera), rgb)
-            nodes = sorted({f"{i.node_namespace.rstrip('/')}/{i.node_name}" for i in publishers
-                            if i.topic_type == want and i.node_name != UNKNOWN_NODE})
+            nodes = publishing_nodes(publishers, want)
             if len(nodes) > 1:  # as the node's /diagnostics says it: two sources interleaved as one camera
-                problem, finding = True, (f"{finding}; {len(nodes)} nodes publish on it ({', '.join(nodes)}): the node "
-                                          f"would serve their frames as one camera's (a bag playing beside the live "
-                                          f"driver?)")
+                problem, finding = True, f"{finding}; {shared_topic_why('it', nodes)}"
             out.append((camera, problem, finding, rgb, heard[topic].rate_hz() if rgb is not None else None))
         executor.shutdown()
         node.destroy_node()

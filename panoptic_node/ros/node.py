@@ -40,7 +40,7 @@ from ..inference.tracking import InstanceTracker
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
                         png_fields, stamp_ns)
 from ..node_stats import (NO_PUBLISHER, UNKNOWN_NODE, WRONG_TYPE, NodeStats, clock_advice, inactive_statuses,
-                          no_publisher_why, wrong_type_why)
+                          no_publisher_why, publishing_nodes, wrong_type_why)
 from ..params import (DIAGNOSTIC_FQN, PUBLISH_SWITCHES, ROS_BUILTIN_PREFIXES, ParameterError, check_qos_overrides,
                       defaults, descriptions, frame_sizes, input_topic, make_node_pipeline, unknown_parameter, updated,
                       user_parameters, validate)
@@ -359,7 +359,7 @@ class PanopticNode(LifecycleNode):
             if any(i.node_name == UNKNOWN_NODE for i in publishers):
                 continue  # a publisher discovered before its node: judged at the next report, once named
             known = self.stats.mismatch.get(camera, "")
-            nodes = sorted({f"{i.node_namespace.rstrip('/')}/{i.node_name}" for i in publishers if i.topic_type == want})
+            nodes = publishing_nodes(publishers, want)
             if len(nodes) > 1:  # two sources interleaved on one camera: a bag played while the driver runs
                 self.stats.publishers[camera] = nodes
             else:
