@@ -16,7 +16,7 @@ import traceback
 import numpy as np
 import rclpy
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from lifecycle_msgs.msg import Transition
 from rcl_interfaces.msg import SetParametersResult
@@ -651,6 +651,21 @@ def start_up_error(e: Exception):
             f"traceback, and report it)"), True
 
 
+def spin_until_stopped(executor, stop: threading.Event, logger) -> None:
+    """Serve callbacks until Ctrl-C / SIGTERM (`stop`) or ROS shuts down. A callback that raises, ours or one
+    of rclpy's services (its change_state raised for a transition the state lacks, which ended the node),
+    costs that callback and one logged line, not the node: the cameras keep being served."""
+    while not stop.is_set() and rclpy.ok():
+        try:
+            executor.spin_once(timeout_sec=0.1)
+        except ExternalShutdownException:
+            return
+        except Exception as e:
+            logger.error(f"a callback failed and was skipped ({type(e).__name__}: {str(e).strip().splitlines()[0]}); "
+                         f"the node keeps running (--log-level debug for the traceback)", throttle_duration_sec=5.0)
+            logger.debug(traceback.format_exc())
+
+
 def main(args=None):
     # the Fast DDS profile, chosen before rclpy starts Fast DDS: started by hand (ros2 run), the node takes the
     # one car.launch.py would give it (with Fast DDS's defaults a 1280x720 camera arrived at 9.6 of 30 Hz)
@@ -693,8 +708,7 @@ def main(args=None):
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
+        spin_until_stopped(executor, stop, node.get_logger())
     finally:
         # stopping now: further signals are ignored. A handler of ours would be reset to the default
         # by Python's own finalization, and a late second Ctrl-C would then kill the exiting node (-2)
