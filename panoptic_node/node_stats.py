@@ -261,7 +261,8 @@ class NodeStats:
             level = WARN
             message = ", ".join(part for part in (
                 f"{bad} undecodable frame(s)" if bad else "",
-                f"{stale} frame(s) older than max_age_ms{_stale_why(buffer.stale_age_ns.get(cam), self.clock_advice)}" if stale else "",
+                f"{stale} frame(s) older than max_age_ms"
+                f"{_stale_why(buffer.stale_age_ns.get(cam), self.clock_advice)}" if stale else "",
                 f"{unstamped} frame(s) without a header stamp (0: their age is unknown, and their outputs "
                 f"carry stamp 0)" if unstamped else "") if part) + " since the last report"
         elif self._output_waited(cam) > out_timeout:

@@ -7,6 +7,7 @@ the cut but lacks its metadata.yaml; its readable rows are copied the same way.
 MCAP records are `opcode (1 byte) | length (uint64 LE) | content`; the ones read here: Schema 0x03,
 Channel 0x04, Message 0x05, Chunk 0x06 (whose content holds more records, maybe compressed).
 """
+import contextlib
 import mmap
 import re
 import shutil
@@ -192,16 +193,16 @@ def _offers(text: str) -> list:
 ZSTD = ".zstd"  # rosbag2's --compression-mode file: each split file compressed whole once it is closed
 
 
-def _storage_suffix(file: Path) -> str:
-    """'.mcap' or '.db3', also for a file-compressed one (bag_0.db3.zstd)."""
-    return Path(file.name[:-len(ZSTD)]).suffix if file.name.endswith(ZSTD) else file.suffix
+def _uncompressed_name(file: Path) -> Path:
+    """bag_0.db3.zstd -> bag_0.db3 (what the file holds); any other name as it is."""
+    return Path(file.name[:-len(ZSTD)] if file.name.endswith(ZSTD) else file.name)
 
 
 def _split_of(file: Path) -> Tuple[str, int]:
     """rosbag2 names a split recording's files <name>_0.mcap, <name>_1.mcap, ... (--max-bag-size,
     --max-bag-duration; <name>_0.db3.zstd with file compression): (name, index), so that <name>_10 sorts
     after <name>_9."""
-    stem = Path(file.name[:-len(ZSTD)] if file.name.endswith(ZSTD) else file.name).stem
+    stem = _uncompressed_name(file).stem
     found = re.fullmatch(r"(.*)_(\d+)", stem)
     return (found[1], int(found[2])) if found else (stem, -1)
 
@@ -248,7 +249,7 @@ def recover(src, out, overwrite: bool = False, log=print) -> Recovered:
     paths, missing = storage_files(src)
     store = typestore()
     result = Recovered()
-    sqlite = _storage_suffix(paths[0]) == ".db3"
+    sqlite = _uncompressed_name(paths[0]).suffix == ".db3"
     opened = _open_each(paths, sqlite, result)
     next(opened)  # the first file checked now, before anything is written: one that cannot be read is refused
     writer = BagWriter(out, storage="sqlite3" if sqlite else "mcap", overwrite=overwrite, inputs=(src,))
@@ -285,7 +286,8 @@ def recover(src, out, overwrite: bool = False, log=print) -> Recovered:
     for name, why in result.skipped_files.items():
         log(f"left out {name}: {why}")
     for name in missing:
-        log(f"not recovered: {name}, listed in {Path(src) / 'metadata.yaml'}, is not there (its messages are not in {out})")
+        log(f"not recovered: {name}, listed in {Path(src) / 'metadata.yaml'}, is not there (its messages are not "
+            f"in {out})")
     return result
 
 
@@ -295,9 +297,11 @@ def _open_each(paths: List[Path], sqlite: bool, result: Recovered) -> Iterator[M
     file that cannot be read is left out and named (the parts before and after it are still worth having)."""
     opened, first_error = False, None
     for path in paths:
-        with tempfile.TemporaryDirectory(prefix="panoptic_node_recover_") as work:
+        # a folder to decompress into only for a file-compressed part
+        with (tempfile.TemporaryDirectory(prefix="panoptic_node_recover_") if path.name.endswith(ZSTD)
+              else contextlib.nullcontext()) as work:
             try:
-                readable = _decompressed(path, Path(work)) if path.name.endswith(ZSTD) else path
+                readable = _decompressed(path, Path(work)) if work else path
                 messages = sqlite_messages(readable, result) if sqlite else mcap_messages(readable, result)
             except BagError as e:
                 if len(paths) == 1:
@@ -316,7 +320,7 @@ def _open_each(paths: List[Path], sqlite: bool, result: Recovered) -> Iterator[M
 def _decompressed(path: Path, work: Path) -> Path:
     """A file-compressed split file (complete when compressed) decompressed into `work`, streamed."""
     import zstandard
-    out = work / path.name[:-len(ZSTD)]
+    out = work / _uncompressed_name(path)
     try:
         with open(path, "rb") as src, open(out, "wb") as dst:
             zstandard.ZstdDecompressor().copy_stream(src, dst)
