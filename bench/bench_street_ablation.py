@@ -79,6 +79,38 @@ def strict_class_pipeline_class(label: int, threshold: float):
     return StrictPipeline
 
 
+def pixel_log_prior(samples, num_classes: int):
+    """log of each class's share of the labelled pixels of `samples` (void left out)."""
+    import numpy as np
+    counts = sum(np.bincount(s.semantic.ravel(), minlength=256)[:num_classes].astype(np.float64) for s in samples)
+    return np.log(np.maximum(counts, 1) / counts.sum())
+
+
+def class_prior_pipeline_class(tau: float, log_prior):
+    """A Pipeline whose query logits are logit-adjusted (Menon et al., ICLR 2021): class c gets
+    + tau * (max log prior - log prior of c), so rare classes score higher; no-object is left as it is."""
+    import torch
+
+    import panoptic_node.inference.pipeline as pipeline_module
+    from panoptic_node.inference.pipeline import Pipeline
+    original = pipeline_module.select_queries
+    boost = torch.tensor(tau * (log_prior.max() - log_prior), dtype=torch.float32)
+
+    def select(logits, t):
+        adjusted = logits.clone()
+        adjusted[:, :-1] += boost.to(logits.dtype)
+        return original(adjusted, t)
+
+    class PriorPipeline(Pipeline):
+        def __call__(self, rgb):
+            pipeline_module.select_queries = select  # what run_batch looks up, for this call only
+            try:
+                return super().__call__(rgb)
+            finally:
+                pipeline_module.select_queries = original
+    return PriorPipeline
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fp32-checkpoint", help="the float32 training checkpoint (runs/<name>/last.pth)")
@@ -92,6 +124,8 @@ def main():
     parser.add_argument("--only", action="append", default=[],
                         help="run only the variants whose name holds this text (repeatable), e.g. --only shipped "
                              "--only upscaled")
+    parser.add_argument("--prior-drives", help="drives whose pixel shares give the class-prior variants' prior "
+                        "(the weights' training drives; models/experiments/class_prior_adjustment.md)")
     args = parser.parse_args()
 
     import torch
@@ -137,6 +171,11 @@ def main():
         pedestrian = next(c.id for c in get_taxonomy(shipped.labels).classes if c.name == "pedestrian")
         variants += [(f"pedestrian threshold {t}", shipped, w, strict_class_pipeline_class(pedestrian, t))
                      for t in (0.9, 0.95)]  # sign boards taken for pedestrians on 0006R0 (models/README.md)
+        if args.prior_drives:
+            log_prior = pixel_log_prior(CamVid(root, drives=args.prior_drives.split(",")).load_all(),
+                                        shipped.num_classes)
+            variants += [(f"class prior tau {tau}", shipped, w, class_prior_pipeline_class(tau, log_prior))
+                         for tau in (0.1, 0.25, 0.5, 1.0)]
         if args.fp32_checkpoint:
             variants.append(("float32 checkpoint, overlap 0.5", shipped, args.fp32_checkpoint))
     if args.only:
