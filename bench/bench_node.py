@@ -133,8 +133,9 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
             drivers.append(subprocess.Popen([sys.executable, "-c", CAMERA, str(frames_file), ",".join(group), str(hz)],
                                             stdout=subprocess.PIPE, text=True, start_new_session=True,
                                             env=camera_env))
-        for driver in drivers:
-            assert driver.stdout.readline().strip() == "ready"
+        for driver in drivers:  # Fast DDS logs to stdout too (e.g. a shared-memory segment it cannot create)
+            if not any(line.strip() == "ready" for line in driver.stdout):
+                raise RuntimeError("a camera driver ended before it was ready")
         warm = time.time() + 5.0  # discovery and the first frames
         while time.time() < warm:
             rclpy.spin_once(listener, timeout_sec=0.05)

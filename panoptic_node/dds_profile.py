@@ -70,6 +70,14 @@ def profile_env(path: Optional[Path]) -> dict:
                                     "FASTDDS_DEFAULT_PROFILES_FILE": str(path)}
 
 
+def profile_in_effect(environ: Mapping[str, str] = os.environ) -> Optional[Path]:
+    """The Fast DDS profile file a participant started with this environment loads (None: Fast DDS's defaults)."""
+    for var in ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE"):
+        if environ.get(var):
+            return Path(environ[var])
+    return None
+
+
 def node_environment(config_dir: Path, environ: Mapping[str, str] = os.environ) -> Tuple[dict, str]:
     """What the node adds to its environment before rclpy starts Fast DDS, and the line saying which profile it
     runs: PANOPTIC_NODE_DDS_PROFILE's choice (auto when unset, as car.launch.py's default), chosen as the launch

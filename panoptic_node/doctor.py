@@ -190,7 +190,7 @@ def _writable(folder: Path) -> bool:
 
 
 def ros_checks(find_spec=importlib.util.find_spec, environ=os.environ) -> List[Check]:
-    from .dds_profile import choose_profile
+    from .dds_profile import choose_profile, profile_env
     from .model.config import share_dir
     out = []
     if find_spec("rclpy") is None:
@@ -208,7 +208,27 @@ def ros_checks(find_spec=importlib.util.find_spec, environ=os.environ) -> List[C
     # what car.launch.py's dds_profile:=auto chooses; the shared-memory fallback loses frames of cameras
     # published together by a driver with Fast DDS's defaults (README, the node on the wire)
     out.append(Check("Fast DDS", OK if path is None or path.name == "fastdds_large_images.xml" else NOTE, why))
+    out.append(shared_memory_check({**environ, **profile_env(path)}))
     return out
+
+
+def shared_memory_check(environ=os.environ, shm_dir=None) -> Check:
+    """Room in /dev/shm for the node's Fast DDS segment, and the segments killed processes left there."""
+    from .dds_profile import profile_in_effect
+    from .shared_memory import SHM_DIR, scan, shared_memory_problem, stale_segments_note
+    shm_dir = shm_dir or SHM_DIR
+    try:
+        problem = shared_memory_problem(profile_in_effect(environ), environ, shm_dir)
+    except (OSError, ValueError, SyntaxError) as e:  # the profile is the Fast DDS check's to judge
+        return Check("shared memory", NOTE, f"not checked: the Fast DDS profile does not read ({e})")
+    if problem:
+        return Check("shared memory", NOTE, problem)
+    stale = stale_segments_note(shm_dir)
+    if stale:
+        return Check("shared memory", NOTE, stale)
+    seen = scan(shm_dir)
+    return Check("shared memory", OK, f"{shm_dir}: {seen.free / 1e6:.0f} MB free, no segment left by a killed process"
+                 if seen else f"{shm_dir} not found: Fast DDS's shared memory is not checked here")
 
 
 def tool_checks(find_spec=importlib.util.find_spec) -> List[Check]:

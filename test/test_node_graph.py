@@ -63,12 +63,12 @@ def model_yaml():
 class NodeProcess:
     """`panoptic_node` with a params file, in a process group of its own (as a terminal or launch runs it)."""
 
-    def __init__(self, tmp_path: Path, params: dict, env: dict = None, namespace: str = None, remaps=()):
+    def __init__(self, tmp_path: Path, params: dict, env: dict = None, namespace: str = None, remaps=(), prefix=()):
         self.log = tmp_path / f"node_{uuid.uuid4().hex[:6]}.log"
         params_file = tmp_path / f"params_{uuid.uuid4().hex[:6]}.yaml"
         params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
         self.name = f"panoptic_{uuid.uuid4().hex[:8]}"
-        self.proc = subprocess.Popen(["panoptic_node", "--ros-args", "-r", f"__node:={self.name}",
+        self.proc = subprocess.Popen([*prefix, "panoptic_node", "--ros-args", "-r", f"__node:={self.name}",
                                       *(["-r", f"__ns:={namespace}"] if namespace else []),
                                       *[arg for rule in remaps for arg in ("-r", f"{rule[0]}:={rule[1]}")],
                                       "--params-file", str(params_file)],
@@ -101,10 +101,10 @@ class NodeProcess:
 def start(tmp_path, graph, model_yaml):
     nodes = []
 
-    def _start(cameras, wait=True, env=None, namespace=None, remaps=(), **params):
+    def _start(cameras, wait=True, env=None, namespace=None, remaps=(), prefix=(), **params):
         full = {"cameras": cameras, "model": model_yaml, "backend": "torch", "threshold": 0.0,
                 "qos_reliability": "reliable", "qos_depth": 10, "diagnostics_period": 0.2, **params}
-        node = NodeProcess(tmp_path, full, env, namespace, remaps)
+        node = NodeProcess(tmp_path, full, env, namespace, remaps, prefix)
         nodes.append(node)
         if wait:
             first = absolute_namespace(cameras[0], namespace or "/")  # where the node serves it
@@ -387,11 +387,11 @@ def test_newest_frame_wins_and_old_frames_are_dropped_on_sim_time(graph, start, 
     c.close()
 
 
-def one_camera(graph, start, rng, **params):
+def one_camera(graph, start, rng, prefix=(), **params):
     """A node serving one fresh camera namespace, a collector of its semantic map and /diagnostics, and a
     camera publisher it has matched: (namespace, node, collector, publisher, a frame)."""
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
-    node = start([ns], **params)
+    node = start([ns], prefix=prefix, **params)
     c = Collector(graph, {f"{ns}/panoptic/semantic": Image, "/diagnostics": DiagnosticArray})
     pub = graph.create_publisher(Image, f"{ns}/image", 10)
     wait_for_subscriber(graph, pub)
@@ -455,6 +455,26 @@ def test_a_camera_two_nodes_publish_on_is_named_on_diagnostics(graph, start, rng
     assert c.spin_until(lambda g: not named(g) and node_diagnostics(g, ns)["camera"]["level"] == 0,
                         publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")), timeout=20)
     second.destroy_node()
+    c.close()
+
+
+def test_a_node_says_when_dev_shm_has_no_room_for_its_fast_dds_segment(graph, start, rng):
+    """A machine whose /dev/shm killed nodes have filled: Fast DDS only says 'SHM Transport is not supported in
+    the current platform' and falls back to UDP (under large_images_shm two cameras then lost most frames).
+    The node says why, naming the segments a killed process left, and serves on. Run in a private 8 MB
+    /dev/shm (`unshare -m`) that holds one such segment."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("needs `unshare -m` (root or user namespaces) to give the node a small /dev/shm of its own")
+    stale = "/dev/shm/fastrtps_00112233445566ff"  # a segment with its unlocked lock file: its process is gone
+    setup = (f"mount -t tmpfs -o size=8m tmpfs /dev/shm && head -c 1000000 /dev/zero > {stale} && : > {stale}_el "
+             f'&& exec "$@"')
+    ns, node, c, pub, rgb = one_camera(graph, start, rng, prefix=["unshare", "-m", "sh", "-c", setup, "sh"])
+    assert c.spin_until(lambda g: g[f"{ns}/panoptic/semantic"], publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")))
+    warning = [line for line in node.output().splitlines() if "[WARN]" in line and "/dev/shm has" in line]
+    assert len(warning) == 1, node.output()
+    assert re.search(r"/dev/shm has [0-9]+ MB free and each Fast DDS process's shared-memory segment needs 35 MB: "
+                     r".*; 1 segment left by killed or crashed Fast DDS processes holds 1 MB: `fastdds shm clean`",
+                     warning[0]), warning[0]
     c.close()
 
 

@@ -666,6 +666,17 @@ def spin_until_stopped(executor, stop: threading.Event, logger) -> None:
             logger.debug(traceback.format_exc())
 
 
+def shared_memory_line():
+    """The warning when /dev/shm has no room for this process's Fast DDS segment, or None. Never stops the node:
+    an unreadable profile is Fast DDS's to report."""
+    from ..dds_profile import profile_in_effect
+    from ..shared_memory import shared_memory_problem
+    try:
+        return shared_memory_problem(profile_in_effect(os.environ))
+    except (OSError, ValueError, SyntaxError):  # ElementTree's ParseError is a SyntaxError
+        return None
+
+
 def main(args=None):
     # the Fast DDS profile, chosen before rclpy starts Fast DDS: started by hand (ros2 run), the node takes the
     # one car.launch.py would give it (with Fast DDS's defaults a 1280x720 camera arrived at 9.6 of 30 Hz)
@@ -677,6 +688,7 @@ def main(args=None):
         print(f"[panoptic_node] error: {e} (PANOPTIC_NODE_DDS_PROFILE)", file=sys.stderr)
         sys.exit(1)
     os.environ.update(env)
+    shm_line = shared_memory_line()  # before rclpy makes this process's own segment
     # Ctrl-C and SIGTERM only set a flag, read by the spin loop below: rclpy's own handlers raise
     # KeyboardInterrupt wherever the main thread happens to be (a second Ctrl-C, which a terminal
     # and launch both send, landed in destroy_node() or inside rclpy's message conversion)
@@ -687,6 +699,8 @@ def main(args=None):
     try:
         node = PanopticNode()
         node.get_logger().info(dds_why)
+        if shm_line:
+            node.get_logger().warn(shm_line)
         if node.autostart and node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
             raise node.configure_error
     except Exception as e:
