@@ -1,5 +1,6 @@
 """The `panoptic-node` command: one entry point, one sub-command per job."""
 import argparse
+import errno
 import math
 import os
 import shutil
@@ -1025,6 +1026,10 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+# the options that name an output, in the order a disk-full line names them
+OUTPUT_OPTIONS = ("out", "video", "metrics", "chart", "confusion", "per_frame", "timeline")
+
+
 def main(argv=None) -> int:
     import signal
     import threading
@@ -1053,6 +1058,9 @@ def main(argv=None) -> int:
         if isinstance(e, ModuleNotFoundError) and e.name:  # a dependency this Python lacks: say what provides it
             from .errors import missing_module
             what = missing_module(e)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # "[Errno 28] No space left" names no disk
+            from .errors import no_space
+            what = no_space(e, [getattr(args, name, None) for name in OUTPUT_OPTIONS])
         hint = "" if expected else " (an unexpected error: rerun with --debug for the traceback and report it)"
         print(f"panoptic-node {args.command}: error: {what}{hint}", file=sys.stderr)
         return 2 if expected else 1

@@ -32,3 +32,42 @@ def missing_module(e: ModuleNotFoundError) -> str:
         fix = (f"pip install -e '.{extra}' in the package's folder puts it there (a node colcon built runs with the "
                f"Python that ran colcon: README, For ROS 2 users)")
     return f"no module named '{e.name}' for {sys.executable}: {fix}"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e8 else f"{n / 1e9:.1f} GB"
+
+
+def _size(path) -> int:
+    from pathlib import Path
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def no_space(e: OSError, outputs) -> str:
+    """One line for a disk that filled while outputs were written (errno ENOSPC, which by itself names
+    neither the disk nor what was left): where, how full, and which unfinished outputs hold space."""
+    import os
+    from pathlib import Path
+
+    from .atomic import partial_path
+    outputs = [Path(p) for p in outputs if isinstance(p, (str, os.PathLike)) and p]  # fleet --video is a switch
+    where = Path(e.filename) if e.filename else (outputs[0] if outputs else Path.cwd())
+    folder = where.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    line = f"no space left on the disk holding '{where}'"
+    try:
+        st = os.statvfs(folder)
+        line += f" ({_mb(st.f_bavail * st.f_frsize)} free of {_mb(st.f_blocks * st.f_frsize)})"
+    except OSError:
+        pass
+    line += ": free space there or write the outputs elsewhere"
+    left = [p for p in dict.fromkeys(p for out in outputs for p in (out.with_name(out.name + ".partial"), partial_path(out)))
+            if p.exists()]  # a folder's and a file's .partial name (one name when the output has no suffix)
+    if left:
+        line += ("; unfinished, left under their .partial names: "
+                 + ", ".join(f"{p} ({_mb(_size(p))})" for p in left) + " (remove them to get their space back)")
+    return line

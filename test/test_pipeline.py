@@ -1,6 +1,7 @@
 """The Pipeline end to end: result maps agree with each other, bad frames are refused with a clear
 ValueError, the CLI writes the COCO panoptic format that panopticapi reads (PQ = 1 against itself)."""
 import json
+import re
 from dataclasses import asdict
 
 import numpy as np
@@ -280,6 +281,48 @@ def test_infer_overwrite_replaces_an_earlier_runs_results_whole_and_only_when_do
     assert names == sorted(["panoptic.json"] + [f"{s}{x}" for s in "bc" for x in
                                                 ("_panoptic.png", "_semantic.png", "_instances.png", "_overlay.png")])
     assert not (tmp_path / "out.partial").exists()
+
+
+def test_a_disk_that_fills_is_named_with_what_was_left_on_it(model_yaml, tmp_path, rng, monkeypatch, capsys):
+    """'[Errno 28] No space left on device' was all a full disk gave (replay, infer and convert, measured in a
+    4 MB tmpfs): it names neither the disk nor the unfinished output that now holds its space."""
+    import errno
+    from PIL import Image
+    import panoptic_node.cli as cli
+    from panoptic_node import atomic
+    from panoptic_node.errors import no_space
+    images = []
+    for name in ("a", "b"):
+        images.append(tmp_path / f"{name}.png")
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(images[-1])
+    out = tmp_path / "out"
+    assert main(["infer", str(images[0]), "--model", str(model_yaml), "--out", str(out)]) == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = atomic.write_png
+
+    def disk_fills_on_the_second_frame(array, path):
+        if path.name.startswith("b_"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(array, path)
+
+    monkeypatch.setattr(atomic, "write_png", disk_fills_on_the_second_frame)
+    capsys.readouterr()
+    assert cli.main(["infer", str(images[0]), str(images[1]), "--model", str(model_yaml), "--out", str(out),
+                     "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(rf"panoptic-node infer: error: no space left on the disk holding '{re.escape(str(out))}' "
+                        rf"\([0-9.]+ [MG]B free of [0-9.]+ [MG]B\): free space there or write the outputs elsewhere; "
+                        rf"unfinished, left under their \.partial names: {re.escape(str(out))}\.partial \([0-9.]+ MB\) "
+                        rf"\(remove them to get their space back\)", err), err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # the earlier results stand
+    # the file the error names, when it names one; a file output's .partial name keeps its suffix
+    video = tmp_path / "v.mp4"
+    (tmp_path / "v.partial.mp4").write_bytes(b"x" * 2_000_000)
+    line = no_space(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "v.partial.mp4")),
+                    [None, str(video), True])
+    assert line.startswith(f"no space left on the disk holding '{tmp_path / 'v.partial.mp4'}' (")
+    assert line.endswith(f"left under their .partial names: {tmp_path / 'v.partial.mp4'} (2.0 MB) (remove them to get "
+                         f"their space back)")
 
 
 def test_cli_missing_model_is_one_line(capsys):
