@@ -90,14 +90,21 @@ def check_outputs(outputs: Dict[str, Optional[object]], inputs: Iterable[object]
                                           f"--overwrite only replaces our own bags: choose another path")
             elif path.is_dir():
                 raise IsADirectoryError(f"{name} '{path}' is a folder; expected a file name")
-        # the folder it goes in need not exist yet (writers make it), but it must be possible to make
-        parent = path.absolute().parent
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir():
-            raise NotADirectoryError(f"{name} '{path}': '{parent}' is a file, not a folder")
-        if not os.access(parent, os.W_OK):
-            raise PermissionError(f"{name} '{path}': folder '{parent}' is not writable")
+        refuse_unwritable(name, path)
+
+
+def refuse_unwritable(name: str, path, is_folder: bool = False) -> None:
+    """The folder an output goes in (or the output folder itself) need not exist yet (writers make it), but it
+    must be possible to make and write (a read-only disk, another user's folder): refused before any work, not
+    at the first write."""
+    path = Path(path)
+    parent = path.absolute() if is_folder else path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"{name} '{path}': '{parent}' is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"{name} '{path}': folder '{parent}' is not writable")
 
 
 def refuse_foreign_folder(name: str, folder, is_ours: Callable[[str], bool], what: str) -> None:

@@ -173,6 +173,11 @@ def test_train_never_replaces_a_run_or_writes_into_its_data_unasked(camvid_copy,
     refused(run, "--overwrite", "--init", str(run / "last.pth"), says="lies inside) the input")
     with OutputLock(run):  # another trainer writing this run now
         refused(run, "--resume", says="another panoptic-node is writing")
+    import panoptic_node.output_safety as output_safety
+    real_access = output_safety.os.access
+    with pytest.MonkeyPatch.context() as mp:  # a read-only disk (root passes permission checks, not EROFS)
+        mp.setattr(output_safety.os, "access", lambda path, mode: Path(path) != run and real_access(path, mode))
+        refused(run, "--resume", says=f"--out '{run}': folder '{run}' is not writable")
     # asked to replace: the new run, with none of the old one's files left to pass for its own
     assert main(args + [str(run), "--overwrite"]) == 0
     assert not (run / "best.pth").exists()
@@ -599,7 +604,9 @@ def test_a_full_disk_is_one_line(camvid_copy, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(writer.BagWriter, "write_raw", full)
     assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after tqdm's bar
-    assert err.startswith("panoptic-node convert: error:") and "No space left on device" in err
+    assert err.startswith(f"panoptic-node convert: error: no space left on the disk holding '{tmp_path / 'b'}' (")
+    assert err.endswith(f"unfinished, left under their .partial names: {tmp_path / 'b'}.partial (0.0 MB) (remove them to "
+                        f"get their space back)")
     assert not (tmp_path / "b").exists()
 
 

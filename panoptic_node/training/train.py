@@ -30,7 +30,7 @@ from ..model.checkpoint import init_from, save_checkpoint
 from ..model.config import load_config
 from ..model.detr import build_model
 from ..model.losses import SetCriterion
-from ..output_safety import OutputLock, refuse_foreign_folder, refuse_inputs
+from ..output_safety import OutputLock, refuse_foreign_folder, refuse_inputs, refuse_unwritable
 from ..taxonomy import get_taxonomy
 from .augment import PHOTOMETRIC, augment, copy_paste
 from .data import drive_of, make_dataset
@@ -85,6 +85,7 @@ def check_run_folder(out: Path, data, resume: bool, overwrite: bool, init=None) 
     run's weights are hours of work. --resume continues a run from its checkpoint.pth; --overwrite
     replaces a run; the dataset is never written into."""
     refuse_inputs("--out", out, [data, init])
+    refuse_unwritable("--out", out, is_folder=True)
     # a log the user's shell opened in the folder before the run started (nohup ... > out/train.log) is
     # theirs and stays; anything else (a bag, a dataset, their files) would get a run written into it
     refuse_foreign_folder("--out", out, lambda name: name in RUN_FILES or name.endswith(".log") or name == "nohup.out",
