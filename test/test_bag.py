@@ -730,6 +730,46 @@ def test_recover_takes_every_file_of_a_split_recording_into_one_bag(tmp_path, rn
     assert not (tmp_path / "fixed3").exists() and not (tmp_path / "fixed3.partial").exists()
 
 
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_recover_decompresses_a_recording_compressed_message_by_message(tmp_path, rng, storage):
+    """`ros2 bag record --compression-mode message`, cut short: with no metadata.yaml to say so, recover copied
+    each zstd-compressed message as if it were the message, and made a bag that looked whole and held not one
+    frame that deserialized ('Invalid or unsupported CDR encapsulation' for every frame in replay)."""
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode, Reader, StoragePlugin, Writer
+    from panoptic_node.bag.recover import recover
+    from panoptic_node.bag.types import typestore
+    frames = [(1_700_000_000_000_000_000 + i * 50_000_000, rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+              for i in range(5)]
+    plain = camera_bag(tmp_path / "plain", storage, frames)
+    rec = tmp_path / "rec"
+    writer = Writer(rec, version=8, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
+    writer.set_compression(CompressionMode.MESSAGE, CompressionFormat.ZSTD)
+    with Reader(plain) as r, writer:
+        conn = writer.add_connection("/front/image_raw", "sensor_msgs/msg/Image", typestore=typestore())
+        for _, stamp, raw in r.messages():
+            writer.write(conn, stamp, raw)
+    (rec / "metadata.yaml").unlink()  # written last: the cut recording has none
+    data = next(f for f in rec.iterdir() if f.suffix in (".mcap", ".db3"))
+    assert b"\x28\xb5\x2f\xfd" in data.read_bytes()  # compressed one by one indeed
+    said = []
+    assert recover(rec, tmp_path / "fixed", log=said.append).messages == 5
+    assert said[0].endswith("; 5 messages were compressed one by one (--compression-mode message) and are written "
+                            "uncompressed")
+    with BagReader(tmp_path / "fixed") as r:
+        got = [(m.stamp_ns, image_to_rgb(m.msg)) for m in r.messages(["/front/image_raw"])]
+    assert [s for s, _ in got] == [s for s, _ in frames]
+    for (_, a), (_, b) in zip(got, frames):
+        np.testing.assert_array_equal(a, b)
+    if storage == "sqlite3":  # a compressed message that does not decompress is left out and counted
+        import sqlite3
+        with sqlite3.connect(data) as db:
+            db.execute("UPDATE messages SET data = ? WHERE id = 2", (b"\x28\xb5\x2f\xfd" + b"garbage" * 5,))
+        said = []
+        assert recover(rec, tmp_path / "fixed2", log=said.append).messages == 4
+        assert said[0].endswith("; 4 messages were compressed one by one (--compression-mode message) and are written "
+                                "uncompressed; 1 compressed messages that do not decompress left out")
+
+
 def test_recover_names_the_files_a_split_bags_metadata_lists_and_it_lacks(tmp_path, rng):
     """Copied off the car in part: rosbags refuses the bag ('Some database files are missing') and points to
     recover, which kept what was there without saying what was not."""

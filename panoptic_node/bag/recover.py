@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import yaml
+import zstandard
 from rosbags.rosbag2.storage_mcap import decompress
 from tqdm import tqdm
 
@@ -37,6 +38,8 @@ class Recovered:
     lost_bytes: int = 0  # the incomplete tail
     bad_chunks: int = 0  # complete chunks that do not decompress (their messages are lost)
     skipped_files: Dict[str, str] = field(default_factory=dict)  # a split recording's unreadable file -> why
+    decompressed: int = 0  # messages rosbag2 compressed one by one (--compression-mode message)
+    bad_messages: int = 0  # such messages that do not decompress
 
 
 # topic, message type, encoding, log time, payload, the publishers' QoS offers (rosbag2's YAML, or "")
@@ -263,6 +266,13 @@ def recover(src, out, overwrite: bool = False, log=print) -> Recovered:
             if encoding != "cdr" or msgtype not in store.types:
                 result.skipped_topics[topic] = f"type '{msgtype or '?'}' ({encoding}) is not known here"
                 continue
+            if payload[:4] == ZSTD_FRAME:  # without metadata.yaml nothing else says the messages are compressed
+                try:
+                    payload = _decompressed_message(payload)
+                except zstandard.ZstdError:
+                    result.bad_messages += 1
+                    continue
+                result.decompressed += 1
             # the offers matter once: they are recorded with the topic, at its first message
             writer.write_raw(topic, msgtype, payload, stamp, _offers(offers) if topic not in writer.connections else ())
             result.messages += 1
@@ -280,7 +290,11 @@ def recover(src, out, overwrite: bool = False, log=print) -> Recovered:
     files = f" from {len(paths)} files" if len(paths) > 1 else ""
     log(f"recovered {result.messages} messages ({', '.join(f'{t}: {n}' for t, n in sorted(result.per_topic.items()))})"
         f"{files} into {out}; {result.lost_bytes} bytes of incomplete tail dropped"
-        + (f", {result.bad_chunks} damaged chunks skipped" if result.bad_chunks else ""))
+        + (f", {result.bad_chunks} damaged chunks skipped" if result.bad_chunks else "")
+        + (f"; {result.decompressed} messages were compressed one by one (--compression-mode message) and are "
+           f"written uncompressed" if result.decompressed else "")
+        + (f"; {result.bad_messages} compressed messages that do not decompress left out" if result.bad_messages
+           else ""))
     for topic, why in result.skipped_topics.items():
         log(f"left out {topic}: {why}")
     for name, why in result.skipped_files.items():
@@ -317,9 +331,18 @@ def _open_each(paths: List[Path], sqlite: bool, result: Recovered) -> Iterator[M
         raise first_error
 
 
+# a zstd frame's magic number: a message rosbag2 compressed alone starts with it, a CDR message (0x00, then
+# its encapsulation kind) never does
+ZSTD_FRAME = b"\x28\xb5\x2f\xfd"
+
+
+def _decompressed_message(payload) -> bytes:
+    """One message rosbag2 compressed alone; a decompressobj, since a frame need not say its own size."""
+    return zstandard.ZstdDecompressor().decompressobj().decompress(bytes(payload))
+
+
 def _decompressed(path: Path, work: Path) -> Path:
     """A file-compressed split file (complete when compressed) decompressed into `work`, streamed."""
-    import zstandard
     out = work / _uncompressed_name(path)
     try:
         with open(path, "rb") as src, open(out, "wb") as dst:
