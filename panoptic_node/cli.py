@@ -367,7 +367,7 @@ def cmd_replay(args) -> int:
         if missing:
             raise ValueError(f"bag '{args.bag}' has no topic {', '.join(missing)} ({cameras_from}); its image "
                              f"topics: {', '.join(reader.image_topics()) or 'none'}; --image-topic T replays one "
-                             f"of them")
+                             f"of them" + "".join(reader.why_unreadable(t) for t in missing))
     finally:
         reader.close()
     if node is None:

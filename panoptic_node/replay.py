@@ -490,7 +490,7 @@ def require_map_topic(reader: BagReader, topic: str, option: str) -> None:
     frame is read, where otherwise its messages would pair with nothing and the run say only that."""
     if topic not in reader.topics:
         raise ValueError(f"bag '{reader.path}' has no topic '{topic}' ({option}); topics: "
-                         f"{', '.join(sorted(reader.topics))}")
+                         f"{', '.join(sorted(reader.topics))}{reader.why_unreadable(topic)}")
     if reader.topics[topic] != "sensor_msgs/msg/Image":
         raise ValueError(f"{option} '{topic}' in bag '{reader.path}' is a {reader.topics[topic]}; expected a "
                          f"sensor_msgs/Image topic of panoptic maps (32SC1, label*1000 + instance)")

@@ -731,6 +731,43 @@ def test_recover_takes_every_file_of_a_split_recording_into_one_bag(tmp_path, rn
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_a_topic_whose_message_definition_does_not_read_costs_that_topic_not_the_bag(tiny_pipeline, tmp_path, rng,
+                                                                                      storage):
+    """rosbags refuses a whole bag when one topic's recorded definition does not parse or does not match its
+    recorded hash ("Message type 'my_car_msgs/msg/CanFrame' hash mismatch ..."): a car's bag with one vendor
+    message it cannot read could not be replayed, though replay reads only the camera."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from panoptic_node.bag.types import typestore
+    frames = [(1_700_000_000_000_000_000 + i * 50_000_000, rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+              for i in range(3)]
+    plain = camera_bag(tmp_path / "plain", storage, frames)
+    bag = tmp_path / "car"
+    writer = Writer(bag, version=8, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
+    with BagReader(plain) as r, writer:
+        cam = writer.add_connection("/front/image_raw", "sensor_msgs/msg/Image", typestore=typestore())
+        wrong_hash = writer.add_connection("/vehicle/can", "my_car_msgs/msg/CanFrame", msgdef="uint8[8] data",
+                                           rihs01="RIHS01_" + "0" * 64)
+        no_parse = writer.add_connection("/vehicle/odd", "my_car_msgs/msg/Odd", msgdef="uint8[8 data = ?",
+                                         rihs01="RIHS01_" + "1" * 64)
+        for m in r.reader.messages():
+            writer.write(cam, m[1], m[2])
+            writer.write(wrong_hash, m[1] + 1, b"\x00\x01\x00\x00" + bytes(8))
+            writer.write(no_parse, m[1] + 2, b"\x00\x01\x00\x00" + bytes(8))
+    with BagReader(bag) as r:
+        assert sorted(r.topics) == ["/front/image_raw"]
+        assert set(r.unreadable) == {"/vehicle/can", "/vehicle/odd"}
+        assert "does not read (its definition hashes to RIHS01_" in r.unreadable["/vehicle/can"]
+        got = [(m.stamp_ns, image_to_rgb(m.msg)) for m in r.messages(["/front/image_raw"])]
+    assert [s for s, _ in got] == [s for s, _ in frames]
+    for (_, a), (_, b) in zip(got, frames):
+        np.testing.assert_array_equal(a, b)
+    assert replay(tiny_pipeline, bag, out_bag=tmp_path / "out").frames == 3
+    with pytest.raises(BagError, match=r"no image topic '/vehicle/can'; image topics: /front/image_raw; /vehicle/can "
+                                       r"is in the bag, but the message definition of my_car_msgs/msg/CanFrame "):
+        replay(tiny_pipeline, bag, image_topic="/vehicle/can")
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_recover_decompresses_a_recording_compressed_message_by_message(tmp_path, rng, storage):
     """`ros2 bag record --compression-mode message`, cut short: with no metadata.yaml to say so, recover copied
     each zstd-compressed message as if it were the message, and made a bag that looked whole and held not one

@@ -9,6 +9,7 @@ from rosbags.highlevel import AnyReader
 
 from ..messages import SUPPORTED_ENCODINGS, compressed_to_rgb, image_to_rgb, stamp_ns
 from ..taxonomy import taxonomy_of
+from .tolerant import TolerantReader
 from .types import typestore
 from .writer import BagError
 
@@ -44,9 +45,9 @@ class BagReader:
         self.path = Path(path)
         if not self.path.exists():
             raise BagError(f"bag '{self.path}' does not exist; expected a rosbag2 folder (sqlite3 or mcap)")
+        self.unreadable: Dict[str, str] = {}  # topics left out because their message definition does not read
         try:
-            self.reader = AnyReader([self.path], default_typestore=typestore())
-            self.reader.open()
+            self.reader = self._open()
         except Exception as e:  # rosbags raises several types for corrupt metadata / storage files
             storage = self.path.suffix in (".mcap", ".db3") or (
                 self.path.is_dir() and any(p.suffix in (".mcap", ".db3") for p in self.path.iterdir()))
@@ -55,6 +56,32 @@ class BagReader:
             raise BagError(f"bag '{self.path}' cannot be opened ({_one_line(e)}); expected a rosbag2 folder "
                            f"with metadata.yaml and .db3 or .mcap files{hint}") from None
         self.topics: Dict[str, str] = {c.topic: c.msgtype for c in self.reader.connections}
+
+    def _open(self):
+        """rosbags' AnyReader; where it refuses the bag, the rosbag2 bag with its topics' types taken one by one
+        (bag/tolerant.py): a topic whose definition does not read costs that topic, not the bag. When that
+        fails too, AnyReader's reason is the one said."""
+        reader = AnyReader([self.path], default_typestore=typestore())
+        try:
+            reader.open()
+            return reader
+        except Exception as first:
+            if self.path.suffix == ".bag":  # ROS 1: AnyReader's alone
+                raise
+            try:
+                tolerant = TolerantReader(self.path, typestore())
+            except Exception:
+                raise first from None
+            if not tolerant.unreadable:  # it failed for another reason than a definition: not ours to hide
+                tolerant.close()
+                raise first
+            self.unreadable = tolerant.unreadable
+            return tolerant
+
+    def why_unreadable(self, topic: str) -> str:
+        """'; <topic> is in the bag, but ...' for a topic left out, to end a line saying it is missing; else ''."""
+        why = self.unreadable.get(topic)
+        return f"; {topic} is in the bag, but {why}" if why else ""
 
     def image_topics(self) -> List[str]:
         return sorted(t for t, ty in self.topics.items() if ty in IMAGE_TYPES)
@@ -67,7 +94,7 @@ class BagReader:
             for topic in topics:
                 if self.topics.get(topic) not in IMAGE_TYPES:
                     raise BagError(f"bag '{self.path}' has no image topic '{topic}'; image topics: "
-                                   f"{', '.join(self.image_topics()) or 'none'}")
+                                   f"{', '.join(self.image_topics()) or 'none'}{self.why_unreadable(topic)}")
             return list(dict.fromkeys(topics)), {}
         found = [t for t in self.image_topics() if is_camera(t, self.topics[t])]
         left: Dict[str, str] = {}
@@ -84,6 +111,7 @@ class BagReader:
             raise BagError(f"bag '{self.path}' has no camera image topic (sensor_msgs/Image or CompressedImage of "
                            f"camera frames, outside /ground_truth/ and /panoptic/); image topics: "
                            f"{', '.join(self.image_topics()) or 'none'}" + "".join(f"; {w}" for w in left.values())
+                           + "".join(self.why_unreadable(t) for t in self.unreadable)
                            + ("; --image-topic T replays one anyway" if left else ""))
         return cameras, left
 

@@ -51,7 +51,7 @@ def named_maps(reader: BagReader, topic: str, option: str) -> Optional[MapTopics
         return None
     if topic not in reader.topics:  # as a panoptic topic that is not there is said (replay.require_map_topic)
         raise ValueError(f"bag '{reader.path}' has no topic '{topic}' ({option}); topics: "
-                         f"{', '.join(sorted(reader.topics))}")
+                         f"{', '.join(sorted(reader.topics))}{reader.why_unreadable(topic)}")
     twins = _label_map_twins(topic, reader.topics)
     if twins is None:
         compressed = topic.endswith("/compressed")
