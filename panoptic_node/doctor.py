@@ -280,7 +280,7 @@ def parameter_checks(path, node_name: str) -> Tuple[List[Check], Optional[dict]]
 
 
 def camera_checks(node: dict, node_name: str, seconds: float, image_topics: Optional[List[str]] = None,
-                  find_spec=importlib.util.find_spec) -> Tuple[List[Check], list]:
+                  find_spec=importlib.util.find_spec, sim_time: bool = False) -> Tuple[List[Check], list]:
     """doctor --listen: each camera the node would read, heard on the live ROS 2 graph for `seconds` (who
     publishes, type, QoS, rate, frame size and encoding, the stamps' age) as the node hears it, with the
     Fast DDS profile it takes: one check per camera, and (one frame, rate in Hz or None) of each camera that
@@ -306,7 +306,7 @@ def camera_checks(node: dict, node_name: str, seconds: float, image_topics: Opti
     os.environ.update(env)
     try:
         heard = listen(cameras, node["input_transport"], node["qos_reliability"], node["max_age_ms"], seconds,
-                       infos)
+                       infos, sim_time)
     finally:
         for k, v in before.items():
             if v is None:
@@ -332,7 +332,9 @@ def run_checks(model: str = "street_lite0", weights: Optional[str] = None, param
     cameras, heard = [], []
     if listen_s is not None and (params is None or node is not None):  # first: the speed is timed on their frames
         from .params import defaults
-        cameras, heard = camera_checks(node or defaults(), node_name, listen_s, image_topics)
+        from .params import file_parameters
+        sim_time = params is not None and file_parameters(params, node_name).get("use_sim_time") is True
+        cameras, heard = camera_checks(node or defaults(), node_name, listen_s, image_topics, sim_time=sim_time)
     if params is None or node is not None:
         checks += model_checks(model, weights, node, heard) if torch_here else [
             Check("model", NOTE, f"{model} not checked: it needs torch (above)")]

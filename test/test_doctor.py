@@ -1,6 +1,7 @@
 """panoptic-node doctor: each answer is what the commands and the node will do on this machine."""
 import importlib.util
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -264,6 +265,69 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
     speed = [line for line in captured.out.splitlines() if line.split()[1:2] == ["speed"]][0]
     assert "end to end on the frames the cameras sent (64x48, 64x48, 64x48) (torch fp32): " in speed and \
         "the cameras heard (" in speed and " Hz)" in speed, speed
+
+
+BAG_PLAYER = """
+import sys, time, rclpy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image
+rclpy.init()
+node = rclpy.create_node("bag_with_clock")
+frames = node.create_publisher(Image, sys.argv[1], 10)
+clock = node.create_publisher(Clock, "/clock", 10) if sys.argv[2] == "--clock" else None
+start, t0 = time.time(), node.get_clock().now().nanoseconds - 3600 * 10**9  # recorded an hour ago
+while rclpy.ok():
+    now = t0 + int((time.time() - start) * 1e9)
+    if clock:
+        msg = Clock()
+        msg.clock.sec, msg.clock.nanosec = divmod(now, 10**9)
+        clock.publish(msg)
+    msg = Image(height=48, width=64, encoding="rgb8", step=64 * 3, data=bytes(48 * 64 * 3))
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 10**9)
+    frames.publish(msg)
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("clock", ["--clock", "no-clock"])
+def test_doctor_listen_judges_a_sim_time_nodes_stamps_by_clock(tiny_model_yaml, tmp_path, capsys, clock):
+    """A node on use_sim_time beside a bag played with --clock: its frames, recorded an hour ago, are fresh by
+    /clock, as the node judges them; doctor called them a problem 3600 s behind this machine's clock. Without
+    /clock the node's clock reads 0: said, with what to do."""
+    pytest.importorskip("rclpy")
+    import subprocess
+    import uuid
+    import yaml
+    topic = f"/t{uuid.uuid4().hex[:6]}/front/image"
+    player = subprocess.Popen([sys.executable, "-c", BAG_PLAYER, topic, clock], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        rows = {}
+        for sim_time in (True, False):
+            params = tmp_path / f"sim_{sim_time}.param.yaml"
+            params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+                "model": str(tiny_model_yaml), "backend": "torch", "cameras": [topic.rsplit("/", 1)[0]],
+                "use_sim_time": sim_time}}}))
+            main(["doctor", "--params", str(params), "--listen", "2"])
+            rows[sim_time] = next(line for line in capsys.readouterr().out.splitlines()
+                                  if line.split()[1:2] == ["camera"])
+    finally:
+        player.send_signal(signal.SIGINT)  # not kill(): a killed process leaves its DDS segment in /dev/shm
+        try:
+            player.wait(10)
+        except subprocess.TimeoutExpired:
+            player.kill()
+            player.wait(10)
+    assert rows[False].startswith("problem") and "stamps 3600 s behind this machine's clock (median), so max_age_ms " \
+        "500 drops every frame: synchronise the camera's clock" in rows[False], rows[False]
+    if clock == "--clock":
+        assert rows[True].startswith("ok") and re.search(r", stamps -?[0-9]+ ms old by /clock's time \(use_sim_time\) "
+                                                         r"\(median\)", rows[True]), rows[True]
+    else:
+        assert rows[True].startswith("ok") and rows[True].endswith(
+            "; the node runs on sim time (use_sim_time) and no /clock has come: play the bag with --clock, or set "
+            "use_sim_time false for live cameras; no " + topic.rsplit("/", 1)[0] + "/camera_info heard (the maps go "
+            "out without calibration)"), rows[True]
 
 
 def test_doctor_listen_says_what_the_calibration_beside_the_frames_gives():

@@ -14,12 +14,13 @@ import numpy as np
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..messages import FrameError, calibrated_size, compressed_to_rgb, image_to_rgb, stamp_ns
-from ..node_stats import (CLOCK_AHEAD_MS, UNKNOWN_NODE, no_publisher_why, publishing_nodes, shared_topic_why,
-                          wrong_type_why)
+from ..node_stats import (CLOCK_AHEAD_MS, UNKNOWN_NODE, clock_advice, no_publisher_why, publishing_nodes,
+                          shared_topic_why, wrong_type_why)
 
 
 class _Heard:
@@ -29,6 +30,7 @@ class _Heard:
         self.arrivals: List[float] = []
         self.ages_ms: List[float] = []
         self.unstamped = 0
+        self.before_clock = 0  # frames that came on sim time while no /clock had come
         self.first = None
 
     def rate_hz(self) -> Optional[float]:
@@ -38,12 +40,13 @@ class _Heard:
 
 
 def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms: float, seconds: float,
-           info_topics: Optional[Dict[str, str]] = None
+           info_topics: Optional[Dict[str, str]] = None, sim_time: bool = False
            ) -> List[Tuple[str, bool, str, Optional[np.ndarray], Optional[float]]]:
     """cameras: namespace -> input topic (resolved); info_topics: namespace -> its camera_info topic (default
     <namespace>/camera_info). Returns per camera (camera, is_problem, finding, one frame it sent decoded to RGB
     or None, its rate in Hz or None): the frames let doctor time the node's pipeline on what the cameras
-    really send."""
+    really send. sim_time: the node's use_sim_time; the stamps are then judged by /clock, as the node judges
+    them (a bag played with --clock is not 'behind' by the hours since it was recorded)."""
     info_topics = {c: (info_topics or {}).get(c, f"{c}/camera_info") for c in cameras}
     msg_type = CompressedImage if transport == "compressed" else Image
     want = f"sensor_msgs/msg/{msg_type.__name__}"
@@ -53,18 +56,21 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
     context = Context()
     rclpy.init(context=context)
     try:
-        node = rclpy.create_node(f"panoptic_node_doctor_{os.getpid()}", context=context)
+        node = rclpy.create_node(f"panoptic_node_doctor_{os.getpid()}", context=context,
+                                 parameter_overrides=[Parameter("use_sim_time", value=sim_time)])
         heard = {topic: _Heard() for topic in cameras.values()}
 
         def on_frame(topic):
             def callback(msg):
                 h = heard[topic]
                 h.arrivals.append(time.monotonic())
-                stamp = stamp_ns(msg.header)
-                if stamp:
-                    h.ages_ms.append((node.get_clock().now().nanoseconds - stamp) / 1e6)
-                else:
+                stamp, now = stamp_ns(msg.header), node.get_clock().now().nanoseconds
+                if not stamp:
                     h.unstamped += 1
+                elif now == 0:  # on sim time, before any /clock: the node's clock reads 0
+                    h.before_clock += 1
+                else:
+                    h.ages_ms.append((now - stamp) / 1e6)
                 h.first = h.first or msg
             return callback
 
@@ -87,7 +93,7 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
             publishers = [i for i in node.get_publishers_info_by_topic(topic) if i.node_name != node.get_name()]
             elsewhere = no_publisher_why(camera, want, graph, inputs, "--image-topics")  # doctor's own option
             problem, finding, rgb = _verdict(topic, publishers, heard[topic], want, transport, reliability,
-                                             max_age_ms, seconds, elsewhere)
+                                             max_age_ms, seconds, elsewhere, sim_time)
             if rgb is not None:
                 finding += _calibration(info_topics[camera], infos.get(camera), rgb)
             nodes = publishing_nodes(publishers, want)
@@ -118,7 +124,7 @@ def _duration(ms: float) -> str:
 
 
 def _verdict(topic, publishers, h: _Heard, want, transport, reliability, max_age_ms, seconds,
-             elsewhere) -> Tuple[bool, str, Optional[np.ndarray]]:
+             elsewhere, sim_time: bool = False) -> Tuple[bool, str, Optional[np.ndarray]]:
     """(is_problem, finding, the first frame decoded or None) for one camera topic from what the graph showed
     and what arrived."""
     others = {(i.topic_type, i.node_name) for i in publishers if i.topic_type != want}
@@ -143,15 +149,19 @@ def _verdict(topic, publishers, h: _Heard, want, transport, reliability, max_age
     rate = h.rate_hz()
     found = (f"{topic}: {f'{rate:.1f} Hz' if rate else 'one frame'} from {names}, {rgb.shape[1]}x{rgb.shape[0]} "
              f"{kind}")
+    if not h.ages_ms and h.before_clock:
+        return False, f"{found}; {clock_advice(True, 0)}", rgb
     if not h.ages_ms:
         return False, (f"{found}; frames without a header stamp (0): their age is unknown, max_age_ms cannot "
                        f"judge them"), rgb
     age = float(np.median(h.ages_ms))
+    clock = "/clock's time (use_sim_time)" if sim_time else "this machine's clock"
     if max_age_ms and age > max_age_ms:
-        return True, (f"{found}; stamps {_duration(age)} behind this machine's clock (median), so max_age_ms "
-                      f"{max_age_ms:g} drops every frame: synchronise the camera's clock with this one (chrony, "
-                      f"PTP), or set max_age_ms: 0"), rgb
+        fix = (clock_advice(True, 1) if sim_time else "synchronise the camera's clock with this one (chrony, PTP)")
+        return True, (f"{found}; stamps {_duration(age)} behind {clock} (median), so max_age_ms {max_age_ms:g} drops "
+                      f"every frame: {fix}, or set max_age_ms: 0"), rgb
     if age < -CLOCK_AHEAD_MS:
-        return False, (f"{found}; stamps {_duration(-age)} ahead of this machine's clock (median): the clocks differ, "
-                       f"and max_age_ms cannot judge such frames"), rgb
-    return False, f"{found}, stamps {age:.0f} ms old (median)", rgb
+        return False, (f"{found}; stamps {_duration(-age)} ahead of {clock} (median): the clocks differ, and "
+                       f"max_age_ms cannot judge such frames"), rgb
+    return False, f"{found}, stamps {age:.0f} ms old by {clock} (median)" if sim_time else \
+        f"{found}, stamps {age:.0f} ms old (median)", rgb
