@@ -66,6 +66,12 @@ def publishing_nodes(publishers, want: str) -> List[str]:
                    if i.topic_type == want and i.node_name != UNKNOWN_NODE})
 
 
+def rival_why(topic: str, nodes: List[str]) -> str:
+    """Another node publishing this camera's maps: two nodes serve one camera and their maps interleave."""
+    return (f"{', '.join(nodes)} also publish{'es' if len(nodes) == 1 else ''} {topic}: two nodes serve this camera "
+            f"and their maps interleave (started twice, or one left running? `ros2 node list`)")
+
+
 def shared_topic_why(topic: str, nodes: List[str]) -> str:
     """Two sources interleaved as one camera, as the node's status and doctor --listen say it."""
     return (f"{len(nodes)} nodes publish on {topic} ({', '.join(nodes)}): their frames are served as one camera's "
@@ -115,6 +121,7 @@ class NodeStats:
         self.overlays = defaultdict(int)
         self.mismatch = {}          # camera -> why nothing reaches it (a publisher's QoS or type, or none)
         self.publishers = {}        # camera -> the nodes publishing its frames, when more than one does
+        self.rivals = {}            # camera -> (its semantic map topic, the other nodes publishing there)
         self.camera_info = {}       # camera -> the size its newest CameraInfo gives (passed on with the maps)
         self.calibrated = {}        # camera -> (w, h) of the frames that CameraInfo describes (roi and binning)
         self.frame_size = {}        # camera -> (w, h) of its newest published frame
@@ -278,6 +285,10 @@ class NodeStats:
             values["publishers"] = ", ".join(self.publishers[cam])
             shared = shared_topic_why(topic, self.publishers[cam])
             level, message = max(level, WARN), shared if level == OK else f"{message}; {shared}"
+        if cam in self.rivals:  # whatever else is said: a consumer of these maps gets two nodes' frames
+            values["other nodes publishing its maps"] = ", ".join(self.rivals[cam][1])
+            rival = rival_why(*self.rivals[cam])
+            level, message = max(level, WARN), rival if level == OK else f"{message}; {rival}"
         return Status(f"camera {cam}", cam, level, message, values)
 
     def _calibration_misfit(self, cam: str) -> str:

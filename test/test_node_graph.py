@@ -478,6 +478,37 @@ def test_a_node_says_when_dev_shm_has_no_room_for_its_fast_dds_segment(graph, st
     c.close()
 
 
+def test_a_second_node_serving_the_same_camera_is_named_on_diagnostics(graph, start, rng):
+    """car.launch.py started twice, or a node left running after its launch died: both serve the camera and a
+    consumer gets their maps interleaved, while each node's status said 'ok'. Each now WARNs naming the other,
+    until it is gone."""
+    ns, node, c, pub, rgb = one_camera(graph, start, rng)
+    second = start([ns])
+    me, other = (f"/{n.name}" for n in (node, second))
+
+    def statuses(g):  # the first node's camera status, whichever node's report came last
+        for d in reversed(g["/diagnostics"]):
+            for s in d.status:
+                if s.hardware_id == ns and s.name.startswith(me[1:]):
+                    return s
+        return None
+
+    def named_by_first(g):
+        s = statuses(g)
+        return s is not None and s.level[0] == 1 and s.message == (
+            f"{other} also publishes {ns}/panoptic/semantic: two nodes serve this camera and their maps interleave "
+            f"(started twice, or one left running? `ros2 node list`)")
+
+    assert c.spin_until(named_by_first, publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")), timeout=20), \
+        node.output()
+    assert f"{other} also publishes {ns}/panoptic/semantic" in node.output()  # logged once, as it began
+    second.stop()
+    c.got["/diagnostics"].clear()
+    assert c.spin_until(lambda g: statuses(g) is not None and statuses(g).level[0] == 0,
+                        publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")), timeout=20)
+    c.close()
+
+
 def test_a_node_on_sim_time_without_a_clock_says_so(graph, start, rng):
     """use_sim_time left on for live cameras (or a bag played without --clock): the node's clock reads 0, so
     live frames are decades 'ahead'; the camera's WARN said to synchronise the clocks with chrony."""

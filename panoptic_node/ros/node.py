@@ -40,7 +40,7 @@ from ..inference.tracking import InstanceTracker
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
                         png_fields, stamp_ns)
 from ..node_stats import (NO_PUBLISHER, UNKNOWN_NODE, WRONG_TYPE, NodeStats, clock_advice, inactive_statuses,
-                          no_publisher_why, publishing_nodes, wrong_type_why)
+                          no_publisher_why, publishing_nodes, rival_why, wrong_type_why)
 from ..params import (DIAGNOSTIC_FQN, PUBLISH_SWITCHES, ROS_BUILTIN_PREFIXES, ParameterError, check_qos_overrides,
                       defaults, descriptions, frame_sizes, input_topic, make_node_pipeline, unknown_parameter, updated,
                       user_parameters, validate)
@@ -347,6 +347,21 @@ class PanopticNode(LifecycleNode):
         self.stats.mismatch[camera] = why
         self.get_logger().warn(f"{self.input_topics.get(camera, camera)}: {why}; no frames are received from it")
 
+    def _check_rivals(self):
+        """Another node publishing a camera's maps (the launch started twice, or a node left running after a crash):
+        said in the camera's status while it lasts, and logged once when it starts."""
+        me = f"{self.get_namespace().rstrip('/')}/{self.get_name()}"
+        for camera, pubs in self.pubs.items():
+            topic = pubs["semantic"].topic_name
+            others = [n for n in publishing_nodes(self.get_publishers_info_by_topic(topic), "sensor_msgs/msg/Image")
+                      if n != me]
+            if others and self.stats.rivals.get(camera, (None, []))[1] != others:
+                self.get_logger().warn(rival_why(topic, others))
+            if others:
+                self.stats.rivals[camera] = (topic, others)
+            else:
+                self.stats.rivals.pop(camera, None)
+
     def _check_inputs(self):
         """Why a camera may receive nothing, found in the graph at each report and said in its status: a
         publisher of another message type on its topic (logged once), or no publisher while image topics of
@@ -354,6 +369,7 @@ class PanopticNode(LifecycleNode):
         transport = self.params["input_transport"]
         want = f"sensor_msgs/msg/{(CompressedImage if transport == 'compressed' else Image).__name__}"
         graph = None
+        self._check_rivals()
         for camera, topic in self.input_topics.items():
             publishers = self.get_publishers_info_by_topic(topic)
             if any(i.node_name == UNKNOWN_NODE for i in publishers):
