@@ -183,6 +183,9 @@ calibration = node.create_publisher(CameraInfo, prefix + "/front/camera_info", 1
 second = rclpy.create_node("bag_player")  # a bag played beside the live driver: two sources on one topic
 pubs["twice/image"] = node.create_publisher(Image, prefix + "/twice/image", 10)
 replayed = second.create_publisher(Image, prefix + "/twice/image", 10)
+pubs["served/image"] = node.create_publisher(Image, prefix + "/served/image", 10)
+left_running = rclpy.create_node("left_running")  # a panoptic node already serving that camera
+maps = left_running.create_publisher(Image, prefix + "/served/panoptic/semantic", 10)
 while rclpy.ok():
     now = node.get_clock().now().nanoseconds
     calibration.publish(CameraInfo(width=64, height=48))
@@ -218,7 +221,7 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
         params = tmp_path / "car.param.yaml"
         params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
             "model": str(tiny_model_yaml), "backend": "torch",
-            "cameras": [f"{prefix}/{c}" for c in ("front", "rear", "side", "old", "odd", "twice")]}}}))
+            "cameras": [f"{prefix}/{c}" for c in ("front", "rear", "side", "old", "odd", "twice", "served")]}}}))
         assert main(["doctor", "--params", str(params), "--listen", "3"]) == 1
         captured = capsys.readouterr()
         # where car.launch.py's image_topics:= would remap them: the side camera's driver found, and each
@@ -260,10 +263,15 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
     assert rows[f"{prefix}/twice"].startswith("problem") and rows[f"{prefix}/twice"].endswith(
         "; 2 nodes publish on it (/bag_player, /fake_drivers): their frames are served as one camera's "
         "(a bag playing beside the live driver?)")
+    assert rows[f"{prefix}/served"].startswith("problem") and (
+        f"; /left_running already publishes {prefix}/served/panoptic/semantic: a node started now would serve this "
+        f"camera beside it, their maps interleaved (stop it first, or give this one other cameras)") in \
+        rows[f"{prefix}/served"], rows[f"{prefix}/served"]
     assert "problem(s):" in captured.err and f"camera {prefix}/rear" in captured.err
-    # the speed timed on what the cameras sent (front, old and twice: the frames the node can read) at their rates
+    # the speed timed on what the cameras sent (front, old, twice and served: the frames the node can read) at
+    # their rates
     speed = [line for line in captured.out.splitlines() if line.split()[1:2] == ["speed"]][0]
-    assert "end to end on the frames the cameras sent (64x48, 64x48, 64x48) (torch fp32): " in speed and \
+    assert "end to end on the frames the cameras sent (64x48, 64x48, 64x48, 64x48) (torch fp32): " in speed and \
         "the cameras heard (" in speed and " Hz)" in speed, speed
 
 

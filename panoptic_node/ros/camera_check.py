@@ -99,6 +99,12 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
             nodes = publishing_nodes(publishers, want)
             if len(nodes) > 1:  # as the node's /diagnostics says it: two sources interleaved as one camera
                 problem, finding = True, f"{finding}; {shared_topic_why('it', nodes)}"
+            maps = f"{camera.rstrip('/')}/panoptic/semantic"  # a node already serving this camera
+            serving = publishing_nodes(node.get_publishers_info_by_topic(maps), "sensor_msgs/msg/Image")
+            if serving:
+                problem, finding = True, (f"{finding}; {', '.join(serving)} already publish{'es' if len(serving) == 1 else ''} "
+                                          f"{maps}: a node started now would serve this camera beside it, their maps "
+                                          f"interleaved (stop it first, or give this one other cameras)")
             out.append((camera, problem, finding, rgb, heard[topic].rate_hz() if rgb is not None else None))
         executor.shutdown()
         node.destroy_node()
