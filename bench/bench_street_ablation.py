@@ -57,26 +57,31 @@ def flip_pipeline_class():
     return FlipPipeline
 
 
-def strict_class_pipeline_class(label: int, threshold: float):
-    """A Pipeline that keeps queries of class `label` only above `threshold` (the others at the model's own):
-    a per-class threshold, measured before it is offered as a setting."""
+def select_patched_pipeline_class(select):
+    """A Pipeline whose query selection is `select(logits, threshold, original)` instead of the model's own, for
+    its calls only: a post-processing change measured before it is offered as a setting."""
     import panoptic_node.inference.pipeline as pipeline_module
     from panoptic_node.inference.pipeline import Pipeline
     original = pipeline_module.select_queries
 
-    def select(logits, t):
-        keep, labels, scores = original(logits, t)
-        ok = ~((labels == label) & (scores < threshold))
-        return keep[ok], labels[ok], scores[ok]
-
-    class StrictPipeline(Pipeline):
+    class PatchedPipeline(Pipeline):
         def __call__(self, rgb):
-            pipeline_module.select_queries = select  # what run_batch looks up, for this call only
+            pipeline_module.select_queries = lambda logits, t: select(logits, t, original)  # what run_batch looks up
             try:
                 return super().__call__(rgb)
             finally:
                 pipeline_module.select_queries = original
-    return StrictPipeline
+    return PatchedPipeline
+
+
+def strict_class_pipeline_class(label: int, threshold: float):
+    """A Pipeline that keeps queries of class `label` only above `threshold` (the others at the model's own):
+    a per-class threshold."""
+    def select(logits, t, original):
+        keep, labels, scores = original(logits, t)
+        ok = ~((labels == label) & (scores < threshold))
+        return keep[ok], labels[ok], scores[ok]
+    return select_patched_pipeline_class(select)
 
 
 def pixel_log_prior(samples, num_classes: int):
@@ -90,25 +95,13 @@ def class_prior_pipeline_class(tau: float, log_prior):
     """A Pipeline whose query logits are logit-adjusted (Menon et al., ICLR 2021): class c gets
     + tau * (max log prior - log prior of c), so rare classes score higher; no-object is left as it is."""
     import torch
-
-    import panoptic_node.inference.pipeline as pipeline_module
-    from panoptic_node.inference.pipeline import Pipeline
-    original = pipeline_module.select_queries
     boost = torch.tensor(tau * (log_prior.max() - log_prior), dtype=torch.float32)
 
-    def select(logits, t):
+    def select(logits, t, original):
         adjusted = logits.clone()
         adjusted[:, :-1] += boost.to(logits.dtype)
         return original(adjusted, t)
-
-    class PriorPipeline(Pipeline):
-        def __call__(self, rgb):
-            pipeline_module.select_queries = select  # what run_batch looks up, for this call only
-            try:
-                return super().__call__(rgb)
-            finally:
-                pipeline_module.select_queries = original
-    return PriorPipeline
+    return select_patched_pipeline_class(select)
 
 
 def main():

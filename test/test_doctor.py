@@ -166,6 +166,17 @@ def test_doctor_without_torch_says_what_provides_it_and_checks_the_rest(tmp_path
     assert "torch" in run.stderr.splitlines()[-1]   # "N problem(s): torch, ..."
 
 
+def stop_gently(proc) -> None:
+    """Ctrl-C, then kill: a killed process leaves its Fast DDS segment in /dev/shm."""
+    import subprocess
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 CAMERA_DRIVERS = """
 import sys, time, rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -234,12 +245,7 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
         heard = {line.split()[2]: line for line in capsys.readouterr().out.splitlines()
                  if line.split()[1:2] == ["camera"]}
     finally:
-        drivers.send_signal(signal.SIGINT)  # not kill(): a killed process leaves its DDS segment in /dev/shm
-        try:
-            drivers.wait(10)
-        except subprocess.TimeoutExpired:
-            drivers.kill()
-            drivers.wait(10)
+        stop_gently(drivers)
     assert heard["/left"].startswith(f"ok       camera /left   {prefix}/side/image_raw: ") and heard["/left"].endswith(
         f"; no {prefix}/side/camera_info heard (the maps go out without calibration)"), heard
     assert heard["/right"].startswith(f"ok       camera /right  {prefix}/front/image: ") and heard["/right"].endswith(
@@ -320,12 +326,7 @@ def test_doctor_listen_judges_a_sim_time_nodes_stamps_by_clock(tiny_model_yaml, 
             rows[sim_time] = next(line for line in capsys.readouterr().out.splitlines()
                                   if line.split()[1:2] == ["camera"])
     finally:
-        player.send_signal(signal.SIGINT)  # not kill(): a killed process leaves its DDS segment in /dev/shm
-        try:
-            player.wait(10)
-        except subprocess.TimeoutExpired:
-            player.kill()
-            player.wait(10)
+        stop_gently(player)
     assert rows[False].startswith("problem") and "stamps 3600 s behind this machine's clock (median), so max_age_ms " \
         "500 drops every frame: synchronise the camera's clock" in rows[False], rows[False]
     if clock == "--clock":
