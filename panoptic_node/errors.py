@@ -65,8 +65,9 @@ def no_space(e: OSError, outputs) -> str:
     except OSError:
         pass
     line += ": free space there or write the outputs elsewhere"
-    left = [p for p in dict.fromkeys(p for out in outputs for p in (out.with_name(out.name + ".partial"), partial_path(out)))
-            if p.exists()]  # a folder's and a file's .partial name (one name when the output has no suffix)
+    # a folder's and a file's .partial name (one name when the output has no suffix)
+    partials = dict.fromkeys(p for out in outputs for p in (out.with_name(out.name + ".partial"), partial_path(out)))
+    left = [p for p in partials if p.exists()]
     if left:
         line += ("; unfinished, left under their .partial names: "
                  + ", ".join(f"{p} ({_mb(_size(p))})" for p in left) + " (remove them to get their space back)")

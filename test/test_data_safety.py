@@ -605,8 +605,8 @@ def test_a_full_disk_is_one_line(camvid_copy, tmp_path, monkeypatch, capsys):
     assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after tqdm's bar
     assert err.startswith(f"panoptic-node convert: error: no space left on the disk holding '{tmp_path / 'b'}' (")
-    assert err.endswith(f"unfinished, left under their .partial names: {tmp_path / 'b'}.partial (0.0 MB) (remove them to "
-                        f"get their space back)")
+    assert err.endswith(f"unfinished, left under their .partial names: {tmp_path / 'b'}.partial (0.0 MB) (remove "
+                        f"them to get their space back)")
     assert not (tmp_path / "b").exists()
 
 

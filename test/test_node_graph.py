@@ -469,7 +469,8 @@ def test_a_node_says_when_dev_shm_has_no_room_for_its_fast_dds_segment(graph, st
     setup = (f"mount -t tmpfs -o size=8m tmpfs /dev/shm && head -c 1000000 /dev/zero > {stale} && : > {stale}_el "
              f'&& exec "$@"')
     ns, node, c, pub, rgb = one_camera(graph, start, rng, prefix=["unshare", "-m", "sh", "-c", setup, "sh"])
-    assert c.spin_until(lambda g: g[f"{ns}/panoptic/semantic"], publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")))
+    assert c.spin_until(lambda g: g[f"{ns}/panoptic/semantic"],
+                        publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")))
     warning = [line for line in node.output().splitlines() if "[WARN]" in line and "/dev/shm has" in line]
     assert len(warning) == 1, node.output()
     assert re.search(r"/dev/shm has [0-9]+ MB free and each Fast DDS process's shared-memory segment needs 35 MB: "

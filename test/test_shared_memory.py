@@ -23,7 +23,10 @@ SHM = "<transport_descriptor><transport_id>t</transport_id><type>SHM</type>{size
 UDP = "<transport_descriptor><transport_id>u</transport_id><type>UDPv4</type></transport_descriptor>"
 
 
-def profile(tmp_path, descriptors, builtin="false", xmlns=' xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"'):
+XMLNS = ' xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"'
+
+
+def profile(tmp_path, descriptors, builtin="false", xmlns=XMLNS):
     path = tmp_path / f"profile_{len(list(tmp_path.iterdir()))}.xml"
     path.write_text(PROFILE.format(xmlns=xmlns, descriptors=descriptors, builtin=builtin))
     return path
@@ -33,8 +36,9 @@ def test_the_segment_a_profile_makes(tmp_path):
     for shipped in ("fastdds_large_images.xml", "fastdds_large_images_shm.xml"):
         assert segment_size(CONFIG / shipped) == 32 * 1024 * 1024
     assert segment_size(None) == FASTDDS_DEFAULT_SEGMENT  # Fast DDS's defaults: its builtin SHM transport
-    for xmlns in ("", ' xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"'):
-        assert segment_size(profile(tmp_path, SHM.format(size="<segment_size>1000</segment_size>"), xmlns=xmlns)) == 1000
+    for xmlns in ("", XMLNS):
+        sized = profile(tmp_path, SHM.format(size="<segment_size>1000</segment_size>"), xmlns=xmlns)
+        assert segment_size(sized) == 1000
     assert segment_size(profile(tmp_path, SHM.format(size=""))) == FASTDDS_DEFAULT_SEGMENT  # SHM, size not given
     assert segment_size(profile(tmp_path, UDP)) is None  # its own transports, none of them shared memory
     assert segment_size(profile(tmp_path, UDP, builtin="true")) == FASTDDS_DEFAULT_SEGMENT  # the builtin SHM too

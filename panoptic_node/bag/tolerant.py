@@ -46,22 +46,35 @@ def readable_types(connections, default: Typestore) -> Tuple[Typestore, Dict[str
         store.register({**accepted, **types})  # raises when a type is already there with another definition
         return store
 
+    def left_out(c, why: str) -> None:
+        unreadable[c.topic] = f"the message definition of {c.msgtype} recorded with it does not read ({why})"
+
+    undefined = []  # recorded without a definition (Humble's SQLite bags): read with `default`'s types, below
     for c in connections:
         try:
             types = definition_types(c)
-            if not types:  # recorded without a definition (Humble's SQLite bags): as AnyReader would read it
-                if c.msgtype not in default.types:
-                    raise ValueError(f"none is recorded, and {c.msgtype} is not a type known here")
-                types = dict(default.fielddefs)
+            if not types:
+                undefined.append(c)
+                continue
             store = trial(types)
             if c.digest and c.digest.startswith("RIHS01_") and store.hash_rihs01(c.msgtype) != c.digest:
                 raise ValueError(f"its definition hashes to {store.hash_rihs01(c.msgtype)}, not {c.digest} as recorded")
             accepted.update(types)
         except KeyError as e:  # the hash of a type whose definition uses one it does not carry
-            unreadable[c.topic] = (f"the message definition of {c.msgtype} recorded with it does not read (it uses "
-                                   f"{e.args[0]}, which it does not define)")
+            left_out(c, f"it uses {e.args[0]}, which it does not define")
         except Exception as e:  # rosbags' parser and type store raise several kinds
-            unreadable[c.topic] = f"the message definition of {c.msgtype} recorded with it does not read ({_one_line(e)})"
+            left_out(c, _one_line(e))
+    if undefined:
+        known = [c for c in undefined if c.msgtype in default.types]
+        for c in undefined:
+            if c not in known:
+                left_out(c, f"none is recorded, and {c.msgtype} is not a type known here")
+        try:
+            trial(default.fielddefs)  # once for them all
+            accepted = {**default.fielddefs, **accepted}
+        except Exception as e:  # the bag's own definitions disagree with the ones known here
+            for c in known:
+                left_out(c, f"none is recorded, and the one known here disagrees with the bag's ({_one_line(e)})")
     store = get_typestore(Stores.EMPTY)
     store.register(accepted)
     return store, unreadable

@@ -102,9 +102,10 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
             maps = f"{camera.rstrip('/')}/panoptic/semantic"  # a node already serving this camera
             serving = publishing_nodes(node.get_publishers_info_by_topic(maps), "sensor_msgs/msg/Image")
             if serving:
-                problem, finding = True, (f"{finding}; {', '.join(serving)} already publish{'es' if len(serving) == 1 else ''} "
-                                          f"{maps}: a node started now would serve this camera beside it, their maps "
-                                          f"interleaved (stop it first, or give this one other cameras)")
+                verb = "publishes" if len(serving) == 1 else "publish"
+                problem, finding = True, (f"{finding}; {', '.join(serving)} already {verb} {maps}: a node started "
+                                          f"now would serve this camera beside it, their maps interleaved (stop it "
+                                          f"first, or give this one other cameras)")
             out.append((camera, problem, finding, rgb, heard[topic].rate_hz() if rgb is not None else None))
         executor.shutdown()
         node.destroy_node()
@@ -169,5 +170,5 @@ def _verdict(topic, publishers, h: _Heard, want, transport, reliability, max_age
     if age < -CLOCK_AHEAD_MS:
         return False, (f"{found}; stamps {_duration(-age)} ahead of {clock} (median): the clocks differ, and "
                        f"max_age_ms cannot judge such frames"), rgb
-    return False, f"{found}, stamps {age:.0f} ms old by {clock} (median)" if sim_time else \
-        f"{found}, stamps {age:.0f} ms old (median)", rgb
+    by = f" by {clock}" if sim_time else ""  # the machine's clock goes without saying
+    return False, f"{found}, stamps {age:.0f} ms old{by} (median)", rgb
