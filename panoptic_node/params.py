@@ -268,7 +268,7 @@ def check_qos_overrides(declared: Dict[str, Any], topics: Dict[str, str]) -> Non
             raise ParameterError(f"parameter '{name}' = {value!r} is invalid: allowed {allowed_values}")
 
 
-def make_node_pipeline(p: Dict[str, Any], log=None):
+def make_node_pipeline(p: Dict[str, Any], log=None, warn=None):
     """The pipeline validated node parameters ask for (the node, and bench_node.py's baseline, build it
     here, so the two never differ)."""
     from .inference.backends import check_threads, make_pipeline
@@ -277,7 +277,7 @@ def make_node_pipeline(p: Dict[str, Any], log=None):
                          precision=p["precision"], device=p["device"],
                          threshold=None if p["threshold"] < 0 else p["threshold"],
                          labels=None if p["label_set"] == "native" else p["label_set"], threads=p["num_threads"],
-                         log=log)
+                         log=log, warn=warn)
 
 
 def validate_file(data: Dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ torch (in one line) when no graph can be made."""
 import importlib.util
 import os
 import platform
+import re
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -157,19 +158,34 @@ def test_a_cached_graph_opens_whatever_post_processing_first_exported_it(tmp_pat
 
 @openvino_here
 def test_auto_falls_back_to_torch_when_no_graph_can_be_made(tmp_path, monkeypatch):
+    """Said as a warning (the node's WARN: it now runs slower) naming the cache, and for a full disk its free
+    space ('[Errno 28] No space left on device' named neither)."""
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
     def broken(*args, **kwargs):
-        raise OSError("No space left on device")
-    monkeypatch.setattr(graph_cache, "export_onnx", broken)
-    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
+        raise RuntimeError("the exporter failed")
+    monkeypatch.setattr(graph_cache, "export_onnx", full)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(cache))
     model = str(_model(tmp_path))
-    lines = []
-    p = make_pipeline(model, log=lines.append)
-    assert p.backend.name == "torch"
-    assert lines[-2:] == ["no exported graph for openvino (No space left on device); running on torch",
-                          "backend: torch (auto)"]
-    assert not any((tmp_path / "cache").iterdir())  # nothing half-written left behind
+    lines, warned = [], []
+    p = make_pipeline(model, log=lines.append, warn=warned.append)
+    assert p.backend.name == "torch" and lines[-1] == "backend: torch (auto)"
+    assert len(warned) == 1 and re.fullmatch(
+        rf"no exported graph for openvino \(no space left on the disk holding '{re.escape(str(cache))}' \([0-9.]+ [MG]B "
+        rf"free of [0-9.]+ [MG]B\): free space there or write the outputs elsewhere; PANOPTIC_NODE_GRAPH_CACHE chooses "
+        rf"another folder\); running on torch, slower \(bench/bench_backends.py\)", warned[0]), warned
+    assert not any(cache.iterdir())  # nothing half-written left behind
     with pytest.raises(OSError, match="No space left"):
         make_pipeline(model, backend="openvino")  # asked for by name: the error itself
+    monkeypatch.setattr(graph_cache, "export_onnx", broken)
+    lines = []
+    assert make_pipeline(model, log=lines.append).backend.name == "torch"  # no warn given: said with the rest
+    assert lines[-2:] == [f"no exported graph for openvino (the exporter failed; graph cache {cache}); running on "
+                          f"torch, slower (bench/bench_backends.py)", "backend: torch (auto)"]
 
 
 def test_cuda_with_openvino_is_refused_before_any_export(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ TensorRT runs an exported graph when there is one, else the PyTorch model compil
 An exported graph that cannot be made (a read-only cache, an exporter failure) leaves auto on torch,
 said in one line; missing weights are an error on every backend."""
 import importlib.util
+import errno
 import os
 import platform
 from pathlib import Path
@@ -102,13 +103,24 @@ def check_threads(threads, option: str = "threads") -> None:
                          f"(this machine's CPUs)")
 
 
+def why_no_graph(e: Exception) -> str:
+    """Why the cache made no graph, naming the cache: a full disk with its free space (ENOSPC alone names
+    neither), anything else in its first line."""
+    from .graph_cache import cache_dir
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        from ..errors import no_space
+        return f"{no_space(e, [cache_dir()])}; PANOPTIC_NODE_GRAPH_CACHE chooses another folder"
+    return f"{first_line(e)}; graph cache {cache_dir()}"
+
+
 def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "auto", device: str = "cpu",
                   threshold: Optional[float] = None, labels: Optional[str] = None, onnx: Optional[str] = None,
-                  log=None, precision: str = "auto", threads: int = 0) -> Pipeline:
+                  log=None, precision: str = "auto", threads: int = 0, warn=None) -> Pipeline:
     """precision: of the graphs the cache makes (int8_scales_for); a graph given with --onnx runs at
     its own precision, which a precision other than auto must name. threads: CPU threads for the network
     and post-processing (0: each runtime's own choice, every core), so that several pipelines on one
-    machine (fleet workers, a node beside the driving stack) do not each take every core."""
+    machine (fleet workers, a node beside the driving stack) do not each take every core. warn: where a
+    fallback to a slower deployment is said (the node's WARN; default: log)."""
     check_threads(threads)
     cfg = load_config(model)
     check_threshold(threshold, cfg)  # before any graph is exported for it
@@ -129,7 +141,7 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     per_shape = None
     if path is None and chosen in ("openvino", "onnxruntime"):
         from ..model.checkpoint import CheckpointError
-        int8 = int8_scales_for(cfg, weights, chosen, precision, log)
+        int8 = int8_scales_for(cfg, weights, chosen, precision, warn or log)
         opener = lambda p: _open_graph(chosen, p, cfg, device, log, threads)  # noqa: E731
         try:  # graphs the cache exports, one per input size (graph_per_shape.py)
             try:
@@ -137,14 +149,15 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
             except ValueError as e:  # scales that do not fit the graph: auto runs the fp32 one
                 if int8 is None or precision != "auto":
                     raise
-                (log or print)(f"{str(e).splitlines()[0]}; running fp32")
+                (warn or log or print)(f"{str(e).splitlines()[0]}; running fp32")
                 per_shape = GraphPerShape(cfg, weights, opener, log=log or print)
         except (FileNotFoundError, CheckpointError):  # missing or bad weights: torch could not load them either
             raise
         except Exception as e:  # a read-only cache, an exporter failure
             if backend != "auto" or precision == "int8":
                 raise
-            (log or print)(f"no exported graph for {chosen} ({first_line(e)}); running on torch")
+            (warn or log or print)(f"no exported graph for {chosen} ({why_no_graph(e)}); running on torch, "
+                                   f"slower (bench/bench_backends.py)")
             chosen = "torch"
     if log:
         log(f"backend: {chosen}" + (" (auto)" if backend == "auto" else ""))

@@ -184,7 +184,7 @@ class PanopticNode(LifecycleNode):
         self.cameras = self._resolved_cameras()
         check_qos_overrides(self.qos_given, self._topics())
         p = self.params
-        self.pipeline = make_node_pipeline(p, log=self.get_logger().info)
+        self.pipeline = make_node_pipeline(p, log=self.get_logger().info, warn=self.get_logger().warn)
         self.taxonomy = (self.pipeline.mapping.target if self.pipeline.mapping else self.pipeline.taxonomy)
         self.get_logger().info(f"model {self.pipeline.cfg.name} on backend {self.pipeline.backend.name} "
                                f"({self.pipeline.backend.precision}), labels {self.taxonomy.name}")
