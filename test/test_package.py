@@ -122,6 +122,27 @@ def test_pyflakes_finds_nothing():
     assert problems == 0, out.getvalue()
 
 
+def test_the_code_a_jetson_runs_parses_as_python_3_10():
+    """A Jetson's JetPack 6 has Python 3.10 (Humble), this project's machines 3.11: syntax newer than 3.10
+    (except*, a backslash in an f-string expression, PEP 695 generics) would first fail on the car. Parsed by a
+    Python 3.10 where one is installed; nothing is compiled or written."""
+    py310 = shutil.which("python3.10")
+    if py310 is None:
+        pytest.skip("no python3.10 on this machine (a Jetson's Python) to parse the package with")
+    files = sorted(str(f) for d in ("panoptic_node", "launch") for f in (ROOT / d).rglob("*.py"))
+    code = ("import ast, sys\n"
+            "for f in sys.argv[1:]:\n"
+            "    try:\n"
+            "        ast.parse(open(f, encoding='utf-8').read(), f)\n"
+            "    except SyntaxError as e:\n"
+            "        print(f'{f}:{e.lineno}: {e.msg}')\n")
+    done = subprocess.run([py310, "-c", code, *files], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYENV_VERSION": "3.10"})
+    if done.returncode and "python3.10" in done.stderr and "not" in done.stderr:  # a pyenv shim without 3.10
+        pytest.skip(f"python3.10 does not run here: {done.stderr.strip().splitlines()[-1]}")
+    assert done.returncode == 0 and done.stdout == "", done.stdout + done.stderr
+
+
 def test_pip_installs_it_editable_with_an_old_pip_beside_a_new_setuptools(tmp_path):
     """Ubuntu 22.04's pip (22.0) runs `setup.py develop` for a project without a build system, and the
     setuptools torch 2.13 pulls in (>= 77; 80 and later rewrote develop) refuses the [develop] section ROS 2
