@@ -331,8 +331,7 @@ def run_checks(model: str = "street_lite0", weights: Optional[str] = None, param
         model, weights = node["model"], node["weights"] or None
     cameras, heard = [], []
     if listen_s is not None and (params is None or node is not None):  # first: the speed is timed on their frames
-        from .params import defaults
-        from .params import file_parameters
+        from .params import defaults, file_parameters
         sim_time = params is not None and file_parameters(params, node_name).get("use_sim_time") is True
         cameras, heard = camera_checks(node or defaults(), node_name, listen_s, image_topics, sim_time=sim_time)
     if params is None or node is not None:

@@ -7,8 +7,8 @@ is given or found; else torch.
 TensorRT runs an exported graph when there is one, else the PyTorch model compiled by torch_tensorrt.
 An exported graph that cannot be made (a read-only cache, an exporter failure) leaves auto on torch,
 said in one line; missing weights are an error on every backend."""
-import importlib.util
 import errno
+import importlib.util
 import os
 import platform
 from pathlib import Path
