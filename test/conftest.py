@@ -1,4 +1,5 @@
 """Shared fixtures: small model configs with random weights, and where the CamVid data lives."""
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -27,6 +28,28 @@ def from_test_extra(module: str):
         import importlib
         return importlib.import_module(module)
     return pytest.importorskip(module, reason=f"no {module}: pip install -e '.[test]' (make test installs it)")
+
+
+@contextlib.contextmanager
+def spawned_pools(module):
+    """`module`'s multiprocessing pools started with spawn rather than fork, while inside: panopticapi and
+    cityscapesscripts fork a Pool from the test process, which by then holds Fast DDS, OpenVINO and torch
+    threads, and a worker forked from it once died holding the pool's queue lock, which hung the whole suite
+    (CI, 2026-12-01). A spawned worker starts clean."""
+    import multiprocessing
+    from types import SimpleNamespace
+    spawned = SimpleNamespace(Pool=multiprocessing.get_context("spawn").Pool, cpu_count=multiprocessing.cpu_count)
+    real, module.multiprocessing = module.multiprocessing, spawned
+    try:
+        yield module
+    finally:
+        module.multiprocessing = real
+
+
+def panopticapi_pq_compute(*args):
+    """panopticapi's pq_compute (gt json, pred json, gt folder, pred folder), its workers spawned."""
+    with spawned_pools(pytest.importorskip("panopticapi.evaluation")) as evaluation:
+        return evaluation.pq_compute(*map(str, args))
 
 
 def run_without(modules, code: str, cwd, all_but: bool = False, env=None):

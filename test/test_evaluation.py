@@ -13,6 +13,8 @@ from panoptic_node.evaluation.evaluator import Evaluator
 from panoptic_node.evaluation.semantic import ConfusionMatrix
 from panoptic_node.taxonomy import get_taxonomy
 
+from conftest import panopticapi_pq_compute, spawned_pools
+
 CATEGORIES = [{"id": 1, "name": "sky", "isthing": 0}, {"id": 2, "name": "road", "isthing": 0},
               {"id": 3, "name": "tree", "isthing": 0}, {"id": 4, "name": "car", "isthing": 1},
               {"id": 5, "name": "person", "isthing": 1}]
@@ -108,8 +110,7 @@ def test_cases_are_not_trivial(folders):
 
 
 def test_equals_panopticapi(folders):
-    pq_compute = pytest.importorskip("panopticapi.evaluation").pq_compute
-    theirs = pq_compute(str(folders / "gt.json"), str(folders / "pred.json"), str(folders / "gt"), str(folders / "pred"))
+    theirs = panopticapi_pq_compute(folders / "gt.json", folders / "pred.json", folders / "gt", folders / "pred")
     assert_same(*ours(folders), theirs)
 
 
@@ -120,9 +121,9 @@ def test_equals_hotcoco(folders):
 
 
 def test_equals_cityscapesscripts(folders, tmp_path):
-    cs = pytest.importorskip("cityscapesscripts.evaluation.evalPanopticSemanticLabeling")
-    theirs = cs.evaluatePanoptic(str(folders / "gt.json"), str(folders / "gt"), str(folders / "pred.json"),
-                                 str(folders / "pred"), str(tmp_path / "cs.json"))
+    with spawned_pools(pytest.importorskip("cityscapesscripts.evaluation.evalPanopticSemanticLabeling")) as cs:
+        theirs = cs.evaluatePanoptic(str(folders / "gt.json"), str(folders / "gt"), str(folders / "pred.json"),
+                                     str(folders / "pred"), str(tmp_path / "cs.json"))
     mine, per_class = ours(folders)
     for part in ("All", "Things", "Stuff"):
         for k in ("pq", "sq", "rq"):
@@ -257,7 +258,6 @@ def test_evaluator_on_our_maps_equals_panopticapi(tmp_path, layout):
     """Replay's evaluator (our label maps, segments found among runs) scores what panopticapi's
     pq_compute scores on the same frames written as COCO panoptic folders; mIoU and pixel accuracy
     equal a direct count."""
-    pq_compute = pytest.importorskip("panopticapi.evaluation").pq_compute
     camvid = get_taxonomy("camvid")
     rng = np.random.default_rng(11)
     frames = [our_frame(rng, layout) for _ in range(6)]
@@ -265,8 +265,7 @@ def test_evaluator_on_our_maps_equals_panopticapi(tmp_path, layout):
     for gt, pred in frames:
         ev.add(gt, semantic_of(gt), pred, semantic_of(pred))
     write_coco_folders(frames, tmp_path, camvid)
-    theirs = pq_compute(str(tmp_path / "gt.json"), str(tmp_path / "pred.json"), str(tmp_path / "gt"),
-                        str(tmp_path / "pred"))
+    theirs = panopticapi_pq_compute(tmp_path / "gt.json", tmp_path / "pred.json", tmp_path / "gt", tmp_path / "pred")
     report = ev.report()
     for part, key in (("All", "pq"), ("Things", "pq_things"), ("Stuff", "pq_stuff")):
         for k in ("pq", "sq", "rq"):

@@ -18,7 +18,7 @@ from panoptic_node.inference.pipeline import Pipeline
 from panoptic_node.model.checkpoint import save_checkpoint
 from panoptic_node.model.detr import build_model
 
-from conftest import compact_config
+from conftest import compact_config, panopticapi_pq_compute
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,6 @@ def test_missing_weights_names_the_file(model_yaml, tmp_path):
 def test_coco_panoptic_output_is_scored_by_panopticapi(tmp_path, rng):
     """Frames with things and stuff through the writer the CLI uses: panopticapi reads them and
     finds PQ = 1 against themselves."""
-    pq_compute = pytest.importorskip("panopticapi.evaluation").pq_compute
     camvid = get_taxonomy("camvid")
     writer = CocoPanopticWriter(tmp_path, camvid)
     for i in range(3):
@@ -136,7 +135,7 @@ def test_coco_panoptic_output_is_scored_by_panopticapi(tmp_path, rng):
                                       "camvid")
         writer.add(f"f{i}", f"f{i}.png", result)
     path = writer.close()
-    results = pq_compute(str(path), str(path), str(tmp_path), str(tmp_path))
+    results = panopticapi_pq_compute(path, path, tmp_path, tmp_path)
     for part, classes in (("All", 4), ("Things", 2), ("Stuff", 2)):
         assert results[part]["pq"] == pytest.approx(1.0) and results[part]["n"] == classes
 
