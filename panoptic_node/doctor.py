@@ -217,16 +217,16 @@ def shared_memory_check(environ=os.environ, shm_dir=None) -> Check:
     from .dds_profile import profile_in_effect
     from .shared_memory import SHM_DIR, scan, shared_memory_problem, stale_segments_note
     shm_dir = shm_dir or SHM_DIR
+    seen = scan(shm_dir)  # once: each scan test-locks every segment's lock file
     try:
-        problem = shared_memory_problem(profile_in_effect(environ), environ, shm_dir)
+        problem = shared_memory_problem(profile_in_effect(environ), environ, shm_dir, seen)
     except (OSError, ValueError, SyntaxError) as e:  # the profile is the Fast DDS check's to judge
         return Check("shared memory", NOTE, f"not checked: the Fast DDS profile does not read ({e})")
     if problem:
         return Check("shared memory", NOTE, problem)
-    stale = stale_segments_note(shm_dir)
+    stale = stale_segments_note(shm_dir, seen)
     if stale:
         return Check("shared memory", NOTE, stale)
-    seen = scan(shm_dir)
     return Check("shared memory", OK, f"{shm_dir}: {seen.free / 1e6:.0f} MB free, no segment left by a killed process"
                  if seen else f"{shm_dir} not found: Fast DDS's shared memory is not checked here")
 

@@ -78,6 +78,11 @@ def shared_topic_why(topic: str, nodes: List[str]) -> str:
             f"(a bag playing beside the live driver?)")
 
 
+def _with_warning(level: int, message: str, why: str) -> Tuple[int, str]:
+    """A status at least WARN, `why` said after whatever else its message says ('ok' gives way)."""
+    return max(level, WARN), why if level == OK else f"{message}; {why}"
+
+
 # why a camera receives nothing, as its status says it (found in the ROS graph by the node)
 WRONG_TYPE = "a publisher sends"      # its topic carries another message type
 NO_PUBLISHER = "no publisher on it"   # nothing publishes on it while image topics of its type exist elsewhere
@@ -283,12 +288,10 @@ class NodeStats:
             level, message = OK, "ok"
         if cam in self.publishers:  # said whatever else is wrong: it is often the cause (a bag's frames are stale)
             values["publishers"] = ", ".join(self.publishers[cam])
-            shared = shared_topic_why(topic, self.publishers[cam])
-            level, message = max(level, WARN), shared if level == OK else f"{message}; {shared}"
+            level, message = _with_warning(level, message, shared_topic_why(topic, self.publishers[cam]))
         if cam in self.rivals:  # whatever else is said: a consumer of these maps gets two nodes' frames
             values["other nodes publishing its maps"] = ", ".join(self.rivals[cam][1])
-            rival = rival_why(*self.rivals[cam])
-            level, message = max(level, WARN), rival if level == OK else f"{message}; {rival}"
+            level, message = _with_warning(level, message, rival_why(*self.rivals[cam]))
         return Status(f"camera {cam}", cam, level, message, values)
 
     def _calibration_misfit(self, cam: str) -> str:

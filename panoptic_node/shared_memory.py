@@ -94,13 +94,14 @@ def _mb(n: int) -> str:
 
 
 def shared_memory_problem(profile: Optional[Path], environ: Mapping[str, str] = os.environ,
-                          shm_dir: Path = SHM_DIR) -> Optional[str]:
+                          shm_dir: Path = SHM_DIR, seen: Optional[SharedMemory] = None) -> Optional[str]:
     """One line when a participant with this profile will not get its segment (None: it will, or it uses no
-    shared memory, or another RMW runs). Call it before the process's own segment exists."""
+    shared memory, or another RMW runs). Call it before the process's own segment exists. seen: `shm_dir`
+    scanned already (scan() test-locks every segment's lock file; doctor scans once for all its lines)."""
     if environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
         return None
     need = segment_size(profile)
-    seen = scan(shm_dir)
+    seen = seen or scan(shm_dir)
     if need is None or seen is None or seen.free >= need * SEGMENT_OVERHEAD:
         return None
     stale = f"; {_left(seen)}" if seen.stale else ""
@@ -115,9 +116,9 @@ def _left(seen: SharedMemory) -> str:
             f"hold{'' if n > 1 else 's'} {_mb(seen.stale_bytes)}: {CLEAN_ADVICE}")
 
 
-def stale_segments_note(shm_dir: Path = SHM_DIR) -> Optional[str]:
-    """One line about segments killed or crashed processes left, or None."""
-    seen = scan(shm_dir)
+def stale_segments_note(shm_dir: Path = SHM_DIR, seen: Optional[SharedMemory] = None) -> Optional[str]:
+    """One line about segments killed or crashed processes left, or None. seen: as for shared_memory_problem."""
+    seen = seen or scan(shm_dir)
     if seen is None or not seen.stale:
         return None
     return f"{shm_dir} ({_mb(seen.free)} free): {_left(seen)}"
