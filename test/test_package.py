@@ -24,14 +24,16 @@ def test_package_xml_is_format_3():
     assert pkg.get_build_type() == "ament_python"
 
 
-def test_colcon_build_installs_the_ros_layout(tmp_path):
+@pytest.mark.parametrize("how", [[], ["--symlink-install"]], ids=["copied", "symlinked"])
+def test_colcon_build_installs_the_ros_layout(tmp_path, how):
     """Built as the README's ROS 2 recipe builds it, `python -m colcon build` with the Python that has the
     package's dependencies (a venv's on Ubuntu 24.04 / Debian 12): the executables colcon installs run with
-    that Python, whatever Python `ros2` itself runs in."""
+    that Python, whatever Python `ros2` itself runs in. `--symlink-install`, what most ROS developers build
+    with, installs the same layout, its launch and config files links to the sources."""
     pytest.importorskip("colcon_core", reason="colcon not installed (pip install colcon-common-extensions)")
     src = tmp_path / "src" / "panoptic_node"
     shutil.copytree(ROOT, src, ignore=COPY_IGNORES)
-    run = subprocess.run([sys.executable, "-m", "colcon", "build", "--base-paths", str(tmp_path / "src"),
+    run = subprocess.run([sys.executable, "-m", "colcon", "build", *how, "--base-paths", str(tmp_path / "src"),
                           "--build-base", str(tmp_path / "build"), "--install-base", str(tmp_path / "install")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
@@ -54,6 +56,9 @@ def test_colcon_build_installs_the_ros_layout(tmp_path):
     for name in SHIPPED:
         assert choose_profile(name, share / "config", environ={})[0].is_file(), name
     assert (share / "models" / "street_lite0.yaml").is_file()
+    if how:  # an edit to the sources reaches the installed launch file without a rebuild
+        for installed in ("launch/car.launch.py", "config/car.param.yaml", "models/street_lite0.yaml"):
+            assert (share / installed).resolve() == (src / installed).resolve(), installed
     assert (tmp_path / "install" / "share" / "ament_index" / "resource_index" / "packages" / "panoptic_node").is_file() or \
         (share / ".." / "ament_index" / "resource_index" / "packages" / "panoptic_node").exists()
 
