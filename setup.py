@@ -1,13 +1,17 @@
 """ament_python package that also installs with plain pip (`pip install .[cpu,test]`)."""
+import re
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PACKAGE = "panoptic_node"
+# one version, package.xml's (what ROS's release tools bump); panoptic_node/__init__.py repeats it (test_package)
+VERSION = re.search(r"<version>([^<]+)</version>", (Path(__file__).parent / "package.xml").read_text()).group(1)
 
 setup(
     name=PACKAGE,
-    version="0.1.0",
+    version=VERSION,
     description="DETR panoptic segmentation ROS 2 node and offline rosbag validation",
     packages=find_packages(exclude=["test", "test.*"]),
     package_data={"panoptic_node.taxonomy": ["*.csv"]},

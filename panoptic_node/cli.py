@@ -747,8 +747,10 @@ TIMELINE_HELP = ("picture (PNG) of each scored frame's PQ and mIoU along the dri
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     parser = argparse.ArgumentParser(prog="panoptic-node", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("infer", help="run the pipeline on image files")

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
+from . import __version__
 from .atomic import partial_path, write_json
 from .bag.convert import GT_LABEL_INFO, GT_PANOPTIC, GT_SEMANTIC
 from .bag.outputs import ResultBagWriter
@@ -56,6 +57,7 @@ class ReplaySummary:
     backend: str = ""
     precision: str = ""
     model: str = ""
+    weights: str = ""       # which weights file ran, by name and sha256 (cache_key.weights_identity)
     scoring: bool = False   # ground truth was there to score against
     parameters: Optional[dict] = None  # the node's parameters the replay ran (replay --params), for the record
     node_health: List[StatusHealth] = field(default_factory=list)  # the recording node's own /diagnostics
@@ -78,12 +80,18 @@ class ReplaySummary:
                 "backend": self.backend, "precision": self.precision,
                 "model": self.model, "metrics": self.metrics,
                 **({"node_parameters": self.parameters} if self.parameters else {}),
-                **({"recorded_node_health": [h.line() for h in self.node_health]} if self.node_health else {})}
+                **({"recorded_node_health": [h.line() for h in self.node_health],
+                    "recorded_node_ran": self.recorded_ran()} if self.node_health else {})}
+
+    def recorded_ran(self) -> List[str]:
+        """What the node that recorded the bag ran (its inference statuses), each change in order."""
+        return [line for h in self.node_health for line in h.ran]
 
     def format(self) -> str:
         d = self.to_dict()
         lines = [f"{self.frames} frames in {self.wall_seconds:.1f} s ({d['fps']:.1f} frames/s), "
-                 f"{self.undecodable} undecodable, backend {self.backend} ({self.precision}), model {self.model}"]
+                 f"{self.undecodable} undecodable, backend {self.backend} ({self.precision}), model {self.model}"
+                 + (f" ({self.weights})" if self.weights else "")]
         if len(self.cameras) > 1:
             lines.append("cameras: " + ", ".join(f"{t} {n}" for t, n in self.cameras.items()))
         lines.append(f"{'stage':<12}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}")
@@ -113,6 +121,11 @@ class ReplaySummary:
         if self.node_health:
             lines.append("the node that recorded this bag, on its /diagnostics:")
             lines += [f"  {h.line()}" for h in self.node_health]
+            ran = self.recorded_ran()
+            lines += [f"  it ran {line}" for line in ran]
+            other = [line for line in ran if self.weights and "sha256" in line and self.weights not in line]
+            if other:  # its maps as ground truth, or its latency beside ours: two models' figures, not one's
+                lines.append(f"  this replay ran other weights than that node: {self.weights}")
         return "\n".join(lines)
 
 
@@ -194,7 +207,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     (its publish_* switches, bag/outputs.py; all by default); overlay_labels: class names on the overlays.
     parameters: the node's parameters these settings came from (replay --params), kept in --metrics' JSON."""
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
-                            model=pipeline.cfg.name, parameters=parameters)
+                            model=pipeline.cfg.name, weights=pipeline.weights_id, parameters=parameters)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames {max_frames}: expected a positive number of frames (leave it out for all)")
     check_window(start_s, duration_s)
@@ -449,7 +462,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
             header(stamp, ""), "panoptic_node: replay", pipeline.cfg.name, 0 if not summary.undecodable else 1,
             f"{summary.frames} frames, {summary.undecodable} undecodable",
             {"frames": summary.frames, "undecodable": summary.undecodable, "backend": summary.backend,
-             "model": summary.model, "precision": pipeline.backend.precision,
+             "model": summary.model, "precision": pipeline.backend.precision, "weights": summary.weights,
+             "version": __version__,
              **{f"{s}_p50_ms": f"{v['p50']:.1f}" for s, v in p.items()},
              **{f"{s}_p99_ms": f"{v['p99']:.1f}" for s, v in p.items()}}), stamp, DIAGNOSTICS)
         writer.close()

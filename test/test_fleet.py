@@ -588,8 +588,12 @@ def test_each_bag_says_how_the_node_on_its_car_fared(local_ray, tiny_model_yaml,
     assert bag["node"] == ("/car/panoptic_node: inference: ok 88 % of 24 s; WARN 3.0 s (first at +5.0 s: one inference "
                            "call has run for 2.0 s); /car/panoptic_node: camera /car: ok 92 % of 24 s; ERROR 2.0 s "
                            "(first at +12.0 s: no frame on /car/image for 2.1 s)")
-    assert "<th onclick=\"sortBy('bags', " in (tmp_path / "out" / "report.html").read_text() and \
-        ">node on the car</th>" in (tmp_path / "out" / "report.html").read_text()
+    # and which weights it ran, each change in order (the node restarted with other weights in the drive's gap)
+    from test_recorded_health import CAR_WEIGHTS
+    assert bag["node_ran"] == "; then ".join(f"street_lite0 ({w}) on openvino int8, panoptic_node 0.1.0"
+                                             for w in CAR_WEIGHTS)
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "<th onclick=\"sortBy('bags', " in html and ">node on the car</th>" in html and ">it ran</th>" in html
 
 
 def test_a_bags_node_health_in_its_row():

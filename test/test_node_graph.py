@@ -6,6 +6,7 @@ and max age on sim time, bad frames, bad parameters and shutdown. Each test star
 camera namespaces of its own, so no test hears another's outputs. launch / launch_testing are not on
 PyPI: the launch files' own tests (test_node_launch.py) run on ROS 2 installs.
 """
+import hashlib
 import importlib
 import io
 import os
@@ -22,6 +23,7 @@ import pytest
 import yaml
 from PIL import Image as PILImage
 
+import panoptic_node
 from launch_helpers import tiny_model_yaml
 from panoptic_node.messages import compressed_to_rgb, image_array
 from panoptic_node.params import absolute_namespace, image_remaps
@@ -188,7 +190,7 @@ def node_diagnostics(g, ns):
     return {}
 
 
-def test_the_whole_topic_contract(graph, start, rng):
+def test_the_whole_topic_contract(graph, start, rng, model_yaml):
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
     node = start([ns], max_age_ms=0)
     topics = {f"{ns}/panoptic/{t}": Image for t in ("semantic", "instances", "panoptic", "overlay")}
@@ -236,6 +238,10 @@ def test_the_whole_topic_contract(graph, start, rng):
     diagnostics = node_diagnostics(c.got, ns)
     kv = diagnostics["inference"]
     assert kv["backend"] == "torch" and kv["model"] == "tiny_lite0" and float(kv["latency total p50 (ms)"]) > 0
+    # which weights and release ran, for a recording to keep: the file's name and the head of its sha256
+    weights = Path(model_yaml).with_name("tiny.pth")
+    assert kv["weights"] == f"tiny.pth, sha256 {hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}"
+    assert kv["version"] == panoptic_node.__version__
     assert kv["name"] == f"{node.name}: inference" and kv["level"] == 0  # the node's name (renamed here)
     camera = diagnostics["camera"]  # one status per camera, named as diagnostic_updater names them
     assert camera["name"] == f"{node.name}: camera {ns}" and camera["input topic"] == f"{ns}/image"

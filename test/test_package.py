@@ -24,6 +24,21 @@ def test_package_xml_is_format_3():
     assert pkg.get_build_type() == "ament_python"
 
 
+def test_one_version_everywhere():
+    """package.xml's version is the package's (what ROS's release tools bump): setup.py reads it, the module
+    repeats it and `panoptic-node --version` prints it (the node's /diagnostics carry it: test_node_graph)."""
+    import re
+
+    import panoptic_node
+    version = re.search(r"<version>([^<]+)</version>", (ROOT / "package.xml").read_text()).group(1)
+    setup = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert setup.stdout.strip().splitlines()[-1] == version == panoptic_node.__version__
+    cli = subprocess.run([sys.executable, "-m", "panoptic_node.cli", "--version"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert cli.returncode == 0 and cli.stdout.strip() == f"panoptic-node {version}"
+
+
 @pytest.mark.parametrize("how", [[], ["--symlink-install"]], ids=["copied", "symlinked"])
 def test_colcon_build_installs_the_ros_layout(tmp_path, how):
     """Built as the README's ROS 2 recipe builds it, `python -m colcon build` with the Python that has the

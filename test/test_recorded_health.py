@@ -20,11 +20,14 @@ def _status(name, level, message, **values):
         values=[msg_class("diagnostic_msgs/msg/KeyValue")(key=k, value=v) for k, v in values.items()])
 
 
-def _drive(path, rng):
+CAR_WEIGHTS = ("street_lite0.pth, sha256 2b958c155251", "street_lite0.pth, sha256 0123456789ab")
+
+
+def _drive(path, rng, weights=CAR_WEIGHTS):
     """20 s of a car: a frame and a /diagnostics report each second. Inference ok but for three reports of a
     call running long (s 5-7) and then none; the camera silent for two reports (s 12-13); another node's
     'inference' status and replay's own status beside them, which are not the node's; a 10 s gap in the
-    reports (the node off) counted as one period."""
+    reports (the node off) counted as one period, after which the node runs the second of `weights`."""
     seconds = [*range(0, 15), *range(25, 30)]
     with BagWriter(path) as w:
         for i in seconds:
@@ -35,7 +38,8 @@ def _drive(path, rng):
             silent = 12 <= i <= 13
             statuses = [
                 _status("/car/panoptic_node: inference", 1 if slow else 0,
-                        f"one inference call has run for {i - 3}.0 s" if slow else "ok", backend="openvino"),
+                        f"one inference call has run for {i - 3}.0 s" if slow else "ok", backend="openvino",
+                        model="street_lite0", precision="int8", weights=weights[i >= 25], version="0.1.0"),
                 _status("/car/panoptic_node: camera /car", 2 if silent else 0,
                         "no frame on /car/image for 2.1 s" if silent else "ok", **{"input topic": "/car/image"}),
                 _status("/planner: inference", 2, "not ours"),
@@ -70,6 +74,20 @@ def test_replay_says_how_the_recording_node_fared_over_the_drive(tiny_pipeline, 
     assert main(["replay", str(bag), "--model", str(tiny_model_yaml), "--backend", "torch", "--max-frames", "1"]) == 0
     out = capsys.readouterr().out
     assert "the node that recorded this bag, on its /diagnostics:\n  /car/panoptic_node: inference: ok 88 %" in out
+    # which weights the car's node ran, each change (its restart in the gap brought other weights), and that
+    # this replay's own are other ones: its maps and speed are not that node's
+    ran = [f"street_lite0 ({w}) on openvino int8, panoptic_node 0.1.0" for w in CAR_WEIGHTS]
+    assert inference.ran == ran and summary.to_dict()["recorded_node_ran"] == ran
+    assert f"  it ran {ran[0]}\n  it ran {ran[1]}\n" in out
+    assert f"  this replay ran other weights than that node: {tiny_pipeline.weights_id}" in out
+    assert tiny_pipeline.weights_id.startswith("tiny.pth, sha256 ")
+
+
+def test_a_replay_of_the_weights_the_car_ran_names_them_once_and_no_difference(tiny_pipeline, tmp_path, rng):
+    bag = _drive(tmp_path / "drive", rng, weights=(tiny_pipeline.weights_id,) * 2)
+    text = replay(tiny_pipeline, bag).format()
+    assert text.count("  it ran ") == 1 and f"it ran street_lite0 ({tiny_pipeline.weights_id}) on openvino" in text
+    assert "other weights" not in text
 
 
 def test_a_bag_without_the_nodes_reports_says_nothing_of_it(tiny_pipeline, tmp_path, rng):

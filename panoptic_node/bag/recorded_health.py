@@ -17,6 +17,7 @@ class StatusHealth:
     name: str
     seconds: Dict[str, float] = field(default_factory=dict)        # level -> seconds at it
     first: Dict[str, Tuple[float, str]] = field(default_factory=dict)  # level -> (s after the first report, message)
+    ran: List[str] = field(default_factory=list)  # inference: what the node ran (ran_line), each change in order
 
     @property
     def always_ok(self) -> bool:
@@ -41,18 +42,32 @@ def _ours(status) -> bool:
         (": camera " in status.name and "input topic" in keys)
 
 
+def ran_line(values: Dict[str, str]) -> str:
+    """What an inference status says the node ran: model, weights (name and sha256), backend and precision,
+    package version (a node of an older release named neither weights nor version)."""
+    weights = f" ({values['weights']})" if values.get("weights") else ""
+    version = f", panoptic_node {values['version']}" if values.get("version") else ""
+    return f"{values.get('model', '?')}{weights} on {values.get('backend', '?')} {values.get('precision', '')}".rstrip() \
+        + version
+
+
 def node_health(reader, window_ns: Optional[Tuple[int, int]] = None) -> List[StatusHealth]:
     """Each of the node's statuses in the bag's /diagnostics (within `window_ns`, as replay's --start /
     --duration), in the order they first appear; [] when the bag has none."""
     if reader.topics.get(DIAGNOSTICS) != "diagnostic_msgs/msg/DiagnosticArray":
         return []
     reports: Dict[str, List[Tuple[int, int, str]]] = {}
+    ran: Dict[str, List[str]] = {}
     for m in reader.messages([DIAGNOSTICS], window_ns=window_ns):
         if m.msg is None:
             continue
         for s in m.msg.status:
             if _ours(s):
                 reports.setdefault(s.name, []).append((m.stamp_ns, int(s.level), s.message))
+                if s.name.endswith(": inference"):
+                    line = ran_line({kv.key: kv.value for kv in s.values})
+                    if line not in ran.setdefault(s.name, [])[-1:]:
+                        ran[s.name].append(line)
     if not reports:
         return []
     start = min(r[0][0] for r in reports.values())
@@ -63,7 +78,7 @@ def node_health(reader, window_ns: Optional[Tuple[int, int]] = None) -> List[Sta
         period = float(np.median(np.diff(times))) if len(rows) > 1 else 1.0
         # each report holds until the next one (the last: one period); a long gap counts one period
         held = np.minimum(np.append(np.diff(times), period), GAP_PERIODS * period)
-        health = StatusHealth(name)
+        health = StatusHealth(name, ran=ran.get(name, []))
         for (t, level, message), seconds in zip(rows, held):
             key = LEVELS.get(level, str(level))
             health.seconds[key] = health.seconds.get(key, 0.0) + float(seconds)

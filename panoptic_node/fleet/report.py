@@ -72,6 +72,7 @@ def build_report(results: List[dict], settings: dict) -> dict:
         "bags": [{"bag": r["bag"], "tag": r["tag"], "frames": r["frames"], "scored": r["evaluated"],
                   "fps": r["frames"] / r["seconds"] if r["seconds"] else 0.0, "notes": "; ".join(r.get("notes", [])),
                   "node": r.get("node", ""),  # how the node on the car fared (recorded_health.troubles)
+                  "node_ran": r.get("node_ran", ""),  # and which model and weights it ran
                   **(_headline(r["metrics"]) if r.get("metrics") else {})} for r in ok],
         "latency_ms": dict(sorted(latency.items(), key=lambda kv: -kv[1]["p50"])),  # slowest first
         "worst_frames": _worst_frames(scored, taxonomy),
@@ -186,7 +187,8 @@ figure{{display:inline-block;margin:4px}} figcaption{{font-size:.8em}}</style></
 {report['frames_scored']} frames scored{against}</p>
 <h2>Bags</h2>{_table(report['bags'], [("bag", "bag", "str"), ("group", "tag", "str"), ("frames", "frames", "str"),
                                       ("scored", "scored", "str"), ("frames/s", "fps", "num")] + columns
-                     + [("node on the car", "node", "str"), ("notes", "notes", "str")], "bags")}
+                     + [("node on the car", "node", "str"), ("it ran", "node_ran", "str"),
+                        ("notes", "notes", "str")], "bags")}
 <h2>Groups</h2>{_table(groups, [("group", "group", "str"), ("bags", "bags", "str"), ("frames", "frames", "str")]
                        + columns, "groups")}
 <h2>Classes</h2>{_table(classes, [("class", "class", "str"), ("kind", "kind", "str"), ("PQ", "pq", "pct"),

@@ -82,6 +82,7 @@ def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Option
             "precision": summary.precision, "model": summary.model, "seconds": summary.wall_seconds,
             "stage_ms": summary.stage_ms, "scores": ev.state() if ev is not None and summary.metrics else None,
             "metrics": summary.metrics, "notes": notes, "node": troubles(summary.node_health),
+            "node_ran": "; then ".join(summary.recorded_ran()),
             "worst_frames": {str(c): e for c, e in worst.worst.items()} if worst else {}}
 
 

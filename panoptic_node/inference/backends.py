@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import first_line
+from ..model.checkpoint import weights_of
 from ..model.config import load_config
+from .cache_key import weights_identity
 from .graph_per_shape import GraphPerShape, PerShape
 from .pipeline import Pipeline
 
@@ -57,7 +59,7 @@ def resolve(backend: str, cfg, onnx: Optional[str] = None, device: str = "cpu") 
 def compile_torch_tensorrt(cfg, weights: Optional[str] = None, precision: str = "fp16", log=print):
     """The TensorRT backend for a PyTorch checkpoint (no exported graph): torch_tensorrt engines, one per
     padded input size (graph_per_shape.py), cached; the config's canvas is compiled now."""
-    from ..model.checkpoint import load_model, weights_of
+    from ..model.checkpoint import load_model
     from . import torch_tensorrt_backend
     model, source = load_model(cfg, weights), weights_of(cfg, weights)
     return PerShape(lambda shape: torch_tensorrt_backend.TorchTensorRTBackend(model, cfg, source, precision=precision,
@@ -73,7 +75,6 @@ def int8_scales_for(cfg, weights, chosen: str, precision: str, log) -> Optional[
     if precision == "fp32":
         return None
     from ..int8_scales import default_scales_path, load_scales
-    from ..model.checkpoint import weights_of
     source = weights_of(cfg, weights)
     path = default_scales_path(source)
     if precision == "auto" and (chosen != "openvino" or not path.is_file()):
@@ -170,10 +171,12 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     if chosen == "torch":
         return Pipeline.from_config(cfg, weights=weights, device=device, threshold=threshold, labels=labels)
     if chosen == "tensorrt" and path is None:
-        return Pipeline(cfg, compile_torch_tensorrt(cfg, weights, log=log or print), labels=labels,
-                        threshold=threshold)
-    be = per_shape or _open_graph(chosen, path, cfg, device, log, threads)
-    return Pipeline(cfg, be, labels=labels, threshold=threshold)
+        be = compile_torch_tensorrt(cfg, weights, log=log or print)
+    else:
+        be = per_shape or _open_graph(chosen, path, cfg, device, log, threads)
+    pipeline = Pipeline(cfg, be, labels=labels, threshold=threshold)
+    pipeline.weights_id = weights_identity(path or weights_of(cfg, weights))  # a graph given holds its weights
+    return pipeline
 
 
 def _open_graph(chosen: str, path, cfg, device: str, log, threads: int = 0):

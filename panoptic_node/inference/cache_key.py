@@ -2,6 +2,7 @@
 new weights file or a changed model config makes a new artefact instead of reusing a stale one."""
 import hashlib
 import json
+from pathlib import Path
 
 
 def file_sha256(path) -> str:
@@ -10,6 +11,13 @@ def file_sha256(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def weights_identity(path) -> str:
+    """Which weights (or exported graph) a pipeline runs, in a line a person can compare between machines:
+    the file's name and the first 12 hex digits of its sha256 (the node's /diagnostics; replay checks the
+    node that recorded a bag ran the same)."""
+    return f"{Path(path).name}, sha256 {file_sha256(path)[:12]}"
 
 
 # not in a graph or an engine: the weights' path (their bytes are hashed) and the post-processing,

@@ -7,11 +7,12 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from ..model.checkpoint import load_model
+from ..model.checkpoint import load_model, weights_of
 from ..model.config import ModelConfig, load_config, DEFAULT_MODEL
 from ..model.detr import build_model
 from ..taxonomy import get_mapping, get_taxonomy
 from .backend import TorchBackend, Backend
+from .cache_key import weights_identity
 from .cell_decision import CellDecision
 from .postprocess import merge_panoptic, resize_masks, select_queries
 from .preprocess import preprocess, target_size
@@ -38,6 +39,7 @@ class Pipeline:
         self.mapping = None if labels in (None, cfg.labels) else get_mapping(cfg.labels, labels)
         self.labels = labels or cfg.labels
         self._warned_scale = False  # said once per pipeline (see _warn_if_scaled_down)
+        self.weights_id = ""  # which weights file runs, by name and sha256 (cache_key.weights_identity)
 
     @classmethod
     def from_config(cls, model: str = DEFAULT_MODEL, weights: Optional[str] = None, backend: str = "torch",
@@ -52,7 +54,10 @@ class Pipeline:
         if backend != "torch":
             raise ValueError(f"Pipeline.from_config builds the torch backend; for '{backend}' use "
                              f"panoptic_node.inference.backends.make_pipeline")
-        return cls(cfg, TorchBackend(net, device), labels=labels, threshold=threshold)
+        pipeline = cls(cfg, TorchBackend(net, device), labels=labels, threshold=threshold)
+        if not random_weights:
+            pipeline.weights_id = weights_identity(weights_of(cfg, weights))
+        return pipeline
 
     def __call__(self, rgb: np.ndarray) -> PanopticResult:
         return self.run_batch([rgb])[0]

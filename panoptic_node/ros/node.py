@@ -34,6 +34,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, LabelInfo, ObjectHypothesis,
                              ObjectHypothesisWithPose, VisionClass)
 
+from .. import __version__
 from ..frame_buffer import LatestFrameBuffer
 from ..inference.preprocess import OffScaleNotes
 from ..inference.tracking import InstanceTracker
@@ -186,8 +187,9 @@ class PanopticNode(LifecycleNode):
         p = self.params
         self.pipeline = make_node_pipeline(p, log=self.get_logger().info, warn=self.get_logger().warn)
         self.taxonomy = (self.pipeline.mapping.target if self.pipeline.mapping else self.pipeline.taxonomy)
-        self.get_logger().info(f"model {self.pipeline.cfg.name} on backend {self.pipeline.backend.name} "
-                               f"({self.pipeline.backend.precision}), labels {self.taxonomy.name}")
+        self.get_logger().info(f"model {self.pipeline.cfg.name} ({self.pipeline.weights_id}) on backend "
+                               f"{self.pipeline.backend.name} ({self.pipeline.backend.precision}), labels "
+                               f"{self.taxonomy.name}; panoptic_node {__version__}")
         self._warm_up(frame_sizes(p["warmup_sizes"]))
         self.ego_masks, self._fitted_notes = self._ego_masks(), set()
         self.trackers = {cam: InstanceTracker() for cam in self.cameras}
@@ -627,6 +629,8 @@ class PanopticNode(LifecycleNode):
         p = self.params
         info = {"backend": self.pipeline.backend.name, "model": self.pipeline.cfg.name,
                 "precision": self.pipeline.backend.precision,
+                # what a recording keeps of which weights and release ran on the car (replay compares its own)
+                "weights": self.pipeline.weights_id, "version": __version__,
                 "threshold": f"{self.pipeline.threshold:g}",  # it can change while the node runs
                 "max rate (Hz)": f"{p['max_rate_hz']:g}" if p["max_rate_hz"] else "unlimited",
                 "threads": str(p["num_threads"]) if p["num_threads"] else "every core",
