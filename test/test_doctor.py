@@ -1,4 +1,5 @@
 """panoptic-node doctor: each answer is what the commands and the node will do on this machine."""
+import hashlib
 import importlib.util
 import os
 import re
@@ -27,6 +28,8 @@ def test_the_shipped_model_and_what_auto_runs_it_on(tmp_path, monkeypatch):
     monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "graphs"))
     checks = by_name(model_checks("street_lite0", None))
     assert checks["model"].verdict == OK and "6.7 M parameters" in checks["model"].finding
+    shipped = Path(__file__).resolve().parents[1] / "models" / "street_lite0.pth"  # named as the node names it
+    assert f"(sha256 {hashlib.sha256(shipped.read_bytes()).hexdigest()[:12]}, " in checks["model"].finding
     chosen = resolve("auto", load_config("street_lite0"))
     assert checks["auto backend"].finding.startswith(chosen)
     if chosen == "openvino":  # x86 with OpenVINO: the shipped scales make it int8, the graph comes on first use

@@ -47,8 +47,8 @@ def ran_line(values: Dict[str, str]) -> str:
     package version (a node of an older release named neither weights nor version)."""
     weights = f" ({values['weights']})" if values.get("weights") else ""
     version = f", panoptic_node {values['version']}" if values.get("version") else ""
-    return f"{values.get('model', '?')}{weights} on {values.get('backend', '?')} {values.get('precision', '')}".rstrip() \
-        + version
+    runtime = f"{values.get('backend', '?')} {values.get('precision', '')}".rstrip()
+    return f"{values.get('model', '?')}{weights} on {runtime}{version}"
 
 
 def node_health(reader, window_ns: Optional[Tuple[int, int]] = None) -> List[StatusHealth]:
