@@ -123,8 +123,8 @@ class ReplaySummary:
             lines += [f"  {h.line()}" for h in self.node_health]
             ran = self.recorded_ran()
             lines += [f"  it ran {line}" for line in ran]
-            other = [line for line in ran if self.weights and "sha256" in line and self.weights not in line]
-            if other:  # its maps as ground truth, or its latency beside ours: two models' figures, not one's
+            # its maps as ground truth, or its latency beside ours: two models' figures, not one's
+            if any(self.weights and "sha256" in line and self.weights not in line for line in ran):
                 lines.append(f"  this replay ran other weights than that node: {self.weights}")
         return "\n".join(lines)
 
