@@ -68,7 +68,7 @@ def model_checks(model: str, weights: Optional[str], node: Optional[dict] = None
     checked, and the speed measured is the pipeline the node builds from them, shared by its cameras;
     heard: (frame, rate) of the cameras doctor --listen heard, on whose frames the speed is timed."""
     from .inference.backends import _open_graph, int8_scales_for, resolve
-    from .inference.cache_key import file_sha256
+    from .inference.cache_key import short_sha256
     from .inference.graph_cache import cache_dir, cached_graph_path, is_cached
     from .model.checkpoint import load_model, weights_of
     from .model.config import load_config
@@ -80,9 +80,8 @@ def model_checks(model: str, weights: Optional[str], node: Optional[dict] = None
     except Exception as e:  # the loaders' own one-line errors
         return [Check("model", PROBLEM, f"{model}: {str(e).splitlines()[0]}")]
     params = sum(p.numel() for p in net.parameters()) / 1e6
-    sha = file_sha256(source)[:12]  # as the node's /diagnostics name the weights it runs
-    out.append(Check("model", OK, f"{cfg.name}: {source} (sha256 {sha}, {params:.1f} M parameters, "
-                                  f"{cfg.labels} labels)"))
+    out.append(Check("model", OK, f"{cfg.name}: {source} (sha256 {short_sha256(source)}, {params:.1f} M "
+                                  f"parameters, {cfg.labels} labels)"))  # the sha256 as the node's /diagnostics give it
     asked, asked_precision = (node["backend"], node["precision"]) if node else ("auto", "auto")
     chosen = resolve(asked, cfg, onnx=node["onnx"] or None if node else None)
     notes = []

@@ -13,11 +13,17 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+def short_sha256(path) -> str:
+    """The first 12 hex digits of a file's sha256: enough to tell weights apart, short enough to compare by eye
+    (the node's /diagnostics, doctor's model line)."""
+    return file_sha256(path)[:12]
+
+
 def weights_identity(path) -> str:
     """Which weights (or exported graph) a pipeline runs, in a line a person can compare between machines:
-    the file's name and the first 12 hex digits of its sha256 (the node's /diagnostics; replay checks the
-    node that recorded a bag ran the same)."""
-    return f"{Path(path).name}, sha256 {file_sha256(path)[:12]}"
+    the file's name and its short sha256 (the node's /diagnostics; replay checks the node that recorded a bag
+    ran the same)."""
+    return f"{Path(path).name}, sha256 {short_sha256(path)}"
 
 
 # not in a graph or an engine: the weights' path (their bytes are hashed) and the post-processing,
