@@ -307,8 +307,8 @@ def camera_checks(node: dict, node_name: str, seconds: float, image_topics: Opti
     before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        heard = listen(cameras, node["input_transport"], node["qos_reliability"], node["max_age_ms"], seconds,
-                       infos, sim_time)
+        heard, running = listen(cameras, node["input_transport"], node["qos_reliability"], node["max_age_ms"],
+                                seconds, infos, sim_time)
     finally:
         for k, v in before.items():
             if v is None:
@@ -317,7 +317,44 @@ def camera_checks(node: dict, node_name: str, seconds: float, image_topics: Opti
                 os.environ[k] = v
     checks = [Check(f"camera {camera}", PROBLEM if problem else OK, finding)
               for camera, problem, finding, _, _ in heard]
+    checks += running_node_checks(running, node, node_name)
     return checks, [(rgb, rate) for _, _, _, rgb, rate in heard if rgb is not None]
+
+
+def _weights_named(node: dict) -> Optional[str]:
+    """The weights (or graph) these parameters run, as the node's /diagnostics names them; None when they do
+    not load (the model check says why)."""
+    try:
+        from .inference.cache_key import weights_identity
+        from .model.checkpoint import weights_of
+        from .model.config import load_config
+        return weights_identity(node["onnx"] or weights_of(load_config(node["model"]), node["weights"] or None))
+    except Exception:
+        return None
+
+
+def running_node_checks(running: dict, node: dict, node_name: str) -> List[Check]:
+    """The panoptic nodes doctor --listen heard on /diagnostics (name -> level, message and values of their
+    inference status): what each runs and how it fares. The node these parameters are for (`node_name`)
+    running other weights, or another release, than the ones here is a problem: a node keeps what it was
+    started with, so new weights copied in place (or a package upgraded) reach the car only when it restarts."""
+    from . import __version__
+    from .bag.recorded_health import LEVELS, ran_line
+    named = _weights_named(node) if running else None
+    out = []
+    for name, (level, message, values) in sorted(running.items()):
+        state = LEVELS.get(level, str(level))
+        finding = f"{ran_line(values)}; its inference: {state}" + ("" if message == state else f", {message}")
+        stale = []
+        if "/" + name.lstrip("/") == "/" + node_name.strip("/"):
+            if named and values.get("weights") and values["weights"] != named:
+                stale.append(f"the weights here are {named}")
+            if values.get("version") and values["version"] != __version__:
+                stale.append(f"the package here is panoptic_node {__version__}")
+        if stale:
+            finding += f"; {' and '.join(stale)}: it runs what it was started with until it restarts"
+        out.append(Check(f"running {name}", PROBLEM if stale else OK, finding))
+    return out
 
 
 def run_checks(model: str = "street_lite0", weights: Optional[str] = None, params=None,

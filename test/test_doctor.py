@@ -183,6 +183,7 @@ def stop_gently(proc) -> None:
 CAMERA_DRIVERS = """
 import sys, time, rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 rclpy.init()
 node = rclpy.create_node("fake_drivers")
@@ -200,7 +201,13 @@ replayed = second.create_publisher(Image, prefix + "/twice/image", 10)
 pubs["served/image"] = node.create_publisher(Image, prefix + "/served/image", 10)
 left_running = rclpy.create_node("left_running")  # a panoptic node already serving that camera
 maps = left_running.create_publisher(Image, prefix + "/served/panoptic/semantic", 10)
+diagnostics = left_running.create_publisher(DiagnosticArray, "/diagnostics", 10)  # its status, as node.py says it
+status = DiagnosticStatus(level=b"\\x01", name=prefix + "/panoptic_node: inference", message="one call ran 2.1 s",
+                          values=[KeyValue(key=k, value=v) for k, v in (("backend", "openvino"), ("model", "street"),
+                                  ("precision", "int8"), ("weights", "street.pth, sha256 0123456789ab"),
+                                  ("version", "0.0.9"))])
 while rclpy.ok():
+    diagnostics.publish(DiagnosticArray(status=[status]))
     now = node.get_clock().now().nanoseconds
     calibration.publish(CameraInfo(width=64, height=48))
     for name, pub in pubs.items():
@@ -229,8 +236,8 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
     from panoptic_node import doctor
     monkeypatch.setattr(doctor, "SPEED_FRAMES", 2)
     prefix = f"/t{uuid.uuid4().hex[:6]}"
-    drivers = subprocess.Popen([sys.executable, "-c", CAMERA_DRIVERS, prefix], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    drivers = subprocess.Popen([sys.executable, "-c", CAMERA_DRIVERS, prefix], stdout=open("/tmp/drv.out", "w"),
+                               stderr=subprocess.STDOUT)
     try:
         params = tmp_path / "car.param.yaml"
         params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
@@ -243,15 +250,16 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
         remapped = tmp_path / "remapped.param.yaml"
         remapped.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
             "model": str(tiny_model_yaml), "backend": "torch", "cameras": ["left", "right"]}}}))
-        assert main(["doctor", "--params", str(remapped), "--listen", "1", "--image-topics",
+        # and a listen shorter than discovery takes: stretched until the drivers, frames and calibration came
+        assert main(["doctor", "--params", str(remapped), "--listen", "0.1", "--image-topics",
                      f"{prefix}/side/image_raw", f"{prefix}/front/image"]) == 0, capsys.readouterr()
-        heard = {line.split()[2]: line for line in capsys.readouterr().out.splitlines()
-                 if line.split()[1:2] == ["camera"]}
+        heard = {line.split()[2]: " ".join(line.split()) for line in capsys.readouterr().out.splitlines()
+                 if line.split()[1:2] == ["camera"]}  # the columns' width depends on what else is on the graph
     finally:
         stop_gently(drivers)
-    assert heard["/left"].startswith(f"ok       camera /left   {prefix}/side/image_raw: ") and heard["/left"].endswith(
+    assert heard["/left"].startswith(f"ok camera /left {prefix}/side/image_raw: ") and heard["/left"].endswith(
         f"; no {prefix}/side/camera_info heard (the maps go out without calibration)"), heard
-    assert heard["/right"].startswith(f"ok       camera /right  {prefix}/front/image: ") and heard["/right"].endswith(
+    assert heard["/right"].startswith(f"ok camera /right {prefix}/front/image: ") and heard["/right"].endswith(
         "; camera_info 64x48"), heard
     rows = {line.split()[2]: line for line in captured.out.splitlines() if line.split()[1:2] == ["camera"]}
     front = rows[f"{prefix}/front"]
@@ -277,6 +285,12 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
         f"camera beside it, their maps interleaved (stop it first, or give this one other cameras)") in \
         rows[f"{prefix}/served"], rows[f"{prefix}/served"]
     assert "problem(s):" in captured.err and f"camera {prefix}/rear" in captured.err
+    # a panoptic node heard on /diagnostics: what it runs and how it fares (not the node these parameters are
+    # for, so its other weights are no problem here; running_node_checks below)
+    running = [" ".join(line.split()) for line in captured.out.splitlines()
+               if line.split()[1:3] == ["running", f"{prefix}/panoptic_node"]]
+    assert running == [f"ok running {prefix}/panoptic_node street (street.pth, sha256 0123456789ab) on openvino int8, "
+                       f"panoptic_node 0.0.9; its inference: WARN, one call ran 2.1 s"], running
     # the speed timed on what the cameras sent (front, old, twice and served: the frames the node can read) at
     # their rates
     speed = [line for line in captured.out.splitlines() if line.split()[1:2] == ["speed"]][0]
@@ -364,6 +378,37 @@ def test_doctor_listen_says_what_the_calibration_beside_the_frames_gives():
     assert _calibration("/cam/camera_info", None, frame) == "; no /cam/camera_info heard (the maps go out without calibration)"
 
 
+def test_a_running_node_with_other_weights_or_release_than_its_parameters_is_a_problem(tiny_model_yaml, tmp_path):
+    """Weights copied over the file a running node loaded, or the package upgraded under it, reach the car only
+    when the node restarts: doctor --listen compares what the node these parameters are for says it runs
+    (its /diagnostics) with the weights they name, by the same sha256, and with this install's release.
+    Another node runs what it likes."""
+    from panoptic_node import __version__
+    from panoptic_node.doctor import running_node_checks
+    from panoptic_node.inference.cache_key import weights_identity
+    from panoptic_node.params import defaults
+    node = {**defaults(), "model": str(tiny_model_yaml)}
+    here = weights_identity(load_config(str(tiny_model_yaml)).weights)
+    ran = {"backend": "torch", "model": "tiny", "precision": "fp32", "weights": here, "version": __version__}
+    (check,) = running_node_checks({"panoptic_node": (0, "ok", ran)}, node, "/panoptic_node")
+    assert (check.name, check.verdict) == ("running panoptic_node", OK)
+    assert check.finding == f"tiny ({here}) on torch fp32, panoptic_node {__version__}; its inference: ok"
+    old = {**ran, "weights": "tiny.pth, sha256 0123456789ab", "version": "0.0.1"}
+    checks = by_name(running_node_checks({"/car1/panoptic_node": (2, "the inference thread stopped", old),
+                                          "/car2/panoptic_node": (0, "ok", old)}, node, "/car1/panoptic_node"))
+    assert checks["running /car1/panoptic_node"].verdict == PROBLEM
+    assert checks["running /car1/panoptic_node"].finding == (
+        f"tiny (tiny.pth, sha256 0123456789ab) on torch fp32, panoptic_node 0.0.1; its inference: ERROR, the "
+        f"inference thread stopped; the weights here are {here} and the package here is panoptic_node {__version__}: "
+        f"it runs what it was started with until it restarts")
+    assert checks["running /car2/panoptic_node"].verdict == OK  # not the node these parameters are for
+    # these parameters' weights missing: the model check says so; the running node is not judged by them
+    gone = {**node, "weights": str(tmp_path / "gone.pth")}
+    (check,) = running_node_checks({"panoptic_node": (0, "ok", old)}, gone, "/panoptic_node")
+    assert check.verdict == PROBLEM and "the weights here" not in check.finding  # its release still differs
+    assert running_node_checks({}, node, "/panoptic_node") == []
+
+
 def test_doctor_listen_needs_a_positive_time_and_rclpy(capsys):
     from panoptic_node.doctor import camera_checks
     from panoptic_node.params import defaults
@@ -394,7 +439,7 @@ def test_doctor_listen_hears_through_the_fast_dds_profile_the_launch_gives_the_n
 
     def fake_listen(cameras, *args):
         seen.update(os.environ)
-        return [(camera, False, f"{topic}: heard", None, None) for camera, topic in cameras.items()]
+        return [(camera, False, f"{topic}: heard", None, None) for camera, topic in cameras.items()], {}
     monkeypatch.setattr(camera_check, "listen", fake_listen)
     (check,), heard = camera_checks(defaults(), "/car1/panoptic_node", 1.0)
     assert check.name == "camera /car1/camera/front" and check.finding == "/car1/camera/front/image: heard"

@@ -9,6 +9,7 @@ import numpy as np
 
 DIAGNOSTICS = "/diagnostics"
 LEVELS = {0: "ok", 1: "WARN", 2: "ERROR", 3: "STALE"}
+INFERENCE = ": inference"  # the node's inference status is '<node name>: inference' (node_stats, node.py)
 GAP_PERIODS = 5  # a report further from the next than this many periods: the node was off in between
 
 
@@ -34,11 +35,11 @@ class StatusHealth:
         return "; ".join(parts)
 
 
-def _ours(status) -> bool:
+def is_node_status(status) -> bool:
     """The node's statuses by their names and values (node_stats.py): '<node>: inference' with the backend
     among its values, '<node>: camera <ns>' with its input topic."""
     keys = {kv.key for kv in status.values}
-    return (status.name.endswith(": inference") and "backend" in keys) or \
+    return (status.name.endswith(INFERENCE) and "backend" in keys) or \
         (": camera " in status.name and "input topic" in keys)
 
 
@@ -62,9 +63,9 @@ def node_health(reader, window_ns: Optional[Tuple[int, int]] = None) -> List[Sta
         if m.msg is None:
             continue
         for s in m.msg.status:
-            if _ours(s):
+            if is_node_status(s):
                 reports.setdefault(s.name, []).append((m.stamp_ns, int(s.level), s.message))
-                if s.name.endswith(": inference"):
+                if s.name.endswith(INFERENCE):
                     line = ran_line({kv.key: kv.value for kv in s.values})
                     if line not in ran.setdefault(s.name, [])[-1:]:
                         ran[s.name].append(line)

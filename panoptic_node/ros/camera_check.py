@@ -4,7 +4,8 @@ For each camera's input topic, for a few seconds, as the node would subscribe to
 reliability): who publishes there, with which type and QoS, the rate, one frame's size and encoding (decoded
 as the node decodes it) and how old the frames' stamps are by this machine's clock. What would leave the node
 with nothing, or with every frame dropped, is said before the car drives: the same words as the node's
-/diagnostics where the two meet (node_stats).
+/diagnostics where the two meet (node_stats). A panoptic node already running is heard on /diagnostics: what
+it runs (model, weights by sha256, backend, release) and how it fares.
 """
 import os
 import time
@@ -16,11 +17,19 @@ from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from ..bag.recorded_health import DIAGNOSTICS, INFERENCE, is_node_status
 from ..messages import FrameError, calibrated_size, compressed_to_rgb, image_to_rgb, stamp_ns
 from ..node_stats import (CLOCK_AHEAD_MS, UNKNOWN_NODE, clock_advice, no_publisher_why, publishing_nodes,
                           shared_topic_why, wrong_type_why)
+from ..topic_qos import DIAGNOSTICS as DIAGNOSTICS_QOS
+
+DISCOVERY_S = 3.0  # what a new participant may take to see the others' endpoints on a loaded 2-core machine
+
+# a node already running: its name -> its latest inference status (level, message, values)
+RunningNodes = Dict[str, Tuple[int, str, Dict[str, str]]]
 
 
 class _Heard:
@@ -41,11 +50,11 @@ class _Heard:
 
 def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms: float, seconds: float,
            info_topics: Optional[Dict[str, str]] = None, sim_time: bool = False
-           ) -> List[Tuple[str, bool, str, Optional[np.ndarray], Optional[float]]]:
+           ) -> Tuple[List[Tuple[str, bool, str, Optional[np.ndarray], Optional[float]]], RunningNodes]:
     """cameras: namespace -> input topic (resolved); info_topics: namespace -> its camera_info topic (default
     <namespace>/camera_info). Returns per camera (camera, is_problem, finding, one frame it sent decoded to RGB
     or None, its rate in Hz or None): the frames let doctor time the node's pipeline on what the cameras
-    really send. sim_time: the node's use_sim_time; the stamps are then judged by /clock, as the node judges
+    really send; and the panoptic nodes heard on /diagnostics, each with its latest inference status. sim_time: the node's use_sim_time; the stamps are then judged by /clock, as the node judges
     them (a bag played with --clock is not 'behind' by the hours since it was recorded)."""
     info_topics = {c: (info_topics or {}).get(c, f"{c}/camera_info") for c in cameras}
     msg_type = CompressedImage if transport == "compressed" else Image
@@ -81,11 +90,27 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
             node.create_subscription(CameraInfo, info_topics[camera],
                                      lambda msg, c=camera: infos.setdefault(c, msg),
                                      QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))  # as the node
+        running: RunningNodes = {}
+
+        def on_diagnostics(msg):
+            for s in msg.status:
+                if s.name.endswith(INFERENCE) and is_node_status(s):
+                    level = s.level[0] if isinstance(s.level, bytes) else int(s.level)
+                    running[s.name[:-len(INFERENCE)]] = (level, s.message, {kv.key: kv.value for kv in s.values})
+        node.create_subscription(DiagnosticArray, DIAGNOSTICS, on_diagnostics,
+                                 QoSProfile(depth=DIAGNOSTICS_QOS.depth, reliability=ReliabilityPolicy.RELIABLE))
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        start = time.monotonic()
+        while True:
             executor.spin_once(timeout_sec=0.05)
+            elapsed = time.monotonic() - start
+            # a short listen on a busy machine can end before discovery has brought the drivers, their frames and
+            # calibration: what was not heard is said missing only once the graph has had DISCOVERY_S
+            if elapsed >= seconds and (elapsed >= DISCOVERY_S or all(
+                    len(heard[t].arrivals) > 1 and node.count_publishers(t) and c in infos for c, t in cameras.items())):
+                break
+        seconds = elapsed
         graph = node.get_topic_names_and_types()
         inputs = set(cameras.values())
         out = []
@@ -109,7 +134,7 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
             out.append((camera, problem, finding, rgb, heard[topic].rate_hz() if rgb is not None else None))
         executor.shutdown()
         node.destroy_node()
-        return out
+        return out, running
     finally:
         rclpy.shutdown(context=context)
 
