@@ -337,7 +337,8 @@ def running_node_checks(running: dict, node: dict, node_name: str) -> List[Check
     """The panoptic nodes doctor --listen heard on /diagnostics (name -> level, message and values of their
     inference status): what each runs and how it fares. The node these parameters are for (`node_name`)
     running other weights, or another release, than the ones here is a problem: a node keeps what it was
-    started with, so new weights copied in place (or a package upgraded) reach the car only when it restarts."""
+    loaded its weights when it was configured, so new weights copied in place (or a package upgraded) reach the
+    car only when it restarts (weights: or is configured again)."""
     from . import __version__
     from .bag.recorded_health import LEVELS, ran_line
     named = _weights_named(node) if running else None
@@ -348,11 +349,12 @@ def running_node_checks(running: dict, node: dict, node_name: str) -> List[Check
         stale = []
         if "/" + name.lstrip("/") == "/" + node_name.strip("/"):
             if named and values.get("weights") and values["weights"] != named:
-                stale.append(f"the weights here are {named}")
+                stale.append(f"the weights here are {named}: a node loads its weights when configured; restart it "
+                             f"(or lifecycle deactivate, cleanup, configure, activate) to run these")
             if values.get("version") and values["version"] != __version__:
-                stale.append(f"the package here is panoptic_node {__version__}")
+                stale.append(f"the package here is panoptic_node {__version__}: restart it to run this release")
         if stale:
-            finding += f"; {' and '.join(stale)}: it runs what it was started with until it restarts"
+            finding += "; " + "; ".join(stale)
         out.append(Check(f"running {name}", PROBLEM if stale else OK, finding))
     return out
 

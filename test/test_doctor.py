@@ -399,8 +399,9 @@ def test_a_running_node_with_other_weights_or_release_than_its_parameters_is_a_p
     assert checks["running /car1/panoptic_node"].verdict == PROBLEM
     assert checks["running /car1/panoptic_node"].finding == (
         f"tiny (tiny.pth, sha256 0123456789ab) on torch fp32, panoptic_node 0.0.1; its inference: ERROR, the "
-        f"inference thread stopped; the weights here are {here} and the package here is panoptic_node {__version__}: "
-        f"it runs what it was started with until it restarts")
+        f"inference thread stopped; the weights here are {here}: a node loads its weights when configured; restart it "
+        f"(or lifecycle deactivate, cleanup, configure, activate) to run these; the package here is panoptic_node "
+        f"{__version__}: restart it to run this release")
     assert checks["running /car2/panoptic_node"].verdict == OK  # not the node these parameters are for
     # these parameters' weights missing: the model check says so; the running node is not judged by them
     gone = {**node, "weights": str(tmp_path / "gone.pth")}
