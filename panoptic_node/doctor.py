@@ -336,9 +336,9 @@ def _weights_named(node: dict) -> Optional[str]:
 def running_node_checks(running: dict, node: dict, node_name: str) -> List[Check]:
     """The panoptic nodes doctor --listen heard on /diagnostics (name -> level, message and values of their
     inference status): what each runs and how it fares. The node these parameters are for (`node_name`)
-    running other weights, or another release, than the ones here is a problem: a node keeps what it was
-    loaded its weights when it was configured, so new weights copied in place (or a package upgraded) reach the
-    car only when it restarts (weights: or is configured again)."""
+    running other weights, or another release, than the ones here is a problem: a node loaded its weights when
+    it was configured, so new weights copied in place (or a package upgraded) reach the car only when it restarts
+    (weights: or is configured again)."""
     from . import __version__
     from .bag.recorded_health import LEVELS, ran_line
     named = _weights_named(node) if running else None
