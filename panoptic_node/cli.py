@@ -1019,13 +1019,25 @@ def expand_home(args) -> None:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, a scheduler or a closing session ending the job): unwound as Ctrl-C is, so what was
-    half-written stays under its .partial name and the output's lock goes; Python's default would end the
-    process where it stood."""
+    """SIGTERM (`kill`, a scheduler ending the job) or SIGHUP (the terminal or ssh session the job ran in
+    closed): unwound as Ctrl-C is, so what was half-written stays under its .partial name and the output's
+    lock goes; Python's default would end the process where it stood."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signum = signum
 
 
 def _terminate(signum, frame):
-    raise Terminated()
+    raise Terminated(signum)
+
+
+def _ending_signals():
+    """SIGTERM, and SIGHUP unless the job was started to outlive its terminal (nohup sets it ignored: kept)."""
+    import signal
+    hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+    keep_hangup = hangup is not None and signal.getsignal(hangup) is signal.SIG_DFL
+    return [signal.SIGTERM] + ([hangup] if keep_hangup else [])
 
 
 # the options that name an output, in the order a disk-full line names them
@@ -1038,7 +1050,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     expand_home(args)
     in_main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers may be set
-    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    previous = {sig: signal.signal(sig, _terminate) for sig in _ending_signals()} if in_main_thread else {}
     try:
         if args.command in ("infer", "replay", "demo"):  # before anything is read or written (demo converts first)
             from .inference.backends import check_threads
@@ -1046,10 +1058,11 @@ def main(argv=None) -> int:
                 check_threads(args.threads, "--threads")
         return args.func(args)
     except KeyboardInterrupt as e:
-        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        how = f"terminated ({signal.Signals(signum).name})" if isinstance(e, Terminated) else "interrupted"
         print(f"panoptic-node {args.command}: {how}; outputs not finished are left under .partial names",
               file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130  # as a shell reports a process ended by the signal
+        return 128 + signum  # as a shell reports a process ended by the signal: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
     except Exception as e:
         if args.debug:
             raise
@@ -1067,8 +1080,8 @@ def main(argv=None) -> int:
         print(f"panoptic-node {args.command}: error: {what}{hint}", file=sys.stderr)
         return 2 if expected else 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ finding (data loss, silently wrong, traceback). Every refused or failed run leav
 there before byte-identical."""
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -561,10 +562,12 @@ def test_ctrl_c_during_convert_is_one_line_and_leaves_only_a_partial(camvid_copy
     assert main(["convert", "camvid", str(camvid_copy), "--out", str(tmp_path / "b")]) == 0  # the leftover goes
 
 
-def test_sigterm_during_convert_unwinds_as_ctrl_c_does(camvid_copy, tmp_path):
-    """`kill` (or a scheduler, a closing session) sends SIGTERM, whose default ends Python where it stands:
-    the output's lock file stayed, and nothing said why the run stopped. It now unwinds as Ctrl-C: one line,
-    exit 143, what was half-written under its .partial name, the lock gone, the handler as it was. (In a
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_during_convert_unwinds_as_ctrl_c_does(camvid_copy, tmp_path, sig):
+    """`kill` (or a scheduler) sends SIGTERM, and a closing terminal or ssh session SIGHUP, whose defaults end
+    Python where it stands: the output's lock file stayed, and nothing said why the run stopped. Each now
+    unwinds as Ctrl-C: one line, exit 128 + the signal, what was half-written under its .partial name, the
+    lock gone, the handlers as they were. (In a
     process of its own: in pytest's, after `infer` ran the test model on OpenVINO, a Python-handled SIGTERM
     or SIGINT ended in a segfault inside kill(); the cause, a dangling alternate signal stack OpenVINO left,
     is now undone by inference/signal_stack.py and tested in test_signal_stack.py.)"""
@@ -577,21 +580,47 @@ real = conv.camvid_frames
 def terminated(*a, **k):
     for i, f in enumerate(real(*a, **k)):
         if i == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.{sig})
         yield f
 
 conv.CONVERTERS["camvid"] = (terminated, "val", "camvid")
-before = signal.getsignal(signal.SIGTERM)
+before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
 code = main(["convert", "camvid", {str(camvid_copy)!r}, "--out", {str(tmp_path / "b")!r}])
-assert signal.getsignal(signal.SIGTERM) is before
+assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
 sys.exit(code)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 143, done.stderr[-2000:]
+    assert done.returncode == 128 + getattr(signal, sig), done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
-        "panoptic-node convert: terminated (SIGTERM); outputs not finished are left under .partial names")
+        f"panoptic-node convert: terminated ({sig}); outputs not finished are left under .partial names")
     assert not (tmp_path / "b").exists() and (tmp_path / "b.partial").is_dir()
     assert not (tmp_path / "b.lock").exists()
+
+
+def test_a_job_started_with_nohup_still_ignores_sighup(camvid_copy, tmp_path):
+    """nohup starts a long job (a training, a fleet replay) with SIGHUP ignored so that it outlives its
+    terminal: the command keeps it ignored and runs to the end."""
+    script = f"""
+import os, signal, sys
+import panoptic_node.bag.convert as conv
+from panoptic_node.cli import main
+real = conv.camvid_frames
+
+def hung_up(*a, **k):
+    for i, f in enumerate(real(*a, **k)):
+        if i == 1:
+            os.kill(os.getpid(), signal.SIGHUP)
+        yield f
+
+conv.CONVERTERS["camvid"] = (hung_up, "val", "camvid")
+signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+code = main(["convert", "camvid", {str(camvid_copy)!r}, "--out", {str(tmp_path / "b")!r}])
+assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+sys.exit(code)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "b" / "metadata.yaml").is_file() and not (tmp_path / "b.partial").exists()
 
 
 def test_a_full_disk_is_one_line(camvid_copy, tmp_path, monkeypatch, capsys):
