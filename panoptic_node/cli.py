@@ -1032,14 +1032,6 @@ def _terminate(signum, frame):
     raise Terminated(signum)
 
 
-def _ending_signals():
-    """SIGTERM, and SIGHUP unless the job was started to outlive its terminal (nohup sets it ignored: kept)."""
-    import signal
-    hangup = getattr(signal, "SIGHUP", None)  # not on Windows
-    keep_hangup = hangup is not None and signal.getsignal(hangup) is signal.SIG_DFL
-    return [signal.SIGTERM] + ([hangup] if keep_hangup else [])
-
-
 # the options that name an output, in the order a disk-full line names them
 OUTPUT_OPTIONS = ("out", "video", "metrics", "chart", "confusion", "per_frame", "timeline")
 
@@ -1047,10 +1039,11 @@ OUTPUT_OPTIONS = ("out", "video", "metrics", "chart", "confusion", "per_frame", 
 def main(argv=None) -> int:
     import signal
     import threading
+    from .ending_signals import ending_signals
     args = build_parser().parse_args(argv)
     expand_home(args)
     in_main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers may be set
-    previous = {sig: signal.signal(sig, _terminate) for sig in _ending_signals()} if in_main_thread else {}
+    previous = {sig: signal.signal(sig, _terminate) for sig in ending_signals()} if in_main_thread else {}
     try:
         if args.command in ("infer", "replay", "demo"):  # before anything is read or written (demo converts first)
             from .inference.backends import check_threads

@@ -35,6 +35,7 @@ from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, Label
                              ObjectHypothesisWithPose, VisionClass)
 
 from .. import __version__
+from ..ending_signals import ending_signals
 from ..frame_buffer import LatestFrameBuffer
 from ..inference.preprocess import OffScaleNotes
 from ..inference.tracking import InstanceTracker
@@ -709,12 +710,13 @@ def main(args=None):
         sys.exit(1)
     os.environ.update(env)
     shm_line = shared_memory_line()  # before rclpy makes this process's own segment
-    # Ctrl-C and SIGTERM only set a flag, read by the spin loop below: rclpy's own handlers raise
-    # KeyboardInterrupt wherever the main thread happens to be (a second Ctrl-C, which a terminal
-    # and launch both send, landed in destroy_node() or inside rclpy's message conversion)
+    # Ctrl-C, SIGTERM and SIGHUP (unless nohup ignores it) only set a flag, read by the spin loop below: rclpy's
+    # own handlers raise KeyboardInterrupt wherever the main thread happens to be (a second Ctrl-C, which a
+    # terminal and launch both send, landed in destroy_node() or inside rclpy's message conversion)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    stopping = [signal.SIGINT] + ending_signals()
+    for sig in stopping:
         signal.signal(sig, lambda *_: stop.set())
     try:
         node = PanopticNode()
@@ -746,7 +748,7 @@ def main(args=None):
     finally:
         # stopping now: further signals are ignored. A handler of ours would be reset to the default
         # by Python's own finalization, and a late second Ctrl-C would then kill the exiting node (-2)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stopping:
             signal.signal(sig, signal.SIG_IGN)
         node.destroy_node()  # the frame in flight is finished or dropped (see _work)
         executor.shutdown()
