@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .inference.weights_watch import MISSING
 from .messages import calibrated_size, calibration_misfit
 
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
@@ -112,6 +113,16 @@ def no_publisher_why(camera: str, want: str, graph, inputs, how: str = "image_to
             f"with {how})") if found else None
 
 
+def weights_changed_why(loaded: str, on_disk: str) -> str:
+    name = loaded.split(",")[0] or "the weights file"
+    if on_disk == MISSING:
+        return (f"{name} is no longer on disk: the node runs the weights it loaded ({loaded}), and a restart "
+                f"would find none")
+    return (f"{name} changed on disk since the node loaded it (now {on_disk.split(', ')[-1]}): it runs the "
+            f"weights it loaded ({loaded}); restart it, or lifecycle deactivate, cleanup, configure, activate, "
+            f"to run the new ones")
+
+
 class NodeStats:
     def __init__(self, clock=time.monotonic, latency_window: int = 200):
         self.clock = clock
@@ -137,6 +148,7 @@ class NodeStats:
         self.last_publish_failure = ""
         self.busy_since = None      # when the worker's current call (infer + publish) began; None between calls
         self.worker_error = None    # why the inference thread stopped, once it did
+        self.weights_on_disk = None  # what the loaded weights' file holds now, once it changed (WeightsWatch)
         self.first_arrival = {}     # camera -> its first frame's arrival
         self._reported = {}         # counters at the previous report, to judge what happened since
 
@@ -335,6 +347,10 @@ class NodeStats:
             message = f"{publish_failures} publication(s) failed since the last report: {self.last_publish_failure}"
         else:
             level, message = OK, "ok"
+        if self.weights_on_disk:  # the file was replaced (or removed) while the node runs what it loaded
+            values["weights on disk"] = self.weights_on_disk
+            if level == OK:
+                level, message = WARN, weights_changed_why(info.get("weights", ""), self.weights_on_disk)
         return Status("inference", info.get("model", ""), level, message, values)
 
 

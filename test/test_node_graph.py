@@ -993,6 +993,61 @@ def test_a_callback_that_raises_costs_that_callback_not_the_node(graph):
         "the node keeps running (--log-level debug for the traceback)"]
 
 
+def test_weights_copied_over_while_the_node_runs_are_named_and_a_reconfigure_runs_them(graph, start, rng,
+                                                                                       model_yaml, tmp_path):
+    """A deployment copied new weights over the file the node had loaded: the node goes on running what it
+    loaded, and its /diagnostics says so (a WARN naming both sha256), while it keeps serving the camera;
+    lifecycle deactivate, cleanup, configure, activate loads the new ones, and the warning goes."""
+    import torch
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    weights = tmp_path / "deployed.pth"
+    weights.write_bytes(Path(model_yaml).with_name("tiny.pth").read_bytes())
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    node = start([ns], weights=str(weights), max_age_ms=0)
+    c = Collector(graph, {f"{ns}/panoptic/semantic": Image, "/diagnostics": DiagnosticArray})
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    rgb = rgb_frame(rng)
+
+    def inference():
+        return node_diagnostics(c.got, ns).get("inference", {})
+
+    def served():
+        n = len(c.got[f"{ns}/panoptic/semantic"])
+        return c.spin_until(lambda g: len(g[f"{ns}/panoptic/semantic"]) > n,
+                            publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")))
+
+    def sha(path):
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    loaded = sha(weights)
+    assert served() and c.spin_until(lambda g: inference().get("weights") == f"deployed.pth, sha256 {loaded}")
+    assert inference()["level"] == 0
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+    first = next(iter(checkpoint["model"]))
+    checkpoint["model"][first] = checkpoint["model"][first] + 0.01
+    torch.save(checkpoint, weights)  # the deployment's copy
+    new = sha(weights)
+    assert c.spin_until(lambda g: inference().get("weights on disk") == f"deployed.pth, sha256 {new}")
+    status = inference()
+    assert status["level"] == 1 and status["weights"] == f"deployed.pth, sha256 {loaded}"
+    assert status["message"].startswith(f"deployed.pth changed on disk since the node loaded it (now sha256 {new}): "
+                                        f"it runs the weights it loaded (deployed.pth, sha256 {loaded})")
+    assert served()  # still serving, on the weights it loaded
+    change = graph.create_client(ChangeState, f"/{node.name}/change_state")
+    assert change.wait_for_service(timeout_sec=20)
+    for t in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP, Transition.TRANSITION_CONFIGURE,
+              Transition.TRANSITION_ACTIVATE):
+        future = change.call_async(ChangeState.Request(transition=Transition(id=t)))
+        rclpy.spin_until_future_complete(graph, future, timeout_sec=30)
+        assert future.done() and future.result().success, (t, node.output())
+    assert c.spin_until(lambda g: inference().get("weights") == f"deployed.pth, sha256 {new}" and
+                        inference().get("message") == "ok",  # active again (inactive, it says so)
+                        publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")))
+    assert inference()["level"] == 0 and "weights on disk" not in inference() and served()
+    c.close()
+    graph.destroy_client(change)
+
+
 def test_a_managed_node_goes_through_its_lifecycle(graph, start, rng, model_yaml):
     """`autostart: false`: the node waits unconfigured for a lifecycle manager. configure loads the model and
     opens the outputs (the label set is latched), activate subscribes and serves, deactivate unsubscribes,

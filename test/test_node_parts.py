@@ -756,3 +756,49 @@ def test_why_a_camera_receives_nothing_names_what_the_graph_shows():
     assert no_publisher_why("/cam/front", compressed, graph, set()).startswith(
         "no publisher on it; sensor_msgs/msg/CompressedImage topics on the graph: /d/image/compressed (")
     assert no_publisher_why("/cam/front", image, graph[2:5], {"/cam/rear/image"}) is None
+
+
+def test_weights_replaced_or_removed_while_the_node_runs_are_noticed(tmp_path):
+    """A deployment that copies new weights over the file the node loaded changes nothing it does: the file is
+    looked at each report (stat) and hashed again only when that changes; the same bytes touched are no change."""
+    import os
+    from panoptic_node.inference.cache_key import weights_identity
+    from panoptic_node.inference.weights_watch import MISSING, WeightsWatch
+    weights = tmp_path / "street.pth"
+    weights.write_bytes(b"the weights the node loaded")
+    loaded = weights_identity(weights)
+    watch = WeightsWatch(weights, loaded)
+    assert watch.changed() is None
+    os.utime(weights, ns=(1, 1))  # touched, the same bytes
+    assert watch.changed() is None
+    weights.write_bytes(b"new weights, copied in place")
+    assert watch.changed() == weights_identity(weights) != loaded
+    weights.unlink()
+    assert watch.changed() == MISSING
+    weights.write_bytes(b"the weights the node loaded")  # put back
+    assert watch.changed() is None
+
+
+def test_weights_changed_on_disk_are_a_warning_that_says_what_runs_and_how_to_run_the_new_ones():
+    from panoptic_node.inference.weights_watch import MISSING
+    stats = NodeStats(clock=lambda: 0.0)
+    buf = LatestFrameBuffer(FakeClock())
+    info = {"model": "street_lite0", "backend": "torch", "weights": "street_lite0.pth, sha256 2b958c155251"}
+
+    def inference():
+        return stats.statuses(buf, {"front": "/front/image"}, 2.0, info)[0]
+    assert inference().level == 0 and "weights on disk" not in inference().values
+    stats.weights_on_disk = "street_lite0.pth, sha256 0123456789ab"
+    status = inference()
+    assert status.level == 1 and status.values["weights on disk"] == "street_lite0.pth, sha256 0123456789ab"
+    assert status.message == (
+        "street_lite0.pth changed on disk since the node loaded it (now sha256 0123456789ab): it runs the weights it "
+        "loaded (street_lite0.pth, sha256 2b958c155251); restart it, or lifecycle deactivate, cleanup, configure, "
+        "activate, to run the new ones")
+    stats.weights_on_disk = MISSING
+    assert inference().message == ("street_lite0.pth is no longer on disk: the node runs the weights it loaded "
+                                   "(street_lite0.pth, sha256 2b958c155251), and a restart would find none")
+    stats.worker_stopped("boom")  # a worse fault keeps its level and words; the value still says it
+    status = inference()
+    assert status.level == 2 and "the inference thread stopped" in status.message
+    assert status.values["weights on disk"] == MISSING

@@ -175,7 +175,8 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     else:
         be = per_shape or _open_graph(chosen, path, cfg, device, log, threads)
     pipeline = Pipeline(cfg, be, labels=labels, threshold=threshold)
-    pipeline.weights_id = weights_identity(path or weights_of(cfg, weights))  # a graph given holds its weights
+    pipeline.weights_path = path or weights_of(cfg, weights)  # a graph given holds its weights
+    pipeline.weights_id = weights_identity(pipeline.weights_path)
     return pipeline
 
 

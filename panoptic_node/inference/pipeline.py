@@ -40,6 +40,7 @@ class Pipeline:
         self.labels = labels or cfg.labels
         self._warned_scale = False  # said once per pipeline (see _warn_if_scaled_down)
         self.weights_id = ""  # which weights file runs, by name and sha256 (cache_key.weights_identity)
+        self.weights_path = None  # that file (or the exported graph that holds them)
 
     @classmethod
     def from_config(cls, model: str = DEFAULT_MODEL, weights: Optional[str] = None, backend: str = "torch",
@@ -56,7 +57,8 @@ class Pipeline:
                              f"panoptic_node.inference.backends.make_pipeline")
         pipeline = cls(cfg, TorchBackend(net, device), labels=labels, threshold=threshold)
         if not random_weights:
-            pipeline.weights_id = weights_identity(weights_of(cfg, weights))
+            pipeline.weights_path = weights_of(cfg, weights)
+            pipeline.weights_id = weights_identity(pipeline.weights_path)
         return pipeline
 
     def __call__(self, rgb: np.ndarray) -> PanopticResult:
