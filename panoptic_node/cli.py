@@ -378,6 +378,10 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def cmd_fleet(args) -> int:
     from .fleet.bags import find_bags
     from .fleet.report import compare, load_report
@@ -425,18 +429,19 @@ def cmd_fleet(args) -> int:
     h = report["headline"]
     if h:
         print(f"fleet: PQ {100 * h['pq']:.1f} (things {100 * h['pq_things']:.1f}, stuff {100 * h['pq_stuff']:.1f}), "
-              f"mIoU {100 * h['miou']:.1f} on {report['frames_scored']} frames of {report['bags_scored']} bags"
+              f"mIoU {100 * h['miou']:.1f} on {report['frames_scored']} frames of {_count(report['bags_scored'], 'bag')}"
               + (f", against {args.gt_topic}" if args.gt_topic else ""))
         if "stq" in h:
             print(f"fleet: STQ {100 * h['stq']:.1f} (AQ {100 * h['aq']:.1f} over {h['tracks']} labelled tracks)")
     for tag, g in report["groups"].items():
-        print(f"  {tag}: PQ {100 * g['pq']:.1f}, mIoU {100 * g['miou']:.1f} ({g['bags']} bags, {g['frames']} frames)")
+        print(f"  {tag}: PQ {100 * g['pq']:.1f}, mIoU {100 * g['miou']:.1f} ({_count(g['bags'], 'bag')}, {g['frames']} frames)")
     if report["failed"]:
-        print(f"{len(report['failed'])} bags not scored (see report.html)", file=sys.stderr)
+        print(f"{_count(len(report['failed']), 'bag')} not scored (see report.html)", file=sys.stderr)
     print(f"report: {out / 'report.html'}, {out / 'report.json'}")
     if report["failed"] and len(report["failed"]) == report.get("bags_total"):
-        print(f"fleet: none of the {len(report['failed'])} bags could be replayed (first: "
-              f"{report['failed'][0]['error']})", file=sys.stderr)
+        n, first = len(report["failed"]), report["failed"][0]["error"]
+        print(f"fleet: none of the {n} bags could be replayed (first: {first})" if n > 1 else
+              f"fleet: the bag could not be replayed: {first}", file=sys.stderr)
         return 1  # nothing ran: a script must not take this for a fleet that passed
     if baseline is not None:
         losses = compare(report, baseline, args.max_pq_drop)
