@@ -429,12 +429,14 @@ def cmd_fleet(args) -> int:
     h = report["headline"]
     if h:
         print(f"fleet: PQ {100 * h['pq']:.1f} (things {100 * h['pq_things']:.1f}, stuff {100 * h['pq_stuff']:.1f}), "
-              f"mIoU {100 * h['miou']:.1f} on {report['frames_scored']} frames of {_count(report['bags_scored'], 'bag')}"
+              f"mIoU {100 * h['miou']:.1f} on {report['frames_scored']} frames of "
+              f"{_count(report['bags_scored'], 'bag')}"
               + (f", against {args.gt_topic}" if args.gt_topic else ""))
         if "stq" in h:
             print(f"fleet: STQ {100 * h['stq']:.1f} (AQ {100 * h['aq']:.1f} over {h['tracks']} labelled tracks)")
     for tag, g in report["groups"].items():
-        print(f"  {tag}: PQ {100 * g['pq']:.1f}, mIoU {100 * g['miou']:.1f} ({_count(g['bags'], 'bag')}, {g['frames']} frames)")
+        print(f"  {tag}: PQ {100 * g['pq']:.1f}, mIoU {100 * g['miou']:.1f} ({_count(g['bags'], 'bag')}, "
+              f"{g['frames']} frames)")
     if report["failed"]:
         print(f"{_count(len(report['failed']), 'bag')} not scored (see report.html)", file=sys.stderr)
     print(f"report: {out / 'report.html'}, {out / 'report.json'}")

@@ -54,8 +54,9 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
     """cameras: namespace -> input topic (resolved); info_topics: namespace -> its camera_info topic (default
     <namespace>/camera_info). Returns per camera (camera, is_problem, finding, one frame it sent decoded to RGB
     or None, its rate in Hz or None): the frames let doctor time the node's pipeline on what the cameras
-    really send; and the panoptic nodes heard on /diagnostics, each with its latest inference status. sim_time: the node's use_sim_time; the stamps are then judged by /clock, as the node judges
-    them (a bag played with --clock is not 'behind' by the hours since it was recorded)."""
+    really send; and the panoptic nodes heard on /diagnostics, each with its latest inference status.
+    sim_time: the node's use_sim_time; the stamps are then judged by /clock, as the node judges them (a bag
+    played with --clock is not 'behind' by the hours since it was recorded)."""
     info_topics = {c: (info_topics or {}).get(c, f"{c}/camera_info") for c in cameras}
     msg_type = CompressedImage if transport == "compressed" else Image
     want = f"sensor_msgs/msg/{msg_type.__name__}"
@@ -101,14 +102,16 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
                                  QoSProfile(depth=DIAGNOSTICS_QOS.depth, reliability=ReliabilityPolicy.RELIABLE))
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
+        def all_heard():  # each camera's driver found, two frames (a rate) and its calibration come
+            return all(len(heard[t].arrivals) > 1 and node.count_publishers(t) and c in infos
+                       for c, t in cameras.items())
         start = time.monotonic()
         while True:
             executor.spin_once(timeout_sec=0.05)
             elapsed = time.monotonic() - start
             # a short listen on a busy machine can end before discovery has brought the drivers, their frames and
             # calibration: what was not heard is said missing only once the graph has had DISCOVERY_S
-            if elapsed >= seconds and (elapsed >= DISCOVERY_S or all(
-                    len(heard[t].arrivals) > 1 and node.count_publishers(t) and c in infos for c, t in cameras.items())):
+            if elapsed >= seconds and (elapsed >= DISCOVERY_S or all_heard()):
                 break
         seconds = elapsed
         graph = node.get_topic_names_and_types()
