@@ -161,19 +161,33 @@ def image_remaps(cameras: List[str], topics: List[str], node_namespace: str, tra
 RECORDED_OUTPUTS = ("semantic/compressed", "instances/compressed", "detections", "label_info")
 
 
-def record_topics(cameras: List[str], transport: str, remaps: List[Tuple[str, str]] = ()) -> List[str]:
+# car.launch.py record_frames:=, which frames a recording keeps: those the node reads (raw 1280x720 at 30 Hz is
+# about 83 MB/s), the camera driver's image_transport JPEG twin of them (7-14x smaller at its quality 95; a
+# replay then runs on JPEG frames, not on the ones the node saw), or none (what the node said only: a log)
+RECORD_FRAMES = ("input", "compressed", "none")
+
+
+def record_topics(cameras: List[str], transport: str, remaps: List[Tuple[str, str]] = (),
+                  frames: str = "input") -> List[str]:
     """car.launch.py record:=PATH: the topics `ros2 bag record` takes for the node's cameras (resolved
-    namespaces), each camera's input and camera_info where `remaps` (image_remaps) point them, then
-    /diagnostics and the car's transforms (/tf, /tf_static: RViz places a camera's frames by them, so a
-    recording without them shows no Camera display on replay). Such a recording replays with `replay` and
-    is scored against with `replay --gt-topic <camera>/panoptic/semantic/compressed` (another model on the
-    car's own frames)."""
+    namespaces), each camera's frames (`frames`, one of RECORD_FRAMES) and camera_info where `remaps`
+    (image_remaps) point them, then /diagnostics and the car's transforms (/tf, /tf_static: RViz places a
+    camera's frames by them, so a recording without them shows no Camera display on replay). Such a recording
+    replays with `replay` and is scored against with `replay --gt-topic <camera>/panoptic/semantic/compressed`
+    (another model on the car's own frames)."""
+    if frames not in RECORD_FRAMES:
+        raise ParameterError(f"launch argument record_frames: '{frames}' is not one of {', '.join(RECORD_FRAMES)} "
+                             f"(the frames the node reads, their image_transport JPEG twin, or none)")
     remap = dict(remaps)
     topics = []
     for cam in cameras:
-        frames, info = input_topic(cam, transport), f"{cam}/camera_info"
-        topics += [remap.get(frames, frames), remap.get(info, info)]
-        topics += [f"{cam}/panoptic/{name}" for name in RECORDED_OUTPUTS]
+        read, info = input_topic(cam, transport), f"{cam}/camera_info"
+        read = remap.get(read, read)
+        if frames == "compressed" and transport != "compressed":
+            topics.append(f"{read}/compressed")  # image_transport's name for a raw topic's JPEG twin
+        elif frames != "none":
+            topics.append(read)
+        topics += [remap.get(info, info)] + [f"{cam}/panoptic/{name}" for name in RECORDED_OUTPUTS]
     return list(dict.fromkeys(topics + ["/diagnostics", "/tf", "/tf_static"]))
 
 

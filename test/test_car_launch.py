@@ -351,6 +351,39 @@ def test_several_parameters_files_reach_the_node_in_order_and_the_launch_reads_t
     assert "/car1/camera/rear/image" in recorded and "/car1/camera/rear/panoptic/detections" in recorded
 
 
+def test_record_frames_chooses_the_frames_a_recording_keeps(car_launch, tmp_path, monkeypatch):
+    """Raw 1280x720 frames at 30 Hz are about 83 MB/s: record_frames:=compressed records the driver's
+    image_transport JPEG twin of each camera's frames instead (where image_topics:= takes them from, and said
+    at launch: the driver must publish it), none records what the node said only; a node reading compressed
+    frames records those whatever is asked. Another value is refused in one line before anything starts."""
+    monkeypatch.delenv("ROS_DISTRO", raising=False)
+    out = str(tmp_path / "drive")
+    assert car_launch.defaults["record_frames"] == "input"
+    outputs = ["panoptic/semantic/compressed", "panoptic/instances/compressed", "panoptic/detections",
+               "panoptic/label_info"]
+    *_, log, recorder = car_launch(record=out, record_frames="compressed", cameras="['/front', '/rear']",
+                                   image_topics="['/usb_cam/image_raw', '/rear/image_raw']")
+    assert recorder.kwargs["cmd"][6:] == [
+        "/usb_cam/image_raw/compressed", "/usb_cam/camera_info", *[f"/front/{o}" for o in outputs],
+        "/rear/image_raw/compressed", "/rear/camera_info", *[f"/rear/{o}" for o in outputs],
+        "/diagnostics", "/tf", "/tf_static"]
+    assert log.kwargs["msg"].startswith("record_frames:=compressed records /usb_cam/image_raw/compressed, "
+                                        "/rear/image_raw/compressed: the camera driver's image_transport publishes")
+    *_, recorder = car_launch(record=out, record_frames="none")
+    assert recorder.kwargs["cmd"][6:] == ["/camera/front/camera_info", *[f"/camera/front/{o}" for o in outputs],
+                                          "/diagnostics", "/tf", "/tf_static"]
+    compressed = tmp_path / "compressed.param.yaml"
+    compressed.write_text("/**:\n  ros__parameters:\n    input_transport: compressed\n")
+    actions = car_launch(record=out, record_frames="compressed", config=str(compressed))
+    assert actions[-1].kwargs["cmd"][6] == "/camera/front/image/compressed"  # what the node reads, once
+    assert not any("record_frames" in str(a.kwargs.get("msg", "")) for a in actions)
+    from panoptic_node.params import ParameterError
+    with pytest.raises(ParameterError, match=re.escape("launch argument record_frames: 'jpeg' is not one of input, "
+                                                       "compressed, none")):
+        car_launch(record=out, record_frames="jpeg")
+    assert not (tmp_path / "drive").exists()
+
+
 def test_what_record_keeps_is_what_the_node_publishes():
     """Each output record:= asks ros2 bag record for is one of the node's topics (a misspelt name would record
     nothing, silently), and the maps it keeps are the lossless twins evaluate and replay read back."""
