@@ -204,6 +204,27 @@ def test_replay_scores_a_new_run_against_a_recording_of_the_nodes_maps(recording
     assert json.loads(json.dumps({k: new.metrics[k] for k in want})) == want  # the same scores, every class
 
 
+def test_a_recording_that_kept_the_frames_jpeg_twin_replays_against_the_nodes_maps(tiny_pipeline, tmp_path, rng):
+    """car.launch.py record_frames:=compressed keeps the driver's JPEG twin of the frames the node read raw
+    (<frames>/compressed): a replay finds the camera there and scores every frame against the maps the node
+    said (from the raw frames: the same model agrees as far as JPEG leaves the frames alike)."""
+    from panoptic_node.messages import jpeg_fields
+    from panoptic_node.replay import replay
+    raw = _car_recording(tmp_path, rng, tiny_pipeline)
+
+    def jpeg(topic, msg, stamp):
+        if topic != "/car/image_raw":
+            return [(topic, msg)]
+        fields = jpeg_fields(image_array(msg), quality=95)  # image_transport's default quality
+        return [(topic + "/compressed", compressed_msg(msg.header, fields["format"], fields["data"]))]
+    kept = _rewrite(raw, tmp_path / "kept_jpeg", jpeg)
+    with BagReader(kept) as r:
+        assert "/car/image_raw" not in r.topics and "/car/image_raw/compressed" in r.topics
+    run = replay(tiny_pipeline, kept, gt_topic="/car/panoptic/semantic/compressed")
+    assert run.frames == run.evaluated == len(STAMPS)
+    assert run.metrics["pixel_accuracy"] > 0.5, run.metrics["pixel_accuracy"]
+
+
 def test_replay_refuses_a_reference_it_cannot_score_before_writing(tiny_pipeline, tmp_path, rng):
     """A semantic map named without its instances twin, and label maps in a label set the model cannot be
     scored in, are refused in one line before the output bag exists."""
