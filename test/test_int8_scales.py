@@ -81,6 +81,9 @@ def test_auto_runs_int8_graphs_of_each_input_size_on_openvino(calibrated, rng, t
     fp32 = make_pipeline(str(yaml_path), backend="openvino", precision="fp32", log=lines.append)
     assert (pipe.backend.name, pipe.backend.precision) == ("openvino", "int8")
     assert fp32.backend.precision == "fp32"
+    # which calibration the int8 graphs came from, for the node's /diagnostics: name and sha256 of the scales
+    from panoptic_node.inference.cache_key import weights_identity
+    assert pipe.scales_id == weights_identity(default_scales_path(cfg.weights)) and fp32.scales_id == ""
     for h, w in ((48, 64), (64, 48), (40, 96)):
         rgb = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
         assert pipe(rgb).panoptic.shape == (h, w)

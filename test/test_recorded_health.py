@@ -3,7 +3,7 @@ fared over the drive, status by status, from those reports alone."""
 import numpy as np
 
 from panoptic_node.bag.reader import BagReader
-from panoptic_node.bag.recorded_health import node_health
+from panoptic_node.bag.recorded_health import node_health, ran_line
 from panoptic_node.bag.types import msg_class
 from panoptic_node.bag.writer import BagWriter, header, image_msg
 from panoptic_node.cli import main
@@ -81,6 +81,17 @@ def test_replay_says_how_the_recording_node_fared_over_the_drive(tiny_pipeline, 
     assert f"  it ran {ran[0]}\n  it ran {ran[1]}\n" in out
     assert f"  this replay ran other weights than that node: {tiny_pipeline.weights_id}" in out
     assert tiny_pipeline.weights_id.startswith("tiny.pth, sha256 ")
+
+
+def test_what_ran_names_the_int8_scales_an_int8_graph_was_made_from():
+    """Two cars with the same weights and other calibrations give other maps: what ran says both."""
+    values = {"backend": "openvino", "model": "street_lite0", "precision": "int8", "version": "0.1.0",
+              "weights": "street_lite0.pth, sha256 2b958c155251"}
+    assert ran_line(values) == ("street_lite0 (street_lite0.pth, sha256 2b958c155251) on openvino int8, "
+                                "panoptic_node 0.1.0")
+    values["int8 scales"] = "street_lite0.int8.json, sha256 0123456789ab"
+    assert ran_line(values) == ("street_lite0 (street_lite0.pth, sha256 2b958c155251) on openvino int8 "
+                                "(street_lite0.int8.json, sha256 0123456789ab), panoptic_node 0.1.0")
 
 
 def test_a_replay_of_the_weights_the_car_ran_names_them_once_and_no_difference(tiny_pipeline, tmp_path, rng):

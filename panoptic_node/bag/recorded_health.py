@@ -44,11 +44,14 @@ def is_node_status(status) -> bool:
 
 
 def ran_line(values: Dict[str, str]) -> str:
-    """What an inference status says the node ran: model, weights (name and sha256), backend and precision,
-    package version (a node of an older release named neither weights nor version)."""
+    """What an inference status says the node ran: model, weights (name and sha256), backend and precision (with
+    the int8 scales, name and sha256), package version (a node of an older release named neither weights nor
+    version)."""
     weights = f" ({values['weights']})" if values.get("weights") else ""
     version = f", panoptic_node {values['version']}" if values.get("version") else ""
     runtime = f"{values.get('backend', '?')} {values.get('precision', '')}".rstrip()
+    if values.get("int8 scales"):  # an int8 graph's outputs depend on its calibration as on its weights
+        runtime += f" ({values['int8 scales']})"
     return f"{values.get('model', '?')}{weights} on {runtime}{version}"
 
 

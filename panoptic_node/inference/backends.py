@@ -177,6 +177,9 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     pipeline = Pipeline(cfg, be, labels=labels, threshold=threshold)
     pipeline.weights_path = path or weights_of(cfg, weights)  # a graph given holds its weights
     pipeline.weights_id = weights_identity(pipeline.weights_path)
+    if path is None and pipeline.backend.precision == "int8":  # its graphs made from the scales beside the weights
+        from ..int8_scales import default_scales_path
+        pipeline.scales_id = weights_identity(default_scales_path(pipeline.weights_path))
     return pipeline
 
 

@@ -41,6 +41,7 @@ class Pipeline:
         self._warned_scale = False  # said once per pipeline (see _warn_if_scaled_down)
         self.weights_id = ""  # which weights file runs, by name and sha256 (cache_key.weights_identity)
         self.weights_path = None  # that file (or the exported graph that holds them)
+        self.scales_id = ""  # the int8 scales its graphs were made from, by name and sha256 ("": none)
 
     @classmethod
     def from_config(cls, model: str = DEFAULT_MODEL, weights: Optional[str] = None, backend: str = "torch",

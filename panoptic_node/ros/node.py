@@ -635,6 +635,7 @@ class PanopticNode(LifecycleNode):
                 "precision": self.pipeline.backend.precision,
                 # what a recording keeps of which weights and release ran on the car (replay compares its own)
                 "weights": self.pipeline.weights_id, "version": __version__,
+                **({"int8 scales": self.pipeline.scales_id} if self.pipeline.scales_id else {}),
                 "threshold": f"{self.pipeline.threshold:g}",  # it can change while the node runs
                 "max rate (Hz)": f"{p['max_rate_hz']:g}" if p["max_rate_hz"] else "unlimited",
                 "threads": str(p["num_threads"]) if p["num_threads"] else "every core",
