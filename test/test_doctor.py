@@ -251,9 +251,12 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
         remapped.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
             "model": str(tiny_model_yaml), "backend": "torch", "cameras": ["left", "right"]}}}))
         # and a listen shorter than discovery takes: stretched until the drivers, frames and calibration came
-        assert main(["doctor", "--params", str(remapped), "--listen", "0.1", "--image-topics",
-                     f"{prefix}/side/image_raw", f"{prefix}/front/image"]) == 0, capsys.readouterr()
-        heard = {line.split()[2]: " ".join(line.split()) for line in capsys.readouterr().out.splitlines()
+        code = main(["doctor", "--params", str(remapped), "--listen", "0.1", "--image-topics",
+                     f"{prefix}/side/image_raw", f"{prefix}/front/image"])
+        second = capsys.readouterr().out
+        print(second)  # whole, under the failure's "Captured stdout" (an assertion message is cut short)
+        assert code == 0
+        heard = {line.split()[2]: " ".join(line.split()) for line in second.splitlines()
                  if line.split()[1:2] == ["camera"]}  # the columns' width depends on what else is on the graph
     finally:
         stop_gently(drivers)

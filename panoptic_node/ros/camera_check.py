@@ -26,7 +26,9 @@ from ..node_stats import (CLOCK_AHEAD_MS, UNKNOWN_NODE, clock_advice, no_publish
                           shared_topic_why, wrong_type_why)
 from ..topic_qos import DIAGNOSTICS as DIAGNOSTICS_QOS
 
-DISCOVERY_S = 3.0  # what a new participant may take to see the others' endpoints on a loaded 2-core machine
+# what a new participant may take to see the others' endpoints: Fast DDS announces it a few times at once, then
+# every 3 s, so one that missed the first announcements on a loaded machine waits for the next
+DISCOVERY_S = 5.0
 
 # a node already running: its name -> its latest inference status (level, message, values)
 RunningNodes = Dict[str, Tuple[int, str, Dict[str, str]]]
