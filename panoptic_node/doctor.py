@@ -321,16 +321,20 @@ def camera_checks(node: dict, node_name: str, seconds: float, image_topics: Opti
     return checks, [(rgb, rate) for _, _, _, rgb, rate in heard if rgb is not None]
 
 
-def _weights_named(node: dict) -> Optional[str]:
-    """The weights (or graph) these parameters run, as the node's /diagnostics names them; None when they do
-    not load (the model check says why)."""
+def _weights_named(node: dict) -> Tuple[Optional[str], Optional[str]]:
+    """The weights (or graph) these parameters run and the int8 scales beside them, as the node's /diagnostics
+    names them; None for what does not load or is not there (the model check says why)."""
     try:
         from .inference.cache_key import weights_identity
+        from .int8_scales import default_scales_path
         from .model.checkpoint import weights_of
         from .model.config import load_config
-        return weights_identity(node["onnx"] or weights_of(load_config(node["model"]), node["weights"] or None))
+        path = node["onnx"] or weights_of(load_config(node["model"]), node["weights"] or None)
+        weights = weights_identity(path)
     except Exception:
-        return None
+        return None, None
+    scales = default_scales_path(path)
+    return weights, weights_identity(scales) if not node["onnx"] and scales.is_file() else None
 
 
 def running_node_checks(running: dict, node: dict, node_name: str) -> List[Check]:
@@ -341,7 +345,7 @@ def running_node_checks(running: dict, node: dict, node_name: str) -> List[Check
     (weights: or is configured again)."""
     from . import __version__
     from .bag.recorded_health import LEVELS, ran_line
-    named = _weights_named(node) if running else None
+    named, scales = _weights_named(node) if running else (None, None)
     out = []
     for name, (level, message, values) in sorted(running.items()):
         state = LEVELS.get(level, str(level))
@@ -351,6 +355,8 @@ def running_node_checks(running: dict, node: dict, node_name: str) -> List[Check
             if named and values.get("weights") and values["weights"] != named:
                 stale.append(f"the weights here are {named}: a node loads its weights when configured; restart it "
                              f"(or lifecycle deactivate, cleanup, configure, activate) to run these")
+            if scales and values.get("int8 scales") and values["int8 scales"] != scales:
+                stale.append(f"the int8 scales here are {scales}: restart it (or configure it again) to run them")
             if values.get("version") and values["version"] != __version__:
                 stale.append(f"the package here is panoptic_node {__version__}: restart it to run this release")
         if stale:

@@ -411,6 +411,20 @@ def test_a_running_node_with_other_weights_or_release_than_its_parameters_is_a_p
     (check,) = running_node_checks({"panoptic_node": (0, "ok", old)}, gone, "/panoptic_node")
     assert check.verdict == PROBLEM and "the weights here" not in check.finding  # its release still differs
     assert running_node_checks({}, node, "/panoptic_node") == []
+    # recalibrated in place: the int8 graphs it runs were made from the scales it found at configure
+    mine = tmp_path / "mine.yaml"  # the tiny model beside a copy of its weights, so that scales can sit there
+    (tmp_path / "tiny.pth").write_bytes(Path(load_config(str(tiny_model_yaml)).weights).read_bytes())
+    mine.write_text(Path(tiny_model_yaml).read_text())
+    scales = tmp_path / "tiny.int8.json"
+    scales.write_text('{"scales": "as calibrate writes them"}')
+    node = {**defaults(), "model": str(mine)}
+    ran = {**ran, "weights": weights_identity(tmp_path / "tiny.pth"), "precision": "int8",
+           "int8 scales": "tiny.int8.json, sha256 0123456789ab"}
+    (check,) = running_node_checks({"panoptic_node": (0, "ok", ran)}, node, "/panoptic_node")
+    assert check.verdict == PROBLEM and check.finding.endswith(
+        f"; the int8 scales here are {weights_identity(scales)}: restart it (or configure it again) to run them")
+    ran["int8 scales"] = weights_identity(scales)
+    assert running_node_checks({"panoptic_node": (0, "ok", ran)}, node, "/panoptic_node")[0].verdict == OK
 
 
 def test_doctor_listen_needs_a_positive_time_and_rclpy(capsys):
