@@ -104,9 +104,9 @@ def listen(cameras: Dict[str, str], transport: str, reliability: str, max_age_ms
                                  QoSProfile(depth=DIAGNOSTICS_QOS.depth, reliability=ReliabilityPolicy.RELIABLE))
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
-        def all_heard():  # each camera's driver found, two frames (a rate) and its calibration come
-            return all(len(heard[t].arrivals) > 1 and node.count_publishers(t) and c in infos
-                       for c, t in cameras.items())
+        def all_heard():  # each camera's driver found, two frames (a rate), and its calibration if it has any
+            return all(len(heard[t].arrivals) > 1 and node.count_publishers(t) and (
+                c in infos or not node.count_publishers(info_topics[c])) for c, t in cameras.items())
         start = time.monotonic()
         while True:
             executor.spin_once(timeout_sec=0.05)
