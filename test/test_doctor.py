@@ -236,8 +236,8 @@ def test_doctor_listen_hears_the_cameras_on_the_live_graph(tiny_model_yaml, tmp_
     from panoptic_node import doctor
     monkeypatch.setattr(doctor, "SPEED_FRAMES", 2)
     prefix = f"/t{uuid.uuid4().hex[:6]}"
-    drivers = subprocess.Popen([sys.executable, "-c", CAMERA_DRIVERS, prefix], stdout=open("/tmp/drv.out", "w"),
-                               stderr=subprocess.STDOUT)
+    drivers = subprocess.Popen([sys.executable, "-c", CAMERA_DRIVERS, prefix], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     try:
         params = tmp_path / "car.param.yaml"
         params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
