@@ -119,8 +119,20 @@ def weights_changed_why(loaded: str, on_disk: str) -> str:
         return (f"{name} is no longer on disk: the node runs the weights it loaded ({loaded}), and a restart "
                 f"would find none")
     return (f"{name} changed on disk since the node loaded it (now {on_disk.split(', ')[-1]}): it runs the "
-            f"weights it loaded ({loaded}); restart it, or lifecycle deactivate, cleanup, configure, activate, "
-            f"to run the new ones")
+            f"weights it loaded ({loaded}); {RELOAD}")
+
+
+def scales_changed_why(loaded: str, on_disk: str) -> str:
+    """The int8 scales beside the weights, recalibrated (or removed) after the node made its graphs from them."""
+    name = loaded.split(",")[0] or "the int8 scales"
+    if on_disk == MISSING:
+        return (f"{name} is no longer on disk: the node runs int8 graphs made from the scales it loaded ({loaded}), "
+                f"and a restart would run fp32 (precision auto) or refuse (precision int8)")
+    return (f"{name} changed on disk since the node made its int8 graphs from it (now {on_disk.split(', ')[-1]}): "
+            f"it runs graphs of the scales it loaded ({loaded}); {RELOAD}")
+
+
+RELOAD = "restart it, or lifecycle deactivate, cleanup, configure, activate, to run the new ones"
 
 
 class NodeStats:
@@ -149,6 +161,7 @@ class NodeStats:
         self.busy_since = None      # when the worker's current call (infer + publish) began; None between calls
         self.worker_error = None    # why the inference thread stopped, once it did
         self.weights_on_disk = None  # what the loaded weights' file holds now, once it changed (WeightsWatch)
+        self.scales_on_disk = None   # likewise for the int8 scales its graphs were made from
         self.first_arrival = {}     # camera -> its first frame's arrival
         self._reported = {}         # counters at the previous report, to judge what happened since
 
@@ -351,6 +364,10 @@ class NodeStats:
             values["weights on disk"] = self.weights_on_disk
             if level == OK:
                 level, message = WARN, weights_changed_why(info.get("weights", ""), self.weights_on_disk)
+        if self.scales_on_disk:
+            values["int8 scales on disk"] = self.scales_on_disk
+            if level == OK:
+                level, message = WARN, scales_changed_why(info.get("int8 scales", ""), self.scales_on_disk)
         return Status("inference", info.get("model", ""), level, message, values)
 
 

@@ -802,3 +802,31 @@ def test_weights_changed_on_disk_are_a_warning_that_says_what_runs_and_how_to_ru
     status = inference()
     assert status.level == 2 and "the inference thread stopped" in status.message
     assert status.values["weights on disk"] == MISSING
+
+
+def test_int8_scales_recalibrated_while_the_node_runs_are_a_warning_too():
+    """`panoptic-node calibrate` written over the scales beside the weights changes nothing the node runs: its
+    int8 graphs were made from the scales it found at configure. Its /diagnostics says so, as for the weights."""
+    from panoptic_node.inference.weights_watch import MISSING
+    stats = NodeStats(clock=lambda: 0.0)
+    buf = LatestFrameBuffer(FakeClock())
+    info = {"model": "street_lite0", "backend": "openvino", "precision": "int8",
+            "weights": "street_lite0.pth, sha256 2b958c155251", "int8 scales": "street_lite0.int8.json, sha256 aa00"}
+
+    def inference():
+        return stats.statuses(buf, {"front": "/front/image"}, 2.0, info)[0]
+    assert inference().level == 0 and "int8 scales on disk" not in inference().values
+    stats.scales_on_disk = "street_lite0.int8.json, sha256 bb11"
+    status = inference()
+    assert status.level == 1 and status.values["int8 scales on disk"] == "street_lite0.int8.json, sha256 bb11"
+    assert status.message == (
+        "street_lite0.int8.json changed on disk since the node made its int8 graphs from it (now sha256 bb11): it "
+        "runs graphs of the scales it loaded (street_lite0.int8.json, sha256 aa00); restart it, or lifecycle "
+        "deactivate, cleanup, configure, activate, to run the new ones")
+    stats.scales_on_disk = MISSING
+    assert inference().message.startswith("street_lite0.int8.json is no longer on disk: the node runs int8 graphs "
+                                          "made from the scales it loaded (street_lite0.int8.json, sha256 aa00)")
+    stats.weights_on_disk = "street_lite0.pth, sha256 0123456789ab"  # both: the weights say it first, both values
+    status = inference()
+    assert status.message.startswith("street_lite0.pth changed on disk")
+    assert status.values["int8 scales on disk"] == MISSING and "weights on disk" in status.values

@@ -1,8 +1,10 @@
-"""Whether the weights file (or exported graph) a pipeline loaded is still what is on disk.
+"""Whether the weights file (or exported graph) a pipeline loaded, or the int8 scales its graphs were made
+from, is still what is on disk.
 
 A deployment that copies new weights over the file while the node runs changes nothing the node does: the
 network was loaded at configure. The node's /diagnostics says so (node_stats), so a monitor and a recording
-show that the car runs other weights than the ones installed. The file is looked at with stat() (cheap,
+show that the car runs other weights than the ones installed; a recalibration written over the scales
+beside the weights likewise. The file is looked at with stat() (cheap,
 each report) and hashed again only when that changes."""
 from pathlib import Path
 from typing import Optional

@@ -40,6 +40,7 @@ from ..frame_buffer import LatestFrameBuffer
 from ..inference.preprocess import OffScaleNotes
 from ..inference.tracking import InstanceTracker
 from ..inference.weights_watch import WeightsWatch
+from ..int8_scales import default_scales_path
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
                         png_fields, stamp_ns)
 from ..node_stats import (NO_PUBLISHER, UNKNOWN_NODE, WRONG_TYPE, NodeStats, clock_advice, inactive_statuses,
@@ -194,6 +195,8 @@ class PanopticNode(LifecycleNode):
                                f"{self.taxonomy.name}; panoptic_node {__version__}")
         # the file it loaded, looked at each report: replaced while the node runs, /diagnostics says so
         self.weights_watch = WeightsWatch(self.pipeline.weights_path, self.pipeline.weights_id)
+        self.scales_watch = (WeightsWatch(default_scales_path(self.pipeline.weights_path), self.pipeline.scales_id)
+                             if self.pipeline.scales_id else None)
         self._warm_up(frame_sizes(p["warmup_sizes"]))
         self.ego_masks, self._fitted_notes = self._ego_masks(), set()
         self.trackers = {cam: InstanceTracker() for cam in self.cameras}
@@ -649,6 +652,7 @@ class PanopticNode(LifecycleNode):
                 self.stats.clock_advice = clock_advice(self.get_parameter("use_sim_time").value,
                                                        self.get_clock().now().nanoseconds)
                 self.stats.weights_on_disk = self.weights_watch.changed()
+                self.stats.scales_on_disk = self.scales_watch.changed() if self.scales_watch else None
                 statuses = self.stats.statuses(self.buffer, self.input_topics, p["camera_timeout_s"], info,
                                                p["max_rate_hz"])
             else:
