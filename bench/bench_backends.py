@@ -43,7 +43,7 @@ def main():
     from panoptic_node.model.checkpoint import load_weights
     from panoptic_node.model.config import load_config
     from panoptic_node.model.detr import build_model
-    from panoptic_node.inference.onnxruntime_backend import cpu_flags, int8_kernels_saturate
+    from panoptic_node.inference.cpu_features import int8_saturates
     from panoptic_node.quantize import quantize_int8
     from panoptic_node.training.data import CamVid, find_camvid
 
@@ -63,9 +63,9 @@ def main():
         train_dir = root / "train"
         for p in sorted(train_dir.glob("*.png"))[::12][:32]:  # calibrate on train frames, never val
             (calib / p.name).symlink_to(p)
-        # 8-bit weights, unless this is an x86 CPU without VNNI, where ONNX Runtime's int8 kernels
-        # saturate on them (the backend would warn): then 7-bit ones, as a user there would export
-        seven_bit = int8_kernels_saturate(platform.machine(), cpu_flags())
+        # 8-bit weights, unless this is an x86 CPU without VNNI, where both runtimes' int8 kernels
+        # saturate on them (the backends would warn): then 7-bit ones, as the graph cache makes there
+        seven_bit = int8_saturates()
         quantize_int8(d / "fp32.onnx", d / "int8.onnx", cfg, size, calib, frames=32, reduce_range=seven_bit)
         (d / "int8.masks.onnx").symlink_to(d / "fp32.masks.onnx")
         torch_be = TorchBackend(model)

@@ -899,8 +899,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing graph")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=False,
-                   help="7-bit int8 weights, only for ONNX Runtime on x86 CPUs without VNNI (its int8 kernels "
-                        "saturate on 8-bit weights there); the default 8-bit weights suit TensorRT, VNNI and ARM")
+                   help="7-bit int8 weights, for x86 CPUs without VNNI (OpenVINO's and ONNX Runtime's int8 "
+                        "kernels saturate on 8-bit weights there); the default 8-bit weights suit TensorRT, VNNI "
+                        "and ARM")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("calibrate", help="int8 activation scales of a model's weights, calibrated on real frames: "
@@ -911,7 +912,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-frames", type=int, default=32)
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=False,
-                   help="7-bit int8 weights, only for ONNX Runtime on x86 CPUs without VNNI")
+                   help="7-bit int8 weights on every CPU (the graph cache takes 7 bits anyway on x86 CPUs "
+                        "without VNNI, whose int8 kernels saturate on 8-bit weights)")
     p.add_argument("--out", help="scales file (default: <weights>.int8.json beside the weights, where "
                                  "--backend auto finds it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing scales file")

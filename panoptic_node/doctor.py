@@ -40,13 +40,14 @@ def machine_checks(find_spec=importlib.util.find_spec) -> List[Check]:
     except ModuleNotFoundError as e:  # the rest needs it: say what provides it, and check what does not
         from .errors import missing_module
         return out + [Check("torch", PROBLEM, missing_module(e))]
-    from .inference.onnxruntime_backend import cpu_flags, int8_kernels_saturate
+    from .inference.cpu_features import cpu_flags, int8_saturates
     flags = cpu_flags()
     isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags) or "none known"
-    saturate = int8_kernels_saturate(platform.machine(), flags)
+    saturate = int8_saturates(platform.machine(), flags)
     out.append(Check("cpu", NOTE if saturate else OK, f"{platform.machine()}, {os.cpu_count()} cores, {isa}"
-                     + ("; no VNNI: ONNX Runtime's int8 kernels saturate here (export int8 graphs with "
-                        "--reduce-range for it; OpenVINO's are fine)" if saturate else "")))
+                     + ("; no VNNI: OpenVINO's and ONNX Runtime's int8 kernels saturate on 8-bit weights here, "
+                        "so the graph cache makes int8 graphs with 7-bit ones (export int8 graphs with "
+                        "--reduce-range for this CPU)" if saturate else "")))
     cuda = torch.cuda.is_available()
     out.append(Check("torch", OK, f"{torch.__version__}, {torch.get_num_threads()} threads, CUDA "
                                   f"{'available' if cuda else 'not available'}"))

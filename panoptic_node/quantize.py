@@ -142,9 +142,10 @@ def clipped_conv_ranges(model) -> dict:
 
 def quantize_int8(fp32_path, out_path, cfg, size, source, frames: int = 32, method: str = "minmax",
                   reduce_range: bool = False) -> Path:
-    """reduce_range: 7-bit weights, only for ONNX Runtime on x86 CPUs without VNNI, whose int8 kernels
-    add pairs of 8-bit products in saturating 16-bit lanes: full-range weights overflow them (a
-    street model on CamVid val: PQ 52.7 fp32, 19.6 int8 with 8-bit weights, 52.1 with 7-bit ones).
+    """reduce_range: 7-bit weights, for x86 CPUs without VNNI, whose int8 kernels (ONNX Runtime's and
+    OpenVINO's) add pairs of 8-bit products in saturating 16-bit lanes: full-range weights overflow them
+    (cpu_features.py; a street model on CamVid val: PQ 52.7 fp32, 19.6 int8 with 8-bit weights, 52.1 with
+    7-bit ones).
     TensorRT, VNNI and ARM CPUs have no such limit, and 7 bits cost accuracy there (the shipped
     street model on a VNNI CPU: PQ 55.9 fp32, 55.7 with 8-bit weights, 54.3 with 7-bit ones).
     The weight width is recorded in the graph's metadata so a backend can warn about a mismatch."""

@@ -89,13 +89,43 @@ def test_auto_runs_int8_graphs_of_each_input_size_on_openvino(calibrated, rng, t
         assert pipe(rgb).panoptic.shape == (h, w)
     graphs = sorted(p.name for p in (tmp_path / "cache").glob("*-int8-*.onnx") if ".masks" not in p.name)
     assert len(graphs) >= 2, graphs  # one per padded input size
+    from panoptic_node.export import read_metadata
+    from panoptic_node.inference.cpu_features import int8_saturates
     for g in graphs:  # each of them int8, every activation quantized with a shipped scale
         scales = activation_scales(onnx.load(str(tmp_path / "cache" / g)))
         assert scales and set(scales) <= set(load_scales(default_scales_path(cfg.weights), cfg.weights)["scales"])
+        # with the weight width this CPU's int8 kernels take (7 bits where 8 would saturate them)
+        assert read_metadata(tmp_path / "cache" / g)["int8_weight_bits"] == (7 if int8_saturates() else 8)
     # ONNX Runtime's int8 kernels are slower than its fp32 ones on x86: auto keeps it fp32, int8 on request
     assert make_pipeline(str(yaml_path), backend="onnxruntime", log=lines.append).backend.precision == "fp32"
     assert make_pipeline(str(yaml_path), backend="onnxruntime", precision="int8",
                          log=lines.append).backend.precision == "int8"
+
+
+@pytest.mark.parametrize("flags, device, bits", [
+    ({"avx2", "fma"}, "cpu", 7),                 # x86 without VNNI: 8-bit weights would saturate its int8 kernels
+    ({"avx2", "avx512_vnni"}, "cpu", 8),
+    ({"avx2", "avx_vnni"}, "cpu", 8),
+    ({"avx2", "fma"}, "cuda", 8),                # ONNX Runtime's CUDA / TensorRT providers have no such limit
+])
+def test_the_cache_makes_7_bit_int8_graphs_where_8_bit_weights_would_saturate(calibrated, monkeypatch, flags,
+                                                                              device, bits):
+    """OpenVINO's and ONNX Runtime's int8 kernels on x86 without VNNI add pairs of 8-bit products in 16-bit
+    lanes that saturate (the shipped street model fell from PQ 73.7 to 20.9 on CamVid val on an AVX2 EPYC):
+    there the graphs come with 7-bit weights from the same activation scales, elsewhere with the file's 8."""
+    import platform
+    from panoptic_node.inference import cpu_features
+    from panoptic_node.inference.backends import int8_scales_for
+    _, cfg, scales = calibrated
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    body = load_scales(scales, cfg.weights)
+    assert body["int8_weight_bits"] == 8
+    for precision in ("auto", "int8"):
+        made = int8_scales_for(cfg, None, "openvino", precision, log=None, device=device)
+        assert made["int8_weight_bits"] == bits and made["scales"] == body["scales"]
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")  # ARM's int8 dot products do not saturate
+    assert int8_scales_for(cfg, None, "openvino", "int8", log=None)["int8_weight_bits"] == 8
 
 
 def _model_copy(calibrated, tmp_path) -> Path:

@@ -14,7 +14,8 @@ from onnx import numpy_helper  # noqa: E402
 
 from panoptic_node.bag.writer import BagWriter, header, image_msg  # noqa: E402
 from panoptic_node.export import export_onnx, read_metadata  # noqa: E402
-from panoptic_node.inference.onnxruntime_backend import OnnxRuntimeBackend, int8_saturation_warning  # noqa: E402
+from panoptic_node.inference.cpu_features import int8_saturation_warning  # noqa: E402
+from panoptic_node.inference.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
 from panoptic_node.inference.pipeline import Pipeline  # noqa: E402
 from panoptic_node.messages import image_fields  # noqa: E402
 from panoptic_node.model.detr import build_model  # noqa: E402
@@ -115,7 +116,7 @@ def test_int8_qdq_graph(fp32, image_dir, rng, capsys):
     assert result.shape == (48, 80)
 
 
-def test_openvino_runs_the_int8_graph_like_onnxruntime(fp32, image_dir, rng):
+def test_openvino_runs_the_int8_graph_like_onnxruntime(fp32, image_dir, rng, monkeypatch):
     """OpenVINO compiles our QDQ graph and its int8 logits agree with ONNX Runtime's on the same graph
     (the street model's graph failed to compile while the constant first self-attention had Q/DQ pairs)."""
     pytest.importorskip("openvino")
@@ -125,6 +126,14 @@ def test_openvino_runs_the_int8_graph_like_onnxruntime(fp32, image_dir, rng):
     (d / "m_ov_int8.masks.onnx").write_bytes((d / "m.masks.onnx").read_bytes())
     ov, ort = OpenVinoBackend(out, cfg), OnnxRuntimeBackend(out, cfg)
     assert ov.precision == "int8"
+    # an 8-bit graph given to OpenVINO where its int8 kernels saturate is said, as ONNX Runtime's is
+    from panoptic_node.inference import cpu_features
+    for flags, warned in (({"avx2"}, True), ({"avx2", "avx512_vnni"}, False)):
+        lines = []
+        monkeypatch.setattr(cpu_features, "cpu_flags", lambda: flags)
+        monkeypatch.setattr("platform.machine", lambda: "x86_64")
+        OpenVinoBackend(out, cfg, log=lines.append)
+        assert bool(lines) == warned and all("OpenVINO's int8 kernels saturate" in line for line in lines)
     x = torch.from_numpy(rng.normal(0, 1, (1, 3, 64, 96)).astype(np.float32))
     pad = torch.zeros(1, 64, 96, dtype=torch.bool)
     (a, _, _, _), (b, _, _, _) = ov.detect(x, pad), ort.detect(x, pad)
@@ -146,13 +155,14 @@ def test_reduce_range_gives_7_bit_weights(fp32, image_dir):
 
 def test_int8_saturation_warning_only_where_it_applies():
     int8 = {"precision": "int8", "int8_weight_bits": 8}
-    warning = int8_saturation_warning(int8, "x86_64", {"avx2", "fma"})
-    assert warning and "--reduce-range" in warning and "VNNI" in warning
-    assert int8_saturation_warning(int8, "x86_64", {"avx2", "avx512_vnni"}) is None
-    assert int8_saturation_warning(int8, "x86_64", {"avx2", "avx_vnni"}) is None
-    assert int8_saturation_warning(int8, "aarch64", set()) is None
-    assert int8_saturation_warning({"precision": "int8", "int8_weight_bits": 7}, "x86_64", {"avx2"}) is None
-    assert int8_saturation_warning({"precision": "fp32"}, "x86_64", {"avx2"}) is None
+    for runtime in ("ONNX Runtime", "OpenVINO"):
+        warning = int8_saturation_warning(int8, runtime, "x86_64", {"avx2", "fma"})
+        assert warning and "--reduce-range" in warning and "VNNI" in warning and f"{runtime}'s" in warning
+    assert int8_saturation_warning(int8, "OpenVINO", "x86_64", {"avx2", "avx512_vnni"}) is None
+    assert int8_saturation_warning(int8, "OpenVINO", "x86_64", {"avx2", "avx_vnni"}) is None
+    assert int8_saturation_warning(int8, "OpenVINO", "aarch64", set()) is None
+    assert int8_saturation_warning({"precision": "int8", "int8_weight_bits": 7}, "OpenVINO", "x86_64", {"avx2"}) is None
+    assert int8_saturation_warning({"precision": "fp32"}, "OpenVINO", "x86_64", {"avx2"}) is None
 
 
 def test_export_command_writes_exactly_the_two_int8_graphs(tmp_path, image_dir, rng):

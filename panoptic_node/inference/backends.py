@@ -67,7 +67,7 @@ def compile_torch_tensorrt(cfg, weights: Optional[str] = None, precision: str = 
                     tuple(cfg.input.canvas))
 
 
-def int8_scales_for(cfg, weights, chosen: str, precision: str, log) -> Optional[dict]:
+def int8_scales_for(cfg, weights, chosen: str, precision: str, log, device: str = "cpu") -> Optional[dict]:
     """The int8 scales the cache makes `chosen`'s graphs from (int8_scales.py), or None for fp32 graphs.
     auto: int8 on OpenVINO when the weights have scales beside them (2.1x torch for 0.2 PQ on this
     project's CPUs, bench/bench_backends.py); ONNX Runtime stays fp32 there (its int8 kernels run
@@ -75,17 +75,21 @@ def int8_scales_for(cfg, weights, chosen: str, precision: str, log) -> Optional[
     if precision == "fp32":
         return None
     from ..int8_scales import default_scales_path, load_scales
+    from .cpu_features import int8_saturates
     source = weights_of(cfg, weights)
     path = default_scales_path(source)
     if precision == "auto" and (chosen != "openvino" or not path.is_file()):
         return None
     try:
-        return load_scales(path, source)
+        body = load_scales(path, source)
     except (OSError, ValueError) as e:
         if precision == "int8":
             raise
         (log or print)(f"{e}; running fp32")
         return None
+    # the activation scales hold for any weight width: where 8-bit weights overflow the CPU's int8 kernels
+    # (x86 without VNNI, cpu_features.py), the cache makes graphs with 7-bit ones, a graph of their own
+    return {**body, "int8_weight_bits": 7} if device == "cpu" and int8_saturates() else body
 
 
 def check_threshold(threshold: Optional[float], cfg) -> None:
@@ -142,7 +146,7 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     per_shape = None
     if path is None and chosen in ("openvino", "onnxruntime"):
         from ..model.checkpoint import CheckpointError
-        int8 = int8_scales_for(cfg, weights, chosen, precision, warn or log)
+        int8 = int8_scales_for(cfg, weights, chosen, precision, warn or log, device)
         opener = lambda p: _open_graph(chosen, p, cfg, device, log, threads)  # noqa: E731
         try:  # graphs the cache exports, one per input size (graph_per_shape.py)
             try:
@@ -189,6 +193,6 @@ def _open_graph(chosen: str, path, cfg, device: str, log, threads: int = 0):
         return TensorRTBackend(path, cfg, device=device, log=log or print)
     if chosen == "openvino":
         from .openvino_backend import OpenVinoBackend
-        return OpenVinoBackend(path, cfg, threads=threads)
+        return OpenVinoBackend(path, cfg, threads=threads, log=log or print)
     from .onnxruntime_backend import OnnxRuntimeBackend
     return OnnxRuntimeBackend(path, cfg, device=device, threads=threads, log=log or print)

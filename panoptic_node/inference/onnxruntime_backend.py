@@ -1,45 +1,12 @@
 """ONNX Runtime backend: the two exported graphs (detect + kept-query mask head).
 
 CPU by default; CUDA / TensorRT execution providers are used when present and asked for."""
-import platform
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from .backend import ExportedGraphBackend
-
-
-VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
-
-
-def cpu_flags() -> set:
-    """This CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def int8_kernels_saturate(machine: str, flags: set) -> bool:
-    """Whether ONNX Runtime's int8 kernels saturate on 8-bit weights here: x86 without VNNI
-    (see quantize.quantize_int8)."""
-    return machine.lower() in ("x86_64", "amd64", "i386", "i686") and not flags & VNNI_FLAGS
-
-
-def int8_saturation_warning(meta: dict, machine: str, flags: set) -> Optional[str]:
-    """A warning when an int8 graph with full 8-bit weights is about to run where ONNX Runtime's
-    int8 kernels saturate; None when it is safe."""
-    if meta.get("precision") != "int8" or meta.get("int8_weight_bits") != 8:
-        return None
-    if not int8_kernels_saturate(machine, flags):
-        return None
-    return ("WARNING: this int8 graph has 8-bit weights and this x86 CPU has no VNNI, where ONNX Runtime's int8 "
-            "kernels saturate (a street model fell from PQ 52.7 to 19.6); re-export it with "
-            "`panoptic-node export --precision int8 --reduce-range` for this CPU")
+from .cpu_features import int8_saturation_warning
 
 
 class OnnxRuntimeBackend(ExportedGraphBackend):
@@ -69,7 +36,7 @@ class OnnxRuntimeBackend(ExportedGraphBackend):
             raise ValueError(f"ONNX Runtime cannot load '{path}' ({str(e).splitlines()[0]})") from None
         self.providers = self.detect_session.get_providers()
         if self.providers[0] == "CPUExecutionProvider":
-            warning = int8_saturation_warning(self.meta, platform.machine(), cpu_flags())
+            warning = int8_saturation_warning(self.meta, "ONNX Runtime")
             if warning:
                 log(warning)
         self.feature_names = [o.name for o in self.detect_session.get_outputs()][3:]

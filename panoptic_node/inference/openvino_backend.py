@@ -3,19 +3,21 @@ or int8 QDQ, compiled by OpenVINO for the CPU.
 
 Why a second CPU runtime: on x86 CPUs with VNNI / AMX, OpenVINO runs our int8 QDQ graph as int8
 convolutions and matrix products end to end, where ONNX Runtime leaves a third of the convolutions and
-every ReLU6 in float and ends up slower than its fp32 graph (measured in bench/bench_backends.py)."""
+every ReLU6 in float and ends up slower than its fp32 graph (measured in bench/bench_backends.py). On x86
+without VNNI its int8 kernels saturate on 8-bit weights, as ONNX Runtime's do (cpu_features.py)."""
 from pathlib import Path
 
 import torch
 
 from .backend import ExportedGraphBackend
+from .cpu_features import int8_saturation_warning
 from .signal_stack import kept_signal_stack
 
 
 class OpenVinoBackend(ExportedGraphBackend):
     name = "openvino"
 
-    def __init__(self, onnx_path, expected_config=None, threads: int = 0):
+    def __init__(self, onnx_path, expected_config=None, threads: int = 0, log=print):
         try:
             import openvino as ov
         except ImportError:
@@ -23,6 +25,9 @@ class OpenVinoBackend(ExportedGraphBackend):
 
         path = Path(onnx_path)
         masks = self._open(path, expected_config)
+        warning = int8_saturation_warning(self.meta, "OpenVINO")
+        if warning:
+            log(warning)
         # float layers stay float32: on CPUs with AMX / AVX512-BF16 OpenVINO would otherwise run them
         # in bfloat16, which is a different precision from the one the graph and its metadata name
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
