@@ -9,7 +9,6 @@ and PQ / mIoU of each backend on the same frames, so the cost of int8 is visible
 """
 import argparse
 import importlib.util
-import platform
 import statistics
 import tempfile
 from pathlib import Path
