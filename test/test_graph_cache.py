@@ -68,7 +68,21 @@ def test_new_weights_or_config_export_again(tmp_path):
     assert cached_graph_path(other_post, cfg.weights, tmp_path) == base
 
 
-def test_a_graph_without_its_mask_graph_is_exported_again(tmp_path):
+@pytest.fixture
+def stand_in_exporter(monkeypatch):
+    """The cache's exporter writing small stand-in graphs (named by what they are for) instead of exporting:
+    for the tests of what the cache does with files (checksums, keeping), where a real export only costs
+    seconds (what it really writes: the tests of the graphs themselves)."""
+    from panoptic_node.inference import graph_cache
+
+    def stand_in_export(model, canvas, out):
+        out.write_bytes(f"detect graph for {canvas} of {out.name}".encode() * 20)  # a few KB, to cut
+        mask_graph_path(out).write_bytes(f"mask graph for {canvas} of {out.name}".encode() * 20)
+        return out, mask_graph_path(out)
+    monkeypatch.setattr(graph_cache, "export_onnx", stand_in_export)
+
+
+def test_a_graph_without_its_mask_graph_is_exported_again(tmp_path, stand_in_exporter):
     cfg = load_config(str(_model(tmp_path)))
     path = cached_graph(cfg, log=lambda m: None, directory=tmp_path / "c")
     mask_graph_path(path).unlink()  # as if a crash came between the two renames
@@ -78,7 +92,7 @@ def test_a_graph_without_its_mask_graph_is_exported_again(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "mask_graph_cut", "checksum_gone"])
-def test_a_damaged_cached_graph_is_exported_again(tmp_path, damage):
+def test_a_damaged_cached_graph_is_exported_again(tmp_path, damage, stand_in_exporter):
     """A cached graph that does not match the checksum written with it is made again, instead of every
     default run failing until someone deletes the file by hand."""
     cfg = load_config(str(_model(tmp_path)))
@@ -212,7 +226,9 @@ def test_the_graph_beside_the_configs_weights_is_not_used_for_other_weights(tmp_
         make_pipeline(str(model), backend="openvino", log=lambda m: None)
 
 
-def test_only_the_graphs_used_last_are_kept(tmp_path):
+def test_only_the_graphs_used_last_are_kept(tmp_path, stand_in_exporter):
+    """Keeping is by name and last use, whatever a graph holds (stand-in graphs: five weights files, no five
+    exports)."""
     cache = tmp_path / "cache"
     cfgs = [load_config(str(_model(tmp_path, seed=s))) for s in range(5)]
     paths = []
