@@ -113,26 +113,27 @@ def no_publisher_why(camera: str, want: str, graph, inputs, how: str = "image_to
             f"with {how})") if found else None
 
 
+RELOAD = "restart it, or lifecycle deactivate, cleanup, configure, activate, to run the new ones"
+
+
 def weights_changed_why(loaded: str, on_disk: str) -> str:
-    name = loaded.split(",")[0] or "the weights file"
-    if on_disk == MISSING:
-        return (f"{name} is no longer on disk: the node runs the weights it loaded ({loaded}), and a restart "
-                f"would find none")
-    return (f"{name} changed on disk since the node loaded it (now {on_disk.split(', ')[-1]}): it runs the "
-            f"weights it loaded ({loaded}); {RELOAD}")
+    return _changed_why(loaded, on_disk, "the weights file", "loaded it", "the weights it loaded", "would find none")
 
 
 def scales_changed_why(loaded: str, on_disk: str) -> str:
     """The int8 scales beside the weights, recalibrated (or removed) after the node made its graphs from them."""
-    name = loaded.split(",")[0] or "the int8 scales"
+    return _changed_why(loaded, on_disk, "the int8 scales", "made its int8 graphs from it",
+                        "int8 graphs made from the scales it loaded",
+                        "would run fp32 (precision auto) or refuse (precision int8)")
+
+
+def _changed_why(loaded: str, on_disk: str, unnamed: str, since: str, runs: str, restart: str) -> str:
+    """A file the node read at configure (`loaded`: its name and sha256), now `on_disk` (the same, or MISSING)."""
+    name = loaded.split(",")[0] or unnamed
     if on_disk == MISSING:
-        return (f"{name} is no longer on disk: the node runs int8 graphs made from the scales it loaded ({loaded}), "
-                f"and a restart would run fp32 (precision auto) or refuse (precision int8)")
-    return (f"{name} changed on disk since the node made its int8 graphs from it (now {on_disk.split(', ')[-1]}): "
-            f"it runs graphs of the scales it loaded ({loaded}); {RELOAD}")
-
-
-RELOAD = "restart it, or lifecycle deactivate, cleanup, configure, activate, to run the new ones"
+        return f"{name} is no longer on disk: the node runs {runs} ({loaded}), and a restart {restart}"
+    return (f"{name} changed on disk since the node {since} (now {on_disk.split(', ')[-1]}): it runs {runs} "
+            f"({loaded}); {RELOAD}")
 
 
 class NodeStats:

@@ -821,8 +821,8 @@ def test_int8_scales_recalibrated_while_the_node_runs_are_a_warning_too():
     assert status.level == 1 and status.values["int8 scales on disk"] == "street_lite0.int8.json, sha256 bb11"
     assert status.message == (
         "street_lite0.int8.json changed on disk since the node made its int8 graphs from it (now sha256 bb11): it "
-        "runs graphs of the scales it loaded (street_lite0.int8.json, sha256 aa00); restart it, or lifecycle "
-        "deactivate, cleanup, configure, activate, to run the new ones")
+        "runs int8 graphs made from the scales it loaded (street_lite0.int8.json, sha256 aa00); restart it, or "
+        "lifecycle deactivate, cleanup, configure, activate, to run the new ones")
     stats.scales_on_disk = MISSING
     assert inference().message.startswith("street_lite0.int8.json is no longer on disk: the node runs int8 graphs "
                                           "made from the scales it loaded (street_lite0.int8.json, sha256 aa00)")
