@@ -70,8 +70,8 @@ def compile_torch_tensorrt(cfg, weights: Optional[str] = None, precision: str = 
 def int8_scales_for(cfg, weights, chosen: str, precision: str, log, device: str = "cpu") -> Optional[dict]:
     """The int8 scales the cache makes `chosen`'s graphs from (int8_scales.py), or None for fp32 graphs.
     auto: int8 on OpenVINO when the weights have scales beside them (2.1x torch for 0.2 PQ on this
-    project's CPUs, bench/bench_backends.py); ONNX Runtime stays fp32 there (its int8 kernels run
-    slower than its fp32 ones on x86, and saturate without VNNI)."""
+    project's CPUs with VNNI, 1.36x for 0.5 PQ on one without, bench/bench_backends.py); ONNX Runtime stays
+    fp32 there (its int8 kernels run slower than its fp32 ones on x86)."""
     if precision == "fp32":
         return None
     from ..int8_scales import default_scales_path, load_scales

@@ -4,8 +4,8 @@ from, is still what is on disk.
 A deployment that copies new weights over the file while the node runs changes nothing the node does: the
 network was loaded at configure. The node's /diagnostics says so (node_stats), so a monitor and a recording
 show that the car runs other weights than the ones installed; a recalibration written over the scales
-beside the weights likewise. The file is looked at with stat() (cheap,
-each report) and hashed again only when that changes."""
+beside the weights likewise. The file is looked at with stat() (cheap, each report) and hashed again only
+when that changes."""
 from pathlib import Path
 from typing import Optional
 
