@@ -23,7 +23,7 @@ from .atomic import partial_path, write_json
 from .bag.convert import GT_LABEL_INFO, GT_PANOPTIC, GT_SEMANTIC
 from .bag.outputs import ResultBagWriter
 from .bag.reader import BagMessage, BagReader, decode_frame, label_set_phrase
-from .bag.recorded_health import StatusHealth, node_health
+from .bag.recorded_health import StatusHealth, node_health, ran_line
 from .bag.recorded_maps import LABEL_MAPS, MapTopics, label_info_topic, named_maps, panoptic_of_labels
 from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.association import AssociationQuality
@@ -58,6 +58,7 @@ class ReplaySummary:
     precision: str = ""
     model: str = ""
     weights: str = ""       # which weights file ran, by name and sha256 (cache_key.weights_identity)
+    scales: str = ""        # the int8 scales its graphs were made from, by name and sha256 ("": fp32)
     scoring: bool = False   # ground truth was there to score against
     parameters: Optional[dict] = None  # the node's parameters the replay ran (replay --params), for the record
     node_health: List[StatusHealth] = field(default_factory=list)  # the recording node's own /diagnostics
@@ -124,9 +125,21 @@ class ReplaySummary:
             ran = self.recorded_ran()
             lines += [f"  it ran {line}" for line in ran]
             # its maps as ground truth, or its latency beside ours: two models' figures, not one's
+            ours = ran_line({"model": self.model, "weights": self.weights, "backend": self.backend,
+                             "precision": self.precision, "int8 scales": self.scales})
             if any(self.weights and "sha256" in line and self.weights not in line for line in ran):
                 lines.append(f"  this replay ran other weights than that node: {self.weights}")
+            elif any(self.weights and "sha256" in line and _arithmetic(line) != _arithmetic(ours) for line in ran):
+                # the same weights in fp32 and int8, or from two calibrations: close maps, not the same ones
+                lines.append(f"  this replay ran the same weights in another precision than that node: {ours}")
         return "\n".join(lines)
+
+
+def _arithmetic(ran: str) -> str:
+    """Of a ran_line, the precision and int8 scales ('int8 (scales.json, sha256 ...)'): what sets the maps'
+    numbers besides the weights (fp32 runtimes agree to rounding; int8 and fp32, or two calibrations, do not)."""
+    runtime = ran.split(", panoptic_node ")[0].rsplit(" on ", 1)[-1]
+    return runtime.partition(" ")[2]
 
 
 class VideoWriter:
@@ -207,7 +220,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     (its publish_* switches, bag/outputs.py; all by default); overlay_labels: class names on the overlays.
     parameters: the node's parameters these settings came from (replay --params), kept in --metrics' JSON."""
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
-                            model=pipeline.cfg.name, weights=pipeline.weights_id, parameters=parameters)
+                            model=pipeline.cfg.name, weights=pipeline.weights_id, scales=pipeline.scales_id,
+                            parameters=parameters)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames {max_frames}: expected a positive number of frames (leave it out for all)")
     check_window(start_s, duration_s)

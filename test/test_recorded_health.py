@@ -3,12 +3,12 @@ fared over the drive, status by status, from those reports alone."""
 import numpy as np
 
 from panoptic_node.bag.reader import BagReader
-from panoptic_node.bag.recorded_health import node_health, ran_line
+from panoptic_node.bag.recorded_health import StatusHealth, node_health, ran_line
 from panoptic_node.bag.types import msg_class
 from panoptic_node.bag.writer import BagWriter, header, image_msg
 from panoptic_node.cli import main
 from panoptic_node.messages import image_fields
-from panoptic_node.replay import replay
+from panoptic_node.replay import ReplaySummary, replay
 
 START = 1_700_000_000_000_000_000
 SECOND = 1_000_000_000
@@ -81,6 +81,30 @@ def test_replay_says_how_the_recording_node_fared_over_the_drive(tiny_pipeline, 
     assert f"  it ran {ran[0]}\n  it ran {ran[1]}\n" in out
     assert f"  this replay ran other weights than that node: {tiny_pipeline.weights_id}" in out
     assert tiny_pipeline.weights_id.startswith("tiny.pth, sha256 ")
+
+
+def test_a_replay_of_the_same_weights_in_another_precision_says_so():
+    """A car that ran its weights in int8 and a replay that runs them in fp32 (or int8 from another calibration)
+    give close maps, not the same: the replay says which; fp32 on another runtime, or the same int8, is quiet."""
+    car = StatusHealth("/car/panoptic_node: inference", {"ok": 10.0},
+                       ran=[f"street_lite0 ({CAR_WEIGHTS[0]}) on openvino int8 (street_lite0.int8.json, sha256 aa00), "
+                            f"panoptic_node 0.1.0"])
+
+    def said(**runtime):
+        summary = ReplaySummary(model="street_lite0", weights=CAR_WEIGHTS[0], node_health=[car], **runtime)
+        return [line.strip() for line in summary.format().splitlines() if "this replay ran" in line]
+    assert said(backend="torch", precision="fp32") == [
+        f"this replay ran the same weights in another precision than that node: street_lite0 ({CAR_WEIGHTS[0]}) "
+        f"on torch fp32"]
+    assert said(backend="openvino", precision="int8", scales="street_lite0.int8.json, sha256 bb11") == [
+        f"this replay ran the same weights in another precision than that node: street_lite0 ({CAR_WEIGHTS[0]}) "
+        f"on openvino int8 (street_lite0.int8.json, sha256 bb11)"]
+    assert said(backend="onnxruntime", precision="int8", scales="street_lite0.int8.json, sha256 aa00") == []
+    # other weights: that is said, and it says enough
+    summary = ReplaySummary(model="street_lite0", weights=CAR_WEIGHTS[1], backend="torch", precision="fp32",
+                            node_health=[car])
+    assert [line.strip() for line in summary.format().splitlines() if "this replay ran" in line] == [
+        f"this replay ran other weights than that node: {CAR_WEIGHTS[1]}"]
 
 
 def test_what_ran_names_the_int8_scales_an_int8_graph_was_made_from():
