@@ -129,17 +129,21 @@ class ReplaySummary:
                              "precision": self.precision, "int8 scales": self.scales})
             if any(self.weights and "sha256" in line and self.weights not in line for line in ran):
                 lines.append(f"  this replay ran other weights than that node: {self.weights}")
-            elif any(self.weights and "sha256" in line and _arithmetic(line) != _arithmetic(ours) for line in ran):
+            elif any(self.weights and "sha256" in line and not _same_arithmetic(line, ours) for line in ran):
                 # the same weights in fp32 and int8, or from two calibrations: close maps, not the same ones
                 lines.append(f"  this replay ran the same weights in another precision than that node: {ours}")
         return "\n".join(lines)
 
 
-def _arithmetic(ran: str) -> str:
-    """Of a ran_line, the precision and int8 scales ('int8 (scales.json, sha256 ...)'): what sets the maps'
-    numbers besides the weights (fp32 runtimes agree to rounding; int8 and fp32, or two calibrations, do not)."""
-    runtime = ran.split(", panoptic_node ")[0].rsplit(" on ", 1)[-1]
-    return runtime.partition(" ")[2]
+def _same_arithmetic(theirs: str, ours: str) -> bool:
+    """Whether two ran_lines name the same precision and, where both name them, the same int8 scales: what sets
+    the maps' numbers besides the weights (fp32 runtimes agree to rounding; int8 and fp32, or two calibrations,
+    do not). A node of an older release named no scales."""
+    def arithmetic(ran):  # 'int8 (scales.json, sha256 ...)' of '... on openvino int8 (...), panoptic_node 0.1.0'
+        precision, _, scales = ran.split(", panoptic_node ")[0].rsplit(" on ", 1)[-1].partition(" ")[2].partition(" ")
+        return precision, scales
+    (p1, s1), (p2, s2) = arithmetic(theirs), arithmetic(ours)
+    return p1 == p2 and (not s1 or not s2 or s1 == s2)
 
 
 class VideoWriter:

@@ -100,6 +100,11 @@ def test_a_replay_of_the_same_weights_in_another_precision_says_so():
         f"this replay ran the same weights in another precision than that node: street_lite0 ({CAR_WEIGHTS[0]}) "
         f"on openvino int8 (street_lite0.int8.json, sha256 bb11)"]
     assert said(backend="onnxruntime", precision="int8", scales="street_lite0.int8.json, sha256 aa00") == []
+    car.ran = [f"street_lite0 ({CAR_WEIGHTS[0]}) on openvino int8, panoptic_node 0.0.9"]  # a release naming no scales
+    assert said(backend="openvino", precision="int8", scales="street_lite0.int8.json, sha256 bb11") == []
+    assert said(backend="torch", precision="fp32") != []
+    car.ran = [f"street_lite0 ({CAR_WEIGHTS[0]}) on openvino int8 (street_lite0.int8.json, sha256 aa00), "
+               f"panoptic_node 0.1.0"]
     # other weights: that is said, and it says enough
     summary = ReplaySummary(model="street_lite0", weights=CAR_WEIGHTS[1], backend="torch", precision="fp32",
                             node_health=[car])
