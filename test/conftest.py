@@ -1,6 +1,8 @@
 """Shared fixtures: small model configs with random weights, and where the CamVid data lives."""
+import atexit
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,7 +19,9 @@ CAMVID = Path(os.environ.get("PANOPTIC_NODE_CAMVID", ROOT.parent / "shared" / "d
 torch.set_num_threads(int(os.environ.get("PANOPTIC_TEST_THREADS", "2")))
 
 # graphs that `--backend auto` exports go to a folder of this test session, not the user's cache
+# (removed when the session ends: about 100 MB of graphs a run)
 os.environ["PANOPTIC_NODE_GRAPH_CACHE"] = tempfile.mkdtemp(prefix="panoptic_node_test_graphs_")
+atexit.register(shutil.rmtree, os.environ["PANOPTIC_NODE_GRAPH_CACHE"], ignore_errors=True)
 
 
 def from_test_extra(module: str):
@@ -106,10 +110,10 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_model_yaml():
+def tiny_model_yaml(tmp_path_factory):
     """The compact architecture with random weights, as a YAML config + checkpoint on disk."""
     from launch_helpers import tiny_model_yaml as make
-    return make()
+    return make(tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture(scope="module")

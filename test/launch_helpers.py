@@ -1,4 +1,6 @@
 """A tiny random-weight model on disk for the launch tests (CPU, quick to start)."""
+import atexit
+import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -12,8 +14,13 @@ from panoptic_node.model.detr import build_model
 from conftest import compact_config
 
 
-def tiny_model_yaml() -> str:
-    d = Path(tempfile.mkdtemp(prefix="panoptic_launch_"))
+def tiny_model_yaml(folder=None) -> str:
+    """The compact model's YAML config path, its checkpoint beside it, in `folder`; without one, in a temporary
+    folder this process removes when it exits (13 MB a call: the suite left gigabytes in /tmp before)."""
+    if folder is None:
+        folder = tempfile.mkdtemp(prefix="panoptic_launch_")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    d = Path(folder)
     cfg = compact_config()
     torch.manual_seed(0)
     save_checkpoint(build_model(cfg, pretrained_backbone=True), d / "tiny.pth")

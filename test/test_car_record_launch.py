@@ -4,6 +4,8 @@ label_info and /diagnostics, and `replay --gt-topic .../semantic/compressed` wit
 with the node (up to a pixel where two queries tie). Runs where ROS 2 (ros2 bag) and this package's colcon
 install exist; skipped here (test_car_launch.py checks the recorder's command, test_recorded_maps.py the
 scoring of such a recording)."""
+import atexit
+import shutil
 import tempfile
 import unittest
 from pathlib import Path
@@ -18,6 +20,7 @@ from launch_helpers import frames_until_answered, include_car_launch, tiny_model
 NAMESPACE = "car_record_test"
 MODEL = tiny_model_yaml()
 BAG = Path(tempfile.mkdtemp(prefix="panoptic_record_")) / "drive"
+atexit.register(shutil.rmtree, BAG.parent, ignore_errors=True)
 
 
 @pytest.mark.launch_test
