@@ -6,6 +6,10 @@ from typing import Any, Dict, Optional
 
 def allowed(prop: Dict[str, Any]) -> str:
     """What a schema property admits, in words."""
+    if "anyOf" in prop:  # e.g. 0 (off) or a value in a range
+        return " or ".join(allowed({"type": prop.get("type"), **option}) for option in prop["anyOf"])
+    if "const" in prop:
+        return f"{prop['const']}"
     if "enum" in prop:
         return "one of " + ", ".join(map(str, prop["enum"]))
     if prop.get("type") == "string" and "pattern" in prop and prop.get("examples"):
