@@ -49,6 +49,9 @@ def test_shipped_yaml_is_valid_and_complete():
     ("cameras", ["/car/2front"], "not starting with a digit"),
     ("cameras", ["/front", "/rear", "/front"], "each once"),  # outputs published twice
     ("num_threads", -1, "parameter 'num_threads' = -1 is invalid: allowed integer >= 0"),
+    # 0 is no cap; a rate so low that the node would look dead (one frame a month) is refused
+    ("max_rate_hz", 1e-9, "parameter 'max_rate_hz' = 1e-09 is invalid: allowed 0 or number >= 0.01"),
+    ("max_rate_hz", -2.0, "parameter 'max_rate_hz' = -2.0 is invalid: allowed 0 or number >= 0.01"),
     ("autostart", "yes", "parameter 'autostart' = 'yes' is invalid: allowed boolean"),
     ("track_min_iou", 0.0, "parameter 'track_min_iou' = 0.0 is invalid: allowed number > 0 <= 1"),
     ("track_min_iou", float("nan"), "allowed a finite number > 0 <= 1"),
