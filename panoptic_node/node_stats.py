@@ -33,6 +33,19 @@ class Status:
 CLOCK_BEHIND_S = 10.0      # stale frames this far behind the node's clock are another clock, not a slow wire
 
 
+def what_ran(pipeline) -> Dict[str, str]:
+    """What the node runs, in its inference status's values: what a recording keeps of which weights, arithmetic
+    and release ran on the car (replay compares its own, recorded_health.RAN_KEYS; doctor --listen shows them)."""
+    from . import __version__
+    backend = pipeline.backend
+    bits = getattr(backend, "int8_weight_bits", 0)
+    return {"backend": backend.name, "model": pipeline.cfg.name, "precision": backend.precision,
+            "weights": pipeline.weights_id, "version": __version__,
+            **({"int8 scales": pipeline.scales_id} if pipeline.scales_id else {}),
+            # 7 on a CPU whose int8 kernels overflow 8-bit weights (cpu_features.py): a replay elsewhere may run 8
+            **({"int8 weight bits": str(bits)} if bits else {})}
+
+
 WALL_CLOCK_ADVICE = "synchronise the clocks, e.g. with chrony or PTP"
 
 

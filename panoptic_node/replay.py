@@ -59,6 +59,7 @@ class ReplaySummary:
     model: str = ""
     weights: str = ""       # which weights file ran, by name and sha256 (cache_key.weights_identity)
     scales: str = ""        # the int8 scales its graphs were made from, by name and sha256 ("": fp32)
+    weight_bits: int = 0    # its int8 graphs' weight width (Backend.int8_weight_bits; 0: not int8)
     scoring: bool = False   # ground truth was there to score against
     parameters: Optional[dict] = None  # the node's parameters the replay ran (replay --params), for the record
     node_health: List[StatusHealth] = field(default_factory=list)  # the recording node's own /diagnostics
@@ -86,7 +87,13 @@ class ReplaySummary:
 
     def recorded_ran(self) -> List[str]:
         """What the node that recorded the bag ran (its inference statuses), each change in order."""
-        return [line for h in self.node_health for line in h.ran]
+        return [line for h in self.node_health for line in h.ran_lines()]
+
+    def ran_values(self) -> Dict[str, str]:
+        """What this replay ran, in the values a node's inference status gives (recorded_health.RAN_KEYS)."""
+        return {"model": self.model, "weights": self.weights, "backend": self.backend, "precision": self.precision,
+                **({"int8 scales": self.scales} if self.scales else {}),
+                **({"int8 weight bits": str(self.weight_bits)} if self.weight_bits else {})}
 
     def format(self) -> str:
         d = self.to_dict()
@@ -125,25 +132,25 @@ class ReplaySummary:
             ran = self.recorded_ran()
             lines += [f"  it ran {line}" for line in ran]
             # its maps as ground truth, or its latency beside ours: two models' figures, not one's
-            ours = ran_line({"model": self.model, "weights": self.weights, "backend": self.backend,
-                             "precision": self.precision, "int8 scales": self.scales})
-            if any(self.weights and "sha256" in line and self.weights not in line for line in ran):
+            ours = self.ran_values()
+            theirs = [v for h in self.node_health for v in h.ran if v.get("weights")]  # older releases named none
+            if self.weights and any(v["weights"] != self.weights for v in theirs):
                 lines.append(f"  this replay ran other weights than that node: {self.weights}")
-            elif any(self.weights and "sha256" in line and not _same_arithmetic(line, ours) for line in ran):
-                # the same weights in fp32 and int8, or from two calibrations: close maps, not the same ones
-                lines.append(f"  this replay ran the same weights in another precision than that node: {ours}")
+            elif self.weights and any(not _same_arithmetic(v, ours) for v in theirs):
+                # the same weights in fp32 and int8, or from two calibrations or weight widths: close maps, not
+                # the same ones
+                lines.append(f"  this replay ran the same weights in another precision than that node: "
+                             f"{ran_line(ours)}")
         return "\n".join(lines)
 
 
-def _same_arithmetic(theirs: str, ours: str) -> bool:
-    """Whether two ran_lines name the same precision and, where both name them, the same int8 scales: what sets
-    the maps' numbers besides the weights (fp32 runtimes agree to rounding; int8 and fp32, or two calibrations,
-    do not). A node of an older release named no scales."""
-    def arithmetic(ran):  # 'int8 (scales.json, sha256 ...)' of '... on openvino int8 (...), panoptic_node 0.1.0'
-        precision, _, scales = ran.split(", panoptic_node ")[0].rsplit(" on ", 1)[-1].partition(" ")[2].partition(" ")
-        return precision, scales
-    (p1, s1), (p2, s2) = arithmetic(theirs), arithmetic(ours)
-    return p1 == p2 and (not s1 or not s2 or s1 == s2)
+def _same_arithmetic(theirs: Dict[str, str], ours: Dict[str, str]) -> bool:
+    """Whether two runs' values (recorded_health.RAN_KEYS) name the same precision and, where both name them, the
+    same int8 scales and weight width: what sets the maps' numbers besides the weights (fp32 runtimes agree to
+    rounding; int8 and fp32, two calibrations or two widths do not). A node of an older release named neither."""
+    return theirs.get("precision") == ours.get("precision") and all(
+        not theirs.get(key) or not ours.get(key) or theirs[key] == ours[key]
+        for key in ("int8 scales", "int8 weight bits"))
 
 
 class VideoWriter:
@@ -225,6 +232,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     parameters: the node's parameters these settings came from (replay --params), kept in --metrics' JSON."""
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
                             model=pipeline.cfg.name, weights=pipeline.weights_id, scales=pipeline.scales_id,
+                            weight_bits=getattr(pipeline.backend, "int8_weight_bits", 0),
                             parameters=parameters)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames {max_frames}: expected a positive number of frames (leave it out for all)")

@@ -96,6 +96,8 @@ def test_auto_runs_int8_graphs_of_each_input_size_on_openvino(calibrated, rng, t
         assert scales and set(scales) <= set(load_scales(default_scales_path(cfg.weights), cfg.weights)["scales"])
         # with the weight width this CPU's int8 kernels take (7 bits where 8 would saturate them)
         assert read_metadata(tmp_path / "cache" / g)["int8_weight_bits"] == (7 if int8_saturates() else 8)
+    # and the pipeline says that width (the node's /diagnostics and replay compare it); fp32 says none
+    assert (pipe.backend.int8_weight_bits, fp32.backend.int8_weight_bits) == (7 if int8_saturates() else 8, 0)
     # ONNX Runtime's int8 kernels are slower than its fp32 ones on x86: auto keeps it fp32, int8 on request
     assert make_pipeline(str(yaml_path), backend="onnxruntime", log=lines.append).backend.precision == "fp32"
     assert make_pipeline(str(yaml_path), backend="onnxruntime", precision="int8",

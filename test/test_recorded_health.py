@@ -77,18 +77,19 @@ def test_replay_says_how_the_recording_node_fared_over_the_drive(tiny_pipeline, 
     # which weights the car's node ran, each change (its restart in the gap brought other weights), and that
     # this replay's own are other ones: its maps and speed are not that node's
     ran = [f"street_lite0 ({w}) on openvino int8, panoptic_node 0.1.0" for w in CAR_WEIGHTS]
-    assert inference.ran == ran and summary.to_dict()["recorded_node_ran"] == ran
+    assert inference.ran_lines() == ran and summary.to_dict()["recorded_node_ran"] == ran
     assert f"  it ran {ran[0]}\n  it ran {ran[1]}\n" in out
     assert f"  this replay ran other weights than that node: {tiny_pipeline.weights_id}" in out
     assert tiny_pipeline.weights_id.startswith("tiny.pth, sha256 ")
 
 
 def test_a_replay_of_the_same_weights_in_another_precision_says_so():
-    """A car that ran its weights in int8 and a replay that runs them in fp32 (or int8 from another calibration)
-    give close maps, not the same: the replay says which; fp32 on another runtime, or the same int8, is quiet."""
-    car = StatusHealth("/car/panoptic_node: inference", {"ok": 10.0},
-                       ran=[f"street_lite0 ({CAR_WEIGHTS[0]}) on openvino int8 (street_lite0.int8.json, sha256 aa00), "
-                            f"panoptic_node 0.1.0"])
+    """A car that ran its weights in int8 and a replay that runs them in fp32 (or int8 from another calibration,
+    or with another weight width) give close maps, not the same: the replay says which; fp32 on another runtime,
+    or the same int8, is quiet."""
+    int8_car = {"model": "street_lite0", "weights": CAR_WEIGHTS[0], "backend": "openvino", "precision": "int8",
+                "int8 scales": "street_lite0.int8.json, sha256 aa00", "int8 weight bits": "8", "version": "0.1.0"}
+    car = StatusHealth("/car/panoptic_node: inference", {"ok": 10.0}, ran=[int8_car])
 
     def said(**runtime):
         summary = ReplaySummary(model="street_lite0", weights=CAR_WEIGHTS[0], node_health=[car], **runtime)
@@ -96,20 +97,28 @@ def test_a_replay_of_the_same_weights_in_another_precision_says_so():
     assert said(backend="torch", precision="fp32") == [
         f"this replay ran the same weights in another precision than that node: street_lite0 ({CAR_WEIGHTS[0]}) "
         f"on torch fp32"]
-    assert said(backend="openvino", precision="int8", scales="street_lite0.int8.json, sha256 bb11") == [
+    assert said(backend="openvino", precision="int8", scales="street_lite0.int8.json, sha256 bb11", weight_bits=8) == [
         f"this replay ran the same weights in another precision than that node: street_lite0 ({CAR_WEIGHTS[0]}) "
-        f"on openvino int8 (street_lite0.int8.json, sha256 bb11)"]
-    assert said(backend="onnxruntime", precision="int8", scales="street_lite0.int8.json, sha256 aa00") == []
-    car.ran = [f"street_lite0 ({CAR_WEIGHTS[0]}) on openvino int8, panoptic_node 0.0.9"]  # a release naming no scales
-    assert said(backend="openvino", precision="int8", scales="street_lite0.int8.json, sha256 bb11") == []
+        f"on openvino int8 (street_lite0.int8.json, sha256 bb11, 8-bit weights)"]
+    # the car's scales at 7 bits (a replay on a CPU without VNNI, cpu_features.py): other maps too
+    assert said(backend="openvino", precision="int8", scales="street_lite0.int8.json, sha256 aa00", weight_bits=7) == [
+        f"this replay ran the same weights in another precision than that node: street_lite0 ({CAR_WEIGHTS[0]}) "
+        f"on openvino int8 (street_lite0.int8.json, sha256 aa00, 7-bit weights)"]
+    assert said(backend="onnxruntime", precision="int8", scales="street_lite0.int8.json, sha256 aa00",
+                weight_bits=8) == []
+    # a release naming no scales nor width: the same precision counts as the same arithmetic
+    car.ran = [{k: v for k, v in int8_car.items() if k not in ("int8 scales", "int8 weight bits")}]
+    assert said(backend="openvino", precision="int8", scales="street_lite0.int8.json, sha256 bb11", weight_bits=7) == []
     assert said(backend="torch", precision="fp32") != []
-    car.ran = [f"street_lite0 ({CAR_WEIGHTS[0]}) on openvino int8 (street_lite0.int8.json, sha256 aa00), "
-               f"panoptic_node 0.1.0"]
+    car.ran = [{**int8_car, "version": "0.0.9"}]
     # other weights: that is said, and it says enough
     summary = ReplaySummary(model="street_lite0", weights=CAR_WEIGHTS[1], backend="torch", precision="fp32",
                             node_health=[car])
     assert [line.strip() for line in summary.format().splitlines() if "this replay ran" in line] == [
         f"this replay ran other weights than that node: {CAR_WEIGHTS[1]}"]
+    # a release naming no weights: nothing to compare
+    car.ran = [{"model": "street_lite0", "backend": "openvino", "precision": "int8"}]
+    assert "this replay ran" not in summary.format()
 
 
 def test_what_ran_names_the_int8_scales_an_int8_graph_was_made_from():
@@ -121,6 +130,12 @@ def test_what_ran_names_the_int8_scales_an_int8_graph_was_made_from():
     values["int8 scales"] = "street_lite0.int8.json, sha256 0123456789ab"
     assert ran_line(values) == ("street_lite0 (street_lite0.pth, sha256 2b958c155251) on openvino int8 "
                                 "(street_lite0.int8.json, sha256 0123456789ab), panoptic_node 0.1.0")
+    values["int8 weight bits"] = "7"  # its graphs' weight width (7 where the CPU's int8 kernels overflow 8)
+    assert ran_line(values) == ("street_lite0 (street_lite0.pth, sha256 2b958c155251) on openvino int8 "
+                                "(street_lite0.int8.json, sha256 0123456789ab, 7-bit weights), panoptic_node 0.1.0")
+    del values["int8 scales"]  # an int8 --onnx graph: no scales file, its width from its metadata
+    assert ran_line(values) == ("street_lite0 (street_lite0.pth, sha256 2b958c155251) on openvino int8 "
+                                "(7-bit weights), panoptic_node 0.1.0")
 
 
 def test_a_replay_of_the_weights_the_car_ran_names_them_once_and_no_difference(tiny_pipeline, tmp_path, rng):

@@ -11,6 +11,9 @@ DIAGNOSTICS = "/diagnostics"
 LEVELS = {0: "ok", 1: "WARN", 2: "ERROR", 3: "STALE"}
 INFERENCE = ": inference"  # the node's inference status is '<node name>: inference' (node_stats, node.py)
 GAP_PERIODS = 5  # a report further from the next than this many periods: the node was off in between
+# what an inference status says the node ran: the values replay compares with its own (a node of an older
+# release named fewer of them)
+RAN_KEYS = ("model", "weights", "backend", "precision", "int8 scales", "int8 weight bits", "version")
 
 
 @dataclass
@@ -18,7 +21,7 @@ class StatusHealth:
     name: str
     seconds: Dict[str, float] = field(default_factory=dict)        # level -> seconds at it
     first: Dict[str, Tuple[float, str]] = field(default_factory=dict)  # level -> (s after the first report, message)
-    ran: List[str] = field(default_factory=list)  # inference: what the node ran (ran_line), each change in order
+    ran: List[Dict[str, str]] = field(default_factory=list)  # inference: its RAN_KEYS values, each change in order
 
     @property
     def always_ok(self) -> bool:
@@ -34,6 +37,9 @@ class StatusHealth:
                 parts.append(f"{level} {self.seconds[level]:.1f} s (first at +{at:.1f} s: {message})")
         return "; ".join(parts)
 
+    def ran_lines(self) -> List[str]:
+        return [ran_line(values) for values in self.ran]
+
 
 def is_node_status(status) -> bool:
     """The node's statuses by their names and values (node_stats.py): '<node>: inference' with the backend
@@ -45,13 +51,15 @@ def is_node_status(status) -> bool:
 
 def ran_line(values: Dict[str, str]) -> str:
     """What an inference status says the node ran: model, weights (name and sha256), backend and precision (with
-    the int8 scales, name and sha256), package version (a node of an older release named neither weights nor
-    version)."""
+    the int8 scales, name and sha256, and the weights' width), package version (a node of an older release named
+    neither weights nor version)."""
     weights = f" ({values['weights']})" if values.get("weights") else ""
     version = f", panoptic_node {values['version']}" if values.get("version") else ""
     runtime = f"{values.get('backend', '?')} {values.get('precision', '')}".rstrip()
-    if values.get("int8 scales"):  # an int8 graph's outputs depend on its calibration as on its weights
-        runtime += f" ({values['int8 scales']})"
+    # an int8 graph's outputs depend on its calibration and weight width as on its weights
+    int8 = [values.get("int8 scales"), values.get("int8 weight bits") and f"{values['int8 weight bits']}-bit weights"]
+    if any(int8):
+        runtime += f" ({', '.join(filter(None, int8))})"
     return f"{values.get('model', '?')}{weights} on {runtime}{version}"
 
 
@@ -61,7 +69,7 @@ def node_health(reader, window_ns: Optional[Tuple[int, int]] = None) -> List[Sta
     if reader.topics.get(DIAGNOSTICS) != "diagnostic_msgs/msg/DiagnosticArray":
         return []
     reports: Dict[str, List[Tuple[int, int, str]]] = {}
-    ran: Dict[str, List[str]] = {}
+    ran: Dict[str, List[Dict[str, str]]] = {}
     for m in reader.messages([DIAGNOSTICS], window_ns=window_ns):
         if m.msg is None:
             continue
@@ -69,9 +77,9 @@ def node_health(reader, window_ns: Optional[Tuple[int, int]] = None) -> List[Sta
             if is_node_status(s):
                 reports.setdefault(s.name, []).append((m.stamp_ns, int(s.level), s.message))
                 if s.name.endswith(INFERENCE):
-                    line = ran_line({kv.key: kv.value for kv in s.values})
-                    if line not in ran.setdefault(s.name, [])[-1:]:
-                        ran[s.name].append(line)
+                    values = {kv.key: kv.value for kv in s.values if kv.key in RAN_KEYS}
+                    if values not in ran.setdefault(s.name, [])[-1:]:
+                        ran[s.name].append(values)
     if not reports:
         return []
     start = min(r[0][0] for r in reports.values())

@@ -27,6 +27,9 @@ def inference_copy(model: torch.nn.Module) -> torch.nn.Module:
 class Backend:
     name = "base"
     precision = "fp32"
+    # an int8 graph's weight width: 8, or 7 where 8-bit weights overflow the CPU's int8 kernels (cpu_features.py);
+    # the same scales give other maps at either width. 0: not int8 (or a graph of a release that did not say)
+    int8_weight_bits = 0
     # frames one detect() call takes; None: any number. Exported graphs and compiled engines have a
     # static batch of 1 (export.py), so several cameras go through them one frame at a time
     max_batch: Optional[int] = None
@@ -53,6 +56,7 @@ class ExportedGraphBackend(Backend):
         self.meta = meta
         self.size = tuple(meta["input_size"])
         self.precision = meta.get("precision", "fp32")
+        self.int8_weight_bits = int(meta.get("int8_weight_bits", 0)) if self.precision == "int8" else 0
         # the network's part of the config: the post-processing recorded with a graph is whatever the config
         # that first exported it said (it is not in the graph, nor in a cached graph's name), and a value
         # refused today (a NaN threshold from a probe) made every later run fall back to fp32

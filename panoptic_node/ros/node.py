@@ -44,7 +44,7 @@ from ..int8_scales import default_scales_path
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
                         png_fields, stamp_ns)
 from ..node_stats import (NO_PUBLISHER, UNKNOWN_NODE, WRONG_TYPE, NodeStats, clock_advice, inactive_statuses,
-                          no_publisher_why, publishing_nodes, rival_why, wrong_type_why)
+                          no_publisher_why, publishing_nodes, rival_why, what_ran, wrong_type_why)
 from ..params import (DIAGNOSTIC_FQN, PUBLISH_SWITCHES, ROS_BUILTIN_PREFIXES, ParameterError, check_qos_overrides,
                       defaults, descriptions, frame_sizes, input_topic, make_node_pipeline, unknown_parameter, updated,
                       user_parameters, validate)
@@ -634,11 +634,7 @@ class PanopticNode(LifecycleNode):
         ('<node name>: <task>', the fully qualified name with diagnostic_updater.use_fqn), so an aggregator or
         rqt_runtime_monitor shows which node and which camera is at fault."""
         p = self.params
-        info = {"backend": self.pipeline.backend.name, "model": self.pipeline.cfg.name,
-                "precision": self.pipeline.backend.precision,
-                # what a recording keeps of which weights and release ran on the car (replay compares its own)
-                "weights": self.pipeline.weights_id, "version": __version__,
-                **({"int8 scales": self.pipeline.scales_id} if self.pipeline.scales_id else {}),
+        info = {**what_ran(self.pipeline),
                 "threshold": f"{self.pipeline.threshold:g}",  # it can change while the node runs
                 "max rate (Hz)": f"{p['max_rate_hz']:g}" if p["max_rate_hz"] else "unlimited",
                 "threads": str(p["num_threads"]) if p["num_threads"] else "every core",
