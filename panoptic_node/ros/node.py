@@ -37,8 +37,6 @@ from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, Label
 from .. import __version__
 from ..ending_signals import ending_signals
 from ..frame_buffer import LatestFrameBuffer
-from ..inference.preprocess import OffScaleNotes
-from ..inference.tracking import InstanceTracker
 from ..inference.weights_watch import WeightsWatch
 from ..int8_scales import default_scales_path
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
@@ -199,6 +197,10 @@ class PanopticNode(LifecycleNode):
                              if self.pipeline.scales_id else None)
         self._warm_up(frame_sizes(p["warmup_sizes"]))
         self.ego_masks, self._fitted_notes = self._ego_masks(), set()
+        # imported here, not with the module: they bring torch and scipy (2.5 s on a slow CPU), which a node
+        # refusing a bad parameter never needs, so its one-line error comes at once
+        from ..inference.preprocess import OffScaleNotes
+        from ..inference.tracking import InstanceTracker
         self.trackers = {cam: InstanceTracker() for cam in self.cameras}
         self.off_scale = OffScaleNotes(self.pipeline.cfg.input)
         self._fresh_counters()  # a buffer already, for a live max_age_ms change while inactive
