@@ -84,11 +84,11 @@ def test_auto_runs_int8_graphs_of_each_input_size_on_openvino(calibrated, rng, t
     # which calibration the int8 graphs came from, for the node's /diagnostics: name and sha256 of the scales
     from panoptic_node.inference.cache_key import weights_identity
     assert pipe.scales_id == weights_identity(default_scales_path(cfg.weights)) and fp32.scales_id == ""
-    for h, w in ((48, 64), (64, 48), (40, 96)):
+    for h, w in ((48, 64), (64, 48)):  # the config's canvas, and a portrait frame's (each int8 graph costs ~9 s)
         rgb = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
         assert pipe(rgb).panoptic.shape == (h, w)
     graphs = sorted(p.name for p in (tmp_path / "cache").glob("*-int8-*.onnx") if ".masks" not in p.name)
-    assert len(graphs) >= 2, graphs  # one per padded input size
+    assert len(graphs) == 2, graphs  # one per padded input size
     from panoptic_node.export import read_metadata
     from panoptic_node.inference.cpu_features import int8_saturates
     for g in graphs:  # each of them int8, every activation quantized with a shipped scale
