@@ -46,14 +46,16 @@ def main():
             pipe(samples[0].rgb)  # the frame size's graph is made before timing
             ev, times = score_samples(pipe, samples, progress=name)
             rep = ev.report()
-            rows[name] = (f"{pipe.backend.name} {pipe.backend.precision}", 100 * rep["pq"]["pq"],
+            bits = pipe.backend.int8_weight_bits  # 7 on an x86 CPU without VNNI (cpu_features.py)
+            rows[name] = (f"{pipe.backend.name} {pipe.backend.precision}" + (f", {bits}-bit" if bits else ""),
+                          100 * rep["pq"]["pq"],
                           100 * rep["pq_things"]["pq"], 100 * rep["miou"], 1000 * statistics.median(times))
     base = rows["torch fp32"][4]
     print(f"{len(samples)} frames ({'drives ' + args.drives if args.drives else 'CamVid val'}), "
           f"weights {args.weights or 'shipped'}, {args.threads} threads")
-    print(f"{'run':22} {'ran as':16} {'PQ':>5} {'things':>6} {'mIoU':>5} {'ms/frame':>8} {'vs torch':>8}")
+    print(f"{'run':22} {'ran as':22} {'PQ':>5} {'things':>6} {'mIoU':>5} {'ms/frame':>8} {'vs torch':>8}")
     for name, (ran, pq, things, miou, ms) in rows.items():
-        print(f"{name:22} {ran:16} {pq:5.1f} {things:6.1f} {miou:5.1f} {ms:8.1f} {base / ms:7.2f}x")
+        print(f"{name:22} {ran:22} {pq:5.1f} {things:6.1f} {miou:5.1f} {ms:8.1f} {base / ms:7.2f}x")
 
 
 if __name__ == "__main__":
