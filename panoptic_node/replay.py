@@ -80,7 +80,11 @@ class ReplaySummary:
                 "ground_truth_unmatched": self.gt_unmatched, "frames_without_ground_truth": self.frames_without_gt,
                 "frames_with_unmatchable_stamps": self.stamps_unmatchable,
                 "backend": self.backend, "precision": self.precision,
-                "model": self.model, "metrics": self.metrics,
+                # which weights (and int8 calibration and width) gave these numbers, kept with them
+                "model": self.model, "weights": self.weights,
+                **({"int8_scales": self.scales} if self.scales else {}),
+                **({"int8_weight_bits": self.weight_bits} if self.weight_bits else {}),
+                "metrics": self.metrics,
                 **({"node_parameters": self.parameters} if self.parameters else {}),
                 **({"recorded_node_health": [h.line() for h in self.node_health],
                     "recorded_node_ran": self.recorded_ran()} if self.node_health else {})}

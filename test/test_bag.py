@@ -983,7 +983,11 @@ def test_camvid_convert_and_replay_scores(tiny_pipeline, tiny_model_yaml, tmp_pa
     # replay's own scores, through the command: the confusion matrix counts every labelled pixel
     assert main(["replay", str(tmp_path / "bag"), "--model", str(tiny_model_yaml), "--out", str(tmp_path / "p2"),
                  "--metrics", str(tmp_path / "m.json"), "--confusion", str(tmp_path / "m.png")]) == 0
-    matrix = np.array(json.loads((tmp_path / "m.json").read_text())["metrics"]["confusion"]["matrix"])
+    written = json.loads((tmp_path / "m.json").read_text())
+    matrix = np.array(written["metrics"]["confusion"]["matrix"])
+    # with the weights that gave these numbers (torch: no int8 scales nor width)
+    assert written["weights"] == tiny_pipeline.weights_id and written["weights"].startswith("tiny.pth, sha256 ")
+    assert "int8_scales" not in written and "int8_weight_bits" not in written
     with BagReader(tmp_path / "bag") as r:
         labelled = sum(int((image_array(m.msg) != 255).sum()) for m in r.messages(["/ground_truth/semantic"]))
     assert matrix.sum() == labelled and Image.open(tmp_path / "m.png").width > 400
@@ -1283,7 +1287,11 @@ def test_replay_applies_ego_masks_to_outputs_and_leaves_the_bonnet_unscored(tiny
                  "--ego-masks", str(tmp_path / "masks")]) == 0
     assert capsys.readouterr().out.count("warning: camera /camera: ego mask is 10x20, its frames 20x20: the mask is "
                                          "scaled to them, stretched from a 0.50 to a 1.00 aspect ratio") == 1
-    matrix = np.array(json.loads((tmp_path / "m.json").read_text())["metrics"]["confusion"]["matrix"])
+    written = json.loads((tmp_path / "m.json").read_text())
+    matrix = np.array(written["metrics"]["confusion"]["matrix"])
+    # with the weights that gave these numbers (torch: no int8 scales nor width)
+    assert written["weights"] == tiny_pipeline.weights_id and written["weights"].startswith("tiny.pth, sha256 ")
+    assert "int8_scales" not in written and "int8_weight_bits" not in written
     assert matrix.sum() == 2 * 12 * 20 and matrix[8].sum() == 0  # only the street is scored; no car row
     assert main(["replay", str(gt), "--model", str(tiny_model_yaml), "--out", str(tmp_path / "p2"),
                  "--ego-masks", str(tmp_path / "nowhere")]) == 2

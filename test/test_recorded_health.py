@@ -106,6 +106,11 @@ def test_a_replay_of_the_same_weights_in_another_precision_says_so():
         f"on openvino int8 (street_lite0.int8.json, sha256 aa00, 7-bit weights)"]
     assert said(backend="onnxruntime", precision="int8", scales="street_lite0.int8.json, sha256 aa00",
                 weight_bits=8) == []
+    # and --metrics' JSON keeps which weights, scales and width gave its numbers
+    assert {k: v for k, v in ReplaySummary(model="street_lite0", weights=CAR_WEIGHTS[0], backend="openvino",
+                                           precision="int8", scales="street_lite0.int8.json, sha256 aa00",
+                                           weight_bits=7).to_dict().items() if k.startswith(("weights", "int8"))} == {
+        "weights": CAR_WEIGHTS[0], "int8_scales": "street_lite0.int8.json, sha256 aa00", "int8_weight_bits": 7}
     # a release naming no scales nor width: the same precision counts as the same arithmetic
     car.ran = [{k: v for k, v in int8_car.items() if k not in ("int8 scales", "int8 weight bits")}]
     assert said(backend="openvino", precision="int8", scales="street_lite0.int8.json, sha256 bb11", weight_bits=7) == []
