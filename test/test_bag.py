@@ -1287,11 +1287,7 @@ def test_replay_applies_ego_masks_to_outputs_and_leaves_the_bonnet_unscored(tiny
                  "--ego-masks", str(tmp_path / "masks")]) == 0
     assert capsys.readouterr().out.count("warning: camera /camera: ego mask is 10x20, its frames 20x20: the mask is "
                                          "scaled to them, stretched from a 0.50 to a 1.00 aspect ratio") == 1
-    written = json.loads((tmp_path / "m.json").read_text())
-    matrix = np.array(written["metrics"]["confusion"]["matrix"])
-    # with the weights that gave these numbers (torch: no int8 scales nor width)
-    assert written["weights"] == tiny_pipeline.weights_id and written["weights"].startswith("tiny.pth, sha256 ")
-    assert "int8_scales" not in written and "int8_weight_bits" not in written
+    matrix = np.array(json.loads((tmp_path / "m.json").read_text())["metrics"]["confusion"]["matrix"])
     assert matrix.sum() == 2 * 12 * 20 and matrix[8].sum() == 0  # only the street is scored; no car row
     assert main(["replay", str(gt), "--model", str(tiny_model_yaml), "--out", str(tmp_path / "p2"),
                  "--ego-masks", str(tmp_path / "nowhere")]) == 2
