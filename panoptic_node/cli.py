@@ -384,7 +384,7 @@ def _count(n: int, noun: str) -> str:
 
 def cmd_fleet(args) -> int:
     from .fleet.bags import find_bags
-    from .fleet.report import compare, load_report
+    from .fleet.report import compare, load_report, mixed_arithmetic
     from .fleet.run import check_ray_address, read_tags, run_fleet
     from .output_safety import refuse_inputs
     out = Path(args.out)
@@ -437,6 +437,8 @@ def cmd_fleet(args) -> int:
     for tag, g in report["groups"].items():
         print(f"  {tag}: PQ {100 * g['pq']:.1f}, mIoU {100 * g['miou']:.1f} ({_count(g['bags'], 'bag')}, "
               f"{g['frames']} frames)")
+    if mixed_arithmetic(report):
+        print(f"fleet: {mixed_arithmetic(report)}", file=sys.stderr)
     if report["failed"]:
         print(f"{_count(len(report['failed']), 'bag')} not scored (see report.html)", file=sys.stderr)
     print(f"report: {out / 'report.html'}, {out / 'report.json'}")

@@ -475,6 +475,38 @@ def test_fleet_tracking_merges_by_tracks():
     assert merged_tracking(bags, 0.64) == pytest.approx({"aq": 0.8, "stq": np.sqrt(0.8 * 0.64), "tracks": 4})
 
 
+def test_bags_run_in_different_arithmetic_on_a_mixed_cluster_are_said(tiny_pipeline, tmp_path):
+    """Workers on other machines may run the network otherwise (a node without OpenVINO runs torch fp32; a CPU
+    without VNNI gets 7-bit int8 weights): the fleet's one score then merges two arithmetics, close but not
+    one model's. Each bag's row says how its worker ran; the report, report.html and the command say when
+    they differed."""
+    from panoptic_node.fleet.report import build_report, mixed_arithmetic, render_html
+    from panoptic_node.fleet.worker import ran_as, score_bag
+    rng = np.random.default_rng(0)
+    pan = np.full((24, 32), 3 * 1000, np.int32)  # road
+    frames = [DatasetFrame(1_700_000_000_000_000_000 + i, rng.integers(0, 255, (24, 32, 3), dtype=np.uint8),
+                           np.full((24, 32), 3, np.uint8), pan) for i in range(2)]
+    write_bag(iter(frames), tmp_path / "drive", "mcap", labels="camvid")
+    result = {**score_bag(tiny_pipeline, tmp_path / "drive", gallery=0), "tag": "day"}
+    assert result["ran_as"] == "torch fp32"
+    assert ran_as("openvino", "int8", 7) == "openvino int8, 7-bit weights"
+    same = build_report([{**result, "bag": "a"}, {**result, "bag": "b"}], {"model": "tiny"})
+    assert same["ran_as"] == {"torch fp32": 2} and mixed_arithmetic(same) == ""
+    assert 'id="mixed"' not in render_html(same)
+    old = {k: v for k, v in result.items() if k != "ran_as"}  # a result kept from an older release
+    seven, eight = (dict(result, ran_as=ran_as("openvino", "int8", bits)) for bits in (7, 8))
+    mixed = build_report([{**seven, "bag": "a"}, {**seven, "bag": "b"}, {**eight, "bag": "c"},
+                          {**old, "bag": "d"}], {"model": "tiny"})
+    assert mixed["ran_as"] == {"openvino int8, 7-bit weights": 2, "openvino int8, 8-bit weights": 1,
+                               "torch fp32": 1}
+    line = mixed_arithmetic(mixed)
+    assert line.startswith("the bags ran the network in 3 ways: openvino int8, 7-bit weights (2 bags), "
+                           "openvino int8, 8-bit weights (1 bag), torch fp32 (1 bag);") and "--backend" in line
+    page = render_html(mixed)
+    assert 'id="mixed"' in page and "7-bit weights (2 bags)" in page
+    assert "openvino int8, 8-bit weights" in page.split('<table id="bags">')[1].split("</table>")[0]
+
+
 def test_the_baseline_gate_holds_stq_too_where_both_reports_scored_tracking():
     from panoptic_node.fleet.report import compare
 

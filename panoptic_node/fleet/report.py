@@ -45,6 +45,27 @@ def merged(results: List[dict], taxonomy: str) -> Evaluator:
     return ev
 
 
+def ran_as_counts(ok: List[dict]) -> Dict[str, int]:
+    """How many bags each way of running the network scored (results of older releases: backend and
+    precision alone)."""
+    from .worker import ran_as
+    counts: Dict[str, int] = defaultdict(int)
+    for r in ok:
+        counts[r.get("ran_as") or ran_as(r.get("backend", "?"), r.get("precision", "?"))] += 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def mixed_arithmetic(report: dict) -> str:
+    """'' when every bag ran the network the same way; else one line saying how they differed: the fleet's
+    score then merges two arithmetics (int8 and fp32, or 7- and 8-bit int8 weights), close but not one model's."""
+    counts = report.get("ran_as") or {}
+    if len(counts) < 2:
+        return ""
+    ways = ", ".join(f"{way} ({n} bag{'s' if n > 1 else ''})" for way, n in counts.items())
+    return (f"the bags ran the network in {len(counts)} ways: {ways}; the workers' machines differ (backend "
+            f"installed, CPU int8 support): pass --backend and --precision to score every bag the same way")
+
+
 def build_report(results: List[dict], settings: dict) -> dict:
     """results: the bags' results with their 'bag' and 'tag'."""
     ok = [r for r in results if r.get("ok")]
@@ -65,6 +86,7 @@ def build_report(results: List[dict], settings: dict) -> dict:
         "bags_total": len(results), "bags_scored": len(scored), "frames": sum(r["frames"] for r in ok),
         "frames_scored": sum(r["evaluated"] for r in ok),
         "failed": [{"bag": r["bag"], "error": r["error"]} for r in results if not r.get("ok")],
+        "ran_as": ran_as_counts(ok),
         "fleet": fleet,
         "headline": _headline(fleet, scored) if fleet else None,
         "groups": {tag: {"bags": len(rs), "frames": sum(r["evaluated"] for r in rs),
@@ -73,6 +95,7 @@ def build_report(results: List[dict], settings: dict) -> dict:
                   "fps": r["frames"] / r["seconds"] if r["seconds"] else 0.0, "notes": "; ".join(r.get("notes", [])),
                   "node": r.get("node", ""),  # how the node on the car fared (recorded_health.troubles)
                   "node_ran": r.get("node_ran", ""),  # and which model and weights it ran
+                  "ran_as": r.get("ran_as", ""),  # how this replay's worker ran the network
                   **(_headline(r["metrics"]) if r.get("metrics") else {})} for r in ok],
         "latency_ms": dict(sorted(latency.items(), key=lambda kv: -kv[1]["p50"])),  # slowest first
         "worst_frames": _worst_frames(scored, taxonomy),
@@ -175,6 +198,7 @@ def render_html(report: dict) -> str:
     failed = "".join(f"<li><b>{html.escape(f['bag'])}</b>: {html.escape(f['error'])}</li>" for f in report["failed"])
     reference = ((report.get("settings") or {}).get("replay") or {}).get("gt_topic")  # fleet --gt-topic
     against = f" &middot; against {html.escape(reference)}" if reference else ""
+    mixed = mixed_arithmetic(report)
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>panoptic_node fleet report</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
@@ -185,8 +209,10 @@ figure{{display:inline-block;margin:4px}} figcaption{{font-size:.8em}}</style></
 <p class="big" id="headline">PQ {_pct(h.get('pq'))} (things {_pct(h.get('pq_things'))}, stuff {_pct(h.get('pq_stuff'))})
 &middot; mIoU {_pct(h.get('miou'))}{tracking} &middot; {report['bags_scored']} of {report['bags_total']} bags,
 {report['frames_scored']} frames scored{against}</p>
+{f'<p id="mixed"><b>{html.escape(mixed)}</b></p>' if mixed else ''}
 <h2>Bags</h2>{_table(report['bags'], [("bag", "bag", "str"), ("group", "tag", "str"), ("frames", "frames", "str"),
-                                      ("scored", "scored", "str"), ("frames/s", "fps", "num")] + columns
+                                      ("scored", "scored", "str"), ("ran as", "ran_as", "str"),
+                                      ("frames/s", "fps", "num")] + columns
                      + [("node on the car", "node", "str"), ("it ran", "node_ran", "str"),
                         ("notes", "notes", "str")], "bags")}
 <h2>Groups</h2>{_table(groups, [("group", "group", "str"), ("bags", "bags", "str"), ("frames", "frames", "str")]

@@ -80,10 +80,17 @@ def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Option
             "gt_unmatched": summary.gt_unmatched,
             "frames_without_gt": summary.frames_without_gt, "backend": summary.backend,
             "precision": summary.precision, "model": summary.model, "seconds": summary.wall_seconds,
+            "ran_as": ran_as(summary.backend, summary.precision, summary.weight_bits),
             "stage_ms": summary.stage_ms, "scores": ev.state() if ev is not None and summary.metrics else None,
             "metrics": summary.metrics, "notes": notes, "node": troubles(summary.node_health),
             "node_ran": "; then ".join(summary.recorded_ran()),
             "worst_frames": {str(c): e for c, e in worst.worst.items()} if worst else {}}
+
+
+def ran_as(backend: str, precision: str, weight_bits: int = 0) -> str:
+    """How a worker ran the network: its runtime, precision and int8 weight width. Workers on other machines
+    of a cluster may differ (no OpenVINO there, or a CPU without VNNI, which gets 7-bit int8 weights)."""
+    return f"{backend} {precision}" + (f", {weight_bits}-bit weights" if weight_bits else "")
 
 
 class BagScorer:
