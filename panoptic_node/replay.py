@@ -102,7 +102,8 @@ class ReplaySummary:
     def format(self) -> str:
         d = self.to_dict()
         lines = [f"{self.frames} frames in {self.wall_seconds:.1f} s ({d['fps']:.1f} frames/s), "
-                 f"{self.undecodable} undecodable, backend {self.backend} ({self.precision}), model {self.model}"
+                 f"{self.undecodable} undecodable, backend {self.backend} ({self.precision}"
+                 + (f", {self.weight_bits}-bit weights" if self.weight_bits else "") + f"), model {self.model}"
                  + (f" ({self.weights})" if self.weights else "")]
         if len(self.cameras) > 1:
             lines.append("cameras: " + ", ".join(f"{t} {n}" for t, n in self.cameras.items()))

@@ -106,7 +106,10 @@ def test_a_replay_of_the_same_weights_in_another_precision_says_so():
         f"on openvino int8 (street_lite0.int8.json, sha256 aa00, 7-bit weights)"]
     assert said(backend="onnxruntime", precision="int8", scales="street_lite0.int8.json, sha256 aa00",
                 weight_bits=8) == []
-    # and --metrics' JSON keeps which weights, scales and width gave its numbers
+    # its summary's first line names the width, and --metrics' JSON keeps which weights, scales and width gave
+    # its numbers
+    assert "backend openvino (int8, 7-bit weights), model street_lite0" in ReplaySummary(
+        model="street_lite0", backend="openvino", precision="int8", weight_bits=7).format().splitlines()[0]
     assert {k: v for k, v in ReplaySummary(model="street_lite0", weights=CAR_WEIGHTS[0], backend="openvino",
                                            precision="int8", scales="street_lite0.int8.json, sha256 aa00",
                                            weight_bits=7).to_dict().items() if k.startswith(("weights", "int8"))} == {
