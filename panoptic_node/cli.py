@@ -437,8 +437,9 @@ def cmd_fleet(args) -> int:
     for tag, g in report["groups"].items():
         print(f"  {tag}: PQ {100 * g['pq']:.1f}, mIoU {100 * g['miou']:.1f} ({_count(g['bags'], 'bag')}, "
               f"{g['frames']} frames)")
-    if mixed_arithmetic(report):
-        print(f"fleet: {mixed_arithmetic(report)}", file=sys.stderr)
+    mixed = mixed_arithmetic(report)
+    if mixed:
+        print(f"fleet: {mixed}", file=sys.stderr)
     if report["failed"]:
         print(f"{_count(len(report['failed']), 'bag')} not scored (see report.html)", file=sys.stderr)
     print(f"report: {out / 'report.html'}, {out / 'report.json'}")

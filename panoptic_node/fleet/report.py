@@ -14,6 +14,7 @@ from ..atomic import atomic_path, write_json
 from ..evaluation.evaluator import Evaluator
 from ..evaluation.report import row_shares
 from ..taxonomy import get_taxonomy
+from .worker import ran_as
 
 
 def _headline(rep: dict, scored: List[dict] = ()) -> dict:
@@ -48,7 +49,6 @@ def merged(results: List[dict], taxonomy: str) -> Evaluator:
 def ran_as_counts(ok: List[dict]) -> Dict[str, int]:
     """How many bags each way of running the network scored (results of older releases: backend and
     precision alone)."""
-    from .worker import ran_as
     counts: Dict[str, int] = defaultdict(int)
     for r in ok:
         counts[r.get("ran_as") or ran_as(r.get("backend", "?"), r.get("precision", "?"))] += 1
