@@ -24,6 +24,12 @@ def inference_copy(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def int8_weight_bits_of(meta: dict) -> int:
+    """An exported graph's int8 weight width from its metadata (quantize.py writes it); 0 for an fp32 graph or
+    one of a release that did not say."""
+    return int(meta.get("int8_weight_bits", 0)) if meta.get("precision") == "int8" else 0
+
+
 class Backend:
     name = "base"
     precision = "fp32"
@@ -56,7 +62,7 @@ class ExportedGraphBackend(Backend):
         self.meta = meta
         self.size = tuple(meta["input_size"])
         self.precision = meta.get("precision", "fp32")
-        self.int8_weight_bits = int(meta.get("int8_weight_bits", 0)) if self.precision == "int8" else 0
+        self.int8_weight_bits = int8_weight_bits_of(meta)
         # the network's part of the config: the post-processing recorded with a graph is whatever the config
         # that first exported it said (it is not in the graph, nor in a cached graph's name), and a value
         # refused today (a NaN threshold from a probe) made every later run fall back to fp32
