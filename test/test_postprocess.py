@@ -414,3 +414,40 @@ def test_touching_thing_segments_of_one_class_become_one_instance_with_merge_thi
     for label in (9, 3):
         np.testing.assert_array_equal(merged.segment_ids == next(s.id for s in merged.segments if s.label == label),
                                       plain.segment_ids == next(s.id for s in plain.segments if s.label == label))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_merged_then_split_instances_are_the_connected_pieces_of_each_class(seed):
+    """Many small segments of two thing classes and a stuff class on a random map (chains of touching
+    segments, segments in several pieces): with merge_touching then split_disconnected (pieces of any size),
+    each thing instance is exactly one 8-connected component of its class, computed here directly; stuff
+    keeps its segments; an instance's score is the best of every segment merged with it (segments that
+    share a piece, transitively, through a segment in several pieces too)."""
+    from scipy import ndimage
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from panoptic_node.inference.split_instances import merge_touching, split_disconnected
+    rng = np.random.default_rng(seed)
+    n = 40
+    labels = rng.choice([8, 9, 3], n)  # car, pedestrian (things), road (stuff)
+    scores = rng.uniform(0.5, 1.0, n)
+    ids = rng.integers(0, n + 1, (6, 8)).repeat(4, 0).repeat(4, 1)  # blocks of 4x4 pixels, 0 = void
+    ids[rng.random(ids.shape) < 0.05] = 0  # void specks cut some blocks into pieces
+    merged, m_labels, m_scores = merge_touching(ids, labels, scores, CAMVID.thing_lut)
+    out, o_labels, o_scores = split_disconnected(merged, m_labels, m_scores, CAMVID.thing_lut, 1)
+    label_map = np.where(ids > 0, np.concatenate([[255], labels])[ids], 255)
+    for cls in (8, 9):
+        pieces, count = ndimage.label(label_map == cls, structure=np.ones((3, 3), bool))
+        # segments and pieces as one graph: a segment is linked to every piece it has pixels in
+        inside = pieces > 0
+        graph = coo_matrix((np.ones(inside.sum()), (ids[inside], n + 1 + pieces[inside])), shape=(n + count + 2,) * 2)
+        _, group = connected_components(graph, directed=False)
+        for p in range(1, count + 1):
+            piece = pieces == p
+            got = np.unique(out[piece])
+            assert len(got) == 1 and o_labels[got[0] - 1] == cls  # one instance covers the piece ...
+            np.testing.assert_array_equal(out == got[0], piece)  # ... and nothing else
+            members = [s for s in range(1, n + 1) if group[s] == group[n + 1 + p]]
+            assert o_scores[got[0] - 1] == pytest.approx(scores[np.array(members) - 1].max())
+    for s in np.unique(ids[label_map == 3]):  # stuff segments are untouched, only renumbered
+        assert len(np.unique(out[ids == s])) == 1 and o_labels[out[ids == s][0] - 1] == 3

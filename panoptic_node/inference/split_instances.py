@@ -19,8 +19,6 @@ from typing import Tuple
 
 import numpy as np
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 EIGHT = np.ones((3, 3), bool)
 
@@ -83,12 +81,20 @@ def merge_touching(segment_ids: np.ndarray, labels: np.ndarray, scores: np.ndarr
         touch = (la >= 0) & (la == lab[yt, xt][border])
         pairs.append(np.stack([a[touch], b[touch]], 1))
     pairs = np.concatenate(pairs)
-    # segments joined by a chain of touching pairs form one group; each is named by its first member
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n + 1, n + 1))
-    _, group = connected_components(graph, directed=False)
-    first = np.full(group.max() + 1, n + 1)
-    np.minimum.at(first, group, np.arange(n + 1))
-    roots = first[group]
+    # segments joined by a chain of touching pairs form one group, named by its first member: a union-find
+    # over a few dozen segments, each group's root kept at its lowest id (scipy's sparse-graph components
+    # cost 0.7 ms a frame on a 2-core Zen 2 for this)
+    parent = list(range(n + 1))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = i = parent[parent[i]]
+        return i
+
+    for key in np.unique(pairs[:, 0] * (n + 1) + pairs[:, 1]).tolist():
+        a, b = root(key // (n + 1)), root(key % (n + 1))
+        parent[max(a, b)] = min(a, b)
+    roots = np.array([root(i) for i in range(n + 1)])
     if (roots == np.arange(n + 1)).all():
         return segment_ids, labels, np.asarray(scores, float)
     kept = np.nonzero(roots[1:] == np.arange(1, n + 1))[0] + 1
