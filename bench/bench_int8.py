@@ -4,6 +4,9 @@ and torch: PQ, mIoU and time per frame on the same CamVid frames, in one run.
     python bench/bench_int8.py                                    # the shipped model on CamVid val
     python bench/bench_int8.py --weights runs/fold/last.pth --drives 0006R0   # a drive held out of training
 
+On an x86 CPU without VNNI the default's graphs leave the matrix products in float; a fourth row runs the
+same 7-bit graph with int8 matrix products, what the default was before (quantize.quantize_int8).
+
 The weights need their scales beside them (`panoptic-node calibrate --weights W --calib FRAMES`, which
 writes W's `.int8.json`); calibrate on frames of the training drives, never on the drive scored here.
 """
@@ -30,7 +33,12 @@ def main():
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
     from panoptic_node.evaluation.evaluator import score_samples
-    from panoptic_node.inference.backends import make_pipeline
+    from panoptic_node.inference.backends import int8_scales_for, make_pipeline
+    from panoptic_node.inference.cpu_features import int8_saturates
+    from panoptic_node.inference.graph_per_shape import GraphPerShape
+    from panoptic_node.inference.openvino_backend import OpenVinoBackend
+    from panoptic_node.inference.pipeline import Pipeline
+    from panoptic_node.model.config import load_config
     from panoptic_node.training.data import CamVid, find_camvid
 
     root = find_camvid(args.camvid)
@@ -39,23 +47,34 @@ def main():
     with tempfile.TemporaryDirectory() as cache:
         os.environ["PANOPTIC_NODE_GRAPH_CACHE"] = cache  # graphs made fresh, as on a new machine
         rows = {}
-        for name, backend, precision in (("torch fp32", "torch", "fp32"), ("openvino fp32", "openvino", "fp32"),
-                                         ("openvino int8 (auto)", "auto", "auto")):
-            pipe = make_pipeline(args.model, weights=args.weights, backend=backend, precision=precision,
-                                 log=lambda m: None)
+        runs = [("torch fp32", "torch", "fp32"), ("openvino fp32", "openvino", "fp32"),
+                ("openvino int8 (auto)", "auto", "auto")]
+        if int8_saturates():
+            runs.append(("int8, int8 matmuls", "openvino", "int8 matmuls"))
+        for name, backend, precision in runs:
+            if precision == "int8 matmuls":  # the default's graph, but with its matrix products in int8 too
+                cfg = load_config(args.model)
+                int8 = {**int8_scales_for(cfg, args.weights, "openvino", "int8", log=None), "int8_matmuls": True}
+                graphs = GraphPerShape(cfg, args.weights, lambda p: OpenVinoBackend(p, cfg), log=lambda m: None,
+                                       int8=int8)
+                pipe = Pipeline(cfg, graphs)
+            else:
+                pipe = make_pipeline(args.model, weights=args.weights, backend=backend, precision=precision,
+                                     log=lambda m: None)
             pipe(samples[0].rgb)  # the frame size's graph is made before timing
             ev, times = score_samples(pipe, samples, progress=name)
             rep = ev.report()
             bits = pipe.backend.int8_weight_bits  # 7 on an x86 CPU without VNNI (cpu_features.py)
-            rows[name] = (f"{pipe.backend.name} {pipe.backend.precision}" + (f", {bits}-bit" if bits else ""),
+            rows[name] = (f"{pipe.backend.name} {pipe.backend.precision}" + (f", {bits}-bit" if bits else "")
+                          + (", float mm" if bits and precision != "int8 matmuls" and int8_saturates() else ""),
                           100 * rep["pq"]["pq"],
                           100 * rep["pq_things"]["pq"], 100 * rep["miou"], 1000 * statistics.median(times))
     base = rows["torch fp32"][4]
     print(f"{len(samples)} frames ({'drives ' + args.drives if args.drives else 'CamVid val'}), "
           f"weights {args.weights or 'shipped'}, {args.threads} threads")
-    print(f"{'run':22} {'ran as':22} {'PQ':>5} {'things':>6} {'mIoU':>5} {'ms/frame':>8} {'vs torch':>8}")
+    print(f"{'run':22} {'ran as':32} {'PQ':>5} {'things':>6} {'mIoU':>5} {'ms/frame':>8} {'vs torch':>8}")
     for name, (ran, pq, things, miou, ms) in rows.items():
-        print(f"{name:22} {ran:22} {pq:5.1f} {things:6.1f} {miou:5.1f} {ms:8.1f} {base / ms:7.2f}x")
+        print(f"{name:22} {ran:32} {pq:5.1f} {things:6.1f} {miou:5.1f} {ms:8.1f} {base / ms:7.2f}x")
 
 
 if __name__ == "__main__":

@@ -657,8 +657,10 @@ def cmd_export(args) -> int:
             fp32 = Path(d) / "fp32.onnx"
             export_onnx(model, size, fp32)
             # into the scratch folder first: calibration that fails leaves no graph behind
+            # a graph for an x86 CPU without VNNI is what the graph cache makes there: 7-bit weights,
+            # matrix products in float
             int8 = quantize_int8(fp32, Path(d) / "int8.onnx", cfg, size, args.calib, args.calib_frames,
-                                 args.calib_method, args.reduce_range)
+                                 args.calib_method, args.reduce_range, float_matmuls=args.reduce_range)
             out.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(mask_graph_path(out)) as tmp:  # the mask head stays fp32
                 shutil.copyfile(mask_graph_path(fp32), tmp)
@@ -691,6 +693,7 @@ def cmd_calibrate(args) -> int:
     size = cfg.input.canvas
     with tempfile.TemporaryDirectory() as d:  # the graphs are only a step towards the scales
         fp32, _ = export_onnx(model, size, Path(d) / "fp32.onnx")
+        # every activation quantized, matrix products too: the scales serve any CPU's graphs
         int8 = quantize_int8(fp32, Path(d) / "int8.onnx", cfg, size, args.calib, args.calib_frames,
                              args.calib_method, args.reduce_range)
         scales = activation_scales(onnx.load(str(int8)))
@@ -902,9 +905,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing graph")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=False,
-                   help="7-bit int8 weights, for x86 CPUs without VNNI (OpenVINO's and ONNX Runtime's int8 "
-                        "kernels saturate on 8-bit weights there); the default 8-bit weights suit TensorRT, VNNI "
-                        "and ARM")
+                   help="the graph for x86 CPUs without VNNI: 7-bit int8 weights (OpenVINO's and ONNX Runtime's "
+                        "int8 kernels saturate on 8-bit weights there) and matrix products left in float (faster "
+                        "there than int8 ones); the default, 8-bit weights and int8 matrix products, suits "
+                        "TensorRT, VNNI and ARM")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("calibrate", help="int8 activation scales of a model's weights, calibrated on real frames: "

@@ -91,7 +91,8 @@ def model_checks(model: str, weights: Optional[str], node: Optional[dict] = None
     fine = int8 is not None or chosen != "openvino" or asked_precision == "fp32"
     out.append(Check("int8 scales", OK if fine else NOTE,
                      f"found, for these weights: auto runs the int8 graph, with {int8['int8_weight_bits']}-bit "
-                     f"weights" if int8 is not None else
+                     f"weights" + ("" if int8.get("int8_matmuls", True) else " and matrix products in float")
+                     if int8 is not None else
                      "not used: the parameters ask for fp32" if asked_precision == "fp32" else
                      (notes[0] if notes else
                       f"none beside {source}: auto runs fp32 on {chosen} (panoptic-node calibrate --weights "

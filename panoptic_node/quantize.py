@@ -141,14 +141,19 @@ def clipped_conv_ranges(model) -> dict:
 
 
 def quantize_int8(fp32_path, out_path, cfg, size, source, frames: int = 32, method: str = "minmax",
-                  reduce_range: bool = False) -> Path:
+                  reduce_range: bool = False, float_matmuls: bool = False) -> Path:
     """reduce_range: 7-bit weights, for x86 CPUs without VNNI, whose int8 kernels (ONNX Runtime's and
     OpenVINO's) add pairs of 8-bit products in saturating 16-bit lanes: full-range weights overflow them
     (cpu_features.py; a street model on CamVid val: PQ 52.7 fp32, 19.6 int8 with 8-bit weights, 52.1 with
     7-bit ones).
     TensorRT, VNNI and ARM CPUs have no such limit, and 7 bits cost accuracy there (the shipped
     street model on a VNNI CPU: PQ 55.9 fp32, 55.7 with 8-bit weights, 54.3 with 7-bit ones).
-    The weight width is recorded in the graph's metadata so a backend can warn about a mismatch."""
+    float_matmuls: quantize the convolutions only and leave the matrix products (the transformer's) in
+    float: on x86 without VNNI the runtimes' int8 matrix products are slower than their float ones (the
+    street model's on OpenVINO, AMD EPYC Zen 2: 10.8 ms a frame in int8, 5.3 in float; the whole graph
+    37.7 ms instead of 41.9, at the same PQ). Calibration keeps them quantized: scales for every activation.
+    The weight width and what is quantized are recorded in the graph's metadata (a backend warns about a
+    width this CPU cannot take)."""
     from onnxruntime.quantization import CalibrationMethod
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -157,10 +162,11 @@ def quantize_int8(fp32_path, out_path, cfg, size, source, frames: int = 32, meth
         raise ValueError(f"calibration method '{method}' is not one of {', '.join(methods)}")
     data = list(calibration_frames(source, frames))
     return _quantize(fp32_path, out_path, _Reader(data, cfg, size, progress=True), methods[method], reduce_range,
-                     shipped=None)
+                     float_matmuls, shipped=None)
 
 
-def quantize_with_scales(fp32_path, out_path, cfg, size, scales: dict, reduce_range: bool = False) -> Path:
+def quantize_with_scales(fp32_path, out_path, cfg, size, scales: dict, reduce_range: bool = False,
+                         float_matmuls: bool = False) -> Path:
     """The int8 graph of `fp32_path` with shipped activation scales (int8_scales.py) instead of frames:
     what quantize_int8 made at calibration, for any input size. One blank frame passes through the
     calibrator only because ONNX Runtime always calibrates; every activation's range comes from
@@ -173,7 +179,7 @@ def quantize_with_scales(fp32_path, out_path, cfg, size, scales: dict, reduce_ra
     overrides = {name: [{"scale": np.array(v, np.float32), "zero_point": np.array(0, np.int8)}]
                  for name, v in scales.items()}
     return _quantize(fp32_path, out_path, _Reader([blank], cfg, size), CalibrationMethod.MinMax, reduce_range,
-                     shipped=overrides)
+                     float_matmuls, shipped=overrides)
 
 
 class _WithoutPreprocessingAdvice(logging.Filter):
@@ -195,7 +201,7 @@ def _quiet_quantizer():
         logging.getLogger().removeFilter(advice)
 
 
-def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, shipped) -> Path:
+def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, float_matmuls: bool, shipped) -> Path:
     """shipped: TensorQuantOverrides of every activation (from shipped scales), or None to calibrate
     on the reader's frames (with the ReLU6 ranges of clipped_conv_ranges)."""
     import onnx
@@ -211,7 +217,7 @@ def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, shipped) 
         quantize_static(str(fp32_path), str(tmp), reader, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                         reduce_range=reduce_range,
-                        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                        op_types_to_quantize=["Conv"] if float_matmuls else ["Conv", "MatMul", "Gemm"],
                         nodes_to_exclude=float_kept_nodes(graph) + constant_nodes(graph),
                         calibrate_method=method,
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
@@ -222,5 +228,5 @@ def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, shipped) 
                 raise ValueError(f"the int8 scales lack {len(missing)} activation(s) of this graph (e.g. "
                                  f"'{missing[0]}'): they were made for another model or exporter; recalibrate "
                                  f"with `panoptic-node calibrate`")
-        set_metadata(tmp, precision="int8", int8_weight_bits=7 if reduce_range else 8)
+        set_metadata(tmp, precision="int8", int8_weight_bits=7 if reduce_range else 8, int8_matmuls=not float_matmuls)
     return out_path

@@ -35,7 +35,8 @@ def test_the_shipped_model_and_what_auto_runs_it_on(tmp_path, monkeypatch):
     if chosen == "openvino":  # x86 with OpenVINO: the shipped scales make it int8, the graph comes on first use
         assert checks["int8 scales"].verdict == OK and checks["auto backend"].finding.startswith("openvino (int8)")
         from panoptic_node.inference.cpu_features import int8_saturates  # 7 bits where 8 saturate the kernels
-        assert checks["int8 scales"].finding.endswith(f"with {7 if int8_saturates() else 8}-bit weights")
+        assert checks["int8 scales"].finding.endswith("with 7-bit weights and matrix products in float"
+                                                      if int8_saturates() else "with 8-bit weights")
         assert "is made on the first frame" in checks["graph cache"].finding
         assert checks["speed"].finding.startswith("not measured: the graph is made on the first run")
     assert not (tmp_path / "graphs").exists()  # doctor looks; it makes no graph

@@ -95,7 +95,9 @@ def test_auto_runs_int8_graphs_of_each_input_size_on_openvino(calibrated, rng, t
         scales = activation_scales(onnx.load(str(tmp_path / "cache" / g)))
         assert scales and set(scales) <= set(load_scales(default_scales_path(cfg.weights), cfg.weights)["scales"])
         # with the weight width this CPU's int8 kernels take (7 bits where 8 would saturate them)
-        assert read_metadata(tmp_path / "cache" / g)["int8_weight_bits"] == (7 if int8_saturates() else 8)
+        # and matrix products in float there, faster than int8 ones without VNNI
+        meta = read_metadata(tmp_path / "cache" / g)
+        assert (meta["int8_weight_bits"], meta["int8_matmuls"]) == ((7, False) if int8_saturates() else (8, True))
     # and the pipeline says that width (the node's /diagnostics and replay compare it); fp32 says none
     assert (pipe.backend.int8_weight_bits, fp32.backend.int8_weight_bits) == (7 if int8_saturates() else 8, 0)
     # ONNX Runtime's int8 kernels are slower than its fp32 ones on x86: auto keeps it fp32, int8 on request
@@ -126,6 +128,7 @@ def test_the_cache_makes_7_bit_int8_graphs_where_8_bit_weights_would_saturate(ca
     for precision in ("auto", "int8"):
         made = int8_scales_for(cfg, None, "openvino", precision, log=None, device=device)
         assert made["int8_weight_bits"] == bits and made["scales"] == body["scales"]
+        assert made.get("int8_matmuls", True) == (bits == 8)  # float matrix products with the 7-bit weights
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")  # ARM's int8 dot products do not saturate
     assert int8_scales_for(cfg, None, "openvino", "int8", log=None)["int8_weight_bits"] == 8
 

@@ -105,7 +105,10 @@ def test_int8_qdq_graph(fp32, image_dir, rng, capsys):
                  and inits[n.input[0]].dtype == np.int8]
     assert weights_q and max(int(np.abs(w).max()) for w in weights_q) == 127
     meta = read_metadata(out)
-    assert meta["precision"] == "int8" and meta["int8_weight_bits"] == 8
+    assert meta["precision"] == "int8" and meta["int8_weight_bits"] == 8 and meta["int8_matmuls"] is True
+    # the transformer's projections (MatMul by a stored weight) are int8 too by default
+    assert any(producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"
+               for n in model.graph.node if n.op_type == "MatMul" and "/transformer/" in n.name)
     # the first decoder layer's self-attention is a constant (its target is zero): no Q/DQ there
     for n in model.graph.node:
         if n.name.startswith("/transformer/decoder/layers.0/self_attn/") and n.op_type in ("MatMul", "Gemm"):
@@ -141,16 +144,51 @@ def test_openvino_runs_the_int8_graph_like_onnxruntime(fp32, image_dir, rng, mon
     assert (a.softmax(-1) - b.softmax(-1)).abs().max() < 0.05
 
 
-def test_reduce_range_gives_7_bit_weights(fp32, image_dir):
-    # for ONNX Runtime on x86 CPUs without VNNI, whose int8 kernels saturate on 8-bit weights
+def test_the_graph_for_cpus_without_vnni_has_7_bit_weights_and_float_matrix_products(fp32, image_dir, rng):
+    """For OpenVINO and ONNX Runtime on x86 CPUs without VNNI: their int8 kernels saturate on 8-bit weights,
+    and their int8 matrix products are slower than float ones there. Convolutions stay int8."""
     cfg, d = fp32
-    out = quantize_int8(d / "m.onnx", d / "m_int8_7bit.onnx", cfg, (64, 96), image_dir, frames=4, reduce_range=True)
+    out = quantize_int8(d / "m.onnx", d / "m_int8_7bit.onnx", cfg, (64, 96), image_dir, frames=4, reduce_range=True,
+                        float_matmuls=True)
     model = onnx.load(str(out))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     weights_q = [inits[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear"
                  and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
     assert weights_q and max(int(np.abs(w).max()) for w in weights_q) <= 64
-    assert read_metadata(out)["int8_weight_bits"] == 7
+    producers = {o: n for n in model.graph.node for o in n.output}
+    dequantized = [[producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input]
+                   for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert dequantized and not any(any(d) for d in dequantized)  # no matrix product reads int8
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and all(producers[n.input[1]].op_type == "DequantizeLinear" for n in convs)
+    meta = read_metadata(out)
+    assert meta["int8_weight_bits"] == 7 and meta["int8_matmuls"] is False
+    (d / "m_int8_7bit.masks.onnx").write_bytes((d / "m.masks.onnx").read_bytes())
+    result = Pipeline(cfg, OnnxRuntimeBackend(out, cfg))(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))
+    assert result.shape == (48, 80)
+
+
+def test_export_reduce_range_makes_the_graph_the_cache_makes_without_vnni(tmp_path, image_dir, monkeypatch, capsys):
+    """`export --precision int8 --reduce-range` (a graph for x86 without VNNI) leaves the matrix products in
+    float as the graph cache does there; `calibrate` keeps them quantized whatever the width, so its scales
+    cover every activation any CPU's graph needs. Checked on the arguments the quantizer gets."""
+    from launch_helpers import tiny_model_yaml
+    from panoptic_node import quantize
+    from panoptic_node.cli import main
+    asked = []
+
+    def record(*args, **kwargs):
+        asked.append((args[7] if len(args) > 7 else kwargs.get("reduce_range"), kwargs.get("float_matmuls", False)))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(quantize, "quantize_int8", record)
+    model = tiny_model_yaml()
+    for command in (["export", "--out", str(tmp_path / "x.onnx"), "--size", "64x96", "--precision", "int8"],
+                    ["calibrate", "--out", str(tmp_path / "x.int8.json")]):
+        for width in ("--reduce-range", "--no-reduce-range"):
+            assert main(command + ["--model", model, "--calib", str(image_dir), width]) != 0
+    assert asked == [(True, True), (False, False), (True, False), (False, False)]
+    assert capsys.readouterr().err.count("stop here") == 4 and not list(tmp_path.iterdir())
 
 
 def test_int8_saturation_warning_only_where_it_applies():
