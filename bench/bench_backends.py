@@ -81,6 +81,8 @@ def main():
         else:
             print("openvino is not installed: its rows are left out (pip install openvino)")
         for name, precision, be in backends:
+            # as make_pipeline runs them: torch's post-processing on one thread beside another runtime
+            torch.set_num_threads(args.threads if name == "torch" else 1)
             pipeline = Pipeline(cfg, be)
             pipeline(samples[0].rgb)  # warm-up
             ev, times = score_samples(pipeline, samples)

@@ -18,6 +18,15 @@ CAMVID = Path(os.environ.get("PANOPTIC_NODE_CAMVID", ROOT.parent / "shared" / "d
 # CI has the machine to itself; set PANOPTIC_TEST_THREADS=1 while something else trains
 torch.set_num_threads(int(os.environ.get("PANOPTIC_TEST_THREADS", "2")))
 
+@pytest.fixture(autouse=True)
+def _torch_threads_kept():
+    """A pipeline whose network runs outside torch leaves torch one thread (backends._set_torch_threads): a
+    training test after it must not run on one core."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 # graphs that `--backend auto` exports go to a folder of this test session, not the user's cache
 # (removed when the session ends: about 100 MB of graphs a run)
 os.environ["PANOPTIC_NODE_GRAPH_CACHE"] = tempfile.mkdtemp(prefix="panoptic_node_test_graphs_")

@@ -343,6 +343,25 @@ def test_threads_reach_every_runtime_and_every_frame_size(tmp_path, monkeypatch,
         torch.set_num_threads(before)
 
 
+def test_torch_keeps_one_thread_beside_another_runtime_and_its_own_count_for_its_network(tmp_path, monkeypatch):
+    """Where ONNX Runtime or OpenVINO runs the network, torch runs only the post-processing, on one thread
+    (with more, its OpenMP workers spin between operations and slow the runtime's next frame); a torch
+    pipeline made after it gets torch's own count back, or the threads asked for."""
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
+    from panoptic_node.inference import backends
+    monkeypatch.setattr(backends, "_TORCH_OWN_THREADS", [])
+    torch.set_num_threads(2)
+    model = str(_model(tmp_path))
+    make_pipeline(model, backend="onnxruntime", log=lambda m: None)
+    assert torch.get_num_threads() == 1
+    make_pipeline(model, backend="torch", log=lambda m: None)
+    assert torch.get_num_threads() == 2
+    make_pipeline(model, backend="onnxruntime", threads=os.cpu_count() or 1, log=lambda m: None)  # the runtime's
+    assert torch.get_num_threads() == 1
+    make_pipeline(model, backend="torch", threads=1, log=lambda m: None)
+    assert torch.get_num_threads() == 1
+
+
 @pytest.mark.parametrize("threads", [-1, 1.5, True, (os.cpu_count() or 1) + 1, 100000])
 def test_a_bad_thread_count_is_refused_in_one_line(threads):
     """100000 threads segfaulted torch's thread pool at the first frame (the node died without a word)."""

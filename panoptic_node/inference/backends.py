@@ -126,8 +126,9 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
                   log=None, precision: str = "auto", threads: int = 0, warn=None) -> Pipeline:
     """precision: of the graphs the cache makes (int8_scales_for); a graph given with --onnx runs at
     its own precision, which a precision other than auto must name. threads: CPU threads for the network
-    and post-processing (0: each runtime's own choice, every core), so that several pipelines on one
-    machine (fleet workers, a node beside the driving stack) do not each take every core. warn: where a
+    (0: each runtime's own choice, every core; the post-processing takes torch's, one where the network
+    runs on another runtime: _set_torch_threads), so that several pipelines on one machine (fleet workers,
+    a node beside the driving stack) do not each take every core. warn: where a
     fallback to a slower deployment is said (the node's WARN; default: log)."""
     check_threads(threads)
     cfg = load_config(model)
@@ -172,9 +173,7 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     if precision == "int8" and per_shape is None and path is None:
         raise ValueError(f"precision int8 runs on the openvino or onnxruntime backend (graphs made from the "
                          f"model's int8 scales) or from an int8 --onnx graph; backend '{chosen}' runs fp32")
-    if threads:  # torch runs the post-processing whatever the backend, and the network on torch
-        import torch
-        torch.set_num_threads(threads)
+    _set_torch_threads(threads if chosen == "torch" else 1)
     if chosen == "torch":
         return Pipeline.from_config(cfg, weights=weights, device=device, threshold=threshold, labels=labels)
     if chosen == "tensorrt" and path is None:
@@ -188,6 +187,21 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
         from ..int8_scales import default_scales_path
         pipeline.scales_id = weights_identity(default_scales_path(pipeline.weights_path))
     return pipeline
+
+
+_TORCH_OWN_THREADS = []  # torch's thread count before make_pipeline first set it
+
+
+def _set_torch_threads(threads: int) -> None:
+    """torch runs the network on the torch backend (`threads`, 0: torch's own count, every core) and the
+    post-processing whatever the backend. Where another runtime runs the network, torch gets one thread:
+    the post-processing's operations are small and no slower on one, while with more torch's OpenMP workers
+    spin after each of them and take the cores from the runtime's next frame (OpenVINO's network on a 2-core
+    Zen 2: 42 ms a frame beside two torch threads, 36 beside one; bench/bench_backends.py)."""
+    import torch
+    if not _TORCH_OWN_THREADS:
+        _TORCH_OWN_THREADS.append(torch.get_num_threads())
+    torch.set_num_threads(threads or _TORCH_OWN_THREADS[0])
 
 
 def _open_graph(chosen: str, path, cfg, device: str, log, threads: int = 0):
