@@ -187,7 +187,9 @@ def merge_panoptic(masks, labels: Tensor, scores: Tensor, thing_lut: np.ndarray,
     renumber = np.zeros(k, np.int64)
     renumber[present] = np.arange(1, len(present) + 1)
     segment_ids = renumber[group][best]
-    seg_scores = np.array([float(scores[group == g].max()) for g in present])
+    best_score = np.full(k, -np.inf)
+    np.maximum.at(best_score, group, scores.numpy().astype(np.float64))  # a segment's best query
+    seg_scores = best_score[present]
     seg_labels = labels_np[present]
     if merge_things:
         segment_ids, seg_labels, seg_scores = merge_touching(segment_ids, seg_labels, seg_scores, thing_lut)

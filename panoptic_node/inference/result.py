@@ -58,9 +58,10 @@ def result_from_segments(segment_ids: np.ndarray, labels: np.ndarray, scores: np
     pan_of = np.full(n + 1, VOID_PANOPTIC, np.int64)
     pan_of[1:] = np.where(is_thing, labels * LABEL_DIVISOR + instance_of[1:], labels)
 
-    semantic = label_of[segment_ids].astype(np.uint8)
-    instance = instance_of[segment_ids].astype(np.uint16)
-    panoptic = pan_of[segment_ids].astype(np.int32)
+    # the tables in the maps' own types: one pass over the frame each, no wide copy to narrow
+    semantic = label_of.astype(np.uint8)[segment_ids]
+    instance = instance_of.astype(np.uint16)[segment_ids]
+    panoptic = pan_of.astype(np.int32)[segment_ids]
     areas = np.bincount(segment_ids.ravel(), minlength=n + 1)
     slices = ndimage.find_objects(segment_ids, max_label=n) if n else []
     segments = []
