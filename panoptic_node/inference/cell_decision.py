@@ -12,7 +12,7 @@ ties) at ~1/30 of its work; a small margin on the bounds keeps float rounding of
 side of resampling. The same bounds give each query's own area (pixels with logit > 0): a cell whose
 four corners are all positive counts whole, one whose corners are all <= 0 counts nothing.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -163,10 +163,16 @@ class CellDecision:
         self._scatter(best, cy, cx, pick.reshape(len(cy), self.y.frac.shape[1], self.x.frac.shape[1]))
         return best
 
-    def own_areas(self) -> np.ndarray:
-        """Per query, the pixels of the frame where its own logit is positive."""
+    def own_areas(self, queries: Optional[np.ndarray] = None) -> np.ndarray:
+        """Per query, the pixels of the frame where its own logit is positive; with `queries` (K bools), for
+        those only and 0 for the rest (the overlap rule counts thing queries: the long borders of the stuff
+        masks need not be resampled)."""
         area = ((self.logit_min > 0) * self.cell_area).sum((1, 2)).astype(np.int64)
-        q, cy, cx = np.nonzero((self.logit_min <= 0) & (self.logit_max > 0))  # cells the mask's border crosses
+        border = (self.logit_min <= 0) & (self.logit_max > 0)  # cells the mask's border crosses
+        if queries is not None:
+            area[~queries] = 0
+            border &= queries[:, None, None]
+        q, cy, cx = np.nonzero(border)
         if len(q):
             valid = self.y.valid[cy][:, :, None] & self.x.valid[cx][:, None, :]
             positive = (self._resample(q, cy, cx).numpy() > 0) & valid

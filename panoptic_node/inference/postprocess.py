@@ -130,8 +130,8 @@ class DenseDecision:
         self.best = reassign_pixels(self.values, torch.from_numpy(alive), self.best)
         return self.best
 
-    def own_areas(self) -> np.ndarray:
-        return self.own
+    def own_areas(self, queries: Optional[np.ndarray] = None) -> np.ndarray:
+        return self.own if queries is None else np.where(queries, self.own, 0)
 
 
 def merge_panoptic(masks, labels: Tensor, scores: Tensor, thing_lut: np.ndarray, merge: str,
@@ -159,8 +159,8 @@ def merge_panoptic(masks, labels: Tensor, scores: Tensor, thing_lut: np.ndarray,
     h, w = decision.height, decision.width
     alive = np.ones(k, dtype=bool)
     best = decision.winners(alive)
-    own_area = decision.own_areas() if overlap > 0 else None
     labels_np = labels.numpy().astype(np.int64)
+    own_area = decision.own_areas(thing_lut[labels_np]) if overlap > 0 else None  # the rule drops things only
     # stuff queries of one class form one segment; every thing query is its own
     group = np.empty(k, np.int64)
     stuff_group = {}
