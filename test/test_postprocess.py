@@ -436,7 +436,9 @@ def test_merged_then_split_instances_are_the_connected_pieces_of_each_class(seed
     ids = rng.integers(0, n + 1, (6, 8)).repeat(4, 0).repeat(4, 1)  # blocks of 4x4 pixels, 0 = void
     ids[rng.random(ids.shape) < 0.05] = 0  # void specks cut some blocks into pieces
     merged, m_labels, m_scores = merge_touching(ids, labels, scores, CAMVID.thing_lut)
-    out, o_labels, o_scores = split_disconnected(merged, m_labels, m_scores, CAMVID.thing_lut, 1)
+    out, o_labels, o_scores, boxes = split_disconnected(merged, m_labels, m_scores, CAMVID.thing_lut, 1)
+    from scipy import ndimage as nd
+    assert boxes == nd.find_objects(out, max_label=len(o_labels))  # the boxes it hands on: those of its own segments
     label_map = np.where(ids > 0, np.concatenate([[255], labels])[ids], 255)
     for cls in (8, 9):
         pieces, count = ndimage.label(label_map == cls, structure=np.ones((3, 3), bool))

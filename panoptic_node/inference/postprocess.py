@@ -193,7 +193,8 @@ def merge_panoptic(masks, labels: Tensor, scores: Tensor, thing_lut: np.ndarray,
     seg_labels = labels_np[present]
     if merge_things:
         segment_ids, seg_labels, seg_scores = merge_touching(segment_ids, seg_labels, seg_scores, thing_lut)
+    boxes = None
     if split_things:
-        segment_ids, seg_labels, seg_scores = split_disconnected(segment_ids, seg_labels, seg_scores, thing_lut,
-                                                                 split_things)
-    return result_from_segments(segment_ids, seg_labels, seg_scores, thing_lut, taxonomy)
+        segment_ids, seg_labels, seg_scores, boxes = split_disconnected(segment_ids, seg_labels, seg_scores,
+                                                                        thing_lut, split_things)
+    return result_from_segments(segment_ids, seg_labels, seg_scores, thing_lut, taxonomy, boxes)

@@ -1,6 +1,6 @@
 """PanopticResult: what the pipeline gives for one frame (see DESIGN.md)."""
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage  # imported with the module: its first import takes ~1 s, not a frame's time
@@ -43,7 +43,7 @@ def empty_result(height: int, width: int, labels: str) -> PanopticResult:
 
 
 def result_from_segments(segment_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray, thing_lut: np.ndarray,
-                         taxonomy_name: str) -> PanopticResult:
+                         taxonomy_name: str, boxes: Optional[list] = None) -> PanopticResult:
     """Build every map from a segment-id image (0 = void, 1..S) and per-segment label / score.
 
     Thing instances are numbered 1..N over the frame, in segment order.
@@ -63,7 +63,8 @@ def result_from_segments(segment_ids: np.ndarray, labels: np.ndarray, scores: np
     instance = instance_of.astype(np.uint16)[segment_ids]
     panoptic = pan_of.astype(np.int32)[segment_ids]
     areas = np.bincount(segment_ids.ravel(), minlength=n + 1)
-    slices = ndimage.find_objects(segment_ids, max_label=n) if n else []
+    # boxes: ndimage.find_objects' answer for these ids when the caller has it (split_disconnected does)
+    slices = boxes if boxes is not None else ndimage.find_objects(segment_ids, max_label=n) if n else []
     segments = []
     for i in range(n):
         sl = slices[i]

@@ -15,7 +15,7 @@ parked cars), and a model that covers such a segment with two queries matches it
 every segment of a class and then splitting would hand each small stray piece to the class's largest
 instance, and cost it its match (measured: models/README.md).
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -24,12 +24,13 @@ EIGHT = np.ones((3, 3), bool)
 
 
 def split_disconnected(segment_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray, thing_lut: np.ndarray,
-                       min_area: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       min_area: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[list]]:
     """segment_ids (0 = void, 1..S), labels / scores per segment -> the same with pieces split off
-    (new segments numbered S+1.. in order of their segment, then of size)."""
+    (new segments numbered S+1.. in order of their segment, then of size), and every segment's bounding box
+    as ndimage.find_objects gives it (None when nothing was looked at: result_from_segments finds them)."""
     n = len(labels)
     if min_area <= 0 or n == 0 or not thing_lut[np.asarray(labels, np.int64)].any():
-        return segment_ids, labels, scores
+        return segment_ids, labels, scores, None
     out = segment_ids.copy()
     new_labels, new_scores = list(labels), list(scores)
     boxes = ndimage.find_objects(segment_ids, max_label=n)
@@ -43,13 +44,23 @@ def split_disconnected(segment_ids: np.ndarray, labels: np.ndarray, scores: np.n
             continue
         sizes = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
         order = np.argsort(-sizes, kind="stable")
+        # each piece's box in frame coordinates: the boxes of the segments made here and of what stays
+        y0, x0 = sl[0].start, sl[1].start
+        piece_boxes = [(slice(b[0].start + y0, b[0].stop + y0), slice(b[1].start + x0, b[1].stop + x0))
+                       for b in ndimage.find_objects(pieces)]
+        stays = list(range(count))
         for p in order[1:]:
             if sizes[p] < min_area:
                 break  # sorted by size: the rest are smaller still
             new_labels.append(labels[i])
             new_scores.append(scores[i])
             out[sl][pieces == p + 1] = len(new_labels)
-    return out, np.asarray(new_labels, np.asarray(labels).dtype), np.asarray(new_scores, float)
+            boxes.append(piece_boxes[p])
+            stays.remove(p)
+        if len(stays) < count:
+            boxes[i] = tuple(slice(min(piece_boxes[p][a].start for p in stays),
+                                   max(piece_boxes[p][a].stop for p in stays)) for a in (0, 1))
+    return out, np.asarray(new_labels, np.asarray(labels).dtype), np.asarray(new_scores, float), boxes
 
 
 def merge_touching(segment_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray,
