@@ -74,7 +74,10 @@ class ExportedGraphBackend(Backend):
         if tuple(images.shape[-2:]) != self.size:
             raise ValueError(f"ONNX graph takes {self.size[0]}x{self.size[1]} inputs, got "
                              f"{images.shape[-2]}x{images.shape[-1]}")
-        return {"image": images.numpy().astype(np.float32), "pad_mask": pad_mask.numpy().astype(np.uint8)}
+        # the runtime reads these in place: no copy of a frame already float32, the mask's bools as bytes
+        mask = np.ascontiguousarray(pad_mask.numpy())
+        return {"image": np.ascontiguousarray(images.numpy(), np.float32),
+                "pad_mask": mask.view(np.uint8) if mask.dtype == np.bool_ else mask.astype(np.uint8)}
 
     def _mask_feeds(self, mask_features, index: int, hs: Tensor) -> dict:
         feeds = {name: f[index:index + 1] for name, f in zip(self.feature_names, mask_features)}
