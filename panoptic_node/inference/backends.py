@@ -197,7 +197,7 @@ def _set_torch_threads(threads: int) -> None:
     post-processing whatever the backend. Where another runtime runs the network, torch gets one thread:
     the post-processing's operations are small and no slower on one, while with more torch's OpenMP workers
     spin after each of them and take the cores from the runtime's next frame (OpenVINO's network on a 2-core
-    Zen 2: 42 ms a frame beside two torch threads, 36 beside one; bench/bench_backends.py)."""
+    Zen 2, the pipeline's own stage timings: 42 ms a frame beside two torch threads, 36 beside one)."""
     import torch
     if not _TORCH_OWN_THREADS:
         _TORCH_OWN_THREADS.append(torch.get_num_threads())
