@@ -7,6 +7,7 @@
 Opset 17 keeps LayerNorm one node (TensorRT needs it for FP16 accuracy). Metadata (model config,
 classes, input size, normalisation, precision) rides in the ONNX so a backend needs no side file.
 """
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -18,6 +19,11 @@ from torch import nn
 from .atomic import atomic_path
 from .errors import first_line
 from .inference.cache_key import NOT_IN_GRAPH
+from .model.config import ModelConfig
+
+# each config key's default: what a graph exported before the key existed was made with
+CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)
+                   if f.default is not dataclasses.MISSING}
 from .onnx_passes import fold_pads_into_convs
 
 OPSET = 17
@@ -124,7 +130,8 @@ def open_exported(path, expected_config=None) -> Tuple[dict, Path]:
         raise FileNotFoundError(f"mask-head graph '{masks}' is missing beside '{path}'; re-run `panoptic-node export`")
     if expected_config is not None:
         want, got = expected_config.to_dict(), meta["config"]
-        diff = sorted(k for k in want if k not in NOT_IN_GRAPH and want[k] != got.get(k))
+        # a key the graph's config lacks was added since it was exported: it has that key's default
+        diff = sorted(k for k in want if k not in NOT_IN_GRAPH and want[k] != got.get(k, CONFIG_DEFAULTS.get(k)))
         if diff:
             raise ValueError(f"ONNX file '{path}' was exported from another model (differs in {', '.join(diff)}); "
                              f"re-export it for model '{expected_config.name}'")

@@ -96,6 +96,29 @@ def test_onnx_from_another_model_is_refused(exported, runtime):
         runtime(path, other)
 
 
+def test_a_graph_exported_before_a_config_key_existed_has_that_key_s_default(exported, tmp_path):
+    """A graph exported by an earlier release lacks keys added since (fpn_smooth): it was made with their
+    defaults, so it loads for a config that keeps the default and is refused for one that does not."""
+    import json
+    import onnx
+    from panoptic_node.export import open_exported
+    cfg, _, path = exported
+    model = onnx.load(str(path))
+    for p in model.metadata_props:
+        if p.key == "panoptic_node":
+            meta = json.loads(p.value)
+            del meta["config"]["fpn_smooth"]
+            p.value = json.dumps(meta)
+    old = tmp_path / "old.onnx"
+    onnx.save(model, str(old))
+    (tmp_path / "old.masks.onnx").write_bytes(path.with_name(path.stem + ".masks.onnx").read_bytes())
+    assert open_exported(old, cfg)[0]["config"].get("fpn_smooth") is None
+    if cfg.mask_head == "dot_product":
+        import dataclasses
+        with pytest.raises(ValueError, match=r"differs in fpn_smooth\)"):
+            open_exported(old, dataclasses.replace(cfg, fpn_smooth="separable"))
+
+
 @RUNTIMES
 def test_corrupt_onnx(tmp_path, runtime):
     bad = tmp_path / "bad.onnx"

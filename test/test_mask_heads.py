@@ -49,6 +49,8 @@ def test_stride4_model_through_the_pipeline(rng):
     (dict(mask_head="dot_product", mask_stride=16), "'mask_stride' = 16 is invalid: allowed one of 4, 8"),
     (dict(mask_head="detr_conv", mask_stride=4), "mask_stride 4 is not allowed"),
     (dict(postprocess={"merge_things": True}), "merge_things needs split_things > 0"),
+    (dict(mask_head="dot_product", fpn_smooth="depthwise"), "'fpn_smooth' = 'depthwise' is invalid: allowed one of"),
+    (dict(mask_head="detr_conv", fpn_smooth="separable"), "fpn_smooth separable is not allowed with mask_head detr_conv"),
 ])
 def test_bad_mask_config_is_refused(overrides, message):
     base = small_config().to_dict()
@@ -70,3 +72,23 @@ def test_query_side_projection_equals_projecting_every_pixel(stride):
         pixels = model.masks.pixel_out(out.mask_features[0])
         want = torch.einsum("bqc,bchw->bqhw", model.masks.mask_embed(out.hs[:, :5]), pixels)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_separable_smoothing_is_a_depthwise_3x3_then_a_1x1_with_the_same_outputs_shape(rng):
+    """fpn_smooth: separable (the stride-16 and stride-8 smoothings as depthwise 3x3 + 1x1, ~9x fewer operations
+    than full 3x3 convolutions): the layers it says, the same mask grid, fewer parameters, and a checkpoint of
+    one layout is refused by the other (a state dict is not silently half loaded)."""
+    full, sep = compact_config(), compact_config(fpn_smooth="separable")
+    a, b = build_model(full).eval(), build_model(sep).eval()
+    for smooth in (b.masks.smooth16, b.masks.smooth8):
+        dw, pw = smooth[0], smooth[1]
+        assert (dw.kernel_size, dw.groups, pw.kernel_size) == ((3, 3), dw.in_channels, (1, 1))
+    assert a.masks.smooth8[0].groups == 1 and a.masks.smooth8[0].kernel_size == (3, 3)
+    assert sum(p.numel() for p in b.parameters()) < sum(p.numel() for p in a.parameters())
+    with torch.no_grad():
+        out = b.detect(torch.zeros(1, 3, 64, 96), torch.zeros(1, 64, 96, dtype=torch.bool))
+        assert tuple(b.predict_masks(out.mask_features, out.hs[:, :2]).shape) == (1, 2, 8, 12)
+    with pytest.raises(RuntimeError, match="smooth8"):
+        b.load_state_dict(a.state_dict())
+    pipeline = Pipeline(sep, TorchBackend(b))
+    assert pipeline(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)).semantic.shape == (48, 80)

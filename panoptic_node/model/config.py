@@ -81,6 +81,7 @@ class ModelConfig:
     mask_head: str = "detr_conv"     # detr_conv | dot_product
     mask_dim: int = 128              # dot_product only
     mask_stride: int = 8             # dot_product only: pixel embeddings at stride 8 or 4 (finer masks)
+    fpn_smooth: str = "full"         # dot_product only: its 3x3 smoothings full, or separable (depthwise + 1x1)
     weights: Optional[str] = None    # default weights file, relative to the config file
     input: InputConfig = field(default_factory=InputConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
@@ -110,6 +111,9 @@ class ModelConfig:
         if self.postprocess.merge_things and not self.postprocess.split_things:
             raise ValueError(f"{source}: postprocess.merge_things needs split_things > 0 (merged segments can hold "
                              f"pieces far apart, which split_things cuts); expected e.g. split_things: 256")
+        if self.mask_head == "detr_conv" and self.fpn_smooth != "full":
+            raise ValueError(f"{source}: fpn_smooth {self.fpn_smooth} is not allowed with mask_head detr_conv; "
+                             "expected full (separable only with mask_head dot_product)")
         if self.mask_head == "detr_conv" and self.mask_stride != 8:
             raise ValueError(f"{source}: mask_stride {self.mask_stride} is not allowed with mask_head detr_conv; "
                              "expected 8 (4 only with mask_head dot_product; detr_conv is always stride 4)")

@@ -46,7 +46,8 @@ class PanopticDETR(nn.Module):
         if cfg.mask_head == "detr_conv":
             self.masks = DETRConvMaskHead(d, cfg.nheads, fpn_dims)
         else:
-            self.masks = DotProductMaskHead(d, fpn_dims, cfg.mask_dim, cfg.mask_stride)
+            self.masks = DotProductMaskHead(d, fpn_dims, cfg.mask_dim, cfg.mask_stride,
+                                            separable=cfg.fpn_smooth == "separable")
         self.mask_stride = self.masks.stride
 
     def detect(self, images: Tensor, pad_mask: Tensor) -> DetectOutput:

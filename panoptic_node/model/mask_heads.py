@@ -120,16 +120,25 @@ class DotProductMaskHead(nn.Module):
 
     The stride-4 level adds the backbone's stride-4 tap through a 1x1 lateral and a depthwise 3x3
     smoothing: a full 3x3 at that resolution would cost as much as the backbone.
+
+    separable: the stride-16 and stride-8 smoothings as a depthwise 3x3 then a 1x1 (9x fewer operations): the
+    full 3x3 at stride 8 is a fifth of the street model's int8 network on an x86 CPU without VNNI.
     """
 
-    def __init__(self, hidden_dim: int, fpn_dims: List[int], mask_dim: int = 128, stride: int = 8):
+    def __init__(self, hidden_dim: int, fpn_dims: List[int], mask_dim: int = 128, stride: int = 8,
+                 separable: bool = False):
         super().__init__()
         self.stride = stride
         self.lateral32 = nn.Conv2d(hidden_dim, mask_dim, 1)
         self.lateral16 = nn.Conv2d(fpn_dims[0], mask_dim, 1)
         self.lateral8 = nn.Conv2d(fpn_dims[1], mask_dim, 1)
-        self.smooth16 = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU())
-        self.smooth8 = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1), nn.GroupNorm(8, mask_dim), nn.ReLU())
+
+        def smoothing():
+            convs = ([nn.Conv2d(mask_dim, mask_dim, 3, padding=1, groups=mask_dim), nn.Conv2d(mask_dim, mask_dim, 1)]
+                     if separable else [nn.Conv2d(mask_dim, mask_dim, 3, padding=1)])
+            return nn.Sequential(*convs, nn.GroupNorm(8, mask_dim), nn.ReLU())
+        self.smooth16 = smoothing()
+        self.smooth8 = smoothing()
         if stride == 4:
             self.lateral4 = nn.Conv2d(fpn_dims[2], mask_dim, 1)
             self.smooth4 = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1, groups=mask_dim),
