@@ -18,6 +18,7 @@ CAMVID = Path(os.environ.get("PANOPTIC_NODE_CAMVID", ROOT.parent / "shared" / "d
 # CI has the machine to itself; set PANOPTIC_TEST_THREADS=1 while something else trains
 torch.set_num_threads(int(os.environ.get("PANOPTIC_TEST_THREADS", "2")))
 
+
 @pytest.fixture(autouse=True)
 def _torch_threads_kept():
     """A pipeline whose network runs outside torch leaves torch one thread (backends._set_torch_threads): a
