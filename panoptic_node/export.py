@@ -7,7 +7,6 @@
 Opset 17 keeps LayerNorm one node (TensorRT needs it for FP16 accuracy). Metadata (model config,
 classes, input size, normalisation, precision) rides in the ONNX so a backend needs no side file.
 """
-import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -20,10 +19,6 @@ from .atomic import atomic_path
 from .errors import first_line
 from .inference.cache_key import NOT_IN_GRAPH
 from .model.config import ModelConfig
-
-# each config key's default: what a graph exported before the key existed was made with
-CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)
-                   if f.default is not dataclasses.MISSING}
 from .onnx_passes import fold_pads_into_convs
 
 OPSET = 17
@@ -117,6 +112,14 @@ def read_metadata(path) -> dict:
     return json.loads(props["panoptic_node"])
 
 
+def graph_config(meta: dict) -> ModelConfig:
+    """The network's config a graph was exported from, read as a config: a key added since it was exported
+    takes its default, what the graph was made with. The post-processing recorded with it is left out: it
+    is not in the graph, and a value refused today (a NaN threshold from a probe) must not make the graph
+    unusable."""
+    return ModelConfig.from_dict({k: v for k, v in meta["config"].items() if k not in NOT_IN_GRAPH})
+
+
 def open_exported(path, expected_config=None) -> Tuple[dict, Path]:
     """What a backend checks before loading an exported pair: the detect graph exists and carries our
     metadata, its mask-head graph lies beside it, and it was exported from `expected_config`'s model
@@ -129,9 +132,8 @@ def open_exported(path, expected_config=None) -> Tuple[dict, Path]:
     if not masks.is_file():
         raise FileNotFoundError(f"mask-head graph '{masks}' is missing beside '{path}'; re-run `panoptic-node export`")
     if expected_config is not None:
-        want, got = expected_config.to_dict(), meta["config"]
-        # a key the graph's config lacks was added since it was exported: it has that key's default
-        diff = sorted(k for k in want if k not in NOT_IN_GRAPH and want[k] != got.get(k, CONFIG_DEFAULTS.get(k)))
+        want, got = expected_config.to_dict(), graph_config(meta).to_dict()
+        diff = sorted(k for k in want if k not in NOT_IN_GRAPH and want[k] != got[k])
         if diff:
             raise ValueError(f"ONNX file '{path}' was exported from another model (differs in {', '.join(diff)}); "
                              f"re-export it for model '{expected_config.name}'")

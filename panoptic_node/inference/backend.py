@@ -55,19 +55,15 @@ class ExportedGraphBackend(Backend):
 
     def _open(self, path, expected_config):
         """Check the pair, read its metadata; returns the mask-head graph's path."""
-        from ..export import open_exported
-        from ..model.config import ModelConfig
-        from .cache_key import NOT_IN_GRAPH
+        from ..export import graph_config, open_exported
         meta, masks = open_exported(path, expected_config)
         self.meta = meta
         self.size = tuple(meta["input_size"])
         self.precision = meta.get("precision", "fp32")
         self.int8_weight_bits = int8_weight_bits_of(meta)
-        # the network's part of the config: the post-processing recorded with a graph is whatever the config
-        # that first exported it said (it is not in the graph, nor in a cached graph's name), and a value
-        # refused today (a NaN threshold from a probe) made every later run fall back to fp32
-        network = {k: v for k, v in meta["config"].items() if k not in NOT_IN_GRAPH}
-        self.mask_stride = ModelConfig.from_dict(network).output_mask_stride
+        # the network's part of the config (export.graph_config: the post-processing recorded with a graph is
+        # whatever config first exported it; a value refused today made every later run fall back to fp32)
+        self.mask_stride = graph_config(meta).output_mask_stride
         return masks
 
     def _detect_feeds(self, images: Tensor, pad_mask: Tensor) -> dict:
