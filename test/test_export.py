@@ -78,6 +78,18 @@ def test_onnxruntime_threads_do_not_spin_between_runs(exported):
         assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
+
+def test_openvino_leaves_a_share_of_the_cores_unpinned(exported, monkeypatch):
+    """Pinned, pipelines given a share of the cores each would all run on the first ones (the
+    backend's comment): with fewer threads than cores the threads are not pinned."""
+    cfg, _, path = exported
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    share = openvino_backend(path, cfg, threads=2)
+    for request in (share.detect_request, share.mask_request):
+        assert request.get_compiled_model().get_property("ENABLE_CPU_PINNING") is False
+    every = openvino_backend(path, cfg, threads=4)  # every core: OpenVINO's own choice stays
+    assert "ENABLE_CPU_PINNING" not in every.compile_config
+
 def test_metadata(exported):
     cfg, _, path = exported
     meta = read_metadata(path)

@@ -5,6 +5,7 @@ Why a second CPU runtime: on x86 CPUs with VNNI / AMX, OpenVINO runs our int8 QD
 convolutions and matrix products end to end, where ONNX Runtime leaves a third of the convolutions and
 every ReLU6 in float and ends up slower than its fp32 graph (measured in bench/bench_backends.py). On x86
 without VNNI its int8 kernels saturate on 8-bit weights, as ONNX Runtime's do (cpu_features.py)."""
+import os
 from pathlib import Path
 
 import torch
@@ -33,6 +34,14 @@ class OpenVinoBackend(ExportedGraphBackend):
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        if 0 < threads < (os.cpu_count() or 1):
+            # OpenVINO pins a compiled model's threads to cores counted from the first, in every
+            # process alike: pipelines given a share of the cores each (fleet workers, node workers)
+            # would all run on the same first ones and leave the rest idle (two 1-thread fleet workers
+            # on 2 cores: 11.8 frames/s instead of 17.2 for one 2-thread worker); unpinned, the OS
+            # spreads them
+            config["ENABLE_CPU_PINNING"] = False
+        self.compile_config = config
         try:
             with kept_signal_stack():  # the plugin leaves a dangling alternate signal stack (signal_stack.py)
                 core = ov.Core()
