@@ -2,7 +2,7 @@
        [image_topics:="['/usb_cam/image_raw']"] [model:=NAME]
        [backend:=auto|torch|onnxruntime|openvino|tensorrt] [precision:=auto|fp32|int8] [onnx:=FILE] [bag:=PATH]
        [record:=PATH [record_frames:=input|compressed|none]] [rviz:=true|false] [autostart:=true|false]
-       [num_threads:=N] [max_rate_hz:=R] [warmup_sizes:=WxH,...] [log_level:=info]
+       [num_threads:=N] [inference_workers:=N] [max_rate_hz:=R] [warmup_sizes:=WxH,...] [log_level:=info]
 
 namespace:=car1 starts the node as /car1/panoptic_node (under any namespace a launch file including this one
 pushed): the shipped camera name is relative (camera/front), so
@@ -107,7 +107,7 @@ def _node(context):
     cameras = LaunchConfiguration("cameras").perform(context)
     if cameras:
         overrides["cameras"] = _list_argument(cameras)
-    for name, kind in (("num_threads", int), ("max_rate_hz", float)):
+    for name, kind in (("num_threads", int), ("inference_workers", int), ("max_rate_hz", float)):
         value = LaunchConfiguration(name).perform(context)
         if value:  # a value that is not a number reaches the node as text, which it refuses in one line
             try:
@@ -209,6 +209,9 @@ def generate_launch_description():
         DeclareLaunchArgument("rviz", default_value="false", description="open RViz with config/panoptic.rviz"),
         DeclareLaunchArgument("num_threads", default_value="",
                               description="CPU threads for the network and post-processing (0: every core)"),
+        DeclareLaunchArgument("inference_workers", default_value="",
+                              description="frames inferred at once, each worker on its share of the threads: "
+                                          "more frames a second where one cannot keep up, each later"),
         DeclareLaunchArgument("max_rate_hz", default_value="", description="infer at most this often (0: no limit)"),
         DeclareLaunchArgument("warmup_sizes", default_value="",
                               description="camera frame sizes to prepare at configure, e.g. 1280x720,640x480"),

@@ -141,8 +141,6 @@ def speed_check(model: str, weights: Optional[str], camera_hz: float = 30.0, nod
     would run it: whether a 30 Hz camera is served at its rate. node: the node's parameters, whose pipeline
     is measured instead, its rate shared by its cameras. heard: (frame, rate in Hz or None) of the cameras
     doctor --listen heard: timed on their own frames (their size is the node's cost), judged by their rates."""
-    import time
-
     import numpy as np
     from .inference.backends import make_pipeline
     from .training.data import find_camvid
@@ -159,19 +157,17 @@ def speed_check(model: str, weights: Optional[str], camera_hz: float = 30.0, nod
         what = f"the frames the cameras sent ({', '.join(f'{f.shape[1]}x{f.shape[0]}' for f, _ in heard)})"
     try:
         if node:
-            from .params import make_node_pipeline
-            pipeline = make_node_pipeline(node, log=lambda m: None)
+            from .params import make_node_pipelines
+            pipelines = make_node_pipelines(node, log=lambda m: None, warn=lambda m: None)
         else:
-            pipeline = make_pipeline(model, weights, log=lambda m: None)
-        for rgb in frames[:3]:  # warm-up: first calls allocate
-            pipeline(rgb)
-        t0 = time.perf_counter()
-        for rgb in frames:
-            pipeline(rgb)
-        fps = len(frames) / (time.perf_counter() - t0)
+            pipelines = [make_pipeline(model, weights, log=lambda m: None)]
+        fps = _frames_per_second(pipelines, frames)
     except Exception as e:
         return Check("speed", PROBLEM, f"the pipeline failed: {str(e).splitlines()[0]}")
-    where = f"{fps:.1f} frames/s end to end on {what} ({pipeline.backend.name} {pipeline.backend.precision})"
+    pipeline = pipelines[0]
+    workers = f", {len(pipelines)} inference workers" if len(pipelines) > 1 else ""
+    where = (f"{fps:.1f} frames/s end to end on {what} ({pipeline.backend.name} {pipeline.backend.precision}"
+             f"{workers})")
     n = len(heard) if heard else len(node["cameras"]) if node else 1
     rates = [rate or camera_hz for _, rate in heard] or [camera_hz] * n
     if heard:
@@ -182,8 +178,39 @@ def speed_check(model: str, weights: Optional[str], camera_hz: float = 30.0, nod
         return Check("speed", OK, f"{where}: keeps up with {cameras}")
     each = "" if n == 1 else " each" + (", one frame at a time (batch_cameras may do better)"
                                         if (node or {}).get("batch_cameras") else "")
+    more = ("; inference_workers: 2 infers two frames at once, more of them, each later (README)"
+            if len(pipelines) == 1 and (os.cpu_count() or 1) >= 2 else "")
     return Check("speed", NOTE, f"{where}: {cameras} {'is' if n == 1 else 'are'} served at about {fps / n:.0f} Hz"
-                                f"{each} (the node takes each camera's newest frame)")
+                                f"{each} (the node takes each camera's newest frame{more})")
+
+
+def _frames_per_second(pipelines, frames) -> float:
+    """Frames/s of the pipelines on `frames` after a warm-up, as the node's workers run them: at once, each
+    on every n-th frame, over the wall clock."""
+    import threading
+    import time
+
+    failed = []
+
+    def run(pipeline, share):
+        try:
+            for rgb in share:
+                pipeline(rgb)
+        except Exception as e:  # said by the caller, as a failure of a single pipeline is
+            failed.append(e)
+
+    for pipeline in pipelines:
+        run(pipeline, frames[:3])  # warm-up: first calls allocate
+    n = len(pipelines)
+    threads = [threading.Thread(target=run, args=(p, frames[i::n])) for i, p in enumerate(pipelines)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise failed[0]
+    return len(frames) / (time.perf_counter() - t0)
 
 
 def _writable(folder: Path) -> bool:

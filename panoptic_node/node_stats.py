@@ -4,6 +4,7 @@ Each status is judged on what happened since the previous report, not since star
 hour ago must not keep a camera at WARN for the rest of the drive, and a camera that went silent must not
 go on showing the rate it had. Times are on the steady clock (a paused bag or sim time does not stop it).
 """
+import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -172,7 +173,7 @@ class NodeStats:
         self.last_failure = ""
         self.publish_failures = 0
         self.last_publish_failure = ""
-        self.busy_since = None      # when the worker's current call (infer + publish) began; None between calls
+        self._calls = {}            # inference worker thread -> when its current call (infer + publish) began
         self.worker_error = None    # why the inference thread stopped, once it did
         self.weights_on_disk = None  # what the loaded weights' file holds now, once it changed (WeightsWatch)
         self.scales_on_disk = None   # likewise for the int8 scales its graphs were made from
@@ -190,16 +191,21 @@ class NodeStats:
         self.first_arrival.setdefault(camera, now)
 
     def call_started(self) -> None:
-        self.busy_since = self.clock()
+        self._calls[threading.get_ident()] = self.clock()
 
     def call_ended(self) -> None:
-        self.busy_since = None
+        self._calls.pop(threading.get_ident(), None)
+
+    @property
+    def busy_since(self) -> Optional[float]:
+        """When the oldest call in flight began (None between calls), of any inference worker."""
+        return min(list(self._calls.values()), default=None)  # a copy in one step: workers change it meanwhile
 
     def worker_stopped(self, error: str) -> None:
         """The inference thread ended on an error nobody expected: the node still runs and hears its cameras,
         and publishes nothing more; its report must say so rather than show cameras that are ok."""
         self.worker_error = error
-        self.busy_since = None
+        self._calls.pop(threading.get_ident(), None)
 
     def publish_failed(self, error: str) -> None:
         self.publish_failures += 1
@@ -347,7 +353,7 @@ class NodeStats:
         failures = self._since_report("failures", self.inference_failures)
         batches = self._since_report("batches", self.batches)
         publish_failures = self._since_report("publish failures", self.publish_failures)
-        busy_since = self.busy_since  # read once: the worker thread sets it
+        busy_since = self.busy_since  # read once: the worker threads set it
         busy = 0.0 if busy_since is None else self.clock() - busy_since
         values = {**info, "inference failures": str(self.inference_failures),
                   "publish failures": str(self.publish_failures), "current call (s)": f"{busy:.1f}"}

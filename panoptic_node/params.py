@@ -4,7 +4,7 @@ import json
 import os
 import re
 from functools import lru_cache
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .json_schema import allowed, non_finite
 from .model.config import share_dir
@@ -282,16 +282,43 @@ def check_qos_overrides(declared: Dict[str, Any], topics: Dict[str, str]) -> Non
             raise ParameterError(f"parameter '{name}' = {value!r} is invalid: allowed {allowed_values}")
 
 
-def make_node_pipeline(p: Dict[str, Any], log=None, warn=None):
-    """The pipeline validated node parameters ask for (the node, and bench_node.py's baseline, build it
-    here, so the two never differ)."""
-    from .inference.backends import check_threads, make_pipeline
+def worker_threads(p: Dict[str, Any]) -> int:
+    """Each inference worker's CPU threads: its equal share of num_threads (every core when 0); 0 (the
+    runtimes' own choice) for a single worker on every core. More workers than threads are refused."""
+    from .inference.backends import check_threads
     check_threads(p["num_threads"], "parameter 'num_threads' =")  # named as the user wrote it
+    workers = p["inference_workers"]
+    if workers == 1:
+        return p["num_threads"]
+    threads = p["num_threads"] or os.cpu_count() or 1
+    if workers > threads:
+        shared = p["num_threads"] or "every core"
+        raise ParameterError(f"parameter 'inference_workers' = {workers} is more than the {threads} thread(s) they "
+                             f"would share (num_threads {shared}): expected at most {threads}, each worker runs on "
+                             f"a thread of its own")
+    return threads // workers
+
+
+def make_node_pipeline(p: Dict[str, Any], log=None, warn=None, threads: Optional[int] = None):
+    """The pipeline validated node parameters ask for (the node, and bench_node.py's baseline, build it
+    here, so the two never differ); `threads`: one worker's share (worker_threads), else num_threads."""
+    from .inference.backends import check_threads, make_pipeline
+    check_threads(p["num_threads"], "parameter 'num_threads' =")
     return make_pipeline(p["model"], weights=p["weights"] or None, backend=p["backend"], onnx=p["onnx"] or None,
                          precision=p["precision"], device=p["device"],
                          threshold=None if p["threshold"] < 0 else p["threshold"],
-                         labels=None if p["label_set"] == "native" else p["label_set"], threads=p["num_threads"],
-                         log=log, warn=warn)
+                         labels=None if p["label_set"] == "native" else p["label_set"],
+                         threads=p["num_threads"] if threads is None else threads, log=log, warn=warn)
+
+
+def make_node_pipelines(p: Dict[str, Any], log=None, warn=None) -> list:
+    """One pipeline per inference worker, each on its share of the threads (the first says what it loads;
+    the others load the same weights and graphs, made by then)."""
+    threads = worker_threads(p)
+    first = make_node_pipeline(p, log=log, warn=warn, threads=threads)
+    quiet = lambda message: None  # noqa: E731
+    return [first] + [make_node_pipeline(p, log=quiet, warn=quiet, threads=threads)
+                      for _ in range(p["inference_workers"] - 1)]
 
 
 def validate_file(data: Dict[str, Any]) -> None:

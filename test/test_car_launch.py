@@ -109,14 +109,16 @@ def test_autostart_reaches_the_node_as_a_boolean(car_launch, given, expected):
 
 
 def test_the_cpu_budget_and_warmup_reach_the_node(car_launch):
-    """num_threads:=1 max_rate_hz:=10 warmup_sizes:=1280x720 arrive typed as the schema wants them; a value
+    """num_threads:=1 inference_workers:=2 max_rate_hz:=10 warmup_sizes:=1280x720 arrive typed as the schema wants them; a value
     that is no number arrives as text, for the node's one-line refusal; unset, the config decides."""
-    node = car_launch(num_threads="1", max_rate_hz="10", warmup_sizes="1280x720")[1]
+    node = car_launch(num_threads="1", max_rate_hz="10", warmup_sizes="1280x720", inference_workers="2")[1]
     given = node.kwargs["parameters"][1]
     assert given["num_threads"] == 1 and given["max_rate_hz"] == 10.0 and given["warmup_sizes"] == "1280x720"
     assert type(given["num_threads"]) is int and type(given["max_rate_hz"]) is float
+    assert given["inference_workers"] == 2 and type(given["inference_workers"]) is int
     assert car_launch(num_threads="many")[1].kwargs["parameters"][1]["num_threads"] == "many"
-    assert not {"num_threads", "max_rate_hz", "warmup_sizes"} & set(car_launch()[1].kwargs["parameters"][1])
+    assert not {"num_threads", "max_rate_hz", "warmup_sizes", "inference_workers"} & set(
+        car_launch()[1].kwargs["parameters"][1])
 
 
 def test_rviz_shows_the_cameras_the_node_takes_from_the_config(car_launch, tmp_path, monkeypatch):

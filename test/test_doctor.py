@@ -48,7 +48,22 @@ def test_speed_is_the_deployment_s_own_frames_per_second(tiny_model_yaml, monkey
     check = doctor.speed_check(str(tiny_model_yaml), None, camera_hz=1e6)  # no CPU serves a megahertz camera
     assert check.verdict == NOTE and " frames/s end to end on " in check.finding
     assert "a 1e+06 Hz camera is served at about" in check.finding
+    assert ("inference_workers: 2 infers two frames at once" in check.finding) == ((os.cpu_count() or 1) >= 2)
     assert doctor.speed_check(str(tiny_model_yaml), None, camera_hz=0.001).verdict == OK
+
+
+def test_speed_with_inference_workers_times_them_at_once(tiny_model_yaml, monkeypatch):
+    from panoptic_node import doctor
+    from panoptic_node.params import validate
+    monkeypatch.setattr(doctor, "SPEED_FRAMES", 4)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    node = validate({"model": str(tiny_model_yaml), "backend": "torch", "inference_workers": 2})
+    check = doctor.speed_check(str(tiny_model_yaml), None, camera_hz=1e6, node=node)
+    assert check.verdict == NOTE and "(torch fp32, 2 inference workers): a 1e+06 Hz camera" in check.finding
+    assert "inference_workers: 2 infers" not in check.finding  # it has two already
+    broken = {**node, "inference_workers": 3}  # more workers than threads: named, as the node refuses it
+    check = doctor.speed_check(str(tiny_model_yaml), None, node=broken)
+    assert check.verdict == PROBLEM and "parameter 'inference_workers' = 3 is more than the 2" in check.finding
 
 
 def test_a_cache_that_cannot_be_written_means_torch(tmp_path, monkeypatch):

@@ -705,6 +705,8 @@ def test_a_panorama_camera_is_named_once_and_still_served(graph, start, rng):
     ({"ego_mask_dir": "/nonexistent/masks"}, "ego mask folder '/nonexistent/masks' is not a folder"),
     ({"autostart": "maybe"}, "parameter 'autostart' = 'maybe' is invalid"),
     ({"num_threads": 100000}, "parameter 'num_threads' = 100000: expected a whole number from 0 (every core) to"),
+    ({"num_threads": 1, "inference_workers": 2},
+     "parameter 'inference_workers' = 2 is more than the 1 thread(s) they would share"),
 ])
 def test_a_bad_parameter_exits_1_with_one_line(start, params, expected):
     node = start(["/bad/cam"], wait=False, **params)
@@ -1278,5 +1280,44 @@ def test_an_objects_instance_id_is_kept_from_frame_to_frame(graph, start, rng):
     set_params(track_instances=False)
     assert ids_of(5) == first  # per frame: 1..N
     assert c.spin_until(lambda g: node_diagnostics(g, ns)["inference"]["instance ids"] == "per frame", timeout=10)
+    c.close()
+    graph.destroy_publisher(pub)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two inference workers need two CPUs (one thread each)")
+def test_two_inference_workers_publish_in_order_and_share_live_settings(graph, start, rng):
+    """inference_workers 2: two pipelines infer frames at once, and each frame's outputs leave in the order the
+    frames were taken (stamps only rise, as a driving stack expects), an object keeps its id over frames the
+    two workers inferred in turn, and a live threshold reaches both workers (otherwise every other frame would
+    still show objects)."""
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    node = start([ns], max_age_ms=0, inference_workers=2)
+    dets = f"{ns}/panoptic/detections"
+    c = Collector(graph, {dets: Detection2DArray, "/diagnostics": DiagnosticArray})
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    wait_for_subscriber(graph, pub)
+    client = AsyncParameterClient(graph, node.name)
+    assert client.wait_for_services(timeout_sec=20)
+    rgb = rgb_frame(rng)
+    sent = iter(range(1, 100000))
+
+    def send():  # a frame each 10 ms, faster than the workers infer: both stay busy
+        pub.publish(image_msg(rgb, Time(sec=next(sent)), "f"))
+
+    assert c.spin_until(lambda g: len(g[dets]) >= 12, publish=send, period=0.01, timeout=60), node.output()
+    stamps = [m.header.stamp.sec for m in c.got[dets]]
+    assert stamps == sorted(set(stamps)), stamps
+    ids = [sorted(int(d.id) for d in m.detections) for m in c.got[dets]]
+    assert ids[0] and all(i == ids[0] for i in ids), ids  # tracked across both workers' frames
+    assert node_diagnostics(c.got, ns)["inference"]["inference workers"] == "2"
+    future = client.set_parameters([Parameter("threshold", value=1.0)])
+    rclpy.spin_until_future_complete(graph, future, timeout_sec=20)
+    assert all(r.successful for r in future.result().results)
+    after = next(sent)  # frames from here on are taken after the change
+    assert c.spin_until(lambda g: sum(m.header.stamp.sec > after for m in g[dets]) >= 6, publish=send,
+                        period=0.01, timeout=60)
+    assert all(not m.detections for m in c.got[dets] if m.header.stamp.sec > after)
+    stamps = [m.header.stamp.sec for m in c.got[dets]]
+    assert stamps == sorted(set(stamps)), stamps
     c.close()
     graph.destroy_publisher(pub)

@@ -13,11 +13,12 @@ from PIL import Image
 
 from conftest import run_without
 from panoptic_node.frame_buffer import LatestFrameBuffer
+from panoptic_node.in_order import InOrder
 from panoptic_node.inference.result import result_from_segments
 from panoptic_node.model.config import share_dir
 from panoptic_node.node_stats import NodeStats, clock_advice
 from panoptic_node.params import (DIAGNOSTIC_FQN, LIVE_PARAMETERS, ParameterError, check_qos_overrides, defaults,
-                                  descriptions, updated, user_parameters, validate, validate_file)
+                                  descriptions, updated, user_parameters, validate, validate_file, worker_threads)
 from panoptic_node.render import overlay
 from panoptic_node.taxonomy import get_taxonomy
 
@@ -851,3 +852,71 @@ def test_int8_scales_recalibrated_while_the_node_runs_are_a_warning_too():
     status = inference()
     assert status.message.startswith("street_lite0.pth changed on disk")
     assert status.values["int8 scales on disk"] == MISSING and "weights on disk" in status.values
+
+
+def test_work_done_at_once_takes_its_last_step_in_the_order_it_was_handed_out():
+    """The node's workers infer at once and publish in the order they took the frames (in_order.py): work
+    that ends first waits for older work; work that fails (finished without its turn) holds nobody up."""
+    order, published = InOrder(), []
+    tickets = [order.ticket() for _ in range(6)]
+    assert tickets == list(range(6))
+    failed = {3}
+    ready = {t: threading.Event() for t in tickets}
+
+    def work(ticket):
+        ready[ticket].wait(5)
+        try:
+            if ticket not in failed and order.wait(ticket):
+                published.append(ticket)
+        finally:
+            order.finish(ticket)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in tickets]
+    for th in threads:
+        th.start()
+    for t in reversed(tickets):  # the newest work ends first
+        ready[t].set()
+    for th in threads:
+        th.join(5)
+    assert published == [0, 1, 2, 4, 5]
+    stuck = InOrder()
+    stuck.ticket()  # ticket 0 never finishes (a runtime that hangs)
+    later = stuck.ticket()
+    stopping = iter([True, True, False])
+    assert stuck.wait(later, keep_waiting=lambda: next(stopping), poll_s=0.01) is False  # the node stopping
+
+
+@pytest.mark.parametrize("num_threads, workers, cpus, expected", [
+    (0, 1, 4, 0),   # one worker: the runtimes' own choice, as before
+    (3, 1, 4, 3),
+    (0, 2, 4, 2),   # every core, shared
+    (3, 2, 4, 1),
+    (0, 2, 2, 1),
+])
+def test_inference_workers_share_the_threads(monkeypatch, num_threads, workers, cpus, expected):
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    assert worker_threads(validate({"num_threads": num_threads, "inference_workers": workers})) == expected
+
+
+def test_more_inference_workers_than_threads_are_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    with pytest.raises(ParameterError, match=r"^parameter 'inference_workers' = 3 is more than the 2 thread\(s\) "
+                                             r"they would share \(num_threads every core\): expected at most 2"):
+        worker_threads(validate({"inference_workers": 3}))
+    with pytest.raises(ParameterError, match="parameter 'inference_workers' = 0 is invalid"):
+        validate({"inference_workers": 0})
+
+
+def test_a_call_in_flight_on_any_worker_counts_as_busy():
+    """With inference_workers, one worker's call that never ends shows while the other keeps serving."""
+    t = [0.0]
+    stats = NodeStats(clock=lambda: t[0])
+    stuck = threading.Thread(target=stats.call_started)
+    stuck.start()
+    stuck.join()
+    t[0] = 5.0
+    stats.call_started()  # this thread's calls start and end
+    stats.call_ended()
+    assert stats.busy_since == 0.0
+    inference = stats.statuses(LatestFrameBuffer(FakeClock()), {}, 2.0, {})[0]
+    assert "one inference call has run for 5.0 s" in inference.message

@@ -37,6 +37,7 @@ from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, Label
 from .. import __version__
 from ..ending_signals import ending_signals
 from ..frame_buffer import LatestFrameBuffer
+from ..in_order import InOrder
 from ..inference.weights_watch import WeightsWatch
 from ..int8_scales import default_scales_path
 from ..messages import (FrameError, compressed_to_rgb, detections, image_fields, image_to_rgb, jpeg_fields, label_info,
@@ -44,7 +45,7 @@ from ..messages import (FrameError, compressed_to_rgb, detections, image_fields,
 from ..node_stats import (NO_PUBLISHER, UNKNOWN_NODE, WRONG_TYPE, NodeStats, clock_advice, inactive_statuses,
                           no_publisher_why, publishing_nodes, rival_why, what_ran, wrong_type_why)
 from ..params import (DIAGNOSTIC_FQN, PUBLISH_SWITCHES, ROS_BUILTIN_PREFIXES, ParameterError, check_qos_overrides,
-                      defaults, descriptions, frame_sizes, input_topic, make_node_pipeline, unknown_parameter, updated,
+                      defaults, descriptions, frame_sizes, input_topic, make_node_pipelines, unknown_parameter, updated,
                       user_parameters, validate)
 from ..render import overlay
 from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
@@ -115,9 +116,11 @@ class PanopticNode(LifecycleNode):
         self.qos_given = {k: v for k, v in self._declared().items() if k.startswith("qos_overrides.")}
         self._describe_parameters()
         self.params = None            # validated at configure; None while unconfigured
-        self.pipeline = None
+        self.pipeline = None          # the first worker's pipeline: what the node says it runs
+        self.pipelines = []           # one per inference worker (inference_workers)
         self.pubs, self._subs, self.input_topics, self.cameras = {}, [], {}, {}
-        self.diag_pub = self._diag_timer = self.worker = None
+        self.diag_pub = self._diag_timer = None
+        self.workers = []
         self._running = False
         self.configure_error = None   # what the last configure failed on (main() prints it under autostart)
         self._opening_topics = False
@@ -186,7 +189,8 @@ class PanopticNode(LifecycleNode):
         self.cameras = self._resolved_cameras()
         check_qos_overrides(self.qos_given, self._topics())
         p = self.params
-        self.pipeline = make_node_pipeline(p, log=self.get_logger().info, warn=self.get_logger().warn)
+        self.pipelines = make_node_pipelines(p, log=self.get_logger().info, warn=self.get_logger().warn)
+        self.pipeline = self.pipelines[0]
         self.taxonomy = (self.pipeline.mapping.target if self.pipeline.mapping else self.pipeline.taxonomy)
         self.get_logger().info(f"model {self.pipeline.cfg.name} ({self.pipeline.weights_id}) on backend "
                                f"{self.pipeline.backend.name} ({self.pipeline.backend.precision}), labels "
@@ -224,12 +228,16 @@ class PanopticNode(LifecycleNode):
         the first real frame is served at full speed (else it waits seconds, and the frames behind it go stale)."""
         for w, h in sizes:
             started = time.monotonic()
-            self.pipeline(np.zeros((h, w, 3), np.uint8))
+            for pipeline in self.pipelines:  # each worker compiles its own graphs
+                pipeline(np.zeros((h, w, 3), np.uint8))
             self.get_logger().info(f"ready for {w}x{h} frames ({time.monotonic() - started:.1f} s)")
 
     def _fresh_counters(self):
         """Frames and rates are counted per activation: a node activated again starts from nothing."""
         self.buffer = LatestFrameBuffer(lambda: self.get_clock().now().nanoseconds, self.params["max_age_ms"])
+        self.in_order = InOrder()  # frames are tracked and published in the order the workers took them
+        self._taking = threading.Lock()  # one worker at a time takes frames (and waits out max_rate_hz)
+        self._last_start = -float("inf")  # when the last inference began, by any worker (max_rate_hz)
         self.stats = NodeStats()
         self.camera_infos = {}  # camera -> its newest CameraInfo
 
@@ -264,8 +272,10 @@ class PanopticNode(LifecycleNode):
                 QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT)))
             self.get_logger().info(f"camera {cam}: {self.input_topics[cam]} -> {cam}/panoptic/*")
         self._running = True
-        self.worker = threading.Thread(target=self._work, name="panoptic_inference", daemon=True)
-        self.worker.start()
+        self.workers = [threading.Thread(target=self._work, args=(pipeline,), name=f"panoptic_inference_{i}",
+                                         daemon=True) for i, pipeline in enumerate(self.pipelines)]
+        for worker in self.workers:
+            worker.start()
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
         self._stop_serving()
@@ -291,10 +301,11 @@ class PanopticNode(LifecycleNode):
     def _stop_serving(self):
         """No camera subscribed, no frame in flight (the frame being inferred is finished or dropped)."""
         self._running = False
-        if self.worker is not None:
+        if self.workers:
             self.buffer.close()
-            self.worker.join(timeout=10.0)
-            self.worker = None
+            for worker in self.workers:
+                worker.join(timeout=10.0)
+            self.workers = []
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -308,7 +319,7 @@ class PanopticNode(LifecycleNode):
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
         self.pubs, self.input_topics, self.cameras, self.diag_pub, self._diag_timer = {}, {}, {}, None, None
-        self.pipeline, self.params = None, None
+        self.pipeline, self.pipelines, self.params = None, [], None
 
     def _ego_masks(self):
         """Each camera's ego mask from ego_mask_dir (inference/ego_mask.py); a folder or a mask that cannot
@@ -476,7 +487,8 @@ class PanopticNode(LifecycleNode):
         threshold = self.pipeline.cfg.postprocess.threshold if new["threshold"] < 0 else float(new["threshold"])
         self.params = new
         if threshold != self.pipeline.threshold:
-            self.pipeline.threshold = threshold
+            for pipeline in self.pipelines:
+                pipeline.threshold = threshold
             for pubs in self.pubs.values():  # late subscribers get the threshold in use (transient local)
                 self._publish_label_info(pubs)
         self.get_logger().info("parameters changed: " + ", ".join(f"{k} = {v!r}" for k, v in changes.items()))
@@ -506,18 +518,18 @@ class PanopticNode(LifecycleNode):
             self.get_logger().warn(f"{self.input_topics[camera]}: {why}", throttle_duration_sec=5.0)
             return None
 
-    def _wait_for_rate(self, last_start: float) -> None:
+    def _wait_for_rate(self) -> None:
         """With max_rate_hz, wait until a period has passed since the last inference began (on the steady
         clock: a budget of CPU, not of sim time); frames arriving meanwhile replace each other in the buffer."""
         while self._running and self.params["max_rate_hz"] > 0:
-            left = last_start + 1.0 / self.params["max_rate_hz"] - time.monotonic()
+            left = self._last_start + 1.0 / self.params["max_rate_hz"] - time.monotonic()
             if left <= 0:
                 return
             time.sleep(min(left, 0.05))  # in short steps: deactivate and a live change are seen at once
 
-    def _work(self):
+    def _work(self, pipeline):
         try:
-            self._serve()
+            self._serve(pipeline)
         except Exception as e:  # a bug nobody foresaw: the node hears its cameras and publishes nothing more,
             # so /diagnostics says so at once (an ERROR naming it) instead of reporting cameras that are ok
             if not (self._running and rclpy.ok()):  # stopping: what failed on the way out is no fault
@@ -527,35 +539,59 @@ class PanopticNode(LifecycleNode):
             self.get_logger().error(f"the inference thread stopped: {why}")
             self.get_logger().debug(traceback.format_exc())
 
-    def _serve(self):
-        last_start = -float("inf")
-        while self._running and rclpy.ok():
-            self._wait_for_rate(last_start)
+    def _take(self):
+        """The newest frame of every camera, and its ticket in the order of publication (None: nothing came)."""
+        with self._taking:
+            self._wait_for_rate()
             pending = self.buffer.take(timeout=0.2)
-            if pending:
-                last_start = time.monotonic()
-            frames = [(cam, p.msg, self._decode(cam, p.msg)) for cam, p in pending.items()]
-            frames = [f for f in frames if f[2] is not None]
-            if not frames:
-                continue
-            self.stats.call_started()  # a call that never ends (a stalled runtime) shows on /diagnostics
-            try:
-                self._infer_and_publish(frames)
-            finally:
-                self.stats.call_ended()
+            if not pending:
+                return None, None
+            self._last_start = time.monotonic()
+            return pending, self.in_order.ticket()
 
-    def _infer_and_publish(self, frames):
+    def _serve(self, pipeline):
+        while self._running and rclpy.ok():
+            pending, ticket = self._take()
+            if pending is None:
+                continue
+            try:
+                frames = [(cam, p.msg, self._decode(cam, p.msg)) for cam, p in pending.items()]
+                frames = [f for f in frames if f[2] is not None]
+                if not frames:
+                    continue
+                self.stats.call_started()  # a call that never ends (a stalled runtime) shows on /diagnostics
+                try:
+                    results = self._infer(pipeline, frames)
+                    # tracks continue from the frame before: tracked and published in the order taken
+                    if results is not None and self.in_order.wait(ticket, lambda: self._running):
+                        self._track_and_publish(frames, results)
+                finally:
+                    self.stats.call_ended()
+            finally:
+                self.in_order.finish(ticket)  # also after a failure: the frames taken later go on
+
+    def _infer(self, pipeline, frames):
+        """Each frame's result with its ego mask applied; None when inference failed (said and counted)."""
         try:
             if self.params["batch_cameras"]:
-                results = self.pipeline.run_batch([rgb for _, _, rgb in frames])
+                results = pipeline.run_batch([rgb for _, _, rgb in frames])
             else:
-                results = [self.pipeline(rgb) for _, _, rgb in frames]
-            results = [self._tracked(cam, self._masked(cam, result))
-                       for (cam, _, _), result in zip(frames, results)]
+                results = [pipeline(rgb) for _, _, rgb in frames]
+            return [self._masked(cam, result) for (cam, _, _), result in zip(frames, results)]
         except Exception as e:  # keep serving the next frames; say what failed (log and /diagnostics)
-            self.stats.inference_failed(f"{type(e).__name__}: {e}".splitlines()[0])
-            self.get_logger().error(f"inference failed: {e}", throttle_duration_sec=5.0)
-            self.get_logger().debug(traceback.format_exc())
+            self._inference_failed(e)
+            return None
+
+    def _inference_failed(self, e: Exception) -> None:
+        self.stats.inference_failed(f"{type(e).__name__}: {e}".splitlines()[0])
+        self.get_logger().error(f"inference failed: {e}", throttle_duration_sec=5.0)
+        self.get_logger().debug(traceback.format_exc())
+
+    def _track_and_publish(self, frames, results):
+        try:
+            results = [self._tracked(cam, result) for (cam, _, _), result in zip(frames, results)]
+        except Exception as e:
+            self._inference_failed(e)
             return
         self.stats.inference_done([result.timings for result in results])
         try:
@@ -640,6 +676,7 @@ class PanopticNode(LifecycleNode):
                 "threshold": f"{self.pipeline.threshold:g}",  # it can change while the node runs
                 "max rate (Hz)": f"{p['max_rate_hz']:g}" if p["max_rate_hz"] else "unlimited",
                 "threads": str(p["num_threads"]) if p["num_threads"] else "every core",
+                "inference workers": str(p["inference_workers"]),
                 "instance ids": (f"tracked (IoU >= {p['track_min_iou']:g}, unseen <= {p['track_max_lost']} frames)"
                                  if p["track_instances"] else "per frame")}
         arr = DiagnosticArray()
