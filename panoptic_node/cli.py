@@ -43,11 +43,21 @@ def _add_threads_arg(p: argparse.ArgumentParser) -> None:
                                                            "(default 0: each runtime's own choice, every core)")
 
 
-def _pipeline(args):
+def _pipeline(args, threads=None, log=None):
     from .inference.backends import make_pipeline
     return make_pipeline(args.model, weights=args.weights, backend=args.backend, device=args.device,
-                         threshold=args.threshold, labels=args.labels, onnx=args.onnx,
-                         precision=args.precision, threads=args.threads, log=lambda m: print(m, file=sys.stderr))
+                         threshold=args.threshold, labels=args.labels, onnx=args.onnx, precision=args.precision,
+                         threads=args.threads if threads is None else threads,
+                         log=log or (lambda m: print(m, file=sys.stderr)))
+
+
+def _pipelines(args):
+    """replay --inference-workers N: N pipelines, each on its share of --threads (the first says what it loads)."""
+    from .params import worker_threads
+    share = worker_threads({"num_threads": args.threads, "inference_workers": args.inference_workers},
+                           "--inference-workers", "--threads")
+    return [_pipeline(args, share)] + [_pipeline(args, share, log=lambda m: None)
+                                       for _ in range(args.inference_workers - 1)]
 
 
 def output_stems(paths):
@@ -261,8 +271,10 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _replay(args, pipeline, node=None):
-    """node: the node's validated parameters when the replay runs them (replay --params)."""
+def _replay(args, pipelines, node=None):
+    """pipelines: one per inference worker (the first says what ran); node: the node's validated parameters
+    when the replay runs them (replay --params)."""
+    pipeline, *more = pipelines
     from .params import replay_options
     from .replay import replay
     extra = {} if node is None else {k: v for k, v in replay_options(node, args.node).items()
@@ -274,7 +286,8 @@ def _replay(args, pipeline, node=None):
                      overwrite=args.overwrite, storage=args.storage, start_s=getattr(args, "start", None),
                      duration_s=getattr(args, "duration", None), per_frame_path=getattr(args, "per_frame", None),
                      timeline_path=getattr(args, "timeline", None), ego_masks=getattr(args, "ego_masks", None),
-                     track=not getattr(args, "no_tracking", False), stq=getattr(args, "stq", False), **extra)
+                     track=not getattr(args, "no_tracking", False), stq=getattr(args, "stq", False),
+                     more_pipelines=more, **extra)
     print(summary.format())
     if summary.metrics:
         _charts(summary.metrics, args)
@@ -294,12 +307,12 @@ def _check_replay_outputs(args, inputs) -> None:
 # --params a given option wins over the file, as a launch argument wins over car.param.yaml
 NODE_OPTIONS = {"model": "model", "weights": "weights", "backend": "backend", "onnx": "onnx", "precision": "precision",
                 "device": "device", "threshold": "threshold", "labels": "label_set", "threads": "num_threads",
-                "ego_masks": "ego_mask_dir"}
+                "ego_masks": "ego_mask_dir", "inference_workers": "inference_workers"}
 # their defaults (None in the parsers of replay and fleet, so that --params knows what was given)
-OPTION_DEFAULTS = {"device": "cpu", "backend": "auto", "precision": "auto", "threads": 0}
+OPTION_DEFAULTS = {"device": "cpu", "backend": "auto", "precision": "auto", "threads": 0, "inference_workers": 1}
 # the node's parameters that govern the live graph, not what a frame gives: a replay runs every frame of the bag
 LIVE_ONLY = ("qos_reliability", "qos_depth", "max_age_ms", "max_rate_hz", "diagnostics_period", "camera_timeout_s",
-             "batch_cameras", "warmup_sizes", "autostart", "inference_workers")
+             "batch_cameras", "warmup_sizes", "autostart")
 
 
 def _fill_option_defaults(args) -> None:
@@ -330,9 +343,10 @@ def _node_parameters(args) -> dict:
     args.labels = None if node["label_set"] == "native" else node["label_set"]
     args.ego_masks = node["ego_mask_dir"] or None
     # a fleet shares the machine's cores among its workers itself
-    not_applied = LIVE_ONLY + (() if hasattr(args, "threads") else ("num_threads",))
+    not_applied = LIVE_ONLY + (() if hasattr(args, "threads") else ("num_threads", "inference_workers"))
     if hasattr(args, "threads"):
         args.threads = node["num_threads"]
+        args.inference_workers = node["inference_workers"]
     default = defaults()
     live = [f"{name} {node[name]!r}" for name in not_applied if node[name] != default[name]]
     threshold = node["threshold"] if node["threshold"] >= 0 else "the model config's"
@@ -370,11 +384,11 @@ def cmd_replay(args) -> int:
                              f"of them" + "".join(reader.why_unreadable(t) for t in missing))
     finally:
         reader.close()
+    from .params import make_node_pipelines
     if node is None:
-        _replay(args, _pipeline(args))
+        _replay(args, _pipelines(args))
     else:
-        from .params import make_node_pipeline
-        _replay(args, make_node_pipeline(node, log=lambda m: print(m, file=sys.stderr)), node)
+        _replay(args, make_node_pipelines(node, log=lambda m: print(m, file=sys.stderr)), node)
     return 0
 
 
@@ -604,7 +618,7 @@ def cmd_demo(args) -> int:
     check_outputs({"the demo's input bag": bag}, [camvid], args.overwrite, bags={"the demo's input bag"})
     _check_replay_outputs(args, [camvid, bag, args.weights, args.onnx])
     convert("camvid", camvid, bag, split="val", storage="mcap", max_frames=args.max_frames, overwrite=args.overwrite)
-    _replay(args, _pipeline(args))
+    _replay(args, [_pipeline(args)])
     print(f"outputs in {out}: output bag camvid_val_panoptic/, overlay.mp4, metrics.json, per_class.png, confusion.png, "
           f"timeline.png")
     return 0
@@ -832,6 +846,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_replay_args(p)
     _add_threads_arg(p)
+    p.add_argument("--inference-workers", type=int, help="frames inferred at once, each by its own pipeline on "
+                   "its share of --threads, handled in the bag's order (the node's inference_workers; default 1): "
+                   "faster on a CPU one pipeline leaves partly idle")
     # None: not given (--params then takes the file's value); the defaults are filled in cmd_replay
     p.set_defaults(func=cmd_replay, **{dest: None for dest in OPTION_DEFAULTS}, model=None)
 
@@ -1065,6 +1082,8 @@ def main(argv=None) -> int:
             from .inference.backends import check_threads
             if args.threads is not None:  # replay: None when not given (--params may set num_threads)
                 check_threads(args.threads, "--threads")
+            if getattr(args, "inference_workers", None) is not None:
+                at_least_one(args.inference_workers, "--inference-workers", "pipeline(s)")
         return args.func(args)
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT

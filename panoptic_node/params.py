@@ -282,20 +282,22 @@ def check_qos_overrides(declared: Dict[str, Any], topics: Dict[str, str]) -> Non
             raise ParameterError(f"parameter '{name}' = {value!r} is invalid: allowed {allowed_values}")
 
 
-def worker_threads(p: Dict[str, Any]) -> int:
+def worker_threads(p: Dict[str, Any], workers_name: str = "parameter 'inference_workers' =",
+                   threads_name: str = "num_threads") -> int:
     """Each inference worker's CPU threads: its equal share of num_threads (every core when 0); 0 (the
-    runtimes' own choice) for a single worker on every core. More workers than threads are refused."""
+    runtimes' own choice) for a single worker on every core. More workers than threads are refused, named as
+    the user gave them (the node's parameters, or replay's --inference-workers / --threads)."""
     from .inference.backends import check_threads
-    check_threads(p["num_threads"], "parameter 'num_threads' =")  # named as the user wrote it
+    check_threads(p["num_threads"], "parameter 'num_threads' =" if threads_name == "num_threads" else threads_name)
     workers = p["inference_workers"]
     if workers == 1:
         return p["num_threads"]
     threads = p["num_threads"] or os.cpu_count() or 1
     if workers > threads:
         shared = p["num_threads"] or "every core"
-        raise ParameterError(f"parameter 'inference_workers' = {workers} is more than the {threads} thread(s) they "
-                             f"would share (num_threads {shared}): expected at most {threads}, each worker runs on "
-                             f"a thread of its own")
+        raise ParameterError(f"{workers_name} {workers} is more than the {threads} thread(s) the workers would share "
+                             f"({threads_name} {shared}): expected at most {threads}, each worker runs on a "
+                             f"thread of its own")
     return threads // workers
 
 

@@ -29,6 +29,7 @@ from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.association import AssociationQuality
 from .evaluation.evaluator import Evaluator
 from .evaluation.per_frame import PerFrameScores
+from .in_order import PipelinesInOrder
 from .inference.ego_mask import apply_ego_mask, describe, fit_note, fitted, masks_for
 from .inference.preprocess import OffScaleNotes
 from .inference.tracking import DEFAULT_MAX_LOST, DEFAULT_MIN_IOU, InstanceTracker
@@ -215,7 +216,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
            per_frame_path=None, timeline_path=None, ego_masks=None, track: bool = True,
            stq: bool = False, track_min_iou: float = DEFAULT_MIN_IOU, track_max_lost: int = DEFAULT_MAX_LOST,
            publish: Optional[Dict[str, bool]] = None, overlay_labels: bool = True,
-           parameters: Optional[dict] = None) -> ReplaySummary:
+           parameters: Optional[dict] = None, more_pipelines: Sequence = ()) -> ReplaySummary:
     """image_topic: one camera topic or several (default: every camera in the bag); each camera's
     results go under its own namespace, as the node publishes them. Ground truth belongs to one camera,
     so it is scored only when one is replayed; the video shows every camera side by side.
@@ -234,7 +235,9 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     (evaluation/association.py: AQ, and STQ with the mIoU); track_min_iou / track_max_lost: the tracker's
     settings (the node's parameters of those names). publish: which of the node's topics the output bag gets
     (its publish_* switches, bag/outputs.py; all by default); overlay_labels: class names on the overlays.
-    parameters: the node's parameters these settings came from (replay --params), kept in --metrics' JSON."""
+    parameters: the node's parameters these settings came from (replay --params), kept in --metrics' JSON.
+    more_pipelines: copies of `pipeline` (its threads shared among them) that infer frames at the same time,
+    as the node's inference_workers do; every frame is handled in the bag's order all the same."""
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
                             model=pipeline.cfg.name, weights=pipeline.weights_id, scales=pipeline.scales_id,
                             weight_bits=getattr(pipeline.backend, "int8_weight_bits", 0),
@@ -317,7 +320,6 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     # ids are seen only in what is written (bag, video) and by --stq: PQ and mIoU are the same either way
     trackers = {t: InstanceTracker(track_min_iou, track_max_lost) for t in cameras} \
         if track and (out_bag or video or stq) else {}
-    video_out = None
     latest: Dict[str, np.ndarray] = {}  # each camera's newest overlay, for a video of several side by side
     # predictions and ground truth waiting for their partner, by stamp (bounded: GT sits next to its frame)
     pending_pred: "OrderedDict[int, tuple]" = OrderedDict()
@@ -369,12 +371,100 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     namespace_of = dict(zip(cameras, namespaces))
     gt_topics = [t for t in (gt_maps.panoptic, gt_maps.semantic, gt_maps.instances) if t] if gt_pan else []
     topics = cameras + gt_topics + [t for t in (gt_sem,) if t] + list(info_of)
+    video_out = None
+
+    def handle_frame(m, rgb, result):
+        """A camera frame's result, in the bag's order: ego mask, tracking, outputs, video, scoring."""
+        nonlocal video_out, tile
+        if keep_of.get(m.topic) is not None:
+            if (m.topic, result.shape) not in fit_said:  # said once per camera and size, as the node does
+                fit_said.add((m.topic, result.shape))
+                said = fit_note(namespace_of[m.topic], keep_of[m.topic], *result.shape)
+                if said:
+                    bar.write(f"warning: {said}")
+            result = apply_ego_mask(result, keep_of[m.topic], published.thing_lut)
+        if trackers:
+            result = trackers[m.topic].update(result)
+        for stage, sec in result.timings.items():
+            summary.stage_ms.setdefault(stage, []).append(1000 * sec)
+        summary.frames += 1
+        summary.cameras[m.topic] = summary.cameras.get(m.topic, 0) + 1
+        bar.update(1)
+        out = results_out.get(m.topic)
+        drawn = overlay(rgb, result, taxonomy, labels=overlay_labels) \
+            if video or (out and out.publish["overlay"]) else None  # once for the overlay topic and the video
+        if out:
+            info = camera_infos.get(m.topic)
+            out.add(m.msg.header, m.stamp_ns, result, rgb, drawn, info)
+            misfit = calibration_misfit(calibrated_size(info), rgb.shape[1::-1]) if info is not None else ""
+            if misfit and (m.topic, misfit) not in misfits_said:
+                misfits_said.add((m.topic, misfit))
+                bar.write(f"warning: {m.topic}: {misfit}")
+        if video:
+            latest[m.topic] = drawn
+            if m.topic == cameras[0]:  # the first camera paces the video
+                if video_out is None:
+                    video_out = VideoWriter(video, fps=10)
+                    tile = drawn.shape[:2]  # every camera fitted into the first one's size
+                # fitted even for one camera: a camera whose size changes mid-drive (a driver
+                # reconfigured) would otherwise end the video, and the replay, at that frame
+                video_out.add(side_by_side([latest.get(t) for t in cameras], *tile))
+        if evaluator and (m.stamp_ns == 0 or m.stamp_ns in frame_stamps):
+            unmatchable.add(m.stamp_ns)
+            summary.stamps_unmatchable += 1 + (pending_pred.pop(m.stamp_ns, None) is not None)
+            pending_gt.pop(m.stamp_ns, None)
+        elif evaluator:
+            frame_stamps.add(m.stamp_ns)
+            pending_pred[m.stamp_ns] = (result.panoptic, result.semantic,
+                                        np.ascontiguousarray(rgb[::3, ::3]) if on_scored else None)
+            if gt_complete(m.stamp_ns):
+                score(m.stamp_ns)
+
+    def handle_message(m, rgb=None, result=None):
+        """Any message of the bag, in the bag's order: a camera frame with its result, a calibration, ground truth."""
+        if m.topic in cameras:
+            handle_frame(m, rgb, result)
+        elif m.topic in info_of:
+            if m.msg is not None:  # one that does not deserialize leaves the previous one in use
+                camera_infos[info_of[m.topic]] = m.msg
+        elif m.stamp_ns in unmatchable:
+            pass  # counted with its frames
+        else:
+            entry = pending_gt.setdefault(m.stamp_ns, {})
+            kind = "sem" if m.topic == gt_sem else "pan"  # a label map is half of the panoptic map
+            try:  # a bad ground-truth message costs its frame's score (said in score())
+                if m.topic in (gt_maps.semantic, gt_maps.instances):
+                    entry[m.topic] = m  # the panoptic map is made once its twin came (a bad half fails both)
+                    if gt_maps.semantic in entry and gt_maps.instances in entry:
+                        pair = (entry.pop(gt_maps.semantic), entry.pop(gt_maps.instances))
+                        for half in pair:
+                            if half.error:
+                                raise ValueError(half.error)
+                        entry["pan"] = panoptic_of_labels(BagMessage(gt_pan, LABEL_MAPS, m.stamp_ns, pair),
+                                                          gt_things)
+                else:
+                    entry[kind] = map_array(m, kind)
+            except (FrameError, ValueError) as e:
+                entry[kind] = None
+                entry.setdefault("error", str(e))
+            if gt_complete(m.stamp_ns) and m.stamp_ns in pending_pred:
+                score(m.stamp_ns)
+        # forget partners that never came, counted
+        while len(pending_pred) > 64:
+            pending_pred.popitem(last=False)
+            summary.frames_without_gt += 1
+        while len(pending_gt) > 64:
+            pending_gt.popitem(last=False)
+            summary.gt_unmatched += 1
+
+    workers = PipelinesInOrder([pipeline, *more_pipelines]) if more_pipelines else None
+    tile = None  # the video's size: the first camera's first frame
     start = time.perf_counter()
     bar = tqdm(total=max_frames, desc="replay", unit="frame")
     try:
         for m in reader.messages(topics, window_ns=window):
             if m.topic in cameras:
-                if max_frames and summary.frames + summary.undecodable >= max_frames:
+                if max_frames and summary.frames + summary.undecodable + len(workers or ()) >= max_frames:
                     break
                 if m.error:
                     _skip(summary, m.error, bar)
@@ -387,82 +477,18 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                 note = off_scale.first(*rgb.shape[:2])
                 if note:
                     bar.write(f"warning: {note}")
-                result = pipeline(rgb)
-                if keep_of.get(m.topic) is not None:
-                    if (m.topic, result.shape) not in fit_said:  # said once per camera and size, as the node does
-                        fit_said.add((m.topic, result.shape))
-                        said = fit_note(namespace_of[m.topic], keep_of[m.topic], *result.shape)
-                        if said:
-                            bar.write(f"warning: {said}")
-                    result = apply_ego_mask(result, keep_of[m.topic], published.thing_lut)
-                if trackers:
-                    result = trackers[m.topic].update(result)
-                for stage, sec in result.timings.items():
-                    summary.stage_ms.setdefault(stage, []).append(1000 * sec)
-                summary.frames += 1
-                summary.cameras[m.topic] = summary.cameras.get(m.topic, 0) + 1
-                bar.update(1)
-                out = results_out.get(m.topic)
-                drawn = overlay(rgb, result, taxonomy, labels=overlay_labels) \
-                    if video or (out and out.publish["overlay"]) else None  # once for the overlay topic and the video
-                if out:
-                    info = camera_infos.get(m.topic)
-                    out.add(m.msg.header, m.stamp_ns, result, rgb, drawn, info)
-                    misfit = calibration_misfit(calibrated_size(info), rgb.shape[1::-1]) if info is not None else ""
-                    if misfit and (m.topic, misfit) not in misfits_said:
-                        misfits_said.add((m.topic, misfit))
-                        bar.write(f"warning: {m.topic}: {misfit}")
-                if video:
-                    latest[m.topic] = drawn
-                    if m.topic == cameras[0]:  # the first camera paces the video
-                        if video_out is None:
-                            video_out = VideoWriter(video, fps=10)
-                            tile = drawn.shape[:2]  # every camera fitted into the first one's size
-                        # fitted even for one camera: a camera whose size changes mid-drive (a driver
-                        # reconfigured) would otherwise end the video, and the replay, at that frame
-                        video_out.add(side_by_side([latest.get(t) for t in cameras], *tile))
-                if evaluator and (m.stamp_ns == 0 or m.stamp_ns in frame_stamps):
-                    unmatchable.add(m.stamp_ns)
-                    summary.stamps_unmatchable += 1 + (pending_pred.pop(m.stamp_ns, None) is not None)
-                    pending_gt.pop(m.stamp_ns, None)
-                elif evaluator:
-                    frame_stamps.add(m.stamp_ns)
-                    pending_pred[m.stamp_ns] = (result.panoptic, result.semantic,
-                                                np.ascontiguousarray(rgb[::3, ::3]) if on_scored else None)
-                    if gt_complete(m.stamp_ns):
-                        score(m.stamp_ns)
-            elif m.topic in info_of:
-                if m.msg is not None:  # one that does not deserialize leaves the previous one in use
-                    camera_infos[info_of[m.topic]] = m.msg
-            elif m.stamp_ns in unmatchable:
-                pass  # counted with its frames
-            else:
-                entry = pending_gt.setdefault(m.stamp_ns, {})
-                kind = "sem" if m.topic == gt_sem else "pan"  # a label map is half of the panoptic map
-                try:  # a bad ground-truth message costs its frame's score (said in score())
-                    if m.topic in (gt_maps.semantic, gt_maps.instances):
-                        entry[m.topic] = m  # the panoptic map is made once its twin came (a bad half fails both)
-                        if gt_maps.semantic in entry and gt_maps.instances in entry:
-                            pair = (entry.pop(gt_maps.semantic), entry.pop(gt_maps.instances))
-                            for half in pair:
-                                if half.error:
-                                    raise ValueError(half.error)
-                            entry["pan"] = panoptic_of_labels(BagMessage(gt_pan, LABEL_MAPS, m.stamp_ns, pair),
-                                                              gt_things)
-                    else:
-                        entry[kind] = map_array(m, kind)
-                except (FrameError, ValueError) as e:
-                    entry[kind] = None
-                    entry.setdefault("error", str(e))
-                if gt_complete(m.stamp_ns) and m.stamp_ns in pending_pred:
-                    score(m.stamp_ns)
-            # forget partners that never came, counted
-            while len(pending_pred) > 64:
-                pending_pred.popitem(last=False)
-                summary.frames_without_gt += 1
-            while len(pending_gt) > 64:
-                pending_gt.popitem(last=False)
-                summary.gt_unmatched += 1
+                if workers is None:
+                    handle_message(m, rgb, pipeline(rgb))
+                else:
+                    workers.submit(rgb, (m, rgb))
+            elif workers is None:
+                handle_message(m)
+            else:  # behind the frames in flight, so that every message is handled in the bag's order
+                workers.pass_through((m, None))
+            for (done, rgb), result in workers.ready() if workers else ():
+                handle_message(done, rgb, result)
+        for (done, rgb), result in workers.drain() if workers else ():  # what is still in flight at the end
+            handle_message(done, rgb, result)
         summary.node_health = node_health(reader, window)  # a record:= bag keeps them
     except BaseException:
         if writer:
@@ -471,6 +497,8 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
             video_out.abort()
         raise
     finally:
+        if workers:
+            workers.close()
         bar.close()
         reader.close()
     summary.wall_seconds = time.perf_counter() - start

@@ -3,6 +3,7 @@ storages, converters on fixtures in the datasets' on-disk formats, and every kin
 import io
 import json
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -341,6 +342,66 @@ def test_frames_whose_stamp_does_not_tell_them_apart_are_not_scored(tiny_pipelin
     assert (shared.frames, shared.evaluated, shared.stamps_unmatchable) == (4, 2, 2)
     assert shared.to_dict()["frames_with_unmatchable_stamps"] == 2
 
+
+
+def test_inference_workers_replay_a_bag_as_one_pipeline_does(tiny_pipeline, tiny_model_yaml, tmp_path, rng):
+    """replay with more pipelines (the node's inference_workers, --inference-workers): frames inferred at once,
+    handled in the bag's order: the same summary, scores, output bag (tracked ids, each frame's own
+    calibration) as one pipeline gives. The command refuses a count it cannot run, in one line."""
+    from panoptic_node.bag.writer import camera_info_msg
+    from panoptic_node.cli import main
+    from panoptic_node.inference.pipeline import Pipeline
+    stamps = [1_700_000_000_000_000_000 + i * 50_000_000 for i in range(9)]
+    k = [50.0, 0.0, 32.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0]
+    with BagWriter(tmp_path / "in") as w:
+        for i, stamp in enumerate(stamps):
+            hdr = header(stamp, "front_optical")
+            w.write("/front/camera_info", camera_info_msg(hdr, 64, 48, [v + i for v in k]), stamp)
+            w.write("/front/image_raw", image_msg(hdr, image_fields(rng.integers(0, 255, (48, 64, 3), np.uint8),
+                                                                   "rgb8")), stamp)
+            pan = rng.integers(0, 4, (48, 64)).astype(np.int32) * 1000
+            w.write("/ground_truth/panoptic", image_msg(hdr, image_fields(pan, "32SC1")), stamp + 1)
+    one = replay(tiny_pipeline, tmp_path / "in", tmp_path / "one", video=tmp_path / "one.mp4", log=lambda *_: None)
+    two = replay(tiny_pipeline, tmp_path / "in", tmp_path / "two", video=tmp_path / "two.mp4", log=lambda *_: None,
+                 more_pipelines=[Pipeline.from_config(tiny_model_yaml)])
+    assert (two.frames, two.evaluated) == (one.frames, one.evaluated) == (9, 9)
+    assert json.dumps(two.metrics, sort_keys=True) == json.dumps(one.metrics, sort_keys=True)  # NaN: no such class
+    assert (tmp_path / "two.mp4").stat().st_size > 0
+
+    def written(path):
+        with BagReader(path) as r:
+            topics = [t for t in r.topics if t != "/diagnostics"]
+            return [(m.topic, m.stamp_ns, bytes(m.msg.data) if hasattr(m.msg, "data") else str(m.msg))
+                    for m in r.messages(topics)]
+    assert written(tmp_path / "two") == written(tmp_path / "one")
+    capped = replay(tiny_pipeline, tmp_path / "in", max_frames=4, log=lambda *_: None,
+                    more_pipelines=[Pipeline.from_config(tiny_model_yaml)])
+    assert capped.frames == 4  # frames in flight count towards --max-frames
+
+    class Slow(Pipeline):  # frames still in flight when the ground truth after them is read
+        def __call__(self, rgb):
+            time.sleep(0.05)
+            return super().__call__(rgb)
+
+    slow = [Pipeline.from_config(tiny_model_yaml) for _ in range(2)]
+    for pipeline in slow:
+        pipeline.__class__ = Slow
+    with BagWriter(tmp_path / "shared") as w:  # two frames share stamp 7: neither is scored, as with one pipeline
+        events = [("frame", 5), ("frame", 7), ("gt", 5), ("frame", 7), ("gt", 7), ("frame", 9), ("gt", 7), ("gt", 9)]
+        for i, (kind, stamp) in enumerate(events):
+            data = image_fields(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "rgb8") if kind == "frame" else \
+                image_fields(np.full((48, 64), 3, np.int32), "32SC1")
+            w.write("/camera/image_raw" if kind == "frame" else "/ground_truth/panoptic",
+                    image_msg(header(stamp, "cam"), data), 100 + i)
+    counts = [(r.frames, r.evaluated, r.stamps_unmatchable, r.frames_without_gt, r.gt_unmatched) for r in
+              (replay(tiny_pipeline, tmp_path / "shared", log=lambda *_: None),
+               replay(slow[0], tmp_path / "shared", log=lambda *_: None, more_pipelines=slow[1:]))]
+    assert counts[1] == counts[0] == (4, 2, 2, 0, 0)
+    base = ["replay", str(tmp_path / "in"), "--model", str(tiny_model_yaml), "--backend", "torch"]
+    assert main(base + ["--inference-workers", "2", "--threads", "2", "--metrics", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["metrics"]["miou"] == pytest.approx(one.metrics["miou"])
+    assert main(base + ["--inference-workers", "0"]) == 2
+    assert main(base + ["--inference-workers", "3", "--threads", "2"]) == 2
 
 def test_the_cameras_calibration_is_written_with_its_maps(tiny_pipeline, tmp_path, rng, capsys):
     """A bag with <ns>/camera_info beside the camera (what convert writes): the replay writes the node's

@@ -706,7 +706,7 @@ def test_a_panorama_camera_is_named_once_and_still_served(graph, start, rng):
     ({"autostart": "maybe"}, "parameter 'autostart' = 'maybe' is invalid"),
     ({"num_threads": 100000}, "parameter 'num_threads' = 100000: expected a whole number from 0 (every core) to"),
     ({"num_threads": 1, "inference_workers": 2},
-     "parameter 'inference_workers' = 2 is more than the 1 thread(s) they would share"),
+     "parameter 'inference_workers' = 2 is more than the 1 thread(s) the workers would share"),
 ])
 def test_a_bad_parameter_exits_1_with_one_line(start, params, expected):
     node = start(["/bad/cam"], wait=False, **params)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import run_without
 from panoptic_node.frame_buffer import LatestFrameBuffer
-from panoptic_node.in_order import InOrder
+from panoptic_node.in_order import InOrder, PipelinesInOrder
 from panoptic_node.inference.result import result_from_segments
 from panoptic_node.model.config import share_dir
 from panoptic_node.node_stats import NodeStats, clock_advice
@@ -901,7 +901,7 @@ def test_inference_workers_share_the_threads(monkeypatch, num_threads, workers, 
 def test_more_inference_workers_than_threads_are_refused_in_one_line(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     with pytest.raises(ParameterError, match=r"^parameter 'inference_workers' = 3 is more than the 2 thread\(s\) "
-                                             r"they would share \(num_threads every core\): expected at most 2"):
+                                             r"the workers would share \(num_threads every core\): expected at most 2"):
         worker_threads(validate({"inference_workers": 3}))
     with pytest.raises(ParameterError, match="parameter 'inference_workers' = 0 is invalid"):
         validate({"inference_workers": 0})
@@ -920,3 +920,45 @@ def test_a_call_in_flight_on_any_worker_counts_as_busy():
     assert stats.busy_since == 0.0
     inference = stats.statuses(LatestFrameBuffer(FakeClock()), {}, 2.0, {})[0]
     assert "one inference call has run for 5.0 s" in inference.message
+
+
+def test_frames_given_to_several_pipelines_come_back_in_the_order_given():
+    """replay's inference workers (PipelinesInOrder): a frame that takes longer holds back the ones given after
+    it, whichever pipeline ran them; a frame whose inference raised raises in its turn, after the ones before."""
+    import time
+
+    class Slow:  # a stand-in pipeline: frame value v takes v / 100 s; 99 fails
+        def __init__(self):
+            self.ran = []
+
+        def __call__(self, frame):
+            self.ran.append(frame)
+            if frame == 99:
+                raise RuntimeError("the runtime failed")
+            time.sleep(frame / 100)
+            return frame * 10
+
+    pipelines = [Slow(), Slow()]
+    pool = PipelinesInOrder(pipelines)
+    assert pool.depth == 3
+    got = []
+    for i, frame in enumerate([20, 1, 2, 15, 0, 3]):
+        pool.submit(frame, i)
+        assert len(pool) <= pool.depth
+        got += list(pool.ready())
+    got += list(pool.drain())
+    assert got == [(0, 200), (1, 10), (2, 20), (3, 150), (4, 0), (5, 30)]
+    assert pipelines[0].ran and pipelines[1].ran  # both took frames
+    pool.submit(20, "slow")
+    pool.pass_through("behind it")  # no inference: waits for the frame before it all the same
+    assert list(pool.ready()) == [] and len(pool) == 1
+    assert list(pool.drain()) == [("slow", 200), ("behind it", None)]
+    pool.submit(1, "before")
+    pool.submit(99, "bad")
+    pool.submit(2, "after")
+    done = pool.drain()
+    assert next(done) == ("before", 10)
+    with pytest.raises(RuntimeError, match="the runtime failed"):
+        next(done)
+    pool.close()
+    assert len(pool) == 0
