@@ -3,6 +3,7 @@
 The file is read by ROS 2's rules, checked against rclpy itself where rclpy is installed (the PyPI wheels)."""
 import io
 import json
+import os
 import re
 import textwrap
 
@@ -193,11 +194,13 @@ def label_info_threshold(bag, ns="/camera/front"):
 
 def test_replay_with_the_cars_parameters_runs_what_the_node_runs(tiny_model_yaml, tmp_path, rng, capsys):
     """The file's cameras choose the topics (the rear camera is not the node's), its publish_* switches the
-    topics written, its threshold the model's; the result is the plain replay's with the same settings."""
+    topics written, its threshold the model's, its inference workers infer at once; the result is the plain
+    replay's with the same settings."""
     from panoptic_node.cli import main
     bag = car_recording(tmp_path / "drive", rng)
+    workers = {"inference_workers": 2} if (os.cpu_count() or 1) >= 2 else {}
     params = write_params(tmp_path / "car.param.yaml", tiny_model_yaml, threshold=0.3, publish_overlay=False,
-                          publish_instances=False, max_rate_hz=10.0)
+                          publish_instances=False, max_rate_hz=10.0, **workers)
     assert main(["replay", str(bag), "--params", str(params), "--out", str(tmp_path / "car"),
                  "--metrics", str(tmp_path / "car.json")]) == 0
     out = capsys.readouterr().out
