@@ -344,23 +344,33 @@ def test_frames_whose_stamp_does_not_tell_them_apart_are_not_scored(tiny_pipelin
 
 
 
+CALIBRATION = [50.0, 0.0, 32.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0]  # a 64x48 camera's K
+
+
+def calibrated_bag(path, rng, frames: int, ground_truth: bool = False):
+    """A camera at 20 Hz with its camera_info before each frame, frame i calibrated with K + i (so each
+    frame's own calibration can be told apart); with ground_truth, a random panoptic map after each frame.
+    Returns the frames' stamps."""
+    from panoptic_node.bag.writer import camera_info_msg
+    stamps = [1_700_000_000_000_000_000 + i * 50_000_000 for i in range(frames)]
+    with BagWriter(path) as w:
+        for i, stamp in enumerate(stamps):
+            hdr = header(stamp, "front_optical")
+            w.write("/front/camera_info", camera_info_msg(hdr, 64, 48, [v + i for v in CALIBRATION]), stamp)
+            w.write("/front/image_raw", image_msg(hdr, image_fields(rng.integers(0, 255, (48, 64, 3), np.uint8),
+                                                                   "rgb8")), stamp)
+            if ground_truth:
+                pan = rng.integers(0, 4, (48, 64)).astype(np.int32) * 1000
+                w.write("/ground_truth/panoptic", image_msg(hdr, image_fields(pan, "32SC1")), stamp + 1)
+    return stamps
+
 def test_inference_workers_replay_a_bag_as_one_pipeline_does(tiny_pipeline, tiny_model_yaml, tmp_path, rng):
     """replay with more pipelines (the node's inference_workers, --inference-workers): frames inferred at once,
     handled in the bag's order: the same summary, scores, output bag (tracked ids, each frame's own
     calibration) as one pipeline gives. The command refuses a count it cannot run, in one line."""
-    from panoptic_node.bag.writer import camera_info_msg
     from panoptic_node.cli import main
     from panoptic_node.inference.pipeline import Pipeline
-    stamps = [1_700_000_000_000_000_000 + i * 50_000_000 for i in range(9)]
-    k = [50.0, 0.0, 32.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0]
-    with BagWriter(tmp_path / "in") as w:
-        for i, stamp in enumerate(stamps):
-            hdr = header(stamp, "front_optical")
-            w.write("/front/camera_info", camera_info_msg(hdr, 64, 48, [v + i for v in k]), stamp)
-            w.write("/front/image_raw", image_msg(hdr, image_fields(rng.integers(0, 255, (48, 64, 3), np.uint8),
-                                                                   "rgb8")), stamp)
-            pan = rng.integers(0, 4, (48, 64)).astype(np.int32) * 1000
-            w.write("/ground_truth/panoptic", image_msg(hdr, image_fields(pan, "32SC1")), stamp + 1)
+    calibrated_bag(tmp_path / "in", rng, 9, ground_truth=True)
     one = replay(tiny_pipeline, tmp_path / "in", tmp_path / "one", video=tmp_path / "one.mp4", log=lambda *_: None)
     two = replay(tiny_pipeline, tmp_path / "in", tmp_path / "two", video=tmp_path / "two.mp4", log=lambda *_: None,
                  more_pipelines=[Pipeline.from_config(tiny_model_yaml)])
@@ -409,14 +419,8 @@ def test_the_cameras_calibration_is_written_with_its_maps(tiny_pipeline, tmp_pat
     gets no such topic (test_replay_round_trip). A calibration of another size is said once, as the node's
     /diagnostics say it."""
     from panoptic_node.bag.writer import camera_info_msg
-    stamps = [1_700_000_000_000_000_000 + i * 50_000_000 for i in range(3)]
-    k = [50.0, 0.0, 32.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0]
-    with BagWriter(tmp_path / "in") as w:
-        for i, stamp in enumerate(stamps):
-            hdr = header(stamp, "front_optical")
-            w.write("/front/camera_info", camera_info_msg(hdr, 64, 48, [v + i for v in k]), stamp)
-            w.write("/front/image_raw", image_msg(hdr, image_fields(rng.integers(0, 255, (48, 64, 3), np.uint8),
-                                                                   "rgb8")), stamp)
+    stamps = calibrated_bag(tmp_path / "in", rng, 3)
+    k = CALIBRATION
     replay(tiny_pipeline, tmp_path / "in", tmp_path / "out", log=lambda *_: None)
     with BagReader(tmp_path / "out") as r:
         assert r.topics["/front/panoptic/camera_info"] == "sensor_msgs/msg/CameraInfo"
