@@ -1054,16 +1054,21 @@ def test_weights_copied_over_while_the_node_runs_are_named_and_a_reconfigure_run
     graph.destroy_client(change)
 
 
-def test_a_managed_node_goes_through_its_lifecycle(graph, start, rng, model_yaml):
+@pytest.mark.parametrize("workers", [1, 2], ids=["one_worker", "two_workers"])
+def test_a_managed_node_goes_through_its_lifecycle(graph, start, rng, model_yaml, workers):
     """`autostart: false`: the node waits unconfigured for a lifecycle manager. configure loads the model and
     opens the outputs (the label set is latched), activate subscribes and serves, deactivate unsubscribes,
     cleanup closes the outputs. A configure that fails (a model that is not there) is one line, leaves the
-    node unconfigured and running, and after `ros2 param set` the next configure works: no restart."""
+    node unconfigured and running, and after `ros2 param set` the next configure works: no restart. With
+    two inference workers alike (each stopped and started again with the node)."""
     from lifecycle_msgs.msg import State, Transition
     from lifecycle_msgs.srv import ChangeState, GetState
 
+    if workers > (os.cpu_count() or 1):
+        pytest.skip("two inference workers need two CPUs (one thread each)")
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
-    node = start([ns], wait=False, autostart=False, max_age_ms=0, model="/nonexistent/model.yaml")
+    node = start([ns], wait=False, autostart=False, max_age_ms=0, model="/nonexistent/model.yaml",
+                 inference_workers=workers)
     get_state = graph.create_client(GetState, f"/{node.name}/get_state")
     change = graph.create_client(ChangeState, f"/{node.name}/change_state")
     params = AsyncParameterClient(graph, node.name)
