@@ -1,13 +1,9 @@
-"""Work done by several threads at once, its last step taken in the order the work was handed out.
+"""Work done by several threads at once, its last step taken in the order the work was handed out: a
+track continues from the frame before, and a driving stack reading the maps must never see a stamp older
+than the one it just had.
 
-InOrder: the node's workers, each taking frames and publishing them in their turn. PipelinesInOrder:
-replay's, frames given by one caller to several pipelines and their results handed back in order.
-
-The node's inference workers each take the newest frames, infer them concurrently and must then track
-and publish them in the order they were taken: a track continues from the frame before, and a driving
-stack reading the maps must never see a stamp older than the one it just had. Each piece of work draws a
-ticket when it is taken; `wait(ticket)` returns when every earlier ticket is finished, and `finish(ticket)`
-(in a `finally`, so a failure never blocks the tickets after it) lets the next one go.
+InOrder: the node's inference workers, each taking frames and publishing them in their turn.
+PipelinesInOrder: replay's, frames given by one caller to several pipelines, results handed back in order.
 """
 import queue
 import threading
@@ -17,6 +13,10 @@ from typing import Any, Callable, Deque, Iterator, Sequence, Tuple
 
 
 class InOrder:
+    """Each piece of work draws a ticket when it is taken; `wait(ticket)` returns when every earlier ticket is
+    finished, and `finish(ticket)` (in a `finally`, so a failure never blocks the tickets after it) lets the
+    next one go."""
+
     def __init__(self):
         self._cond = threading.Condition()
         self._issued = 0   # the next ticket to hand out
