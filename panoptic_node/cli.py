@@ -51,13 +51,30 @@ def _pipeline(args, threads=None, log=None):
                          log=log or (lambda m: print(m, file=sys.stderr)))
 
 
+def _offline_workers(args) -> int:
+    """replay's and demo's inference workers: --inference-workers, else two where the network runs on a CPU
+    with two threads or more to share. Offline only the rate counts, and one pipeline leaves a core idle while
+    it post-processes; the node's default stays one, as each frame waits longer with two (README)."""
+    if args.inference_workers is not None:
+        return args.inference_workers
+    return 2 if args.device == "cpu" and (args.threads or os.cpu_count() or 1) >= 2 else 1
+
+
 def _pipelines(args):
-    """replay --inference-workers N: N pipelines, each on its share of --threads (the first says what it loads)."""
+    """One pipeline per inference worker (_offline_workers), each on its share of --threads (the first says
+    what it loads)."""
     from .params import worker_threads
-    share = worker_threads({"num_threads": args.threads, "inference_workers": args.inference_workers},
+    workers = _offline_workers(args)
+    share = worker_threads({"num_threads": args.threads, "inference_workers": workers},
                            "--inference-workers", "--threads")
-    return [_pipeline(args, share)] + [_pipeline(args, share, log=lambda m: None)
-                                       for _ in range(args.inference_workers - 1)]
+    return [_pipeline(args, share)] + [_pipeline(args, share, log=lambda m: None) for _ in range(workers - 1)]
+
+
+def _add_inference_workers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inference-workers", type=int, help="frames inferred at once, each by its own pipeline on its "
+                   "share of --threads, every frame handled in the bag's order (the node's inference_workers; "
+                   "default: 2 where the network runs on a CPU with 2 threads or more, else 1; the outputs and "
+                   "scores are the same)")
 
 
 def output_stems(paths):
@@ -309,7 +326,7 @@ NODE_OPTIONS = {"model": "model", "weights": "weights", "backend": "backend", "o
                 "device": "device", "threshold": "threshold", "labels": "label_set", "threads": "num_threads",
                 "ego_masks": "ego_mask_dir", "inference_workers": "inference_workers"}
 # their defaults (None in the parsers of replay and fleet, so that --params knows what was given)
-OPTION_DEFAULTS = {"device": "cpu", "backend": "auto", "precision": "auto", "threads": 0, "inference_workers": 1}
+OPTION_DEFAULTS = {"device": "cpu", "backend": "auto", "precision": "auto", "threads": 0}
 # the node's parameters that govern the live graph, not what a frame gives: a replay runs every frame of the bag
 LIVE_ONLY = ("qos_reliability", "qos_depth", "max_age_ms", "max_rate_hz", "diagnostics_period", "camera_timeout_s",
              "batch_cameras", "warmup_sizes", "autostart")
@@ -618,7 +635,7 @@ def cmd_demo(args) -> int:
     check_outputs({"the demo's input bag": bag}, [camvid], args.overwrite, bags={"the demo's input bag"})
     _check_replay_outputs(args, [camvid, bag, args.weights, args.onnx])
     convert("camvid", camvid, bag, split="val", storage="mcap", max_frames=args.max_frames, overwrite=args.overwrite)
-    _replay(args, [_pipeline(args)])
+    _replay(args, _pipelines(args))
     print(f"outputs in {out}: output bag camvid_val_panoptic/, overlay.mp4, metrics.json, per_class.png, confusion.png, "
           f"timeline.png")
     return 0
@@ -846,9 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_replay_args(p)
     _add_threads_arg(p)
-    p.add_argument("--inference-workers", type=int, help="frames inferred at once, each by its own pipeline on "
-                   "its share of --threads, handled in the bag's order (the node's inference_workers; default 1): "
-                   "faster on a CPU one pipeline leaves partly idle")
+    _add_inference_workers_arg(p)
     # None: not given (--params then takes the file's value); the defaults are filled in cmd_replay
     p.set_defaults(func=cmd_replay, **{dest: None for dest in OPTION_DEFAULTS}, model=None)
 
@@ -909,6 +924,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_replay_args(p)
     _add_threads_arg(p)
+    _add_inference_workers_arg(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="ONNX export (detect graph + kept-query mask graph), fp32 or int8 QDQ")

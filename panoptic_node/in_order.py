@@ -63,8 +63,9 @@ class PipelinesInOrder:
         # while the caller handles the result it just got
         self.depth = len(pipelines) + 1
 
-    def __len__(self) -> int:
-        """Frames given and not yet handed back."""
+    def frames_in_flight(self) -> int:
+        """Frames given and not yet handed back. (No __len__: a queue holding only passed-through items would
+        then read as false, and `if pool:` skip them.)"""
         return self._frames
 
     def _infer(self, rgb):

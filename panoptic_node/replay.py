@@ -61,6 +61,7 @@ class ReplaySummary:
     weights: str = ""       # which weights file ran, by name and sha256 (cache_key.weights_identity)
     scales: str = ""        # the int8 scales its graphs were made from, by name and sha256 ("": fp32)
     weight_bits: int = 0    # its int8 graphs' weight width (Backend.int8_weight_bits; 0: not int8)
+    workers: int = 1        # pipelines that inferred frames at once (the node's inference_workers)
     scoring: bool = False   # ground truth was there to score against
     parameters: Optional[dict] = None  # the node's parameters the replay ran (replay --params), for the record
     node_health: List[StatusHealth] = field(default_factory=list)  # the recording node's own /diagnostics
@@ -76,7 +77,7 @@ class ReplaySummary:
     def to_dict(self) -> dict:
         return {"frames": self.frames, "cameras": self.cameras, "undecodable": self.undecodable,
                 "errors": self.errors[:20],
-                "fps": self.frames / self.wall_seconds if self.wall_seconds else 0.0,
+                "fps": self.frames / self.wall_seconds if self.wall_seconds else 0.0, "inference_workers": self.workers,
                 "latency_ms": self.percentiles(), "evaluated_frames": self.evaluated, "unscored_frames": self.unscored,
                 "ground_truth_unmatched": self.gt_unmatched, "frames_without_ground_truth": self.frames_without_gt,
                 "frames_with_unmatchable_stamps": self.stamps_unmatchable,
@@ -104,7 +105,8 @@ class ReplaySummary:
         d = self.to_dict()
         lines = [f"{self.frames} frames in {self.wall_seconds:.1f} s ({d['fps']:.1f} frames/s), "
                  f"{self.undecodable} undecodable, backend {self.backend} ({self.precision}"
-                 + (f", {self.weight_bits}-bit weights" if self.weight_bits else "") + f"), model {self.model}"
+                 + (f", {self.weight_bits}-bit weights" if self.weight_bits else "")
+                 + (f", {self.workers} inference workers" if self.workers > 1 else "") + f"), model {self.model}"
                  + (f" ({self.weights})" if self.weights else "")]
         if len(self.cameras) > 1:
             lines.append("cameras: " + ", ".join(f"{t} {n}" for t, n in self.cameras.items()))
@@ -241,7 +243,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
                             model=pipeline.cfg.name, weights=pipeline.weights_id, scales=pipeline.scales_id,
                             weight_bits=getattr(pipeline.backend, "int8_weight_bits", 0),
-                            parameters=parameters)
+                            workers=1 + len(more_pipelines), parameters=parameters)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames {max_frames}: expected a positive number of frames (leave it out for all)")
     check_window(start_s, duration_s)
@@ -457,14 +459,15 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
             pending_gt.popitem(last=False)
             summary.gt_unmatched += 1
 
-    workers = PipelinesInOrder([pipeline, *more_pipelines]) if more_pipelines else None
+    workers = PipelinesInOrder([pipeline, *more_pipelines]) if more_pipelines else None  # None: called in the loop
     tile = None  # the video's size: the first camera's first frame
     start = time.perf_counter()
     bar = tqdm(total=max_frames, desc="replay", unit="frame")
     try:
         for m in reader.messages(topics, window_ns=window):
             if m.topic in cameras:
-                if max_frames and summary.frames + summary.undecodable + len(workers or ()) >= max_frames:
+                taken = summary.frames + summary.undecodable + (workers.frames_in_flight() if workers else 0)
+                if max_frames and taken >= max_frames:
                     break
                 if m.error:
                     _skip(summary, m.error, bar)

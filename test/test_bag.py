@@ -1045,9 +1045,12 @@ def test_camvid_convert_and_replay_scores(tiny_pipeline, tiny_model_yaml, tmp_pa
     assert summary.evaluated == 3 and summary.metrics is not None
     with BagReader(tmp_path / "pred") as r:  # every frame's maps with the calibration, the first included
         assert [m.stamp_ns for m in r.messages(["/camera/panoptic/camera_info"])] == stamps
-    # replay's own scores, through the command: the confusion matrix counts every labelled pixel
+    # replay's own scores, through the command: the confusion matrix counts every labelled pixel, with two
+    # inference workers too (the ground truth after the last frame once went unread: a pool holding only
+    # messages behind a frame already handed back read as empty)
     assert main(["replay", str(tmp_path / "bag"), "--model", str(tiny_model_yaml), "--out", str(tmp_path / "p2"),
-                 "--metrics", str(tmp_path / "m.json"), "--confusion", str(tmp_path / "m.png")]) == 0
+                 "--metrics", str(tmp_path / "m.json"), "--confusion", str(tmp_path / "m.png"),
+                 "--inference-workers", "2", "--threads", "2"]) == 0
     written = json.loads((tmp_path / "m.json").read_text())
     matrix = np.array(written["metrics"]["confusion"]["matrix"])
     # with the weights that gave these numbers (torch: no int8 scales nor width)

@@ -369,3 +369,46 @@ def test_a_bad_thread_count_is_refused_in_one_line(threads):
     with pytest.raises(ValueError, match=rf"^threads .*: expected a whole number from 0 \(every core\) to {cpus} "
                                          rf"\(this machine's CPUs\)$"):
         make_pipeline("street_lite0", threads=threads)
+
+
+def test_inference_workers_meeting_a_new_frame_size_make_its_graph_one_at_a_time(tiny_model_yaml, tmp_path,
+                                                                                   monkeypatch, rng):
+    """Two pipelines (inference workers, a thread each) given frames of a size new to both at once: the graphs
+    are made one after the other (torch's ONNX export is not safe to run twice at once: it failed with
+    "GLOBALS.in_onnx_export must be False"), the second from the cache, and both answer as one pipeline does."""
+    import threading
+    if not importlib.util.find_spec("openvino"):
+        pytest.skip("needs OpenVINO (the graphs are made for a CPU runtime)")
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "graphs"))
+    made, running, overlapped = [], [0], []
+    real_export = graph_cache.export_onnx
+
+    def export(*args, **kwargs):
+        running[0] += 1
+        overlapped.append(running[0] > 1)
+        try:
+            made.append(args[1])
+            return real_export(*args, **kwargs)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(graph_cache, "export_onnx", export)
+    workers = [make_pipeline(str(tiny_model_yaml), backend="openvino", threads=1, log=lambda m: None)
+               for _ in range(2)]
+    frame = rng.integers(0, 255, (128, 96, 3), dtype=np.uint8)  # portrait: not the config's canvas, a new graph
+    results, errors = [None, None], []
+
+    def infer(i):
+        try:
+            results[i] = workers[i](frame)
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=infer, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and not any(overlapped)
+    assert len(made) == 2 and made[0] != made[1]  # the config's canvas at start, then the new size once
+    assert np.array_equal(results[0].panoptic, results[1].panoptic)

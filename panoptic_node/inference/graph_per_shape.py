@@ -6,12 +6,18 @@ padded input size, on the first frame of that size (about 4 s for the street mod
 for DETR R50; a camera has one size), and kept: the answer no longer depends on the backend. With a
 model's shipped int8 scales (int8_scales.py) the CPU graphs are int8, made per size from the same
 scales. A graph the user gives keeps its one canvas."""
+import threading
 from typing import Callable, Dict, Optional, Tuple
 
 from .backend import Backend
 from .graph_cache import cached_graph
 
 Shape = Tuple[int, int]
+
+# one graph or engine made at a time in this process: torch's ONNX export (and TensorRT's compile) keep
+# global state, and inference workers (several pipelines, a thread each) meeting a new frame size together
+# would make it together ("GLOBALS.in_onnx_export must be False"); the next one finds it made
+_MAKING = threading.Lock()
 
 
 class PerShape(Backend):
@@ -30,7 +36,8 @@ class PerShape(Backend):
     def _for(self, shape) -> Backend:
         shape = tuple(int(v) for v in shape)
         if shape not in self._by_shape:
-            self._by_shape[shape] = self.make(shape)
+            with _MAKING:
+                self._by_shape[shape] = self.make(shape)
         return self._by_shape[shape]
 
     @property
