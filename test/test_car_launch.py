@@ -109,8 +109,9 @@ def test_autostart_reaches_the_node_as_a_boolean(car_launch, given, expected):
 
 
 def test_the_cpu_budget_and_warmup_reach_the_node(car_launch):
-    """num_threads:=1 inference_workers:=2 max_rate_hz:=10 warmup_sizes:=1280x720 arrive typed as the schema wants them; a value
-    that is no number arrives as text, for the node's one-line refusal; unset, the config decides."""
+    """num_threads:=1 inference_workers:=2 max_rate_hz:=10 warmup_sizes:=1280x720 arrive typed as the schema
+    wants them; a value that is no number arrives as text, for the node's one-line refusal; unset, the config
+    decides."""
     node = car_launch(num_threads="1", max_rate_hz="10", warmup_sizes="1280x720", inference_workers="2")[1]
     given = node.kwargs["parameters"][1]
     assert given["num_threads"] == 1 and given["max_rate_hz"] == 10.0 and given["warmup_sizes"] == "1280x720"
