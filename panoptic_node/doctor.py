@@ -185,32 +185,26 @@ def speed_check(model: str, weights: Optional[str], camera_hz: float = 30.0, nod
 
 
 def _frames_per_second(pipelines, frames) -> float:
-    """Frames/s of the pipelines on `frames` after a warm-up, as the node's workers run them: at once, each
-    on every n-th frame, over the wall clock."""
-    import threading
+    """Frames/s of the pipelines on `frames` after a warm-up, as the node's workers run them: at once
+    (in_order.PipelinesInOrder, as replay runs them), over the wall clock. A pipeline's failure raises."""
     import time
 
-    failed = []
-
-    def run(pipeline, share):
-        try:
-            for rgb in share:
-                pipeline(rgb)
-        except Exception as e:  # said by the caller, as a failure of a single pipeline is
-            failed.append(e)
-
+    from .in_order import PipelinesInOrder
     for pipeline in pipelines:
-        run(pipeline, frames[:3])  # warm-up: first calls allocate
-    n = len(pipelines)
-    threads = [threading.Thread(target=run, args=(p, frames[i::n])) for i, p in enumerate(pipelines)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if failed:
-        raise failed[0]
-    return len(frames) / (time.perf_counter() - t0)
+        for rgb in frames[:3]:  # warm-up: first calls allocate
+            pipeline(rgb)
+    pool = PipelinesInOrder(pipelines)
+    try:
+        t0 = time.perf_counter()
+        for rgb in frames:
+            pool.submit(rgb, None)
+            for _ in pool.ready():
+                pass
+        for _ in pool.drain():
+            pass
+        return len(frames) / (time.perf_counter() - t0)
+    finally:
+        pool.close()
 
 
 def _writable(folder: Path) -> bool:
