@@ -4,7 +4,7 @@ Each status is judged on what happened since the previous report, not since star
 hour ago must not keep a camera at WARN for the rest of the drive, and a camera that went silent must not
 go on showing the rate it had. Times are on the steady clock (a paused bag or sim time does not stop it).
 """
-import threading
+import itertools
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -173,7 +173,8 @@ class NodeStats:
         self.last_failure = ""
         self.publish_failures = 0
         self.last_publish_failure = ""
-        self._calls = {}            # inference worker thread -> when its current call (infer + publish) began
+        self._calls = {}            # call (call_started) -> when it began; ended calls are taken out
+        self._call_ids = itertools.count()
         self.worker_error = None    # why the inference thread stopped, once it did
         self.weights_on_disk = None  # what the loaded weights' file holds now, once it changed (WeightsWatch)
         self.scales_on_disk = None   # likewise for the int8 scales its graphs were made from
@@ -190,11 +191,15 @@ class NodeStats:
         self.arrivals[camera].append(now)
         self.first_arrival.setdefault(camera, now)
 
-    def call_started(self) -> None:
-        self._calls[threading.get_ident()] = self.clock()
+    def call_started(self) -> int:
+        """A call (a frame's network, post-processing and publishing) begins; what call_ended takes when it is over,
+        on whichever thread finishes it (with overlap_postprocessing, not the one that began it)."""
+        call = next(self._call_ids)
+        self._calls[call] = self.clock()
+        return call
 
-    def call_ended(self) -> None:
-        self._calls.pop(threading.get_ident(), None)
+    def call_ended(self, call: int) -> None:
+        self._calls.pop(call, None)
 
     @property
     def busy_since(self) -> Optional[float]:
@@ -205,7 +210,6 @@ class NodeStats:
         """The inference thread ended on an error nobody expected: the node still runs and hears its cameras,
         and publishes nothing more; its report must say so rather than show cameras that are ok."""
         self.worker_error = error
-        self._calls.pop(threading.get_ident(), None)
 
     def publish_failed(self, error: str) -> None:
         self.publish_failures += 1

@@ -301,6 +301,16 @@ def worker_threads(p: Dict[str, Any], workers_name: str = "parameter 'inference_
     return threads // workers
 
 
+def overlaps_postprocessing(p: Dict[str, Any], backend: str) -> bool:
+    """Whether each frame is post-processed beside the network's next call (overlap_postprocessing). auto: where
+    the network runs on a GPU, whose time the CPU would spend waiting; not on a CPU, where the post-processing's
+    thread takes time from the network's (2-core Zen 2, bench_node.py: 18.1-20.1 frames a second out against
+    18.2-18.5, each 12-16 ms older) and cores from what num_threads left to the rest of the driving stack."""
+    if p["overlap_postprocessing"] != "auto":
+        return p["overlap_postprocessing"] == "always"
+    return backend == "tensorrt" or p["device"] == "cuda"
+
+
 def make_node_pipeline(p: Dict[str, Any], log=None, warn=None, threads: Optional[int] = None):
     """The pipeline validated node parameters ask for (the node, and bench_node.py's baseline, build it
     here, so the two never differ); `threads`: one worker's share (worker_threads), else num_threads."""

@@ -1054,13 +1054,15 @@ def test_weights_copied_over_while_the_node_runs_are_named_and_a_reconfigure_run
     graph.destroy_client(change)
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["one_worker", "two_workers"])
-def test_a_managed_node_goes_through_its_lifecycle(graph, start, rng, model_yaml, workers):
+@pytest.mark.parametrize("workers, overlap", [(1, "auto"), (2, "auto"), (1, "always")],
+                         ids=["one_worker", "two_workers", "overlapping_postprocessing"])
+def test_a_managed_node_goes_through_its_lifecycle(graph, start, rng, model_yaml, workers, overlap):
     """`autostart: false`: the node waits unconfigured for a lifecycle manager. configure loads the model and
     opens the outputs (the label set is latched), activate subscribes and serves, deactivate unsubscribes,
     cleanup closes the outputs. A configure that fails (a model that is not there) is one line, leaves the
     node unconfigured and running, and after `ros2 param set` the next configure works: no restart. With
-    two inference workers alike (each stopped and started again with the node)."""
+    two inference workers alike (each stopped and started again with the node), and with the post-processing on
+    threads of their own (overlap_postprocessing)."""
     from lifecycle_msgs.msg import State, Transition
     from lifecycle_msgs.srv import ChangeState, GetState
 
@@ -1068,7 +1070,7 @@ def test_a_managed_node_goes_through_its_lifecycle(graph, start, rng, model_yaml
         pytest.skip("two inference workers need two CPUs (one thread each)")
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
     node = start([ns], wait=False, autostart=False, max_age_ms=0, model="/nonexistent/model.yaml",
-                 inference_workers=workers)
+                 inference_workers=workers, overlap_postprocessing=overlap)
     get_state = graph.create_client(GetState, f"/{node.name}/get_state")
     change = graph.create_client(ChangeState, f"/{node.name}/change_state")
     params = AsyncParameterClient(graph, node.name)
@@ -1289,14 +1291,68 @@ def test_an_objects_instance_id_is_kept_from_frame_to_frame(graph, start, rng):
     graph.destroy_publisher(pub)
 
 
+# the node with each frame's network call and post-processing written to a log as "<stage> <start> <end>" (and
+# the post-processing slowed to 0.2 s, so that frames keep arriving while it runs); then the node's own main()
+STAGES_LOGGED = """
+import sys, time
+import panoptic_node.inference.pipeline as pipeline
+log = open(sys.argv[1], "a")
+detect, decide = pipeline.Pipeline.detect_batch, pipeline.Pipeline.decide
+def logged(stage, run, pause=0.0):
+    def wrapped(self, *args):
+        start = time.monotonic()
+        time.sleep(pause)
+        out = run(self, *args)
+        log.write(f"{stage} {start} {time.monotonic()}\\n")
+        log.flush()
+        return out
+    return wrapped
+pipeline.Pipeline.detect_batch = logged("detect", detect)
+pipeline.Pipeline.decide = logged("decide", decide, pause=0.2)
+from panoptic_node.ros.node import main
+sys.argv = sys.argv[2:]
+main()
+"""
+
+
+@pytest.mark.parametrize("overlap", ["always", "auto"])
+def test_the_next_frames_network_runs_while_a_frame_is_post_processed(graph, start, rng, tmp_path, overlap):
+    """overlap_postprocessing always: a frame's post-processing and publishing run on a thread of their own while
+    the network already runs the next frame; auto, the network on the CPU: one after the other. Either way every
+    frame leaves in the order taken."""
+    stages = tmp_path / f"stages_{overlap}.log"
+    ns, node, c, pub, rgb = one_camera(graph, start, rng, prefix=[sys.executable, "-c", STAGES_LOGGED, str(stages)],
+                                       max_age_ms=0, overlap_postprocessing=overlap)
+    sent = iter(range(1, 100000))
+    semantic = f"{ns}/panoptic/semantic"
+    assert c.spin_until(lambda g: len(g[semantic]) >= 5, publish=lambda: pub.publish(
+        image_msg(rgb, Time(sec=next(sent)), "f")), period=0.02, timeout=60), node.output()
+    stamps = [m.header.stamp.sec for m in c.got[semantic]]
+    assert stamps == sorted(set(stamps)), stamps
+    runs = [line.split() for line in stages.read_text().splitlines()]
+    detects = [(float(a), float(b)) for stage, a, b in runs if stage == "detect"]
+    decides = [(float(a), float(b)) for stage, a, b in runs if stage == "decide"]
+    assert len(decides) >= 5
+    # a network call that began while a frame was being post-processed
+    overlapping = [d for d in detects if any(start < d[0] < end for start, end in decides)]
+    assert bool(overlapping) == (overlap == "always"), (detects, decides)
+    kv = node_diagnostics(c.got, ns)["inference"]
+    assert kv["post-processing"] == ("beside the next frame's network" if overlap == "always"
+                                     else "after the network, one frame at a time")
+    c.close()
+    graph.destroy_publisher(pub)
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two inference workers need two CPUs (one thread each)")
-def test_two_inference_workers_publish_in_order_and_share_live_settings(graph, start, rng):
+@pytest.mark.parametrize("overlap", ["auto", "always"])
+def test_two_inference_workers_publish_in_order_and_share_live_settings(graph, start, rng, overlap):
     """inference_workers 2: two pipelines infer frames at once, and each frame's outputs leave in the order the
     frames were taken (stamps only rise, as a driving stack expects), an object keeps its id over frames the
     two workers inferred in turn, and a live threshold reaches both workers (otherwise every other frame would
-    still show objects)."""
+    still show objects). With overlap_postprocessing always, four threads: each worker's network and its
+    post-processing."""
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
-    node = start([ns], max_age_ms=0, inference_workers=2)
+    node = start([ns], max_age_ms=0, inference_workers=2, overlap_postprocessing=overlap)
     dets = f"{ns}/panoptic/detections"
     c = Collector(graph, {dets: Detection2DArray, "/diagnostics": DiagnosticArray})
     pub = graph.create_publisher(Image, f"{ns}/image", 10)

@@ -18,7 +18,8 @@ from panoptic_node.inference.result import result_from_segments
 from panoptic_node.model.config import share_dir
 from panoptic_node.node_stats import NodeStats, clock_advice
 from panoptic_node.params import (DIAGNOSTIC_FQN, LIVE_PARAMETERS, ParameterError, check_qos_overrides, defaults,
-                                  descriptions, updated, user_parameters, validate, validate_file, worker_threads)
+                                  descriptions, overlaps_postprocessing, updated, user_parameters, validate, validate_file,
+                                  worker_threads)
 from panoptic_node.render import overlay
 from panoptic_node.taxonomy import get_taxonomy
 
@@ -289,13 +290,13 @@ def test_a_node_that_hears_its_cameras_and_publishes_nothing_is_not_ok():
             t[0] = round(t[0] + 0.1, 6)
             stats.frame_arrived("front")
             if publish:
-                stats.call_started()
+                call = stats.call_started()
                 stats.frame_published("front", age_ms=30.0)
-                stats.call_ended()
+                stats.call_ended(call)
 
     frames_until(1.0)
     assert [s.level for s in _report(stats, buf)] == [0, 0]
-    stats.call_started()              # a call that does not end, frames still arriving
+    stuck = stats.call_started()      # a call that does not end, frames still arriving
     frames_until(2.5, publish=False)
     inference, cam = _report(stats, buf)
     assert (inference.level, cam.level) == (0, 0)  # 1.5 s: within camera_timeout_s (2 s)
@@ -311,7 +312,7 @@ def test_a_node_that_hears_its_cameras_and_publishes_nothing_is_not_ok():
     inference, cam = _report(stats, buf)
     assert (inference.level, inference.message) == (2, "one inference call has run for 31 s: the runtime is "
                                                        "stalled, nothing is published")
-    stats.call_ended()
+    stats.call_ended(stuck)
     frames_until(33.0)                # it came back: ok again
     assert [s.level for s in _report(stats, buf)] == [0, 0]
     stats.worker_stopped("IndexError: list index out of range")
@@ -907,19 +908,40 @@ def test_more_inference_workers_than_threads_are_refused_in_one_line(monkeypatch
         validate({"inference_workers": 0})
 
 
+@pytest.mark.parametrize("choice, backend, device, expected", [
+    ("auto", "openvino", "cpu", False), ("auto", "torch", "cpu", False),  # the CPU's cores go to the network
+    ("auto", "tensorrt", "cuda", True), ("auto", "torch", "cuda", True),  # the CPU would wait for the GPU
+    ("auto", "onnxruntime", "cuda", True), ("always", "openvino", "cpu", True), ("never", "tensorrt", "cuda", False)])
+def test_post_processing_overlaps_the_network_where_it_has_a_processor_of_its_own(choice, backend, device, expected):
+    p = validate({"overlap_postprocessing": choice, "device": device})
+    assert overlaps_postprocessing(p, backend) is expected
+
+
+def test_overlap_postprocessing_takes_its_three_words_only():
+    with pytest.raises(ParameterError, match="overlap_postprocessing"):
+        validate({"overlap_postprocessing": "sometimes"})
+    with pytest.raises(ParameterError, match="overlap_postprocessing"):
+        validate({"overlap_postprocessing": True})  # a YAML true: the word is always
+
+
 def test_a_call_in_flight_on_any_worker_counts_as_busy():
-    """With inference_workers, one worker's call that never ends shows while the other keeps serving."""
+    """With inference_workers, one worker's call that never ends shows while the other keeps serving; with
+    overlap_postprocessing a call begun on the network's thread ends on the post-processing thread."""
     t = [0.0]
     stats = NodeStats(clock=lambda: t[0])
-    stuck = threading.Thread(target=stats.call_started)
-    stuck.start()
-    stuck.join()
+    stuck = stats.call_started()
     t[0] = 5.0
-    stats.call_started()  # this thread's calls start and end
-    stats.call_ended()
+    handed = []
+    begun = threading.Thread(target=lambda: handed.append(stats.call_started()))  # the network's thread
+    begun.start()
+    begun.join()
+    assert stats.busy_since == 0.0
+    stats.call_ended(handed[0])  # ended here, by another thread: the stuck call is still the oldest
     assert stats.busy_since == 0.0
     inference = stats.statuses(LatestFrameBuffer(FakeClock()), {}, 2.0, {})[0]
     assert "one inference call has run for 5.0 s" in inference.message
+    stats.call_ended(stuck)
+    assert stats.busy_since is None
 
 
 def test_frames_given_to_several_pipelines_come_back_in_the_order_given():

@@ -200,12 +200,13 @@ def test_replay_with_the_cars_parameters_runs_what_the_node_runs(tiny_model_yaml
     bag = car_recording(tmp_path / "drive", rng)
     workers = {"inference_workers": 2} if (os.cpu_count() or 1) >= 2 else {}
     params = write_params(tmp_path / "car.param.yaml", tiny_model_yaml, threshold=0.3, publish_overlay=False,
-                          publish_instances=False, max_rate_hz=10.0, **workers)
+                          publish_instances=False, max_rate_hz=10.0, overlap_postprocessing="always", **workers)
     assert main(["replay", str(bag), "--params", str(params), "--out", str(tmp_path / "car"),
                  "--metrics", str(tmp_path / "car.json")]) == 0
     out = capsys.readouterr().out
     assert "node parameters of /panoptic_node from " in out and "threshold 0.3" in out
-    assert "not applied offline, where every frame is replayed: max_rate_hz 10.0" in out
+    assert ("not applied offline, where every frame is replayed: max_rate_hz 10.0, overlap_postprocessing "
+            "'always'") in out
     with BagReader(tmp_path / "car") as r:
         written = set(r.topics)
     assert written == {"/camera/front/panoptic/label_info", "/camera/front/panoptic/semantic",

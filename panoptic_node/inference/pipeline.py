@@ -2,7 +2,7 @@
 import dataclasses
 import time
 import warnings
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from .backend import TorchBackend, Backend
 from .cache_key import weights_identity
 from .cell_decision import CellDecision
 from .postprocess import merge_panoptic, resize_masks, select_queries
-from .preprocess import preprocess, target_size
+from .preprocess import Geometry, preprocess, target_size
 from .published import published_panoptic, select_queries_published
 from .remap import remap_result
 from .result import PanopticResult, upsample_result
@@ -96,9 +96,14 @@ class Pipeline:
 
     def run_batch(self, frames: List[np.ndarray]) -> List[PanopticResult]:
         """Several frames (e.g. several cameras) in one network call when their padded sizes agree."""
+        return [self.decide(detected) for detected in self.detect_batch(frames)]
+
+    def detect_batch(self, frames: List[np.ndarray]) -> List["Detected"]:
+        """The network's half of run_batch: each frame's kept queries and their low-resolution masks. The
+        other half, decide(), needs no network: the node runs it for one frame while the network runs the next."""
         limit = self.backend.max_batch
         if limit and len(frames) > limit:  # a static-batch graph: in slices it takes
-            return [r for i in range(0, len(frames), limit) for r in self.run_batch(frames[i:i + limit])]
+            return [d for i in range(0, len(frames), limit) for d in self.detect_batch(frames[i:i + limit])]
         t0 = time.perf_counter()
         # static-shape backends (an exported graph) take one fixed canvas
         fixed = getattr(self.backend, "size", None)
@@ -107,44 +112,59 @@ class Pipeline:
             self._warn_if_scaled_down(prepared, fixed)
         shapes = {p[0].shape for p in prepared}
         if len(shapes) > 1:  # different sizes: one call each
-            return [r for f in frames for r in self.run_batch([f])]
+            return [d for f in frames for d in self.detect_batch([f])]
         images = torch.cat([p[0] for p in prepared])
         masks = torch.cat([p[1] for p in prepared])
         t1 = time.perf_counter()
         logits, _, hs, feats = self.backend.detect(images, masks)
         t2 = time.perf_counter()
-        results = []
+        detected = []
         for i, (_, _, geom) in enumerate(prepared):
             ts = time.perf_counter()
-            pp = self.cfg.postprocess
-            published = pp.rule == "published"
-            select = select_queries_published if published else select_queries
+            select = select_queries_published if self.cfg.postprocess.rule == "published" else select_queries
             keep, labels, scores = select(logits[i].float().cpu(), self.threshold)
             # mask logits stay where the backend made them: on a GPU, resizing and the per-pixel
             # decision run there too (postprocess.py)
             mask_logits = (self.backend.masks(feats, i, hs[i, keep]).float() if len(keep)
                            else torch.zeros(0, 1, 1))
-            tm = time.perf_counter()
-            # a frame larger than the network's view (a 1080p camera) is decided at the network's
-            # resolution and its maps nearest-upsampled, as DETR's published post-processing does:
-            # deciding every input pixel costs ~5x more at 1080p, for boundaries placed within a
-            # network pixel (postprocess.full_resolution: true still does it)
-            larger = geom.height * geom.width > geom.resized_h * geom.resized_w
-            decide = dataclasses.replace(geom, height=geom.resized_h, width=geom.resized_w) \
-                if larger and not pp.full_resolution and not published else geom
-            if published:  # DETR's own rule: decided at the network's size, areas at the frame's
-                result = published_panoptic(mask_logits.cpu(), labels, scores, geom, self.backend.mask_stride,
-                                            self.taxonomy.thing_lut, self.cfg.labels)
-            else:
-                result = merge_panoptic(self._masks_to_decide(mask_logits, decide, scores), labels, scores,
-                                        self.taxonomy.thing_lut, pp.merge, pp.min_area, self.cfg.labels, pp.overlap,
-                                        split_things=pp.split_things, merge_things=pp.merge_things)
-            if self.mapping is not None:
-                result = remap_result(result, self.mapping)
-            if decide is not geom:  # last: every step before works on the smaller maps
-                result = upsample_result(result, geom.height, geom.width)
-            te = time.perf_counter()
-            result.timings = {"preprocess": (t1 - t0) / len(frames), "detect": (t2 - t1) / len(frames),
-                              "mask_head": tm - ts, "postprocess": te - tm}
-            results.append(result)
-        return results
+            timings = {"preprocess": (t1 - t0) / len(frames), "detect": (t2 - t1) / len(frames),
+                       "mask_head": time.perf_counter() - ts}
+            detected.append(Detected(mask_logits, labels, scores, geom, timings))
+        return detected
+
+    def decide(self, detected: "Detected") -> PanopticResult:
+        """The post-processing's half of run_batch: which query wins each pixel, segments, instances."""
+        tm = time.perf_counter()
+        mask_logits, labels, scores, geom = detected.mask_logits, detected.labels, detected.scores, detected.geom
+        pp = self.cfg.postprocess
+        published = pp.rule == "published"
+        # a frame larger than the network's view (a 1080p camera) is decided at the network's
+        # resolution and its maps nearest-upsampled, as DETR's published post-processing does:
+        # deciding every input pixel costs ~5x more at 1080p, for boundaries placed within a
+        # network pixel (postprocess.full_resolution: true still does it)
+        larger = geom.height * geom.width > geom.resized_h * geom.resized_w
+        decide = dataclasses.replace(geom, height=geom.resized_h, width=geom.resized_w) \
+            if larger and not pp.full_resolution and not published else geom
+        if published:  # DETR's own rule: decided at the network's size, areas at the frame's
+            result = published_panoptic(mask_logits.cpu(), labels, scores, geom, self.backend.mask_stride,
+                                        self.taxonomy.thing_lut, self.cfg.labels)
+        else:
+            result = merge_panoptic(self._masks_to_decide(mask_logits, decide, scores), labels, scores,
+                                    self.taxonomy.thing_lut, pp.merge, pp.min_area, self.cfg.labels, pp.overlap,
+                                    split_things=pp.split_things, merge_things=pp.merge_things)
+        if self.mapping is not None:
+            result = remap_result(result, self.mapping)
+        if decide is not geom:  # last: every step before works on the smaller maps
+            result = upsample_result(result, geom.height, geom.width)
+        result.timings = {**detected.timings, "postprocess": time.perf_counter() - tm}
+        return result
+
+
+@dataclasses.dataclass
+class Detected:
+    """One frame between the network and the post-processing (Pipeline.detect_batch -> Pipeline.decide)."""
+    mask_logits: torch.Tensor  # K x h x w at the backend's mask stride, the kept queries only
+    labels: torch.Tensor       # K class ids
+    scores: torch.Tensor       # K class probabilities
+    geom: Geometry             # where the frame sits on the network's canvas
+    timings: Dict[str, float]  # seconds per stage so far

@@ -1,12 +1,14 @@
 """panoptic_node: the ROS 2 node, a thin shell over Pipeline (see DESIGN.md, topic contract).
 
 Callbacks only decode nothing and store the newest message per camera; one worker thread takes
-the newest frame of every camera, infers them together, and publishes every output with the input
-header. Bad frames are logged (throttled), counted and skipped; the node keeps running.
+the newest frame of every camera and runs the network on them together, and a second one post-processes
+them and publishes every output with the input header while the network runs the next frames
+(overlap_postprocessing). Bad frames are logged (throttled), counted and skipped; the node keeps running.
 """
 import array
 import contextlib
 import os
+import queue
 import signal
 import sys
 import threading
@@ -45,8 +47,8 @@ from ..messages import (FrameError, compressed_to_rgb, detections, image_fields,
 from ..node_stats import (NO_PUBLISHER, UNKNOWN_NODE, WRONG_TYPE, NodeStats, clock_advice, inactive_statuses,
                           no_publisher_why, publishing_nodes, rival_why, what_ran, wrong_type_why)
 from ..params import (DIAGNOSTIC_FQN, PUBLISH_SWITCHES, ROS_BUILTIN_PREFIXES, ParameterError, check_qos_overrides,
-                      defaults, descriptions, frame_sizes, input_topic, make_node_pipelines, unknown_parameter, updated,
-                      user_parameters, validate)
+                      defaults, descriptions, frame_sizes, input_topic, make_node_pipelines, overlaps_postprocessing,
+                      unknown_parameter, updated, user_parameters, validate)
 from ..render import overlay
 from ..topic_qos import DIAGNOSTICS, OUTPUTS, TopicQos
 
@@ -118,9 +120,11 @@ class PanopticNode(LifecycleNode):
         self.params = None            # validated at configure; None while unconfigured
         self.pipeline = None          # the first worker's pipeline: what the node says it runs
         self.pipelines = []           # one per inference worker (inference_workers)
+        self.overlap = False          # post-processing beside the network's next frame (overlap_postprocessing)
         self.pubs, self._subs, self.input_topics, self.cameras = {}, [], {}, {}
         self.diag_pub = self._diag_timer = None
-        self.workers = []
+        self.workers = []             # inference threads (and their post-processing threads)
+        self.handoffs = []            # per worker, with overlap_postprocessing: frames its network has run
         self._running = False
         self.configure_error = None   # what the last configure failed on (main() prints it under autostart)
         self._opening_topics = False
@@ -191,6 +195,7 @@ class PanopticNode(LifecycleNode):
         p = self.params
         self.pipelines = make_node_pipelines(p, log=self.get_logger().info, warn=self.get_logger().warn)
         self.pipeline = self.pipelines[0]
+        self.overlap = overlaps_postprocessing(p, self.pipeline.backend.name)
         self.taxonomy = (self.pipeline.mapping.target if self.pipeline.mapping else self.pipeline.taxonomy)
         self.get_logger().info(f"model {self.pipeline.cfg.name} ({self.pipeline.weights_id}) on backend "
                                f"{self.pipeline.backend.name} ({self.pipeline.backend.precision}), labels "
@@ -272,8 +277,16 @@ class PanopticNode(LifecycleNode):
                 QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT)))
             self.get_logger().info(f"camera {cam}: {self.input_topics[cam]} -> {cam}/panoptic/*")
         self._running = True
-        self.workers = [threading.Thread(target=self._work, args=(pipeline,), name=f"panoptic_inference_{i}",
-                                         daemon=True) for i, pipeline in enumerate(self.pipelines)]
+        self.workers, self.handoffs = [], []
+        for i, pipeline in enumerate(self.pipelines):
+            handoff = None
+            if self.overlap:  # this worker's frames, their network done, to its post-processing thread
+                handoff = queue.Queue(maxsize=1)
+                self.handoffs.append(handoff)
+                self.workers.append(threading.Thread(target=self._work, args=(self._finish_handed, pipeline, handoff),
+                                                     name=f"panoptic_postprocess_{i}", daemon=True))
+            self.workers.append(threading.Thread(target=self._work, args=(self._serve, pipeline, handoff),
+                                                 name=f"panoptic_inference_{i}", daemon=True))
         for worker in self.workers:
             worker.start()
 
@@ -306,6 +319,10 @@ class PanopticNode(LifecycleNode):
             for worker in self.workers:
                 worker.join(timeout=10.0)
             self.workers = []
+            for handoff in self.handoffs:  # frames handed over and never finished: their calls are over
+                while not handoff.empty():
+                    self._drop(handoff.get_nowait())
+            self.handoffs = []
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -527,9 +544,9 @@ class PanopticNode(LifecycleNode):
                 return
             time.sleep(min(left, 0.05))  # in short steps: deactivate and a live change are seen at once
 
-    def _work(self, pipeline):
+    def _work(self, loop, *args):
         try:
-            self._serve(pipeline)
+            loop(*args)
         except Exception as e:  # a bug nobody foresaw: the node hears its cameras and publishes nothing more,
             # so /diagnostics says so at once (an ERROR naming it) instead of reporting cameras that are ok
             if not (self._running and rclpy.ok()):  # stopping: what failed on the way out is no fault
@@ -549,36 +566,84 @@ class PanopticNode(LifecycleNode):
             self._last_start = time.monotonic()
             return pending, self.in_order.ticket()
 
-    def _serve(self, pipeline):
+    def _serve(self, pipeline, handoff):
+        """Take the newest frames and run the network on them; the rest (_finish) follows here, or with
+        overlap_postprocessing on this worker's post-processing thread while the network takes the next frames:
+        on a CPU the post-processing's one thread runs beside the network's, and frames come out more often
+        at nearly the same age (README, node section)."""
         while self._running and rclpy.ok():
             pending, ticket = self._take()
             if pending is None:
                 continue
+            call = work = None
             try:
                 frames = [(cam, p.msg, self._decode(cam, p.msg)) for cam, p in pending.items()]
                 frames = [f for f in frames if f[2] is not None]
-                if not frames:
-                    continue
-                self.stats.call_started()  # a call that never ends (a stalled runtime) shows on /diagnostics
-                try:
-                    results = self._infer(pipeline, frames)
-                    # tracks continue from the frame before: tracked and published in the order taken
-                    if results is not None and self.in_order.wait(ticket, lambda: self._running):
-                        self._track_and_publish(frames, results)
-                finally:
-                    self.stats.call_ended()
+                if frames:
+                    call = self.stats.call_started()  # a call that never ends (a stalled runtime) shows on /diagnostics
+                    detected = self._detect(pipeline, frames)
+                    if detected is not None:
+                        work = (frames, detected, ticket, call)
             finally:
-                self.in_order.finish(ticket)  # also after a failure: the frames taken later go on
+                if work is None:  # nothing to finish: the frames taken later go on
+                    self._drop((None, None, ticket, call))
+            if work is None:
+                continue
+            if handoff is None:
+                self._finish(pipeline, *work)
+            else:
+                self._hand_over(handoff, work)
 
-    def _infer(self, pipeline, frames):
-        """Each frame's result with its ego mask applied; None when inference failed (said and counted)."""
+    def _hand_over(self, handoff, work):
+        while self._running:
+            try:
+                handoff.put(work, timeout=0.2)
+                return
+            except queue.Full:  # the frames before are still being post-processed
+                continue
+        self._drop(work)  # stopping: dropped
+
+    def _finish_handed(self, pipeline, handoff):
+        """The post-processing thread of a worker (overlap_postprocessing): each frame its network has run."""
+        while self._running and rclpy.ok():
+            try:
+                work = handoff.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self._finish(pipeline, *work)
+
+    def _drop(self, work):
+        """Work that will not be finished: its call is over, and the frames taken after it go on."""
+        _, _, ticket, call = work
+        if call is not None:
+            self.stats.call_ended(call)
+        self.in_order.finish(ticket)
+
+    def _detect(self, pipeline, frames):
+        """The network's half of each frame (Pipeline.detect_batch); None when it failed (said and counted)."""
         try:
             if self.params["batch_cameras"]:
-                results = pipeline.run_batch([rgb for _, _, rgb in frames])
-            else:
-                results = [pipeline(rgb) for _, _, rgb in frames]
-            return [self._masked(cam, result) for (cam, _, _), result in zip(frames, results)]
+                return pipeline.detect_batch([rgb for _, _, rgb in frames])
+            return [d for _, _, rgb in frames for d in pipeline.detect_batch([rgb])]
         except Exception as e:  # keep serving the next frames; say what failed (log and /diagnostics)
+            self._inference_failed(e)
+            return None
+
+    def _finish(self, pipeline, frames, detected, ticket, call):
+        """Post-processing, ego masks, then in the order the frames were taken tracking and publishing."""
+        try:
+            results = self._decided(pipeline, frames, detected)
+            # tracks continue from the frame before: tracked and published in the order taken
+            if results is not None and self.in_order.wait(ticket, lambda: self._running):
+                self._track_and_publish(frames, results)
+        finally:
+            self._drop((frames, detected, ticket, call))
+
+    def _decided(self, pipeline, frames, detected):
+        """Each frame's result with its ego mask applied; None when post-processing failed (said and counted)."""
+        try:
+            return [self._masked(cam, pipeline.decide(d)) for (cam, _, _), d in zip(frames, detected)]
+        except Exception as e:
             self._inference_failed(e)
             return None
 
@@ -677,6 +742,8 @@ class PanopticNode(LifecycleNode):
                 "max rate (Hz)": f"{p['max_rate_hz']:g}" if p["max_rate_hz"] else "unlimited",
                 "threads": str(p["num_threads"]) if p["num_threads"] else "every core",
                 "inference workers": str(p["inference_workers"]),
+                "post-processing": ("beside the next frame's network" if self.overlap
+                                    else "after the network, one frame at a time"),
                 "instance ids": (f"tracked (IoU >= {p['track_min_iou']:g}, unseen <= {p['track_max_lost']} frames)"
                                  if p["track_instances"] else "per frame")}
         arr = DiagnosticArray()
