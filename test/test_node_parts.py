@@ -18,8 +18,8 @@ from panoptic_node.inference.result import result_from_segments
 from panoptic_node.model.config import share_dir
 from panoptic_node.node_stats import NodeStats, clock_advice
 from panoptic_node.params import (DIAGNOSTIC_FQN, LIVE_PARAMETERS, ParameterError, check_qos_overrides, defaults,
-                                  descriptions, overlaps_postprocessing, updated, user_parameters, validate, validate_file,
-                                  worker_threads)
+                                  descriptions, overlaps_postprocessing, updated, user_parameters, validate,
+                                  validate_file, worker_threads)
 from panoptic_node.render import overlay
 from panoptic_node.taxonomy import get_taxonomy
 
