@@ -9,8 +9,8 @@ latency from the frame's stamp (wall clock at publish) to the receipt of its sem
 p99), the output rate as a share of the pipeline's own frames/s (what the node loses between the
 wire and the pipeline), the node's resident memory over the run (--seconds 600 for a soak: a leak
 climbs), and the CPU the node process used meanwhile (cores busy on average; try
--p max_rate_hz:=10 or -p num_threads:=1, or -p inference_workers:=2, against the same one-pipeline
-baseline). The camera publishes best effort, rgb8 480x360, as a driver does; the listener
+-p max_rate_hz:=10 or -p num_threads:=1, -p inference_workers:=2 or -p overlap_postprocessing:=always,
+against the same one-pipeline baseline). The camera publishes best effort, rgb8 480x360, as a driver does; the listener
 subscribes to every map and the detections, as a driving stack would (--only-semantic: the semantic
 map alone, and the node builds nothing else).
 """
