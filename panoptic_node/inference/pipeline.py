@@ -100,7 +100,8 @@ class Pipeline:
 
     def detect_batch(self, frames: List[np.ndarray]) -> List["Detected"]:
         """The network's half of run_batch: each frame's kept queries and their low-resolution masks. The
-        other half, decide(), needs no network: the node runs it for one frame while the network runs the next."""
+        other half, decide(), needs no network: with overlap_postprocessing the node runs it for one frame
+        while the network runs the next."""
         limit = self.backend.max_batch
         if limit and len(frames) > limit:  # a static-batch graph: in slices it takes
             return [d for i in range(0, len(frames), limit) for d in self.detect_batch(frames[i:i + limit])]
@@ -143,18 +144,18 @@ class Pipeline:
         # deciding every input pixel costs ~5x more at 1080p, for boundaries placed within a
         # network pixel (postprocess.full_resolution: true still does it)
         larger = geom.height * geom.width > geom.resized_h * geom.resized_w
-        decide = dataclasses.replace(geom, height=geom.resized_h, width=geom.resized_w) \
+        decided_at = dataclasses.replace(geom, height=geom.resized_h, width=geom.resized_w) \
             if larger and not pp.full_resolution and not published else geom
         if published:  # DETR's own rule: decided at the network's size, areas at the frame's
             result = published_panoptic(mask_logits.cpu(), labels, scores, geom, self.backend.mask_stride,
                                         self.taxonomy.thing_lut, self.cfg.labels)
         else:
-            result = merge_panoptic(self._masks_to_decide(mask_logits, decide, scores), labels, scores,
+            result = merge_panoptic(self._masks_to_decide(mask_logits, decided_at, scores), labels, scores,
                                     self.taxonomy.thing_lut, pp.merge, pp.min_area, self.cfg.labels, pp.overlap,
                                     split_things=pp.split_things, merge_things=pp.merge_things)
         if self.mapping is not None:
             result = remap_result(result, self.mapping)
-        if decide is not geom:  # last: every step before works on the smaller maps
+        if decided_at is not geom:  # last: every step before works on the smaller maps
             result = upsample_result(result, geom.height, geom.width)
         result.timings = {**detected.timings, "postprocess": time.perf_counter() - tm}
         return result

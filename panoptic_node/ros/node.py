@@ -1,9 +1,10 @@
 """panoptic_node: the ROS 2 node, a thin shell over Pipeline (see DESIGN.md, topic contract).
 
 Callbacks only decode nothing and store the newest message per camera; one worker thread takes
-the newest frame of every camera and runs the network on them together, and a second one post-processes
-them and publishes every output with the input header while the network runs the next frames
-(overlap_postprocessing). Bad frames are logged (throttled), counted and skipped; the node keeps running.
+the newest frame of every camera, infers them together, and publishes every output with the input
+header (with overlap_postprocessing a second thread post-processes and publishes them while the first
+runs the network on the next frames). Bad frames are logged (throttled), counted and skipped; the node
+keeps running.
 """
 import array
 import contextlib
@@ -321,7 +322,7 @@ class PanopticNode(LifecycleNode):
             self.workers = []
             for handoff in self.handoffs:  # frames handed over and never finished: their calls are over
                 while not handoff.empty():
-                    self._drop(handoff.get_nowait())
+                    self._drop(*handoff.get_nowait()[2:])
             self.handoffs = []
         for sub in self._subs:
             self.destroy_subscription(sub)
@@ -568,9 +569,8 @@ class PanopticNode(LifecycleNode):
 
     def _serve(self, pipeline, handoff):
         """Take the newest frames and run the network on them; the rest (_finish) follows here, or with
-        overlap_postprocessing on this worker's post-processing thread while the network takes the next frames:
-        on a CPU the post-processing's one thread runs beside the network's, and frames come out more often
-        at nearly the same age (README, node section)."""
+        overlap_postprocessing on this worker's post-processing thread while the network takes the next frames
+        (with the network on a GPU, the CPU post-processes the frames before meanwhile)."""
         while self._running and rclpy.ok():
             pending, ticket = self._take()
             if pending is None:
@@ -579,14 +579,14 @@ class PanopticNode(LifecycleNode):
             try:
                 frames = [(cam, p.msg, self._decode(cam, p.msg)) for cam, p in pending.items()]
                 frames = [f for f in frames if f[2] is not None]
-                if frames:
-                    call = self.stats.call_started()  # a call that never ends (a stalled runtime) shows on /diagnostics
+                if frames:  # a call that never ends (a stalled runtime) shows on /diagnostics
+                    call = self.stats.call_started()
                     detected = self._detect(pipeline, frames)
                     if detected is not None:
                         work = (frames, detected, ticket, call)
             finally:
                 if work is None:  # nothing to finish: the frames taken later go on
-                    self._drop((None, None, ticket, call))
+                    self._drop(ticket, call)
             if work is None:
                 continue
             if handoff is None:
@@ -601,7 +601,7 @@ class PanopticNode(LifecycleNode):
                 return
             except queue.Full:  # the frames before are still being post-processed
                 continue
-        self._drop(work)  # stopping: dropped
+        self._drop(*work[2:])  # stopping: dropped
 
     def _finish_handed(self, pipeline, handoff):
         """The post-processing thread of a worker (overlap_postprocessing): each frame its network has run."""
@@ -612,9 +612,9 @@ class PanopticNode(LifecycleNode):
                 continue
             self._finish(pipeline, *work)
 
-    def _drop(self, work):
-        """Work that will not be finished: its call is over, and the frames taken after it go on."""
-        _, _, ticket, call = work
+    def _drop(self, ticket, call):
+        """The frames of `ticket` are done with (published, failed or dropped): their call is over, and the
+        frames taken after them go on."""
         if call is not None:
             self.stats.call_ended(call)
         self.in_order.finish(ticket)
@@ -637,7 +637,7 @@ class PanopticNode(LifecycleNode):
             if results is not None and self.in_order.wait(ticket, lambda: self._running):
                 self._track_and_publish(frames, results)
         finally:
-            self._drop((frames, detected, ticket, call))
+            self._drop(ticket, call)
 
     def _decided(self, pipeline, frames, detected):
         """Each frame's result with its ego mask applied; None when post-processing failed (said and counted)."""
