@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import traceback
+from typing import Any, List, NamedTuple, Optional
 
 import numpy as np
 import rclpy
@@ -94,6 +95,14 @@ def _image(header, pixels, encoding):
     msg = Image(**fields)
     msg.header = header
     return msg
+
+
+class Inferred(NamedTuple):
+    """A worker's frames whose network has run, on their way to post-processing and publication."""
+    frames: List[tuple]      # (camera, message, RGB frame) each
+    detected: List[Any]      # Pipeline.detect_batch's answer, one per frame
+    ticket: int              # their turn to be published (InOrder)
+    call: Optional[int]      # NodeStats' call in flight
 
 
 class PanopticNode(LifecycleNode):
@@ -322,7 +331,8 @@ class PanopticNode(LifecycleNode):
             self.workers = []
             for handoff in self.handoffs:  # frames handed over and never finished: their calls are over
                 while not handoff.empty():
-                    self._drop(*handoff.get_nowait()[2:])
+                    work = handoff.get_nowait()
+                    self._drop(work.ticket, work.call)
             self.handoffs = []
         for sub in self._subs:
             self.destroy_subscription(sub)
@@ -583,14 +593,14 @@ class PanopticNode(LifecycleNode):
                     call = self.stats.call_started()
                     detected = self._detect(pipeline, frames)
                     if detected is not None:
-                        work = (frames, detected, ticket, call)
+                        work = Inferred(frames, detected, ticket, call)
             finally:
                 if work is None:  # nothing to finish: the frames taken later go on
                     self._drop(ticket, call)
             if work is None:
                 continue
             if handoff is None:
-                self._finish(pipeline, *work)
+                self._finish(pipeline, work)
             else:
                 self._hand_over(handoff, work)
 
@@ -601,7 +611,7 @@ class PanopticNode(LifecycleNode):
                 return
             except queue.Full:  # the frames before are still being post-processed
                 continue
-        self._drop(*work[2:])  # stopping: dropped
+        self._drop(work.ticket, work.call)  # stopping: dropped
 
     def _finish_handed(self, pipeline, handoff):
         """The post-processing thread of a worker (overlap_postprocessing): each frame its network has run."""
@@ -610,7 +620,7 @@ class PanopticNode(LifecycleNode):
                 work = handoff.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self._finish(pipeline, *work)
+            self._finish(pipeline, work)
 
     def _drop(self, ticket, call):
         """The frames of `ticket` are done with (published, failed or dropped): their call is over, and the
@@ -629,15 +639,15 @@ class PanopticNode(LifecycleNode):
             self._inference_failed(e)
             return None
 
-    def _finish(self, pipeline, frames, detected, ticket, call):
+    def _finish(self, pipeline, work: Inferred):
         """Post-processing, ego masks, then in the order the frames were taken tracking and publishing."""
         try:
-            results = self._decided(pipeline, frames, detected)
+            results = self._decided(pipeline, work.frames, work.detected)
             # tracks continue from the frame before: tracked and published in the order taken
-            if results is not None and self.in_order.wait(ticket, lambda: self._running):
-                self._track_and_publish(frames, results)
+            if results is not None and self.in_order.wait(work.ticket, lambda: self._running):
+                self._track_and_publish(work.frames, results)
         finally:
-            self._drop(ticket, call)
+            self._drop(work.ticket, work.call)
 
     def _decided(self, pipeline, frames, detected):
         """Each frame's result with its ego mask applied; None when post-processing failed (said and counted)."""
