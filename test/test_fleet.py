@@ -121,6 +121,23 @@ def test_damaged_bag_rerun_and_changed_weights(local_ray, fleet_bags, tmp_path, 
     assert "3 bags already scored" in lines[-1]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "bags").glob("drive_*.json")} == kept
     assert report2["headline"] == report["headline"]
+    # results scored running the network otherwise (on another machine: 8-bit int8 weights; or by a release that
+    # did not record how) are scored again as this run's workers run it; the third is kept as it is
+    results = sorted((out / "bags").glob("drive_*.json"))
+    elsewhere, older = (json.loads(p.read_text()) for p in results[:2])
+    elsewhere["ran_as"] = "openvino int8, 8-bit weights"
+    del older["ran_as"]
+    for path, result in zip(results, (elsewhere, older)):
+        path.write_text(json.dumps(result))
+    lines.clear()
+    report3 = run_fleet(bags, out, model, backend="torch", workers=2, cpus=2, log=lines.append)
+    assert ("2 bags were scored with the network run otherwise (by an older release, not recorded: 1 bag; "
+            "openvino int8, 8-bit weights: 1 bag) than this run's workers run it (torch fp32): scored again") in lines
+    assert "1 bag already scored" in " ".join(lines)
+    assert [json.loads(p.read_text())["ran_as"] for p in results] == ["torch fp32"] * 3
+    assert results[2].stat().st_mtime_ns == kept[results[2].name]
+    assert report3["headline"] == report["headline"]
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "bags").glob("drive_*.json")}
     # other weights for the same config: every bag is scored again
     torch.manual_seed(1)
     save_checkpoint(build_model(load_config(model)), tmp_path / "other.pth")
@@ -134,6 +151,21 @@ def test_damaged_bag_rerun_and_changed_weights(local_ray, fleet_bags, tmp_path, 
     assert main(["fleet", str(broken), "--model", model, "--backend", "torch", "--workers", "1", "--cpus", "2",
                  "--out", str(tmp_path / "none")]) == 1
     assert "fleet: the bag could not be replayed: " in capsys.readouterr().err
+
+
+def test_a_worker_that_cannot_load_the_model_is_one_line_when_asked_how_it_runs(local_ray, tiny_model_yaml,
+                                                                                 tmp_path):
+    """Before a rerun keeps a result it asks a worker how it runs the network; a worker that cannot load the model
+    (weights that are no checkpoint) is said in one line naming the model's trouble, before anything is written."""
+    from panoptic_node.fleet.run import workers_deployment
+    assert workers_deployment(ray, tiny_model_yaml, None, "torch", "cpu", None, None, None, "auto") == "torch fp32"
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError) as e:
+        workers_deployment(ray, tiny_model_yaml, str(bad), "torch", "cpu", None, None, None, "auto")
+    line = str(e.value)
+    assert "\n" not in line and line.startswith("a fleet worker cannot load the model to run it (")
+    assert "bad.pth" in line and line.endswith("the results in its --out folder are left as they are")
 
 
 def test_ego_masks_reach_every_bag_and_other_masks_score_again(local_ray, fleet_bags, tmp_path, capsys):

@@ -1,6 +1,7 @@
-"""Drives a fleet run on Ray: bags already scored the same way are skipped, the rest go to workers
-(Ray actors that load the model once) one bag at a time; each bag's result is written as it finishes,
-a damaged bag is reported and the others go on, a worker that dies is restarted and its bag retried."""
+"""Drives a fleet run on Ray: bags already scored the same way (the same settings, and the network run as
+this run's workers run it) are skipped, the rest go to workers (Ray actors that load the model once) one bag
+at a time; each bag's result is written as it finishes, a damaged bag is reported and the others go on, a
+worker that dies is restarted and its bag retried."""
 import csv
 import socket
 import uuid
@@ -116,31 +117,67 @@ def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: st
         settings["stq"] = True
     if replay_options:
         settings["replay"] = replay_options
-    results, pending = [], []
+    kept, pending = [], []
     for bag in bags:
         key = store.run_key(settings, bag)
         done = store.load_done(out, bag, key)
         if done:
             done["tag"] = tag_of(bag, tags)  # the grouping may have changed since
-            results.append(done)
+            kept.append((bag, key, done))
         else:
             pending.append((bag, key))
-    if len(results):
-        log(f"{len(results)} bags already scored with these settings: kept (results in {out / 'bags'})")
-    if pending:
-        started = not ray.is_initialized()
-        if started:
-            ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-        try:
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    try:
+        if kept:
+            # kept results count only when scored as this run's workers run the network (another machine's
+            # runtime or int8 weight width gives other numbers): asked of a worker, where they run
+            ran = workers_deployment(ray, model, weights, backend, device, threshold, labels, onnx, precision)
+            other = [(bag, key, done) for bag, key, done in kept if done.get("ran_as") != ran]
+            if other:
+                log(f"{_bags(len(other))} were scored with the network run otherwise "
+                    f"({_ways(done.get('ran_as') for _, _, done in other)}) than this run's workers run it ({ran}): "
+                    f"scored again")
+                pending += [(bag, key) for bag, key, _ in other]
+                kept = [entry for entry in kept if entry[2].get("ran_as") == ran]
+        results = [done for _, _, done in kept]
+        if results:
+            log(f"{_bags(len(results))} already scored with these settings: kept (results in {out / 'bags'})")
+        if pending:
             results += _score(ray, pending, out, settings, tags, model, weights, backend, device, threshold, labels,
                               onnx, workers, cpus, write_bags, video, precision, ego_masks, stq, replay_options)
-        finally:
-            if started:
-                ray.shutdown()
+    finally:
+        if started:
+            ray.shutdown()
     report = build_report(results, settings)
     write_report(report, out)
     return report
+
+
+def workers_deployment(ray, model, weights, backend, device, threshold, labels, onnx, precision) -> str:
+    """How this run's workers run the network (worker.deployment, e.g. 'openvino int8, 7-bit weights'), asked of
+    a Ray task where they run. A worker that cannot load the model is one line, and nothing kept is touched."""
+    from .worker import deployment
+    try:
+        return ray.get(ray.remote(num_cpus=1, max_retries=0)(deployment).remote(
+            model, weights, backend, device, threshold, labels, onnx, precision))
+    except ray.exceptions.RayError as e:
+        cause = getattr(e, "cause", None) or e
+        raise RuntimeError(f"a fleet worker cannot load the model to run it ({str(cause).splitlines()[0]}); "
+                           f"the results in its --out folder are left as they are") from None
+
+
+def _bags(n: int) -> str:
+    return f"{n} bag{'' if n == 1 else 's'}"
+
+
+def _ways(ran_as) -> str:
+    """'openvino int8, 8-bit weights: 2 bags; an older release, not recorded: 1 bag'."""
+    from collections import Counter
+    counts = Counter(way or "by an older release, not recorded" for way in ran_as)
+    return "; ".join(f"{way}: {_bags(n)}" for way, n in sorted(counts.items()))
 
 
 def _score(ray, pending, out, settings, tags, model, weights, backend, device, threshold, labels, onnx, workers,

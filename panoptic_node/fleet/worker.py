@@ -93,6 +93,15 @@ def ran_as(backend: str, precision: str, weight_bits: int = 0) -> str:
     return f"{backend} {precision}" + (f", {weight_bits}-bit weights" if weight_bits else "")
 
 
+def deployment(model, weights, backend, device, threshold, labels, onnx, precision="auto") -> str:
+    """How a worker, built as BagScorer builds its pipeline, runs the network on the machine it lands on
+    (ran_as): a rerun keeps a bag's result only when it was scored the same way (run.py)."""
+    from ..inference.backends import make_pipeline
+    pipeline = make_pipeline(model, weights=weights, backend=backend, device=device, threshold=threshold,
+                             labels=labels, onnx=onnx, precision=precision, threads=1, log=lambda m: None)
+    return ran_as(pipeline.backend.name, pipeline.backend.precision, getattr(pipeline.backend, "int8_weight_bits", 0))
+
+
 class BagScorer:
     """The actor's class (ray.remote wraps it in run.py): one pipeline per worker process."""
 
