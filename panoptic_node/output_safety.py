@@ -29,9 +29,26 @@ def _resolved(path) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def _related(a: Path, b: Path) -> bool:
-    """The same path, or one inside the other."""
-    return a == b or a in b.parents or b in a.parents
+class _Paths:
+    """Resolved paths, each with what to call it, and every folder holding one: whether a path is one of them,
+    lies inside one or holds one is then a few lookups, not a comparison with each (a folder of a thousand
+    images gives infer four thousand outputs to check against a thousand inputs)."""
+
+    def __init__(self):
+        self._paths: Dict[Path, object] = {}
+        self._holders: Dict[Path, object] = {}  # a folder -> one of the paths inside it
+
+    def add(self, real: Path, label) -> None:
+        self._paths.setdefault(real, label)
+        for folder in real.parents:
+            self._holders.setdefault(folder, label)
+
+    def related(self, real: Path):
+        """The label of a path that is `real`, holds it or lies inside it; None when there is none."""
+        for path in (real, *real.parents):
+            if path in self._paths:
+                return self._paths[path]
+        return self._holders.get(real)
 
 
 def not_our_bag(path) -> Optional[str]:
@@ -69,17 +86,18 @@ def check_outputs(outputs: Dict[str, Optional[object]], inputs: Iterable[object]
     that are bag folders; inputs: the paths this command reads."""
     bags = set(bags)
     named = {name: Path(p) for name, p in outputs.items() if p not in (None, "")}
-    seen: Dict[Path, str] = {}
+    read = _input_paths(inputs)
+    seen = _Paths()
     for name, path in named.items():
         if name in SUFFIXES and path.suffix.lower() not in SUFFIXES[name]:
             raise ValueError(f"{name} '{path}': expected a file name ending in {' / '.join(SUFFIXES[name])}")
         real = _resolved(path)
-        refuse_inputs(name, path, inputs)
-        for other_real, other in seen.items():
-            if _related(real, other_real):
-                raise ValueError(f"{name} '{path}' and {other} '{named[other]}' are the same path or one holds "
-                                 f"the other; give each output its own")
-        seen[real] = name
+        _refuse_input(name, path, real, read)
+        other = seen.related(real)
+        if other is not None:
+            raise ValueError(f"{name} '{path}' and {other} '{named[other]}' are the same path or one holds "
+                             f"the other; give each output its own")
+        seen.add(real, name)
         if path.exists() or path.is_symlink():
             if not overwrite:
                 raise FileExistsError(f"{name} '{path}' exists; pass --overwrite to replace it")
@@ -125,13 +143,22 @@ def refuse_foreign_folder(name: str, folder, is_ours: Callable[[str], bool], wha
 
 def refuse_inputs(name: str, path, inputs: Iterable[object]) -> None:
     """An output is never an input of the same command, nor inside one, nor holding one."""
-    real = _resolved(path)
+    _refuse_input(name, path, _resolved(path), _input_paths(inputs))
+
+
+def _input_paths(inputs: Iterable[object]) -> _Paths:
+    read = _Paths()
     for inp in inputs:
-        if inp in (None, ""):
-            continue
-        if _related(real, _resolved(inp)):
-            raise ValueError(f"{name} '{path}' is (or holds, or lies inside) the input '{inp}'; an output "
-                             f"never replaces what the command reads: choose another path")
+        if inp not in (None, ""):
+            read.add(_resolved(inp), inp)
+    return read
+
+
+def _refuse_input(name: str, path, real: Path, read: _Paths) -> None:
+    inp = read.related(real)
+    if inp is not None:
+        raise ValueError(f"{name} '{path}' is (or holds, or lies inside) the input '{inp}'; an output "
+                         f"never replaces what the command reads: choose another path")
 
 
 class OutputLock:

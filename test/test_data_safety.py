@@ -712,3 +712,42 @@ def test_a_graph_cache_that_cannot_be_written_is_one_line(tiny_model, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("panoptic-node infer: error:") and "Traceback" not in "\n".join(err)
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_an_output_that_is_holds_or_lies_inside_an_input_or_another_output_is_refused_and_a_neighbour_is_not(
+        tmp_path):
+    """check_outputs' rule, path by path: the same path (also through a symlink), one inside the other and one
+    holding the other are refused, naming both; a neighbour whose name only begins the same is not. Checked as
+    infer checks a folder of many images: a thousand inputs against four thousand outputs."""
+    from panoptic_node.output_safety import check_outputs
+    frames = tmp_path / "data" / "frames"
+    frames.mkdir(parents=True)
+    inputs = [frames / f"{i:04d}.png" for i in range(1000)]
+    for p in inputs[:3]:
+        p.write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    outputs = {f"{i:04d}{kind}": tmp_path / "out" / f"{i:04d}{kind}.png" for i in range(1000)
+               for kind in ("_semantic", "_instances", "_overlay", "_panoptic")}
+    outputs["--near"] = tmp_path / "data2" / "0000.png"           # data2 begins as data does: no relation
+    outputs["--beside"] = frames / "0000.png.out"                 # beside an input file, not inside it
+    before = sorted(p for p in tmp_path.rglob("*"))
+    check_outputs(outputs, inputs=inputs + [None, ""])
+    refusals = [({"--out": frames / "0002.png"}, "is (or holds, or lies inside) the input"),             # the same
+                ({"--out": tmp_path / "link" / "frames" / "0001.png"}, "the input"),                   # by a link
+                ({"--out": tmp_path / "data"}, "the input"),                                           # holds one
+                ({"--out": tmp_path / "data" / "x.png"}, None),                                        # a sibling
+                ({"--a": tmp_path / "o" / "x", "--b": tmp_path / "o"}, "--b '{o}' and --a '{o}/x' are the same "
+                                                                      "path or one holds the other"),
+                ({"--a": tmp_path / "o", "--b": tmp_path / "o" / "x"}, "--b '{o}/x' and --a '{o}' are the same"),
+                ({"--a": tmp_path / "o", "--b": tmp_path / "link" / ".." / "o"}, "are the same path")]
+    for outs, says in refusals:
+        if says is None:
+            check_outputs(outs, inputs=inputs)
+            continue
+        with pytest.raises(ValueError) as e:
+            check_outputs(outs, inputs=inputs)
+        assert says.format(o=tmp_path / "o") in str(e.value), str(e.value)
+    # inside an input folder
+    with pytest.raises(ValueError, match="the input '.*frames'"):
+        check_outputs({"--out": frames / "sub" / "new.png"}, inputs=[frames])
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # a check makes nothing
