@@ -52,19 +52,21 @@ def _pipeline(args, threads=None, log=None):
 
 
 def _offline_workers(args) -> int:
-    """replay's and demo's inference workers: --inference-workers, else two where the network runs on a CPU
-    with two threads or more to share. Offline only the rate counts, and one pipeline leaves a core idle while
+    """replay's, demo's and infer's inference workers: --inference-workers, else two where the network runs on a
+    CPU with two threads or more to share. Offline only the rate counts, and one pipeline leaves a core idle while
     it post-processes; the node's default stays one, as each frame waits longer with two (README)."""
     if args.inference_workers is not None:
         return args.inference_workers
     return 2 if args.device == "cpu" and (args.threads or os.cpu_count() or 1) >= 2 else 1
 
 
-def _pipelines(args):
-    """One pipeline per inference worker (_offline_workers), each on its share of --threads (the first says
-    what it loads)."""
+def _pipelines(args, frames: Optional[int] = None):
+    """One pipeline per inference worker (_offline_workers; by default no more than the `frames` there are to
+    infer), each on its share of --threads (the first says what it loads)."""
     from .params import worker_threads
     workers = _offline_workers(args)
+    if args.inference_workers is None and frames is not None:
+        workers = max(1, min(workers, frames))  # one image needs no second model in memory
     share = worker_threads({"num_threads": args.threads, "inference_workers": workers},
                            "--inference-workers", "--threads")
     return [_pipeline(args, share)] + [_pipeline(args, share, log=lambda m: None) for _ in range(workers - 1)]
@@ -72,7 +74,7 @@ def _pipelines(args):
 
 def _add_inference_workers_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inference-workers", type=int, help="frames inferred at once, each by its own pipeline on its "
-                   "share of --threads, every frame handled in the bag's order (the node's inference_workers; "
+                   "share of --threads, every frame handled in order (the node's inference_workers; "
                    "default: 2 where the network runs on a CPU with 2 threads or more, else 1; the outputs and "
                    "scores are the same)")
 
@@ -116,21 +118,24 @@ def cmd_infer(args) -> int:
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"--out '{out}' holds an earlier run's results; pass --overwrite to replace them "
                               f"(the folder's results as a whole)")
-    pipeline = _pipeline(args)
-    taxonomy = get_taxonomy(pipeline.labels)
+    pipelines = _pipelines(args, frames=len(paths))
+    taxonomy = get_taxonomy(pipelines[0].labels)
     with OutputLock(out):
-        return _infer_into(out, paths, stems, pipeline, taxonomy, args)
+        return _infer_into(out, paths, stems, pipelines, taxonomy, args)
 
 
-def _infer_into(out: Path, paths, stems, pipeline, taxonomy, args) -> int:
+def _infer_into(out: Path, paths, stems, pipelines, taxonomy, args) -> int:
     """The run's results are made in `<out>.partial/` and take the place of `out` (an earlier run's results
     as a whole) only when complete: rewritten in place, a run killed half-way left the earlier panoptic.json,
-    which looks complete, beside PNGs of the new run, and an earlier run's PNGs of other images stayed."""
+    which looks complete, beside PNGs of the new run, and an earlier run's PNGs of other images stayed.
+    Several pipelines infer images at once (in_order.PipelinesInOrder), and each image's results are tracked
+    and written in the images' order, while the next ones are inferred."""
     from tqdm import tqdm
 
-    from .atomic import write_png
+    from .atomic import OVERLAY_PNG_LEVEL, write_png
     from .coco_format import CocoPanopticWriter
     from .images import read_rgb
+    from .in_order import PipelinesInOrder
     from .inference.preprocess import OffScaleNotes
     from .output_safety import refuse_foreign_folder
     from .render import overlay
@@ -140,31 +145,50 @@ def _infer_into(out: Path, paths, stems, pipeline, taxonomy, args) -> int:
         refuse_foreign_folder("--out", work, is_infer_output, "infer's results")
         shutil.rmtree(work)
     writer = CocoPanopticWriter(work, taxonomy)
-    off_scale = OffScaleNotes(pipeline.cfg.input)
+    off_scale = OffScaleNotes(pipelines[0].cfg.input)
     tracker = None
     if args.track:  # frames of one camera in time order (a clip's frames, numbered): ids kept as the node keeps them
         from .inference.tracking import InstanceTracker
         tracker = InstanceTracker()
     failed = 0
-    for path, stem in tqdm(list(zip(paths, stems)), desc="infer", unit="frame"):
-        try:
-            rgb = read_rgb(path)
-        except ValueError as e:
-            tqdm.write(f"error: {e}")
-            failed += 1
-            continue
-        note = off_scale.first(*rgb.shape[:2])
-        if note:
-            tqdm.write(f"{path.name}: warning: {note}")
-        result = pipeline(rgb)
+    bar = tqdm(total=len(paths), desc="infer", unit="frame")
+
+    def write(path, stem, rgb, result):
         if tracker:
             result = tracker.update(result)
         writer.add(stem, path.name, result)
         write_png(result.semantic, work / f"{stem}_semantic.png")
         write_png(result.instance, work / f"{stem}_instances.png")
-        write_png(overlay(rgb, result, taxonomy), work / f"{stem}_overlay.png")
-        tqdm.write(f"{path.name}: {len(result.segments)} segments, "
-                   + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in result.timings.items()))
+        write_png(overlay(rgb, result, taxonomy), work / f"{stem}_overlay.png", OVERLAY_PNG_LEVEL)
+        bar.write(f"{path.name}: {len(result.segments)} segments, "
+                  + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in result.timings.items()))
+        bar.update()
+
+    workers = PipelinesInOrder(pipelines) if len(pipelines) > 1 else None  # None: one pipeline, called in the loop
+    try:
+        for path, stem in zip(paths, stems):
+            try:
+                rgb = read_rgb(path)
+            except ValueError as e:
+                bar.write(f"error: {e}")
+                bar.update()
+                failed += 1
+                continue
+            note = off_scale.first(*rgb.shape[:2])
+            if note:
+                bar.write(f"{path.name}: warning: {note}")
+            if workers is None:
+                write(path, stem, rgb, pipelines[0](rgb))
+                continue
+            workers.submit(rgb, (path, stem, rgb))
+            for (done, done_stem, done_rgb), result in workers.ready():
+                write(done, done_stem, done_rgb, result)
+        for (done, done_stem, done_rgb), result in workers.drain() if workers else ():
+            write(done, done_stem, done_rgb, result)
+    finally:
+        if workers:
+            workers.close()
+        bar.close()
     if not writer.annotations:  # a panoptic.json of no frames would look like a finished run
         shutil.rmtree(work)  # made for this run and still empty; an earlier run's results stay
         print(f"wrote nothing to {out}: none of the {failed} frames could be read", file=sys.stderr)
@@ -807,6 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the node keeps it (by default each image's things are numbered 1..N)")
     _add_model_args(p)
     _add_threads_arg(p)
+    _add_inference_workers_arg(p)
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("convert", help="dataset folder -> rosbag2 with camera and ground-truth topics; a camera "

@@ -162,6 +162,43 @@ def test_infer_cli_writes_consistent_outputs(model_yaml, tmp_path, rng, capsys):
     assert (out / "frame0_overlay.png").is_file()
 
 
+def test_infer_with_two_inference_workers_writes_what_one_writes(tmp_path, capsys):
+    """Two pipelines infer images at once; the results are tracked and written in the images' order, so every
+    file, panoptic.json's order and the tracked instance ids are those of one pipeline (the street model on a
+    CamVid clip: objects to track)."""
+    from conftest import camvid_or_skip
+    frames = sorted((camvid_or_skip() / "val").glob("*.png"))[:6]
+    written = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        assert main(["infer", *map(str, frames), "--backend", "torch", "--out", str(out), "--track",
+                     "--inference-workers", str(workers)]) == 0
+        written[workers] = {p.name: p.read_bytes() for p in out.iterdir()}
+        said = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if ": " in line]
+        assert said == [f.name for f in frames]  # each image's line, in order
+    assert len(written[1]) == 6 * 4 + 1 and written[1] == written[2]
+    data = json.loads(written[2]["panoptic.json"])
+    assert [im["file_name"] for im in data["images"]] == [f.name for f in frames]
+    things = [s for a in data["annotations"] for s in a["segments_info"] if s["category_id"] >= 8]
+    assert len(things) > 6  # cars and pedestrians, tracked from frame to frame
+
+
+def test_infer_on_one_image_loads_one_pipeline(model_yaml, tmp_path, rng, monkeypatch):
+    """A second pipeline is loaded for a second image only (by default): one image needs no second model."""
+    import panoptic_node.cli as cli
+    loaded = []
+    real = cli._pipeline
+    monkeypatch.setattr(cli, "_pipeline", lambda *a, **k: loaded.append(1) or real(*a, **k))
+    image = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(image)
+    assert cli.main(["infer", str(image), "--model", str(model_yaml), "--out", str(tmp_path / "o1")]) == 0
+    assert len(loaded) == 1
+    loaded.clear()
+    assert cli.main(["infer", str(image), str(image), "--model", str(model_yaml), "--out", str(tmp_path / "o2"),
+                     "--threads", "2"]) == 0
+    assert len(loaded) == 2
+
+
 def test_frames_far_from_the_learned_scale_are_named_once_per_size():
     from panoptic_node.inference.preprocess import OffScaleNotes, off_scale
     from panoptic_node.model.config import InputConfig
@@ -261,10 +298,10 @@ def test_infer_overwrite_replaces_an_earlier_runs_results_whole_and_only_when_do
     # a run over b and c killed after its first frame: the earlier results stand as they were
     from panoptic_node import atomic
 
-    def dies_on_the_second_frame(array, path):
+    def dies_on_the_second_frame(array, path, *level):
         if path.name.startswith("c_"):  # b's results written, then Ctrl-C
             raise KeyboardInterrupt
-        return real(array, path)
+        return real(array, path, *level)
 
     real = atomic.write_png
     monkeypatch.setattr(atomic, "write_png", dies_on_the_second_frame)
@@ -299,10 +336,10 @@ def test_a_disk_that_fills_is_named_with_what_was_left_on_it(model_yaml, tmp_pat
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     real = atomic.write_png
 
-    def disk_fills_on_the_second_frame(array, path):
+    def disk_fills_on_the_second_frame(array, path, *level):
         if path.name.startswith("b_"):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(array, path)
+        return real(array, path, *level)
 
     monkeypatch.setattr(atomic, "write_png", disk_fills_on_the_second_frame)
     capsys.readouterr()
