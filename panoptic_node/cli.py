@@ -82,10 +82,12 @@ def _add_inference_workers_arg(p: argparse.ArgumentParser) -> None:
 def output_stems(paths):
     """One output name per input image: its stem, or stem + extension (then + a number) where two
     inputs share a stem (a.png and a.jpg, or two folders' 0001.png), so no result overwrites another."""
+    from collections import Counter
     stems = [p.stem for p in paths]
+    shared = Counter(stems)  # not stems.count per image: a folder of thousands of frames
     out, used = [], set()
     for p, stem in zip(paths, stems):
-        name = stem if stems.count(stem) == 1 else f"{stem}_{p.suffix.lstrip('.').lower() or 'noext'}"
+        name = stem if shared[stem] == 1 else f"{stem}_{p.suffix.lstrip('.').lower() or 'noext'}"
         candidate, k = name, 2
         while candidate in used:
             candidate, k = f"{name}_{k}", k + 1
