@@ -135,13 +135,15 @@ def run_fleet(bags: List[Path], out: Path, model: str, weights=None, backend: st
             # kept results count only when scored as this run's workers run the network (another machine's
             # runtime or int8 weight width gives other numbers): asked of a worker, where they run
             ran = workers_deployment(ray, model, weights, backend, device, threshold, labels, onnx, precision)
-            other = [(bag, key, done) for bag, key, done in kept if done.get("ran_as") != ran]
+            same, other = [], []
+            for entry in kept:
+                (same if entry[2].get("ran_as") == ran else other).append(entry)
             if other:
                 log(f"{_bags(len(other))} were scored with the network run otherwise "
                     f"({_ways(done.get('ran_as') for _, _, done in other)}) than this run's workers run it ({ran}): "
                     f"scored again")
                 pending += [(bag, key) for bag, key, _ in other]
-                kept = [entry for entry in kept if entry[2].get("ran_as") == ran]
+            kept = same
         results = [done for _, _, done in kept]
         if results:
             log(f"{_bags(len(results))} already scored with these settings: kept (results in {out / 'bags'})")
@@ -174,7 +176,7 @@ def _bags(n: int) -> str:
 
 
 def _ways(ran_as) -> str:
-    """'openvino int8, 8-bit weights: 2 bags; an older release, not recorded: 1 bag'."""
+    """'by an older release, not recorded: 1 bag; openvino int8, 8-bit weights: 2 bags'."""
     from collections import Counter
     counts = Counter(way or "by an older release, not recorded" for way in ran_as)
     return "; ".join(f"{way}: {_bags(n)}" for way, n in sorted(counts.items()))
