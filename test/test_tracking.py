@@ -340,8 +340,10 @@ def test_infer_track_keeps_each_objects_id_over_a_folder_of_frames(tiny_pipeline
     frames.mkdir()
     for i in range(6):
         Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(frames / f"frame_{i:04d}.png")
-    monkeypatch.setattr(cli, "_pipeline", lambda args: ScriptedPipeline(tiny_pipeline))
-    assert cli.main(["infer", str(frames), "--out", str(tmp_path / "out")] + (["--track"] if track else [])) == 0
+    # one pipeline: the scripted results follow the order of its calls (two workers: test_pipeline.py)
+    monkeypatch.setattr(cli, "_pipeline", lambda args, *more, **named: ScriptedPipeline(tiny_pipeline))
+    assert cli.main(["infer", str(frames), "--out", str(tmp_path / "out"), "--inference-workers", "1"]
+                    + (["--track"] if track else [])) == 0
     instances = [np.asarray(Image.open(tmp_path / "out" / f"frame_{i:04d}_instances.png")) for i in range(6)]
     car = [int(m[20, 12 + t]) for t, m in enumerate(instances)]
     person = [int(m[20, 54 - t]) for t, m in enumerate(instances)]
