@@ -5,6 +5,7 @@ import importlib.util
 import os
 import platform
 import re
+import shutil
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -412,3 +413,54 @@ def test_inference_workers_meeting_a_new_frame_size_make_its_graph_one_at_a_time
     assert not errors and not any(overlapped)
     assert len(made) == 2 and made[0] != made[1]  # the config's canvas at start, then the new size once
     assert np.array_equal(results[0].panoptic, results[1].panoptic)
+
+
+@openvino_here
+def test_openvino_keeps_what_it_compiled_beside_the_cache_s_graph_and_it_goes_with_the_graph(tmp_path, monkeypatch):
+    """The second start compiles the cache's graph from OpenVINO's model cache kept beside it (the same outputs);
+    a folder it cannot write leaves the graph compiled afresh; the compiled folder goes when its graph is pruned
+    or made again, and a graph given by path is never compiled into a cache (it may be replaced in place)."""
+    from panoptic_node.inference.graph_cache import compiled_dir
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
+    model = str(_model(tmp_path))
+    frame = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    first = make_pipeline(model, backend="openvino", log=lambda m: None)
+    graph = cached_graph_path(load_config(model), load_config(model).weights, tmp_path / "cache")
+    compiled = compiled_dir(graph)
+    assert not first.backend._current.loaded_from_cache and any(compiled.iterdir())
+    again = make_pipeline(model, backend="openvino", log=lambda m: None)
+    assert again.backend._current.loaded_from_cache
+    a, b = first(frame), again(frame)
+    assert np.array_equal(a.semantic, b.semantic) and np.array_equal(a.instance, b.instance)
+    # what it kept there damaged: compiled afresh, the same answer, and kept anew for the next start
+    for p in compiled.rglob("*"):
+        if p.is_file():
+            p.write_bytes(b"not a compiled model")
+    damaged = make_pipeline(model, backend="openvino", log=lambda m: None)
+    assert np.array_equal(damaged(frame).semantic, a.semantic) and not damaged.backend._current.loaded_from_cache
+    make_pipeline(model, backend="openvino", log=lambda m: None)
+    assert make_pipeline(model, backend="openvino", log=lambda m: None).backend._current.loaded_from_cache
+    # a folder it cannot write in: not used
+    shutil.rmtree(compiled)
+    compiled.write_bytes(b"a file where the folder goes")
+    blocked = make_pipeline(model, backend="openvino", log=lambda m: None)
+    assert np.array_equal(blocked(frame).semantic, a.semantic) and not blocked.backend._current.loaded_from_cache
+    compiled.unlink()
+    # a graph given by path: compiled afresh, nothing written beside it
+    given = tmp_path / "given"
+    given.mkdir()
+    for p in (graph, mask_graph_path(graph)):
+        shutil.copy(p, given / p.name)
+    opened = make_pipeline(model, backend="openvino", onnx=str(given / graph.name), log=lambda m: None)
+    assert not opened.backend.loaded_from_cache and np.array_equal(opened(frame).semantic, a.semantic)
+    assert sorted(p.name for p in given.iterdir()) == sorted([graph.name, mask_graph_path(graph).name])
+    # made again (its checksum gone): the compiled folder of the old pair goes with it
+    graph.with_name(graph.name + ".sha256").unlink()
+    compiled.mkdir()
+    stale = compiled / "stale.blob"
+    stale.write_bytes(b"x")
+    make_pipeline(model, backend="openvino", log=lambda m: None)
+    assert not stale.exists()
+    # pruned with its graph
+    graph_cache._prune(graph.parent, "tiny_lite0", load_config(model).input.canvas, keep=0)
+    assert not graph.exists() and not compiled.exists()

@@ -18,6 +18,7 @@ from ..errors import first_line
 from ..model.checkpoint import weights_of
 from ..model.config import load_config
 from .cache_key import weights_identity
+from .graph_cache import compiled_dir
 from .graph_per_shape import GraphPerShape, PerShape
 from .pipeline import Pipeline
 
@@ -151,7 +152,8 @@ def make_pipeline(model: str, weights: Optional[str] = None, backend: str = "aut
     if path is None and chosen in ("openvino", "onnxruntime"):
         from ..model.checkpoint import CheckpointError
         int8 = int8_scales_for(cfg, weights, chosen, precision, warn or log, device)
-        opener = lambda p: _open_graph(chosen, p, cfg, device, log, threads)  # noqa: E731
+        # graphs of the cache's own, whose names carry what they hold: their compiled forms are kept beside them
+        opener = lambda p: _open_graph(chosen, p, cfg, device, log, threads, compiled_dir(p))  # noqa: E731
         try:  # graphs the cache exports, one per input size (graph_per_shape.py)
             try:
                 per_shape = GraphPerShape(cfg, weights, opener, log=log or print, int8=int8)
@@ -204,12 +206,13 @@ def _set_torch_threads(threads: int) -> None:
     torch.set_num_threads(threads or _TORCH_OWN_THREADS[0])
 
 
-def _open_graph(chosen: str, path, cfg, device: str, log, threads: int = 0):
+def _open_graph(chosen: str, path, cfg, device: str, log, threads: int = 0, compiled: Optional[Path] = None):
+    """compiled: a folder where OpenVINO may keep what it compiles the graph to (graph_cache.compiled_dir)."""
     if chosen == "tensorrt":
         from .tensorrt_backend import TensorRTBackend
         return TensorRTBackend(path, cfg, device=device, log=log or print)
     if chosen == "openvino":
         from .openvino_backend import OpenVinoBackend
-        return OpenVinoBackend(path, cfg, threads=threads, log=log or print)
+        return OpenVinoBackend(path, cfg, threads=threads, log=log or print, compiled=compiled)
     from .onnxruntime_backend import OnnxRuntimeBackend
     return OnnxRuntimeBackend(path, cfg, device=device, threads=threads, log=log or print)

@@ -6,7 +6,9 @@ convolutions and matrix products end to end, where ONNX Runtime leaves a third o
 every ReLU6 in float and ends up slower than its fp32 graph (measured in bench/bench_backends.py). On x86
 without VNNI its int8 kernels saturate on 8-bit weights, as ONNX Runtime's do (cpu_features.py)."""
 import os
+import shutil
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -15,10 +17,22 @@ from .cpu_features import int8_saturation_warning
 from .signal_stack import kept_signal_stack
 
 
+def _writable(folder: Path) -> Optional[Path]:
+    """`folder`, made if need be, when this process can write in it (a read-only cache is only not used)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK | os.X_OK) else None
+
+
 class OpenVinoBackend(ExportedGraphBackend):
     name = "openvino"
 
-    def __init__(self, onnx_path, expected_config=None, threads: int = 0, log=print):
+    def __init__(self, onnx_path, expected_config=None, threads: int = 0, log=print, compiled=None):
+        """compiled: a folder where OpenVINO keeps what it compiles, for the graph cache's own graphs
+        (graph_cache.compiled_dir), whose names say what they hold; a graph given by path may be replaced in
+        place, so it is compiled afresh every time."""
         try:
             import openvino as ov
         except ImportError:
@@ -42,11 +56,16 @@ class OpenVinoBackend(ExportedGraphBackend):
             # spreads them
             config["ENABLE_CPU_PINNING"] = False
         self.compile_config = config
+        compiled = _writable(compiled) if compiled is not None else None
         try:
-            with kept_signal_stack():  # the plugin leaves a dangling alternate signal stack (signal_stack.py)
-                core = ov.Core()
-                self.detect_request = core.compile_model(str(path), "CPU", config).create_infer_request()
-                self.mask_request = core.compile_model(str(masks), "CPU", config).create_infer_request()
+            try:
+                self._compile(ov, path, masks, config, compiled)
+            except Exception:
+                if compiled is None:
+                    raise
+                # what it kept there does not load (damaged): compiled afresh now, kept anew at the next start
+                shutil.rmtree(compiled, ignore_errors=True)
+                self._compile(ov, path, masks, config, None)
         except Exception as e:
             raise ValueError(f"OpenVINO cannot load '{path}' ({str(e).strip().splitlines()[0]})") from None
         # a compiled output may carry several tensor names (an internal one too): use the one the
@@ -55,6 +74,21 @@ class OpenVinoBackend(ExportedGraphBackend):
         self.feature_names = [sorted(o.get_names() & mask_inputs)[0] for o in self.detect_request.model_outputs[3:]]
         batch = self.detect_request.model_inputs[0].get_partial_shape()[0]
         self.max_batch = batch.get_length() if batch.is_static else None
+
+    def _compile(self, ov, path, masks, config, compiled) -> None:
+        with kept_signal_stack():  # the plugin leaves a dangling alternate signal stack (signal_stack.py)
+            core = ov.Core()
+            if compiled is None:
+                graphs = str(path), str(masks)
+            else:
+                # read first: OpenVINO then keys what it keeps by the graph's content; given a path it keys
+                # by the file's modification time too, which the graph cache renews on every use
+                config = {**config, "CACHE_DIR": str(compiled)}
+                graphs = core.read_model(str(path)), core.read_model(str(masks))
+            self.detect_request = core.compile_model(graphs[0], "CPU", config).create_infer_request()
+            self.mask_request = core.compile_model(graphs[1], "CPU", config).create_infer_request()
+        self.loaded_from_cache = compiled is not None and \
+            bool(self.detect_request.get_compiled_model().get_property("LOADED_FROM_CACHE"))
 
     def detect(self, images, pad_mask):
         # inputs are read in place for this synchronous call; outputs come back as our own copies
