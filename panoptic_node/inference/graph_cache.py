@@ -104,7 +104,7 @@ def _checksum_file(path: Path) -> Path:
 
 def compiled_dir(path: Path) -> Path:
     """Beside a cached graph pair, the folder where a runtime keeps what it compiled them to (OpenVINO's
-    model cache: compile_model in 0.2 s instead of 1.1 for the street model's int8 graph on the Zen 2). It goes
+    model cache: read and compiled in 0.4 s instead of 1.1 for the street model's int8 graph on the Zen 2). It goes
     with the pair: made again with it, pruned with it."""
     path = Path(path)
     return path.with_name(path.name + ".compiled")
