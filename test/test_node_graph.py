@@ -7,9 +7,10 @@ camera namespaces of its own, so no test hears another's outputs. launch / launc
 PyPI: the launch files' own tests (test_node_launch.py) run on ROS 2 installs.
 """
 import hashlib
-import importlib
+import importlib.util
 import io
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -1052,6 +1053,54 @@ def test_weights_copied_over_while_the_node_runs_are_named_and_a_reconfigure_run
     assert inference()["level"] == 0 and "weights on disk" not in inference() and served()
     c.close()
     graph.destroy_client(change)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64") or not importlib.util.find_spec("openvino"),
+                    reason="an int8 node runs OpenVINO on x86 CPUs where it is installed")
+def test_int8_scales_copied_over_while_an_int8_node_runs_are_named(graph, start, rng, tmp_path):
+    """The scales its int8 graphs were made from, replaced on disk while the node runs (a deployment's new
+    calibration): it goes on running the graphs it made, says so on /diagnostics (a WARN naming both sha256,
+    under `int8 scales on disk`) and keeps serving the camera."""
+    import json
+
+    from conftest import write_frames
+    from panoptic_node.cli import main
+    for folder in ("model", "calib"):
+        (tmp_path / folder).mkdir()
+    yaml_path = Path(tiny_model_yaml(tmp_path / "model"))
+    frames = write_frames(tmp_path / "calib", 4, (48, 64), seed=1)
+    assert main(["calibrate", "--model", str(yaml_path), "--calib", str(frames), "--calib-frames", "4"]) == 0
+    scales = yaml_path.with_name("tiny.int8.json")
+    ns = f"/t{uuid.uuid4().hex[:6]}/front"
+    start([ns], model=str(yaml_path), backend="openvino", precision="int8", max_age_ms=0)
+    c = Collector(graph, {f"{ns}/panoptic/semantic": Image, "/diagnostics": DiagnosticArray})
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    rgb = rgb_frame(rng)
+
+    def inference():
+        return node_diagnostics(c.got, ns).get("inference", {})
+
+    def served():
+        n = len(c.got[f"{ns}/panoptic/semantic"])
+        return c.spin_until(lambda g: len(g[f"{ns}/panoptic/semantic"]) > n,
+                            publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")))
+
+    def sha(path):
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    made_from = sha(scales)
+    assert served() and c.spin_until(lambda g: inference().get("int8 scales") == f"tiny.int8.json, sha256 {made_from}")
+    assert inference()["level"] == 0 and inference()["precision"] == "int8"
+    body = json.loads(scales.read_text())
+    first = next(iter(body["scales"]))
+    body["scales"][first] *= 1.5
+    scales.write_text(json.dumps(body))  # the deployment's new calibration
+    new = sha(scales)
+    assert c.spin_until(lambda g: inference().get("int8 scales on disk") == f"tiny.int8.json, sha256 {new}")
+    status = inference()
+    assert status["level"] == 1 and status["int8 scales"] == f"tiny.int8.json, sha256 {made_from}"
+    assert "weights on disk" not in status and "tiny.int8.json" in status["message"]
+    assert served()  # still serving, on the graphs it made
+    c.close()
 
 
 @pytest.mark.parametrize("workers, overlap", [(1, "auto"), (2, "auto"), (1, "always")],
