@@ -178,6 +178,31 @@ class Collector:
             self.graph.destroy_subscription(s)
 
 
+def served_camera(graph, ns, rng):
+    """A camera `ns` served by a node under test: (its collector of maps and /diagnostics, the node's newest
+    inference status (values, level, message), served(): publish frames until one more map comes back,
+    publish(): one frame stamped now)."""
+    c = Collector(graph, {f"{ns}/panoptic/semantic": Image, "/diagnostics": DiagnosticArray})
+    pub = graph.create_publisher(Image, f"{ns}/image", 10)
+    rgb = rgb_frame(rng)
+
+    def inference():
+        return node_diagnostics(c.got, ns).get("inference", {})
+
+    def publish():
+        pub.publish(image_msg(rgb, now(graph), "f"))
+
+    def served():
+        n = len(c.got[f"{ns}/panoptic/semantic"])
+        return c.spin_until(lambda g: len(g[f"{ns}/panoptic/semantic"]) > n, publish=publish)
+    return c, inference, served, publish
+
+
+def short_sha(path) -> str:
+    """A file's sha256 as /diagnostics gives it: its first 12 hex digits."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
 def now(graph) -> Time:
     return graph.get_clock().now().to_msg()
 
@@ -1012,28 +1037,15 @@ def test_weights_copied_over_while_the_node_runs_are_named_and_a_reconfigure_run
     weights.write_bytes(Path(model_yaml).with_name("tiny.pth").read_bytes())
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
     node = start([ns], weights=str(weights), max_age_ms=0)
-    c = Collector(graph, {f"{ns}/panoptic/semantic": Image, "/diagnostics": DiagnosticArray})
-    pub = graph.create_publisher(Image, f"{ns}/image", 10)
-    rgb = rgb_frame(rng)
-
-    def inference():
-        return node_diagnostics(c.got, ns).get("inference", {})
-
-    def served():
-        n = len(c.got[f"{ns}/panoptic/semantic"])
-        return c.spin_until(lambda g: len(g[f"{ns}/panoptic/semantic"]) > n,
-                            publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")))
-
-    def sha(path):
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
-    loaded = sha(weights)
+    c, inference, served, publish = served_camera(graph, ns, rng)
+    loaded = short_sha(weights)
     assert served() and c.spin_until(lambda g: inference().get("weights") == f"deployed.pth, sha256 {loaded}")
     assert inference()["level"] == 0
     checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
     first = next(iter(checkpoint["model"]))
     checkpoint["model"][first] = checkpoint["model"][first] + 0.01
     torch.save(checkpoint, weights)  # the deployment's copy
-    new = sha(weights)
+    new = short_sha(weights)
     assert c.spin_until(lambda g: inference().get("weights on disk") == f"deployed.pth, sha256 {new}")
     status = inference()
     assert status["level"] == 1 and status["weights"] == f"deployed.pth, sha256 {loaded}"
@@ -1049,7 +1061,7 @@ def test_weights_copied_over_while_the_node_runs_are_named_and_a_reconfigure_run
         assert future.done() and future.result().success, (t, node.output())
     assert c.spin_until(lambda g: inference().get("weights") == f"deployed.pth, sha256 {new}" and
                         inference().get("message") == "ok",  # active again (inactive, it says so)
-                        publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")))
+                        publish=publish)
     assert inference()["level"] == 0 and "weights on disk" not in inference() and served()
     c.close()
     graph.destroy_client(change)
@@ -1073,28 +1085,15 @@ def test_int8_scales_copied_over_while_an_int8_node_runs_are_named(graph, start,
     scales = yaml_path.with_name("tiny.int8.json")
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
     start([ns], model=str(yaml_path), backend="openvino", precision="int8", max_age_ms=0)
-    c = Collector(graph, {f"{ns}/panoptic/semantic": Image, "/diagnostics": DiagnosticArray})
-    pub = graph.create_publisher(Image, f"{ns}/image", 10)
-    rgb = rgb_frame(rng)
-
-    def inference():
-        return node_diagnostics(c.got, ns).get("inference", {})
-
-    def served():
-        n = len(c.got[f"{ns}/panoptic/semantic"])
-        return c.spin_until(lambda g: len(g[f"{ns}/panoptic/semantic"]) > n,
-                            publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")))
-
-    def sha(path):
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
-    made_from = sha(scales)
+    c, inference, served, _ = served_camera(graph, ns, rng)
+    made_from = short_sha(scales)
     assert served() and c.spin_until(lambda g: inference().get("int8 scales") == f"tiny.int8.json, sha256 {made_from}")
     assert inference()["level"] == 0 and inference()["precision"] == "int8"
     body = json.loads(scales.read_text())
     first = next(iter(body["scales"]))
     body["scales"][first] *= 1.5
     scales.write_text(json.dumps(body))  # the deployment's new calibration
-    new = sha(scales)
+    new = short_sha(scales)
     assert c.spin_until(lambda g: inference().get("int8 scales on disk") == f"tiny.int8.json, sha256 {new}")
     status = inference()
     assert status["level"] == 1 and status["int8 scales"] == f"tiny.int8.json, sha256 {made_from}"
