@@ -66,6 +66,40 @@ def test_speed_with_inference_workers_times_them_at_once(tiny_model_yaml, monkey
     assert check.verdict == PROBLEM and "parameter 'inference_workers' = 3 is more than the 2" in check.finding
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_speed_with_overlapped_postprocessing_times_it_beside_the_network(tiny_model_yaml, monkeypatch, workers):
+    """overlap_postprocessing: always is timed as the node runs it: every frame through the network and then
+    post-processed on another thread, each worker's own, while its network runs the next frame."""
+    import threading
+
+    from panoptic_node import doctor
+    from panoptic_node.inference.pipeline import Pipeline
+    from panoptic_node.params import validate
+    monkeypatch.setattr(doctor, "SPEED_FRAMES", 6)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    calls = []
+    for name in ("detect_batch", "decide"):
+        real = getattr(Pipeline, name)
+
+        def recorded(self, *a, real=real, name=name):
+            calls.append((name, id(self), threading.current_thread().name))
+            return real(self, *a)
+        monkeypatch.setattr(Pipeline, name, recorded)
+    node = validate({"model": str(tiny_model_yaml), "backend": "torch", "inference_workers": workers,
+                     "overlap_postprocessing": "always"})
+    check = doctor.speed_check(str(tiny_model_yaml), None, camera_hz=1e6, node=node)
+    assert check.verdict == NOTE and "post-processing beside the network's next frame): a 1e+06 Hz" in check.finding
+    timed = calls[-2 * 6:]  # after the warm-up: each of the 6 frames once through each half
+    assert sorted(name for name, _, _ in timed) == ["decide"] * 6 + ["detect_batch"] * 6
+    network = {t for name, _, t in timed if name == "detect_batch"}
+    post = {t for name, _, t in timed if name == "decide"}
+    assert not network & post and all(t.startswith("panoptic_postprocess") for t in post)
+    assert len({p for _, p, _ in timed}) == workers  # every worker took frames
+    plain = doctor.speed_check(str(tiny_model_yaml), None, camera_hz=1e6,
+                               node={**node, "overlap_postprocessing": "never"})
+    assert "post-processing beside" not in plain.finding
+
+
 def test_a_cache_that_cannot_be_written_means_torch(tmp_path, monkeypatch):
     if resolve("auto", load_config("street_lite0")) != "openvino":
         pytest.skip("auto does not choose OpenVINO here (needs x86 and openvino)")
