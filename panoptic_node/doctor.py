@@ -215,25 +215,16 @@ def _frames_per_second(pipelines, frames, overlap: bool = False) -> float:
 
 
 def _overlapped_frames_per_second(pipelines, frames) -> float:
-    """As the node runs overlap_postprocessing: each worker takes the next frame, runs the network on it
-    (Pipeline.detect_batch) and hands it to a post-processing thread of its own (Pipeline.decide), at most one
-    frame behind, as the node's hand-over of one."""
-    import queue
+    """As the node runs overlap_postprocessing: each worker runs the network on its frames (Pipeline.detect_batch;
+    the workers take turns, frame by frame) and hands each to a post-processing thread of its own
+    (Pipeline.decide), at most one frame behind, as the node's hand-over of one."""
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    todo = queue.SimpleQueue()
-    for rgb in frames:
-        todo.put(rgb)
-
-    def worker(pipeline):
+    def worker(pipeline, own):
         with ThreadPoolExecutor(1, thread_name_prefix="panoptic_postprocess") as post:
             behind = None
-            while True:
-                try:
-                    rgb = todo.get_nowait()
-                except queue.Empty:
-                    break
+            for rgb in own:
                 detected = pipeline.detect_batch([rgb])[0]
                 if behind is not None:
                     behind.result()  # raises what the post-processing raised
@@ -242,8 +233,9 @@ def _overlapped_frames_per_second(pipelines, frames) -> float:
                 behind.result()
 
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(len(pipelines), thread_name_prefix="panoptic_infer") as network:
-        for done in [network.submit(worker, p) for p in pipelines]:
+    n = len(pipelines)
+    with ThreadPoolExecutor(n, thread_name_prefix="panoptic_infer") as network:
+        for done in [network.submit(worker, p, frames[i::n]) for i, p in enumerate(pipelines)]:
             done.result()
     return len(frames) / (time.perf_counter() - t0)
 
