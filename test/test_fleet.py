@@ -69,7 +69,7 @@ def one_process(bags, model) -> Evaluator:
 
 def test_merged_fleet_numbers_equal_one_process(local_ray, fleet_bags, tmp_path):
     from panoptic_node.fleet.bags import find_bags
-    from panoptic_node.fleet.report import merged
+    from panoptic_node.fleet.report import build_report, merged
     from panoptic_node.fleet.run import run_fleet
     root, model = fleet_bags
     bags = find_bags([str(root)])
@@ -81,6 +81,10 @@ def test_merged_fleet_numbers_equal_one_process(local_ray, fleet_bags, tmp_path)
     results = [json.loads(p.read_text()) for p in sorted((tmp_path / "out" / "bags").glob("*.json"))]
     ours = merged(results, "camvid")
     assert np.array_equal(ours.confusion.matrix, one.confusion.matrix) and ours.frames == one.frames == 10
+    # the same report, to the last bit, whichever order the workers finished in (a rerun that keeps every bag
+    # merges them in another order: once, sums in another order differed in SQ's last digit)
+    for order in itertools.permutations(results):
+        assert build_report(list(order), report["settings"]) == report
     for part in ("pq", "pq_things", "pq_stuff"):
         for k in ("pq", "sq", "rq"):
             assert report["fleet"][part][k] == pytest.approx(expected[part][k], abs=1e-12)

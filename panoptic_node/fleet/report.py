@@ -67,7 +67,10 @@ def mixed_arithmetic(report: dict) -> str:
 
 
 def build_report(results: List[dict], settings: dict) -> dict:
-    """results: the bags' results with their 'bag' and 'tag'."""
+    """results: the bags' results with their 'bag' and 'tag', in any order: they are taken in the order of their
+    bags' paths, so the report is the same to the last bit however the workers finished (floating-point sums
+    in another order differ in the last digit, and a rerun that keeps bags merges them in another order)."""
+    results = sorted(results, key=lambda r: str(r["bag"]))
     ok = [r for r in results if r.get("ok")]
     scored = [r for r in ok if r.get("scores")]
     taxonomy = scored[0]["scores"]["taxonomy"] if scored else None
