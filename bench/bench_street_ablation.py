@@ -102,10 +102,9 @@ def neck_cut_pipeline_class(radius: int, seed_area: int = 32):
             result = super().decide(detected)
             ids = result.segment_ids.copy()
             n = max((s.id for s in result.segments), default=0)
-            labels, scores = np.zeros(n, np.int64), np.zeros(n)
+            labels, scores = [0] * n, [0.0] * n  # by segment id; new instances are appended
             for s in result.segments:
                 labels[s.id - 1], scores[s.id - 1] = s.label, s.score
-            labels, scores = list(labels), list(scores)
             for s in result.segments:
                 if not s.is_thing:
                     continue
