@@ -609,6 +609,30 @@ def test_colorize_equals_colouring_each_pixel():
     np.testing.assert_array_equal(got[r.segment_ids > 0], expected[r.segment_ids > 0])
 
 
+def test_overlay_blends_each_pixel_as_written_out_by_hand():
+    """Without labels: a segment's pixel is (frame x (256 - a) + colour x a) >> 8 with a = alpha x 256, a void
+    pixel keeps the frame, a boundary pixel is white; checked pixel by pixel in Python integers."""
+    from panoptic_node.render import boundaries, colorize
+    camvid = get_taxonomy("camvid")
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 5, (12, 18))
+    r = result_from_segments(ids, np.array([3, 8, 8, 0]), np.full(4, 0.9), camvid.thing_lut, "camvid")
+    rgb = rng.integers(0, 256, (12, 18, 3), dtype=np.uint8)
+    colours, edge = colorize(r, camvid), boundaries(r.segment_ids)
+    assert (r.segment_ids == 0).any() and not edge.all()
+    for alpha in (0.5, 0.3):
+        a = round(alpha * 256)
+        out = overlay(rgb, r, camvid, alpha=alpha, labels=False)
+        for y, x in np.ndindex(ids.shape):
+            if edge[y, x]:
+                want = [255, 255, 255]
+            elif r.segment_ids[y, x] == 0:
+                want = [int(v) for v in rgb[y, x]]
+            else:
+                want = [(int(f) * (256 - a) + int(c) * a) >> 8 for f, c in zip(rgb[y, x], colours[y, x])]
+            assert out[y, x].tolist() == want, (y, x)
+
+
 def test_side_by_side_fits_each_camera_into_one_tile_size():
     """A video frame of constant size whatever the cameras: each image scaled to fit the tile with its
     aspect kept and centred on black; a camera without a frame yet is a black tile."""
