@@ -416,6 +416,63 @@ def test_inference_workers_meeting_a_new_frame_size_make_its_graph_one_at_a_time
 
 
 @openvino_here
+def test_each_openvino_requests_first_call_runs_alone_and_later_calls_in_parallel():
+    """OpenVINO 2026.4's bindings can deadlock when two threads make their first numpy input at once (a replay
+    with two inference workers hung for good at its first frames): each request's first call waits for any
+    other first call; once past it, two workers' calls run side by side (they meet inside infer)."""
+    import threading
+    import time
+    from panoptic_node.inference.openvino_backend import OpenVinoBackend
+    inside, most, meet = [0], [0], threading.Barrier(2, timeout=10)
+    lock = threading.Lock()
+
+    class Request:  # stands in for an openvino InferRequest: counts the calls inside it at once
+        def __init__(self):
+            self.calls = 0
+
+        def infer(self, feeds, share_inputs, share_outputs):
+            self.calls += 1
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            if self.calls == 1:
+                time.sleep(0.3)  # a first call that takes a while: the other one must not start meanwhile
+            else:
+                meet.wait()  # both later calls inside at once, or a BrokenBarrierError after 10 s
+            with lock:
+                inside[0] -= 1
+            return feeds
+
+    backends = []
+    for _ in range(2):  # two workers' backends, built without a graph: only the calls are under test here
+        b = OpenVinoBackend.__new__(OpenVinoBackend)
+        b._called = set()
+        backends.append((b, Request()))
+    errors = []
+
+    def work(i, calls):
+        b, request = backends[i]
+        try:
+            for k in range(calls):
+                assert b._infer(request, {"k": k}) == {"k": k}
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i, 1)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and most[0] == 1  # the two first calls, one after the other
+    threads = [threading.Thread(target=work, args=(i, 1)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and most[0] == 2  # later calls side by side
+
+
+@openvino_here
 def test_openvino_keeps_what_it_compiled_beside_the_cache_s_graph_and_it_goes_with_the_graph(tmp_path, monkeypatch):
     """The second start compiles the cache's graph from OpenVINO's model cache kept beside it (the same outputs);
     a folder it cannot write leaves the graph compiled afresh; the compiled folder goes when its graph is pruned

@@ -7,6 +7,7 @@ every ReLU6 in float and ends up slower than its fp32 graph (measured in bench/b
 without VNNI its int8 kernels saturate on 8-bit weights, as ONNX Runtime's do (cpu_features.py)."""
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +16,14 @@ import torch
 from .backend import ExportedGraphBackend
 from .cpu_features import int8_saturation_warning
 from .signal_stack import kept_signal_stack
+
+
+# OpenVINO's Python bindings (2026.4.1) make a C++ static the first time they turn a numpy array into an input,
+# and two threads doing so at once can deadlock there for good: one waits for the static holding the GIL, the
+# other makes the static and waits for the GIL (a replay with two inference workers hung at its first frames,
+# both workers inside InferRequest.infer). So each request's first call runs alone in the process; every later
+# call runs in parallel, as before.
+_FIRST_CALLS = threading.Lock()
 
 
 def _writable(folder: Path) -> Optional[Path]:
@@ -39,6 +48,7 @@ class OpenVinoBackend(ExportedGraphBackend):
             raise RuntimeError("backend 'openvino' needs the openvino package: pip install openvino") from None
 
         path = Path(onnx_path)
+        self._called = set()  # the requests (by id) whose first call is over
         masks = self._open(path, expected_config)
         warning = int8_saturation_warning(self.meta, "OpenVINO")
         if warning:
@@ -94,13 +104,19 @@ class OpenVinoBackend(ExportedGraphBackend):
         # inputs are read in place for this synchronous call; outputs come back as our own copies
         # (share_outputs=False): the request reuses its buffers on the next call
         with kept_signal_stack():  # the first call on a thread installs one too (the node's worker)
-            out = self.detect_request.infer(self._detect_feeds(images, pad_mask), share_inputs=True,
-                                            share_outputs=False)
+            out = self._infer(self.detect_request, self._detect_feeds(images, pad_mask))
         logits, boxes, hs, *feats = (out[o] for o in self.detect_request.model_outputs)
         return torch.from_numpy(logits), torch.from_numpy(boxes), torch.from_numpy(hs), feats
 
     def masks(self, mask_features, index, hs):
         with kept_signal_stack():
-            out = self.mask_request.infer(self._mask_feeds(mask_features, index, hs), share_inputs=True,
-                                          share_outputs=False)
+            out = self._infer(self.mask_request, self._mask_feeds(mask_features, index, hs))
         return torch.from_numpy(out[self.mask_request.model_outputs[0]][0])
+
+    def _infer(self, request, feeds):
+        if id(request) in self._called:
+            return request.infer(feeds, share_inputs=True, share_outputs=False)
+        with _FIRST_CALLS:  # its first call, alone in the process (_FIRST_CALLS)
+            out = request.infer(feeds, share_inputs=True, share_outputs=False)
+            self._called.add(id(request))
+        return out
