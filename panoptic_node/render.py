@@ -45,8 +45,8 @@ def overlay(rgb: np.ndarray, result: PanopticResult, taxonomy: Taxonomy, alpha: 
     if rgb.shape[:2] != result.shape:
         raise ValueError(f"overlay: frame {rgb.shape[:2]} and result {result.shape} differ in size")
     # 8-bit fixed-point blend over the whole frame, then a select: ~5x faster than float maths
-    # on boolean-indexed pixels, and the overlay runs on every replayed / published frame; in place,
-    # with no temporary arrays beyond the one sum
+    # on boolean-indexed pixels, and the overlay runs on every replayed / published frame; the sum is
+    # built in place in one uint16 array
     a = int(round(alpha * 256))
     blend = rgb.astype(np.uint16)
     blend *= 256 - a
