@@ -102,7 +102,7 @@ def model_checks(model: str, weights: Optional[str], node: Optional[dict] = None
     graph_opens = False  # the speed check runs only on what is already there: doctor writes nothing
     if chosen in ("openvino", "onnxruntime") and not (node and node["onnx"]):
         graph = cached_graph_path(cfg, source, folder, int8=int8)
-        writable = _writable(folder)
+        writable = _could_write(folder)
         if graph.is_file() and not is_cached(graph):
             finding, verdict = f"{graph.name} is damaged or incomplete: the next run exports it again", OK
         elif graph.is_file():
@@ -240,7 +240,7 @@ def _overlapped_frames_per_second(pipelines, frames) -> float:
     return len(frames) / (time.perf_counter() - t0)
 
 
-def _writable(folder: Path) -> bool:
+def _could_write(folder: Path) -> bool:
     """Whether the graph cache can be written: the folder, or the nearest existing parent that would hold it."""
     p = Path(folder)
     while not p.exists() and p != p.parent:
