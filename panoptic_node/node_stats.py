@@ -40,11 +40,14 @@ def what_ran(pipeline) -> Dict[str, str]:
     from . import __version__
     backend = pipeline.backend
     bits = getattr(backend, "int8_weight_bits", 0)
+    products = getattr(backend, "int8_matrix_products", "")
     return {"backend": backend.name, "model": pipeline.cfg.name, "precision": backend.precision,
             "weights": pipeline.weights_id, "version": __version__,
             **({"int8 scales": pipeline.scales_id} if pipeline.scales_id else {}),
             # 7 on a CPU whose int8 kernels overflow 8-bit weights (cpu_features.py): a replay elsewhere may run 8
-            **({"int8 weight bits": str(bits)} if bits else {})}
+            **({"int8 weight bits": str(bits)} if bits else {}),
+            # float where int8 matrix products run slower (no VNNI): the transformer's numbers differ from int8 ones
+            **({"int8 matrix products": products} if products else {})}
 
 
 WALL_CLOCK_ADVICE = "synchronise the clocks, e.g. with chrony or PTP"

@@ -61,6 +61,7 @@ class ReplaySummary:
     weights: str = ""       # which weights file ran, by name and sha256 (cache_key.weights_identity)
     scales: str = ""        # the int8 scales its graphs were made from, by name and sha256 ("": fp32)
     weight_bits: int = 0    # its int8 graphs' weight width (Backend.int8_weight_bits; 0: not int8)
+    matrix_products: str = ""  # its int8 graphs' matrix products, "int8" or "float" (Backend.int8_matrix_products)
     workers: int = 1        # pipelines that inferred frames at once (the node's inference_workers)
     scoring: bool = False   # ground truth was there to score against
     parameters: Optional[dict] = None  # the node's parameters the replay ran (replay --params), for the record
@@ -86,6 +87,7 @@ class ReplaySummary:
                 "model": self.model, "weights": self.weights,
                 **({"int8_scales": self.scales} if self.scales else {}),
                 **({"int8_weight_bits": self.weight_bits} if self.weight_bits else {}),
+                **({"int8_matrix_products": self.matrix_products} if self.matrix_products else {}),
                 "metrics": self.metrics,
                 **({"node_parameters": self.parameters} if self.parameters else {}),
                 **({"recorded_node_health": [h.line() for h in self.node_health],
@@ -99,13 +101,15 @@ class ReplaySummary:
         """What this replay ran, in the values a node's inference status gives (recorded_health.RAN_KEYS)."""
         return {"model": self.model, "weights": self.weights, "backend": self.backend, "precision": self.precision,
                 **({"int8 scales": self.scales} if self.scales else {}),
-                **({"int8 weight bits": str(self.weight_bits)} if self.weight_bits else {})}
+                **({"int8 weight bits": str(self.weight_bits)} if self.weight_bits else {}),
+                **({"int8 matrix products": self.matrix_products} if self.matrix_products else {})}
 
     def format(self) -> str:
         d = self.to_dict()
         lines = [f"{self.frames} frames in {self.wall_seconds:.1f} s ({d['fps']:.1f} frames/s), "
                  f"{self.undecodable} undecodable, backend {self.backend} ({self.precision}"
                  + (f", {self.weight_bits}-bit weights" if self.weight_bits else "")
+                 + (f", {self.matrix_products} matrix products" if self.matrix_products else "")
                  + (f", {self.workers} inference workers" if self.workers > 1 else "") + f"), model {self.model}"
                  + (f" ({self.weights})" if self.weights else "")]
         if len(self.cameras) > 1:
@@ -154,11 +158,12 @@ class ReplaySummary:
 
 def _same_arithmetic(theirs: Dict[str, str], ours: Dict[str, str]) -> bool:
     """Whether two runs' values (recorded_health.RAN_KEYS) name the same precision and, where both name them, the
-    same int8 scales and weight width: what sets the maps' numbers besides the weights (fp32 runtimes agree to
-    rounding; int8 and fp32, two calibrations or two widths do not). A node of an older release named neither."""
+    same int8 scales, weight width and matrix products: what sets the maps' numbers besides the weights (fp32
+    runtimes agree to rounding; int8 and fp32, two calibrations, two widths, int8 or float matrix products do
+    not). A node of an older release named none of them."""
     return theirs.get("precision") == ours.get("precision") and all(
         not theirs.get(key) or not ours.get(key) or theirs[key] == ours[key]
-        for key in ("int8 scales", "int8 weight bits"))
+        for key in ("int8 scales", "int8 weight bits", "int8 matrix products"))
 
 
 class VideoWriter:
@@ -243,6 +248,7 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
     summary = ReplaySummary(backend=pipeline.backend.name, precision=pipeline.backend.precision,
                             model=pipeline.cfg.name, weights=pipeline.weights_id, scales=pipeline.scales_id,
                             weight_bits=getattr(pipeline.backend, "int8_weight_bits", 0),
+                            matrix_products=getattr(pipeline.backend, "int8_matrix_products", ""),
                             workers=1 + len(more_pipelines), parameters=parameters)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames {max_frames}: expected a positive number of frames (leave it out for all)")

@@ -100,6 +100,9 @@ def test_auto_runs_int8_graphs_of_each_input_size_on_openvino(calibrated, rng, t
         assert (meta["int8_weight_bits"], meta["int8_matmuls"]) == ((7, False) if int8_saturates() else (8, True))
     # and the pipeline says that width (the node's /diagnostics and replay compare it); fp32 says none
     assert (pipe.backend.int8_weight_bits, fp32.backend.int8_weight_bits) == (7 if int8_saturates() else 8, 0)
+    # and its matrix products (float where int8 ones run slower); fp32 says none
+    assert (pipe.backend.int8_matrix_products, fp32.backend.int8_matrix_products) == (
+        "float" if int8_saturates() else "int8", "")
     # ONNX Runtime's int8 kernels are slower than its fp32 ones on x86: auto keeps it fp32, int8 on request
     assert make_pipeline(str(yaml_path), backend="onnxruntime", log=lines.append).backend.precision == "fp32"
     assert make_pipeline(str(yaml_path), backend="onnxruntime", precision="int8",

@@ -834,21 +834,24 @@ def test_weights_changed_on_disk_are_a_warning_that_says_what_runs_and_how_to_ru
 
 
 def test_what_the_node_ran_names_its_int8_scales_and_weight_width(tiny_pipeline):
-    """The values a recording keeps of what ran: an int8 node also says its scales and its graphs' weight width
-    (7 bits on a CPU whose int8 kernels overflow 8-bit weights), which replay on another machine compares."""
+    """The values a recording keeps of what ran: an int8 node also says its scales, its graphs' weight width
+    (7 bits on a CPU whose int8 kernels overflow 8-bit weights) and their matrix products (float there), which
+    replay on another machine compares."""
     from panoptic_node import __version__
     from panoptic_node.bag.recorded_health import RAN_KEYS, ran_line
     from panoptic_node.node_stats import what_ran
     fp32 = what_ran(tiny_pipeline)
     assert fp32 == {"backend": "torch", "model": tiny_pipeline.cfg.name, "precision": "fp32",
                     "weights": tiny_pipeline.weights_id, "version": __version__}
-    int8 = SimpleNamespace(backend=SimpleNamespace(name="openvino", precision="int8", int8_weight_bits=7),
+    int8 = SimpleNamespace(backend=SimpleNamespace(name="openvino", precision="int8", int8_weight_bits=7,
+                                                   int8_matrix_products="float"),
                            cfg=tiny_pipeline.cfg, weights_id=tiny_pipeline.weights_id,
                            scales_id="tiny.int8.json, sha256 aa00")
     values = what_ran(int8)
     assert set(values) == set(RAN_KEYS)  # everything replay compares, and nothing it does not
     assert ran_line(values) == (f"{tiny_pipeline.cfg.name} ({tiny_pipeline.weights_id}) on openvino int8 "
-                                f"(tiny.int8.json, sha256 aa00, 7-bit weights), panoptic_node {__version__}")
+                                f"(tiny.int8.json, sha256 aa00, 7-bit weights, float matrix products), "
+                                f"panoptic_node {__version__}")
 
 
 def test_int8_scales_recalibrated_while_the_node_runs_are_a_warning_too():

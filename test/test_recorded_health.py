@@ -106,16 +106,30 @@ def test_a_replay_of_the_same_weights_in_another_precision_says_so():
         f"on openvino int8 (street_lite0.int8.json, sha256 aa00, 7-bit weights)"]
     assert said(backend="onnxruntime", precision="int8", scales="street_lite0.int8.json, sha256 aa00",
                 weight_bits=8) == []
+    # the car's graphs multiplied matrices in int8; a replay on a CPU without VNNI keeps them in float: other maps
+    int8_car["int8 matrix products"] = "int8"
+    assert said(backend="openvino", precision="int8", scales="street_lite0.int8.json, sha256 aa00", weight_bits=8,
+                matrix_products="float") == [
+        f"this replay ran the same weights in another precision than that node: street_lite0 ({CAR_WEIGHTS[0]}) "
+        f"on openvino int8 (street_lite0.int8.json, sha256 aa00, 8-bit weights, float matrix products)"]
+    assert said(backend="openvino", precision="int8", scales="street_lite0.int8.json, sha256 aa00", weight_bits=8,
+                matrix_products="int8") == []
+    # a replay whose graph does not say (one given by --onnx from an older release): not told apart by this
+    assert said(backend="openvino", precision="int8", scales="street_lite0.int8.json, sha256 aa00", weight_bits=8) == []
     # its summary's first line names the width, and --metrics' JSON keeps which weights, scales and width gave
     # its numbers
-    assert "backend openvino (int8, 7-bit weights), model street_lite0" in ReplaySummary(
-        model="street_lite0", backend="openvino", precision="int8", weight_bits=7).format().splitlines()[0]
+    assert "backend openvino (int8, 7-bit weights, float matrix products), model street_lite0" in ReplaySummary(
+        model="street_lite0", backend="openvino", precision="int8", weight_bits=7,
+        matrix_products="float").format().splitlines()[0]
     assert {k: v for k, v in ReplaySummary(model="street_lite0", weights=CAR_WEIGHTS[0], backend="openvino",
                                            precision="int8", scales="street_lite0.int8.json, sha256 aa00",
-                                           weight_bits=7).to_dict().items() if k.startswith(("weights", "int8"))} == {
-        "weights": CAR_WEIGHTS[0], "int8_scales": "street_lite0.int8.json, sha256 aa00", "int8_weight_bits": 7}
+                                           weight_bits=7, matrix_products="float").to_dict().items()
+            if k.startswith(("weights", "int8"))} == {
+        "weights": CAR_WEIGHTS[0], "int8_scales": "street_lite0.int8.json, sha256 aa00", "int8_weight_bits": 7,
+        "int8_matrix_products": "float"}
     # a release naming no scales nor width: the same precision counts as the same arithmetic
-    car.ran = [{k: v for k, v in int8_car.items() if k not in ("int8 scales", "int8 weight bits")}]
+    car.ran = [{k: v for k, v in int8_car.items()
+                if k not in ("int8 scales", "int8 weight bits", "int8 matrix products")}]
     assert said(backend="openvino", precision="int8", scales="street_lite0.int8.json, sha256 bb11", weight_bits=7) == []
     assert said(backend="torch", precision="fp32") != []
     car.ran = [{**int8_car, "version": "0.0.9"}]

@@ -13,7 +13,8 @@ INFERENCE = ": inference"  # the node's inference status is '<node name>: infere
 GAP_PERIODS = 5  # a report further from the next than this many periods: the node was off in between
 # what an inference status says the node ran: the values replay compares with its own (a node of an older
 # release named fewer of them)
-RAN_KEYS = ("model", "weights", "backend", "precision", "int8 scales", "int8 weight bits", "version")
+RAN_KEYS = ("model", "weights", "backend", "precision", "int8 scales", "int8 weight bits", "int8 matrix products",
+            "version")
 
 
 @dataclass
@@ -57,7 +58,8 @@ def ran_line(values: Dict[str, str]) -> str:
     version = f", panoptic_node {values['version']}" if values.get("version") else ""
     runtime = f"{values.get('backend', '?')} {values.get('precision', '')}".rstrip()
     # an int8 graph's outputs depend on its calibration and weight width as on its weights
-    int8 = [values.get("int8 scales"), values.get("int8 weight bits") and f"{values['int8 weight bits']}-bit weights"]
+    int8 = [values.get("int8 scales"), values.get("int8 weight bits") and f"{values['int8 weight bits']}-bit weights",
+            values.get("int8 matrix products") and f"{values['int8 matrix products']} matrix products"]
     if any(int8):
         runtime += f" ({', '.join(filter(None, int8))})"
     return f"{values.get('model', '?')}{weights} on {runtime}{version}"

@@ -30,12 +30,22 @@ def int8_weight_bits_of(meta: dict) -> int:
     return int(meta.get("int8_weight_bits", 0)) if meta.get("precision") == "int8" else 0
 
 
+def int8_matrix_products_of(meta: dict) -> str:
+    """How an int8 graph multiplies matrices: "int8", or "float" where it leaves them so (quantize.py, on an x86
+    CPU without VNNI, where int8 ones run slower); "" for an fp32 graph or one of a release that did not say."""
+    if meta.get("precision") != "int8" or "int8_matmuls" not in meta:
+        return ""
+    return "int8" if meta["int8_matmuls"] else "float"
+
+
 class Backend:
     name = "base"
     precision = "fp32"
     # an int8 graph's weight width: 8, or 7 where 8-bit weights overflow the CPU's int8 kernels (cpu_features.py);
     # the same scales give other maps at either width. 0: not int8 (or a graph of a release that did not say)
     int8_weight_bits = 0
+    # an int8 graph's matrix products (the transformer's): "int8", "float" (kept so on a CPU without VNNI), or ""
+    int8_matrix_products = ""
     # frames one detect() call takes; None: any number. Exported graphs and compiled engines have a
     # static batch of 1 (export.py), so several cameras go through them one frame at a time
     max_batch: Optional[int] = None
@@ -61,6 +71,7 @@ class ExportedGraphBackend(Backend):
         self.size = tuple(meta["input_size"])
         self.precision = meta.get("precision", "fp32")
         self.int8_weight_bits = int8_weight_bits_of(meta)
+        self.int8_matrix_products = int8_matrix_products_of(meta)
         # the network's part of the config (export.graph_config: the post-processing recorded with a graph is
         # whatever config first exported it; a value refused today made every later run fall back to fp32)
         self.mask_stride = graph_config(meta).output_mask_stride

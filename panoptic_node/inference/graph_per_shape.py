@@ -30,7 +30,8 @@ class PerShape(Backend):
         self._by_shape: Dict[Shape, Backend] = {}
         backend = self._for(first)  # the config's own canvas now: a graph that cannot be made is said at start
         self.name, self.precision, self.mask_stride = backend.name, backend.precision, backend.mask_stride
-        self.int8_weight_bits = backend.int8_weight_bits  # every size's graph is made from the same scales
+        # every size's graph is made from the same scales, with the same weight width and matrix products
+        self.int8_weight_bits, self.int8_matrix_products = backend.int8_weight_bits, backend.int8_matrix_products
         self._current = backend
 
     def _for(self, shape) -> Backend:

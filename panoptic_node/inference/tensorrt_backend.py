@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 from ..atomic import atomic_path, write_json
-from .backend import Backend, int8_weight_bits_of
+from .backend import Backend, int8_matrix_products_of, int8_weight_bits_of
 from .cache_key import file_sha256
 
 
@@ -145,6 +145,7 @@ class TensorRTBackend(Backend):  # pragma: no cover - needs a GPU
         self.size = tuple(meta["input_size"])
         self.precision = "int8" if meta.get("precision") == "int8" else precision
         self.int8_weight_bits = int8_weight_bits_of(meta)
+        self.int8_matrix_products = int8_matrix_products_of(meta)
         self.mask_stride = cfg.output_mask_stride
         self.max_batch = 1  # the exported graphs' static batch
         props = torch.cuda.get_device_properties(0)
