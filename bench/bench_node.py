@@ -12,7 +12,7 @@ climbs), and the CPU the node process used meanwhile (cores busy on average; try
 -p max_rate_hz:=10 or -p num_threads:=1, -p inference_workers:=2 or -p overlap_postprocessing:=always,
 against the same one-pipeline baseline). The camera publishes best effort, rgb8 480x360, as a driver does; the listener
 subscribes to every map and the detections, as a driving stack would (--only-semantic: the semantic
-map alone, and the node builds nothing else).
+map alone, and the node builds nothing else; --overlay: the overlay too, as RViz watching each camera does).
 """
 import argparse
 import os
@@ -85,7 +85,7 @@ def pipeline_alone(frames, params) -> float:
 
 def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float, tmp: Path,
         subscribe_all: bool = True, dds_profile: Optional[str] = None, camera_profile: bool = True,
-        process_per_camera: bool = False) -> dict:
+        process_per_camera: bool = False, overlay: bool = False) -> dict:
     import rclpy
     from sensor_msgs.msg import Image
     namespaces = [f"/bench/cam{i}" for i in range(cameras)]
@@ -120,6 +120,11 @@ def run(cameras: int, frames_file: Path, params: dict, seconds: float, hz: float
                 others.append(listener.create_subscription(Image, f"{ns}/panoptic/{name}", lambda m: None, 10))
             others.append(listener.create_subscription(Detection2DArray, f"{ns}/panoptic/detections",
                                                        lambda m: None, 10))
+        if overlay:  # RViz's Image display on the raw overlay (best effort, as config/panoptic.rviz asks): the
+            # node then draws one for every frame
+            from rclpy.qos import qos_profile_sensor_data
+            others.append(listener.create_subscription(Image, f"{ns}/panoptic/overlay", lambda m: None,
+                                                       qos_profile_sensor_data))
     try:
         end = time.time() + 120  # the node is up when its outputs exist (a first start may export a graph)
         while not listener.get_publishers_info_by_topic(f"{namespaces[-1]}/panoptic/semantic"):
@@ -186,6 +191,8 @@ def main():
                         help="one camera process per camera (as drivers usually run) instead of one for all")
     parser.add_argument("--only-semantic", action="store_true",
                         help="subscribe to the semantic map alone (the node then builds no other output)")
+    parser.add_argument("--overlay", action="store_true",
+                        help="also subscribe to each camera's overlay, as RViz does (the node then draws it)")
     parser.add_argument("--camvid")
     parser.add_argument("-p", dest="params", action="append", default=[],
                         help="a node parameter, key:=value (YAML value), e.g. -p backend:=torch")
@@ -210,7 +217,7 @@ def main():
         for n in args.cameras:
             res = run(n, d / "frames.npy", params, args.seconds, args.hz, d, not args.only_semantic,
                       str(profile) if profile else None, not args.camera_default_dds,
-                      args.process_per_camera)
+                      args.process_per_camera, args.overlay)
             stages, cores, rss = res.pop("stages"), res.pop("cores"), res.pop("rss_mb")
             for ns, r in res.items():
                 print(f"{n} camera(s) at {args.hz:.0f} Hz, {ns}: {r['hz']:.1f} Hz out, latency p50 "

@@ -355,7 +355,7 @@ NODE_OPTIONS = {"model": "model", "weights": "weights", "backend": "backend", "o
 OPTION_DEFAULTS = {"device": "cpu", "backend": "auto", "precision": "auto", "threads": 0}
 # the node's parameters that govern the live graph, not what a frame gives: a replay runs every frame of the bag
 LIVE_ONLY = ("qos_reliability", "qos_depth", "max_age_ms", "max_rate_hz", "diagnostics_period", "camera_timeout_s",
-             "batch_cameras", "warmup_sizes", "autostart", "overlap_postprocessing")
+             "batch_cameras", "warmup_sizes", "autostart", "overlap_postprocessing", "overlay_max_rate_hz")
 
 
 def _fill_option_defaults(args) -> None:

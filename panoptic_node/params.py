@@ -225,8 +225,8 @@ DIAGNOSTIC_FQN = "diagnostic_updater.use_fqn"
 # topics or the QoS: they are read once at start-up, and a change to them is refused (a value that reads
 # back changed while the node still runs the old one would be worse than a refusal)
 LIVE_PARAMETERS = ("threshold", "publish_semantic", "publish_instances", "publish_panoptic", "publish_detections",
-                   "publish_overlay", "overlay_labels", "max_age_ms", "max_rate_hz", "batch_cameras",
-                   "camera_timeout_s", "track_instances", "track_min_iou", "track_max_lost")
+                   "publish_overlay", "overlay_labels", "overlay_max_rate_hz", "max_age_ms", "max_rate_hz",
+                   "batch_cameras", "camera_timeout_s", "track_instances", "track_min_iou", "track_max_lost")
 
 
 def updated(current: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, Any]:

@@ -1257,6 +1257,40 @@ def test_max_rate_caps_how_often_the_node_infers_and_changes_live(graph, start, 
         x.close()
 
 
+def test_overlay_max_rate_caps_the_overlays_not_the_maps_and_changes_live(graph, start, rng):
+    """overlay_max_rate_hz: each camera's overlay is drawn and sent at most that often (read from the overlays' own
+    stamps), while the maps still go out for every frame; `ros2 param set overlay_max_rate_hz 0` gives an overlay
+    with every map again."""
+    ns, node, c, pub, rgb = one_camera(graph, start, rng, max_age_ms=0, overlay_max_rate_hz=2.0)
+    semantic, overlay = f"{ns}/panoptic/semantic", f"{ns}/panoptic/overlay"
+    seen = Collector(graph, {overlay: Image})  # RViz watching (best effort, as the overlay offers)
+    client = AsyncParameterClient(graph, node.name)
+    assert client.wait_for_services(timeout_sec=20)
+
+    def over(seconds):
+        for x in (c, seen):
+            x.got[semantic if x is c else overlay].clear()
+        end = time.time() + seconds
+        while time.time() < end:  # a 20 Hz camera
+            pub.publish(image_msg(rgb, now(graph), "f"))
+            rclpy.spin_once(graph, timeout_sec=0.05)
+        maps = sorted(stamp_of(m) / 1e9 for m in c.got[semantic])
+        return maps, sorted(stamp_of(m) / 1e9 for m in seen.got[overlay])
+
+    maps, overlays = over(4.0)
+    assert len(overlays) >= 3 and np.diff(overlays).min() >= 0.4, overlays  # 2 Hz: half a second apart, less a frame
+    assert len(maps) > 2 * len(overlays) and set(overlays) <= set(maps), (maps, overlays)  # each of a published frame
+    assert node_diagnostics(c.got, ns)["inference"]["overlay max rate (Hz)"] == "2"
+    future = client.set_parameters([Parameter("overlay_max_rate_hz", value=0.0)])
+    rclpy.spin_until_future_complete(graph, future, timeout_sec=20)
+    assert future.result().results[0].successful
+    maps, overlays = over(3.0)
+    # best effort over the loopback: an overlay may be lost on the way, not skipped by the node
+    assert len(overlays) >= 0.8 * len(maps) > 0 and set(overlays) <= set(maps), (maps, overlays)
+    for x in (c, seen):
+        x.close()
+
+
 def test_warmup_sizes_are_ready_before_the_first_frame(graph, start, rng, tmp_path):
     """warmup_sizes: the graph for a camera size the model's canvas does not fit (a portrait camera here) is
     made at configure, so the first frame of that size finds it; without it the first frame waits for the

@@ -54,6 +54,7 @@ def test_shipped_yaml_is_valid_and_complete():
     # 0 is no cap; a rate so low that the node would look dead (one frame a month) is refused
     ("max_rate_hz", 1e-9, "parameter 'max_rate_hz' = 1e-09 is invalid: allowed 0 or number >= 0.01"),
     ("max_rate_hz", -2.0, "parameter 'max_rate_hz' = -2.0 is invalid: allowed 0 or number >= 0.01"),
+    ("overlay_max_rate_hz", -1.0, "parameter 'overlay_max_rate_hz' = -1.0 is invalid: allowed 0 or number >= 0.01"),
     ("autostart", "yes", "parameter 'autostart' = 'yes' is invalid: allowed boolean"),
     ("track_min_iou", 0.0, "parameter 'track_min_iou' = 0.0 is invalid: allowed number > 0 <= 1"),
     ("track_min_iou", float("nan"), "allowed a finite number > 0 <= 1"),

@@ -255,6 +255,7 @@ class PanopticNode(LifecycleNode):
         self._last_start = -float("inf")  # when the last inference began, by any worker (max_rate_hz)
         self.stats = NodeStats()
         self.camera_infos = {}  # camera -> its newest CameraInfo
+        self._last_overlay = {}  # camera -> when its last overlay was drawn (steady clock; overlay_max_rate_hz)
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         try:
@@ -706,6 +707,15 @@ class PanopticNode(LifecycleNode):
         switched_on = kind not in PUBLISH_SWITCHES or self.params[f"publish_{kind}"]
         return switched_on and pubs[name].get_subscription_count() > 0
 
+    def _overlay_due(self, camera) -> bool:
+        """overlay_max_rate_hz: whether a period has passed since the camera's last overlay (then it is drawn now).
+        The overlay is for eyes; on a small CPU, drawing and sending one for every frame costs the maps' rate."""
+        rate, now = self.params["overlay_max_rate_hz"], time.monotonic()
+        if rate > 0 and now - self._last_overlay.get(camera, -float("inf")) < 1.0 / rate:
+            return False
+        self._last_overlay[camera] = now
+        return True
+
     def _publish(self, camera, header, rgb, result):
         pubs = self.pubs[camera]
         for name, labels, encoding in (("semantic", result.semantic, "mono8"), ("instances", result.instance, "mono16")):
@@ -728,7 +738,7 @@ class PanopticNode(LifecycleNode):
             pubs["detections"].publish(out)
         # the overlay costs a full-frame blend on top (drawn once for its raw and its JPEG topic)
         raw, jpeg = self._wanted(pubs, "overlay"), self._wanted(pubs, "overlay/compressed")
-        if raw or jpeg:
+        if (raw or jpeg) and self._overlay_due(camera):
             drawn = overlay(rgb, result, self.taxonomy, labels=self.params["overlay_labels"])
             if raw:
                 pubs["overlay"].publish(_image(header, drawn[..., ::-1], "bgr8"))
@@ -750,6 +760,7 @@ class PanopticNode(LifecycleNode):
         info = {**what_ran(self.pipeline),
                 "threshold": f"{self.pipeline.threshold:g}",  # it can change while the node runs
                 "max rate (Hz)": f"{p['max_rate_hz']:g}" if p["max_rate_hz"] else "unlimited",
+                "overlay max rate (Hz)": f"{p['overlay_max_rate_hz']:g}" if p["overlay_max_rate_hz"] else "every frame",
                 "threads": str(p["num_threads"]) if p["num_threads"] else "every core",
                 "inference workers": str(p["inference_workers"]),
                 "post-processing": ("beside the next frame's network" if self.overlap
