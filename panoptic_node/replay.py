@@ -23,7 +23,7 @@ from .atomic import partial_path, write_json
 from .bag.convert import GT_LABEL_INFO, GT_PANOPTIC, GT_SEMANTIC
 from .bag.outputs import ResultBagWriter
 from .bag.reader import BagMessage, BagReader, decode_frame, label_set_phrase
-from .bag.recorded_health import StatusHealth, node_health, ran_line
+from .bag.recorded_health import INT8_ARITHMETIC_KEYS, StatusHealth, node_health, ran_line
 from .bag.recorded_maps import LABEL_MAPS, MapTopics, label_info_topic, named_maps, panoptic_of_labels
 from .bag.writer import BagWriter, diagnostic_msg, header
 from .evaluation.association import AssociationQuality
@@ -163,7 +163,7 @@ def _same_arithmetic(theirs: Dict[str, str], ours: Dict[str, str]) -> bool:
     not). A node of an older release named none of them."""
     return theirs.get("precision") == ours.get("precision") and all(
         not theirs.get(key) or not ours.get(key) or theirs[key] == ours[key]
-        for key in ("int8 scales", "int8 weight bits", "int8 matrix products"))
+        for key in INT8_ARITHMETIC_KEYS)
 
 
 class VideoWriter:

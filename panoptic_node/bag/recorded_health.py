@@ -11,10 +11,11 @@ DIAGNOSTICS = "/diagnostics"
 LEVELS = {0: "ok", 1: "WARN", 2: "ERROR", 3: "STALE"}
 INFERENCE = ": inference"  # the node's inference status is '<node name>: inference' (node_stats, node.py)
 GAP_PERIODS = 5  # a report further from the next than this many periods: the node was off in between
+# what sets an int8 graph's numbers besides its weights: its calibration, weight width and matrix products
+INT8_ARITHMETIC_KEYS = ("int8 scales", "int8 weight bits", "int8 matrix products")
 # what an inference status says the node ran: the values replay compares with its own (a node of an older
 # release named fewer of them)
-RAN_KEYS = ("model", "weights", "backend", "precision", "int8 scales", "int8 weight bits", "int8 matrix products",
-            "version")
+RAN_KEYS = ("model", "weights", "backend", "precision", *INT8_ARITHMETIC_KEYS, "version")
 
 
 @dataclass
