@@ -526,6 +526,17 @@ def test_bags_run_in_different_arithmetic_on_a_mixed_cluster_are_said(tiny_pipel
     result = {**score_bag(tiny_pipeline, tmp_path / "drive", gallery=0), "tag": "day"}
     assert result["ran_as"] == "torch fp32"
     assert ran_as("openvino", "int8", 7) == "openvino int8, 7-bit weights"
+    # float matrix products (x86 without VNNI) are another arithmetic, said; int8 ones are what every int8 graph
+    # had before the choice existed, so a result kept from then still reads as scored the same way
+    assert ran_as("openvino", "int8", 7, "float") == "openvino int8, 7-bit weights, float matrix products"
+    assert ran_as("openvino", "int8", 7, "int8") == ran_as("openvino", "int8", 7)
+    backend = tiny_pipeline.backend  # as the graph of such a CPU reports itself (Backend.int8_matrix_products)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in (("name", "openvino"), ("precision", "int8"), ("int8_weight_bits", 7),
+                            ("int8_matrix_products", "float")):
+            patch.setattr(backend, name, value, raising=False)
+        assert score_bag(tiny_pipeline, tmp_path / "drive", gallery=0)["ran_as"] == \
+            "openvino int8, 7-bit weights, float matrix products"
     same = build_report([{**result, "bag": "a"}, {**result, "bag": "b"}], {"model": "tiny"})
     assert same["ran_as"] == {"torch fp32": 2} and mixed_arithmetic(same) == ""
     assert 'id="mixed"' not in render_html(same)

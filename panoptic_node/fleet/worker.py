@@ -80,17 +80,20 @@ def score_bag(pipeline, bag: Path, out_bag: Optional[Path] = None, video: Option
             "gt_unmatched": summary.gt_unmatched,
             "frames_without_gt": summary.frames_without_gt, "backend": summary.backend,
             "precision": summary.precision, "model": summary.model, "seconds": summary.wall_seconds,
-            "ran_as": ran_as(summary.backend, summary.precision, summary.weight_bits),
+            "ran_as": ran_as(summary.backend, summary.precision, summary.weight_bits, summary.matrix_products),
             "stage_ms": summary.stage_ms, "scores": ev.state() if ev is not None and summary.metrics else None,
             "metrics": summary.metrics, "notes": notes, "node": troubles(summary.node_health),
             "node_ran": "; then ".join(summary.recorded_ran()),
             "worst_frames": {str(c): e for c, e in worst.worst.items()} if worst else {}}
 
 
-def ran_as(backend: str, precision: str, weight_bits: int = 0) -> str:
-    """How a worker ran the network: its runtime, precision and int8 weight width. Workers on other machines
-    of a cluster may differ (no OpenVINO there, or a CPU without VNNI, which gets 7-bit int8 weights)."""
-    return f"{backend} {precision}" + (f", {weight_bits}-bit weights" if weight_bits else "")
+def ran_as(backend: str, precision: str, weight_bits: int = 0, matrix_products: str = "") -> str:
+    """How a worker ran the network: its runtime, precision, int8 weight width and, when an int8 graph left its
+    matrix products in float, that. Workers on other machines of a cluster may differ (no OpenVINO there, or
+    a CPU without VNNI: 7-bit weights, float matrix products). Int8 products are not named: every int8 graph
+    of a release before the choice had them, so results kept from then still read as scored the same way."""
+    return (f"{backend} {precision}" + (f", {weight_bits}-bit weights" if weight_bits else "")
+            + (", float matrix products" if matrix_products == "float" else ""))
 
 
 def deployment(model, weights, backend, device, threshold, labels, onnx, precision="auto") -> str:
@@ -99,7 +102,9 @@ def deployment(model, weights, backend, device, threshold, labels, onnx, precisi
     from ..inference.backends import make_pipeline
     pipeline = make_pipeline(model, weights=weights, backend=backend, device=device, threshold=threshold,
                              labels=labels, onnx=onnx, precision=precision, threads=1, log=lambda m: None)
-    return ran_as(pipeline.backend.name, pipeline.backend.precision, getattr(pipeline.backend, "int8_weight_bits", 0))
+    backend = pipeline.backend
+    return ran_as(backend.name, backend.precision, getattr(backend, "int8_weight_bits", 0),
+                  getattr(backend, "int8_matrix_products", ""))
 
 
 class BagScorer:
