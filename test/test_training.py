@@ -383,6 +383,33 @@ def test_strong_photometric_draws_each_step_in_order():
     assert not np.array_equal(photometric(rgb, np.random.default_rng(0), p), rgb)
 
 
+def test_lighting_photometric_changes_the_light_not_the_colour_or_the_detail():
+    """`lighting` is strong's gamma, brightness and contrast with basic's saturation: no colour temperature, blur
+    or noise, so a flat patch stays flat, and it reaches a dusk drive's darkness (CamVid's 0001TP: mean grey
+    level about 60 against 100-138 by day) that basic's +-20 % cannot."""
+    from panoptic_node.training.augment import (PHOTOMETRIC, adjust_contrast, adjust_gamma, adjust_saturation,
+                                                photometric)
+    p = PHOTOMETRIC["lighting"]
+    assert (p.brightness, p.contrast, p.gamma) == (PHOTOMETRIC["strong"].brightness,
+                                                   PHOTOMETRIC["strong"].contrast, PHOTOMETRIC["strong"].gamma)
+    rgb = np.random.default_rng(5).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    for seed in range(4):
+        got = photometric(rgb, np.random.default_rng(seed), p)
+        r = np.random.default_rng(seed)
+        f = adjust_gamma(rgb.astype(np.float32), (1 + p.gamma) ** r.uniform(-1, 1))
+        f = f * r.uniform(1 - p.brightness, 1 + p.brightness)
+        f = adjust_contrast(f, r.uniform(1 - p.contrast, 1 + p.contrast))
+        f = adjust_saturation(f, r.uniform(1 - p.saturation, 1 + p.saturation))
+        assert np.array_equal(got, np.clip(f, 0, 255).astype(np.uint8)), seed
+    flat = np.full((12, 16, 3), (120, 110, 100), np.uint8)
+    outs = [photometric(flat, np.random.default_rng(seed), p) for seed in range(40)]
+    assert all((o == o[0, 0]).all() for o in outs)  # no noise, no blur edge: one colour per image
+    means = [o.mean() for o in outs]
+    assert min(means) < 0.6 * flat.mean() and max(means) > 1.3 * flat.mean()
+    basic = [photometric(flat, np.random.default_rng(seed), PHOTOMETRIC["basic"]).mean() for seed in range(40)]
+    assert min(basic) > 0.75 * flat.mean()
+
+
 def test_wider_scale_jitter_reaches_its_range():
     from panoptic_node.training.augment import PHOTOMETRIC, augment
     from panoptic_node.training.data import Sample

@@ -5,7 +5,10 @@ resampled with nearest neighbour.
 Photometric recipes: `basic` is the colour jitter the first releases trained with (brightness,
 contrast, saturation ±20 %); `strong` aims at drives the model never saw (dusk, glare, another
 camera's white balance and focus): wider brightness / contrast / saturation, gamma, colour
-temperature, Gaussian blur and sensor noise. Each step is a small function of a float image."""
+temperature, Gaussian blur and sensor noise; `lighting` is strong's light alone (its brightness,
+contrast and gamma) with basic's saturation and no colour temperature, blur or noise: CamVid's dusk
+drive differs from its daylight ones in light (mean grey level 60 against 100-138, less contrast), not
+in colour. Each step is a small function of a float image."""
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -45,6 +48,7 @@ PHOTOMETRIC = {
     "basic": Photometric(),
     "strong": Photometric(brightness=0.5, contrast=0.4, saturation=0.4, gamma=0.5, temperature=0.15,
                           blur_p=0.25, noise_p=0.5),
+    "lighting": Photometric(brightness=0.5, contrast=0.4, saturation=0.2, gamma=0.5),
 }
 
 
