@@ -362,19 +362,23 @@ def test_basic_photometric_is_the_first_releases_colour_jitter():
     assert np.array_equal(got, np.clip(f, 0, 255).astype(np.uint8))
 
 
+def _light_then_colour(rgb, r, p):
+    """gamma, brightness, contrast, saturation drawn from r in that order: the steps every wide recipe takes."""
+    from panoptic_node.training.augment import adjust_contrast, adjust_gamma, adjust_saturation
+    f = adjust_gamma(rgb.astype(np.float32), (1 + p.gamma) ** r.uniform(-1, 1))
+    f = f * r.uniform(1 - p.brightness, 1 + p.brightness)
+    f = adjust_contrast(f, r.uniform(1 - p.contrast, 1 + p.contrast))
+    return adjust_saturation(f, r.uniform(1 - p.saturation, 1 + p.saturation))
+
+
 def test_strong_photometric_draws_each_step_in_order():
-    from panoptic_node.training.augment import (PHOTOMETRIC, adjust_contrast, adjust_gamma, adjust_saturation,
-                                                adjust_temperature, gaussian_blur, photometric)
+    from panoptic_node.training.augment import PHOTOMETRIC, adjust_temperature, gaussian_blur, photometric
     p = PHOTOMETRIC["strong"]
     rgb = np.random.default_rng(4).integers(0, 256, (12, 16, 3), dtype=np.uint8)
     for seed in range(6):  # some seeds blur or add noise, some do not
         got = photometric(rgb, np.random.default_rng(seed), p)
         r = np.random.default_rng(seed)
-        f = adjust_gamma(rgb.astype(np.float32), (1 + p.gamma) ** r.uniform(-1, 1))
-        f = f * r.uniform(1 - p.brightness, 1 + p.brightness)
-        f = adjust_contrast(f, r.uniform(1 - p.contrast, 1 + p.contrast))
-        f = adjust_saturation(f, r.uniform(1 - p.saturation, 1 + p.saturation))
-        f = adjust_temperature(f, r.uniform(-p.temperature, p.temperature))
+        f = adjust_temperature(_light_then_colour(rgb, r, p), r.uniform(-p.temperature, p.temperature))
         if r.random() < p.blur_p:
             f = gaussian_blur(f, r.uniform(*p.blur_sigma))
         if r.random() < p.noise_p:
@@ -387,19 +391,14 @@ def test_lighting_photometric_changes_the_light_not_the_colour_or_the_detail():
     """`lighting` is strong's gamma, brightness and contrast with basic's saturation: no colour temperature, blur
     or noise, so a flat patch stays flat, and it reaches a dusk drive's darkness (CamVid's 0001TP: mean grey
     level about 60 against 100-138 by day) that basic's +-20 % cannot."""
-    from panoptic_node.training.augment import (PHOTOMETRIC, adjust_contrast, adjust_gamma, adjust_saturation,
-                                                photometric)
+    from panoptic_node.training.augment import PHOTOMETRIC, photometric
     p = PHOTOMETRIC["lighting"]
     assert (p.brightness, p.contrast, p.gamma) == (PHOTOMETRIC["strong"].brightness,
                                                    PHOTOMETRIC["strong"].contrast, PHOTOMETRIC["strong"].gamma)
     rgb = np.random.default_rng(5).integers(0, 256, (12, 16, 3), dtype=np.uint8)
     for seed in range(4):
         got = photometric(rgb, np.random.default_rng(seed), p)
-        r = np.random.default_rng(seed)
-        f = adjust_gamma(rgb.astype(np.float32), (1 + p.gamma) ** r.uniform(-1, 1))
-        f = f * r.uniform(1 - p.brightness, 1 + p.brightness)
-        f = adjust_contrast(f, r.uniform(1 - p.contrast, 1 + p.contrast))
-        f = adjust_saturation(f, r.uniform(1 - p.saturation, 1 + p.saturation))
+        f = _light_then_colour(rgb, np.random.default_rng(seed), p)
         assert np.array_equal(got, np.clip(f, 0, 255).astype(np.uint8)), seed
     flat = np.full((12, 16, 3), (120, 110, 100), np.uint8)
     outs = [photometric(flat, np.random.default_rng(seed), p) for seed in range(40)]
