@@ -136,8 +136,8 @@ def tiny_setup(tmp_path, rng):
     return tmp_path
 
 
-@pytest.mark.parametrize("recipe", [dict(), dict(scale=(0.5, 2.0), colour="strong"), dict(copy_paste_p=1.0)],
-                         ids=["shipped", "new_drives", "copy_paste"])
+@pytest.mark.parametrize("recipe", [dict(), dict(scale=(0.5, 2.0), colour="strong"), dict(colour="lighting"),
+                                    dict(copy_paste_p=1.0)], ids=["shipped", "new_drives", "lighting", "copy_paste"])
 def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     from panoptic_node.model.detr import build_model
     from panoptic_node.taxonomy import get_taxonomy
