@@ -102,9 +102,9 @@ def deployment(model, weights, backend, device, threshold, labels, onnx, precisi
     from ..inference.backends import make_pipeline
     pipeline = make_pipeline(model, weights=weights, backend=backend, device=device, threshold=threshold,
                              labels=labels, onnx=onnx, precision=precision, threads=1, log=lambda m: None)
-    backend = pipeline.backend
-    return ran_as(backend.name, backend.precision, getattr(backend, "int8_weight_bits", 0),
-                  getattr(backend, "int8_matrix_products", ""))
+    runtime = pipeline.backend  # not `backend`, the argument that asked for one
+    return ran_as(runtime.name, runtime.precision, getattr(runtime, "int8_weight_bits", 0),
+                  getattr(runtime, "int8_matrix_products", ""))
 
 
 class BagScorer:
