@@ -1034,6 +1034,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-drives", help="CamVid drives held out for validation (e.g. 0006R0), or 'none' "
                    "(a release trained on every labelled frame); default: CamVid's val split")
     p.add_argument("--scale", default="0.75,1.5", help="random scale range LOW,HIGH before the crop")
+    # the names of training.augment.PHOTOMETRIC (not imported here: scipy and the data code would load for --help)
     p.add_argument("--photometric", default="basic", choices=["none", "basic", "strong", "lighting"],
                    help="colour augmentation: basic = +-20%% brightness / contrast / saturation; strong adds "
                    "gamma, colour temperature, blur and noise, with wider ranges (for new drives, dusk, glare); "

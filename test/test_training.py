@@ -409,6 +409,15 @@ def test_lighting_photometric_changes_the_light_not_the_colour_or_the_detail():
     assert min(basic) > 0.75 * flat.mean()
 
 
+def test_train_offers_every_photometric_recipe_by_its_name():
+    """cli.py spells the recipes out (importing them would load scipy for --help): the two lists stay one."""
+    from panoptic_node.cli import build_parser
+    from panoptic_node.training.augment import PHOTOMETRIC
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    offered = next(a for a in train._actions if a.dest == "photometric")
+    assert list(offered.choices) == list(PHOTOMETRIC) and offered.default in PHOTOMETRIC
+
+
 def test_wider_scale_jitter_reaches_its_range():
     from panoptic_node.training.augment import PHOTOMETRIC, augment
     from panoptic_node.training.data import Sample
