@@ -1035,10 +1035,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(a release trained on every labelled frame); default: CamVid's val split")
     p.add_argument("--scale", default="0.75,1.5", help="random scale range LOW,HIGH before the crop")
     # the names of training.augment.PHOTOMETRIC (not imported here: scipy and the data code would load for --help)
-    p.add_argument("--photometric", default="basic", choices=["none", "basic", "strong", "lighting"],
+    p.add_argument("--photometric", default="basic", choices=["none", "basic", "strong", "lighting", "dusk"],
                    help="colour augmentation: basic = +-20%% brightness / contrast / saturation; strong adds "
                    "gamma, colour temperature, blur and noise, with wider ranges (for new drives, dusk, glare); "
-                   "lighting = strong's brightness, contrast and gamma only (dusk light, true colours)")
+                   "lighting = strong's brightness, contrast and gamma only (dusk light, true colours); dusk = basic, "
+                   "a third of the frames darkened first as dusk darkens a street")
     p.add_argument("--ema", type=float, default=0.0,
                    help="evaluate and save a moving average of the weights with this decay (0 = off; e.g. 0.998)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the order and the augmentation "

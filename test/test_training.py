@@ -137,7 +137,8 @@ def tiny_setup(tmp_path, rng):
 
 
 @pytest.mark.parametrize("recipe", [dict(), dict(scale=(0.5, 2.0), colour="strong"), dict(colour="lighting"),
-                                    dict(copy_paste_p=1.0)], ids=["shipped", "new_drives", "lighting", "copy_paste"])
+                                    dict(colour="dusk"), dict(copy_paste_p=1.0)],
+                         ids=["shipped", "new_drives", "lighting", "dusk", "copy_paste"])
 def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     from panoptic_node.model.detr import build_model
     from panoptic_node.taxonomy import get_taxonomy
@@ -407,6 +408,33 @@ def test_lighting_photometric_changes_the_light_not_the_colour_or_the_detail():
     assert min(means) < 0.6 * flat.mean() and max(means) > 1.3 * flat.mean()
     basic = [photometric(flat, np.random.default_rng(seed), PHOTOMETRIC["basic"]).mean() for seed in range(40)]
     assert min(basic) > 0.75 * flat.mean()
+
+
+def test_dusk_photometric_darkens_a_third_of_the_frames_then_jitters_as_basic():
+    """`dusk`: with probability 1/3 gamma 1.2-2.0 then brightness x 0.6-0.9 (a dusk drive's light), and on every
+    frame basic's jitter, drawn after the darkening: the other two thirds are basic frames."""
+    from panoptic_node.training.augment import PHOTOMETRIC, photometric
+    p = PHOTOMETRIC["dusk"]
+    rgb = np.random.default_rng(6).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    darkened = 0
+    for seed in range(30):
+        got = photometric(rgb, np.random.default_rng(seed), p)
+        r = np.random.default_rng(seed)
+        f = rgb.astype(np.float32)
+        if r.random() < 1 / 3:
+            darkened += 1
+            f = 255.0 * (f / 255.0) ** r.uniform(1.2, 2.0) * r.uniform(0.6, 0.9)
+        f = f * r.uniform(0.8, 1.2)  # basic: brightness, contrast, saturation
+        mean = f.mean()
+        f = (f - mean) * r.uniform(0.8, 1.2) + mean
+        grey = f.mean(-1, keepdims=True)
+        f = (f - grey) * r.uniform(0.8, 1.2) + grey
+        assert np.array_equal(got, np.clip(f, 0, 255).astype(np.uint8)), seed
+    assert 4 <= darkened <= 16  # both branches ran
+    flat = np.full((12, 16, 3), (120, 110, 100), np.uint8)
+    means = np.array([photometric(flat, np.random.default_rng(seed), p).mean() for seed in range(60)])
+    # a dusk frame's darkness (0001TP: mean grey about 60, by day 100-138), which basic's +-20 % never reaches
+    assert (means < 0.6 * flat.mean()).sum() >= 5 and (means >= 0.75 * flat.mean()).sum() >= 30
 
 
 def test_train_offers_every_photometric_recipe_by_its_name():
