@@ -43,4 +43,4 @@ install-test: | $(NEEDS_VENV)
 test: install-test
 	LD_LIBRARY_PATH=$(TEST_MSGS)/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} \
 	PYTHONPATH=$(TEST_MSGS)/lib/python$${PYTHONPATH:+:$$PYTHONPATH} \
-	$(RUN_PATH) $(RUN_PY) -m pytest -q test
+	$(RUN_PATH) $(RUN_PY) -m pytest -q --durations=25 test   # the slowest tests named in every log: the suite must stay under 15 min
