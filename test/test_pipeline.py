@@ -199,6 +199,29 @@ def test_infer_on_one_image_loads_one_pipeline(model_yaml, tmp_path, rng, monkey
     assert len(loaded) == 2
 
 
+def test_frame_normalization_is_each_frames_own_mean_and_spread():
+    """`frame`: (x - the frame's mean) / its std x 0.6 over every channel, so a frame half as bright (or with
+    twice the contrast) reaches the network unchanged; padding stays zero and out of the statistics."""
+    from panoptic_node.inference.preprocess import FRAME_STD, normalize, preprocess
+    from panoptic_node.model.config import InputConfig
+    rgb = (np.random.default_rng(8).integers(0, 128, (32, 40, 3)) * 2).astype(np.uint8)
+    x = rgb.astype(np.float64)
+    want = (x - x.mean()) / x.std() * FRAME_STD
+    assert np.allclose(normalize(rgb, "frame"), want, atol=1e-5)
+    assert np.allclose(normalize(rgb // 2, "frame"), want, atol=1e-5)  # dusk: the same frame, half the light
+    flat = np.full((8, 8, 3), 90, np.uint8)
+    assert np.array_equal(normalize(flat, "frame"), np.zeros((8, 8, 3), np.float32))  # no division by zero
+    padded = np.zeros((40, 40, 3), np.uint8)
+    padded[:32] = rgb
+    valid = np.zeros((40, 40), bool)
+    valid[:32] = True
+    assert np.allclose(normalize(padded, "frame", valid)[:32], want, atol=1e-5)
+    t, pad, geom = preprocess(rgb, InputConfig(32, 40, 32, "frame"))  # 40 wide, padded to 64
+    assert t.shape == (1, 3, 32, 64) and pad[0, :, 40:].all()
+    assert np.allclose(t[0, :, :, :40].permute(1, 2, 0).numpy(), want, atol=1e-5)
+    assert not t[0, :, :, 40:].any()
+
+
 def test_frames_far_from_the_learned_scale_are_named_once_per_size():
     from panoptic_node.inference.preprocess import OffScaleNotes, off_scale
     from panoptic_node.model.config import InputConfig

@@ -165,6 +165,25 @@ def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     assert float(after) < float(before.detach())
 
 
+def test_frame_normalized_batch_takes_its_light_from_the_frame_not_the_padding():
+    """Scaled to half, a frame fills a quarter of the crop; the `frame` statistics come from that quarter,
+    so the frame's pixels have mean 0 and spread 0.6 whatever black padding surrounds them."""
+    from panoptic_node.inference.preprocess import FRAME_STD
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.data import Sample
+    from panoptic_node.training.train import make_batch
+    r = np.random.default_rng(9)
+    samples = [Sample(f"f{i}", r.integers(1, 256, (64, 96, 3)).astype(np.uint8) // (i + 1),
+                      np.full((64, 96), 3, np.uint8), np.zeros((64, 96), np.int32)) for i in range(2)]
+    images, _, _ = make_batch(samples, np.random.default_rng(0), (64, 96), "frame",
+                              get_taxonomy("camvid").thing_lut, scale=(0.5, 0.5), colour="none")
+    for image in images:
+        left, right = image[:, :32, :48], image[:, :32, 48:]
+        seen = right if float(left.std()) < 1e-6 else left  # the scaled frame, on the side the flip left it
+        assert abs(float(seen.mean())) < 1e-4 and abs(float(seen.std(unbiased=False)) - FRAME_STD) < 1e-3
+        assert float(image[:, 32:].std()) < 1e-6  # the padding: one value, the frame's black
+
+
 def test_training_run_writes_its_outputs(tiny_setup):
     out = train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "run"), epochs=3,
                 batch_size=2, crop=(64, 96), lr=1e-3, lr_backbone=1e-4, val_every=3, log=lambda *_: None)

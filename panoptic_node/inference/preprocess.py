@@ -72,11 +72,23 @@ class OffScaleNotes:
         return off_scale(h, w, self.cfg)
 
 
-def normalize(rgb: np.ndarray, mode: str) -> np.ndarray:
+# `frame`: the spread (x - 127) / 128 gives a daylight CamVid frame (grey-level std about 78)
+FRAME_STD = 0.6
+
+
+def normalize(rgb: np.ndarray, mode: str, valid: np.ndarray = None) -> np.ndarray:
+    """`valid` (H x W bool): the pixels `frame` takes its statistics from (training crops padded past the
+    frame leave the padding out); all of them when None."""
     x = rgb.astype(np.float32)
     if mode == "tf":  # EfficientNet-Lite was trained on (x - 127) / 128 (in place: times 1/128 is exact)
         x -= 127.0
         x *= 1.0 / 128.0
+        return x
+    if mode == "frame":  # as an auto-exposure would: each frame to mean 0, one spread, whatever its light
+        seen = x if valid is None else x[valid]
+        mean, std = (float(seen.mean()), float(seen.std())) if seen.size else (127.0, 64.0)
+        x -= mean
+        x *= FRAME_STD / max(std, 1.0)  # a flat frame is not blown up into noise
         return x
     return (x - IMAGENET_MEAN) / IMAGENET_STD
 

@@ -43,7 +43,8 @@ class InputConfig:
     short_side: int = 800            # resize so the short side is this ...
     max_size: int = 1333             # ... unless the long side would exceed this
     size_divisibility: int = 32      # pad to a multiple of this (a fixed size keeps exports static)
-    normalization: str = "imagenet"  # imagenet (mean/std) | tf ((x - 127) / 128, EfficientNet-Lite)
+    # imagenet (mean/std) | tf ((x - 127) / 128, EfficientNet-Lite) | frame (each frame's own mean and spread)
+    normalization: str = "imagenet"
 
     @property
     def canvas(self):

@@ -31,7 +31,7 @@ from ..model.config import load_config
 from ..model.detr import build_model
 from ..model.losses import SetCriterion
 from ..output_safety import OutputLock, refuse_foreign_folder, refuse_inputs, refuse_unwritable
-from ..taxonomy import get_taxonomy
+from ..taxonomy import VOID, get_taxonomy
 from .augment import PHOTOMETRIC, augment, copy_paste
 from .data import drive_of, make_dataset
 from .ema import WeightAverage
@@ -98,6 +98,12 @@ def check_run_folder(out: Path, data, resume: bool, overwrite: bool, init=None) 
                           f"replaces it, or choose another --out")
 
 
+def frame_pixels(sample, normalization):
+    """The pixels of an augmented crop that come from its frame, for the `frame` normalization's statistics: a
+    crop padded past its scaled frame is black and void there (elsewhere, None: every pixel)."""
+    return (sample.semantic != VOID) | sample.rgb.any(-1) if normalization == "frame" else None
+
+
 def make_batch(samples, rng, crop, normalization, thing_lut, scale=(0.75, 1.5), colour="basic",
                copy_paste_p=0.0, donors=()):
     """`copy_paste_p` > 0: each frame, with that probability, first gets objects of a random donor frame."""
@@ -105,7 +111,8 @@ def make_batch(samples, rng, crop, normalization, thing_lut, scale=(0.75, 1.5), 
         samples = [copy_paste(s, donors[int(rng.integers(len(donors)))], rng, thing_lut)
                    if rng.random() < copy_paste_p else s for s in samples]
     augmented = [augment(s, rng, crop, scale, PHOTOMETRIC[colour]) for s in samples]
-    images = torch.stack([torch.from_numpy(normalize(a.rgb, normalization)).permute(2, 0, 1) for a in augmented])
+    images = torch.stack([torch.from_numpy(normalize(a.rgb, normalization, frame_pixels(a, normalization)))
+                          .permute(2, 0, 1) for a in augmented])
     images = images.contiguous(memory_format=torch.channels_last)
     pad = torch.zeros(images.shape[0], images.shape[2], images.shape[3], dtype=torch.bool)
     targets = [build_target(a.semantic, a.instance, thing_lut, LOSS_STRIDE) for a in augmented]
