@@ -167,12 +167,13 @@ def plot_curve(history, path: Path) -> None:
     ax1.plot(epochs, [h["loss"] for h in history], color="tab:gray", label="train loss")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("train loss")
-    ax2 = ax1.twinx()
-    for key, color in (("miou", "tab:blue"), ("pq", "tab:orange")):
-        pts = [(h["epoch"], 100 * h["val"][key]) for h in history if h.get("val")]
-        if pts:
-            ax2.plot(*zip(*pts), color=color, marker=".", label=f"val {key}")
-    ax2.set_ylabel("val %")
+    scored = [h for h in history if h.get("val")]
+    if scored:  # a release run trains on every frame: no empty validation axis beside its loss
+        ax2 = ax1.twinx()
+        for key, color in (("miou", "tab:blue"), ("pq", "tab:orange")):
+            ax2.plot([h["epoch"] for h in scored], [100 * h["val"][key] for h in scored], color=color,
+                     marker=".", label=f"val {key}")
+        ax2.set_ylabel("val %")
     fig.legend(loc="lower right")
     fig.tight_layout()
     save_figure(fig, path)
