@@ -739,7 +739,7 @@ def cmd_calibrate(args) -> int:
     from .model.checkpoint import load_model, require_weights_file, weights_of
     from .model.config import load_config
     from .output_safety import check_outputs
-    from .quantize import quantize_int8
+    from .quantize import float_nodes_of, quantize_int8
 
     cfg = load_config(args.model)
     source = weights_of(cfg, args.weights)
@@ -751,12 +751,13 @@ def cmd_calibrate(args) -> int:
     with tempfile.TemporaryDirectory() as d:  # the graphs are only a step towards the scales
         fp32, _ = export_onnx(model, size, Path(d) / "fp32.onnx")
         # every activation quantized, matrix products too: the scales serve any CPU's graphs
+        float_nodes_of(onnx.load(str(fp32)), args.keep_float)  # a prefix naming no node: refused before calibrating
         int8 = quantize_int8(fp32, Path(d) / "int8.onnx", cfg, size, args.calib, args.calib_frames,
                              args.calib_method, args.reduce_range)
         scales = activation_scales(onnx.load(str(int8)))
     save_scales(out, scales, source, 7 if args.reduce_range else 8,
                 {"source": str(args.calib), "max_frames": args.calib_frames, "method": args.calib_method,
-                 "canvas": list(size)})
+                 "canvas": list(size)}, float_nodes=args.keep_float)
     print(f"wrote {out}: {len(scales)} activation scales for {source}; with them `--backend auto` runs int8 graphs "
           f"on OpenVINO, made for each input size")
     return 0
@@ -981,6 +982,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=False,
                    help="7-bit int8 weights on every CPU (the graph cache takes 7 bits anyway on x86 CPUs "
                         "without VNNI, whose int8 kernels saturate on 8-bit weights)")
+    p.add_argument("--keep-float", action="append", default=[], metavar="NODE_PREFIX",
+                   help="leave this part of the graph float in every int8 graph made from the scales (a module "
+                        "path such as /transformer/decoder; repeatable; bench/bench_int8_layers.py says which "
+                        "part's int8 costs accuracy)")
     p.add_argument("--out", help="scales file (default: <weights>.int8.json beside the weights, where "
                                  "--backend auto finds it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing scales file")
@@ -994,8 +999,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
     p.set_defaults(func=cmd_build_engine)
 
-    benches = ["pipeline", "evaluation", "backends", "resolution", "street_ablation", "node", "fleet", "shapes", "int8", "things",
-               "semantic_head", "restyle", "run_ensemble", "first_frame", "lifecycle", "tracking", "map_compression"]
+    benches = ["pipeline", "evaluation", "backends", "resolution", "street_ablation", "node", "fleet", "shapes",
+               "int8", "int8_layers", "things", "semantic_head", "restyle", "run_ensemble", "first_frame", "lifecycle",
+               "tracking", "map_compression"]
     p = sub.add_parser("doctor", help="what this machine will run (backend, precision, graphs, ROS 2, Fast DDS) "
                                       "and what keeps it from running well; exit 1 when the model cannot run")
     p.add_argument("--model", help="model name, YAML or checkpoint (default: street_lite0)")

@@ -9,7 +9,7 @@ weights it was calibrated for by their sha256: scales of other weights are refus
 """
 import json
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 from .atomic import atomic_path
 from .inference.cache_key import file_sha256
@@ -40,9 +40,14 @@ def activation_scales(model) -> Dict[str, float]:
     return scales
 
 
-def save_scales(path, scales: Dict[str, float], weights, weight_bits: int, calibration: dict) -> Path:
+def save_scales(path, scales: Dict[str, float], weights, weight_bits: int, calibration: dict,
+                float_nodes: Sequence[str] = ()) -> Path:
+    """float_nodes: node-name prefixes whose convolutions and matrix products every int8 graph made from
+    these scales leaves float (quantize.float_nodes_of); the scales themselves cover every activation."""
     body = {"format": FORMAT, "weights_sha256": file_sha256(weights), "int8_weight_bits": weight_bits,
             "calibration": calibration, "scales": scales}
+    if float_nodes:  # only when asked: files without it read as before, and hash to the same graphs
+        body["float_nodes"] = list(float_nodes)
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
@@ -70,6 +75,10 @@ def load_scales(path, weights) -> dict:
                          f"recalibrate with `panoptic-node calibrate`")
     if body.get("int8_weight_bits") not in (7, 8):
         raise ValueError(f"{what} give int8_weight_bits {body.get('int8_weight_bits')!r}; expected 7 or 8")
+    float_nodes = body.get("float_nodes", [])
+    if not isinstance(float_nodes, list) or not all(isinstance(p, str) and p.startswith("/") for p in float_nodes):
+        raise ValueError(f"{what} give float_nodes {float_nodes!r}; expected a list of node-name prefixes such as "
+                         f"'/transformer/decoder'")
     if body.get("weights_sha256") != file_sha256(weights):
         raise ValueError(f"{what} were calibrated for other weights than '{weights}'; recalibrate with "
                          f"`panoptic-node calibrate --weights {weights}`")

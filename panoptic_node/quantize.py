@@ -9,7 +9,7 @@ The small mask-head graph stays fp32.
 import contextlib
 import logging
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -166,11 +166,13 @@ def quantize_int8(fp32_path, out_path, cfg, size, source, frames: int = 32, meth
 
 
 def quantize_with_scales(fp32_path, out_path, cfg, size, scales: dict, reduce_range: bool = False,
-                         float_matmuls: bool = False) -> Path:
+                         float_matmuls: bool = False, float_nodes: Sequence[str] = ()) -> Path:
     """The int8 graph of `fp32_path` with shipped activation scales (int8_scales.py) instead of frames:
     what quantize_int8 made at calibration, for any input size. One blank frame passes through the
     calibrator only because ONNX Runtime always calibrates; every activation's range comes from
-    `scales`, and an activation without one is an error, not a range guessed from the blank frame."""
+    `scales`, and an activation without one is an error, not a range guessed from the blank frame.
+    float_nodes: node-name prefixes ('/transformer/decoder') whose convolutions and matrix products stay float
+    (float_nodes_of)."""
     import numpy as np
     from onnxruntime.quantization import CalibrationMethod
 
@@ -179,7 +181,7 @@ def quantize_with_scales(fp32_path, out_path, cfg, size, scales: dict, reduce_ra
     overrides = {name: [{"scale": np.array(v, np.float32), "zero_point": np.array(0, np.int8)}]
                  for name, v in scales.items()}
     return _quantize(fp32_path, out_path, _Reader([blank], cfg, size), CalibrationMethod.MinMax, reduce_range,
-                     float_matmuls, shipped=overrides)
+                     float_matmuls, shipped=overrides, float_nodes=float_nodes)
 
 
 class _WithoutPreprocessingAdvice(logging.Filter):
@@ -201,7 +203,27 @@ def _quiet_quantizer():
         logging.getLogger().removeFilter(advice)
 
 
-def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, float_matmuls: bool, shipped) -> Path:
+def float_nodes_of(model, prefixes: Sequence[str]) -> List[str]:
+    """The nodes whose names start with one of `prefixes` (a module's path in the exported graph, e.g.
+    '/backbone/_blocks.3' or '/transformer/decoder'): kept float to measure, or to spare, what int8 costs
+    there (bench/bench_int8_layers.py). A prefix that names no node is an error, not a silent no-op."""
+    names = [n.name for n in model.graph.node]
+    for p in prefixes:
+        if not isinstance(p, str) or not p or not any(in_module(n, p) for n in names):
+            raise ValueError(f"float node prefix {p!r} names no node of the graph; expected a module path such as "
+                             f"'/transformer/decoder' or '/backbone/_blocks.3'")
+    return [n for n in names if any(in_module(n, p) for p in prefixes)]
+
+
+def in_module(node_name: str, prefix: str) -> bool:
+    """Whether a node belongs to the module at `prefix`, matched by whole path parts: '/backbone/_blocks.1'
+    holds '/backbone/_blocks.1/Conv', not '/backbone/_blocks.10/Conv'."""
+    prefix = prefix.rstrip("/")
+    return node_name == prefix or node_name.startswith(prefix + "/")
+
+
+def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, float_matmuls: bool, shipped,
+              float_nodes: Sequence[str] = ()) -> Path:
     """shipped: TensorQuantOverrides of every activation (from shipped scales), or None to calibrate
     on the reader's frames (with the ReLU6 ranges of clipped_conv_ranges)."""
     import onnx
@@ -212,13 +234,14 @@ def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, float_mat
 
     graph = onnx.load(str(fp32_path))  # read once for the choices below
     overrides = shipped if shipped is not None else clipped_conv_ranges(graph)
+    excluded = float_kept_nodes(graph) + constant_nodes(graph) + float_nodes_of(graph, float_nodes)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp, _quiet_quantizer():
         quantize_static(str(fp32_path), str(tmp), reader, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                         reduce_range=reduce_range,
                         op_types_to_quantize=["Conv"] if float_matmuls else ["Conv", "MatMul", "Gemm"],
-                        nodes_to_exclude=float_kept_nodes(graph) + constant_nodes(graph),
+                        nodes_to_exclude=excluded,
                         calibrate_method=method,
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                        "TensorQuantOverrides": overrides})

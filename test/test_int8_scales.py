@@ -22,11 +22,11 @@ from onnx import numpy_helper  # noqa: E402
 from panoptic_node.cli import main  # noqa: E402
 from panoptic_node.export import export_onnx  # noqa: E402
 from panoptic_node.inference.backends import make_pipeline  # noqa: E402
-from panoptic_node.inference.graph_cache import cached_graph_path  # noqa: E402
+from panoptic_node.inference.graph_cache import cached_graph, cached_graph_path  # noqa: E402
 from panoptic_node.int8_scales import activation_scales, default_scales_path, load_scales  # noqa: E402
 from panoptic_node.model.checkpoint import load_model  # noqa: E402
 from panoptic_node.model.config import load_config  # noqa: E402
-from panoptic_node.quantize import quantize_int8, quantize_with_scales  # noqa: E402
+from panoptic_node.quantize import in_module, quantize_int8, quantize_with_scales  # noqa: E402
 
 from conftest import CAMVID, camvid_or_skip, write_frames  # noqa: E402
 from launch_helpers import tiny_model_yaml  # noqa: E402
@@ -149,6 +149,7 @@ def _model_copy(calibrated, tmp_path) -> Path:
     ("negative", "not a positive number"),
     ("not_ours", "not in format 1"),
     ("missing_activation", "lack 1 activation"),
+    ("float_nodes_not_a_list", "give float_nodes"),
 ])
 def test_bad_scales_auto_runs_fp32_and_int8_stops_with_one_line(calibrated, tmp_path, monkeypatch, capsys, damage,
                                                                message):
@@ -167,6 +168,9 @@ def test_bad_scales_auto_runs_fp32_and_int8_stops_with_one_line(calibrated, tmp_
         scales.write_text(json.dumps(body))
     elif damage == "not_ours":
         scales.write_text(json.dumps({"ranges": [1, 2]}))
+    elif damage == "float_nodes_not_a_list":
+        body["float_nodes"] = "/transformer/decoder"
+        scales.write_text(json.dumps(body))
     else:
         del body["scales"][sorted(body["scales"])[-1]]
         scales.write_text(json.dumps(body))
@@ -254,3 +258,66 @@ def test_cached_int8_graphs_are_named_apart_from_fp32_ones(calibrated, tmp_path)
     fp32, *int8 = (cached_graph_path(cfg, cfg.weights, tmp_path, int8=i) for i in (None, body, other, seven))
     assert len({fp32, *int8}) == 4 and "-int8-" not in fp32.name and all("-int8-" in p.name for p in int8)
     assert cached_graph_path(cfg, cfg.weights, tmp_path, int8=dict(body)) == int8[0]
+
+
+def _quantized_nodes(path):
+    """Names of the Conv / MatMul / Gemm nodes of a QDQ graph that take a dequantized input."""
+    m = onnx.load(str(path))
+    dequantized = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name for n in m.graph.node
+            if n.op_type in ("Conv", "MatMul", "Gemm") and any(i in dequantized for i in n.input)}
+
+
+def test_keep_float_leaves_that_part_of_every_int8_graph_float(calibrated, frames, tmp_path, monkeypatch, capsys):
+    """`calibrate --keep-float PREFIX` records the prefix with the scales; the graphs made from them leave
+    that part float and quantize the rest as before; a prefix that names no node is refused before calibrating."""
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
+    yaml_path = _model_copy(calibrated, tmp_path)
+    cfg = load_config(str(yaml_path))
+    scales = default_scales_path(cfg.weights)
+    graph = lambda: cached_graph(cfg, None, log=lambda m: None, int8=load_scales(scales, cfg.weights))
+    all_int8 = _quantized_nodes(graph())
+    assert any(n.startswith("/transformer/decoder") for n in all_int8)
+
+    before = scales.read_bytes()
+    assert main(["calibrate", "--model", str(yaml_path), "--calib", str(frames), "--calib-frames", "2",
+                 "--keep-float", "/transformer/dekoder", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "'/transformer/dekoder' names no node" in err[-1] and "expected a module path" in err[-1], err
+    assert scales.read_bytes() == before  # refused: the scales file is as it was
+
+    assert main(["calibrate", "--model", str(yaml_path), "--calib", str(frames), "--calib-frames", "2",
+                 "--keep-float", "/transformer/decoder", "--overwrite"]) == 0
+    assert load_scales(scales, cfg.weights)["float_nodes"] == ["/transformer/decoder"]
+    kept = _quantized_nodes(graph())
+    assert kept == {n for n in all_int8 if not n.startswith("/transformer/decoder/")}
+    # whole path parts only: '/backbone/_blocks.1' is not '/backbone/_blocks.10'
+    assert in_module("/backbone/_blocks.1/Conv", "/backbone/_blocks.1")
+    assert not in_module("/backbone/_blocks.10/Conv", "/backbone/_blocks.1")
+
+
+def test_the_layer_benchmarks_parts_cover_every_quantizable_node_once_and_its_dusk_is_trainings(calibrated,
+                                                                                                 tmp_path):
+    """bench_int8_layers keeps one part float at a time: together its parts must name every Conv / MatMul /
+    Gemm of the graph exactly once, or a part's row would not say what it claims."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "bench_int8_layers", Path(__file__).resolve().parents[1] / "bench" / "bench_int8_layers.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # its dusk frames: each value v becomes 255 * (v / 255) ** gamma * gain, cut to whole levels; labels kept
+    from panoptic_node.training.data import Sample
+    rgb = np.array([[[0, 51, 255], [128, 200, 10]]], np.uint8)
+    sample = Sample("f", rgb, np.ones((1, 2), np.uint8), np.zeros((1, 2), np.int32))
+    dark = bench.darkened(sample, 2.0, 0.5)
+    expected = [[[0, 5, 127], [32, 78, 0]]]  # 255 * 0.2 ** 2 / 2 = 5.1, 255 / 2, 255 * (128 / 255) ** 2 / 2 = 32.1, ...
+    assert dark.rgb.tolist() == expected and dark.semantic is sample.semantic and sample.rgb.tolist() == rgb.tolist()
+    _, cfg, _ = calibrated
+    detect, _ = export_onnx(load_model(cfg, None), cfg.input.canvas, tmp_path / "fp32.onnx")
+    model = onnx.load(str(detect))
+    parts = bench.parts_of(model)
+    quantizable = [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    owners = {n: [name for name, prefixes in parts.items() if any(in_module(n, p) for p in prefixes)]
+              for n in quantizable}
+    assert all(len(o) == 1 for o in owners.values()), {n: o for n, o in owners.items() if len(o) != 1}
+    assert "transformer/decoder" in parts and any(name.startswith("backbone ") for name in parts)
