@@ -15,13 +15,18 @@ import statistics
 import tempfile
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_and_frames_args(parser) -> None:
+    """The weights and the CamVid frames an int8 benchmark scores (also bench_int8_layers.py's)."""
     parser.add_argument("--model", default="street_lite0")
     parser.add_argument("--weights")
     parser.add_argument("--camvid")
     parser.add_argument("--drives", help="score every labelled frame of these drives (default: CamVid val)")
     parser.add_argument("--threads", type=int, default=2)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_and_frames_args(parser)
     args = parser.parse_args()
     import os
 
