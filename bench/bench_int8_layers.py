@@ -51,8 +51,8 @@ def darkened(sample, gamma: float, gain: float):
 
     import numpy as np
 
-    from panoptic_node.training.augment import adjust_gamma
-    rgb = np.clip(adjust_gamma(sample.rgb.astype(np.float32), gamma) * gain, 0, 255).astype(np.uint8)
+    from panoptic_node.training.augment import darken_as_dusk
+    rgb = np.clip(darken_as_dusk(sample.rgb.astype(np.float32), gamma, gain), 0, 255).astype(np.uint8)
     return dataclasses.replace(sample, rgb=rgb)
 
 

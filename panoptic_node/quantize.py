@@ -204,7 +204,7 @@ def _quiet_quantizer():
 
 
 def float_nodes_of(model, prefixes: Sequence[str]) -> List[str]:
-    """The nodes whose names start with one of `prefixes` (a module's path in the exported graph, e.g.
+    """The nodes inside one of the modules at `prefixes` (in_module; a module's path in the exported graph, e.g.
     '/backbone/_blocks.3' or '/transformer/decoder'): kept float to measure, or to spare, what int8 costs
     there (bench/bench_int8_layers.py). A prefix that names no node is an error, not a silent no-op."""
     names = [n.name for n in model.graph.node]

@@ -64,6 +64,11 @@ def adjust_gamma(f: np.ndarray, g: float) -> np.ndarray:
     return 255.0 * (np.clip(f, 0, 255) / 255.0) ** g
 
 
+def darken_as_dusk(f: np.ndarray, gamma: float, gain: float) -> np.ndarray:
+    """Mid-tones fall with the gamma, then the whole frame with the gain (`--photometric dusk`'s first step)."""
+    return adjust_gamma(f, gamma) * gain
+
+
 def adjust_contrast(f: np.ndarray, c: float) -> np.ndarray:
     mean = f.mean()
     return (f - mean) * c + mean
@@ -87,7 +92,7 @@ def photometric(rgb: np.ndarray, rng: np.random.Generator, p: Photometric) -> np
     """Draws only what `p` enables, so a recipe's random stream stays the same as it was."""
     f = rgb.astype(np.float32)
     if p.dusk_p > 0 and rng.random() < p.dusk_p:
-        f = adjust_gamma(f, rng.uniform(*p.dusk_gamma)) * rng.uniform(*p.dusk_brightness)
+        f = darken_as_dusk(f, rng.uniform(*p.dusk_gamma), rng.uniform(*p.dusk_brightness))  # drawn in this order
     if p.gamma > 0:
         f = adjust_gamma(f, (1 + p.gamma) ** rng.uniform(-1, 1))
     if p.brightness > 0:
