@@ -252,7 +252,7 @@ def cmd_train(args) -> int:
 
 def cmd_compare_runs(args) -> int:
     from .output_safety import check_outputs
-    from .training.compare import curves_chart, load_run, table
+    from .training.compare import curves_chart, load_run, pool_seeds, table
     folders = list(dict.fromkeys([args.baseline] + args.runs))  # the baseline first, each run once
     check_outputs({"--chart": args.chart}, inputs=folders, overwrite=args.overwrite)
     if args.last is not None:
@@ -261,6 +261,8 @@ def cmd_compare_runs(args) -> int:
     points(args.min_miou_gain, "--min-miou-gain")
     points(args.max_pq_drop, "--max-pq-drop", at_least=0)
     runs = [load_run(f) for f in folders]
+    if args.pool_seeds:  # the baseline's recipe comes first, with every run of it
+        runs = pool_seeds(runs)
     print(table(runs, runs[0], args.from_epoch, args.min_miou_gain, args.max_pq_drop, args.last))
     if args.chart:
         curves_chart(runs, args.chart, args.from_epoch, baseline=runs[0], last=args.last)
@@ -1079,6 +1081,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "different schedules, each judged on its own end)")
     p.add_argument("--min-miou-gain", type=float, default=1.0, help="mean mIoU points a change must gain")
     p.add_argument("--max-pq-drop", type=float, default=0.3, help="PQ points the last evaluation may lose")
+    p.add_argument("--pool-seeds", action="store_true", help="judge each recipe on the mean of its runs "
+                   "(settings equal but for --seed), shown with their lowest and highest; one run on a new "
+                   "drive moves by points from seed to seed")
     p.add_argument("--chart", help="PNG of the held-out mIoU and PQ curves")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --chart")
     p.set_defaults(func=cmd_compare_runs)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from panoptic_node.cli import main
-from panoptic_node.training.compare import load_run, recipe_difference, table, verdict, y_range
+from panoptic_node.training.compare import load_run, pool_seeds, recipe_difference, table, verdict, y_range
 
 SETTINGS = {"config": "street_lite0", "epochs": 36, "lr_backbone": 3e-5, "seed": 0, "val_drives": ["0006R0"],
             "train_drives": ["0016E5", "0001TP"], "semantic_aux": 0.0, "copy_paste": 0.0}
@@ -155,6 +155,62 @@ def test_command_refuses_bad_input_in_one_line_and_changes_nothing(tmp_path, cap
     refused(str(base), "--baseline", str(base), "--from-epoch", "0", says="--from-epoch 0: expected >= 1")
     for p, data in before.items():
         assert p.read_bytes() == data, p
+
+
+def test_seeds_of_one_recipe_are_judged_on_their_mean(tmp_path):
+    """--pool-seeds: a lucky run of the new recipe (seed 0) no longer carries it; the mean of its seeds
+    does, computed here directly from the members' numbers."""
+    base0 = load_run(make_run(tmp_path / "base_s0", 0.481, 0.287))
+    base1 = load_run(make_run(tmp_path / "base_s1", 0.485, 0.290, {"seed": 1}))
+    lucky = load_run(make_run(tmp_path / "dusk_s0", 0.520, 0.344, {"colour": "dusk"}))
+    plain = load_run(make_run(tmp_path / "dusk_s1", 0.480, 0.282, {"colour": "dusk", "seed": 1}))
+    other = load_run(make_run(tmp_path / "ema", 0.50, 0.30, {"ema": 0.998}))
+    assert verdict(lucky, base0, 24, 2.0, 0.3) == "adopt"          # one run each: the lucky one wins
+    base, dusk, ema = pool_seeds([base0, lucky, other, base1, plain])
+    assert [m.name for m in base.members] == ["base_s0", "base_s1"] and [m.name for m in dusk.members] == \
+        ["dusk_s0", "dusk_s1"] and ema.members == [other]
+    last = dusk.evaluations[-1]["val"]
+    assert last["pq"] == pytest.approx((0.344 + 0.282) / 2) and last["miou"] == pytest.approx((0.520 + 0.480) / 2)
+    assert last["pq_things"] == pytest.approx((0.344 + 0.282) / 6) and last["postprocess"] == POST
+    assert dusk.late_mean("miou", 24) == pytest.approx(0.500)
+    assert verdict(dusk, base, 24, 2.0, 0.3) == "not adopted: mean mIoU +1.7 (needs +2.0)"
+    assert recipe_difference(dusk, base) == "colour dusk"         # the seeds are not a difference any more
+    rows = table([base, dusk, ema], base, 24, 2.0, 0.3).splitlines()
+    assert rows[3].startswith("| dusk_s0 + dusk_s1 (2 runs) | colour dusk | 36 | 31.3 (28.2-34.4) | 10.4 | 37.6 "
+                              "| 50.0 (48.0-52.0) | 50.0 (48.0-52.0) | not adopted")
+    assert rows[4].startswith("| ema (1 run) | ema 0.998 | 36 | 30.0 | 10.0 | 36.0 | 50.0 | 50.0 |")
+
+
+def test_pooling_keeps_apart_what_measures_differently(tmp_path):
+    """Runs that differ in more than the seed, in post-processing, or whose recipe is unknown are not
+    pooled; an unfinished member leaves its pool unfinished, judged on the epochs every member has."""
+    a = load_run(make_run(tmp_path / "a", 0.48, 0.30))
+    b = load_run(make_run(tmp_path / "b", 0.48, 0.30, {"seed": 1, "lr_backbone": 1e-5}))
+    c = load_run(make_run(tmp_path / "c", 0.48, 0.30, {"seed": 2}, postprocess={**POST, "split_things": 0}))
+    d = load_run(make_run(tmp_path / "d", 0.48, 0.30, settings=False))
+    e = load_run(make_run(tmp_path / "e", 0.48, 0.30, settings=False))
+    assert [len(p.members) for p in pool_seeds([a, b, c, d, e])] == [1, 1, 1, 1, 1]
+    running = make_run(tmp_path / "running", 0.50, 0.30, {"seed": 3})
+    history = json.loads((running / "history.json").read_text())[:20]
+    (running / "history.json").write_text(json.dumps(history))
+    pooled, = pool_seeds([a, load_run(running)])
+    assert not pooled.finished and pooled.last_epoch == 20
+    assert [e["epoch"] for e in pooled.evaluations] == [3, 6, 9, 12, 15, 18]
+    assert pooled.evaluations[-1]["val"]["miou"] == pytest.approx(0.49)
+
+
+def test_command_pools_seeds(tmp_path, capsys):
+    base = make_run(tmp_path / "base", 0.48, 0.30)
+    again = make_run(tmp_path / "base_s1", 0.50, 0.30, {"seed": 1})
+    new = make_run(tmp_path / "new", 0.51, 0.31, {"copy_paste": 0.5})
+    assert main(["compare-runs", str(new), str(again), "--baseline", str(base), "--pool-seeds"]) == 0
+    out = capsys.readouterr().out
+    assert "| base + base_s1 (2 runs) | - | 36 | 30.0 (30.0-30.0) | " in out and "| 49.0 (48.0-50.0) |" in out
+    # judged against the pool's 49.0 (+2.0), not the first run's 48.0 (+3.0): a 2.5 rule tells them apart
+    assert "| new (1 run) | copy_paste 0.5 | 36 | 31.0 |" in out and "| adopt |" in out
+    assert main(["compare-runs", str(new), str(again), "--baseline", str(base), "--pool-seeds",
+                 "--min-miou-gain", "2.5"]) == 0
+    assert "not adopted: mean mIoU +2.0 (needs +2.5)" in capsys.readouterr().out
 
 
 class WritesAFile:

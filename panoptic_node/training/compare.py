@@ -6,6 +6,10 @@ A run is the folder `panoptic-node train --out` wrote: `history.json` (every epo
 every few), and `checkpoint.pth`, whose recorded settings say what the recipe was and which drives
 were held out. Runs validated on different drives, or scored with different post-processing, are
 not compared: their numbers measure different things.
+
+On a new drive one run's numbers move by several points from seed to seed (the dusk drive's sky), so
+runs of one recipe that differ only in their seed can be pooled: judged on their mean, shown with
+their spread.
 """
 import json
 from dataclasses import asdict, dataclass, field
@@ -50,6 +54,65 @@ class Run:
     def late_mean(self, key: str, from_epoch: int, last: Optional[int] = None) -> Optional[float]:
         values = [e["val"][key] for e in self.window(from_epoch, last)]
         return float(np.mean(values)) if values else None
+
+
+@dataclass
+class PooledRun(Run):
+    """Runs of one recipe with different seeds, as one run: at each epoch every member has evaluated,
+    the mean of their held-out scores."""
+    members: list = field(default_factory=list)
+
+    @property
+    def last_epoch(self) -> int:
+        return min(m.last_epoch for m in self.members)
+
+    @property
+    def finished(self) -> bool:
+        return all(m.finished for m in self.members)
+
+    def spread(self, key: str, from_epoch: int, last: Optional[int] = None) -> Optional[tuple]:
+        """(lowest, highest) over the members: of `key` at their last evaluation, or with `key`
+        'late miou', of their late mean mIoU; None for a single run or a member without the value."""
+        if len(self.members) < 2:
+            return None
+        if key == "late miou":
+            values = [m.late_mean("miou", from_epoch, last) for m in self.members]
+        else:
+            values = [m.evaluations[-1]["val"][key] if m.evaluations else None for m in self.members]
+        return None if None in values else (min(values), max(values))
+
+
+def pool_seeds(runs: List[Run]) -> List[PooledRun]:
+    """The runs grouped by recipe: settings equal but for the seed, scored with the same post-processing
+    (a run without its checkpoint stays alone, its recipe unknown). Groups in the order of their first run."""
+    groups = {}
+    for run in runs:
+        groups.setdefault(_recipe_key(run), []).append(run)
+    return [_pooled(members) for members in groups.values()]
+
+
+def _recipe_key(run: Run) -> str:
+    if run.settings is None:
+        return f"unknown recipe: {run.name}"
+    from .train import ADDED_SETTINGS  # a setting a run predates was off in it
+    settings = {k: v for k, v in {**ADDED_SETTINGS, **run.settings}.items() if k != "seed"}
+    post = recorded_postprocess(run) if run.evaluations else None
+    return json.dumps([settings, post], sort_keys=True, default=str)
+
+
+def _pooled(members: List[Run]) -> PooledRun:
+    common = set.intersection(*({e["epoch"] for e in m.evaluations} for m in members))
+    evaluations = []
+    for epoch in sorted(common):
+        vals = [next(e["val"] for e in m.evaluations if e["epoch"] == epoch) for m in members]
+        mean = {k: float(np.mean([v[k] for v in vals])) for k in vals[0]
+                if all(isinstance(v.get(k), (int, float)) and not isinstance(v.get(k), bool) for v in vals)}
+        if "postprocess" in vals[0]:
+            mean["postprocess"] = vals[0]["postprocess"]
+        evaluations.append({"epoch": epoch, "val": mean})
+    settings = None if members[0].settings is None else {k: v for k, v in members[0].settings.items() if k != "seed"}
+    name = " + ".join(m.name for m in members) + f" ({len(members)} run{'s' if len(members) > 1 else ''})"
+    return PooledRun(name, members[0].history, settings, evaluations, members)
 
 
 def load_run(folder) -> Run:
@@ -165,11 +228,19 @@ def table(runs: List[Run], baseline: Run, from_epoch: int, min_miou_gain: float,
         final = run.evaluations[-1]
         v = final["val"]
         late = run.late_mean("miou", from_epoch, last)
+        def spread(key):  # a pooled run's lowest and highest member, after its mean
+            return _range(run.spread(key, from_epoch, last) if isinstance(run, PooledRun) else None)
         lines.append(f"| {run.name} | {'-' if run is baseline else recipe_difference(run, baseline)} "
-                     f"| {final['epoch']} | {_points(v['pq']):.1f} | {_points(v['pq_things']):.1f} "
-                     f"| {_points(v['pq_stuff']):.1f} | {_points(v['miou']):.1f} "
-                     f"| {'-' if late is None else f'{_points(late):.1f}'} | {judged} |")
+                     f"| {final['epoch']} | {_points(v['pq']):.1f}{spread('pq')} "
+                     f"| {_points(v['pq_things']):.1f} | {_points(v['pq_stuff']):.1f} "
+                     f"| {_points(v['miou']):.1f}{spread('miou')} "
+                     f"| {'-' if late is None else f'{_points(late):.1f}'}{spread('late miou')} | {judged} |")
     return "\n".join(lines)
+
+
+def _range(spread: Optional[tuple]) -> str:
+    """' (28.2-34.4)': the members' lowest and highest, after a pooled run's mean."""
+    return "" if spread is None else f" ({_points(spread[0]):.1f}-{_points(spread[1]):.1f})"
 
 
 def y_range(runs: List[Run], key: str, from_epoch: int) -> tuple:
