@@ -32,6 +32,11 @@ class Run:
     settings: Optional[dict] = None          # None: the checkpoint is gone (or was never written)
     evaluations: list = field(default_factory=list)
 
+    def full_settings(self) -> dict:
+        """The recorded settings, a setting the run predates filled in as it was then: off."""
+        from .train import ADDED_SETTINGS
+        return {**ADDED_SETTINGS, **(self.settings or {})}
+
     @property
     def planned_epochs(self) -> Optional[int]:
         return (self.settings or {}).get("epochs")
@@ -70,16 +75,11 @@ class PooledRun(Run):
     def finished(self) -> bool:
         return all(m.finished for m in self.members)
 
-    def spread(self, key: str, from_epoch: int, last: Optional[int] = None) -> Optional[tuple]:
-        """(lowest, highest) over the members: of `key` at their last evaluation, or with `key`
-        'late miou', of their late mean mIoU; None for a single run or a member without the value."""
-        if len(self.members) < 2:
-            return None
-        if key == "late miou":
-            values = [m.late_mean("miou", from_epoch, last) for m in self.members]
-        else:
-            values = [m.evaluations[-1]["val"][key] if m.evaluations else None for m in self.members]
-        return None if None in values else (min(values), max(values))
+    def spread(self, value_of) -> Optional[tuple]:
+        """(lowest, highest) of `value_of(member)` over the members; None for a single run or when a
+        member has no such value (None)."""
+        values = [value_of(m) for m in self.members]
+        return None if len(values) < 2 or None in values else (min(values), max(values))
 
 
 def pool_seeds(runs: List[Run]) -> List[PooledRun]:
@@ -94,23 +94,26 @@ def pool_seeds(runs: List[Run]) -> List[PooledRun]:
 def _recipe_key(run: Run) -> str:
     if run.settings is None:
         return f"unknown recipe: {run.name}"
-    from .train import ADDED_SETTINGS  # a setting a run predates was off in it
-    settings = {k: v for k, v in {**ADDED_SETTINGS, **run.settings}.items() if k != "seed"}
+    settings = _without_seed(run.full_settings())
     post = recorded_postprocess(run) if run.evaluations else None
     return json.dumps([settings, post], sort_keys=True, default=str)
 
 
+def _without_seed(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != "seed"}
+
+
 def _pooled(members: List[Run]) -> PooledRun:
-    common = set.intersection(*({e["epoch"] for e in m.evaluations} for m in members))
+    by_epoch = [{e["epoch"]: e["val"] for e in m.evaluations} for m in members]
     evaluations = []
-    for epoch in sorted(common):
-        vals = [next(e["val"] for e in m.evaluations if e["epoch"] == epoch) for m in members]
+    for epoch in sorted(set.intersection(*(set(b) for b in by_epoch))):
+        vals = [b[epoch] for b in by_epoch]
         mean = {k: float(np.mean([v[k] for v in vals])) for k in vals[0]
                 if all(isinstance(v.get(k), (int, float)) and not isinstance(v.get(k), bool) for v in vals)}
         if "postprocess" in vals[0]:
             mean["postprocess"] = vals[0]["postprocess"]
         evaluations.append({"epoch": epoch, "val": mean})
-    settings = None if members[0].settings is None else {k: v for k, v in members[0].settings.items() if k != "seed"}
+    settings = None if members[0].settings is None else _without_seed(members[0].settings)
     name = " + ".join(m.name for m in members) + f" ({len(members)} run{'s' if len(members) > 1 else ''})"
     return PooledRun(name, members[0].history, settings, evaluations, members)
 
@@ -146,8 +149,7 @@ def recipe_difference(run: Run, baseline: Run) -> str:
     """The settings in which `run` differs from `baseline`, e.g. 'copy_paste 0.5, seed 1'."""
     if run.settings is None or baseline.settings is None:
         return "settings unknown (no checkpoint.pth)"
-    from .train import ADDED_SETTINGS  # a setting a run predates was off in it
-    a, b = {**ADDED_SETTINGS, **run.settings}, {**ADDED_SETTINGS, **baseline.settings}
+    a, b = run.full_settings(), baseline.full_settings()
     diff = [f"{k} {_show(a.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return ", ".join(diff) or "same recipe"
 
@@ -228,14 +230,19 @@ def table(runs: List[Run], baseline: Run, from_epoch: int, min_miou_gain: float,
         final = run.evaluations[-1]
         v = final["val"]
         late = run.late_mean("miou", from_epoch, last)
-        def spread(key):  # a pooled run's lowest and highest member, after its mean
-            return _range(run.spread(key, from_epoch, last) if isinstance(run, PooledRun) else None)
+        def spread(value_of):  # a pooled run's lowest and highest member, after its mean
+            return _range(run.spread(value_of) if isinstance(run, PooledRun) else None)
         lines.append(f"| {run.name} | {'-' if run is baseline else recipe_difference(run, baseline)} "
-                     f"| {final['epoch']} | {_points(v['pq']):.1f}{spread('pq')} "
+                     f"| {final['epoch']} | {_points(v['pq']):.1f}{spread(lambda m: _last(m, 'pq'))} "
                      f"| {_points(v['pq_things']):.1f} | {_points(v['pq_stuff']):.1f} "
-                     f"| {_points(v['miou']):.1f}{spread('miou')} "
-                     f"| {'-' if late is None else f'{_points(late):.1f}'}{spread('late miou')} | {judged} |")
+                     f"| {_points(v['miou']):.1f}{spread(lambda m: _last(m, 'miou'))} "
+                     f"| {'-' if late is None else f'{_points(late):.1f}'}"
+                     f"{spread(lambda m: m.late_mean('miou', from_epoch, last))} | {judged} |")
     return "\n".join(lines)
+
+
+def _last(run: Run, key: str) -> Optional[float]:
+    return run.evaluations[-1]["val"][key] if run.evaluations else None
 
 
 def _range(spread: Optional[tuple]) -> str:
