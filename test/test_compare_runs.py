@@ -103,7 +103,28 @@ def test_the_recipe_column_names_what_differs(tmp_path):
     torch.save(state, older / "checkpoint.pth")
     assert recipe_difference(load_run(older), base) == "same recipe"
     assert recipe_difference(load_run(make_run(tmp_path / "nockpt", 0.48, 0.3, settings=False)), base) \
-        == "settings unknown (no checkpoint.pth)"
+        == "settings unknown (no settings.json or checkpoint.pth)"
+
+
+def test_an_archived_run_keeps_its_recipe_in_settings_json(tmp_path):
+    """history.json + settings.json, checkpoints deleted (models/experiments/runs/): the recipe is still known,
+    so the run is judged and pooled as it was with its checkpoint."""
+    base = load_run(make_run(tmp_path / "base", 0.48, 0.30))
+    kept = make_run(tmp_path / "seed1", 0.50, 0.31, {"seed": 1})
+    settings = torch.load(kept / "checkpoint.pth", weights_only=True)["settings"]
+    with_checkpoint = load_run(kept)
+    (kept / "checkpoint.pth").unlink()
+    (kept / "settings.json").write_text(json.dumps(settings))
+    archived = load_run(kept)
+    assert archived.settings == with_checkpoint.settings == settings
+    assert recipe_difference(archived, base) == "seed 1"
+    assert verdict(archived, base, 24, 1.0, 0.3) == verdict(with_checkpoint, base, 24, 1.0, 0.3) == "adopt"
+    pooled, = pool_seeds([base, archived])  # the same recipe but for the seed: one pool
+    assert len(pooled.members) == 2
+    for text, says in (('{"seed": ', "is not readable JSON"), ('[1, 2]', "is not a run's settings")):
+        (kept / "settings.json").write_text(text)
+        with pytest.raises(ValueError, match=says):
+            load_run(kept)
 
 
 def test_table_rows_hold_the_last_evaluation(tmp_path):
@@ -244,3 +265,17 @@ def test_the_charts_y_range_follows_the_late_evaluations(tmp_path):
     assert high == pytest.approx(100 * 0.48 + 1.0)
     # with no evaluation that late, every value counts
     assert y_range([slow], "miou", 200)[0] == pytest.approx(0.1 - 2.0)
+
+
+def test_every_archived_run_loads_with_its_recipe():
+    """models/experiments/runs/ keeps the runs the records cite: each must load, know its recipe and be
+    finished, or `compare-runs` on it would print an unknown recipe instead of the recorded verdict."""
+    from pathlib import Path
+    archive = Path(__file__).resolve().parents[1] / "models" / "experiments" / "runs"
+    folders = sorted(p for p in archive.iterdir() if p.is_dir())
+    assert folders, f"no archived runs in {archive}"
+    for folder in folders:
+        run = load_run(folder)
+        assert run.settings is not None and run.finished, folder.name
+        assert run.settings["val_drives"] and run.evaluations, folder.name
+        assert folder.name in (archive / "README.md").read_text(), f"{folder.name} is not listed in the README"

@@ -214,6 +214,8 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_setup):
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
     assert json.loads((tiny_setup / "b" / "history.json").read_text())[-1]["epoch"] == 2
+    # the recipe beside the history, as the checkpoint records it (compare-runs reads it once checkpoints are gone)
+    assert json.loads((tiny_setup / "b" / "settings.json").read_text()) == b["settings"]
 
 
 def test_cityscapes_folder_trains_through_the_same_interface(tmp_path, rng):

@@ -3,8 +3,9 @@ fixed before the runs: adopt a change when its mean mIoU over the late evaluatio
 `min_miou_gain` points and its last PQ is not lower by more than `max_pq_drop`.
 
 A run is the folder `panoptic-node train --out` wrote: `history.json` (every epoch; held-out scores
-every few), and `checkpoint.pth`, whose recorded settings say what the recipe was and which drives
-were held out. Runs validated on different drives, or scored with different post-processing, are
+every few), and `settings.json` (or, for runs from before it, `checkpoint.pth`), whose recorded settings
+say what the recipe was and which drives were held out; the two JSON files keep a run comparable after
+its checkpoints are deleted (models/experiments/runs/ holds such archived runs). Runs validated on different drives, or scored with different post-processing, are
 not compared: their numbers measure different things.
 
 On a new drive one run's numbers move by several points from seed to seed (the dusk drive's sky), so
@@ -29,7 +30,7 @@ class RunError(ValueError):
 class Run:
     name: str
     history: list
-    settings: Optional[dict] = None          # None: the checkpoint is gone (or was never written)
+    settings: Optional[dict] = None          # None: no settings.json and no checkpoint (deleted)
     evaluations: list = field(default_factory=list)
 
     def full_settings(self) -> dict:
@@ -133,22 +134,34 @@ def load_run(folder) -> Run:
     if not isinstance(history, list) or not all(isinstance(e, dict) and "epoch" in e for e in history):
         raise RunError(f"'{path}' is not a training history; expected a list of epochs")
     evaluations = [e for e in history if isinstance(e.get("val"), dict)]
-    run = Run(folder.name, history, _settings(folder / "checkpoint.pth"), evaluations)
+    run = Run(folder.name, history, _settings(folder), evaluations)
     if not evaluations and (run.finished or (run.settings or {}).get("val_drives") == []):
         raise RunError(f"'{folder}' has no held-out evaluation (trained without validation drives?); "
                        f"nothing to compare it by")
     return run
 
 
-def _settings(path: Path) -> Optional[dict]:
+def _settings(folder: Path) -> Optional[dict]:
+    """The run's recorded settings: settings.json, else its checkpoint's (runs from before settings.json);
+    None when neither is there (a recipe nobody can tell any more)."""
     from .train import read_training_checkpoint
-    return read_training_checkpoint(path).get("settings") if path.is_file() else None
+    path = folder / "settings.json"
+    if path.is_file():
+        try:
+            settings = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise RunError(f"'{path}' is not readable JSON ({e}); expected the settings a training run writes")
+        if not isinstance(settings, dict):
+            raise RunError(f"'{path}' is not a run's settings; expected a JSON object of option: value")
+        return settings
+    checkpoint = folder / "checkpoint.pth"
+    return read_training_checkpoint(checkpoint).get("settings") if checkpoint.is_file() else None
 
 
 def recipe_difference(run: Run, baseline: Run) -> str:
     """The settings in which `run` differs from `baseline`, e.g. 'copy_paste 0.5, seed 1'."""
     if run.settings is None or baseline.settings is None:
-        return "settings unknown (no checkpoint.pth)"
+        return "settings unknown (no settings.json or checkpoint.pth)"
     a, b = run.full_settings(), baseline.full_settings()
     diff = [f"{k} {_show(a.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return ", ".join(diff) or "same recipe"

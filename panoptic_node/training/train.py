@@ -77,7 +77,7 @@ def read_training_checkpoint(path) -> dict:
                          f"expected the checkpoint.pth `panoptic-node train` writes") from None
 
 
-RUN_FILES = ("checkpoint.pth", "last.pth", "best.pth", "history.json", "training_curve.png")
+RUN_FILES = ("checkpoint.pth", "last.pth", "best.pth", "history.json", "settings.json", "training_curve.png")
 
 
 def check_run_folder(out: Path, data, resume: bool, overwrite: bool, init=None) -> None:
@@ -400,6 +400,9 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                             **({"semantic_aux": aux.state_dict()} if aux is not None else {})},
                            tmp)
             write_json(history, out / "history.json", indent=1)  # through a .partial name, as every output
+            # the recipe beside the history: the two small files are all `compare-runs` needs of a run once
+            # its checkpoints (hundreds of MB) are gone, e.g. kept in models/experiments/runs/
+            write_json(settings, out / "settings.json", indent=1)
             plot_curve(history, out / "training_curve.png")
             val = entry.get("val")
             log(f"epoch {epoch + 1}: loss {entry['loss']:.3f} ({entry['train_seconds']:.0f} s)"
