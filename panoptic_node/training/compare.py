@@ -5,8 +5,9 @@ fixed before the runs: adopt a change when its mean mIoU over the late evaluatio
 A run is the folder `panoptic-node train --out` wrote: `history.json` (every epoch; held-out scores
 every few), and `settings.json` (or, for runs from before it, `checkpoint.pth`), whose recorded settings
 say what the recipe was and which drives were held out; the two JSON files keep a run comparable after
-its checkpoints are deleted (models/experiments/runs/ holds such archived runs). Runs validated on different drives, or scored with different post-processing, are
-not compared: their numbers measure different things.
+its checkpoints are deleted (models/experiments/runs/ holds such archived runs). Runs validated on
+different drives, or scored with different post-processing, are not compared: their numbers measure
+different things.
 
 On a new drive one run's numbers move by several points from seed to seed (the dusk drive's sky), so
 runs of one recipe that differ only in their seed can be pooled: judged on their mean, shown with
