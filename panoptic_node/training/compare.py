@@ -126,12 +126,9 @@ def load_run(folder) -> Run:
     if not folder.is_dir():
         raise RunError(f"'{folder}' is not a folder; expected a run folder `panoptic-node train --out` wrote")
     path = folder / "history.json"
-    try:
-        history = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         raise RunError(f"'{folder}' has no history.json; expected a folder `panoptic-node train --out` wrote")
-    except (OSError, ValueError) as e:
-        raise RunError(f"'{path}' is not readable JSON ({e}); expected the history a training run writes")
+    history = _read_json(path, "the history")
     if not isinstance(history, list) or not all(isinstance(e, dict) and "epoch" in e for e in history):
         raise RunError(f"'{path}' is not a training history; expected a list of epochs")
     evaluations = [e for e in history if isinstance(e.get("val"), dict)]
@@ -142,16 +139,20 @@ def load_run(folder) -> Run:
     return run
 
 
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"'{path}' is not readable JSON ({e}); expected {what} a training run writes")
+
+
 def _settings(folder: Path) -> Optional[dict]:
     """The run's recorded settings: settings.json, else its checkpoint's (runs from before settings.json);
     None when neither is there (a recipe nobody can tell any more)."""
     from .train import read_training_checkpoint
     path = folder / "settings.json"
     if path.is_file():
-        try:
-            settings = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise RunError(f"'{path}' is not readable JSON ({e}); expected the settings a training run writes")
+        settings = _read_json(path, "the settings")
         if not isinstance(settings, dict):
             raise RunError(f"'{path}' is not a run's settings; expected a JSON object of option: value")
         return settings
