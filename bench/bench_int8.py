@@ -5,7 +5,9 @@ and torch: PQ, mIoU and time per frame on the same CamVid frames, in one run.
     python bench/bench_int8.py --weights runs/fold/last.pth --drives 0006R0   # a drive held out of training
 
 On an x86 CPU without VNNI the default's graphs leave the matrix products in float; a fourth row runs the
-same 7-bit graph with int8 matrix products, what the default was before (quantize.quantize_int8).
+same 7-bit graph with int8 matrix products, what the default was before (quantize.quantize_int8). Where the
+scales keep parts of the network float (`panoptic-node calibrate --keep-float`), a row runs the same scales
+with every part int8: what the float parts cost in time and win back in accuracy, measured in the same run.
 
 The weights need their scales beside them (`panoptic-node calibrate --weights W --calib FRAMES`, which
 writes W's `.int8.json`); calibrate on frames of the training drives, never on the drive scored here.
@@ -54,12 +56,20 @@ def main():
         rows = {}
         runs = [("torch fp32", "torch", "fp32"), ("openvino fp32", "openvino", "fp32"),
                 ("openvino int8 (auto)", "auto", "auto")]
+        cfg = load_config(args.model)
+        default_int8 = int8_scales_for(cfg, args.weights, "openvino", "auto", log=None) or {}
+        # the default's graph made another way, each row beside the default in one run: int8 matrix products
+        # (the default's on CPUs without VNNI keeps them float), and every part int8 (where the scales keep
+        # parts float: what those parts cost in time and win in accuracy)
+        variants = {}
         if int8_saturates():
-            runs.append(("int8, int8 matmuls", "openvino", "int8 matmuls"))
+            variants["int8, int8 matmuls"] = {"int8_matmuls": True}
+        if default_int8.get("float_nodes"):
+            variants["int8, all of it"] = {"float_nodes": []}
+        runs += [(name, "openvino", name) for name in variants]
         for name, backend, precision in runs:
-            if precision == "int8 matmuls":  # the default's graph, but with its matrix products in int8 too
-                cfg = load_config(args.model)
-                int8 = {**int8_scales_for(cfg, args.weights, "openvino", "int8", log=None), "int8_matmuls": True}
+            if precision in variants:
+                int8 = {**int8_scales_for(cfg, args.weights, "openvino", "int8", log=None), **variants[precision]}
                 graphs = GraphPerShape(cfg, args.weights, lambda p: OpenVinoBackend(p, cfg), log=lambda m: None,
                                        int8=int8)
                 pipe = Pipeline(cfg, graphs)
@@ -71,7 +81,9 @@ def main():
             rep = ev.report()
             bits = pipe.backend.int8_weight_bits  # 7 on an x86 CPU without VNNI (cpu_features.py)
             rows[name] = (f"{pipe.backend.name} {pipe.backend.precision}" + (f", {bits}-bit" if bits else "")
-                          + (", float mm" if bits and precision != "int8 matmuls" and int8_saturates() else ""),
+                          + (", float mm" if bits and precision != "int8, int8 matmuls" and int8_saturates() else "")
+                          + (", part float" if bits and {**default_int8, **variants.get(precision, {})}.get(
+                              "float_nodes") else ""),
                           100 * rep["pq"]["pq"],
                           100 * rep["pq_things"]["pq"], 100 * rep["miou"], 1000 * statistics.median(times))
     base = rows["torch fp32"][4]
