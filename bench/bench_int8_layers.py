@@ -32,7 +32,8 @@ def parts_of(model, backbone_runs: int = 4) -> Dict[str, List[str]]:
     per_run = -(-len(backbone) // backbone_runs)
     for i in range(0, len(backbone), per_run):
         run = backbone[i:i + per_run]
-        parts[f"backbone {run[0].split('/')[-1]}..{run[-1].split('/')[-1]}"] = run
+        ends = [run[0].split('/')[-1], run[-1].split('/')[-1]]
+        parts[f"backbone {ends[0]}" + (f"..{ends[1]}" if len(run) > 1 else "")] = run
     fpn = [p for p in prefixes if p.startswith(("/lateral", "/smooth"))]
     heads = [p for p in prefixes if p.startswith(("/class_embed", "/bbox_embed"))]
     if fpn:
@@ -67,7 +68,12 @@ def main():
     bench_int8.add_model_and_frames_args(parser)
     parser.add_argument("--dusk", help="GAMMA,GAIN: darken every frame (e.g. 1.5,0.75, 0016E5 made to look like "
                                        "the dusk drive 0001TP)")
+    parser.add_argument("--backbone-runs", type=int, default=4,
+                        help="rows for the backbone: its stem and blocks in this many runs of consecutive blocks "
+                             "(17 for Lite0: one row each)")
     args = parser.parse_args()
+    if args.backbone_runs < 1:
+        parser.error(f"--backbone-runs {args.backbone_runs}: expected a count of 1 or more")
     dusk = None
     if args.dusk:
         try:
@@ -105,7 +111,8 @@ def main():
     int8 = int8_scales_for(cfg, args.weights, "openvino", "int8", log=None)
     with tempfile.TemporaryDirectory() as cache:
         os.environ["PANOPTIC_NODE_GRAPH_CACHE"] = cache  # graphs made fresh, as on a new machine
-        parts = parts_of(onnx.load(str(cached_graph(cfg, args.weights, log=lambda m: None))))
+        parts = parts_of(onnx.load(str(cached_graph(cfg, args.weights, log=lambda m: None))),
+                         backbone_runs=args.backbone_runs)
         runs = [("fp32", None), ("int8, all of it", {**int8, "float_nodes": []})]
         runs += [(f"int8, {name} float", {**int8, "float_nodes": prefixes}) for name, prefixes in parts.items()]
         rows = []

@@ -315,9 +315,13 @@ def test_the_layer_benchmarks_parts_cover_every_quantizable_node_once_and_its_du
     _, cfg, _ = calibrated
     detect, _ = export_onnx(load_model(cfg, None), cfg.input.canvas, tmp_path / "fp32.onnx")
     model = onnx.load(str(detect))
-    parts = bench.parts_of(model)
     quantizable = [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
-    owners = {n: [name for name, prefixes in parts.items() if any(in_module(n, p) for p in prefixes)]
-              for n in quantizable}
-    assert all(len(o) == 1 for o in owners.values()), {n: o for n, o in owners.items() if len(o) != 1}
-    assert "transformer/decoder" in parts and any(name.startswith("backbone ") for name in parts)
+    backbone_modules = {"/".join(n.split("/")[:3]) for n in quantizable if n.startswith("/backbone/")}
+    for runs in (4, len(backbone_modules)):  # the default four runs, and one row per stem / block
+        parts = bench.parts_of(model, backbone_runs=runs)
+        owners = {n: [name for name, prefixes in parts.items() if any(in_module(n, p) for p in prefixes)]
+                  for n in quantizable}
+        assert all(len(o) == 1 for o in owners.values()), {n: o for n, o in owners.items() if len(o) != 1}
+        assert "transformer/decoder" in parts
+        assert len([name for name in parts if name.startswith("backbone ")]) == runs
+    assert "backbone _blocks.1" in parts and parts["backbone _blocks.1"] == ["/backbone/_blocks.1"]
