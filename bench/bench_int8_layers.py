@@ -10,7 +10,9 @@ drives, and the drive held out of training is scored once, with the choice made.
 The parts are the graph's own modules: the backbone in four runs of consecutive blocks, the FPN, the input
 projection, the transformer's encoder and decoder, the heads. A part whose float row wins back most of the
 gap between int8 and fp32 is the one to keep float (`panoptic-node calibrate --keep-float PREFIX ...`, which
-every int8 graph made from the scales then honours) or to calibrate differently. The weights need their scales
+every int8 graph made from the scales then honours) or to calibrate differently. `--backbone-runs 17` gives
+Lite0's stem and every block a row of its own; `--float A,B` scores a set of modules float together instead of
+the per-part rows (a loss spread over several blocks shows in no single row). The weights need their scales
 beside them; calibrate on frames of the training drives, never on the drive scored here.
 """
 import argparse
@@ -71,6 +73,9 @@ def main():
     parser.add_argument("--backbone-runs", type=int, default=4,
                         help="rows for the backbone: its stem and blocks in this many runs of consecutive blocks "
                              "(17 for Lite0: one row each)")
+    parser.add_argument("--float", action="append", default=[], metavar="PREFIX[,PREFIX...]",
+                        help="instead of one row per part, a row with these modules float together (e.g. "
+                             "/backbone/_blocks.0,/backbone/_blocks.1); repeatable")
     args = parser.parse_args()
     if args.backbone_runs < 1:
         parser.error(f"--backbone-runs {args.backbone_runs}: expected a count of 1 or more")
@@ -99,6 +104,7 @@ def main():
     from panoptic_node.inference.openvino_backend import OpenVinoBackend
     from panoptic_node.inference.pipeline import Pipeline
     from panoptic_node.model.config import load_config
+    from panoptic_node.quantize import float_nodes_of
     from panoptic_node.training.data import CamVid, find_camvid
 
     cfg = load_config(args.model)
@@ -114,7 +120,18 @@ def main():
         parts = parts_of(onnx.load(str(cached_graph(cfg, args.weights, log=lambda m: None))),
                          backbone_runs=args.backbone_runs)
         runs = [("fp32", None), ("int8, all of it", {**int8, "float_nodes": []})]
-        runs += [(f"int8, {name} float", {**int8, "float_nodes": prefixes}) for name, prefixes in parts.items()]
+        if args.float:
+            model = onnx.load(str(cached_graph(cfg, args.weights, log=lambda m: None)))
+            chosen = [[p for p in group.split(",") if p] for group in args.float]
+            for group in chosen:
+                try:
+                    float_nodes_of(model, group)  # a prefix naming no module is refused before any scoring
+                except ValueError as e:
+                    parser.error(f"--float {','.join(group)}: {e}")
+            runs += [(f"int8, {' + '.join(p.split('/')[-1] for p in group)} float", {**int8, "float_nodes": group})
+                     for group in chosen]
+        else:
+            runs += [(f"int8, {name} float", {**int8, "float_nodes": prefixes}) for name, prefixes in parts.items()]
         rows = []
         for name, settings in runs:
             graphs = GraphPerShape(cfg, args.weights, lambda p: OpenVinoBackend(p, cfg), log=lambda m: None,
