@@ -117,11 +117,9 @@ def main():
     int8 = int8_scales_for(cfg, args.weights, "openvino", "int8", log=None)
     with tempfile.TemporaryDirectory() as cache:
         os.environ["PANOPTIC_NODE_GRAPH_CACHE"] = cache  # graphs made fresh, as on a new machine
-        parts = parts_of(onnx.load(str(cached_graph(cfg, args.weights, log=lambda m: None))),
-                         backbone_runs=args.backbone_runs)
+        model = onnx.load(str(cached_graph(cfg, args.weights, log=lambda m: None)))
         runs = [("fp32", None), ("int8, all of it", {**int8, "float_nodes": []})]
         if args.float:
-            model = onnx.load(str(cached_graph(cfg, args.weights, log=lambda m: None)))
             chosen = [[p for p in group.split(",") if p] for group in args.float]
             for group in chosen:
                 try:
@@ -131,6 +129,7 @@ def main():
             runs += [(f"int8, {' + '.join(p.split('/')[-1] for p in group)} float", {**int8, "float_nodes": group})
                      for group in chosen]
         else:
+            parts = parts_of(model, backbone_runs=args.backbone_runs)
             runs += [(f"int8, {name} float", {**int8, "float_nodes": prefixes}) for name, prefixes in parts.items()]
         rows = []
         for name, settings in runs:
