@@ -110,9 +110,6 @@ def main():
     cfg = load_config(args.model)
     root = find_camvid(args.camvid)
     data = CamVid(root, drives=args.drives.split(",")) if args.drives else CamVid(root, "val")
-    samples = data.load_all()
-    if dusk:
-        samples = [darkened(s, *dusk) for s in samples]
     # the default's own int8 settings on this CPU (7-bit weights and float matrix products without VNNI)
     int8 = int8_scales_for(cfg, args.weights, "openvino", "int8", log=None)
     with tempfile.TemporaryDirectory() as cache:
@@ -131,6 +128,10 @@ def main():
         else:
             parts = parts_of(model, backbone_runs=args.backbone_runs)
             runs += [(f"int8, {name} float", {**int8, "float_nodes": prefixes}) for name, prefixes in parts.items()]
+        # frames are read after the --float check, so a mistyped prefix is refused at once
+        samples = data.load_all()
+        if dusk:
+            samples = [darkened(s, *dusk) for s in samples]
         rows = []
         for name, settings in runs:
             graphs = GraphPerShape(cfg, args.weights, lambda p: OpenVinoBackend(p, cfg), log=lambda m: None,

@@ -7,6 +7,7 @@ scales that miss an activation get one line (auto then runs fp32, an explicit in
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -325,3 +326,34 @@ def test_the_layer_benchmarks_parts_cover_every_quantizable_node_once_and_its_du
         assert "transformer/decoder" in parts
         assert len([name for name in parts if name.startswith("backbone ")]) == runs
     assert "backbone _blocks.1" in parts and parts["backbone _blocks.1"] == ["/backbone/_blocks.1"]
+
+
+def test_the_layer_benchmark_refuses_a_float_prefix_naming_no_module_before_reading_any_frame(calibrated, tmp_path,
+                                                                                              monkeypatch, capsys):
+    """A mistyped --float prefix is one line at once, not after the frames are read (seconds to minutes)."""
+    import importlib.util
+
+    import panoptic_node.training.data as data
+    spec = importlib.util.spec_from_file_location(
+        "bench_int8_layers", Path(__file__).resolve().parents[1] / "bench" / "bench_int8_layers.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class FramesMustNotBeRead:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def load_all(self):
+            raise AssertionError("frames were read before the --float prefixes were checked")
+
+    monkeypatch.setattr(data, "find_camvid", lambda path=None: tmp_path)
+    monkeypatch.setattr(data, "CamVid", FramesMustNotBeRead)
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))  # main() sets it; restored after
+    yaml_path, _, _ = calibrated
+    monkeypatch.setattr(sys, "argv", ["bench_int8_layers.py", "--model", str(yaml_path), "--threads", "1",
+                                      "--float", "/backbone/_blocks.0,/backbone/_blocks.99"])
+    with pytest.raises(SystemExit) as stop:
+        bench.main()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--float /backbone/_blocks.0,/backbone/_blocks.99" in err and "/backbone/_blocks.99" in err.split(":", 2)[-1]
