@@ -672,12 +672,13 @@ def cmd_demo(args) -> int:
 def _export_size(cfg, size: str):
     if not size:
         return cfg.input.canvas
-    h, w = number_pair(size, "x", int, "--size", "HxW in pixels (e.g. 384x480)")
+    # width first, as --crop, bench_first_frame's --size and camera modes (640x480) write a frame size
+    w, h = number_pair(size, "x", int, "--size", "WxH in pixels (e.g. 480x384)")
     d = max(1, cfg.input.size_divisibility)
     if min(h, w) < d or h % d or w % d:  # frames are padded to such a canvas, so no other can be fed
-        raise ValueError(f"--size {size}: expected HxW with sides that are positive multiples of {d} (model "
-                         f"{cfg.name} pads frames to them; its default canvas is {cfg.input.canvas[0]}x"
-                         f"{cfg.input.canvas[1]})")
+        raise ValueError(f"--size {size}: expected WxH with sides that are positive multiples of {d} (model "
+                         f"{cfg.name} pads frames to them; its default canvas is {cfg.input.canvas[1]}x"
+                         f"{cfg.input.canvas[0]})")
     largest = cfg.input.canvas[1]  # no side of a resized frame exceeds max_size (padded): a larger canvas is padding
     if max(h, w) > largest:
         raise ValueError(f"--size {size}: expected sides of at most {largest} (model {cfg.name} resizes every frame "
@@ -727,7 +728,7 @@ def cmd_export(args) -> int:
             with atomic_path(out) as tmp:
                 shutil.copyfile(int8, tmp)
         detect, masks = out, mask_graph_path(out)
-    print(f"wrote {detect} and {masks} ({args.precision}, input {size[0]}x{size[1]})")
+    print(f"wrote {detect} and {masks} ({args.precision}, input {size[1]}x{size[0]} WxH)")
     return 0
 
 
@@ -961,7 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="street_lite0")
     p.add_argument("--weights")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", help="static input canvas HxW (default from the model config)")
+    p.add_argument("--size", help="static input canvas WxH, e.g. 480x384 (default from the model config)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
     p.add_argument("--calib", help="bag or image folder with frames to calibrate int8 on")
     p.add_argument("--calib-frames", type=int, default=32)

@@ -183,7 +183,7 @@ def test_export_reduce_range_makes_the_graph_the_cache_makes_without_vnni(tmp_pa
 
     monkeypatch.setattr(quantize, "quantize_int8", record)
     model = tiny_model_yaml()
-    for command in (["export", "--out", str(tmp_path / "x.onnx"), "--size", "64x96", "--precision", "int8"],
+    for command in (["export", "--out", str(tmp_path / "x.onnx"), "--size", "96x64", "--precision", "int8"],
                     ["calibrate", "--out", str(tmp_path / "x.int8.json")]):
         for width in ("--reduce-range", "--no-reduce-range"):
             assert main(command + ["--model", model, "--calib", str(image_dir), width]) != 0
@@ -208,11 +208,15 @@ def test_export_command_writes_exactly_the_two_int8_graphs(tmp_path, image_dir, 
     from panoptic_node.cli import main
     model = tiny_model_yaml()
     out = tmp_path / "deploy" / "tiny.onnx"
-    assert main(["export", "--model", model, "--out", str(out), "--size", "64x96", "--precision", "int8",
+    assert main(["export", "--model", model, "--out", str(out), "--size", "96x64", "--precision", "int8",
                  "--calib", str(image_dir), "--calib-frames", "4"]) == 0
     # the fp32 intermediate is not left beside them looking like a third, usable graph
     assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.masks.onnx", "tiny.onnx"]
     assert read_metadata(out)["precision"] == "int8" and read_metadata(out.with_name("tiny.masks.onnx"))["precision"] == "fp32"
+    # --size is width x height, as --crop and camera modes: 96x64 is a landscape canvas, 64 rows of 96
+    import onnx
+    dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[-2:] == [64, 96], dims
     from panoptic_node.model.config import load_config
     cfg = load_config(model)
     frame = rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)
@@ -238,9 +242,9 @@ def test_export_command_writes_exactly_the_two_int8_graphs(tmp_path, image_dir, 
     (["--precision", "int8", "--calib", "EMPTY"], "holds no frames"),
     (["--precision", "int8", "--calib", "A_FILE"], "is a file; expected a bag folder or a folder of .png / .jpg"),
     (["--precision", "int8", "--calib", "FRAMES", "--calib-frames", "0"], "--calib-frames 0: expected >= 1"),
-    (["--size", "abc"], "--size 'abc': expected HxW"),
-    (["--size", "60x90"], "--size 60x90: expected HxW with sides that are positive multiples of 32"),
-    (["--size", "0x96"], "--size 0x96: expected HxW with sides that are positive multiples of 32"),
+    (["--size", "abc"], "--size 'abc': expected WxH"),
+    (["--size", "60x90"], "--size 60x90: expected WxH with sides that are positive multiples of 32"),
+    (["--size", "0x96"], "--size 0x96: expected WxH with sides that are positive multiples of 32"),
     # torch ended this in its allocator's error; no frame reaches the network larger than max_size a side
     (["--size", "100000x100000"], "--size 100000x100000: expected sides of at most 128 (model tiny_lite0 resizes"),
     (["--size", "96x160"], "--size 96x160: expected sides of at most 128")])
