@@ -129,6 +129,21 @@ def test_our_checkpoint_of_another_model_names_the_model_it_holds(tmp_path):
     assert "does not fit" in one_line(e) and "holds a" not in one_line(e)
 
 
+def test_weights_trained_with_another_input_normalization_are_refused_not_run_on_wrong_input(tmp_path):
+    """Weights of the same network that learned frames normalised otherwise (fixed '(x - 127) / 128' against
+    each frame's own light) fit every tensor, so only the config they carry tells: one line, not worse maps."""
+    from panoptic_node.model.config import InputConfig
+    tf_input, frame_input = InputConfig(96, 128, 32, "tf"), InputConfig(96, 128, 32, "frame")
+    path = tmp_path / "frame.pth"
+    save_checkpoint(build_model(compact_config(input=frame_input)), path)
+    with pytest.raises(CheckpointError) as e:
+        load_weights(build_model(compact_config(input=tf_input)), path)
+    assert one_line(e) == (f"weights file '{path}' was trained with input normalization 'frame' but model "
+                           f"'tiny_lite0' normalizes frames 'tf': pass --model {path} to run it with the config "
+                           f"it carries, or the YAML it was trained with")
+    load_weights(build_model(compact_config(input=frame_input)), path)  # with its own normalization it loads
+
+
 def test_a_checkpoint_as_model_brings_its_own_config(tmp_path, capsys):
     """--model runs/x/last.pth: the config the file carries, with the file as its weights (no YAML needed)."""
     from panoptic_node.cli import main

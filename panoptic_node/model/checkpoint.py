@@ -129,6 +129,14 @@ def check_and_load(model: torch.nn.Module, state: Dict[str, torch.Tensor], path,
                 if trained_as and trained_as != model.cfg.name else "")
         raise CheckpointError(f"weights file '{path}' does not fit model '{model.cfg.name}': "
                               + "; ".join(problems) + hint)
+    # weights that fit in shape still see other input if they learned another normalization: every frame
+    # would be scaled as they never saw it, and the maps would be quietly worse
+    learned = ((saved_config or {}).get("input") or {}).get("normalization")
+    wanted = model.cfg.input.normalization
+    if learned and learned != wanted:
+        raise CheckpointError(f"weights file '{path}' was trained with input normalization '{learned}' but model "
+                              f"'{model.cfg.name}' normalizes frames '{wanted}': pass --model {path} to run it "
+                              f"with the config it carries, or the YAML it was trained with")
     # weights stored in half precision (shipped files) are widened to the model's dtype
     state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
