@@ -2,6 +2,7 @@
 computation, one step lowering the loss, and resume reproducing an uninterrupted run."""
 import itertools
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -518,6 +519,35 @@ def test_resume_with_other_settings_is_refused(tiny_setup):
     with pytest.raises(ValueError, match="weight_decay 0.0001 -> 0.05"):
         train(cfg, data, str(tiny_setup / "b"), epochs=2, resume=True, weight_decay=0.05, **args)
     assert (tiny_setup / "b" / "checkpoint.pth").read_bytes() == before
+
+
+def test_resume_with_its_config_edited_under_the_same_name_is_refused(tiny_setup):
+    """A run names its config; the YAML behind the name may change between sessions (street_lite0's input
+    normalization did). Resuming must not go on as another network: one line naming what changed, the
+    checkpoint untouched. Runs from before checkpoints kept their config are checked against their last.pth."""
+    args = dict(batch_size=2, crop=(64, 96), val_every=0, log=lambda *_: None)
+    cfg, data, out = tiny_setup / "tiny.yaml", str(tiny_setup / "data"), tiny_setup / "b"
+    train(str(cfg), data, str(out), epochs=2, stop_after_epoch=1, **args)
+    original = cfg.read_text()
+    edited = yaml.safe_load(original)
+    edited["input"]["normalization"] = "frame" if edited["input"]["normalization"] != "frame" else "tf"
+    was = yaml.safe_load(original)["input"]["normalization"]
+    before = (out / "checkpoint.pth").read_bytes()
+    try:
+        cfg.write_text(yaml.safe_dump(edited))
+        said = f"(input.normalization {was} -> {edited['input']['normalization']}); resume with the config it"
+        with pytest.raises(ValueError, match=re.escape(said)):
+            train(str(cfg), data, str(out), epochs=2, resume=True, **args)
+        state = torch.load(out / "checkpoint.pth", weights_only=False)
+        del state["model_config"]  # as a checkpoint written before 2026-12-04: last.pth still tells
+        torch.save(state, out / "checkpoint.pth")
+        before = (out / "checkpoint.pth").read_bytes()
+        with pytest.raises(ValueError, match="input.normalization"):
+            train(str(cfg), data, str(out), epochs=2, resume=True, **args)
+        assert (out / "checkpoint.pth").read_bytes() == before
+    finally:
+        cfg.write_text(original)
+    assert train(str(cfg), data, str(out), epochs=2, resume=True, **args)["history"][-1]["epoch"] == 2
 
 
 def test_semantic_aux_loss_equals_direct_computation(rng):

@@ -26,7 +26,7 @@ from ..evaluation.report import save_figure
 from ..inference.backend import TorchBackend
 from ..inference.pipeline import Pipeline
 from ..inference.preprocess import normalize
-from ..model.checkpoint import init_from, save_checkpoint
+from ..model.checkpoint import init_from, read_state_dict, save_checkpoint
 from ..model.config import load_config
 from ..model.detr import build_model
 from ..model.losses import SetCriterion
@@ -78,6 +78,26 @@ def read_training_checkpoint(path) -> dict:
 
 
 RUN_FILES = ("checkpoint.pth", "last.pth", "best.pth", "history.json", "settings.json", "training_curve.png")
+
+
+def config_changes(trained_as: dict, cfg) -> list:
+    """Where `cfg` (network and input; not weights or post-processing) differs from the config a run trained
+    with, as 'key old -> new': a run names its config, and a YAML edited under the same name (street_lite0's
+    input normalization, 2026-12-04) would otherwise be resumed as another network without a word."""
+    from ..inference.cache_key import NOT_IN_GRAPH
+    from ..model.config import ModelConfig
+    # keys added since take their defaults; post-processing is left out (a value refused today must not matter)
+    before = ModelConfig.from_dict({k: v for k, v in trained_as.items() if k not in NOT_IN_GRAPH}).to_dict()
+    now = cfg.to_dict()
+    changes = []
+    for key in (k for k in now if k not in NOT_IN_GRAPH and before.get(k) != now[k]):
+        old, new = before.get(key), now[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += [f"{key}.{k} {old.get(k)} -> {new.get(k)}" for k in new if old.get(k) != new.get(k)]
+        else:
+            changes.append(f"{key} {old} -> {new}")
+    return changes
+
 
 
 def check_run_folder(out: Path, data, resume: bool, overwrite: bool, init=None) -> None:
@@ -342,6 +362,15 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 changed = ", ".join(f"{k} {before.get(k)} -> {settings[k]}" for k in settings if before.get(k) != settings[k])
                 raise ValueError(f"--resume with other settings than {ckpt_path} was trained with ({changed}); "
                                  f"resume with the same ones or train into another --out")
+            # checkpoints keep the config since 2026-12-04; a run from before has it in its last.pth
+            trained_as = state.get("model_config")
+            if trained_as is None and (out / "last.pth").is_file():
+                trained_as = read_state_dict(out / "last.pth")[2]
+            changed = config_changes(trained_as, cfg) if trained_as else []
+            if changed:
+                raise ValueError(f"--resume with model config '{cfg.name}' changed since {ckpt_path} was trained "
+                                 f"({', '.join(changed)}); resume with the config it trained with or train into "
+                                 f"another --out")
             model.load_state_dict(state["model"])
             if aux is not None:
                 aux.load_state_dict(state["semantic_aux"])
@@ -396,7 +425,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
                             "best_pq": best_pq, "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                            "settings": settings, **({"ema": average.state_dict()} if average else {}),
+                            "settings": settings, "model_config": cfg.to_dict(),
+                            **({"ema": average.state_dict()} if average else {}),
                             **({"semantic_aux": aux.state_dict()} if aux is not None else {})},
                            tmp)
             write_json(history, out / "history.json", indent=1)  # through a .partial name, as every output
