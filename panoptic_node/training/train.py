@@ -99,7 +99,6 @@ def config_changes(trained_as: dict, cfg) -> list:
     return changes
 
 
-
 def check_run_folder(out: Path, data, resume: bool, overwrite: bool, init=None) -> None:
     """Refuse, in one line, a --out whose files this run would replace without being asked: another
     run's weights are hours of work. --resume continues a run from its checkpoint.pth; --overwrite
