@@ -538,6 +538,7 @@ def test_resume_with_its_config_edited_under_the_same_name_is_refused(tiny_setup
         said = f"(input.normalization {was} -> {edited['input']['normalization']}); resume with the config it"
         with pytest.raises(ValueError, match=re.escape(said)):
             train(str(cfg), data, str(out), epochs=2, resume=True, **args)
+        assert (out / "checkpoint.pth").read_bytes() == before
         state = torch.load(out / "checkpoint.pth", weights_only=False)
         del state["model_config"]  # as a checkpoint written before 2026-12-04: last.pth still tells
         torch.save(state, out / "checkpoint.pth")
