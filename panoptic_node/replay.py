@@ -486,10 +486,11 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                 note = off_scale.first(*rgb.shape[:2])
                 if note:
                     bar.write(f"warning: {note}")
+                # the ego mask also keeps the car out of where `normalization: frame` measures the light
                 if workers is None:
-                    handle_message(m, rgb, pipeline(rgb))
+                    handle_message(m, rgb, pipeline(rgb, keep_of.get(m.topic)))
                 else:
-                    workers.submit(rgb, (m, rgb))
+                    workers.submit(rgb, (m, rgb), keep_of.get(m.topic))
             elif workers is None:
                 handle_message(m)
             else:  # behind the frames in flight, so that every message is handled in the bag's order
