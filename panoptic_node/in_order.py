@@ -68,17 +68,16 @@ class PipelinesInOrder:
         then read as false, and `if pool:` skip them.)"""
         return self._frames
 
-    def _infer(self, rgb, keep):
+    def _infer(self, rgb):
         pipeline = self._free.get()
         try:
-            return pipeline(rgb, keep)
+            return pipeline(rgb)
         finally:
             self._free.put(pipeline)
 
-    def submit(self, rgb, item: Any, keep=None) -> None:
-        """Start inferring `rgb` (`keep`: its camera's ego mask, if any); `item` (the caller's own record of the
-        frame) comes back with its result."""
-        self._queue.append((item, self._pool.submit(self._infer, rgb, keep), True))
+    def submit(self, rgb, item: Any) -> None:
+        """Start inferring `rgb`; `item` (the caller's own record of the frame) comes back with its result."""
+        self._queue.append((item, self._pool.submit(self._infer, rgb), True))
         self._frames += 1
 
     def pass_through(self, item: Any) -> None:

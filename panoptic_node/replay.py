@@ -486,11 +486,10 @@ def replay(pipeline, bag, out_bag=None, image_topic: Union[None, str, Sequence[s
                 note = off_scale.first(*rgb.shape[:2])
                 if note:
                     bar.write(f"warning: {note}")
-                # the ego mask also keeps the car out of where `normalization: frame` measures the light
                 if workers is None:
-                    handle_message(m, rgb, pipeline(rgb, keep_of.get(m.topic)))
+                    handle_message(m, rgb, pipeline(rgb))
                 else:
-                    workers.submit(rgb, (m, rgb), keep_of.get(m.topic))
+                    workers.submit(rgb, (m, rgb))
             elif workers is None:
                 handle_message(m)
             else:  # behind the frames in flight, so that every message is handled in the bag's order

@@ -14,15 +14,14 @@ from panoptic_node.model.detr import build_model
 from conftest import compact_config
 
 
-def tiny_model_yaml(folder=None, **overrides) -> str:
+def tiny_model_yaml(folder=None) -> str:
     """The compact model's YAML config path, its checkpoint beside it, in `folder`; without one, in a temporary
-    folder this process removes when it exits (13 MB a call: the suite left gigabytes in /tmp before).
-    overrides: config fields of another variant (compact_config's)."""
+    folder this process removes when it exits (13 MB a call: the suite left gigabytes in /tmp before)."""
     if folder is None:
         folder = tempfile.mkdtemp(prefix="panoptic_launch_")
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
     d = Path(folder)
-    cfg = compact_config(**overrides)
+    cfg = compact_config()
     torch.manual_seed(0)
     save_checkpoint(build_model(cfg, pretrained_backbone=True), d / "tiny.pth")
     data = asdict(cfg)

@@ -389,9 +389,9 @@ def test_inference_workers_replay_a_bag_as_one_pipeline_does(tiny_pipeline, tiny
     assert capped.frames == 4  # frames in flight count towards --max-frames
 
     class Slow(Pipeline):  # frames still in flight when the ground truth after them is read
-        def __call__(self, rgb, keep=None):
+        def __call__(self, rgb):
             time.sleep(0.05)
-            return super().__call__(rgb, keep)
+            return super().__call__(rgb)
 
     slow = [Pipeline.from_config(tiny_model_yaml) for _ in range(2)]
     for pipeline in slow:
@@ -954,11 +954,11 @@ class _InterruptedAt:
         self.__dict__.update(vars(pipeline))
         self._pipeline, self._at, self._calls = pipeline, at, 0
 
-    def __call__(self, rgb, keep=None):
+    def __call__(self, rgb):
         self._calls += 1
         if self._calls == self._at:
             raise KeyboardInterrupt
-        return self._pipeline(rgb, keep)
+        return self._pipeline(rgb)
 
 
 def test_cityscapes_fixture(tmp_path, rng):
@@ -1360,33 +1360,6 @@ def test_replay_applies_ego_masks_to_outputs_and_leaves_the_bonnet_unscored(tiny
     assert main(["replay", str(gt), "--model", str(tiny_model_yaml), "--out", str(tmp_path / "p2"),
                  "--ego-masks", str(tmp_path / "nowhere")]) == 2
     assert "ego mask folder" in capsys.readouterr().err and not (tmp_path / "p2").exists()
-
-
-def test_replay_gives_every_frame_its_cameras_ego_mask_with_one_worker_or_several(tiny_model_yaml, tmp_path):
-    """The mask also says where the car is to the pipeline itself (a frame-normalised model measures a frame's
-    light on the street only: preprocess), whether frames run in the loop or on inference workers."""
-    from panoptic_node.inference.pipeline import Pipeline
-
-    class Recording(Pipeline):
-        def __call__(self, rgb, keep=None):
-            self.keeps.append(keep)
-            return super().__call__(rgb, keep)
-
-    gt = _frames_bag(tmp_path / "gt", [np.full((20, 20), 3)] * 3)
-    keep = np.full((20, 20), 255, np.uint8)
-    keep[12:] = 0
-    (tmp_path / "masks").mkdir()
-    Image.fromarray(keep).save(tmp_path / "masks" / "camera.png")
-    for workers in (1, 2):
-        pipelines = [Pipeline.from_config(tiny_model_yaml) for _ in range(workers)]
-        for p in pipelines:
-            p.__class__, p.keeps = Recording, []
-        replay(pipelines[0], gt, log=lambda *_: None, ego_masks=tmp_path / "masks", more_pipelines=pipelines[1:])
-        given = [k for p in pipelines for k in p.keeps]
-        assert len(given) == 3 and all(k is not None and np.array_equal(k, keep > 0) for k in given), workers
-    pipelines[0].keeps = []
-    replay(pipelines[0], gt, log=lambda *_: None)
-    assert pipelines[0].keeps == [None] * 3  # no masks: none given
 
 
 def test_label_set_of_an_unknown_class_map(tmp_path):

@@ -726,35 +726,6 @@ def test_an_ego_mask_makes_the_car_itself_void_in_every_output(graph, start, rng
     c.close()
 
 
-def test_an_ego_mask_keeps_the_car_out_of_where_a_frame_is_measured(graph, start, rng, tmp_path):
-    """A model that normalises each frame by its own light (`normalization: frame`) measures it on the street,
-    not on a bright bonnet: the node's detections score as the pipeline given the mask does, not as without."""
-    from panoptic_node.inference.ego_mask import apply_ego_mask
-    from panoptic_node.inference.pipeline import Pipeline
-    from panoptic_node.model.config import InputConfig
-    from panoptic_node.taxonomy import get_taxonomy
-    frame_model = tiny_model_yaml(tmp_path / "frame", input=InputConfig(96, 128, 32, "frame"))
-    ns = f"/t{uuid.uuid4().hex[:6]}/front"
-    keep = np.full((48, 64), 255, np.uint8)
-    keep[24:] = 0
-    PILImage.fromarray(keep).save(tmp_path / f"{ns.strip('/').replace('/', '_')}.png")
-    rgb = rgb_frame(rng)
-    rgb[24:] = 255  # a white bonnet over the lower half
-    pipeline, thing_lut = Pipeline.from_config(frame_model), get_taxonomy("camvid").thing_lut
-    scores = {k: sorted(round(s.score, 4) for s in apply_ego_mask(pipeline(rgb, m), keep > 0, thing_lut).segments
-                        if s.is_thing) for k, m in (("masked", keep > 0), ("whole", None))}
-    assert scores["masked"] and scores["masked"] != scores["whole"]  # the frame tells the two apart
-    node = start([ns], max_age_ms=0, ego_mask_dir=str(tmp_path), model=frame_model)
-    dets = f"{ns}/panoptic/detections"
-    c = Collector(graph, {dets: Detection2DArray})
-    pub = graph.create_publisher(Image, f"{ns}/image", 10)
-    assert c.spin_until(lambda g: g[dets], publish=lambda: pub.publish(image_msg(rgb, now(graph), "f")))
-    got = sorted(d.results[0].hypothesis.score for d in c.got[dets][0].detections)
-    assert got == pytest.approx(scores["masked"], abs=2e-4), (got, scores)
-    assert node.proc.poll() is None
-    c.close()
-
-
 def test_a_panorama_camera_is_named_once_and_still_served(graph, start, rng):
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
     node = start([ns], max_age_ms=0)

@@ -981,7 +981,7 @@ def test_frames_given_to_several_pipelines_come_back_in_the_order_given():
         def __init__(self):
             self.ran = []
 
-        def __call__(self, frame, keep=None):
+        def __call__(self, frame):
             self.ran.append(frame)
             if frame == 99:
                 raise RuntimeError("the runtime failed")

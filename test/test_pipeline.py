@@ -222,39 +222,6 @@ def test_frame_normalization_is_each_frames_own_mean_and_spread():
     assert not t[0, :, :, 40:].any()
 
 
-def test_frame_normalization_measures_the_light_where_the_ego_mask_keeps_the_street():
-    """A bonnet in view (the camera's ego mask, 0 there) is left out of the frame's mean and spread: the street is
-    normalised the same whatever the bonnet's colour, by the kept pixels' own statistics; the fixed input ignores
-    the mask; a mask drawn at another size is scaled as the frame is."""
-    from panoptic_node.inference.preprocess import FRAME_STD, preprocess
-    from panoptic_node.model.config import InputConfig
-    rng = np.random.default_rng(3)
-    street = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
-    keep = np.ones((32, 40), bool)
-    keep[24:] = False  # the bottom quarter is the car's own bonnet
-    x = street[:24].astype(np.float64)
-    want = (x - x.mean()) / x.std() * FRAME_STD  # the kept pixels, normalised by their statistics alone
-    frame = InputConfig(32, 40, 32, "frame")
-    tensors = []
-    for bonnet in (0, 255):
-        rgb = street.copy()
-        rgb[24:] = bonnet
-        t = preprocess(rgb, frame, keep=keep)[0][0].permute(1, 2, 0).numpy()
-        assert np.allclose(t[:24, :40], want, atol=1e-5)
-        tensors.append(t)
-        whole = preprocess(rgb, frame)[0][0].permute(1, 2, 0).numpy()
-        assert not np.allclose(whole[:24, :40], want, atol=1e-2)  # without the mask the bonnet moves the street
-        assert np.array_equal(preprocess(rgb, InputConfig(32, 40, 32, "tf"), keep=keep)[0],
-                              preprocess(rgb, InputConfig(32, 40, 32, "tf"))[0])
-    assert np.array_equal(tensors[0][:24], tensors[1][:24])
-    big = np.repeat(np.repeat(street, 2, 0), 2, 1)  # an 80x64 camera, resized to the model's 40x32
-    big[48:] = 255
-    for mask, measured in ((np.repeat(np.repeat(keep, 2, 0), 2, 1), True), (keep, True), (None, False)):
-        t = preprocess(big, frame, keep=mask)[0][0].permute(1, 2, 0).numpy()
-        kept = t[:24, :40].astype(np.float64)  # the street, at the resized frame's size
-        assert (abs(kept.mean()) < 1e-4 and abs(kept.std() - FRAME_STD) < 1e-4) == measured
-
-
 def test_frames_far_from_the_learned_scale_are_named_once_per_size():
     from panoptic_node.inference.preprocess import OffScaleNotes, off_scale
     from panoptic_node.model.config import InputConfig

@@ -183,7 +183,7 @@ class ScriptedPipeline:
     def __getattr__(self, name):
         return getattr(self.real, name)
 
-    def __call__(self, rgb, keep=None):
+    def __call__(self, rgb):
         t, self.t = self.t, self.t + 1
         objects = [(CAR, 2 + t, 10, 22 + t, 30), (PERSON, 50 - t, 5, 58 - t, 40)]
         ids = np.ones(rgb.shape[:2], np.int32)

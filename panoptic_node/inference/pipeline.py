@@ -62,9 +62,8 @@ class Pipeline:
             pipeline.weights_id = weights_identity(pipeline.weights_path)
         return pipeline
 
-    def __call__(self, rgb: np.ndarray, keep: Optional[np.ndarray] = None) -> PanopticResult:
-        """keep: the camera's ego mask, if any (preprocess: where a frame's light is measured)."""
-        return self.run_batch([rgb], [keep])[0]
+    def __call__(self, rgb: np.ndarray) -> PanopticResult:
+        return self.run_batch([rgb])[0]
 
     def _masks_to_decide(self, mask_logits, geom, scores):
         """What merge_panoptic decides from: on a CPU the low-resolution logits, cell by cell
@@ -95,31 +94,26 @@ class Pipeline:
                 self._warned_scale = True
                 return
 
-    def run_batch(self, frames: List[np.ndarray], keeps: Optional[List] = None) -> List[PanopticResult]:
-        """Several frames (e.g. several cameras) in one network call when their padded sizes agree; keeps:
-        each frame's ego mask or None (preprocess)."""
-        return [self.decide(detected) for detected in self.detect_batch(frames, keeps)]
+    def run_batch(self, frames: List[np.ndarray]) -> List[PanopticResult]:
+        """Several frames (e.g. several cameras) in one network call when their padded sizes agree."""
+        return [self.decide(detected) for detected in self.detect_batch(frames)]
 
-    def detect_batch(self, frames: List[np.ndarray], keeps: Optional[List] = None) -> List["Detected"]:
+    def detect_batch(self, frames: List[np.ndarray]) -> List["Detected"]:
         """The network's half of run_batch: each frame's kept queries and their low-resolution masks. The
         other half, decide(), needs no network: with overlap_postprocessing the node runs it for one frame
         while the network runs the next."""
-        keeps = [None] * len(frames) if keeps is None else list(keeps)
-        if len(keeps) != len(frames):
-            raise ValueError(f"{len(keeps)} ego masks for {len(frames)} frames; expected one (or None) per frame")
         limit = self.backend.max_batch
         if limit and len(frames) > limit:  # a static-batch graph: in slices it takes
-            return [d for i in range(0, len(frames), limit)
-                    for d in self.detect_batch(frames[i:i + limit], keeps[i:i + limit])]
+            return [d for i in range(0, len(frames), limit) for d in self.detect_batch(frames[i:i + limit])]
         t0 = time.perf_counter()
         # static-shape backends (an exported graph) take one fixed canvas
         fixed = getattr(self.backend, "size", None)
-        prepared = [preprocess(f, self.cfg.input, fixed_size=fixed, keep=k) for f, k in zip(frames, keeps)]
+        prepared = [preprocess(f, self.cfg.input, fixed_size=fixed) for f in frames]
         if fixed is not None:
             self._warn_if_scaled_down(prepared, fixed)
         shapes = {p[0].shape for p in prepared}
         if len(shapes) > 1:  # different sizes: one call each
-            return [d for f, k in zip(frames, keeps) for d in self.detect_batch([f], [k])]
+            return [d for f in frames for d in self.detect_batch([f])]
         images = torch.cat([p[0] for p in prepared])
         masks = torch.cat([p[1] for p in prepared])
         t1 = time.perf_counter()

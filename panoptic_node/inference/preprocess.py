@@ -7,7 +7,6 @@ import torch
 from PIL import Image
 
 from ..model.config import InputConfig
-from .ego_mask import fitted
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -107,13 +106,10 @@ def normalize(rgb: np.ndarray, mode: str, valid: np.ndarray = None) -> np.ndarra
     return (x - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def preprocess(image: np.ndarray, cfg: InputConfig, fixed_size: Tuple[int, int] = None, keep: np.ndarray = None):
+def preprocess(image: np.ndarray, cfg: InputConfig, fixed_size: Tuple[int, int] = None):
     """Returns (tensor 1 x 3 x Hp x Wp, pad mask 1 x Hp x Wp bool, Geometry).
 
     fixed_size pads to that canvas instead (static-shape backends such as an exported ONNX graph).
-    keep: the camera's ego mask (H x W bool, False on the car itself, any size: scaled as the frame is);
-    `normalization: frame` takes its statistics from the kept pixels only, so a bonnet in view does not
-    darken or brighten the street (the pixels themselves still reach the network, as they always did).
     """
     check_rgb(image)
     h, w = image.shape[:2]
@@ -129,8 +125,7 @@ def preprocess(image: np.ndarray, cfg: InputConfig, fixed_size: Tuple[int, int] 
         d = max(1, cfg.size_divisibility)
         ph, pw = -(-rh // d) * d, -(-rw // d) * d
     canvas = np.zeros((3, ph, pw), np.float32)  # channels first, written once
-    valid = fitted(keep, rh, rw) if keep is not None and cfg.normalization == "frame" else None
-    canvas[:, :rh, :rw] = normalize(resized, cfg.normalization, valid).transpose(2, 0, 1)
+    canvas[:, :rh, :rw] = normalize(resized, cfg.normalization).transpose(2, 0, 1)
     mask = np.ones((ph, pw), bool)
     mask[:rh, :rw] = False
     return torch.from_numpy(canvas)[None], torch.from_numpy(mask)[None], Geometry(h, w, rh, rw, ph, pw)

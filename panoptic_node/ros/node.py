@@ -633,11 +633,9 @@ class PanopticNode(LifecycleNode):
     def _detect(self, pipeline, frames):
         """The network's half of each frame (Pipeline.detect_batch); None when it failed (said and counted)."""
         try:
-            # ego masks: the car is left out of where `normalization: frame` measures a frame's light too
-            keeps = [self.ego_masks.get(cam) for cam, _, _ in frames]
             if self.params["batch_cameras"]:
-                return pipeline.detect_batch([rgb for _, _, rgb in frames], keeps)
-            return [d for (_, _, rgb), keep in zip(frames, keeps) for d in pipeline.detect_batch([rgb], [keep])]
+                return pipeline.detect_batch([rgb for _, _, rgb in frames])
+            return [d for _, _, rgb in frames for d in pipeline.detect_batch([rgb])]
         except Exception as e:  # keep serving the next frames; say what failed (log and /diagnostics)
             self._inference_failed(e)
             return None
