@@ -17,8 +17,7 @@ from torch import nn
 
 from .atomic import atomic_path
 from .errors import first_line
-from .inference.cache_key import NOT_IN_GRAPH
-from .model.config import ModelConfig
+from .model.config import ModelConfig, network_changes, network_config
 from .onnx_passes import fold_pads_into_convs
 
 OPSET = 17
@@ -113,11 +112,9 @@ def read_metadata(path) -> dict:
 
 
 def graph_config(meta: dict) -> ModelConfig:
-    """The network's config a graph was exported from, read as a config: a key added since it was exported
-    takes its default, what the graph was made with. The post-processing recorded with it is left out: it
-    is not in the graph, and a value refused today (a NaN threshold from a probe) must not make the graph
-    unusable."""
-    return ModelConfig.from_dict({k: v for k, v in meta["config"].items() if k not in NOT_IN_GRAPH})
+    """The network's config a graph was exported from (model.config.network_config: its post-processing left
+    out, keys added since at their defaults)."""
+    return network_config(meta["config"])
 
 
 def open_exported(path, expected_config=None) -> Tuple[dict, Path]:
@@ -132,8 +129,7 @@ def open_exported(path, expected_config=None) -> Tuple[dict, Path]:
     if not masks.is_file():
         raise FileNotFoundError(f"mask-head graph '{masks}' is missing beside '{path}'; re-run `panoptic-node export`")
     if expected_config is not None:
-        want, got = expected_config.to_dict(), graph_config(meta).to_dict()
-        diff = sorted(k for k in want if k not in NOT_IN_GRAPH and want[k] != got[k])
+        diff = network_changes(graph_config(meta), expected_config)
         if diff:
             raise ValueError(f"ONNX file '{path}' was exported from another model (differs in {', '.join(diff)}); "
                              f"re-export it for model '{expected_config.name}'")

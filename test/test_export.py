@@ -127,7 +127,7 @@ def test_a_graph_exported_before_a_config_key_existed_has_that_key_s_default(exp
     assert open_exported(old, cfg)[0]["config"].get("fpn_smooth") is None
     if cfg.mask_head == "dot_product":
         import dataclasses
-        with pytest.raises(ValueError, match=r"differs in fpn_smooth\)"):
+        with pytest.raises(ValueError, match=r"differs in fpn_smooth full -> separable\)"):
             open_exported(old, dataclasses.replace(cfg, fpn_smooth="separable"))
 
 

@@ -4,6 +4,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..model.config import NOT_IN_NETWORK
+
 
 def file_sha256(path) -> str:
     h = hashlib.sha256()
@@ -26,15 +28,12 @@ def weights_identity(path) -> str:
     return f"{Path(path).name}, sha256 {short_sha256(path)}"
 
 
-# not in a graph or an engine: the weights' path (their bytes are hashed) and the post-processing,
-# which runs on the graph's outputs (a new threshold or split_things must not export the graph again)
-NOT_IN_GRAPH = ("weights", "postprocess")
-
-
 def model_source_sha256(weights, cfg, part: str) -> str:
     """Identity of one part made from a model: the weights file's bytes, the network's config, the part name."""
     h = hashlib.sha256()
     h.update(file_sha256(weights).encode())
-    h.update(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_GRAPH}, sort_keys=True).encode())
+    # not the weights' path (their bytes are hashed) nor the post-processing, which runs on the graph's outputs
+    # (a new threshold or split_things must not export the graph again)
+    h.update(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_NETWORK}, sort_keys=True).encode())
     h.update(part.encode())
     return h.hexdigest()

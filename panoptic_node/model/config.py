@@ -133,6 +133,32 @@ class ModelConfig:
         return d
 
 
+# the parts of a config that are not the network and its input: the file its weights are in, and the
+# post-processing, which runs after the network (a graph or a run can change it without being made again)
+NOT_IN_NETWORK = ("weights", "postprocess")
+
+
+def network_config(stored: dict) -> ModelConfig:
+    """The network and input a config stored with weights or a graph describes: a key added since takes its
+    default, which is what they were made with; the post-processing is left out, so that a value refused today
+    (a NaN threshold from a probe) does not make the file unusable."""
+    return ModelConfig.from_dict({k: v for k, v in stored.items() if k not in NOT_IN_NETWORK})
+
+
+def network_changes(before: ModelConfig, now: ModelConfig) -> list:
+    """Where `now`'s network and input differ from `before`'s, as 'key old -> new' (a nested key by its path:
+    'input.normalization tf -> frame'); [] when they are the same network."""
+    old_dict, new_dict = before.to_dict(), now.to_dict()
+    changes = []
+    for key in (k for k in new_dict if k not in NOT_IN_NETWORK and old_dict.get(k) != new_dict[k]):
+        old, new = old_dict.get(key), new_dict[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += [f"{key}.{k} {old.get(k)} -> {new.get(k)}" for k in new if old.get(k) != new.get(k)]
+        else:
+            changes.append(f"{key} {old} -> {new}")
+    return changes
+
+
 def config_of_checkpoint(path: Path) -> ModelConfig:
     """The config our checkpoints carry (train / save_checkpoint write it), with the checkpoint as its
     weights: `--model runs/x/last.pth` runs a model trained from any config, its YAML not needed."""

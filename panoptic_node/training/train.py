@@ -84,19 +84,8 @@ def config_changes(trained_as: dict, cfg) -> list:
     """Where `cfg` (network and input; not weights or post-processing) differs from the config a run trained
     with, as 'key old -> new': a run names its config, and a YAML edited under the same name (street_lite0's
     input normalization, 2026-12-04) would otherwise be resumed as another network without a word."""
-    from ..inference.cache_key import NOT_IN_GRAPH
-    from ..model.config import ModelConfig
-    # keys added since take their defaults; post-processing is left out (a value refused today must not matter)
-    before = ModelConfig.from_dict({k: v for k, v in trained_as.items() if k not in NOT_IN_GRAPH}).to_dict()
-    now = cfg.to_dict()
-    changes = []
-    for key in (k for k in now if k not in NOT_IN_GRAPH and before.get(k) != now[k]):
-        old, new = before.get(key), now[key]
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += [f"{key}.{k} {old.get(k)} -> {new.get(k)}" for k in new if old.get(k) != new.get(k)]
-        else:
-            changes.append(f"{key} {old} -> {new}")
-    return changes
+    from ..model.config import network_changes, network_config
+    return network_changes(network_config(trained_as), cfg)
 
 
 def check_run_folder(out: Path, data, resume: bool, overwrite: bool, init=None) -> None:
