@@ -222,6 +222,32 @@ def test_frame_normalization_is_each_frames_own_mean_and_spread():
     assert not t[0, :, :, 40:].any()
 
 
+def test_white_balanced_frame_normalization_takes_a_colour_cast_out():
+    """`frame_wb`: each channel times the frame's grey mean over its own (grey world), then `frame`; checked
+    against that computed directly, a dusk-blue cast of the same street normalises to the same frame, the gains
+    stop at 1.5 either way on a frame of one colour, and training's padding is left out of the statistics."""
+    from panoptic_node.inference.preprocess import FRAME_STD, WB_LIMIT, normalize
+    rgb = np.random.default_rng(5).integers(20, 200, (24, 30, 3)).astype(np.uint8)
+    x = rgb.astype(np.float64)
+    balanced = x * (x.mean() / x.reshape(-1, 3).mean(0))
+    want = (balanced - balanced.mean()) / balanced.std() * FRAME_STD
+    assert np.allclose(normalize(rgb, "frame_wb"), want, atol=1e-5)
+    assert not np.allclose(normalize(rgb, "frame"), want, atol=1e-2)  # `frame` keeps the frame's colours
+    blue = rgb.copy()
+    blue[..., 0] = rgb[..., 0].astype(int) * 3 // 4  # the red channel at 3/4: the cast of a dusk street (0.88), and rounded
+    assert np.abs(normalize(blue, "frame_wb") - want).max() < 0.05
+    assert np.abs(normalize(blue, "frame") - normalize(rgb, "frame")).max() > 0.3
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0], red[..., 1:] = 200, 40  # a red bus filling the view: the gains stop at the limit
+    r = red.astype(np.float64) * np.array([1 / WB_LIMIT, WB_LIMIT, WB_LIMIT])
+    assert np.allclose(normalize(red, "frame_wb"), (r - r.mean()) / r.std() * FRAME_STD, atol=1e-5)
+    padded = np.zeros((30, 30, 3), np.uint8)
+    padded[:24] = rgb
+    valid = np.zeros((30, 30), bool)
+    valid[:24] = True
+    assert np.allclose(normalize(padded, "frame_wb", valid)[:24], want, atol=1e-5)
+
+
 def test_frames_far_from_the_learned_scale_are_named_once_per_size():
     from panoptic_node.inference.preprocess import OffScaleNotes, off_scale
     from panoptic_node.model.config import InputConfig

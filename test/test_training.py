@@ -166,9 +166,10 @@ def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     assert float(after) < float(before.detach())
 
 
-def test_frame_normalized_batch_takes_its_light_from_the_frame_not_the_padding():
-    """Scaled to half, a frame fills a quarter of the crop; the `frame` statistics come from that quarter,
-    so the frame's pixels have mean 0 and spread 0.6 whatever black padding surrounds them."""
+@pytest.mark.parametrize("normalization", ["frame", "frame_wb"])
+def test_frame_normalized_batch_takes_its_light_from_the_frame_not_the_padding(normalization):
+    """Scaled to half, a frame fills a quarter of the crop; the `frame` (and `frame_wb`) statistics come from that
+    quarter, so the frame's pixels have mean 0 and spread 0.6 whatever black padding surrounds them."""
     from panoptic_node.inference.preprocess import FRAME_STD
     from panoptic_node.taxonomy import get_taxonomy
     from panoptic_node.training.data import Sample
@@ -176,7 +177,7 @@ def test_frame_normalized_batch_takes_its_light_from_the_frame_not_the_padding()
     r = np.random.default_rng(9)
     samples = [Sample(f"f{i}", r.integers(1, 256, (64, 96, 3)).astype(np.uint8) // (i + 1),
                       np.full((64, 96), 3, np.uint8), np.zeros((64, 96), np.int32)) for i in range(2)]
-    images, _, _ = make_batch(samples, np.random.default_rng(0), (64, 96), "frame",
+    images, _, _ = make_batch(samples, np.random.default_rng(0), (64, 96), normalization,
                               get_taxonomy("camvid").thing_lut, scale=(0.5, 0.5), colour="none")
     for image in images:
         left, right = image[:, :32, :48], image[:, :32, 48:]

@@ -90,16 +90,41 @@ def grey_level_stats(values: np.ndarray) -> Tuple[float, float]:
     return mean, float(np.sqrt(max(float(counts @ (_LEVELS * _LEVELS)) / n - mean * mean, 0.0)))
 
 
+# `frame_wb`: the grey-world gains are kept within this factor of 1, so that a frame of one colour (a red bus
+# filling the view) is not turned grey
+WB_LIMIT = 1.5
+
+
+def white_balanced_stats(values: np.ndarray) -> Tuple[np.ndarray, float, float]:
+    """Grey-world white balance of `values` (N x 3 uint8), as a camera's automatic white balance would: per-channel
+    gains (3,) that give each channel the mean of all three (dusk's blue cast taken out), and the mean and standard
+    deviation of all three channels after them, exactly, from each channel's histogram."""
+    if not values.size:
+        return np.ones(3), 127.0, 64.0
+    counts = np.stack([np.bincount(values[..., c].ravel(), minlength=256) for c in range(3)]).astype(np.float64)
+    n = counts[0].sum()
+    means = counts @ _LEVELS / n
+    gains = np.clip(means.mean() / np.maximum(means, 1.0), 1 / WB_LIMIT, WB_LIMIT)
+    levels = _LEVELS[None] * gains[:, None]  # each channel's levels after its gain
+    mean = float((counts * levels).sum()) / (3 * n)
+    return gains, mean, float(np.sqrt(max(float((counts * levels * levels).sum()) / (3 * n) - mean * mean, 0.0)))
+
+
 def normalize(rgb: np.ndarray, mode: str, valid: np.ndarray = None) -> np.ndarray:
-    """`valid` (H x W bool): the pixels `frame` takes its statistics from (training crops padded past the
-    frame leave the padding out); all of them when None."""
+    """`valid` (H x W bool): the pixels `frame` / `frame_wb` take their statistics from (training crops padded
+    past the frame leave the padding out); all of them when None."""
     x = rgb.astype(np.float32)
     if mode == "tf":  # EfficientNet-Lite was trained on (x - 127) / 128 (in place: times 1/128 is exact)
         x -= 127.0
         x *= 1.0 / 128.0
         return x
-    if mode == "frame":  # as an auto-exposure would: each frame to mean 0, one spread, whatever its light
-        mean, std = grey_level_stats(rgb if valid is None else rgb[valid])
+    if mode in ("frame", "frame_wb"):  # as an auto-exposure would: each frame to mean 0, one spread, whatever its light
+        pixels = rgb if valid is None else rgb[valid]
+        if mode == "frame_wb":  # and as an automatic white balance would, first
+            gains, mean, std = white_balanced_stats(pixels)
+            x *= gains.astype(np.float32)
+        else:
+            mean, std = grey_level_stats(pixels)
         x -= mean
         x *= FRAME_STD / max(std, 1.0)  # a flat frame is not blown up into noise
         return x

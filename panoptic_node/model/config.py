@@ -44,6 +44,7 @@ class InputConfig:
     max_size: int = 1333             # ... unless the long side would exceed this
     size_divisibility: int = 32      # pad to a multiple of this (a fixed size keeps exports static)
     # imagenet (mean/std) | tf ((x - 127) / 128, EfficientNet-Lite) | frame (each frame's own mean and spread)
+    # | frame_wb (frame, after a grey-world white balance: each channel given the frame's grey mean)
     normalization: str = "imagenet"
 
     @property

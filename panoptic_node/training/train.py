@@ -109,7 +109,7 @@ def check_run_folder(out: Path, data, resume: bool, overwrite: bool, init=None) 
 def frame_pixels(sample, normalization):
     """The pixels of an augmented crop that come from its frame, for the `frame` normalization's statistics: a
     crop padded past its scaled frame is black and void there (elsewhere, None: every pixel)."""
-    return (sample.semantic != VOID) | sample.rgb.any(-1) if normalization == "frame" else None
+    return (sample.semantic != VOID) | sample.rgb.any(-1) if normalization in ("frame", "frame_wb") else None
 
 
 def make_batch(samples, rng, crop, normalization, thing_lut, scale=(0.75, 1.5), colour="basic",
