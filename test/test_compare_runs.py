@@ -127,6 +127,48 @@ def test_an_archived_run_keeps_its_recipe_in_settings_json(tmp_path):
             load_run(kept)
 
 
+def archived_with_network(folder, normalization):
+    """An archived run as train writes it since runs record their network (settings.json, no checkpoint)."""
+    from panoptic_node.model.config import load_config
+    from panoptic_node.training.train import run_record
+    cfg = load_config("street_lite0")
+    cfg.input.normalization = normalization
+    settings = torch.load(folder / "checkpoint.pth", weights_only=True)["settings"]
+    (folder / "checkpoint.pth").unlink()
+    (folder / "settings.json").write_text(json.dumps(run_record(settings, cfg)))
+    return load_run(folder)
+
+
+def test_runs_of_one_config_name_but_other_networks_are_other_recipes(tmp_path):
+    """`street_lite0` named the fixed input until 2026-12-04 and the frame normalisation since: runs record
+    their network, so two such runs are not pooled as seeds of one recipe, and the recipe column says why."""
+    fixed = archived_with_network(make_run(tmp_path / "fixed", 0.48, 0.30), "tf")
+    frame = archived_with_network(make_run(tmp_path / "frame", 0.50, 0.33, {"seed": 1}), "frame")
+    assert recipe_difference(frame, fixed) == "network.input.normalization frame, seed 1"
+    assert [len(p.members) for p in pool_seeds([fixed, frame])] == [1, 1]
+    # one of the same network is a seed of the first recipe
+    again = archived_with_network(make_run(tmp_path / "fixed_s1", 0.47, 0.29, {"seed": 1}), "tf")
+    assert recipe_difference(again, fixed) == "seed 1"
+    assert [len(p.members) for p in pool_seeds([fixed, again])] == [2]
+    # a run from before networks were recorded is not taken for either
+    older = load_run(make_run(tmp_path / "older", 0.48, 0.30))
+    assert recipe_difference(older, fixed) == "network unrecorded"
+    assert recipe_difference(fixed, older) == "network unrecorded in the baseline"
+    assert [len(p.members) for p in pool_seeds([older, fixed])] == [1, 1]
+
+
+def test_a_checkpoint_with_its_config_gives_the_network(tmp_path):
+    """Runs whose settings.json is gone still know their network from the checkpoint's model config."""
+    from panoptic_node.model.config import load_config
+    folder = make_run(tmp_path / "r", 0.48, 0.30)
+    state = torch.load(folder / "checkpoint.pth", weights_only=True)
+    state["model_config"] = load_config("street_lite0").to_dict()
+    torch.save(state, folder / "checkpoint.pth")
+    run = load_run(folder)
+    assert run.settings["network"]["input"]["normalization"] == "frame"
+    assert run.full_settings()["network.mask_dim"] == 128 and "network.name" not in run.full_settings()
+
+
 def test_table_rows_hold_the_last_evaluation(tmp_path):
     base = load_run(make_run(tmp_path / "base", 0.482, 0.302))
     run = load_run(make_run(tmp_path / "ema", [0.40] * 11 + [0.497], 0.305, {"ema": 0.998}))

@@ -217,7 +217,14 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_setup):
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
     assert json.loads((tiny_setup / "b" / "history.json").read_text())[-1]["epoch"] == 2
     # the recipe beside the history, as the checkpoint records it (compare-runs reads it once checkpoints are gone)
-    assert json.loads((tiny_setup / "b" / "settings.json").read_text()) == b["settings"]
+    # and the network it trained, which a config's name alone does not say
+    from panoptic_node.model.config import load_config
+    from panoptic_node.training.train import run_record
+    recorded = json.loads((tiny_setup / "b" / "settings.json").read_text())
+    assert recorded == run_record(b["settings"], load_config(str(tiny_setup / "tiny.yaml")))
+    tiny = yaml.safe_load((tiny_setup / "tiny.yaml").read_text())
+    assert recorded["network"]["input"]["normalization"] == tiny["input"]["normalization"]
+    assert recorded["network"]["hidden_dim"] == tiny["hidden_dim"] and "name" not in recorded["network"]
 
 
 def test_cityscapes_folder_trains_through_the_same_interface(tmp_path, rng):

@@ -146,6 +146,12 @@ def network_config(stored: dict) -> ModelConfig:
     return ModelConfig.from_dict({k: v for k, v in stored.items() if k not in NOT_IN_NETWORK})
 
 
+def network_record(cfg: ModelConfig) -> dict:
+    """The network and its input as plain types, without the config's name: what a training run records of
+    the model it trained (a name alone does not say it: `street_lite0` changed its input on 2026-12-04)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_NETWORK + ("name",)}
+
+
 def network_changes(before: ModelConfig, now: ModelConfig) -> list:
     """Where `now`'s network and input differ from `before`'s, as 'key old -> new' (a nested key by its path:
     'input.normalization tf -> frame'); [] when they are the same network."""

@@ -27,6 +27,16 @@ class RunError(ValueError):
     pass
 
 
+UNRECORDED = "unrecorded"
+
+
+def _flat(d: dict, prefix: str) -> dict:
+    flat = {}
+    for k, v in d.items():
+        flat.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat
+
+
 @dataclass
 class Run:
     name: str
@@ -35,9 +45,14 @@ class Run:
     evaluations: list = field(default_factory=list)
 
     def full_settings(self) -> dict:
-        """The recorded settings, a setting the run predates filled in as it was then: off."""
+        """The recorded settings, a setting the run predates filled in as it was then: off; the network
+        one key per value ('network.input.normalization'), or 'network': 'unrecorded' for a run from before
+        runs recorded it (its config's name alone may stand for another network now)."""
         from .train import ADDED_SETTINGS
-        return {**ADDED_SETTINGS, **(self.settings or {})}
+        settings = {**ADDED_SETTINGS, **(self.settings or {})}
+        network = settings.pop("network", None)
+        settings.update(_flat(network, "network.") if network else {"network": UNRECORDED})
+        return settings
 
     @property
     def planned_epochs(self) -> Optional[int]:
@@ -149,7 +164,8 @@ def _read_json(path: Path, what: str):
 def _settings(folder: Path) -> Optional[dict]:
     """The run's recorded settings: settings.json, else its checkpoint's (runs from before settings.json);
     None when neither is there (a recipe nobody can tell any more)."""
-    from .train import read_training_checkpoint
+    from ..model.config import network_config
+    from .train import read_training_checkpoint, run_record
     path = folder / "settings.json"
     if path.is_file():
         settings = _read_json(path, "the settings")
@@ -157,7 +173,13 @@ def _settings(folder: Path) -> Optional[dict]:
             raise RunError(f"'{path}' is not a run's settings; expected a JSON object of option: value")
         return settings
     checkpoint = folder / "checkpoint.pth"
-    return read_training_checkpoint(checkpoint).get("settings") if checkpoint.is_file() else None
+    if not checkpoint.is_file():
+        return None
+    state = read_training_checkpoint(checkpoint)
+    settings, trained_as = state.get("settings"), state.get("model_config")
+    if settings is not None and trained_as is not None:  # checkpoints keep the config since 2026-12-04
+        settings = run_record(settings, network_config(trained_as))
+    return settings
 
 
 def recipe_difference(run: Run, baseline: Run) -> str:
@@ -165,7 +187,11 @@ def recipe_difference(run: Run, baseline: Run) -> str:
     if run.settings is None or baseline.settings is None:
         return "settings unknown (no settings.json or checkpoint.pth)"
     a, b = run.full_settings(), baseline.full_settings()
-    diff = [f"{k} {_show(a.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    diff = []
+    if (a.get("network") == UNRECORDED) != (b.get("network") == UNRECORDED):  # not told value by value
+        diff.append("network unrecorded" if a.get("network") == UNRECORDED else "network unrecorded in the baseline")
+        a, b = ({k: v for k, v in d.items() if not k.startswith("network")} for d in (a, b))
+    diff += [f"{k} {_show(a.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return ", ".join(diff) or "same recipe"
 
 

@@ -27,7 +27,7 @@ from ..inference.backend import TorchBackend
 from ..inference.pipeline import Pipeline
 from ..inference.preprocess import normalize
 from ..model.checkpoint import init_from, read_state_dict, save_checkpoint
-from ..model.config import load_config
+from ..model.config import load_config, network_record
 from ..model.detr import build_model
 from ..model.losses import SetCriterion
 from ..output_safety import OutputLock, refuse_foreign_folder, refuse_inputs, refuse_unwritable
@@ -43,6 +43,12 @@ LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 # settings added after runs were saved, with the value that means "off": such runs resume
 ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0,
                   "freeze_backbone": 0}
+def run_record(settings: dict, cfg) -> dict:
+    """What settings.json keeps of a run: the recipe's options and the network they trained, so that
+    compare-runs never takes two runs of one config name but different networks for one recipe."""
+    return {**settings, "network": network_record(cfg)}
+
+
 FREEZE_STRIDES = (0, 4, 8, 16)  # --freeze-backbone: 0 trains it all
 
 
@@ -420,7 +426,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             write_json(history, out / "history.json", indent=1)  # through a .partial name, as every output
             # the recipe beside the history: the two small files are all `compare-runs` needs of a run once
             # its checkpoints (hundreds of MB) are gone, e.g. kept in models/experiments/runs/
-            write_json(settings, out / "settings.json", indent=1)
+            write_json(run_record(settings, cfg), out / "settings.json", indent=1)
             plot_curve(history, out / "training_curve.png")
             val = entry.get("val")
             log(f"epoch {epoch + 1}: loss {entry['loss']:.3f} ({entry['train_seconds']:.0f} s)"
