@@ -43,6 +43,8 @@ LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 # settings added after runs were saved, with the value that means "off": such runs resume
 ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0,
                   "freeze_backbone": 0}
+
+
 def run_record(settings: dict, cfg) -> dict:
     """What settings.json keeps of a run: the recipe's options and the network they trained, so that
     compare-runs never takes two runs of one config name but different networks for one recipe."""
