@@ -246,7 +246,7 @@ def cmd_train(args) -> int:
           dataset=args.dataset, train_drives=drive_list(args.train_drives), val_drives=drive_list(args.val_drives),
           scale=scale, colour=args.photometric, ema=args.ema, semantic_aux=args.semantic_aux, seed=args.seed,
           copy_paste=args.copy_paste, init=args.init, overwrite=args.overwrite, weight_decay=args.weight_decay,
-          mixstyle=args.mixstyle, freeze_backbone_to=args.freeze_backbone)
+          mixstyle=args.mixstyle, freeze_backbone_to=args.freeze_backbone, class_balance=args.class_balance)
     return 0
 
 
@@ -1064,6 +1064,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-backbone", type=int, default=0, metavar="STRIDE",
                    help="keep the backbone's ImageNet weights up to this stride (4, 8 or 16: the stem and every block "
                         "through it), training only what lies deeper; 0 (default) trains it all")
+    p.add_argument("--class-balance", type=float, default=0.0, metavar="POWER",
+                   help="weigh each class's losses by (median class frequency / its pixel frequency in the training "
+                        "frames) ** POWER, so rare classes (pole, sign, pedestrian) count more (0 = off; 1 = SegNet's "
+                        "median frequency balancing, 0.5 a softer one)")
     p.add_argument("--init", help="start from these weights instead of ImageNet's backbone: a checkpoint of the same "
                    "network, e.g. trained on Cityscapes (--dataset cityscapes); heads for another label set start fresh")
     p.add_argument("--threads", type=int, default=2)

@@ -90,6 +90,95 @@ def test_class_loss_weights_no_object():
     assert float(losses["focal"]) == 0.0
 
 
+def test_class_balanced_weights_equal_direct_computation():
+    """Median frequency balancing: each class's share of the labelled pixels, then (median / share) ** power;
+    void pixels count for no class and a class with no pixel keeps 1."""
+    from panoptic_node.taxonomy import VOID
+    from panoptic_node.training.class_balance import balanced_weights, pixel_frequencies
+    a = np.array([[0, 0, 0, 1], [2, 2, VOID, VOID]], np.uint8)  # class 0: 3 pixels, 1: 1, 2: 2, 3: none
+    b = np.array([[0, 2, 2, 2]], np.uint8)  # 0: 1, 2: 3
+    freq = pixel_frequencies([a, b], 4)
+    assert np.allclose(freq, [4 / 10, 1 / 10, 5 / 10, 0])
+    for power in (1.0, 0.5):
+        median = 4 / 10  # of 0.1, 0.4, 0.5
+        expected = [(median / 0.4) ** power, (median / 0.1) ** power, (median / 0.5) ** power, 1.0]
+        assert np.allclose(balanced_weights(freq, power).numpy(), expected)
+    assert np.allclose(balanced_weights(freq, 0.0).numpy(), 1.0)  # power 0: every class weighs 1
+
+
+def test_class_weights_weigh_the_class_loss_and_each_matched_querys_mask_and_box_losses(rng):
+    """Unit weights are DETR's criterion exactly; other weights give cross-entropy's weighted mean and, per layer,
+    the matched queries' mask and box losses averaged with their target classes' weights."""
+    torch.manual_seed(0)
+    logits, boxes, masks = torch.randn(2, 5, 4), torch.rand(2, 5, 4) * 0.5 + 0.25, torch.randn(2, 5, 30)
+    targets = []
+    for labels in ([0, 2], [1, 2, 2]):
+        n = len(labels)
+        targets.append({"labels": torch.tensor(labels), "masks": torch.from_numpy(rng.random((n, 30)) > 0.5).float(),
+                        "valid": torch.ones(30), "boxes": torch.rand(n, 4) * 0.5 + 0.25})
+    plain = SetCriterion(num_classes=3).layer_losses(logits, boxes, masks, targets)
+    ones = SetCriterion(num_classes=3, class_weights=torch.ones(3)).layer_losses(logits, boxes, masks, targets)
+    assert all(torch.allclose(plain[k], ones[k]) for k in plain)
+    weights = torch.tensor([0.5, 1.0, 3.0])
+    crit = SetCriterion(num_classes=3, eos_coef=0.1, class_weights=weights)
+    got = crit.layer_losses(logits, boxes, masks, targets)
+    indices = crit.matcher(logits, masks, targets)  # the matching does not depend on the weights
+    target_classes = torch.full((2, 5), 3)
+    focal = dice = total = 0.0
+    for i, (qi, ni) in enumerate(indices):
+        target_classes[i, qi] = targets[i]["labels"][ni]
+        for q, n in zip(qi.tolist(), ni.tolist()):
+            w = float(weights[targets[i]["labels"][n]])
+            t = targets[i]
+            focal += w * float(sigmoid_focal_loss(masks[i, q:q + 1], t["masks"][n:n + 1], t["valid"])[0])
+            dice += w * float(dice_loss(masks[i, q:q + 1], t["masks"][n:n + 1], t["valid"])[0])
+            total += w
+    w_all = torch.cat([weights, torch.tensor([0.1])])[target_classes]
+    nll = -torch.log_softmax(logits, -1).gather(-1, target_classes[..., None])[..., 0]
+    assert float(got["ce"]) == pytest.approx(float((w_all * nll).sum() / w_all.sum()), rel=1e-5)
+    assert float(got["focal"]) == pytest.approx(focal / total, rel=1e-5)
+    assert float(got["dice"]) == pytest.approx(dice / total, rel=1e-5)
+    assert float(got["focal"]) != pytest.approx(float(plain["focal"]), rel=1e-3)  # the weights did change it
+
+
+def test_one_step_with_class_balanced_losses_lowers_the_loss_and_resumes(tiny_setup):
+    """--class-balance: one step lowers the weighted loss; a resumed run is the uninterrupted one; it changes what is
+    learned and is recorded in the run's settings."""
+    from panoptic_node.model.detr import build_model
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.class_balance import balanced_weights, pixel_frequencies
+    from panoptic_node.training.data import CamVid
+    from panoptic_node.training.train import freeze_batchnorm, loss_layers, make_batch
+
+    cfg = compact_config()
+    torch.manual_seed(0)
+    model = build_model(cfg, pretrained_backbone=True).train()
+    freeze_batchnorm(model)
+    everything = CamVid(tiny_setup / "data", "train").load_all()
+    weights = balanced_weights(pixel_frequencies([s.semantic for s in everything], cfg.num_classes), 0.5)
+    assert weights[8] > weights[3]  # the car is rarer than the road in the tiny frames
+    images, pad, targets = make_batch(everything[:2], np.random.default_rng(0), (64, 96), "tf",
+                                      get_taxonomy("camvid").thing_lut)
+    crit = SetCriterion(cfg.num_classes, class_weights=weights)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    before, _ = crit(loss_layers(model, images, pad), targets)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after, _ = crit(loss_layers(model, images, pad), targets)
+    assert float(after) < float(before.detach())
+
+    a, b = whole_and_resumed(tiny_setup, class_balance=0.5)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["settings"]["class_balance"] == 0.5
+    train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "c"), epochs=2, batch_size=2,
+          crop=(64, 96), val_every=0, log=lambda *_: None)
+    plain = torch.load(tiny_setup / "c" / "checkpoint.pth", weights_only=False)["model"]
+    assert any(not torch.equal(a["model"][k], plain[k]) for k in plain)
+
+
 def make_dataset(root, rng, n_train=4, n_val=2, names=None):
     """A CamVid-layout folder of synthetic frames: sky on top, road below, a car box, void corner.
     `names` maps a split to its file stems (CamVid's carry the drive: 0016E5_00390)."""
@@ -636,13 +725,14 @@ def test_the_train_command_passes_its_recipe_on(tiny_setup):
     threads = torch.get_num_threads()  # the command sets torch's threads for the whole process
     rc = main(["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"), "--out", str(out),
                *TINY_TRAIN_ARGS, "--seed", "3", "--semantic-aux", "0.5", "--lr-backbone", "1e-5",
-               "--weight-decay", "0.05", "--mixstyle", "0.5"])
+               "--weight-decay", "0.05", "--mixstyle", "0.5", "--class-balance", "0.5"])
     torch.set_num_threads(threads)
     assert rc == 0
     state = torch.load(out / "checkpoint.pth", weights_only=False)
     settings = state["settings"]
     assert (settings["seed"], settings["semantic_aux"], settings["lr_backbone"], settings["crop"],
-            settings["weight_decay"], settings["mixstyle"]) == (3, 0.5, 1e-5, [64, 96], 0.05, 0.5)
+            settings["weight_decay"], settings["mixstyle"], settings["class_balance"]) == (3, 0.5, 1e-5, [64, 96],
+                                                                                     0.05, 0.5, 0.5)
     assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.05, 0.05]  # it reached AdamW
 
 
@@ -724,7 +814,7 @@ def test_a_run_saved_before_a_setting_existed_resumes(tiny_setup):
     cfg, data, out = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), tiny_setup / "old"
     train(cfg, data, str(out), epochs=2, stop_after_epoch=1, **args)
     state = torch.load(out / "checkpoint.pth", weights_only=False)
-    for key in ("semantic_aux", "copy_paste", "mixstyle"):
+    for key in ("semantic_aux", "copy_paste", "mixstyle", "class_balance"):
         del state["settings"][key]
     torch.save(state, out / "checkpoint.pth")
     assert train(cfg, data, str(out), epochs=2, resume=True, **args)["history"][-1]["epoch"] == 2
@@ -797,6 +887,8 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys):
     (["--weight-decay", "-1"], "--weight-decay -1.0: expected >= 0"), (["--mixstyle", "2"], "--mixstyle 2.0: expected"),
     (["--mixstyle", "nan"], "--mixstyle nan: expected"), (["--ema", "1"], "--ema 1.0: expected a decay in [0, 1)"),
     (["--copy-paste", "2"], "--copy-paste 2.0: expected"), (["--semantic-aux", "nan"], "--semantic-aux nan: expected"),
+    (["--class-balance", "-1"], "--class-balance -1.0: expected a power in [0, 1]"),
+    (["--class-balance", "nan"], "--class-balance nan: expected"),
     (["--scale", "2,1"], "--scale 2.0,1.0: expected LOW,HIGH")])
 def test_a_schedule_that_cannot_train_is_refused_before_anything_is_written(tiny_setup, capsys, bad, named):
     from panoptic_node.cli import main

@@ -1,5 +1,8 @@
 """DETR's set losses: class cross-entropy (down-weighted "no object"), sigmoid focal + dice on
-masks, L1 + generalised IoU on boxes; applied to the last decoder layer and every auxiliary one."""
+masks, L1 + generalised IoU on boxes; applied to the last decoder layer and every auxiliary one.
+
+`class_weights` (one per class) weigh the class loss as cross-entropy's own weights do, and each matched query's
+mask and box losses by its target's class (a weighted mean over the matched queries): all ones is DETR's."""
 from typing import Dict, List
 
 import torch
@@ -47,12 +50,14 @@ def dice_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
 
 class SetCriterion:
     def __init__(self, num_classes: int, eos_coef: float = 0.1, weights: Dict[str, float] = None,
-                 matcher: HungarianMatcher = None):
+                 matcher: HungarianMatcher = None, class_weights: Tensor = None):
         self.num_classes = num_classes
         self.matcher = matcher or HungarianMatcher()
         self.weights = {"ce": 2.0, "focal": 20.0, "dice": 5.0, "l1": 5.0, "giou": 2.0}
         self.weights.update(weights or {})
         self.class_weight = torch.ones(num_classes + 1)
+        if class_weights is not None:
+            self.class_weight[:-1] = torch.as_tensor(class_weights, dtype=torch.float32)
         self.class_weight[-1] = eos_coef
 
     def layer_losses(self, logits: Tensor, boxes: Tensor, masks: Tensor, targets: List[dict]) -> Dict[str, Tensor]:
@@ -63,17 +68,20 @@ class SetCriterion:
         for i, (qi, ni) in enumerate(indices):
             target_classes[i, qi] = targets[i]["labels"][ni]
         ce = F.cross_entropy(logits.transpose(1, 2), target_classes, self.class_weight.to(logits.device))
-        num = max(1, sum(len(qi) for qi, _ in indices))
+        num = 0.0  # the matched queries' total weight (their count when every class weighs 1)
         focal = dice = l1 = giou = logits.new_zeros(())
         for i, (qi, ni) in enumerate(indices):
             if len(qi) == 0:
                 continue
             t = targets[i]
-            focal = focal + sigmoid_focal_loss(masks[i, qi], t["masks"][ni], t["valid"]).sum()
-            dice = dice + dice_loss(masks[i, qi], t["masks"][ni], t["valid"]).sum()
+            w = self.class_weight[t["labels"][ni]].to(logits.device)
+            num += float(w.sum())
+            focal = focal + (w * sigmoid_focal_loss(masks[i, qi], t["masks"][ni], t["valid"])).sum()
+            dice = dice + (w * dice_loss(masks[i, qi], t["masks"][ni], t["valid"])).sum()
             pb, tb = boxes[i, qi], t["boxes"][ni]
-            l1 = l1 + F.l1_loss(pb, tb, reduction="sum")
-            giou = giou + (1 - generalized_box_iou(box_cxcywh_to_xyxy(pb), box_cxcywh_to_xyxy(tb))).sum()
+            l1 = l1 + (w[:, None] * F.l1_loss(pb, tb, reduction="none")).sum()
+            giou = giou + (w * (1 - generalized_box_iou(box_cxcywh_to_xyxy(pb), box_cxcywh_to_xyxy(tb)))).sum()
+        num = num or 1.0  # no target in the batch: the mask and box losses are 0
         return {"ce": ce, "focal": focal / num, "dice": dice / num, "l1": l1 / num, "giou": giou / num}
 
     def __call__(self, layers, targets: List[dict]):

@@ -33,6 +33,7 @@ from ..model.losses import SetCriterion
 from ..output_safety import OutputLock, refuse_foreign_folder, refuse_inputs, refuse_unwritable
 from ..taxonomy import VOID, get_taxonomy
 from .augment import PHOTOMETRIC, augment, copy_paste
+from .class_balance import balanced_weights, pixel_frequencies
 from .data import drive_of, make_dataset
 from .ema import WeightAverage
 from .mixstyle import MixStyle
@@ -42,7 +43,7 @@ from .targets import build_target
 LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 # settings added after runs were saved, with the value that means "off": such runs resume
 ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0,
-                  "freeze_backbone": 0}
+                  "freeze_backbone": 0, "class_balance": 0.0}
 
 
 def run_record(settings: dict, cfg) -> dict:
@@ -219,7 +220,7 @@ def check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every):
                         f"{2 * BACKBONE_STRIDE} (e.g. 480x352)")
 
 
-def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle):
+def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance=0.0):
     """Refuses augmentation and regularisation settings outside their range, each by its option."""
     require(colour in PHOTOMETRIC, "--photometric", colour, f"one of {', '.join(PHOTOMETRIC)}")
     require(0 < scale[0] <= scale[1] and math.isfinite(scale[1]), "--scale", f"{scale[0]},{scale[1]}",
@@ -232,6 +233,8 @@ def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mix
             "a weight >= 0 (0 = off, 1 weighs it like one class loss)")
     require(0.0 <= mixstyle <= 1.0, "--mixstyle", mixstyle, "a probability per batch in [0, 1] (0 = off, 0.5 is the "
                                                             "paper's)")
+    require(0.0 <= class_balance <= 1.0, "--class-balance", class_balance,
+            "a power in [0, 1] on median frequency / a class's frequency (0 = off, 1 = SegNet's weights)")
 
 
 def split_drives(train_drives, val_drives):
@@ -255,16 +258,17 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           max_train_frames: int = 0, stop_after_epoch: int = 0, train_drives=None, val_drives=None,
           scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, semantic_aux: float = 0.0,
           copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, freeze_backbone_to: int = 0,
-          overwrite: bool = False, log=print) -> dict:
+          class_balance: float = 0.0, overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
     `copy_paste` > 0 pastes another training frame's objects into a frame with that probability.
     `mixstyle` > 0 mixes the frames' feature statistics in the backbone with that probability per batch.
     `init`: weights to start from (checkpoint.init_from) instead of ImageNet's backbone and fresh heads.
-    `freeze_backbone_to` (4, 8 or 16) keeps the backbone's ImageNet weights up to that stride."""
+    `freeze_backbone_to` (4, 8 or 16) keeps the backbone's ImageNet weights up to that stride.
+    `class_balance` > 0 weighs each class's losses by (median / its pixel frequency) ** class_balance."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
-    check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle)
+    check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance)
     train_drives, val_drives = split_drives(train_drives, val_drives)
     cfg = load_config(config)
     if mixstyle and not cfg.backbone.startswith("efficientnet_lite"):
@@ -284,7 +288,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "val_drives": val_drives, "scale": list(scale), "colour": colour, "ema": ema,
                 "max_train_frames": max_train_frames, "semantic_aux": semantic_aux,
                 "copy_paste": copy_paste, "init": str(Path(init).resolve()) if init else None,
-                "weight_decay": weight_decay, "mixstyle": mixstyle, "freeze_backbone": freeze_backbone_to}
+                "weight_decay": weight_decay, "mixstyle": mixstyle, "freeze_backbone": freeze_backbone_to,
+                "class_balance": class_balance}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -340,7 +345,13 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-        criterion = SetCriterion(cfg.num_classes)
+        class_weights = None
+        if class_balance:  # from the training frames as loaded, before augmentation
+            class_weights = balanced_weights(pixel_frequencies([s.semantic for s in train_samples], cfg.num_classes),
+                                             class_balance)
+            name_of = get_taxonomy(cfg.labels).name_of
+            log("class weights: " + ", ".join(f"{name_of(c)} {w:.2f}" for c, w in enumerate(class_weights.tolist())))
+        criterion = SetCriterion(cfg.num_classes, class_weights=class_weights)
         average = WeightAverage(model, ema) if ema else None
         # the weights evaluated and saved: the average when there is one
         shown = build_model(cfg, pretrained_backbone=False).to(memory_format=torch.channels_last) if average else model

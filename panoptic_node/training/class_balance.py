@@ -1,0 +1,30 @@
+"""Class-balanced loss weights: median frequency balancing (Eigen & Fergus 2015; SegNet's weighting on CamVid).
+
+A class's weight is (median frequency / its frequency) ** power, its frequency being its share of the labelled
+pixels of the training frames. Power 1 is the paper's; 0.5 softens it (bicyclists, ~0.5 % of CamVid's pixels,
+weigh ~3x a median class instead of ~9x). The rare classes (pole, sign, pedestrian, bicyclist) then count more
+in the class loss and in their masks' losses, for the mIoU they lose on new drives.
+"""
+import numpy as np
+import torch
+
+from ..taxonomy import VOID
+
+
+def pixel_frequencies(semantic_maps, num_classes: int) -> np.ndarray:
+    """Each class's share of the labelled (non-void) pixels over all the maps."""
+    counts = np.zeros(num_classes, np.int64)
+    for semantic in semantic_maps:
+        labelled = semantic[semantic != VOID]
+        counts += np.bincount(labelled.ravel(), minlength=num_classes)[:num_classes]
+    return counts / max(1, counts.sum())
+
+
+def balanced_weights(frequencies: np.ndarray, power: float) -> torch.Tensor:
+    """(median / frequency) ** power per class, the median over the classes present; an absent class (never a
+    target, so its weight is never used) gets 1."""
+    present = frequencies > 0
+    weights = np.ones(len(frequencies))
+    if present.any():
+        weights[present] = (np.median(frequencies[present]) / frequencies[present]) ** power
+    return torch.tensor(weights, dtype=torch.float32)
