@@ -141,44 +141,6 @@ def test_class_weights_weigh_the_class_loss_and_each_matched_querys_mask_and_box
     assert float(got["focal"]) != pytest.approx(float(plain["focal"]), rel=1e-3)  # the weights did change it
 
 
-def test_one_step_with_class_balanced_losses_lowers_the_loss_and_resumes(tiny_setup):
-    """--class-balance: one step lowers the weighted loss; a resumed run is the uninterrupted one; it changes what is
-    learned and is recorded in the run's settings."""
-    from panoptic_node.model.detr import build_model
-    from panoptic_node.taxonomy import get_taxonomy
-    from panoptic_node.training.class_balance import balanced_weights, pixel_frequencies
-    from panoptic_node.training.data import CamVid
-    from panoptic_node.training.train import freeze_batchnorm, loss_layers, make_batch
-
-    cfg = compact_config()
-    torch.manual_seed(0)
-    model = build_model(cfg, pretrained_backbone=True).train()
-    freeze_batchnorm(model)
-    everything = CamVid(tiny_setup / "data", "train").load_all()
-    weights = balanced_weights(pixel_frequencies([s.semantic for s in everything], cfg.num_classes), 0.5)
-    assert weights[8] > weights[3]  # the car is rarer than the road in the tiny frames
-    images, pad, targets = make_batch(everything[:2], np.random.default_rng(0), (64, 96), "tf",
-                                      get_taxonomy("camvid").thing_lut)
-    crit = SetCriterion(cfg.num_classes, class_weights=weights)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    before, _ = crit(loss_layers(model, images, pad), targets)
-    opt.zero_grad()
-    before.backward()
-    opt.step()
-    with torch.no_grad():
-        after, _ = crit(loss_layers(model, images, pad), targets)
-    assert float(after) < float(before.detach())
-
-    a, b = whole_and_resumed(tiny_setup, class_balance=0.5)
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    assert a["settings"]["class_balance"] == 0.5
-    train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "c"), epochs=2, batch_size=2,
-          crop=(64, 96), val_every=0, log=lambda *_: None)
-    plain = torch.load(tiny_setup / "c" / "checkpoint.pth", weights_only=False)["model"]
-    assert any(not torch.equal(a["model"][k], plain[k]) for k in plain)
-
-
 def make_dataset(root, rng, n_train=4, n_val=2, names=None):
     """A CamVid-layout folder of synthetic frames: sky on top, road below, a car box, void corner.
     `names` maps a split to its file stems (CamVid's carry the drive: 0016E5_00390)."""
@@ -227,11 +189,12 @@ def tiny_setup(tmp_path, rng):
 
 
 @pytest.mark.parametrize("recipe", [dict(), dict(scale=(0.5, 2.0), colour="strong"), dict(colour="lighting"),
-                                    dict(colour="dusk"), dict(copy_paste_p=1.0)],
-                         ids=["shipped", "new_drives", "lighting", "dusk", "copy_paste"])
+                                    dict(colour="dusk"), dict(copy_paste_p=1.0), dict(class_balance=0.5)],
+                         ids=["shipped", "new_drives", "lighting", "dusk", "copy_paste", "class_balance"])
 def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     from panoptic_node.model.detr import build_model
     from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.class_balance import balanced_weights, pixel_frequencies
     from panoptic_node.training.data import CamVid
     from panoptic_node.training.train import freeze_batchnorm, loss_layers, make_batch
 
@@ -242,9 +205,15 @@ def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     everything = CamVid(tiny_setup / "data", "train").load_all()
     if recipe.get("copy_paste_p"):
         recipe = {**recipe, "donors": everything}
+    class_weights = None
+    if recipe.get("class_balance"):  # a loss, not a batch, setting
+        recipe = dict(recipe)
+        frequencies = pixel_frequencies([s.semantic for s in everything], cfg.num_classes)
+        class_weights = balanced_weights(frequencies, recipe.pop("class_balance"))
+        assert class_weights[8] > class_weights[3]  # the car is rarer than the road in the tiny frames
     images, pad, targets = make_batch(everything[:2], np.random.default_rng(0), (64, 96), "tf",
                                       get_taxonomy("camvid").thing_lut, **recipe)
-    crit = SetCriterion(cfg.num_classes)
+    crit = SetCriterion(cfg.num_classes, class_weights=class_weights)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     before, _ = crit(loss_layers(model, images, pad), targets)
     opt.zero_grad()
@@ -991,12 +960,14 @@ def test_one_step_with_mixstyle_lowers_the_loss(tiny_setup):
     assert float(after) < float(before.detach())
 
 
-def test_resume_with_mixstyle_reproduces_an_uninterrupted_run(tiny_setup):
-    """Its draws come from torch's generator, which the checkpoint keeps; and it changes what is learned."""
-    a, b = whole_and_resumed(tiny_setup, mixstyle=1.0)
+@pytest.mark.parametrize("setting, value", [("mixstyle", 1.0), ("class_balance", 0.5)])
+def test_resume_with_a_training_only_setting_reproduces_an_uninterrupted_run(tiny_setup, setting, value):
+    """MixStyle's draws come from torch's generator, which the checkpoint keeps; the class weights are computed
+    again from the same frames. Each is recorded, and changes what is learned."""
+    a, b = whole_and_resumed(tiny_setup, **{setting: value})
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert a["settings"]["mixstyle"] == 1.0
+    assert a["settings"][setting] == value
     train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "c"), epochs=2, batch_size=2,
           crop=(64, 96), val_every=0, log=lambda *_: None)
     plain = torch.load(tiny_setup / "c" / "checkpoint.pth", weights_only=False)["model"]
