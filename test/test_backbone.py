@@ -69,3 +69,46 @@ def test_prepadded_expansion_equals_plain_same_padding(size):
             plain = net(x)
     for a, b in zip(fast, plain):
         assert torch.equal(a, b)
+
+
+def test_drop_connect_rates_grow_with_depth_and_only_train_drops():
+    """drop_connect (stochastic depth, EfficientNet's training regulariser): block i of n skips its branch with
+    probability rate * i / n, per sample, the kept branches scaled by 1 / keep; in eval mode nothing is dropped."""
+    from conftest import randomize_batchnorm
+    from panoptic_node.training.train import freeze_batchnorm
+    torch.manual_seed(0)
+    net = build_backbone("efficientnet_lite0", drop_connect=0.2)
+    plain = build_backbone("efficientnet_lite0")
+    n = len(net._blocks)
+    assert [b.drop_connect for b in net._blocks] == pytest.approx([0.2 * i / n for i in range(n)])
+    randomize_batchnorm(plain)
+    net.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(net.eval()(x), plain.eval()(x)):
+            assert torch.equal(a, b)
+
+    block = next(b for b in net._blocks if b.residual)  # one residual block, its rate set to one half
+    block.drop_connect = 0.5
+    h = torch.randn(1, block._project_conv.out_channels, 8, 8).repeat(64, 1, 1, 1)
+    with torch.no_grad():
+        branch = block.eval()(h)[0] - h[0]
+        freeze_batchnorm(block.train())  # as training runs it: ImageNet statistics, the rest in train mode
+        out = block(h)
+    kept = [torch.allclose(o, h[0] + 2 * branch, atol=1e-5) for o in out]
+    dropped = [torch.equal(o, h[0]) for o in out]
+    assert all(k != d for k, d in zip(kept, dropped))  # each sample is one or the other, whole
+    assert 16 < sum(dropped) < 48  # about half of 64 (binomial: outside 16-48 once in ~10^5)
+
+
+def test_drop_connect_refused_where_it_has_no_meaning():
+    from conftest import compact_config
+    from panoptic_node.model.config import ModelConfig
+    from panoptic_node.model.detr import build_model
+    with pytest.raises(ValueError, match="drop_connect 0.1: the resnet50 backbone has no stochastic depth"):
+        build_backbone("resnet50", drop_connect=0.1)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="drop_connect"):
+            ModelConfig.from_dict({**compact_config().to_dict(), "drop_connect": bad})
+    model = build_model(compact_config(drop_connect=0.3))  # the config reaches the backbone
+    assert model.backbone._blocks[-1].drop_connect > 0.2

@@ -238,6 +238,9 @@ class EfficientNetLite(nn.Module):
 
 def build_backbone(name: str, pretrained: bool = False, drop_connect: float = 0.0) -> nn.Module:
     if name in RESNET_LAYERS:
+        if drop_connect:
+            raise ValueError(f"drop_connect {drop_connect}: the {name} backbone has no stochastic depth, "
+                             "expected 0 (it is an EfficientNet-Lite setting)")
         return ResNet(name)
     if name in LITE_SCALES:
         net = EfficientNetLite(name, drop_connect)

@@ -77,6 +77,7 @@ class ModelConfig:
     dec_layers: int = 6
     dim_feedforward: int = 2048
     dropout: float = 0.1
+    drop_connect: float = 0.0        # EfficientNet-Lite only, training only: stochastic depth of its residual blocks
     num_queries: int = 100
     num_classes: int = 250           # logits = num_classes + 1 (the last is "no object")
     labels: str = "coco"             # taxonomy the class indices belong to

@@ -35,7 +35,7 @@ class PanopticDETR(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.hidden_dim
-        self.backbone = build_backbone(cfg.backbone, pretrained=pretrained_backbone)
+        self.backbone = build_backbone(cfg.backbone, pretrained=pretrained_backbone, drop_connect=cfg.drop_connect)
         self.position_embedding = PositionEmbeddingSine(d // 2)
         self.input_proj = nn.Conv2d(self.backbone.num_channels[-1], d, 1)
         self.transformer = Transformer(d, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.dropout)
