@@ -461,7 +461,8 @@ def cmd_fleet(args) -> int:
         options = {**(options or {}), "gt_topic": args.gt_topic}
     bags = find_bags(args.bags)
     if not bags:
-        raise FileNotFoundError(f"no bags found in {', '.join(args.bags)}")
+        raise FileNotFoundError(f"no bags found in {', '.join(args.bags)}; expected rosbag2 folders (a metadata.yaml "
+                                f"beside .db3 / .mcap files) or loose .mcap / .db3 recordings there")
     # the fleet folder is ours to fill and refill (a rerun resumes in it); it must not be or hold an input,
     # nor be a folder of something else
     refuse_inputs("--out", out, bags + [args.weights, args.onnx, args.baseline, args.tags, args.ego_masks,

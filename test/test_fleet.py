@@ -444,6 +444,17 @@ def test_a_file_that_is_no_bag_is_refused_before_ray_starts(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_without_bags_is_refused_saying_what_a_bag_is(tmp_path, capsys):
+    """An empty folder (or one of pictures) said only "no bags found": the line now says what was looked for."""
+    (tmp_path / "drives").mkdir()
+    (tmp_path / "drives" / "frame.png").write_bytes(b"\x89PNG")
+    assert main(["fleet", str(tmp_path / "drives"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"panoptic-node fleet: error: no bags found in {tmp_path / 'drives'}; expected rosbag2 folders")
+    assert "\n" not in err and ".mcap" in err
+    assert not (tmp_path / "out").exists() and [p.name for p in (tmp_path / "drives").iterdir()] == ["frame.png"]
+
+
 def test_the_progress_bar_ends_at_the_frames_really_run(local_ray, tmp_path, monkeypatch, rng):
     """The bar's total comes from metadata.yaml, where a depth camera's topics count; replay leaves them
     out, so each bag corrects the total as it reports: the bar ends full, at the frames that ran."""
