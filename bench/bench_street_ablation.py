@@ -3,7 +3,8 @@ segments in separate pieces (split_things) on / off / other sizes, touching thin
 merged first (merge_things) on / off, the overlap rule on / off, a larger min_area (small segments dropped),
 the input upscaled to 640x480 at test time, horizontal-flip test-time augmentation (not shipped: twice the
 network for a few tenths of PQ), a stricter threshold for pedestrian queries (0.9, 0.95; not shipped), thing
-segments cut where they narrow (not shipped), and the float16 file vs the float32 training checkpoint (if
+segments cut where they narrow (not shipped), mask borders snapped to the frame's edges by a guided filter
+(`guided r R eps E`), and the float16 file vs the float32 training checkpoint (if
 given).
 --grid instead sweeps the query threshold and the overlap share; run it on train frames
 (--split train --every 6), never to pick settings on val. Settings are chosen on a drive held out of
@@ -132,6 +133,46 @@ def neck_cut_pipeline_class(radius: int, seed_area: int = 32):
     return NeckCutPipeline
 
 
+def box_mean(x, radius: int):
+    """The mean of each (2 radius + 1)^2 window over the last two dimensions of an N x C x H x W tensor, windows
+    cut at the frame's edges (only the pixels inside count)."""
+    import torch.nn.functional as F
+    return F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+
+
+def guided_filter(planes, guide, radius: int, eps: float):
+    """He et al.'s guided filter of each K x H x W plane with one H x W guide: in every window the plane is fitted
+    as a * guide + b (least squares, a shrunk by eps), and each pixel takes the mean of its windows' fits, so a
+    step of the plane moves onto the guide's edges (models/experiments/guided_masks.md)."""
+    g, p = guide[None, None], planes[None]
+    mean_g, mean_p = box_mean(g, radius), box_mean(p, radius)
+    a = (box_mean(g * p, radius) - mean_g * mean_p) / (box_mean(g * g, radius) - mean_g * mean_g + eps)
+    b = mean_p - a * mean_g
+    return (box_mean(a, radius) * g + box_mean(b, radius))[0]
+
+
+def guided_pipeline_class(radius: int, eps: float):
+    """A Pipeline whose masks, resized to the frame, are guided-filtered with the frame's grey level before the
+    decision (the dense path; the shipped one decides cell by cell from the low-resolution masks)."""
+    import numpy as np
+    import torch
+
+    from panoptic_node.inference.pipeline import Pipeline
+    from panoptic_node.inference.postprocess import resize_masks
+
+    class GuidedPipeline(Pipeline):
+        def __call__(self, rgb):
+            self._guide = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32).mean(-1) / 255.0)
+            return super().__call__(rgb)
+
+        def _masks_to_decide(self, mask_logits, geom, scores):
+            masks = resize_masks(mask_logits, geom, self.backend.mask_stride)
+            if not len(masks) or self._guide.shape != masks.shape[1:]:
+                return masks
+            return guided_filter(masks, self._guide, radius, eps)
+    return GuidedPipeline
+
+
 def pixel_log_prior(samples, num_classes: int):
     """log of each class's share of the labelled pixels of `samples` (void left out)."""
     import numpy as np
@@ -215,6 +256,8 @@ def main():
         variants += [(f"pedestrian threshold {t}", shipped, w, strict_class_pipeline_class(pedestrian, t))
                      for t in (0.9, 0.95)]  # sign boards taken for pedestrians on 0006R0 (models/README.md)
         variants += [(f"cut at necks, radius {r}", shipped, w, neck_cut_pipeline_class(r)) for r in (1, 2, 3)]
+        variants += [(f"guided r {r} eps {e:g}", shipped, w, guided_pipeline_class(r, e))
+                     for r in (2, 4, 8) for e in (1e-3, 1e-2, 1e-1)]  # models/experiments/guided_masks.md
         if args.prior_drives:
             log_prior = pixel_log_prior(CamVid(root, drives=args.prior_drives.split(",")).load_all(),
                                         shipped.num_classes)

@@ -127,6 +127,47 @@ def test_the_benchmarks_flip_augmentation_treats_a_frame_and_its_mirror_alike():
     assert (single.semantic != a.semantic).mean() > 0.001  # the second pass changed something
 
 
+def test_the_benchmarks_guided_filter_equals_fitting_each_window_by_hand():
+    """bench_street_ablation's guided filter (models/experiments/guided_masks.md) against He et al.'s definition
+    computed window by window: a least-squares line of the plane on the guide in every window that holds a pixel
+    (cut at the edges), its slope shrunk by eps, each pixel the mean of those windows' lines at its guide value."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    spec = importlib.util.spec_from_file_location(
+        "bench_street_ablation", Path(__file__).resolve().parents[1] / "bench" / "bench_street_ablation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(3)
+    h, w, r, eps = 7, 9, 2, 0.05
+    guide = rng.random((h, w))
+    planes = rng.normal(size=(2, h, w)) * 4
+    lines = np.zeros((2, h, w, 2))  # each window's (a, b), by its centre
+    for k in range(2):
+        for y in range(h):
+            for x in range(w):
+                win = (slice(max(y - r, 0), y + r + 1), slice(max(x - r, 0), x + r + 1))
+                g, p = guide[win], planes[k][win]
+                a = ((g * p).mean() - g.mean() * p.mean()) / (g.var() + eps)
+                lines[k, y, x] = a, p.mean() - a * g.mean()
+    expected = np.zeros((2, h, w))
+    for k in range(2):
+        for y in range(h):
+            for x in range(w):
+                win = (slice(max(y - r, 0), y + r + 1), slice(max(x - r, 0), x + r + 1))
+                a, b = lines[k][win][..., 0].mean(), lines[k][win][..., 1].mean()
+                expected[k, y, x] = a * guide[y, x] + b
+    got = bench.guided_filter(torch.from_numpy(planes), torch.from_numpy(guide), r, eps).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+    # a step the guide has moves the plane's step onto it: the plane's edge was one pixel off
+    guide = np.zeros((5, 12)); guide[:, 6:] = 1.0
+    plane = np.where(np.arange(12) >= 5, 3.0, -3.0)[None, None].repeat(5, 1)
+    out = bench.guided_filter(torch.from_numpy(plane), torch.from_numpy(guide), 2, 1e-4).numpy()[0]
+    assert (out[:, 5] < 0).all() and (out[:, 6] > 0).all()
+
+
 def test_the_ensemble_benchmarks_vote_takes_the_most_given_class_and_the_earliest_among_ties():
     """bench_run_ensemble's majority vote, against counting by hand: three maps, then a tie of two."""
     import importlib.util
