@@ -173,6 +173,54 @@ def guided_pipeline_class(radius: int, eps: float):
     return GuidedPipeline
 
 
+def fast_guided_filter(grid_planes, guide, radius: int, eps: float):
+    """He and Sun's Fast Guided Filter: `grid_planes` (K x h x w) already on a grid coarser than the H x W `guide`
+    by a whole factor; the guide is area-averaged to that grid, a and b are fitted there (radius in grid cells) and
+    resampled bilinearly to the frame, each pixel's value a * guide + b."""
+    import torch.nn.functional as F
+    h, w = grid_planes.shape[-2:]
+    small = F.adaptive_avg_pool2d(guide[None, None], (h, w))
+    p = grid_planes[None]
+    mean_g, mean_p = box_mean(small, radius), box_mean(p, radius)
+    a = (box_mean(small * p, radius) - mean_g * mean_p) / (box_mean(small * small, radius) - mean_g * mean_g + eps)
+    b = mean_p - a * mean_g
+    size = guide.shape[-2:]
+    a = F.interpolate(box_mean(a, radius), size=size, mode="bilinear", align_corners=False)
+    b = F.interpolate(box_mean(b, radius), size=size, mode="bilinear", align_corners=False)
+    return (a * guide[None, None] + b)[0]
+
+
+def fast_guided_pipeline_class(step: int, radius: int, eps: float):
+    """A Pipeline whose mask logits go through fast_guided_filter: the low-resolution masks resampled to the grid
+    `step` times coarser than the frame (the mask grid itself at step = the mask stride), filtered with the frame's
+    grey level, decided densely. Frames whose mask grid does not cover them exactly are refused (CamVid's do)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from panoptic_node.inference.pipeline import Pipeline
+
+    class FastGuidedPipeline(Pipeline):
+        def __call__(self, rgb):
+            self._guide = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32).mean(-1) / 255.0)
+            return super().__call__(rgb)
+
+        def _masks_to_decide(self, mask_logits, geom, scores):
+            stride = self.backend.mask_stride
+            rows, cols = geom.resized_h // stride, geom.resized_w // stride
+            if (geom.height, geom.width) != (geom.resized_h, geom.resized_w) or geom.height % stride \
+                    or geom.width % stride or geom.height % step or geom.width % step:
+                raise ValueError("the fast guided variant needs frames the mask grid and the step divide exactly")
+            if not len(mask_logits):
+                return torch.zeros(0, geom.height, geom.width)
+            m = mask_logits[:, :rows, :cols].float()
+            if step != stride:
+                m = F.interpolate(m[None], size=(geom.height // step, geom.width // step), mode="bilinear",
+                                  align_corners=False)[0]
+            return fast_guided_filter(m, self._guide, radius, eps)
+    return FastGuidedPipeline
+
+
 def pixel_log_prior(samples, num_classes: int):
     """log of each class's share of the labelled pixels of `samples` (void left out)."""
     import numpy as np
@@ -208,6 +256,8 @@ def main():
                              "--only upscaled")
     parser.add_argument("--prior-drives", help="drives whose pixel shares give the class-prior variants' prior "
                         "(the weights' training drives; models/experiments/class_prior_adjustment.md)")
+    parser.add_argument("--guided-eps", type=float, action="append", default=[],
+                        help="eps of the fast guided variants (repeatable; models/experiments/guided_masks.md)")
     args = parser.parse_args()
 
     import torch
@@ -258,6 +308,8 @@ def main():
         variants += [(f"cut at necks, radius {r}", shipped, w, neck_cut_pipeline_class(r)) for r in (1, 2, 3)]
         variants += [(f"guided r {r} eps {e:g}", shipped, w, guided_pipeline_class(r, e))
                      for r in (2, 4, 8) for e in (1e-3, 1e-2, 1e-1)]  # models/experiments/guided_masks.md
+        variants += [(f"fast guided step {st} r {r} eps {e:g}", shipped, w, fast_guided_pipeline_class(st, r, e))
+                     for st, r in ((2, 2), (4, 1), (8, 1)) for e in args.guided_eps]  # the same record's addendum
         if args.prior_drives:
             log_prior = pixel_log_prior(CamVid(root, drives=args.prior_drives.split(",")).load_all(),
                                         shipped.num_classes)
