@@ -256,6 +256,7 @@ def main():
                              "--only upscaled")
     parser.add_argument("--prior-drives", help="drives whose pixel shares give the class-prior variants' prior "
                         "(the weights' training drives; models/experiments/class_prior_adjustment.md)")
+    parser.add_argument("--per-class", action="store_true", help="also print each variant's IoU per class")
     parser.add_argument("--guided-eps", type=float, action="append", default=[],
                         help="eps of the fast guided variants (repeatable; models/experiments/guided_masks.md)")
     args = parser.parse_args()
@@ -323,13 +324,20 @@ def main():
           f"weights {args.weights or 'shipped'}")
     print("| variant | PQ | PQ things | PQ stuff | mIoU | ms / frame (median) |")
     print("|---|---|---|---|---|---|")
+    per_class = {}
     for name, cfg, weights, *kind in variants:
         runner = kind[0] if kind else Pipeline  # the same network and settings, another way of running it
         ev, times = score_samples(runner.from_config(cfg, weights=weights), samples, progress=name)
         rep = ev.report()
+        per_class[name] = rep["per_class"]
         print(f"| {name} | {100 * rep['pq']['pq']:.1f} | {100 * rep['pq_things']['pq']:.1f} | "
               f"{100 * rep['pq_stuff']['pq']:.1f} | {100 * rep['miou']:.1f} | {1000 * statistics.median(times):.0f} |",
               flush=True)
+    if args.per_class and per_class:
+        names = list(per_class)
+        print("\n| class (IoU) | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+        for cid, entry in per_class[names[0]].items():
+            print(f"| {entry['name']} | " + " | ".join(f"{100 * per_class[n][cid]['iou']:.1f}" for n in names) + " |")
 
 
 if __name__ == "__main__":
