@@ -162,14 +162,15 @@ def guided_pipeline_class(radius: int, eps: float):
 
     class GuidedPipeline(Pipeline):
         def __call__(self, rgb):
-            self._guide = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32).mean(-1) / 255.0)
+            self._rgb = rgb  # the guide is made in the post-processing, whose time it adds to
             return super().__call__(rgb)
 
         def _masks_to_decide(self, mask_logits, geom, scores):
             masks = resize_masks(mask_logits, geom, self.backend.mask_stride)
-            if not len(masks) or self._guide.shape != masks.shape[1:]:
+            guide = torch.from_numpy(np.ascontiguousarray(self._rgb, dtype=np.float32).mean(-1) / 255.0)
+            if not len(masks) or guide.shape != masks.shape[1:]:
                 return masks
-            return guided_filter(masks, self._guide, radius, eps)
+            return guided_filter(masks, guide, radius, eps)
     return GuidedPipeline
 
 
@@ -202,7 +203,7 @@ def fast_guided_pipeline_class(step: int, radius: int, eps: float):
 
     class FastGuidedPipeline(Pipeline):
         def __call__(self, rgb):
-            self._guide = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32).mean(-1) / 255.0)
+            self._rgb = rgb
             return super().__call__(rgb)
 
         def _masks_to_decide(self, mask_logits, geom, scores):
@@ -217,7 +218,8 @@ def fast_guided_pipeline_class(step: int, radius: int, eps: float):
             if step != stride:
                 m = F.interpolate(m[None], size=(geom.height // step, geom.width // step), mode="bilinear",
                                   align_corners=False)[0]
-            return fast_guided_filter(m, self._guide, radius, eps)
+            guide = torch.from_numpy(np.ascontiguousarray(self._rgb, dtype=np.float32).mean(-1) / 255.0)
+            return fast_guided_filter(m, guide, radius, eps)
     return FastGuidedPipeline
 
 
@@ -268,6 +270,36 @@ def class_prior_pipeline_class(tau: float, log_prior):
     return select_patched_pipeline_class(select)
 
 
+def time_postprocessing(variants, samples, rounds: int):
+    """The post-processing alone (Pipeline.decide after one shared network pass per frame), per variant: each
+    frame's fastest of `rounds` runs, the variants interleaved frame by frame so that a change in the machine's
+    speed reaches them alike; prints the median over frames and the difference to the first variant. Only for
+    variants that change the post-processing (not flips, which run the network twice)."""
+    import time
+
+    from panoptic_node.inference.pipeline import Pipeline
+    runners = [(name, (kind[0] if kind else Pipeline).from_config(cfg, weights=weights))
+               for name, cfg, weights, *kind in variants]
+    detect = runners[0][1]
+    times = {name: [] for name, _ in runners}
+    for sample in samples:
+        detected = detect.detect_batch([sample.rgb])[0]
+        for name, runner in runners:
+            runner._rgb = sample.rgb  # what the guided variants' post-processing reads
+            best = float("inf")
+            for _ in range(rounds):
+                masks = detected.mask_logits.clone()
+                t0 = time.perf_counter()
+                runner.decide(dataclasses.replace(detected, mask_logits=masks))
+                best = min(best, time.perf_counter() - t0)
+            times[name].append(best)
+    base = statistics.median(times[runners[0][0]])
+    print("| variant | post-processing ms / frame (median of each frame's fastest) | added ms |\n|---|---|---|")
+    for name, _ in runners:
+        ms = statistics.median(times[name])
+        print(f"| {name} | {1000 * ms:.1f} | {1000 * (ms - base):+.1f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fp32-checkpoint", help="the float32 training checkpoint (runs/<name>/last.pth)")
@@ -283,6 +315,8 @@ def main():
                              "--only upscaled")
     parser.add_argument("--prior-drives", help="drives whose pixel shares give the class-prior variants' prior "
                         "(the weights' training drives; models/experiments/class_prior_adjustment.md)")
+    parser.add_argument("--postprocess-ms", type=int, default=0, metavar="ROUNDS",
+                        help="time only the post-processing of each variant (each frame's fastest of ROUNDS runs)")
     parser.add_argument("--per-class", action="store_true", help="also print each variant's IoU per class")
     parser.add_argument("--guided-eps", type=float, action="append", default=[],
                         help="eps of the fast guided variants (repeatable; models/experiments/guided_masks.md)")
@@ -349,6 +383,9 @@ def main():
             variants.append(("float32 checkpoint, overlap 0.5", shipped, args.fp32_checkpoint))
     if args.only:
         variants = [v for v in variants if any(text in v[0] for text in args.only)]
+    if args.postprocess_ms:
+        time_postprocessing(variants, samples, args.postprocess_ms)
+        return
     print(f"{len(samples)} CamVid {'frames of drives ' + args.drives if args.drives else args.split + ' frames'}, "
           f"weights {args.weights or 'shipped'}")
     print("| variant | PQ | PQ things | PQ stuff | mIoU | ms / frame (median) |")
