@@ -223,33 +223,6 @@ def fast_guided_pipeline_class(step: int, radius: int, eps: float):
     return FastGuidedPipeline
 
 
-def guided_cells_pipeline_class(step: int, radius: int, eps: float):
-    """The fast guided filter as panoptic_node.inference.guided_masks runs it: a and b fitted on the grid `step`
-    pixels apart and the decision taken cell by cell (GuidedCellDecision), or densely where most cells are open,
-    as the shipped pipeline chooses; the same maps as `fast guided` up to float rounding, in the time a default
-    would take."""
-    from panoptic_node.inference.guided_masks import (GuideSettings, GuidedCellDecision, dense_logits,
-                                                      fitted_lines, grey_guide)
-    from panoptic_node.inference.pipeline import DENSE_ABOVE, Pipeline
-    settings = GuideSettings(step=step, radius=radius, eps=eps)
-
-    class GuidedCellsPipeline(Pipeline):
-        def __call__(self, rgb):
-            self._rgb = rgb
-            return super().__call__(rgb)
-
-        def _masks_to_decide(self, mask_logits, geom, scores):
-            guide = grey_guide(self._rgb, geom.height, geom.width)
-            if not len(mask_logits):
-                return super()._masks_to_decide(mask_logits, geom, scores)
-            a, b = fitted_lines(mask_logits, geom, self.backend.mask_stride, guide, settings)
-            cells = GuidedCellDecision(a, b, guide, geom, step, scores, self.cfg.postprocess.merge)
-            if cells.resample_share(self.cfg.postprocess.overlap > 0) <= DENSE_ABOVE:
-                return cells
-            return dense_logits(a, b, guide, geom, step)
-    return GuidedCellsPipeline
-
-
 def pixel_log_prior(samples, num_classes: int):
     """log of each class's share of the labelled pixels of `samples` (void left out)."""
     import numpy as np
@@ -372,8 +345,6 @@ def main():
                      for r in (2, 4, 8) for e in (1e-3, 1e-2, 1e-1)]  # models/experiments/guided_masks.md
         variants += [(f"fast guided step {st} r {r} eps {e:g}", shipped, w, fast_guided_pipeline_class(st, r, e))
                      for st, r in ((2, 2), (4, 1), (8, 1)) for e in args.guided_eps]  # the same record's addendum
-        variants += [(f"guided cells step 4 r 1 eps {e:g}", shipped, w, guided_cells_pipeline_class(4, 1, e))
-                     for e in args.guided_eps]
         if args.prior_drives:
             log_prior = pixel_log_prior(CamVid(root, drives=args.prior_drives.split(",")).load_all(),
                                         shipped.num_classes)

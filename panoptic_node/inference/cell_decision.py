@@ -66,23 +66,16 @@ class CellDecision:
         self.y = _Axis(geom.height, rows, stride * geom.height / geom.resized_h)
         self.x = _Axis(geom.width, cols, stride * geom.width / geom.resized_w)
         self.cell_area = np.outer(self.y.count, self.x.count)  # pixels per cell
-        self.logit_min, self.logit_max = self._logit_bounds()
+        grid = self.logits.numpy()
+        below = grid[:, self.y.next]
+        corners = (grid, grid[:, :, self.x.next], below, below[:, :, self.x.next])
+        self.logit_min, self.logit_max = np.minimum.reduce(corners), np.maximum.reduce(corners)
         # the merge value increases with the logit: its corner bounds are those of the logits
-        queries = np.arange(len(self.logit_min))
+        queries = np.arange(len(grid))
         self.value_min = self._values(torch.from_numpy(self.logit_min), queries).numpy()
         self.value_max = self._values(torch.from_numpy(self.logit_max), queries).numpy()
         self.alive = None  # the last call of winners(): its alive queries, candidates and answer
         self.candidate = self.best = None
-
-    def corner_bounds(self, grid: np.ndarray):
-        """K x cells: the smallest and the largest of each cell's four corner values of `grid`, between which
-        every bilinear mix in the cell lies."""
-        below = grid[:, self.y.next]
-        corners = (grid, grid[:, :, self.x.next], below, below[:, :, self.x.next])
-        return np.minimum.reduce(corners), np.maximum.reduce(corners)
-
-    def _logit_bounds(self):
-        return self.corner_bounds(self.logits.numpy())
 
     def _values(self, logits: torch.Tensor, queries: np.ndarray) -> torch.Tensor:
         """The merge rule's per-pixel value of `logits` (leading dimension: one per entry of `queries`)."""
@@ -92,11 +85,8 @@ class CellDecision:
         return logits.sigmoid().mul_(self.scores[torch.from_numpy(queries)].view(shape))
 
     def _resample(self, queries: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> torch.Tensor:
-        """Logits of query queries[n] over the pixels of cell (cy[n], cx[n]): N x cell rows x cell cols."""
-        return self.lerp(self.logits, queries, cy, cx)
-
-    def lerp(self, g: torch.Tensor, queries: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> torch.Tensor:
-        """Bilinear values of grid g[queries[n]] over the pixels of cell (cy[n], cx[n])."""
+        """Bilinear logits of query queries[n] over the pixels of cell (cy[n], cx[n]): N x cell rows x cell cols."""
+        g = self.logits
         q, y0, x0 = (torch.from_numpy(a) for a in (queries, cy, cx))
         y1, x1 = torch.from_numpy(self.y.next[cy]), torch.from_numpy(self.x.next[cx])
         fy = torch.from_numpy(self.y.frac[cy])[:, :, None]
@@ -124,11 +114,11 @@ class CellDecision:
         each open cell's pixels once per candidate, and, when own areas are counted, the pixels of
         every cell a mask's border crosses. Street frames need a few percent; noisy masks (random
         weights, a hundred queries) open nearly every cell, and above ~0.2 the dense path is faster."""
-        count = self._candidates(np.ones(len(self.logit_min), dtype=bool)).sum(0)
+        count = self._candidates(np.ones(len(self.logits), dtype=bool)).sum(0)
         work = (count * (count > 1) * self.cell_area).sum()
         if count_own:
             work += (((self.logit_min <= 0) & (self.logit_max > 0)) * self.cell_area).sum()
-        return float(work) / max(len(self.logit_min) * self.height * self.width, 1)
+        return float(work) / max(len(self.logits) * self.height * self.width, 1)
 
     def winners(self, alive: np.ndarray) -> np.ndarray:
         """H x W index of the best alive query per pixel (the first one on ties).
