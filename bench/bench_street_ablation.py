@@ -140,17 +140,6 @@ def box_mean(x, radius: int):
     return F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
 
 
-def guided_filter(planes, guide, radius: int, eps: float):
-    """He et al.'s guided filter of each K x H x W plane with one H x W guide: in every window the plane is fitted
-    as a * guide + b (least squares, a shrunk by eps), and each pixel takes the mean of its windows' fits, so a
-    step of the plane moves onto the guide's edges (models/experiments/guided_masks.md)."""
-    g, p = guide[None, None], planes[None]
-    mean_g, mean_p = box_mean(g, radius), box_mean(p, radius)
-    a = (box_mean(g * p, radius) - mean_g * mean_p) / (box_mean(g * g, radius) - mean_g * mean_g + eps)
-    b = mean_p - a * mean_g
-    return (box_mean(a, radius) * g + box_mean(b, radius))[0]
-
-
 def guided_pipeline_class(radius: int, eps: float):
     """A Pipeline whose masks, resized to the frame, are guided-filtered with the frame's grey level before the
     decision (the dense path; the shipped one decides cell by cell from the low-resolution masks)."""
@@ -174,13 +163,16 @@ def guided_pipeline_class(radius: int, eps: float):
     return GuidedPipeline
 
 
-def fast_guided_filter(grid_planes, guide, radius: int, eps: float):
-    """He and Sun's Fast Guided Filter: `grid_planes` (K x h x w) already on a grid coarser than the H x W `guide`
-    by a whole factor; the guide is area-averaged to that grid, a and b are fitted there (radius in grid cells) and
-    resampled bilinearly to the frame, each pixel's value a * guide + b."""
+def guided_filter(grid_planes, guide, radius: int, eps: float):
+    """He et al.'s guided filter of each K x h x w plane with one H x W guide: in every window the plane is fitted
+    as a * guide + b (least squares, a shrunk by eps), and each pixel takes the mean of its windows' fits, so a
+    step of the plane moves onto the guide's edges (models/experiments/guided_masks.md). On planes as large as the
+    guide that is the filter itself; on a grid coarser by a whole factor, He and Sun's Fast Guided Filter: the
+    guide area-averaged to the grid, a and b fitted there (radius in grid points) and resampled bilinearly to the
+    frame."""
     import torch.nn.functional as F
     h, w = grid_planes.shape[-2:]
-    small = F.adaptive_avg_pool2d(guide[None, None], (h, w))
+    small = F.adaptive_avg_pool2d(guide[None, None], (h, w))  # the guide itself when the sizes agree
     p = grid_planes[None]
     mean_g, mean_p = box_mean(small, radius), box_mean(p, radius)
     a = (box_mean(small * p, radius) - mean_g * mean_p) / (box_mean(small * small, radius) - mean_g * mean_g + eps)
@@ -192,7 +184,7 @@ def fast_guided_filter(grid_planes, guide, radius: int, eps: float):
 
 
 def fast_guided_pipeline_class(step: int, radius: int, eps: float):
-    """A Pipeline whose mask logits go through fast_guided_filter: the low-resolution masks resampled to the grid
+    """A Pipeline whose mask logits go through guided_filter on a coarser grid: the low-resolution masks resampled to the grid
     `step` times coarser than the frame (the mask grid itself at step = the mask stride), filtered with the frame's
     grey level, decided densely. Frames whose mask grid does not cover them exactly are refused (CamVid's do)."""
     import numpy as np
@@ -219,7 +211,7 @@ def fast_guided_pipeline_class(step: int, radius: int, eps: float):
                 m = F.interpolate(m[None], size=(geom.height // step, geom.width // step), mode="bilinear",
                                   align_corners=False)[0]
             guide = torch.from_numpy(np.ascontiguousarray(self._rgb, dtype=np.float32).mean(-1) / 255.0)
-            return fast_guided_filter(m, guide, radius, eps)
+            return guided_filter(m, guide, radius, eps)
     return FastGuidedPipeline
 
 
