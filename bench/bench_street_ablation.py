@@ -140,29 +140,6 @@ def box_mean(x, radius: int):
     return F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
 
 
-def guided_pipeline_class(radius: int, eps: float):
-    """A Pipeline whose masks, resized to the frame, are guided-filtered with the frame's grey level before the
-    decision (the dense path; the shipped one decides cell by cell from the low-resolution masks)."""
-    import numpy as np
-    import torch
-
-    from panoptic_node.inference.pipeline import Pipeline
-    from panoptic_node.inference.postprocess import resize_masks
-
-    class GuidedPipeline(Pipeline):
-        def __call__(self, rgb):
-            self._rgb = rgb  # the guide is made in the post-processing, whose time it adds to
-            return super().__call__(rgb)
-
-        def _masks_to_decide(self, mask_logits, geom, scores):
-            masks = resize_masks(mask_logits, geom, self.backend.mask_stride)
-            guide = torch.from_numpy(np.ascontiguousarray(self._rgb, dtype=np.float32).mean(-1) / 255.0)
-            if not len(masks) or guide.shape != masks.shape[1:]:
-                return masks
-            return guided_filter(masks, guide, radius, eps)
-    return GuidedPipeline
-
-
 def guided_filter(grid_planes, guide, radius: int, eps: float):
     """He et al.'s guided filter of each K x h x w plane with one H x W guide: in every window the plane is fitted
     as a * guide + b (least squares, a shrunk by eps), and each pixel takes the mean of its windows' fits, so a
@@ -183,36 +160,42 @@ def guided_filter(grid_planes, guide, radius: int, eps: float):
     return (a * guide[None, None] + b)[0]
 
 
-def fast_guided_pipeline_class(step: int, radius: int, eps: float):
-    """A Pipeline whose mask logits go through guided_filter on a coarser grid: the low-resolution masks resampled to the grid
-    `step` times coarser than the frame (the mask grid itself at step = the mask stride), filtered with the frame's
-    grey level, decided densely. Frames whose mask grid does not cover them exactly are refused (CamVid's do)."""
+def guided_pipeline_class(step: int, radius: int, eps: float):
+    """A Pipeline whose mask logits go through guided_filter with the frame's grey level as guide before the
+    decision, which is taken densely: at step 1 on the masks resized to the frame (the filter itself), at a larger
+    step on the masks resampled to a grid `step` pixels apart (the fast form; the mask grid itself at step = the
+    mask stride), which needs frames the mask grid and the step divide exactly (CamVid's do)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
 
     from panoptic_node.inference.pipeline import Pipeline
+    from panoptic_node.inference.postprocess import resize_masks
 
-    class FastGuidedPipeline(Pipeline):
+    class GuidedPipeline(Pipeline):
         def __call__(self, rgb):
-            self._rgb = rgb
+            self._rgb = rgb  # the guide is made in the post-processing, whose time it adds to
             return super().__call__(rgb)
 
         def _masks_to_decide(self, mask_logits, geom, scores):
             stride = self.backend.mask_stride
-            rows, cols = geom.resized_h // stride, geom.resized_w // stride
+            guide = torch.from_numpy(np.ascontiguousarray(self._rgb, dtype=np.float32).mean(-1) / 255.0)
+            if step == 1:
+                masks = resize_masks(mask_logits, geom, stride)
+                if not len(masks) or guide.shape != masks.shape[1:]:
+                    return masks
+                return guided_filter(masks, guide, radius, eps)
             if (geom.height, geom.width) != (geom.resized_h, geom.resized_w) or geom.height % stride \
                     or geom.width % stride or geom.height % step or geom.width % step:
                 raise ValueError("the fast guided variant needs frames the mask grid and the step divide exactly")
             if not len(mask_logits):
                 return torch.zeros(0, geom.height, geom.width)
-            m = mask_logits[:, :rows, :cols].float()
+            masks = mask_logits[:, :geom.height // stride, :geom.width // stride].float()
             if step != stride:
-                m = F.interpolate(m[None], size=(geom.height // step, geom.width // step), mode="bilinear",
-                                  align_corners=False)[0]
-            guide = torch.from_numpy(np.ascontiguousarray(self._rgb, dtype=np.float32).mean(-1) / 255.0)
-            return guided_filter(m, guide, radius, eps)
-    return FastGuidedPipeline
+                masks = F.interpolate(masks[None], size=(geom.height // step, geom.width // step), mode="bilinear",
+                                      align_corners=False)[0]
+            return guided_filter(masks, guide, radius, eps)
+    return GuidedPipeline
 
 
 def pixel_log_prior(samples, num_classes: int):
@@ -333,9 +316,9 @@ def main():
         variants += [(f"pedestrian threshold {t}", shipped, w, strict_class_pipeline_class(pedestrian, t))
                      for t in (0.9, 0.95)]  # sign boards taken for pedestrians on 0006R0 (models/README.md)
         variants += [(f"cut at necks, radius {r}", shipped, w, neck_cut_pipeline_class(r)) for r in (1, 2, 3)]
-        variants += [(f"guided r {r} eps {e:g}", shipped, w, guided_pipeline_class(r, e))
+        variants += [(f"guided r {r} eps {e:g}", shipped, w, guided_pipeline_class(1, r, e))
                      for r in (2, 4, 8) for e in (1e-3, 1e-2, 1e-1)]  # models/experiments/guided_masks.md
-        variants += [(f"fast guided step {st} r {r} eps {e:g}", shipped, w, fast_guided_pipeline_class(st, r, e))
+        variants += [(f"fast guided step {st} r {r} eps {e:g}", shipped, w, guided_pipeline_class(st, r, e))
                      for st, r in ((2, 2), (4, 1), (8, 1)) for e in args.guided_eps]  # the same record's addendum
         if args.prior_drives:
             log_prior = pixel_log_prior(CamVid(root, drives=args.prior_drives.split(",")).load_all(),
