@@ -4,8 +4,8 @@ merged first (merge_things) on / off, the overlap rule on / off, a larger min_ar
 the input upscaled to 640x480 at test time, horizontal-flip test-time augmentation (not shipped: twice the
 network for a few tenths of PQ), a stricter threshold for pedestrian queries (0.9, 0.95; not shipped), thing
 segments cut where they narrow (not shipped), mask borders snapped to the frame's edges by a guided filter
-(`guided r R eps E`), and the float16 file vs the float32 training checkpoint (if
-given).
+(`guided r R eps E`), each class's likelihood by frame row added to its masks (`row prior alpha A`), and the
+float16 file vs the float32 training checkpoint (if given).
 --grid instead sweeps the query threshold and the overlap share; run it on train frames
 (--split train --every 6), never to pick settings on val. Settings are chosen on a drive held out of
 training: --weights of a fold's model with --drives of its validation drive.
@@ -218,6 +218,54 @@ def class_prior_pipeline_class(tau: float, log_prior):
     return select_patched_pipeline_class(select)
 
 
+def row_log_ratio(samples, num_classes: int, bands: int):
+    """bands x classes: log p(class | band of frame rows) - log p(class) over the labelled pixels of `samples`
+    (void left out, counts + 1 per class): how much likelier a class is in that band than anywhere
+    (models/experiments/row_prior.md). Band b holds the frame rows r with floor(r * bands / height) == b."""
+    import numpy as np
+    counts = np.zeros((bands, num_classes), np.float64)
+    for s in samples:
+        h = s.semantic.shape[0]
+        band_of_row = np.arange(h) * bands // h
+        for b in range(bands):
+            labels = s.semantic[band_of_row == b].ravel()
+            counts[b] += np.bincount(labels, minlength=256)[:num_classes]
+    counts += 1
+    in_band = counts / counts.sum(1, keepdims=True)
+    overall = counts.sum(0) / counts.sum()
+    return np.log(in_band) - np.log(overall)
+
+
+def row_boost(table, labels, grid_rows: int, stride: int, frame_rows: int):
+    """K x grid_rows: table[band, class of query k] for each row of the mask grid, the band being that of the
+    frame row at the grid row's centre; 0 on rows of padding (centre at or past the frame's last row)."""
+    import torch
+    log_ratio = torch.as_tensor(table, dtype=torch.float32)  # bands x classes
+    centre = (torch.arange(grid_rows, dtype=torch.float32) + 0.5) * stride / frame_rows
+    inside = centre < 1
+    boost = torch.zeros(len(labels), grid_rows)
+    boost[:, inside] = log_ratio[(centre[inside] * log_ratio.shape[0]).long()][:, labels.long()].T
+    return boost
+
+
+def row_prior_pipeline_class(alpha: float, table):
+    """A Pipeline whose kept queries' mask logits get + alpha * row_boost on each row of the mask grid before the
+    decision (models/experiments/row_prior.md)."""
+    import dataclasses as dc
+
+    from panoptic_node.inference.pipeline import Pipeline
+
+    class RowPriorPipeline(Pipeline):
+        def decide(self, detected):
+            logits, geom = detected.mask_logits, detected.geom
+            if not len(logits):
+                return super().decide(detected)
+            boost = row_boost(table, detected.labels, logits.shape[-2], self.backend.mask_stride, geom.resized_h)
+            adjusted = logits.float() + alpha * boost.to(logits.device)[:, :, None]
+            return super().decide(dc.replace(detected, mask_logits=adjusted))
+    return RowPriorPipeline
+
+
 def time_postprocessing(variants, samples, rounds: int):
     """The post-processing alone (Pipeline.decide after one shared network pass per frame), per variant: each
     frame's fastest of `rounds` runs, the variants interleaved frame by frame so that a change in the machine's
@@ -321,10 +369,13 @@ def main():
         variants += [(f"fast guided step {st} r {r} eps {e:g}", shipped, w, guided_pipeline_class(st, r, e))
                      for st, r in ((2, 2), (4, 1), (8, 1)) for e in args.guided_eps]  # the same record's addendum
         if args.prior_drives:
-            log_prior = pixel_log_prior(CamVid(root, drives=args.prior_drives.split(",")).load_all(),
-                                        shipped.num_classes)
+            prior_samples = CamVid(root, drives=args.prior_drives.split(",")).load_all()
+            log_prior = pixel_log_prior(prior_samples, shipped.num_classes)
             variants += [(f"class prior tau {tau}", shipped, w, class_prior_pipeline_class(tau, log_prior))
                          for tau in (0.1, 0.25, 0.5, 1.0)]
+            table = row_log_ratio(prior_samples, shipped.num_classes, 45)  # models/experiments/row_prior.md
+            variants += [(f"row prior alpha {a}", shipped, w, row_prior_pipeline_class(a, table))
+                         for a in (0.25, 0.5, 1.0)]
         if args.fp32_checkpoint:
             variants.append(("float32 checkpoint, overlap 0.5", shipped, args.fp32_checkpoint))
     if args.only:

@@ -102,18 +102,23 @@ def test_shipped_instances_are_connected_pieces_of_their_class():
     assert instances >= 5  # the frames hold cars and pedestrians
 
 
-def test_the_benchmarks_flip_augmentation_treats_a_frame_and_its_mirror_alike():
-    """bench_street_ablation's flip test-time augmentation runs a frame and its mirror image and flips
-    the second pass's masks back: on the mirrored frame it must give the mirrored maps (the two runs
-    merge the same masks in another order), which fails if the flip back is wrong or missing."""
+def bench_street_ablation():
+    """bench/bench_street_ablation.py as a module (bench/ is scripts, not a package)."""
     import importlib.util
     from pathlib import Path
-
-    import numpy as np
     spec = importlib.util.spec_from_file_location(
         "bench_street_ablation", Path(__file__).resolve().parents[1] / "bench" / "bench_street_ablation.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_benchmarks_flip_augmentation_treats_a_frame_and_its_mirror_alike():
+    """bench_street_ablation's flip test-time augmentation runs a frame and its mirror image and flips
+    the second pass's masks back: on the mirrored frame it must give the mirrored maps (the two runs
+    merge the same masks in another order), which fails if the flip back is wrong or missing."""
+    import numpy as np
+    bench = bench_street_ablation()
     frame = CamVid(camvid_or_skip(), "val")[40].rgb  # a real street: nothing in it is symmetric
     flip = bench.flip_pipeline_class().from_config("street_lite0")
     a, b = flip(frame), flip(np.ascontiguousarray(frame[:, ::-1]))
@@ -131,15 +136,9 @@ def test_the_benchmarks_guided_filter_equals_fitting_each_window_by_hand():
     """bench_street_ablation's guided filter (models/experiments/guided_masks.md) against He et al.'s definition
     computed window by window: a least-squares line of the plane on the guide in every window that holds a pixel
     (cut at the edges), its slope shrunk by eps, each pixel the mean of those windows' lines at its guide value."""
-    import importlib.util
-    from pathlib import Path
-
     import numpy as np
     import torch
-    spec = importlib.util.spec_from_file_location(
-        "bench_street_ablation", Path(__file__).resolve().parents[1] / "bench" / "bench_street_ablation.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_street_ablation()
     rng = np.random.default_rng(3)
     h, w, r, eps = 7, 9, 2, 0.05
     guide = rng.random((h, w))
@@ -172,6 +171,27 @@ def test_the_benchmarks_guided_filter_equals_fitting_each_window_by_hand():
     coarse = torch.tensor([[-3.0, -3.0, 3.0, 3.0]]).repeat(2, 1)[None]  # 1 x 2 x 4 grid points
     out = bench.guided_filter(coarse, torch.from_numpy(guide), 1, 1e-4).numpy()[0]
     assert (out[:, 8] < 0).all() and (out[:, 9] > 0).all()
+
+
+def test_the_benchmarks_row_prior_counts_by_band_and_boosts_each_query_on_its_rows():
+    """bench_street_ablation's row prior (models/experiments/row_prior.md) against counting by hand: a 4-row frame
+    in 2 bands, class 0 only on top and class 1 everywhere; then the boost of two queries on a mask grid whose
+    last row is padding."""
+    import numpy as np
+    import torch
+
+    from panoptic_node.training.data import Sample
+    bench = bench_street_ablation()
+    semantic = np.array([[0, 0, 1], [0, 1, 1], [1, 1, 11], [1, 1, 1]], np.uint8)  # 11: void, left out
+    sample = Sample("x", np.zeros((4, 3, 3), np.uint8), semantic, np.zeros((4, 3), np.int32))
+    table = bench.row_log_ratio([sample], 2, 2)
+    # counts + 1: top band (rows 0-1) class 0: 3 + 1, class 1: 3 + 1; bottom band (rows 2-3) 0 + 1 and 5 + 1
+    top, bottom, overall = np.array([4, 4]) / 8, np.array([1, 6]) / 7, np.array([5, 10]) / 15
+    np.testing.assert_allclose(table, np.log([top, bottom]) - np.log(overall), rtol=1e-12)
+    # a frame of 24 rows on a grid of stride 8 with 4 rows: row centres at 4, 12, 20 (frame) and 28 (padding)
+    table = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])  # 3 bands of 8 frame rows
+    boost = bench.row_boost(table, torch.tensor([1, 0]), 4, 8, 24)
+    np.testing.assert_array_equal(boost.numpy(), [[10, 20, 30, 0], [1, 2, 3, 0]])
 
 
 def test_the_ensemble_benchmarks_vote_takes_the_most_given_class_and_the_earliest_among_ties():
