@@ -246,7 +246,8 @@ def cmd_train(args) -> int:
           dataset=args.dataset, train_drives=drive_list(args.train_drives), val_drives=drive_list(args.val_drives),
           scale=scale, colour=args.photometric, ema=args.ema, semantic_aux=args.semantic_aux, seed=args.seed,
           copy_paste=args.copy_paste, init=args.init, overwrite=args.overwrite, weight_decay=args.weight_decay,
-          mixstyle=args.mixstyle, freeze_backbone_to=args.freeze_backbone, class_balance=args.class_balance)
+          mixstyle=args.mixstyle, freeze_backbone_to=args.freeze_backbone, class_balance=args.class_balance,
+          train_every=args.train_every)
     return 0
 
 
@@ -1069,6 +1070,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weigh each class's losses by (median class frequency / its pixel frequency in the training "
                         "frames) ** POWER, so rare classes (pole, sign, pedestrian) count more (0 = off; 1 = SegNet's "
                         "median frequency balancing, 0.5 a softer one)")
+    p.add_argument("--train-every", type=int, default=1, metavar="N",
+                   help="train on every N-th frame of each training drive only (1, default: every frame): a smaller "
+                        "training set of the same streets, to measure what more frames are worth")
     p.add_argument("--init", help="start from these weights instead of ImageNet's backbone: a checkpoint of the same "
                    "network, e.g. trained on Cityscapes (--dataset cityscapes); heads for another label set start fresh")
     p.add_argument("--threads", type=int, default=2)

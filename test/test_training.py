@@ -402,6 +402,37 @@ def test_held_out_drive_frames_never_reach_training(tmp_path, rng, monkeypatch):
     assert scored == [["C3_001", "C3_002"]] * 2
 
 
+def test_train_every_keeps_every_nth_frame_of_each_drive_in_time_order(tmp_path, rng, monkeypatch):
+    """--train-every 2: each drive's first, third, ... frame trains (the drive's own count, not the list's), the
+    run records it, and a count below 1 is refused before anything is written."""
+    import json
+
+    import panoptic_node.training.train as training
+    from panoptic_node.cli import main
+    from panoptic_node.training.data import every_nth_frame
+    make_dataset(tmp_path / "data", rng, names=DRIVE_NAMES)
+    write_tiny_config(tmp_path)
+    shuffled = [type("S", (), {"name": n})() for n in ["B2_003", "A1_002", "B2_001", "A1_001", "B2_002"]]
+    assert [s.name for s in every_nth_frame(shuffled, 2)] == ["A1_001", "B2_001", "B2_003"]
+    assert [s.name for s in every_nth_frame(shuffled, 1)] == ["A1_001", "A1_002", "B2_001", "B2_002", "B2_003"]
+    seen = set()
+    real_batch = training.make_batch
+
+    def spy_batch(samples, *a, **k):
+        seen.update(s.name for s in samples)
+        return real_batch(samples, *a, **k)
+
+    monkeypatch.setattr(training, "make_batch", spy_batch)
+    training.train(str(tmp_path / "tiny.yaml"), str(tmp_path / "data"), str(tmp_path / "run"), epochs=2, batch_size=1,
+                   crop=(64, 96), val_every=0, train_drives=["A1", "B2"], val_drives=["C3"], train_every=2,
+                   log=lambda *_: None)
+    assert seen == {"A1_001", "B2_001", "B2_003"}
+    assert json.loads((tmp_path / "run" / "settings.json").read_text())["train_every"] == 2
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "refused"), "--epochs", "1",
+                 "--train-drives", "A1", "--val-drives", "C3", "--train-every", "0"]) == 2
+    assert not (tmp_path / "refused").exists()
+
+
 def test_camvid_folds_keep_their_drives_apart():
     """On CamVid's own file lists: each leave-one-drive-out fold trains on no frame of the drive it validates on."""
     from conftest import camvid_or_skip

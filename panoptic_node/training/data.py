@@ -44,6 +44,15 @@ def drive_of(name) -> str:
     return Path(name).stem.split("_")[0]
 
 
+def every_nth_frame(samples, n: int) -> list:
+    """Every n-th frame of each drive, in time order (a drive's names sort in time order), from its first: a
+    smaller training set of the same streets, to measure what more frames of them are worth."""
+    by_drive = {}
+    for s in sorted(samples, key=lambda s: s.name):
+        by_drive.setdefault(drive_of(s.name), []).append(s)
+    return [s for frames in by_drive.values() for s in frames[::n]]
+
+
 class CamVid:
     """`split` of a CamVid folder laid out as in ../shared/data/camvid (see its README), or, with
     `drives`, every labelled frame of those drives whichever split lists it (leave-one-drive-out

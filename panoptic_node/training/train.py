@@ -34,7 +34,7 @@ from ..output_safety import OutputLock, refuse_foreign_folder, refuse_inputs, re
 from ..taxonomy import VOID, get_taxonomy
 from .augment import PHOTOMETRIC, augment, copy_paste
 from .class_balance import balanced_weights, pixel_frequencies
-from .data import drive_of, make_dataset
+from .data import drive_of, every_nth_frame, make_dataset
 from .ema import WeightAverage
 from .mixstyle import MixStyle
 from .semantic_aux import SemanticAux
@@ -43,7 +43,7 @@ from .targets import build_target
 LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 # settings added after runs were saved, with the value that means "off": such runs resume
 ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0,
-                  "freeze_backbone": 0, "class_balance": 0.0}
+                  "freeze_backbone": 0, "class_balance": 0.0, "train_every": 1}
 
 
 def run_record(settings: dict, cfg) -> dict:
@@ -258,7 +258,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           max_train_frames: int = 0, stop_after_epoch: int = 0, train_drives=None, val_drives=None,
           scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, semantic_aux: float = 0.0,
           copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, freeze_backbone_to: int = 0,
-          class_balance: float = 0.0, overwrite: bool = False, log=print) -> dict:
+          class_balance: float = 0.0, train_every: int = 1, overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
@@ -266,9 +266,12 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     `mixstyle` > 0 mixes the frames' feature statistics in the backbone with that probability per batch.
     `init`: weights to start from (checkpoint.init_from) instead of ImageNet's backbone and fresh heads.
     `freeze_backbone_to` (4, 8 or 16) keeps the backbone's ImageNet weights up to that stride.
-    `class_balance` > 0 weighs each class's losses by (median / its pixel frequency) ** class_balance."""
+    `class_balance` > 0 weighs each class's losses by (median / its pixel frequency) ** class_balance.
+    `train_every` > 1 trains on every n-th frame of each training drive only (what more frames are worth)."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
     check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance)
+    require(train_every >= 1, "--train-every", train_every,
+            "a whole number >= 1 (1 trains on every frame, 2 on every second frame of each drive)")
     train_drives, val_drives = split_drives(train_drives, val_drives)
     cfg = load_config(config)
     if mixstyle and not cfg.backbone.startswith("efficientnet_lite"):
@@ -289,7 +292,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "max_train_frames": max_train_frames, "semantic_aux": semantic_aux,
                 "copy_paste": copy_paste, "init": str(Path(init).resolve()) if init else None,
                 "weight_decay": weight_decay, "mixstyle": mixstyle, "freeze_backbone": freeze_backbone_to,
-                "class_balance": class_balance}
+                "class_balance": class_balance, "train_every": train_every}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -307,6 +310,9 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         train_samples = train_set.load_all()
         if max_train_frames:
             train_samples = train_samples[:max_train_frames]
+        if train_every > 1:
+            train_samples = every_nth_frame(train_samples, train_every)
+            log(f"training on one frame in {train_every} of each drive: {len(train_samples)} frames")
         val_samples = val_set.load_all() if val_set else []
         if val_drives:  # the split's promise, checked on the frames themselves
             assert not {drive_of(s.name) for s in train_samples} & set(val_drives)
