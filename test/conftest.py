@@ -138,6 +138,15 @@ def rng():
     return np.random.default_rng(0)
 
 
+def bench_module(name: str):
+    """bench/NAME.py as a module, for tests of a benchmark's own arithmetic (bench/ holds scripts, not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def camvid_or_skip() -> Path:
     if not (CAMVID / "val.txt").is_file():
         pytest.skip(f"CamVid not found at {CAMVID} (expected ../shared/data/camvid beside the repo, "

@@ -29,7 +29,7 @@ from panoptic_node.model.checkpoint import load_model  # noqa: E402
 from panoptic_node.model.config import load_config  # noqa: E402
 from panoptic_node.quantize import in_module, quantize_int8, quantize_with_scales  # noqa: E402
 
-from conftest import CAMVID, camvid_or_skip, write_frames  # noqa: E402
+from conftest import CAMVID, bench_module, camvid_or_skip, write_frames  # noqa: E402
 from launch_helpers import tiny_model_yaml  # noqa: E402
 
 
@@ -301,11 +301,7 @@ def test_the_layer_benchmarks_parts_cover_every_quantizable_node_once_and_its_du
                                                                                                  tmp_path):
     """bench_int8_layers keeps one part float at a time: together its parts must name every Conv / MatMul /
     Gemm of the graph exactly once, or a part's row would not say what it claims."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "bench_int8_layers", Path(__file__).resolve().parents[1] / "bench" / "bench_int8_layers.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_module("bench_int8_layers")
     # its dusk frames: each value v becomes 255 * (v / 255) ** gamma * gain, cut to whole levels; labels kept
     from panoptic_node.training.data import Sample
     rgb = np.array([[[0, 51, 255], [128, 200, 10]]], np.uint8)
@@ -331,13 +327,8 @@ def test_the_layer_benchmarks_parts_cover_every_quantizable_node_once_and_its_du
 def test_the_layer_benchmark_refuses_a_float_prefix_naming_no_module_before_reading_any_frame(calibrated, tmp_path,
                                                                                               monkeypatch, capsys):
     """A mistyped --float prefix is one line at once, not after the frames are read (seconds to minutes)."""
-    import importlib.util
-
     import panoptic_node.training.data as data
-    spec = importlib.util.spec_from_file_location(
-        "bench_int8_layers", Path(__file__).resolve().parents[1] / "bench" / "bench_int8_layers.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_module("bench_int8_layers")
 
     class FramesMustNotBeRead:
         def __init__(self, *args, **kwargs):

@@ -7,7 +7,7 @@ from panoptic_node.inference.pipeline import Pipeline
 from panoptic_node.model.config import load_config
 from panoptic_node.training.data import CamVid
 
-from conftest import camvid_or_skip
+from conftest import bench_module, camvid_or_skip
 
 
 def test_shipped_weights_exist_and_are_small():
@@ -102,23 +102,12 @@ def test_shipped_instances_are_connected_pieces_of_their_class():
     assert instances >= 5  # the frames hold cars and pedestrians
 
 
-def bench_street_ablation():
-    """bench/bench_street_ablation.py as a module (bench/ is scripts, not a package)."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "bench_street_ablation", Path(__file__).resolve().parents[1] / "bench" / "bench_street_ablation.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_the_benchmarks_flip_augmentation_treats_a_frame_and_its_mirror_alike():
     """bench_street_ablation's flip test-time augmentation runs a frame and its mirror image and flips
     the second pass's masks back: on the mirrored frame it must give the mirrored maps (the two runs
     merge the same masks in another order), which fails if the flip back is wrong or missing."""
     import numpy as np
-    bench = bench_street_ablation()
+    bench = bench_module("bench_street_ablation")
     frame = CamVid(camvid_or_skip(), "val")[40].rgb  # a real street: nothing in it is symmetric
     flip = bench.flip_pipeline_class().from_config("street_lite0")
     a, b = flip(frame), flip(np.ascontiguousarray(frame[:, ::-1]))
@@ -138,7 +127,7 @@ def test_the_benchmarks_guided_filter_equals_fitting_each_window_by_hand():
     (cut at the edges), its slope shrunk by eps, each pixel the mean of those windows' lines at its guide value."""
     import numpy as np
     import torch
-    bench = bench_street_ablation()
+    bench = bench_module("bench_street_ablation")
     rng = np.random.default_rng(3)
     h, w, r, eps = 7, 9, 2, 0.05
     guide = rng.random((h, w))
@@ -181,7 +170,7 @@ def test_the_benchmarks_row_prior_counts_by_band_and_boosts_each_query_on_its_ro
     import torch
 
     from panoptic_node.training.data import Sample
-    bench = bench_street_ablation()
+    bench = bench_module("bench_street_ablation")
     semantic = np.array([[0, 0, 1], [0, 1, 1], [1, 1, 11], [1, 1, 1]], np.uint8)  # 11: void, left out
     sample = Sample("x", np.zeros((4, 3, 3), np.uint8), semantic, np.zeros((4, 3), np.int32))
     table = bench.row_log_ratio([sample], 2, 2)
@@ -196,14 +185,8 @@ def test_the_benchmarks_row_prior_counts_by_band_and_boosts_each_query_on_its_ro
 
 def test_the_ensemble_benchmarks_vote_takes_the_most_given_class_and_the_earliest_among_ties():
     """bench_run_ensemble's majority vote, against counting by hand: three maps, then a tie of two."""
-    import importlib.util
-    from pathlib import Path
-
     import numpy as np
-    spec = importlib.util.spec_from_file_location(
-        "bench_run_ensemble", Path(__file__).resolve().parents[1] / "bench" / "bench_run_ensemble.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_module("bench_run_ensemble")
     a, b, c = np.array([[0, 1, 255, 4]]), np.array([[0, 2, 3, 5]]), np.array([[1, 2, 255, 6]])
     assert bench.majority([a, b, c], 11).tolist() == [[0, 2, 255, 4]]  # last: three-way tie, the first map's
     assert bench.majority([b, a], 11).tolist() == [[0, 2, 3, 5]]  # every disagreement a tie: the first map
