@@ -1006,7 +1006,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     benches = ["pipeline", "evaluation", "backends", "resolution", "street_ablation", "node", "fleet", "shapes",
                "int8", "int8_layers", "things", "semantic_head", "restyle", "run_ensemble", "first_frame", "lifecycle",
-               "tracking", "map_compression"]
+               "tracking", "map_compression", "training_frames"]
     p = sub.add_parser("doctor", help="what this machine will run (backend, precision, graphs, ROS 2, Fast DDS) "
                                       "and what keeps it from running well; exit 1 when the model cannot run")
     p.add_argument("--model", help="model name, YAML or checkpoint (default: street_lite0)")
@@ -1031,7 +1031,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="street_lite0")
     p.add_argument("--data", help="dataset folder (CamVid default: ../shared/data/camvid)")
     p.add_argument("--dataset", default="camvid", choices=["camvid", "cityscapes", "kitti"],
-                   help="folder layout (cityscapes / kitti: the layouts `convert` reads)")
+                   help="folder layout (cityscapes / kitti: the layouts `convert` reads; their labels become the "
+                        "config's, e.g. CamVid's classes for street_lite0, and frames are read as batches need them)")
     p.add_argument("--out", default="runs/street_lite0")
     p.add_argument("--epochs", type=int, default=36)
     p.add_argument("--batch-size", type=int, default=4)
@@ -1044,7 +1045,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: CamVid's train split")
     p.add_argument("--val-drives", help="CamVid drives held out for validation (e.g. 0006R0), or 'none' "
                    "(a release trained on every labelled frame); default: CamVid's val split")
-    p.add_argument("--scale", default="0.75,1.5", help="random scale range LOW,HIGH before the crop")
+    p.add_argument("--scale", default="0.75,1.5", help="random scale range LOW,HIGH before the crop (Cityscapes' "
+                   "2048x1024 frames: e.g. 0.25,0.5 to show streets near the size CamVid's 480x360 frames do)")
     # the names of training.augment.PHOTOMETRIC (not imported here: scipy and the data code would load for --help)
     p.add_argument("--photometric", default="basic", choices=["none", "basic", "strong", "lighting", "dusk"],
                    help="colour augmentation: basic = +-20%% brightness / contrast / saturation; strong adds "
@@ -1074,7 +1076,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on every N-th frame of each training drive only (1, default: every frame): a smaller "
                         "training set of the same streets, to measure what more frames are worth")
     p.add_argument("--init", help="start from these weights instead of ImageNet's backbone: a checkpoint of the same "
-                   "network, e.g. trained on Cityscapes (--dataset cityscapes); heads for another label set start fresh")
+                   "network, e.g. trained on Cityscapes (--dataset cityscapes); a class head for another label set starts fresh")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pth, "
                    "with the same settings")

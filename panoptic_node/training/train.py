@@ -34,7 +34,7 @@ from ..output_safety import OutputLock, refuse_foreign_folder, refuse_inputs, re
 from ..taxonomy import VOID, get_taxonomy
 from .augment import PHOTOMETRIC, augment, copy_paste
 from .class_balance import balanced_weights, pixel_frequencies
-from .data import drive_of, every_nth_frame, make_dataset
+from .data import check_dataset_labels, drive_of, every_nth_frame, make_dataset
 from .ema import WeightAverage
 from .mixstyle import MixStyle
 from .semantic_aux import SemanticAux
@@ -284,6 +284,9 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     if semantic_aux and cfg.mask_head != "dot_product":
         raise ValueError(f"--semantic-aux needs the dot_product mask head's pixel embeddings; "
                          f"{cfg.name} has mask_head {cfg.mask_head}")
+    check_dataset_labels(dataset, cfg.labels)
+    if train_every > 1 and dataset != "camvid":
+        raise ValueError(f"--train-every needs CamVid, whose file names carry the drive; '{dataset}' frames do not")
     out = Path(out)
     # what a resumed run must share with the run it continues
     settings = {"config": cfg.name, "epochs": epochs, "batch_size": batch_size, "crop": list(crop), "lr": lr,
@@ -300,13 +303,17 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         random.seed(seed)
 
         if train_drives is None:
-            train_set, val_set = make_dataset(dataset, data, "train"), make_dataset(dataset, data, "val")
+            train_set = make_dataset(dataset, data, "train", labels=cfg.labels)
+            # --val-every 0 never evaluates: a folder without a val split (a pre-training set) trains too
+            val_set = make_dataset(dataset, data, "val", labels=cfg.labels) if val_every else None
         else:
-            train_set = make_dataset(dataset, data, "train", drives=train_drives)
-            val_set = make_dataset(dataset, data, "val", drives=val_drives) if val_drives else None
+            train_set = make_dataset(dataset, data, "train", drives=train_drives, labels=cfg.labels)
+            val_set = make_dataset(dataset, data, "val", drives=val_drives, labels=cfg.labels) if val_drives else None
         log(f"loading {len(train_set)} train and {len(val_set) if val_set else 0} val frames from {data}"
             + (f" (train drives {', '.join(train_drives)}; val drives {', '.join(val_drives) or 'none'})"
                if train_drives else ""))
+        if train_set.taxonomy != cfg.labels:  # e.g. Cityscapes' 19 classes for the CamVid street model
+            log(f"{dataset} labels ({train_set.taxonomy} classes) mapped to {cfg.name}'s {cfg.labels} classes")
         train_samples = train_set.load_all()
         if max_train_frames:
             train_samples = train_samples[:max_train_frames]
@@ -353,7 +360,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         class_weights = None
         if class_balance:  # from the training frames as loaded, before augmentation
-            class_weights = balanced_weights(pixel_frequencies([s.semantic for s in train_samples], cfg.num_classes),
+            class_weights = balanced_weights(pixel_frequencies((s.semantic for s in train_samples), cfg.num_classes),
                                              class_balance)
             name_of = get_taxonomy(cfg.labels).name_of
             log("class weights: " + ", ".join(f"{name_of(c)} {w:.2f}" for c, w in enumerate(class_weights.tolist())))
