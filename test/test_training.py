@@ -522,6 +522,12 @@ def test_train_every_keeps_every_nth_frame_of_each_drive_in_time_order(tmp_path,
     assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "refused"), "--epochs", "1",
                  "--train-drives", "A1", "--val-drives", "C3", "--train-every", "0"]) == 2
     assert not (tmp_path / "refused").exists()
+    # frames of a folder dataset carry no drive to keep every n-th frame of
+    cs = write_cityscapes(tmp_path / "cs", rng)
+    with pytest.raises(ValueError, match="--train-every needs CamVid, whose file names carry the drive"):
+        training.train(str(tmp_path / "tiny.yaml"), str(cs), str(tmp_path / "refused"), epochs=1, dataset="cityscapes",
+                       val_every=0, train_every=2, log=lambda *_: None)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_camvid_folds_keep_their_drives_apart():
