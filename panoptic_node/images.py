@@ -19,6 +19,18 @@ def open_image(path) -> Image.Image:
         raise ValueError(f"cannot read image '{path}' ({e}); expected a PNG or JPEG file") from None
 
 
+def check_image(path) -> tuple:
+    """(width, height) of an image file whose every chunk is there and intact, without decoding its pixels (PNG
+    checksums: ~3 ms for a 2048x1024 frame, against ~90 to decode it); open_image's one-line error otherwise."""
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            im.verify()
+        return size
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"cannot read image '{path}' ({e}); expected a PNG or JPEG file") from None
+
+
 def read_rgb(path) -> np.ndarray:
     """An image file as RGB, upright: a JPEG's EXIF orientation is applied, as image viewers, OpenCV
     and detectron2 do, so the maps line up with the picture a user sees. 16- and 32-bit greyscale are

@@ -367,6 +367,28 @@ def test_frames_of_a_folder_dataset_are_decoded_when_asked_for_not_held(tmp_path
     assert reads[-1] == "ulm_000000_000020_leftImg8bit.png"
 
 
+@pytest.mark.parametrize("damage", ["truncated frame", "labels of another size"])
+def test_a_damaged_frame_of_a_folder_dataset_is_refused_before_the_run_starts(tmp_path, rng, capsys, damage):
+    """Frames are decoded when a batch needs them: a damaged one must stop the run before it starts, not hours in."""
+    from panoptic_node.cli import main
+    write_tiny_config(tmp_path)
+    cs = write_cityscapes(tmp_path / "cs", rng, frames=3)
+    frame = cs / "leftImg8bit/train/ulm/ulm_000000_000020_leftImg8bit.png"
+    labels = cs / "gtFine/train/ulm/ulm_000000_000020_gtFine_labelIds.png"
+    if damage == "truncated frame":
+        frame.write_bytes(frame.read_bytes()[:-40])
+    else:
+        Image.fromarray(np.full((16, 48), 7, np.uint8)).save(labels)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert main(["train", "--config", str(tmp_path / "tiny.yaml"), "--dataset", "cityscapes", "--data", str(cs),
+                 *TINY_TRAIN_ARGS, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "1 of the 3 labelled frames cannot train; the first:" in err
+    assert str(frame if damage == "truncated frame" else labels) in err
+    assert not (tmp_path / "run").exists()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("dataset,labels", [("cityscapes", "coco"), ("camvid", "cityscapes")])
 def test_a_dataset_whose_labels_cannot_become_the_models_is_refused_before_anything_is_written(
         tmp_path, rng, capsys, dataset, labels):

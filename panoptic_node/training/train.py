@@ -314,6 +314,9 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                if train_drives else ""))
         if train_set.taxonomy != cfg.labels:  # e.g. Cityscapes' 19 classes for the CamVid street model
             log(f"{dataset} labels ({train_set.taxonomy} classes) mapped to {cfg.name}'s {cfg.labels} classes")
+        for frames in (train_set, val_set):  # a damaged file found now, not when a batch needs it hours in
+            if frames is not None:
+                frames.check_files()
         train_samples = train_set.load_all()
         if max_train_frames:
             train_samples = train_samples[:max_train_frames]
