@@ -247,7 +247,7 @@ def cmd_train(args) -> int:
           scale=scale, colour=args.photometric, ema=args.ema, semantic_aux=args.semantic_aux, seed=args.seed,
           copy_paste=args.copy_paste, init=args.init, overwrite=args.overwrite, weight_decay=args.weight_decay,
           mixstyle=args.mixstyle, freeze_backbone_to=args.freeze_backbone, class_balance=args.class_balance,
-          train_every=args.train_every)
+          train_every=args.train_every, head_first=args.head_first)
     return 0
 
 
@@ -1075,8 +1075,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-every", type=int, default=1, metavar="N",
                    help="train on every N-th frame of each training drive only (1, default: every frame): a smaller "
                         "training set of the same streets, to measure what more frames are worth")
+    p.add_argument("--head-first", type=int, default=0, metavar="N",
+                   help="the first N epochs train the head alone on the backbone's starting (ImageNet) weights, then "
+                        "the whole network, the backbone's rate warmed up again (LP-FT; 0, default: all from the "
+                        "start)")
     p.add_argument("--init", help="start from these weights instead of ImageNet's backbone: a checkpoint of the same "
-                   "network, e.g. trained on Cityscapes (--dataset cityscapes); a class head for another label set starts fresh")
+                   "network, e.g. trained on Cityscapes (--dataset cityscapes); a class head for another label set "
+                   "starts fresh")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pth, "
                    "with the same settings")

@@ -1110,7 +1110,7 @@ def test_one_step_with_mixstyle_lowers_the_loss(tiny_setup):
     assert float(after) < float(before.detach())
 
 
-@pytest.mark.parametrize("setting, value", [("mixstyle", 1.0), ("class_balance", 0.5)])
+@pytest.mark.parametrize("setting, value", [("mixstyle", 1.0), ("class_balance", 0.5), ("head_first", 1)])
 def test_resume_with_a_training_only_setting_reproduces_an_uninterrupted_run(tiny_setup, setting, value):
     """MixStyle's draws come from torch's generator, which the checkpoint keeps; the class weights are computed
     again from the same frames. Each is recorded, and changes what is learned."""
@@ -1143,6 +1143,40 @@ def test_a_frozen_backbone_keeps_imagenet_weights_up_to_its_stride_and_trains_th
     for k in a["model"]:  # and a resumed run is the same run
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert a["settings"]["freeze_backbone"] == 8
+
+
+def test_head_first_keeps_the_backbone_while_the_head_learns_then_trains_it(tiny_setup):
+    """--head-first 1 of 2 epochs: after the first, the backbone is ImageNet's bit for bit and the head has learned;
+    after the second the backbone has moved too, its rate warmed up from 0 at the first step it trains."""
+    from panoptic_node.model.detr import build_model
+    imagenet = build_model(compact_config(), pretrained_backbone=True).state_dict()
+    args = dict(batch_size=2, crop=(64, 96), val_every=0, log=lambda *_: None, head_first=1, lr_backbone=1e-3)
+    cfg, data = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data")
+    train(cfg, data, str(tiny_setup / "a"), epochs=2, stop_after_epoch=1, **args)
+    first = torch.load(tiny_setup / "a" / "checkpoint.pth", weights_only=False)
+    trainable = [k for k, v in imagenet.items() if k.startswith("backbone.") and v.is_floating_point()
+                 and "running" not in k]
+    assert trainable and all(torch.equal(first["model"][k], imagenet[k]) for k in trainable)
+    assert any(not torch.equal(first["model"][k], v) for k, v in imagenet.items() if not k.startswith("backbone."))
+    train(cfg, data, str(tiny_setup / "a"), epochs=2, resume=True, **args)
+    second = torch.load(tiny_setup / "a" / "checkpoint.pth", weights_only=False)
+    assert any(not torch.equal(second["model"][k], imagenet[k]) for k in trainable)
+
+
+def test_after_head_first_the_backbone_rate_warms_up_from_zero_into_the_schedule():
+    from panoptic_node.training.train import after_head_first
+    factor = after_head_first(lambda step: 1.0 - step / 100, head_steps=10, warmup=4)
+    assert [factor(s) for s in (0, 9)] == [0.0, 0.0]
+    assert [factor(s) for s in (10, 11, 13, 50)] == pytest.approx([0.9 / 4, 0.89 / 2, 0.87, 0.5])
+    assert after_head_first(lambda step: 1.0, head_steps=2, warmup=0)(2) == 1.0  # a run too short for a warm-up
+
+
+@pytest.mark.parametrize("epochs_first", [-1, 2])
+def test_a_head_first_outside_the_schedule_is_refused(tiny_setup, epochs_first):
+    with pytest.raises(ValueError, match=rf"--head-first {epochs_first}: expected a whole number of epochs in \[0, 2\)"):
+        train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "r"), epochs=2,
+              head_first=epochs_first, log=lambda *_: None)
+    assert not (tiny_setup / "r").exists()
 
 
 @pytest.mark.parametrize("bad", ["3", "32"])

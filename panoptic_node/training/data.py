@@ -161,7 +161,8 @@ class _PanopticFolder:
         root = Path(root)
         if kind == "cityscapes":
             image_dir, images, sequence = convert.cityscapes_images(root, split)
-            files = [] if sequence else [(p, *convert.cityscapes_label_files(root, split, image_dir, p)) for p in images]
+            files = [] if sequence else [(p, *convert.cityscapes_label_files(root, split, image_dir, p))
+                                         for p in images]
             self._read_labels = convert.read_cityscapes_labels
         else:
             images = sorted((root / split / "image_2").glob("*.png"))

@@ -43,7 +43,7 @@ from .targets import build_target
 LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 # settings added after runs were saved, with the value that means "off": such runs resume
 ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0,
-                  "freeze_backbone": 0, "class_balance": 0.0, "train_every": 1}
+                  "freeze_backbone": 0, "class_balance": 0.0, "train_every": 1, "head_first": 0}
 
 
 def run_record(settings: dict, cfg) -> dict:
@@ -237,6 +237,12 @@ def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mix
             "a power in [0, 1] on median frequency / a class's frequency (0 = off, 1 = SegNet's weights)")
 
 
+def after_head_first(schedule, head_steps: int, warmup: int):
+    """The backbone's learning-rate factor with --head-first: 0 for the head's steps alone, then warmed up from 0
+    over `warmup` steps into `schedule`, as at the start of a run."""
+    return lambda step: 0.0 if step < head_steps else schedule(step) * min(1.0, (step - head_steps + 1) / max(1, warmup))
+
+
 def split_drives(train_drives, val_drives):
     """Checks a leave-one-drive-out split: no drive on both sides. None = CamVid's own split;
     an empty `val_drives` = no validation (a release trained on every labelled frame)."""
@@ -258,7 +264,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           max_train_frames: int = 0, stop_after_epoch: int = 0, train_drives=None, val_drives=None,
           scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, semantic_aux: float = 0.0,
           copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, freeze_backbone_to: int = 0,
-          class_balance: float = 0.0, train_every: int = 1, overwrite: bool = False, log=print) -> dict:
+          class_balance: float = 0.0, train_every: int = 1, head_first: int = 0, overwrite: bool = False,
+          log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
@@ -267,11 +274,15 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     `init`: weights to start from (checkpoint.init_from) instead of ImageNet's backbone and fresh heads.
     `freeze_backbone_to` (4, 8 or 16) keeps the backbone's ImageNet weights up to that stride.
     `class_balance` > 0 weighs each class's losses by (median / its pixel frequency) ** class_balance.
-    `train_every` > 1 trains on every n-th frame of each training drive only (what more frames are worth)."""
+    `train_every` > 1 trains on every n-th frame of each training drive only (what more frames are worth).
+    `head_first` > 0 keeps the backbone at its starting weights for that many epochs while the head learns on its
+    features, then trains it too (LP-FT: a random head's first gradients distort pretrained features least so)."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
     check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance)
     require(train_every >= 1, "--train-every", train_every,
             "a whole number >= 1 (1 trains on every frame, 2 on every second frame of each drive)")
+    require(0 <= head_first < epochs, "--head-first", head_first,
+            f"a whole number of epochs in [0, {epochs}) (0 trains the backbone from the start)")
     train_drives, val_drives = split_drives(train_drives, val_drives)
     cfg = load_config(config)
     if mixstyle and not cfg.backbone.startswith("efficientnet_lite"):
@@ -295,7 +306,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "max_train_frames": max_train_frames, "semantic_aux": semantic_aux,
                 "copy_paste": copy_paste, "init": str(Path(init).resolve()) if init else None,
                 "weight_decay": weight_decay, "mixstyle": mixstyle, "freeze_backbone": freeze_backbone_to,
-                "class_balance": class_balance, "train_every": train_every}
+                "class_balance": class_balance, "train_every": train_every, "head_first": head_first}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -360,7 +371,10 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             progress = (step - warmup) / max(1, total - warmup)
             return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        # with head_first 0 both groups follow one schedule, exactly as before the option existed
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [lr_factor, after_head_first(lr_factor, head_first * iters_per_epoch, warmup)] if head_first
+            else lr_factor)
         class_weights = None
         if class_balance:  # from the training frames as loaded, before augmentation
             class_weights = balanced_weights(pixel_frequencies((s.semantic for s in train_samples), cfg.num_classes),
@@ -410,6 +424,9 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
 
         for epoch in range(start_epoch, epochs):
             t0 = time.time()
+            if head_first:  # no gradients while the backbone waits: those epochs are cheaper, and AdamW skips it
+                for p in backbone_params:
+                    p.requires_grad_(epoch >= head_first)
             order = rng.permutation(len(train_samples))
             running = []
             bar = tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
