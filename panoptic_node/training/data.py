@@ -4,9 +4,9 @@ Every dataset yields `Sample(name, rgb HxWx3 uint8, semantic HxW uint8 with 255 
 instance HxW uint16)`. CamVid has no instance ids: each 8-connected component of a thing class
 is one instance (touching objects of a class merge, so thing PQ on CamVid is approximate).
 """
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import List, Optional
 
 import numpy as np
@@ -133,7 +133,8 @@ def find_camvid(path=None) -> Path:
 
 class FrameList(Sequence):
     """Samples decoded when they are asked for and not kept: Cityscapes' 2,975 training frames at 2048x1024 come
-    to about 48 GB decoded with their labels, twice this machine's memory. Slicing gives another FrameList."""
+    to about 37 GB decoded with their labels (bench_training_frames.py), more than this machine's 24. Slicing gives
+    another FrameList."""
 
     def __init__(self, read, indices):
         self._read, self._indices = read, indices
