@@ -182,13 +182,11 @@ class _PanopticFolder:
         image, label_file, instance_file = self.files[i]
         rgb = read_rgb(image)
         semantic, panoptic = self._read_labels(label_file, instance_file, rgb.shape)
-        if self.labels == "camvid":
-            semantic = self.mapping.map_semantic(semantic)
-            instance = instances_from_components(semantic, get_taxonomy("camvid").thing_ids)
-        else:
-            panoptic = self.mapping.map_panoptic(panoptic)
-            semantic = self.mapping.map_semantic(semantic)
+        if self.labels == self.taxonomy:  # the dataset's own classes and instances, as read
             instance = np.where(panoptic >= 1000, panoptic % 1000, 0).astype(np.uint16)
+        else:  # CamVid's classes (the one mapping there is), and its labels' instances: 8-connected pieces
+            semantic = self.mapping.map_semantic(semantic)
+            instance = instances_from_components(semantic, get_taxonomy(self.labels).thing_ids)
         return Sample(str(i), rgb, semantic, instance)
 
     def load_all(self) -> FrameList:
