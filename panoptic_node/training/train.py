@@ -279,6 +279,9 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     features, then trains it too (LP-FT: a random head's first gradients distort pretrained features least so)."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
     check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance)
+    # numpy's generator refuses a negative seed with a line that names no option
+    require(0 <= seed < 2 ** 32, "--seed", seed, "a whole number in [0, 2**32) (another seed of one recipe shows "
+                                                 "its noise)")
     require(train_every >= 1, "--train-every", train_every,
             "a whole number >= 1 (1 trains on every frame, 2 on every second frame of each drive)")
     require(0 <= head_first < epochs, "--head-first", head_first,
