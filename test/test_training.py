@@ -425,6 +425,27 @@ def test_a_street_model_trained_on_cityscapes_starts_the_camvid_run_with_its_cla
     assert fresh == [] and "class_embed.weight" in copied
 
 
+@pytest.mark.parametrize("kind", ["cityscapes", "kitti"])
+def test_a_folder_whose_frames_have_no_labels_is_refused_naming_where_labels_go(tmp_path, rng, kind):
+    from panoptic_node.training.data import make_dataset
+    root = tmp_path / kind
+    if kind == "cityscapes":
+        write_cityscapes(root, rng, frames=2)
+        for f in (root / "gtFine").rglob("*.png"):
+            f.unlink()
+        expected = f"{root}/gtFine/train/<city>/*_gtFine_labelIds.png"
+    else:
+        (root / "training" / "image_2").mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(
+                root / f"training/image_2/00000{i}_10.png")
+        expected = f"{root}/training/image_2/*.png with a label map of the same name in training/semantic/"
+    with pytest.raises(FileNotFoundError) as e:
+        make_dataset(kind, root, "train")
+    assert "(2 frames, none with labels): expected" in str(e.value) and expected in str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+
+
 def test_kitti_semantics_folder_trains_through_the_same_interface(tmp_path, rng):
     """KITTI's semantics training set (Cityscapes label ids, instance = label * 256 + k) as a dataset."""
     from panoptic_node.training.data import make_dataset

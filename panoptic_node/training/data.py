@@ -171,7 +171,11 @@ class _PanopticFolder:
             self._read_labels = convert.read_kitti_labels
         self.files = [f for f in files if f[1].is_file()]  # frames without labels cannot train
         if not self.files:
-            raise FileNotFoundError(f"no labelled frames for split '{split}' under {root}")
+            where = (f"{root}/gtFine/{split}/<city>/*_gtFine_labelIds.png beside leftImg8bit/{split} (the sequence "
+                     f"set has no labels)" if kind == "cityscapes" else
+                     f"{root}/{split}/image_2/*.png with a label map of the same name in {split}/semantic/")
+            raise FileNotFoundError(f"no labelled frames for split '{split}' under {root} ({len(images)} frames, none "
+                                    f"with labels): expected {where}")
         self.labels = labels or self.taxonomy
         self.mapping = label_mapping(self.taxonomy, self.labels, kind)
 
