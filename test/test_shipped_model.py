@@ -191,3 +191,51 @@ def test_the_ensemble_benchmarks_vote_takes_the_most_given_class_and_the_earlies
     assert bench.majority([a, b, c], 11).tolist() == [[0, 2, 255, 4]]  # last: three-way tie, the first map's
     assert bench.majority([b, a], 11).tolist() == [[0, 2, 3, 5]]  # every disagreement a tie: the first map
     assert bench.majority([a, a, b], 11).dtype == np.uint8
+
+
+def test_the_benchmarks_aligned_statistics_give_new_frames_the_training_frames_output_statistics():
+    """bench_drive_adaptation (models/experiments/drive_adaptation.md), 'aligned 1.0': after adapting on frames of
+    another distribution, every BatchNorm's output over those frames has the per-channel mean and spread the training
+    frames had there through the unadapted network (each layer estimated with the earlier ones already adapted);
+    'aligned 0' leaves every statistic as it was; 'plain' normalises the new frames' inputs to mean 0, spread 1."""
+    import copy
+
+    import torch
+    bench = bench_module("bench_drive_adaptation")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(),
+                              torch.nn.Conv2d(8, 8, 3), torch.nn.BatchNorm2d(8)).eval()
+    for bn in (net[1], net[4]):  # statistics of another data set, as ImageNet's are for a street
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.normal_()
+    source_frames = [torch.randn(4, 3, 12, 12) for _ in range(3)]
+    new_frames = [torch.randn(4, 3, 12, 12) * 2 + 1 for _ in range(3)]
+    layers = bench.batchnorm_layers(net, source_frames[0][:1])
+    assert layers == [net[1], net[4]]
+    source = list(bench.input_statistics(net, source_frames, layers).values())  # in flow order
+
+    def outputs(model, frames, upto):
+        with torch.no_grad():
+            x = torch.cat([model[:upto + 1](b) for b in frames]).double()
+        return x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+
+    unchanged = copy.deepcopy(net)
+    bench.adapt_statistics(unchanged, new_frames, "aligned", 0.0, source)
+    for a, b in zip(unchanged.state_dict().values(), net.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+    aligned = copy.deepcopy(net)
+    bench.adapt_statistics(aligned, new_frames, "aligned", 1.0, source)
+    for upto in (1, 4):
+        want, got = outputs(net, source_frames, upto), outputs(aligned, new_frames, upto)
+        before = outputs(net, new_frames, upto)
+        assert not torch.allclose(before[0], want[0], atol=0.05)  # the new frames did differ there
+        assert torch.allclose(got[0], want[0], atol=1e-3) and torch.allclose(got[1], want[1], rtol=1e-3, atol=1e-5)
+    plain = copy.deepcopy(net)
+    bench.adapt_statistics(plain, new_frames, "plain")
+    for upto, bn in ((1, plain[1]), (4, plain[4])):
+        mean, var = outputs(plain, new_frames, upto)
+        assert torch.allclose(mean, bn.bias.double(), atol=1e-3)
+        spread = bn.weight.double() ** 2 * (1 - bn.eps / (bn.running_var.double() + bn.eps))  # eps stays in
+        assert torch.allclose(var, spread, rtol=1e-3)
