@@ -239,3 +239,30 @@ def test_the_benchmarks_aligned_statistics_give_new_frames_the_training_frames_o
         assert torch.allclose(mean, bn.bias.double(), atol=1e-3)
         spread = bn.weight.double() ** 2 * (1 - bn.eps / (bn.running_var.double() + bn.eps))  # eps stays in
         assert torch.allclose(var, spread, rtol=1e-3)
+
+
+def test_the_benchmarks_pseudo_labels_keep_each_classs_surer_half_and_void_the_rest():
+    """bench_drive_self_training (models/experiments/drive_self_training.md): over the frames' results each class's
+    median segment score is its bar (a rare class keeps half its segments as a common one does); a label map keeps
+    the pixels of segments at or above their class's bar and makes every other pixel CamVid's void (11)."""
+    import numpy as np
+
+    from panoptic_node.inference.result import Segment
+    bench = bench_module("bench_drive_self_training")
+
+    class Result:  # the two fields the bench reads of a PanopticResult
+        def __init__(self, ids, segments):
+            self.segment_ids, self.segments = ids, segments
+
+    def seg(i, label, score):
+        return Segment(id=i, label=label, is_thing=label >= 8, score=score, box=(0, 0, 1, 1), area=1)
+
+    ids = np.array([[1, 1, 2], [3, 3, 0]])
+    a = Result(ids, [seg(1, 3, 0.99), seg(2, 9, 0.6), seg(3, 8, 0.7)])   # road, a pedestrian, a car
+    b = Result(ids, [seg(1, 3, 0.95), seg(2, 9, 0.9), seg(3, 8, 0.9)])
+    c = Result(ids, [seg(1, 3, 0.90), seg(2, 9, 0.8), seg(3, 8, 0.5)])
+    medians = bench.class_medians([a, b, c])
+    assert medians == {3: 0.95, 9: 0.8, 8: 0.7}
+    assert bench.pseudo_labels(a, medians).tolist() == [[3, 3, 11], [8, 8, 11]]
+    assert bench.pseudo_labels(b, medians).tolist() == [[3, 3, 9], [8, 8, 11]]
+    assert bench.pseudo_labels(c, medians).tolist() == [[11, 11, 9], [11, 11, 11]]
