@@ -992,7 +992,7 @@ def test_init_copies_the_network_and_leaves_another_label_sets_head_fresh(tmp_pa
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
-def test_the_train_command_starts_from_init_weights(tiny_setup, capsys):
+def test_the_train_command_starts_from_init_weights(tiny_setup, capsys, monkeypatch):
     from panoptic_node.cli import main
     from panoptic_node.model.checkpoint import save_checkpoint
     from panoptic_node.model.detr import build_model
@@ -1009,8 +1009,12 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys):
         assert all(torch.equal(state[k], v) for k, v in start.state_dict().items())
         settings = torch.load(tiny_setup / "run" / "checkpoint.pth", weights_only=True)["settings"]
         assert settings["init"] == str((tiny_setup / "start.pth").resolve())
-        # a missing file is one line, before anything is written
+        # a missing file is one line, before anything is written and before the frames are read
+        import panoptic_node.training.train as training
+        read = []
+        monkeypatch.setattr(training, "make_dataset", lambda *a, **k: read.append(a))
         assert main(args[:-3] + ["--init", str(tiny_setup / "nowhere.pth"), "--out", str(tiny_setup / "run2")]) == 2
+        assert not read
         assert "nowhere.pth' does not exist" in capsys.readouterr().err
         assert not (tiny_setup / "run2").exists() and not (tiny_setup / "run2.lock").exists()
     finally:

@@ -316,6 +316,16 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         rng = np.random.default_rng(seed)
         random.seed(seed)
 
+        # the network first: a wrong --init is refused before thousands of frames are listed and checked
+        model = build_model(cfg, pretrained_backbone=True)
+        if mixstyle:  # on the stride-4 and stride-8 features, where a frame's style lives (hooks, not weights)
+            MixStyle(mixstyle).attach(model.backbone, model.backbone.taps[:2])
+        ckpt_path = out / "checkpoint.pth"
+        resuming = resume and ckpt_path.is_file()
+        if init and not resuming:  # e.g. a model trained on a larger dataset
+            copied, fresh = init_from(model, init)
+            log(f"initialised {len(copied)} tensors from {init}; fresh: {', '.join(fresh) or 'none'}")
+
         if train_drives is None:
             train_set = make_dataset(dataset, data, "train", labels=cfg.labels)
             # --val-every 0 never evaluates: a folder without a val split (a pre-training set) trains too
@@ -342,14 +352,6 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             assert not {drive_of(s.name) for s in train_samples} & set(val_drives)
         thing_lut = get_taxonomy(cfg.labels).thing_lut
 
-        model = build_model(cfg, pretrained_backbone=True)
-        if mixstyle:  # on the stride-4 and stride-8 features, where a frame's style lives (hooks, not weights)
-            MixStyle(mixstyle).attach(model.backbone, model.backbone.taps[:2])
-        ckpt_path = out / "checkpoint.pth"
-        resuming = resume and ckpt_path.is_file()
-        if init and not resuming:  # e.g. a model trained on a larger dataset
-            copied, fresh = init_from(model, init)
-            log(f"initialised {len(copied)} tensors from {init}; fresh: {', '.join(fresh) or 'none'}")
         # channels-last makes the depthwise convolutions ~1.5x faster on CPU (measured here)
         model = model.to(memory_format=torch.channels_last)
         model.train()
