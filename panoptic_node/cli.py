@@ -1006,7 +1006,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     benches = ["pipeline", "evaluation", "backends", "resolution", "street_ablation", "node", "fleet", "shapes",
                "int8", "int8_layers", "things", "semantic_head", "restyle", "run_ensemble", "first_frame", "lifecycle",
-               "tracking", "map_compression", "training_frames", "drive_adaptation"]
+               "tracking", "map_compression", "training_frames", "drive_adaptation", "drive_self_training"]
     p = sub.add_parser("doctor", help="what this machine will run (backend, precision, graphs, ROS 2, Fast DDS) "
                                       "and what keeps it from running well; exit 1 when the model cannot run")
     p.add_argument("--model", help="model name, YAML or checkpoint (default: street_lite0)")
