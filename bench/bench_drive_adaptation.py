@@ -124,6 +124,7 @@ def main():
 
     torch.set_num_threads(2)
     from panoptic_node.evaluation.evaluator import score_samples
+    from panoptic_node.evaluation.report import per_class_iou_table
     from panoptic_node.inference.backend import TorchBackend
     from panoptic_node.inference.pipeline import Pipeline
     from panoptic_node.model.checkpoint import load_model
@@ -165,10 +166,7 @@ def main():
         per_class[name] = rep["per_class"]
         print(f"| {name} | {100 * rep['pq']['pq']:.1f} | {100 * rep['pq_things']['pq']:.1f} | "
               f"{100 * rep['pq_stuff']['pq']:.1f} | {100 * rep['miou']:.1f} | {seconds:.0f} |", flush=True)
-    names = list(per_class)
-    print("\n| class (IoU) | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
-    for cid, entry in per_class[names[0]].items():
-        print(f"| {entry['name']} | " + " | ".join(f"{100 * per_class[n][cid]['iou']:.1f}" for n in names) + " |")
+    print("\n" + per_class_iou_table(per_class))
 
 
 if __name__ == "__main__":

@@ -321,6 +321,7 @@ def main():
     import torch
     torch.set_num_threads(2)
     from panoptic_node.evaluation.evaluator import score_samples
+    from panoptic_node.evaluation.report import per_class_iou_table
     from panoptic_node.inference.pipeline import Pipeline
     from panoptic_node.model.config import load_config
     from panoptic_node.taxonomy import get_taxonomy
@@ -397,10 +398,7 @@ def main():
               f"{100 * rep['pq_stuff']['pq']:.1f} | {100 * rep['miou']:.1f} | {1000 * statistics.median(times):.0f} |",
               flush=True)
     if args.per_class and per_class:
-        names = list(per_class)
-        print("\n| class (IoU) | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
-        for cid, entry in per_class[names[0]].items():
-            print(f"| {entry['name']} | " + " | ".join(f"{100 * per_class[n][cid]['iou']:.1f}" for n in names) + " |")
+        print("\n" + per_class_iou_table(per_class))
 
 
 if __name__ == "__main__":

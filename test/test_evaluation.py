@@ -465,3 +465,11 @@ def test_evaluate_folders_writes_json_and_a_chart(folders, tmp_path, capsys):
     assert heat.width > 400 and f"confusion matrix: {tmp_path / 'm.png'}" in said
     assert len(np.unique(np.asarray(heat.convert("RGB")).reshape(-1, 3), axis=0)) > 20  # shades, not blank
     assert len(report["confusion"]["matrix"]) == len(report["confusion"]["classes"]) == len(report["per_class"])
+
+
+def test_the_per_class_table_puts_each_runs_iou_under_its_name_class_by_class():
+    from panoptic_node.evaluation.report import per_class_iou_table
+    a = {0: {"name": "sky", "iou": 0.8029, "pq": 0.5}, 1: {"name": "road", "iou": 0.9454}}
+    b = {0: {"name": "sky", "iou": 0.285}, 1: {"name": "road", "iou": 0.7834}}
+    assert per_class_iou_table({"unadapted": a, "plain": b}).split("\n") == [
+        "| class (IoU) | unadapted | plain |", "|---|---|---|", "| sky | 80.3 | 28.5 |", "| road | 94.5 | 78.3 |"]

@@ -1,6 +1,6 @@
 """Evaluation outputs people look at: a per-class bar chart (PQ and IoU), the confusion matrix (which
-class each class's pixels were taken for) and a drive's timeline (each frame's PQ and mIoU along it).
-The JSON report goes through atomic.write_json."""
+class each class's pixels were taken for), a drive's timeline (each frame's PQ and mIoU along it) and a
+Markdown table of several runs' IoU per class. The JSON report goes through atomic.write_json."""
 from pathlib import Path
 
 from ..atomic import atomic_path
@@ -111,3 +111,14 @@ def save_figure(fig, path) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def per_class_iou_table(per_class: dict) -> str:
+    """A Markdown table of IoU per class (rows) for several runs (columns): `per_class` maps a run's name to its
+    report's "per_class" (class id -> {"name", "iou", ...}), every run of one label set."""
+    names = list(per_class)
+    rows = ["| class (IoU) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for cid, entry in per_class[names[0]].items():
+        rows.append(f"| {entry['name']} | " + " | ".join(f"{100 * per_class[n][cid]['iou']:.1f}" for n in names) + " |")
+    return "\n".join(rows)
+
