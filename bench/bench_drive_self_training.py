@@ -70,6 +70,10 @@ def main():
     half = len(pairs) // 2
     first, later = pairs[:half], pairs[half:]
     training = CamVid(root, drives=args.train_drives.split(",")).pairs
+    from panoptic_node.images import read_rgb
+    pipeline = Pipeline.from_config(args.config, weights=args.weights)  # a wrong --weights before anything is written
+    results = [pipeline(read_rgb(img)) for img, _ in tqdm(first, desc="labelling the new drive's first half")]
+    medians = class_medians(results)
 
     train_lines, val_lines = [], []
     for img, lab in training:
@@ -82,13 +86,9 @@ def main():
         link(lab, out / "valannot" / name)
         val_lines.append(f"val/{name} valannot/{name}")
 
-    from panoptic_node.images import read_rgb
-    pipeline = Pipeline.from_config(args.config, weights=args.weights)
-    results = [pipeline(read_rgb(img)) for img, _ in tqdm(first, desc="labelling the new drive's first half")]
-    medians = class_medians(results)
     names = {c.id: c.name for c in get_taxonomy(pipeline.labels).classes}
     kept = np.zeros(CAMVID_VOID + 1, np.int64)
-    for (img, _), result in zip(first, results):
+    for (img, _), result in zip(first, results):  # the listings last: a folder cut short has none, so no run reads it
         labels = pseudo_labels(result, medians)
         Image.fromarray(labels).save(out / "trainannot" / img.name)
         link(img, out / "train" / img.name)
