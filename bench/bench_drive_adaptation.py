@@ -102,10 +102,10 @@ def frame_batches(samples, cfg, size: int = 8):
     return [torch.cat(tensors[i:i + size]) for i in range(0, len(tensors), size)]
 
 
-def spread(samples, count: int, offset: float = 0.0):
-    """`count` samples spread evenly over `samples` (offset in steps, 0..1)."""
-    step = len(samples) / count
-    return [samples[min(int((i + offset) * step), len(samples) - 1)] for i in range(count)]
+def spread(items, count: int, offset: float = 0.0):
+    """`count` items spread evenly over `items` (offset in steps, 0..1)."""
+    step = len(items) / count
+    return [items[min(int((i + offset) * step), len(items) - 1)] for i in range(count)]
 
 
 def main():
@@ -136,9 +136,10 @@ def main():
     frames = sorted(CamVid(root, drives=[args.drive]), key=lambda s: s.name)  # names sort in time order
     half = len(frames) // 2
     adapt_frames, scored = frames[:half], frames[half:]
-    training = sorted(CamVid(root, drives=args.train_drives.split(",")), key=lambda s: s.name)
-    source_frames = spread(training, args.source_frames)
-    control_frames = spread(training, args.source_frames, offset=0.5)  # other frames of the same drives
+    training = CamVid(root, drives=args.train_drives.split(","))
+    in_time = sorted(range(len(training)), key=lambda i: training.pairs[i][0].name)  # read only the frames taken
+    source_frames = [training[i] for i in spread(in_time, args.source_frames)]
+    control_frames = [training[i] for i in spread(in_time, args.source_frames, offset=0.5)]  # others of those drives
     trained = load_model(cfg, args.weights)
     source_batches = frame_batches(source_frames, cfg)
     source = list(input_statistics(trained.backbone, source_batches,

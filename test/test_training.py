@@ -1033,7 +1033,8 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys, monkeypa
     (["--copy-paste", "2"], "--copy-paste 2.0: expected"), (["--semantic-aux", "nan"], "--semantic-aux nan: expected"),
     (["--class-balance", "-1"], "--class-balance -1.0: expected a power in [0, 1]"),
     (["--class-balance", "nan"], "--class-balance nan: expected"),
-    (["--scale", "2,1"], "--scale 2.0,1.0: expected LOW,HIGH"), (["--seed", "-1"], "--seed -1: expected a whole number"),
+    (["--scale", "2,1"], "--scale 2.0,1.0: expected LOW,HIGH"),
+    (["--seed", "-1"], "--seed -1: expected a whole number"),
     (["--seed", str(2 ** 32)], f"--seed {2 ** 32}: expected")])
 def test_a_schedule_that_cannot_train_is_refused_before_anything_is_written(tiny_setup, capsys, bad, named):
     from panoptic_node.cli import main

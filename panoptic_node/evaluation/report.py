@@ -121,4 +121,3 @@ def per_class_iou_table(per_class: dict) -> str:
     for cid, entry in per_class[names[0]].items():
         rows.append(f"| {entry['name']} | " + " | ".join(f"{100 * per_class[n][cid]['iou']:.1f}" for n in names) + " |")
     return "\n".join(rows)
-
