@@ -247,7 +247,7 @@ def cmd_train(args) -> int:
           scale=scale, colour=args.photometric, ema=args.ema, semantic_aux=args.semantic_aux, seed=args.seed,
           copy_paste=args.copy_paste, init=args.init, overwrite=args.overwrite, weight_decay=args.weight_decay,
           mixstyle=args.mixstyle, freeze_backbone_to=args.freeze_backbone, class_balance=args.class_balance,
-          train_every=args.train_every, head_first=args.head_first)
+          train_every=args.train_every, head_first=args.head_first, drive_balance=args.drive_balance)
     return 0
 
 
@@ -1075,6 +1075,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-every", type=int, default=1, metavar="N",
                    help="train on every N-th frame of each training drive only (1, default: every frame): a smaller "
                         "training set of the same streets, to measure what more frames are worth")
+    p.add_argument("--drive-balance", type=float, default=0.0, metavar="POWER",
+                   help="give each CamVid training drive a share of every epoch's frames in proportion to its frame "
+                        "count ** (1 - POWER): 0 (default) draws frames uniformly, 1 gives every drive the same share, "
+                        "so a street seen in few frames is not drowned by one seen in many")
     p.add_argument("--head-first", type=int, default=0, metavar="N",
                    help="the first N epochs train the head alone on the backbone's starting (ImageNet) weights, then "
                         "the whole network, the backbone's rate warmed up again (LP-FT; 0, default: all from the "

@@ -865,14 +865,15 @@ def test_the_train_command_passes_its_recipe_on(tiny_setup):
     threads = torch.get_num_threads()  # the command sets torch's threads for the whole process
     rc = main(["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"), "--out", str(out),
                *TINY_TRAIN_ARGS, "--seed", "3", "--semantic-aux", "0.5", "--lr-backbone", "1e-5",
-               "--weight-decay", "0.05", "--mixstyle", "0.5", "--class-balance", "0.5"])
+               "--weight-decay", "0.05", "--mixstyle", "0.5", "--class-balance", "0.5",
+               "--drive-balance", "0.5"])
     torch.set_num_threads(threads)
     assert rc == 0
     state = torch.load(out / "checkpoint.pth", weights_only=False)
     settings = state["settings"]
     assert (settings["seed"], settings["semantic_aux"], settings["lr_backbone"], settings["crop"],
-            settings["weight_decay"], settings["mixstyle"], settings["class_balance"]) == (3, 0.5, 1e-5, [64, 96],
-                                                                                     0.05, 0.5, 0.5)
+            settings["weight_decay"], settings["mixstyle"], settings["class_balance"], settings["drive_balance"]) == (
+        3, 0.5, 1e-5, [64, 96], 0.05, 0.5, 0.5, 0.5)
     assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.05, 0.05]  # it reached AdamW
 
 
@@ -954,7 +955,7 @@ def test_a_run_saved_before_a_setting_existed_resumes(tiny_setup):
     cfg, data, out = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), tiny_setup / "old"
     train(cfg, data, str(out), epochs=2, stop_after_epoch=1, **args)
     state = torch.load(out / "checkpoint.pth", weights_only=False)
-    for key in ("semantic_aux", "copy_paste", "mixstyle", "class_balance"):
+    for key in ("semantic_aux", "copy_paste", "mixstyle", "class_balance", "drive_balance"):
         del state["settings"][key]
     torch.save(state, out / "checkpoint.pth")
     assert train(cfg, data, str(out), epochs=2, resume=True, **args)["history"][-1]["epoch"] == 2
@@ -1135,6 +1136,62 @@ def test_one_step_with_mixstyle_lowers_the_loss(tiny_setup):
     with torch.no_grad():
         after, _ = crit(loss_layers(model, images, pad), targets)
     assert float(after) < float(before.detach())
+
+
+def test_drive_balanced_draws_equal_direct_computation():
+    """Shares n_d ** (1 - power) / sum, computed here by hand for the 0006R0 fold's two drives; every epoch has as
+    many draws as frames, each drive exactly its rounded share, and no frame of a drive twice before all once."""
+    from panoptic_node.training.drive_balance import balanced_order, draws_per_drive
+    counts = {"0016E5": 305, "0001TP": 62}
+    drives = ["0016E5"] * 305 + ["0001TP"] * 62
+    for power, dusk_draws in ((0.5, round(367 * 62 ** 0.5 / (62 ** 0.5 + 305 ** 0.5))), (1.0, 184)):
+        assert draws_per_drive(counts, power) == {"0016E5": 367 - dusk_draws, "0001TP": dusk_draws}
+        order = balanced_order(drives, power, np.random.default_rng(0))
+        assert len(order) == 367
+        seen = np.bincount(order, minlength=367)
+        assert seen[305:].sum() == dusk_draws and seen[:305].sum() == 367 - dusk_draws
+        assert set(seen[305:]) <= {dusk_draws // 62, dusk_draws // 62 + 1}  # each dusk frame once per pass, then some
+        assert set(seen[:305]) <= {0, 1}  # the larger drive: a subset, none twice
+    assert dusk_draws == 184  # power 1: the two drives share alike (367 draws, the odd one by remainder)
+    # power 0 is the recipe's uniform draw, the same permutation as before the option existed
+    assert np.array_equal(balanced_order(drives, 0.0, np.random.default_rng(5)), np.random.default_rng(5).permutation(367))
+    # three drives, equal shares: 10 + 10 + 10 of 30 whatever their sizes
+    assert draws_per_drive({"a": 20, "b": 7, "c": 3}, 1.0) == {"a": 10, "b": 10, "c": 10}
+
+
+def test_drive_balance_reaches_the_batches_and_resumes(tmp_path, rng, monkeypatch):
+    """A street of one frame beside one of five: with --drive-balance 1 each epoch shows it in half of its six draws,
+    and a resumed run is the same run."""
+    import panoptic_node.training.train as training
+    make_dataset(tmp_path / "data", rng, names={"train": [f"0016E5_{i:05d}" for i in range(5)] + ["0001TP_00001"],
+                                                  "val": ["0016E5_09999"]})
+    write_tiny_config(tmp_path)
+    drawn, make_batch = [], training.make_batch
+    monkeypatch.setattr(training, "make_batch", lambda samples, *a, **k: drawn.append([s.name for s in samples])
+                        or make_batch(samples, *a, **k))
+    args = dict(batch_size=2, crop=(64, 96), val_every=0, log=lambda *_: None, drive_balance=1.0)
+    cfg, data = str(tmp_path / "tiny.yaml"), str(tmp_path / "data")
+    train(cfg, data, str(tmp_path / "a"), epochs=2, **args)
+    for epoch in (drawn[:3], drawn[3:6]):
+        names = [n for batch in epoch for n in batch]
+        assert len(names) == 6 and names.count("0001TP_00001") == 3
+        assert len(set(names) - {"0001TP_00001"}) == 3  # three different frames of the larger drive
+    train(cfg, data, str(tmp_path / "b"), epochs=2, stop_after_epoch=1, **args)
+    train(cfg, data, str(tmp_path / "b"), epochs=2, resume=True, **args)
+    assert drawn[6:] == drawn[:6]
+    a, b = (torch.load(tmp_path / run / "checkpoint.pth", weights_only=False) for run in "ab")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["settings"]["drive_balance"] == 1.0
+
+
+@pytest.mark.parametrize("value", [-0.5, 1.5, float("nan")])
+def test_a_drive_balance_outside_0_to_1_is_refused_before_anything_is_written(tiny_setup, value):
+    out = tiny_setup / "run"
+    with pytest.raises(ValueError, match=r"--drive-balance .*a power in \[0, 1\]"):
+        train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(out), drive_balance=value,
+              log=lambda *_: None)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("setting, value", [("mixstyle", 1.0), ("class_balance", 0.5), ("head_first", 1)])

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from ..taxonomy import VOID, get_taxonomy
 from .augment import PHOTOMETRIC, augment, copy_paste
 from .class_balance import balanced_weights, pixel_frequencies
 from .data import check_dataset_labels, drive_of, every_nth_frame, make_dataset
+from .drive_balance import balanced_order, drive_shares
 from .ema import WeightAverage
 from .mixstyle import MixStyle
 from .semantic_aux import SemanticAux
@@ -43,7 +45,8 @@ from .targets import build_target
 LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 # settings added after runs were saved, with the value that means "off": such runs resume
 ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0,
-                  "freeze_backbone": 0, "class_balance": 0.0, "train_every": 1, "head_first": 0}
+                  "freeze_backbone": 0, "class_balance": 0.0, "train_every": 1, "head_first": 0,
+                  "drive_balance": 0.0}
 
 
 def run_record(settings: dict, cfg) -> dict:
@@ -264,8 +267,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           max_train_frames: int = 0, stop_after_epoch: int = 0, train_drives=None, val_drives=None,
           scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, semantic_aux: float = 0.0,
           copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, freeze_backbone_to: int = 0,
-          class_balance: float = 0.0, train_every: int = 1, head_first: int = 0, overwrite: bool = False,
-          log=print) -> dict:
+          class_balance: float = 0.0, train_every: int = 1, head_first: int = 0, drive_balance: float = 0.0,
+          overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
@@ -276,7 +279,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     `class_balance` > 0 weighs each class's losses by (median / its pixel frequency) ** class_balance.
     `train_every` > 1 trains on every n-th frame of each training drive only (what more frames are worth).
     `head_first` > 0 keeps the backbone at its starting weights for that many epochs while the head learns on its
-    features, then trains it too (LP-FT: a random head's first gradients distort pretrained features least so)."""
+    features, then trains it too (LP-FT: a random head's first gradients distort pretrained features least so).
+    `drive_balance` > 0 draws each epoch's frames with the drives' shares moved toward equal ones (drive_balance.py)."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
     check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance)
     # numpy's generator refuses a negative seed with a line that names no option
@@ -284,6 +288,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                                                  "its noise)")
     require(train_every >= 1, "--train-every", train_every,
             "a whole number >= 1 (1 trains on every frame, 2 on every second frame of each drive)")
+    require(0.0 <= drive_balance <= 1.0, "--drive-balance", drive_balance,
+            "a power in [0, 1] (0 draws frames uniformly, 1 gives every training drive the same share)")
     require(0 <= head_first < epochs, "--head-first", head_first,
             f"a whole number of epochs in [0, {epochs}) (0 trains the backbone from the start)")
     train_drives, val_drives = split_drives(train_drives, val_drives)
@@ -299,8 +305,9 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         raise ValueError(f"--semantic-aux needs the dot_product mask head's pixel embeddings; "
                          f"{cfg.name} has mask_head {cfg.mask_head}")
     check_dataset_labels(dataset, cfg.labels)
-    if train_every > 1 and dataset != "camvid":
-        raise ValueError(f"--train-every needs CamVid, whose file names carry the drive; '{dataset}' frames do not")
+    for option, value in (("--train-every", train_every > 1), ("--drive-balance", drive_balance)):
+        if value and dataset != "camvid":
+            raise ValueError(f"{option} needs CamVid, whose file names carry the drive; '{dataset}' frames do not")
     out = Path(out)
     # what a resumed run must share with the run it continues
     settings = {"config": cfg.name, "epochs": epochs, "batch_size": batch_size, "crop": list(crop), "lr": lr,
@@ -309,7 +316,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "max_train_frames": max_train_frames, "semantic_aux": semantic_aux,
                 "copy_paste": copy_paste, "init": str(Path(init).resolve()) if init else None,
                 "weight_decay": weight_decay, "mixstyle": mixstyle, "freeze_backbone": freeze_backbone_to,
-                "class_balance": class_balance, "train_every": train_every, "head_first": head_first}
+                "class_balance": class_balance, "train_every": train_every, "head_first": head_first,
+                "drive_balance": drive_balance}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -347,6 +355,10 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         if train_every > 1:
             train_samples = every_nth_frame(train_samples, train_every)
             log(f"training on one frame in {train_every} of each drive: {len(train_samples)} frames")
+        train_frame_drives = [drive_of(s.name) for s in train_samples]
+        if drive_balance:
+            shares = drive_shares(Counter(train_frame_drives), drive_balance)
+            log("drives' shares of each epoch: " + ", ".join(f"{d} {100 * x:.0f} %" for d, x in sorted(shares.items())))
         val_samples = val_set.load_all() if val_set else []
         if val_drives:  # the split's promise, checked on the frames themselves
             assert not {drive_of(s.name) for s in train_samples} & set(val_drives)
@@ -432,7 +444,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             if head_first:  # no gradients while the backbone waits: those epochs are cheaper, and AdamW skips it
                 for p in backbone_params:
                     p.requires_grad_(epoch >= head_first)
-            order = rng.permutation(len(train_samples))
+            order = balanced_order(train_frame_drives, drive_balance, rng)
             running = []
             bar = tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
             for it in bar:
