@@ -388,7 +388,11 @@ def test_evaluator_refuses_maps_of_different_sizes():
     ("gt segment without category_id", "a segment of image '1' lacks id or category_id"),
     ("pred segment missing from its JSON", "image '4' ({pred_png} against "),
     ("pred PNG missing", "cannot read image '{pred_png}'"),
-    ("pred PNG truncated", "cannot read image '{pred_png}'")])
+    ("pred PNG truncated", "cannot read image '{pred_png}'"),
+    ("pred PNG grey", "'{pred_png}' has image mode L; expected a colour (RGB) PNG of segment ids"),
+    ("pred PNG smaller", "expected a prediction PNG the size of its ground truth"),
+    ("pred segment listed but not drawn", "prediction segment id 987654 is in its JSON's segments_info but not in its PNG"),
+    ("pred segment id a string", "a segment of image '4' has id \"three\"; expected a whole number")])
 def test_evaluate_folders_with_damaged_inputs_is_one_line_and_writes_nothing(folders, tmp_path, capsys, damage, says):
     import shutil
     from panoptic_node.cli import main
@@ -414,6 +418,18 @@ def test_evaluate_folders_with_damaged_inputs_is_one_line_and_writes_nothing(fol
         frame3 = next(a for a in pred["annotations"] if a["file_name"] == "frame3.png")
         frame3["segments_info"] = frame3["segments_info"][1:]
         pred_json.write_text(json.dumps(pred))
+    elif damage in ("pred segment listed but not drawn", "pred segment id a string"):
+        frame3 = next(a for a in pred["annotations"] if a["file_name"] == "frame3.png")
+        if damage == "pred segment id a string":
+            frame3["segments_info"][0]["id"] = "three"
+        else:
+            frame3["segments_info"].append({"id": 987654, "category_id": frame3["segments_info"][0]["category_id"]})
+        pred_json.write_text(json.dumps(pred))
+    elif damage in ("pred PNG grey", "pred PNG smaller"):
+        from PIL import Image
+        width, height = Image.open(pred_png).size
+        grey = damage == "pred PNG grey"
+        Image.new("L" if grey else "RGB", (width, height) if grey else (width - 1, height)).save(pred_png)
     elif damage == "pred PNG missing":
         pred_png.unlink()
     else:
@@ -426,6 +442,19 @@ def test_evaluate_folders_with_damaged_inputs_is_one_line_and_writes_nothing(fol
     assert says.format(gt_json=gt_json, pred_json=pred_json, pred_png=pred_png) in err
     assert not (tmp_path / "r.json").exists()
     assert {p: p.read_bytes() for p in work.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("left_out", ["--pred-json", "--pred-folder", "--gt-folder"])
+def test_evaluate_folders_missing_one_of_the_four_says_which(folders, tmp_path, capsys, left_out):
+    from panoptic_node.cli import main
+    given = {"--gt-json": folders / "gt.json", "--gt-folder": folders / "gt", "--pred-json": folders / "pred.json",
+             "--pred-folder": folders / "pred"}
+    del given[left_out]
+    assert main(["evaluate", *[str(x) for pair in given.items() for x in pair], "--json", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"panoptic-node evaluate: error: {left_out} is missing; expected all four of --gt-json, "
+                   f"--gt-folder, --pred-json and --pred-folder to score COCO-panoptic folders")
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_evaluate_folders_writes_json_and_a_chart(folders, tmp_path, capsys):

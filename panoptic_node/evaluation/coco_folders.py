@@ -18,6 +18,10 @@ def _read_ids(path: Path) -> np.ndarray:
     alpha byte in C, and a pixel's four bytes read as one little-endian integer are the id plus
     alpha << 24; one mask instead of rgb_to_id's widening copy and arithmetic over three planes."""
     with open_image(path) as img:  # a missing or damaged PNG is one line naming it
+        # a grey or 16-bit map converts to equal R, G and B: ids of 65793 times its values, scored as garbage
+        if img.mode not in ("RGB", "RGBA", "P"):
+            raise ValueError(f"'{path}' has image mode {img.mode}; expected a colour (RGB) PNG of segment ids "
+                             f"(R + 256 G + 256² B, COCO panoptic)")
         return np.asarray(img.convert("RGBA")).view("<u4")[..., 0] & 0xFFFFFF
 
 
@@ -45,6 +49,10 @@ def read_panoptic_json(path, role: str, categories: bool = False) -> dict:
             if not isinstance(s, dict) or not {"id", "category_id"} <= s.keys():
                 raise ValueError(f"{role} '{path}': a segment of image '{ann['image_id']}' lacks id or category_id; "
                                  f"{expected}")
+            for key in ("id", "category_id"):  # ids are compared with the PNG's integers
+                if not isinstance(s[key], int) or isinstance(s[key], bool):
+                    raise ValueError(f"{role} '{path}': a segment of image '{ann['image_id']}' has {key} "
+                                     f"{json.dumps(s[key])}; expected a whole number")
     for c in data["categories"] if categories else []:
         if not isinstance(c, dict) or "id" not in c:
             raise ValueError(f"{role} '{path}' has a category without an id; {expected}")
@@ -69,9 +77,21 @@ def _prefetched(function, items, workers: int = 2, ahead: int = 4):
             yield result
 
 
+def _listed_but_absent(ids: np.ndarray, segments: list) -> list:
+    """Segment ids a JSON lists that its PNG does not hold: panopticapi refuses such a prediction, whose
+    writer and PNG disagree (a segment scored as missing could be one drawn under another id)."""
+    listed = np.array(sorted({s["id"] for s in segments}), np.int64)
+    return listed[~np.isin(listed, ids)].tolist() if listed.size else []
+
+
 def evaluate_folders(gt_json, gt_folder, pred_json, pred_folder) -> Evaluator:
     """PQ (and mIoU, pixel accuracy, Dice: each pixel's class is its segment's) of COCO-panoptic
     folders, in the ground truth JSON's categories."""
+    for option, value in (("--gt-json", gt_json), ("--gt-folder", gt_folder), ("--pred-json", pred_json),
+                          ("--pred-folder", pred_folder)):
+        if not value:
+            raise ValueError(f"{option} is missing; expected all four of --gt-json, --gt-folder, --pred-json and "
+                             f"--pred-folder to score COCO-panoptic folders")
     gt = read_panoptic_json(gt_json, "--gt-json", categories=True)
     pred = read_panoptic_json(pred_json, "--pred-json")
     categories = {c["id"]: c for c in gt["categories"]}
@@ -93,12 +113,20 @@ def evaluate_folders(gt_json, gt_folder, pred_json, pred_folder) -> Evaluator:
             if s["category_id"] not in categories:
                 raise ValueError(f"prediction segment {s['id']} of image '{p['image_id']}' has unknown category "
                                  f"{s['category_id']}")
+        where = f"image '{ann['image_id']}' ({Path(pred_folder) / p['file_name']} against " \
+                f"{Path(gt_folder) / ann['file_name']})"
+        if gt_ids.shape != pr_ids.shape:
+            raise ValueError(f"{where}: ground truth {gt_ids.shape[::-1]} and prediction {pr_ids.shape[::-1]} pixels "
+                             f"(width, height); expected a prediction PNG the size of its ground truth")
+        absent = _listed_but_absent(pr_ids, p["segments_info"])
+        if absent:
+            raise ValueError(f"{where}: prediction segment id {absent[0]} is in its JSON's segments_info but not in "
+                             f"its PNG ({len(absent)} such); expected the JSON to list the PNG's segments")
         try:
             evaluator.add_segments(
                 gt_ids, {s["id"]: SegmentInfo(s["category_id"], bool(s.get("iscrowd", 0))) for s in ann["segments_info"]},
                 pr_ids, {s["id"]: SegmentInfo(s["category_id"], False) for s in p["segments_info"]})
         except ValueError as e:  # which of thousands of frames: the files to look at
-            raise ValueError(f"image '{ann['image_id']}' ({Path(pred_folder) / p['file_name']} against "
-                             f"{Path(gt_folder) / ann['file_name']}): {e}; expected every segment id in a PNG to be "
-                             f"listed in its JSON's segments_info") from None
+            raise ValueError(f"{where}: {e}; expected every segment id in a PNG to be listed in its JSON's "
+                             f"segments_info") from None
     return evaluator
