@@ -649,6 +649,29 @@ def test_truncated_image_during_convert_is_one_line(camvid_copy, tmp_path, capsy
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("command", ["convert", "train"])
+def test_a_camvid_label_outside_the_11_classes_is_one_line_naming_the_file(camvid_copy, tmp_path, capsys, command):
+    """The 32-class CamVid originals, or any other numbering, would be read as wrong classes and void without a
+    word; 11 (CamVid's void) and 255 are void, 12 is refused, and nothing is written for a run that refuses."""
+    label = camvid_copy / "valannot" / "B2_002.png"
+    ids = np.asarray(Image.open(label)).copy()
+    ids[:2, :2] = 255
+    Image.fromarray(ids).save(camvid_copy / "valannot" / "B2_001.png")  # void as 255: read, not refused
+    ids[5, 7] = 12
+    Image.fromarray(ids).save(label)
+    before = snapshot(camvid_copy)
+    out = tmp_path / "out"
+    args = (["convert", "camvid", str(camvid_copy), "--split", "val", "--out", str(out)] if command == "convert" else
+            ["train", "--config", str(write_tiny_config(tmp_path)), "--data", str(camvid_copy), "--out", str(out),
+             *TINY_TRAIN_ARGS, "--train-drives", "A1,B2"])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f"error: label map '{label}' holds class id 12; expected CamVid's 11-class ids (0-10, and 11 "
+                        f"or 255 for void) as in the SegNet split")
+    assert snapshot(camvid_copy) == before
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("kind, layout", [("camvid", None), ("camvid", "split"), ("cityscapes", None),
                                           ("kitti", None), ("kitti", "training/image_2")])
 def test_convert_from_a_source_without_frames_writes_nothing(tmp_path, capsys, kind, layout):

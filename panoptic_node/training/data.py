@@ -95,6 +95,12 @@ class CamVid:
         img_path, lab_path = self.pairs[i]
         rgb = read_rgb(img_path)
         semantic = read_labels(lab_path, bits=8, shape=rgb.shape).astype(np.uint8)
+        # the 11-class SegNet labels: another numbering (the 32-class CamVid originals) would be read as wrong
+        # classes and void without a word, so any id CamVid does not use is refused, naming the file
+        unknown = (semantic > CAMVID_VOID) & (semantic != VOID)
+        if unknown.any():
+            raise ValueError(f"label map '{lab_path}' holds class id {int(semantic[unknown][0])}; expected CamVid's "
+                             f"11-class ids (0-10, and {CAMVID_VOID} or {VOID} for void) as in the SegNet split")
         semantic[semantic >= CAMVID_VOID] = VOID
         return Sample(img_path.stem, rgb, semantic, instances_from_components(semantic, self.things))
 
