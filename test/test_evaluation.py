@@ -391,7 +391,8 @@ def test_evaluator_refuses_maps_of_different_sizes():
     ("pred PNG truncated", "cannot read image '{pred_png}'"),
     ("pred PNG grey", "'{pred_png}' has image mode L; expected a colour (RGB) PNG of segment ids"),
     ("pred PNG smaller", "expected a prediction PNG the size of its ground truth"),
-    ("pred segment listed but not drawn", "prediction segment id 987654 is in its JSON's segments_info but not in its PNG"),
+    ("pred segment listed but not drawn",
+     "prediction segment id 987654 is in its JSON's segments_info but not in its PNG"),
     ("pred segment id a string", "a segment of image '4' has id \"three\"; expected a whole number")])
 def test_evaluate_folders_with_damaged_inputs_is_one_line_and_writes_nothing(folders, tmp_path, capsys, damage, says):
     import shutil
@@ -450,7 +451,8 @@ def test_evaluate_folders_missing_one_of_the_four_says_which(folders, tmp_path, 
     given = {"--gt-json": folders / "gt.json", "--gt-folder": folders / "gt", "--pred-json": folders / "pred.json",
              "--pred-folder": folders / "pred"}
     del given[left_out]
-    assert main(["evaluate", *[str(x) for pair in given.items() for x in pair], "--json", str(tmp_path / "r.json")]) == 2
+    args = [str(x) for pair in given.items() for x in pair]
+    assert main(["evaluate", *args, "--json", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f"panoptic-node evaluate: error: {left_out} is missing; expected all four of --gt-json, "
                    f"--gt-folder, --pred-json and --pred-folder to score COCO-panoptic folders")

@@ -1154,7 +1154,8 @@ def test_drive_balanced_draws_equal_direct_computation():
         assert set(seen[:305]) <= {0, 1}  # the larger drive: a subset, none twice
     assert dusk_draws == 184  # power 1: the two drives share alike (367 draws, the odd one by remainder)
     # power 0 is the recipe's uniform draw, the same permutation as before the option existed
-    assert np.array_equal(balanced_order(drives, 0.0, np.random.default_rng(5)), np.random.default_rng(5).permutation(367))
+    uniform = balanced_order(drives, 0.0, np.random.default_rng(5))
+    assert np.array_equal(uniform, np.random.default_rng(5).permutation(367))
     # three drives, equal shares: 10 + 10 + 10 of 30 whatever their sizes
     assert draws_per_drive({"a": 20, "b": 7, "c": 3}, 1.0) == {"a": 10, "b": 10, "c": 10}
 

@@ -355,10 +355,11 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         if train_every > 1:
             train_samples = every_nth_frame(train_samples, train_every)
             log(f"training on one frame in {train_every} of each drive: {len(train_samples)} frames")
-        train_frame_drives = [drive_of(s.name) for s in train_samples]
-        if drive_balance:
-            shares = drive_shares(Counter(train_frame_drives), drive_balance)
-            log("drives' shares of each epoch: " + ", ".join(f"{d} {100 * x:.0f} %" for d, x in sorted(shares.items())))
+        if drive_balance:  # CamVid only, its frames decoded already (a lazy Cityscapes list would decode them all)
+            frame_drives = [drive_of(s.name) for s in train_samples]
+            shares = drive_shares(Counter(frame_drives), drive_balance)
+            log("drives' shares of each epoch: "
+                + ", ".join(f"{d} {100 * x:.0f} %" for d, x in sorted(shares.items())))
         val_samples = val_set.load_all() if val_set else []
         if val_drives:  # the split's promise, checked on the frames themselves
             assert not {drive_of(s.name) for s in train_samples} & set(val_drives)
@@ -444,7 +445,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             if head_first:  # no gradients while the backbone waits: those epochs are cheaper, and AdamW skips it
                 for p in backbone_params:
                     p.requires_grad_(epoch >= head_first)
-            order = balanced_order(train_frame_drives, drive_balance, rng)
+            order = (balanced_order(frame_drives, drive_balance, rng) if drive_balance
+                     else rng.permutation(len(train_samples)))
             running = []
             bar = tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
             for it in bar:
