@@ -391,6 +391,8 @@ def test_evaluator_refuses_maps_of_different_sizes():
     ("pred PNG truncated", "cannot read image '{pred_png}'"),
     ("pred PNG grey", "'{pred_png}' has image mode L; expected a colour (RGB) PNG of segment ids"),
     ("pred PNG smaller", "expected a prediction PNG the size of its ground truth"),
+    ("gt segment listed but not drawn",
+     "ground truth segment id 987654 is in its JSON's segments_info but not in its PNG"),
     ("pred segment listed but not drawn",
      "prediction segment id 987654 is in its JSON's segments_info but not in its PNG"),
     ("pred segment id a string", "a segment of image '4' has id \"three\"; expected a whole number")])
@@ -419,6 +421,9 @@ def test_evaluate_folders_with_damaged_inputs_is_one_line_and_writes_nothing(fol
         frame3 = next(a for a in pred["annotations"] if a["file_name"] == "frame3.png")
         frame3["segments_info"] = frame3["segments_info"][1:]
         pred_json.write_text(json.dumps(pred))
+    elif damage == "gt segment listed but not drawn":
+        gt["annotations"][3]["segments_info"].append({"id": 987654, "category_id": CATEGORIES[0]["id"]})
+        gt_json.write_text(json.dumps(gt))
     elif damage in ("pred segment listed but not drawn", "pred segment id a string"):
         frame3 = next(a for a in pred["annotations"] if a["file_name"] == "frame3.png")
         if damage == "pred segment id a string":

@@ -78,8 +78,8 @@ def _prefetched(function, items, workers: int = 2, ahead: int = 4):
 
 
 def _listed_but_absent(ids: np.ndarray, segments: list) -> list:
-    """Segment ids a JSON lists that its PNG does not hold: panopticapi refuses such a prediction, whose
-    writer and PNG disagree (a segment scored as missing could be one drawn under another id)."""
+    """Segment ids a JSON lists that its PNG does not hold: its writer and PNG disagree. panopticapi refuses
+    such a prediction and counts such a ground truth segment as missed, which nothing could have found."""
     listed = np.array(sorted({s["id"] for s in segments}), np.int64)
     return listed[~np.isin(listed, ids)].tolist() if listed.size else []
 
@@ -118,10 +118,12 @@ def evaluate_folders(gt_json, gt_folder, pred_json, pred_folder) -> Evaluator:
         if gt_ids.shape != pr_ids.shape:
             raise ValueError(f"{where}: ground truth {gt_ids.shape[::-1]} and prediction {pr_ids.shape[::-1]} pixels "
                              f"(width, height); expected a prediction PNG the size of its ground truth")
-        absent = _listed_but_absent(pr_ids, p["segments_info"])
-        if absent:
-            raise ValueError(f"{where}: prediction segment id {absent[0]} is in its JSON's segments_info but not in "
-                             f"its PNG ({len(absent)} such); expected the JSON to list the PNG's segments")
+        for side, ids, segments in (("ground truth", gt_ids, ann["segments_info"]),
+                                    ("prediction", pr_ids, p["segments_info"])):
+            absent = _listed_but_absent(ids, segments)
+            if absent:
+                raise ValueError(f"{where}: {side} segment id {absent[0]} is in its JSON's segments_info but not in "
+                                 f"its PNG ({len(absent)} such); expected the JSON to list the PNG's segments")
         try:
             evaluator.add_segments(
                 gt_ids, {s["id"]: SegmentInfo(s["category_id"], bool(s.get("iscrowd", 0))) for s in ann["segments_info"]},
