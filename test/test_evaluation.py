@@ -387,14 +387,16 @@ def test_evaluator_refuses_maps_of_different_sizes():
     ("pred annotation without segments_info", "--pred-json '{pred_json}' has an annotation without"),
     ("gt segment without category_id", "a segment of image '1' lacks id or category_id"),
     ("pred segment missing from its JSON", "image '4' ({pred_png} against "),
+    ("pred segment missing from its JSON", "has no segment info; expected a PNG and its JSON's segments_info to "
+                                           "name the same segments"),
     ("pred PNG missing", "cannot read image '{pred_png}'"),
     ("pred PNG truncated", "cannot read image '{pred_png}'"),
     ("pred PNG grey", "'{pred_png}' has image mode L; expected a colour (RGB) PNG of segment ids"),
     ("pred PNG smaller", "expected a prediction PNG the size of its ground truth"),
     ("gt segment listed but not drawn",
-     "ground truth segment id 987654 is in its JSON's segments_info but not in its PNG"),
+     "ground-truth segment id 987654 has segment info but no pixels (1 such); expected a PNG and its JSON's"),
     ("pred segment listed but not drawn",
-     "prediction segment id 987654 is in its JSON's segments_info but not in its PNG"),
+     "prediction segment id 987654 has segment info but no pixels (1 such); expected a PNG and its JSON's"),
     ("pred segment id a string", "a segment of image '4' has id \"three\"; expected a whole number")])
 def test_evaluate_folders_with_damaged_inputs_is_one_line_and_writes_nothing(folders, tmp_path, capsys, damage, says):
     import shutil

@@ -70,7 +70,8 @@ class Evaluator:
         if gt_ids.shape != pred_ids.shape:
             raise ValueError(f"ground truth {gt_ids.shape} and prediction {pred_ids.shape} differ in size")
         (gt_runs, pred_runs), lengths = runs(gt_ids.ravel(), pred_ids.ravel())
-        self.pq.add_runs(gt_runs, pred_runs, lengths, gt_segments, pred_segments)  # checks every id has info
+        # every id has info, and (COCO panoptic's files) every listed segment has pixels
+        self.pq.add_runs(gt_runs, pred_runs, lengths, gt_segments, pred_segments, listed_are_drawn=True)
         self.confusion.add_runs(_classes(gt_runs, gt_segments), _classes(pred_runs, pred_segments), lengths)
         self.frames += 1
 

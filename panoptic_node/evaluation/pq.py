@@ -102,11 +102,18 @@ class PQAccumulator:
         self.add_runs(gt_runs, pred_runs, lengths, gt_segments, pred_segments)
 
     def add_runs(self, gt_ids: np.ndarray, pred_ids: np.ndarray, lengths, gt_segments: Dict[int, SegmentInfo],
-                 pred_segments: Dict[int, SegmentInfo]) -> None:
-        """One frame given as runs of equal (ground truth, prediction) pairs (runs.runs)."""
+                 pred_segments: Dict[int, SegmentInfo], listed_are_drawn: bool = False) -> None:
+        """One frame given as runs of equal (ground truth, prediction) pairs (runs.runs). `listed_are_drawn`
+        refuses a segment with info but no pixels (files whose lists and maps disagree), else left out."""
         gt_keys = np.array(sorted(set(gt_segments) | {0}), np.int64)
         pred_keys = np.array(sorted(set(pred_segments) | {0}), np.int64)
         joint = _joint_areas(gt_ids, gt_keys, pred_ids, pred_keys, lengths)
+        if listed_are_drawn:  # the areas are at hand here: no extra pass over the frame
+            for what, keys, areas in (("ground-truth", gt_keys, joint.sum(1)), ("prediction", pred_keys, joint.sum(0))):
+                undrawn = keys[(areas == 0) & (keys != 0)]
+                if len(undrawn):
+                    raise ValueError(f"{what} segment id {int(undrawn[0])} has segment info but no pixels "
+                                     f"({len(undrawn)} such)")
         gt_area = dict(zip(gt_keys.tolist(), joint.sum(1).tolist()))
         pred_area = dict(zip(pred_keys.tolist(), joint.sum(0).tolist()))
         gt_area = {k: v for k, v in gt_area.items() if v}
