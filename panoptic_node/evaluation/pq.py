@@ -108,14 +108,15 @@ class PQAccumulator:
         gt_keys = np.array(sorted(set(gt_segments) | {0}), np.int64)
         pred_keys = np.array(sorted(set(pred_segments) | {0}), np.int64)
         joint = _joint_areas(gt_ids, gt_keys, pred_ids, pred_keys, lengths)
+        gt_sums, pred_sums = joint.sum(1), joint.sum(0)
         if listed_are_drawn:  # the areas are at hand here: no extra pass over the frame
-            for what, keys, areas in (("ground-truth", gt_keys, joint.sum(1)), ("prediction", pred_keys, joint.sum(0))):
+            for what, keys, areas in (("ground-truth", gt_keys, gt_sums), ("prediction", pred_keys, pred_sums)):
                 undrawn = keys[(areas == 0) & (keys != 0)]
                 if len(undrawn):
                     raise ValueError(f"{what} segment id {int(undrawn[0])} has segment info but no pixels "
                                      f"({len(undrawn)} such)")
-        gt_area = dict(zip(gt_keys.tolist(), joint.sum(1).tolist()))
-        pred_area = dict(zip(pred_keys.tolist(), joint.sum(0).tolist()))
+        gt_area = dict(zip(gt_keys.tolist(), gt_sums.tolist()))
+        pred_area = dict(zip(pred_keys.tolist(), pred_sums.tolist()))
         gt_area = {k: v for k, v in gt_area.items() if v}
         pred_area = {k: v for k, v in pred_area.items() if v}
         rows, cols = np.nonzero(joint)
