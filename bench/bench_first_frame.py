@@ -1,5 +1,6 @@
 """How soon the node serves a camera whose frame size the model's canvas does not fit, with and without
-`warmup_sizes`. Needs rclpy (a ROS 2 install, or `make install-test`'s wheels).
+`warmup_sizes`. Needs rclpy (a ROS 2 install, or `make install-test`'s wheels, whose vision_msgs build
+bench/ros_graph.py finds).
 
     python bench/bench_first_frame.py [--size 1280x720] [--seconds 8] [--hz 30] [--warm-cache]
 
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+import ros_graph  # bench/ros_graph.py: the script's own folder is on sys.path
 
 
 def run(size, warmup: str, cache: Path, seconds: float, hz: float, tmp: Path) -> dict:
@@ -75,6 +78,7 @@ def main():
     parser.add_argument("--warm-cache", action="store_true",
                         help="both runs on one cache the baseline fills (a later start) instead of fresh ones")
     args = parser.parse_args()
+    ros_graph.ensure_ros_graph_for(__file__)  # before the baseline: rclpy and the node's messages import
     size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

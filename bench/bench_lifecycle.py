@@ -1,6 +1,6 @@
 """Memory and threads of the node over repeated lifecycle cycles: does anything accumulate when a lifecycle
 manager configures, activates, deactivates and cleans it up again and again? Needs rclpy (a ROS 2
-install, or `make install-test`'s wheels).
+install, or `make install-test`'s wheels, whose vision_msgs build bench/ros_graph.py finds).
 
     python bench/bench_lifecycle.py [--cycles 12] [-p key:=value ...]
 
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+import ros_graph  # bench/ros_graph.py: the script's own folder is on sys.path
+
 
 def process_status(pid: int):
     """(resident MB, threads) of a process, from Linux /proc."""
@@ -31,6 +33,7 @@ def main():
     parser.add_argument("--cycles", type=int, default=12)
     parser.add_argument("-p", dest="params", action="append", default=[], help="node parameter key:=value (YAML value)")
     args = parser.parse_args()
+    ros_graph.ensure_ros_graph_for(__file__)  # before the baseline: rclpy and the node's messages import
 
     import rclpy
     from lifecycle_msgs.msg import Transition

@@ -1,5 +1,6 @@
 """The node on the wire: a camera process publishing CamVid frames at 30 Hz, the node with the shipped
-defaults, outputs timed on receipt. Needs rclpy (a ROS 2 install, or `make install-test`'s wheels).
+defaults, outputs timed on receipt. Needs rclpy (a ROS 2 install, or `make install-test`'s wheels, whose
+vision_msgs build bench/ros_graph.py finds).
 
     python bench/bench_node.py [--cameras 1 2] [--seconds 20] [--hz 30] [-p key:=value ...]
 
@@ -27,6 +28,8 @@ from typing import Optional
 
 import numpy as np
 import yaml
+
+import ros_graph  # bench/ros_graph.py: the script's own folder is on sys.path
 
 CAMERA = r"""
 import sys, time, numpy as np, rclpy
@@ -197,6 +200,7 @@ def main():
     parser.add_argument("-p", dest="params", action="append", default=[],
                         help="a node parameter, key:=value (YAML value), e.g. -p backend:=torch")
     args = parser.parse_args()
+    ros_graph.ensure_ros_graph_for(__file__)  # before the baseline: rclpy and the node's messages import
 
     from panoptic_node.training.data import CamVid, find_camvid
     params = {}

@@ -804,6 +804,7 @@ def cmd_bench(args) -> int:
     if not bench.is_file():
         raise FileNotFoundError(f"benchmark script '{bench}' not found (benchmarks run from a source checkout)")
     sys.argv = [str(bench)] + args.rest
+    sys.path.insert(0, str(bench.parent))  # as `python bench/bench_x.py` has it: a script imports its neighbours
     runpy.run_path(str(bench), run_name="__main__")
     return 0
 

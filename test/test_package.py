@@ -114,6 +114,52 @@ def test_bench_command_runs_every_benchmark_script():
     assert choices == {p.stem[len("bench_"):] for p in (ROOT / "bench").glob("bench_*.py")}
 
 
+def test_bench_command_lets_a_script_import_its_neighbours():
+    # bench_node imports bench/ros_graph.py; `python bench/bench_node.py` has bench/ on sys.path, runpy not by itself
+    out = subprocess.run([sys.executable, "-m", "panoptic_node.cli", "bench", "node", "--help"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and "--cameras" in out.stdout, out.stderr
+
+
+RUNS_ITSELF = """
+import os, sys
+sys.path.insert(0, {bench!r})
+import ros_graph
+print("run", os.environ.get(ros_graph.RERUN, "first"))
+ros_graph.ensure_ros_graph([__file__], modules=("fake_msgs_for_bench",), install=ros_graph.Path({install!r}))
+import fake_msgs_for_bench
+print("imported", fake_msgs_for_bench.__file__, os.environ["LD_LIBRARY_PATH"].split(os.pathsep)[0])
+"""
+
+
+@pytest.mark.parametrize("built", ["with the module", "without it", "no build"])
+def test_ros_benchmarks_find_the_test_message_build_or_say_what_is_missing(tmp_path, built):
+    """Where ROS 2 comes from PyPI's wheels, vision_msgs is the test-only build in build/test_msgs: a ROS benchmark
+    runs itself again with it on PYTHONPATH and LD_LIBRARY_PATH (as `make test` runs the tests), once; without it,
+    one line naming the module, before any baseline is measured."""
+    install = tmp_path / "install"
+    if built != "no build":
+        (install / "lib" / "python").mkdir(parents=True)
+    if built == "with the module":
+        (install / "lib" / "python" / "fake_msgs_for_bench").mkdir()
+        (install / "lib" / "python" / "fake_msgs_for_bench" / "__init__.py").write_text("")
+    script = tmp_path / "bench_fake.py"
+    script.write_text(RUNS_ITSELF.format(bench=str(ROOT / "bench"), install=str(install)))
+    env = {k: v for k, v in os.environ.items() if k != "PANOPTIC_NODE_BENCH_TEST_MSGS"}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    if built == "with the module":
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines() == [
+            "run first", "run 1",
+            f"imported {install / 'lib' / 'python' / 'fake_msgs_for_bench' / '__init__.py'} {install / 'lib'}"]
+    else:  # the build without the module runs once more, then refuses: never a third run
+        assert out.returncode == 2
+        assert out.stdout.splitlines() == (["run first", "run 1"] if built == "without it" else ["run first"])
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "no module named 'fake_msgs_for_bench'" in lines[0] and "make install-test" in \
+            lines[0], out.stderr
+
+
 def test_every_backend_is_offered_by_the_cli_the_schema_and_the_launch_file():
     import json
     import re
