@@ -60,12 +60,7 @@ def darkened(sample, gamma: float, gain: float):
 
 
 def main():
-    import importlib.util
-    from pathlib import Path
-    # its sibling, by path: `panoptic-node bench` runs a script with runpy, without bench/ on sys.path
-    spec = importlib.util.spec_from_file_location("bench_int8", Path(__file__).with_name("bench_int8.py"))
-    bench_int8 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_int8)
+    import bench_int8  # its sibling: the script's own folder is on sys.path
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_int8.add_model_and_frames_args(parser)
     parser.add_argument("--dusk", help="GAMMA,GAIN: darken every frame (e.g. 1.5,0.75, 0016E5 made to look like "

@@ -3,6 +3,7 @@ import atexit
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -141,7 +142,10 @@ def rng():
 def bench_module(name: str):
     """bench/NAME.py as a module, for tests of a benchmark's own arithmetic (bench/ holds scripts, not a package)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    if str(bench) not in sys.path:  # as a script has its own folder there: the benchmarks import their neighbours
+        sys.path.append(str(bench))
+    spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
