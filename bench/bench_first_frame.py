@@ -78,7 +78,7 @@ def main():
     parser.add_argument("--warm-cache", action="store_true",
                         help="both runs on one cache the baseline fills (a later start) instead of fresh ones")
     args = parser.parse_args()
-    ros_graph.ensure_ros_graph_for(__file__)  # before the baseline: rclpy and the node's messages import
+    ros_graph.ensure_ros_graph()  # before the baseline: rclpy and the node's messages import
     size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

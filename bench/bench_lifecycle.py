@@ -33,7 +33,7 @@ def main():
     parser.add_argument("--cycles", type=int, default=12)
     parser.add_argument("-p", dest="params", action="append", default=[], help="node parameter key:=value (YAML value)")
     args = parser.parse_args()
-    ros_graph.ensure_ros_graph_for(__file__)  # before the baseline: rclpy and the node's messages import
+    ros_graph.ensure_ros_graph()  # before the baseline: rclpy and the node's messages import
 
     import rclpy
     from lifecycle_msgs.msg import Transition

@@ -200,7 +200,7 @@ def main():
     parser.add_argument("-p", dest="params", action="append", default=[],
                         help="a node parameter, key:=value (YAML value), e.g. -p backend:=torch")
     args = parser.parse_args()
-    ros_graph.ensure_ros_graph_for(__file__)  # before the baseline: rclpy and the node's messages import
+    ros_graph.ensure_ros_graph()  # before the baseline: rclpy and the node's messages import
 
     from panoptic_node.training.data import CamVid, find_camvid
     params = {}

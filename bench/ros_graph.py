@@ -19,10 +19,6 @@ TEST_MSGS = Path(__file__).resolve().parents[1] / "build" / "test_msgs" / "insta
 RERUN = "PANOPTIC_NODE_BENCH_TEST_MSGS"  # set in the second run, so that it never runs itself a third time
 
 
-def missing(modules=MODULES) -> list:
-    return [m for m in modules if importlib.util.find_spec(m) is None]
-
-
 def with_test_msgs(env, install: Path = TEST_MSGS) -> dict:
     """env with the test-only message build's Python modules and libraries first on their paths."""
     env = dict(env)
@@ -32,10 +28,13 @@ def with_test_msgs(env, install: Path = TEST_MSGS) -> dict:
     return env
 
 
-def ensure_ros_graph(argv, modules=MODULES, install: Path = TEST_MSGS) -> None:
+def ensure_ros_graph(argv=None, modules=MODULES, install: Path = TEST_MSGS) -> None:
     """Returns when every module imports; otherwise runs `python argv...` again with the test-only message build
-    on the paths when there is one (this process is replaced), or exits 2 with one line on stderr."""
-    gone = missing(modules)
+    on the paths when there is one (this process is replaced), or exits 2 with one line on stderr. argv: the
+    script and its arguments, by default sys.argv (`python bench/bench_x.py ARGS` and `panoptic-node bench x ARGS`
+    both leave them there)."""
+    argv = sys.argv if argv is None else argv
+    gone = [m for m in modules if importlib.util.find_spec(m) is None]
     if not gone:
         return
     if (install / "lib" / "python").is_dir() and RERUN not in os.environ:
@@ -46,9 +45,3 @@ def ensure_ros_graph(argv, modules=MODULES, install: Path = TEST_MSGS) -> None:
     print(f"error: {line} (or, without ROS 2: `make install-test` installs ROS 2 Jazzy's rclpy and messages from "
           f"PyPI and builds vision_msgs into {install}, which this benchmark then finds)", file=sys.stderr)
     sys.exit(2)
-
-
-def ensure_ros_graph_for(script_file: str) -> None:
-    """ensure_ros_graph for the benchmark script at script_file with this process's arguments (`python
-    bench/bench_x.py ARGS` and `panoptic-node bench x ARGS` both leave them in sys.argv[1:])."""
-    ensure_ros_graph([script_file, *sys.argv[1:]])
