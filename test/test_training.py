@@ -189,8 +189,9 @@ def tiny_setup(tmp_path, rng):
 
 
 @pytest.mark.parametrize("recipe", [dict(), dict(scale=(0.5, 2.0), colour="strong"), dict(colour="lighting"),
-                                    dict(colour="dusk"), dict(copy_paste_p=1.0), dict(class_balance=0.5)],
-                         ids=["shipped", "new_drives", "lighting", "dusk", "copy_paste", "class_balance"])
+                                    dict(colour="dusk"), dict(copy_paste_p=1.0), dict(class_balance=0.5),
+                                    dict(class_mix_p=1.0)],
+                         ids=["shipped", "new_drives", "lighting", "dusk", "copy_paste", "class_balance", "class_mix"])
 def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     from panoptic_node.model.detr import build_model
     from panoptic_node.taxonomy import get_taxonomy
@@ -205,6 +206,9 @@ def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     everything = CamVid(tiny_setup / "data", "train").load_all()
     if recipe.get("copy_paste_p"):
         recipe = {**recipe, "donors": everything}
+    if recipe.get("class_mix_p"):
+        from panoptic_node.training.train import donors_of_other_drives
+        recipe = {**recipe, "mix_donors": donors_of_other_drives(everything)}
     class_weights = None
     if recipe.get("class_balance"):  # a loss, not a batch, setting
         recipe = dict(recipe)
@@ -949,13 +953,103 @@ def test_copy_paste_in_a_batch_adds_objects_and_resumes(tiny_setup):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+def _class_mixed(frame, d, chosen, lut):
+    """ClassMix computed directly: the donor's pixels of the chosen classes replace the frame's, things under ids
+    above the frame's own, pasted stuff with no instance."""
+    paste = np.isin(d[1], chosen)
+    rgb, sem, inst = frame.rgb.copy(), frame.semantic.copy(), frame.instance.copy()
+    rgb[paste], sem[paste], inst[paste] = d[0][paste], d[1][paste], 0
+    things = paste & lut[d[1]] & (d[2] > 0)
+    inst[things] = d[2][things] + frame.instance.max()
+    return rgb, sem, inst
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_class_mix_equals_direct_computation(rng, seed):
+    """The result is the direct computation for one orientation of the donor and one half of its classes."""
+    import itertools
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.augment import class_mix
+    lut = get_taxonomy("camvid").thing_lut
+    frame = _frame(rng, [(8, 20, 30, 5, 20), (9, 10, 30, 40, 45)], "0001TP_00010")
+    donor = _frame(rng, [(8, 22, 34, 10, 30), (10, 5, 25, 48, 55), (9, 2, 12, 20, 24), (2, 0, 40, 0, 2)],
+                   "0006R0_00020")  # road, car, bicyclist, pedestrian, pole (and a void corner)
+    kept = [a.copy() for a in (frame.rgb, frame.semantic, frame.instance)]
+    out = class_mix(frame, donor, np.random.default_rng(seed), lut)
+    matches = []
+    for flip in (False, True):
+        d = [a[:, ::-1] if flip else a for a in (donor.rgb, donor.semantic, donor.instance)]
+        for chosen in itertools.combinations([2, 3, 8, 9, 10], 3):  # 5 classes: 3 of them, rounded up
+            expected = _class_mixed(frame, d, list(chosen), lut)
+            if all(np.array_equal(a, b) for a, b in zip((out.rgb, out.semantic, out.instance), expected)):
+                matches.append((flip, chosen))
+    assert len(matches) == 1, matches
+    assert all(np.array_equal(a, b) for a, b in zip(kept, (frame.rgb, frame.semantic, frame.instance)))  # not in place
+
+
+def test_class_mix_draws_every_half_of_the_classes_and_mirrors_half_the_time(rng):
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.augment import class_mix
+    lut = get_taxonomy("camvid").thing_lut
+    frame = _frame(rng, [], "a")
+    frame.semantic[:] = 0  # all sky: every pasted class shows
+    donor = _frame(rng, [(8, 0, 40, 0, 10), (9, 0, 40, 10, 20), (2, 0, 40, 20, 25)], "b")  # car, person, pole
+    halves, cars = set(), []
+    for seed in range(80):
+        out = class_mix(frame, donor, np.random.default_rng(seed), lut)
+        pasted = set(np.unique(out.semantic).tolist()) - {0}
+        assert len(pasted) == 2, pasted  # road, car, pedestrian, pole: half of four
+        halves.add(tuple(sorted(pasted)))
+        if 8 in pasted:
+            cars.append(bool((out.semantic[:, 50:] == 8).any()))  # the car on the right: the donor mirrored
+    assert len(halves) == 6  # all six pairs of the four classes
+    assert 0.25 < np.mean(cars) < 0.75 and len(cars) > 20
+
+
+def test_class_mix_takes_its_donors_from_other_drives():
+    from panoptic_node.training.data import Sample, drive_of
+    from panoptic_node.training.train import donors_of_other_drives
+    names = ["0001TP_006690", "0001TP_006720", "0006R0_f01000", "0016E5_00390", "0016E5_00420"]
+    samples = [Sample(n, None, None, None) for n in names]
+    donors = donors_of_other_drives(samples)
+    assert sorted(donors) == ["0001TP", "0006R0", "0016E5"]
+    for drive, frames in donors.items():
+        assert sorted(s.name for s in frames) == sorted(n for n in names if drive_of(n) != drive)
+    alone = donors_of_other_drives(samples[:2])  # one drive: its own frames
+    assert [s.name for s in alone["0001TP"]] == names[:2]
+
+
+def test_class_mix_in_a_batch_mixes_classes_and_resumes(tiny_setup):
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.data import CamVid
+    from panoptic_node.training.train import donors_of_other_drives, make_batch
+
+    samples = CamVid(tiny_setup / "data", "train").load_all()
+    lut = get_taxonomy("camvid").thing_lut
+    donors = donors_of_other_drives(samples)
+    batch = lambda p: make_batch(samples[:2], np.random.default_rng(0), (64, 96), "tf", lut,  # noqa: E731
+                                 class_mix_p=p, mix_donors=donors)
+    assert torch.equal(batch(0.0)[0], make_batch(samples[:2], np.random.default_rng(0), (64, 96), "tf", lut)[0])
+    assert not torch.equal(batch(1.0)[0], batch(0.0)[0])
+    a, b = whole_and_resumed(tiny_setup, class_mix=0.5)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_class_mix_needs_frames_that_carry_their_drive(tiny_setup):
+    with pytest.raises(ValueError, match="--class-mix needs CamVid"):
+        train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "run"), epochs=1,
+              dataset="cityscapes", class_mix=0.5, log=lambda *_: None)
+    assert not (tiny_setup / "run").exists()
+
+
 def test_a_run_saved_before_a_setting_existed_resumes(tiny_setup):
     """Checkpoints written before --semantic-aux / --copy-paste existed trained with them off."""
     args = dict(batch_size=2, crop=(64, 96), val_every=0, log=lambda *_: None)
     cfg, data, out = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), tiny_setup / "old"
     train(cfg, data, str(out), epochs=2, stop_after_epoch=1, **args)
     state = torch.load(out / "checkpoint.pth", weights_only=False)
-    for key in ("semantic_aux", "copy_paste", "mixstyle", "class_balance", "drive_balance"):
+    for key in ("semantic_aux", "copy_paste", "mixstyle", "class_balance", "drive_balance", "class_mix"):
         del state["settings"][key]
     torch.save(state, out / "checkpoint.pth")
     assert train(cfg, data, str(out), epochs=2, resume=True, **args)["history"][-1]["epoch"] == 2
@@ -1031,7 +1125,7 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys, monkeypa
     (["--threads", "100000"], "--threads 100000: expected a whole number"),  # crashed torch's thread pool
     (["--weight-decay", "-1"], "--weight-decay -1.0: expected >= 0"), (["--mixstyle", "2"], "--mixstyle 2.0: expected"),
     (["--mixstyle", "nan"], "--mixstyle nan: expected"), (["--ema", "1"], "--ema 1.0: expected a decay in [0, 1)"),
-    (["--copy-paste", "2"], "--copy-paste 2.0: expected"), (["--semantic-aux", "nan"], "--semantic-aux nan: expected"),
+    (["--copy-paste", "2"], "--copy-paste 2.0: expected"), (["--class-mix", "-0.5"], "--class-mix -0.5: expected"), (["--semantic-aux", "nan"], "--semantic-aux nan: expected"),
     (["--class-balance", "-1"], "--class-balance -1.0: expected a power in [0, 1]"),
     (["--class-balance", "nan"], "--class-balance nan: expected"),
     (["--scale", "2,1"], "--scale 2.0,1.0: expected LOW,HIGH"),

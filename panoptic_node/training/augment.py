@@ -1,6 +1,6 @@
 """Training augmentation: random scale, random crop (train on crops, predict on full frames),
-horizontal flip, photometric changes and (optionally) copy-paste of another frame's objects. Labels are
-resampled with nearest neighbour.
+horizontal flip, photometric changes and (optionally) copy-paste of another frame's objects or class mix with
+another drive's frame. Labels are resampled with nearest neighbour.
 
 Photometric recipes: `basic` is the colour jitter the first releases trained with (brightness,
 contrast, saturation ±20 %); `strong` aims at drives the model never saw (dusk, glare, another
@@ -135,19 +135,24 @@ def augment(sample: Sample, rng: np.random.Generator, crop: Tuple[int, int], sca
     return Sample(sample.name, np.ascontiguousarray(rgb), np.ascontiguousarray(sem), np.ascontiguousarray(inst))
 
 
+def _donor_as_placed(donor: Sample, shape, rng: np.random.Generator):
+    """The donor's colour, classes and instances at the frame's size, mirrored as a whole half of the time."""
+    if donor.semantic.shape != shape:
+        donor = Sample(donor.name, _resize(donor.rgb, shape, False), _resize(donor.semantic, shape, True),
+                       _resize(donor.instance, shape, True))
+    d_rgb, d_sem, d_inst = donor.rgb, donor.semantic, donor.instance
+    if rng.random() < 0.5:
+        d_rgb, d_sem, d_inst = d_rgb[:, ::-1], d_sem[:, ::-1], d_inst[:, ::-1]
+    return d_rgb, d_sem, d_inst
+
+
 def copy_paste(sample: Sample, donor: Sample, rng: np.random.Generator, thing_lut: np.ndarray) -> Sample:
     """Simple Copy-Paste (Ghiasi et al., CVPR 2021): each thing instance of another training frame is, with
     probability 1/2, pasted onto this frame at the same place (the donor mirrored as a whole half of the
     time), with its colour, class and a new instance id. What it covers is occluded: the rest of a covered
     instance keeps its id. More objects per frame, rare classes in new streets, and objects in front of
     one another, which parked rows and pedestrian groups need."""
-    h, w = sample.semantic.shape
-    if donor.semantic.shape != (h, w):
-        donor = Sample(donor.name, _resize(donor.rgb, (h, w), False), _resize(donor.semantic, (h, w), True),
-                       _resize(donor.instance, (h, w), True))
-    d_rgb, d_sem, d_inst = donor.rgb, donor.semantic, donor.instance
-    if rng.random() < 0.5:
-        d_rgb, d_sem, d_inst = d_rgb[:, ::-1], d_sem[:, ::-1], d_inst[:, ::-1]
+    d_rgb, d_sem, d_inst = _donor_as_placed(donor, sample.semantic.shape, rng)
     is_thing = thing_lut[d_sem] & (d_inst > 0)
     ids = np.unique(d_inst[is_thing])
     chosen = ids[rng.random(len(ids)) < 0.5]
@@ -160,4 +165,26 @@ def copy_paste(sample: Sample, donor: Sample, rng: np.random.Generator, thing_lu
     rgb, sem, inst = sample.rgb.copy(), sample.semantic.copy(), sample.instance.copy()
     rgb[paste], sem[paste] = d_rgb[paste], d_sem[paste]
     inst[paste] = d_inst[paste].astype(inst.dtype) + offset
+    return Sample(sample.name, rgb, sem, inst)
+
+
+def class_mix(sample: Sample, donor: Sample, rng: np.random.Generator, thing_lut: np.ndarray) -> Sample:
+    """ClassMix (Olsson et al., WACV 2021) with labels on both sides: half of the classes in the donor (a frame
+    of another drive; rounded up, chosen at random) are pasted onto this frame, every pixel of them, at the same
+    place (the donor mirrored as a whole half of the time), with their colour and class; pasted things keep their
+    instances under new ids, pasted stuff has none. What it covers is occluded. One drive's pavement, fences and
+    signs stand in another drive's street, so a class cannot be told by the street around it."""
+    d_rgb, d_sem, d_inst = _donor_as_placed(donor, sample.semantic.shape, rng)
+    classes = np.unique(d_sem[d_sem != VOID])
+    if not len(classes):
+        return sample
+    chosen = rng.permutation(classes)[:(len(classes) + 1) // 2]
+    paste = np.isin(d_sem, chosen)
+    things = paste & thing_lut[d_sem] & (d_inst > 0)
+    offset = int(sample.instance.max())
+    if things.any() and offset + int(d_inst[things].max()) > np.iinfo(np.uint16).max:
+        return sample  # ids would not fit in the instance map
+    rgb, sem, inst = sample.rgb.copy(), sample.semantic.copy(), sample.instance.copy()
+    rgb[paste], sem[paste], inst[paste] = d_rgb[paste], d_sem[paste], 0
+    inst[things] = d_inst[things].astype(inst.dtype) + offset
     return Sample(sample.name, rgb, sem, inst)

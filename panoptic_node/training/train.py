@@ -33,7 +33,7 @@ from ..model.detr import build_model
 from ..model.losses import SetCriterion
 from ..output_safety import OutputLock, refuse_foreign_folder, refuse_inputs, refuse_unwritable
 from ..taxonomy import VOID, get_taxonomy
-from .augment import PHOTOMETRIC, augment, copy_paste
+from .augment import PHOTOMETRIC, augment, class_mix, copy_paste
 from .class_balance import balanced_weights, pixel_frequencies
 from .data import check_dataset_labels, drive_of, every_nth_frame, make_dataset
 from .drive_balance import balanced_order, drive_shares
@@ -46,7 +46,7 @@ LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 # settings added after runs were saved, with the value that means "off": such runs resume
 ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0,
                   "freeze_backbone": 0, "class_balance": 0.0, "train_every": 1, "head_first": 0,
-                  "drive_balance": 0.0}
+                  "drive_balance": 0.0, "class_mix": 0.0}
 
 
 def run_record(settings: dict, cfg) -> dict:
@@ -124,12 +124,31 @@ def frame_pixels(sample, normalization):
     return (sample.semantic != VOID) | sample.rgb.any(-1) if normalization in ("frame", "frame_wb") else None
 
 
+def donors_of_other_drives(samples) -> dict:
+    """For each drive, the frames of the other drives (class mix across drives); with one drive, its own frames."""
+    by_drive = {}
+    for s in samples:
+        by_drive.setdefault(drive_of(s.name), []).append(s)
+    return {d: [s for other, frames in by_drive.items() if other != d or len(by_drive) == 1 for s in frames]
+            for d in by_drive}
+
+
 def make_batch(samples, rng, crop, normalization, thing_lut, scale=(0.75, 1.5), colour="basic",
-               copy_paste_p=0.0, donors=()):
-    """`copy_paste_p` > 0: each frame, with that probability, first gets objects of a random donor frame."""
+               copy_paste_p=0.0, donors=(), class_mix_p=0.0, mix_donors=None):
+    """`copy_paste_p` > 0: each frame, with that probability, first gets objects of a random donor frame.
+    `class_mix_p` > 0: each frame, with that probability, then gets half the classes of a random frame of another
+    drive (`mix_donors`, as donors_of_other_drives gives it)."""
     if copy_paste_p > 0:  # draws nothing when off, so the other recipes' random streams stay as they were
         samples = [copy_paste(s, donors[int(rng.integers(len(donors)))], rng, thing_lut)
                    if rng.random() < copy_paste_p else s for s in samples]
+    if class_mix_p > 0:
+        mixed = []
+        for s in samples:
+            if rng.random() < class_mix_p:
+                others = mix_donors[drive_of(s.name)]
+                s = class_mix(s, others[int(rng.integers(len(others)))], rng, thing_lut)
+            mixed.append(s)
+        samples = mixed
     augmented = [augment(s, rng, crop, scale, PHOTOMETRIC[colour]) for s in samples]
     images = torch.stack([torch.from_numpy(normalize(a.rgb, normalization, frame_pixels(a, normalization)))
                           .permute(2, 0, 1) for a in augmented])
@@ -223,13 +242,14 @@ def check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every):
                         f"{2 * BACKBONE_STRIDE} (e.g. 480x352)")
 
 
-def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance):
+def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance, class_mix=0.0):
     """Refuses augmentation and regularisation settings outside their range, each by its option."""
     require(colour in PHOTOMETRIC, "--photometric", colour, f"one of {', '.join(PHOTOMETRIC)}")
     require(0 < scale[0] <= scale[1] and math.isfinite(scale[1]), "--scale", f"{scale[0]},{scale[1]}",
             "LOW,HIGH positive factors with LOW <= HIGH")
     require(0.0 <= ema < 1.0, "--ema", ema, "a decay in [0, 1) (0 = off, 0.998 averages ~500 steps)")
     require(0.0 <= copy_paste <= 1.0, "--copy-paste", copy_paste, "a probability in [0, 1] (0 = off)")
+    require(0.0 <= class_mix <= 1.0, "--class-mix", class_mix, "a probability in [0, 1] (0 = off)")
     require(math.isfinite(weight_decay) and weight_decay >= 0, "--weight-decay", weight_decay,
             ">= 0 (AdamW's decoupled decay; 1e-4 is DETR's)")
     require(math.isfinite(semantic_aux) and semantic_aux >= 0, "--semantic-aux", semantic_aux,
@@ -268,7 +288,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, semantic_aux: float = 0.0,
           copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, freeze_backbone_to: int = 0,
           class_balance: float = 0.0, train_every: int = 1, head_first: int = 0, drive_balance: float = 0.0,
-          overwrite: bool = False, log=print) -> dict:
+          class_mix: float = 0.0, overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
@@ -280,9 +300,10 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     `train_every` > 1 trains on every n-th frame of each training drive only (what more frames are worth).
     `head_first` > 0 keeps the backbone at its starting weights for that many epochs while the head learns on its
     features, then trains it too (LP-FT: a random head's first gradients distort pretrained features least so).
-    `drive_balance` > 0 draws each epoch's frames with the drives' shares moved toward equal ones (drive_balance.py)."""
+    `drive_balance` > 0 draws each epoch's frames with the drives' shares moved toward equal ones (drive_balance.py).
+    `class_mix` > 0 pastes half the classes of another drive's frame into a frame with that probability."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
-    check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance)
+    check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance, class_mix)
     # numpy's generator refuses a negative seed with a line that names no option
     require(0 <= seed < 2 ** 32, "--seed", seed, "a whole number in [0, 2**32) (another seed of one recipe shows "
                                                  "its noise)")
@@ -305,7 +326,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         raise ValueError(f"--semantic-aux needs the dot_product mask head's pixel embeddings; "
                          f"{cfg.name} has mask_head {cfg.mask_head}")
     check_dataset_labels(dataset, cfg.labels)
-    for option, value in (("--train-every", train_every > 1), ("--drive-balance", drive_balance)):
+    for option, value in (("--train-every", train_every > 1), ("--drive-balance", drive_balance),
+                          ("--class-mix", class_mix)):
         if value and dataset != "camvid":
             raise ValueError(f"{option} needs CamVid, whose file names carry the drive; '{dataset}' frames do not")
     out = Path(out)
@@ -317,7 +339,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "copy_paste": copy_paste, "init": str(Path(init).resolve()) if init else None,
                 "weight_decay": weight_decay, "mixstyle": mixstyle, "freeze_backbone": freeze_backbone_to,
                 "class_balance": class_balance, "train_every": train_every, "head_first": head_first,
-                "drive_balance": drive_balance}
+                "drive_balance": drive_balance, "class_mix": class_mix}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -360,6 +382,9 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             shares = drive_shares(Counter(frame_drives), drive_balance)
             log("drives' shares of each epoch: "
                 + ", ".join(f"{d} {100 * x:.0f} %" for d, x in sorted(shares.items())))
+        mix_donors = donors_of_other_drives(train_samples) if class_mix else None
+        if mix_donors and len(mix_donors) == 1:
+            log("--class-mix: one training drive, so its frames mix with each other")
         val_samples = val_set.load_all() if val_set else []
         if val_drives:  # the split's promise, checked on the frames themselves
             assert not {drive_of(s.name) for s in train_samples} & set(val_drives)
@@ -452,7 +477,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             for it in bar:
                 idx = order[it * batch_size:(it + 1) * batch_size]
                 images, pad, targets = make_batch([train_samples[i] for i in idx], rng, crop, cfg.input.normalization,
-                                                  thing_lut, scale, colour, copy_paste, train_samples)
+                                                  thing_lut, scale, colour, copy_paste, train_samples, class_mix,
+                                                  mix_donors)
                 loss, parts = training_loss(model, criterion, images, pad, targets, aux, semantic_aux)
                 if not torch.isfinite(loss):  # stop before the step: the weights and checkpoints stay finite
                     raise RuntimeError(
