@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from panoptic_node.model.losses import dice_loss, generalized_box_iou, sigmoid_focal_loss, SetCriterion
+from panoptic_node.model.losses import bce_loss, dice_loss, generalized_box_iou, sigmoid_focal_loss, SetCriterion
 from panoptic_node.model.matcher import HungarianMatcher, mask_bce_cost, mask_dice_cost
 from panoptic_node.training.train import train
 
@@ -71,6 +71,22 @@ def test_focal_and_dice_losses_direct():
     pv = p * valid.numpy()
     d = 1 - (2 * (pv * t[0].numpy()).sum() + 1) / (pv.sum() + (t[0].numpy() * valid.numpy()).sum() + 1)
     assert float(dice_loss(x, t, valid)[0]) == pytest.approx(d, rel=1e-5)
+
+
+def test_bce_loss_direct_and_in_the_criterion():
+    """Mask2Former's mask loss: the mean of -log p (target 1) and -log(1 - p) (target 0) over valid pixels; the
+    criterion with mask_loss="bce" weighs it 5 and has no focal term."""
+    x = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    t = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    valid = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    p = 1 / (1 + np.exp(-x.numpy()[0]))
+    expected = -(np.log(p[0]) + np.log(1 - p[1]) + np.log(p[2])) / 3
+    assert float(bce_loss(x, t, valid)[0]) == pytest.approx(expected, rel=1e-5)
+    crit = SetCriterion(num_classes=3, mask_loss="bce")
+    assert crit.weights["bce"] == 5.0 and "focal" not in crit.weights
+    target = {"labels": torch.tensor([1]), "masks": t, "valid": valid, "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
+    losses = crit.layer_losses(torch.zeros(1, 1, 4), torch.full((1, 1, 4), 0.5), x[None], [target])
+    assert float(losses["bce"]) == pytest.approx(expected, rel=1e-5) and "focal" not in losses
 
 
 def test_giou_direct():
@@ -190,8 +206,9 @@ def tiny_setup(tmp_path, rng):
 
 @pytest.mark.parametrize("recipe", [dict(), dict(scale=(0.5, 2.0), colour="strong"), dict(colour="lighting"),
                                     dict(colour="dusk"), dict(copy_paste_p=1.0), dict(class_balance=0.5),
-                                    dict(class_mix_p=1.0)],
-                         ids=["shipped", "new_drives", "lighting", "dusk", "copy_paste", "class_balance", "class_mix"])
+                                    dict(class_mix_p=1.0), dict(mask_loss="bce")],
+                         ids=["shipped", "new_drives", "lighting", "dusk", "copy_paste", "class_balance", "class_mix",
+                              "mask_loss_bce"])
 def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     from panoptic_node.model.detr import build_model
     from panoptic_node.taxonomy import get_taxonomy
@@ -210,6 +227,8 @@ def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
         from panoptic_node.training.train import donors_of_other_drives
         recipe = {**recipe, "mix_donors": donors_of_other_drives(everything)}
     class_weights = None
+    recipe = dict(recipe)
+    mask_loss = recipe.pop("mask_loss", "focal")  # a loss, not a batch, setting
     if recipe.get("class_balance"):  # a loss, not a batch, setting
         recipe = dict(recipe)
         frequencies = pixel_frequencies([s.semantic for s in everything], cfg.num_classes)
@@ -217,7 +236,7 @@ def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
         assert class_weights[8] > class_weights[3]  # the car is rarer than the road in the tiny frames
     images, pad, targets = make_batch(everything[:2], np.random.default_rng(0), (64, 96), "tf",
                                       get_taxonomy("camvid").thing_lut, **recipe)
-    crit = SetCriterion(cfg.num_classes, class_weights=class_weights)
+    crit = SetCriterion(cfg.num_classes, class_weights=class_weights, mask_loss=mask_loss)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     before, _ = crit(loss_layers(model, images, pad), targets)
     opt.zero_grad()
@@ -1031,7 +1050,7 @@ def test_class_mix_in_a_batch_mixes_classes_and_resumes(tiny_setup):
                                  class_mix_p=p, mix_donors=donors)
     assert torch.equal(batch(0.0)[0], make_batch(samples[:2], np.random.default_rng(0), (64, 96), "tf", lut)[0])
     assert not torch.equal(batch(1.0)[0], batch(0.0)[0])
-    a, b = whole_and_resumed(tiny_setup, class_mix=0.5)
+    a, b = whole_and_resumed(tiny_setup, class_mix=0.5, mask_loss="bce")  # one resume check for both
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
 
@@ -1049,7 +1068,7 @@ def test_a_run_saved_before_a_setting_existed_resumes(tiny_setup):
     cfg, data, out = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), tiny_setup / "old"
     train(cfg, data, str(out), epochs=2, stop_after_epoch=1, **args)
     state = torch.load(out / "checkpoint.pth", weights_only=False)
-    for key in ("semantic_aux", "copy_paste", "mixstyle", "class_balance", "drive_balance", "class_mix"):
+    for key in ("semantic_aux", "copy_paste", "mixstyle", "class_balance", "drive_balance", "class_mix", "mask_loss"):
         del state["settings"][key]
     torch.save(state, out / "checkpoint.pth")
     assert train(cfg, data, str(out), epochs=2, resume=True, **args)["history"][-1]["epoch"] == 2
@@ -1125,7 +1144,7 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys, monkeypa
     (["--threads", "100000"], "--threads 100000: expected a whole number"),  # crashed torch's thread pool
     (["--weight-decay", "-1"], "--weight-decay -1.0: expected >= 0"), (["--mixstyle", "2"], "--mixstyle 2.0: expected"),
     (["--mixstyle", "nan"], "--mixstyle nan: expected"), (["--ema", "1"], "--ema 1.0: expected a decay in [0, 1)"),
-    (["--copy-paste", "2"], "--copy-paste 2.0: expected"), (["--class-mix", "-0.5"], "--class-mix -0.5: expected"), (["--semantic-aux", "nan"], "--semantic-aux nan: expected"),
+    (["--mask-loss", "l2"], "--mask-loss l2: expected one of focal, bce"), (["--copy-paste", "2"], "--copy-paste 2.0: expected"), (["--class-mix", "-0.5"], "--class-mix -0.5: expected"), (["--semantic-aux", "nan"], "--semantic-aux nan: expected"),
     (["--class-balance", "-1"], "--class-balance -1.0: expected a power in [0, 1]"),
     (["--class-balance", "nan"], "--class-balance nan: expected"),
     (["--scale", "2,1"], "--scale 2.0,1.0: expected LOW,HIGH"),

@@ -1,5 +1,6 @@
 """DETR's set losses: class cross-entropy (down-weighted "no object"), sigmoid focal + dice on
-masks, L1 + generalised IoU on boxes; applied to the last decoder layer and every auxiliary one.
+masks (or Mask2Former's binary cross-entropy + dice: `mask_loss="bce"`), L1 + generalised IoU on boxes;
+applied to the last decoder layer and every auxiliary one.
 
 `class_weights` (one per class) weigh the class loss as cross-entropy's own weights do, and each matched query's
 mask and box losses by its target's class (a weighted mean over the matched queries): all ones is DETR's."""
@@ -42,18 +43,29 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, valid: Tensor, alpha: fl
     return (loss * valid).sum(-1) / valid.sum().clamp(min=1)
 
 
+def bce_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+    """Per-mask mean binary cross-entropy over valid pixels (Mask2Former's mask loss). logits, targets: N x P."""
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (ce * valid).sum(-1) / valid.sum().clamp(min=1)
+
+
 def dice_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
     p = logits.sigmoid() * valid
     t = targets * valid
     return 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
 
 
+MASK_LOSSES = {"focal": (sigmoid_focal_loss, 20.0), "bce": (bce_loss, 5.0)}  # each with its weight
+
+
 class SetCriterion:
     def __init__(self, num_classes: int, eos_coef: float = 0.1, weights: Dict[str, float] = None,
-                 matcher: HungarianMatcher = None, class_weights: Tensor = None):
+                 matcher: HungarianMatcher = None, class_weights: Tensor = None, mask_loss: str = "focal"):
         self.num_classes = num_classes
         self.matcher = matcher or HungarianMatcher()
-        self.weights = {"ce": 2.0, "focal": 20.0, "dice": 5.0, "l1": 5.0, "giou": 2.0}
+        self.mask_loss, mask_weight = MASK_LOSSES[mask_loss]
+        self.mask_name = mask_loss
+        self.weights = {"ce": 2.0, mask_loss: mask_weight, "dice": 5.0, "l1": 5.0, "giou": 2.0}
         self.weights.update(weights or {})
         self.class_weight = torch.ones(num_classes + 1)
         if class_weights is not None:
@@ -69,20 +81,20 @@ class SetCriterion:
             target_classes[i, qi] = targets[i]["labels"][ni]
         ce = F.cross_entropy(logits.transpose(1, 2), target_classes, self.class_weight.to(logits.device))
         num = 0.0  # the matched queries' total weight (their count when every class weighs 1)
-        focal = dice = l1 = giou = logits.new_zeros(())
+        mask = dice = l1 = giou = logits.new_zeros(())
         for i, (qi, ni) in enumerate(indices):
             if len(qi) == 0:
                 continue
             t = targets[i]
             w = self.class_weight[t["labels"][ni]].to(logits.device)
             num += float(w.sum())
-            focal = focal + (w * sigmoid_focal_loss(masks[i, qi], t["masks"][ni], t["valid"])).sum()
+            mask = mask + (w * self.mask_loss(masks[i, qi], t["masks"][ni], t["valid"])).sum()
             dice = dice + (w * dice_loss(masks[i, qi], t["masks"][ni], t["valid"])).sum()
             pb, tb = boxes[i, qi], t["boxes"][ni]
             l1 = l1 + (w[:, None] * F.l1_loss(pb, tb, reduction="none")).sum()
             giou = giou + (w * (1 - generalized_box_iou(box_cxcywh_to_xyxy(pb), box_cxcywh_to_xyxy(tb)))).sum()
         num = num or 1.0  # no target in the batch: the mask and box losses are 0
-        return {"ce": ce, "focal": focal / num, "dice": dice / num, "l1": l1 / num, "giou": giou / num}
+        return {"ce": ce, self.mask_name: mask / num, "dice": dice / num, "l1": l1 / num, "giou": giou / num}
 
     def __call__(self, layers, targets: List[dict]):
         """layers: list of (logits, boxes, masks), last decoder layer first. Returns (total, parts)."""

@@ -30,7 +30,7 @@ from ..inference.preprocess import normalize
 from ..model.checkpoint import init_from, read_state_dict, save_checkpoint
 from ..model.config import load_config, network_record
 from ..model.detr import build_model
-from ..model.losses import SetCriterion
+from ..model.losses import MASK_LOSSES, SetCriterion
 from ..output_safety import OutputLock, refuse_foreign_folder, refuse_inputs, refuse_unwritable
 from ..taxonomy import VOID, get_taxonomy
 from .augment import PHOTOMETRIC, augment, class_mix, copy_paste
@@ -46,7 +46,7 @@ LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 # settings added after runs were saved, with the value that means "off": such runs resume
 ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0,
                   "freeze_backbone": 0, "class_balance": 0.0, "train_every": 1, "head_first": 0,
-                  "drive_balance": 0.0, "class_mix": 0.0}
+                  "drive_balance": 0.0, "class_mix": 0.0, "mask_loss": "focal"}
 
 
 def run_record(settings: dict, cfg) -> dict:
@@ -288,7 +288,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, semantic_aux: float = 0.0,
           copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, freeze_backbone_to: int = 0,
           class_balance: float = 0.0, train_every: int = 1, head_first: int = 0, drive_balance: float = 0.0,
-          class_mix: float = 0.0, overwrite: bool = False, log=print) -> dict:
+          class_mix: float = 0.0, mask_loss: str = "focal", overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
@@ -301,12 +301,14 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     `head_first` > 0 keeps the backbone at its starting weights for that many epochs while the head learns on its
     features, then trains it too (LP-FT: a random head's first gradients distort pretrained features least so).
     `drive_balance` > 0 draws each epoch's frames with the drives' shares moved toward equal ones (drive_balance.py).
-    `class_mix` > 0 pastes half the classes of another drive's frame into a frame with that probability."""
+    `class_mix` > 0 pastes half the classes of another drive's frame into a frame with that probability.
+    `mask_loss`: "focal" (DETR's, weight 20) or "bce" (Mask2Former's, weight 5) beside the dice loss."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
     check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance, class_mix)
     # numpy's generator refuses a negative seed with a line that names no option
     require(0 <= seed < 2 ** 32, "--seed", seed, "a whole number in [0, 2**32) (another seed of one recipe shows "
                                                  "its noise)")
+    require(mask_loss in MASK_LOSSES, "--mask-loss", mask_loss, f"one of {', '.join(MASK_LOSSES)}")
     require(train_every >= 1, "--train-every", train_every,
             "a whole number >= 1 (1 trains on every frame, 2 on every second frame of each drive)")
     require(0.0 <= drive_balance <= 1.0, "--drive-balance", drive_balance,
@@ -339,7 +341,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "copy_paste": copy_paste, "init": str(Path(init).resolve()) if init else None,
                 "weight_decay": weight_decay, "mixstyle": mixstyle, "freeze_backbone": freeze_backbone_to,
                 "class_balance": class_balance, "train_every": train_every, "head_first": head_first,
-                "drive_balance": drive_balance, "class_mix": class_mix}
+                "drive_balance": drive_balance, "class_mix": class_mix, "mask_loss": mask_loss}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -424,7 +426,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                                              class_balance)
             name_of = get_taxonomy(cfg.labels).name_of
             log("class weights: " + ", ".join(f"{name_of(c)} {w:.2f}" for c, w in enumerate(class_weights.tolist())))
-        criterion = SetCriterion(cfg.num_classes, class_weights=class_weights)
+        criterion = SetCriterion(cfg.num_classes, class_weights=class_weights, mask_loss=mask_loss)
         average = WeightAverage(model, ema) if ema else None
         # the weights evaluated and saved: the average when there is one
         shown = build_model(cfg, pretrained_backbone=False).to(memory_format=torch.channels_last) if average else model
