@@ -63,8 +63,8 @@ class SetCriterion:
                  matcher: HungarianMatcher = None, class_weights: Tensor = None, mask_loss: str = "focal"):
         self.num_classes = num_classes
         self.matcher = matcher or HungarianMatcher()
-        self.mask_loss, mask_weight = MASK_LOSSES[mask_loss]
         self.mask_name = mask_loss
+        self.mask_loss_of, mask_weight = MASK_LOSSES[mask_loss]
         self.weights = {"ce": 2.0, mask_loss: mask_weight, "dice": 5.0, "l1": 5.0, "giou": 2.0}
         self.weights.update(weights or {})
         self.class_weight = torch.ones(num_classes + 1)
@@ -88,7 +88,7 @@ class SetCriterion:
             t = targets[i]
             w = self.class_weight[t["labels"][ni]].to(logits.device)
             num += float(w.sum())
-            mask = mask + (w * self.mask_loss(masks[i, qi], t["masks"][ni], t["valid"])).sum()
+            mask = mask + (w * self.mask_loss_of(masks[i, qi], t["masks"][ni], t["valid"])).sum()
             dice = dice + (w * dice_loss(masks[i, qi], t["masks"][ni], t["valid"])).sum()
             pb, tb = boxes[i, qi], t["boxes"][ni]
             l1 = l1 + (w[:, None] * F.l1_loss(pb, tb, reduction="none")).sum()

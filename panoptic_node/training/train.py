@@ -242,7 +242,7 @@ def check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every):
                         f"{2 * BACKBONE_STRIDE} (e.g. 480x352)")
 
 
-def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance, class_mix=0.0):
+def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance, class_mix):
     """Refuses augmentation and regularisation settings outside their range, each by its option."""
     require(colour in PHOTOMETRIC, "--photometric", colour, f"one of {', '.join(PHOTOMETRIC)}")
     require(0 < scale[0] <= scale[1] and math.isfinite(scale[1]), "--scale", f"{scale[0]},{scale[1]}",
