@@ -1065,7 +1065,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-loss", default="focal", metavar="{focal,bce}",
                    help="the masks' per-pixel loss beside dice: focal (DETR's, weight 20) or bce (Mask2Former's binary "
                         "cross-entropy, weight 5)")
-    p.add_argument("--class-mix", type=float, default=0.0,
+    p.add_argument("--class-mix", type=float, default=0.0, metavar="P",
                    help="probability that a training frame then gets half the classes of a frame of another training "
                         "drive pasted in, every pixel of them (ClassMix across drives; 0 = off)")
     p.add_argument("--semantic-aux", type=float, default=0.0,
