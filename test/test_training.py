@@ -230,7 +230,6 @@ def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     recipe = dict(recipe)
     mask_loss = recipe.pop("mask_loss", "focal")  # a loss, not a batch, setting
     if recipe.get("class_balance"):  # a loss, not a batch, setting
-        recipe = dict(recipe)
         frequencies = pixel_frequencies([s.semantic for s in everything], cfg.num_classes)
         class_weights = balanced_weights(frequencies, recipe.pop("class_balance"))
         assert class_weights[8] > class_weights[3]  # the car is rarer than the road in the tiny frames
