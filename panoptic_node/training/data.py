@@ -45,12 +45,18 @@ def drive_of(name) -> str:
     return Path(name).stem.split("_")[0]
 
 
+def frames_by_drive(samples) -> dict:
+    """The samples of each drive, in the order given, by drive name."""
+    by_drive = {}
+    for s in samples:
+        by_drive.setdefault(drive_of(s.name), []).append(s)
+    return by_drive
+
+
 def every_nth_frame(samples, n: int) -> list:
     """Every n-th frame of each drive, in time order (a drive's names sort in time order), from its first: a
     smaller training set of the same streets, to measure what more frames of them are worth."""
-    by_drive = {}
-    for s in sorted(samples, key=lambda s: s.name):
-        by_drive.setdefault(drive_of(s.name), []).append(s)
+    by_drive = frames_by_drive(sorted(samples, key=lambda s: s.name))
     return [s for frames in by_drive.values() for s in frames[::n]]
 
 

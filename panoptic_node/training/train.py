@@ -35,7 +35,7 @@ from ..output_safety import OutputLock, refuse_foreign_folder, refuse_inputs, re
 from ..taxonomy import VOID, get_taxonomy
 from .augment import PHOTOMETRIC, augment, class_mix, copy_paste
 from .class_balance import balanced_weights, pixel_frequencies
-from .data import check_dataset_labels, drive_of, every_nth_frame, make_dataset
+from .data import check_dataset_labels, drive_of, every_nth_frame, frames_by_drive, make_dataset
 from .drive_balance import balanced_order, drive_shares
 from .ema import WeightAverage
 from .mixstyle import MixStyle
@@ -126,9 +126,7 @@ def frame_pixels(sample, normalization):
 
 def donors_of_other_drives(samples) -> dict:
     """For each drive, the frames of the other drives (class mix across drives); with one drive, its own frames."""
-    by_drive = {}
-    for s in samples:
-        by_drive.setdefault(drive_of(s.name), []).append(s)
+    by_drive = frames_by_drive(samples)
     return {d: [s for other, frames in by_drive.items() if other != d or len(by_drive) == 1 for s in frames]
             for d in by_drive}
 
