@@ -37,6 +37,10 @@ def _flat(d: dict, prefix: str) -> dict:
     return flat
 
 
+# network keys added to model configs since runs began recording their network (2026-12-04), at their defaults
+ADDED_NETWORK_KEYS = {"drop_connect": 0.0, "decoder": "detr"}
+
+
 @dataclass
 class Run:
     name: str
@@ -51,7 +55,10 @@ class Run:
         from .train import ADDED_SETTINGS
         settings = {**ADDED_SETTINGS, **(self.settings or {})}
         network = settings.pop("network", None)
-        settings.update(_flat(network, "network.") if network else {"network": UNRECORDED})
+        if network:  # a network key added since the run took its default, which is what it trained (decoder: detr)
+            settings.update({**_flat(ADDED_NETWORK_KEYS, "network."), **_flat(network, "network.")})
+        else:
+            settings["network"] = UNRECORDED
         return settings
 
     @property
