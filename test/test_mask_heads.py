@@ -51,6 +51,8 @@ def test_stride4_model_through_the_pipeline(rng):
     (dict(postprocess={"merge_things": True}), "merge_things needs split_things > 0"),
     (dict(mask_head="dot_product", fpn_smooth="depthwise"), "'fpn_smooth' = 'depthwise' is invalid: allowed one of"),
     (dict(mask_head="detr_conv", fpn_smooth="separable"), "fpn_smooth separable is not allowed with mask_head detr_conv"),
+    (dict(mask_head="detr_conv", decoder="masked"), "decoder masked needs mask_head dot_product"),
+    (dict(mask_head="dot_product", decoder="mask2former"), "'decoder' = 'mask2former' is invalid: allowed one of"),
 ])
 def test_bad_mask_config_is_refused(overrides, message):
     base = small_config().to_dict()

@@ -206,9 +206,9 @@ def tiny_setup(tmp_path, rng):
 
 @pytest.mark.parametrize("recipe", [dict(), dict(scale=(0.5, 2.0), colour="strong"), dict(colour="lighting"),
                                     dict(colour="dusk"), dict(copy_paste_p=1.0), dict(class_balance=0.5),
-                                    dict(class_mix_p=1.0), dict(mask_loss="bce")],
+                                    dict(class_mix_p=1.0), dict(mask_loss="bce"), dict(decoder="masked")],
                          ids=["shipped", "new_drives", "lighting", "dusk", "copy_paste", "class_balance", "class_mix",
-                              "mask_loss_bce"])
+                              "mask_loss_bce", "masked_decoder"])
 def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     from panoptic_node.model.detr import build_model
     from panoptic_node.taxonomy import get_taxonomy
@@ -216,7 +216,8 @@ def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     from panoptic_node.training.data import CamVid
     from panoptic_node.training.train import freeze_batchnorm, loss_layers, make_batch
 
-    cfg = compact_config()
+    recipe = dict(recipe)
+    cfg = compact_config(decoder=recipe.pop("decoder", "detr"))  # a network, not a batch, setting
     torch.manual_seed(0)
     model = build_model(cfg, pretrained_backbone=True).train()
     freeze_batchnorm(model)
@@ -227,7 +228,6 @@ def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
         from panoptic_node.training.train import donors_of_other_drives
         recipe = {**recipe, "mix_donors": donors_of_other_drives(everything)}
     class_weights = None
-    recipe = dict(recipe)
     mask_loss = recipe.pop("mask_loss", "focal")  # a loss, not a batch, setting
     if recipe.get("class_balance"):  # a loss, not a batch, setting
         frequencies = pixel_frequencies([s.semantic for s in everything], cfg.num_classes)

@@ -85,6 +85,9 @@ class ModelConfig:
     mask_dim: int = 128              # dot_product only
     mask_stride: int = 8             # dot_product only: pixel embeddings at stride 8 or 4 (finer masks)
     fpn_smooth: str = "full"         # dot_product only: its 3x3 smoothings full, or separable (depthwise + 1x1)
+    # detr: every decoder layer reads the whole encoder memory | masked: Mask2Former's, each layer reads one level
+    # of the mask head's pyramid (strides 32, 16, 8) where the previous layer's mask is on (masked_decoder.py)
+    decoder: str = "detr"
     weights: Optional[str] = None    # default weights file, relative to the config file
     input: InputConfig = field(default_factory=InputConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
@@ -117,6 +120,9 @@ class ModelConfig:
         if self.mask_head == "detr_conv" and self.fpn_smooth != "full":
             raise ValueError(f"{source}: fpn_smooth {self.fpn_smooth} is not allowed with mask_head detr_conv; "
                              "expected full (separable only with mask_head dot_product)")
+        if self.decoder == "masked" and self.mask_head != "dot_product":
+            raise ValueError(f"{source}: decoder masked needs mask_head dot_product (its pyramid and masks steer the "
+                             f"decoder), not {self.mask_head}; expected mask_head: dot_product or decoder: detr")
         if self.mask_head == "detr_conv" and self.mask_stride != 8:
             raise ValueError(f"{source}: mask_stride {self.mask_stride} is not allowed with mask_head detr_conv; "
                              "expected 8 (4 only with mask_head dot_product; detr_conv is always stride 4)")

@@ -15,6 +15,7 @@ from torch import nn, Tensor
 from .backbone import build_backbone
 from .config import ModelConfig
 from .mask_heads import DETRConvMaskHead, DotProductMaskHead, MLP
+from .masked_decoder import MaskedPyramidDecoder
 from .position_encoding import PositionEmbeddingSine
 from .transformer import Transformer
 
@@ -49,6 +50,8 @@ class PanopticDETR(nn.Module):
             self.masks = DotProductMaskHead(d, fpn_dims, cfg.mask_dim, cfg.mask_stride,
                                             separable=cfg.fpn_smooth == "separable")
         self.mask_stride = self.masks.stride
+        if cfg.decoder == "masked":
+            self.masked_decoder = MaskedPyramidDecoder(d, cfg.mask_dim)
 
     def detect(self, images: Tensor, pad_mask: Tensor) -> DetectOutput:
         """images: B x 3 x H x W normalised; pad_mask: B x H x W bool, True on padding."""
@@ -57,11 +60,27 @@ class PanopticDETR(nn.Module):
         mask = F.interpolate(pad_mask[:, None].float(), size=src.shape[-2:])[:, 0].bool()
         pos = self.position_embedding(mask).to(src.dtype)
         src_proj = self.input_proj(src)
-        hs, memory = self.transformer(src_proj, mask, self.query_embed.weight, pos)
+        if self.cfg.decoder == "masked":
+            hs, memory, mask_features = self._masked_decode(src_proj, mask, pos, feats, pad_mask)
+        else:
+            hs, memory = self.transformer(src_proj, mask, self.query_embed.weight, pos)
+            mask_features = self.masks.prepare(src_proj, memory, mask, feats)
         logits = self.class_embed(hs)
         boxes = self.bbox_embed(hs).sigmoid()
-        return DetectOutput(logits[-1], boxes[-1], hs[-1], self.masks.prepare(src_proj, memory, mask, feats),
-                            logits, boxes, hs)
+        return DetectOutput(logits[-1], boxes[-1], hs[-1], mask_features, logits, boxes, hs)
+
+    def _masked_decode(self, src_proj, mask, pos, feats, pad_mask):
+        """Mask2Former's decoder (masked_decoder.py): the memory and the mask head's pyramid first, then the
+        decoder layers over them. Returns (hs L x B x Q x D, memory, the mask head's features)."""
+        memory = self.transformer.encode(src_proj, mask, pos)
+        pyramid = self.masks.pyramid(memory, feats)
+        mask_features = (pyramid[-1],)
+        levels = self.masked_decoder.levels(memory, pos, pyramid[:2], pad_mask)
+        query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, src_proj.shape[0], 1)
+        decoder = self.transformer.decoder
+        hs = self.masked_decoder(decoder.layers, decoder.norm, query_pos, levels,
+                                 lambda h: self.masks(mask_features, h), self.cfg.nheads)
+        return hs.transpose(1, 2), memory, mask_features
 
     def predict_masks(self, mask_features: Tuple[Tensor, ...], hs: Tensor) -> Tensor:
         """hs: B x K x D (any subset of queries) -> mask logits B x K x h x w at `mask_stride`."""

@@ -146,16 +146,21 @@ class DotProductMaskHead(nn.Module):
         self.pixel_out = nn.Conv2d(mask_dim, mask_dim, 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
-    def prepare(self, src_proj: Tensor, memory: Tensor, mask: Tensor, feats: List[Tensor]) -> Tuple[Tensor, ...]:
+    def pyramid(self, memory: Tensor, feats: List[Tensor]) -> List[Tensor]:
+        """The FPN's levels after smoothing, stride 16 to the finest (8 or 4): the last is the pixel embedding."""
         x = self.lateral32(memory)
-        f16, f8 = feats[2], feats[1]
-        x = self.smooth16(self.lateral16(f16) + F.interpolate(x, size=f16.shape[-2:], mode="bilinear", align_corners=False))
-        x = self.smooth8(self.lateral8(f8) + F.interpolate(x, size=f8.shape[-2:], mode="bilinear", align_corners=False))
+        levels = []
+        taps = [(feats[2], self.lateral16, self.smooth16), (feats[1], self.lateral8, self.smooth8)]
         if self.stride == 4:
-            f4 = feats[0]
-            x = self.smooth4(self.lateral4(f4) + F.interpolate(x, size=f4.shape[-2:], mode="bilinear", align_corners=False))
+            taps.append((feats[0], self.lateral4, self.smooth4))
+        for f, lateral, smooth in taps:
+            x = smooth(lateral(f) + F.interpolate(x, size=f.shape[-2:], mode="bilinear", align_corners=False))
+            levels.append(x)
+        return levels
+
+    def prepare(self, src_proj: Tensor, memory: Tensor, mask: Tensor, feats: List[Tensor]) -> Tuple[Tensor, ...]:
         # pixel_out is applied on the query side in forward(): the features stay before it
-        return (x,)
+        return (self.pyramid(memory, feats)[-1],)
 
     def forward(self, features: Tuple[Tensor, ...], hs: Tensor) -> Tensor:
         # mask = e . (W x + b) = (e W) . x + e . b for the 1x1 projection pixel_out (W, b): projecting

@@ -39,6 +39,13 @@ class Transformer(nn.Module):
         hs = self.decoder(tgt, memory, memory_key_padding_mask=mask, pos=pos_embed, query_pos=query_embed)
         return hs.transpose(1, 2), memory.permute(1, 2, 0).view(bs, c, h, w)
 
+    def encode(self, src: Tensor, mask: Tensor, pos_embed: Tensor) -> Tensor:
+        """The encoder alone (for a decoder that needs the memory before it runs): B x C x H x W in and out."""
+        bs, c, h, w = src.shape
+        memory = self.encoder(src.flatten(2).permute(2, 0, 1), key_padding_mask=mask.flatten(1),
+                              pos=pos_embed.flatten(2).permute(2, 0, 1))
+        return memory.permute(1, 2, 0).view(bs, c, h, w)
+
 
 class TransformerEncoder(nn.Module):
     def __init__(self, layer, num_layers):
@@ -112,13 +119,14 @@ class TransformerDecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def forward(self, tgt, memory, memory_key_padding_mask, pos, query_pos):
+    def forward(self, tgt, memory, memory_key_padding_mask, pos, query_pos, attn_mask=None):
+        """attn_mask: (B * nhead) x Q x S additive, in place of the padding mask (masked_decoder.py)."""
         q = k = _with_pos(tgt, query_pos)
         tgt2 = self.self_attn(q, k, value=tgt, need_weights=False)[0]
         tgt = self.norm1(tgt + self.dropout1(tgt2))
+        padding = None if attn_mask is not None else _float_mask(memory_key_padding_mask, memory.dtype)
         tgt2 = self.multihead_attn(query=_with_pos(tgt, query_pos), key=_with_pos(memory, pos), value=memory,
-                                   key_padding_mask=_float_mask(memory_key_padding_mask, memory.dtype),
-                                   need_weights=False)[0]
+                                   key_padding_mask=padding, attn_mask=attn_mask, need_weights=False)[0]
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         tgt2 = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout3(tgt2))
