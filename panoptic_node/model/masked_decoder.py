@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 
 from .position_encoding import PositionEmbeddingSine
+from .transformer import _float_mask
 
 
 def allowed_cells(mask_logits: Tensor, pad: Tensor) -> Tensor:
@@ -27,9 +28,8 @@ def allowed_cells(mask_logits: Tensor, pad: Tensor) -> Tensor:
 
 def additive_mask(allowed: Tensor, nheads: int, dtype) -> Tensor:
     """B x Q x S bool -> (B * nheads) x Q x S float, 0 where allowed and -inf elsewhere (MultiheadAttention's
-    attn_mask, head by head; an additive mask keeps ONNX export simple, as in transformer.py)."""
-    m = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
-    return m.repeat_interleave(nheads, dim=0)
+    attn_mask, head by head; additive for the reason transformer.py's padding mask is)."""
+    return _float_mask(~allowed, dtype).repeat_interleave(nheads, dim=0)
 
 
 class MaskedPyramidDecoder(nn.Module):
