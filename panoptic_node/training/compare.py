@@ -20,7 +20,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..model.config import PostprocessConfig
+from ..model.config import ModelConfig, PostprocessConfig, network_record
 
 
 class RunError(ValueError):
@@ -37,10 +37,6 @@ def _flat(d: dict, prefix: str) -> dict:
     return flat
 
 
-# network keys added to model configs since runs began recording their network (2026-12-04), at their defaults
-ADDED_NETWORK_KEYS = {"drop_connect": 0.0, "decoder": "detr"}
-
-
 @dataclass
 class Run:
     name: str
@@ -55,8 +51,8 @@ class Run:
         from .train import ADDED_SETTINGS
         settings = {**ADDED_SETTINGS, **(self.settings or {})}
         network = settings.pop("network", None)
-        if network:  # a network key added since the run took its default, which is what it trained (decoder: detr)
-            settings.update({**_flat(ADDED_NETWORK_KEYS, "network."), **_flat(network, "network.")})
+        if network:  # a key added to configs since takes its default, which is what the run trained (as network_config)
+            settings.update({**_flat(network_record(ModelConfig()), "network."), **_flat(network, "network.")})
         else:
             settings["network"] = UNRECORDED
         return settings
