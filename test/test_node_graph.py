@@ -985,10 +985,15 @@ def test_an_unexpected_start_up_error_is_one_line(debug):
     assert ("Traceback" in run.stderr) == debug and (len(lines) == 1) != debug
 
 
+LAUNCH_SIGTERM_TIMEOUT_S = 5.0  # launch's ExecuteProcess default: how long it waits after SIGINT
+
+
 @pytest.mark.parametrize("how", ["sigint_twice", "sigterm", "sighup"])
 def test_the_node_stops_cleanly(graph, start, rng, how):
     """Ctrl-C in a terminal reaches the whole group (and launch forwards another): exit 0, no traceback,
-    within 2 s, with frames in flight. So do SIGTERM and SIGHUP (`ros2 run` in an ssh session that drops: its
+    with frames in flight, before launch gives up on it (its sigterm_timeout, 5 s by default, then SIGTERM and
+    SIGKILL: a node killed so leaves its Fast DDS segments in /dev/shm). The bound is launch's, not a speed
+    target: a loaded CI machine took 2.02 s where an idle one takes about 1. So do SIGTERM and SIGHUP (`ros2 run` in an ssh session that drops: its
     default ended the node where it stood, leaving its Fast DDS segments in /dev/shm)."""
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
     node = start([ns], max_age_ms=0)
@@ -1010,7 +1015,7 @@ def test_the_node_stops_cleanly(graph, start, rng, how):
     took = time.time() - t0
     out = node.output()
     assert code == 0 and "Traceback" not in out and "KeyboardInterrupt" not in out, out
-    assert took < 2.0, took
+    assert took < LAUNCH_SIGTERM_TIMEOUT_S, took
     c.close()
 
 
