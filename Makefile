@@ -43,4 +43,4 @@ install-test: | $(NEEDS_VENV)
 test: install-test
 	LD_LIBRARY_PATH=$(TEST_MSGS)/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} \
 	PYTHONPATH=$(TEST_MSGS)/lib/python$${PYTHONPATH:+:$$PYTHONPATH} \
-	$(RUN_PATH) $(RUN_PY) -m pytest -q --durations=25 test   # the slowest tests named in every log: the suite must stay under 15 min
+	$(RUN_PATH) $(RUN_PY) -m pytest -q -n 2 --dist loadfile --durations=25 test   # two workers, a file each at a time (its module fixtures made once); the slowest tests named in every log: the suite must stay under 15 min

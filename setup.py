@@ -42,7 +42,7 @@ setup(
                        "ros-jazzy-ament-cmake-gmock", "ros-jazzy-ament-cmake-gtest", "ros-jazzy-ament-cmake-pytest",
                        "ros-jazzy-python-cmake-module", "catkin_pkg"],
         "test": ["pytest", "transformers==5.23.0", "safetensors", "colcon-common-extensions", "hotcoco",
-                 "cityscapesscripts", "mcap", "mcap-ros2-support", "pyflakes", "hypothesis"],
+                 "cityscapesscripts", "mcap", "mcap-ros2-support", "pyflakes", "hypothesis", "pytest-xdist"],
     },
     zip_safe=True,
     entry_points={

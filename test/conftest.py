@@ -16,8 +16,26 @@ from panoptic_node.model.config import InputConfig, ModelConfig, PostprocessConf
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = Path(os.environ.get("PANOPTIC_NODE_CAMVID", ROOT.parent / "shared" / "data" / "camvid"))
 
-# CI has the machine to itself; set PANOPTIC_TEST_THREADS=1 while something else trains
-torch.set_num_threads(int(os.environ.get("PANOPTIC_TEST_THREADS", "2")))
+# `make test` runs the suite in two pytest-xdist workers, one a core (most of a test's time is a node or a
+# worker process starting, or a subprocess waited for, where one process alone leaves a core idle): each
+# worker's torch gets one thread, and its ROS 2 graph a domain of its own, so that one worker's nodes and
+# topics never reach the other's tests (which assert what the graph holds). Alone, pytest keeps two threads
+# and the user's domain; set PANOPTIC_TEST_THREADS=1 while something else trains.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if XDIST_WORKER:
+    os.environ["ROS_DOMAIN_ID"] = str(100 + int(XDIST_WORKER.removeprefix("gw")))
+torch.set_num_threads(int(os.environ.get("PANOPTIC_TEST_THREADS", "1" if XDIST_WORKER else "2")))
+
+# the files that take longest (`--durations` in CI's log: the node on a live graph about 4 minutes, each of the
+# others 1.5-2), first: with a file to a worker at a time, one of them started last would run on alone at the end
+SLOWEST_FILES = ("test_node_graph.py", "test_int8_scales.py", "test_fleet.py", "test_graph_cache.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)
+    items.sort(key=rank)  # stable: every file's own order, and the other files', unchanged
 
 
 @pytest.fixture(autouse=True)
