@@ -53,17 +53,24 @@ class PanopticDETR(nn.Module):
         if cfg.decoder == "masked":
             self.masked_decoder = MaskedPyramidDecoder(d, cfg.mask_dim)
 
-    def detect(self, images: Tensor, pad_mask: Tensor) -> DetectOutput:
-        """images: B x 3 x H x W normalised; pad_mask: B x H x W bool, True on padding."""
+    def detect(self, images: Tensor, pad_mask: Tensor, query_groups=None) -> DetectOutput:
+        """images: B x 3 x H x W normalised; pad_mask: B x H x W bool, True on padding.
+        query_groups (training only, query_groups.py): more groups of queries after the model's own, each
+        reading only its own group; the outputs then hold every group's queries, the model's first."""
         feats = self.backbone(images)
         src = feats[-1]
         mask = F.interpolate(pad_mask[:, None].float(), size=src.shape[-2:])[:, 0].bool()
         pos = self.position_embedding(mask).to(src.dtype)
         src_proj = self.input_proj(src)
         if self.cfg.decoder == "masked":
+            if query_groups is not None:
+                raise ValueError("query groups are built for DETR's decoder, not decoder: masked")
             hs, memory, mask_features = self._masked_decode(src_proj, mask, pos, feats, pad_mask)
         else:
-            hs, memory = self.transformer(src_proj, mask, self.query_embed.weight, pos)
+            queries, query_attn_mask = self.query_embed.weight, None
+            if query_groups is not None:
+                queries, query_attn_mask = query_groups.queries(queries)
+            hs, memory = self.transformer(src_proj, mask, queries, pos, query_attn_mask)
             mask_features = self.masks.prepare(src_proj, memory, mask, feats)
         logits = self.class_embed(hs)
         boxes = self.bbox_embed(hs).sigmoid()

@@ -24,8 +24,10 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor):
-        """src, pos_embed: B x C x H x W; mask: B x H x W (True = pad); query_embed: Q x C.
+    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor,
+                query_attn_mask: Optional[Tensor] = None):
+        """src, pos_embed: B x C x H x W; mask: B x H x W (True = pad); query_embed: Q x C;
+        query_attn_mask: Q x Q additive, which queries each query's self-attention may read (query_groups.py).
 
         Returns (decoder outputs L x B x Q x C after the final norm, memory B x C x H x W).
         """
@@ -36,7 +38,8 @@ class Transformer(nn.Module):
         mask = mask.flatten(1)
         tgt = torch.zeros_like(query_embed)
         memory = self.encoder(src, key_padding_mask=mask, pos=pos_embed)
-        hs = self.decoder(tgt, memory, memory_key_padding_mask=mask, pos=pos_embed, query_pos=query_embed)
+        hs = self.decoder(tgt, memory, memory_key_padding_mask=mask, pos=pos_embed, query_pos=query_embed,
+                          query_attn_mask=query_attn_mask)
         return hs.transpose(1, 2), memory.permute(1, 2, 0).view(bs, c, h, w)
 
     def encode(self, src: Tensor, mask: Tensor, pos_embed: Tensor) -> Tensor:
@@ -64,10 +67,10 @@ class TransformerDecoder(nn.Module):
         self.layers = nn.ModuleList([copy.deepcopy(layer) for _ in range(num_layers)])
         self.norm = norm
 
-    def forward(self, tgt, memory, memory_key_padding_mask, pos, query_pos):
+    def forward(self, tgt, memory, memory_key_padding_mask, pos, query_pos, query_attn_mask=None):
         intermediate = []
         for layer in self.layers:
-            tgt = layer(tgt, memory, memory_key_padding_mask, pos, query_pos)
+            tgt = layer(tgt, memory, memory_key_padding_mask, pos, query_pos, query_attn_mask=query_attn_mask)
             intermediate.append(self.norm(tgt))
         # every layer's normalised output: the last is the prediction, the others feed auxiliary losses
         return torch.stack(intermediate)
@@ -119,10 +122,11 @@ class TransformerDecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def forward(self, tgt, memory, memory_key_padding_mask, pos, query_pos, attn_mask=None):
-        """attn_mask: (B * nhead) x Q x S additive, in place of the padding mask (masked_decoder.py)."""
+    def forward(self, tgt, memory, memory_key_padding_mask, pos, query_pos, attn_mask=None, query_attn_mask=None):
+        """attn_mask: (B * nhead) x Q x S additive, in place of the padding mask (masked_decoder.py);
+        query_attn_mask: Q x Q additive, on the queries' self-attention (query_groups.py)."""
         q = k = _with_pos(tgt, query_pos)
-        tgt2 = self.self_attn(q, k, value=tgt, need_weights=False)[0]
+        tgt2 = self.self_attn(q, k, value=tgt, attn_mask=query_attn_mask, need_weights=False)[0]
         tgt = self.norm1(tgt + self.dropout1(tgt2))
         padding = None if attn_mask is not None else _float_mask(memory_key_padding_mask, memory.dtype)
         tgt2 = self.multihead_attn(query=_with_pos(tgt, query_pos), key=_with_pos(memory, pos), value=memory,

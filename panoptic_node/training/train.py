@@ -39,6 +39,7 @@ from .data import check_dataset_labels, drive_of, every_nth_frame, frames_by_dri
 from .drive_balance import balanced_order, drive_shares
 from .ema import WeightAverage
 from .mixstyle import MixStyle
+from .query_groups import QueryGroups
 from .semantic_aux import SemanticAux
 from .targets import build_target
 
@@ -46,7 +47,7 @@ LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 # settings added after runs were saved, with the value that means "off": such runs resume
 ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0,
                   "freeze_backbone": 0, "class_balance": 0.0, "train_every": 1, "head_first": 0,
-                  "drive_balance": 0.0, "class_mix": 0.0, "mask_loss": "focal"}
+                  "drive_balance": 0.0, "class_mix": 0.0, "mask_loss": "focal", "query_groups": 1}
 
 
 def run_record(settings: dict, cfg) -> dict:
@@ -56,6 +57,7 @@ def run_record(settings: dict, cfg) -> dict:
 
 
 FREEZE_STRIDES = (0, 4, 8, 16)  # --freeze-backbone: 0 trains it all
+MAX_QUERY_GROUPS = 11  # Group DETR's own count; each group costs its queries' decoder, mask and matching work
 
 
 def freeze_backbone(backbone: torch.nn.Module, stride: int) -> int:
@@ -171,10 +173,17 @@ def loss_layers(model, images, pad, out=None):
     return layers
 
 
-def training_loss(model, criterion, images, pad, targets, semantic_aux=None, semantic_weight=0.0):
-    """The set losses on every decoder layer, plus the weighted semantic auxiliary loss when there is one."""
-    out = model.detect(images, pad)
-    loss, parts = criterion(loss_layers(model, images, pad, out), targets)
+def training_loss(model, criterion, images, pad, targets, semantic_aux=None, semantic_weight=0.0, query_groups=None):
+    """The set losses on every decoder layer, plus the weighted semantic auxiliary loss when there is one.
+    With query groups, each group's set losses, matched on their own, and their mean (one group's scale)."""
+    out = model.detect(images, pad, query_groups)
+    layers = loss_layers(model, images, pad, out)
+    if query_groups is None:
+        loss, parts = criterion(layers, targets)
+    else:
+        each = [criterion(group, targets) for group in query_groups.split(layers)]
+        loss = sum(total for total, _ in each) / len(each)
+        parts = {k: sum(p[k] for _, p in each) / len(each) for k in each[0][1]}
     if semantic_aux is not None:
         semantic = semantic_aux(out.mask_features[0], torch.stack([t["semantic"] for t in targets]))
         loss = loss + semantic_weight * semantic
@@ -286,7 +295,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, semantic_aux: float = 0.0,
           copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, freeze_backbone_to: int = 0,
           class_balance: float = 0.0, train_every: int = 1, head_first: int = 0, drive_balance: float = 0.0,
-          class_mix: float = 0.0, mask_loss: str = "focal", overwrite: bool = False, log=print) -> dict:
+          class_mix: float = 0.0, mask_loss: str = "focal", query_groups: int = 1, overwrite: bool = False,
+          log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
@@ -300,13 +310,17 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     features, then trains it too (LP-FT: a random head's first gradients distort pretrained features least so).
     `drive_balance` > 0 draws each epoch's frames with the drives' shares moved toward equal ones (drive_balance.py).
     `class_mix` > 0 pastes half the classes of another drive's frame into a frame with that probability.
-    `mask_loss`: "focal" (DETR's, weight 20) or "bce" (Mask2Former's, weight 5) beside the dice loss."""
+    `mask_loss`: "focal" (DETR's, weight 20) or "bce" (Mask2Former's, weight 5) beside the dice loss.
+    `query_groups` > 1 trains that many groups of queries, each matched on its own (Group DETR; query_groups.py):
+    the saved model keeps only its own."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
     check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance, class_mix)
     # numpy's generator refuses a negative seed with a line that names no option
     require(0 <= seed < 2 ** 32, "--seed", seed, "a whole number in [0, 2**32) (another seed of one recipe shows "
                                                  "its noise)")
     require(mask_loss in MASK_LOSSES, "--mask-loss", mask_loss, f"one of {', '.join(MASK_LOSSES)}")
+    require(isinstance(query_groups, int) and 1 <= query_groups <= MAX_QUERY_GROUPS, "--query-groups", query_groups,
+            f"a whole number from 1 (the model's own queries alone) to {MAX_QUERY_GROUPS}")
     require(train_every >= 1, "--train-every", train_every,
             "a whole number >= 1 (1 trains on every frame, 2 on every second frame of each drive)")
     require(0.0 <= drive_balance <= 1.0, "--drive-balance", drive_balance,
@@ -322,6 +336,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     if freeze_backbone_to and not cfg.backbone.startswith("efficientnet_lite"):
         raise ValueError(f"--freeze-backbone is built for the EfficientNet-Lite backbones; {cfg.name} has "
                          f"{cfg.backbone}")
+    if query_groups > 1 and cfg.decoder != "detr":
+        raise ValueError(f"--query-groups is built for DETR's decoder; {cfg.name} has decoder {cfg.decoder}")
     if semantic_aux and cfg.mask_head != "dot_product":
         raise ValueError(f"--semantic-aux needs the dot_product mask head's pixel embeddings; "
                          f"{cfg.name} has mask_head {cfg.mask_head}")
@@ -339,7 +355,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "copy_paste": copy_paste, "init": str(Path(init).resolve()) if init else None,
                 "weight_decay": weight_decay, "mixstyle": mixstyle, "freeze_backbone": freeze_backbone_to,
                 "class_balance": class_balance, "train_every": train_every, "head_first": head_first,
-                "drive_balance": drive_balance, "class_mix": class_mix, "mask_loss": mask_loss}
+                "drive_balance": drive_balance, "class_mix": class_mix, "mask_loss": mask_loss,
+                "query_groups": query_groups}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -402,6 +419,9 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         aux = SemanticAux(cfg.mask_dim, cfg.num_classes) if semantic_aux else None
         if aux is not None:  # trained with the head, kept out of the saved model
             head_params += list(aux.parameters())
+        groups = QueryGroups(query_groups, cfg.num_queries, cfg.hidden_dim) if query_groups > 1 else None
+        if groups is not None:  # likewise
+            head_params += list(groups.parameters())
         optimizer = torch.optim.AdamW([{"params": head_params, "lr": lr}, {"params": backbone_params, "lr": lr_backbone}],
                                       weight_decay=weight_decay)
         iters_per_epoch = max(1, len(train_samples) // batch_size)
@@ -454,6 +474,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             model.load_state_dict(state["model"])
             if aux is not None:
                 aux.load_state_dict(state["semantic_aux"])
+            if groups is not None:
+                groups.load_state_dict(state["query_groups"])
             if average:
                 average.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
@@ -479,7 +501,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 images, pad, targets = make_batch([train_samples[i] for i in idx], rng, crop, cfg.input.normalization,
                                                   thing_lut, scale, colour, copy_paste, train_samples, class_mix,
                                                   mix_donors)
-                loss, parts = training_loss(model, criterion, images, pad, targets, aux, semantic_aux)
+                loss, parts = training_loss(model, criterion, images, pad, targets, aux, semantic_aux, groups)
                 if not torch.isfinite(loss):  # stop before the step: the weights and checkpoints stay finite
                     raise RuntimeError(
                         f"training diverged: the loss is {float(loss.detach())} at epoch {epoch + 1}, step {it + 1} "
@@ -512,7 +534,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                             "best_pq": best_pq, "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                             "settings": settings, "model_config": cfg.to_dict(),
                             **({"ema": average.state_dict()} if average else {}),
-                            **({"semantic_aux": aux.state_dict()} if aux is not None else {})},
+                            **({"semantic_aux": aux.state_dict()} if aux is not None else {}),
+                            **({"query_groups": groups.state_dict()} if groups is not None else {})},
                            tmp)
             write_json(history, out / "history.json", indent=1)  # through a .partial name, as every output
             # the recipe beside the history: the two small files are all `compare-runs` needs of a run once
