@@ -248,7 +248,8 @@ def cmd_train(args) -> int:
           copy_paste=args.copy_paste, init=args.init, overwrite=args.overwrite, weight_decay=args.weight_decay,
           mixstyle=args.mixstyle, freeze_backbone_to=args.freeze_backbone, class_balance=args.class_balance,
           train_every=args.train_every, head_first=args.head_first, drive_balance=args.drive_balance,
-          class_mix=args.class_mix, mask_loss=args.mask_loss, query_groups=args.query_groups)
+          class_mix=args.class_mix, mask_loss=args.mask_loss, query_groups=args.query_groups,
+          no_object_weight=args.no_object_weight)
     return 0
 
 
@@ -1065,6 +1066,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-loss", default="focal", metavar="{focal,bce}",
                    help="the masks' per-pixel loss beside dice: focal (DETR's, weight 20) or bce (Mask2Former's binary "
                         "cross-entropy, weight 5)")
+    p.add_argument("--no-object-weight", type=float, default=0.1, metavar="W",
+                   help="the class loss's weight of 'no object' for queries matched to no segment (DETR's eos_coef, "
+                        "0.1; a labelled class weighs 1): lower lets the queries claim more")
     p.add_argument("--query-groups", type=int, default=1, metavar="K",
                    help="train K groups of object queries, each matched to the labels on its own and attending only "
                         "to itself (Group DETR); the saved model keeps its own group alone, inference is unchanged "

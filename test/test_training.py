@@ -89,6 +89,34 @@ def test_bce_loss_direct_and_in_the_criterion():
     assert float(losses["bce"]) == pytest.approx(expected, rel=1e-5) and "focal" not in losses
 
 
+@pytest.mark.parametrize("eos", [0.1, 0.05, 0.5])
+def test_the_no_object_weight_weighs_the_unmatched_queries_class_loss(eos):
+    """Two queries, one matched to a class-1 segment: cross-entropy's weighted mean, computed directly."""
+    crit = SetCriterion(num_classes=3, eos_coef=eos)
+    logits = torch.tensor([[[2.0, 0.5, -1.0, 0.3], [0.1, 1.5, 0.2, -0.4]]])
+    target = {"labels": torch.tensor([1]), "masks": torch.ones(1, 5), "valid": torch.ones(5),
+              "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
+    masks = torch.tensor([[[-3.0] * 5, [3.0] * 5]])  # query 1 fits the segment: it is the one matched
+    losses = crit.layer_losses(logits, torch.tensor([[[0.5, 0.5, 0.2, 0.2]] * 2]), masks, [target])
+    logp = torch.log_softmax(logits[0], -1)
+    expected = (-1.0 * logp[1, 1] - eos * logp[0, 3]) / (1.0 + eos)
+    assert float(losses["ce"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_the_no_object_weight_reaches_the_runs_criterion(tiny_setup, monkeypatch):
+    import panoptic_node.training.train as train_module
+    made = []
+
+    class Recorded(SetCriterion):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(float(self.class_weight[-1]))
+    monkeypatch.setattr(train_module, "SetCriterion", Recorded)
+    train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "run"), epochs=1, batch_size=2,
+          crop=(64, 96), val_every=0, no_object_weight=0.05, log=lambda *_: None)
+    assert made == [pytest.approx(0.05)]
+
+
 def test_giou_direct():
     a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
     b = torch.tensor([[1.0, 1.0, 3.0, 3.0]])
@@ -888,7 +916,7 @@ def test_the_train_command_passes_its_recipe_on(tiny_setup):
     rc = main(["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"), "--out", str(out),
                *TINY_TRAIN_ARGS, "--seed", "3", "--semantic-aux", "0.5", "--lr-backbone", "1e-5",
                "--weight-decay", "0.05", "--mixstyle", "0.5", "--class-balance", "0.5",
-               "--drive-balance", "0.5"])
+               "--drive-balance", "0.5", "--no-object-weight", "0.05"])
     torch.set_num_threads(threads)
     assert rc == 0
     state = torch.load(out / "checkpoint.pth", weights_only=False)
@@ -896,6 +924,7 @@ def test_the_train_command_passes_its_recipe_on(tiny_setup):
     assert (settings["seed"], settings["semantic_aux"], settings["lr_backbone"], settings["crop"],
             settings["weight_decay"], settings["mixstyle"], settings["class_balance"], settings["drive_balance"]) == (
         3, 0.5, 1e-5, [64, 96], 0.05, 0.5, 0.5, 0.5)
+    assert settings["no_object_weight"] == 0.05
     assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.05, 0.05]  # it reached AdamW
 
 
@@ -1143,7 +1172,9 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys, monkeypa
     (["--threads", "100000"], "--threads 100000: expected a whole number"),  # crashed torch's thread pool
     (["--weight-decay", "-1"], "--weight-decay -1.0: expected >= 0"), (["--mixstyle", "2"], "--mixstyle 2.0: expected"),
     (["--mixstyle", "nan"], "--mixstyle nan: expected"), (["--ema", "1"], "--ema 1.0: expected a decay in [0, 1)"),
-    (["--mask-loss", "l2"], "--mask-loss l2: expected one of focal, bce"), (["--copy-paste", "2"], "--copy-paste 2.0: expected"), (["--class-mix", "-0.5"], "--class-mix -0.5: expected"), (["--semantic-aux", "nan"], "--semantic-aux nan: expected"),
+    (["--mask-loss", "l2"], "--mask-loss l2: expected one of focal, bce"),
+    (["--no-object-weight", "0"], "--no-object-weight 0.0: expected a weight in (0, 1]"),
+    (["--no-object-weight", "nan"], "--no-object-weight nan: expected"), (["--copy-paste", "2"], "--copy-paste 2.0: expected"), (["--class-mix", "-0.5"], "--class-mix -0.5: expected"), (["--semantic-aux", "nan"], "--semantic-aux nan: expected"),
     (["--class-balance", "-1"], "--class-balance -1.0: expected a power in [0, 1]"),
     (["--class-balance", "nan"], "--class-balance nan: expected"),
     (["--scale", "2,1"], "--scale 2.0,1.0: expected LOW,HIGH"),

@@ -47,7 +47,8 @@ LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 # settings added after runs were saved, with the value that means "off": such runs resume
 ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0,
                   "freeze_backbone": 0, "class_balance": 0.0, "train_every": 1, "head_first": 0,
-                  "drive_balance": 0.0, "class_mix": 0.0, "mask_loss": "focal", "query_groups": 1}
+                  "drive_balance": 0.0, "class_mix": 0.0, "mask_loss": "focal", "query_groups": 1,
+                  "no_object_weight": 0.1}
 
 
 def run_record(settings: dict, cfg) -> dict:
@@ -295,8 +296,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           scale=(0.75, 1.5), colour: str = "basic", ema: float = 0.0, semantic_aux: float = 0.0,
           copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, freeze_backbone_to: int = 0,
           class_balance: float = 0.0, train_every: int = 1, head_first: int = 0, drive_balance: float = 0.0,
-          class_mix: float = 0.0, mask_loss: str = "focal", query_groups: int = 1, overwrite: bool = False,
-          log=print) -> dict:
+          class_mix: float = 0.0, mask_loss: str = "focal", query_groups: int = 1, no_object_weight: float = 0.1,
+          overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
@@ -312,13 +313,17 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     `class_mix` > 0 pastes half the classes of another drive's frame into a frame with that probability.
     `mask_loss`: "focal" (DETR's, weight 20) or "bce" (Mask2Former's, weight 5) beside the dice loss.
     `query_groups` > 1 trains that many groups of queries, each matched on its own (Group DETR; query_groups.py):
-    the saved model keeps only its own."""
+    the saved model keeps only its own.
+    `no_object_weight`: the class loss's weight of "no object" for the queries matched to nothing (DETR's eos_coef,
+    0.1); lower lets the queries claim more, small segments among them."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
     check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance, class_mix)
     # numpy's generator refuses a negative seed with a line that names no option
     require(0 <= seed < 2 ** 32, "--seed", seed, "a whole number in [0, 2**32) (another seed of one recipe shows "
                                                  "its noise)")
     require(mask_loss in MASK_LOSSES, "--mask-loss", mask_loss, f"one of {', '.join(MASK_LOSSES)}")
+    require(math.isfinite(no_object_weight) and 0.0 < no_object_weight <= 1.0, "--no-object-weight",
+            no_object_weight, "a weight in (0, 1] (DETR's 0.1; a labelled class weighs 1)")
     require(isinstance(query_groups, int) and 1 <= query_groups <= MAX_QUERY_GROUPS, "--query-groups", query_groups,
             f"a whole number from 1 (the model's own queries alone) to {MAX_QUERY_GROUPS}")
     require(train_every >= 1, "--train-every", train_every,
@@ -356,7 +361,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "weight_decay": weight_decay, "mixstyle": mixstyle, "freeze_backbone": freeze_backbone_to,
                 "class_balance": class_balance, "train_every": train_every, "head_first": head_first,
                 "drive_balance": drive_balance, "class_mix": class_mix, "mask_loss": mask_loss,
-                "query_groups": query_groups}
+                "query_groups": query_groups, "no_object_weight": no_object_weight}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -444,7 +449,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                                              class_balance)
             name_of = get_taxonomy(cfg.labels).name_of
             log("class weights: " + ", ".join(f"{name_of(c)} {w:.2f}" for c, w in enumerate(class_weights.tolist())))
-        criterion = SetCriterion(cfg.num_classes, class_weights=class_weights, mask_loss=mask_loss)
+        criterion = SetCriterion(cfg.num_classes, eos_coef=no_object_weight, class_weights=class_weights,
+                                 mask_loss=mask_loss)
         average = WeightAverage(model, ema) if ema else None
         # the weights evaluated and saved: the average when there is one
         shown = build_model(cfg, pretrained_backbone=False).to(memory_format=torch.channels_last) if average else model
