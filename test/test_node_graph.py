@@ -993,7 +993,7 @@ def test_the_node_stops_cleanly(graph, start, rng, how):
     """Ctrl-C in a terminal reaches the whole group (and launch forwards another): exit 0, no traceback,
     with frames in flight, before launch gives up on it (its sigterm_timeout, 5 s by default, then SIGTERM and
     SIGKILL: a node killed so leaves its Fast DDS segments in /dev/shm). The bound is launch's, not a speed
-    target: a loaded CI machine took 2.02 s where an idle one takes about 1. So do SIGTERM and SIGHUP (`ros2 run` in an ssh session that drops: its
+    target (a loaded CI machine took 2.02 s). So do SIGTERM and SIGHUP (`ros2 run` in an ssh session that drops: its
     default ended the node where it stood, leaving its Fast DDS segments in /dev/shm)."""
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
     node = start([ns], max_age_ms=0)

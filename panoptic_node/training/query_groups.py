@@ -13,6 +13,8 @@ from typing import List, Tuple
 import torch
 from torch import nn, Tensor
 
+from ..model.transformer import _float_mask
+
 
 class QueryGroups(nn.Module):
     def __init__(self, groups: int, num_queries: int, dim: int):
@@ -27,7 +29,7 @@ class QueryGroups(nn.Module):
         queries = torch.cat([own, self.extra.weight.to(own.dtype)])
         group = torch.arange(self.groups, device=own.device).repeat_interleave(self.num_queries)
         apart = group[:, None] != group[None, :]
-        return queries, torch.zeros(apart.shape, dtype=own.dtype, device=own.device).masked_fill(apart, float("-inf"))
+        return queries, _float_mask(apart, own.dtype)
 
     def split(self, layers: list) -> List[list]:
         """Loss layers [(logits, boxes, masks), ...] over every group's queries (dim 1) -> one such list a group."""
