@@ -88,6 +88,9 @@ class ModelConfig:
     # detr: every decoder layer reads the whole encoder memory | masked: Mask2Former's, each layer reads one level
     # of the mask head's pyramid (strides 32, 16, 8) where the previous layer's mask is on (masked_decoder.py)
     decoder: str = "detr"
+    # 32: the transformer reads the backbone's last level (15 x 12 cells at 480x384) | 16: that level upsampled and
+    # added to the stride-16 level (an FPN top-down step, as DETR-DC5 reads stride 16): 4x the tokens, finer queries
+    memory_stride: int = 32
     weights: Optional[str] = None    # default weights file, relative to the config file
     input: InputConfig = field(default_factory=InputConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
@@ -123,6 +126,9 @@ class ModelConfig:
         if self.decoder == "masked" and self.mask_head != "dot_product":
             raise ValueError(f"{source}: decoder masked needs mask_head dot_product (its pyramid and masks steer the "
                              f"decoder), not {self.mask_head}; expected mask_head: dot_product or decoder: detr")
+        if self.memory_stride == 16 and (self.mask_head != "dot_product" or self.decoder != "detr"):
+            raise ValueError(f"{source}: memory_stride 16 needs mask_head dot_product and decoder detr, not "
+                             f"{self.mask_head} and {self.decoder}; expected those, or memory_stride: 32")
         if self.mask_head == "detr_conv" and self.mask_stride != 8:
             raise ValueError(f"{source}: mask_stride {self.mask_stride} is not allowed with mask_head detr_conv; "
                              "expected 8 (4 only with mask_head dot_product; detr_conv is always stride 4)")

@@ -39,6 +39,9 @@ class PanopticDETR(nn.Module):
         self.backbone = build_backbone(cfg.backbone, pretrained=pretrained_backbone, drop_connect=cfg.drop_connect)
         self.position_embedding = PositionEmbeddingSine(d // 2)
         self.input_proj = nn.Conv2d(self.backbone.num_channels[-1], d, 1)
+        if cfg.memory_stride == 16:
+            # the stride-16 level's own projection, to which the last level is added upsampled (detect())
+            self.input_proj16 = nn.Conv2d(self.backbone.num_channels[-2], d, 1)
         self.transformer = Transformer(d, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.dropout)
         self.query_embed = nn.Embedding(cfg.num_queries, d)
         self.class_embed = nn.Linear(d, cfg.num_classes + 1)
@@ -58,10 +61,13 @@ class PanopticDETR(nn.Module):
         query_groups (training only, query_groups.py): more groups of queries after the model's own, each
         reading only its own group; the outputs then hold every group's queries, the model's first."""
         feats = self.backbone(images)
-        src = feats[-1]
-        mask = F.interpolate(pad_mask[:, None].float(), size=src.shape[-2:])[:, 0].bool()
-        pos = self.position_embedding(mask).to(src.dtype)
-        src_proj = self.input_proj(src)
+        src_proj = self.input_proj(feats[-1])
+        if self.cfg.memory_stride == 16:
+            finer = feats[-2]
+            src_proj = self.input_proj16(finer) + F.interpolate(src_proj, size=finer.shape[-2:], mode="bilinear",
+                                                                align_corners=False)
+        mask = F.interpolate(pad_mask[:, None].float(), size=src_proj.shape[-2:])[:, 0].bool()
+        pos = self.position_embedding(mask).to(src_proj.dtype)
         if self.cfg.decoder == "masked":
             if query_groups is not None:
                 raise ValueError("query groups are built for DETR's decoder, not decoder: masked")
