@@ -248,6 +248,7 @@ def cmd_train(args) -> int:
           copy_paste=args.copy_paste, init=args.init, overwrite=args.overwrite, weight_decay=args.weight_decay,
           mixstyle=args.mixstyle, freeze_backbone_to=args.freeze_backbone, class_balance=args.class_balance,
           train_every=args.train_every, head_first=args.head_first, drive_balance=args.drive_balance,
+          stop_below=args.stop_below, stop_from=args.stop_from,
           class_mix=args.class_mix, mask_loss=args.mask_loss, query_groups=args.query_groups,
           no_object_weight=args.no_object_weight)
     return 0
@@ -1044,6 +1045,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-backbone", type=float, default=9e-5)
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW's decoupled weight decay (DETR's 1e-4)")
     p.add_argument("--val-every", type=int, default=3)
+    p.add_argument("--stop-below", type=float, default=0.0, metavar="MIOU",
+                   help="end the run once the mean held-out mIoU (percent) of the evaluations from --stop-from on is "
+                        "under MIOU (an experiment's rule, applied as each evaluation lands; 0: never)")
+    p.add_argument("--stop-from", type=int, default=1, metavar="EPOCH",
+                   help="the first epoch whose evaluation --stop-below judges (default 1)")
     p.add_argument("--train-drives", help="CamVid drives that train, from both splits (e.g. 0016E5,0001TP); "
                    "default: CamVid's train split")
     p.add_argument("--val-drives", help="CamVid drives held out for validation (e.g. 0006R0), or 'none' "

@@ -117,6 +117,38 @@ def test_the_no_object_weight_reaches_the_runs_criterion(tiny_setup, monkeypatch
     assert made == [pytest.approx(0.05)]
 
 
+def test_the_stop_rule_judges_the_mean_of_the_evaluations_from_its_epoch_on():
+    from panoptic_node.training.train import mean_under_bar
+    history = [{"epoch": 1}, {"epoch": 3, "val": {"miou": 0.30}}, {"epoch": 4},
+               {"epoch": 6, "val": {"miou": 0.56}}, {"epoch": 9, "val": {"miou": 0.53}}]
+    assert mean_under_bar(history, 55.0, 6) == pytest.approx(54.5)       # (56 + 53) / 2: under 55
+    assert mean_under_bar(history, 54.5, 6) is None                       # reaching the bar is no stop
+    assert mean_under_bar(history[:4], 55.0, 6) is None                   # 56 alone
+    assert mean_under_bar(history, 50.0, 1) == pytest.approx(46.333, abs=1e-3)  # epoch 3's 30 counts from 1 on
+    assert mean_under_bar(history[:3], 55.0, 6) is None                   # nothing judged yet
+    assert mean_under_bar(history, 0.0, 6) is None                        # off
+
+
+def test_stop_below_ends_a_run_after_the_evaluation_that_puts_it_under_the_bar(tiny_setup):
+    """Runs of one seed repeat exactly (resume's test), so the bars can be read off an unstopped run first: one at
+    the judged evaluations' running mean never stops the run, one just above the first judged evaluation stops it
+    there, with its history, checkpoint and a line that says why."""
+    args = dict(batch_size=2, crop=(64, 96), val_every=1, epochs=3)
+    cfg, data = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data")
+    free = train(cfg, data, str(tiny_setup / "free"), log=lambda *_: None, **args)["history"]
+    m2, m3 = (100 * h["val"]["miou"] for h in free[1:])
+    kept = train(cfg, data, str(tiny_setup / "kept"), stop_below=min(m2, (m2 + m3) / 2), stop_from=2,
+                 log=lambda *_: None, **args)["history"]
+    assert [h["epoch"] for h in kept] == [1, 2, 3]
+    lines = []
+    stopped = train(cfg, data, str(tiny_setup / "stopped"), stop_below=m2 + 1e-3, stop_from=2, log=lines.append,
+                    **args)["history"]
+    assert [h["epoch"] for h in stopped] == [1, 2]
+    assert json.loads((tiny_setup / "stopped" / "history.json").read_text())[-1]["epoch"] == 2
+    assert torch.load(tiny_setup / "stopped" / "checkpoint.pth", weights_only=False)["epoch"] == 2
+    assert any(line.startswith(f"stopped by --stop-below {m2 + 1e-3}: ") for line in lines)
+
+
 def test_giou_direct():
     a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
     b = torch.tensor([[1.0, 1.0, 3.0, 3.0]])
@@ -1178,6 +1210,9 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys, monkeypa
     (["--class-balance", "-1"], "--class-balance -1.0: expected a power in [0, 1]"),
     (["--class-balance", "nan"], "--class-balance nan: expected"),
     (["--scale", "2,1"], "--scale 2.0,1.0: expected LOW,HIGH"),
+    (["--stop-below", "101"], "--stop-below 101.0: expected a held-out mIoU in percent"),
+    (["--stop-below", "nan"], "--stop-below nan: expected"), (["--stop-from", "0"], "--stop-from 0: expected an epoch"),
+    (["--stop-below", "50"], "--stop-below 50.0: expected a run that evaluates"),  # TINY_TRAIN_ARGS: --val-every 0
     (["--seed", "-1"], "--seed -1: expected a whole number"),
     (["--seed", str(2 ** 32)], f"--seed {2 ** 32}: expected")])
 def test_a_schedule_that_cannot_train_is_refused_before_anything_is_written(tiny_setup, capsys, bad, named):

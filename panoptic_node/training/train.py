@@ -235,6 +235,13 @@ def require(ok: bool, option: str, value, expected: str) -> None:
         raise ValueError(f"{option} {value}: expected {expected}")
 
 
+def mean_under_bar(history, bar: float, from_epoch: int):
+    """--stop-below's rule: the mean held-out mIoU (percent) of the evaluations at `from_epoch` or later when it is
+    under `bar` (the run stops), else None (it goes on; also with no such evaluation yet, or bar 0)."""
+    judged = [100 * h["val"]["miou"] for h in history if "val" in h and h["epoch"] >= from_epoch]
+    return float(np.mean(judged)) if bar and judged and np.mean(judged) < bar else None
+
+
 def check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every):
     """Refuses a schedule that could not train, before anything is read or written."""
     require(epochs >= 1, "--epochs", epochs, "a whole number of epochs >= 1")
@@ -297,7 +304,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, freeze_backbone_to: int = 0,
           class_balance: float = 0.0, train_every: int = 1, head_first: int = 0, drive_balance: float = 0.0,
           class_mix: float = 0.0, mask_loss: str = "focal", query_groups: int = 1, no_object_weight: float = 0.1,
-          overwrite: bool = False, log=print) -> dict:
+          stop_below: float = 0.0, stop_from: int = 1, overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
@@ -315,7 +322,10 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     `query_groups` > 1 trains that many groups of queries, each matched on its own (Group DETR; query_groups.py):
     the saved model keeps only its own.
     `no_object_weight`: the class loss's weight of "no object" for the queries matched to nothing (DETR's eos_coef,
-    0.1); lower lets the queries claim more, small segments among them."""
+    0.1); lower lets the queries claim more, small segments among them.
+    `stop_below` > 0 (held-out mIoU in percent) ends the run after an evaluation at epoch `stop_from` or later once the
+    mean mIoU of those evaluations is under it: evaluations still to come, each at stop_below, could then not lift
+    the mean to it (the early stop the experiment records' rules call for, applied as each evaluation lands)."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
     check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance, class_mix)
     # numpy's generator refuses a negative seed with a line that names no option
@@ -326,6 +336,11 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             no_object_weight, "a weight in (0, 1] (DETR's 0.1; a labelled class weighs 1)")
     require(isinstance(query_groups, int) and 1 <= query_groups <= MAX_QUERY_GROUPS, "--query-groups", query_groups,
             f"a whole number from 1 (the model's own queries alone) to {MAX_QUERY_GROUPS}")
+    require(math.isfinite(stop_below) and 0.0 <= stop_below <= 100.0, "--stop-below", stop_below,
+            "a held-out mIoU in percent, 0-100 (0: never stop early)")
+    require(isinstance(stop_from, int) and stop_from >= 1, "--stop-from", stop_from, "an epoch >= 1")
+    require(not stop_below or val_every, "--stop-below", stop_below,
+            "a run that evaluates (--val-every >= 1): it judges the held-out evaluations")
     require(train_every >= 1, "--train-every", train_every,
             "a whole number >= 1 (1 trains on every frame, 2 on every second frame of each drive)")
     require(0.0 <= drive_balance <= 1.0, "--drive-balance", drive_balance,
@@ -552,5 +567,11 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             log(f"epoch {epoch + 1}: loss {entry['loss']:.3f} ({entry['train_seconds']:.0f} s)"
                 + (f", val PQ {100 * val['pq']:.1f} mIoU {100 * val['miou']:.1f}" if val else ""))
             if stop_after_epoch and epoch + 1 >= stop_after_epoch:
+                break
+            judged = mean_under_bar(history, stop_below, stop_from) if val else None
+            if judged is not None:
+                log(f"stopped by --stop-below {stop_below}: the mean held-out mIoU of the evaluations from epoch "
+                    f"{stop_from} is {judged:.2f}, under {stop_below} (later ones at {stop_below} each could not "
+                    f"lift it there); {ckpt_path} holds epoch {epoch + 1}")
                 break
         return {"history": history, "best_pq": best_pq}
