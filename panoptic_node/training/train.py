@@ -239,7 +239,8 @@ def mean_under_bar(history, bar: float, from_epoch: int):
     """--stop-below's rule: the mean held-out mIoU (percent) of the evaluations at `from_epoch` or later when it is
     under `bar` (the run stops), else None (it goes on; also with no such evaluation yet, or bar 0)."""
     judged = [100 * h["val"]["miou"] for h in history if "val" in h and h["epoch"] >= from_epoch]
-    return float(np.mean(judged)) if bar and judged and np.mean(judged) < bar else None
+    mean = float(np.mean(judged)) if bar and judged else None
+    return mean if mean is not None and mean < bar else None
 
 
 def check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every):
