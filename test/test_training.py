@@ -1213,6 +1213,8 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys, monkeypa
     (["--stop-below", "101"], "--stop-below 101.0: expected a held-out mIoU in percent"),
     (["--stop-below", "nan"], "--stop-below nan: expected"), (["--stop-from", "0"], "--stop-from 0: expected an epoch"),
     (["--stop-below", "50"], "--stop-below 50.0: expected a run that evaluates"),  # TINY_TRAIN_ARGS: --val-every 0
+    (["--val-every", "1", "--train-drives", "A1,B2", "--val-drives", "none", "--stop-below", "50"],
+     "--stop-below 50.0: expected a run with drives held out"),
     (["--seed", "-1"], "--seed -1: expected a whole number"),
     (["--seed", str(2 ** 32)], f"--seed {2 ** 32}: expected")])
 def test_a_schedule_that_cannot_train_is_refused_before_anything_is_written(tiny_setup, capsys, bad, named):

@@ -349,6 +349,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     require(0 <= head_first < epochs, "--head-first", head_first,
             f"a whole number of epochs in [0, {epochs}) (0 trains the backbone from the start)")
     train_drives, val_drives = split_drives(train_drives, val_drives)
+    require(not stop_below or val_drives != [], "--stop-below", stop_below,
+            "a run with drives held out to evaluate (--val-drives none has none)")
     cfg = load_config(config)
     if mixstyle and not cfg.backbone.startswith("efficientnet_lite"):
         raise ValueError(f"--mixstyle is built for the EfficientNet-Lite backbones; {cfg.name} has {cfg.backbone}")
