@@ -35,6 +35,7 @@ from ..output_safety import OutputLock, refuse_foreign_folder, refuse_inputs, re
 from ..taxonomy import VOID, get_taxonomy
 from .augment import PHOTOMETRIC, augment, class_mix, copy_paste
 from .class_balance import balanced_weights, pixel_frequencies
+from .compare import Run
 from .data import check_dataset_labels, drive_of, every_nth_frame, frames_by_drive, make_dataset
 from .drive_balance import balanced_order, drive_shares
 from .ema import WeightAverage
@@ -237,10 +238,11 @@ def require(ok: bool, option: str, value, expected: str) -> None:
 
 def mean_under_bar(history, bar: float, from_epoch: int):
     """--stop-below's rule: the mean held-out mIoU (percent) of the evaluations at `from_epoch` or later when it is
-    under `bar` (the run stops), else None (it goes on; also with no such evaluation yet, or bar 0)."""
-    judged = [100 * h["val"]["miou"] for h in history if "val" in h and h["epoch"] >= from_epoch]
-    mean = float(np.mean(judged)) if bar and judged else None
-    return mean if mean is not None and mean < bar else None
+    under `bar` (the run stops), else None (it goes on; also with no such evaluation yet, or bar 0). The mean is
+    compare-runs' own (compare.Run.late_mean), so a run stops by the number its verdict will be read by."""
+    run = Run("this run", history, evaluations=[h for h in history if "val" in h])
+    mean = run.late_mean("miou", from_epoch) if bar else None
+    return 100 * mean if mean is not None and 100 * mean < bar else None
 
 
 def check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every):
