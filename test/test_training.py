@@ -119,13 +119,14 @@ def test_the_no_object_weight_reaches_the_runs_criterion(tiny_setup, monkeypatch
 
 def test_the_stop_rule_judges_the_mean_of_the_evaluations_from_its_epoch_on():
     from panoptic_node.training.train import mean_under_bar
-    history = [{"epoch": 1}, {"epoch": 3, "val": {"miou": 0.30}}, {"epoch": 4},
-               {"epoch": 6, "val": {"miou": 0.56}}, {"epoch": 9, "val": {"miou": 0.53}}]
-    assert mean_under_bar(history, 55.0, 6) == pytest.approx(54.5)       # (56 + 53) / 2: under 55
-    assert mean_under_bar(history, 54.5, 6) is None                       # reaching the bar is no stop
-    assert mean_under_bar(history[:4], 55.0, 6) is None                   # 56 alone
-    assert mean_under_bar(history, 50.0, 1) == pytest.approx(46.333, abs=1e-3)  # epoch 3's 30 counts from 1 on
-    assert mean_under_bar(history[:3], 55.0, 6) is None                   # nothing judged yet
+    # binary fractions, so that a mean equal to the bar is equal in floating point too
+    history = [{"epoch": 1}, {"epoch": 3, "val": {"miou": 0.25}}, {"epoch": 4},
+               {"epoch": 6, "val": {"miou": 0.75}}, {"epoch": 9, "val": {"miou": 0.5}}]
+    assert mean_under_bar(history, 65.0, 6) == 62.5                       # (75 + 50) / 2: under 65
+    assert mean_under_bar(history, 62.5, 6) is None                       # reaching the bar is no stop
+    assert mean_under_bar(history[:4], 65.0, 6) is None                   # 75 alone
+    assert mean_under_bar(history, 60.0, 1) == 50.0                       # epoch 3's 25 counts from 1 on
+    assert mean_under_bar(history[:3], 65.0, 6) is None                   # nothing judged yet
     assert mean_under_bar(history, 0.0, 6) is None                        # off
 
 
