@@ -26,11 +26,13 @@ def openvino_backend(*args, **kwargs):
 RUNTIMES = pytest.mark.parametrize("runtime", [OnnxRuntimeBackend, openvino_backend], ids=["onnxruntime", "openvino"])
 
 
-@pytest.fixture(scope="module", params=["compact", "compact_stride4", "compact_masked", "compact_memory16", "r50"])
+@pytest.fixture(scope="module", params=["compact", "compact_stride4", "compact_masked", "compact_memory16", "compact_m2f",
+                                                "r50"])
 def exported(request, tmp_path_factory):
     cfg = {"compact": compact_config, "compact_stride4": lambda: compact_config(mask_stride=4),
            "compact_masked": lambda: compact_config(decoder="masked"),
-           "compact_memory16": lambda: compact_config(memory_stride=16), "r50": small_config}[request.param]()
+           "compact_memory16": lambda: compact_config(memory_stride=16),
+           "compact_m2f": lambda: compact_config(decoder_layer="mask2former"), "r50": small_config}[request.param]()
     torch.manual_seed(0)
     model = build_model(cfg, pretrained_backbone=request.param != "r50").eval()
     path = tmp_path_factory.mktemp("onnx") / f"{cfg.name}.onnx"

@@ -91,6 +91,10 @@ class ModelConfig:
     # 32: the transformer reads the backbone's last level (15 x 12 cells at 480x384) | 16: that level upsampled and
     # added to the stride-16 level (an FPN top-down step, as DETR-DC5 reads stride 16): 4x the tokens, finer queries
     memory_stride: int = 32
+    # detr: each decoder layer attends among the queries, then to the memory, the queries starting at zero |
+    # mask2former: to the memory first, then among the queries, starting from learned query features (Mask2Former's
+    # order: the first layer's self-attention otherwise mixes queries that hold nothing but their positions)
+    decoder_layer: str = "detr"
     weights: Optional[str] = None    # default weights file, relative to the config file
     input: InputConfig = field(default_factory=InputConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
@@ -129,6 +133,9 @@ class ModelConfig:
         if self.memory_stride == 16 and (self.mask_head != "dot_product" or self.decoder != "detr"):
             raise ValueError(f"{source}: memory_stride 16 needs mask_head dot_product and decoder detr, not "
                              f"{self.mask_head} and {self.decoder}; expected those, or memory_stride: 32")
+        if self.decoder_layer == "mask2former" and self.decoder != "detr":
+            raise ValueError(f"{source}: decoder_layer mask2former needs decoder detr, not {self.decoder}; expected "
+                             f"decoder: detr or decoder_layer: detr")
         if self.mask_head == "detr_conv" and self.mask_stride != 8:
             raise ValueError(f"{source}: mask_stride {self.mask_stride} is not allowed with mask_head detr_conv; "
                              "expected 8 (4 only with mask_head dot_product; detr_conv is always stride 4)")

@@ -42,8 +42,12 @@ class PanopticDETR(nn.Module):
         if cfg.memory_stride == 16:
             # the stride-16 level's own projection, to which the last level is added upsampled (detect())
             self.input_proj16 = nn.Conv2d(self.backbone.num_channels[-2], d, 1)
-        self.transformer = Transformer(d, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.dropout)
-        self.query_embed = nn.Embedding(cfg.num_queries, d)
+        mask2former = cfg.decoder_layer == "mask2former"
+        self.transformer = Transformer(d, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.dropout,
+                                       cross_first=mask2former)
+        self.query_embed = nn.Embedding(cfg.num_queries, d)  # the queries' positions (DETR's object queries)
+        if mask2former:
+            self.query_feat = nn.Embedding(cfg.num_queries, d)  # and their starting content
         self.class_embed = nn.Linear(d, cfg.num_classes + 1)
         self.bbox_embed = MLP(d, d, 4, 3)
         fpn_dims = self.backbone.num_channels[::-1][1:]  # strides 16, 8, 4
@@ -76,7 +80,8 @@ class PanopticDETR(nn.Module):
             queries, query_attn_mask = self.query_embed.weight, None
             if query_groups is not None:
                 queries, query_attn_mask = query_groups.queries(queries)
-            hs, memory = self.transformer(src_proj, mask, queries, pos, query_attn_mask)
+            query_feat = self.query_feat.weight if self.cfg.decoder_layer == "mask2former" else None
+            hs, memory = self.transformer(src_proj, mask, queries, pos, query_attn_mask, query_feat)
             mask_features = self.masks.prepare(src_proj, memory, mask, feats)
         logits = self.class_embed(hs)
         boxes = self.bbox_embed(hs).sigmoid()

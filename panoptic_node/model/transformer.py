@@ -12,10 +12,10 @@ from torch import nn, Tensor
 
 class Transformer(nn.Module):
     def __init__(self, d_model=256, nhead=8, num_encoder_layers=6, num_decoder_layers=6,
-                 dim_feedforward=2048, dropout=0.1):
+                 dim_feedforward=2048, dropout=0.1, cross_first=False):
         super().__init__()
         enc = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout)
-        dec = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout)
+        dec = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, cross_first)
         self.encoder = TransformerEncoder(enc, num_encoder_layers)
         self.decoder = TransformerDecoder(dec, num_decoder_layers, nn.LayerNorm(d_model))
         self.d_model = d_model
@@ -25,9 +25,10 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(p)
 
     def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor,
-                query_attn_mask: Optional[Tensor] = None):
+                query_attn_mask: Optional[Tensor] = None, query_feat: Optional[Tensor] = None):
         """src, pos_embed: B x C x H x W; mask: B x H x W (True = pad); query_embed: Q x C;
-        query_attn_mask: Q x Q additive, which queries each query's self-attention may read (query_groups.py).
+        query_attn_mask: Q x Q additive, which queries each query's self-attention may read (query_groups.py);
+        query_feat: Q x C, the queries' starting content (Mask2Former's learned features; None: zeros, DETR's).
 
         Returns (decoder outputs L x B x Q x C after the final norm, memory B x C x H x W).
         """
@@ -36,7 +37,7 @@ class Transformer(nn.Module):
         pos_embed = pos_embed.flatten(2).permute(2, 0, 1)
         query_embed = query_embed.unsqueeze(1).repeat(1, bs, 1)
         mask = mask.flatten(1)
-        tgt = torch.zeros_like(query_embed)
+        tgt = torch.zeros_like(query_embed) if query_feat is None else query_feat.unsqueeze(1).repeat(1, bs, 1)
         memory = self.encoder(src, key_padding_mask=mask, pos=pos_embed)
         hs = self.decoder(tgt, memory, memory_key_padding_mask=mask, pos=pos_embed, query_pos=query_embed,
                           query_attn_mask=query_attn_mask)
@@ -108,8 +109,9 @@ class TransformerEncoderLayer(nn.Module):
 
 
 class TransformerDecoderLayer(nn.Module):
-    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1):
+    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, cross_first=False):
         super().__init__()
+        self.cross_first = cross_first  # Mask2Former's order; each attention keeps its own norm and name either way
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -125,12 +127,17 @@ class TransformerDecoderLayer(nn.Module):
     def forward(self, tgt, memory, memory_key_padding_mask, pos, query_pos, attn_mask=None, query_attn_mask=None):
         """attn_mask: (B * nhead) x Q x S additive, in place of the padding mask (masked_decoder.py);
         query_attn_mask: Q x Q additive, on the queries' self-attention (query_groups.py)."""
-        q = k = _with_pos(tgt, query_pos)
-        tgt2 = self.self_attn(q, k, value=tgt, attn_mask=query_attn_mask, need_weights=False)[0]
-        tgt = self.norm1(tgt + self.dropout1(tgt2))
-        padding = None if attn_mask is not None else _float_mask(memory_key_padding_mask, memory.dtype)
-        tgt2 = self.multihead_attn(query=_with_pos(tgt, query_pos), key=_with_pos(memory, pos), value=memory,
-                                   key_padding_mask=padding, attn_mask=attn_mask, need_weights=False)[0]
-        tgt = self.norm2(tgt + self.dropout2(tgt2))
+        def among_queries(tgt):
+            q = k = _with_pos(tgt, query_pos)
+            tgt2 = self.self_attn(q, k, value=tgt, attn_mask=query_attn_mask, need_weights=False)[0]
+            return self.norm1(tgt + self.dropout1(tgt2))
+
+        def to_memory(tgt):
+            padding = None if attn_mask is not None else _float_mask(memory_key_padding_mask, memory.dtype)
+            tgt2 = self.multihead_attn(query=_with_pos(tgt, query_pos), key=_with_pos(memory, pos), value=memory,
+                                       key_padding_mask=padding, attn_mask=attn_mask, need_weights=False)[0]
+            return self.norm2(tgt + self.dropout2(tgt2))
+
+        tgt = among_queries(to_memory(tgt)) if self.cross_first else to_memory(among_queries(tgt))
         tgt2 = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout3(tgt2))

@@ -363,6 +363,9 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                          f"{cfg.backbone}")
     if query_groups > 1 and cfg.decoder != "detr":
         raise ValueError(f"--query-groups is built for DETR's decoder; {cfg.name} has decoder {cfg.decoder}")
+    if query_groups > 1 and cfg.decoder_layer != "detr":  # the extra groups have positions, no learned features
+        raise ValueError(f"--query-groups is built for DETR's decoder layers; {cfg.name} has decoder_layer "
+                         f"{cfg.decoder_layer}")
     if semantic_aux and cfg.mask_head != "dot_product":
         raise ValueError(f"--semantic-aux needs the dot_product mask head's pixel embeddings; "
                          f"{cfg.name} has mask_head {cfg.mask_head}")
