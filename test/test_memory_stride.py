@@ -9,13 +9,9 @@ from panoptic_node.inference.backend import TorchBackend
 from panoptic_node.inference.pipeline import Pipeline
 from panoptic_node.model.config import ModelConfig
 from panoptic_node.model.detr import build_model
-from panoptic_node.model.losses import SetCriterion
-from panoptic_node.taxonomy import get_taxonomy
-from panoptic_node.training.data import CamVid
-from panoptic_node.training.train import freeze_batchnorm, make_batch, training_loss
 
 from conftest import compact_config
-from test_training import make_dataset, write_tiny_config
+from test_training import one_training_step
 
 
 def transformer_inputs(model, images, pad):
@@ -79,25 +75,9 @@ def test_the_only_new_parameters_are_the_stride_16_projection():
 
 
 def test_one_training_step_lowers_the_loss_and_reaches_the_new_projection(tmp_path, rng):
-    make_dataset(tmp_path / "data", rng)
-    write_tiny_config(tmp_path)
-    samples = CamVid(tmp_path / "data", "train").load_all()
-    images, pad, targets = make_batch(samples[:2], np.random.default_rng(0), (64, 96), "tf",
-                                      get_taxonomy("camvid").thing_lut)
-    cfg = compact_config(memory_stride=16)
-    torch.manual_seed(0)
-    model = build_model(cfg, pretrained_backbone=True).train()
-    freeze_batchnorm(model)
-    crit = SetCriterion(cfg.num_classes)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    before, _ = training_loss(model, crit, images, pad, targets)
-    opt.zero_grad()
-    before.backward()
+    model, before, after = one_training_step(tmp_path, rng, compact_config(memory_stride=16))
     assert model.input_proj16.weight.grad.abs().sum() > 0 and model.input_proj.weight.grad.abs().sum() > 0
-    opt.step()
-    with torch.no_grad():
-        after, _ = training_loss(model, crit, images, pad, targets)
-    assert float(after) < float(before.detach())
+    assert after < before
 
 
 def test_the_pipeline_runs_a_stride_16_model(rng):

@@ -254,6 +254,31 @@ def write_tiny_config(folder) -> Path:
     return path
 
 
+def one_training_step(folder, rng, cfg):
+    """A fresh model of `cfg` (ImageNet backbone) takes one AdamW step on two tiny frames written to `folder`:
+    (the model, its gradients of that step kept; the loss before; the loss after)."""
+    from panoptic_node.model.detr import build_model
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.data import CamVid
+    from panoptic_node.training.train import freeze_batchnorm, make_batch, training_loss
+    make_dataset(Path(folder) / "data", rng)
+    samples = CamVid(Path(folder) / "data", "train").load_all()
+    images, pad, targets = make_batch(samples[:2], np.random.default_rng(0), (64, 96), "tf",
+                                      get_taxonomy("camvid").thing_lut)
+    torch.manual_seed(0)
+    model = build_model(cfg, pretrained_backbone=True).train()
+    freeze_batchnorm(model)
+    crit = SetCriterion(cfg.num_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    before, _ = training_loss(model, crit, images, pad, targets)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after, _ = training_loss(model, crit, images, pad, targets)
+    return model, float(before.detach()), float(after)
+
+
 # one short epoch of `panoptic-node train` on the tiny frames, without validation
 TINY_TRAIN_ARGS = ["--epochs", "1", "--batch-size", "2", "--crop", "96x64", "--val-every", "0", "--threads", "1"]
 
