@@ -248,7 +248,7 @@ def cmd_train(args) -> int:
           copy_paste=args.copy_paste, init=args.init, overwrite=args.overwrite, weight_decay=args.weight_decay,
           mixstyle=args.mixstyle, freeze_backbone_to=args.freeze_backbone, class_balance=args.class_balance,
           train_every=args.train_every, head_first=args.head_first, drive_balance=args.drive_balance,
-          stop_below=args.stop_below, stop_from=args.stop_from,
+          stop_below=args.stop_below, stop_from=args.stop_from, rotate=args.rotate,
           class_mix=args.class_mix, mask_loss=args.mask_loss, query_groups=args.query_groups,
           no_object_weight=args.no_object_weight)
     return 0
@@ -1069,6 +1069,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copy-paste", type=float, default=0.0,
                    help="probability that a training frame first gets the objects (cars, pedestrians, cyclists) of "
                         "another training frame pasted in, each with probability 1/2 (0 = off)")
+    p.add_argument("--rotate", type=float, default=0.0, metavar="DEG",
+                   help="turn each training frame about its centre by an angle drawn from [-DEG, DEG] degrees, as a "
+                        "camera's roll would (0 = off)")
     p.add_argument("--mask-loss", default="focal", metavar="{focal,bce}",
                    help="the masks' per-pixel loss beside dice: focal (DETR's, weight 20) or bce (Mask2Former's binary "
                         "cross-entropy, weight 5)")

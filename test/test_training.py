@@ -292,9 +292,10 @@ def tiny_setup(tmp_path, rng):
 
 @pytest.mark.parametrize("recipe", [dict(), dict(scale=(0.5, 2.0), colour="strong"), dict(colour="lighting"),
                                     dict(colour="dusk"), dict(copy_paste_p=1.0), dict(class_balance=0.5),
-                                    dict(class_mix_p=1.0), dict(mask_loss="bce"), dict(decoder="masked")],
+                                    dict(class_mix_p=1.0), dict(mask_loss="bce"), dict(decoder="masked"),
+                                    dict(rotate=10.0)],
                          ids=["shipped", "new_drives", "lighting", "dusk", "copy_paste", "class_balance", "class_mix",
-                              "mask_loss_bce", "masked_decoder"])
+                              "mask_loss_bce", "masked_decoder", "rotate"])
 def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     from panoptic_node.model.detr import build_model
     from panoptic_node.taxonomy import get_taxonomy
@@ -1111,6 +1112,71 @@ def test_class_mix_draws_every_half_of_the_classes_and_mirrors_half_the_time(rng
     assert 0.25 < np.mean(cars) < 0.75 and len(cars) > 20
 
 
+def tiny_sample(rng, h=5, w=5):
+    from panoptic_node.training.data import Sample
+    return Sample("0001TP_006690", rng.integers(0, 256, (h, w, 3)).astype(np.uint8),
+                  rng.integers(0, 11, (h, w)).astype(np.uint8), rng.integers(0, 4, (h, w)).astype(np.int32))
+
+
+@pytest.mark.parametrize("degrees, quarter_turns", [(90, 1), (-90, -1), (180, 2), (0, 0)])
+def test_a_quarter_turn_is_numpys_rotation(rng, degrees, quarter_turns):
+    from panoptic_node.training.augment import rotated
+    s = tiny_sample(rng)
+    turned = rotated(s, degrees)
+    for got, want in ((turned.rgb, s.rgb), (turned.semantic, s.semantic), (turned.instance, s.instance)):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, np.rot90(want, quarter_turns))  # counter-clockwise as seen: rot90's
+
+
+def test_a_turned_frame_against_a_pixel_by_pixel_turn(rng):
+    """30 degrees on a 7 x 9 frame: each output pixel's class is the nearest source pixel of the inverse turn about
+    the centre (written here as a rotation matrix), void and black where that falls off the frame."""
+    from panoptic_node.taxonomy import VOID
+    from panoptic_node.training.augment import rotated
+    s = tiny_sample(rng, 7, 9)
+    turned = rotated(s, 30)
+    t = np.radians(30)
+    # as seen (x right, y up), the picture turns counter-clockwise: a source point p lands at R p
+    inverse = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+    centre = np.array([(9 - 1) / 2, (7 - 1) / 2])
+    for y in range(7):
+        for x in range(9):
+            up = inverse @ np.array([x - centre[0], -(y - centre[1])])  # y up
+            sx, sy = np.rint(centre[0] + up[0]), np.rint(centre[1] - up[1])
+            if 0 <= sy < 7 and 0 <= sx < 9:
+                assert turned.semantic[y, x] == s.semantic[int(sy), int(sx)]
+                assert turned.instance[y, x] == s.instance[int(sy), int(sx)]
+            else:
+                assert turned.semantic[y, x] == VOID and turned.instance[y, x] == 0 and not turned.rgb[y, x].any()
+    assert (turned.semantic == VOID).sum() >= 4  # the corners fell off
+
+
+def test_a_turned_frames_colours_are_bilinear():
+    """A horizontal ramp turned by 20 degrees: a pixel's grey is the ramp at its source point, between columns."""
+    from panoptic_node.training.augment import rotated
+    from panoptic_node.training.data import Sample
+    h, w = 21, 31
+    ramp = np.tile((np.arange(w) * 8).astype(np.uint8)[None, :, None], (h, 1, 3))
+    s = Sample("0001TP_006690", ramp, np.zeros((h, w), np.uint8), np.zeros((h, w), np.int32))
+    turned = rotated(s, 20)
+    t = np.radians(20)
+    y, x = 10, 15 + 12  # right of the centre, on the centre row: its source lies lower and nearer the centre
+    source_x = 15 + np.cos(t) * (x - 15)  # 26.28: between two columns
+    assert abs(int(turned.rgb[y, x, 0]) - 8 * source_x) <= 0.5 + 1e-6  # bilinear, rounded to a grey level
+    assert int(turned.rgb[y, x, 0]) != int(ramp[y, x, 0])  # and not the untouched pixel
+
+
+def test_rotation_in_a_batch_is_drawn_only_when_on(tiny_setup):
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.data import CamVid
+    from panoptic_node.training.train import make_batch
+    samples = CamVid(tiny_setup / "data", "train").load_all()
+    lut = get_taxonomy("camvid").thing_lut
+    batch = lambda r: make_batch(samples[:2], np.random.default_rng(0), (64, 96), "tf", lut, rotate=r)  # noqa: E731
+    assert torch.equal(batch(0.0)[0], make_batch(samples[:2], np.random.default_rng(0), (64, 96), "tf", lut)[0])
+    assert not torch.equal(batch(20.0)[0], batch(0.0)[0])
+
+
 def test_class_mix_takes_its_donors_from_other_drives():
     from panoptic_node.training.data import Sample, drive_of
     from panoptic_node.training.train import donors_of_other_drives
@@ -1136,7 +1202,7 @@ def test_class_mix_in_a_batch_mixes_classes_and_resumes(tiny_setup):
                                  class_mix_p=p, mix_donors=donors)
     assert torch.equal(batch(0.0)[0], make_batch(samples[:2], np.random.default_rng(0), (64, 96), "tf", lut)[0])
     assert not torch.equal(batch(1.0)[0], batch(0.0)[0])
-    a, b = whole_and_resumed(tiny_setup, class_mix=0.5, mask_loss="bce")  # one resume check for both
+    a, b = whole_and_resumed(tiny_setup, class_mix=0.5, mask_loss="bce", rotate=10.0)  # one resume check for the three
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
 
@@ -1235,6 +1301,8 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys, monkeypa
     (["--no-object-weight", "nan"], "--no-object-weight nan: expected"), (["--copy-paste", "2"], "--copy-paste 2.0: expected"), (["--class-mix", "-0.5"], "--class-mix -0.5: expected"), (["--semantic-aux", "nan"], "--semantic-aux nan: expected"),
     (["--class-balance", "-1"], "--class-balance -1.0: expected a power in [0, 1]"),
     (["--class-balance", "nan"], "--class-balance nan: expected"),
+    (["--rotate", "46"], "--rotate 46.0: expected the largest turn"), (["--rotate", "-1"], "--rotate -1.0: expected"),
+    (["--rotate", "nan"], "--rotate nan: expected"),
     (["--scale", "2,1"], "--scale 2.0,1.0: expected LOW,HIGH"),
     (["--stop-below", "101"], "--stop-below 101.0: expected a held-out mIoU in percent"),
     (["--stop-below", "nan"], "--stop-below nan: expected"), (["--stop-from", "0"], "--stop-from 0: expected an epoch"),

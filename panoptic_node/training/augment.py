@@ -1,5 +1,5 @@
 """Training augmentation: random scale, random crop (train on crops, predict on full frames),
-horizontal flip, photometric changes and (optionally) copy-paste of another frame's objects or class mix with
+horizontal flip, photometric changes and (optionally) a random roll of the camera, copy-paste of another frame's objects or class mix with
 another drive's frame. Labels are resampled with nearest neighbour.
 
 Photometric recipes: `basic` is the colour jitter the first releases trained with (brightness,
@@ -110,8 +110,32 @@ def photometric(rgb: np.ndarray, rng: np.random.Generator, p: Photometric) -> np
     return np.clip(f, 0, 255).astype(np.uint8)
 
 
+def rotated(sample: Sample, degrees: float) -> Sample:
+    """The frame turned about its centre by `degrees`, counter-clockwise as seen (a camera rolled the other way):
+    colour bilinear, classes and instances nearest; where no pixel of the frame lands, black and void."""
+    h, w = sample.semantic.shape
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    dy, dx = y - (h - 1) / 2, x - (w - 1) / 2
+    # each output pixel's source: the inverse turn (image rows grow downward)
+    src_y, src_x = (h - 1) / 2 + s * dx + c * dy, (w - 1) / 2 + c * dx - s * dy
+    rgb = np.stack([ndimage.map_coordinates(sample.rgb[..., k].astype(np.float32), (src_y, src_x), order=1,
+                                            mode="nearest") for k in range(sample.rgb.shape[-1])], -1)
+    # a pixel whose nearest source lies off the frame is void and black; one inside near the edge mixes edge pixels
+    ny, nx = np.rint(src_y).astype(np.int64), np.rint(src_x).astype(np.int64)
+    inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+    ny, nx = np.clip(ny, 0, h - 1), np.clip(nx, 0, w - 1)
+    sem = np.where(inside, sample.semantic[ny, nx], VOID).astype(sample.semantic.dtype)
+    inst = np.where(inside, sample.instance[ny, nx], 0).astype(sample.instance.dtype)
+    rgb = np.where(inside[..., None], np.clip(np.rint(rgb), 0, 255), 0).astype(sample.rgb.dtype)
+    return Sample(sample.name, rgb, sem, inst)
+
+
 def augment(sample: Sample, rng: np.random.Generator, crop: Tuple[int, int], scale=(0.75, 1.5),
-            colour: Photometric = PHOTOMETRIC["basic"]) -> Sample:
+            colour: Photometric = PHOTOMETRIC["basic"], rotate: float = 0.0) -> Sample:
+    """`rotate` > 0: the frame is first turned by an angle drawn from [-rotate, rotate] degrees."""
+    if rotate > 0:  # draws nothing when off, so the other recipes' random streams stay as they were
+        sample = rotated(sample, rng.uniform(-rotate, rotate))
     s = rng.uniform(*scale)
     h, w = sample.semantic.shape
     nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))

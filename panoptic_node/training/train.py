@@ -49,7 +49,7 @@ LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0,
                   "freeze_backbone": 0, "class_balance": 0.0, "train_every": 1, "head_first": 0,
                   "drive_balance": 0.0, "class_mix": 0.0, "mask_loss": "focal", "query_groups": 1,
-                  "no_object_weight": 0.1}
+                  "no_object_weight": 0.1, "rotate": 0.0}
 
 
 def run_record(settings: dict, cfg) -> dict:
@@ -136,8 +136,9 @@ def donors_of_other_drives(samples) -> dict:
 
 
 def make_batch(samples, rng, crop, normalization, thing_lut, scale=(0.75, 1.5), colour="basic",
-               copy_paste_p=0.0, donors=(), class_mix_p=0.0, mix_donors=None):
+               copy_paste_p=0.0, donors=(), class_mix_p=0.0, mix_donors=None, rotate=0.0):
     """`copy_paste_p` > 0: each frame, with that probability, first gets objects of a random donor frame.
+    `rotate` > 0: each frame is turned by an angle drawn from [-rotate, rotate] degrees (augment.rotated).
     `class_mix_p` > 0: each frame, with that probability, then gets half the classes of a random frame of another
     drive (`mix_donors`, as donors_of_other_drives gives it)."""
     if copy_paste_p > 0:  # draws nothing when off, so the other recipes' random streams stay as they were
@@ -151,7 +152,7 @@ def make_batch(samples, rng, crop, normalization, thing_lut, scale=(0.75, 1.5), 
                 s = class_mix(s, others[int(rng.integers(len(others)))], rng, thing_lut)
             mixed.append(s)
         samples = mixed
-    augmented = [augment(s, rng, crop, scale, PHOTOMETRIC[colour]) for s in samples]
+    augmented = [augment(s, rng, crop, scale, PHOTOMETRIC[colour], rotate) for s in samples]
     images = torch.stack([torch.from_numpy(normalize(a.rgb, normalization, frame_pixels(a, normalization)))
                           .permute(2, 0, 1) for a in augmented])
     images = images.contiguous(memory_format=torch.channels_last)
@@ -260,7 +261,8 @@ def check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every):
                         f"{2 * BACKBONE_STRIDE} (e.g. 480x352)")
 
 
-def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance, class_mix):
+def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance, class_mix,
+                 rotate=0.0):
     """Refuses augmentation and regularisation settings outside their range, each by its option."""
     require(colour in PHOTOMETRIC, "--photometric", colour, f"one of {', '.join(PHOTOMETRIC)}")
     require(0 < scale[0] <= scale[1] and math.isfinite(scale[1]), "--scale", f"{scale[0]},{scale[1]}",
@@ -268,6 +270,8 @@ def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mix
     require(0.0 <= ema < 1.0, "--ema", ema, "a decay in [0, 1) (0 = off, 0.998 averages ~500 steps)")
     require(0.0 <= copy_paste <= 1.0, "--copy-paste", copy_paste, "a probability in [0, 1] (0 = off)")
     require(0.0 <= class_mix <= 1.0, "--class-mix", class_mix, "a probability in [0, 1] (0 = off)")
+    require(math.isfinite(rotate) and 0.0 <= rotate <= 45.0, "--rotate", rotate,
+            "the largest turn of a frame in degrees, in [0, 45] (0 = off)")
     require(math.isfinite(weight_decay) and weight_decay >= 0, "--weight-decay", weight_decay,
             ">= 0 (AdamW's decoupled decay; 1e-4 is DETR's)")
     require(math.isfinite(semantic_aux) and semantic_aux >= 0, "--semantic-aux", semantic_aux,
@@ -307,11 +311,13 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, freeze_backbone_to: int = 0,
           class_balance: float = 0.0, train_every: int = 1, head_first: int = 0, drive_balance: float = 0.0,
           class_mix: float = 0.0, mask_loss: str = "focal", query_groups: int = 1, no_object_weight: float = 0.1,
-          stop_below: float = 0.0, stop_from: int = 1, overwrite: bool = False, log=print) -> dict:
+          stop_below: float = 0.0, stop_from: int = 1, rotate: float = 0.0, overwrite: bool = False,
+          log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
     `copy_paste` > 0 pastes another training frame's objects into a frame with that probability.
+    `rotate` > 0 turns each training frame by an angle drawn from [-rotate, rotate] degrees (a camera's roll).
     `mixstyle` > 0 mixes the frames' feature statistics in the backbone with that probability per batch.
     `init`: weights to start from (checkpoint.init_from) instead of ImageNet's backbone and fresh heads.
     `freeze_backbone_to` (4, 8 or 16) keeps the backbone's ImageNet weights up to that stride.
@@ -330,7 +336,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     mean mIoU of those evaluations is under it: evaluations still to come, each at stop_below, could then not lift
     the mean to it (the early stop the experiment records' rules call for, applied as each evaluation lands)."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
-    check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance, class_mix)
+    check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance, class_mix,
+                 rotate)
     # numpy's generator refuses a negative seed with a line that names no option
     require(0 <= seed < 2 ** 32, "--seed", seed, "a whole number in [0, 2**32) (another seed of one recipe shows "
                                                  "its noise)")
@@ -384,7 +391,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "weight_decay": weight_decay, "mixstyle": mixstyle, "freeze_backbone": freeze_backbone_to,
                 "class_balance": class_balance, "train_every": train_every, "head_first": head_first,
                 "drive_balance": drive_balance, "class_mix": class_mix, "mask_loss": mask_loss,
-                "query_groups": query_groups, "no_object_weight": no_object_weight}
+                "query_groups": query_groups, "no_object_weight": no_object_weight, "rotate": rotate}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -529,7 +536,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 idx = order[it * batch_size:(it + 1) * batch_size]
                 images, pad, targets = make_batch([train_samples[i] for i in idx], rng, crop, cfg.input.normalization,
                                                   thing_lut, scale, colour, copy_paste, train_samples, class_mix,
-                                                  mix_donors)
+                                                  mix_donors, rotate)
                 loss, parts = training_loss(model, criterion, images, pad, targets, aux, semantic_aux, groups)
                 if not torch.isfinite(loss):  # stop before the step: the weights and checkpoints stay finite
                     raise RuntimeError(
