@@ -1,6 +1,6 @@
 """Training augmentation: random scale, random crop (train on crops, predict on full frames),
-horizontal flip, photometric changes and (optionally) a random roll of the camera, copy-paste of another frame's objects or class mix with
-another drive's frame. Labels are resampled with nearest neighbour.
+horizontal flip, photometric changes and (optionally) a random roll of the camera, copy-paste of another
+frame's objects or class mix with another drive's frame. Labels are resampled with nearest neighbour.
 
 Photometric recipes: `basic` is the colour jitter the first releases trained with (brightness,
 contrast, saturation ±20 %); `strong` aims at drives the model never saw (dusk, glare, another

@@ -138,9 +138,10 @@ def donors_of_other_drives(samples) -> dict:
 def make_batch(samples, rng, crop, normalization, thing_lut, scale=(0.75, 1.5), colour="basic",
                copy_paste_p=0.0, donors=(), class_mix_p=0.0, mix_donors=None, rotate=0.0):
     """`copy_paste_p` > 0: each frame, with that probability, first gets objects of a random donor frame.
-    `rotate` > 0: each frame is turned by an angle drawn from [-rotate, rotate] degrees (augment.rotated).
     `class_mix_p` > 0: each frame, with that probability, then gets half the classes of a random frame of another
-    drive (`mix_donors`, as donors_of_other_drives gives it)."""
+    drive (`mix_donors`, as donors_of_other_drives gives it).
+    `rotate` > 0: each frame is then turned by an angle drawn from [-rotate, rotate] degrees (augment.rotated),
+    before the scale, crop, flip and colour changes."""
     if copy_paste_p > 0:  # draws nothing when off, so the other recipes' random streams stay as they were
         samples = [copy_paste(s, donors[int(rng.integers(len(donors)))], rng, thing_lut)
                    if rng.random() < copy_paste_p else s for s in samples]
