@@ -399,10 +399,7 @@ def graph_shows(graph, condition, timeout=10.0) -> bool:
 
 def wait_for_subscriber(graph, pub, timeout=10.0):
     """A publisher's messages reach nobody until the subscription is matched."""
-    end = time.time() + timeout
-    while time.time() < end and pub.get_subscription_count() == 0:
-        rclpy.spin_once(graph, timeout_sec=0.05)
-    assert pub.get_subscription_count() > 0, f"nobody subscribes {pub.topic_name}"
+    assert graph_shows(graph, lambda: pub.get_subscription_count() > 0, timeout), f"nobody subscribes {pub.topic_name}"
 
 
 def test_newest_frame_wins_and_old_frames_are_dropped_on_sim_time(graph, start, rng):
