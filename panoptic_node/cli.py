@@ -250,7 +250,7 @@ def cmd_train(args) -> int:
           train_every=args.train_every, head_first=args.head_first, drive_balance=args.drive_balance,
           stop_below=args.stop_below, stop_from=args.stop_from, rotate=args.rotate,
           class_mix=args.class_mix, mask_loss=args.mask_loss, query_groups=args.query_groups,
-          no_object_weight=args.no_object_weight)
+          no_object_weight=args.no_object_weight, stuff_queries=args.stuff_queries)
     return 0
 
 
@@ -1082,6 +1082,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train K groups of object queries, each matched to the labels on its own and attending only "
                         "to itself (Group DETR); the saved model keeps its own group alone, inference is unchanged "
                         "(1 = off)")
+    p.add_argument("--stuff-queries", action="store_true",
+                   help="match each stuff class's segment always to a query of its own (the first queries, one a "
+                        "class) and the things to the others, instead of every pair by cost; inference is unchanged")
     p.add_argument("--class-mix", type=float, default=0.0, metavar="P",
                    help="probability that a training frame then gets half the classes of a frame of another training "
                         "drive pasted in, every pixel of them (ClassMix across drives; 0 = off)")

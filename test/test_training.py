@@ -42,6 +42,42 @@ def test_matcher_is_optimal(seed):
     assert sorted(ni.tolist()) == list(range(n))
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_fixed_stuff_queries_give_each_stuff_segment_its_own_query_and_the_things_the_rest(seed):
+    """CamVid's 8 stuff classes take queries 0-7, one each, whatever the costs say (random ones here, which would
+    match otherwise); the things go to the queries after them at the least cost among those (brute force)."""
+    from panoptic_node.model.matcher import fixed_stuff_queries
+    from panoptic_node.taxonomy import get_taxonomy
+    g = torch.Generator().manual_seed(seed)
+    q, p = 12, 20
+    labels = torch.tensor([5, 8, 0, 9, 3, 8])  # tree, car, sky, pedestrian, road, car
+    logits, masks = torch.randn(1, q, 12, generator=g), torch.randn(1, q, p, generator=g)
+    target = {"labels": labels, "masks": (torch.rand(len(labels), p, generator=g) > 0.5).float(),
+              "valid": torch.ones(p)}
+    stuff_query = fixed_stuff_queries(get_taxonomy("camvid").thing_lut, 11, q)
+    assert stuff_query.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, -1, -1, -1]
+    (qi, ni), = HungarianMatcher(stuff_query=stuff_query)(logits, masks, [target])
+    query_of = dict(zip(ni.tolist(), qi.tolist()))
+    assert sorted(query_of) == list(range(len(labels)))
+    assert [query_of[j] for j in (0, 2, 4)] == [5, 0, 3]  # each stuff segment: the query of its class
+    things = [1, 3, 5]
+    assert all(query_of[j] >= 8 for j in things)
+    prob = logits[0].softmax(-1)
+    cost = (-2 * prob[:, labels] + 5 * mask_bce_cost(masks[0], target["masks"], target["valid"])
+            + 5 * mask_dice_cost(masks[0], target["masks"], target["valid"]))
+    sub = cost[8:][:, things].numpy()
+    assert sum(float(cost[query_of[j], j]) for j in things) == pytest.approx(brute_force_assignment(sub), abs=1e-5)
+    (free_q, free_n), = HungarianMatcher()(logits, masks, [target])  # off: these costs match otherwise
+    assert dict(zip(free_n.tolist(), free_q.tolist())) != query_of
+
+
+def test_fixed_stuff_queries_need_a_query_left_for_the_things():
+    from panoptic_node.model.matcher import fixed_stuff_queries
+    from panoptic_node.taxonomy import get_taxonomy
+    with pytest.raises(ValueError, match="more queries than the 8 stuff classes"):
+        fixed_stuff_queries(get_taxonomy("camvid").thing_lut, 11, 8)
+
+
 def test_mask_costs_equal_direct_computation():
     g = torch.Generator().manual_seed(0)
     logits, targets = torch.randn(4, 30, generator=g), (torch.rand(3, 30, generator=g) > 0.4).float()
@@ -293,9 +329,9 @@ def tiny_setup(tmp_path, rng):
 @pytest.mark.parametrize("recipe", [dict(), dict(scale=(0.5, 2.0), colour="strong"), dict(colour="lighting"),
                                     dict(colour="dusk"), dict(copy_paste_p=1.0), dict(class_balance=0.5),
                                     dict(class_mix_p=1.0), dict(mask_loss="bce"), dict(decoder="masked"),
-                                    dict(rotate=10.0)],
+                                    dict(rotate=10.0), dict(stuff_queries=True)],
                          ids=["shipped", "new_drives", "lighting", "dusk", "copy_paste", "class_balance", "class_mix",
-                              "mask_loss_bce", "masked_decoder", "rotate"])
+                              "mask_loss_bce", "masked_decoder", "rotate", "stuff_queries"])
 def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
     from panoptic_node.model.detr import build_model
     from panoptic_node.taxonomy import get_taxonomy
@@ -316,13 +352,18 @@ def test_one_step_on_two_frames_lowers_the_loss(tiny_setup, recipe):
         recipe = {**recipe, "mix_donors": donors_of_other_drives(everything)}
     class_weights = None
     mask_loss = recipe.pop("mask_loss", "focal")  # a loss, not a batch, setting
+    matcher = None
+    if recipe.pop("stuff_queries", False):  # a matching, not a batch, setting
+        from panoptic_node.model.matcher import fixed_stuff_queries
+        matcher = HungarianMatcher(stuff_query=fixed_stuff_queries(get_taxonomy("camvid").thing_lut, cfg.num_classes,
+                                                                      cfg.num_queries))
     if recipe.get("class_balance"):  # a loss, not a batch, setting
         frequencies = pixel_frequencies([s.semantic for s in everything], cfg.num_classes)
         class_weights = balanced_weights(frequencies, recipe.pop("class_balance"))
         assert class_weights[8] > class_weights[3]  # the car is rarer than the road in the tiny frames
     images, pad, targets = make_batch(everything[:2], np.random.default_rng(0), (64, 96), "tf",
                                       get_taxonomy("camvid").thing_lut, **recipe)
-    crit = SetCriterion(cfg.num_classes, class_weights=class_weights, mask_loss=mask_loss)
+    crit = SetCriterion(cfg.num_classes, class_weights=class_weights, mask_loss=mask_loss, matcher=matcher)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     before, _ = crit(loss_layers(model, images, pad), targets)
     opt.zero_grad()
@@ -1202,7 +1243,8 @@ def test_class_mix_in_a_batch_mixes_classes_and_resumes(tiny_setup):
                                  class_mix_p=p, mix_donors=donors)
     assert torch.equal(batch(0.0)[0], make_batch(samples[:2], np.random.default_rng(0), (64, 96), "tf", lut)[0])
     assert not torch.equal(batch(1.0)[0], batch(0.0)[0])
-    a, b = whole_and_resumed(tiny_setup, class_mix=0.5, mask_loss="bce", rotate=10.0)  # one resume check for the three
+    # one resume check for the four
+    a, b = whole_and_resumed(tiny_setup, class_mix=0.5, mask_loss="bce", rotate=10.0, stuff_queries=True)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
 
@@ -1324,6 +1366,28 @@ def test_a_schedule_that_cannot_train_is_refused_before_anything_is_written(tiny
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and named in err and "expected" in err
     assert not out.exists() and not (tiny_setup / "run.lock").exists()
+
+
+def test_stuff_queries_are_recorded_and_refused_for_a_model_without_queries_to_spare(tiny_setup, capsys):
+    """`--stuff-queries` trains and says so in settings.json; with only as many queries as CamVid's 8 stuff
+    classes it is refused in one line before anything is written."""
+    from panoptic_node.cli import main
+    threads = torch.get_num_threads()
+    few = tiny_setup / "few.yaml"
+    few.write_text(yaml.safe_dump({**asdict(tiny_config()), "name": "few", "num_queries": 8}))
+    try:
+        ran = main(["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"),
+                    "--out", str(tiny_setup / "ok"), *TINY_TRAIN_ARGS, "--stuff-queries"])
+        capsys.readouterr()  # that run's progress
+        refused = main(["train", "--config", str(few), "--data", str(tiny_setup / "data"),
+                        "--out", str(tiny_setup / "run"), *TINY_TRAIN_ARGS, "--stuff-queries"])
+    finally:
+        torch.set_num_threads(threads)
+    assert ran == 0 and json.loads((tiny_setup / "ok" / "settings.json").read_text())["stuff_queries"] is True
+    err = capsys.readouterr().err.strip()
+    assert refused == 2 and len(err.splitlines()) == 1
+    assert "--stuff-queries with few's 8 queries: expected a model with more queries than its 8 stuff classes" in err
+    assert not (tiny_setup / "run").exists() and not (tiny_setup / "run.lock").exists()
 
 
 def test_a_diverging_loss_stops_training_before_it_reaches_the_weights(tiny_setup, monkeypatch):

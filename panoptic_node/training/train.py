@@ -31,6 +31,7 @@ from ..model.checkpoint import init_from, read_state_dict, save_checkpoint
 from ..model.config import load_config, network_record
 from ..model.detr import build_model
 from ..model.losses import MASK_LOSSES, SetCriterion
+from ..model.matcher import HungarianMatcher, fixed_stuff_queries
 from ..output_safety import OutputLock, refuse_foreign_folder, refuse_inputs, refuse_unwritable
 from ..taxonomy import VOID, get_taxonomy
 from .augment import PHOTOMETRIC, augment, class_mix, copy_paste
@@ -49,7 +50,7 @@ LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0,
                   "freeze_backbone": 0, "class_balance": 0.0, "train_every": 1, "head_first": 0,
                   "drive_balance": 0.0, "class_mix": 0.0, "mask_loss": "focal", "query_groups": 1,
-                  "no_object_weight": 0.1, "rotate": 0.0}
+                  "no_object_weight": 0.1, "rotate": 0.0, "stuff_queries": False}
 
 
 def run_record(settings: dict, cfg) -> dict:
@@ -312,8 +313,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, freeze_backbone_to: int = 0,
           class_balance: float = 0.0, train_every: int = 1, head_first: int = 0, drive_balance: float = 0.0,
           class_mix: float = 0.0, mask_loss: str = "focal", query_groups: int = 1, no_object_weight: float = 0.1,
-          stop_below: float = 0.0, stop_from: int = 1, rotate: float = 0.0, overwrite: bool = False,
-          log=print) -> dict:
+          stop_below: float = 0.0, stop_from: int = 1, rotate: float = 0.0, stuff_queries: bool = False,
+          overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
@@ -333,6 +334,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     the saved model keeps only its own.
     `no_object_weight`: the class loss's weight of "no object" for the queries matched to nothing (DETR's eos_coef,
     0.1); lower lets the queries claim more, small segments among them.
+    `stuff_queries`: each stuff class's segment is always matched to a query of its own (the first queries, one a
+    class) and the things to the others, instead of every pair by cost (matcher.fixed_stuff_queries).
     `stop_below` > 0 (held-out mIoU in percent) ends the run after an evaluation at epoch `stop_from` or later once the
     mean mIoU of those evaluations is under it: evaluations still to come, each at stop_below, could then not lift
     the mean to it (the early stop the experiment records' rules call for, applied as each evaluation lands)."""
@@ -378,6 +381,10 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         raise ValueError(f"--semantic-aux needs the dot_product mask head's pixel embeddings; "
                          f"{cfg.name} has mask_head {cfg.mask_head}")
     check_dataset_labels(dataset, cfg.labels)
+    if stuff_queries:  # refused before anything is written
+        stuff = int((~get_taxonomy(cfg.labels).thing_lut[:cfg.num_classes]).sum())
+        require(cfg.num_queries > stuff, "--stuff-queries with", f"{cfg.name}'s {cfg.num_queries} queries",
+                f"a model with more queries than its {stuff} stuff classes (one each, the rest for the things)")
     for option, value in (("--train-every", train_every > 1), ("--drive-balance", drive_balance),
                           ("--class-mix", class_mix)):
         if value and dataset != "camvid":
@@ -392,7 +399,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "weight_decay": weight_decay, "mixstyle": mixstyle, "freeze_backbone": freeze_backbone_to,
                 "class_balance": class_balance, "train_every": train_every, "head_first": head_first,
                 "drive_balance": drive_balance, "class_mix": class_mix, "mask_loss": mask_loss,
-                "query_groups": query_groups, "no_object_weight": no_object_weight, "rotate": rotate}
+                "query_groups": query_groups, "no_object_weight": no_object_weight, "rotate": rotate,
+                "stuff_queries": bool(stuff_queries)}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -480,8 +488,10 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                                              class_balance)
             name_of = get_taxonomy(cfg.labels).name_of
             log("class weights: " + ", ".join(f"{name_of(c)} {w:.2f}" for c, w in enumerate(class_weights.tolist())))
+        matcher = HungarianMatcher(stuff_query=fixed_stuff_queries(thing_lut, cfg.num_classes, cfg.num_queries)) \
+            if stuff_queries else None
         criterion = SetCriterion(cfg.num_classes, eos_coef=no_object_weight, class_weights=class_weights,
-                                 mask_loss=mask_loss)
+                                 mask_loss=mask_loss, matcher=matcher)
         average = WeightAverage(model, ema) if ema else None
         # the weights evaluated and saved: the average when there is one
         shown = build_model(cfg, pretrained_backbone=False).to(memory_format=torch.channels_last) if average else model
