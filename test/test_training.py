@@ -78,6 +78,13 @@ def test_fixed_stuff_queries_need_a_query_left_for_the_things():
         fixed_stuff_queries(get_taxonomy("camvid").thing_lut, 11, 8)
 
 
+def test_fixed_stuff_queries_forbid_the_pairs_of_the_mapping_given():
+    """Stuff classes 0 and 1 on queries 3 and 5 (not the first ones): a stuff segment may take only its own
+    query, a thing any query but those two."""
+    forbidden = HungarianMatcher(stuff_query=torch.tensor([3, 5, -1])).forbidden(6, torch.tensor([0, 2, 1]))
+    assert forbidden.T.tolist() == [[1, 1, 1, 0, 1, 1], [0, 0, 0, 1, 0, 1], [1, 1, 1, 1, 1, 0]]
+
+
 def test_mask_costs_equal_direct_computation():
     g = torch.Generator().manual_seed(0)
     logits, targets = torch.randn(4, 30, generator=g), (torch.rand(3, 30, generator=g) > 0.4).float()

@@ -70,5 +70,5 @@ class HungarianMatcher:
         with a stuff query)."""
         own = self.stuff_query[labels.cpu()]  # N: the segment's fixed query, -1 for things
         queries = torch.arange(num_queries)[:, None]
-        stuff_queries = queries < int((self.stuff_query >= 0).sum())
+        stuff_queries = torch.isin(queries, self.stuff_query[self.stuff_query >= 0])
         return torch.where(own[None, :] >= 0, queries != own[None, :], stuff_queries).float()
