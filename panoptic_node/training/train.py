@@ -381,10 +381,12 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         raise ValueError(f"--semantic-aux needs the dot_product mask head's pixel embeddings; "
                          f"{cfg.name} has mask_head {cfg.mask_head}")
     check_dataset_labels(dataset, cfg.labels)
-    if stuff_queries:  # refused before anything is written
+    stuff_query = None  # the matcher's fixed query per stuff class, made and checked before anything is written
+    if stuff_queries:
         stuff = int((~get_taxonomy(cfg.labels).thing_lut[:cfg.num_classes]).sum())
         require(cfg.num_queries > stuff, "--stuff-queries with", f"{cfg.name}'s {cfg.num_queries} queries",
                 f"a model with more queries than its {stuff} stuff classes (one each, the rest for the things)")
+        stuff_query = fixed_stuff_queries(get_taxonomy(cfg.labels).thing_lut, cfg.num_classes, cfg.num_queries)
     for option, value in (("--train-every", train_every > 1), ("--drive-balance", drive_balance),
                           ("--class-mix", class_mix)):
         if value and dataset != "camvid":
@@ -488,10 +490,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                                              class_balance)
             name_of = get_taxonomy(cfg.labels).name_of
             log("class weights: " + ", ".join(f"{name_of(c)} {w:.2f}" for c, w in enumerate(class_weights.tolist())))
-        matcher = HungarianMatcher(stuff_query=fixed_stuff_queries(thing_lut, cfg.num_classes, cfg.num_queries)) \
-            if stuff_queries else None
         criterion = SetCriterion(cfg.num_classes, eos_coef=no_object_weight, class_weights=class_weights,
-                                 mask_loss=mask_loss, matcher=matcher)
+                                 mask_loss=mask_loss, matcher=HungarianMatcher(stuff_query=stuff_query))
         average = WeightAverage(model, ema) if ema else None
         # the weights evaluated and saved: the average when there is one
         shown = build_model(cfg, pretrained_backbone=False).to(memory_format=torch.channels_last) if average else model
