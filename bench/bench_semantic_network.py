@@ -1,0 +1,170 @@
+"""Is a semantic network better on a new drive than the panoptic model's semantic map?
+
+The issue's published references at this resolution are semantic networks, trained by a per-pixel loss alone;
+our street model learns its semantic map through DETR's set losses (a class per query, a mask per query). The
+records found a per-pixel classifier trained beside the set losses (`--semantic-aux`) no better than the queries
+(`bench_semantic_head.py`). This trains the street model's own semantic path (EfficientNet-Lite, the transformer
+encoder, the mask head's FPN, and a 1x1 classifier on its pixel embeddings) by per-pixel cross-entropy alone, with
+no query, decoder or set loss, on `panoptic-node train`'s batches, optimiser and schedule, and scores it on the
+held-out drives every third epoch with the evaluator's confusion-matrix mIoU (each pixel's argmax, upsampled
+bilinearly to the frame). Beside a run of the release's recipe on the same fold (`--baseline`, its history.json),
+it says whether the set formulation costs the semantic map on a new drive.
+
+    python bench/bench_semantic_network.py --camvid ../shared/data/camvid --train-drives 0001TP,0006R0 \\
+        --val-drives 0016E5 --out runs/semantic_16E5 --baseline models/experiments/runs/fold16E5_framenorm
+
+Writes `history.json` into `--out` (a new folder) after every epoch; nothing else is kept.
+"""
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+
+def semantic_logits(model, classifier, images, pad):
+    """The panoptic model's path to its pixel embeddings (detect() without the decoder), then the classifier:
+    B x classes x h x w at the mask head's stride."""
+    import torch.nn.functional as F
+    feats = model.backbone(images)
+    src_proj = model.input_proj(feats[-1])
+    mask = F.interpolate(pad[:, None].float(), size=src_proj.shape[-2:])[:, 0].bool()
+    pos = model.position_embedding(mask).to(src_proj.dtype)
+    memory = model.transformer.encode(src_proj, mask, pos)
+    return classifier(model.masks.pyramid(memory, feats)[-1])
+
+
+def score(model, classifier, cfg, samples):
+    """Confusion-matrix scores of each frame's argmax at full resolution (bench_semantic_head.py's way)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from panoptic_node.evaluation.semantic import ConfusionMatrix
+    from panoptic_node.inference.preprocess import preprocess
+
+    matrix = ConfusionMatrix(cfg.num_classes)
+    model.eval()
+    with torch.no_grad():
+        for sample in samples:
+            x, pad, geom = preprocess(sample.rgb, cfg.input)
+            logits = F.interpolate(semantic_logits(model, classifier, x, pad), size=x.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+            pred = logits[0, :, :geom.resized_h, :geom.resized_w]
+            if pred.shape[-2:] != sample.semantic.shape:
+                pred = F.interpolate(pred[None], size=sample.semantic.shape, mode="bilinear", align_corners=False)[0]
+            matrix.add(sample.semantic, pred.argmax(0).numpy().astype(np.uint8))
+    model.train()
+    return matrix.scores()
+
+
+def late_mean(history, from_epoch):
+    values = [100 * h["val"]["miou"] for h in history if "val" in h and h["epoch"] >= from_epoch]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--camvid", required=True, help="the CamVid folder (train + val)")
+    parser.add_argument("--train-drives", required=True)
+    parser.add_argument("--val-drives", required=True)
+    parser.add_argument("--out", required=True, help="a new folder for history.json")
+    parser.add_argument("--config", default="models/street_lite0.yaml")
+    parser.add_argument("--baseline", help="a run folder of the release's recipe on the same fold (history.json)")
+    parser.add_argument("--epochs", type=int, default=36)
+    parser.add_argument("--from-epoch", type=int, default=24, help="the late window's first epoch")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr-backbone", type=float, default=3e-5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    out = Path(args.out)
+    if out.exists():
+        raise SystemExit(f"--out '{out}' exists; expected a new folder (nothing is written into an existing one)")
+    baseline = None
+    if args.baseline:
+        path = Path(args.baseline) / "history.json"
+        if not path.is_file():
+            raise SystemExit(f"--baseline '{args.baseline}' has no history.json; expected a training run's folder")
+        baseline = json.loads(path.read_text())
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from panoptic_node.atomic import write_json
+    from panoptic_node.model.config import load_config
+    from panoptic_node.model.detr import build_model
+    from panoptic_node.taxonomy import VOID, get_taxonomy
+    from panoptic_node.training.data import make_dataset
+    from panoptic_node.training.train import freeze_batchnorm, make_batch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    cfg = load_config(args.config)
+    taxonomy = get_taxonomy(cfg.labels)
+    train_samples = make_dataset("camvid", args.camvid, "train", drives=args.train_drives.split(","),
+                                 labels=cfg.labels).load_all()
+    val_samples = make_dataset("camvid", args.camvid, "val", drives=args.val_drives.split(","),
+                               labels=cfg.labels).load_all()
+    print(f"{len(train_samples)} training frames ({args.train_drives}), {len(val_samples)} held out ({args.val_drives})")
+
+    model = build_model(cfg, pretrained_backbone=True).to(memory_format=torch.channels_last)
+    classifier = torch.nn.Conv2d(cfg.mask_dim, cfg.num_classes, 1)
+    model.train()
+    freeze_batchnorm(model)
+    used = [p for n, p in model.named_parameters()
+            if n.startswith(("input_proj.", "transformer.encoder.", "masks.lateral", "masks.smooth"))]
+    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
+    optimizer = torch.optim.AdamW([{"params": used + list(classifier.parameters()), "lr": args.lr},
+                                   {"params": backbone, "lr": args.lr_backbone}], weight_decay=1e-4)
+    batch_size, crop = 4, (352, 480)  # panoptic-node train's defaults
+    iters = len(train_samples) // batch_size
+    total, warmup = args.epochs * iters, min(200, args.epochs * iters // 10)
+
+    def lr_factor(step):  # train's schedule: linear warm-up, cosine decay to 5 %
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    thing_lut = taxonomy.thing_lut
+    history = []
+    for epoch in range(args.epochs):
+        t0, running = time.time(), []
+        order = rng.permutation(len(train_samples))
+        for it in tqdm(range(iters), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False):
+            images, pad, targets = make_batch([train_samples[i] for i in order[it * batch_size:(it + 1) * batch_size]],
+                                              rng, crop, cfg.input.normalization, thing_lut)
+            semantic = torch.stack([t["semantic"] for t in targets])  # the stride-4 loss grid
+            logits = F.interpolate(semantic_logits(model, classifier, images, pad), size=semantic.shape[-2:],
+                                   mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(logits, semantic, ignore_index=VOID)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(used + backbone + list(classifier.parameters()), 0.1)
+            optimizer.step()
+            scheduler.step()
+            running.append(float(loss.detach()))
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(running)), "train_seconds": time.time() - t0}
+        if (epoch + 1) % 3 == 0 or epoch + 1 == args.epochs:
+            scores = score(model, classifier, cfg, val_samples)
+            entry["val"] = {"miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"],
+                            "iou": {taxonomy.name_of(c): v for c, v in enumerate(scores["iou"])}}
+        history.append(entry)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(history, out / "history.json", indent=1)
+        print(f"epoch {epoch + 1}: loss {entry['loss']:.3f} ({entry['train_seconds']:.0f} s)"
+              + (f", held-out mIoU {100 * entry['val']['miou']:.1f}" if "val" in entry else ""), flush=True)
+
+    print(f"\nheld-out mIoU, mean of epochs {args.from_epoch}-{args.epochs}: semantic network "
+          f"{late_mean(history, args.from_epoch):.1f}"
+          + (f", baseline {late_mean(baseline, args.from_epoch):.1f}" if baseline else ""))
+    last = history[-1]["val"]["iou"]
+    base_last = next((h["val"]["iou"] for h in reversed(baseline or []) if "val" in h), None)
+    for name, iou in last.items():
+        print(f"  {name}: {100 * iou:.1f}" + (f" (baseline {100 * base_last[name]:.1f})" if base_last else ""))
+
+
+if __name__ == "__main__":
+    main()
