@@ -75,6 +75,9 @@ def main():
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--lr-backbone", type=float, default=3e-5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--class-balance", type=float, default=0.0,
+                        help="weigh each class's cross-entropy by (median / its pixel frequency) ** POWER (SegNet's "
+                             "weighting at 1; 0 = off), as train --class-balance")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     out = Path(args.out)
@@ -96,6 +99,7 @@ def main():
     from panoptic_node.model.config import load_config
     from panoptic_node.model.detr import build_model
     from panoptic_node.taxonomy import VOID, get_taxonomy
+    from panoptic_node.training.class_balance import balanced_weights, pixel_frequencies
     from panoptic_node.training.data import make_dataset
     from panoptic_node.training.train import freeze_batchnorm, make_batch
 
@@ -129,6 +133,11 @@ def main():
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     thing_lut = taxonomy.thing_lut
+    weights = None
+    if args.class_balance:  # from the training frames as loaded, before augmentation (as train does)
+        weights = balanced_weights(pixel_frequencies((s.semantic for s in train_samples), cfg.num_classes),
+                                   args.class_balance)
+        print("class weights: " + ", ".join(f"{taxonomy.name_of(c)} {w:.2f}" for c, w in enumerate(weights.tolist())))
     history = []
     for epoch in range(args.epochs):
         t0, running = time.time(), []
@@ -139,7 +148,7 @@ def main():
             semantic = torch.stack([t["semantic"] for t in targets])  # the stride-4 loss grid
             logits = F.interpolate(semantic_logits(model, classifier, images, pad), size=semantic.shape[-2:],
                                    mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(logits, semantic, ignore_index=VOID)
+            loss = F.cross_entropy(logits, semantic, weight=weights, ignore_index=VOID)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(used + backbone + list(classifier.parameters()), 0.1)
