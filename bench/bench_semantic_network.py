@@ -82,12 +82,12 @@ def main():
     args = parser.parse_args()
     out = Path(args.out)
     if out.exists():
-        raise SystemExit(f"--out '{out}' exists; expected a new folder (nothing is written into an existing one)")
+        parser.error(f"--out '{out}' exists; expected a new folder (nothing is written into an existing one)")
     baseline = None
     if args.baseline:
         path = Path(args.baseline) / "history.json"
         if not path.is_file():
-            raise SystemExit(f"--baseline '{args.baseline}' has no history.json; expected a training run's folder")
+            parser.error(f"--baseline '{args.baseline}' has no history.json; expected a training run's folder")
         baseline = json.loads(path.read_text())
 
     import numpy as np

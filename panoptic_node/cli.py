@@ -1009,8 +1009,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_engine)
 
     benches = ["pipeline", "evaluation", "backends", "resolution", "street_ablation", "node", "fleet", "shapes",
-               "int8", "int8_layers", "things", "semantic_head", "restyle", "run_ensemble", "first_frame", "lifecycle",
-               "tracking", "map_compression", "training_frames", "drive_adaptation", "drive_self_training"]
+               "int8", "int8_layers", "things", "semantic_head", "semantic_network", "restyle", "run_ensemble",
+               "first_frame", "lifecycle", "tracking", "map_compression", "training_frames", "drive_adaptation",
+               "drive_self_training"]
     p = sub.add_parser("doctor", help="what this machine will run (backend, precision, graphs, ROS 2, Fast DDS) "
                                       "and what keeps it from running well; exit 1 when the model cannot run")
     p.add_argument("--model", help="model name, YAML or checkpoint (default: street_lite0)")

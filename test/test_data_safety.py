@@ -774,3 +774,18 @@ def test_an_output_that_is_holds_or_lies_inside_an_input_or_another_output_is_re
     with pytest.raises(ValueError, match="the input '.*frames'"):
         check_outputs({"--out": frames / "sub" / "new.png"}, inputs=[frames])
     assert sorted(p for p in tmp_path.rglob("*")) == before  # a check makes nothing
+
+
+def test_the_semantic_network_benchmark_refuses_an_existing_out_folder(tmp_path):
+    # it trains for half an hour and writes history.json into --out: a folder already there (another run, the
+    # user's files) is refused before any frame is read
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "history.json").write_text("the user's history")
+    bench = Path(__file__).resolve().parents[1] / "bench" / "bench_semantic_network.py"
+    done = subprocess.run([sys.executable, str(bench), "--camvid", str(tmp_path / "no_camvid"), "--train-drives",
+                           "0001TP", "--val-drives", "0016E5", "--out", str(out)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and f"--out '{out}' exists; expected a new folder" in done.stderr.splitlines()[-1]
+    assert sorted(p.name for p in out.iterdir()) == ["history.json"]
+    assert (out / "history.json").read_text() == "the user's history"
