@@ -6,14 +6,15 @@ records found a per-pixel classifier trained beside the set losses (`--semantic-
 (`bench_semantic_head.py`). This trains the street model's own semantic path (EfficientNet-Lite, the transformer
 encoder, the mask head's FPN, and a 1x1 classifier on its pixel embeddings) by per-pixel cross-entropy alone, with
 no query, decoder or set loss, on `panoptic-node train`'s batches, optimiser and schedule, and scores it on the
-held-out drives every third epoch with the evaluator's confusion-matrix mIoU (each pixel's argmax, upsampled
-bilinearly to the frame). Beside a run of the release's recipe on the same fold (`--baseline`, its history.json),
+held-out drives every third epoch with the evaluator (each pixel's argmax, upsampled bilinearly to the frame; mIoU
+from its confusion matrix, PQ with the class map's 8-connected thing pieces as instances, CamVid's own definition). Beside a run of the release's recipe on the same fold (`--baseline`, its history.json),
 it says whether the set formulation costs the semantic map on a new drive.
 
     python bench/bench_semantic_network.py --camvid ../shared/data/camvid --train-drives 0001TP,0006R0 \\
         --val-drives 0016E5 --out runs/semantic_16E5 --baseline models/experiments/runs/fold16E5_framenorm
 
-Writes `history.json` into `--out` (a new folder) after every epoch; nothing else is kept.
+Writes `history.json` into `--out` (a new folder) after every epoch, and the last weights
+(`last_semantic_network.pth`, to score them again) beside it.
 """
 import argparse
 import json
@@ -34,15 +35,35 @@ def semantic_logits(model, classifier, images, pad):
     return classifier(model.masks.pyramid(memory, feats)[-1])
 
 
+def panoptic_of(semantic, thing_lut, min_area):
+    """A class map as a panoptic map the way CamVid's labels define instances (training/data.py): each
+    8-connected piece of a thing class is one instance; pieces under `min_area` pixels (the model config's
+    post-processing floor) are left void, as the pipeline drops such segments; each stuff class is one segment."""
+    import numpy as np
+    from panoptic_node.evaluation.gt import panoptic_from_labels
+    from panoptic_node.inference.result import VOID_PANOPTIC
+    from panoptic_node.training.data import instances_from_components
+
+    instance = instances_from_components(semantic, np.flatnonzero(thing_lut[:int(semantic.max()) + 1]))
+    panoptic = panoptic_from_labels(semantic, instance, thing_lut)
+    small = np.bincount(instance.ravel())[instance] < min_area
+    return np.where((instance > 0) & small, VOID_PANOPTIC, panoptic).astype(np.int32)
+
+
 def score(model, classifier, cfg, samples):
-    """Confusion-matrix scores of each frame's argmax at full resolution (bench_semantic_head.py's way)."""
+    """The evaluator's report (mIoU from its confusion matrix, PQ) of each frame's argmax at full resolution
+    (bench_semantic_head.py's way), its instances the class map's 8-connected thing pieces (panoptic_of)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from panoptic_node.evaluation.semantic import ConfusionMatrix
+    from panoptic_node.evaluation.evaluator import Evaluator
+    from panoptic_node.evaluation.gt import panoptic_from_labels
     from panoptic_node.inference.preprocess import preprocess
+    from panoptic_node.taxonomy import get_taxonomy
+    from panoptic_node.training.train import freeze_batchnorm
 
-    matrix = ConfusionMatrix(cfg.num_classes)
+    taxonomy = get_taxonomy(cfg.labels)
+    evaluator = Evaluator(taxonomy)
     model.eval()
     with torch.no_grad():
         for sample in samples:
@@ -52,9 +73,12 @@ def score(model, classifier, cfg, samples):
             pred = logits[0, :, :geom.resized_h, :geom.resized_w]
             if pred.shape[-2:] != sample.semantic.shape:
                 pred = F.interpolate(pred[None], size=sample.semantic.shape, mode="bilinear", align_corners=False)[0]
-            matrix.add(sample.semantic, pred.argmax(0).numpy().astype(np.uint8))
+            semantic = pred.argmax(0).numpy().astype(np.uint8)
+            evaluator.add(panoptic_from_labels(sample.semantic, sample.instance, taxonomy.thing_lut), sample.semantic,
+                          panoptic_of(semantic, taxonomy.thing_lut, cfg.postprocess.min_area), semantic)
     model.train()
-    return matrix.scores()
+    freeze_batchnorm(model)  # back to training as train() has it: ImageNet's BatchNorm statistics stay
+    return evaluator.report()
 
 
 def late_mean(history, from_epoch):
@@ -157,14 +181,18 @@ def main():
             running.append(float(loss.detach()))
         entry = {"epoch": epoch + 1, "loss": float(np.mean(running)), "train_seconds": time.time() - t0}
         if (epoch + 1) % 3 == 0 or epoch + 1 == args.epochs:
-            scores = score(model, classifier, cfg, val_samples)
-            entry["val"] = {"miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"],
-                            "iou": {taxonomy.name_of(c): v for c, v in enumerate(scores["iou"])}}
+            rep = score(model, classifier, cfg, val_samples)
+            entry["val"] = {"pq": rep["pq"]["pq"], "pq_things": rep["pq_things"]["pq"], "pq_stuff": rep["pq_stuff"]["pq"],
+                            "miou": rep["miou"], "pixel_accuracy": rep["pixel_accuracy"],
+                            "iou": {v["name"]: v["iou"] for v in rep["per_class"].values()}}
         history.append(entry)
         out.mkdir(parents=True, exist_ok=True)
         write_json(history, out / "history.json", indent=1)
         print(f"epoch {epoch + 1}: loss {entry['loss']:.3f} ({entry['train_seconds']:.0f} s)"
-              + (f", held-out mIoU {100 * entry['val']['miou']:.1f}" if "val" in entry else ""), flush=True)
+              + (f", held-out mIoU {100 * entry['val']['miou']:.1f} PQ {100 * entry['val']['pq']:.1f} (things "
+                 f"{100 * entry['val']['pq_things']:.1f})" if "val" in entry else ""), flush=True)
+    torch.save({"model": model.state_dict(), "classifier": classifier.state_dict(), "config": args.config},
+               out / "last_semantic_network.pth")  # to score again; not a checkpoint the pipeline loads
 
     print(f"\nheld-out mIoU, mean of epochs {args.from_epoch}-{args.epochs}: semantic network "
           f"{late_mean(history, args.from_epoch):.1f}"
