@@ -7,8 +7,9 @@ records found a per-pixel classifier trained beside the set losses (`--semantic-
 encoder, the mask head's FPN, and a 1x1 classifier on its pixel embeddings) by per-pixel cross-entropy alone, with
 no query, decoder or set loss, on `panoptic-node train`'s batches, optimiser and schedule, and scores it on the
 held-out drives every third epoch with the evaluator (each pixel's argmax, upsampled bilinearly to the frame; mIoU
-from its confusion matrix, PQ with the class map's 8-connected thing pieces as instances, CamVid's own definition). Beside a run of the release's recipe on the same fold (`--baseline`, its history.json),
-it says whether the set formulation costs the semantic map on a new drive.
+from its confusion matrix, PQ with the class map's 8-connected thing pieces as instances, CamVid's own definition).
+Beside a run of the release's recipe on the same fold (`--baseline`, its history.json), it says whether the set
+formulation costs the semantic map on a new drive.
 
     python bench/bench_semantic_network.py --camvid ../shared/data/camvid --train-drives 0001TP,0006R0 \\
         --val-drives 0016E5 --out runs/semantic_16E5 --baseline models/experiments/runs/fold16E5_framenorm
@@ -92,7 +93,7 @@ def main():
     parser.add_argument("--train-drives", required=True)
     parser.add_argument("--val-drives", required=True)
     parser.add_argument("--out", required=True, help="a new folder for history.json")
-    parser.add_argument("--config", default="models/street_lite0.yaml")
+    parser.add_argument("--config", default="street_lite0", help="a model name or YAML (its semantic path)")
     parser.add_argument("--baseline", help="a run folder of the release's recipe on the same fold (history.json)")
     parser.add_argument("--epochs", type=int, default=36)
     parser.add_argument("--from-epoch", type=int, default=24, help="the late window's first epoch")
@@ -119,7 +120,7 @@ def main():
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from panoptic_node.atomic import write_json
+    from panoptic_node.atomic import atomic_path, write_json
     from panoptic_node.model.config import load_config
     from panoptic_node.model.detr import build_model
     from panoptic_node.taxonomy import VOID, get_taxonomy
@@ -136,7 +137,8 @@ def main():
                                  labels=cfg.labels).load_all()
     val_samples = make_dataset("camvid", args.camvid, "val", drives=args.val_drives.split(","),
                                labels=cfg.labels).load_all()
-    print(f"{len(train_samples)} training frames ({args.train_drives}), {len(val_samples)} held out ({args.val_drives})")
+    print(f"{len(train_samples)} training frames ({args.train_drives}), "
+          f"{len(val_samples)} held out ({args.val_drives})")
 
     model = build_model(cfg, pretrained_backbone=True).to(memory_format=torch.channels_last)
     classifier = torch.nn.Conv2d(cfg.mask_dim, cfg.num_classes, 1)
@@ -161,7 +163,8 @@ def main():
     if args.class_balance:  # from the training frames as loaded, before augmentation (as train does)
         weights = balanced_weights(pixel_frequencies((s.semantic for s in train_samples), cfg.num_classes),
                                    args.class_balance)
-        print("class weights: " + ", ".join(f"{taxonomy.name_of(c)} {w:.2f}" for c, w in enumerate(weights.tolist())))
+        print("class weights: "
+              + ", ".join(f"{taxonomy.name_of(c)} {w:.2f}" for c, w in enumerate(weights.tolist())))
     history = []
     for epoch in range(args.epochs):
         t0, running = time.time(), []
@@ -182,8 +185,9 @@ def main():
         entry = {"epoch": epoch + 1, "loss": float(np.mean(running)), "train_seconds": time.time() - t0}
         if (epoch + 1) % 3 == 0 or epoch + 1 == args.epochs:
             rep = score(model, classifier, cfg, val_samples)
-            entry["val"] = {"pq": rep["pq"]["pq"], "pq_things": rep["pq_things"]["pq"], "pq_stuff": rep["pq_stuff"]["pq"],
-                            "miou": rep["miou"], "pixel_accuracy": rep["pixel_accuracy"],
+            entry["val"] = {"pq": rep["pq"]["pq"], "pq_things": rep["pq_things"]["pq"],
+                            "pq_stuff": rep["pq_stuff"]["pq"], "miou": rep["miou"],
+                            "pixel_accuracy": rep["pixel_accuracy"],
                             "iou": {v["name"]: v["iou"] for v in rep["per_class"].values()}}
         history.append(entry)
         out.mkdir(parents=True, exist_ok=True)
@@ -191,8 +195,9 @@ def main():
         print(f"epoch {epoch + 1}: loss {entry['loss']:.3f} ({entry['train_seconds']:.0f} s)"
               + (f", held-out mIoU {100 * entry['val']['miou']:.1f} PQ {100 * entry['val']['pq']:.1f} (things "
                  f"{100 * entry['val']['pq_things']:.1f})" if "val" in entry else ""), flush=True)
-    torch.save({"model": model.state_dict(), "classifier": classifier.state_dict(), "config": args.config},
-               out / "last_semantic_network.pth")  # to score again; not a checkpoint the pipeline loads
+    with atomic_path(out / "last_semantic_network.pth") as tmp:  # a killed run leaves no half-written weights
+        # to score again (semantic_network.md's ensemble); not a checkpoint the pipeline loads
+        torch.save({"model": model.state_dict(), "classifier": classifier.state_dict(), "config": args.config}, tmp)
 
     print(f"\nheld-out mIoU, mean of epochs {args.from_epoch}-{args.epochs}: semantic network "
           f"{late_mean(history, args.from_epoch):.1f}"
