@@ -19,7 +19,6 @@ Writes `history.json` into `--out` (a new folder) after every epoch, and the las
 """
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -126,7 +125,7 @@ def main():
     from panoptic_node.taxonomy import VOID, get_taxonomy
     from panoptic_node.training.class_balance import balanced_weights, pixel_frequencies
     from panoptic_node.training.data import make_dataset
-    from panoptic_node.training.train import freeze_batchnorm, make_batch
+    from panoptic_node.training.train import freeze_batchnorm, make_batch, warmup_cosine
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -153,11 +152,7 @@ def main():
     iters = len(train_samples) // batch_size
     total, warmup = args.epochs * iters, min(200, args.epochs * iters // 10)
 
-    def lr_factor(step):  # train's schedule: linear warm-up, cosine decay to 5 %
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
     thing_lut = taxonomy.thing_lut
     weights = None
     if args.class_balance:  # from the training frames as loaded, before augmentation (as train does)

@@ -284,6 +284,14 @@ def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mix
             "a power in [0, 1] on median frequency / a class's frequency (0 = off, 1 = SegNet's weights)")
 
 
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """The learning-rate factor at `step` of `total`: a linear warm-up over `warmup` steps, then cosine decay to 5 %."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
 def after_head_first(schedule, head_steps: int, warmup: int):
     """The backbone's learning-rate factor with --head-first: 0 for the head's steps alone, then warmed up from 0
     over `warmup` steps into `schedule`, as at the start of a run."""
@@ -474,11 +482,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         total = epochs * iters_per_epoch
         warmup = min(200, total // 10)
 
-        def lr_factor(step):  # linear warm-up, then cosine decay to 5%
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        def lr_factor(step):
+            return warmup_cosine(step, warmup, total)
 
         # with head_first 0 both groups follow one schedule, exactly as before the option existed
         scheduler = torch.optim.lr_scheduler.LambdaLR(
