@@ -26,11 +26,7 @@ from pathlib import Path
 def semantic_logits(model, classifier, images, pad):
     """The panoptic model's path to its pixel embeddings (detect() without the decoder), then the classifier:
     B x classes x h x w at the mask head's stride."""
-    import torch.nn.functional as F
-    feats = model.backbone(images)
-    src_proj = model.input_proj(feats[-1])
-    mask = F.interpolate(pad[:, None].float(), size=src_proj.shape[-2:])[:, 0].bool()
-    pos = model.position_embedding(mask).to(src_proj.dtype)
+    feats, src_proj, mask, pos = model.encoder_inputs(images, pad)
     memory = model.transformer.encode(src_proj, mask, pos)
     return classifier(model.masks.pyramid(memory, feats)[-1])
 
@@ -143,8 +139,9 @@ def main():
     classifier = torch.nn.Conv2d(cfg.mask_dim, cfg.num_classes, 1)
     model.train()
     freeze_batchnorm(model)
-    used = [p for n, p in model.named_parameters()
-            if n.startswith(("input_proj.", "transformer.encoder.", "masks.lateral", "masks.smooth"))]
+    # the head's parameters off the semantic path (decoder, queries, class and box heads) get no gradient, and
+    # AdamW and the clipping pass over those
+    used = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
     backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
     optimizer = torch.optim.AdamW([{"params": used + list(classifier.parameters()), "lr": args.lr},
                                    {"params": backbone, "lr": args.lr_backbone}], weight_decay=1e-4)

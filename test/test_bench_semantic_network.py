@@ -69,3 +69,18 @@ def test_scoring_gives_the_confusion_matrix_miou_and_leaves_batchnorm_frozen(rng
                                                      size=x.shape[-2:], mode="bilinear", align_corners=False)
             matrix.add(s.semantic, logits[0, :, :geom.resized_h, :geom.resized_w].argmax(0).numpy().astype(np.uint8))
     assert report["miou"] == matrix.scores()["miou"] and report["frames"] == 2
+
+
+def test_the_semantic_path_is_the_pixel_embeddings_detect_gives_for_either_memory_stride():
+    # the benchmark trains the panoptic model's own semantic path: its features must be the mask head's
+    # pixel embeddings as detect() computes them, also for a config whose memory is at stride 16
+    for stride in (32, 16):
+        cfg = compact_config(memory_stride=stride)
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        classifier = torch.nn.Conv2d(cfg.mask_dim, cfg.num_classes, 1)
+        images, pad = torch.randn(1, 3, 96, 128), torch.zeros(1, 96, 128, dtype=torch.bool)
+        pad[:, :, 120:] = True
+        with torch.no_grad():
+            expected = classifier(model.detect(images, pad).mask_features[0])
+            assert torch.allclose(bench.semantic_logits(model, classifier, images, pad), expected, atol=1e-5)

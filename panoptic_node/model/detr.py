@@ -64,14 +64,7 @@ class PanopticDETR(nn.Module):
         """images: B x 3 x H x W normalised; pad_mask: B x H x W bool, True on padding.
         query_groups (training only, query_groups.py): more groups of queries after the model's own, each
         reading only its own group; the outputs then hold every group's queries, the model's first."""
-        feats = self.backbone(images)
-        src_proj = self.input_proj(feats[-1])
-        if self.cfg.memory_stride == 16:
-            finer = feats[-2]
-            src_proj = self.input_proj16(finer) + F.interpolate(src_proj, size=finer.shape[-2:], mode="bilinear",
-                                                                align_corners=False)
-        mask = F.interpolate(pad_mask[:, None].float(), size=src_proj.shape[-2:])[:, 0].bool()
-        pos = self.position_embedding(mask).to(src_proj.dtype)
+        feats, src_proj, mask, pos = self.encoder_inputs(images, pad_mask)
         if self.cfg.decoder == "masked":
             if query_groups is not None:
                 raise ValueError("query groups are built for DETR's decoder, not decoder: masked")
@@ -86,6 +79,19 @@ class PanopticDETR(nn.Module):
         logits = self.class_embed(hs)
         boxes = self.bbox_embed(hs).sigmoid()
         return DetectOutput(logits[-1], boxes[-1], hs[-1], mask_features, logits, boxes, hs)
+
+    def encoder_inputs(self, images: Tensor, pad_mask: Tensor):
+        """The backbone's features, and what the transformer's encoder reads: (feats, the projected map B x D x h x w
+        at the memory's stride, its padding mask B x h x w, its position encoding)."""
+        feats = self.backbone(images)
+        src_proj = self.input_proj(feats[-1])
+        if self.cfg.memory_stride == 16:
+            finer = feats[-2]
+            src_proj = self.input_proj16(finer) + F.interpolate(src_proj, size=finer.shape[-2:], mode="bilinear",
+                                                                align_corners=False)
+        mask = F.interpolate(pad_mask[:, None].float(), size=src_proj.shape[-2:])[:, 0].bool()
+        pos = self.position_embedding(mask).to(src_proj.dtype)
+        return feats, src_proj, mask, pos
 
     def _masked_decode(self, src_proj, mask, pos, feats, pad_mask):
         """Mask2Former's decoder (masked_decoder.py): the memory and the mask head's pyramid first, then the
