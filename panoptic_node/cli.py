@@ -250,7 +250,8 @@ def cmd_train(args) -> int:
           train_every=args.train_every, head_first=args.head_first, drive_balance=args.drive_balance,
           stop_below=args.stop_below, stop_from=args.stop_from, rotate=args.rotate,
           class_mix=args.class_mix, mask_loss=args.mask_loss, query_groups=args.query_groups,
-          no_object_weight=args.no_object_weight, stuff_queries=args.stuff_queries)
+          no_object_weight=args.no_object_weight, stuff_queries=args.stuff_queries,
+          semantic_aux_balance=args.semantic_aux_balance)
     return 0
 
 
@@ -1091,6 +1092,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "drive pasted in, every pixel of them (ClassMix across drives; 0 = off)")
     p.add_argument("--semantic-aux", type=float, default=0.0,
                    help="weight of a training-only per-pixel class loss on the pixel embeddings (0 = off)")
+    p.add_argument("--semantic-aux-balance", type=float, default=0.0, metavar="POWER",
+                   help="weigh the --semantic-aux loss's pixels by (median class frequency / their class's pixel "
+                        "frequency in the training frames) ** POWER, the set losses unchanged (0 = off; 1 = SegNet's "
+                        "median frequency balancing)")
     p.add_argument("--mixstyle", type=float, default=0.0,
                    help="probability per batch of MixStyle: the frames' feature statistics (style) mixed in the "
                         "backbone's stride-4 and stride-8 features, for new drives (0 = off; 0.5 is the paper's)")

@@ -971,6 +971,17 @@ def test_semantic_aux_loss_equals_direct_computation(rng):
     # a frame with no labelled pixel gives 0 and no NaN
     assert float(aux(feats, torch.full_like(grid, VOID)).detach()) == 0.0
 
+    # with class weights: each labelled pixel's loss times its class's weight, over the sum of those weights
+    weights = torch.tensor([0.5, 1.0, 3.0, 7.0])
+    weighted = SemanticAux(mask_dim=6, num_classes=4, class_weights=weights)
+    weighted.load_state_dict(aux.state_dict())  # the weights are no state: an unweighted run's classifier loads
+    per_pixel = weights[grid.clamp(max=3)][labelled]
+    expected = -(per_pixel * picked[labelled]).sum() / per_pixel.sum()
+    assert torch.allclose(weighted(feats, grid), expected, atol=1e-6)
+    assert not torch.allclose(weighted(feats, grid), aux(feats, grid), atol=1e-3)
+    with pytest.raises(ValueError, match=r"\(3,\), expected \(4,\), one per class"):
+        SemanticAux(mask_dim=6, num_classes=4, class_weights=torch.ones(3))
+
 
 def test_one_step_with_the_semantic_aux_loss_lowers_it(tiny_setup):
     from panoptic_node.model.detr import build_model
@@ -1002,7 +1013,8 @@ def test_one_step_with_the_semantic_aux_loss_lowers_it(tiny_setup):
 
 
 def test_resume_with_the_semantic_aux_loss_reproduces_an_uninterrupted_run(tiny_setup):
-    a, b = whole_and_resumed(tiny_setup, semantic_aux=1.0)
+    """Class-weighted too: the weights are not saved, so a resumed run must recompute the same ones."""
+    a, b = whole_and_resumed(tiny_setup, semantic_aux=1.0, semantic_aux_balance=1.0)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     for k in a["semantic_aux"]:
@@ -1013,6 +1025,10 @@ def test_resume_with_the_semantic_aux_loss_reproduces_an_uninterrupted_run(tiny_
     with pytest.raises(ValueError, match="semantic_aux 1.0 -> 0.0"):
         train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "b"), epochs=2,
               batch_size=2, crop=(64, 96), val_every=0, resume=True, semantic_aux=0.0, log=lambda *_: None)
+    with pytest.raises(ValueError, match="semantic_aux_balance 1.0 -> 0.5"):
+        train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "b"), epochs=2,
+              batch_size=2, crop=(64, 96), val_every=0, resume=True, semantic_aux=1.0, semantic_aux_balance=0.5,
+              log=lambda *_: None)
 
 
 def test_the_train_command_passes_its_recipe_on(tiny_setup):
@@ -1023,7 +1039,7 @@ def test_the_train_command_passes_its_recipe_on(tiny_setup):
     rc = main(["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"), "--out", str(out),
                *TINY_TRAIN_ARGS, "--seed", "3", "--semantic-aux", "0.5", "--lr-backbone", "1e-5",
                "--weight-decay", "0.05", "--mixstyle", "0.5", "--class-balance", "0.5",
-               "--drive-balance", "0.5", "--no-object-weight", "0.05"])
+               "--drive-balance", "0.5", "--no-object-weight", "0.05", "--semantic-aux-balance", "0.5"])
     torch.set_num_threads(threads)
     assert rc == 0
     state = torch.load(out / "checkpoint.pth", weights_only=False)
@@ -1031,7 +1047,7 @@ def test_the_train_command_passes_its_recipe_on(tiny_setup):
     assert (settings["seed"], settings["semantic_aux"], settings["lr_backbone"], settings["crop"],
             settings["weight_decay"], settings["mixstyle"], settings["class_balance"], settings["drive_balance"]) == (
         3, 0.5, 1e-5, [64, 96], 0.05, 0.5, 0.5, 0.5)
-    assert settings["no_object_weight"] == 0.05
+    assert settings["no_object_weight"] == 0.05 and settings["semantic_aux_balance"] == 0.5
     assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.05, 0.05]  # it reached AdamW
 
 
@@ -1269,7 +1285,8 @@ def test_a_run_saved_before_a_setting_existed_resumes(tiny_setup):
     cfg, data, out = str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), tiny_setup / "old"
     train(cfg, data, str(out), epochs=2, stop_after_epoch=1, **args)
     state = torch.load(out / "checkpoint.pth", weights_only=False)
-    for key in ("semantic_aux", "copy_paste", "mixstyle", "class_balance", "drive_balance", "class_mix", "mask_loss"):
+    for key in ("semantic_aux", "copy_paste", "mixstyle", "class_balance", "drive_balance", "class_mix", "mask_loss",
+                "semantic_aux_balance"):
         del state["settings"][key]
     torch.save(state, out / "checkpoint.pth")
     assert train(cfg, data, str(out), epochs=2, resume=True, **args)["history"][-1]["epoch"] == 2
@@ -1350,6 +1367,10 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys, monkeypa
     (["--no-object-weight", "nan"], "--no-object-weight nan: expected"), (["--copy-paste", "2"], "--copy-paste 2.0: expected"), (["--class-mix", "-0.5"], "--class-mix -0.5: expected"), (["--semantic-aux", "nan"], "--semantic-aux nan: expected"),
     (["--class-balance", "-1"], "--class-balance -1.0: expected a power in [0, 1]"),
     (["--class-balance", "nan"], "--class-balance nan: expected"),
+    (["--semantic-aux", "1", "--semantic-aux-balance", "2"], "--semantic-aux-balance 2.0: expected a power in [0, 1]"),
+    (["--semantic-aux", "1", "--semantic-aux-balance", "nan"], "--semantic-aux-balance nan: expected"),
+    (["--semantic-aux-balance", "1"],  # without the loss it weighs
+     "--semantic-aux-balance 1.0: expected a run with the semantic auxiliary loss it weighs"),
     (["--rotate", "46"], "--rotate 46.0: expected the largest turn"), (["--rotate", "-1"], "--rotate -1.0: expected"),
     (["--rotate", "nan"], "--rotate nan: expected"),
     (["--scale", "2,1"], "--scale 2.0,1.0: expected LOW,HIGH"),

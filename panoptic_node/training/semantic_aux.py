@@ -5,7 +5,11 @@ This adds a per-pixel class cross-entropy from a 1x1 classifier on those embeddi
 ignored), so every labelled pixel teaches the features which class it is, as semantic segmentation
 networks are trained. The classifier is thrown away after training: the shipped model, its export
 and inference are unchanged; only `checkpoint.pth` keeps it, to resume.
+
+With class weights (train --semantic-aux-balance) each labelled pixel's loss is weighed by its class's weight, as
+SegNet's median frequency balancing does; the set losses are not touched.
 """
+import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
@@ -13,16 +17,25 @@ from ..taxonomy import VOID
 
 
 class SemanticAux(nn.Module):
-    def __init__(self, mask_dim: int, num_classes: int):
+    def __init__(self, mask_dim: int, num_classes: int, class_weights: Tensor | None = None):
         super().__init__()
         self.classifier = nn.Conv2d(mask_dim, num_classes, 1)
+        # not persistent: checkpoints saved before the weights existed still load, and a resumed run recomputes
+        # them from its training frames (its settings hold the power)
+        weights = torch.ones(num_classes) if class_weights is None else torch.as_tensor(class_weights,
+                                                                                         dtype=torch.float32)
+        if weights.shape != (num_classes,):
+            raise ValueError(f"class weights for the semantic auxiliary loss: {tuple(weights.shape)}, expected "
+                             f"({num_classes},), one per class")
+        self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, pixel_features: Tensor, semantic: Tensor) -> Tensor:
         """pixel_features B x C x h x w; semantic B x H x W class ids (VOID ignored) on the loss grid.
-        Logits are upsampled bilinearly to the grid; mean cross-entropy over labelled pixels."""
+        Logits are upsampled bilinearly to the grid; cross-entropy over labelled pixels, each weighed by its class's
+        weight, divided by the sum of those weights (PyTorch's weighted mean; all weights 1 = the plain mean)."""
         logits = self.classifier(pixel_features)
         if logits.shape[-2:] != semantic.shape[-2:]:
             logits = F.interpolate(logits, size=semantic.shape[-2:], mode="bilinear", align_corners=False)
         if not (semantic != VOID).any():
             return logits.sum() * 0.0  # nothing labelled: no gradient, but still a tensor in the graph
-        return F.cross_entropy(logits, semantic.long(), ignore_index=VOID)
+        return F.cross_entropy(logits, semantic.long(), weight=self.class_weights, ignore_index=VOID)

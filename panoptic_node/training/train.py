@@ -50,7 +50,8 @@ LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
 ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_decay": 1e-4, "mixstyle": 0.0,
                   "freeze_backbone": 0, "class_balance": 0.0, "train_every": 1, "head_first": 0,
                   "drive_balance": 0.0, "class_mix": 0.0, "mask_loss": "focal", "query_groups": 1,
-                  "no_object_weight": 0.1, "rotate": 0.0, "stuff_queries": False}
+                  "no_object_weight": 0.1, "rotate": 0.0, "stuff_queries": False,
+                  "semantic_aux_balance": 0.0}
 
 
 def run_record(settings: dict, cfg) -> dict:
@@ -322,10 +323,12 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           class_balance: float = 0.0, train_every: int = 1, head_first: int = 0, drive_balance: float = 0.0,
           class_mix: float = 0.0, mask_loss: str = "focal", query_groups: int = 1, no_object_weight: float = 0.1,
           stop_below: float = 0.0, stop_from: int = 1, rotate: float = 0.0, stuff_queries: bool = False,
-          overwrite: bool = False, log=print) -> dict:
+          semantic_aux_balance: float = 0.0, overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
+    `semantic_aux_balance` > 0 weighs that loss's pixels by (median / their class's pixel frequency) ** the power,
+    leaving the set losses as they are (`class_balance` weighs those).
     `copy_paste` > 0 pastes another training frame's objects into a frame with that probability.
     `rotate` > 0 turns each training frame by an angle drawn from [-rotate, rotate] degrees (a camera's roll).
     `mixstyle` > 0 mixes the frames' feature statistics in the backbone with that probability per batch.
@@ -367,6 +370,11 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             "a whole number >= 1 (1 trains on every frame, 2 on every second frame of each drive)")
     require(0.0 <= drive_balance <= 1.0, "--drive-balance", drive_balance,
             "a power in [0, 1] (0 draws frames uniformly, 1 gives every training drive the same share)")
+    require(math.isfinite(semantic_aux_balance) and 0.0 <= semantic_aux_balance <= 1.0, "--semantic-aux-balance",
+            semantic_aux_balance, "a power in [0, 1] on median frequency / a class's frequency (0 = off, 1 = SegNet's "
+                                  "weights)")
+    require(not semantic_aux_balance or semantic_aux, "--semantic-aux-balance", semantic_aux_balance,
+            "a run with the semantic auxiliary loss it weighs (--semantic-aux > 0)")
     require(0 <= head_first < epochs, "--head-first", head_first,
             f"a whole number of epochs in [0, {epochs}) (0 trains the backbone from the start)")
     train_drives, val_drives = split_drives(train_drives, val_drives)
@@ -410,7 +418,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "class_balance": class_balance, "train_every": train_every, "head_first": head_first,
                 "drive_balance": drive_balance, "class_mix": class_mix, "mask_loss": mask_loss,
                 "query_groups": query_groups, "no_object_weight": no_object_weight, "rotate": rotate,
-                "stuff_queries": bool(stuff_queries)}
+                "stuff_queries": bool(stuff_queries), "semantic_aux_balance": semantic_aux_balance}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -470,7 +478,16 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             log(f"backbone up to stride {freeze_backbone_to} kept at its ImageNet weights ({frozen} tensors)")
         backbone_params = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
         head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
-        aux = SemanticAux(cfg.mask_dim, cfg.num_classes) if semantic_aux else None
+        aux = None
+        if semantic_aux:
+            aux_weights = None
+            if semantic_aux_balance:  # from the training frames as loaded, before augmentation (as --class-balance)
+                aux_weights = balanced_weights(pixel_frequencies((s.semantic for s in train_samples), cfg.num_classes),
+                                               semantic_aux_balance)
+                name_of = get_taxonomy(cfg.labels).name_of
+                log("semantic auxiliary loss's class weights: "
+                    + ", ".join(f"{name_of(c)} {w:.2f}" for c, w in enumerate(aux_weights.tolist())))
+            aux = SemanticAux(cfg.mask_dim, cfg.num_classes, aux_weights)
         if aux is not None:  # trained with the head, kept out of the saved model
             head_params += list(aux.parameters())
         groups = QueryGroups(query_groups, cfg.num_queries, cfg.hidden_dim) if query_groups > 1 else None
