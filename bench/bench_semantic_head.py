@@ -4,7 +4,12 @@ keeps its training-only per-pixel classifier (a 1x1 convolution on the pixel emb
 frame) with the same confusion-matrix mIoU the evaluator uses, next to nothing else: the queries' mIoU of
 the same weights is in the run's history.json (and `bench_street_ablation.py --only shipped`).
 
-    python bench/bench_semantic_head.py --run runs/fold6R0_semaux --drives 0006R0
+--fuse also scores, from the same network, the queries' soft semantic map (MaskFormer's semantic inference: every
+query's class probability times its mask's sigmoid, summed per class, normalised over the classes per pixel) and
+that map averaged with the classifier's softmax (each at the frame's size, equal weights): whether the two heads of
+one network err on different pixels, as an ensemble of two networks did (`semantic_network.md`).
+
+    python bench/bench_semantic_head.py --run runs/fold6R0_semaux --drives 0006R0 [--fuse]
 """
 import argparse
 
@@ -14,6 +19,8 @@ def main():
     parser.add_argument("--run", required=True, help="a run folder trained with --semantic-aux (its checkpoint.pth)")
     parser.add_argument("--drives", required=True, help="CamVid drives to score, e.g. the run's held-out drive")
     parser.add_argument("--camvid")
+    parser.add_argument("--fuse", action="store_true",
+                        help="also score the queries' soft semantic map and its average with the classifier's")
     args = parser.parse_args()
 
     from pathlib import Path
@@ -42,23 +49,41 @@ def main():
     head = SemanticAux(cfg.mask_dim, cfg.num_classes).eval()
     head.load_state_dict(state["semantic_aux"])
     data = CamVid(find_camvid(args.camvid), drives=args.drives.split(","))
-    matrix = ConfusionMatrix(cfg.num_classes)
+    names = ["per-pixel classifier"] + (["queries' soft map", "the two averaged"] if args.fuse else [])
+    matrices = {name: ConfusionMatrix(cfg.num_classes) for name in names}
+
+    def on_frame(maps, canvas, geom, shape):
+        """C x h x w maps on the network's grid -> C x H x W at the frame's size: upsampled to the canvas, its
+        padding cropped, then to the frame."""
+        maps = F.interpolate(maps[None], size=canvas, mode="bilinear", align_corners=False)[0]
+        maps = maps[:, :geom.resized_h, :geom.resized_w]
+        if maps.shape[-2:] != shape:
+            maps = F.interpolate(maps[None], size=shape, mode="bilinear", align_corners=False)[0]
+        return maps
+
     with torch.no_grad():
         for i in tqdm(range(len(data)), desc="frames"):
             sample = data[i]
             x, pad, geom = preprocess(sample.rgb, cfg.input)
-            logits = head.classifier(model.detect(x, pad).mask_features[0])
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            pred = logits[0, :, :geom.resized_h, :geom.resized_w]
-            if pred.shape[-2:] != sample.semantic.shape:
-                pred = F.interpolate(pred[None], size=sample.semantic.shape, mode="bilinear", align_corners=False)[0]
-            matrix.add(sample.semantic, pred.argmax(0).numpy().astype(np.uint8))
-    scores = matrix.scores()
+            at_frame = dict(canvas=x.shape[-2:], geom=geom, shape=sample.semantic.shape)
+            out = model.detect(x, pad)
+            classifier = on_frame(head.classifier(out.mask_features[0])[0], **at_frame)
+            maps = {"per-pixel classifier": classifier}
+            if args.fuse:
+                probs = out.logits[0].softmax(-1)[:, :-1]
+                soft = torch.einsum("qc,qhw->chw", probs, model.predict_masks(out.mask_features, out.hs)[0].sigmoid())
+                soft = on_frame(soft, **at_frame)
+                soft = soft / soft.sum(0, keepdim=True).clamp_min(1e-6)  # a distribution over the classes per pixel
+                maps["queries' soft map"] = soft
+                maps["the two averaged"] = (soft + classifier.softmax(0)) / 2
+            for name, scores in maps.items():
+                matrices[name].add(sample.semantic, scores.argmax(0).numpy().astype(np.uint8))
     taxonomy = get_taxonomy(cfg.labels)
-    print(f"{len(data)} frames of {args.drives}: per-pixel classifier mIoU {100 * scores['miou']:.1f}, "
-          f"pixel accuracy {100 * scores['pixel_accuracy']:.1f}")
-    for c, iou in enumerate(scores["iou"]):
-        print(f"  {taxonomy.name_of(c)}: {100 * iou:.1f}")
+    print(f"{len(data)} frames of {args.drives}, {args.run}:")
+    for name, matrix in matrices.items():
+        scores = matrix.scores()
+        print(f"{name}: mIoU {100 * scores['miou']:.1f}, pixel accuracy {100 * scores['pixel_accuracy']:.1f}; "
+              + ", ".join(f"{taxonomy.name_of(c)} {100 * iou:.1f}" for c, iou in enumerate(scores["iou"])))
 
 
 if __name__ == "__main__":
