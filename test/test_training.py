@@ -160,6 +160,39 @@ def test_the_no_object_weight_reaches_the_runs_criterion(tiny_setup, monkeypatch
     assert made == [pytest.approx(0.05)]
 
 
+def test_each_class_balance_reaches_its_own_loss_only(tiny_setup, monkeypatch):
+    """--class-balance weighs the set losses and --semantic-aux-balance the per-pixel loss, each by its own power
+    over the training frames' pixel shares, and neither the other's loss."""
+    import panoptic_node.training.train as train_module
+    from panoptic_node.training.class_balance import balanced_weights, pixel_frequencies
+    from panoptic_node.training.data import CamVid
+    made, aux_made = [], []
+
+    class Recorded(SetCriterion):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(kwargs.get("class_weights"))
+
+    class RecordedAux(train_module.SemanticAux):
+        def __init__(self, *args):
+            super().__init__(*args)
+            aux_made.append(self.class_weights.clone())
+    monkeypatch.setattr(train_module, "SetCriterion", Recorded)
+    monkeypatch.setattr(train_module, "SemanticAux", RecordedAux)
+    frequencies = pixel_frequencies((s.semantic for s in CamVid(tiny_setup / "data", "train").load_all()),
+                                    compact_config().num_classes)
+    args = dict(epochs=1, batch_size=2, crop=(64, 96), val_every=0, semantic_aux=1.0, log=lambda *_: None)
+    train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "a"), class_balance=0.5,
+          semantic_aux_balance=1.0, **args)
+    train(str(tiny_setup / "tiny.yaml"), str(tiny_setup / "data"), str(tiny_setup / "b"), semantic_aux_balance=1.0,
+          **args)
+    assert torch.allclose(made[0], balanced_weights(frequencies, 0.5))
+    assert made[1] is None  # the set losses unweighted beside a weighted auxiliary loss
+    for weights in aux_made:
+        assert torch.allclose(weights, balanced_weights(frequencies, 1.0))
+    assert not torch.allclose(aux_made[0], torch.ones_like(aux_made[0]))  # the tiny frames' classes are unequal
+
+
 def test_the_stop_rule_judges_the_mean_of_the_evaluations_from_its_epoch_on():
     from panoptic_node.training.train import mean_under_bar
     # binary fractions, so that a mean equal to the bar is equal in floating point too

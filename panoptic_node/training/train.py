@@ -478,16 +478,19 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             log(f"backbone up to stride {freeze_backbone_to} kept at its ImageNet weights ({frozen} tensors)")
         backbone_params = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
         head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+        def frame_class_weights(power, what):
+            """Median frequency balancing from the training frames as loaded, before augmentation (None: off)."""
+            if not power:
+                return None
+            weights = balanced_weights(pixel_frequencies((s.semantic for s in train_samples), cfg.num_classes), power)
+            name_of = get_taxonomy(cfg.labels).name_of
+            log(f"{what}: " + ", ".join(f"{name_of(c)} {w:.2f}" for c, w in enumerate(weights.tolist())))
+            return weights
+
         aux = None
         if semantic_aux:
-            aux_weights = None
-            if semantic_aux_balance:  # from the training frames as loaded, before augmentation (as --class-balance)
-                aux_weights = balanced_weights(pixel_frequencies((s.semantic for s in train_samples), cfg.num_classes),
-                                               semantic_aux_balance)
-                name_of = get_taxonomy(cfg.labels).name_of
-                log("semantic auxiliary loss's class weights: "
-                    + ", ".join(f"{name_of(c)} {w:.2f}" for c, w in enumerate(aux_weights.tolist())))
-            aux = SemanticAux(cfg.mask_dim, cfg.num_classes, aux_weights)
+            aux = SemanticAux(cfg.mask_dim, cfg.num_classes,
+                              frame_class_weights(semantic_aux_balance, "semantic auxiliary loss's class weights"))
         if aux is not None:  # trained with the head, kept out of the saved model
             head_params += list(aux.parameters())
         groups = QueryGroups(query_groups, cfg.num_queries, cfg.hidden_dim) if query_groups > 1 else None
@@ -506,12 +509,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, [lr_factor, after_head_first(lr_factor, head_first * iters_per_epoch, warmup)] if head_first
             else lr_factor)
-        class_weights = None
-        if class_balance:  # from the training frames as loaded, before augmentation
-            class_weights = balanced_weights(pixel_frequencies((s.semantic for s in train_samples), cfg.num_classes),
-                                             class_balance)
-            name_of = get_taxonomy(cfg.labels).name_of
-            log("class weights: " + ", ".join(f"{name_of(c)} {w:.2f}" for c, w in enumerate(class_weights.tolist())))
+        class_weights = frame_class_weights(class_balance, "class weights")
         criterion = SetCriterion(cfg.num_classes, eos_coef=no_object_weight, class_weights=class_weights,
                                  mask_loss=mask_loss, matcher=HungarianMatcher(stuff_query=stuff_query))
         average = WeightAverage(model, ema) if ema else None
