@@ -13,6 +13,37 @@ one network err on different pixels, as an ensemble of two networks did (`semant
 """
 import argparse
 
+CLASSIFIER, SOFT, AVERAGED = "per-pixel classifier", "queries' soft map", "the two averaged"
+
+
+def on_frame(maps, canvas, geom, shape):
+    """C x h x w maps on the network's grid -> C x H x W at the frame's size: upsampled to the canvas, its padding
+    cropped, then to the frame."""
+    import torch.nn.functional as F
+    maps = F.interpolate(maps[None], size=canvas, mode="bilinear", align_corners=False)[0]
+    maps = maps[:, :geom.resized_h, :geom.resized_w]
+    if maps.shape[-2:] != shape:
+        maps = F.interpolate(maps[None], size=shape, mode="bilinear", align_corners=False)[0]
+    return maps
+
+
+def frame_maps(model, head, x, pad, geom, shape, fuse: bool) -> dict:
+    """Per map name, C x H x W class scores at the frame's size (`shape`) for one preprocessed frame: the
+    classifier's logits; with `fuse` also the queries' soft map (a distribution per pixel) and its average with the
+    classifier's softmax."""
+    import torch
+    at_frame = dict(canvas=x.shape[-2:], geom=geom, shape=shape)
+    out = model.detect(x, pad)
+    classifier = on_frame(head.classifier(out.mask_features[0])[0], **at_frame)
+    maps = {CLASSIFIER: classifier}
+    if fuse:
+        probs = out.logits[0].softmax(-1)[:, :-1]  # "no object" left out
+        soft = torch.einsum("qc,qhw->chw", probs, model.predict_masks(out.mask_features, out.hs)[0].sigmoid())
+        soft = on_frame(soft, **at_frame)
+        maps[SOFT] = soft / soft.sum(0, keepdim=True).clamp_min(1e-6)  # a distribution over the classes per pixel
+        maps[AVERAGED] = (maps[SOFT] + classifier.softmax(0)) / 2
+    return maps
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,7 +58,6 @@ def main():
 
     import numpy as np
     import torch
-    import torch.nn.functional as F
     from tqdm import tqdm
 
     from panoptic_node.evaluation.semantic import ConfusionMatrix
@@ -49,33 +79,13 @@ def main():
     head = SemanticAux(cfg.mask_dim, cfg.num_classes).eval()
     head.load_state_dict(state["semantic_aux"])
     data = CamVid(find_camvid(args.camvid), drives=args.drives.split(","))
-    names = ["per-pixel classifier"] + (["queries' soft map", "the two averaged"] if args.fuse else [])
+    names = [CLASSIFIER] + ([SOFT, AVERAGED] if args.fuse else [])
     matrices = {name: ConfusionMatrix(cfg.num_classes) for name in names}
-
-    def on_frame(maps, canvas, geom, shape):
-        """C x h x w maps on the network's grid -> C x H x W at the frame's size: upsampled to the canvas, its
-        padding cropped, then to the frame."""
-        maps = F.interpolate(maps[None], size=canvas, mode="bilinear", align_corners=False)[0]
-        maps = maps[:, :geom.resized_h, :geom.resized_w]
-        if maps.shape[-2:] != shape:
-            maps = F.interpolate(maps[None], size=shape, mode="bilinear", align_corners=False)[0]
-        return maps
-
     with torch.no_grad():
         for i in tqdm(range(len(data)), desc="frames"):
             sample = data[i]
             x, pad, geom = preprocess(sample.rgb, cfg.input)
-            at_frame = dict(canvas=x.shape[-2:], geom=geom, shape=sample.semantic.shape)
-            out = model.detect(x, pad)
-            classifier = on_frame(head.classifier(out.mask_features[0])[0], **at_frame)
-            maps = {"per-pixel classifier": classifier}
-            if args.fuse:
-                probs = out.logits[0].softmax(-1)[:, :-1]
-                soft = torch.einsum("qc,qhw->chw", probs, model.predict_masks(out.mask_features, out.hs)[0].sigmoid())
-                soft = on_frame(soft, **at_frame)
-                soft = soft / soft.sum(0, keepdim=True).clamp_min(1e-6)  # a distribution over the classes per pixel
-                maps["queries' soft map"] = soft
-                maps["the two averaged"] = (soft + classifier.softmax(0)) / 2
+            maps = frame_maps(model, head, x, pad, geom, sample.semantic.shape, args.fuse)
             for name, scores in maps.items():
                 matrices[name].add(sample.semantic, scores.argmax(0).numpy().astype(np.uint8))
     taxonomy = get_taxonomy(cfg.labels)
