@@ -87,6 +87,15 @@ def test_what_is_not_judged(tmp_path):
     (running / "history.json").write_text(json.dumps(history))
     assert verdict(load_run(running), base, 24, 1.0, 0.3) == "unfinished (epoch 20 of 36)"
     assert verdict(base, load_run(running), 24, 1.0, 0.3) == "the baseline is unfinished (epoch 20 of 36)"
+    # one that train --stop-below ended says so, alone and pooled with a seed that ran on
+    stopped = make_run(tmp_path / "stopped", 0.47, 0.3, {"seed": 1})
+    history = json.loads((stopped / "history.json").read_text())[:24]
+    history[-1]["stopped"] = {"stop_below": 49.0, "stop_from": 24, "mean_miou": 47.0}
+    (stopped / "history.json").write_text(json.dumps(history))
+    expected = "not adopted: stopped by its rule at epoch 24 (mean mIoU 47.0 from epoch 24, under 49.0)"
+    assert verdict(load_run(stopped), base, 24, 1.0, 0.3) == expected
+    pooled = pool_seeds([load_run(make_run(tmp_path / "seed0", 0.47, 0.3)), load_run(stopped)])
+    assert len(pooled) == 1 and verdict(pooled[0], base, 24, 1.0, 0.3) == expected
     # a history from before the post-processing was recorded is judged, with the caveat
     old = load_run(make_run(tmp_path / "old", 0.50, 0.3, postprocess=None))
     assert verdict(old, base, 24, 1.0, 0.3) == "adopt (post-processing not recorded: PQ may not compare)"

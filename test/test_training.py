@@ -224,6 +224,13 @@ def test_stop_below_ends_a_run_after_the_evaluation_that_puts_it_under_the_bar(t
     assert json.loads((tiny_setup / "stopped" / "history.json").read_text())[-1]["epoch"] == 2
     assert torch.load(tiny_setup / "stopped" / "checkpoint.pth", weights_only=False)["epoch"] == 2
     assert any(line.startswith(f"stopped by --stop-below {m2 + 1e-3}: ") for line in lines)
+    # the history says so too, for compare-runs; the runs that went on carry no such mark
+    recorded = json.loads((tiny_setup / "stopped" / "history.json").read_text())[-1]["stopped"]
+    assert recorded == {"stop_below": m2 + 1e-3, "stop_from": 2, "mean_miou": pytest.approx(m2, abs=1e-4)}
+    assert not any("stopped" in h for h in kept + free)
+    from panoptic_node.training.compare import load_run, verdict
+    judged = verdict(load_run(tiny_setup / "stopped"), load_run(tiny_setup / "free"), 2, 1.0, 0.3)
+    assert judged == f"not adopted: stopped by its rule at epoch 2 (mean mIoU {m2:.1f} from epoch 2, under {m2 + 1e-3:.1f})"
 
 
 def test_giou_direct():

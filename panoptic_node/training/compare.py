@@ -69,6 +69,12 @@ class Run:
     def finished(self) -> bool:
         return self.planned_epochs is None or self.last_epoch >= self.planned_epochs
 
+    @property
+    def stopped(self) -> Optional[dict]:
+        """How `train --stop-below` ended the run early, as its last history entry records it (None: it did not;
+        runs from before the record was kept do not say)."""
+        return self.history[-1].get("stopped")
+
     def window(self, from_epoch: int, last: Optional[int] = None) -> list:
         """The evaluations a rule judges: from `from_epoch` on; or, given `last`, the run's last `last`
         ones (runs of different schedules each judged on their own end), none when it has fewer."""
@@ -94,6 +100,10 @@ class PooledRun(Run):
     @property
     def finished(self) -> bool:
         return all(m.finished for m in self.members)
+
+    @property
+    def stopped(self) -> Optional[dict]:
+        return next((m.stopped for m in self.members if m.stopped), None)
 
     def spread(self, value_of) -> Optional[tuple]:
         """(lowest, highest) of `value_of(member)` over the members; None for a single run or when a
@@ -236,6 +246,10 @@ def verdict(run: Run, baseline: Run, from_epoch: int, min_miou_gain: float, max_
     why = why_not_comparable(run, baseline)
     if why:
         return f"not comparable: {why}"
+    if run.stopped:  # its own rule judged it; the window it never reached cannot
+        rule = run.stopped
+        return (f"not adopted: stopped by its rule at epoch {run.last_epoch} (mean mIoU {rule['mean_miou']:.1f} from "
+                f"epoch {rule['stop_from']}, under {rule['stop_below']:.1f})")
     if not run.finished:
         return f"unfinished (epoch {run.last_epoch} of {run.planned_epochs})"
     if not baseline.finished:

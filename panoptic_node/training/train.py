@@ -594,6 +594,10 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                     best_pq = entry["val"]["pq"]
                     save_checkpoint(shown, out / "best.pth", epoch=epoch + 1, val=entry["val"])
             history.append(entry)
+            paused = stop_after_epoch and epoch + 1 >= stop_after_epoch  # to be resumed: no rule judges it now
+            judged = mean_under_bar(history, stop_below, stop_from) if "val" in entry and not paused else None
+            if judged is not None:  # kept in the history, so that compare-runs can say why the run ended early
+                entry["stopped"] = {"stop_below": stop_below, "stop_from": stop_from, "mean_miou": round(judged, 4)}
             save_checkpoint(shown, out / "last.pth", epoch=epoch + 1)
             with atomic_path(ckpt_path) as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -612,9 +616,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             val = entry.get("val")
             log(f"epoch {epoch + 1}: loss {entry['loss']:.3f} ({entry['train_seconds']:.0f} s)"
                 + (f", val PQ {100 * val['pq']:.1f} mIoU {100 * val['miou']:.1f}" if val else ""))
-            if stop_after_epoch and epoch + 1 >= stop_after_epoch:
+            if paused:
                 break
-            judged = mean_under_bar(history, stop_below, stop_from) if val else None
             if judged is not None:
                 log(f"stopped by --stop-below {stop_below}: the mean held-out mIoU of the evaluations from epoch "
                     f"{stop_from} is {judged:.2f}, under {stop_below} (later ones at {stop_below} each could not "
