@@ -176,7 +176,7 @@ def test_each_class_balance_reaches_its_own_loss_only(tiny_setup, monkeypatch):
     class RecordedAux(train_module.SemanticAux):
         def __init__(self, *args):
             super().__init__(*args)
-            aux_made.append(self.class_weights.clone())
+            aux_made.append(self.class_weights)
     monkeypatch.setattr(train_module, "SetCriterion", Recorded)
     monkeypatch.setattr(train_module, "SemanticAux", RecordedAux)
     frequencies = pixel_frequencies((s.semantic for s in CamVid(tiny_setup / "data", "train").load_all()),
@@ -230,7 +230,8 @@ def test_stop_below_ends_a_run_after_the_evaluation_that_puts_it_under_the_bar(t
     assert not any("stopped" in h for h in kept + free)
     from panoptic_node.training.compare import load_run, verdict
     judged = verdict(load_run(tiny_setup / "stopped"), load_run(tiny_setup / "free"), 2, 1.0, 0.3)
-    assert judged == f"not adopted: stopped by its rule at epoch 2 (mean mIoU {m2:.1f} from epoch 2, under {m2 + 1e-3:.1f})"
+    assert judged == (f"not adopted: stopped by its rule at epoch 2 (mean mIoU {m2:.1f} from epoch 2, "
+                      f"under {m2 + 1e-3:.1f})")
 
 
 def test_giou_direct():

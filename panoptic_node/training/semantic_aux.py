@@ -20,19 +20,18 @@ class SemanticAux(nn.Module):
     def __init__(self, mask_dim: int, num_classes: int, class_weights: Tensor | None = None):
         super().__init__()
         self.classifier = nn.Conv2d(mask_dim, num_classes, 1)
-        # not persistent: checkpoints saved before the weights existed still load, and a resumed run recomputes
-        # them from its training frames (its settings hold the power)
-        weights = torch.ones(num_classes) if class_weights is None else torch.as_tensor(class_weights,
-                                                                                         dtype=torch.float32)
-        if weights.shape != (num_classes,):
+        weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        if weights is not None and weights.shape != (num_classes,):
             raise ValueError(f"class weights for the semantic auxiliary loss: {tuple(weights.shape)}, expected "
                              f"({num_classes},), one per class")
+        # None: the plain mean, as before weights existed. Not persistent: checkpoints saved before the weights
+        # existed still load, and a resumed run recomputes them from its training frames (its settings hold the power)
         self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, pixel_features: Tensor, semantic: Tensor) -> Tensor:
         """pixel_features B x C x h x w; semantic B x H x W class ids (VOID ignored) on the loss grid.
         Logits are upsampled bilinearly to the grid; cross-entropy over labelled pixels, each weighed by its class's
-        weight, divided by the sum of those weights (PyTorch's weighted mean; all weights 1 = the plain mean)."""
+        weight, divided by the sum of those weights (PyTorch's weighted mean; without weights the plain mean)."""
         logits = self.classifier(pixel_features)
         if logits.shape[-2:] != semantic.shape[-2:]:
             logits = F.interpolate(logits, size=semantic.shape[-2:], mode="bilinear", align_corners=False)

@@ -478,6 +478,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             log(f"backbone up to stride {freeze_backbone_to} kept at its ImageNet weights ({frozen} tensors)")
         backbone_params = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
         head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+
         def frame_class_weights(power, what):
             """Median frequency balancing from the training frames as loaded, before augmentation (None: off)."""
             if not power:
