@@ -51,7 +51,7 @@ def score(model, classifier, cfg, samples):
     (bench_semantic_head.py's way), its instances the class map's 8-connected thing pieces (panoptic_of)."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
+    from bench_semantic_head import on_frame  # this folder's: the same upsampling to the frame
     from panoptic_node.evaluation.evaluator import Evaluator
     from panoptic_node.evaluation.gt import panoptic_from_labels
     from panoptic_node.inference.preprocess import preprocess
@@ -64,11 +64,7 @@ def score(model, classifier, cfg, samples):
     with torch.no_grad():
         for sample in samples:
             x, pad, geom = preprocess(sample.rgb, cfg.input)
-            logits = F.interpolate(semantic_logits(model, classifier, x, pad), size=x.shape[-2:], mode="bilinear",
-                                   align_corners=False)
-            pred = logits[0, :, :geom.resized_h, :geom.resized_w]
-            if pred.shape[-2:] != sample.semantic.shape:
-                pred = F.interpolate(pred[None], size=sample.semantic.shape, mode="bilinear", align_corners=False)[0]
+            pred = on_frame(semantic_logits(model, classifier, x, pad)[0], x.shape[-2:], geom, sample.semantic.shape)
             semantic = pred.argmax(0).numpy().astype(np.uint8)
             evaluator.add(panoptic_from_labels(sample.semantic, sample.instance, taxonomy.thing_lut), sample.semantic,
                           panoptic_of(semantic, taxonomy.thing_lut, cfg.postprocess.min_area), semantic)
@@ -119,7 +115,7 @@ def main():
     from panoptic_node.model.config import load_config
     from panoptic_node.model.detr import build_model
     from panoptic_node.taxonomy import VOID, get_taxonomy
-    from panoptic_node.training.class_balance import balanced_weights, pixel_frequencies
+    from panoptic_node.training.class_balance import describe, frame_class_weights
     from panoptic_node.training.data import make_dataset
     from panoptic_node.training.train import freeze_batchnorm, make_batch, warmup_cosine
 
@@ -153,10 +149,8 @@ def main():
     thing_lut = taxonomy.thing_lut
     weights = None
     if args.class_balance:  # from the training frames as loaded, before augmentation (as train does)
-        weights = balanced_weights(pixel_frequencies((s.semantic for s in train_samples), cfg.num_classes),
-                                   args.class_balance)
-        print("class weights: "
-              + ", ".join(f"{taxonomy.name_of(c)} {w:.2f}" for c, w in enumerate(weights.tolist())))
+        weights = frame_class_weights(train_samples, cfg.num_classes, args.class_balance)
+        print(f"class weights: {describe(weights, taxonomy.name_of)}")
     history = []
     for epoch in range(args.epochs):
         t0, running = time.time(), []

@@ -20,6 +20,16 @@ def pixel_frequencies(semantic_maps, num_classes: int) -> np.ndarray:
     return counts / max(1, counts.sum())
 
 
+def frame_class_weights(samples, num_classes: int, power: float) -> torch.Tensor:
+    """balanced_weights over the pixel shares of the frames' semantic maps (`samples`: anything with .semantic)."""
+    return balanced_weights(pixel_frequencies((s.semantic for s in samples), num_classes), power)
+
+
+def describe(weights: torch.Tensor, name_of) -> str:
+    """'sky 0.16, building 0.18, ...': the weights as the training log shows them."""
+    return ", ".join(f"{name_of(c)} {w:.2f}" for c, w in enumerate(weights.tolist()))
+
+
 def balanced_weights(frequencies: np.ndarray, power: float) -> torch.Tensor:
     """(median / frequency) ** power per class, the median over the classes present; an absent class (never a
     target, so its weight is never used) gets 1."""

@@ -35,7 +35,7 @@ from ..model.matcher import HungarianMatcher, fixed_stuff_queries
 from ..output_safety import OutputLock, refuse_foreign_folder, refuse_inputs, refuse_unwritable
 from ..taxonomy import VOID, get_taxonomy
 from .augment import PHOTOMETRIC, augment, class_mix, copy_paste
-from .class_balance import balanced_weights, pixel_frequencies
+from .class_balance import describe, frame_class_weights
 from .compare import Run
 from .data import check_dataset_labels, drive_of, every_nth_frame, frames_by_drive, make_dataset
 from .drive_balance import balanced_order, drive_shares
@@ -479,19 +479,18 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         backbone_params = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
         head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
 
-        def frame_class_weights(power, what):
+        def class_weights_of(power, what):
             """Median frequency balancing from the training frames as loaded, before augmentation (None: off)."""
             if not power:
                 return None
-            weights = balanced_weights(pixel_frequencies((s.semantic for s in train_samples), cfg.num_classes), power)
-            name_of = get_taxonomy(cfg.labels).name_of
-            log(f"{what}: " + ", ".join(f"{name_of(c)} {w:.2f}" for c, w in enumerate(weights.tolist())))
+            weights = frame_class_weights(train_samples, cfg.num_classes, power)
+            log(f"{what}: {describe(weights, get_taxonomy(cfg.labels).name_of)}")
             return weights
 
         aux = None
         if semantic_aux:
             aux = SemanticAux(cfg.mask_dim, cfg.num_classes,
-                              frame_class_weights(semantic_aux_balance, "semantic auxiliary loss's class weights"))
+                              class_weights_of(semantic_aux_balance, "semantic auxiliary loss's class weights"))
         if aux is not None:  # trained with the head, kept out of the saved model
             head_params += list(aux.parameters())
         groups = QueryGroups(query_groups, cfg.num_queries, cfg.hidden_dim) if query_groups > 1 else None
@@ -510,7 +509,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, [lr_factor, after_head_first(lr_factor, head_first * iters_per_epoch, warmup)] if head_first
             else lr_factor)
-        class_weights = frame_class_weights(class_balance, "class weights")
+        class_weights = class_weights_of(class_balance, "class weights")
         criterion = SetCriterion(cfg.num_classes, eos_coef=no_object_weight, class_weights=class_weights,
                                  mask_loss=mask_loss, matcher=HungarianMatcher(stuff_query=stuff_query))
         average = WeightAverage(model, ema) if ema else None
