@@ -251,7 +251,8 @@ def cmd_train(args) -> int:
           stop_below=args.stop_below, stop_from=args.stop_from, rotate=args.rotate,
           class_mix=args.class_mix, mask_loss=args.mask_loss, query_groups=args.query_groups,
           no_object_weight=args.no_object_weight, stuff_queries=args.stuff_queries,
-          semantic_aux_balance=args.semantic_aux_balance)
+          semantic_aux_balance=args.semantic_aux_balance, semantic_map=args.semantic_map,
+          semantic_map_balance=args.semantic_map_balance)
     return 0
 
 
@@ -1096,6 +1097,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weigh the --semantic-aux loss's pixels by (median class frequency / their class's pixel "
                         "frequency in the training frames) ** POWER, the set losses unchanged (0 = off; 1 = SegNet's "
                         "median frequency balancing)")
+    p.add_argument("--semantic-map", type=float, default=0.0, metavar="WEIGHT",
+                   help="weight of a per-pixel class loss on the queries' own semantic map (MaskFormer's semantic "
+                        "inference: each class's probability times each query's mask, summed over the queries), "
+                        "which reaches the queries' classes and masks; nothing is added to the model (0 = off)")
+    p.add_argument("--semantic-map-balance", type=float, default=0.0, metavar="POWER",
+                   help="weigh the --semantic-map loss's pixels as --semantic-aux-balance weighs the auxiliary "
+                        "loss's (0 = off; 1 = SegNet's median frequency balancing)")
     p.add_argument("--mixstyle", type=float, default=0.0,
                    help="probability per batch of MixStyle: the frames' feature statistics (style) mixed in the "
                         "backbone's stride-4 and stride-8 features, for new drives (0 = off; 0.5 is the paper's)")

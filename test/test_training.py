@@ -1412,6 +1412,10 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys, monkeypa
     (["--semantic-aux", "1", "--semantic-aux-balance", "nan"], "--semantic-aux-balance nan: expected"),
     (["--semantic-aux-balance", "1"],  # without the loss it weighs
      "--semantic-aux-balance 1.0: expected a run with the semantic auxiliary loss it weighs"),
+    (["--semantic-map", "-1"], "--semantic-map -1.0: expected a weight >= 0"),
+    (["--semantic-map", "inf"], "--semantic-map inf: expected"),
+    (["--semantic-map", "1", "--semantic-map-balance", "1.5"], "--semantic-map-balance 1.5: expected a power in [0, 1]"),
+    (["--semantic-map-balance", "0.5"], "--semantic-map-balance 0.5: expected a run with the semantic map loss"),
     (["--rotate", "46"], "--rotate 46.0: expected the largest turn"), (["--rotate", "-1"], "--rotate -1.0: expected"),
     (["--rotate", "nan"], "--rotate nan: expected"),
     (["--scale", "2,1"], "--scale 2.0,1.0: expected LOW,HIGH"),

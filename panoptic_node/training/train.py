@@ -43,6 +43,7 @@ from .ema import WeightAverage
 from .mixstyle import MixStyle
 from .query_groups import QueryGroups
 from .semantic_aux import SemanticAux
+from .semantic_map import semantic_map_loss
 from .targets import build_target
 
 LOSS_STRIDE = 4  # masks are supervised on a stride-4 grid
@@ -51,7 +52,7 @@ ADDED_SETTINGS = {"semantic_aux": 0.0, "copy_paste": 0.0, "init": None, "weight_
                   "freeze_backbone": 0, "class_balance": 0.0, "train_every": 1, "head_first": 0,
                   "drive_balance": 0.0, "class_mix": 0.0, "mask_loss": "focal", "query_groups": 1,
                   "no_object_weight": 0.1, "rotate": 0.0, "stuff_queries": False,
-                  "semantic_aux_balance": 0.0}
+                  "semantic_aux_balance": 0.0, "semantic_map": 0.0, "semantic_map_balance": 0.0}
 
 
 def run_record(settings: dict, cfg) -> dict:
@@ -179,9 +180,12 @@ def loss_layers(model, images, pad, out=None):
     return layers
 
 
-def training_loss(model, criterion, images, pad, targets, semantic_aux=None, semantic_weight=0.0, query_groups=None):
+def training_loss(model, criterion, images, pad, targets, semantic_aux=None, semantic_weight=0.0, query_groups=None,
+                  semantic_map=0.0, semantic_map_weights=None):
     """The set losses on every decoder layer, plus the weighted semantic auxiliary loss when there is one.
-    With query groups, each group's set losses, matched on their own, and their mean (one group's scale)."""
+    With query groups, each group's set losses, matched on their own, and their mean (one group's scale).
+    `semantic_map` > 0 adds that weight times the cross-entropy of the last layer's queries' semantic map
+    (semantic_map.py; the model's own queries), its pixels weighed by `semantic_map_weights` when given."""
     out = model.detect(images, pad, query_groups)
     layers = loss_layers(model, images, pad, out)
     if query_groups is None:
@@ -190,6 +194,12 @@ def training_loss(model, criterion, images, pad, targets, semantic_aux=None, sem
         each = [criterion(group, targets) for group in query_groups.split(layers)]
         loss = sum(total for total, _ in each) / len(each)
         parts = {k: sum(p[k] for _, p in each) / len(each) for k in each[0][1]}
+    if semantic_map:
+        logits, _, masks = (query_groups.split(layers)[0] if query_groups is not None else layers)[0]
+        on_grid = semantic_map_loss(logits, masks, torch.stack([t["semantic"].flatten() for t in targets]),
+                                    semantic_map_weights)
+        loss = loss + semantic_map * on_grid
+        parts["semantic_map"] = float(on_grid.detach())
     if semantic_aux is not None:
         semantic = semantic_aux(out.mask_features[0], torch.stack([t["semantic"] for t in targets]))
         loss = loss + semantic_weight * semantic
@@ -323,12 +333,15 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           class_balance: float = 0.0, train_every: int = 1, head_first: int = 0, drive_balance: float = 0.0,
           class_mix: float = 0.0, mask_loss: str = "focal", query_groups: int = 1, no_object_weight: float = 0.1,
           stop_below: float = 0.0, stop_from: int = 1, rotate: float = 0.0, stuff_queries: bool = False,
-          semantic_aux_balance: float = 0.0, overwrite: bool = False, log=print) -> dict:
+          semantic_aux_balance: float = 0.0, semantic_map: float = 0.0, semantic_map_balance: float = 0.0,
+          overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
     `ema` > 0 evaluates and saves an exponential moving average of the weights with that decay.
     `semantic_aux` > 0 adds a per-pixel class loss on the pixel embeddings with that weight.
     `semantic_aux_balance` > 0 weighs that loss's pixels by (median / their class's pixel frequency) ** the power,
     leaving the set losses as they are (`class_balance` weighs those).
+    `semantic_map` > 0 adds a per-pixel class loss on the queries' own semantic map (semantic_map.py) with that
+    weight; `semantic_map_balance` > 0 weighs its pixels as `semantic_aux_balance` does the auxiliary loss's.
     `copy_paste` > 0 pastes another training frame's objects into a frame with that probability.
     `rotate` > 0 turns each training frame by an angle drawn from [-rotate, rotate] degrees (a camera's roll).
     `mixstyle` > 0 mixes the frames' feature statistics in the backbone with that probability per batch.
@@ -375,6 +388,13 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                                   "weights)")
     require(not semantic_aux_balance or semantic_aux, "--semantic-aux-balance", semantic_aux_balance,
             "a run with the semantic auxiliary loss it weighs (--semantic-aux > 0)")
+    require(math.isfinite(semantic_map) and semantic_map >= 0, "--semantic-map", semantic_map,
+            "a weight >= 0 (0 = off, 1 weighs it like one class loss)")
+    require(math.isfinite(semantic_map_balance) and 0.0 <= semantic_map_balance <= 1.0, "--semantic-map-balance",
+            semantic_map_balance, "a power in [0, 1] on median frequency / a class's frequency (0 = off, 1 = SegNet's "
+                                  "weights)")
+    require(not semantic_map_balance or semantic_map, "--semantic-map-balance", semantic_map_balance,
+            "a run with the semantic map loss it weighs (--semantic-map > 0)")
     require(0 <= head_first < epochs, "--head-first", head_first,
             f"a whole number of epochs in [0, {epochs}) (0 trains the backbone from the start)")
     train_drives, val_drives = split_drives(train_drives, val_drives)
@@ -418,7 +438,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 "class_balance": class_balance, "train_every": train_every, "head_first": head_first,
                 "drive_balance": drive_balance, "class_mix": class_mix, "mask_loss": mask_loss,
                 "query_groups": query_groups, "no_object_weight": no_object_weight, "rotate": rotate,
-                "stuff_queries": bool(stuff_queries), "semantic_aux_balance": semantic_aux_balance}
+                "stuff_queries": bool(stuff_queries), "semantic_aux_balance": semantic_aux_balance,
+                "semantic_map": semantic_map, "semantic_map_balance": semantic_map_balance}
     check_run_folder(out, data, resume, overwrite, init)  # before anything is written
     with OutputLock(out):  # one trainer per run folder
         torch.manual_seed(seed)
@@ -510,6 +531,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             optimizer, [lr_factor, after_head_first(lr_factor, head_first * iters_per_epoch, warmup)] if head_first
             else lr_factor)
         class_weights = class_weights_of(class_balance, "class weights")
+        semantic_map_weights = class_weights_of(semantic_map_balance, "semantic map loss's class weights")
         criterion = SetCriterion(cfg.num_classes, eos_coef=no_object_weight, class_weights=class_weights,
                                  mask_loss=mask_loss, matcher=HungarianMatcher(stuff_query=stuff_query))
         average = WeightAverage(model, ema) if ema else None
@@ -568,7 +590,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                 images, pad, targets = make_batch([train_samples[i] for i in idx], rng, crop, cfg.input.normalization,
                                                   thing_lut, scale, colour, copy_paste, train_samples, class_mix,
                                                   mix_donors, rotate)
-                loss, parts = training_loss(model, criterion, images, pad, targets, aux, semantic_aux, groups)
+                loss, parts = training_loss(model, criterion, images, pad, targets, aux, semantic_aux, groups,
+                                            semantic_map, semantic_map_weights)
                 if not torch.isfinite(loss):  # stop before the step: the weights and checkpoints stay finite
                     raise RuntimeError(
                         f"training diverged: the loss is {float(loss.detach())} at epoch {epoch + 1}, step {it + 1} "
