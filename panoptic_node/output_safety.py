@@ -170,9 +170,15 @@ class OutputLock:
         self.output = Path(output)
         self.path = self.output.with_name(self.output.name + ".lock")
         self.fd = None
+        self.made = []  # the folders above the lock it had to make, deepest first
 
     def acquire(self) -> "OutputLock":
+        missing, folder = [], self.path.parent
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.made = missing
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -198,6 +204,14 @@ class OutputLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+            # a run that wrote nothing (refused, failed) leaves no empty folders it made for its output;
+            # rmdir takes a folder only while it is empty, so nothing written there since is touched
+            for folder in self.made:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            self.made = []
 
     def __enter__(self):
         return self.acquire()

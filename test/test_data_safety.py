@@ -131,6 +131,22 @@ def test_the_lock_is_held_across_processes(tmp_path):
     OutputLock(out).acquire().release()  # a killed holder leaves nothing that blocks
 
 
+def test_a_run_that_writes_nothing_leaves_no_folder_it_made(tiny_model, tmp_path, capsys):
+    """`--out a/b/c` makes a/ and a/b/ for its lock; a run that fails leaves neither, one that writes keeps them,
+    and a folder that was there before (or was written into meanwhile) is never removed."""
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    assert main(["infer", str(bad), "--model", str(tiny_model), "--out", str(tmp_path / "a" / "b" / "c")]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["truncated.png"]
+    with OutputLock(tmp_path / "x" / "y" / "out"):
+        (tmp_path / "x" / "mine.txt").write_text("written while the lock was held")
+    assert (tmp_path / "x" / "mine.txt").read_text() == "written while the lock was held"
+    assert not (tmp_path / "x" / "y").exists()  # empty, made by the lock
+    with OutputLock(tmp_path / "x" / "out"):  # x/ was there: kept, even if empty after
+        (tmp_path / "x" / "mine.txt").unlink()
+    assert (tmp_path / "x").is_dir()
+
+
 def test_demo_into_an_earlier_demo_asks_first(camvid_copy, tmp_path):
     out = tmp_path / "demo"
     out.mkdir()
