@@ -35,6 +35,13 @@ class SemanticAux(nn.Module):
         logits = self.classifier(pixel_features)
         if logits.shape[-2:] != semantic.shape[-2:]:
             logits = F.interpolate(logits, size=semantic.shape[-2:], mode="bilinear", align_corners=False)
-        if not (semantic != VOID).any():
-            return logits.sum() * 0.0  # nothing labelled: no gradient, but still a tensor in the graph
-        return F.cross_entropy(logits, semantic.long(), weight=self.class_weights, ignore_index=VOID)
+        return labelled_nll(logits.log_softmax(1), semantic, self.class_weights)
+
+
+def labelled_nll(log_probs: Tensor, semantic: Tensor, class_weights: Tensor | None = None) -> Tensor:
+    """log_probs B x K x ... per-pixel class log-probabilities; semantic B x ... class ids (VOID ignored) -> their
+    negative log-likelihood, PyTorch's weighted mean over the labelled pixels with class weights, else the plain mean;
+    0 (still in the graph, no gradient) when no pixel is labelled."""
+    if not (semantic != VOID).any():
+        return log_probs.sum() * 0.0
+    return F.nll_loss(log_probs, semantic.long(), weight=class_weights, ignore_index=VOID)

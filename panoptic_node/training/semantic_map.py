@@ -10,10 +10,9 @@ by its class's weight (median frequency balancing, class_balance.py). Nothing is
 inference are unchanged.
 """
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..taxonomy import VOID
+from .semantic_aux import labelled_nll
 
 EPS = 1e-6
 
@@ -30,7 +29,4 @@ def semantic_map_loss(logits: Tensor, masks: Tensor, semantic: Tensor, class_wei
     """Cross-entropy of the queries' semantic map (query_semantic_map) against `semantic` (B x N class ids on the
     masks' grid, VOID ignored): PyTorch's weighted mean over the labelled pixels with class weights, else the plain
     mean; 0 (in the graph) when no pixel is labelled."""
-    log_map = (query_semantic_map(logits, masks) + EPS).log()
-    if not (semantic != VOID).any():
-        return log_map.sum() * 0.0
-    return F.nll_loss(log_map, semantic.long(), weight=class_weights, ignore_index=VOID)
+    return labelled_nll((query_semantic_map(logits, masks) + EPS).log(), semantic, class_weights)
