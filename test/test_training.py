@@ -1092,6 +1092,27 @@ def test_the_train_command_passes_its_recipe_on(tiny_setup):
     assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.05, 0.05]  # it reached AdamW
 
 
+def test_the_train_command_stops_after_the_epoch_asked_and_resumes_on_the_same_schedule(tiny_setup):
+    """--stop-after N ends the run after epoch N of --epochs (its learning rate still on the long schedule);
+    --resume takes it to the end."""
+    from panoptic_node.cli import main
+    out = tiny_setup / "cli_run"
+    command = ["train", "--config", str(tiny_setup / "tiny.yaml"), "--data", str(tiny_setup / "data"), "--out",
+               str(out), *TINY_TRAIN_ARGS, "--epochs", "3"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(command + ["--stop-after", "1"]) == 0
+        first = torch.load(out / "checkpoint.pth", weights_only=False)
+        assert first["epoch"] == 1 and [h["epoch"] for h in first["history"]] == [1]
+        lr_after_one = first["history"][0]["lr"]
+        assert main(command + ["--resume"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history[0]["lr"] == lr_after_one
+    assert history[-1]["lr"] < lr_after_one  # the cosine over 3 epochs went on decaying
+
+
 def _frame(rng, boxes, name):
     """A 40x60 frame: road, plus things given as (class, y0, y1, x0, x1), instances numbered 1..N."""
     from panoptic_node.training.data import Sample
@@ -1421,6 +1442,8 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys, monkeypa
     (["--scale", "2,1"], "--scale 2.0,1.0: expected LOW,HIGH"),
     (["--stop-below", "101"], "--stop-below 101.0: expected a held-out mIoU in percent"),
     (["--stop-below", "nan"], "--stop-below nan: expected"), (["--stop-from", "0"], "--stop-from 0: expected an epoch"),
+    (["--stop-after", "-1"], "--stop-after -1: expected an epoch of the schedule"),
+    (["--stop-after", "2"], "--stop-after 2: expected an epoch of the schedule, 1 to --epochs 1"),
     (["--stop-below", "50"], "--stop-below 50.0: expected a run that evaluates"),  # TINY_TRAIN_ARGS: --val-every 0
     (["--val-every", "1", "--train-drives", "A1,B2", "--val-drives", "none", "--stop-below", "50"],
      "--stop-below 50.0: expected a run with drives held out"),

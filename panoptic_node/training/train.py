@@ -377,6 +377,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     require(math.isfinite(stop_below) and 0.0 <= stop_below <= 100.0, "--stop-below", stop_below,
             "a held-out mIoU in percent, 0-100 (0: never stop early)")
     require(isinstance(stop_from, int) and stop_from >= 1, "--stop-from", stop_from, "an epoch >= 1")
+    require(isinstance(stop_after_epoch, int) and 0 <= stop_after_epoch <= epochs, "--stop-after", stop_after_epoch,
+            f"an epoch of the schedule, 1 to --epochs {epochs} (0: run to its end)")
     require(not stop_below or val_every, "--stop-below", stop_below,
             "a run that evaluates (--val-every >= 1): it judges the held-out evaluations")
     require(train_every >= 1, "--train-every", train_every,
