@@ -274,6 +274,12 @@ def check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every):
                         f"{2 * BACKBONE_STRIDE} (e.g. 480x352)")
 
 
+def require_balance_power(power, option: str) -> None:
+    """A class-balancing power (class_balance.py's weights): in [0, 1], finite."""
+    require(math.isfinite(power) and 0.0 <= power <= 1.0, option, power,
+            "a power in [0, 1] on median frequency / a class's frequency (0 = off, 1 = SegNet's weights)")
+
+
 def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance, class_mix,
                  rotate=0.0):
     """Refuses augmentation and regularisation settings outside their range, each by its option."""
@@ -291,8 +297,7 @@ def check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mix
             "a weight >= 0 (0 = off, 1 weighs it like one class loss)")
     require(0.0 <= mixstyle <= 1.0, "--mixstyle", mixstyle, "a probability per batch in [0, 1] (0 = off, 0.5 is the "
                                                             "paper's)")
-    require(0.0 <= class_balance <= 1.0, "--class-balance", class_balance,
-            "a power in [0, 1] on median frequency / a class's frequency (0 = off, 1 = SegNet's weights)")
+    require_balance_power(class_balance, "--class-balance")
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -385,16 +390,12 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             "a whole number >= 1 (1 trains on every frame, 2 on every second frame of each drive)")
     require(0.0 <= drive_balance <= 1.0, "--drive-balance", drive_balance,
             "a power in [0, 1] (0 draws frames uniformly, 1 gives every training drive the same share)")
-    require(math.isfinite(semantic_aux_balance) and 0.0 <= semantic_aux_balance <= 1.0, "--semantic-aux-balance",
-            semantic_aux_balance, "a power in [0, 1] on median frequency / a class's frequency (0 = off, 1 = SegNet's "
-                                  "weights)")
+    require_balance_power(semantic_aux_balance, "--semantic-aux-balance")
     require(not semantic_aux_balance or semantic_aux, "--semantic-aux-balance", semantic_aux_balance,
             "a run with the semantic auxiliary loss it weighs (--semantic-aux > 0)")
     require(math.isfinite(semantic_map) and semantic_map >= 0, "--semantic-map", semantic_map,
             "a weight >= 0 (0 = off, 1 weighs it like one class loss)")
-    require(math.isfinite(semantic_map_balance) and 0.0 <= semantic_map_balance <= 1.0, "--semantic-map-balance",
-            semantic_map_balance, "a power in [0, 1] on median frequency / a class's frequency (0 = off, 1 = SegNet's "
-                                  "weights)")
+    require_balance_power(semantic_map_balance, "--semantic-map-balance")
     require(not semantic_map_balance or semantic_map, "--semantic-map-balance", semantic_map_balance,
             "a run with the semantic map loss it weighs (--semantic-map > 0)")
     require(0 <= head_first < epochs, "--head-first", head_first,
