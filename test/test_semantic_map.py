@@ -56,7 +56,7 @@ def test_the_map_and_its_loss_equal_a_direct_computation():
     weighted = float(semantic_map_loss(logits, masks, semantic, weights))
     assert np.isclose(weighted, -(w * picked[labelled]).sum() / w.sum(), atol=1e-4)
     assert not np.isclose(weighted, float(semantic_map_loss(logits, masks, semantic)), atol=1e-3)
-    # nothing labelled: 0, not NaN, and still a tensor gradients flow through
+    # nothing labelled: 0, not NaN, and still in the graph (backward runs, with zero gradients)
     empty = semantic_map_loss(logits.requires_grad_(), masks, torch.full_like(semantic, VOID))
     assert float(empty.detach()) == 0.0 and empty.requires_grad
 
