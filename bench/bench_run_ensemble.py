@@ -51,6 +51,7 @@ def main():
     from panoptic_node.inference.postprocess import merge_panoptic, resize_masks, select_queries
     from panoptic_node.inference.preprocess import preprocess
     from panoptic_node.training.data import CamVid, find_camvid
+    from panoptic_node.training.semantic_map import query_class_scores
 
     torch.set_num_threads(2)
     pipes = [Pipeline.from_config(args.model, weights=w) for w in args.weights]
@@ -74,8 +75,8 @@ def main():
                 keep, labels, scores = select_queries(logits, pp.threshold)
                 every = pipe.backend.masks(feats, 0, hs[0]).float()  # all queries: the soft map needs them
                 kept.append((resize_masks(every[keep], geom, stride), labels, scores))
-                probs = logits.softmax(-1)[:, :-1]
-                distributions.append(resize_masks(torch.einsum("qc,qhw->chw", probs, every.sigmoid()), geom, stride))
+                scores_map = query_class_scores(logits, every.flatten(1)).unflatten(1, every.shape[1:])
+                distributions.append(resize_masks(scores_map, geom, stride))
             own = []  # each run's semantic map, as its own merge gives it
             for k, group in enumerate(members):
                 masks = torch.cat([kept[i][0] for i in group])

@@ -31,15 +31,15 @@ def frame_maps(model, head, x, pad, geom, shape, fuse: bool) -> dict:
     """Per map name, C x H x W class scores at the frame's size (`shape`) for one preprocessed frame: the
     classifier's logits; with `fuse` also the queries' soft map (a distribution per pixel) and its average with the
     classifier's softmax."""
-    import torch
+    from panoptic_node.training.semantic_map import query_class_scores
     at_frame = dict(canvas=x.shape[-2:], geom=geom, shape=shape)
     out = model.detect(x, pad)
     classifier = on_frame(head.classifier(out.mask_features[0])[0], **at_frame)
     maps = {CLASSIFIER: classifier}
     if fuse:
-        probs = out.logits[0].softmax(-1)[:, :-1]  # "no object" left out
-        soft = torch.einsum("qc,qhw->chw", probs, model.predict_masks(out.mask_features, out.hs)[0].sigmoid())
-        soft = on_frame(soft, **at_frame)
+        masks = model.predict_masks(out.mask_features, out.hs)[0]  # Q x h x w
+        soft = query_class_scores(out.logits[0], masks.flatten(1)).unflatten(1, masks.shape[1:])
+        soft = on_frame(soft, **at_frame)  # normalised at the frame's size, as the records' figures were
         maps[SOFT] = soft / soft.sum(0, keepdim=True).clamp_min(1e-6)  # a distribution over the classes per pixel
         maps[AVERAGED] = (maps[SOFT] + classifier.softmax(0)) / 2
     return maps

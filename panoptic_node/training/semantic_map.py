@@ -17,11 +17,17 @@ from .semantic_aux import labelled_nll
 EPS = 1e-6
 
 
-def query_semantic_map(logits: Tensor, masks: Tensor) -> Tensor:
-    """logits B x Q x (K + 1) (the last: no object); masks B x Q x N mask logits -> B x K x N, each pixel's class
-    distribution: sum over queries of p(class) * sigmoid(mask), divided by its sum over the classes."""
+def query_class_scores(logits: Tensor, masks: Tensor) -> Tensor:
+    """logits ... x Q x (K + 1) (the last: no object); masks ... x Q x N mask logits -> ... x K x N: at each pixel,
+    the sum over queries of p(class) * sigmoid(mask), MaskFormer's semantic inference before any normalisation."""
     probs = logits.float().softmax(-1)[..., :-1]
-    scores = torch.einsum("bqk,bqn->bkn", probs, masks.float().sigmoid())
+    return torch.einsum("...qk,...qn->...kn", probs, masks.float().sigmoid())
+
+
+def query_semantic_map(logits: Tensor, masks: Tensor) -> Tensor:
+    """logits B x Q x (K + 1); masks B x Q x N -> B x K x N, each pixel's class distribution: query_class_scores
+    divided by their sum over the classes."""
+    scores = query_class_scores(logits, masks)
     return scores / (scores.sum(1, keepdim=True) + EPS)
 
 
