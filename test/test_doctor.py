@@ -134,6 +134,10 @@ def test_ros_2_without_the_message_packages_the_node_needs():
     checks = by_name(ros_checks(find_spec=lambda name, *a: None if name == "vision_msgs" else object(),
                                 environ={"ROS_DISTRO": "humble"}))
     assert checks["ROS 2"].verdict == PROBLEM and "apt install ros-humble-vision-msgs" in checks["ROS 2"].finding
+    # rclpy from PyPI's wheels, nothing sourced: the wheels cannot supply vision_msgs, a ROS 2 install can
+    pypi = by_name(ros_checks(find_spec=lambda name, *a: None if name == "vision_msgs" else object(), environ={}))
+    assert pypi["ROS 2"].verdict == PROBLEM and "no ROS 2 install is sourced" in pypi["ROS 2"].finding
+    assert "ros-jazzy-vision-msgs" in pypi["ROS 2"].finding and "<distro>" not in pypi["ROS 2"].finding
     assert checks["Fast DDS"].verdict in (OK, NOTE)
     ok = by_name(ros_checks(find_spec=lambda name, *a: object(), environ={"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}))
     assert ok["ROS 2"].verdict == OK and "rmw_cyclonedds_cpp" in ok["ROS 2"].finding
