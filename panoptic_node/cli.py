@@ -258,7 +258,7 @@ def cmd_train(args) -> int:
 
 def cmd_compare_runs(args) -> int:
     from .output_safety import check_outputs
-    from .training.compare import curves_chart, load_run, pool_seeds, table
+    from .training.compare import curves_chart, load_run, per_class_table, pool_seeds, table
     folders = list(dict.fromkeys([args.baseline] + args.runs))  # the baseline first, each run once
     check_outputs({"--chart": args.chart}, inputs=folders, overwrite=args.overwrite)
     if args.last is not None:
@@ -270,6 +270,9 @@ def cmd_compare_runs(args) -> int:
     if args.pool_seeds:  # the baseline's recipe comes first, with every run of it
         runs = pool_seeds(runs)
     print(table(runs, runs[0], args.from_epoch, args.min_miou_gain, args.max_pq_drop, args.last))
+    if args.per_class:
+        print()
+        print(per_class_table(runs, runs[0], args.from_epoch, args.last))
     if args.chart:
         curves_chart(runs, args.chart, args.from_epoch, baseline=runs[0], last=args.last)
         print(f"curves: {args.chart}")
@@ -1151,6 +1154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-seeds", action="store_true", help="judge each recipe on the mean of its runs "
                    "(settings equal but for --seed), shown with their lowest and highest; one run on a new "
                    "drive moves by points from seed to seed")
+    p.add_argument("--per-class", action="store_true", help="also each class's IoU over the same evaluations, "
+                   "with its difference from the baseline's")
     p.add_argument("--chart", help="PNG of the held-out mIoU and PQ curves")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --chart")
     p.set_defaults(func=cmd_compare_runs)

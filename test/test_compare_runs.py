@@ -6,16 +6,18 @@ import pytest
 import torch
 
 from panoptic_node.cli import main
-from panoptic_node.training.compare import load_run, pool_seeds, recipe_difference, table, verdict, y_range
+from panoptic_node.training.compare import (load_run, per_class_table, pool_seeds, recipe_difference, table, verdict,
+                                            y_range)
 
 SETTINGS = {"config": "street_lite0", "epochs": 36, "lr_backbone": 3e-5, "seed": 0, "val_drives": ["0006R0"],
             "train_drives": ["0016E5", "0001TP"], "semantic_aux": 0.0, "copy_paste": 0.0}
 POST = {"threshold": 0.5, "min_area": 16, "merge": "score_prob", "overlap": 0.5, "split_things": 256}
 
 
-def make_run(folder, miou, pq, settings=None, postprocess=POST, epochs=36, every=3):
+def make_run(folder, miou, pq, settings=None, postprocess=POST, epochs=36, every=3, iou=None):
     """A run folder as train writes it: history.json (held-out scores every `every` epochs) and a
-    checkpoint.pth with the run's settings. `miou` / `pq`: a value per evaluation, or one for all."""
+    checkpoint.pth with the run's settings. `miou` / `pq`: a value per evaluation, or one for all;
+    `iou`: per evaluation, {class: IoU} (then recorded as train records it)."""
     folder.mkdir(parents=True)
     history = []
     evals = [e for e in range(1, epochs + 1) if e % every == 0]
@@ -25,7 +27,8 @@ def make_run(folder, miou, pq, settings=None, postprocess=POST, epochs=36, every
         if epoch in evals:
             i = evals.index(epoch)
             entry["val"] = {"pq": pq, "pq_things": pq / 3, "pq_stuff": pq * 1.2, "miou": miou[i],
-                            **({"postprocess": postprocess} if postprocess else {})}
+                            **({"postprocess": postprocess} if postprocess else {}),
+                            **({"iou": iou[i]} if iou else {})}
         history.append(entry)
     (folder / "history.json").write_text(json.dumps(history))
     if settings is not False:
@@ -213,6 +216,39 @@ def test_command_prints_the_table_and_draws_the_curves(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| new | seed 1 | 36 | 31.0 |" in out and "| adopt |" in out
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def per_class_run(folder, rng, settings=None):
+    """A run whose mIoU is the mean of its classes' IoU, as train records both."""
+    iou = [{c: float(v) for c, v in zip(("road", "car", "bicyclist"), rng.uniform(0, 1, 3))} for _ in range(12)]
+    return make_run(folder, [float(np.mean(list(d.values()))) for d in iou], 0.3, settings, iou=iou), iou
+
+
+def test_per_class_means_are_taken_over_the_rules_window(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    base_folder, base_iou = per_class_run(tmp_path / "base", rng)
+    new_folder, new_iou = per_class_run(tmp_path / "new", rng, {"seed": 1})
+    base, new = load_run(base_folder), load_run(new_folder)
+    window = [i for i, e in enumerate(range(3, 37, 3)) if e >= 24]  # epochs 24, 27, ..., 36
+    car = np.mean([new_iou[i]["car"] for i in window])
+    assert new.late_class_means(24)["car"] == pytest.approx(car)
+    # the classes' means average to the rule's mean mIoU, as the mIoU is their mean
+    assert np.mean(list(new.late_class_means(24).values())) == pytest.approx(new.late_mean("miou", 24))
+    assert new.late_class_means(24, last=2)["road"] == pytest.approx(np.mean([d["road"] for d in new_iou[-2:]]))
+    base_car = np.mean([base_iou[i]["car"] for i in window])
+    rows = per_class_table([base, new], base, 24).splitlines()
+    assert rows[0] == "| class (IoU, mean over epoch 24 on) | base | new |"
+    assert rows[3] == f"| car | {100 * base_car:.1f} | {100 * car:.1f} ({100 * car - 100 * base_car:+.1f}) |"
+    # seeds pooled: each class the mean of the members, as their mIoU is
+    again, again_iou = per_class_run(tmp_path / "new_s2", rng, {"seed": 2})
+    pooled = pool_seeds([new, load_run(again)])[0]
+    both = np.mean([[new_iou[i]["bicyclist"], again_iou[i]["bicyclist"]] for i in window])
+    assert pooled.late_class_means(24)["bicyclist"] == pytest.approx(both)
+    assert main(["compare-runs", str(new_folder), "--baseline", str(base_folder), "--per-class"]) == 0
+    assert "| car | " in capsys.readouterr().out.split("| class (IoU")[1]
+    # histories from before per-class IoU was recorded say so instead of a table of dashes
+    old = load_run(make_run(tmp_path / "old", 0.48, 0.3))
+    assert per_class_table([old], old, 24).startswith("no per-class IoU over epoch 24 on")
 
 
 def test_command_refuses_bad_input_in_one_line_and_changes_nothing(tmp_path, capsys):

@@ -86,6 +86,14 @@ class Run:
         values = [e["val"][key] for e in self.window(from_epoch, last)]
         return float(np.mean(values)) if values else None
 
+    def late_class_means(self, from_epoch: int, last: Optional[int] = None) -> dict:
+        """Each class's IoU, the mean over the same evaluations as late_mean's (one evaluation of one class
+        moves by points); {} when those evaluations did not record per-class IoU."""
+        window = [e["val"]["iou"] for e in self.window(from_epoch, last) if isinstance(e["val"].get("iou"), dict)]
+        if not window or len(window) < len(self.window(from_epoch, last)):
+            return {}
+        return {c: float(np.mean([w[c] for w in window])) for c in window[0] if all(c in w for w in window)}
+
 
 @dataclass
 class PooledRun(Run):
@@ -140,6 +148,9 @@ def _pooled(members: List[Run]) -> PooledRun:
         vals = [b[epoch] for b in by_epoch]
         mean = {k: float(np.mean([v[k] for v in vals])) for k in vals[0]
                 if all(isinstance(v.get(k), (int, float)) and not isinstance(v.get(k), bool) for v in vals)}
+        if all(isinstance(v.get("iou"), dict) for v in vals):  # per class, as the members' mIoU
+            mean["iou"] = {c: float(np.mean([v["iou"][c] for v in vals])) for c in vals[0]["iou"]
+                           if all(c in v["iou"] for v in vals)}
         if "postprocess" in vals[0]:
             mean["postprocess"] = vals[0]["postprocess"]
         evaluations.append({"epoch": epoch, "val": mean})
@@ -296,6 +307,31 @@ def table(runs: List[Run], baseline: Run, from_epoch: int, min_miou_gain: float,
                      f"| {_points(v['miou']):.1f}{spread(lambda m: _last(m, 'miou'))} "
                      f"| {'-' if late is None else f'{_points(late):.1f}'}"
                      f"{spread(lambda m: m.late_mean('miou', from_epoch, last))} | {judged} |")
+    return "\n".join(lines)
+
+
+def per_class_table(runs: List[Run], baseline: Run, from_epoch: int, last: Optional[int] = None) -> str:
+    """A markdown table: each class's IoU, the mean over the window the rule's mean mIoU is taken on, for every
+    run, and its difference from the baseline's (which classes a recipe moves: one class with one object in a
+    drive can move a mean mIoU by a point alone)."""
+    means = {r.name: r.late_class_means(from_epoch, last) for r in runs}
+    classes = list(dict.fromkeys(c for r in runs for c in means[r.name]))
+    if not classes:
+        return f"no per-class IoU over {window_name(from_epoch, last)} (histories from before it was recorded)"
+    base = means[baseline.name]
+    lines = [f"| class (IoU, mean over {window_name(from_epoch, last)}) | " + " | ".join(r.name for r in runs) + " |",
+             "|---" * (len(runs) + 1) + "|"]
+    for c in classes:
+        cells = []
+        for r in runs:
+            value = means[r.name].get(c)
+            if value is None:
+                cells.append("-")
+            elif r is baseline or c not in base:
+                cells.append(f"{_points(value):.1f}")
+            else:
+                cells.append(f"{_points(value):.1f} ({_points(value) - _points(base[c]):+.1f})")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
