@@ -248,7 +248,8 @@ def cmd_train(args) -> int:
           copy_paste=args.copy_paste, init=args.init, overwrite=args.overwrite, weight_decay=args.weight_decay,
           mixstyle=args.mixstyle, freeze_backbone_to=args.freeze_backbone, class_balance=args.class_balance,
           train_every=args.train_every, head_first=args.head_first, drive_balance=args.drive_balance,
-          stop_below=args.stop_below, stop_from=args.stop_from, stop_after_epoch=args.stop_after, rotate=args.rotate,
+          stop_below=args.stop_below, stop_from=args.stop_from, stop_when=args.stop_when,
+          stop_after_epoch=args.stop_after, rotate=args.rotate,
           class_mix=args.class_mix, mask_loss=args.mask_loss, query_groups=args.query_groups,
           no_object_weight=args.no_object_weight, stuff_queries=args.stuff_queries,
           semantic_aux_balance=args.semantic_aux_balance, semantic_map=args.semantic_map,
@@ -1056,6 +1057,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "under MIOU (an experiment's rule, applied as each evaluation lands; 0: never)")
     p.add_argument("--stop-from", type=int, default=1, metavar="EPOCH",
                    help="the first epoch whose evaluation --stop-below judges (default 1)")
+    p.add_argument("--stop-when", default="under",
+                   help="under: stop once that mean is under MIOU; unreachable: only once it could not reach MIOU even "
+                        "with every evaluation still to come at the run's best so far (one evaluation moves by a point)")
     p.add_argument("--stop-after", type=int, default=0, metavar="EPOCH",
                    help="end this run after that epoch, the schedule still spanning --epochs (a recipe that keeps a "
                         "mid-schedule epoch's weights, or a long run split across sittings: --resume continues it; "

@@ -206,6 +206,23 @@ def test_the_stop_rule_judges_the_mean_of_the_evaluations_from_its_epoch_on():
     assert mean_under_bar(history, 0.0, 6) is None                        # off
 
 
+def test_stop_when_unreachable_counts_the_evaluations_to_come_at_the_runs_best():
+    from panoptic_node.training.train import evaluations_to_come, mean_under_bar
+    history = [{"epoch": 3, "val": {"miou": 0.25}}, {"epoch": 6, "val": {"miou": 0.75}},
+               {"epoch": 9, "val": {"miou": 0.5}}]
+    # the window from 6 holds 75 and 50 (mean 62.5); two more at the best so far (75) could make 68.75
+    assert mean_under_bar(history, 65.0, 6, still_to_come=2) is None      # reachable: goes on
+    assert mean_under_bar(history, 68.75, 6, still_to_come=2) is None     # exactly reachable
+    assert mean_under_bar(history, 69.0, 6, still_to_come=2) == 62.5      # out of reach: the mean that stopped it
+    assert mean_under_bar(history, 65.0, 6, still_to_come=0) == 62.5      # none to come: as --stop-when under
+    # long_wide_scale's stage 2: evaluated every 4 of 72 epochs, judged from 48; after 48, 52-72 (six) are to come
+    assert evaluations_to_come(48, 72, 4, 48) == 6
+    assert evaluations_to_come(40, 72, 4, 48) == 7                        # the window's first is still to come
+    assert evaluations_to_come(72, 72, 4, 48) == 0
+    assert evaluations_to_come(30, 36, 4, 24) == 2                        # 32 and the last epoch, 36
+    assert evaluations_to_come(33, 35, 4, 1) == 1                         # 35, the last, off the every-4 grid
+
+
 def test_stop_below_ends_a_run_after_the_evaluation_that_puts_it_under_the_bar(tiny_setup):
     """Runs of one seed repeat exactly (resume's test), so the bars can be read off an unstopped run first: one at
     the judged evaluations' running mean never stops the run, one just above the first judged evaluation stops it
@@ -232,6 +249,15 @@ def test_stop_below_ends_a_run_after_the_evaluation_that_puts_it_under_the_bar(t
     judged = verdict(load_run(tiny_setup / "stopped"), load_run(tiny_setup / "free"), 2, 1.0, 0.3)
     assert judged == (f"not adopted: stopped by its rule at epoch 2 (mean mIoU {m2:.1f} from epoch 2, "
                       f"under {m2 + 1e-3:.1f})")
+    # --stop-when unreachable: a bar no evaluation reaches (100) stops the run as soon as it is judged, and says so
+    lines = []
+    out_of_reach = train(cfg, data, str(tiny_setup / "unreachable"), stop_below=100.0, stop_from=2,
+                         stop_when="unreachable", log=lines.append, **args)["history"]
+    assert [h["epoch"] for h in out_of_reach] == [1, 2]
+    assert out_of_reach[-1]["stopped"]["when"] == "unreachable"
+    assert any("the 1 still to come, each at the run's best so far, could not lift it" in line for line in lines)
+    assert verdict(load_run(tiny_setup / "unreachable"), load_run(tiny_setup / "free"), 2, 1.0, 0.3).endswith(
+        "under 100.0, out of reach)")
 
 
 def test_giou_direct():
@@ -1442,6 +1468,7 @@ def test_the_train_command_starts_from_init_weights(tiny_setup, capsys, monkeypa
     (["--scale", "2,1"], "--scale 2.0,1.0: expected LOW,HIGH"),
     (["--stop-below", "101"], "--stop-below 101.0: expected a held-out mIoU in percent"),
     (["--stop-below", "nan"], "--stop-below nan: expected"), (["--stop-from", "0"], "--stop-from 0: expected an epoch"),
+    (["--stop-when", "later"], "--stop-when later: expected one of under, unreachable"),
     (["--stop-after", "-1"], "--stop-after -1: expected an epoch of the schedule"),
     (["--stop-after", "2"], "--stop-after 2: expected an epoch of the schedule, 1 to --epochs 1"),
     (["--stop-below", "50"], "--stop-below 50.0: expected a run that evaluates"),  # TINY_TRAIN_ARGS: --val-every 0

@@ -259,8 +259,9 @@ def verdict(run: Run, baseline: Run, from_epoch: int, min_miou_gain: float, max_
         return f"not comparable: {why}"
     if run.stopped:  # its own rule judged it; the window it never reached cannot
         rule = run.stopped
+        unreachable = ", out of reach" if rule.get("when") == "unreachable" else ""
         return (f"not adopted: stopped by its rule at epoch {run.last_epoch} (mean mIoU {rule['mean_miou']:.1f} from "
-                f"epoch {rule['stop_from']}, under {rule['stop_below']:.1f})")
+                f"epoch {rule['stop_from']}, under {rule['stop_below']:.1f}{unreachable})")
     if not run.finished:
         return f"unfinished (epoch {run.last_epoch} of {run.planned_epochs})"
     if not baseline.finished:

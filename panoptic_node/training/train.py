@@ -250,13 +250,34 @@ def require(ok: bool, option: str, value, expected: str) -> None:
         raise ValueError(f"{option} {value}: expected {expected}")
 
 
-def mean_under_bar(history, bar: float, from_epoch: int):
+STOP_WHEN = ("under", "unreachable")
+
+
+def mean_under_bar(history, bar: float, from_epoch: int, still_to_come: int = 0):
     """--stop-below's rule: the mean held-out mIoU (percent) of the evaluations at `from_epoch` or later when it is
     under `bar` (the run stops), else None (it goes on; also with no such evaluation yet, or bar 0). The mean is
-    compare-runs' own (compare.Run.late_mean), so a run stops by the number its verdict will be read by."""
+    compare-runs' own (compare.Run.late_mean), so a run stops by the number its verdict will be read by.
+    `still_to_come` (--stop-when unreachable): the window's evaluations not yet made, each counted at the best
+    held-out mIoU the run has had; the run stops only once even they could not lift the mean to the bar (one
+    evaluation moves by about a point: a window's first one under the bar alone no longer ends a run)."""
     run = Run("this run", history, evaluations=[h for h in history if "val" in h])
-    mean = run.late_mean("miou", from_epoch) if bar else None
-    return 100 * mean if mean is not None and 100 * mean < bar else None
+    window = run.window(from_epoch)
+    if not bar or not window:
+        return None
+    mean = run.late_mean("miou", from_epoch)
+    best = max(e["val"]["miou"] for e in run.evaluations)
+    reachable = (mean * len(window) + best * still_to_come) / (len(window) + still_to_come)
+    return 100 * mean if 100 * reachable < bar else None
+
+
+def evaluates(epoch: int, epochs: int, val_every: int) -> bool:
+    """Whether the run evaluates after `epoch` (1-based): every `val_every` epochs and after the last."""
+    return bool(val_every) and (epoch % val_every == 0 or epoch == epochs)
+
+
+def evaluations_to_come(epoch: int, epochs: int, val_every: int, from_epoch: int) -> int:
+    """The evaluations after `epoch` that a rule judging from `from_epoch` on will count."""
+    return sum(evaluates(e, epochs, val_every) for e in range(max(epoch + 1, from_epoch), epochs + 1))
 
 
 def check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every):
@@ -337,7 +358,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, freeze_backbone_to: int = 0,
           class_balance: float = 0.0, train_every: int = 1, head_first: int = 0, drive_balance: float = 0.0,
           class_mix: float = 0.0, mask_loss: str = "focal", query_groups: int = 1, no_object_weight: float = 0.1,
-          stop_below: float = 0.0, stop_from: int = 1, rotate: float = 0.0, stuff_queries: bool = False,
+          stop_below: float = 0.0, stop_from: int = 1, stop_when: str = "under", rotate: float = 0.0, stuff_queries: bool = False,
           semantic_aux_balance: float = 0.0, semantic_map: float = 0.0, semantic_map_balance: float = 0.0,
           overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
@@ -367,7 +388,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     class) and the things to the others, instead of every pair by cost (matcher.fixed_stuff_queries).
     `stop_below` > 0 (held-out mIoU in percent) ends the run after an evaluation at epoch `stop_from` or later once the
     mean mIoU of those evaluations is under it: evaluations still to come, each at stop_below, could then not lift
-    the mean to it (the early stop the experiment records' rules call for, applied as each evaluation lands)."""
+    the mean to it (the early stop the experiment records' rules call for, applied as each evaluation lands);
+    `stop_when` "unreachable" waits until the evaluations still to come, each at the run's best so far, could not."""
     check_schedule(epochs, batch_size, crop, lr, lr_backbone, val_every)
     check_recipe(colour, scale, ema, copy_paste, weight_decay, semantic_aux, mixstyle, class_balance, class_mix,
                  rotate)
@@ -382,6 +404,7 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
     require(math.isfinite(stop_below) and 0.0 <= stop_below <= 100.0, "--stop-below", stop_below,
             "a held-out mIoU in percent, 0-100 (0: never stop early)")
     require(isinstance(stop_from, int) and stop_from >= 1, "--stop-from", stop_from, "an epoch >= 1")
+    require(stop_when in STOP_WHEN, "--stop-when", stop_when, f"one of {', '.join(STOP_WHEN)}")
     require(isinstance(stop_after_epoch, int) and 0 <= stop_after_epoch <= epochs, "--stop-after", stop_after_epoch,
             f"an epoch of the schedule, 1 to --epochs {epochs} (0: run to its end)")
     require(not stop_below or val_every, "--stop-below", stop_below,
@@ -614,16 +637,19 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
                      "lr": scheduler.get_last_lr()[0]}
             if average:
                 average.averaged_copy_into(shown)
-            if val_samples and val_every and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
+            if val_samples and evaluates(epoch + 1, epochs, val_every):
                 entry["val"] = evaluate(shown, cfg, val_samples)
                 if entry["val"]["pq"] > best_pq:
                     best_pq = entry["val"]["pq"]
                     save_checkpoint(shown, out / "best.pth", epoch=epoch + 1, val=entry["val"])
             history.append(entry)
             paused = stop_after_epoch and epoch + 1 >= stop_after_epoch  # to be resumed: no rule judges it now
-            judged = mean_under_bar(history, stop_below, stop_from) if "val" in entry and not paused else None
+            to_come = evaluations_to_come(epoch + 1, epochs, val_every, stop_from) if stop_when == "unreachable" else 0
+            judged = (mean_under_bar(history, stop_below, stop_from, to_come) if "val" in entry and not paused
+                      else None)
             if judged is not None:  # kept in the history, so that compare-runs can say why the run ended early
-                entry["stopped"] = {"stop_below": stop_below, "stop_from": stop_from, "mean_miou": round(judged, 4)}
+                entry["stopped"] = {"stop_below": stop_below, "stop_from": stop_from, "mean_miou": round(judged, 4),
+                                    **({"when": stop_when} if stop_when != "under" else {})}
             save_checkpoint(shown, out / "last.pth", epoch=epoch + 1)
             with atomic_path(ckpt_path) as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -645,8 +671,9 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
             if paused:
                 break
             if judged is not None:
+                later = (f"the {to_come} still to come, each at the run's best so far, could not lift it there"
+                         if stop_when == "unreachable" else f"later ones at {stop_below} each could not lift it there")
                 log(f"stopped by --stop-below {stop_below}: the mean held-out mIoU of the evaluations from epoch "
-                    f"{stop_from} is {judged:.2f}, under {stop_below} (later ones at {stop_below} each could not "
-                    f"lift it there); {ckpt_path} holds epoch {epoch + 1}")
+                    f"{stop_from} is {judged:.2f}, under {stop_below} ({later}); {ckpt_path} holds epoch {epoch + 1}")
                 break
         return {"history": history, "best_pq": best_pq}
