@@ -260,8 +260,8 @@ def ros_checks(find_spec=importlib.util.find_spec, environ=os.environ) -> List[C
     out.append(Check("ROS 2", PROBLEM if missing else OK,
                      f"rclpy{' (' + distro + ')' if distro else ''}, RMW "
                      f"{environ.get('RMW_IMPLEMENTATION') or 'default'}"
-                     + (f"; missing message packages the node needs: {', '.join(missing)} ({_how_to_get(missing, distro)})"
-                        if missing else "")))
+                     + (f"; missing message packages the node needs: {', '.join(missing)} "
+                        f"({_how_to_get(missing, distro)})" if missing else "")))
     path, why = choose_profile("auto", share_dir("config"), environ=environ)  # auto refuses nothing
     # what car.launch.py's dds_profile:=auto chooses; the shared-memory fallback loses frames of cameras
     # published together by a driver with Fast DDS's defaults (README, the node on the wire)
@@ -274,7 +274,7 @@ def _how_to_get(packages: List[str], distro: str) -> str:
     apt = " ".join(f"ros-{distro or 'jazzy'}-{m.replace('_', '-')}" for m in packages)
     if distro:
         return f"e.g. apt install {apt}"
-    # no ROS 2 install sourced (its setup script sets ROS_DISTRO): rclpy came from PyPI's wheels, which lack vision_msgs
+    # no ROS 2 install sourced (its setup script sets ROS_DISTRO): rclpy came from PyPI's wheels (no vision_msgs)
     return (f"no ROS 2 install is sourced and PyPI's ROS 2 wheels do not have them: source one that does, e.g. after "
             f"apt install {apt}; `make install-test`'s build/test_msgs is a test-only build")
 

@@ -89,8 +89,8 @@ class Run:
     def late_class_means(self, from_epoch: int, last: Optional[int] = None) -> dict:
         """Each class's IoU, the mean over the same evaluations as late_mean's (one evaluation of one class
         moves by points); {} when those evaluations did not record per-class IoU."""
-        window = [e["val"]["iou"] for e in self.window(from_epoch, last) if isinstance(e["val"].get("iou"), dict)]
-        if not window or len(window) < len(self.window(from_epoch, last)):
+        window = [e["val"].get("iou") for e in self.window(from_epoch, last)]
+        if not window or not all(isinstance(w, dict) for w in window):
             return {}
         return {c: float(np.mean([w[c] for w in window])) for c in window[0] if all(c in w for w in window)}
 

@@ -358,7 +358,8 @@ def train(config: str, data: str, out: str, epochs: int = 36, batch_size: int = 
           copy_paste: float = 0.0, init=None, mixstyle: float = 0.0, freeze_backbone_to: int = 0,
           class_balance: float = 0.0, train_every: int = 1, head_first: int = 0, drive_balance: float = 0.0,
           class_mix: float = 0.0, mask_loss: str = "focal", query_groups: int = 1, no_object_weight: float = 0.1,
-          stop_below: float = 0.0, stop_from: int = 1, stop_when: str = "under", rotate: float = 0.0, stuff_queries: bool = False,
+          stop_below: float = 0.0, stop_from: int = 1, stop_when: str = "under", rotate: float = 0.0,
+          stuff_queries: bool = False,
           semantic_aux_balance: float = 0.0, semantic_map: float = 0.0, semantic_map_balance: float = 0.0,
           overwrite: bool = False, log=print) -> dict:
     """stop_after_epoch ends this run early (the schedule still spans `epochs`); --resume continues.
