@@ -777,6 +777,29 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_ship(args) -> int:
+    from .int8_scales import default_scales_path
+    from .model.checkpoint import load_model, require_weights_file, save_checkpoint, weights_of
+    from .model.config import load_config
+    from .output_safety import check_outputs
+
+    cfg = load_config(args.model)
+    source = require_weights_file(weights_of(cfg, args.weights))
+    out = Path(args.out)
+    if out.suffix != ".pth":
+        raise ValueError(f"--out '{out}': expected a file name ending in .pth (a panoptic_node checkpoint)")
+    check_outputs({"--out": out}, [source], args.overwrite)
+    model = load_model(cfg, source)  # through the normal loader: a file it refuses is never shipped
+    save_checkpoint(model, out, half=True)
+    scales = default_scales_path(out)
+    print(f"wrote {out}: model '{cfg.name}' in float16 ({out.stat().st_size / 1e6:.1f} MB, from "
+          f"{source.stat().st_size / 1e6:.1f} MB), widened to float32 on load; "
+          + (f"{scales} was calibrated for other weights and is refused by --backend auto until "
+             f"`panoptic-node calibrate --weights {out} --calib FRAMES --overwrite`" if scales.exists() else
+             f"int8 needs its scales: `panoptic-node calibrate --weights {out} --calib FRAMES`"))
+    return 0
+
+
 def cmd_build_engine(args) -> int:
     from .model.config import load_config
     log = lambda m: print(m, file=sys.stderr)
@@ -1005,6 +1028,15 @@ def build_parser() -> argparse.ArgumentParser:
                                  "--backend auto finds it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing scales file")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("ship", help="a training run's weights -> the file to ship: float16 storage (half the size), "
+                                    "the model's config inside; refused when a weight does not fit float16")
+    p.add_argument("--model", default="street_lite0", help="a model name, YAML config, or the checkpoint train wrote "
+                                                           "(runs/NAME/last.pth: its config and weights)")
+    p.add_argument("--weights", help="weights to ship (default: the model's own)")
+    p.add_argument("--out", required=True, help="the float16 checkpoint to write (.pth)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
+    p.set_defaults(func=cmd_ship)
 
     p = sub.add_parser("build-engine", help="build (or check) the cached TensorRT engines: from an exported graph, "
                                             "or without one from the PyTorch weights via torch_tensorrt")

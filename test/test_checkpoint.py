@@ -216,3 +216,49 @@ def test_half_precision_checkpoint_loads_close(tmp_path):
     assert all(p.dtype == torch.float32 for p in fresh.parameters())
     for a, b in zip(outputs(m), outputs(fresh)):
         torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
+
+
+def test_a_weight_beyond_float16_is_refused_before_anything_is_written(tmp_path):
+    m = build_model(compact_config()).eval()
+    with torch.no_grad():
+        next(b for n, b in m.named_buffers() if n.endswith("running_var"))[0] = 1e6  # a BatchNorm variance
+    with pytest.raises(CheckpointError, match=r"running_var' holds 1e\+06, beyond float16's 65504"):
+        save_checkpoint(m, tmp_path / "half.pth", half=True)
+    assert not list(tmp_path.iterdir())
+    save_checkpoint(m, tmp_path / "full.pth")  # float32 holds it
+    fresh = build_model(compact_config()).eval()
+    load_weights(fresh, tmp_path / "full.pth")
+
+
+def test_ship_stores_a_runs_weights_in_float16_and_refuses_what_it_must(tmp_path, capsys):
+    from panoptic_node.cli import main
+    torch.manual_seed(3)
+    m = build_model(compact_config()).eval()
+    run = tmp_path / "run"
+    save_checkpoint(m, run / "last.pth", epoch=72)
+    out = tmp_path / "models" / "tiny_lite0.pth"
+    assert main(["ship", "--model", str(run / "last.pth"), "--out", str(out)]) == 0
+    assert "float16" in capsys.readouterr().out
+    state, fmt, cfg = read_state_dict(out)
+    assert fmt == "panoptic_node" and cfg["name"] == "tiny_lite0" and cfg["mask_head"] == "dot_product"
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    assert out.stat().st_size < 0.6 * (run / "last.pth").stat().st_size
+    fresh = build_model(compact_config()).eval()
+    load_weights(fresh, out)  # the shipped file through the normal loader: the trained model's outputs
+    for a, b in zip(outputs(m), outputs(fresh)):
+        torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
+
+    # refused, each in one line, leaving what is there byte-identical
+    shipped, source = out.read_bytes(), (run / "last.pth").read_bytes()
+    assert main(["ship", "--model", str(run / "last.pth"), "--out", str(out)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["ship", "--model", str(run / "last.pth"), "--out", str(run / "last.pth"), "--overwrite"]) == 2
+    assert main(["ship", "--model", str(run / "last.pth"), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "expected a file name ending in .pth" in capsys.readouterr().err
+    (run / "broken.pth").write_bytes(source[:1000])
+    assert main(["ship", "--model", str(run / "last.pth"), "--weights", str(run / "broken.pth"), "--out", str(out),
+                 "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.pth" in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == shipped and (run / "last.pth").read_bytes() == source
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny_lite0.pth"]  # nothing half-written beside it

@@ -183,6 +183,16 @@ def init_from(model: torch.nn.Module, path) -> Tuple[List[str], List[str]]:
     return sorted(fits), sorted(set(expected) - fits)
 
 
+def refuse_beyond_half(state: Dict[str, torch.Tensor], path) -> None:
+    """float16 holds magnitudes up to 65504: a larger weight (a BatchNorm variance, say) would be stored as
+    infinite and the file refused on every load; refused here, before anything is written."""
+    limit = torch.finfo(torch.float16).max
+    for key, value in state.items():
+        if value.is_floating_point() and value.numel() and value.abs().max() > limit:
+            raise CheckpointError(f"'{path}': tensor '{key}' holds {value.abs().max().item():.4g}, beyond float16's "
+                                  f"{limit:.0f}; expected weights float16 can store (keep these in float32)")
+
+
 def save_checkpoint(model: torch.nn.Module, path, half: bool = False, **extra) -> None:
     """Our format: the official layout ({'model': state_dict}) plus our config, written atomically.
 
@@ -191,6 +201,7 @@ def save_checkpoint(model: torch.nn.Module, path, half: bool = False, **extra) -
     path.parent.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     if half:
+        refuse_beyond_half(state, path)
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload = {"model": state,
                "panoptic_node": {"version": FORMAT_VERSION, "config": model.cfg.to_dict()}}
