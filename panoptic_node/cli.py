@@ -778,7 +778,6 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_ship(args) -> int:
-    from .int8_scales import default_scales_path
     from .model.checkpoint import load_model, require_weights_file, save_checkpoint, weights_of
     from .model.config import load_config
     from .output_safety import check_outputs
@@ -791,13 +790,23 @@ def cmd_ship(args) -> int:
     check_outputs({"--out": out}, [source], args.overwrite)
     model = load_model(cfg, source)  # through the normal loader: a file it refuses is never shipped
     save_checkpoint(model, out, half=True)
-    scales = default_scales_path(out)
     print(f"wrote {out}: model '{cfg.name}' in float16 ({out.stat().st_size / 1e6:.1f} MB, from "
-          f"{source.stat().st_size / 1e6:.1f} MB), widened to float32 on load; "
-          + (f"{scales} was calibrated for other weights and is refused by --backend auto until "
-             f"`panoptic-node calibrate --weights {out} --calib FRAMES --overwrite`" if scales.exists() else
-             f"int8 needs its scales: `panoptic-node calibrate --weights {out} --calib FRAMES`"))
+          f"{source.stat().st_size / 1e6:.1f} MB), widened to float32 on load; {scales_state(out)}")
     return 0
+
+
+def scales_state(weights: Path) -> str:
+    """What --backend auto will make of the int8 scales beside freshly written weights."""
+    from .int8_scales import default_scales_path, load_scales
+    scales = default_scales_path(weights)
+    if not scales.exists():
+        return f"int8 needs its scales: `panoptic-node calibrate --weights {weights} --calib FRAMES`"
+    try:
+        load_scales(scales, weights)  # the same weights shipped again keep their scales
+    except ValueError:
+        return (f"{scales} belongs to other weights and --backend auto runs fp32 until `panoptic-node calibrate "
+                f"--weights {weights} --calib FRAMES --overwrite`")
+    return f"{scales} belongs to these weights: --backend auto runs int8"
 
 
 def cmd_build_engine(args) -> int:

@@ -248,6 +248,18 @@ def test_ship_stores_a_runs_weights_in_float16_and_refuses_what_it_must(tmp_path
     for a, b in zip(outputs(m), outputs(fresh)):
         torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
 
+    # the int8 scales beside --out: kept by the same weights shipped again (the same bytes), not by others
+    from panoptic_node.int8_scales import save_scales
+    save_scales(out.with_suffix(".int8.json"), {"/x": 0.1}, out, 8, {})
+    assert main(["ship", "--model", str(run / "last.pth"), "--out", str(out), "--overwrite"]) == 0
+    assert "belongs to these weights: --backend auto runs int8" in capsys.readouterr().out
+    torch.manual_seed(4)
+    save_checkpoint(build_model(compact_config()), run / "other.pth")
+    assert main(["ship", "--model", str(run / "other.pth"), "--out", str(out), "--overwrite"]) == 0
+    assert "belongs to other weights and --backend auto runs fp32" in capsys.readouterr().out
+    assert main(["ship", "--model", str(run / "last.pth"), "--out", str(out), "--overwrite"]) == 0
+    capsys.readouterr()
+
     # refused, each in one line, leaving what is there byte-identical
     shipped, source = out.read_bytes(), (run / "last.pth").read_bytes()
     assert main(["ship", "--model", str(run / "last.pth"), "--out", str(out)]) == 2
@@ -261,4 +273,5 @@ def test_ship_stores_a_runs_weights_in_float16_and_refuses_what_it_must(tmp_path
     err = capsys.readouterr().err
     assert "broken.pth" in err and len(err.strip().splitlines()) == 1
     assert out.read_bytes() == shipped and (run / "last.pth").read_bytes() == source
-    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny_lite0.pth"]  # nothing half-written beside it
+    # nothing half-written beside them
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny_lite0.int8.json", "tiny_lite0.pth"]

@@ -188,9 +188,10 @@ def refuse_beyond_half(state: Dict[str, torch.Tensor], path) -> None:
     infinite and the file refused on every load; refused here, before anything is written."""
     limit = torch.finfo(torch.float16).max
     for key, value in state.items():
-        if value.is_floating_point() and value.numel() and value.abs().max() > limit:
-            raise CheckpointError(f"'{path}': tensor '{key}' holds {value.abs().max().item():.4g}, beyond float16's "
-                                  f"{limit:.0f}; expected weights float16 can store (keep these in float32)")
+        largest = value.abs().max().item() if value.is_floating_point() and value.numel() else 0.0
+        if largest > limit:
+            raise CheckpointError(f"'{path}': tensor '{key}' holds {largest:.4g}, beyond float16's {limit:.0f}; "
+                                  f"expected weights float16 can store (keep these in float32)")
 
 
 def save_checkpoint(model: torch.nn.Module, path, half: bool = False, **extra) -> None:
