@@ -397,6 +397,21 @@ def graph_shows(graph, condition, timeout=10.0) -> bool:
     return condition()
 
 
+def lifecycle_answers(graph, get_state, node) -> None:
+    """get_state asked until it answers. Fast DDS can lose the answer to a service's first request: a matched
+    request path does not mean the node's response writer has matched the client's reader yet ("failed to send
+    response (timeout)", the service discovery race of ros2/rmw_fastrtps#842). get_state changes nothing, so it may
+    be sent again; transitions, which must not be sent twice, are sent after it, once discovery has settled."""
+    from lifecycle_msgs.srv import GetState
+    for _ in range(6):
+        future = get_state.call_async(GetState.Request())
+        rclpy.spin_until_future_complete(graph, future, timeout_sec=5)
+        if future.done():
+            return
+        get_state.remove_pending_request(future)
+    raise AssertionError(f"get_state unanswered six times: {node.output()}")
+
+
 def wait_for_subscriber(graph, pub, timeout=10.0):
     """A publisher's messages reach nobody until the subscription is matched."""
     assert graph_shows(graph, lambda: pub.get_subscription_count() > 0, timeout), f"nobody subscribes {pub.topic_name}"
@@ -1060,7 +1075,7 @@ def test_weights_copied_over_while_the_node_runs_are_named_and_a_reconfigure_run
     lifecycle deactivate, cleanup, configure, activate loads the new ones, and the warning goes."""
     import torch
     from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState
+    from lifecycle_msgs.srv import ChangeState, GetState
     weights = tmp_path / "deployed.pth"
     weights.write_bytes(Path(model_yaml).with_name("tiny.pth").read_bytes())
     ns = f"/t{uuid.uuid4().hex[:6]}/front"
@@ -1081,7 +1096,9 @@ def test_weights_copied_over_while_the_node_runs_are_named_and_a_reconfigure_run
                                         f"it runs the weights it loaded (deployed.pth, sha256 {loaded})")
     assert served()  # still serving, on the weights it loaded
     change = graph.create_client(ChangeState, f"/{node.name}/change_state")
-    assert change.wait_for_service(timeout_sec=20)
+    get_state = graph.create_client(GetState, f"/{node.name}/get_state")
+    assert change.wait_for_service(timeout_sec=20) and get_state.wait_for_service(timeout_sec=20)
+    lifecycle_answers(graph, get_state, node)  # before the first transition
     for t in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP, Transition.TRANSITION_CONFIGURE,
               Transition.TRANSITION_ACTIVATE):
         future = change.call_async(ChangeState.Request(transition=Transition(id=t)))
@@ -1093,6 +1110,7 @@ def test_weights_copied_over_while_the_node_runs_are_named_and_a_reconfigure_run
     assert inference()["level"] == 0 and "weights on disk" not in inference() and served()
     c.close()
     graph.destroy_client(change)
+    graph.destroy_client(get_state)
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64") or not importlib.util.find_spec("openvino"),
@@ -1166,17 +1184,7 @@ def test_a_managed_node_goes_through_its_lifecycle(graph, start, rng, model_yaml
     def transition(t):
         return call(change.call_async(ChangeState.Request(transition=Transition(id=t)))).success
 
-    # Fast DDS can lose the answer to a service's first request: a matched request path does not mean the node's
-    # response writer has matched this client's response reader yet ("failed to send response (timeout)", the
-    # service discovery race of ros2/rmw_fastrtps#842). get_state changes nothing, so its first call is repeated
-    # until answered; the transitions, which must not be sent twice, come after it, once discovery has settled.
-    for _ in range(6):
-        future = get_state.call_async(GetState.Request())
-        rclpy.spin_until_future_complete(graph, future, timeout_sec=5)
-        if future.done():
-            break
-        get_state.remove_pending_request(future)
-    assert future.done(), f"get_state unanswered six times: {node.output()}"
+    lifecycle_answers(graph, get_state, node)  # before the first transition
     semantic, image = f"{ns}/panoptic/semantic", f"{ns}/image"
     assert state() == State.PRIMARY_STATE_UNCONFIGURED
     assert not graph.get_publishers_info_by_topic(semantic) and not graph.get_subscriptions_info_by_topic(image)
