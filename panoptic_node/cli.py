@@ -803,7 +803,7 @@ def scales_state(weights: Path) -> str:
         return f"int8 needs its scales: `panoptic-node calibrate --weights {weights} --calib FRAMES`"
     try:
         load_scales(scales, weights)  # the same weights shipped again keep their scales
-    except ValueError:
+    except (OSError, ValueError):  # as --backend auto takes them (backends.int8_scales_for): unusable, so fp32
         return (f"{scales} belongs to other weights and --backend auto runs fp32 until `panoptic-node calibrate "
                 f"--weights {weights} --calib FRAMES --overwrite`")
     return f"{scales} belongs to these weights: --backend auto runs int8"
