@@ -797,15 +797,17 @@ def cmd_ship(args) -> int:
 
 def scales_state(weights: Path) -> str:
     """What --backend auto will make of the int8 scales beside freshly written weights."""
-    from .int8_scales import default_scales_path, load_scales
+    from .int8_scales import ScalesForOtherWeights, default_scales_path, load_scales
     scales = default_scales_path(weights)
     if not scales.exists():
         return f"int8 needs its scales: `panoptic-node calibrate --weights {weights} --calib FRAMES`"
+    recalibrate = f"`panoptic-node calibrate --weights {weights} --calib FRAMES --overwrite`"
     try:
         load_scales(scales, weights)  # the same weights shipped again keep their scales
-    except (OSError, ValueError):  # as --backend auto takes them (backends.int8_scales_for): unusable, so fp32
-        return (f"{scales} belongs to other weights and --backend auto runs fp32 until `panoptic-node calibrate "
-                f"--weights {weights} --calib FRAMES --overwrite`")
+    except ScalesForOtherWeights:
+        return f"{scales} belongs to other weights and --backend auto runs fp32 until {recalibrate}"
+    except (OSError, ValueError) as e:  # as --backend auto takes them (backends.int8_scales_for): unusable, so fp32
+        return f"{scales} cannot be used ({str(e).split(';')[0]}) and --backend auto runs fp32 until {recalibrate}"
     return f"{scales} belongs to these weights: --backend auto runs int8"
 
 

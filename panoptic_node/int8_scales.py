@@ -54,6 +54,10 @@ def save_scales(path, scales: Dict[str, float], weights, weight_bits: int, calib
     return path
 
 
+class ScalesForOtherWeights(ValueError):
+    """A readable scales file made for other weights: stale rather than damaged, and said so."""
+
+
 def load_scales(path, weights) -> dict:
     """The scales file's content, checked: our format, positive finite scales, made for `weights`."""
     path = Path(path)
@@ -80,6 +84,6 @@ def load_scales(path, weights) -> dict:
         raise ValueError(f"{what} give float_nodes {float_nodes!r}; expected a list of node-name prefixes such as "
                          f"'/transformer/decoder'")
     if body.get("weights_sha256") != file_sha256(weights):
-        raise ValueError(f"{what} were calibrated for other weights than '{weights}'; recalibrate with "
+        raise ScalesForOtherWeights(f"{what} were calibrated for other weights than '{weights}'; recalibrate with "
                          f"`panoptic-node calibrate --weights {weights}`")
     return body
