@@ -807,7 +807,7 @@ def scales_state(weights: Path) -> str:
     except ScalesForOtherWeights:
         return f"{scales} belongs to other weights and --backend auto runs fp32 until {recalibrate}"
     except (OSError, ValueError) as e:  # as --backend auto takes them (backends.int8_scales_for): unusable, so fp32
-        return f"{scales} cannot be used ({str(e).split(';')[0]}) and --backend auto runs fp32 until {recalibrate}"
+        return f"{str(e).split(';')[0]}, so --backend auto runs fp32 until {recalibrate}"  # e names the file
     return f"{scales} belongs to these weights: --backend auto runs int8"
 
 

@@ -260,7 +260,7 @@ def test_ship_stores_a_runs_weights_in_float16_and_refuses_what_it_must(tmp_path
     out.with_suffix(".int8.json").write_text('{"format": ')  # damaged, not stale: said as such
     assert main(["ship", "--model", str(run / "last.pth"), "--out", str(out), "--overwrite"]) == 0
     said = capsys.readouterr().out
-    assert "cannot be used (int8 scales" in said and "are not readable JSON" in said and "other weights" not in said
+    assert "tiny_lite0.int8.json' are not readable JSON" in said and "runs fp32" in said and "other weights" not in said
     assert len(said.strip().splitlines()) == 1
     assert main(["ship", "--model", str(run / "last.pth"), "--out", str(out), "--overwrite"]) == 0
     capsys.readouterr()
