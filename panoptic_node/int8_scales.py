@@ -84,6 +84,6 @@ def load_scales(path, weights) -> dict:
         raise ValueError(f"{what} give float_nodes {float_nodes!r}; expected a list of node-name prefixes such as "
                          f"'/transformer/decoder'")
     if body.get("weights_sha256") != file_sha256(weights):
-        raise ScalesForOtherWeights(f"{what} were calibrated for other weights than '{weights}'; recalibrate with "
-                         f"`panoptic-node calibrate --weights {weights}`")
+        raise ScalesForOtherWeights(f"{what} were calibrated for other weights than '{weights}'; recalibrate "
+                                    f"with `panoptic-node calibrate --weights {weights}`")
     return body
