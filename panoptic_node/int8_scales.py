@@ -22,6 +22,12 @@ def default_scales_path(weights) -> Optional[Path]:
     return Path(weights).with_suffix(".int8.json") if weights else None
 
 
+def recalibrate_command(weights) -> str:
+    """The whole command that replaces the scales beside `weights` (calibrate refuses to replace without
+    --overwrite, and needs frames)."""
+    return f"`panoptic-node calibrate --weights {weights} --calib FRAMES --overwrite`"
+
+
 def activation_scales(model) -> Dict[str, float]:
     """{activation tensor: its scale} of a QDQ graph (onnx.ModelProto): every QuantizeLinear whose input
     is not a stored weight."""
@@ -67,16 +73,16 @@ def load_scales(path, weights) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} do not exist; make them with `panoptic-node calibrate`") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{what} are not readable JSON ({e}); expected a file written by "
-                         f"`panoptic-node calibrate`") from None
+        raise ValueError(f"{what} are not readable JSON ({e}); recalibrate with "
+                         f"{recalibrate_command(weights)}") from None
     if not isinstance(body, dict) or body.get("format") != FORMAT or not isinstance(body.get("scales"), dict):
         raise ValueError(f"{what} are not in format {FORMAT} of `panoptic-node calibrate` (a JSON object with "
-                         f"'format' and 'scales')")
+                         f"'format' and 'scales'); recalibrate with {recalibrate_command(weights)}")
     bad = [k for k, v in body["scales"].items()
            if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0 < v < float("inf"))]
     if bad or not body["scales"]:
         raise ValueError(f"{what} hold {'no scales' if not bad else f'a scale that is not a positive number ({bad[0]})'}; "
-                         f"recalibrate with `panoptic-node calibrate`")
+                         f"recalibrate with {recalibrate_command(weights)}")
     if body.get("int8_weight_bits") not in (7, 8):
         raise ValueError(f"{what} give int8_weight_bits {body.get('int8_weight_bits')!r}; expected 7 or 8")
     float_nodes = body.get("float_nodes", [])
@@ -85,5 +91,5 @@ def load_scales(path, weights) -> dict:
                          f"'/transformer/decoder'")
     if body.get("weights_sha256") != file_sha256(weights):
         raise ScalesForOtherWeights(f"{what} were calibrated for other weights than '{weights}'; recalibrate "
-                                    f"with `panoptic-node calibrate --weights {weights}`")
+                                    f"with {recalibrate_command(weights)}")
     return body

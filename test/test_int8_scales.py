@@ -181,6 +181,8 @@ def test_bad_scales_auto_runs_fp32_and_int8_stops_with_one_line(calibrated, tmp_
     assert pipe.backend.precision == "fp32"
     said = [line for line in lines if message in line]
     assert len(said) == 1 and said[0].endswith("running fp32") and "\n" not in said[0], lines
+    if damage in ("other_weights", "truncated", "negative", "not_ours"):  # the whole command that mends them
+        assert f"`panoptic-node calibrate --weights {cfg.weights} --calib FRAMES --overwrite`" in said[0], said
     with pytest.raises(ValueError, match=message):
         make_pipeline(str(yaml_path), backend="openvino", precision="int8", log=lines.append)
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "frame.png")
