@@ -68,7 +68,12 @@ def test_runs_of_different_schedules_are_judged_on_their_own_last_evaluations(tm
     assert base.late_mean("miou", 24, last=5) == pytest.approx(np.mean(base_values[-5:]))
     gain = 100 * (np.mean(long_values[-5:]) - np.mean(base_values[-5:]))
     assert verdict(long, base, 24, 1.0, 0.3, last=5) == "adopt" and gain > 1.0
-    assert verdict(long, base, 24, 1.0, 0.3, last=13).startswith("no evaluations for the mean over the last 13")
+    assert verdict(long, base, 24, 1.0, 0.3, last=13) == (
+        "no evaluations for the mean over the last 13 evaluations: base (12 evaluations, the last at epoch 36); "
+        "--last N judges each run on its own last N evaluations")
+    # a window past the baseline's end names the baseline, not the run that has evaluations there
+    assert verdict(long, base, 48, 1.0, 0.3).startswith(
+        "no evaluations for the mean over epoch 48 on: base (12 evaluations, the last at epoch 36);")
     assert main(["compare-runs", str(tmp_path / "long"), "--baseline", str(tmp_path / "base"), "--last", "5"]) == 0
     out = capsys.readouterr().out
     assert "mean mIoU over the last 5 evaluations" in out and f"| {100 * np.mean(long_values[-5:]):.1f} | adopt |" in out
@@ -246,6 +251,18 @@ def test_per_class_means_are_taken_over_the_rules_window(tmp_path, capsys):
     assert pooled.late_class_means(24)["bicyclist"] == pytest.approx(both)
     assert main(["compare-runs", str(new_folder), "--baseline", str(base_folder), "--per-class"]) == 0
     assert "| car | " in capsys.readouterr().out.split("| class (IoU")[1]
+    # a window past the baseline's end: its column is dashes, and a line under the table says why
+    longer_iou = [{c: float(v) for c, v in zip(("road", "car", "bicyclist"), rng.uniform(0, 1, 3))} for _ in range(20)]
+    longer = load_run(make_run(tmp_path / "longer", [float(np.mean(list(d.values()))) for d in longer_iou], 0.3,
+                               {"epochs": 60}, epochs=60, iou=longer_iou))
+    later = per_class_table([base, longer], base, 48).splitlines()
+    longer_car = np.mean([d["car"] for d in longer_iou[-5:]])  # epochs 48, 51, ..., 60
+    assert later[3] == f"| car | - | {100 * longer_car:.1f} |"
+    assert later[-1] == ("no evaluations over epoch 48 on: base (12 evaluations, the last at epoch 36); --last N judges "
+                         "each run on its own last N evaluations")
+    assert per_class_table([base, new], base, 37).startswith("no evaluations over epoch 37 on: base (12 evaluations, "
+                                                             "the last at epoch 36), new (12 evaluations")
+    assert per_class_table([base, new], base, 24).splitlines()[-1].startswith("| bicyclist |")  # none when all have
     # histories from before per-class IoU was recorded say so instead of a table of dashes
     old = load_run(make_run(tmp_path / "old", 0.48, 0.3))
     assert per_class_table([old], old, 24).startswith("no per-class IoU over epoch 24 on")

@@ -247,6 +247,17 @@ def window_name(from_epoch: int, last: Optional[int] = None) -> str:
     return f"the last {last} evaluations" if last else f"epoch {from_epoch} on"
 
 
+def outside_window(runs: List[Run], from_epoch: int, last: Optional[int] = None) -> str:
+    """Which of the runs evaluated, but never in the window, and what compares them instead ('' when none):
+    a 36-epoch baseline has nothing from epoch 48 on, and saying only 'no evaluations' hides whose."""
+    missing = [r for r in runs if r.evaluations and not r.window(from_epoch, last)]
+    if not missing:
+        return ""
+    said = ", ".join(f"{r.name} ({len(r.evaluations)} evaluations, the last at epoch {r.evaluations[-1]['epoch']})"
+                     for r in missing)
+    return f"{said}; --last N judges each run on its own last N evaluations"
+
+
 def verdict(run: Run, baseline: Run, from_epoch: int, min_miou_gain: float, max_pq_drop: float,
             last: Optional[int] = None) -> str:
     """'adopt', or why not, in a few words."""
@@ -266,10 +277,11 @@ def verdict(run: Run, baseline: Run, from_epoch: int, min_miou_gain: float, max_
         return f"unfinished (epoch {run.last_epoch} of {run.planned_epochs})"
     if not baseline.finished:
         return f"the baseline is unfinished (epoch {baseline.last_epoch} of {baseline.planned_epochs})"
+    outside = outside_window([baseline, run], from_epoch, last)
+    if outside:
+        return f"no evaluations for the mean over {window_name(from_epoch, last)}: {outside}"
     gain = _points(run.late_mean("miou", from_epoch, last)) - _points(baseline.late_mean("miou", from_epoch, last))
     drop = _points(baseline.evaluations[-1]["val"]["pq"]) - _points(run.evaluations[-1]["val"]["pq"])
-    if np.isnan(gain):
-        return f"no evaluations for the mean over {window_name(from_epoch, last)}"
     # histories written before the post-processing was recorded: say that their PQ may not compare
     caveat = ("" if all(r.evaluations[-1]["val"].get("postprocess") for r in (run, baseline))
               else " (post-processing not recorded: PQ may not compare)")
@@ -317,6 +329,9 @@ def per_class_table(runs: List[Run], baseline: Run, from_epoch: int, last: Optio
     drive can move a mean mIoU by a point alone)."""
     means = {r.name: r.late_class_means(from_epoch, last) for r in runs}
     classes = list(dict.fromkeys(c for r in runs for c in means[r.name]))
+    outside = outside_window(runs, from_epoch, last)
+    if not classes and outside:
+        return f"no evaluations over {window_name(from_epoch, last)}: {outside}"
     if not classes:
         return f"no per-class IoU over {window_name(from_epoch, last)} (histories from before it was recorded)"
     base = means[baseline.name]
@@ -333,6 +348,8 @@ def per_class_table(runs: List[Run], baseline: Run, from_epoch: int, last: Optio
             else:
                 cells.append(f"{_points(value):.1f} ({_points(value) - _points(base[c]):+.1f})")
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    if outside:  # a column of dashes says what, not why
+        lines += ["", f"no evaluations over {window_name(from_epoch, last)}: {outside}"]
     return "\n".join(lines)
 
 
