@@ -71,7 +71,8 @@ def load_scales(path, weights) -> dict:
     try:
         body = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{what} do not exist; make them with `panoptic-node calibrate`") from None
+        raise FileNotFoundError(f"{what} do not exist; make them with "
+                                f"`panoptic-node calibrate --weights {weights} --calib FRAMES`") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{what} are not readable JSON ({e}); recalibrate with "
                          f"{recalibrate_command(weights)}") from None

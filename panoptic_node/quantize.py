@@ -166,13 +166,13 @@ def quantize_int8(fp32_path, out_path, cfg, size, source, frames: int = 32, meth
 
 
 def quantize_with_scales(fp32_path, out_path, cfg, size, scales: dict, reduce_range: bool = False,
-                         float_matmuls: bool = False, float_nodes: Sequence[str] = ()) -> Path:
+                         float_matmuls: bool = False, float_nodes: Sequence[str] = (), weights=None) -> Path:
     """The int8 graph of `fp32_path` with shipped activation scales (int8_scales.py) instead of frames:
     what quantize_int8 made at calibration, for any input size. One blank frame passes through the
     calibrator only because ONNX Runtime always calibrates; every activation's range comes from
     `scales`, and an activation without one is an error, not a range guessed from the blank frame.
     float_nodes: node-name prefixes ('/transformer/decoder') whose convolutions and matrix products stay float
-    (float_nodes_of)."""
+    (float_nodes_of). weights: the file the scales belong to, so a refusal names the command that mends them."""
     import numpy as np
     from onnxruntime.quantization import CalibrationMethod
 
@@ -181,7 +181,7 @@ def quantize_with_scales(fp32_path, out_path, cfg, size, scales: dict, reduce_ra
     overrides = {name: [{"scale": np.array(v, np.float32), "zero_point": np.array(0, np.int8)}]
                  for name, v in scales.items()}
     return _quantize(fp32_path, out_path, _Reader([blank], cfg, size), CalibrationMethod.MinMax, reduce_range,
-                     float_matmuls, shipped=overrides, float_nodes=float_nodes)
+                     float_matmuls, shipped=overrides, float_nodes=float_nodes, weights=weights)
 
 
 class _WithoutPreprocessingAdvice(logging.Filter):
@@ -223,13 +223,13 @@ def in_module(node_name: str, prefix: str) -> bool:
 
 
 def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, float_matmuls: bool, shipped,
-              float_nodes: Sequence[str] = ()) -> Path:
-    """shipped: TensorQuantOverrides of every activation (from shipped scales), or None to calibrate
-    on the reader's frames (with the ReLU6 ranges of clipped_conv_ranges)."""
+              float_nodes: Sequence[str] = (), weights=None) -> Path:
+    """shipped: TensorQuantOverrides of every activation (from shipped scales, made for `weights`), or None
+    to calibrate on the reader's frames (with the ReLU6 ranges of clipped_conv_ranges)."""
     import onnx
 
     from .export import set_metadata
-    from .int8_scales import activation_scales
+    from .int8_scales import activation_scales, recalibrate_command
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     graph = onnx.load(str(fp32_path))  # read once for the choices below
@@ -250,6 +250,6 @@ def _quantize(fp32_path, out_path, reader, method, reduce_range: bool, float_mat
             if missing:
                 raise ValueError(f"the int8 scales lack {len(missing)} activation(s) of this graph (e.g. "
                                  f"'{missing[0]}'): they were made for another model or exporter; recalibrate "
-                                 f"with `panoptic-node calibrate`")
+                                 f"with {recalibrate_command(weights or 'WEIGHTS')}")
         set_metadata(tmp, precision="int8", int8_weight_bits=7 if reduce_range else 8, int8_matmuls=not float_matmuls)
     return out_path

@@ -181,7 +181,7 @@ def test_bad_scales_auto_runs_fp32_and_int8_stops_with_one_line(calibrated, tmp_
     assert pipe.backend.precision == "fp32"
     said = [line for line in lines if message in line]
     assert len(said) == 1 and said[0].endswith("running fp32") and "\n" not in said[0], lines
-    if damage in ("other_weights", "truncated", "negative", "not_ours"):  # the whole command that mends them
+    if damage != "float_nodes_not_a_list":  # the whole command that mends them (that one is a hand edit)
         assert f"`panoptic-node calibrate --weights {cfg.weights} --calib FRAMES --overwrite`" in said[0], said
     with pytest.raises(ValueError, match=message):
         make_pipeline(str(yaml_path), backend="openvino", precision="int8", log=lines.append)
@@ -192,6 +192,18 @@ def test_bad_scales_auto_runs_fp32_and_int8_stops_with_one_line(calibrated, tmp_
     err = capsys.readouterr().err.strip().splitlines()  # progress lines ("exporting ...") and then the error
     assert [line for line in err if message in line] == err[-1:], err
     assert scales.read_bytes() == before  # the user's file is never rewritten
+
+
+def test_int8_without_scales_names_the_command_that_makes_them(calibrated, tmp_path, monkeypatch):
+    monkeypatch.setenv("PANOPTIC_NODE_GRAPH_CACHE", str(tmp_path / "cache"))
+    yaml_path = _model_copy(calibrated, tmp_path)
+    cfg = load_config(str(yaml_path))
+    default_scales_path(cfg.weights).unlink()
+    assert make_pipeline(str(yaml_path), backend="openvino", log=lambda m: None).backend.precision == "fp32"
+    with pytest.raises(FileNotFoundError) as refused:
+        make_pipeline(str(yaml_path), backend="openvino", precision="int8", log=lambda m: None)
+    assert str(refused.value).endswith(f"`panoptic-node calibrate --weights {cfg.weights} --calib FRAMES`")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*int8*"))
 
 
 def test_int8_where_it_cannot_run_is_one_line(calibrated, tmp_path):

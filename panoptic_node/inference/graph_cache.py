@@ -82,7 +82,7 @@ def cached_graph(cfg, weights: Optional[str] = None, log=print, directory: Optio
             detect = quantize_with_scales(detect, Path(d) / f"int8-{path.name}", cfg, canvas, int8["scales"],
                                           reduce_range=int8["int8_weight_bits"] == 7,
                                           float_matmuls=not int8.get("int8_matmuls", True),
-                                          float_nodes=int8.get("float_nodes", ()))
+                                          float_nodes=int8.get("float_nodes", ()), weights=source)
         os.replace(masks, mask_graph_path(path))
         os.replace(detect, path)  # then: a graph in the cache always has its mask graph
         checksum = Path(d) / "checksum"
