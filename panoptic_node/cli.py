@@ -797,10 +797,11 @@ def cmd_ship(args) -> int:
 
 def scales_state(weights: Path) -> str:
     """What --backend auto will make of the int8 scales beside freshly written weights."""
-    from .int8_scales import ScalesForOtherWeights, default_scales_path, load_scales, recalibrate_command
+    from .int8_scales import (ScalesForOtherWeights, calibrate_command, default_scales_path, load_scales,
+                              recalibrate_command)
     scales = default_scales_path(weights)
     if not scales.exists():
-        return f"int8 needs its scales: `panoptic-node calibrate --weights {weights} --calib FRAMES`"
+        return f"int8 needs its scales: {calibrate_command(weights)}"
     recalibrate = recalibrate_command(weights)
     try:
         load_scales(scales, weights)  # the same weights shipped again keep their scales

@@ -22,10 +22,15 @@ def default_scales_path(weights) -> Optional[Path]:
     return Path(weights).with_suffix(".int8.json") if weights else None
 
 
+def calibrate_command(weights, overwrite: bool = False) -> str:
+    """The whole command that writes the scales beside `weights` (calibrate needs frames, and refuses to
+    replace existing scales without --overwrite)."""
+    return f"`panoptic-node calibrate --weights {weights} --calib FRAMES{' --overwrite' if overwrite else ''}`"
+
+
 def recalibrate_command(weights) -> str:
-    """The whole command that replaces the scales beside `weights` (calibrate refuses to replace without
-    --overwrite, and needs frames)."""
-    return f"`panoptic-node calibrate --weights {weights} --calib FRAMES --overwrite`"
+    """The whole command that replaces the scales beside `weights`."""
+    return calibrate_command(weights, overwrite=True)
 
 
 def activation_scales(model) -> Dict[str, float]:
@@ -71,8 +76,7 @@ def load_scales(path, weights) -> dict:
     try:
         body = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{what} do not exist; make them with "
-                                f"`panoptic-node calibrate --weights {weights} --calib FRAMES`") from None
+        raise FileNotFoundError(f"{what} do not exist; make them with {calibrate_command(weights)}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{what} are not readable JSON ({e}); recalibrate with "
                          f"{recalibrate_command(weights)}") from None
